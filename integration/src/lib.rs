@@ -1,0 +1,548 @@
+//! Test harness: starts the real `oxbus` binary with real Python workers in a temp dir and
+//! talks HTTP to it.
+//!
+//! ```ignore
+//! let srv = Env::new().workers(2).service("svc.py", SRC).channel("/x", &["GET"], "svc.x").start().await;
+//! let r = srv.get("/x").await;
+//! ```
+//!
+//! Each [`Server`] listens on port 0 (the harness reads the bound port from the log), lives in
+//! its own temp dir, and on drop kills the server and its workers, checks that none is left
+//! behind, and prints the server log if the test failed.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Path of the `oxbus` binary under test.
+pub fn oxbus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("OXBUS_BIN") {
+        return PathBuf::from(p);
+    }
+    // integration tests run from target/<profile>/deps
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("oxbus");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p oxbus-supervisor` first (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python services of the integration tests.
+pub const TEST_SERVICES: &str = include_str!("testsvc.py");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Builder of a server environment.
+#[derive(Debug, Clone)]
+pub struct Env {
+    workers: u32,
+    settings: Vec<(String, String, String)>,
+    services: Vec<(String, String)>,
+    channels: Vec<String>,
+    python: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            workers: 1,
+            settings: Vec::new(),
+            services: Vec::new(),
+            channels: Vec::new(),
+            python: None,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// A setting, e.g. `.set("http", "max_body_bytes", "100")` (value is TOML).
+    pub fn set(mut self, section: &str, key: &str, value: &str) -> Self {
+        self.settings
+            .push((section.into(), key.into(), value.into()));
+        self
+    }
+
+    /// A file in the services directory.
+    pub fn service(mut self, file: &str, source: &str) -> Self {
+        self.services.push((file.into(), source.into()));
+        self
+    }
+
+    pub fn channel(self, path: &str, methods: &[&str], service: &str) -> Self {
+        self.channel_fmt(path, methods, service, "json")
+    }
+
+    pub fn channel_fmt(mut self, path: &str, methods: &[&str], service: &str, fmt: &str) -> Self {
+        let methods: Vec<String> = methods.iter().map(|m| format!("{m:?}")).collect();
+        self.channels.push(format!(
+            "[[channels]]\nurl_path = {path:?}\nmethods = [{}]\nservice = {service:?}\ndata_format = {fmt:?}\n",
+            methods.join(", ")
+        ));
+        self
+    }
+
+    /// Deploys `testsvc.py` (the services the tests use) with a channel for each.
+    pub fn with_test_services(self) -> Self {
+        self.service("testsvc.py", TEST_SERVICES)
+            .channel("/echo", &["POST"], "test.echo")
+            .channel("/items/{item_id}/{name}", &["GET"], "test.params")
+            .channel("/boom", &["GET"], "test.boom")
+            .channel("/refuse", &["GET"], "test.refuse")
+            .channel("/headers", &["GET"], "test.headers")
+            .channel("/sleep", &["GET"], "test.sleep")
+            .channel("/gate", &["GET"], "test.gate")
+            .channel("/barrier", &["GET"], "test.barrier")
+            .channel("/pid", &["GET"], "test.pid")
+            .channel("/spin", &["GET"], "test.spin")
+            .channel("/log", &["GET"], "test.log")
+            .channel("/caller", &["GET"], "test.caller")
+            .channel("/verbs", &[], "test.verbs")
+            .channel("/async", &["POST"], "test.async")
+    }
+
+    pub fn python(mut self, interpreter: &str) -> Self {
+        self.python = Some(interpreter.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Writes the environment into a fresh temp dir; returns (dir, config path).
+    pub fn write(&self) -> (PathBuf, PathBuf) {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("oxbus-it-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("services")).unwrap();
+        for (f, src) in &self.services {
+            std::fs::write(dir.join("services").join(f), src).unwrap();
+        }
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {}\npython = {:?}\nlog_level = \"info\"\n",
+            self.workers,
+            self.python.as_deref().unwrap_or("python3")
+        );
+        let mut sections: Vec<&str> = self.settings.iter().map(|s| s.0.as_str()).collect();
+        sections.dedup();
+        let mut done = Vec::new();
+        for sec in sections {
+            if done.contains(&sec) {
+                continue;
+            }
+            done.push(sec);
+            if sec == "server" {
+                for (_, k, v) in self.settings.iter().filter(|s| s.0 == sec) {
+                    toml.push_str(&format!("{k} = {v}\n"));
+                }
+                continue;
+            }
+            toml.push_str(&format!("\n[{sec}]\n"));
+            for (_, k, v) in self.settings.iter().filter(|s| s.0 == sec) {
+                toml.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        for c in &self.channels {
+            toml.push('\n');
+            toml.push_str(c);
+        }
+        let config = dir.join("server.toml");
+        std::fs::write(&config, toml).unwrap();
+        (dir, config)
+    }
+
+    /// Starts the server and waits until `/readyz` answers 200.
+    pub async fn start(&self) -> Server {
+        let srv = self.spawn();
+        srv.wait_ready().await;
+        srv
+    }
+
+    /// Starts the server without waiting.
+    pub fn spawn(&self) -> Server {
+        let (dir, config) = self.write();
+        let mut cmd = Command::new(oxbus_bin());
+        cmd.arg("server")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn oxbus");
+        let log = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Server {
+            child: Some(child),
+            dir,
+            log,
+            port: Mutex::new(None),
+        }
+    }
+}
+
+/// A running `oxbus server`.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    port: Mutex<Option<u16>>,
+}
+
+/// A response, fully read.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+    }
+    pub fn cid(&self) -> String {
+        self.header("x-oxbus-cid").expect("X-Oxbus-CID header")
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The port the server bound (read from its start-up log line).
+    pub fn port(&self) -> u16 {
+        if let Some(p) = *self.port.lock().unwrap() {
+            return p;
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if let Some(i) = log.find("listen=") {
+                let rest = &log[i + 7..];
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+                *self.port.lock().unwrap() = Some(port);
+                return port;
+            }
+            if Instant::now() > end {
+                panic!("server never logged its listen address; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.try_request("GET", "/readyz", &[], Bytes::new()).await
+                && r.status == 200
+            {
+                return;
+            }
+            if let Some(code) = self.try_exit_code() {
+                panic!(
+                    "server exited with {code:?} before ready; log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > end {
+                panic!("server not ready in 60 s; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn try_exit_code(&self) -> Option<Option<i32>> {
+        // Non-reaping check: /proc/<pid>/stat state Z or gone.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        (state == "Z").then_some(None)
+    }
+
+    pub async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Resp> {
+        let mut c = Client::connect(self.port()).await?;
+        c.request(method, path, headers, body).await
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        self.try_request(method, path, headers, Bytes::copy_from_slice(body))
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}; log:\n{}", self.log()))
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"").await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Resp {
+        self.request(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    /// Pids of the worker processes (children of the server).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    /// Waits for the server to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                panic!(
+                    "server did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines of the log at ERROR level that contain none of `allowed`.
+    pub fn unexpected_errors(&self, allowed: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .filter(|l| !allowed.iter().any(|a| l.contains(a)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn assert_no_errors(&self, allowed: &[&str]) {
+        let bad = self.unexpected_errors(allowed);
+        assert!(
+            bad.is_empty(),
+            "unexpected ERROR lines:\n{}",
+            bad.join("\n")
+        );
+    }
+
+    /// Number of open file descriptors of the server process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let workers = self.worker_pids();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Workers exit on their own once the server's socket closes; give them a moment,
+        // then make sure none is left behind.
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut left: Vec<u32> = workers.clone();
+        while !left.is_empty() && Instant::now() < end {
+            left.retain(|p| alive(*p));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for p in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- oxbus server log ({}) -----\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            assert!(
+                left.is_empty(),
+                "worker processes left behind after the server exited: {left:?}"
+            );
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next()),
+            Some("Z")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Pids whose parent is `ppid`.
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(d) = std::fs::read_dir("/proc") {
+        for e in d.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let mut f = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            let state = f.next();
+            let parent: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            if parent == ppid && state != Some("Z") {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    port: u16,
+}
+
+impl Client {
+    pub async fn connect(port: u16) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Client { sender, port })
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Resp> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("127.0.0.1:{}", self.port));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+}

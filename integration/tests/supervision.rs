@@ -1,0 +1,337 @@
+//! Worker supervision against the real binary: crashes, deadlines, backpressure,
+//! concurrency, recycling, signals.
+
+use nix::sys::signal::Signal;
+use oxbus_integration::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn gate_dir(srv: &Server) -> std::path::PathBuf {
+    let d = srv.dir.join("gate");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn wait_file(p: std::path::PathBuf) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{} exists", p.display()),
+        || {
+            let p = p.clone();
+            async move { p.exists().then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_request_gives_503_then_recovers() {
+    let srv = Arc::new(Env::new().workers(2).with_test_services().start().await);
+    let dir = gate_dir(&srv);
+    let before = srv.worker_pids();
+    assert_eq!(before.len(), 2);
+    let s2 = srv.clone();
+    let d2 = dir.clone();
+    let pending =
+        tokio::spawn(async move { s2.get(&format!("/gate?dir={}&n=k", d2.display())).await });
+    wait_file(dir.join("started-k")).await;
+    let victim: u32 = std::fs::read_to_string(dir.join("started-k"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(before.contains(&victim));
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("request hung after its worker was killed")
+        .unwrap();
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("died"));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // The other worker keeps serving and a replacement appears.
+    assert_eq!(srv.get("/pid").await.status, 200);
+    eventually(Duration::from_secs(15), "a replacement worker", || {
+        let pids = srv.worker_pids();
+        async move { (pids.len() == 2 && !pids.contains(&victim)).then_some(()) }
+    })
+    .await;
+    srv.wait_ready().await;
+    for _ in 0..10 {
+        assert_eq!(srv.get("/pid").await.status, 200);
+    }
+    srv.assert_no_errors(&["worker died"]);
+}
+
+#[tokio::test]
+async fn deadline_gives_504_and_replaces_the_stuck_worker() {
+    let srv = Env::new()
+        .workers(2)
+        .with_test_services()
+        .set("http", "request_timeout_ms", "800")
+        .start()
+        .await;
+    let before: HashSet<u32> = srv.worker_pids().into_iter().collect();
+    let t0 = Instant::now();
+    let r = srv.get("/spin").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["cid"], r.cid());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // The other worker is unaffected meanwhile.
+    assert_eq!(srv.get("/pid").await.status, 200);
+    eventually(Duration::from_secs(15), "stuck worker replaced", || {
+        let now: HashSet<u32> = srv.worker_pids().into_iter().collect();
+        let before = before.clone();
+        async move { (now.len() == 2 && now.intersection(&before).count() == 1).then_some(()) }
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(srv.get("/pid").await.status, 200);
+    }
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn backpressure_503_with_retry_after_when_queue_is_full() {
+    let srv = Arc::new(
+        Env::new()
+            .workers(1)
+            .with_test_services()
+            .set("server", "threads", "4")
+            .set("workers", "max_inflight", "1")
+            .set("workers", "max_queue", "1")
+            .start()
+            .await,
+    );
+    let dir = gate_dir(&srv);
+    let spawn_gate = |n: &str| {
+        let s = srv.clone();
+        let path = format!("/gate?dir={}&n={n}", dir.display());
+        tokio::spawn(async move { s.get(&path).await })
+    };
+    let a = spawn_gate("a");
+    wait_file(dir.join("started-a")).await;
+    let b = spawn_gate("b");
+    let c = spawn_gate("c");
+    // One of b/c takes the single queue slot; the other is refused at once.
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            r = &mut Box::pin(async { b.await.unwrap() }) => r,
+            r = &mut Box::pin(async { c.await.unwrap() }) => r,
+        }
+    })
+    .await
+    .expect("no immediate 503");
+    assert_eq!(first.status, 503);
+    assert_eq!(first.header("retry-after").as_deref(), Some("1"));
+    assert!(first.json()["error"].as_str().unwrap().contains("busy"));
+    std::fs::write(dir.join("open"), "").unwrap();
+    assert_eq!(a.await.unwrap().status, 200);
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn sync_handlers_run_concurrently() {
+    // 8 invocations that each wait for the 8 others on a threading.Barrier: only completes if
+    // all 8 run at the same time in one worker.
+    let srv = Arc::new(
+        Env::new()
+            .workers(1)
+            .with_test_services()
+            .set("server", "threads", "8")
+            .start()
+            .await,
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = srv.clone();
+            tokio::spawn(async move { s.get("/barrier").await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+}
+
+/// Keeps `conns` keep-alive clients busy with GET /pid until `stop`; returns every status and
+/// the pids seen.
+fn load(
+    srv: &Arc<Server>,
+    conns: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<u16>, HashSet<u64>)>> {
+    (0..conns)
+        .map(|_| {
+            let srv = srv.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut pids = HashSet::new();
+                let mut c = Client::connect(srv.port()).await.unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match c.request("GET", "/pid", &[], bytes::Bytes::new()).await {
+                        Ok(r) => {
+                            if r.status == 200 {
+                                pids.insert(r.json()["pid"].as_u64().unwrap());
+                            }
+                            statuses.push(r.status);
+                        }
+                        Err(_) => {
+                            statuses.push(0);
+                            c = Client::connect(srv.port()).await.unwrap();
+                        }
+                    }
+                }
+                (statuses, pids)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_rolls_all_workers_with_zero_failed_requests() {
+    let srv = Arc::new(Env::new().workers(2).with_test_services().start().await);
+    let before = srv.worker_pids();
+    let fds_before = srv.fd_count();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&srv, 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    srv.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(20), "all workers replaced", || {
+        let now = srv.worker_pids();
+        let before = before.clone();
+        async move { (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut pids = HashSet::new();
+    for t in tasks {
+        let (s, p) = t.await.unwrap();
+        all.extend(s);
+        pids.extend(p);
+    }
+    let failed: Vec<_> = all.iter().filter(|s| **s != 200).collect();
+    assert!(all.len() > 50, "too little load: {}", all.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        all.len()
+    );
+    assert!(
+        pids.len() >= 3,
+        "requests should have been served by both generations: {pids:?}"
+    );
+    assert!(srv.log().contains("rolling restart complete"));
+    // No descriptor leak from the replaced workers (allow a little slack for timing).
+    let fds_after = srv.fd_count();
+    assert!(
+        fds_after <= fds_before + 4,
+        "fds grew from {fds_before} to {fds_after}"
+    );
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let srv = Arc::new(Env::new().workers(1).with_test_services().start().await);
+    let s = srv.clone();
+    let inflight = tokio::spawn(async move { s.get("/sleep?ms=1500").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    srv.signal(Signal::SIGTERM);
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut srv = Arc::try_unwrap(srv).expect("only owner");
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(0));
+    let log = srv.log();
+    assert!(log.contains("SIGTERM"), "{log}");
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn recycling_after_max_requests_loses_nothing() {
+    let srv = Arc::new(
+        Env::new()
+            .workers(2)
+            .with_test_services()
+            .set("workers", "max_requests", "25")
+            .set("workers", "max_requests_jitter", "5")
+            .start()
+            .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&srv, 3, stop.clone());
+    eventually(Duration::from_secs(30), "several recycles", || {
+        let n = srv.log().matches("recycling worker").count();
+        async move { (n >= 4).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut pids = HashSet::new();
+    for t in tasks {
+        let (s, p) = t.await.unwrap();
+        all.extend(s);
+        pids.extend(p);
+    }
+    assert!(
+        all.iter().all(|s| *s == 200),
+        "failures: {:?}",
+        all.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    assert!(pids.len() >= 4, "{pids:?}");
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn rss_limit_recycles_workers() {
+    let srv = Env::new()
+        .workers(1)
+        .with_test_services()
+        .set("workers", "max_rss_mb", "1")
+        .start()
+        .await;
+    eventually(Duration::from_secs(20), "an RSS recycle", || {
+        let log = srv.log();
+        async move { log.contains("reason=\"max_rss\"").then_some(()) }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(srv.get("/pid").await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn hung_worker_is_detected_by_heartbeats_and_replaced() {
+    let srv = Env::new()
+        .workers(1)
+        .with_test_services()
+        .set("workers", "heartbeat_ms", "200")
+        .start()
+        .await;
+    let pid = srv.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    eventually(Duration::from_secs(15), "hung worker replaced", || {
+        let pids = srv.worker_pids();
+        async move { (pids.len() == 1 && pids[0] != pid).then_some(()) }
+    })
+    .await;
+    srv.wait_ready().await;
+    assert_eq!(srv.get("/pid").await.status, 200);
+    srv.assert_no_errors(&["heartbeats", "worker died"]);
+}
+
+#[tokio::test]
+async fn crash_loop_stops_the_server() {
+    let mut srv = Env::new()
+        .workers(1)
+        .service("crash.py", "import os\nos._exit(1)\n")
+        .spawn();
+    let code = srv.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, Some(0));
+    assert!(srv.log().contains("crash loop"), "{}", srv.log());
+}

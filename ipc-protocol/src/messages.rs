@@ -1,0 +1,135 @@
+//! Typed payloads of the JSON-carrying frames (`HELLO`, `WELCOME`, `READY`, `LOG`, `ERROR`)
+//! and the metadata of `CALL` / `REPLY` frames. Field names are the ones in `SPEC.md`.
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// `HELLO`: the worker introduces itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol: u32,
+    pub worker_id: u32,
+    pub pid: u32,
+    pub token: String,
+    #[serde(default)]
+    pub python: String,
+    #[serde(default)]
+    pub oxbus: String,
+}
+
+/// `WELCOME`: the supervisor accepts the worker and tells it how to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub worker_id: u32,
+    pub generation: u64,
+    pub threads: u32,
+    pub services_dir: String,
+    pub heartbeat_ms: u64,
+    pub log_level: String,
+}
+
+/// One service as the worker reports it in `READY`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub module: String,
+    pub class: String,
+    #[serde(rename = "async")]
+    pub is_async: bool,
+    /// Verbs with a `handle_<VERB>` method; empty when one `handle` serves every verb.
+    #[serde(default)]
+    pub verbs: Vec<String>,
+}
+
+/// `READY`: the worker has imported its services and takes calls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ready {
+    pub services: Vec<ServiceInfo>,
+    #[serde(default)]
+    pub startup_ms: u64,
+}
+
+/// `LOG`: a log record from Python code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogRecord {
+    pub level: String,
+    #[serde(default)]
+    pub logger: String,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// `ERROR`: a fatal, connection-level error.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorMsg {
+    pub code: String,
+    pub message: String,
+}
+
+/// Meta of an `invoke` `CALL` from the supervisor. Borrowed, so building one per request
+/// costs no allocation beyond the serialised bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvokeMeta<'a> {
+    pub op: &'static str,
+    pub service: &'a str,
+    pub cid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_format: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "pairs_as_object"
+    )]
+    pub params: Option<&'a [(String, String)]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a [(&'a str, std::borrow::Cow<'a, str>)]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+fn pairs_as_object<S: Serializer>(
+    pairs: &Option<&[(String, String)]>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let pairs = pairs.unwrap_or(&[]);
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+/// Meta of any `CALL`, as received (the supervisor reads worker-initiated calls with it).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct CallMetaIn {
+    pub op: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub cid: Option<String>,
+    #[serde(default)]
+    pub data_format: Option<String>,
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Meta of a `REPLY`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyMeta {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}

@@ -1,0 +1,26 @@
+"""Oxbus: write integration services in plain Python, served by the Oxbus Rust server.
+
+This package is what a service author imports (``from oxbus import Service``) and what
+the server runs as its Python worker (``python -m oxbus.worker``). It is stdlib-only so it
+installs into any virtualenv without pulling dependencies into it.
+
+The public API mirrors Zato's so that Zato services move over with an import change:
+:class:`Service` with ``self.request``, ``self.response``, ``self.invoke``,
+``self.invoke_async``, ``self.logger``, ``self.cid``, ``self.channel``; SimpleIO ``input``
+and ``output`` declarations; and the :class:`Reportable` family of exceptions that answer
+with an HTTP status.
+"""
+
+from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
+                     NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
+from .service import Channel, HTTPRequest, Request, Response, Service
+from .simpleio import Bunch
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Bunch',
+    'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
+    'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
+    '__version__',
+]

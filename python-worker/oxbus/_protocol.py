@@ -1,0 +1,338 @@
+"""The Oxbus IPC frame codec (protocol version 1).
+
+This module is the Python half of ``ipc-protocol/SPEC.md``: the constants (kinds, flags,
+limits) and the functions that turn frames into bytes and back. Nothing else in the package
+knows the byte layout; the worker runtime, the tests and the benchmark all go through here,
+and the test suite checks this codec against the golden vectors in
+``ipc-protocol/testdata/v1`` byte for byte, exactly as the Rust suite does.
+
+A frame is a 10-byte header (``length`` u32, ``kind`` u8, ``flags`` u8, ``stream`` u32, all
+big-endian) followed by ``length`` payload bytes. ``CALL`` and ``REPLY`` payloads are a u32
+``meta_len``, that many bytes of JSON metadata, and then the raw body.
+
+The decoder is written for throughput rather than elegance: :class:`FrameReader` owns one
+large receive buffer that the socket fills with ``recv_into`` and hands back every complete
+frame in it at once, so the worker pays one system call and one Python-level loop per batch
+instead of per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+# ``typing`` costs milliseconds to import and the worker's startup budget is tight, so the
+# annotations stay strings (``from __future__ import annotations``) and the names they use
+# are imported for type checkers only. mypy and pyright treat any ``TYPE_CHECKING`` as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, List, Tuple, Union
+
+    #: A decoded frame: (kind, flags, stream, payload). The payload is kind-specific and
+    #: still undecoded. A plain tuple because the hot loop makes one per frame.
+    Frame = Tuple[int, int, int, bytes]
+
+__all__ = [
+    'PROTOCOL_VERSION', 'MAX_FRAME_LENGTH', 'HEADER', 'HEADER_SIZE', 'META_LEN',
+    'HELLO', 'WELCOME', 'READY', 'CALL', 'REPLY', 'CANCEL', 'PING', 'PONG', 'LOG', 'DRAIN',
+    'BYE', 'ERROR', 'KIND_NAMES', 'KIND_CODES', 'FLAG_ASYNC', 'KNOWN_FLAGS',
+    'WORKER_STREAM_BIT', 'ProtocolError', 'encode_frame', 'decode_frame',
+    'encode_call', 'encode_reply', 'split_call', 'decode_call', 'encode_json', 'decode_json',
+    'FrameReader',
+]
+
+#: The single integer exchanged in HELLO/WELCOME; any layout change bumps it.
+PROTOCOL_VERSION = 1
+
+#: Hard maximum of the ``length`` field (64 MiB). A larger value is a protocol error and the
+#: payload is never read, so a corrupt or hostile length cannot make us allocate gigabytes.
+MAX_FRAME_LENGTH = 64 * 1024 * 1024
+
+#: length u32, kind u8, flags u8, stream u32 - all big-endian.
+HEADER = struct.Struct('>IBBI')
+HEADER_SIZE = HEADER.size  # 10
+#: The u32 that opens a CALL/REPLY payload.
+META_LEN = struct.Struct('>I')
+
+HELLO = 1
+WELCOME = 2
+READY = 3
+CALL = 4
+REPLY = 5
+CANCEL = 6
+PING = 7
+PONG = 8
+LOG = 9
+DRAIN = 10
+BYE = 11
+ERROR = 15
+
+KIND_NAMES = {
+    HELLO: 'HELLO', WELCOME: 'WELCOME', READY: 'READY', CALL: 'CALL', REPLY: 'REPLY',
+    CANCEL: 'CANCEL', PING: 'PING', PONG: 'PONG', LOG: 'LOG', DRAIN: 'DRAIN', BYE: 'BYE',
+    ERROR: 'ERROR',
+}
+KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
+
+#: On a CALL from the worker: fire-and-forget, the supervisor sends no REPLY.
+FLAG_ASYNC = 0x01
+#: Every flag bit this version defines; any other bit set makes the frame invalid.
+KNOWN_FLAGS = FLAG_ASYNC
+
+#: Streams the worker opens have this bit set; the supervisor's have it clear.
+WORKER_STREAM_BIT = 0x8000_0000
+
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_pack_u32 = META_LEN.pack
+_unpack_u32 = META_LEN.unpack_from
+
+
+class ProtocolError(ValueError):
+    """The peer broke the wire protocol; the connection cannot be trusted any more.
+
+    ``code`` is the machine-readable code that goes into the ``ERROR`` frame sent back
+    (``frame_too_large``, ``bad_flags``, ``unknown_kind``, ``bad_frame``, ...).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# Compact separators keep frames small and match what the Rust side (serde_json) emits.
+# ensure_ascii=False keeps UTF-8 text readable in logs ("café", not "caf\u00e9"); lone
+# surrogates cannot be encoded that way, so encode_json falls back to escaping them.
+_json_encoder_text = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False)
+_json_encoder_ascii = json.JSONEncoder(separators=(',', ':'))
+
+
+def _make_c_encoder() -> Any:
+    """A reusable instance of the C encoder behind ``json.dumps``, or None.
+
+    ``JSONEncoder.encode`` builds a new C encoder object on every call, which costs about
+    as much as encoding a small reply. Building it once is what saves that. There is no
+    circular-reference bookkeeping (``markers=None``): the C encoder would leave stale
+    entries in a shared ``markers`` dict after an error, and a cycle still fails, as a
+    RecursionError.
+    """
+    make = getattr(json.encoder, 'c_make_encoder', None)
+    if make is None:
+        return None
+    sample = {'a': [1, 2.5, None, True], 'é': 'x"\n'}
+    try:
+        encoder = make(None, _json_encoder_text.default, json.encoder.encode_basestring,
+                       None, ':', ',', False, False, True)
+        # The signature is private: make sure it still means what we think it means.
+        if ''.join(encoder(sample, 0)) == _json_encoder_text.encode(sample):
+            return encoder
+    except TypeError:
+        pass
+    return None  # a CPython whose private API moved: use the public, slower path
+
+
+_c_encode = _make_c_encoder()
+_join = ''.join
+
+
+def encode_json(obj: Any) -> bytes:
+    """Serialise ``obj`` as compact UTF-8 JSON, the form every JSON payload on the wire takes."""
+    text = _join(_c_encode(obj, 0)) if _c_encode is not None else _json_encoder_text.encode(obj)
+    try:
+        return text.encode('utf-8')
+    except UnicodeEncodeError:
+        # A str holding a lone surrogate (e.g. parsed from "\ud800") has no UTF-8 form;
+        # the ASCII encoder writes it as a \u escape, which any JSON parser accepts.
+        return _json_encoder_ascii.encode(obj).encode('ascii')
+
+
+# The C scanner behind json.loads, called directly. json.loads itself spends as long on
+# its Python-level preliminaries (encoding detection, type checks, two regex matches for
+# whitespace) as the scanner spends on a typical CALL meta.
+_scan_once = json.JSONDecoder().scan_once
+
+
+def decode_json(data: Union[bytes, bytearray, str]) -> Any:
+    """Parse JSON; bytes are UTF-8 per the spec. Raises ValueError like ``json.loads``.
+
+    The fast path covers compact UTF-8 JSON, which is what the supervisor sends; anything
+    else (surrounding whitespace, a BOM, UTF-16, a syntax error) is handed to
+    ``json.loads``, so results and error messages are exactly the standard ones.
+    """
+    try:
+        text = data if isinstance(data, str) else data.decode('utf-8')
+        obj, end = _scan_once(text, 0)
+        if end == len(text):
+            return obj
+    except (StopIteration, ValueError):  # ValueError covers UnicodeDecodeError too
+        pass
+    return json.loads(data)
+
+
+def _check_header(length: int, kind: int, flags: int, max_length: int) -> None:
+    # Split out so the encoder and both decoders refuse exactly the same frames.
+    if length > max_length:
+        raise ProtocolError(
+            'frame_too_large',
+            'frame length %d exceeds the maximum of %d bytes' % (length, max_length))
+    if flags & ~KNOWN_FLAGS:
+        raise ProtocolError('bad_flags', 'unknown flag bits 0x%02x in a %s frame'
+                            % (flags & ~KNOWN_FLAGS, KIND_NAMES.get(kind, 'kind %d' % kind)))
+    if kind not in KIND_NAMES:
+        raise ProtocolError('unknown_kind', 'unknown frame kind %d' % kind)
+
+
+def encode_frame(kind: int, payload: Union[bytes, bytearray] = b'', stream: int = 0,
+                 flags: int = 0) -> bytes:
+    """Build one frame: header + payload."""
+    length = len(payload)
+    _check_header(length, kind, flags, MAX_FRAME_LENGTH)
+    if not 0 <= stream <= 0xFFFF_FFFF:
+        raise ValueError('stream id %r is not a u32' % (stream,))
+    return _pack_header(length, kind, flags, stream) + payload
+
+
+def decode_frame(data: Union[bytes, bytearray, memoryview],
+                 max_length: int = MAX_FRAME_LENGTH) -> Frame:
+    """Decode exactly one complete frame into (kind, flags, stream, payload).
+
+    Trailing or missing bytes are an error.
+    """
+    if len(data) < HEADER_SIZE:
+        raise ProtocolError('bad_frame', 'truncated frame header (%d bytes)' % len(data))
+    length, kind, flags, stream = _unpack_header(data, 0)
+    _check_header(length, kind, flags, max_length)
+    if len(data) != HEADER_SIZE + length:
+        raise ProtocolError('bad_frame', 'frame says %d payload bytes but %d follow'
+                            % (length, len(data) - HEADER_SIZE))
+    return kind, flags, stream, bytes(data[HEADER_SIZE:])
+
+
+def _meta_bytes(meta: Union[dict, bytes]) -> bytes:
+    return meta if isinstance(meta, (bytes, bytearray)) else encode_json(meta)
+
+
+def encode_call(stream: int, meta: Union[dict, bytes], body: bytes = b'',
+                flags: int = 0) -> bytes:
+    """Build a ``CALL`` frame; ``meta`` is a dict or already-encoded JSON bytes."""
+    m = _meta_bytes(meta)
+    return encode_frame(CALL, _pack_u32(len(m)) + m + body, stream, flags)
+
+
+def encode_reply(stream: int, meta: Union[dict, bytes], body: bytes = b'') -> bytes:
+    """Build a ``REPLY`` frame; ``meta`` is a dict or already-encoded JSON bytes."""
+    m = _meta_bytes(meta)
+    return encode_frame(REPLY, _pack_u32(len(m)) + m + body, stream)
+
+
+def split_call(payload: Union[bytes, bytearray]) -> Tuple[bytes, bytes]:
+    """Split a ``CALL``/``REPLY`` payload into its raw meta JSON and its body."""
+    if len(payload) < 4:
+        raise ProtocolError('bad_frame', 'CALL/REPLY payload shorter than its meta_len')
+    meta_len = _unpack_u32(payload, 0)[0]
+    end = 4 + meta_len
+    if end > len(payload):
+        raise ProtocolError('bad_frame', 'meta_len %d exceeds the %d payload bytes after it'
+                            % (meta_len, len(payload) - 4))
+    return bytes(payload[4:end]), bytes(payload[end:])
+
+
+def decode_call(payload: Union[bytes, bytearray]) -> Tuple[dict, bytes]:
+    """Split a ``CALL``/``REPLY`` payload and parse its meta, which must be a JSON object."""
+    raw_meta, body = split_call(payload)
+    try:
+        meta = decode_json(raw_meta)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ProtocolError('bad_frame', 'meta is not valid JSON: %s' % e) from None
+    if not isinstance(meta, dict):
+        raise ProtocolError('bad_frame', 'meta is not a JSON object')
+    return meta, body
+
+
+class FrameReader:
+    """Incremental decoder over one reusable receive buffer.
+
+    Usage (this is the worker's hot loop)::
+
+        n = sock.recv_into(reader.writable())
+        for kind, flags, stream, payload in reader.feed(n):
+            ...
+
+    The buffer starts at ``size`` bytes and grows only when a single frame is larger than
+    it; it shrinks back once that frame is consumed, so one 60 MiB upload does not pin
+    60 MiB for the life of the worker. Headers are validated as soon as they arrive, before
+    the payload is waited for, so an oversize length is refused without reading it.
+    """
+
+    __slots__ = ('_buf', '_view', '_start', '_end', '_size', '_max')
+
+    def __init__(self, size: int = 256 * 1024, max_length: int = MAX_FRAME_LENGTH) -> None:
+        self._size = size
+        self._max = max_length
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first byte not yet decoded
+        self._end = 0    # one past the last byte received
+
+    def writable(self) -> memoryview:
+        """The free tail of the buffer, for ``recv_into``."""
+        if self._end == len(self._buf):
+            self._make_room(HEADER_SIZE)
+        return self._view[self._end:]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames (a partial frame)."""
+        return self._end - self._start
+
+    def feed(self, n: int) -> List[Frame]:
+        """Account for ``n`` new bytes and return every frame that is now complete."""
+        self._end += n
+        buf = self._buf
+        pos = self._start
+        end = self._end
+        frames: List[Frame] = []
+        append = frames.append
+        unpack = _unpack_header
+        known = KIND_NAMES
+        max_length = self._max
+        while end - pos >= HEADER_SIZE:
+            length, kind, flags, stream = unpack(buf, pos)
+            if length > max_length or flags & ~KNOWN_FLAGS or kind not in known:
+                _check_header(length, kind, flags, max_length)
+            stop = pos + HEADER_SIZE + length
+            if stop > end:
+                break
+            append((kind, flags, stream, bytes(buf[pos + HEADER_SIZE:stop])))
+            pos = stop
+        if pos == end:
+            # The common case: the batch ended on a frame boundary, nothing to move.
+            self._start = self._end = 0
+            if len(buf) > self._size:
+                self._shrink()
+        else:
+            self._start = pos
+            self._make_room(HEADER_SIZE + _unpack_header(buf, pos)[0]
+                            if end - pos >= HEADER_SIZE else HEADER_SIZE)
+        return frames
+
+    def _make_room(self, frame_size: int) -> None:
+        """Ensure the partial frame at ``_start`` can be completed inside the buffer."""
+        pending = self._end - self._start
+        if self._start and (self._start + frame_size > len(self._buf)
+                            or self._end == len(self._buf)):
+            # Move the partial frame to the front; it is at most one frame, usually tiny.
+            self._buf[:pending] = self._buf[self._start:self._end]
+            self._start, self._end = 0, pending
+        if frame_size > len(self._buf):
+            grown = bytearray(frame_size)
+            grown[:pending] = self._buf[self._start:self._end]
+            # A fresh buffer rather than an in-place resize: a bytearray cannot be resized
+            # while a memoryview of it exists.
+            self._buf, self._view = grown, memoryview(grown)
+            self._start, self._end = 0, pending
+
+    def _shrink(self) -> None:
+        self._buf = bytearray(self._size)
+        self._view = memoryview(self._buf)

@@ -1,0 +1,857 @@
+"""The Python worker process: connection, handshake, service loading and concurrency.
+
+Lifecycle (``ipc-protocol/SPEC.md`` is the authority on every byte):
+
+1. connect to the supervisor's Unix socket, send ``HELLO``, wait for ``WELCOME``;
+2. import every module and package in ``services_dir`` and collect the services;
+3. send ``READY`` and serve ``CALL``s until ``DRAIN`` (finish everything, ``BYE``, exit 0)
+   or until the supervisor disappears (exit 5).
+
+Concurrency is a leader/follower pool, chosen because the common request is tiny (an echo
+takes microseconds) and a per-request hand-off to another thread would cost more than the
+request itself:
+
+* One thread at a time is the *leader*. It reads the socket (``recv_into`` a large buffer),
+  decodes every complete frame, answers control frames itself and appends ``CALL``s to the
+  shared ``pending`` deque. Then it runs the pending calls itself, one after another,
+  *inline*, collects their replies in the outbox and sends the whole outbox with one
+  ``sendall`` before it blocks in ``recv`` again. On the fast path there is no thread
+  switch at all: one ``recv`` and one ``sendall`` per batch.
+* A *watchdog* thread notices when the leader has been inside one handler for longer than
+  the hand-off time (2 ms, ``OXBUS_HANDOFF_MS``). It then promotes another thread (an idle
+  follower, or a new one; at most ``threads + 1`` in all) to leader. The new leader first
+  sends the replies the slow handler was holding back, then carries on reading and running.
+  The demoted thread finishes its handler, sends its reply, takes more pending work if a
+  handler slot is free and otherwise waits as an idle follower. When no inline handler is
+  running, the watchdog sleeps on a condition and costs nothing.
+* ``threads`` (from ``WELCOME``) caps the number of ``def handle`` calls running at once.
+  When all slots are taken the leader still reads the socket, so ``PING``, ``CANCEL`` and
+  ``DRAIN`` are always answered, but ``CALL``s wait in ``pending``; whichever thread frees a
+  slot takes the next one.
+* ``async def handle`` services run on one asyncio event loop in its own thread, started
+  only if such a service exists (importing asyncio costs startup time). The leader hands
+  each batch of async calls over with a single ``call_soon_threadsafe``.
+
+All shared state lives in :class:`Worker` and is guarded by ``_lock``; ``_send_lock``
+serialises writes so that frames leave in the order they were queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+
+from . import __version__
+from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG, PING, PONG,
+                        PROTOCOL_VERSION, READY, REPLY, WELCOME, WORKER_STREAM_BIT,
+                        FrameReader, ProtocolError, decode_call, decode_json, encode_frame,
+                        encode_json)
+from .service import Dispatcher, Service, current_invocation, _error_frame
+
+TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Dict, List, NoReturn, Optional, Tuple, Type
+
+__all__ = ['main', 'Worker', 'load_services', 'FrameLogHandler']
+
+EXIT_OK = 0
+EXIT_USAGE = 2          # argparse's own code for a bad command line
+EXIT_IMPORT_FAILED = 3
+EXIT_HANDSHAKE = 4
+EXIT_LOST = 5
+EXIT_INTERNAL = 70      # a bug in this runtime (EX_SOFTWARE); never expected
+
+#: How long the leader may stay inside one inline handler before the socket is handed to
+#: another thread. Short enough that a slow handler delays nobody noticeably, long enough
+#: that ordinary requests never pay for a hand-off.
+HANDOFF_MS = 2.0
+#: The supervisor answers HELLO right away; if it does not, it is not going to.
+HANDSHAKE_TIMEOUT_S = 30.0
+
+_LOG_LEVELS = {
+    'trace': logging.DEBUG, 'debug': logging.DEBUG, 'info': logging.INFO,
+    'warn': logging.WARNING, 'warning': logging.WARNING, 'error': logging.ERROR,
+    'critical': logging.CRITICAL,
+}
+_BYE_FRAME = encode_frame(BYE)
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+
+
+# -- logging ---------------------------------------------------------------------------
+
+
+def _level_name(levelno: int) -> str:
+    # By number, not by record.levelname, so custom levels still map onto the five the
+    # protocol knows.
+    if levelno >= logging.CRITICAL:
+        return 'critical'
+    if levelno >= logging.ERROR:
+        return 'error'
+    if levelno >= logging.WARNING:
+        return 'warning'
+    if levelno >= logging.INFO:
+        return 'info'
+    return 'debug'
+
+
+class FrameLogHandler(logging.Handler):
+    """Sends every log record to the supervisor as a ``LOG`` frame.
+
+    Installed on the root logger, so a plain ``logging.getLogger(__name__)`` in user code
+    reaches the server log too. The cid, service and stream of the invocation running in
+    the emitting thread or task come from :data:`oxbus.service.current_invocation`.
+    Until ``READY`` has been sent the frames are kept in :attr:`early` (the protocol allows
+    nothing else before it), then ``sink`` is switched to the worker's outbox.
+    """
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.early: List[bytes] = []
+        self.sink: Callable[[bytes], None] = self.early.append
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            doc = {'level': _level_name(record.levelno), 'logger': record.name,
+                   # format() appends the exception text and stack info when present.
+                   'msg': self.format(record)}
+            stream = 0
+            current = current_invocation.get()
+            if current is not None:
+                doc['cid'], doc['service'], stream = current
+            self.sink(encode_frame(LOG, encode_json(doc), stream))
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+# -- loading services --------------------------------------------------------------------
+
+
+class ImportFailed(Exception):
+    """The services could not be loaded; the message is what the deployer gets to see."""
+
+
+def _describe(cls: type) -> str:
+    module = sys.modules.get(cls.__module__)
+    return '%s.%s (%s)' % (cls.__module__, cls.__qualname__,
+                           getattr(module, '__file__', None) or '?')
+
+
+def load_services(services_dir: str) -> Dict[str, Type[Service]]:
+    """Import every ``*.py`` and package in ``services_dir``; return the services by name.
+
+    Every module is attempted even after a failure, so one deploy reports every broken
+    file at once. Raises :class:`ImportFailed` with the tracebacks.
+    """
+    import traceback  # needed only on failure; logging imports it anyway
+
+    root = os.path.realpath(services_dir)
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as e:
+        raise ImportFailed('cannot read services_dir %s: %s' % (services_dir, e)) from None
+    # First on sys.path, so service modules import each other by their plain names.
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+    modules: List[str] = []
+    failures: List[str] = []
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if entry.startswith(('.', '__')):
+            continue  # hidden files, editor droppings, __pycache__, a stray __init__.py
+        if entry.endswith('.py') and os.path.isfile(path):
+            name = entry[:-3]
+        elif os.path.isfile(os.path.join(path, '__init__.py')):
+            name = entry
+        else:
+            continue
+        if not name.isidentifier():
+            failures.append('%s: %r is not a valid Python module name' % (path, name))
+            continue
+        existing = sys.modules.get(name)
+        if existing is not None:
+            # `import json` would return the stdlib module and the file would be ignored.
+            failures.append('%s: the module name %r is already taken by %s; rename the file'
+                            % (path, name, getattr(existing, '__file__', None) or 'a built-in'))
+            continue
+        try:
+            __import__(name)
+        except (Exception, SystemExit):  # a module may even call sys.exit() on import
+            failures.append(traceback.format_exc())
+            continue
+        modules.append(name)
+    if failures:
+        raise ImportFailed('\n'.join(failures))
+
+    services: Dict[str, Type[Service]] = {}
+    # A package's services may live in its submodules, so every module the import pulled in
+    # under that package counts; a class belongs to the module that defines it.
+    prefixes = tuple(m + '.' for m in modules)
+    owned = [m for m in list(sys.modules) if m in modules or m.startswith(prefixes)]
+    for module_name in sorted(owned):
+        module = sys.modules[module_name]
+        for obj in list(vars(module).values()):
+            if (isinstance(obj, type) and issubclass(obj, Service) and obj is not Service
+                    and obj.__module__ == module_name and not obj._oxbus_abstract):
+                other = services.get(obj.name)
+                if other is not None and other is not obj:
+                    failures.append('duplicate service name %r: %s and %s'
+                                    % (obj.name, _describe(other), _describe(obj)))
+                services[obj.name] = obj
+    if failures:
+        raise ImportFailed('\n'.join(failures))
+    return services
+
+
+def service_info(cls: Type[Service]) -> Dict[str, Any]:
+    """The READY entry that describes one service."""
+    return {'name': cls.name, 'module': cls.__module__, 'class': cls.__qualname__,
+            'async': cls._oxbus_async, 'verbs': sorted(cls._oxbus_verbs)}
+
+
+# -- the worker --------------------------------------------------------------------------
+
+
+class _Call:
+    """One CALL from the supervisor, from arrival to reply."""
+
+    __slots__ = ('stream', 'meta', 'body', 'started', 'cancelled')
+
+    def __init__(self, stream: int, meta: Dict[str, Any], body: bytes) -> None:
+        self.stream = stream
+        self.meta = meta
+        self.body = body
+        self.started = False
+        # Set by CANCEL: a pending call is skipped, a running one has its reply dropped.
+        # A flag on the call, not a set of stream ids, because the supervisor may reuse a
+        # cancelled stream id while the old handler is still running.
+        self.cancelled = False
+
+
+class Worker:
+    """The serving half of the worker: the leader/follower pool described in the module doc."""
+
+    def __init__(self, sock: socket.socket, reader: FrameReader, threads: int,
+                 heartbeat_ms: int, worker_id: int = 0,
+                 handoff_ms: Optional[float] = None) -> None:
+        self._sock = sock
+        self._reader = reader
+        self._threads = max(1, threads)
+        self._worker_id = worker_id
+        if handoff_ms is None:
+            handoff_ms = float(os.environ.get('OXBUS_HANDOFF_MS') or HANDOFF_MS)
+        self._handoff = handoff_ms / 1000.0
+        # The supervisor pings every heartbeat; three silent intervals mean it is gone.
+        self._silence_limit = 3 * heartbeat_ms / 1000.0 if heartbeat_ms > 0 else None
+        self.dispatcher = Dispatcher({})
+
+        self._lock = threading.Lock()
+        self._idle_cv = threading.Condition(self._lock)   # idle followers wait here
+        self._wd_cv = threading.Condition(self._lock)     # the idle watchdog waits here
+        self._send_lock = threading.Lock()
+        self._done = threading.Event()
+
+        # All of the following are guarded by _lock.
+        self._outbox: List[bytes] = []
+        self._pending: deque[_Call] = deque()
+        self._active: Dict[int, _Call] = {}   # stream -> call not yet answered or cancelled
+        self._inflight = 0                    # calls registered whose handler has not ended
+        self._running = 0                     # def-handle invocations running right now
+        self._pool = 0                        # handler/leader threads started
+        self._idle = 0                        # of which waiting as idle followers
+        self._leader_epoch = 0                # bumped on every promotion
+        self._leader_wanted = False           # a promotion waits for a thread to take it
+        self._inline_since: Optional[float] = None  # leader's current inline handler start
+        self._wd_idle = False
+        self._draining = False
+        self._bye_sent = False
+        self._started = False
+        self._exit_code: Optional[int] = None
+
+        # Written without the lock (single writer, read as hints).
+        self._inline_ident = 0   # thread id of the leader while it runs handlers inline
+        self._last_rx = _monotonic()
+
+        self._loop: Any = None   # the asyncio loop, if any service is async
+        self._loop_ident = 0
+        self._loop_flush_pending = False
+        self._tasks: set = set()
+
+    # -- public API used by the dispatcher and the log handler ----------------------------
+
+    def post(self, frame: bytes) -> None:
+        """Queue a frame for the supervisor (LOG, CALL of invoke_async) and see it sent soon."""
+        with self._lock:
+            if self._bye_sent:
+                return  # nothing may follow BYE
+            self._outbox.append(frame)
+            if not self._started:
+                return  # serve() sends it right after READY
+        ident = _get_ident()
+        if ident == self._inline_ident:
+            return  # the leader flushes as soon as its current batch is done
+        if ident == self._loop_ident:
+            self._schedule_loop_flush()
+        else:
+            self._flush()
+
+    def run_coroutine(self, coro: Awaitable[Any]) -> Any:
+        """Run a coroutine on the worker's event loop from a handler thread; for self.invoke."""
+        if self._loop is None or _get_ident() == self._loop_ident:
+            getattr(coro, 'close', lambda: None)()
+            where = 'an async service' if self._loop is not None else 'this worker'
+            raise RuntimeError('self.invoke of an async service from %s would block the '
+                               'event loop; use invoke_async or make the callee def handle'
+                               % where)
+        import asyncio
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore
+
+    def start_loop(self) -> None:
+        """Start the asyncio event loop thread (only called when an async service exists)."""
+        import asyncio
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop_ident = _get_ident()
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        threading.Thread(target=run, name='oxbus-asyncio', daemon=True).start()
+        ready.wait()
+        self._loop = loop
+
+    def serve(self) -> int:
+        """Run until DRAIN completes (returns 0) or the supervisor is lost (exits 5)."""
+        with self._lock:
+            self._started = True
+            self._leader_wanted = True
+            self._spawn_locked()
+        threading.Thread(target=self._guard(self._watchdog), name='oxbus-watchdog',
+                         daemon=True).start()
+        self._done.wait()
+        return self._exit_code or 0
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        # An exception escaping a pool thread is a bug in this module; limping on with a
+        # handler slot leaked would hang calls, so crash loudly instead.
+        def run() -> None:
+            try:
+                target()
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                self._die(EXIT_INTERNAL, 'internal error in the worker runtime')
+        return run
+
+    def _spawn_locked(self) -> None:
+        self._pool += 1
+        threading.Thread(target=self._guard(self._thread_main),
+                         name='oxbus-%d' % self._pool, daemon=True).start()
+
+    def _thread_main(self) -> None:
+        """Every pool thread: lead when asked, else run pending calls, else wait idle."""
+        lock = self._lock
+        while True:
+            with lock:
+                while True:
+                    if self._exit_code is not None:
+                        return
+                    if self._leader_wanted:
+                        self._leader_wanted = False
+                        epoch: Optional[int] = self._leader_epoch
+                        call = None
+                        break
+                    if self._pending and self._running < self._threads:
+                        call = self._take_locked()
+                        if call is not None:
+                            self._running += 1
+                            epoch = None
+                            break
+                    self._idle += 1
+                    self._idle_cv.wait()
+                    self._idle -= 1
+            if epoch is not None:
+                self._lead(epoch)
+                continue
+            assert call is not None
+            reply = self._execute(call)
+            with lock:
+                self._complete_locked(call, reply)
+            # Not the leader: nobody else would send this reply before the next batch.
+            self._flush()
+            self._check_drained()
+
+    def _lead(self, epoch: int) -> None:
+        """Read, decode and run calls inline until demoted by the watchdog."""
+        lock = self._lock
+        reader = self._reader
+        recv_into = self._sock.recv_into
+        me = _get_ident()
+        # A promoted leader first releases the replies that finished while the previous
+        # leader was stuck in a slow handler.
+        self._flush()
+        call: Optional[_Call] = None
+        while True:
+            if call is None:
+                with lock:
+                    call = self._take_inline_locked(me)
+            if call is not None:
+                reply = self._execute(call)
+                with lock:
+                    self._complete_locked(call, reply)
+                    if epoch != self._leader_epoch:
+                        call = None
+                        demoted = True
+                    else:
+                        demoted = False
+                        # Take the next call under the same lock acquisition.
+                        call = self._take_inline_locked(me)
+                if demoted:
+                    self._flush()
+                    self._check_drained()
+                    return
+                continue
+
+            # Nothing runnable: send the batch's replies, then wait for the supervisor.
+            self._inline_ident = 0
+            self._flush()
+            if self._draining:
+                self._check_drained()
+            try:
+                n = recv_into(reader.writable())
+            except OSError as e:
+                self._lost('reading from the supervisor failed: %s' % e)
+            if not n:
+                self._lost('the supervisor closed the connection')
+            self._last_rx = _monotonic()
+            try:
+                self._on_frames(reader.feed(n))
+            except ProtocolError as e:
+                self._protocol_error(e)
+
+    def _take_locked(self) -> Optional[_Call]:
+        pending = self._pending
+        while pending:
+            call = pending.popleft()
+            if not call.cancelled:
+                call.started = True
+                return call
+        return None
+
+    def _take_inline_locked(self, me: int) -> Optional[_Call]:
+        """Take a call for the leader to run inline and arm the watchdog, if possible."""
+        if self._pending and self._running < self._threads:
+            call = self._take_locked()
+            if call is not None:
+                self._running += 1
+                self._inline_since = _monotonic()
+                self._inline_ident = me
+                if self._wd_idle:
+                    self._wd_cv.notify()
+                return call
+        self._inline_since = None
+        return None
+
+    def _complete_locked(self, call: _Call, reply: bytes) -> None:
+        self._running -= 1
+        self._inflight -= 1
+        self._answer_locked(call, reply)
+
+    def _answer_locked(self, call: _Call, reply: bytes) -> None:
+        if call.cancelled:
+            return  # the supervisor gave up on this stream and will not read the reply
+        if self._active.get(call.stream) is call:
+            del self._active[call.stream]
+        if not self._bye_sent:
+            self._outbox.append(reply)
+
+    def _execute(self, call: _Call) -> bytes:
+        try:
+            return self.dispatcher.run(call.stream, call.meta, call.body)
+        except BaseException:  # Dispatcher.run catches everything; this is a last resort
+            logging.getLogger('oxbus.worker').exception('dispatcher failed')
+            return _error_frame(call.stream, 500, {'error': 'internal error',
+                                                   'cid': call.meta.get('cid') or ''})
+
+    def _watchdog(self) -> None:
+        """Promote a new leader when the current one is stuck in a handler; watch heartbeats."""
+        lock = self._lock
+        cv = self._wd_cv
+        handoff = self._handoff
+        silence = self._silence_limit
+        # Poll at the hand-off period for a while after the last inline handler, and only
+        # then sleep until notified: under steady load the leader keeps running inline
+        # handlers, and notifying a sleeping watchdog on every batch would cost a wake-up
+        # per batch instead of one every couple of milliseconds.
+        linger = max(0.05, 10 * handoff)
+        idle_wait = silence / 3 if silence else None
+        last_busy = 0.0
+        with lock:
+            while True:
+                if self._exit_code is not None:
+                    return
+                now = _monotonic()
+                if silence is not None and now - self._last_rx > silence:
+                    break
+                since = self._inline_since
+                if since is not None:
+                    last_busy = now
+                    if now - since >= handoff:
+                        self._promote_locked()
+                    else:
+                        cv.wait(since + handoff - now)
+                elif now - last_busy < linger:
+                    cv.wait(handoff)
+                else:
+                    self._wd_idle = True
+                    cv.wait(idle_wait)
+                    self._wd_idle = False
+        self._lost('no frame from the supervisor for %d ms' % (silence * 1000))  # type: ignore
+
+    def _promote_locked(self) -> None:
+        # The current leader keeps running its handler but is no longer the leader: it
+        # notices when the handler returns (epoch changed) and becomes a follower.
+        self._leader_epoch += 1
+        self._leader_wanted = True
+        self._inline_since = None
+        self._inline_ident = 0
+        if self._idle:
+            self._idle_cv.notify()
+        elif self._pool < self._threads + 1:
+            self._spawn_locked()
+        # Otherwise every thread is in a handler and the first one to finish leads.
+
+    # -- frames from the supervisor -------------------------------------------------------
+
+    def _on_frames(self, frames: List[Tuple[int, int, int, bytes]]) -> None:
+        lock = self._lock
+        dispatcher = self.dispatcher
+        has_loop = self._loop is not None
+        async_calls: List[_Call] = []
+        for kind, flags, stream, payload in frames:
+            if kind == CALL:
+                if not stream or stream & WORKER_STREAM_BIT:
+                    raise ProtocolError('bad_stream', 'CALL on stream %d, which is not a '
+                                        'supervisor stream id' % stream)
+                meta, body = decode_call(payload)
+                call = _Call(stream, meta, body)
+                is_async = has_loop and dispatcher.is_async(meta)
+                with lock:
+                    if stream in self._active:
+                        raise ProtocolError('stream_in_use', 'CALL on stream %d, which has '
+                                            'a call in flight' % stream)
+                    if self._draining:
+                        self._outbox.append(_error_frame(stream, 503, {
+                            'error': 'the worker is draining', 'cid': meta.get('cid') or ''}))
+                        continue
+                    self._active[stream] = call
+                    self._inflight += 1
+                    if is_async:
+                        call.started = True
+                        async_calls.append(call)
+                    else:
+                        self._pending.append(call)
+            elif kind == PING:
+                with lock:
+                    self._outbox.append(encode_frame(PONG, payload))
+            elif kind == CANCEL:
+                with lock:
+                    call = self._active.pop(stream, None)
+                    if call is not None:
+                        call.cancelled = True
+                        if not call.started:
+                            self._inflight -= 1  # it stays in the deque; takers skip it
+            elif kind == DRAIN:
+                with lock:
+                    self._draining = True
+            elif kind == PONG or kind == REPLY:
+                # We send no PING and only fire-and-forget CALLs, so these answer nothing
+                # in flight; a late answer is harmless.
+                pass
+            elif kind == ERROR:
+                self._die(EXIT_LOST, 'the supervisor sent ERROR: %s' % _error_text(payload))
+            else:
+                raise ProtocolError('unexpected_kind', 'a worker does not accept %s frames'
+                                    % _kind_name(kind))
+        if async_calls:
+            # One wake-up of the loop per batch, not per call.
+            self._loop.call_soon_threadsafe(self._start_async, async_calls)
+        if self._draining:
+            self._check_drained()
+
+    # -- async services --------------------------------------------------------------------
+
+    def _start_async(self, calls: List[_Call]) -> None:
+        create_task = self._loop.create_task
+        for call in calls:
+            task = create_task(self._run_async(call))
+            # The loop keeps only weak references to tasks; hold them until done.
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_async(self, call: _Call) -> None:
+        try:
+            reply = await self.dispatcher.run_async(call.stream, call.meta, call.body)
+        except BaseException:  # run_async catches everything; this is a last resort
+            logging.getLogger('oxbus.worker').exception('dispatcher failed')
+            reply = _error_frame(call.stream, 500, {'error': 'internal error',
+                                                    'cid': call.meta.get('cid') or ''})
+        with self._lock:
+            self._inflight -= 1
+            self._answer_locked(call, reply)
+        self._schedule_loop_flush()
+
+    def _schedule_loop_flush(self) -> None:
+        # Replies of every task that finishes in this loop iteration share one sendall.
+        if not self._loop_flush_pending:
+            self._loop_flush_pending = True
+            self._loop.call_soon(self._loop_flush)
+
+    def _loop_flush(self) -> None:
+        self._loop_flush_pending = False
+        self._flush()
+        self._check_drained()
+
+    # -- output and exit --------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send everything in the outbox with one sendall."""
+        with self._send_lock:
+            with self._lock:
+                out = self._outbox
+                if not out:
+                    return
+                self._outbox = []
+            try:
+                self._sock.sendall(out[0] if len(out) == 1 else b''.join(out))
+            except OSError as e:
+                self._lost('writing to the supervisor failed: %s' % e)
+
+    def _check_drained(self) -> None:
+        """After DRAIN: once nothing is in flight, send BYE and let main() exit 0."""
+        with self._lock:
+            if not self._draining or self._inflight or self._bye_sent:
+                return
+            self._outbox.append(_BYE_FRAME)
+            self._bye_sent = True  # from now on nothing else is queued
+        self._flush()
+        self._exit_clean()
+
+    def _exit_clean(self) -> None:
+        with self._lock:
+            self._exit_code = EXIT_OK
+            self._idle_cv.notify_all()
+            self._wd_cv.notify_all()
+        self._done.set()  # main() returns 0, so atexit handlers of user code still run
+
+    def _protocol_error(self, e: ProtocolError) -> NoReturn:
+        with self._lock:
+            self._outbox.append(encode_frame(ERROR, encode_json(
+                {'code': e.code, 'message': e.message})))
+        try:
+            self._flush()
+        finally:
+            self._die(EXIT_LOST, 'protocol error from the supervisor: %s' % e.message)
+
+    def _lost(self, reason: str) -> NoReturn:
+        self._die(EXIT_LOST, 'lost the supervisor: %s' % reason)
+
+    def _die(self, code: int, message: str) -> NoReturn:
+        if self._bye_sent:
+            # BYE is queued or out: the supervisor closing its end now is expected, not a
+            # failure. Let main() exit 0 and park this thread until it does.
+            self._exit_clean()
+            threading.Event().wait()
+        sys.stderr.write('oxbus worker %d: %s\n' % (self._worker_id, message))
+        sys.stderr.flush()
+        # os._exit, not sys.exit: handler threads may be stuck in user code forever and
+        # the supervisor is gone, so there is nobody to drain for.
+        os._exit(code)
+
+
+def _kind_name(kind: int) -> str:
+    return KIND_NAMES.get(kind, 'kind %d' % kind)
+
+
+def _json_object(payload: bytes) -> Dict[str, Any]:
+    """Parse a JSON-object payload (HELLO, WELCOME, ERROR...); ValueError if it is not one."""
+    doc = decode_json(payload)
+    if not isinstance(doc, dict):
+        raise ValueError('not a JSON object')
+    return doc
+
+
+def _error_text(payload: bytes) -> str:
+    """The human-readable part of an ERROR frame, whatever state it is in."""
+    try:
+        doc = _json_object(payload)
+        return '%s: %s' % (doc.get('code'), doc.get('message'))
+    except ValueError:
+        return repr(payload[:200])
+
+
+# -- startup --------------------------------------------------------------------------
+
+
+def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='python -m oxbus.worker',
+        description='Oxbus Python worker. Started by the Oxbus server, not by hand.')
+    parser.add_argument('--socket', required=True, help="the supervisor's Unix socket path")
+    parser.add_argument('--worker-id', type=int, required=True, help='this worker’s id')
+    parser.add_argument('--token', required=True, help='one-time token proving who we are')
+    return parser.parse_args(argv)
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    sys.stderr.write(message.rstrip('\n') + '\n')
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def _send_error(sock: socket.socket, code: str, message: str) -> None:
+    try:
+        sock.sendall(encode_frame(ERROR, encode_json({'code': code, 'message': message})))
+    except OSError:
+        pass  # we are exiting with the message on stderr anyway
+
+
+def _handshake(sock: socket.socket, reader: FrameReader, worker_id: int,
+               token: str) -> Dict[str, Any]:
+    """Send HELLO, return the validated WELCOME; exit 4 or 5 on refusal or silence."""
+    hello = {'protocol': PROTOCOL_VERSION, 'worker_id': worker_id, 'pid': os.getpid(),
+             'token': token, 'python': '%d.%d.%d' % sys.version_info[:3], 'oxbus': __version__}
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    try:
+        sock.sendall(encode_frame(HELLO, encode_json(hello)))
+        frames: list = []
+        while not frames:
+            n = sock.recv_into(reader.writable())
+            if not n:
+                _fail(EXIT_LOST, 'oxbus worker %d: the supervisor closed the connection '
+                      'during the handshake' % worker_id)
+            frames = reader.feed(n)
+    except ProtocolError as e:
+        _send_error(sock, e.code, e.message)
+        _fail(EXIT_HANDSHAKE, 'oxbus worker %d: bad frame in the handshake: %s'
+              % (worker_id, e.message))
+    except OSError as e:  # including socket.timeout
+        _fail(EXIT_LOST, 'oxbus worker %d: handshake with the supervisor failed: %s'
+              % (worker_id, e))
+    sock.settimeout(None)
+
+    kind, _flags, _stream, payload = frames[0]
+    if kind == ERROR:
+        _fail(EXIT_HANDSHAKE, 'oxbus worker %d: the supervisor refused the handshake: %s'
+              % (worker_id, _error_text(payload)))
+    if kind != WELCOME or len(frames) > 1:
+        message = 'expected WELCOME, got %s' % ', '.join(_kind_name(f[0]) for f in frames)
+        _send_error(sock, 'unexpected_kind', message)
+        _fail(EXIT_HANDSHAKE, 'oxbus worker %d: %s' % (worker_id, message))
+    try:
+        welcome = _json_object(payload)
+    except ValueError as e:
+        _send_error(sock, 'bad_welcome', 'WELCOME is not a JSON object: %s' % e)
+        _fail(EXIT_HANDSHAKE, 'oxbus worker %d: WELCOME is not a JSON object: %s'
+              % (worker_id, e))
+
+    if welcome.get('protocol') != PROTOCOL_VERSION:
+        message = ('oxbus supervisor speaks IPC protocol %s, this worker speaks %d: run the '
+                   'oxbus Python package that ships with this server'
+                   % (welcome.get('protocol'), PROTOCOL_VERSION))
+        _send_error(sock, 'protocol_mismatch', message)
+        _fail(EXIT_HANDSHAKE, message)
+    problem = _check_welcome(welcome, worker_id)
+    if problem:
+        _send_error(sock, 'bad_welcome', problem)
+        _fail(EXIT_HANDSHAKE, 'oxbus worker %d: %s' % (worker_id, problem))
+    return welcome
+
+
+def _check_welcome(welcome: Dict[str, Any], worker_id: int) -> Optional[str]:
+    def is_int(value: Any, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    if welcome.get('worker_id') != worker_id:
+        return 'WELCOME is for worker %r, this is worker %d' % (welcome.get('worker_id'),
+                                                                worker_id)
+    for field, low in (('generation', 0), ('threads', 1), ('heartbeat_ms', 0)):
+        if not is_int(welcome.get(field), low):
+            return 'WELCOME field %s must be an integer >= %d, got %r' % (
+                field, low, welcome.get(field))
+    if not isinstance(welcome.get('services_dir'), str) or not welcome['services_dir']:
+        return 'WELCOME field services_dir must be a non-empty string'
+    level = welcome.get('log_level')
+    if not isinstance(level, str) or level.lower() not in _LOG_LEVELS:
+        return 'WELCOME field log_level must be one of %s, got %r' % (
+            '/'.join(_LOG_LEVELS), level)
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m oxbus.worker``: returns the exit code (or exits with it)."""
+    started = _monotonic()
+    args = _parse_args(argv)  # exits 2 on a bad command line
+    # Ctrl-C in a terminal reaches the whole process group; the supervisor decides how its
+    # workers stop (DRAIN, or a kill), so a worker must not die halfway through on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(args.socket)
+    except OSError as e:
+        _fail(EXIT_LOST, 'oxbus worker %d: cannot connect to the supervisor at %s: %s'
+              % (args.worker_id, args.socket, e))
+    reader = FrameReader()
+    welcome = _handshake(sock, reader, args.worker_id, args.token)
+
+    root = logging.getLogger()
+    root.setLevel(_LOG_LEVELS[welcome['log_level'].lower()])
+    log_handler = FrameLogHandler()
+    root.addHandler(log_handler)
+    logging.captureWarnings(True)
+
+    try:
+        services = load_services(welcome['services_dir'])
+    except ImportFailed as e:
+        _send_error(sock, 'import_failed', str(e))
+        _fail(EXIT_IMPORT_FAILED, str(e))
+
+    worker = Worker(sock, reader, welcome['threads'], welcome['heartbeat_ms'],
+                    worker_id=args.worker_id)
+    worker.dispatcher = Dispatcher(services, post=worker.post,
+                                   run_coroutine=worker.run_coroutine)
+    if any(cls._oxbus_async for cls in services.values()):
+        worker.start_loop()
+
+    ready = {'services': [service_info(cls) for cls in services.values()],
+             'startup_ms': int((_monotonic() - started) * 1000)}
+    try:
+        sock.sendall(encode_frame(READY, encode_json(ready)))
+    except OSError as e:
+        _fail(EXIT_LOST, 'oxbus worker %d: lost the supervisor before READY: %s'
+              % (args.worker_id, e))
+    # From here on records go to the outbox. Switch under the handler's lock so a record
+    # emitted by some other thread right now lands in one place or the other, not nowhere.
+    log_handler.acquire()
+    try:
+        for frame in log_handler.early:
+            worker.post(frame)
+        log_handler.sink = worker.post
+    finally:
+        log_handler.release()
+    return worker.serve()

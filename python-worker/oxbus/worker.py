@@ -1,0 +1,14 @@
+"""Entry point of the Python worker: ``python -m oxbus.worker --socket PATH --worker-id N --token HEX``.
+
+The Oxbus server spawns this (never forks it) with the interpreter the operator configured,
+so the user's virtualenv and its native wheels are in effect. Everything happens in
+:mod:`oxbus._runtime`; this module only exists to give the command its name and stays tiny
+so that ``-m`` does not import anything the runtime would not.
+"""
+
+import sys
+
+from oxbus._runtime import main
+
+if __name__ == '__main__':
+    sys.exit(main())

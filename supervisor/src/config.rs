@@ -1,0 +1,435 @@
+//! Server settings: a TOML file, then `OXBUS_<SECTION>_<KEY>` environment overrides, then
+//! validation. Everything is checked before anything starts, and a bad setting is an error
+//! that names the setting, the value and the limit.
+//!
+//! ```toml
+//! [server]
+//! listen = "0.0.0.0:17010"
+//! workers = 2                 # 1..=8
+//! python = "/srv/venv/bin/python"
+//! threads = 8                 # concurrent `def handle` per worker
+//! services_dir = "services"   # relative to this file
+//!
+//! [[channels]]
+//! url_path = "/customers/{id}"
+//! methods = ["GET"]
+//! service = "crm.customer.get"
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The most Python workers one server runs: a product limit, not a tuning default.
+pub const MAX_WORKERS: u32 = 8;
+
+/// Errors found while reading or checking the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid setting {key} = {value}: {message}")]
+    Invalid {
+        key: String,
+        value: String,
+        message: String,
+    },
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub workers: WorkersSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    /// Directory of the file the settings came from; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: SocketAddr,
+    /// Number of Python workers; default min(CPUs, 8).
+    pub workers: Option<u32>,
+    /// The Python interpreter the workers run (a venv's `bin/python` works).
+    pub python: String,
+    pub threads: u32,
+    pub services_dir: PathBuf,
+    /// Private directory for the IPC socket and the bundled Python package; default: a
+    /// fresh directory under `$XDG_RUNTIME_DIR` or `/tmp`.
+    pub runtime_dir: Option<PathBuf>,
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing target list.
+    pub log_level: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "0.0.0.0:17010".parse().expect("valid address"),
+            workers: None,
+            python: "python3".into(),
+            threads: 8,
+            services_dir: "services".into(),
+            runtime_dir: None,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// `[workers]`: supervision of the Python processes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersSection {
+    /// Invocations sent to one worker at once (pipelined on its socket).
+    pub max_inflight: u32,
+    /// Requests that may wait for a free worker before the server answers 503.
+    pub max_queue: u32,
+    /// Recycle a worker after this many requests (0 = never), plus up to `max_requests_jitter`.
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// Recycle a worker whose resident memory exceeds this many MiB (0 = never).
+    pub max_rss_mb: u64,
+    pub heartbeat_ms: u64,
+    /// How long a worker may take from spawn to READY.
+    pub startup_timeout_ms: u64,
+    /// How long a draining worker may take to finish before it is killed.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        WorkersSection {
+            max_inflight: 64,
+            max_queue: 1024,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss_mb: 0,
+            heartbeat_ms: 5000,
+            startup_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[http]`: the edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Per-request deadline; past it the client gets 504 and the worker is replaced.
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this; above 60 s for AWS ALB.
+    pub keepalive_timeout_ms: u64,
+    /// On SIGTERM, time in-flight requests get to finish.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            request_timeout_ms: 30_000,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            keepalive_timeout_ms: 75_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub url_path: String,
+    /// Allowed methods; empty = any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub service: String,
+    #[serde(default = "default_format")]
+    pub data_format: DataFormat,
+}
+
+fn default_format() -> DataFormat {
+    DataFormat::Json
+}
+
+/// How a channel's request body is handed to the service.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Parsed as JSON into `self.request.payload`; malformed JSON is a 400.
+    Json,
+    /// Raw bytes in `self.request.raw`.
+    Raw,
+}
+
+impl DataFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataFormat::Json => "json",
+            DataFormat::Raw => "raw",
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &["server", "workers", "http"];
+
+impl Settings {
+    /// Reads `path`, applies the `OXBUS_*` variables of `env` and validates the result.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        Settings::from_toml(&text, path, &base, env)
+    }
+
+    /// Parses TOML text (named `origin` in errors), applies overrides, validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        base_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings> {
+        let mut doc: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        apply_env(&mut doc, env)?;
+        let mut s: Settings =
+            toml::Value::Table(doc)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        s.base_dir = base_dir.to_owned();
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                value: value.to_string(),
+                message: message.into(),
+            })
+        };
+        if let Some(w) = self.server.workers {
+            if w == 0 {
+                return bad("server.workers", &w, "at least 1 worker is needed");
+            }
+            if w > MAX_WORKERS {
+                return bad(
+                    "server.workers",
+                    &w,
+                    "Oxbus runs at most 8 Python workers per server; for more capacity add servers (up to 3 per cluster) or clusters",
+                );
+            }
+        }
+        if self.server.threads == 0 || self.server.threads > 1024 {
+            return bad("server.threads", &self.server.threads, "must be 1..=1024");
+        }
+        if self.workers.max_inflight == 0 {
+            return bad("workers.max_inflight", &0, "must be at least 1");
+        }
+        if self.workers.heartbeat_ms < 100 {
+            return bad(
+                "workers.heartbeat_ms",
+                &self.workers.heartbeat_ms,
+                "must be at least 100",
+            );
+        }
+        if self.http.request_timeout_ms == 0 {
+            return bad("http.request_timeout_ms", &0, "must be above 0");
+        }
+        if self.http.keepalive_timeout_ms == 0 || self.http.header_read_timeout_ms == 0 {
+            return bad(
+                "http.keepalive_timeout_ms / http.header_read_timeout_ms",
+                &0,
+                "must be above 0",
+            );
+        }
+        if self.http.max_body_bytes > oxbus_ipc::MAX_PAYLOAD - 64 * 1024 {
+            return bad(
+                "http.max_body_bytes",
+                &self.http.max_body_bytes,
+                "must stay below the 64 MiB IPC frame maximum",
+            );
+        }
+        if self.http.max_header_bytes < 1024 {
+            return bad(
+                "http.max_header_bytes",
+                &self.http.max_header_bytes,
+                "must be at least 1024",
+            );
+        }
+        crate::router::Router::new(&self.channels).map(|_| ())
+    }
+
+    /// The worker count, with the default applied.
+    pub fn worker_count(&self) -> u32 {
+        self.server.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .clamp(1, MAX_WORKERS)
+        })
+    }
+
+    /// The services directory, absolute.
+    pub fn services_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.server.services_dir)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.request_timeout_ms)
+    }
+}
+
+/// Applies `OXBUS_<SECTION>_<KEY>=value`: the value is read as a TOML value when it parses as
+/// one (numbers, booleans, arrays), else as a string.
+fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("OXBUS_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+            lower
+                .strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k.to_owned()))
+        }) else {
+            continue;
+        };
+        if key.is_empty() {
+            return Err(ConfigError::Env {
+                var,
+                message: "names no setting".into(),
+            });
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let table = doc
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let Some(table) = table.as_table_mut() else {
+            return Err(ConfigError::Env {
+                var,
+                message: format!("[{section}] is not a table in the file"),
+            });
+        };
+        table.insert(key, parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Settings> {
+        Settings::from_toml(
+            text,
+            Path::new("test.toml"),
+            Path::new("/base"),
+            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_and_channels() {
+        let s = parse(
+            r#"
+            [server]
+            workers = 2
+            [[channels]]
+            url_path = "/echo"
+            methods = ["POST"]
+            service = "demo.echo"
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.worker_count(), 2);
+        assert_eq!(s.http.keepalive_timeout_ms, 75_000);
+        assert_eq!(s.channels[0].data_format, DataFormat::Json);
+        assert_eq!(s.services_dir(), PathBuf::from("/base/services"));
+    }
+
+    #[test]
+    fn more_than_eight_workers_is_refused_naming_the_limit() {
+        let e = parse("[server]\nworkers = 9", &[]).unwrap_err().to_string();
+        assert!(e.contains("server.workers = 9"), "{e}");
+        assert!(e.contains("at most 8 Python workers"), "{e}");
+        let e = parse("", &[("OXBUS_SERVER_WORKERS", "12")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 8"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let s = parse(
+            "[server]\nworkers = 2\n",
+            &[
+                ("OXBUS_SERVER_WORKERS", "3"),
+                ("OXBUS_HTTP_MAX_BODY_BYTES", "1000"),
+                ("OXBUS_SERVER_PYTHON", "/opt/venv/bin/python"),
+                ("OXBUS_TOKEN", "ignored: not a setting section"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.worker_count(), 3);
+        assert_eq!(s.http.max_body_bytes, 1000);
+        assert_eq!(s.server.python, "/opt/venv/bin/python");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(parse("[server]\nworkerz = 2", &[]).is_err());
+        assert!(parse("", &[("OXBUS_HTTP_MAX_BODY_BYTEZ", "1")]).is_err());
+        assert!(parse("[server]\nworkers = 0", &[]).is_err());
+        let e = parse("[[channels]]\nurl_path = \"echo\"\nservice = \"x\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with /"), "{e}");
+    }
+}

@@ -1,0 +1,492 @@
+//! The HTTP edge: accepts connections, guards them (header and body limits, slowloris and
+//! idle timeouts), routes requests to channels and turns worker replies into responses.
+//!
+//! Every response carries `X-Oxbus-CID`, and every error is a JSON body that names the
+//! problem. Connection timeouts are enforced here rather than by hyper's timer: hyper's
+//! header-read timeout either also cuts idle keep-alive connections or does not apply after
+//! the first request, depending on the version, and an AWS ALB needs idle keep-alive
+//! connections to outlive its own 60 s idle timeout while a slowloris client must not.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use oxbus_ipc::InvokeMeta;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{Instrument, debug, warn};
+
+use crate::pool::DispatchError;
+use crate::router::Match;
+use crate::server::{Event, Shared};
+
+type Body = Full<Bytes>;
+
+/// Binds the HTTP listener with SO_REUSEADDR and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Activity of one connection, shared by its I/O wrapper, its requests and its watchdog.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    /// Requests being handled on this connection.
+    active: AtomicU32,
+    /// When bytes of a request head started arriving (ms since epoch + 1; 0 = none).
+    head_started: AtomicU64,
+    /// When the connection last became idle (ms since epoch).
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// A TCP stream that notes when request bytes arrive while no request is in progress.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let a = &self.activity;
+            if a.active.load(Ordering::Relaxed) == 0 && a.head_started.load(Ordering::Relaxed) == 0
+            {
+                a.head_started.store(a.now(), Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Marks a request in progress on a connection until dropped.
+struct InRequest(Arc<Activity>);
+
+impl InRequest {
+    fn start(a: &Arc<Activity>) -> InRequest {
+        a.active.fetch_add(1, Ordering::Relaxed);
+        a.head_started.store(0, Ordering::Relaxed);
+        InRequest(a.clone())
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now(), Ordering::Relaxed);
+        a.head_started.store(0, Ordering::Relaxed);
+        a.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts open connections so that shutdown can wait for the last one.
+#[derive(Debug, Default)]
+struct ConnCount {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+struct ConnGuard(Arc<ConnCount>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// Accepts and serves connections until shutdown, then waits for open connections to finish
+/// (up to the drain deadline) and reports [`Event::HttpDrained`].
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let conns = Arc::new(ConnCount::default());
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => {
+                    conns.n.fetch_add(1, Ordering::SeqCst);
+                    let guard = ConnGuard(conns.clone());
+                    let shared = shared.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, shared, shutdown).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_millis(shared.settings.http.drain_timeout_ms);
+    loop {
+        let zero = conns.zero.notified();
+        tokio::pin!(zero);
+        zero.as_mut().enable();
+        let open = conns.n.load(Ordering::SeqCst);
+        if open == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline.into(), zero)
+            .await
+            .is_err()
+        {
+            warn!(
+                open,
+                "drain deadline passed with connections still open; closing them"
+            );
+            break;
+        }
+    }
+    let _ = events.send(Event::HttpDrained);
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        active: AtomicU32::new(0),
+        // A new connection must send its first request head within the header timeout.
+        head_started: AtomicU64::new(1),
+        idle_since: AtomicU64::new(1),
+    });
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let http = &shared.settings.http;
+    let header_timeout = http.header_read_timeout_ms;
+    let idle_timeout = http.keepalive_timeout_ms;
+    let check = Duration::from_millis((header_timeout.min(idle_timeout) / 4).clamp(20, 1000));
+    let svc = {
+        let shared = shared.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            let in_request = InRequest::start(&activity);
+            async move {
+                let resp = handle(req, &shared).await;
+                drop(in_request);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(http.max_header_bytes.max(8192) + 1024)
+        .keep_alive(true)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(check) => {
+                let a = &activity;
+                if a.active.load(Ordering::Relaxed) > 0 {
+                    continue;
+                }
+                let now = a.now();
+                let head = a.head_started.load(Ordering::Relaxed);
+                if head != 0 && now.saturating_sub(head) > header_timeout {
+                    debug!("request head not complete within the header timeout; closing");
+                    return;
+                }
+                if head == 0 && now.saturating_sub(a.idle_since.load(Ordering::Relaxed)) > idle_timeout {
+                    debug!("keep-alive connection idle; closing");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, cid: &str, body: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(cid) {
+        h.insert("x-oxbus-cid", v);
+    }
+    r
+}
+
+fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
+    json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let cid = shared.cids.next();
+    let path = req.uri().path();
+    match path {
+        "/healthz" => {
+            return json_response(StatusCode::OK, &cid, serde_json::json!({"status": "ok"}));
+        }
+        "/readyz" => {
+            let ready_workers = shared.pool.ready_count();
+            let ok = shared.ready.load(Ordering::SeqCst) && ready_workers > 0;
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return json_response(
+                status,
+                &cid,
+                serde_json::json!({
+                    "status": if ok { "ready" } else { "not ready" },
+                    "workers_ready": ready_workers,
+                    "workers_wanted": shared.settings.worker_count(),
+                }),
+            );
+        }
+        _ => {}
+    }
+    let method = req.method().as_str();
+    let (channel, params) = match shared.router.lookup(method, path) {
+        Match::Found { channel, params } => (channel, params),
+        Match::NotFound => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &cid,
+                &format!("no channel for {method} {path}"),
+            );
+        }
+        Match::WrongMethod(allowed) => {
+            let mut r = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &cid,
+                &format!(
+                    "method {method} not allowed for {path}; allowed: {}",
+                    allowed.join(", ")
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            return r;
+        }
+    };
+    let limits = &shared.settings.http;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &cid,
+            &format!(
+                "request headers of {header_bytes} bytes exceed the limit of {} bytes",
+                limits.max_header_bytes
+            ),
+        );
+    }
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &cid,
+            &format!(
+                "request body exceeds the limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limits.max_body_bytes as u64
+    {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large();
+        }
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &cid,
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+    };
+    let headers: Vec<(&str, Cow<str>)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let timeout = shared.settings.request_timeout();
+    let meta = InvokeMeta {
+        op: "invoke",
+        service: &channel.service,
+        cid: &cid,
+        channel: Some("rest"),
+        data_format: Some(channel.data_format.as_str()),
+        method: Some(parts.method.as_str()),
+        path: Some(parts.uri.path()),
+        params: Some(&params),
+        query: Some(parts.uri.query().unwrap_or("")),
+        headers: Some(&headers),
+        deadline_ms: Some(timeout.as_millis() as u64),
+    };
+    let span = tracing::info_span!("request", cid = %cid, service = %channel.service);
+    let result = shared
+        .pool
+        .invoke(&meta, &body, Instant::now() + timeout)
+        .instrument(span.clone())
+        .await;
+    let _enter = span.enter();
+    match result {
+        Ok(reply) => build_reply(reply, &cid),
+        Err(e) => dispatch_error(e, &cid),
+    }
+}
+
+fn build_reply(reply: crate::pool::Reply, cid: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(reply.body));
+    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or_else(|_| {
+        warn!(
+            status = reply.status,
+            "service returned an invalid status code; sending 500"
+        );
+        StatusCode::INTERNAL_SERVER_ERROR
+    });
+    let h = r.headers_mut();
+    for (k, v) in &reply.headers {
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(k), Ok(v)) => {
+                h.append(k, v);
+            }
+            _ => warn!(header = %k, "service set an invalid response header; dropped"),
+        }
+    }
+    if let Some(ct) = reply
+        .content_type
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Ok(v) = HeaderValue::from_str(cid) {
+        h.insert("x-oxbus-cid", v);
+    }
+    r
+}
+
+fn dispatch_error(e: DispatchError, cid: &str) -> Response<Body> {
+    let (status, retry) = match e {
+        DispatchError::Busy | DispatchError::QueueTimeout => {
+            (StatusCode::SERVICE_UNAVAILABLE, true)
+        }
+        DispatchError::WorkerDied => {
+            warn!("worker died with the request in flight");
+            (StatusCode::SERVICE_UNAVAILABLE, true)
+        }
+        DispatchError::Deadline => {
+            warn!("request deadline passed");
+            (StatusCode::GATEWAY_TIMEOUT, false)
+        }
+        DispatchError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
+    };
+    let mut r = error_response(status, cid, &e.to_string());
+    if retry {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}

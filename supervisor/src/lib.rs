@@ -1,0 +1,36 @@
+//! The Oxbus server ("supervisor"): owns every socket, supervises the Python workers and
+//! dispatches each invocation to one of them over the IPC protocol of `oxbus-ipc`.
+//!
+//! - [`config`]: settings (TOML + `OXBUS_*` overrides) and their validation.
+//! - [`router`]: REST channels, `{param}` paths, 404 vs 405.
+//! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids).
+//! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
+//! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
+//! - [`process`]: spawning workers; [`python`]: the bundled Python package.
+//! - [`quickstart`]: the `oxbus quickstart` environment.
+
+pub mod cid;
+pub mod config;
+pub mod http;
+pub mod pool;
+pub mod process;
+pub mod python;
+pub mod quickstart;
+pub mod router;
+pub mod server;
+
+/// Installs the log subscriber: `level` is a level (`info`) or a target list
+/// (`info,oxbus_supervisor::http=debug`).
+pub fn init_logging(level: &str) -> Result<(), String> {
+    use tracing_subscriber::prelude::*;
+    let filter: tracing_subscriber::filter::Targets = level
+        .parse()
+        .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .try_init()
+        .map_err(|e| e.to_string())
+}

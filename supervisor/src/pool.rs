@@ -1,0 +1,654 @@
+//! The worker pool: the set of live Python workers, their IPC connections, and dispatch.
+//!
+//! Dispatch picks the least-loaded ready worker that has a free in-flight slot; when every
+//! worker is full the request waits in a bounded queue, and past that bound the caller gets
+//! [`DispatchError::Busy`] at once (the HTTP layer answers 503 + `Retry-After`). Nothing is
+//! ever buffered without a bound.
+//!
+//! Each worker connection has two tasks. The writer drains a shared outbox: callers encode
+//! their `CALL` frames straight into it under a short `std::sync::Mutex` (no `.await` while it
+//! is held) and poke a `Notify`, so whatever accumulated while the previous write was in
+//! progress goes out in one `write` — batching comes for free under load. The reader decodes
+//! frames and completes the oneshot of the matching stream. When the connection ends, every
+//! pending stream is failed at once, so no client waits on a dead worker.
+
+use bytes::{Bytes, BytesMut};
+use oxbus_ipc::{
+    CallMetaIn, ErrorMsg, FLAG_ASYNC, Frame, FrameDecoder, InvokeMeta, Kind, LogRecord, ReplyMeta,
+    ServiceInfo, WORKER_STREAM_BIT,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{Instrument, debug, error, info, warn};
+
+use crate::server::Event;
+
+/// A worker's answer to an invocation.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// Why an invocation got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatchError {
+    #[error("all workers are busy and the queue is full")]
+    Busy,
+    #[error("no worker became free before the deadline")]
+    QueueTimeout,
+    #[error("the worker handling the request died")]
+    WorkerDied,
+    #[error("the request deadline passed")]
+    Deadline,
+    #[error("the request is too large for the IPC frame limit")]
+    TooLarge,
+}
+
+/// Lifecycle of a worker as dispatch sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Spawned, not yet `READY`.
+    Starting = 0,
+    /// Takes new invocations.
+    Ready = 1,
+    /// Finishes what it has, takes nothing new.
+    Draining = 2,
+    /// Connection gone.
+    Dead = 3,
+}
+
+impl WorkerState {
+    fn from_u8(v: u8) -> WorkerState {
+        match v {
+            0 => WorkerState::Starting,
+            1 => WorkerState::Ready,
+            2 => WorkerState::Draining,
+            _ => WorkerState::Dead,
+        }
+    }
+}
+
+/// One Python worker process as the pool knows it.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: u32,
+    pub generation: u64,
+    pub token: String,
+    pub pid: AtomicU32,
+    state: AtomicU8,
+    inflight: AtomicUsize,
+    served: AtomicU64,
+    /// Recycle after this many requests (0 = never).
+    recycle_at: u64,
+    recycle_requested: AtomicBool,
+    outbox: Mutex<BytesMut>,
+    wake_writer: Notify,
+    pending: Mutex<HashMap<u32, oneshot::Sender<Reply>>>,
+    next_stream: AtomicU32,
+    /// Milliseconds since the pool epoch of the last `PONG`.
+    last_pong_ms: AtomicU64,
+    /// The worker said `BYE` (drained cleanly).
+    pub said_bye: AtomicBool,
+    pub services: Mutex<Vec<ServiceInfo>>,
+    /// An `ERROR` the worker sent before exiting (an import traceback, typically).
+    pub boot_error: Mutex<Option<String>>,
+}
+
+impl Worker {
+    pub fn new(id: u32, generation: u64, token: String, recycle_at: u64) -> Worker {
+        Worker {
+            id,
+            generation,
+            token,
+            pid: AtomicU32::new(0),
+            state: AtomicU8::new(WorkerState::Starting as u8),
+            inflight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            recycle_at,
+            recycle_requested: AtomicBool::new(false),
+            outbox: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            wake_writer: Notify::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_stream: AtomicU32::new(1),
+            last_pong_ms: AtomicU64::new(0),
+            said_bye: AtomicBool::new(false),
+            services: Mutex::new(Vec::new()),
+            boot_error: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    pub fn set_state(&self, s: WorkerState) {
+        self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    pub fn last_pong_ms(&self) -> u64 {
+        self.last_pong_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn set_last_pong(&self, now_ms: u64) {
+        self.last_pong_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn alloc_stream(&self) -> u32 {
+        loop {
+            let s = self.next_stream.fetch_add(1, Ordering::Relaxed) & !WORKER_STREAM_BIT;
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    /// Queues a frame for the writer task.
+    pub fn send_frame(&self, frame: &Frame) {
+        frame.encode(&mut self.outbox.lock().expect("outbox lock"));
+        self.wake_writer.notify_one();
+    }
+
+    fn send_reply(&self, stream: u32, reply: &ReplyMeta, body: &[u8]) {
+        let r = oxbus_ipc::encode_reply(
+            &mut self.outbox.lock().expect("outbox lock"),
+            stream,
+            reply,
+            body,
+        );
+        if r.is_err() {
+            let _ = oxbus_ipc::encode_reply(
+                &mut self.outbox.lock().expect("outbox lock"),
+                stream,
+                &ReplyMeta {
+                    status: 500,
+                    content_type: Some("application/json".into()),
+                    headers: vec![],
+                },
+                br#"{"error":"reply too large for the IPC frame limit"}"#,
+            );
+        }
+        self.wake_writer.notify_one();
+    }
+
+    /// Fails every pending stream (their callers see [`DispatchError::WorkerDied`]).
+    fn fail_pending(&self) {
+        let drained: Vec<_> = self.pending.lock().expect("pending lock").drain().collect();
+        drop(drained);
+    }
+}
+
+/// The set of workers and the dispatch logic.
+#[derive(Debug)]
+pub struct Pool {
+    workers: RwLock<Vec<Arc<Worker>>>,
+    freed: Notify,
+    queued: AtomicUsize,
+    max_inflight: usize,
+    max_queue: usize,
+    rr: AtomicUsize,
+    epoch: Instant,
+    events: mpsc::UnboundedSender<Event>,
+    /// Default deadline of calls the workers make (invoke_async).
+    call_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(
+        max_inflight: usize,
+        max_queue: usize,
+        call_timeout: Duration,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Pool {
+        Pool {
+            workers: RwLock::new(Vec::new()),
+            freed: Notify::new(),
+            queued: AtomicUsize::new(0),
+            max_inflight,
+            max_queue,
+            rr: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            events,
+            call_timeout,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn add(&self, w: Arc<Worker>) {
+        self.workers.write().expect("workers lock").push(w);
+    }
+
+    pub fn remove(&self, id: u32) -> Option<Arc<Worker>> {
+        let mut ws = self.workers.write().expect("workers lock");
+        let i = ws.iter().position(|w| w.id == id)?;
+        Some(ws.remove(i))
+    }
+
+    pub fn get(&self, id: u32) -> Option<Arc<Worker>> {
+        self.workers
+            .read()
+            .expect("workers lock")
+            .iter()
+            .find(|w| w.id == id)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Worker>> {
+        self.workers.read().expect("workers lock").clone()
+    }
+
+    /// Number of workers taking new work.
+    pub fn ready_count(&self) -> usize {
+        self.workers
+            .read()
+            .expect("workers lock")
+            .iter()
+            .filter(|w| w.state() == WorkerState::Ready)
+            .count()
+    }
+
+    /// Stops dispatch to a worker; returns its in-flight count.
+    pub fn mark_draining(&self, w: &Worker) -> usize {
+        if w.state() != WorkerState::Dead {
+            w.set_state(WorkerState::Draining);
+        }
+        w.inflight()
+    }
+
+    /// Wakes waiters so they re-check (a worker became ready).
+    pub fn capacity_changed(&self) {
+        self.freed.notify_waiters();
+    }
+
+    fn try_pick(&self) -> Option<Arc<Worker>> {
+        let ws = self.workers.read().expect("workers lock");
+        let n = ws.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..4 {
+            let mut best: Option<&Arc<Worker>> = None;
+            let mut best_load = usize::MAX;
+            for k in 0..n {
+                let w = &ws[(start + k) % n];
+                if w.state() != WorkerState::Ready {
+                    continue;
+                }
+                let load = w.inflight.load(Ordering::Relaxed);
+                if load < self.max_inflight && load < best_load {
+                    best = Some(w);
+                    best_load = load;
+                }
+            }
+            let w = best?;
+            if w.inflight
+                .compare_exchange(
+                    best_load,
+                    best_load + 1,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                // Re-check after the increment: whoever marks a worker draining reads the
+                // in-flight count after the state change, so one of us sees the other.
+                if w.state() == WorkerState::Ready {
+                    return Some(w.clone());
+                }
+                self.release(w);
+            }
+        }
+        None
+    }
+
+    fn release(&self, w: &Worker) {
+        w.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.freed.notify_one();
+    }
+
+    async fn acquire(&self, deadline: Instant) -> Result<Arc<Worker>, DispatchError> {
+        if let Some(w) = self.try_pick() {
+            return Ok(w);
+        }
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(DispatchError::Busy);
+        }
+        struct Queued<'a>(&'a AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _queued = Queued(&self.queued);
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(w) = self.try_pick() {
+                return Ok(w);
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                return Err(DispatchError::QueueTimeout);
+            }
+        }
+    }
+
+    /// Runs one invocation on some worker and waits for its reply until `deadline`.
+    pub async fn invoke(
+        &self,
+        meta: &InvokeMeta<'_>,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, DispatchError> {
+        let w = self.acquire(deadline).await?;
+        let slot = Slot {
+            pool: self,
+            worker: &w,
+        };
+        let stream = w.alloc_stream();
+        let (tx, rx) = oneshot::channel();
+        w.pending.lock().expect("pending lock").insert(stream, tx);
+        if w.state() == WorkerState::Dead {
+            w.pending.lock().expect("pending lock").remove(&stream);
+            return Err(DispatchError::WorkerDied);
+        }
+        let encoded = oxbus_ipc::encode_call(
+            &mut w.outbox.lock().expect("outbox lock"),
+            0,
+            stream,
+            meta,
+            body,
+        );
+        if encoded.is_err() {
+            w.pending.lock().expect("pending lock").remove(&stream);
+            return Err(DispatchError::TooLarge);
+        }
+        w.wake_writer.notify_one();
+        let mut guard = StreamGuard {
+            worker: &w,
+            stream,
+            done: false,
+        };
+        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(DispatchError::WorkerDied),
+            Err(_) => {
+                let _ = self.events.send(Event::Stuck { id: w.id });
+                return Err(DispatchError::Deadline);
+            }
+        };
+        guard.done = true;
+        drop(slot);
+        result
+    }
+}
+
+/// Gives the in-flight slot back when an invocation ends, however it ends.
+struct Slot<'a> {
+    pool: &'a Pool,
+    worker: &'a Arc<Worker>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let w = self.worker;
+        self.pool.release(w);
+        let served = w.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if w.recycle_at > 0
+            && served >= w.recycle_at
+            && !w.recycle_requested.swap(true, Ordering::Relaxed)
+        {
+            let _ = self.pool.events.send(Event::Recycle {
+                id: w.id,
+                reason: "max_requests",
+            });
+        }
+    }
+}
+
+/// Cancels a stream whose caller stopped waiting (deadline, or the client went away).
+struct StreamGuard<'a> {
+    worker: &'a Worker,
+    stream: u32,
+    done: bool,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let was_pending = self
+            .worker
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.stream)
+            .is_some();
+        if was_pending && self.worker.state() != WorkerState::Dead {
+            self.worker
+                .send_frame(&Frame::new(Kind::Cancel, self.stream, Bytes::new()));
+        }
+    }
+}
+
+/// Runs an attached worker connection until it ends: a writer task and this reader loop.
+pub async fn run_connection(
+    pool: Arc<Pool>,
+    worker: Arc<Worker>,
+    stream: UnixStream,
+    mut buf: BytesMut,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let mut spare = BytesMut::with_capacity(64 * 1024);
+            loop {
+                worker.wake_writer.notified().await;
+                std::mem::swap(&mut *worker.outbox.lock().expect("outbox lock"), &mut spare);
+                if !spare.is_empty() {
+                    if let Err(e) = wr.write_all(&spare).await {
+                        debug!(error = %e, "worker socket write failed");
+                        break;
+                    }
+                    spare.clear();
+                }
+                if worker.state() == WorkerState::Dead {
+                    break;
+                }
+            }
+        })
+    };
+    let decoder = FrameDecoder::default();
+    let reason = 'outer: loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if let Err(reason) = handle_frame(&pool, &worker, frame) {
+                        break 'outer reason;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    worker.send_frame(&Frame::json(
+                        Kind::Error,
+                        &ErrorMsg {
+                            code: "protocol_error".into(),
+                            message: e.to_string(),
+                        },
+                    ));
+                    break 'outer format!("protocol error from worker: {e}");
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break "connection closed".to_owned(),
+            Ok(_) => {}
+            Err(e) => break format!("read error: {e}"),
+        }
+    };
+    debug!(%reason, "worker connection ended");
+    worker.set_state(WorkerState::Dead);
+    worker.fail_pending();
+    worker.wake_writer.notify_one();
+    let _ = writer.await;
+    pool.capacity_changed();
+}
+
+fn handle_frame(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> Result<(), String> {
+    match frame.kind {
+        Kind::Reply => {
+            let (meta, body) = frame.split_meta().map_err(|e| e.to_string())?;
+            let meta: ReplyMeta =
+                serde_json::from_slice(&meta).map_err(|e| format!("bad REPLY meta: {e}"))?;
+            let tx = worker
+                .pending
+                .lock()
+                .expect("pending lock")
+                .remove(&frame.stream);
+            if let Some(tx) = tx {
+                let _ = tx.send(Reply {
+                    status: meta.status,
+                    content_type: meta.content_type,
+                    headers: meta.headers,
+                    body,
+                });
+            }
+        }
+        Kind::Pong => worker.last_pong_ms.store(pool.now_ms(), Ordering::Relaxed),
+        Kind::Ping => worker.send_frame(&Frame::new(Kind::Pong, 0, frame.payload)),
+        Kind::Log => match frame.parse_json::<LogRecord>() {
+            Ok(rec) => emit_log(&rec),
+            Err(e) => warn!(error = %e, "unreadable LOG frame from worker"),
+        },
+        Kind::Call => handle_worker_call(pool, worker, frame)?,
+        Kind::Bye => worker.said_bye.store(true, Ordering::SeqCst),
+        Kind::Cancel => {}
+        Kind::Error => {
+            let msg = frame
+                .parse_json::<ErrorMsg>()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_else(|e| e.to_string());
+            return Err(format!("worker sent ERROR: {msg}"));
+        }
+        other => return Err(format!("unexpected {} frame after READY", other.name())),
+    }
+    Ok(())
+}
+
+/// A `CALL` the worker opened: `invoke` of another service (from `self.invoke_async`).
+fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> Result<(), String> {
+    let (meta, body) = frame.split_meta().map_err(|e| e.to_string())?;
+    let meta: CallMetaIn =
+        serde_json::from_slice(&meta).map_err(|e| format!("bad CALL meta: {e}"))?;
+    let fire_and_forget = frame.flags & FLAG_ASYNC != 0;
+    let stream = frame.stream;
+    let json_reply = |status: u16, msg: &str| {
+        (
+            ReplyMeta {
+                status,
+                content_type: Some("application/json".into()),
+                headers: vec![],
+            },
+            serde_json::json!({ "error": msg }).to_string().into_bytes(),
+        )
+    };
+    let Some(service) = meta.service.clone().filter(|_| meta.op == "invoke") else {
+        if !fire_and_forget {
+            let (m, b) = json_reply(501, &format!("unknown op: {}", meta.op));
+            worker.send_reply(stream, &m, &b);
+        }
+        return Ok(());
+    };
+    let pool = pool.clone();
+    let worker = worker.clone();
+    let cid = meta.cid.clone().unwrap_or_default();
+    let span = tracing::info_span!("request", cid = %cid, service = %service);
+    tokio::spawn(
+        async move {
+            let deadline = Instant::now()
+                + meta
+                    .deadline_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(pool.call_timeout);
+            let m = InvokeMeta {
+                op: "invoke",
+                service: &service,
+                cid: &cid,
+                channel: Some("invoke"),
+                data_format: Some(meta.data_format.as_deref().unwrap_or("json")),
+                method: None,
+                path: None,
+                params: None,
+                query: None,
+                headers: None,
+                deadline_ms: meta.deadline_ms,
+            };
+            let result = pool.invoke(&m, &body, deadline).await;
+            if let Err(e) = &result {
+                warn!(error = %e, "invocation requested by a worker failed");
+            }
+            if fire_and_forget {
+                return;
+            }
+            match result {
+                Ok(r) => worker.send_reply(
+                    stream,
+                    &ReplyMeta {
+                        status: r.status,
+                        content_type: r.content_type,
+                        headers: r.headers,
+                    },
+                    &r.body,
+                ),
+                Err(e) => {
+                    let (m, b) = json_reply(503, &e.to_string());
+                    worker.send_reply(stream, &m, &b);
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Ok(())
+}
+
+fn emit_log(rec: &LogRecord) {
+    let cid = rec.cid.as_deref().unwrap_or("");
+    let service = rec.service.as_deref().unwrap_or("");
+    let logger = rec.logger.as_str();
+    let msg = rec.msg.as_str();
+    match rec.level.as_str() {
+        "critical" | "error" => error!(target: "oxbus::python", cid, service, logger, "{msg}"),
+        "warning" => warn!(target: "oxbus::python", cid, service, logger, "{msg}"),
+        "info" => info!(target: "oxbus::python", cid, service, logger, "{msg}"),
+        _ => debug!(target: "oxbus::python", cid, service, logger, "{msg}"),
+    }
+}

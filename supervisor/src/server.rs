@@ -1,0 +1,871 @@
+//! The supervisor: one event loop that owns the workers' lifecycle.
+//!
+//! Modelled on gunicorn's arbiter: signal handlers, child exits, worker readiness, recycle
+//! requests and timer ticks are all variants of one [`Event`] enum, handled one at a time in
+//! one loop, so there is no lock around lifecycle state and no race between, say, a SIGHUP
+//! and a worker dying. SIGTERM drains gracefully within a deadline, SIGINT stops fast,
+//! SIGHUP rolls every worker (generation N+1 is ready before generation N drains).
+
+use bytes::BytesMut;
+use nix::sys::signal::Signal;
+use oxbus_ipc::{ErrorMsg, Frame, FrameDecoder, Hello, Kind, PROTOCOL_VERSION, Ready, Welcome};
+use std::collections::{HashMap, VecDeque};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, error, info, warn};
+
+use crate::config::Settings;
+use crate::pool::{Pool, Worker, WorkerState};
+use crate::process::{self, Launch, StderrTail, exit_code};
+use crate::python::RuntimeDir;
+use crate::router::Router;
+
+/// Everything the supervisor loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    Signal(Sig),
+    WorkerReady {
+        id: u32,
+    },
+    WorkerExited {
+        id: u32,
+        status: Option<ExitStatus>,
+    },
+    Recycle {
+        id: u32,
+        reason: &'static str,
+    },
+    /// A request on this worker passed its deadline: replace the worker.
+    Stuck {
+        id: u32,
+    },
+    Respawn {
+        generation: u64,
+        replaces: Option<u32>,
+    },
+    /// The HTTP layer closed its last connection after SIGTERM.
+    HttpDrained,
+}
+
+/// The signals the supervisor acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    Term,
+    Int,
+    Hup,
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Fatal(String),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+/// State shared with the HTTP layer.
+#[derive(Debug)]
+pub struct Shared {
+    pub pool: Arc<Pool>,
+    pub router: Router,
+    pub settings: Settings,
+    /// True once the first generation is up, false again once shutdown starts.
+    pub ready: AtomicBool,
+    pub cids: crate::cid::CidGen,
+}
+
+#[derive(Debug)]
+struct Child {
+    generation: u64,
+    pid: u32,
+    tail: StderrTail,
+    ready: bool,
+    replaces: Option<u32>,
+    retire: Option<Retire>,
+    worker: Arc<Worker>,
+}
+
+#[derive(Debug)]
+struct Retire {
+    kill_when_idle: bool,
+    drain_sent: bool,
+    deadline: Instant,
+}
+
+/// What happens once the supervisor loop ends.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit_code: i32,
+}
+
+struct Supervisor {
+    settings: Settings,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Event>,
+    launch: Launch,
+    children: HashMap<u32, Child>,
+    next_id: u32,
+    generation: u64,
+    reload: Option<u64>,
+    desired: u32,
+    boot_failures_in_a_row: u32,
+    recent_crashes: VecDeque<Instant>,
+    started_at: Instant,
+    shutting_down: Option<Sig>,
+    http_drained: bool,
+    shutdown_tx: watch::Sender<bool>,
+    last_heartbeat: Instant,
+    last_rss_check: Instant,
+}
+
+/// Runs a server until it is told to stop. Returns the process exit code.
+pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
+    let started_at = Instant::now();
+    let router = Router::new(&settings.channels).map_err(|e| ServerError::Fatal(e.to_string()))?;
+    let services_dir = settings.services_dir();
+    if !services_dir.is_dir() {
+        return Err(ServerError::Fatal(format!(
+            "services directory {} does not exist",
+            services_dir.display()
+        )));
+    }
+    let runtime = RuntimeDir::create(settings.server.runtime_dir.as_deref())
+        .map_err(io_err("cannot create the runtime directory"))?;
+    let python_path = runtime
+        .unpack_python()
+        .map_err(io_err("cannot unpack the oxbus Python package"))?;
+    let socket = runtime.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let ipc = UnixListener::bind(&socket)
+        .map_err(io_err(format!("cannot listen on {}", socket.display())))?;
+    let listener = crate::http::bind(settings.server.listen).map_err(io_err(format!(
+        "cannot listen on {}",
+        settings.server.listen
+    )))?;
+    let local = listener.local_addr().map_err(io_err("local_addr"))?;
+
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let pool = Arc::new(Pool::new(
+        settings.workers.max_inflight as usize,
+        settings.workers.max_queue as usize,
+        settings.request_timeout(),
+        ev_tx.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        pool: pool.clone(),
+        router,
+        settings: settings.clone(),
+        ready: AtomicBool::new(false),
+        cids: crate::cid::CidGen::new(),
+    });
+
+    let welcome = WelcomeTemplate {
+        threads: settings.server.threads,
+        services_dir: services_dir.display().to_string(),
+        heartbeat_ms: settings.workers.heartbeat_ms,
+        log_level: python_log_level(&settings.server.log_level),
+        startup_timeout: Duration::from_millis(settings.workers.startup_timeout_ms),
+    };
+    tokio::spawn(accept_workers(ipc, pool.clone(), ev_tx.clone(), welcome));
+    spawn_signal_listener(ev_tx.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(crate::http::serve(
+        listener,
+        shared.clone(),
+        shutdown_rx,
+        ev_tx.clone(),
+    ));
+
+    let desired = settings.worker_count();
+    info!(listen = %local, workers = desired, python = %settings.server.python,
+          services = %services_dir.display(), "oxbus server starting");
+    let mut sup = Supervisor {
+        launch: Launch {
+            python: settings.server.python.clone(),
+            python_path,
+            socket,
+        },
+        settings,
+        shared,
+        events: ev_tx,
+        children: HashMap::new(),
+        next_id: 1,
+        generation: 1,
+        reload: None,
+        desired,
+        boot_failures_in_a_row: 0,
+        recent_crashes: VecDeque::new(),
+        started_at,
+        shutting_down: None,
+        http_drained: false,
+        shutdown_tx,
+        last_heartbeat: Instant::now(),
+        last_rss_check: Instant::now(),
+    };
+    for _ in 0..desired {
+        sup.spawn_worker(1, None)?;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        let event = tokio::select! {
+            ev = ev_rx.recv() => ev.expect("the supervisor holds a sender"),
+            _ = tick.tick() => { sup.on_tick(); continue; }
+        };
+        match sup.handle(event) {
+            Ok(Some(outcome)) => break Ok(outcome),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    sup.kill_all();
+    drop(runtime);
+    result
+}
+
+fn python_log_level(level: &str) -> String {
+    let first = level.split(',').next().unwrap_or("info").trim();
+    match first {
+        "trace" | "debug" => "debug",
+        "warn" | "warning" => "warning",
+        "error" => "error",
+        _ => "info",
+    }
+    .to_owned()
+}
+
+impl Supervisor {
+    fn spawn_worker(&mut self, generation: u64, replaces: Option<u32>) -> Result<(), ServerError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let token = crate::cid::random_hex(16);
+        let s = &self.settings.workers;
+        let recycle_at = if s.max_requests == 0 {
+            0
+        } else {
+            s.max_requests + crate::cid::random_below(s.max_requests_jitter + 1)
+        };
+        let worker = Arc::new(Worker::new(id, generation, token.clone(), recycle_at));
+        self.shared.pool.add(worker.clone());
+        let (pid, tail, waiter) = match process::spawn(&self.launch, id, generation, &token) {
+            Ok(x) => x,
+            Err(e) => {
+                self.shared.pool.remove(id);
+                return Err(ServerError::Fatal(e.to_string()));
+            }
+        };
+        worker.pid.store(pid, Ordering::Relaxed);
+        debug!(id, pid, generation, "worker spawned");
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let status = waiter.await.ok().and_then(|r| r.ok());
+            let _ = events.send(Event::WorkerExited { id, status });
+        });
+        self.children.insert(
+            id,
+            Child {
+                generation,
+                pid,
+                tail,
+                ready: false,
+                replaces,
+                retire: None,
+                worker,
+            },
+        );
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<Option<Outcome>, ServerError> {
+        match event {
+            Event::Signal(sig) => return Ok(self.on_signal(sig)),
+            Event::WorkerReady { id } => self.on_ready(id),
+            Event::WorkerExited { id, status } => return self.on_exit(id, status),
+            Event::Recycle { id, reason } => self.on_recycle(id, reason)?,
+            Event::Stuck { id } => self.on_stuck(id)?,
+            Event::Respawn {
+                generation,
+                replaces,
+            } => {
+                let wanted = generation == self.generation || Some(generation) == self.reload;
+                if self.shutting_down.is_none() && wanted {
+                    self.spawn_worker(generation, replaces)?;
+                }
+            }
+            Event::HttpDrained => {
+                self.http_drained = true;
+                let ids: Vec<u32> = self.children.keys().copied().collect();
+                for id in ids {
+                    self.retire(id, false);
+                }
+                if self.children.is_empty() {
+                    return Ok(Some(Outcome { exit_code: 0 }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_signal(&mut self, sig: Sig) -> Option<Outcome> {
+        match sig {
+            Sig::Hup => {
+                if self.shutting_down.is_some() {
+                    return None;
+                }
+                if let Some(g) = self.reload {
+                    warn!(
+                        generation = g,
+                        "SIGHUP ignored: a rolling restart is already in progress"
+                    );
+                    return None;
+                }
+                let g = self.generation + 1;
+                info!(generation = g, "SIGHUP: rolling restart of all workers");
+                self.reload = Some(g);
+                for _ in 0..self.desired {
+                    if let Err(e) = self.spawn_worker(g, None) {
+                        error!(error = %e, "rolling restart failed to spawn a worker; keeping the current generation");
+                        self.abort_reload(g);
+                        break;
+                    }
+                }
+                None
+            }
+            Sig::Term => {
+                if self.shutting_down.is_some() {
+                    return None;
+                }
+                info!(
+                    drain_ms = self.settings.http.drain_timeout_ms,
+                    "SIGTERM: draining (readiness now 503, in-flight requests finish)"
+                );
+                self.shutting_down = Some(Sig::Term);
+                self.shared.ready.store(false, Ordering::SeqCst);
+                let _ = self.shutdown_tx.send(true);
+                None
+            }
+            Sig::Int => {
+                info!("SIGINT: stopping now");
+                self.shutting_down = Some(Sig::Int);
+                self.shared.ready.store(false, Ordering::SeqCst);
+                Some(Outcome { exit_code: 0 })
+            }
+        }
+    }
+
+    fn on_ready(&mut self, id: u32) {
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        child.ready = true;
+        let generation = child.generation;
+        let replaces = child.replaces;
+        let services = child.worker.services.lock().expect("services lock").len();
+        info!(id, pid = child.pid, generation, services, "worker ready");
+        self.boot_failures_in_a_row = 0;
+        if let Some(old) = replaces {
+            self.retire(old, false);
+        }
+        if let Some(g) = self.reload.filter(|g| *g == generation) {
+            let ready_new = self
+                .children
+                .values()
+                .filter(|c| c.generation == g && c.ready && c.retire.is_none())
+                .count();
+            if ready_new as u32 >= self.desired {
+                let old: Vec<u32> = self
+                    .children
+                    .iter()
+                    .filter(|(_, c)| c.generation < g)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in old {
+                    self.retire(id, false);
+                }
+                self.generation = g;
+                self.reload = None;
+                info!(
+                    generation = g,
+                    "rolling restart complete: new generation serving, old one draining"
+                );
+            }
+        }
+        if !self.shared.ready.load(Ordering::SeqCst) && self.shutting_down.is_none() {
+            let ready = self.children.values().filter(|c| c.ready).count();
+            if ready as u32 >= self.desired {
+                self.shared.ready.store(true, Ordering::SeqCst);
+                info!(
+                    workers = ready,
+                    startup_ms = self.started_at.elapsed().as_millis() as u64,
+                    "server ready"
+                );
+            }
+        }
+        self.shared.pool.capacity_changed();
+    }
+
+    fn on_exit(
+        &mut self,
+        id: u32,
+        status: Option<ExitStatus>,
+    ) -> Result<Option<Outcome>, ServerError> {
+        self.shared.pool.remove(id);
+        let Some(child) = self.children.remove(&id) else {
+            return Ok(None);
+        };
+        let code = status.and_then(|s| s.code());
+        let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+        if self.shutting_down.is_some() {
+            debug!(id, ?code, "worker exited during shutdown");
+            if self.children.is_empty() && self.http_drained {
+                return Ok(Some(Outcome { exit_code: 0 }));
+            }
+            return Ok(None);
+        }
+        if child.retire.is_some() {
+            info!(id, pid = child.pid, ?code, ?signal, "retired worker exited");
+            return Ok(None);
+        }
+        let reason = child
+            .worker
+            .boot_error
+            .lock()
+            .expect("boot_error lock")
+            .clone()
+            .unwrap_or_else(|| child.tail.text());
+        if matches!(
+            code,
+            Some(exit_code::IMPORT_FAILED)
+                | Some(exit_code::HANDSHAKE_REFUSED)
+                | Some(exit_code::BAD_ARGS)
+        ) {
+            let what = match code {
+                Some(exit_code::IMPORT_FAILED) => "the services could not be imported",
+                Some(exit_code::HANDSHAKE_REFUSED) => "the worker refused the handshake",
+                _ => "the worker rejected its command line",
+            };
+            if Some(child.generation) == self.reload {
+                error!(
+                    id,
+                    "rolling restart aborted, {what}; the current generation keeps serving:\n{reason}"
+                );
+                self.abort_reload(child.generation);
+                return Ok(None);
+            }
+            return Err(ServerError::Fatal(format!(
+                "worker {id} (pid {}) exited with code {}: {what}; restarting will not help:\n{reason}",
+                child.pid,
+                code.unwrap_or(-1)
+            )));
+        }
+        error!(
+            id,
+            pid = child.pid,
+            ?code,
+            ?signal,
+            ready = child.ready,
+            "worker died; its in-flight requests got 503; respawning"
+        );
+        if !child.ready {
+            self.boot_failures_in_a_row += 1;
+            if self.boot_failures_in_a_row >= 5 {
+                return Err(ServerError::Fatal(format!(
+                    "crash loop: workers died {} times in a row before becoming ready; last stderr:\n{reason}",
+                    self.boot_failures_in_a_row
+                )));
+            }
+        }
+        let now = Instant::now();
+        self.recent_crashes.push_back(now);
+        while self
+            .recent_crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.recent_crashes.pop_front();
+        }
+        let n = self.recent_crashes.len() as u32;
+        let delay = Duration::from_millis((50u64 << n.min(7)).min(5000));
+        let events = self.events.clone();
+        let generation = if Some(child.generation) == self.reload {
+            child.generation
+        } else {
+            self.generation
+        };
+        let replaces = child.replaces;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Respawn {
+                generation,
+                replaces,
+            });
+        });
+        Ok(None)
+    }
+
+    fn abort_reload(&mut self, g: u64) {
+        self.reload = None;
+        let ids: Vec<u32> = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.generation == g)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.retire(id, true);
+        }
+    }
+
+    fn on_recycle(&mut self, id: u32, reason: &'static str) -> Result<(), ServerError> {
+        if self.shutting_down.is_some() {
+            return Ok(());
+        }
+        let Some(child) = self.children.get(&id) else {
+            return Ok(());
+        };
+        if child.retire.is_some() || self.children.values().any(|c| c.replaces == Some(id)) {
+            return Ok(());
+        }
+        let generation = child.generation;
+        info!(
+            id,
+            pid = child.pid,
+            reason,
+            served = child.worker.served(),
+            "recycling worker: replacement first, then drain"
+        );
+        self.spawn_worker(generation, Some(id))
+    }
+
+    fn on_stuck(&mut self, id: u32) -> Result<(), ServerError> {
+        let Some(child) = self.children.get_mut(&id) else {
+            return Ok(());
+        };
+        if let Some(r) = &mut child.retire {
+            r.kill_when_idle = true;
+            return Ok(());
+        }
+        warn!(
+            id,
+            pid = child.pid,
+            "a request passed its deadline on this worker; replacing the worker"
+        );
+        let generation = child.generation;
+        self.retire(id, true);
+        if self.shutting_down.is_none() {
+            self.spawn_worker(generation, None)?;
+        }
+        Ok(())
+    }
+
+    /// Stops dispatch to a worker; it gets `DRAIN` (or SIGKILL if `kill`) once idle.
+    fn retire(&mut self, id: u32, kill: bool) {
+        let deadline =
+            Instant::now() + Duration::from_millis(self.settings.workers.drain_timeout_ms);
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        if child.retire.is_some() {
+            return;
+        }
+        self.shared.pool.mark_draining(&child.worker);
+        child.retire = Some(Retire {
+            kill_when_idle: kill,
+            drain_sent: false,
+            deadline,
+        });
+        self.advance_retirement(id);
+    }
+
+    fn advance_retirement(&mut self, id: u32) {
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        let Some(r) = &mut child.retire else {
+            return;
+        };
+        let w = &child.worker;
+        if Instant::now() >= r.deadline {
+            warn!(
+                id,
+                pid = child.pid,
+                inflight = w.inflight(),
+                "worker did not drain in time; killing it"
+            );
+            process::signal(child.pid, Signal::SIGKILL);
+            r.deadline = Instant::now() + Duration::from_secs(3600);
+            return;
+        }
+        if r.drain_sent || w.inflight() > 0 {
+            return;
+        }
+        r.drain_sent = true;
+        if r.kill_when_idle || !child.ready || w.state() == WorkerState::Dead {
+            process::signal(child.pid, Signal::SIGKILL);
+        } else {
+            w.send_frame(&Frame::new(Kind::Drain, 0, bytes::Bytes::new()));
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let ids: Vec<u32> = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.retire.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.advance_retirement(id);
+        }
+        let hb = Duration::from_millis(self.settings.workers.heartbeat_ms);
+        if self.last_heartbeat.elapsed() >= hb {
+            self.last_heartbeat = Instant::now();
+            let now_ms = self.shared.pool.now_ms();
+            let limit = 3 * self.settings.workers.heartbeat_ms;
+            let nonce = now_ms.to_be_bytes().to_vec();
+            for (id, c) in &self.children {
+                if !c.ready || c.retire.is_some() {
+                    continue;
+                }
+                if now_ms.saturating_sub(c.worker.last_pong_ms()) > limit {
+                    error!(
+                        id,
+                        pid = c.pid,
+                        "worker stopped answering heartbeats; killing it"
+                    );
+                    process::signal(c.pid, Signal::SIGKILL);
+                    continue;
+                }
+                c.worker
+                    .send_frame(&Frame::new(Kind::Ping, 0, nonce.clone()));
+            }
+        }
+        let max_rss = self.settings.workers.max_rss_mb * 1024 * 1024;
+        if max_rss > 0 && self.last_rss_check.elapsed() >= Duration::from_millis(500) {
+            self.last_rss_check = Instant::now();
+            let over: Vec<u32> = self
+                .children
+                .iter()
+                .filter(|(_, c)| c.ready && c.retire.is_none())
+                .filter(|(_, c)| process::rss_bytes(c.pid).is_some_and(|r| r > max_rss))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in over {
+                if let Err(e) = self.on_recycle(id, "max_rss") {
+                    error!(error = %e, "cannot recycle a worker");
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for c in self.children.values() {
+            process::signal(c.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct WelcomeTemplate {
+    threads: u32,
+    services_dir: String,
+    heartbeat_ms: u64,
+    log_level: String,
+    startup_timeout: Duration,
+}
+
+async fn accept_workers(
+    listener: UnixListener,
+    pool: Arc<Pool>,
+    events: mpsc::UnboundedSender<Event>,
+    welcome: WelcomeTemplate,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let pool = pool.clone();
+                let events = events.clone();
+                let welcome = welcome.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handshake(stream, pool, events, welcome).await {
+                        warn!(error = %e, "worker handshake failed");
+                    }
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "accept on the worker socket failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn read_frame(stream: &mut UnixStream, buf: &mut BytesMut) -> Result<Frame, String> {
+    let dec = FrameDecoder::with_max_payload(16 * 1024 * 1024);
+    loop {
+        if let Some(f) = dec.decode(buf).map_err(|e| e.to_string())? {
+            return Ok(f);
+        }
+        let n = stream.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("worker closed the connection during the handshake".into());
+        }
+    }
+}
+
+async fn send_error(stream: &mut UnixStream, code: &str, message: String) {
+    let f = Frame::json(
+        Kind::Error,
+        &ErrorMsg {
+            code: code.into(),
+            message,
+        },
+    );
+    let _ = stream.write_all(&f.to_bytes()).await;
+}
+
+async fn handshake(
+    mut stream: UnixStream,
+    pool: Arc<Pool>,
+    events: mpsc::UnboundedSender<Event>,
+    welcome: WelcomeTemplate,
+) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut stream, &mut buf))
+        .await
+        .map_err(|_| "no HELLO within 10 s".to_owned())??;
+    if hello.kind != Kind::Hello {
+        send_error(&mut stream, "protocol_error", "expected HELLO".into()).await;
+        return Err(format!("expected HELLO, got {}", hello.kind.name()));
+    }
+    let h: Hello = match hello.parse_json() {
+        Ok(h) => h,
+        Err(e) => {
+            send_error(&mut stream, "protocol_error", e.to_string()).await;
+            return Err(e.to_string());
+        }
+    };
+    if h.protocol != PROTOCOL_VERSION {
+        let msg = format!(
+            "oxbus supervisor speaks IPC protocol {PROTOCOL_VERSION}, this worker speaks {}: run the oxbus Python package that ships with this server",
+            h.protocol
+        );
+        send_error(&mut stream, "protocol_mismatch", msg.clone()).await;
+        return Err(msg);
+    }
+    let Some(worker) = pool
+        .get(h.worker_id)
+        .filter(|w| w.token == h.token && w.state() == WorkerState::Starting)
+    else {
+        send_error(
+            &mut stream,
+            "bad_token",
+            "unknown worker id or token".into(),
+        )
+        .await;
+        return Err(format!("worker {} presented a bad token", h.worker_id));
+    };
+    let span = tracing::info_span!(
+        "worker",
+        id = worker.id,
+        pid = h.pid,
+        generation = worker.generation
+    );
+    async move {
+        let w = Welcome {
+            protocol: PROTOCOL_VERSION,
+            worker_id: worker.id,
+            generation: worker.generation,
+            threads: welcome.threads,
+            services_dir: welcome.services_dir.clone(),
+            heartbeat_ms: welcome.heartbeat_ms,
+            log_level: welcome.log_level.clone(),
+        };
+        stream
+            .write_all(&Frame::json(Kind::Welcome, &w).to_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + welcome.startup_timeout;
+        loop {
+            let f = tokio::time::timeout_at(deadline, read_frame(&mut stream, &mut buf))
+                .await
+                .map_err(|_| {
+                    "worker did not become ready within the startup timeout".to_owned()
+                })??;
+            match f.kind {
+                Kind::Ready => {
+                    let ready: Ready = f.parse_json().map_err(|e| e.to_string())?;
+                    debug!(
+                        services = ready.services.len(),
+                        startup_ms = ready.startup_ms,
+                        "worker loaded its services"
+                    );
+                    *worker.services.lock().expect("services lock") = ready.services;
+                    break;
+                }
+                Kind::Error => {
+                    let e: ErrorMsg = f.parse_json().map_err(|e| e.to_string())?;
+                    *worker.boot_error.lock().expect("boot_error lock") = Some(e.message.clone());
+                    return Err(format!("worker failed to start: {}", e.code));
+                }
+                Kind::Log => {
+                    if let Ok(rec) = f.parse_json::<oxbus_ipc::LogRecord>() {
+                        info!(target: "oxbus::python", logger = %rec.logger, "{}", rec.msg);
+                    }
+                }
+                other => return Err(format!("unexpected {} before READY", other.name())),
+            }
+        }
+        let now = pool.now_ms();
+        worker_ready(&worker, now);
+        let _ = events.send(Event::WorkerReady { id: worker.id });
+        pool.capacity_changed();
+        crate::pool::run_connection(pool, worker, stream, buf).await;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+fn worker_ready(worker: &Worker, now_ms: u64) {
+    worker.set_last_pong(now_ms);
+    if worker.state() == WorkerState::Starting {
+        worker.set_state(WorkerState::Ready);
+    }
+}
+
+fn spawn_signal_listener(events: mpsc::UnboundedSender<Event>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::terminate(), Sig::Term),
+        (SignalKind::interrupt(), Sig::Int),
+        (SignalKind::hangup(), Sig::Hup),
+    ];
+    for (kind, sig) in kinds {
+        let events = events.clone();
+        match signal(kind) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        let _ = events.send(Event::Signal(sig));
+                    }
+                });
+            }
+            Err(e) => error!(error = %e, ?sig, "cannot install a signal handler"),
+        }
+    }
+}
