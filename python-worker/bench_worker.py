@@ -14,7 +14,10 @@ worker's own CPU time per call (user+system from /proc), which is what a request
 Python side no matter how the client and the worker share the cores.
 
     python3 python-worker/bench_worker.py [--seconds 5] [--inflight 64] [--python PATH]
-        [--threads 8] [--pin]
+        [--threads 8] [--pin] [--profile FILE]
+
+``--profile FILE`` runs the worker's serving threads under cProfile and writes the stats
+to FILE when the benchmark ends (the figures are then slower, of course).
 
 Not a test: nothing is asserted.
 """
@@ -54,6 +57,25 @@ class Echo(Service):
 '''
 
 
+# Run the worker with every pool thread under cProfile; stats are dumped when the client
+# hangs up (the worker's "lost the supervisor" exit path).
+PROFILED_WORKER = '''
+import cProfile, os, sys, threading
+from oxbus import _runtime
+profile = cProfile.Profile()
+thread_main, die = _runtime.Worker._thread_main, _runtime.Worker._die
+def profiled(self):
+    profile.enable()
+    thread_main(self)
+def dump(self, code, message):
+    profile.disable()
+    profile.dump_stats(os.environ['OXBUS_BENCH_PROFILE'])
+    os._exit(0)
+_runtime.Worker._thread_main, _runtime.Worker._die = profiled, dump
+sys.exit(_runtime.main(sys.argv[1:]))
+'''
+
+
 def cpu_seconds(pid: int) -> float:
     with open('/proc/%d/stat' % pid) as f:
         fields = f.read().rsplit(')', 1)[1].split()
@@ -68,6 +90,8 @@ def main() -> None:
     parser.add_argument('--python', default=sys.executable, help='interpreter of the worker')
     parser.add_argument('--pin', action='store_true',
                         help='pin the worker to CPU 1 and this client to CPU 0')
+    parser.add_argument('--profile', metavar='FILE',
+                        help='profile the worker with cProfile, write the stats to FILE')
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix='oxbench-')
@@ -80,8 +104,12 @@ def main() -> None:
     listener.bind(sock_path)
     listener.listen(1)
     env = dict(os.environ, PYTHONPATH=HERE)
-    cmd = [args.python, '-m', 'oxbus.worker', '--socket', sock_path, '--worker-id', '1',
-           '--token', 'bench']
+    cmd = [args.python, '-m', 'oxbus.worker']
+    if args.profile:
+        # cProfile is thread-local, so it is switched on inside every pool thread.
+        env['OXBUS_BENCH_PROFILE'] = os.path.abspath(args.profile)
+        cmd = [args.python, '-c', PROFILED_WORKER]
+    cmd += ['--socket', sock_path, '--worker-id', '1', '--token', 'bench']
     if args.pin:
         cmd = ['taskset', '-c', '1'] + cmd
         os.sched_setaffinity(0, {0})
@@ -162,6 +190,12 @@ def main() -> None:
         print('worker CPU: %.2f us/call  (%.0f%% of one core)' % (
             cpu / done * 1e6, cpu / elapsed * 100))
     finally:
+        if args.profile:
+            conn.close()  # the worker dumps its profile when it sees the hang-up
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
         proc.kill()
         proc.wait()
         listener.close()

@@ -1,7 +1,7 @@
 //! Test harness: starts the real `oxbus` binary with real Python workers in a temp dir and
 //! talks HTTP to it.
 //!
-//! ```ignore
+//! ```text
 //! let srv = Env::new().workers(2).service("svc.py", SRC).channel("/x", &["GET"], "svc.x").start().await;
 //! let r = srv.get("/x").await;
 //! ```

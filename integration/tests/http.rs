@@ -158,7 +158,14 @@ async fn echo_params_errors_and_cids() {
 
 #[tokio::test]
 async fn invoke_and_invoke_async() {
-    let srv = Env::new().workers(2).with_test_services().start().await;
+    // Also runs the server on a multi-threaded I/O runtime (the default on small machines is
+    // the single-threaded one the other tests use).
+    let srv = Env::new()
+        .workers(2)
+        .with_test_services()
+        .set("server", "io_threads", "2")
+        .start()
+        .await;
     let dir = srv.dir.join("rec");
     std::fs::create_dir_all(&dir).unwrap();
     let r = srv.get(&format!("/caller?dir={}", dir.display())).await;
@@ -261,6 +268,33 @@ async fn limits_413_431_and_slowloris() {
         200
     );
     srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed_after_the_timeout() {
+    let srv = Env::new()
+        .workers(1)
+        .with_test_services()
+        .set("http", "keepalive_timeout_ms", "300")
+        .start()
+        .await;
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", srv.port()))
+        .await
+        .unwrap();
+    c.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t0 = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0))), "idle connection not closed: {r:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]

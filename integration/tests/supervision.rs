@@ -335,3 +335,49 @@ async fn crash_loop_stops_the_server() {
     assert_ne!(code, Some(0));
     assert!(srv.log().contains("crash loop"), "{}", srv.log());
 }
+
+#[tokio::test]
+async fn sigint_stops_fast_and_leaves_no_workers() {
+    let mut srv = Env::new().workers(2).with_test_services().start().await;
+    let workers = srv.worker_pids();
+    assert_eq!(workers.len(), 2);
+    let t0 = Instant::now();
+    srv.signal(Signal::SIGINT);
+    assert_eq!(srv.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "SIGINT took {:?}",
+        t0.elapsed()
+    );
+    eventually(Duration::from_secs(5), "workers gone", || {
+        let left: Vec<u32> = workers
+            .iter()
+            .copied()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .filter(|p| {
+                !std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ")
+            })
+            .collect();
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn workers_die_with_a_killed_server() {
+    let mut srv = Env::new().workers(2).with_test_services().start().await;
+    let workers = srv.worker_pids();
+    srv.signal(Signal::SIGKILL);
+    srv.wait_exit(Duration::from_secs(5));
+    eventually(Duration::from_secs(5), "orphaned workers gone", || {
+        let left: Vec<u32> = workers
+            .iter()
+            .copied()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+}

@@ -396,10 +396,16 @@ class Worker:
             self._check_drained()
 
     def _lead(self, epoch: int) -> None:
-        """Read, decode and run calls inline until demoted by the watchdog."""
+        """Read, decode and run calls inline until demoted by the watchdog.
+
+        This is the hot loop of the whole worker, so the per-call bookkeeping that helper
+        methods do elsewhere is written out here and attribute look-ups are hoisted.
+        """
         lock = self._lock
         reader = self._reader
         recv_into = self._sock.recv_into
+        run = self.dispatcher.run
+        active = self._active
         me = _get_ident()
         # A promoted leader first releases the replies that finished while the previous
         # leader was stuck in a slow handler.
@@ -409,39 +415,45 @@ class Worker:
             if call is None:
                 with lock:
                     call = self._take_inline_locked(me)
-            if call is not None:
-                reply = self._execute(call)
-                with lock:
-                    self._complete_locked(call, reply)
-                    if epoch != self._leader_epoch:
-                        call = None
-                        demoted = True
-                    else:
-                        demoted = False
-                        # Take the next call under the same lock acquisition.
-                        call = self._take_inline_locked(me)
-                if demoted:
-                    self._flush()
+            if call is None:
+                # Nothing runnable: send the batch's replies, then wait for the supervisor.
+                self._inline_ident = 0
+                self._flush()
+                if self._draining:
                     self._check_drained()
-                    return
+                try:
+                    n = recv_into(reader.writable())
+                except OSError as e:
+                    self._lost('reading from the supervisor failed: %s' % e)
+                if not n:
+                    self._lost('the supervisor closed the connection')
+                self._last_rx = _monotonic()
+                try:
+                    self._on_frames(reader.feed(n))
+                except ProtocolError as e:
+                    self._protocol_error(e)
                 continue
 
-            # Nothing runnable: send the batch's replies, then wait for the supervisor.
-            self._inline_ident = 0
-            self._flush()
-            if self._draining:
-                self._check_drained()
+            stream = call.stream
             try:
-                n = recv_into(reader.writable())
-            except OSError as e:
-                self._lost('reading from the supervisor failed: %s' % e)
-            if not n:
-                self._lost('the supervisor closed the connection')
-            self._last_rx = _monotonic()
-            try:
-                self._on_frames(reader.feed(n))
-            except ProtocolError as e:
-                self._protocol_error(e)
+                reply = run(stream, call.meta, call.body)
+            except BaseException:  # Dispatcher.run catches everything; this is a last resort
+                reply = self._internal_error(call)
+            with lock:
+                # _complete_locked, inlined.
+                self._running -= 1
+                self._inflight -= 1
+                if not call.cancelled:
+                    if active.get(stream) is call:
+                        del active[stream]
+                    if not self._bye_sent:
+                        self._outbox.append(reply)
+                if epoch != self._leader_epoch:
+                    break  # demoted while in the handler
+                # Take the next call under the same lock acquisition.
+                call = self._take_inline_locked(me)
+        self._flush()
+        self._check_drained()
 
     def _take_locked(self) -> Optional[_Call]:
         pending = self._pending
@@ -454,15 +466,18 @@ class Worker:
 
     def _take_inline_locked(self, me: int) -> Optional[_Call]:
         """Take a call for the leader to run inline and arm the watchdog, if possible."""
-        if self._pending and self._running < self._threads:
-            call = self._take_locked()
-            if call is not None:
-                self._running += 1
-                self._inline_since = _monotonic()
-                self._inline_ident = me
-                if self._wd_idle:
-                    self._wd_cv.notify()
-                return call
+        pending = self._pending
+        if pending and self._running < self._threads:
+            while pending:
+                call = pending.popleft()
+                if not call.cancelled:
+                    call.started = True
+                    self._running += 1
+                    self._inline_since = _monotonic()
+                    self._inline_ident = me
+                    if self._wd_idle:
+                        self._wd_cv.notify()
+                    return call
         self._inline_since = None
         return None
 
@@ -483,9 +498,13 @@ class Worker:
         try:
             return self.dispatcher.run(call.stream, call.meta, call.body)
         except BaseException:  # Dispatcher.run catches everything; this is a last resort
-            logging.getLogger('oxbus.worker').exception('dispatcher failed')
-            return _error_frame(call.stream, 500, {'error': 'internal error',
-                                                   'cid': call.meta.get('cid') or ''})
+            return self._internal_error(call)
+
+    @staticmethod
+    def _internal_error(call: _Call) -> bytes:
+        logging.getLogger('oxbus.worker').exception('dispatcher failed')
+        return _error_frame(call.stream, 500, {'error': 'internal error',
+                                               'cid': call.meta.get('cid') or ''})
 
     def _watchdog(self) -> None:
         """Promote a new leader when the current one is stuck in a handler; watch heartbeats."""
@@ -538,46 +557,22 @@ class Worker:
     # -- frames from the supervisor -------------------------------------------------------
 
     def _on_frames(self, frames: List[Tuple[int, int, int, bytes]]) -> None:
-        lock = self._lock
+        """Apply one batch of frames from the supervisor (leader only)."""
         dispatcher = self.dispatcher
         has_loop = self._loop is not None
-        async_calls: List[_Call] = []
+        # Phase 1, without the lock: decode, which is the expensive part (every CALL's meta
+        # is JSON), so handler threads finishing meanwhile are not kept waiting.
+        items: List[Tuple[int, int, Any, bool]] = []
         for kind, flags, stream, payload in frames:
             if kind == CALL:
                 if not stream or stream & WORKER_STREAM_BIT:
                     raise ProtocolError('bad_stream', 'CALL on stream %d, which is not a '
                                         'supervisor stream id' % stream)
                 meta, body = decode_call(payload)
-                call = _Call(stream, meta, body)
-                is_async = has_loop and dispatcher.is_async(meta)
-                with lock:
-                    if stream in self._active:
-                        raise ProtocolError('stream_in_use', 'CALL on stream %d, which has '
-                                            'a call in flight' % stream)
-                    if self._draining:
-                        self._outbox.append(_error_frame(stream, 503, {
-                            'error': 'the worker is draining', 'cid': meta.get('cid') or ''}))
-                        continue
-                    self._active[stream] = call
-                    self._inflight += 1
-                    if is_async:
-                        call.started = True
-                        async_calls.append(call)
-                    else:
-                        self._pending.append(call)
-            elif kind == PING:
-                with lock:
-                    self._outbox.append(encode_frame(PONG, payload))
-            elif kind == CANCEL:
-                with lock:
-                    call = self._active.pop(stream, None)
-                    if call is not None:
-                        call.cancelled = True
-                        if not call.started:
-                            self._inflight -= 1  # it stays in the deque; takers skip it
-            elif kind == DRAIN:
-                with lock:
-                    self._draining = True
+                items.append((CALL, stream, _Call(stream, meta, body),
+                              has_loop and dispatcher.is_async(meta)))
+            elif kind == PING or kind == CANCEL or kind == DRAIN:
+                items.append((kind, stream, payload, False))
             elif kind == PONG or kind == REPLY:
                 # We send no PING and only fire-and-forget CALLs, so these answer nothing
                 # in flight; a late answer is harmless.
@@ -587,6 +582,40 @@ class Worker:
             else:
                 raise ProtocolError('unexpected_kind', 'a worker does not accept %s frames'
                                     % _kind_name(kind))
+
+        # Phase 2: one lock acquisition for the whole batch, applied in arrival order (a
+        # CANCEL may refer to a CALL of the same batch).
+        active = self._active
+        pending = self._pending
+        async_calls: List[_Call] = []
+        with self._lock:
+            for kind, stream, obj, is_async in items:
+                if kind == CALL:
+                    if stream in active:
+                        raise ProtocolError('stream_in_use', 'CALL on stream %d, which has '
+                                            'a call in flight' % stream)
+                    if self._draining:
+                        self._outbox.append(_error_frame(stream, 503, {
+                            'error': 'the worker is draining',
+                            'cid': obj.meta.get('cid') or ''}))
+                        continue
+                    active[stream] = obj
+                    self._inflight += 1
+                    if is_async:
+                        obj.started = True
+                        async_calls.append(obj)
+                    else:
+                        pending.append(obj)
+                elif kind == PING:
+                    self._outbox.append(encode_frame(PONG, obj))
+                elif kind == CANCEL:
+                    call = active.pop(stream, None)
+                    if call is not None:
+                        call.cancelled = True
+                        if not call.started:
+                            self._inflight -= 1  # it stays in the deque; takers skip it
+                else:  # DRAIN
+                    self._draining = True
         if async_calls:
             # One wake-up of the loop per batch, not per call.
             self._loop.call_soon_threadsafe(self._start_async, async_calls)

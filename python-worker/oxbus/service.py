@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 
@@ -68,7 +67,7 @@ _OK_JSON_META = encode_json({'status': 200, 'content_type': JSON_CONTENT_TYPE})
 _OK_JSON_PREFIX = _protocol.META_LEN.pack(len(_OK_JSON_META)) + _OK_JSON_META
 _OK_JSON_PREFIX_LEN = len(_OK_JSON_PREFIX)
 _pack_header = _protocol.HEADER.pack
-_json_loads = json.loads
+_decode_json = _protocol.decode_json
 
 # Error bodies may carry user-supplied ``details``; ``default=str`` makes sure an odd value
 # there degrades to its text instead of turning a 4xx into a crash.
@@ -85,15 +84,25 @@ def _is_coroutine_function(func: Any) -> bool:
     return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
-_CAMEL_WORD = re.compile(r'(.)([A-Z][a-z]+)')
-_CAMEL_TAIL = re.compile(r'([a-z0-9])([A-Z])')
-_DASHES = re.compile(r'[-_]+')
-
-
 def default_name(module: str, class_name: str) -> str:
-    """Zato's default service name: ``demo.GetCustomer`` -> ``demo.get-customer``."""
-    kebab = _CAMEL_TAIL.sub(r'\1-\2', _CAMEL_WORD.sub(r'\1-\2', class_name))
-    return '%s.%s' % (module, _DASHES.sub('-', kebab).lower().strip('-'))
+    """Zato's default service name: ``demo.GetCustomer`` -> ``demo.get-customer``.
+
+    A dash goes before every capital that starts a word: one that follows a lower-case
+    letter or a digit (``getHTTP``, ``V2Items``), or that is followed by a lower-case
+    letter (the ``S`` of ``HTTPServer``). Underscores count as dashes. Written as a loop
+    rather than the usual pair of regular expressions because compiling those would be
+    paid by every worker at startup.
+    """
+    out = []
+    last = len(class_name) - 1
+    for i, ch in enumerate(class_name):
+        if ch.isupper() and i:
+            prev = class_name[i - 1]
+            if prev.islower() or prev.isdigit() or (i < last and class_name[i + 1].islower()):
+                out.append('-')
+        out.append('-' if ch == '_' else ch.lower())
+    kebab = '-'.join(part for part in ''.join(out).split('-') if part)
+    return '%s.%s' % (module, kebab)
 
 
 def new_cid() -> str:
@@ -461,9 +470,15 @@ class Dispatcher:
 
     # -- routing ------------------------------------------------------------------------
 
+    def _lookup(self, meta: Dict[str, Any]) -> Optional[Type[Service]]:
+        try:
+            return self.services.get(meta.get('service'))  # type: ignore[arg-type]
+        except TypeError:  # an unhashable "service" (a list...): no such service
+            return None
+
     def is_async(self, meta: Dict[str, Any]) -> bool:
         """Whether this call must run on the event loop rather than in a thread."""
-        cls = self.services.get(meta.get('service'))  # type: ignore[arg-type]
+        cls = self._lookup(meta)
         if cls is None or not cls._oxbus_async or meta.get('op') != 'invoke':
             return False
         try:
@@ -475,7 +490,7 @@ class Dispatcher:
 
     def run(self, stream: int, meta: Dict[str, Any], body: bytes) -> bytes:
         """Run a synchronous service for one CALL and return its REPLY frame. Never raises."""
-        cls = self.services.get(meta.get('service'))  # type: ignore[arg-type]
+        cls = self._lookup(meta)
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta)
         cid = meta.get('cid') or ''
@@ -500,7 +515,7 @@ class Dispatcher:
 
     async def run_async(self, stream: int, meta: Dict[str, Any], body: bytes) -> bytes:
         """The coroutine twin of :meth:`run`, for ``async def`` handlers. Never raises."""
-        cls = self.services.get(meta.get('service'))  # type: ignore[arg-type]
+        cls = self._lookup(meta)
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta)
         cid = meta.get('cid') or ''
@@ -522,12 +537,13 @@ class Dispatcher:
     def _prepare(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
                  cid: str) -> Tuple[Service, str]:
         """Build the service instance for a wire call; raise Reportable for bad requests."""
-        attr = _pick_handler(cls, meta.get('method'))[0]
+        # This runs for every request, so the common cases are spelled out inline.
+        attr = _pick_handler(cls, meta.get('method'))[0] if cls._oxbus_verbs else 'handle'
         data_format = meta.get('data_format') or 'json'
         if data_format == 'json':
             if body:
                 try:
-                    payload = _json_loads(body)
+                    payload = _decode_json(body)
                 except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
                     raise BadRequest('malformed JSON: %s' % e) from None
             else:
@@ -536,7 +552,8 @@ class Dispatcher:
             payload = body
         svc = cls()
         svc.cid = cid
-        svc.channel = _channel(meta.get('channel'))
+        channel = _channels.get(meta.get('channel'))  # type: ignore[arg-type]
+        svc.channel = channel if channel is not None else _channel(meta.get('channel'))
         svc.request = request = Request(payload, body, data_format, meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self

@@ -79,6 +79,10 @@ pub struct ServerSection {
     pub runtime_dir: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing target list.
     pub log_level: String,
+    /// Threads of the server's own I/O runtime (HTTP, IPC). Default: 1 per 4 CPUs, at
+    /// least 1 — the Python workers are meant to have the cores; an extra I/O thread on a
+    /// small machine costs more in context switches than it gives.
+    pub io_threads: Option<usize>,
 }
 
 impl Default for ServerSection {
@@ -91,6 +95,7 @@ impl Default for ServerSection {
             services_dir: "services".into(),
             runtime_dir: None,
             log_level: "info".into(),
+            io_threads: None,
         }
     }
 }
@@ -263,6 +268,13 @@ impl Settings {
         if self.server.threads == 0 || self.server.threads > 1024 {
             return bad("server.threads", &self.server.threads, "must be 1..=1024");
         }
+        if self.server.io_threads.is_some_and(|n| n == 0 || n > 256) {
+            return bad(
+                "server.io_threads",
+                &self.server.io_threads.unwrap_or(0),
+                "must be 1..=256",
+            );
+        }
         if self.workers.max_inflight == 0 {
             return bad("workers.max_inflight", &0, "must be at least 1");
         }
@@ -307,6 +319,16 @@ impl Settings {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1)
                 .clamp(1, MAX_WORKERS)
+        })
+    }
+
+    /// Threads of the I/O runtime, with the default applied.
+    pub fn io_threads(&self) -> usize {
+        self.server.io_threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            (cpus / 4).max(1)
         })
     }
 

@@ -1,0 +1,598 @@
+"""The service API through the Dispatcher: naming, payloads, errors, verbs, hooks, invoke.
+
+These drive ``Dispatcher.run`` with a CALL's meta and body and decode the REPLY frame it
+returns with the protocol codec, i.e. exactly what the worker sends to the supervisor,
+without a socket in between.
+"""
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from oxbus import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
+                   NotFound, Reportable, Service, ServiceUnavailable, TooManyRequests,
+                   Unauthorized)
+from oxbus import _protocol as P
+from oxbus.service import Dispatcher, current_invocation, default_name
+
+VECTORS = json.load(open(__file__.rsplit('/', 2)[0] + '/../ipc-protocol/testdata/v1/vectors.json'))
+
+
+class Reply:
+    """A decoded REPLY frame."""
+
+    def __init__(self, frame: bytes, stream: int) -> None:
+        kind, flags, got_stream, payload = P.decode_frame(frame)
+        assert (kind, flags, got_stream) == (P.REPLY, 0, stream)
+        self.meta, self.body = P.decode_call(payload)
+        self.status = self.meta['status']
+        self.content_type = self.meta['content_type']
+        self.headers = self.meta.get('headers')
+
+    @property
+    def doc(self):
+        return json.loads(self.body)
+
+
+def meta_for(service: str, **extra) -> dict:
+    meta = {'op': 'invoke', 'service': service, 'cid': 'c1d', 'channel': 'rest',
+            'data_format': 'json', 'method': 'POST', 'path': '/p', 'params': {},
+            'query': '', 'headers': []}
+    meta.update(extra)
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def call(services, name=None, body=b'', dispatcher=None, stream=1, **meta) -> Reply:
+    if not isinstance(services, (list, tuple)):
+        services = [services]
+    dispatcher = dispatcher or Dispatcher({cls.name: cls for cls in services})
+    name = name or services[0].name
+    frame = dispatcher.run(stream, meta_for(name, **meta), body)
+    return Reply(frame, stream)
+
+
+class Echo(Service):
+    def handle(self):
+        doc = self.request.payload
+        doc['ok'] = True
+        self.response.payload = doc
+
+
+# -- naming ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('cls_name,expected', [
+    ('GetCustomer', 'demo.get-customer'), ('Echo', 'demo.echo'),
+    ('HTTPServer', 'demo.http-server'), ('GetHTTPData', 'demo.get-http-data'),
+    ('My_Service', 'demo.my-service'), ('V2Items', 'demo.v2-items'), ('lower', 'demo.lower'),
+])
+def test_default_name_is_zato_kebab_case(cls_name, expected):
+    assert default_name('demo', cls_name) == expected
+
+
+def test_service_names():
+    class GetCustomer(Service):
+        def handle(self):
+            pass
+
+    class Named(Service):
+        name = 'crm.customer.get'
+
+        def handle(self):
+            pass
+
+    class Child(Named):
+        pass
+
+    assert GetCustomer.name == __name__ + '.get-customer'
+    assert Named.name == 'crm.customer.get'
+    # A subclass is a service of its own and does not inherit (and clash with) the name.
+    assert Child.name == __name__ + '.child'
+
+
+def test_a_class_without_handler_is_an_abstract_base():
+    class Base(Service):
+        def before_handle(self):
+            pass
+
+    assert Base._oxbus_abstract
+    with pytest.raises(TypeError, match='defines no handle'):
+        class Named(Service):
+            name = 'x.y'
+
+
+def test_bad_declarations_fail_at_class_creation():
+    with pytest.raises(TypeError, match='input'):
+        class BadInput(Service):
+            input = 5
+
+            def handle(self):
+                pass
+
+    with pytest.raises(TypeError, match='name'):
+        class BadName(Service):
+            name = 42
+
+            def handle(self):
+                pass
+
+    with pytest.raises(TypeError, match='async'):
+        class AsyncHookSyncHandle(Service):
+            async def before_handle(self):
+                pass
+
+            def handle(self):
+                pass
+
+
+# -- requests and responses ---------------------------------------------------------------
+
+
+def test_json_echo_uses_the_prebuilt_200_meta():
+    r = call(Echo, body=b'{"name":"Ann","n":1,"x":[1]}')
+    assert r.status == 200 and r.content_type == 'application/json' and r.headers is None
+    assert r.doc == {'name': 'Ann', 'n': 1, 'x': [1], 'ok': True}
+    frame = Dispatcher({Echo.name: Echo}).run(9, meta_for(Echo.name), b'{}')
+    assert frame == P.encode_reply(9, b'{"status":200,"content_type":"application/json"}',
+                                   b'{"ok":true}')
+
+
+def test_malformed_json_is_a_400_before_handle_runs():
+    ran = []
+
+    class Svc(Service):
+        def handle(self):
+            ran.append(1)
+
+    r = call(Svc, body=b'{"a": ')
+    assert r.status == 400 and r.content_type == 'application/json'
+    assert r.doc['error'].startswith('malformed JSON: ')
+    assert r.doc['cid'] == 'c1d'
+    r = call(Svc, body=b'\xff\xfe\xfa')
+    assert r.status == 400 and r.doc['error'].startswith('malformed JSON: ')
+    assert ran == []
+
+
+def test_request_attributes():
+    seen = {}
+
+    class Svc(Service):
+        def handle(self):
+            req = self.request
+            http = req.http
+            seen.update(payload=req.payload, raw=req.raw, method=http.method, path=http.path,
+                        params=http.params, query=http.query, query_raw=http.query_raw,
+                        bin=http.headers['X-BIN'], has=('x-Bin' in http.headers),
+                        cid=self.cid, channel=self.channel.type, name=self.name,
+                        df=req.data_format)
+
+    vector = next(v for v in VECTORS['vectors'] if v['name'] == 'call_invoke_params_binary_body')
+    meta = json.loads(vector['meta'])
+    meta['service'] = Svc.name
+    body = bytes.fromhex(vector['body_hex'])
+    frame = Dispatcher({Svc.name: Svc}).run(5, meta, body)
+    assert Reply(frame, 5).status == 200
+    assert seen == {
+        'payload': body, 'raw': body, 'method': 'PUT', 'path': '/files/7/a%20b',
+        'params': {'id': '7', 'name': 'a b'}, 'query': {'x': 'é', 'y': ''},
+        'query_raw': 'x=%C3%A9&y', 'bin': 'caf\ufffd', 'has': True,
+        'cid': '00000000000000000001', 'channel': 'rest', 'name': Svc.name, 'df': 'raw'}
+
+
+def test_headers_mapping_and_query_last_wins():
+    seen = {}
+
+    class Svc(Service):
+        def handle(self):
+            h = self.request.http.headers
+            seen.update(accept=h['accept'], all=h.getall('Accept'), cookie=h['cookie'],
+                        missing=h.get('x-none'), n=len(h), q=self.request.http.query)
+
+    call(Svc, headers=[['accept', 'a'], ['Accept', 'b'], ['cookie', 'x=1'], ['cookie', 'y=2']],
+         query='a=1&a=2&b=%20')
+    assert seen == {'accept': 'a, b', 'all': ['a', 'b'], 'cookie': 'x=1; y=2', 'missing': None,
+                    'n': 2, 'q': {'a': '2', 'b': ' '}}
+
+
+def test_empty_body_and_missing_http_fields():
+    seen = {}
+
+    class Svc(Service):
+        def handle(self):
+            seen.update(payload=self.request.payload, channel=self.channel.type,
+                        method=self.request.http.method, query=self.request.http.query,
+                        headers=dict(self.request.http.headers))
+
+    frame = Dispatcher({Svc.name: Svc}).run(1, {'op': 'invoke', 'service': Svc.name,
+                                                'cid': 'z'}, b'')
+    assert Reply(frame, 1).status == 200
+    assert seen == {'payload': None, 'channel': 'invoke', 'method': None, 'query': {},
+                    'headers': {}}
+
+
+@pytest.mark.parametrize('payload,content_type,body', [
+    ({'a': 1}, 'application/json', b'{"a":1}'),
+    ([1, 'é'], 'application/json', '[1,"é"]'.encode()),
+    ('héllo', 'text/plain; charset=utf-8', 'héllo'.encode()),
+    (b'\x00\xff', 'application/octet-stream', b'\x00\xff'),
+    (bytearray(b'ab'), 'application/octet-stream', b'ab'),
+    (None, 'text/plain; charset=utf-8', b''),
+    (42, 'application/json', b'42'),
+])
+def test_response_payload_types(payload, content_type, body):
+    class Svc(Service):
+        def handle(self):
+            self.response.payload = payload
+
+    r = call(Svc)
+    assert (r.status, r.content_type, r.body) == (200, content_type, body)
+
+
+def test_response_status_headers_and_content_type():
+    class Svc(Service):
+        def handle(self):
+            self.response.status_code = 201
+            self.response.headers['X-Id'] = 7
+            self.response.headers['set-cookie'] = ['a=b', 'c=d']
+            self.response.content_type = 'application/vnd.x+json'
+            self.response.payload = {'id': 7}
+
+    r = call(Svc)
+    assert r.status == 201 and r.content_type == 'application/vnd.x+json'
+    assert r.headers == [['x-id', '7'], ['set-cookie', 'a=b'], ['set-cookie', 'c=d']]
+    assert r.doc == {'id': 7}
+
+
+def test_invalid_status_code_is_a_500():
+    class Svc(Service):
+        def handle(self):
+            self.response.status_code = '200 OK'
+
+    assert call(Svc).status == 500
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('exc_class,status', [
+    (BadRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404),
+    (MethodNotAllowed, 405), (Conflict, 409), (TooManyRequests, 429),
+    (InternalServerError, 500), (ServiceUnavailable, 503),
+])
+def test_reportable_exceptions_map_to_their_status(exc_class, status):
+    assert issubclass(exc_class, Reportable)
+    assert exc_class.status_code == status
+
+    class Oxbus(Service):
+        def handle(self):
+            raise exc_class('nope: %s' % status)
+
+    class Zato(Service):
+        def handle(self):
+            raise exc_class(self.cid, 'zato style')
+
+    class Bare(Service):
+        def handle(self):
+            raise exc_class()
+
+    r = call(Oxbus)
+    assert (r.status, r.content_type) == (status, 'application/json')
+    assert r.doc == {'error': 'nope: %s' % status, 'cid': 'c1d'}
+    assert call(Zato).doc == {'error': 'zato style', 'cid': 'c1d'}
+    assert call(Bare).doc == {'error': exc_class.reason, 'cid': 'c1d'}
+
+
+def test_reportable_with_status_details_and_headers():
+    class Svc(Service):
+        def handle(self):
+            raise Reportable(self.cid, 'teapot', 418)
+
+    class Limited(Service):
+        def handle(self):
+            raise TooManyRequests('slow down', details={'retry_in': 5},
+                                  headers={'retry-after': '5'})
+
+    class Challenge(Service):
+        def handle(self):
+            raise Unauthorized(self.cid, 'who are you', 'Basic realm="oxbus"')
+
+    r = call(Svc)
+    assert r.status == 418 and r.doc == {'error': 'teapot', 'cid': 'c1d'}
+    r = call(Limited)
+    assert r.status == 429 and r.headers == [['retry-after', '5']]
+    assert r.doc == {'error': 'slow down', 'retry_in': 5, 'cid': 'c1d'}
+    r = call(Challenge)
+    assert r.status == 401 and r.headers == [['www-authenticate', 'Basic realm="oxbus"']]
+
+
+def test_other_exceptions_are_500_and_the_traceback_goes_only_to_the_log(caplog):
+    class Boom(Service):
+        def handle(self):
+            secret = 'password=hunter2'  # noqa: F841 - must not leak to the client
+            raise KeyError('hunter2')
+
+    with caplog.at_level(logging.ERROR):
+        r = call(Boom)
+    assert r.status == 500 and r.content_type == 'application/json'
+    assert r.doc == {'error': 'internal error', 'cid': 'c1d'}
+    assert b'hunter2' not in r.body and b'Traceback' not in r.body
+    (record,) = [rec for rec in caplog.records if rec.name == Boom.name]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert (record.cid, record.service) == ('c1d', Boom.name)
+    assert 'hunter2' in caplog.text and 'Traceback' in caplog.text
+
+
+def test_even_system_exit_in_a_service_is_only_a_500():
+    class Quitter(Service):
+        def handle(self):
+            raise SystemExit(1)
+
+    assert call(Quitter).status == 500
+
+
+def test_unknown_service_and_unknown_op():
+    r = call(Echo, name='no.such')
+    assert r.status == 404 and r.doc == {'error': 'no such service: no.such', 'cid': 'c1d'}
+    r = call(Echo, op='cache.get')
+    assert r.status == 501 and r.doc['error'] == 'unknown op: cache.get'
+
+
+def test_a_sync_handler_returning_a_coroutine_is_a_500():
+    class Wrapped(Service):
+        def handle(self):
+            async def later():
+                pass
+            return later()
+
+    assert call(Wrapped).status == 500
+
+
+# -- SimpleIO through the dispatcher -----------------------------------------------------
+
+
+class GetCustomer(Service):
+    input = 'customer_id', '-needs_details'
+    output = 'name', '-email'
+
+    def handle(self):
+        inp = self.request.input
+        self.response.payload = {'name': 'Ann', 'id': inp.customer_id,
+                                 'details': inp.needs_details, 'internal': 'x'}
+
+
+def test_input_is_typed_and_output_filtered():
+    r = call(GetCustomer, body=b'{"customer_id":"7"}', query='needs_details=yes')
+    assert r.status == 200 and r.doc == {'name': 'Ann'}
+
+
+def test_input_errors_are_400_naming_the_field():
+    r = call(GetCustomer, body=b'{}')
+    assert r.status == 400
+    assert r.doc == {'error': 'missing input: customer_id', 'field': 'customer_id', 'cid': 'c1d'}
+    r = call(GetCustomer, body=b'{"customer_id":1.5}')
+    assert r.doc == {'error': 'invalid input: customer_id: expected an integer',
+                     'field': 'customer_id', 'cid': 'c1d'}
+    r = call(GetCustomer, body=b'[1]')
+    assert r.status == 400 and r.doc['error'] == 'expected a JSON object'
+    r = call(GetCustomer, body=b'', params={'customer_id': '9'})
+    assert r.status == 200
+
+
+def test_missing_required_output_is_a_logged_500(caplog):
+    class Broken(Service):
+        output = 'name', '-email'
+
+        def handle(self):
+            self.response.payload = {'email': 'a@x'}
+
+    with caplog.at_level(logging.ERROR):
+        r = call(Broken)
+    assert r.status == 500
+    assert r.doc == {'error': 'missing output: name', 'field': 'name', 'cid': 'c1d'}
+    assert any('missing output: name' in rec.getMessage() for rec in caplog.records)
+
+
+# -- verbs and hooks ----------------------------------------------------------------------
+
+
+class Items(Service):
+    def handle_GET(self):
+        self.response.payload = ['get']
+
+    def handle_POST(self):
+        self.response.payload = ['post']
+
+
+def test_per_verb_handlers_and_405():
+    assert Items._oxbus_verbs.keys() == {'GET', 'POST'}
+    assert call(Items, method='GET').doc == ['get']
+    assert call(Items, method='POST').doc == ['post']
+    r = call(Items, method='DELETE')
+    assert r.status == 405
+    assert r.doc == {'error': 'method not allowed: DELETE', 'allowed': ['GET', 'POST'],
+                     'cid': 'c1d'}
+    assert r.headers == [['allow', 'GET, POST']]
+    # Without an HTTP method (a plain invoke) there is no handler to pick.
+    assert call(Items, method=None).status == 405
+
+
+def test_handle_answers_calls_without_a_verb_when_verbs_exist():
+    class Both(Service):
+        def handle(self):
+            self.response.payload = 'plain'
+
+        def handle_GET(self):
+            self.response.payload = 'get'
+
+    assert call(Both, method='GET').body == b'get'
+    assert call(Both, method=None).body == b'plain'
+    assert call(Both, method='PUT').status == 405
+
+
+def test_hooks_run_around_handle():
+    events = []
+
+    class Hooked(Service):
+        input = '-id'
+
+        def before_handle(self):
+            events.append(('before', self.request.input.id))
+
+        def handle(self):
+            events.append('handle')
+            if self.request.input.id == 0:
+                raise Conflict('zero')
+
+        def after_handle(self):
+            events.append('after')
+            self.response.payload = {'after': True}
+
+    assert call(Hooked, body=b'{"id":1}').doc == {'after': True}
+    assert events == [('before', 1), 'handle', 'after']
+    events.clear()
+    assert call(Hooked, body=b'{"id":0}').status == 409
+    assert events == [('before', 0), 'handle']  # no after_handle when handle raised
+
+
+def test_before_handle_can_refuse():
+    class Guarded(Service):
+        def before_handle(self):
+            raise Forbidden('not you')
+
+        def handle(self):
+            raise AssertionError('must not run')
+
+    r = call(Guarded)
+    assert r.status == 403 and r.doc['error'] == 'not you'
+
+
+# -- async services -----------------------------------------------------------------------
+
+
+class AsyncItems(Service):
+    def before_handle(self):  # a plain hook serves async and sync handlers alike
+        self.seen = ['before']
+
+    async def handle_GET(self):
+        await asyncio.sleep(0)
+        self.response.payload = {'seen': self.seen + ['get'],
+                                 'cid': current_invocation.get()[0]}
+
+    def handle_POST(self):
+        self.response.payload = 'sync post'
+
+
+def test_async_handlers_run_on_the_async_path():
+    d = Dispatcher({AsyncItems.name: AsyncItems})
+    assert AsyncItems._oxbus_async
+    assert d.is_async(meta_for(AsyncItems.name, method='GET'))
+    assert not d.is_async(meta_for(AsyncItems.name, method='DELETE'))  # the 405 is sync
+    assert not d.is_async(meta_for(Echo.name))
+    frame = asyncio.run(d.run_async(3, meta_for(AsyncItems.name, method='GET'), b''))
+    assert Reply(frame, 3).doc == {'seen': ['before', 'get'], 'cid': 'c1d'}
+    assert call(AsyncItems, method='POST').body == b'sync post'
+
+
+def test_async_errors_are_mapped_too():
+    class Failing(Service):
+        async def handle(self):
+            raise NotFound('gone')
+
+    d = Dispatcher({Failing.name: Failing})
+    frame = asyncio.run(d.run_async(3, meta_for(Failing.name), b''))
+    r = Reply(frame, 3)
+    assert r.status == 404 and r.doc == {'error': 'gone', 'cid': 'c1d'}
+
+
+# -- invoke and invoke_async ---------------------------------------------------------------
+
+
+class Callee(Service):
+    input = 'x_count'
+    output = 'double'
+
+    def handle(self):
+        if self.request.input.x_count < 0:
+            raise ValueError('negative')
+        self.response.payload = {'double': self.request.input.x_count * 2, 'hidden': 1,
+                                 'cid': self.cid, 'channel': self.channel.type}
+
+
+class AsyncCallee(Service):
+    async def before_handle(self):
+        await asyncio.sleep(0)
+        self.hooked = True
+
+    async def handle(self):
+        await asyncio.sleep(0)
+        self.response.payload = {'async': self.hooked, 'cid': current_invocation.get()[0]}
+
+
+def test_invoke_runs_the_callee_in_process_and_returns_its_payload():
+    results = {}
+
+    class Caller(Service):
+        def handle(self):
+            results['ok'] = self.invoke(Callee.name, {'x_count': '21'})
+            results['async'] = self.invoke(AsyncCallee.name)
+            for label, payload in (('bad', {'x_count': 'x'}), ('boom', {'x_count': -1})):
+                try:
+                    self.invoke(Callee.name, payload)
+                except Exception as e:
+                    results[label] = e
+            try:
+                self.invoke('no.such')
+            except NotFound as e:
+                results['missing'] = e
+
+    services = [Caller, Callee, AsyncCallee]
+    r = call(services)
+    assert r.status == 200
+    assert results['ok'] == {'double': 42}  # output-filtered, as in Zato
+    assert results['async'] == {'async': True, 'cid': 'c1d'}
+    assert isinstance(results['bad'], BadRequest)
+    assert results['bad'].msg == 'invalid input: x_count: expected an integer'
+    assert isinstance(results['boom'], ValueError)  # callee exceptions propagate
+    assert results['missing'].msg == 'no such service: no.such'
+
+
+def test_invoke_async_posts_a_fire_and_forget_call():
+    cids = []
+
+    class Caller(Service):
+        def handle(self):
+            cids.append(self.invoke_async('audit.record', {'event': 'login'}))
+            cids.append(self.invoke_async('audit.record'))
+
+    d = Dispatcher({Caller.name: Caller})
+    assert call(Caller, dispatcher=d).status == 200
+    assert len(d.posted) == 2 and cids[0] != cids[1]
+    for frame, cid, body in zip(d.posted, cids, (b'{"event":"login"}', b'')):
+        kind, flags, stream, payload = P.decode_frame(frame)
+        assert (kind, flags) == (P.CALL, P.FLAG_ASYNC)
+        assert stream & P.WORKER_STREAM_BIT and stream & 0x7FFF_FFFF
+        meta, got_body = P.decode_call(payload)
+        assert meta == {'op': 'invoke', 'service': 'audit.record', 'cid': cid,
+                        'data_format': 'json'}
+        assert got_body == body
+        assert len(cid) == 20 and int(cid, 16) >= 0
+
+
+def test_invoke_outside_a_worker_says_so():
+    with pytest.raises(RuntimeError, match='not running inside'):
+        Echo().invoke('x')
+
+
+def test_service_logger_records_carry_cid_and_service(caplog):
+    class Chatty(Service):
+        def handle(self):
+            self.logger.info('hello %s', 'there')
+
+    with caplog.at_level(logging.INFO):
+        call(Chatty, cid='abc')
+    (record,) = [r for r in caplog.records if r.name == Chatty.name]
+    assert record.getMessage() == 'hello there'
+    assert (record.cid, record.service) == ('abc', Chatty.name)
+    assert current_invocation.get() is None  # reset after the call
