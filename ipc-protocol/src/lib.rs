@@ -219,7 +219,8 @@ pub fn encode_meta_frame(
     Ok(())
 }
 
-/// Appends a `CALL` frame, serialising `meta` as JSON straight into the buffer.
+/// Appends a `CALL` frame, serialising `meta` as JSON straight into the buffer (no
+/// intermediate allocation: this is on every request's path).
 pub fn encode_call<M: serde::Serialize>(
     out: &mut BytesMut,
     flags: u8,
@@ -227,8 +228,7 @@ pub fn encode_call<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    let meta = serde_json::to_vec(meta).expect("serialising a message cannot fail");
-    encode_meta_frame(out, Kind::Call, flags, stream, &meta, body)
+    encode_serialized(out, Kind::Call, flags, stream, meta, body)
 }
 
 /// Appends a `REPLY` frame.
@@ -238,8 +238,36 @@ pub fn encode_reply<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    let meta = serde_json::to_vec(meta).expect("serialising a message cannot fail");
-    encode_meta_frame(out, Kind::Reply, 0, stream, &meta, body)
+    encode_serialized(out, Kind::Reply, 0, stream, meta, body)
+}
+
+fn encode_serialized<M: serde::Serialize>(
+    out: &mut BytesMut,
+    kind: Kind,
+    flags: u8,
+    stream: u32,
+    meta: &M,
+    body: &[u8],
+) -> Result<()> {
+    let start = out.len();
+    out.reserve(HEADER_LEN + 4 + 512 + body.len());
+    put_header(out, kind, flags, stream, 0);
+    out.put_u32(0);
+    let meta_start = out.len();
+    serde_json::to_writer(out.writer(), meta).expect("serialising a message cannot fail");
+    let meta_len = out.len() - meta_start;
+    let len = 4 + meta_len + body.len();
+    if len > MAX_PAYLOAD {
+        out.truncate(start);
+        return Err(Error::TooLarge {
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    out.extend_from_slice(body);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    out[meta_start - 4..meta_start].copy_from_slice(&(meta_len as u32).to_be_bytes());
+    Ok(())
 }
 
 /// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.

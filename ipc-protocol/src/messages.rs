@@ -70,10 +70,14 @@ pub struct ErrorMsg {
     pub message: String,
 }
 
+/// The default type of [`InvokeMeta::headers`]: (name, value) pairs.
+pub type HeaderPairs<'a> = &'a [(&'a str, std::borrow::Cow<'a, str>)];
+
 /// Meta of an `invoke` `CALL` from the supervisor. Borrowed, so building one per request
-/// costs no allocation beyond the serialised bytes.
+/// costs no allocation beyond the serialised bytes. `H` is anything that serialises as a
+/// list of `[name, value]` pairs (the HTTP layer passes its header map straight through).
 #[derive(Debug, Clone, Serialize)]
-pub struct InvokeMeta<'a> {
+pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     pub op: &'static str,
     pub service: &'a str,
     pub cid: &'a str,
@@ -93,7 +97,7 @@ pub struct InvokeMeta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub headers: Option<&'a [(&'a str, std::borrow::Cow<'a, str>)]>,
+    pub headers: Option<H>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
 }

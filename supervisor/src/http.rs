@@ -402,11 +402,6 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             );
         }
     };
-    let headers: Vec<(&str, Cow<str>)> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes())))
-        .collect();
     let timeout = shared.settings.request_timeout();
     let meta = InvokeMeta {
         op: "invoke",
@@ -418,7 +413,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         path: Some(parts.uri.path()),
         params: Some(&params),
         query: Some(parts.uri.query().unwrap_or("")),
-        headers: Some(&headers),
+        headers: Some(Headers(&parts.headers)),
         deadline_ms: Some(timeout.as_millis() as u64),
     };
     let span = tracing::info_span!("request", cid = %cid, service = %channel.service);
@@ -431,6 +426,22 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     match result {
         Ok(reply) => build_reply(reply, &cid),
         Err(e) => dispatch_error(e, &cid),
+    }
+}
+
+/// Serialises a header map as the `[[name, value], …]` list of the IPC spec, in arrival
+/// order, without copying it into an intermediate vector.
+struct Headers<'a>(&'a hyper::HeaderMap);
+
+impl serde::Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            let v: Cow<str> = String::from_utf8_lossy(v.as_bytes());
+            seq.serialize_element(&(k.as_str(), v))?;
+        }
+        seq.end()
     }
 }
 

@@ -358,9 +358,9 @@ impl Pool {
     }
 
     /// Runs one invocation on some worker and waits for its reply until `deadline`.
-    pub async fn invoke(
+    pub async fn invoke<H: serde::Serialize>(
         &self,
-        meta: &InvokeMeta<'_>,
+        meta: &InvokeMeta<'_, H>,
         body: &[u8],
         deadline: Instant,
     ) -> Result<Reply, DispatchError> {
@@ -599,7 +599,7 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
                     .deadline_ms
                     .map(Duration::from_millis)
                     .unwrap_or(pool.call_timeout);
-            let m = InvokeMeta {
+            let m: InvokeMeta<'_> = InvokeMeta {
                 op: "invoke",
                 service: &service,
                 cid: &cid,
