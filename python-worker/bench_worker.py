@@ -76,10 +76,12 @@ sys.exit(_runtime.main(sys.argv[1:]))
 '''
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple:
+    """(user, system) CPU seconds of a process so far."""
     with open('/proc/%d/stat' % pid) as f:
         fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    tick = os.sysconf('SC_CLK_TCK')
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> None:
@@ -183,12 +185,13 @@ def main() -> None:
             if again:
                 conn.sendall(b''.join(again))
         elapsed = time.perf_counter() - t0
-        cpu = cpu_seconds(proc.pid) - cpu0
+        user, system = (b - a for a, b in zip(cpu0, cpu_seconds(proc.pid)))
+        cpu = user + system
         print('calls=%d seconds=%.2f inflight=%d' % (done, elapsed, args.inflight))
         print('throughput: %.0f calls/s  (%.2f us/call wall)' % (
             done / elapsed, elapsed / done * 1e6))
-        print('worker CPU: %.2f us/call  (%.0f%% of one core)' % (
-            cpu / done * 1e6, cpu / elapsed * 100))
+        print('worker CPU: %.2f us/call (user %.2f, system %.2f; %.0f%% of one core)' % (
+            cpu / done * 1e6, user / done * 1e6, system / done * 1e6, cpu / elapsed * 100))
     finally:
         if args.profile:
             conn.close()  # the worker dumps its profile when it sees the hang-up

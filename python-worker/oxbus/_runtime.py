@@ -22,8 +22,10 @@ request itself:
   follower, or a new one; at most ``threads + 1`` in all) to leader. The new leader first
   sends the replies the slow handler was holding back, then carries on reading and running.
   The demoted thread finishes its handler, sends its reply, takes more pending work if a
-  handler slot is free and otherwise waits as an idle follower. When no inline handler is
-  running, the watchdog sleeps on a condition and costs nothing.
+  handler slot is free and otherwise waits as an idle follower. While the leader runs
+  handlers the watchdog ticks at the hand-off period; once the leader has been out of
+  handlers for a while it sleeps on an event and costs nothing. It also enforces the
+  heartbeat: no frame from the supervisor for three ``heartbeat_ms`` means exit 5.
 * ``threads`` (from ``WELCOME``) caps the number of ``def handle`` calls running at once.
   When all slots are taken the leader still reads the socket, so ``PING``, ``CANCEL`` and
   ``DRAIN`` are always answered, but ``CALL``s wait in ``pending``; whichever thread frees a
@@ -39,6 +41,7 @@ serialises writes so that frames leave in the order they were queued.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -57,7 +60,10 @@ from .service import Dispatcher, Service, current_invocation, _error_frame
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable, Dict, List, NoReturn, Optional, Tuple, Type
+    from typing import (Any, Awaitable, Callable, Dict, List, NoReturn, Optional, Set, Tuple,
+                        Type)
+
+    from ._protocol import Frame
 
 __all__ = ['main', 'Worker', 'load_services', 'FrameLogHandler']
 
@@ -257,7 +263,7 @@ class Worker:
 
         self._lock = threading.Lock()
         self._idle_cv = threading.Condition(self._lock)   # idle followers wait here
-        self._wd_cv = threading.Condition(self._lock)     # the idle watchdog waits here
+        self._wd_wake = threading.Event()                 # wakes an idle watchdog
         self._send_lock = threading.Lock()
         self._done = threading.Event()
 
@@ -272,7 +278,7 @@ class Worker:
         self._leader_epoch = 0                # bumped on every promotion
         self._leader_wanted = False           # a promotion waits for a thread to take it
         self._inline_since: Optional[float] = None  # leader's current inline handler start
-        self._wd_idle = False
+        self._wd_idle = False                 # the watchdog sleeps until _wd_wake is set
         self._draining = False
         self._bye_sent = False
         self._started = False
@@ -285,7 +291,7 @@ class Worker:
         self._loop: Any = None   # the asyncio loop, if any service is async
         self._loop_ident = 0
         self._loop_flush_pending = False
-        self._tasks: set = set()
+        self._tasks: Set[Any] = set()  # asyncio.Task, kept alive until done
 
     # -- public API used by the dispatcher and the log handler ----------------------------
 
@@ -324,7 +330,6 @@ class Worker:
 
         def run() -> None:
             self._loop_ident = _get_ident()
-            asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             loop.run_forever()
 
@@ -476,7 +481,7 @@ class Worker:
                     self._inline_since = _monotonic()
                     self._inline_ident = me
                     if self._wd_idle:
-                        self._wd_cv.notify()
+                        self._wd_wake.set()
                     return call
         self._inline_since = None
         return None
@@ -507,39 +512,48 @@ class Worker:
                                                'cid': call.meta.get('cid') or ''})
 
     def _watchdog(self) -> None:
-        """Promote a new leader when the current one is stuck in a handler; watch heartbeats."""
-        lock = self._lock
-        cv = self._wd_cv
+        """Promote a new leader when the current one is stuck in a handler; watch heartbeats.
+
+        The checks read ``_inline_since`` without taking ``_lock`` (an attribute read is
+        atomic) and take the lock only to promote: a watchdog that grabbed the lock on every
+        tick would collide with the leader, which takes it twice per call, and each
+        collision costs a round of GIL and futex hand-offs on the fast path.
+        """
         handoff = self._handoff
         silence = self._silence_limit
-        # Poll at the hand-off period for a while after the last inline handler, and only
-        # then sleep until notified: under steady load the leader keeps running inline
-        # handlers, and notifying a sleeping watchdog on every batch would cost a wake-up
-        # per batch instead of one every couple of milliseconds.
+        wake = self._wd_wake
+        sleep = time.sleep
+        # While handlers run inline, tick at the hand-off period; keep ticking for a while
+        # after the last one, and only then sleep until the leader sets _wd_wake. Under
+        # steady load the leader is in and out of handlers all the time, and a wake-up per
+        # batch would cost more than a tick every couple of milliseconds.
         linger = max(0.05, 10 * handoff)
         idle_wait = silence / 3 if silence else None
         last_busy = 0.0
-        with lock:
-            while True:
-                if self._exit_code is not None:
-                    return
-                now = _monotonic()
-                if silence is not None and now - self._last_rx > silence:
-                    break
-                since = self._inline_since
-                if since is not None:
-                    last_busy = now
-                    if now - since >= handoff:
+        while self._exit_code is None:
+            now = _monotonic()
+            if silence is not None and now - self._last_rx > silence:
+                self._lost('no frame from the supervisor for %d ms' % (silence * 1000))
+            since = self._inline_since
+            if since is not None:
+                last_busy = now
+                if now - since < handoff:
+                    sleep(since + handoff - now)
+                    continue
+                with self._lock:  # re-check: the handler may have just returned
+                    since = self._inline_since
+                    if since is not None and _monotonic() - since >= handoff:
                         self._promote_locked()
-                    else:
-                        cv.wait(since + handoff - now)
-                elif now - last_busy < linger:
-                    cv.wait(handoff)
-                else:
-                    self._wd_idle = True
-                    cv.wait(idle_wait)
-                    self._wd_idle = False
-        self._lost('no frame from the supervisor for %d ms' % (silence * 1000))  # type: ignore
+            elif now - last_busy < linger:
+                sleep(handoff)
+            else:
+                self._wd_idle = True
+                # The leader sets _wd_wake only when it sees the flag, so look once more
+                # after raising it, or a handler started in between would go unwatched.
+                if self._inline_since is None:
+                    wake.wait(idle_wait)
+                wake.clear()
+                self._wd_idle = False
 
     def _promote_locked(self) -> None:
         # The current leader keeps running its handler but is no longer the leader: it
@@ -556,14 +570,14 @@ class Worker:
 
     # -- frames from the supervisor -------------------------------------------------------
 
-    def _on_frames(self, frames: List[Tuple[int, int, int, bytes]]) -> None:
+    def _on_frames(self, frames: List[Frame]) -> None:
         """Apply one batch of frames from the supervisor (leader only)."""
         dispatcher = self.dispatcher
         has_loop = self._loop is not None
         # Phase 1, without the lock: decode, which is the expensive part (every CALL's meta
         # is JSON), so handler threads finishing meanwhile are not kept waiting.
         items: List[Tuple[int, int, Any, bool]] = []
-        for kind, flags, stream, payload in frames:
+        for kind, _flags, stream, payload in frames:
             if kind == CALL:
                 if not stream or stream & WORKER_STREAM_BIT:
                     raise ProtocolError('bad_stream', 'CALL on stream %d, which is not a '
@@ -590,6 +604,8 @@ class Worker:
         async_calls: List[_Call] = []
         with self._lock:
             for kind, stream, obj, is_async in items:
+                if self._bye_sent:
+                    break  # we are on our way out; nothing may follow BYE
                 if kind == CALL:
                     if stream in active:
                         raise ProtocolError('stream_in_use', 'CALL on stream %d, which has '
@@ -636,9 +652,7 @@ class Worker:
         try:
             reply = await self.dispatcher.run_async(call.stream, call.meta, call.body)
         except BaseException:  # run_async catches everything; this is a last resort
-            logging.getLogger('oxbus.worker').exception('dispatcher failed')
-            reply = _error_frame(call.stream, 500, {'error': 'internal error',
-                                                    'cid': call.meta.get('cid') or ''})
+            reply = self._internal_error(call)
         with self._lock:
             self._inflight -= 1
             self._answer_locked(call, reply)
@@ -684,7 +698,7 @@ class Worker:
         with self._lock:
             self._exit_code = EXIT_OK
             self._idle_cv.notify_all()
-            self._wd_cv.notify_all()
+        self._wd_wake.set()
         self._done.set()  # main() returns 0, so atexit handlers of user code still run
 
     def _protocol_error(self, e: ProtocolError) -> NoReturn:
@@ -767,7 +781,7 @@ def _handshake(sock: socket.socket, reader: FrameReader, worker_id: int,
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
     try:
         sock.sendall(encode_frame(HELLO, encode_json(hello)))
-        frames: list = []
+        frames: List[Frame] = []
         while not frames:
             n = sock.recv_into(reader.writable())
             if not n:
@@ -866,6 +880,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    run_coroutine=worker.run_coroutine)
     if any(cls._oxbus_async for cls in services.values()):
         worker.start_loop()
+    # Everything imported so far (stdlib, the services and what they import) lives as long
+    # as the worker. Freezing it takes it out of the cyclic collector's generations, so the
+    # full collections that steady traffic triggers do not walk it again and again.
+    gc.freeze()
 
     ready = {'services': [service_info(cls) for cls in services.values()],
              'startup_ms': int((_monotonic() - started) * 1000)}

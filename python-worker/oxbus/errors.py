@@ -12,7 +12,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, Mapping, Optional
+    from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 __all__ = [
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
@@ -62,7 +62,7 @@ class Reportable(Exception):
         return self.msg
 
 
-def _split_args(args: tuple) -> tuple:
+def _split_args(args: Tuple[Any, ...]) -> Tuple[Any, Optional[str], Any]:
     # One positional argument is the message; two or more are Zato's (cid, msg[, status]).
     if not args:
         return None, None, None

@@ -229,6 +229,11 @@ class HTTPRequest:
             self._headers = Headers(self._meta.get('headers') or ())
         return self._headers
 
+    @property
+    def GET(self) -> Dict[str, str]:  # noqa: N802 - Zato's name
+        """Zato's name for :attr:`query`."""
+        return self.query
+
     def __repr__(self) -> str:
         return '<HTTPRequest %s %s>' % (self.method, self.path)
 
@@ -249,6 +254,11 @@ class Request:
         self.data_format = data_format
         self._meta = meta if meta is not None else {}
         self._http: Optional[HTTPRequest] = None
+
+    @property
+    def raw_request(self) -> bytes:
+        """Zato's name for :attr:`raw`."""
+        return self.raw
 
     @property
     def http(self) -> HTTPRequest:
@@ -437,7 +447,7 @@ def _pick_handler(cls: Type[Service], method: Optional[str]) -> Tuple[str, bool]
 
 
 def _header_pairs(headers: Dict[str, Any]) -> List[List[str]]:
-    pairs = []
+    pairs: List[List[str]] = []
     for name, value in headers.items():
         name = str(name).lower()
         if isinstance(value, (list, tuple)):
@@ -490,7 +500,10 @@ class Dispatcher:
 
     def run(self, stream: int, meta: Dict[str, Any], body: bytes) -> bytes:
         """Run a synchronous service for one CALL and return its REPLY frame. Never raises."""
-        cls = self._lookup(meta)
+        try:
+            cls = self.services.get(meta.get('service'))  # type: ignore[arg-type]
+        except TypeError:  # _lookup(), inlined on this hot path
+            cls = None
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta)
         cid = meta.get('cid') or ''
@@ -552,8 +565,8 @@ class Dispatcher:
             payload = body
         svc = cls()
         svc.cid = cid
-        channel = _channels.get(meta.get('channel'))  # type: ignore[arg-type]
-        svc.channel = channel if channel is not None else _channel(meta.get('channel'))
+        channel = meta.get('channel')
+        svc.channel = _channels.get(channel) or _channel(channel)  # type: ignore[arg-type]
         svc.request = request = Request(payload, body, data_format, meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
@@ -662,7 +675,7 @@ class Dispatcher:
             if cls._oxbus_input:
                 request.input = parse_input(cls._oxbus_input, payload, None, dict)
             if is_async:
-                self._run_coroutine(_run_hooked(svc, attr))
+                self._run_coroutine(_run_hooked(svc, attr, (cid, cls.name, stream)))
             else:
                 before, after = cls._oxbus_hooks
                 if before:
@@ -707,13 +720,20 @@ async def _maybe_await(result: Any) -> Any:
     return result
 
 
-async def _run_hooked(svc: Service, attr: str) -> None:
-    before, after = type(svc)._oxbus_hooks
-    if before:
-        await _maybe_await(svc.before_handle())
-    await _maybe_await(getattr(svc, attr)())
-    if after:
-        await _maybe_await(svc.after_handle())
+async def _run_hooked(svc: Service, attr: str, invocation: Invocation) -> None:
+    """An async service's hooks and handler, for ``self.invoke`` from a plain thread."""
+    # The coroutine may run in another thread's context (the worker's event loop), so the
+    # invocation is set again here rather than inherited.
+    token = current_invocation.set(invocation)
+    try:
+        before, after = type(svc)._oxbus_hooks
+        if before:
+            await _maybe_await(svc.before_handle())
+        await _maybe_await(getattr(svc, attr)())
+        if after:
+            await _maybe_await(svc.after_handle())
+    finally:
+        current_invocation.reset(token)
 
 
 def _asyncio_run(coro: Awaitable[Any]) -> Any:

@@ -1,4 +1,6 @@
-"""Entry point of the Python worker: ``python -m oxbus.worker --socket PATH --worker-id N --token HEX``.
+"""Entry point of the Python worker process.
+
+Usage: ``python -m oxbus.worker --socket PATH --worker-id N --token HEX``.
 
 The Oxbus server spawns this (never forks it) with the interpreter the operator configured,
 so the user's virtualenv and its native wheels are in effect. Everything happens in

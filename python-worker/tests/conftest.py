@@ -71,6 +71,8 @@ class FakeSupervisor:
         cmd = [sys.executable, '-m', 'oxbus.worker']
         cmd += args if args is not None else [
             '--socket', self.path, '--worker-id', str(worker_id), '--token', token]
+        if self.proc is not None:  # a second spawn in one test: keep only the new stderr
+            self._stderr.close()
         self._stderr = open(self.stderr_path, 'wb')
         self.proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self._stderr)

@@ -134,6 +134,12 @@ def test_meta_len_larger_than_payload_is_refused():
         P.split_call(payload)
     assert e.value.code == 'bad_frame'
     with pytest.raises(P.ProtocolError):
+        P.decode_call(payload)
+    # A meta_len that reaches past the end must not make a truncated meta acceptable.
+    tricky = struct.pack('>I', 100) + b'{"a":1}'
+    with pytest.raises(P.ProtocolError):
+        P.decode_call(tricky)
+    with pytest.raises(P.ProtocolError):
         P.split_call(b'\x00\x00')  # not even a meta_len
     # meta_len == length - 4 (empty body) is fine.
     assert P.split_call(struct.pack('>I', 2) + b'{}') == (b'{}', b'')

@@ -16,8 +16,7 @@ from oxbus import (BadRequest, Conflict, Forbidden, InternalServerError, MethodN
                    Unauthorized)
 from oxbus import _protocol as P
 from oxbus.service import Dispatcher, current_invocation, default_name
-
-VECTORS = json.load(open(__file__.rsplit('/', 2)[0] + '/../ipc-protocol/testdata/v1/vectors.json'))
+from test_protocol import VECTORS
 
 
 class Reply:
@@ -188,12 +187,14 @@ def test_headers_mapping_and_query_last_wins():
         def handle(self):
             h = self.request.http.headers
             seen.update(accept=h['accept'], all=h.getall('Accept'), cookie=h['cookie'],
-                        missing=h.get('x-none'), n=len(h), q=self.request.http.query)
+                        missing=h.get('x-none'), n=len(h), q=self.request.http.query,
+                        zato_get=self.request.http.GET, zato_raw=self.request.raw_request)
 
     call(Svc, headers=[['accept', 'a'], ['Accept', 'b'], ['cookie', 'x=1'], ['cookie', 'y=2']],
          query='a=1&a=2&b=%20')
     assert seen == {'accept': 'a, b', 'all': ['a', 'b'], 'cookie': 'x=1; y=2', 'missing': None,
-                    'n': 2, 'q': {'a': '2', 'b': ' '}}
+                    'n': 2, 'q': {'a': '2', 'b': ' '}, 'zato_get': {'a': '2', 'b': ' '},
+                    'zato_raw': b''}
 
 
 def test_empty_body_and_missing_http_fields():
@@ -243,6 +244,15 @@ def test_response_status_headers_and_content_type():
     assert r.status == 201 and r.content_type == 'application/vnd.x+json'
     assert r.headers == [['x-id', '7'], ['set-cookie', 'a=b'], ['set-cookie', 'c=d']]
     assert r.doc == {'id': 7}
+
+
+def test_response_headers_can_be_replaced_wholesale():
+    class Svc(Service):
+        def handle(self):
+            self.response.headers = {'x-a': '1'}
+            self.response.payload = {}
+
+    assert call(Svc).headers == [['x-a', '1']]
 
 
 def test_invalid_status_code_is_a_500():
@@ -335,6 +345,8 @@ def test_even_system_exit_in_a_service_is_only_a_500():
 def test_unknown_service_and_unknown_op():
     r = call(Echo, name='no.such')
     assert r.status == 404 and r.doc == {'error': 'no such service: no.such', 'cid': 'c1d'}
+    r = call(Echo, name=['not', 'a', 'name'])  # a supervisor bug must not crash the worker
+    assert r.status == 404
     r = call(Echo, op='cache.get')
     assert r.status == 501 and r.doc['error'] == 'unknown op: cache.get'
 

