@@ -81,7 +81,6 @@ pub fn spawn(
         .arg("--token")
         .arg(token)
         .env("PYTHONPATH", python_path)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

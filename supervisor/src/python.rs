@@ -1,9 +1,11 @@
-//! The bundled `oxbus` Python package and the runtime directory it is unpacked into.
+//! The bundled `oxbus` Python package and the runtime directory of a server.
 //!
-//! The server writes the package into a private (0700) runtime directory at start and puts
-//! that directory first on the workers' `PYTHONPATH`, so any interpreter — the system one or
-//! a user's venv with numpy and lxml — runs the worker without installing anything, and the
-//! worker always speaks the same IPC protocol version as the server that started it.
+//! The package is compiled into the binary. At start the server installs it into a
+//! content-addressed cache directory (see [`install_package`]) and puts that first on the
+//! workers' `PYTHONPATH`, so any interpreter — the system one or a user's venv with numpy
+//! and lxml — runs the worker without installing anything, and the worker always speaks the
+//! same IPC protocol version as the server that started it. The private (0700) runtime
+//! directory holds the IPC socket.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -60,18 +62,97 @@ impl RuntimeDir {
         self.path.join("ipc.sock")
     }
 
-    /// Writes the bundled package; returns the directory to put on `PYTHONPATH`.
+    /// Installs the bundled package (see [`install_package`]) with this runtime directory
+    /// as the fallback location; returns the directory to put on `PYTHONPATH`.
     pub fn unpack_python(&self) -> io::Result<PathBuf> {
-        let root = self.path.join("python");
-        let pkg = root.join("oxbus");
-        std::fs::create_dir_all(&pkg)?;
-        for (name, bytes) in FILES {
-            let dest = pkg.join(name);
-            let tmp = pkg.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &dest)?;
+        install_package(cache_base().as_deref(), &self.path)
+    }
+}
+
+/// Where the package is cached across runs: systemd's `$CACHE_DIRECTORY`, else
+/// `$XDG_CACHE_HOME/oxbus`, else `~/.cache/oxbus`.
+fn cache_base() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CACHE_DIRECTORY").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("oxbus"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache/oxbus"))
+}
+
+/// A stable digest of the bundled package (FNV-1a over names and contents).
+fn package_digest() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, bytes) in FILES {
+        for b in name
+            .as_bytes()
+            .iter()
+            .chain([0u8].iter())
+            .chain(bytes.iter())
+        {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        Ok(root)
+    }
+    h
+}
+
+/// Writes the package into `<base>/python-<digest>/oxbus` unless it is already there, and
+/// returns `<base>/python-<digest>`. The directory is content-addressed and written under a
+/// temporary name then renamed, so concurrent servers never see a half-written package, and
+/// its path is stable across restarts, so Python's bytecode cache next to it stays valid:
+/// only the first start of a new version compiles the package, which matters when 8 workers
+/// start at once. Falls back to `fallback` (the private runtime directory) when `base` is
+/// not writable (a read-only home under a hardened unit, say).
+pub fn install_package(base: Option<&Path>, fallback: &Path) -> io::Result<PathBuf> {
+    let name = format!("python-{:016x}", package_digest());
+    if let Some(base) = base {
+        match install_into(&base.join(&name)) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                tracing::debug!(error = %e, base = %base.display(), "package cache not writable; using the runtime directory")
+            }
+        }
+    }
+    install_into(&fallback.join(name))
+}
+
+fn install_into(root: &Path) -> io::Result<PathBuf> {
+    let marker = root.join("oxbus/.complete");
+    if marker.exists() {
+        return Ok(root.to_owned());
+    }
+    let parent = root.parent().ok_or_else(|| io::Error::other("no parent"))?;
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        root.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("python"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("oxbus"))?;
+    for (name, bytes) in FILES {
+        std::fs::write(tmp.join("oxbus").join(name), bytes)?;
+    }
+    std::fs::write(tmp.join("oxbus/.complete"), b"")?;
+    match std::fs::rename(&tmp, root) {
+        Ok(()) => Ok(root.to_owned()),
+        // Another server installed the same digest first: use theirs.
+        Err(_) if marker.exists() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(root.to_owned())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // A stale, incomplete directory from a crash: replace it.
+            std::fs::remove_dir_all(root).ok();
+            Err(e)
+        }
     }
 }
 
@@ -101,14 +182,36 @@ mod tests {
     }
 
     #[test]
-    fn unpacks_into_a_private_dir_and_cleans_up() {
+    fn runtime_dir_is_private_and_cleaned_up() {
         let rt = RuntimeDir::create(None).unwrap();
-        let root = rt.unpack_python().unwrap();
-        assert!(root.join("oxbus/__init__.py").is_file());
         let mode = std::fs::metadata(rt.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let p = rt.path().to_owned();
         drop(rt);
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn package_is_installed_once_per_digest_with_fallback() {
+        let rt = RuntimeDir::create(None).unwrap();
+        let base = rt.path().join("cache");
+        let a = install_package(Some(&base), rt.path()).unwrap();
+        assert!(a.starts_with(&base));
+        assert!(a.join("oxbus/__init__.py").is_file());
+        let t = std::fs::metadata(a.join("oxbus/__init__.py"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let b = install_package(Some(&base), rt.path()).unwrap();
+        assert_eq!(a, b);
+        let t2 = std::fs::metadata(b.join("oxbus/__init__.py"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(t, t2, "an installed package is not rewritten");
+        // An unwritable base falls back to the runtime directory.
+        let c = install_package(Some(Path::new("/proc/oxbus-cannot-write")), rt.path()).unwrap();
+        assert!(c.starts_with(rt.path()) && !c.starts_with(&base));
+        assert!(c.join("oxbus/worker.py").is_file());
     }
 }
