@@ -199,12 +199,13 @@ impl Env {
         }
         let mut child = cmd.spawn().expect("spawn oxbus");
         let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let log = log.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream)
                     .lines()
@@ -214,12 +215,13 @@ impl Env {
                     l.push_str(&line);
                     l.push('\n');
                 }
-            });
+            }));
         }
         Server {
             child: Some(child),
             dir,
             log,
+            readers: Mutex::new(readers),
             port: Mutex::new(None),
         }
     }
@@ -231,6 +233,7 @@ pub struct Server {
     child: Option<Child>,
     pub dir: PathBuf,
     log: Arc<Mutex<String>>,
+    readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     port: Mutex<Option<u16>>,
 }
 
@@ -390,6 +393,10 @@ impl Server {
         let end = Instant::now() + timeout;
         loop {
             if let Some(st) = child.try_wait().unwrap() {
+                // Let the log readers reach EOF so the log holds the last lines.
+                for r in self.readers.lock().unwrap().drain(..) {
+                    let _ = r.join();
+                }
                 return st.code();
             }
             if Instant::now() > end {
