@@ -91,10 +91,19 @@ fn main() -> ExitCode {
     if let Some(b) = banner {
         println!("{b}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One I/O thread (the default on small machines) runs everything on the main thread:
+    // no cross-thread wake-ups between the HTTP tasks and the worker connections.
+    let rt = if settings.io_threads() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.io_threads())
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
