@@ -480,7 +480,9 @@ class Worker:
                     self._running += 1
                     self._inline_since = _monotonic()
                     self._inline_ident = me
-                    if self._wd_idle:
+                    # Set the event once: until the woken watchdog gets the GIL back and
+                    # clears _wd_idle, every call would otherwise pay for Event.set().
+                    if self._wd_idle and not self._wd_wake.is_set():
                         self._wd_wake.set()
                     return call
         self._inline_since = None
