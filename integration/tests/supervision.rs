@@ -253,6 +253,33 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 }
 
 #[tokio::test]
+async fn sigterm_with_shutdown_delay_reports_not_ready_while_still_serving() {
+    let srv = Arc::new(
+        Env::new()
+            .workers(1)
+            .with_test_services()
+            .set("http", "shutdown_delay_ms", "1500")
+            .start()
+            .await,
+    );
+    srv.signal(Signal::SIGTERM);
+    let r = eventually(Duration::from_secs(5), "readyz 503", || {
+        let srv = srv.clone();
+        async move {
+            let r = srv.get("/readyz").await;
+            (r.status == 503).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r.json()["status"], "not ready");
+    // Requests are still served during the delay.
+    assert_eq!(srv.get("/pid").await.status, 200);
+    let mut srv = Arc::try_unwrap(srv).expect("only owner");
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(srv.log().contains("closing the listener"));
+}
+
+#[tokio::test]
 async fn recycling_after_max_requests_loses_nothing() {
     let srv = Arc::new(
         Env::new()

@@ -149,6 +149,10 @@ pub struct HttpSection {
     pub keepalive_timeout_ms: u64,
     /// On SIGTERM, time in-flight requests get to finish.
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, how long to keep serving with `/readyz` answering 503 before the listener
+    /// closes: long enough for a load balancer (an AWS ALB's health checks) to take the
+    /// server out of rotation, so that no new connection is refused. 0 = close at once.
+    pub shutdown_delay_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -160,6 +164,7 @@ impl Default for HttpSection {
             header_read_timeout_ms: 10_000,
             keepalive_timeout_ms: 75_000,
             drain_timeout_ms: 30_000,
+            shutdown_delay_ms: 0,
         }
     }
 }

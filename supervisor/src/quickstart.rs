@@ -85,6 +85,7 @@ log_level = "info"
 request_timeout_ms = 30000
 max_body_bytes = 10485760
 keepalive_timeout_ms = 75000
+# shutdown_delay_ms = 15000  # behind a load balancer: keep serving with /readyz 503 first
 
 [[channels]]
 url_path = "/echo"

@@ -48,6 +48,8 @@ pub enum Event {
         generation: u64,
         replaces: Option<u32>,
     },
+    /// SIGTERM's shutdown delay is over: stop accepting and drain.
+    StopAccepting,
     /// The HTTP layer closed its last connection after SIGTERM.
     HttpDrained,
 }
@@ -306,6 +308,10 @@ impl Supervisor {
                     self.spawn_worker(generation, replaces)?;
                 }
             }
+            Event::StopAccepting => {
+                info!("closing the listener; draining in-flight requests");
+                let _ = self.shutdown_tx.send(true);
+            }
             Event::HttpDrained => {
                 self.http_drained = true;
                 let ids: Vec<u32> = self.children.keys().copied().collect();
@@ -355,7 +361,20 @@ impl Supervisor {
                 );
                 self.shutting_down = Some(Sig::Term);
                 self.shared.ready.store(false, Ordering::SeqCst);
-                let _ = self.shutdown_tx.send(true);
+                let delay = Duration::from_millis(self.settings.http.shutdown_delay_ms);
+                if delay.is_zero() {
+                    let _ = self.shutdown_tx.send(true);
+                } else {
+                    info!(
+                        delay_ms = delay.as_millis() as u64,
+                        "still serving while load balancers see /readyz 503"
+                    );
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = events.send(Event::StopAccepting);
+                    });
+                }
                 None
             }
             Sig::Int => {
