@@ -69,7 +69,7 @@ PEERS_FILE="$TMP/peers.conf"
 export OUTDIR="${OUTDIR:-$PEERS_WORK/results/oxbus-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUTDIR"
 cp "$PEERS_FILE" "$OUTDIR/peers.conf"
-echo "== oxbus $("$OXBUS" --version 2>/dev/null | awk '{print $2}') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit')), env $ENV_DIR"
+echo "== oxbus $("$OXBUS" --version 2>/dev/null | awk '{print $2}') ($(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit')), env $ENV_DIR"
 echo "== results in $OUTDIR"
 PEERS_FILE="$PEERS_FILE" ONLY="${ONLY:-}" REPS="${REPS:-2}" DURATION="${DURATION:-10}" \
   MODES="${MODES:-pinned unpinned}" bash "$PEERS_HARNESS/run_peers.sh"

@@ -20,6 +20,9 @@
 #          REPS=11 STARTUP_PORT=8120 bench/startup.sh
 #          PYTHON=$(pyenv which python3) bench/startup.sh   # workers' interpreter (OXBUS_SERVER_PYTHON);
 #                                                          # default: the quickstart's python3 from PATH
+#          env -u PYTHONDONTWRITEBYTECODE bench/startup.sh       # let workers reuse cached bytecode
+#          (when that variable is set, as in some sandboxes and CI images, every worker compiles
+#           the oxbus package from source at every start)
 # Knobs: REPS [7]  WORKERS [8]  STARTUP_PORT [8117]  POLL_MS [5]  TIMEOUT_S [30]  PYTHON []
 #        QUIET_OTHER_S [0.3] (runs with less "other" CPU-s are also summarised apart)
 #        SKIP_BUILD [0]  KEEP_ENV [0]
@@ -47,10 +50,11 @@ cleanup() { [[ "${KEEP_ENV:-0}" == 1 ]] || rm -rf "$TMP"; }
 trap cleanup EXIT
 ENV_DIR="$TMP/env"
 
-python3 - "$OXBUS" "$ENV_DIR" "$PORT" "$WORKERS" "$REPS" "${POLL_MS:-5}" "${TIMEOUT_S:-30}" "$OUTDIR" <<'EOF' | tee "$OUTDIR/startup.txt"
+REV="$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit')"
+python3 - "$OXBUS" "$ENV_DIR" "$PORT" "$WORKERS" "$REPS" "${POLL_MS:-5}" "${TIMEOUT_S:-30}" "$OUTDIR" "$REV" <<'EOF' | tee "$OUTDIR/startup.txt"
 import http.client, json, os, signal, socket, statistics as st, subprocess, sys, time
 
-oxbus, env_dir, port, workers, reps, poll_ms, timeout_s, outdir = sys.argv[1:]
+oxbus, env_dir, port, workers, reps, poll_ms, timeout_s, outdir, rev = sys.argv[1:]
 port, workers, reps, poll, timeout_s = int(port), int(workers), int(reps), int(poll_ms) / 1000, float(timeout_s)
 
 def port_free():
@@ -138,9 +142,10 @@ def one(label, argv):
 
 argv_qs = [oxbus, "quickstart", env_dir, "--port", str(port), "--workers", str(workers)]
 argv_srv = [oxbus, "server", "--config", os.path.join(env_dir, "server.toml")]
-print(f"# startup: {workers} workers, poll every {poll*1000:g} ms, {reps} runs; oxbus={oxbus}")
+print(f"# startup: {workers} workers, poll every {poll*1000:g} ms, {reps} runs; oxbus={oxbus} ({rev})")
 print(f"# workers' python: {os.environ.get('OXBUS_SERVER_PYTHON') or 'python3 from PATH (quickstart default)'}; "
-      f"nproc={os.cpu_count()} load1={open('/proc/loadavg').read().split()[0]}")
+      f"nproc={os.cpu_count()} load1={open('/proc/loadavg').read().split()[0]} "
+      f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')}")
 print(f"{'run':10s} {'listen_ms':>9s} {'ready_ms':>9s} {'exit':>4s} {'srv_cpu_s':>9s} {'other_s':>7s}")
 l, r, rc, _, srv, other = one("warm-up", argv_qs)
 print(f"{'warm-up':10s} {l or float('nan'):9.1f} {r or float('nan'):9.1f} {rc:4d} {srv:9.2f} {other:7.2f}   (quickstart; creates the env)")

@@ -253,6 +253,26 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 }
 
 #[tokio::test]
+async fn sigterm_to_every_process_like_systemd_is_still_a_clean_drain() {
+    // systemd's default KillMode=control-group sends SIGTERM to the server and every worker
+    // at once: the workers must leave the stopping to the server.
+    let srv = Arc::new(Env::new().workers(2).with_test_services().start().await);
+    let workers = srv.worker_pids();
+    let s = srv.clone();
+    let inflight = tokio::spawn(async move { s.get("/sleep?ms=800").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for p in &workers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), Signal::SIGTERM).unwrap();
+    }
+    srv.signal(Signal::SIGTERM);
+    assert_eq!(inflight.await.unwrap().status, 200);
+    let mut srv = Arc::try_unwrap(srv).expect("only owner");
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(!srv.log().contains("worker died"), "{}", srv.log());
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
 async fn sigterm_with_shutdown_delay_reports_not_ready_while_still_serving() {
     let srv = Arc::new(
         Env::new()

@@ -851,9 +851,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``python -m oxbus.worker``: returns the exit code (or exits with it)."""
     started = _monotonic()
     args = _parse_args(argv)  # exits 2 on a bad command line
-    # Ctrl-C in a terminal reaches the whole process group; the supervisor decides how its
-    # workers stop (DRAIN, or a kill), so a worker must not die halfway through on its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in a terminal reaches the whole process group, and systemd's default stop
+    # sends SIGTERM to every process of the unit; the supervisor decides how its workers stop
+    # (DRAIN, or a kill), so a worker must not die halfway through on its own. (The
+    # supervisor already sets these to ignored before exec; this covers a worker started by
+    # hand.)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -7,6 +7,7 @@ cancellation, draining, logging and every exit code the spec defines.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -438,6 +439,21 @@ def test_drain_finishes_in_flight_calls_then_byes_and_exits_0(sup):
     assert bye == (P.BYE, 0, 0, b'')
     assert sorted(f[2] for f in frames if f[0] == P.REPLY) == [1, 2]
     assert (P.PONG, 0, 0, b'pingping') in frames
+    assert sup.wait_exit() == 0
+
+
+def test_stop_signals_are_left_to_the_supervisor(sup):
+    # systemd signals every process of a unit, a terminal the whole process group: only the
+    # supervisor decides when a worker stops.
+    start(sup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(sup.proc.pid, sig)
+    time.sleep(0.2)
+    assert sup.proc.poll() is None
+    sup.send(P.PING, b'stillhere')
+    assert sup.recv(timeout=2) == (P.PONG, 0, 0, b'stillhere')
+    sup.send(P.DRAIN)
+    assert sup.recv_kind(P.BYE) == (P.BYE, 0, 0, b'')
     assert sup.wait_exit() == 0
 
 

@@ -126,15 +126,25 @@ pub fn spawn(
 
 /// Makes the kernel SIGKILL the worker if the server dies without stopping it (SIGKILL,
 /// OOM kill): the worker would notice the closed socket anyway, but a worker stuck in a
-/// C extension would not, and an orphan holding memory is worse than a dead worker.
+/// C extension would not, and an orphan holding memory is worse than a dead worker. Also
+/// makes the worker ignore stop signals meant for the server.
 #[allow(unsafe_code)]
 fn kill_with_parent(cmd: &mut Command) {
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the child between fork and exec; it only makes the
-    // async-signal-safe syscalls prctl(2), getppid(2) and _exit(2), and allocates nothing.
+    // async-signal-safe syscalls prctl(2), sigaction(2), getppid(2) and _exit(2), and
+    // allocates nothing. Setting SIG_IGN replaces no Rust-installed handler in the child.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // systemd's default stop signals every process of the unit and a terminal's
+            // Ctrl-C the whole foreground group: the server alone decides how a worker
+            // stops (DRAIN or SIGKILL). Ignored dispositions survive exec, so the worker is
+            // covered from its first instruction.
+            for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+                nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn)
+                    .map_err(std::io::Error::from)?;
+            }
             // The server may have died between fork and prctl.
             if nix::unistd::getppid().as_raw() != parent {
                 nix::libc::_exit(exit_code::LOST_SUPERVISOR);

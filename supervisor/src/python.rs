@@ -69,6 +69,50 @@ impl RuntimeDir {
     }
 }
 
+/// Compiles the installed package to bytecode for `python`, once per interpreter path, so
+/// that workers load it instead of compiling ~2.5k lines each at every start (Python reads
+/// `.pyc` files even under `PYTHONDONTWRITEBYTECODE`; it only stops writing them, and this
+/// directory is ours, not the user's source tree). Failure only costs start-up time, so it
+/// is logged, not fatal.
+pub async fn precompile(python: &str, root: &Path) {
+    let marker = root.join(format!(".compiled-{:016x}", fnv(python.as_bytes())));
+    if marker.exists() {
+        return;
+    }
+    let pkg = root.join("oxbus");
+    let run = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg("import compileall, sys; sys.exit(0 if compileall.compile_dir(sys.argv[1], quiet=1) else 1)")
+        .arg(&pkg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let _ = std::fs::write(&marker, b"");
+        }
+        Ok(Ok(out)) => tracing::warn!(
+            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+            "could not precompile the oxbus package; workers will compile it at each start"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not run {python} to precompile the oxbus package")
+        }
+        Err(_) => tracing::warn!("precompiling the oxbus package took over 30 s; skipped"),
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Where the package is cached across runs: systemd's `$CACHE_DIRECTORY`, else
 /// `$XDG_CACHE_HOME/oxbus`, else `~/.cache/oxbus`.
 fn cache_base() -> Option<PathBuf> {
@@ -213,5 +257,28 @@ mod tests {
         let c = install_package(Some(Path::new("/proc/oxbus-cannot-write")), rt.path()).unwrap();
         assert!(c.starts_with(rt.path()) && !c.starts_with(&base));
         assert!(c.join("oxbus/worker.py").is_file());
+    }
+
+    #[tokio::test]
+    async fn precompile_writes_bytecode_once_even_under_dont_write_bytecode() {
+        let rt = RuntimeDir::create(None).unwrap();
+        let root = install_package(Some(&rt.path().join("cache")), rt.path()).unwrap();
+        // The sandbox (and some users) set PYTHONDONTWRITEBYTECODE; compileall writes anyway.
+        precompile("python3", &root).await;
+        let cache = root.join("oxbus/__pycache__");
+        let pycs = std::fs::read_dir(&cache).unwrap().count();
+        assert!(
+            pycs >= FILES.len() - 1,
+            "{pycs} .pyc files in {}",
+            cache.display()
+        );
+        assert!(
+            std::fs::read_dir(&root)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".compiled-"))
+        );
+        // A missing interpreter is a warning, not a failure.
+        precompile("/nonexistent/python", &root).await;
     }
 }

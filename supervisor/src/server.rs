@@ -150,6 +150,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let python_path = runtime
         .unpack_python()
         .map_err(io_err("cannot unpack the oxbus Python package"))?;
+    crate::python::precompile(&settings.server.python, &python_path).await;
     let socket = runtime.socket_path();
     let _ = std::fs::remove_file(&socket);
     let ipc = UnixListener::bind(&socket)
