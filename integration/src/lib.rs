@@ -144,27 +144,39 @@ impl Env {
         for (f, src) in &self.services {
             std::fs::write(dir.join("services").join(f), src).unwrap();
         }
-        let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {}\npython = {:?}\nlog_level = \"info\"\n",
-            self.workers,
-            self.python.as_deref().unwrap_or("python3")
-        );
-        let mut sections: Vec<&str> = self.settings.iter().map(|s| s.0.as_str()).collect();
-        sections.dedup();
-        let mut done = Vec::new();
-        for sec in sections {
-            if done.contains(&sec) {
-                continue;
-            }
-            done.push(sec);
-            if sec == "server" {
-                for (_, k, v) in self.settings.iter().filter(|s| s.0 == sec) {
-                    toml.push_str(&format!("{k} = {v}\n"));
+        // [server] defaults, replaced by any .set("server", …) of the same key.
+        let mut server: Vec<(String, String)> = vec![
+            ("listen".into(), "\"127.0.0.1:0\"".into()),
+            ("workers".into(), self.workers.to_string()),
+            (
+                "python".into(),
+                format!("{:?}", self.python.as_deref().unwrap_or("python3")),
+            ),
+            ("log_level".into(), "\"info\"".into()),
+        ];
+        let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for (sec, k, v) in &self.settings {
+            let list = if sec == "server" {
+                &mut server
+            } else {
+                match sections.iter().position(|(s, _)| s == sec) {
+                    Some(i) => &mut sections[i].1,
+                    None => {
+                        sections.push((sec.clone(), Vec::new()));
+                        &mut sections.last_mut().unwrap().1
+                    }
                 }
-                continue;
-            }
+            };
+            list.retain(|(key, _)| key != k);
+            list.push((k.clone(), v.clone()));
+        }
+        let mut toml = String::from("[server]\n");
+        for (k, v) in &server {
+            toml.push_str(&format!("{k} = {v}\n"));
+        }
+        for (sec, list) in &sections {
             toml.push_str(&format!("\n[{sec}]\n"));
-            for (_, k, v) in self.settings.iter().filter(|s| s.0 == sec) {
+            for (k, v) in list {
                 toml.push_str(&format!("{k} = {v}\n"));
             }
         }

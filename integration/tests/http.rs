@@ -298,6 +298,32 @@ async fn idle_keepalive_connections_are_closed_after_the_timeout() {
 }
 
 #[tokio::test]
+async fn debug_logs_carry_request_and_worker_spans() {
+    let srv = Env::new()
+        .workers(1)
+        .with_test_services()
+        .set("server", "log_level", "\"debug\"")
+        .start()
+        .await;
+    let r = srv.get("/log").await;
+    let cid = r.cid();
+    eventually(Duration::from_secs(5), "request span in the log", || {
+        let log = srv.log();
+        let cid = cid.clone();
+        async move {
+            let span = format!("request{{cid={cid} service=test.log}}");
+            (log.lines()
+                .any(|l| l.contains(&span) && l.contains("answered"))
+                && log
+                    .lines()
+                    .any(|l| l.contains("worker{id=") && l.contains("hello from the log service")))
+            .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn worker_limit_is_refused_with_a_clear_message() {
     let mut srv = Env::new().workers(9).with_test_services().spawn();
     let code = srv.wait_exit(Duration::from_secs(20));

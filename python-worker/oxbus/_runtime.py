@@ -14,9 +14,9 @@ request itself:
 * One thread at a time is the *leader*. It reads the socket (``recv_into`` a large buffer),
   decodes every complete frame, answers control frames itself and appends ``CALL``s to the
   shared ``pending`` deque. Then it runs the pending calls itself, one after another,
-  *inline*, collects their replies in the outbox and sends the whole outbox with one
-  ``sendall`` before it blocks in ``recv`` again. On the fast path there is no thread
-  switch at all: one ``recv`` and one ``sendall`` per batch.
+  *inline*, collects their replies in the outbox and sends them with one ``sendall`` every
+  ``FLUSH_EVERY`` calls and before it blocks in ``recv`` again. On the fast path there is
+  no thread switch at all: one ``recv`` per batch, one ``sendall`` per few calls.
 * A *watchdog* thread notices when the leader has been inside one handler for longer than
   the hand-off time (2 ms, ``OXBUS_HANDOFF_MS``). It then promotes another thread (an idle
   follower, or a new one; at most ``threads + 1`` in all) to leader. The new leader first
@@ -78,6 +78,13 @@ EXIT_INTERNAL = 70      # a bug in this runtime (EX_SOFTWARE); never expected
 #: another thread. Short enough that a slow handler delays nobody noticeably, long enough
 #: that ordinary requests never pay for a hand-off.
 HANDOFF_MS = 2.0
+
+#: The leader sends the replies it has collected every this many inline calls, not only
+#: when its batch is done: the supervisor can then answer those clients while this worker
+#: works through the rest, so the two overlap on separate cores. Measured with the echo
+#: benchmark on 2 cores: 8 gave ~10% more throughput than flushing per batch, 4 and 16 less;
+#: on one core it made no difference beyond noise. 0 = only at the end of a batch.
+FLUSH_EVERY = int(os.environ.get('OXBUS_FLUSH_EVERY', '8')) or 1 << 30
 #: The supervisor answers HELLO right away; if it does not, it is not going to.
 HANDSHAKE_TIMEOUT_S = 30.0
 
@@ -412,6 +419,7 @@ class Worker:
         run = self.dispatcher.run
         active = self._active
         me = _get_ident()
+        flush_every = FLUSH_EVERY
         # A promoted leader first releases the replies that finished while the previous
         # leader was stuck in a slow handler.
         self._flush()
@@ -457,6 +465,9 @@ class Worker:
                     break  # demoted while in the handler
                 # Take the next call under the same lock acquisition.
                 call = self._take_inline_locked(me)
+                flush_now = call is not None and len(self._outbox) >= flush_every
+            if flush_now:
+                self._flush()
         self._flush()
         self._check_drained()
 

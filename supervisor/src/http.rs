@@ -416,7 +416,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         headers: Some(Headers(&parts.headers)),
         deadline_ms: Some(timeout.as_millis() as u64),
     };
-    let span = tracing::info_span!("request", cid = %cid, service = %channel.service);
+    // A debug-level span: with the default `info` level it costs nothing per request (an
+    // info span would format its fields on every request), and the events that matter at
+    // `info` and above carry the cid themselves.
+    let span = tracing::debug_span!("request", cid = %cid, service = %channel.service);
     let result = shared
         .pool
         .invoke(&meta, &body, Instant::now() + timeout)
@@ -424,8 +427,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         .await;
     let _enter = span.enter();
     match result {
-        Ok(reply) => build_reply(reply, &cid),
-        Err(e) => dispatch_error(e, &cid),
+        Ok(reply) => {
+            debug!(status = reply.status, bytes = reply.body.len(), "answered");
+            build_reply(reply, &cid)
+        }
+        Err(e) => dispatch_error(e, &cid, &channel.service),
     }
 }
 
@@ -479,17 +485,17 @@ fn build_reply(reply: crate::pool::Reply, cid: &str) -> Response<Body> {
     r
 }
 
-fn dispatch_error(e: DispatchError, cid: &str) -> Response<Body> {
+fn dispatch_error(e: DispatchError, cid: &str, service: &str) -> Response<Body> {
     let (status, retry) = match e {
         DispatchError::Busy | DispatchError::QueueTimeout => {
             (StatusCode::SERVICE_UNAVAILABLE, true)
         }
         DispatchError::WorkerDied => {
-            warn!("worker died with the request in flight");
+            warn!(cid, service, "worker died with the request in flight");
             (StatusCode::SERVICE_UNAVAILABLE, true)
         }
         DispatchError::Deadline => {
-            warn!("request deadline passed");
+            warn!(cid, service, "request deadline passed");
             (StatusCode::GATEWAY_TIMEOUT, false)
         }
         DispatchError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),

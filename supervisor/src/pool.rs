@@ -591,7 +591,7 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
     let pool = pool.clone();
     let worker = worker.clone();
     let cid = meta.cid.clone().unwrap_or_default();
-    let span = tracing::info_span!("request", cid = %cid, service = %service);
+    let span = tracing::debug_span!("request", cid = %cid, service = %service);
     tokio::spawn(
         async move {
             let deadline = Instant::now()
@@ -614,7 +614,7 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {
-                warn!(error = %e, "invocation requested by a worker failed");
+                warn!(error = %e, cid = %cid, service = %service, "invocation requested by a worker failed");
             }
             if fire_and_forget {
                 return;
