@@ -485,6 +485,11 @@ impl Drop for Server {
     }
 }
 
+/// The pids of `pids` that are still running (not gone, not zombies).
+pub fn living(pids: &[u32]) -> Vec<u32> {
+    pids.iter().copied().filter(|p| alive(*p)).collect()
+}
+
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(

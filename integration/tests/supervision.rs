@@ -397,16 +397,7 @@ async fn sigint_stops_fast_and_leaves_no_workers() {
         t0.elapsed()
     );
     eventually(Duration::from_secs(5), "workers gone", || {
-        let left: Vec<u32> = workers
-            .iter()
-            .copied()
-            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-            .filter(|p| {
-                !std::fs::read_to_string(format!("/proc/{p}/stat"))
-                    .unwrap_or_default()
-                    .contains(") Z ")
-            })
-            .collect();
+        let left = living(&workers);
         async move { left.is_empty().then_some(()) }
     })
     .await;
@@ -418,12 +409,8 @@ async fn workers_die_with_a_killed_server() {
     let workers = srv.worker_pids();
     srv.signal(Signal::SIGKILL);
     srv.wait_exit(Duration::from_secs(5));
-    eventually(Duration::from_secs(5), "orphaned workers gone", || {
-        let left: Vec<u32> = workers
-            .iter()
-            .copied()
-            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-            .collect();
+    eventually(Duration::from_secs(5), "workers gone", || {
+        let left = living(&workers);
         async move { left.is_empty().then_some(()) }
     })
     .await;
