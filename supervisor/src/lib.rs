@@ -8,6 +8,7 @@
 //! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
 //! - [`process`]: spawning workers; [`python`]: the bundled Python package.
 //! - [`quickstart`]: the `oxbus quickstart` environment.
+//! - [`store`]: the config store on SQLite or PostgreSQL (issue 3, not yet used by the server).
 
 pub mod cid;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod python;
 pub mod quickstart;
 pub mod router;
 pub mod server;
+pub mod store;
 
 /// Installs the log subscriber: `level` is a level (`info`) or a target list
 /// (`info,oxbus_supervisor::http=debug`).

@@ -1,0 +1,400 @@
+//! The config store ("ODB"): deployed service modules, REST channels and — as later issues
+//! add them — every other object an operator changes at runtime.
+//!
+//! One schema on two engines: SQLite (a file; the single-server default) and PostgreSQL
+//! (any cluster of more than one server). Migrations are versioned per engine under
+//! `supervisor/migrations/{sqlite,postgres}` and applied at open. Queries are written once,
+//! with `$N` placeholders, which both engines' sqlx drivers bind by number, and run through
+//! [`on_pool!`] so each engine's arm is type-checked on its own. Every change runs in one
+//! transaction with a bump of the monotonic config version, so a reader that sees version N
+//! sees every change up to N and nothing of N+1.
+//!
+//! Status (issue 3, in progress): the store, its schema and its tests on both engines exist;
+//! the admin API, hot deployment and the server's use of the store do not yet — the server
+//! still loads services from its services directory and channels from server.toml.
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Row, migrate::Migrator};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::config::{Channel, DataFormat};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("config store URL {0:?} is neither sqlite:… nor postgres://…")]
+    BadUrl(String),
+    #[error("config store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("config store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A connection pool to one of the two engines.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the engine's pool; each arm is compiled separately,
+/// so the same query text is checked against both drivers' types.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// One stored version of a service module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    pub name: String,
+    pub version: i64,
+    pub source: String,
+    pub source_hash: String,
+    pub deployed_by: String,
+    /// Unix milliseconds.
+    pub deployed_at: i64,
+    pub active: bool,
+}
+
+/// What a change did: the module (or object) and the config version it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change<T> {
+    pub config_version: i64,
+    pub value: T,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Lower-case hex SHA-256 of a module's source.
+pub fn source_hash(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn module_from_row<R: Row>(r: &R) -> Result<Module>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Module {
+        name: r.try_get("name")?,
+        version: r.try_get("version")?,
+        source: r.try_get("source")?,
+        source_hash: r.try_get("source_hash")?,
+        deployed_by: r.try_get("deployed_by")?,
+        deployed_at: r.try_get("deployed_at")?,
+        active: r.try_get("active")?,
+    })
+}
+
+fn channel_from_row<R: Row>(r: &R) -> Result<Channel>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let methods: String = r.try_get("methods")?;
+    let format: String = r.try_get("data_format")?;
+    Ok(Channel {
+        name: Some(r.try_get("name")?),
+        url_path: r.try_get("url_path")?,
+        methods: serde_json::from_str(&methods)
+            .map_err(|e| StoreError::Invalid(format!("stored channel methods: {e}")))?,
+        service: r.try_get("service")?,
+        data_format: match format.as_str() {
+            "raw" => DataFormat::Raw,
+            _ => DataFormat::Json,
+        },
+    })
+}
+
+const MODULE_COLUMNS: &str = "name, version, source, source_hash, deployed_by, deployed_at, active";
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the store at `url`:
+    /// `sqlite:/path/to/oxbus.db` or `postgres://user@host/db`.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            Store::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        match &store {
+            Store::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Store::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+        }
+        Ok(store)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+
+    /// The current config version.
+    pub async fn version(&self) -> Result<i64> {
+        let sql = "SELECT version FROM config_version WHERE id = 1";
+        Ok(on_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?))
+    }
+
+    /// Stores `source` as the next version of module `name`, makes it the active one and
+    /// bumps the config version, all in one transaction.
+    pub async fn deploy_module(
+        &self,
+        name: &str,
+        source: &str,
+        by: &str,
+    ) -> Result<Change<Module>> {
+        validate_module_name(name)?;
+        let hash = source_hash(source);
+        let at = now_ms();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let version: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active) \
+                 VALUES ($1, $2, $3, $4, $5, $6, TRUE)",
+            )
+            .bind(name)
+            .bind(version)
+            .bind(source)
+            .bind(&hash)
+            .bind(by)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change {
+                config_version,
+                value: Module {
+                    name: name.to_owned(),
+                    version,
+                    source: source.to_owned(),
+                    source_hash: hash,
+                    deployed_by: by.to_owned(),
+                    deployed_at: at,
+                    active: true,
+                },
+            })
+        })
+    }
+
+    /// The active version of every deployed module, by name.
+    pub async fn active_modules(&self) -> Result<Vec<Module>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MODULE_COLUMNS} FROM service_modules WHERE active ORDER BY name"
+        ));
+        on_pool!(self, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter().map(module_from_row).collect()
+        })
+    }
+
+    /// Every stored version of one module, newest first.
+    pub async fn module_history(&self, name: &str) -> Result<Vec<Module>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MODULE_COLUMNS} FROM service_modules WHERE name = $1 ORDER BY version DESC"
+        ));
+        on_pool!(self, p => {
+            let rows = sqlx::query(sql).bind(name).fetch_all(p).await?;
+            rows.iter().map(module_from_row).collect()
+        })
+    }
+
+    /// Makes the version before the active one active again.
+    pub async fn rollback_module(&self, name: &str) -> Result<Change<Module>> {
+        let history = self.module_history(name).await?;
+        let active = history
+            .iter()
+            .position(|m| m.active)
+            .ok_or_else(|| StoreError::NotFound(format!("module {name} is not deployed")))?;
+        let previous = history
+            .get(active + 1)
+            .ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "module {name} has no earlier version to roll back to"
+                ))
+            })?
+            .clone();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("UPDATE service_modules SET active = (version = $2) WHERE name = $1")
+                .bind(name)
+                .bind(previous.version)
+                .execute(&mut *tx)
+                .await?;
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: Module { active: true, ..previous } })
+        })
+    }
+
+    /// Deactivates a module (its history stays for a later deploy or audit).
+    pub async fn undeploy_module(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("module {name} is not deployed")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Adds a REST channel; its name (default: the URL path) must be new.
+    pub async fn create_channel(&self, channel: &Channel) -> Result<Change<Channel>> {
+        let mut all = self.channels().await?;
+        let name = channel
+            .name
+            .clone()
+            .unwrap_or_else(|| channel.url_path.clone());
+        if all.iter().any(|c| c.name.as_deref() == Some(name.as_str())) {
+            return Err(StoreError::Invalid(format!(
+                "a channel named {name} exists already"
+            )));
+        }
+        let stored = Channel {
+            name: Some(name.clone()),
+            ..channel.clone()
+        };
+        all.push(stored.clone());
+        // The whole table must still route unambiguously.
+        crate::router::Router::new(&all).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let methods = serde_json::to_string(&stored.methods).expect("a list of strings");
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO channels (name, url_path, methods, service, data_format, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&name)
+            .bind(&stored.url_path)
+            .bind(&methods)
+            .bind(&stored.service)
+            .bind(stored.data_format.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: stored })
+        })
+    }
+
+    /// Every stored channel, in creation order.
+    pub async fn channels(&self) -> Result<Vec<Channel>> {
+        let sql = "SELECT name, url_path, methods, service, data_format FROM channels ORDER BY id";
+        on_pool!(self, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter().map(channel_from_row).collect()
+        })
+    }
+
+    /// Deletes a channel by name.
+    pub async fn delete_channel(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM channels WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no channel named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+}
+
+/// Bumps the config version inside a transaction; returns the new version.
+async fn bump<'c, DB>(tx: &mut sqlx::Transaction<'c, DB>) -> Result<i64>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    i64: for<'a> sqlx::Decode<'a, DB> + sqlx::Type<DB>,
+    for<'a> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let (v,): (i64,) = sqlx::query_as(
+        "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(v)
+}
+
+/// Module names are Python module names: dotted identifiers.
+fn validate_module_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{name:?} is not a valid Python module name (dotted identifiers)"
+        )))
+    }
+}

@@ -1,0 +1,279 @@
+//! The config store's behaviour, run identically on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL: a fresh database per test on the machine's server (OXBUS_TEST_PG, default
+//! postgres://postgres@127.0.0.1:5432/test), dropped afterwards. A missing server fails the
+//! test loudly; it never skips.
+
+use oxbus_supervisor::config::{Channel, DataFormat};
+use oxbus_supervisor::store::{Store, StoreError, source_hash};
+use sqlx::Connection;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+fn admin_url() -> String {
+    std::env::var("OXBUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A store on a fresh database of each engine.
+enum Engine {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Engine {
+    async fn sqlite() -> (Store, Engine) {
+        let dir = std::env::temp_dir().join(format!(
+            "oxbus-store-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite:{}", dir.join("oxbus.db").display());
+        (Store::open(&url).await.unwrap(), Engine::Sqlite(dir))
+    }
+
+    async fn postgres() -> (Store, Engine) {
+        let db = format!(
+            "oxbus_store_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {} is needed for this test: {e}", admin_url())
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let base = admin_url();
+        let url = format!("{}/{db}", &base[..base.rfind('/').unwrap()]);
+        (Store::open(&url).await.unwrap(), Engine::Postgres(db))
+    }
+
+    async fn cleanup(self, store: Store) {
+        store.close().await;
+        match self {
+            Engine::Sqlite(dir) => std::fs::remove_dir_all(dir).unwrap(),
+            Engine::Postgres(db) => {
+                let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db}")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn modules_deploy_rollback_undeploy(store: &Store) {
+    assert_eq!(store.version().await.unwrap(), 0);
+    let a1 = store
+        .deploy_module("crm.customers", "V = 1\n", "alice")
+        .await
+        .unwrap();
+    assert_eq!(a1.config_version, 1);
+    assert_eq!(a1.value.version, 1);
+    assert_eq!(a1.value.source_hash, source_hash("V = 1\n"));
+    let a2 = store
+        .deploy_module("crm.customers", "V = 2\n", "bob")
+        .await
+        .unwrap();
+    assert_eq!((a2.config_version, a2.value.version), (2, 2));
+    store
+        .deploy_module("billing", "X = 1\n", "bob")
+        .await
+        .unwrap();
+
+    let active = store.active_modules().await.unwrap();
+    assert_eq!(
+        active
+            .iter()
+            .map(|m| (m.name.as_str(), m.version))
+            .collect::<Vec<_>>(),
+        vec![("billing", 1), ("crm.customers", 2)]
+    );
+    assert_eq!(active[1].source, "V = 2\n");
+    assert_eq!(active[1].deployed_by, "bob");
+
+    let rb = store.rollback_module("crm.customers").await.unwrap();
+    assert_eq!(rb.value.version, 1);
+    assert_eq!(rb.config_version, 4);
+    let active = store.active_modules().await.unwrap();
+    assert_eq!(
+        active
+            .iter()
+            .find(|m| m.name == "crm.customers")
+            .unwrap()
+            .source,
+        "V = 1\n"
+    );
+    // Nothing earlier than version 1: a clear refusal, and no version bump.
+    assert!(matches!(
+        store.rollback_module("crm.customers").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.version().await.unwrap(), 4);
+
+    let history = store.module_history("crm.customers").await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| (m.version, m.active))
+            .collect::<Vec<_>>(),
+        vec![(2, false), (1, true)]
+    );
+
+    store.undeploy_module("billing").await.unwrap();
+    assert!(matches!(
+        store.undeploy_module("billing").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.active_modules().await.unwrap().len(), 1);
+    // A redeploy after undeploy continues the version sequence.
+    assert_eq!(
+        store
+            .deploy_module("billing", "X = 2\n", "c")
+            .await
+            .unwrap()
+            .value
+            .version,
+        2
+    );
+
+    assert!(matches!(
+        store.deploy_module("bad name", "", "x").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.deploy_module("1abc", "", "x").await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn channels_crud(store: &Store) {
+    let before = store.version().await.unwrap();
+    let ch = Channel {
+        name: None,
+        url_path: "/customers/{id}".into(),
+        methods: vec!["GET".into()],
+        service: "crm.customer.get".into(),
+        data_format: DataFormat::Json,
+    };
+    let c = store.create_channel(&ch).await.unwrap();
+    assert_eq!(c.value.name.as_deref(), Some("/customers/{id}"));
+    assert_eq!(c.config_version, before + 1);
+    // Same name again, and an ambiguous route, are refused without a version bump.
+    assert!(matches!(
+        store.create_channel(&ch).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let clash = Channel {
+        name: Some("other".into()),
+        ..ch.clone()
+    };
+    assert!(matches!(
+        store.create_channel(&clash).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.version().await.unwrap(), before + 1);
+
+    let raw = Channel {
+        name: Some("upload".into()),
+        url_path: "/upload".into(),
+        methods: vec![],
+        service: "files.put".into(),
+        data_format: DataFormat::Raw,
+    };
+    store.create_channel(&raw).await.unwrap();
+    let all = store.channels().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1], raw);
+
+    store.delete_channel("upload").await.unwrap();
+    assert!(matches!(
+        store.delete_channel("upload").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.channels().await.unwrap().len(), 1);
+    assert_eq!(store.version().await.unwrap(), before + 3);
+}
+
+async fn reopen_keeps_everything(url_of: impl Fn() -> String, store: Store) {
+    store.deploy_module("keep", "K = 1\n", "x").await.unwrap();
+    let v = store.version().await.unwrap();
+    store.close().await;
+    // Opening again runs the migrations again: a no-op on a current schema.
+    let again = Store::open(&url_of()).await.unwrap();
+    assert_eq!(again.version().await.unwrap(), v);
+    assert!(
+        again
+            .active_modules()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "keep")
+    );
+    again.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_modules() {
+    let (s, e) = Engine::sqlite().await;
+    modules_deploy_rollback_undeploy(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_modules() {
+    let (s, e) = Engine::postgres().await;
+    modules_deploy_rollback_undeploy(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_channels() {
+    let (s, e) = Engine::sqlite().await;
+    channels_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_channels() {
+    let (s, e) = Engine::postgres().await;
+    channels_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_reopen() {
+    let (s, e) = Engine::sqlite().await;
+    let Engine::Sqlite(dir) = &e else {
+        unreachable!()
+    };
+    let url = format!("sqlite:{}", dir.join("oxbus.db").display());
+    reopen_keeps_everything(|| url.clone(), s.clone()).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_reopen() {
+    let (s, e) = Engine::postgres().await;
+    let Engine::Postgres(db) = &e else {
+        unreachable!()
+    };
+    let base = admin_url();
+    let url = format!("{}/{db}", &base[..base.rfind('/').unwrap()]);
+    reopen_keeps_everything(|| url.clone(), s.clone()).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn bad_url_is_a_clear_error() {
+    let e = Store::open("mysql://x").await.unwrap_err().to_string();
+    assert!(e.contains("neither sqlite"), "{e}");
+}
