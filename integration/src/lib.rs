@@ -154,7 +154,11 @@ impl Env {
             ),
             ("log_level".into(), "\"info\"".into()),
         ];
-        let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        // The admin API on a free port too, so that tests run in parallel.
+        let mut sections: Vec<(String, Vec<(String, String)>)> = vec![(
+            "admin".into(),
+            vec![("listen".into(), "\"127.0.0.1:0\"".into())],
+        )];
         for (sec, k, v) in &self.settings {
             let list = if sec == "server" {
                 &mut server
@@ -323,6 +327,39 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The port of the admin API (read from the start-up log line).
+    pub fn admin_port(&self) -> u16 {
+        self.port();
+        let log = self.log();
+        let i = log.find("admin=").expect("admin address in the log");
+        let addr: String = log[i + 6..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The admin token the server created in its directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
+    }
+
+    /// A request to the admin API; `token` None sends no Authorization header.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Resp {
+        let mut c = Client::connect(self.admin_port()).await.unwrap();
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        c.request(method, path, &headers, Bytes::copy_from_slice(body))
+            .await
+            .unwrap_or_else(|e| panic!("admin {method} {path} failed: {e}; log:\n{}", self.log()))
     }
 
     pub async fn wait_ready(&self) {

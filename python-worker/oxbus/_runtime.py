@@ -165,6 +165,39 @@ def load_services(services_dir: str) -> Dict[str, Type[Service]]:
     Every module is attempted even after a failure, so one deploy reports every broken
     file at once. Raises :class:`ImportFailed` with the tracebacks.
     """
+    return _load_services_dir(services_dir)[0]
+
+
+def services_of(module: Any, module_name: str) -> List[Type[Service]]:
+    """The services a module defines: concrete Service subclasses whose home it is.
+
+    A class merely imported into the module belongs to the module that defines it, so it is
+    not counted twice. Shared by the services-dir loader and hot deployment (``_deploy``).
+    """
+    return [obj for obj in list(vars(module).values())
+            if isinstance(obj, type) and issubclass(obj, Service) and obj is not Service
+            and obj.__module__ == module_name and not obj._oxbus_abstract]
+
+
+def add_services(services: Dict[str, Type[Service]], found: List[Type[Service]],
+                 failures: List[str]) -> None:
+    """Add ``found`` to ``services``, appending a message to ``failures`` for each clash."""
+    for cls in found:
+        other = services.get(cls.name)
+        if other is not None and other is not cls:
+            failures.append('duplicate service name %r: %s and %s'
+                            % (cls.name, _describe(other), _describe(cls)))
+        services[cls.name] = cls
+
+
+def _load_services_dir(services_dir: str
+                       ) -> Tuple[Dict[str, Type[Service]], Dict[str, List[str]]]:
+    """:func:`load_services`, plus the ``sys.modules`` names each top-level module owns.
+
+    The second result maps every module or package of the directory to itself and (for a
+    package) the submodules its import pulled in: hot deployment may replace or remove
+    these by their top-level name, and must then drop all of them.
+    """
     import traceback  # needed only on failure; logging imports it anyway
 
     root = os.path.realpath(services_dir)
@@ -209,21 +242,16 @@ def load_services(services_dir: str) -> Dict[str, Type[Service]]:
     services: Dict[str, Type[Service]] = {}
     # A package's services may live in its submodules, so every module the import pulled in
     # under that package counts; a class belongs to the module that defines it.
+    units: Dict[str, List[str]] = {m: [m] for m in modules}
     prefixes = tuple(m + '.' for m in modules)
-    owned = [m for m in list(sys.modules) if m in modules or m.startswith(prefixes)]
+    owned = [m for m in list(sys.modules) if m in units or m.startswith(prefixes)]
     for module_name in sorted(owned):
-        module = sys.modules[module_name]
-        for obj in list(vars(module).values()):
-            if (isinstance(obj, type) and issubclass(obj, Service) and obj is not Service
-                    and obj.__module__ == module_name and not obj._oxbus_abstract):
-                other = services.get(obj.name)
-                if other is not None and other is not obj:
-                    failures.append('duplicate service name %r: %s and %s'
-                                    % (obj.name, _describe(other), _describe(obj)))
-                services[obj.name] = obj
+        if module_name not in units:
+            units[module_name.partition('.')[0]].append(module_name)
+        add_services(services, services_of(sys.modules[module_name], module_name), failures)
     if failures:
         raise ImportFailed('\n'.join(failures))
-    return services
+    return services, units
 
 
 def service_info(cls: Type[Service]) -> Dict[str, Any]:
@@ -886,7 +914,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.captureWarnings(True)
 
     try:
-        services = load_services(welcome['services_dir'])
+        services, units = _load_services_dir(welcome['services_dir'])
     except ImportFailed as e:
         _send_error(sock, 'import_failed', str(e))
         _fail(EXIT_IMPORT_FAILED, str(e))
@@ -895,6 +923,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     worker_id=args.worker_id)
     worker.dispatcher = Dispatcher(services, post=worker.post,
                                    run_coroutine=worker.run_coroutine)
+    # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
+    # dispatcher hands it any op that is not an invocation.
+    from ._deploy import Deployer
+    worker.dispatcher.ops.update(Deployer(worker, units).ops())
     if any(cls._oxbus_async for cls in services.values()):
         worker.start_loop()
     # Everything imported so far (stdlib, the services and what they import) lives as long

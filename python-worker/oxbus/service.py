@@ -477,6 +477,10 @@ class Dispatcher:
         # next() on an itertools.count is atomic under the GIL, so no lock is needed to
         # hand out worker stream ids from many handler threads.
         self._stream_ids = itertools.count(1)
+        #: Handlers of the supervisor's other CALL ops (``modules.activate``...), by op name:
+        #: ``(stream, meta, body) -> REPLY frame``. Consulted only once a call turned out not
+        #: to be an invocation of a known service, so they cost the hot path nothing.
+        self.ops: Dict[str, Callable[[int, Dict[str, Any], bytes], bytes]] = {}
 
     # -- routing ------------------------------------------------------------------------
 
@@ -505,7 +509,7 @@ class Dispatcher:
         except TypeError:  # _lookup(), inlined on this hot path
             cls = None
         if cls is None or meta.get('op') != 'invoke':
-            return self._unroutable(stream, meta)
+            return self._unroutable(stream, meta, body)
         cid = meta.get('cid') or ''
         token = current_invocation.set((cid, cls.name, stream))
         try:
@@ -637,10 +641,13 @@ class Dispatcher:
             doc = {'error': 'internal error', 'cid': cid}
         return _error_frame(stream, status, doc, headers)
 
-    def _unroutable(self, stream: int, meta: Dict[str, Any]) -> bytes:
+    def _unroutable(self, stream: int, meta: Dict[str, Any], body: bytes = b'') -> bytes:
         op = meta.get('op')
         cid = meta.get('cid') or ''
         if op != 'invoke':
+            handler = self.ops.get(op) if isinstance(op, str) else None
+            if handler is not None:
+                return handler(stream, meta, body)
             return _error_frame(stream, 501, {'error': 'unknown op: %s' % (op,), 'cid': cid})
         return _error_frame(stream, 404, {'error': 'no such service: %s' % (meta.get('service'),),
                                           'cid': cid})

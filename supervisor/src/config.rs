@@ -57,6 +57,10 @@ pub struct Settings {
     #[serde(default)]
     pub http: HttpSection,
     #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
     #[serde(skip)]
@@ -169,6 +173,41 @@ impl Default for HttpSection {
     }
 }
 
+/// `[store]`: the config store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `sqlite:oxbus.db` (a path relative to the settings file, or absolute) or
+    /// `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            url: "sqlite:oxbus.db".into(),
+        }
+    }
+}
+
+/// `[admin]`: the admin API (the CLI and the dashboard use it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub listen: SocketAddr,
+    /// File holding the bearer token; created (0600) with a random token when missing.
+    pub token_file: PathBuf,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:17011".parse().expect("valid address"),
+            token_file: "admin.token".into(),
+        }
+    }
+}
+
 /// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -207,7 +246,7 @@ impl DataFormat {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "workers", "http"];
+const SECTIONS: &[&str] = &["server", "workers", "http", "store", "admin"];
 
 impl Settings {
     /// Reads `path`, applies the `OXBUS_*` variables of `env` and validates the result.
@@ -325,6 +364,24 @@ impl Settings {
                 .unwrap_or(1)
                 .clamp(1, MAX_WORKERS)
         })
+    }
+
+    /// The store URL with a relative SQLite path resolved against the settings file.
+    pub fn store_url(&self) -> String {
+        let url = &self.store.url;
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let p = Path::new(path);
+            if p.is_relative() {
+                return format!("sqlite:{}", self.base_dir.join(p).display());
+            }
+        }
+        url.clone()
+    }
+
+    /// The admin token file, absolute.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.base_dir.join(&self.admin.token_file)
     }
 
     /// Threads of the I/O runtime, with the default applied.

@@ -10,6 +10,7 @@
 //! - [`quickstart`]: the `oxbus quickstart` environment.
 //! - [`store`]: the config store on SQLite or PostgreSQL (issue 3, not yet used by the server).
 
+pub mod admin;
 pub mod cid;
 pub mod config;
 pub mod http;

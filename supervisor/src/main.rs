@@ -63,6 +63,11 @@ fn main() -> ExitCode {
             let mut env = env;
             if let Some(p) = port {
                 env.push(("OXBUS_SERVER_LISTEN".into(), format!("\"127.0.0.1:{p}\"")));
+                // The admin API sits next to it, as Zato's 17010 / 17011.
+                env.push((
+                    "OXBUS_ADMIN_LISTEN".into(),
+                    format!("\"127.0.0.1:{}\"", p.wrapping_add(1)),
+                ));
             }
             if let Some(w) = workers {
                 env.push(("OXBUS_SERVER_WORKERS".into(), w.to_string()));
@@ -71,13 +76,15 @@ fn main() -> ExitCode {
                 Ok(s) => {
                     let url = format!("http://{}", s.server.listen);
                     let banner = format!(
-                        "{} environment in {}\n  server:  {url}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+                        "{} environment in {}\n  server:  {url}\n  admin:   http://{} (bearer token in {})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
                         if created {
                             "Created a new"
                         } else {
                             "Using the"
                         },
-                        dir.display()
+                        dir.display(),
+                        s.admin.listen,
+                        s.admin_token_file().display(),
                     );
                     (s, Some(banner))
                 }

@@ -87,6 +87,13 @@ max_body_bytes = 10485760
 keepalive_timeout_ms = 75000
 # shutdown_delay_ms = 15000  # behind a load balancer: keep serving with /readyz 503 first
 
+[store]
+url = "sqlite:oxbus.db"    # the config store; postgres://user@host/db for a cluster
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token_file = "admin.token"   # created with a random token at first start
+
 [[channels]]
 url_path = "/echo"
 methods = ["POST"]
@@ -106,7 +113,8 @@ service = "demo.customer.get"
 url_path = "/slow"
 methods = ["GET"]
 service = "demo.slow"
-"#
+"#,
+        admin_port = port.wrapping_add(1)
     )
 }
 

@@ -88,6 +88,8 @@ pub struct Shared {
     /// True once the first generation is up, false again once shutdown starts.
     pub ready: AtomicBool,
     pub cids: crate::cid::CidGen,
+    pub store: crate::store::Store,
+    pub started: Instant,
 }
 
 #[derive(Debug)]
@@ -159,6 +161,21 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         "cannot listen on {}",
         settings.server.listen
     )))?;
+    let store_url = settings.store_url();
+    let store = crate::store::Store::open(&store_url).await.map_err(|e| {
+        ServerError::Fatal(format!("cannot open the config store {store_url}: {e}"))
+    })?;
+    let admin_token = crate::admin::load_or_create_token(&settings.admin_token_file()).map_err(
+        io_err(format!(
+            "cannot read or create the admin token file {}",
+            settings.admin_token_file().display()
+        )),
+    )?;
+    let admin_listener = crate::http::bind(settings.admin.listen).map_err(io_err(format!(
+        "cannot listen on {} (admin API)",
+        settings.admin.listen
+    )))?;
+    let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
     let local = listener.local_addr().map_err(io_err("local_addr"))?;
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
@@ -174,6 +191,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         settings: settings.clone(),
         ready: AtomicBool::new(false),
         cids: crate::cid::CidGen::new(),
+        store,
+        started: started_at,
     });
 
     let welcome = WelcomeTemplate {
@@ -192,10 +211,16 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         shutdown_rx,
         ev_tx.clone(),
     ));
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        shared.clone(),
+        admin_token,
+    ));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,
-          services = %services_dir.display(), "oxbus server starting");
+          services = %services_dir.display(), admin = %admin_local, store = %store_url,
+          "oxbus server starting");
     let mut sup = Supervisor {
         launch: Launch {
             python: settings.server.python.clone(),

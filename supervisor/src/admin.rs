@@ -1,0 +1,284 @@
+//! The admin API: HTTP + JSON on its own listener (127.0.0.1:17011 by default), behind a
+//! bearer token. The CLI and the dashboard make every change through it, so there is one
+//! path for every change.
+//!
+//! Status (issue 3, in progress): authentication, server info, the service list, module
+//! listing and source, and invoke exist; deploy, undeploy, rollback and channel CRUD do not
+//! yet (the config store below them does, see [`crate::store`]).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use oxbus_ipc::InvokeMeta;
+use serde_json::{Value, json};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::server::Shared;
+
+type Body = Full<Bytes>;
+
+/// Largest admin request body (a deploy of several modules fits easily).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Reads the token from `path`, creating the file (mode 0600) with a random token when it
+/// does not exist.
+pub fn load_or_create_token(path: &Path) -> io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "admin token file {} is empty",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = crate::cid::random_hex(32);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{token}")?;
+    info!(file = %path.display(), "created an admin API token");
+    Ok(token)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves the admin API until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, token: String) {
+    let token = Arc::new(token);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                let token = token.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &shared, &token).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
+    reply(status, json!({ "error": msg.to_string() }))
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Response<Body> {
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes()));
+    if !authorized {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token from the admin token file>)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["v1", "info"]) => info(shared).await,
+        (&Method::GET, ["v1", "services"]) => services(shared),
+        (&Method::GET, ["v1", "modules"]) => modules(shared).await,
+        (&Method::GET, ["v1", "modules", name]) => module_source(shared, name).await,
+        (&Method::POST, ["v1", "invoke", service]) => {
+            let service = service.to_string();
+            match read_body(req).await {
+                Ok(body) => invoke(shared, &service, body).await,
+                Err(r) => r,
+            }
+        }
+        (_, ["v1", ..]) => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {path}: the API is under /v1/"),
+        ),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+async fn info(shared: &Shared) -> Response<Body> {
+    let config_version = match shared.store.version().await {
+        Ok(v) => json!(v),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let workers: Vec<Value> = shared
+        .pool
+        .all()
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id,
+                "pid": w.pid.load(std::sync::atomic::Ordering::Relaxed),
+                "generation": w.generation,
+                "state": format!("{:?}", w.state()).to_lowercase(),
+                "inflight": w.inflight(),
+                "served": w.served(),
+            })
+        })
+        .collect();
+    reply(
+        StatusCode::OK,
+        json!({
+            "oxbus": env!("CARGO_PKG_VERSION"),
+            "ipc_protocol": oxbus_ipc::PROTOCOL_VERSION,
+            "listen": shared.settings.server.listen.to_string(),
+            "store": store_kind(&shared.store),
+            "config_version": config_version,
+            "uptime_s": shared.started.elapsed().as_secs(),
+            "workers": workers,
+        }),
+    )
+}
+
+fn store_kind(s: &crate::store::Store) -> &'static str {
+    match s {
+        crate::store::Store::Sqlite(_) => "sqlite",
+        crate::store::Store::Postgres(_) => "postgres",
+    }
+}
+
+/// The services the workers run (the first ready worker's table; all workers load the same).
+fn services(shared: &Shared) -> Response<Body> {
+    let workers = shared.pool.all();
+    let Some(w) = workers
+        .iter()
+        .find(|w| w.state() == crate::pool::WorkerState::Ready)
+    else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no worker is ready");
+    };
+    let list: Vec<Value> = w
+        .services
+        .lock()
+        .expect("services lock")
+        .iter()
+        .map(|s| json!({"name": s.name, "module": s.module, "class": s.class, "async": s.is_async}))
+        .collect();
+    reply(StatusCode::OK, json!({ "services": list }))
+}
+
+async fn modules(shared: &Shared) -> Response<Body> {
+    match shared.store.active_modules().await {
+        Ok(mods) => reply(
+            StatusCode::OK,
+            json!({"modules": mods.iter().map(|m| json!({
+                "name": m.name, "version": m.version, "source_hash": m.source_hash,
+                "deployed_by": m.deployed_by, "deployed_at_ms": m.deployed_at,
+            })).collect::<Vec<_>>()}),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn module_source(shared: &Shared, name: &str) -> Response<Body> {
+    match shared.store.active_modules().await {
+        Ok(mods) => match mods.into_iter().find(|m| m.name == name) {
+            Some(m) => reply(
+                StatusCode::OK,
+                json!({"name": m.name, "version": m.version, "source_hash": m.source_hash, "source": m.source}),
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("module {name} is not deployed"),
+            ),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
+    if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        return error(StatusCode::BAD_REQUEST, "the payload must be JSON");
+    }
+    let cid = shared.cids.next();
+    let timeout = shared.settings.request_timeout();
+    let meta: InvokeMeta<'_> = InvokeMeta {
+        op: "invoke",
+        service,
+        cid: &cid,
+        channel: Some("admin"),
+        data_format: Some("json"),
+        method: None,
+        path: None,
+        params: None,
+        query: None,
+        headers: None,
+        deadline_ms: Some(timeout.as_millis() as u64),
+    };
+    let started = Instant::now();
+    match shared.pool.invoke(&meta, &body, started + timeout).await {
+        Ok(r) => {
+            let mut resp = Response::new(Full::new(r.body));
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if let Some(ct) = r.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            if let Ok(v) = HeaderValue::from_str(&cid) {
+                resp.headers_mut().insert("x-oxbus-cid", v);
+            }
+            resp
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
