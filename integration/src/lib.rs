@@ -203,6 +203,10 @@ impl Env {
     /// Starts the server without waiting.
     pub fn spawn(&self) -> Server {
         let (dir, config) = self.write();
+        self.spawn_in(dir, config)
+    }
+
+    fn spawn_in(&self, dir: PathBuf, config: PathBuf) -> Server {
         let mut cmd = Command::new(oxbus_bin());
         cmd.arg("server")
             .arg("--config")
@@ -235,6 +239,8 @@ impl Env {
         }
         Server {
             child: Some(child),
+            env: self.clone(),
+            config,
             dir,
             log,
             readers: Mutex::new(readers),
@@ -247,6 +253,8 @@ impl Env {
 #[derive(Debug)]
 pub struct Server {
     child: Option<Child>,
+    env: Env,
+    config: PathBuf,
     pub dir: PathBuf,
     log: Arc<Mutex<String>>,
     readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -458,6 +466,25 @@ impl Server {
         }
     }
 
+    /// Stops the server (SIGTERM, exit 0 expected) and starts it again on the same
+    /// directory, settings and store; returns the new server once ready.
+    pub async fn restart(mut self) -> Server {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(30)),
+            Some(0),
+            "log:\n{}",
+            self.log()
+        );
+        let dir = std::mem::take(&mut self.dir);
+        let config = self.config.clone();
+        let env = self.env.clone();
+        drop(self);
+        let srv = env.spawn_in(dir, config);
+        srv.wait_ready().await;
+        srv
+    }
+
     /// Lines of the log at ERROR level that contain none of `allowed`.
     pub fn unexpected_errors(&self, allowed: &[&str]) -> Vec<String> {
         self.log()
@@ -512,7 +539,7 @@ impl Drop for Server {
                 self.dir.display(),
                 self.log()
             );
-        } else {
+        } else if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
             assert!(
                 left.is_empty(),

@@ -91,7 +91,7 @@ class _CallImporter:
 
     def exec_module(self, module: types.ModuleType) -> None:
         name = module.__name__
-        code, version, _filename = self.codes[name]
+        code, version, _origin = self.codes[name]
         module.__oxbus_version__ = version  # type: ignore[attr-defined]
         self.modules[name] = module
         try:
@@ -245,7 +245,10 @@ class Deployer:
                     if failures:
                         raise _Refused(422, _duplicate(name, failures[0]))
             current = self._worker.dispatcher.services
-            kept = {s: cls for s, cls in current.items() if self._unit_of(cls) not in names}
+            # A listed name may also be a submodule of a services_dir package: its services
+            # are replaced too.
+            kept = {s: cls for s, cls in current.items()
+                    if self._unit_of(cls) not in names and cls.__module__ not in names}
             for service, cls in found.items():
                 other = kept.get(service)
                 if other is not None:
@@ -271,6 +274,9 @@ class Deployer:
                 for module in self._units.pop(unit):
                     self._module_unit.pop(module, None)
             for name in names:
+                previous = self._module_unit.get(name)
+                if previous is not None and previous != name:
+                    self._units[previous].remove(name)  # now a unit of its own
                 self._units[name] = [name]
                 self._module_unit[name] = name
                 self._parents.discard(name)
@@ -307,6 +313,19 @@ class Deployer:
                 if module is not None and parent in modules and \
                         getattr(modules[parent], child, None) is module:
                     _restore_attr(modules[parent], child, _MISSING)
+        # A removed package may leave deployed children behind: give them a made-up parent.
+        for name in sorted(self._module_unit):
+            parts = name.split('.')
+            for i in range(1, len(parts)):
+                parent = '.'.join(parts[:i])
+                if parent not in modules:
+                    modules[parent] = _synthetic_package(parent)
+                    self._parents.add(parent)
+                    if i > 1:
+                        setattr(modules['.'.join(parts[:i - 1])], parts[i - 1],
+                                modules[parent])
+                if i == len(parts) - 1 and name in modules:
+                    _restore_attr(modules[parent], parts[-1], modules[name])
         # Made-up parents with nothing deployed under them any more go too, deepest first.
         for parent in sorted(self._parents, key=len, reverse=True):
             if not any(m.startswith(parent + '.') for m in self._module_unit) and \
@@ -381,7 +400,9 @@ class Deployer:
             return getattr(existing, '__file__', None) or 'a built-in module'
         if '.' in name:
             return None  # its parent is ours or new (checked first): nothing else can answer
-        if name in sys.stdlib_module_names or name in sys.builtin_module_names:
+        # sys.stdlib_module_names is 3.10+; on 3.9 find_spec below finds the stdlib anyway.
+        if (name in getattr(sys, 'stdlib_module_names', ())
+                or name in sys.builtin_module_names):
             return 'the standard library'
         try:
             import importlib.util

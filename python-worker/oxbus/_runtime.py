@@ -5,7 +5,9 @@ Lifecycle (``ipc-protocol/SPEC.md`` is the authority on every byte):
 1. connect to the supervisor's Unix socket, send ``HELLO``, wait for ``WELCOME``;
 2. import every module and package in ``services_dir`` and collect the services;
 3. send ``READY`` and serve ``CALL``s until ``DRAIN`` (finish everything, ``BYE``, exit 0)
-   or until the supervisor disappears (exit 5).
+   or until the supervisor disappears (exit 5). Besides invocations these include the hot
+   deployment ops (``modules.check``/``activate``/``remove``), answered by
+   :mod:`oxbus._deploy` through ``Dispatcher.ops``.
 
 Concurrency is a leader/follower pool, chosen because the common request is tiny (an echo
 takes microseconds) and a per-request hand-off to another thread would cost more than the

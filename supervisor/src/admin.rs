@@ -2,9 +2,8 @@
 //! bearer token. The CLI and the dashboard make every change through it, so there is one
 //! path for every change.
 //!
-//! Status (issue 3, in progress): authentication, server info, the service list, module
-//! listing and source, and invoke exist; deploy, undeploy, rollback and channel CRUD do not
-//! yet (the config store below them does, see [`crate::store`]).
+//! Status (issue 3, in progress): authentication, server info, the service list, modules
+//! (list, source, deploy, undeploy, rollback) and invoke exist; channel CRUD does not yet.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -129,6 +128,12 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
         (&Method::GET, ["v1", "services"]) => services(shared),
         (&Method::GET, ["v1", "modules"]) => modules(shared).await,
         (&Method::GET, ["v1", "modules", name]) => module_source(shared, name).await,
+        (&Method::POST, ["v1", "modules"]) => match read_body(req).await {
+            Ok(body) => deploy(shared, body).await,
+            Err(r) => r,
+        },
+        (&Method::DELETE, ["v1", "modules", name]) => undeploy(shared, name).await,
+        (&Method::POST, ["v1", "modules", name, "rollback"]) => rollback(shared, name).await,
         (&Method::POST, ["v1", "invoke", service]) => {
             let service = service.to_string();
             match read_body(req).await {
@@ -281,4 +286,149 @@ async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct DeployRequest {
+    modules: Vec<DeployModule>,
+    #[serde(default)]
+    deployed_by: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeployModule {
+    name: String,
+    source: String,
+}
+
+/// POST /v1/modules: check in one worker, store, activate everywhere; a report back.
+async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
+    let t0 = Instant::now();
+    let req: DeployRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"modules\": [{{\"name\": …, \"source\": …}}]}}: {e}"),
+            );
+        }
+    };
+    if req.modules.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no modules to deploy");
+    }
+    let mut names: Vec<&str> = req.modules.iter().map(|m| m.name.as_str()).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return error(StatusCode::BAD_REQUEST, "a module is listed twice");
+    }
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let Some(first) = crate::deploy::live_workers(&shared.pool).into_iter().next() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no worker is ready to check the deploy",
+        );
+    };
+    let srcs: Vec<crate::deploy::Source<'_>> = req
+        .modules
+        .iter()
+        .map(|m| crate::deploy::Source {
+            name: &m.name,
+            version: 0,
+            source: &m.source,
+        })
+        .collect();
+    let services = match crate::deploy::check(&shared.pool, &first, &srcs).await {
+        Ok(s) => s,
+        Err(crate::deploy::CallError::Refused(doc)) => {
+            return reply(StatusCode::UNPROCESSABLE_ENTITY, doc);
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let pairs: Vec<(String, String)> = req
+        .modules
+        .iter()
+        .map(|m| (m.name.clone(), m.source.clone()))
+        .collect();
+    let by = req.deployed_by.as_deref().unwrap_or("admin-api");
+    let change = match shared.store.deploy_modules(&pairs, by).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let acks = crate::deploy::activate_everywhere(&shared.pool, &change.value).await;
+    let all_ok = acks.iter().all(|a| a.ok);
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    info!(
+        modules = ?names,
+        config_version = change.config_version,
+        workers = acks.len(),
+        ok = all_ok,
+        ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "deployed"
+    );
+    reply(
+        status,
+        json!({
+            "config_version": change.config_version,
+            "modules": change.value.iter().map(|m| json!({
+                "name": m.name, "version": m.version, "source_hash": m.source_hash,
+            })).collect::<Vec<_>>(),
+            "services": services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            "workers": acks,
+            "check_ms": check_ms,
+            "total_ms": t0.elapsed().as_secs_f64() * 1000.0,
+        }),
+    )
+}
+
+/// DELETE /v1/modules/{name}
+async fn undeploy(shared: &Shared, name: &str) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let change = match shared.store.undeploy_module(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let acks = crate::deploy::remove_everywhere(&shared.pool, &[name]).await;
+    let status = if acks.iter().all(|a| a.ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    reply(
+        status,
+        json!({"config_version": change.config_version, "workers": acks}),
+    )
+}
+
+/// POST /v1/modules/{name}/rollback
+async fn rollback(shared: &Shared, name: &str) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let change = match shared.store.rollback_module(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let module = change.value;
+    let acks =
+        crate::deploy::activate_everywhere(&shared.pool, std::slice::from_ref(&module)).await;
+    let status = if acks.iter().all(|a| a.ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    reply(
+        status,
+        json!({
+            "config_version": change.config_version,
+            "module": {"name": module.name, "version": module.version, "source_hash": module.source_hash},
+            "workers": acks,
+        }),
+    )
 }

@@ -12,7 +12,9 @@
 
 pub mod admin;
 pub mod cid;
+pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod http;
 pub mod pool;
 pub mod process;

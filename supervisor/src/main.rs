@@ -24,6 +24,42 @@ enum Command {
         #[arg(long, short, env = "OXBUS_CONFIG")]
         config: PathBuf,
     },
+    /// Deploy Python modules to a running server (all-or-nothing; a failing import prints
+    /// its traceback and changes nothing).
+    Deploy {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Module files; each is deployed under its file name (crm.py -> module crm).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Invoke a service with a JSON payload and print its response.
+    Invoke {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Service name, e.g. demo.echo
+        name: String,
+        /// JSON payload (default: none)
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// List the services the server runs.
+    Services {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Make the previous version of a deployed module the active one again.
+    Rollback {
+        #[command(flatten)]
+        to: ServerArgs,
+        module: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Create (or reuse) an environment with sample services and run it in the foreground.
     Quickstart {
         /// Environment directory; created with server.toml and services/ if missing.
@@ -38,10 +74,167 @@ enum Command {
     },
 }
 
+/// How to reach a server's admin API.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// An environment directory made by `oxbus quickstart` (address and token read from it).
+    #[arg(long, conflicts_with = "server")]
+    env: Option<PathBuf>,
+    /// Admin API URL, e.g. http://127.0.0.1:17011
+    #[arg(long, env = "OXBUS_SERVER", requires = "token")]
+    server: Option<String>,
+    /// Admin API bearer token.
+    #[arg(long, env = "OXBUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn target(a: &ServerArgs) -> Result<oxbus_supervisor::client::Target, String> {
+    use oxbus_supervisor::client::Target;
+    match (&a.env, &a.server, &a.token) {
+        (Some(dir), _, _) => Target::from_env_dir(dir),
+        (None, Some(url), Some(token)) => Target::from_url(url, token),
+        _ => Err("say which server: --env DIR, or --server URL --token TOKEN (or OXBUS_SERVER and OXBUS_TOKEN)".into()),
+    }
+}
+
+/// Runs one client command; returns the exit code.
+fn client_command(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let (to, method, path, body, output) = match &cmd {
+        Command::Deploy { to, files, output } => {
+            let mut modules = Vec::new();
+            for f in files {
+                let Some(name) = f
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .filter(|_| f.extension().is_some_and(|e| e == "py"))
+                else {
+                    return fail(&format!("{}: a module file must end in .py", f.display()));
+                };
+                match std::fs::read_to_string(f) {
+                    Ok(source) => modules.push(serde_json::json!({"name": name, "source": source})),
+                    Err(e) => return fail(&format!("cannot read {}: {e}", f.display())),
+                }
+            }
+            let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let body = serde_json::json!({"modules": modules, "deployed_by": who});
+            (
+                to,
+                "POST",
+                "/v1/modules".to_owned(),
+                body.to_string().into_bytes(),
+                *output,
+            )
+        }
+        Command::Invoke { to, name, payload } => {
+            let body = payload.clone().unwrap_or_default().into_bytes();
+            if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+                return fail("--payload must be JSON");
+            }
+            (to, "POST", format!("/v1/invoke/{name}"), body, Output::Json)
+        }
+        Command::Services { to, output } => {
+            (to, "GET", "/v1/services".to_owned(), Vec::new(), *output)
+        }
+        Command::Rollback { to, module, output } => (
+            to,
+            "POST",
+            format!("/v1/modules/{module}/rollback"),
+            Vec::new(),
+            *output,
+        ),
+        _ => unreachable!("not a client command"),
+    };
+    let target = match target(to) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let (status, body) = match rt.block_on(target.request(method, &path, body)) {
+        Ok(x) => x,
+        Err(e) => return fail(&e),
+    };
+    let text = String::from_utf8_lossy(&body);
+    let doc: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    if !(200..300).contains(&status) {
+        let reason = doc
+            .as_ref()
+            .and_then(|d| d.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| text.trim().to_owned());
+        if let Some(tb) = doc
+            .as_ref()
+            .and_then(|d| d.get("traceback"))
+            .and_then(|t| t.as_str())
+        {
+            eprintln!("{tb}");
+        }
+        return fail(&format!("{reason} (HTTP {status})"));
+    }
+    match (output, &cmd, doc) {
+        (Output::Json, _, _) | (_, _, None) => println!("{}", text.trim_end()),
+        (Output::Text, Command::Services { .. }, Some(d)) => {
+            for s in d["services"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<40} {}.{}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["module"].as_str().unwrap_or(""),
+                    s["class"].as_str().unwrap_or("")
+                );
+            }
+        }
+        (Output::Text, Command::Deploy { .. }, Some(d)) => {
+            for m in d["modules"].as_array().into_iter().flatten() {
+                println!(
+                    "deployed {} version {} ({})",
+                    m["name"].as_str().unwrap_or(""),
+                    m["version"],
+                    &m["source_hash"].as_str().unwrap_or("")
+                        [..12.min(m["source_hash"].as_str().unwrap_or("").len())]
+                );
+            }
+            let workers = d["workers"].as_array().map(|w| w.len()).unwrap_or(0);
+            println!(
+                "config version {}, {} worker(s) acknowledged, {:.1} ms",
+                d["config_version"],
+                workers,
+                d["total_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        (Output::Text, _, Some(d)) => println!("{d}"),
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Deploy { .. }
+            | Command::Invoke { .. }
+            | Command::Services { .. }
+            | Command::Rollback { .. }
+    ) {
+        return client_command(cli.command);
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let (settings, banner) = match cli.command {
+        Command::Deploy { .. }
+        | Command::Invoke { .. }
+        | Command::Services { .. }
+        | Command::Rollback { .. } => {
+            unreachable!("handled above")
+        }
         Command::Server { config } => match Settings::load(&config, env) {
             Ok(s) => (s, None),
             Err(e) => return fail(&e.to_string()),

@@ -407,6 +407,50 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Sends a control `CALL` (not an invocation: no in-flight slot, no queue) to one
+    /// worker and waits for its `REPLY` until `deadline`. Used for hot deployment.
+    pub async fn call_worker<M: serde::Serialize>(
+        &self,
+        w: &Arc<Worker>,
+        meta: &M,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, DispatchError> {
+        let stream = w.alloc_stream();
+        let (tx, rx) = oneshot::channel();
+        w.pending.lock().expect("pending lock").insert(stream, tx);
+        if w.state() == WorkerState::Dead {
+            w.pending.lock().expect("pending lock").remove(&stream);
+            return Err(DispatchError::WorkerDied);
+        }
+        let encoded = oxbus_ipc::encode_call(
+            &mut w.outbox.lock().expect("outbox lock"),
+            0,
+            stream,
+            meta,
+            body,
+        );
+        if encoded.is_err() {
+            w.pending.lock().expect("pending lock").remove(&stream);
+            return Err(DispatchError::TooLarge);
+        }
+        w.wake_writer.notify_one();
+        let mut guard = StreamGuard {
+            worker: w,
+            stream,
+            done: false,
+        };
+        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(DispatchError::WorkerDied),
+            Err(_) => return Err(DispatchError::Deadline),
+        };
+        guard.done = true;
+        result
+    }
+}
+
 /// Gives the in-flight slot back when an invocation ends, however it ends.
 struct Slot<'a> {
     pool: &'a Pool,

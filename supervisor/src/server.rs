@@ -90,6 +90,8 @@ pub struct Shared {
     pub cids: crate::cid::CidGen,
     pub store: crate::store::Store,
     pub started: Instant,
+    /// One deploy at a time, so every worker sees module changes in the same order.
+    pub deploy_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -193,6 +195,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         cids: crate::cid::CidGen::new(),
         store,
         started: started_at,
+        deploy_lock: tokio::sync::Mutex::new(()),
     });
 
     let welcome = WelcomeTemplate {
@@ -201,6 +204,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         heartbeat_ms: settings.workers.heartbeat_ms,
         log_level: python_log_level(&settings.server.log_level),
         startup_timeout: Duration::from_millis(settings.workers.startup_timeout_ms),
+        store: shared.store.clone(),
     };
     tokio::spawn(accept_workers(ipc, pool.clone(), ev_tx.clone(), welcome));
     spawn_signal_listener(ev_tx.clone());
@@ -731,6 +735,8 @@ struct WelcomeTemplate {
     heartbeat_ms: u64,
     log_level: String,
     startup_timeout: Duration,
+    /// Deployed modules a new worker loads before it takes traffic.
+    store: crate::store::Store,
 }
 
 async fn accept_workers(
@@ -875,11 +881,36 @@ async fn handshake(
                 other => return Err(format!("unexpected {} before READY", other.name())),
             }
         }
+        // Its own task (so that the deployed modules can be sent over it below), in this
+        // worker's span so that the worker's log lines keep their context.
+        let conn = tokio::spawn(
+            crate::pool::run_connection(pool.clone(), worker.clone(), stream, buf)
+                .instrument(tracing::Span::current()),
+        );
+        // Every module deployed through the admin API, before any traffic.
+        let modules = welcome
+            .store
+            .active_modules()
+            .await
+            .map_err(|e| format!("cannot read deployed modules from the config store: {e}"))?;
+        if !modules.is_empty() {
+            let srcs = crate::deploy::sources(&modules);
+            if let Err(e) = crate::deploy::activate(&pool, &worker, &srcs).await {
+                let msg = format!("the worker could not load the deployed modules: {e}");
+                *worker.boot_error.lock().expect("boot_error lock") = Some(msg.clone());
+                crate::process::signal(
+                    worker.pid.load(std::sync::atomic::Ordering::Relaxed),
+                    Signal::SIGKILL,
+                );
+                return Err(msg);
+            }
+            debug!(modules = modules.len(), "deployed modules loaded");
+        }
         let now = pool.now_ms();
         worker_ready(&worker, now);
         let _ = events.send(Event::WorkerReady { id: worker.id });
         pool.capacity_changed();
-        crate::pool::run_connection(pool, worker, stream, buf).await;
+        let _ = conn.await;
         Ok(())
     }
     .instrument(span)

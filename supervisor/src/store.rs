@@ -185,47 +185,66 @@ impl Store {
         source: &str,
         by: &str,
     ) -> Result<Change<Module>> {
-        validate_module_name(name)?;
-        let hash = source_hash(source);
+        let mut c = self
+            .deploy_modules(&[(name.to_owned(), source.to_owned())], by)
+            .await?;
+        Ok(Change {
+            config_version: c.config_version,
+            value: c.value.remove(0),
+        })
+    }
+
+    /// Deploys several modules in one transaction (one config version for all of them):
+    /// either every module gets its next version or none does.
+    pub async fn deploy_modules(
+        &self,
+        modules: &[(String, String)],
+        by: &str,
+    ) -> Result<Change<Vec<Module>>> {
+        for (name, _) in modules {
+            validate_module_name(name)?;
+        }
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let version: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = $1",
-            )
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
+            let mut out = Vec::with_capacity(modules.len());
+            for (name, source) in modules {
+                let version: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = $1",
+                )
                 .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                let hash = source_hash(source);
+                sqlx::query(
+                    "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active) \
+                     VALUES ($1, $2, $3, $4, $5, $6, TRUE)",
+                )
+                .bind(name)
+                .bind(version)
+                .bind(source)
+                .bind(&hash)
+                .bind(by)
+                .bind(at)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active) \
-                 VALUES ($1, $2, $3, $4, $5, $6, TRUE)",
-            )
-            .bind(name)
-            .bind(version)
-            .bind(source)
-            .bind(&hash)
-            .bind(by)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            let config_version = bump(&mut tx).await?;
-            tx.commit().await?;
-            Ok(Change {
-                config_version,
-                value: Module {
-                    name: name.to_owned(),
+                out.push(Module {
+                    name: name.clone(),
                     version,
-                    source: source.to_owned(),
+                    source: source.clone(),
                     source_hash: hash,
                     deployed_by: by.to_owned(),
                     deployed_at: at,
                     active: true,
-                },
-            })
+                });
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: out })
         })
     }
 

@@ -1,0 +1,297 @@
+//! Hot deployment through the admin API against the real binary and real workers
+//! (SQLite store; the PostgreSQL runs of this suite are part of issue 3's remaining work).
+
+use nix::sys::signal::Signal;
+use oxbus_integration::*;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+fn module(version: u32) -> String {
+    format!(
+        r#"
+from oxbus import Service
+
+COUNTER = [0]
+
+class Hello(Service):
+    name = 'hot.hello'
+
+    def handle(self):
+        COUNTER[0] += 1
+        self.response.payload = {{'version': {version}, 'calls': COUNTER[0]}}
+"#
+    )
+}
+
+async fn deploy(srv: &Server, token: &str, name: &str, source: &str) -> Resp {
+    let body = json!({"modules": [{"name": name, "source": source}], "deployed_by": "it"});
+    srv.admin(
+        "POST",
+        "/v1/modules",
+        Some(token),
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn version_served(srv: &Server) -> Value {
+    let r = srv.get("/hot").await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn env() -> Env {
+    Env::new()
+        .workers(2)
+        .with_test_services()
+        .channel("/hot", &["GET"], "hot.hello")
+}
+
+#[tokio::test]
+async fn deploy_redeploy_rollback_undeploy() {
+    let srv = env().start().await;
+    let token = srv.admin_token();
+    // Not deployed yet: the channel exists, the service does not.
+    assert_eq!(srv.get("/hot").await.status, 404);
+
+    let r = deploy(&srv, &token, "hot", &module(1)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rep = r.json();
+    assert_eq!(rep["modules"][0]["version"], 1);
+    assert_eq!(rep["workers"].as_array().unwrap().len(), 2);
+    assert!(
+        rep["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["ok"] == true)
+    );
+    assert_eq!(version_served(&srv).await["version"], 1);
+
+    let pids = srv.worker_pids();
+    let r = deploy(&srv, &token, "hot", &module(2)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["modules"][0]["version"], 2);
+    let j = version_served(&srv).await;
+    assert_eq!(j["version"], 2);
+    assert!(
+        j["calls"].as_u64().unwrap() <= 2,
+        "module state must start fresh: {j}"
+    );
+    assert_eq!(srv.worker_pids(), pids, "a deploy must not restart workers");
+
+    // A syntax error and an import error: 422 with the traceback, the old version serves,
+    // the config version does not move.
+    let before =
+        srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
+    let r = deploy(&srv, &token, "hot", "def broken(:\n").await;
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("SyntaxError")
+    );
+    let r = deploy(&srv, &token, "hot", "import no_such_module_abc\n").await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_module_abc")
+    );
+    assert_eq!(version_served(&srv).await["version"], 2);
+    let after =
+        srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
+    assert_eq!(before, after);
+
+    // Source and list.
+    let r = srv.admin("GET", "/v1/modules/hot", Some(&token), b"").await;
+    assert_eq!(r.json()["version"], 2);
+    assert_eq!(r.json()["source"], module(2));
+
+    // Rollback to version 1.
+    let r = srv
+        .admin("POST", "/v1/modules/hot/rollback", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(version_served(&srv).await["version"], 1);
+
+    // Undeploy: the service is gone at once.
+    let r = srv
+        .admin("DELETE", "/v1/modules/hot", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(srv.get("/hot").await.status, 404);
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn redeploy_under_load_loses_nothing() {
+    let srv = Arc::new(env().start().await);
+    let token = srv.admin_token();
+    assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
+    let pids = srv.worker_pids();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let srv = srv.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect(srv.port()).await.unwrap();
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c
+                        .request("GET", "/hot", &[], bytes::Bytes::new())
+                        .await
+                        .unwrap();
+                    seen.push((
+                        r.status,
+                        if r.status == 200 {
+                            r.json()["version"].as_u64().unwrap()
+                        } else {
+                            0
+                        },
+                    ));
+                }
+                seen
+            })
+        })
+        .collect();
+    for v in 2..=6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(deploy(&srv, &token, "hot", &module(v)).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let bad: Vec<_> = all.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(bad.is_empty(), "{} of {} failed", bad.len(), all.len());
+    let versions: HashSet<u64> = all.iter().map(|(_, v)| *v).collect();
+    assert!(versions.contains(&6) && versions.len() >= 3, "{versions:?}");
+    assert_eq!(srv.worker_pids(), pids);
+}
+
+#[tokio::test]
+async fn respawned_and_restarted_workers_run_the_current_version() {
+    let srv = env().start().await;
+    let token = srv.admin_token();
+    assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
+    assert_eq!(deploy(&srv, &token, "hot", &module(2)).await.status, 200);
+    // kill -9 one worker: its replacement loads version 2 from the store.
+    let victim = srv.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    eventually(Duration::from_secs(15), "replacement worker", || {
+        let p = srv.worker_pids();
+        async move { (p.len() == 2 && !p.contains(&victim)).then_some(()) }
+    })
+    .await;
+    srv.wait_ready().await;
+    for _ in 0..10 {
+        assert_eq!(version_served(&srv).await["version"], 2);
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_server_serves_what_was_last_deployed() {
+    let srv = env().start().await;
+    let token = srv.admin_token();
+    assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
+    assert_eq!(deploy(&srv, &token, "hot", &module(3)).await.status, 200);
+    let srv = srv.restart().await;
+    assert_eq!(version_served(&srv).await["version"], 3);
+    let r = srv
+        .admin("GET", "/v1/modules", Some(&srv.admin_token()), b"")
+        .await;
+    assert_eq!(
+        r.json()["modules"][0]["version"],
+        2,
+        "stored versions of `hot`: 1, then 2"
+    );
+}
+
+fn cli(srv: &Server, args: &[&str]) -> std::process::Output {
+    let url = format!("http://127.0.0.1:{}", srv.admin_port());
+    std::process::Command::new(oxbus_bin())
+        .args(args)
+        .env("OXBUS_SERVER", &url)
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cli_deploy_services_invoke_rollback() {
+    let srv = env().start().await;
+    let dir = srv.dir.join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hot.py");
+    std::fs::write(&file, module(1)).unwrap();
+    let out = cli(&srv, &["deploy", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployed hot version 1"));
+    std::fs::write(&file, module(2)).unwrap();
+    assert!(
+        cli(&srv, &["deploy", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+
+    let out = cli(&srv, &["services", "--output", "json"]);
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        j["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "hot.hello")
+    );
+
+    let out = cli(&srv, &["invoke", "hot.hello", "--payload", "{}"]);
+    assert!(out.status.success());
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["version"], 2);
+
+    assert!(cli(&srv, &["rollback", "hot"]).status.success());
+    assert_eq!(version_served(&srv).await["version"], 1);
+
+    // A broken module: non-zero exit, the traceback on stderr, nothing changed.
+    std::fs::write(&file, "def broken(:\n").unwrap();
+    let out = cli(&srv, &["deploy", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SyntaxError") && err.contains("oxbus: error:"),
+        "{err}"
+    );
+    assert_eq!(version_served(&srv).await["version"], 1);
+
+    // Usage errors exit 2; a wrong token is a one-line reason.
+    let out = std::process::Command::new(oxbus_bin())
+        .args(["invoke"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(oxbus_bin())
+        .args([
+            "services",
+            "--server",
+            &format!("http://127.0.0.1:{}", srv.admin_port()),
+            "--token",
+            "bad",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
+}

@@ -1,0 +1,422 @@
+"""Hot deployment end to end: ``modules.check``, ``modules.activate`` and ``modules.remove``.
+
+A real worker process (through :class:`conftest.FakeSupervisor`) gets module sources in
+CALL bodies, exactly as the supervisor sends them (``ipc-protocol/SPEC.md``, "Hot
+deployment"); the tests then look at the replies, at what the new services answer and,
+through the ``probe`` service, at what the worker's ``sys.modules`` holds.
+"""
+
+import itertools
+import json
+import os
+import textwrap
+import time
+
+import pytest
+
+from oxbus import _protocol as P
+
+BASE = {
+    'probe.py': '''
+        import importlib
+        import sys
+
+        from oxbus import Service
+
+        class Probe(Service):
+            """Is module <payload["module"]> in sys.modules, and can it be imported?"""
+            name = 'probe'
+
+            def handle(self):
+                name = self.request.payload['module']
+                loaded = name in sys.modules
+                try:
+                    importlib.import_module(name)
+                    importable = True
+                except ImportError:
+                    importable = False
+                    sys.modules.pop(name, None)
+                self.response.payload = {'loaded': loaded, 'importable': importable,
+                                         'json_ok': sys.modules['json'].dumps([1]) == '[1]'}
+    ''',
+    'legacy.py': '''
+        from oxbus import Service
+
+        class Legacy(Service):
+            name = 'legacy'
+
+            def handle(self):
+                self.response.payload = {'from': 'services_dir'}
+    ''',
+}
+
+PROBE_INFO = {'name': 'probe', 'module': 'probe', 'class': 'Probe', 'async': False,
+              'verbs': []}
+LEGACY_INFO = {'name': 'legacy', 'module': 'legacy', 'class': 'Legacy', 'async': False,
+               'verbs': []}
+
+COUNTER = '''
+    import os
+    import time
+
+    from oxbus import Service
+
+    COUNT = 0
+
+    class Counter(Service):
+        name = 'counter'
+
+        def handle(self):
+            global COUNT
+            COUNT += 1
+            count = COUNT
+            doc = self.request.payload or {}
+            if doc.get('dir'):   # a long call: wait for <dir>/release
+                open(os.path.join(doc['dir'], 'started'), 'w').close()
+                while not os.path.exists(os.path.join(doc['dir'], 'release')):
+                    time.sleep(0.005)
+            self.response.payload = {'version': __oxbus_version__, 'tag': TAG,
+                                     'count': count, 'pid': os.getpid()}
+'''
+
+_streams = itertools.count(1)
+
+
+class Deploy:
+    """The supervisor's side of the module ops, on top of a FakeSupervisor."""
+
+    def __init__(self, sup):
+        self.sup = sup
+
+    def op(self, op, modules, timeout=10):
+        """modules: [(name, version, source)]; return (status, reply document)."""
+        sources = [textwrap.dedent(src).encode('utf-8') for _n, _v, src in modules]
+        meta = {'op': op, 'modules': [{'name': n, 'version': v, 'size': len(b)}
+                                      for (n, v, _s), b in zip(modules, sources)]}
+        return self.raw(meta, b''.join(sources), timeout)
+
+    def raw(self, meta, body=b'', timeout=10):
+        stream = next(_streams)
+        self.sup.conn.sendall(P.encode_call(stream, meta, body))
+        reply_meta, reply_body = self.sup.replies(1, timeout)[stream]
+        assert reply_meta['content_type'] == 'application/json'
+        return reply_meta['status'], json.loads(reply_body)
+
+    def check(self, *modules):
+        return self.op('modules.check', list(modules))
+
+    def activate(self, *modules):
+        return self.op('modules.activate', list(modules))
+
+    def remove(self, *names):
+        return self.raw({'op': 'modules.remove', 'modules': list(names)})
+
+    def invoke(self, service, payload=None):
+        stream = next(_streams)
+        self.sup.call(stream, service, json.dumps(payload).encode() if payload else b'')
+        meta, body = self.sup.replies(1)[stream]
+        return meta['status'], json.loads(body) if body else None
+
+    def probe(self, module):
+        status, doc = self.invoke('probe', {'module': module})
+        assert status == 200, doc
+        assert doc['json_ok']
+        return doc['loaded'], doc['importable']
+
+
+@pytest.fixture
+def dep(sup):
+    _hello, ready = sup.start(BASE)
+    assert ready['services'] == [LEGACY_INFO, PROBE_INFO]
+    return Deploy(sup)
+
+
+def counter(version, tag):
+    return ('counter', version, textwrap.dedent(COUNTER) + 'TAG = %r\n' % tag)
+
+
+def names(doc):
+    return sorted(s['name'] for s in doc['services'])
+
+
+def wait_for(path, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, 'timed out waiting for ' + path
+        time.sleep(0.005)
+
+
+# -- modules.check -------------------------------------------------------------------------
+
+
+def test_check_reports_the_services_and_leaves_nothing_behind(dep):
+    status, doc = dep.check(counter(1, 'one'), ('helper', 4, 'VALUE = 1\n'))
+    assert status == 200, doc
+    assert doc == {'services': [{'name': 'counter', 'module': 'counter', 'class': 'Counter',
+                                 'async': False, 'verbs': []}]}
+    assert dep.invoke('counter')[0] == 404
+    assert dep.probe('counter') == (False, False)
+    assert dep.probe('helper') == (False, False)
+    # The table is unchanged, and a later activate starts from scratch.
+    status, doc = dep.remove()
+    assert (status, names(doc)) == (200, ['legacy', 'probe'])
+
+
+def test_check_of_a_syntax_error_names_module_and_line(dep):
+    source = 'from oxbus import Service\n\ndef broken(:\n    pass\n'
+    status, doc = dep.check(counter(1, 'one'), ('broken', 2, source))
+    assert status == 422
+    assert doc['error'] == 'import failed'
+    assert doc['module'] == 'broken'
+    assert '<oxbus:broken@v2>' in doc['traceback']
+    assert 'line 3' in doc['traceback']
+    assert 'def broken(:' in doc['traceback']
+    assert 'SyntaxError' in doc['traceback']
+    assert dep.probe('counter') == (False, False)
+
+
+def test_check_of_an_import_error_names_module_and_line(dep):
+    source = '''
+        import os
+
+        x = 1
+        import no_such_module_for_oxbus
+    '''
+    status, doc = dep.check(('badimport', 7, source))
+    assert status == 422
+    assert (doc['error'], doc['module']) == ('import failed', 'badimport')
+    tb = doc['traceback']
+    assert 'File "<oxbus:badimport@v7>", line 5, in <module>' in tb
+    assert 'import no_such_module_for_oxbus' in tb  # the source line, via linecache
+    assert "ModuleNotFoundError: No module named 'no_such_module_for_oxbus'" in tb
+    assert '_deploy.py' not in tb and 'importlib' not in tb
+    assert dep.probe('badimport') == (False, False)
+
+
+def test_a_failure_in_an_imported_module_of_the_call_is_reported_against_it(dep):
+    status, doc = dep.check(('outer', 1, 'import inner\n'),
+                            ('inner', 1, 'X = 1\nraise RuntimeError("boom")\n'))
+    assert status == 422
+    assert doc['module'] == 'inner'
+    assert '<oxbus:inner@v1>", line 2' in doc['traceback']
+    assert 'RuntimeError: boom' in doc['traceback']
+    assert dep.probe('outer') == (False, False)
+    assert dep.probe('inner') == (False, False)
+
+
+# -- modules.activate ----------------------------------------------------------------------
+
+
+def test_activate_then_redeploy_runs_the_new_code_with_fresh_state(dep, sup):
+    status, doc = dep.activate(counter(1, 'one'))
+    assert status == 200, doc
+    assert names(doc) == ['counter', 'legacy', 'probe']
+    assert dep.probe('counter') == (True, True)
+    pid = sup.proc.pid
+    assert dep.invoke('counter') == (200, {'version': 1, 'tag': 'one', 'count': 1, 'pid': pid})
+    assert dep.invoke('counter')[1]['count'] == 2
+
+    status, doc = dep.activate(counter(2, 'two'))
+    assert (status, names(doc)) == (200, ['counter', 'legacy', 'probe'])
+    assert dep.invoke('counter') == (200, {'version': 2, 'tag': 'two', 'count': 1, 'pid': pid})
+    assert sup.proc.poll() is None
+
+
+def test_an_invocation_started_on_v1_finishes_on_v1(dep, sup):
+    assert dep.activate(counter(1, 'one'))[0] == 200
+    slow = next(_streams)
+    sup.call(slow, 'counter', json.dumps({'dir': sup.dir}).encode())
+    wait_for(os.path.join(sup.dir, 'started'))
+
+    assert dep.activate(counter(2, 'two'))[0] == 200
+    assert dep.invoke('counter')[1] == {'version': 2, 'tag': 'two', 'count': 1,
+                                        'pid': sup.proc.pid}
+    open(os.path.join(sup.dir, 'release'), 'w').close()
+    meta, body = sup.replies(1)[slow]
+    assert meta['status'] == 200
+    assert json.loads(body)['version'] == 1 and json.loads(body)['tag'] == 'one'
+
+
+def test_modules_of_one_call_import_each_other_in_any_order(dep):
+    customers = '''
+        from crm import util          # listed after this module
+        from oxbus import Service
+
+        NAME = 'customers'
+
+        class Customers(Service):
+            name = 'crm.customers'
+
+            def handle(self):
+                self.response.payload = {'greeting': util.greet('ann'),
+                                         'util': util.__oxbus_version__}
+    '''
+    util = '''
+        import crm.customers          # a cycle: used only at call time
+
+        def greet(who):
+            return 'hello %s from %s' % (who, crm.customers.NAME)
+    '''
+    status, doc = dep.activate(('crm.customers', 3, customers), ('crm.util', 7, util))
+    assert status == 200, doc
+    assert dep.invoke('crm.customers') == (200, {'greeting': 'hello ann from customers',
+                                                 'util': 7})
+    assert dep.probe('crm.util') == (True, True)
+    assert dep.probe('crm') == (True, True)
+
+    # Remove one, then the other: the made-up parent package goes with the last.
+    assert dep.remove('crm.customers')[0] == 200
+    assert dep.probe('crm.util') == (True, True)
+    assert dep.remove('crm.util')[0] == 200
+    assert dep.probe('crm') == (False, False)
+
+
+def test_a_duplicate_service_name_is_refused_and_the_old_version_keeps_serving(dep):
+    assert dep.activate(counter(1, 'one'))[0] == 200
+
+    # Against a service of a module the call does not replace.
+    other = '''
+        from oxbus import Service
+
+        class Copy(Service):
+            name = 'counter'
+
+            def handle(self):
+                self.response.payload = 'copy'
+    '''
+    status, doc = dep.activate(('copycat', 1, other))
+    assert status == 422
+    assert doc['module'] == 'copycat'
+    assert "duplicate service name 'counter'" in doc['error']
+    assert dep.probe('copycat') == (False, False)
+
+    # Within one call, while replacing the module that owns the name.
+    status, doc = dep.activate(counter(2, 'two'), ('copycat', 1, other))
+    assert status == 422
+    assert "duplicate service name 'counter'" in doc['error']
+    assert dep.invoke('counter')[1]['tag'] == 'one'
+    assert dep.invoke('counter')[1]['count'] == 2   # same module object, state kept
+
+    # check validates the same way.
+    assert dep.check(('copycat', 1, other))[0] == 422
+
+
+def test_a_failed_activate_changes_nothing(dep):
+    assert dep.activate(counter(1, 'one'))[0] == 200
+    status, doc = dep.activate(counter(2, 'two'), ('bad', 1, 'raise ValueError("no")\n'))
+    assert (status, doc['module']) == (422, 'bad')
+    assert dep.invoke('counter')[1] == {'version': 1, 'tag': 'one', 'count': 1,
+                                        'pid': dep.sup.proc.pid}
+
+
+def test_a_deploy_may_replace_a_services_dir_module(dep):
+    source = '''
+        from oxbus import Service
+
+        class Legacy(Service):
+            name = 'legacy'
+
+            def handle(self):
+                self.response.payload = {'from': 'deploy'}
+    '''
+    assert dep.invoke('legacy') == (200, {'from': 'services_dir'})
+    status, doc = dep.activate(('legacy', 5, source))
+    assert (status, names(doc)) == (200, ['legacy', 'probe'])
+    assert dep.invoke('legacy') == (200, {'from': 'deploy'})
+    assert dep.remove('legacy')[0] == 200
+    assert dep.invoke('legacy')[0] == 404
+
+
+def test_remove_drops_the_services_and_the_module(dep):
+    assert dep.activate(counter(1, 'one'))[0] == 200
+    status, doc = dep.remove('counter', 'never.deployed')
+    assert (status, names(doc)) == (200, ['legacy', 'probe'])
+    assert dep.invoke('counter')[0] == 404
+    assert dep.probe('counter') == (False, False)
+
+
+def test_an_async_service_arriving_by_deploy_starts_the_event_loop(dep):
+    source = '''
+        import asyncio
+
+        from oxbus import Service
+
+        class Sleepy(Service):
+            name = 'sleepy'
+
+            async def handle(self):
+                await asyncio.sleep(0.01)
+                self.response.payload = {'async': True}
+    '''
+    status, doc = dep.activate(('sleepy', 1, source))
+    assert status == 200
+    assert [s['async'] for s in doc['services'] if s['name'] == 'sleepy'] == [True]
+    assert dep.invoke('sleepy') == (200, {'async': True})
+
+
+@pytest.mark.parametrize('name, fragment', [
+    ('json', "the module name 'json' is already taken"),
+    ('json.tool2', "its parent package 'json' is already taken"),
+    ('oxbus.evil', "its parent package 'oxbus' is already taken"),
+    ('tabnanny', "'tabnanny' is already taken by the standard library"),
+    ('1abc', 'invalid module name'),
+    ('a..b', 'invalid module name'),
+    ('class', 'invalid module name'),
+])
+def test_a_name_that_is_not_ours_is_refused(dep, name, fragment):
+    source = 'from oxbus import Service\nclass X(Service):\n    name = "x"\n' \
+             '    def handle(self):\n        pass\n'
+    for op in ('modules.check', 'modules.activate'):
+        status, doc = dep.op(op, [(name, 1, source)])
+        assert status == 422
+        assert fragment in doc['error'], doc
+        assert doc['module'] == name
+    assert dep.invoke('x')[0] == 404
+    assert dep.probe('json') == (True, True)   # probe also checks json still works
+
+
+def test_malformed_calls_are_400(dep):
+    assert dep.raw({'op': 'modules.check', 'modules': 'x'})[0] == 400
+    assert dep.raw({'op': 'modules.check',
+                    'modules': [{'name': 'a', 'version': 1, 'size': 10}]}, b'short')[0] == 400
+    assert dep.raw({'op': 'modules.activate',
+                    'modules': [{'name': 'a', 'version': 1, 'size': 1}]}, b'xx')[0] == 400
+    assert dep.raw({'op': 'modules.remove', 'modules': [1]})[0] == 400
+
+
+def test_pipelined_activates_are_serialised_and_the_last_one_wins(dep, sup):
+    frames = []
+    streams = []
+    for version in range(1, 6):
+        source = (textwrap.dedent(COUNTER) + 'TAG = %r\n' % ('v%d' % version)).encode()
+        stream = next(_streams)
+        streams.append(stream)
+        frames.append(P.encode_call(stream, {'op': 'modules.activate', 'modules': [
+            {'name': 'counter', 'version': version, 'size': len(source)}]}, source))
+    sup.conn.sendall(b''.join(frames))
+    got = sup.replies(len(streams))
+    assert all(got[s][0]['status'] == 200 for s in streams)
+    assert dep.invoke('counter')[1]['tag'] == 'v5'
+
+
+def test_a_runtime_traceback_of_a_deployed_module_shows_its_source(dep, sup):
+    source = '''
+        from oxbus import Service
+
+        class Boom(Service):
+            name = 'boom'
+
+            def handle(self):
+                raise KeyError('deployed-boom')
+    '''
+    assert dep.activate(('boom', 9, source))[0] == 200
+    stream = next(_streams)
+    sup.call(stream, 'boom')
+    logs = []
+    meta, _body = sup.replies(1, others=logs)[stream]
+    assert meta['status'] == 500
+    while not any(kind == P.LOG for kind, *_ in logs):
+        logs.append(sup.recv())
+    text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
+    assert 'File "<oxbus:boom@v9>", line 8, in handle' in text
+    assert "raise KeyError('deployed-boom')" in text

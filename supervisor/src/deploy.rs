@@ -1,0 +1,203 @@
+//! Hot deployment: the `modules.check` / `modules.activate` / `modules.remove` calls of the
+//! IPC spec, and the all-or-nothing sequence around them.
+//!
+//! A deploy is: check the new sources in one worker (a syntax or import error comes back as
+//! a traceback and nothing changes anywhere) → store the new versions (one transaction, one
+//! config version) → activate them in every worker at once. A worker started later gets every
+//! active module from the store before it takes traffic.
+
+use oxbus_ipc::ServiceInfo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::pool::{Pool, Worker, WorkerState};
+use crate::store::Module;
+
+/// How long a worker may take to import a deploy.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A module's source for a `modules.*` call.
+#[derive(Debug, Clone)]
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub version: i64,
+    pub source: &'a str,
+}
+
+/// Why a worker refused or failed a `modules.*` call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The worker answered 4xx/5xx: the JSON body it sent (for an import error: `error`,
+    /// `module`, `traceback`).
+    #[error("worker refused: {0}")]
+    Refused(Value),
+    #[error("worker unreachable: {0}")]
+    Unreachable(String),
+}
+
+#[derive(Deserialize)]
+struct Table {
+    services: Vec<ServiceInfo>,
+}
+
+fn modules_call(op: &str, modules: &[Source<'_>]) -> (Value, Vec<u8>) {
+    let mut body = Vec::new();
+    let list: Vec<Value> = modules
+        .iter()
+        .map(|m| {
+            body.extend_from_slice(m.source.as_bytes());
+            json!({"name": m.name, "version": m.version, "size": m.source.len()})
+        })
+        .collect();
+    (json!({"op": op, "modules": list}), body)
+}
+
+async fn call(
+    pool: &Pool,
+    w: &Arc<Worker>,
+    meta: &Value,
+    body: &[u8],
+) -> Result<Vec<ServiceInfo>, CallError> {
+    let reply = pool
+        .call_worker(w, meta, body, Instant::now() + DEPLOY_TIMEOUT)
+        .await
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    let doc: Value = serde_json::from_slice(&reply.body)
+        .map_err(|e| CallError::Unreachable(format!("unreadable reply: {e}")))?;
+    if reply.status != 200 {
+        return Err(CallError::Refused(doc));
+    }
+    serde_json::from_value::<Table>(doc)
+        .map(|t| t.services)
+        .map_err(|e| CallError::Unreachable(format!("unreadable service table: {e}")))
+}
+
+/// Imports `modules` in `w` without keeping anything; returns their services.
+pub async fn check(
+    pool: &Pool,
+    w: &Arc<Worker>,
+    modules: &[Source<'_>],
+) -> Result<Vec<ServiceInfo>, CallError> {
+    let (meta, body) = modules_call("modules.check", modules);
+    call(pool, w, &meta, &body).await
+}
+
+/// Activates `modules` in `w`; on success the worker's service table is updated.
+pub async fn activate(
+    pool: &Pool,
+    w: &Arc<Worker>,
+    modules: &[Source<'_>],
+) -> Result<Vec<ServiceInfo>, CallError> {
+    let (meta, body) = modules_call("modules.activate", modules);
+    let table = call(pool, w, &meta, &body).await?;
+    *w.services.lock().expect("services lock") = table.clone();
+    Ok(table)
+}
+
+/// Removes modules from `w`.
+pub async fn remove(pool: &Pool, w: &Arc<Worker>, names: &[&str]) -> Result<(), CallError> {
+    let meta = json!({"op": "modules.remove", "modules": names});
+    let table = call(pool, w, &meta, b"").await?;
+    *w.services.lock().expect("services lock") = table;
+    Ok(())
+}
+
+/// One worker's answer to an activation, for the deploy report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerAck {
+    pub worker_id: u32,
+    pub pid: u32,
+    pub ok: bool,
+    pub ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The workers that take traffic now.
+pub fn live_workers(pool: &Pool) -> Vec<Arc<Worker>> {
+    pool.all()
+        .into_iter()
+        .filter(|w| w.state() == WorkerState::Ready)
+        .collect()
+}
+
+/// Sources of stored modules.
+pub fn sources(modules: &[Module]) -> Vec<Source<'_>> {
+    modules
+        .iter()
+        .map(|m| Source {
+            name: &m.name,
+            version: m.version,
+            source: &m.source,
+        })
+        .collect()
+}
+
+/// Activates `modules` in every live worker concurrently; one ack per worker.
+pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerAck> {
+    let srcs = sources(modules);
+    let workers = live_workers(pool);
+    let calls = workers.iter().map(|w| {
+        let srcs = &srcs;
+        async move {
+            let t0 = Instant::now();
+            let r = activate(pool, w, srcs).await;
+            WorkerAck {
+                worker_id: w.id,
+                pid: w.pid.load(std::sync::atomic::Ordering::Relaxed),
+                ok: r.is_ok(),
+                ms: t0.elapsed().as_secs_f64() * 1000.0,
+                error: r.err().map(|e| e.to_string()),
+            }
+        }
+    });
+    futures_join_all(calls).await
+}
+
+/// Removes modules from every live worker; one ack per worker.
+pub async fn remove_everywhere(pool: &Pool, names: &[&str]) -> Vec<WorkerAck> {
+    let workers = live_workers(pool);
+    let calls = workers.iter().map(|w| async move {
+        let t0 = Instant::now();
+        let r = remove(pool, w, names).await;
+        WorkerAck {
+            worker_id: w.id,
+            pid: w.pid.load(std::sync::atomic::Ordering::Relaxed),
+            ok: r.is_ok(),
+            ms: t0.elapsed().as_secs_f64() * 1000.0,
+            error: r.err().map(|e| e.to_string()),
+        }
+    });
+    futures_join_all(calls).await
+}
+
+/// Runs futures concurrently on this task (no extra dependency for a join_all).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
