@@ -135,18 +135,21 @@ pub fn sources(modules: &[Module]) -> Vec<Source<'_>> {
         .collect()
 }
 
-/// Activates `modules` in every live worker concurrently; one ack per worker.
-pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerAck> {
-    let srcs = sources(modules);
-    let workers = live_workers(pool);
-    let calls = workers.iter().map(|w| {
-        let srcs = &srcs;
+/// Runs `op` on every live worker concurrently; one ack per worker.
+async fn everywhere<'a, F, Fut>(pool: &'a Pool, op: F) -> Vec<WorkerAck>
+where
+    F: Fn(&'a Pool, Arc<Worker>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CallError>>,
+{
+    let calls = live_workers(pool).into_iter().map(|w| {
+        let (id, pid) = (w.id, w.pid.load(std::sync::atomic::Ordering::Relaxed));
+        let fut = op(pool, w);
         async move {
             let t0 = Instant::now();
-            let r = activate(pool, w, srcs).await;
+            let r = fut.await;
             WorkerAck {
-                worker_id: w.id,
-                pid: w.pid.load(std::sync::atomic::Ordering::Relaxed),
+                worker_id: id,
+                pid,
                 ok: r.is_ok(),
                 ms: t0.elapsed().as_secs_f64() * 1000.0,
                 error: r.err().map(|e| e.to_string()),
@@ -156,21 +159,19 @@ pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerA
     futures_join_all(calls).await
 }
 
+/// Activates `modules` in every live worker concurrently; one ack per worker.
+pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerAck> {
+    let srcs = sources(modules);
+    let srcs = &srcs;
+    everywhere(pool, |pool, w| async move {
+        activate(pool, &w, srcs).await.map(drop)
+    })
+    .await
+}
+
 /// Removes modules from every live worker; one ack per worker.
 pub async fn remove_everywhere(pool: &Pool, names: &[&str]) -> Vec<WorkerAck> {
-    let workers = live_workers(pool);
-    let calls = workers.iter().map(|w| async move {
-        let t0 = Instant::now();
-        let r = remove(pool, w, names).await;
-        WorkerAck {
-            worker_id: w.id,
-            pid: w.pid.load(std::sync::atomic::Ordering::Relaxed),
-            ok: r.is_ok(),
-            ms: t0.elapsed().as_secs_f64() * 1000.0,
-            error: r.err().map(|e| e.to_string()),
-        }
-    });
-    futures_join_all(calls).await
+    everywhere(pool, |pool, w| async move { remove(pool, &w, names).await }).await
 }
 
 /// Runs futures concurrently on this task (no extra dependency for a join_all).

@@ -369,42 +369,54 @@ impl Pool {
             pool: self,
             worker: &w,
         };
-        let stream = w.alloc_stream();
-        let (tx, rx) = oneshot::channel();
-        w.pending.lock().expect("pending lock").insert(stream, tx);
-        if w.state() == WorkerState::Dead {
-            w.pending.lock().expect("pending lock").remove(&stream);
-            return Err(DispatchError::WorkerDied);
+        let result = round_trip(&w, meta, body, deadline).await;
+        if matches!(result, Err(DispatchError::Deadline)) {
+            let _ = self.events.send(Event::Stuck { id: w.id });
         }
-        let encoded = oxbus_ipc::encode_call(
-            &mut w.outbox.lock().expect("outbox lock"),
-            0,
-            stream,
-            meta,
-            body,
-        );
-        if encoded.is_err() {
-            w.pending.lock().expect("pending lock").remove(&stream);
-            return Err(DispatchError::TooLarge);
-        }
-        w.wake_writer.notify_one();
-        let mut guard = StreamGuard {
-            worker: &w,
-            stream,
-            done: false,
-        };
-        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(DispatchError::WorkerDied),
-            Err(_) => {
-                let _ = self.events.send(Event::Stuck { id: w.id });
-                return Err(DispatchError::Deadline);
-            }
-        };
-        guard.done = true;
         drop(slot);
         result
     }
+}
+
+/// Sends one `CALL` to `w` and waits for its `REPLY` until `deadline`. If the caller stops
+/// waiting (deadline, or its future is dropped) the stream is cancelled on the worker.
+async fn round_trip<M: serde::Serialize>(
+    w: &Arc<Worker>,
+    meta: &M,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Reply, DispatchError> {
+    let stream = w.alloc_stream();
+    let (tx, rx) = oneshot::channel();
+    w.pending.lock().expect("pending lock").insert(stream, tx);
+    if w.state() == WorkerState::Dead {
+        w.pending.lock().expect("pending lock").remove(&stream);
+        return Err(DispatchError::WorkerDied);
+    }
+    let encoded = oxbus_ipc::encode_call(
+        &mut w.outbox.lock().expect("outbox lock"),
+        0,
+        stream,
+        meta,
+        body,
+    );
+    if encoded.is_err() {
+        w.pending.lock().expect("pending lock").remove(&stream);
+        return Err(DispatchError::TooLarge);
+    }
+    w.wake_writer.notify_one();
+    let mut guard = StreamGuard {
+        worker: w,
+        stream,
+        done: false,
+    };
+    let result = match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(_)) => Err(DispatchError::WorkerDied),
+        Err(_) => return Err(DispatchError::Deadline),
+    };
+    guard.done = true;
+    result
 }
 
 impl Pool {
@@ -417,37 +429,7 @@ impl Pool {
         body: &[u8],
         deadline: Instant,
     ) -> Result<Reply, DispatchError> {
-        let stream = w.alloc_stream();
-        let (tx, rx) = oneshot::channel();
-        w.pending.lock().expect("pending lock").insert(stream, tx);
-        if w.state() == WorkerState::Dead {
-            w.pending.lock().expect("pending lock").remove(&stream);
-            return Err(DispatchError::WorkerDied);
-        }
-        let encoded = oxbus_ipc::encode_call(
-            &mut w.outbox.lock().expect("outbox lock"),
-            0,
-            stream,
-            meta,
-            body,
-        );
-        if encoded.is_err() {
-            w.pending.lock().expect("pending lock").remove(&stream);
-            return Err(DispatchError::TooLarge);
-        }
-        w.wake_writer.notify_one();
-        let mut guard = StreamGuard {
-            worker: w,
-            stream,
-            done: false,
-        };
-        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(DispatchError::WorkerDied),
-            Err(_) => return Err(DispatchError::Deadline),
-        };
-        guard.done = true;
-        result
+        round_trip(w, meta, body, deadline).await
     }
 }
 
