@@ -55,6 +55,7 @@ pub struct Env {
     channels: Vec<String>,
     python: Option<String>,
     env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
 }
 
 impl Default for Env {
@@ -72,6 +73,7 @@ impl Env {
             channels: Vec::new(),
             python: None,
             env: Vec::new(),
+            cwd: None,
         }
     }
 
@@ -127,6 +129,12 @@ impl Env {
 
     pub fn python(mut self, interpreter: &str) -> Self {
         self.python = Some(interpreter.into());
+        self
+    }
+
+    /// The working directory the server is started from.
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_owned());
         self
     }
 
@@ -216,6 +224,9 @@ impl Env {
             .stderr(Stdio::piped());
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
         }
         let mut child = cmd.spawn().expect("spawn oxbus");
         let log = Arc::new(Mutex::new(String::new()));

@@ -295,3 +295,17 @@ async fn cli_deploy_services_invoke_rollback() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
 }
+
+#[tokio::test]
+async fn a_py_file_where_the_server_was_started_does_not_shadow_a_deploy() {
+    // `python -m` puts the working directory on sys.path; workers run in the environment
+    // directory, so a user's `hot.py` next to where they started the server is not "taken".
+    let here = std::env::temp_dir().join(format!("oxbus-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::write(here.join("hot.py"), module(9)).unwrap();
+    let srv = env().cwd(&here).start().await;
+    let r = deploy(&srv, &srv.admin_token(), "hot", &module(1)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(version_served(&srv).await["version"], 1);
+    std::fs::remove_dir_all(&here).unwrap();
+}

@@ -30,6 +30,10 @@ pub mod exit_code {
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub python: String,
+    /// The workers' working directory: the environment directory (where server.toml is),
+    /// not wherever the server was started from — `python -m` puts the working directory
+    /// first on `sys.path`, and a stray `.py` file there must not shadow a deployed module.
+    pub cwd: PathBuf,
     pub python_path: PathBuf,
     pub socket: PathBuf,
 }
@@ -81,6 +85,7 @@ pub fn spawn(
         .arg("--token")
         .arg(token)
         .env("PYTHONPATH", python_path)
+        .current_dir(&launch.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -228,6 +228,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let mut sup = Supervisor {
         launch: Launch {
             python: settings.server.python.clone(),
+            cwd: settings.base_dir.clone(),
             python_path,
             socket,
         },
