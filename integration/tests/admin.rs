@@ -71,3 +71,88 @@ async fn admin_api_requires_the_token_and_answers_with_it() {
     assert_eq!(r.status, 404);
     srv.assert_no_errors(&[]);
 }
+
+#[tokio::test]
+async fn channels_are_created_and_deleted_live() {
+    let srv = Env::new().workers(1).with_test_services().start().await;
+    let token = srv.admin_token();
+    assert_eq!(srv.get("/live/7/x").await.status, 404);
+    let ch = json!({"name": "live", "url_path": "/live/{item_id}/{name}", "methods": ["GET"], "service": "test.params"});
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&token),
+            ch.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // Answers at once, with its path parameters.
+    let r = srv.get("/live/7/x").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["item_id"], 7);
+
+    // A clash with a server.toml channel, a duplicate name, and nonsense: 400, nothing changes.
+    let clash = json!({"name": "clash", "url_path": "/echo", "methods": ["POST"], "service": "x"});
+    let before =
+        srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
+    for bad in [
+        clash.to_string(),
+        ch.to_string(),
+        "{\"url_path\": \"nope\", \"service\": \"x\"}".into(),
+        "[]".into(),
+    ] {
+        let r = srv
+            .admin("POST", "/v1/channels", Some(&token), bad.as_bytes())
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let after =
+        srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
+    assert_eq!(before, after);
+    assert_eq!(srv.post_json("/echo", &json!({"a": 1})).await.status, 200);
+
+    let list = srv
+        .admin("GET", "/v1/channels", Some(&token), b"")
+        .await
+        .json();
+    let live: Vec<_> = list["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["source"] == "store")
+        .collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["name"], "live");
+
+    // server.toml's channels are read-only here.
+    let r = srv
+        .admin("DELETE", "/v1/channels/%2Fecho", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 404, "unnamed file channels have no store name");
+    let r = srv
+        .admin("DELETE", "/v1/channels/live", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(srv.get("/live/7/x").await.status, 404);
+    let r = srv
+        .admin("DELETE", "/v1/channels/live", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 404);
+
+    // A restarted server routes the store's channels again.
+    let ch2 = json!({"name": "again", "url_path": "/again", "methods": [], "service": "test.pid"});
+    assert_eq!(
+        srv.admin(
+            "POST",
+            "/v1/channels",
+            Some(&token),
+            ch2.to_string().as_bytes()
+        )
+        .await
+        .status,
+        201
+    );
+    let srv = srv.restart().await;
+    assert_eq!(srv.get("/again").await.status, 200);
+}

@@ -3,7 +3,8 @@
 //! path for every change.
 //!
 //! Status (issue 3, in progress): authentication, server info, the service list, modules
-//! (list, source, deploy, undeploy, rollback) and invoke exist; channel CRUD does not yet.
+//! (list, source, deploy, undeploy, rollback), REST channels (list, create, delete; the
+//! ones in server.toml are read-only here) and invoke.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -133,6 +134,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
             Err(r) => r,
         },
         (&Method::DELETE, ["v1", "modules", name]) => undeploy(shared, name).await,
+        (&Method::GET, ["v1", "channels"]) => list_channels(shared).await,
+        (&Method::POST, ["v1", "channels"]) => match read_body(req).await {
+            Ok(body) => create_channel(shared, body).await,
+            Err(r) => r,
+        },
+        // A channel named after its URL path is addressed percent-encoded (%2Fecho).
+        (&Method::DELETE, ["v1", "channels", name]) => {
+            delete_channel(shared, &crate::router::percent_decode(name)).await
+        }
         (&Method::POST, ["v1", "modules", name, "rollback"]) => rollback(shared, name).await,
         (&Method::POST, ["v1", "invoke", service]) => {
             let service = service.to_string();
@@ -430,5 +440,112 @@ async fn rollback(shared: &Shared, name: &str) -> Response<Body> {
             "module": {"name": module.name, "version": module.version, "source_hash": module.source_hash},
             "workers": acks,
         }),
+    )
+}
+
+/// Rebuilds the routing table from server.toml's channels and the store's, and swaps it in.
+async fn reload_router(shared: &Shared) -> Result<(), Response<Body>> {
+    let stored = shared
+        .store
+        .channels()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let mut all = shared.settings.channels.clone();
+    all.extend(stored);
+    let router = crate::router::Router::new(&all)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    *shared.router.write().expect("router lock") = Arc::new(router);
+    Ok(())
+}
+
+fn channel_json(c: &crate::config::Channel, source: &str) -> Value {
+    json!({
+        "name": c.name, "url_path": c.url_path, "methods": c.methods, "service": c.service,
+        "data_format": c.data_format.as_str(), "source": source,
+    })
+}
+
+/// GET /v1/channels
+async fn list_channels(shared: &Shared) -> Response<Body> {
+    let stored = match shared.store.channels().await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let mut list: Vec<Value> = shared
+        .settings
+        .channels
+        .iter()
+        .map(|c| channel_json(c, "server.toml"))
+        .collect();
+    list.extend(stored.iter().map(|c| channel_json(c, "store")));
+    reply(StatusCode::OK, json!({ "channels": list }))
+}
+
+/// POST /v1/channels: validated against every existing channel before it is written; live
+/// at once.
+async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
+    let channel: crate::config::Channel = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}}: {e}"
+                ),
+            );
+        }
+    };
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    // The file's channels count too: the new one must route unambiguously beside them.
+    let mut all = shared.settings.channels.clone();
+    match shared.store.channels().await {
+        Ok(c) => all.extend(c),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    all.push(channel.clone());
+    if let Err(e) = crate::router::Router::new(&all) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let change = match shared.store.create_channel(&channel).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(shared).await {
+        return r;
+    }
+    info!(channel = ?change.value.name, url_path = %change.value.url_path, "channel created");
+    reply(
+        StatusCode::CREATED,
+        json!({"config_version": change.config_version, "channel": channel_json(&change.value, "store")}),
+    )
+}
+
+/// DELETE /v1/channels/{name}
+async fn delete_channel(shared: &Shared, name: &str) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    if shared
+        .settings
+        .channels
+        .iter()
+        .any(|c| c.name.as_deref() == Some(name))
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!("channel {name} comes from server.toml; change it there"),
+        );
+    }
+    let change = match shared.store.delete_channel(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(shared).await {
+        return r;
+    }
+    info!(channel = name, "channel deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version}),
     )
 }

@@ -326,7 +326,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         _ => {}
     }
     let method = req.method().as_str();
-    let (channel, params) = match shared.router.lookup(method, path) {
+    let router = shared.router.read().expect("router lock").clone();
+    let (channel, params) = match router.lookup(method, path) {
         Match::Found { channel, params } => (channel, params),
         Match::NotFound => {
             return error_response(

@@ -182,7 +182,7 @@ fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<Vec<(String, S
 
 /// Decodes `%XX` escapes of a path segment; invalid escapes and non-UTF-8 results are kept
 /// as they came (lossily), since a path parameter is data, not a reason to fail a request.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     if !s.contains('%') {
         return s.to_owned();
     }

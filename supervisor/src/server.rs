@@ -83,7 +83,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerEr
 #[derive(Debug)]
 pub struct Shared {
     pub pool: Arc<Pool>,
-    pub router: Router,
+    /// The routing table: server.toml's channels plus the store's. Swapped whole when a
+    /// channel is created or deleted; a request holds the `Arc` it started with.
+    pub router: std::sync::RwLock<Arc<Router>>,
     pub settings: Settings,
     /// True once the first generation is up, false again once shutdown starts.
     pub ready: AtomicBool,
@@ -141,7 +143,6 @@ struct Supervisor {
 /// Runs a server until it is told to stop. Returns the process exit code.
 pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let started_at = Instant::now();
-    let router = Router::new(&settings.channels).map_err(|e| ServerError::Fatal(e.to_string()))?;
     let services_dir = settings.services_dir();
     if !services_dir.is_dir() {
         return Err(ServerError::Fatal(format!(
@@ -167,6 +168,15 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let store = crate::store::Store::open(&store_url).await.map_err(|e| {
         ServerError::Fatal(format!("cannot open the config store {store_url}: {e}"))
     })?;
+    let mut channels = settings.channels.clone();
+    channels.extend(store.channels().await.map_err(|e| {
+        ServerError::Fatal(format!("cannot read channels from the config store: {e}"))
+    })?);
+    let router = Router::new(&channels).map_err(|e| {
+        ServerError::Fatal(format!(
+            "the channels of server.toml and of the config store conflict: {e}"
+        ))
+    })?;
     let admin_token = crate::admin::load_or_create_token(&settings.admin_token_file()).map_err(
         io_err(format!(
             "cannot read or create the admin token file {}",
@@ -189,7 +199,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     ));
     let shared = Arc::new(Shared {
         pool: pool.clone(),
-        router,
+        router: std::sync::RwLock::new(Arc::new(router)),
         settings: settings.clone(),
         ready: AtomicBool::new(false),
         cids: crate::cid::CidGen::new(),
