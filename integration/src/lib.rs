@@ -132,6 +132,15 @@ impl Env {
         self
     }
 
+    /// Uses a fresh database on the machine's PostgreSQL (OXBUS_TEST_PG, default
+    /// postgres://postgres@127.0.0.1:5432/test) as the config store. The database is dropped
+    /// when the returned guard is dropped. Fails loudly when PostgreSQL is not there.
+    pub fn postgres_store(self) -> (Self, PgDatabase) {
+        let db = PgDatabase::create();
+        let url = db.url.clone();
+        (self.set("store", "url", &format!("{url:?}")), db)
+    }
+
     /// The working directory the server is started from.
     pub fn cwd(mut self, dir: &Path) -> Self {
         self.cwd = Some(dir.to_owned());
@@ -643,5 +652,52 @@ impl Client {
             headers,
             body,
         })
+    }
+}
+
+/// A throw-away PostgreSQL database for one test.
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl PgDatabase {
+    fn psql(admin: &str, sql: &str) {
+        let out = Command::new("psql")
+            .args([admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+            .output()
+            .expect("psql must be installed for the PostgreSQL tests");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} against {admin} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn create() -> PgDatabase {
+        let admin = std::env::var("OXBUS_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!(
+            "oxbus_it_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        Self::psql(&admin, &format!("CREATE DATABASE {name}"));
+        let url = format!(
+            "{}/{name}",
+            &admin[..admin.rfind('/').expect("a database in the URL")]
+        );
+        PgDatabase { name, url, admin }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = Command::new("psql")
+            .args([self.admin.as_str(), "-q", "-c", sql.as_str()])
+            .output();
     }
 }

@@ -1,5 +1,5 @@
-//! Hot deployment through the admin API against the real binary and real workers
-//! (SQLite store; the PostgreSQL runs of this suite are part of issue 3's remaining work).
+//! Hot deployment through the admin API against the real binary and real workers, with the
+//! config store on SQLite and on PostgreSQL.
 
 use nix::sys::signal::Signal;
 use oxbus_integration::*;
@@ -52,7 +52,22 @@ fn env() -> Env {
 
 #[tokio::test]
 async fn deploy_redeploy_rollback_undeploy() {
-    let srv = env().start().await;
+    deploy_cycle(env().start().await).await;
+}
+
+#[tokio::test]
+async fn deploy_redeploy_rollback_undeploy_on_postgres() {
+    let (env, _db) = env().postgres_store();
+    let srv = env.start().await;
+    let info = srv
+        .admin("GET", "/v1/info", Some(&srv.admin_token()), b"")
+        .await
+        .json();
+    assert_eq!(info["store"], "postgres");
+    deploy_cycle(srv).await;
+}
+
+async fn deploy_cycle(srv: Server) {
     let token = srv.admin_token();
     // Not deployed yet: the channel exists, the service does not.
     assert_eq!(srv.get("/hot").await.status, 404);
@@ -200,7 +215,16 @@ async fn respawned_and_restarted_workers_run_the_current_version() {
 
 #[tokio::test]
 async fn a_restarted_server_serves_what_was_last_deployed() {
-    let srv = env().start().await;
+    restart_cycle(env().start().await).await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_serves_what_was_last_deployed_on_postgres() {
+    let (env, _db) = env().postgres_store();
+    restart_cycle(env.start().await).await;
+}
+
+async fn restart_cycle(srv: Server) {
     let token = srv.admin_token();
     assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
     assert_eq!(deploy(&srv, &token, "hot", &module(3)).await.status, 200);
