@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""bench/deploy.py - hot-deploy latency: one module to one server x 8 workers.
+
+Starts `oxbus quickstart <tmp env> --port PORT --workers 8` (release build), then deploys a
+small module N times (each deploy a new version, so every one really imports and swaps) and
+reports p50 / p99 of
+  - `cli`:  the wall time of `oxbus deploy --env <env> mod.py` as a user sees it (process
+            start, reading the env, HTTP, check + store + activate on 8 workers);
+  - `http`: the same deploy over one keep-alive connection to the admin API;
+  - `server`: the server's own `total_ms` from the deploy report.
+Issue 3's target: p50 <= 5 ms as the CLI sees it.
+
+Usage: bench/deploy.py [--n 100] [--port 18601] [--workers 8]   (build first:
+       cargo build --release -p oxbus-supervisor)
+"""
+import argparse, http.client, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OXBUS = os.path.join(ROOT, 'target', 'release', 'oxbus')
+
+
+def module(i):
+    return ("from oxbus import Service\n\nclass S(Service):\n    name = 'bench.deploy'\n\n"
+            "    def handle(self):\n        self.response.payload = {'v': %d}\n" % i)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--n', type=int, default=100)
+    ap.add_argument('--port', type=int, default=18601)
+    ap.add_argument('--workers', type=int, default=8)
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix='oxbus-deploy-bench.')
+    env_dir = os.path.join(tmp, 'env')
+    srv = subprocess.Popen([OXBUS, 'quickstart', env_dir, '--port', str(a.port),
+                            '--workers', str(a.workers)],
+                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, 'server.log'), 'w'))
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                c = http.client.HTTPConnection('127.0.0.1', a.port, timeout=1)
+                c.request('GET', '/readyz')
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                sys.exit('server not ready; see %s/server.log' % tmp)
+            time.sleep(0.02)
+        token = open(os.path.join(env_dir, 'admin.token')).read().strip()
+        mod = os.path.join(tmp, 'benchmod.py')
+        cli, http_ms, server_ms = [], [], []
+        conn = http.client.HTTPConnection('127.0.0.1', a.port + 1)
+        for i in range(a.n + 10):
+            with open(mod, 'w') as f:
+                f.write(module(2 * i))
+            t = time.perf_counter()
+            r = subprocess.run([OXBUS, 'deploy', '--env', env_dir, mod], capture_output=True)
+            dt = (time.perf_counter() - t) * 1000
+            if r.returncode != 0:
+                sys.exit('deploy failed: %s' % r.stderr.decode())
+            body = json.dumps({'modules': [{'name': 'benchmod', 'source': module(2 * i + 1)}]})
+            t = time.perf_counter()
+            conn.request('POST', '/v1/modules', body, {'Authorization': 'Bearer ' + token})
+            resp = conn.getresponse()
+            doc = json.loads(resp.read())
+            dh = (time.perf_counter() - t) * 1000
+            if resp.status != 200 or len(doc['workers']) != a.workers:
+                sys.exit('deploy failed: %s' % doc)
+            if i >= 10:  # warm-up
+                cli.append(dt); http_ms.append(dh); server_ms.append(doc['total_ms'])
+        print('deploy of one module to 1 server x %d workers, %d deploys each way (load1 %.2f)'
+              % (a.workers, a.n, os.getloadavg()[0]))
+        for name, xs in (('cli', cli), ('http', http_ms), ('server', server_ms)):
+            print('%-7s p50 %6.2f ms   p99 %6.2f ms   max %6.2f ms'
+                  % (name, statistics.median(xs), pct(xs, 0.99), max(xs)))
+        print('target: cli p50 <= 5 ms: %s' % ('PASS' if statistics.median(cli) <= 5 else 'MISS'))
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
