@@ -8,7 +8,8 @@
 //! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
 //! - [`process`]: spawning workers; [`python`]: the bundled Python package.
 //! - [`quickstart`]: the `oxbus quickstart` environment.
-//! - [`store`]: the config store on SQLite or PostgreSQL (issue 3, not yet used by the server).
+//! - [`store`]: the config store on SQLite or PostgreSQL; [`admin`]: the admin API;
+//!   [`deploy`]: hot deployment; [`client`]: the CLI's admin client.
 
 pub mod admin;
 pub mod cid;

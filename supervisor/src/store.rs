@@ -5,13 +5,13 @@
 //! (any cluster of more than one server). Migrations are versioned per engine under
 //! `supervisor/migrations/{sqlite,postgres}` and applied at open. Queries are written once,
 //! with `$N` placeholders, which both engines' sqlx drivers bind by number, and run through
-//! [`on_pool!`] so each engine's arm is type-checked on its own. Every change runs in one
+//! `on_pool!` so each engine's arm is type-checked on its own. Every change runs in one
 //! transaction with a bump of the monotonic config version, so a reader that sees version N
 //! sees every change up to N and nothing of N+1.
 //!
-//! Status (issue 3, in progress): the store, its schema and its tests on both engines exist;
-//! the admin API, hot deployment and the server's use of the store do not yet — the server
-//! still loads services from its services directory and channels from server.toml.
+//! The server opens it at start: deployed modules go to every worker before it takes
+//! traffic, and stored channels join server.toml's in the routing table. Secrets and the
+//! other object kinds of later issues are not stored yet.
 
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
