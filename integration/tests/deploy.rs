@@ -6,7 +6,7 @@ use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn module(version: u32) -> String {
@@ -151,10 +151,12 @@ async fn redeploy_under_load_loses_nothing() {
     assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
     let pids = srv.worker_pids();
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let srv = srv.clone();
             let stop = stop.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let mut c = Client::connect(srv.port()).await.unwrap();
                 let mut seen = Vec::new();
@@ -163,6 +165,7 @@ async fn redeploy_under_load_loses_nothing() {
                         .request("GET", "/hot", &[], bytes::Bytes::new())
                         .await
                         .unwrap();
+                    served.fetch_add(1, Ordering::Relaxed);
                     seen.push((
                         r.status,
                         if r.status == 200 {
@@ -176,11 +179,20 @@ async fn redeploy_under_load_loses_nothing() {
             })
         })
         .collect();
+    // Between deploys, wait until the load has been answered some more times.
+    let more_load = |n: usize| {
+        let served = served.clone();
+        let target = served.load(Ordering::Relaxed) + n;
+        eventually(Duration::from_secs(20), "load served", move || {
+            let done = served.load(Ordering::Relaxed);
+            async move { (done >= target).then_some(()) }
+        })
+    };
     for v in 2..=6 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        more_load(20).await;
         assert_eq!(deploy(&srv, &token, "hot", &module(v)).await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    more_load(20).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {

@@ -232,6 +232,7 @@ async fn limits_413_431_and_slowloris() {
     let started = std::time::Instant::now();
     let mut closed = false;
     for _ in 0..40 {
+        // The pacing of a slowloris client is the behaviour under test, not a wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if slow.write_all(b"X-a: b\r\n").await.is_err() {
             closed = true;
@@ -259,6 +260,7 @@ async fn limits_413_431_and_slowloris() {
             .status,
         200
     );
+    // Idle time is the behaviour under test: the connection must survive it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         c.request("GET", "/pid", &[], Bytes::new())

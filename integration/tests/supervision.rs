@@ -5,7 +5,7 @@ use nix::sys::signal::Signal;
 use oxbus_integration::*;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn gate_dir(srv: &Server) -> std::path::PathBuf {
@@ -156,22 +156,26 @@ async fn sync_handlers_run_concurrently() {
 }
 
 /// Keeps `conns` keep-alive clients busy with GET /pid until `stop`; returns every status and
-/// the pids seen.
+/// the pids seen. `served` counts the answers as they come, so a test can wait for load.
 fn load(
     srv: &Arc<Server>,
     conns: usize,
     stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
 ) -> Vec<tokio::task::JoinHandle<(Vec<u16>, HashSet<u64>)>> {
     (0..conns)
         .map(|_| {
             let srv = srv.clone();
             let stop = stop.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
                 let mut pids = HashSet::new();
                 let mut c = Client::connect(srv.port()).await.unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    match c.request("GET", "/pid", &[], bytes::Bytes::new()).await {
+                    let r = c.request("GET", "/pid", &[], bytes::Bytes::new()).await;
+                    served.fetch_add(1, Ordering::Relaxed);
+                    match r {
                         Ok(r) => {
                             if r.status == 200 {
                                 pids.insert(r.json()["pid"].as_u64().unwrap());
@@ -190,14 +194,28 @@ fn load(
         .collect()
 }
 
+/// Waits until the load has been answered `n` times in all.
+async fn wait_served(served: &Arc<AtomicUsize>, n: usize) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{n} requests served"),
+        || {
+            let done = served.load(Ordering::Relaxed);
+            async move { (done >= n).then_some(()) }
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn sighup_rolls_all_workers_with_zero_failed_requests() {
     let srv = Arc::new(Env::new().workers(2).with_test_services().start().await);
     let before = srv.worker_pids();
     let fds_before = srv.fd_count();
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&srv, 4, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = Arc::new(AtomicUsize::new(0));
+    let tasks = load(&srv, 4, stop.clone(), served.clone());
+    wait_served(&served, 50).await;
     srv.signal(Signal::SIGHUP);
     eventually(Duration::from_secs(20), "all workers replaced", || {
         let now = srv.worker_pids();
@@ -205,7 +223,8 @@ async fn sighup_rolls_all_workers_with_zero_failed_requests() {
         async move { (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Keep the load on the new generation for a while too.
+    wait_served(&served, served.load(Ordering::Relaxed) + 50).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut pids = HashSet::new();
@@ -239,10 +258,18 @@ async fn sighup_rolls_all_workers_with_zero_failed_requests() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let srv = Arc::new(Env::new().workers(1).with_test_services().start().await);
+    let dir = gate_dir(&srv);
     let s = srv.clone();
-    let inflight = tokio::spawn(async move { s.get("/sleep?ms=1500").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = format!("/gate?dir={}&n=t", dir.display());
+    let inflight = tokio::spawn(async move { s.get(&path).await });
+    wait_file(dir.join("started-t")).await;
     srv.signal(Signal::SIGTERM);
+    eventually(Duration::from_secs(5), "SIGTERM seen", || {
+        let log = srv.log();
+        async move { log.contains("SIGTERM").then_some(()) }
+    })
+    .await;
+    std::fs::write(dir.join("open"), "").unwrap();
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
     let mut srv = Arc::try_unwrap(srv).expect("only owner");
@@ -258,13 +285,21 @@ async fn sigterm_to_every_process_like_systemd_is_still_a_clean_drain() {
     // at once: the workers must leave the stopping to the server.
     let srv = Arc::new(Env::new().workers(2).with_test_services().start().await);
     let workers = srv.worker_pids();
+    let dir = gate_dir(&srv);
     let s = srv.clone();
-    let inflight = tokio::spawn(async move { s.get("/sleep?ms=800").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let path = format!("/gate?dir={}&n=s", dir.display());
+    let inflight = tokio::spawn(async move { s.get(&path).await });
+    wait_file(dir.join("started-s")).await;
     for p in &workers {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), Signal::SIGTERM).unwrap();
     }
     srv.signal(Signal::SIGTERM);
+    eventually(Duration::from_secs(5), "SIGTERM seen", || {
+        let log = srv.log();
+        async move { log.contains("SIGTERM").then_some(()) }
+    })
+    .await;
+    std::fs::write(dir.join("open"), "").unwrap();
     assert_eq!(inflight.await.unwrap().status, 200);
     let mut srv = Arc::try_unwrap(srv).expect("only owner");
     assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(0));
@@ -311,7 +346,7 @@ async fn recycling_after_max_requests_loses_nothing() {
             .await,
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&srv, 3, stop.clone());
+    let tasks = load(&srv, 3, stop.clone(), Arc::new(AtomicUsize::new(0)));
     eventually(Duration::from_secs(30), "several recycles", || {
         let n = srv.log().matches("recycling worker").count();
         async move { (n >= 4).then_some(()) }

@@ -396,6 +396,15 @@ async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
     )
 }
 
+/// 200 when every worker acknowledged a module change, else 500 (the report says which).
+fn acks_status(acks: &[crate::deploy::WorkerAck]) -> StatusCode {
+    if acks.iter().all(|a| a.ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
 /// DELETE /v1/modules/{name}
 async fn undeploy(shared: &Shared, name: &str) -> Response<Body> {
     let _one_at_a_time = shared.deploy_lock.lock().await;
@@ -405,13 +414,8 @@ async fn undeploy(shared: &Shared, name: &str) -> Response<Body> {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let acks = crate::deploy::remove_everywhere(&shared.pool, &[name]).await;
-    let status = if acks.iter().all(|a| a.ok) {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
     reply(
-        status,
+        acks_status(&acks),
         json!({"config_version": change.config_version, "workers": acks}),
     )
 }
@@ -428,13 +432,8 @@ async fn rollback(shared: &Shared, name: &str) -> Response<Body> {
     let module = change.value;
     let acks =
         crate::deploy::activate_everywhere(&shared.pool, std::slice::from_ref(&module)).await;
-    let status = if acks.iter().all(|a| a.ok) {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
     reply(
-        status,
+        acks_status(&acks),
         json!({
             "config_version": change.config_version,
             "module": {"name": module.name, "version": module.version, "source_hash": module.source_hash},
