@@ -303,6 +303,9 @@ struct DeployRequest {
     modules: Vec<DeployModule>,
     #[serde(default)]
     deployed_by: Option<String>,
+    /// Leave modules whose source equals the active version alone (no new version).
+    #[serde(default)]
+    skip_unchanged: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -313,7 +316,6 @@ struct DeployModule {
 
 /// POST /v1/modules: check in one worker, store, activate everywhere; a report back.
 async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
-    let t0 = Instant::now();
     let req: DeployRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -323,77 +325,29 @@ async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
             );
         }
     };
-    if req.modules.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no modules to deploy");
-    }
-    let mut names: Vec<&str> = req.modules.iter().map(|m| m.name.as_str()).collect();
-    names.sort();
-    if names.windows(2).any(|w| w[0] == w[1]) {
-        return error(StatusCode::BAD_REQUEST, "a module is listed twice");
-    }
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let Some(first) = crate::deploy::live_workers(&shared.pool).into_iter().next() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no worker is ready to check the deploy",
-        );
-    };
-    let srcs: Vec<crate::deploy::Source<'_>> = req
-        .modules
-        .iter()
-        .map(|m| crate::deploy::Source {
-            name: &m.name,
-            version: 0,
-            source: &m.source,
-        })
-        .collect();
-    let services = match crate::deploy::check(&shared.pool, &first, &srcs).await {
-        Ok(s) => s,
-        Err(crate::deploy::CallError::Refused(doc)) => {
-            return reply(StatusCode::UNPROCESSABLE_ENTITY, doc);
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let pairs: Vec<(String, String)> = req
         .modules
-        .iter()
-        .map(|m| (m.name.clone(), m.source.clone()))
+        .into_iter()
+        .map(|m| (m.name, m.source))
         .collect();
     let by = req.deployed_by.as_deref().unwrap_or("admin-api");
-    let change = match shared.store.deploy_modules(&pairs, by).await {
-        Ok(c) => c,
-        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let acks = crate::deploy::activate_everywhere(&shared.pool, &change.value).await;
-    let all_ok = acks.iter().all(|a| a.ok);
-    let status = if all_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    info!(
-        modules = ?names,
-        config_version = change.config_version,
-        workers = acks.len(),
-        ok = all_ok,
-        ms = t0.elapsed().as_secs_f64() * 1000.0,
-        "deployed"
-    );
-    reply(
-        status,
-        json!({
-            "config_version": change.config_version,
-            "modules": change.value.iter().map(|m| json!({
-                "name": m.name, "version": m.version, "source_hash": m.source_hash,
-            })).collect::<Vec<_>>(),
-            "services": services.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            "workers": acks,
-            "check_ms": check_ms,
-            "total_ms": t0.elapsed().as_secs_f64() * 1000.0,
-        }),
-    )
+    match crate::deploy::deploy(shared, &pairs, by, req.skip_unchanged).await {
+        Ok(report) => {
+            let status = acks_status(&report.workers);
+            reply(status, report.to_json())
+        }
+        Err(e) => deploy_error(e),
+    }
+}
+
+/// The HTTP face of a refused deploy.
+fn deploy_error(e: crate::deploy::DeployError) -> Response<Body> {
+    use crate::deploy::DeployError;
+    match e {
+        DeployError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+        DeployError::Refused(doc) => reply(StatusCode::UNPROCESSABLE_ENTITY, doc),
+        DeployError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+    }
 }
 
 /// 200 when every worker acknowledged a module change, else 500 (the report says which).

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::pool::{Pool, Worker, WorkerState};
-use crate::store::Module;
+use crate::server::Shared;
+use crate::store::{Module, StoreError};
 
 /// How long a worker may take to import a deploy.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -172,6 +173,159 @@ pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerA
 /// Removes modules from every live worker; one ack per worker.
 pub async fn remove_everywhere(pool: &Pool, names: &[&str]) -> Vec<WorkerAck> {
     everywhere(pool, |pool, w| async move { remove(pool, &w, names).await }).await
+}
+
+/// Why a deploy changed nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeployError {
+    /// Bad input (no modules, a name listed twice, an invalid module name).
+    #[error("{0}")]
+    Invalid(String),
+    /// The checking worker refused the code: the JSON it sent (error, module, traceback).
+    #[error("deploy refused: {0}")]
+    Refused(Value),
+    /// No worker to check with, or the store is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The config version after the deploy (unchanged when every module was unchanged).
+    pub config_version: i64,
+    /// The new versions stored and activated.
+    pub deployed: Vec<Module>,
+    /// Modules left alone because their source equals the active version.
+    pub unchanged: Vec<String>,
+    /// Services the deployed modules define.
+    pub services: Vec<String>,
+    pub workers: Vec<WorkerAck>,
+    pub check_ms: f64,
+    pub total_ms: f64,
+}
+
+impl Report {
+    pub fn all_ok(&self) -> bool {
+        self.workers.iter().all(|a| a.ok)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "config_version": self.config_version,
+            "modules": self.deployed.iter().map(|m| json!({
+                "name": m.name, "version": m.version, "source_hash": m.source_hash,
+            })).collect::<Vec<_>>(),
+            "unchanged": self.unchanged,
+            "services": self.services,
+            "workers": self.workers,
+            "check_ms": self.check_ms,
+            "total_ms": self.total_ms,
+        })
+    }
+}
+
+/// The whole deploy sequence, one at a time per server: check `modules` (name, source) in
+/// one worker, store them in one transaction, activate them in every live worker. With
+/// `skip_unchanged`, a module whose source equals its active version is left alone.
+pub async fn deploy(
+    shared: &Shared,
+    modules: &[(String, String)],
+    by: &str,
+    skip_unchanged: bool,
+) -> Result<Report, DeployError> {
+    let t0 = Instant::now();
+    if modules.is_empty() {
+        return Err(DeployError::Invalid("no modules to deploy".into()));
+    }
+    let mut names: Vec<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(DeployError::Invalid(format!(
+            "module {} is listed twice",
+            w[0]
+        )));
+    }
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let mut unchanged = Vec::new();
+    let mut todo: Vec<&(String, String)> = modules.iter().collect();
+    if skip_unchanged {
+        let active = shared
+            .store
+            .active_modules()
+            .await
+            .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+        todo.retain(|(name, source)| {
+            let same = active
+                .iter()
+                .any(|m| &m.name == name && m.source_hash == crate::store::source_hash(source));
+            if same {
+                unchanged.push(name.clone());
+            }
+            !same
+        });
+        if todo.is_empty() {
+            let config_version = shared
+                .store
+                .version()
+                .await
+                .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+            return Ok(Report {
+                config_version,
+                deployed: Vec::new(),
+                unchanged,
+                services: Vec::new(),
+                workers: Vec::new(),
+                check_ms: 0.0,
+                total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            });
+        }
+    }
+    let Some(first) = live_workers(&shared.pool).into_iter().next() else {
+        return Err(DeployError::Unavailable(
+            "no worker is ready to check the deploy".into(),
+        ));
+    };
+    let srcs: Vec<Source<'_>> = todo
+        .iter()
+        .map(|(name, source)| Source {
+            name,
+            version: 0,
+            source,
+        })
+        .collect();
+    let services = match check(&shared.pool, &first, &srcs).await {
+        Ok(s) => s,
+        Err(CallError::Refused(doc)) => return Err(DeployError::Refused(doc)),
+        Err(e) => return Err(DeployError::Unavailable(e.to_string())),
+    };
+    let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let pairs: Vec<(String, String)> = todo.into_iter().cloned().collect();
+    let change = match shared.store.deploy_modules(&pairs, by).await {
+        Ok(c) => c,
+        Err(StoreError::Invalid(m)) => return Err(DeployError::Invalid(m)),
+        Err(e) => return Err(DeployError::Unavailable(e.to_string())),
+    };
+    let acks = activate_everywhere(&shared.pool, &change.value).await;
+    let report = Report {
+        config_version: change.config_version,
+        deployed: change.value,
+        unchanged,
+        services: services.into_iter().map(|s| s.name).collect(),
+        workers: acks,
+        check_ms,
+        total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    };
+    tracing::info!(
+        modules = ?report.deployed.iter().map(|m| &m.name).collect::<Vec<_>>(),
+        by,
+        config_version = report.config_version,
+        workers = report.workers.len(),
+        ok = report.all_ok(),
+        ms = report.total_ms,
+        "deployed"
+    );
+    Ok(report)
 }
 
 /// Runs futures concurrently on this task (no extra dependency for a join_all).
