@@ -505,6 +505,16 @@ impl Server {
         srv
     }
 
+    /// Starts a new server process on this one's directory, settings and store, without
+    /// waiting for it to be ready; this one is stopped (killed if still running) first.
+    pub fn spawn_again(mut self) -> Server {
+        let dir = std::mem::take(&mut self.dir);
+        let config = self.config.clone();
+        let env = self.env.clone();
+        drop(self);
+        env.spawn_in(dir, config)
+    }
+
     /// Lines of the log at ERROR level that contain none of `allowed`.
     pub fn unexpected_errors(&self, allowed: &[&str]) -> Vec<String> {
         self.log()

@@ -2,9 +2,10 @@
 //! bearer token. The CLI and the dashboard make every change through it, so there is one
 //! path for every change.
 //!
-//! Status (issue 3, in progress): authentication, server info, the service list, modules
-//! (list, source, deploy, undeploy, rollback), REST channels (list, create, delete; the
-//! ones in server.toml are read-only here) and invoke.
+//! Endpoints: server info, the service list, modules (list, source, deploy, undeploy,
+//! rollback), REST channels (list, create, delete; the ones in server.toml are read-only
+//! here), secrets (list names, set, delete: a value goes in, never out), config export and
+//! import, and invoke. Request bodies are never logged.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -144,6 +145,25 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
             delete_channel(shared, &crate::router::percent_decode(name)).await
         }
         (&Method::POST, ["v1", "modules", name, "rollback"]) => rollback(shared, name).await,
+        (&Method::GET, ["v1", "secrets"]) => list_secrets(shared).await,
+        (&Method::PUT, ["v1", "secrets", name]) => {
+            let name = crate::router::percent_decode(name);
+            match read_body(req).await {
+                Ok(body) => put_secret(shared, &name, body).await,
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, ["v1", "secrets", name]) => {
+            delete_secret(shared, &crate::router::percent_decode(name)).await
+        }
+        (&Method::GET, ["v1", "config"]) => export_config(shared).await,
+        (&Method::POST, ["v1", "config"]) => {
+            let query = req.uri().query().unwrap_or("").to_owned();
+            match read_body(req).await {
+                Ok(body) => import_config(shared, &query, body).await,
+                Err(r) => r,
+            }
+        }
         (&Method::POST, ["v1", "invoke", service]) => {
             let service = service.to_string();
             match read_body(req).await {
@@ -500,5 +520,137 @@ async fn delete_channel(shared: &Shared, name: &str) -> Response<Body> {
     reply(
         StatusCode::OK,
         json!({"config_version": change.config_version}),
+    )
+}
+
+/// GET /v1/secrets: names and who/when, never values.
+async fn list_secrets(shared: &Shared) -> Response<Body> {
+    match shared.store.secrets().await {
+        Ok(list) => reply(
+            StatusCode::OK,
+            json!({"secrets": list.iter().map(|s| json!({
+                "name": s.name, "updated_by": s.updated_by, "updated_at_ms": s.updated_at,
+            })).collect::<Vec<_>>()}),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// PUT /v1/secrets/{name} `{"value": "…"}`: sealed before it is stored. Parse errors never
+/// quote the body (it holds the secret).
+async fn put_secret(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+    let doc: Option<Value> = serde_json::from_slice(&body).ok();
+    let obj = doc.as_ref().and_then(Value::as_object);
+    let (value, by) = match obj {
+        Some(o) if o.keys().all(|k| k == "value" || k == "updated_by") => {
+            match (o.get("value"), o.get("updated_by")) {
+                (Some(Value::String(v)), None) => (v.as_str(), "admin-api"),
+                (Some(Value::String(v)), Some(Value::String(by))) => (v.as_str(), by.as_str()),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "expected {\"value\": \"<string>\"} (and optionally \"updated_by\")",
+                    );
+                }
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected a JSON object {\"value\": \"<string>\"}",
+            );
+        }
+    };
+    if let Err(e) = crate::store::validate_secret_name(name) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let sealed = shared.key.seal(name, value);
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    match shared.store.put_secret(name, &sealed, by).await {
+        Ok(c) => {
+            info!(secret = name, created = c.value, "secret set");
+            reply(
+                if c.value {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                json!({"config_version": c.config_version, "name": name, "created": c.value}),
+            )
+        }
+        Err(crate::store::StoreError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// DELETE /v1/secrets/{name}
+async fn delete_secret(shared: &Shared, name: &str) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    match shared.store.delete_secret(name).await {
+        Ok(c) => {
+            info!(secret = name, "secret deleted");
+            reply(StatusCode::OK, json!({"config_version": c.config_version}))
+        }
+        Err(crate::store::StoreError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// GET /v1/config: every stored object, one list per kind.
+async fn export_config(shared: &Shared) -> Response<Body> {
+    match crate::config_io::export(shared).await {
+        Ok(doc) => reply(
+            StatusCode::OK,
+            serde_json::to_value(doc).expect("a document serializes"),
+        ),
+        Err(e) => deploy_error(e),
+    }
+}
+
+/// POST /v1/config[?dry_run=1][&replace=1]: validated in full, then applied in one
+/// transaction.
+async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Body> {
+    let mut dry_run = false;
+    let mut replace = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "1"));
+        let on = matches!(v, "1" | "true" | "yes");
+        match k {
+            "dry_run" => dry_run = on,
+            "replace" => replace = on,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {k:?} (dry_run, replace)"),
+                );
+            }
+        }
+    }
+    let doc: crate::config_io::Document = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a config document: {e}"),
+            );
+        }
+    };
+    let by = "config-import";
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let report = match crate::config_io::import(shared, doc, dry_run, replace, by).await {
+        Ok(r) => r,
+        Err(e) => return deploy_error(e),
+    };
+    let touches_channels = report.changes.iter().any(|c| c.kind == "channel_rest");
+    if !dry_run
+        && touches_channels
+        && let Err(r) = reload_router(shared).await
+    {
+        return r;
+    }
+    let status = acks_status(&report.workers);
+    reply(
+        status,
+        serde_json::to_value(report).expect("a report serializes"),
     )
 }

@@ -180,12 +180,17 @@ pub struct StoreSection {
     /// `sqlite:oxbus.db` (a path relative to the settings file, or absolute) or
     /// `postgres://user@host/db`.
     pub url: String,
+    /// The key that seals secrets in the store (64 hex characters), outside the store:
+    /// relative to the settings file; created 0600 when missing and the store holds no
+    /// secret yet. A systemd credential `oxbus-secret-key` takes precedence.
+    pub key_file: PathBuf,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             url: "sqlite:oxbus.db".into(),
+            key_file: "secret.key".into(),
         }
     }
 }
@@ -209,7 +214,7 @@ impl Default for AdminSection {
 }
 
 /// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
     #[serde(default)]
@@ -228,7 +233,7 @@ fn default_format() -> DataFormat {
 }
 
 /// How a channel's request body is handed to the service.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DataFormat {
     /// Parsed as JSON into `self.request.payload`; malformed JSON is a 400.
@@ -377,6 +382,11 @@ impl Settings {
             }
         }
         url.clone()
+    }
+
+    /// The secret key file, absolute.
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.base_dir.join(&self.store.key_file)
     }
 
     /// The admin token file, absolute.

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cid;
 pub mod client;
 pub mod config;
+pub mod config_io;
 pub mod deploy;
 pub mod http;
 pub mod pool;
@@ -22,6 +23,7 @@ pub mod process;
 pub mod python;
 pub mod quickstart;
 pub mod router;
+pub mod secrets;
 pub mod server;
 pub mod store;
 

@@ -60,6 +60,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Export or import every object of the config store as YAML (one list per kind).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Secrets: stored sealed, never shown back.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Create (or reuse) an environment with sample services and run it in the foreground.
     Quickstart {
         /// Environment directory; created with server.toml and services/ if missing.
@@ -71,6 +81,61 @@ enum Command {
         /// Python workers, 1..=8 (default min(CPUs, 8)).
         #[arg(long)]
         workers: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print every stored object as YAML (channels, secrets sealed, modules with source).
+    Export {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// `json` prints the document as JSON instead of YAML.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Apply a YAML (or JSON) export: validated in full first, idempotent, one transaction.
+    Import {
+        #[command(flatten)]
+        to: ServerArgs,
+        file: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete stored objects the file does not list (modules are undeployed).
+        #[arg(long)]
+        replace: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Set a secret; the value is read from standard input (a trailing newline is dropped)
+    /// or from --value-file, never from the command line.
+    Set {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    /// List secret names (values are never shown).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a secret.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
     },
 }
 
@@ -155,6 +220,86 @@ fn client_command(cmd: Command) -> ExitCode {
             Vec::new(),
             *output,
         ),
+        Command::Config {
+            action: ConfigAction::Export { to, output, .. },
+        } => (to, "GET", "/v1/config".to_owned(), Vec::new(), *output),
+        Command::Config {
+            action:
+                ConfigAction::Import {
+                    to,
+                    file,
+                    dry_run,
+                    replace,
+                    output,
+                },
+        } => {
+            let text = match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => return fail(&format!("cannot read {}: {e}", file.display())),
+            };
+            let doc: serde_json::Value = match serde_yaml_ng::from_str(&text) {
+                Ok(d) => d,
+                Err(e) => return fail(&format!("{}: not valid YAML: {e}", file.display())),
+            };
+            if !doc.is_object() {
+                return fail(&format!(
+                    "{}: expected a mapping of object kinds (channel_rest, secret, service_module)",
+                    file.display()
+                ));
+            }
+            let path = format!(
+                "/v1/config?dry_run={}&replace={}",
+                u8::from(*dry_run),
+                u8::from(*replace)
+            );
+            (to, "POST", path, doc.to_string().into_bytes(), *output)
+        }
+        Command::Secret {
+            action:
+                SecretAction::Set {
+                    to,
+                    name,
+                    value_file,
+                },
+        } => {
+            let value = match value_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display())),
+                None => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("cannot read the value from standard input: {e}")),
+            };
+            let mut value = match value {
+                Ok(v) => v,
+                Err(e) => return fail(&e),
+            };
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let body = serde_json::json!({"value": value, "updated_by": who});
+            (
+                to,
+                "PUT",
+                format!("/v1/secrets/{}", percent_encode(name)),
+                body.to_string().into_bytes(),
+                Output::Text,
+            )
+        }
+        Command::Secret {
+            action: SecretAction::List { to, output },
+        } => (to, "GET", "/v1/secrets".to_owned(), Vec::new(), *output),
+        Command::Secret {
+            action: SecretAction::Delete { to, name },
+        } => (
+            to,
+            "DELETE",
+            format!("/v1/secrets/{}", percent_encode(name)),
+            Vec::new(),
+            Output::Text,
+        ),
         _ => unreachable!("not a client command"),
     };
     let target = match target(to) {
@@ -182,6 +327,13 @@ fn client_command(cmd: Command) -> ExitCode {
         return fail(&format!("{reason} (HTTP {status})"));
     }
     match (output, &cmd, doc) {
+        (
+            output,
+            Command::Config {
+                action: ConfigAction::Export { file, to, .. },
+            },
+            Some(d),
+        ) => return write_export(d, output, file.as_deref(), to),
         (Output::Json, _, _) | (_, _, None) => println!("{}", text.trim_end()),
         (Output::Text, Command::Services { .. }, Some(d)) => {
             for s in d["services"].as_array().into_iter().flatten() {
@@ -211,9 +363,117 @@ fn client_command(cmd: Command) -> ExitCode {
                 d["total_ms"].as_f64().unwrap_or(0.0)
             );
         }
+        (Output::Text, Command::Config { .. }, Some(d)) => print_import(&d),
+        (Output::Text, Command::Secret { action }, Some(d)) => match action {
+            SecretAction::List { .. } => {
+                for s in d["secrets"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<40} set by {}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["updated_by"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            SecretAction::Set { name, .. } => println!(
+                "secret {name} {} (config version {})",
+                if d["created"] == true {
+                    "created"
+                } else {
+                    "updated"
+                },
+                d["config_version"]
+            ),
+            SecretAction::Delete { name, .. } => println!(
+                "secret {name} deleted (config version {})",
+                d["config_version"]
+            ),
+        },
         (Output::Text, _, Some(d)) => println!("{d}"),
     }
     ExitCode::SUCCESS
+}
+
+/// Percent-encodes a path segment (names may hold `/`).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `config export`: the document as YAML (or JSON), to a file or standard output.
+fn write_export(
+    doc: serde_json::Value,
+    output: Output,
+    file: Option<&std::path::Path>,
+    to: &ServerArgs,
+) -> ExitCode {
+    use oxbus_supervisor::config_io::Document;
+    let text = match output {
+        Output::Json => format!("{doc:#}\n"),
+        Output::Text => {
+            // Through the typed document, so fields keep their order (name first).
+            let typed: Document = match serde_json::from_value(doc) {
+                Ok(d) => d,
+                Err(e) => return fail(&format!("the server sent an unreadable export: {e}")),
+            };
+            let yaml = match serde_yaml_ng::to_string(&typed) {
+                Ok(y) => y,
+                Err(e) => return fail(&format!("cannot write YAML: {e}")),
+            };
+            let from = to
+                .env
+                .as_ref()
+                .map(|e| e.display().to_string())
+                .or_else(|| to.server.clone())
+                .unwrap_or_default();
+            format!(
+                "# Oxbus config export from {from}, config version {}.\n\
+                 # Secrets are sealed with that server's key (store.key_file); a plain\n\
+                 # `value:` may replace `sealed:`. Apply with: oxbus config import FILE\n{yaml}",
+                typed.config_version.unwrap_or(0)
+            )
+        }
+    };
+    match file {
+        Some(f) => {
+            if let Err(e) = std::fs::write(f, text) {
+                return fail(&format!("cannot write {}: {e}", f.display()));
+            }
+        }
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `config import`: one line per change, then a summary.
+fn print_import(d: &serde_json::Value) {
+    let dry = d["dry_run"] == true;
+    let changes = d["changes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for c in changes {
+        println!(
+            "{}{} {} {}",
+            if dry { "would " } else { "" },
+            c["action"].as_str().unwrap_or(""),
+            c["kind"].as_str().unwrap_or(""),
+            c["name"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "{} change(s){}, {} unchanged, config version {}",
+        changes.len(),
+        if dry {
+            " (dry run: nothing applied)"
+        } else {
+            ""
+        },
+        d["unchanged"],
+        d["config_version"]
+    );
 }
 
 fn main() -> ExitCode {
@@ -224,6 +484,8 @@ fn main() -> ExitCode {
             | Command::Invoke { .. }
             | Command::Services { .. }
             | Command::Rollback { .. }
+            | Command::Config { .. }
+            | Command::Secret { .. }
     ) {
         return client_command(cli.command);
     }
@@ -232,7 +494,9 @@ fn main() -> ExitCode {
         Command::Deploy { .. }
         | Command::Invoke { .. }
         | Command::Services { .. }
-        | Command::Rollback { .. } => {
+        | Command::Rollback { .. }
+        | Command::Config { .. }
+        | Command::Secret { .. } => {
             unreachable!("handled above")
         }
         Command::Server { config } => match Settings::load(&config, env) {

@@ -89,6 +89,7 @@ keepalive_timeout_ms = 75000
 
 [store]
 url = "sqlite:oxbus.db"    # the config store; postgres://user@host/db for a cluster
+key_file = "secret.key"    # seals secrets in the store; created at first start, keep it safe
 
 [admin]
 listen = "127.0.0.1:{admin_port}"

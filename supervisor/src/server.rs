@@ -91,9 +91,37 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub cids: crate::cid::CidGen,
     pub store: crate::store::Store,
+    /// Seals and opens the store's secrets.
+    pub key: crate::secrets::Key,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
+}
+
+/// The secrets key: the systemd credential or the key file (created when missing and the
+/// store holds no secret); refused when the store's secrets were sealed with another key.
+async fn load_secret_key(
+    settings: &Settings,
+    store: &crate::store::Store,
+) -> Result<crate::secrets::Key, ServerError> {
+    let sealed = store.any_sealed().await.map_err(|e| {
+        ServerError::Fatal(format!("cannot read secrets from the config store: {e}"))
+    })?;
+    let stored_id = sealed.as_deref().and_then(crate::secrets::sealed_key_id);
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let key = crate::secrets::Key::load(creds.as_deref(), &settings.secret_key_file(), stored_id)
+        .map_err(|e| ServerError::Fatal(e.to_string()))?;
+    if let Some(id) = stored_id.filter(|id| *id != key.id()) {
+        return Err(ServerError::Fatal(format!(
+            "the config store's secrets were sealed with key {id}, but {} holds key {}: \
+             point store.key_file (or the systemd credential {}) at the right key",
+            key.source.display(),
+            key.id(),
+            crate::secrets::CREDENTIAL
+        )));
+    }
+    info!(key = key.id(), file = %key.source.display(), "secrets key loaded");
+    Ok(key)
 }
 
 #[derive(Debug)]
@@ -177,6 +205,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             "the channels of server.toml and of the config store conflict: {e}"
         ))
     })?;
+    let key = load_secret_key(&settings, &store).await?;
     let admin_token = crate::admin::load_or_create_token(&settings.admin_token_file()).map_err(
         io_err(format!(
             "cannot read or create the admin token file {}",
@@ -204,6 +233,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         ready: AtomicBool::new(false),
         cids: crate::cid::CidGen::new(),
         store,
+        key,
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
     });

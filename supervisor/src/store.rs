@@ -10,8 +10,9 @@
 //! sees every change up to N and nothing of N+1.
 //!
 //! The server opens it at start: deployed modules go to every worker before it takes
-//! traffic, and stored channels join server.toml's in the routing table. Secrets and the
-//! other object kinds of later issues are not stored yet.
+//! traffic, and stored channels join server.toml's in the routing table. Secrets are stored
+//! sealed only (`crate::secrets` holds the key); the object kinds of later issues (security
+//! definitions, outgoing connections, jobs, caches, topics) are not stored yet.
 
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -131,6 +132,136 @@ where
     })
 }
 
+/// Inside transaction `$tx`: stores each (name, source) of `$modules` as that module's next
+/// version and makes it the active one; evaluates to the new `Vec<Module>`.
+macro_rules! insert_versions {
+    ($tx:ident, $modules:expr, $by:expr, $at:expr) => {{
+        let mut out = Vec::with_capacity($modules.len());
+        for (name, source) in $modules {
+            let version: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut *$tx)
+            .await?;
+            sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
+                .bind(name)
+                .execute(&mut *$tx)
+                .await?;
+            let hash = source_hash(source);
+            sqlx::query(
+                "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active) \
+                 VALUES ($1, $2, $3, $4, $5, $6, TRUE)",
+            )
+            .bind(name)
+            .bind(version)
+            .bind(source)
+            .bind(&hash)
+            .bind($by)
+            .bind($at)
+            .execute(&mut *$tx)
+            .await?;
+            out.push(Module {
+                name: name.clone(),
+                version,
+                source: source.clone(),
+                source_hash: hash,
+                deployed_by: $by.to_owned(),
+                deployed_at: $at,
+                active: true,
+            });
+        }
+        out
+    }};
+}
+
+/// Inside transaction `$tx`: inserts a named channel.
+macro_rules! insert_channel {
+    ($tx:ident, $channel:expr, $name:expr) => {{
+        let methods = serde_json::to_string(&$channel.methods).expect("a list of strings");
+        sqlx::query(
+            "INSERT INTO channels (name, url_path, methods, service, data_format, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind($name)
+        .bind(&$channel.url_path)
+        .bind(&methods)
+        .bind(&$channel.service)
+        .bind($channel.data_format.as_str())
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Inside transaction `$tx`: creates or replaces a sealed secret.
+macro_rules! upsert_secret {
+    ($tx:ident, $name:expr, $sealed:expr, $by:expr) => {{
+        sqlx::query(
+            "INSERT INTO secrets (name, sealed, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind($name)
+        .bind($sealed)
+        .bind($by)
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// A stored secret: its sealed value only (see `crate::secrets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub name: String,
+    pub sealed: String,
+    pub updated_by: String,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Every change of a config import, applied in one transaction with one version bump.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Channels to create, or to replace when one of that name exists (named).
+    pub put_channels: Vec<Channel>,
+    pub delete_channels: Vec<String>,
+    /// (name, sealed value) to create or replace.
+    pub put_secrets: Vec<(String, String)>,
+    pub delete_secrets: Vec<String>,
+    /// (name, source): a new active version each.
+    pub deploy_modules: Vec<(String, String)>,
+    pub undeploy_modules: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.put_channels.is_empty()
+            && self.delete_channels.is_empty()
+            && self.put_secrets.is_empty()
+            && self.delete_secrets.is_empty()
+            && self.deploy_modules.is_empty()
+            && self.undeploy_modules.is_empty()
+    }
+}
+
+/// Secret names: 1–200 characters of letters, digits and `._-/:@`.
+pub fn validate_secret_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{name:?} is not a valid secret name (1-200 characters: letters, digits, ._-/:@)"
+        )))
+    }
+}
+
 const MODULE_COLUMNS: &str = "name, version, source, source_hash, deployed_by, deployed_at, active";
 
 impl Store {
@@ -207,41 +338,7 @@ impl Store {
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let mut out = Vec::with_capacity(modules.len());
-            for (name, source) in modules {
-                let version: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = $1",
-                )
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                let hash = source_hash(source);
-                sqlx::query(
-                    "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active) \
-                     VALUES ($1, $2, $3, $4, $5, $6, TRUE)",
-                )
-                .bind(name)
-                .bind(version)
-                .bind(source)
-                .bind(&hash)
-                .bind(by)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                out.push(Module {
-                    name: name.clone(),
-                    version,
-                    source: source.clone(),
-                    source_hash: hash,
-                    deployed_by: by.to_owned(),
-                    deployed_at: at,
-                    active: true,
-                });
-            }
+            let out = insert_versions!(tx, modules, by, at);
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
             Ok(Change { config_version, value: out })
@@ -335,21 +432,9 @@ impl Store {
         all.push(stored.clone());
         // The whole table must still route unambiguously.
         crate::router::Router::new(&all).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let methods = serde_json::to_string(&stored.methods).expect("a list of strings");
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(
-                "INSERT INTO channels (name, url_path, methods, service, data_format, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&name)
-            .bind(&stored.url_path)
-            .bind(&methods)
-            .bind(&stored.service)
-            .bind(stored.data_format.as_str())
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+            insert_channel!(tx, stored, &name);
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
             Ok(Change { config_version, value: stored })
@@ -380,6 +465,104 @@ impl Store {
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
             Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Every stored secret, sealed, by name.
+    pub async fn secrets(&self) -> Result<Vec<SealedSecret>> {
+        let sql = "SELECT name, sealed, updated_by, updated_at FROM secrets ORDER BY name";
+        on_pool!(self, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SealedSecret {
+                        name: r.try_get("name")?,
+                        sealed: r.try_get("sealed")?,
+                        updated_by: r.try_get("updated_by")?,
+                        updated_at: r.try_get("updated_at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// One sealed value, if any secret is stored (to check the key against at start).
+    pub async fn any_sealed(&self) -> Result<Option<String>> {
+        let sql = "SELECT sealed FROM secrets ORDER BY name LIMIT 1";
+        Ok(on_pool!(self, p => sqlx::query_scalar(sql).fetch_optional(p).await?))
+    }
+
+    /// Creates or replaces a secret (already sealed); `value` is true when it was created.
+    pub async fn put_secret(&self, name: &str, sealed: &str, by: &str) -> Result<Change<bool>> {
+        validate_secret_name(name)?;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let existed: Option<String> = sqlx::query_scalar("SELECT name FROM secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            upsert_secret!(tx, name, sealed, by);
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: existed.is_none() })
+        })
+    }
+
+    /// Deletes a secret by name.
+    pub async fn delete_secret(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM secrets WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no secret named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Applies a whole plan in one transaction with one config version: every change or none.
+    /// Returns the module versions it deployed. The caller validates the plan first (channels
+    /// route unambiguously, modules were checked in a worker, secrets are sealed).
+    pub async fn apply(&self, plan: &Plan, by: &str) -> Result<Change<Vec<Module>>> {
+        for (name, _) in &plan.deploy_modules {
+            validate_module_name(name)?;
+        }
+        for (name, _) in &plan.put_secrets {
+            validate_secret_name(name)?;
+        }
+        let at = now_ms();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for name in &plan.delete_channels {
+                sqlx::query("DELETE FROM channels WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            }
+            for c in &plan.put_channels {
+                let name = c.name.clone().unwrap_or_else(|| c.url_path.clone());
+                sqlx::query("DELETE FROM channels WHERE name = $1").bind(&name).execute(&mut *tx).await?;
+                insert_channel!(tx, c, &name);
+            }
+            for name in &plan.delete_secrets {
+                sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            }
+            for (name, sealed) in &plan.put_secrets {
+                upsert_secret!(tx, name, sealed, by);
+            }
+            for name in &plan.undeploy_modules {
+                sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let deployed = insert_versions!(tx, &plan.deploy_modules, by, at);
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: deployed })
         })
     }
 }

@@ -277,3 +277,112 @@ async fn bad_url_is_a_clear_error() {
     let e = Store::open("mysql://x").await.unwrap_err().to_string();
     assert!(e.contains("neither sqlite"), "{e}");
 }
+
+async fn secrets_crud(s: &Store) {
+    assert_eq!(s.any_sealed().await.unwrap(), None);
+    let v0 = s.version().await.unwrap();
+    let c = s
+        .put_secret("crm.password", "oxbus1:k:n:aa", "t")
+        .await
+        .unwrap();
+    assert!(c.value, "created");
+    assert_eq!(c.config_version, v0 + 1);
+    let c = s
+        .put_secret("crm.password", "oxbus1:k:n:bb", "u")
+        .await
+        .unwrap();
+    assert!(!c.value, "replaced");
+    let all = s.secrets().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].sealed, "oxbus1:k:n:bb");
+    assert_eq!(all[0].updated_by, "u");
+    assert_eq!(
+        s.any_sealed().await.unwrap().as_deref(),
+        Some("oxbus1:k:n:bb")
+    );
+    assert!(matches!(
+        s.put_secret("bad name", "x", "t").await,
+        Err(StoreError::Invalid(_))
+    ));
+    s.delete_secret("crm.password").await.unwrap();
+    assert!(matches!(
+        s.delete_secret("crm.password").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v0 + 3);
+}
+
+/// A plan is applied whole with one version bump, or (a bad name in it) not at all.
+async fn apply_is_one_transaction(s: &Store) {
+    let ch = |name: &str, path: &str| Channel {
+        name: Some(name.into()),
+        url_path: path.into(),
+        methods: vec![],
+        service: "svc".into(),
+        data_format: DataFormat::Json,
+    };
+    s.create_channel(&ch("old", "/old")).await.unwrap();
+    s.deploy_module("gone", "x = 1\n", "t").await.unwrap();
+    let v0 = s.version().await.unwrap();
+    let plan = oxbus_supervisor::store::Plan {
+        put_channels: vec![ch("a", "/a"), ch("old", "/old2")],
+        delete_channels: vec![],
+        put_secrets: vec![("s".into(), "oxbus1:k:n:cc".into())],
+        delete_secrets: vec![],
+        deploy_modules: vec![("m".into(), "y = 2\n".into())],
+        undeploy_modules: vec!["gone".into()],
+    };
+    let c = s.apply(&plan, "import").await.unwrap();
+    assert_eq!(c.config_version, v0 + 1);
+    assert_eq!(c.value.len(), 1);
+    assert_eq!(c.value[0].name, "m");
+    let mut paths: Vec<String> = s
+        .channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.url_path)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/a", "/old2"]);
+    let active: Vec<String> = s
+        .active_modules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(active, ["m"]);
+    assert_eq!(s.secrets().await.unwrap().len(), 1);
+
+    // One bad entry: nothing of the plan is written.
+    let bad = oxbus_supervisor::store::Plan {
+        delete_channels: vec!["a".into()],
+        put_secrets: vec![("ok".into(), "oxbus1:k:n:dd".into())],
+        deploy_modules: vec![("not a module".into(), "z = 3\n".into())],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.apply(&bad, "import").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v0 + 1);
+    assert_eq!(s.channels().await.unwrap().len(), 2);
+    assert_eq!(s.secrets().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_secrets() {
+    let (s, e) = Engine::sqlite().await;
+    secrets_crud(&s).await;
+    apply_is_one_transaction(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_secrets() {
+    let (s, e) = Engine::postgres().await;
+    secrets_crud(&s).await;
+    apply_is_one_transaction(&s).await;
+    e.cleanup(s).await;
+}

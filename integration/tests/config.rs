@@ -1,0 +1,434 @@
+//! Secrets sealed at rest, config export → wipe → import, and imports validated in full:
+//! against the real binary, on SQLite and on PostgreSQL.
+
+use oxbus_integration::*;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const PLAIN: &str = "pl41n-t3xt-S3CRET-value";
+const PLAIN2: &str = "an0ther-S3CRET-from-stdin";
+const PLAIN3: &str = "imp0rted-S3CRET-in-yaml";
+
+const MODULE: &str = r#"from oxbus import Service
+
+class Hello(Service):
+    name = 'cfg.hello'
+
+    def handle(self):
+        self.response.payload = {'hello': 'from cfg'}
+"#;
+
+fn env() -> Env {
+    // debug: the most the server ever logs, and still no secret in it.
+    Env::new()
+        .workers(2)
+        .with_test_services()
+        .set("server", "log_level", "\"debug\"")
+}
+
+fn cli(srv: &Server, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(oxbus_bin())
+        .args(args)
+        .env(
+            "OXBUS_SERVER",
+            format!("http://127.0.0.1:{}", srv.admin_port()),
+        )
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    srv.admin(method, path, Some(&srv.admin_token()), &body)
+        .await
+}
+
+async fn config_version(srv: &Server) -> i64 {
+    admin(srv, "GET", "/v1/info", Value::Null).await.json()["config_version"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Every byte the store holds, as the engine keeps it: the SQLite files, or a pg_dump.
+fn raw_store(srv: &Server, db: Option<&PgDatabase>) -> Vec<u8> {
+    match db {
+        Some(db) => {
+            let out = Command::new("pg_dump")
+                .args(["--data-only", &db.url])
+                .output()
+                .expect("pg_dump (postgresql-client) is needed for the PostgreSQL tests");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.stdout.is_empty());
+            out.stdout
+        }
+        None => {
+            let mut all = Vec::new();
+            for entry in std::fs::read_dir(&srv.dir).unwrap() {
+                let p = entry.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("oxbus.db") {
+                    all.extend(std::fs::read(&p).unwrap());
+                }
+            }
+            assert!(!all.is_empty(), "no SQLite files in {}", srv.dir.display());
+            all
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn secrets_cycle(srv: Server, db: Option<PgDatabase>) {
+    // In through the API, the CLI (stdin) and a config import with a plain value.
+    let r = admin(
+        &srv,
+        "PUT",
+        "/v1/secrets/crm.password",
+        json!({"value": PLAIN}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert!(!contains(&r.body, PLAIN));
+    ok(&cli(
+        &srv,
+        &["secret", "set", "mq/token"],
+        Some(&format!("{PLAIN2}\n")),
+    ));
+    let yaml = srv.dir.join("in.yaml");
+    std::fs::write(
+        &yaml,
+        format!("secret:\n- name: imported\n  value: {PLAIN3}\n"),
+    )
+    .unwrap();
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", yaml.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.contains("create secret imported"), "{out}");
+
+    // A bad body is refused without quoting it.
+    let r = srv
+        .admin(
+            "PUT",
+            "/v1/secrets/x",
+            Some(&srv.admin_token()),
+            format!("{{\"value\": 1, \"{PLAIN}\": 2}}").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(!contains(&r.body, PLAIN));
+
+    // Never shown back: not by the list, not by the export.
+    let list = admin(&srv, "GET", "/v1/secrets", Value::Null).await;
+    assert_eq!(list.status, 200);
+    let names: Vec<String> = list.json()["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["crm.password", "imported", "mq/token"]);
+    let text = ok(&cli(&srv, &["secret", "list"], None));
+    assert!(text.contains("mq/token"), "{text}");
+    let export = ok(&cli(&srv, &["config", "export"], None));
+    for p in [PLAIN, PLAIN2, PLAIN3] {
+        assert!(!contains(&list.body, p));
+        assert!(!export.contains(p), "plaintext in the export:\n{export}");
+    }
+    assert_eq!(export.matches("sealed: oxbus1:").count(), 3, "{export}");
+
+    // The raw store and the log hold no plaintext.
+    let raw = raw_store(&srv, db.as_ref());
+    assert!(
+        contains(&raw, "oxbus1:"),
+        "the sealed values are in the store"
+    );
+    for p in [PLAIN, PLAIN2, PLAIN3] {
+        assert!(!contains(&raw, p), "plaintext {p} in the raw store");
+        assert!(!srv.log().contains(p), "plaintext {p} in the log");
+    }
+
+    // The stored values still open after a restart (importing the export changes nothing),
+    // and a trailing newline from stdin was not part of the value.
+    let srv = srv.restart().await;
+    let exported = srv.dir.join("export.yaml");
+    ok(&cli(
+        &srv,
+        &["config", "export", "-f", exported.to_str().unwrap()],
+        None,
+    ));
+    let before = config_version(&srv).await;
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", exported.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.starts_with("0 change(s)"), "{out}");
+    assert_eq!(config_version(&srv).await, before);
+    let same = format!("secret:\n- name: mq/token\n  value: {PLAIN2}\n");
+    std::fs::write(&yaml, same).unwrap();
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", yaml.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.starts_with("0 change(s)"), "{out}");
+
+    // Delete: gone from the list.
+    let r = admin(&srv, "DELETE", "/v1/secrets/crm.password", Value::Null).await;
+    assert_eq!(r.status, 200);
+    let r = admin(&srv, "DELETE", "/v1/secrets/crm.password", Value::Null).await;
+    assert_eq!(r.status, 404);
+    srv.assert_no_errors(&[]);
+    drop(db);
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_never_shown_and_never_logged() {
+    secrets_cycle(env().start().await, None).await;
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_never_shown_and_never_logged_on_postgres() {
+    let (env, db) = env().postgres_store();
+    secrets_cycle(env.start().await, Some(db)).await;
+}
+
+#[tokio::test]
+async fn a_server_refuses_to_start_with_another_key_than_its_secrets_were_sealed_with() {
+    let srv = env().start().await;
+    let r = admin(&srv, "PUT", "/v1/secrets/a", json!({"value": "x"})).await;
+    assert_eq!(r.status, 201);
+    let mut srv = srv;
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(0));
+    let key = srv.dir.join("secret.key");
+    let old = std::fs::read_to_string(&key).unwrap();
+    // Another key: refused, naming both key ids.
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let mut srv = srv.spawn_again();
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(1));
+    assert!(srv.log().contains("were sealed with key"), "{}", srv.log());
+    // No key at all: not silently recreated.
+    std::fs::remove_file(&key).unwrap();
+    let mut srv = srv.spawn_again();
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(1));
+    assert!(srv.log().contains("is missing"), "{}", srv.log());
+    assert!(!key.exists());
+    // The right key again: it starts and the secret is there.
+    std::fs::write(&key, old).unwrap();
+    let srv = srv.spawn_again();
+    srv.wait_ready().await;
+    let list = admin(&srv, "GET", "/v1/secrets", Value::Null).await.json();
+    assert_eq!(list["secrets"][0]["name"], "a");
+}
+
+/// Channels, secrets and modules; export; wipe with an empty `--replace` import; import the
+/// export; export again: the same document.
+async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
+    for (path, svc) in [("/cfg/hello", "cfg.hello"), ("/cfg/{id}", "cfg.hello")] {
+        let r = admin(
+            &srv,
+            "POST",
+            "/v1/channels",
+            json!({"url_path": path, "service": svc, "methods": ["GET"]}),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let r = admin(&srv, "PUT", "/v1/secrets/s1", json!({"value": PLAIN})).await;
+    assert_eq!(r.status, 201);
+    let r = admin(
+        &srv,
+        "POST",
+        "/v1/modules",
+        json!({"modules": [{"name": "cfg", "source": MODULE}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(srv.get("/cfg/hello").await.status, 200);
+
+    let first = srv.dir.join("first.yaml");
+    ok(&cli(
+        &srv,
+        &["config", "export", "-f", first.to_str().unwrap()],
+        None,
+    ));
+    let first_text = std::fs::read_to_string(&first).unwrap();
+    assert!(first_text.contains("channel_rest:"), "{first_text}");
+    assert!(first_text.contains("class Hello(Service):"), "{first_text}");
+
+    // Wipe: an empty document with --replace deletes every stored object.
+    let empty = srv.dir.join("empty.yaml");
+    std::fs::write(&empty, "channel_rest: []\n").unwrap();
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", "--replace", empty.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.contains("delete channel_rest /cfg/hello"), "{out}");
+    assert!(out.contains("delete secret s1"), "{out}");
+    assert!(out.contains("delete service_module cfg"), "{out}");
+    assert_eq!(srv.get("/cfg/hello").await.status, 404);
+    let bare = admin(&srv, "GET", "/v1/config", Value::Null).await.json();
+    assert_eq!(bare["channel_rest"], json!([]));
+    assert_eq!(bare["secret"], json!([]));
+    assert_eq!(bare["service_module"], json!([]));
+
+    // A dry run changes nothing.
+    let v = config_version(&srv).await;
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", "--dry-run", first.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.contains("would create service_module cfg"), "{out}");
+    assert_eq!(config_version(&srv).await, v);
+    assert_eq!(srv.get("/cfg/hello").await.status, 404);
+
+    // Import: everything back, serving at once; the second import changes nothing.
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", first.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.starts_with("create "), "{out}");
+    assert!(out.contains("4 change(s)"), "{out}");
+    assert_eq!(
+        config_version(&srv).await,
+        v + 1,
+        "one transaction, one version"
+    );
+    let r = srv.get("/cfg/42").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["hello"], "from cfg");
+    let out = ok(&cli(
+        &srv,
+        &["config", "import", first.to_str().unwrap()],
+        None,
+    ));
+    assert!(out.starts_with("0 change(s), 4 unchanged"), "{out}");
+
+    let second = srv.dir.join("second.yaml");
+    ok(&cli(
+        &srv,
+        &["config", "export", "-f", second.to_str().unwrap()],
+        None,
+    ));
+    let strip = |t: &str| -> String {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("config_version:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(&std::fs::read_to_string(&second).unwrap()),
+        strip(&first_text)
+    );
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn export_wipe_import_yields_the_same_config() {
+    round_trip(env().start().await, None).await;
+}
+
+#[tokio::test]
+async fn export_wipe_import_yields_the_same_config_on_postgres() {
+    let (env, db) = env().postgres_store();
+    round_trip(env.start().await, Some(db)).await;
+}
+
+#[tokio::test]
+async fn an_import_is_validated_in_full_before_anything_changes() {
+    let srv = env().start().await;
+    let v = config_version(&srv).await;
+    let file = srv.dir.join("bad.yaml");
+    let import = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        cli(&srv, &["config", "import", file.to_str().unwrap()], None)
+    };
+
+    // A good channel and secret beside a module that does not import: 422 + traceback.
+    let out = import(&format!(
+        "channel_rest:\n- url_path: /new\n  service: cfg.hello\nsecret:\n- name: s\n  value: {PLAIN}\n\
+         service_module:\n- name: broken\n  source: \"import no_such_module_anywhere\\n\"\n"
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_such_module_anywhere"), "{err}");
+    assert!(err.contains("HTTP 422"), "{err}");
+
+    // A good module beside a channel that clashes with server.toml's /echo: 400, named.
+    let out = import(&format!(
+        "channel_rest:\n- url_path: /echo\n  service: cfg.hello\n  methods: [POST]\n\
+         service_module:\n- name: cfg\n  source: {}\n",
+        serde_json::to_string(MODULE).unwrap()
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/echo") && err.contains("HTTP 400"), "{err}");
+
+    // A secret that is not a string, a sealed value from nowhere, an unknown kind, bad YAML.
+    for (text, says) in [
+        ("secret:\n- name: s\n  value: 12345\n", "must be a string"),
+        (
+            "secret:\n- name: s\n  sealed: oxbus1:0000000000000000:00:00\n",
+            "was sealed with key",
+        ),
+        ("channels:\n- url_path: /x\n", "unknown field"),
+        ("channel_rest: [\n", "not valid YAML"),
+        (
+            "channel_rest:\n- url_path: /a\n  service: x\n- url_path: /a\n  service: y\n",
+            "listed twice",
+        ),
+    ] {
+        let out = import(text);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{text} -> {err}");
+        assert!(!err.contains("12345"), "{err}");
+    }
+
+    // Nothing of any of it was written.
+    assert_eq!(config_version(&srv).await, v);
+    assert_eq!(srv.get("/new").await.status, 404);
+    let doc = admin(&srv, "GET", "/v1/config", Value::Null).await.json();
+    assert_eq!(doc["service_module"], json!([]));
+    assert_eq!(doc["secret"], json!([]));
+    assert_eq!(srv.get("/echo").await.status, 405);
+}

@@ -1,0 +1,8 @@
+-- Schema 2 (PostgreSQL): secrets, sealed with the key outside the store (see src/secrets.rs).
+-- Keep in step with ../sqlite/0002_secrets.sql.
+CREATE TABLE secrets (
+    name       TEXT   PRIMARY KEY,
+    sealed     TEXT   NOT NULL,  -- oxbus1:<key id>:<nonce>:<ciphertext+tag>, never plaintext
+    updated_by TEXT   NOT NULL,
+    updated_at BIGINT NOT NULL   -- Unix ms
+);

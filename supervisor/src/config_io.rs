@@ -1,0 +1,370 @@
+//! Config export and import: every object of the config store as one document, one list per
+//! object kind (the shape Zato users know from enmasse). The admin API speaks it as JSON at
+//! `GET /v1/config` and `POST /v1/config`; `oxbus config export|import` turns it into YAML.
+//!
+//! An import is validated in full before anything is written — the channels must route
+//! unambiguously beside server.toml's, every secret must be a plain value or a value sealed
+//! with this server's key, and every changed module is imported in a worker first — and then
+//! applied in one store transaction (one config version). It is idempotent: an object equal to
+//! the stored one is left alone, so importing the same file twice changes nothing the second
+//! time. With `replace`, stored objects the document does not list are deleted (modules
+//! undeployed). server.toml's channels are not part of the document: they live in the file.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::Channel;
+use crate::deploy::{CallError, DeployError, Source, WorkerAck};
+use crate::server::Shared;
+use crate::store::Plan;
+
+/// The document's format version.
+pub const FORMAT: u32 = 1;
+
+/// The export/import document.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Format version (1); optional on import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oxbus_config: Option<u32>,
+    /// The store's config version at export; informational, ignored on import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<i64>,
+    #[serde(default)]
+    pub channel_rest: Vec<Channel>,
+    /// `{name, value}` (plain, sealed on import) or `{name, sealed}` (as exported). Parsed by
+    /// hand so that no parse error can quote a value.
+    #[serde(default)]
+    pub secret: Vec<Value>,
+    #[serde(default)]
+    pub service_module: Vec<ModuleDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleDoc {
+    pub name: String,
+    pub source: String,
+}
+
+/// One line of an import report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub kind: &'static str,
+    pub name: String,
+    /// create | update | delete
+    pub action: &'static str,
+}
+
+/// What an import did (or, with `dry_run`, would do).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub config_version: i64,
+    pub changes: Vec<Change>,
+    pub unchanged: usize,
+    pub workers: Vec<WorkerAck>,
+}
+
+fn bad(msg: impl Into<String>) -> DeployError {
+    DeployError::Invalid(msg.into())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> DeployError {
+    DeployError::Unavailable(e.to_string())
+}
+
+/// The store's objects as a document (sorted by name; secrets sealed).
+pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
+    let store = &shared.store;
+    let config_version = store.version().await.map_err(unavailable)?;
+    let mut channels = store.channels().await.map_err(unavailable)?;
+    channels.sort_by(|a, b| a.name.cmp(&b.name));
+    let secrets = store.secrets().await.map_err(unavailable)?;
+    let modules = store.active_modules().await.map_err(unavailable)?;
+    Ok(Document {
+        oxbus_config: Some(FORMAT),
+        config_version: Some(config_version),
+        channel_rest: channels,
+        secret: secrets
+            .into_iter()
+            .map(|s| json!({"name": s.name, "sealed": s.sealed}))
+            .collect(),
+        service_module: modules
+            .into_iter()
+            .map(|m| ModuleDoc {
+                name: m.name,
+                source: m.source,
+            })
+            .collect(),
+    })
+}
+
+/// A secret entry of a document, parsed without ever quoting its value.
+enum SecretIn {
+    Plain(String),
+    Sealed(String),
+}
+
+fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn), DeployError> {
+    let Some(obj) = v.as_object() else {
+        return Err(bad(format!(
+            "secret[{i}]: expected {{name, value}} or {{name, sealed}}"
+        )));
+    };
+    let name = match obj.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        _ => return Err(bad(format!("secret[{i}]: name must be a string"))),
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["name", "value", "sealed"].contains(&k.as_str()))
+    {
+        return Err(bad(format!("secret {name}: unknown field {k:?}")));
+    }
+    match (obj.get("value"), obj.get("sealed")) {
+        (Some(Value::String(p)), None) => Ok((name, SecretIn::Plain(p.clone()))),
+        (None, Some(Value::String(s))) => Ok((name, SecretIn::Sealed(s.clone()))),
+        (Some(_), Some(_)) => Err(bad(format!(
+            "secret {name}: give value or sealed, not both"
+        ))),
+        (None, None) => Err(bad(format!("secret {name}: value (or sealed) is missing"))),
+        _ => Err(bad(format!("secret {name}: the value must be a string"))),
+    }
+}
+
+fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = BTreeSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// Validates `doc` in full against the store and this server, then (unless `dry_run`) applies
+/// it in one transaction and brings the workers and the routing table up to date. The caller
+/// holds `shared.deploy_lock`.
+pub async fn import(
+    shared: &Shared,
+    doc: Document,
+    dry_run: bool,
+    replace: bool,
+    by: &str,
+) -> Result<Report, DeployError> {
+    if let Some(f) = doc.oxbus_config.filter(|f| *f != FORMAT) {
+        return Err(bad(format!(
+            "oxbus_config: {f} is not a format this server reads (it reads {FORMAT})"
+        )));
+    }
+    let store = &shared.store;
+    let mut plan = Plan::default();
+    let mut changes = Vec::new();
+    let mut unchanged = 0usize;
+
+    // Channels: named (default: the URL path), unique, routing unambiguously beside the file's.
+    let channels: Vec<Channel> = doc
+        .channel_rest
+        .into_iter()
+        .map(|c| Channel {
+            name: Some(c.name.clone().unwrap_or_else(|| c.url_path.clone())),
+            ..c
+        })
+        .collect();
+    if let Some(d) = duplicate(channels.iter().map(|c| c.name.as_deref().unwrap_or(""))) {
+        return Err(bad(format!("channel_rest: {d} is listed twice")));
+    }
+    for c in &channels {
+        if shared.settings.channels.iter().any(|f| f.name == c.name) {
+            return Err(bad(format!(
+                "channel_rest: {} is defined in server.toml; change it there",
+                c.name.as_deref().unwrap_or("")
+            )));
+        }
+    }
+    let stored: BTreeMap<String, Channel> = store
+        .channels()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|c| (c.name.clone().unwrap_or_default(), c))
+        .collect();
+    let mut result: BTreeMap<String, Channel> = if replace {
+        BTreeMap::new()
+    } else {
+        stored.clone()
+    };
+    for c in &channels {
+        let name = c.name.clone().unwrap_or_default();
+        match stored.get(&name) {
+            Some(old) if old == c => unchanged += 1,
+            old => {
+                plan.put_channels.push(c.clone());
+                changes.push(Change {
+                    kind: "channel_rest",
+                    name: name.clone(),
+                    action: if old.is_some() { "update" } else { "create" },
+                });
+            }
+        }
+        result.insert(name, c.clone());
+    }
+    if replace {
+        for name in stored.keys().filter(|n| !result.contains_key(*n)) {
+            plan.delete_channels.push(name.clone());
+            changes.push(Change {
+                kind: "channel_rest",
+                name: name.clone(),
+                action: "delete",
+            });
+        }
+    }
+    let mut table = shared.settings.channels.clone();
+    table.extend(result.into_values());
+    crate::router::Router::new(&table).map_err(|e| bad(format!("channel_rest: {e}")))?;
+
+    // Secrets: plain values are sealed here; sealed ones must open with this server's key.
+    let secrets: Vec<(String, SecretIn)> = doc
+        .secret
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_secret(i, v))
+        .collect::<Result<_, _>>()?;
+    if let Some(d) = duplicate(secrets.iter().map(|(n, _)| n.as_str())) {
+        return Err(bad(format!("secret: {d} is listed twice")));
+    }
+    let stored_secrets: BTreeMap<String, String> = store
+        .secrets()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|s| (s.name, s.sealed))
+        .collect();
+    for (name, value) in &secrets {
+        crate::store::validate_secret_name(name).map_err(|e| bad(format!("secret: {e}")))?;
+        let plain = match value {
+            SecretIn::Plain(p) => crate::secrets::Plain::new(p.clone()),
+            SecretIn::Sealed(s) => shared.key.open(name, s).map_err(|e| bad(e.to_string()))?,
+        };
+        let old = stored_secrets.get(name);
+        let same = match old {
+            Some(old) => shared
+                .key
+                .open(name, old)
+                .map(|p| p == plain)
+                .unwrap_or(false),
+            None => false,
+        };
+        if same {
+            unchanged += 1;
+            continue;
+        }
+        let sealed = match value {
+            SecretIn::Sealed(s) => s.clone(),
+            SecretIn::Plain(p) => shared.key.seal(name, p),
+        };
+        plan.put_secrets.push((name.clone(), sealed));
+        changes.push(Change {
+            kind: "secret",
+            name: name.clone(),
+            action: if old.is_some() { "update" } else { "create" },
+        });
+    }
+    if replace {
+        for name in stored_secrets.keys() {
+            if !secrets.iter().any(|(n, _)| n == name) {
+                plan.delete_secrets.push(name.clone());
+                changes.push(Change {
+                    kind: "secret",
+                    name: name.clone(),
+                    action: "delete",
+                });
+            }
+        }
+    }
+
+    // Modules: the changed ones are imported in a worker before anything is written.
+    if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
+        return Err(bad(format!("service_module: {d} is listed twice")));
+    }
+    let active = store.active_modules().await.map_err(unavailable)?;
+    for m in &doc.service_module {
+        match active.iter().find(|a| a.name == m.name) {
+            Some(a) if a.source_hash == crate::store::source_hash(&m.source) => unchanged += 1,
+            old => {
+                plan.deploy_modules.push((m.name.clone(), m.source.clone()));
+                changes.push(Change {
+                    kind: "service_module",
+                    name: m.name.clone(),
+                    action: if old.is_some() { "update" } else { "create" },
+                });
+            }
+        }
+    }
+    if replace {
+        for a in &active {
+            if !doc.service_module.iter().any(|m| m.name == a.name) {
+                plan.undeploy_modules.push(a.name.clone());
+                changes.push(Change {
+                    kind: "service_module",
+                    name: a.name.clone(),
+                    action: "delete",
+                });
+            }
+        }
+    }
+    if !plan.deploy_modules.is_empty() {
+        let Some(first) = crate::deploy::live_workers(&shared.pool).into_iter().next() else {
+            return Err(unavailable("no worker is ready to check the modules"));
+        };
+        let srcs: Vec<Source<'_>> = plan
+            .deploy_modules
+            .iter()
+            .map(|(name, source)| Source {
+                name,
+                version: 0,
+                source,
+            })
+            .collect();
+        match crate::deploy::check(&shared.pool, &first, &srcs).await {
+            Ok(_) => {}
+            Err(CallError::Refused(doc)) => return Err(DeployError::Refused(doc)),
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+
+    if dry_run || plan.is_empty() {
+        return Ok(Report {
+            dry_run,
+            config_version: store.version().await.map_err(unavailable)?,
+            changes,
+            unchanged,
+            workers: Vec::new(),
+        });
+    }
+    let change = store.apply(&plan, by).await.map_err(|e| match e {
+        crate::store::StoreError::Invalid(m) => bad(m),
+        e => unavailable(e),
+    })?;
+    let mut workers = Vec::new();
+    if !change.value.is_empty() {
+        workers = crate::deploy::activate_everywhere(&shared.pool, &change.value).await;
+    }
+    if !plan.undeploy_modules.is_empty() {
+        let names: Vec<&str> = plan.undeploy_modules.iter().map(String::as_str).collect();
+        let acks = crate::deploy::remove_everywhere(&shared.pool, &names).await;
+        workers.extend(acks);
+    }
+    tracing::info!(
+        config_version = change.config_version,
+        changed = changes.len(),
+        unchanged,
+        by,
+        "config imported"
+    );
+    Ok(Report {
+        dry_run,
+        config_version: change.config_version,
+        changes,
+        unchanged,
+        workers,
+    })
+}
