@@ -1,12 +1,26 @@
-//! The admin API against the real binary: authentication, info, invoke, modules.
-//! (Issue 3 is in progress: deploy and channel CRUD are not built yet.)
+//! The admin API against the real binary: authentication, info, invoke, channel CRUD; each on
+//! SQLite and on PostgreSQL.
 
 use oxbus_integration::*;
 use serde_json::json;
 
+fn env() -> Env {
+    Env::new().workers(1).with_test_services()
+}
+
 #[tokio::test]
 async fn admin_api_requires_the_token_and_answers_with_it() {
-    let srv = Env::new().workers(1).with_test_services().start().await;
+    token_cycle(env(), "sqlite").await;
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_token_and_answers_with_it_on_postgres() {
+    let (env, _db) = env().postgres_store();
+    token_cycle(env, "postgres").await;
+}
+
+async fn token_cycle(env: Env, engine: &str) {
+    let srv = env.start().await;
     let token = srv.admin_token();
     assert_eq!(token.len(), 64);
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -31,7 +45,7 @@ async fn admin_api_requires_the_token_and_answers_with_it() {
     let r = srv.admin("GET", "/v1/info", Some(&token), b"").await;
     assert_eq!(r.status, 200);
     let info = r.json();
-    assert_eq!(info["store"], "sqlite");
+    assert_eq!(info["store"], engine);
     assert_eq!(info["config_version"], 0);
     assert_eq!(info["workers"].as_array().unwrap().len(), 1);
     assert_eq!(info["ipc_protocol"], 1);
@@ -74,7 +88,17 @@ async fn admin_api_requires_the_token_and_answers_with_it() {
 
 #[tokio::test]
 async fn channels_are_created_and_deleted_live() {
-    let srv = Env::new().workers(1).with_test_services().start().await;
+    channels_cycle(env()).await;
+}
+
+#[tokio::test]
+async fn channels_are_created_and_deleted_live_on_postgres() {
+    let (env, _db) = env().postgres_store();
+    channels_cycle(env).await;
+}
+
+async fn channels_cycle(env: Env) {
+    let srv = env.start().await;
     let token = srv.admin_token();
     assert_eq!(srv.get("/live/7/x").await.status, 404);
     let ch = json!({"name": "live", "url_path": "/live/{item_id}/{name}", "methods": ["GET"], "service": "test.params"});

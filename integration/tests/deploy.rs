@@ -146,7 +146,17 @@ async fn deploy_cycle(srv: Server) {
 
 #[tokio::test]
 async fn redeploy_under_load_loses_nothing() {
-    let srv = Arc::new(env().start().await);
+    redeploy_under_load(env()).await;
+}
+
+#[tokio::test]
+async fn redeploy_under_load_loses_nothing_on_postgres() {
+    let (env, _db) = env().postgres_store();
+    redeploy_under_load(env).await;
+}
+
+async fn redeploy_under_load(env: Env) {
+    let srv = Arc::new(env.start().await);
     let token = srv.admin_token();
     assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
     let pids = srv.worker_pids();
@@ -206,8 +216,18 @@ async fn redeploy_under_load_loses_nothing() {
 }
 
 #[tokio::test]
-async fn respawned_and_restarted_workers_run_the_current_version() {
-    let srv = env().start().await;
+async fn a_respawned_worker_runs_the_current_version() {
+    respawn_cycle(env()).await;
+}
+
+#[tokio::test]
+async fn a_respawned_worker_runs_the_current_version_on_postgres() {
+    let (env, _db) = env().postgres_store();
+    respawn_cycle(env).await;
+}
+
+async fn respawn_cycle(env: Env) {
+    let srv = env.start().await;
     let token = srv.admin_token();
     assert_eq!(deploy(&srv, &token, "hot", &module(1)).await.status, 200);
     assert_eq!(deploy(&srv, &token, "hot", &module(2)).await.status, 200);
