@@ -7,3 +7,9 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads="${OXBUS_TEST_THREADS:-2}"
 python3 -m pytest -q python-worker/tests
+# Other interpreters named in OXBUS_TEST_PYTHONS (.ci/run fills it with pyenv's 3.9 and
+# 3.13 when present): the Python suite on each.
+for py in ${OXBUS_TEST_PYTHONS:-}; do
+  echo "== python-worker tests on $py ($("$py" --version 2>&1))"
+  PYTHONPATH=python-worker "$py" -m pytest -q -p no:cacheprovider python-worker/tests
+done
