@@ -89,7 +89,32 @@ async fn deploy_cycle(srv: Server) {
     let pids = srv.worker_pids();
     let r = deploy(&srv, &token, "hot", &module(2)).await;
     assert_eq!(r.status, 200);
+    let hash = r.json()["modules"][0]["source_hash"].clone();
     assert_eq!(r.json()["modules"][0]["version"], 2);
+    // The service list says where each service comes from.
+    let list = srv
+        .admin("GET", "/v1/services", Some(&token), b"")
+        .await
+        .json();
+    let hot = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hot.hello")
+        .expect("hot.hello listed")
+        .clone();
+    assert_eq!(hot["module"], "hot");
+    assert_eq!(hot["version"], 2);
+    assert_eq!(hot["source_hash"], hash);
+    assert_eq!(hot["origin"], "deployed");
+    assert!(hot["deployed_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    let file = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "test.echo")
+        .expect("test.echo listed");
+    assert_eq!(file["origin"], "services_dir");
     let j = version_served(&srv).await;
     assert_eq!(j["version"], 2);
     assert!(

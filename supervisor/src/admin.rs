@@ -127,7 +127,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "info"]) => info(shared).await,
-        (&Method::GET, ["v1", "services"]) => services(shared),
+        (&Method::GET, ["v1", "services"]) => services(shared).await,
         (&Method::GET, ["v1", "modules"]) => modules(shared).await,
         (&Method::GET, ["v1", "modules", name]) => module_source(shared, name).await,
         (&Method::POST, ["v1", "modules"]) => match read_body(req).await {
@@ -233,21 +233,40 @@ fn store_kind(s: &crate::store::Store) -> &'static str {
     }
 }
 
-/// The services the workers run (the first ready worker's table; all workers load the same).
-fn services(shared: &Shared) -> Response<Body> {
-    let workers = shared.pool.all();
-    let Some(w) = workers
-        .iter()
-        .find(|w| w.state() == crate::pool::WorkerState::Ready)
-    else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no worker is ready");
+/// The services the workers run (the first ready worker's table; all workers load the same),
+/// each with its module's deployed version, hash and time when it came from the store.
+async fn services(shared: &Shared) -> Response<Body> {
+    let table = {
+        let workers = shared.pool.all();
+        let Some(w) = workers
+            .iter()
+            .find(|w| w.state() == crate::pool::WorkerState::Ready)
+        else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "no worker is ready");
+        };
+        w.services.lock().expect("services lock").clone()
     };
-    let list: Vec<Value> = w
-        .services
-        .lock()
-        .expect("services lock")
+    let modules = match shared.store.active_modules().await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let list: Vec<Value> = table
         .iter()
-        .map(|s| json!({"name": s.name, "module": s.module, "class": s.class, "async": s.is_async}))
+        .map(|s| {
+            let mut doc =
+                json!({"name": s.name, "module": s.module, "class": s.class, "async": s.is_async});
+            match modules.iter().find(|m| m.name == s.module) {
+                Some(m) => {
+                    doc["origin"] = json!("deployed");
+                    doc["version"] = json!(m.version);
+                    doc["source_hash"] = json!(m.source_hash);
+                    doc["deployed_at_ms"] = json!(m.deployed_at);
+                    doc["deployed_by"] = json!(m.deployed_by);
+                }
+                None => doc["origin"] = json!("services_dir"),
+            }
+            doc
+        })
         .collect();
     reply(StatusCode::OK, json!({ "services": list }))
 }

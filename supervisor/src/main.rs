@@ -336,12 +336,29 @@ fn client_command(cmd: Command) -> ExitCode {
         ) => return write_export(d, output, file.as_deref(), to),
         (Output::Json, _, _) | (_, _, None) => println!("{}", text.trim_end()),
         (Output::Text, Command::Services { .. }, Some(d)) => {
+            println!(
+                "{:<36} {:<36} {:>7}  {:<12} DEPLOYED",
+                "SERVICE", "MODULE.CLASS", "VERSION", "SOURCE"
+            );
             for s in d["services"].as_array().into_iter().flatten() {
+                let hash = s["source_hash"].as_str().unwrap_or("");
                 println!(
-                    "{:<40} {}.{}",
+                    "{:<36} {:<36} {:>7}  {:<12} {}",
                     s["name"].as_str().unwrap_or(""),
-                    s["module"].as_str().unwrap_or(""),
-                    s["class"].as_str().unwrap_or("")
+                    format!(
+                        "{}.{}",
+                        s["module"].as_str().unwrap_or(""),
+                        s["class"].as_str().unwrap_or("")
+                    ),
+                    s["version"]
+                        .as_i64()
+                        .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                    if hash.is_empty() {
+                        "services_dir"
+                    } else {
+                        &hash[..12.min(hash.len())]
+                    },
+                    s["deployed_at_ms"].as_i64().map(utc).unwrap_or_default()
                 );
             }
         }
@@ -391,6 +408,28 @@ fn client_command(cmd: Command) -> ExitCode {
         (Output::Text, _, Some(d)) => println!("{d}"),
     }
     ExitCode::SUCCESS
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Percent-encodes a path segment (names may hold `/`).
@@ -585,4 +624,25 @@ fn main() -> ExitCode {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("oxbus: error: {msg}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_unix_milliseconds() {
+        for (ms, want) in [
+            (0, "1970-01-01 00:00:00 UTC"),
+            (951_782_400_000, "2000-02-29 00:00:00 UTC"),
+            (1_795_651_323_456, "2026-11-26 00:02:03 UTC"),
+            (4_107_542_400_000, "2100-03-01 00:00:00 UTC"),
+        ] {
+            assert_eq!(super::utc(ms), want);
+        }
+    }
+
+    #[test]
+    fn percent_encode_keeps_unreserved_and_escapes_the_rest() {
+        assert_eq!(super::percent_encode("mq/token a"), "mq%2Ftoken%20a");
+        assert_eq!(super::percent_encode("a.b-c_d~"), "a.b-c_d~");
+    }
 }
