@@ -127,6 +127,11 @@ impl Env {
             .channel("/async", &["POST"], "test.async")
     }
 
+    /// A pickup directory `pickup/` in the environment (the server creates it).
+    pub fn pickup(self) -> Self {
+        self.set("pickup", "dir", "\"pickup\"")
+    }
+
     pub fn python(mut self, interpreter: &str) -> Self {
         self.python = Some(interpreter.into());
         self
@@ -367,6 +372,20 @@ impl Server {
             .take_while(|c| !c.is_whitespace())
             .collect();
         addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The pickup directory of [`Env::pickup`].
+    pub fn pickup_dir(&self) -> PathBuf {
+        self.dir.join("pickup")
+    }
+
+    /// Lines of the log that contain `text`.
+    pub fn log_lines(&self, text: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The admin token the server created in its directory.

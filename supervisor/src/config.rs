@@ -10,6 +10,9 @@
 //! threads = 8                 # concurrent `def handle` per worker
 //! services_dir = "services"   # relative to this file
 //!
+//! [pickup]
+//! dir = "pickup"              # *.py saved here are hot-deployed; absent = no pickup
+//!
 //! [[channels]]
 //! url_path = "/customers/{id}"
 //! methods = ["GET"]
@@ -60,6 +63,8 @@ pub struct Settings {
     pub store: StoreSection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub pickup: PickupSection,
     #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
@@ -213,6 +218,16 @@ impl Default for AdminSection {
     }
 }
 
+/// `[pickup]`: a directory the server watches; a `*.py` file saved (or `git pull`ed) into it
+/// is hot-deployed as the module named after the file (see `watch`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PickupSection {
+    /// Relative to the settings file, or absolute. Absent or empty = no pickup directory
+    /// (so `OXBUS_PICKUP_DIR=""` turns off one that the file sets).
+    pub dir: Option<PathBuf>,
+}
+
 /// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -251,7 +266,7 @@ impl DataFormat {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "workers", "http", "store", "admin"];
+const SECTIONS: &[&str] = &["server", "workers", "http", "store", "admin", "pickup"];
 
 impl Settings {
     /// Reads `path`, applies the `OXBUS_*` variables of `env` and validates the result.
@@ -358,6 +373,15 @@ impl Settings {
                 "must be at least 1024",
             );
         }
+        if let Some(dir) = self.pickup_dir()
+            && dir == self.services_dir()
+        {
+            return bad(
+                "pickup.dir",
+                &dir.display(),
+                "must not be the services directory: files there are loaded at start, files in the pickup directory are deployed",
+            );
+        }
         crate::router::Router::new(&self.channels).map(|_| ())
     }
 
@@ -407,6 +431,15 @@ impl Settings {
     /// The services directory, absolute.
     pub fn services_dir(&self) -> PathBuf {
         self.base_dir.join(&self.server.services_dir)
+    }
+
+    /// The pickup directory, absolute; None when there is none.
+    pub fn pickup_dir(&self) -> Option<PathBuf> {
+        self.pickup
+            .dir
+            .as_ref()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| self.base_dir.join(d))
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -514,6 +547,29 @@ mod tests {
         assert_eq!(s.worker_count(), 3);
         assert_eq!(s.http.max_body_bytes, 1000);
         assert_eq!(s.server.python, "/opt/venv/bin/python");
+    }
+
+    #[test]
+    fn pickup_dir_is_optional_relative_and_overridable() {
+        assert_eq!(parse("", &[]).unwrap().pickup_dir(), None);
+        let s = parse("[pickup]\ndir = \"pickup\"", &[]).unwrap();
+        assert_eq!(s.pickup_dir(), Some(PathBuf::from("/base/pickup")));
+        let s = parse("[pickup]\ndir = \"/srv/drop\"", &[]).unwrap();
+        assert_eq!(s.pickup_dir(), Some(PathBuf::from("/srv/drop")));
+        let s = parse("", &[("OXBUS_PICKUP_DIR", "incoming")]).unwrap();
+        assert_eq!(s.pickup_dir(), Some(PathBuf::from("/base/incoming")));
+        // An empty override turns off the directory the file sets.
+        let s = parse("[pickup]\ndir = \"pickup\"", &[("OXBUS_PICKUP_DIR", "")]).unwrap();
+        assert_eq!(s.pickup_dir(), None);
+        assert!(parse("[pickup]\ndirectory = \"x\"", &[]).is_err());
+        assert!(parse("", &[("OXBUS_PICKUP_DIRS", "x")]).is_err());
+        let e = parse("[pickup]\ndir = \"services\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pickup.dir") && e.contains("services directory"),
+            "{e}"
+        );
     }
 
     #[test]

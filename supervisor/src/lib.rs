@@ -9,7 +9,8 @@
 //! - [`process`]: spawning workers; [`python`]: the bundled Python package.
 //! - [`quickstart`]: the `oxbus quickstart` environment.
 //! - [`store`]: the config store on SQLite or PostgreSQL; [`admin`]: the admin API;
-//!   [`deploy`]: hot deployment; [`client`]: the CLI's admin client.
+//!   [`deploy`]: hot deployment; [`watch`]: deploy-on-save (the pickup directory and
+//!   `deploy --watch`); [`client`]: the CLI's admin client.
 
 pub mod admin;
 pub mod cid;
@@ -26,6 +27,7 @@ pub mod router;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 /// Installs the log subscriber: `level` is a level (`info`) or a target list
 /// (`info,oxbus_supervisor::http=debug`).

@@ -30,8 +30,12 @@ enum Command {
         #[command(flatten)]
         to: ServerArgs,
         /// Module files; each is deployed under its file name (crm.py -> module crm).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "watch")]
         files: Vec<PathBuf>,
+        /// Deploy on save: deploy the *.py files of DIR, then each one saved there, until
+        /// Ctrl-C (unchanged modules are skipped; one line per deploy).
+        #[arg(long, value_name = "DIR", conflicts_with = "files")]
+        watch: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -177,8 +181,27 @@ fn client_command(cmd: Command) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    if let Command::Deploy {
+        to,
+        watch: Some(dir),
+        output,
+        ..
+    } = &cmd
+    {
+        let target = match target(to) {
+            Ok(t) => t,
+            Err(e) => return fail(&e),
+        };
+        let json = matches!(output, Output::Json);
+        return match rt.block_on(oxbus_supervisor::client::deploy_watch(target, dir, json)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     let (to, method, path, body, output) = match &cmd {
-        Command::Deploy { to, files, output } => {
+        Command::Deploy {
+            to, files, output, ..
+        } => {
             let mut modules = Vec::new();
             for f in files {
                 let Some(name) = f
@@ -571,8 +594,15 @@ fn main() -> ExitCode {
             match Settings::load(&dir.join("server.toml"), env) {
                 Ok(s) => {
                     let url = format!("http://{}", s.server.listen);
+                    let pickup = match s.pickup_dir() {
+                        Some(d) => format!(
+                            "\n  pickup:  {} (save or git pull a *.py there: deployed live)",
+                            d.display()
+                        ),
+                        None => String::new(),
+                    };
                     let banner = format!(
-                        "{} environment in {}\n  server:  {url}\n  admin:   http://{} (bearer token in {})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+                        "{} environment in {}\n  server:  {url}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
                         if created {
                             "Created a new"
                         } else {

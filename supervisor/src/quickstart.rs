@@ -1,8 +1,9 @@
 //! `oxbus quickstart`: a ready-to-run environment directory with sample services.
 //!
-//! The environment is an ordinary server directory (server.toml + services/), so what a
-//! quickstart runs is exactly what `oxbus server --config DIR/server.toml` runs, with
-//! production defaults (no per-request logging) — which is also why the benchmark uses it.
+//! The environment is an ordinary server directory (server.toml, services/ and the pickup
+//! directory pickup/), so what a quickstart runs is exactly what `oxbus server --config
+//! DIR/server.toml` runs, with production defaults (no per-request logging) — which is also
+//! why the benchmark uses it.
 
 use std::io;
 use std::path::Path;
@@ -95,6 +96,9 @@ key_file = "secret.key"    # seals secrets in the store; created at first start,
 listen = "127.0.0.1:{admin_port}"
 token_file = "admin.token"   # created with a random token at first start
 
+[pickup]
+dir = "pickup"             # a *.py saved (or git pulled) here is hot-deployed; remove to turn off
+
 [[channels]]
 url_path = "/echo"
 methods = ["POST"]
@@ -127,6 +131,7 @@ pub fn ensure_env(dir: &Path, port: u16, workers: Option<u32>) -> io::Result<boo
         return Ok(false);
     }
     std::fs::create_dir_all(dir.join("services"))?;
+    std::fs::create_dir_all(dir.join("pickup"))?;
     std::fs::write(dir.join("services/demo.py"), SAMPLE_SERVICES)?;
     std::fs::write(&config, server_toml(port, workers))?;
     Ok(true)
@@ -145,6 +150,8 @@ mod tests {
         assert_eq!(s.worker_count(), 2);
         assert_eq!(s.channels.len(), 4);
         assert!(s.services_dir().join("demo.py").is_file());
+        assert_eq!(s.pickup_dir(), Some(dir.join("pickup")));
+        assert!(dir.join("pickup").is_dir());
         assert!(!ensure_env(&dir, 1, None).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }

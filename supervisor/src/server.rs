@@ -178,6 +178,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             services_dir.display()
         )));
     }
+    // The pickup directory is watched from now on, so nothing saved while the workers
+    // start is missed; what it holds is deployed once the server is ready.
+    let pickup = match settings.pickup_dir() {
+        Some(dir) => Some(crate::watch::start_pickup(&dir).map_err(ServerError::Fatal)?),
+        None => None,
+    };
     let runtime = RuntimeDir::create(settings.server.runtime_dir.as_deref())
         .map_err(io_err("cannot create the runtime directory"))?;
     let python_path = runtime
@@ -249,6 +255,14 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     tokio::spawn(accept_workers(ipc, pool.clone(), ev_tx.clone(), welcome));
     spawn_signal_listener(ev_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pickup_dir = match pickup {
+        Some(w) => {
+            let dir = w.dir().display().to_string();
+            tokio::spawn(crate::watch::pickup(shared.clone(), w, shutdown_rx.clone()));
+            dir
+        }
+        None => "none".to_owned(),
+    };
     tokio::spawn(crate::http::serve(
         listener,
         shared.clone(),
@@ -264,7 +278,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,
           services = %services_dir.display(), admin = %admin_local, store = %store_url,
-          "oxbus server starting");
+          pickup = %pickup_dir, "oxbus server starting");
     let mut sup = Supervisor {
         launch: Launch {
             python: settings.server.python.clone(),

@@ -585,7 +585,7 @@ where
 }
 
 /// Module names are Python module names: dotted identifiers.
-fn validate_module_name(name: &str) -> Result<()> {
+pub fn validate_module_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.split('.').all(|part| {
             !part.is_empty()
