@@ -433,6 +433,22 @@ fn client_command(cmd: Command) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Seeds a new quickstart environment's config store with the sample module and channels.
+fn seed_store(s: &Settings) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = oxbus_supervisor::store::Store::open(&s.store_url())
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = oxbus_supervisor::quickstart::seed(&store).await;
+        store.close().await;
+        r.map(drop).map_err(|e| e.to_string())
+    })
+}
+
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -592,6 +608,9 @@ fn main() -> ExitCode {
                 env.push(("OXBUS_SERVER_WORKERS".into(), w.to_string()));
             }
             match Settings::load(&dir.join("server.toml"), env) {
+                Ok(s) if created && let Err(e) = seed_store(&s) => {
+                    return fail(&format!("cannot seed the new environment's store: {e}"));
+                }
                 Ok(s) => {
                     let url = format!("http://{}", s.server.listen);
                     let pickup = match s.pickup_dir() {

@@ -8,6 +8,9 @@
 use std::io;
 use std::path::Path;
 
+use crate::config::{Channel, DataFormat};
+use crate::store::{Plan, Store, StoreError};
+
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
 
 from oxbus import Service, NotFound
@@ -99,25 +102,8 @@ token_file = "admin.token"   # created with a random token at first start
 [pickup]
 dir = "pickup"             # a *.py saved (or git pulled) here is hot-deployed; remove to turn off
 
-[[channels]]
-url_path = "/echo"
-methods = ["POST"]
-service = "demo.echo"
-
-[[channels]]
-url_path = "/hello/{{name}}"
-methods = ["GET"]
-service = "demo.hello"
-
-[[channels]]
-url_path = "/customers/{{customer_id}}"
-methods = ["GET"]
-service = "demo.customer.get"
-
-[[channels]]
-url_path = "/slow"
-methods = ["GET"]
-service = "demo.slow"
+# REST channels, the sample module and everything else you change at runtime live in the
+# config store: `oxbus config export --env .` shows them all.
 "#,
         admin_port = port.wrapping_add(1)
     )
@@ -132,8 +118,42 @@ pub fn ensure_env(dir: &Path, port: u16, workers: Option<u32>) -> io::Result<boo
     }
     std::fs::create_dir_all(dir.join("services"))?;
     std::fs::create_dir_all(dir.join("pickup"))?;
-    std::fs::write(dir.join("services/demo.py"), SAMPLE_SERVICES)?;
     std::fs::write(&config, server_toml(port, workers))?;
+    Ok(true)
+}
+
+/// The sample channels: one per sample service.
+fn sample_channels() -> Vec<Channel> {
+    [
+        ("/echo", "POST", "demo.echo"),
+        ("/hello/{name}", "GET", "demo.hello"),
+        ("/customers/{customer_id}", "GET", "demo.customer.get"),
+        ("/slow", "GET", "demo.slow"),
+    ]
+    .into_iter()
+    .map(|(path, method, service)| Channel {
+        name: Some(path.to_owned()),
+        url_path: path.to_owned(),
+        methods: vec![method.to_owned()],
+        service: service.to_owned(),
+        data_format: DataFormat::Json,
+    })
+    .collect()
+}
+
+/// Puts the sample module (`demo`, deployed as version 1) and its REST channels into a
+/// store that holds nothing yet, in one transaction; a store with any history is left
+/// alone. Returns whether it seeded.
+pub async fn seed(store: &Store) -> Result<bool, StoreError> {
+    if store.version().await? != 0 {
+        return Ok(false);
+    }
+    let plan = Plan {
+        put_channels: sample_channels(),
+        deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
+        ..Plan::default()
+    };
+    store.apply(&plan, "quickstart").await?;
     Ok(true)
 }
 
@@ -148,11 +168,35 @@ mod tests {
         assert!(ensure_env(&dir, 18080, Some(2)).unwrap());
         let s = crate::config::Settings::load(&dir.join("server.toml"), Vec::new()).unwrap();
         assert_eq!(s.worker_count(), 2);
-        assert_eq!(s.channels.len(), 4);
-        assert!(s.services_dir().join("demo.py").is_file());
+        assert!(s.channels.is_empty(), "channels live in the store");
+        assert!(s.services_dir().is_dir());
         assert_eq!(s.pickup_dir(), Some(dir.join("pickup")));
         assert!(dir.join("pickup").is_dir());
         assert!(!ensure_env(&dir, 1, None).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn seed_fills_an_empty_store_once() {
+        let dir = std::env::temp_dir().join(format!("oxbus-qs-seed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite:{}", dir.join("oxbus.db").display());
+        let store = Store::open(&url).await.unwrap();
+        assert!(seed(&store).await.unwrap());
+        let channels = store.channels().await.unwrap();
+        assert_eq!(channels.len(), 4);
+        crate::router::Router::new(&channels).unwrap();
+        let modules = store.active_modules().await.unwrap();
+        assert_eq!(modules.len(), 1);
+        assert_eq!((modules[0].name.as_str(), modules[0].version), ("demo", 1));
+        assert_eq!(store.version().await.unwrap(), 1, "one transaction");
+        assert!(
+            !seed(&store).await.unwrap(),
+            "a store with history is left alone"
+        );
+        assert_eq!(store.version().await.unwrap(), 1);
+        store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

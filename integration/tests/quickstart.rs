@@ -1,0 +1,126 @@
+//! The README's first command, end to end: `oxbus quickstart DIR --port P` creates an
+//! environment, seeds its store with the sample module and channels, and serves them; run
+//! again on the same directory it reuses everything.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use oxbus_integration::*;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A port P with P+1 free too (quickstart puts the admin API on P+1).
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free pair of ports");
+}
+
+fn quickstart(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(oxbus_bin())
+        .args(["quickstart", dir.to_str().unwrap(), "--port"])
+        .arg(port.to_string())
+        .args(["--workers", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn call(port: u16, method: &str, path: &str, body: &[u8]) -> Option<Resp> {
+    let mut c = Client::connect(port).await.ok()?;
+    let headers = [("content-type", "application/json")];
+    c.request(method, path, &headers, bytes::Bytes::copy_from_slice(body))
+        .await
+        .ok()
+}
+
+async fn ready(port: u16) {
+    eventually(Duration::from_secs(60), "quickstart ready", || async move {
+        call(port, "GET", "/readyz", b"")
+            .await
+            .filter(|r| r.status == 200)
+    })
+    .await;
+}
+
+fn stop(mut child: Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+}
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(oxbus_bin())
+        .args(args)
+        .args(["--env", dir.to_str().unwrap(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
+    let base = std::env::temp_dir().join(format!("oxbus-it-qs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = base.join("env");
+    let port = free_port_pair();
+    let child = quickstart(&dir, port);
+    ready(port).await;
+
+    let r = call(port, "POST", "/echo", br#"{"hello": "world"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"hello": "world", "ok": true}));
+    let r = call(port, "GET", "/hello/Ann?greeting=Hi", b"")
+        .await
+        .unwrap();
+    assert_eq!(r.json()["message"], "Hi, Ann!");
+    assert_eq!(
+        call(port, "GET", "/customers/1", b"").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        call(port, "GET", "/customers/9", b"").await.unwrap().status,
+        404
+    );
+    assert_eq!(call(port, "GET", "/slow", b"").await.unwrap().status, 200);
+
+    // The sample module is a deployed module (version 1) and the channels are in the store.
+    let services = cli(&dir, &["services"]);
+    let echo = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "demo.echo")
+        .unwrap()
+        .clone();
+    assert_eq!(echo["origin"], "deployed");
+    assert_eq!(echo["version"], 1);
+    let text = std::fs::read_to_string(dir.join("server.toml")).unwrap();
+    assert!(!text.contains("[[channels]]"), "{text}");
+    stop(child);
+
+    // Again on the same directory: reused, nothing seeded twice.
+    let child = quickstart(&dir, port);
+    ready(port).await;
+    let r = call(port, "POST", "/echo", b"{}").await.unwrap();
+    assert_eq!(r.status, 200);
+    let modules = cli(&dir, &["config", "export"]);
+    assert_eq!(modules["config_version"], 1);
+    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 4);
+    stop(child);
+    std::fs::remove_dir_all(&base).unwrap();
+}
