@@ -343,7 +343,10 @@ async fn cli_deploy_services_invoke_rollback() {
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["version"], 2);
 
-    assert!(cli(&srv, &["rollback", "hot"]).status.success());
+    let out = cli(&srv, &["rollback", "hot"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("hot is back at version 1"), "{text}");
     assert_eq!(version_served(&srv).await["version"], 1);
 
     // A broken module: non-zero exit, the traceback on stderr, nothing changed.
@@ -375,6 +378,15 @@ async fn cli_deploy_services_invoke_rollback() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
+
+    // Undeploy: its services are gone at once; a second undeploy is a clear error.
+    let out = cli(&srv, &["undeploy", "hot"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("undeployed hot"));
+    assert_eq!(srv.get("/hot").await.status, 404);
+    let out = cli(&srv, &["undeploy", "hot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not deployed"));
 }
 
 #[tokio::test]

@@ -64,6 +64,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Undeploy a module: its services stop at once everywhere (its history stays in the
+    /// store; deploying it again continues its version numbers).
+    Undeploy {
+        #[command(flatten)]
+        to: ServerArgs,
+        module: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Export or import every object of the config store as YAML (one list per kind).
     Config {
         #[command(subcommand)]
@@ -243,6 +252,13 @@ fn client_command(cmd: Command) -> ExitCode {
             Vec::new(),
             *output,
         ),
+        Command::Undeploy { to, module, output } => (
+            to,
+            "DELETE",
+            format!("/v1/modules/{module}"),
+            Vec::new(),
+            *output,
+        ),
         Command::Config {
             action: ConfigAction::Export { to, output, .. },
         } => (to, "GET", "/v1/config".to_owned(), Vec::new(), *output),
@@ -404,6 +420,17 @@ fn client_command(cmd: Command) -> ExitCode {
             );
         }
         (Output::Text, Command::Config { .. }, Some(d)) => print_import(&d),
+        (Output::Text, Command::Rollback { module, .. }, Some(d)) => println!(
+            "{module} is back at version {} (config version {}, {} worker(s) acknowledged)",
+            d["module"]["version"],
+            d["config_version"],
+            d["workers"].as_array().map_or(0, Vec::len)
+        ),
+        (Output::Text, Command::Undeploy { module, .. }, Some(d)) => println!(
+            "undeployed {module} (config version {}, {} worker(s) acknowledged)",
+            d["config_version"],
+            d["workers"].as_array().map_or(0, Vec::len)
+        ),
         (Output::Text, Command::Secret { action }, Some(d)) => match action {
             SecretAction::List { .. } => {
                 for s in d["secrets"].as_array().into_iter().flatten() {
@@ -562,6 +589,7 @@ fn main() -> ExitCode {
             | Command::Invoke { .. }
             | Command::Services { .. }
             | Command::Rollback { .. }
+            | Command::Undeploy { .. }
             | Command::Config { .. }
             | Command::Secret { .. }
     ) {
@@ -573,6 +601,7 @@ fn main() -> ExitCode {
         | Command::Invoke { .. }
         | Command::Services { .. }
         | Command::Rollback { .. }
+        | Command::Undeploy { .. }
         | Command::Config { .. }
         | Command::Secret { .. } => {
             unreachable!("handled above")

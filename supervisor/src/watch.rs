@@ -26,7 +26,7 @@
 //!   Unchanged files are skipped by the deploy itself (`skip_unchanged`), so a restart or
 //!   a rescan creates no new versions.
 //! - **Deleting a file does not undeploy** its module: undeploy is explicit
-//!   (`DELETE /v1/modules/NAME`); the deletion is reported.
+//!   (`oxbus undeploy NAME`, `DELETE /v1/modules/NAME`); the deletion is reported.
 //! - The notify callback runs on notify's own thread and only `try_send`s into a bounded
 //!   channel (never blocks, bounded memory); when the channel is full, or the kernel's
 //!   queue overflowed, the directory is rescanned instead.
@@ -663,7 +663,7 @@ impl Sink for PickupLog {
             }
             Note::Deleted { file, module } => tracing::info!(
                 file = %file.display(),
-                "pickup: file deleted; the module {module} stays deployed if it was (undeploy is explicit: DELETE /v1/modules/{module})"
+                "pickup: file deleted; the module {module} stays deployed if it was (undeploy is explicit: oxbus undeploy {module})"
             ),
             Note::Retrying { modules, after } => tracing::warn!(
                 modules = %modules.join(", "),
