@@ -420,3 +420,30 @@ def test_a_runtime_traceback_of_a_deployed_module_shows_its_source(dep, sup):
     text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
     assert 'File "<oxbus:boom@v9>", line 8, in handle' in text
     assert "raise KeyError('deployed-boom')" in text
+
+
+def test_a_module_keeps_the_version_of_another_it_imported_until_redeployed_itself(dep):
+    """The documented rule for modules that import each other across deploys."""
+    util = '''
+        VALUE = %r
+    '''
+    user = '''
+        import shared_util
+        from shared_util import VALUE
+        from oxbus import Service
+
+        class User(Service):
+            name = 'user.value'
+
+            def handle(self):
+                self.response.payload = {'imported_name': VALUE,
+                                         'via_module': shared_util.VALUE}
+    '''
+    assert dep.activate(('shared_util', 1, util % 'one'), ('user_mod', 1, user))[0] == 200
+    assert dep.invoke('user.value') == (200, {'imported_name': 'one', 'via_module': 'one'})
+    # util alone: user_mod still holds the module object (and the name) it imported.
+    assert dep.activate(('shared_util', 2, util % 'two'))[0] == 200
+    assert dep.invoke('user.value') == (200, {'imported_name': 'one', 'via_module': 'one'})
+    # user_mod again: it imports the current util.
+    assert dep.activate(('user_mod', 2, user))[0] == 200
+    assert dep.invoke('user.value') == (200, {'imported_name': 'two', 'via_module': 'two'})
