@@ -149,6 +149,59 @@ async fn channels_cycle(env: Env) {
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["name"], "live");
 
+    // Read one, update it (live at once), refuse a bad update without changing anything.
+    let one = srv
+        .admin("GET", "/v1/channels/live", Some(&token), b"")
+        .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["url_path"], "/live/{item_id}/{name}");
+    let moved = json!({"url_path": "/moved/{item_id}/{name}", "methods": ["GET"], "service": "test.params"});
+    let r = srv
+        .admin(
+            "PUT",
+            "/v1/channels/live",
+            Some(&token),
+            moved.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(srv.get("/live/7/x").await.status, 404);
+    assert_eq!(srv.get("/moved/7/x").await.json()["item_id"], 7);
+    let v = srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
+    for (name, bad, status) in [
+        (
+            "live",
+            json!({"url_path": "/echo", "methods": ["POST"], "service": "x"}),
+            400,
+        ),
+        (
+            "live",
+            json!({"name": "other", "url_path": "/o", "service": "x"}),
+            400,
+        ),
+        ("nope", json!({"url_path": "/n", "service": "x"}), 404),
+    ] {
+        let r = srv
+            .admin(
+                "PUT",
+                &format!("/v1/channels/{name}"),
+                Some(&token),
+                bad.to_string().as_bytes(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            status,
+            "{bad}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(
+        srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"],
+        v
+    );
+    assert_eq!(srv.get("/moved/7/x").await.status, 200);
+
     // server.toml's channels are read-only here.
     let r = srv
         .admin("DELETE", "/v1/channels/%2Fecho", Some(&token), b"")

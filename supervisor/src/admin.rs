@@ -141,6 +141,16 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
             Err(r) => r,
         },
         // A channel named after its URL path is addressed percent-encoded (%2Fecho).
+        (&Method::GET, ["v1", "channels", name]) => {
+            get_channel(shared, &crate::router::percent_decode(name)).await
+        }
+        (&Method::PUT, ["v1", "channels", name]) => {
+            let name = crate::router::percent_decode(name);
+            match read_body(req).await {
+                Ok(body) => update_channel(shared, &name, body).await,
+                Err(r) => r,
+            }
+        }
         (&Method::DELETE, ["v1", "channels", name]) => {
             delete_channel(shared, &crate::router::percent_decode(name)).await
         }
@@ -510,6 +520,96 @@ async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
     reply(
         StatusCode::CREATED,
         json!({"config_version": change.config_version, "channel": channel_json(&change.value, "store")}),
+    )
+}
+
+/// GET /v1/channels/{name}
+async fn get_channel(shared: &Shared, name: &str) -> Response<Body> {
+    if let Some(c) = shared
+        .settings
+        .channels
+        .iter()
+        .find(|c| c.name.as_deref() == Some(name))
+    {
+        return reply(StatusCode::OK, channel_json(c, "server.toml"));
+    }
+    match shared.store.channels().await {
+        Ok(list) => match list.iter().find(|c| c.name.as_deref() == Some(name)) {
+            Some(c) => reply(StatusCode::OK, channel_json(c, "store")),
+            None => error(StatusCode::NOT_FOUND, format!("no channel named {name}")),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// PUT /v1/channels/{name}: replaces a stored channel's path, methods, service or format;
+/// validated against every other channel first, live at once.
+async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+    let mut channel: crate::config::Channel = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}}: {e}"
+                ),
+            );
+        }
+    };
+    match channel.name.as_deref() {
+        Some(n) if n != name => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body names channel {n}, the URL {name}: a channel cannot be renamed"),
+            );
+        }
+        _ => channel.name = Some(name.to_owned()),
+    }
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    if shared
+        .settings
+        .channels
+        .iter()
+        .any(|c| c.name.as_deref() == Some(name))
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!("channel {name} comes from server.toml; change it there"),
+        );
+    }
+    let stored = match shared.store.channels().await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if !stored.iter().any(|c| c.name.as_deref() == Some(name)) {
+        return error(StatusCode::NOT_FOUND, format!("no channel named {name}"));
+    }
+    let mut all = shared.settings.channels.clone();
+    all.extend(
+        stored
+            .into_iter()
+            .filter(|c| c.name.as_deref() != Some(name)),
+    );
+    all.push(channel.clone());
+    if let Err(e) = crate::router::Router::new(&all) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let plan = crate::store::Plan {
+        put_channels: vec![channel.clone()],
+        ..Default::default()
+    };
+    let change = match shared.store.apply(&plan, "admin-api").await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(shared).await {
+        return r;
+    }
+    info!(channel = name, url_path = %channel.url_path, "channel updated");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "channel": channel_json(&channel, "store")}),
     )
 }
 
