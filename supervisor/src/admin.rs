@@ -3,7 +3,7 @@
 //! path for every change.
 //!
 //! Endpoints: server info, the service list, modules (list, source, deploy, undeploy,
-//! rollback), REST channels (list, create, delete; the ones in server.toml are read-only
+//! rollback), REST channels (list, get, create, update, delete; the ones in server.toml are read-only
 //! here), secrets (list names, set, delete: a value goes in, never out), config export and
 //! import, and invoke. Request bodies are never logged.
 
