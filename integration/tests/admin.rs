@@ -206,7 +206,10 @@ async fn channels_cycle(env: Env) {
     let r = srv
         .admin("DELETE", "/v1/channels/%2Fecho", Some(&token), b"")
         .await;
-    assert_eq!(r.status, 404, "unnamed file channels have no store name");
+    assert_eq!(
+        r.status, 409,
+        "server.toml's channels are changed in server.toml"
+    );
     let r = srv
         .admin("DELETE", "/v1/channels/live", Some(&token), b"")
         .await;

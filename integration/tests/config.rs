@@ -225,7 +225,15 @@ async fn secrets_are_sealed_at_rest_never_shown_and_never_logged() {
 #[tokio::test]
 async fn secrets_are_sealed_at_rest_never_shown_and_never_logged_on_postgres() {
     let (env, db) = env().postgres_store();
-    secrets_cycle(env.start().await, Some(db)).await;
+    // A password in the store URL (trust auth ignores it) must not reach the log either.
+    let url = db
+        .url
+        .replacen("postgres@", "postgres:URL-PASSWORD-123@", 1);
+    assert_ne!(url, db.url);
+    let srv = env.set("store", "url", &format!("{url:?}")).start().await;
+    assert!(srv.log().contains(":***@"), "{}", srv.log());
+    assert!(!srv.log().contains("URL-PASSWORD-123"), "{}", srv.log());
+    secrets_cycle(srv, Some(db)).await;
 }
 
 #[tokio::test]
@@ -260,14 +268,15 @@ async fn a_server_refuses_to_start_with_another_key_than_its_secrets_were_sealed
 /// Channels, secrets and modules; export; wipe with an empty `--replace` import; import the
 /// export; export again: the same document.
 async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
-    for (path, svc) in [("/cfg/hello", "cfg.hello"), ("/cfg/{id}", "cfg.hello")] {
-        let r = admin(
-            &srv,
-            "POST",
-            "/v1/channels",
-            json!({"url_path": path, "service": svc, "methods": ["GET"]}),
-        )
-        .await;
+    // Two parameterised routes that both match /cfg/1/x: the first created wins, and must
+    // still win after the round trip. Named and unnamed channels, one raw.
+    for ch in [
+        json!({"url_path": "/cfg/hello", "service": "cfg.hello", "methods": ["GET"], "data_format": "raw"}),
+        // Named to sort after "params": an export by name would swap them.
+        json!({"name": "z-first", "url_path": "/cfg/{id}/x", "service": "cfg.hello", "methods": ["GET"]}),
+        json!({"name": "params", "url_path": "/cfg/{item_id}/{name}", "service": "test.params", "methods": ["GET"]}),
+    ] {
+        let r = admin(&srv, "POST", "/v1/channels", ch).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
     let r = admin(&srv, "PUT", "/v1/secrets/s1", json!({"value": PLAIN})).await;
@@ -281,6 +290,8 @@ async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(srv.get("/cfg/hello").await.status, 200);
+    assert_eq!(srv.get("/cfg/1/x").await.json()["hello"], "from cfg");
+    assert_eq!(srv.get("/cfg/1/y").await.json()["name"], "y");
 
     let first = srv.dir.join("first.yaml");
     ok(&cli(
@@ -304,6 +315,8 @@ async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
     assert!(out.contains("delete secret s1"), "{out}");
     assert!(out.contains("delete service_module cfg"), "{out}");
     assert_eq!(srv.get("/cfg/hello").await.status, 404);
+    // server.toml's channels are not the store's: the wipe leaves them serving.
+    assert_eq!(srv.post_json("/echo", &json!({"a": 1})).await.status, 200);
     let bare = admin(&srv, "GET", "/v1/config", Value::Null).await.json();
     assert_eq!(bare["channel_rest"], json!([]));
     assert_eq!(bare["secret"], json!([]));
@@ -327,21 +340,27 @@ async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
         None,
     ));
     assert!(out.starts_with("create "), "{out}");
-    assert!(out.contains("4 change(s)"), "{out}");
+    assert!(out.contains("5 change(s)"), "{out}");
     assert_eq!(
         config_version(&srv).await,
         v + 1,
         "one transaction, one version"
     );
-    let r = srv.get("/cfg/42").await;
+    let r = srv.get("/cfg/hello").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["hello"], "from cfg");
+    assert_eq!(
+        srv.get("/cfg/1/x").await.json()["hello"],
+        "from cfg",
+        "routing order kept"
+    );
+    assert_eq!(srv.get("/cfg/1/y").await.json()["name"], "y");
     let out = ok(&cli(
         &srv,
         &["config", "import", first.to_str().unwrap()],
         None,
     ));
-    assert!(out.starts_with("0 change(s), 4 unchanged"), "{out}");
+    assert!(out.starts_with("0 change(s), 5 unchanged"), "{out}");
 
     let second = srv.dir.join("second.yaml");
     ok(&cli(
@@ -416,13 +435,45 @@ async fn an_import_is_validated_in_full_before_anything_changes() {
             "channel_rest:\n- url_path: /a\n  service: x\n- url_path: /a\n  service: y\n",
             "listed twice",
         ),
+        (
+            "secret:\n- name: s\n  value: a\n- name: s\n  value: b\n",
+            "listed twice",
+        ),
+        (
+            "secret:\n- name: bad name\n  value: a\n",
+            "not a valid secret name",
+        ),
+        ("secret: 12345-hunter\n", "expected a list"),
+        ("channel_rest: 12345-hunter\n", "invalid type"),
+        (
+            "service_module:\n- name: m\n  source: ''\n- name: m\n  source: ''\n",
+            "listed twice",
+        ),
+        (
+            "service_module:\n- name: 1bad\n  source: ''\n",
+            "not a valid Python module name",
+        ),
+        (
+            "channel_rest:\n- url_path: /a/{x}\n  service: s\n- url_path: /a/{y}\n  service: t\n",
+            "duplicates",
+        ),
     ] {
         let out = import(text);
         assert_eq!(out.status.code(), Some(1), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{text} -> {err}");
-        assert!(!err.contains("12345"), "{err}");
+        assert!(!err.contains("12345"), "a value quoted back: {err}");
     }
+
+    // A channel may not take a server.toml channel's name (the harness names /echo's "/echo").
+    let r = admin(
+        &srv,
+        "POST",
+        "/v1/channels",
+        json!({"name": "/echo", "url_path": "/other", "service": "x"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
 
     // Nothing of any of it was written.
     assert_eq!(config_version(&srv).await, v);

@@ -460,6 +460,15 @@ async fn reload_router(shared: &Shared) -> Result<(), Response<Body>> {
     Ok(())
 }
 
+/// Whether server.toml has a channel of that name (an unnamed one is named by its path).
+fn file_channel_named(shared: &Shared, name: &str) -> bool {
+    shared
+        .settings
+        .channels
+        .iter()
+        .any(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
+}
+
 fn channel_json(c: &crate::config::Channel, source: &str) -> Value {
     json!({
         "name": c.name, "url_path": c.url_path, "methods": c.methods, "service": c.service,
@@ -498,6 +507,13 @@ async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
         }
     };
     let _one_at_a_time = shared.deploy_lock.lock().await;
+    let name = channel.name.as_deref().unwrap_or(&channel.url_path);
+    if file_channel_named(shared, name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a channel named {name} is defined in server.toml"),
+        );
+    }
     // The file's channels count too: the new one must route unambiguously beside them.
     let mut all = shared.settings.channels.clone();
     match shared.store.channels().await {
@@ -529,7 +545,7 @@ async fn get_channel(shared: &Shared, name: &str) -> Response<Body> {
         .settings
         .channels
         .iter()
-        .find(|c| c.name.as_deref() == Some(name))
+        .find(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
     {
         return reply(StatusCode::OK, channel_json(c, "server.toml"));
     }
@@ -565,13 +581,11 @@ async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Bo
         }
         _ => channel.name = Some(name.to_owned()),
     }
+    if let Err(e) = crate::store::validate_channel_name(name) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let _one_at_a_time = shared.deploy_lock.lock().await;
-    if shared
-        .settings
-        .channels
-        .iter()
-        .any(|c| c.name.as_deref() == Some(name))
-    {
+    if file_channel_named(shared, name) {
         return error(
             StatusCode::CONFLICT,
             format!("channel {name} comes from server.toml; change it there"),
@@ -616,12 +630,7 @@ async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Bo
 /// DELETE /v1/channels/{name}
 async fn delete_channel(shared: &Shared, name: &str) -> Response<Body> {
     let _one_at_a_time = shared.deploy_lock.lock().await;
-    if shared
-        .settings
-        .channels
-        .iter()
-        .any(|c| c.name.as_deref() == Some(name))
-    {
+    if file_channel_named(shared, name) {
         return error(
             StatusCode::CONFLICT,
             format!("channel {name} comes from server.toml; change it there"),
@@ -717,6 +726,7 @@ async fn delete_secret(shared: &Shared, name: &str) -> Response<Body> {
 
 /// GET /v1/config: every stored object, one list per kind.
 async fn export_config(shared: &Shared) -> Response<Body> {
+    let _consistent = shared.deploy_lock.lock().await;
     match crate::config_io::export(shared).await {
         Ok(doc) => reply(
             StatusCode::OK,
@@ -750,7 +760,10 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("not a config document: {e}"),
+                format!(
+                    "not a config document: {}",
+                    crate::config_io::without_values(&e.to_string())
+                ),
             );
         }
     };

@@ -34,10 +34,10 @@ pub struct Document {
     pub config_version: Option<i64>,
     #[serde(default)]
     pub channel_rest: Vec<Channel>,
-    /// `{name, value}` (plain, sealed on import) or `{name, sealed}` (as exported). Parsed by
-    /// hand so that no parse error can quote a value.
+    /// A list of `{name, value}` (plain, sealed on import) or `{name, sealed}` (as exported).
+    /// Kept as raw JSON and checked by hand, so that no parse error can quote a value.
     #[serde(default)]
-    pub secret: Vec<Value>,
+    pub secret: Value,
     #[serde(default)]
     pub service_module: Vec<ModuleDoc>,
 }
@@ -76,22 +76,25 @@ fn unavailable(e: impl std::fmt::Display) -> DeployError {
     DeployError::Unavailable(e.to_string())
 }
 
-/// The store's objects as a document (sorted by name; secrets sealed).
+/// The store's objects as a document (channels in routing order, the rest by name; secrets
+/// sealed). Taken under the deploy lock by the caller, so it is one consistent version.
 pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
     let store = &shared.store;
     let config_version = store.version().await.map_err(unavailable)?;
-    let mut channels = store.channels().await.map_err(unavailable)?;
-    channels.sort_by(|a, b| a.name.cmp(&b.name));
+    // Channels in creation order: parameterised routes are tried in that order.
+    let channels = store.channels().await.map_err(unavailable)?;
     let secrets = store.secrets().await.map_err(unavailable)?;
     let modules = store.active_modules().await.map_err(unavailable)?;
     Ok(Document {
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,
-        secret: secrets
-            .into_iter()
-            .map(|s| json!({"name": s.name, "sealed": s.sealed}))
-            .collect(),
+        secret: Value::Array(
+            secrets
+                .into_iter()
+                .map(|s| json!({"name": s.name, "sealed": s.sealed}))
+                .collect(),
+        ),
         service_module: modules
             .into_iter()
             .map(|m| ModuleDoc {
@@ -173,57 +176,68 @@ pub async fn import(
         return Err(bad(format!("channel_rest: {d} is listed twice")));
     }
     for c in &channels {
-        if shared.settings.channels.iter().any(|f| f.name == c.name) {
+        if shared.settings.channels.iter().any(|f| {
+            f.name.as_ref().unwrap_or(&f.url_path) == c.name.as_ref().unwrap_or(&c.url_path)
+        }) {
             return Err(bad(format!(
                 "channel_rest: {} is defined in server.toml; change it there",
                 c.name.as_deref().unwrap_or("")
             )));
         }
     }
-    let stored: BTreeMap<String, Channel> = store
-        .channels()
-        .await
-        .map_err(unavailable)?
-        .into_iter()
-        .map(|c| (c.name.clone().unwrap_or_default(), c))
-        .collect();
-    let mut result: BTreeMap<String, Channel> = if replace {
-        BTreeMap::new()
-    } else {
-        stored.clone()
-    };
+    // The table as it will be, in routing order: stored channels keep their place (updated in
+    // place), new ones follow in the document's order.
+    let stored: Vec<Channel> = store.channels().await.map_err(unavailable)?;
+    let mut result: Vec<Channel> = Vec::new();
+    for old in &stored {
+        match channels.iter().find(|c| c.name == old.name) {
+            Some(new) => result.push(new.clone()),
+            None if replace => {
+                let name = old.name.clone().unwrap_or_default();
+                plan.delete_channels.push(name.clone());
+                changes.push(Change {
+                    kind: "channel_rest",
+                    name,
+                    action: "delete",
+                });
+            }
+            None => result.push(old.clone()),
+        }
+    }
     for c in &channels {
         let name = c.name.clone().unwrap_or_default();
-        match stored.get(&name) {
+        crate::store::validate_channel_name(&name)
+            .map_err(|e| bad(format!("channel_rest: {e}")))?;
+        match stored.iter().find(|o| o.name == c.name) {
             Some(old) if old == c => unchanged += 1,
             old => {
                 plan.put_channels.push(c.clone());
                 changes.push(Change {
                     kind: "channel_rest",
-                    name: name.clone(),
+                    name,
                     action: if old.is_some() { "update" } else { "create" },
                 });
+                if old.is_none() {
+                    result.push(c.clone());
+                }
             }
-        }
-        result.insert(name, c.clone());
-    }
-    if replace {
-        for name in stored.keys().filter(|n| !result.contains_key(*n)) {
-            plan.delete_channels.push(name.clone());
-            changes.push(Change {
-                kind: "channel_rest",
-                name: name.clone(),
-                action: "delete",
-            });
         }
     }
     let mut table = shared.settings.channels.clone();
-    table.extend(result.into_values());
+    table.extend(result);
     crate::router::Router::new(&table).map_err(|e| bad(format!("channel_rest: {e}")))?;
 
     // Secrets: plain values are sealed here; sealed ones must open with this server's key.
-    let secrets: Vec<(String, SecretIn)> = doc
-        .secret
+    let listed: &[Value] = match &doc.secret {
+        Value::Null => &[],
+        Value::Array(a) => a,
+        _ => {
+            return Err(bad(
+                "secret: expected a list of {name, value} or {name, sealed}",
+            ));
+        }
+    };
+    let secrets: Vec<(String, SecretIn)> = listed
         .iter()
         .enumerate()
         .map(|(i, v)| parse_secret(i, v))
@@ -284,6 +298,10 @@ pub async fn import(
     // Modules: the changed ones are imported in a worker before anything is written.
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
         return Err(bad(format!("service_module: {d} is listed twice")));
+    }
+    for m in &doc.service_module {
+        crate::store::validate_module_name(&m.name)
+            .map_err(|e| bad(format!("service_module: {e}")))?;
     }
     let active = store.active_modules().await.map_err(unavailable)?;
     for m in &doc.service_module {
@@ -367,4 +385,62 @@ pub async fn import(
         unchanged,
         workers,
     })
+}
+
+/// A serde message with the contents of quoted strings left out (`string "…"`), so that a
+/// mistyped document never echoes a value that may be a secret.
+pub fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("string \"") {
+        let (head, tail) = rest.split_at(i + "string \"".len());
+        out.push_str(head);
+        match tail.find('"') {
+            Some(j) => {
+                out.push_str("…\"");
+                rest = &tail[j + 1..];
+            }
+            None => {
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_do_not_quote_values() {
+        let e = serde_json::from_str::<Document>(r#"{"channel_rest": "hunter2"}"#).unwrap_err();
+        let msg = without_values(&e.to_string());
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+        assert_eq!(
+            without_values("a string \"x\" and string \"y"),
+            "a string \"…\" and string \"…"
+        );
+        assert_eq!(without_values("unknown field `x`"), "unknown field `x`");
+    }
+
+    #[test]
+    fn a_secret_list_of_the_wrong_shape_is_refused_without_its_value() {
+        let doc: Document = serde_json::from_str(r#"{"secret": "hunter2"}"#).unwrap();
+        assert_eq!(doc.secret, Value::String("hunter2".into()));
+        for (i, v) in [
+            json!({"name": "a", "value": 5}),
+            json!("hunter2"),
+            json!({"name": "a"}),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let err = parse_secret(i, v).err().expect("refused").to_string();
+            assert!(!err.contains("hunter2") && !err.contains('5'), "{err}");
+        }
+    }
 }

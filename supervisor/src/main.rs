@@ -301,9 +301,14 @@ fn client_command(cmd: Command) -> ExitCode {
                     value_file,
                 },
         } => {
+            use std::io::IsTerminal;
             let value = match value_file {
                 Some(f) => std::fs::read_to_string(f)
                     .map_err(|e| format!("cannot read {}: {e}", f.display())),
+                None if std::io::stdin().is_terminal() => Err(format!(
+                    "pipe the value in (printf '%s' \"$VALUE\" | oxbus secret set {name} …) or give \
+                     --value-file: it is not typed at a terminal, where it would show"
+                )),
                 None => std::io::read_to_string(std::io::stdin())
                     .map_err(|e| format!("cannot read the value from standard input: {e}")),
             };
@@ -316,6 +321,9 @@ fn client_command(cmd: Command) -> ExitCode {
                 if value.ends_with('\r') {
                     value.pop();
                 }
+            }
+            if value.is_empty() {
+                return fail("the value is empty; nothing was set");
             }
             let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
             let body = serde_json::json!({"value": value, "updated_by": who});
@@ -546,7 +554,17 @@ fn write_export(
     };
     match file {
         Some(f) => {
-            if let Err(e) = std::fs::write(f, text) {
+            // It holds sealed secrets and module sources: private, like the key.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(f)
+                .and_then(|mut file| file.write_all(text.as_bytes()));
+            if let Err(e) = written {
                 return fail(&format!("cannot write {}: {e}", f.display()));
             }
         }

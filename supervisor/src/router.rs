@@ -102,9 +102,17 @@ impl Router {
                 }
             }
             let segments = parse_path(&c.url_path)?;
+            // `/a/{x}` and `/a/{y}` match the same requests: parameter names do not count.
+            let same_shape = |s: &[Segment]| {
+                s.len() == segments.len()
+                    && s.iter().zip(&segments).all(|(a, b)| match (a, b) {
+                        (Segment::Param(_), Segment::Param(_)) => true,
+                        (a, b) => a == b,
+                    })
+            };
             if let Some((_, other)) = all
                 .iter()
-                .find(|(s, o)| *s == segments && methods_overlap(o, c))
+                .find(|(s, o)| same_shape(s) && methods_overlap(o, c))
             {
                 return Err(invalid(
                     &c.url_path,
@@ -256,6 +264,10 @@ mod tests {
         assert!(Router::new(&[ch("/a", &["get"], "s")]).is_err());
         assert!(Router::new(&[ch("/a", &["GET"], "s"), ch("/a", &["GET", "POST"], "t")]).is_err());
         assert!(Router::new(&[ch("/a", &["GET"], "s"), ch("/a", &["POST"], "t")]).is_ok());
+        // Same shape, other parameter names: the second could never be reached.
+        assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/a/{y}", &[], "t")]).is_err());
+        assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/b/{x}", &[], "t")]).is_ok());
+        assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/a/lit", &[], "t")]).is_ok());
     }
 
     #[test]

@@ -113,6 +113,16 @@ impl Key {
 
     /// Reads a key file: 64 hex characters, surrounding whitespace ignored.
     pub fn read(path: &Path) -> Result<Key, SecretError> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the secret key file is readable by others than its owner: chmod 600 it"
+            );
+        }
         let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
             path: path.to_owned(),
             source,
@@ -156,6 +166,11 @@ impl Key {
             if cred.exists() {
                 return Key::read(&cred);
             }
+            tracing::warn!(
+                credentials = %dir.display(),
+                "no systemd credential {CREDENTIAL}: using the key file {}",
+                key_file.display()
+            );
         }
         if key_file.exists() {
             return Key::read(key_file);

@@ -200,7 +200,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     )))?;
     let store_url = settings.store_url();
     let store = crate::store::Store::open(&store_url).await.map_err(|e| {
-        ServerError::Fatal(format!("cannot open the config store {store_url}: {e}"))
+        ServerError::Fatal(format!(
+            "cannot open the config store {}: {e}",
+            crate::store::redact_url(&store_url)
+        ))
     })?;
     let mut channels = settings.channels.clone();
     channels.extend(store.channels().await.map_err(|e| {
@@ -277,7 +280,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,
-          services = %services_dir.display(), admin = %admin_local, store = %store_url,
+          services = %services_dir.display(), admin = %admin_local, store = %crate::store::redact_url(&store_url),
           pickup = %pickup_dir, "oxbus server starting");
     let mut sup = Supervisor {
         launch: Launch {

@@ -88,6 +88,27 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The URL with any password replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
 /// Lower-case hex SHA-256 of a module's source.
 pub fn source_hash(source: &str) -> String {
     let digest = Sha256::digest(source.as_bytes());
@@ -224,7 +245,8 @@ pub struct SealedSecret {
 /// Every change of a config import, applied in one transaction with one version bump.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// Channels to create, or to replace when one of that name exists (named).
+    /// Channels to create, or to update in place (keeping their routing order) when one of
+    /// that name exists.
     pub put_channels: Vec<Channel>,
     pub delete_channels: Vec<String>,
     /// (name, sealed value) to create or replace.
@@ -288,7 +310,7 @@ impl Store {
                     .await?,
             )
         } else {
-            return Err(StoreError::BadUrl(url.to_owned()));
+            return Err(StoreError::BadUrl(redact_url(url)));
         };
         match &store {
             Store::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
@@ -420,6 +442,7 @@ impl Store {
             .name
             .clone()
             .unwrap_or_else(|| channel.url_path.clone());
+        validate_channel_name(&name)?;
         if all.iter().any(|c| c.name.as_deref() == Some(name.as_str())) {
             return Err(StoreError::Invalid(format!(
                 "a channel named {name} exists already"
@@ -543,9 +566,24 @@ impl Store {
                 sqlx::query("DELETE FROM channels WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }
             for c in &plan.put_channels {
+                // In place when it exists: a channel keeps its place in the routing order.
                 let name = c.name.clone().unwrap_or_else(|| c.url_path.clone());
-                sqlx::query("DELETE FROM channels WHERE name = $1").bind(&name).execute(&mut *tx).await?;
-                insert_channel!(tx, c, &name);
+                let methods = serde_json::to_string(&c.methods).expect("a list of strings");
+                let updated = sqlx::query(
+                    "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5 \
+                     WHERE name = $1",
+                )
+                .bind(&name)
+                .bind(&c.url_path)
+                .bind(&methods)
+                .bind(&c.service)
+                .bind(c.data_format.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    insert_channel!(tx, c, &name);
+                }
             }
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
@@ -582,6 +620,17 @@ where
     .fetch_one(&mut **tx)
     .await?;
     Ok(v)
+}
+
+/// Channel names (by default the URL path): 1–200 printable characters, no spaces.
+pub fn validate_channel_name(name: &str) -> Result<()> {
+    if !name.is_empty() && name.len() <= 200 && name.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{name:.40?} is not a valid channel name (1-200 printable ASCII characters, no spaces)"
+        )))
+    }
 }
 
 /// Module names are Python module names: dotted identifiers.

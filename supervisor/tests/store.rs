@@ -386,3 +386,24 @@ async fn postgres_secrets() {
     apply_is_one_transaction(&s).await;
     e.cleanup(s).await;
 }
+
+#[test]
+fn passwords_are_redacted_from_store_urls() {
+    use oxbus_supervisor::store::redact_url;
+    assert_eq!(
+        redact_url("postgres://app:s3cret@db:5432/oxbus"),
+        "postgres://app:***@db:5432/oxbus"
+    );
+    assert_eq!(
+        redact_url("postgres://app:p@ss:w@db/oxbus?sslmode=require"),
+        "postgres://app:***@db/oxbus?sslmode=require"
+    );
+    assert_eq!(
+        redact_url("postgres://app@db/oxbus"),
+        "postgres://app@db/oxbus"
+    );
+    assert_eq!(
+        redact_url("sqlite:/var/lib/oxbus.db"),
+        "sqlite:/var/lib/oxbus.db"
+    );
+}
