@@ -310,8 +310,16 @@ pub async fn deploy(
     );
     let services = match checked {
         Ok(s) => s,
-        Err(CallError::Refused(doc)) => return Err(DeployError::Refused(doc)),
-        Err(e) => return Err(DeployError::Unavailable(e.to_string())),
+        Err(e) => {
+            if let Ok(pending) = written {
+                // Now, so that the next deploy never waits for these rows' locks.
+                let _ = pending.rollback().await;
+            }
+            return Err(match e {
+                CallError::Refused(doc) => DeployError::Refused(doc),
+                e => DeployError::Unavailable(e.to_string()),
+            });
+        }
     };
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let change = match written {

@@ -473,6 +473,15 @@ impl PendingDeploy {
         &self.change.value
     }
 
+    /// Rolls the deploy back now (a drop does too, but lets the pool finish it later).
+    pub async fn rollback(self) -> Result<()> {
+        match self.tx {
+            PendingTx::Sqlite(tx) => tx.rollback().await?,
+            PendingTx::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
     /// Commits the deploy (durable when this returns: SQLite runs with `synchronous=FULL`).
     pub async fn commit(self) -> Result<Change<Vec<Module>>> {
         match self.tx {

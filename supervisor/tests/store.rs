@@ -193,6 +193,13 @@ async fn batched_and_pending_deploys(store: &Store) {
     assert_eq!((m2.len(), m2[0].version, m2[0].active), (2, 2, true));
 
     let pending = store
+        .begin_deploy(&[("m0002".into(), "V = 'no'\n".into())], "x")
+        .await
+        .unwrap();
+    pending.rollback().await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 2);
+
+    let pending = store
         .begin_deploy(&[("m0002".into(), "V = 3\n".into())], "x")
         .await
         .unwrap();
