@@ -402,3 +402,118 @@ async fn a_py_file_where_the_server_was_started_does_not_shadow_a_deploy() {
     assert_eq!(version_served(&srv).await["version"], 1);
     std::fs::remove_dir_all(&here).unwrap();
 }
+
+/// A module of `services` small services, as a bench or a big shop would have them.
+fn bulk_module(i: usize, services: usize) -> String {
+    let mut s = String::from("from oxbus import Service\n");
+    for j in 0..services {
+        s.push_str(&format!(
+            r#"
+
+class Get{j}(Service):
+    name = 'bulk{i}.get{j}'
+    input = 'customer_id', '-needs_details'
+    output = 'customer_id', 'name'
+
+    def handle(self):
+        cid = self.request.input.customer_id
+        self.response.payload = {{'customer_id': cid, 'name': 'c%d of {i}.{j}' % cid}}
+"#
+        ));
+    }
+    s
+}
+
+async fn all_workers_ready(srv: &Server, n: u64) {
+    eventually(Duration::from_secs(60), "every worker ready", || async {
+        let r = srv.get("/readyz").await;
+        (r.status == 200 && r.json()["workers_ready"] == n).then_some(())
+    })
+    .await;
+}
+
+async fn invoke_bulk(srv: &Server, token: &str, i: usize, j: usize) {
+    let r = srv
+        .admin(
+            "POST",
+            &format!("/v1/invoke/bulk{i}.get{j}"),
+            Some(token),
+            br#"{"customer_id": 5}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["name"], format!("c5 of {i}.{j}"));
+}
+
+#[tokio::test]
+async fn many_stored_modules_load_in_every_worker_with_or_without_the_code_cache() {
+    let cache = tempfile_dir("oxbus-it-code-cache");
+    let srv = env()
+        .workers(3)
+        .env("CACHE_DIRECTORY", cache.to_str().unwrap())
+        .start()
+        .await;
+    all_workers_ready(&srv, 3).await;
+    let token = srv.admin_token();
+    let modules: Vec<Value> = (0..40)
+        .map(|i| json!({"name": format!("bulk{i}"), "source": bulk_module(i, 5)}))
+        .collect();
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/modules",
+            Some(&token),
+            json!({ "modules": modules }).to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["services"].as_array().unwrap().len(), 200);
+    assert_eq!(r.json()["workers"].as_array().unwrap().len(), 3);
+    let code = cache.join("code");
+    let packs = || {
+        std::fs::read_dir(&code)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        packs(),
+        1,
+        "the checking worker wrote the compiled modules once"
+    );
+    invoke_bulk(&srv, &token, 39, 4).await;
+
+    // A restart loads all 40 modules in every worker (from the cache); then again with the
+    // cache gone (every worker... or the first one, alone, compiles).
+    let srv = srv.restart().await;
+    all_workers_ready(&srv, 3).await;
+    for i in [0, 17, 39] {
+        invoke_bulk(&srv, &token, i, 2).await;
+    }
+    std::fs::remove_dir_all(&code).unwrap();
+    let srv = srv.restart().await;
+    all_workers_ready(&srv, 3).await;
+    invoke_bulk(&srv, &token, 23, 0).await;
+    assert_eq!(packs(), 1, "the first worker to load them wrote them again");
+    let pids = srv.worker_pids();
+    assert_eq!(pids.len(), 3);
+    srv.assert_no_errors(&[]);
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

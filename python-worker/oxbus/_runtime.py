@@ -324,6 +324,12 @@ class Worker:
         # Written without the lock (single writer, read as hints).
         self._inline_ident = 0   # thread id of the leader while it runs handlers inline
         self._last_rx = _monotonic()
+        # False while the leader's last inline call was a control op (a deploy), not an
+        # invocation: the watchdog then sleeps as soon as it is done instead of lingering.
+        self._wd_linger = True
+        # (thread id, callable): housekeeping an op asked for, run by the thread that ran
+        # the op once its reply is sent (see after_reply).
+        self._after_reply: Optional[Tuple[int, Callable[[], Any]]] = None
 
         self._loop: Any = None   # the asyncio loop, if any service is async
         self._loop_ident = 0
@@ -347,6 +353,17 @@ class Worker:
             self._schedule_loop_flush()
         else:
             self._flush()
+
+    def after_reply(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in this thread once the reply of the call it is running has been sent:
+        for work that must not delay that reply (a deploy's garbage collection)."""
+        self._after_reply = (_get_ident(), fn)
+
+    def _housekeeping(self) -> None:
+        job = self._after_reply
+        if job is not None and job[0] == _get_ident():
+            self._after_reply = None
+            job[1]()
 
     def run_coroutine(self, coro: Awaitable[Any]) -> Any:
         """Run a coroutine on the worker's event loop from a handler thread; for self.invoke."""
@@ -435,6 +452,7 @@ class Worker:
                 self._complete_locked(call, reply)
             # Not the leader: nobody else would send this reply before the next batch.
             self._flush()
+            self._housekeeping()
             self._check_drained()
 
     def _lead(self, epoch: int) -> None:
@@ -462,6 +480,7 @@ class Worker:
                 # Nothing runnable: send the batch's replies, then wait for the supervisor.
                 self._inline_ident = 0
                 self._flush()
+                self._housekeeping()
                 if self._draining:
                     self._check_drained()
                 try:
@@ -478,8 +497,10 @@ class Worker:
                 continue
 
             stream = call.stream
+            meta = call.meta
+            self._wd_linger = meta.get('op') == 'invoke'
             try:
-                reply = run(stream, call.meta, call.body)
+                reply = run(stream, meta, call.body)
             except BaseException:  # Dispatcher.run catches everything; this is a last resort
                 reply = self._internal_error(call)
             with lock:
@@ -499,6 +520,7 @@ class Worker:
             if flush_now:
                 self._flush()
         self._flush()
+        self._housekeeping()
         self._check_drained()
 
     def _take_locked(self) -> Optional[_Call]:
@@ -569,7 +591,9 @@ class Worker:
         # While handlers run inline, tick at the hand-off period; keep ticking for a while
         # after the last one, and only then sleep until the leader sets _wd_wake. Under
         # steady load the leader is in and out of handlers all the time, and a wake-up per
-        # batch would cost more than a tick every couple of milliseconds.
+        # batch would cost more than a tick every couple of milliseconds. After a control
+        # op (a deploy: rare, and all 8 workers get one at once) there is nothing to
+        # linger for, and the ticks would only take CPU from the workers still deploying.
         linger = max(0.05, 10 * handoff)
         idle_wait = silence / 3 if silence else None
         last_busy = 0.0
@@ -587,7 +611,7 @@ class Worker:
                     since = self._inline_since
                     if since is not None and _monotonic() - since >= handoff:
                         self._promote_locked()
-            elif now - last_busy < linger:
+            elif now - last_busy < linger and self._wd_linger:
                 sleep(handoff)
             else:
                 self._wd_idle = True

@@ -389,6 +389,27 @@ _context_filter = _ContextFilter()
 _HOOK_NAMES = ('before_handle', 'after_handle')
 
 
+#: Parsed SimpleIO declarations by value: services declare the same few shapes again and
+#: again, and a deploy of 1000 services would otherwise parse them 2000 times and keep as
+#: many copies (Elem tuples are never changed after parsing, so sharing them is safe).
+_specs: Dict[Any, Tuple[Elem, ...]] = {}
+
+
+def _parsed_spec(spec: Spec, where: str) -> Tuple[Elem, ...]:
+    """:func:`~oxbus.simpleio.parse_spec`, shared by declarations of equal value."""
+    try:
+        key = spec if spec is None or isinstance(spec, str) else tuple(spec)  # type: ignore
+        elems = _specs.get(key)
+    except TypeError:  # not iterable, or an unhashable element: parse_spec says what is wrong
+        return parse_spec(spec, where)
+    if elems is None:
+        elems = parse_spec(key, where)
+        if len(_specs) >= 4096:  # distinct declarations are few; bound it anyway
+            _specs.clear()
+        _specs[key] = elems
+    return elems
+
+
 def _configure(cls: Type[Service]) -> None:
     """Work out everything the dispatcher needs about a new Service subclass."""
     where = '%s.%s' % (cls.__module__, cls.__qualname__)
@@ -398,16 +419,19 @@ def _configure(cls: Type[Service]) -> None:
     # Only the class's *own* name counts: a subclass of a named service is another service
     # and must not silently inherit (and then clash with) its parent's name.
     cls.name = own_name or default_name(cls.__module__, cls.__name__)
-    cls._oxbus_input = parse_spec(cls.input, where + '.input')
-    cls._oxbus_output = parse_spec(cls.output, where + '.output')
+    cls._oxbus_input = _parsed_spec(cls.input, where + '.input')
+    cls._oxbus_output = _parsed_spec(cls.output, where + '.output')
 
     verbs = {}
-    for attr in dir(cls):
-        if attr.startswith('handle_'):
-            verb = attr[7:]
-            func = getattr(cls, attr)
-            if verb.isupper() and callable(func):
-                verbs[verb] = (attr, _is_coroutine_function(func))
+    # The handle_* names dir(cls) would list, without building and sorting all of them (a
+    # deploy of 1000 services creates 1000 classes): Service and object define none.
+    names = {attr for klass in cls.__mro__ if klass is not Service and klass is not object
+             for attr in vars(klass) if attr[:7] == 'handle_'}
+    for attr in sorted(names):
+        verb = attr[7:]
+        func = getattr(cls, attr)
+        if verb.isupper() and callable(func):
+            verbs[verb] = (attr, _is_coroutine_function(func))
     default = None
     if cls.handle is not Service.handle:
         default = ('handle', _is_coroutine_function(cls.handle))

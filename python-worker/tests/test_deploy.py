@@ -9,6 +9,7 @@ through the ``probe`` service, at what the worker's ``sys.modules`` holds.
 import itertools
 import json
 import os
+import sys
 import textwrap
 import time
 
@@ -447,3 +448,251 @@ def test_a_module_keeps_the_version_of_another_it_imported_until_redeployed_itse
     # user_mod again: it imports the current util.
     assert dep.activate(('user_mod', 2, user))[0] == 200
     assert dep.invoke('user.value') == (200, {'imported_name': 'two', 'via_module': 'two'})
+
+
+# -- the compiled-code cache ---------------------------------------------------------------
+
+from conftest import write_services  # noqa: E402
+
+from oxbus._deploy import COLLECT_AFTER, CodeCache, _PathNames, _renamed  # noqa: E402
+
+#: A module big enough for the code cache (CodeCache.MIN_BYTES of source per call).
+PADDING = '# %s\n' % ('padding ' * 20) * (CodeCache.MIN_BYTES // 160 + 1)
+
+TAGGED = '''
+    from oxbus import Service
+
+    class Tagged(Service):
+        name = 'tagged'
+
+        def handle(self):
+            self.response.payload = {'tag': TAG, 'version': __oxbus_version__}
+
+        def fail(self):
+            raise KeyError('tagged-boom')
+'''
+
+
+def tagged(tag, version=1):
+    return ('tagged', version, textwrap.dedent(TAGGED) + 'TAG = %r\n' % tag + PADDING)
+
+
+@pytest.fixture
+def cached(sup):
+    """A worker whose code cache is <tmp>/code; returns (Deploy, cache directory)."""
+    code = os.path.join(sup.dir, 'code')
+    write_services(sup.services_dir, BASE)
+    sup.spawn(env={'OXBUS_CODE_CACHE': code})
+    sup.handshake()
+    return Deploy(sup), code
+
+
+def packs(directory):
+    return sorted(n for n in os.listdir(directory) if n.endswith('.pack')) \
+        if os.path.isdir(directory) else []
+
+
+def test_an_activate_after_a_check_loads_the_checked_code_from_the_cache(cached):
+    dep, code = cached
+    assert dep.check(tagged('from-source'))[0] == 200
+    assert len(packs(code)) == 1
+    # Put other code under the same key: if the activate compiled the source again it
+    # would answer 'from-source'.
+    source = tagged('from-source')[2]
+    poisoned = textwrap.dedent(TAGGED) + "TAG = 'from-cache'\n" + PADDING
+    cache = CodeCache(code)
+    cache.store({cache.key(source): compile(poisoned, '<oxbus:tagged@v0>', 'exec')})
+    assert dep.activate(tagged('from-source', version=7))[0] == 200
+    assert dep.invoke('tagged') == (200, {'tag': 'from-cache', 'version': 7})
+
+
+def test_cached_code_names_the_activated_version_in_tracebacks(cached, sup):
+    dep, code = cached
+    source = textwrap.dedent('''
+        from oxbus import Service
+
+        class Boom(Service):
+            name = 'boom'
+
+            def handle(self):
+                raise KeyError('deployed-boom')
+    ''') + PADDING
+    assert dep.check(('boom', 0, source))[0] == 200
+    assert len(packs(code)) == 1
+    assert dep.activate(('boom', 9, source))[0] == 200
+    stream = next(_streams)
+    sup.call(stream, 'boom')
+    logs = []
+    meta, _body = sup.replies(1, others=logs)[stream]
+    assert meta['status'] == 500
+    while not any(kind == P.LOG for kind, *_ in logs):
+        logs.append(sup.recv())
+    text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
+    assert 'File "<oxbus:boom@v9>", line 8, in handle' in text
+    assert "raise KeyError('deployed-boom')" in text
+
+
+def test_a_refused_or_small_call_writes_no_code(cached):
+    dep, code = cached
+    broken = ('broken', 1, 'import no_such_module_for_oxbus\n' + PADDING)
+    assert dep.check(broken)[0] == 422
+    assert dep.activate(broken)[0] == 422
+    assert dep.check(('syntax', 1, 'def f(:\n' + PADDING))[0] == 422
+    assert dep.activate(counter(1, 'small'))[0] == 200  # below MIN_BYTES: no file I/O
+    assert packs(code) == []
+
+
+def test_a_damaged_pack_is_ignored(cached):
+    dep, code = cached
+    assert dep.check(tagged('one'))[0] == 200
+    (name,) = packs(code)
+    with open(os.path.join(code, name), 'wb') as f:
+        f.write(b'\xe3not marshal data')
+    assert dep.activate(tagged('one', version=2))[0] == 200
+    assert dep.invoke('tagged') == (200, {'tag': 'one', 'version': 2})
+
+
+def test_the_cache_finds_modules_in_other_packs_and_keeps_the_newest(tmp_path):
+    cache = CodeCache(str(tmp_path), keep=3)
+    a, b = cache.key('A = 1\n'), cache.key('B = 2\n')
+    cache.store({a: compile('A = 1\n', '<a>', 'exec')})
+    cache.store({b: compile('B = 2\n', '<b>', 'exec')})
+    assert cache.load([a, b]) == ({}, False)  # no pack of exactly these two
+    found, exact = cache.load([a, b], search=True)
+    assert (sorted(found) == sorted([a, b]), exact) == (True, False)
+    ns = {}
+    exec(found[b], ns)
+    assert ns['B'] == 2
+    found, exact = cache.load([a])
+    assert (list(found), exact) == ([a], True)
+    for i in range(5):
+        cache.store({cache.key('C = %d\n' % i): compile('C = 1\n', '<c>', 'exec')})
+    assert len(packs(str(tmp_path))) == 3
+    assert CodeCache(None).load([a]) == ({}, False)
+
+
+def test_renamed_code_carries_the_new_filename_all_the_way_down():
+    code = compile('class A:\n    def f(self):\n        return [x for x in ()]\n',
+                   '<oxbus:m@v0>', 'exec')
+    renamed = _renamed(code, '<oxbus:m@v4>')
+    seen = []
+
+    def walk(c):
+        seen.append(c.co_filename)
+        for const in c.co_consts:
+            if isinstance(const, type(code)):
+                walk(const)
+    walk(renamed)
+    assert len(seen) >= 3 and set(seen) == {'<oxbus:m@v4>'}
+
+
+def test_a_replaced_module_leaves_linecache(dep):
+    lines = '''
+        import linecache
+
+        from oxbus import Service
+
+        class Lines(Service):
+            name = 'lines'
+
+            def handle(self):
+                self.response.payload = sorted(
+                    k for k in linecache.cache if k.startswith('<oxbus:'))
+    '''
+    assert dep.activate(('lines', 1, lines), counter(1, 'one'))[0] == 200
+    assert dep.invoke('lines')[1] == ['<oxbus:counter@v1>', '<oxbus:lines@v1>']
+    assert dep.activate(counter(2, 'two'))[0] == 200
+    assert dep.activate(counter(2, 'two again'))[0] == 200  # the same version again
+    assert dep.invoke('lines')[1] == ['<oxbus:counter@v2>', '<oxbus:lines@v1>']
+    assert dep.check(counter(3, 'checked only'))[0] == 200
+    assert dep.remove('counter')[0] == 200
+    assert dep.invoke('lines')[1] == ['<oxbus:lines@v1>']
+
+
+WATCHER = '''
+    import gc
+    import sys
+    import weakref
+
+    from oxbus import Service
+
+    REF = []
+
+    class Watch(Service):
+        """Keep a weak reference to a class of a deployed module; say if it lives."""
+        name = 'watch'
+
+        def handle(self):
+            module = self.request.payload.get('module')  # else: just look
+            if module:
+                REF[:] = [weakref.ref(sys.modules[module].S)]
+            if self.request.payload.get('collect'):
+                gc.collect()
+            self.response.payload = {'alive': REF[0]() is not None}
+'''
+
+
+def test_a_replaced_module_does_not_outlive_its_replacement(dep):
+    # a and b arrive in one call, so they share an importer (their __loader__); b is then
+    # replaced alone, and the still active a must not keep the old b alive through it.
+    a = 'X = 1\n'
+    b = 'from oxbus import Service\n\nclass S(Service):\n    def handle(self):\n        pass\n'
+    assert dep.activate(('watcher', 1, WATCHER), ('a', 1, a), ('b', 1, b))[0] == 200
+    assert dep.invoke('watch', {'module': 'b'})[1] == {'alive': True}
+    assert dep.activate(('b', 2, b))[0] == 200
+    assert dep.invoke('watch', {'collect': True})[1] == {'alive': False}
+
+
+def test_a_big_redeploy_is_followed_by_a_full_collection(dep):
+    watcher = WATCHER
+    many = [('many%d' % i, 1, 'from oxbus import Service\n\nclass S(Service):\n'
+             '    name = "many.%d"\n\n    def handle(self):\n        pass\n' % i)
+            for i in range(COLLECT_AFTER)]
+    assert dep.activate(('watcher', 1, watcher), *many)[0] == 200
+    assert dep.invoke('watch', {'module': 'many0'})[1] == {'alive': True}
+    # The old classes are reference cycles: only the cyclic collector frees them.
+    assert dep.activate(*[(n, 2, s) for n, _v, s in many])[0] == 200
+    deadline = time.monotonic() + 5
+    while dep.invoke('watch', {'look': True})[1]['alive']:
+        assert time.monotonic() < deadline, 'the replaced version is still alive'
+        time.sleep(0.01)
+
+
+# -- finding names that are taken ----------------------------------------------------------
+
+
+def test_a_taken_name_is_found_among_many_new_ones(dep):
+    source = 'X = 1\n'
+    fresh = [('fresh%d' % i, 1, source) for i in range(_PathNames.FIRST + 4)]
+    status, doc = dep.check(*fresh, ('pytest', 1, source))  # installed, not imported
+    assert status == 422
+    assert "the module name 'pytest' is already taken" in doc['error'], doc
+    assert dep.check(*fresh)[0] == 200
+
+
+def test_path_names_lists_directories_once_and_asks_other_finders(tmp_path, monkeypatch):
+    (tmp_path / 'present.py').write_text('')
+    (tmp_path / 'pkgdir').mkdir()
+    (tmp_path / 'ext.cpython-311-x86_64-linux-gnu.so').write_text('')
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Claims:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            from importlib.machinery import ModuleSpec
+            return ModuleSpec(name, None) if name == 'claimed' else None
+
+    monkeypatch.setattr(sys, 'meta_path', [Claims] + sys.meta_path)
+    names = _PathNames()
+    names.FIRST = 0
+    assert not names.surely_absent('present')
+    assert not names.surely_absent('pkgdir')
+    assert not names.surely_absent('ext')
+    assert not names.surely_absent('claimed')
+    assert names.surely_absent('nowhere_to_be_found')
+    # An entry that is not a plain directory (a zip file): no shortcut at all.
+    monkeypatch.syspath_prepend(str(tmp_path / 'lib.zip'))
+    sys.path_importer_cache[str(tmp_path / 'lib.zip')] = object()
+    names = _PathNames()
+    names.FIRST = 0
+    assert not names.surely_absent('nowhere_to_be_found')

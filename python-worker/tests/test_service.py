@@ -430,6 +430,51 @@ def test_per_verb_handlers_and_405():
     assert call(Items, method=None).status == 405
 
 
+def test_verbs_come_from_bases_and_mixins_and_service_defines_none():
+    class Deletes:  # a plain mixin, not a Service
+        def handle_DELETE(self):
+            self.response.payload = 'delete'
+
+    class More(Deletes, Items):
+        def handle_PUT(self):
+            self.response.payload = 'put'
+
+        handle_lower = 'not a verb'
+
+    assert More._oxbus_verbs.keys() == {'DELETE', 'GET', 'POST', 'PUT'}
+    assert call(More, method='DELETE').body == b'delete'
+    assert call(More, method='GET').doc == ['get']
+    # _configure skips Service and object when it looks for handle_* methods.
+    assert not [a for a in vars(Service) if a.startswith('handle_')]
+
+
+def test_equal_simpleio_declarations_share_their_parsed_form():
+    class One(Service):
+        input = 'customer_id', '-needs_details'
+        output = ['name']
+
+        def handle(self):
+            pass
+
+    class Two(Service):
+        input = ('customer_id', '-needs_details')
+        output = (n for n in ['name'])  # any iterable
+
+        def handle(self):
+            pass
+
+    assert One._oxbus_input is Two._oxbus_input
+    assert One._oxbus_output is Two._oxbus_output
+    assert [(e.name, e.required) for e in Two._oxbus_input] == [
+        ('customer_id', True), ('needs_details', False)]
+    with pytest.raises(TypeError, match='elements must be strings'):
+        class Bad(Service):
+            input = ['a', ['b']]
+
+            def handle(self):
+                pass
+
+
 def test_handle_answers_calls_without_a_verb_when_verbs_exist():
     class Both(Service):
         def handle(self):

@@ -3,7 +3,8 @@
 //!
 //! A deploy is: check the new sources in one worker (a syntax or import error comes back as
 //! a traceback and nothing changes anywhere) → store the new versions (one transaction, one
-//! config version) → activate them in every worker at once. A worker started later gets every
+//! config version; written while the worker checks, committed once the check passed) →
+//! activate them in every worker at once. A worker started later gets every
 //! active module from the store before it takes traffic.
 
 use oxbus_ipc::ServiceInfo;
@@ -201,7 +202,10 @@ pub struct Report {
     /// Services the deployed modules define.
     pub services: Vec<String>,
     pub workers: Vec<WorkerAck>,
+    /// From the start until the check came back (the store writes meanwhile).
     pub check_ms: f64,
+    /// From the check's answer until the store committed.
+    pub store_ms: f64,
     pub total_ms: f64,
 }
 
@@ -220,6 +224,7 @@ impl Report {
             "services": self.services,
             "workers": self.workers,
             "check_ms": self.check_ms,
+            "store_ms": self.store_ms,
             "total_ms": self.total_ms,
         })
     }
@@ -277,6 +282,7 @@ pub async fn deploy(
                 services: Vec::new(),
                 workers: Vec::new(),
                 check_ms: 0.0,
+                store_ms: 0.0,
                 total_ms: t0.elapsed().as_secs_f64() * 1000.0,
             });
         }
@@ -294,18 +300,38 @@ pub async fn deploy(
             source,
         })
         .collect();
-    let services = match check(&shared.pool, &first, &srcs).await {
+    let pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
+    // The store writes the new versions while the worker checks them, in a transaction
+    // that commits only once the check passed: a refused deploy is rolled back and was
+    // never visible to anyone.
+    let (checked, written) = tokio::join!(
+        check(&shared.pool, &first, &srcs),
+        shared.store.begin_deploy(&pairs, by)
+    );
+    let services = match checked {
         Ok(s) => s,
-        Err(CallError::Refused(doc)) => return Err(DeployError::Refused(doc)),
-        Err(e) => return Err(DeployError::Unavailable(e.to_string())),
+        Err(e) => {
+            if let Ok(pending) = written {
+                // Now, so that the next deploy never waits for these rows' locks.
+                let _ = pending.rollback().await;
+            }
+            return Err(match e {
+                CallError::Refused(doc) => DeployError::Refused(doc),
+                e => DeployError::Unavailable(e.to_string()),
+            });
+        }
     };
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let pairs: Vec<(String, String)> = todo.into_iter().cloned().collect();
-    let change = match shared.store.deploy_modules(&pairs, by).await {
+    let change = match written {
+        Ok(pending) => pending.commit().await,
+        Err(e) => Err(e),
+    };
+    let change = match change {
         Ok(c) => c,
         Err(StoreError::Invalid(m)) => return Err(DeployError::Invalid(m)),
         Err(e) => return Err(DeployError::Unavailable(e.to_string())),
     };
+    let store_ms = t0.elapsed().as_secs_f64() * 1000.0 - check_ms;
     let acks = activate_everywhere(&shared.pool, &change.value).await;
     let report = Report {
         config_version: change.config_version,
@@ -314,6 +340,7 @@ pub async fn deploy(
         services: services.into_iter().map(|s| s.name).collect(),
         workers: acks,
         check_ms,
+        store_ms,
         total_ms: t0.elapsed().as_secs_f64() * 1000.0,
     };
     tracing::info!(

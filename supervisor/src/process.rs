@@ -85,6 +85,10 @@ pub fn spawn(
         .arg("--token")
         .arg(token)
         .env("PYTHONPATH", python_path)
+        .env(
+            "OXBUS_CODE_CACHE",
+            crate::python::code_cache_dir(&launch.python_path),
+        )
         .current_dir(&launch.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -69,6 +69,17 @@ impl RuntimeDir {
     }
 }
 
+/// Where workers keep the compiled code of deployed modules (`CodeCache` in
+/// `oxbus/_deploy.py`, told by `OXBUS_CODE_CACHE`): next to the installed package, so in
+/// the persistent cache directory when there is one — a deploy compiles its modules once
+/// for all workers, and a restart loads bytecode instead of compiling every stored module
+/// in every worker — else in the private runtime directory, for the life of the server.
+pub fn code_cache_dir(python_path: &Path) -> PathBuf {
+    python_path
+        .parent()
+        .map_or_else(|| python_path.join("code"), |p| p.join("code"))
+}
+
 /// Compiles the installed package to bytecode for `python`, once per interpreter path, so
 /// that workers load it instead of compiling ~2.5k lines each at every start (Python reads
 /// `.pyc` files even under `PYTHONDONTWRITEBYTECODE`; it only stops writing them, and this
@@ -223,6 +234,14 @@ mod tests {
                 "{required} missing from {names:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_code_cache_sits_next_to_the_installed_package() {
+        let rt = RuntimeDir::create(None).unwrap();
+        let base = rt.path().join("cache");
+        let root = install_package(Some(&base), rt.path()).unwrap();
+        assert_eq!(code_cache_dir(&root), base.join("code"));
     }
 
     #[test]

@@ -254,6 +254,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         log_level: python_log_level(&settings.server.log_level),
         startup_timeout: Duration::from_millis(settings.workers.startup_timeout_ms),
         store: shared.store.clone(),
+        modules_loaded: Arc::new(tokio::sync::Mutex::new(false)),
     };
     tokio::spawn(accept_workers(ipc, pool.clone(), ev_tx.clone(), welcome));
     spawn_signal_listener(ev_tx.clone());
@@ -795,6 +796,9 @@ struct WelcomeTemplate {
     startup_timeout: Duration,
     /// Deployed modules a new worker loads before it takes traffic.
     store: crate::store::Store,
+    /// Set once a worker has loaded the stored modules; until then the workers take turns
+    /// (see `handshake`).
+    modules_loaded: Arc<tokio::sync::Mutex<bool>>,
 }
 
 async fn accept_workers(
@@ -953,7 +957,18 @@ async fn handshake(
             .map_err(|e| format!("cannot read deployed modules from the config store: {e}"))?;
         if !modules.is_empty() {
             let srcs = crate::deploy::sources(&modules);
-            if let Err(e) = crate::deploy::activate(&pool, &worker, &srcs).await {
+            // Until one worker has loaded them, one at a time: the first compiles them into
+            // the workers' code cache, and the others, started with it, load bytecode
+            // instead of all compiling every stored module at once on a few cores.
+            let mut first = Some(welcome.modules_loaded.lock().await);
+            if first.as_deref() == Some(&true) {
+                first = None;
+            }
+            let loaded = crate::deploy::activate(&pool, &worker, &srcs).await;
+            if let (Some(mut done), Ok(_)) = (first, &loaded) {
+                *done = true;
+            }
+            if let Err(e) = loaded {
                 let msg = format!("the worker could not load the deployed modules: {e}");
                 *worker.boot_error.lock().expect("boot_error lock") = Some(msg.clone());
                 crate::process::signal(

@@ -155,6 +155,72 @@ async fn modules_deploy_rollback_undeploy(store: &Store) {
     ));
 }
 
+/// Many modules in one deploy (more than one batch of statements), a pending deploy that is
+/// dropped (rolled back), and one that commits.
+async fn batched_and_pending_deploys(store: &Store) {
+    let many: Vec<(String, String)> = (0..1203)
+        .map(|i| (format!("m{i:04}"), format!("V = {i}\n")))
+        .collect();
+    let first = store.deploy_modules(&many, "bulk").await.unwrap();
+    assert_eq!(first.config_version, 1);
+    assert_eq!(first.value.len(), 1203);
+    assert!(first.value.iter().all(|m| m.version == 1 && m.active));
+    assert_eq!(first.value[7].name, "m0007");
+    assert_eq!(first.value[7].source_hash, source_hash("V = 7\n"));
+    // A second deploy of some of them: next versions for those, the rest untouched.
+    let some: Vec<(String, String)> = many
+        .iter()
+        .step_by(2)
+        .map(|(n, s)| (n.clone(), format!("{s}W = 2\n")))
+        .collect();
+    let second = store.deploy_modules(&some, "bulk").await.unwrap();
+    assert_eq!(second.config_version, 2);
+    assert!(second.value.iter().all(|m| m.version == 2));
+    let active = store.active_modules().await.unwrap();
+    assert_eq!(active.len(), 1203);
+    assert_eq!(active.iter().filter(|m| m.version == 2).count(), some.len());
+    assert_eq!(store.module_history("m0002").await.unwrap().len(), 2);
+
+    // Written but dropped: nothing of it is visible, before or after.
+    let pending = store
+        .begin_deploy(&[("m0002".into(), "V = 'never'\n".into())], "x")
+        .await
+        .unwrap();
+    assert_eq!(pending.modules()[0].version, 3);
+    drop(pending);
+    assert_eq!(store.version().await.unwrap(), 2);
+    let m2 = store.module_history("m0002").await.unwrap();
+    assert_eq!((m2.len(), m2[0].version, m2[0].active), (2, 2, true));
+
+    let pending = store
+        .begin_deploy(&[("m0002".into(), "V = 'no'\n".into())], "x")
+        .await
+        .unwrap();
+    pending.rollback().await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 2);
+
+    let pending = store
+        .begin_deploy(&[("m0002".into(), "V = 3\n".into())], "x")
+        .await
+        .unwrap();
+    let third = pending.commit().await.unwrap();
+    assert_eq!((third.config_version, third.value[0].version), (3, 3));
+    assert_eq!(
+        store.module_history("m0002").await.unwrap()[0].source,
+        "V = 3\n"
+    );
+
+    let twice = [
+        ("a".to_owned(), String::new()),
+        ("a".to_owned(), String::new()),
+    ];
+    assert!(matches!(
+        store.begin_deploy(&twice, "x").await,
+        Err(StoreError::Invalid(m)) if m.contains("listed twice")
+    ));
+    assert_eq!(store.version().await.unwrap(), 3);
+}
+
 async fn channels_crud(store: &Store) {
     let before = store.version().await.unwrap();
     let ch = Channel {
@@ -232,6 +298,20 @@ async fn sqlite_modules() {
 async fn postgres_modules() {
     let (s, e) = Engine::postgres().await;
     modules_deploy_rollback_undeploy(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_batched_and_pending_deploys() {
+    let (s, e) = Engine::sqlite().await;
+    batched_and_pending_deploys(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_batched_and_pending_deploys() {
+    let (s, e) = Engine::postgres().await;
+    batched_and_pending_deploys(&s).await;
     e.cleanup(s).await;
 }
 
