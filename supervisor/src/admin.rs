@@ -222,10 +222,16 @@ async fn info(shared: &Shared) -> Response<Body> {
             })
         })
         .collect();
+    let servers = match shared.store.servers().await {
+        Ok(list) => list,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
     reply(
         StatusCode::OK,
         json!({
             "oxbus": env!("CARGO_PKG_VERSION"),
+            "server": shared.server_name,
+            "servers": servers,
             "ipc_protocol": oxbus_ipc::PROTOCOL_VERSION,
             "listen": shared.settings.server.listen.to_string(),
             "store": store_kind(&shared.store),

@@ -66,6 +66,8 @@ pub struct Settings {
     #[serde(default)]
     pub pickup: PickupSection,
     #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
     #[serde(skip)]
@@ -228,6 +230,17 @@ pub struct PickupSection {
     pub dir: Option<PathBuf>,
 }
 
+/// `[cluster]`: who this server is among the (at most 3) servers sharing a config store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This server's name in the store's server list; default `<hostname>:<HTTP port>`.
+    pub server: Option<String>,
+}
+
+/// The most servers one cluster (one config store) may have.
+pub const MAX_SERVERS: usize = 3;
+
 /// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -266,7 +279,9 @@ impl DataFormat {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "workers", "http", "store", "admin", "pickup"];
+const SECTIONS: &[&str] = &[
+    "server", "workers", "http", "store", "admin", "pickup", "cluster",
+];
 
 impl Settings {
     /// Reads `path`, applies the `OXBUS_*` variables of `env` and validates the result.

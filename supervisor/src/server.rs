@@ -93,6 +93,8 @@ pub struct Shared {
     pub store: crate::store::Store,
     /// Seals and opens the store's secrets.
     pub key: crate::secrets::Key,
+    /// This server's name in the store's server list.
+    pub server_name: String,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
@@ -227,6 +229,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     )))?;
     let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
     let local = listener.local_addr().map_err(io_err("local_addr"))?;
+    let me = register_server(&settings, &store, local).await?;
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(Pool::new(
@@ -243,6 +246,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         cids: crate::cid::CidGen::new(),
         store,
         key,
+        server_name: me.name.clone(),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
     });
@@ -278,6 +282,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         shared.clone(),
         admin_token,
     ));
+    tokio::spawn(server_heartbeat(shared.store.clone(), me.clone()));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,
@@ -324,8 +329,70 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         }
     };
     sup.kill_all();
+    if let Err(e) = sup.shared.store.deregister_server(&me.name, me.pid).await {
+        warn!(error = %e, "could not remove this server from the store's server list");
+    }
     drop(runtime);
     result
+}
+
+/// Registers this server in the store (refused beyond the cluster limits).
+async fn register_server(
+    settings: &Settings,
+    store: &crate::store::Store,
+    local: std::net::SocketAddr,
+) -> Result<crate::store::ServerRecord, ServerError> {
+    let name = match &settings.cluster.server {
+        Some(n) => n.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", local.port())
+        }
+    };
+    let me = crate::store::ServerRecord {
+        name,
+        http_address: local.to_string(),
+        oxbus_version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: i64::from(std::process::id()),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        last_seen: 0,
+    };
+    let others = store.register_server(&me).await.map_err(|e| match e {
+        crate::store::StoreError::Invalid(m) => ServerError::Fatal(m),
+        e => ServerError::Fatal(format!("cannot register in the config store: {e}")),
+    })?;
+    info!(
+        server = %me.name,
+        others = ?others.iter().map(|o| &o.name).collect::<Vec<_>>(),
+        "registered in the config store"
+    );
+    Ok(me)
+}
+
+/// Keeps this server's row fresh; registers again if another server dropped it as stale.
+async fn server_heartbeat(store: crate::store::Store, me: crate::store::ServerRecord) {
+    let mut tick = tokio::time::interval(crate::store::SERVER_HEARTBEAT);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.heartbeat_server(&me.name, me.pid).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(server = %me.name, "this server's row was gone from the store; registering again");
+                if let Err(e) = store.register_server(&me).await {
+                    error!(error = %e, "cannot register this server again");
+                }
+            }
+            Err(e) => warn!(error = %e, "server heartbeat to the config store failed"),
+        }
+    }
 }
 
 fn python_log_level(level: &str) -> String {

@@ -487,3 +487,91 @@ fn passwords_are_redacted_from_store_urls() {
         "sqlite:/var/lib/oxbus.db"
     );
 }
+
+fn server(name: &str, addr: &str, pid: i64) -> oxbus_supervisor::store::ServerRecord {
+    oxbus_supervisor::store::ServerRecord {
+        name: name.into(),
+        http_address: addr.into(),
+        oxbus_version: "0.1.0".into(),
+        pid,
+        started_at: 1,
+        last_seen: 0,
+    }
+}
+
+/// Makes a server's heartbeat look a minute old.
+async fn age(s: &Store, name: &str) {
+    let sql = "UPDATE servers SET last_seen = last_seen - 60000 WHERE name = $1";
+    match s {
+        Store::Sqlite(p) => sqlx::query(sql).bind(name).execute(p).await.map(drop),
+        Store::Postgres(p) => sqlx::query(sql).bind(name).execute(p).await.map(drop),
+    }
+    .unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_membership_is_one_server() {
+    let (s, e) = Engine::sqlite().await;
+    assert!(
+        s.register_server(&server("a", "h:1", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = s
+        .register_server(&server("b", "h:2", 11))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("needs a PostgreSQL store"),
+        "{err}"
+    );
+    // A restart of the same server (same name and address) takes its row over.
+    assert!(
+        s.register_server(&server("a", "h:1", 12))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !s.heartbeat_server("a", 10).await.unwrap(),
+        "the old pid's row is gone"
+    );
+    assert!(s.heartbeat_server("a", 12).await.unwrap());
+    // A stale server does not count; a clean stop removes the row.
+    age(&s, "a").await;
+    assert!(
+        s.register_server(&server("b", "h:2", 13))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.servers().await.unwrap().len(), 1);
+    s.deregister_server("b", 13).await.unwrap();
+    assert!(s.servers().await.unwrap().is_empty());
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_membership_is_at_most_three_servers() {
+    let (s, e) = Engine::postgres().await;
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        let others = s
+            .register_server(&server(n, &format!("h:{i}"), i as i64))
+            .await
+            .unwrap();
+        assert_eq!(others.len(), i);
+    }
+    let err = s.register_server(&server("d", "h:9", 9)).await.unwrap_err();
+    assert!(err.to_string().contains("at most 3 servers"), "{err}");
+    // The same name from another address is another server: refused, naming it.
+    let err = s.register_server(&server("b", "h:7", 7)).await.unwrap_err();
+    assert!(err.to_string().contains("already running at h:1"), "{err}");
+    // Once one is stale, the fourth fits.
+    age(&s, "c").await;
+    let others = s.register_server(&server("d", "h:9", 9)).await.unwrap();
+    let names: Vec<&str> = others.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(!s.heartbeat_server("c", 2).await.unwrap());
+    e.cleanup(s).await;
+}

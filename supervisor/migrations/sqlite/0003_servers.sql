@@ -1,0 +1,10 @@
+-- Schema 3 (SQLite): the servers that share this store (at most 3; a SQLite store has one).
+-- Keep in step with ../postgres/0003_servers.sql.
+CREATE TABLE servers (
+    name          TEXT   PRIMARY KEY,
+    http_address  TEXT   NOT NULL,
+    oxbus_version TEXT   NOT NULL,
+    pid           BIGINT NOT NULL,
+    started_at    BIGINT NOT NULL,  -- Unix ms
+    last_seen     BIGINT NOT NULL   -- Unix ms, refreshed by the server's heartbeat
+);
