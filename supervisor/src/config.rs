@@ -191,6 +191,9 @@ pub struct StoreSection {
     /// relative to the settings file; created 0600 when missing and the store holds no
     /// secret yet. A systemd credential `oxbus-secret-key` takes precedence.
     pub key_file: PathBuf,
+    /// The on-disk snapshot of the config this server runs (see `snapshot`): what it boots
+    /// from when a PostgreSQL store is down. Relative to the settings file.
+    pub snapshot_file: PathBuf,
 }
 
 impl Default for StoreSection {
@@ -198,6 +201,7 @@ impl Default for StoreSection {
         StoreSection {
             url: "sqlite:oxbus.db".into(),
             key_file: "secret.key".into(),
+            snapshot_file: "snapshot.json".into(),
         }
     }
 }
@@ -421,6 +425,11 @@ impl Settings {
             }
         }
         url.clone()
+    }
+
+    /// The config snapshot file, absolute.
+    pub fn snapshot_file(&self) -> PathBuf {
+        self.base_dir.join(&self.store.snapshot_file)
     }
 
     /// The secret key file, absolute.

@@ -163,6 +163,13 @@ where
 
 /// Activates `modules` in every live worker concurrently; one ack per worker.
 pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerAck> {
+    {
+        // First: a worker that starts meanwhile loads these versions too.
+        let mut deployed = pool.deployed.lock().expect("deployed lock");
+        for m in modules {
+            deployed.insert(m.name.clone(), m.clone());
+        }
+    }
     let srcs = sources(modules);
     let srcs = &srcs;
     everywhere(pool, |pool, w| async move {
@@ -173,6 +180,12 @@ pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerA
 
 /// Removes modules from every live worker; one ack per worker.
 pub async fn remove_everywhere(pool: &Pool, names: &[&str]) -> Vec<WorkerAck> {
+    {
+        let mut deployed = pool.deployed.lock().expect("deployed lock");
+        for n in names {
+            deployed.remove(*n);
+        }
+    }
     everywhere(pool, |pool, w| async move { remove(pool, &w, names).await }).await
 }
 

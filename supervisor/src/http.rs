@@ -303,7 +303,17 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path();
     match path {
         "/healthz" => {
-            return json_response(StatusCode::OK, &cid, serde_json::json!({"status": "ok"}));
+            // The process is alive and serving; a store outage is reported, not fatal.
+            let store = if shared.store_ok.load(Ordering::Relaxed) {
+                "ok"
+            } else {
+                "degraded"
+            };
+            return json_response(
+                StatusCode::OK,
+                &cid,
+                serde_json::json!({"status": "ok", "store": store}),
+            );
         }
         "/readyz" => {
             let ready_workers = shared.pool.ready_count();

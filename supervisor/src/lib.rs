@@ -26,7 +26,9 @@ pub mod quickstart;
 pub mod router;
 pub mod secrets;
 pub mod server;
+pub mod snapshot;
 pub mod store;
+pub mod sync;
 pub mod watch;
 
 /// Installs the log subscriber: `level` is a level (`info`) or a target list

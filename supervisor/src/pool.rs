@@ -207,6 +207,9 @@ pub struct Pool {
     events: mpsc::UnboundedSender<Event>,
     /// Default deadline of calls the workers make (invoke_async).
     call_timeout: Duration,
+    /// The deployed modules this server runs, by name: what every worker has activated and
+    /// what a new worker loads before it takes traffic (kept by `deploy`).
+    pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
 }
 
 impl Pool {
@@ -218,6 +221,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             workers: RwLock::new(Vec::new()),
+            deployed: Mutex::new(std::collections::BTreeMap::new()),
             freed: Notify::new(),
             queued: AtomicUsize::new(0),
             max_inflight,

@@ -95,6 +95,8 @@ pub struct Shared {
     pub key: crate::secrets::Key,
     /// This server's name in the store's server list.
     pub server_name: String,
+    /// False while the config store is unreachable (the server serves on what it has).
+    pub store_ok: AtomicBool,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
@@ -102,14 +104,12 @@ pub struct Shared {
 
 /// The secrets key: the systemd credential or the key file (created when missing and the
 /// store holds no secret); refused when the store's secrets were sealed with another key.
-async fn load_secret_key(
+/// `sealed` is one sealed value the store (or the snapshot) holds, if any.
+fn load_secret_key(
     settings: &Settings,
-    store: &crate::store::Store,
+    sealed: Option<&str>,
 ) -> Result<crate::secrets::Key, ServerError> {
-    let sealed = store.any_sealed().await.map_err(|e| {
-        ServerError::Fatal(format!("cannot read secrets from the config store: {e}"))
-    })?;
-    let stored_id = sealed.as_deref().and_then(crate::secrets::sealed_key_id);
+    let stored_id = sealed.and_then(crate::secrets::sealed_key_id);
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
     let key = crate::secrets::Key::load(creds.as_deref(), &settings.secret_key_file(), stored_id)
         .map_err(|e| ServerError::Fatal(e.to_string()))?;
@@ -201,22 +201,19 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         settings.server.listen
     )))?;
     let store_url = settings.store_url();
-    let store = crate::store::Store::open(&store_url).await.map_err(|e| {
-        ServerError::Fatal(format!(
-            "cannot open the config store {}: {e}",
-            crate::store::redact_url(&store_url)
-        ))
-    })?;
+    let boot = open_store(&settings, &store_url).await?;
+    let store = boot.store;
     let mut channels = settings.channels.clone();
-    channels.extend(store.channels().await.map_err(|e| {
-        ServerError::Fatal(format!("cannot read channels from the config store: {e}"))
-    })?);
+    channels.extend(boot.snapshot.channels.iter().cloned());
     let router = Router::new(&channels).map_err(|e| {
         ServerError::Fatal(format!(
             "the channels of server.toml and of the config store conflict: {e}"
         ))
     })?;
-    let key = load_secret_key(&settings, &store).await?;
+    let key = load_secret_key(
+        &settings,
+        boot.snapshot.secrets.first().map(|s| s.sealed.as_str()),
+    )?;
     let admin_token = crate::admin::load_or_create_token(&settings.admin_token_file()).map_err(
         io_err(format!(
             "cannot read or create the admin token file {}",
@@ -229,7 +226,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     )))?;
     let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
     let local = listener.local_addr().map_err(io_err("local_addr"))?;
-    let me = register_server(&settings, &store, local).await?;
+    let me = server_record(&settings, local);
+    if boot.online {
+        register_server(&store, &me).await?;
+    } else {
+        warn!(server = %me.name, "not registered in the config store yet (it is down): the heartbeat registers once it is back");
+    }
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(Pool::new(
@@ -238,6 +240,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         settings.request_timeout(),
         ev_tx.clone(),
     ));
+    *pool.deployed.lock().expect("deployed lock") = boot
+        .snapshot
+        .modules
+        .iter()
+        .map(|m| (m.name.clone(), m.clone()))
+        .collect();
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         router: std::sync::RwLock::new(Arc::new(router)),
@@ -247,6 +255,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         store,
         key,
         server_name: me.name.clone(),
+        store_ok: AtomicBool::new(boot.online),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
     });
@@ -257,7 +266,6 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         heartbeat_ms: settings.workers.heartbeat_ms,
         log_level: python_log_level(&settings.server.log_level),
         startup_timeout: Duration::from_millis(settings.workers.startup_timeout_ms),
-        store: shared.store.clone(),
         modules_loaded: Arc::new(tokio::sync::Mutex::new(false)),
     };
     tokio::spawn(accept_workers(ipc, pool.clone(), ev_tx.clone(), welcome));
@@ -283,6 +291,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         admin_token,
     ));
     tokio::spawn(server_heartbeat(shared.store.clone(), me.clone()));
+    tokio::spawn(crate::sync::run(
+        shared.clone(),
+        boot.snapshot.config_version,
+        boot.online,
+    ));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,
@@ -336,12 +349,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     result
 }
 
-/// Registers this server in the store (refused beyond the cluster limits).
-async fn register_server(
-    settings: &Settings,
-    store: &crate::store::Store,
-    local: std::net::SocketAddr,
-) -> Result<crate::store::ServerRecord, ServerError> {
+/// This server's entry for the store's server list.
+fn server_record(settings: &Settings, local: std::net::SocketAddr) -> crate::store::ServerRecord {
     let name = match &settings.cluster.server {
         Some(n) => n.clone(),
         None => {
@@ -353,7 +362,7 @@ async fn register_server(
             format!("{host}:{}", local.port())
         }
     };
-    let me = crate::store::ServerRecord {
+    crate::store::ServerRecord {
         name,
         http_address: local.to_string(),
         oxbus_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -363,8 +372,15 @@ async fn register_server(
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0),
         last_seen: 0,
-    };
-    let others = store.register_server(&me).await.map_err(|e| match e {
+    }
+}
+
+/// Registers this server in the store (refused beyond the cluster limits).
+async fn register_server(
+    store: &crate::store::Store,
+    me: &crate::store::ServerRecord,
+) -> Result<(), ServerError> {
+    let others = store.register_server(me).await.map_err(|e| match e {
         crate::store::StoreError::Invalid(m) => ServerError::Fatal(m),
         e => ServerError::Fatal(format!("cannot register in the config store: {e}")),
     })?;
@@ -373,7 +389,56 @@ async fn register_server(
         others = ?others.iter().map(|o| &o.name).collect::<Vec<_>>(),
         "registered in the config store"
     );
-    Ok(me)
+    Ok(())
+}
+
+/// What a server boots with: the store, and the config to serve until the first sync.
+struct Boot {
+    store: crate::store::Store,
+    snapshot: crate::snapshot::Snapshot,
+    /// False when the store was down and the snapshot came from disk.
+    online: bool,
+}
+
+/// Opens the store and reads the config from it; when a PostgreSQL store is unreachable,
+/// boots from the on-disk snapshot instead (a missing or corrupt one stops the server).
+async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError> {
+    let redacted = crate::store::redact_url(url);
+    let e = match crate::store::Store::open(url).await {
+        Ok(store) => match crate::snapshot::Snapshot::take(&store).await {
+            Ok(snapshot) => {
+                return Ok(Boot {
+                    store,
+                    snapshot,
+                    online: true,
+                });
+            }
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    let unreachable = matches!(e, crate::store::StoreError::Db(_)) && url.starts_with("postgres");
+    if !unreachable {
+        return Err(ServerError::Fatal(format!(
+            "cannot open the config store {redacted}: {e}"
+        )));
+    }
+    let path = settings.snapshot_file();
+    let snapshot = crate::snapshot::Snapshot::read(&path).map_err(|s| {
+        ServerError::Fatal(format!(
+            "the config store {redacted} is unreachable ({e}) and {s}: nothing safe to serve"
+        ))
+    })?;
+    warn!(store = %redacted, error = %e, snapshot = %path.display(),
+          config_version = snapshot.config_version,
+          "the config store is unreachable: serving the on-disk snapshot until it is back");
+    let store = crate::store::Store::lazy(url)
+        .map_err(|e| ServerError::Fatal(format!("config store {redacted}: {e}")))?;
+    Ok(Boot {
+        store,
+        snapshot,
+        online: false,
+    })
 }
 
 /// Keeps this server's row fresh; registers again if another server dropped it as stale.
@@ -861,8 +926,6 @@ struct WelcomeTemplate {
     heartbeat_ms: u64,
     log_level: String,
     startup_timeout: Duration,
-    /// Deployed modules a new worker loads before it takes traffic.
-    store: crate::store::Store,
     /// Set once a worker has loaded the stored modules; until then the workers take turns
     /// (see `handshake`).
     modules_loaded: Arc<tokio::sync::Mutex<bool>>,
@@ -1016,12 +1079,14 @@ async fn handshake(
             crate::pool::run_connection(pool.clone(), worker.clone(), stream, buf)
                 .instrument(tracing::Span::current()),
         );
-        // Every module deployed through the admin API, before any traffic.
-        let modules = welcome
-            .store
-            .active_modules()
-            .await
-            .map_err(|e| format!("cannot read deployed modules from the config store: {e}"))?;
+        // Every deployed module this server runs, before any traffic.
+        let modules: Vec<crate::store::Module> = pool
+            .deployed
+            .lock()
+            .expect("deployed lock")
+            .values()
+            .cloned()
+            .collect();
         if !modules.is_empty() {
             let srcs = crate::deploy::sources(&modules);
             // Until one worker has loaded them, one at a time: the first compiles them into

@@ -62,7 +62,7 @@ macro_rules! on_pool {
 }
 
 /// One stored version of a service module.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Module {
     pub name: String,
     pub version: i64,
@@ -233,7 +233,7 @@ macro_rules! upsert_secret {
 }
 
 /// A stored secret: its sealed value only (see `crate::secrets`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SealedSecret {
     pub name: String,
     pub sealed: String,
@@ -334,11 +334,31 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(redact_url(url)));
         };
-        match &store {
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A PostgreSQL store that connects on first use (for a server booting from its snapshot
+    /// while the store is down); `migrate` must run once it is reachable.
+    pub fn lazy(url: &str) -> Result<Store> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::BadUrl(redact_url(url)));
+        }
+        Ok(Store::Postgres(
+            PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy(url)?,
+        ))
+    }
+
+    /// Applies the migrations this build has and the store lacks.
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
             Store::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
             Store::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
         }
-        Ok(store)
+        Ok(())
     }
 
     /// Closes the pool.

@@ -1,0 +1,141 @@
+//! Keeps a server in step with the config store, and its on-disk snapshot in step with what
+//! it runs.
+//!
+//! Every second the server reads the store's config version. When it differs from the version
+//! the server last applied — a change made through another server of the cluster, or the
+//! store coming back after an outage — it reads the store under the deploy lock, activates in
+//! every worker the modules whose active version it does not run, removes the ones no longer
+//! deployed, swaps in the routing table, and writes the snapshot. A change made through this
+//! server was already applied by its own path, so the diff finds nothing left to do and only
+//! the snapshot is rewritten. (The cluster bus, issue 4, will announce changes at once; this
+//! check stays as the backstop.)
+//!
+//! While the store is unreachable the server keeps serving on what it has; `/healthz` says
+//! `"store": "degraded"`, admin changes fail with 503, and the outage and the recovery are
+//! logged once each.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+
+/// How often the store's version is checked.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs until the process ends. `applied` is the config version the server booted with;
+/// `online` false means it booted from the snapshot (the store's migrations still have to
+/// run once it is back).
+pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
+    let mut migrated = online;
+    // Write the snapshot of what was just loaded at once (-1: never written by this run).
+    let mut written = if online { -1 } else { applied };
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !migrated {
+            match shared.store.migrate().await {
+                Ok(()) => migrated = true,
+                Err(e) => {
+                    degraded(&shared, &e.to_string());
+                    continue;
+                }
+            }
+        }
+        let version = match shared.store.version().await {
+            Ok(v) => v,
+            Err(e) => {
+                degraded(&shared, &e.to_string());
+                continue;
+            }
+        };
+        if !shared.store_ok.swap(true, Ordering::SeqCst) {
+            info!(
+                config_version = version,
+                "the config store is reachable again"
+            );
+        }
+        if version == applied && version == written {
+            continue;
+        }
+        match catch_up(&shared).await {
+            Ok(v) => {
+                if v != applied {
+                    info!(from = applied, to = v, "caught up with the config store");
+                }
+                applied = v;
+                written = v;
+            }
+            Err(e) => degraded(&shared, &e),
+        }
+    }
+}
+
+fn degraded(shared: &Shared, why: &str) {
+    if shared.store_ok.swap(false, Ordering::SeqCst) {
+        warn!(error = %why, "the config store is unreachable: serving on the config this server has");
+    }
+}
+
+/// Applies the store's current config to this server and writes the snapshot; returns the
+/// version applied.
+async fn catch_up(shared: &Shared) -> Result<i64, String> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let snap = Snapshot::take(&shared.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (changed, gone) = {
+        let deployed = shared.pool.deployed.lock().expect("deployed lock");
+        let changed: Vec<crate::store::Module> = snap
+            .modules
+            .iter()
+            .filter(|m| deployed.get(&m.name).map(|d| d.version) != Some(m.version))
+            .cloned()
+            .collect();
+        let gone: Vec<String> = deployed
+            .keys()
+            .filter(|n| !snap.modules.iter().any(|m| &m.name == *n))
+            .cloned()
+            .collect();
+        (changed, gone)
+    };
+    if !changed.is_empty() {
+        let acks = crate::deploy::activate_everywhere(&shared.pool, &changed).await;
+        let failed = acks.iter().filter(|a| !a.ok).count();
+        let names: Vec<&str> = changed.iter().map(|m| m.name.as_str()).collect();
+        if failed > 0 {
+            error!(modules = ?names, failed, "catching up: some workers did not take the modules");
+        } else {
+            info!(modules = ?names, workers = acks.len(), "catching up: activated");
+        }
+    }
+    if !gone.is_empty() {
+        let names: Vec<&str> = gone.iter().map(String::as_str).collect();
+        crate::deploy::remove_everywhere(&shared.pool, &names).await;
+        info!(modules = ?names, "catching up: removed");
+    }
+    let mut table = shared.settings.channels.clone();
+    table.extend(snap.channels.iter().cloned());
+    match crate::router::Router::new(&table) {
+        Ok(router) => *shared.router.write().expect("router lock") = Arc::new(router),
+        Err(e) => {
+            error!(error = %e, "the store's channels do not route: the routing table is unchanged")
+        }
+    }
+    let path = shared.settings.snapshot_file();
+    let version = snap.config_version;
+    let written = tokio::task::spawn_blocking(move || snap.write(&path)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(
+            file = %shared.settings.snapshot_file().display(),
+            error = %e,
+            "cannot write the config snapshot: a restart while the store is down would not find this version"
+        ),
+        Err(e) => error!(error = %e, "the snapshot writer failed"),
+    }
+    Ok(version)
+}
