@@ -730,3 +730,163 @@ impl Drop for PgDatabase {
             .output();
     }
 }
+
+/// A PostgreSQL server of a test's own (initdb + pg_ctl into a temp dir, on a free port), so
+/// that a test may stop and restart it; the machine's shared server is never touched. Runs
+/// as the `postgres` user when the tests run as root (initdb refuses root). Stopped and
+/// deleted on drop.
+#[derive(Debug)]
+pub struct PrivatePg {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Whether the tests run as root (the owner of /proc/self is the effective uid).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    let root = running_as_root();
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("oxbus-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if running_as_root() {
+            let out = Command::new("chown")
+                .args(["postgres:postgres", dir.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        let data = dir.join("data");
+        let out = as_postgres(
+            &format!("{PG_BIN}/initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = PrivatePg { dir, port };
+        pg.start_again();
+        let out = Command::new("psql")
+            .args([
+                &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                "-q",
+                "-c",
+                "CREATE DATABASE oxbus",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/oxbus", self.port)
+    }
+
+    /// Starts it (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let data = self.dir.join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        let out = as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops it at once (clients see their connections drop).
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        let out = as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

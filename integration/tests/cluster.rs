@@ -62,3 +62,142 @@ async fn a_fourth_server_on_a_postgres_store_is_refused() {
     let again = env().set("store", "url", &url).start().await;
     again.assert_no_errors(&[]);
 }
+
+fn module(version: u32) -> String {
+    format!(
+        "from oxbus import Service\n\nclass V(Service):\n    name = 'c.version'\n\n    def handle(self):\n        self.response.payload = {{'version': {version}}}\n"
+    )
+}
+
+async fn deploy(srv: &Server, version: u32) -> Resp {
+    let body = serde_json::json!({"modules": [{"name": "cmod", "source": module(version)}]});
+    srv.admin(
+        "POST",
+        "/v1/modules",
+        Some(&srv.admin_token()),
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// Waits until `srv` answers GET `path` with `status` (and, for 200, `version`).
+async fn serves(srv: &Server, path: &str, status: u16, version: Option<u64>) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{path} -> {status} {version:?}"),
+        || async move {
+            let r = srv
+                .try_request("GET", path, &[], bytes::Bytes::new())
+                .await
+                .ok()?;
+            let v = (r.status == 200)
+                .then(|| r.json()["version"].as_u64())
+                .flatten();
+            (r.status == status && v == version).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_change_through_one_server_reaches_the_others() {
+    let (first, db) = env().postgres_store();
+    let url = format!("{:?}", db.url);
+    let a = first.start().await;
+    let b = env().set("store", "url", &url).start().await;
+    let token_a = a.admin_token();
+    // A channel created on A routes on B; a module deployed on A serves on B.
+    let ch = serde_json::json!({"name": "cv", "url_path": "/cv", "methods": ["GET"], "service": "c.version"});
+    let r = a
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&token_a),
+            ch.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(deploy(&a, 1).await.status, 200);
+    serves(&b, "/cv", 200, Some(1)).await;
+    // Redeployed on B: A follows, with its worker PIDs unchanged.
+    let pids = a.worker_pids();
+    assert_eq!(deploy(&b, 2).await.status, 200);
+    serves(&a, "/cv", 200, Some(2)).await;
+    assert_eq!(a.worker_pids(), pids);
+    // Undeployed on A: B answers 404 for the service.
+    let r = a
+        .admin("DELETE", "/v1/modules/cmod", Some(&token_a), b"")
+        .await;
+    assert_eq!(r.status, 200);
+    serves(&b, "/cv", 404, None).await;
+    a.assert_no_errors(&[]);
+    b.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn a_store_outage_keeps_traffic_flowing_and_a_restart_boots_from_the_snapshot() {
+    let pg = PrivatePg::start();
+    let url = format!("{:?}", pg.url());
+    let srv = env()
+        .set("store", "url", &url)
+        .channel("/cv", &["GET"], "c.version")
+        .start()
+        .await;
+    assert_eq!(deploy(&srv, 1).await.status, 200);
+    serves(&srv, "/cv", 200, Some(1)).await;
+    let snapshot = srv.dir.join("snapshot.json");
+    eventually(Duration::from_secs(20), "the snapshot of version 1", || {
+        let text = std::fs::read_to_string(&snapshot).unwrap_or_default();
+        async move { text.contains("\"config_version\":1").then_some(()) }
+    })
+    .await;
+
+    // The store goes down: traffic flows, /healthz says degraded, changes get 503.
+    pg.stop();
+    for _ in 0..20 {
+        assert_eq!(srv.get("/cv").await.status, 200);
+    }
+    eventually(Duration::from_secs(20), "store degraded", || async {
+        let r = srv.get("/healthz").await;
+        (r.status == 200 && r.json()["store"] == "degraded").then_some(())
+    })
+    .await;
+    assert_eq!(srv.get("/readyz").await.status, 200);
+    assert_eq!(deploy(&srv, 2).await.status, 503);
+
+    // Restarted while the store is down: it boots from the snapshot and serves version 1.
+    let srv = srv.restart().await;
+    serves(&srv, "/cv", 200, Some(1)).await;
+    assert!(
+        srv.log().contains("serving the on-disk snapshot"),
+        "{}",
+        srv.log()
+    );
+
+    // The store returns: the server says so and a change made now applies.
+    pg.start_again();
+    eventually(Duration::from_secs(30), "store ok", || async {
+        let r = srv.get("/healthz").await;
+        (r.json()["store"] == "ok").then_some(())
+    })
+    .await;
+    assert_eq!(deploy(&srv, 3).await.status, 200);
+    serves(&srv, "/cv", 200, Some(3)).await;
+
+    // A corrupt snapshot with the store down: a clear error exit, not a guess.
+    let mut srv = srv;
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(Duration::from_secs(30)), Some(0));
+    pg.stop();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let mut srv = srv.spawn_again();
+    assert_eq!(srv.wait_exit(Duration::from_secs(60)), Some(1));
+    assert!(
+        srv.log().contains("is corrupt (checksum mismatch)"),
+        "{}",
+        srv.log()
+    );
+}
