@@ -1,4 +1,5 @@
 //! The Oxbus IPC protocol: the only definition of the bytes on the supervisor ↔ worker socket.
+//! The cluster bus between servers, which shares the frame header, is in [`bus`] (`BUS.md`).
 //!
 //! `SPEC.md` beside this crate is the specification; this crate implements it for the Rust
 //! side and `python-worker/oxbus/_protocol.py` for the Python side. The golden vectors in
@@ -11,6 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+pub mod bus;
 pub mod messages;
 mod wire;
 
