@@ -1,4 +1,5 @@
 //! The Oxbus IPC protocol: the only definition of the bytes on the supervisor ↔ worker socket.
+//! The cluster bus between servers, which shares the frame header, is in [`bus`] (`BUS.md`).
 //!
 //! `SPEC.md` beside this crate is the specification; this crate implements it for the Rust
 //! side and `python-worker/oxbus/_protocol.py` for the Python side. The golden vectors in
@@ -9,9 +10,11 @@
 //! header, the JSON meta and the raw body straight into one output buffer, so that a batch of
 //! frames becomes a single `write` on the socket.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
+pub mod bus;
 pub mod messages;
+mod wire;
 
 pub use messages::*;
 
@@ -19,10 +22,10 @@ pub use messages::*;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Size of the fixed frame header: length (4), kind (1), flags (1), stream (4).
-pub const HEADER_LEN: usize = 10;
+pub const HEADER_LEN: usize = wire::HEADER_LEN;
 
 /// Hard upper bound of a frame payload (64 MiB). Nothing larger is ever read into memory.
-pub const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+pub const MAX_PAYLOAD: usize = wire::MAX_PAYLOAD;
 
 /// The bit that marks a stream opened by the worker.
 pub const WORKER_STREAM_BIT: u32 = 0x8000_0000;
@@ -140,7 +143,13 @@ impl Frame {
 
     /// Appends the wire bytes of this frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        put_header(out, self.kind, self.flags, self.stream, self.payload.len());
+        wire::put_header(
+            out,
+            self.kind as u8,
+            self.flags,
+            self.stream,
+            self.payload.len(),
+        );
         out.extend_from_slice(&self.payload);
     }
 
@@ -165,34 +174,12 @@ impl Frame {
     }
 }
 
-fn put_header(out: &mut BytesMut, kind: Kind, flags: u8, stream: u32, payload_len: usize) {
-    debug_assert!(payload_len <= MAX_PAYLOAD);
-    out.reserve(HEADER_LEN + payload_len);
-    out.put_u32(payload_len as u32);
-    out.put_u8(kind as u8);
-    out.put_u8(flags);
-    out.put_u32(stream);
-}
-
 /// Splits a `CALL` / `REPLY` payload: `meta_len` u32, meta, body.
 pub fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes)> {
-    if payload.len() < 4 {
-        return Err(Error::BadMetaLength {
-            meta_len: 4,
-            payload_len: payload.len(),
-        });
-    }
-    let meta_len = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
-    if meta_len > payload.len() - 4 {
-        return Err(Error::BadMetaLength {
-            meta_len,
-            payload_len: payload.len(),
-        });
-    }
-    Ok((
-        payload.slice(4..4 + meta_len),
-        payload.slice(4 + meta_len..),
-    ))
+    wire::split_meta(payload).map_err(|(meta_len, payload_len)| Error::BadMetaLength {
+        meta_len,
+        payload_len,
+    })
 }
 
 /// Appends a `CALL` or `REPLY` frame whose meta is `meta` (already JSON) and body `body`.
@@ -205,18 +192,7 @@ pub fn encode_meta_frame(
     meta: &[u8],
     body: &[u8],
 ) -> Result<()> {
-    let len = 4 + meta.len() + body.len();
-    if len > MAX_PAYLOAD {
-        return Err(Error::TooLarge {
-            len,
-            max: MAX_PAYLOAD,
-        });
-    }
-    put_header(out, kind, flags, stream, len);
-    out.put_u32(meta.len() as u32);
-    out.extend_from_slice(meta);
-    out.extend_from_slice(body);
-    Ok(())
+    wire::encode_meta_frame(out, kind as u8, flags, stream, meta, body).map_err(too_large)
 }
 
 /// Appends a `CALL` frame, serialising `meta` as JSON straight into the buffer (no
@@ -228,7 +204,7 @@ pub fn encode_call<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    encode_serialized(out, Kind::Call, flags, stream, meta, body)
+    wire::encode_serialized(out, Kind::Call as u8, flags, stream, meta, body).map_err(too_large)
 }
 
 /// Appends a `REPLY` frame.
@@ -238,36 +214,14 @@ pub fn encode_reply<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    encode_serialized(out, Kind::Reply, 0, stream, meta, body)
+    wire::encode_serialized(out, Kind::Reply as u8, 0, stream, meta, body).map_err(too_large)
 }
 
-fn encode_serialized<M: serde::Serialize>(
-    out: &mut BytesMut,
-    kind: Kind,
-    flags: u8,
-    stream: u32,
-    meta: &M,
-    body: &[u8],
-) -> Result<()> {
-    let start = out.len();
-    out.reserve(HEADER_LEN + 4 + 512 + body.len());
-    put_header(out, kind, flags, stream, 0);
-    out.put_u32(0);
-    let meta_start = out.len();
-    serde_json::to_writer(out.writer(), meta).expect("serialising a message cannot fail");
-    let meta_len = out.len() - meta_start;
-    let len = 4 + meta_len + body.len();
-    if len > MAX_PAYLOAD {
-        out.truncate(start);
-        return Err(Error::TooLarge {
-            len,
-            max: MAX_PAYLOAD,
-        });
+fn too_large(len: usize) -> Error {
+    Error::TooLarge {
+        len,
+        max: MAX_PAYLOAD,
     }
-    out.extend_from_slice(body);
-    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-    out[meta_start - 4..meta_start].copy_from_slice(&(meta_len as u32).to_be_bytes());
-    Ok(())
 }
 
 /// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
@@ -296,32 +250,23 @@ impl FrameDecoder {
     /// are needed. An oversized length, unknown kind or unknown flags is an error, checked
     /// from the header alone, before the payload is buffered.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        if buf.len() < HEADER_LEN {
+        let Some(header) = wire::peek_header(buf) else {
             return Ok(None);
-        }
-        let len = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-        if len > self.max_payload {
+        };
+        if header.len > self.max_payload {
             return Err(Error::TooLarge {
-                len,
+                len: header.len,
                 max: self.max_payload,
             });
         }
-        let kind = Kind::from_u8(buf[4])?;
-        let flags = buf[5];
-        if flags & !KNOWN_FLAGS != 0 {
-            return Err(Error::UnknownFlags(flags & !KNOWN_FLAGS));
+        let kind = Kind::from_u8(header.kind)?;
+        if header.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::UnknownFlags(header.flags & !KNOWN_FLAGS));
         }
-        if buf.len() < HEADER_LEN + len {
-            buf.reserve(HEADER_LEN + len - buf.len());
-            return Ok(None);
-        }
-        let stream = u32::from_be_bytes(buf[6..10].try_into().expect("4 bytes"));
-        buf.advance(HEADER_LEN);
-        let payload = buf.split_to(len).freeze();
-        Ok(Some(Frame {
+        Ok(wire::take_payload(buf, header.len).map(|payload| Frame {
             kind,
-            flags,
-            stream,
+            flags: header.flags,
+            stream: header.stream,
             payload,
         }))
     }
@@ -330,6 +275,7 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     #[test]
     fn partial_header_and_payload_wait_for_more() {

@@ -1,0 +1,122 @@
+//! The frame header and the `CALL` / `REPLY` payload layout that the IPC protocol and the
+//! cluster bus share (see `SPEC.md` and `BUS.md`). Each protocol validates kinds and flags
+//! against its own table and maps these helpers' raw errors into its own error type.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Size of the fixed frame header: length (4), kind (1), flags (1), stream (4).
+pub(crate) const HEADER_LEN: usize = 10;
+
+/// Hard upper bound of a frame payload (64 MiB), shared by both protocols.
+pub(crate) const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+
+/// A frame header as read off the wire, before any protocol-specific check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub len: usize,
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+}
+
+/// Appends a header announcing `payload_len` bytes of payload and reserves room for them.
+pub(crate) fn put_header(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, payload_len: usize) {
+    debug_assert!(payload_len <= MAX_PAYLOAD);
+    out.reserve(HEADER_LEN + payload_len);
+    out.put_u32(payload_len as u32);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream);
+}
+
+/// The header at the front of `buf`, or `None` while fewer than [`HEADER_LEN`] bytes are
+/// buffered. Consumes nothing.
+pub(crate) fn peek_header(buf: &[u8]) -> Option<Header> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    Some(Header {
+        len: u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes")) as usize,
+        kind: buf[4],
+        flags: buf[5],
+        stream: u32::from_be_bytes(buf[6..10].try_into().expect("4 bytes")),
+    })
+}
+
+/// Removes a whole frame (header and `len` payload bytes) from the front of `buf` and returns
+/// its payload without copying, or reserves room for the rest and returns `None` when the
+/// payload is not complete yet. The caller has validated the header and `len`.
+pub(crate) fn take_payload(buf: &mut BytesMut, len: usize) -> Option<Bytes> {
+    if buf.len() < HEADER_LEN + len {
+        buf.reserve(HEADER_LEN + len - buf.len());
+        return None;
+    }
+    buf.advance(HEADER_LEN);
+    Some(buf.split_to(len).freeze())
+}
+
+/// Splits a `CALL` / `REPLY` payload (`meta_len` u32, meta, body). On error returns
+/// `(meta_len, payload_len)`; a payload shorter than 4 bytes reports a `meta_len` of 4.
+pub(crate) fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes), (usize, usize)> {
+    if payload.len() < 4 {
+        return Err((4, payload.len()));
+    }
+    let meta_len = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+    if meta_len > payload.len() - 4 {
+        return Err((meta_len, payload.len()));
+    }
+    Ok((
+        payload.slice(4..4 + meta_len),
+        payload.slice(4 + meta_len..),
+    ))
+}
+
+/// Appends a `CALL` / `REPLY`-layout frame from ready meta bytes. On error (the payload
+/// would exceed [`MAX_PAYLOAD`]) returns the payload length and appends nothing.
+pub(crate) fn encode_meta_frame(
+    out: &mut BytesMut,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    meta: &[u8],
+    body: &[u8],
+) -> Result<(), usize> {
+    let len = 4 + meta.len() + body.len();
+    if len > MAX_PAYLOAD {
+        return Err(len);
+    }
+    put_header(out, kind, flags, stream, len);
+    out.put_u32(meta.len() as u32);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Appends a `CALL` / `REPLY`-layout frame, serialising `meta` as JSON straight into `out`.
+/// On error (the payload would exceed [`MAX_PAYLOAD`]) returns the payload length and leaves
+/// `out` as it was.
+pub(crate) fn encode_serialized<M: serde::Serialize>(
+    out: &mut BytesMut,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    meta: &M,
+    body: &[u8],
+) -> Result<(), usize> {
+    let start = out.len();
+    out.reserve(HEADER_LEN + 4 + 512 + body.len());
+    put_header(out, kind, flags, stream, 0);
+    out.put_u32(0);
+    let meta_start = out.len();
+    serde_json::to_writer(out.writer(), meta).expect("serialising a message cannot fail");
+    let meta_len = out.len() - meta_start;
+    let len = 4 + meta_len + body.len();
+    if len > MAX_PAYLOAD {
+        out.truncate(start);
+        return Err(len);
+    }
+    out.extend_from_slice(body);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    out[meta_start - 4..meta_start].copy_from_slice(&(meta_len as u32).to_be_bytes());
+    Ok(())
+}
