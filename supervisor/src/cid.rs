@@ -5,8 +5,6 @@
 //! format per request, which matters on the hot path more than cryptographic randomness does;
 //! the tokens that need unpredictability come from the OS generator instead.
 
-use std::hash::{BuildHasher, Hasher};
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Generates correlation ids.
@@ -38,26 +36,13 @@ impl CidGen {
     }
 }
 
-/// `N` random bytes from the OS; falls back to a hash-seeded value if /dev/urandom is
-/// unreadable (it is always there on Linux, the fallback keeps this infallible).
+/// `N` random bytes from the OS's cryptographic source (`getrandom`). It does not fail on
+/// Linux; if it ever did, there is no safe fallback for tokens and keys, so this panics with
+/// the reason instead of inventing weaker bytes.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut out))
-        .is_err()
-    {
-        for chunk in out.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .elapsed()
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0),
-            );
-            let v = h.finish().to_be_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
+    getrandom::fill(&mut out)
+        .unwrap_or_else(|e| panic!("the operating system's random source failed: {e}"));
     out
 }
 
