@@ -130,6 +130,48 @@ async fn a_change_through_one_server_reaches_the_others() {
         .await;
     assert_eq!(r.status, 200);
     serves(&b, "/cv", 404, None).await;
+
+    // `oxbus cluster status`: both servers, each at the store's version once it heartbeats.
+    let status = |srv: &Server| {
+        let out = std::process::Command::new(oxbus_bin())
+            .args(["cluster", "status", "--output", "json"])
+            .env(
+                "OXBUS_SERVER",
+                format!("http://127.0.0.1:{}", srv.admin_port()),
+            )
+            .env("OXBUS_TOKEN", srv.admin_token())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    eventually(Duration::from_secs(30), "both servers in sync", || {
+        let d = status(&a);
+        async move {
+            let v = d["store"]["config_version"].as_i64()?;
+            let servers = d["servers"].as_array()?;
+            (servers.len() == 2 && servers.iter().all(|s| s["config_version"] == v)).then_some(())
+        }
+    })
+    .await;
+    let text = std::process::Command::new(oxbus_bin())
+        .args(["cluster", "status"])
+        .env(
+            "OXBUS_SERVER",
+            format!("http://127.0.0.1:{}", b.admin_port()),
+        )
+        .env("OXBUS_TOKEN", b.admin_token())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("postgres reachable") && text.contains("in sync"),
+        "{text}"
+    );
     a.assert_no_errors(&[]);
     b.assert_no_errors(&[]);
 }

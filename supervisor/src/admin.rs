@@ -127,6 +127,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "info"]) => info(shared).await,
+        (&Method::GET, ["v1", "cluster"]) => cluster(shared).await,
         (&Method::GET, ["v1", "services"]) => services(shared).await,
         (&Method::GET, ["v1", "modules"]) => modules(shared).await,
         (&Method::GET, ["v1", "modules", name]) => module_source(shared, name).await,
@@ -790,5 +791,56 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
     reply(
         status,
         serde_json::to_value(report).expect("a report serializes"),
+    )
+}
+
+/// GET /v1/cluster: the servers sharing this store, the config version each has applied, and
+/// the store's health as this server sees it.
+async fn cluster(shared: &Shared) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    let applied = shared.applied_version.load(Ordering::Relaxed);
+    let (store, servers) = match (shared.store.version().await, shared.store.servers().await) {
+        (Ok(v), Ok(list)) => (
+            json!({"kind": store_kind(&shared.store), "reachable": true, "config_version": v}),
+            list,
+        ),
+        (Err(e), _) | (_, Err(e)) => (
+            json!({"kind": store_kind(&shared.store), "reachable": false, "error": e.to_string()}),
+            Vec::new(),
+        ),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut list: Vec<Value> = servers
+        .iter()
+        .map(|s| {
+            let version = if s.name == shared.server_name {
+                applied
+            } else {
+                s.config_version
+            };
+            json!({
+                "name": s.name, "http_address": s.http_address, "oxbus": s.oxbus_version,
+                "pid": s.pid, "started_at_ms": s.started_at,
+                "seen_ms_ago": now - s.last_seen, "config_version": version,
+                "this_server": s.name == shared.server_name,
+            })
+        })
+        .collect();
+    if !list.iter().any(|s| s["this_server"] == true) {
+        list.push(json!({
+            "name": shared.server_name, "config_version": applied, "this_server": true,
+            "registered": false,
+        }));
+    }
+    reply(
+        StatusCode::OK,
+        json!({
+            "store": store,
+            "servers": list,
+            "bus": "not built yet: servers follow the store by checking its version every second",
+        }),
     )
 }

@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// The cluster: its servers, the config version each runs, the store's health.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Secrets: stored sealed, never shown back.
     Secret {
         #[command(subcommand)]
@@ -121,6 +126,17 @@ enum ConfigAction {
         /// Also delete stored objects the file does not list (modules are undeployed).
         #[arg(long)]
         replace: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Servers, their config versions, the store's health.
+    Status {
+        #[command(flatten)]
+        to: ServerArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -338,6 +354,9 @@ fn client_command(cmd: Command) -> ExitCode {
         Command::Secret {
             action: SecretAction::List { to, output },
         } => (to, "GET", "/v1/secrets".to_owned(), Vec::new(), *output),
+        Command::Cluster {
+            action: ClusterAction::Status { to, output },
+        } => (to, "GET", "/v1/cluster".to_owned(), Vec::new(), *output),
         Command::Secret {
             action: SecretAction::Delete { to, name },
         } => (
@@ -428,6 +447,7 @@ fn client_command(cmd: Command) -> ExitCode {
             );
         }
         (Output::Text, Command::Config { .. }, Some(d)) => print_import(&d),
+        (Output::Text, Command::Cluster { .. }, Some(d)) => print_cluster(&d),
         (Output::Text, Command::Rollback { module, .. }, Some(d)) => println!(
             "{module} is back at version {} (config version {}, {} worker(s) acknowledged)",
             d["module"]["version"],
@@ -573,6 +593,56 @@ fn write_export(
     ExitCode::SUCCESS
 }
 
+/// `cluster status`: the store, then one line per server.
+fn print_cluster(d: &serde_json::Value) {
+    let store = &d["store"];
+    let current = store["config_version"].as_i64();
+    match current {
+        Some(v) => println!(
+            "store: {} reachable, config version {v}",
+            store["kind"].as_str().unwrap_or("")
+        ),
+        None => println!(
+            "store: {} UNREACHABLE ({})",
+            store["kind"].as_str().unwrap_or(""),
+            store["error"].as_str().unwrap_or("")
+        ),
+    }
+    println!(
+        "{:<32} {:<22} {:>8}  {:<9} SEEN",
+        "SERVER", "HTTP", "VERSION", "STATE"
+    );
+    for s in d["servers"].as_array().into_iter().flatten() {
+        let version = s["config_version"].as_i64().unwrap_or(0);
+        let state = match current {
+            Some(v) if v == version => "in sync",
+            Some(_) => "behind",
+            None => "unknown",
+        };
+        println!(
+            "{:<32} {:<22} {:>8}  {:<9} {}{}",
+            format!(
+                "{}{}",
+                s["name"].as_str().unwrap_or(""),
+                if s["this_server"] == true { " *" } else { "" }
+            ),
+            s["http_address"].as_str().unwrap_or("-"),
+            version,
+            state,
+            s["seen_ms_ago"].as_i64().map_or_else(
+                || "-".to_owned(),
+                |ms| format!("{:.1} s ago", ms as f64 / 1000.0)
+            ),
+            if s["registered"] == false {
+                " (not registered: store down)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("bus: {}", d["bus"].as_str().unwrap_or(""));
+}
+
 /// `config import`: one line per change, then a summary.
 fn print_import(d: &serde_json::Value) {
     let dry = d["dry_run"] == true;
@@ -609,6 +679,7 @@ fn main() -> ExitCode {
             | Command::Rollback { .. }
             | Command::Undeploy { .. }
             | Command::Config { .. }
+            | Command::Cluster { .. }
             | Command::Secret { .. }
     ) {
         return client_command(cli.command);
@@ -621,6 +692,7 @@ fn main() -> ExitCode {
         | Command::Rollback { .. }
         | Command::Undeploy { .. }
         | Command::Config { .. }
+        | Command::Cluster { .. }
         | Command::Secret { .. } => {
             unreachable!("handled above")
         }

@@ -97,6 +97,8 @@ pub struct Shared {
     pub server_name: String,
     /// False while the config store is unreachable (the server serves on what it has).
     pub store_ok: AtomicBool,
+    /// The config version this server has applied (see `sync`).
+    pub applied_version: std::sync::atomic::AtomicI64,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
@@ -256,6 +258,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         key,
         server_name: me.name.clone(),
         store_ok: AtomicBool::new(boot.online),
+        applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
     });
@@ -290,7 +293,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         shared.clone(),
         admin_token,
     ));
-    tokio::spawn(server_heartbeat(shared.store.clone(), me.clone()));
+    tokio::spawn(server_heartbeat(shared.clone(), me.clone()));
     tokio::spawn(crate::sync::run(
         shared.clone(),
         boot.snapshot.config_version,
@@ -378,6 +381,7 @@ fn server_record(settings: &Settings, local: std::net::SocketAddr) -> crate::sto
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0),
         last_seen: 0,
+        config_version: 0,
     }
 }
 
@@ -447,21 +451,31 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
     })
 }
 
-/// Keeps this server's row fresh; registers again if another server dropped it as stale.
-async fn server_heartbeat(store: crate::store::Store, me: crate::store::ServerRecord) {
+/// Keeps this server's row fresh (with the config version it has applied); registers again
+/// if another server dropped it as stale or the store lost it during an outage.
+async fn server_heartbeat(shared: Arc<Shared>, me: crate::store::ServerRecord) {
     let mut tick = tokio::time::interval(crate::store::SERVER_HEARTBEAT);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match store.heartbeat_server(&me.name, me.pid).await {
+        let applied = shared.applied_version.load(Ordering::Relaxed);
+        match shared
+            .store
+            .heartbeat_server(&me.name, me.pid, applied)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
-                warn!(server = %me.name, "this server's row was gone from the store; registering again");
-                if let Err(e) = store.register_server(&me).await {
-                    error!(error = %e, "cannot register this server again");
+                info!(server = %me.name, "registering this server in the config store (again)");
+                let me = crate::store::ServerRecord {
+                    config_version: applied,
+                    ..me.clone()
+                };
+                if let Err(e) = shared.store.register_server(&me).await {
+                    error!(error = %e, "cannot register this server in the config store");
                 }
             }
-            Err(e) => warn!(error = %e, "server heartbeat to the config store failed"),
+            Err(e) => debug!(error = %e, "server heartbeat to the config store failed"),
         }
     }
 }

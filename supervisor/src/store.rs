@@ -253,6 +253,8 @@ pub struct ServerRecord {
     pub started_at: i64,
     /// Unix milliseconds of its last heartbeat.
     pub last_seen: i64,
+    /// The config version it has applied, as of its last heartbeat.
+    pub config_version: i64,
 }
 
 /// A server whose heartbeat is older than this is gone (it refreshes every
@@ -810,7 +812,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let rows = sqlx::query(
-                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen \
+                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version \
                  FROM servers ORDER BY name",
             )
             .fetch_all(&mut *tx)
@@ -824,6 +826,7 @@ impl Store {
                     pid: r.try_get("pid")?,
                     started_at: r.try_get("started_at")?,
                     last_seen: r.try_get("last_seen")?,
+                    config_version: r.try_get("config_version")?,
                 };
                 if rec.name == me.name {
                     if rec.http_address != me.http_address {
@@ -861,8 +864,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO servers (name, http_address, oxbus_version, pid, started_at, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO servers (name, http_address, oxbus_version, pid, started_at, last_seen, config_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&me.name)
             .bind(&me.http_address)
@@ -870,6 +873,7 @@ impl Store {
             .bind(me.pid)
             .bind(me.started_at)
             .bind(now)
+            .bind(me.config_version)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -879,11 +883,19 @@ impl Store {
 
     /// Refreshes this server's heartbeat; false when its row is gone (another server found
     /// it stale): the caller registers again.
-    pub async fn heartbeat_server(&self, name: &str, pid: i64) -> Result<bool> {
-        let n = on_pool!(self, p => sqlx::query("UPDATE servers SET last_seen = $3 WHERE name = $1 AND pid = $2")
+    pub async fn heartbeat_server(
+        &self,
+        name: &str,
+        pid: i64,
+        config_version: i64,
+    ) -> Result<bool> {
+        let n = on_pool!(self, p => sqlx::query(
+                "UPDATE servers SET last_seen = $3, config_version = $4 WHERE name = $1 AND pid = $2",
+            )
             .bind(name)
             .bind(pid)
             .bind(now_ms())
+            .bind(config_version)
             .execute(p)
             .await?
             .rows_affected());
@@ -905,7 +917,7 @@ impl Store {
     pub async fn servers(&self) -> Result<Vec<ServerRecord>> {
         on_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen \
+                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version \
                  FROM servers ORDER BY name",
             )
             .fetch_all(p)
@@ -919,6 +931,7 @@ impl Store {
                         pid: r.try_get("pid")?,
                         started_at: r.try_get("started_at")?,
                         last_seen: r.try_get("last_seen")?,
+                        config_version: r.try_get("config_version")?,
                     })
                 })
                 .collect()

@@ -68,6 +68,7 @@ pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
                 }
                 applied = v;
                 written = v;
+                shared.applied_version.store(v, Ordering::Relaxed);
             }
             Err(e) => degraded(&shared, &e),
         }

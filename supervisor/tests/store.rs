@@ -496,6 +496,7 @@ fn server(name: &str, addr: &str, pid: i64) -> oxbus_supervisor::store::ServerRe
         pid,
         started_at: 1,
         last_seen: 0,
+        config_version: 0,
     }
 }
 
@@ -534,10 +535,11 @@ async fn sqlite_membership_is_one_server() {
             .is_empty()
     );
     assert!(
-        !s.heartbeat_server("a", 10).await.unwrap(),
+        !s.heartbeat_server("a", 10, 0).await.unwrap(),
         "the old pid's row is gone"
     );
-    assert!(s.heartbeat_server("a", 12).await.unwrap());
+    assert!(s.heartbeat_server("a", 12, 3).await.unwrap());
+    assert_eq!(s.servers().await.unwrap()[0].config_version, 3);
     // A stale server does not count; a clean stop removes the row.
     age(&s, "a").await;
     assert!(
@@ -572,6 +574,6 @@ async fn postgres_membership_is_at_most_three_servers() {
     let others = s.register_server(&server("d", "h:9", 9)).await.unwrap();
     let names: Vec<&str> = others.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
-    assert!(!s.heartbeat_server("c", 2).await.unwrap());
+    assert!(!s.heartbeat_server("c", 2, 0).await.unwrap());
     e.cleanup(s).await;
 }
