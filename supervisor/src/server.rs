@@ -1099,28 +1099,60 @@ async fn handshake(
             crate::pool::run_connection(pool.clone(), worker.clone(), stream, buf)
                 .instrument(tracing::Span::current()),
         );
-        // Every deployed module this server runs, before any traffic.
-        let modules: Vec<crate::store::Module> = pool
-            .deployed
-            .lock()
-            .expect("deployed lock")
-            .values()
-            .cloned()
-            .collect();
-        if !modules.is_empty() {
-            let srcs = crate::deploy::sources(&modules);
+        // Every deployed module this server runs, before any traffic. A deploy may land
+        // while they load (it updates `pool.deployed` first, then activates in the workers
+        // that are ready, which this one is not yet): load until nothing differs, and turn
+        // ready while holding the lock, so a deploy either is seen here or sees this worker.
+        let mut loaded: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut first_batch = true;
+        loop {
+            let (todo, gone): (Vec<crate::store::Module>, Vec<String>) = {
+                let deployed = pool.deployed.lock().expect("deployed lock");
+                let todo: Vec<_> = deployed
+                    .values()
+                    .filter(|m| loaded.get(&m.name) != Some(&m.version))
+                    .cloned()
+                    .collect();
+                let gone: Vec<_> = loaded
+                    .keys()
+                    .filter(|n| !deployed.contains_key(*n))
+                    .cloned()
+                    .collect();
+                if todo.is_empty() && gone.is_empty() {
+                    worker_ready(&worker, pool.now_ms());
+                    break;
+                }
+                (todo, gone)
+            };
+            if !gone.is_empty() {
+                let names: Vec<&str> = gone.iter().map(String::as_str).collect();
+                crate::deploy::remove(&pool, &worker, &names)
+                    .await
+                    .map_err(|e| format!("the worker could not drop undeployed modules: {e}"))?;
+                for n in &gone {
+                    loaded.remove(n);
+                }
+            }
+            if todo.is_empty() {
+                continue;
+            }
+            let srcs = crate::deploy::sources(&todo);
             // Until one worker has loaded them, one at a time: the first compiles them into
             // the workers' code cache, and the others, started with it, load bytecode
             // instead of all compiling every stored module at once on a few cores.
-            let mut first = Some(welcome.modules_loaded.lock().await);
-            if first.as_deref() == Some(&true) {
-                first = None;
+            let mut first = None;
+            if first_batch {
+                first = Some(welcome.modules_loaded.lock().await);
+                if first.as_deref() == Some(&true) {
+                    first = None;
+                }
             }
-            let loaded = crate::deploy::activate(&pool, &worker, &srcs).await;
-            if let (Some(mut done), Ok(_)) = (first, &loaded) {
+            first_batch = false;
+            let result = crate::deploy::activate(&pool, &worker, &srcs).await;
+            if let (Some(mut done), Ok(_)) = (first, &result) {
                 *done = true;
             }
-            if let Err(e) = loaded {
+            if let Err(e) = result {
                 let msg = format!("the worker could not load the deployed modules: {e}");
                 *worker.boot_error.lock().expect("boot_error lock") = Some(msg.clone());
                 crate::process::signal(
@@ -1129,10 +1161,11 @@ async fn handshake(
                 );
                 return Err(msg);
             }
-            debug!(modules = modules.len(), "deployed modules loaded");
+            for m in &todo {
+                loaded.insert(m.name.clone(), m.version);
+            }
+            debug!(modules = todo.len(), "deployed modules loaded");
         }
-        let now = pool.now_ms();
-        worker_ready(&worker, now);
         let _ = events.send(Event::WorkerReady { id: worker.id });
         pool.capacity_changed();
         let _ = conn.await;
