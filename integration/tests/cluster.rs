@@ -243,3 +243,71 @@ async fn a_store_outage_keeps_traffic_flowing_and_a_restart_boots_from_the_snaps
         srv.log()
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three servers on a PostgreSQL of the test's own: a deploy through A answers on B and C, a
+/// change through C reaches A and B, and B — killed, then restarted after another deploy —
+/// comes back on the new version.
+#[tokio::test]
+async fn three_servers_converge_and_a_server_that_was_down_comes_back_current() {
+    let pg = PrivatePg::start();
+    let url = format!("{:?}", pg.url());
+    let b_port = free_port();
+    let server = |name: &str, listen: Option<u16>| {
+        let mut e = env()
+            .set("store", "url", &url)
+            .set("cluster", "server", &format!("{name:?}"))
+            .channel("/cv", &["GET"], "c.version");
+        if let Some(p) = listen {
+            e = e.set("server", "listen", &format!("\"127.0.0.1:{p}\""));
+        }
+        e
+    };
+    let a = server("a", None).start().await;
+    let b = server("b", Some(b_port)).start().await;
+    let c = server("c", None).start().await;
+
+    assert_eq!(deploy(&a, 1).await.status, 200);
+    for s in [&a, &b, &c] {
+        serves(s, "/cv", 200, Some(1)).await;
+    }
+    // A channel created through C routes on A and B.
+    let ch = serde_json::json!({"name": "extra", "url_path": "/extra", "methods": ["GET"], "service": "c.version"});
+    let r = c
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&c.admin_token()),
+            ch.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    for s in [&a, &b] {
+        serves(s, "/extra", 200, Some(1)).await;
+    }
+
+    // B dies (kill -9); a deploy through A reaches C; B, restarted, serves it too.
+    let mut b = b;
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    b.wait_exit(Duration::from_secs(10));
+    assert_eq!(deploy(&a, 2).await.status, 200);
+    serves(&c, "/cv", 200, Some(2)).await;
+    let b = b.spawn_again();
+    b.wait_ready().await;
+    serves(&b, "/cv", 200, Some(2)).await;
+    let info = b
+        .admin("GET", "/v1/info", Some(&b.admin_token()), b"")
+        .await
+        .json();
+    assert_eq!(info["servers"].as_array().unwrap().len(), 3, "{info}");
+    for s in [&a, &c] {
+        s.assert_no_errors(&[]);
+    }
+}
