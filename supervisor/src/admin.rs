@@ -123,6 +123,16 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
         return r;
     }
     let method = req.method().clone();
+    let resp = route(req, shared).await;
+    if method != Method::GET && resp.status().is_success() {
+        // A change: the sync task writes the snapshot (and, later, tells the peers) now.
+        shared.changed.notify_one();
+    }
+    resp
+}
+
+async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, parts.as_slice()) {

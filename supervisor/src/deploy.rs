@@ -365,6 +365,7 @@ pub async fn deploy(
         ms = report.total_ms,
         "deployed"
     );
+    shared.changed.notify_one();
     Ok(report)
 }
 

@@ -99,6 +99,8 @@ pub struct Shared {
     pub store_ok: AtomicBool,
     /// The config version this server has applied (see `sync`).
     pub applied_version: std::sync::atomic::AtomicI64,
+    /// Notified after a change made through this server: `sync` runs at once.
+    pub changed: tokio::sync::Notify,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
@@ -259,6 +261,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         server_name: me.name.clone(),
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
+        changed: tokio::sync::Notify::new(),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
     });

@@ -1,7 +1,8 @@
 //! Keeps a server in step with the config store, and its on-disk snapshot in step with what
 //! it runs.
 //!
-//! Every second the server reads the store's config version. When it differs from the version
+//! Every second, and at once after a change made through this server, the server reads the
+//! store's config version. When it differs from the version
 //! the server last applied — a change made through another server of the cluster, or the
 //! store coming back after an outage — it reads the store under the deploy lock, activates in
 //! every worker the modules whose active version it does not run, removes the ones no longer
@@ -35,7 +36,10 @@ pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.changed.notified() => {}
+        }
         if !migrated {
             match shared.store.migrate().await {
                 Ok(()) => migrated = true,
