@@ -311,3 +311,116 @@ async fn three_servers_converge_and_a_server_that_was_down_comes_back_current() 
         s.assert_no_errors(&[]);
     }
 }
+
+/// A cluster secret file of 48 bytes, shared by the servers given it.
+fn secret_file(tag: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("oxbus-it-secret-{}-{tag}", std::process::id()));
+    std::fs::write(&p, format!("{tag}-{}", "s3cr3t".repeat(8))).unwrap();
+    p
+}
+
+fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
+    env()
+        .set("store", "url", url)
+        .set("cluster", "server", &format!("{name:?}"))
+        .set(
+            "cluster",
+            "secret_file",
+            &format!("{:?}", secret.display().to_string()),
+        )
+        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+        // The version check is the bus's backstop: slowed down so that only the bus can
+        // carry a change within the test's waits.
+        .set("cluster", "sync_interval_ms", "600000")
+        .channel("/cv", &["GET"], "c.version")
+}
+
+fn links(srv: &Server) -> Vec<String> {
+    let out = std::process::Command::new(oxbus_bin())
+        .args(["cluster", "status", "--output", "json"])
+        .env(
+            "OXBUS_SERVER",
+            format!("http://127.0.0.1:{}", srv.admin_port()),
+        )
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .output()
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    d["bus"]["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["peer"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn linked(srv: &Server, peers: &[&str]) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("links to {peers:?}"),
+        || {
+            let l = links(srv);
+            async move { (l == peers).then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_bus_links_every_pair_carries_changes_and_heals_after_a_partition() {
+    let pg = PrivatePg::start();
+    let url = format!("{:?}", pg.url());
+    let secret = secret_file("good");
+    let a = bus_server(&url, "a", &secret).start().await;
+    let b = bus_server(&url, "b", &secret).start().await;
+    let c = bus_server(&url, "c", &secret).start().await;
+    linked(&a, &["b", "c"]).await;
+    linked(&b, &["a", "c"]).await;
+    linked(&c, &["a", "b"]).await;
+
+    // With the version check slowed to 10 minutes, only the bus can carry these.
+    assert_eq!(deploy(&a, 1).await.status, 200);
+    for s in [&b, &c] {
+        serves(s, "/cv", 200, Some(1)).await;
+    }
+    assert_eq!(deploy(&c, 2).await.status, 200);
+    for s in [&a, &b] {
+        serves(s, "/cv", 200, Some(2)).await;
+    }
+
+    // A partition: B frozen (SIGSTOP) until its links die; a deploy meanwhile; B thawed
+    // relinks and catches up on its own.
+    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    linked(&a, &["c"]).await;
+    assert_eq!(deploy(&a, 3).await.status, 200);
+    serves(&c, "/cv", 200, Some(3)).await;
+    b.signal(nix::sys::signal::Signal::SIGCONT);
+    linked(&b, &["a", "c"]).await;
+    serves(&b, "/cv", 200, Some(3)).await;
+    for s in [&a, &c] {
+        s.assert_no_errors(&[]);
+    }
+    let _ = std::fs::remove_file(secret);
+}
+
+#[tokio::test]
+async fn a_server_with_another_cluster_secret_is_refused_on_the_bus() {
+    let (first, db) = env().postgres_store();
+    let url = format!("{:?}", db.url);
+    let good = secret_file("one");
+    let bad = secret_file("two");
+    let a = bus_server(&url, "a", &good).start().await;
+    let _ = first;
+    let b = bus_server(&url, "b", &bad).start().await;
+    eventually(Duration::from_secs(30), "a refused link", || {
+        let log = a.log();
+        async move { log.contains("bus dial refused").then_some(()) }
+    })
+    .await;
+    assert!(a.log().contains("proof"), "{}", a.log());
+    assert!(links(&a).is_empty());
+    assert!(links(&b).is_empty());
+    assert!(!a.log().contains("s3cr3t") && !b.log().contains("s3cr3t"));
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}

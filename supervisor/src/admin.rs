@@ -850,7 +850,13 @@ async fn cluster(shared: &Shared) -> Response<Body> {
         json!({
             "store": store,
             "servers": list,
-            "bus": "not built yet: servers follow the store by checking its version every second",
+            "bus": match &shared.bus {
+                Some(bus) => json!({"running": true, "links": bus.links()}),
+                None => json!({
+                    "running": false,
+                    "why": "no cluster.secret_file, or a SQLite store: servers follow the store by checking its version",
+                }),
+            },
         }),
     )
 }

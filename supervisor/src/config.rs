@@ -235,11 +235,38 @@ pub struct PickupSection {
 }
 
 /// `[cluster]`: who this server is among the (at most 3) servers sharing a config store.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// This server's name in the store's server list; default `<hostname>:<HTTP port>`.
+    /// This server's name in the store's server list (a-z, 0-9, `.`, `_`, `-`; at most 63);
+    /// default `<hostname>-<HTTP port>`.
     pub server: Option<String>,
+    /// The cluster's name: servers of other clusters are refused on the bus.
+    pub name: String,
+    /// File holding the cluster secret (at least 32 bytes; the same on every server). With
+    /// it, and a PostgreSQL store, the server runs the cluster bus; without, servers follow
+    /// the store by checking its version every second.
+    pub secret_file: Option<PathBuf>,
+    /// Where the cluster bus listens.
+    pub bus_listen: SocketAddr,
+    /// The address other servers dial; default `bus_listen` (required when that is
+    /// 0.0.0.0 or [::]).
+    pub bus_address: Option<SocketAddr>,
+    /// How often the store's version is checked (the backstop of the bus).
+    pub sync_interval_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            server: None,
+            name: "oxbus".into(),
+            secret_file: None,
+            bus_listen: "127.0.0.1:17020".parse().expect("valid address"),
+            bus_address: None,
+            sync_interval_ms: 1000,
+        }
+    }
 }
 
 /// The most servers one cluster (one config store) may have.
@@ -336,6 +363,27 @@ impl Settings {
                 message: message.into(),
             })
         };
+        if let Some(name) = &self.cluster.server
+            && let Err(e) = oxbus_ipc::bus::check_name("server", name)
+        {
+            return bad("cluster.server", name, &e.to_string());
+        }
+        if let Err(e) = oxbus_ipc::bus::check_name("cluster", &self.cluster.name) {
+            return bad("cluster.name", &self.cluster.name, &e.to_string());
+        }
+        if self.cluster.sync_interval_ms == 0 {
+            return bad("cluster.sync_interval_ms", &0, "must be at least 1 ms");
+        }
+        if self.cluster_secret_file().is_some()
+            && self.cluster.bus_address.is_none()
+            && self.cluster.bus_listen.ip().is_unspecified()
+        {
+            return bad(
+                "cluster.bus_address",
+                &"(unset)",
+                "bus_listen is a wildcard address: set bus_address to the address other servers dial",
+            );
+        }
         if let Some(w) = self.server.workers {
             if w == 0 {
                 return bad("server.workers", &w, "at least 1 worker is needed");
@@ -425,6 +473,15 @@ impl Settings {
             }
         }
         url.clone()
+    }
+
+    /// The cluster secret file, absolute, if the bus is configured.
+    pub fn cluster_secret_file(&self) -> Option<PathBuf> {
+        self.cluster
+            .secret_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| self.base_dir.join(p))
     }
 
     /// The config snapshot file, absolute.

@@ -13,6 +13,7 @@
 //!   `deploy --watch`); [`client`]: the CLI's admin client.
 
 pub mod admin;
+pub mod bus;
 pub mod cid;
 pub mod client;
 pub mod config;

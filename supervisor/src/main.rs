@@ -640,7 +640,32 @@ fn print_cluster(d: &serde_json::Value) {
             }
         );
     }
-    println!("bus: {}", d["bus"].as_str().unwrap_or(""));
+    let bus = &d["bus"];
+    if bus["running"] == true {
+        let links: Vec<String> = bus["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{} ({}, up {:.1} s)",
+                    l["peer"].as_str().unwrap_or(""),
+                    l["role"].as_str().unwrap_or(""),
+                    l["up_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                )
+            })
+            .collect();
+        println!(
+            "bus: {}",
+            if links.is_empty() {
+                "no links".to_owned()
+            } else {
+                format!("linked to {}", links.join(", "))
+            }
+        );
+    } else {
+        println!("bus: off ({})", bus["why"].as_str().unwrap_or(""));
+    }
 }
 
 /// `config import`: one line per change, then a summary.

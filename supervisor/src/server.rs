@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
@@ -99,8 +99,11 @@ pub struct Shared {
     pub store_ok: AtomicBool,
     /// The config version this server has applied (see `sync`).
     pub applied_version: std::sync::atomic::AtomicI64,
-    /// Notified after a change made through this server: `sync` runs at once.
+    /// Notified after a change made through this server, or when a peer announces a
+    /// version this server has not applied: `sync` runs at once.
     pub changed: tokio::sync::Notify,
+    /// The cluster bus, when this server runs one.
+    pub bus: Option<Arc<crate::bus::Bus>>,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
@@ -230,7 +233,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     )))?;
     let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
     let local = listener.local_addr().map_err(io_err("local_addr"))?;
-    let me = server_record(&settings, local);
+    let mut me = server_record(&settings, local);
+    let bus = start_bus(&settings, &store, &mut me).await?;
     if boot.online {
         register_server(&store, &me).await?;
     } else {
@@ -262,6 +266,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
         changed: tokio::sync::Notify::new(),
+        bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
     });
@@ -297,6 +302,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         admin_token,
     ));
     tokio::spawn(server_heartbeat(shared.clone(), me.clone()));
+    if let Some((bus, listener)) = bus {
+        tokio::spawn(crate::bus::listen(bus.clone(), shared.clone(), listener));
+        tokio::spawn(crate::bus::dial_peers(bus, shared.clone()));
+    }
     tokio::spawn(crate::sync::run(
         shared.clone(),
         boot.snapshot.config_version,
@@ -361,6 +370,35 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     result
 }
 
+/// Binds the cluster bus when this server runs one (a PostgreSQL store and a cluster secret),
+/// recording its address in `me`.
+async fn start_bus(
+    settings: &Settings,
+    store: &crate::store::Store,
+    me: &mut crate::store::ServerRecord,
+) -> Result<Option<(Arc<crate::bus::Bus>, TcpListener)>, ServerError> {
+    let Some(secret) = settings.cluster_secret_file() else {
+        return Ok(None);
+    };
+    if matches!(store, crate::store::Store::Sqlite(_)) {
+        warn!("cluster.secret_file is set but the store is SQLite (one server): no cluster bus");
+        return Ok(None);
+    }
+    let bus = crate::bus::Bus::new(&settings.cluster.name, &me.name, &secret)
+        .map_err(ServerError::Fatal)?;
+    let listener = TcpListener::bind(settings.cluster.bus_listen)
+        .await
+        .map_err(io_err(format!(
+            "cannot listen on {} (cluster bus)",
+            settings.cluster.bus_listen
+        )))?;
+    let local = listener.local_addr().map_err(io_err("local_addr"))?;
+    let advertised = settings.cluster.bus_address.unwrap_or(local);
+    me.bus_address = Some(advertised.to_string());
+    info!(bus = %local, advertised = %advertised, cluster = %settings.cluster.name, "cluster bus started");
+    Ok(Some((Arc::new(bus), listener)))
+}
+
 /// This server's entry for the store's server list.
 fn server_record(settings: &Settings, local: std::net::SocketAddr) -> crate::store::ServerRecord {
     let name = match &settings.cluster.server {
@@ -371,7 +409,20 @@ fn server_record(settings: &Settings, local: std::net::SocketAddr) -> crate::sto
                 .ok()
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "localhost".into());
-            format!("{host}:{}", local.port())
+            // A bus name: lower-case letters, digits, '.', '_', '-'.
+            let host: String = host
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(50)
+                .collect();
+            format!("{host}-{}", local.port())
         }
     };
     crate::store::ServerRecord {
@@ -385,6 +436,7 @@ fn server_record(settings: &Settings, local: std::net::SocketAddr) -> crate::sto
             .unwrap_or(0),
         last_seen: 0,
         config_version: 0,
+        bus_address: None,
     }
 }
 

@@ -255,6 +255,8 @@ pub struct ServerRecord {
     pub last_seen: i64,
     /// The config version it has applied, as of its last heartbeat.
     pub config_version: i64,
+    /// Where its cluster bus listens (None: it runs no bus).
+    pub bus_address: Option<String>,
 }
 
 /// A server whose heartbeat is older than this is gone (it refreshes every
@@ -812,8 +814,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let rows = sqlx::query(
-                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version \
-                 FROM servers ORDER BY name",
+                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version, \
+                 bus_address FROM servers ORDER BY name",
             )
             .fetch_all(&mut *tx)
             .await?;
@@ -827,6 +829,7 @@ impl Store {
                     started_at: r.try_get("started_at")?,
                     last_seen: r.try_get("last_seen")?,
                     config_version: r.try_get("config_version")?,
+                    bus_address: r.try_get("bus_address")?,
                 };
                 if rec.name == me.name {
                     if rec.http_address != me.http_address {
@@ -864,8 +867,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO servers (name, http_address, oxbus_version, pid, started_at, last_seen, config_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO servers (name, http_address, oxbus_version, pid, started_at, last_seen, \
+                 config_version, bus_address) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&me.name)
             .bind(&me.http_address)
@@ -874,6 +877,7 @@ impl Store {
             .bind(me.started_at)
             .bind(now)
             .bind(me.config_version)
+            .bind(&me.bus_address)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -917,8 +921,8 @@ impl Store {
     pub async fn servers(&self) -> Result<Vec<ServerRecord>> {
         on_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version \
-                 FROM servers ORDER BY name",
+                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version, \
+                 bus_address FROM servers ORDER BY name",
             )
             .fetch_all(p)
             .await?;
@@ -932,6 +936,7 @@ impl Store {
                         started_at: r.try_get("started_at")?,
                         last_seen: r.try_get("last_seen")?,
                         config_version: r.try_get("config_version")?,
+                        bus_address: r.try_get("bus_address")?,
                     })
                 })
                 .collect()

@@ -23,9 +23,6 @@ use tracing::{error, info, warn};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
 
-/// How often the store's version is checked.
-pub const INTERVAL: Duration = Duration::from_secs(1);
-
 /// Runs until the process ends. `applied` is the config version the server booted with;
 /// `online` false means it booted from the snapshot (the store's migrations still have to
 /// run once it is back).
@@ -33,7 +30,9 @@ pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
     let mut migrated = online;
     // Write the snapshot of what was just loaded at once (-1: never written by this run).
     let mut written = if online { -1 } else { applied };
-    let mut tick = tokio::time::interval(INTERVAL);
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.settings.cluster.sync_interval_ms,
+    ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -70,9 +69,13 @@ pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
                 if v != applied {
                     info!(from = applied, to = v, "caught up with the config store");
                 }
+                let moved = v != applied;
                 applied = v;
                 written = v;
                 shared.applied_version.store(v, Ordering::Relaxed);
+                if moved && let Some(bus) = &shared.bus {
+                    bus.announce(v);
+                }
             }
             Err(e) => degraded(&shared, &e),
         }

@@ -497,6 +497,7 @@ fn server(name: &str, addr: &str, pid: i64) -> oxbus_supervisor::store::ServerRe
         started_at: 1,
         last_seen: 0,
         config_version: 0,
+        bus_address: None,
     }
 }
 

@@ -1,0 +1,459 @@
+//! The cluster bus runtime: one authenticated TCP link between every pair of servers
+//! (`ipc-protocol/BUS.md`; the wire and the handshake are `oxbus_ipc::bus`).
+//!
+//! Runs when the store is PostgreSQL and `cluster.secret_file` is set. Each server listens on
+//! `cluster.bus_listen` and records `bus_address` in the store's server list; every second it
+//! reads that list and dials each live peer whose name sorts after its own and that it has no
+//! link to, with backoff per peer (100 ms doubling to 5 s, jittered). A link carries PING/PONG
+//! heartbeats (one per second; silent for 3 s = dead) and NOTIFY: when `sync` applies a new
+//! config version it announces it on every link, and a peer that hears of a version it has
+//! not applied runs its `sync` at once, so a change reaches the cluster in milliseconds
+//! instead of at the next version check. Calls (`deploy.activate` …) are answered 501 for
+//! now: peers catch up from the store.
+
+use bytes::BytesMut;
+use oxbus_ipc::bus::{
+    Acceptor, Dialer, Frame, FrameDecoder, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, Incoming,
+    LINK_TIMEOUT, Link, Nonce, Notify, Role,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::server::Shared;
+
+/// One live link.
+#[derive(Debug)]
+struct LinkHandle {
+    id: u64,
+    role: Role,
+    since: Instant,
+    /// Encoded frames for the link's writer.
+    tx: mpsc::UnboundedSender<bytes::Bytes>,
+}
+
+/// The bus of one server.
+pub struct Bus {
+    key: [u8; 32],
+    cluster: String,
+    me: String,
+    links: Mutex<HashMap<String, LinkHandle>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("cluster", &self.cluster)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A link as `cluster status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkInfo {
+    pub peer: String,
+    pub role: &'static str,
+    pub up_ms: u64,
+}
+
+impl Bus {
+    /// Reads the secret file and derives the handshake key; refuses a short secret.
+    pub fn new(cluster: &str, me: &str, secret_file: &std::path::Path) -> Result<Bus, String> {
+        let secret = std::fs::read(secret_file).map_err(|e| {
+            format!(
+                "cannot read the cluster secret {}: {e}",
+                secret_file.display()
+            )
+        })?;
+        let secret = secret.trim_ascii();
+        oxbus_ipc::bus::check_secret(secret)
+            .map_err(|e| format!("cluster secret {}: {e}", secret_file.display()))?;
+        oxbus_ipc::bus::check_name("server", me).map_err(|e| e.to_string())?;
+        Ok(Bus {
+            key: oxbus_ipc::bus::derive_key(secret),
+            cluster: cluster.to_owned(),
+            me: me.to_owned(),
+            links: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn linked_names(&self) -> Vec<String> {
+        self.links
+            .lock()
+            .expect("links lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The live links.
+    pub fn links(&self) -> Vec<LinkInfo> {
+        let mut v: Vec<LinkInfo> = self
+            .links
+            .lock()
+            .expect("links lock")
+            .iter()
+            .map(|(peer, h)| LinkInfo {
+                peer: peer.clone(),
+                role: h.role.as_str(),
+                up_ms: h.since.elapsed().as_millis() as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.peer.cmp(&b.peer));
+        v
+    }
+
+    /// Tells every peer that this server has applied `config_version`.
+    pub fn announce(&self, config_version: i64) {
+        let frame = Frame::notify(&Notify {
+            config_version: config_version.max(0) as u64,
+            server: self.me.clone(),
+            kinds: None,
+        });
+        let bytes = frame.to_bytes();
+        for h in self.links.lock().expect("links lock").values() {
+            let _ = h.tx.send(bytes.clone());
+        }
+    }
+}
+
+/// Accepts links until the process ends.
+pub async fn listen(bus: Arc<Bus>, shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "bus accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let bus = bus.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let mut conn = Conn::new(stream);
+            let shaken = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                accept_handshake(&bus, &shared, &mut conn),
+            )
+            .await;
+            match shaken {
+                Ok(Ok(link)) => run_link(bus, shared, link, conn).await,
+                Ok(Err(e)) => {
+                    warn!(peer = %addr, error = %e, "bus link refused");
+                    if let Some(f) = e.to_frame() {
+                        let _ = conn.send(&f).await;
+                    }
+                }
+                Err(_) => warn!(peer = %addr, "bus handshake timed out"),
+            }
+        });
+    }
+}
+
+/// A connection with its read buffer.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Protocol(#[from] oxbus_ipc::bus::Error),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+impl ConnError {
+    fn to_frame(&self) -> Option<Frame> {
+        match self {
+            ConnError::Protocol(e) => e.to_frame(),
+            _ => None,
+        }
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            decoder: FrameDecoder::handshake(),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(f) = self.decoder.decode(&mut self.buf)? {
+                return Ok(f);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+    }
+
+    async fn send(&mut self, f: &Frame) -> Result<(), ConnError> {
+        self.stream.write_all(&f.to_bytes()).await?;
+        Ok(())
+    }
+}
+
+async fn accept_handshake(bus: &Bus, shared: &Shared, conn: &mut Conn) -> Result<Link, ConnError> {
+    let acceptor = Acceptor::new(&bus.key, &bus.cluster, &bus.me, Nonce::random()?)?;
+    let hello = conn.recv().await?;
+    let (challenged, challenge) = acceptor.on_hello(&hello)?;
+    conn.send(&challenge).await?;
+    let auth = conn.recv().await?;
+    let verified = challenged.on_auth(&auth)?;
+    let linked = bus.linked_names();
+    let linked: Vec<&str> = linked.iter().map(String::as_str).collect();
+    let applied = shared.applied_version.load(Ordering::Relaxed).max(0) as u64;
+    let (link, welcome) = verified.welcome(&linked, applied)?;
+    conn.send(&welcome).await?;
+    Ok(link)
+}
+
+async fn dial_handshake(bus: &Bus, peer: &str, conn: &mut Conn) -> Result<Link, ConnError> {
+    let (dialer, hello) = Dialer::start(&bus.key, &bus.cluster, &bus.me, peer, Nonce::random()?)?;
+    conn.send(&hello).await?;
+    let challenge = conn.recv().await?;
+    let (authenticated, auth) = dialer.on_challenge(&challenge)?;
+    conn.send(&auth).await?;
+    let welcome = conn.recv().await?;
+    let linked = bus.linked_names();
+    let linked: Vec<&str> = linked.iter().map(String::as_str).collect();
+    let (link, _welcome) = authenticated.on_welcome(&welcome, &linked)?;
+    Ok(link)
+}
+
+/// Dials the peers this server should dial, every second, until the process ends.
+pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
+    // Per peer: attempts in a row, and when the next may start.
+    let mut backoff: HashMap<String, (u32, Instant)> = HashMap::new();
+    let dialing: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let Ok(servers) = shared.store.servers().await else {
+            continue;
+        };
+        let linked = bus.linked_names();
+        for s in servers {
+            if s.name == bus.me
+                || Role::between(&bus.me, &s.name) != Some(Role::Dialer)
+                || linked.contains(&s.name)
+                || dialing.lock().expect("dialing lock").contains(&s.name)
+            {
+                continue;
+            }
+            let Some(addr) = s.bus_address.clone() else {
+                continue;
+            };
+            let (attempts, next) = backoff.get(&s.name).copied().unwrap_or((0, Instant::now()));
+            if Instant::now() < next {
+                continue;
+            }
+            let delay = oxbus_ipc::bus::reconnect_delay(attempts, rand_u32());
+            backoff.insert(
+                s.name.clone(),
+                (attempts.saturating_add(1), Instant::now() + delay),
+            );
+            dialing.lock().expect("dialing lock").insert(s.name.clone());
+            let (bus, shared, dialing, peer) =
+                (bus.clone(), shared.clone(), dialing.clone(), s.name.clone());
+            tokio::spawn(async move {
+                let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                    let stream = TcpStream::connect(&addr).await?;
+                    let _ = stream.set_nodelay(true);
+                    let mut conn = Conn::new(stream);
+                    let link = match dial_handshake(&bus, &peer, &mut conn).await {
+                        Ok(link) => link,
+                        Err(e) => {
+                            // Tell the acceptor why (BUS.md: ERROR, then close).
+                            if let Some(f) = e.to_frame() {
+                                let _ = conn.send(&f).await;
+                            }
+                            return Err(e);
+                        }
+                    };
+                    Ok::<_, ConnError>((link, conn))
+                })
+                .await;
+                dialing.lock().expect("dialing lock").remove(&peer);
+                match result {
+                    Ok(Ok((link, conn))) => run_link(bus, shared, link, conn).await,
+                    // Refused by the protocol (another secret, cluster or name): an operator
+                    // must see it. Unreachable peers are routine while one restarts.
+                    Ok(Err(e @ ConnError::Protocol(_))) => {
+                        warn!(peer = %peer, address = %addr, error = %e, "bus dial refused")
+                    }
+                    Ok(Err(e)) => {
+                        debug!(peer = %peer, address = %addr, error = %e, "bus dial failed")
+                    }
+                    Err(_) => debug!(peer = %peer, address = %addr, "bus dial timed out"),
+                }
+            });
+        }
+        // A peer linked now starts from scratch next time.
+        for name in bus.linked_names() {
+            backoff.remove(&name);
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    u32::from_be_bytes(crate::cid::random_bytes::<4>())
+}
+
+/// Runs an established link until it ends.
+async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
+    let peer = link.peer.clone();
+    let id = bus.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+    {
+        let mut links = bus.links.lock().expect("links lock");
+        if links.contains_key(&peer) {
+            warn!(peer = %peer, "a second bus link to the same peer: closing the new one");
+            return;
+        }
+        links.insert(
+            peer.clone(),
+            LinkHandle {
+                id,
+                role: link.role,
+                since: Instant::now(),
+                tx: tx.clone(),
+            },
+        );
+    }
+    info!(peer = %peer, role = link.role.as_str(), "bus link up");
+    // Both ends learn the other's version at once (a change may have been missed).
+    let applied = shared.applied_version.load(Ordering::Relaxed);
+    let _ = tx.send(
+        Frame::notify(&Notify {
+            config_version: applied.max(0) as u64,
+            server: bus.me.clone(),
+            kinds: None,
+        })
+        .to_bytes(),
+    );
+    let Conn {
+        stream, mut buf, ..
+    } = conn;
+    let decoder = FrameDecoder::default();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut out = BytesMut::with_capacity(8 * 1024);
+        while let Some(b) = rx.recv().await {
+            out.clear();
+            out.extend_from_slice(&b);
+            while let Ok(more) = rx.try_recv() {
+                out.extend_from_slice(&more);
+            }
+            if wr.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+    });
+    let pinger = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                if tx
+                    .send(Frame::ping(crate::cid::random_bytes::<8>()).to_bytes())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    let reason: String = 'link: loop {
+        // Frames already buffered first, then the socket, silent for LINK_TIMEOUT = dead.
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => match link.parse(frame) {
+                    Ok(Incoming::Ping(nonce)) => {
+                        let _ = tx.send(Frame::pong(nonce).to_bytes());
+                    }
+                    Ok(Incoming::Pong(_)) => {}
+                    Ok(Incoming::Notify(n)) => {
+                        let applied = shared.applied_version.load(Ordering::Relaxed);
+                        if n.config_version as i64 != applied {
+                            debug!(peer = %peer, version = n.config_version, applied, "bus: peer has another version");
+                            shared.changed.notify_one();
+                        }
+                    }
+                    Ok(Incoming::Call {
+                        stream,
+                        asynchronous,
+                        meta,
+                        ..
+                    }) => {
+                        if !asynchronous {
+                            let op = oxbus_ipc::bus::Op::parse(&meta)
+                                .map(|o| o.name().to_owned())
+                                .unwrap_or_else(|e| e.to_string());
+                            let body = serde_json::json!({
+                                "error": format!("{op}: not served by this server yet; peers catch up from the store")
+                            });
+                            let mut out = BytesMut::new();
+                            if oxbus_ipc::bus::encode_reply(
+                                &mut out,
+                                stream,
+                                501,
+                                body.to_string().as_bytes(),
+                            )
+                            .is_ok()
+                            {
+                                let _ = tx.send(out.freeze());
+                            }
+                        }
+                    }
+                    Ok(Incoming::Reply { .. }) => {}
+                    Ok(Incoming::Bye) => break 'link "the peer said BYE".to_owned(),
+                    Err(e) => {
+                        if let Some(f) = e.to_frame() {
+                            let _ = tx.send(f.to_bytes());
+                        }
+                        break 'link format!("protocol error: {e}");
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => break 'link format!("protocol error: {e}"),
+            }
+        }
+        match tokio::time::timeout(LINK_TIMEOUT, rd.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => break 'link "the peer closed the connection".to_owned(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break 'link format!("read failed: {e}"),
+            Err(_) => break 'link format!("silent for {} s", LINK_TIMEOUT.as_secs()),
+        }
+    };
+    pinger.abort();
+    {
+        let mut links = bus.links.lock().expect("links lock");
+        if links.get(&peer).map(|h| h.id) == Some(id) {
+            links.remove(&peer);
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    warn!(peer = %peer, reason = %reason, "bus link down");
+}
