@@ -378,8 +378,26 @@ async fn the_bus_links_every_pair_carries_changes_and_heals_after_a_partition() 
     linked(&b, &["a", "c"]).await;
     linked(&c, &["a", "b"]).await;
 
-    // With the version check slowed to 10 minutes, only the bus can carry these.
-    assert_eq!(deploy(&a, 1).await.status, 200);
+    // With the version check slowed to 10 minutes, only the bus can carry these. The deploy
+    // report lists B and C, each running the new version.
+    let r = deploy(&a, 1).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let rep = r.json();
+    let servers: Vec<&str> = rep["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["server"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers, ["b", "c"], "{rep}");
+    for s in rep["servers"].as_array().unwrap() {
+        assert_eq!(s["ok"], true, "{rep}");
+        assert_eq!(
+            s["answer"]["running"]["cmod"], rep["modules"][0]["version"],
+            "{rep}"
+        );
+        assert_eq!(s["answer"]["worker_count"], 1, "{rep}");
+    }
     for s in [&b, &c] {
         serves(s, "/cv", 200, Some(1)).await;
     }

@@ -399,7 +399,11 @@ async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
     let by = req.deployed_by.as_deref().unwrap_or("admin-api");
     match crate::deploy::deploy(shared, &pairs, by, req.skip_unchanged).await {
         Ok(report) => {
-            let status = acks_status(&report.workers);
+            let status = if report.all_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             reply(status, report.to_json())
         }
         Err(e) => deploy_error(e),

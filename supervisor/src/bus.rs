@@ -8,8 +8,9 @@
 //! heartbeats (one per second; silent for 3 s = dead) and NOTIFY: when `sync` applies a new
 //! config version it announces it on every link, and a peer that hears of a version it has
 //! not applied runs its `sync` at once, so a change reaches the cluster in milliseconds
-//! instead of at the next version check. Calls (`deploy.activate` …) are answered 501 for
-//! now: peers catch up from the store.
+//! instead of at the next version check.
+//! `deploy.activate` / `deploy.remove` calls make a peer catch up at once and answer with its
+//! workers' acks, so a deploy's report lists every server.
 
 use bytes::BytesMut;
 use oxbus_ipc::bus::{
@@ -35,6 +36,22 @@ struct LinkHandle {
     since: Instant,
     /// Encoded frames for the link's writer.
     tx: mpsc::UnboundedSender<bytes::Bytes>,
+    /// Ids for the calls this server opens on the link.
+    streams: Arc<Mutex<oxbus_ipc::bus::StreamIds>>,
+    /// Calls waiting for their REPLY: (status, body).
+    pending: Pending,
+}
+
+/// The calls a link waits on: stream → where its (status, body) goes.
+type Pending = Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<(u16, bytes::Bytes)>>>>;
+
+/// A peer's answer to a bus call.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerReply {
+    pub server: String,
+    pub status: u16,
+    /// The reply body (JSON), or `{"error": …}` when the call got no answer.
+    pub body: serde_json::Value,
 }
 
 /// The bus of one server.
@@ -109,6 +126,63 @@ impl Bus {
             .collect();
         v.sort_by(|a, b| a.peer.cmp(&b.peer));
         v
+    }
+
+    /// Calls `meta` (with an empty body) on every linked peer at once and waits up to
+    /// `timeout` for each answer.
+    pub async fn call_all(&self, meta: &serde_json::Value, timeout: Duration) -> Vec<PeerReply> {
+        let calls: Vec<_> = {
+            let links = self.links.lock().expect("links lock");
+            links
+                .iter()
+                .map(|(peer, h)| {
+                    let stream = h.streams.lock().expect("streams lock").next_id();
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    h.pending.lock().expect("pending lock").insert(stream, tx);
+                    let mut out = BytesMut::new();
+                    let sent = oxbus_ipc::bus::encode_call(&mut out, 0, stream, meta, b"")
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            h.tx.send(out.freeze())
+                                .map_err(|_| "the link is closing".to_owned())
+                        });
+                    (peer.clone(), sent, rx, h.pending.clone(), stream)
+                })
+                .collect()
+        };
+        let waits = calls
+            .into_iter()
+            .map(|(peer, sent, rx, pending, stream)| async move {
+                let body = match sent {
+                    Err(e) => Err(e),
+                    Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                        Ok(Ok((status, body))) => Ok((status, body)),
+                        Ok(Err(_)) => Err("the link went down before the answer".to_owned()),
+                        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+                    },
+                };
+                pending.lock().expect("pending lock").remove(&stream);
+                match body {
+                    Ok((status, body)) => PeerReply {
+                        server: peer,
+                        status,
+                        body: serde_json::from_slice(&body)
+                            .unwrap_or_else(|_| serde_json::json!({"error": "unreadable answer"})),
+                    },
+                    Err(e) => PeerReply {
+                        server: peer,
+                        status: 504,
+                        body: serde_json::json!({ "error": e }),
+                    },
+                }
+            });
+        let mut out = Vec::new();
+        for w in waits {
+            out.push(w);
+        }
+        let mut replies = crate::deploy::join_all(out).await;
+        replies.sort_by(|a, b| a.server.cmp(&b.server));
+        replies
     }
 
     /// Tells every peer that this server has applied `config_version`.
@@ -324,6 +398,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
     let peer = link.peer.clone();
     let id = bus.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+    let pending: Pending = Default::default();
     {
         let mut links = bus.links.lock().expect("links lock");
         if links.contains_key(&peer) {
@@ -337,6 +412,8 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                 role: link.role,
                 since: Instant::now(),
                 tx: tx.clone(),
+                streams: Arc::new(Mutex::new(link.stream_ids())),
+                pending: pending.clone(),
             },
         );
     }
@@ -406,27 +483,35 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                         meta,
                         ..
                     }) => {
-                        if !asynchronous {
-                            let op = oxbus_ipc::bus::Op::parse(&meta)
-                                .map(|o| o.name().to_owned())
-                                .unwrap_or_else(|e| e.to_string());
-                            let body = serde_json::json!({
-                                "error": format!("{op}: not served by this server yet; peers catch up from the store")
-                            });
+                        let (shared, tx) = (shared.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let (status, body) = serve_call(&shared, &meta).await;
+                            if asynchronous {
+                                return;
+                            }
                             let mut out = BytesMut::new();
                             if oxbus_ipc::bus::encode_reply(
                                 &mut out,
                                 stream,
-                                501,
+                                status,
                                 body.to_string().as_bytes(),
                             )
                             .is_ok()
                             {
                                 let _ = tx.send(out.freeze());
                             }
+                        });
+                    }
+                    Ok(Incoming::Reply {
+                        stream,
+                        status,
+                        body,
+                    }) => {
+                        if let Some(waiter) = pending.lock().expect("pending lock").remove(&stream)
+                        {
+                            let _ = waiter.send((status, body));
                         }
                     }
-                    Ok(Incoming::Reply { .. }) => {}
                     Ok(Incoming::Bye) => break 'link "the peer said BYE".to_owned(),
                     Err(e) => {
                         if let Some(f) = e.to_frame() {
@@ -456,4 +541,44 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
     drop(tx);
     let _ = writer.await;
     warn!(peer = %peer, reason = %reason, "bus link down");
+}
+
+/// Serves a call from a peer: `deploy.activate` / `deploy.remove` bring this server up to the
+/// store's version now (whatever versions the call names: the store decides, so concurrent
+/// deploys through two servers converge) and answer with this server's workers' acks.
+async fn serve_call(shared: &Shared, meta: &[u8]) -> (u16, serde_json::Value) {
+    match oxbus_ipc::bus::Op::parse(meta) {
+        Ok(_) => match crate::sync::catch_up(shared).await {
+            Ok((version, workers)) => {
+                // What it runs now (its own version check may have caught up first, in which
+                // case `workers` is empty and `running` still shows the deployed versions).
+                let running: std::collections::BTreeMap<String, i64> = shared
+                    .pool
+                    .deployed
+                    .lock()
+                    .expect("deployed lock")
+                    .iter()
+                    .map(|(n, m)| (n.clone(), m.version))
+                    .collect();
+                (
+                    200,
+                    serde_json::json!({
+                        "server": shared.server_name,
+                        "config_version": version,
+                        "workers": workers,
+                        "running": running,
+                        "worker_count": crate::deploy::live_workers(&shared.pool).len(),
+                    }),
+                )
+            }
+            Err(e) => (
+                503,
+                serde_json::json!({"server": shared.server_name, "error": e}),
+            ),
+        },
+        Err(e) => (
+            e.status(),
+            serde_json::to_value(e.body()).unwrap_or_default(),
+        ),
+    }
 }

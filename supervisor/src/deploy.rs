@@ -17,6 +17,10 @@ use crate::pool::{Pool, Worker, WorkerState};
 use crate::server::Shared;
 use crate::store::{Module, StoreError};
 
+/// How long another server may take to answer a deploy over the bus (it catches up from the
+/// store; a frozen peer whose link has not timed out yet must not hold the deploy long).
+const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long a worker may take to import a deploy.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -215,6 +219,8 @@ pub struct Report {
     /// Services the deployed modules define.
     pub services: Vec<String>,
     pub workers: Vec<WorkerAck>,
+    /// The other servers of the cluster (over the bus): each one's answer.
+    pub servers: Vec<crate::bus::PeerReply>,
     /// From the start until the check came back (the store writes meanwhile).
     pub check_ms: f64,
     /// From the check's answer until the store committed.
@@ -224,7 +230,20 @@ pub struct Report {
 
 impl Report {
     pub fn all_ok(&self) -> bool {
-        self.workers.iter().all(|a| a.ok)
+        self.workers.iter().all(|a| a.ok) && self.servers.iter().all(|s| self.peer_ok(s))
+    }
+
+    /// A peer is fine when it answered, every worker it changed acknowledged, and it runs
+    /// every deployed version.
+    fn peer_ok(&self, s: &crate::bus::PeerReply) -> bool {
+        s.status == 200
+            && s.body["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().all(|a| a["ok"] == true))
+            && self
+                .deployed
+                .iter()
+                .all(|m| s.body["running"][&m.name].as_i64() == Some(m.version))
     }
 
     pub fn to_json(&self) -> Value {
@@ -236,6 +255,9 @@ impl Report {
             "unchanged": self.unchanged,
             "services": self.services,
             "workers": self.workers,
+            "servers": self.servers.iter().map(|s| json!({
+                "server": s.server, "ok": self.peer_ok(s), "status": s.status, "answer": s.body,
+            })).collect::<Vec<_>>(),
             "check_ms": self.check_ms,
             "store_ms": self.store_ms,
             "total_ms": self.total_ms,
@@ -294,6 +316,7 @@ pub async fn deploy(
                 unchanged,
                 services: Vec::new(),
                 workers: Vec::new(),
+                servers: Vec::new(),
                 check_ms: 0.0,
                 store_ms: 0.0,
                 total_ms: t0.elapsed().as_secs_f64() * 1000.0,
@@ -346,12 +369,25 @@ pub async fn deploy(
     };
     let store_ms = t0.elapsed().as_secs_f64() * 1000.0 - check_ms;
     let acks = activate_everywhere(&shared.pool, &change.value).await;
+    // Every other server of the cluster, now, with its workers' acks in the report.
+    let servers = match &shared.bus {
+        Some(bus) => {
+            let meta = json!({
+                "op": "deploy.activate",
+                "config_version": change.config_version,
+                "modules": change.value.iter().map(|m| json!({"name": m.name, "version": m.version})).collect::<Vec<_>>(),
+            });
+            bus.call_all(&meta, PEER_TIMEOUT).await
+        }
+        None => Vec::new(),
+    };
     let report = Report {
         config_version: change.config_version,
         deployed: change.value,
         unchanged,
         services: services.into_iter().map(|s| s.name).collect(),
         workers: acks,
+        servers,
         check_ms,
         store_ms,
         total_ms: t0.elapsed().as_secs_f64() * 1000.0,
@@ -367,6 +403,11 @@ pub async fn deploy(
     );
     shared.changed.notify_one();
     Ok(report)
+}
+
+/// Runs futures concurrently on this task (no extra dependency for a join_all).
+pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    futures_join_all(futs.into_iter()).await
 }
 
 /// Runs futures concurrently on this task (no extra dependency for a join_all).

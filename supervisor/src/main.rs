@@ -438,6 +438,25 @@ fn client_command(cmd: Command) -> ExitCode {
                         [..12.min(m["source_hash"].as_str().unwrap_or("").len())]
                 );
             }
+            for srv in d["servers"].as_array().into_iter().flatten() {
+                println!(
+                    "  server {}: {}",
+                    srv["server"].as_str().unwrap_or(""),
+                    if srv["ok"] == true {
+                        format!(
+                            "ok ({} worker(s))",
+                            srv["answer"]["worker_count"].as_u64().unwrap_or(0)
+                        )
+                    } else {
+                        format!(
+                            "FAILED: {}",
+                            srv["answer"]["error"]
+                                .as_str()
+                                .unwrap_or("see --output json")
+                        )
+                    }
+                );
+            }
             let workers = d["workers"].as_array().map(|w| w.len()).unwrap_or(0);
             println!(
                 "config version {}, {} worker(s) acknowledged, {:.1} ms",

@@ -65,7 +65,7 @@ pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
             continue;
         }
         match catch_up(&shared).await {
-            Ok(v) => {
+            Ok((v, _)) => {
                 if v != applied {
                     info!(from = applied, to = v, "caught up with the config store");
                 }
@@ -89,8 +89,8 @@ fn degraded(shared: &Shared, why: &str) {
 }
 
 /// Applies the store's current config to this server and writes the snapshot; returns the
-/// version applied.
-async fn catch_up(shared: &Shared) -> Result<i64, String> {
+/// version applied and the workers' acks of what it (re)activated or removed.
+pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::WorkerAck>), String> {
     let _one_at_a_time = shared.deploy_lock.lock().await;
     let snap = Snapshot::take(&shared.store)
         .await
@@ -110,6 +110,7 @@ async fn catch_up(shared: &Shared) -> Result<i64, String> {
             .collect();
         (changed, gone)
     };
+    let mut all_acks = Vec::new();
     if !changed.is_empty() {
         let acks = crate::deploy::activate_everywhere(&shared.pool, &changed).await;
         let failed = acks.iter().filter(|a| !a.ok).count();
@@ -119,10 +120,11 @@ async fn catch_up(shared: &Shared) -> Result<i64, String> {
         } else {
             info!(modules = ?names, workers = acks.len(), "catching up: activated");
         }
+        all_acks.extend(acks);
     }
     if !gone.is_empty() {
         let names: Vec<&str> = gone.iter().map(String::as_str).collect();
-        crate::deploy::remove_everywhere(&shared.pool, &names).await;
+        all_acks.extend(crate::deploy::remove_everywhere(&shared.pool, &names).await);
         info!(modules = ?names, "catching up: removed");
     }
     let mut table = shared.settings.channels.clone();
@@ -145,5 +147,5 @@ async fn catch_up(shared: &Shared) -> Result<i64, String> {
         ),
         Err(e) => error!(error = %e, "the snapshot writer failed"),
     }
-    Ok(version)
+    Ok((version, all_acks))
 }
