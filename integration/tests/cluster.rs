@@ -442,3 +442,35 @@ async fn a_server_with_another_cluster_secret_is_refused_on_the_bus() {
     let _ = std::fs::remove_file(good);
     let _ = std::fs::remove_file(bad);
 }
+
+/// Deploys through two servers at the same time both succeed, each report listing the other
+/// (each server's deploy lock is released before it waits on its peers).
+#[tokio::test]
+async fn concurrent_deploys_through_two_servers_both_complete() {
+    let pg = PrivatePg::start();
+    let url = format!("{:?}", pg.url());
+    let secret = secret_file("concurrent");
+    let a = bus_server(&url, "a", &secret).start().await;
+    let b = bus_server(&url, "b", &secret).start().await;
+    linked(&a, &["b"]).await;
+    // Different modules with different services (one service name in two modules deployed
+    // through two servers at once is a conflict the per-server check cannot see).
+    let body = |name: &str| {
+        let source = module(7).replace("c.version", &format!("svc.{name}"));
+        serde_json::json!({"modules": [{"name": name, "source": source}]}).to_string()
+    };
+    for round in 0..3 {
+        let (x, y) = (body(&format!("ca{round}")), body(&format!("cb{round}")));
+        let (ta, tb) = (a.admin_token(), b.admin_token());
+        let (ra, rb) = tokio::join!(
+            a.admin("POST", "/v1/modules", Some(&ta), x.as_bytes()),
+            b.admin("POST", "/v1/modules", Some(&tb), y.as_bytes()),
+        );
+        for (r, peer) in [(&ra, "b"), (&rb, "a")] {
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json()["servers"][0]["server"], peer);
+            assert_eq!(r.json()["servers"][0]["ok"], true);
+        }
+    }
+    let _ = std::fs::remove_file(secret);
+}

@@ -286,7 +286,7 @@ pub async fn deploy(
             w[0]
         )));
     }
-    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let one_at_a_time = shared.deploy_lock.lock().await;
     let mut unchanged = Vec::new();
     let mut todo: Vec<&(String, String)> = modules.iter().collect();
     if skip_unchanged {
@@ -369,6 +369,10 @@ pub async fn deploy(
     };
     let store_ms = t0.elapsed().as_secs_f64() * 1000.0 - check_ms;
     let acks = activate_everywhere(&shared.pool, &change.value).await;
+    // Released before waiting on the peers: a peer's answer takes its own deploy lock, and a
+    // deploy through that peer at the same time would otherwise wait on ours (a deadlock
+    // until the timeout).
+    drop(one_at_a_time);
     // Every other server of the cluster, now, with its workers' acks in the report.
     let servers = match &shared.bus {
         Some(bus) => {

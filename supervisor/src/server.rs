@@ -99,6 +99,8 @@ pub struct Shared {
     pub store_ok: AtomicBool,
     /// The config version this server has applied (see `sync`).
     pub applied_version: std::sync::atomic::AtomicI64,
+    /// The config version of the on-disk snapshot (-1: not written by this run yet).
+    pub snapshot_version: std::sync::atomic::AtomicI64,
     /// Notified after a change made through this server, or when a peer announces a
     /// version this server has not applied: `sync` runs at once.
     pub changed: tokio::sync::Notify,
@@ -265,6 +267,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         server_name: me.name.clone(),
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
+        snapshot_version: std::sync::atomic::AtomicI64::new(if boot.online {
+            -1
+        } else {
+            boot.snapshot.config_version
+        }),
         changed: tokio::sync::Notify::new(),
         bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,
@@ -306,11 +313,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         tokio::spawn(crate::bus::listen(bus.clone(), shared.clone(), listener));
         tokio::spawn(crate::bus::dial_peers(bus, shared.clone()));
     }
-    tokio::spawn(crate::sync::run(
-        shared.clone(),
-        boot.snapshot.config_version,
-        boot.online,
-    ));
+    tokio::spawn(crate::sync::run(shared.clone(), boot.online));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,

@@ -26,10 +26,8 @@ use crate::snapshot::Snapshot;
 /// Runs until the process ends. `applied` is the config version the server booted with;
 /// `online` false means it booted from the snapshot (the store's migrations still have to
 /// run once it is back).
-pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
+pub async fn run(shared: Arc<Shared>, online: bool) {
     let mut migrated = online;
-    // Write the snapshot of what was just loaded at once (-1: never written by this run).
-    let mut written = if online { -1 } else { applied };
     let mut tick = tokio::time::interval(Duration::from_millis(
         shared.settings.cluster.sync_interval_ms,
     ));
@@ -61,22 +59,18 @@ pub async fn run(shared: Arc<Shared>, mut applied: i64, online: bool) {
                 "the config store is reachable again"
             );
         }
-        if version == applied && version == written {
+        let before = shared.applied_version.load(Ordering::SeqCst);
+        if version == before && version == shared.snapshot_version.load(Ordering::SeqCst) {
             continue;
         }
         match catch_up(&shared).await {
-            Ok((v, _)) => {
-                if v != applied {
-                    info!(from = applied, to = v, "caught up with the config store");
-                }
-                let moved = v != applied;
-                applied = v;
-                written = v;
-                shared.applied_version.store(v, Ordering::Relaxed);
-                if moved && let Some(bus) = &shared.bus {
+            Ok((v, _)) if v != before => {
+                info!(from = before, to = v, "caught up with the config store");
+                if let Some(bus) = &shared.bus {
                     bus.announce(v);
                 }
             }
+            Ok(_) => {}
             Err(e) => degraded(&shared, &e),
         }
     }
@@ -137,9 +131,10 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     }
     let path = shared.settings.snapshot_file();
     let version = snap.config_version;
+    shared.applied_version.store(version, Ordering::SeqCst);
     let written = tokio::task::spawn_blocking(move || snap.write(&path)).await;
     match written {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => shared.snapshot_version.store(version, Ordering::SeqCst),
         Ok(Err(e)) => error!(
             file = %shared.settings.snapshot_file().display(),
             error = %e,
