@@ -474,3 +474,58 @@ async fn concurrent_deploys_through_two_servers_both_complete() {
     }
     let _ = std::fs::remove_file(secret);
 }
+
+/// The store down under a cluster of three: all keep answering, changes get 503 on each;
+/// the store back: a change made through one reaches all three.
+#[tokio::test]
+async fn a_store_outage_under_three_servers_and_the_recovery() {
+    let pg = PrivatePg::start();
+    let url = format!("{:?}", pg.url());
+    let secret = secret_file("outage3");
+    let a = bus_server(&url, "a", &secret).start().await;
+    let b = bus_server(&url, "b", &secret).start().await;
+    let c = bus_server(&url, "c", &secret).start().await;
+    linked(&a, &["b", "c"]).await;
+    assert_eq!(deploy(&a, 1).await.status, 200);
+    for s in [&a, &b, &c] {
+        serves(s, "/cv", 200, Some(1)).await;
+    }
+
+    pg.stop();
+    for s in [&a, &b, &c] {
+        for _ in 0..10 {
+            assert_eq!(s.get("/cv").await.status, 200);
+        }
+    }
+    for s in [&b, &c] {
+        let ch = serde_json::json!({"url_path": "/new", "service": "c.version"});
+        let r = s
+            .admin(
+                "POST",
+                "/v1/channels",
+                Some(&s.admin_token()),
+                ch.to_string().as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(deploy(&a, 2).await.status, 503);
+    for s in [&a, &b, &c] {
+        serves(s, "/cv", 200, Some(1)).await;
+    }
+
+    pg.start_again();
+    for s in [&a, &b, &c] {
+        eventually(Duration::from_secs(30), "store ok", || async move {
+            let r = s.get("/healthz").await;
+            (r.json()["store"] == "ok").then_some(())
+        })
+        .await;
+    }
+    let r = deploy(&b, 3).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for s in [&a, &b, &c] {
+        serves(s, "/cv", 200, Some(3)).await;
+    }
+    let _ = std::fs::remove_file(secret);
+}
