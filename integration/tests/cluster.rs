@@ -472,6 +472,51 @@ async fn concurrent_deploys_through_two_servers_both_complete() {
             assert_eq!(r.json()["servers"][0]["ok"], true);
         }
     }
+    // One service in two modules through two servers at once: one deploy wins, the other
+    // is refused naming the service, and both servers run the winner.
+    let same = |name: &str| {
+        let source = module(8).replace("c.version", "svc.contested");
+        serde_json::json!({"modules": [{"name": name, "source": source}]}).to_string()
+    };
+    let (x, y) = (same("wa"), same("wb"));
+    let (ta, tb) = (a.admin_token(), b.admin_token());
+    let (ra, rb) = tokio::join!(
+        a.admin("POST", "/v1/modules", Some(&ta), x.as_bytes()),
+        b.admin("POST", "/v1/modules", Some(&tb), y.as_bytes()),
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort();
+    // The loser is refused by the store's claim (400) or, when the winner reached its
+    // server first, by its worker's check (422): either way it names the service.
+    assert!(
+        statuses == [200, 400] || statuses == [200, 422],
+        "{statuses:?}: {:?} / {:?}",
+        ra.body,
+        rb.body
+    );
+    let (winner, loser) = if ra.status == 200 {
+        ("wa", &rb)
+    } else {
+        ("wb", &ra)
+    };
+    assert!(
+        String::from_utf8_lossy(&loser.body).contains("svc.contested"),
+        "{}",
+        String::from_utf8_lossy(&loser.body)
+    );
+    for s in [&a, &b] {
+        let list = s
+            .admin("GET", "/v1/services", Some(&s.admin_token()), b"")
+            .await
+            .json();
+        let owner = list["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "svc.contested")
+            .map(|v| v["module"].clone());
+        assert_eq!(owner, Some(serde_json::json!(winner)));
+    }
     let _ = std::fs::remove_file(secret);
 }
 

@@ -358,8 +358,18 @@ pub async fn deploy(
         }
     };
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let claims: Vec<(String, String)> = services
+        .iter()
+        .map(|s| (s.name.clone(), s.module.clone()))
+        .collect();
     let change = match written {
-        Ok(pending) => pending.commit().await,
+        Ok(mut pending) => match pending.claim_services(&claims).await {
+            Ok(()) => pending.commit().await,
+            Err(e) => {
+                let _ = pending.rollback().await;
+                Err(e)
+            }
+        },
         Err(e) => Err(e),
     };
     let change = match change {

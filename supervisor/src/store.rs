@@ -540,6 +540,12 @@ impl Store {
                 .bind(previous.version)
                 .execute(&mut *tx)
                 .await?;
+            // The earlier version's services are not known here: its claims lapse until the
+            // module is deployed again.
+            sqlx::query("DELETE FROM module_services WHERE module = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
             Ok(Change { config_version, value: Module { active: true, ..previous } })
@@ -558,6 +564,10 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("module {name} is not deployed")));
             }
+            sqlx::query("DELETE FROM module_services WHERE module = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
             Ok(Change { config_version, value: () })
@@ -725,6 +735,10 @@ impl Store {
                     .bind(name)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query("DELETE FROM module_services WHERE module = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
             }
             let deployed = insert_versions!(tx, &plan.deploy_modules, by, at);
             let config_version = bump(&mut tx).await?;
@@ -764,7 +778,53 @@ impl From<sqlx::Transaction<'static, sqlx::Postgres>> for PendingTx {
     }
 }
 
+/// Inside `$tx` (a `&mut Transaction`): the services of `$modules` are now `$claims`
+/// (service, module); a service another module defines is refused.
+macro_rules! claim_services {
+    ($tx:expr, $modules:expr, $claims:expr) => {{
+        for m in $modules {
+            sqlx::query("DELETE FROM module_services WHERE module = $1")
+                .bind(m)
+                .execute(&mut **$tx)
+                .await?;
+        }
+        for (service, module) in $claims {
+            sqlx::query(
+                "INSERT INTO module_services (service, module) VALUES ($1, $2) \
+                 ON CONFLICT (service) DO NOTHING",
+            )
+            .bind(service)
+            .bind(module)
+            .execute(&mut **$tx)
+            .await?;
+            let owner: String =
+                sqlx::query_scalar("SELECT module FROM module_services WHERE service = $1")
+                    .bind(service)
+                    .fetch_one(&mut **$tx)
+                    .await?;
+            if &owner != module {
+                return Err(StoreError::Invalid(format!(
+                    "service {service} is already defined by module {owner} (deployed \
+                     meanwhile, perhaps through another server): rename one of them"
+                )));
+            }
+        }
+    }};
+}
+
 impl PendingDeploy {
+    /// Records which module defines each service of this deploy (`claims`: service, module),
+    /// refusing a service that another deployed module defines. Runs in the deploy's
+    /// transaction, so two deploys of one service at once cannot both commit.
+    pub async fn claim_services(&mut self, claims: &[(String, String)]) -> Result<()> {
+        let modules: Vec<String> = self.change.value.iter().map(|m| m.name.clone()).collect();
+        match &mut self.tx {
+            PendingTx::Sqlite(tx) => claim_services!(tx, &modules, claims),
+            PendingTx::Postgres(tx) => claim_services!(tx, &modules, claims),
+        }
+        Ok(())
+    }
+
     /// The versions the commit will make active.
     pub fn modules(&self) -> &[Module] {
         &self.change.value
