@@ -418,6 +418,16 @@ async fn the_bus_links_every_pair_carries_changes_and_heals_after_a_partition() 
     for s in [&a, &c] {
         s.assert_no_errors(&[]);
     }
+    // A clean stop says BYE: the others log it as such, not as a lost link.
+    let mut c = c;
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), Some(0));
+    linked(&a, &["b"]).await;
+    assert!(
+        a.log().contains("bus link closed: the peer is stopping"),
+        "{}",
+        a.log()
+    );
     let _ = std::fs::remove_file(secret);
 }
 

@@ -185,6 +185,20 @@ impl Bus {
         replies
     }
 
+    /// Tells every peer that this server is stopping (a clean stop, not a failure), and waits
+    /// (at most a second) for the peers to close their ends, so the BYE is written before
+    /// the process exits.
+    pub async fn say_bye(&self) {
+        let bytes = Frame::bye().to_bytes();
+        for h in self.links.lock().expect("links lock").values() {
+            let _ = h.tx.send(bytes.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.links.lock().expect("links lock").is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Tells every peer that this server has applied `config_version`.
     pub fn announce(&self, config_version: i64) {
         let frame = Frame::notify(&Notify {
@@ -512,7 +526,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                             let _ = waiter.send((status, body));
                         }
                     }
-                    Ok(Incoming::Bye) => break 'link "the peer said BYE".to_owned(),
+                    Ok(Incoming::Bye) => break 'link BYE_REASON.to_owned(),
                     Err(e) => {
                         if let Some(f) = e.to_frame() {
                             let _ = tx.send(f.to_bytes());
@@ -540,8 +554,14 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
     }
     drop(tx);
     let _ = writer.await;
-    warn!(peer = %peer, reason = %reason, "bus link down");
+    if reason == BYE_REASON {
+        info!(peer = %peer, "bus link closed: the peer is stopping");
+    } else {
+        warn!(peer = %peer, reason = %reason, "bus link down");
+    }
 }
+
+const BYE_REASON: &str = "the peer said BYE";
 
 /// Serves a call from a peer: `deploy.activate` / `deploy.remove` bring this server up to the
 /// store's version now (whatever versions the call names: the store decides, so concurrent

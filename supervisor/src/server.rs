@@ -360,6 +360,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         }
     };
     sup.kill_all();
+    // Peers see a clean stop, not a lost link (best effort: sent while deregistering).
+    if let Some(bus) = &sup.shared.bus {
+        bus.say_bye().await;
+    }
     // Bounded: with the store down, the row goes stale on its own.
     let deregister = sup.shared.store.deregister_server(&me.name, me.pid);
     match tokio::time::timeout(Duration::from_secs(2), deregister).await {
