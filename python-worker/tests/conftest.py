@@ -30,6 +30,15 @@ from oxbus import _protocol as P  # noqa: E402
 TOKEN = '9f86d081884c7d65'
 
 
+def wait_until(predicate, timeout=10.0, what='condition'):
+    """Polls ``predicate`` until it holds; fails after ``timeout`` seconds (no fixed waits)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out waiting for ' + what)
+        time.sleep(0.005)
+
+
 def write_services(directory: str, files: dict) -> str:
     """Write {relative path: source} into ``directory`` (dedented); return the directory."""
     for rel, source in files.items():

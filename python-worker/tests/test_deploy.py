@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from oxbus import _protocol as P
 
 BASE = {
@@ -74,7 +75,10 @@ COUNTER = '''
             doc = self.request.payload or {}
             if doc.get('dir'):   # a long call: wait for <dir>/release
                 open(os.path.join(doc['dir'], 'started'), 'w').close()
+                give_up = time.monotonic() + 20
                 while not os.path.exists(os.path.join(doc['dir'], 'release')):
+                    if time.monotonic() > give_up:
+                        raise TimeoutError('never released')
                     time.sleep(0.005)
             self.response.payload = {'version': __oxbus_version__, 'tag': TAG,
                                      'count': count, 'pid': os.getpid()}
@@ -141,10 +145,7 @@ def names(doc):
 
 
 def wait_for(path, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, 'timed out waiting for ' + path
-        time.sleep(0.005)
+    wait_until(lambda: os.path.exists(path), timeout, path)
 
 
 # -- modules.check -------------------------------------------------------------------------
@@ -652,10 +653,8 @@ def test_a_big_redeploy_is_followed_by_a_full_collection(dep):
     assert dep.invoke('watch', {'module': 'many0'})[1] == {'alive': True}
     # The old classes are reference cycles: only the cyclic collector frees them.
     assert dep.activate(*[(n, 2, s) for n, _v, s in many])[0] == 200
-    deadline = time.monotonic() + 5
-    while dep.invoke('watch', {'look': True})[1]['alive']:
-        assert time.monotonic() < deadline, 'the replaced version is still alive'
-        time.sleep(0.01)
+    wait_until(lambda: not dep.invoke('watch', {'look': True})[1]['alive'], 5,
+               'the replaced version to be collected')
 
 
 # -- finding names that are taken ----------------------------------------------------------

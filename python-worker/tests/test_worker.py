@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import FakeSupervisor
+from conftest import FakeSupervisor, wait_until
 from oxbus import _protocol as P
 
 COMMON = {
@@ -77,14 +77,6 @@ def block_body(sup):
 
 def started(sup, cid):
     return os.path.exists(os.path.join(sup.dir, 'started.' + cid))
-
-
-def wait_until(predicate, timeout=10.0, what='condition'):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out waiting for ' + what)
-        time.sleep(0.005)
 
 
 def release(sup):
