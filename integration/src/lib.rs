@@ -855,10 +855,9 @@ impl PrivatePg {
         );
     }
 
-    /// Stops it at once (clients see their connections drop).
-    pub fn stop(&self) {
+    fn pg_ctl_stop(&self) -> std::process::Output {
         let data = self.dir.join("data");
-        let out = as_postgres(
+        as_postgres(
             &format!("{PG_BIN}/pg_ctl"),
             &[
                 "-D",
@@ -868,25 +867,19 @@ impl PrivatePg {
                 "-w",
                 "stop",
             ],
-        );
+        )
+    }
+
+    /// Stops it at once (clients see their connections drop).
+    pub fn stop(&self) {
+        let out = self.pg_ctl_stop();
         assert!(out.status.success(), "pg_ctl stop: {out:?}");
     }
 }
 
 impl Drop for PrivatePg {
     fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let _ = as_postgres(
-            &format!("{PG_BIN}/pg_ctl"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let _ = self.pg_ctl_stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -132,25 +132,8 @@ async fn a_change_through_one_server_reaches_the_others() {
     serves(&b, "/cv", 404, None).await;
 
     // `oxbus cluster status`: both servers, each at the store's version once it heartbeats.
-    let status = |srv: &Server| {
-        let out = std::process::Command::new(oxbus_bin())
-            .args(["cluster", "status", "--output", "json"])
-            .env(
-                "OXBUS_SERVER",
-                format!("http://127.0.0.1:{}", srv.admin_port()),
-            )
-            .env("OXBUS_TOKEN", srv.admin_token())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
     eventually(Duration::from_secs(30), "both servers in sync", || {
-        let d = status(&a);
+        let d = cluster_status(&a);
         async move {
             let v = d["store"]["config_version"].as_i64()?;
             let servers = d["servers"].as_array()?;
@@ -335,7 +318,8 @@ fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
         .channel("/cv", &["GET"], "c.version")
 }
 
-fn links(srv: &Server) -> Vec<String> {
+/// `oxbus cluster status --output json` against `srv`.
+fn cluster_status(srv: &Server) -> serde_json::Value {
     let out = std::process::Command::new(oxbus_bin())
         .args(["cluster", "status", "--output", "json"])
         .env(
@@ -345,7 +329,16 @@ fn links(srv: &Server) -> Vec<String> {
         .env("OXBUS_TOKEN", srv.admin_token())
         .output()
         .unwrap();
-    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn links(srv: &Server) -> Vec<String> {
+    let d = cluster_status(srv);
     d["bus"]["links"]
         .as_array()
         .into_iter()

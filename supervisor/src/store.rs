@@ -133,6 +133,28 @@ where
     })
 }
 
+const SERVERS_SELECT: &str = "SELECT name, http_address, oxbus_version, pid, started_at, \
+     last_seen, config_version, bus_address FROM servers ORDER BY name";
+
+fn server_from_row<R: Row>(r: &R) -> Result<ServerRecord>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ServerRecord {
+        name: r.try_get("name")?,
+        http_address: r.try_get("http_address")?,
+        oxbus_version: r.try_get("oxbus_version")?,
+        pid: r.try_get("pid")?,
+        started_at: r.try_get("started_at")?,
+        last_seen: r.try_get("last_seen")?,
+        config_version: r.try_get("config_version")?,
+        bus_address: r.try_get("bus_address")?,
+    })
+}
+
 fn channel_from_row<R: Row>(r: &R) -> Result<Channel>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -874,23 +896,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let rows = sqlx::query(
-                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version, \
-                 bus_address FROM servers ORDER BY name",
+                SERVERS_SELECT,
             )
             .fetch_all(&mut *tx)
             .await?;
             let mut others = Vec::new();
             for r in &rows {
-                let rec = ServerRecord {
-                    name: r.try_get("name")?,
-                    http_address: r.try_get("http_address")?,
-                    oxbus_version: r.try_get("oxbus_version")?,
-                    pid: r.try_get("pid")?,
-                    started_at: r.try_get("started_at")?,
-                    last_seen: r.try_get("last_seen")?,
-                    config_version: r.try_get("config_version")?,
-                    bus_address: r.try_get("bus_address")?,
-                };
+                let rec = server_from_row(r)?;
                 if rec.name == me.name {
                     if rec.http_address != me.http_address {
                         return Err(StoreError::Invalid(format!(
@@ -981,25 +993,11 @@ impl Store {
     pub async fn servers(&self) -> Result<Vec<ServerRecord>> {
         on_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT name, http_address, oxbus_version, pid, started_at, last_seen, config_version, \
-                 bus_address FROM servers ORDER BY name",
+                SERVERS_SELECT,
             )
             .fetch_all(p)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ServerRecord {
-                        name: r.try_get("name")?,
-                        http_address: r.try_get("http_address")?,
-                        oxbus_version: r.try_get("oxbus_version")?,
-                        pid: r.try_get("pid")?,
-                        started_at: r.try_get("started_at")?,
-                        last_seen: r.try_get("last_seen")?,
-                        config_version: r.try_get("config_version")?,
-                        bus_address: r.try_get("bus_address")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(server_from_row).collect()
         })
     }
 }
