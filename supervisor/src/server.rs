@@ -313,7 +313,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         tokio::spawn(crate::bus::listen(bus.clone(), shared.clone(), listener));
         tokio::spawn(crate::bus::dial_peers(bus, shared.clone()));
     }
-    tokio::spawn(crate::sync::run(shared.clone(), boot.online));
+    tokio::spawn(crate::sync::run(
+        shared.clone(),
+        boot.online.then_some(boot.snapshot),
+    ));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,

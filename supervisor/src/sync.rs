@@ -23,11 +23,15 @@ use tracing::{error, info, warn};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
 
-/// Runs until the process ends. `applied` is the config version the server booted with;
-/// `online` false means it booted from the snapshot (the store's migrations still have to
-/// run once it is back).
-pub async fn run(shared: Arc<Shared>, online: bool) {
-    let mut migrated = online;
+/// Runs until the process ends. `booted` is the config the server started with when it came
+/// from the store (written to disk at once, without reading the store again); `None` when it
+/// booted from the on-disk snapshot (the store's migrations then still have to run once it
+/// is back).
+pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
+    let mut migrated = booted.is_some();
+    if let Some(snap) = booted {
+        write_snapshot(&shared, snap).await;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(
         shared.settings.cluster.sync_interval_ms,
     ));
@@ -129,11 +133,17 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
             error!(error = %e, "the store's channels do not route: the routing table is unchanged")
         }
     }
-    let path = shared.settings.snapshot_file();
     let version = snap.config_version;
     shared.applied_version.store(version, Ordering::SeqCst);
-    let written = tokio::task::spawn_blocking(move || snap.write(&path)).await;
-    match written {
+    write_snapshot(shared, snap).await;
+    Ok((version, all_acks))
+}
+
+/// Writes `snap` to the snapshot file off the runtime; records its version once on disk.
+async fn write_snapshot(shared: &Shared, snap: Snapshot) {
+    let path = shared.settings.snapshot_file();
+    let version = snap.config_version;
+    match tokio::task::spawn_blocking(move || snap.write(&path)).await {
         Ok(Ok(())) => shared.snapshot_version.store(version, Ordering::SeqCst),
         Ok(Err(e)) => error!(
             file = %shared.settings.snapshot_file().display(),
@@ -142,5 +152,4 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
         ),
         Err(e) => error!(error = %e, "the snapshot writer failed"),
     }
-    Ok((version, all_acks))
 }
