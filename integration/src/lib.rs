@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+pub mod proxy;
+
 /// Path of the `oxbus` binary under test.
 pub fn oxbus_bin() -> PathBuf {
     if let Ok(p) = std::env::var("OXBUS_BIN") {
@@ -45,6 +47,11 @@ pub fn repo_root() -> PathBuf {
 pub const TEST_SERVICES: &str = include_str!("testsvc.py");
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this test process (for temp dir names).
+pub fn next_id() -> u32 {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
 
 /// Builder of a server environment.
 #[derive(Debug, Clone)]

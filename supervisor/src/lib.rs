@@ -22,6 +22,7 @@ pub mod deploy;
 pub mod http;
 pub mod pool;
 pub mod process;
+pub mod proxy_cmd;
 pub mod python;
 pub mod quickstart;
 pub mod router;

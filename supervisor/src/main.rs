@@ -88,6 +88,19 @@ enum Command {
         #[command(subcommand)]
         action: SecretAction,
     },
+    /// Run the cluster's load balancer (pingora) in front of its servers.
+    Proxy {
+        /// The proxy.toml to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Take over from the running proxy (pid file in `state_dir`): its listening sockets
+        /// pass to this process, no connection is refused, its in-flight requests finish.
+        #[arg(long)]
+        upgrade: bool,
+        /// Stop when the parent process dies (used by quickstart).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
     /// Create (or reuse) an environment with sample services and run it in the foreground.
     Quickstart {
         /// Environment directory; created with server.toml and services/ if missing.
@@ -728,6 +741,21 @@ fn main() -> ExitCode {
     ) {
         return client_command(cli.command);
     }
+    if let Command::Proxy {
+        config,
+        upgrade,
+        exit_with_parent,
+    } = &cli.command
+    {
+        let level = std::env::var("OXBUS_LOG").unwrap_or_else(|_| "info".into());
+        if let Err(e) = oxbus_supervisor::init_logging(&level) {
+            return fail(&e);
+        }
+        return match oxbus_supervisor::proxy_cmd::run(config, *upgrade, *exit_with_parent) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let (settings, banner) = match cli.command {
         Command::Deploy { .. }
@@ -737,7 +765,8 @@ fn main() -> ExitCode {
         | Command::Undeploy { .. }
         | Command::Config { .. }
         | Command::Cluster { .. }
-        | Command::Secret { .. } => {
+        | Command::Secret { .. }
+        | Command::Proxy { .. } => {
             unreachable!("handled above")
         }
         Command::Server { config } => match Settings::load(&config, env) {

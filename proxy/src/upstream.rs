@@ -1,0 +1,360 @@
+//! The upstream registry: per-server counters, latency histogram, active-check results and
+//! passive failure marks, and the choice of the next server (round-robin or
+//! least-connections) among those that are up.
+//!
+//! Discovery and the active checks' consecutive thresholds are pingora-load-balancing's
+//! (`Backends`); this registry adds what it lacks: least-connections, "never checked yet"
+//! (a server that just joined gets traffic only after its first passing `/readyz`), passive
+//! marks on refused connections, and the numbers the stats endpoint reports.
+
+use pingora_load_balancing::{Backend, LoadBalancer, selection::RoundRobin};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::Balance;
+
+/// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
+pub const LATENCY_BOUNDS_US: [u64; 18] = [
+    500, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket (Prometheus `le` semantics), then the sum in µs.
+    pub fn cumulative(&self) -> (Vec<u64>, u64) {
+        let mut acc = 0;
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (counts, self.sum_us.load(Ordering::Relaxed))
+    }
+
+    /// The bucket bound under which `q` of the samples fall (None: no samples; the top
+    /// bucket reports the largest finite bound).
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let (counts, _) = self.cumulative();
+        let total = *counts.last()?;
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let i = counts.iter().position(|&c| c >= want)?;
+        Some(
+            LATENCY_BOUNDS_US
+                .get(i)
+                .copied()
+                .unwrap_or(*LATENCY_BOUNDS_US.last().expect("bounds")),
+        )
+    }
+}
+
+/// One server as the proxy sees it.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub in_flight: AtomicU64,
+    /// Attempts sent to this server (a retried request counts once per server tried).
+    pub requests: AtomicU64,
+    /// Attempts that failed in transport: refused or timed-out connections, broken
+    /// connections, read timeouts.
+    pub errors: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Answers with a 5xx status from the server itself.
+    pub responses_5xx: AtomicU64,
+    pub latency: Histogram,
+    /// An active check has run at least once.
+    pub checked: AtomicBool,
+    /// The last active check passed.
+    pub check_ok: AtomicBool,
+    pub last_check_error: Mutex<Option<String>>,
+    /// Skipped until this time (ms since the registry's epoch): it refused a connection.
+    pub passive_down_until: AtomicU64,
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            responses_5xx: AtomicU64::new(0),
+            latency: Histogram::default(),
+            checked: AtomicBool::new(false),
+            check_ok: AtomicBool::new(false),
+            last_check_error: Mutex::new(None),
+            passive_down_until: AtomicU64::new(0),
+        }
+    }
+}
+
+/// All servers ever seen (a server that leaves keeps its counters; it is simply no longer
+/// offered by discovery).
+#[derive(Debug)]
+pub struct Registry {
+    epoch: Instant,
+    map: RwLock<HashMap<SocketAddr, Arc<Upstream>>>,
+    rr: AtomicUsize,
+    pub balance: Balance,
+    passive_down: Duration,
+    /// Woken by every active check result.
+    pub checked: tokio::sync::Notify,
+}
+
+impl Registry {
+    pub fn new(balance: Balance, passive_down: Duration) -> Self {
+        Registry {
+            epoch: Instant::now(),
+            map: RwLock::new(HashMap::new()),
+            rr: AtomicUsize::new(0),
+            balance,
+            passive_down,
+            checked: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        if let Some(u) = self.map.read().expect("registry lock").get(&addr) {
+            return u.clone();
+        }
+        self.map
+            .write()
+            .expect("registry lock")
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Upstream::new(addr)))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|u| u.addr);
+        v
+    }
+
+    /// Records an active check's result. A pass also lifts a passive mark: the server is
+    /// back (restarted, say) before the mark would have lapsed.
+    pub fn record_check(&self, addr: SocketAddr, result: Result<(), String>) {
+        let u = self.get(addr);
+        match result {
+            Ok(()) => {
+                u.check_ok.store(true, Ordering::Relaxed);
+                u.passive_down_until.store(0, Ordering::Relaxed);
+                *u.last_check_error.lock().expect("check error lock") = None;
+            }
+            Err(e) => {
+                u.check_ok.store(false, Ordering::Relaxed);
+                *u.last_check_error.lock().expect("check error lock") = Some(e);
+            }
+        }
+        u.checked.store(true, Ordering::Release);
+        self.checked.notify_waiters();
+    }
+
+    /// Whether a server on offer has not had its first active check yet (just started, or
+    /// just joined): a request finding no server up should wait for that check, not fail.
+    pub fn pending(&self, lb: &LoadBalancer<RoundRobin>) -> bool {
+        lb.backends()
+            .get_backend()
+            .iter()
+            .any(|b| backend_addr(b).is_some_and(|a| !self.get(a).checked.load(Ordering::Acquire)))
+    }
+
+    /// Marks a server down after it refused a connection.
+    pub fn mark_passive_down(&self, u: &Upstream) {
+        u.passive_down_until.store(
+            self.now_ms() + self.passive_down.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn passive_down_left(&self, u: &Upstream) -> Duration {
+        Duration::from_millis(
+            u.passive_down_until
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.now_ms()),
+        )
+    }
+
+    /// Whether `u` may get new requests, given pingora's health verdict `ready`.
+    pub fn is_up(&self, u: &Upstream, ready: bool) -> bool {
+        ready
+            && u.checked.load(Ordering::Acquire)
+            && u.passive_down_until.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    /// The next server for a request, skipping those already tried for it.
+    pub fn pick(
+        &self,
+        lb: &LoadBalancer<RoundRobin>,
+        tried: &[SocketAddr],
+    ) -> Option<Arc<Upstream>> {
+        let backends = lb.backends().get_backend();
+        let mut up: Vec<Arc<Upstream>> = Vec::with_capacity(backends.len());
+        for b in backends.iter() {
+            let Some(addr) = backend_addr(b) else {
+                continue;
+            };
+            if tried.contains(&addr) {
+                continue;
+            }
+            let u = self.get(addr);
+            if self.is_up(&u, lb.backends().ready(b)) {
+                up.push(u);
+            }
+        }
+        if up.is_empty() {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed) % up.len();
+        match self.balance {
+            Balance::RoundRobin => Some(up.swap_remove(start)),
+            Balance::LeastConnections => {
+                // Fewest in flight; ties go round-robin.
+                let n = up.len();
+                (0..n)
+                    .map(|k| &up[(start + k) % n])
+                    .min_by_key(|u| u.in_flight.load(Ordering::Relaxed))
+                    .cloned()
+            }
+        }
+    }
+}
+
+pub fn backend_addr(b: &Backend) -> Option<SocketAddr> {
+    b.addr.as_inet().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_fall_in_buckets() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_us(0.5), None);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(800));
+        }
+        h.record(Duration::from_millis(40));
+        h.record(Duration::from_secs(100));
+        assert_eq!(h.quantile_us(0.5), Some(1_000));
+        assert_eq!(h.quantile_us(0.99), Some(50_000));
+        assert_eq!(h.quantile_us(1.0), Some(30_000_000));
+        let (c, sum) = h.cumulative();
+        assert_eq!(*c.last().unwrap(), 100);
+        assert_eq!(c[0], 0);
+        assert_eq!(c[1], 98);
+        assert_eq!(sum, 98 * 800 + 40_000 + 100_000_000);
+    }
+
+    fn lb(addrs: &[&str]) -> LoadBalancer<RoundRobin> {
+        LoadBalancer::try_from_iter(addrs.iter().copied()).unwrap()
+    }
+
+    fn checked(r: &Registry, addrs: &[&str]) {
+        for a in addrs {
+            r.record_check(a.parse().unwrap(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn unchecked_servers_get_nothing_and_round_robin_spreads() {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let lb = lb(&addrs);
+        let r = Registry::new(Balance::RoundRobin, Duration::from_secs(5));
+        assert!(r.pick(&lb, &[]).is_none(), "never checked: no traffic");
+        checked(&r, &addrs);
+        let mut seen = HashMap::new();
+        for _ in 0..300 {
+            *seen.entry(r.pick(&lb, &[]).unwrap().addr).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 3);
+        assert!(seen.values().all(|&n| n == 100), "{seen:?}");
+    }
+
+    #[test]
+    fn tried_and_passively_down_servers_are_skipped() {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
+        let lb = lb(&addrs);
+        let r = Registry::new(Balance::RoundRobin, Duration::from_secs(60));
+        checked(&r, &addrs);
+        let first: SocketAddr = addrs[0].parse().unwrap();
+        for _ in 0..10 {
+            assert_ne!(r.pick(&lb, &[first]).unwrap().addr, first);
+        }
+        let u = r.get(first);
+        r.mark_passive_down(&u);
+        assert!(r.passive_down_left(&u) > Duration::from_secs(50));
+        for _ in 0..10 {
+            assert_ne!(r.pick(&lb, &[]).unwrap().addr, first);
+        }
+        // A passing active check brings it back before the mark lapses.
+        r.record_check(first, Ok(()));
+        assert!((0..10).any(|_| r.pick(&lb, &[]).unwrap().addr == first));
+        let both: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        assert!(r.pick(&lb, &both).is_none());
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_server() {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let lb = lb(&addrs);
+        let r = Registry::new(Balance::LeastConnections, Duration::from_secs(5));
+        checked(&r, &addrs);
+        r.get(addrs[0].parse().unwrap())
+            .in_flight
+            .store(5, Ordering::Relaxed);
+        r.get(addrs[1].parse().unwrap())
+            .in_flight
+            .store(1, Ordering::Relaxed);
+        r.get(addrs[2].parse().unwrap())
+            .in_flight
+            .store(3, Ordering::Relaxed);
+        for _ in 0..10 {
+            assert_eq!(r.pick(&lb, &[]).unwrap().addr, addrs[1].parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_failing_check_is_remembered() {
+        let r = Registry::new(Balance::RoundRobin, Duration::from_secs(5));
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        r.record_check(a, Err("503".into()));
+        let u = r.get(a);
+        assert!(u.checked.load(Ordering::Relaxed));
+        assert!(!u.check_ok.load(Ordering::Relaxed));
+        assert_eq!(u.last_check_error.lock().unwrap().as_deref(), Some("503"));
+    }
+}

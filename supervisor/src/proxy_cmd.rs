@@ -1,0 +1,86 @@
+//! `oxbus proxy --config FILE`: the cluster's load balancer (the `oxbus-proxy` crate), with
+//! its server list read from the config store when the file names one.
+
+use async_trait::async_trait;
+use oxbus_proxy::{ProxyConfig, ServerSource, Upstreams};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+use crate::store::{SERVER_STALE, Store};
+
+/// The cluster's live servers: registered in the store, heartbeat fresher than
+/// [`SERVER_STALE`]. A server that stops cleanly deregisters and leaves at once; one that
+/// dies stays listed until its heartbeat goes stale, and the proxy's checks keep it out.
+struct StoreServers {
+    url: String,
+    store: OnceCell<Store>,
+}
+
+#[async_trait]
+impl ServerSource for StoreServers {
+    async fn servers(&self) -> Result<Vec<SocketAddr>, String> {
+        // Opened on first use, inside the proxy's own runtime.
+        let store = self
+            .store
+            .get_or_try_init(|| Store::open(&self.url))
+            .await
+            .map_err(|e| format!("config store: {e}"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let fresh = now - SERVER_STALE.as_millis() as i64;
+        let mut out = Vec::new();
+        for s in store
+            .servers()
+            .await
+            .map_err(|e| format!("config store: {e}"))?
+        {
+            if s.last_seen < fresh {
+                continue;
+            }
+            match s.http_address.parse::<SocketAddr>() {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::warn!(
+                    server = %s.name,
+                    address = %s.http_address,
+                    error = %e,
+                    "server registered an unusable address; skipped"
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the proxy in the foreground. `exit_with_parent`: stop (gracefully) when the process
+/// that started this one dies: quickstart's proxy does not outlive quickstart.
+pub fn run(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), String> {
+    let cfg = ProxyConfig::load(config).map_err(|e| e.to_string())?;
+    let upstreams = match &cfg.upstreams.store {
+        Some(url) => Upstreams::Source(Box::new(StoreServers {
+            url: url.clone(),
+            store: OnceCell::new(),
+        })),
+        None => Upstreams::Static,
+    };
+    if exit_with_parent {
+        let parent = nix::unistd::getppid();
+        std::thread::Builder::new()
+            .name("parent-watch".into())
+            .spawn(move || {
+                while nix::unistd::getppid() == parent {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                tracing::info!("parent process gone; stopping");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::getpid(),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    oxbus_proxy::run(cfg, upstreams, upgrade).map_err(|e| format!("{e:#}"))
+}
