@@ -9,16 +9,19 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A port P with P+1 free too (quickstart puts the admin API on P+1).
-fn free_port_pair() -> u16 {
-    for _ in 0..50 {
+/// A port P with P+1..=P+3 free too (quickstart puts the admin API on P+1, its proxy on
+/// P+2 and the proxy's stats on P+3).
+fn free_port_run() -> u16 {
+    for _ in 0..200 {
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < u16::MAX - 3
+            && (1..=3).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok())
+        {
             return p;
         }
     }
-    panic!("no free pair of ports");
+    panic!("no run of four free ports");
 }
 
 fn quickstart(dir: &std::path::Path, port: u16) -> Child {
@@ -75,7 +78,7 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     let base = std::env::temp_dir().join(format!("oxbus-it-qs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let dir = base.join("env");
-    let port = free_port_pair();
+    let port = free_port_run();
     let child = quickstart(&dir, port);
     ready(port).await;
 
@@ -98,6 +101,17 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     );
     assert_eq!(call(port, "GET", "/slow", b"").await.unwrap().status, 200);
 
+    // The proxy in front of it (port + 2) serves the same, and reports the server up.
+    ready(port + 2).await;
+    let r = call(port + 2, "POST", "/echo", br#"{"via": "proxy"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.json(), json!({"via": "proxy", "ok": true}));
+    assert!(r.header("x-request-id").is_some());
+    let stats = call(port + 3, "GET", "/stats", b"").await.unwrap().json();
+    assert_eq!(stats["upstreams"][0]["up"], true, "{stats}");
+    assert!(dir.join("proxy.toml").exists());
+
     // The sample module is a deployed module (version 1) and the channels are in the store.
     let services = cli(&dir, &["services"]);
     let echo = services["services"]
@@ -118,6 +132,7 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     ready(port).await;
     let r = call(port, "POST", "/echo", b"{}").await.unwrap();
     assert_eq!(r.status, 200);
+    ready(port + 2).await;
     let modules = cli(&dir, &["config", "export"]);
     assert_eq!(modules["config_version"], 1);
     assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 4);

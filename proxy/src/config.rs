@@ -176,10 +176,23 @@ impl ProxyConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: ProxyConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: ProxyConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        // Relative paths are relative to the file's directory, not to where it is run from.
+        if let Some(base) = path.parent() {
+            let fix = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            };
+            fix(&mut cfg.proxy.state_dir);
+            if let Some(t) = cfg.tls.as_mut() {
+                fix(&mut t.cert_file);
+                fix(&mut t.key_file);
+            }
+        }
         cfg.validate(path)?;
         Ok(cfg)
     }

@@ -112,6 +112,9 @@ enum Command {
         /// Python workers, 1..=8 (default min(CPUs, 8)).
         #[arg(long)]
         workers: Option<u32>,
+        /// Run the server alone, without the load balancer in front of it.
+        #[arg(long)]
+        no_proxy: bool,
     },
 }
 
@@ -757,6 +760,7 @@ fn main() -> ExitCode {
         };
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut quickstart_proxy: Option<std::process::Child> = None;
     let (settings, banner) = match cli.command {
         Command::Deploy { .. }
         | Command::Invoke { .. }
@@ -773,7 +777,12 @@ fn main() -> ExitCode {
             Ok(s) => (s, None),
             Err(e) => return fail(&e.to_string()),
         },
-        Command::Quickstart { dir, port, workers } => {
+        Command::Quickstart {
+            dir,
+            port,
+            workers,
+            no_proxy,
+        } => {
             if let Some(w) = workers.filter(|w| *w == 0 || *w > MAX_WORKERS) {
                 return fail(&format!(
                     "--workers {w}: Oxbus runs 1 to {MAX_WORKERS} Python workers per server"
@@ -805,6 +814,20 @@ fn main() -> ExitCode {
                 }
                 Ok(s) => {
                     let url = format!("http://{}", s.server.listen);
+                    let proxy_line = if no_proxy {
+                        String::new()
+                    } else {
+                        match start_quickstart_proxy(&dir, s.server.listen) {
+                            Ok((child, proxy_url, stats_url)) => {
+                                quickstart_proxy = Some(child);
+                                format!(
+                                    "\n  proxy:   {proxy_url} (oxbus proxy in front of the server; stats {stats_url}, log {})",
+                                    dir.join("proxy.log").display()
+                                )
+                            }
+                            Err(e) => return fail(&format!("cannot start the proxy: {e}")),
+                        }
+                    };
                     let pickup = match s.pickup_dir() {
                         Some(d) => format!(
                             "\n  pickup:  {} (save or git pull a *.py there: deployed live)",
@@ -813,7 +836,7 @@ fn main() -> ExitCode {
                         None => String::new(),
                     };
                     let banner = format!(
-                        "{} environment in {}\n  server:  {url}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+                        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
                         if created {
                             "Created a new"
                         } else {
@@ -853,6 +876,13 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(oxbus_supervisor::server::run(settings));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(mut proxy) = quickstart_proxy {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(proxy.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = proxy.wait();
+    }
     match result {
         Ok(o) => ExitCode::from(o.exit_code as u8),
         Err(e) => {
@@ -860,6 +890,30 @@ fn main() -> ExitCode {
             fail(&e.to_string())
         }
     }
+}
+
+/// Starts `oxbus proxy` in front of quickstart's server (it stops with quickstart, and if
+/// quickstart dies, by itself). Its log goes to DIR/proxy.log.
+fn start_quickstart_proxy(
+    dir: &std::path::Path,
+    server: std::net::SocketAddr,
+) -> Result<(std::process::Child, String, String), String> {
+    let (config, url, stats) = oxbus_supervisor::quickstart::write_proxy_config(dir, server)
+        .map_err(|e| format!("cannot write {}: {e}", dir.join("proxy.toml").display()))?;
+    let log = std::fs::File::create(dir.join("proxy.log")).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .arg("proxy")
+        .arg("--config")
+        .arg(&config)
+        .arg("--exit-with-parent")
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    Ok((child, url, stats))
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -122,6 +122,57 @@ pub fn ensure_env(dir: &Path, port: u16, workers: Option<u32>) -> io::Result<boo
     Ok(true)
 }
 
+/// Writes `DIR/proxy.toml` for the proxy quickstart runs in front of its server, rewritten
+/// at every start so it follows the server's address: the proxy listens on the server's
+/// port + 2, its stats on + 3. Returns (config path, proxy URL, stats URL).
+pub fn write_proxy_config(
+    dir: &Path,
+    server: std::net::SocketAddr,
+) -> io::Result<(std::path::PathBuf, String, String)> {
+    let ip = server.ip();
+    let port = server.port().checked_add(2).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "server port leaves no room for the proxy",
+        )
+    })?;
+    let stats = port.checked_add(1).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "server port leaves no room for the proxy",
+        )
+    })?;
+    let listen = std::net::SocketAddr::new(ip, port);
+    let stats_listen = std::net::SocketAddr::new(ip, stats);
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"# The load balancer quickstart runs in front of its server (`oxbus proxy`).
+# Rewritten by `oxbus quickstart` at every start; copy it to keep changes.
+
+[proxy]
+listen = "{listen}"
+stats_listen = "{stats_listen}"   # GET /stats (JSON), GET /metrics (Prometheus)
+state_dir = "proxy-state"          # pid file and the graceful-upgrade socket
+grace_period_s = 1
+
+[upstreams]
+servers = ["{server}"]             # or: store = "postgres://…" for a cluster's servers
+
+[health]
+path = "/readyz"
+interval_ms = 1000
+"#
+        ),
+    )?;
+    Ok((
+        path,
+        format!("http://{listen}"),
+        format!("http://{stats_listen}/stats"),
+    ))
+}
+
 /// The sample channels: one per sample service.
 fn sample_channels() -> Vec<Channel> {
     [
