@@ -100,6 +100,16 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     pub headers: Option<H>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The client's IP address (behind trusted proxies, the one they report); serialised
+    /// as its text form (`203.0.113.7`, `2001:db8::7`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<std::net::IpAddr>,
+    /// `"http"` or `"https"`: the scheme the client used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<&'a str>,
+    /// The port the client connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 fn pairs_as_object<S: Serializer>(

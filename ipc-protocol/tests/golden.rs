@@ -127,9 +127,49 @@ fn invoke_meta_serialises_like_the_vector() {
         query: Some(""),
         headers: Some(&headers),
         deadline_ms: Some(30000),
+        remote_addr: None,
+        scheme: None,
+        port: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
     let wire = std::fs::read(dir().join("call_invoke_http.bin")).unwrap();
+    assert_eq!(&out[..], &wire[..]);
+}
+
+#[test]
+fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
+    // remote_addr is an address, written in its text form; scheme and port follow it.
+    let headers: Vec<(&str, std::borrow::Cow<str>)> = vec![
+        ("host", "api.example.com".into()),
+        ("x-forwarded-for", "2001:db8::7, 10.0.1.5".into()),
+        ("x-forwarded-proto", "https".into()),
+        ("x-forwarded-port", "443".into()),
+        ("x-request-id", "req-7f3a:42".into()),
+    ];
+    let params: Vec<(String, String)> = vec![];
+    let meta = InvokeMeta {
+        op: "invoke",
+        service: "demo.whoami",
+        cid: "req-7f3a:42",
+        channel: Some("rest"),
+        data_format: Some("json"),
+        method: Some("GET"),
+        path: Some("/whoami"),
+        params: Some(&params),
+        query: Some(""),
+        headers: Some(&headers),
+        deadline_ms: Some(30000),
+        remote_addr: Some("2001:0db8:0:0:0:0:0:7".parse().unwrap()),
+        scheme: Some("https"),
+        port: Some(443),
+    };
+    let mut out = BytesMut::new();
+    encode_call(&mut out, 0, 7, &meta, b"").unwrap();
+    let wire = std::fs::read(dir().join("call_invoke_forwarded.bin")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out[14..]),
+        String::from_utf8_lossy(&wire[14..])
+    );
     assert_eq!(&out[..], &wire[..]);
 }

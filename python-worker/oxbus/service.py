@@ -197,6 +197,29 @@ class HTTPRequest:
         return self._meta.get('path')
 
     @property
+    def remote_addr(self) -> Optional[str]:
+        """The client's IP address (``'203.0.113.7'``, ``'2001:db8::7'``).
+
+        Behind reverse proxies listed in the server's ``http.trusted_proxies`` it is the
+        client they report in ``X-Forwarded-For``; otherwise it is the TCP peer. None for an
+        invocation that did not come over HTTP.
+        """
+        return self._meta.get('remote_addr')
+
+    @property
+    def scheme(self) -> Optional[str]:
+        """``'http'`` or ``'https'``: what the client used (``X-Forwarded-Proto`` behind a
+        trusted proxy that terminates TLS). None for an invocation that did not come over
+        HTTP."""
+        return self._meta.get('scheme')
+
+    @property
+    def port(self) -> Optional[int]:
+        """The port the client connected to (``X-Forwarded-Port`` behind a trusted proxy).
+        None for an invocation that did not come over HTTP."""
+        return self._meta.get('port')
+
+    @property
     def params(self) -> Dict[str, str]:
         """The path parameters of the matched channel (``/customer/{id}``)."""
         if self._params is None:

@@ -180,6 +180,28 @@ def test_request_attributes():
         'cid': '00000000000000000001', 'channel': 'rest', 'name': Svc.name, 'df': 'raw'}
 
 
+def test_client_origin_from_the_meta():
+    seen = {}
+
+    class Svc(Service):
+        def handle(self):
+            http = self.request.http
+            seen.update(remote_addr=http.remote_addr, scheme=http.scheme, port=http.port,
+                        cid=self.cid, xff=http.headers.get('x-forwarded-for'))
+
+    vector = next(v for v in VECTORS['vectors'] if v['name'] == 'call_invoke_forwarded')
+    meta = json.loads(vector['meta'])
+    meta['service'] = Svc.name
+    frame = Dispatcher({Svc.name: Svc}).run(7, meta, b'')
+    assert Reply(frame, 7).status == 200
+    assert seen == {'remote_addr': '2001:db8::7', 'scheme': 'https', 'port': 443,
+                    'cid': 'req-7f3a:42', 'xff': '2001:db8::7, 10.0.1.5'}
+    seen.clear()
+    call(Svc, remote_addr='127.0.0.1', scheme='http', port=17010)
+    assert seen == {'remote_addr': '127.0.0.1', 'scheme': 'http', 'port': 17010,
+                    'cid': 'c1d', 'xff': None}
+
+
 def test_headers_mapping_and_query_last_wins():
     seen = {}
 
@@ -202,15 +224,16 @@ def test_empty_body_and_missing_http_fields():
 
     class Svc(Service):
         def handle(self):
+            http = self.request.http
             seen.update(payload=self.request.payload, channel=self.channel.type,
-                        method=self.request.http.method, query=self.request.http.query,
-                        headers=dict(self.request.http.headers))
+                        method=http.method, query=http.query, headers=dict(http.headers),
+                        origin=(http.remote_addr, http.scheme, http.port))
 
     frame = Dispatcher({Svc.name: Svc}).run(1, {'op': 'invoke', 'service': Svc.name,
                                                 'cid': 'z'}, b'')
     assert Reply(frame, 1).status == 200
     assert seen == {'payload': None, 'channel': 'invoke', 'method': None, 'query': {},
-                    'headers': {}}
+                    'headers': {}, 'origin': (None, None, None)}
 
 
 @pytest.mark.parametrize('payload,content_type,body', [

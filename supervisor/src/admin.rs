@@ -345,6 +345,9 @@ async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
         query: None,
         headers: None,
         deadline_ms: Some(timeout.as_millis() as u64),
+        remote_addr: None,
+        scheme: None,
+        port: None,
     };
     let started = Instant::now();
     match shared.pool.invoke(&meta, &body, started + timeout).await {

@@ -19,6 +19,7 @@
 //! service = "crm.customer.get"
 //! ```
 
+use crate::forwarded::TrustedProxies;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,41 @@ pub struct HttpSection {
     /// closes: long enough for a load balancer (an AWS ALB's health checks) to take the
     /// server out of rotation, so that no new connection is refused. 0 = close at once.
     pub shutdown_delay_ms: u64,
+    /// Reverse proxies (CIDR networks, e.g. an ALB's subnets) whose `X-Forwarded-For`,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Port` and `X-Request-Id` are believed (see
+    /// `forwarded`). Empty = trust nobody: the client is the TCP peer. A string is read as a
+    /// comma-separated list, so that `OXBUS_HTTP_TRUSTED_PROXIES=10.0.0.0/8,::1` works.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted_proxies: Vec<String>,
+    /// `trusted_proxies` parsed, when the settings are loaded.
+    #[serde(skip)]
+    trusted: TrustedProxies,
+}
+
+impl HttpSection {
+    /// The parsed `trusted_proxies`.
+    pub fn trusted(&self) -> &TrustedProxies {
+        &self.trusted
+    }
+}
+
+/// A list of strings, or one string holding a comma-separated list (empty = none).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(v) => v,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl Default for HttpSection {
@@ -176,6 +212,8 @@ impl Default for HttpSection {
             keepalive_timeout_ms: 75_000,
             drain_timeout_ms: 30_000,
             shutdown_delay_ms: 0,
+            trusted_proxies: Vec::new(),
+            trusted: TrustedProxies::default(),
         }
     }
 }
@@ -351,6 +389,12 @@ impl Settings {
                     message: e.to_string(),
                 })?;
         s.base_dir = base_dir.to_owned();
+        s.http.trusted =
+            TrustedProxies::parse(&s.http.trusted_proxies).map_err(|e| ConfigError::Invalid {
+                key: "http.trusted_proxies".into(),
+                value: format!("{:?}", e.entry),
+                message: e.message,
+            })?;
         s.validate()?;
         Ok(s)
     }
@@ -651,6 +695,60 @@ mod tests {
             e.contains("pickup.dir") && e.contains("services directory"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed_at_load_and_a_bad_entry_is_named() {
+        let s = parse("", &[]).unwrap();
+        assert!(s.http.trusted_proxies.is_empty() && s.http.trusted().is_empty());
+        let s = parse(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1/32\", \"::1/128\"]",
+            &[],
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(s.http.trusted().contains(ip("10.20.30.40")));
+        assert!(s.http.trusted().contains(ip("::1")));
+        assert!(!s.http.trusted().contains(ip("127.0.0.2")));
+        // The environment: a TOML list, or a comma-separated string; empty trusts nobody.
+        for value in [r#"["172.16.0.0/12", "::1"]"#, "172.16.0.0/12, ::1"] {
+            let s = parse(
+                "[http]\ntrusted_proxies = [\"10.0.0.0/8\"]",
+                &[("OXBUS_HTTP_TRUSTED_PROXIES", value)],
+            )
+            .unwrap();
+            assert_eq!(s.http.trusted_proxies, ["172.16.0.0/12", "::1"], "{value}");
+            assert!(s.http.trusted().contains(ip("172.31.0.1")));
+            assert!(!s.http.trusted().contains(ip("10.0.0.1")));
+        }
+        let s = parse(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\"]",
+            &[("OXBUS_HTTP_TRUSTED_PROXIES", "")],
+        )
+        .unwrap();
+        assert!(s.http.trusted().is_empty());
+        let e = parse(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(r#"http.trusted_proxies = "10.0.0.1/8""#) && e.contains("host bits"),
+            "{e}"
+        );
+        let e = parse(
+            "",
+            &[("OXBUS_HTTP_TRUSTED_PROXIES", "10.0.0.0/8,example.com")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(r#"http.trusted_proxies = "example.com""#)
+                && e.contains("not an IP address"),
+            "{e}"
+        );
+        assert!(parse("[http]\ntrusted_proxies = [1]", &[]).is_err());
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! header-read timeout either also cuts idle keep-alive connections or does not apply after
 //! the first request, depending on the version, and an AWS ALB needs idle keep-alive
 //! connections to outlive its own 60 s idle timeout while a slowloris client must not.
+//!
+//! Each request's client address, scheme and port (and, from a trusted proxy, its request
+//! id) are worked out by [`crate::forwarded`]: the TCP peer unless it is one of
+//! `http.trusted_proxies`. Whether the peer is trusted is decided once per connection.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,7 +19,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use oxbus_ipc::InvokeMeta;
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
+use crate::forwarded::{self, TrustedProxies};
 use crate::pool::DispatchError;
 use crate::router::Match;
 use crate::server::{Event, Shared};
@@ -159,16 +164,25 @@ pub async fn serve(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let conns = Arc::new(ConnCount::default());
+    // What a request from an untrusted peer reports as its port.
+    let local_port = match listener.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the listener's address; requests report port 0");
+            0
+        }
+    };
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     conns.n.fetch_add(1, Ordering::SeqCst);
                     let guard = ConnGuard(conns.clone());
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
+                    let peer = Peer::new(peer, local_port, shared.settings.http.trusted());
                     tokio::spawn(async move {
-                        serve_connection(stream, shared, shutdown).await;
+                        serve_connection(stream, peer, shared, shutdown).await;
                         drop(guard);
                     });
                 }
@@ -205,8 +219,31 @@ pub async fn serve(
     let _ = events.send(Event::HttpDrained);
 }
 
+/// The far end of one connection, worked out once per connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// The TCP peer's address, canonical (an IPv4 peer of a dual-stack listener is IPv4).
+    ip: IpAddr,
+    /// Whether it is one of `http.trusted_proxies`.
+    trusted: bool,
+    /// The listener's port.
+    local_port: u16,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, local_port: u16, trusted: &TrustedProxies) -> Peer {
+        let ip = addr.ip().to_canonical();
+        Peer {
+            ip,
+            trusted: trusted.contains(ip),
+            local_port,
+        }
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
+    peer: Peer,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -233,7 +270,7 @@ async fn serve_connection(
             let shared = shared.clone();
             let in_request = InRequest::start(&activity);
             async move {
-                let resp = handle(req, &shared).await;
+                let resp = handle(req, &shared, peer).await;
                 drop(in_request);
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -298,8 +335,12 @@ fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
-    let cid = shared.cids.next();
+async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response<Body> {
+    // A request id from a trusted proxy is the cid; anything else gets one of ours.
+    let cid = match peer.trusted.then(|| forwarded::request_id(req.headers())) {
+        Some(Some(id)) => id.to_owned(),
+        _ => shared.cids.next(),
+    };
     let path = req.uri().path();
     match path {
         "/healthz" => {
@@ -414,6 +455,13 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         }
     };
     let timeout = shared.settings.request_timeout();
+    let origin = forwarded::origin(
+        peer.ip,
+        peer.trusted,
+        peer.local_port,
+        &parts.headers,
+        limits.trusted(),
+    );
     let meta = InvokeMeta {
         op: "invoke",
         service: &channel.service,
@@ -424,8 +472,14 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         path: Some(parts.uri.path()),
         params: Some(&params),
         query: Some(parts.uri.query().unwrap_or("")),
-        headers: Some(Headers(&parts.headers)),
+        headers: Some(Headers {
+            map: &parts.headers,
+            strip_forwarding: !peer.trusted,
+        }),
         deadline_ms: Some(timeout.as_millis() as u64),
+        remote_addr: Some(origin.addr),
+        scheme: Some(origin.scheme),
+        port: Some(origin.port),
     };
     // A debug-level span: with the default `info` level it costs nothing per request (an
     // info span would format its fields on every request), and the events that matter at
@@ -447,14 +501,24 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
 }
 
 /// Serialises a header map as the `[[name, value], …]` list of the IPC spec, in arrival
-/// order, without copying it into an intermediate vector.
-struct Headers<'a>(&'a hyper::HeaderMap);
+/// order, without copying it into an intermediate vector. From an untrusted peer the
+/// forwarding headers (`X-Forwarded-*`, `Forwarded`) are left out: nobody vouches for what
+/// they claim, and a service that reads them itself must not be fooled by them.
+struct Headers<'a> {
+    map: &'a hyper::HeaderMap,
+    strip_forwarding: bool,
+}
 
 impl serde::Serialize for Headers<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (k, v) in self.0 {
+        let strip = self.strip_forwarding;
+        // The length is only known up front when nothing is left out.
+        let mut seq = s.serialize_seq((!strip).then_some(self.map.len()))?;
+        for (k, v) in self.map {
+            if strip && forwarded::is_forwarding_header(k) {
+                continue;
+            }
             let v: Cow<str> = String::from_utf8_lossy(v.as_bytes());
             seq.serialize_element(&(k.as_str(), v))?;
         }

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: settings (TOML + `OXBUS_*` overrides) and their validation.
 //! - [`router`]: REST channels, `{param}` paths, 404 vs 405.
-//! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids).
+//! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`forwarded`]: the
+//!   client address, scheme and request id behind trusted reverse proxies.
 //! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
 //! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
 //! - [`process`]: spawning workers; [`python`]: the bundled Python package.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod config_io;
 pub mod deploy;
+pub mod forwarded;
 pub mod http;
 pub mod pool;
 pub mod process;

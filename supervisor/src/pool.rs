@@ -641,6 +641,9 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
                 query: None,
                 headers: None,
                 deadline_ms: meta.deadline_ms,
+                remote_addr: None,
+                scheme: None,
+                port: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {
