@@ -21,6 +21,8 @@ class Who(Service):
             'proto': h.get('X-Forwarded-Proto'),
             'port': h.get('X-Forwarded-Port'),
             'request_id': h.get('X-Request-Id'),
+            'remote_addr': self.request.http.remote_addr,
+            'scheme': self.request.http.scheme,
         }
 
 class Slow(Service):
@@ -376,6 +378,53 @@ async fn forwarding_headers_request_ids_limits_and_slowloris() {
         }
     };
     assert!(closed, "the slowloris connection was never closed");
+    srv.assert_no_errors(&[]);
+}
+
+/// Client on 127.0.0.2, proxy → server from 127.0.0.1, the server trusting only 127.0.0.1:
+/// what the client writes in X-Forwarded-For is not believed, what the proxy adds is; the
+/// proxy's request id becomes the server's cid. Straight to the server, the same client is
+/// believed about nothing.
+#[tokio::test]
+async fn spoofed_forwarded_for_is_not_believed_and_the_proxy_is() {
+    let port = free_port();
+    let srv = server_env(port)
+        .set("http", "trusted_proxies", "[\"127.0.0.1/32\"]")
+        .start()
+        .await;
+    let p = Proxy::start("", &static_upstreams(&[port]));
+    all_up(&p, &[port]).await;
+    let client: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let mut via_proxy = Conn::connect(p.port, Some(client)).await.unwrap();
+    let (status, body, headers) = via_proxy
+        .send("GET", "/who", &spoof, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["remote_addr"], "127.0.0.2", "{seen}");
+    assert_eq!(seen["scheme"], "http", "{seen}");
+    assert_eq!(seen["xff"], "6.6.6.6, 127.0.0.2", "{seen}");
+    assert_eq!(headers["x-oxbus-cid"], headers["x-request-id"]);
+
+    let mut direct = Conn::connect(port, Some(client)).await.unwrap();
+    let (status, body, _) = direct
+        .send("GET", "/who", &spoof, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["remote_addr"], "127.0.0.2", "{seen}");
+    assert_eq!(seen["scheme"], "http", "{seen}");
+    assert_eq!(
+        seen["xff"],
+        serde_json::Value::Null,
+        "stripped from an untrusted peer"
+    );
     srv.assert_no_errors(&[]);
 }
 
