@@ -17,6 +17,7 @@
 # Usage:   bench/proxy.sh
 #          REPS=5 DURATION=15 CONNS=64 bench/proxy.sh
 # Knobs: REPS [3] DURATION [10] CONNS [32] THREADS (wrk) [1] WARMUP [2] SKIP_BUILD [0]
+#        WORKLOAD [post]: post = the harness's POST /echo; get = GET /hello/Ann (no body)
 #        OUTDIR [/tmp/oxbus-proxy-bench/<timestamp>]
 # Output: a table per run, the medians and ratios; results.csv and logs in $OUTDIR.
 set -euo pipefail
@@ -56,14 +57,14 @@ wait_http() { # url what
 }
 
 echo "== server on :$SPORT (oxbus quickstart, 2 workers)"
-"$OXBUS" quickstart "$TMP/env" --port "$SPORT" --workers 2 >"$OUTDIR/server.log" 2>&1 &
+"$OXBUS" quickstart "$TMP/env" --port "$SPORT" --workers 2 --no-proxy >"$OUTDIR/server.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$SPORT/echo" server
 
 cat >"$TMP/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   timeout connect 1s
@@ -89,6 +90,8 @@ EOF
 echo "== HAProxy $(haproxy -v | head -1 | awk '{print $3}') on :$HPORT"
 haproxy -f "$TMP/haproxy.cfg" -db >"$OUTDIR/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
+sleep 0.5
+kill -0 "$HAPROXY_PID" 2>/dev/null || { echo "haproxy did not start:" >&2; cat "$OUTDIR/haproxy.log" >&2; exit 1; }
 PIDS+=($HAPROXY_PID)
 
 cat >"$TMP/proxy.toml" <<EOF
@@ -120,15 +123,22 @@ PEERS_HARNESS="${PEERS_HARNESS:-$ROOT/../shared/bench/peers}"
 [[ -f "$PEERS_HARNESS/post.lua" ]] || { echo "no peer harness (post.lua, body.json) at $PEERS_HARNESS" >&2; exit 1; }
 export WRK_BODY="$PEERS_HARNESS/body.json"
 LUA="$PEERS_HARNESS/post.lua"
+URLPATH=/echo
+if [[ "${WORKLOAD:-post}" == get ]]; then
+  # The same RESULT line, for GET /hello/Ann: the harness script minus its request.
+  sed -e '/^local f = /,/^wrk.headers/d' "$PEERS_HARNESS/post.lua" >"$TMP/get.lua"
+  LUA="$TMP/get.lua"
+  URLPATH=/hello/Ann
+fi
 
 echo "rep,target,rps,p50_ms,p99_ms,errors,proxy_cpu_s,proxy_us_per_req,load1" >"$OUTDIR/results.csv"
 run() { # rep target port pid-or-empty
   local rep=$1 target=$2 port=$3 pid=${4:-}
-  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "http://127.0.0.1:$port/echo" >/dev/null 2>&1
+  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "http://127.0.0.1:$port$URLPATH" >/dev/null 2>&1
   local c0=0 c1=0
   [[ -n "$pid" ]] && c0=$(cpu_ticks "$pid")
   local out
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$LUA" "http://127.0.0.1:$port/echo")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$LUA" "http://127.0.0.1:$port$URLPATH")
   [[ -n "$pid" ]] && c1=$(cpu_ticks "$pid")
   echo "$out" >>"$OUTDIR/wrk_raw.txt"
   python3 - "$rep" "$target" "$c0" "$c1" "$TCK" "$out" >>"$OUTDIR/results.csv" <<'PY'
@@ -145,7 +155,7 @@ PY
   tail -1 "$OUTDIR/results.csv"
 }
 
-echo "== $REPS reps x (direct, haproxy, oxbus proxy), wrk -t$THREADS -c$CONNS -d${DURATION}s, POST /echo"
+echo "== $REPS reps x (direct, haproxy, oxbus proxy), wrk -t$THREADS -c$CONNS -d${DURATION}s, ${WORKLOAD:-post} $URLPATH"
 echo "rep,target,rps,p50_ms,p99_ms,errors,proxy_cpu_s,proxy_us_per_req,load1"
 for rep in $(seq 1 "$REPS"); do
   run "$rep" direct "$SPORT"

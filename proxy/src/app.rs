@@ -110,6 +110,10 @@ impl ProxyHttp for Balancer {
         Ctx::default()
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) response-compression
+    /// module whose per-request hooks cost ~2 µs of CPU per request (measured).
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.totals.requests.fetch_add(1, Ordering::Relaxed);
         let size = head_bytes(session.req_header());
