@@ -52,6 +52,8 @@ fn server_env(port: u16) -> Env {
         // Drain like a server behind a balancer: /readyz 503 first, long enough for the
         // proxy's checks (every 100 ms) to take it out, then close.
         .set("http", "shutdown_delay_ms", "800")
+        // Believe the proxy (on loopback) about the client.
+        .set("http", "trusted_proxies", "[\"127.0.0.1/32\"]")
 }
 
 struct Cluster {
@@ -388,10 +390,8 @@ async fn forwarding_headers_request_ids_limits_and_slowloris() {
 #[tokio::test]
 async fn spoofed_forwarded_for_is_not_believed_and_the_proxy_is() {
     let port = free_port();
-    let srv = server_env(port)
-        .set("http", "trusted_proxies", "[\"127.0.0.1/32\"]")
-        .start()
-        .await;
+    // server_env trusts 127.0.0.1 (the proxy's address) and nothing else.
+    let srv = server_env(port).start().await;
     let p = Proxy::start("", &static_upstreams(&[port]));
     all_up(&p, &[port]).await;
     let client: std::net::IpAddr = "127.0.0.2".parse().unwrap();
@@ -537,6 +537,8 @@ async fn tls_is_terminated_from_certificate_files() {
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["proto"], "https");
     assert_eq!(seen["port"], tls_port.to_string());
+    let errors = p.unexpected_errors(&[]);
+    assert!(errors.is_empty(), "{errors:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -331,8 +331,9 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     let me = std::process::id();
     let mut phases = server.watch_execution_phase();
     let pid_path = pid_file.clone();
+    // Probed with a plain connect: not the TLS listener (a bare connect is a failed
+    // handshake there, logged as an error), which the proxy service binds with the plain one.
     let mut listeners = vec![p.listen.clone()];
-    listeners.extend(cfg.tls.as_ref().map(|t| t.listen.clone()));
     if !p.stats_listen.is_empty() {
         listeners.push(p.stats_listen.clone());
     }
