@@ -1,20 +1,34 @@
-//! The proxy logic: choose a server, forward the request with `X-Forwarded-*` and a request
-//! id, retry refused connections elsewhere, close keep-alive connections while the process
-//! hands over to its successor, and count everything per server.
+//! The proxy's HTTP/1 data path, on hyper: choose a server, forward the request with
+//! `X-Forwarded-*` and a request id, retry what never reached a server on another one, close
+//! keep-alive connections while the process hands over to its successor, and count
+//! everything per server.
+//!
+//! pingora runs the process around it (listeners, TLS, the graceful upgrade's socket
+//! hand-over, signals, runtimes, health checks and discovery); this module is the
+//! [`ServerApp`] its listeners hand each accepted connection to. pingora's own HTTP proxy
+//! pipeline did the same job at about twice HAProxy's CPU per request; this path, with
+//! pooled hyper client connections, is at HAProxy's (docs/PERFORMANCE.md).
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
 use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
-use pingora_proxy::{ProxyHttp, Session};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
+use crate::guard::Guarded;
 use crate::upstream::{Registry, Upstream};
 
 /// Process-wide counters (per-server ones live in the [`Registry`]).
@@ -31,7 +45,8 @@ pub struct Totals {
 pub struct Limits {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub keepalive_s: u64,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
     pub retries: usize,
     /// How long a request waits for servers' first active check.
@@ -51,16 +66,9 @@ pub struct Balancer {
     pub id_counter: AtomicU64,
 }
 
-/// Per-request state.
-#[derive(Default)]
-pub struct Ctx {
-    tried: Vec<SocketAddr>,
-    current: Option<Arc<Upstream>>,
-    started: Option<Instant>,
-    request_id: Option<String>,
-}
-
 const REQUEST_ID: &str = "x-request-id";
+/// Idle pooled connections kept per server.
+const POOL_MAX: usize = 256;
 
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
@@ -70,93 +78,181 @@ fn valid_request_id(v: &[u8]) -> bool {
 }
 
 /// Size of a request head as the limit counts it: request line plus header lines.
-fn head_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
-    line + req
-        .headers
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    req.method().as_str().len()
+        + uri
+        + 12
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those `Connection` names and the fixed
+/// set. Framing (`Transfer-Encoding`, `Content-Length`) is hyper's on each side.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
         .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
+/// What the proxy knows of a client connection.
+struct ConnInfo {
+    client_ip: Option<HeaderValue>,
+    proto: &'static str,
+    port: Option<HeaderValue>,
+    /// Requests of this connection whose response body is still going out.
+    active: Arc<AtomicU32>,
+}
+
+/// The body of an answer: made here, or a server's, streamed.
+pub enum ProxyBody {
+    Local(Option<Bytes>, ActiveGuard),
+    Upstream(Box<Tracked>),
+}
+
+/// Counts a request of a connection as active until its answer is dropped (the slowloris
+/// guard's idle timer runs only when nothing is active).
+pub struct ActiveGuard(Arc<AtomicU32>);
+
+impl ActiveGuard {
+    fn new(a: &Arc<AtomicU32>) -> Self {
+        a.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(a.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A server's answer body; when dropped, the attempt ends: in-flight and latency are
+/// recorded and the connection goes back to the pool if the body was read to its end.
+pub struct Tracked {
+    inner: Incoming,
+    ended: bool,
+    upstream: Arc<Upstream>,
+    started: Instant,
+    conn: Option<SendRequest<Incoming>>,
+    _active: ActiveGuard,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let u = &self.upstream;
+        u.in_flight.fetch_sub(1, Ordering::Relaxed);
+        u.latency.record(self.started.elapsed());
+        if self.ended
+            && let Some(c) = self.conn.take()
+            && !c.is_closed()
+        {
+            let mut pool = u.pool.lock().expect("pool lock");
+            if pool.len() < POOL_MAX {
+                pool.push(c);
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Local(b, _) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(t) => {
+                let r = Pin::new(&mut t.inner).poll_frame(cx);
+                if let Poll::Ready(None) = r {
+                    t.ended = true;
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(b, _) => b.is_none(),
+            ProxyBody::Upstream(t) => t.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(b, _) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len()) as u64)
+            }
+            ProxyBody::Upstream(t) => t.inner.size_hint(),
+        }
+    }
+}
+
+enum Checkout {
+    Ok(SendRequest<Incoming>, bool),
+    Failed(String),
 }
 
 impl Balancer {
-    /// Ends the attempt in flight on `ctx.current` (if any).
-    fn finish_attempt(ctx: &mut Ctx, failed: bool) {
-        if let Some(u) = ctx.current.take() {
-            u.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if failed {
-                u.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    async fn local_error(session: &mut Session, status: u16, msg: &str) -> Result<()> {
+    fn local(
+        &self,
+        status: u16,
+        msg: &str,
+        id: Option<&HeaderValue>,
+        info: &ConnInfo,
+    ) -> Response<ProxyBody> {
         let body = Bytes::from(serde_json::json!({ "error": msg }).to_string());
-        let mut resp = ResponseHeader::build(status, Some(3))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        session
-            .as_downstream_mut()
-            .write_error_response(resp, body)
-            .await
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for Balancer {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        let mut r = Response::new(ProxyBody::Local(Some(body), ActiveGuard::new(&info.active)));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(id) = id {
+            h.insert(REQUEST_ID, id.clone());
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     }
 
-    /// No downstream modules: pingora's default adds a (disabled) response-compression
-    /// module whose per-request hooks cost ~2 µs of CPU per request (measured).
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.totals.requests.fetch_add(1, Ordering::Relaxed);
-        let size = head_bytes(session.req_header());
-        if size > self.limits.max_header_bytes {
-            self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-            let msg = format!(
-                "request head of {size} bytes exceeds the limit of {} bytes",
-                self.limits.max_header_bytes
-            );
-            Self::local_error(session, 431, &msg).await?;
-            return Ok(true);
-        }
-        // Keep-alive clients get the configured idle timeout (pingora's default is none).
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.limits.keepalive_s));
-        }
-        let id = match session.get_header(REQUEST_ID) {
-            Some(v) if valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => format!(
-                "{}-{:x}",
-                self.id_prefix,
-                self.id_counter.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
-        ctx.request_id = Some(id);
-        Ok(false)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        // A retry: the previous attempt failed (its error is already counted).
-        if ctx.current.is_some() {
-            self.totals.retries.fetch_add(1, Ordering::Relaxed);
-            Self::finish_attempt(ctx, false);
-        }
+    /// The next server, waiting for first checks when every offered server is unchecked.
+    async fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
         let wait_until = Instant::now() + self.limits.first_check_wait;
-        let picked = loop {
+        loop {
             let checked = self.registry.checked.notified();
             tokio::pin!(checked);
             checked.as_mut().enable();
-            if let Some(u) = self.registry.pick(&self.lb, &ctx.tried) {
-                break Some(u);
+            if let Some(u) = self.registry.pick(&self.lb, tried) {
+                return Some(u);
             }
             // Servers not checked yet (this process just started, e.g. after an upgrade,
             // or a server just joined): wait for their first check rather than fail.
@@ -165,154 +261,272 @@ impl ProxyHttp for Balancer {
                     .await
                     .is_err()
             {
-                break None;
+                return None;
+            }
+        }
+    }
+
+    /// An idle pooled connection to `u`, or a new one.
+    async fn checkout(&self, u: &Upstream) -> Checkout {
+        loop {
+            let c = u.pool.lock().expect("pool lock").pop();
+            match c {
+                Some(c) if c.is_ready() => return Checkout::Ok(c, true),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let connect = async {
+            let s = tokio::net::TcpStream::connect(u.addr).await?;
+            s.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(s)
+        };
+        let stream = match tokio::time::timeout(self.limits.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Checkout::Failed(e.to_string()),
+            Err(_) => {
+                return Checkout::Failed(format!(
+                    "connect timed out after {} ms",
+                    self.limits.connect_timeout.as_millis()
+                ));
             }
         };
-        let Some(u) = picked else {
-            self.totals.no_upstream.fetch_add(1, Ordering::Relaxed);
-            let msg = if ctx.tried.is_empty() {
-                "no server is up"
-            } else {
-                "no other server is up to retry on"
-            };
-            return Err(Error::explain(ErrorType::HTTPStatus(503), msg));
-        };
-        ctx.tried.push(u.addr);
-        u.requests.fetch_add(1, Ordering::Relaxed);
-        u.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut peer = HttpPeer::new(u.addr, false, String::new());
-        peer.options.connection_timeout = Some(self.limits.connect_timeout);
-        peer.options.read_timeout = Some(self.limits.read_timeout);
-        peer.options.write_timeout = Some(self.limits.read_timeout);
-        // Below the servers' 75 s keep-alive, so the proxy drops a pooled connection before
-        // the server would close it under a request.
-        peer.options.idle_timeout = Some(Duration::from_secs(50));
-        ctx.current = Some(u);
-        ctx.started = Some(Instant::now());
-        Ok(Box::new(peer))
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok((send, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "server connection ended with an error");
+                    }
+                });
+                Checkout::Ok(send, false)
+            }
+            Err(e) => Checkout::Failed(e.to_string()),
+        }
     }
 
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        req: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        let downstream = session.as_downstream();
-        if let Some(client) = downstream.client_addr().and_then(|a| a.as_inet()) {
-            let ip = client.ip().to_string();
-            // Appended, as a proxy does: servers that trust this proxy read the rightmost
-            // address they do not trust, so what a client wrote itself is never believed.
-            let xff = match req.headers.get("x-forwarded-for") {
-                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
-                None => ip,
-            };
-            req.insert_header("x-forwarded-for", xff)?;
-        }
-        let tls = downstream
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        if let Some(local) = downstream.server_addr().and_then(|a| a.as_inet()) {
-            req.insert_header("x-forwarded-port", local.port().to_string())?;
-        }
-        if let Some(id) = &ctx.request_id {
-            req.insert_header(REQUEST_ID, id.as_str())?;
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if resp.status.is_server_error()
-            && let Some(u) = &ctx.current
-        {
-            u.responses_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(id) = &ctx.request_id
-            && resp.headers.get(REQUEST_ID).is_none()
-        {
-            resp.insert_header(REQUEST_ID, id.as_str())?;
-        }
-        if self.draining.load(Ordering::Relaxed) {
-            // Handing over: the client's next request opens a new connection, which the
-            // successor process accepts.
-            session.set_keepalive(None);
-        }
-        Ok(())
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        if let Some(u) = &ctx.current {
-            u.connect_failures.fetch_add(1, Ordering::Relaxed);
-            u.errors.fetch_add(1, Ordering::Relaxed);
-            self.registry.mark_passive_down(u);
-            warn!(upstream = %u.addr, error = %e, "cannot connect to server; marked down");
-        }
-        // Nothing reached the server: any method may go to another one.
-        if ctx.tried.len() <= self.limits.retries {
-            e.set_retry(true);
-        }
-        e
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut Ctx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("server {peer}"));
-        // The request may have reached the server: retry only what is idempotent with a
-        // body still held in full, and only on a reused connection (a pooled connection the
-        // server had closed), as pingora's own policy does.
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-            || ctx.tried.len() > self.limits.retries
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        if let Some(u) = &ctx.current {
-            u.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        e
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let (Some(u), Some(t)) = (&ctx.current, ctx.started) {
-            u.latency.record(t.elapsed());
-        }
-        // Transport errors were counted where they happened; close the attempt.
-        Self::finish_attempt(ctx, false);
-        if let Some(e) = e {
-            debug!(
-                error = %e,
-                status = session.response_written().map_or(0, |r| r.status.as_u16()),
-                "request failed"
+    async fn handle(&self, mut req: Request<Incoming>, info: &ConnInfo) -> Response<ProxyBody> {
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        let size = head_bytes(&req);
+        if size > self.limits.max_header_bytes {
+            self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
+            let msg = format!(
+                "request head of {size} bytes exceeds the limit of {} bytes",
+                self.limits.max_header_bytes
             );
+            let mut r = self.local(431, &msg, None, info);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
-    }
+        let id = match req.headers().get(REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => HeaderValue::from_str(&format!(
+                "{}-{:x}",
+                self.id_prefix,
+                self.id_counter.fetch_add(1, Ordering::Relaxed)
+            ))
+            .expect("request id is ASCII"),
+        };
+        let h = req.headers_mut();
+        strip_hop_by_hop(h);
+        // Appended, as a proxy does: servers that trust this proxy read the rightmost
+        // address they do not trust, so what a client wrote itself is never believed.
+        if let Some(ip) = &info.client_ip {
+            let prev: Vec<&[u8]> = h
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            let xff = if prev.is_empty() {
+                ip.clone()
+            } else {
+                let mut v = prev.join(&b", "[..]);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
+            };
+            h.insert("x-forwarded-for", xff);
+        }
+        h.insert("x-forwarded-proto", HeaderValue::from_static(info.proto));
+        if let Some(port) = &info.port {
+            h.insert("x-forwarded-port", port.clone());
+        }
+        h.insert(REQUEST_ID, id.clone());
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        // A 503 for "no server is up" is an answer, not a fault of this process, and a
-        // client that hangs up mid-request is the client's business (logged at debug).
-        matches!(e.etype(), ErrorType::HTTPStatus(503))
-            || matches!(e.esource(), pingora_core::ErrorSource::Downstream)
+        let mut req = Some(req);
+        let mut tried: Vec<SocketAddr> = Vec::with_capacity(3);
+        // Attempts: one per server tried, plus re-sends of requests a stale pooled
+        // connection never took (bounded).
+        for _ in 0..(self.limits.retries + 4) {
+            let Some(u) = self.pick(&tried).await else {
+                self.totals.no_upstream.fetch_add(1, Ordering::Relaxed);
+                let msg = if tried.is_empty() {
+                    "no server is up"
+                } else {
+                    "no other server is up to retry on"
+                };
+                return self.local(503, msg, Some(&id), info);
+            };
+            tried.push(u.addr);
+            u.requests.fetch_add(1, Ordering::Relaxed);
+            u.in_flight.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let (mut conn, reused) = match self.checkout(&u).await {
+                Checkout::Ok(c, reused) => (c, reused),
+                Checkout::Failed(e) => {
+                    u.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    u.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    u.errors.fetch_add(1, Ordering::Relaxed);
+                    self.registry.mark_passive_down(&u);
+                    warn!(upstream = %u.addr, error = %e, "cannot connect to server; marked down");
+                    // Nothing reached the server: any method may go to another one.
+                    if tried.len() <= self.limits.retries {
+                        self.totals.retries.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return self.local(
+                        502,
+                        &format!("cannot connect to a server: {e}"),
+                        Some(&id),
+                        info,
+                    );
+                }
+            };
+            let sent = tokio::time::timeout(
+                self.limits.read_timeout,
+                conn.try_send_request(req.take().expect("request present")),
+            )
+            .await;
+            match sent {
+                Ok(Ok(mut resp)) => {
+                    if resp.status().is_server_error() {
+                        u.responses_5xx.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let rh = resp.headers_mut();
+                    strip_hop_by_hop(rh);
+                    if !rh.contains_key(REQUEST_ID) {
+                        rh.insert(REQUEST_ID, id);
+                    }
+                    if self.draining.load(Ordering::Relaxed) {
+                        // Handing over: the client's next request opens a new connection,
+                        // which the successor process accepts.
+                        rh.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return resp.map(|inner| {
+                        ProxyBody::Upstream(Box::new(Tracked {
+                            inner,
+                            ended: false,
+                            upstream: u,
+                            started,
+                            conn: Some(conn),
+                            _active: ActiveGuard::new(&info.active),
+                        }))
+                    });
+                }
+                Ok(Err(mut e)) => {
+                    u.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(back) = e.take_message() {
+                        // Never written: safe to send anywhere. A pooled connection the
+                        // server had closed is no fault of the server: try it again.
+                        req = Some(back);
+                        if reused {
+                            tried.pop();
+                        } else {
+                            u.errors.fetch_add(1, Ordering::Relaxed);
+                            self.totals.retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    // It reached the server: never sent twice.
+                    u.errors.fetch_add(1, Ordering::Relaxed);
+                    let e = e.into_error();
+                    debug!(upstream = %u.addr, error = %e, "server failed the request");
+                    return self.local(502, &format!("the server failed: {e}"), Some(&id), info);
+                }
+                Err(_) => {
+                    u.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    u.errors.fetch_add(1, Ordering::Relaxed);
+                    let msg = format!(
+                        "the server did not answer within {} ms",
+                        self.limits.read_timeout.as_millis()
+                    );
+                    return self.local(504, &msg, Some(&id), info);
+                }
+            }
+        }
+        self.local(502, "too many failed attempts", Some(&id), info)
+    }
+}
+
+/// The [`ServerApp`] pingora's listeners hand connections to.
+pub struct HttpApp {
+    pub balancer: Arc<Balancer>,
+}
+
+#[async_trait]
+impl ServerApp for HttpApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let tls = stream.get_ssl_digest().is_some();
+        let digest = stream.get_socket_digest();
+        let client_ip = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .and_then(|a| HeaderValue::from_str(&a.ip().to_string()).ok());
+        let port = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+            .and_then(|a| HeaderValue::from_str(&a.port().to_string()).ok());
+        let active = Arc::new(AtomicU32::new(0));
+        let info = Arc::new(ConnInfo {
+            client_ip,
+            proto: if tls { "https" } else { "http" },
+            port,
+            active: active.clone(),
+        });
+        let limits = &self.balancer.limits;
+        let io = TokioIo::new(Guarded::new(
+            stream,
+            limits.header_timeout,
+            limits.keepalive_timeout,
+            active,
+        ));
+        let balancer = self.balancer.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let balancer = balancer.clone();
+            let info = info.clone();
+            async move { Ok::<_, std::convert::Infallible>(balancer.handle(req, &info).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size((limits.max_header_bytes + 1024).max(8192))
+            .keep_alive(true)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut shutdown = shutdown.clone();
+        let mut closing = *shutdown.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(error = %e, "client connection ended with an error");
+                    }
+                    return None;
+                }
+                _ = shutdown.changed(), if !closing => {
+                    // Stopping: idle connections close, in-flight requests finish.
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 
@@ -331,9 +545,27 @@ mod tests {
 
     #[test]
     fn head_size_counts_line_and_headers() {
-        let mut r = RequestHeader::build("GET", b"/abc", None).unwrap();
+        let mut r = Request::builder().uri("/abc").body(()).unwrap();
         let bare = head_bytes(&r);
-        r.insert_header("x-big", "v".repeat(1000)).unwrap();
+        r.headers_mut()
+            .insert("x-big", HeaderValue::from_str(&"v".repeat(1000)).unwrap());
         assert_eq!(head_bytes(&r), bare + 5 + 1000 + 4);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept", "content-type"]);
     }
 }

@@ -1,50 +1,27 @@
-//! Slowloris guard: a whole request head must arrive within `header_read_timeout`.
+//! Connection timeouts: a whole request head must arrive within `header_read_timeout`
+//! (slowloris guard), and a keep-alive connection idle for `keepalive_timeout` closes.
 //!
-//! pingora bounds each *read* (60 s by default), not the time a request head may take, so a
-//! client that trickles one header byte every few seconds would hold a connection forever.
-//! [`Guard`] wraps every accepted stream in [`Guarded`], which watches the bytes it reads:
-//! from the first byte of a request head (or from accept, for the first request) until the
-//! blank line that ends it, a deadline runs; past it, reads fail with `TimedOut` and the
-//! connection closes. Between requests the keep-alive timeout governs instead, and bodies are
-//! bounded by pingora's per-read timeout.
+//! Bounding each *read* is not enough: a client that trickles one header byte every few
+//! seconds would hold a connection forever. [`Guarded`] wraps every accepted stream and
+//! watches the bytes it reads: from the first byte of a request head (or from accept, for the
+//! first request) until the blank line that ends it, a deadline runs; past it, reads fail
+//! with `TimedOut` and the connection closes. Once an answer goes out the connection is idle
+//! until the next request's first byte; it closes after `keepalive_timeout` of no I/O while
+//! no request of it is active.
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType,
 };
-use pingora_core::server::ShutdownWatch;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-
-/// A [`ServerApp`] that hands `app` guarded streams.
-pub struct Guard<A> {
-    pub app: Arc<A>,
-    pub header_timeout: Duration,
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let guarded: Stream = Box::new(Guarded::new(stream, self.header_timeout));
-        // HTTP/1 keep-alive is looped inside the app; what it hands back is already guarded.
-        self.app.process_new(guarded, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.app.cleanup().await
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -56,21 +33,34 @@ enum Phase {
     Idle,
 }
 
-/// A stream whose request heads must arrive in time.
+/// A stream whose request heads must arrive in time and whose idle time is bounded.
+
 #[derive(Debug)]
 pub struct Guarded {
     inner: Stream,
     phase: Phase,
+    /// End of the current request head's time.
     deadline: Instant,
     timer: Pin<Box<Sleep>>,
     /// How much of "\r\n\r\n" the last bytes read matched.
     matched: u8,
     header_timeout: Duration,
+    keepalive_timeout: Duration,
+    /// The last read or write.
+    last_io: Instant,
+    /// Requests of this connection still being answered (kept by the HTTP layer).
+    active: Arc<AtomicU32>,
 }
 
 impl Guarded {
-    pub fn new(inner: Stream, header_timeout: Duration) -> Self {
-        let deadline = Instant::now() + header_timeout;
+    pub fn new(
+        inner: Stream,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+        active: Arc<AtomicU32>,
+    ) -> Self {
+        let now = Instant::now();
+        let deadline = now + header_timeout;
         Guarded {
             inner,
             phase: Phase::Head,
@@ -78,6 +68,34 @@ impl Guarded {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             matched: 0,
             header_timeout,
+            keepalive_timeout,
+            last_io: now,
+            active,
+        }
+    }
+
+    fn idle_out(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "keep-alive connection idle for {} ms",
+                self.keepalive_timeout.as_millis()
+            ),
+        )
+    }
+
+    /// The deadline the current phase runs against, if any.
+    fn current_deadline(&mut self, now: Instant) -> Option<Instant> {
+        match self.phase {
+            Phase::Head => Some(self.deadline),
+            Phase::Body => None,
+            Phase::Idle => {
+                if self.active.load(Ordering::Relaxed) > 0 {
+                    // An answer is still streaming: idle time starts after it.
+                    self.last_io = now;
+                }
+                Some(self.last_io + self.keepalive_timeout)
+            }
         }
     }
 
@@ -134,27 +152,39 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.phase == Phase::Head && Instant::now() >= this.deadline {
-            return Poll::Ready(Err(this.timed_out()));
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                let now = Instant::now();
+                if this.phase == Phase::Head && now >= this.deadline {
+                    return Poll::Ready(Err(this.timed_out()));
+                }
+                this.last_io = now;
                 this.saw(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if this.phase == Phase::Head {
-                    if this.timer.deadline() != this.deadline {
-                        this.timer.as_mut().reset(this.deadline);
-                    }
-                    if this.timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(this.timed_out()));
-                    }
+            Poll::Pending => loop {
+                let now = Instant::now();
+                let Some(deadline) = this.current_deadline(now) else {
+                    return Poll::Pending;
+                };
+                if now >= deadline {
+                    let e = if this.phase == Phase::Head {
+                        this.timed_out()
+                    } else {
+                        this.idle_out()
+                    };
+                    return Poll::Ready(Err(e));
                 }
-                Poll::Pending
-            }
+                if this.timer.deadline() != deadline {
+                    this.timer.as_mut().reset(deadline);
+                }
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The timer fired: re-evaluate (an answer may still be streaming).
+            },
         }
     }
 }
@@ -168,6 +198,7 @@ impl AsyncWrite for Guarded {
         if self.phase == Phase::Body {
             self.phase = Phase::Idle;
         }
+        self.last_io = Instant::now();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -179,6 +210,7 @@ impl AsyncWrite for Guarded {
         if self.phase == Phase::Body {
             self.phase = Phase::Idle;
         }
+        self.last_io = Instant::now();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -269,7 +301,10 @@ mod tests {
             .unwrap();
         let (server, _) = l.accept().await.unwrap();
         let stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(server));
-        (Guarded::new(stream, timeout), client)
+        (
+            Guarded::new(stream, timeout, timeout * 3, Arc::new(AtomicU32::new(0))),
+            client,
+        )
     }
 
     #[tokio::test]
@@ -310,7 +345,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(g.phase, Phase::Idle);
-        // Idle for longer than the header timeout: the next request is still read.
+        // Idle for longer than the header timeout (not the keep-alive one): the next
+        // request is still read.
         tokio::time::sleep(Duration::from_millis(400)).await;
         c.write_all(b"GET /2 HTTP/1.1\r\n").await.unwrap();
         let n = g.read(&mut buf).await.unwrap();
@@ -319,6 +355,28 @@ mod tests {
         c.write_all(b"Host: x\r\n\r\n").await.unwrap();
         assert!(g.read(&mut buf).await.unwrap() > 0);
         assert_eq!(g.phase, Phase::Body);
+    }
+
+    #[tokio::test]
+    async fn an_idle_keepalive_connection_closes_unless_an_answer_is_active() {
+        let (mut g, mut c) = pair(Duration::from_millis(100)).await;
+        let active = g.active.clone();
+        let mut buf = [0u8; 256];
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(g.read(&mut buf).await.unwrap() > 0);
+        active.fetch_add(1, Ordering::Relaxed);
+        g.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        // While the answer is active, idling past the keep-alive timeout (300 ms) is fine.
+        let r = tokio::time::timeout(Duration::from_millis(700), g.read(&mut buf)).await;
+        assert!(r.is_err(), "no error while an answer is active: {r:?}");
+        active.fetch_sub(1, Ordering::Relaxed);
+        let err = tokio::time::timeout(Duration::from_secs(30), g.read(&mut buf))
+            .await
+            .expect("the idle connection is closed")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]

@@ -224,8 +224,6 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
         upgrade_sock: cfg.upgrade_socket().display().to_string(),
         grace_period_seconds: Some(p.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(2),
-        // Attempts per request: the first plus `retries` elsewhere.
-        max_retries: p.retries + 1,
         // One current-thread runtime per thread: no cross-thread stealing or wake-ups
         // (measured: ~2 µs less CPU per request than the work-stealing runtime).
         work_stealing: false,
@@ -281,13 +279,14 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let balancer = app::Balancer {
+    let balancer = Arc::new(app::Balancer {
         lb: lb.clone(),
         registry: registry.clone(),
         limits: app::Limits {
             connect_timeout: Duration::from_millis(p.connect_timeout_ms),
             read_timeout: Duration::from_millis(p.upstream_read_timeout_ms),
-            keepalive_s: p.keepalive_timeout_ms.div_ceil(1000),
+            header_timeout: Duration::from_millis(p.header_read_timeout_ms),
+            keepalive_timeout: Duration::from_millis(p.keepalive_timeout_ms),
             max_header_bytes: p.max_header_bytes,
             retries: p.retries,
             first_check_wait: Duration::from_millis(cfg.health.timeout_ms + cfg.health.interval_ms),
@@ -296,13 +295,9 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
         draining: draining.clone(),
         id_prefix: format!("{started:x}"),
         id_counter: AtomicU64::new(0),
-    };
-    let proxy = pingora_proxy::http_proxy(&server.configuration, balancer);
-    let guarded = guard::Guard {
-        app: Arc::new(proxy),
-        header_timeout: Duration::from_millis(p.header_read_timeout_ms),
-    };
-    let mut service = Service::new("oxbus proxy".to_string(), guarded);
+    });
+    let app = app::HttpApp { balancer };
+    let mut service = Service::new("oxbus proxy".to_string(), app);
     service.add_tcp(&p.listen);
     if let Some(tls) = &cfg.tls {
         let settings = pingora_core::listeners::tls::TlsSettings::intermediate(

@@ -7,6 +7,8 @@
 //! (a server that just joined gets traffic only after its first passing `/readyz`), passive
 //! marks on refused connections, and the numbers the stats endpoint reports.
 
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use pingora_load_balancing::{Backend, LoadBalancer, selection::RoundRobin};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,6 +92,8 @@ pub struct Upstream {
     pub last_check_error: Mutex<Option<String>>,
     /// Skipped until this time (ms since the registry's epoch): it refused a connection.
     pub passive_down_until: AtomicU64,
+    /// Idle keep-alive connections to it.
+    pub pool: Mutex<Vec<SendRequest<Incoming>>>,
 }
 
 impl Upstream {
@@ -106,6 +110,7 @@ impl Upstream {
             check_ok: AtomicBool::new(false),
             last_check_error: Mutex::new(None),
             passive_down_until: AtomicU64::new(0),
+            pool: Mutex::new(Vec::new()),
         }
     }
 }
