@@ -66,7 +66,21 @@ pub struct Balancer {
     pub id_counter: AtomicU64,
 }
 
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// Hop-by-hop headers besides those `Connection` names (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
 /// Idle pooled connections kept per server.
 const POOL_MAX: usize = 256;
 
@@ -90,9 +104,13 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
             .sum::<usize>()
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those `Connection` names and the fixed
-/// set. Framing (`Transfer-Encoding`, `Content-Length`) is hyper's on each side.
+/// Removes hop-by-hop headers: those `Connection` names and the fixed set. Framing
+/// (`Transfer-Encoding`, `Content-Length`) is hyper's on each side. One pass over the
+/// (usually few) headers; the map is touched only when there is something to remove.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -103,16 +121,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    ] {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -129,7 +138,7 @@ struct ConnInfo {
 /// The body of an answer: made here, or a server's, streamed.
 pub enum ProxyBody {
     Local(Option<Bytes>, ActiveGuard),
-    Upstream(Box<Tracked>),
+    Upstream(Tracked),
 }
 
 /// Counts a request of a connection as active until its answer is dropped (the slowloris
@@ -165,7 +174,8 @@ impl Drop for Tracked {
         let u = &self.upstream;
         u.in_flight.fetch_sub(1, Ordering::Relaxed);
         u.latency.record(self.started.elapsed());
-        if self.ended
+        // hyper may stop at `is_end_stream` without polling the body to its end.
+        if (self.ended || self.inner.is_end_stream())
             && let Some(c) = self.conn.take()
             && !c.is_closed()
         {
@@ -246,6 +256,9 @@ impl Balancer {
 
     /// The next server, waiting for first checks when every offered server is unchecked.
     async fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        if let Some(u) = self.registry.pick(&self.lb, tried) {
+            return Some(u);
+        }
         let wait_until = Instant::now() + self.limits.first_check_wait;
         loop {
             let checked = self.registry.checked.notified();
@@ -318,7 +331,7 @@ impl Balancer {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
-        let id = match req.headers().get(REQUEST_ID) {
+        let id = match req.headers().get(&REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
             _ => HeaderValue::from_str(&format!(
                 "{}-{:x}",
@@ -332,11 +345,7 @@ impl Balancer {
         // Appended, as a proxy does: servers that trust this proxy read the rightmost
         // address they do not trust, so what a client wrote itself is never believed.
         if let Some(ip) = &info.client_ip {
-            let prev: Vec<&[u8]> = h
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
+            let prev: Vec<&[u8]> = h.get_all(&XFF).iter().map(|v| v.as_bytes()).collect();
             let xff = if prev.is_empty() {
                 ip.clone()
             } else {
@@ -345,29 +354,34 @@ impl Balancer {
                 v.extend_from_slice(ip.as_bytes());
                 HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
             };
-            h.insert("x-forwarded-for", xff);
+            h.insert(XFF, xff);
         }
-        h.insert("x-forwarded-proto", HeaderValue::from_static(info.proto));
+        h.insert(XF_PROTO, HeaderValue::from_static(info.proto));
         if let Some(port) = &info.port {
-            h.insert("x-forwarded-port", port.clone());
+            h.insert(XF_PORT, port.clone());
         }
         h.insert(REQUEST_ID, id.clone());
 
         let mut req = Some(req);
-        let mut tried: Vec<SocketAddr> = Vec::with_capacity(3);
+        // Servers tried for this request (at most MAX_UPSTREAMS distinct ones).
+        let mut tried_buf = [SocketAddr::from(([0, 0, 0, 0], 0)); crate::MAX_UPSTREAMS + 1];
+        let mut n_tried = 0usize;
         // Attempts: one per server tried, plus re-sends of requests a stale pooled
         // connection never took (bounded).
         for _ in 0..(self.limits.retries + 4) {
-            let Some(u) = self.pick(&tried).await else {
+            let Some(u) = self.pick(&tried_buf[..n_tried]).await else {
                 self.totals.no_upstream.fetch_add(1, Ordering::Relaxed);
-                let msg = if tried.is_empty() {
+                let msg = if n_tried == 0 {
                     "no server is up"
                 } else {
                     "no other server is up to retry on"
                 };
                 return self.local(503, msg, Some(&id), info);
             };
-            tried.push(u.addr);
+            if n_tried < tried_buf.len() {
+                tried_buf[n_tried] = u.addr;
+                n_tried += 1;
+            }
             u.requests.fetch_add(1, Ordering::Relaxed);
             u.in_flight.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
@@ -380,7 +394,7 @@ impl Balancer {
                     self.registry.mark_passive_down(&u);
                     warn!(upstream = %u.addr, error = %e, "cannot connect to server; marked down");
                     // Nothing reached the server: any method may go to another one.
-                    if tried.len() <= self.limits.retries {
+                    if n_tried <= self.limits.retries {
                         self.totals.retries.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -404,7 +418,7 @@ impl Balancer {
                     }
                     let rh = resp.headers_mut();
                     strip_hop_by_hop(rh);
-                    if !rh.contains_key(REQUEST_ID) {
+                    if !rh.contains_key(&REQUEST_ID) {
                         rh.insert(REQUEST_ID, id);
                     }
                     if self.draining.load(Ordering::Relaxed) {
@@ -413,14 +427,14 @@ impl Balancer {
                         rh.insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                     return resp.map(|inner| {
-                        ProxyBody::Upstream(Box::new(Tracked {
+                        ProxyBody::Upstream(Tracked {
                             inner,
                             ended: false,
                             upstream: u,
                             started,
                             conn: Some(conn),
                             _active: ActiveGuard::new(&info.active),
-                        }))
+                        })
                     });
                 }
                 Ok(Err(mut e)) => {
@@ -430,7 +444,7 @@ impl Balancer {
                         // server had closed is no fault of the server: try it again.
                         req = Some(back);
                         if reused {
-                            tried.pop();
+                            n_tried -= 1;
                         } else {
                             u.errors.fetch_add(1, Ordering::Relaxed);
                             self.totals.retries.fetch_add(1, Ordering::Relaxed);

@@ -155,11 +155,9 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let now = Instant::now();
-                if this.phase == Phase::Head && now >= this.deadline {
+                if this.phase == Phase::Head && Instant::now() >= this.deadline {
                     return Poll::Ready(Err(this.timed_out()));
                 }
-                this.last_io = now;
                 this.saw(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
@@ -195,10 +193,11 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.phase == Phase::Body {
+        if self.phase != Phase::Head {
+            // An answer going out: the idle time starts after its last write.
             self.phase = Phase::Idle;
+            self.last_io = Instant::now();
         }
-        self.last_io = Instant::now();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -207,10 +206,11 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.phase == Phase::Body {
+        if self.phase != Phase::Head {
+            // An answer going out: the idle time starts after its last write.
             self.phase = Phase::Idle;
+            self.last_io = Instant::now();
         }
-        self.last_io = Instant::now();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

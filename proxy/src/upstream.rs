@@ -226,8 +226,13 @@ impl Registry {
         tried: &[SocketAddr],
     ) -> Option<Arc<Upstream>> {
         let backends = lb.backends().get_backend();
-        let mut up: Vec<Arc<Upstream>> = Vec::with_capacity(backends.len());
+        // No allocation per request: discovery offers at most MAX_UPSTREAMS servers.
+        let mut up: [Option<Arc<Upstream>>; crate::MAX_UPSTREAMS] = Default::default();
+        let mut n = 0;
         for b in backends.iter() {
+            if n == up.len() {
+                break;
+            }
             let Some(addr) = backend_addr(b) else {
                 continue;
             };
@@ -236,22 +241,24 @@ impl Registry {
             }
             let u = self.get(addr);
             if self.is_up(&u, lb.backends().ready(b)) {
-                up.push(u);
+                up[n] = Some(u);
+                n += 1;
             }
         }
-        if up.is_empty() {
+        if n == 0 {
             return None;
         }
-        let start = self.rr.fetch_add(1, Ordering::Relaxed) % up.len();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
         match self.balance {
-            Balance::RoundRobin => Some(up.swap_remove(start)),
+            Balance::RoundRobin => up[start].take(),
             Balance::LeastConnections => {
                 // Fewest in flight; ties go round-robin.
-                let n = up.len();
-                (0..n)
-                    .map(|k| &up[(start + k) % n])
-                    .min_by_key(|u| u.in_flight.load(Ordering::Relaxed))
-                    .cloned()
+                let best = (0..n).map(|k| (start + k) % n).min_by_key(|&i| {
+                    up[i]
+                        .as_ref()
+                        .map_or(u64::MAX, |u| u.in_flight.load(Ordering::Relaxed))
+                })?;
+                up[best].take()
             }
         }
     }
