@@ -333,12 +333,15 @@ impl Balancer {
         }
         let id = match req.headers().get(&REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_str(&format!(
-                "{}-{:x}",
-                self.id_prefix,
-                self.id_counter.fetch_add(1, Ordering::Relaxed)
-            ))
-            .expect("request id is ASCII"),
+            _ => {
+                use std::io::Write as _;
+                let mut buf = [0u8; 48];
+                let mut w = &mut buf[..];
+                let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+                let _ = write!(w, "{}-{n:x}", self.id_prefix);
+                let len = 48 - w.len();
+                HeaderValue::from_bytes(&buf[..len]).expect("request id is ASCII")
+            }
         };
         let h = req.headers_mut();
         strip_hop_by_hop(h);
@@ -406,7 +409,9 @@ impl Balancer {
                     );
                 }
             };
-            let sent = tokio::time::timeout(
+            // pingora's coarse shared-bucket timer: far cheaper per request than a tokio
+            // timer entry.
+            let sent = pingora_timeout::fast_timeout::fast_timeout(
                 self.limits.read_timeout,
                 conn.try_send_request(req.take().expect("request present")),
             )

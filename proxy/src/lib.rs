@@ -154,6 +154,9 @@ impl HealthCheck for ReadyzCheck {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if let Some(addr) = backend_addr(target) {
+            self.registry.set_ready(addr, healthy);
+        }
         if healthy {
             info!(upstream = %target.addr, "server is up");
         } else {

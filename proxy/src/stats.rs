@@ -65,7 +65,7 @@ impl Stats {
             let r = &mut rows[i];
             r.member = true;
             r.ready = ready;
-            r.up = self.registry.is_up(&r.u, ready);
+            r.up = self.registry.is_up(&r.u);
             r.passive_down = !self.registry.passive_down_left(&r.u).is_zero();
         }
         rows.sort_by_key(|r| r.u.addr);

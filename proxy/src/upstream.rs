@@ -10,7 +10,6 @@
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use pingora_load_balancing::{Backend, LoadBalancer, selection::RoundRobin};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -89,6 +88,8 @@ pub struct Upstream {
     pub checked: AtomicBool,
     /// The last active check passed.
     pub check_ok: AtomicBool,
+    /// pingora's health verdict (consecutive-check thresholds); true until it flips.
+    pub ready: AtomicBool,
     pub last_check_error: Mutex<Option<String>>,
     /// Skipped until this time (ms since the registry's epoch): it refused a connection.
     pub passive_down_until: AtomicU64,
@@ -108,6 +109,7 @@ impl Upstream {
             latency: Histogram::default(),
             checked: AtomicBool::new(false),
             check_ok: AtomicBool::new(false),
+            ready: AtomicBool::new(true),
             last_check_error: Mutex::new(None),
             passive_down_until: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),
@@ -120,7 +122,8 @@ impl Upstream {
 #[derive(Debug)]
 pub struct Registry {
     epoch: Instant,
-    map: RwLock<HashMap<SocketAddr, Arc<Upstream>>>,
+    /// Every server seen (a handful: a linear scan beats hashing here).
+    map: RwLock<Vec<Arc<Upstream>>>,
     rr: AtomicUsize,
     pub balance: Balance,
     passive_down: Duration,
@@ -132,7 +135,7 @@ impl Registry {
     pub fn new(balance: Balance, passive_down: Duration) -> Self {
         Registry {
             epoch: Instant::now(),
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(Vec::new()),
             rr: AtomicUsize::new(0),
             balance,
             passive_down,
@@ -145,27 +148,33 @@ impl Registry {
     }
 
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
-        if let Some(u) = self.map.read().expect("registry lock").get(&addr) {
-            return u.clone();
-        }
-        self.map
-            .write()
-            .expect("registry lock")
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Upstream::new(addr)))
-            .clone()
-    }
-
-    pub fn all(&self) -> Vec<Arc<Upstream>> {
-        let mut v: Vec<_> = self
+        if let Some(u) = self
             .map
             .read()
             .expect("registry lock")
-            .values()
-            .cloned()
-            .collect();
+            .iter()
+            .find(|u| u.addr == addr)
+        {
+            return u.clone();
+        }
+        let mut map = self.map.write().expect("registry lock");
+        if let Some(u) = map.iter().find(|u| u.addr == addr) {
+            return u.clone();
+        }
+        let u = Arc::new(Upstream::new(addr));
+        map.push(u.clone());
+        u
+    }
+
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        let mut v = self.map.read().expect("registry lock").clone();
         v.sort_by_key(|u| u.addr);
         v
+    }
+
+    /// pingora's verdict after the consecutive-check thresholds changed.
+    pub fn set_ready(&self, addr: SocketAddr, ready: bool) {
+        self.get(addr).ready.store(ready, Ordering::Relaxed);
     }
 
     /// Records an active check's result. A pass also lifts a passive mark: the server is
@@ -213,10 +222,12 @@ impl Registry {
     }
 
     /// Whether `u` may get new requests, given pingora's health verdict `ready`.
-    pub fn is_up(&self, u: &Upstream, ready: bool) -> bool {
-        ready
-            && u.checked.load(Ordering::Acquire)
-            && u.passive_down_until.load(Ordering::Relaxed) <= self.now_ms()
+    pub fn is_up(&self, u: &Upstream) -> bool {
+        if !u.ready.load(Ordering::Relaxed) || !u.checked.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = u.passive_down_until.load(Ordering::Relaxed);
+        until == 0 || until <= self.now_ms()
     }
 
     /// The next server for a request, skipping those already tried for it.
@@ -240,7 +251,7 @@ impl Registry {
                 continue;
             }
             let u = self.get(addr);
-            if self.is_up(&u, lb.backends().ready(b)) {
+            if self.is_up(&u) {
                 up[n] = Some(u);
                 n += 1;
             }
@@ -308,7 +319,7 @@ mod tests {
         let r = Registry::new(Balance::RoundRobin, Duration::from_secs(5));
         assert!(r.pick(&lb, &[]).is_none(), "never checked: no traffic");
         checked(&r, &addrs);
-        let mut seen = HashMap::new();
+        let mut seen = std::collections::HashMap::new();
         for _ in 0..300 {
             *seen.entry(r.pick(&lb, &[]).unwrap().addr).or_insert(0) += 1;
         }
