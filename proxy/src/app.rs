@@ -409,8 +409,8 @@ impl Balancer {
                     );
                 }
             };
-            // pingora's coarse shared-bucket timer: far cheaper per request than a tokio
-            // timer entry.
+            // pingora's coarse shared-bucket timer: cheaper per request than a tokio timer
+            // entry (measured: within noise of it, never worse).
             let sent = pingora_timeout::fast_timeout::fast_timeout(
                 self.limits.read_timeout,
                 conn.try_send_request(req.take().expect("request present")),
