@@ -1,9 +1,10 @@
 //! `oxbus proxy`: the cluster's load balancer, on pingora.
 //!
 //! One process with three pingora services: the proxy (plain and optionally TLS
-//! listeners, each connection wrapped by the slowloris [`guard`]), the stats endpoint, and a
-//! background service that refreshes the server list (static, or the cluster's store through
-//! a caller-provided [`ServiceDiscovery`]) and runs the active `/readyz` checks.
+//! listeners; each connection is served by the hyper data path in [`app`], its stream
+//! wrapped by the timeouts of [`guard`]), the stats endpoint, and a background service that
+//! refreshes the server list (static, or the cluster's store through a caller-provided
+//! [`ServerSource`]) and runs the active `/readyz` checks.
 //!
 //! Graceful upgrade is pingora's: the new process (`--upgrade`) sends SIGQUIT to the one in
 //! the pid file and receives its listening sockets over the upgrade socket; the old one
