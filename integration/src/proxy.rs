@@ -260,6 +260,8 @@ pub struct Tally {
     pub refused: Vec<String>,
     /// Answers by the `pid` field of their JSON body, when there is one.
     pub by_pid: BTreeMap<u64, u64>,
+    /// When each request that did not get a 200 was started.
+    pub failed_started: Vec<Instant>,
 }
 
 impl Tally {
@@ -286,6 +288,7 @@ impl Tally {
         }
         self.failed.extend(o.failed.iter().cloned());
         self.refused.extend(o.refused.iter().cloned());
+        self.failed_started.extend(o.failed_started.iter().copied());
     }
 }
 
@@ -325,10 +328,14 @@ impl Load {
                         },
                     };
                     let headers = [("content-type", "application/json")];
+                    let started = Instant::now();
                     match c.send(method, path, &headers, body.clone()).await {
                         Ok((status, body, _)) => {
                             let mut t = tally.lock().unwrap();
                             *t.statuses.entry(status).or_default() += 1;
+                            if status != 200 {
+                                t.failed_started.push(started);
+                            }
                             if let Some(pid) = serde_json::from_slice::<serde_json::Value>(&body)
                                 .ok()
                                 .and_then(|v| v["pid"].as_u64())
@@ -338,7 +345,9 @@ impl Load {
                         }
                         Err(SendError::Closed) => conn = None,
                         Err(SendError::Failed(e)) => {
-                            tally.lock().unwrap().failed.push(e);
+                            let mut t = tally.lock().unwrap();
+                            t.failed.push(e);
+                            t.failed_started.push(started);
                             conn = None;
                         }
                     }

@@ -458,6 +458,13 @@ impl Balancer {
                     }
                     // It reached the server: never sent twice.
                     u.errors.fetch_add(1, Ordering::Relaxed);
+                    if reused {
+                        // A pooled connection broke under the request (the server died or
+                        // closed it): its other idle connections are suspect too. Dropping
+                        // them makes the next request connect afresh, which a dead server
+                        // refuses, so it is marked down and skipped at once.
+                        u.pool.lock().expect("pool lock").clear();
+                    }
                     let e = e.into_error();
                     debug!(upstream = %u.addr, error = %e, "server failed the request");
                     return self.local(502, &format!("the server failed: {e}"), Some(&id), info);

@@ -302,14 +302,23 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     });
     let app = app::HttpApp { balancer };
     let mut service = Service::new("oxbus proxy".to_string(), app);
-    service.add_tcp(&p.listen);
+    // Unbuffered: hyper buffers reads and writes itself; pingora's buffered stream would add
+    // a copy per read and a flush layer per write.
+    use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+    service.add_listener(
+        ListenerConfig::tcp(p.listen.clone()).l4_buffer(L4BufferSettings::unbuffered()),
+    );
     if let Some(tls) = &cfg.tls {
         let settings = pingora_core::listeners::tls::TlsSettings::intermediate(
             &tls.cert_file.display().to_string(),
             &tls.key_file.display().to_string(),
         )
         .map_err(|e| anyhow::anyhow!("TLS certificate or key: {e}"))?;
-        service.add_tls_with_settings(&tls.listen, None, settings);
+        service.add_listener(
+            ListenerConfig::tcp(tls.listen.clone())
+                .tls(settings)
+                .l4_buffer(L4BufferSettings::unbuffered()),
+        );
     }
     server.add_service(service);
     if !p.stats_listen.is_empty() {
