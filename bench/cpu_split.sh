@@ -26,7 +26,7 @@ cleanup() { [[ -n "$SRV" ]] && kill -TERM "$SRV" 2>/dev/null && wait "$SRV" 2>/d
 trap cleanup EXIT
 srv_pre=(); wrk_pre=()
 [[ "$MODE" == pinned ]] && srv_pre=(taskset -c 1) && wrk_pre=(taskset -c 0)
-"${srv_pre[@]}" "$OXBUS" quickstart "$TMP/env" --port "$PORT" --workers "$WORKERS" >"$TMP/server.log" 2>&1 &
+"${srv_pre[@]}" "$OXBUS" quickstart "$TMP/env" --port "$PORT" --workers "$WORKERS" --no-proxy >"$TMP/server.log" 2>&1 &
 SRV=$!
 for _ in $(seq 1 100); do
   [[ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$PORT/readyz")" == 200 ]] && break; sleep 0.1

@@ -62,7 +62,7 @@ ENV_DIR="$TMP/env"
 PEERS_FILE="$TMP/peers.conf"
 {
   cat "$PEERS_HARNESS/peers.conf"
-  echo "oxbus|$OXBUS_PORT|exec $OXBUS quickstart $ENV_DIR --port \$PORT --workers 2"
+  echo "oxbus|$OXBUS_PORT|exec $OXBUS quickstart $ENV_DIR --port \$PORT --workers 2 --no-proxy"
 } > "$PEERS_FILE"
 
 # 5. the harness

@@ -140,7 +140,7 @@ def one(label, argv):
     ms = lambda t: None if t is None else (t - t0) * 1000
     return ms(t_listen), ms(t_ready), rc, last, srv, other
 
-argv_qs = [oxbus, "quickstart", env_dir, "--port", str(port), "--workers", str(workers)]
+argv_qs = [oxbus, "quickstart", env_dir, "--port", str(port), "--workers", str(workers), "--no-proxy"]
 argv_srv = [oxbus, "server", "--config", os.path.join(env_dir, "server.toml")]
 print(f"# startup: {workers} workers, poll every {poll*1000:g} ms, {reps} runs; oxbus={oxbus} ({rev})")
 print(f"# workers' python: {os.environ.get('OXBUS_SERVER_PYTHON') or 'python3 from PATH (quickstart default)'}; "
