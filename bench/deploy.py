@@ -45,7 +45,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix='oxbus-deploy-bench.')
     env_dir = os.path.join(tmp, 'env')
     srv = subprocess.Popen([OXBUS, 'quickstart', env_dir, '--port', str(a.port),
-                            '--workers', str(a.workers)],
+                            '--workers', str(a.workers), '--no-proxy'],
                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, 'server.log'), 'w'))
     try:
         deadline = time.time() + 30

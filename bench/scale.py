@@ -107,7 +107,7 @@ class Server:
         """Starts the server; returns seconds from exec to ready with every worker."""
         if quickstart:
             cmd = [OXBUS, 'quickstart', self.env_dir, '--port', str(self.args.port),
-                   '--workers', str(self.args.workers)]
+                   '--workers', str(self.args.workers), '--no-proxy']
         else:
             cmd = [OXBUS, 'server', '--config', os.path.join(self.env_dir, 'server.toml')]
         t0 = time.perf_counter()
