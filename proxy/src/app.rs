@@ -304,7 +304,11 @@ impl Balancer {
                 ));
             }
         };
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        match hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await
+        {
             Ok((send, conn)) => {
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -531,6 +535,9 @@ impl ServerApp for HttpApp {
         let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size((limits.max_header_bytes + 1024).max(8192))
             .keep_alive(true)
+            // One flattened send per answer instead of writev (measured: ~1 µs less CPU per
+            // request on small messages; bodies here are mostly small).
+            .writev(false)
             .serve_connection(io, svc);
         tokio::pin!(conn);
         let mut shutdown = shutdown.clone();
