@@ -361,6 +361,17 @@ impl Load {
         }
     }
 
+    /// Waits (up to 30 s) until `more` further requests than now got a 200.
+    pub async fn more_ok(&self, more: u64) {
+        let want = self.tally().ok() + more;
+        crate::eventually(
+            Duration::from_secs(30),
+            "more answers under load",
+            || async { (self.tally().ok() >= want).then_some(()) },
+        )
+        .await;
+    }
+
     /// What was seen so far.
     pub fn tally(&self) -> Tally {
         let mut all = Tally::default();

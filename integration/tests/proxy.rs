@@ -120,10 +120,7 @@ async fn traffic_spreads_over_three_servers_round_robin_and_least_connections() 
         );
         all_up(&p, &c.ports).await;
         let load = Load::start(p.port, 6, "GET", "/who");
-        eventually(Duration::from_secs(30), "600 answers", || async {
-            (load.tally().ok() >= 600).then_some(())
-        })
-        .await;
+        load.more_ok(600).await;
         let t = load.stop().await;
         assert_eq!(t.not_ok(), 0, "{balance}: {t:?}");
         let spread = per_server(&t.by_pid, &pids_of(&c));
@@ -162,10 +159,7 @@ async fn a_server_killed_under_load_fails_only_its_in_flight_requests_and_comes_
     all_up(&p, &c.ports).await;
     let conns = 6;
     let load = Load::start(p.port, conns, "GET", "/who");
-    eventually(Duration::from_secs(30), "traffic", || async {
-        (load.tally().ok() >= 300).then_some(())
-    })
-    .await;
+    load.more_ok(300).await;
     let mut c = c;
     let victim = c.servers.remove(1);
     let victim_port = c.ports[1];
@@ -174,11 +168,7 @@ async fn a_server_killed_under_load_fails_only_its_in_flight_requests_and_comes_
     // From here on, nothing may fail: new requests go to the two others. (A request that
     // started before this moment may have been in flight on the dead server.)
     let down_at = Instant::now();
-    let settled = load.tally().ok();
-    eventually(Duration::from_secs(30), "more traffic", || async {
-        (load.tally().ok() >= settled + 300).then_some(())
-    })
-    .await;
+    load.more_ok(300).await;
     let after = load.tally();
     let late: Vec<_> = after
         .failed_started
@@ -232,13 +222,7 @@ async fn a_server_drained_with_sigterm_under_load_costs_no_client_a_request() {
     drained.signal(Signal::SIGTERM);
     assert_eq!(drained.wait_exit(Duration::from_secs(30)), Some(0));
     upstream_up(&p, c.ports[2], false).await;
-    let n = posts.tally().ok();
-    eventually(
-        Duration::from_secs(30),
-        "traffic after the drain",
-        || async { (posts.tally().ok() >= n + 200).then_some(()) },
-    )
-    .await;
+    posts.more_ok(200).await;
     let (tp, ts) = (posts.stop().await, slow.stop().await);
     assert_eq!(tp.not_ok(), 0, "POSTs: {tp:?}");
     assert_eq!(ts.not_ok(), 0, "slow GETs: {ts:?}");
@@ -255,11 +239,7 @@ async fn a_graceful_upgrade_under_load_refuses_and_fails_nothing() {
     let gets = Load::start(p.port, 6, "GET", "/who");
     let posts = Load::start(p.port, 2, "POST", "/echo");
     for round in 0..2 {
-        let n = gets.tally().ok();
-        eventually(Duration::from_secs(30), "traffic", || async {
-            (gets.tally().ok() >= n + 200).then_some(())
-        })
-        .await;
+        gets.more_ok(200).await;
         let old_pid = p.pid();
         let mut old = p.upgrade();
         assert_ne!(p.pid(), old_pid);
@@ -279,13 +259,7 @@ async fn a_graceful_upgrade_under_load_refuses_and_fails_nothing() {
         let pid_file = std::fs::read_to_string(p.dir.join("state/proxy.pid")).unwrap();
         assert_eq!(pid_file.trim(), p.pid().to_string());
     }
-    let n = gets.tally().ok();
-    eventually(
-        Duration::from_secs(30),
-        "traffic on the last process",
-        || async { (gets.tally().ok() >= n + 200).then_some(()) },
-    )
-    .await;
+    gets.more_ok(200).await;
     let (tg, tp) = (gets.stop().await, posts.stop().await);
     assert_eq!(tg.not_ok(), 0, "GETs: {tg:?}");
     assert_eq!(tp.not_ok(), 0, "POSTs: {tp:?}");
