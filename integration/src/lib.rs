@@ -11,13 +11,11 @@
 //! behind, and prints the server log if the test failed.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 pub mod proxy;
 
@@ -645,22 +643,12 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
     out
 }
 
-/// A keep-alive HTTP/1.1 client connection.
-pub struct Client {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    port: u16,
-}
+/// A keep-alive HTTP/1.1 client connection (a [`proxy::Conn`] whose errors are plain).
+pub struct Client(proxy::Conn);
 
 impl Client {
     pub async fn connect(port: u16) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Client { sender, port })
+        Ok(Client(proxy::Conn::connect(port, None).await?))
     }
 
     pub async fn request(
@@ -670,19 +658,11 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> anyhow::Result<Resp> {
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("127.0.0.1:{}", self.port));
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b.body(Full::new(body))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let (status, body, headers) = self
+            .0
+            .send(method, path, headers, body)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(Resp {
             status,
             headers,
