@@ -24,9 +24,16 @@ fn free_port_run() -> u16 {
     panic!("no run of four free ports");
 }
 
+/// Runs quickstart as the README does: from the parent directory, the environment named
+/// by a relative path.
 fn quickstart(dir: &std::path::Path, port: u16) -> Child {
     Command::new(oxbus_bin())
-        .args(["quickstart", dir.to_str().unwrap(), "--port"])
+        .current_dir(dir.parent().unwrap())
+        .args([
+            "quickstart",
+            dir.file_name().unwrap().to_str().unwrap(),
+            "--port",
+        ])
         .arg(port.to_string())
         .args(["--workers", "2"])
         .stdin(Stdio::null())
@@ -77,6 +84,7 @@ fn cli(dir: &std::path::Path, args: &[&str]) -> Value {
 async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     let base = std::env::temp_dir().join(format!("oxbus-it-qs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
     let dir = base.join("env");
     let port = free_port_run();
     let child = quickstart(&dir, port);

@@ -900,6 +900,8 @@ fn start_quickstart_proxy(
 ) -> Result<(std::process::Child, String, String), String> {
     let (config, url, stats) = oxbus_supervisor::quickstart::write_proxy_config(dir, server)
         .map_err(|e| format!("cannot write {}: {e}", dir.join("proxy.toml").display()))?;
+    // The proxy resolves the paths in its file against the file's directory.
+    let config = std::path::absolute(&config).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(dir.join("proxy.log")).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = std::process::Command::new(exe)
@@ -907,7 +909,6 @@ fn start_quickstart_proxy(
         .arg("--config")
         .arg(&config)
         .arg("--exit-with-parent")
-        .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
