@@ -563,8 +563,9 @@ async fn a_store_outage_under_three_servers_and_the_recovery() {
     }
 
     pg.start_again();
-    for s in [&a, &b, &c] {
-        eventually(Duration::from_secs(30), "store ok", || async move {
+    for (name, s) in [("a", &a), ("b", &b), ("c", &c)] {
+        let what = format!("{name} to see the store back (/healthz store ok)");
+        eventually(Duration::from_secs(30), &what, || async move {
             let r = s.get("/healthz").await;
             (r.json()["store"] == "ok").then_some(())
         })

@@ -42,18 +42,18 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
             _ = shared.changed.notified() => {}
         }
         if !migrated {
-            match shared.store.migrate().await {
+            match bounded("migrating", shared.store.migrate()).await {
                 Ok(()) => migrated = true,
                 Err(e) => {
-                    degraded(&shared, &e.to_string());
+                    degraded(&shared, &e);
                     continue;
                 }
             }
         }
-        let version = match shared.store.version().await {
+        let version = match bounded("reading the config version", shared.store.version()).await {
             Ok(v) => v,
             Err(e) => {
-                degraded(&shared, &e.to_string());
+                degraded(&shared, &e);
                 continue;
             }
         };
@@ -80,6 +80,31 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
     }
 }
 
+/// How long one call to the store may take before the sync loop gives up on it. The pool
+/// bounds the wait for a connection (5 s), not a query on a connection it handed out: a
+/// connection whose peer vanished without a reset (a partition, a frozen host) would block
+/// the loop — and with it the recovery — until TCP gives up, which takes minutes.
+const STORE_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STORE_CALL_LIMIT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => {
+            warn!(
+                limit_s = STORE_CALL_LIMIT.as_secs(),
+                "{what}: the config store did not answer in time"
+            );
+            Err(format!(
+                "{what}: no answer within {} s",
+                STORE_CALL_LIMIT.as_secs()
+            ))
+        }
+    }
+}
+
 fn degraded(shared: &Shared, why: &str) {
     if shared.store_ok.swap(false, Ordering::SeqCst) {
         warn!(error = %why, "the config store is unreachable: serving on the config this server has");
@@ -90,9 +115,7 @@ fn degraded(shared: &Shared, why: &str) {
 /// version applied and the workers' acks of what it (re)activated or removed.
 pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::WorkerAck>), String> {
     let _one_at_a_time = shared.deploy_lock.lock().await;
-    let snap = Snapshot::take(&shared.store)
-        .await
-        .map_err(|e| e.to_string())?;
+    let snap = bounded("reading the config", Snapshot::take(&shared.store)).await?;
     let (changed, gone) = {
         let deployed = shared.pool.deployed.lock().expect("deployed lock");
         let changed: Vec<crate::store::Module> = snap
