@@ -159,8 +159,15 @@ echo "== $REPS reps x (direct, haproxy, oxbus proxy), wrk -t$THREADS -c$CONNS -d
 echo "rep,target,rps,p50_ms,p99_ms,errors,proxy_cpu_s,proxy_us_per_req,load1"
 for rep in $(seq 1 "$REPS"); do
   run "$rep" direct "$SPORT"
-  run "$rep" haproxy "$HPORT" "$HAPROXY_PID"
-  run "$rep" oxbus_proxy "$PPORT" "$OXPROXY_PID"
+  # The two proxies swap places every rep, so neither always runs right after the direct
+  # run (or always last, when a noisy neighbour tends to wake up).
+  if ((rep % 2)); then
+    run "$rep" haproxy "$HPORT" "$HAPROXY_PID"
+    run "$rep" oxbus_proxy "$PPORT" "$OXPROXY_PID"
+  else
+    run "$rep" oxbus_proxy "$PPORT" "$OXPROXY_PID"
+    run "$rep" haproxy "$HPORT" "$HAPROXY_PID"
+  fi
 done
 
 python3 - "$OUTDIR/results.csv" <<'PY' | tee "$OUTDIR/summary.txt"
