@@ -110,6 +110,25 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// The port the client connected to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The channel's name (`self.channel.name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_name: Option<&'a str>,
+    /// Who the channel's security definition let in (`self.channel.security`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityMeta<'a>>,
+}
+
+/// Who a request authenticated as: the definition's name and type, and the user name
+/// (HTTP Basic) or subject (JWT `sub`). Never a password, key or token.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SecurityMeta<'a> {
+    pub name: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
 }
 
 fn pairs_as_object<S: Serializer>(

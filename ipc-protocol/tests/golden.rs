@@ -130,6 +130,8 @@ fn invoke_meta_serialises_like_the_vector() {
         remote_addr: None,
         scheme: None,
         port: None,
+        channel_name: None,
+        security: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -163,6 +165,8 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         remote_addr: Some("2001:0db8:0:0:0:0:0:7".parse().unwrap()),
         scheme: Some("https"),
         port: Some(443),
+        channel_name: None,
+        security: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();

@@ -110,28 +110,51 @@ def new_cid() -> str:
     return os.urandom(10).hex()
 
 
-class Channel:
-    """Where an invocation came from; ``type`` is e.g. ``'rest'`` or ``'invoke'``."""
+class Security:
+    """Who the channel's security definition let in: ``name`` and ``type`` (``'basic'``,
+    ``'apikey'``, ``'jwt'``) of the definition, ``username`` (HTTP Basic) or ``subject``
+    (the JWT's ``sub``). Never a password, key or token."""
 
-    __slots__ = ('type',)
+    __slots__ = ('name', 'type', 'username', 'subject')
 
-    def __init__(self, type: str) -> None:  # noqa: A002 - Zato's attribute name
-        self.type = type
+    def __init__(self, info: Dict[str, Any]) -> None:
+        self.name = info.get('name')
+        self.type = info.get('type')
+        self.username = info.get('username')
+        self.subject = info.get('subject')
 
     def __repr__(self) -> str:
-        return 'Channel(%r)' % self.type
+        return 'Security(name=%r, type=%r, username=%r, subject=%r)' % (
+            self.name, self.type, self.username, self.subject)
 
 
-# Channels are immutable and few, so one shared instance per type saves an allocation
-# per request.
-_channels: Dict[str, Channel] = {}
+class Channel:
+    """Where an invocation came from: ``type`` is e.g. ``'rest'`` or ``'invoke'``, ``name``
+    the channel's name (None for direct invocations), ``security`` a :class:`Security` when
+    the channel checked who called (else None)."""
+
+    __slots__ = ('type', 'name', 'security')
+
+    def __init__(self, type: str, name: Optional[str] = None,  # noqa: A002 - Zato's name
+                 security: Optional[Security] = None) -> None:
+        self.type = type
+        self.name = name
+        self.security = security
+
+    def __repr__(self) -> str:
+        return 'Channel(%r, name=%r, security=%r)' % (self.type, self.name, self.security)
 
 
-def _channel(type_: Optional[str]) -> Channel:
+# Channels without a caller are immutable and few, so one shared instance per (type, name)
+# saves an allocation per request.
+_channels: Dict[Any, Channel] = {}
+
+
+def _channel(type_: Optional[str], name: Optional[str] = None) -> Channel:
     type_ = type_ or 'invoke'
-    channel = _channels.get(type_)
+    channel = _channels.get((type_, name))
     if channel is None:
-        channel = _channels[type_] = Channel(type_)
+        channel = _channels[(type_, name)] = Channel(type_, name)
     return channel
 
 
@@ -617,7 +640,13 @@ class Dispatcher:
         svc = cls()
         svc.cid = cid
         channel = meta.get('channel')
-        svc.channel = _channels.get(channel) or _channel(channel)  # type: ignore[arg-type]
+        security = meta.get('security')
+        if security is not None:
+            svc.channel = Channel(channel or 'invoke', meta.get('channel_name'), Security(security))
+        else:
+            name = meta.get('channel_name')
+            svc.channel = (_channels.get((channel, name))
+                           or _channel(channel, name))  # type: ignore[arg-type]
         svc.request = request = Request(payload, body, data_format, meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self

@@ -177,6 +177,20 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (&Method::DELETE, ["v1", "secrets", name]) => {
             delete_secret(shared, &crate::router::percent_decode(name)).await
         }
+        (&Method::GET, ["v1", "security"]) => list_security(shared).await,
+        (&Method::GET, ["v1", "security", name]) => get_security(shared, name).await,
+        (&Method::POST, ["v1", "security"]) => match read_body(req).await {
+            Ok(body) => put_security(shared, None, body).await,
+            Err(r) => r,
+        },
+        (&Method::PUT, ["v1", "security", name]) => {
+            let name = name.to_string();
+            match read_body(req).await {
+                Ok(body) => put_security(shared, Some(&name), body).await,
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, ["v1", "security", name]) => delete_security(shared, name).await,
         (&Method::GET, ["v1", "config"]) => export_config(shared).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();
@@ -348,6 +362,8 @@ async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
         remote_addr: None,
         scheme: None,
         port: None,
+        channel_name: None,
+        security: None,
     };
     let started = Instant::now();
     match shared.pool.invoke(&meta, &body, started + timeout).await {
@@ -476,12 +492,166 @@ async fn reload_router(shared: &Shared) -> Result<(), Response<Body>> {
         .channels()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let defs = shared
+        .store
+        .security_defs()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let mut all = shared.settings.channels.clone();
     all.extend(stored);
-    let router = crate::router::Router::new(&all)
+    let previous = shared.router.read().expect("router lock").clone();
+    let router = crate::router::Router::with_gate(&all, &defs, &shared.key, Some(&previous))
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     *shared.router.write().expect("router lock") = Arc::new(router);
     Ok(())
+}
+
+/// Checks that `channels` route unambiguously and that their checks compile against the
+/// stored security definitions (400 naming the problem).
+async fn check_table(
+    shared: &Shared,
+    channels: &[crate::config::Channel],
+) -> Result<(), Response<Body>> {
+    let defs = shared
+        .store
+        .security_defs()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    crate::router::Router::with_gate(channels, &defs, &shared.key, None)
+        .map(drop)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
+/// GET /v1/security: every definition, without its secret material.
+async fn list_security(shared: &Shared) -> Response<Body> {
+    match shared.store.security_defs().await {
+        Ok(list) => reply(
+            StatusCode::OK,
+            json!({"security": list.iter().map(crate::gate::public_json).collect::<Vec<_>>()}),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// GET /v1/security/{name}
+async fn get_security(shared: &Shared, name: &str) -> Response<Body> {
+    match shared.store.security_defs().await {
+        Ok(list) => match list.iter().find(|d| d.name == name) {
+            Some(d) => reply(StatusCode::OK, crate::gate::public_json(d)),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no security definition named {name}"),
+            ),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// POST /v1/security (create) and PUT /v1/security/{name} (replace; the secret is kept when
+/// the body carries none). Plaintext `password` / `key` / `secret` are hashed or sealed
+/// before anything is stored, and never logged or echoed. Live at once on every channel
+/// that names the definition.
+async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Response<Body> {
+    let input: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        // serde_json's message quotes no input beyond a position.
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let stored = match shared.store.security_defs().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let previous = name.and_then(|n| stored.iter().find(|d| d.name == n));
+    if let Some(n) = name
+        && previous.is_none()
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no security definition named {n}"),
+        );
+    }
+    // Argon2 hashing takes tens of milliseconds: off the runtime's threads.
+    let key = shared.key.clone();
+    let (n, prev) = (name.map(str::to_owned), previous.cloned());
+    let built = tokio::task::spawn_blocking(move || {
+        crate::gate::from_input(input, n.as_deref(), prev.as_ref(), &key)
+    })
+    .await;
+    let def = match built {
+        Ok(Ok(d)) => d,
+        Ok(Err(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if let Some(prev) = previous
+        && prev.kind != def.kind
+        && def.sealed.is_none()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{} changes type: give its new secret too", def.name),
+        );
+    }
+    let change = match shared
+        .store
+        .put_security(&def, name.is_none(), "admin-api")
+        .await
+    {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(shared).await {
+        return r;
+    }
+    info!(security = %def.name, kind = def.kind.as_str(), "security definition {}", if name.is_none() { "created" } else { "updated" });
+    reply(
+        if name.is_none() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        json!({"config_version": change.config_version, "security": crate::gate::public_json(&def)}),
+    )
+}
+
+/// DELETE /v1/security/{name}: refused (409) while a channel names it.
+async fn delete_security(shared: &Shared, name: &str) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    if let Some(c) = shared
+        .settings
+        .channels
+        .iter()
+        .find(|c| c.security.as_deref() == Some(name))
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "security definition {name} is used by server.toml's channel {}",
+                c.name.as_deref().unwrap_or(&c.url_path)
+            ),
+        );
+    }
+    let change = match shared.store.delete_security(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(shared).await {
+        return r;
+    }
+    info!(security = name, "security definition deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "deleted": name}),
+    )
 }
 
 /// Whether server.toml has a channel of that name (an unnamed one is named by its path).
@@ -545,8 +715,8 @@ async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
     all.push(channel.clone());
-    if let Err(e) = crate::router::Router::new(&all) {
-        return error(StatusCode::BAD_REQUEST, e);
+    if let Err(r) = check_table(shared, &all).await {
+        return r;
     }
     let change = match shared.store.create_channel(&channel).await {
         Ok(c) => c,
@@ -629,8 +799,8 @@ async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Bo
             .filter(|c| c.name.as_deref() != Some(name)),
     );
     all.push(channel.clone());
-    if let Err(e) = crate::router::Router::new(&all) {
-        return error(StatusCode::BAD_REQUEST, e);
+    if let Err(r) = check_table(shared, &all).await {
+        return r;
     }
     let plan = crate::store::Plan {
         put_channels: vec![channel.clone()],

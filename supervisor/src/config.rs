@@ -323,6 +323,31 @@ pub struct Channel {
     pub service: String,
     #[serde(default = "default_format")]
     pub data_format: DataFormat,
+    /// The security definition callers must pass (see `crate::gate`); none = open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
+    /// Client addresses allowed to call (CIDRs or addresses, IPv4 and IPv6); empty = any.
+    /// The client is the peer, or for trusted proxies the address `X-Forwarded-For` gives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// A token-bucket limit for the channel, per server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `requests` per `per_s` seconds, bursts of up to `burst` (default `requests`); per server.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(default = "one")]
+    pub per_s: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_format() -> DataFormat {

@@ -40,6 +40,11 @@ pub struct Document {
     pub secret: Value,
     #[serde(default)]
     pub service_module: Vec<ModuleDoc>,
+    /// Security definitions (docs/SECURITY.md): as exported, with `sealed` secret material;
+    /// on import also with plaintext `password` / `key` / `secret`, hashed or sealed here.
+    /// Raw JSON, checked by hand, for the same reason as `secret`.
+    #[serde(default)]
+    pub security: Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +90,9 @@ pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
     let channels = store.channels().await.map_err(unavailable)?;
     let secrets = store.secrets().await.map_err(unavailable)?;
     let modules = store.active_modules().await.map_err(unavailable)?;
+    let security = store.security_defs().await.map_err(unavailable)?;
     Ok(Document {
+        security: serde_json::to_value(security).expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,
@@ -226,6 +233,18 @@ pub async fn import(
     let mut table = shared.settings.channels.clone();
     table.extend(result);
     crate::router::Router::new(&table).map_err(|e| bad(format!("channel_rest: {e}")))?;
+
+    // Security definitions: checked by compiling them; the table's channels must find theirs.
+    let defs = import_security(
+        shared,
+        &doc.security,
+        replace,
+        &mut plan,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    crate::router::Router::with_gate(&table, &defs, &shared.key, None).map_err(bad)?;
 
     // Secrets: plain values are sealed here; sealed ones must open with this server's key.
     let listed: &[Value] = match &doc.secret {
@@ -385,6 +404,86 @@ pub async fn import(
         unchanged,
         workers,
     })
+}
+
+/// The document's security definitions into `plan`; returns every definition as the
+/// import leaves them (for checking the channels against).
+async fn import_security(
+    shared: &Shared,
+    listed: &Value,
+    replace: bool,
+    plan: &mut Plan,
+    changes: &mut Vec<Change>,
+    unchanged: &mut usize,
+) -> Result<Vec<crate::gate::SecurityDef>, DeployError> {
+    let listed: &[Value] = match listed {
+        Value::Null => &[],
+        Value::Array(a) => a,
+        _ => return Err(bad("security: expected a list of definitions")),
+    };
+    let stored = shared.store.security_defs().await.map_err(unavailable)?;
+    let mut result: Vec<crate::gate::SecurityDef> = Vec::new();
+    for (i, v) in listed.iter().enumerate() {
+        let name = match v.get("name") {
+            Some(Value::String(n)) => n.clone(),
+            _ => return Err(bad(format!("security[{i}]: name must be a string"))),
+        };
+        if result.iter().any(|d| d.name == name) {
+            return Err(bad(format!("security: {name} is listed twice")));
+        }
+        let old = stored.iter().find(|d| d.name == name);
+        let plain = ["password", "key", "secret"]
+            .iter()
+            .find_map(|f| v.get(*f).and_then(Value::as_str).map(str::to_owned));
+        let key = shared.key.clone();
+        let (input, prev) = (v.clone(), old.cloned());
+        let def = tokio::task::spawn_blocking(move || {
+            crate::gate::from_input(input, None, prev.as_ref(), &key)
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| bad(format!("security {name}: {e}")))?;
+        // Unchanged when every field and the secret itself are the same (a plaintext
+        // password is checked against the stored hash, not re-hashed into a "change").
+        let same = old.is_some_and(|o| {
+            let fields_same = crate::gate::SecurityDef {
+                sealed: None,
+                ..o.clone()
+            } == crate::gate::SecurityDef {
+                sealed: None,
+                ..def.clone()
+            };
+            fields_same && crate::gate::same_secret(o, &def, plain.as_deref(), &shared.key)
+        });
+        if same {
+            *unchanged += 1;
+            result.push(old.expect("same implies stored").clone());
+            continue;
+        }
+        changes.push(Change {
+            kind: "security",
+            name: name.clone(),
+            action: if old.is_some() { "update" } else { "create" },
+        });
+        plan.put_security.push(def.clone());
+        result.push(def);
+    }
+    for o in &stored {
+        if result.iter().any(|d| d.name == o.name) {
+            continue;
+        }
+        if replace {
+            plan.delete_security.push(o.name.clone());
+            changes.push(Change {
+                kind: "security",
+                name: o.name.clone(),
+                action: "delete",
+            });
+        } else {
+            result.push(o.clone());
+        }
+    }
+    Ok(result)
 }
 
 /// A serde message with the contents of quoted strings left out (`string "…"`), so that a

@@ -331,6 +331,31 @@ fn json_response(status: StatusCode, cid: &str, body: serde_json::Value) -> Resp
     r
 }
 
+/// A request the channel's gate turned away: 401 (with the scheme's challenge), 403, or 429
+/// (with `Retry-After`).
+fn rejection(r: crate::gate::Rejection, cid: &str) -> Response<Body> {
+    use crate::gate::Rejection;
+    match r {
+        Rejection::Unauthorized { reason, challenge } => {
+            let mut resp = error_response(StatusCode::UNAUTHORIZED, cid, &reason);
+            if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            resp
+        }
+        Rejection::Forbidden(reason) => error_response(StatusCode::FORBIDDEN, cid, &reason),
+        Rejection::TooMany {
+            reason,
+            retry_after_s,
+        } => {
+            let mut resp = error_response(StatusCode::TOO_MANY_REQUESTS, cid, &reason);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            resp
+        }
+    }
+}
+
 fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
@@ -418,6 +443,33 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             ),
         );
     }
+    let origin = forwarded::origin(
+        peer.ip,
+        peer.trusted,
+        peer.local_port,
+        req.headers(),
+        limits.trusted(),
+    );
+    // The channel's checks, before the body is read or a worker asked for anything.
+    let caller = match router.gate.for_channel(&channel) {
+        Some(g) if g.is_open() => None,
+        Some(g) => {
+            let name = channel.name.as_deref().unwrap_or(&channel.url_path);
+            match g.admit(origin.addr, req.headers(), name).await {
+                Ok(c) => c,
+                Err(r) => return rejection(r, &cid),
+            }
+        }
+        // Every installed routing table is compiled with its gate; a channel without one
+        // is refused rather than served unchecked.
+        None => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &cid,
+                "the channel's checks are not compiled",
+            );
+        }
+    };
     let too_large = || {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -455,13 +507,6 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         }
     };
     let timeout = shared.settings.request_timeout();
-    let origin = forwarded::origin(
-        peer.ip,
-        peer.trusted,
-        peer.local_port,
-        &parts.headers,
-        limits.trusted(),
-    );
     let meta = InvokeMeta {
         op: "invoke",
         service: &channel.service,
@@ -480,6 +525,13 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         remote_addr: Some(origin.addr),
         scheme: Some(origin.scheme),
         port: Some(origin.port),
+        channel_name: channel.name.as_deref(),
+        security: caller.as_ref().map(|c| oxbus_ipc::SecurityMeta {
+            name: &c.name,
+            kind: c.kind,
+            username: c.username.as_deref(),
+            subject: c.subject.as_deref(),
+        }),
     };
     // A debug-level span: with the default `info` level it costs nothing per request (an
     // info span would format its fields on every request), and the events that matter at

@@ -2,7 +2,8 @@
 //! dispatches each invocation to one of them over the IPC protocol of `oxbus-ipc`.
 //!
 //! - [`config`]: settings (TOML + `OXBUS_*` overrides) and their validation.
-//! - [`router`]: REST channels, `{param}` paths, 404 vs 405.
+//! - [`router`]: REST channels, `{param}` paths, 404 vs 405; [`gate`]: what a channel checks
+//!   before its service runs (allow lists, rate limits, security definitions).
 //! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`forwarded`]: the
 //!   client address, scheme and request id behind trusted reverse proxies.
 //! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod config_io;
 pub mod deploy;
 pub mod forwarded;
+pub mod gate;
 pub mod http;
 pub mod pool;
 pub mod process;

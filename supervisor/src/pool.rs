@@ -644,6 +644,8 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
                 remote_addr: None,
                 scheme: None,
                 port: None,
+                channel_name: None,
+                security: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

@@ -188,6 +188,9 @@ fn sample_channels() -> Vec<Channel> {
         methods: vec![method.to_owned()],
         service: service.to_owned(),
         data_format: DataFormat::Json,
+        security: None,
+        allow_from: Vec::new(),
+        rate_limit: None,
     })
     .collect()
 }

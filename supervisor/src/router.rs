@@ -25,6 +25,9 @@ struct Route {
 pub struct Router {
     statics: HashMap<String, Vec<Arc<Channel>>>,
     dynamic: Vec<Route>,
+    /// What each channel checks before its service runs (compiled with the routes, so a
+    /// request sees one consistent table).
+    pub gate: crate::gate::Gate,
 }
 
 /// The outcome of a lookup.
@@ -85,6 +88,20 @@ fn methods_overlap(a: &Channel, b: &Channel) -> bool {
 
 impl Router {
     /// Builds the table; rejects malformed paths, bad methods and ambiguous duplicates.
+    /// The routing table with its gate: routes from `channels`, checks from their fields and
+    /// the security definitions `defs` (see [`crate::gate::Gate::build`]).
+    pub fn with_gate(
+        channels: &[Channel],
+        defs: &[crate::gate::SecurityDef],
+        key: &crate::secrets::Key,
+        previous: Option<&Router>,
+    ) -> Result<Router, String> {
+        let mut r = Router::new(channels).map_err(|e| e.to_string())?;
+        r.gate = crate::gate::Gate::build(channels, defs, key, previous.map(|p| &p.gate))?;
+        Ok(r)
+    }
+
+    /// The routes alone (every channel's gate open); for validating a change.
     pub fn new(channels: &[Channel]) -> Result<Router, ConfigError> {
         let mut r = Router::default();
         let mut all: Vec<(Vec<Segment>, Arc<Channel>)> = Vec::new();
@@ -224,6 +241,9 @@ mod tests {
             methods: methods.iter().map(|m| m.to_string()).collect(),
             service: service.into(),
             data_format: DataFormat::Json,
+            security: None,
+            allow_from: Vec::new(),
+            rate_limit: None,
         }
     }
 

@@ -70,6 +70,7 @@ impl std::fmt::Debug for Plain {
 }
 
 /// The loaded key.
+#[derive(Clone)]
 pub struct Key {
     cipher: XChaCha20Poly1305,
     id: String,

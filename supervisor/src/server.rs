@@ -214,15 +214,25 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let store = boot.store;
     let mut channels = settings.channels.clone();
     channels.extend(boot.snapshot.channels.iter().cloned());
-    let router = Router::new(&channels).map_err(|e| {
-        ServerError::Fatal(format!(
-            "the channels of server.toml and of the config store conflict: {e}"
-        ))
-    })?;
     let key = load_secret_key(
         &settings,
-        boot.snapshot.secrets.first().map(|s| s.sealed.as_str()),
+        boot.snapshot
+            .secrets
+            .first()
+            .map(|s| s.sealed.as_str())
+            .or_else(|| {
+                boot.snapshot
+                    .security
+                    .iter()
+                    .find_map(|d| d.sealed.as_deref())
+            }),
     )?;
+    let router =
+        Router::with_gate(&channels, &boot.snapshot.security, &key, None).map_err(|e| {
+            ServerError::Fatal(format!(
+                "the channels of server.toml and of the config store do not fit together: {e}"
+            ))
+        })?;
     let admin_token = crate::admin::load_or_create_token(&settings.admin_token_file()).map_err(
         io_err(format!(
             "cannot read or create the admin token file {}",

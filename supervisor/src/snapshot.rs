@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub channels: Vec<Channel>,
     pub modules: Vec<Module>,
     pub secrets: Vec<SealedSecret>,
+    /// Security definitions (secret material sealed); absent in snapshots of older versions.
+    #[serde(default)]
+    pub security: Vec<crate::gate::SecurityDef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,7 @@ impl Snapshot {
             channels: store.channels().await?,
             modules: store.active_modules().await?,
             secrets: store.secrets().await?,
+            security: store.security_defs().await?,
         })
     }
 
@@ -137,6 +141,13 @@ mod tests {
                 methods: vec!["GET".into()],
                 service: "s".into(),
                 data_format: crate::config::DataFormat::Raw,
+                security: Some("b".into()),
+                allow_from: vec!["10.0.0.0/8".into()],
+                rate_limit: Some(crate::config::RateLimit {
+                    requests: 5,
+                    per_s: 1,
+                    burst: None,
+                }),
             }],
             modules: vec![Module {
                 name: "m".into(),
@@ -152,6 +163,21 @@ mod tests {
                 sealed: "oxbus1:k:n:c".into(),
                 updated_by: "t".into(),
                 updated_at: 3,
+            }],
+            security: vec![crate::gate::SecurityDef {
+                name: "b".into(),
+                kind: crate::gate::SecurityType::Basic,
+                username: Some("ann".into()),
+                realm: None,
+                header: None,
+                algorithms: Vec::new(),
+                issuer: None,
+                audience: None,
+                public_key: None,
+                jwks_file: None,
+                leeway_s: None,
+                rate_limit: None,
+                sealed: Some("oxbus1:k:n:c".into()),
             }],
         }
     }

@@ -159,9 +159,12 @@ fn channel_from_row<R: Row>(r: &R) -> Result<Channel>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let methods: String = r.try_get("methods")?;
     let format: String = r.try_get("data_format")?;
+    let allow_from: String = r.try_get("allow_from")?;
+    let rate_limit: Option<String> = r.try_get("rate_limit")?;
     Ok(Channel {
         name: Some(r.try_get("name")?),
         url_path: r.try_get("url_path")?,
@@ -172,7 +175,25 @@ where
             "raw" => DataFormat::Raw,
             _ => DataFormat::Json,
         },
+        security: r.try_get("security")?,
+        allow_from: serde_json::from_str(&allow_from)
+            .map_err(|e| StoreError::Invalid(format!("stored channel allow_from: {e}")))?,
+        rate_limit: rate_limit
+            .map(|l| serde_json::from_str(&l))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("stored channel rate_limit: {e}")))?,
     })
+}
+
+/// A channel's gate columns as stored: security, allow_from (JSON), rate_limit (JSON).
+fn gate_columns(c: &Channel) -> (Option<String>, String, Option<String>) {
+    (
+        c.security.clone(),
+        serde_json::to_string(&c.allow_from).expect("a list of strings"),
+        c.rate_limit
+            .as_ref()
+            .map(|l| serde_json::to_string(l).expect("a rate limit serialises")),
+    )
 }
 
 /// Inside transaction `$tx`: stores each (name, source) of `$modules` as that module's next
@@ -222,9 +243,10 @@ macro_rules! insert_versions {
 macro_rules! insert_channel {
     ($tx:ident, $channel:expr, $name:expr) => {{
         let methods = serde_json::to_string(&$channel.methods).expect("a list of strings");
+        let (security, allow_from, rate_limit) = gate_columns(&$channel);
         sqlx::query(
-            "INSERT INTO channels (name, url_path, methods, service, data_format, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO channels (name, url_path, methods, service, data_format, created_at, \
+             security, allow_from, rate_limit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind($name)
         .bind(&$channel.url_path)
@@ -232,6 +254,9 @@ macro_rules! insert_channel {
         .bind(&$channel.service)
         .bind($channel.data_format.as_str())
         .bind(now_ms())
+        .bind(security)
+        .bind(allow_from)
+        .bind(rate_limit)
         .execute(&mut *$tx)
         .await?;
     }};
@@ -247,6 +272,24 @@ macro_rules! upsert_secret {
         )
         .bind($name)
         .bind($sealed)
+        .bind($by)
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Inside transaction `$tx`: creates or replaces a security definition.
+macro_rules! upsert_security {
+    ($tx:ident, $def:expr, $by:expr) => {{
+        let json = serde_json::to_string($def).expect("a definition serialises");
+        sqlx::query(
+            "INSERT INTO security_defs (name, definition, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind(&$def.name)
+        .bind(json)
         .bind($by)
         .bind(now_ms())
         .execute(&mut *$tx)
@@ -296,6 +339,9 @@ pub struct Plan {
     /// (name, sealed value) to create or replace.
     pub put_secrets: Vec<(String, String)>,
     pub delete_secrets: Vec<String>,
+    /// Security definitions to create or replace (secret material sealed), and to delete.
+    pub put_security: Vec<crate::gate::SecurityDef>,
+    pub delete_security: Vec<String>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -307,6 +353,8 @@ impl Plan {
             && self.delete_channels.is_empty()
             && self.put_secrets.is_empty()
             && self.delete_secrets.is_empty()
+            && self.put_security.is_empty()
+            && self.delete_security.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -627,7 +675,8 @@ impl Store {
 
     /// Every stored channel, in creation order.
     pub async fn channels(&self) -> Result<Vec<Channel>> {
-        let sql = "SELECT name, url_path, methods, service, data_format FROM channels ORDER BY id";
+        let sql = "SELECT name, url_path, methods, service, data_format, security, allow_from, \
+                   rate_limit FROM channels ORDER BY id";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(channel_from_row).collect()
@@ -645,6 +694,83 @@ impl Store {
                 .rows_affected();
             if n == 0 {
                 return Err(StoreError::NotFound(format!("no channel named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Every security definition, by name.
+    pub async fn security_defs(&self) -> Result<Vec<crate::gate::SecurityDef>> {
+        let sql = "SELECT definition FROM security_defs ORDER BY name";
+        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await?);
+        rows.iter()
+            .map(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| StoreError::Invalid(format!("stored security definition: {e}")))
+            })
+            .collect()
+    }
+
+    /// Creates (`create`: refused when it exists) or replaces a security definition.
+    pub async fn put_security(
+        &self,
+        def: &crate::gate::SecurityDef,
+        create: bool,
+        by: &str,
+    ) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let existed: Option<String> =
+                sqlx::query_scalar("SELECT name FROM security_defs WHERE name = $1")
+                    .bind(&def.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match (create, existed.is_some()) {
+                (true, true) => {
+                    return Err(StoreError::Invalid(format!(
+                        "a security definition named {} exists already",
+                        def.name
+                    )))
+                }
+                (false, false) => {
+                    return Err(StoreError::NotFound(format!(
+                        "no security definition named {}",
+                        def.name
+                    )))
+                }
+                _ => {}
+            }
+            upsert_security!(tx, def, by);
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Deletes a security definition; refused while a stored channel names it.
+    pub async fn delete_security(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let users: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM channels WHERE security = $1 ORDER BY id")
+                    .bind(name)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !users.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "security definition {name} is used by channel(s) {}: change them first",
+                    users.join(", ")
+                )));
+            }
+            let n = sqlx::query("DELETE FROM security_defs WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no security definition named {name}")));
             }
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
@@ -673,7 +799,16 @@ impl Store {
     /// One sealed value, if any secret is stored (to check the key against at start).
     pub async fn any_sealed(&self) -> Result<Option<String>> {
         let sql = "SELECT sealed FROM secrets ORDER BY name LIMIT 1";
-        Ok(on_pool!(self, p => sqlx::query_scalar(sql).fetch_optional(p).await?))
+        let secret: Option<String> =
+            on_pool!(self, p => sqlx::query_scalar(sql).fetch_optional(p).await?);
+        if secret.is_some() {
+            return Ok(secret);
+        }
+        Ok(self
+            .security_defs()
+            .await?
+            .into_iter()
+            .find_map(|d| d.sealed))
     }
 
     /// Creates or replaces a secret (already sealed); `value` is true when it was created.
@@ -730,21 +865,34 @@ impl Store {
                 // In place when it exists: a channel keeps its place in the routing order.
                 let name = c.name.clone().unwrap_or_else(|| c.url_path.clone());
                 let methods = serde_json::to_string(&c.methods).expect("a list of strings");
+                let (security, allow_from, rate_limit) = gate_columns(c);
                 let updated = sqlx::query(
-                    "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5 \
-                     WHERE name = $1",
+                    "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5, \
+                     security = $6, allow_from = $7, rate_limit = $8 WHERE name = $1",
                 )
                 .bind(&name)
                 .bind(&c.url_path)
                 .bind(&methods)
                 .bind(&c.service)
                 .bind(c.data_format.as_str())
+                .bind(security)
+                .bind(allow_from)
+                .bind(rate_limit)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if updated == 0 {
                     insert_channel!(tx, c, &name);
                 }
+            }
+            // Definitions before channels are written and after they are deleted would need
+            // two passes; there are no foreign keys, so one order serves: the import checked
+            // that every channel's definition exists in the resulting config.
+            for name in &plan.delete_security {
+                sqlx::query("DELETE FROM security_defs WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            }
+            for d in &plan.put_security {
+                upsert_security!(tx, d, by);
             }
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;

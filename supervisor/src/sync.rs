@@ -150,10 +150,11 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     }
     let mut table = shared.settings.channels.clone();
     table.extend(snap.channels.iter().cloned());
-    match crate::router::Router::new(&table) {
+    let previous = shared.router.read().expect("router lock").clone();
+    match crate::router::Router::with_gate(&table, &snap.security, &shared.key, Some(&previous)) {
         Ok(router) => *shared.router.write().expect("router lock") = Arc::new(router),
         Err(e) => {
-            error!(error = %e, "the store's channels do not route: the routing table is unchanged")
+            error!(error = %e, "the store's channels do not route or their checks do not compile: the routing table is unchanged")
         }
     }
     let version = snap.config_version;

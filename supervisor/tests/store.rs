@@ -229,6 +229,9 @@ async fn channels_crud(store: &Store) {
         methods: vec!["GET".into()],
         service: "crm.customer.get".into(),
         data_format: DataFormat::Json,
+        security: None,
+        allow_from: vec![],
+        rate_limit: None,
     };
     let c = store.create_channel(&ch).await.unwrap();
     assert_eq!(c.value.name.as_deref(), Some("/customers/{id}"));
@@ -254,6 +257,13 @@ async fn channels_crud(store: &Store) {
         methods: vec![],
         service: "files.put".into(),
         data_format: DataFormat::Raw,
+        security: Some("uploaders".into()),
+        allow_from: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+        rate_limit: Some(oxbus_supervisor::config::RateLimit {
+            requests: 10,
+            per_s: 60,
+            burst: Some(3),
+        }),
     };
     store.create_channel(&raw).await.unwrap();
     let all = store.channels().await.unwrap();
@@ -393,6 +403,69 @@ async fn secrets_crud(s: &Store) {
 }
 
 /// A plan is applied whole with one version bump, or (a bad name in it) not at all.
+async fn security_crud(s: &Store) {
+    use oxbus_supervisor::gate::{SecurityDef, SecurityType};
+    let def = SecurityDef {
+        name: "partners".into(),
+        kind: SecurityType::Apikey,
+        username: None,
+        realm: None,
+        header: Some("X-Partner-Key".into()),
+        algorithms: vec![],
+        issuer: None,
+        audience: None,
+        public_key: None,
+        jwks_file: None,
+        leeway_s: None,
+        rate_limit: None,
+        sealed: Some("oxbus1:k:n:c1".into()),
+    };
+    let v0 = s.version().await.unwrap();
+    s.put_security(&def, true, "t").await.unwrap();
+    assert!(matches!(
+        s.put_security(&def, true, "t").await,
+        Err(StoreError::Invalid(_))
+    ));
+    let changed = SecurityDef {
+        sealed: Some("oxbus1:k:n:c2".into()),
+        ..def.clone()
+    };
+    let c = s.put_security(&changed, false, "t").await.unwrap();
+    assert_eq!(c.config_version, v0 + 2);
+    assert_eq!(s.security_defs().await.unwrap(), vec![changed.clone()]);
+    let ghost = SecurityDef {
+        name: "ghost".into(),
+        ..def.clone()
+    };
+    assert!(matches!(
+        s.put_security(&ghost, false, "t").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // In use by a channel: not deleted.
+    let ch = Channel {
+        name: Some("guarded".into()),
+        url_path: "/guarded".into(),
+        methods: vec![],
+        service: "svc".into(),
+        data_format: DataFormat::Json,
+        security: Some("partners".into()),
+        allow_from: vec![],
+        rate_limit: None,
+    };
+    s.create_channel(&ch).await.unwrap();
+    match s.delete_security("partners").await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("guarded"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    s.delete_channel("guarded").await.unwrap();
+    s.delete_security("partners").await.unwrap();
+    assert!(s.security_defs().await.unwrap().is_empty());
+    assert!(matches!(
+        s.delete_security("partners").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 async fn apply_is_one_transaction(s: &Store) {
     let ch = |name: &str, path: &str| Channel {
         name: Some(name.into()),
@@ -400,6 +473,9 @@ async fn apply_is_one_transaction(s: &Store) {
         methods: vec![],
         service: "svc".into(),
         data_format: DataFormat::Json,
+        security: None,
+        allow_from: vec![],
+        rate_limit: None,
     };
     s.create_channel(&ch("old", "/old")).await.unwrap();
     s.deploy_module("gone", "x = 1\n", "t").await.unwrap();
@@ -411,6 +487,8 @@ async fn apply_is_one_transaction(s: &Store) {
         delete_secrets: vec![],
         deploy_modules: vec![("m".into(), "y = 2\n".into())],
         undeploy_modules: vec!["gone".into()],
+        put_security: vec![],
+        delete_security: vec![],
     };
     let c = s.apply(&plan, "import").await.unwrap();
     assert_eq!(c.config_version, v0 + 1);
@@ -456,6 +534,7 @@ async fn sqlite_secrets() {
     let (s, e) = Engine::sqlite().await;
     secrets_crud(&s).await;
     apply_is_one_transaction(&s).await;
+    security_crud(&s).await;
     e.cleanup(s).await;
 }
 
@@ -464,6 +543,7 @@ async fn postgres_secrets() {
     let (s, e) = Engine::postgres().await;
     secrets_crud(&s).await;
     apply_is_one_transaction(&s).await;
+    security_crud(&s).await;
     e.cleanup(s).await;
 }
 
