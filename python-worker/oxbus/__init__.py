@@ -13,13 +13,13 @@ with an HTTP status.
 
 from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
                      NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
-from .service import Channel, HTTPRequest, Request, Response, Service
+from .service import Channel, HTTPRequest, Request, Response, Security, Service
 from .simpleio import Bunch
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Bunch',
+    'Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Security', 'Bunch',
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
     'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
     '__version__',

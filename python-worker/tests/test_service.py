@@ -676,3 +676,32 @@ def test_service_logger_records_carry_cid_and_service(caplog):
     assert record.getMessage() == 'hello there'
     assert (record.cid, record.service) == ('abc', Chatty.name)
     assert current_invocation.get() is None  # reset after the call
+
+
+# -- the channel and who called ----------------------------------------------------------
+
+
+class WhoCalled(Service):
+    name = 't.who-called'
+
+    def handle(self):
+        ch = self.channel
+        s = ch.security
+        self.response.payload = {
+            'type': ch.type, 'name': ch.name,
+            'security': None if s is None else [s.name, s.type, s.username, s.subject]}
+
+
+def test_channel_name_and_security_reach_the_service():
+    r = call(WhoCalled, channel_name='orders', security={
+        'name': 'staff', 'type': 'basic', 'username': 'ann'})
+    assert r.doc == {'type': 'rest', 'name': 'orders',
+                     'security': ['staff', 'basic', 'ann', None]}
+    r = call(WhoCalled, channel_name='orders', security={
+        'name': 'idp', 'type': 'jwt', 'subject': 'user-7'})
+    assert r.doc['security'] == ['idp', 'jwt', None, 'user-7']
+    # Without a caller the channel is shared per (type, name), and says so.
+    r = call(WhoCalled, channel_name='open')
+    assert r.doc == {'type': 'rest', 'name': 'open', 'security': None}
+    r = call(WhoCalled, channel='invoke', channel_name=None)
+    assert r.doc == {'type': 'invoke', 'name': None, 'security': None}
