@@ -186,7 +186,11 @@ fn ready_with_and_without_simpleio_declarations() {
     };
     // A worker that declares nothing (or predates the fields): absent = nothing declared.
     let (old, _) = ready("ready.bin");
-    assert!(old.services.iter().all(|s| s.input.is_empty() && s.output.is_empty()));
+    assert!(
+        old.services
+            .iter()
+            .all(|s| s.input.is_empty() && s.output.is_empty())
+    );
 
     let (new, payload) = ready("ready_simpleio.bin");
     let crm = &new.services[0];
