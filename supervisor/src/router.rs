@@ -25,6 +25,9 @@ struct Route {
 pub struct Router {
     statics: HashMap<String, Vec<Arc<Channel>>>,
     dynamic: Vec<Route>,
+    /// Every channel in the order configured (server.toml's, then the store's): what the
+    /// OpenAPI document describes.
+    all: Vec<Arc<Channel>>,
 }
 
 /// The outcome of a lookup.
@@ -121,6 +124,7 @@ impl Router {
             }
             let channel = Arc::new(c.clone());
             all.push((segments.clone(), channel.clone()));
+            r.all.push(channel.clone());
             if segments.iter().all(|s| matches!(s, Segment::Literal(_))) {
                 r.statics
                     .entry(c.url_path.clone())
@@ -131,6 +135,11 @@ impl Router {
             }
         }
         Ok(r)
+    }
+
+    /// Every channel of the table, in the order they were configured.
+    pub fn channels(&self) -> &[Arc<Channel>] {
+        &self.all
     }
 
     /// Finds the channel for `method` and `path` (the path without its query string).
@@ -254,6 +263,8 @@ mod tests {
         assert!(
             matches!(r.lookup("PUT", "/customers/1"), Match::WrongMethod(m) if m == ["DELETE", "GET"])
         );
+        let order: Vec<&str> = r.channels().iter().map(|c| c.service.as_str()).collect();
+        assert_eq!(order, ["demo.echo", "crm.get", "crm.delete", "files.any"]);
     }
 
     #[test]
