@@ -40,6 +40,46 @@ pub struct ServiceInfo {
     /// Verbs with a `handle_<VERB>` method; empty when one `handle` serves every verb.
     #[serde(default)]
     pub verbs: Vec<String>,
+    /// The SimpleIO input declaration; empty (and absent on the wire) when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input: Vec<IoElem>,
+    /// The SimpleIO output declaration; empty (and absent on the wire) when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<IoElem>,
+}
+
+/// One element of a SimpleIO declaration (`ServiceInfo` `input` / `output`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoElem {
+    pub name: String,
+    pub required: bool,
+    /// `"integer"`, `"boolean"` or `"any"` (passed through as it came). Kept as text: a
+    /// type a later worker adds is carried, and read as `any` by [`IoElem::kind`].
+    #[serde(rename = "type", default = "any_type")]
+    pub ty: String,
+}
+
+fn any_type() -> String {
+    "any".to_owned()
+}
+
+/// What SimpleIO converts an element to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoType {
+    Integer,
+    Boolean,
+    /// Passed through as it came (any JSON value; text from a path or query string).
+    Any,
+}
+
+impl IoElem {
+    pub fn kind(&self) -> IoType {
+        match self.ty.as_str() {
+            "integer" => IoType::Integer,
+            "boolean" => IoType::Boolean,
+            _ => IoType::Any,
+        }
+    }
 }
 
 /// `READY`: the worker has imported its services and takes calls.

@@ -177,3 +177,47 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
     );
     assert_eq!(&out[..], &wire[..]);
 }
+
+#[test]
+fn ready_with_and_without_simpleio_declarations() {
+    let ready = |file: &str| {
+        let wire = std::fs::read(dir().join(file)).unwrap();
+        let frame = FrameDecoder::default()
+            .decode(&mut BytesMut::from(&wire[..]))
+            .unwrap()
+            .unwrap();
+        (frame.parse_json::<Ready>().unwrap(), frame.payload)
+    };
+    // A worker that declares nothing (or predates the fields): absent = nothing declared.
+    let (old, _) = ready("ready.bin");
+    assert!(
+        old.services
+            .iter()
+            .all(|s| s.input.is_empty() && s.output.is_empty())
+    );
+
+    let (new, payload) = ready("ready_simpleio.bin");
+    let crm = &new.services[0];
+    fn io(e: &IoElem) -> (&str, bool, IoType) {
+        (e.name.as_str(), e.required, e.kind())
+    }
+    assert_eq!(
+        crm.input.iter().map(io).collect::<Vec<_>>(),
+        [
+            ("customer_id", true, IoType::Integer),
+            ("needs_details", false, IoType::Boolean)
+        ]
+    );
+    assert_eq!(
+        crm.output.iter().map(io).collect::<Vec<_>>(),
+        [("name", true, IoType::Any), ("email", false, IoType::Any)]
+    );
+    assert!(new.services[1].input.is_empty());
+    // The supervisor's own encoding is the worker's, byte for byte: empty lists are left out.
+    assert_eq!(serde_json::to_vec(&new).unwrap(), payload.to_vec());
+
+    // A type this side does not know is carried and read as "any".
+    let e: IoElem =
+        serde_json::from_str(r#"{"name":"when","required":false,"type":"datetime"}"#).unwrap();
+    assert_eq!((e.kind(), e.ty.as_str()), (IoType::Any, "datetime"));
+}

@@ -59,6 +59,7 @@ from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG,
                         FrameReader, ProtocolError, decode_call, decode_json, encode_frame,
                         encode_json)
 from .service import Dispatcher, Service, current_invocation, _error_frame
+from .simpleio import describe
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -257,9 +258,18 @@ def _load_services_dir(services_dir: str
 
 
 def service_info(cls: Type[Service]) -> Dict[str, Any]:
-    """The READY entry that describes one service."""
-    return {'name': cls.name, 'module': cls.__module__, 'class': cls.__qualname__,
+    """The READY entry (``ServiceInfo`` in SPEC.md) that describes one service.
+
+    ``input`` and ``output`` are the SimpleIO declarations, left out when there is none
+    (an empty declaration behaves as no declaration, so it is left out too).
+    """
+    info = {'name': cls.name, 'module': cls.__module__, 'class': cls.__qualname__,
             'async': cls._oxbus_async, 'verbs': sorted(cls._oxbus_verbs)}
+    if cls._oxbus_input:
+        info['input'] = describe(cls._oxbus_input)
+    if cls._oxbus_output:
+        info['output'] = describe(cls._oxbus_output)
+    return info
 
 
 # -- the worker --------------------------------------------------------------------------

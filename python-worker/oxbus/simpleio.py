@@ -14,6 +14,10 @@ Zato, the *name* decides the type, so no schema language is needed:
   0/1, or one of true/false/1/0/yes/no/on/off in any case);
 * everything else is passed through as it came.
 
+Each element's type is also reported to the supervisor (``Elem.type``: ``'integer'``,
+``'boolean'`` or ``'any'``, see :func:`describe`), which publishes the declarations in
+its OpenAPI document.
+
 Values are looked up in the JSON request body first, then in the path parameters, then in
 the query string. Problems become 400 responses naming the field. On the way out, a
 declared ``output`` filters the response payload down to the declared keys; a required key
@@ -29,13 +33,13 @@ from .errors import BadRequest
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
     #: What a declaration may be: one name, or several.
     Spec = Union[None, str, Iterable[str]]
 
 __all__ = ['Bunch', 'Elem', 'OutputError', 'parse_spec', 'parse_input', 'filter_output',
-           'to_int', 'to_bool']
+           'describe', 'to_int', 'to_bool']
 
 _INT_NAMES = frozenset(('id',))
 _INT_SUFFIXES = ('_id', '_count', '_size', '_timeout')
@@ -99,17 +103,31 @@ def to_bool(value: Any) -> bool:
 
 
 class Elem:
-    """One declared SimpleIO element: its name, whether it is required, its converter."""
+    """One declared SimpleIO element: its name, whether it is required, its converter.
 
-    __slots__ = ('name', 'required', 'convert')
+    ``type`` names what the converter accepts, in JSON Schema's words: ``'integer'``,
+    ``'boolean'``, or ``'any'`` for an element passed through as it came.
+    """
+
+    __slots__ = ('name', 'required', 'convert', 'type')
 
     def __init__(self, name: str, required: bool) -> None:
         self.name = name
         self.required = required
         self.convert = _converter_for(name)
+        self.type = _TYPE_NAMES[self.convert]
 
     def __repr__(self) -> str:
         return 'Elem(%r, required=%r)' % (self.name, self.required)
+
+
+_TYPE_NAMES: Dict[Optional[Callable[[Any], Any]], str] = {
+    to_int: 'integer', to_bool: 'boolean', None: 'any'}
+
+
+def describe(elems: Tuple[Elem, ...]) -> List[Dict[str, Any]]:
+    """The wire form of a declaration (``ServiceInfo`` ``input``/``output`` in SPEC.md)."""
+    return [{'name': e.name, 'required': e.required, 'type': e.type} for e in elems]
 
 
 def _converter_for(name: str) -> Optional[Callable[[Any], Any]]:

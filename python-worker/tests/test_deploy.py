@@ -329,6 +329,59 @@ def test_a_deploy_may_replace_a_services_dir_module(dep):
     assert dep.invoke('legacy')[0] == 404
 
 
+TYPED = """
+from oxbus import Service
+
+class Typed(Service):
+    name = 'typed'
+    input = 'customer_id', '-needs_details', '-comment'
+    output = 'name', '-email', '-is_vip'
+
+    def handle(self):
+        pass
+
+class Untyped(Service):
+    name = 'untyped'
+    input = ()
+
+    def handle(self):
+        pass
+"""
+
+TYPED_INFO = {
+    'name': 'typed', 'module': 'typed', 'class': 'Typed', 'async': False, 'verbs': [],
+    'input': [{'name': 'customer_id', 'required': True, 'type': 'integer'},
+              {'name': 'needs_details', 'required': False, 'type': 'boolean'},
+              {'name': 'comment', 'required': False, 'type': 'any'}],
+    'output': [{'name': 'name', 'required': True, 'type': 'any'},
+               {'name': 'email', 'required': False, 'type': 'any'},
+               {'name': 'is_vip', 'required': False, 'type': 'boolean'}],
+}
+# An empty declaration behaves as none, so it is reported as none.
+UNTYPED_INFO = {'name': 'untyped', 'module': 'typed', 'class': 'Untyped', 'async': False,
+                'verbs': []}
+
+
+def test_check_activate_and_remove_report_the_simpleio_declarations(dep):
+    status, doc = dep.check(('typed', 1, TYPED))
+    assert status == 200, doc
+    assert doc == {'services': [TYPED_INFO, UNTYPED_INFO]}
+    status, doc = dep.activate(('typed', 1, TYPED))
+    assert status == 200, doc
+    by_name = {s['name']: s for s in doc['services']}
+    assert by_name['typed'] == TYPED_INFO and by_name['untyped'] == UNTYPED_INFO
+    assert by_name['probe'] == PROBE_INFO
+    # Redeployed with other declarations: the activate reply has the new ones.
+    status, doc = dep.activate(('typed', 2, TYPED.replace("'-comment'", "'comment_count'")))
+    assert status == 200, doc
+    (typed,) = [s for s in doc['services'] if s['name'] == 'typed']
+    assert typed['input'][2] == {'name': 'comment_count', 'required': True, 'type': 'integer'}
+    # remove answers with the complete table: the other services keep their declarations.
+    status, doc = dep.remove('never.deployed')
+    assert status == 200
+    assert [s['input'] for s in doc['services'] if s['name'] == 'typed'] == [typed['input']]
+
+
 def test_remove_drops_the_services_and_the_module(dep):
     assert dep.activate(counter(1, 'one'))[0] == 200
     status, doc = dep.remove('counter', 'never.deployed')

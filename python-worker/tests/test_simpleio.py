@@ -3,8 +3,8 @@
 import pytest
 
 from oxbus import BadRequest
-from oxbus.simpleio import (Bunch, OutputError, filter_output, parse_input, parse_spec, to_bool,
-                            to_int)
+from oxbus.simpleio import (Bunch, OutputError, describe, filter_output, parse_input, parse_spec,
+                            to_bool, to_int)
 
 
 def no_query():
@@ -38,6 +38,19 @@ def test_parse_spec_rejects_bad_declarations(bad):
 def test_zato_name_typing(name, typed):
     (elem,) = parse_spec(name, 'x')
     assert elem.convert is {'int': to_int, 'bool': to_bool, None: None}[typed]
+    # The type reported to the supervisor (and its OpenAPI document) is the converter's.
+    assert elem.type == {'int': 'integer', 'bool': 'boolean', None: 'any'}[typed]
+
+
+def test_describe_is_the_wire_form_in_declaration_order():
+    elems = parse_spec(('name', '-is_active', 'customer_id', '-note'), 'x')
+    assert describe(elems) == [
+        {'name': 'name', 'required': True, 'type': 'any'},
+        {'name': 'is_active', 'required': False, 'type': 'boolean'},
+        {'name': 'customer_id', 'required': True, 'type': 'integer'},
+        {'name': 'note', 'required': False, 'type': 'any'},
+    ]
+    assert describe(parse_spec(None, 'x')) == []
 
 
 @pytest.mark.parametrize('value,expected', [

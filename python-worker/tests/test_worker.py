@@ -93,6 +93,8 @@ def test_handshake_and_ready(sup):
 
                 class Orders(Service):
                     name = 'shop.orders'
+                    input = 'order_id', '-is_rush', '-note'
+                    output = ('status',)
                     async def handle_GET(self):
                         pass
                     def handle_POST(self):
@@ -108,11 +110,18 @@ def test_handshake_and_ready(sup):
                      'python': '%d.%d.%d' % sys.version_info[:3], 'oxbus': '0.1.0'}
     assert ready['services'] == [
         {'name': 'demo.echo', 'module': 'demo', 'class': 'Echo', 'async': False, 'verbs': []},
-        {'name': 'demo.block', 'module': 'demo', 'class': 'Block', 'async': False, 'verbs': []},
+        {'name': 'demo.block', 'module': 'demo', 'class': 'Block', 'async': False, 'verbs': [],
+         'input': [{'name': 'dir', 'required': True, 'type': 'any'}]},
         {'name': 'demo.modules', 'module': 'demo', 'class': 'Modules', 'async': False,
          'verbs': []},
         {'name': 'shop.orders', 'module': 'shop.orders', 'class': 'Orders', 'async': True,
-         'verbs': ['GET', 'POST']},
+         'verbs': ['GET', 'POST'],
+         # SimpleIO declarations, typed as SimpleIO converts them; a service without
+         # them (the others) has no input/output keys at all.
+         'input': [{'name': 'order_id', 'required': True, 'type': 'integer'},
+                   {'name': 'is_rush', 'required': False, 'type': 'boolean'},
+                   {'name': 'note', 'required': False, 'type': 'any'}],
+         'output': [{'name': 'status', 'required': True, 'type': 'any'}]},
     ]
     assert isinstance(ready['startup_ms'], int) and ready['startup_ms'] >= 0
 

@@ -5,7 +5,7 @@
 //! Endpoints: server info, the service list, modules (list, source, deploy, undeploy,
 //! rollback), REST channels (list, get, create, update, delete; the ones in server.toml are read-only
 //! here), secrets (list names, set, delete: a value goes in, never out), config export and
-//! import, and invoke. Request bodies are never logged.
+//! import, invoke, and the OpenAPI document. Request bodies are never logged.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -139,6 +139,18 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (&Method::GET, ["v1", "info"]) => info(shared).await,
         (&Method::GET, ["v1", "cluster"]) => cluster(shared).await,
         (&Method::GET, ["v1", "services"]) => services(shared).await,
+        // The same bytes as the HTTP listener's /openapi.json (`oxbus openapi`).
+        (&Method::GET, ["v1", "openapi"]) => match crate::openapi::render(shared) {
+            Ok(doc) => {
+                let mut r = Response::new(Full::new(Bytes::from(doc)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
         (&Method::GET, ["v1", "modules"]) => modules(shared).await,
         (&Method::GET, ["v1", "modules", name]) => module_source(shared, name).await,
         (&Method::POST, ["v1", "modules"]) => match read_body(req).await {

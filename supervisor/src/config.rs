@@ -69,6 +69,8 @@ pub struct Settings {
     #[serde(default)]
     pub cluster: ClusterSection,
     #[serde(default)]
+    pub openapi: OpenApiSection,
+    #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
     #[serde(skip)]
@@ -307,6 +309,19 @@ impl Default for ClusterSection {
     }
 }
 
+/// `[openapi]`: the `info` of the OpenAPI document each server publishes (`openapi`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenApiSection {
+    /// `info.title`; default: the cluster's name.
+    pub title: Option<String>,
+    /// The API's own version; `info.version` is `<version>+config.<N>` with N the config
+    /// version the server runs, or `config.<N>` without it.
+    pub version: Option<String>,
+    /// `info.description`; default: none.
+    pub description: Option<String>,
+}
+
 /// The most servers one cluster (one config store) may have.
 pub const MAX_SERVERS: usize = 3;
 
@@ -374,7 +389,7 @@ impl DataFormat {
 }
 
 const SECTIONS: &[&str] = &[
-    "server", "workers", "http", "store", "admin", "pickup", "cluster",
+    "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi",
 ];
 
 impl Settings {
@@ -697,6 +712,21 @@ mod tests {
         assert_eq!(s.worker_count(), 3);
         assert_eq!(s.http.max_body_bytes, 1000);
         assert_eq!(s.server.python, "/opt/venv/bin/python");
+    }
+
+    #[test]
+    fn openapi_section_is_optional_and_overridable() {
+        let s = parse("", &[]).unwrap();
+        assert_eq!((s.openapi.title, s.openapi.version), (None, None));
+        let s = parse(
+            "[openapi]\ntitle = \"CRM\"\nversion = \"2.1\"\n",
+            // The value is TOML, like every override: a bare 2.2 would be a number.
+            &[("OXBUS_OPENAPI_VERSION", "\"2.2\"")],
+        )
+        .unwrap();
+        assert_eq!(s.openapi.title.as_deref(), Some("CRM"));
+        assert_eq!(s.openapi.version.as_deref(), Some("2.2"));
+        assert!(parse("[openapi]\nservers = []\n", &[]).is_err());
     }
 
     #[test]

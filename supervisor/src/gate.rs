@@ -849,6 +849,13 @@ impl Gate {
         })
     }
 
+    /// The definitions this gate was compiled from, by name.
+    pub fn definitions(&self) -> Vec<SecurityDef> {
+        let mut d: Vec<SecurityDef> = self.verifiers.values().map(|(d, _)| d.clone()).collect();
+        d.sort_by(|a, b| a.name.cmp(&b.name));
+        d
+    }
+
     pub fn for_channel(&self, c: &Channel) -> Option<&Arc<ChannelGate>> {
         self.channels.get(channel_key(c))
     }

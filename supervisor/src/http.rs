@@ -1,6 +1,9 @@
 //! The HTTP edge: accepts connections, guards them (header and body limits, slowloris and
 //! idle timeouts), routes requests to channels and turns worker replies into responses.
 //!
+//! Besides the channels it answers `/healthz`, `/readyz` and `GET /openapi.json` (the
+//! document of [`crate::openapi`]).
+//!
 //! Every response carries `X-Oxbus-CID`, and every error is a JSON body that names the
 //! problem. Connection timeouts are enforced here rather than by hyper's timer: hyper's
 //! header-read timeout either also cuts idle keep-alive connections or does not apply after
@@ -398,6 +401,30 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
                     "workers_wanted": shared.settings.worker_count(),
                 }),
             );
+        }
+        // GET only: a channel of another method may use the path (the table decides).
+        "/openapi.json" if req.method() == hyper::Method::GET => {
+            return match crate::openapi::render(shared) {
+                Ok(doc) => {
+                    let mut r = Response::new(Full::new(Bytes::from(doc)));
+                    let h = r.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&cid) {
+                        h.insert("x-oxbus-cid", v);
+                    }
+                    r
+                }
+                Err(e) => {
+                    let mut r =
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, &cid, &e.to_string());
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }
+            };
         }
         _ => {}
     }

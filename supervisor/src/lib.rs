@@ -13,6 +13,7 @@
 //! - [`store`]: the config store on SQLite or PostgreSQL; [`admin`]: the admin API;
 //!   [`deploy`]: hot deployment; [`watch`]: deploy-on-save (the pickup directory and
 //!   `deploy --watch`); [`client`]: the CLI's admin client.
+//! - [`openapi`]: the OpenAPI 3.1 document of the REST channels (`/openapi.json`).
 
 pub mod admin;
 pub mod bus;
@@ -24,6 +25,7 @@ pub mod deploy;
 pub mod forwarded;
 pub mod gate;
 pub mod http;
+pub mod openapi;
 pub mod pool;
 pub mod process;
 pub mod proxy_cmd;

@@ -56,6 +56,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Print the server's OpenAPI 3.1 document: its REST channels with the services'
+    /// SimpleIO declarations, as it serves them at GET /openapi.json.
+    Openapi {
+        #[command(flatten)]
+        to: ServerArgs,
+    },
     /// Make the previous version of a deployed module the active one again.
     Rollback {
         #[command(flatten)]
@@ -277,6 +283,14 @@ fn client_command(cmd: Command) -> ExitCode {
         Command::Services { to, output } => {
             (to, "GET", "/v1/services".to_owned(), Vec::new(), *output)
         }
+        // Printed as the server sends it (the bytes of its /openapi.json).
+        Command::Openapi { to } => (
+            to,
+            "GET",
+            "/v1/openapi".to_owned(),
+            Vec::new(),
+            Output::Json,
+        ),
         Command::Rollback { to, module, output } => (
             to,
             "POST",
@@ -736,6 +750,7 @@ fn main() -> ExitCode {
         Command::Deploy { .. }
             | Command::Invoke { .. }
             | Command::Services { .. }
+            | Command::Openapi { .. }
             | Command::Rollback { .. }
             | Command::Undeploy { .. }
             | Command::Config { .. }
@@ -765,6 +780,7 @@ fn main() -> ExitCode {
         Command::Deploy { .. }
         | Command::Invoke { .. }
         | Command::Services { .. }
+        | Command::Openapi { .. }
         | Command::Rollback { .. }
         | Command::Undeploy { .. }
         | Command::Config { .. }

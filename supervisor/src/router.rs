@@ -28,6 +28,9 @@ pub struct Router {
     /// What each channel checks before its service runs (compiled with the routes, so a
     /// request sees one consistent table).
     pub gate: crate::gate::Gate,
+    /// Every channel in the order configured (server.toml's, then the store's): what the
+    /// OpenAPI document describes.
+    all: Vec<Arc<Channel>>,
 }
 
 /// The outcome of a lookup.
@@ -138,6 +141,7 @@ impl Router {
             }
             let channel = Arc::new(c.clone());
             all.push((segments.clone(), channel.clone()));
+            r.all.push(channel.clone());
             if segments.iter().all(|s| matches!(s, Segment::Literal(_))) {
                 r.statics
                     .entry(c.url_path.clone())
@@ -148,6 +152,11 @@ impl Router {
             }
         }
         Ok(r)
+    }
+
+    /// Every channel of the table, in the order they were configured.
+    pub fn channels(&self) -> &[Arc<Channel>] {
+        &self.all
     }
 
     /// Finds the channel for `method` and `path` (the path without its query string).
@@ -274,6 +283,8 @@ mod tests {
         assert!(
             matches!(r.lookup("PUT", "/customers/1"), Match::WrongMethod(m) if m == ["DELETE", "GET"])
         );
+        let order: Vec<&str> = r.channels().iter().map(|c| c.service.as_str()).collect();
+        assert_eq!(order, ["demo.echo", "crm.get", "crm.delete", "files.any"]);
     }
 
     #[test]
