@@ -4,7 +4,8 @@
 //! - [`config`]: settings (TOML + `OXBUS_*` overrides) and their validation.
 //! - [`router`]: REST channels, `{param}` paths, 404 vs 405.
 //! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`forwarded`]: the
-//!   client address, scheme and request id behind trusted reverse proxies.
+//!   client address, scheme and request id behind trusted reverse proxies; [`jsonrpc`]:
+//!   JSON-RPC 2.0 channels on top of it.
 //! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
 //! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
 //! - [`process`]: spawning workers; [`python`]: the bundled Python package.
@@ -22,6 +23,7 @@ pub mod config_io;
 pub mod deploy;
 pub mod forwarded;
 pub mod http;
+pub mod jsonrpc;
 pub mod pool;
 pub mod process;
 pub mod proxy_cmd;

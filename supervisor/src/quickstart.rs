@@ -188,6 +188,8 @@ fn sample_channels() -> Vec<Channel> {
         methods: vec![method.to_owned()],
         service: service.to_owned(),
         data_format: DataFormat::Json,
+        channel_type: crate::config::ChannelType::Rest,
+        services: Vec::new(),
     })
     .collect()
 }

@@ -137,6 +137,8 @@ mod tests {
                 methods: vec!["GET".into()],
                 service: "s".into(),
                 data_format: crate::config::DataFormat::Raw,
+                channel_type: crate::config::ChannelType::Rest,
+                services: Vec::new(),
             }],
             modules: vec![Module {
                 name: "m".into(),

@@ -21,7 +21,7 @@ use sqlx::{Row, migrate::Migrator};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{Channel, DataFormat};
+use crate::config::{Channel, ChannelType, DataFormat};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -162,6 +162,8 @@ where
 {
     let methods: String = r.try_get("methods")?;
     let format: String = r.try_get("data_format")?;
+    let channel_type: String = r.try_get("channel_type")?;
+    let services: String = r.try_get("services")?;
     Ok(Channel {
         name: Some(r.try_get("name")?),
         url_path: r.try_get("url_path")?,
@@ -172,6 +174,17 @@ where
             "raw" => DataFormat::Raw,
             _ => DataFormat::Json,
         },
+        channel_type: match channel_type.as_str() {
+            "rest" => ChannelType::Rest,
+            "jsonrpc" => ChannelType::JsonRpc,
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "stored channel type {other:?} is not one this server knows"
+                )));
+            }
+        },
+        services: serde_json::from_str(&services)
+            .map_err(|e| StoreError::Invalid(format!("stored channel services: {e}")))?,
     })
 }
 
@@ -222,9 +235,10 @@ macro_rules! insert_versions {
 macro_rules! insert_channel {
     ($tx:ident, $channel:expr, $name:expr) => {{
         let methods = serde_json::to_string(&$channel.methods).expect("a list of strings");
+        let services = serde_json::to_string(&$channel.services).expect("a list of strings");
         sqlx::query(
-            "INSERT INTO channels (name, url_path, methods, service, data_format, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO channels (name, url_path, methods, service, data_format, created_at, \
+             channel_type, services) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind($name)
         .bind(&$channel.url_path)
@@ -232,6 +246,8 @@ macro_rules! insert_channel {
         .bind(&$channel.service)
         .bind($channel.data_format.as_str())
         .bind(now_ms())
+        .bind($channel.channel_type.as_str())
+        .bind(&services)
         .execute(&mut *$tx)
         .await?;
     }};
@@ -596,7 +612,7 @@ impl Store {
         })
     }
 
-    /// Adds a REST channel; its name (default: the URL path) must be new.
+    /// Adds a channel (REST or JSON-RPC); its name (default: the URL path) must be new.
     pub async fn create_channel(&self, channel: &Channel) -> Result<Change<Channel>> {
         let mut all = self.channels().await?;
         let name = channel
@@ -627,7 +643,8 @@ impl Store {
 
     /// Every stored channel, in creation order.
     pub async fn channels(&self) -> Result<Vec<Channel>> {
-        let sql = "SELECT name, url_path, methods, service, data_format FROM channels ORDER BY id";
+        let sql = "SELECT name, url_path, methods, service, data_format, channel_type, services \
+                   FROM channels ORDER BY id";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(channel_from_row).collect()
@@ -730,15 +747,18 @@ impl Store {
                 // In place when it exists: a channel keeps its place in the routing order.
                 let name = c.name.clone().unwrap_or_else(|| c.url_path.clone());
                 let methods = serde_json::to_string(&c.methods).expect("a list of strings");
+                let services = serde_json::to_string(&c.services).expect("a list of strings");
                 let updated = sqlx::query(
-                    "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5 \
-                     WHERE name = $1",
+                    "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5, \
+                     channel_type = $6, services = $7 WHERE name = $1",
                 )
                 .bind(&name)
                 .bind(&c.url_path)
                 .bind(&methods)
                 .bind(&c.service)
                 .bind(c.data_format.as_str())
+                .bind(c.channel_type.as_str())
+                .bind(&services)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
