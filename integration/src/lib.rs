@@ -113,6 +113,16 @@ impl Env {
         self
     }
 
+    /// A JSON-RPC channel at `path` that may call `services` (empty = any).
+    pub fn jsonrpc_channel(mut self, path: &str, services: &[&str]) -> Self {
+        let services: Vec<String> = services.iter().map(|s| format!("{s:?}")).collect();
+        self.channels.push(format!(
+            "[[channels]]\ntype = \"jsonrpc\"\nurl_path = {path:?}\nservices = [{}]\n",
+            services.join(", ")
+        ));
+        self
+    }
+
     /// Deploys `testsvc.py` (the services the tests use) with a channel for each.
     pub fn with_test_services(self) -> Self {
         self.service("testsvc.py", TEST_SERVICES)

@@ -766,3 +766,28 @@ async fn definitions_export_sealed_and_import_unchanged() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_json_rpc_channel_is_checked_like_a_rest_one() {
+    let f = Fixture::start("[]").await;
+    f.define(json!({"name": "partners", "type": "apikey", "key": "pk-1"}))
+        .await;
+    f.channel(
+        json!({"name": "rpc", "type": "jsonrpc", "url_path": "/rpc", "security": "partners"}),
+    )
+    .await;
+    let body = json!({"jsonrpc": "2.0", "method": "sec.whoami", "id": 1}).to_string();
+    let r = f.srv.request("POST", "/rpc", &[], body.as_bytes()).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(f.calls(), 0);
+    let r = f
+        .srv
+        .request("POST", "/rpc", &[("x-api-key", "pk-1")], body.as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let result = &r.json()["result"];
+    assert_eq!(result["type"], "jsonrpc");
+    assert_eq!(result["channel"], "rpc");
+    assert_eq!(result["security"]["name"], "partners");
+    assert_eq!(f.calls(), 1);
+}

@@ -205,4 +205,15 @@ pub struct ReplyMeta {
     pub content_type: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// On an error reply, what kind of error it is when the status alone does not say:
+    /// [`REPLY_ERROR_INPUT`] or [`REPLY_ERROR_NO_SERVICE`]. Added within version 1: absent
+    /// on every other reply, and ignored by a receiver that does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// `REPLY` `error`: the request's input was refused before the service's handler ran (a body
+/// that is not JSON, or a SimpleIO input that is missing or ill-typed); status 400.
+pub const REPLY_ERROR_INPUT: &str = "input";
+/// `REPLY` `error`: the worker has no service of the name called; status 404.
+pub const REPLY_ERROR_NO_SERVICE: &str = "no_service";

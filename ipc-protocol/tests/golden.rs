@@ -77,6 +77,11 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
                 Kind::Reply => {
                     let r: ReplyMeta = serde_json::from_slice(&m).unwrap();
                     assert!(r.status >= 200);
+                    // The typed struct re-serialises to the vector's meta, `error` included.
+                    assert_eq!(serde_json::to_vec(&r).unwrap(), &m[..], "{name}: ReplyMeta");
+                    if name == "reply_error_input" {
+                        assert_eq!(r.error.as_deref(), Some(REPLY_ERROR_INPUT));
+                    }
                 }
                 _ => unreachable!(),
             }

@@ -66,6 +66,11 @@ BINARY_CONTENT_TYPE = 'application/octet-stream'
 _OK_JSON_META = encode_json({'status': 200, 'content_type': JSON_CONTENT_TYPE})
 _OK_JSON_PREFIX = _protocol.META_LEN.pack(len(_OK_JSON_META)) + _OK_JSON_META
 _OK_JSON_PREFIX_LEN = len(_OK_JSON_PREFIX)
+
+#: The REPLY meta ``error`` kinds (ipc-protocol/SPEC.md): an input refused before the
+#: handler ran, and a call of a service this worker does not have.
+REPLY_ERROR_INPUT = 'input'
+REPLY_ERROR_NO_SERVICE = 'no_service'
 _pack_header = _protocol.HEADER.pack
 _decode_json = _protocol.decode_json
 
@@ -129,9 +134,10 @@ class Security:
 
 
 class Channel:
-    """Where an invocation came from: ``type`` is e.g. ``'rest'`` or ``'invoke'``, ``name``
-    the channel's name (None for direct invocations), ``security`` a :class:`Security` when
-    the channel checked who called (else None)."""
+    """Where an invocation came from: ``type`` is ``'rest'``, ``'jsonrpc'`` (a JSON-RPC 2.0
+    channel), ``'admin'`` (the admin API's invoke) or ``'invoke'`` (another service);
+    ``name`` the channel's name (None for direct invocations); ``security`` a
+    :class:`Security` when the channel checked who called (else None)."""
 
     __slots__ = ('type', 'name', 'security')
 
@@ -583,7 +589,10 @@ class Dispatcher:
         cid = meta.get('cid') or ''
         token = current_invocation.set((cid, cls.name, stream))
         try:
-            svc, attr = self._prepare(cls, meta, body, cid)
+            try:
+                svc, attr = self._prepare(cls, meta, body, cid)
+            except BadRequest as e:
+                return self._error(stream, cid, cls, e, REPLY_ERROR_INPUT)
             before, after = cls._oxbus_hooks
             if before:
                 svc.before_handle()
@@ -608,7 +617,10 @@ class Dispatcher:
         cid = meta.get('cid') or ''
         token = current_invocation.set((cid, cls.name, stream))
         try:
-            svc, attr = self._prepare(cls, meta, body, cid)
+            try:
+                svc, attr = self._prepare(cls, meta, body, cid)
+            except BadRequest as e:
+                return self._error(stream, cid, cls, e, REPLY_ERROR_INPUT)
             before, after = cls._oxbus_hooks
             if before:
                 await _maybe_await(svc.before_handle())
@@ -623,7 +635,13 @@ class Dispatcher:
 
     def _prepare(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
                  cid: str) -> Tuple[Service, str]:
-        """Build the service instance for a wire call; raise Reportable for bad requests."""
+        """Build the service instance for a wire call; raise Reportable for bad requests.
+
+        A :class:`BadRequest` from here is a refused input (a body that is not JSON, a
+        SimpleIO element missing or ill-typed): the callers mark its REPLY ``error: input``,
+        which a JSON-RPC channel answers with -32602. The same exception raised later, by
+        the service's own code, is the service's answer and carries no such mark.
+        """
         # This runs for every request, so the common cases are spelled out inline.
         attr = _pick_handler(cls, meta.get('method'))[0] if cls._oxbus_verbs else 'handle'
         data_format = meta.get('data_format') or 'json'
@@ -695,8 +713,12 @@ class Dispatcher:
             meta['headers'] = _header_pairs(headers)
         return encode_reply(stream, meta, body)
 
-    def _error(self, stream: int, cid: str, cls: Type[Service], exc: BaseException) -> bytes:
-        """Turn an exception from a service (or its input) into an error REPLY."""
+    def _error(self, stream: int, cid: str, cls: Type[Service], exc: BaseException,
+               kind: Optional[str] = None) -> bytes:
+        """Turn an exception from a service (or its input) into an error REPLY.
+
+        ``kind`` is the REPLY's ``error`` field (``REPLY_ERROR_INPUT``), if any.
+        """
         headers = None
         if isinstance(exc, Reportable):
             status = exc.status_code
@@ -715,7 +737,7 @@ class Dispatcher:
                              exc_info=exc)
             status = 500
             doc = {'error': 'internal error', 'cid': cid}
-        return _error_frame(stream, status, doc, headers)
+        return _error_frame(stream, status, doc, headers, kind)
 
     def _unroutable(self, stream: int, meta: Dict[str, Any], body: bytes = b'') -> bytes:
         op = meta.get('op')
@@ -726,7 +748,7 @@ class Dispatcher:
                 return handler(stream, meta, body)
             return _error_frame(stream, 501, {'error': 'unknown op: %s' % (op,), 'cid': cid})
         return _error_frame(stream, 404, {'error': 'no such service: %s' % (meta.get('service'),),
-                                          'cid': cid})
+                                          'cid': cid}, kind=REPLY_ERROR_NO_SERVICE)
 
     # -- service to service ---------------------------------------------------------------
 
@@ -789,10 +811,12 @@ class Dispatcher:
 
 
 def _error_frame(stream: int, status: int, doc: Dict[str, Any],
-                 headers: Optional[Dict[str, str]] = None) -> bytes:
+                 headers: Optional[Dict[str, str]] = None, kind: Optional[str] = None) -> bytes:
     meta: Dict[str, Any] = {'status': status, 'content_type': JSON_CONTENT_TYPE}
     if headers:
         meta['headers'] = _header_pairs(headers)
+    if kind:
+        meta['error'] = kind
     return encode_reply(stream, meta, _encode_error_body(doc).encode('utf-8', 'replace'))
 
 

@@ -586,6 +586,54 @@ def test_async_errors_are_mapped_too():
     assert r.status == 404 and r.doc == {'error': 'gone', 'cid': 'c1d'}
 
 
+def test_reply_error_kind_marks_refused_input_and_unknown_services_only():
+    # The REPLY meta's ``error`` tells a refused input (-32602 on a JSON-RPC channel) and an
+    # unknown service (-32601) apart from errors the service itself raised with the same status.
+    class SelfRefusing(Service):
+        input = 'customer_id'
+
+        def handle(self):
+            raise BadRequest('customer is closed')
+
+    class AsyncTyped(Service):
+        input = 'customer_id'
+
+        async def handle(self):
+            self.response.payload = {'id': self.request.input.customer_id}
+
+    assert call(GetCustomer, body=b'{}').meta['error'] == 'input'
+    assert call(GetCustomer, body=b'[1, 2]').meta['error'] == 'input'
+    assert call(Echo, body=b'{"a": ').meta['error'] == 'input'
+    assert call(Echo, name='no.such').meta['error'] == 'no_service'
+    r = call(SelfRefusing, body=b'{"customer_id": 1}')
+    assert r.status == 400 and r.doc['error'] == 'customer is closed'
+    assert 'error' not in r.meta
+    assert 'error' not in call(Failing500, body=b'{}').meta
+    assert 'error' not in call(GetCustomer, body=b'{"customer_id": 1}').meta
+    d = Dispatcher({AsyncTyped.name: AsyncTyped})
+    frame = asyncio.run(d.run_async(3, meta_for(AsyncTyped.name), b'{"customer_id": "x"}'))
+    r = Reply(frame, 3)
+    assert r.status == 400 and r.meta['error'] == 'input' and r.doc['field'] == 'customer_id'
+
+
+class Failing500(Service):
+    def handle(self):
+        raise RuntimeError('secret detail')
+
+
+def test_the_channel_type_comes_from_the_call():
+    seen = []
+
+    class Svc(Service):
+        def handle(self):
+            seen.append(self.channel.type)
+
+    call(Svc, channel='jsonrpc')
+    call(Svc, channel='rest')
+    call(Svc, channel=None)
+    assert seen == ['jsonrpc', 'rest', 'invoke']
+
+
 # -- invoke and invoke_async ---------------------------------------------------------------
 
 

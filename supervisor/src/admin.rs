@@ -3,9 +3,10 @@
 //! path for every change.
 //!
 //! Endpoints: server info, the service list, modules (list, source, deploy, undeploy,
-//! rollback), REST channels (list, get, create, update, delete; the ones in server.toml are read-only
-//! here), secrets (list names, set, delete: a value goes in, never out), config export and
-//! import, invoke, and the OpenAPI document. Request bodies are never logged.
+//! rollback), REST and JSON-RPC channels (list, get, create, update, delete; the ones in
+//! server.toml are read-only here), security definitions (their secrets go in, never out),
+//! secrets (list names, set, delete: a value goes in, never out), config export and import,
+//! invoke, and the OpenAPI document. Request bodies are never logged.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -676,10 +677,15 @@ fn file_channel_named(shared: &Shared, name: &str) -> bool {
 }
 
 fn channel_json(c: &crate::config::Channel, source: &str) -> Value {
-    json!({
-        "name": c.name, "url_path": c.url_path, "methods": c.methods, "service": c.service,
+    let mut j = json!({
+        "name": c.name, "type": c.channel_type.as_str(), "url_path": c.url_path,
+        "methods": c.methods, "service": c.service,
         "data_format": c.data_format.as_str(), "source": source,
-    })
+    });
+    if c.channel_type == crate::config::ChannelType::JsonRpc {
+        j["services"] = json!(c.services);
+    }
+    j
 }
 
 /// GET /v1/channels
@@ -707,7 +713,7 @@ async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}}: {e}"
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?, \"name\"?}}: {e}"
                 ),
             );
         }
@@ -773,7 +779,7 @@ async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Bo
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}}: {e}"
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?}}: {e}"
                 ),
             );
         }
@@ -979,7 +985,11 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
         Ok(r) => r,
         Err(e) => return deploy_error(e),
     };
-    let touches_channels = report.changes.iter().any(|c| c.kind == "channel_rest");
+    // channel_rest and channel_jsonrpc alike.
+    let touches_channels = report
+        .changes
+        .iter()
+        .any(|c| c.kind.starts_with("channel_"));
     if !dry_run
         && touches_channels
         && let Err(r) = reload_router(shared).await

@@ -325,16 +325,23 @@ pub struct OpenApiSection {
 /// The most servers one cluster (one config store) may have.
 pub const MAX_SERVERS: usize = 3;
 
-/// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service.
+/// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service; a
+/// JSON-RPC channel (`type = "jsonrpc"`) binds one URL to every deployed service, or to those
+/// listed in `services`, each called by name as the request's `method` (see `jsonrpc`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
     #[serde(default)]
     pub name: Option<String>,
+    /// `rest` (the default, left out when serialised) or `jsonrpc`.
+    #[serde(rename = "type", default, skip_serializing_if = "ChannelType::is_rest")]
+    pub channel_type: ChannelType,
     pub url_path: String,
-    /// Allowed methods; empty = any.
+    /// Allowed methods; empty = any. A JSON-RPC channel takes POST only.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// The service a REST channel runs; a JSON-RPC channel has none (the request names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
     #[serde(default = "default_format")]
     pub data_format: DataFormat,
@@ -348,6 +355,10 @@ pub struct Channel {
     /// A token-bucket limit for the channel, per server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// JSON-RPC only: the services (`method` names) the channel may call; empty = any
+    /// deployed service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// `requests` per `per_s` seconds, bursts of up to `burst` (default `requests`); per server.
@@ -363,6 +374,31 @@ pub struct RateLimit {
 
 fn one() -> u32 {
     1
+}
+
+/// What kind of channel a `[[channels]]` entry is.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelType {
+    /// A URL path (and methods) bound to one service.
+    #[default]
+    Rest,
+    /// JSON-RPC 2.0 over HTTP POST (`crate::jsonrpc`).
+    JsonRpc,
+}
+
+impl ChannelType {
+    /// The name in settings, the store and the IPC `channel` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelType::Rest => "rest",
+            ChannelType::JsonRpc => "jsonrpc",
+        }
+    }
+
+    fn is_rest(&self) -> bool {
+        *self == ChannelType::Rest
+    }
 }
 
 fn default_format() -> DataFormat {
@@ -684,6 +720,37 @@ mod tests {
         assert_eq!(s.http.keepalive_timeout_ms, 75_000);
         assert_eq!(s.channels[0].data_format, DataFormat::Json);
         assert_eq!(s.services_dir(), PathBuf::from("/base/services"));
+    }
+
+    #[test]
+    fn jsonrpc_channels_have_a_type_and_a_services_list() {
+        let s = parse(
+            r#"
+            [[channels]]
+            type = "jsonrpc"
+            url_path = "/rpc"
+            services = ["crm.get"]
+            [[channels]]
+            url_path = "/echo"
+            service = "demo.echo"
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.channels[0].channel_type, ChannelType::JsonRpc);
+        assert_eq!(s.channels[0].services, ["crm.get"]);
+        assert_eq!(s.channels[1].channel_type, ChannelType::Rest);
+        for bad in [
+            "type = \"soap\"\nurl_path = \"/x\"",
+            "type = \"jsonrpc\"\nurl_path = \"/x\"\nservice = \"s\"",
+            "url_path = \"/x\"\nservice = \"s\"\nservices = [\"s\"]",
+            "url_path = \"/x\"",
+        ] {
+            assert!(
+                parse(&format!("[[channels]]\n{bad}"), &[]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::Channel;
+use crate::config::{Channel, ChannelType};
 use crate::deploy::{CallError, DeployError, Source, WorkerAck};
 use crate::server::Shared;
 use crate::store::Plan;
@@ -34,6 +34,10 @@ pub struct Document {
     pub config_version: Option<i64>,
     #[serde(default)]
     pub channel_rest: Vec<Channel>,
+    /// JSON-RPC channels (`type: jsonrpc` may be left out here). One name space with
+    /// `channel_rest`: a name is listed in one of the two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_jsonrpc: Vec<Channel>,
     /// A list of `{name, value}` (plain, sealed on import) or `{name, sealed}` (as exported).
     /// Kept as raw JSON and checked by hand, so that no parse error can quote a value.
     #[serde(default)]
@@ -87,7 +91,12 @@ pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
     let store = &shared.store;
     let config_version = store.version().await.map_err(unavailable)?;
     // Channels in creation order: parameterised routes are tried in that order.
-    let channels = store.channels().await.map_err(unavailable)?;
+    let (channel_jsonrpc, channels): (Vec<Channel>, Vec<Channel>) = store
+        .channels()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .partition(|c| c.channel_type == ChannelType::JsonRpc);
     let secrets = store.secrets().await.map_err(unavailable)?;
     let modules = store.active_modules().await.map_err(unavailable)?;
     let security = store.security_defs().await.map_err(unavailable)?;
@@ -96,6 +105,7 @@ pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,
+        channel_jsonrpc,
         secret: Value::Array(
             secrets
                 .into_iter()
@@ -145,6 +155,14 @@ fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn), DeployError> 
     }
 }
 
+/// The document list (and import report kind) a channel belongs to.
+fn channel_kind(c: &Channel) -> &'static str {
+    match c.channel_type {
+        ChannelType::Rest => "channel_rest",
+        ChannelType::JsonRpc => "channel_jsonrpc",
+    }
+}
+
 fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let mut seen = BTreeSet::new();
     names.into_iter().find(|n| !seen.insert(*n))
@@ -171,23 +189,41 @@ pub async fn import(
     let mut unchanged = 0usize;
 
     // Channels: named (default: the URL path), unique, routing unambiguously beside the file's.
+    // The two lists share one name space and one routing table: REST first, then JSON-RPC (a
+    // JSON-RPC channel's one static path does not depend on routing order).
+    if let Some(c) = doc
+        .channel_rest
+        .iter()
+        .find(|c| c.channel_type != ChannelType::Rest)
+    {
+        return Err(bad(format!(
+            "channel_rest: {} is a {} channel; list it under channel_{1}",
+            c.name.as_deref().unwrap_or(&c.url_path),
+            c.channel_type.as_str()
+        )));
+    }
     let channels: Vec<Channel> = doc
         .channel_rest
         .into_iter()
+        .chain(doc.channel_jsonrpc.into_iter().map(|c| Channel {
+            channel_type: ChannelType::JsonRpc,
+            ..c
+        }))
         .map(|c| Channel {
             name: Some(c.name.clone().unwrap_or_else(|| c.url_path.clone())),
             ..c
         })
         .collect();
     if let Some(d) = duplicate(channels.iter().map(|c| c.name.as_deref().unwrap_or(""))) {
-        return Err(bad(format!("channel_rest: {d} is listed twice")));
+        return Err(bad(format!("channels: {d} is listed twice")));
     }
     for c in &channels {
         if shared.settings.channels.iter().any(|f| {
             f.name.as_ref().unwrap_or(&f.url_path) == c.name.as_ref().unwrap_or(&c.url_path)
         }) {
             return Err(bad(format!(
-                "channel_rest: {} is defined in server.toml; change it there",
+                "{}: {} is defined in server.toml; change it there",
+                channel_kind(c),
                 c.name.as_deref().unwrap_or("")
             )));
         }
@@ -203,7 +239,7 @@ pub async fn import(
                 let name = old.name.clone().unwrap_or_default();
                 plan.delete_channels.push(name.clone());
                 changes.push(Change {
-                    kind: "channel_rest",
+                    kind: channel_kind(old),
                     name,
                     action: "delete",
                 });
@@ -214,13 +250,13 @@ pub async fn import(
     for c in &channels {
         let name = c.name.clone().unwrap_or_default();
         crate::store::validate_channel_name(&name)
-            .map_err(|e| bad(format!("channel_rest: {e}")))?;
+            .map_err(|e| bad(format!("{}: {e}", channel_kind(c))))?;
         match stored.iter().find(|o| o.name == c.name) {
             Some(old) if old == c => unchanged += 1,
             old => {
                 plan.put_channels.push(c.clone());
                 changes.push(Change {
-                    kind: "channel_rest",
+                    kind: channel_kind(c),
                     name,
                     action: if old.is_some() { "update" } else { "create" },
                 });
@@ -232,7 +268,7 @@ pub async fn import(
     }
     let mut table = shared.settings.channels.clone();
     table.extend(result);
-    crate::router::Router::new(&table).map_err(|e| bad(format!("channel_rest: {e}")))?;
+    crate::router::Router::new(&table).map_err(|e| bad(format!("channels: {e}")))?;
 
     // Security definitions: checked by compiling them; the table's channels must find theirs.
     let defs = import_security(

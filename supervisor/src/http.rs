@@ -13,6 +13,10 @@
 //! Each request's client address, scheme and port (and, from a trusted proxy, its request
 //! id) are worked out by [`crate::forwarded`]: the TCP peer unless it is one of
 //! `http.trusted_proxies`. Whether the peer is trusted is decided once per connection.
+//!
+//! A JSON-RPC channel's request is read here like any other and then answered by
+//! [`crate::jsonrpc`], whose calls go to the workers through [`HttpCall::invoke`], the same
+//! path as a REST request's.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,12 +37,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
+use crate::config::{ChannelType, DataFormat};
 use crate::forwarded::{self, TrustedProxies};
 use crate::pool::DispatchError;
 use crate::router::Match;
 use crate::server::{Event, Shared};
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Binds the HTTP listener with SO_REUSEADDR and a deep backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -533,40 +538,31 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             );
         }
     };
-    let timeout = shared.settings.request_timeout();
-    let meta = InvokeMeta {
-        op: "invoke",
-        service: &channel.service,
-        cid: &cid,
-        channel: Some("rest"),
-        data_format: Some(channel.data_format.as_str()),
-        method: Some(parts.method.as_str()),
-        path: Some(parts.uri.path()),
-        params: Some(&params),
-        query: Some(parts.uri.query().unwrap_or("")),
-        headers: Some(Headers {
-            map: &parts.headers,
-            strip_forwarding: !peer.trusted,
-        }),
-        deadline_ms: Some(timeout.as_millis() as u64),
-        remote_addr: Some(origin.addr),
-        scheme: Some(origin.scheme),
-        port: Some(origin.port),
+    let call = HttpCall {
+        shared,
+        origin,
+        parts: &parts,
+        strip_forwarding: !peer.trusted,
+        deadline: Instant::now() + shared.settings.request_timeout(),
         channel_name: channel.name.as_deref(),
-        security: caller.as_ref().map(|c| oxbus_ipc::SecurityMeta {
-            name: &c.name,
-            kind: c.kind,
-            username: c.username.as_deref(),
-            subject: c.subject.as_deref(),
-        }),
+        caller: caller.as_ref(),
     };
+    if channel.channel_type == ChannelType::JsonRpc {
+        return crate::jsonrpc::handle(&call, &channel, &cid, &body).await;
+    }
     // A debug-level span: with the default `info` level it costs nothing per request (an
     // info span would format its fields on every request), and the events that matter at
     // `info` and above carry the cid themselves.
     let span = tracing::debug_span!("request", cid = %cid, service = %channel.service);
-    let result = shared
-        .pool
-        .invoke(&meta, &body, Instant::now() + timeout)
+    let result = call
+        .invoke(
+            ChannelType::Rest,
+            &channel.service,
+            &cid,
+            channel.data_format,
+            &params,
+            &body,
+        )
         .instrument(span.clone())
         .await;
     let _enter = span.enter();
@@ -576,6 +572,66 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             build_reply(reply, &cid)
         }
         Err(e) => dispatch_error(e, &cid, &channel.service),
+    }
+}
+
+/// What the invocations of one HTTP request share: a REST request makes one, a JSON-RPC batch
+/// one per call. The IPC meta of an HTTP invocation is built here only, so every channel type
+/// hands the worker the same request facts (method, path, headers, client origin) under the
+/// same deadline.
+pub(crate) struct HttpCall<'a> {
+    shared: &'a Shared,
+    parts: &'a hyper::http::request::Parts,
+    /// Leave out the forwarding headers (the peer is not a trusted proxy).
+    strip_forwarding: bool,
+    origin: forwarded::Origin,
+    /// When the request's time (`http.request_timeout_ms`) is up, for every call it makes.
+    deadline: Instant,
+    /// The channel's name and who its security definition let in.
+    channel_name: Option<&'a str>,
+    caller: Option<&'a crate::gate::Caller>,
+}
+
+impl HttpCall<'_> {
+    /// Runs `service` on a worker with `body` as the request body.
+    pub(crate) async fn invoke(
+        &self,
+        channel: ChannelType,
+        service: &str,
+        cid: &str,
+        data_format: DataFormat,
+        params: &[(String, String)],
+        body: &[u8],
+    ) -> Result<crate::pool::Reply, DispatchError> {
+        let parts = self.parts;
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let meta = InvokeMeta {
+            op: "invoke",
+            service,
+            cid,
+            channel: Some(channel.as_str()),
+            data_format: Some(data_format.as_str()),
+            method: Some(parts.method.as_str()),
+            path: Some(parts.uri.path()),
+            params: Some(params),
+            query: Some(parts.uri.query().unwrap_or("")),
+            headers: Some(Headers {
+                map: &parts.headers,
+                strip_forwarding: self.strip_forwarding,
+            }),
+            deadline_ms: Some(left.as_millis() as u64),
+            remote_addr: Some(self.origin.addr),
+            scheme: Some(self.origin.scheme),
+            port: Some(self.origin.port),
+            channel_name: self.channel_name,
+            security: self.caller.map(|c| oxbus_ipc::SecurityMeta {
+                name: &c.name,
+                kind: c.kind,
+                username: c.username.as_deref(),
+                subject: c.subject.as_deref(),
+            }),
+        };
+        self.shared.pool.invoke(&meta, body, self.deadline).await
     }
 }
 

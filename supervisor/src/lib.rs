@@ -5,7 +5,8 @@
 //! - [`router`]: REST channels, `{param}` paths, 404 vs 405; [`gate`]: what a channel checks
 //!   before its service runs (allow lists, rate limits, security definitions).
 //! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`forwarded`]: the
-//!   client address, scheme and request id behind trusted reverse proxies.
+//!   client address, scheme and request id behind trusted reverse proxies; [`jsonrpc`]:
+//!   JSON-RPC 2.0 channels on top of it.
 //! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
 //! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
 //! - [`process`]: spawning workers; [`python`]: the bundled Python package.
@@ -25,6 +26,7 @@ pub mod deploy;
 pub mod forwarded;
 pub mod gate;
 pub mod http;
+pub mod jsonrpc;
 pub mod openapi;
 pub mod pool;
 pub mod process;

@@ -328,7 +328,7 @@ fn client_command(cmd: Command) -> ExitCode {
             };
             if !doc.is_object() {
                 return fail(&format!(
-                    "{}: expected a mapping of object kinds (channel_rest, secret, service_module)",
+                    "{}: expected a mapping of object kinds (channel_rest, channel_jsonrpc, secret, service_module)",
                     file.display()
                 ));
             }

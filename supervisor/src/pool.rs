@@ -35,6 +35,8 @@ pub struct Reply {
     pub content_type: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The REPLY's `error` kind (`input`, `no_service`), when the worker set one.
+    pub error: Option<String>,
 }
 
 /// Why an invocation got no reply.
@@ -180,6 +182,7 @@ impl Worker {
                     status: 500,
                     content_type: Some("application/json".into()),
                     headers: vec![],
+                    error: None,
                 },
                 br#"{"error":"reply too large for the IPC frame limit"}"#,
             );
@@ -570,6 +573,7 @@ fn handle_frame(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> Result<
                     content_type: meta.content_type,
                     headers: meta.headers,
                     body,
+                    error: meta.error,
                 });
             }
         }
@@ -607,6 +611,7 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
                 status,
                 content_type: Some("application/json".into()),
                 headers: vec![],
+                error: None,
             },
             serde_json::json!({ "error": msg }).to_string().into_bytes(),
         )
@@ -661,6 +666,7 @@ fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> R
                         status: r.status,
                         content_type: r.content_type,
                         headers: r.headers,
+                        error: r.error,
                     },
                     &r.body,
                 ),

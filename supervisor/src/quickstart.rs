@@ -191,6 +191,8 @@ fn sample_channels() -> Vec<Channel> {
         security: None,
         allow_from: Vec::new(),
         rate_limit: None,
+        channel_type: crate::config::ChannelType::Rest,
+        services: Vec::new(),
     })
     .collect()
 }

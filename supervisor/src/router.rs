@@ -4,7 +4,7 @@
 //! with parameters are tried in the order they were configured. A path that matches with the
 //! wrong method is told apart from one that matches nothing (405 vs 404).
 
-use crate::config::{Channel, ConfigError};
+use crate::config::{Channel, ChannelType, ConfigError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -109,9 +109,27 @@ impl Router {
         let mut r = Router::default();
         let mut all: Vec<(Vec<Segment>, Arc<Channel>)> = Vec::new();
         for c in channels {
-            if c.service.trim().is_empty() {
-                return Err(invalid(&c.url_path, "channel has an empty service name"));
-            }
+            // A JSON-RPC channel routes like a POST-only channel of one static path.
+            let jsonrpc;
+            let c = match c.channel_type {
+                ChannelType::Rest => {
+                    if c.service.trim().is_empty() {
+                        return Err(invalid(&c.url_path, "channel has an empty service name"));
+                    }
+                    if !c.services.is_empty() {
+                        return Err(ConfigError::Invalid {
+                            key: "channels.services".into(),
+                            value: format!("{:?}", c.services),
+                            message: "only a JSON-RPC channel (type = \"jsonrpc\") has a services list; a REST channel names one service".into(),
+                        });
+                    }
+                    c
+                }
+                ChannelType::JsonRpc => {
+                    jsonrpc = crate::jsonrpc::routed_channel(c)?;
+                    &jsonrpc
+                }
+            };
             for m in &c.methods {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
                     return Err(ConfigError::Invalid {
@@ -253,6 +271,8 @@ mod tests {
             security: None,
             allow_from: Vec::new(),
             rate_limit: None,
+            channel_type: ChannelType::Rest,
+            services: Vec::new(),
         }
     }
 

@@ -148,6 +148,8 @@ mod tests {
                     per_s: 1,
                     burst: None,
                 }),
+                channel_type: crate::config::ChannelType::Rest,
+                services: Vec::new(),
             }],
             modules: vec![Module {
                 name: "m".into(),

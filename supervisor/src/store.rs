@@ -21,7 +21,7 @@ use sqlx::{Row, migrate::Migrator};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{Channel, DataFormat};
+use crate::config::{Channel, ChannelType, DataFormat};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -165,6 +165,8 @@ where
     let format: String = r.try_get("data_format")?;
     let allow_from: String = r.try_get("allow_from")?;
     let rate_limit: Option<String> = r.try_get("rate_limit")?;
+    let channel_type: String = r.try_get("channel_type")?;
+    let services: String = r.try_get("services")?;
     Ok(Channel {
         name: Some(r.try_get("name")?),
         url_path: r.try_get("url_path")?,
@@ -182,6 +184,17 @@ where
             .map(|l| serde_json::from_str(&l))
             .transpose()
             .map_err(|e| StoreError::Invalid(format!("stored channel rate_limit: {e}")))?,
+        channel_type: match channel_type.as_str() {
+            "rest" => ChannelType::Rest,
+            "jsonrpc" => ChannelType::JsonRpc,
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "stored channel type {other:?} is not one this server knows"
+                )));
+            }
+        },
+        services: serde_json::from_str(&services)
+            .map_err(|e| StoreError::Invalid(format!("stored channel services: {e}")))?,
     })
 }
 
@@ -244,9 +257,11 @@ macro_rules! insert_channel {
     ($tx:ident, $channel:expr, $name:expr) => {{
         let methods = serde_json::to_string(&$channel.methods).expect("a list of strings");
         let (security, allow_from, rate_limit) = gate_columns(&$channel);
+        let services = serde_json::to_string(&$channel.services).expect("a list of strings");
         sqlx::query(
             "INSERT INTO channels (name, url_path, methods, service, data_format, created_at, \
-             security, allow_from, rate_limit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             security, allow_from, rate_limit, channel_type, services) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind($name)
         .bind(&$channel.url_path)
@@ -257,6 +272,8 @@ macro_rules! insert_channel {
         .bind(security)
         .bind(allow_from)
         .bind(rate_limit)
+        .bind($channel.channel_type.as_str())
+        .bind(&services)
         .execute(&mut *$tx)
         .await?;
     }};
@@ -644,7 +661,7 @@ impl Store {
         })
     }
 
-    /// Adds a REST channel; its name (default: the URL path) must be new.
+    /// Adds a channel (REST or JSON-RPC); its name (default: the URL path) must be new.
     pub async fn create_channel(&self, channel: &Channel) -> Result<Change<Channel>> {
         let mut all = self.channels().await?;
         let name = channel
@@ -676,7 +693,7 @@ impl Store {
     /// Every stored channel, in creation order.
     pub async fn channels(&self) -> Result<Vec<Channel>> {
         let sql = "SELECT name, url_path, methods, service, data_format, security, allow_from, \
-                   rate_limit FROM channels ORDER BY id";
+                   rate_limit, channel_type, services FROM channels ORDER BY id";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(channel_from_row).collect()
@@ -866,9 +883,11 @@ impl Store {
                 let name = c.name.clone().unwrap_or_else(|| c.url_path.clone());
                 let methods = serde_json::to_string(&c.methods).expect("a list of strings");
                 let (security, allow_from, rate_limit) = gate_columns(c);
+                let services = serde_json::to_string(&c.services).expect("a list of strings");
                 let updated = sqlx::query(
                     "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5, \
-                     security = $6, allow_from = $7, rate_limit = $8 WHERE name = $1",
+                     security = $6, allow_from = $7, rate_limit = $8, channel_type = $9, services = $10 \
+                     WHERE name = $1",
                 )
                 .bind(&name)
                 .bind(&c.url_path)
@@ -878,6 +897,8 @@ impl Store {
                 .bind(security)
                 .bind(allow_from)
                 .bind(rate_limit)
+                .bind(c.channel_type.as_str())
+                .bind(&services)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

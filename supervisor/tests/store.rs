@@ -4,7 +4,7 @@
 //! postgres://postgres@127.0.0.1:5432/test), dropped afterwards. A missing server fails the
 //! test loudly; it never skips.
 
-use oxbus_supervisor::config::{Channel, DataFormat};
+use oxbus_supervisor::config::{Channel, ChannelType, DataFormat};
 use oxbus_supervisor::store::{Store, StoreError, source_hash};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -232,6 +232,8 @@ async fn channels_crud(store: &Store) {
         security: None,
         allow_from: vec![],
         rate_limit: None,
+        channel_type: ChannelType::Rest,
+        services: vec![],
     };
     let c = store.create_channel(&ch).await.unwrap();
     assert_eq!(c.value.name.as_deref(), Some("/customers/{id}"));
@@ -264,11 +266,39 @@ async fn channels_crud(store: &Store) {
             per_s: 60,
             burst: Some(3),
         }),
+        channel_type: ChannelType::Rest,
+        services: vec![],
     };
     store.create_channel(&raw).await.unwrap();
     let all = store.channels().await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[1], raw);
+
+    // A JSON-RPC channel keeps its type and its services allow list; its service is empty.
+    let rpc = Channel {
+        name: Some("rpc".into()),
+        url_path: "/rpc".into(),
+        methods: vec![],
+        service: String::new(),
+        data_format: DataFormat::Json,
+        channel_type: ChannelType::JsonRpc,
+        services: vec!["crm.customer.get".into(), "crm.customer.list".into()],
+        security: Some("partners".into()),
+        allow_from: vec![],
+        rate_limit: None,
+    };
+    store.create_channel(&rpc).await.unwrap();
+    assert_eq!(store.channels().await.unwrap()[2], rpc);
+    let plan = oxbus_supervisor::store::Plan {
+        put_channels: vec![Channel {
+            services: vec![],
+            ..rpc.clone()
+        }],
+        ..Default::default()
+    };
+    store.apply(&plan, "t").await.unwrap();
+    assert!(store.channels().await.unwrap()[2].services.is_empty());
+    store.delete_channel("rpc").await.unwrap();
 
     store.delete_channel("upload").await.unwrap();
     assert!(matches!(
@@ -276,7 +306,7 @@ async fn channels_crud(store: &Store) {
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.channels().await.unwrap().len(), 1);
-    assert_eq!(store.version().await.unwrap(), before + 3);
+    assert_eq!(store.version().await.unwrap(), before + 6);
 }
 
 async fn reopen_keeps_everything(url_of: impl Fn() -> String, store: Store) {
@@ -451,6 +481,8 @@ async fn security_crud(s: &Store) {
         security: Some("partners".into()),
         allow_from: vec![],
         rate_limit: None,
+        channel_type: ChannelType::Rest,
+        services: vec![],
     };
     s.create_channel(&ch).await.unwrap();
     match s.delete_security("partners").await {
@@ -476,6 +508,8 @@ async fn apply_is_one_transaction(s: &Store) {
         security: None,
         allow_from: vec![],
         rate_limit: None,
+        channel_type: ChannelType::Rest,
+        services: vec![],
     };
     s.create_channel(&ch("old", "/old")).await.unwrap();
     s.deploy_module("gone", "x = 1\n", "t").await.unwrap();
