@@ -74,15 +74,19 @@ for l in "$LUA_NONE:/echo" "$LUA_BASIC:/echo-basic" "$LUA_JWT:/echo-jwt"; do
   [[ "$out" == *"errors=0 "* ]] || { echo "warm-up of ${l#*:} had errors: $out" >&2; exit 1; }
 done
 
-echo "rep,target,rps,p50_ms,p99_ms,errors" | tee "$OUTDIR/results.csv"
+echo "rep,target,rps,p50_ms,p99_ms,errors,server_us_per_req" | tee "$OUTDIR/results.csv"
+ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 run() { # rep name lua path
-  local out
+  local out c0 c1
+  c0=$(ticks)
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$3" "http://127.0.0.1:$PORT$4" | grep RESULT)
-  python3 - "$1" "$2" "$out" <<'PY' | tee -a "$OUTDIR/results.csv"
+  c1=$(ticks)
+  python3 - "$1" "$2" "$out" "$c0" "$c1" "$(getconf CLK_TCK)" <<'PY' | tee -a "$OUTDIR/results.csv"
 import re, sys
-rep, name, out = sys.argv[1:4]
+rep, name, out, c0, c1, tck = sys.argv[1:7]
 r = dict(kv.split("=") for kv in re.search(r"RESULT (.*?) \(", out).group(1).split())
-print(f"{rep},{name},{float(r['rps']):.0f},{r['p50_ms']},{r['p99_ms']},{r['errors']}")
+us = (int(c1) - int(c0)) / int(tck) / int(r["requests"]) * 1e6
+print(f"{rep},{name},{float(r['rps']):.0f},{r['p50_ms']},{r['p99_ms']},{r['errors']},{us:.1f}")
 PY
 }
 targets=("none:$LUA_NONE:/echo" "basic:$LUA_BASIC:/echo-basic" "jwt:$LUA_JWT:/echo-jwt")
@@ -99,7 +103,10 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 by = lambda t: [r for r in rows if r["target"] == t]
 errors = sum(int(r["errors"]) for r in rows)
 med = {t: statistics.median(float(r["rps"]) for r in by(t)) for t in ("none", "basic", "jwt")}
+cpu = {t: statistics.median(float(r["server_us_per_req"]) for r in by(t)) for t in med}
 print(f"\nmedian req/s: none {med['none']:.0f}, basic {med['basic']:.0f}, jwt {med['jwt']:.0f} (errors: {errors})")
+print("server process (Rust side, workers excluded) CPU per request: "
+      + ", ".join(f"{t} {cpu[t]:.1f} us" for t in cpu))
 for t in ("basic", "jwt"):
     per_rep = [float(a["rps"]) / float(b["rps"]) for a, b in zip(by(t), by("none"))]
     print(f"{t}: {med[t] / med['none']:.2f}x no auth (per rep: {', '.join(f'{x:.2f}' for x in per_rep)}) target >= 0.9")

@@ -321,7 +321,41 @@ enum Check {
     Jwt {
         keys: JwtKeys,
         validation: jsonwebtoken::Validation,
+        /// Tokens whose signature, algorithm, issuer and audience were verified, by SHA-256
+        /// of the token: only the time claims are checked again on a later request. A
+        /// token's bytes cannot change without its digest changing, and a changed definition
+        /// compiles a new verifier with an empty cache. Bounded.
+        verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
     },
+}
+
+/// What a verified token still has to pass on later requests.
+#[derive(Debug, Clone)]
+struct VerifiedToken {
+    exp: i64,
+    nbf: Option<i64>,
+    subject: Option<String>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The time claims, as jsonwebtoken checks them: expired when `exp < now - leeway`, not
+/// valid yet when `nbf > now + leeway`.
+fn check_times(t: &VerifiedToken, leeway: u64) -> Result<(), &'static str> {
+    let now = unix_now();
+    let leeway = leeway as i64;
+    if t.exp < now - leeway {
+        return Err("token expired");
+    }
+    if t.nbf.is_some_and(|nbf| nbf > now + leeway) {
+        return Err("token not valid yet (nbf)");
+    }
+    Ok(())
 }
 
 /// A compiled security definition.
@@ -496,6 +530,7 @@ impl Verifier {
                 Check::Jwt {
                     keys,
                     validation: v,
+                    verified: Mutex::new(HashMap::new()),
                 }
             }
         };
@@ -592,7 +627,11 @@ impl Verifier {
                     })
                 }
             }
-            Check::Jwt { keys, validation } => {
+            Check::Jwt {
+                keys,
+                validation,
+                verified,
+            } => {
                 let challenge = |err: Option<&str>| match err {
                     None => "Bearer realm=\"oxbus\"".to_owned(),
                     Some(e) => format!(
@@ -616,11 +655,34 @@ impl Verifier {
                     challenge: Some(challenge(Some(&why))),
                     reason: why,
                 };
+                let fingerprint = digest(token.as_bytes());
+                let known = verified
+                    .lock()
+                    .expect("verified lock")
+                    .get(&fingerprint)
+                    .cloned();
+                if let Some(t) = known {
+                    check_times(&t, validation.leeway).map_err(|e| reject(e.to_owned()))?;
+                    return Ok(self.caller(None, t.subject));
+                }
                 let claims = decode_jwt(token, keys, validation).map_err(reject)?;
                 let subject = claims
                     .get("sub")
                     .and_then(|s| s.as_str())
                     .map(str::to_owned);
+                // `exp` is required, so a verified token has one (as an integer or a float).
+                if let Some(exp) = claims.get("exp").and_then(|v| v.as_f64()) {
+                    let t = VerifiedToken {
+                        exp: exp as i64,
+                        nbf: claims.get("nbf").and_then(|v| v.as_f64()).map(|n| n as i64),
+                        subject: subject.clone(),
+                    };
+                    let mut cache = verified.lock().expect("verified lock");
+                    if cache.len() >= VERIFIED_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(fingerprint, t);
+                }
                 Ok(self.caller(None, subject))
             }
         }
@@ -1003,5 +1065,66 @@ mod tests {
                 Some("ann")
             );
         }
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let t = |exp: i64, nbf: Option<i64>| VerifiedToken {
+            exp,
+            nbf,
+            subject: None,
+        };
+        let now = unix_now();
+        assert!(check_times(&t(now + 60, None), 0).is_ok());
+        assert_eq!(check_times(&t(now - 5, None), 0), Err("token expired"));
+        assert!(check_times(&t(now - 5, None), 30).is_ok());
+        assert_eq!(
+            check_times(&t(now + 60, Some(now + 30)), 0),
+            Err("token not valid yet (nbf)")
+        );
+        assert!(check_times(&t(now + 60, Some(now + 30)), 60).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_jwt_is_verified_once_then_served_from_the_cache() {
+        let k = key();
+        let d = from_input(
+            serde_json::json!({"name": "j", "type": "jwt", "algorithms": ["HS256"], "secret": "s3"}),
+            None,
+            None,
+            &k,
+        )
+        .unwrap();
+        let v = Verifier::compile(&d, &k).unwrap();
+        let token = |secret: &[u8]| {
+            let claims = serde_json::json!({"sub": "u1", "exp": unix_now() + 60});
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let headers = |t: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+            h
+        };
+        let good = token(b"s3");
+        for _ in 0..2 {
+            assert_eq!(
+                v.check(&headers(&good)).await.unwrap().subject.as_deref(),
+                Some("u1")
+            );
+        }
+        let Check::Jwt { verified, .. } = &v.check else {
+            unreachable!()
+        };
+        assert_eq!(verified.lock().unwrap().len(), 1);
+        assert!(v.check(&headers(&token(b"other"))).await.is_err());
+        assert_eq!(verified.lock().unwrap().len(), 1);
     }
 }
