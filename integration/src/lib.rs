@@ -61,6 +61,7 @@ pub struct Env {
     python: Option<String>,
     env: Vec<(String, String)>,
     cwd: Option<PathBuf>,
+    relative_config: bool,
 }
 
 impl Default for Env {
@@ -79,6 +80,7 @@ impl Env {
             python: None,
             env: Vec::new(),
             cwd: None,
+            relative_config: false,
         }
     }
 
@@ -167,6 +169,12 @@ impl Env {
         self
     }
 
+    /// Starts the server from its config's directory with `--config server.toml`.
+    pub fn relative_config(mut self) -> Self {
+        self.relative_config = true;
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -245,16 +253,25 @@ impl Env {
 
     fn spawn_in(&self, dir: PathBuf, config: PathBuf) -> Server {
         let mut cmd = Command::new(oxbus_bin());
+        // `relative_config()` runs it the way an operator in the config's directory would:
+        // `--config server.toml`, a path with no directory part.
+        let config_arg = if self.relative_config {
+            PathBuf::from("server.toml")
+        } else {
+            config.clone()
+        };
         cmd.arg("server")
             .arg("--config")
-            .arg(&config)
+            .arg(&config_arg)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        if let Some(d) = &self.cwd {
+        if self.relative_config {
+            cmd.current_dir(&dir);
+        } else if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
         let mut child = cmd.spawn().expect("spawn oxbus");

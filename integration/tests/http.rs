@@ -346,3 +346,18 @@ async fn import_error_stops_the_server_with_the_traceback() {
     assert!(log.contains("definitely_not_a_module_xyz"), "{log}");
     assert!(log.contains("could not be imported"), "{log}");
 }
+
+/// `oxbus server --config server.toml` from the config's directory (a path without a
+/// directory part) starts its workers and serves; it once made the workers' working
+/// directory "" and failed with a misleading "cannot start Python interpreter".
+#[tokio::test]
+async fn a_config_path_without_a_directory_part_works() {
+    let srv = Env::new()
+        .with_test_services()
+        .relative_config()
+        .start()
+        .await;
+    let r = srv.post_json("/echo", &json!({"a": 1})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"a": 1, "ok": true}));
+}

@@ -435,8 +435,11 @@ impl Settings {
             path: path.to_owned(),
             source,
         })?;
+        // `server.toml` (no directory part) has the parent "", which is no directory to
+        // chdir into: the current directory is meant.
         let base = path
             .parent()
+            .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let base = std::fs::canonicalize(&base).unwrap_or(base);

@@ -97,10 +97,17 @@ pub fn spawn(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot start Python interpreter {:?}: {e}", launch.python),
-            )
+            // A missing working directory fails the spawn with the same ENOENT as a missing
+            // interpreter: say which it was.
+            let msg = if !launch.cwd.is_dir() {
+                format!(
+                    "cannot start Python interpreter {:?}: its working directory {:?} is not a directory ({e})",
+                    launch.python, launch.cwd
+                )
+            } else {
+                format!("cannot start Python interpreter {:?}: {e}", launch.python)
+            };
+            std::io::Error::new(e.kind(), msg)
         })?;
     let pid = child.id().unwrap_or(0);
     let span = tracing::info_span!("worker", id, pid, generation);
