@@ -125,6 +125,12 @@ impl Env {
         self
     }
 
+    /// A `[[channels]]` entry written as given (TOML, without the header line).
+    pub fn channel_toml(mut self, body: &str) -> Self {
+        self.channels.push(format!("[[channels]]\n{body}\n"));
+        self
+    }
+
     /// Deploys `testsvc.py` (the services the tests use) with a channel for each.
     pub fn with_test_services(self) -> Self {
         self.service("testsvc.py", TEST_SERVICES)

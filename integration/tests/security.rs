@@ -429,6 +429,25 @@ async fn each_security_type_accepts_good_and_refuses_bad_credentials() {
     ok("/jw", &[("authorization", &t)]).await;
     let t = bearer(jwt(Algorithm::RS256, &rs, Some("k2"), plain.clone()));
     assert_eq!(f.call("/jw", &[("authorization", &t)]).await.status, 401);
+    // Key rotation: a new key under the same kid in the file, the definition PUT unchanged
+    // — the old key's tokens (one of them verified and cached above) stop working at once.
+    let (rsa2_private, _) = keypair(
+        &f.dir,
+        "rsa2",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    std::fs::write(&jwks_file, jwks(&f.dir.join("rsa2.key"), "k1").to_string()).unwrap();
+    let same = json!({"type": "jwt", "algorithms": ["RS256"], "jwks_file": jwks_file});
+    let r = f.admin("PUT", "/v1/security/jwt-jwks", same).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let old_key = bearer(jwt(Algorithm::RS256, &rs, Some("k1"), plain.clone()));
+    assert_eq!(
+        f.call("/jw", &[("authorization", &old_key)]).await.status,
+        401
+    );
+    let rs2 = EncodingKey::from_rsa_pem(&rsa2_private).unwrap();
+    let t = bearer(jwt(Algorithm::RS256, &rs2, Some("k1"), plain.clone()));
+    ok("/jw", &[("authorization", &t)]).await;
 
     // Only the accepted requests reached the service.
     assert_eq!(f.calls(), served);
@@ -790,4 +809,86 @@ async fn a_json_rpc_channel_is_checked_like_a_rest_one() {
     assert_eq!(result["channel"], "rpc");
     assert_eq!(result["security"]["name"], "partners");
     assert_eq!(f.calls(), 1);
+}
+
+/// Two unnamed server.toml channels on one path with different methods, one of them secured:
+/// each request is checked by the channel it routed to, never by its neighbour's (open) gate.
+#[tokio::test]
+async fn channels_sharing_a_path_keep_their_own_checks() {
+    let dir = std::env::temp_dir().join(format!("oxbus-sec-{}-{}", std::process::id(), next_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let calls = dir.join("calls");
+    let srv = Env::new()
+        .service("sec.py", &whoami(&calls))
+        .channel_toml(
+            r#"url_path = "/orders"
+methods = ["POST"]
+service = "sec.whoami"
+security = "partners""#,
+        )
+        .channel_toml(
+            r#"url_path = "/orders"
+methods = ["GET"]
+service = "sec.whoami""#,
+        )
+        .spawn();
+    // The definition comes through the admin API; until then the file's channel names a
+    // definition that does not exist and the server refuses to start.
+    let code = {
+        let mut srv = srv;
+        srv.wait_exit(Duration::from_secs(30))
+    };
+    assert_ne!(code, Some(0));
+
+    // With the definition in the store before start (a first server puts it there), the
+    // file's two unnamed channels share a path: each method gets its own channel's checks.
+    let store = dir.join("store.db");
+    let key = dir.join("secret.key");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shared = |e: Env| {
+        e.service("sec.py", &whoami(&calls))
+            .set(
+                "store",
+                "url",
+                &format!("{:?}", format!("sqlite:{}", store.display())),
+            )
+            .set(
+                "store",
+                "key_file",
+                &format!("{:?}", key.display().to_string()),
+            )
+    };
+    let first = shared(Env::new()).start().await;
+    let r = first
+        .admin(
+            "POST",
+            "/v1/security",
+            Some(&first.admin_token()),
+            json!({"name": "partners", "type": "apikey", "key": "pk-1"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // A clean stop removes it from the store's server list (SQLite takes one server).
+    let mut first = first;
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)), Some(0));
+    drop(first);
+    let srv = shared(Env::new())
+        .channel_toml("url_path = \"/orders\"\nmethods = [\"POST\"]\nservice = \"sec.whoami\"\nsecurity = \"partners\"")
+        .channel_toml("url_path = \"/orders\"\nmethods = [\"GET\"]\nservice = \"sec.whoami\"")
+        .start()
+        .await;
+    assert_eq!(srv.request("GET", "/orders", &[], b"").await.status, 200);
+    let r = srv.request("POST", "/orders", &[], b"{}").await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        srv.request("POST", "/orders", &[("x-api-key", "pk-1")], b"{}")
+            .await
+            .status,
+        200
+    );
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
 }

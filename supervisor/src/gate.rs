@@ -184,6 +184,7 @@ pub fn from_input(
     if let Some(material) = given {
         def.sealed = Some(key.seal(&seal_name(&def.name), &material));
     } else if def.sealed.is_none()
+        && takes_secret(&def)
         && let Some(prev) = previous.filter(|p| p.kind == def.kind)
     {
         def.sealed = prev.sealed.clone();
@@ -219,6 +220,23 @@ pub fn same_secret(old: &SecurityDef, new: &SecurityDef, plain: Option<&str>, ke
         (_, None) => open(new).as_deref() == Some(old_material.as_str()),
     }
 }
+
+/// Whether a definition holds sealed material: all but JWT with public-key algorithms.
+fn takes_secret(def: &SecurityDef) -> bool {
+    def.kind != SecurityType::Jwt || def.algorithms.iter().any(|a| a.starts_with("HS"))
+}
+
+/// Concurrent argon2 verifications: the CPUs there are (at least 2).
+fn argon2_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        tokio::sync::Semaphore::new(n)
+    })
+}
+
+/// The most `leeway_s` may be (a day): clock skew, not a second expiry.
+const MAX_LEEWAY_S: u64 = 86_400;
 
 /// An argon2id PHC hash of `password` with a random salt (the crate's default parameters).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -513,6 +531,11 @@ impl Verifier {
                         }
                     }
                 };
+                if def.leeway_s.is_some_and(|l| l > MAX_LEEWAY_S) {
+                    return Err(format!(
+                        "leeway_s of {n} is at most {MAX_LEEWAY_S} (one day)"
+                    ));
+                }
                 let mut v = jsonwebtoken::Validation::new(algs[0]);
                 v.algorithms = algs;
                 v.leeway = def.leeway_s.unwrap_or(0);
@@ -587,7 +610,13 @@ impl Verifier {
                     return Ok(self.caller(Some(user.to_owned()), None));
                 }
                 // The hash runs whether or not the user name matched, so the time taken
-                // does not tell a caller which one was wrong.
+                // does not tell a caller which one was wrong. At most a few run at once
+                // (each takes ~19 MiB): a flood of guesses queues here instead of taking
+                // every blocking thread and gigabytes of memory.
+                let _permit = argon2_slots()
+                    .acquire()
+                    .await
+                    .expect("the argon2 semaphore is never closed");
                 let (hash, password) = (hash.clone(), password.to_owned());
                 let pass_ok = tokio::task::spawn_blocking(move || {
                     use argon2::password_hash::PasswordVerifier;
@@ -826,9 +855,27 @@ impl ChannelGate {
 /// Parses an allow list entry: a CIDR, or a bare address (one host).
 pub fn parse_allow(entry: &str) -> Result<IpNet, String> {
     let e = entry.trim();
-    e.parse::<IpNet>()
+    let net = e
+        .parse::<IpNet>()
         .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{entry:?} is not an IP address or CIDR (allow_from)"))
+        .map_err(|_| format!("{entry:?} is not an IP address or CIDR (allow_from)"))?;
+    if net.trunc() != net {
+        // `192.0.2.7/24` allows the whole /24: almost always a mistake for one host.
+        return Err(format!(
+            "{entry:?} has host bits set (allow_from): write {} for the network, or the bare address for one host",
+            net.trunc()
+        ));
+    }
+    // Clients are compared in their canonical form (an IPv4-mapped IPv6 address as IPv4).
+    Ok(match net {
+        IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+            Some(v4) if v6.prefix_len() >= 96 => {
+                IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net)
+            }
+            _ => net,
+        },
+        v4 => v4,
+    })
 }
 
 /// Every channel's gate, by channel name (url_path for unnamed server.toml channels). Lives
@@ -836,7 +883,13 @@ pub fn parse_allow(entry: &str) -> Result<IpNet, String> {
 /// checks of one config version.
 #[derive(Debug, Default)]
 pub struct Gate {
-    channels: HashMap<String, Arc<ChannelGate>>,
+    /// By the address of the routing table's `Arc<Channel>`: the very channel a lookup
+    /// found, never another one that shares its name or path (server.toml may hold two
+    /// unnamed channels of one path with different methods).
+    channels: HashMap<usize, Arc<ChannelGate>>,
+    /// Bucket state by channel identity (name or path, and methods), carried over when the
+    /// table is rebuilt.
+    carried: HashMap<(String, Vec<String>), Arc<ChannelGate>>,
     verifiers: HashMap<String, (SecurityDef, Arc<Verifier>)>,
 }
 
@@ -844,29 +897,46 @@ fn channel_key(c: &Channel) -> &str {
     c.name.as_deref().unwrap_or(&c.url_path)
 }
 
+fn copy_state(from: &Bucket, to: &Bucket) {
+    if from.limit == to.limit {
+        *to.state.lock().expect("bucket lock") = *from.state.lock().expect("bucket lock");
+    }
+}
+
 impl Gate {
-    /// Compiles the gate for `channels` with `defs`. Errors name the channel or definition.
-    /// `previous`'s rate-limit buckets are kept where the limit did not change, and its
-    /// compiled definitions (with Basic's verified credentials) where the definition did not.
+    /// Compiles the gate for `channels` (the routing table's own `Arc`s) with `defs`. Errors
+    /// name the channel or definition. `previous`'s rate-limit buckets keep their state where
+    /// the limit did not change, and its compiled definitions (with their caches) are reused
+    /// where the definition did not change — except those reading a JWKS file, which are
+    /// always read again (a `PUT` of the same definition is how keys are rotated).
     pub fn build(
-        channels: &[Channel],
+        channels: &[Arc<Channel>],
         defs: &[SecurityDef],
         key: &Key,
         previous: Option<&Gate>,
     ) -> Result<Gate, String> {
         let mut verifiers = HashMap::new();
         for d in defs {
-            let reuse = previous
-                .and_then(|p| p.verifiers.get(&d.name))
-                .filter(|(old, _)| old == d)
+            let old = previous.and_then(|p| p.verifiers.get(&d.name));
+            let reuse = old
+                .filter(|(old, _)| old == d && d.jwks_file.is_none())
                 .map(|(_, v)| v.clone());
             let v = match reuse {
                 Some(v) => v,
-                None => Arc::new(Verifier::compile(d, key)?),
+                None => {
+                    let v = Verifier::compile(d, key)?;
+                    if let (Some((_, old)), Some(b)) = (old, &v.bucket)
+                        && let Some(ob) = &old.bucket
+                    {
+                        copy_state(ob, b);
+                    }
+                    Arc::new(v)
+                }
             };
             verifiers.insert(d.name.clone(), (d.clone(), v));
         }
         let mut gates = HashMap::new();
+        let mut carried = HashMap::new();
         for c in channels {
             let name = channel_key(c);
             let allow = c
@@ -883,30 +953,28 @@ impl Gate {
             if let Some(l) = &c.rate_limit {
                 l.validate().map_err(|m| format!("channel {name}: {m}"))?;
             }
-            let prev = previous.and_then(|p| p.channels.get(name));
+            let identity = (name.to_owned(), c.methods.clone());
+            let prev = previous.and_then(|p| p.carried.get(&identity));
             let bucket = c.rate_limit.as_ref().map(|l| {
                 let b = Bucket::new(l.clone());
-                if let Some(old) = prev
-                    .and_then(|p| p.bucket.as_ref())
-                    .filter(|old| &old.limit == l)
-                {
-                    // Same limit: carry the state over (a config change must not hand out a
-                    // fresh burst).
-                    *b.state.lock().expect("bucket lock") = *old.state.lock().expect("bucket lock");
+                // Same limit: carry the state over (a config change must not hand out a
+                // fresh burst).
+                if let Some(old) = prev.and_then(|p| p.bucket.as_ref()) {
+                    copy_state(old, &b);
                 }
                 b
             });
-            gates.insert(
-                name.to_owned(),
-                Arc::new(ChannelGate {
-                    allow,
-                    bucket,
-                    security,
-                }),
-            );
+            let g = Arc::new(ChannelGate {
+                allow,
+                bucket,
+                security,
+            });
+            gates.insert(Arc::as_ptr(c) as usize, g.clone());
+            carried.insert(identity, g);
         }
         Ok(Gate {
             channels: gates,
+            carried,
             verifiers,
         })
     }
@@ -918,8 +986,9 @@ impl Gate {
         d
     }
 
-    pub fn for_channel(&self, c: &Channel) -> Option<&Arc<ChannelGate>> {
-        self.channels.get(channel_key(c))
+    /// The gate of a channel the routing table this gate belongs to returned.
+    pub fn for_channel(&self, c: &Arc<Channel>) -> Option<&Arc<ChannelGate>> {
+        self.channels.get(&(Arc::as_ptr(c) as usize))
     }
 }
 
@@ -988,6 +1057,18 @@ mod tests {
         assert!(parse_allow("2001:db8::/32").is_ok());
         assert!(parse_allow("10.0.0.0/33").is_err());
         assert!(parse_allow("example.com").is_err());
+        // Host bits: almost always one host meant, refused rather than widened.
+        let e = parse_allow("192.0.2.7/24").unwrap_err();
+        assert!(e.contains("192.0.2.0/24"), "{e}");
+        // IPv4-mapped entries match the canonical (IPv4) client addresses.
+        assert_eq!(
+            parse_allow("::ffff:10.0.0.0/104").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_allow("::ffff:192.0.2.7").unwrap(),
+            "192.0.2.7/32".parse::<IpNet>().unwrap()
+        );
     }
 
     #[test]
@@ -1013,6 +1094,20 @@ mod tests {
         assert!(
             def(serde_json::json!({"name": "bad name", "type": "apikey", "key": "k"})).is_err()
         );
+        assert!(def(serde_json::json!({"name": "j", "type": "jwt", "algorithms": ["HS256"], "secret": "s", "leeway_s": 86401})).is_err());
+        // HS256 → ES256 by PUT: the old HMAC secret is not carried into a public-key definition.
+        let hs = def(
+            serde_json::json!({"name": "j", "type": "jwt", "algorithms": ["HS256"], "secret": "s"}),
+        )
+        .unwrap();
+        let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\nq9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\n-----END PUBLIC KEY-----\n";
+        let es = from_input(
+            serde_json::json!({"name": "j", "type": "jwt", "algorithms": ["ES256"], "public_key": pem}),
+            None,
+            Some(&hs),
+            &k,
+        );
+        assert!(es.as_ref().is_ok_and(|d| d.sealed.is_none()), "{es:?}");
         let stored = def(serde_json::json!({"name": "a", "type": "apikey", "key": "k1"})).unwrap();
         assert!(stored.sealed.as_deref().unwrap().starts_with("oxbus1:"));
         assert!(!serde_json::to_string(&stored).unwrap().contains("k1"));

@@ -100,7 +100,7 @@ impl Router {
         previous: Option<&Router>,
     ) -> Result<Router, String> {
         let mut r = Router::new(channels).map_err(|e| e.to_string())?;
-        r.gate = crate::gate::Gate::build(channels, defs, key, previous.map(|p| &p.gate))?;
+        r.gate = crate::gate::Gate::build(&r.all, defs, key, previous.map(|p| &p.gate))?;
         Ok(r)
     }
 

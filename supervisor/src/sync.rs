@@ -151,13 +151,32 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     let mut table = shared.settings.channels.clone();
     table.extend(snap.channels.iter().cloned());
     let previous = shared.router.read().expect("router lock").clone();
-    match crate::router::Router::with_gate(&table, &snap.security, &shared.key, Some(&previous)) {
-        Ok(router) => *shared.router.write().expect("router lock") = Arc::new(router),
-        Err(e) => {
-            error!(error = %e, "the store's channels do not route or their checks do not compile: the routing table is unchanged")
-        }
-    }
     let version = snap.config_version;
+    let table_ok = match crate::router::Router::with_gate(
+        &table,
+        &snap.security,
+        &shared.key,
+        Some(&previous),
+    ) {
+        Ok(router) => {
+            *shared.router.write().expect("router lock") = Arc::new(router);
+            true
+        }
+        Err(e) => {
+            // Not applied: the version stays behind, so the next sync tries again (e.g.
+            // once a JWKS file this server lacks is in place) instead of serving the old
+            // checks for good. Logged once per version.
+            static LOGGED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
+            if LOGGED.swap(version, Ordering::SeqCst) != version {
+                error!(error = %e, config_version = version, "the store's channels do not route or their checks do not compile here: the routing table is unchanged until they do");
+            }
+            false
+        }
+    };
+    if !table_ok {
+        write_snapshot(shared, snap).await;
+        return Ok((shared.applied_version.load(Ordering::SeqCst), all_acks));
+    }
     shared.applied_version.store(version, Ordering::SeqCst);
     write_snapshot(shared, snap).await;
     Ok((version, all_acks))
