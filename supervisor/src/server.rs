@@ -100,7 +100,7 @@ pub struct Shared {
     /// The config version this server has applied (see `sync`).
     pub applied_version: std::sync::atomic::AtomicI64,
     /// The config version of the on-disk snapshot (-1: not written by this run yet).
-    pub snapshot_version: std::sync::atomic::AtomicI64,
+    pub snapshot_version: Arc<std::sync::atomic::AtomicI64>,
     /// Notified after a change made through this server, or when a peer announces a
     /// version this server has not applied: `sync` runs at once.
     pub changed: tokio::sync::Notify,
@@ -277,11 +277,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         server_name: me.name.clone(),
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
-        snapshot_version: std::sync::atomic::AtomicI64::new(if boot.online {
+        snapshot_version: Arc::new(std::sync::atomic::AtomicI64::new(if boot.online {
             -1
         } else {
             boot.snapshot.config_version
-        }),
+        })),
         changed: tokio::sync::Notify::new(),
         bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,

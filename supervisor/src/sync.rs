@@ -67,7 +67,18 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
         if version == before && version == shared.snapshot_version.load(Ordering::SeqCst) {
             continue;
         }
-        match catch_up(&shared).await {
+        // Bounded as a whole too: a round waits for the deploy lock, the store, the workers'
+        // acks; none of that may stall the loop (and with it the outage detection and the
+        // recovery) for good.
+        let round = tokio::time::timeout(ROUND_LIMIT, catch_up(&shared)).await;
+        let Ok(round) = round else {
+            warn!(
+                limit_s = ROUND_LIMIT.as_secs(),
+                "a catch-up round did not finish in time (deploy lock, store or workers): starting over"
+            );
+            continue;
+        };
+        match round {
             Ok((v, _)) if v != before => {
                 info!(from = before, to = v, "caught up with the config store");
                 if let Some(bus) = &shared.bus {
@@ -85,6 +96,9 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
 /// connection whose peer vanished without a reset (a partition, a frozen host) would block
 /// the loop — and with it the recovery — until TCP gives up, which takes minutes.
 const STORE_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long one catch-up round of the sync loop may take.
+const ROUND_LIMIT: Duration = Duration::from_secs(30);
 
 async fn bounded<T, E: std::fmt::Display>(
     what: &str,
@@ -182,17 +196,33 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     Ok((version, all_acks))
 }
 
-/// Writes `snap` to the snapshot file off the runtime; records its version once on disk.
+/// Writes `snap` to the snapshot file off the runtime, without making the caller wait:
+/// an fsync can take seconds on a busy disk, and the caller holds the deploy lock. Writes
+/// happen one at a time, newest version wins (an older snapshot is never written over a
+/// newer one); `snapshot_version` records what is on disk.
 async fn write_snapshot(shared: &Shared, snap: Snapshot) {
+    static WRITING: tokio::sync::Mutex<i64> = tokio::sync::Mutex::const_new(-1);
     let path = shared.settings.snapshot_file();
     let version = snap.config_version;
-    match tokio::task::spawn_blocking(move || snap.write(&path)).await {
-        Ok(Ok(())) => shared.snapshot_version.store(version, Ordering::SeqCst),
-        Ok(Err(e)) => error!(
-            file = %shared.settings.snapshot_file().display(),
-            error = %e,
-            "cannot write the config snapshot: a restart while the store is down would not find this version"
-        ),
-        Err(e) => error!(error = %e, "the snapshot writer failed"),
-    }
+    let written = shared.snapshot_version.clone();
+    tokio::spawn(async move {
+        let mut last = WRITING.lock().await;
+        // The same version holds the same config: written once is enough.
+        if *last >= version {
+            return;
+        }
+        let file = path.clone();
+        match tokio::task::spawn_blocking(move || snap.write(&file)).await {
+            Ok(Ok(())) => {
+                *last = version;
+                written.store(version, Ordering::SeqCst);
+            }
+            Ok(Err(e)) => error!(
+                file = %path.display(),
+                error = %e,
+                "cannot write the config snapshot: a restart while the store is down would not find this version"
+            ),
+            Err(e) => error!(error = %e, "the snapshot writer failed"),
+        }
+    });
 }
