@@ -206,16 +206,7 @@ pub fn same_secret(old: &SecurityDef, new: &SecurityDef, plain: Option<&str>, ke
         return new.sealed.is_none();
     };
     match (old.kind, plain) {
-        (SecurityType::Basic, Some(p)) => {
-            use argon2::password_hash::PasswordVerifier;
-            argon2::PasswordHash::new(&old_material)
-                .map(|h| {
-                    argon2::Argon2::default()
-                        .verify_password(p.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        }
+        (SecurityType::Basic, Some(p)) => password_matches(&old_material, p),
         (_, Some(p)) => p == old_material,
         (_, None) => open(new).as_deref() == Some(old_material.as_str()),
     }
@@ -237,6 +228,18 @@ fn argon2_slots() -> &'static tokio::sync::Semaphore {
 
 /// The most `leeway_s` may be (a day): clock skew, not a second expiry.
 const MAX_LEEWAY_S: u64 = 86_400;
+
+/// Whether `password` matches the argon2 PHC `hash` (slow by design: off the runtime).
+fn password_matches(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    argon2::PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
 
 /// An argon2id PHC hash of `password` with a random salt (the crate's default parameters).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -325,7 +328,8 @@ enum JwtKeys {
 
 enum Check {
     Basic {
-        username: String,
+        /// SHA-256 of the user name (compared in constant time with the caller's).
+        username: [u8; 32],
         hash: String,
         challenge: String,
         /// SHA-256 of `user:password` pairs argon2 has accepted, so the slow hash runs once
@@ -467,7 +471,7 @@ impl Verifier {
                     ));
                 }
                 Check::Basic {
-                    username,
+                    username: digest(username.as_bytes()),
                     hash,
                     challenge: format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
                     verified: Mutex::new(Default::default()),
@@ -597,9 +601,7 @@ impl Verifier {
                 let (user, password) = decoded
                     .split_once(':')
                     .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
-                let user_ok: bool = digest(user.as_bytes())
-                    .ct_eq(&digest(username.as_bytes()))
-                    .into();
+                let user_ok: bool = digest(user.as_bytes()).ct_eq(username).into();
                 let fingerprint = digest(decoded.as_bytes());
                 if user_ok
                     && verified
@@ -618,18 +620,10 @@ impl Verifier {
                     .await
                     .expect("the argon2 semaphore is never closed");
                 let (hash, password) = (hash.clone(), password.to_owned());
-                let pass_ok = tokio::task::spawn_blocking(move || {
-                    use argon2::password_hash::PasswordVerifier;
-                    argon2::PasswordHash::new(&hash)
-                        .map(|h| {
-                            argon2::Argon2::default()
-                                .verify_password(password.as_bytes(), &h)
-                                .is_ok()
-                        })
-                        .unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false);
+                let pass_ok =
+                    tokio::task::spawn_blocking(move || password_matches(&hash, &password))
+                        .await
+                        .unwrap_or(false);
                 if !(user_ok && pass_ok) {
                     return Err(unauthorized("wrong user name or password"));
                 }

@@ -201,22 +201,19 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
 /// happen one at a time, newest version wins (an older snapshot is never written over a
 /// newer one); `snapshot_version` records what is on disk.
 async fn write_snapshot(shared: &Shared, snap: Snapshot) {
-    static WRITING: tokio::sync::Mutex<i64> = tokio::sync::Mutex::const_new(-1);
+    static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let path = shared.settings.snapshot_file();
     let version = snap.config_version;
     let written = shared.snapshot_version.clone();
     tokio::spawn(async move {
-        let mut last = WRITING.lock().await;
+        let _one_at_a_time = WRITING.lock().await;
         // The same version holds the same config: written once is enough.
-        if *last >= version {
+        if written.load(Ordering::SeqCst) >= version {
             return;
         }
         let file = path.clone();
         match tokio::task::spawn_blocking(move || snap.write(&file)).await {
-            Ok(Ok(())) => {
-                *last = version;
-                written.store(version, Ordering::SeqCst);
-            }
+            Ok(Ok(())) => written.store(version, Ordering::SeqCst),
             Ok(Err(e)) => error!(
                 file = %path.display(),
                 error = %e,
