@@ -601,15 +601,6 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
         Ok(Err(m)) => return error(StatusCode::BAD_REQUEST, m),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    if let Some(prev) = previous
-        && prev.kind != def.kind
-        && def.sealed.is_none()
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{} changes type: give its new secret too", def.name),
-        );
-    }
     let change = match shared
         .store
         .put_security(&def, name.is_none(), "admin-api")
