@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod bus;
+pub mod cache;
 pub mod cid;
 pub mod client;
 pub mod config;

@@ -213,6 +213,8 @@ pub struct Pool {
     /// The deployed modules this server runs, by name: what every worker has activated and
     /// what a new worker loads before it takes traffic (kept by `deploy`).
     pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
+    /// This server's named caches (the workers' `cache.*` calls; `crate::cache`).
+    pub caches: Arc<crate::cache::Caches>,
 }
 
 impl Pool {
@@ -225,6 +227,7 @@ impl Pool {
         Pool {
             workers: RwLock::new(Vec::new()),
             deployed: Mutex::new(std::collections::BTreeMap::new()),
+            caches: Arc::new(crate::cache::Caches::new()),
             freed: Notify::new(),
             queued: AtomicUsize::new(0),
             max_inflight,

@@ -266,6 +266,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .iter()
         .map(|m| (m.name.clone(), m.clone()))
         .collect();
+    pool.caches.set_server(&me.name);
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         router: std::sync::RwLock::new(Arc::new(router)),

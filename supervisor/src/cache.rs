@@ -1,0 +1,1145 @@
+//! Named caches: every server holds them in memory (moka), services use them over their
+//! worker's IPC connection (`cache.*` ops, `ipc-protocol/SPEC.md`), operators through the
+//! admin API, and writes replicate to the other servers over the cluster bus.
+//!
+//! Consistency (`docs/CACHE.md`): on one server every operation is atomic per key (`incr`
+//! included). Across servers a write is stamped with a hybrid logical clock (wall-clock
+//! milliseconds and a counter, ties broken by a per-server id) and every server keeps, per
+//! key, the write with the highest stamp: last writer wins, and concurrent writes to the same
+//! key converge to the same value everywhere once their replication messages have arrived.
+//! Deletes leave a tombstone (kept [`TOMBSTONE_TTL`]) so that an older write arriving late
+//! cannot resurrect a key; `clear` records its stamp and drops every older entry. A server
+//! that starts (or restarts) starts with empty caches: nothing is warmed from a peer.
+//! Replication is best effort over live links: a server that was cut off misses the writes
+//! of that time (they are not replayed), so its entries may differ until written again or
+//! expired.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The cache that always exists.
+pub const DEFAULT_CACHE: &str = "default";
+/// How long a delete is remembered, against late writes of older stamps.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// The longest key accepted, in bytes of UTF-8.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Upper bound of `max_item_size` (a value travels in one IPC frame).
+pub const MAX_ITEM_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
+/// Upper bound of `max_entries`.
+pub const MAX_ENTRIES_LIMIT: u64 = 100_000_000;
+
+fn default_max_entries() -> u64 {
+    10_000
+}
+fn default_max_item_size() -> u64 {
+    1024 * 1024
+}
+fn yes() -> bool {
+    true
+}
+
+/// A cache definition as stored and exported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDef {
+    pub name: String,
+    /// At most this many entries; beyond it the least valuable are evicted (moka's TinyLFU).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Largest value accepted, bytes (JSON text or raw bytes); a larger one is refused.
+    #[serde(default = "default_max_item_size")]
+    pub max_item_size: u64,
+    /// Expiry of a `set` that names none, seconds; 0 = never.
+    #[serde(default)]
+    pub default_expiry_s: u64,
+    /// A `get` that finds an entry with an expiry pushes it forward by the entry's expiry
+    /// (on the server that served the get: reads are not replicated).
+    #[serde(default)]
+    pub extend_expiry_on_get: bool,
+    /// Writes reach the other servers of the cluster.
+    #[serde(default = "yes")]
+    pub replicate: bool,
+}
+
+impl CacheDef {
+    /// The `default` cache as it is when no definition names it.
+    pub fn builtin_default() -> CacheDef {
+        CacheDef::named(DEFAULT_CACHE)
+    }
+
+    /// A definition with every setting at its default.
+    pub fn named(name: &str) -> CacheDef {
+        CacheDef {
+            name: name.to_owned(),
+            max_entries: default_max_entries(),
+            max_item_size: default_max_item_size(),
+            default_expiry_s: 0,
+            extend_expiry_on_get: false,
+            replicate: true,
+        }
+    }
+
+    /// Checks every field; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name)?;
+        if !(1..=MAX_ENTRIES_LIMIT).contains(&self.max_entries) {
+            return Err(format!(
+                "cache {}: max_entries must be 1..={MAX_ENTRIES_LIMIT}, got {}",
+                self.name, self.max_entries
+            ));
+        }
+        if !(1..=MAX_ITEM_SIZE_LIMIT).contains(&self.max_item_size) {
+            return Err(format!(
+                "cache {}: max_item_size must be 1..={MAX_ITEM_SIZE_LIMIT} bytes, got {}",
+                self.name, self.max_item_size
+            ));
+        }
+        if self.default_expiry_s > MAX_EXPIRY_S {
+            return Err(format!(
+                "cache {}: default_expiry_s must be at most {MAX_EXPIRY_S} (10 years), got {}",
+                self.name, self.default_expiry_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Ten years: longer expiries are refused rather than overflowing anything.
+pub const MAX_EXPIRY_S: u64 = 10 * 366 * 24 * 3600;
+
+/// Valid cache names: 1-64 of letters, digits, `._-`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{name:?} is not a valid cache name (1-64 characters: letters, digits, ._-)"
+        ));
+    }
+    Ok(())
+}
+
+// -- clock -----------------------------------------------------------------------------------
+
+/// A write's place in the cluster-wide order: hybrid logical time, then the server's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Wall-clock milliseconds << 16 | a counter (see [`Hlc`]).
+    pub t: u64,
+    /// The writing server's id ([`node_id`]).
+    pub node: u64,
+}
+
+impl Stamp {
+    pub const ZERO: Stamp = Stamp { t: 0, node: 0 };
+}
+
+/// The id of a server in stamps: the first 8 bytes of SHA-256 of its name.
+pub fn node_id(server: &str) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(server.as_bytes());
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// A hybrid logical clock: never goes backwards, stays close to wall-clock time, and moves
+/// past every stamp it has seen, so a write made after seeing another is ordered after it.
+#[derive(Debug, Default)]
+pub struct Hlc {
+    last: AtomicU64,
+}
+
+impl Hlc {
+    /// A new local time, greater than every time returned or observed before.
+    pub fn now(&self) -> u64 {
+        let wall = now_ms() << 16;
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Takes note of a time seen in another server's write.
+    pub fn observe(&self, t: u64) {
+        self.last.fetch_max(t, Ordering::AcqRel);
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// -- entries ---------------------------------------------------------------------------------
+
+/// What a value is, so that it comes back as what was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueKind {
+    /// JSON text (any JSON-serialisable value on the Python side).
+    Json,
+    /// Raw bytes.
+    Bytes,
+}
+
+impl ValueKind {
+    /// The content type a value of this kind travels with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ValueKind::Json => "application/json",
+            ValueKind::Bytes => "application/octet-stream",
+        }
+    }
+
+    pub fn from_content_type(ct: &str) -> Option<ValueKind> {
+        match ct {
+            "application/json" | "json" => Some(ValueKind::Json),
+            "application/octet-stream" | "bytes" => Some(ValueKind::Bytes),
+            _ => None,
+        }
+    }
+}
+
+/// One cached value.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub value: Bytes,
+    pub kind: ValueKind,
+    /// Wall-clock ms when it expires; 0 = never.
+    pub expires_at: u64,
+    /// The expiry it was written with, ms (0 = none): what extend-on-get extends by.
+    pub ttl_ms: u64,
+    pub stamp: Stamp,
+}
+
+impl Entry {
+    fn remaining(&self) -> Option<Duration> {
+        (self.expires_at != 0)
+            .then(|| Duration::from_millis(self.expires_at.saturating_sub(now_ms())))
+    }
+}
+
+/// Per-entry expiry for moka, from the entry's absolute expiry time.
+struct ByEntry {
+    extend_on_get: bool,
+}
+
+impl moka::Expiry<String, Entry> for ByEntry {
+    fn expire_after_create(&self, _: &String, v: &Entry, _: Instant) -> Option<Duration> {
+        v.remaining()
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        v: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        v.remaining()
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &String,
+        v: &Entry,
+        _: Instant,
+        left: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        if self.extend_on_get && v.ttl_ms > 0 {
+            Some(Duration::from_millis(v.ttl_ms))
+        } else {
+            left
+        }
+    }
+}
+
+// -- errors ----------------------------------------------------------------------------------
+
+/// Why a cache operation was refused. Each maps to a REPLY status and a Python exception.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("no cache named {0}")]
+    UnknownCache(String),
+    #[error("the value is {size} bytes, more than cache {cache}'s max_item_size of {max}")]
+    TooLarge { cache: String, size: usize, max: u64 },
+    #[error("the value of {key:?} is not an integer")]
+    NotInteger { key: String },
+    #[error("incrementing {key:?} overflows a 64-bit integer")]
+    Overflow { key: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CacheError {
+    /// The REPLY status (and admin API status) of this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            CacheError::UnknownCache(_) => 404,
+            CacheError::TooLarge { .. } => 413,
+            CacheError::NotInteger { .. } | CacheError::Overflow { .. } => 409,
+            CacheError::Invalid(_) => 400,
+        }
+    }
+
+    /// The REPLY meta's `error` kind, which the Python side turns into an exception class.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::UnknownCache(_) => "unknown_cache",
+            CacheError::TooLarge { .. } => "too_large",
+            CacheError::NotInteger { .. } | CacheError::Overflow { .. } => "not_integer",
+            CacheError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), CacheError> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(CacheError::Invalid(format!(
+            "a cache key is at most {MAX_KEY_LEN} bytes, this one has {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A requested expiry, seconds (fractions allowed), into milliseconds; `None` = the cache's
+/// default. 0 = never.
+fn expiry_ms(def: &CacheDef, expiry: Option<f64>) -> Result<u64, CacheError> {
+    match expiry {
+        None => Ok(def.default_expiry_s * 1000),
+        Some(s) if s.is_finite() && (0.0..=MAX_EXPIRY_S as f64).contains(&s) => {
+            Ok((s * 1000.0).ceil() as u64)
+        }
+        Some(s) => Err(CacheError::Invalid(format!(
+            "expiry must be 0 (never) to {MAX_EXPIRY_S} seconds, got {s}"
+        ))),
+    }
+}
+
+// -- one cache -------------------------------------------------------------------------------
+
+/// Counters of one cache since this server started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub sets: AtomicU64,
+    pub deletes: AtomicU64,
+    pub evictions: Arc<AtomicU64>,
+}
+
+/// A cache's figures as the admin API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStats {
+    #[serde(flatten)]
+    pub def: CacheDef,
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    pub evictions: u64,
+    /// True when no stored definition names it (the built-in `default`).
+    pub builtin: bool,
+}
+
+/// One named cache.
+pub struct Cache {
+    pub def: CacheDef,
+    builtin: bool,
+    map: moka::sync::Cache<String, Entry>,
+    /// Deletes remembered against late, older writes (only when replicating).
+    tombs: moka::sync::Cache<String, Stamp>,
+    /// The stamp of the last clear: older writes are dropped.
+    cleared: Mutex<Stamp>,
+    pub counters: Counters,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("def", &self.def).finish()
+    }
+}
+
+impl Cache {
+    fn new(def: CacheDef, builtin: bool, evictions: Arc<AtomicU64>) -> Cache {
+        let counted = evictions.clone();
+        let map = moka::sync::Cache::builder()
+            .max_capacity(def.max_entries)
+            .expire_after(ByEntry {
+                extend_on_get: def.extend_expiry_on_get,
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        let tombs = moka::sync::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(TOMBSTONE_TTL)
+            .build();
+        Cache {
+            def,
+            builtin,
+            map,
+            tombs,
+            cleared: Mutex::new(Stamp::ZERO),
+            counters: Counters {
+                evictions,
+                ..Counters::default()
+            },
+        }
+    }
+
+    /// The number of live entries (moka's count, which catches up with recent writes and
+    /// expiries once its pending housekeeping has run).
+    pub fn len(&self) -> u64 {
+        self.map.run_pending_tasks();
+        self.map.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        CacheStats {
+            def: self.def.clone(),
+            entries: self.len(),
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            sets: c.sets.load(Ordering::Relaxed),
+            deletes: c.deletes.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            builtin: self.builtin,
+        }
+    }
+
+    /// The entry under `key`, if present and not expired.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        let found = self.map.get(key);
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Whether `key` is present (counts as neither hit nor miss, extends nothing).
+    pub fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), CacheError> {
+        if size as u64 > self.def.max_item_size {
+            return Err(CacheError::TooLarge {
+                cache: self.def.name.clone(),
+                size,
+                max: self.def.max_item_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a write stamped `stamp` unless a newer write, delete or clear is known; true
+    /// when it took effect. Atomic per key with every other write.
+    fn put_stamped(&self, key: String, entry: Entry) -> bool {
+        let stamp = entry.stamp;
+        if stamp <= *self.cleared.lock().expect("cleared lock") {
+            return false;
+        }
+        let tombs = &self.tombs;
+        let result = self.map.entry(key.clone()).and_compute_with(|old| {
+            if old.is_some_and(|o| o.value().stamp >= stamp)
+                || tombs.get(&key).is_some_and(|t| t >= stamp)
+            {
+                moka::ops::compute::Op::Nop
+            } else {
+                moka::ops::compute::Op::Put(entry)
+            }
+        });
+        !matches!(result, moka::ops::compute::CompResult::Unchanged(_))
+            && !matches!(result, moka::ops::compute::CompResult::StillNone(_))
+    }
+
+    /// Removes `key` if its write is older than `stamp`; remembers the delete.
+    fn delete_stamped(&self, key: String, stamp: Stamp, remember: bool) -> bool {
+        if remember {
+            let newer = self.tombs.get(&key).is_some_and(|t| t >= stamp);
+            if !newer {
+                self.tombs.insert(key.clone(), stamp);
+            }
+        }
+        let result = self.map.entry(key).and_compute_with(|old| match old {
+            Some(o) if o.value().stamp < stamp => moka::ops::compute::Op::Remove,
+            _ => moka::ops::compute::Op::Nop,
+        });
+        matches!(result, moka::ops::compute::CompResult::Removed(_))
+    }
+
+    /// Drops every entry written before `stamp`; returns how many.
+    fn clear_stamped(&self, stamp: Stamp) -> u64 {
+        {
+            let mut cleared = self.cleared.lock().expect("cleared lock");
+            if stamp <= *cleared {
+                return 0;
+            }
+            *cleared = stamp;
+        }
+        let keys: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.stamp < stamp)
+            .map(|(k, _)| String::clone(&k))
+            .collect();
+        let mut n = 0;
+        for k in keys {
+            let r = self.map.entry(k).and_compute_with(|old| match old {
+                Some(o) if o.value().stamp < stamp => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
+            if matches!(r, moka::ops::compute::CompResult::Removed(_)) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Keys starting with `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| String::clone(&k))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Entries whose key starts with `prefix`, sorted by key.
+    pub fn items(&self, prefix: &str) -> Vec<(String, Entry)> {
+        let mut items: Vec<(String, Entry)> = self
+            .map
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (String::clone(&k), v))
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        items
+    }
+
+    fn copy_from(&self, other: &Cache) {
+        *self.cleared.lock().expect("cleared lock") =
+            *other.cleared.lock().expect("cleared lock");
+        for (k, v) in other.map.iter() {
+            self.map.insert(String::clone(&k), v);
+        }
+        for (k, v) in other.tombs.iter() {
+            self.tombs.insert(String::clone(&k), v);
+        }
+    }
+}
+
+// -- replication messages --------------------------------------------------------------------
+
+/// One replicated write (`cache.apply` on the cluster bus; `BUS.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Repl {
+    Put {
+        cache: String,
+        key: String,
+        kind: ValueKind,
+        /// JSON text as is, or base64 for bytes.
+        value: String,
+        #[serde(default)]
+        expires_at: u64,
+        #[serde(default)]
+        ttl_ms: u64,
+        stamp: Stamp,
+    },
+    Delete {
+        cache: String,
+        key: String,
+        stamp: Stamp,
+    },
+    Clear {
+        cache: String,
+        stamp: Stamp,
+    },
+}
+
+impl Repl {
+    fn put(cache: &str, key: &str, e: &Entry) -> Repl {
+        use base64::Engine;
+        let value = match e.kind {
+            ValueKind::Json => String::from_utf8_lossy(&e.value).into_owned(),
+            ValueKind::Bytes => base64::engine::general_purpose::STANDARD.encode(&e.value),
+        };
+        Repl::Put {
+            cache: cache.to_owned(),
+            key: key.to_owned(),
+            kind: e.kind,
+            value,
+            expires_at: e.expires_at,
+            ttl_ms: e.ttl_ms,
+            stamp: e.stamp,
+        }
+    }
+
+    fn stamp(&self) -> Stamp {
+        match self {
+            Repl::Put { stamp, .. } | Repl::Delete { stamp, .. } | Repl::Clear { stamp, .. } => {
+                *stamp
+            }
+        }
+    }
+}
+
+// -- the set of caches -----------------------------------------------------------------------
+
+/// Every cache of this server.
+pub struct Caches {
+    caches: RwLock<HashMap<String, Arc<Cache>>>,
+    pub clock: Hlc,
+    node: AtomicU64,
+    /// Where replicated writes go (set when the server runs a cluster bus).
+    replicator: OnceLock<tokio::sync::mpsc::UnboundedSender<Repl>>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches").finish_non_exhaustive()
+    }
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches::new()
+    }
+}
+
+impl Caches {
+    /// Just the built-in `default` cache.
+    pub fn new() -> Caches {
+        let caches = Caches {
+            caches: RwLock::new(HashMap::new()),
+            clock: Hlc::default(),
+            node: AtomicU64::new(0),
+            replicator: OnceLock::new(),
+        };
+        caches.apply_defs(&[]);
+        caches
+    }
+
+    /// Sets this server's name (its id in stamps).
+    pub fn set_server(&self, name: &str) {
+        self.node.store(node_id(name), Ordering::Relaxed);
+    }
+
+    /// From now on, writes to replicating caches are sent to `tx` (the bus's replicator).
+    pub fn replicate_to(&self, tx: tokio::sync::mpsc::UnboundedSender<Repl>) {
+        let _ = self.replicator.set(tx);
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            t: self.clock.now(),
+            node: self.node.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Makes the set of caches match `defs` (plus the built-in `default` when no definition
+    /// names it). Unchanged caches keep their entries and counters; a changed definition
+    /// rebuilds its cache and carries the entries over (the new limits apply from then on);
+    /// caches no longer defined are dropped.
+    pub fn apply_defs(&self, defs: &[CacheDef]) {
+        let mut wanted: Vec<(CacheDef, bool)> = defs.iter().map(|d| (d.clone(), false)).collect();
+        if !defs.iter().any(|d| d.name == DEFAULT_CACHE) {
+            wanted.push((CacheDef::builtin_default(), true));
+        }
+        let mut caches = self.caches.write().expect("caches lock");
+        let mut next = HashMap::with_capacity(wanted.len());
+        for (def, builtin) in wanted {
+            let cache = match caches.remove(&def.name) {
+                Some(old) if old.def == def => old,
+                Some(old) => {
+                    let new = Cache::new(def, builtin, old.counters.evictions.clone());
+                    new.copy_from(&old);
+                    for (a, b) in [
+                        (&new.counters.hits, &old.counters.hits),
+                        (&new.counters.misses, &old.counters.misses),
+                        (&new.counters.sets, &old.counters.sets),
+                        (&new.counters.deletes, &old.counters.deletes),
+                    ] {
+                        a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                    Arc::new(new)
+                }
+                None => Arc::new(Cache::new(def, builtin, Arc::default())),
+            };
+            next.insert(cache.def.name.clone(), cache);
+        }
+        *caches = next;
+    }
+
+    /// The cache called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Cache>, CacheError> {
+        self.caches
+            .read()
+            .expect("caches lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CacheError::UnknownCache(name.to_owned()))
+    }
+
+    /// Every cache, by name.
+    pub fn all(&self) -> Vec<Arc<Cache>> {
+        let mut v: Vec<Arc<Cache>> = self
+            .caches
+            .read()
+            .expect("caches lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        v
+    }
+
+    fn replicating(&self, cache: &Cache) -> Option<&tokio::sync::mpsc::UnboundedSender<Repl>> {
+        if cache.def.replicate {
+            self.replicator.get()
+        } else {
+            None
+        }
+    }
+
+    /// Stores `value` under `key`. `expiry`: seconds, `None` = the cache's default, 0 = never.
+    pub fn set(
+        &self,
+        cache: &Cache,
+        key: &str,
+        value: Bytes,
+        kind: ValueKind,
+        expiry: Option<f64>,
+    ) -> Result<(), CacheError> {
+        check_key(key)?;
+        cache.check_size(value.len())?;
+        let ttl_ms = expiry_ms(&cache.def, expiry)?;
+        let entry = Entry {
+            value,
+            kind,
+            expires_at: if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms },
+            ttl_ms,
+            stamp: self.stamp(),
+        };
+        cache.counters.sets.fetch_add(1, Ordering::Relaxed);
+        let key = key.to_owned();
+        match self.replicating(cache) {
+            None => cache.map.insert(key, entry),
+            Some(tx) => {
+                let repl = Repl::put(&cache.def.name, &key, &entry);
+                if cache.put_stamped(key, entry) {
+                    let _ = tx.send(repl);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `key`; true when it was present.
+    pub fn delete(&self, cache: &Cache, key: &str) -> Result<bool, CacheError> {
+        check_key(key)?;
+        cache.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        match self.replicating(cache) {
+            None => Ok(cache.map.remove(key).is_some()),
+            Some(tx) => {
+                let stamp = self.stamp();
+                let existed = cache.delete_stamped(key.to_owned(), stamp, true);
+                let _ = tx.send(Repl::Delete {
+                    cache: cache.def.name.clone(),
+                    key: key.to_owned(),
+                    stamp,
+                });
+                Ok(existed)
+            }
+        }
+    }
+
+    /// Sets a new expiry on an existing key (seconds; 0 = never); false when it is absent.
+    pub fn expire(&self, cache: &Cache, key: &str, seconds: f64) -> Result<bool, CacheError> {
+        check_key(key)?;
+        let ttl_ms = expiry_ms(&cache.def, Some(seconds))?;
+        let stamp = self.stamp();
+        let key = key.to_owned();
+        let mut written = None;
+        let result = cache.map.entry(key.clone()).and_compute_with(|old| match old {
+            Some(o) => {
+                let mut e = o.into_value();
+                e.expires_at = if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms };
+                e.ttl_ms = ttl_ms;
+                e.stamp = stamp;
+                written = Some(e.clone());
+                moka::ops::compute::Op::Put(e)
+            }
+            None => moka::ops::compute::Op::Nop,
+        });
+        let existed = !matches!(result, moka::ops::compute::CompResult::StillNone(_));
+        if let (Some(tx), Some(e)) = (self.replicating(cache), written) {
+            let _ = tx.send(Repl::put(&cache.def.name, &key, &e));
+        }
+        Ok(existed)
+    }
+
+    /// Adds `by` to the integer under `key` (a missing key counts as 0) and returns the new
+    /// value; atomic on this server. A new key gets the cache's default expiry, an existing
+    /// one keeps its own.
+    pub fn incr(&self, cache: &Cache, key: &str, by: i64) -> Result<i64, CacheError> {
+        check_key(key)?;
+        let default_ttl = cache.def.default_expiry_s * 1000;
+        let stamp = self.stamp();
+        let key = key.to_owned();
+        let mut outcome: Result<Entry, CacheError> = Err(CacheError::Invalid(String::new()));
+        cache.map.entry(key.clone()).and_compute_with(|old| {
+            let (current, expires_at, ttl_ms) = match &old {
+                None => (Ok(0), 0, 0),
+                Some(o) => {
+                    let e = o.value();
+                    let n = match e.kind {
+                        ValueKind::Json => std::str::from_utf8(&e.value)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<i64>().ok()),
+                        ValueKind::Bytes => None,
+                    };
+                    (n.ok_or(()), e.expires_at, e.ttl_ms)
+                }
+            };
+            let next = current.ok().and_then(|n| n.checked_add(by));
+            let new = match (current, next) {
+                (Err(()), _) => {
+                    outcome = Err(CacheError::NotInteger {
+                        key: key.to_string(),
+                    });
+                    return moka::ops::compute::Op::Nop;
+                }
+                (Ok(_), None) => {
+                    outcome = Err(CacheError::Overflow {
+                        key: key.to_string(),
+                    });
+                    return moka::ops::compute::Op::Nop;
+                }
+                (Ok(_), Some(n)) => n,
+            };
+            let (expires_at, ttl_ms) = if old.is_none() && default_ttl > 0 {
+                (now_ms() + default_ttl, default_ttl)
+            } else {
+                (expires_at, ttl_ms)
+            };
+            let e = Entry {
+                value: Bytes::from(new.to_string()),
+                kind: ValueKind::Json,
+                expires_at,
+                ttl_ms,
+                stamp,
+            };
+            outcome = Ok(e.clone());
+            moka::ops::compute::Op::Put(e)
+        });
+        let e = outcome?;
+        cache.counters.sets.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = self.replicating(cache) {
+            let _ = tx.send(Repl::put(&cache.def.name, &key, &e));
+        }
+        Ok(std::str::from_utf8(&e.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("written as an integer"))
+    }
+
+    /// Removes every entry; returns how many there were.
+    pub fn clear(&self, cache: &Cache) -> u64 {
+        let stamp = self.stamp();
+        let n = cache.clear_stamped(stamp);
+        if let Some(tx) = self.replicating(cache) {
+            let _ = tx.send(Repl::Clear {
+                cache: cache.def.name.clone(),
+                stamp,
+            });
+        }
+        n
+    }
+
+    /// Applies writes replicated from another server. A write for a cache this server does
+    /// not have (yet) is dropped; so is one older than what this server holds.
+    pub fn apply_remote(&self, batch: Vec<Repl>) {
+        for r in batch {
+            self.clock.observe(r.stamp().t);
+            match r {
+                Repl::Put {
+                    cache,
+                    key,
+                    kind,
+                    value,
+                    expires_at,
+                    ttl_ms,
+                    stamp,
+                } => {
+                    let Ok(c) = self.get(&cache) else { continue };
+                    let value = match kind {
+                        ValueKind::Json => Bytes::from(value),
+                        ValueKind::Bytes => {
+                            use base64::Engine;
+                            match base64::engine::general_purpose::STANDARD.decode(&value) {
+                                Ok(v) => Bytes::from(v),
+                                Err(_) => continue,
+                            }
+                        }
+                    };
+                    if expires_at != 0 && expires_at <= now_ms() {
+                        // Expired in transit: it still deletes older writes.
+                        c.delete_stamped(key, stamp, true);
+                        continue;
+                    }
+                    c.put_stamped(
+                        key,
+                        Entry {
+                            value,
+                            kind,
+                            expires_at,
+                            ttl_ms,
+                            stamp,
+                        },
+                    );
+                }
+                Repl::Delete { cache, key, stamp } => {
+                    if let Ok(c) = self.get(&cache) {
+                        c.delete_stamped(key, stamp, true);
+                    }
+                }
+                Repl::Clear { cache, stamp } => {
+                    if let Ok(c) = self.get(&cache) {
+                        c.clear_stamped(stamp);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caches(name: &str) -> Caches {
+        let c = Caches::new();
+        c.set_server(name);
+        c
+    }
+
+    #[test]
+    fn definitions_are_validated_with_the_field_named() {
+        let mut d = CacheDef::named("sessions");
+        assert!(d.validate().is_ok());
+        d.max_entries = 0;
+        assert!(d.validate().unwrap_err().contains("max_entries"));
+        d = CacheDef::named("a b");
+        assert!(d.validate().unwrap_err().contains("not a valid cache name"));
+        d = CacheDef::named("x");
+        d.max_item_size = MAX_ITEM_SIZE_LIMIT + 1;
+        assert!(d.validate().unwrap_err().contains("max_item_size"));
+        let parsed: Result<CacheDef, _> = serde_json::from_str(r#"{"name":"x","bogus":1}"#);
+        assert!(parsed.is_err());
+        let parsed: CacheDef = serde_json::from_str(r#"{"name":"x"}"#).unwrap();
+        assert_eq!(parsed, CacheDef::named("x"));
+    }
+
+    #[test]
+    fn default_always_exists_and_definitions_replace_the_set() {
+        let c = caches("a");
+        assert!(c.get("default").unwrap().builtin);
+        let d = c.get("default").unwrap();
+        c.set(&d, "k", Bytes::from_static(b"1"), ValueKind::Json, None)
+            .unwrap();
+        let mut small = CacheDef::named("default");
+        small.max_entries = 5;
+        c.apply_defs(&[small.clone(), CacheDef::named("other")]);
+        let d = c.get("default").unwrap();
+        assert!(!d.builtin);
+        assert_eq!(d.def.max_entries, 5);
+        assert_eq!(d.get("k").unwrap().value, Bytes::from_static(b"1"));
+        assert!(c.get("other").is_ok());
+        c.apply_defs(&[]);
+        assert!(matches!(c.get("other"), Err(CacheError::UnknownCache(_))));
+        assert!(c.get("default").unwrap().builtin);
+    }
+
+    #[test]
+    fn incr_counts_and_refuses_what_is_not_an_integer() {
+        let c = caches("a");
+        let d = c.get("default").unwrap();
+        assert_eq!(c.incr(&d, "n", 5).unwrap(), 5);
+        assert_eq!(c.incr(&d, "n", -7).unwrap(), -2);
+        c.set(&d, "s", Bytes::from_static(b"\"x\""), ValueKind::Json, None)
+            .unwrap();
+        assert_eq!(c.incr(&d, "s", 1).unwrap_err().status(), 409);
+        c.set(&d, "m", Bytes::from(i64::MAX.to_string()), ValueKind::Json, None)
+            .unwrap();
+        assert!(matches!(
+            c.incr(&d, "m", 1),
+            Err(CacheError::Overflow { .. })
+        ));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        c.incr(&d, "t", 1).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(c.incr(&d, "t", 0).unwrap(), 4000);
+    }
+
+    #[test]
+    fn oversized_values_and_keys_are_refused() {
+        let c = caches("a");
+        let mut def = CacheDef::named("small");
+        def.max_item_size = 4;
+        c.apply_defs(&[def]);
+        let s = c.get("small").unwrap();
+        let e = c
+            .set(&s, "k", Bytes::from_static(b"12345"), ValueKind::Bytes, None)
+            .unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert!(e.to_string().contains("max_item_size of 4"));
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        assert_eq!(
+            c.set(&s, &long, Bytes::new(), ValueKind::Bytes, None)
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn max_entries_evicts() {
+        let c = caches("a");
+        let mut def = CacheDef::named("tiny");
+        def.max_entries = 10;
+        c.apply_defs(&[def]);
+        let t = c.get("tiny").unwrap();
+        for i in 0..100 {
+            c.set(&t, &format!("k{i}"), Bytes::from_static(b"1"), ValueKind::Json, None)
+                .unwrap();
+        }
+        assert!(t.len() <= 10, "{} entries", t.len());
+        assert!(t.stats().evictions > 0);
+    }
+
+    /// Two servers' caches joined by a "bus" that delivers in the order given.
+    fn replicated(name: &str) -> (Caches, tokio::sync::mpsc::UnboundedReceiver<Repl>) {
+        let c = caches(name);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        c.replicate_to(tx);
+        (c, rx)
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Repl>) -> Vec<Repl> {
+        let mut v = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            v.push(r);
+        }
+        v
+    }
+
+    fn value(c: &Caches, key: &str) -> Option<Bytes> {
+        c.get("default").unwrap().map.get(key).map(|e| e.value)
+    }
+
+    #[test]
+    fn concurrent_writes_converge_whatever_the_delivery_order() {
+        let (a, mut ra) = replicated("a");
+        let (b, mut rb) = replicated("b");
+        let (da, db) = (a.get("default").unwrap(), b.get("default").unwrap());
+        // Both write the same key before hearing of the other's write.
+        a.set(&da, "k", Bytes::from_static(b"\"A\""), ValueKind::Json, None)
+            .unwrap();
+        b.set(&db, "k", Bytes::from_static(b"\"B\""), ValueKind::Json, None)
+            .unwrap();
+        let (from_a, from_b) = (drain(&mut ra), drain(&mut rb));
+        a.apply_remote(from_b);
+        b.apply_remote(from_a);
+        assert_eq!(value(&a, "k"), value(&b, "k"));
+        // A delete racing a write: both end up without the key when the delete is newer.
+        b.set(&db, "d", Bytes::from_static(b"1"), ValueKind::Json, None)
+            .unwrap();
+        let first = drain(&mut rb);
+        a.apply_remote(first.clone());
+        a.delete(&da, "d").unwrap();
+        let del = drain(&mut ra);
+        b.apply_remote(del);
+        // The older write arrives again (late): it must not resurrect the key.
+        a.apply_remote(first);
+        assert_eq!(value(&a, "d"), None);
+        assert_eq!(value(&b, "d"), None);
+        // A clear drops older writes everywhere, and later ones still land.
+        a.set(&da, "x", Bytes::from_static(b"1"), ValueKind::Json, None)
+            .unwrap();
+        b.apply_remote(drain(&mut ra));
+        b.clear(&db);
+        a.apply_remote(drain(&mut rb));
+        assert_eq!(value(&a, "x"), None);
+        a.set(&da, "y", Bytes::from_static(b"2"), ValueKind::Json, None)
+            .unwrap();
+        b.apply_remote(drain(&mut ra));
+        assert_eq!(value(&b, "y"), Some(Bytes::from_static(b"2")));
+    }
+
+    #[test]
+    fn bytes_survive_replication() {
+        let (a, mut ra) = replicated("a");
+        let b = caches("b");
+        let da = a.get("default").unwrap();
+        let raw = Bytes::from_static(&[0, 159, 146, 150, 255]);
+        a.set(&da, "b", raw.clone(), ValueKind::Bytes, Some(60.0))
+            .unwrap();
+        let batch = drain(&mut ra);
+        let json = serde_json::to_string(&batch).unwrap();
+        b.apply_remote(serde_json::from_str(&json).unwrap());
+        let e = b.get("default").unwrap().get("b").unwrap();
+        assert_eq!(e.value, raw);
+        assert_eq!(e.kind, ValueKind::Bytes);
+        assert!(e.expires_at > now_ms());
+    }
+
+    #[test]
+    fn the_clock_moves_past_what_it_observes() {
+        let h = Hlc::default();
+        let a = h.now();
+        h.observe(a + (1 << 30));
+        assert!(h.now() > a + (1 << 30));
+    }
+}
