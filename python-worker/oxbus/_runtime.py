@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import logging
 import os
 import signal
@@ -56,8 +57,8 @@ from collections import deque
 from . import __version__
 from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG, PING, PONG,
                         PROTOCOL_VERSION, READY, REPLY, WELCOME, WORKER_STREAM_BIT,
-                        FrameReader, ProtocolError, decode_call, decode_json, encode_frame,
-                        encode_json)
+                        FrameReader, ProtocolError, decode_call, decode_json, encode_call,
+                        encode_frame, encode_json)
 from .service import Dispatcher, Service, current_invocation, _error_frame
 from .simpleio import describe
 
@@ -346,6 +347,15 @@ class Worker:
         self._loop_flush_pending = False
         self._tasks: Set[Any] = set()  # asyncio.Task, kept alive until done
 
+        # Calls this worker makes and waits for (``request``). Whoever wants to read the
+        # socket claims it with _rx_busy (guarded by _lock): the leader between batches, or
+        # a thread waiting for its REPLY. REPLYs are handed to their waiters by whoever reads.
+        self._rx_busy = False
+        self._rx_cv = threading.Condition(self._lock)
+        self._rx_waiting = 0                  # threads waiting on _rx_cv
+        self._waiters: Dict[int, List[bytes]] = {}  # stream -> [] until its REPLY arrives
+        self._request_ids = itertools.count(1)
+
     # -- public API used by the dispatcher and the log handler ----------------------------
 
     def post(self, frame: bytes) -> None:
@@ -363,6 +373,75 @@ class Worker:
             self._schedule_loop_flush()
         else:
             self._flush()
+
+    def request(self, meta: Dict[str, Any], body: bytes = b'') -> Tuple[Dict[str, Any], bytes]:
+        """Send a CALL to the supervisor and wait for its REPLY: ``(reply meta, body)``.
+
+        Any thread may call it (a handler, the event loop, a thread of the service's own).
+        The waiting thread reads the socket itself when nobody else is reading it (the common
+        case: the leader running this handler inline), so a call costs one ``sendall`` and
+        one ``recv``; frames for others that arrive meanwhile are queued as usual. When
+        another thread holds the socket, that thread hands the REPLY over. There is no
+        timeout of its own: the supervisor answers every call, and a supervisor that is gone
+        ends the worker (heartbeat).
+        """
+        stream = WORKER_STREAM_BIT | ((next(self._request_ids) - 1) % 0x7FFF_FFFF + 1)
+        frame = encode_call(stream, meta, body)
+        slot: List[bytes] = []
+        lock = self._lock
+        with lock:
+            if not self._started:
+                raise RuntimeError('the server can be called only once the worker serves '
+                                   '(inside handlers), not while modules are imported')
+            if self._bye_sent:
+                raise RuntimeError('the worker is stopping')
+            self._waiters[stream] = slot
+        with self._send_lock:
+            try:
+                self._sock.sendall(frame)
+            except OSError as e:
+                self._lost('writing to the supervisor failed: %s' % e)
+        while True:
+            with lock:
+                while not slot and self._rx_busy:
+                    self._rx_waiting += 1
+                    self._rx_cv.wait()
+                    self._rx_waiting -= 1
+                if slot:
+                    return decode_call(slot[0])
+                self._rx_busy = True
+            self._read_frames()
+            if self._outbox:
+                self._flush()  # a PONG, or replies this thread's frames made ready
+
+    def _read_frames(self) -> None:
+        """One ``recv`` and the frames it completes; the caller has claimed ``_rx_busy``,
+        which ``_on_frames`` gives back."""
+        try:
+            n = self._sock.recv_into(self._reader.writable())
+        except OSError as e:
+            self._lost('reading from the supervisor failed: %s' % e)
+        if not n:
+            self._lost('the supervisor closed the connection')
+        self._last_rx = _monotonic()
+        try:
+            self._on_frames(self._reader.feed(n))
+        except ProtocolError as e:
+            self._protocol_error(e)
+
+    def _claim_rx(self) -> bool:
+        """For the leader: claim the socket, or return False when a call became runnable
+        while another thread (waiting for its REPLY) was reading."""
+        with self._lock:
+            while self._rx_busy:
+                if (self._pending and self._running < self._threads) or \
+                        self._exit_code is not None:
+                    return False
+                self._rx_waiting += 1
+                self._rx_cv.wait()
+                self._rx_waiting -= 1
+            self._rx_busy = True
+            return True
 
     def after_reply(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in this thread once the reply of the call it is running has been sent:
@@ -493,6 +572,8 @@ class Worker:
                 self._housekeeping()
                 if self._draining:
                     self._check_drained()
+                if not self._claim_rx():
+                    continue  # a thread waiting for its REPLY read calls for us to run
                 try:
                     n = recv_into(reader.writable())
                 except OSError as e:
@@ -617,6 +698,13 @@ class Worker:
                 if now - since < handoff:
                     sleep(since + handoff - now)
                     continue
+                # A handler that keeps calling the server (``request``) reads the socket
+                # itself and queues what arrives: it is not blocking anybody until calls
+                # wait for a thread. Promoting then would only make two threads take
+                # turns at the socket for every one of its calls.
+                if now - self._last_rx < handoff and not self._pending:
+                    sleep(handoff)
+                    continue
                 with self._lock:  # re-check: the handler may have just returned
                     since = self._inline_since
                     if since is not None and _monotonic() - since >= handoff:
@@ -664,10 +752,10 @@ class Worker:
                               has_loop and dispatcher.is_async(meta)))
             elif kind == PING or kind == CANCEL or kind == DRAIN:
                 items.append((kind, stream, payload, False))
-            elif kind == PONG or kind == REPLY:
-                # We send no PING and only fire-and-forget CALLs, so these answer nothing
-                # in flight; a late answer is harmless.
-                pass
+            elif kind == REPLY:
+                items.append((REPLY, stream, payload, False))
+            elif kind == PONG:
+                pass  # we send no PING
             elif kind == ERROR:
                 self._die(EXIT_LOST, 'the supervisor sent ERROR: %s' % _error_text(payload))
             else:
@@ -680,7 +768,15 @@ class Worker:
         pending = self._pending
         async_calls: List[_Call] = []
         with self._lock:
+            # Whoever read these frames gives the socket back (see request / _claim_rx).
+            self._rx_busy = False
+            wake = self._rx_waiting > 0
             for kind, stream, obj, is_async in items:
+                if kind == REPLY:
+                    slot = self._waiters.pop(stream, None)
+                    if slot is not None:
+                        slot.append(obj)
+                    continue  # a REPLY nobody waits for (ASYNC calls get none) is dropped
                 if self._bye_sent:
                     break  # we are on our way out; nothing may follow BYE
                 if kind == CALL:
@@ -709,6 +805,10 @@ class Worker:
                             self._inflight -= 1  # it stays in the deque; takers skip it
                 else:  # DRAIN
                     self._draining = True
+            if wake:
+                # Waiters: a REPLY may be theirs, the socket is free, or (the leader) there
+                # may be calls to run.
+                self._rx_cv.notify_all()
         if async_calls:
             # One wake-up of the loop per batch, not per call.
             self._loop.call_soon_threadsafe(self._start_async, async_calls)
@@ -957,7 +1057,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     worker = Worker(sock, reader, welcome['threads'], welcome['heartbeat_ms'],
                     worker_id=args.worker_id)
-    worker.dispatcher = Dispatcher(services, post=worker.post,
+    worker.dispatcher = Dispatcher(services, post=worker.post, request=worker.request,
                                    run_coroutine=worker.run_coroutine)
     # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
     # dispatcher hands it any op that is not an invocation.

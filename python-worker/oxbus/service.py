@@ -35,6 +35,7 @@ from contextvars import ContextVar
 
 from . import _protocol
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
+from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
 from .simpleio import Bunch, OutputError, filter_output, parse_input, parse_spec
 
@@ -417,6 +418,12 @@ class Service:
         """
         return self._require_dispatcher().invoke_async(name, payload)
 
+    @property
+    def cache(self) -> CacheAPI:
+        """The server's caches: ``self.cache.default.get(key)``, ``self.cache['name']``
+        (see :mod:`oxbus.cache`)."""
+        return self._require_dispatcher().cache
+
     def _require_dispatcher(self) -> Dispatcher:
         dispatcher = self._oxbus_dispatcher
         if dispatcher is None:
@@ -545,8 +552,13 @@ class Dispatcher:
 
     def __init__(self, services: Dict[str, Type[Service]],
                  post: Optional[Callable[[bytes], None]] = None,
-                 run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None) -> None:
+                 run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
+                 request: Optional[Callable[[Dict[str, Any], bytes],
+                                            Tuple[Dict[str, Any], bytes]]] = None) -> None:
         self.services = dict(services)
+        #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
+        #: CALL-and-wait to the supervisor).
+        self.cache = CacheAPI(request or _no_server)
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
         self._run_coroutine = run_coroutine or _asyncio_run
@@ -841,6 +853,10 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation) -> None:
             await _maybe_await(svc.after_handle())
     finally:
         current_invocation.reset(token)
+
+
+def _no_server(meta: Dict[str, Any], body: bytes) -> Tuple[Dict[str, Any], bytes]:
+    raise RuntimeError('not running inside an oxbus worker: there is no server to call')
 
 
 def _asyncio_run(coro: Awaitable[Any]) -> Any:

@@ -495,8 +495,24 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                         stream,
                         asynchronous,
                         meta,
-                        ..
+                        body,
                     }) => {
+                        if let Ok(oxbus_ipc::bus::Op::CacheApply(_)) =
+                            oxbus_ipc::bus::Op::parse(&meta)
+                        {
+                            // In the link's own task, so a peer's writes apply in the order
+                            // it made them.
+                            let status = apply_cache_writes(&shared, &peer, &body);
+                            if !asynchronous {
+                                let mut out = BytesMut::new();
+                                if oxbus_ipc::bus::encode_reply(&mut out, stream, status, b"{}")
+                                    .is_ok()
+                                {
+                                    let _ = tx.send(out.freeze());
+                                }
+                            }
+                            continue;
+                        }
                         let (shared, tx) = (shared.clone(), tx.clone());
                         tokio::spawn(async move {
                             let (status, body) = serve_call(&shared, &meta).await;
@@ -562,6 +578,71 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
 }
 
 const BYE_REASON: &str = "the peer said BYE";
+
+/// Applies a peer's `cache.apply` body (a JSON array of writes); the REPLY status.
+fn apply_cache_writes(shared: &Shared, peer: &str, body: &[u8]) -> u16 {
+    match serde_json::from_slice::<Vec<crate::cache::Repl>>(body) {
+        Ok(batch) => {
+            shared.pool.caches.apply_remote(batch);
+            200
+        }
+        Err(e) => {
+            warn!(peer = %peer, error = %e, "bus: unreadable cache writes from a peer, dropped");
+            400
+        }
+    }
+}
+
+/// Sends this server's cache writes to every linked peer, batched: whatever has queued up
+/// while the previous batch was being sent goes in one `cache.apply` (at most 1024 writes).
+/// A peer that is not linked right now misses them (`docs/CACHE.md`).
+pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<crate::cache::Repl>) {
+    const META: &[u8] = br#"{"op":"cache.apply"}"#;
+    let mut batch = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        let mut size = first.approx_size();
+        batch.push(first);
+        // A batch stays far below the bus's 64 MiB frame limit (a value is at most 32 MiB,
+        // 43 MiB in base64).
+        while batch.len() < 1024 && size < 8 * 1024 * 1024 {
+            match rx.try_recv() {
+                Ok(r) => {
+                    size += r.approx_size();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let links = bus.links.lock().expect("links lock");
+        if links.is_empty() {
+            continue;
+        }
+        let body = serde_json::to_vec(&batch).expect("cache writes serialise");
+        for h in links.values() {
+            let stream = h.streams.lock().expect("streams lock").next_id();
+            let mut out = BytesMut::with_capacity(body.len() + 64);
+            if oxbus_ipc::bus::encode_meta_frame(
+                &mut out,
+                oxbus_ipc::bus::Kind::Call,
+                oxbus_ipc::bus::FLAG_ASYNC,
+                stream,
+                META,
+                &body,
+            )
+            .is_ok()
+            {
+                let _ = h.tx.send(out.freeze());
+            } else {
+                warn!(
+                    writes = batch.len(),
+                    bytes = body.len(),
+                    "bus: cache writes too large for one frame, not replicated"
+                );
+            }
+        }
+    }
+}
 
 /// Serves a call from a peer: `deploy.activate` / `deploy.remove` bring this server up to the
 /// store's version now (whatever versions the call names: the store decides, so concurrent

@@ -279,7 +279,11 @@ pub enum CacheError {
     #[error("no cache named {0}")]
     UnknownCache(String),
     #[error("the value is {size} bytes, more than cache {cache}'s max_item_size of {max}")]
-    TooLarge { cache: String, size: usize, max: u64 },
+    TooLarge {
+        cache: String,
+        size: usize,
+        max: u64,
+    },
     #[error("the value of {key:?} is not an integer")]
     NotInteger { key: String },
     #[error("incrementing {key:?} overflows a 64-bit integer")]
@@ -410,11 +414,11 @@ impl Cache {
         }
     }
 
-    /// The number of live entries (moka's count, which catches up with recent writes and
-    /// expiries once its pending housekeeping has run).
+    /// The number of live entries, exactly: counted, because moka's own count includes
+    /// entries that have expired but whose removal has not run yet.
     pub fn len(&self) -> u64 {
         self.map.run_pending_tasks();
-        self.map.entry_count()
+        self.map.iter().count() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -552,8 +556,7 @@ impl Cache {
     }
 
     fn copy_from(&self, other: &Cache) {
-        *self.cleared.lock().expect("cleared lock") =
-            *other.cleared.lock().expect("cleared lock");
+        *self.cleared.lock().expect("cleared lock") = *other.cleared.lock().expect("cleared lock");
         for (k, v) in other.map.iter() {
             self.map.insert(String::clone(&k), v);
         }
@@ -607,6 +610,17 @@ impl Repl {
             expires_at: e.expires_at,
             ttl_ms: e.ttl_ms,
             stamp: e.stamp,
+        }
+    }
+
+    /// About how many bytes it takes in a `cache.apply` body.
+    pub fn approx_size(&self) -> usize {
+        64 + match self {
+            Repl::Put {
+                cache, key, value, ..
+            } => cache.len() + key.len() + value.len(),
+            Repl::Delete { cache, key, .. } => cache.len() + key.len(),
+            Repl::Clear { cache, .. } => cache.len(),
         }
     }
 
@@ -796,17 +810,20 @@ impl Caches {
         let stamp = self.stamp();
         let key = key.to_owned();
         let mut written = None;
-        let result = cache.map.entry(key.clone()).and_compute_with(|old| match old {
-            Some(o) => {
-                let mut e = o.into_value();
-                e.expires_at = if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms };
-                e.ttl_ms = ttl_ms;
-                e.stamp = stamp;
-                written = Some(e.clone());
-                moka::ops::compute::Op::Put(e)
-            }
-            None => moka::ops::compute::Op::Nop,
-        });
+        let result = cache
+            .map
+            .entry(key.clone())
+            .and_compute_with(|old| match old {
+                Some(o) => {
+                    let mut e = o.into_value();
+                    e.expires_at = if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms };
+                    e.ttl_ms = ttl_ms;
+                    e.stamp = stamp;
+                    written = Some(e.clone());
+                    moka::ops::compute::Op::Put(e)
+                }
+                None => moka::ops::compute::Op::Nop,
+            });
         let existed = !matches!(result, moka::ops::compute::CompResult::StillNone(_));
         if let (Some(tx), Some(e)) = (self.replicating(cache), written) {
             let _ = tx.send(Repl::put(&cache.def.name, &key, &e));
@@ -949,6 +966,144 @@ impl Caches {
     }
 }
 
+// -- the workers' calls -----------------------------------------------------------------------
+
+/// A worker's `cache.*` call meta (`ipc-protocol/SPEC.md`, "Cache operations").
+#[derive(Debug, Deserialize)]
+struct IpcCall<'a> {
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    cache: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    kind: Option<ValueKind>,
+    #[serde(default)]
+    expiry: Option<f64>,
+    #[serde(default)]
+    by: Option<i64>,
+    #[serde(borrow, default)]
+    prefix: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The answer to a worker's cache call: status, content type, error kind, body.
+#[derive(Debug, PartialEq)]
+pub struct IpcReply {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    pub error: Option<&'static str>,
+    pub body: Bytes,
+}
+
+impl IpcReply {
+    fn json(body: impl Into<Bytes>) -> IpcReply {
+        IpcReply {
+            status: 200,
+            content_type: Some("application/json"),
+            error: None,
+            body: body.into(),
+        }
+    }
+
+    fn error(e: &CacheError) -> IpcReply {
+        IpcReply {
+            status: e.status(),
+            content_type: Some("application/json"),
+            error: Some(e.kind()),
+            body: Bytes::from(serde_json::json!({ "error": e.to_string() }).to_string()),
+        }
+    }
+}
+
+impl Caches {
+    /// Serves one `cache.*` call of a worker: `meta` is the CALL's JSON meta, `body` its body.
+    pub fn serve_ipc(&self, meta: &[u8], body: Bytes) -> IpcReply {
+        match self.serve_ipc_inner(meta, body) {
+            Ok(r) => r,
+            Err(e) => IpcReply::error(&e),
+        }
+    }
+
+    fn serve_ipc_inner(&self, meta: &[u8], body: Bytes) -> Result<IpcReply, CacheError> {
+        let call: IpcCall<'_> = serde_json::from_slice(meta)
+            .map_err(|e| CacheError::Invalid(format!("bad cache call: {e}")))?;
+        let name = call.cache.as_deref().unwrap_or(DEFAULT_CACHE);
+        let cache = self.get(name)?;
+        let key = || {
+            call.key
+                .as_deref()
+                .ok_or_else(|| CacheError::Invalid(format!("{} needs a key", call.op)))
+        };
+        let flag = |b: bool| IpcReply::json(if b { "true" } else { "false" });
+        Ok(match &*call.op {
+            "cache.get" => match cache.get(key()?) {
+                Some(e) => IpcReply {
+                    status: 200,
+                    content_type: Some(e.kind.content_type()),
+                    error: None,
+                    body: e.value,
+                },
+                None => IpcReply {
+                    status: 204,
+                    content_type: None,
+                    error: None,
+                    body: Bytes::new(),
+                },
+            },
+            "cache.set" => {
+                let kind = call.kind.unwrap_or(ValueKind::Json);
+                self.set(&cache, key()?, body, kind, call.expiry)?;
+                IpcReply::json("true")
+            }
+            "cache.delete" => flag(self.delete(&cache, key()?)?),
+            "cache.has" => flag(cache.contains(key()?)),
+            "cache.expire" => {
+                let seconds = call
+                    .expiry
+                    .ok_or_else(|| CacheError::Invalid("cache.expire needs an expiry".into()))?;
+                flag(self.expire(&cache, key()?, seconds)?)
+            }
+            "cache.incr" => {
+                IpcReply::json(self.incr(&cache, key()?, call.by.unwrap_or(1))?.to_string())
+            }
+            "cache.keys" => IpcReply::json(
+                serde_json::to_vec(&cache.keys(call.prefix.as_deref().unwrap_or("")))
+                    .expect("strings serialise"),
+            ),
+            "cache.items" => {
+                let items: Vec<(String, ValueKind, String)> = cache
+                    .items(call.prefix.as_deref().unwrap_or(""))
+                    .into_iter()
+                    .map(|(k, e)| {
+                        let text = match e.kind {
+                            ValueKind::Json => String::from_utf8_lossy(&e.value).into_owned(),
+                            ValueKind::Bytes => {
+                                use base64::Engine;
+                                base64::engine::general_purpose::STANDARD.encode(&e.value)
+                            }
+                        };
+                        (k, e.kind, text)
+                    })
+                    .collect();
+                IpcReply::json(serde_json::to_vec(&items).expect("strings serialise"))
+            }
+            "cache.clear" => IpcReply::json(self.clear(&cache).to_string()),
+            "cache.len" => IpcReply::json(cache.len().to_string()),
+            other => {
+                return Ok(IpcReply {
+                    status: 501,
+                    content_type: Some("application/json"),
+                    error: None,
+                    body: Bytes::from(
+                        serde_json::json!({ "error": format!("unknown op: {other}") }).to_string(),
+                    ),
+                });
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1005,8 +1160,14 @@ mod tests {
         c.set(&d, "s", Bytes::from_static(b"\"x\""), ValueKind::Json, None)
             .unwrap();
         assert_eq!(c.incr(&d, "s", 1).unwrap_err().status(), 409);
-        c.set(&d, "m", Bytes::from(i64::MAX.to_string()), ValueKind::Json, None)
-            .unwrap();
+        c.set(
+            &d,
+            "m",
+            Bytes::from(i64::MAX.to_string()),
+            ValueKind::Json,
+            None,
+        )
+        .unwrap();
         assert!(matches!(
             c.incr(&d, "m", 1),
             Err(CacheError::Overflow { .. })
@@ -1031,7 +1192,13 @@ mod tests {
         c.apply_defs(&[def]);
         let s = c.get("small").unwrap();
         let e = c
-            .set(&s, "k", Bytes::from_static(b"12345"), ValueKind::Bytes, None)
+            .set(
+                &s,
+                "k",
+                Bytes::from_static(b"12345"),
+                ValueKind::Bytes,
+                None,
+            )
             .unwrap_err();
         assert_eq!(e.status(), 413);
         assert!(e.to_string().contains("max_item_size of 4"));
@@ -1052,8 +1219,14 @@ mod tests {
         c.apply_defs(&[def]);
         let t = c.get("tiny").unwrap();
         for i in 0..100 {
-            c.set(&t, &format!("k{i}"), Bytes::from_static(b"1"), ValueKind::Json, None)
-                .unwrap();
+            c.set(
+                &t,
+                &format!("k{i}"),
+                Bytes::from_static(b"1"),
+                ValueKind::Json,
+                None,
+            )
+            .unwrap();
         }
         assert!(t.len() <= 10, "{} entries", t.len());
         assert!(t.stats().evictions > 0);
@@ -1085,10 +1258,22 @@ mod tests {
         let (b, mut rb) = replicated("b");
         let (da, db) = (a.get("default").unwrap(), b.get("default").unwrap());
         // Both write the same key before hearing of the other's write.
-        a.set(&da, "k", Bytes::from_static(b"\"A\""), ValueKind::Json, None)
-            .unwrap();
-        b.set(&db, "k", Bytes::from_static(b"\"B\""), ValueKind::Json, None)
-            .unwrap();
+        a.set(
+            &da,
+            "k",
+            Bytes::from_static(b"\"A\""),
+            ValueKind::Json,
+            None,
+        )
+        .unwrap();
+        b.set(
+            &db,
+            "k",
+            Bytes::from_static(b"\"B\""),
+            ValueKind::Json,
+            None,
+        )
+        .unwrap();
         let (from_a, from_b) = (drain(&mut ra), drain(&mut rb));
         a.apply_remote(from_b);
         b.apply_remote(from_a);
@@ -1133,6 +1318,54 @@ mod tests {
         assert_eq!(e.value, raw);
         assert_eq!(e.kind, ValueKind::Bytes);
         assert!(e.expires_at > now_ms());
+    }
+
+    #[test]
+    fn worker_calls_answer_as_the_protocol_says() {
+        let c = caches("a");
+        let call = |meta: &str, body: &'static [u8]| {
+            c.serve_ipc(meta.as_bytes(), Bytes::from_static(body))
+        };
+        let r = call(
+            r#"{"op":"cache.set","cache":"default","key":"k","kind":"bytes"}"#,
+            b"\x00\x01",
+        );
+        assert_eq!(r.status, 200);
+        let r = call(r#"{"op":"cache.get","key":"k"}"#, b"");
+        assert_eq!(
+            (r.status, r.content_type, &r.body[..]),
+            (200, Some("application/octet-stream"), &b"\x00\x01"[..])
+        );
+        assert_eq!(call(r#"{"op":"cache.get","key":"nope"}"#, b"").status, 204);
+        let r = call(r#"{"op":"cache.get","cache":"nope","key":"k"}"#, b"");
+        assert_eq!((r.status, r.error), (404, Some("unknown_cache")));
+        assert_eq!(
+            &call(r#"{"op":"cache.incr","key":"n","by":3}"#, b"").body[..],
+            b"3"
+        );
+        assert_eq!(
+            &call(r#"{"op":"cache.has","key":"n"}"#, b"").body[..],
+            b"true"
+        );
+        assert_eq!(
+            &call(r#"{"op":"cache.keys","prefix":"k"}"#, b"").body[..],
+            br#"["k"]"#
+        );
+        assert_eq!(
+            &call(r#"{"op":"cache.items","prefix":"n"}"#, b"").body[..],
+            br#"[["n","json","3"]]"#
+        );
+        assert_eq!(
+            &call(r#"{"op":"cache.delete","key":"n"}"#, b"").body[..],
+            b"true"
+        );
+        assert_eq!(
+            &call(r#"{"op":"cache.expire","key":"n","expiry":5}"#, b"").body[..],
+            b"false"
+        );
+        assert_eq!(call(r#"{"op":"cache.get"}"#, b"").status, 400);
+        assert_eq!(call(r#"{"op":"cache.fly"}"#, b"").status, 501);
+        assert_eq!(&call(r#"{"op":"cache.clear"}"#, b"").body[..], b"1");
     }
 
     #[test]

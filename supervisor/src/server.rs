@@ -321,6 +321,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     ));
     tokio::spawn(server_heartbeat(shared.clone(), me.clone()));
     if let Some((bus, listener)) = bus {
+        let (cache_tx, cache_rx) = mpsc::unbounded_channel();
+        pool.caches.replicate_to(cache_tx);
+        tokio::spawn(crate::bus::replicate_caches(bus.clone(), cache_rx));
         tokio::spawn(crate::bus::listen(bus.clone(), shared.clone(), listener));
         tokio::spawn(crate::bus::dial_peers(bus, shared.clone()));
     }

@@ -133,7 +133,15 @@ pub enum Op {
     DeployActivate(DeployActivate),
     #[serde(rename = "deploy.remove")]
     DeployRemove(DeployRemove),
+    /// Cache writes made on the sender, to apply here (`BUS.md`, `cache.apply`). Sent
+    /// `ASYNC`; the body is a JSON array of writes.
+    #[serde(rename = "cache.apply")]
+    CacheApply(CacheApply),
 }
+
+/// `cache.apply` meta: nothing but the op; the writes are the body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheApply {}
 
 /// Op names and name prefixes that later versions define; in version 1 they are unknown
 /// ops like any other (status 501), but nothing else may use them.
@@ -179,6 +187,7 @@ impl Op {
         match self {
             Op::DeployActivate(_) => "deploy.activate",
             Op::DeployRemove(_) => "deploy.remove",
+            Op::CacheApply(_) => "cache.apply",
         }
     }
 
@@ -196,6 +205,9 @@ impl Op {
         let name: Name = serde_json::from_slice(meta)
             .map_err(|e| invalid("(unnamed)", format!("meta needs a string \"op\": {e}")))?;
         let op = name.op;
+        if op == "cache.apply" {
+            return Ok(Op::CacheApply(CacheApply {}));
+        }
         if !matches!(op.as_str(), "deploy.activate" | "deploy.remove") {
             return Err(if is_reserved_op(&op) {
                 OpError::Reserved { op }
@@ -207,6 +219,7 @@ impl Op {
         let names: Vec<&str> = match &parsed {
             Op::DeployActivate(a) => a.modules.iter().map(|m| m.name.as_str()).collect(),
             Op::DeployRemove(r) => r.modules.iter().map(String::as_str).collect(),
+            Op::CacheApply(_) => unreachable!("returned above"),
         };
         if names.is_empty() {
             return Err(invalid(&op, "no modules".into()));

@@ -1,0 +1,237 @@
+"""Calls a worker makes to its supervisor and waits for (``Worker.request``), through the
+cache API, against a fake supervisor that answers ``cache.*`` CALLs from a dict.
+
+The real server's answers are tested end to end in ``integration/tests/cache.rs``; these
+tests are about the worker's side: whichever thread reads the socket hands each REPLY to the
+thread waiting for it, other calls keep being served meanwhile, and errors become the right
+exceptions.
+"""
+
+import json
+
+from conftest import FakeSupervisor  # noqa: F401  (the sup fixture's class)
+from oxbus import _protocol as P
+
+SERVICES = {'calls.py': '''
+    import os
+    import threading
+    import time
+
+    from oxbus import Service, UnknownCache, ValueTooLarge, NotAnInteger
+
+    barrier = threading.Barrier(4)
+
+    class Count(Service):
+        """Increments 'n' by one, `times` times; answers with what each call returned."""
+        input = 'times'
+
+        def handle(self):
+            self.response.payload = [self.cache.default.incr('n')
+                                     for _ in range(self.request.input.times)]
+
+    class Together(Service):
+        """Four of these meet at a barrier, then each increments its own key 25 times."""
+        input = 'who'
+
+        def handle(self):
+            barrier.wait(timeout=30)
+            key = 'k-%s' % self.request.input.who
+            self.response.payload = [self.cache.default.incr(key) for _ in range(25)]
+
+    class Loop(Service):
+        """Reads 'stop' from the server until it is true; answers how many reads it took."""
+        def handle(self):
+            n = 0
+            while not self.cache.default.get('stop'):
+                n += 1
+            self.response.payload = n
+
+    class Echo(Service):
+        def handle(self):
+            self.response.payload = self.request.payload
+
+    class Types(Service):
+        def handle(self):
+            c = self.cache.default
+            c.set('doc', {'a': [1, 2.5, None, True, 'é']}, expiry=5)
+            c.set('raw', b'\\x00\\xff')
+            self.response.payload = {'doc': c.get('doc'), 'raw': c.get('raw').hex(),
+                                     'missing': c.get('nope', 'dflt'),
+                                     'has': [c.has_key('doc'), 'nope' in c]}
+
+    class Errors(Service):
+        def handle(self):
+            out = []
+            for fn in (lambda: self.cache['nope'].get('x'),
+                       lambda: self.cache.default.set('big', 'x'),
+                       lambda: self.cache.default.incr('doc'),
+                       lambda: self.cache.default.set('bad', object())):
+                try:
+                    fn()
+                except Exception as e:
+                    out.append([type(e).__name__, str(e),
+                                isinstance(e, (UnknownCache, ValueTooLarge, NotAnInteger))])
+            self.response.payload = out
+
+    class AsyncGet(Service):
+        async def handle(self):
+            self.response.payload = self.cache.default.get('doc')
+'''}
+
+
+class FakeCacheServer:
+    """Answers the worker's cache.* CALLs from a dict, as the real server would."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.data = {}
+        self.calls = 0
+        self.held = []  # answers held back to send in reverse order (see hold)
+        self.hold = 0
+
+    def answer(self, meta, body):
+        op, key = meta['op'], meta.get('key')
+        if meta.get('cache', 'default') != 'default':
+            return ({'status': 404, 'error': 'unknown_cache'},
+                    b'{"error":"no cache named %s"}' % meta['cache'].encode())
+        if op == 'cache.get':
+            if key not in self.data:
+                return {'status': 204}, b''
+            kind, value = self.data[key]
+            ct = 'application/octet-stream' if kind == 'bytes' else 'application/json'
+            return {'status': 200, 'content_type': ct}, value
+        if op == 'cache.set':
+            if key == 'big':
+                return ({'status': 413, 'error': 'too_large'},
+                        b'{"error":"the value is 3 bytes, more than the max"}')
+            self.data[key] = (meta.get('kind', 'json'), body)
+            return {'status': 200}, b'true'
+        if op == 'cache.has':
+            return {'status': 200}, b'true' if key in self.data else b'false'
+        if op == 'cache.incr':
+            kind, value = self.data.get(key, ('json', b'0'))
+            try:
+                n = int(value) + meta['by']
+            except ValueError:
+                return ({'status': 409, 'error': 'not_integer'},
+                        b'{"error":"the value of \\"doc\\" is not an integer"}')
+            self.data[key] = ('json', str(n).encode())
+            return {'status': 200}, str(n).encode()
+        return {'status': 501}, b'{"error":"unknown op"}'
+
+    def serve(self, replies, timeout=30):
+        """Answer cache calls until ``replies`` REPLYs to supervisor calls have arrived."""
+        got = {}
+        while len(got) < replies:
+            kind, _flags, stream, payload = self.sup.recv(timeout)
+            if kind == P.CALL and stream & P.WORKER_STREAM_BIT:
+                self.calls += 1
+                meta, body = P.decode_call(payload)
+                frame = P.encode_reply(stream, *self.answer(meta, body))
+                if self.hold:
+                    self.held.append(frame)
+                    if len(self.held) == self.hold:
+                        for f in reversed(self.held):
+                            self.sup.conn.sendall(f)
+                        self.held = []
+                else:
+                    self.sup.conn.sendall(frame)
+            elif kind == P.REPLY:
+                got[stream] = P.decode_call(payload)
+        return got
+
+
+def body(doc):
+    return json.dumps(doc).encode()
+
+
+def test_a_handler_waits_for_each_answer_in_turn(sup):
+    sup.start(SERVICES, threads=2)
+    server = FakeCacheServer(sup)
+    sup.call(1, 'calls.count', body({'times': 50}))
+    meta, data = server.serve(1)[1]
+    assert meta['status'] == 200, data
+    assert json.loads(data) == list(range(1, 51))
+    assert server.calls == 50
+
+
+def test_answers_reach_their_own_threads_whatever_the_order(sup):
+    sup.start(SERVICES, threads=4)
+    server = FakeCacheServer(sup)
+    server.hold = 4  # answer four calls at a time, last first
+    for i in range(4):
+        sup.call(i + 1, 'calls.together', body({'who': i}))
+    got = server.serve(4)
+    assert sorted(got) == [1, 2, 3, 4]
+    for stream, (meta, data) in got.items():
+        assert meta['status'] == 200, data
+        assert json.loads(data) == list(range(1, 26)), stream
+
+
+def test_other_calls_are_served_while_a_handler_keeps_calling(sup):
+    sup.start(SERVICES, threads=2)
+    server = FakeCacheServer(sup)
+    sup.call(1, 'calls.loop')
+    # Let the loop run, then send an ordinary call: it must be answered while the loop
+    # is still going (the loop only ends once 'stop' is set, after the echo came back).
+    while server.calls < 200:
+        kind, _f, stream, payload = sup.recv()
+        assert kind == P.CALL and stream & P.WORKER_STREAM_BIT, (kind, payload)
+        server.calls += 1
+        sup.conn.sendall(P.encode_reply(stream, *server.answer(*P.decode_call(payload))))
+    sup.call(2, 'calls.echo', body({'hi': 1}))
+    got = {}
+    while 2 not in got:
+        kind, _f, stream, payload = sup.recv()
+        if kind == P.REPLY:
+            got[stream] = P.decode_call(payload)
+        elif kind == P.CALL:
+            sup.conn.sendall(P.encode_reply(stream, *server.answer(*P.decode_call(payload))))
+    assert 1 not in got, 'the loop ended before it was told to'
+    assert json.loads(got[2][1]) == {'hi': 1}
+    server.data['stop'] = ('json', b'true')
+    meta, data = server.serve(1)[1]
+    assert json.loads(data) >= 200
+
+
+def test_values_come_back_as_stored(sup):
+    sup.start(SERVICES)
+    server = FakeCacheServer(sup)
+    sup.call(1, 'calls.types')
+    meta, data = server.serve(1)[1]
+    assert json.loads(data) == {'doc': {'a': [1, 2.5, None, True, 'é']}, 'raw': '00ff',
+                                'missing': 'dflt', 'has': [True, False]}
+    assert server.data['raw'] == ('bytes', b'\x00\xff')
+    # An async service may use the cache too (a cache call is short enough to block on).
+    sup.call(2, 'calls.async-get')
+    meta, data = server.serve(1)[2]
+    assert json.loads(data) == {'a': [1, 2.5, None, True, 'é']}
+
+
+def test_refusals_are_python_exceptions(sup):
+    sup.start(SERVICES)
+    server = FakeCacheServer(sup)
+    server.data['doc'] = ('json', b'"text"')
+    sup.call(1, 'calls.errors')
+    meta, data = server.serve(1)[1]
+    unknown, big, not_int, bad = json.loads(data)
+    assert unknown == ['UnknownCache', 'no cache named nope', True]
+    assert big[0] == 'ValueTooLarge' and big[2]
+    assert not_int == ['NotAnInteger', 'the value of "doc" is not an integer', True]
+    assert bad[0] == 'TypeError' and not bad[2]
+
+
+def test_the_cache_outside_a_worker_says_so():
+    from oxbus import Service
+
+    class Lonely(Service):
+        def handle(self):
+            pass
+
+    svc = Lonely()
+    try:
+        svc.cache.default.get('x')
+    except RuntimeError as e:
+        assert 'not running inside an oxbus worker' in str(e)
+    else:
+        raise AssertionError('no error')
