@@ -65,6 +65,19 @@ class Fill(Service):
             self.cache.default.set(key, 1)
 
 
+class Race(Service):
+    name = 'cachetest.race'
+
+    def handle(self):
+        import time
+        p = self.request.payload
+        # Both servers start at the same wall-clock moment, so that their writes to each
+        # key cross on the bus.
+        time.sleep(max(0.0, p['at'] - time.time()))
+        for key in p['keys']:
+            self.cache.default.set(key, p['value'])
+
+
 class Incr(Service):
     name = 'cachetest.incr'
 
@@ -81,6 +94,7 @@ fn env() -> Env {
         .channel("/op", &["POST"], "cachetest.op")
         .channel("/incr", &["POST"], "cachetest.incr")
         .channel("/fill", &["POST"], "cachetest.fill")
+        .channel("/race", &["POST"], "cachetest.race")
 }
 
 /// One cache call through the service: `{"result": …, "type": …}` or `{"error": …}`.
@@ -275,4 +289,288 @@ async fn incr_from_several_workers_at_once_is_exact_and_max_entries_evicts() {
         (9_000..=10_000).contains(&n),
         "{n} entries after 12 000 sets"
     );
+}
+
+/// A cluster secret file shared by the servers given it.
+fn secret_file() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "oxbus-it-cache-secret-{}-{}",
+        std::process::id(),
+        next_id()
+    ));
+    std::fs::write(&p, "cache-replication-".repeat(4)).unwrap();
+    p
+}
+
+fn cluster_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
+    env()
+        .workers(1)
+        .set("store", "url", url)
+        .set("cluster", "server", &format!("{name:?}"))
+        .set(
+            "cluster",
+            "secret_file",
+            &format!("{:?}", secret.display().to_string()),
+        )
+        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+}
+
+/// Waits until `srv` has a bus link to each of `peers`.
+async fn linked(srv: &Server, peers: usize) {
+    let token = srv.admin_token();
+    eventually(Duration::from_secs(30), "bus links", || {
+        let (srv, token) = (srv, token.clone());
+        async move {
+            let d = srv
+                .admin("GET", "/v1/cluster", Some(&token), b"")
+                .await
+                .json();
+            let n = d["bus"]["links"].as_array().map_or(0, Vec::len);
+            (n == peers).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn get(srv: &Server, key: &str) -> Value {
+    call(srv, "default", "get", json!([key])).await
+}
+
+/// Waits until every server answers `want` for `key`.
+async fn everywhere(servers: &[&Server], key: &str, want: Value) {
+    for (i, srv) in servers.iter().enumerate() {
+        eventually(
+            Duration::from_secs(20),
+            &format!("server {i} to hold {key} = {want}"),
+            || {
+                let want = want.clone();
+                async move { (get(srv, key).await == want).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn writes_replicate_across_three_servers_and_concurrent_writes_converge() {
+    let db = PgDatabase::create();
+    let url = format!("{:?}", db.url);
+    let secret = secret_file();
+    let a = cluster_server(&url, "a", &secret).start().await;
+    let b = cluster_server(&url, "b", &secret).start().await;
+    let c = cluster_server(&url, "c", &secret).start().await;
+    for srv in [&a, &b, &c] {
+        linked(srv, 2).await;
+    }
+    let all = [&a, &b, &c];
+    // set, expire, delete and clear on one server reach the others.
+    call(&a, "default", "set", json!(["k", {"v": 1}])).await;
+    call(&b, "default", "set", json!(["raw", {"$bytes": "AP8="}])).await;
+    everywhere(&all, "k", json!({"v": 1})).await;
+    everywhere(&all, "raw", json!({"$bytes": "AP8="})).await;
+    assert_eq!(call(&c, "default", "incr", json!(["n", 5])).await, json!(5));
+    everywhere(&all, "n", json!(5)).await;
+    assert_eq!(
+        call(&b, "default", "expire", json!(["k", 0.5])).await,
+        json!(true)
+    );
+    everywhere(&all, "k", Value::Null).await;
+    assert_eq!(
+        call(&c, "default", "delete", json!(["raw"])).await,
+        json!(true)
+    );
+    everywhere(&all, "raw", Value::Null).await;
+    call(&a, "default", "set", json!(["x", 1])).await;
+    everywhere(&all, "x", json!(1)).await;
+    call(&b, "default", "clear", json!([])).await;
+    everywhere(&all, "x", Value::Null).await;
+    everywhere(&all, "n", Value::Null).await;
+
+    // Two servers write the same keys at the same moment, many times: every server ends
+    // with the same value for each key (the write with the highest stamp).
+    let keys: Vec<String> = (0..300).map(|i| format!("race{i}")).collect();
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 0.5;
+    let race = |value: &str| json!({"keys": keys, "value": value, "at": at});
+    let (doc_a, doc_b) = (race("from-a"), race("from-b"));
+    let (ra, rb) = tokio::join!(a.post_json("/race", &doc_a), b.post_json("/race", &doc_b));
+    assert_eq!((ra.status, rb.status), (200, 200));
+    // Let replication settle: a final marker written after the race on each server.
+    call(&a, "default", "set", json!(["done-a", 1])).await;
+    call(&b, "default", "set", json!(["done-b", 1])).await;
+    for marker in ["done-a", "done-b"] {
+        everywhere(&all, marker, json!(1)).await;
+    }
+    let mut winners = std::collections::BTreeMap::new();
+    for key in &keys {
+        let values: Vec<Value> =
+            futures_util::future::join_all(all.iter().map(|s| get(s, key))).await;
+        assert!(
+            values.iter().all(|v| *v == values[0]),
+            "{key} differs across servers: {values:?}"
+        );
+        assert!(
+            values[0] == "from-a" || values[0] == "from-b",
+            "{key}: {values:?}"
+        );
+        *winners.entry(values[0].to_string()).or_insert(0) += 1;
+    }
+    drop(db);
+    let _ = std::fs::remove_file(&secret);
+    eprintln!("race winners: {winners:?}");
+}
+
+/// `oxbus cache …` against `srv`: (exit code, stdout, stderr).
+fn cli(srv: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(oxbus_bin())
+        .arg("cache")
+        .args(args)
+        .env(
+            "OXBUS_SERVER",
+            format!("http://127.0.0.1:{}", srv.admin_port()),
+        )
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn operators_browse_and_edit_through_the_admin_api_and_the_cli() {
+    let srv = env().start().await;
+    let token = srv.admin_token();
+    let keys: Vec<Value> = (0..250).map(|i| json!(format!("item:{i:03}"))).collect();
+    assert_eq!(
+        srv.post_json("/fill", &json!({"keys": keys})).await.status,
+        200
+    );
+    call(&srv, "default", "set", json!(["a/b c", {"$bytes": "AP8="}])).await;
+    let admin = |method: &'static str, path: String, body: Value| {
+        let (srv, token) = (&srv, token.clone());
+        async move {
+            let body = if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            };
+            srv.admin(method, &path, Some(&token), &body).await
+        }
+    };
+    // Paged listing by prefix: every key once, in order.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/v1/caches/default/keys?prefix=item%3A&limit=100".to_owned();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page = admin("GET", path, Value::Null).await;
+        assert_eq!(page.status, 200);
+        let page = page.json();
+        seen.extend(page["keys"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.replace(':', "%3A")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, keys);
+    // One entry: read, written (a service then reads what the operator wrote), deleted.
+    let e = admin(
+        "GET",
+        "/v1/caches/default/keys/a%2Fb%20c".into(),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(e.status, 200);
+    assert_eq!(e.json()["type"], "bytes");
+    assert_eq!(e.json()["value"], "AP8=");
+    let r = admin(
+        "PUT",
+        "/v1/caches/default/keys/op".into(),
+        json!({"value": {"set": "by an operator"}, "expiry": 600}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        call(&srv, "default", "get", json!(["op"])).await,
+        json!({"set": "by an operator"})
+    );
+    let r = admin(
+        "PUT",
+        "/v1/caches/default/keys/op".into(),
+        json!({"value": 1, "ttl": 5}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("ttl"));
+    let r = admin("GET", "/v1/caches/nope/keys".into(), Value::Null).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("no cache named nope"))
+    );
+    let r = admin("DELETE", "/v1/caches/default/keys/op".into(), Value::Null).await;
+    assert_eq!(r.json()["deleted"], true);
+    assert_eq!(
+        admin("GET", "/v1/caches/default/keys/op".into(), Value::Null)
+            .await
+            .status,
+        404
+    );
+
+    // The same through the CLI.
+    let (code, out, err) = cli(
+        &srv,
+        &["set", "greeting", "{\"hello\": [1, 2]}", "--expiry", "600"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "stored greeting in cache default");
+    assert_eq!(
+        call(&srv, "default", "get", json!(["greeting"])).await,
+        json!({"hello": [1, 2]})
+    );
+    let (code, out, _) = cli(&srv, &["get", "greeting"]);
+    assert_eq!((code, out.trim()), (0, r#"{"hello":[1,2]}"#));
+    let (code, _, err) = cli(&srv, &["set", "bad", "not json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--string"), "{err}");
+    let (code, _, _) = cli(&srv, &["set", "plain", "not json", "--string"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        call(&srv, "default", "get", json!(["plain"])).await,
+        json!("not json")
+    );
+    let (code, out, err) = cli(&srv, &["keys", "--prefix", "item:", "--limit", "2"]);
+    assert_eq!((code, out.as_str()), (0, "item:000\nitem:001\n"));
+    assert!(err.contains("--after \"item:001\""), "{err}");
+    let (code, out, _) = cli(
+        &srv,
+        &["keys", "--prefix", "item:", "--limit", "60", "--all"],
+    );
+    assert_eq!((code, out.lines().count()), (0, 250));
+    let (code, out, _) = cli(&srv, &["get", "a/b c"]);
+    assert_eq!((code, out.trim()), (0, "(bytes, base64) AP8="));
+    let (code, _, err) = cli(&srv, &["get", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no key \"nope\" in cache default"), "{err}");
+    let (code, out, _) = cli(&srv, &["delete", "greeting"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "deleted greeting from cache default")
+    );
+    let (code, _, err) = cli(&srv, &["get", "x", "--cache", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no cache named nope"), "{err}");
+    let (code, out, _) = cli(&srv, &["clear"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "cleared 252 entries from cache default")
+    );
+    assert_eq!(call(&srv, "default", "len", json!([])).await, json!(0));
 }

@@ -124,12 +124,23 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
         return r;
     }
     let method = req.method().clone();
+    // Writing cache entries changes no configuration: nothing for the sync task to do.
+    let config_change = !is_cache_data(req.uri().path());
     let resp = route(req, shared).await;
-    if method != Method::GET && resp.status().is_success() {
+    if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
         shared.changed.notify_one();
     }
     resp
+}
+
+/// `/v1/caches/{name}/keys…` and `/v1/caches/{name}/clear`: the contents, not the config.
+fn is_cache_data(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["v1", "caches", _, "keys", ..] | ["v1", "caches", _, "clear"]
+    )
 }
 
 async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
@@ -204,6 +215,51 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             }
         }
         (&Method::DELETE, ["v1", "security", name]) => delete_security(shared, name).await,
+        (&Method::GET, ["v1", "caches", name, "keys"]) => {
+            let (s, v) = crate::cache_admin::list_keys(
+                &shared.pool.caches,
+                &crate::router::percent_decode(name),
+                req.uri().query().unwrap_or(""),
+            );
+            reply(s, v)
+        }
+        (&Method::GET, ["v1", "caches", name, "keys", key]) => {
+            let (s, v) = crate::cache_admin::get_entry(
+                &shared.pool.caches,
+                &crate::router::percent_decode(name),
+                &crate::router::percent_decode(key),
+            );
+            reply(s, v)
+        }
+        (&Method::PUT, ["v1", "caches", name, "keys", key]) => {
+            let (name, key) = (
+                crate::router::percent_decode(name),
+                crate::router::percent_decode(key),
+            );
+            match read_body(req).await {
+                Ok(body) => {
+                    let (s, v) =
+                        crate::cache_admin::put_entry(&shared.pool.caches, &name, &key, &body);
+                    reply(s, v)
+                }
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, ["v1", "caches", name, "keys", key]) => {
+            let (s, v) = crate::cache_admin::delete_entry(
+                &shared.pool.caches,
+                &crate::router::percent_decode(name),
+                &crate::router::percent_decode(key),
+            );
+            reply(s, v)
+        }
+        (&Method::POST, ["v1", "caches", name, "clear"]) => {
+            let (s, v) = crate::cache_admin::clear(
+                &shared.pool.caches,
+                &crate::router::percent_decode(name),
+            );
+            reply(s, v)
+        }
         (&Method::GET, ["v1", "config"]) => export_config(shared).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();

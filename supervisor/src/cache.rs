@@ -451,6 +451,12 @@ impl Cache {
         found
     }
 
+    /// The entry under `key` without counting a hit or a miss (the admin API's reads; an
+    /// extend-on-get cache still extends it, as moka sees a read).
+    pub fn peek(&self, key: &str) -> Option<Entry> {
+        self.map.get(key)
+    }
+
     /// Whether `key` is present (counts as neither hit nor miss, extends nothing).
     pub fn contains(&self, key: &str) -> bool {
         self.map.contains_key(key)

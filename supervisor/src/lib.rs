@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod bus;
 pub mod cache;
+pub mod cache_admin;
 pub mod cid;
 pub mod client;
 pub mod config;

@@ -94,6 +94,12 @@ enum Command {
         #[command(subcommand)]
         action: SecretAction,
     },
+    /// The caches: their figures and their contents (get, set, delete, keys, clear) on the
+    /// server addressed; writes replicate to the cluster like a service's.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Run the cluster's load balancer (pingora) in front of its servers.
     Proxy {
         /// The proxy.toml to read.
@@ -190,6 +196,80 @@ enum SecretAction {
     },
 }
 
+/// The cache subcommands; `--cache` names the cache (default `default`).
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Every cache with its settings and figures (entries, hits, misses, evictions).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print the value under KEY (JSON; bytes are shown as base64).
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        key: String,
+        #[arg(long, default_value = "default")]
+        cache: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Store VALUE under KEY: VALUE is JSON (`'{"a": 1}'`, `42`, `'"text"'`); with
+    /// --string it is taken as a plain string.
+    Set {
+        #[command(flatten)]
+        to: ServerArgs,
+        key: String,
+        value: String,
+        #[arg(long, default_value = "default")]
+        cache: String,
+        /// VALUE is a plain string, not JSON.
+        #[arg(long)]
+        string: bool,
+        /// Seconds until it expires (0 = never; default: the cache's default expiry).
+        #[arg(long)]
+        expiry: Option<f64>,
+    },
+    /// Delete KEY.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        key: String,
+        #[arg(long, default_value = "default")]
+        cache: String,
+    },
+    /// List keys (sorted), a page at a time, or all of them with --all.
+    Keys {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, default_value = "default")]
+        cache: String,
+        /// Only keys that start with PREFIX.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this key (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Keys per page, 1..=1000 (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Every page, one after another.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Remove every entry of the cache.
+    Clear {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, default_value = "default")]
+        cache: String,
+    },
+}
+
 /// How to reach a server's admin API.
 #[derive(clap::Args)]
 struct ServerArgs {
@@ -244,6 +324,9 @@ fn client_command(cmd: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
+    }
+    if let Command::Cache { action } = &cmd {
+        return cache_command(&rt, action);
     }
     let (to, method, path, body, output) = match &cmd {
         Command::Deploy {
@@ -537,6 +620,175 @@ fn client_command(cmd: Command) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `oxbus cache …`.
+fn cache_command(rt: &tokio::runtime::Runtime, action: &CacheAction) -> ExitCode {
+    let to = match action {
+        CacheAction::List { to, .. }
+        | CacheAction::Get { to, .. }
+        | CacheAction::Set { to, .. }
+        | CacheAction::Delete { to, .. }
+        | CacheAction::Keys { to, .. }
+        | CacheAction::Clear { to, .. } => to,
+    };
+    let target = match target(to) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let call = |method: &str, path: String, body: Vec<u8>| -> Result<serde_json::Value, String> {
+        let (status, body) = rt.block_on(target.request(method, &path, body))?;
+        let doc: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()))?;
+        if !(200..300).contains(&status) {
+            let reason = doc["error"]
+                .as_str()
+                .map_or_else(|| doc.to_string(), str::to_owned);
+            return Err(format!("{reason} (HTTP {status})"));
+        }
+        Ok(doc)
+    };
+    let entry = |cache: &str, key: &str| {
+        format!(
+            "/v1/caches/{}/keys/{}",
+            percent_encode(cache),
+            percent_encode(key)
+        )
+    };
+    let result = match action {
+        CacheAction::List { output, .. } => call("GET", "/v1/caches".into(), Vec::new()).map(|d| {
+            if matches!(output, Output::Json) {
+                println!("{d}");
+                return;
+            }
+            println!(
+                "{:<24} {:>9} {:>9} {:>10} {:>10} {:>9}  settings",
+                "cache", "entries", "max", "hits", "misses", "evicted"
+            );
+            let list = d.get("caches").unwrap_or(&d);
+            for c in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:>9} {:>9} {:>10} {:>10} {:>9}  expiry {} s, item <= {} B{}{}",
+                    c["name"].as_str().unwrap_or(""),
+                    c["entries"],
+                    c["max_entries"],
+                    c["hits"],
+                    c["misses"],
+                    c["evictions"],
+                    c["default_expiry_s"],
+                    c["max_item_size"],
+                    if c["extend_expiry_on_get"] == true {
+                        ", extend on get"
+                    } else {
+                        ""
+                    },
+                    if c["replicate"] == true {
+                        ", replicated"
+                    } else {
+                        ", this server only"
+                    },
+                );
+            }
+        }),
+        CacheAction::Get {
+            key, cache, output, ..
+        } => call("GET", entry(cache, key), Vec::new()).map(|d| match output {
+            Output::Json => println!("{d}"),
+            Output::Text if d["type"] == "bytes" => {
+                println!("(bytes, base64) {}", d["value"].as_str().unwrap_or(""))
+            }
+            Output::Text => println!("{}", d["value"]),
+        }),
+        CacheAction::Set {
+            key,
+            value,
+            cache,
+            string,
+            expiry,
+            ..
+        } => {
+            let value: Result<serde_json::Value, String> = if *string {
+                Ok(serde_json::Value::String(value.clone()))
+            } else {
+                serde_json::from_str(value).map_err(|e| {
+                    format!(
+                        "VALUE is not JSON ({e}); quote a string as '\"text\"' or give --string"
+                    )
+                })
+            };
+            value.and_then(|v| {
+                let mut body = serde_json::json!({ "value": v });
+                if let Some(s) = expiry {
+                    body["expiry"] = serde_json::json!(s);
+                }
+                call("PUT", entry(cache, key), body.to_string().into_bytes())
+                    .map(|_| println!("stored {key} in cache {cache}"))
+            })
+        }
+        CacheAction::Delete { key, cache, .. } => call("DELETE", entry(cache, key), Vec::new())
+            .map(|d| {
+                if d["deleted"] == true {
+                    println!("deleted {key} from cache {cache}");
+                } else {
+                    println!("{key} was not in cache {cache}");
+                }
+            }),
+        CacheAction::Keys {
+            cache,
+            prefix,
+            after,
+            limit,
+            all,
+            output,
+            ..
+        } => {
+            let mut after = after.clone();
+            loop {
+                let mut path = format!(
+                    "/v1/caches/{}/keys?prefix={}",
+                    percent_encode(cache),
+                    percent_encode(prefix)
+                );
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={}", percent_encode(a)));
+                }
+                if let Some(n) = limit {
+                    path.push_str(&format!("&limit={n}"));
+                }
+                let page = match call("GET", path, Vec::new()) {
+                    Ok(p) => p,
+                    Err(e) => break Err(e),
+                };
+                if matches!(output, Output::Json) {
+                    println!("{page}");
+                } else {
+                    for k in page["keys"].as_array().into_iter().flatten() {
+                        println!("{}", k.as_str().unwrap_or(""));
+                    }
+                }
+                match page["next"].as_str() {
+                    Some(next) if *all => after = Some(next.to_owned()),
+                    Some(next) => {
+                        if matches!(output, Output::Text) {
+                            eprintln!("(more: --after {next:?}, or --all)");
+                        }
+                        break Ok(());
+                    }
+                    None => break Ok(()),
+                }
+            }
+        }
+        CacheAction::Clear { cache, .. } => call(
+            "POST",
+            format!("/v1/caches/{}/clear", percent_encode(cache)),
+            Vec::new(),
+        )
+        .map(|d| println!("cleared {} entries from cache {cache}", d["cleared"])),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
 /// Seeds a new quickstart environment's config store with the sample module and channels.
 fn seed_store(s: &Settings) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -756,6 +1008,7 @@ fn main() -> ExitCode {
             | Command::Config { .. }
             | Command::Cluster { .. }
             | Command::Secret { .. }
+            | Command::Cache { .. }
     ) {
         return client_command(cli.command);
     }
@@ -786,6 +1039,7 @@ fn main() -> ExitCode {
         | Command::Config { .. }
         | Command::Cluster { .. }
         | Command::Secret { .. }
+        | Command::Cache { .. }
         | Command::Proxy { .. } => {
             unreachable!("handled above")
         }
