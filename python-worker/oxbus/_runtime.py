@@ -58,14 +58,14 @@ from . import __version__
 from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG, PING, PONG,
                         PROTOCOL_VERSION, READY, REPLY, WELCOME, WORKER_STREAM_BIT,
                         FrameReader, ProtocolError, decode_call, decode_json, encode_call,
-                        encode_frame, encode_json)
+                        encode_frame, encode_json, split_call)
 from .service import Dispatcher, Service, current_invocation, _error_frame
 from .simpleio import describe
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
     from typing import (Any, Awaitable, Callable, Dict, List, NoReturn, Optional, Set, Tuple,
-                        Type)
+                        Type, Union)
 
     from ._protocol import Frame
 
@@ -374,8 +374,12 @@ class Worker:
         else:
             self._flush()
 
-    def request(self, meta: Dict[str, Any], body: bytes = b'') -> Tuple[Dict[str, Any], bytes]:
-        """Send a CALL to the supervisor and wait for its REPLY: ``(reply meta, body)``.
+    def request(self, meta: Union[Dict[str, Any], bytes], body: bytes = b''
+                ) -> Tuple[bytes, bytes]:
+        """Send a CALL to the supervisor and wait for its REPLY: ``(raw meta JSON, body)``.
+
+        ``meta`` is a dict or its JSON already encoded (the cache API builds its metas as
+        bytes: a dict and ``encode_json`` cost more than the round trip's other Python).
 
         Any thread may call it (a handler, the event loop, a thread of the service's own).
         The waiting thread reads the socket itself when nobody else is reading it (the common
@@ -408,7 +412,7 @@ class Worker:
                     self._rx_cv.wait()
                     self._rx_waiting -= 1
                 if slot:
-                    return decode_call(slot[0])
+                    return split_call(slot[0])
                 self._rx_busy = True
             self._read_frames()
             if self._outbox:

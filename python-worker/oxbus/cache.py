@@ -15,13 +15,16 @@ they come back as what was stored (a tuple comes back as a list, as JSON has no 
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring_ascii as _quote  # C: a str as a JSON string
+
 from ._protocol import decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Tuple
 
-    Request = Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]
+    # (CALL meta as JSON bytes, body) -> (REPLY meta as JSON bytes, body)
+    Request = Callable[[bytes, bytes], Tuple[bytes, bytes]]
 
 __all__ = ['CacheAPI', 'Cache', 'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger']
 
@@ -57,33 +60,55 @@ def _raise(meta: Dict[str, Any], body: bytes) -> None:
     raise cls(message)
 
 
-def _check_key(key: Any) -> str:
+def _key(key: Any) -> bytes:
+    """``key`` as a JSON string, ready to go into a meta."""
     if type(key) is str or isinstance(key, str):
-        return key
+        return _quote(key).encode('ascii')
     raise TypeError('cache keys are strings, not %s' % type(key).__name__)
+
+
+# The server answers with a handful of distinct metas ({"status":200,"content_type":...}),
+# so each is parsed once; at most _MAX_METAS are kept, whatever a server sends.
+_metas: Dict[bytes, Dict[str, Any]] = {}
+_MAX_METAS = 64
+
+
+def _meta(raw: bytes) -> Dict[str, Any]:
+    meta = _metas.get(raw)
+    if meta is None:
+        meta = decode_json(raw)
+        if not isinstance(meta, dict) or type(meta.get('status')) is not int:
+            raise CacheError('unreadable answer from the server: %r' % raw[:200])
+        if len(_metas) < _MAX_METAS:
+            _metas[raw] = meta
+    return meta
 
 
 class Cache:
     """One named cache of the server."""
 
-    __slots__ = ('name', '_request')
+    __slots__ = ('name', '_request', '_head')
 
     def __init__(self, name: str, request: Request) -> None:
         self.name = name
         self._request = request
+        # Every meta starts {"op":"cache.X","cache":NAME, ... : the part after the op.
+        self._head = b'","cache":' + _quote(name).encode('ascii')
 
-    def _call(self, meta: Dict[str, Any], body: bytes = b'') -> Tuple[Dict[str, Any], bytes]:
-        reply, data = self._request(meta, body)
-        if reply['status'] >= 400:
-            _raise(reply, data)
-        return reply, data
+    def _call(self, op: bytes, rest: bytes = b'', body: bytes = b''
+              ) -> Tuple[Dict[str, Any], bytes]:
+        raw, data = self._request(b'{"op":"cache.' + op + self._head + rest + b'}', body)
+        meta = _meta(raw)
+        if meta['status'] >= 400:
+            _raise(meta, data)
+        return meta, data
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` (None) when it is absent or expired."""
-        reply, data = self._call({'op': 'cache.get', 'cache': self.name, 'key': _check_key(key)})
-        if reply['status'] == 204:
+        meta, data = self._call(b'get', b',"key":' + _key(key))
+        if meta['status'] == 204:
             return default
-        if reply.get('content_type') == _BYTES:
+        if meta.get('content_type') == _BYTES:
             return data
         return decode_json(data)
 
@@ -94,31 +119,30 @@ class Cache:
         default expiry; 0 = never. bytes/bytearray/memoryview are stored as bytes, anything
         else as JSON (TypeError when it is not JSON-serialisable).
         """
-        meta = {'op': 'cache.set', 'cache': self.name, 'key': _check_key(key)}
+        rest = b',"key":' + _key(key)
         if isinstance(value, (bytes, bytearray, memoryview)):
-            meta['kind'] = 'bytes'
+            rest += b',"kind":"bytes"'
             body = bytes(value)
         else:
             body = encode_json(value)
         if expiry is not None:
-            meta['expiry'] = expiry
-        self._call(meta, body)
+            rest += b',"expiry":' + _number(expiry)
+        self._call(b'set', rest, body)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True when it was there."""
-        return self._flag('cache.delete', key)
+        return self._call(b'delete', b',"key":' + _key(key))[1] == b'true'
 
     def has_key(self, key: str) -> bool:
         """Whether ``key`` is present (does not count as a hit or extend its expiry)."""
-        return self._flag('cache.has', key)
+        return self._call(b'has', b',"key":' + _key(key))[1] == b'true'
 
     __contains__ = has_key
 
     def expire(self, key: str, seconds: float) -> bool:
         """Make ``key`` expire ``seconds`` from now (0 = never); False when it is absent."""
-        reply, data = self._call({'op': 'cache.expire', 'cache': self.name,
-                                  'key': _check_key(key), 'expiry': seconds})
-        return data == b'true'
+        rest = b',"key":' + _key(key) + b',"expiry":' + _number(seconds)
+        return self._call(b'expire', rest)[1] == b'true'
 
     def incr(self, key: str, by: int = 1) -> int:
         """Add ``by`` to the integer under ``key`` (absent counts as 0); the new value.
@@ -127,9 +151,7 @@ class Cache:
         """
         if type(by) is not int:
             raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
-        reply, data = self._call({'op': 'cache.incr', 'cache': self.name,
-                                  'key': _check_key(key), 'by': by})
-        return int(data)
+        return int(self._call(b'incr', b',"key":' + _key(key) + b',"by":%d' % by)[1])
 
     def decr(self, key: str, by: int = 1) -> int:
         """Subtract ``by`` from the integer under ``key``; the new value."""
@@ -139,26 +161,21 @@ class Cache:
 
     def keys(self, prefix: str = '') -> List[str]:
         """The keys starting with ``prefix``, sorted."""
-        reply, data = self._call({'op': 'cache.keys', 'cache': self.name,
-                                  'prefix': _check_key(prefix)})
-        return decode_json(data)
+        return decode_json(self._call(b'keys', b',"prefix":' + _key(prefix))[1])
 
     def items(self, prefix: str = '') -> List[Tuple[str, Any]]:
         """``(key, value)`` of the keys starting with ``prefix``, sorted by key."""
         import base64
-        reply, data = self._call({'op': 'cache.items', 'cache': self.name,
-                                  'prefix': _check_key(prefix)})
+        data = self._call(b'items', b',"prefix":' + _key(prefix))[1]
         return [(key, base64.b64decode(text) if kind == 'bytes' else decode_json(text))
                 for key, kind, text in decode_json(data)]
 
     def clear(self) -> int:
         """Remove every entry; returns how many there were."""
-        reply, data = self._call({'op': 'cache.clear', 'cache': self.name})
-        return int(data)
+        return int(self._call(b'clear')[1])
 
     def __len__(self) -> int:
-        reply, data = self._call({'op': 'cache.len', 'cache': self.name})
-        return int(data)
+        return int(self._call(b'len')[1])
 
     def __getitem__(self, key: str) -> Any:
         missing = _MISSING
@@ -174,12 +191,14 @@ class Cache:
         if not self.delete(key):
             raise KeyError(key)
 
-    def _flag(self, op: str, key: str) -> bool:
-        reply, data = self._call({'op': op, 'cache': self.name, 'key': _check_key(key)})
-        return data == b'true'
-
     def __repr__(self) -> str:
         return '<Cache %s>' % self.name
+
+
+def _number(seconds: Any) -> bytes:
+    if type(seconds) is bool or not isinstance(seconds, (int, float)):
+        raise TypeError('an expiry is a number of seconds, not %s' % type(seconds).__name__)
+    return encode_json(seconds)
 
 
 _MISSING = object()

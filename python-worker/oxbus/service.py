@@ -553,8 +553,8 @@ class Dispatcher:
     def __init__(self, services: Dict[str, Type[Service]],
                  post: Optional[Callable[[bytes], None]] = None,
                  run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
-                 request: Optional[Callable[[Dict[str, Any], bytes],
-                                            Tuple[Dict[str, Any], bytes]]] = None) -> None:
+                 request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None
+                 ) -> None:
         self.services = dict(services)
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
@@ -855,7 +855,7 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation) -> None:
         current_invocation.reset(token)
 
 
-def _no_server(meta: Dict[str, Any], body: bytes) -> Tuple[Dict[str, Any], bytes]:
+def _no_server(meta: bytes, body: bytes) -> Tuple[bytes, bytes]:
     raise RuntimeError('not running inside an oxbus worker: there is no server to call')
 
 
