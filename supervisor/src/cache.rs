@@ -279,7 +279,11 @@ pub enum CacheError {
     #[error("no cache named {0}")]
     UnknownCache(String),
     #[error("the value is {size} bytes, more than cache {cache}'s max_item_size of {max}")]
-    TooLarge { cache: String, size: usize, max: u64 },
+    TooLarge {
+        cache: String,
+        size: usize,
+        max: u64,
+    },
     #[error("the value of {key:?} is not an integer")]
     NotInteger { key: String },
     #[error("incrementing {key:?} overflows a 64-bit integer")]
@@ -552,8 +556,7 @@ impl Cache {
     }
 
     fn copy_from(&self, other: &Cache) {
-        *self.cleared.lock().expect("cleared lock") =
-            *other.cleared.lock().expect("cleared lock");
+        *self.cleared.lock().expect("cleared lock") = *other.cleared.lock().expect("cleared lock");
         for (k, v) in other.map.iter() {
             self.map.insert(String::clone(&k), v);
         }
@@ -685,7 +688,7 @@ impl Caches {
         let mut next = HashMap::with_capacity(wanted.len());
         for (def, builtin) in wanted {
             let cache = match caches.remove(&def.name) {
-                Some(old) if old.def == def => old,
+                Some(old) if old.def == def && old.builtin == builtin => old,
                 Some(old) => {
                     let new = Cache::new(def, builtin, old.counters.evictions.clone());
                     new.copy_from(&old);
@@ -796,17 +799,20 @@ impl Caches {
         let stamp = self.stamp();
         let key = key.to_owned();
         let mut written = None;
-        let result = cache.map.entry(key.clone()).and_compute_with(|old| match old {
-            Some(o) => {
-                let mut e = o.into_value();
-                e.expires_at = if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms };
-                e.ttl_ms = ttl_ms;
-                e.stamp = stamp;
-                written = Some(e.clone());
-                moka::ops::compute::Op::Put(e)
-            }
-            None => moka::ops::compute::Op::Nop,
-        });
+        let result = cache
+            .map
+            .entry(key.clone())
+            .and_compute_with(|old| match old {
+                Some(o) => {
+                    let mut e = o.into_value();
+                    e.expires_at = if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms };
+                    e.ttl_ms = ttl_ms;
+                    e.stamp = stamp;
+                    written = Some(e.clone());
+                    moka::ops::compute::Op::Put(e)
+                }
+                None => moka::ops::compute::Op::Nop,
+            });
         let existed = !matches!(result, moka::ops::compute::CompResult::StillNone(_));
         if let (Some(tx), Some(e)) = (self.replicating(cache), written) {
             let _ = tx.send(Repl::put(&cache.def.name, &key, &e));
@@ -1005,8 +1011,14 @@ mod tests {
         c.set(&d, "s", Bytes::from_static(b"\"x\""), ValueKind::Json, None)
             .unwrap();
         assert_eq!(c.incr(&d, "s", 1).unwrap_err().status(), 409);
-        c.set(&d, "m", Bytes::from(i64::MAX.to_string()), ValueKind::Json, None)
-            .unwrap();
+        c.set(
+            &d,
+            "m",
+            Bytes::from(i64::MAX.to_string()),
+            ValueKind::Json,
+            None,
+        )
+        .unwrap();
         assert!(matches!(
             c.incr(&d, "m", 1),
             Err(CacheError::Overflow { .. })
@@ -1031,7 +1043,13 @@ mod tests {
         c.apply_defs(&[def]);
         let s = c.get("small").unwrap();
         let e = c
-            .set(&s, "k", Bytes::from_static(b"12345"), ValueKind::Bytes, None)
+            .set(
+                &s,
+                "k",
+                Bytes::from_static(b"12345"),
+                ValueKind::Bytes,
+                None,
+            )
             .unwrap_err();
         assert_eq!(e.status(), 413);
         assert!(e.to_string().contains("max_item_size of 4"));
@@ -1052,8 +1070,14 @@ mod tests {
         c.apply_defs(&[def]);
         let t = c.get("tiny").unwrap();
         for i in 0..100 {
-            c.set(&t, &format!("k{i}"), Bytes::from_static(b"1"), ValueKind::Json, None)
-                .unwrap();
+            c.set(
+                &t,
+                &format!("k{i}"),
+                Bytes::from_static(b"1"),
+                ValueKind::Json,
+                None,
+            )
+            .unwrap();
         }
         assert!(t.len() <= 10, "{} entries", t.len());
         assert!(t.stats().evictions > 0);
@@ -1085,10 +1109,22 @@ mod tests {
         let (b, mut rb) = replicated("b");
         let (da, db) = (a.get("default").unwrap(), b.get("default").unwrap());
         // Both write the same key before hearing of the other's write.
-        a.set(&da, "k", Bytes::from_static(b"\"A\""), ValueKind::Json, None)
-            .unwrap();
-        b.set(&db, "k", Bytes::from_static(b"\"B\""), ValueKind::Json, None)
-            .unwrap();
+        a.set(
+            &da,
+            "k",
+            Bytes::from_static(b"\"A\""),
+            ValueKind::Json,
+            None,
+        )
+        .unwrap();
+        b.set(
+            &db,
+            "k",
+            Bytes::from_static(b"\"B\""),
+            ValueKind::Json,
+            None,
+        )
+        .unwrap();
         let (from_a, from_b) = (drain(&mut ra), drain(&mut rb));
         a.apply_remote(from_b);
         b.apply_remote(from_a);
