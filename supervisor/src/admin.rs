@@ -5,7 +5,8 @@
 //! Endpoints: server info, the service list, modules (list, source, deploy, undeploy,
 //! rollback), REST and JSON-RPC channels (list, get, create, update, delete; the ones in
 //! server.toml are read-only here), security definitions (their secrets go in, never out),
-//! secrets (list names, set, delete: a value goes in, never out), config export and import,
+//! secrets (list names, set, delete: a value goes in, never out), caches (`caches`: list
+//! with figures, get, create or replace a definition, delete), config export and import,
 //! invoke, and the OpenAPI document. Request bodies are never logged.
 
 use bytes::Bytes;
@@ -24,6 +25,8 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::server::Shared;
+
+mod caches;
 
 type Body = Full<Bytes>;
 
@@ -204,6 +207,8 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             }
         }
         (&Method::DELETE, ["v1", "security", name]) => delete_security(shared, name).await,
+        // Every /v1/caches path, the entries of a cache included: see `caches::route`.
+        (_, ["v1", "caches", rest @ ..]) => caches::route(req, shared, rest).await,
         (&Method::GET, ["v1", "config"]) => export_config(shared).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();
