@@ -5,7 +5,8 @@
 //! Endpoints: server info, the service list, modules (list, source, deploy, undeploy,
 //! rollback), REST and JSON-RPC channels (list, get, create, update, delete; the ones in
 //! server.toml are read-only here), security definitions (their secrets go in, never out),
-//! secrets (list names, set, delete: a value goes in, never out), config export and import,
+//! secrets (list names, set, delete: a value goes in, never out), caches (`caches`: list
+//! with figures, get, create or replace a definition, delete), config export and import,
 //! invoke, and the OpenAPI document. Request bodies are never logged.
 
 use bytes::Bytes;
@@ -24,6 +25,8 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::server::Shared;
+
+mod caches;
 
 type Body = Full<Bytes>;
 
@@ -215,51 +218,8 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             }
         }
         (&Method::DELETE, ["v1", "security", name]) => delete_security(shared, name).await,
-        (&Method::GET, ["v1", "caches", name, "keys"]) => {
-            let (s, v) = crate::cache_admin::list_keys(
-                &shared.pool.caches,
-                &crate::router::percent_decode(name),
-                req.uri().query().unwrap_or(""),
-            );
-            reply(s, v)
-        }
-        (&Method::GET, ["v1", "caches", name, "keys", key]) => {
-            let (s, v) = crate::cache_admin::get_entry(
-                &shared.pool.caches,
-                &crate::router::percent_decode(name),
-                &crate::router::percent_decode(key),
-            );
-            reply(s, v)
-        }
-        (&Method::PUT, ["v1", "caches", name, "keys", key]) => {
-            let (name, key) = (
-                crate::router::percent_decode(name),
-                crate::router::percent_decode(key),
-            );
-            match read_body(req).await {
-                Ok(body) => {
-                    let (s, v) =
-                        crate::cache_admin::put_entry(&shared.pool.caches, &name, &key, &body);
-                    reply(s, v)
-                }
-                Err(r) => r,
-            }
-        }
-        (&Method::DELETE, ["v1", "caches", name, "keys", key]) => {
-            let (s, v) = crate::cache_admin::delete_entry(
-                &shared.pool.caches,
-                &crate::router::percent_decode(name),
-                &crate::router::percent_decode(key),
-            );
-            reply(s, v)
-        }
-        (&Method::POST, ["v1", "caches", name, "clear"]) => {
-            let (s, v) = crate::cache_admin::clear(
-                &shared.pool.caches,
-                &crate::router::percent_decode(name),
-            );
-            reply(s, v)
-        }
+        // Every /v1/caches path, the entries of a cache included: see `caches::route`.
+        (_, ["v1", "caches", rest @ ..]) => caches::route(req, shared, rest).await,
         (&Method::GET, ["v1", "config"]) => export_config(shared).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();

@@ -705,7 +705,7 @@ impl Caches {
         let mut next = HashMap::with_capacity(wanted.len());
         for (def, builtin) in wanted {
             let cache = match caches.remove(&def.name) {
-                Some(old) if old.def == def => old,
+                Some(old) if old.def == def && old.builtin == builtin => old,
                 Some(old) => {
                     let new = Cache::new(def, builtin, old.counters.evictions.clone());
                     new.copy_from(&old);

@@ -8,12 +8,14 @@
 //! applied in one store transaction (one config version). It is idempotent: an object equal to
 //! the stored one is left alone, so importing the same file twice changes nothing the second
 //! time. With `replace`, stored objects the document does not list are deleted (modules
-//! undeployed). server.toml's channels are not part of the document: they live in the file.
+//! undeployed; a stored definition of the `default` cache is kept, since that cache always
+//! exists). server.toml's channels are not part of the document: they live in the file.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::cache::{CacheDef, DEFAULT_CACHE};
 use crate::config::{Channel, ChannelType};
 use crate::deploy::{CallError, DeployError, Source, WorkerAck};
 use crate::server::Shared;
@@ -49,6 +51,76 @@ pub struct Document {
     /// Raw JSON, checked by hand, for the same reason as `secret`.
     #[serde(default)]
     pub security: Value,
+    /// Cache definitions (docs/CACHE.md), each checked field by field so that an error names
+    /// the entry and the field.
+    #[serde(default, deserialize_with = "cache_list")]
+    pub cache: Vec<CacheDef>,
+}
+
+fn cache_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CacheDef>, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                parse_cache_def(v, None).map_err(|e| D::Error::custom(format!("cache[{i}]: {e}")))
+            })
+            .collect(),
+        _ => Err(D::Error::custom(
+            "cache: expected a list of cache definitions",
+        )),
+    }
+}
+
+/// A cache definition from JSON (an admin request's body, an entry of a document). Every
+/// error names the field: unknown fields are listed, a field of the wrong type is named.
+/// `path_name`: the name the request's URL gives; the body may leave `name` out, and must
+/// not name another cache. Not validated here: see [`CacheDef::validate`].
+pub fn parse_cache_def(v: &Value, path_name: Option<&str>) -> Result<CacheDef, String> {
+    let Some(obj) = v.as_object() else {
+        return Err("expected a JSON object of cache definition fields".into());
+    };
+    let name = match (obj.get("name"), path_name) {
+        (Some(Value::String(n)), Some(p)) if n != p => {
+            return Err(format!(
+                "name: the body names cache {n:?}, the URL {p:?}: a cache cannot be renamed"
+            ));
+        }
+        (Some(Value::String(n)), _) => n.clone(),
+        (Some(_), _) => return Err("name: must be a string".into()),
+        (None, Some(p)) => p.to_owned(),
+        (None, None) => return Err("name: missing".into()),
+    };
+    let known = serde_json::to_value(CacheDef::builtin_default()).expect("a definition serialises");
+    let known = known.as_object().expect("an object");
+    let unknown: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains_key(*k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "cache {name}: unknown field(s) {} (a cache definition has {})",
+            unknown.join(", "),
+            known
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    // Field by field, so that a value of the wrong type is reported with its field's name.
+    for (k, value) in obj.iter().filter(|(k, _)| *k != "name") {
+        let one = json!({"name": name, k.as_str(): value});
+        if let Err(e) = serde_json::from_value::<CacheDef>(one) {
+            return Err(format!("cache {name}: {k}: {e}"));
+        }
+    }
+    let mut full = obj.clone();
+    full.insert("name".into(), Value::String(name.clone()));
+    serde_json::from_value(Value::Object(full)).map_err(|e| format!("cache {name}: {e}"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +172,9 @@ pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
     let secrets = store.secrets().await.map_err(unavailable)?;
     let modules = store.active_modules().await.map_err(unavailable)?;
     let security = store.security_defs().await.map_err(unavailable)?;
+    let cache = store.cache_defs().await.map_err(unavailable)?;
     Ok(Document {
+        cache,
         security: serde_json::to_value(security).expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
@@ -350,6 +424,18 @@ pub async fn import(
         }
     }
 
+    // Cache definitions: each validated; `replace` keeps a stored `default` (it always exists;
+    // the admin API refuses to delete it too).
+    let caches = import_caches(
+        shared,
+        &doc.cache,
+        replace,
+        &mut plan,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+
     // Modules: the changed ones are imported in a worker before anything is written.
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
         return Err(bad(format!("service_module: {d} is listed twice")));
@@ -417,6 +503,9 @@ pub async fn import(
         crate::store::StoreError::Invalid(m) => bad(m),
         e => unavailable(e),
     })?;
+    if !plan.put_caches.is_empty() || !plan.delete_caches.is_empty() {
+        apply_cache_defs(shared, caches).await;
+    }
     let mut workers = Vec::new();
     if !change.value.is_empty() {
         workers = crate::deploy::activate_everywhere(&shared.pool, &change.value).await;
@@ -440,6 +529,70 @@ pub async fn import(
         unchanged,
         workers,
     })
+}
+
+/// The document's cache definitions into `plan`; returns every definition as the import
+/// leaves them.
+async fn import_caches(
+    shared: &Shared,
+    listed: &[CacheDef],
+    replace: bool,
+    plan: &mut Plan,
+    changes: &mut Vec<Change>,
+    unchanged: &mut usize,
+) -> Result<Vec<CacheDef>, DeployError> {
+    if let Some(d) = duplicate(listed.iter().map(|c| c.name.as_str())) {
+        return Err(bad(format!("cache: {d} is listed twice")));
+    }
+    for c in listed {
+        c.validate().map_err(bad)?;
+    }
+    let stored = shared.store.cache_defs().await.map_err(unavailable)?;
+    for c in listed {
+        match stored.iter().find(|o| o.name == c.name) {
+            Some(old) if old == c => *unchanged += 1,
+            old => {
+                plan.put_caches.push(c.clone());
+                changes.push(Change {
+                    kind: "cache",
+                    name: c.name.clone(),
+                    action: if old.is_some() { "update" } else { "create" },
+                });
+            }
+        }
+    }
+    let mut result = listed.to_vec();
+    for o in stored {
+        if listed.iter().any(|c| c.name == o.name) {
+            continue;
+        }
+        if replace && o.name != DEFAULT_CACHE {
+            plan.delete_caches.push(o.name.clone());
+            changes.push(Change {
+                kind: "cache",
+                name: o.name,
+                action: "delete",
+            });
+        } else {
+            result.push(o);
+        }
+    }
+    Ok(result)
+}
+
+/// Makes this server's live caches match the store's definitions after a change made
+/// through this server (the other servers follow through `sync`). `expected`: the
+/// definitions as the change left them, applied should the store not answer now (the sync
+/// loop then reads them again on its next round).
+pub async fn apply_cache_defs(shared: &Shared, expected: Vec<CacheDef>) {
+    let defs = match shared.store.cache_defs().await {
+        Ok(defs) => defs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cache definitions back: applying the change as made");
+            expected
+        }
+    };
+    shared.pool.caches.apply_defs(&defs);
 }
 
 /// The document's security definitions into `plan`; returns every definition as the
@@ -560,6 +713,44 @@ mod tests {
             "a string \"…\" and string \"…"
         );
         assert_eq!(without_values("unknown field `x`"), "unknown field `x`");
+    }
+
+    #[test]
+    fn a_cache_definition_error_names_the_field() {
+        let def = parse_cache_def(&json!({"max_entries": 5}), Some("s")).unwrap();
+        assert_eq!(
+            def,
+            CacheDef {
+                max_entries: 5,
+                ..CacheDef::named("s")
+            }
+        );
+        let err = |v: Value, name: Option<&str>| parse_cache_def(&v, name).unwrap_err();
+        let e = err(
+            json!({"max_entires": 5, "ttl": 1, "replicate": true}),
+            Some("s"),
+        );
+        assert!(
+            e.contains("max_entires, ttl") && e.contains("max_entries"),
+            "{e}"
+        );
+        let e = err(json!({"max_entries": "many"}), Some("s"));
+        assert!(e.starts_with("cache s: max_entries: invalid type"), "{e}");
+        let e = err(json!({"default_expiry_s": -1}), Some("s"));
+        assert!(e.contains("default_expiry_s:"), "{e}");
+        let e = err(json!({"name": "t"}), Some("s"));
+        assert!(e.contains("cannot be renamed"), "{e}");
+        assert!(err(json!({"max_entries": 5}), None).contains("name"));
+        assert!(err(json!([1]), Some("s")).contains("JSON object"));
+        // In a document: the entry is named too.
+        let e = serde_json::from_value::<Document>(
+            json!({"cache": [{"name": "a"}, {"name": "b", "replicate": "no"}]}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cache[1]: cache b: replicate:"), "{e}");
+        let doc: Document = serde_json::from_value(json!({"cache": null})).unwrap();
+        assert!(doc.cache.is_empty());
     }
 
     #[test]

@@ -132,7 +132,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Print every stored object as YAML (channels, secrets sealed, modules with source).
+    /// Print every stored object as YAML (channels, security and cache definitions, secrets
+    /// sealed, modules with source).
     Export {
         #[command(flatten)]
         to: ServerArgs,
@@ -411,7 +412,7 @@ fn client_command(cmd: Command) -> ExitCode {
             };
             if !doc.is_object() {
                 return fail(&format!(
-                    "{}: expected a mapping of object kinds (channel_rest, channel_jsonrpc, secret, service_module)",
+                    "{}: expected a mapping of object kinds (channel_rest, channel_jsonrpc, security, secret, service_module, cache)",
                     file.display()
                 ));
             }

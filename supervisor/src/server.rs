@@ -267,6 +267,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .map(|m| (m.name.clone(), m.clone()))
         .collect();
     pool.caches.set_server(&me.name);
+    // The stored cache definitions, before any worker is started (and so before any request).
+    pool.caches.apply_defs(&boot.snapshot.caches);
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         router: std::sync::RwLock::new(Arc::new(router)),

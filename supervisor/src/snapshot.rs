@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// Security definitions (secret material sealed); absent in snapshots of older versions.
     #[serde(default)]
     pub security: Vec<crate::gate::SecurityDef>,
+    /// Cache definitions (the built-in `default` is not among them unless one was stored);
+    /// absent in snapshots of older versions.
+    #[serde(default)]
+    pub caches: Vec<crate::cache::CacheDef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,7 @@ impl Snapshot {
             modules: store.active_modules().await?,
             secrets: store.secrets().await?,
             security: store.security_defs().await?,
+            caches: store.cache_defs().await?,
         })
     }
 
@@ -181,6 +186,10 @@ mod tests {
                 rate_limit: None,
                 sealed: Some("oxbus1:k:n:c".into()),
             }],
+            caches: vec![crate::cache::CacheDef {
+                max_entries: 50,
+                ..crate::cache::CacheDef::named("sessions")
+            }],
         }
     }
 
@@ -209,6 +218,22 @@ mod tests {
         assert_eq!(mode, 0o600);
         let left: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
         assert_eq!(left.len(), 1, "no temp file left behind");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_of_an_older_version_without_caches_still_loads() {
+        let d = tmp();
+        let path = d.join("snapshot.json");
+        let mut doc = serde_json::to_value(sample()).unwrap();
+        doc.as_object_mut().unwrap().remove("caches");
+        let body = serde_json::to_vec(&doc).unwrap();
+        let mut text = format!("{MAGIC} sha256={}\n", hex(&Sha256::digest(&body))).into_bytes();
+        text.extend_from_slice(&body);
+        std::fs::write(&path, text).unwrap();
+        let read = Snapshot::read(&path).unwrap();
+        assert!(read.caches.is_empty());
+        assert_eq!(read.security, sample().security);
         std::fs::remove_dir_all(d).unwrap();
     }
 

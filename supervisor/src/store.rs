@@ -11,8 +11,9 @@
 //!
 //! The server opens it at start: deployed modules go to every worker before it takes
 //! traffic, and stored channels join server.toml's in the routing table. Secrets are stored
-//! sealed only (`crate::secrets` holds the key); the object kinds of later issues (security
-//! definitions, outgoing connections, jobs, caches, topics) are not stored yet.
+//! sealed only (`crate::secrets` holds the key). Security definitions and cache definitions
+//! are stored too; the object kinds of later issues (outgoing connections, jobs, topics) are
+//! not stored yet.
 
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -314,6 +315,24 @@ macro_rules! upsert_security {
     }};
 }
 
+/// Inside transaction `$tx`: creates or replaces a cache definition.
+macro_rules! upsert_cache_def {
+    ($tx:ident, $def:expr, $by:expr) => {{
+        let json = serde_json::to_string($def).expect("a definition serialises");
+        sqlx::query(
+            "INSERT INTO cache_defs (name, definition, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind(&$def.name)
+        .bind(json)
+        .bind($by)
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
 /// A stored secret: its sealed value only (see `crate::secrets`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SealedSecret {
@@ -359,6 +378,9 @@ pub struct Plan {
     /// Security definitions to create or replace (secret material sealed), and to delete.
     pub put_security: Vec<crate::gate::SecurityDef>,
     pub delete_security: Vec<String>,
+    /// Cache definitions to create or replace, and to delete (by name).
+    pub put_caches: Vec<crate::cache::CacheDef>,
+    pub delete_caches: Vec<String>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -372,6 +394,8 @@ impl Plan {
             && self.delete_secrets.is_empty()
             && self.put_security.is_empty()
             && self.delete_security.is_empty()
+            && self.put_caches.is_empty()
+            && self.delete_caches.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -795,6 +819,74 @@ impl Store {
         })
     }
 
+    /// Every cache definition, by name.
+    pub async fn cache_defs(&self) -> Result<Vec<crate::cache::CacheDef>> {
+        let sql = "SELECT definition FROM cache_defs ORDER BY name";
+        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await?);
+        rows.iter()
+            .map(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| StoreError::Invalid(format!("stored cache definition: {e}")))
+            })
+            .collect()
+    }
+
+    /// Creates (`create`: refused when it exists) or replaces (refused when it does not) a
+    /// cache definition; checked with [`crate::cache::CacheDef::validate`] first.
+    pub async fn put_cache_def(
+        &self,
+        def: &crate::cache::CacheDef,
+        create: bool,
+        by: &str,
+    ) -> Result<Change<()>> {
+        def.validate().map_err(StoreError::Invalid)?;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let existed: Option<String> =
+                sqlx::query_scalar("SELECT name FROM cache_defs WHERE name = $1")
+                    .bind(&def.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match (create, existed.is_some()) {
+                (true, true) => {
+                    return Err(StoreError::Invalid(format!(
+                        "a cache definition named {} exists already",
+                        def.name
+                    )))
+                }
+                (false, false) => {
+                    return Err(StoreError::NotFound(format!(
+                        "no cache definition named {}",
+                        def.name
+                    )))
+                }
+                _ => {}
+            }
+            upsert_cache_def!(tx, def, by);
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Deletes a cache definition by name.
+    pub async fn delete_cache_def(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM cache_defs WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no cache definition named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
     /// Every stored secret, sealed, by name.
     pub async fn secrets(&self) -> Result<Vec<SealedSecret>> {
         let sql = "SELECT name, sealed, updated_by, updated_at FROM secrets ORDER BY name";
@@ -872,6 +964,9 @@ impl Store {
         for (name, _) in &plan.put_secrets {
             validate_secret_name(name)?;
         }
+        for d in &plan.put_caches {
+            d.validate().map_err(StoreError::Invalid)?;
+        }
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -914,6 +1009,12 @@ impl Store {
             }
             for d in &plan.put_security {
                 upsert_security!(tx, d, by);
+            }
+            for name in &plan.delete_caches {
+                sqlx::query("DELETE FROM cache_defs WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            }
+            for d in &plan.put_caches {
+                upsert_cache_def!(tx, d, by);
             }
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;

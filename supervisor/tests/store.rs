@@ -498,6 +498,97 @@ async fn security_crud(s: &Store) {
     ));
 }
 
+/// Cache definitions: create refused when it exists, replace refused when it does not, each
+/// change one version; a plan puts and deletes them with everything else, or (one bad
+/// definition in it) writes nothing.
+async fn cache_defs_crud(s: &Store) {
+    use oxbus_supervisor::cache::CacheDef;
+    let v0 = s.version().await.unwrap();
+    assert!(s.cache_defs().await.unwrap().is_empty());
+    let sessions = CacheDef {
+        max_entries: 500,
+        default_expiry_s: 60,
+        ..CacheDef::named("sessions")
+    };
+    let c = s.put_cache_def(&sessions, true, "t").await.unwrap();
+    assert_eq!(c.config_version, v0 + 1);
+    match s.put_cache_def(&sessions, true, "t").await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("exists already"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let ghost = CacheDef::named("ghost");
+    assert!(matches!(
+        s.put_cache_def(&ghost, false, "t").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Refused before anything is written: the message names the field.
+    let bad = CacheDef {
+        max_entries: 0,
+        ..CacheDef::named("bad")
+    };
+    match s.put_cache_def(&bad, true, "t").await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("max_entries"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.version().await.unwrap(), v0 + 1);
+    let replaced = CacheDef {
+        replicate: false,
+        extend_expiry_on_get: true,
+        ..sessions.clone()
+    };
+    let c = s.put_cache_def(&replaced, false, "t").await.unwrap();
+    assert_eq!(c.config_version, v0 + 2);
+    let default = CacheDef {
+        max_entries: 7,
+        ..CacheDef::builtin_default()
+    };
+    s.put_cache_def(&default, true, "t").await.unwrap();
+    // By name.
+    assert_eq!(
+        s.cache_defs().await.unwrap(),
+        vec![default.clone(), replaced.clone()]
+    );
+
+    // A plan: one version for every change of it.
+    let v1 = s.version().await.unwrap();
+    let plan = oxbus_supervisor::store::Plan {
+        put_caches: vec![CacheDef::named("a"), CacheDef::named("b")],
+        delete_caches: vec!["sessions".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.apply(&plan, "import").await.unwrap().config_version,
+        v1 + 1
+    );
+    let names: Vec<String> = s
+        .cache_defs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["a", "b", "default"]);
+    let bad_plan = oxbus_supervisor::store::Plan {
+        put_caches: vec![CacheDef::named("c"), CacheDef::named("no spaces")],
+        delete_caches: vec!["a".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.apply(&bad_plan, "import").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1 + 1);
+    assert_eq!(s.cache_defs().await.unwrap().len(), 3);
+
+    s.delete_cache_def("a").await.unwrap();
+    assert!(matches!(
+        s.delete_cache_def("a").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1 + 2);
+    assert_eq!(s.cache_defs().await.unwrap().len(), 2);
+}
+
 async fn apply_is_one_transaction(s: &Store) {
     let ch = |name: &str, path: &str| Channel {
         name: Some(name.into()),
@@ -523,6 +614,8 @@ async fn apply_is_one_transaction(s: &Store) {
         undeploy_modules: vec!["gone".into()],
         put_security: vec![],
         delete_security: vec![],
+        put_caches: vec![],
+        delete_caches: vec![],
     };
     let c = s.apply(&plan, "import").await.unwrap();
     assert_eq!(c.config_version, v0 + 1);
@@ -573,11 +666,25 @@ async fn sqlite_secrets() {
 }
 
 #[tokio::test]
+async fn sqlite_cache_defs() {
+    let (s, e) = Engine::sqlite().await;
+    cache_defs_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
 async fn postgres_secrets() {
     let (s, e) = Engine::postgres().await;
     secrets_crud(&s).await;
     apply_is_one_transaction(&s).await;
     security_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_cache_defs() {
+    let (s, e) = Engine::postgres().await;
+    cache_defs_crud(&s).await;
     e.cleanup(s).await;
 }
 

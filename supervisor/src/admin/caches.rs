@@ -1,0 +1,180 @@
+//! The admin API's caches (docs/CACHE.md): `GET /v1/caches` (every live cache of this server
+//! with its figures), `GET|PUT|DELETE /v1/caches/{name}` (one cache; create or replace its
+//! definition; delete it). A definition is a store object like the others: a change is
+//! stored with a config version bump, applied here before the answer, and reaches the other
+//! servers through the bus and the sync loop.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::{Body, error, read_body, reply};
+use crate::cache::{CacheDef, DEFAULT_CACHE};
+use crate::server::Shared;
+use crate::store::StoreError;
+
+/// Routes `/v1/caches/…`; `rest` is the path after `/v1/caches`, split at `/`.
+pub(super) async fn route(
+    req: Request<Incoming>,
+    shared: &Shared,
+    rest: &[&str],
+) -> Response<Body> {
+    let method = req.method().clone();
+    match (&method, rest) {
+        (&Method::GET, []) => list(shared),
+        (&Method::GET, [name]) => get(shared, &crate::router::percent_decode(name)),
+        (&Method::PUT, [name]) => {
+            let name = crate::router::percent_decode(name);
+            match read_body(req).await {
+                Ok(body) => put(shared, &name, body).await,
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, [name]) => delete(shared, &crate::router::percent_decode(name)).await,
+        // A cache's entries (`crate::cache_admin`).
+        (_, [name, "keys", ..] | [name, "clear"]) => {
+            let caches = &shared.pool.caches;
+            let name = crate::router::percent_decode(name);
+            let key = rest.get(2).map(|k| crate::router::percent_decode(k));
+            let (status, doc) = match (&method, &rest[1..], key) {
+                (&Method::GET, ["keys"], _) => {
+                    crate::cache_admin::list_keys(caches, &name, req.uri().query().unwrap_or(""))
+                }
+                (&Method::GET, ["keys", _], Some(key)) => {
+                    crate::cache_admin::get_entry(caches, &name, &key)
+                }
+                (&Method::PUT, ["keys", _], Some(key)) => match read_body(req).await {
+                    Ok(body) => crate::cache_admin::put_entry(caches, &name, &key, &body),
+                    Err(r) => return r,
+                },
+                (&Method::DELETE, ["keys", _], Some(key)) => {
+                    crate::cache_admin::delete_entry(caches, &name, &key)
+                }
+                (&Method::POST, ["clear"], _) => crate::cache_admin::clear(caches, &name),
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("no admin endpoint {method} {}", req.uri().path()),
+                    );
+                }
+            };
+            reply(status, doc)
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {}", req.uri().path()),
+        ),
+    }
+}
+
+fn stats_json(cache: &crate::cache::Cache) -> Value {
+    serde_json::to_value(cache.stats()).expect("stats serialise")
+}
+
+/// GET /v1/caches: every cache this server holds, by name.
+fn list(shared: &Shared) -> Response<Body> {
+    let caches: Vec<Value> = shared
+        .pool
+        .caches
+        .all()
+        .iter()
+        .map(|c| stats_json(c))
+        .collect();
+    reply(StatusCode::OK, json!({ "caches": caches }))
+}
+
+/// GET /v1/caches/{name}
+fn get(shared: &Shared, name: &str) -> Response<Body> {
+    match shared.pool.caches.get(name) {
+        Ok(c) => reply(StatusCode::OK, stats_json(&c)),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// PUT /v1/caches/{name}: creates or replaces the definition (201 / 200). The body holds the
+/// definition's fields; those left out take their defaults (a replace does not merge).
+async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+    let input: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let def = match crate::config_io::parse_cache_def(&input, Some(name)) {
+        Ok(d) => d,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    if let Err(m) = def.validate() {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let stored = match shared.store.cache_defs().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let create = !stored.iter().any(|d| d.name == name);
+    let change = match shared.store.put_cache_def(&def, create, "admin-api").await {
+        Ok(c) => c,
+        // Created or deleted meanwhile through another server.
+        Err(StoreError::Invalid(m) | StoreError::NotFound(m)) => {
+            return error(StatusCode::CONFLICT, m);
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let mut expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
+    expected.push(def.clone());
+    crate::config_io::apply_cache_defs(shared, expected).await;
+    info!(
+        cache = name,
+        created = create,
+        "cache definition {}",
+        if create { "created" } else { "updated" }
+    );
+    let cache = match shared.pool.caches.get(name) {
+        Ok(c) => stats_json(&c),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    reply(
+        if create {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        json!({"config_version": change.config_version, "created": create, "cache": cache}),
+    )
+}
+
+/// DELETE /v1/caches/{name}: the cache and its entries go (on every server); `default`
+/// always exists.
+async fn delete(shared: &Shared, name: &str) -> Response<Body> {
+    if name == DEFAULT_CACHE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the default cache always exists; PUT it to change its settings",
+        );
+    }
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let stored = match shared.store.cache_defs().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let change = match shared.store.delete_cache_def(name).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(_)) => {
+            return error(StatusCode::NOT_FOUND, format!("no cache named {name}"));
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
+    crate::config_io::apply_cache_defs(shared, expected).await;
+    info!(cache = name, "cache definition deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "deleted": name}),
+    )
+}
