@@ -26,7 +26,7 @@ import struct
 # are imported for type checkers only. mypy and pyright treat any ``TYPE_CHECKING`` as True.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Tuple, Union
+    from typing import Any, Dict, List, Optional, Tuple, Union
 
     #: A decoded frame: (kind, flags, stream, payload). The payload is kind-specific and
     #: still undecoded. A plain tuple because the hot loop makes one per frame.
@@ -86,6 +86,8 @@ _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 _pack_u32 = META_LEN.pack
 _unpack_u32 = META_LEN.unpack_from
+# A CALL's header and its meta_len in one go (encode_worker_call).
+_pack_call_head = struct.Struct('>IBBII').pack
 
 
 class ProtocolError(ValueError):
@@ -220,6 +222,16 @@ def encode_call(stream: int, meta: Union[Dict[str, Any], bytes], body: bytes = b
     return encode_frame(CALL, _pack_u32(len(m)) + m + body, stream, flags)
 
 
+def encode_worker_call(stream: int, meta: bytes, body: bytes = b'') -> bytes:
+    """``encode_call`` for a worker's own calls, whose meta is JSON bytes already and
+    whose stream id is valid by construction: one ``pack`` and one concatenation."""
+    length = 4 + len(meta) + len(body)
+    if length > MAX_FRAME_LENGTH:
+        raise ValueError('a CALL of %d bytes exceeds the frame limit of %d bytes'
+                         % (length, MAX_FRAME_LENGTH))
+    return b''.join((_pack_call_head(length, CALL, 0, stream, len(meta)), meta, body))
+
+
 def encode_reply(stream: int, meta: Union[Dict[str, Any], bytes], body: bytes = b'') -> bytes:
     """Build a ``REPLY`` frame; ``meta`` is a dict or already-encoded JSON bytes."""
     m = _meta_bytes(meta)
@@ -332,6 +344,20 @@ class FrameReader:
             self._make_room(HEADER_SIZE + _unpack_header(buf, pos)[0]
                             if end - pos >= HEADER_SIZE else HEADER_SIZE)
         return frames
+
+    def feed_reply(self, n: int, stream: int) -> Optional[bytes]:
+        """``feed`` for a thread waiting for the REPLY on ``stream``: when the buffer now
+        holds exactly that one frame (the usual case), its payload. Otherwise None, and the
+        bytes stay buffered for ``feed(0)`` to decode as usual."""
+        self._end += n
+        end = self._end
+        if self._start or end < 10:
+            return None
+        length, kind, flags, got = _unpack_header(self._buf, 0)
+        if kind != REPLY or got != stream or flags or length + 10 != end:
+            return None
+        self._end = 0
+        return bytes(self._buf[10:end])
 
     def _make_room(self, frame_size: int) -> None:
         """Ensure the partial frame at ``_start`` can be completed inside the buffer."""

@@ -57,8 +57,8 @@ from collections import deque
 from . import __version__
 from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG, PING, PONG,
                         PROTOCOL_VERSION, READY, REPLY, WELCOME, WORKER_STREAM_BIT,
-                        FrameReader, ProtocolError, decode_call, decode_json, encode_call,
-                        encode_frame, encode_json, split_call)
+                        FrameReader, ProtocolError, decode_call, decode_json, encode_frame,
+                        encode_json, encode_worker_call, split_call)
 from .service import Dispatcher, Service, current_invocation, _error_frame
 from .simpleio import describe
 
@@ -390,7 +390,8 @@ class Worker:
         ends the worker (heartbeat).
         """
         stream = WORKER_STREAM_BIT | ((next(self._request_ids) - 1) % 0x7FFF_FFFF + 1)
-        frame = encode_call(stream, meta, body)
+        frame = encode_worker_call(stream, meta if type(meta) is bytes else encode_json(meta),
+                                   body)
         slot: List[bytes] = []
         lock = self._lock
         with lock:
@@ -400,38 +401,49 @@ class Worker:
             if self._bye_sent:
                 raise RuntimeError('the worker is stopping')
             self._waiters[stream] = slot
+            # Nobody reading (the usual case): this thread reads, right after sending.
+            reading = not self._rx_busy
+            if reading:
+                self._rx_busy = True
         with self._send_lock:
             try:
                 self._sock.sendall(frame)
             except OSError as e:
                 self._lost('writing to the supervisor failed: %s' % e)
+        reader = self._reader
         while True:
-            with lock:
-                while not slot and self._rx_busy:
-                    self._rx_waiting += 1
-                    self._rx_cv.wait()
-                    self._rx_waiting -= 1
-                if slot:
-                    return split_call(slot[0])
-                self._rx_busy = True
-            self._read_frames()
+            if not reading:
+                with lock:
+                    while not slot and self._rx_busy:
+                        self._rx_waiting += 1
+                        self._rx_cv.wait()
+                        self._rx_waiting -= 1
+                    if slot:
+                        return split_call(slot[0])
+                    self._rx_busy = True
+            reading = False
+            try:
+                n = self._sock.recv_into(reader.writable())
+            except OSError as e:
+                self._lost('reading from the supervisor failed: %s' % e)
+            if not n:
+                self._lost('the supervisor closed the connection')
+            self._last_rx = _monotonic()
+            payload = reader.feed_reply(n, stream)
+            if payload is not None:
+                # Just our answer, nothing else: skip the general decoding.
+                with lock:
+                    self._rx_busy = False
+                    del self._waiters[stream]
+                    if self._rx_waiting:
+                        self._rx_cv.notify_all()
+                return split_call(payload)
+            try:
+                self._on_frames(reader.feed(0))
+            except ProtocolError as e:
+                self._protocol_error(e)
             if self._outbox:
                 self._flush()  # a PONG, or replies this thread's frames made ready
-
-    def _read_frames(self) -> None:
-        """One ``recv`` and the frames it completes; the caller has claimed ``_rx_busy``,
-        which ``_on_frames`` gives back."""
-        try:
-            n = self._sock.recv_into(self._reader.writable())
-        except OSError as e:
-            self._lost('reading from the supervisor failed: %s' % e)
-        if not n:
-            self._lost('the supervisor closed the connection')
-        self._last_rx = _monotonic()
-        try:
-            self._on_frames(self._reader.feed(n))
-        except ProtocolError as e:
-            self._protocol_error(e)
 
     def _claim_rx(self) -> bool:
         """For the leader: claim the socket, or return False when a call became runnable

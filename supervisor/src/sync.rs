@@ -14,7 +14,7 @@
 //!
 //! While the store is unreachable the server keeps serving on what it has; `/healthz` says
 //! `"store": "degraded"`, admin changes fail with 503, and the outage and the recovery are
-//! logged once each.
+//! logged once each. The store is then retried every second whatever the interval.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,13 +33,19 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
     if let Some(snap) = booted {
         write_snapshot(&shared, snap).await;
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(
-        shared.settings.cluster.sync_interval_ms,
-    ));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = Duration::from_millis(shared.settings.cluster.sync_interval_ms);
+    // While the store is unreachable it is looked for every second, however long the
+    // interval: a cluster whose bus carries the changes may run with a long one, and its
+    // recovery must not wait for it.
+    let retry = interval.min(Duration::from_secs(1));
     loop {
+        let wait = if shared.store_ok.load(Ordering::SeqCst) {
+            interval
+        } else {
+            retry
+        };
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shared.changed.notified() => {}
         }
         if !migrated {
