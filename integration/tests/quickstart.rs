@@ -108,6 +108,11 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
         404
     );
     assert_eq!(call(port, "GET", "/slow", b"").await.unwrap().status, 200);
+    // The cache: a counter kept by the server across requests (and workers).
+    for n in 1..=3 {
+        let r = call(port, "GET", "/visits/home", b"").await.unwrap();
+        assert_eq!(r.json(), json!({"page": "home", "visits": n}));
+    }
 
     // The proxy in front of it (port + 2) serves the same, and reports the server up.
     ready(port + 2).await;

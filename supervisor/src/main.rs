@@ -1107,7 +1107,7 @@ fn main() -> ExitCode {
                         None => String::new(),
                     };
                     let banner = format!(
-                        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+                        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
                         if created {
                             "Created a new"
                         } else {

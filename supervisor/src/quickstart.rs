@@ -58,6 +58,18 @@ class Customer(Service):
         self.response.payload = {'customer_id': cid, 'name': self.customers[cid]}
 
 
+class Visits(Service):
+    """GET /visits/{page}: counts visits per page in the server's cache (self.cache)."""
+
+    name = 'demo.visits'
+    input = 'page'
+
+    def handle(self):
+        page = self.request.input.page
+        self.response.payload = {'page': page,
+                                 'visits': self.cache.default.incr('visits:' + page)}
+
+
 class Slow(Service):
     """GET /slow: an async service (many run at once on the worker's event loop)."""
 
@@ -180,6 +192,7 @@ fn sample_channels() -> Vec<Channel> {
         ("/hello/{name}", "GET", "demo.hello"),
         ("/customers/{customer_id}", "GET", "demo.customer.get"),
         ("/slow", "GET", "demo.slow"),
+        ("/visits/{page}", "GET", "demo.visits"),
     ]
     .into_iter()
     .map(|(path, method, service)| Channel {
