@@ -148,7 +148,7 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     ready(port + 2).await;
     let modules = cli(&dir, &["config", "export"]);
     assert_eq!(modules["config_version"], 1);
-    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 4);
+    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 5);
     stop(child);
     std::fs::remove_dir_all(&base).unwrap();
 }
