@@ -449,15 +449,18 @@ class Worker:
         """For the leader: claim the socket, or return False when a call became runnable
         while another thread (waiting for its REPLY) was reading."""
         with self._lock:
-            while self._rx_busy:
+            while True:
+                # Checked on every pass, not only while the socket is taken: the thread that
+                # read may have queued calls and released the socket before this one woke.
                 if (self._pending and self._running < self._threads) or \
                         self._exit_code is not None:
                     return False
+                if not self._rx_busy:
+                    self._rx_busy = True
+                    return True
                 self._rx_waiting += 1
                 self._rx_cv.wait()
                 self._rx_waiting -= 1
-            self._rx_busy = True
-            return True
 
     def after_reply(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in this thread once the reply of the call it is running has been sent:
@@ -589,6 +592,8 @@ class Worker:
                 if self._draining:
                     self._check_drained()
                 if not self._claim_rx():
+                    if self._exit_code is not None:
+                        return  # on the way out: main() is returning
                     continue  # a thread waiting for its REPLY read calls for us to run
                 try:
                     n = recv_into(reader.writable())
@@ -752,7 +757,8 @@ class Worker:
     # -- frames from the supervisor -------------------------------------------------------
 
     def _on_frames(self, frames: List[Frame]) -> None:
-        """Apply one batch of frames from the supervisor (leader only)."""
+        """Apply one batch of frames from the supervisor; called by whichever thread claimed
+        the socket (the leader, or a thread waiting in ``request``), and gives it back."""
         dispatcher = self.dispatcher
         has_loop = self._loop is not None
         # Phase 1, without the lock: decode, which is the expensive part (every CALL's meta

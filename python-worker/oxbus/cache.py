@@ -151,6 +151,8 @@ class Cache:
         """
         if type(by) is not int:
             raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
+        if not -2**63 <= by < 2**63:
+            raise NotAnInteger('incr/decr by %d: outside the 64-bit range' % by)
         return int(self._call(b'incr', b',"key":' + _key(key) + b',"by":%d' % by)[1])
 
     def decr(self, key: str, by: int = 1) -> int:
@@ -219,7 +221,9 @@ class CacheAPI:
         if cache is None:
             if not isinstance(name, str):
                 raise TypeError('cache names are strings, not %s' % type(name).__name__)
-            cache = self._caches.setdefault(name, Cache(name, self._request))
+            cache = Cache(name, self._request)
+            if len(self._caches) < 256:  # names made up at run time must not pile up
+                cache = self._caches.setdefault(name, cache)
         return cache
 
     __getitem__ = get_cache

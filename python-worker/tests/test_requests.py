@@ -8,6 +8,7 @@ exceptions.
 """
 
 import json
+import os
 
 from conftest import FakeSupervisor  # noqa: F401  (the sup fixture's class)
 from oxbus import _protocol as P
@@ -72,6 +73,22 @@ SERVICES = {'calls.py': '''
                     out.append([type(e).__name__, str(e),
                                 isinstance(e, (UnknownCache, ValueTooLarge, NotAnInteger))])
             self.response.payload = out
+
+    class Spawn(Service):
+        """Starts a thread that reads a key, and returns once the server has its call."""
+        input = 'dir'
+
+        def handle(self):
+            out = {}
+            def run():
+                out['v'] = self.cache.default.get('x')
+            threading.Thread(target=run, daemon=True).start()
+            deadline = time.monotonic() + 20
+            while not os.path.exists(os.path.join(self.request.input.dir, 'go')):
+                if time.monotonic() > deadline:
+                    raise TimeoutError('no go')
+                time.sleep(0.002)
+            self.response.payload = {'spawned': True}
 
     class AsyncGet(Service):
         async def handle(self):
@@ -235,3 +252,24 @@ def test_the_cache_outside_a_worker_says_so():
         assert 'not running inside an oxbus worker' in str(e)
     else:
         raise AssertionError('no error')
+
+
+def test_a_call_read_by_a_waiting_thread_is_run_at_once(sup):
+    """A thread of the service's own waits in request() and reads the socket while the
+    leader has nothing to do: the CALL that arrives with its REPLY must run now, not when
+    the next frame happens to come (the leader used to claim the socket and block)."""
+    sup.start(SERVICES, threads=4)
+    sup.call(1, 'calls.spawn', body({'dir': sup.dir}))
+    # The spawned thread's cache call arrives while the handler still runs inline, so that
+    # thread holds the socket; then the handler is let go and answers.
+    kind, _f, get_stream, payload = sup.recv()
+    assert kind == P.CALL and get_stream & P.WORKER_STREAM_BIT, (kind, payload)
+    open(os.path.join(sup.dir, 'go'), 'w').close()
+    meta, data = sup.replies(1)[1]
+    assert meta['status'] == 200, (meta, data)
+    assert json.loads(data) == {'spawned': True}
+    # Its REPLY and a new CALL in one write: the waiting thread reads both.
+    sup.conn.sendall(P.encode_reply(get_stream, {'status': 204}, b'')
+                     + sup.call_frame(2, 'calls.echo', body({'a': 1})))
+    meta, data = sup.replies(1, timeout=10)[2]
+    assert json.loads(data) == {'a': 1}

@@ -598,27 +598,40 @@ fn apply_cache_writes(shared: &Shared, peer: &str, body: &[u8]) -> u16 {
 /// A peer that is not linked right now misses them (`docs/CACHE.md`).
 pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<crate::cache::Repl>) {
     const META: &[u8] = br#"{"op":"cache.apply"}"#;
-    let mut batch = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        let mut size = first.approx_size();
-        batch.push(first);
-        // A batch stays far below the bus's 64 MiB frame limit (a value is at most 32 MiB,
-        // 43 MiB in base64).
-        while batch.len() < 1024 && size < 8 * 1024 * 1024 {
-            match rx.try_recv() {
-                Ok(r) => {
-                    size += r.approx_size();
-                    batch.push(r);
+    // Sized by what is sent (JSON text travels escaped, bytes in base64), far below the
+    // bus's 64 MiB frame limit; a value is at most 16 MiB, 32 MiB escaped.
+    const BATCH_BYTES: usize = 8 * 1024 * 1024;
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let first = match held.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                // Nobody to send to (a cluster of one right now): nothing to encode.
+                Some(_) if bus.links.lock().expect("links lock").is_empty() => {
+                    while rx.try_recv().is_ok() {}
+                    continue;
                 }
-                Err(_) => break,
+                Some(r) => serde_json::to_vec(&r).expect("cache writes serialise"),
+                None => return,
+            },
+        };
+        let mut body = Vec::with_capacity(first.len() + 2);
+        body.push(b'[');
+        body.extend_from_slice(&first);
+        let mut writes = 1;
+        while writes < 1024 && body.len() < BATCH_BYTES {
+            let Ok(r) = rx.try_recv() else { break };
+            let w = serde_json::to_vec(&r).expect("cache writes serialise");
+            if body.len() + w.len() > BATCH_BYTES {
+                held = Some(w); // the first of the next batch
+                break;
             }
+            body.push(b',');
+            body.extend_from_slice(&w);
+            writes += 1;
         }
+        body.push(b']');
         let links = bus.links.lock().expect("links lock");
-        if links.is_empty() {
-            continue;
-        }
-        let body = serde_json::to_vec(&batch).expect("cache writes serialise");
         for h in links.values() {
             let stream = h.streams.lock().expect("streams lock").next_id();
             let mut out = BytesMut::with_capacity(body.len() + 64);
@@ -635,7 +648,7 @@ pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<cra
                 let _ = h.tx.send(out.freeze());
             } else {
                 warn!(
-                    writes = batch.len(),
+                    writes,
                     bytes = body.len(),
                     "bus: cache writes too large for one frame, not replicated"
                 );

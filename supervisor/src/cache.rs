@@ -27,8 +27,9 @@ pub const DEFAULT_CACHE: &str = "default";
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// The longest key accepted, in bytes of UTF-8.
 pub const MAX_KEY_LEN: usize = 4096;
-/// Upper bound of `max_item_size` (a value travels in one IPC frame).
-pub const MAX_ITEM_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
+/// Upper bound of `max_item_size`: a value travels in one IPC frame and, replicated, in one
+/// bus frame of at most 64 MiB, where JSON text is escaped (up to twice its size).
+pub const MAX_ITEM_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 /// Upper bound of `max_entries`.
 pub const MAX_ENTRIES_LIMIT: u64 = 100_000_000;
 
@@ -161,7 +162,7 @@ impl Hlc {
         let wall = now_ms() << 16;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let next = wall.max(last + 1);
+            let next = wall.max(last.saturating_add(1));
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -365,26 +366,19 @@ pub struct CacheStats {
     pub builtin: bool,
 }
 
-/// One named cache.
-pub struct Cache {
-    pub def: CacheDef,
-    builtin: bool,
+/// What a cache holds: shared by the versions of its definition that do not change how it
+/// is built (`max_entries`, `extend_expiry_on_get`), so such an edit loses nothing.
+struct Storage {
     map: moka::sync::Cache<String, Entry>,
     /// Deletes remembered against late, older writes (only when replicating).
     tombs: moka::sync::Cache<String, Stamp>,
     /// The stamp of the last clear: older writes are dropped.
     cleared: Mutex<Stamp>,
-    pub counters: Counters,
+    counters: Counters,
 }
 
-impl std::fmt::Debug for Cache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("def", &self.def).finish()
-    }
-}
-
-impl Cache {
-    fn new(def: CacheDef, builtin: bool, evictions: Arc<AtomicU64>) -> Cache {
+impl Storage {
+    fn new(def: &CacheDef, evictions: Arc<AtomicU64>) -> Storage {
         let counted = evictions.clone();
         let map = moka::sync::Cache::builder()
             .max_capacity(def.max_entries)
@@ -401,9 +395,7 @@ impl Cache {
             .max_capacity(1_000_000)
             .time_to_live(TOMBSTONE_TTL)
             .build();
-        Cache {
-            def,
-            builtin,
+        Storage {
             map,
             tombs,
             cleared: Mutex::new(Stamp::ZERO),
@@ -414,11 +406,49 @@ impl Cache {
         }
     }
 
+    fn cleared(&self) -> Stamp {
+        *self.cleared.lock().expect("cleared lock")
+    }
+}
+
+/// One named cache.
+pub struct Cache {
+    pub def: CacheDef,
+    builtin: bool,
+    store: Arc<Storage>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("def", &self.def).finish()
+    }
+}
+
+/// Whether two definitions build their caches the same way (the rest is read per call).
+fn same_structure(a: &CacheDef, b: &CacheDef) -> bool {
+    a.max_entries == b.max_entries && a.extend_expiry_on_get == b.extend_expiry_on_get
+}
+
+impl Cache {
+    fn new(def: CacheDef, builtin: bool) -> Cache {
+        let store = Arc::new(Storage::new(&def, Arc::default()));
+        Cache {
+            def,
+            builtin,
+            store,
+        }
+    }
+
+    /// The counters of this cache.
+    pub fn counters(&self) -> &Counters {
+        &self.store.counters
+    }
+
     /// The number of live entries, exactly: counted, because moka's own count includes
     /// entries that have expired but whose removal has not run yet.
     pub fn len(&self) -> u64 {
-        self.map.run_pending_tasks();
-        self.map.iter().count() as u64
+        self.store.map.run_pending_tasks();
+        self.store.map.iter().count() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -426,7 +456,7 @@ impl Cache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let c = &self.counters;
+        let c = &self.store.counters;
         CacheStats {
             def: self.def.clone(),
             entries: self.len(),
@@ -441,11 +471,11 @@ impl Cache {
 
     /// The entry under `key`, if present and not expired.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        let found = self.map.get(key);
+        let found = self.store.map.get(key);
         let counter = if found.is_some() {
-            &self.counters.hits
+            &self.store.counters.hits
         } else {
-            &self.counters.misses
+            &self.store.counters.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -454,12 +484,12 @@ impl Cache {
     /// The entry under `key` without counting a hit or a miss (the admin API's reads; an
     /// extend-on-get cache still extends it, as moka sees a read).
     pub fn peek(&self, key: &str) -> Option<Entry> {
-        self.map.get(key)
+        self.store.map.get(key)
     }
 
     /// Whether `key` is present (counts as neither hit nor miss, extends nothing).
     pub fn contains(&self, key: &str) -> bool {
-        self.map.contains_key(key)
+        self.store.map.contains_key(key)
     }
 
     fn check_size(&self, size: usize) -> Result<(), CacheError> {
@@ -474,35 +504,36 @@ impl Cache {
     }
 
     /// Applies a write stamped `stamp` unless a newer write, delete or clear is known; true
-    /// when it took effect. Atomic per key with every other write.
+    /// when it took effect. Atomic per key with every other write: the clear stamp and the
+    /// tombstone are read under the key's lock.
     fn put_stamped(&self, key: String, entry: Entry) -> bool {
         let stamp = entry.stamp;
-        if stamp <= *self.cleared.lock().expect("cleared lock") {
-            return false;
-        }
-        let tombs = &self.tombs;
-        let result = self.map.entry(key.clone()).and_compute_with(|old| {
-            if old.is_some_and(|o| o.value().stamp >= stamp)
-                || tombs.get(&key).is_some_and(|t| t >= stamp)
+        let st = &*self.store;
+        let result = st.map.entry(key.clone()).and_compute_with(|old| {
+            if stamp <= st.cleared()
+                || old.is_some_and(|o| o.value().stamp >= stamp)
+                || st.tombs.get(&key).is_some_and(|t| t >= stamp)
             {
                 moka::ops::compute::Op::Nop
             } else {
                 moka::ops::compute::Op::Put(entry)
             }
         });
-        !matches!(result, moka::ops::compute::CompResult::Unchanged(_))
-            && !matches!(result, moka::ops::compute::CompResult::StillNone(_))
+        !matches!(
+            result,
+            moka::ops::compute::CompResult::Unchanged(_)
+                | moka::ops::compute::CompResult::StillNone(_)
+        )
     }
 
-    /// Removes `key` if its write is older than `stamp`; remembers the delete.
-    fn delete_stamped(&self, key: String, stamp: Stamp, remember: bool) -> bool {
-        if remember {
-            let newer = self.tombs.get(&key).is_some_and(|t| t >= stamp);
-            if !newer {
-                self.tombs.insert(key.clone(), stamp);
-            }
-        }
-        let result = self.map.entry(key).and_compute_with(|old| match old {
+    /// Removes `key` if its write is older than `stamp`; remembers the delete (the newest
+    /// of concurrent ones).
+    fn delete_stamped(&self, key: String, stamp: Stamp) -> bool {
+        let st = &*self.store;
+        st.tombs
+            .entry(key.clone())
+            .and_upsert_with(|old| old.map_or(stamp, |o| (*o.value()).max(stamp)));
+        let result = st.map.entry(key).and_compute_with(|old| match old {
             Some(o) if o.value().stamp < stamp => moka::ops::compute::Op::Remove,
             _ => moka::ops::compute::Op::Nop,
         });
@@ -511,14 +542,15 @@ impl Cache {
 
     /// Drops every entry written before `stamp`; returns how many.
     fn clear_stamped(&self, stamp: Stamp) -> u64 {
+        let st = &*self.store;
         {
-            let mut cleared = self.cleared.lock().expect("cleared lock");
+            let mut cleared = st.cleared.lock().expect("cleared lock");
             if stamp <= *cleared {
                 return 0;
             }
             *cleared = stamp;
         }
-        let keys: Vec<String> = self
+        let keys: Vec<String> = st
             .map
             .iter()
             .filter(|(_, e)| e.stamp < stamp)
@@ -526,7 +558,7 @@ impl Cache {
             .collect();
         let mut n = 0;
         for k in keys {
-            let r = self.map.entry(k).and_compute_with(|old| match old {
+            let r = st.map.entry(k).and_compute_with(|old| match old {
                 Some(o) if o.value().stamp < stamp => moka::ops::compute::Op::Remove,
                 _ => moka::ops::compute::Op::Nop,
             });
@@ -540,6 +572,7 @@ impl Cache {
     /// Keys starting with `prefix`, sorted.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let mut keys: Vec<String> = self
+            .store
             .map
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
@@ -552,6 +585,7 @@ impl Cache {
     /// Entries whose key starts with `prefix`, sorted by key.
     pub fn items(&self, prefix: &str) -> Vec<(String, Entry)> {
         let mut items: Vec<(String, Entry)> = self
+            .store
             .map
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
@@ -561,13 +595,36 @@ impl Cache {
         items
     }
 
-    fn copy_from(&self, other: &Cache) {
-        *self.cleared.lock().expect("cleared lock") = *other.cleared.lock().expect("cleared lock");
-        for (k, v) in other.map.iter() {
-            self.map.insert(String::clone(&k), v);
+    /// A copy of `other`'s contents and counters in a cache built for `def` (a definition
+    /// change that needs a new moka cache). Entries of an extend-on-get cache get a full
+    /// expiry again, as their recorded one may be older than their reads made it.
+    fn rebuilt(def: CacheDef, builtin: bool, other: &Cache) -> Cache {
+        let old = &*other.store;
+        let st = Storage::new(&def, old.counters.evictions.clone());
+        *st.cleared.lock().expect("cleared lock") = old.cleared();
+        let extended = other.def.extend_expiry_on_get;
+        let now = now_ms();
+        for (k, mut v) in old.map.iter() {
+            if extended && v.ttl_ms > 0 {
+                v.expires_at = now + v.ttl_ms;
+            }
+            st.map.insert(String::clone(&k), v);
         }
-        for (k, v) in other.tombs.iter() {
-            self.tombs.insert(String::clone(&k), v);
+        for (k, v) in old.tombs.iter() {
+            st.tombs.insert(String::clone(&k), v);
+        }
+        for (a, b) in [
+            (&st.counters.hits, &old.counters.hits),
+            (&st.counters.misses, &old.counters.misses),
+            (&st.counters.sets, &old.counters.sets),
+            (&st.counters.deletes, &old.counters.deletes),
+        ] {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        Cache {
+            def,
+            builtin,
+            store: Arc::new(st),
         }
     }
 }
@@ -619,17 +676,6 @@ impl Repl {
         }
     }
 
-    /// About how many bytes it takes in a `cache.apply` body.
-    pub fn approx_size(&self) -> usize {
-        64 + match self {
-            Repl::Put {
-                cache, key, value, ..
-            } => cache.len() + key.len() + value.len(),
-            Repl::Delete { cache, key, .. } => cache.len() + key.len(),
-            Repl::Clear { cache, .. } => cache.len(),
-        }
-    }
-
     fn stamp(&self) -> Stamp {
         match self {
             Repl::Put { stamp, .. } | Repl::Delete { stamp, .. } | Repl::Clear { stamp, .. } => {
@@ -648,6 +694,8 @@ pub struct Caches {
     node: AtomicU64,
     /// Where replicated writes go (set when the server runs a cluster bus).
     replicator: OnceLock<tokio::sync::mpsc::UnboundedSender<Repl>>,
+    /// One definition change at a time (sync, the admin API and an import may race).
+    applying: Mutex<()>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -670,6 +718,7 @@ impl Caches {
             clock: Hlc::default(),
             node: AtomicU64::new(0),
             replicator: OnceLock::new(),
+            applying: Mutex::new(()),
         };
         caches.apply_defs(&[]);
         caches
@@ -693,37 +742,34 @@ impl Caches {
     }
 
     /// Makes the set of caches match `defs` (plus the built-in `default` when no definition
-    /// names it). Unchanged caches keep their entries and counters; a changed definition
-    /// rebuilds its cache and carries the entries over (the new limits apply from then on);
-    /// caches no longer defined are dropped.
+    /// names it). Unchanged caches keep everything; a definition change that does not alter
+    /// how the cache is built (expiry default, item size, replication) keeps its contents in
+    /// place; one that does (`max_entries`, `extend_expiry_on_get`) builds a new cache and
+    /// copies the entries over — writes made to that cache while it is being copied can be
+    /// lost. Copies happen outside the lock every cache call takes. Caches no longer defined
+    /// are dropped.
     pub fn apply_defs(&self, defs: &[CacheDef]) {
+        let _one_at_a_time = self.applying.lock().expect("applying lock");
         let mut wanted: Vec<(CacheDef, bool)> = defs.iter().map(|d| (d.clone(), false)).collect();
         if !defs.iter().any(|d| d.name == DEFAULT_CACHE) {
             wanted.push((CacheDef::builtin_default(), true));
         }
-        let mut caches = self.caches.write().expect("caches lock");
+        let current = self.caches.read().expect("caches lock").clone();
         let mut next = HashMap::with_capacity(wanted.len());
         for (def, builtin) in wanted {
-            let cache = match caches.remove(&def.name) {
-                Some(old) if old.def == def && old.builtin == builtin => old,
-                Some(old) => {
-                    let new = Cache::new(def, builtin, old.counters.evictions.clone());
-                    new.copy_from(&old);
-                    for (a, b) in [
-                        (&new.counters.hits, &old.counters.hits),
-                        (&new.counters.misses, &old.counters.misses),
-                        (&new.counters.sets, &old.counters.sets),
-                        (&new.counters.deletes, &old.counters.deletes),
-                    ] {
-                        a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
-                    }
-                    Arc::new(new)
-                }
-                None => Arc::new(Cache::new(def, builtin, Arc::default())),
+            let cache = match current.get(&def.name) {
+                Some(old) if old.def == def && old.builtin == builtin => old.clone(),
+                Some(old) if same_structure(&old.def, &def) => Arc::new(Cache {
+                    def,
+                    builtin,
+                    store: old.store.clone(),
+                }),
+                Some(old) => Arc::new(Cache::rebuilt(def, builtin, old)),
+                None => Arc::new(Cache::new(def, builtin)),
             };
             next.insert(cache.def.name.clone(), cache);
         }
-        *caches = next;
+        *self.caches.write().expect("caches lock") = next;
     }
 
     /// The cache called `name`.
@@ -776,14 +822,20 @@ impl Caches {
             ttl_ms,
             stamp: self.stamp(),
         };
-        cache.counters.sets.fetch_add(1, Ordering::Relaxed);
-        let key = key.to_owned();
+        cache.store.counters.sets.fetch_add(1, Ordering::Relaxed);
         match self.replicating(cache) {
-            None => cache.map.insert(key, entry),
+            None => {
+                // Through the key's lock, not a plain insert, so it cannot land in the
+                // middle of an incr of the same key.
+                cache
+                    .store
+                    .map
+                    .entry(key.to_owned())
+                    .and_compute_with(|_| moka::ops::compute::Op::Put(entry));
+            }
             Some(tx) => {
-                let repl = Repl::put(&cache.def.name, &key, &entry);
-                if cache.put_stamped(key, entry) {
-                    let _ = tx.send(repl);
+                if cache.put_stamped(key.to_owned(), entry.clone()) {
+                    let _ = tx.send(Repl::put(&cache.def.name, key, &entry));
                 }
             }
         }
@@ -793,12 +845,22 @@ impl Caches {
     /// Removes `key`; true when it was present.
     pub fn delete(&self, cache: &Cache, key: &str) -> Result<bool, CacheError> {
         check_key(key)?;
-        cache.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        cache.store.counters.deletes.fetch_add(1, Ordering::Relaxed);
         match self.replicating(cache) {
-            None => Ok(cache.map.remove(key).is_some()),
+            None => {
+                let r = cache
+                    .store
+                    .map
+                    .entry(key.to_owned())
+                    .and_compute_with(|old| match old {
+                        Some(_) => moka::ops::compute::Op::Remove,
+                        None => moka::ops::compute::Op::Nop,
+                    });
+                Ok(matches!(r, moka::ops::compute::CompResult::Removed(_)))
+            }
             Some(tx) => {
                 let stamp = self.stamp();
-                let existed = cache.delete_stamped(key.to_owned(), stamp, true);
+                let existed = cache.delete_stamped(key.to_owned(), stamp);
                 let _ = tx.send(Repl::Delete {
                     cache: cache.def.name.clone(),
                     key: key.to_owned(),
@@ -809,97 +871,99 @@ impl Caches {
         }
     }
 
+    /// The entry a read-modify-write sees under the key's lock: none when it was written
+    /// before the cache's last clear (a clear whose sweep has not reached it yet).
+    fn current(cache: &Cache, old: Option<moka::Entry<String, Entry>>) -> Option<Entry> {
+        old.map(|o| o.into_value())
+            .filter(|e| e.stamp > cache.store.cleared())
+    }
+
     /// Sets a new expiry on an existing key (seconds; 0 = never); false when it is absent.
     pub fn expire(&self, cache: &Cache, key: &str, seconds: f64) -> Result<bool, CacheError> {
         check_key(key)?;
         let ttl_ms = expiry_ms(&cache.def, Some(seconds))?;
-        let stamp = self.stamp();
-        let key = key.to_owned();
         let mut written = None;
-        let result = cache
+        cache
+            .store
             .map
-            .entry(key.clone())
-            .and_compute_with(|old| match old {
-                Some(o) => {
-                    let mut e = o.into_value();
+            .entry(key.to_owned())
+            .and_compute_with(|old| match Self::current(cache, old) {
+                Some(mut e) => {
                     e.expires_at = if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms };
                     e.ttl_ms = ttl_ms;
-                    e.stamp = stamp;
+                    // Stamped under the key's lock: later than any write applied to it.
+                    e.stamp = self.stamp();
                     written = Some(e.clone());
                     moka::ops::compute::Op::Put(e)
                 }
                 None => moka::ops::compute::Op::Nop,
             });
-        let existed = !matches!(result, moka::ops::compute::CompResult::StillNone(_));
+        let existed = written.is_some();
         if let (Some(tx), Some(e)) = (self.replicating(cache), written) {
-            let _ = tx.send(Repl::put(&cache.def.name, &key, &e));
+            let _ = tx.send(Repl::put(&cache.def.name, key, &e));
         }
         Ok(existed)
     }
 
     /// Adds `by` to the integer under `key` (a missing key counts as 0) and returns the new
     /// value; atomic on this server. A new key gets the cache's default expiry, an existing
-    /// one keeps its own.
+    /// one keeps its own (an extend-on-get cache counts the incr as a use and extends it).
     pub fn incr(&self, cache: &Cache, key: &str, by: i64) -> Result<i64, CacheError> {
         check_key(key)?;
         let default_ttl = cache.def.default_expiry_s * 1000;
-        let stamp = self.stamp();
-        let key = key.to_owned();
-        let mut outcome: Result<Entry, CacheError> = Err(CacheError::Invalid(String::new()));
-        cache.map.entry(key.clone()).and_compute_with(|old| {
-            let (current, expires_at, ttl_ms) = match &old {
-                None => (Ok(0), 0, 0),
-                Some(o) => {
-                    let e = o.value();
-                    let n = match e.kind {
+        let extend = cache.def.extend_expiry_on_get;
+        let mut outcome: Result<(i64, Entry), CacheError> = Err(CacheError::Invalid(String::new()));
+        cache
+            .store
+            .map
+            .entry(key.to_owned())
+            .and_compute_with(|old| {
+                let old = Self::current(cache, old);
+                let current = match &old {
+                    None => Some(0),
+                    Some(e) => match e.kind {
                         ValueKind::Json => std::str::from_utf8(&e.value)
                             .ok()
                             .and_then(|s| s.trim().parse::<i64>().ok()),
                         ValueKind::Bytes => None,
-                    };
-                    (n.ok_or(()), e.expires_at, e.ttl_ms)
-                }
-            };
-            let next = current.ok().and_then(|n| n.checked_add(by));
-            let new = match (current, next) {
-                (Err(()), _) => {
+                    },
+                };
+                let Some(current) = current else {
                     outcome = Err(CacheError::NotInteger {
-                        key: key.to_string(),
+                        key: key.to_owned(),
                     });
                     return moka::ops::compute::Op::Nop;
-                }
-                (Ok(_), None) => {
+                };
+                let Some(n) = current.checked_add(by) else {
                     outcome = Err(CacheError::Overflow {
-                        key: key.to_string(),
+                        key: key.to_owned(),
                     });
                     return moka::ops::compute::Op::Nop;
-                }
-                (Ok(_), Some(n)) => n,
-            };
-            let (expires_at, ttl_ms) = if old.is_none() && default_ttl > 0 {
-                (now_ms() + default_ttl, default_ttl)
-            } else {
-                (expires_at, ttl_ms)
-            };
-            let e = Entry {
-                value: Bytes::from(new.to_string()),
-                kind: ValueKind::Json,
-                expires_at,
-                ttl_ms,
-                stamp,
-            };
-            outcome = Ok(e.clone());
-            moka::ops::compute::Op::Put(e)
-        });
-        let e = outcome?;
-        cache.counters.sets.fetch_add(1, Ordering::Relaxed);
+                };
+                let now = now_ms();
+                let (expires_at, ttl_ms) = match &old {
+                    None if default_ttl > 0 => (now + default_ttl, default_ttl),
+                    None => (0, 0),
+                    Some(e) if extend && e.ttl_ms > 0 => (now + e.ttl_ms, e.ttl_ms),
+                    Some(e) => (e.expires_at, e.ttl_ms),
+                };
+                let e = Entry {
+                    value: Bytes::from(n.to_string()),
+                    kind: ValueKind::Json,
+                    expires_at,
+                    ttl_ms,
+                    // Stamped under the key's lock: later than any write applied to it.
+                    stamp: self.stamp(),
+                };
+                outcome = Ok((n, e.clone()));
+                moka::ops::compute::Op::Put(e)
+            });
+        let (n, e) = outcome?;
+        cache.store.counters.sets.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = self.replicating(cache) {
-            let _ = tx.send(Repl::put(&cache.def.name, &key, &e));
+            let _ = tx.send(Repl::put(&cache.def.name, key, &e));
         }
-        Ok(std::str::from_utf8(&e.value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .expect("written as an integer"))
+        Ok(n)
     }
 
     /// Removes every entry; returns how many there were.
@@ -943,7 +1007,7 @@ impl Caches {
                     };
                     if expires_at != 0 && expires_at <= now_ms() {
                         // Expired in transit: it still deletes older writes.
-                        c.delete_stamped(key, stamp, true);
+                        c.delete_stamped(key, stamp);
                         continue;
                     }
                     c.put_stamped(
@@ -959,7 +1023,7 @@ impl Caches {
                 }
                 Repl::Delete { cache, key, stamp } => {
                     if let Ok(c) = self.get(&cache) {
-                        c.delete_stamped(key, stamp, true);
+                        c.delete_stamped(key, stamp);
                     }
                 }
                 Repl::Clear { cache, stamp } => {
@@ -1255,7 +1319,12 @@ mod tests {
     }
 
     fn value(c: &Caches, key: &str) -> Option<Bytes> {
-        c.get("default").unwrap().map.get(key).map(|e| e.value)
+        c.get("default")
+            .unwrap()
+            .store
+            .map
+            .get(key)
+            .map(|e| e.value)
     }
 
     #[test]
@@ -1375,7 +1444,81 @@ mod tests {
     }
 
     #[test]
+    fn incr_keeps_an_entry_that_reads_kept_alive() {
+        let c = caches("a");
+        let mut def = CacheDef::named("ext");
+        def.extend_expiry_on_get = true;
+        c.apply_defs(&[def]);
+        let x = c.get("ext").unwrap();
+        c.set(
+            &x,
+            "k",
+            Bytes::from_static(b"1"),
+            ValueKind::Json,
+            Some(0.3),
+        )
+        .unwrap();
+        // Reads keep it alive past its first expiry...
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(600) {
+            assert!(x.get("k").is_some(), "expired while being read");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // ...and an incr then must not write the stale expiry back.
+        assert_eq!(c.incr(&x, "k", 1).unwrap(), 2);
+        assert_eq!(x.get("k").unwrap().value, Bytes::from_static(b"2"));
+    }
+
+    #[test]
+    fn concurrent_deletes_leave_the_newest_tombstone() {
+        let (a, _ra) = replicated("a");
+        let d = a.get("default").unwrap();
+        let newer = Stamp {
+            t: 100 << 16,
+            node: 1,
+        };
+        let older = Stamp {
+            t: 50 << 16,
+            node: 1,
+        };
+        d.delete_stamped("k".into(), newer);
+        d.delete_stamped("k".into(), older);
+        // A late write between the two must stay deleted.
+        let e = Entry {
+            value: Bytes::from_static(b"1"),
+            kind: ValueKind::Json,
+            expires_at: 0,
+            ttl_ms: 0,
+            stamp: Stamp {
+                t: 70 << 16,
+                node: 1,
+            },
+        };
+        assert!(!d.put_stamped("k".into(), e));
+    }
+
+    #[test]
+    fn a_definition_edit_that_keeps_the_structure_keeps_the_same_storage() {
+        let c = caches("a");
+        let d = c.get("default").unwrap();
+        c.set(&d, "k", Bytes::from_static(b"1"), ValueKind::Json, None)
+            .unwrap();
+        let mut def = CacheDef::named("default");
+        def.default_expiry_s = 60;
+        c.apply_defs(&[def]);
+        // A write through the old handle (a call in flight during the edit) is not lost.
+        c.set(&d, "late", Bytes::from_static(b"2"), ValueKind::Json, None)
+            .unwrap();
+        let now = c.get("default").unwrap();
+        assert_eq!(now.def.default_expiry_s, 60);
+        assert!(now.get("late").is_some() && now.get("k").is_some());
+    }
+
+    #[test]
     fn the_clock_moves_past_what_it_observes() {
+        let h = Hlc::default();
+        h.observe(u64::MAX);
+        assert_eq!(h.now(), u64::MAX, "saturates instead of wrapping");
         let h = Hlc::default();
         let a = h.now();
         h.observe(a + (1 << 30));
