@@ -520,6 +520,29 @@ pub fn next_interval_fire(def: &JobDef, after: DateTime<Utc>) -> Option<DateTime
     )?)
 }
 
+/// Makes `defs` (by name) the jobs this server has (`Shared::jobs`) and, when they differ
+/// from what it had, notifies `Shared::jobs_changed`. Returns whether they differed.
+pub fn set_live(shared: &crate::server::Shared, defs: Vec<JobDef>) -> bool {
+    swap_live(&shared.jobs, &shared.jobs_changed, defs)
+}
+
+fn swap_live(
+    live: &std::sync::RwLock<std::sync::Arc<Vec<JobDef>>>,
+    changed: &tokio::sync::Notify,
+    mut defs: Vec<JobDef>,
+) -> bool {
+    defs.sort_by(|a, b| a.name.cmp(&b.name));
+    {
+        let mut live = live.write().expect("jobs lock");
+        if **live == defs {
+            return false;
+        }
+        *live = std::sync::Arc::new(defs);
+    }
+    changed.notify_one();
+    true
+}
+
 /// A job definition from JSON (an admin request's body, an entry of a config document). Every
 /// error names the field: unknown fields are listed, a field of the wrong type is named.
 /// `path_name`: the name the request's URL gives; the body may leave `name` out, and must
@@ -1134,6 +1157,44 @@ mod tests {
         assert_eq!(
             next_cron_fire(&per_second, utc("2026-10-25T01:00:00Z")),
             Some(utc("2026-10-25T02:00:00Z"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_live_set_is_swapped_and_notified_only_when_it_changes() {
+        use std::sync::{Arc, RwLock};
+        let live = RwLock::new(Arc::new(Vec::new()));
+        let changed = tokio::sync::Notify::new();
+        let notified = || {
+            // A permit is kept for a waiter to come: taken at once when there is one.
+            let fut = changed.notified();
+            tokio::pin!(fut);
+            futures_util::FutureExt::now_or_never(fut).is_some()
+        };
+        assert!(!swap_live(&live, &changed, Vec::new()), "empty to empty");
+        assert!(!notified());
+        let (a, b) = (every("a"), cron("0 8 * * *", "UTC"));
+        assert!(swap_live(&live, &changed, vec![b.clone(), a.clone()]));
+        assert!(notified());
+        assert!(!notified(), "one permit");
+        assert_eq!(**live.read().unwrap(), [a.clone(), b.clone()], "by name");
+        let held = live.read().unwrap().clone();
+        assert!(
+            !swap_live(&live, &changed, vec![a.clone(), b.clone()]),
+            "the same"
+        );
+        assert!(!notified());
+        let off = JobDef {
+            active: false,
+            ..a.clone()
+        };
+        assert!(swap_live(&live, &changed, vec![off.clone(), b.clone()]));
+        assert!(notified());
+        assert_eq!(**live.read().unwrap(), [off, b]);
+        assert_eq!(
+            *held,
+            [a, cron("0 8 * * *", "UTC")],
+            "a reader keeps its Arc"
         );
     }
 
