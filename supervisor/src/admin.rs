@@ -6,8 +6,9 @@
 //! rollback), REST and JSON-RPC channels (list, get, create, update, delete; the ones in
 //! server.toml are read-only here), security definitions (their secrets go in, never out),
 //! secrets (list names, set, delete: a value goes in, never out), caches (`caches`: list
-//! with figures, get, create or replace a definition, delete), config export and import,
-//! invoke, and the OpenAPI document. Request bodies are never logged.
+//! with figures, get, create or replace a definition, delete), scheduler jobs (`jobs`: list,
+//! get, create or replace, delete, enable, disable), config export and import, invoke, and
+//! the OpenAPI document. Request bodies are never logged.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::server::Shared;
 
 mod caches;
+mod jobs;
 
 type Body = Full<Bytes>;
 
@@ -220,6 +222,8 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (&Method::DELETE, ["v1", "security", name]) => delete_security(shared, name).await,
         // Every /v1/caches path, the entries of a cache included: see `caches::route`.
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, shared, rest).await,
+        // Every /v1/jobs path: see `jobs::route`.
+        (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, shared, rest).await,
         (&Method::GET, ["v1", "config"]) => export_config(shared).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();

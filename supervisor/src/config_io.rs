@@ -10,6 +10,8 @@
 //! time. With `replace`, stored objects the document does not list are deleted (modules
 //! undeployed; a stored definition of the `default` cache is kept, since that cache always
 //! exists). server.toml's channels are not part of the document: they live in the file.
+//! A job that leaves `start_date` out keeps the stored job's (a new one starts when it is
+//! created), so a document without start dates imports idempotently too.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cache::{CacheDef, DEFAULT_CACHE};
 use crate::config::{Channel, ChannelType};
 use crate::deploy::{CallError, DeployError, Source, WorkerAck};
+use crate::jobs::JobDef;
 use crate::server::Shared;
 use crate::store::Plan;
 
@@ -55,6 +58,25 @@ pub struct Document {
     /// the entry and the field.
     #[serde(default, deserialize_with = "cache_list")]
     pub cache: Vec<CacheDef>,
+    /// Scheduler jobs (docs/SCHEDULER.md), each checked field by field like `cache`.
+    #[serde(default, deserialize_with = "job_list")]
+    pub job: Vec<JobDef>,
+}
+
+fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                crate::jobs::parse_job_def(v, None)
+                    .map_err(|e| D::Error::custom(format!("job[{i}]: {e}")))
+            })
+            .collect(),
+        _ => Err(D::Error::custom("job: expected a list of job definitions")),
+    }
 }
 
 fn cache_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CacheDef>, D::Error> {
@@ -173,8 +195,10 @@ pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
     let modules = store.active_modules().await.map_err(unavailable)?;
     let security = store.security_defs().await.map_err(unavailable)?;
     let cache = store.cache_defs().await.map_err(unavailable)?;
+    let job = store.jobs().await.map_err(unavailable)?;
     Ok(Document {
         cache,
+        job,
         security: serde_json::to_value(security).expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
@@ -436,6 +460,17 @@ pub async fn import(
     )
     .await?;
 
+    // Scheduler jobs: each validated.
+    let jobs = import_jobs(
+        shared,
+        &doc.job,
+        replace,
+        &mut plan,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+
     // Modules: the changed ones are imported in a worker before anything is written.
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
         return Err(bad(format!("service_module: {d} is listed twice")));
@@ -505,6 +540,9 @@ pub async fn import(
     })?;
     if !plan.put_caches.is_empty() || !plan.delete_caches.is_empty() {
         apply_cache_defs(shared, caches).await;
+    }
+    if !plan.put_jobs.is_empty() || !plan.delete_jobs.is_empty() {
+        apply_jobs(shared, jobs).await;
     }
     let mut workers = Vec::new();
     if !change.value.is_empty() {
@@ -593,6 +631,74 @@ pub async fn apply_cache_defs(shared: &Shared, expected: Vec<CacheDef>) {
         }
     };
     shared.pool.caches.apply_defs(&defs);
+}
+
+/// The document's jobs into `plan`; returns every job as the import leaves them (a new job's
+/// `start_date` left out: filled in with now here, in the store with the commit's time).
+async fn import_jobs(
+    shared: &Shared,
+    listed: &[JobDef],
+    replace: bool,
+    plan: &mut Plan,
+    changes: &mut Vec<Change>,
+    unchanged: &mut usize,
+) -> Result<Vec<JobDef>, DeployError> {
+    if let Some(d) = duplicate(listed.iter().map(|j| j.name.as_str())) {
+        return Err(bad(format!("job: {d} is listed twice")));
+    }
+    for j in listed {
+        j.validate().map_err(bad)?;
+    }
+    let stored = shared.store.jobs().await.map_err(unavailable)?;
+    let now = chrono::Utc::now();
+    let mut result = Vec::new();
+    for j in listed {
+        let old = stored.iter().find(|o| o.name == j.name);
+        // Compared as it would be stored: a start_date left out is the stored one.
+        let as_stored = j.clone().as_stored(old, now);
+        if old == Some(&as_stored) {
+            *unchanged += 1;
+        } else {
+            plan.put_jobs.push(j.clone());
+            changes.push(Change {
+                kind: "job",
+                name: j.name.clone(),
+                action: if old.is_some() { "update" } else { "create" },
+            });
+        }
+        result.push(as_stored);
+    }
+    for o in stored {
+        if listed.iter().any(|j| j.name == o.name) {
+            continue;
+        }
+        if replace {
+            plan.delete_jobs.push(o.name.clone());
+            changes.push(Change {
+                kind: "job",
+                name: o.name,
+                action: "delete",
+            });
+        } else {
+            result.push(o);
+        }
+    }
+    Ok(result)
+}
+
+/// Hands this server's scheduler the store's jobs after a change made through this server
+/// (the other servers follow through `sync`). `expected`: the jobs as the change left them,
+/// used should the store not answer now (the sync loop then reads them again on its next
+/// round).
+pub async fn apply_jobs(shared: &Shared, expected: Vec<JobDef>) {
+    let defs = match shared.store.jobs().await {
+        Ok(defs) => defs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the jobs back: applying the change as made");
+            expected
+        }
+    };
+    crate::jobs::set_live(shared, defs);
 }
 
 /// The document's security definitions into `plan`; returns every definition as the
@@ -751,6 +857,34 @@ mod tests {
         assert!(e.contains("cache[1]: cache b: replicate:"), "{e}");
         let doc: Document = serde_json::from_value(json!({"cache": null})).unwrap();
         assert!(doc.cache.is_empty());
+    }
+
+    #[test]
+    fn a_job_entry_error_names_the_entry_and_the_field() {
+        let doc: Document = serde_json::from_value(json!({"job": [
+            {"name": "a", "type": "one_time", "service": "s"},
+            {"name": "b", "type": "cron_style", "service": "s", "cron": "0 8 * * *"},
+        ]}))
+        .unwrap();
+        assert_eq!(doc.job.len(), 2);
+        assert_eq!(doc.job[1].cron.as_deref(), Some("0 8 * * *"));
+        let e = serde_json::from_value::<Document>(json!({"job": [
+            {"name": "a", "type": "one_time", "service": "s"},
+            {"name": "b", "type": "one_time", "service": "s", "jitter_ms": "x"},
+        ]}))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job[1]: job b: jitter_ms:"), "{e}");
+        let e = serde_json::from_value::<Document>(json!({"job": [{"type": "one_time"}]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job[0]: name: missing"), "{e}");
+        let e = serde_json::from_value::<Document>(json!({"job": {"name": "a"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job: expected a list"), "{e}");
+        let doc: Document = serde_json::from_value(json!({"job": null})).unwrap();
+        assert!(doc.job.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`store`]: the config store on SQLite or PostgreSQL; [`admin`]: the admin API;
 //!   [`deploy`]: hot deployment; [`watch`]: deploy-on-save (the pickup directory and
 //!   `deploy --watch`); [`client`]: the CLI's admin client.
+//! - [`jobs`]: scheduler job definitions (validation, fire-time arithmetic).
 //! - [`openapi`]: the OpenAPI 3.1 document of the REST channels (`/openapi.json`).
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod deploy;
 pub mod forwarded;
 pub mod gate;
 pub mod http;
+pub mod jobs;
 pub mod jsonrpc;
 pub mod openapi;
 pub mod pool;

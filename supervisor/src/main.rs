@@ -100,6 +100,11 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// The scheduler's jobs: list, get, create or replace (put), delete, enable, disable.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
     /// Run the cluster's load balancer (pingora) in front of its servers.
     Proxy {
         /// The proxy.toml to read.
@@ -132,8 +137,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Print every stored object as YAML (channels, security and cache definitions, secrets
-    /// sealed, modules with source).
+    /// Print every stored object as YAML (channels, security and cache definitions, jobs,
+    /// secrets sealed, modules with source).
     Export {
         #[command(flatten)]
         to: ServerArgs,
@@ -271,6 +276,67 @@ enum CacheAction {
     },
 }
 
+/// The jobs subcommands (docs/SCHEDULER.md). Each is one admin API call: see
+/// `jobs_request` for the call and `print_jobs_answer` for its text output.
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Every job: type, schedule, service, active or not.
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One job's definition.
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create or replace a job from its JSON definition (fields left out take their
+    /// defaults; `name` may be left out).
+    Put {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// A file holding the definition (JSON).
+        #[arg(long, short, conflicts_with = "json", required_unless_present = "json")]
+        file: Option<PathBuf>,
+        /// The definition itself, e.g. '{"type": "interval_based", "service": "demo.ping",
+        /// "minutes": 5}'.
+        #[arg(long)]
+        json: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a job.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Let a job run on schedule again.
+    Enable {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Keep a job but stop it running on schedule.
+    Disable {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
 /// How to reach a server's admin API.
 #[derive(clap::Args)]
 struct ServerArgs {
@@ -328,6 +394,9 @@ fn client_command(cmd: Command) -> ExitCode {
     }
     if let Command::Cache { action } = &cmd {
         return cache_command(&rt, action);
+    }
+    if let Command::Jobs { action } = &cmd {
+        return jobs_command(&rt, action);
     }
     let (to, method, path, body, output) = match &cmd {
         Command::Deploy {
@@ -793,6 +862,159 @@ fn cache_command(rt: &tokio::runtime::Runtime, action: &CacheAction) -> ExitCode
     }
 }
 
+/// `oxbus jobs …`: one admin API call, its answer printed as text or JSON.
+fn jobs_command(rt: &tokio::runtime::Runtime, action: &JobsAction) -> ExitCode {
+    let (to, output) = match action {
+        JobsAction::List { to, output }
+        | JobsAction::Get { to, output, .. }
+        | JobsAction::Put { to, output, .. }
+        | JobsAction::Delete { to, output, .. }
+        | JobsAction::Enable { to, output, .. }
+        | JobsAction::Disable { to, output, .. } => (to, *output),
+    };
+    let target = match target(to) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let (method, path, body) = match jobs_request(action) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let answer = rt
+        .block_on(target.request(method, &path, body))
+        .and_then(|(status, body)| {
+            let doc: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()))?;
+            if !(200..300).contains(&status) {
+                let reason = doc["error"]
+                    .as_str()
+                    .map_or_else(|| doc.to_string(), str::to_owned);
+                return Err(format!("{reason} (HTTP {status})"));
+            }
+            Ok(doc)
+        });
+    let doc = match answer {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    match output {
+        Output::Json => println!("{doc}"),
+        Output::Text => print_jobs_answer(action, &doc),
+    }
+    if let Some(w) = doc["warning"].as_str() {
+        eprintln!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The admin API call of a jobs subcommand: (method, path, body).
+fn jobs_request(action: &JobsAction) -> Result<(&'static str, String, Vec<u8>), String> {
+    let one = |name: &str| format!("/v1/jobs/{}", percent_encode(name));
+    Ok(match action {
+        JobsAction::List { .. } => ("GET", "/v1/jobs".into(), Vec::new()),
+        JobsAction::Get { name, .. } => ("GET", one(name), Vec::new()),
+        JobsAction::Put {
+            name, file, json, ..
+        } => {
+            let (text, from) = match (file, json) {
+                (Some(f), _) => (
+                    std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?,
+                    f.display().to_string(),
+                ),
+                (None, Some(j)) => (j.clone(), "--json".into()),
+                (None, None) => {
+                    return Err("give the definition: --file F.json or --json '{…}'".into());
+                }
+            };
+            let def: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{from} is not JSON: {e}"))?;
+            ("PUT", one(name), def.to_string().into_bytes())
+        }
+        JobsAction::Delete { name, .. } => ("DELETE", one(name), Vec::new()),
+        JobsAction::Enable { name, .. } => ("POST", format!("{}/enable", one(name)), Vec::new()),
+        JobsAction::Disable { name, .. } => ("POST", format!("{}/disable", one(name)), Vec::new()),
+    })
+}
+
+/// A job's schedule in a few words: `every 1 hours 30 minutes (3 times)`,
+/// `cron 0 8 * * * Europe/Warsaw`, `once`.
+fn job_schedule(j: &serde_json::Value) -> String {
+    match j["type"].as_str().unwrap_or("") {
+        "interval_based" => {
+            let parts: Vec<String> = ["weeks", "days", "hours", "minutes", "seconds"]
+                .iter()
+                .filter_map(|f| {
+                    j[*f]
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                        .map(|n| format!("{n} {f}"))
+                })
+                .collect();
+            let times = j["repeats"]
+                .as_u64()
+                .map_or_else(String::new, |n| format!(" ({n} times)"));
+            format!("every {}{times}", parts.join(" "))
+        }
+        "cron_style" => format!(
+            "cron {} {}",
+            j["cron"].as_str().unwrap_or(""),
+            j["timezone"].as_str().unwrap_or("UTC")
+        ),
+        "one_time" => "once".into(),
+        other => other.into(),
+    }
+}
+
+/// The text output of a jobs subcommand's answer.
+fn print_jobs_answer(action: &JobsAction, d: &serde_json::Value) {
+    let version = &d["config_version"];
+    match action {
+        JobsAction::List { .. } => {
+            println!(
+                "{:<32} {:<8} {:<32} {:<25} SCHEDULE",
+                "JOB", "ACTIVE", "SERVICE", "START"
+            );
+            for j in d["jobs"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<8} {:<32} {:<25} {}",
+                    j["name"].as_str().unwrap_or(""),
+                    if j["active"] == true { "yes" } else { "no" },
+                    j["service"].as_str().unwrap_or(""),
+                    j["start_date"].as_str().unwrap_or(""),
+                    job_schedule(j)
+                );
+            }
+        }
+        JobsAction::Get { .. } => {
+            for (k, v) in d.as_object().into_iter().flatten() {
+                match v {
+                    serde_json::Value::String(s) => println!("{k}: {s}"),
+                    v => println!("{k}: {v}"),
+                }
+            }
+        }
+        JobsAction::Put { name, .. } => println!(
+            "job {name} {} (config version {version}): {}",
+            if d["created"] == true {
+                "created"
+            } else {
+                "replaced"
+            },
+            job_schedule(&d["job"])
+        ),
+        JobsAction::Delete { name, .. } => {
+            println!("job {name} deleted (config version {version})")
+        }
+        JobsAction::Enable { name, .. } => {
+            println!("job {name} enabled (config version {version})")
+        }
+        JobsAction::Disable { name, .. } => {
+            println!("job {name} disabled (config version {version})")
+        }
+    }
+}
+
 /// Seeds a new quickstart environment's config store with the sample module and channels.
 fn seed_store(s: &Settings) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1013,6 +1235,7 @@ fn main() -> ExitCode {
             | Command::Cluster { .. }
             | Command::Secret { .. }
             | Command::Cache { .. }
+            | Command::Jobs { .. }
     ) {
         return client_command(cli.command);
     }
@@ -1044,6 +1267,7 @@ fn main() -> ExitCode {
         | Command::Cluster { .. }
         | Command::Secret { .. }
         | Command::Cache { .. }
+        | Command::Jobs { .. }
         | Command::Proxy { .. } => {
             unreachable!("handled above")
         }

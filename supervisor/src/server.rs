@@ -109,6 +109,13 @@ pub struct Shared {
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order.
     pub deploy_lock: tokio::sync::Mutex<()>,
+    /// The scheduler's job definitions as this server has them (by name): from the config it
+    /// booted from, then as `sync` and this server's own changes leave them. Swapped whole
+    /// through [`crate::jobs::set_live`], which notifies `jobs_changed`.
+    pub jobs: std::sync::RwLock<Arc<Vec<crate::jobs::JobDef>>>,
+    /// Notified (`notify_one`: a permit is kept until the scheduler waits again) whenever
+    /// `jobs` changes.
+    pub jobs_changed: tokio::sync::Notify,
 }
 
 /// The secrets key: the systemd credential or the key file (created when missing and the
@@ -289,6 +296,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
+        jobs: std::sync::RwLock::new(Arc::new(boot.snapshot.jobs.clone())),
+        jobs_changed: tokio::sync::Notify::new(),
     });
 
     let welcome = WelcomeTemplate {

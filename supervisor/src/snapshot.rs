@@ -35,6 +35,9 @@ pub struct Snapshot {
     /// absent in snapshots of older versions.
     #[serde(default)]
     pub caches: Vec<crate::cache::CacheDef>,
+    /// Scheduler jobs; absent in snapshots of older versions.
+    #[serde(default)]
+    pub jobs: Vec<crate::jobs::JobDef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,7 @@ impl Snapshot {
             secrets: store.secrets().await?,
             security: store.security_defs().await?,
             caches: store.cache_defs().await?,
+            jobs: store.jobs().await?,
         })
     }
 
@@ -190,6 +194,13 @@ mod tests {
                 max_entries: 50,
                 ..crate::cache::CacheDef::named("sessions")
             }],
+            jobs: vec![crate::jobs::JobDef {
+                cron: Some("0 8 * * MON-FRI".into()),
+                timezone: Some("Europe/Warsaw".into()),
+                start_date: Some("2026-12-01T08:00:00+01:00".into()),
+                extra: Some(serde_json::json!({"report": "daily"})),
+                ..crate::jobs::JobDef::new("report", crate::jobs::JobType::CronStyle, "demo.report")
+            }],
         }
     }
 
@@ -222,17 +233,19 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_of_an_older_version_without_caches_still_loads() {
+    fn a_snapshot_of_an_older_version_without_caches_or_jobs_still_loads() {
         let d = tmp();
         let path = d.join("snapshot.json");
         let mut doc = serde_json::to_value(sample()).unwrap();
         doc.as_object_mut().unwrap().remove("caches");
+        doc.as_object_mut().unwrap().remove("jobs");
         let body = serde_json::to_vec(&doc).unwrap();
         let mut text = format!("{MAGIC} sha256={}\n", hex(&Sha256::digest(&body))).into_bytes();
         text.extend_from_slice(&body);
         std::fs::write(&path, text).unwrap();
         let read = Snapshot::read(&path).unwrap();
         assert!(read.caches.is_empty());
+        assert!(read.jobs.is_empty());
         assert_eq!(read.security, sample().security);
         std::fs::remove_dir_all(d).unwrap();
     }

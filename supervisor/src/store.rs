@@ -11,9 +11,9 @@
 //!
 //! The server opens it at start: deployed modules go to every worker before it takes
 //! traffic, and stored channels join server.toml's in the routing table. Secrets are stored
-//! sealed only (`crate::secrets` holds the key). Security definitions and cache definitions
-//! are stored too; the object kinds of later issues (outgoing connections, jobs, topics) are
-//! not stored yet.
+//! sealed only (`crate::secrets` holds the key). Security definitions, cache definitions and
+//! scheduler jobs are stored too; the object kinds of later issues (outgoing connections,
+//! topics) are not stored yet.
 
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -333,6 +333,49 @@ macro_rules! upsert_cache_def {
     }};
 }
 
+/// Inside transaction `$tx`: the job definition `$def` as it is to be stored (`start_date`
+/// filled in from the stored job, else with the time of creation: see
+/// [`crate::jobs::JobDef::as_stored`]); evaluates to it and whether the job existed.
+macro_rules! job_as_stored {
+    ($tx:ident, $def:expr) => {{
+        let def: &crate::jobs::JobDef = $def;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT definition FROM jobs WHERE name = $1")
+                .bind(&def.name)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        let stored: Option<crate::jobs::JobDef> = stored
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("stored job {}: {e}", def.name)))?;
+        let existed = stored.is_some();
+        (
+            def.clone().as_stored(stored.as_ref(), chrono::Utc::now()),
+            existed,
+        )
+    }};
+}
+
+/// Inside transaction `$tx`: creates or replaces a job definition (as given: see
+/// `job_as_stored!`).
+macro_rules! upsert_job {
+    ($tx:ident, $def:expr, $by:expr) => {{
+        let def: &crate::jobs::JobDef = $def;
+        let json = serde_json::to_string(def).expect("a definition serialises");
+        sqlx::query(
+            "INSERT INTO jobs (name, definition, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind(&def.name)
+        .bind(json)
+        .bind($by)
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
 /// A stored secret: its sealed value only (see `crate::secrets`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SealedSecret {
@@ -381,6 +424,10 @@ pub struct Plan {
     /// Cache definitions to create or replace, and to delete (by name).
     pub put_caches: Vec<crate::cache::CacheDef>,
     pub delete_caches: Vec<String>,
+    /// Scheduler jobs to create or replace (`start_date` left out: see
+    /// [`crate::jobs::JobDef::as_stored`]), and to delete (by name).
+    pub put_jobs: Vec<crate::jobs::JobDef>,
+    pub delete_jobs: Vec<String>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -396,6 +443,8 @@ impl Plan {
             && self.delete_security.is_empty()
             && self.put_caches.is_empty()
             && self.delete_caches.is_empty()
+            && self.put_jobs.is_empty()
+            && self.delete_jobs.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -887,6 +936,97 @@ impl Store {
         })
     }
 
+    /// Every scheduler job, by name.
+    pub async fn jobs(&self) -> Result<Vec<crate::jobs::JobDef>> {
+        let sql = "SELECT definition FROM jobs ORDER BY name";
+        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await?);
+        rows.iter()
+            .map(|j| {
+                serde_json::from_str(j).map_err(|e| StoreError::Invalid(format!("stored job: {e}")))
+            })
+            .collect()
+    }
+
+    /// Creates (`create`: refused when it exists) or replaces (refused when it does not) a
+    /// job; checked with [`crate::jobs::JobDef::validate`] first. Returns the job as stored
+    /// (`start_date` left out: the stored job's on a replace, now on a create).
+    pub async fn put_job(
+        &self,
+        def: &crate::jobs::JobDef,
+        create: bool,
+        by: &str,
+    ) -> Result<Change<crate::jobs::JobDef>> {
+        def.validate().map_err(StoreError::Invalid)?;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            // The version first: its row lock orders this change after any other one still
+            // open, so what is read below is current.
+            let config_version = bump(&mut tx).await?;
+            let (def, existed) = job_as_stored!(tx, def);
+            match (create, existed) {
+                (true, true) => {
+                    return Err(StoreError::Invalid(format!(
+                        "a job named {} exists already",
+                        def.name
+                    )))
+                }
+                (false, false) => {
+                    return Err(StoreError::NotFound(format!("no job named {}", def.name)))
+                }
+                _ => {}
+            }
+            upsert_job!(tx, &def, by);
+            tx.commit().await?;
+            Ok(Change { config_version, value: def })
+        })
+    }
+
+    /// Sets a job's `active` flag (enable / disable): a change like a replace, read and
+    /// written in one transaction. Returns the job as stored.
+    pub async fn set_job_active(
+        &self,
+        name: &str,
+        active: bool,
+        by: &str,
+    ) -> Result<Change<crate::jobs::JobDef>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let config_version = bump(&mut tx).await?;
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT definition FROM jobs WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(stored) = stored else {
+                return Err(StoreError::NotFound(format!("no job named {name}")));
+            };
+            let mut def: crate::jobs::JobDef = serde_json::from_str(&stored)
+                .map_err(|e| StoreError::Invalid(format!("stored job {name}: {e}")))?;
+            def.active = active;
+            upsert_job!(tx, &def, by);
+            tx.commit().await?;
+            Ok(Change { config_version, value: def })
+        })
+    }
+
+    /// Deletes a job by name.
+    pub async fn delete_job(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM jobs WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no job named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
     /// Every stored secret, sealed, by name.
     pub async fn secrets(&self) -> Result<Vec<SealedSecret>> {
         let sql = "SELECT name, sealed, updated_by, updated_at FROM secrets ORDER BY name";
@@ -967,6 +1107,9 @@ impl Store {
         for d in &plan.put_caches {
             d.validate().map_err(StoreError::Invalid)?;
         }
+        for d in &plan.put_jobs {
+            d.validate().map_err(StoreError::Invalid)?;
+        }
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -1015,6 +1158,13 @@ impl Store {
             }
             for d in &plan.put_caches {
                 upsert_cache_def!(tx, d, by);
+            }
+            for name in &plan.delete_jobs {
+                sqlx::query("DELETE FROM jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            }
+            for d in &plan.put_jobs {
+                let (d, _) = job_as_stored!(tx, d);
+                upsert_job!(tx, &d, by);
             }
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;

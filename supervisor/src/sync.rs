@@ -6,8 +6,8 @@
 //! the server last applied — a change made through another server of the cluster, or the
 //! store coming back after an outage — it reads the store under the deploy lock, activates in
 //! every worker the modules whose active version it does not run, removes the ones no longer
-//! deployed, makes the live caches match the cache definitions, swaps in the routing table,
-//! and writes the snapshot. A change made through this
+//! deployed, makes the live caches match the cache definitions, hands the scheduler the
+//! current jobs, swaps in the routing table, and writes the snapshot. A change made through this
 //! server was already applied by its own path, so the diff finds nothing left to do and only
 //! the snapshot is rewritten. (The cluster bus, issue 4, will announce changes at once; this
 //! check stays as the backstop.)
@@ -172,6 +172,8 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     // Cache definitions: unchanged caches keep their entries; applied whatever becomes of the
     // routing table below (they do not depend on it).
     shared.pool.caches.apply_defs(&snap.caches);
+    // Scheduler jobs: the same (notified only when they differ).
+    crate::jobs::set_live(shared, snap.jobs.clone());
     let mut table = shared.settings.channels.clone();
     table.extend(snap.channels.iter().cloned());
     let previous = shared.router.read().expect("router lock").clone();

@@ -589,6 +589,158 @@ async fn cache_defs_crud(s: &Store) {
     assert_eq!(s.cache_defs().await.unwrap().len(), 2);
 }
 
+/// Scheduler jobs: create refused when it exists, replace refused when it does not, each
+/// change one version; a start date left out is the time of creation, and a replace that
+/// leaves it out keeps the stored one; enable/disable change `active` alone; a plan puts and
+/// deletes them with everything else, or (one bad job in it) writes nothing.
+async fn jobs_crud(s: &Store) {
+    use oxbus_supervisor::jobs::{JobDef, JobType, parse_start_date};
+    let v0 = s.version().await.unwrap();
+    assert!(s.jobs().await.unwrap().is_empty());
+    let every = JobDef {
+        minutes: 5,
+        extra: Some(serde_json::json!({"to": ["a", "b"], "n": 1})),
+        start_date: Some("2026-12-01T08:00:00+01:00".into()),
+        ..JobDef::new("ping", JobType::IntervalBased, "demo.ping")
+    };
+    let c = s.put_job(&every, true, "t").await.unwrap();
+    assert_eq!(c.config_version, v0 + 1);
+    assert_eq!(c.value, every, "stored as given");
+    match s.put_job(&every, true, "t").await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("exists already"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let ghost = JobDef::new("ghost", JobType::OneTime, "s");
+    assert!(matches!(
+        s.put_job(&ghost, false, "t").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Refused before anything is written: the message names the field.
+    let bad = JobDef {
+        cron: Some("61 * * * *".into()),
+        ..JobDef::new("bad", JobType::CronStyle, "s")
+    };
+    match s.put_job(&bad, true, "t").await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("cron:"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.version().await.unwrap(), v0 + 1);
+
+    // No start date: the time of creation; a replace without one keeps it.
+    let before = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    let daily = JobDef {
+        cron: Some("0 8 * * *".into()),
+        ..JobDef::new("daily", JobType::CronStyle, "demo.report")
+    };
+    let created = s.put_job(&daily, true, "t").await.unwrap().value;
+    let start = created.start().unwrap();
+    assert!(start >= before && start <= chrono::Utc::now(), "{start}");
+    assert_eq!(created.timezone.as_deref(), Some("UTC"), "made explicit");
+    let replaced = JobDef {
+        active: false,
+        jitter_ms: 500,
+        ..daily.clone()
+    };
+    let c = s.put_job(&replaced, false, "t").await.unwrap();
+    assert_eq!(c.config_version, v0 + 3);
+    assert_eq!(c.value.start_date, created.start_date);
+    assert!(!c.value.active);
+    // A replace that gives one: stored as given.
+    let moved = JobDef {
+        start_date: Some("2027-01-01T00:00:00-05:00".into()),
+        ..replaced.clone()
+    };
+    let c = s.put_job(&moved, false, "t").await.unwrap();
+    assert_eq!(
+        c.value.start_date.as_deref(),
+        Some("2027-01-01T00:00:00-05:00")
+    );
+    assert_eq!(
+        c.value.start().unwrap(),
+        parse_start_date("2027-01-01T05:00:00Z").unwrap()
+    );
+
+    // Enable / disable: `active` alone changes, one version each.
+    let v = s.version().await.unwrap();
+    let c = s.set_job_active("daily", true, "t").await.unwrap();
+    assert_eq!(c.config_version, v + 1);
+    assert_eq!(
+        c.value,
+        JobDef {
+            active: true,
+            timezone: Some("UTC".into()),
+            ..moved.clone()
+        }
+    );
+    let c = s.set_job_active("ping", false, "t").await.unwrap();
+    assert_eq!(
+        c.value,
+        JobDef {
+            active: false,
+            ..every.clone()
+        }
+    );
+    assert!(matches!(
+        s.set_job_active("ghost", true, "t").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v + 2);
+    // By name, as stored.
+    let all = s.jobs().await.unwrap();
+    let names: Vec<&str> = all.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["daily", "ping"]);
+    assert!(all[0].active && !all[1].active);
+    assert_eq!(all[1].extra, every.extra);
+
+    // A plan: one version for every change of it.
+    let v1 = s.version().await.unwrap();
+    let plan = oxbus_supervisor::store::Plan {
+        put_jobs: vec![
+            JobDef::new("a", JobType::OneTime, "s"),
+            JobDef {
+                start_date: None,
+                ..JobDef {
+                    active: true,
+                    ..every.clone()
+                }
+            },
+        ],
+        delete_jobs: vec!["daily".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.apply(&plan, "import").await.unwrap().config_version,
+        v1 + 1
+    );
+    let all = s.jobs().await.unwrap();
+    let names: Vec<&str> = all.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["a", "ping"]);
+    assert!(all[0].start().is_ok(), "created: a start date");
+    assert_eq!(all[1], every, "replaced: the stored start date kept");
+    let bad_plan = oxbus_supervisor::store::Plan {
+        put_jobs: vec![
+            JobDef::new("c", JobType::OneTime, "s"),
+            JobDef::new("no spaces", JobType::OneTime, "s"),
+        ],
+        delete_jobs: vec!["a".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.apply(&bad_plan, "import").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1 + 1);
+    assert_eq!(s.jobs().await.unwrap().len(), 2);
+
+    s.delete_job("a").await.unwrap();
+    assert!(matches!(
+        s.delete_job("a").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1 + 2);
+    assert_eq!(s.jobs().await.unwrap(), [every]);
+}
+
 async fn apply_is_one_transaction(s: &Store) {
     let ch = |name: &str, path: &str| Channel {
         name: Some(name.into()),
@@ -616,6 +768,8 @@ async fn apply_is_one_transaction(s: &Store) {
         delete_security: vec![],
         put_caches: vec![],
         delete_caches: vec![],
+        put_jobs: vec![],
+        delete_jobs: vec![],
     };
     let c = s.apply(&plan, "import").await.unwrap();
     assert_eq!(c.config_version, v0 + 1);
@@ -678,6 +832,20 @@ async fn postgres_secrets() {
     secrets_crud(&s).await;
     apply_is_one_transaction(&s).await;
     security_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_jobs() {
+    let (s, e) = Engine::sqlite().await;
+    jobs_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_jobs() {
+    let (s, e) = Engine::postgres().await;
+    jobs_crud(&s).await;
     e.cleanup(s).await;
 }
 

@@ -1,0 +1,208 @@
+//! The admin API's scheduler jobs (docs/SCHEDULER.md, "Jobs"): `GET /v1/jobs` (every job this
+//! server has), `GET|PUT|DELETE /v1/jobs/{name}` (one job; create or replace it; delete it) and
+//! `POST /v1/jobs/{name}/enable|disable`. A job is a store object like the others: a change
+//! is stored with a config version bump, handed to this server's scheduler before the answer
+//! (`Shared::jobs`), and reaches the other servers through the bus and the sync loop.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::{Body, error, read_body, reply};
+use crate::jobs::JobDef;
+use crate::server::Shared;
+use crate::store::StoreError;
+
+/// Who the store records as having made a change through this API.
+const BY: &str = "admin-api";
+
+/// Routes `/v1/jobs/…`; `rest` is the path after `/v1/jobs`, split at `/`.
+pub(super) async fn route(
+    req: Request<Incoming>,
+    shared: &Shared,
+    rest: &[&str],
+) -> Response<Body> {
+    let method = req.method().clone();
+    match (&method, rest) {
+        (&Method::GET, []) => list(shared),
+        (&Method::GET, [name]) => get(shared, &crate::router::percent_decode(name)),
+        (&Method::PUT, [name]) => {
+            let name = crate::router::percent_decode(name);
+            match read_body(req).await {
+                Ok(body) => put(shared, &name, body).await,
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, [name]) => delete(shared, &crate::router::percent_decode(name)).await,
+        (&Method::POST, [name, "enable"]) => {
+            set_active(shared, &crate::router::percent_decode(name), true).await
+        }
+        (&Method::POST, [name, "disable"]) => {
+            set_active(shared, &crate::router::percent_decode(name), false).await
+        }
+        // The scheduler's runtime routes here: `POST /v1/jobs/{name}/execute` (run it now)
+        // and `GET /v1/jobs/{name}/runs` (its recent runs). Neither is a config change:
+        // `super::handle` must not notify the sync loop for them (see `is_cache_data`).
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {}", req.uri().path()),
+        ),
+    }
+}
+
+fn job_json(def: &JobDef) -> Value {
+    serde_json::to_value(def).expect("a definition serialises")
+}
+
+/// The jobs this server has (`Shared::jobs`): what its scheduler runs by. Like the live
+/// caches, served while the store is down too.
+fn live(shared: &Shared) -> std::sync::Arc<Vec<JobDef>> {
+    shared.jobs.read().expect("jobs lock").clone()
+}
+
+/// GET /v1/jobs: every job, by name.
+fn list(shared: &Shared) -> Response<Body> {
+    let jobs = live(shared);
+    reply(
+        StatusCode::OK,
+        json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() }),
+    )
+}
+
+/// GET /v1/jobs/{name}
+fn get(shared: &Shared, name: &str) -> Response<Body> {
+    match live(shared).iter().find(|d| d.name == name) {
+        Some(d) => reply(StatusCode::OK, job_json(d)),
+        None => error(StatusCode::NOT_FOUND, format!("no job named {name}")),
+    }
+}
+
+/// PUT /v1/jobs/{name}: creates or replaces the job (201 / 200). The body holds the job's
+/// fields; those left out take their defaults (a replace does not merge), except
+/// `start_date`, which a replace that leaves it out keeps.
+async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+    let input: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let def = match crate::jobs::parse_job_def(&input, Some(name)) {
+        Ok(d) => d,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    if let Err(m) = def.validate() {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let stored = match shared.store.jobs().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let create = !stored.iter().any(|d| d.name == name);
+    let change = match shared.store.put_job(&def, create, BY).await {
+        Ok(c) => c,
+        // Created or deleted meanwhile through another server.
+        Err(StoreError::Invalid(m) | StoreError::NotFound(m)) => {
+            return error(StatusCode::CONFLICT, m);
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let job = change.value;
+    let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
+    expected.push(job.clone());
+    crate::config_io::apply_jobs(shared, expected).await;
+    info!(
+        job = name,
+        created = create,
+        "job {}",
+        if create { "created" } else { "updated" }
+    );
+    let mut answer = json!({
+        "config_version": change.config_version,
+        "created": create,
+        "job": job_json(&job),
+    });
+    if let Some(w) = service_warning(shared, &job.service) {
+        answer["warning"] = json!(w);
+    }
+    reply(
+        if create {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        answer,
+    )
+}
+
+/// A job may name a service no worker runs yet (deploy order must not matter); the answer
+/// says so. `None` when a ready worker runs it, or when no worker is ready to tell.
+fn service_warning(shared: &Shared, service: &str) -> Option<String> {
+    let workers = shared.pool.all();
+    let ready: Vec<_> = workers
+        .iter()
+        .filter(|w| w.state() == crate::pool::WorkerState::Ready)
+        .collect();
+    let known = ready.iter().any(|w| {
+        w.services
+            .lock()
+            .expect("services lock")
+            .iter()
+            .any(|s| s.name == service)
+    });
+    (!ready.is_empty() && !known).then(|| format!("no service named {service} is deployed"))
+}
+
+/// POST /v1/jobs/{name}/enable|disable: sets `active`, a config change like a PUT.
+async fn set_active(shared: &Shared, name: &str, active: bool) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let stored = match shared.store.jobs().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let change = match shared.store.set_job_active(name, active, BY).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let job = change.value;
+    let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
+    expected.push(job.clone());
+    crate::config_io::apply_jobs(shared, expected).await;
+    info!(
+        job = name,
+        "job {}",
+        if active { "enabled" } else { "disabled" }
+    );
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "job": job_json(&job)}),
+    )
+}
+
+/// DELETE /v1/jobs/{name}
+async fn delete(shared: &Shared, name: &str) -> Response<Body> {
+    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let stored = match shared.store.jobs().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let change = match shared.store.delete_job(name).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
+    crate::config_io::apply_jobs(shared, expected).await;
+    info!(job = name, "job deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "deleted": name}),
+    )
+}
