@@ -6,6 +6,9 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 fn main() {
+    // sqlx::migrate! reads the migrations at compile time but cannot tell cargo so on a
+    // stable compiler: a new or changed migration must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("../python-worker/oxbus")
         .canonicalize()

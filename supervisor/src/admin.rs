@@ -130,7 +130,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     }
     let method = req.method().clone();
     // Writing cache entries changes no configuration: nothing for the sync task to do.
-    let config_change = !is_cache_data(req.uri().path());
+    let config_change = !is_not_config(req.uri().path());
     let resp = route(req, shared).await;
     if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
@@ -139,12 +139,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     resp
 }
 
-/// `/v1/caches/{name}/keys…` and `/v1/caches/{name}/clear`: the contents, not the config.
-fn is_cache_data(path: &str) -> bool {
+/// `/v1/caches/{name}/keys…`, `/v1/caches/{name}/clear` (the contents, not the config) and
+/// `/v1/jobs/{name}/execute` (a run, not a change).
+fn is_not_config(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     matches!(
         parts.as_slice(),
-        ["v1", "caches", _, "keys", ..] | ["v1", "caches", _, "clear"]
+        ["v1", "caches", _, "keys", ..]
+            | ["v1", "caches", _, "clear"]
+            | ["v1", "jobs", _, "execute"]
     )
 }
 
@@ -224,6 +227,7 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, shared, rest).await,
         // Every /v1/jobs path: see `jobs::route`.
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, shared, rest).await,
+        (&Method::GET, ["v1", "scheduler"]) => jobs::status(shared).await,
         (&Method::GET, ["v1", "config"]) => export_config(shared).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();

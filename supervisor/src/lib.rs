@@ -38,6 +38,7 @@ pub mod proxy_cmd;
 pub mod python;
 pub mod quickstart;
 pub mod router;
+pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

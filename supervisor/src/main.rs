@@ -787,7 +787,9 @@ fn cache_command(rt: &tokio::runtime::Runtime, action: &CacheAction) -> ExitCode
             value.and_then(|v| {
                 let mut body = serde_json::json!({ "value": v });
                 if expiry.is_some_and(|s| !s.is_finite() || s < 0.0) {
-                    return Err("--expiry must be a number of seconds, 0 or more (0 = never)".into());
+                    return Err(
+                        "--expiry must be a number of seconds, 0 or more (0 = never)".into(),
+                    );
                 }
                 if let Some(s) = expiry {
                     body["expiry"] = serde_json::json!(s);

@@ -116,6 +116,8 @@ pub struct Shared {
     /// Notified (`notify_one`: a permit is kept until the scheduler waits again) whenever
     /// `jobs` changes.
     pub jobs_changed: tokio::sync::Notify,
+    /// Whether this server leads the cluster's scheduler (`crate::scheduler`).
+    pub scheduler: crate::scheduler::Status,
 }
 
 /// The secrets key: the systemd credential or the key file (created when missing and the
@@ -298,6 +300,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         deploy_lock: tokio::sync::Mutex::new(()),
         jobs: std::sync::RwLock::new(Arc::new(boot.snapshot.jobs.clone())),
         jobs_changed: tokio::sync::Notify::new(),
+        scheduler: Default::default(),
     });
 
     let welcome = WelcomeTemplate {
@@ -342,6 +345,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         shared.clone(),
         boot.online.then_some(boot.snapshot),
     ));
+    tokio::spawn(crate::scheduler::run(shared.clone()));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,
@@ -393,6 +397,18 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         bus.say_bye().await;
     }
     // Bounded: with the store down, the row goes stale on its own.
+    // The scheduler's lead goes to another server now, not when the lease runs out.
+    sup.shared.scheduler.stop();
+    if let Err(e) = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::scheduler::release_lease(&sup.shared.store, &me.name),
+    )
+    .await
+    .map_err(|_| "no answer within 2 s".to_owned())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
+    }
     let deregister = sup.shared.store.deregister_server(&me.name, me.pid);
     match tokio::time::timeout(Duration::from_secs(2), deregister).await {
         Ok(Ok(())) => {}

@@ -42,9 +42,14 @@ pub(super) async fn route(
         (&Method::POST, [name, "disable"]) => {
             set_active(shared, &crate::router::percent_decode(name), false).await
         }
-        // The scheduler's runtime routes here: `POST /v1/jobs/{name}/execute` (run it now)
-        // and `GET /v1/jobs/{name}/runs` (its recent runs). Neither is a config change:
-        // `super::handle` must not notify the sync loop for them (see `is_cache_data`).
+        // Neither is a config change (`super::is_not_config` keeps them from the sync loop).
+        (&Method::POST, [name, "execute"]) => {
+            execute(shared, &crate::router::percent_decode(name)).await
+        }
+        (&Method::GET, [name, "runs"]) => {
+            let query = req.uri().query().unwrap_or("").to_owned();
+            runs(shared, &crate::router::percent_decode(name), &query).await
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {method} {}", req.uri().path()),
@@ -205,4 +210,79 @@ async fn delete(shared: &Shared, name: &str) -> Response<Body> {
         StatusCode::OK,
         json!({"config_version": change.config_version, "deleted": name}),
     )
+}
+
+/// POST /v1/jobs/{name}/execute: runs the job's service now, on this server (whoever leads,
+/// active or not), and answers with the run once it is over; the run goes to the history.
+async fn execute(shared: &Shared, name: &str) -> Response<Body> {
+    let def = shared
+        .jobs
+        .read()
+        .expect("jobs lock")
+        .iter()
+        .find(|j| j.name == name)
+        .cloned();
+    let Some(def) = def else {
+        return error(StatusCode::NOT_FOUND, format!("no job named {name}"));
+    };
+    let run = crate::scheduler::invoke(shared, &def, "manual", None).await;
+    if let Err(e) = crate::scheduler::record_run(&shared.store, &run).await {
+        tracing::warn!(job = %name, error = %e, "cannot record a run");
+    }
+    info!(job = %name, outcome = %run.outcome, "job executed on request");
+    reply(StatusCode::OK, json!({ "run": run }))
+}
+
+/// GET /v1/jobs/{name}/runs?limit=N: the job's recent runs, newest first (at most 100 are
+/// kept per job).
+async fn runs(shared: &Shared, name: &str, query: &str) -> Response<Body> {
+    let mut limit = 20;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", v)) => match v.parse::<i64>() {
+                Ok(n) if (1..=crate::scheduler::RUNS_KEPT).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "limit must be 1..={}, got {v:?}",
+                            crate::scheduler::RUNS_KEPT
+                        ),
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?} (limit)"),
+                );
+            }
+        }
+    }
+    match crate::scheduler::runs(&shared.store, name, limit).await {
+        Ok(r) => reply(StatusCode::OK, json!({ "job": name, "runs": r })),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// GET /v1/scheduler: who leads the cluster's scheduler, and whether this server does.
+pub(super) async fn status(shared: &Shared) -> Response<Body> {
+    match crate::scheduler::lease(&shared.store).await {
+        Ok(lease) => {
+            let now = chrono::Utc::now().timestamp_millis();
+            let live = lease.filter(|(_, until)| *until > now);
+            reply(
+                StatusCode::OK,
+                json!({
+                    "server": shared.server_name,
+                    "this_server_leads": shared.scheduler.leading(),
+                    "leader": live.as_ref().map(|(h, _)| h),
+                    "lease_expires_at": live.as_ref().map(|(_, u)| u),
+                    "lease_ttl_ms": crate::scheduler::LEASE_TTL.as_millis() as u64,
+                    "jobs": shared.jobs.read().expect("jobs lock").len(),
+                }),
+            )
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }

@@ -1,0 +1,662 @@
+//! The scheduler's runtime (docs/SCHEDULER.md): one server of the cluster leads and fires the
+//! jobs (`crate::jobs`), each due time once.
+//!
+//! **Leadership** is a lease in the config store (`scheduler_lease`): the leader renews it
+//! every second for [`LEASE_TTL`]; any server takes it over once it has expired. A leader
+//! that cannot renew (it lost the store) stops firing when its lease runs out, by its own
+//! clock, a second before the others may take over. A leader killed -9 is replaced within
+//! `LEASE_TTL` plus one renewal tick; a clean stop hands the lease back at once. On SQLite the
+//! only server leads.
+//!
+//! **Each due time fires once.** Per job the store keeps the next due time (`job_state`);
+//! the leader claims a due run with a compare-and-set that moves it to the following one,
+//! and runs the service only when the claim succeeded. Two servers that both believed they
+//! led (a lease lost and taken over in the same moment) cannot both claim the same due time.
+//! Runs due while nobody led are not repeated one by one: the first leader to look runs the
+//! job once and moves on to the next due time after now. A claimed run whose leader dies
+//! before the service starts (a window of microseconds) is lost; that is the price of never
+//! running one twice.
+//!
+//! A job's schedule fields (type, start, interval, repeats, cron, time zone, active) have a
+//! fingerprint; when it changes (an edit, a disable/enable) the next due time is computed
+//! afresh from now, so an edit takes effect at once and a re-enabled job does not make up for
+//! the time it was off. A deleted (or renamed) job is no longer in the definitions the leader
+//! fires from.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::jobs::{JobDef, JobType, Overlap};
+use crate::server::Shared;
+use crate::store::{Store, StoreError};
+
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// How often the leader renews it (and the others try to take it).
+const LEASE_TICK: Duration = Duration::from_secs(1);
+/// A leader stops firing this long before its lease runs out.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// Runs kept per job.
+pub const RUNS_KEPT: i64 = 100;
+/// One store call of the scheduler may take this long.
+const STORE_LIMIT: Duration = Duration::from_secs(5);
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ms_to_utc(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STORE_LIMIT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the config store did not answer within {} s",
+            STORE_LIMIT.as_secs()
+        )),
+    }
+}
+
+// -- store -----------------------------------------------------------------------------------
+
+/// Takes or renews the lease for `me`: true when `me` holds it until `now + ttl`.
+pub async fn take_lease(
+    store: &Store,
+    me: &str,
+    now: i64,
+    ttl: Duration,
+) -> Result<bool, StoreError> {
+    let until = now + ttl.as_millis() as i64;
+    let n = on_pool!(store, p => sqlx::query(
+        "INSERT INTO scheduler_lease (id, holder, expires_at) VALUES (1, $1, $2) \
+         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+         WHERE scheduler_lease.holder = excluded.holder OR scheduler_lease.expires_at < $3",
+    )
+    .bind(me)
+    .bind(until)
+    .bind(now)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok(n == 1)
+}
+
+/// Hands the lease back (a clean stop), so that another server leads at once.
+pub async fn release_lease(store: &Store, me: &str) -> Result<(), StoreError> {
+    on_pool!(store, p => sqlx::query("DELETE FROM scheduler_lease WHERE id = 1 AND holder = $1")
+        .bind(me)
+        .execute(p)
+        .await
+        .map(drop)?);
+    Ok(())
+}
+
+/// Who leads, and until when (Unix ms), if anybody does.
+pub async fn lease(store: &Store) -> Result<Option<(String, i64)>, StoreError> {
+    Ok(on_pool!(store, p => {
+        use sqlx::Row;
+        sqlx::query("SELECT holder, expires_at FROM scheduler_lease WHERE id = 1")
+            .fetch_optional(p)
+            .await?
+            .map(|r| -> Result<(String, i64), sqlx::Error> { Ok((r.try_get(0)?, r.try_get(1)?)) })
+            .transpose()?
+    }))
+}
+
+/// A job's stored schedule state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct State {
+    schedule: String,
+    /// Unix ms; -1: no further run.
+    next_due: i64,
+}
+
+async fn load_states(store: &Store) -> Result<HashMap<String, State>, StoreError> {
+    on_pool!(store, p => {
+        use sqlx::Row;
+        let rows = sqlx::query("SELECT name, schedule, next_due FROM job_state")
+            .fetch_all(p)
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            out.insert(
+                r.try_get::<String, _>(0)?,
+                State {
+                    schedule: r.try_get(1)?,
+                    next_due: r.try_get(2)?,
+                },
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// Sets a job's schedule state unless it already has this schedule; the state now stored.
+async fn plan(
+    store: &Store,
+    name: &str,
+    schedule: &str,
+    next_due: i64,
+) -> Result<State, StoreError> {
+    on_pool!(store, p => {
+        use sqlx::Row;
+        sqlx::query(
+            "INSERT INTO job_state (name, schedule, next_due, fired) VALUES ($1, $2, $3, 0) \
+             ON CONFLICT (name) DO UPDATE SET schedule = excluded.schedule, \
+             next_due = excluded.next_due, fired = 0 WHERE job_state.schedule <> excluded.schedule",
+        )
+        .bind(name)
+        .bind(schedule)
+        .bind(next_due)
+        .execute(p)
+        .await?;
+        let r = sqlx::query("SELECT schedule, next_due FROM job_state WHERE name = $1")
+            .bind(name)
+            .fetch_one(p)
+            .await?;
+        Ok(State {
+            schedule: r.try_get(0)?,
+            next_due: r.try_get(1)?,
+        })
+    })
+}
+
+/// Claims the run of `name` due at `due`, moving its next due time to `next`: true for
+/// exactly one caller per due time.
+async fn claim(
+    store: &Store,
+    name: &str,
+    schedule: &str,
+    due: i64,
+    next: i64,
+) -> Result<bool, StoreError> {
+    let n = on_pool!(store, p => sqlx::query(
+        "UPDATE job_state SET next_due = $4, fired = fired + 1 \
+         WHERE name = $1 AND schedule = $2 AND next_due = $3",
+    )
+    .bind(name)
+    .bind(schedule)
+    .bind(due)
+    .bind(next)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok(n == 1)
+}
+
+/// One run of a job, as history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Run {
+    pub job: String,
+    /// `schedule` or `manual` (execute now).
+    pub trigger: String,
+    /// When it was due (Unix ms; scheduled runs).
+    pub due: Option<i64>,
+    /// When the service was started (Unix ms).
+    pub started: i64,
+    pub server: String,
+    pub duration_ms: Option<i64>,
+    /// `ok`, `error` or `skipped` (overlap: the previous run was still going).
+    pub outcome: String,
+    pub error: Option<String>,
+    pub cid: Option<String>,
+}
+
+/// Appends a run and keeps the last [`RUNS_KEPT`] of its job.
+pub async fn record_run(store: &Store, run: &Run) -> Result<(), StoreError> {
+    on_pool!(store, p => {
+        sqlx::query(
+            "INSERT INTO job_runs (job, trigger, due, started, server, duration_ms, outcome, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&run.job)
+        .bind(&run.trigger)
+        .bind(run.due)
+        .bind(run.started)
+        .bind(&run.server)
+        .bind(run.duration_ms)
+        .bind(&run.outcome)
+        .bind(&run.error)
+        .execute(p)
+        .await?;
+        sqlx::query(
+            "DELETE FROM job_runs WHERE job = $1 AND id <= \
+             (SELECT id FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+        )
+        .bind(&run.job)
+        .bind(RUNS_KEPT)
+        .execute(p)
+        .await
+        .map(drop)
+    })?;
+    Ok(())
+}
+
+/// The last `limit` runs of `job`, newest first.
+pub async fn runs(store: &Store, job: &str, limit: i64) -> Result<Vec<Run>, StoreError> {
+    on_pool!(store, p => {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT job, trigger, due, started, server, duration_ms, outcome, error \
+             FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(job)
+        .bind(limit)
+        .fetch_all(p)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Run {
+                    job: r.try_get(0)?,
+                    trigger: r.try_get(1)?,
+                    due: r.try_get(2)?,
+                    started: r.try_get(3)?,
+                    server: r.try_get(4)?,
+                    duration_ms: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                    error: r.try_get(7)?,
+                    cid: None,
+                })
+            })
+            .collect::<Result<Vec<Run>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    })
+}
+
+// -- schedules -------------------------------------------------------------------------------
+
+/// The fingerprint of what decides when a job runs: a change computes its next run afresh.
+fn fingerprint(def: &JobDef) -> String {
+    use sha2::Digest;
+    let parts = serde_json::json!([
+        def.active,
+        def.kind.as_str(),
+        def.start_date,
+        [def.weeks, def.days, def.hours, def.minutes, def.seconds],
+        def.repeats,
+        def.cron,
+        def.timezone(),
+    ]);
+    let d = sha2::Sha256::digest(parts.to_string().as_bytes());
+    d[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first run of `def` strictly after `after` (Unix ms), -1 when there is none.
+fn next_after(def: &JobDef, after: i64) -> i64 {
+    let after_t = ms_to_utc(after);
+    let next = match def.kind {
+        JobType::OneTime => def.start().ok().filter(|s| *s > after_t),
+        JobType::IntervalBased => crate::jobs::next_interval_fire(def, after_t),
+        JobType::CronStyle => {
+            // Not before the start date.
+            let from = match def.start() {
+                Ok(s) if s > after_t => s - chrono::TimeDelta::milliseconds(1),
+                _ => after_t,
+            };
+            crate::jobs::next_cron_fire(def, from)
+        }
+    };
+    next.map_or(-1, |t| t.timestamp_millis())
+}
+
+/// A new schedule's first due time, seen at `now`. A one_time job whose start has passed
+/// runs once at once (it was created, or re-enabled, to run).
+fn first_due(def: &JobDef, now: i64) -> i64 {
+    if def.kind == JobType::OneTime {
+        return def.start().map_or(-1, |s| s.timestamp_millis());
+    }
+    next_after(def, now - 1)
+}
+
+// -- the leader loop -------------------------------------------------------------------------
+
+/// What the scheduler reports (`GET /v1/jobs` status, `oxbus jobs status`).
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Whether this server leads, and until when its lease lasts by its clock.
+    leading_until: Mutex<Option<Instant>>,
+    /// Set when the server stops: it takes no lease and fires nothing more.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Status {
+    /// The server is stopping: lead no more.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        *self.leading_until.lock().expect("status lock") = None;
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn leading(&self) -> bool {
+        self.leading_until
+            .lock()
+            .expect("status lock")
+            .is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// Runs the scheduler until the process ends.
+pub async fn run(shared: Arc<Shared>) {
+    let me = shared.server_name.clone();
+    let inflight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let mut states: HashMap<String, State> = HashMap::new();
+    let mut renew_at = Instant::now();
+    let mut was_leading = false;
+    loop {
+        if shared.scheduler.stopping() {
+            return;
+        }
+        if Instant::now() >= renew_at {
+            renew_at = Instant::now() + LEASE_TICK;
+            let asked = Instant::now();
+            match bounded(take_lease(&shared.store, &me, now_ms(), LEASE_TTL)).await {
+                Ok(true) if shared.scheduler.stopping() => return,
+                Ok(true) => {
+                    *shared.scheduler.leading_until.lock().expect("status lock") =
+                        Some(asked + LEASE_TTL - LEASE_MARGIN);
+                    if !was_leading {
+                        match bounded(load_states(&shared.store)).await {
+                            Ok(s) => {
+                                states = s;
+                                was_leading = true;
+                                info!(server = %me, "scheduler: this server leads");
+                            }
+                            Err(e) => warn!(error = %e, "scheduler: cannot read the jobs' state"),
+                        }
+                    }
+                }
+                Ok(false) => {
+                    if was_leading {
+                        info!(server = %me, "scheduler: another server leads now");
+                    }
+                    was_leading = false;
+                    *shared.scheduler.leading_until.lock().expect("status lock") = None;
+                }
+                Err(e) => {
+                    if was_leading {
+                        warn!(error = %e, "scheduler: cannot renew the lead; firing stops when the lease runs out");
+                    }
+                    // Keep the lease this server has (its deadline stands); a later renewal
+                    // must reload the state, as another server may have led meanwhile.
+                    was_leading = false;
+                }
+            }
+        }
+        let mut wake = renew_at;
+        if shared.scheduler.leading() && was_leading {
+            let defs = shared.jobs.read().expect("jobs lock").clone();
+            if let Some(t) = fire_due(&shared, &defs, &mut states, &inflight).await {
+                wake = wake.min(t);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = shared.jobs_changed.notified() => {}
+        }
+    }
+}
+
+/// Fires every job due now; returns when the next one is due (if before the next tick).
+async fn fire_due(
+    shared: &Arc<Shared>,
+    defs: &[JobDef],
+    states: &mut HashMap<String, State>,
+    inflight: &Arc<Mutex<HashMap<String, usize>>>,
+) -> Option<Instant> {
+    let mut earliest: Option<i64> = None;
+    for def in defs.iter().filter(|d| d.active) {
+        let schedule = fingerprint(def);
+        let now = now_ms();
+        if states.get(&def.name).is_none_or(|s| s.schedule != schedule) {
+            match bounded(plan(
+                &shared.store,
+                &def.name,
+                &schedule,
+                first_due(def, now),
+            ))
+            .await
+            {
+                Ok(s) => {
+                    states.insert(def.name.clone(), s);
+                }
+                Err(e) => {
+                    warn!(job = %def.name, error = %e, "scheduler: cannot plan the job");
+                    continue;
+                }
+            }
+        }
+        let state = states.get(&def.name).expect("planned").clone();
+        if state.next_due < 0 {
+            continue;
+        }
+        if state.next_due > now {
+            earliest = Some(earliest.map_or(state.next_due, |e| e.min(state.next_due)));
+            continue;
+        }
+        // Due (or overdue: runs missed while nobody led collapse into this one).
+        let next = next_after(def, now);
+        match bounded(claim(
+            &shared.store,
+            &def.name,
+            &schedule,
+            state.next_due,
+            next,
+        ))
+        .await
+        {
+            Ok(true) => {
+                states.insert(
+                    def.name.clone(),
+                    State {
+                        schedule,
+                        next_due: next,
+                    },
+                );
+                start_run(shared, def.clone(), Some(state.next_due), inflight);
+                if next >= 0 {
+                    earliest = Some(earliest.map_or(next, |e| e.min(next)));
+                }
+            }
+            Ok(false) => {
+                // Claimed elsewhere (or the schedule changed under us): read it again.
+                states.remove(&def.name);
+            }
+            Err(e) => warn!(job = %def.name, error = %e, "scheduler: cannot claim a run"),
+        }
+    }
+    earliest.map(|due| {
+        let wait = (due - now_ms()).max(0) as u64;
+        Instant::now() + Duration::from_millis(wait)
+    })
+}
+
+/// Starts one scheduled run in its own task (jitter, overlap policy, the call, history).
+fn start_run(
+    shared: &Arc<Shared>,
+    def: JobDef,
+    due: Option<i64>,
+    inflight: &Arc<Mutex<HashMap<String, usize>>>,
+) {
+    let (shared, inflight) = (shared.clone(), inflight.clone());
+    tokio::spawn(async move {
+        if def.jitter_ms > 0 {
+            let j = u64::from(u32::from_be_bytes(crate::cid::random_bytes::<4>()))
+                % (def.jitter_ms + 1);
+            tokio::time::sleep(Duration::from_millis(j)).await;
+        }
+        let busy = {
+            let mut f = inflight.lock().expect("inflight lock");
+            let n = f.entry(def.name.clone()).or_insert(0);
+            let busy = *n > 0;
+            if !busy || def.overlap == Overlap::Allow {
+                *n += 1;
+            }
+            busy
+        };
+        if busy && def.overlap == Overlap::Skip {
+            let run = Run {
+                job: def.name.clone(),
+                trigger: "schedule".into(),
+                due,
+                started: now_ms(),
+                server: shared.server_name.clone(),
+                duration_ms: None,
+                outcome: "skipped".into(),
+                error: Some("the previous run was still going (overlap: skip)".into()),
+                cid: None,
+            };
+            if let Err(e) = bounded(record_run(&shared.store, &run)).await {
+                warn!(job = %def.name, error = %e, "scheduler: cannot record a run");
+            }
+            return;
+        }
+        let run = invoke(&shared, &def, "schedule", due).await;
+        if let Some(n) = inflight.lock().expect("inflight lock").get_mut(&def.name) {
+            *n = n.saturating_sub(1);
+        }
+        if let Err(e) = bounded(record_run(&shared.store, &run)).await {
+            warn!(job = %def.name, error = %e, "scheduler: cannot record a run");
+        }
+    });
+}
+
+/// Runs `def`'s service now, on this server; the run as history records it.
+pub async fn invoke(shared: &Shared, def: &JobDef, trigger: &str, due: Option<i64>) -> Run {
+    let cid = shared.cids.next();
+    let cid = cid.as_str();
+    let timeout = shared.settings.request_timeout();
+    let meta: oxbus_ipc::InvokeMeta<'_> = oxbus_ipc::InvokeMeta {
+        op: "invoke",
+        service: &def.service,
+        cid,
+        channel: Some("scheduler"),
+        data_format: Some("json"),
+        method: None,
+        path: None,
+        params: None,
+        query: None,
+        headers: None,
+        deadline_ms: Some(timeout.as_millis() as u64),
+        remote_addr: None,
+        scheme: None,
+        port: None,
+        channel_name: Some(&def.name),
+        security: None,
+    };
+    let body = def
+        .extra
+        .as_ref()
+        .map(|v| serde_json::to_vec(v).expect("JSON serialises"))
+        .unwrap_or_default();
+    let started = now_ms();
+    let clock = Instant::now();
+    let result = shared.pool.invoke(&meta, &body, clock + timeout).await;
+    let duration_ms = Some(clock.elapsed().as_millis() as i64);
+    let (outcome, error) = match result {
+        Ok(r) if r.status < 400 => ("ok", None),
+        Ok(r) => (
+            "error",
+            Some(format!(
+                "status {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body[..r.body.len().min(500)])
+            )),
+        ),
+        Err(e) => ("error", Some(e.to_string())),
+    };
+    if let Some(e) = &error {
+        warn!(job = %def.name, service = %def.service, cid, error = %e, "scheduler: the job's run failed");
+    }
+    Run {
+        job: def.name.clone(),
+        trigger: trigger.into(),
+        due,
+        started,
+        server: shared.server_name.clone(),
+        duration_ms,
+        outcome: outcome.into(),
+        error,
+        cid: Some(cid.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(kind: JobType) -> JobDef {
+        let mut d = JobDef::new("j", kind, "svc");
+        d.start_date = Some("2026-03-01T00:00:00Z".into());
+        d
+    }
+
+    fn ms(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn first_and_following_due_times() {
+        let mut one = job(JobType::OneTime);
+        // A one_time job runs once, at its start (at once when that has passed).
+        assert_eq!(
+            first_due(&one, ms("2026-02-01T00:00:00Z")),
+            ms("2026-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            first_due(&one, ms("2026-04-01T00:00:00Z")),
+            ms("2026-03-01T00:00:00Z")
+        );
+        assert_eq!(next_after(&one, ms("2026-04-01T00:00:00Z")), -1);
+        one.kind = JobType::IntervalBased;
+        one.minutes = 10;
+        // Overdue runs collapse: the next one after now, on the start's grid.
+        assert_eq!(
+            next_after(&one, ms("2026-03-01T01:03:00Z")),
+            ms("2026-03-01T01:10:00Z")
+        );
+        let mut cron = job(JobType::CronStyle);
+        cron.cron = Some("0 0 12 * * *".into());
+        cron.timezone = Some("Europe/Warsaw".into());
+        assert_eq!(
+            first_due(&cron, ms("2026-02-01T00:00:00Z")),
+            ms("2026-03-01T11:00:00Z"),
+            "not before the start date; noon in Warsaw is 11:00 UTC in winter"
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_schedule_only() {
+        let a = job(JobType::IntervalBased);
+        let mut b = a.clone();
+        b.service = "other".into();
+        b.extra = Some(serde_json::json!({"x": 1}));
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.seconds = 5;
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = a.clone();
+        c.active = false;
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+}
