@@ -226,6 +226,37 @@ async fn every_kind_of_job_fires_and_edits_take_effect_at_once() {
         .await
         .json();
     assert_eq!(status["this_server_leads"], true, "{status}");
+    // The same through the CLI.
+    let out = cli(&srv, &["execute", "manual"]);
+    assert!(
+        out.contains(" manual manual on ") && out.trim_end().ends_with(" ok"),
+        "{out}"
+    );
+    assert_eq!(count(&runs, "manual"), 2);
+    let out = cli(&srv, &["history", "manual"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let out = cli(&srv, &["status"]);
+    assert!(out.contains("leads the scheduler (this server)"), "{out}");
+}
+
+/// `oxbus jobs …` against `srv`: its standard output (the command must succeed).
+fn cli(srv: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(oxbus_bin())
+        .arg("jobs")
+        .args(args)
+        .env(
+            "OXBUS_SERVER",
+            format!("http://127.0.0.1:{}", srv.admin_port()),
+        )
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]

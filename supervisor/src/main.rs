@@ -335,6 +335,32 @@ enum JobsAction {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Run a job's service now, on the server addressed, and print the run.
+    Execute {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A job's recent runs, newest first: when, where, how long, the outcome.
+    History {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// How many (1..=100, default 20).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Which server leads the cluster's scheduler.
+    Status {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 /// How to reach a server's admin API.
@@ -872,7 +898,10 @@ fn jobs_command(rt: &tokio::runtime::Runtime, action: &JobsAction) -> ExitCode {
         | JobsAction::Put { to, output, .. }
         | JobsAction::Delete { to, output, .. }
         | JobsAction::Enable { to, output, .. }
-        | JobsAction::Disable { to, output, .. } => (to, *output),
+        | JobsAction::Disable { to, output, .. }
+        | JobsAction::Execute { to, output, .. }
+        | JobsAction::History { to, output, .. }
+        | JobsAction::Status { to, output } => (to, *output),
     };
     let target = match target(to) {
         Ok(t) => t,
@@ -936,6 +965,13 @@ fn jobs_request(action: &JobsAction) -> Result<(&'static str, String, Vec<u8>), 
         JobsAction::Delete { name, .. } => ("DELETE", one(name), Vec::new()),
         JobsAction::Enable { name, .. } => ("POST", format!("{}/enable", one(name)), Vec::new()),
         JobsAction::Disable { name, .. } => ("POST", format!("{}/disable", one(name)), Vec::new()),
+        JobsAction::Execute { name, .. } => ("POST", format!("{}/execute", one(name)), Vec::new()),
+        JobsAction::History { name, limit, .. } => (
+            "GET",
+            format!("{}/runs?limit={}", one(name), limit.unwrap_or(20)),
+            Vec::new(),
+        ),
+        JobsAction::Status { .. } => ("GET", "/v1/scheduler".into(), Vec::new()),
     })
 }
 
@@ -1014,7 +1050,46 @@ fn print_jobs_answer(action: &JobsAction, d: &serde_json::Value) {
         JobsAction::Disable { name, .. } => {
             println!("job {name} disabled (config version {version})")
         }
+        JobsAction::Execute { name, .. } => print_run(name, &d["run"]),
+        JobsAction::History { name, .. } => {
+            let runs = d["runs"].as_array().map_or(&[][..], Vec::as_slice);
+            if runs.is_empty() {
+                println!("job {name} has not run yet");
+            }
+            for r in runs {
+                print_run(name, r);
+            }
+        }
+        JobsAction::Status { .. } => match d["leader"].as_str() {
+            Some(l) => println!(
+                "{l} leads the scheduler{} ({} jobs)",
+                if d["this_server_leads"] == true {
+                    " (this server)"
+                } else {
+                    ""
+                },
+                d["jobs"]
+            ),
+            None => println!("no server leads the scheduler right now"),
+        },
     }
+}
+
+/// One run of a job as a line: when, trigger, server, duration, outcome, error.
+fn print_run(name: &str, r: &serde_json::Value) {
+    println!(
+        "{} {name} {} on {} {} {}{}",
+        utc(r["started"].as_i64().unwrap_or(0)),
+        r["trigger"].as_str().unwrap_or(""),
+        r["server"].as_str().unwrap_or(""),
+        r["duration_ms"]
+            .as_i64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+        r["outcome"].as_str().unwrap_or(""),
+        r["error"]
+            .as_str()
+            .map_or_else(String::new, |e| format!(": {e}")),
+    );
 }
 
 /// Seeds a new quickstart environment's config store with the sample module and channels.
