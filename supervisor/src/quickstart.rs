@@ -217,9 +217,19 @@ pub async fn seed(store: &Store) -> Result<bool, StoreError> {
     if store.version().await? != 0 {
         return Ok(false);
     }
+    // A sample job: demo.visits every minute, as if page "scheduler" were visited.
+    let mut job = crate::jobs::JobDef::new(
+        "demo-visits",
+        crate::jobs::JobType::IntervalBased,
+        "demo.visits",
+    );
+    job.minutes = 1;
+    job.extra = Some(serde_json::json!({"page": "scheduler"}));
+    let job = job.as_stored(None, chrono::Utc::now());
     let plan = Plan {
         put_channels: sample_channels(),
         deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
+        put_jobs: vec![job],
         ..Plan::default()
     };
     store.apply(&plan, "quickstart").await?;
@@ -254,7 +264,10 @@ mod tests {
         let store = Store::open(&url).await.unwrap();
         assert!(seed(&store).await.unwrap());
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 4);
+        assert_eq!(channels.len(), 5);
+        let jobs = store.jobs().await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        jobs[0].validate().unwrap();
         crate::router::Router::new(&channels).unwrap();
         let modules = store.active_modules().await.unwrap();
         assert_eq!(modules.len(), 1);

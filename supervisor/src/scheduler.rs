@@ -364,6 +364,8 @@ pub async fn run(shared: Arc<Shared>) {
     let mut states: HashMap<String, State> = HashMap::new();
     let mut renew_at = Instant::now();
     let mut was_leading = false;
+    // The definitions and their fingerprints, worked out again only when they change.
+    let mut known: Option<(Arc<Vec<JobDef>>, Vec<String>)> = None;
     loop {
         if shared.scheduler.stopping() {
             return;
@@ -407,7 +409,12 @@ pub async fn run(shared: Arc<Shared>) {
         let mut wake = renew_at;
         if shared.scheduler.leading() && was_leading {
             let defs = shared.jobs.read().expect("jobs lock").clone();
-            if let Some(t) = fire_due(&shared, &defs, &mut states, &inflight).await {
+            if !known.as_ref().is_some_and(|(d, _)| Arc::ptr_eq(d, &defs)) {
+                let prints = defs.iter().map(fingerprint).collect();
+                known = Some((defs.clone(), prints));
+            }
+            let prints = &known.as_ref().expect("just set").1;
+            if let Some(t) = fire_due(&shared, &defs, prints, &mut states, &inflight).await {
                 wake = wake.min(t);
             }
         }
@@ -422,22 +429,15 @@ pub async fn run(shared: Arc<Shared>) {
 async fn fire_due(
     shared: &Arc<Shared>,
     defs: &[JobDef],
+    prints: &[String],
     states: &mut HashMap<String, State>,
     inflight: &Arc<Mutex<HashMap<String, usize>>>,
 ) -> Option<Instant> {
     let mut earliest: Option<i64> = None;
-    for def in defs.iter().filter(|d| d.active) {
-        let schedule = fingerprint(def);
-        let now = now_ms();
-        if states.get(&def.name).is_none_or(|s| s.schedule != schedule) {
-            match bounded(plan(
-                &shared.store,
-                &def.name,
-                &schedule,
-                first_due(def, now),
-            ))
-            .await
-            {
+    let now = now_ms();
+    for (def, schedule) in defs.iter().zip(prints).filter(|(d, _)| d.active) {
+        if states.get(&def.name).is_none_or(|s| s.schedule != *schedule) {
+            match bounded(plan(&shared.store, &def.name, schedule, first_due(def, now))).await {
                 Ok(s) => {
                     states.insert(def.name.clone(), s);
                 }
@@ -447,34 +447,26 @@ async fn fire_due(
                 }
             }
         }
-        let state = states.get(&def.name).expect("planned").clone();
-        if state.next_due < 0 {
+        let due = states.get(&def.name).expect("planned").next_due;
+        if due < 0 {
             continue;
         }
-        if state.next_due > now {
-            earliest = Some(earliest.map_or(state.next_due, |e| e.min(state.next_due)));
+        if due > now {
+            earliest = Some(earliest.map_or(due, |e| e.min(due)));
             continue;
         }
         // Due (or overdue: runs missed while nobody led collapse into this one).
-        let next = next_after(def, now);
-        match bounded(claim(
-            &shared.store,
-            &def.name,
-            &schedule,
-            state.next_due,
-            next,
-        ))
-        .await
-        {
+        let next = next_after(def, now_ms());
+        match bounded(claim(&shared.store, &def.name, schedule, due, next)).await {
             Ok(true) => {
                 states.insert(
                     def.name.clone(),
                     State {
-                        schedule,
+                        schedule: schedule.clone(),
                         next_due: next,
                     },
                 );
-                start_run(shared, def.clone(), Some(state.next_due), inflight);
+                start_run(shared, def.clone(), Some(due), inflight);
                 if next >= 0 {
                     earliest = Some(earliest.map_or(next, |e| e.min(next)));
                 }
