@@ -179,27 +179,37 @@ async fn plan(
     })
 }
 
-/// Claims the run of `name` due at `due`, moving its next due time to `next`: true for
-/// exactly one caller per due time.
-async fn claim(
-    store: &Store,
-    name: &str,
-    schedule: &str,
+/// A due run to claim: the job, its schedule, when it was due, the due time after it.
+struct Claim {
+    name: String,
+    schedule: String,
     due: i64,
     next: i64,
-) -> Result<bool, StoreError> {
-    let n = on_pool!(store, p => sqlx::query(
-        "UPDATE job_state SET next_due = $4, fired = fired + 1 \
-         WHERE name = $1 AND schedule = $2 AND next_due = $3",
-    )
-    .bind(name)
-    .bind(schedule)
-    .bind(due)
-    .bind(next)
-    .execute(p)
-    .await?
-    .rows_affected());
-    Ok(n == 1)
+}
+
+/// Claims due runs in one transaction, each moving its job's next due time on: for each, true
+/// for exactly one caller per due time (one fsync for all of them).
+async fn claim_many(store: &Store, claims: &[Claim]) -> Result<Vec<bool>, StoreError> {
+    on_pool!(store, p => {
+        let mut tx = p.begin().await?;
+        let mut won = Vec::with_capacity(claims.len());
+        for c in claims {
+            let n = sqlx::query(
+                "UPDATE job_state SET next_due = $4, fired = fired + 1 \
+                 WHERE name = $1 AND schedule = $2 AND next_due = $3",
+            )
+            .bind(&c.name)
+            .bind(&c.schedule)
+            .bind(c.due)
+            .bind(c.next)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            won.push(n == 1);
+        }
+        tx.commit().await?;
+        Ok(won)
+    })
 }
 
 /// One run of a job, as history keeps it.
@@ -222,32 +232,66 @@ pub struct Run {
 
 /// Appends a run and keeps the last [`RUNS_KEPT`] of its job.
 pub async fn record_run(store: &Store, run: &Run) -> Result<(), StoreError> {
+    record_runs(store, std::slice::from_ref(run)).await
+}
+
+/// Appends runs in one transaction and keeps the last [`RUNS_KEPT`] of each of their jobs.
+async fn record_runs(store: &Store, runs: &[Run]) -> Result<(), StoreError> {
+    let mut jobs: Vec<&str> = runs.iter().map(|r| r.job.as_str()).collect();
+    jobs.sort_unstable();
+    jobs.dedup();
     on_pool!(store, p => {
-        sqlx::query(
-            "INSERT INTO job_runs (job, trigger, due, started, server, duration_ms, outcome, error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&run.job)
-        .bind(&run.trigger)
-        .bind(run.due)
-        .bind(run.started)
-        .bind(&run.server)
-        .bind(run.duration_ms)
-        .bind(&run.outcome)
-        .bind(&run.error)
-        .execute(p)
-        .await?;
-        sqlx::query(
-            "DELETE FROM job_runs WHERE job = $1 AND id <= \
-             (SELECT id FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
-        )
-        .bind(&run.job)
-        .bind(RUNS_KEPT)
-        .execute(p)
-        .await
-        .map(drop)
+        let mut tx = p.begin().await?;
+        for run in runs {
+            sqlx::query(
+                "INSERT INTO job_runs (job, trigger, due, started, server, duration_ms, outcome, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&run.job)
+            .bind(&run.trigger)
+            .bind(run.due)
+            .bind(run.started)
+            .bind(&run.server)
+            .bind(run.duration_ms)
+            .bind(&run.outcome)
+            .bind(&run.error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for job in jobs {
+            sqlx::query(
+                "DELETE FROM job_runs WHERE job = $1 AND id <= \
+                 (SELECT id FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(job)
+            .bind(RUNS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
     })?;
     Ok(())
+}
+
+/// Writes the scheduled runs' history in batches: whatever finished while the previous batch
+/// was being written goes in the next one (one transaction), so a busy scheduler's history
+/// costs a few fsyncs a second, not one per run. Manual runs are written at once instead
+/// (their caller reads the history right after).
+async fn write_runs(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Run>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = bounded(record_runs(&shared.store, &batch)).await {
+            warn!(runs = batch.len(), error = %e, "scheduler: cannot record runs in the history");
+        }
+    }
 }
 
 /// The last `limit` runs of `job`, newest first.
@@ -360,7 +404,12 @@ impl Status {
 /// Runs the scheduler until the process ends.
 pub async fn run(shared: Arc<Shared>) {
     let me = shared.server_name.clone();
-    let inflight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let (history, written) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(write_runs(shared.clone(), written));
+    let ctx = Arc::new(RunCtx {
+        inflight: Mutex::default(),
+        history,
+    });
     let mut states: HashMap<String, State> = HashMap::new();
     let mut renew_at = Instant::now();
     let mut was_leading = false;
@@ -414,7 +463,7 @@ pub async fn run(shared: Arc<Shared>) {
                 known = Some((defs.clone(), prints));
             }
             let prints = &known.as_ref().expect("just set").1;
-            if let Some(t) = fire_due(&shared, &defs, prints, &mut states, &inflight).await {
+            if let Some(t) = fire_due(&shared, &defs, prints, &mut states, &ctx).await {
                 wake = wake.min(t);
             }
         }
@@ -431,13 +480,24 @@ async fn fire_due(
     defs: &[JobDef],
     prints: &[String],
     states: &mut HashMap<String, State>,
-    inflight: &Arc<Mutex<HashMap<String, usize>>>,
+    ctx: &Arc<RunCtx>,
 ) -> Option<Instant> {
     let mut earliest: Option<i64> = None;
     let now = now_ms();
+    let mut due_now: Vec<(&JobDef, Claim)> = Vec::new();
     for (def, schedule) in defs.iter().zip(prints).filter(|(d, _)| d.active) {
-        if states.get(&def.name).is_none_or(|s| s.schedule != *schedule) {
-            match bounded(plan(&shared.store, &def.name, schedule, first_due(def, now))).await {
+        if states
+            .get(&def.name)
+            .is_none_or(|s| s.schedule != *schedule)
+        {
+            match bounded(plan(
+                &shared.store,
+                &def.name,
+                schedule,
+                first_due(def, now),
+            ))
+            .await
+            {
                 Ok(s) => {
                     states.insert(def.name.clone(), s);
                 }
@@ -456,26 +516,48 @@ async fn fire_due(
             continue;
         }
         // Due (or overdue: runs missed while nobody led collapse into this one).
-        let next = next_after(def, now_ms());
-        match bounded(claim(&shared.store, &def.name, schedule, due, next)).await {
-            Ok(true) => {
-                states.insert(
-                    def.name.clone(),
-                    State {
-                        schedule: schedule.clone(),
-                        next_due: next,
-                    },
-                );
-                start_run(shared, def.clone(), Some(due), inflight);
-                if next >= 0 {
-                    earliest = Some(earliest.map_or(next, |e| e.min(next)));
+        due_now.push((
+            def,
+            Claim {
+                name: def.name.clone(),
+                schedule: schedule.clone(),
+                due,
+                next: next_after(def, now),
+            },
+        ));
+    }
+    if !due_now.is_empty() {
+        let claims: Vec<Claim> = due_now
+            .iter()
+            .map(|(_, c)| Claim {
+                name: c.name.clone(),
+                schedule: c.schedule.clone(),
+                due: c.due,
+                next: c.next,
+            })
+            .collect();
+        match bounded(claim_many(&shared.store, &claims)).await {
+            Ok(won) => {
+                for ((def, c), won) in due_now.into_iter().zip(won) {
+                    if !won {
+                        // Claimed elsewhere (or the schedule changed under us): read it again.
+                        states.remove(&def.name);
+                        continue;
+                    }
+                    start_run(shared, def.clone(), Some(c.due), ctx);
+                    if c.next >= 0 {
+                        earliest = Some(earliest.map_or(c.next, |e| e.min(c.next)));
+                    }
+                    states.insert(
+                        c.name,
+                        State {
+                            schedule: c.schedule,
+                            next_due: c.next,
+                        },
+                    );
                 }
             }
-            Ok(false) => {
-                // Claimed elsewhere (or the schedule changed under us): read it again.
-                states.remove(&def.name);
-            }
-            Err(e) => warn!(job = %def.name, error = %e, "scheduler: cannot claim a run"),
+            Err(e) => warn!(runs = claims.len(), error = %e, "scheduler: cannot claim due runs"),
         }
     }
     earliest.map(|due| {
@@ -484,14 +566,15 @@ async fn fire_due(
     })
 }
 
+/// What a run needs besides its job: who else of the job is running, where history goes.
+struct RunCtx {
+    inflight: Mutex<HashMap<String, usize>>,
+    history: tokio::sync::mpsc::UnboundedSender<Run>,
+}
+
 /// Starts one scheduled run in its own task (jitter, overlap policy, the call, history).
-fn start_run(
-    shared: &Arc<Shared>,
-    def: JobDef,
-    due: Option<i64>,
-    inflight: &Arc<Mutex<HashMap<String, usize>>>,
-) {
-    let (shared, inflight) = (shared.clone(), inflight.clone());
+fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunCtx>) {
+    let (shared, ctx) = (shared.clone(), ctx.clone());
     tokio::spawn(async move {
         if def.jitter_ms > 0 {
             let j = u64::from(u32::from_be_bytes(crate::cid::random_bytes::<4>()))
@@ -499,7 +582,7 @@ fn start_run(
             tokio::time::sleep(Duration::from_millis(j)).await;
         }
         let busy = {
-            let mut f = inflight.lock().expect("inflight lock");
+            let mut f = ctx.inflight.lock().expect("inflight lock");
             let n = f.entry(def.name.clone()).or_insert(0);
             let busy = *n > 0;
             if !busy || def.overlap == Overlap::Allow {
@@ -508,7 +591,7 @@ fn start_run(
             busy
         };
         if busy && def.overlap == Overlap::Skip {
-            let run = Run {
+            let _ = ctx.history.send(Run {
                 job: def.name.clone(),
                 trigger: "schedule".into(),
                 due,
@@ -518,19 +601,19 @@ fn start_run(
                 outcome: "skipped".into(),
                 error: Some("the previous run was still going (overlap: skip)".into()),
                 cid: None,
-            };
-            if let Err(e) = bounded(record_run(&shared.store, &run)).await {
-                warn!(job = %def.name, error = %e, "scheduler: cannot record a run");
-            }
+            });
             return;
         }
         let run = invoke(&shared, &def, "schedule", due).await;
-        if let Some(n) = inflight.lock().expect("inflight lock").get_mut(&def.name) {
+        if let Some(n) = ctx
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get_mut(&def.name)
+        {
             *n = n.saturating_sub(1);
         }
-        if let Err(e) = bounded(record_run(&shared.store, &run)).await {
-            warn!(job = %def.name, error = %e, "scheduler: cannot record a run");
-        }
+        let _ = ctx.history.send(run);
     });
 }
 
