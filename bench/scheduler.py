@@ -123,23 +123,25 @@ def main():
         busy = (cpu_seconds(server.pid) - c0) / args.duration
         time.sleep(3)  # let the last runs be recorded
         db = sqlite3.connect(os.path.join(env, 'oxbus.db'))
-        rows = db.execute("SELECT due, started FROM job_runs WHERE trigger = 'schedule' "
+        rows = db.execute("SELECT job, due, started FROM job_runs WHERE trigger = 'schedule' "
                           "AND due >= ? AND due < ?", (int(warm * 1000), int(until * 1000))
                           ).fetchall()
-        late = [s - d for d, s in rows]
+        late = [s - d for _, d, s in rows]
+        twice = len(rows) - len({(j, d) for j, d, _ in rows})
         expected = args.duration * args.jobs / args.period
         skipped = db.execute("SELECT count(*) FROM job_runs WHERE outcome <> 'ok' AND due >= ? "
                              "AND due < ?", (int(warm * 1000), int(until * 1000))).fetchone()[0]
         print('%d interval jobs, every %d s (%.0f runs due per second), %d s measured'
               % (args.jobs, args.period, args.jobs / args.period, args.duration))
-        print('  runs: %d recorded of ~%.0f due (%d not ok)' % (len(rows), expected, skipped))
+        print('  runs: %d recorded of ~%.0f due (%d not ok, %d due times run twice)'
+              % (len(rows), expected, skipped, twice))
         print('  lateness (scheduler start - due): p50 %.1f ms, p99 %.1f ms, max %.1f ms'
               % (percentile(late, 0.5), percentile(late, 0.99), max(late)))
         print('  server CPU while firing: %.1f%% of a core' % (busy * 100))
         print('idle server CPU: no jobs %.2f%% of a core, %d jobs not due %.2f%% of a core'
               % (idle_none * 100, args.jobs, idle_jobs * 100))
         print(json.dumps({'jobs': args.jobs, 'period_s': args.period, 'runs': len(rows),
-                          'expected': expected, 'not_ok': skipped,
+                          'expected': expected, 'not_ok': skipped, 'twice': twice,
                           'p50_ms': percentile(late, 0.5), 'p99_ms': percentile(late, 0.99),
                           'max_ms': max(late), 'busy_cpu': busy, 'idle_cpu_no_jobs': idle_none,
                           'idle_cpu_jobs': idle_jobs}))
