@@ -429,3 +429,50 @@ async fn three_servers_fire_each_run_once_and_a_killed_leader_is_replaced() {
     drop(victim);
     drop(db);
 }
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
+async fn a_job_turned_off_and_on_or_deleted_and_created_again_starts_afresh() {
+    let runs = runs_file("again");
+    let srv = Env::new()
+        .workers(2)
+        .service("sched.py", &service(&runs))
+        .start()
+        .await;
+    let every = |name: &str, s: u64| json!({"name": name, "type": "interval_based", "service": "sched.record", "seconds": s});
+    put_job(&srv, "clock", every("clock", 1)).await;
+    put_job(&srv, "slow", every("slow", 3)).await;
+    wait_count(&runs, "slow", 1).await;
+    // Off for longer than its interval: back on, it does not make up for the time off (a
+    // run due while it was off would carry a due time from before it was enabled again).
+    admin(&srv, "POST", "/v1/jobs/slow/disable", Value::Null).await;
+    let clock = count(&runs, "clock");
+    wait_count(&runs, "clock", clock + 5).await;
+    let enabled_at = now_ms();
+    admin(&srv, "POST", "/v1/jobs/slow/enable", Value::Null).await;
+    let slow = count(&runs, "slow");
+    wait_count(&runs, "slow", slow + 1).await;
+    let h = admin(&srv, "GET", "/v1/jobs/slow/runs", Value::Null)
+        .await
+        .json();
+    let latest = &h["runs"][0];
+    assert!(
+        latest["due"].as_i64().unwrap() >= enabled_at - 5,
+        "a run due while the job was off ran when it came back: {latest}, enabled at {enabled_at}"
+    );
+    // A one_time job that ran, deleted and created again (an import of an export, say): its
+    // time has passed, so it runs at once, as any new one_time job would.
+    let once = json!({"type": "one_time", "service": "sched.record", "start_date": in_secs(0.5)});
+    put_job(&srv, "once", once.clone()).await;
+    wait_count(&runs, "once", 1).await;
+    let r = admin(&srv, "DELETE", "/v1/jobs/once", Value::Null).await;
+    assert_eq!(r.status, 200);
+    put_job(&srv, "once", once).await;
+    wait_count(&runs, "once", 2).await;
+}

@@ -24,6 +24,7 @@
 //! fires from.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -275,9 +276,14 @@ async fn record_runs(store: &Store, runs: &[Run]) -> Result<(), StoreError> {
 
 /// Writes the scheduled runs' history in batches: whatever finished while the previous batch
 /// was being written goes in the next one (one transaction), so a busy scheduler's history
-/// costs a few fsyncs a second, not one per run. Manual runs are written at once instead
-/// (their caller reads the history right after).
-async fn write_runs(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Run>) {
+/// costs a few fsyncs a second, not one per run. A batch the store refuses is tried again
+/// (three times, a second apart) before it is dropped with a warning. Manual runs are written
+/// at once instead (their caller reads the history right after).
+async fn write_runs(
+    status: Arc<Status>,
+    store: Store,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Run>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.clear();
@@ -288,9 +294,22 @@ async fn write_runs(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedRec
                 Err(_) => break,
             }
         }
-        if let Err(e) = bounded(record_runs(&shared.store, &batch)).await {
-            warn!(runs = batch.len(), error = %e, "scheduler: cannot record runs in the history");
+        let mut attempt = 0;
+        loop {
+            match bounded(record_runs(&store, &batch)).await {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    warn!(runs = batch.len(), error = %e, attempt, "scheduler: cannot record runs yet, trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    warn!(runs = batch.len(), error = %e, "scheduler: runs not recorded in the history");
+                    break;
+                }
+            }
         }
+        status.unwritten.fetch_sub(batch.len(), Ordering::SeqCst);
     }
 }
 
@@ -333,7 +352,8 @@ fn fingerprint(def: &JobDef) -> String {
     let parts = serde_json::json!([
         def.active,
         def.kind.as_str(),
-        def.start_date,
+        // The instant, not the text: the same time written another way is no change.
+        def.start().map(|t| t.timestamp_millis()).ok(),
         [def.weeks, def.days, def.hours, def.minutes, def.seconds],
         def.repeats,
         def.cron,
@@ -372,99 +392,117 @@ fn first_due(def: &JobDef, now: i64) -> i64 {
 
 // -- the leader loop -------------------------------------------------------------------------
 
-/// What the scheduler reports (`GET /v1/jobs` status, `oxbus jobs status`).
+/// A job's jitter for one due time: the same on every server (a hash of the job and the due
+/// time), so the claim itself can wait for it.
+fn jitter(def: &JobDef, due: i64) -> i64 {
+    if def.jitter_ms == 0 {
+        return 0;
+    }
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("{}\0{due}", def.name).as_bytes());
+    let n = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+    (n % (def.jitter_ms + 1)) as i64
+}
+
+/// The scheduler of one server: whether it leads, and what its runs still have to record.
 #[derive(Debug, Default)]
 pub struct Status {
-    /// Whether this server leads, and until when its lease lasts by its clock.
+    /// Until when this server's lease lasts by its own clock (less a margin).
     leading_until: Mutex<Option<Instant>>,
+    /// Bumped whenever this server starts leading: the state is read from the store again.
+    epoch: AtomicU64,
     /// Set when the server stops: it takes no lease and fires nothing more.
-    stopping: std::sync::atomic::AtomicBool,
+    stopping: AtomicBool,
+    /// Scheduled runs sent to the history writer and not written yet.
+    unwritten: AtomicUsize,
 }
 
 impl Status {
+    /// Whether this server may fire now.
+    pub fn leading(&self) -> bool {
+        !self.stopping()
+            && self
+                .leading_until
+                .lock()
+                .expect("status lock")
+                .is_some_and(|t| Instant::now() < t)
+    }
+
     /// The server is stopping: lead no more.
     pub fn stop(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
         *self.leading_until.lock().expect("status lock") = None;
     }
 
     fn stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn leading(&self) -> bool {
-        self.leading_until
-            .lock()
-            .expect("status lock")
-            .is_some_and(|t| Instant::now() < t)
+        self.stopping.load(Ordering::SeqCst)
     }
 }
 
-/// Runs the scheduler until the process ends.
+/// Waits (at most `limit`) until the history of every finished scheduled run is written.
+pub async fn flush_history(status: &Status, limit: Duration) {
+    let until = Instant::now() + limit;
+    while status.unwritten.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the scheduler until the server stops: the lease in one task, firing in this one.
 pub async fn run(shared: Arc<Shared>) {
-    let me = shared.server_name.clone();
+    let status = shared.scheduler.clone();
+    tokio::spawn(hold_lease(shared.clone()));
     let (history, written) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(write_runs(shared.clone(), written));
+    tokio::spawn(write_runs(status.clone(), shared.store.clone(), written));
     let ctx = Arc::new(RunCtx {
         inflight: Mutex::default(),
         history,
     });
     let mut states: HashMap<String, State> = HashMap::new();
-    let mut renew_at = Instant::now();
-    let mut was_leading = false;
+    let mut epoch = 0;
     // The definitions and their fingerprints, worked out again only when they change.
     let mut known: Option<(Arc<Vec<JobDef>>, Vec<String>)> = None;
+    // When the store's config version was last seen to be the one this server runs (checked
+    // at most once a second, not on every wake of a busy scheduler).
+    let mut checked: Option<Instant> = None;
     loop {
-        if shared.scheduler.stopping() {
+        if status.stopping() {
             return;
         }
-        if Instant::now() >= renew_at {
-            renew_at = Instant::now() + LEASE_TICK;
-            let asked = Instant::now();
-            match bounded(take_lease(&shared.store, &me, now_ms(), LEASE_TTL)).await {
-                Ok(true) if shared.scheduler.stopping() => return,
-                Ok(true) => {
-                    *shared.scheduler.leading_until.lock().expect("status lock") =
-                        Some(asked + LEASE_TTL - LEASE_MARGIN);
-                    if !was_leading {
-                        match bounded(load_states(&shared.store)).await {
-                            Ok(s) => {
-                                states = s;
-                                was_leading = true;
-                                info!(server = %me, "scheduler: this server leads");
-                            }
-                            Err(e) => warn!(error = %e, "scheduler: cannot read the jobs' state"),
-                        }
-                    }
-                }
-                Ok(false) => {
-                    if was_leading {
-                        info!(server = %me, "scheduler: another server leads now");
-                    }
-                    was_leading = false;
-                    *shared.scheduler.leading_until.lock().expect("status lock") = None;
-                }
-                Err(e) => {
-                    if was_leading {
-                        warn!(error = %e, "scheduler: cannot renew the lead; firing stops when the lease runs out");
-                    }
-                    // Keep the lease this server has (its deadline stands); a later renewal
-                    // must reload the state, as another server may have led meanwhile.
-                    was_leading = false;
-                }
-            }
+        let mut wake = Instant::now() + LEASE_TICK;
+        let leading = status.leading();
+        if leading && checked.is_none_or(|t| t.elapsed() >= LEASE_TICK) {
+            checked = in_step(&shared).await.then(Instant::now);
         }
-        let mut wake = renew_at;
-        if shared.scheduler.leading() && was_leading {
+        if leading && checked.is_some() {
             let defs = shared.jobs.read().expect("jobs lock").clone();
-            if !known.as_ref().is_some_and(|(d, _)| Arc::ptr_eq(d, &defs)) {
+            let changed = !known.as_ref().is_some_and(|(d, _)| Arc::ptr_eq(d, &defs));
+            if changed {
                 let prints = defs.iter().map(fingerprint).collect();
                 known = Some((defs.clone(), prints));
             }
-            let prints = &known.as_ref().expect("just set").1;
-            if let Some(t) = fire_due(&shared, &defs, prints, &mut states, &ctx).await {
-                wake = wake.min(t);
+            let now_epoch = status.epoch.load(Ordering::SeqCst);
+            let mut ready = true;
+            if now_epoch != epoch || changed {
+                // Newly leading (read what others did meanwhile), or the jobs changed: forget
+                // the state of jobs that no longer exist, so that a job created again under
+                // the same name starts afresh.
+                match bounded(reload(&shared.store, &defs, now_epoch != epoch)).await {
+                    Ok(Some(s)) => {
+                        states = s;
+                        epoch = now_epoch;
+                    }
+                    Ok(None) => states.retain(|name, _| defs.iter().any(|d| d.name == *name)),
+                    Err(e) => {
+                        warn!(error = %e, "scheduler: cannot read the jobs' state");
+                        ready = false;
+                    }
+                }
+            }
+            if ready {
+                let prints = &known.as_ref().expect("just set").1;
+                if let Some(t) = fire_due(&shared, &defs, prints, &mut states, &ctx).await {
+                    wake = wake.min(t);
+                }
             }
         }
         tokio::select! {
@@ -474,7 +512,92 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Fires every job due now; returns when the next one is due (if before the next tick).
+/// Whether this server runs the store's current config: a leader behind it (booted from its
+/// snapshot, just back from an outage, a change not arrived yet) must not fire from old
+/// definitions. Asks the sync loop to catch up when it is behind.
+async fn in_step(shared: &Shared) -> bool {
+    match bounded(shared.store.version()).await {
+        Ok(v) if v == shared.applied_version.load(Ordering::SeqCst) => true,
+        Ok(_) => {
+            shared.changed.notify_one();
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Deletes the state of jobs `defs` does not have; with `read`, returns every state left.
+async fn reload(
+    store: &Store,
+    defs: &[JobDef],
+    read: bool,
+) -> Result<Option<HashMap<String, State>>, StoreError> {
+    let states = load_states(store).await?;
+    for gone in states
+        .keys()
+        .filter(|n| !defs.iter().any(|d| d.name == **n))
+    {
+        on_pool!(store, p => sqlx::query("DELETE FROM job_state WHERE name = $1")
+            .bind(gone)
+            .execute(p)
+            .await
+            .map(drop)?);
+    }
+    Ok(read.then(|| {
+        states
+            .into_iter()
+            .filter(|(n, _)| defs.iter().any(|d| d.name == *n))
+            .collect()
+    }))
+}
+
+/// Takes and renews the lease every second, in its own task so that slow firing cannot let
+/// it lapse; hands it back when the server stops.
+async fn hold_lease(shared: Arc<Shared>) {
+    let me = shared.server_name.clone();
+    let status = &shared.scheduler;
+    let mut leading = false;
+    loop {
+        if status.stopping() {
+            break;
+        }
+        let asked = Instant::now();
+        match bounded(take_lease(&shared.store, &me, now_ms(), LEASE_TTL)).await {
+            Ok(true) if status.stopping() => break,
+            Ok(true) => {
+                *status.leading_until.lock().expect("status lock") =
+                    Some(asked + LEASE_TTL - LEASE_MARGIN);
+                if !leading {
+                    leading = true;
+                    status.epoch.fetch_add(1, Ordering::SeqCst);
+                    info!(server = %me, "scheduler: this server leads");
+                    shared.jobs_changed.notify_one();
+                }
+            }
+            Ok(false) => {
+                if leading {
+                    info!(server = %me, "scheduler: another server leads now");
+                }
+                leading = false;
+                *status.leading_until.lock().expect("status lock") = None;
+            }
+            Err(e) => {
+                // The lease this server has still stands until its deadline; the next
+                // renewal that works counts as a new lead (the state is read again).
+                if leading {
+                    warn!(error = %e, "scheduler: cannot renew the lead; firing stops when the lease runs out");
+                }
+                leading = false;
+            }
+        }
+        tokio::time::sleep_until((asked + LEASE_TICK).into()).await;
+    }
+    if let Err(e) = bounded(release_lease(&shared.store, &me)).await {
+        warn!(error = %e, "scheduler: could not hand the lease back");
+    }
+}
+
+/// Fires every job due now (with its jitter); returns when the next one is due.
 async fn fire_due(
     shared: &Arc<Shared>,
     defs: &[JobDef],
@@ -485,19 +608,16 @@ async fn fire_due(
     let mut earliest: Option<i64> = None;
     let now = now_ms();
     let mut due_now: Vec<(&JobDef, Claim)> = Vec::new();
-    for (def, schedule) in defs.iter().zip(prints).filter(|(d, _)| d.active) {
+    for (def, schedule) in defs.iter().zip(prints) {
         if states
             .get(&def.name)
             .is_none_or(|s| s.schedule != *schedule)
         {
-            match bounded(plan(
-                &shared.store,
-                &def.name,
-                schedule,
-                first_due(def, now),
-            ))
-            .await
-            {
+            // A disabled job is planned too (with no run), so that enabling it again is a
+            // schedule change: it starts afresh from then, it does not make up for the time
+            // it was off.
+            let first = if def.active { first_due(def, now) } else { -1 };
+            match bounded(plan(&shared.store, &def.name, schedule, first)).await {
                 Ok(s) => {
                     states.insert(def.name.clone(), s);
                 }
@@ -508,11 +628,12 @@ async fn fire_due(
             }
         }
         let due = states.get(&def.name).expect("planned").next_due;
-        if due < 0 {
+        if due < 0 || !def.active {
             continue;
         }
-        if due > now {
-            earliest = Some(earliest.map_or(due, |e| e.min(due)));
+        let fire_at = due + jitter(def, due);
+        if fire_at > now {
+            earliest = Some(earliest.map_or(fire_at, |e| e.min(fire_at)));
             continue;
         }
         // Due (or overdue: runs missed while nobody led collapse into this one).
@@ -526,7 +647,8 @@ async fn fire_due(
             },
         ));
     }
-    if !due_now.is_empty() {
+    // The lease may have run out while the store was slow: claim only while still leading.
+    if !due_now.is_empty() && shared.scheduler.leading() {
         let claims: Vec<Claim> = due_now
             .iter()
             .map(|(_, c)| Claim {
@@ -546,7 +668,8 @@ async fn fire_due(
                     }
                     start_run(shared, def.clone(), Some(c.due), ctx);
                     if c.next >= 0 {
-                        earliest = Some(earliest.map_or(c.next, |e| e.min(c.next)));
+                        let at = c.next + jitter(def, c.next);
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     }
                     states.insert(
                         c.name,
@@ -557,7 +680,12 @@ async fn fire_due(
                     );
                 }
             }
-            Err(e) => warn!(runs = claims.len(), error = %e, "scheduler: cannot claim due runs"),
+            Err(e) => {
+                // Whether the commit landed is unknown: read the states again; a run whose
+                // claim did land is lost (logged here).
+                warn!(runs = claims.len(), error = %e, "scheduler: claiming due runs failed; any that were claimed do not run");
+                states.clear();
+            }
         }
     }
     earliest.map(|due| {
@@ -572,15 +700,19 @@ struct RunCtx {
     history: tokio::sync::mpsc::UnboundedSender<Run>,
 }
 
-/// Starts one scheduled run in its own task (jitter, overlap policy, the call, history).
+impl RunCtx {
+    fn record(&self, shared: &Shared, run: Run) {
+        shared.scheduler.unwritten.fetch_add(1, Ordering::SeqCst);
+        if self.history.send(run).is_err() {
+            shared.scheduler.unwritten.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Starts one scheduled run in its own task (overlap policy, the call, history).
 fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunCtx>) {
     let (shared, ctx) = (shared.clone(), ctx.clone());
     tokio::spawn(async move {
-        if def.jitter_ms > 0 {
-            let j = u64::from(u32::from_be_bytes(crate::cid::random_bytes::<4>()))
-                % (def.jitter_ms + 1);
-            tokio::time::sleep(Duration::from_millis(j)).await;
-        }
         let busy = {
             let mut f = ctx.inflight.lock().expect("inflight lock");
             let n = f.entry(def.name.clone()).or_insert(0);
@@ -591,29 +723,33 @@ fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunC
             busy
         };
         if busy && def.overlap == Overlap::Skip {
-            let _ = ctx.history.send(Run {
-                job: def.name.clone(),
-                trigger: "schedule".into(),
-                due,
-                started: now_ms(),
-                server: shared.server_name.clone(),
-                duration_ms: None,
-                outcome: "skipped".into(),
-                error: Some("the previous run was still going (overlap: skip)".into()),
-                cid: None,
-            });
+            ctx.record(
+                &shared,
+                Run {
+                    job: def.name.clone(),
+                    trigger: "schedule".into(),
+                    due,
+                    started: now_ms(),
+                    server: shared.server_name.clone(),
+                    duration_ms: None,
+                    outcome: "skipped".into(),
+                    error: Some("the previous run was still going (overlap: skip)".into()),
+                    cid: None,
+                },
+            );
             return;
         }
         let run = invoke(&shared, &def, "schedule", due).await;
-        if let Some(n) = ctx
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .get_mut(&def.name)
         {
-            *n = n.saturating_sub(1);
+            let mut f = ctx.inflight.lock().expect("inflight lock");
+            if let Some(n) = f.get_mut(&def.name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    f.remove(&def.name);
+                }
+            }
         }
-        let _ = ctx.history.send(run);
+        ctx.record(&shared, run);
     });
 }
 

@@ -117,7 +117,7 @@ pub struct Shared {
     /// `jobs` changes.
     pub jobs_changed: tokio::sync::Notify,
     /// Whether this server leads the cluster's scheduler (`crate::scheduler`).
-    pub scheduler: crate::scheduler::Status,
+    pub scheduler: Arc<crate::scheduler::Status>,
 }
 
 /// The secrets key: the systemd credential or the key file (created when missing and the
@@ -397,8 +397,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         bus.say_bye().await;
     }
     // Bounded: with the store down, the row goes stale on its own.
-    // The scheduler's lead goes to another server now, not when the lease runs out.
+    // The scheduler's lead goes to another server now, not when the lease runs out (its
+    // lease task hands it back too; this covers a task that was stuck), and the history of
+    // the runs that finished is written.
     sup.shared.scheduler.stop();
+    crate::scheduler::flush_history(&sup.shared.scheduler, Duration::from_secs(2)).await;
     if let Err(e) = tokio::time::timeout(
         Duration::from_secs(2),
         crate::scheduler::release_lease(&sup.shared.store, &me.name),
@@ -708,6 +711,9 @@ impl Supervisor {
                 );
                 self.shutting_down = Some(Sig::Term);
                 self.shared.ready.store(false, Ordering::SeqCst);
+                // The scheduler's lead passes on now, before the workers are retired: runs
+                // claimed from here on would find no worker.
+                self.shared.scheduler.stop();
                 let delay = Duration::from_millis(self.settings.http.shutdown_delay_ms);
                 if delay.is_zero() {
                     let _ = self.shutdown_tx.send(true);
@@ -728,6 +734,7 @@ impl Supervisor {
                 info!("SIGINT: stopping now");
                 self.shutting_down = Some(Sig::Int);
                 self.shared.ready.store(false, Ordering::SeqCst);
+                self.shared.scheduler.stop();
                 Some(Outcome { exit_code: 0 })
             }
         }
