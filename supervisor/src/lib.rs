@@ -39,6 +39,7 @@ pub mod python;
 pub mod quickstart;
 pub mod router;
 pub mod scheduler;
+pub mod sdnotify;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

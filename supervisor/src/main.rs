@@ -1350,7 +1350,11 @@ fn main() -> ExitCode {
         }
         Command::Server { config } => match Settings::load(&config, env) {
             Ok(s) => (s, None),
-            Err(e) => return fail(&e.to_string()),
+            // EX_CONFIG: restarting will not help (the unit has RestartPreventExitStatus=78).
+            Err(e) => {
+                eprintln!("oxbus: error: {e}");
+                return ExitCode::from(78);
+            }
         },
         Command::Quickstart {
             dir,

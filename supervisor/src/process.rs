@@ -75,6 +75,10 @@ pub fn spawn(
     }
     let mut cmd = Command::new(&launch.python);
     kill_with_parent(&mut cmd);
+    // systemd's variables are the server's, not the workers' (sd_notify(3)).
+    for var in crate::sdnotify::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
     let mut child = cmd
         .arg("-m")
         .arg("oxbus.worker")

@@ -118,6 +118,8 @@ pub struct Shared {
     pub jobs_changed: tokio::sync::Notify,
     /// Whether this server leads the cluster's scheduler (`crate::scheduler`).
     pub scheduler: Arc<crate::scheduler::Status>,
+    /// systemd's notify socket and watchdog (no-ops without them).
+    pub notifier: Arc<crate::sdnotify::Notifier>,
 }
 
 /// The secrets key: the systemd credential or the key file (created when missing and the
@@ -301,6 +303,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         jobs: std::sync::RwLock::new(Arc::new(boot.snapshot.jobs.clone())),
         jobs_changed: tokio::sync::Notify::new(),
         scheduler: Default::default(),
+        notifier: Arc::new(crate::sdnotify::Notifier::from_env()),
     });
 
     let welcome = WelcomeTemplate {
@@ -345,6 +348,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         shared.clone(),
         boot.online.then_some(boot.snapshot),
     ));
+    tokio::spawn(shared.notifier.clone().watch());
     tokio::spawn(crate::scheduler::run(shared.clone()));
 
     let desired = settings.worker_count();
@@ -692,6 +696,10 @@ impl Supervisor {
                 let g = self.generation + 1;
                 info!(generation = g, "SIGHUP: rolling restart of all workers");
                 self.reload = Some(g);
+                self.shared.notifier.reloading(&format!(
+                    "reloading: rolling restart of {} workers",
+                    self.desired
+                ));
                 for _ in 0..self.desired {
                     if let Err(e) = self.spawn_worker(g, None) {
                         error!(error = %e, "rolling restart failed to spawn a worker; keeping the current generation");
@@ -714,6 +722,9 @@ impl Supervisor {
                 // The scheduler's lead passes on now, before the workers are retired: runs
                 // claimed from here on would find no worker.
                 self.shared.scheduler.stop();
+                self.shared
+                    .notifier
+                    .stopping("stopping: draining in-flight requests");
                 let delay = Duration::from_millis(self.settings.http.shutdown_delay_ms);
                 if delay.is_zero() {
                     let _ = self.shutdown_tx.send(true);
@@ -735,6 +746,7 @@ impl Supervisor {
                 self.shutting_down = Some(Sig::Int);
                 self.shared.ready.store(false, Ordering::SeqCst);
                 self.shared.scheduler.stop();
+                self.shared.notifier.stopping("stopping now (SIGINT)");
                 Some(Outcome { exit_code: 0 })
             }
         }
@@ -775,6 +787,7 @@ impl Supervisor {
                     generation = g,
                     "rolling restart complete: new generation serving, old one draining"
                 );
+                self.shared.notifier.ready(&self.status_line());
             }
         }
         if !self.shared.ready.load(Ordering::SeqCst) && self.shutting_down.is_none() {
@@ -786,6 +799,7 @@ impl Supervisor {
                     startup_ms = self.started_at.elapsed().as_millis() as u64,
                     "server ready"
                 );
+                self.shared.notifier.ready(&self.status_line());
             }
         }
         self.shared.pool.capacity_changed();
@@ -892,6 +906,10 @@ impl Supervisor {
 
     fn abort_reload(&mut self, g: u64) {
         self.reload = None;
+        // The reload is over (it failed; the old generation serves on).
+        self.shared
+            .notifier
+            .ready(&format!("{} (the last reload failed)", self.status_line()));
         let ids: Vec<u32> = self
             .children
             .iter()
@@ -994,7 +1012,33 @@ impl Supervisor {
         }
     }
 
+    /// systemd's STATUS= line: workers, config version, store health.
+    fn status_line(&self) -> String {
+        let ready = self
+            .children
+            .values()
+            .filter(|c| c.ready && c.retire.is_none())
+            .count();
+        format!(
+            "workers {ready}/{} ready, config version {}, store {}",
+            self.desired,
+            self.shared.applied_version.load(Ordering::SeqCst),
+            if self.shared.store_ok.load(Ordering::SeqCst) {
+                "ok"
+            } else {
+                "degraded"
+            }
+        )
+    }
+
     fn on_tick(&mut self) {
+        self.shared.notifier.progress();
+        if self.shutting_down.is_none()
+            && self.reload.is_none()
+            && self.shared.ready.load(Ordering::SeqCst)
+        {
+            self.shared.notifier.status(&self.status_line());
+        }
         let ids: Vec<u32> = self
             .children
             .iter()

@@ -1,0 +1,159 @@
+//! The server under systemd, with the test playing systemd's side: a real `NOTIFY_SOCKET`
+//! datagram listener (READY after the workers are up, STATUS, WATCHDOG pings, RELOADING with
+//! MONOTONIC_USEC then READY on SIGHUP, STOPPING on SIGTERM), the workers' environment free
+//! of systemd's variables, and exit code 78 for a configuration error.
+
+use oxbus_integration::*;
+use serde_json::Value;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ENV_SERVICE: &str = r#"import os
+
+from oxbus import Service
+
+
+class Env(Service):
+    name = 'sd.env'
+
+    def handle(self):
+        self.response.payload = sorted(k for k in os.environ
+                                       if k.startswith(('NOTIFY_', 'WATCHDOG_', 'LISTEN_')))
+"#;
+
+/// systemd's end of the notify socket: every datagram received, in order.
+struct Systemd {
+    path: std::path::PathBuf,
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl Systemd {
+    fn listen() -> Systemd {
+        let dir =
+            std::env::temp_dir().join(format!("oxbus-sd-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        Systemd { path, got }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits for a datagram containing `what` after the first `skip` ones; its index.
+    async fn wait_for(&self, what: &str, skip: usize) -> usize {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{what:?} from the server"),
+            || {
+                let m = self.messages();
+                async move {
+                    m.iter()
+                        .enumerate()
+                        .skip(skip)
+                        .find(|(_, s)| s.lines().any(|l| l == what))
+                        .map(|(i, _)| i)
+                }
+            },
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_server_speaks_the_notify_protocol() {
+    let sd = Systemd::listen();
+    let srv = Env::new()
+        .workers(2)
+        .service("sd.py", ENV_SERVICE)
+        .channel("/env", &["GET"], "sd.env")
+        .env("NOTIFY_SOCKET", sd.path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        // Socket activation meant for another process: ignored, and not passed on.
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .spawn();
+    let ready = sd.wait_for("READY=1", 0).await;
+    // READY only once the workers are up: the server answers at once.
+    let r = srv.get("/readyz").await;
+    assert_eq!(
+        r.status, 200,
+        "READY=1 was sent before the server was ready"
+    );
+    let first = &sd.messages()[ready];
+    assert!(
+        first.contains("STATUS=workers 2/2 ready, config version "),
+        "{first}"
+    );
+    assert!(first.contains(", store ok"), "{first}");
+    assert!(
+        sd.messages()[..ready]
+            .iter()
+            .all(|m| !m.contains("READY=1")),
+        "more than one READY at start"
+    );
+    // The watchdog is pinged while the server runs.
+    let pings = |sd: &Systemd| sd.messages().iter().filter(|m| *m == "WATCHDOG=1").count();
+    eventually(Duration::from_secs(20), "three watchdog pings", || {
+        let n = pings(&sd);
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    // The workers do not see systemd's variables.
+    let env = srv.get("/env").await;
+    assert_eq!(env.status, 200);
+    assert_eq!(
+        env.json(),
+        Value::Array(vec![]),
+        "workers inherited systemd's variables"
+    );
+    // SIGHUP: RELOADING=1 with the monotonic clock, then READY=1 once the new workers serve.
+    let before = sd.messages().len();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloading = sd.wait_for("RELOADING=1", before).await;
+    let msg = &sd.messages()[reloading];
+    let usec: u64 = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING")
+        .parse()
+        .unwrap();
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    let now_usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1000;
+    assert!(
+        usec <= now_usec && usec > now_usec - 60_000_000,
+        "{usec} vs {now_usec}"
+    );
+    sd.wait_for("READY=1", reloading).await;
+    // SIGTERM: STOPPING=1.
+    let before = sd.messages().len();
+    let mut srv = srv;
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    sd.wait_for("STOPPING=1", before).await;
+    assert_eq!(srv.wait_exit(Duration::from_secs(60)), Some(0));
+}
+
+#[tokio::test]
+async fn a_configuration_error_exits_78() {
+    let mut srv = Env::new().workers(9).spawn();
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(30)),
+        Some(78),
+        "{}",
+        srv.log()
+    );
+    assert!(srv.log().contains("8"), "{}", srv.log());
+}
