@@ -25,7 +25,7 @@ class Env(Service):
 /// systemd's end of the notify socket: every datagram received, in order.
 struct Systemd {
     path: std::path::PathBuf,
-    got: Arc<Mutex<Vec<String>>>,
+    got: Arc<Mutex<Vec<(std::time::Instant, String)>>>,
 }
 
 impl Systemd {
@@ -35,21 +35,38 @@ impl Systemd {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let got: Arc<Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
         let sink = got.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                sink.lock().unwrap().push((
+                    std::time::Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
             }
         });
         Systemd { path, got }
     }
 
     fn messages(&self) -> Vec<String> {
-        self.got.lock().unwrap().clone()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// When each WATCHDOG=1 arrived.
+    fn pings(&self) -> Vec<std::time::Instant> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m == "WATCHDOG=1")
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     /// Waits for a datagram containing `what` after the first `skip` ones; its index.
@@ -156,4 +173,124 @@ async fn a_configuration_error_exits_78() {
         srv.log()
     );
     assert!(srv.log().contains("8"), "{}", srv.log());
+}
+
+#[tokio::test]
+async fn socket_activation_uses_the_socket_systemd_holds() {
+    // systemd-socket-activate holds the listening socket and starts the server on the first
+    // connection, passing it as LISTEN_FDS with LISTEN_PID set to the server: that first
+    // connection waits in the socket's queue until the server serves it.
+    let (dir, config) = Env::new().workers(1).write();
+    let port = oxbus_integration::proxy::free_port();
+    let log = std::fs::File::create(dir.join("activated.log")).unwrap();
+    let mut holder = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{port}"), "--fdname=http"])
+        .arg(oxbus_bin())
+        .args(["server", "--config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate (Debian's systemd package)");
+    eventually(
+        Duration::from_secs(60),
+        "the activated server to be ready",
+        || async {
+            let mut c = Client::connect(port).await.ok()?;
+            let r = c
+                .request("GET", "/readyz", &[], bytes::Bytes::new())
+                .await
+                .ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(dir.join("activated.log")).unwrap();
+    assert!(
+        text.contains("HTTP listener from systemd (socket activation)"),
+        "{text}"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = holder.wait();
+}
+
+#[tokio::test]
+async fn log_lines_carry_their_priority_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, config) = Env::new().workers(1).write();
+    let path = dir.join("journal.log");
+    let log = std::fs::File::create(&path).unwrap();
+    let m = log.metadata().unwrap();
+    let mut server = std::process::Command::new(oxbus_bin())
+        .args(["server", "--config"])
+        .arg(&config)
+        // As systemd sets it when standard error is connected to the journal.
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let text = eventually(Duration::from_secs(60), "server ready in the log", || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        async move { text.contains("server ready").then_some(text) }
+    })
+    .await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = server.wait();
+    let ready = text.lines().find(|l| l.contains("server ready")).unwrap();
+    assert!(ready.starts_with("<6>"), "{ready}");
+    assert!(!text.contains('\u{1b}'), "no colours in the journal");
+    // Without JOURNAL_STREAM (or naming another file) there is no prefix: the other tests'
+    // logs are read as plain text throughout.
+}
+
+#[tokio::test]
+async fn a_stalled_supervisor_loop_stops_the_watchdog_pings() {
+    let sd = Systemd::listen();
+    let srv = Env::new()
+        .workers(1)
+        .env("NOTIFY_SOCKET", sd.path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        // Fault injection: SIGUSR2 blocks the supervisor loop for 3 s. On a multi-threaded
+        // runtime, so that the pinging task still runs and must notice the loop stopped
+        // (on one thread everything stops, which stops the pings trivially).
+        .env("OXBUS_FAULT_STALL_MS", "3000")
+        .set("server", "io_threads", "2")
+        .spawn();
+    sd.wait_for("READY=1", 0).await;
+    eventually(Duration::from_secs(20), "watchdog pings", || {
+        let n = sd.pings().len();
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    let stalled_at = std::time::Instant::now();
+    srv.signal(nix::sys::signal::Signal::SIGUSR2);
+    // Pings every 200 ms stop while the loop is stuck (3 s), then resume.
+    eventually(Duration::from_secs(30), "pings after the stall", || {
+        let p = sd.pings();
+        async move {
+            p.iter()
+                .any(|t| t.duration_since(stalled_at) > Duration::from_secs(3))
+                .then_some(())
+        }
+    })
+    .await;
+    let pings = sd.pings();
+    let longest = pings
+        .windows(2)
+        .filter(|w| w[1] > stalled_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap();
+    assert!(
+        longest >= Duration::from_millis(1500),
+        "the pings went on while the loop was stalled (longest gap {longest:?})"
+    );
+    assert!(srv.log().contains("watchdog pings stop"), "{}", srv.log());
 }

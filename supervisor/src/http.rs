@@ -46,6 +46,25 @@ use crate::server::{Event, Shared};
 pub(crate) type Body = Full<Bytes>;
 
 /// Binds the HTTP listener with SO_REUSEADDR and a deep backlog.
+/// The HTTP listener systemd passed to this process (socket activation, `sd_listen_fds(3)`:
+/// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`): the socket named `http`, else the first.
+/// `None` when none was passed, or when `LISTEN_PID` names another process.
+pub fn activated() -> std::io::Result<Option<TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let index = names.split(':').position(|n| n == "http").unwrap_or(0);
+    match fds.take_tcp_listener(index)? {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            Ok(Some(TcpListener::from_std(l)?))
+        }
+        None => Ok(None),
+    }
+}
+
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -60,6 +60,9 @@ pub enum Sig {
     Term,
     Int,
     Hup,
+    /// Fault injection for the watchdog's test: blocks the supervisor loop (see
+    /// `spawn_signal_listener`).
+    Stall,
 }
 
 /// Errors that stop the server.
@@ -216,10 +219,23 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let _ = std::fs::remove_file(&socket);
     let ipc = UnixListener::bind(&socket)
         .map_err(io_err(format!("cannot listen on {}", socket.display())))?;
-    let listener = crate::http::bind(settings.server.listen).map_err(io_err(format!(
-        "cannot listen on {}",
-        settings.server.listen
-    )))?;
+    // A listener systemd holds (socket activation) queues connections while the server
+    // restarts instead of refusing them; without one, bind as configured.
+    let listener = match crate::http::activated()
+        .map_err(io_err("cannot use the socket systemd passed (LISTEN_FDS)"))?
+    {
+        Some(l) => {
+            info!(
+                address = %l.local_addr().map_err(io_err("local_addr"))?,
+                "HTTP listener from systemd (socket activation); server.listen is not used"
+            );
+            l
+        }
+        None => crate::http::bind(settings.server.listen).map_err(io_err(format!(
+            "cannot listen on {}",
+            settings.server.listen
+        )))?,
+    };
     let store_url = settings.store_url();
     let boot = open_store(&settings, &store_url).await?;
     let store = boot.store;
@@ -682,6 +698,18 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: Sig) -> Option<Outcome> {
         match sig {
+            Sig::Stall => {
+                let ms = std::env::var("OXBUS_FAULT_STALL_MS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                warn!(
+                    ms,
+                    "fault injection: the supervisor loop stalls (OXBUS_FAULT_STALL_MS)"
+                );
+                std::thread::sleep(Duration::from_millis(ms));
+                None
+            }
             Sig::Hup => {
                 if self.shutting_down.is_some() {
                     return None;
@@ -1346,7 +1374,13 @@ fn spawn_signal_listener(events: mpsc::UnboundedSender<Event>) {
         (SignalKind::interrupt(), Sig::Int),
         (SignalKind::hangup(), Sig::Hup),
     ];
-    for (kind, sig) in kinds {
+    // Fault injection, only when OXBUS_FAULT_STALL_MS is set (tests of the watchdog): SIGUSR2
+    // blocks the supervisor loop for that long, as a deadlock would.
+    let stall = std::env::var("OXBUS_FAULT_STALL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|_| (SignalKind::user_defined2(), Sig::Stall));
+    for (kind, sig) in kinds.into_iter().chain(stall) {
         let events = events.clone();
         match signal(kind) {
             Ok(mut s) => {
