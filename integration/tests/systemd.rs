@@ -294,3 +294,43 @@ async fn a_stalled_supervisor_loop_stops_the_watchdog_pings() {
     );
     assert!(srv.log().contains("watchdog pings stop"), "{}", srv.log());
 }
+
+#[tokio::test]
+async fn the_secrets_key_comes_from_the_systemd_credential() {
+    // LoadCredential=oxbus-secret-key:… puts the key in $CREDENTIALS_DIRECTORY: it is used
+    // instead of a key file (none is created).
+    let creds =
+        std::env::temp_dir().join(format!("oxbus-creds-{}-{}", std::process::id(), next_id()));
+    std::fs::create_dir_all(&creds).unwrap();
+    let cred = creds.join("oxbus-secret-key");
+    std::fs::write(&cred, "ab".repeat(32)).unwrap();
+    let srv = Env::new()
+        .workers(1)
+        .env("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())
+        .start()
+        .await;
+    let line = srv
+        .log_lines("secrets key loaded")
+        .into_iter()
+        .next()
+        .expect("the key's log line");
+    assert!(line.contains(cred.to_str().unwrap()), "{line}");
+    // A secret set now is sealed with that key.
+    let r = srv
+        .admin(
+            "PUT",
+            "/v1/secrets/db-password",
+            Some(&srv.admin_token()),
+            br#"{"value": "s3cret"}"#,
+        )
+        .await;
+    assert!(
+        r.status == 200 || r.status == 201,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        !srv.log().contains("secret.key"),
+        "a key file was used or created beside the credential"
+    );
+}
