@@ -16,6 +16,8 @@
 //!   `deploy --watch`); [`client`]: the CLI's admin client.
 //! - [`jobs`]: scheduler job definitions (validation, fire-time arithmetic).
 //! - [`openapi`]: the OpenAPI 3.1 document of the REST channels (`/openapi.json`).
+//! - [`sdnotify`]: systemd's notify protocol; [`reload`]: `oxbus reload` and the reload
+//!   status it reads; [`systemd_units`]: `oxbus systemd install`.
 
 pub mod admin;
 pub mod bus;
@@ -37,6 +39,7 @@ pub mod process;
 pub mod proxy_cmd;
 pub mod python;
 pub mod quickstart;
+pub mod reload;
 pub mod router;
 pub mod scheduler;
 pub mod sdnotify;
@@ -45,6 +48,7 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod sync;
+pub mod systemd_units;
 pub mod watch;
 
 /// Installs the log subscriber: `level` is a level (`info`) or a target list

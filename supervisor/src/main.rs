@@ -118,6 +118,22 @@ enum Command {
         #[arg(long, hide = true)]
         exit_with_parent: bool,
     },
+    /// Reload a running server: SIGHUP (a rolling restart of its workers), then wait until
+    /// the new workers serve. Exits non-zero if the reload failed or timed out, or if PID
+    /// is not an oxbus server (systemd's ExecReload=).
+    Reload {
+        /// The server's pid (systemd: $MAINPID).
+        #[arg(long)]
+        pid: u32,
+        /// Seconds to wait for the reload to finish.
+        #[arg(long, default_value = "90")]
+        timeout: f64,
+    },
+    /// systemd units for this machine.
+    Systemd {
+        #[command(subcommand)]
+        action: SystemdAction,
+    },
     /// Create (or reuse) an environment with sample services and run it in the foreground.
     Quickstart {
         /// Environment directory; created with server.toml and services/ if missing.
@@ -132,6 +148,32 @@ enum Command {
         /// Run the server alone, without the load balancer in front of it.
         #[arg(long)]
         no_proxy: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemdAction {
+    /// Write oxbus@.service (one instance per server: oxbus@NAME reads
+    /// CONFIG_DIR/NAME/server.toml), oxbus-proxy.service and oxbus.target. Runs no systemctl.
+    Install {
+        /// Where the unit files go.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// The oxbus binary the units run (default: this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Holds NAME/server.toml and NAME/secret.key per server, and proxy.toml.
+        #[arg(long, default_value = "/etc/oxbus")]
+        config_dir: PathBuf,
+        /// Name of the state, runtime and cache directories (/var/lib/NAME/<server>, ...).
+        #[arg(long, default_value = "oxbus")]
+        state_dir: String,
+        /// The user and group the units run as.
+        #[arg(long, default_value = "oxbus")]
+        user: String,
+        /// Print the units instead of writing them.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -1316,6 +1358,11 @@ fn main() -> ExitCode {
     ) {
         return client_command(cli.command);
     }
+    match &cli.command {
+        Command::Reload { pid, timeout } => return reload(*pid, *timeout),
+        Command::Systemd { action } => return systemd(action),
+        _ => {}
+    }
     if let Command::Proxy {
         config,
         upgrade,
@@ -1345,6 +1392,8 @@ fn main() -> ExitCode {
         | Command::Secret { .. }
         | Command::Cache { .. }
         | Command::Jobs { .. }
+        | Command::Reload { .. }
+        | Command::Systemd { .. }
         | Command::Proxy { .. } => {
             unreachable!("handled above")
         }
@@ -1494,6 +1543,86 @@ fn start_quickstart_proxy(
         .spawn()
         .map_err(|e| e.to_string())?;
     Ok((child, url, stats))
+}
+
+/// `oxbus reload --pid PID`: one line when the reload is done; an error otherwise.
+fn reload(pid: u32, timeout: f64) -> ExitCode {
+    let Some(timeout) = std::time::Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+    else {
+        return fail(&format!("--timeout {timeout}: expected seconds above 0"));
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let started = std::time::Instant::now();
+    match rt.block_on(oxbus_supervisor::reload::reload(pid, timeout)) {
+        Ok(s) => {
+            println!(
+                "server {pid} reloaded in {:.1} s: worker generation {} serving",
+                started.elapsed().as_secs_f64(),
+                s.generation
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `oxbus systemd install`.
+fn systemd(action: &SystemdAction) -> ExitCode {
+    let SystemdAction::Install {
+        unit_dir,
+        bin,
+        config_dir,
+        state_dir,
+        user,
+        dry_run,
+    } = action;
+    let bin = match bin {
+        Some(b) => b.clone(),
+        None => match std::env::current_exe() {
+            Ok(b) => b,
+            Err(e) => {
+                return fail(&format!(
+                    "cannot tell where this binary is ({e}): pass --bin"
+                ));
+            }
+        },
+    };
+    let install = oxbus_supervisor::systemd_units::Install {
+        unit_dir: unit_dir.clone(),
+        bin,
+        config_dir: config_dir.clone(),
+        state_dir: state_dir.clone(),
+        user: user.clone(),
+    };
+    if *dry_run {
+        return match install.render() {
+            Ok(units) => {
+                for u in units {
+                    println!("# would write {}\n{}", u.path.display(), u.text);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
+    }
+    match install.write() {
+        Ok(units) => {
+            for u in units {
+                println!("wrote {}", u.path.display());
+            }
+            print!("{}", install.next_steps());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -182,6 +182,8 @@ struct Supervisor {
     next_id: u32,
     generation: u64,
     reload: Option<u64>,
+    /// The reloads' outcome, for `oxbus reload` (`crate::reload`).
+    reloads: Arc<crate::reload::Reloads>,
     desired: u32,
     boot_failures_in_a_row: u32,
     recent_crashes: VecDeque<Instant>,
@@ -365,6 +367,16 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         boot.online.then_some(boot.snapshot),
     ));
     tokio::spawn(shared.notifier.clone().watch());
+    // `oxbus reload --pid` (systemd's ExecReload=) reads the reloads' outcome here.
+    let reloads = crate::reload::Reloads::new(1);
+    match crate::reload::bind() {
+        Ok(l) => {
+            tokio::spawn(crate::reload::serve(l, reloads.clone()));
+        }
+        Err(e) => {
+            warn!(error = %e, "no reload status socket: `oxbus reload` cannot follow this server's reloads")
+        }
+    }
     tokio::spawn(crate::scheduler::run(shared.clone()));
 
     let desired = settings.worker_count();
@@ -385,6 +397,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         next_id: 1,
         generation: 1,
         reload: None,
+        reloads,
         desired,
         boot_failures_in_a_row: 0,
         recent_crashes: VecDeque::new(),
@@ -724,6 +737,7 @@ impl Supervisor {
                 let g = self.generation + 1;
                 info!(generation = g, "SIGHUP: rolling restart of all workers");
                 self.reload = Some(g);
+                self.reloads.started();
                 self.shared.notifier.reloading(&format!(
                     "reloading: rolling restart of {} workers",
                     self.desired
@@ -731,7 +745,7 @@ impl Supervisor {
                 for _ in 0..self.desired {
                     if let Err(e) = self.spawn_worker(g, None) {
                         error!(error = %e, "rolling restart failed to spawn a worker; keeping the current generation");
-                        self.abort_reload(g);
+                        self.abort_reload(g, &format!("cannot spawn a worker: {e}"));
                         break;
                     }
                 }
@@ -746,6 +760,7 @@ impl Supervisor {
                     "SIGTERM: draining (readiness now 503, in-flight requests finish)"
                 );
                 self.shutting_down = Some(Sig::Term);
+                self.reloads.stopping();
                 self.shared.ready.store(false, Ordering::SeqCst);
                 // The scheduler's lead passes on now, before the workers are retired: runs
                 // claimed from here on would find no worker.
@@ -772,6 +787,7 @@ impl Supervisor {
             Sig::Int => {
                 info!("SIGINT: stopping now");
                 self.shutting_down = Some(Sig::Int);
+                self.reloads.stopping();
                 self.shared.ready.store(false, Ordering::SeqCst);
                 self.shared.scheduler.stop();
                 self.shared.notifier.stopping("stopping now (SIGINT)");
@@ -811,6 +827,7 @@ impl Supervisor {
                 }
                 self.generation = g;
                 self.reload = None;
+                self.reloads.done(g);
                 info!(
                     generation = g,
                     "rolling restart complete: new generation serving, old one draining"
@@ -878,7 +895,7 @@ impl Supervisor {
                     id,
                     "rolling restart aborted, {what}; the current generation keeps serving:\n{reason}"
                 );
-                self.abort_reload(child.generation);
+                self.abort_reload(child.generation, &format!("{what}:\n{reason}"));
                 return Ok(None);
             }
             return Err(ServerError::Fatal(format!(
@@ -932,8 +949,9 @@ impl Supervisor {
         Ok(None)
     }
 
-    fn abort_reload(&mut self, g: u64) {
+    fn abort_reload(&mut self, g: u64, why: &str) {
         self.reload = None;
+        self.reloads.failed(why);
         // The reload is over (it failed; the old generation serves on).
         self.shared
             .notifier
