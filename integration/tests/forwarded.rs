@@ -167,7 +167,11 @@ async fn a_peer_outside_the_trusted_networks_is_not_believed() {
 #[tokio::test]
 async fn a_bad_trusted_proxies_entry_stops_the_server_naming_it() {
     let mut srv = env(r#"["10.0.0.0/8", "10.0.0.1/8"]"#).spawn();
-    assert_eq!(srv.wait_exit(Duration::from_secs(30)), Some(78), "a configuration error is EX_CONFIG");
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(30)),
+        Some(78),
+        "a configuration error is EX_CONFIG"
+    );
     let log = srv.log();
     assert!(
         log.contains(r#"http.trusted_proxies = "10.0.0.1/8""#)
