@@ -97,8 +97,9 @@ async fn the_server_speaks_the_notify_protocol() {
         .service("sd.py", ENV_SERVICE)
         .channel("/env", &["GET"], "sd.env")
         .env("NOTIFY_SOCKET", sd.path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "400000")
-        // Socket activation meant for another process: ignored, and not passed on.
+        .env("WATCHDOG_USEC", "1000000")
+        // Socket activation meant for another process: ignored (the server binds its own
+        // address, where the requests below go), and not passed on.
         .env("LISTEN_PID", "1")
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", "http")
@@ -124,11 +125,21 @@ async fn the_server_speaks_the_notify_protocol() {
     );
     // The watchdog is pinged while the server runs.
     let pings = |sd: &Systemd| sd.messages().iter().filter(|m| *m == "WATCHDOG=1").count();
-    eventually(Duration::from_secs(20), "three watchdog pings", || {
+    eventually(Duration::from_secs(20), "four watchdog pings", || {
         let n = pings(&sd);
-        async move { (n >= 3).then_some(()) }
+        async move { (n >= 4).then_some(()) }
     })
     .await;
+    // At half the interval: never as late as the watchdog's deadline (1 s), and not a
+    // stream of them either.
+    let times = sd.pings();
+    for w in times.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap < Duration::from_secs(1) && gap > Duration::from_millis(100),
+            "pings {gap:?} apart with WATCHDOG_USEC=1000000"
+        );
+    }
     // The workers do not see systemd's variables.
     let env = srv.get("/env").await;
     assert_eq!(env.status, 200);
