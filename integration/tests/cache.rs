@@ -567,6 +567,14 @@ async fn operators_browse_and_edit_through_the_admin_api_and_the_cli() {
     let (code, _, err) = cli(&srv, &["get", "x", "--cache", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("no cache named nope"), "{err}");
+    let (code, out, _) = cli(&srv, &["list"]);
+    assert_eq!(code, 0);
+    let default = out
+        .lines()
+        .find(|l| l.starts_with("default "))
+        .expect("default listed");
+    let cols: Vec<&str> = default.split_whitespace().collect();
+    assert_eq!(&cols[1..3], &["252", "10000"], "entries, max: {out}");
     let (code, out, _) = cli(&srv, &["clear"]);
     assert_eq!(
         (code, out.trim()),

@@ -806,11 +806,12 @@ fn cache_command(rt: &tokio::runtime::Runtime, action: &CacheAction) -> ExitCode
                 println!(
                     "{:<24} {:>9} {:>9} {:>10} {:>10} {:>9}  expiry {} s, item <= {} B{}{}",
                     c["name"].as_str().unwrap_or(""),
-                    c["entries"],
-                    c["max_entries"],
-                    c["hits"],
-                    c["misses"],
-                    c["evictions"],
+                    // As numbers: a JSON value's Display ignores the column widths.
+                    c["entries"].as_u64().unwrap_or(0),
+                    c["max_entries"].as_u64().unwrap_or(0),
+                    c["hits"].as_u64().unwrap_or(0),
+                    c["misses"].as_u64().unwrap_or(0),
+                    c["evictions"].as_u64().unwrap_or(0),
                     c["default_expiry_s"],
                     c["max_item_size"],
                     if c["extend_expiry_on_get"] == true {
