@@ -207,7 +207,10 @@ from oxbus import Service
 _gate = os.environ['RELOAD_TEST_GATE']
 if os.path.exists(_gate + '.broken'):
     raise RuntimeError('broken on purpose')
+_deadline = time.monotonic() + 120
 while not os.path.exists(_gate):
+    if time.monotonic() > _deadline:
+        raise TimeoutError('the test never opened ' + _gate)
     time.sleep(0.02)
 
 

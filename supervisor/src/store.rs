@@ -791,16 +791,54 @@ impl Store {
         })
     }
 
-    /// Every security definition, by name.
-    pub async fn security_defs(&self) -> Result<Vec<crate::gate::SecurityDef>> {
-        let sql = "SELECT definition FROM security_defs ORDER BY name";
+    /// The objects kept as JSON in `table`'s `definition` column (security definitions,
+    /// cache definitions, jobs), by name; `what` names them in an error.
+    async fn json_objects<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        // `table` is one of this module's own names, never input.
+        let sql = sqlx::AssertSqlSafe(format!("SELECT definition FROM {table} ORDER BY name"));
         let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await?);
         rows.iter()
             .map(|j| {
                 serde_json::from_str(j)
-                    .map_err(|e| StoreError::Invalid(format!("stored security definition: {e}")))
+                    .map_err(|e| StoreError::Invalid(format!("stored {what}: {e}")))
             })
             .collect()
+    }
+
+    /// Deletes the row `name` of `table` and bumps the config version; `what` names the
+    /// object in the not-found error.
+    async fn delete_named(
+        &self,
+        table: &'static str,
+        name: &str,
+        what: &str,
+    ) -> Result<Change<()>> {
+        // `table` is one of this module's own names, never input.
+        let sql = sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE name = $1"));
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(sql)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no {what} named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+
+    /// Every security definition, by name.
+    pub async fn security_defs(&self) -> Result<Vec<crate::gate::SecurityDef>> {
+        self.json_objects("security_defs", "security definition")
+            .await
     }
 
     /// Creates (`create`: refused when it exists) or replaces a security definition.
@@ -817,21 +855,7 @@ impl Store {
                     .bind(&def.name)
                     .fetch_optional(&mut *tx)
                     .await?;
-            match (create, existed.is_some()) {
-                (true, true) => {
-                    return Err(StoreError::Invalid(format!(
-                        "a security definition named {} exists already",
-                        def.name
-                    )))
-                }
-                (false, false) => {
-                    return Err(StoreError::NotFound(format!(
-                        "no security definition named {}",
-                        def.name
-                    )))
-                }
-                _ => {}
-            }
+            put_allowed(create, existed.is_some(), "security definition", &def.name)?;
             upsert_security!(tx, def, by);
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
@@ -870,14 +894,7 @@ impl Store {
 
     /// Every cache definition, by name.
     pub async fn cache_defs(&self) -> Result<Vec<crate::cache::CacheDef>> {
-        let sql = "SELECT definition FROM cache_defs ORDER BY name";
-        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await?);
-        rows.iter()
-            .map(|j| {
-                serde_json::from_str(j)
-                    .map_err(|e| StoreError::Invalid(format!("stored cache definition: {e}")))
-            })
-            .collect()
+        self.json_objects("cache_defs", "cache definition").await
     }
 
     /// Creates (`create`: refused when it exists) or replaces (refused when it does not) a
@@ -896,21 +913,7 @@ impl Store {
                     .bind(&def.name)
                     .fetch_optional(&mut *tx)
                     .await?;
-            match (create, existed.is_some()) {
-                (true, true) => {
-                    return Err(StoreError::Invalid(format!(
-                        "a cache definition named {} exists already",
-                        def.name
-                    )))
-                }
-                (false, false) => {
-                    return Err(StoreError::NotFound(format!(
-                        "no cache definition named {}",
-                        def.name
-                    )))
-                }
-                _ => {}
-            }
+            put_allowed(create, existed.is_some(), "cache definition", &def.name)?;
             upsert_cache_def!(tx, def, by);
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
@@ -920,31 +923,13 @@ impl Store {
 
     /// Deletes a cache definition by name.
     pub async fn delete_cache_def(&self, name: &str) -> Result<Change<()>> {
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let n = sqlx::query("DELETE FROM cache_defs WHERE name = $1")
-                .bind(name)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("no cache definition named {name}")));
-            }
-            let config_version = bump(&mut tx).await?;
-            tx.commit().await?;
-            Ok(Change { config_version, value: () })
-        })
+        self.delete_named("cache_defs", name, "cache definition")
+            .await
     }
 
     /// Every scheduler job, by name.
     pub async fn jobs(&self) -> Result<Vec<crate::jobs::JobDef>> {
-        let sql = "SELECT definition FROM jobs ORDER BY name";
-        let rows: Vec<String> = on_pool!(self, p => sqlx::query_scalar(sql).fetch_all(p).await?);
-        rows.iter()
-            .map(|j| {
-                serde_json::from_str(j).map_err(|e| StoreError::Invalid(format!("stored job: {e}")))
-            })
-            .collect()
+        self.json_objects("jobs", "job").await
     }
 
     /// Creates (`create`: refused when it exists) or replaces (refused when it does not) a
@@ -963,18 +948,7 @@ impl Store {
             // open, so what is read below is current.
             let config_version = bump(&mut tx).await?;
             let (def, existed) = job_as_stored!(tx, def);
-            match (create, existed) {
-                (true, true) => {
-                    return Err(StoreError::Invalid(format!(
-                        "a job named {} exists already",
-                        def.name
-                    )))
-                }
-                (false, false) => {
-                    return Err(StoreError::NotFound(format!("no job named {}", def.name)))
-                }
-                _ => {}
-            }
+            put_allowed(create, existed, "job", &def.name)?;
             upsert_job!(tx, &def, by);
             tx.commit().await?;
             Ok(Change { config_version, value: def })
@@ -1011,20 +985,7 @@ impl Store {
 
     /// Deletes a job by name.
     pub async fn delete_job(&self, name: &str) -> Result<Change<()>> {
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let n = sqlx::query("DELETE FROM jobs WHERE name = $1")
-                .bind(name)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("no job named {name}")));
-            }
-            let config_version = bump(&mut tx).await?;
-            tx.commit().await?;
-            Ok(Change { config_version, value: () })
-        })
+        self.delete_named("jobs", name, "job").await
     }
 
     /// Every stored secret, sealed, by name.
@@ -1419,6 +1380,18 @@ impl Store {
             .await?;
             rows.iter().map(server_from_row).collect()
         })
+    }
+}
+
+/// Whether a put may go on: a create of an object that exists, or a replace of one that does
+/// not, is refused (`what` names the kind of object).
+fn put_allowed(create: bool, existed: bool, what: &str, name: &str) -> Result<()> {
+    match (create, existed) {
+        (true, true) => Err(StoreError::Invalid(format!(
+            "a {what} named {name} exists already"
+        ))),
+        (false, false) => Err(StoreError::NotFound(format!("no {what} named {name}"))),
+        _ => Ok(()),
     }
 }
 
