@@ -254,6 +254,24 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     }
 }
 
+/// A request body that must be JSON; else the 400's message (serde_json's quotes no input
+/// beyond a position).
+fn json_body(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
+}
+
+/// A definition from a JSON request body: parsed by `parse`, then checked by `validate`;
+/// else the 400's message.
+fn definition<T>(
+    body: &[u8],
+    parse: impl FnOnce(&Value) -> Result<T, String>,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, String> {
+    let def = parse(&json_body(body)?)?;
+    validate(&def)?;
+    Ok(def)
+}
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
@@ -589,15 +607,9 @@ async fn get_security(shared: &Shared, name: &str) -> Response<Body> {
 /// before anything is stored, and never logged or echoed. Live at once on every channel
 /// that names the definition.
 async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Response<Body> {
-    let input: Value = match serde_json::from_slice(&body) {
+    let input = match json_body(&body) {
         Ok(v) => v,
-        // serde_json's message quotes no input beyond a position.
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {e}"),
-            );
-        }
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let _one_at_a_time = shared.deploy_lock.lock().await;
     let stored = match shared.store.security_defs().await {

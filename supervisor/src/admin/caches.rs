@@ -96,22 +96,14 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 /// PUT /v1/caches/{name}: creates or replaces the definition (201 / 200). The body holds the
 /// definition's fields; those left out take their defaults (a replace does not merge).
 async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
-    let input: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {e}"),
-            );
-        }
-    };
-    let def = match crate::config_io::parse_cache_def(&input, Some(name)) {
+    let def = match super::definition(
+        &body,
+        |v| crate::config_io::parse_cache_def(v, Some(name)),
+        CacheDef::validate,
+    ) {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    if let Err(m) = def.validate() {
-        return error(StatusCode::BAD_REQUEST, m);
-    }
     let _one_at_a_time = shared.deploy_lock.lock().await;
     let stored = match shared.store.cache_defs().await {
         Ok(l) => l,

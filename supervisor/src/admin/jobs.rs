@@ -88,22 +88,14 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 /// fields; those left out take their defaults (a replace does not merge), except
 /// `start_date`, which a replace that leaves it out keeps.
 async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
-    let input: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {e}"),
-            );
-        }
-    };
-    let def = match crate::jobs::parse_job_def(&input, Some(name)) {
+    let def = match super::definition(
+        &body,
+        |v| crate::jobs::parse_job_def(v, Some(name)),
+        JobDef::validate,
+    ) {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    if let Err(m) = def.validate() {
-        return error(StatusCode::BAD_REQUEST, m);
-    }
     let _one_at_a_time = shared.deploy_lock.lock().await;
     let stored = match shared.store.jobs().await {
         Ok(l) => l,
