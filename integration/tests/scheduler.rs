@@ -356,16 +356,7 @@ async fn three_servers_fire_each_run_once_and_a_killed_leader_is_replaced() {
     )
     .await
     .json();
-    let dues: Vec<i64> = h["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["due"].as_i64())
-        .collect();
-    let mut unique = dues.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), dues.len(), "a due time ran twice: {dues:?}");
+    each_due_time_once(&h);
 
     // Kill the leader -9; a one_time job due while nobody leads runs once at takeover.
     let lead = leader(&servers[0].1).await.expect("a leader");
@@ -404,16 +395,7 @@ async fn three_servers_fire_each_run_once_and_a_killed_leader_is_replaced() {
     let h = admin(survivor, "GET", "/v1/jobs/beat/runs?limit=100", Value::Null)
         .await
         .json();
-    let dues: Vec<i64> = h["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["due"].as_i64())
-        .collect();
-    let mut unique = dues.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), dues.len(), "a due time ran twice: {dues:?}");
+    each_due_time_once(&h);
     // Counted by the service: two runs of one due time would start within milliseconds of
     // each other; runs of successive due times are about a second apart.
     let mut t: Vec<f64> = lines(&runs)
@@ -475,4 +457,18 @@ async fn a_job_turned_off_and_on_or_deleted_and_created_again_starts_afresh() {
     assert_eq!(r.status, 200);
     put_job(&srv, "once", once).await;
     wait_count(&runs, "once", 2).await;
+}
+
+/// Asserts that a job's history (`GET /v1/jobs/{name}/runs`) has no due time twice.
+fn each_due_time_once(history: &Value) {
+    let dues: Vec<i64> = history["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["due"].as_i64())
+        .collect();
+    let mut unique = dues.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), dues.len(), "a due time ran twice: {dues:?}");
 }
