@@ -1,34 +1,43 @@
-//! The proxy's HTTP/1 data path, on hyper: choose a server, forward the request with
-//! `X-Forwarded-*` and a request id, retry what never reached a server on another one, close
-//! keep-alive connections while the process hands over to its successor, and count
-//! everything per server.
+//! The proxy's HTTP/1 data path: one task per client connection reads a request head,
+//! chooses a server, writes the rewritten head (with `X-Forwarded-*` and a request id) and
+//! the body bytes already read to a pooled server connection in one send, reads the answer
+//! and writes it back in one send — HAProxy's shape, with no second task, channel or header
+//! map between the two sides. Bodies go through as they came (chunked ones are followed, not
+//! decoded: [`crate::h1`]).
+//!
+//! Around each exchange: the slowloris guard (a request head must be complete within
+//! `header_read_timeout_ms` of its first byte, or of accept for a connection's first
+//! request), the keep-alive idle timeout, retries of what never reached a server on another
+//! one, `Connection: close` while the process hands over to its successor, and the
+//! per-server counters.
 //!
 //! pingora runs the process around it (listeners, TLS, the graceful upgrade's socket
 //! hand-over, signals, runtimes, health checks and discovery); this module is the
-//! [`ServerApp`] its listeners hand each accepted connection to. pingora's own HTTP proxy
-//! pipeline did the same job at about twice HAProxy's CPU per request; this path, with
-//! pooled hyper client connections, is at HAProxy's (docs/PERFORMANCE.md).
+//! [`ServerApp`] its listeners hand each accepted connection to. Earlier versions ran on
+//! pingora's HTTP proxy pipeline, then on hyper's server and client connections; both cost
+//! more CPU per request than HAProxy (docs/PERFORMANCE.md).
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
+use std::future::{Future, poll_fn};
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
-use crate::guard::Guarded;
+use crate::h1::{self, BodyKind, ConnectionHeader, Framing};
 use crate::upstream::{Registry, Upstream};
 
 /// Process-wide counters (per-server ones live in the [`Registry`]).
@@ -37,6 +46,7 @@ pub struct Totals {
     pub requests: AtomicU64,
     pub no_upstream: AtomicU64,
     pub header_too_large: AtomicU64,
+    pub bad_requests: AtomicU64,
     pub retries: AtomicU64,
 }
 
@@ -44,6 +54,8 @@ pub struct Totals {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub connect_timeout: Duration,
+    /// How long a server may take to start answering, and how long either side may make no
+    /// progress while a body moves.
     pub read_timeout: Duration,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -66,23 +78,34 @@ pub struct Balancer {
     pub id_counter: AtomicU64,
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-const XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-/// Hop-by-hop headers besides those `Connection` names (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
 /// Idle pooled connections kept per server.
 const POOL_MAX: usize = 256;
+/// A server's answer head may be this large.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// After an error answer, how long unread request bytes are drained before the close (so
+/// the client reads the answer instead of a reset).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A connection to a server, with the bytes read from it past the last answer (none, while
+/// it waits in the pool).
+#[derive(Debug)]
+pub struct UpConn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl UpConn {
+    /// Whether an idle pooled connection still looks usable: the server has not closed it
+    /// as far as the reactor has seen (no system call).
+    fn looks_alive(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match pin!(self.io.ready(Interest::READABLE)).poll(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(r)) => !(r.is_read_closed() || r.is_error()),
+            Poll::Ready(Err(_)) => false,
+        }
+    }
+}
 
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
@@ -91,169 +114,311 @@ fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// Size of a request head as the limit counts it: request line plus header lines.
-fn head_bytes<B>(req: &Request<B>) -> usize {
-    let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
-    req.method().as_str().len()
-        + uri
-        + 12
-        + req
-            .headers()
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>()
+/// A request id, kept inline.
+#[derive(Clone, Copy)]
+struct ReqId {
+    b: [u8; 64],
+    len: u8,
 }
 
-/// Removes hop-by-hop headers: those `Connection` names and the fixed set. Framing
-/// (`Transfer-Encoding`, `Content-Length`) is hyper's on each side. One pass over the
-/// (usually few) headers; the map is touched only when there is something to remove.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
+impl ReqId {
+    fn from(v: &[u8]) -> Self {
+        let mut b = [0u8; 64];
+        b[..v.len()].copy_from_slice(v);
+        ReqId {
+            b,
+            len: v.len() as u8,
+        }
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+
+    fn bytes(&self) -> &[u8] {
+        &self.b[..self.len as usize]
     }
 }
 
-/// What the proxy knows of a client connection.
-struct ConnInfo {
-    client_ip: Option<HeaderValue>,
+/// What the rest of an exchange needs to know of its request.
+struct ReqInfo {
+    body: BodyKind,
+    /// HEAD: the answer has no body whatever it announces.
+    head_only: bool,
+    idempotent: bool,
+    /// The client keeps the connection after this exchange (HTTP/1.1, no `close`).
+    keep_alive: bool,
+    http10: bool,
+    expect_continue: bool,
+    id: ReqId,
+}
+
+/// Why a request head is not forwarded.
+enum Stop {
+    /// Close without an answer: the client left, idled out, or trickled its head past the
+    /// deadline (slowloris); or the process is stopping and the connection is idle.
+    Quiet,
+    /// Answer with this status and message, then close.
+    Answer(u16, String),
+}
+
+/// A client connection and its per-connection state.
+struct Client {
+    io: Stream,
+    buf: BytesMut,
+    /// Deadlines of reads and writes on the client side.
+    timer: Pin<Box<Sleep>>,
+    /// Deadlines of reads and writes on the server side.
+    up_timer: Pin<Box<Sleep>>,
+    /// Resolves when the process starts stopping.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    closing: bool,
+    /// The client's address as `X-Forwarded-For` gets it.
+    ip: Option<String>,
     proto: &'static str,
-    port: Option<HeaderValue>,
-    /// Requests of this connection whose response body is still going out.
-    active: Arc<AtomicU32>,
+    port: Option<String>,
 }
 
-/// The body of an answer: made here, or a server's, streamed.
-pub enum ProxyBody {
-    Local(Option<Bytes>, ActiveGuard),
-    Upstream(Tracked),
+enum Wait {
+    Read,
+    Eof,
+    Timeout,
+    Shutdown,
+    Failed,
 }
 
-/// Counts a request of a connection as active until its answer is dropped (the slowloris
-/// guard's idle timer runs only when nothing is active).
-pub struct ActiveGuard(Arc<AtomicU32>);
-
-impl ActiveGuard {
-    fn new(a: &Arc<AtomicU32>) -> Self {
-        a.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(a.clone())
+impl Client {
+    /// Reads more of the client's bytes, until the timer; while `idle` (no byte of the next
+    /// request yet), a stopping process ends the wait.
+    async fn read_more(&mut self, idle: bool) -> Wait {
+        if idle && self.closing {
+            return Wait::Shutdown;
+        }
+        if self.buf.capacity() - self.buf.len() < 2048 {
+            self.buf.reserve(8192);
+        }
+        let Client {
+            io,
+            buf,
+            timer,
+            shutdown,
+            closing,
+            ..
+        } = self;
+        let mut read = pin!(io.read_buf(buf));
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(match r {
+                    Ok(0) => Wait::Eof,
+                    Ok(_) => Wait::Read,
+                    Err(_) => Wait::Failed,
+                });
+            }
+            if idle && !*closing && shutdown.as_mut().poll(cx).is_ready() {
+                *closing = true;
+                return Poll::Ready(Wait::Shutdown);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wait::Timeout);
+            }
+            Poll::Pending
+        })
+        .await
     }
-}
 
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A server's answer body; when dropped, the attempt ends: in-flight and latency are
-/// recorded and the connection goes back to the pool if the body was read to its end.
-pub struct Tracked {
-    inner: Incoming,
-    ended: bool,
-    upstream: Arc<Upstream>,
-    started: Instant,
-    conn: Option<SendRequest<Incoming>>,
-    _active: ActiveGuard,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        let u = &self.upstream;
-        u.in_flight.fetch_sub(1, Ordering::Relaxed);
-        u.latency.record(self.started.elapsed());
-        // hyper may stop at `is_end_stream` without polling the body to its end.
-        if (self.ended || self.inner.is_end_stream())
-            && let Some(c) = self.conn.take()
-            && !c.is_closed()
-        {
-            let mut pool = u.pool.lock().expect("pool lock");
-            if pool.len() < POOL_MAX {
-                pool.push(c);
+    /// Sends FIN (TLS: close_notify), then drains what the client still sends for a moment
+    /// so that an answer it has not read yet is not lost to a reset.
+    async fn linger(&mut self) {
+        let end = Instant::now() + LINGER;
+        let _ = tokio::time::timeout_at(end, self.io.shutdown()).await;
+        let mut sink = [0u8; 4096];
+        let mut left = 1 << 20;
+        while left > 0 {
+            match tokio::time::timeout_at(end, self.io.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left -= n.min(left),
+                _ => break,
             }
         }
     }
 }
 
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
+fn timed_out(what: &str, limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what}: no progress within {} ms", limit.as_millis()),
+    )
+}
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Local(b, _) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(t) => {
-                let r = Pin::new(&mut t.inner).poll_frame(cx);
-                if let Poll::Ready(None) = r {
-                    t.ended = true;
+/// Writes all of `data`; each write that has to wait must progress within `limit`.
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut data: &[u8],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut armed = false;
+        let n = poll_fn(|cx| match Pin::new(&mut *w).poll_write(cx, data) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
+                if !armed {
+                    timer.as_mut().reset(Instant::now() + limit);
+                    armed = true;
                 }
-                r
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(timed_out("write", limit)));
+                }
+                Poll::Pending
             }
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        data = &data[n..];
     }
+    Ok(())
+}
 
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Local(b, _) => b.is_none(),
-            ProxyBody::Upstream(t) => t.inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Local(b, _) => {
-                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len()) as u64)
+async fn flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> io::Result<()> {
+    let mut armed = false;
+    poll_fn(|cx| match Pin::new(&mut *w).poll_flush(cx) {
+        Poll::Ready(r) => Poll::Ready(r),
+        Poll::Pending => {
+            if !armed {
+                timer.as_mut().reset(Instant::now() + limit);
+                armed = true;
             }
-            ProxyBody::Upstream(t) => t.inner.size_hint(),
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(timed_out("flush", limit)));
+            }
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Reads more into `buf`; a read that has to wait must complete within `limit`. 0: EOF.
+async fn read_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(16 * 1024);
+    }
+    let mut read = pin!(r.read_buf(buf));
+    let mut armed = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !armed {
+            timer.as_mut().reset(Instant::now() + limit);
+            armed = true;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(timed_out("read", limit)));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Where a body copy failed.
+enum PumpErr {
+    /// Reading its source (or the source ended early).
+    Src(io::Error),
+    /// Writing its destination.
+    Dst(io::Error),
+    /// Its chunked framing is malformed.
+    Bad(&'static str),
+}
+
+/// Copies a body from `src` to `dst` as `f` frames it, starting with what `sbuf` holds;
+/// bytes past its end stay in `sbuf`.
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    src: &mut R,
+    sbuf: &mut BytesMut,
+    f: &mut Framing,
+    dst: &mut W,
+    src_timer: &mut Pin<Box<Sleep>>,
+    dst_timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> Result<(), PumpErr> {
+    loop {
+        if !sbuf.is_empty() {
+            let take = f.advance(sbuf).map_err(|b| PumpErr::Bad(b.0))?;
+            write_all(dst, &sbuf[..take], dst_timer, limit)
+                .await
+                .map_err(PumpErr::Dst)?;
+            sbuf.advance(take);
+        }
+        if f.done() {
+            return Ok(());
+        }
+        match read_within(src, sbuf, src_timer, limit).await {
+            Ok(0) if matches!(f, Framing::UntilClose) => {
+                *f = Framing::Done;
+                return Ok(());
+            }
+            Ok(0) => {
+                return Err(PumpErr::Src(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the body ended early",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(PumpErr::Src(e)),
         }
     }
 }
 
-enum Checkout {
-    Ok(SendRequest<Incoming>, bool),
-    Failed(String),
+/// Counts an attempt on a server as in flight until dropped.
+struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    fn new(u: Arc<Upstream>) -> Self {
+        u.requests.fetch_add(1, Ordering::Relaxed);
+        u.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(u)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What to do with the client connection after an exchange.
+enum Next {
+    Again,
+    Close,
+    /// Close after draining what the client may still send (an error answer went out
+    /// before its request was read to the end).
+    Linger,
+}
+
+/// What an answer's head said, for the rest of the exchange.
+struct RespInfo {
+    status: u16,
+    body: BodyKind,
+    /// The server connection may serve another request after this answer.
+    up_keep: bool,
+    /// The client connection stays open after this answer.
+    client_keep: bool,
+}
+
+/// Per-connection buffers for the heads written.
+struct Scratch {
+    /// The request head for the server, then the body bytes sent with it.
+    req: Vec<u8>,
+    resp: Vec<u8>,
 }
 
 impl Balancer {
-    fn local(
-        &self,
-        status: u16,
-        msg: &str,
-        id: Option<&HeaderValue>,
-        info: &ConnInfo,
-    ) -> Response<ProxyBody> {
-        let body = Bytes::from(serde_json::json!({ "error": msg }).to_string());
-        let mut r = Response::new(ProxyBody::Local(Some(body), ActiveGuard::new(&info.active)));
-        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(id) = id {
-            h.insert(REQUEST_ID, id.clone());
-        }
-        if self.draining.load(Ordering::Relaxed) {
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        r
-    }
-
     /// The next server, waiting for first checks when every offered server is unchecked.
     async fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
         if let Some(u) = self.registry.pick(&self.lb, tried) {
@@ -270,221 +435,683 @@ impl Balancer {
             // Servers not checked yet (this process just started, e.g. after an upgrade,
             // or a server just joined): wait for their first check rather than fail.
             if !self.registry.pending(&self.lb)
-                || tokio::time::timeout_at(wait_until.into(), checked)
-                    .await
-                    .is_err()
+                || tokio::time::timeout_at(wait_until, checked).await.is_err()
             {
                 return None;
             }
         }
     }
 
-    /// An idle pooled connection to `u`, or a new one.
-    async fn checkout(&self, u: &Upstream) -> Checkout {
+    /// An idle pooled connection to `u` (true: reused), or a new one.
+    async fn checkout(&self, u: &Upstream) -> Result<(UpConn, bool), String> {
         loop {
             let c = u.pool.lock().expect("pool lock").pop();
             match c {
-                Some(c) if c.is_ready() => return Checkout::Ok(c, true),
+                Some(c) if c.looks_alive() => return Ok((c, true)),
                 Some(_) => continue,
                 None => break,
             }
         }
         let connect = async {
-            let s = tokio::net::TcpStream::connect(u.addr).await?;
+            let s = TcpStream::connect(u.addr).await?;
             s.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(s)
+            Ok::<_, io::Error>(s)
         };
-        let stream = match tokio::time::timeout(self.limits.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Checkout::Failed(e.to_string()),
-            Err(_) => {
-                return Checkout::Failed(format!(
-                    "connect timed out after {} ms",
-                    self.limits.connect_timeout.as_millis()
-                ));
-            }
-        };
-        match hyper::client::conn::http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-        {
-            Ok((send, conn)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "server connection ended with an error");
-                    }
-                });
-                Checkout::Ok(send, false)
-            }
-            Err(e) => Checkout::Failed(e.to_string()),
+        match tokio::time::timeout(self.limits.connect_timeout, connect).await {
+            Ok(Ok(io)) => Ok((
+                UpConn {
+                    io,
+                    buf: BytesMut::with_capacity(16 * 1024),
+                },
+                false,
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "connect timed out after {} ms",
+                self.limits.connect_timeout.as_millis()
+            )),
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, info: &ConnInfo) -> Response<ProxyBody> {
-        self.totals.requests.fetch_add(1, Ordering::Relaxed);
-        let size = head_bytes(&req);
-        if size > self.limits.max_header_bytes {
-            self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-            let msg = format!(
-                "request head of {size} bytes exceeds the limit of {} bytes",
-                self.limits.max_header_bytes
-            );
-            let mut r = self.local(431, &msg, None, info);
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+    fn checkin(u: &Upstream, c: UpConn) {
+        let mut pool = u.pool.lock().expect("pool lock");
+        if pool.len() < POOL_MAX {
+            pool.push(c);
         }
-        let id = match req.headers().get(&REQUEST_ID) {
-            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => {
-                use std::io::Write as _;
-                let mut buf = [0u8; 48];
-                let mut w = &mut buf[..];
-                let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-                let _ = write!(w, "{}-{n:x}", self.id_prefix);
-                let len = 48 - w.len();
-                HeaderValue::from_bytes(&buf[..len]).expect("request id is ASCII")
+    }
+
+    /// Writes an answer made here (a JSON error).
+    async fn answer(
+        &self,
+        c: &mut Client,
+        status: u16,
+        msg: &str,
+        id: Option<&ReqId>,
+        close: bool,
+    ) {
+        let body = serde_json::json!({ "error": msg }).to_string();
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        h1::put_status(&mut out, status);
+        out.extend_from_slice(h1::reason(status).as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(id) = id {
+            h1::put_header(&mut out, b"x-request-id", id.bytes());
+        }
+        if close || self.draining.load(Ordering::Relaxed) {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        let limit = self.limits.read_timeout;
+        if write_all(&mut c.io, &out, &mut c.timer, limit)
+            .await
+            .is_ok()
+        {
+            let _ = flush(&mut c.io, &mut c.timer, limit).await;
+        }
+    }
+
+    /// Reads the next request head and writes its rewritten form into `out`; the head's
+    /// bytes leave the client buffer.
+    async fn read_request(
+        &self,
+        c: &mut Client,
+        out: &mut Vec<u8>,
+        first: bool,
+    ) -> Result<ReqInfo, Stop> {
+        let lim = &self.limits;
+        let mut idle = c.buf.is_empty();
+        if !first {
+            let wait = if idle {
+                lim.keepalive_timeout
+            } else {
+                lim.header_timeout
+            };
+            c.timer.as_mut().reset(Instant::now() + wait);
+        }
+        loop {
+            if !c.buf.is_empty() {
+                let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADERS];
+                let mut r = httparse::Request::new(&mut []);
+                match r.parse_with_uninit_headers(&c.buf, &mut hs) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        if n > lim.max_header_bytes {
+                            return Err(self.too_large(n));
+                        }
+                        let info = self.rewrite_request(&r, c, out)?;
+                        c.buf.advance(n);
+                        return Ok(info);
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if c.buf.len() > lim.max_header_bytes {
+                            return Err(self.too_large(c.buf.len()));
+                        }
+                    }
+                    Err(httparse::Error::TooManyHeaders) => {
+                        self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
+                        return Err(Stop::Answer(
+                            431,
+                            format!("more than {} request headers", h1::MAX_HEADERS),
+                        ));
+                    }
+                    Err(e) => {
+                        self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        return Err(Stop::Answer(400, format!("malformed request head: {e}")));
+                    }
+                }
+                if idle {
+                    // The head has started: it must be complete within the header timeout
+                    // (the first request's deadline already runs from accept).
+                    idle = false;
+                    if !first {
+                        c.timer.as_mut().reset(Instant::now() + lim.header_timeout);
+                    }
+                }
             }
-        };
-        let h = req.headers_mut();
-        strip_hop_by_hop(h);
+            match c.read_more(idle).await {
+                Wait::Read => {}
+                Wait::Eof | Wait::Timeout | Wait::Shutdown | Wait::Failed => {
+                    return Err(Stop::Quiet);
+                }
+            }
+        }
+    }
+
+    fn too_large(&self, size: usize) -> Stop {
+        self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
+        Stop::Answer(
+            431,
+            format!(
+                "request head of {size}+ bytes exceeds the limit of {} bytes",
+                self.limits.max_header_bytes
+            ),
+        )
+    }
+
+    /// The request head as the server gets it: hop-by-hop headers dropped,
+    /// `X-Forwarded-For` appended to, `-Proto`/`-Port` and the request id set.
+    fn rewrite_request(
+        &self,
+        r: &httparse::Request,
+        c: &Client,
+        out: &mut Vec<u8>,
+    ) -> Result<ReqInfo, Stop> {
+        let method = r.method.unwrap_or("GET");
+        let path = r.path.unwrap_or("/");
+        let http10 = r.version == Some(0);
+        if method == "CONNECT" {
+            return Err(Stop::Answer(405, "CONNECT is not supported".into()));
+        }
+        let headers: &[httparse::Header] = r.headers;
+        let conn = ConnectionHeader::of(headers);
+        let framed = h1::framing(headers, true, http10).map_err(|b| {
+            self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+            Stop::Answer(400, b.0.to_string())
+        })?;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(if http10 {
+            b" HTTP/1.0\r\n"
+        } else {
+            b" HTTP/1.1\r\n"
+        });
+        let mut id = None;
+        let mut xff = false;
+        let mut expect_continue = false;
+        for h in headers {
+            let name = h.name;
+            if conn.drops(name) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                xff = true;
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-proto")
+                || name.eq_ignore_ascii_case("x-forwarded-port")
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-request-id") {
+                if id.is_none() && valid_request_id(h.value) {
+                    id = Some(ReqId::from(h.value));
+                }
+                continue;
+            }
+            if name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
+            {
+                expect_continue = true;
+            }
+            h1::put_header(out, name.as_bytes(), h.value);
+        }
         // Appended, as a proxy does: servers that trust this proxy read the rightmost
         // address they do not trust, so what a client wrote itself is never believed.
-        if let Some(ip) = &info.client_ip {
-            let prev: Vec<&[u8]> = h.get_all(&XFF).iter().map(|v| v.as_bytes()).collect();
-            let xff = if prev.is_empty() {
-                ip.clone()
-            } else {
-                let mut v = prev.join(&b", "[..]);
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(ip.as_bytes());
-                HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
-            };
-            h.insert(XFF, xff);
+        if xff || c.ip.is_some() {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            let mut sep = false;
+            for h in headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            {
+                if sep {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(h.value);
+                sep = true;
+            }
+            if let Some(ip) = &c.ip {
+                if sep {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(ip.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
         }
-        h.insert(XF_PROTO, HeaderValue::from_static(info.proto));
-        if let Some(port) = &info.port {
-            h.insert(XF_PORT, port.clone());
+        h1::put_header(out, b"x-forwarded-proto", c.proto.as_bytes());
+        if let Some(port) = &c.port {
+            h1::put_header(out, b"x-forwarded-port", port.as_bytes());
         }
-        h.insert(REQUEST_ID, id.clone());
+        let id = id.unwrap_or_else(|| {
+            use std::io::Write as _;
+            let mut buf = [0u8; 64];
+            let mut w = &mut buf[..];
+            let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+            let _ = write!(w, "{}-{n:x}", self.id_prefix);
+            let len = 64 - w.len();
+            ReqId::from(&buf[..len])
+        });
+        h1::put_header(out, b"x-request-id", id.bytes());
+        out.extend_from_slice(b"\r\n");
+        Ok(ReqInfo {
+            body: framed.kind,
+            head_only: method == "HEAD",
+            idempotent: h1::idempotent(method),
+            keep_alive: !http10 && !conn.close,
+            http10,
+            expect_continue,
+            id,
+        })
+    }
 
-        let mut req = Some(req);
-        // Servers tried for this request (at most MAX_UPSTREAMS distinct ones).
-        let mut tried_buf = [SocketAddr::from(([0, 0, 0, 0], 0)); crate::MAX_UPSTREAMS + 1];
+    /// The answer head as the client gets it.
+    fn rewrite_response(
+        &self,
+        r: &httparse::Response,
+        req: &ReqInfo,
+        closing: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<RespInfo, h1::Bad> {
+        let status = r.code.unwrap_or(502);
+        let headers: &[httparse::Header] = r.headers;
+        let conn = ConnectionHeader::of(headers);
+        let framed = h1::framing(headers, false, r.version == Some(0))?;
+        let informational = (100..200).contains(&status);
+        let body = if req.head_only || informational || status == 204 || status == 304 {
+            BodyKind::None
+        } else {
+            framed.kind
+        };
+        let up_keep = r.version == Some(1) && !conn.close && body != BodyKind::UntilClose;
+        let client_keep = req.keep_alive
+            && !closing
+            && body != BodyKind::UntilClose
+            && !self.draining.load(Ordering::Relaxed);
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        h1::put_status(out, status);
+        match r.reason {
+            Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
+            _ => out.extend_from_slice(h1::reason(status).as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut has_id = false;
+        for h in headers {
+            if conn.drops(h.name)
+                || (framed.drop_length && h.name.eq_ignore_ascii_case("content-length"))
+            {
+                continue;
+            }
+            if h.name.eq_ignore_ascii_case("x-request-id") {
+                has_id = true;
+            }
+            h1::put_header(out, h.name.as_bytes(), h.value);
+        }
+        if !informational {
+            if !has_id {
+                h1::put_header(out, b"x-request-id", req.id.bytes());
+            }
+            if !client_keep {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(RespInfo {
+            status,
+            body,
+            up_keep,
+            client_keep,
+        })
+    }
+
+    /// One request and its answer.
+    async fn exchange(&self, c: &mut Client, s: &mut Scratch, first: bool) -> Next {
+        let req = match self.read_request(c, &mut s.req, first).await {
+            Ok(r) => r,
+            Err(Stop::Quiet) => return Next::Close,
+            Err(Stop::Answer(status, msg)) => {
+                self.answer(c, status, &msg, None, true).await;
+                return Next::Linger;
+            }
+        };
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        // The body bytes already read go out with the head; when that is the whole body,
+        // the request can be sent again if a server never took it.
+        let mut body = Framing::new(req.body);
+        let take = match body.advance(&c.buf) {
+            Ok(n) => n,
+            Err(b) => {
+                self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+                self.answer(c, 400, b.0, Some(&req.id), true).await;
+                return Next::Linger;
+            }
+        };
+        s.req.extend_from_slice(&c.buf[..take]);
+        c.buf.advance(take);
+        let whole = body.done();
+        // A client waiting for "100 Continue" sends its body only once the server asks.
+        let mut wait_continue = req.expect_continue && !whole;
+
+        let lim = &self.limits;
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); crate::MAX_UPSTREAMS + 1];
         let mut n_tried = 0usize;
         // Attempts: one per server tried, plus re-sends of requests a stale pooled
         // connection never took (bounded).
-        for _ in 0..(self.limits.retries + 4) {
-            let Some(u) = self.pick(&tried_buf[..n_tried]).await else {
+        for _ in 0..(lim.retries + 4) {
+            let Some(u) = self.pick(&tried[..n_tried]).await else {
                 self.totals.no_upstream.fetch_add(1, Ordering::Relaxed);
                 let msg = if n_tried == 0 {
                     "no server is up"
                 } else {
                     "no other server is up to retry on"
                 };
-                return self.local(503, msg, Some(&id), info);
+                self.answer(c, 503, msg, Some(&req.id), !whole).await;
+                return if whole { Next::Again } else { Next::Linger };
             };
-            if n_tried < tried_buf.len() {
-                tried_buf[n_tried] = u.addr;
+            if n_tried < tried.len() {
+                tried[n_tried] = u.addr;
                 n_tried += 1;
             }
-            u.requests.fetch_add(1, Ordering::Relaxed);
-            u.in_flight.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let (mut conn, reused) = match self.checkout(&u).await {
-                Checkout::Ok(c, reused) => (c, reused),
-                Checkout::Failed(e) => {
-                    u.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let flight = InFlight::new(u);
+            let u = &flight.0;
+            let started = std::time::Instant::now();
+            let (mut up, reused) = match self.checkout(u).await {
+                Ok(x) => x,
+                Err(e) => {
                     u.connect_failures.fetch_add(1, Ordering::Relaxed);
                     u.errors.fetch_add(1, Ordering::Relaxed);
-                    self.registry.mark_passive_down(&u);
+                    self.registry.mark_passive_down(u);
                     warn!(upstream = %u.addr, error = %e, "cannot connect to server; marked down");
                     // Nothing reached the server: any method may go to another one.
-                    if n_tried <= self.limits.retries {
+                    if n_tried <= lim.retries {
                         self.totals.retries.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    return self.local(
+                    self.answer(
+                        c,
                         502,
                         &format!("cannot connect to a server: {e}"),
-                        Some(&id),
-                        info,
-                    );
+                        Some(&req.id),
+                        !whole,
+                    )
+                    .await;
+                    return if whole { Next::Again } else { Next::Linger };
                 }
             };
-            // pingora's coarse shared-bucket timer: cheaper per request than a tokio timer
-            // entry (measured: within noise of it, never worse).
-            let sent = pingora_timeout::fast_timeout::fast_timeout(
-                self.limits.read_timeout,
-                conn.try_send_request(req.take().expect("request present")),
-            )
-            .await;
-            match sent {
-                Ok(Ok(mut resp)) => {
-                    if resp.status().is_server_error() {
-                        u.responses_5xx.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let rh = resp.headers_mut();
-                    strip_hop_by_hop(rh);
-                    if !rh.contains_key(&REQUEST_ID) {
-                        rh.insert(REQUEST_ID, id);
-                    }
-                    if self.draining.load(Ordering::Relaxed) {
-                        // Handing over: the client's next request opens a new connection,
-                        // which the successor process accepts.
-                        rh.insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return resp.map(|inner| {
-                        ProxyBody::Upstream(Tracked {
-                            inner,
-                            ended: false,
-                            upstream: u,
-                            started,
-                            conn: Some(conn),
-                            _active: ActiveGuard::new(&info.active),
-                        })
-                    });
-                }
-                Ok(Err(mut e)) => {
-                    u.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(back) = e.take_message() {
-                        // Never written: safe to send anywhere. A pooled connection the
-                        // server had closed is no fault of the server: try it again.
-                        req = Some(back);
-                        if reused {
-                            n_tried -= 1;
-                        } else {
-                            u.errors.fetch_add(1, Ordering::Relaxed);
-                            self.totals.retries.fetch_add(1, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                    // It reached the server: never sent twice.
-                    u.errors.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = write_all(&mut up.io, &s.req, &mut c.up_timer, lim.read_timeout).await {
+                // The connection failed before the server could take the request: it may go
+                // anywhere again if it is all here. A pooled connection the server had
+                // closed is no fault of the server: try it again.
+                if whole {
                     if reused {
-                        // A pooled connection broke under the request (the server died or
-                        // closed it): its other idle connections are suspect too. Dropping
-                        // them makes the next request connect afresh, which a dead server
-                        // refuses, so it is marked down and skipped at once.
-                        u.pool.lock().expect("pool lock").clear();
+                        n_tried -= 1;
+                    } else {
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        self.totals.retries.fetch_add(1, Ordering::Relaxed);
                     }
-                    let e = e.into_error();
-                    debug!(upstream = %u.addr, error = %e, "server failed the request");
-                    return self.local(502, &format!("the server failed: {e}"), Some(&id), info);
+                    continue;
                 }
-                Err(_) => {
-                    u.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    u.errors.fetch_add(1, Ordering::Relaxed);
-                    let msg = format!(
-                        "the server did not answer within {} ms",
-                        self.limits.read_timeout.as_millis()
-                    );
-                    return self.local(504, &msg, Some(&id), info);
+                u.errors.fetch_add(1, Ordering::Relaxed);
+                self.answer(
+                    c,
+                    502,
+                    &format!("the server failed: {e}"),
+                    Some(&req.id),
+                    true,
+                )
+                .await;
+                return Next::Linger;
+            }
+            // The rest of the body, unless the client waits for the server's go-ahead.
+            // Once any of it went out, the request is never sent again.
+            let mut body_sent = whole;
+            let mut up_broken = false;
+            if !whole && !wait_continue {
+                match pump(
+                    &mut c.io,
+                    &mut c.buf,
+                    &mut body,
+                    &mut up.io,
+                    &mut c.timer,
+                    &mut c.up_timer,
+                    lim.read_timeout,
+                )
+                .await
+                {
+                    Ok(()) => body_sent = true,
+                    // The client left or stalled mid-body: nobody to answer.
+                    Err(PumpErr::Src(e)) => {
+                        debug!(error = %e, "client failed while sending a request body");
+                        return Next::Close;
+                    }
+                    Err(PumpErr::Bad(b)) => {
+                        self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        self.answer(c, 400, b, Some(&req.id), true).await;
+                        return Next::Linger;
+                    }
+                    // The server stopped reading (it may have answered early: read on).
+                    Err(PumpErr::Dst(e)) => {
+                        debug!(upstream = %u.addr, error = %e, "server stopped reading a request body");
+                        up_broken = true;
+                    }
                 }
             }
+
+            // The answer's head (and any 1xx before it).
+            let resp = loop {
+                let got = loop {
+                    if !up.buf.is_empty() {
+                        let mut hs =
+                            [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADERS];
+                        let mut r = httparse::Response::new(&mut []);
+                        let parsed = httparse::ParserConfig::default()
+                            .parse_response_with_uninit_headers(&mut r, &up.buf, &mut hs);
+                        match parsed {
+                            Ok(httparse::Status::Complete(n)) => {
+                                let info = self.rewrite_response(&r, &req, c.closing, &mut s.resp);
+                                break Ok((n, info));
+                            }
+                            Ok(httparse::Status::Partial) if up.buf.len() <= MAX_RESPONSE_HEAD => {}
+                            Ok(httparse::Status::Partial) => {
+                                break Err(io::Error::other(
+                                    "the server's answer head is too large",
+                                ));
+                            }
+                            Err(e) => {
+                                break Err(io::Error::other(format!("malformed answer head: {e}")));
+                            }
+                        }
+                    }
+                    match read_within(&mut up.io, &mut up.buf, &mut c.up_timer, lim.read_timeout)
+                        .await
+                    {
+                        Ok(0) => {
+                            break Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the server closed the connection without an answer",
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                let (n, info) = match got {
+                    Ok((n, Ok(info))) => (n, info),
+                    Ok((_, Err(bad))) => {
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        let msg = format!("the server's answer is malformed: {}", bad.0);
+                        self.answer(c, 502, &msg, Some(&req.id), !body_sent).await;
+                        return if body_sent { Next::Again } else { Next::Linger };
+                    }
+                    Err(e) => {
+                        let eof = e.kind() == io::ErrorKind::UnexpectedEof && up.buf.is_empty();
+                        if eof && reused && whole && req.idempotent {
+                            // A pooled connection closed under the request: safe to send
+                            // again, and no fault of the server.
+                            n_tried -= 1;
+                            break None;
+                        }
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        if reused {
+                            // A pooled connection broke under the request (the server died
+                            // or closed it): its other idle connections are suspect too.
+                            // Dropping them makes the next request connect afresh, which a
+                            // dead server refuses, so it is marked down and skipped at once.
+                            u.pool.lock().expect("pool lock").clear();
+                        }
+                        let (status, msg) = if e.kind() == io::ErrorKind::TimedOut {
+                            (
+                                504,
+                                format!(
+                                    "the server did not answer within {} ms",
+                                    lim.read_timeout.as_millis()
+                                ),
+                            )
+                        } else {
+                            (502, format!("the server failed: {e}"))
+                        };
+                        debug!(upstream = %u.addr, error = %e, "server failed the request");
+                        self.answer(c, status, &msg, Some(&req.id), !body_sent)
+                            .await;
+                        return if body_sent { Next::Again } else { Next::Linger };
+                    }
+                };
+                up.buf.advance(n);
+                if (100..200).contains(&info.status) {
+                    if info.status == 101 {
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        self.answer(
+                            c,
+                            502,
+                            "the server switched protocols, which this proxy does not carry",
+                            Some(&req.id),
+                            true,
+                        )
+                        .await;
+                        return Next::Linger;
+                    }
+                    // Interim answers reach HTTP/1.1 clients as they came.
+                    if !req.http10
+                        && write_all(&mut c.io, &s.resp, &mut c.timer, lim.read_timeout)
+                            .await
+                            .is_err()
+                    {
+                        return Next::Close;
+                    }
+                    if info.status == 100 && wait_continue {
+                        wait_continue = false;
+                        let _ = flush(&mut c.io, &mut c.timer, lim.read_timeout).await;
+                        match pump(
+                            &mut c.io,
+                            &mut c.buf,
+                            &mut body,
+                            &mut up.io,
+                            &mut c.timer,
+                            &mut c.up_timer,
+                            lim.read_timeout,
+                        )
+                        .await
+                        {
+                            Ok(()) => body_sent = true,
+                            Err(PumpErr::Src(_)) => return Next::Close,
+                            Err(PumpErr::Bad(b)) => {
+                                self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+                                self.answer(c, 400, b, Some(&req.id), true).await;
+                                return Next::Linger;
+                            }
+                            Err(PumpErr::Dst(e)) => {
+                                debug!(upstream = %u.addr, error = %e, "server stopped reading a request body");
+                                up_broken = true;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                break Some(info);
+            };
+            let Some(mut resp) = resp else {
+                continue;
+            };
+            if resp.status >= 500 {
+                u.responses_5xx.fetch_add(1, Ordering::Relaxed);
+            }
+            // A final answer before the body was sent (to an expecting client, or a server
+            // that stopped reading): the rest of the request is not read, so the client
+            // connection ends with this answer.
+            let mut next = Next::Again;
+            if !body_sent || up_broken {
+                resp.up_keep = false;
+                if resp.client_keep {
+                    resp.client_keep = false;
+                    // The head is rewritten with `Connection: close`.
+                    s.resp.truncate(s.resp.len() - 2);
+                    s.resp.extend_from_slice(b"connection: close\r\n\r\n");
+                }
+                next = Next::Linger;
+            } else if !resp.client_keep {
+                next = Next::Close;
+            }
+            // The head and the body bytes already here, in one send.
+            let mut rbody = Framing::new(resp.body);
+            let take = match rbody.advance(&up.buf) {
+                Ok(n) => n,
+                Err(bad) => {
+                    u.errors.fetch_add(1, Ordering::Relaxed);
+                    let msg = format!("the server's answer is malformed: {}", bad.0);
+                    self.answer(c, 502, &msg, Some(&req.id), true).await;
+                    return Next::Linger;
+                }
+            };
+            s.resp.extend_from_slice(&up.buf[..take]);
+            up.buf.advance(take);
+            if write_all(&mut c.io, &s.resp, &mut c.timer, lim.read_timeout)
+                .await
+                .is_err()
+            {
+                if rbody.done() && resp.up_keep && up.buf.is_empty() {
+                    Self::checkin(u, up);
+                }
+                return Next::Close;
+            }
+            if !rbody.done() {
+                match pump(
+                    &mut up.io,
+                    &mut up.buf,
+                    &mut rbody,
+                    &mut c.io,
+                    &mut c.up_timer,
+                    &mut c.timer,
+                    lim.read_timeout,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    Err(PumpErr::Dst(e)) => {
+                        debug!(error = %e, "client failed while receiving an answer");
+                        return Next::Close;
+                    }
+                    Err(PumpErr::Src(e)) => {
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(upstream = %u.addr, error = %e, "the server failed mid-answer; closing the client connection");
+                        return Next::Close;
+                    }
+                    Err(PumpErr::Bad(b)) => {
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(upstream = %u.addr, error = b, "malformed chunked answer; closing the client connection");
+                        return Next::Close;
+                    }
+                }
+            }
+            if flush(&mut c.io, &mut c.timer, lim.read_timeout)
+                .await
+                .is_err()
+            {
+                next = Next::Close;
+            }
+            u.latency.record(started.elapsed());
+            // Bytes past the answer's end mean the server is out of step: not reused.
+            if resp.up_keep && up.buf.is_empty() {
+                Self::checkin(u, up);
+            }
+            return next;
         }
-        self.local(502, "too many failed attempts", Some(&id), info)
+        self.answer(c, 502, "too many failed attempts", Some(&req.id), !whole)
+            .await;
+        if whole { Next::Again } else { Next::Linger }
     }
 }
 
@@ -502,61 +1129,49 @@ impl ServerApp for HttpApp {
     ) -> Option<Stream> {
         let tls = stream.get_ssl_digest().is_some();
         let digest = stream.get_socket_digest();
-        let client_ip = digest
+        let ip = digest
             .as_ref()
             .and_then(|d| d.peer_addr())
             .and_then(|a| a.as_inet())
-            .and_then(|a| HeaderValue::from_str(&a.ip().to_string()).ok());
+            .map(|a| a.ip().to_string());
         let port = digest
             .as_ref()
             .and_then(|d| d.local_addr())
             .and_then(|a| a.as_inet())
-            .and_then(|a| HeaderValue::from_str(&a.port().to_string()).ok());
-        let active = Arc::new(AtomicU32::new(0));
-        let info = Arc::new(ConnInfo {
-            client_ip,
+            .map(|a| a.port().to_string());
+        let b = &self.balancer;
+        let now = Instant::now();
+        let mut watch = shutdown.clone();
+        let closing = *watch.borrow();
+        let mut c = Client {
+            io: stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            // The first request's head is due within the header timeout of accept.
+            timer: Box::pin(tokio::time::sleep_until(now + b.limits.header_timeout)),
+            up_timer: Box::pin(tokio::time::sleep_until(now + b.limits.read_timeout)),
+            shutdown: Box::pin(async move {
+                let _ = watch.changed().await;
+            }),
+            closing,
+            ip,
             proto: if tls { "https" } else { "http" },
             port,
-            active: active.clone(),
-        });
-        let limits = &self.balancer.limits;
-        let io = TokioIo::new(Guarded::new(
-            stream,
-            limits.header_timeout,
-            limits.keepalive_timeout,
-            active,
-        ));
-        let balancer = self.balancer.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let balancer = balancer.clone();
-            let info = info.clone();
-            async move { Ok::<_, std::convert::Infallible>(balancer.handle(req, &info).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .max_buf_size((limits.max_header_bytes + 1024).max(8192))
-            .keep_alive(true)
-            // One flattened send per answer instead of writev (measured: ~1 µs less CPU per
-            // request on small messages; bodies here are mostly small).
-            .writev(false)
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        let mut shutdown = shutdown.clone();
-        let mut closing = *shutdown.borrow();
-        if closing {
-            conn.as_mut().graceful_shutdown();
-        }
+        };
+        let mut s = Scratch {
+            req: Vec::with_capacity(2048),
+            resp: Vec::with_capacity(1024),
+        };
+        let mut first = true;
         loop {
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(error = %e, "client connection ended with an error");
-                    }
+            match b.exchange(&mut c, &mut s, first).await {
+                Next::Again => first = false,
+                Next::Close => {
+                    let _ = tokio::time::timeout(LINGER, c.io.shutdown()).await;
                     return None;
                 }
-                _ = shutdown.changed(), if !closing => {
-                    // Stopping: idle connections close, in-flight requests finish.
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                Next::Linger => {
+                    c.linger().await;
+                    return None;
                 }
             }
         }
@@ -574,31 +1189,5 @@ mod tests {
         assert!(!valid_request_id(&[b'a'; 65]));
         assert!(!valid_request_id(b"a b"));
         assert!(!valid_request_id(b"a\"b"));
-    }
-
-    #[test]
-    fn head_size_counts_line_and_headers() {
-        let mut r = Request::builder().uri("/abc").body(()).unwrap();
-        let bare = head_bytes(&r);
-        r.headers_mut()
-            .insert("x-big", HeaderValue::from_str(&"v".repeat(1000)).unwrap());
-        assert_eq!(head_bytes(&r), bare + 5 + 1000 + 4);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept", "content-type"]);
     }
 }

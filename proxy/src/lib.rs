@@ -1,8 +1,8 @@
 //! `oxbus proxy`: the cluster's load balancer, on pingora.
 //!
 //! One process with three pingora services: the proxy (plain and optionally TLS
-//! listeners; each connection is served by the hyper data path in [`app`], its stream
-//! wrapped by the timeouts of [`guard`]), the stats endpoint, and a background service that
+//! listeners; each connection is served by the HTTP/1 data path in [`app`], built on the
+//! head parsing and body framing of [`h1`]), the stats endpoint, and a background service that
 //! refreshes the server list (static, or the cluster's store through a caller-provided
 //! [`ServerSource`]) and runs the active `/readyz` checks.
 //!
@@ -14,7 +14,7 @@
 
 pub mod app;
 pub mod config;
-pub mod guard;
+pub mod h1;
 pub mod stats;
 pub mod upstream;
 
@@ -302,8 +302,8 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     });
     let app = app::HttpApp { balancer };
     let mut service = Service::new("oxbus proxy".to_string(), app);
-    // Unbuffered: hyper buffers reads and writes itself; pingora's buffered stream would add
-    // a copy per read and a flush layer per write.
+    // Unbuffered: the data path buffers reads and writes itself; pingora's buffered stream
+    // would add a copy per read and a flush layer per write.
     use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
     service.add_listener(
         ListenerConfig::tcp(p.listen.clone()).l4_buffer(L4BufferSettings::unbuffered()),

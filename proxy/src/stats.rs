@@ -119,6 +119,7 @@ impl Stats {
             "retries": t.retries.load(Ordering::Relaxed),
             "no_upstream": t.no_upstream.load(Ordering::Relaxed),
             "header_too_large": t.header_too_large.load(Ordering::Relaxed),
+            "bad_requests": t.bad_requests.load(Ordering::Relaxed),
             "upstreams": upstreams,
         })
     }
@@ -139,11 +140,15 @@ impl Stats {
              oxbus_proxy_no_upstream_total {}\n\
              # HELP oxbus_proxy_header_too_large_total Requests answered 431.\n\
              # TYPE oxbus_proxy_header_too_large_total counter\n\
-             oxbus_proxy_header_too_large_total {}",
+             oxbus_proxy_header_too_large_total {}\n\
+             # HELP oxbus_proxy_bad_requests_total Requests answered 400: malformed heads or bodies.\n\
+             # TYPE oxbus_proxy_bad_requests_total counter\n\
+             oxbus_proxy_bad_requests_total {}",
             t.requests.load(Ordering::Relaxed),
             t.retries.load(Ordering::Relaxed),
             t.no_upstream.load(Ordering::Relaxed),
             t.header_too_large.load(Ordering::Relaxed),
+            t.bad_requests.load(Ordering::Relaxed),
         );
         let rows = self.rows();
         type Metric = (&'static str, &'static str, &'static str, fn(&Row) -> u64);

@@ -7,8 +7,6 @@
 //! (a server that just joined gets traffic only after its first passing `/readyz`), passive
 //! marks on refused connections, and the numbers the stats endpoint reports.
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use pingora_load_balancing::{Backend, LoadBalancer, selection::RoundRobin};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -94,7 +92,7 @@ pub struct Upstream {
     /// Skipped until this time (ms since the registry's epoch): it refused a connection.
     pub passive_down_until: AtomicU64,
     /// Idle keep-alive connections to it.
-    pub pool: Mutex<Vec<SendRequest<Incoming>>>,
+    pub pool: Mutex<Vec<crate::app::UpConn>>,
 }
 
 impl Upstream {

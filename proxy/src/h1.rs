@@ -1,0 +1,513 @@
+//! The HTTP/1.1 pieces the proxy's data path is made of: reading a request or response head
+//! (parsed by `httparse`), deciding how its body is framed, rewriting the head for the other
+//! side, and tracking a body's end while its bytes are forwarded as they came.
+//!
+//! Bodies are never decoded or re-encoded: a chunked body goes through byte for byte, and
+//! [`Framing`] only follows its chunk sizes to know where it ends. That is what lets one task
+//! move a request and its answer with one read and one write on each side.
+
+/// Headers a head may carry; more is answered 431 (a request) or 502 (a response).
+pub const MAX_HEADERS: usize = 100;
+
+/// Bound on a chunk-size line's extension and on a chunked body's trailer section.
+const MAX_CHUNK_META: u32 = 8 * 1024;
+
+/// How a message's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+    /// A response read until the server closes the connection.
+    UntilClose,
+}
+
+/// Why a head is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bad(pub &'static str);
+
+/// Hop-by-hop headers besides those `Connection` names (RFC 9110 §7.6.1). Framing headers
+/// (`Transfer-Encoding`, `Content-Length`) are kept: bodies are forwarded as they came.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Comma-separated tokens of a header value, trimmed.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// What the `Connection` headers of a head say: `close`, `keep-alive`, and the other headers
+/// they name (hop-by-hop for this hop only).
+#[derive(Debug, Default)]
+pub struct ConnectionHeader<'a> {
+    pub close: bool,
+    pub keep_alive: bool,
+    named: [&'a [u8]; 8],
+    n_named: usize,
+    /// More names than fit: every header not known as end-to-end is then checked slowly.
+    overflow: bool,
+    all: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionHeader<'a> {
+    pub fn of(headers: &[httparse::Header<'a>]) -> Self {
+        let mut c = ConnectionHeader::default();
+        for h in headers {
+            if !h.name.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    c.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    c.keep_alive = true;
+                } else if c.n_named < c.named.len() {
+                    c.named[c.n_named] = t;
+                    c.n_named += 1;
+                } else {
+                    c.overflow = true;
+                    c.all.push(t);
+                }
+            }
+        }
+        c
+    }
+
+    /// Whether `name` is to be dropped when forwarding.
+    pub fn drops(&self, name: &str) -> bool {
+        is_hop_by_hop(name)
+            || self.named[..self.n_named]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            || (self.overflow
+                && self
+                    .all
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+    }
+}
+
+/// The body framing a head announces (RFC 9112 §6.3). `Content-Length` and
+/// `Transfer-Encoding` together are refused in a request (a smuggling vector); in a response
+/// `Transfer-Encoding` wins and `drop_length` says the length must not be forwarded.
+pub struct Framed {
+    pub kind: BodyKind,
+    pub drop_length: bool,
+}
+
+pub fn framing(headers: &[httparse::Header], request: bool, http10: bool) -> Result<Framed, Bad> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            for t in h.value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+                    return Err(Bad("invalid Content-Length"));
+                }
+                let n: u64 = std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(Bad("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Bad("conflicting Content-Length headers"));
+                }
+                length = Some(n);
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+            // Only the last coding decides; it must be chunked for the body to end.
+            for t in tokens(h.value) {
+                chunked = t.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+    }
+    if te {
+        if request {
+            if http10 {
+                return Err(Bad("Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            if length.is_some() {
+                return Err(Bad("both Content-Length and Transfer-Encoding"));
+            }
+            if !chunked {
+                return Err(Bad("a Transfer-Encoding that does not end with chunked"));
+            }
+            return Ok(Framed {
+                kind: BodyKind::Chunked,
+                drop_length: false,
+            });
+        }
+        return Ok(Framed {
+            kind: if chunked {
+                BodyKind::Chunked
+            } else {
+                BodyKind::UntilClose
+            },
+            drop_length: length.is_some(),
+        });
+    }
+    Ok(Framed {
+        kind: match length {
+            Some(0) => BodyKind::None,
+            Some(n) => BodyKind::Length(n),
+            None if request => BodyKind::None,
+            None => BodyKind::UntilClose,
+        },
+        drop_length: false,
+    })
+}
+
+/// Follows a body's framing over the bytes that go through.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Reading a chunk size (hex digits so far, their value).
+    Size {
+        digits: u8,
+        value: u64,
+    },
+    /// A chunk extension, to the end of the line.
+    Ext {
+        len: u32,
+        value: u64,
+    },
+    SizeLf {
+        value: u64,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// The start of a trailer line (or the final blank line).
+    TrailerStart {
+        used: u32,
+    },
+    TrailerLine {
+        used: u32,
+    },
+    TrailerLf {
+        used: u32,
+    },
+    EndLf,
+}
+
+impl Framing {
+    pub fn new(kind: BodyKind) -> Self {
+        match kind {
+            BodyKind::None | BodyKind::Length(0) => Framing::Done,
+            BodyKind::Length(n) => Framing::Length(n),
+            BodyKind::Chunked => Framing::Chunked(Chunk::Size {
+                digits: 0,
+                value: 0,
+            }),
+            BodyKind::UntilClose => Framing::UntilClose,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        matches!(self, Framing::Done)
+    }
+
+    /// How many of `data`'s leading bytes belong to the body; the framing is [`Framing::Done`]
+    /// once its last byte is among them.
+    pub fn advance(&mut self, data: &[u8]) -> Result<usize, Bad> {
+        match self {
+            Framing::Done => Ok(0),
+            Framing::UntilClose => Ok(data.len()),
+            Framing::Length(left) => {
+                let take = (*left).min(data.len() as u64);
+                *left -= take;
+                if *left == 0 {
+                    *self = Framing::Done;
+                }
+                Ok(take as usize)
+            }
+            Framing::Chunked(state) => {
+                let mut st = *state;
+                let mut i = 0;
+                while i < data.len() {
+                    if let Chunk::Data(n) = st {
+                        let take = n.min((data.len() - i) as u64);
+                        i += take as usize;
+                        st = if take == n {
+                            Chunk::DataCr
+                        } else {
+                            Chunk::Data(n - take)
+                        };
+                        continue;
+                    }
+                    let before = st;
+                    st = chunk_byte(st, data[i])?;
+                    i += 1;
+                    if before == Chunk::EndLf {
+                        *self = Framing::Done;
+                        return Ok(i);
+                    }
+                }
+                *state = st;
+                Ok(i)
+            }
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+/// One byte of chunk framing outside chunk data. After `EndLf` accepts its LF the body has
+/// ended (the caller sees `EndLf` as the state the byte was read in).
+fn chunk_byte(s: Chunk, b: u8) -> Result<Chunk, Bad> {
+    Ok(match s {
+        Chunk::Size { digits, value } => match b {
+            b'\r' if digits > 0 => Chunk::SizeLf { value },
+            b';' | b' ' | b'\t' if digits > 0 => Chunk::Ext { len: 1, value },
+            _ => {
+                let d = hex(b).ok_or(Bad("invalid chunk size"))?;
+                if digits >= 15 {
+                    return Err(Bad("chunk size too large"));
+                }
+                Chunk::Size {
+                    digits: digits + 1,
+                    value: value * 16 + d,
+                }
+            }
+        },
+        Chunk::Ext { len, value } => match b {
+            b'\r' => Chunk::SizeLf { value },
+            b'\n' => return Err(Bad("bare LF in a chunk extension")),
+            _ if len >= MAX_CHUNK_META => return Err(Bad("chunk extension too long")),
+            _ => Chunk::Ext {
+                len: len + 1,
+                value,
+            },
+        },
+        Chunk::SizeLf { value } => match b {
+            b'\n' if value == 0 => Chunk::TrailerStart { used: 0 },
+            b'\n' => Chunk::Data(value),
+            _ => return Err(Bad("invalid chunk size line")),
+        },
+        Chunk::DataCr => match b {
+            b'\r' => Chunk::DataLf,
+            _ => return Err(Bad("chunk data longer than its size")),
+        },
+        Chunk::DataLf => match b {
+            b'\n' => Chunk::Size {
+                digits: 0,
+                value: 0,
+            },
+            _ => return Err(Bad("chunk data longer than its size")),
+        },
+        Chunk::TrailerStart { used } => match b {
+            b'\r' => Chunk::EndLf,
+            b'\n' => return Err(Bad("bare LF in trailers")),
+            _ => Chunk::TrailerLine { used: used + 1 },
+        },
+        Chunk::TrailerLine { used } => match b {
+            b'\r' => Chunk::TrailerLf { used },
+            b'\n' => return Err(Bad("bare LF in trailers")),
+            _ if used >= MAX_CHUNK_META => return Err(Bad("trailers too long")),
+            _ => Chunk::TrailerLine { used: used + 1 },
+        },
+        Chunk::TrailerLf { used } => match b {
+            b'\n' => Chunk::TrailerStart { used },
+            _ => return Err(Bad("invalid trailer line")),
+        },
+        Chunk::EndLf => match b {
+            b'\n' => Chunk::EndLf,
+            _ => return Err(Bad("invalid end of a chunked body")),
+        },
+        Chunk::Data(_) => unreachable!("chunk data is taken in bulk"),
+    })
+}
+
+/// Appends `name: value\r\n`.
+pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a status code (100-999, as httparse reads it) and a space.
+pub fn put_status(out: &mut Vec<u8>, status: u16) {
+    let s = status.clamp(100, 999);
+    out.extend_from_slice(&[
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+        b' ',
+    ]);
+}
+
+/// Whether a method may be sent twice (RFC 9110 §9.2.2): a request that may have reached a
+/// server is retried only then.
+pub fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+/// The reason phrase to write for a status when the server sent none.
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdrs<'a>(list: &[(&'a str, &'a [u8])]) -> Vec<httparse::Header<'a>> {
+        list.iter()
+            .map(|(n, v)| httparse::Header { name: n, value: v })
+            .collect()
+    }
+
+    /// Feeds `body` to a fresh chunked framing in pieces of `step` bytes; returns the bytes
+    /// taken and whether it ended.
+    fn feed(body: &[u8], step: usize) -> Result<(usize, bool), Bad> {
+        let mut f = Framing::new(BodyKind::Chunked);
+        let mut taken = 0;
+        for piece in body.chunks(step) {
+            let n = f.advance(piece)?;
+            taken += n;
+            if f.done() {
+                return Ok((taken, true));
+            }
+            assert_eq!(n, piece.len(), "a piece is taken whole until the end");
+        }
+        Ok((taken, f.done()))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_in_any_split() {
+        let body =
+            b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for step in 1..body.len() {
+            assert_eq!(feed(body, step).unwrap(), (end, true), "step {step}");
+        }
+        // Without trailers; the next request follows.
+        let b = b"3\r\nabc\r\n0\r\n\r\nGET";
+        assert_eq!(feed(b, 1).unwrap(), (b.len() - 3, true));
+        // Unfinished: everything taken, not done.
+        assert_eq!(feed(b"3\r\nab", 2).unwrap(), (5, false));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcd\r\n",
+            b"3\nabc",
+            b"1234567890abcdef0\r\n",
+            b"0\r\nX\n",
+        ] {
+            assert!(feed(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn status_codes_are_written_as_three_digits() {
+        let mut out = Vec::new();
+        put_status(&mut out, 200);
+        put_status(&mut out, 431);
+        put_status(&mut out, 101);
+        assert_eq!(out, b"200 431 101 ");
+    }
+
+    #[test]
+    fn length_framing_takes_exactly_its_bytes() {
+        let mut f = Framing::new(BodyKind::Length(5));
+        assert_eq!(f.advance(b"abc").unwrap(), 3);
+        assert!(!f.done());
+        assert_eq!(f.advance(b"deNEXT").unwrap(), 2);
+        assert!(f.done());
+        assert_eq!(f.advance(b"NEXT").unwrap(), 0);
+    }
+
+    #[test]
+    fn request_framing_refuses_smuggling_shapes() {
+        let ok = |h: &[(&str, &[u8])]| framing(&hdrs(h), true, false).map(|f| f.kind);
+        assert_eq!(ok(&[]), Ok(BodyKind::None));
+        assert_eq!(ok(&[("Content-Length", b"12")]), Ok(BodyKind::Length(12)));
+        assert_eq!(
+            ok(&[("content-length", b"12"), ("Content-Length", b"12")]),
+            Ok(BodyKind::Length(12))
+        );
+        assert_eq!(
+            ok(&[("Transfer-Encoding", b"gzip, chunked")]),
+            Ok(BodyKind::Chunked)
+        );
+        assert!(ok(&[("Content-Length", b"12"), ("Content-Length", b"13")]).is_err());
+        assert!(ok(&[("Content-Length", b"12, 13")]).is_err());
+        assert!(ok(&[("Content-Length", b"-1")]).is_err());
+        assert!(ok(&[("Content-Length", b"+1")]).is_err());
+        assert!(ok(&[("Content-Length", b"1"), ("Transfer-Encoding", b"chunked")]).is_err());
+        assert!(ok(&[("Transfer-Encoding", b"chunked, gzip")]).is_err());
+        assert!(framing(&hdrs(&[("Transfer-Encoding", b"chunked")]), true, true).is_err());
+        // Responses: no length means until close; TE beats a length, which is dropped.
+        let resp = framing(&hdrs(&[]), false, false).unwrap();
+        assert_eq!(resp.kind, BodyKind::UntilClose);
+        let resp = framing(
+            &hdrs(&[("Content-Length", b"3"), ("Transfer-Encoding", b"chunked")]),
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(resp.kind, BodyKind::Chunked);
+        assert!(resp.drop_length);
+    }
+
+    #[test]
+    fn connection_header_names_its_hop_by_hop_headers() {
+        let h = hdrs(&[
+            ("Connection", b"keep-alive, X-Private"),
+            ("connection", b"close"),
+        ]);
+        let c = ConnectionHeader::of(&h);
+        assert!(c.close && c.keep_alive);
+        assert!(c.drops("x-private"));
+        assert!(c.drops("Keep-Alive"));
+        assert!(c.drops("upgrade"));
+        assert!(!c.drops("content-type"));
+        assert!(!c.drops("transfer-encoding"));
+        let many: Vec<u8> = (0..20)
+            .map(|i| format!("x-h{i},"))
+            .collect::<String>()
+            .into();
+        let h = [httparse::Header {
+            name: "Connection",
+            value: &many,
+        }];
+        let c = ConnectionHeader::of(&h);
+        assert!(c.drops("x-h0") && c.drops("x-h19") && !c.drops("x-h20"));
+    }
+}
