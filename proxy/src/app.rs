@@ -81,6 +81,10 @@ pub struct Balancer {
 
 /// Idle pooled connections kept per server.
 const POOL_MAX: usize = 256;
+/// An idle pooled server connection is not used after this long: servers close idle
+/// keep-alive connections (Oxbus servers after 75 s), and one closing just as a request is
+/// written fails that request.
+const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
 /// A server's answer head may be this large.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// After an error answer, how long unread request bytes are drained before the close (so
@@ -93,16 +97,28 @@ const LINGER: Duration = Duration::from_secs(1);
 pub struct UpConn {
     io: TcpStream,
     buf: BytesMut,
+    /// When it went back to the pool.
+    idle_since: std::time::Instant,
 }
 
 impl UpConn {
-    /// Whether an idle pooled connection still looks usable: the server has not closed it
-    /// as far as the reactor has seen (no system call).
-    fn looks_alive(&self) -> bool {
+    /// Whether an idle pooled connection is still usable: not idle too long, and the
+    /// server has neither closed it nor sent anything since its last answer. Known from the
+    /// readiness the reactor last saw; a system call only when that says "readable".
+    fn usable(&self, now: std::time::Instant) -> bool {
+        if now.saturating_duration_since(self.idle_since) > POOL_IDLE_MAX {
+            return false;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         match pin!(self.io.ready(Interest::READABLE)).poll(&mut cx) {
             Poll::Pending => true,
-            Poll::Ready(Ok(r)) => !(r.is_read_closed() || r.is_error()),
+            Poll::Ready(Ok(r)) if r.is_read_closed() || r.is_error() => false,
+            // Maybe stale readiness: only "nothing to read" means usable (bytes here would
+            // be read as the next request's answer).
+            Poll::Ready(Ok(_)) => matches!(
+                self.io.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
             Poll::Ready(Err(_)) => false,
         }
     }
@@ -249,9 +265,20 @@ fn timed_out(what: &str, limit: Duration) -> io::Error {
 /// Writes all of `data`; each write that has to wait must progress within `limit`.
 async fn write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
+    data: &[u8],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> io::Result<()> {
+    write_all_counted(w, data, timer, limit, &mut 0).await
+}
+
+/// [`write_all`], counting in `written` the bytes that went out.
+async fn write_all_counted<W: AsyncWrite + Unpin>(
+    w: &mut W,
     mut data: &[u8],
     timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
+    written: &mut usize,
 ) -> io::Result<()> {
     while !data.is_empty() {
         let mut armed = false;
@@ -272,6 +299,7 @@ async fn write_all<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        *written += n;
         data = &data[n..];
     }
     Ok(())
@@ -443,14 +471,21 @@ impl Balancer {
         }
     }
 
-    /// An idle pooled connection to `u` (true: reused), or a new one.
-    async fn checkout(&self, u: &Upstream) -> Result<(UpConn, bool), String> {
-        loop {
-            let c = u.pool.lock().expect("pool lock").pop();
-            match c {
-                Some(c) if c.looks_alive() => return Ok((c, true)),
-                Some(_) => continue,
-                None => break,
+    /// An idle pooled connection to `u` (true: reused) unless `fresh`, or a new one.
+    async fn checkout(
+        &self,
+        u: &Upstream,
+        now: std::time::Instant,
+        fresh: bool,
+    ) -> Result<(UpConn, bool), String> {
+        if !fresh {
+            loop {
+                let c = u.pool.lock().expect("pool lock").pop();
+                match c {
+                    Some(c) if c.usable(now) => return Ok((c, true)),
+                    Some(_) => continue,
+                    None => break,
+                }
             }
         }
         let connect = async {
@@ -463,6 +498,7 @@ impl Balancer {
                 UpConn {
                     io,
                     buf: BytesMut::with_capacity(16 * 1024),
+                    idle_since: now,
                 },
                 false,
             )),
@@ -474,8 +510,17 @@ impl Balancer {
         }
     }
 
-    fn checkin(u: &Upstream, c: UpConn) {
+    fn checkin(u: &Upstream, mut c: UpConn) {
+        let now = std::time::Instant::now();
+        c.idle_since = now;
         let mut pool = u.pool.lock().expect("pool lock");
+        // The pool is a stack: connections at its bottom may wait long; drop the expired.
+        while pool
+            .first()
+            .is_some_and(|o| now.saturating_duration_since(o.idle_since) > POOL_IDLE_MAX)
+        {
+            pool.remove(0);
+        }
         if pool.len() < POOL_MAX {
             pool.push(c);
         }
@@ -501,7 +546,7 @@ impl Balancer {
         if let Some(id) = id {
             h1::put_header(&mut out, b"x-request-id", id.bytes());
         }
-        if close || self.draining.load(Ordering::Relaxed) {
+        if close || c.closing || self.draining.load(Ordering::Relaxed) {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -533,35 +578,40 @@ impl Balancer {
             };
             c.timer.as_mut().reset(Instant::now() + wait);
         }
+        // Bytes of the buffer known not to end the head: a head trickled in is parsed once
+        // its end may be there, not once per read.
+        let mut scanned = 0;
         loop {
             if !c.buf.is_empty() {
-                let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADERS];
-                let mut r = httparse::Request::new(&mut []);
-                match r.parse_with_uninit_headers(&c.buf, &mut hs) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        if n > lim.max_header_bytes {
-                            return Err(self.too_large(n));
+                if h1::may_end_head(&c.buf, &mut scanned) {
+                    let mut hs =
+                        [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADERS];
+                    let mut r = httparse::Request::new(&mut []);
+                    match r.parse_with_uninit_headers(&c.buf, &mut hs) {
+                        Ok(httparse::Status::Complete(n)) => {
+                            if n > lim.max_header_bytes {
+                                return Err(self.too_large(n));
+                            }
+                            let info = self.rewrite_request(&r, c, out)?;
+                            c.buf.advance(n);
+                            return Ok(info);
                         }
-                        let info = self.rewrite_request(&r, c, out)?;
-                        c.buf.advance(n);
-                        return Ok(info);
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if c.buf.len() > lim.max_header_bytes {
-                            return Err(self.too_large(c.buf.len()));
+                        Ok(httparse::Status::Partial) => {}
+                        Err(httparse::Error::TooManyHeaders) => {
+                            self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
+                            return Err(Stop::Answer(
+                                431,
+                                format!("more than {} request headers", h1::MAX_HEADERS),
+                            ));
+                        }
+                        Err(e) => {
+                            self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+                            return Err(Stop::Answer(400, format!("malformed request head: {e}")));
                         }
                     }
-                    Err(httparse::Error::TooManyHeaders) => {
-                        self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-                        return Err(Stop::Answer(
-                            431,
-                            format!("more than {} request headers", h1::MAX_HEADERS),
-                        ));
-                    }
-                    Err(e) => {
-                        self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
-                        return Err(Stop::Answer(400, format!("malformed request head: {e}")));
-                    }
+                }
+                if c.buf.len() > lim.max_header_bytes {
+                    return Err(self.too_large(c.buf.len()));
                 }
                 if idle {
                     // The head has started: it must be complete within the header timeout
@@ -572,7 +622,10 @@ impl Balancer {
                     }
                 }
             }
-            match c.read_more(idle).await {
+            // A new connection's first request is served even if the process started
+            // stopping since accept: closing it quietly would fail a client that did
+            // nothing wrong.
+            match c.read_more(idle && !first).await {
                 Wait::Read => {}
                 Wait::Eof | Wait::Timeout | Wait::Shutdown | Wait::Failed => {
                     return Err(Stop::Quiet);
@@ -626,6 +679,14 @@ impl Balancer {
         let mut expect_continue = false;
         for h in headers {
             let name = h.name;
+            if name.eq_ignore_ascii_case("te") {
+                // Hop-by-hop, but "trailers" holds on the next hop too: trailers are
+                // forwarded as they come.
+                if h1::has_token(h.value, b"trailers") {
+                    out.extend_from_slice(b"te: trailers\r\n");
+                }
+                continue;
+            }
             if conn.drops(name) {
                 continue;
             }
@@ -707,7 +768,10 @@ impl Balancer {
         closing: bool,
         out: &mut Vec<u8>,
     ) -> Result<RespInfo, h1::Bad> {
-        let status = r.code.unwrap_or(502);
+        let status = r.code.unwrap_or(0);
+        if !(100..=599).contains(&status) {
+            return Err(h1::Bad("a status outside 100-599"));
+        }
         let headers: &[httparse::Header] = r.headers;
         let conn = ConnectionHeader::of(headers);
         let framed = h1::framing(headers, false, r.version == Some(0))?;
@@ -759,6 +823,18 @@ impl Balancer {
         })
     }
 
+    /// The connection after an error answer: lingering if the request was not read to its
+    /// end, closed while stopping or handing over, otherwise kept.
+    fn after_error(&self, c: &Client, request_read: bool) -> Next {
+        if !request_read {
+            Next::Linger
+        } else if c.closing || self.draining.load(Ordering::Relaxed) {
+            Next::Close
+        } else {
+            Next::Again
+        }
+    }
+
     /// One request and its answer.
     async fn exchange(&self, c: &mut Client, s: &mut Scratch, first: bool) -> Next {
         let req = match self.read_request(c, &mut s.req, first).await {
@@ -790,6 +866,8 @@ impl Balancer {
         let lim = &self.limits;
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); crate::MAX_UPSTREAMS + 1];
         let mut n_tried = 0usize;
+        // After a pooled connection failed under a request, the next attempt connects anew.
+        let mut fresh = false;
         // Attempts: one per server tried, plus re-sends of requests a stale pooled
         // connection never took (bounded).
         for _ in 0..(lim.retries + 4) {
@@ -801,7 +879,7 @@ impl Balancer {
                     "no other server is up to retry on"
                 };
                 self.answer(c, 503, msg, Some(&req.id), !whole).await;
-                return if whole { Next::Again } else { Next::Linger };
+                return self.after_error(c, whole);
             };
             if n_tried < tried.len() {
                 tried[n_tried] = u.addr;
@@ -810,7 +888,7 @@ impl Balancer {
             let flight = InFlight::new(u);
             let u = &flight.0;
             let started = std::time::Instant::now();
-            let (mut up, reused) = match self.checkout(u).await {
+            let (mut up, reused) = match self.checkout(u, started, fresh).await {
                 Ok(x) => x,
                 Err(e) => {
                     u.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -830,22 +908,38 @@ impl Balancer {
                         !whole,
                     )
                     .await;
-                    return if whole { Next::Again } else { Next::Linger };
+                    return self.after_error(c, whole);
                 }
             };
-            if let Err(e) = write_all(&mut up.io, &s.req, &mut c.up_timer, lim.read_timeout).await {
-                // The connection failed under the first write: the server cannot have taken
-                // a whole request (what was read of the body is all in this write, the rest
-                // is still unread with the client), so it may go anywhere again. A pooled
-                // connection the server had closed is no fault of the server: try it again.
-                debug!(upstream = %u.addr, error = %e, reused, "sending a request failed");
-                if reused {
-                    n_tried -= 1;
-                } else {
-                    u.errors.fetch_add(1, Ordering::Relaxed);
-                    self.totals.retries.fetch_add(1, Ordering::Relaxed);
+            let mut written = 0;
+            let sent = write_all_counted(
+                &mut up.io,
+                &s.req,
+                &mut c.up_timer,
+                lim.read_timeout,
+                &mut written,
+            )
+            .await;
+            if let Err(e) = sent {
+                // The connection failed under the first write. What was read of the body is
+                // all in this write (the rest is still with the client), so the request may
+                // go anywhere again if none of it went out, or if sending it twice is safe.
+                // A pooled connection the server had closed is no fault of the server.
+                debug!(upstream = %u.addr, error = %e, reused, written, "sending a request failed");
+                if written == 0 || req.idempotent {
+                    if reused {
+                        n_tried -= 1;
+                        fresh = true;
+                    } else {
+                        u.errors.fetch_add(1, Ordering::Relaxed);
+                        self.totals.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
                 }
-                continue;
+                u.errors.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("the server failed: {e}");
+                self.answer(c, 502, &msg, Some(&req.id), true).await;
+                return Next::Linger;
             }
             // The rest of the body, unless the client waits for the server's go-ahead.
             // Once any of it went out, the request is never sent again.
@@ -884,8 +978,12 @@ impl Balancer {
 
             // The answer's head (and any 1xx before it).
             let resp = loop {
+                let mut scanned = 0;
                 let got = loop {
-                    if !up.buf.is_empty() {
+                    if up.buf.len() > MAX_RESPONSE_HEAD {
+                        break Err(io::Error::other("the server's answer head is too large"));
+                    }
+                    if !up.buf.is_empty() && h1::may_end_head(&up.buf, &mut scanned) {
                         let mut hs =
                             [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADERS];
                         let mut r = httparse::Response::new(&mut []);
@@ -896,12 +994,7 @@ impl Balancer {
                                 let info = self.rewrite_response(&r, &req, c.closing, &mut s.resp);
                                 break Ok((n, info));
                             }
-                            Ok(httparse::Status::Partial) if up.buf.len() <= MAX_RESPONSE_HEAD => {}
-                            Ok(httparse::Status::Partial) => {
-                                break Err(io::Error::other(
-                                    "the server's answer head is too large",
-                                ));
-                            }
+                            Ok(httparse::Status::Partial) => {}
                             Err(e) => {
                                 break Err(io::Error::other(format!("malformed answer head: {e}")));
                             }
@@ -926,14 +1019,18 @@ impl Balancer {
                         u.errors.fetch_add(1, Ordering::Relaxed);
                         let msg = format!("the server's answer is malformed: {}", bad.0);
                         self.answer(c, 502, &msg, Some(&req.id), !body_sent).await;
-                        return if body_sent { Next::Again } else { Next::Linger };
+                        return self.after_error(c, body_sent);
                     }
                     Err(e) => {
                         let eof = e.kind() == io::ErrorKind::UnexpectedEof && up.buf.is_empty();
-                        if eof && reused && whole && req.idempotent {
+                        // Nothing of the body went out but what is in `s.req`: the request
+                        // can be sent again as it was.
+                        let replayable = whole || (wait_continue && !body_sent);
+                        if eof && reused && replayable && req.idempotent {
                             // A pooled connection closed under the request: safe to send
                             // again, and no fault of the server.
                             n_tried -= 1;
+                            fresh = true;
                             break None;
                         }
                         u.errors.fetch_add(1, Ordering::Relaxed);
@@ -958,7 +1055,7 @@ impl Balancer {
                         debug!(upstream = %u.addr, error = %e, "server failed the request");
                         self.answer(c, status, &msg, Some(&req.id), !body_sent)
                             .await;
-                        return if body_sent { Next::Again } else { Next::Linger };
+                        return self.after_error(c, body_sent);
                     }
                 };
                 up.buf.advance(n);
@@ -1102,7 +1199,7 @@ impl Balancer {
         }
         self.answer(c, 502, "too many failed attempts", Some(&req.id), !whole)
             .await;
-        if whole { Next::Again } else { Next::Linger }
+        self.after_error(c, whole)
     }
 }
 
@@ -1156,6 +1253,12 @@ impl ServerApp for HttpApp {
         loop {
             match b.exchange(&mut c, &mut s, first).await {
                 Next::Again => first = false,
+                // Unread pipelined requests: a plain close would reset the connection and
+                // could destroy the last answer before the client read it.
+                Next::Close if !c.buf.is_empty() => {
+                    c.linger().await;
+                    return None;
+                }
                 Next::Close => {
                     let _ = tokio::time::timeout(LINGER, c.io.shutdown()).await;
                     return None;

@@ -50,6 +50,26 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `buf` may hold the end of a head (a blank line: `\n\n` or `\n\r\n`, as httparse
+/// reads them) at or after `scanned`, which then moves to where the next search starts (a
+/// few bytes back, for an end split between reads).
+pub fn may_end_head(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = (*scanned).min(buf.len());
+    let found = buf[from..].iter().enumerate().any(|(i, &b)| {
+        b == b'\n' && {
+            let rest = &buf[from + i + 1..];
+            rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n")
+        }
+    });
+    *scanned = buf.len().saturating_sub(2);
+    found
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+pub fn has_token(v: &[u8], token: &[u8]) -> bool {
+    tokens(v).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// What the `Connection` headers of a head say: `close`, `keep-alive`, and the other headers
 /// they name (hop-by-hop for this hop only).
 #[derive(Debug, Default)]
@@ -75,6 +95,11 @@ impl<'a> ConnectionHeader<'a> {
                     c.close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
                     c.keep_alive = true;
+                } else if t.eq_ignore_ascii_case(b"content-length")
+                    || t.eq_ignore_ascii_case(b"transfer-encoding")
+                {
+                    // Never: the body is framed by them on both hops (dropping one would
+                    // let the next hop read the body as another request).
                 } else if c.n_named < c.named.len() {
                     c.named[c.n_named] = t;
                     c.n_named += 1;
@@ -189,6 +214,10 @@ pub enum Chunk {
         digits: u8,
         value: u64,
     },
+    /// Whitespace after the size: only `;` (an extension) or the line's end may follow.
+    SizeWs {
+        value: u64,
+    },
     /// A chunk extension, to the end of the line.
     Ext {
         len: u32,
@@ -283,7 +312,8 @@ fn chunk_byte(s: Chunk, b: u8) -> Result<Chunk, Bad> {
     Ok(match s {
         Chunk::Size { digits, value } => match b {
             b'\r' if digits > 0 => Chunk::SizeLf { value },
-            b';' | b' ' | b'\t' if digits > 0 => Chunk::Ext { len: 1, value },
+            b';' if digits > 0 => Chunk::Ext { len: 1, value },
+            b' ' | b'\t' if digits > 0 => Chunk::SizeWs { value },
             _ => {
                 let d = hex(b).ok_or(Bad("invalid chunk size"))?;
                 if digits >= 15 {
@@ -294,6 +324,12 @@ fn chunk_byte(s: Chunk, b: u8) -> Result<Chunk, Bad> {
                     value: value * 16 + d,
                 }
             }
+        },
+        Chunk::SizeWs { value } => match b {
+            b' ' | b'\t' => Chunk::SizeWs { value },
+            b';' => Chunk::Ext { len: 1, value },
+            b'\r' => Chunk::SizeLf { value },
+            _ => return Err(Bad("invalid chunk size line")),
         },
         Chunk::Ext { len, value } => match b {
             b'\r' => Chunk::SizeLf { value },
@@ -323,6 +359,7 @@ fn chunk_byte(s: Chunk, b: u8) -> Result<Chunk, Bad> {
         Chunk::TrailerStart { used } => match b {
             b'\r' => Chunk::EndLf,
             b'\n' => return Err(Bad("bare LF in trailers")),
+            _ if used >= MAX_CHUNK_META => return Err(Bad("trailers too long")),
             _ => Chunk::TrailerLine { used: used + 1 },
         },
         Chunk::TrailerLine { used } => match b {
@@ -332,7 +369,7 @@ fn chunk_byte(s: Chunk, b: u8) -> Result<Chunk, Bad> {
             _ => Chunk::TrailerLine { used: used + 1 },
         },
         Chunk::TrailerLf { used } => match b {
-            b'\n' => Chunk::TrailerStart { used },
+            b'\n' => Chunk::TrailerStart { used: used + 2 },
             _ => return Err(Bad("invalid trailer line")),
         },
         Chunk::EndLf => match b {
@@ -421,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_after_a_chunk_size_and_trailers_are_bounded() {
+        let ok = b"3 \t;a=b\r\nabc\r\n0  \r\n\r\n";
+        assert_eq!(feed(ok, 1).unwrap(), (ok.len(), true));
+        // One-byte trailer lines count too, CRLFs included.
+        let mut many = b"0\r\n".to_vec();
+        for _ in 0..3000 {
+            many.extend_from_slice(b"X\r\n");
+        }
+        assert!(feed(&many, 7).is_err());
+    }
+
+    #[test]
     fn malformed_chunked_bodies_are_refused() {
         for bad in [
             &b"x\r\n"[..],
@@ -429,9 +478,34 @@ mod tests {
             b"3\nabc",
             b"1234567890abcdef0\r\n",
             b"0\r\nX\n",
+            // A size then a space then anything but `;` (hyper would read that line as a
+            // request line: "1b /admin HTTP/1.1").
+            b"1b /admin HTTP/1.1\r\n",
+            b"3 x\r\nabc\r\n",
         ] {
             assert!(feed(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_head_end_is_found_across_reads_and_only_searched_in_new_bytes() {
+        let mut scanned = 0;
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: x\r", &mut scanned));
+        assert!(!may_end_head(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r",
+            &mut scanned
+        ));
+        assert!(may_end_head(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            &mut scanned
+        ));
+        let mut scanned = 0;
+        assert!(!may_end_head(b"GET / HTTP/1.1\nA: b\n", &mut scanned));
+        assert!(may_end_head(b"GET / HTTP/1.1\nA: b\n\n", &mut scanned));
+        // An end already searched past is not found again.
+        let mut scanned = 0;
+        assert!(may_end_head(b"\r\n\r\nGET", &mut scanned));
+        assert!(!may_end_head(b"\r\n\r\nGET / HT", &mut scanned));
     }
 
     #[test]
@@ -499,6 +573,10 @@ mod tests {
         assert!(c.drops("upgrade"));
         assert!(!c.drops("content-type"));
         assert!(!c.drops("transfer-encoding"));
+        // Framing headers stay whatever Connection says.
+        let h = hdrs(&[("Connection", b"Content-Length, transfer-encoding")]);
+        let c = ConnectionHeader::of(&h);
+        assert!(!c.drops("content-length") && !c.drops("Transfer-Encoding"));
         let many: Vec<u8> = (0..20)
             .map(|i| format!("x-h{i},"))
             .collect::<String>()
