@@ -317,7 +317,8 @@ async fn closed(s: &mut TcpStream) -> bool {
 
 async fn proxy_in_front(port: u16) -> Proxy {
     let p = Proxy::start(
-        "upstream_read_timeout_ms = 1000",
+        // Two threads: connections and their pooled server connections on both runtimes.
+        "upstream_read_timeout_ms = 1000\nthreads = 2",
         &format!(
             "[upstreams]\nservers = [\"127.0.0.1:{port}\"]\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n"
         ),

@@ -480,7 +480,7 @@ impl Balancer {
     ) -> Result<(UpConn, bool), String> {
         if !fresh {
             loop {
-                let c = u.pool.lock().expect("pool lock").pop();
+                let c = u.pool.mine().lock().expect("pool lock").pop();
                 match c {
                     Some(c) if c.usable(now) => return Ok((c, true)),
                     Some(_) => continue,
@@ -513,7 +513,7 @@ impl Balancer {
     fn checkin(u: &Upstream, mut c: UpConn) {
         let now = std::time::Instant::now();
         c.idle_since = now;
-        let mut pool = u.pool.lock().expect("pool lock");
+        let mut pool = u.pool.mine().lock().expect("pool lock");
         // The pool is a stack: connections at its bottom may wait long; drop the expired.
         while pool
             .first()
@@ -1039,7 +1039,7 @@ impl Balancer {
                             // or closed it): its other idle connections are suspect too.
                             // Dropping them makes the next request connect afresh, which a
                             // dead server refuses, so it is marked down and skipped at once.
-                            u.pool.lock().expect("pool lock").clear();
+                            u.pool.clear();
                         }
                         let (status, msg) = if e.kind() == io::ErrorKind::TimedOut {
                             (

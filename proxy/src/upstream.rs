@@ -68,6 +68,40 @@ impl Histogram {
     }
 }
 
+/// Proxy threads with a pool stack of their own (more share them, round-robin).
+const POOL_SHARDS: usize = 16;
+
+/// Idle keep-alive connections to one server: a stack per proxy thread. A connection is
+/// registered with the reactor of the runtime (thread) that made it; used from another
+/// thread's runtime, every wait on it would cost a cross-thread wake-up.
+#[derive(Debug, Default)]
+pub struct Pool {
+    shards: [Mutex<Vec<crate::app::UpConn>>; POOL_SHARDS],
+}
+
+impl Pool {
+    /// The calling thread's stack.
+    pub fn mine(&self) -> &Mutex<Vec<crate::app::UpConn>> {
+        &self.shards[shard()]
+    }
+
+    /// Drops every idle connection, on every thread's stack.
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().expect("pool lock").clear();
+        }
+    }
+}
+
+/// This thread's pool stack, fixed at its first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % POOL_SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
 /// One server as the proxy sees it.
 #[derive(Debug)]
 pub struct Upstream {
@@ -92,7 +126,7 @@ pub struct Upstream {
     /// Skipped until this time (ms since the registry's epoch): it refused a connection.
     pub passive_down_until: AtomicU64,
     /// Idle keep-alive connections to it.
-    pub pool: Mutex<Vec<crate::app::UpConn>>,
+    pub pool: Pool,
 }
 
 impl Upstream {
@@ -110,7 +144,7 @@ impl Upstream {
             ready: AtomicBool::new(true),
             last_check_error: Mutex::new(None),
             passive_down_until: AtomicU64::new(0),
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::default(),
         }
     }
 }
@@ -280,6 +314,19 @@ pub fn backend_addr(b: &Backend) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_thread_has_its_own_pool_stack() {
+        let here = shard();
+        assert_eq!(shard(), here, "a thread keeps its stack");
+        let others: Vec<usize> = (0..3)
+            .map(|_| std::thread::spawn(shard).join().unwrap())
+            .collect();
+        assert!(!others.contains(&here), "{here} {others:?}");
+        assert!(others[0] != others[1] && others[1] != others[2]);
+        let p = Pool::default();
+        assert!(std::ptr::eq(p.mine(), p.mine()));
+    }
 
     #[test]
     fn histogram_quantiles_fall_in_buckets() {
