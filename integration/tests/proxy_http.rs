@@ -4,9 +4,10 @@
 //! request-smuggling shapes refused before any byte reaches a server, malformed and late
 //! answers. Clients here write raw bytes, so what is tested is exactly what goes over the wire.
 
+use oxbus_integration::eventually;
 use oxbus_integration::proxy::Proxy;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -30,6 +31,9 @@ impl Seen {
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// Lets the scripted server's `/refuse-body` handler go (it holds its connection unread).
+static REFUSED_READ: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Reads until `buf` holds a blank line; returns the head's length (None: closed first).
 async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<usize> {
@@ -55,6 +59,17 @@ async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, upto: usize) -
     Some(())
 }
 
+/// Where the line starting at `at` ends (its CR), reading more as needed.
+async fn line_end<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, at: usize) -> Option<usize> {
+    loop {
+        if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+            return Some(at + i);
+        }
+        let upto = buf.len() + 1;
+        fill(s, buf, upto).await?;
+    }
+}
+
 /// Decodes a chunked body starting at `buf[0]`; returns (data, bytes used, trailer lines).
 async fn read_chunked<S: AsyncRead + Unpin>(
     s: &mut S,
@@ -63,27 +78,15 @@ async fn read_chunked<S: AsyncRead + Unpin>(
     let mut at = 0;
     let mut data = Vec::new();
     loop {
-        let line_end = loop {
-            if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
-                break at + i;
-            }
-            let upto = buf.len() + 1;
-            fill(s, buf, upto).await?;
-        };
-        let line = std::str::from_utf8(&buf[at..line_end]).ok()?;
+        let end = line_end(s, buf, at).await?;
+        let line = std::str::from_utf8(&buf[at..end]).ok()?;
         let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
-        at = line_end + 2;
+        at = end + 2;
         if size == 0 {
             // Trailers, up to the blank line.
             let mut trailers = String::new();
             loop {
-                let end = loop {
-                    if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
-                        break at + i;
-                    }
-                    let upto = buf.len() + 1;
-                    fill(s, buf, upto).await?;
-                };
+                let end = line_end(s, buf, at).await?;
                 if end == at {
                     return Some((data, end + 2, trailers));
                 }
@@ -115,6 +118,7 @@ async fn scripted_server() -> (u16, Log) {
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
+            s.set_nodelay(true).unwrap();
             tokio::spawn(serve(s, log2.clone()));
         }
     });
@@ -131,11 +135,12 @@ async fn serve(mut s: TcpStream, log: Log) {
         let method = parts.next().unwrap_or_default().to_string();
         let path = parts.next().unwrap_or_default().to_string();
         if path == "/refuse-body" {
-            // Answers at once and stops reading (holding the connection for a while).
+            // Answers at once and stops reading, holding the connection until the test has
+            // its answer.
             let _ = s
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
                 .await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            REFUSED_READ.notified().await;
             return;
         }
         if header_of(&head, "expect").as_deref() == Some("100-continue") {
@@ -189,7 +194,6 @@ async fn serve(mut s: TcpStream, log: Log) {
                     "5\r\nworld\r\n",
                     "0\r\nx-trailer: t\r\n\r\n",
                 ] {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                     r = r.and(s.write_all(piece.as_bytes()).await);
                 }
                 r
@@ -198,7 +202,6 @@ async fn serve(mut s: TcpStream, log: Log) {
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall ")
                     .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
                 let _ = s.write_all(b"of it").await;
                 return;
             }
@@ -229,9 +232,9 @@ async fn serve(mut s: TcpStream, log: Log) {
                     .await
             }
             "/stall" => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
-                    .await
+                // Never answers: holds the connection until the proxy gives up on it.
+                let _ = s.read(&mut [0u8; 1]).await;
+                return;
             }
             _ => {
                 s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
@@ -324,25 +327,20 @@ async fn proxy_in_front(port: u16) -> Proxy {
         ),
     );
     // Until the first check passed, requests wait for it; one answer proves it.
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
-        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        if read_answer(&mut s, &mut buf, false)
-            .await
-            .is_some_and(|a| a.status == 200)
-        {
-            return p;
-        }
-        assert!(
-            Instant::now() < end,
-            "the proxy never reached the scripted server"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the proxy reaches the scripted server",
+        || async {
+            let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.ok()?;
+            s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .ok()?;
+            let a = read_answer(&mut s, &mut Vec::new(), false).await?;
+            (a.status == 200).then_some(())
+        },
+    )
+    .await;
+    p
 }
 
 fn requests_to(log: &Log, path: &str) -> Vec<Seen> {
@@ -359,6 +357,8 @@ async fn bodies_in_every_framing_go_through_as_they_came() {
     let (port, log) = scripted_server().await;
     let p = proxy_in_front(port).await;
     let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    // Separate writes go out as separate segments.
+    s.set_nodelay(true).unwrap();
     let mut buf = Vec::new();
 
     // A chunked request body, written in pieces, with a trailer: forwarded chunked (the
@@ -366,7 +366,6 @@ async fn bodies_in_every_framing_go_through_as_they_came() {
     s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: x-mine\r\nx-mine: 1\r\nte: trailers\r\n\r\n4\r\nWiki")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"\r\n5\r\npedia\r\n0\r\nx-sum: 9\r\n\r\n")
         .await
         .unwrap();
@@ -526,6 +525,7 @@ async fn expect_continue_early_answers_and_http10_clients() {
     .expect("no answer")
     .expect("closed without an answer");
     writer.abort();
+    REFUSED_READ.notify_one();
     assert_eq!((a.status, a.body.as_slice()), (413, &b"too big\n"[..]));
     assert_eq!(a.header("connection").as_deref(), Some("close"));
 

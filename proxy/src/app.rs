@@ -255,11 +255,32 @@ impl Client {
     }
 }
 
-fn timed_out(what: &str, limit: Duration) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("{what}: no progress within {} ms", limit.as_millis()),
-    )
+/// Polls `op` until it is ready; once it has had to wait, it must be ready within `limit`
+/// (the timer is armed only then: an operation ready at once costs no timer work).
+async fn within<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    what: &str,
+    mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> io::Result<T> {
+    let mut armed = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = op(cx) {
+            return Poll::Ready(r);
+        }
+        if !armed {
+            timer.as_mut().reset(Instant::now() + limit);
+            armed = true;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what}: no progress within {} ms", limit.as_millis()),
+            )));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Writes all of `data`; each write that has to wait must progress within `limit`.
@@ -281,19 +302,8 @@ async fn write_all_counted<W: AsyncWrite + Unpin>(
     written: &mut usize,
 ) -> io::Result<()> {
     while !data.is_empty() {
-        let mut armed = false;
-        let n = poll_fn(|cx| match Pin::new(&mut *w).poll_write(cx, data) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                if !armed {
-                    timer.as_mut().reset(Instant::now() + limit);
-                    armed = true;
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(timed_out("write", limit)));
-                }
-                Poll::Pending
-            }
+        let n = within(timer, limit, "write", |cx| {
+            Pin::new(&mut *w).poll_write(cx, data)
         })
         .await?;
         if n == 0 {
@@ -310,21 +320,7 @@ async fn flush<W: AsyncWrite + Unpin>(
     timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
 ) -> io::Result<()> {
-    let mut armed = false;
-    poll_fn(|cx| match Pin::new(&mut *w).poll_flush(cx) {
-        Poll::Ready(r) => Poll::Ready(r),
-        Poll::Pending => {
-            if !armed {
-                timer.as_mut().reset(Instant::now() + limit);
-                armed = true;
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(timed_out("flush", limit)));
-            }
-            Poll::Pending
-        }
-    })
-    .await
+    within(timer, limit, "flush", |cx| Pin::new(&mut *w).poll_flush(cx)).await
 }
 
 /// Reads more into `buf`; a read that has to wait must complete within `limit`. 0: EOF.
@@ -338,21 +334,7 @@ async fn read_within<R: AsyncRead + Unpin>(
         buf.reserve(16 * 1024);
     }
     let mut read = pin!(r.read_buf(buf));
-    let mut armed = false;
-    poll_fn(|cx| {
-        if let Poll::Ready(r) = read.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        if !armed {
-            timer.as_mut().reset(Instant::now() + limit);
-            armed = true;
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(timed_out("read", limit)));
-        }
-        Poll::Pending
-    })
-    .await
+    within(timer, limit, "read", |cx| read.as_mut().poll(cx)).await
 }
 
 /// Where a body copy failed.
@@ -510,8 +492,8 @@ impl Balancer {
         }
     }
 
-    fn checkin(u: &Upstream, mut c: UpConn) {
-        let now = std::time::Instant::now();
+    /// Puts a connection back in the pool, idle from `now`.
+    fn checkin(u: &Upstream, mut c: UpConn, now: std::time::Instant) {
         c.idle_since = now;
         let mut pool = u.pool.mine().lock().expect("pool lock");
         // The pool is a stack: connections at its bottom may wait long; drop the expired.
@@ -835,6 +817,47 @@ impl Balancer {
         }
     }
 
+    /// Sends the rest of a request body from the client to the server. `Ok(true)`: all of
+    /// it; `Ok(false)`: the server stopped reading (it may have answered early: read on);
+    /// `Err`: the exchange ends so (the client left or stalled mid-body, or its chunked
+    /// framing is malformed: answered 400).
+    async fn send_body(
+        &self,
+        c: &mut Client,
+        id: &ReqId,
+        body: &mut Framing,
+        up: &mut UpConn,
+        u: &Upstream,
+    ) -> Result<bool, Next> {
+        let limit = self.limits.read_timeout;
+        let sent = pump(
+            &mut c.io,
+            &mut c.buf,
+            body,
+            &mut up.io,
+            &mut c.timer,
+            &mut c.up_timer,
+            limit,
+        )
+        .await;
+        match sent {
+            Ok(()) => Ok(true),
+            Err(PumpErr::Src(e)) => {
+                debug!(error = %e, "client failed while sending a request body");
+                Err(Next::Close)
+            }
+            Err(PumpErr::Bad(b)) => {
+                self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
+                self.answer(c, 400, b, Some(id), true).await;
+                Err(Next::Linger)
+            }
+            Err(PumpErr::Dst(e)) => {
+                debug!(upstream = %u.addr, error = %e, "server stopped reading a request body");
+                Ok(false)
+            }
+        }
+    }
+
     /// One request and its answer.
     async fn exchange(&self, c: &mut Client, s: &mut Scratch, first: bool) -> Next {
         let req = match self.read_request(c, &mut s.req, first).await {
@@ -946,33 +969,10 @@ impl Balancer {
             let mut body_sent = whole;
             let mut up_broken = false;
             if !whole && !wait_continue {
-                match pump(
-                    &mut c.io,
-                    &mut c.buf,
-                    &mut body,
-                    &mut up.io,
-                    &mut c.timer,
-                    &mut c.up_timer,
-                    lim.read_timeout,
-                )
-                .await
-                {
-                    Ok(()) => body_sent = true,
-                    // The client left or stalled mid-body: nobody to answer.
-                    Err(PumpErr::Src(e)) => {
-                        debug!(error = %e, "client failed while sending a request body");
-                        return Next::Close;
-                    }
-                    Err(PumpErr::Bad(b)) => {
-                        self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
-                        self.answer(c, 400, b, Some(&req.id), true).await;
-                        return Next::Linger;
-                    }
-                    // The server stopped reading (it may have answered early: read on).
-                    Err(PumpErr::Dst(e)) => {
-                        debug!(upstream = %u.addr, error = %e, "server stopped reading a request body");
-                        up_broken = true;
-                    }
+                match self.send_body(c, &req.id, &mut body, &mut up, u).await {
+                    Ok(true) => body_sent = true,
+                    Ok(false) => up_broken = true,
+                    Err(next) => return next,
                 }
             }
 
@@ -1083,28 +1083,10 @@ impl Balancer {
                     if info.status == 100 && wait_continue {
                         wait_continue = false;
                         let _ = flush(&mut c.io, &mut c.timer, lim.read_timeout).await;
-                        match pump(
-                            &mut c.io,
-                            &mut c.buf,
-                            &mut body,
-                            &mut up.io,
-                            &mut c.timer,
-                            &mut c.up_timer,
-                            lim.read_timeout,
-                        )
-                        .await
-                        {
-                            Ok(()) => body_sent = true,
-                            Err(PumpErr::Src(_)) => return Next::Close,
-                            Err(PumpErr::Bad(b)) => {
-                                self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
-                                self.answer(c, 400, b, Some(&req.id), true).await;
-                                return Next::Linger;
-                            }
-                            Err(PumpErr::Dst(e)) => {
-                                debug!(upstream = %u.addr, error = %e, "server stopped reading a request body");
-                                up_broken = true;
-                            }
+                        match self.send_body(c, &req.id, &mut body, &mut up, u).await {
+                            Ok(true) => body_sent = true,
+                            Ok(false) => up_broken = true,
+                            Err(next) => return next,
                         }
                     }
                     continue;
@@ -1151,7 +1133,7 @@ impl Balancer {
                 .is_err()
             {
                 if rbody.done() && resp.up_keep && up.buf.is_empty() {
-                    Self::checkin(u, up);
+                    Self::checkin(u, up, std::time::Instant::now());
                 }
                 return Next::Close;
             }
@@ -1190,10 +1172,11 @@ impl Balancer {
             {
                 next = Next::Close;
             }
-            u.latency.record(started.elapsed());
+            let now = std::time::Instant::now();
+            u.latency.record(now - started);
             // Bytes past the answer's end mean the server is out of step: not reused.
             if resp.up_keep && up.buf.is_empty() {
-                Self::checkin(u, up);
+                Self::checkin(u, up, now);
             }
             return next;
         }

@@ -72,57 +72,54 @@ pub fn has_token(v: &[u8], token: &[u8]) -> bool {
 
 /// What the `Connection` headers of a head say: `close`, `keep-alive`, and the other headers
 /// they name (hop-by-hop for this hop only).
-#[derive(Debug, Default)]
-pub struct ConnectionHeader<'a> {
+#[derive(Debug)]
+pub struct ConnectionHeader<'h, 'b> {
     pub close: bool,
     pub keep_alive: bool,
-    named: [&'a [u8]; 8],
-    n_named: usize,
-    /// More names than fit: every header not known as end-to-end is then checked slowly.
-    overflow: bool,
-    all: Vec<&'a [u8]>,
+    /// They name other headers (rare): only then is a header's name looked up among them.
+    names: bool,
+    headers: &'h [httparse::Header<'b>],
 }
 
-impl<'a> ConnectionHeader<'a> {
-    pub fn of(headers: &[httparse::Header<'a>]) -> Self {
-        let mut c = ConnectionHeader::default();
-        for h in headers {
-            if !h.name.eq_ignore_ascii_case("connection") {
-                continue;
-            }
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    c.close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    c.keep_alive = true;
-                } else if t.eq_ignore_ascii_case(b"content-length")
-                    || t.eq_ignore_ascii_case(b"transfer-encoding")
-                {
-                    // Never: the body is framed by them on both hops (dropping one would
-                    // let the next hop read the body as another request).
-                } else if c.n_named < c.named.len() {
-                    c.named[c.n_named] = t;
-                    c.n_named += 1;
-                } else {
-                    c.overflow = true;
-                    c.all.push(t);
-                }
-            }
+/// `Connection` tokens that are not names of other headers. The framing headers never are
+/// taken as such: the body is framed by them on both hops (dropping one would let the next
+/// hop read the body as another request).
+fn names_a_header(t: &[u8]) -> bool {
+    !["close", "keep-alive", "content-length", "transfer-encoding"]
+        .iter()
+        .any(|k| t.eq_ignore_ascii_case(k.as_bytes()))
+}
+
+impl<'h, 'b> ConnectionHeader<'h, 'b> {
+    pub fn of(headers: &'h [httparse::Header<'b>]) -> Self {
+        let mut c = ConnectionHeader {
+            close: false,
+            keep_alive: false,
+            names: false,
+            headers,
+        };
+        for t in c.tokens() {
+            c.close |= t.eq_ignore_ascii_case(b"close");
+            c.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            c.names |= names_a_header(t);
         }
         c
+    }
+
+    fn tokens(&self) -> impl Iterator<Item = &'b [u8]> + 'h {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| tokens(h.value))
     }
 
     /// Whether `name` is to be dropped when forwarding.
     pub fn drops(&self, name: &str) -> bool {
         is_hop_by_hop(name)
-            || self.named[..self.n_named]
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            || (self.overflow
+            || (self.names
                 && self
-                    .all
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+                    .tokens()
+                    .any(|t| names_a_header(t) && t.eq_ignore_ascii_case(name.as_bytes())))
     }
 }
 
