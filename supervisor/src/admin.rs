@@ -491,6 +491,7 @@ fn deploy_error(e: crate::deploy::DeployError) -> Response<Body> {
         DeployError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
         DeployError::Refused(doc) => reply(StatusCode::UNPROCESSABLE_ENTITY, doc),
         DeployError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+        DeployError::Busy(m) => error(StatusCode::CONFLICT, m),
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cache::{CacheDef, DEFAULT_CACHE};
 use crate::config::{Channel, ChannelType};
-use crate::deploy::{CallError, DeployError, Source, WorkerAck};
+use crate::deploy::{DeployError, Source, WorkerAck};
 use crate::jobs::JobDef;
 use crate::server::Shared;
 use crate::store::Plan;
@@ -506,9 +506,6 @@ pub async fn import(
         }
     }
     if !plan.deploy_modules.is_empty() {
-        let Some(first) = crate::deploy::live_workers(&shared.pool).into_iter().next() else {
-            return Err(unavailable("no worker is ready to check the modules"));
-        };
         let srcs: Vec<Source<'_>> = plan
             .deploy_modules
             .iter()
@@ -518,11 +515,8 @@ pub async fn import(
                 source,
             })
             .collect();
-        match crate::deploy::check(&shared.pool, &first, &srcs).await {
-            Ok(_) => {}
-            Err(CallError::Refused(doc)) => return Err(DeployError::Refused(doc)),
-            Err(e) => return Err(unavailable(e)),
-        }
+        // Under the same deadline as a deploy's check (a hung import is refused, 422).
+        crate::deploy::checked(shared, &srcs).await?;
     }
 
     if dry_run || plan.is_empty() {
