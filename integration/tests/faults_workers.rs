@@ -273,12 +273,11 @@ async fn a_hung_import_is_refused_at_its_deadline_and_holds_no_store_or_lock() {
     let runs = tmp.join("runs.jsonl");
     let marker = tmp.join("marker");
     // SQLite: one writer at a time, so a transaction held across the check would stop the
-    // scheduler's lease, its claims and every admin change.
+    // scheduler's lease, its claims and every admin change. The default deadline, 10 s.
     let srv = Arc::new(
         faults_env()
             .workers(2)
             .service("sched.py", RECORD)
-            .set("deploy", "check_timeout_ms", "6000")
             .env("FAULTS_RUNS", runs.to_str().unwrap())
             .start()
             .await,
@@ -355,7 +354,7 @@ async fn a_hung_import_is_refused_at_its_deadline_and_holds_no_store_or_lock() {
     assert_eq!(r.status, 422, "{}", text(&r));
     let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
     assert!(
-        error.contains("deploy.check_timeout_ms (6000 ms)"),
+        error.contains("deploy.check_timeout_ms (10000 ms)"),
         "{error}"
     );
     // The spinning worker is gone, a replacement serves, nothing was stored.
@@ -391,7 +390,7 @@ async fn a_second_deploy_during_a_hung_check_is_checked_after_it_on_its_own() {
         faults_env()
             .workers(1)
             .channel("/hot", &["GET"], "hot.hello")
-            .set("deploy", "check_timeout_ms", "3000")
+            .env("OXBUS_DEPLOY_CHECK_TIMEOUT_MS", "5000")
             .start()
             .await,
     );
