@@ -417,6 +417,71 @@ async fn a_second_deploy_during_a_hung_check_is_checked_after_it_on_its_own() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+#[tokio::test]
+async fn a_config_import_with_a_hung_module_holds_no_lock_and_is_refused() {
+    let tmp = scratch("import");
+    let marker = tmp.join("marker");
+    let srv = Arc::new(
+        faults_env()
+            .workers(2)
+            .env("OXBUS_DEPLOY_CHECK_TIMEOUT_MS", "5000")
+            .start()
+            .await,
+    );
+    let token = srv.admin_token();
+    let doc = json!({"service_module": [{"name": "hangs", "source": hanging_module(&marker)}]});
+    let importing = {
+        let (srv, token) = (srv.clone(), token.clone());
+        tokio::spawn(async move {
+            srv.admin(
+                "POST",
+                "/v1/config",
+                Some(&token),
+                doc.to_string().as_bytes(),
+            )
+            .await
+        })
+    };
+    let checker = marker_pid(&marker).await;
+    let ch = json!({"name": "during", "url_path": "/during", "methods": ["POST"], "service": "test.echo"});
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&token),
+            ch.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    assert!(
+        !importing.is_finished(),
+        "the import answered before the channel change went through"
+    );
+    let r = importing.await.unwrap();
+    assert_eq!(r.status, 422, "{}", text(&r));
+    assert!(
+        text(&r).contains("check_timeout_ms (5000 ms)"),
+        "{}",
+        text(&r)
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the checking worker to be killed",
+        || {
+            let alive = living(&[checker]);
+            async move { alive.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    wait_workers(&srv, 2).await;
+    let m = srv
+        .admin("GET", "/v1/modules/hangs", Some(&token), b"")
+        .await;
+    assert_eq!(m.status, 404, "{}", text(&m));
+    srv.assert_no_errors(&[]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 /// Every entry under `root` (but those in `skip`): (path, mode, kind).
 fn walk(root: &Path, skip: &[&Path], out: &mut Vec<(PathBuf, u32, &'static str)>) {
     for e in std::fs::read_dir(root).unwrap().flatten() {
