@@ -15,7 +15,12 @@
 //! refuses the deploy with its exit in the message. Checks on one server run one at a time
 //! (`check_lock`): a deploy that arrives during another's check waits for it — at most the
 //! deadline, since that is when the other check ends — and then runs its own check under a
-//! deadline of its own.
+//! deadline of its own (409 if the slot never came free).
+//!
+//! Activation imports the checked modules again in every worker, under `deploy_lock` so
+//! that every worker sees module changes in the same order; it runs code that has just
+//! imported cleanly, and is bounded by the same deadline: a worker still importing at the
+//! deadline is killed, and its replacement loads the stored versions before it serves.
 
 use oxbus_ipc::ServiceInfo;
 use serde::Deserialize;
