@@ -238,7 +238,10 @@ class CodeCache:
         tmp = '%s.%d.%d.tmp' % (path, os.getpid(), threading.get_ident())
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with open(tmp, 'wb') as f:
+            # 0600 whatever the worker's umask (the operator's): this is compiled code of
+            # the store's modules, as private as the store itself.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, 'wb') as f:
                 f.write(marshal.dumps(codes))
             os.replace(tmp, path)
         except (OSError, ValueError):

@@ -955,8 +955,35 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         description='Oxbus Python worker. Started by the Oxbus server, not by hand.')
     parser.add_argument('--socket', required=True, help="the supervisor's Unix socket path")
     parser.add_argument('--worker-id', type=int, required=True, help='this worker’s id')
-    parser.add_argument('--token', required=True, help='one-time token proving who we are')
     return parser.parse_args(argv)
+
+
+_MAX_TOKEN = 256
+
+
+def _read_token() -> str:
+    """The one-time token, as the first line of stdin; exits 2 without one.
+
+    The supervisor writes it to a pipe and closes it: on the command line every local user
+    could read it (``ps``), in the environment every process of the same user
+    (``/proc/PID/environ``). Read with ``os.read`` on fd 0, byte by byte up to the newline,
+    so nothing past it is buffered away from user code (there is nothing past it anyway).
+    """
+    data = b''
+    while not data.endswith(b'\n') and len(data) <= _MAX_TOKEN:
+        try:
+            chunk = os.read(0, 1)
+        except OSError as e:
+            _fail(EXIT_USAGE, 'oxbus worker: cannot read the token from stdin: %s' % e)
+        if not chunk:
+            break
+        data += chunk
+    token = data.strip().decode('ascii', 'replace')
+    if not token or len(data) > _MAX_TOKEN:
+        _fail(EXIT_USAGE, 'oxbus worker: expected the one-time token as the first line of '
+              'stdin (the Oxbus server writes it there); got %s'
+              % ('nothing' if not token else 'more than %d bytes' % _MAX_TOKEN))
+    return token
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -1048,6 +1075,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``python -m oxbus.worker``: returns the exit code (or exits with it)."""
     started = _monotonic()
     args = _parse_args(argv)  # exits 2 on a bad command line
+    token = _read_token()  # exits 2 without one
     # Ctrl-C in a terminal reaches the whole process group, and systemd's default stop
     # sends SIGTERM to every process of the unit; the supervisor decides how its workers stop
     # (DRAIN, or a kill), so a worker must not die halfway through on its own. (The
@@ -1063,7 +1091,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _fail(EXIT_LOST, 'oxbus worker %d: cannot connect to the supervisor at %s: %s'
               % (args.worker_id, args.socket, e))
     reader = FrameReader()
-    welcome = _handshake(sock, reader, args.worker_id, args.token)
+    welcome = _handshake(sock, reader, args.worker_id, token)
 
     root = logging.getLogger()
     root.setLevel(_LOG_LEVELS[welcome['log_level'].lower()])

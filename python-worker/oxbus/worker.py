@@ -1,6 +1,7 @@
 """Entry point of the Python worker process.
 
-Usage: ``python -m oxbus.worker --socket PATH --worker-id N --token HEX``.
+Usage: ``python -m oxbus.worker --socket PATH --worker-id N``, with the one-time token as
+the first line of stdin (out of ``ps``'s sight).
 
 The Oxbus server spawns this (never forks it) with the interpreter the operator configured,
 so the user's virtualenv and its native wheels are in effect. Everything happens in

@@ -79,12 +79,16 @@ class FakeSupervisor:
         full_env.update(env or {})
         cmd = [sys.executable, '-m', 'oxbus.worker']
         cmd += args if args is not None else [
-            '--socket', self.path, '--worker-id', str(worker_id), '--token', token]
+            '--socket', self.path, '--worker-id', str(worker_id)]
         if self.proc is not None:  # a second spawn in one test: keep only the new stderr
             self._stderr.close()
         self._stderr = open(self.stderr_path, 'wb')
-        self.proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL,
+        # The token on stdin, then EOF, as the server sends it (None: no token at all).
+        self.proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=self._stderr)
+        if token is not None:
+            self.proc.stdin.write(token.encode() + b'\n')
+        self.proc.stdin.close()
         return self.proc
 
     def accept(self, timeout: float = 10) -> None:

@@ -127,11 +127,28 @@ def test_handshake_and_ready(sup):
 
 
 def test_bad_command_line_exits_2(sup):
-    sup.spawn(args=['--socket', sup.path, '--worker-id', 'three', '--token', 'x'])
+    sup.spawn(args=['--socket', sup.path, '--worker-id', 'three'])
     assert sup.wait_exit() == 2
     sup.spawn(args=[])
     assert sup.wait_exit() == 2
     assert 'required' in sup.stderr
+
+
+def test_the_token_comes_on_stdin_never_on_the_command_line(sup):
+    # On the command line it would be readable by every local user (ps): refused.
+    sup.spawn(args=['--socket', sup.path, '--worker-id', '3', '--token', 'x'])
+    assert sup.wait_exit() == 2
+    assert 'unrecognized arguments: --token' in sup.stderr
+    # No token on stdin: exit 2, saying where it is expected; nothing was dialled.
+    sup.spawn(token=None)
+    assert sup.wait_exit() == 2
+    assert 'first line of stdin' in sup.stderr
+    # The token line read from stdin is the one HELLO presents.
+    sup.spawn(token='abc123')
+    sup.accept()
+    kind, _, _, payload = sup.recv()
+    assert kind == P.HELLO
+    assert P.decode_json(payload)['token'] == 'abc123'
 
 
 def test_protocol_mismatch_exits_4_with_the_message(sup):

@@ -491,6 +491,7 @@ fn deploy_error(e: crate::deploy::DeployError) -> Response<Body> {
         DeployError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
         DeployError::Refused(doc) => reply(StatusCode::UNPROCESSABLE_ENTITY, doc),
         DeployError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+        DeployError::Busy(m) => error(StatusCode::CONFLICT, m),
     }
 }
 
@@ -1007,8 +1008,14 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
         }
     };
     let by = "config-import";
+    // The changed modules are imported first, under the deploy deadline and before the
+    // lock: a hung import must not hold channel and other changes.
+    let checked = match crate::config_io::check_modules(shared, &doc).await {
+        Ok(c) => c,
+        Err(e) => return deploy_error(e),
+    };
     let _one_at_a_time = shared.deploy_lock.lock().await;
-    let report = match crate::config_io::import(shared, doc, dry_run, replace, by).await {
+    let report = match crate::config_io::import(shared, doc, dry_run, replace, by, &checked).await {
         Ok(r) => r,
         Err(e) => return deploy_error(e),
     };

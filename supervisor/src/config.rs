@@ -71,6 +71,8 @@ pub struct Settings {
     #[serde(default)]
     pub openapi: OpenApiSection,
     #[serde(default)]
+    pub deploy: DeploySection,
+    #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
     #[serde(skip)]
@@ -125,7 +127,8 @@ pub struct WorkersSection {
     /// Recycle a worker after this many requests (0 = never), plus up to `max_requests_jitter`.
     pub max_requests: u64,
     pub max_requests_jitter: u64,
-    /// Recycle a worker whose resident memory exceeds this many MiB (0 = never).
+    /// Recycle a worker whose resident memory exceeds this many MiB (0 = never): its
+    /// replacement starts first, then it drains. Default [`DEFAULT_MAX_RSS_MB`].
     pub max_rss_mb: u64,
     pub heartbeat_ms: u64,
     /// How long a worker may take from spawn to READY.
@@ -141,10 +144,41 @@ impl Default for WorkersSection {
             max_queue: 1024,
             max_requests: 0,
             max_requests_jitter: 0,
-            max_rss_mb: 0,
+            max_rss_mb: DEFAULT_MAX_RSS_MB,
             heartbeat_ms: 5000,
             startup_timeout_ms: 30_000,
             drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The default ceiling on a worker's resident memory, in MiB. An idle worker is ~20–40 MiB
+/// and a busy one with numpy, lxml or a pandas frame a few hundred; a worker past 1 GiB has
+/// almost always leaked (a cache that only grows, a request that read a huge file), and with
+/// up to 8 workers per server an unbounded one takes the machine's memory from the others.
+/// Recycling is graceful (replacement first, then drain), so a legitimate peak costs one
+/// worker start. Services that really need more set `workers.max_rss_mb` (0 = no ceiling).
+pub const DEFAULT_MAX_RSS_MB: u64 = 1024;
+
+/// The smallest non-zero `workers.max_rss_mb`: below the interpreter's own footprint a
+/// worker would be recycled as soon as it starts, forever.
+pub const MIN_MAX_RSS_MB: u64 = 64;
+
+/// `[deploy]`: hot deployment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeploySection {
+    /// How long a worker may take to import a deploy's modules (the check, and each
+    /// worker's activation). Past it the worker is killed and replaced and the deploy
+    /// refused (422): a module whose import never returns must not hold a worker, a lock
+    /// or the deploy's caller.
+    pub check_timeout_ms: u64,
+}
+
+impl Default for DeploySection {
+    fn default() -> Self {
+        DeploySection {
+            check_timeout_ms: 10_000,
         }
     }
 }
@@ -425,7 +459,7 @@ impl DataFormat {
 }
 
 const SECTIONS: &[&str] = &[
-    "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi",
+    "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi", "deploy",
 ];
 
 impl Settings {
@@ -531,6 +565,20 @@ impl Settings {
         }
         if self.workers.max_inflight == 0 {
             return bad("workers.max_inflight", &0, "must be at least 1");
+        }
+        if self.workers.max_rss_mb != 0 && self.workers.max_rss_mb < MIN_MAX_RSS_MB {
+            return bad(
+                "workers.max_rss_mb",
+                &self.workers.max_rss_mb,
+                "must be 0 (no ceiling) or at least 64: below that a worker is recycled as soon as it starts",
+            );
+        }
+        if !(100..=600_000).contains(&self.deploy.check_timeout_ms) {
+            return bad(
+                "deploy.check_timeout_ms",
+                &self.deploy.check_timeout_ms,
+                "must be 100..=600000 (0.1 s to 10 min)",
+            );
         }
         if self.workers.heartbeat_ms < 100 {
             return bad(
@@ -754,6 +802,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn rss_ceiling_and_deploy_deadline_have_defaults_and_limits() {
+        let s = parse("", &[]).unwrap();
+        assert_eq!(s.workers.max_rss_mb, DEFAULT_MAX_RSS_MB);
+        assert_eq!(s.deploy.check_timeout_ms, 10_000);
+        let s = parse(
+            "[workers]\nmax_rss_mb = 0\n[deploy]\ncheck_timeout_ms = 2000",
+            &[],
+        )
+        .unwrap();
+        assert_eq!((s.workers.max_rss_mb, s.deploy.check_timeout_ms), (0, 2000));
+        let e = parse("[workers]\nmax_rss_mb = 10", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers.max_rss_mb = 10"), "{e}");
+        let e = parse("", &[("OXBUS_DEPLOY_CHECK_TIMEOUT_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deploy.check_timeout_ms = 0"), "{e}");
     }
 
     #[test]

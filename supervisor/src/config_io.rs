@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cache::{CacheDef, DEFAULT_CACHE};
 use crate::config::{Channel, ChannelType};
-use crate::deploy::{CallError, DeployError, Source, WorkerAck};
+use crate::deploy::{DeployError, Source, WorkerAck};
 use crate::jobs::JobDef;
 use crate::server::Shared;
 use crate::store::Plan;
@@ -269,12 +269,57 @@ fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
 /// Validates `doc` in full against the store and this server, then (unless `dry_run`) applies
 /// it in one transaction and brings the workers and the routing table up to date. The caller
 /// holds `shared.deploy_lock`.
+/// Imports, in one worker under `deploy.check_timeout_ms`, the document's modules that
+/// differ from the store's active versions; returns what was checked (name, source hash)
+/// for [`import`]. Called before `deploy_lock` is taken: no lock is held while user code runs.
+pub async fn check_modules(
+    shared: &Shared,
+    doc: &Document,
+) -> Result<Vec<(String, String)>, DeployError> {
+    if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
+        return Err(bad(format!("service_module: {d} is listed twice")));
+    }
+    for m in &doc.service_module {
+        crate::store::validate_module_name(&m.name)
+            .map_err(|e| bad(format!("service_module: {e}")))?;
+    }
+    let active = shared.store.active_modules().await.map_err(unavailable)?;
+    let changed: Vec<_> = doc
+        .service_module
+        .iter()
+        .filter(|m| {
+            !active
+                .iter()
+                .any(|a| a.name == m.name && a.source_hash == crate::store::source_hash(&m.source))
+        })
+        .collect();
+    if !changed.is_empty() {
+        let srcs: Vec<Source<'_>> = changed
+            .iter()
+            .map(|m| Source {
+                name: &m.name,
+                version: 0,
+                source: &m.source,
+            })
+            .collect();
+        crate::deploy::checked(shared, &srcs).await?;
+    }
+    Ok(changed
+        .iter()
+        .map(|m| (m.name.clone(), crate::store::source_hash(&m.source)))
+        .collect())
+}
+
+/// Applies `doc`. `checked` is what [`check_modules`] imported beforehand: a module to
+/// deploy that is not in it (the store changed in between) refuses the import (409) rather
+/// than run user code here, under the caller's lock.
 pub async fn import(
     shared: &Shared,
     doc: Document,
     dry_run: bool,
     replace: bool,
     by: &str,
+    checked: &[(String, String)],
 ) -> Result<Report, DeployError> {
     if let Some(f) = doc.oxbus_config.filter(|f| *f != FORMAT) {
         return Err(bad(format!(
@@ -471,7 +516,8 @@ pub async fn import(
     )
     .await?;
 
-    // Modules: the changed ones are imported in a worker before anything is written.
+    // Modules: the changed ones were imported in a worker (`check_modules`, before the
+    // caller took its lock) and nothing is written unless they were.
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
         return Err(bad(format!("service_module: {d} is listed twice")));
     }
@@ -505,24 +551,15 @@ pub async fn import(
             }
         }
     }
-    if !plan.deploy_modules.is_empty() {
-        let Some(first) = crate::deploy::live_workers(&shared.pool).into_iter().next() else {
-            return Err(unavailable("no worker is ready to check the modules"));
-        };
-        let srcs: Vec<Source<'_>> = plan
-            .deploy_modules
+    if let Some((name, _)) = plan.deploy_modules.iter().find(|(name, source)| {
+        !checked
             .iter()
-            .map(|(name, source)| Source {
-                name,
-                version: 0,
-                source,
-            })
-            .collect();
-        match crate::deploy::check(&shared.pool, &first, &srcs).await {
-            Ok(_) => {}
-            Err(CallError::Refused(doc)) => return Err(DeployError::Refused(doc)),
-            Err(e) => return Err(unavailable(e)),
-        }
+            .any(|(n, h)| n == name && *h == crate::store::source_hash(source))
+    }) {
+        return Err(DeployError::Busy(format!(
+            "module {name} changed in the config store while this import's modules were \
+             checked: retry the import"
+        )));
     }
 
     if dry_run || plan.is_empty() {

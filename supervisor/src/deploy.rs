@@ -2,10 +2,25 @@
 //! IPC spec, and the all-or-nothing sequence around them.
 //!
 //! A deploy is: check the new sources in one worker (a syntax or import error comes back as
-//! a traceback and nothing changes anywhere) → store the new versions (one transaction, one
-//! config version; written while the worker checks, committed once the check passed) →
-//! activate them in every worker at once. A worker started later gets every
-//! active module from the store before it takes traffic.
+//! a traceback and nothing changes anywhere) → store the new versions (one short
+//! transaction, one config version, the services' module claims in it) → activate them in
+//! every worker at once. A worker started later gets every active module from the store
+//! before it takes traffic.
+//!
+//! The check runs user code (the modules' imports), which may never return or may end the
+//! process. So it runs under a deadline (`deploy.check_timeout_ms`), holding neither a store
+//! transaction nor `deploy_lock` (which channel and other admin changes take): a hung import
+//! costs its own deploy a 422 and the checking worker, which is killed and replaced; nothing
+//! else waits on it. A worker that dies while checking (`os._exit(3)` at import, a segfault)
+//! refuses the deploy with its exit in the message. Checks on one server run one at a time
+//! (`check_lock`): a deploy that arrives during another's check waits for it — at most the
+//! deadline, since that is when the other check ends — and then runs its own check under a
+//! deadline of its own (409 if the slot never came free).
+//!
+//! Activation imports the checked modules again in every worker, under `deploy_lock` so
+//! that every worker sees module changes in the same order; it runs code that has just
+//! imported cleanly, and is bounded by the same deadline: a worker still importing at the
+//! deadline is killed, and its replacement loads the stored versions before it serves.
 
 use oxbus_ipc::ServiceInfo;
 use serde::Deserialize;
@@ -21,8 +36,9 @@ use crate::store::{Module, StoreError};
 /// store; a frozen peer whose link has not timed out yet must not hold the deploy long).
 const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a worker may take to import a deploy.
-const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a worker that died while checking may take to be reaped (its exit code goes
+/// into the deploy's refusal).
+const REAP_WAIT: Duration = Duration::from_secs(2);
 
 /// A module's source for a `modules.*` call.
 #[derive(Debug, Clone)]
@@ -39,6 +55,12 @@ pub enum CallError {
     /// `module`, `traceback`).
     #[error("worker refused: {0}")]
     Refused(Value),
+    /// No answer before the deadline: the worker still runs the import.
+    #[error("the worker did not answer within {0} ms")]
+    Timeout(u128),
+    /// The worker's process ended while it had the call (the connection closed).
+    #[error("the worker died during the call")]
+    Died,
     #[error("worker unreachable: {0}")]
     Unreachable(String),
 }
@@ -65,11 +87,17 @@ async fn call(
     w: &Arc<Worker>,
     meta: &Value,
     body: &[u8],
+    deadline: Instant,
 ) -> Result<Vec<ServiceInfo>, CallError> {
+    let waited = deadline.saturating_duration_since(Instant::now());
     let reply = pool
-        .call_worker(w, meta, body, Instant::now() + DEPLOY_TIMEOUT)
+        .call_worker(w, meta, body, deadline)
         .await
-        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        .map_err(|e| match e {
+            crate::pool::DispatchError::Deadline => CallError::Timeout(waited.as_millis()),
+            crate::pool::DispatchError::WorkerDied => CallError::Died,
+            e => CallError::Unreachable(e.to_string()),
+        })?;
     let doc: Value = serde_json::from_slice(&reply.body)
         .map_err(|e| CallError::Unreachable(format!("unreadable reply: {e}")))?;
     if reply.status != 200 {
@@ -85,9 +113,65 @@ pub async fn check(
     pool: &Pool,
     w: &Arc<Worker>,
     modules: &[Source<'_>],
+    deadline: Instant,
 ) -> Result<Vec<ServiceInfo>, CallError> {
     let (meta, body) = modules_call("modules.check", modules);
-    call(pool, w, &meta, &body).await
+    call(pool, w, &meta, &body, deadline).await
+}
+
+/// Checks `modules` in one ready worker under `deploy.check_timeout_ms`, holding no store
+/// transaction and no `deploy_lock` (see the module docs); returns their services. A worker
+/// that does not answer in time is killed and replaced; one that dies meanwhile is
+/// replaced by the supervisor as any crashed worker is; both refuse the deploy.
+pub async fn checked(
+    shared: &Shared,
+    modules: &[Source<'_>],
+) -> Result<Vec<ServiceInfo>, DeployError> {
+    let pool = &shared.pool;
+    let timeout = pool.import_timeout;
+    let ms = timeout.as_millis();
+    // The check in progress (if any) ends by its deadline, so this wait is bounded by it.
+    let Ok(_one_check) = tokio::time::timeout(timeout, shared.check_lock.lock()).await else {
+        return Err(DeployError::Busy(format!(
+            "another deploy's check held this server for deploy.check_timeout_ms ({ms} ms): retry"
+        )));
+    };
+    let deadline = Instant::now() + timeout;
+    // A worker killed by the previous check may still be starting again: wait for one.
+    let Some(w) = pool.wait_live(deadline).await else {
+        return Err(DeployError::Unavailable(
+            "no worker is ready to check the deploy".into(),
+        ));
+    };
+    match check(pool, &w, modules, deadline).await {
+        Ok(services) => Ok(services),
+        Err(CallError::Refused(doc)) => Err(DeployError::Refused(doc)),
+        Err(CallError::Timeout(_)) => {
+            pool.kill_worker(&w, "a deploy's check passed deploy.check_timeout_ms");
+            Err(DeployError::Refused(json!({
+                "error": format!(
+                    "the modules' import did not finish within deploy.check_timeout_ms ({ms} ms): \
+                     nothing was deployed; the checking worker (pid {}) was killed and is replaced",
+                    w.pid.load(std::sync::atomic::Ordering::Relaxed)
+                ),
+                "timeout_ms": ms,
+            })))
+        }
+        Err(CallError::Died) => {
+            let how = w
+                .exited(Instant::now() + REAP_WAIT)
+                .await
+                .unwrap_or_else(|| "died".to_owned());
+            Err(DeployError::Refused(json!({
+                "error": format!(
+                    "the checking worker (pid {}) {how} while importing the modules: nothing \
+                     was deployed; the worker is replaced",
+                    w.pid.load(std::sync::atomic::Ordering::Relaxed)
+                ),
+            })))
+        }
+        Err(e @ CallError::Unreachable(_)) => Err(DeployError::Unavailable(e.to_string())),
+    }
 }
 
 /// Activates `modules` in `w`; on success the worker's service table is updated.
@@ -95,17 +179,23 @@ pub async fn activate(
     pool: &Pool,
     w: &Arc<Worker>,
     modules: &[Source<'_>],
+    deadline: Instant,
 ) -> Result<Vec<ServiceInfo>, CallError> {
     let (meta, body) = modules_call("modules.activate", modules);
-    let table = call(pool, w, &meta, &body).await?;
+    let table = call(pool, w, &meta, &body, deadline).await?;
     *w.services.lock().expect("services lock") = table.clone();
     Ok(table)
 }
 
 /// Removes modules from `w`.
-pub async fn remove(pool: &Pool, w: &Arc<Worker>, names: &[&str]) -> Result<(), CallError> {
+pub async fn remove(
+    pool: &Pool,
+    w: &Arc<Worker>,
+    names: &[&str],
+    deadline: Instant,
+) -> Result<(), CallError> {
     let meta = json!({"op": "modules.remove", "modules": names});
-    let table = call(pool, w, &meta, b"").await?;
+    let table = call(pool, w, &meta, b"", deadline).await?;
     *w.services.lock().expect("services lock") = table;
     Ok(())
 }
@@ -149,10 +239,15 @@ where
 {
     let calls = live_workers(pool).into_iter().map(|w| {
         let (id, pid) = (w.id, w.pid.load(std::sync::atomic::Ordering::Relaxed));
-        let fut = op(pool, w);
+        let fut = op(pool, w.clone());
         async move {
             let t0 = Instant::now();
             let r = fut.await;
+            // Still importing at the deadline: it would never catch up; its replacement
+            // loads the deployed versions before it takes traffic.
+            if matches!(r, Err(CallError::Timeout(_))) {
+                pool.kill_worker(&w, "a module change passed deploy.check_timeout_ms");
+            }
             WorkerAck {
                 worker_id: id,
                 pid,
@@ -176,8 +271,9 @@ pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerA
     }
     let srcs = sources(modules);
     let srcs = &srcs;
+    let deadline = Instant::now() + pool.import_timeout;
     everywhere(pool, |pool, w| async move {
-        activate(pool, &w, srcs).await.map(drop)
+        activate(pool, &w, srcs, deadline).await.map(drop)
     })
     .await
 }
@@ -190,7 +286,11 @@ pub async fn remove_everywhere(pool: &Pool, names: &[&str]) -> Vec<WorkerAck> {
             deployed.remove(*n);
         }
     }
-    everywhere(pool, |pool, w| async move { remove(pool, &w, names).await }).await
+    let deadline = Instant::now() + pool.import_timeout;
+    everywhere(pool, |pool, w| async move {
+        remove(pool, &w, names, deadline).await
+    })
+    .await
 }
 
 /// Why a deploy changed nothing.
@@ -205,6 +305,9 @@ pub enum DeployError {
     /// No worker to check with, or the store is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// Another deploy's check kept this server's check slot for the whole deadline.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What a deploy did.
@@ -221,7 +324,7 @@ pub struct Report {
     pub workers: Vec<WorkerAck>,
     /// The other servers of the cluster (over the bus): each one's answer.
     pub servers: Vec<crate::bus::PeerReply>,
-    /// From the start until the check came back (the store writes meanwhile).
+    /// From the start until the check came back.
     pub check_ms: f64,
     /// From the check's answer until the store committed.
     pub store_ms: f64,
@@ -265,8 +368,9 @@ impl Report {
     }
 }
 
-/// The whole deploy sequence, one at a time per server: check `modules` (name, source) in
-/// one worker, store them in one transaction, activate them in every live worker. With
+/// The whole deploy sequence: check `modules` (name, source) in one worker under the
+/// deadline, holding nothing ([`checked`]); then, one deploy at a time (`deploy_lock`),
+/// store them in one short transaction and activate them in every live worker. With
 /// `skip_unchanged`, a module whose source equals its active version is left alone.
 pub async fn deploy(
     shared: &Shared,
@@ -286,7 +390,13 @@ pub async fn deploy(
             w[0]
         )));
     }
-    let one_at_a_time = shared.deploy_lock.lock().await;
+    // Bad names are refused before any worker imports anything.
+    for (name, _) in modules {
+        crate::store::validate_module_name(name).map_err(|e| match e {
+            StoreError::Invalid(m) => DeployError::Invalid(m),
+            e => DeployError::Invalid(e.to_string()),
+        })?;
+    }
     let mut unchanged = Vec::new();
     let mut todo: Vec<&(String, String)> = modules.iter().collect();
     if skip_unchanged {
@@ -323,11 +433,6 @@ pub async fn deploy(
             });
         }
     }
-    let Some(first) = live_workers(&shared.pool).into_iter().next() else {
-        return Err(DeployError::Unavailable(
-            "no worker is ready to check the deploy".into(),
-        ));
-    };
     let srcs: Vec<Source<'_>> = todo
         .iter()
         .map(|(name, source)| Source {
@@ -337,32 +442,17 @@ pub async fn deploy(
         })
         .collect();
     let pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
-    // The store writes the new versions while the worker checks them, in a transaction
-    // that commits only once the check passed: a refused deploy is rolled back and was
-    // never visible to anyone.
-    let (checked, written) = tokio::join!(
-        check(&shared.pool, &first, &srcs),
-        shared.store.begin_deploy(&pairs, by)
-    );
-    let services = match checked {
-        Ok(s) => s,
-        Err(e) => {
-            if let Ok(pending) = written {
-                // Now, so that the next deploy never waits for these rows' locks.
-                let _ = pending.rollback().await;
-            }
-            return Err(match e {
-                CallError::Refused(doc) => DeployError::Refused(doc),
-                e => DeployError::Unavailable(e.to_string()),
-            });
-        }
-    };
+    // The check first, holding nothing: a refused deploy never touched the store.
+    let services = checked(shared, &srcs).await?;
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let claims: Vec<(String, String)> = services
         .iter()
         .map(|s| (s.name.clone(), s.module.clone()))
         .collect();
-    let change = match written {
+    let one_at_a_time = shared.deploy_lock.lock().await;
+    // Then one short transaction: new versions, one config version, the services' claims
+    // (a service another module defines refuses the whole deploy).
+    let change = match shared.store.begin_deploy(&pairs, by).await {
         Ok(mut pending) => match pending.claim_services(&claims).await {
             Ok(()) => pending.commit().await,
             Err(e) => {

@@ -103,6 +103,13 @@ pub struct Worker {
     pub services: Mutex<Vec<ServiceInfo>>,
     /// An `ERROR` the worker sent before exiting (an import traceback, typically).
     pub boot_error: Mutex<Option<String>>,
+    /// Set when the worker's `READY` arrived. Until then exit codes 2/3/4 mean "cannot
+    /// import / refused / bad command line" (the server stops); from then on any exit is a
+    /// crash of this worker, whatever code user code passed to `os._exit` (see `server`).
+    pub handshaken: AtomicBool,
+    /// How the process ended ("exited with code 3", "was killed by signal 9"), once the
+    /// supervisor reaped it: a deploy whose checking worker died says why.
+    pub exit: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Worker {
@@ -125,7 +132,19 @@ impl Worker {
             said_bye: AtomicBool::new(false),
             services: Mutex::new(Vec::new()),
             boot_error: Mutex::new(None),
+            handshaken: AtomicBool::new(false),
+            exit: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Waits until the supervisor has reaped this worker; its exit, or None at `deadline`.
+    pub async fn exited(&self, deadline: Instant) -> Option<String> {
+        let mut rx = self.exit.subscribe();
+        tokio::time::timeout_at(deadline.into(), rx.wait_for(Option::is_some))
+            .await
+            .ok()?
+            .ok()
+            .and_then(|v| v.clone())
     }
 
     pub fn state(&self) -> WorkerState {
@@ -215,6 +234,8 @@ pub struct Pool {
     pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
     /// This server's named caches (the workers' `cache.*` calls; `crate::cache`).
     pub caches: Arc<crate::cache::Caches>,
+    /// How long a worker may take to import deployed modules (`deploy.check_timeout_ms`).
+    pub import_timeout: Duration,
 }
 
 impl Pool {
@@ -236,7 +257,14 @@ impl Pool {
             epoch: Instant::now(),
             events,
             call_timeout,
+            import_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Sets [`Pool::import_timeout`].
+    pub fn with_import_timeout(mut self, timeout: Duration) -> Pool {
+        self.import_timeout = timeout;
+        self
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -282,6 +310,34 @@ impl Pool {
             w.set_state(WorkerState::Draining);
         }
         w.inflight()
+    }
+
+    /// Asks the supervisor to SIGKILL `w` now and start another in its place (a deploy's
+    /// check that passed its deadline: the import may spin forever). It takes no new work
+    /// from now on, before the supervisor gets to it: the next check must not pick it.
+    pub fn kill_worker(&self, w: &Worker, reason: &'static str) {
+        self.mark_draining(w);
+        let _ = self.events.send(Event::Kill { id: w.id, reason });
+    }
+
+    /// The first worker that takes traffic, waiting for one (a replacement starting) until
+    /// `deadline`.
+    pub async fn wait_live(&self, deadline: Instant) -> Option<Arc<Worker>> {
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(w) = self
+                .all()
+                .into_iter()
+                .find(|w| w.state() == WorkerState::Ready)
+            {
+                return Some(w);
+            }
+            tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .ok()?;
+        }
     }
 
     /// Wakes waiters so they re-check (a worker became ready).

@@ -4,14 +4,24 @@
 //! terminal reaches only the server, which then decides how the workers stop. Their stdout
 //! and stderr become log lines in the worker's span; the last lines of stderr are kept so
 //! that a worker that dies at boot can be explained in the server's error.
+//!
+//! A worker's one-time IPC token reaches it on its stdin, a pipe closed right after: the
+//! command line is readable by every local user (`ps`), the environment by any process of
+//! the same user (`/proc/PID/environ`), a pipe by nobody else.
+//!
+//! The server runs with a umask of 077 ([`private_umask`]), so every file it creates (the
+//! SQLite store and its `-wal`/`-shm`, the snapshot, keys, tokens, sockets) is 0600 and every
+//! directory 0700 without a chmod at each site; the workers get the operator's umask back,
+//! since what user code writes is the operator's business, not ours.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tracing::{Instrument, info, warn};
 
@@ -24,6 +34,19 @@ pub mod exit_code {
     pub const IMPORT_FAILED: i32 = 3;
     pub const HANDSHAKE_REFUSED: i32 = 4;
     pub const LOST_SUPERVISOR: i32 = 5;
+}
+
+/// The umask the server was started with; `u32::MAX` until [`private_umask`] ran.
+static OPERATOR_UMASK: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Sets the process umask to 077 (files 0600, directories 0700) and remembers the
+/// operator's, which the workers get back. Idempotent.
+pub fn private_umask() {
+    use nix::sys::stat::{Mode, umask};
+    let old = umask(Mode::from_bits_truncate(0o077));
+    if OPERATOR_UMASK.load(Ordering::SeqCst) == u32::MAX {
+        OPERATOR_UMASK.store(old.bits(), Ordering::SeqCst);
+    }
 }
 
 /// What is needed to start workers.
@@ -86,15 +109,13 @@ pub fn spawn(
         .arg(&launch.socket)
         .arg("--worker-id")
         .arg(id.to_string())
-        .arg("--token")
-        .arg(token)
         .env("PYTHONPATH", python_path)
         .env(
             "OXBUS_CODE_CACHE",
             crate::python::code_cache_dir(&launch.python_path),
         )
         .current_dir(&launch.cwd)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -114,6 +135,14 @@ pub fn spawn(
             std::io::Error::new(e.kind(), msg)
         })?;
     let pid = child.id().unwrap_or(0);
+    // The token, then EOF: user code that reads stdin sees an empty one, as with /dev/null.
+    // (A few bytes fit the pipe's buffer, so this never waits on the worker.)
+    if let Some(mut stdin) = child.stdin.take() {
+        let line = format!("{token}\n");
+        tokio::spawn(async move {
+            let _ = stdin.write_all(line.as_bytes()).await;
+        });
+    }
     let span = tracing::info_span!("worker", id, pid, generation);
     let tail = StderrTail::default();
     if let Some(out) = child.stdout.take() {
@@ -151,11 +180,18 @@ pub fn spawn(
 #[allow(unsafe_code)]
 fn kill_with_parent(cmd: &mut Command) {
     let parent = std::process::id() as i32;
+    let operator_umask = OPERATOR_UMASK.load(Ordering::SeqCst);
     // SAFETY: the closure runs in the child between fork and exec; it only makes the
-    // async-signal-safe syscalls prctl(2), sigaction(2), getppid(2) and _exit(2), and
-    // allocates nothing. Setting SIG_IGN replaces no Rust-installed handler in the child.
+    // async-signal-safe syscalls prctl(2), sigaction(2), umask(2), getppid(2) and _exit(2),
+    // and allocates nothing. Setting SIG_IGN replaces no Rust-installed handler in the child.
     unsafe {
         cmd.pre_exec(move || {
+            // User code creates files with the operator's umask, not the server's 077.
+            if operator_umask != u32::MAX {
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+                    operator_umask as nix::libc::mode_t,
+                ));
+            }
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             // systemd's default stop signals every process of the unit and a terminal's
             // Ctrl-C the whole foreground group: the server alone decides how a worker

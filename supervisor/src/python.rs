@@ -5,7 +5,9 @@
 //! workers' `PYTHONPATH`, so any interpreter — the system one or a user's venv with numpy
 //! and lxml — runs the worker without installing anything, and the worker always speaks the
 //! same IPC protocol version as the server that started it. The private (0700) runtime
-//! directory holds the IPC socket.
+//! directory holds the IPC socket; it is removed when the server stops, and one left by a
+//! server that was killed (`kill -9`, an OOM kill: no drop runs) is removed by the next
+//! server that starts on the same base directory ([`remove_stale`]).
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -41,6 +43,7 @@ impl RuntimeDir {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(|| PathBuf::from("/tmp"));
+        remove_stale(&base);
         let pid = std::process::id();
         for n in 0..1000u32 {
             let path = base.join(format!("oxbus.{pid}.{n}"));
@@ -66,6 +69,54 @@ impl RuntimeDir {
     /// as the fallback location; returns the directory to put on `PYTHONPATH`.
     pub fn unpack_python(&self) -> io::Result<PathBuf> {
         install_package(cache_base().as_deref(), &self.path)
+    }
+}
+
+/// Removes the runtime directories (`oxbus.<pid>.<n>`) under `base` that a killed server
+/// left: only directories (not symlinks) owned by this user, and only when no process
+/// `<pid>` exists any more. A live process of that pid — the server itself, or anything
+/// that reused the pid — keeps its directory: leaving a stale one is harmless, removing a
+/// live one would cut a server off from its workers. Best effort: a failure is logged.
+pub fn remove_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("oxbus."))
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .filter(|pid| *pid > 0)
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me {
+            continue;
+        }
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if !gone {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), pid, "removed the runtime directory of a server that is gone")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "cannot remove a stale runtime directory")
+            }
+        }
     }
 }
 
@@ -242,6 +293,26 @@ mod tests {
         let base = rt.path().join("cache");
         let root = install_package(Some(&base), rt.path()).unwrap();
         assert_eq!(code_cache_dir(&root), base.join("code"));
+    }
+
+    #[test]
+    fn stale_runtime_dirs_of_dead_servers_are_removed_and_live_ones_kept() {
+        let rt = RuntimeDir::create(None).unwrap();
+        let base = rt.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        // A pid that cannot exist (above pid_max), ours (alive), and names that are not ours.
+        let dead = base.join("oxbus.2147483646.0");
+        let live = base.join(format!("oxbus.{}.3", std::process::id()));
+        let other = base.join("oxbus.notapid.0");
+        let file = base.join("oxbus.2147483645.1");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::create_dir(dead.join("sub")).unwrap();
+        std::fs::write(&file, b"").unwrap();
+        remove_stale(&base);
+        assert!(!dead.exists());
+        assert!(live.is_dir() && other.is_dir() && file.is_file());
     }
 
     #[test]

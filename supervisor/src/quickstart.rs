@@ -97,6 +97,12 @@ threads = 8                # concurrent `def handle` calls per worker
 services_dir = "services"
 log_level = "info"
 
+[workers]
+# max_rss_mb = 1024          # recycle a worker past this resident memory (0 = no ceiling)
+
+[deploy]
+# check_timeout_ms = 10000   # a deploy whose imports take longer is refused (422)
+
 [http]
 request_timeout_ms = 30000
 max_body_bytes = 10485760

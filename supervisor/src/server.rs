@@ -44,6 +44,11 @@ pub enum Event {
     Stuck {
         id: u32,
     },
+    /// Kill this worker now and start another (a deploy's check passed its deadline).
+    Kill {
+        id: u32,
+        reason: &'static str,
+    },
     Respawn {
         generation: u64,
         replaces: Option<u32>,
@@ -110,8 +115,12 @@ pub struct Shared {
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<crate::bus::Bus>>,
     pub started: Instant,
-    /// One deploy at a time, so every worker sees module changes in the same order.
+    /// One deploy at a time, so every worker sees module changes in the same order. Never
+    /// held while a worker runs a deploy's check (see `deploy`): channel and other changes
+    /// take it too, and must not wait on user code.
     pub deploy_lock: tokio::sync::Mutex<()>,
+    /// One deploy check at a time on this server (each under `deploy.check_timeout_ms`).
+    pub check_lock: tokio::sync::Mutex<()>,
     /// The scheduler's job definitions as this server has them (by name): from the config it
     /// booted from, then as `sync` and this server's own changes leave them. Swapped whole
     /// through [`crate::jobs::set_live`], which notifies `jobs_changed`.
@@ -157,6 +166,8 @@ struct Child {
     ready: bool,
     replaces: Option<u32>,
     retire: Option<Retire>,
+    /// Why the server killed it, if it did (`Event::Kill`): its exit is then expected.
+    killed: Option<&'static str>,
     worker: Arc<Worker>,
 }
 
@@ -198,13 +209,11 @@ struct Supervisor {
 /// Runs a server until it is told to stop. Returns the process exit code.
 pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let started_at = Instant::now();
+    // Before anything is created: the store, its -wal/-shm, the snapshot, the key and token
+    // files, the runtime and pickup directories all come out private (see `process`).
+    process::private_umask();
     let services_dir = settings.services_dir();
-    if !services_dir.is_dir() {
-        return Err(ServerError::Fatal(format!(
-            "services directory {} does not exist",
-            services_dir.display()
-        )));
-    }
+    ensure_services_dir(&services_dir)?;
     // The pickup directory is watched from now on, so nothing saved while the workers
     // start is missed; what it holds is deployed once the server is ready.
     let pickup = match settings.pickup_dir() {
@@ -283,12 +292,15 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     }
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let pool = Arc::new(Pool::new(
-        settings.workers.max_inflight as usize,
-        settings.workers.max_queue as usize,
-        settings.request_timeout(),
-        ev_tx.clone(),
-    ));
+    let pool = Arc::new(
+        Pool::new(
+            settings.workers.max_inflight as usize,
+            settings.workers.max_queue as usize,
+            settings.request_timeout(),
+            ev_tx.clone(),
+        )
+        .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms)),
+    );
     *pool.deployed.lock().expect("deployed lock") = boot
         .snapshot
         .modules
@@ -318,6 +330,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,
         deploy_lock: tokio::sync::Mutex::new(()),
+        check_lock: tokio::sync::Mutex::new(()),
         jobs: std::sync::RwLock::new(Arc::new(boot.snapshot.jobs.clone())),
         jobs_changed: tokio::sync::Notify::new(),
         scheduler: Default::default(),
@@ -455,6 +468,36 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     }
     drop(runtime);
     result
+}
+
+/// The services directory, created (private, like every directory the server makes) when
+/// it is missing and its parent exists — as the pickup directory is: a server whose services
+/// all come from deploys needs no file there, and a cluster's servers should not have to be
+/// prepared by hand. A missing parent is a typo more likely than a wish, so it stays an error.
+fn ensure_services_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if dir.exists() {
+        return Err(ServerError::Fatal(format!(
+            "the services directory {} is not a directory",
+            dir.display()
+        )));
+    }
+    let parent = dir.parent().unwrap_or(std::path::Path::new("/"));
+    if !parent.is_dir() {
+        return Err(ServerError::Fatal(format!(
+            "the services directory {} does not exist, nor does its parent {}: create it or fix [server] services_dir",
+            dir.display(),
+            parent.display()
+        )));
+    }
+    std::fs::create_dir(dir).map_err(io_err(format!(
+        "cannot create the services directory {}",
+        dir.display()
+    )))?;
+    info!(dir = %dir.display(), "created the services directory");
+    Ok(())
 }
 
 /// Binds the cluster bus when this server runs one (a PostgreSQL store and a cluster secret),
@@ -669,6 +712,7 @@ impl Supervisor {
                 ready: false,
                 replaces,
                 retire: None,
+                killed: None,
                 worker,
             },
         );
@@ -682,6 +726,16 @@ impl Supervisor {
             Event::WorkerExited { id, status } => return self.on_exit(id, status),
             Event::Recycle { id, reason } => self.on_recycle(id, reason)?,
             Event::Stuck { id } => self.on_stuck(id)?,
+            Event::Kill { id, reason } => {
+                if let Some(child) = self.children.get_mut(&id)
+                    && child.killed.is_none()
+                {
+                    warn!(id, pid = child.pid, reason, "killing worker");
+                    child.killed = Some(reason);
+                    self.shared.pool.mark_draining(&child.worker);
+                    process::signal(child.pid, Signal::SIGKILL);
+                }
+            }
             Event::Respawn {
                 generation,
                 replaces,
@@ -861,6 +915,11 @@ impl Supervisor {
         };
         let code = status.and_then(|s| s.code());
         let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+        child.worker.exit.send_replace(Some(match (code, signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("was killed by signal {s}"),
+            (None, None) => "ended (status unknown)".to_owned(),
+        }));
         if self.shutting_down.is_some() {
             debug!(id, ?code, "worker exited during shutdown");
             if self.children.is_empty() && self.http_drained {
@@ -879,12 +938,19 @@ impl Supervisor {
             .expect("boot_error lock")
             .clone()
             .unwrap_or_else(|| child.tail.text());
-        if matches!(
-            code,
-            Some(exit_code::IMPORT_FAILED)
-                | Some(exit_code::HANDSHAKE_REFUSED)
-                | Some(exit_code::BAD_ARGS)
-        ) {
+        // These codes are the worker's own verdict on its boot, so they mean something only
+        // before its READY: a worker that was serving exits with 2, 3 or 4 only because user
+        // code called `os._exit` with it (a handler, a deployed module's import), which is a
+        // crash of that worker, not a reason to stop every other service.
+        let handshaken = child.worker.handshaken.load(Ordering::SeqCst);
+        if !handshaken
+            && matches!(
+                code,
+                Some(exit_code::IMPORT_FAILED)
+                    | Some(exit_code::HANDSHAKE_REFUSED)
+                    | Some(exit_code::BAD_ARGS)
+            )
+        {
             let what = match code {
                 Some(exit_code::IMPORT_FAILED) => "the services could not be imported",
                 Some(exit_code::HANDSHAKE_REFUSED) => "the worker refused the handshake",
@@ -903,6 +969,25 @@ impl Supervisor {
                 child.pid,
                 code.unwrap_or(-1)
             )));
+        }
+        if let Some(reason) = child.killed {
+            // Expected: the server killed it. Its replacement starts now, with no crash
+            // counted (the module that hung was refused, the worker was fine).
+            warn!(
+                id,
+                pid = child.pid,
+                reason,
+                "killed worker exited; starting another"
+            );
+            let _ = self.events.send(Event::Respawn {
+                generation: if Some(child.generation) == self.reload {
+                    child.generation
+                } else {
+                    self.generation
+                },
+                replaces: child.replaces,
+            });
+            return Ok(None);
         }
         error!(
             id,
@@ -1274,6 +1359,7 @@ async fn handshake(
                 })??;
             match f.kind {
                 Kind::Ready => {
+                    worker.handshaken.store(true, Ordering::SeqCst);
                     let ready: Ready = f.parse_json().map_err(|e| e.to_string())?;
                     debug!(
                         services = ready.services.len(),
@@ -1329,7 +1415,8 @@ async fn handshake(
             };
             if !gone.is_empty() {
                 let names: Vec<&str> = gone.iter().map(String::as_str).collect();
-                crate::deploy::remove(&pool, &worker, &names)
+                let within = std::time::Instant::now() + welcome.startup_timeout;
+                crate::deploy::remove(&pool, &worker, &names, within)
                     .await
                     .map_err(|e| format!("the worker could not drop undeployed modules: {e}"))?;
                 for n in &gone {
@@ -1351,7 +1438,8 @@ async fn handshake(
                 }
             }
             first_batch = false;
-            let result = crate::deploy::activate(&pool, &worker, &srcs).await;
+            let within = std::time::Instant::now() + welcome.startup_timeout;
+            let result = crate::deploy::activate(&pool, &worker, &srcs, within).await;
             if let (Some(mut done), Ok(_)) = (first, &result) {
                 *done = true;
             }

@@ -566,7 +566,8 @@ impl Store {
     /// Writes a deploy of several modules (each gets its next version, made the active one;
     /// one config version for all of them) in a transaction that stays open until
     /// [`PendingDeploy::commit`]; dropping the result rolls it back. The deploy sequence
-    /// writes while a worker checks the code, and commits only once the check passed.
+    /// opens it only after a worker checked the code, claims the services in it and commits
+    /// at once: no transaction stays open while user code runs.
     /// Statements are batched (a few per 500 modules, not three per module).
     pub async fn begin_deploy(
         &self,

@@ -646,7 +646,7 @@ impl Sink for PickupLog {
                 tracing::error!(modules = %names, "pickup: deploy refused, nothing changed: {m}");
                 Outcome::Refused
             }
-            Err(DeployError::Unavailable(m)) => {
+            Err(DeployError::Unavailable(m) | DeployError::Busy(m)) => {
                 tracing::error!(modules = %names, "pickup: cannot deploy now: {m}");
                 Outcome::Unavailable
             }
