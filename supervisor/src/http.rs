@@ -89,9 +89,11 @@ struct Activity {
     idle_since: AtomicU64,
     /// Requests hyper dispatched so far on this connection.
     dispatched: AtomicU64,
-    /// A head the [`HeadGate`] refused, with the index of the stand-in request hyper
-    /// dispatches in its place.
-    refused: std::sync::Mutex<Option<(u64, Refusal)>>,
+    /// The index of the stand-in request hyper dispatches in place of a head the
+    /// [`HeadGate`] refused (`u64::MAX`: none), read without a lock on every request...
+    refused_at: AtomicU64,
+    /// ...and why it was refused.
+    refused: std::sync::Mutex<Option<Refusal>>,
 }
 
 impl Activity {
@@ -142,9 +144,10 @@ impl AsyncRead for Tracked {
             {
                 a.head_started.store(a.now(), Ordering::Relaxed);
             }
-            if let Some(refused) = this.gate.feed(got, &mut this.out) {
+            if let Some((index, refused)) = this.gate.feed(got, &mut this.out) {
                 this.out.extend_from_slice(HeadGate::stand_in());
                 *a.refused.lock().expect("refusal lock") = Some(refused);
+                a.refused_at.store(index, Ordering::Release);
             }
         }
     }
@@ -313,6 +316,7 @@ async fn serve_connection(
         head_started: AtomicU64::new(1),
         idle_since: AtomicU64::new(1),
         dispatched: AtomicU64::new(0),
+        refused_at: AtomicU64::new(u64::MAX),
         refused: std::sync::Mutex::new(None),
     });
     let http = &shared.settings.http;
@@ -336,15 +340,10 @@ async fn serve_connection(
             // Requests are dispatched in the order of their heads: the stand-in of a
             // refused head is the one whose index the gate noted.
             let index = activity.dispatched.fetch_add(1, Ordering::Relaxed);
-            let refused = {
-                let mut slot = activity.refused.lock().expect("refusal lock");
-                match slot.take() {
-                    Some((i, r)) if i == index => Some(r),
-                    other => {
-                        *slot = other;
-                        None
-                    }
-                }
+            let refused = if activity.refused_at.load(Ordering::Acquire) == index {
+                activity.refused.lock().expect("refusal lock").take()
+            } else {
+                None
             };
             async move {
                 let resp = match refused {
