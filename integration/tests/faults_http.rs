@@ -77,6 +77,14 @@ const REFUSED_SHAPES: &[(&str, &str)] = &[
         "POST /echo HTTP/1.1\r\n{H}content-length : 2\r\n\r\n{}",
     ),
     (
+        "obsolete line folding",
+        "POST /echo HTTP/1.1\r\n{H}x-a: 1\r\n  folded\r\ncontent-length: 2\r\n\r\n{}",
+    ),
+    (
+        "a request line as a chunk size",
+        "POST /echo HTTP/1.1\r\n{H}transfer-encoding: chunked\r\n\r\n1b /admin HTTP/1.1\r\n",
+    ),
+    (
         "a malformed chunk size",
         "POST /echo HTTP/1.1\r\n{H}transfer-encoding: chunked\r\n\r\nzz\r\n",
     ),
