@@ -71,6 +71,49 @@ impl HeadGate {
         matches!(self.state, State::Refused)
     }
 
+    /// Takes bytes read from the client as [`HeadGate::feed`] does, but hands on as many of
+    /// them as it can where they are: the first `n` bytes of `data` may be read by hyper as
+    /// they are, and what `out` holds after them. A body being followed and a whole head
+    /// found in one read (the common cases) are checked in place and never copied; only a
+    /// head split over reads (and what follows it in the read that ends it) is held and
+    /// copied. `out` must be empty.
+    pub fn feed_in_place(
+        &mut self,
+        data: &[u8],
+        out: &mut BytesMut,
+    ) -> (usize, Option<(u64, Refusal)>) {
+        debug_assert!(out.is_empty());
+        let mut n = 0;
+        while n < data.len() {
+            match &mut self.state {
+                State::Off => n = data.len(),
+                State::Body(f) => match f.advance(&data[n..]) {
+                    Ok(took) => {
+                        n += took;
+                        if f.done() {
+                            self.state = State::Head;
+                        }
+                    }
+                    Err(_) => self.state = State::Off,
+                },
+                State::Head if self.head.is_empty() => match check(&data[n..]) {
+                    Ok(Some((len, kind))) => {
+                        n += len;
+                        self.heads += 1;
+                        let f = Framing::new(kind);
+                        if !f.done() {
+                            self.state = State::Body(f);
+                        }
+                    }
+                    // Not whole yet, or refused: the slow path holds it or says why.
+                    _ => break,
+                },
+                State::Head | State::Refused => break,
+            }
+        }
+        (n, self.feed(&data[n..], out))
+    }
+
     /// Takes bytes read from the client and appends to `out` those hyper may read. When a
     /// head is refused, `out` ends with the stand-in head, and the refusal comes back with
     /// the stand-in's index among the requests of the connection (0 for the first).
@@ -101,7 +144,7 @@ impl HeadGate {
                         }
                         continue;
                     }
-                    match self.check() {
+                    match check(&self.head) {
                         Ok(None) => {
                             if self.head.len() > self.max_head {
                                 return Some(self.refuse(431, self.too_large()));
@@ -127,26 +170,6 @@ impl HeadGate {
         None
     }
 
-    /// Parses the head held: its length and body framing once complete (`None`: not yet), or
-    /// why it is refused.
-    fn check(&self) -> Result<Option<(usize, BodyKind)>, (u16, String)> {
-        let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADER_FIELDS];
-        let mut r = httparse::Request::new(&mut []);
-        match r.parse_with_uninit_headers(&self.head, &mut hs) {
-            Ok(httparse::Status::Complete(n)) => {
-                if h1::too_many_headers(r.headers) {
-                    return Err((431, too_many_headers()));
-                }
-                let framed = h1::framing(r.headers, true, r.version == Some(0))
-                    .map_err(|b| (400, b.0.to_string()))?;
-                Ok(Some((n, framed.kind)))
-            }
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(httparse::Error::TooManyHeaders) => Err((431, too_many_headers())),
-            Err(e) => Err((400, format!("malformed request head: {e}"))),
-        }
-    }
-
     fn too_large(&self) -> String {
         format!(
             "request head of {}+ bytes exceeds the limit of {} bytes",
@@ -169,6 +192,26 @@ impl HeadGate {
     }
 }
 
+/// Parses a head (the start of `buf`): its length and body framing once complete (`None`:
+/// not yet), or why it is refused.
+fn check(buf: &[u8]) -> Result<Option<(usize, BodyKind)>, (u16, String)> {
+    let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADER_FIELDS];
+    let mut r = httparse::Request::new(&mut []);
+    match r.parse_with_uninit_headers(buf, &mut hs) {
+        Ok(httparse::Status::Complete(n)) => {
+            if h1::too_many_headers(r.headers) {
+                return Err((431, too_many_headers()));
+            }
+            let framed = h1::framing(r.headers, true, r.version == Some(0))
+                .map_err(|b| (400, b.0.to_string()))?;
+            Ok(Some((n, framed.kind)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err((431, too_many_headers())),
+        Err(e) => Err((400, format!("malformed request head: {e}"))),
+    }
+}
+
 /// The 431 message of a head with too many headers (the proxy's says the same).
 fn too_many_headers() -> String {
     format!(
@@ -185,15 +228,19 @@ mod tests {
     /// refusal, if any.
     fn run(input: &[u8], step: usize) -> (Vec<u8>, Option<(u64, Refusal)>) {
         let mut g = HeadGate::new(16 * 1024);
-        let mut out = BytesMut::new();
+        let mut seen = Vec::new();
         let mut refused = None;
         for piece in input.chunks(step) {
-            if let Some(r) = g.feed(piece, &mut out) {
-                out.extend_from_slice(HeadGate::stand_in());
+            let mut out = BytesMut::new();
+            let (n, r) = g.feed_in_place(piece, &mut out);
+            seen.extend_from_slice(&piece[..n]);
+            seen.extend_from_slice(&out);
+            if let Some(r) = r {
+                seen.extend_from_slice(HeadGate::stand_in());
                 refused = Some(r);
             }
         }
-        (out.to_vec(), refused)
+        (seen, refused)
     }
 
     #[test]
@@ -222,6 +269,58 @@ mod tests {
             assert_eq!(r.status, 400);
             assert!(r.reason.contains("Content-Length and Transfer-Encoding"));
             assert_eq!(out, [first, STAND_IN].concat());
+        }
+    }
+
+    /// One well-framed request: a length or a chunked body (with random contents that may
+    /// look like heads or chunk lines), or none.
+    fn request() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let body = proptest::collection::vec(
+            prop_oneof![
+                Just(b'\r'),
+                Just(b'\n'),
+                Just(b'0'),
+                Just(b':'),
+                any::<u8>()
+            ],
+            0..40,
+        );
+        (0..3u8, body, 1..5usize).prop_map(|(kind, body, pieces)| {
+            let mut r = b"POST /x HTTP/1.1\r\nhost: h\r\n".to_vec();
+            match kind {
+                0 => r.extend_from_slice(b"\r\n"),
+                1 => {
+                    r.extend_from_slice(
+                        format!("content-length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    r.extend_from_slice(&body);
+                }
+                _ => {
+                    r.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                    for c in body.chunks(body.len().div_ceil(pieces).max(1)) {
+                        r.extend_from_slice(format!("{:x};e=1\r\n", c.len()).as_bytes());
+                        r.extend_from_slice(c);
+                        r.extend_from_slice(b"\r\n");
+                    }
+                    r.extend_from_slice(b"0\r\nx-t: 1\r\n\r\n");
+                }
+            }
+            r
+        })
+    }
+
+    proptest::proptest! {
+        /// Well-framed requests back to back, read in any pieces, reach hyper unchanged.
+        #[test]
+        fn well_framed_requests_pass_unchanged(
+            reqs in proptest::collection::vec(request(), 1..6),
+            step in 1..200usize,
+        ) {
+            let input = reqs.concat();
+            let (seen, refused) = run(&input, step);
+            proptest::prop_assert_eq!(refused, None);
+            proptest::prop_assert_eq!(seen, input);
         }
     }
 

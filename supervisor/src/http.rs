@@ -108,10 +108,9 @@ struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
     gate: HeadGate,
-    /// Bytes the gate let through that hyper has not read yet.
+    /// Bytes the gate let through that hyper has not read yet (a head that came in pieces,
+    /// or the stand-in of a refused one).
     out: BytesMut,
-    /// Where bytes from the socket land before the gate sees them.
-    scratch: Box<[u8]>,
 }
 
 impl AsyncRead for Tracked {
@@ -133,9 +132,11 @@ impl AsyncRead for Tracked {
                 // asks for a close) and ends the connection.
                 return Poll::Pending;
             }
-            let mut rb = ReadBuf::new(&mut this.scratch);
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            let got = rb.filled();
+            // Read straight into hyper's buffer; the gate says how much of it hyper may
+            // have as it is (usually all), and keeps or replaces the rest.
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let got = &buf.filled()[before..];
             if got.is_empty() {
                 return Poll::Ready(Ok(()));
             }
@@ -144,10 +145,15 @@ impl AsyncRead for Tracked {
             {
                 a.head_started.store(a.now(), Ordering::Relaxed);
             }
-            if let Some((index, refused)) = this.gate.feed(got, &mut this.out) {
+            let (pass, refused) = this.gate.feed_in_place(got, &mut this.out);
+            buf.set_filled(before + pass);
+            if let Some((index, refused)) = refused {
                 this.out.extend_from_slice(HeadGate::stand_in());
                 *a.refused.lock().expect("refusal lock") = Some(refused);
                 a.refused_at.store(index, Ordering::Release);
+            }
+            if pass > 0 {
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -326,7 +332,6 @@ async fn serve_connection(
         activity: activity.clone(),
         gate: HeadGate::new(max_head),
         out: BytesMut::new(),
-        scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
     });
     let header_timeout = http.header_read_timeout_ms;
     let idle_timeout = http.keepalive_timeout_ms;
