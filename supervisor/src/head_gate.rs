@@ -8,9 +8,11 @@
 //! `Transfer-Encoding` it drops the length from the header map and reads the body as
 //! chunked), and a handler cannot refuse what it cannot see.
 //!
-//! The gate holds the bytes of a head until the head is complete, checks it, and hands it on
-//! unchanged; it then follows the body with the proxy's framing follower (without decoding
-//! it) to know where the next head starts. A refused head is never handed on: hyper gets a
+//! A head is handed on only once it is complete and checked, unchanged; the gate then
+//! follows the body with the proxy's framing follower (without decoding it) to know where
+//! the next head starts. Bodies, and heads that arrive whole in one read, are checked where
+//! they lie in hyper's read buffer ([`HeadGate::feed_in_place`]); only a head split over
+//! reads is held and copied. The cost is one more `httparse` pass over each head. A refused head is never handed on: hyper gets a
 //! stand-in head (`GET /`, `Connection: close`) in its place and nothing after it, and the
 //! request handler answers that stand-in with the refusal (see [`HeadGate::feed`]). Answers
 //! to requests before it on the connection go out first, in order, as hyper writes them.
