@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod proxy;
+pub mod raw;
 
 /// Path of the `oxbus` binary under test.
 pub fn oxbus_bin() -> PathBuf {

@@ -67,6 +67,28 @@ impl Proxy {
         p
     }
 
+    /// A proxy (`proxy_keys` in its `[proxy]` section) in front of the servers on `ports`
+    /// (checked every 100 ms), once it sees every one of them up.
+    pub async fn in_front_of(proxy_keys: &str, ports: &[u16]) -> Proxy {
+        let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let p = Proxy::start(
+            proxy_keys,
+            &format!(
+                "[upstreams]\nservers = [{}]\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n",
+                list.join(", ")
+            ),
+        );
+        for port in ports {
+            crate::eventually(
+                Duration::from_secs(20),
+                "the proxy sees the server up",
+                || async { (p.upstream(*port).await["up"] == true).then_some(()) },
+            )
+            .await;
+        }
+        p
+    }
+
     /// Starts `oxbus proxy` on this config; its output goes to this proxy's log.
     pub fn spawn(&self, upgrade: bool) -> Child {
         let mut cmd = Command::new(oxbus_bin());

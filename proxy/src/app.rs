@@ -59,6 +59,9 @@ pub struct Limits {
     /// progress while a body moves.
     pub read_timeout: Duration,
     pub header_timeout: Duration,
+    /// How long a request with `Expect: 100-continue` waits for the server's "100
+    /// Continue" before its body is sent anyway.
+    pub expect_continue_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
     pub retries: usize,
@@ -164,6 +167,14 @@ struct ReqInfo {
     http10: bool,
     expect_continue: bool,
     id: ReqId,
+}
+
+/// The 431 message of a head with too many headers (the server's edge says the same).
+fn too_many_headers() -> String {
+    format!(
+        "more than {} request headers (besides X-Forwarded-For/-Proto/-Port and X-Request-Id)",
+        h1::MAX_HEADERS
+    )
 }
 
 /// Why a request head is not forwarded.
@@ -566,13 +577,17 @@ impl Balancer {
         loop {
             if !c.buf.is_empty() {
                 if h1::may_end_head(&c.buf, &mut scanned) {
-                    let mut hs =
-                        [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADERS];
+                    let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() };
+                        h1::MAX_HEADER_FIELDS];
                     let mut r = httparse::Request::new(&mut []);
                     match r.parse_with_uninit_headers(&c.buf, &mut hs) {
                         Ok(httparse::Status::Complete(n)) => {
                             if n > lim.max_header_bytes {
                                 return Err(self.too_large(n));
+                            }
+                            if h1::too_many_headers(r.headers) {
+                                self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
+                                return Err(Stop::Answer(431, too_many_headers()));
                             }
                             let info = self.rewrite_request(&r, c, out)?;
                             c.buf.advance(n);
@@ -581,10 +596,7 @@ impl Balancer {
                         Ok(httparse::Status::Partial) => {}
                         Err(httparse::Error::TooManyHeaders) => {
                             self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-                            return Err(Stop::Answer(
-                                431,
-                                format!("more than {} request headers", h1::MAX_HEADERS),
-                            ));
+                            return Err(Stop::Answer(431, too_many_headers()));
                         }
                         Err(e) => {
                             self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -968,6 +980,8 @@ impl Balancer {
             // Once any of it went out, the request is never sent again.
             let mut body_sent = whole;
             let mut up_broken = false;
+            // The proxy sent the client its own "100 Continue" (the server's comes late).
+            let mut own_continue = false;
             if !whole && !wait_continue {
                 match self.send_body(c, &req.id, &mut body, &mut up, u).await {
                     Ok(true) => body_sent = true,
@@ -1000,9 +1014,40 @@ impl Balancer {
                             }
                         }
                     }
-                    match read_within(&mut up.io, &mut up.buf, &mut c.up_timer, lim.read_timeout)
-                        .await
-                    {
+                    // A client waiting for "100 Continue" waits for it only so long
+                    // (`expect_continue_timeout_ms`): a server need not send it.
+                    let limit = if wait_continue {
+                        lim.expect_continue_timeout
+                    } else {
+                        lim.read_timeout
+                    };
+                    match read_within(&mut up.io, &mut up.buf, &mut c.up_timer, limit).await {
+                        Err(e) if wait_continue && e.kind() == io::ErrorKind::TimedOut => {
+                            // RFC 9110 §10.1.1: a server may read a body without ever
+                            // sending 100, so past the wait the body goes anyway. The
+                            // client is told to send it (a client that sends it on its own
+                            // after a wait of its own ignores the 100).
+                            wait_continue = false;
+                            if !req.http10 {
+                                own_continue = true;
+                                let go = write_all(
+                                    &mut c.io,
+                                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                                    &mut c.timer,
+                                    lim.read_timeout,
+                                )
+                                .await
+                                .and(flush(&mut c.io, &mut c.timer, lim.read_timeout).await);
+                                if go.is_err() {
+                                    return Next::Close;
+                                }
+                            }
+                            match self.send_body(c, &req.id, &mut body, &mut up, u).await {
+                                Ok(true) => body_sent = true,
+                                Ok(false) => up_broken = true,
+                                Err(next) => return next,
+                            }
+                        }
                         Ok(0) => {
                             break Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
@@ -1072,7 +1117,11 @@ impl Balancer {
                         .await;
                         return Next::Linger;
                     }
-                    // Interim answers reach HTTP/1.1 clients as they came.
+                    // Interim answers reach HTTP/1.1 clients as they came (but a late
+                    // "100 Continue" after the proxy's own).
+                    if info.status == 100 && own_continue {
+                        continue;
+                    }
                     if !req.http10
                         && write_all(&mut c.io, &s.resp, &mut c.timer, lim.read_timeout)
                             .await

@@ -88,6 +88,10 @@ pub struct ProxySection {
     pub upstream_read_timeout_ms: u64,
     /// A client must send a whole request head within this time (slowloris guard).
     pub header_read_timeout_ms: u64,
+    /// A request with `Expect: 100-continue` waits this long for the server's "100
+    /// Continue"; then the proxy sends the client its own and the body goes to the server
+    /// anyway (RFC 9110 §10.1.1: a server need not send 100).
+    pub expect_continue_timeout_ms: u64,
     /// Idle keep-alive client connections are closed after this long.
     pub keepalive_timeout_ms: u64,
     /// Request heads larger than this are refused with 431.
@@ -113,6 +117,7 @@ impl Default for ProxySection {
             connect_timeout_ms: 1_000,
             upstream_read_timeout_ms: 60_000,
             header_read_timeout_ms: 10_000,
+            expect_continue_timeout_ms: 1_000,
             keepalive_timeout_ms: 75_000,
             max_header_bytes: 16 * 1024,
             retries: 2,
@@ -270,6 +275,10 @@ impl ProxyConfig {
             (
                 "proxy.header_read_timeout_ms",
                 self.proxy.header_read_timeout_ms,
+            ),
+            (
+                "proxy.expect_continue_timeout_ms",
+                self.proxy.expect_continue_timeout_ms,
             ),
             (
                 "proxy.keepalive_timeout_ms",

@@ -6,8 +6,43 @@
 //! [`Framing`] only follows its chunk sizes to know where it ends. That is what lets one task
 //! move a request and its answer with one read and one write on each side.
 
-/// Headers a head may carry; more is answered 431 (a request) or 502 (a response).
+/// Headers a head may carry; more is answered 431 (a request) or 502 (a response). In a
+/// request the forwarding headers ([`FORWARDING_HEADERS`]) do not count: a proxy in front
+/// of a server sets them, and a request a server accepts when sent to it directly must be
+/// accepted through the proxy too.
 pub const MAX_HEADERS: usize = 100;
+
+/// Room for forwarding headers beyond [`MAX_HEADERS`] in a request: its head may carry
+/// [`MAX_HEADER_FIELDS`] fields in all. A proxy adds at most four (one of each of
+/// [`FORWARDING_HEADERS`], the client's own replaced or merged), so what it forwards of a
+/// request it accepted fits.
+pub const FORWARDING_ROOM: usize = 8;
+
+/// The fields a request head may carry in all (see [`MAX_HEADERS`]).
+pub const MAX_HEADER_FIELDS: usize = MAX_HEADERS + FORWARDING_ROOM;
+
+/// The headers a proxy sets on the way to a server: not counted against [`MAX_HEADERS`].
+pub const FORWARDING_HEADERS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-request-id",
+];
+
+/// Whether a request head carries more than [`MAX_HEADERS`] headers besides the forwarding
+/// ones (the rule both edges answer 431 by).
+pub fn too_many_headers(headers: &[httparse::Header]) -> bool {
+    headers.len() > MAX_HEADERS
+        && headers
+            .iter()
+            .filter(|h| {
+                !FORWARDING_HEADERS
+                    .iter()
+                    .any(|f| h.name.eq_ignore_ascii_case(f))
+            })
+            .count()
+            > MAX_HEADERS
+}
 
 /// Bound on a chunk-size line's extension and on a chunked body's trailer section.
 const MAX_CHUNK_META: u32 = 8 * 1024;
@@ -126,6 +161,12 @@ impl<'h, 'b> ConnectionHeader<'h, 'b> {
 /// The body framing a head announces (RFC 9112 §6.3). `Content-Length` and
 /// `Transfer-Encoding` together are refused in a request (a smuggling vector); in a response
 /// `Transfer-Encoding` wins and `drop_length` says the length must not be forwarded.
+///
+/// A request's `Transfer-Encoding` must be one header holding the one coding `chunked`:
+/// no server behind either edge decodes any other coding, and every other shape (a second
+/// header, an empty list element, `identity`, a coding before `chunked`) is one that two
+/// parsers may read differently — a hop that reads only the first header, or skips empty
+/// elements, would frame the body otherwise. The server's edge refuses by this same function.
 pub struct Framed {
     pub kind: BodyKind,
     pub drop_length: bool,
@@ -137,6 +178,11 @@ pub fn framing(headers: &[httparse::Header], request: bool, http10: bool) -> Res
     let mut te = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
+            // A list of lengths ("5, 5") is allowed by RFC 9110 but read by some parsers
+            // (hyper among them) as invalid: in a request it is refused outright.
+            if request && h.value.contains(&b',') {
+                return Err(Bad("invalid Content-Length"));
+            }
             for t in h.value.split(|&b| b == b',') {
                 let t = t.trim_ascii();
                 if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
@@ -152,6 +198,23 @@ pub fn framing(headers: &[httparse::Header], request: bool, http10: bool) -> Res
                 length = Some(n);
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if request {
+                if http10 {
+                    return Err(Bad("Transfer-Encoding in an HTTP/1.0 request"));
+                }
+                if te {
+                    return Err(Bad("more than one Transfer-Encoding header"));
+                }
+                if h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().is_empty())
+                {
+                    return Err(Bad("an empty element in Transfer-Encoding"));
+                }
+                if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(Bad("a Transfer-Encoding other than chunked"));
+                }
+            }
             te = true;
             // Only the last coding decides; it must be chunked for the body to end.
             for t in tokens(h.value) {
@@ -534,9 +597,28 @@ mod tests {
             Ok(BodyKind::Length(12))
         );
         assert_eq!(
-            ok(&[("Transfer-Encoding", b"gzip, chunked")]),
+            ok(&[("Transfer-Encoding", b" Chunked ")]),
             Ok(BodyKind::Chunked)
         );
+        // Only `chunked`, alone, in one header.
+        for te in [
+            &[("Transfer-Encoding", &b"gzip, chunked"[..])][..],
+            &[("Transfer-Encoding", b"chunked,")],
+            &[("Transfer-Encoding", b",chunked")],
+            &[("Transfer-Encoding", b"chunked, chunked")],
+            &[("Transfer-Encoding", b"identity")],
+            &[("Transfer-Encoding", b"")],
+            &[
+                ("Transfer-Encoding", b"identity"),
+                ("Transfer-Encoding", b"chunked"),
+            ],
+            &[
+                ("Transfer-Encoding", b"chunked"),
+                ("Transfer-Encoding", b"chunked"),
+            ],
+        ] {
+            assert!(ok(te).is_err(), "{te:?}");
+        }
         assert!(ok(&[("Content-Length", b"12"), ("Content-Length", b"13")]).is_err());
         assert!(ok(&[("Content-Length", b"12, 13")]).is_err());
         assert!(ok(&[("Content-Length", b"-1")]).is_err());
@@ -555,6 +637,30 @@ mod tests {
         .unwrap();
         assert_eq!(resp.kind, BodyKind::Chunked);
         assert!(resp.drop_length);
+    }
+
+    #[test]
+    fn forwarding_headers_do_not_count_against_the_header_limit() {
+        let names: Vec<String> = (0..MAX_HEADER_FIELDS).map(|i| format!("x-h{i}")).collect();
+        let plain = |n: usize| -> Vec<httparse::Header> {
+            names[..n]
+                .iter()
+                .map(|n| httparse::Header {
+                    name: n,
+                    value: b"v",
+                })
+                .collect()
+        };
+        assert!(!too_many_headers(&plain(MAX_HEADERS)));
+        assert!(too_many_headers(&plain(MAX_HEADERS + 1)));
+        let mut h = plain(MAX_HEADERS);
+        for f in FORWARDING_HEADERS {
+            h.push(httparse::Header {
+                name: f,
+                value: b"1",
+            });
+        }
+        assert!(!too_many_headers(&h));
     }
 
     #[test]

@@ -290,6 +290,7 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
             connect_timeout: Duration::from_millis(p.connect_timeout_ms),
             read_timeout: Duration::from_millis(p.upstream_read_timeout_ms),
             header_timeout: Duration::from_millis(p.header_read_timeout_ms),
+            expect_continue_timeout: Duration::from_millis(p.expect_continue_timeout_ms),
             keepalive_timeout: Duration::from_millis(p.keepalive_timeout_ms),
             max_header_bytes: p.max_header_bytes,
             retries: p.retries,

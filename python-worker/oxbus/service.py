@@ -663,6 +663,11 @@ class Dispatcher:
                     payload = _decode_json(body)
                 except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
                     raise BadRequest('malformed JSON: %s' % e) from None
+                except RecursionError:
+                    # The server refuses bodies nested past its limit before they get
+                    # here; this is the defence behind it (a deep body is the caller's
+                    # fault, not the service's).
+                    raise BadRequest('malformed JSON: nested too deeply to decode') from None
             else:
                 payload = None
         else:

@@ -154,6 +154,20 @@ def test_malformed_json_is_a_400_before_handle_runs():
     assert ran == []
 
 
+def test_json_nested_too_deep_to_decode_is_a_400_not_a_500():
+    ran = []
+
+    class Svc(Service):
+        def handle(self):
+            ran.append(1)
+
+    deep = b'[' * 100_000 + b']' * 100_000
+    r = call(Svc, body=deep)
+    assert r.status == 400 and r.content_type == 'application/json'
+    assert r.doc['error'] == 'malformed JSON: nested too deeply to decode'
+    assert ran == []
+
+
 def test_request_attributes():
     seen = {}
 

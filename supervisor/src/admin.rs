@@ -397,6 +397,17 @@ async fn module_source(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
+    // Checked first: the check below would accept any depth (serde's IgnoredAny does not
+    // recurse), and the worker's decoder does recurse.
+    if crate::json_depth::too_deep(&body) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "error": crate::json_depth::message(),
+                "limit": crate::json_depth::MAX_JSON_DEPTH,
+            }),
+        );
+    }
     if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "the payload must be JSON");
     }

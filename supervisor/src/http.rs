@@ -18,7 +18,7 @@
 //! [`crate::jsonrpc`], whose calls go to the workers through [`HttpCall::invoke`], the same
 //! path as a REST request's.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -39,6 +39,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::config::{ChannelType, DataFormat};
 use crate::forwarded::{self, TrustedProxies};
+use crate::head_gate::{HeadGate, Refusal};
 use crate::pool::DispatchError;
 use crate::router::Match;
 use crate::server::{Event, Shared};
@@ -86,6 +87,13 @@ struct Activity {
     head_started: AtomicU64,
     /// When the connection last became idle (ms since epoch).
     idle_since: AtomicU64,
+    /// Requests hyper dispatched so far on this connection.
+    dispatched: AtomicU64,
+    /// The index of the stand-in request hyper dispatches in place of a head the
+    /// [`HeadGate`] refused (`u64::MAX`: none), read without a lock on every request...
+    refused_at: AtomicU64,
+    /// ...and why it was refused.
+    refused: std::sync::Mutex<Option<Refusal>>,
 }
 
 impl Activity {
@@ -94,28 +102,60 @@ impl Activity {
     }
 }
 
-/// A TCP stream that notes when request bytes arrive while no request is in progress.
+/// A TCP stream that notes when request bytes arrive while no request is in progress, and
+/// hands hyper only what the connection's [`HeadGate`] let through.
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
+    gate: HeadGate,
+    /// Bytes the gate let through that hyper has not read yet (a head that came in pieces,
+    /// or the stand-in of a refused one).
+    out: BytesMut,
 }
 
 impl AsyncRead for Tracked {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let a = &self.activity;
+        let this = self.get_mut();
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                bytes::Buf::advance(&mut this.out, n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.gate.refused() {
+                // Nothing after a refused head reaches hyper; it answers the stand-in (which
+                // asks for a close) and ends the connection.
+                return Poll::Pending;
+            }
+            // Read straight into hyper's buffer; the gate says how much of it hyper may
+            // have as it is (usually all), and keeps or replaces the rest.
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let got = &buf.filled()[before..];
+            if got.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let a = &this.activity;
             if a.active.load(Ordering::Relaxed) == 0 && a.head_started.load(Ordering::Relaxed) == 0
             {
                 a.head_started.store(a.now(), Ordering::Relaxed);
             }
+            let (pass, refused) = this.gate.feed_in_place(got, &mut this.out);
+            buf.set_filled(before + pass);
+            if let Some((index, refused)) = refused {
+                this.out.extend_from_slice(HeadGate::stand_in());
+                *a.refused.lock().expect("refusal lock") = Some(refused);
+                a.refused_at.store(index, Ordering::Release);
+            }
+            if pass > 0 {
+                return Poll::Ready(Ok(()));
+            }
         }
-        r
     }
 }
 
@@ -281,12 +321,18 @@ async fn serve_connection(
         // A new connection must send its first request head within the header timeout.
         head_started: AtomicU64::new(1),
         idle_since: AtomicU64::new(1),
+        dispatched: AtomicU64::new(0),
+        refused_at: AtomicU64::new(u64::MAX),
+        refused: std::sync::Mutex::new(None),
     });
+    let http = &shared.settings.http;
+    let max_head = http.max_header_bytes.max(8192) + 1024;
     let io = TokioIo::new(Tracked {
         inner: stream,
         activity: activity.clone(),
+        gate: HeadGate::new(max_head),
+        out: BytesMut::new(),
     });
-    let http = &shared.settings.http;
     let header_timeout = http.header_read_timeout_ms;
     let idle_timeout = http.keepalive_timeout_ms;
     let check = Duration::from_millis((header_timeout.min(idle_timeout) / 4).clamp(20, 1000));
@@ -296,15 +342,29 @@ async fn serve_connection(
         hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             let in_request = InRequest::start(&activity);
+            // Requests are dispatched in the order of their heads: the stand-in of a
+            // refused head is the one whose index the gate noted.
+            let index = activity.dispatched.fetch_add(1, Ordering::Relaxed);
+            let refused = if activity.refused_at.load(Ordering::Acquire) == index {
+                activity.refused.lock().expect("refusal lock").take()
+            } else {
+                None
+            };
             async move {
-                let resp = handle(req, &shared, peer).await;
+                let resp = match refused {
+                    Some(r) => refusal(r, &shared.cids.next()),
+                    None => handle(req, &shared, peer).await,
+                };
                 drop(in_request);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(http.max_header_bytes.max(8192) + 1024)
+        .max_buf_size(max_head)
+        // The gate's limit on header fields is the one that applies; hyper's must not be
+        // lower (its default is 100).
+        .max_headers(oxbus_proxy::h1::MAX_HEADER_FIELDS)
         .keep_alive(true)
         .serve_connection(io, svc);
     tokio::pin!(conn);
@@ -381,6 +441,17 @@ fn rejection(r: crate::gate::Rejection, cid: &str) -> Response<Body> {
             resp
         }
     }
+}
+
+/// The answer to a head the gate refused: its status and reason, and a close (nothing of
+/// the connection after that head is read).
+fn refusal(r: Refusal, cid: &str) -> Response<Body> {
+    debug!(status = r.status, reason = %r.reason, "request head refused");
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = error_response(status, cid, &r.reason);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
@@ -557,6 +628,31 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             );
         }
     };
+    // A body the worker will decode as JSON may nest only so deep (its decoder recurses).
+    let json_body =
+        channel.channel_type == ChannelType::JsonRpc || channel.data_format == DataFormat::Json;
+    if json_body && crate::json_depth::too_deep(&body) {
+        let detail = serde_json::json!({
+            "error": crate::json_depth::message(),
+            "limit": crate::json_depth::MAX_JSON_DEPTH,
+            "cid": cid,
+        });
+        // A JSON-RPC client gets it as a parse error object (id null: none was read).
+        let body = if channel.channel_type == ChannelType::JsonRpc {
+            serde_json::json!({
+                "jsonrpc": "2.0",
+                "error": {
+                    "code": crate::jsonrpc::PARSE_ERROR,
+                    "message": "Parse error",
+                    "data": detail,
+                },
+                "id": null,
+            })
+        } else {
+            detail
+        };
+        return json_response(StatusCode::BAD_REQUEST, &cid, body);
+    }
     let call = HttpCall {
         shared,
         origin,

@@ -4,7 +4,9 @@
 //! - [`config`]: settings (TOML + `OXBUS_*` overrides) and their validation.
 //! - [`router`]: REST channels, `{param}` paths, 404 vs 405; [`gate`]: what a channel checks
 //!   before its service runs (allow lists, rate limits, security definitions).
-//! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`forwarded`]: the
+//! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`head_gate`]: the
+//!   request-head checks it shares with `oxbus proxy`; [`json_depth`]: the JSON nesting
+//!   limit; [`forwarded`]: the
 //!   client address, scheme and request id behind trusted reverse proxies; [`jsonrpc`]:
 //!   JSON-RPC 2.0 channels on top of it.
 //! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
@@ -30,8 +32,10 @@ pub mod config_io;
 pub mod deploy;
 pub mod forwarded;
 pub mod gate;
+pub mod head_gate;
 pub mod http;
 pub mod jobs;
+pub mod json_depth;
 pub mod jsonrpc;
 pub mod openapi;
 pub mod pool;
