@@ -225,8 +225,9 @@ async fn with_the_store_down_changes_get_503_at_once_and_stop_and_boot_do_not_wa
     srv.wait_ready().await;
     serves(&srv, 1).await;
     assert!(
-        srv.log()
-            .contains("nothing answers at the config store's address: booting from the on-disk snapshot at once"),
+        srv.log().contains(
+            "nothing answers at the config store's address: serving the on-disk snapshot at once"
+        ),
         "{}",
         srv.log()
     );

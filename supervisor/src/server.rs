@@ -594,7 +594,7 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
                 Ok(snapshot) => {
                     warn!(store = %redacted, error = %why, snapshot = %path.display(),
                           config_version = snapshot.config_version,
-                          "nothing answers at the config store's address: booting from the on-disk snapshot at once, serving it until the store is back");
+                          "nothing answers at the config store's address: serving the on-disk snapshot at once, until the store is back");
                     let store = crate::store::Store::lazy(url)
                         .map_err(|e| ServerError::Fatal(format!("config store {redacted}: {e}")))?;
                     return Ok(Boot {
