@@ -167,7 +167,7 @@ fn reads_store(path: &str) -> bool {
     matches!(
         parts.as_slice(),
         ["v1", "modules" | "channels" | "secrets" | "security", ..]
-            | ["v1", "config" | "scheduler"]
+            | ["v1", "config" | "scheduler" | "info"]
             | ["v1", "jobs", _, "runs"]
     )
 }

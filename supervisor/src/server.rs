@@ -453,11 +453,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
 /// What a stop owes the store: the history of the scheduled runs that finished, the
 /// scheduler's lease handed back (only by the server that holds it: the lead goes to another
 /// server now, not when the lease runs out), this server's row removed. All of it within
-/// `STOP_STORE_LIMIT`; none of it when the store is known to be down and one connection
-/// attempt confirms it — then the row goes stale (30 s) and a lease runs out (5 s) on their
-/// own, and waiting would only delay the stop.
+/// `STOP_STORE_LIMIT`; none of it when one connection attempt finds nothing answering at
+/// the store's address (asked even when the sync loop has not noticed an outage yet: it may
+/// have begun a moment ago) — then the row goes stale (30 s) and a lease runs out (5 s) on
+/// their own, and waiting would only delay the stop.
 async fn leave_store(shared: &Shared, me: &crate::store::ServerRecord) {
-    if let Err(e) = crate::sync::store_available(shared).await {
+    if let crate::store::Reach::Down(e) = shared.store.probe(Duration::from_secs(1)).await {
         info!(error = %e, "the config store is down: stopping without it (this server's row goes stale on its own, a scheduler lease it held runs out)");
         return;
     }
