@@ -919,6 +919,15 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_holder_is_a_boot_of_a_server() {
+        let h = holder("node1", "3f9c0a17b2e4");
+        assert_eq!(split_holder(&h), ("node1", Some("3f9c0a17b2e4")));
+        assert_ne!(h, holder("node1", "81d2e6c04a9f"));
+        // A holder written by an older version: the name alone.
+        assert_eq!(split_holder("node1"), ("node1", None));
+    }
+
+    #[test]
     fn the_fingerprint_follows_the_schedule_only() {
         let a = job(JobType::IntervalBased);
         let mut b = a.clone();

@@ -1522,3 +1522,33 @@ pub fn validate_module_name(name: &str) -> Result<()> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listening at the address: down, without the pool's retries.
+    #[tokio::test]
+    async fn a_refused_connection_is_down() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://oxbus@127.0.0.1:{port}/oxbus");
+        let r = Store::probe_url(&url, Duration::from_secs(5)).await;
+        assert!(matches!(r, Reach::Down(_)), "{r:?}");
+    }
+
+    /// A host that takes the connection and never answers is not known to be down: the
+    /// caller waits for it the usual way.
+    #[tokio::test]
+    async fn a_silent_store_is_not_down() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let url = format!("postgres://oxbus@127.0.0.1:{port}/oxbus");
+        let r = Store::probe_url(&url, Duration::from_millis(200)).await;
+        assert!(matches!(r, Reach::Unsure(_)), "{r:?}");
+        drop(silent);
+    }
+}
