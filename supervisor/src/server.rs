@@ -651,7 +651,7 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
 
 /// How long the boot's first connection attempt to a PostgreSQL store may take before the
 /// store is opened the usual way (a refused connection answers in microseconds).
-const BOOT_PROBE_LIMIT: Duration = Duration::from_secs(2);
+const BOOT_PROBE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Keeps this server's row fresh (with the config version it has applied); registers again
 /// if another server dropped it as stale or the store lost it during an outage.

@@ -53,9 +53,13 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
         }
         // A store known to be down is looked for with one connection attempt, not with a
         // pool call that retries a refused connection for 5 s: the loop notices its return
-        // within a second.
+        // within a second. Only a refusal skips the round: a store that answers slowly is
+        // given the usual calls (and their waits), or a slow store would never count as back.
         if !shared.store_ok.load(Ordering::SeqCst)
-            && shared.store.probe(PROBE_LIMIT).await != crate::store::Reach::Up
+            && matches!(
+                shared.store.probe(PROBE_LIMIT).await,
+                crate::store::Reach::Down(_)
+            )
         {
             continue;
         }
