@@ -592,6 +592,19 @@ impl Server {
         );
     }
 
+    /// Runs the `oxbus` CLI against this server's admin API (`OXBUS_SERVER`, `OXBUS_TOKEN`).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(oxbus_bin())
+            .args(args)
+            .env(
+                "OXBUS_SERVER",
+                format!("http://127.0.0.1:{}", self.admin_port()),
+            )
+            .env("OXBUS_TOKEN", self.admin_token())
+            .output()
+            .unwrap()
+    }
+
     /// Number of open file descriptors of the server process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -740,6 +753,21 @@ impl PgDatabase {
             &admin[..admin.rfind('/').expect("a database in the URL")]
         );
         PgDatabase { name, url, admin }
+    }
+}
+
+impl PgDatabase {
+    /// Runs `sql` in this database as the administrator (the machine's `postgres` user).
+    pub fn sql(&self, sql: &str) {
+        let admin = &self.admin[..self.admin.rfind('/').expect("a database in the URL")];
+        Self::psql(&format!("{admin}/{}", self.name), sql);
+    }
+
+    /// Runs `sql` in the administrator's database (roles, databases).
+    pub fn admin_sql(sql: &str) {
+        let admin = std::env::var("OXBUS_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        Self::psql(&admin, sql);
     }
 }
 

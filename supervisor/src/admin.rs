@@ -131,12 +131,50 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     let method = req.method().clone();
     // Writing cache entries changes no configuration: nothing for the sync task to do.
     let config_change = !is_not_config(req.uri().path());
+    // A change (or a read of the store) while the store is known to be down gets its 503
+    // now, after one connection attempt (`sync::store_available`), not after the pool's 5 s
+    // of connection retries.
+    let change = method != Method::GET && config_change && !is_invoke(req.uri().path());
+    if (change || (method == Method::GET && reads_store(req.uri().path())))
+        && let Err(e) = crate::sync::store_available(shared).await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            if change {
+                format!(
+                    "the config store is unreachable ({e}): changes are refused until it is \
+                     back; this server keeps serving the config it has"
+                )
+            } else {
+                format!(
+                    "the config store is unreachable ({e}): what it holds cannot be read until \
+                     it is back"
+                )
+            },
+        );
+    }
     let resp = route(req, shared).await;
     if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
         shared.changed.notify_one();
     }
     resp
+}
+
+/// The GETs answered from the store (the others from this server's memory).
+fn reads_store(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["v1", "modules" | "channels" | "secrets" | "security", ..]
+            | ["v1", "config" | "scheduler" | "info"]
+            | ["v1", "jobs", _, "runs"]
+    )
+}
+
+/// `/v1/invoke/{service}`: a call of a service, which does not touch the store.
+fn is_invoke(path: &str) -> bool {
+    path.trim_matches('/').starts_with("v1/invoke/")
 }
 
 /// `/v1/caches/{name}/keys…`, `/v1/caches/{name}/clear` (the contents, not the config) and
@@ -1053,15 +1091,23 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
 async fn cluster(shared: &Shared) -> Response<Body> {
     use std::sync::atomic::Ordering;
     let applied = shared.applied_version.load(Ordering::Relaxed);
-    let (store, servers) = match (shared.store.version().await, shared.store.servers().await) {
-        (Ok(v), Ok(list)) => (
-            json!({"kind": store_kind(&shared.store), "reachable": true, "config_version": v}),
-            list,
-        ),
-        (Err(e), _) | (_, Err(e)) => (
-            json!({"kind": store_kind(&shared.store), "reachable": false, "error": e.to_string()}),
+    // A store known to be down is not waited for (one connection attempt decides).
+    let (store, servers) = if let Err(e) = crate::sync::store_available(shared).await {
+        (
+            json!({"kind": store_kind(&shared.store), "reachable": false, "error": e}),
             Vec::new(),
-        ),
+        )
+    } else {
+        match (shared.store.version().await, shared.store.servers().await) {
+            (Ok(v), Ok(list)) => (
+                json!({"kind": store_kind(&shared.store), "reachable": true, "config_version": v}),
+                list,
+            ),
+            (Err(e), _) | (_, Err(e)) => (
+                json!({"kind": store_kind(&shared.store), "reachable": false, "error": e.to_string()}),
+                Vec::new(),
+            ),
+        }
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,7 +4,10 @@
 //! Runs when the store is PostgreSQL and `cluster.secret_file` is set. Each server listens on
 //! `cluster.bus_listen` and records `bus_address` in the store's server list; every second it
 //! reads that list and dials each live peer whose name sorts after its own and that it has no
-//! link to, with backoff per peer (100 ms doubling to 5 s, jittered). A link carries PING/PONG
+//! link to, with backoff per peer (100 ms doubling to 5 s, jittered); while the store is down
+//! it dials from the list the store last gave, or from the peers listed in the snapshot the
+//! server booted from, so a server restarted during an outage still links (and replicates its
+//! caches) before the store is back. A link carries PING/PONG
 //! heartbeats (one per second; silent for 3 s = dead) and NOTIFY: when `sync` applies a new
 //! config version it announces it on every link, and a peer that hears of a version it has
 //! not applied runs its `sync` at once, so a change reaches the cluster in milliseconds
@@ -61,6 +64,9 @@ pub struct Bus {
     me: String,
     links: Mutex<HashMap<String, LinkHandle>>,
     next_id: AtomicU64,
+    /// The servers (name, bus address) as last read from the store, or from the snapshot
+    /// this server booted from: what it dials while the store is down.
+    known: Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -99,7 +105,14 @@ impl Bus {
             me: me.to_owned(),
             links: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            known: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Sets the servers (name, bus address) this server knows of without the store: at boot,
+    /// those of its snapshot; then each list the store gives.
+    pub fn know(&self, servers: Vec<(String, String)>) {
+        *self.known.lock().expect("known lock") = servers;
     }
 
     fn linked_names(&self) -> Vec<String> {
@@ -336,33 +349,44 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
-        let Ok(servers) = shared.store.servers().await else {
-            continue;
+        // While the store is down (known to the sync loop: no 5 s wait on it here) the last
+        // list it gave — or the snapshot's, for a server that booted from it — still says
+        // where the peers are: links, and so cache replication and NOTIFY, do not wait for
+        // the store to return.
+        let servers: Vec<(String, String)> = if shared.store_ok.load(Ordering::SeqCst) {
+            let Ok(list) = shared.store.servers().await else {
+                continue;
+            };
+            let list: Vec<(String, String)> = list
+                .into_iter()
+                .filter_map(|s| Some((s.name, s.bus_address?)))
+                .collect();
+            bus.know(list.clone());
+            list
+        } else {
+            bus.known.lock().expect("known lock").clone()
         };
         let linked = bus.linked_names();
-        for s in servers {
-            if s.name == bus.me
-                || Role::between(&bus.me, &s.name) != Some(Role::Dialer)
-                || linked.contains(&s.name)
-                || dialing.lock().expect("dialing lock").contains(&s.name)
+        for (name, addr) in servers {
+            if name == bus.me
+                || Role::between(&bus.me, &name) != Some(Role::Dialer)
+                || linked.contains(&name)
+                || dialing.lock().expect("dialing lock").contains(&name)
             {
                 continue;
             }
-            let Some(addr) = s.bus_address.clone() else {
-                continue;
-            };
-            let (attempts, next) = backoff.get(&s.name).copied().unwrap_or((0, Instant::now()));
+            let (attempts, next) = backoff.get(&name).copied().unwrap_or((0, Instant::now()));
             if Instant::now() < next {
                 continue;
             }
             let delay = oxbus_ipc::bus::reconnect_delay(attempts, rand_u32());
             backoff.insert(
-                s.name.clone(),
+                name.clone(),
                 (attempts.saturating_add(1), Instant::now() + delay),
             );
-            dialing.lock().expect("dialing lock").insert(s.name.clone());
+            dialing.lock().expect("dialing lock").insert(name.clone());
             let (bus, shared, dialing, peer) =
-                (bus.clone(), shared.clone(), dialing.clone(), s.name.clone());
+                (bus.clone(), shared.clone(), dialing.clone(), name.clone());
             tokio::spawn(async move {
                 let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                     let stream = TcpStream::connect(&addr).await?;

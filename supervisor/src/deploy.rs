@@ -322,6 +322,8 @@ pub struct Report {
     /// Services the deployed modules define.
     pub services: Vec<String>,
     pub workers: Vec<WorkerAck>,
+    /// The server the deploy went through (its workers are `workers`).
+    pub server: String,
     /// The other servers of the cluster (over the bus): each one's answer.
     pub servers: Vec<crate::bus::PeerReply>,
     /// From the start until the check came back.
@@ -352,6 +354,7 @@ impl Report {
     pub fn to_json(&self) -> Value {
         json!({
             "config_version": self.config_version,
+            "server": self.server,
             "modules": self.deployed.iter().map(|m| json!({
                 "name": m.name, "version": m.version, "source_hash": m.source_hash,
             })).collect::<Vec<_>>(),
@@ -426,6 +429,7 @@ pub async fn deploy(
                 unchanged,
                 services: Vec::new(),
                 workers: Vec::new(),
+                server: shared.server_name.clone(),
                 servers: Vec::new(),
                 check_ms: 0.0,
                 store_ms: 0.0,
@@ -469,6 +473,16 @@ pub async fn deploy(
     };
     let store_ms = t0.elapsed().as_secs_f64() * 1000.0 - check_ms;
     let acks = activate_everywhere(&shared.pool, &change.value).await;
+    // This server now runs the new version when it ran the one before (the deploy changed
+    // nothing but these modules): recorded now, so `cluster status` is right as soon as
+    // the report is. Otherwise the sync loop applies what else changed and records it.
+    if shared
+        .applied_version
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == change.config_version - 1
+    {
+        crate::sync::applied(shared, change.config_version).await;
+    }
     // Released before waiting on the peers: a peer's answer takes its own deploy lock, and a
     // deploy through that peer at the same time would otherwise wait on ours (a deadlock
     // until the timeout).
@@ -491,6 +505,7 @@ pub async fn deploy(
         unchanged,
         services: services.into_iter().map(|s| s.name).collect(),
         workers: acks,
+        server: shared.server_name.clone(),
         servers,
         check_ms,
         store_ms,

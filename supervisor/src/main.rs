@@ -689,6 +689,22 @@ fn client_command(cmd: Command) -> ExitCode {
                         [..12.min(m["source_hash"].as_str().unwrap_or("").len())]
                 );
             }
+            // The server deployed through first, then the peers that answered over the bus.
+            if let Some(through) = d["server"].as_str() {
+                let acks = d["workers"].as_array().cloned().unwrap_or_default();
+                let failed = acks.iter().filter(|a| a["ok"] != true).count();
+                println!(
+                    "  server {through} (deployed through): {}",
+                    if failed == 0 {
+                        format!("ok ({} worker(s))", acks.len())
+                    } else {
+                        format!(
+                            "FAILED: {failed} of {} worker(s) did not switch",
+                            acks.len()
+                        )
+                    }
+                );
+            }
             for srv in d["servers"].as_array().into_iter().flatten() {
                 println!(
                     "  server {}: {}",

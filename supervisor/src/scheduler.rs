@@ -100,6 +100,24 @@ pub async fn take_lease(
     Ok(n == 1)
 }
 
+/// The lease's holder for one boot of a server: `<name>/<boot id>`. A lease belongs to a
+/// boot, not to a name: a server killed -9 and started again under the same name is a new
+/// candidate, which waits for its earlier run's lease to run out like any other server,
+/// instead of taking the lead straight back while the cluster still counts on the old lease
+/// (the runs that boot claimed, the due times it planned).
+pub fn holder(name: &str, boot: &str) -> String {
+    format!("{name}/{boot}")
+}
+
+/// A holder's server name and boot id (a holder written by an older version is a name with
+/// no boot).
+pub fn split_holder(holder: &str) -> (&str, Option<&str>) {
+    match holder.rsplit_once('/') {
+        Some((name, boot)) => (name, Some(boot)),
+        None => (holder, None),
+    }
+}
+
 /// Hands the lease back (a clean stop), so that another server leads at once.
 pub async fn release_lease(store: &Store, me: &str) -> Result<(), StoreError> {
     on_pool!(store, p => sqlx::query("DELETE FROM scheduler_lease WHERE id = 1 AND holder = $1")
@@ -415,6 +433,10 @@ pub struct Status {
     stopping: AtomicBool,
     /// Scheduled runs sent to the history writer and not written yet.
     unwritten: AtomicUsize,
+    /// Whether the store may hold the lease for this boot: set when a take or renewal
+    /// succeeded, cleared when one was refused or the lease was handed back. Only a holder
+    /// hands the lease back at stop.
+    holds: AtomicBool,
 }
 
 impl Status {
@@ -437,6 +459,23 @@ impl Status {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
+
+    /// Whether this boot may hold the lease in the store (so has one to hand back).
+    pub fn holds(&self) -> bool {
+        self.holds.load(Ordering::SeqCst)
+    }
+}
+
+/// Hands this boot's lease back at stop, when it holds one; `Ok(false)` when it held none
+/// (nothing to do: a server that does not lead has no lease to hand back).
+pub async fn hand_back(shared: &Shared) -> Result<bool, StoreError> {
+    let status = &shared.scheduler;
+    if !status.holds() {
+        return Ok(false);
+    }
+    release_lease(&shared.store, &holder(&shared.server_name, &shared.boot_id)).await?;
+    status.holds.store(false, Ordering::SeqCst);
+    Ok(true)
 }
 
 /// Waits (at most `limit`) until the history of every finished scheduled run is written.
@@ -555,16 +594,24 @@ async fn reload(
 /// it lapse; hands it back when the server stops.
 async fn hold_lease(shared: Arc<Shared>) {
     let me = shared.server_name.clone();
+    let my_lease = holder(&me, &shared.boot_id);
     let status = &shared.scheduler;
     let mut leading = false;
+    // The holder last seen while this server did not lead (logged once per change).
+    let mut seen_holder: Option<String> = None;
     loop {
         if status.stopping() {
             break;
         }
         let asked = Instant::now();
-        match bounded(take_lease(&shared.store, &me, now_ms(), LEASE_TTL)).await {
+        let taken = bounded(take_lease(&shared.store, &my_lease, now_ms(), LEASE_TTL)).await;
+        if let Ok(t) = taken {
+            status.holds.store(t, Ordering::SeqCst);
+        }
+        match taken {
             Ok(true) if status.stopping() => break,
             Ok(true) => {
+                seen_holder = None;
                 *status.leading_until.lock().expect("status lock") =
                     Some(asked + LEASE_TTL - LEASE_MARGIN);
                 if !leading {
@@ -580,6 +627,18 @@ async fn hold_lease(shared: Arc<Shared>) {
                 }
                 leading = false;
                 *status.leading_until.lock().expect("status lock") = None;
+                if let Ok(Some((h, until))) = bounded(lease(&shared.store)).await
+                    && seen_holder.as_deref() != Some(h.as_str())
+                {
+                    let (name, boot) = split_holder(&h);
+                    if name == me {
+                        info!(server = %me, boot = boot.unwrap_or("-"), expires_at_ms = until,
+                              "scheduler: the lease is still held by an earlier run of this server; it is taken over once it runs out, like any leader's that stopped renewing");
+                    } else {
+                        info!(server = %me, leader = name, "scheduler: another server leads");
+                    }
+                    seen_holder = Some(h);
+                }
             }
             Err(e) => {
                 // The lease this server has still stands until its deadline; the next
@@ -592,7 +651,9 @@ async fn hold_lease(shared: Arc<Shared>) {
         }
         tokio::time::sleep_until((asked + LEASE_TICK).into()).await;
     }
-    if let Err(e) = bounded(release_lease(&shared.store, &me)).await {
+    // The server's stop hands the lease back too; this covers a renewal that was in flight
+    // when the stop began. A server that never held it has nothing to hand back.
+    if let Err(e) = bounded(hand_back(&shared)).await {
         warn!(error = %e, "scheduler: could not hand the lease back");
     }
 }
@@ -855,6 +916,15 @@ mod tests {
             ms("2026-03-01T11:00:00Z"),
             "not before the start date; noon in Warsaw is 11:00 UTC in winter"
         );
+    }
+
+    #[test]
+    fn a_lease_holder_is_a_boot_of_a_server() {
+        let h = holder("node1", "3f9c0a17b2e4");
+        assert_eq!(split_holder(&h), ("node1", Some("3f9c0a17b2e4")));
+        assert_ne!(h, holder("node1", "81d2e6c04a9f"));
+        // A holder written by an older version: the name alone.
+        assert_eq!(split_holder("node1"), ("node1", None));
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct Shared {
     pub key: crate::secrets::Key,
     /// This server's name in the store's server list.
     pub server_name: String,
+    /// This run of the server (random, new at every start): the scheduler's lease belongs to
+    /// a boot, not only to a name, so a server killed and restarted under the same name is
+    /// a new candidate, not the old leader.
+    pub boot_id: String,
     /// False while the config store is unreachable (the server serves on what it has).
     pub store_ok: AtomicBool,
     /// The config version this server has applied (see `sync`).
@@ -285,6 +289,16 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let local = listener.local_addr().map_err(io_err("local_addr"))?;
     let mut me = server_record(&settings, local);
     let bus = start_bus(&settings, &store, &mut me).await?;
+    if let Some((bus, _)) = &bus {
+        // Where the peers were at the last config change: dialed while the store is down.
+        bus.know(
+            boot.snapshot
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.bus_address.clone()))
+                .collect(),
+        );
+    }
     if boot.online {
         register_server(&store, &me).await?;
     } else {
@@ -319,6 +333,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         store,
         key,
         server_name: me.name.clone(),
+        boot_id: crate::cid::random_hex(6),
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
         snapshot_version: Arc::new(std::sync::atomic::AtomicI64::new(if boot.online {
@@ -442,30 +457,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     if let Some(bus) = &sup.shared.bus {
         bus.say_bye().await;
     }
-    // Bounded: with the store down, the row goes stale on its own.
-    // The scheduler's lead goes to another server now, not when the lease runs out (its
-    // lease task hands it back too; this covers a task that was stuck), and the history of
-    // the runs that finished is written.
     sup.shared.scheduler.stop();
-    crate::scheduler::flush_history(&sup.shared.scheduler, Duration::from_secs(2)).await;
-    if let Err(e) = tokio::time::timeout(
-        Duration::from_secs(2),
-        crate::scheduler::release_lease(&sup.shared.store, &me.name),
-    )
-    .await
-    .map_err(|_| "no answer within 2 s".to_owned())
-    .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
-    }
-    let deregister = sup.shared.store.deregister_server(&me.name, me.pid);
-    match tokio::time::timeout(Duration::from_secs(2), deregister).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            warn!(error = %e, "could not remove this server from the store's server list")
-        }
-        Err(_) => warn!("the config store did not answer: this server's row goes stale on its own"),
-    }
+    leave_store(&sup.shared, &me).await;
     drop(runtime);
     result
 }
@@ -499,6 +492,38 @@ fn ensure_services_dir(dir: &std::path::Path) -> Result<(), ServerError> {
     info!(dir = %dir.display(), "created the services directory");
     Ok(())
 }
+
+/// What a stop owes the store: the history of the scheduled runs that finished, the
+/// scheduler's lease handed back (only by the server that holds it: the lead goes to another
+/// server now, not when the lease runs out), this server's row removed. All of it within
+/// `STOP_STORE_LIMIT`; none of it when one connection attempt finds nothing answering at
+/// the store's address (asked even when the sync loop has not noticed an outage yet: it may
+/// have begun a moment ago) — then the row goes stale (30 s) and a lease runs out (5 s) on
+/// their own, and waiting would only delay the stop.
+async fn leave_store(shared: &Shared, me: &crate::store::ServerRecord) {
+    if let crate::store::Reach::Down(e) = shared.store.probe(Duration::from_secs(1)).await {
+        info!(error = %e, "the config store is down: stopping without it (this server's row goes stale on its own, a scheduler lease it held runs out)");
+        return;
+    }
+    let work = async {
+        crate::scheduler::flush_history(&shared.scheduler, STOP_STORE_LIMIT).await;
+        if let Err(e) = crate::scheduler::hand_back(shared).await {
+            warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
+        }
+        if let Err(e) = shared.store.deregister_server(&me.name, me.pid).await {
+            warn!(error = %e, "could not remove this server from the store's server list");
+        }
+    };
+    if tokio::time::timeout(STOP_STORE_LIMIT, work).await.is_err() {
+        warn!(
+            limit_s = STOP_STORE_LIMIT.as_secs(),
+            "the config store did not answer at stop: this server's row goes stale and a scheduler lease it held runs out on their own"
+        );
+    }
+}
+
+/// How long a stop waits on the config store, all of it together.
+const STOP_STORE_LIMIT: Duration = Duration::from_secs(3);
 
 /// Binds the cluster bus when this server runs one (a PostgreSQL store and a cluster secret),
 /// recording its address in `me`.
@@ -599,6 +624,37 @@ struct Boot {
 /// boots from the on-disk snapshot instead (a missing or corrupt one stops the server).
 async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError> {
     let redacted = crate::store::redact_url(url);
+    if url.starts_with("postgres") {
+        // One connection attempt first: when nothing answers at the store's address it is
+        // down, and a snapshot to serve makes waiting pointless (the pool would retry a
+        // refused connection for its whole 5 s). A store that answers, even slowly, or a
+        // database still starting up, is opened the usual way below, with its waits: a slow
+        // store is not a down one.
+        if let crate::store::Reach::Down(why) =
+            crate::store::Store::probe_url(url, BOOT_PROBE_LIMIT).await
+        {
+            let path = settings.snapshot_file();
+            match crate::snapshot::Snapshot::read(&path) {
+                Ok(snapshot) => {
+                    warn!(store = %redacted, error = %why, snapshot = %path.display(),
+                          config_version = snapshot.config_version,
+                          "nothing answers at the config store's address: serving the on-disk snapshot at once, until the store is back");
+                    let store = crate::store::Store::lazy(url)
+                        .map_err(|e| ServerError::Fatal(format!("config store {redacted}: {e}")))?;
+                    return Ok(Boot {
+                        store,
+                        snapshot,
+                        online: false,
+                    });
+                }
+                // No snapshot to serve: the store is waited for the usual way (and its
+                // absence then stops the server with both reasons).
+                Err(s) => {
+                    info!(store = %redacted, error = %why, snapshot = %s, "the config store does not answer yet and there is no snapshot to serve: waiting for it")
+                }
+            }
+        }
+    }
     let e = match crate::store::Store::open(url).await {
         Ok(store) => match crate::snapshot::Snapshot::take(&store).await {
             Ok(snapshot) => {
@@ -635,6 +691,10 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
         online: false,
     })
 }
+
+/// How long the boot's first connection attempt to a PostgreSQL store may take before the
+/// store is opened the usual way (a refused connection answers in microseconds).
+const BOOT_PROBE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Keeps this server's row fresh (with the config version it has applied); registers again
 /// if another server dropped it as stale or the store lost it during an outage.

@@ -38,6 +38,18 @@ pub struct Snapshot {
     /// Scheduler jobs; absent in snapshots of older versions.
     #[serde(default)]
     pub jobs: Vec<crate::jobs::JobDef>,
+    /// The servers with a cluster bus as the store listed them when this snapshot was taken
+    /// (this one among them): a server restarted while the store is down dials its peers
+    /// from here. Absent in snapshots of older versions.
+    #[serde(default)]
+    pub peers: Vec<BusPeer>,
+}
+
+/// A server of the cluster and where its bus listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusPeer {
+    pub name: String,
+    pub bus_address: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +83,17 @@ impl Snapshot {
             security: store.security_defs().await?,
             caches: store.cache_defs().await?,
             jobs: store.jobs().await?,
+            peers: store
+                .servers()
+                .await?
+                .into_iter()
+                .filter_map(|s| {
+                    Some(BusPeer {
+                        bus_address: s.bus_address?,
+                        name: s.name,
+                    })
+                })
+                .collect(),
         })
     }
 
@@ -200,6 +223,10 @@ mod tests {
                 start_date: Some("2026-12-01T08:00:00+01:00".into()),
                 extra: Some(serde_json::json!({"report": "daily"})),
                 ..crate::jobs::JobDef::new("report", crate::jobs::JobType::CronStyle, "demo.report")
+            }],
+            peers: vec![BusPeer {
+                name: "b".into(),
+                bus_address: "10.0.0.2:7070".into(),
             }],
         }
     }

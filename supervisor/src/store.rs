@@ -466,6 +466,46 @@ pub fn validate_secret_name(name: &str) -> Result<()> {
     }
 }
 
+/// What one connection attempt to the store found (`Store::probe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// It answered and let this server in.
+    Up,
+    /// Nothing answers at its address (connection refused, no route, no such socket): it is
+    /// down now, and waiting for it serves nothing.
+    Down(String),
+    /// It may be there but did not let this server in within the limit (a database starting
+    /// up, a slow or silent host, a refusal of another kind): not known to be down.
+    Unsure(String),
+}
+
+async fn probe_pg(opts: &sqlx::postgres::PgConnectOptions, limit: Duration) -> Reach {
+    use sqlx::Connection;
+    match tokio::time::timeout(limit, sqlx::PgConnection::connect_with(opts)).await {
+        Ok(Ok(conn)) => {
+            // Closed off the caller's path: the answer is known already.
+            tokio::spawn(async move {
+                let _ = conn.close().await;
+            });
+            Reach::Up
+        }
+        Ok(Err(sqlx::Error::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            ) =>
+        {
+            Reach::Down(e.to_string())
+        }
+        Ok(Err(e)) => Reach::Unsure(e.to_string()),
+        Err(_) => Reach::Unsure(format!("no answer within {} ms", limit.as_millis())),
+    }
+}
+
 const MODULE_COLUMNS: &str = "name, version, source, source_hash, deployed_by, deployed_at, active";
 
 impl Store {
@@ -514,6 +554,32 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_lazy(url)?,
         ))
+    }
+
+    /// One connection attempt to a PostgreSQL store at `url`, bounded by `limit`, without the
+    /// pool's retries: a pool treats a refused connection as a database starting up and keeps
+    /// trying until its acquire timeout (5 s), which is right for a query that must run and
+    /// wrong for a question ("is the store there?") whose answer decides how to boot.
+    pub async fn probe_url(url: &str, limit: Duration) -> Reach {
+        let opts = match sqlx::postgres::PgConnectOptions::from_str(url) {
+            Ok(o) => o,
+            Err(e) => return Reach::Unsure(e.to_string()),
+        };
+        probe_pg(&opts, limit).await
+    }
+
+    /// Whether the store answers now: one connection attempt bounded by `limit` (PostgreSQL;
+    /// a refused connection fails in microseconds, a silent host takes `limit`), or one
+    /// query (SQLite, a local file that has no outage of its own).
+    pub async fn probe(&self, limit: Duration) -> Reach {
+        match self {
+            Store::Sqlite(_) => match tokio::time::timeout(limit, self.version()).await {
+                Ok(Ok(_)) => Reach::Up,
+                Ok(Err(e)) => Reach::Unsure(e.to_string()),
+                Err(_) => Reach::Unsure(format!("no answer within {} ms", limit.as_millis())),
+            },
+            Store::Postgres(p) => probe_pg(&p.connect_options(), limit).await,
+        }
     }
 
     /// Applies the migrations this build has and the store lacks.
@@ -1360,6 +1426,23 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Records that this server has applied `config_version`, as soon as it has (the
+    /// heartbeat records it too, every 5 s): `cluster status` is right straight after a
+    /// change. A lower version never overwrites a higher one (two recordings may race).
+    pub async fn record_applied(&self, name: &str, pid: i64, config_version: i64) -> Result<()> {
+        on_pool!(self, p => sqlx::query(
+                "UPDATE servers SET config_version = $3 \
+                 WHERE name = $1 AND pid = $2 AND config_version < $3",
+            )
+            .bind(name)
+            .bind(pid)
+            .bind(config_version)
+            .execute(p)
+            .await
+            .map(drop)?);
+        Ok(())
+    }
+
     /// Removes this server's row (a clean shutdown).
     pub async fn deregister_server(&self, name: &str, pid: i64) -> Result<()> {
         on_pool!(self, p => sqlx::query("DELETE FROM servers WHERE name = $1 AND pid = $2")
@@ -1438,5 +1521,35 @@ pub fn validate_module_name(name: &str) -> Result<()> {
         Err(StoreError::Invalid(format!(
             "{name:?} is not a valid Python module name (dotted identifiers)"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listening at the address: down, without the pool's retries.
+    #[tokio::test]
+    async fn a_refused_connection_is_down() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://oxbus@127.0.0.1:{port}/oxbus");
+        let r = Store::probe_url(&url, Duration::from_secs(5)).await;
+        assert!(matches!(r, Reach::Down(_)), "{r:?}");
+    }
+
+    /// A host that takes the connection and never answers is not known to be down: the
+    /// caller waits for it the usual way.
+    #[tokio::test]
+    async fn a_silent_store_is_not_down() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let url = format!("postgres://oxbus@127.0.0.1:{port}/oxbus");
+        let r = Store::probe_url(&url, Duration::from_millis(200)).await;
+        assert!(matches!(r, Reach::Unsure(_)), "{r:?}");
+        drop(silent);
     }
 }

@@ -13,13 +13,16 @@
 //! check stays as the backstop.)
 //!
 //! While the store is unreachable the server keeps serving on what it has; `/healthz` says
-//! `"store": "degraded"`, admin changes fail with 503, and the outage and the recovery are
-//! logged once each. The store is then retried every second whatever the interval.
+//! `"store": "degraded"`, admin changes fail with 503 at once (`store_available`: one
+//! connection attempt, not the pool's 5 s of retries), and the outage and the recovery are
+//! logged once each. The store is then looked for every second whatever the interval, with
+//! one connection attempt each time. The version this server applies is recorded in the
+//! store's server list as soon as it is applied (`applied`), not only by the heartbeat.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
@@ -47,6 +50,18 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shared.changed.notified() => {}
+        }
+        // A store known to be down is looked for with one connection attempt, not with a
+        // pool call that retries a refused connection for 5 s: the loop notices its return
+        // within a second. Only a refusal skips the round: a store that answers slowly is
+        // given the usual calls (and their waits), or a slow store would never count as back.
+        if !shared.store_ok.load(Ordering::SeqCst)
+            && matches!(
+                shared.store.probe(PROBE_LIMIT).await,
+                crate::store::Reach::Down(_)
+            )
+        {
+            continue;
         }
         if !migrated {
             match bounded("migrating", shared.store.migrate()).await {
@@ -203,9 +218,54 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
         write_snapshot(shared, snap).await;
         return Ok((shared.applied_version.load(Ordering::SeqCst), all_acks));
     }
-    shared.applied_version.store(version, Ordering::SeqCst);
+    applied(shared, version).await;
     write_snapshot(shared, snap).await;
     Ok((version, all_acks))
+}
+
+/// Sets the config version this server runs, and records it in the store's server list at
+/// once (bounded), so that `cluster status` — and a deploy's peers, which answer the deploy
+/// only after this — is right straight after a change, not at the next heartbeat.
+pub async fn applied(shared: &Shared, version: i64) {
+    if shared.applied_version.swap(version, Ordering::SeqCst) == version {
+        return;
+    }
+    let record =
+        shared
+            .store
+            .record_applied(&shared.server_name, i64::from(std::process::id()), version);
+    match tokio::time::timeout(RECORD_LIMIT, record).await {
+        Ok(Ok(())) => {}
+        // The heartbeat records it later; nothing else depends on it.
+        Ok(Err(e)) => debug!(error = %e, "could not record the applied config version"),
+        Err(_) => debug!("recording the applied config version: no answer in time"),
+    }
+}
+
+/// How long recording the applied version may hold a catch-up (or a deploy's answer).
+const RECORD_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long an admin change waits for a store this server knows to be down to answer one
+/// connection attempt (a refused connection answers in microseconds; this bounds a silent
+/// host).
+const PROBE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Whether the config store can take a change now. While the store is known up this is
+/// free; while the sync loop knows it down, one connection attempt (bounded by
+/// `PROBE_LIMIT`) decides, instead of the pool's 5 s of retries: a store still down answers
+/// the change 503 at once, a store that is back lets it through (and the sync loop is woken
+/// to notice).
+pub async fn store_available(shared: &Shared) -> Result<(), String> {
+    if shared.store_ok.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    match shared.store.probe(PROBE_LIMIT).await {
+        crate::store::Reach::Up => {
+            shared.changed.notify_one();
+            Ok(())
+        }
+        crate::store::Reach::Down(e) | crate::store::Reach::Unsure(e) => Err(e),
+    }
 }
 
 /// Writes `snap` to the snapshot file off the runtime, without making the caller wait:

@@ -268,7 +268,10 @@ pub(super) async fn status(shared: &Shared) -> Response<Body> {
                 json!({
                     "server": shared.server_name,
                     "this_server_leads": shared.scheduler.leading(),
-                    "leader": live.as_ref().map(|(h, _)| h),
+                    // The lease belongs to one boot of the leader (`scheduler::holder`).
+                    "leader": live.as_ref().map(|(h, _)| crate::scheduler::split_holder(h).0),
+                    "leader_boot": live.as_ref().and_then(|(h, _)| crate::scheduler::split_holder(h).1),
+                    "boot": shared.boot_id,
                     "lease_expires_at": live.as_ref().map(|(_, u)| u),
                     "lease_ttl_ms": crate::scheduler::LEASE_TTL.as_millis() as u64,
                     "jobs": shared.jobs.read().expect("jobs lock").len(),
