@@ -42,10 +42,10 @@ fn server_env(store: &str, port: u16) -> Env {
         .set("http", "shutdown_delay_ms", "800")
 }
 
-/// The proxy's settings for a store-backed list, checked and refreshed often.
-fn store_upstreams(store: &str) -> String {
+/// The proxy's settings for a store-backed list read every `refresh_ms`, checked often.
+fn store_upstreams(store: &str, refresh_ms: u64) -> String {
     format!(
-        "[upstreams]\nstore = {store}\nrefresh_interval_ms = 200\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n"
+        "[upstreams]\nstore = {store}\nrefresh_interval_ms = {refresh_ms}\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n"
     )
 }
 
@@ -102,18 +102,38 @@ async fn serves(load: &Load, srv: &Server, n: u64, what: &str) {
 #[tokio::test]
 async fn a_rolling_restart_under_load_loses_no_request_and_every_server_serves_again() {
     let mut c = three_servers_on_postgres().await;
-    let p = Proxy::start("", &store_upstreams(&c.store));
+    // Reads of the list far apart (like the default 2 s), so that a restarted server is
+    // first seen ready, with a passing first check: the case that stayed out for good.
+    let p = Proxy::start("", &store_upstreams(&c.store, 3_000));
     all_up(&p, &c.ports).await;
     let gets = Load::start(p.port, 4, "GET", "/who");
     let posts = Load::start(p.port, 2, "POST", "/echo");
     for s in &c.servers {
         serves(&gets, s, 20, "every server serves before the restarts").await;
     }
-    // A, B, C in turn, each back in service before the next goes (as PROXY.md says).
+    // A, B, C in turn, each back in service before the next goes (as PROXY.md says). A and
+    // C are started again once the proxy has seen them leave its list (an operator's stop,
+    // then start); B comes back before the proxy's next read (a new run at the same
+    // address, never seen gone).
     for i in 0..c.servers.len() {
-        let old = c.servers.remove(i);
+        let mut old = c.servers.remove(i);
         let old_pids = old.worker_pids();
-        let srv = old.restart().await;
+        let srv = if i == 1 {
+            old.restart().await
+        } else {
+            old.signal(nix::sys::signal::Signal::SIGTERM);
+            assert_eq!(old.wait_exit(Duration::from_secs(30)), Some(0));
+            let port = c.ports[i];
+            eventually(
+                Duration::from_secs(20),
+                "the proxy sees it leave",
+                || async { (p.upstream(port).await["member"] == false).then_some(()) },
+            )
+            .await;
+            let srv = old.spawn_again();
+            srv.wait_ready().await;
+            srv
+        };
         assert_ne!(srv.worker_pids(), old_pids);
         serves(
             &gets,
@@ -149,7 +169,7 @@ async fn a_rolling_restart_under_load_loses_no_request_and_every_server_serves_a
 #[tokio::test]
 async fn a_proxy_upgrade_under_load_answers_every_request() {
     let c = three_servers_on_postgres().await;
-    let mut p = Proxy::start("grace_period_s = 2", &store_upstreams(&c.store));
+    let mut p = Proxy::start("grace_period_s = 2", &store_upstreams(&c.store, 200));
     all_up(&p, &c.ports).await;
     let gets = Load::start(p.port, 6, "GET", "/who");
     let posts = Load::start(p.port, 2, "POST", "/echo");
@@ -219,10 +239,14 @@ fn psql(url: &str, sql: &str) {
 }
 
 #[tokio::test]
-async fn with_the_store_down_the_checks_keep_their_interval() {
+async fn with_the_store_down_the_checks_keep_their_interval_and_an_upgrade_is_refused() {
     let pg = PrivatePg::start();
     let url = pg.url();
-    let p = Proxy::start("", &store_upstreams(&format!("{url:?}")));
+    let p = Proxy::start(
+        "",
+        &(store_upstreams(&format!("{url:?}"), 200)
+            .replace("[health]", "first_list_timeout_ms = 1500\n[health]")),
+    );
     // The proxy has opened the store (its schema is there); a server registers.
     let (port, checks) = counting_server();
     let now = std::time::SystemTime::now()
@@ -270,6 +294,41 @@ async fn with_the_store_down_the_checks_keep_their_interval() {
     )
     .await;
     // The last list is kept: the server still gets traffic.
+    let (status, _) = get(p.port, "/anything").await.unwrap();
+    assert_eq!(status, 200);
+    // An upgrade now would take traffic with no server list: it is refused, and the running
+    // proxy goes on serving.
+    let running = std::fs::read_to_string(p.dir.join("state/proxy.pid")).unwrap();
+    let mut upgrade = p.spawn(true);
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = upgrade.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            // Took over instead of giving up: stop it, then fail.
+            let _ = upgrade.kill();
+            let _ = upgrade.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the upgrade must give up; log:\n{}",
+        p.log()
+    );
+    assert!(
+        p.log()
+            .contains("--upgrade: no server list from the config store"),
+        "{}",
+        p.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.dir.join("state/proxy.pid")).unwrap(),
+        running
+    );
     let (status, _) = get(p.port, "/anything").await.unwrap();
     assert_eq!(status, 200);
 
