@@ -378,6 +378,14 @@ mod tests {
                 "health.fall",
             ),
             (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nstore=\"postgres://x\"\nrefresh_interval_ms=0\n",
+                "upstreams.refresh_interval_ms: must be greater than 0",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nstore=\"postgres://x\"\nfirst_list_timeout_ms=0\n",
+                "upstreams.first_list_timeout_ms: must be greater than 0",
+            ),
+            (
                 "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nservers=[\"127.0.0.1:2\"]\n[tls]\nlisten=\"127.0.0.1:3\"\ncert_file=\"/nonexistent\"\nkey_file=\"/nonexistent\"\n",
                 "tls.cert_file",
             ),

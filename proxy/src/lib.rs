@@ -601,3 +601,61 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     info!("proxy stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Balance;
+    use std::sync::atomic::Ordering;
+
+    /// A source whose list the test sets.
+    struct Listed(Arc<std::sync::Mutex<Vec<SourcedServer>>>);
+
+    #[async_trait]
+    impl ServerSource for Listed {
+        async fn servers(&self) -> Result<Vec<SourcedServer>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_new_run_at_a_known_address_starts_afresh() {
+        let list = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = Arc::new(Registry::new(Balance::RoundRobin, Duration::from_secs(5)));
+        let d = Dynamic {
+            source: Arc::new(Listed(list.clone())),
+            rt: tokio::runtime::Handle::current(),
+            registry: registry.clone(),
+            timeout: Duration::from_secs(5),
+            failing: Default::default(),
+            known: Default::default(),
+        };
+        let addr: std::net::SocketAddr = "127.0.0.1:7".parse().unwrap();
+        let run = |r: &str| SourcedServer {
+            addr,
+            run: r.into(),
+        };
+        *list.lock().unwrap() = vec![run("a/1/1")];
+        d.discover().await.unwrap();
+        registry.record_check(addr, Err("503".into()));
+        let first = registry.get(addr);
+        // Listed again as the same run: the same entry, its failing check remembered.
+        d.discover().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &registry.get(addr)));
+        // Restarted between two reads (never seen gone): a fresh, unchecked entry.
+        *list.lock().unwrap() = vec![run("a/2/2")];
+        let (set, _) = d.discover().await.unwrap();
+        assert_eq!(set.len(), 1);
+        let now = registry.get(addr);
+        assert!(!Arc::ptr_eq(&first, &now));
+        assert_eq!(now.run.as_deref(), Some("a/2/2"));
+        assert!(!now.checked.load(Ordering::Acquire));
+        assert_eq!(registry.record_check(addr, Ok(())), Some(true));
+        // Gone, then back as the same run it had: it left, so it starts afresh too.
+        *list.lock().unwrap() = vec![];
+        d.discover().await.unwrap();
+        *list.lock().unwrap() = vec![run("a/2/2")];
+        d.discover().await.unwrap();
+        assert!(!registry.get(addr).checked.load(Ordering::Acquire));
+    }
+}
