@@ -134,8 +134,13 @@ pub struct UpstreamsSection {
     pub servers: Vec<String>,
     /// A config-store URL: upstreams are the cluster's live servers, refreshed.
     pub store: Option<String>,
-    /// How often the store is read for servers joining or leaving.
+    /// How often the store is read for servers joining or leaving. A read that takes longer
+    /// (at least 1 s) is abandoned and the last list kept.
     pub refresh_interval_ms: Option<u64>,
+    /// How long a starting proxy waits for its first server list from the store before it
+    /// takes traffic: an upgrading one gives up (the running proxy keeps serving), a fresh
+    /// one starts with no server, saying so.
+    pub first_list_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,6 +294,14 @@ impl ProxyConfig {
             ("health.timeout_ms", self.health.timeout_ms),
             ("health.rise", self.health.rise as u64),
             ("health.fall", self.health.fall as u64),
+            (
+                "upstreams.refresh_interval_ms",
+                self.upstreams.refresh_interval_ms.unwrap_or(1),
+            ),
+            (
+                "upstreams.first_list_timeout_ms",
+                self.upstreams.first_list_timeout_ms.unwrap_or(1),
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -306,6 +319,16 @@ impl ProxyConfig {
 
     pub fn refresh_interval(&self) -> Duration {
         Duration::from_millis(self.upstreams.refresh_interval_ms.unwrap_or(2_000))
+    }
+
+    /// How long one read of the server list may take before it is abandoned: its interval,
+    /// but at least 1 s (a store under load is not a store that is down).
+    pub fn refresh_timeout(&self) -> Duration {
+        self.refresh_interval().max(Duration::from_secs(1))
+    }
+
+    pub fn first_list_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstreams.first_list_timeout_ms.unwrap_or(10_000))
     }
 
     pub fn pid_file(&self) -> PathBuf {
@@ -362,6 +385,14 @@ mod tests {
             (
                 "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nservers=[\"127.0.0.1:2\"]\n[health]\nfall=0\n",
                 "health.fall",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nstore=\"postgres://x\"\nrefresh_interval_ms=0\n",
+                "upstreams.refresh_interval_ms: must be greater than 0",
+            ),
+            (
+                "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nstore=\"postgres://x\"\nfirst_list_timeout_ms=0\n",
+                "upstreams.first_list_timeout_ms: must be greater than 0",
             ),
             (
                 "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstreams]\nservers=[\"127.0.0.1:2\"]\n[tls]\nlisten=\"127.0.0.1:3\"\ncert_file=\"/nonexistent\"\nkey_file=\"/nonexistent\"\n",

@@ -4,7 +4,10 @@
 //! listeners; each connection is served by the HTTP/1 data path in [`app`], built on the
 //! head parsing and body framing of [`h1`]), the stats endpoint, and a background service that
 //! refreshes the server list (static, or the cluster's store through a caller-provided
-//! [`ServerSource`]) and runs the active `/readyz` checks.
+//! [`ServerSource`]) and runs the active `/readyz` checks, as two loops that never wait on
+//! each other. Before any of them runs, the first list is read and checked: a proxy takes
+//! traffic only with servers it has checked (or, a fresh start with the store unreachable,
+//! after saying loudly that it has none).
 //!
 //! Graceful upgrade is pingora's: the new process (`--upgrade`) sends SIGQUIT to the one in
 //! the pid file and receives its listening sockets over the upgrade socket; the old one
@@ -31,7 +34,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::ProxyConfig;
 use pingora_load_balancing::Backend;
@@ -42,12 +45,24 @@ use crate::upstream::{Registry, backend_addr};
 /// A cluster has at most this many servers.
 pub const MAX_UPSTREAMS: usize = 3;
 
+/// One server as a [`ServerSource`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcedServer {
+    pub addr: std::net::SocketAddr,
+    /// What identifies this run of the server (e.g. its name, pid and start time): a server
+    /// listed with another run than before was restarted, and the proxy forgets what it knew
+    /// about the old run.
+    pub run: String,
+}
+
 /// Where the servers come from, for a proxy whose list is not static (the cluster's store,
-/// read by the `oxbus` binary). Called every `upstreams.refresh_interval_ms`; an error keeps
-/// the last list.
+/// read by the `oxbus` binary). Called every `upstreams.refresh_interval_ms`, on a runtime
+/// of its own (so a client it opens serves every call, the first one included, which runs
+/// before the proxy serves); a call that errs or takes longer than
+/// [`ProxyConfig::refresh_timeout`] keeps the last list.
 #[async_trait]
 pub trait ServerSource: Send + Sync {
-    async fn servers(&self) -> Result<Vec<std::net::SocketAddr>, String>;
+    async fn servers(&self) -> Result<Vec<SourcedServer>, String>;
 }
 
 /// The servers a proxy balances over: the file's static list, or a [`ServerSource`].
@@ -65,17 +80,66 @@ impl ServiceDiscovery for StaticServers {
     }
 }
 
+/// A runtime of the proxy's own for the server source and the first list and checks: it
+/// exists before pingora's runtimes start, and it is never dropped (a runtime may not be
+/// dropped from inside another one, which is where pingora ends).
+fn side_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("proxy-servers")
+        .enable_all()
+        .build()
+        .context("cannot start the server-list runtime")?;
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// Aborts a spawned task when dropped: an abandoned (timed-out) read of the server list
+/// does not go on in the background.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Dynamic {
-    source: Box<dyn ServerSource>,
+    source: Arc<dyn ServerSource>,
+    rt: tokio::runtime::Handle,
+    registry: Arc<Registry>,
+    /// A read taking longer is abandoned (an error like any other: the last list is kept).
+    timeout: Duration,
     /// The last error, logged once until the source recovers.
     failing: std::sync::Mutex<Option<String>>,
-    known: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
+    /// The last list: each server's address and run.
+    known: std::sync::Mutex<std::collections::BTreeMap<std::net::SocketAddr, String>>,
+}
+
+impl Dynamic {
+    async fn read(&self) -> Result<Vec<SourcedServer>, String> {
+        let source = self.source.clone();
+        let mut task = AbortOnDrop(self.rt.spawn(async move { source.servers().await }));
+        match tokio::time::timeout(self.timeout, &mut task.0).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("server list read failed: {e}")),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
+
+    /// The last error, if the last read failed.
+    fn last_error(&self) -> Option<String> {
+        self.failing.lock().expect("lock").clone()
+    }
 }
 
 #[async_trait]
 impl ServiceDiscovery for Dynamic {
     async fn discover(&self) -> pingora_core::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        match self.source.servers().await {
+        match self.read().await {
             Ok(list) => {
                 if self.failing.lock().expect("lock").take().is_some() {
                     info!("server list readable again");
@@ -86,19 +150,36 @@ impl ServiceDiscovery for Dynamic {
                         "more servers than a cluster may have ({MAX_UPSTREAMS}); using the first {MAX_UPSTREAMS}"
                     );
                 }
-                let now: BTreeSet<_> = list.into_iter().take(MAX_UPSTREAMS).collect();
+                let mut now = std::collections::BTreeMap::new();
+                for s in list {
+                    if now.len() == MAX_UPSTREAMS {
+                        break;
+                    }
+                    now.entry(s.addr).or_insert(s.run);
+                }
                 let mut known = self.known.lock().expect("lock");
-                for a in now.difference(&known) {
-                    info!(upstream = %a, "server joined");
+                // A server new to the list, or listed as another run than before (restarted
+                // between two reads), starts afresh: unchecked, no marks, no old connections.
+                for (addr, run) in &now {
+                    match known.get(addr) {
+                        Some(was) if was == run => continue,
+                        Some(was) => {
+                            info!(upstream = %addr, run = %run, previous_run = %was, "server restarted")
+                        }
+                        None => info!(upstream = %addr, run = %run, "server joined"),
+                    }
+                    self.registry.rejoin(*addr, Some(run.clone()));
                 }
-                for a in known.difference(&now) {
-                    info!(upstream = %a, "server left");
+                for a in known.keys() {
+                    if !now.contains_key(a) {
+                        info!(upstream = %a, "server left");
+                    }
                 }
-                *known = now.clone();
                 let set = now
-                    .into_iter()
+                    .keys()
                     .map(|addr| Backend::new(&addr.to_string()))
                     .collect::<pingora_core::Result<BTreeSet<_>>>()?;
+                *known = now;
                 Ok((set, HashMap::new()))
             }
             Err(e) => {
@@ -116,28 +197,21 @@ impl ServiceDiscovery for Dynamic {
     }
 }
 
-fn discovery(
-    cfg: &ProxyConfig,
-    upstreams: Upstreams,
-) -> anyhow::Result<Box<dyn ServiceDiscovery + Send + Sync>> {
-    Ok(match upstreams {
-        Upstreams::Static => {
-            let mut set = BTreeSet::new();
-            for s in &cfg.upstreams.servers {
-                set.insert(Backend::new(s).with_context(|| format!("upstream {s}"))?);
-            }
-            Box::new(StaticServers(set))
-        }
-        Upstreams::Source(source) => Box::new(Dynamic {
-            source,
-            failing: Default::default(),
-            known: Default::default(),
-        }),
-    })
+/// Lends the shared [`Dynamic`] to pingora's discovery (which takes ownership).
+struct SharedDiscovery(Arc<Dynamic>);
+
+#[async_trait]
+impl ServiceDiscovery for SharedDiscovery {
+    async fn discover(&self) -> pingora_core::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        self.0.discover().await
+    }
 }
 
-/// The active check: pingora's HTTP check of `health.path`, with each result recorded for
-/// the registry (first-check gating, stats) and changes logged.
+/// The active check: pingora's HTTP check of `health.path`, each result recorded against
+/// the run of the server it was started for. The registry's verdict (with `rise`/`fall`)
+/// is what routes traffic; pingora's own per-address verdict is not used: it is dropped when
+/// a server leaves the list and starts as "healthy" when it rejoins, so a server taken
+/// down before it left would never be announced up again.
 struct ReadyzCheck {
     inner: HttpHealthCheck,
     registry: Arc<Registry>,
@@ -146,28 +220,116 @@ struct ReadyzCheck {
 #[async_trait]
 impl HealthCheck for ReadyzCheck {
     async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
+        let run = backend_addr(target).map(|a| self.registry.get(a));
         let r = self.inner.check(target).await;
-        if let Some(addr) = backend_addr(target) {
-            self.registry
-                .record_check(addr, r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if let Some(u) = run {
+            let result = r.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            match self.registry.record(&u, result) {
+                Some(true) => info!(upstream = %target.addr, "server is up"),
+                Some(false) => warn!(
+                    upstream = %target.addr,
+                    error = u.last_check_error.lock().expect("check error lock").as_deref().unwrap_or(""),
+                    "server is down (failing its readiness check)"
+                ),
+                None => {}
+            }
         }
         r
-    }
-
-    async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        if let Some(addr) = backend_addr(target) {
-            self.registry.set_ready(addr, healthy);
-        }
-        if healthy {
-            info!(upstream = %target.addr, "server is up");
-        } else {
-            warn!(upstream = %target.addr, "server is down (failing its readiness check)");
-        }
     }
 
     fn health_threshold(&self, success: bool) -> usize {
         self.inner.health_threshold(success)
     }
+}
+
+/// The background work: the active checks every `health.interval_ms` and (with a store)
+/// the server list every `upstreams.refresh_interval_ms`, as two loops that never wait on
+/// each other: a slow or unreachable store does not slow the checks.
+struct Balancing {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    check_every: Duration,
+    /// A check round's bound (each check has its own timeout; this is a backstop).
+    check_timeout: Duration,
+    /// The interval of the server-list refresh (each read is bounded by the discovery);
+    /// None for a static list.
+    refresh: Option<Duration>,
+}
+
+impl Balancing {
+    async fn checks(&self) {
+        loop {
+            let next = tokio::time::Instant::now() + self.check_every;
+            let round = self.lb.backends().run_health_check(true);
+            if tokio::time::timeout(self.check_timeout, round)
+                .await
+                .is_err()
+            {
+                warn!(
+                    timeout_ms = self.check_timeout.as_millis() as u64,
+                    "a round of readiness checks overran; the next one starts now"
+                );
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    async fn refreshes(&self) {
+        let Some(every) = self.refresh else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            // Errors and timeouts are logged (once) by the discovery; the last list stays.
+            let _ = self.lb.update().await;
+        }
+    }
+}
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for Balancing {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = self.checks() => {}
+            _ = self.refreshes() => {}
+            _ = async {
+                while shutdown.changed().await.is_ok() && !*shutdown.borrow() {}
+            } => {}
+        }
+    }
+}
+
+/// Before taking traffic: the first server list (with a store: retried until
+/// `first_list_timeout`) and a first round of checks, so that the first requests find their
+/// servers checked. The inner Err: no list could be read (the last error).
+fn first_list_and_checks(
+    cfg: &ProxyConfig,
+    lb: &LoadBalancer<RoundRobin>,
+    dynamic: Option<&Dynamic>,
+) -> anyhow::Result<Result<(), String>> {
+    let rt = side_runtime()?;
+    let check_timeout = Duration::from_millis(cfg.health.timeout_ms + 1_000);
+    Ok(rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + cfg.first_list_timeout();
+        loop {
+            // Each read is bounded by the discovery; the deadline bounds the last one too.
+            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, lb.update()).await {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(dynamic
+                    .and_then(Dynamic::last_error)
+                    .unwrap_or_else(|| "the store did not answer in time".into()));
+            }
+            // Paced, but never past the deadline.
+            tokio::time::sleep_until(deadline.min(now + Duration::from_millis(200))).await;
+        }
+        let _ = tokio::time::timeout(check_timeout, lb.backends().run_health_check(true)).await;
+        Ok(())
+    }))
 }
 
 fn read_pid(path: &std::path::Path) -> Option<i32> {
@@ -192,7 +354,6 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     if matches!(upstreams, Upstreams::Static) && cfg.upstreams.servers.is_empty() {
         bail!("the proxy config names a store: its servers need a ServerSource");
     }
-    let discovery = discovery(&cfg, upstreams)?;
     let p = &cfg.proxy;
     std::fs::create_dir_all(&p.state_dir)
         .with_context(|| format!("cannot create state_dir {}", p.state_dir.display()))?;
@@ -222,6 +383,76 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
         }
     };
 
+    let registry = Arc::new(
+        Registry::new(p.balance, Duration::from_millis(p.passive_down_ms))
+            .with_thresholds(cfg.health.rise, cfg.health.fall),
+    );
+    let dynamic = match upstreams {
+        Upstreams::Static => None,
+        Upstreams::Source(source) => Some(Arc::new(Dynamic {
+            source: Arc::from(source),
+            rt: side_runtime()?.handle().clone(),
+            registry: registry.clone(),
+            timeout: cfg.refresh_timeout(),
+            failing: Default::default(),
+            known: Default::default(),
+        })),
+    };
+    let discovery: Box<dyn ServiceDiscovery + Send + Sync> = match &dynamic {
+        Some(d) => Box::new(SharedDiscovery(d.clone())),
+        None => {
+            let mut set = BTreeSet::new();
+            for s in &cfg.upstreams.servers {
+                set.insert(Backend::new(s).with_context(|| format!("upstream {s}"))?);
+            }
+            Box::new(StaticServers(set))
+        }
+    };
+    let mut check = HttpHealthCheck::new("oxbus-proxy", false);
+    let mut req = RequestHeader::build("GET", cfg.health.path.as_bytes(), None)?;
+    req.append_header("Host", "oxbus-proxy")?;
+    req.append_header("User-Agent", "oxbus-proxy-health")?;
+    check.req = req;
+    check.consecutive_success = cfg.health.rise;
+    check.consecutive_failure = cfg.health.fall;
+    let timeout = Duration::from_millis(cfg.health.timeout_ms);
+    check.peer_template.options.connection_timeout = Some(timeout);
+    check.peer_template.options.read_timeout = Some(timeout);
+    let mut backends = Backends::new(discovery);
+    backends.set_health_check(Box::new(ReadyzCheck {
+        inner: check,
+        registry: registry.clone(),
+    }));
+    let lb: Arc<LoadBalancer<RoundRobin>> = Arc::new(LoadBalancer::from_backends(backends));
+
+    // The server list and a first round of checks before taking traffic: an upgrading proxy
+    // asks for the running one's sockets only then (that one serves meanwhile), so no
+    // request finds the new process without servers.
+    if let Err(e) = first_list_and_checks(&cfg, &lb, dynamic.as_deref())? {
+        let waited = cfg.first_list_timeout().as_millis() as u64;
+        if upgrade {
+            bail!(
+                "--upgrade: no server list from the config store within {waited} ms ({e}); \
+                 the running proxy keeps serving: upgrade again once the store answers"
+            );
+        }
+        error!(
+            waited_ms = waited,
+            error = %e,
+            "starting WITHOUT a server list: the config store did not answer; every request \
+             is answered 503 until it does (the list is read again every refresh_interval_ms)"
+        );
+    }
+    let background = background_service(
+        "servers and health checks",
+        Balancing {
+            lb: lb.clone(),
+            check_every: Duration::from_millis(cfg.health.interval_ms),
+            check_timeout: Duration::from_millis(cfg.health.timeout_ms + 1_000),
+            refresh: dynamic.as_ref().map(|_| cfg.refresh_interval()),
+        },
+    );
+
     let conf = ServerConf {
         threads: p.threads,
         pid_file: pid_file.display().to_string(),
@@ -250,32 +481,6 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
         .with_context(|| format!("cannot signal the running proxy (pid {pid})"))?;
     }
     server.bootstrap();
-
-    let registry = Arc::new(Registry::new(
-        p.balance,
-        Duration::from_millis(p.passive_down_ms),
-    ));
-    let mut check = HttpHealthCheck::new("oxbus-proxy", false);
-    let mut req = RequestHeader::build("GET", cfg.health.path.as_bytes(), None)?;
-    req.append_header("Host", "oxbus-proxy")?;
-    req.append_header("User-Agent", "oxbus-proxy-health")?;
-    check.req = req;
-    check.consecutive_success = cfg.health.rise;
-    check.consecutive_failure = cfg.health.fall;
-    let timeout = Duration::from_millis(cfg.health.timeout_ms);
-    check.peer_template.options.connection_timeout = Some(timeout);
-    check.peer_template.options.read_timeout = Some(timeout);
-    let mut backends = Backends::new(discovery);
-    backends.set_health_check(Box::new(ReadyzCheck {
-        inner: check,
-        registry: registry.clone(),
-    }));
-    let mut lb: LoadBalancer<RoundRobin> = LoadBalancer::from_backends(backends);
-    lb.health_check_frequency = Some(Duration::from_millis(cfg.health.interval_ms));
-    lb.update_frequency = cfg.upstreams.store.as_ref().map(|_| cfg.refresh_interval());
-    lb.parallel_health_check = true;
-    let background = background_service("servers and health checks", lb);
-    let lb = background.task();
 
     let totals = Arc::new(app::Totals::default());
     let draining = Arc::new(AtomicBool::new(false));
@@ -396,4 +601,62 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     remove_pid_file(&pid_file, me);
     info!("proxy stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Balance;
+    use std::sync::atomic::Ordering;
+
+    /// A source whose list the test sets.
+    struct Listed(Arc<std::sync::Mutex<Vec<SourcedServer>>>);
+
+    #[async_trait]
+    impl ServerSource for Listed {
+        async fn servers(&self) -> Result<Vec<SourcedServer>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_new_run_at_a_known_address_starts_afresh() {
+        let list = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = Arc::new(Registry::new(Balance::RoundRobin, Duration::from_secs(5)));
+        let d = Dynamic {
+            source: Arc::new(Listed(list.clone())),
+            rt: tokio::runtime::Handle::current(),
+            registry: registry.clone(),
+            timeout: Duration::from_secs(5),
+            failing: Default::default(),
+            known: Default::default(),
+        };
+        let addr: std::net::SocketAddr = "127.0.0.1:7".parse().unwrap();
+        let run = |r: &str| SourcedServer {
+            addr,
+            run: r.into(),
+        };
+        *list.lock().unwrap() = vec![run("a/1/1")];
+        d.discover().await.unwrap();
+        registry.record_check(addr, Err("503".into()));
+        let first = registry.get(addr);
+        // Listed again as the same run: the same entry, its failing check remembered.
+        d.discover().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &registry.get(addr)));
+        // Restarted between two reads (never seen gone): a fresh, unchecked entry.
+        *list.lock().unwrap() = vec![run("a/2/2")];
+        let (set, _) = d.discover().await.unwrap();
+        assert_eq!(set.len(), 1);
+        let now = registry.get(addr);
+        assert!(!Arc::ptr_eq(&first, &now));
+        assert_eq!(now.run.as_deref(), Some("a/2/2"));
+        assert!(!now.checked.load(Ordering::Acquire));
+        assert_eq!(registry.record_check(addr, Ok(())), Some(true));
+        // Gone, then back as the same run it had: it left, so it starts afresh too.
+        *list.lock().unwrap() = vec![];
+        d.discover().await.unwrap();
+        *list.lock().unwrap() = vec![run("a/2/2")];
+        d.discover().await.unwrap();
+        assert!(!registry.get(addr).checked.load(Ordering::Acquire));
+    }
 }

@@ -23,7 +23,7 @@ struct Row {
     u: Arc<Upstream>,
     /// Offered by discovery right now.
     member: bool,
-    /// pingora's verdict after the consecutive-check thresholds.
+    /// The active checks' verdict (after the `rise`/`fall` thresholds).
     ready: bool,
     up: bool,
     passive_down: bool,
@@ -48,7 +48,6 @@ impl Stats {
             let Some(addr) = backend_addr(b) else {
                 continue;
             };
-            let ready = self.lb.backends().ready(b);
             let i = match rows.iter().position(|r| r.u.addr == addr) {
                 Some(i) => i,
                 None => {
@@ -64,7 +63,7 @@ impl Stats {
             };
             let r = &mut rows[i];
             r.member = true;
-            r.ready = ready;
+            r.ready = r.u.ready.load(Ordering::Relaxed) && r.u.checked.load(Ordering::Acquire);
             r.up = self.registry.is_up(&r.u);
             r.passive_down = !self.registry.passive_down_left(&r.u).is_zero();
         }
@@ -90,10 +89,12 @@ impl Stats {
                 let n = counts.last().copied().unwrap_or(0);
                 serde_json::json!({
                     "address": u.addr.to_string(),
+                    "run": u.run,
                     "member": r.member,
                     "up": r.up,
                     "active_check": check,
                     "ready": r.ready,
+                    "checks": u.checks.load(Ordering::Relaxed),
                     "last_check_error": u.last_check_error.lock().expect("check error lock").clone(),
                     "passive_down_ms": self.registry.passive_down_left(u).as_millis() as u64,
                     "in_flight": u.in_flight.load(Ordering::Relaxed),
@@ -152,7 +153,7 @@ impl Stats {
         );
         let rows = self.rows();
         type Metric = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
-        let metrics: [Metric; 7] = [
+        let metrics: [Metric; 8] = [
             ("up", "gauge", "1 if the server gets new requests.", |r| {
                 u64::from(r.up)
             }),
@@ -179,6 +180,12 @@ impl Stats {
                 "counter",
                 "5xx answers from the server.",
                 |r| r.u.responses_5xx.load(Ordering::Relaxed),
+            ),
+            (
+                "checks_total",
+                "counter",
+                "Active checks completed (of the server's current run).",
+                |r| r.u.checks.load(Ordering::Relaxed),
             ),
             (
                 "passive_down",

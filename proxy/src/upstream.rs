@@ -102,10 +102,15 @@ fn shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// One server as the proxy sees it.
+/// One server as the proxy sees it: one run of it. A server that leaves the list and comes
+/// back, or comes back at the same address as a new run (restarted: another pid or start
+/// time in the store), gets a fresh `Upstream`, so nothing the proxy learned about the old
+/// run (a failing check, a passive mark, pooled connections) outlives it.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// What identifies this run of the server (from the store; None for a static list).
+    pub run: Option<String>,
     pub in_flight: AtomicU64,
     /// Attempts sent to this server (a retried request counts once per server tried).
     pub requests: AtomicU64,
@@ -116,12 +121,17 @@ pub struct Upstream {
     /// Answers with a 5xx status from the server itself.
     pub responses_5xx: AtomicU64,
     pub latency: Histogram,
+    /// Active checks completed.
+    pub checks: AtomicU64,
     /// An active check has run at least once.
     pub checked: AtomicBool,
     /// The last active check passed.
     pub check_ok: AtomicBool,
-    /// pingora's health verdict (consecutive-check thresholds); true until it flips.
+    /// The verdict of the active checks: set by the first check, then flipped by `rise`
+    /// consecutive passes or `fall` consecutive failures.
     pub ready: AtomicBool,
+    /// Consecutive check results that disagree with `ready`.
+    streak: AtomicU64,
     pub last_check_error: Mutex<Option<String>>,
     /// Skipped until this time (ms since the registry's epoch): it refused a connection.
     pub passive_down_until: AtomicU64,
@@ -130,18 +140,21 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, run: Option<String>) -> Self {
         Upstream {
             addr,
+            run,
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
             latency: Histogram::default(),
+            checks: AtomicU64::new(0),
             checked: AtomicBool::new(false),
             check_ok: AtomicBool::new(false),
-            ready: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+            streak: AtomicU64::new(0),
             last_check_error: Mutex::new(None),
             passive_down_until: AtomicU64::new(0),
             pool: Pool::default(),
@@ -149,16 +162,19 @@ impl Upstream {
     }
 }
 
-/// All servers ever seen (a server that leaves keeps its counters; it is simply no longer
-/// offered by discovery).
+/// Every server seen, by address: the current run of each (a server that leaves keeps its
+/// entry and counters until it comes back; it is simply no longer offered by discovery).
 #[derive(Debug)]
 pub struct Registry {
     epoch: Instant,
-    /// Every server seen (a handful: a linear scan beats hashing here).
+    /// One entry per address, its current run (a handful: a linear scan beats hashing here).
     map: RwLock<Vec<Arc<Upstream>>>,
     rr: AtomicUsize,
     pub balance: Balance,
     passive_down: Duration,
+    /// Consecutive passes that bring a server up, failures that take it down.
+    rise: u64,
+    fall: u64,
     /// Woken by every active check result.
     pub checked: tokio::sync::Notify,
 }
@@ -171,14 +187,24 @@ impl Registry {
             rr: AtomicUsize::new(0),
             balance,
             passive_down,
+            rise: 1,
+            fall: 1,
             checked: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The check thresholds (`health.rise`, `health.fall`; both at least 1).
+    pub fn with_thresholds(mut self, rise: usize, fall: usize) -> Self {
+        self.rise = rise.max(1) as u64;
+        self.fall = fall.max(1) as u64;
+        self
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The current run of the server at `addr` (a new entry if it was never seen).
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
         if let Some(u) = self
             .map
@@ -193,9 +219,29 @@ impl Registry {
         if let Some(u) = map.iter().find(|u| u.addr == addr) {
             return u.clone();
         }
-        let u = Arc::new(Upstream::new(addr));
+        let u = Arc::new(Upstream::new(addr, None));
         map.push(u.clone());
         u
+    }
+
+    /// A server (re)joined the list, as run `run`: it gets a fresh entry, unchecked (no
+    /// traffic until its first passing check), with no mark, counter or pooled connection
+    /// of an earlier run. Returns the entry it replaced, if any.
+    pub fn rejoin(&self, addr: SocketAddr, run: Option<String>) -> Option<Arc<Upstream>> {
+        let fresh = Arc::new(Upstream::new(addr, run));
+        let mut map = self.map.write().expect("registry lock");
+        let old = match map.iter().position(|u| u.addr == addr) {
+            Some(i) => Some(std::mem::replace(&mut map[i], fresh)),
+            None => {
+                map.push(fresh);
+                None
+            }
+        };
+        drop(map);
+        if let Some(o) = &old {
+            o.pool.clear();
+        }
+        old
     }
 
     pub fn all(&self) -> Vec<Arc<Upstream>> {
@@ -204,15 +250,18 @@ impl Registry {
         v
     }
 
-    /// pingora's verdict after the consecutive-check thresholds changed.
-    pub fn set_ready(&self, addr: SocketAddr, ready: bool) {
-        self.get(addr).ready.store(ready, Ordering::Relaxed);
+    /// Records an active check's result for the current run at `addr`; see [`Self::record`].
+    pub fn record_check(&self, addr: SocketAddr, result: Result<(), String>) -> Option<bool> {
+        self.record(&self.get(addr), result)
     }
 
-    /// Records an active check's result. A pass also lifts a passive mark: the server is
-    /// back (restarted, say) before the mark would have lapsed.
-    pub fn record_check(&self, addr: SocketAddr, result: Result<(), String>) {
-        let u = self.get(addr);
+    /// Records an active check's result for run `u` (the run the check was started for: a
+    /// result for a run since replaced changes nothing that serves). Returns the new verdict
+    /// when it changed. The first check decides; then `rise` consecutive passes bring a
+    /// server up and `fall` consecutive failures take it down. A pass also lifts a passive
+    /// mark: the server is back (restarted, say) before the mark would have lapsed.
+    pub fn record(&self, u: &Upstream, result: Result<(), String>) -> Option<bool> {
+        let ok = result.is_ok();
         match result {
             Ok(()) => {
                 u.check_ok.store(true, Ordering::Relaxed);
@@ -224,8 +273,29 @@ impl Registry {
                 *u.last_check_error.lock().expect("check error lock") = Some(e);
             }
         }
-        u.checked.store(true, Ordering::Release);
+        u.checks.fetch_add(1, Ordering::Relaxed);
+        let first = !u.checked.swap(true, Ordering::AcqRel);
+        let ready = u.ready.load(Ordering::Relaxed);
+        let flipped = if first {
+            u.ready.store(ok, Ordering::Relaxed);
+            u.streak.store(0, Ordering::Relaxed);
+            // A first failure is news too: the server is known not to be up.
+            Some(ok)
+        } else if ok == ready {
+            u.streak.store(0, Ordering::Relaxed);
+            None
+        } else {
+            let n = u.streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= if ok { self.rise } else { self.fall } {
+                u.ready.store(ok, Ordering::Relaxed);
+                u.streak.store(0, Ordering::Relaxed);
+                Some(ok)
+            } else {
+                None
+            }
+        };
         self.checked.notify_waiters();
+        flipped
     }
 
     /// Whether a server on offer has not had its first active check yet (just started, or
@@ -253,7 +323,8 @@ impl Registry {
         )
     }
 
-    /// Whether `u` may get new requests, given pingora's health verdict `ready`.
+    /// Whether `u` may get new requests: checked, its checks' verdict is up, and not
+    /// passively marked down.
     pub fn is_up(&self, u: &Upstream) -> bool {
         if !u.ready.load(Ordering::Relaxed) || !u.checked.load(Ordering::Acquire) {
             return false;
@@ -424,5 +495,51 @@ mod tests {
         assert!(u.checked.load(Ordering::Relaxed));
         assert!(!u.check_ok.load(Ordering::Relaxed));
         assert_eq!(u.last_check_error.lock().unwrap().as_deref(), Some("503"));
+    }
+
+    #[test]
+    fn a_server_that_rejoins_starts_afresh_and_serves_after_its_first_pass() {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
+        let lb = lb(&addrs);
+        let r = Registry::new(Balance::RoundRobin, Duration::from_secs(60));
+        checked(&r, &addrs);
+        let a: SocketAddr = addrs[0].parse().unwrap();
+        // Stopping: its check fails, it is taken down and marked; it leaves the list.
+        assert_eq!(r.record_check(a, Err("503".into())), Some(false));
+        r.mark_passive_down(&r.get(a));
+        assert!((0..10).all(|_| r.pick(&lb, &[]).unwrap().addr != a));
+        // Back as a new run: nothing of the old run holds it out, but it waits for a check.
+        let old = r.rejoin(a, Some("a/2/2".into())).unwrap();
+        assert!(!old.ready.load(Ordering::Relaxed));
+        let u = r.get(a);
+        assert_eq!(u.run.as_deref(), Some("a/2/2"));
+        assert!(r.passive_down_left(&u).is_zero());
+        assert!((0..10).all(|_| r.pick(&lb, &[]).unwrap().addr != a));
+        assert_eq!(r.record_check(a, Ok(())), Some(true));
+        assert!((0..10).any(|_| r.pick(&lb, &[]).unwrap().addr == a));
+        // A late result for the old run changes nothing that serves.
+        assert_eq!(r.record(&old, Err("refused".into())), None);
+        assert!(r.is_up(&r.get(a)));
+    }
+
+    #[test]
+    fn rise_and_fall_count_consecutive_results_after_the_first_check() {
+        let r = Registry::new(Balance::RoundRobin, Duration::from_secs(5)).with_thresholds(2, 3);
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            r.record_check(a, Ok(())),
+            Some(true),
+            "the first check decides"
+        );
+        assert_eq!(r.record_check(a, Err("x".into())), None);
+        assert_eq!(r.record_check(a, Err("x".into())), None);
+        assert_eq!(r.record_check(a, Ok(())), None, "a pass resets the count");
+        for _ in 0..2 {
+            assert_eq!(r.record_check(a, Err("x".into())), None);
+        }
+        assert_eq!(r.record_check(a, Err("x".into())), Some(false));
+        assert_eq!(r.record_check(a, Ok(())), None);
+        assert_eq!(r.record_check(a, Ok(())), Some(true));
+        assert_eq!(r.get(a).checks.load(Ordering::Relaxed), 9);
     }
 }

@@ -2,7 +2,7 @@
 //! its server list read from the config store when the file names one.
 
 use async_trait::async_trait;
-use oxbus_proxy::{ProxyConfig, ServerSource, Upstreams};
+use oxbus_proxy::{ProxyConfig, ServerSource, SourcedServer, Upstreams};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::store::{SERVER_STALE, Store};
 /// The cluster's live servers: registered in the store, heartbeat fresher than
 /// [`SERVER_STALE`]. A server that stops cleanly deregisters and leaves at once; one that
 /// dies stays listed until its heartbeat goes stale, and the proxy's checks keep it out.
+/// Each is listed with its run (name, pid, start time): a restarted server is a new run.
 struct StoreServers {
     url: String,
     store: OnceCell<Store>,
@@ -20,8 +21,8 @@ struct StoreServers {
 
 #[async_trait]
 impl ServerSource for StoreServers {
-    async fn servers(&self) -> Result<Vec<SocketAddr>, String> {
-        // Opened on first use, inside the proxy's own runtime.
+    async fn servers(&self) -> Result<Vec<SourcedServer>, String> {
+        // Opened on first use, on the runtime the proxy keeps for its server source.
         let store = self
             .store
             .get_or_try_init(|| Store::open(&self.url))
@@ -42,7 +43,10 @@ impl ServerSource for StoreServers {
                 continue;
             }
             match s.http_address.parse::<SocketAddr>() {
-                Ok(a) => out.push(a),
+                Ok(addr) => out.push(SourcedServer {
+                    addr,
+                    run: format!("{}/{}/{}", s.name, s.pid, s.started_at),
+                }),
                 Err(e) => tracing::warn!(
                     server = %s.name,
                     address = %s.http_address,
