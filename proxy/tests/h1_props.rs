@@ -212,7 +212,10 @@ fn message() -> impl Strategy<Value = (bool, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // 512 cases by default (well under a second); PROPTEST_CASES runs more.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
+    ))]
 
     /// The follower ends a chunked body where the model does, refuses what it refuses, and
     /// takes every byte before the end, however the body is split into reads.
