@@ -113,6 +113,9 @@ pub struct Shared {
     pub applied_version: std::sync::atomic::AtomicI64,
     /// The config version of the on-disk snapshot (-1: not written by this run yet).
     pub snapshot_version: Arc<std::sync::atomic::AtomicI64>,
+    /// The snapshot on disk as this run last wrote it (or booted from it): what a rewrite
+    /// with a new peer list starts from (see `sync::peers_seen`).
+    pub snapshot_on_disk: Arc<std::sync::Mutex<Option<crate::snapshot::Snapshot>>>,
     /// Notified after a change made through this server, or when a peer announces a
     /// version this server has not applied: `sync` runs at once.
     pub changed: tokio::sync::Notify,
@@ -290,7 +293,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let mut me = server_record(&settings, local);
     let bus = start_bus(&settings, &store, &mut me).await?;
     if let Some((bus, _)) = &bus {
-        // Where the peers were at the last config change: dialed while the store is down.
+        // Where the peers were as the store last listed them: dialed while the store is down.
         bus.know(
             boot.snapshot
                 .peers
@@ -341,6 +344,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         } else {
             boot.snapshot.config_version
         })),
+        snapshot_on_disk: Arc::new(std::sync::Mutex::new(
+            (!boot.online).then(|| boot.snapshot.clone()),
+        )),
         changed: tokio::sync::Notify::new(),
         bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,
