@@ -513,6 +513,9 @@ async fn leave_store(shared: &Shared, me: &crate::store::ServerRecord) {
     }
     let work = async {
         crate::scheduler::flush_history(&shared.scheduler, STOP_STORE_LIMIT).await;
+        // A renewal the lease task had in flight lands (and is handed back by it) before
+        // the hand-back below: none can put the lease back after it.
+        crate::scheduler::lease_task_ended(&shared.scheduler).await;
         if let Err(e) = crate::scheduler::hand_back(shared).await {
             warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
         }
