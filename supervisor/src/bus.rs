@@ -362,6 +362,17 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
                 .filter_map(|s| Some((s.name, s.bus_address?)))
                 .collect();
             bus.know(list.clone());
+            // The snapshot keeps up with the list (servers that joined or left since it was
+            // written): what a restart during an outage dials.
+            crate::sync::peers_seen(
+                &shared,
+                list.iter()
+                    .map(|(name, addr)| crate::snapshot::BusPeer {
+                        name: name.clone(),
+                        bus_address: addr.clone(),
+                    })
+                    .collect(),
+            );
             list
         } else {
             bus.known.lock().expect("known lock").clone()

@@ -7,7 +7,11 @@
 //! same IPC protocol version as the server that started it. The private (0700) runtime
 //! directory holds the IPC socket; it is removed when the server stops, and one left by a
 //! server that was killed (`kill -9`, an OOM kill: no drop runs) is removed by the next
-//! server that starts on the same base directory ([`remove_stale`]).
+//! server that starts on the same base directory ([`remove_stale`]). A live server holds an
+//! exclusive `flock` on the directory's `lock` file for its whole life (the kernel drops it
+//! when the process dies, however it dies), and a directory is removed only by whoever can
+//! take that lock: a pid alone cannot tell, since servers in other PID namespaces sharing
+//! `/tmp` under one uid do not see each other's pids.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -21,7 +25,14 @@ include!(concat!(env!("OUT_DIR"), "/python_files.rs"));
 pub struct RuntimeDir {
     path: PathBuf,
     owned: bool,
+    /// The `lock` file, exclusively locked for as long as this server runs (a directory it
+    /// created; `None` for a configured one, which no cleanup touches). Opened close-on-exec
+    /// (std's default): workers do not inherit it, so the lock ends with the server.
+    _lock: Option<std::fs::File>,
 }
+
+/// The name of the lock file in a runtime directory.
+const LOCK_FILE: &str = "lock";
 
 impl RuntimeDir {
     /// Uses `configured` (created if missing) or makes a fresh directory under
@@ -37,6 +48,7 @@ impl RuntimeDir {
             return Ok(RuntimeDir {
                 path: p.to_owned(),
                 owned: false,
+                _lock: None,
             });
         }
         let base = std::env::var_os("XDG_RUNTIME_DIR")
@@ -48,10 +60,21 @@ impl RuntimeDir {
         for n in 0..1000u32 {
             let path = base.join(format!("oxbus.{pid}.{n}"));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(RuntimeDir { path, owned: true }),
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
+            return match lock_dir(&path) {
+                Ok(lock) => Ok(RuntimeDir {
+                    path,
+                    owned: true,
+                    _lock: Some(lock),
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&path);
+                    Err(e)
+                }
+            };
         }
         Err(io::Error::other("cannot create a runtime directory"))
     }
@@ -72,11 +95,34 @@ impl RuntimeDir {
     }
 }
 
+/// Creates and locks `dir/lock` (exclusive `flock`, held while the returned file is open).
+/// The file is locked under a temporary name and then renamed into place, so that a
+/// `lock` file is locked from the moment it exists: a cleanup never finds it free in the
+/// instant between its creation and its locking.
+fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(".lock.new");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::Error(e) => e,
+        std::fs::TryLockError::WouldBlock => io::Error::other("the new lock file is locked"),
+    })?;
+    std::fs::rename(&tmp, dir.join(LOCK_FILE))?;
+    Ok(file)
+}
+
 /// Removes the runtime directories (`oxbus.<pid>.<n>`) under `base` that a killed server
-/// left: only directories (not symlinks) owned by this user, and only when no process
-/// `<pid>` exists any more. A live process of that pid — the server itself, or anything
-/// that reused the pid — keeps its directory: leaving a stale one is harmless, removing a
-/// live one would cut a server off from its workers. Best effort: a failure is logged.
+/// left: only directories (not symlinks) owned by this user whose `lock` file this call can
+/// lock (no live server holds it) and whose process `<pid>` is not seen any more. The lock
+/// decides: a server in another PID namespace is invisible to the pid check but holds its
+/// lock. A directory without a `lock` file (one being created right now, or left by an
+/// older version) is kept, as is one whose pid is seen alive (the server itself, or a
+/// process that reused the pid): leaving a stale one is harmless, removing a live one would
+/// cut a server off from its workers. Best effort: a failure is logged.
 pub fn remove_stale(base: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(base) else {
@@ -107,6 +153,22 @@ pub fn remove_stale(base: &Path) {
             Err(nix::errno::Errno::ESRCH)
         );
         if !gone {
+            continue;
+        }
+        // Held (by this loop) until the directory is gone. Opened without following a
+        // symlink: the lock file of a directory of ours is a plain file of ours.
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(path.join(LOCK_FILE))
+        };
+        let Ok(lock) = lock else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            tracing::debug!(dir = %path.display(), pid, "a runtime directory whose server is not seen here is locked: in use, kept");
             continue;
         }
         match std::fs::remove_dir_all(&path) {
@@ -305,14 +367,56 @@ mod tests {
         let live = base.join(format!("oxbus.{}.3", std::process::id()));
         let other = base.join("oxbus.notapid.0");
         let file = base.join("oxbus.2147483645.1");
-        for d in [&dead, &live, &other] {
+        // No lock file: being created, or left by an older version.
+        let unlocked = base.join("oxbus.2147483644.0");
+        for d in [&dead, &live, &other, &unlocked] {
             std::fs::create_dir(d).unwrap();
+        }
+        for d in [&dead, &live] {
+            drop(lock_dir(d).unwrap());
         }
         std::fs::create_dir(dead.join("sub")).unwrap();
         std::fs::write(&file, b"").unwrap();
         remove_stale(&base);
         assert!(!dead.exists());
-        assert!(live.is_dir() && other.is_dir() && file.is_file());
+        assert!(live.is_dir() && other.is_dir() && file.is_file() && unlocked.is_dir());
+    }
+
+    /// A server in another PID namespace: its pid is not seen here, but it holds its lock.
+    #[test]
+    fn a_locked_runtime_dir_is_kept_though_its_pid_is_not_seen() {
+        let rt = RuntimeDir::create(None).unwrap();
+        let base = rt.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        let held = base.join("oxbus.2147483646.0");
+        let free = base.join("oxbus.2147483646.1");
+        std::fs::create_dir(&held).unwrap();
+        std::fs::create_dir(&free).unwrap();
+        let holding = lock_dir(&held).unwrap();
+        drop(lock_dir(&free).unwrap());
+        remove_stale(&base);
+        assert!(
+            held.join(LOCK_FILE).is_file(),
+            "a held lock keeps its directory"
+        );
+        assert!(!free.exists(), "a free lock and a dead pid: removed");
+        drop(holding);
+        remove_stale(&base);
+        assert!(!held.exists(), "removed once its lock is free");
+    }
+
+    #[test]
+    fn a_runtime_dir_is_locked_for_the_life_of_its_server() {
+        let rt = RuntimeDir::create(None).unwrap();
+        let lock = std::fs::File::open(rt.path().join(LOCK_FILE)).unwrap();
+        assert!(lock.try_lock().is_err(), "held while the server runs");
+        assert!(!rt.path().join(".lock.new").exists());
+        let flags =
+            nix::fcntl::fcntl(rt._lock.as_ref().unwrap(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(
+            flags & nix::libc::FD_CLOEXEC != 0,
+            "workers do not inherit the lock"
+        );
     }
 
     #[test]

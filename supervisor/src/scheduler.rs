@@ -437,6 +437,11 @@ pub struct Status {
     /// succeeded, cleared when one was refused or the lease was handed back. Only a holder
     /// hands the lease back at stop.
     holds: AtomicBool,
+    /// The task that takes and renews the lease (`hold_lease`): awaited at stop, so that no
+    /// renewal still in flight can put the lease back after it was handed back.
+    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Wakes `hold_lease` from its wait between renewals when the server stops.
+    stop_wake: tokio::sync::Notify,
 }
 
 impl Status {
@@ -454,6 +459,8 @@ impl Status {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         *self.leading_until.lock().expect("status lock") = None;
+        // One waiter (`hold_lease`); a permit is kept if it is not waiting right now.
+        self.stop_wake.notify_one();
     }
 
     fn stopping(&self) -> bool {
@@ -478,6 +485,16 @@ pub async fn hand_back(shared: &Shared) -> Result<bool, StoreError> {
     Ok(true)
 }
 
+/// Waits until the lease task has ended (call after [`Status::stop`]): a renewal it had in
+/// flight has landed, and it has handed back a lease that renewal took. After this, no
+/// write of this boot can put the lease back. The caller bounds the wait.
+pub async fn lease_task_ended(status: &Status) {
+    let task = status.lease_task.lock().expect("status lock").take();
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+}
+
 /// Waits (at most `limit`) until the history of every finished scheduled run is written.
 pub async fn flush_history(status: &Status, limit: Duration) {
     let until = Instant::now() + limit;
@@ -489,7 +506,8 @@ pub async fn flush_history(status: &Status, limit: Duration) {
 /// Runs the scheduler until the server stops: the lease in one task, firing in this one.
 pub async fn run(shared: Arc<Shared>) {
     let status = shared.scheduler.clone();
-    tokio::spawn(hold_lease(shared.clone()));
+    *status.lease_task.lock().expect("status lock") =
+        Some(tokio::spawn(hold_lease(shared.clone())));
     let (history, written) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(write_runs(status.clone(), shared.store.clone(), written));
     let ctx = Arc::new(RunCtx {
@@ -649,9 +667,12 @@ async fn hold_lease(shared: Arc<Shared>) {
                 leading = false;
             }
         }
-        tokio::time::sleep_until((asked + LEASE_TICK).into()).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until((asked + LEASE_TICK).into()) => {}
+            _ = status.stop_wake.notified() => {}
+        }
     }
-    // The server's stop hands the lease back too; this covers a renewal that was in flight
+    // The server's stop hands the lease back too (after waiting for this task to end); this covers a renewal that was in flight
     // when the stop began. A server that never held it has nothing to hand back.
     if let Err(e) = bounded(hand_back(&shared)).await {
         warn!(error = %e, "scheduler: could not hand the lease back");

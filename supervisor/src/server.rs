@@ -113,6 +113,9 @@ pub struct Shared {
     pub applied_version: std::sync::atomic::AtomicI64,
     /// The config version of the on-disk snapshot (-1: not written by this run yet).
     pub snapshot_version: Arc<std::sync::atomic::AtomicI64>,
+    /// The snapshot on disk as this run last wrote it (or booted from it): what a rewrite
+    /// with a new peer list starts from (see `sync::peers_seen`).
+    pub snapshot_on_disk: Arc<std::sync::Mutex<Option<crate::snapshot::Snapshot>>>,
     /// Notified after a change made through this server, or when a peer announces a
     /// version this server has not applied: `sync` runs at once.
     pub changed: tokio::sync::Notify,
@@ -290,7 +293,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let mut me = server_record(&settings, local);
     let bus = start_bus(&settings, &store, &mut me).await?;
     if let Some((bus, _)) = &bus {
-        // Where the peers were at the last config change: dialed while the store is down.
+        // Where the peers were as the store last listed them: dialed while the store is down.
         bus.know(
             boot.snapshot
                 .peers
@@ -341,6 +344,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         } else {
             boot.snapshot.config_version
         })),
+        snapshot_on_disk: Arc::new(std::sync::Mutex::new(
+            (!boot.online).then(|| boot.snapshot.clone()),
+        )),
         changed: tokio::sync::Notify::new(),
         bus: bus.as_ref().map(|(b, _)| b.clone()),
         started: started_at,
@@ -507,6 +513,9 @@ async fn leave_store(shared: &Shared, me: &crate::store::ServerRecord) {
     }
     let work = async {
         crate::scheduler::flush_history(&shared.scheduler, STOP_STORE_LIMIT).await;
+        // A renewal the lease task had in flight lands (and is handed back by it) before
+        // the hand-back below: none can put the lease back after it.
+        crate::scheduler::lease_task_ended(&shared.scheduler).await;
         if let Err(e) = crate::scheduler::hand_back(shared).await {
             warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
         }
@@ -626,7 +635,7 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
     let redacted = crate::store::redact_url(url);
     if url.starts_with("postgres") {
         // One connection attempt first: when nothing answers at the store's address it is
-        // down, and a snapshot to serve makes waiting pointless (the pool would retry a
+        // down, and a snapshot to serve makes waiting long pointless (the pool would retry a
         // refused connection for its whole 5 s). A store that answers, even slowly, or a
         // database still starting up, is opened the usual way below, with its waits: a slow
         // store is not a down one.
@@ -635,10 +644,15 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
         {
             let path = settings.snapshot_file();
             match crate::snapshot::Snapshot::read(&path) {
+                // A refusal may only mean that PostgreSQL is not listening yet (the machine
+                // booted and both start together): it is looked for again for a short while
+                // before the snapshot, perhaps an old one, is served.
+                Ok(_) if !still_down(url, &redacted).await => {}
                 Ok(snapshot) => {
                     warn!(store = %redacted, error = %why, snapshot = %path.display(),
                           config_version = snapshot.config_version,
-                          "nothing answers at the config store's address: serving the on-disk snapshot at once, until the store is back");
+                          waited_ms = BOOT_STORE_GRACE.as_millis() as u64,
+                          "nothing answers at the config store's address: serving the on-disk snapshot, until the store is back");
                     let store = crate::store::Store::lazy(url)
                         .map_err(|e| ServerError::Fatal(format!("config store {redacted}: {e}")))?;
                     return Ok(Boot {
@@ -695,6 +709,36 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
 /// How long the boot's first connection attempt to a PostgreSQL store may take before the
 /// store is opened the usual way (a refused connection answers in microseconds).
 const BOOT_PROBE_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a boot keeps looking for a PostgreSQL store whose address refused the first
+/// attempt before it serves its snapshot (docs/CLUSTER.md): a database started with the
+/// server after a reboot may not listen yet.
+const BOOT_STORE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the boot looks again during `BOOT_STORE_GRACE`.
+const BOOT_STORE_RETRY: Duration = Duration::from_millis(200);
+
+/// Whether the store at `url` still refuses connections after `BOOT_STORE_GRACE` (looked
+/// for every `BOOT_STORE_RETRY`); false as soon as anything answers at its address (it is
+/// then opened the usual way).
+async fn still_down(url: &str, redacted: &str) -> bool {
+    let until = tokio::time::Instant::now() + BOOT_STORE_GRACE;
+    info!(store = %redacted, grace_ms = BOOT_STORE_GRACE.as_millis() as u64,
+          "nothing answers at the config store's address yet: looking for it a little longer before serving the snapshot");
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(BOOT_STORE_RETRY).await;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let limit = left.clamp(Duration::from_millis(100), BOOT_PROBE_LIMIT);
+        if !matches!(
+            crate::store::Store::probe_url(url, limit).await,
+            crate::store::Reach::Down(_)
+        ) {
+            info!(store = %redacted, "the config store's address answers now: opening it");
+            return false;
+        }
+    }
+    true
+}
 
 /// Keeps this server's row fresh (with the config version it has applied); registers again
 /// if another server dropped it as stale or the store lost it during an outage.

@@ -2,7 +2,9 @@
 //! is down (a PostgreSQL outage must not stop a restarted server from serving).
 //!
 //! One file, `store.snapshot_file` (default `snapshot.json` beside server.toml), rewritten
-//! whenever the server has applied a new config version: written to a temporary file in the
+//! whenever the server has applied a new config version, and at the same version when the
+//! store's server list changes (a server joined or left: `sync::peers_seen`), so that the
+//! peers it lists are the ones of the cluster now. Written to a temporary file in the
 //! same directory, fsynced, renamed over the old one and the directory fsynced, so a crash
 //! leaves either the old or the new snapshot, never a mix. The first line is
 //! `oxbus-snapshot 1 sha256=<hex of the rest>`; the rest is JSON. A snapshot whose checksum or
@@ -38,9 +40,9 @@ pub struct Snapshot {
     /// Scheduler jobs; absent in snapshots of older versions.
     #[serde(default)]
     pub jobs: Vec<crate::jobs::JobDef>,
-    /// The servers with a cluster bus as the store listed them when this snapshot was taken
-    /// (this one among them): a server restarted while the store is down dials its peers
-    /// from here. Absent in snapshots of older versions.
+    /// The servers with a cluster bus as the store last listed them (this one among them),
+    /// kept up to date as servers join and leave: a server restarted while the store is down
+    /// dials its peers from here. Absent in snapshots of older versions.
     #[serde(default)]
     pub peers: Vec<BusPeer>,
 }

@@ -273,25 +273,100 @@ pub async fn store_available(shared: &Shared) -> Result<(), String> {
 /// happen one at a time, newest version wins (an older snapshot is never written over a
 /// newer one); `snapshot_version` records what is on disk.
 async fn write_snapshot(shared: &Shared, snap: Snapshot) {
-    static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let path = shared.settings.snapshot_file();
     let version = snap.config_version;
     let written = shared.snapshot_version.clone();
+    let on_disk = shared.snapshot_on_disk.clone();
     tokio::spawn(async move {
         let _one_at_a_time = WRITING.lock().await;
-        // The same version holds the same config: written once is enough.
+        // The same version holds the same config: written once is enough (a new peer list
+        // at the same version is `peers_seen`'s).
         if written.load(Ordering::SeqCst) >= version {
             return;
         }
-        let file = path.clone();
-        match tokio::task::spawn_blocking(move || snap.write(&file)).await {
-            Ok(Ok(())) => written.store(version, Ordering::SeqCst),
-            Ok(Err(e)) => error!(
+        if write_file(&path, &snap).await {
+            written.store(version, Ordering::SeqCst);
+            *on_disk.lock().expect("snapshot lock") = Some(snap);
+        }
+    });
+}
+
+/// One snapshot write at a time (a new version, or the same one with a new peer list).
+static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Writes `snap` (atomically, see `Snapshot::write`) off the runtime; false when it failed
+/// (logged).
+async fn write_file(path: &std::path::Path, snap: &Snapshot) -> bool {
+    let (file, snap) = (path.to_owned(), snap.clone());
+    match tokio::task::spawn_blocking(move || snap.write(&file)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            error!(
                 file = %path.display(),
                 error = %e,
                 "cannot write the config snapshot: a restart while the store is down would not find this version"
-            ),
-            Err(e) => error!(error = %e, "the snapshot writer failed"),
+            );
+            false
+        }
+        Err(e) => {
+            error!(error = %e, "the snapshot writer failed");
+            false
+        }
+    }
+}
+
+/// The server list as the store gives it now (`peers`: every server with a bus, this one
+/// among them). When it differs from the one in the snapshot on disk, the snapshot is
+/// written again at the same version with these peers: a server restarted while the store
+/// is down dials the peers its snapshot lists, and a snapshot taken at boot (before this
+/// server and the later ones registered) or at the last config change would miss the
+/// servers that joined since — with no config change afterwards, for good. Called by the
+/// bus's dial loop with each list it reads; cheap when nothing changed (one comparison).
+pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
+    let peers = sorted(peers);
+    if !differs(
+        &shared.snapshot_on_disk.lock().expect("snapshot lock"),
+        &peers,
+    ) {
+        return;
+    }
+    let path = shared.settings.snapshot_file();
+    let on_disk = shared.snapshot_on_disk.clone();
+    tokio::spawn(async move {
+        let _one_at_a_time = WRITING.lock().await;
+        // Looked at again under the writer's lock: a write of a new version, or another
+        // call with the same list, may have landed meanwhile.
+        let mut snap = {
+            let current = on_disk.lock().expect("snapshot lock");
+            if !differs(&current, &peers) {
+                return;
+            }
+            current.clone().expect("differs implies a snapshot")
+        };
+        snap.peers = peers;
+        snap.written_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        if write_file(&path, &snap).await {
+            info!(
+                peers = ?snap.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                "the snapshot lists the servers now in the cluster"
+            );
+            *on_disk.lock().expect("snapshot lock") = Some(snap);
         }
     });
+}
+
+/// Whether the snapshot on disk (if this run has one) lists other peers than `peers`
+/// (sorted).
+fn differs(on_disk: &Option<Snapshot>, peers: &[crate::snapshot::BusPeer]) -> bool {
+    on_disk
+        .as_ref()
+        .is_some_and(|s| sorted(s.peers.clone()) != peers)
+}
+
+fn sorted(mut peers: Vec<crate::snapshot::BusPeer>) -> Vec<crate::snapshot::BusPeer> {
+    peers.sort_by(|a, b| (&a.name, &a.bus_address).cmp(&(&b.name, &b.bus_address)));
+    peers
 }
