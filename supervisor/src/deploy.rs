@@ -254,9 +254,9 @@ pub struct WorkerAck {
     pub ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The worker was being replaced when the change reached it (its deploy check passed
-    /// its deadline, or this change did): its replacement loads the stored modules before
-    /// it serves, so the change holds there. Why it was replaced.
+    /// Why the worker is being replaced, if it is: its deploy check passed its deadline
+    /// while the change waited for it (then the change is `ok`: the replacement loads the
+    /// stored modules before it serves), or this change passed its own deadline there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaced: Option<String>,
 }
@@ -305,25 +305,27 @@ where
         async move {
             let t0 = Instant::now();
             let r = fut.await;
-            // Still importing at its deadline: it is replaced as a stuck worker is (no new
-            // work, killed once idle); its replacement loads the deployed versions before it
-            // takes traffic.
-            if matches!(r, Err(CallError::Timeout(_))) {
-                pool.replace_worker(
-                    &w,
-                    "a module change passed workers.startup_timeout_ms on this worker",
-                );
-            }
-            let replaced = match &r {
+            // Replaced meanwhile for another reason (its deploy check passed its deadline):
+            // the change did not fail there, the replacement loads the stored modules.
+            let earlier = match &r {
                 Err(CallError::Timeout(_) | CallError::Died) => {
                     *w.replaced.lock().expect("replaced lock")
                 }
                 _ => None,
             };
+            // Still importing at its own deadline: it is replaced as a stuck worker is (no
+            // new work, killed once idle); its replacement loads the deployed versions
+            // before it takes traffic. The change failed on this worker.
+            let mut replaced = earlier;
+            if earlier.is_none() && matches!(r, Err(CallError::Timeout(_))) {
+                let why = "a module change passed workers.startup_timeout_ms on this worker";
+                pool.replace_worker(&w, why);
+                replaced = Some(why);
+            }
             WorkerAck {
                 worker_id: id,
                 pid,
-                ok: r.is_ok() || replaced.is_some(),
+                ok: r.is_ok() || earlier.is_some(),
                 ms: t0.elapsed().as_secs_f64() * 1000.0,
                 error: r.err().map(|e| e.to_string()),
                 replaced: replaced.map(str::to_owned),
