@@ -63,6 +63,7 @@ pub struct Env {
     env: Vec<(String, String)>,
     cwd: Option<PathBuf>,
     relative_config: bool,
+    umask: Option<u32>,
 }
 
 impl Default for Env {
@@ -82,6 +83,7 @@ impl Env {
             env: Vec::new(),
             cwd: None,
             relative_config: false,
+            umask: None,
         }
     }
 
@@ -182,6 +184,12 @@ impl Env {
         self
     }
 
+    /// Starts the server with this umask instead of the test runner's.
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -259,7 +267,18 @@ impl Env {
     }
 
     fn spawn_in(&self, dir: PathBuf, config: PathBuf) -> Server {
-        let mut cmd = Command::new(oxbus_bin());
+        // With `umask(…)`: through a shell that sets it and then becomes the server (`exec`:
+        // the same pid), since this crate has no unsafe code for a `pre_exec`.
+        let mut cmd = match self.umask {
+            Some(mask) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(oxbus_bin());
+                c
+            }
+            None => Command::new(oxbus_bin()),
+        };
         // `relative_config()` runs it the way an operator in the config's directory would:
         // `--config server.toml`, a path with no directory part.
         let config_arg = if self.relative_config {

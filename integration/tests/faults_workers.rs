@@ -43,6 +43,18 @@ class Me(Service):
                                  'stdin': sys.stdin.read() if sys.stdin else None}
 
 
+class Wait(Service):
+    name = 'faults.wait'
+
+    def handle(self):
+        import time
+        with open(self.request.payload['started'], 'w') as f:
+            f.write(str(os.getpid()))
+        while not os.path.exists(self.request.payload['go']):
+            time.sleep(0.02)
+        self.response.payload = {'pid': os.getpid()}
+
+
 class Hog(Service):
     name = 'faults.hog'
 
@@ -58,6 +70,7 @@ fn faults_env() -> Env {
         .channel("/exit", &["POST"], "faults.exit")
         .channel("/me", &["GET"], "faults.me")
         .channel("/hog", &["POST"], "faults.hog")
+        .channel("/wait", &["POST"], "faults.wait")
 }
 
 /// A private scratch directory of this test process (removed by the test at its end).
@@ -74,11 +87,15 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 async fn deploy(srv: &Server, modules: &[(&str, &str)]) -> Resp {
+    deploy_with(srv, modules, false).await
+}
+
+async fn deploy_with(srv: &Server, modules: &[(&str, &str)], skip_unchanged: bool) -> Resp {
     let list: Vec<Value> = modules
         .iter()
         .map(|(n, s)| json!({"name": n, "source": s}))
         .collect();
-    let body = json!({"modules": list, "deployed_by": "faults"});
+    let body = json!({"modules": list, "deployed_by": "faults", "skip_unchanged": skip_unchanged});
     srv.admin(
         "POST",
         "/v1/modules",
@@ -273,10 +290,12 @@ async fn a_hung_import_is_refused_at_its_deadline_and_holds_no_store_or_lock() {
     let runs = tmp.join("runs.jsonl");
     let marker = tmp.join("marker");
     // SQLite: one writer at a time, so a transaction held across the check would stop the
-    // scheduler's lease, its claims and every admin change. The default deadline, 10 s.
+    // scheduler's lease, its claims and every admin change. A deadline of 30 s, so that what
+    // is checked during the hang is not racing it on a loaded machine.
     let srv = Arc::new(
         faults_env()
             .workers(2)
+            .set("deploy", "check_timeout_ms", "30000")
             .service("sched.py", RECORD)
             .env("FAULTS_RUNS", runs.to_str().unwrap())
             .start()
@@ -354,7 +373,7 @@ async fn a_hung_import_is_refused_at_its_deadline_and_holds_no_store_or_lock() {
     assert_eq!(r.status, 422, "{}", text(&r));
     let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
     assert!(
-        error.contains("deploy.check_timeout_ms (10000 ms)"),
+        error.contains("deploy.check_timeout_ms (30000 ms)"),
         "{error}"
     );
     // The spinning worker is gone, a replacement serves, nothing was stored.
@@ -513,6 +532,7 @@ async fn everything_the_server_creates_is_private_and_workers_keep_the_operators
     std::fs::create_dir(&run).unwrap();
     let srv = faults_env()
         .pickup()
+        .umask(0o027)
         .env("XDG_RUNTIME_DIR", run.to_str().unwrap())
         .env("XDG_CACHE_HOME", cache.to_str().unwrap())
         .start()
@@ -556,19 +576,10 @@ async fn everything_the_server_creates_is_private_and_workers_keep_the_operators
         .collect();
     assert!(loose.is_empty(), "not private: {loose:#?}");
 
-    // User code runs with the umask the server was started with, not the server's 077.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let ours = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:"))
-        .map(|m| u64::from_str_radix(m.trim(), 8).unwrap())
-        .expect("Umask in /proc/self/status");
-    assert_ne!(
-        ours, 0o077,
-        "the test must run with another umask than the server's"
-    );
+    // User code runs with the umask the server was started with (0o027 here, set by the
+    // harness whatever the test runner's is), not the server's own 077.
     let me = srv.get("/me").await.json();
-    assert_eq!(me["umask"].as_u64(), Some(ours), "{me}");
+    assert_eq!(me["umask"].as_u64(), Some(0o027), "{me}");
     drop(srv);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -704,4 +715,290 @@ async fn a_missing_services_dir_is_created_and_a_missing_parent_named() {
         .spawn();
     assert_ne!(srv.wait_exit(Duration::from_secs(30)), Some(0));
     assert!(srv.log().contains("nor does its parent"), "{}", srv.log());
+}
+
+/// Python that blocks (at import) until the file `go` exists, after appending its pid to
+/// `started`.
+fn gate(started: &Path, go: &Path) -> String {
+    format!(
+        "import os\nimport time\nwith open({started:?}, 'a') as f:\n    f.write('%d\\n' % os.getpid())\n\
+         while not os.path.exists({go:?}):\n    time.sleep(0.02)\n"
+    )
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wait_lines(path: &Path, n: usize, what: &str) {
+    eventually(Duration::from_secs(30), what, || {
+        let ok = lines(path) >= n;
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dependency_undeployed_during_a_check_refuses_the_dependent_with_409() {
+    let tmp = scratch("dep");
+    let (started, go) = (tmp.join("started"), tmp.join("go"));
+    let srv = Arc::new(
+        faults_env()
+            .workers(2)
+            .set("deploy", "check_timeout_ms", "30000")
+            .start()
+            .await,
+    );
+    let token = srv.admin_token();
+    let r = deploy(&srv, &[("util", "X = 1\n")]).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    // `api` imports `util`; its check waits (in the module) until `util` is undeployed.
+    let api = format!(
+        "import util\n{}\nfrom oxbus import Service\n\n\nclass Api(Service):\n    name = 'api.x'\n\n    def handle(self):\n        self.response.payload = {{'x': util.X}}\n",
+        gate(&started, &go)
+    );
+    let deploying = {
+        let srv = srv.clone();
+        tokio::spawn(async move { deploy(&srv, &[("api", &api)]).await })
+    };
+    wait_lines(&started, 1, "the check of api to start").await;
+    let undeploying = {
+        let (srv, token) = (srv.clone(), token.clone());
+        tokio::spawn(async move {
+            srv.admin("DELETE", "/v1/modules/util", Some(&token), b"")
+                .await
+        })
+    };
+    eventually(Duration::from_secs(30), "util to be undeployed", || {
+        let (srv, token) = (srv.clone(), token.clone());
+        async move {
+            let r = srv
+                .admin("GET", "/v1/modules/util", Some(&token), b"")
+                .await;
+            (r.status == 404).then_some(())
+        }
+    })
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let r = deploying.await.unwrap();
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(
+        text(&r).contains("changed during the check"),
+        "{}",
+        text(&r)
+    );
+    assert!(text(&r).contains("util"), "{}", text(&r));
+    let u = undeploying.await.unwrap();
+    assert_eq!(u.status, 200, "{}", text(&u));
+    let m = srv.admin("GET", "/v1/modules/api", Some(&token), b"").await;
+    assert_eq!(m.status, 404, "{}", text(&m));
+    // The server serves on, and a fresh worker starts (nothing it cannot import is stored).
+    let pids = srv.worker_pids();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    eventually(Duration::from_secs(30), "a fresh worker", || {
+        let fresh = srv.worker_pids().iter().any(|p| !pids.contains(p));
+        async move { fresh.then_some(()) }
+    })
+    .await;
+    wait_workers(&srv, 2).await;
+    assert_eq!(srv.post_json("/echo", &json!({"x": 1})).await.status, 200);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[tokio::test]
+async fn requests_on_the_checking_worker_finish_when_its_check_times_out() {
+    let tmp = scratch("inflight");
+    let (marker, started, go) = (tmp.join("marker"), tmp.join("started"), tmp.join("go"));
+    // One worker: it serves the request and runs the check.
+    let srv = Arc::new(
+        faults_env()
+            .workers(1)
+            .set("deploy", "check_timeout_ms", "3000")
+            .start()
+            .await,
+    );
+    let waiting = {
+        let srv = srv.clone();
+        let body = json!({"started": started, "go": go});
+        tokio::spawn(async move { srv.post_json("/wait", &body).await })
+    };
+    wait_lines(&started, 1, "the request to be in flight").await;
+    let r = deploy(&srv, &[("hangs", &hanging_module(&marker))]).await;
+    assert_eq!(r.status, 422, "{}", text(&r));
+    assert!(
+        text(&r).contains("check_timeout_ms (3000 ms)"),
+        "{}",
+        text(&r)
+    );
+    let checker = marker_pid(&marker).await;
+    assert!(
+        !waiting.is_finished(),
+        "the request ended before it was let go"
+    );
+    std::fs::write(&go, "").unwrap();
+    let w = waiting.await.unwrap();
+    assert_eq!(w.status, 200, "{}", text(&w));
+    assert_eq!(w.json()["pid"].as_u64(), Some(checker as u64));
+    // Then the spinning worker is gone and its replacement serves.
+    eventually(
+        Duration::from_secs(30),
+        "the checking worker to be killed",
+        || {
+            let alive = living(&[checker]);
+            async move { alive.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    wait_workers(&srv, 1).await;
+    assert_eq!(srv.post_json("/echo", &json!({"x": 1})).await.status, 200);
+    srv.assert_no_errors(&[]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[tokio::test]
+async fn the_same_source_deployed_twice_at_once_is_stored_once() {
+    let tmp = scratch("twice");
+    let (started, go) = (tmp.join("started"), tmp.join("go"));
+    let srv = Arc::new(
+        faults_env()
+            .workers(2)
+            .set("deploy", "check_timeout_ms", "30000")
+            .start()
+            .await,
+    );
+    let source = format!(
+        "{}\nfrom oxbus import Service\n\n\nclass Twice(Service):\n    name = 'twice.x'\n\n    def handle(self):\n        pass\n",
+        gate(&started, &go)
+    );
+    let first = {
+        let (srv, source) = (srv.clone(), source.clone());
+        tokio::spawn(async move { deploy_with(&srv, &[("twice", &source)], true).await })
+    };
+    wait_lines(&started, 1, "the first check to start").await;
+    // The second has read the active modules (none) and waits for the first's check.
+    let second = {
+        let (srv, source) = (srv.clone(), source.clone());
+        tokio::spawn(async move { deploy_with(&srv, &[("twice", &source)], true).await })
+    };
+    eventually(Duration::from_secs(30), "the second deploy to wait", || {
+        let n = srv
+            .log_lines("a deploy waits for another deploy's check to end")
+            .len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(a.status, 200, "{}", text(&a));
+    assert_eq!(b.status, 200, "{}", text(&b));
+    assert_eq!(a.json()["modules"][0]["version"], 1, "{}", text(&a));
+    assert_eq!(b.json()["modules"], json!([]), "{}", text(&b));
+    assert_eq!(b.json()["unchanged"], json!(["twice"]), "{}", text(&b));
+    let m = srv
+        .admin("GET", "/v1/modules/twice", Some(&srv.admin_token()), b"")
+        .await;
+    assert_eq!(m.json()["version"], 1, "{}", text(&m));
+    srv.assert_no_errors(&[]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[tokio::test]
+async fn an_activation_slower_than_the_check_deadline_is_not_killed() {
+    let tmp = scratch("slowact");
+    let imports = tmp.join("imports");
+    let srv = faults_env()
+        .workers(2)
+        .set("deploy", "check_timeout_ms", "1000")
+        .start()
+        .await;
+    let pids = srv.worker_pids();
+    // The check (the first import) is quick; every later one (the activations, run at the
+    // same time in both workers) takes 1.5 s, past check_timeout_ms.
+    let source = format!(
+        "import time\nwith open({imports:?}, 'a') as f:\n    f.write('x\\n')\n\
+         with open({imports:?}) as f:\n    if len(f.read().splitlines()) > 1:\n        time.sleep(1.5)\n\
+         from oxbus import Service\n\n\nclass Slow(Service):\n    name = 'slow.x'\n\n    def handle(self):\n        self.response.payload = {{'ok': True}}\n"
+    );
+    let r = deploy(&srv, &[("slowact", &source)]).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let acks = r.json()["workers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(acks.len(), 2, "{}", text(&r));
+    assert!(
+        acks.iter()
+            .all(|a| a["ok"] == true && a.get("replaced").is_none()),
+        "{}",
+        text(&r)
+    );
+    let mut now = srv.worker_pids();
+    now.sort();
+    let mut before = pids.clone();
+    before.sort();
+    assert_eq!(now, before, "a worker was replaced");
+    let r = srv
+        .admin("POST", "/v1/invoke/slow.x", Some(&srv.admin_token()), b"{}")
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    srv.assert_no_errors(&[]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[tokio::test]
+async fn an_undeploy_reaching_a_hung_check_waits_for_its_deadline() {
+    let tmp = scratch("undeploy");
+    let marker = tmp.join("marker");
+    let srv = Arc::new(
+        faults_env()
+            .workers(1)
+            .set("deploy", "check_timeout_ms", "3000")
+            .start()
+            .await,
+    );
+    let token = srv.admin_token();
+    let r = deploy(&srv, &[("other", "X = 1\n")]).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let hung = hanging_module(&marker);
+    let deploying = {
+        let srv = srv.clone();
+        tokio::spawn(async move { deploy(&srv, &[("hangs", &hung)]).await })
+    };
+    let checker = marker_pid(&marker).await;
+    // The worker runs one module op at a time: the removal waits for the check, which is
+    // ended by its own deadline; the worker is replaced for that, not for the removal.
+    let u = srv
+        .admin("DELETE", "/v1/modules/other", Some(&token), b"")
+        .await;
+    assert_eq!(u.status, 200, "{}", text(&u));
+    let ack = &u.json()["workers"][0];
+    assert!(
+        ack["replaced"]
+            .as_str()
+            .is_some_and(|r| r.contains("check_timeout_ms")),
+        "{}",
+        text(&u)
+    );
+    let r = deploying.await.unwrap();
+    assert_eq!(r.status, 422, "{}", text(&r));
+    assert!(
+        text(&r).contains("check_timeout_ms (3000 ms)"),
+        "{}",
+        text(&r)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the checking worker to be killed",
+        || {
+            let alive = living(&[checker]);
+            async move { alive.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    wait_workers(&srv, 1).await;
+    let m = srv
+        .admin("GET", "/v1/modules/other", Some(&token), b"")
+        .await;
+    assert_eq!(m.status, 404, "{}", text(&m));
+    srv.assert_no_errors(&[]);
+    let _ = std::fs::remove_dir_all(&tmp);
 }

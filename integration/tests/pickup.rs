@@ -91,7 +91,9 @@ async fn pickup_cycle(srv: Server) {
     assert_eq!(doc["version"], 1);
     let (_, list) = admin_json(&srv, "/v1/modules").await;
     assert_eq!(list["modules"][0]["deployed_by"], "pickup");
-    // The log says what happened: the version and each worker's acknowledgement.
+    // The log says what happened: the version and each worker's acknowledgement (written
+    // once the deploy returns, which may be after the new version serves).
+    wait_log(&srv, "pickup: deployed").await;
     let lines = srv.log_lines("pickup: deployed");
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(
@@ -154,6 +156,7 @@ async fn a_file_written_in_chunks_is_deployed_only_once_complete() {
     let (_, doc) = admin_json(&srv, "/v1/modules/chunked").await;
     assert_eq!(doc["version"], 1, "exactly one version of chunked: {doc}");
     assert_eq!(doc["source"], chunks.concat());
+    wait_log(&srv, "pickup: deployed modules=chunked").await;
     let lines: Vec<String> = srv
         .log_lines("pickup: deployed")
         .into_iter()
@@ -268,6 +271,7 @@ async fn a_git_pull_like_burst_is_one_deploy() {
         before + 1,
         "one deploy, one config version"
     );
+    wait_log(&srv, "pickup: deployed").await;
     let lines = srv.log_lines("pickup: deployed");
     assert_eq!(lines.len(), 1, "{lines:#?}");
     for m in ["burst_a v1", "burst_b v1", "burst_c v1", "burst_d v1"] {

@@ -168,10 +168,11 @@ pub const MIN_MAX_RSS_MB: u64 = 64;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeploySection {
-    /// How long a worker may take to import a deploy's modules (the check, and each
-    /// worker's activation). Past it the worker is killed and replaced and the deploy
-    /// refused (422): a module whose import never returns must not hold a worker, a lock
-    /// or the deploy's caller.
+    /// How long a deploy's check (one worker importing the new modules) may take. Past it
+    /// the deploy is refused (422) and the checking worker replaced as a stuck one is: a
+    /// module whose import never returns must not hold a worker, a lock or the deploy's
+    /// caller. The activation of checked modules in every worker is bounded by
+    /// `workers.startup_timeout_ms` instead (the same imports a starting worker does).
     pub check_timeout_ms: u64,
 }
 

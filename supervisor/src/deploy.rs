@@ -10,17 +10,29 @@
 //! The check runs user code (the modules' imports), which may never return or may end the
 //! process. So it runs under a deadline (`deploy.check_timeout_ms`), holding neither a store
 //! transaction nor `deploy_lock` (which channel and other admin changes take): a hung import
-//! costs its own deploy a 422 and the checking worker, which is killed and replaced; nothing
-//! else waits on it. A worker that dies while checking (`os._exit(3)` at import, a segfault)
-//! refuses the deploy with its exit in the message. Checks on one server run one at a time
-//! (`check_lock`): a deploy that arrives during another's check waits for it — at most the
-//! deadline, since that is when the other check ends — and then runs its own check under a
-//! deadline of its own (409 if the slot never came free).
+//! costs its own deploy a 422 at the deadline, and the checking worker is replaced the way a
+//! stuck one is (its replacement starts first, it takes no new work, and it is killed once
+//! the requests it was serving are done, or at `workers.drain_timeout_ms`). A worker that
+//! dies while checking (`os._exit(3)` at import, a segfault) refuses the deploy with its exit
+//! in the message. Checks on one server run one at a time (`check_lock`): a deploy that
+//! arrives during another's check waits for it — bounded, since that check ends at its
+//! deadline — and then runs its own check under a deadline of its own (409 if the slot
+//! never came free).
+//!
+//! Since the check holds no lock, the deployed modules may change while it runs (an
+//! undeploy or rollback of a module the checked ones import, another deploy). Under
+//! `deploy_lock`, before anything is stored, the active modules are compared with those
+//! seen when the check started: a module that is now active with exactly the source being
+//! deployed is left alone (the same deploy arrived twice, e.g. a pickup and `oxbus deploy`);
+//! any other change refuses the deploy with 409, as the check may not hold any more.
 //!
 //! Activation imports the checked modules again in every worker, under `deploy_lock` so
-//! that every worker sees module changes in the same order; it runs code that has just
-//! imported cleanly, and is bounded by the same deadline: a worker still importing at the
-//! deadline is killed, and its replacement loads the stored versions before it serves.
+//! that every worker sees module changes in the same order. It runs code that has already
+//! imported cleanly, but every worker imports at once, so it gets the bound a starting
+//! worker has for the same imports (`workers.startup_timeout_ms`), counted for the checking
+//! worker from its check's deadline (it runs one op at a time). A worker still importing at
+//! that bound is replaced the way a stuck one is, and its replacement loads the stored
+//! versions before it serves.
 
 use oxbus_ipc::ServiceInfo;
 use serde::Deserialize;
@@ -119,9 +131,25 @@ pub async fn check(
     call(pool, w, &meta, &body, deadline).await
 }
 
+/// Marks a worker as running a deploy's check until dropped ([`Pool::checking`]).
+struct Checking<'a>(&'a Pool);
+
+impl<'a> Checking<'a> {
+    fn new(pool: &'a Pool, id: u32, deadline: Instant) -> Checking<'a> {
+        *pool.checking.lock().expect("checking lock") = Some((id, deadline));
+        Checking(pool)
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        *self.0.checking.lock().expect("checking lock") = None;
+    }
+}
+
 /// Checks `modules` in one ready worker under `deploy.check_timeout_ms`, holding no store
 /// transaction and no `deploy_lock` (see the module docs); returns their services. A worker
-/// that does not answer in time is killed and replaced; one that dies meanwhile is
+/// that does not answer in time is replaced as a stuck one is; one that dies meanwhile is
 /// replaced by the supervisor as any crashed worker is; both refuse the deploy.
 pub async fn checked(
     shared: &Shared,
@@ -131,27 +159,44 @@ pub async fn checked(
     let timeout = pool.import_timeout;
     let ms = timeout.as_millis();
     // The check in progress (if any) ends by its deadline, so this wait is bounded by it.
-    let Ok(_one_check) = tokio::time::timeout(timeout, shared.check_lock.lock()).await else {
-        return Err(DeployError::Busy(format!(
-            "another deploy's check held this server for deploy.check_timeout_ms ({ms} ms): retry"
-        )));
+    // The check in progress (if any) holds the slot until its deadline, plus the wait for a
+    // worker to check with and, if its worker died, the wait for that worker's exit status:
+    // waiting that long means a 409 only if something is wrong.
+    let wait = timeout * 2 + REAP_WAIT + Duration::from_secs(1);
+    let _one_check = match shared.check_lock.try_lock() {
+        Ok(slot) => slot,
+        Err(_) => {
+            tracing::info!("a deploy waits for another deploy's check to end");
+            let Ok(slot) = tokio::time::timeout(wait, shared.check_lock.lock()).await else {
+                return Err(DeployError::Busy(format!(
+                    "another deploy's check held this server's check slot for {} ms: retry",
+                    wait.as_millis()
+                )));
+            };
+            slot
+        }
     };
     let deadline = Instant::now() + timeout;
-    // A worker killed by the previous check may still be starting again: wait for one.
+    // A worker replaced after the previous check may still be starting: wait for one.
     let Some(w) = pool.wait_live(deadline).await else {
         return Err(DeployError::Unavailable(
             "no worker is ready to check the deploy".into(),
         ));
     };
-    match check(pool, &w, modules, deadline).await {
+    // A module change sent to this worker meanwhile starts its clock at our deadline.
+    let checking = Checking::new(pool, w.id, deadline);
+    let result = check(pool, &w, modules, deadline).await;
+    drop(checking);
+    match result {
         Ok(services) => Ok(services),
         Err(CallError::Refused(doc)) => Err(DeployError::Refused(doc)),
         Err(CallError::Timeout(_)) => {
-            pool.kill_worker(&w, "a deploy's check passed deploy.check_timeout_ms");
+            pool.replace_worker(&w, "a deploy's check passed deploy.check_timeout_ms");
             Err(DeployError::Refused(json!({
                 "error": format!(
                     "the modules' import did not finish within deploy.check_timeout_ms ({ms} ms): \
-                     nothing was deployed; the checking worker (pid {}) was killed and is replaced",
+                     nothing was deployed; the checking worker (pid {}) takes no new work and is \
+                     replaced (killed once its other requests are done)",
                     w.pid.load(std::sync::atomic::Ordering::Relaxed)
                 ),
                 "timeout_ms": ms,
@@ -209,6 +254,11 @@ pub struct WorkerAck {
     pub ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the worker is being replaced, if it is: its deploy check passed its deadline
+    /// while the change waited for it (then the change is `ok`: the replacement loads the
+    /// stored modules before it serves), or this change passed its own deadline there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// The workers that take traffic now.
@@ -231,29 +281,54 @@ pub fn sources(modules: &[Module]) -> Vec<Source<'_>> {
         .collect()
 }
 
-/// Runs `op` on every live worker concurrently; one ack per worker.
+/// When a module change sent to `w` now may start running there: at once, or when the
+/// deploy check it is running ends (a worker runs one module op at a time).
+fn starts_at(pool: &Pool, w: &Worker) -> Instant {
+    let now = Instant::now();
+    match *pool.checking.lock().expect("checking lock") {
+        Some((id, check_deadline)) if id == w.id => check_deadline.max(now),
+        _ => now,
+    }
+}
+
+/// Runs `op` on every live worker concurrently, each under its own deadline
+/// (`workers.startup_timeout_ms` from when the worker can start on it); one ack per worker.
 async fn everywhere<'a, F, Fut>(pool: &'a Pool, op: F) -> Vec<WorkerAck>
 where
-    F: Fn(&'a Pool, Arc<Worker>) -> Fut,
+    F: Fn(&'a Pool, Arc<Worker>, Instant) -> Fut,
     Fut: std::future::Future<Output = Result<(), CallError>>,
 {
     let calls = live_workers(pool).into_iter().map(|w| {
         let (id, pid) = (w.id, w.pid.load(std::sync::atomic::Ordering::Relaxed));
-        let fut = op(pool, w.clone());
+        let deadline = starts_at(pool, &w) + pool.activate_timeout;
+        let fut = op(pool, w.clone(), deadline);
         async move {
             let t0 = Instant::now();
             let r = fut.await;
-            // Still importing at the deadline: it would never catch up; its replacement
-            // loads the deployed versions before it takes traffic.
-            if matches!(r, Err(CallError::Timeout(_))) {
-                pool.kill_worker(&w, "a module change passed deploy.check_timeout_ms");
+            // Replaced meanwhile for another reason (its deploy check passed its deadline):
+            // the change did not fail there, the replacement loads the stored modules.
+            let earlier = match &r {
+                Err(CallError::Timeout(_) | CallError::Died) => {
+                    *w.replaced.lock().expect("replaced lock")
+                }
+                _ => None,
+            };
+            // Still importing at its own deadline: it is replaced as a stuck worker is (no
+            // new work, killed once idle); its replacement loads the deployed versions
+            // before it takes traffic. The change failed on this worker.
+            let mut replaced = earlier;
+            if earlier.is_none() && matches!(r, Err(CallError::Timeout(_))) {
+                let why = "a module change passed workers.startup_timeout_ms on this worker";
+                pool.replace_worker(&w, why);
+                replaced = Some(why);
             }
             WorkerAck {
                 worker_id: id,
                 pid,
-                ok: r.is_ok(),
+                ok: r.is_ok() || earlier.is_some(),
                 ms: t0.elapsed().as_secs_f64() * 1000.0,
                 error: r.err().map(|e| e.to_string()),
+                replaced: replaced.map(str::to_owned),
             }
         }
     });
@@ -271,8 +346,7 @@ pub async fn activate_everywhere(pool: &Pool, modules: &[Module]) -> Vec<WorkerA
     }
     let srcs = sources(modules);
     let srcs = &srcs;
-    let deadline = Instant::now() + pool.import_timeout;
-    everywhere(pool, |pool, w| async move {
+    everywhere(pool, |pool, w, deadline| async move {
         activate(pool, &w, srcs, deadline).await.map(drop)
     })
     .await
@@ -286,8 +360,7 @@ pub async fn remove_everywhere(pool: &Pool, names: &[&str]) -> Vec<WorkerAck> {
             deployed.remove(*n);
         }
     }
-    let deadline = Instant::now() + pool.import_timeout;
-    everywhere(pool, |pool, w| async move {
+    everywhere(pool, |pool, w, deadline| async move {
         remove(pool, &w, names, deadline).await
     })
     .await
@@ -371,6 +444,31 @@ impl Report {
     }
 }
 
+/// The report of a deploy whose modules all equal their active versions.
+async fn nothing_to_do(
+    shared: &Shared,
+    unchanged: Vec<String>,
+    t0: Instant,
+) -> Result<Report, DeployError> {
+    let config_version = shared
+        .store
+        .version()
+        .await
+        .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+    Ok(Report {
+        config_version,
+        deployed: Vec::new(),
+        unchanged,
+        services: Vec::new(),
+        workers: Vec::new(),
+        server: shared.server_name.clone(),
+        servers: Vec::new(),
+        check_ms: 0.0,
+        store_ms: 0.0,
+        total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
 /// The whole deploy sequence: check `modules` (name, source) in one worker under the
 /// deadline, holding nothing ([`checked`]); then, one deploy at a time (`deploy_lock`),
 /// store them in one short transaction and activate them in every live worker. With
@@ -402,39 +500,27 @@ pub async fn deploy(
     }
     let mut unchanged = Vec::new();
     let mut todo: Vec<&(String, String)> = modules.iter().collect();
+    // The active modules the check is made against: compared again before the commit.
+    let active_before = shared
+        .store
+        .active_modules()
+        .await
+        .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+    let same_source = |active: &[Module], name: &str, source: &str| {
+        active
+            .iter()
+            .any(|m| m.name == name && m.source_hash == crate::store::source_hash(source))
+    };
     if skip_unchanged {
-        let active = shared
-            .store
-            .active_modules()
-            .await
-            .map_err(|e| DeployError::Unavailable(e.to_string()))?;
         todo.retain(|(name, source)| {
-            let same = active
-                .iter()
-                .any(|m| &m.name == name && m.source_hash == crate::store::source_hash(source));
+            let same = same_source(&active_before, name, source);
             if same {
                 unchanged.push(name.clone());
             }
             !same
         });
         if todo.is_empty() {
-            let config_version = shared
-                .store
-                .version()
-                .await
-                .map_err(|e| DeployError::Unavailable(e.to_string()))?;
-            return Ok(Report {
-                config_version,
-                deployed: Vec::new(),
-                unchanged,
-                services: Vec::new(),
-                workers: Vec::new(),
-                server: shared.server_name.clone(),
-                servers: Vec::new(),
-                check_ms: 0.0,
-                store_ms: 0.0,
-                total_ms: t0.elapsed().as_secs_f64() * 1000.0,
-            });
+            return nothing_to_do(shared, unchanged, t0).await;
         }
     }
     let srcs: Vec<Source<'_>> = todo
@@ -445,15 +531,65 @@ pub async fn deploy(
             source,
         })
         .collect();
-    let pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
+    let mut pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
     // The check first, holding nothing: a refused deploy never touched the store.
     let services = checked(shared, &srcs).await?;
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let one_at_a_time = shared.deploy_lock.lock().await;
+    // What changed in the deployed modules while the check ran (this server or another
+    // changed them: `deploy_lock` is this server's only)?
+    let active_now = shared
+        .store
+        .active_modules()
+        .await
+        .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+    let versions = |active: &[Module]| -> std::collections::BTreeMap<String, i64> {
+        active.iter().map(|m| (m.name.clone(), m.version)).collect()
+    };
+    let (before, now) = (versions(&active_before), versions(&active_now));
+    if before != now {
+        // One of ours, now active with exactly our source: the same deploy arrived twice
+        // (a pickup rescan and `oxbus deploy` of one file); it is not stored again.
+        if skip_unchanged {
+            pairs.retain(|(name, source)| {
+                let same = same_source(&active_now, name, source);
+                if same {
+                    unchanged.push(name.clone());
+                }
+                !same
+            });
+        }
+        let mut changed: Vec<&String> = before
+            .iter()
+            .filter(|(n, v)| now.get(*n) != Some(v))
+            .map(|(n, _)| n)
+            .chain(now.keys().filter(|n| !before.contains_key(*n)))
+            .filter(|n| !unchanged.contains(n))
+            .collect();
+        changed.sort();
+        changed.dedup();
+        if !changed.is_empty() {
+            return Err(DeployError::Busy(format!(
+                "the deployed modules changed during the check ({}): nothing was deployed; \
+                 deploy again",
+                changed
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if pairs.is_empty() {
+            drop(one_at_a_time);
+            return nothing_to_do(shared, unchanged, t0).await;
+        }
+    }
+    // The services of the modules still to store (a dropped one keeps its claims).
     let claims: Vec<(String, String)> = services
         .iter()
+        .filter(|s| pairs.len() == todo.len() || pairs.iter().any(|(n, _)| *n == s.module))
         .map(|s| (s.name.clone(), s.module.clone()))
         .collect();
-    let one_at_a_time = shared.deploy_lock.lock().await;
     // Then one short transaction: new versions, one config version, the services' claims
     // (a service another module defines refuses the whole deploy).
     let change = match shared.store.begin_deploy(&pairs, by).await {

@@ -110,6 +110,8 @@ pub struct Worker {
     /// How the process ended ("exited with code 3", "was killed by signal 9"), once the
     /// supervisor reaped it: a deploy whose checking worker died says why.
     pub exit: tokio::sync::watch::Sender<Option<String>>,
+    /// Why [`Pool::replace_worker`] replaced it, if it did.
+    pub replaced: Mutex<Option<&'static str>>,
 }
 
 impl Worker {
@@ -134,6 +136,7 @@ impl Worker {
             boot_error: Mutex::new(None),
             handshaken: AtomicBool::new(false),
             exit: tokio::sync::watch::Sender::new(None),
+            replaced: Mutex::new(None),
         }
     }
 
@@ -234,8 +237,15 @@ pub struct Pool {
     pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
     /// This server's named caches (the workers' `cache.*` calls; `crate::cache`).
     pub caches: Arc<crate::cache::Caches>,
-    /// How long a worker may take to import deployed modules (`deploy.check_timeout_ms`).
+    /// How long a deploy's check may take (`deploy.check_timeout_ms`).
     pub import_timeout: Duration,
+    /// How long a worker may take to activate or remove modules that passed their check
+    /// (`workers.startup_timeout_ms`: the same imports a starting worker does).
+    pub activate_timeout: Duration,
+    /// The worker running a deploy's check, and that check's deadline: a module change
+    /// sent to it meanwhile waits for the check (the worker runs one at a time), so its own
+    /// clock starts at that deadline.
+    pub checking: Mutex<Option<(u32, Instant)>>,
 }
 
 impl Pool {
@@ -258,12 +268,20 @@ impl Pool {
             events,
             call_timeout,
             import_timeout: Duration::from_secs(10),
+            activate_timeout: Duration::from_secs(30),
+            checking: Mutex::new(None),
         }
     }
 
     /// Sets [`Pool::import_timeout`].
     pub fn with_import_timeout(mut self, timeout: Duration) -> Pool {
         self.import_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Pool::activate_timeout`].
+    pub fn with_activate_timeout(mut self, timeout: Duration) -> Pool {
+        self.activate_timeout = timeout;
         self
     }
 
@@ -312,12 +330,17 @@ impl Pool {
         w.inflight()
     }
 
-    /// Asks the supervisor to SIGKILL `w` now and start another in its place (a deploy's
-    /// check that passed its deadline: the import may spin forever). It takes no new work
-    /// from now on, before the supervisor gets to it: the next check must not pick it.
-    pub fn kill_worker(&self, w: &Worker, reason: &'static str) {
+    /// Asks the supervisor to replace `w` as a stuck worker is (a deploy's check or module
+    /// change passed its deadline: the import may spin forever): a replacement first, `w`
+    /// killed once its in-flight requests are done. It takes no new work from now on,
+    /// before the supervisor gets to it: the next check must not pick it.
+    pub fn replace_worker(&self, w: &Worker, reason: &'static str) {
         self.mark_draining(w);
-        let _ = self.events.send(Event::Kill { id: w.id, reason });
+        w.replaced
+            .lock()
+            .expect("replaced lock")
+            .get_or_insert(reason);
+        let _ = self.events.send(Event::Replace { id: w.id, reason });
     }
 
     /// The first worker that takes traffic, waiting for one (a replacement starting) until

@@ -44,8 +44,10 @@ pub enum Event {
     Stuck {
         id: u32,
     },
-    /// Kill this worker now and start another (a deploy's check passed its deadline).
-    Kill {
+    /// Replace this worker as a stuck one is (a deploy's check or module change passed its
+    /// deadline): a replacement first, no new work for it, killed once idle or at the
+    /// drain deadline.
+    Replace {
         id: u32,
         reason: &'static str,
     },
@@ -173,8 +175,6 @@ struct Child {
     ready: bool,
     replaces: Option<u32>,
     retire: Option<Retire>,
-    /// Why the server killed it, if it did (`Event::Kill`): its exit is then expected.
-    killed: Option<&'static str>,
     worker: Arc<Worker>,
 }
 
@@ -316,7 +316,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             settings.request_timeout(),
             ev_tx.clone(),
         )
-        .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms)),
+        .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
+        .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms)),
     );
     *pool.deployed.lock().expect("deployed lock") = boot
         .snapshot
@@ -816,7 +817,6 @@ impl Supervisor {
                 ready: false,
                 replaces,
                 retire: None,
-                killed: None,
                 worker,
             },
         );
@@ -829,17 +829,10 @@ impl Supervisor {
             Event::WorkerReady { id } => self.on_ready(id),
             Event::WorkerExited { id, status } => return self.on_exit(id, status),
             Event::Recycle { id, reason } => self.on_recycle(id, reason)?,
-            Event::Stuck { id } => self.on_stuck(id)?,
-            Event::Kill { id, reason } => {
-                if let Some(child) = self.children.get_mut(&id)
-                    && child.killed.is_none()
-                {
-                    warn!(id, pid = child.pid, reason, "killing worker");
-                    child.killed = Some(reason);
-                    self.shared.pool.mark_draining(&child.worker);
-                    process::signal(child.pid, Signal::SIGKILL);
-                }
+            Event::Stuck { id } => {
+                self.on_stuck(id, "a request passed its deadline on this worker")?
             }
+            Event::Replace { id, reason } => self.on_stuck(id, reason)?,
             Event::Respawn {
                 generation,
                 replaces,
@@ -1074,25 +1067,6 @@ impl Supervisor {
                 code.unwrap_or(-1)
             )));
         }
-        if let Some(reason) = child.killed {
-            // Expected: the server killed it. Its replacement starts now, with no crash
-            // counted (the module that hung was refused, the worker was fine).
-            warn!(
-                id,
-                pid = child.pid,
-                reason,
-                "killed worker exited; starting another"
-            );
-            let _ = self.events.send(Event::Respawn {
-                generation: if Some(child.generation) == self.reload {
-                    child.generation
-                } else {
-                    self.generation
-                },
-                replaces: child.replaces,
-            });
-            return Ok(None);
-        }
         error!(
             id,
             pid = child.pid,
@@ -1177,7 +1151,10 @@ impl Supervisor {
         self.spawn_worker(generation, Some(id))
     }
 
-    fn on_stuck(&mut self, id: u32) -> Result<(), ServerError> {
+    /// Replaces a worker that is stuck (`reason`): its replacement starts first, it takes no
+    /// new work, and it is killed once its in-flight requests are done (or at the drain
+    /// deadline); a deploy's import spinning in it only costs CPU meanwhile.
+    fn on_stuck(&mut self, id: u32, reason: &'static str) -> Result<(), ServerError> {
         let Some(child) = self.children.get_mut(&id) else {
             return Ok(());
         };
@@ -1185,17 +1162,17 @@ impl Supervisor {
             r.kill_when_idle = true;
             return Ok(());
         }
-        warn!(
-            id,
-            pid = child.pid,
-            "a request passed its deadline on this worker; replacing the worker"
-        );
+        warn!(id, pid = child.pid, reason, "replacing the worker");
         let generation = child.generation;
+        // No new work for it from now on, before the replacement is even spawned.
+        self.shared.pool.mark_draining(&child.worker);
+        let spawned = if self.shutting_down.is_none() {
+            self.spawn_worker(generation, None)
+        } else {
+            Ok(())
+        };
         self.retire(id, true);
-        if self.shutting_down.is_none() {
-            self.spawn_worker(generation, None)?;
-        }
-        Ok(())
+        spawned
     }
 
     /// Stops dispatch to a worker; it gets `DRAIN` (or SIGKILL if `kill`) once idle.
