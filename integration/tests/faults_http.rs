@@ -6,7 +6,7 @@
 use oxbus_integration::proxy::Proxy;
 use oxbus_integration::raw::{self, Answer};
 use oxbus_integration::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Request-framing shapes both edges refuse with 400 and a close: (what, request bytes).
@@ -406,21 +406,45 @@ async fn a_refused_head_is_answered_even_while_its_body_is_still_coming() {
         "POST /echo HTTP/1.1\r\n{H}content-length: 524288\r\ntransfer-encoding: chunked\r\n\r\n",
         port,
     );
-    for round in 0..5 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Before it, a request with a large answer that a client with a small receive buffer
+    // has not read yet: the answers are still queued at the server when it closes, and a
+    // reset would destroy them.
+    let big = format!("{{\"a\":\"{}\"}}", "b".repeat(512 * 1024));
+    let first = shape(
+        &format!(
+            "POST /echo HTTP/1.1\r\n{{H}}content-type: application/json\r\ncontent-length: {}\r\n\r\n{big}",
+            big.len()
+        ),
+        port,
+    );
+    for round in 0..3 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        s.write_all(&first).await.unwrap();
         s.write_all(&head).await.unwrap();
         let piece = vec![b'a'; 16 * 1024];
-        for _ in 0..32 {
-            // The server may already have closed its side; the answer must still be there.
-            if s.write_all(&piece).await.is_err() {
-                break;
+        for i in 0..16 {
+            // The server reads and drops it (a reset would fail these writes).
+            if let Err(e) = s.write_all(&piece).await {
+                panic!("round {round}: writing piece {i} of the body: {e}");
             }
         }
         let mut buf = Vec::new();
         let a = raw::read_answer(&mut s, &mut buf)
             .await
+            .unwrap_or_else(|| panic!("round {round}: no first answer (reset?)"));
+        assert_eq!(a.status, 200, "round {round}: {}", a.head);
+        let a = raw::read_answer(&mut s, &mut buf)
+            .await
             .unwrap_or_else(|| panic!("round {round}: no answer (reset?)"));
         assert_eq!(a.status, 400, "round {round}: {a:?}");
+        // ...and the connection then ends with a close, not a reset.
+        let mut rest = [0u8; 64];
+        match s.read(&mut rest).await {
+            Ok(0) => {}
+            other => panic!("round {round}: after the answer: {other:?}"),
+        }
     }
     srv.assert_no_errors(&[]);
 }
