@@ -448,3 +448,70 @@ async fn a_refused_head_is_answered_even_while_its_body_is_still_coming() {
     }
     srv.assert_no_errors(&[]);
 }
+
+#[tokio::test]
+async fn expect_continue_from_an_http_1_0_client_is_ignored() {
+    // RFC 9110: a server ignores Expect: 100-continue in an HTTP/1.0 request. The proxy
+    // must not hold the body for it, nor send the client an interim answer.
+    // A server that says when a request head reached it, then reads the body and answers
+    // 200 with it (never "100 Continue").
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (got_head, mut head_seen) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let got_head = got_head.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(n) = raw::read_head(&mut s, &mut buf).await {
+                    // The proxy's health checks are GETs.
+                    let post = buf.starts_with(b"POST");
+                    buf.drain(..n);
+                    let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec();
+                    if post {
+                        let _ = got_head.send(());
+                        if raw::fill(&mut s, &mut buf, 5).await.is_none() {
+                            return;
+                        }
+                        out.extend(buf.drain(..5));
+                    } else {
+                        out.extend_from_slice(b"ready");
+                    }
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // The wait for "100 Continue" is far longer than the test's bound on the answer: held
+    // for it, the body would not get through in time.
+    let p = Proxy::in_front_of(
+        "upstream_read_timeout_ms = 300000\nexpect_continue_timeout_ms = 300000",
+        &[port],
+    )
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.0\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The body goes only once the head reached the server (apart from it, as a client
+    // that does not wait sends it).
+    head_seen.recv().await.expect("the head reaches the server");
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        raw::read_head(&mut s, &mut buf),
+    )
+    .await
+    .expect("the body was held for a 100 Continue")
+    .expect("an answer");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    buf.drain(..n);
+    raw::fill(&mut s, &mut buf, 5).await.expect("the body");
+    assert_eq!(&buf[..5], b"hello");
+}

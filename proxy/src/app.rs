@@ -697,7 +697,11 @@ impl Balancer {
                 }
                 continue;
             }
-            if name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
+            // An HTTP/1.0 client's Expect is ignored (RFC 9110, 10.1.1): it does not wait for
+            // "100 Continue", and must not be sent one.
+            if !http10
+                && name.eq_ignore_ascii_case("expect")
+                && h.value.eq_ignore_ascii_case(b"100-continue")
             {
                 expect_continue = true;
             }
