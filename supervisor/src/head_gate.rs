@@ -12,10 +12,14 @@
 //! follows the body with the proxy's framing follower (without decoding it) to know where
 //! the next head starts. Bodies, and heads that arrive whole in one read, are checked where
 //! they lie in hyper's read buffer ([`HeadGate::feed_in_place`]); only a head split over
-//! reads is held and copied. The cost is one more `httparse` pass over each head. A refused head is never handed on: hyper gets a
-//! stand-in head (`GET /`, `Connection: close`) in its place and nothing after it, and the
-//! request handler answers that stand-in with the refusal (see [`HeadGate::feed`]). Answers
-//! to requests before it on the connection go out first, in order, as hyper writes them.
+//! reads is held (up to its blank line, never more) and copied, and what follows it in the
+//! read that ends it is copied once. The cost is one more `httparse` pass over each head.
+//! A refused head is never handed on: hyper gets a stand-in head (`GET /`,
+//! `Connection: close`) in its place and nothing after it, and the request handler answers
+//! that stand-in with the refusal (see [`HeadGate::feed`]). Answers to requests before it
+//! on the connection go out first, in order, as hyper writes them. A chunked body the
+//! follower refuses ends what hyper reads (see `State::Cut`): its body read fails, the
+//! request is answered 400 and the connection closes, so no head after it goes unchecked.
 
 use bytes::BytesMut;
 use oxbus_proxy::h1::{self, BodyKind, Framing};
@@ -91,8 +95,8 @@ impl HeadGate {
     /// them as it can where they are: the first `n` bytes of `data` may be read by hyper as
     /// they are, and what `out` holds after them. A body being followed and a whole head
     /// found in one read (the common cases) are checked in place and never copied; only a
-    /// head split over reads (and what follows it in the read that ends it) is held and
-    /// copied. `out` must be empty.
+    /// head split over reads is held, and it and what follows it in the read that ends it
+    /// are copied (once). `out` must be empty.
     pub fn feed_in_place(
         &mut self,
         data: &[u8],
