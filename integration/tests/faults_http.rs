@@ -6,7 +6,7 @@
 use oxbus_integration::proxy::Proxy;
 use oxbus_integration::raw::{self, Answer};
 use oxbus_integration::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Request-framing shapes both edges refuse with 400 and a close: (what, request bytes).
@@ -353,4 +353,165 @@ async fn expect_continue_to_a_server_that_never_sends_100_gets_its_body_through(
     assert_eq!((a.status, a.body.as_slice()), (200, &b"abc"[..]), "{a:?}");
     let errors = p.unexpected_errors(&[]);
     assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// Reads what the server sends on `s` until it closes; the statuses of the answers in it.
+async fn statuses_until_close(s: &mut TcpStream) -> Vec<u16> {
+    let mut buf = Vec::new();
+    let mut statuses = Vec::new();
+    while let Some(a) = raw::read_answer(s, &mut buf).await {
+        statuses.push(a.status);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_chunked_body_the_proxy_refuses_leaves_no_later_head_unchecked() {
+    // hyper reads a chunk size of 16 hex digits; the proxy's rules do not. The server must
+    // not pass what follows such a body to hyper unchecked: here a head both edges refuse
+    // (Content-Length with Transfer-Encoding) would otherwise be served.
+    let srv = Env::new().with_test_services().start().await;
+    let port = srv.port();
+    let body = "0000000000000003\r\nabc\r\n0\r\n\r\n";
+    let smuggled = shape(
+        &format!(
+            "POST /echo HTTP/1.1\r\n{{H}}transfer-encoding: chunked\r\n\r\n{body}\
+             POST /echo HTTP/1.1\r\n{{H}}content-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        port,
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(&smuggled).await.unwrap();
+    let statuses = statuses_until_close(&mut s).await;
+    assert_eq!(statuses, [400], "answers: {statuses:?}");
+    // The 16-digit chunk size alone: a 400 and a close, as at the proxy.
+    let alone = shape(
+        &format!("POST /echo HTTP/1.1\r\n{{H}}transfer-encoding: chunked\r\n\r\n{body}"),
+        port,
+    );
+    let (a, mut s) = raw::exchange(port, &alone).await;
+    assert_eq!(a.expect("an answer").status, 400);
+    assert!(raw::closed(&mut s).await, "the connection stays open");
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn a_refused_head_is_answered_even_while_its_body_is_still_coming() {
+    // The head alone first, then (without reading) a large body in pieces: the server
+    // refuses the head at once, and what the client still sends must not turn the close
+    // into a reset that destroys the 400 before the client reads it.
+    let srv = Env::new().with_test_services().start().await;
+    let port = srv.port();
+    let head = shape(
+        "POST /echo HTTP/1.1\r\n{H}content-length: 524288\r\ntransfer-encoding: chunked\r\n\r\n",
+        port,
+    );
+    // Before it, a request with a large answer that a client with a small receive buffer
+    // has not read yet: the answers are still queued at the server when it closes, and a
+    // reset would destroy them.
+    let big = format!("{{\"a\":\"{}\"}}", "b".repeat(512 * 1024));
+    let first = shape(
+        &format!(
+            "POST /echo HTTP/1.1\r\n{{H}}content-type: application/json\r\ncontent-length: {}\r\n\r\n{big}",
+            big.len()
+        ),
+        port,
+    );
+    for round in 0..3 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        s.write_all(&first).await.unwrap();
+        s.write_all(&head).await.unwrap();
+        let piece = vec![b'a'; 16 * 1024];
+        for i in 0..16 {
+            // The server reads and drops it (a reset would fail these writes).
+            if let Err(e) = s.write_all(&piece).await {
+                panic!("round {round}: writing piece {i} of the body: {e}");
+            }
+        }
+        let mut buf = Vec::new();
+        let a = raw::read_answer(&mut s, &mut buf)
+            .await
+            .unwrap_or_else(|| panic!("round {round}: no first answer (reset?)"));
+        assert_eq!(a.status, 200, "round {round}: {}", a.head);
+        let a = raw::read_answer(&mut s, &mut buf)
+            .await
+            .unwrap_or_else(|| panic!("round {round}: no answer (reset?)"));
+        assert_eq!(a.status, 400, "round {round}: {a:?}");
+        // ...and the connection then ends with a close, not a reset.
+        let mut rest = [0u8; 64];
+        match s.read(&mut rest).await {
+            Ok(0) => {}
+            other => panic!("round {round}: after the answer: {other:?}"),
+        }
+    }
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn expect_continue_from_an_http_1_0_client_is_ignored() {
+    // RFC 9110: a server ignores Expect: 100-continue in an HTTP/1.0 request. The proxy
+    // must not hold the body for it, nor send the client an interim answer.
+    // A server that says when a request head reached it, then reads the body and answers
+    // 200 with it (never "100 Continue").
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (got_head, mut head_seen) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let got_head = got_head.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(n) = raw::read_head(&mut s, &mut buf).await {
+                    // The proxy's health checks are GETs.
+                    let post = buf.starts_with(b"POST");
+                    buf.drain(..n);
+                    let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec();
+                    if post {
+                        let _ = got_head.send(());
+                        if raw::fill(&mut s, &mut buf, 5).await.is_none() {
+                            return;
+                        }
+                        out.extend(buf.drain(..5));
+                    } else {
+                        out.extend_from_slice(b"ready");
+                    }
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // The wait for "100 Continue" is far longer than the test's bound on the answer: held
+    // for it, the body would not get through in time.
+    let p = Proxy::in_front_of(
+        "upstream_read_timeout_ms = 300000\nexpect_continue_timeout_ms = 300000",
+        &[port],
+    )
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.0\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The body goes only once the head reached the server (apart from it, as a client
+    // that does not wait sends it).
+    head_seen.recv().await.expect("the head reaches the server");
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        raw::read_head(&mut s, &mut buf),
+    )
+    .await
+    .expect("the body was held for a 100 Continue")
+    .expect("an answer");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    buf.drain(..n);
+    raw::fill(&mut s, &mut buf, 5).await.expect("the body");
+    assert_eq!(&buf[..5], b"hello");
 }

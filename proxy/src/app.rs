@@ -90,9 +90,7 @@ const POOL_MAX: usize = 256;
 const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
 /// A server's answer head may be this large.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// After an error answer, how long unread request bytes are drained before the close (so
-/// the client reads the answer instead of a reset).
-const LINGER: Duration = Duration::from_secs(1);
+use crate::{LINGER, LINGER_BYTES};
 
 /// A connection to a server, with the bytes read from it past the last answer (none, while
 /// it waits in the pool).
@@ -256,7 +254,7 @@ impl Client {
         let end = Instant::now() + LINGER;
         let _ = tokio::time::timeout_at(end, self.io.shutdown()).await;
         let mut sink = [0u8; 4096];
-        let mut left = 1 << 20;
+        let mut left = LINGER_BYTES;
         while left > 0 {
             match tokio::time::timeout_at(end, self.io.read(&mut sink)).await {
                 Ok(Ok(n)) if n > 0 => left -= n.min(left),
@@ -699,7 +697,11 @@ impl Balancer {
                 }
                 continue;
             }
-            if name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
+            // An HTTP/1.0 client's Expect is ignored (RFC 9110, 10.1.1): it does not wait for
+            // "100 Continue", and must not be sent one.
+            if !http10
+                && name.eq_ignore_ascii_case("expect")
+                && h.value.eq_ignore_ascii_case(b"100-continue")
             {
                 expect_continue = true;
             }

@@ -45,6 +45,13 @@ use crate::upstream::{Registry, backend_addr};
 /// A cluster has at most this many servers.
 pub const MAX_UPSTREAMS: usize = 3;
 
+/// After an error answer, how long unread request bytes are drained before the close (so
+/// the client reads the answer instead of a reset): the proxy's rule, and the server's
+/// after a refused head.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// ...and at most how many bytes are drained.
+pub const LINGER_BYTES: usize = 1 << 20;
+
 /// One server as a [`ServerSource`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcedServer {

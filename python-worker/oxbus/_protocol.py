@@ -156,20 +156,31 @@ _scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set i
 
 
 def decode_json(data: Union[bytes, bytearray, str]) -> Any:
-    """Parse JSON; bytes are UTF-8 per the spec. Raises ValueError like ``json.loads``.
+    """Parse JSON; bytes must be UTF-8 (RFC 8259, 8.1). Raises ValueError like ``json.loads``.
 
-    The fast path covers compact UTF-8 JSON, which is what the supervisor sends; anything
-    else (surrounding whitespace, a BOM, UTF-16, a syntax error) is handed to
-    ``json.loads``, so results and error messages are exactly the standard ones.
+    Bytes in another encoding (UTF-16 or UTF-32, which ``json.loads`` would detect) are
+    refused with a ValueError naming UTF-8: the server's nesting check reads a body as UTF-8
+    bytes, so what it checked is what is parsed here. A UTF-8 byte order mark is skipped, as
+    ``json.loads`` does. The fast path covers compact UTF-8 JSON, which is what the
+    supervisor sends; anything else (surrounding whitespace, a syntax error) is handed to
+    ``json.loads``, so results and error messages are the standard ones.
     """
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = data.decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise ValueError('JSON must be UTF-8 (RFC 8259): %s' % e) from None
+        if text.startswith('\ufeff'):
+            text = text[1:]
     try:
-        text = data if isinstance(data, str) else data.decode('utf-8')
         obj, end = _scan_once(text, 0)
         if end == len(text):
             return obj
-    except (StopIteration, ValueError):  # ValueError covers UnicodeDecodeError too
+    except (StopIteration, ValueError):
         pass
-    return json.loads(data)
+    return json.loads(text)
 
 
 def _check_header(length: int, kind: int, flags: int, max_length: int) -> None:

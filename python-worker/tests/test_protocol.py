@@ -199,11 +199,26 @@ def test_body_bytes_are_carried_raw():
 
 def test_decode_json_matches_json_loads():
     for text in [b'{"a":1}', b' {"a": [1, 2.5, null]} \n', '{"é":"\\ud83d\\ude00"}'.encode(),
-                 b'\xef\xbb\xbf{"bom":true}', '{"u":1}'.encode('utf-16'), b'"x"', b'3']:
+                 b'\xef\xbb\xbf{"bom":true}', b'"x"', b'3']:
         assert P.decode_json(text) == json.loads(text)
     for bad in [b'', b'{', b'{"a":1}x', b'\xff']:
         with pytest.raises(ValueError):
             P.decode_json(bad)
+
+
+def test_decode_json_takes_utf8_only():
+    # UTF-16 and UTF-32 (which json.loads would detect) are refused, naming UTF-8: the
+    # server's nesting check reads the body as UTF-8, and a deep body in another encoding
+    # must not get past it to the decoder.
+    deep = '[' * 5000 + ']' * 5000
+    for enc in ['utf-16', 'utf-16-le', 'utf-16-be', 'utf-32', 'utf-32-le', 'utf-32-be']:
+        for text in ['{"u":1}', deep]:
+            with pytest.raises(ValueError) as e:
+                P.decode_json(text.encode(enc))
+            assert 'UTF-8' in str(e.value) or 'Expecting' in str(e.value), (enc, e.value)
+    # Big-endian UTF-16 without a BOM is valid UTF-8 (NULs and ASCII): it fails as JSON.
+    with pytest.raises(ValueError):
+        P.decode_json('{"u":1}'.encode('utf-16-be'))
 
 
 def test_encode_json_is_compact_utf8_and_survives_lone_surrogates():

@@ -168,6 +168,22 @@ def test_json_nested_too_deep_to_decode_is_a_400_not_a_500():
     assert ran == []
 
 
+def test_a_json_body_in_utf16_is_a_400_naming_utf8():
+    # The server's nesting check reads bodies as UTF-8: a worker must not decode a deep
+    # body in another encoding that check could not see.
+    ran = []
+
+    class Svc(Service):
+        def handle(self):
+            ran.append(1)
+
+    for body in ['{"a":1}'.encode('utf-16'), ('[' * 5000 + ']' * 5000).encode('utf-16')]:
+        r = call(Svc, body=body)
+        assert r.status == 400, r.doc
+        assert r.doc['error'].startswith('malformed JSON: JSON must be UTF-8'), r.doc
+    assert ran == []
+
+
 def test_request_attributes():
     seen = {}
 

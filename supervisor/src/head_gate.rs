@@ -12,10 +12,14 @@
 //! follows the body with the proxy's framing follower (without decoding it) to know where
 //! the next head starts. Bodies, and heads that arrive whole in one read, are checked where
 //! they lie in hyper's read buffer ([`HeadGate::feed_in_place`]); only a head split over
-//! reads is held and copied. The cost is one more `httparse` pass over each head. A refused head is never handed on: hyper gets a
-//! stand-in head (`GET /`, `Connection: close`) in its place and nothing after it, and the
-//! request handler answers that stand-in with the refusal (see [`HeadGate::feed`]). Answers
-//! to requests before it on the connection go out first, in order, as hyper writes them.
+//! reads is held (up to its blank line, never more) and copied, and what follows it in the
+//! read that ends it is copied once. The cost is one more `httparse` pass over each head.
+//! A refused head is never handed on: hyper gets a stand-in head (`GET /`,
+//! `Connection: close`) in its place and nothing after it, and the request handler answers
+//! that stand-in with the refusal (see [`HeadGate::feed`]). Answers to requests before it
+//! on the connection go out first, in order, as hyper writes them. A chunked body the
+//! follower refuses ends what hyper reads (see `State::Cut`): its body read fails, the
+//! request is answered 400 and the connection closes, so no head after it goes unchecked.
 
 use bytes::BytesMut;
 use oxbus_proxy::h1::{self, BodyKind, Framing};
@@ -39,9 +43,12 @@ enum State {
     Body(Framing),
     /// A head was refused: nothing more is handed on.
     Refused,
-    /// Bytes go through unchecked: hyper decides (a chunked body the follower found
-    /// malformed, which hyper's decoder refuses too).
-    Off,
+    /// A chunked body the follower found malformed: nothing more is handed on, and hyper
+    /// reads the end of the stream there (its body read fails, the handler answers 400 and
+    /// the connection closes). Passing the rest on unchecked would not do: hyper's decoder accepts some chunked bodies the
+    /// proxy refuses (chunk sizes of 16+ hex digits, extensions or trailers of 8-16 KiB, a
+    /// bare LF in a trailer), and no head after such a body may reach hyper unchecked.
+    Cut,
 }
 
 /// The gate of one connection.
@@ -49,8 +56,11 @@ enum State {
 pub struct HeadGate {
     state: State,
     head: BytesMut,
-    /// Bytes of `head` known not to end it.
-    scanned: usize,
+    /// Whether `head` ends at a blank line (it may be whole).
+    head_may_end: bool,
+    /// The largest `head` held so far (tests check it stays within `max_head`).
+    #[cfg(test)]
+    held_peak: usize,
     /// A head larger than this is refused with 431 (hyper's own buffer limit).
     max_head: usize,
     /// Heads handed on so far: the index of the next request hyper will dispatch.
@@ -62,7 +72,9 @@ impl HeadGate {
         HeadGate {
             state: State::Head,
             head: BytesMut::new(),
-            scanned: 0,
+            head_may_end: false,
+            #[cfg(test)]
+            held_peak: 0,
             max_head,
             heads: 0,
         }
@@ -73,12 +85,18 @@ impl HeadGate {
         matches!(self.state, State::Refused)
     }
 
+    /// Whether a chunked body was found malformed (nothing more is handed on: hyper reads
+    /// the end of the stream).
+    pub fn cut(&self) -> bool {
+        matches!(self.state, State::Cut)
+    }
+
     /// Takes bytes read from the client as [`HeadGate::feed`] does, but hands on as many of
     /// them as it can where they are: the first `n` bytes of `data` may be read by hyper as
     /// they are, and what `out` holds after them. A body being followed and a whole head
     /// found in one read (the common cases) are checked in place and never copied; only a
-    /// head split over reads (and what follows it in the read that ends it) is held and
-    /// copied. `out` must be empty.
+    /// head split over reads is held, and it and what follows it in the read that ends it
+    /// are copied (once). `out` must be empty.
     pub fn feed_in_place(
         &mut self,
         data: &[u8],
@@ -88,7 +106,6 @@ impl HeadGate {
         let mut n = 0;
         while n < data.len() {
             match &mut self.state {
-                State::Off => n = data.len(),
                 State::Body(f) => match f.advance(&data[n..]) {
                     Ok(took) => {
                         n += took;
@@ -96,7 +113,7 @@ impl HeadGate {
                             self.state = State::Head;
                         }
                     }
-                    Err(_) => self.state = State::Off,
+                    Err(_) => self.state = State::Cut,
                 },
                 State::Head if self.head.is_empty() => match check(&data[n..]) {
                     Ok(Some((len, kind))) => {
@@ -110,7 +127,7 @@ impl HeadGate {
                     // Not whole yet, or refused: the slow path holds it or says why.
                     _ => break,
                 },
-                State::Head | State::Refused => break,
+                State::Head | State::Refused | State::Cut => break,
             }
         }
         (n, self.feed(&data[n..], out))
@@ -119,14 +136,14 @@ impl HeadGate {
     /// Takes bytes read from the client and appends to `out` those hyper may read. When a
     /// head is refused, `out` ends with the stand-in head, and the refusal comes back with
     /// the stand-in's index among the requests of the connection (0 for the first).
+    ///
+    /// Each byte is copied once (into `out`, or into the held head and from there into
+    /// `out`): a head is held only up to where it may end, and what follows is taken as it
+    /// lies, however many heads it holds.
     pub fn feed(&mut self, mut data: &[u8], out: &mut BytesMut) -> Option<(u64, Refusal)> {
         while !data.is_empty() {
             match &mut self.state {
-                State::Refused => return None,
-                State::Off => {
-                    out.extend_from_slice(data);
-                    return None;
-                }
+                State::Refused | State::Cut => return None,
                 State::Body(f) => match f.advance(data) {
                     Ok(n) => {
                         out.extend_from_slice(&data[..n]);
@@ -135,41 +152,66 @@ impl HeadGate {
                             self.state = State::Head;
                         }
                     }
-                    Err(_) => self.state = State::Off,
+                    Err(_) => self.state = State::Cut,
                 },
-                State::Head => {
-                    self.head.extend_from_slice(data);
-                    data = &[];
-                    if !h1::may_end_head(&self.head, &mut self.scanned) {
-                        if self.head.len() > self.max_head {
-                            return Some(self.refuse(431, self.too_large()));
-                        }
-                        continue;
+                State::Head if self.head.is_empty() => match check(data) {
+                    Ok(Some((n, kind))) => {
+                        out.extend_from_slice(&data[..n]);
+                        data = &data[n..];
+                        self.handed_on(kind);
                     }
-                    match check(&self.head) {
-                        Ok(None) => {
-                            if self.head.len() > self.max_head {
-                                return Some(self.refuse(431, self.too_large()));
-                            }
-                        }
-                        Ok(Some((n, kind))) => {
-                            let rest = self.head.split_off(n);
-                            out.extend_from_slice(&self.head);
-                            self.head.clear();
-                            self.scanned = 0;
-                            self.heads += 1;
-                            let f = Framing::new(kind);
-                            if !f.done() {
-                                self.state = State::Body(f);
-                            }
-                            return self.feed(&rest, out);
-                        }
-                        Err((status, reason)) => return Some(self.refuse(status, reason)),
+                    Ok(None) => self.hold(&mut data),
+                    Err((status, reason)) => return Some(self.refuse(status, reason)),
+                },
+                State::Head => self.hold(&mut data),
+            }
+            if let State::Head = self.state
+                && !self.head.is_empty()
+            {
+                #[cfg(test)]
+                {
+                    self.held_peak = self.held_peak.max(self.head.len());
+                }
+                if self.head.len() > self.max_head {
+                    return Some(self.refuse(431, self.too_large()));
+                }
+                if !self.head_may_end {
+                    continue;
+                }
+                match check(&self.head) {
+                    Ok(None) => {}
+                    Ok(Some((n, kind))) => {
+                        out.extend_from_slice(&self.head[..n]);
+                        // The head ends at the first blank line, where it was cut off: `n`
+                        // is all of it (if not, the rest starts the next head).
+                        let _ = self.head.split_to(n);
+                        self.handed_on(kind);
                     }
+                    Err((status, reason)) => return Some(self.refuse(status, reason)),
                 }
             }
         }
         None
+    }
+
+    /// Appends to the held head the start of `data` up to where the head may end (a blank
+    /// line), or all of it; notes whether it may end now.
+    fn hold(&mut self, data: &mut &[u8]) {
+        let take = head_end(&self.head, data);
+        self.head_may_end = take.is_some();
+        let take = take.unwrap_or(data.len());
+        self.head.extend_from_slice(&data[..take]);
+        *data = &data[take..];
+    }
+
+    /// A whole head was handed on: what follows is its body, if any, then the next head.
+    fn handed_on(&mut self, kind: BodyKind) {
+        self.heads += 1;
+        self.head_may_end = false;
+        let f = Framing::new(kind);
+        if !f.done() {
+            self.state = State::Body(f);
+        }
     }
 
     fn too_large(&self) -> String {
@@ -192,6 +234,31 @@ impl HeadGate {
     pub fn stand_in() -> &'static [u8] {
         STAND_IN
     }
+}
+
+/// How many bytes of `data` the head held in `held` takes up to the first blank line (LF LF
+/// or LF CR LF) that ends in `data`, where the head may end; `None`: none does.
+fn head_end(held: &[u8], data: &[u8]) -> Option<usize> {
+    let before = |i: usize, back: usize| -> Option<u8> {
+        if back <= i {
+            Some(data[i - back])
+        } else {
+            held.len().checked_sub(back - i).map(|j| held[j])
+        }
+    };
+    let mut from = 0;
+    while let Some(i) = memchr(b'\n', &data[from..]).map(|i| from + i) {
+        match before(i, 1) {
+            Some(b'\n') => return Some(i + 1),
+            Some(b'\r') if before(i, 2) == Some(b'\n') => return Some(i + 1),
+            _ => from = i + 1,
+        }
+    }
+    None
+}
+
+fn memchr(b: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&c| c == b)
 }
 
 /// Parses a head (the start of `buf`): its length and body framing once complete (`None`:
@@ -323,6 +390,51 @@ mod tests {
             let (seen, refused) = run(&input, step);
             proptest::prop_assert_eq!(refused, None);
             proptest::prop_assert_eq!(seen, input);
+        }
+    }
+
+    #[test]
+    fn many_pipelined_heads_after_a_split_head_are_copied_once() {
+        // A head split over two reads, then thousands of tiny heads in the read that ends
+        // it: each byte is copied once, the held head never outgrows one head, and nothing
+        // recurses per head.
+        let mut g = HeadGate::new(16 * 1024);
+        let mut out = BytesMut::new();
+        let (n, r) = g.feed_in_place(b"GET / HTTP/1.1\r\n", &mut out);
+        assert_eq!((n, r, out.len()), (0, None, 0));
+        let mut second = b"\r\n".to_vec();
+        for _ in 0..20_000 {
+            second.extend_from_slice(b"A * HTTP/1.1\n\n");
+        }
+        second.extend_from_slice(b"GET /last HT");
+        let (n, r) = g.feed_in_place(&second, &mut out);
+        assert_eq!((n, r), (0, None));
+        assert_eq!(g.heads, 20_001);
+        // The split head (18 bytes) is the largest held.
+        assert_eq!(g.held_peak, 18);
+        let mut expected = b"GET / HTTP/1.1\r\n".to_vec();
+        expected.extend_from_slice(&second[..second.len() - 12]);
+        assert_eq!(out, expected);
+        assert_eq!(&g.head[..], b"GET /last HT");
+    }
+
+    #[test]
+    fn a_chunked_body_the_follower_refuses_cuts_the_stream() {
+        // hyper reads a 16-digit chunk size; the proxy does not. Nothing after it may reach
+        // hyper, or the head after it would go unchecked.
+        let first: &[u8] = b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n";
+        let rest: &[u8] = b"0000000000000003\r\nabc\r\n0\r\n\r\n\
+            POST /x HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        let input = [first, rest].concat();
+        for step in [1, 5, input.len()] {
+            let (seen, refused) = run(&input, step);
+            assert_eq!(refused, None, "step {step}");
+            assert!(seen.starts_with(first), "step {step}");
+            assert!(
+                !seen.windows(7).any(|w| w == b"POST /x"),
+                "step {step}: {}",
+                String::from_utf8_lossy(&seen)
+            );
         }
     }
 

@@ -111,6 +111,12 @@ struct Tracked {
     /// Bytes the gate let through that hyper has not read yet (a head that came in pieces,
     /// or the stand-in of a refused one).
     out: BytesMut,
+    /// Bytes read and dropped after a refusal (at most [`oxbus_proxy::LINGER_BYTES`]).
+    drained: usize,
+    /// Whether the writing side was shut down (on the way to a lingering close).
+    write_shut: bool,
+    /// The end of the lingering close after a refusal.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Tracked {
@@ -127,9 +133,18 @@ impl AsyncRead for Tracked {
                 bytes::Buf::advance(&mut this.out, n);
                 return Poll::Ready(Ok(()));
             }
+            if this.gate.cut() {
+                // A chunked body the proxy's rules refuse: hyper reads the end of the stream
+                // (its body read fails and the request is answered 400), and nothing after
+                // it is parsed.
+                return Poll::Ready(Ok(()));
+            }
             if this.gate.refused() {
                 // Nothing after a refused head reaches hyper; it answers the stand-in (which
-                // asks for a close) and ends the connection.
+                // asks for a close) and ends the connection. What the client still sends
+                // is read and dropped (up to a bound) so that it does not sit unread and
+                // turn the close into a reset that could destroy the answer.
+                let _ = this.drain(cx);
                 return Poll::Pending;
             }
             // Read straight into hyper's buffer; the gate says how much of it hyper may
@@ -159,6 +174,25 @@ impl AsyncRead for Tracked {
     }
 }
 
+impl Tracked {
+    /// Reads and drops what the client sends, until it would block (the waker is then
+    /// registered), ends, or [`oxbus_proxy::LINGER_BYTES`] were dropped.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut sink = [0u8; 4096];
+        while self.drained < oxbus_proxy::LINGER_BYTES {
+            let mut b = ReadBuf::new(&mut sink);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut b) {
+                Poll::Ready(Ok(())) if !b.filled().is_empty() => {
+                    self.drained += b.filled().len();
+                }
+                Poll::Pending => return Poll::Pending,
+                _ => break,
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 impl AsyncWrite for Tracked {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -170,8 +204,26 @@ impl AsyncWrite for Tracked {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !(this.gate.refused() || this.gate.cut()) {
+            return Pin::new(&mut this.inner).poll_shutdown(cx);
+        }
+        // The connection ends on a refusal, with what the client sent after it perhaps
+        // unread: as the proxy does, end the writing side first, then read and drop what
+        // still comes for a while (bounded in time and bytes), so that the close does not
+        // reset the connection before the client read its answer.
+        if !this.write_shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.write_shut = true;
+        }
+        let deadline = this
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(oxbus_proxy::LINGER)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        this.drain(cx).map(Ok)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -332,6 +384,9 @@ async fn serve_connection(
         activity: activity.clone(),
         gate: HeadGate::new(max_head),
         out: BytesMut::new(),
+        drained: 0,
+        write_shut: false,
+        linger: None,
     });
     let header_timeout = http.header_read_timeout_ms;
     let idle_timeout = http.keepalive_timeout_ms;
