@@ -808,6 +808,65 @@ async fn a_dependency_undeployed_during_a_check_refuses_the_dependent_with_409()
 }
 
 #[tokio::test]
+async fn a_module_sent_unchanged_that_changes_during_the_check_refuses_the_deploy() {
+    // `util` goes with the deploy as it is active (v2), so it is not checked again; while
+    // `api` is checked against util v2, util is rolled back to v1. The deploy is refused:
+    // what it checked no longer holds, and the caller's util is not what is active.
+    let tmp = scratch("unchanged");
+    let (started, go) = (tmp.join("started"), tmp.join("go"));
+    let srv = Arc::new(
+        faults_env()
+            .workers(2)
+            .set("deploy", "check_timeout_ms", "30000")
+            .start()
+            .await,
+    );
+    let token = srv.admin_token();
+    for v in ["X = 1\n", "X = 2\n"] {
+        let r = deploy(&srv, &[("util", v)]).await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+    }
+    let api = format!(
+        "import util\n{}\nfrom oxbus import Service\n\n\nclass Api(Service):\n    name = 'api.y'\n\n    def handle(self):\n        self.response.payload = {{'x': util.X}}\n",
+        gate(&started, &go)
+    );
+    let deploying = {
+        let srv = srv.clone();
+        tokio::spawn(
+            async move { deploy_with(&srv, &[("api", &api), ("util", "X = 2\n")], true).await },
+        )
+    };
+    wait_lines(&started, 1, "the check of api to start").await;
+    // The rollback is stored at once; its activation waits for the check in that worker.
+    let rolling_back = {
+        let (srv, token) = (srv.clone(), token.clone());
+        tokio::spawn(async move {
+            srv.admin("POST", "/v1/modules/util/rollback", Some(&token), b"")
+                .await
+        })
+    };
+    eventually(Duration::from_secs(30), "util rolled back to v1", || {
+        let (srv, token) = (srv.clone(), token.clone());
+        async move {
+            let r = srv
+                .admin("GET", "/v1/modules/util", Some(&token), b"")
+                .await;
+            (r.json()["source"] == "X = 1\n").then_some(())
+        }
+    })
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let r = deploying.await.unwrap();
+    let b = rolling_back.await.unwrap();
+    assert_eq!(b.status, 200, "{}", text(&b));
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(text(&r).contains("util"), "{}", text(&r));
+    let m = srv.admin("GET", "/v1/modules/api", Some(&token), b"").await;
+    assert_eq!(m.status, 404, "{}", text(&m));
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[tokio::test]
 async fn requests_on_the_checking_worker_finish_when_its_check_times_out() {
     let tmp = scratch("inflight");
     let (marker, started, go) = (tmp.join("marker"), tmp.join("started"), tmp.join("go"));

@@ -24,7 +24,11 @@
 //! `deploy_lock`, before anything is stored, the active modules are compared with those
 //! seen when the check started: a module that is now active with exactly the source being
 //! deployed is left alone (the same deploy arrived twice, e.g. a pickup and `oxbus deploy`);
-//! any other change refuses the deploy with 409, as the check may not hold any more.
+//! any other change to a module that was there during the check (a new version, an
+//! undeploy) refuses the deploy with 409, as the check may not hold any more. A module added
+//! meanwhile (another server's deploy of another module) was not there to import and does
+//! not. The comparison is this server's: a change another server commits between it and
+//! this deploy's transaction is not seen (docs/CLUSTER.md).
 //!
 //! Activation imports the checked modules again in every worker, under `deploy_lock` so
 //! that every worker sees module changes in the same order. It runs code that has already
@@ -547,9 +551,13 @@ pub async fn deploy(
         active.iter().map(|m| (m.name.clone(), m.version)).collect()
     };
     let (before, now) = (versions(&active_before), versions(&active_now));
-    if before != now {
-        // One of ours, now active with exactly our source: the same deploy arrived twice
-        // (a pickup rescan and `oxbus deploy` of one file); it is not stored again.
+    // Only a module that was there during the check and has since changed or gone can make
+    // the check's verdict wrong (the checked modules may import it); one added meanwhile —
+    // another server's deploy of another module, say — was not there to import, so the
+    // verdict stands. One of ours now active with exactly our source is the same deploy
+    // arriving twice (a pickup rescan and `oxbus deploy` of one file): not stored again.
+    let moved = |n: &String| now.get(n) != before.get(n);
+    if before.keys().any(moved) {
         if skip_unchanged {
             pairs.retain(|(name, source)| {
                 let same = same_source(&active_now, name, source);
@@ -559,24 +567,21 @@ pub async fn deploy(
                 !same
             });
         }
-        let mut changed: Vec<&String> = before
-            .iter()
-            .filter(|(n, v)| now.get(*n) != Some(v))
-            .map(|(n, _)| n)
-            .chain(now.keys().filter(|n| !before.contains_key(*n)))
-            .filter(|n| !unchanged.contains(n))
+        let ours_as_sent = |n: &String| {
+            modules
+                .iter()
+                .any(|(name, source)| name == n && same_source(&active_now, name, source))
+        };
+        let changed: Vec<&str> = before
+            .keys()
+            .filter(|n| moved(n) && !ours_as_sent(n))
+            .map(String::as_str)
             .collect();
-        changed.sort();
-        changed.dedup();
         if !changed.is_empty() {
             return Err(DeployError::Busy(format!(
                 "the deployed modules changed during the check ({}): nothing was deployed; \
                  deploy again",
-                changed
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                changed.join(", ")
             )));
         }
         if pairs.is_empty() {

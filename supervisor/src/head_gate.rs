@@ -197,6 +197,17 @@ impl HeadGate {
     /// Appends to the held head the start of `data` up to where the head may end (a blank
     /// line), or all of it; notes whether it may end now.
     fn hold(&mut self, data: &mut &[u8]) {
+        if self.head.is_empty() {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2; httparse and
+            // hyper skip any number of them), so they are dropped here rather than held:
+            // held, every one of them would look like a head's end and have the growing
+            // held bytes parsed again — quadratic in a stream of blank lines.
+            let skip = data
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(data.len());
+            *data = &data[skip..];
+        }
         let take = head_end(&self.head, data);
         self.head_may_end = take.is_some();
         let take = take.unwrap_or(data.len());
@@ -391,6 +402,23 @@ mod tests {
             proptest::prop_assert_eq!(refused, None);
             proptest::prop_assert_eq!(seen, input);
         }
+    }
+
+    #[test]
+    fn blank_lines_before_a_head_are_dropped_not_held() {
+        // 64 KiB of blank lines alone in a read, then a head: nothing is held for them (held,
+        // each would be a possible head end, and the held bytes parsed again per line).
+        let mut g = HeadGate::new(16 * 1024);
+        let mut out = BytesMut::new();
+        for blank in [&b"\n"[..], b"\r\n"] {
+            let (n, r) = g.feed_in_place(&blank.repeat(32 * 1024), &mut out);
+            assert_eq!((n, r), (0, None));
+            assert_eq!(g.held_peak, 0);
+        }
+        // The head after them is read in place, as any whole head in one read.
+        let (n, r) = g.feed_in_place(b"\r\nGET / HTTP/1.1\r\n\r\n", &mut out);
+        assert_eq!((n, r, out.len()), (20, None, 0));
+        assert_eq!(g.heads, 1);
     }
 
     #[test]

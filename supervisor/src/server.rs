@@ -515,8 +515,14 @@ async fn leave_store(shared: &Shared, me: &crate::store::ServerRecord) {
     let work = async {
         crate::scheduler::flush_history(&shared.scheduler, STOP_STORE_LIMIT).await;
         // A renewal the lease task had in flight lands (and is handed back by it) before
-        // the hand-back below: none can put the lease back after it.
-        crate::scheduler::lease_task_ended(&shared.scheduler).await;
+        // the hand-back below: none can put the lease back after it. Bounded apart, so that
+        // a slow renewal does not use up the stop's budget and leave this server listed: at
+        // worst a renewal landing late holds the lease for one more TTL.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::scheduler::lease_task_ended(&shared.scheduler),
+        )
+        .await;
         if let Err(e) = crate::scheduler::hand_back(shared).await {
             warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
         }

@@ -92,10 +92,11 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
         // Bounded as a whole too: a round waits for the deploy lock, the store, the workers'
         // acks; none of that may stall the loop (and with it the outage detection and the
         // recovery) for good.
-        let round = tokio::time::timeout(ROUND_LIMIT, catch_up(&shared)).await;
+        let limit = round_limit(&shared.settings);
+        let round = tokio::time::timeout(limit, catch_up(&shared)).await;
         let Ok(round) = round else {
             warn!(
-                limit_s = ROUND_LIMIT.as_secs(),
+                limit_s = limit.as_secs(),
                 "a catch-up round did not finish in time (deploy lock, store or workers): starting over"
             );
             continue;
@@ -119,8 +120,17 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
 /// the loop — and with it the recovery — until TCP gives up, which takes minutes.
 const STORE_CALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// How long one catch-up round of the sync loop may take.
-const ROUND_LIMIT: Duration = Duration::from_secs(30);
+/// How long one catch-up round of the sync loop may take: its store calls, plus the deploy
+/// lock (held by a deploy for at most its activation) and its own activation in every worker
+/// — each bounded by the deploy check's deadline and `workers.startup_timeout_ms`. Shorter,
+/// and a round abandoned mid-activation would drop the one future that replaces a worker
+/// that overran, with the pool already claiming the new versions.
+fn round_limit(settings: &crate::config::Settings) -> Duration {
+    let activation = Duration::from_millis(
+        settings.deploy.check_timeout_ms + settings.workers.startup_timeout_ms,
+    );
+    2 * activation + 3 * STORE_CALL_LIMIT
+}
 
 async fn bounded<T, E: std::fmt::Display>(
     what: &str,
@@ -291,6 +301,21 @@ async fn write_snapshot(shared: &Shared, snap: Snapshot) {
     });
 }
 
+/// The peer list's snapshot writes: whether one is in flight, and the list whose write last
+/// failed, with when.
+struct PeerWrite {
+    pending: bool,
+    failed: Option<(Vec<crate::snapshot::BusPeer>, std::time::Instant)>,
+}
+
+static PEER_WRITE: std::sync::Mutex<PeerWrite> = std::sync::Mutex::new(PeerWrite {
+    pending: false,
+    failed: None,
+});
+
+/// How long a peer list whose snapshot write failed waits before it is tried again.
+const PEER_RETRY: Duration = Duration::from_secs(30);
+
 /// One snapshot write at a time (a new version, or the same one with a new peer list).
 static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -330,9 +355,33 @@ pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
     ) {
         return;
     }
+    {
+        // One peer write in flight at most (the dial loop calls every 200 ms, and a write
+        // may wait on a slow disk), and a list whose write failed is not tried again for
+        // a while (a full or read-only disk would otherwise mean an fsync and an error line
+        // five times a second).
+        let mut w = PEER_WRITE.lock().expect("peer write lock");
+        if w.pending
+            || w.failed
+                .as_ref()
+                .is_some_and(|(list, at)| *list == peers && at.elapsed() < PEER_RETRY)
+        {
+            return;
+        }
+        w.pending = true;
+    }
     let path = shared.settings.snapshot_file();
     let on_disk = shared.snapshot_on_disk.clone();
     tokio::spawn(async move {
+        struct Pending(Option<Vec<crate::snapshot::BusPeer>>);
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                let mut w = PEER_WRITE.lock().expect("peer write lock");
+                w.pending = false;
+                w.failed = self.0.take().map(|l| (l, std::time::Instant::now()));
+            }
+        }
+        let mut pending = Pending(None);
         let _one_at_a_time = WRITING.lock().await;
         // Looked at again under the writer's lock: a write of a new version, or another
         // call with the same list, may have landed meanwhile.
@@ -343,7 +392,7 @@ pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
             }
             current.clone().expect("differs implies a snapshot")
         };
-        snap.peers = peers;
+        snap.peers = peers.clone();
         snap.written_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -354,6 +403,8 @@ pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
                 "the snapshot lists the servers now in the cluster"
             );
             *on_disk.lock().expect("snapshot lock") = Some(snap);
+        } else {
+            pending.0 = Some(peers);
         }
     });
 }
