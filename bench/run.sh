@@ -27,6 +27,7 @@
 #   PEERS_WORK    [/tmp/oxbus-peers]               venv, ceiling build and results
 #   OUTDIR        [$PEERS_WORK/results/oxbus-<timestamp>]
 #   OXBUS_PORT    [8107]   SKIP_BUILD [0]   KEEP_ENV [0] (keep the temp dir with the env)
+#   OXBUS_BASE    [unset]  another oxbus binary run as the peer `oxbus_base` (port + 1)
 #
 # Output: the run_peers.sh table and summary, then the ratio table; all files in $OUTDIR
 # (results.csv, summary.txt, ratios.txt, <peer>.server.log, wrk_raw.txt, peers.conf).
@@ -63,6 +64,11 @@ PEERS_FILE="$TMP/peers.conf"
 {
   cat "$PEERS_HARNESS/peers.conf"
   echo "oxbus|$OXBUS_PORT|exec $OXBUS quickstart $ENV_DIR --port \$PORT --workers 2 --no-proxy"
+  # Another oxbus binary (an earlier commit's release build) as one more peer, for a change's
+  # cost measured in the same run: OXBUS_BASE=/path/to/oxbus, ONLY=...,oxbus,oxbus_base.
+  if [[ -n "${OXBUS_BASE:-}" ]]; then
+    echo "oxbus_base|$((OXBUS_PORT + 1))|exec $OXBUS_BASE quickstart $TMP/env-base --port \$PORT --workers 2 --no-proxy"
+  fi
 } > "$PEERS_FILE"
 
 # 5. the harness

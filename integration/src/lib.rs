@@ -20,6 +20,36 @@ use std::time::{Duration, Instant};
 pub mod proxy;
 pub mod raw;
 
+/// A free port below the kernel's ephemeral range, for a listener that stops and must get
+/// its port back (a private PostgreSQL restarted in an outage test): a port from the
+/// ephemeral range may meanwhile become the local port of some outgoing connection or of
+/// another test's `bind(0)`, and the restart then fails with "address already in use".
+pub fn port_outside_ephemeral_range() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.saturating_sub(1));
+    assert!(
+        to > from,
+        "the ephemeral port range starts at {low}: no room below it"
+    );
+    let span = u32::from(to - from);
+    let mut seed = std::process::id().wrapping_mul(2_654_435_761) ^ next_id().wrapping_mul(40_503);
+    for _ in 0..1000 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = from + (seed % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
+}
+
 /// Path of the `oxbus` binary under test.
 pub fn oxbus_bin() -> PathBuf {
     if let Ok(p) = std::env::var("OXBUS_BIN") {
@@ -866,10 +896,7 @@ impl PrivatePg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = port_outside_ephemeral_range();
         let pg = PrivatePg { dir, port };
         pg.start_again();
         let out = Command::new("psql")
