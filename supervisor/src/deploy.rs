@@ -557,7 +557,7 @@ pub async fn deploy(
     // verdict stands. One of ours now active with exactly our source is the same deploy
     // arriving twice (a pickup rescan and `oxbus deploy` of one file): not stored again.
     let moved = |n: &String| now.get(n) != before.get(n);
-    if before.keys().any(moved) {
+    if before != now {
         if skip_unchanged {
             pairs.retain(|(name, source)| {
                 let same = same_source(&active_now, name, source);
