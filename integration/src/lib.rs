@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod proxy;
 pub mod raw;
+pub mod versioned;
 
 /// A free port below the kernel's ephemeral range, for a listener that stops and must get
 /// its port back (a private PostgreSQL restarted in an outage test): a port from the

@@ -23,6 +23,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (30 s at most) for the old process an upgrade handed over from to exit, and
+/// checks that it exited cleanly; `what` names the wait in the failure.
+pub async fn old_exits_cleanly(old: &mut Child, what: &str) {
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = old.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < end, "old proxy did not exit ({what})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "old proxy exit: {status:?}");
+}
+
 /// One `oxbus proxy` process.
 pub struct Proxy {
     child: Option<Child>,

@@ -1,6 +1,7 @@
 //! Cluster membership (issue 4, first part): servers register in the config store; a SQLite
 //! store takes one server, a PostgreSQL store at most three.
 
+use oxbus_integration::versioned::{deploy, module};
 use oxbus_integration::*;
 use std::time::Duration;
 
@@ -61,23 +62,6 @@ async fn a_fourth_server_on_a_postgres_store_is_refused() {
     assert_eq!(gone.wait_exit(Duration::from_secs(30)), Some(0));
     let again = env().set("store", "url", &url).start().await;
     again.assert_no_errors(&[]);
-}
-
-fn module(version: u32) -> String {
-    format!(
-        "from oxbus import Service\n\nclass V(Service):\n    name = 'c.version'\n\n    def handle(self):\n        self.response.payload = {{'version': {version}}}\n"
-    )
-}
-
-async fn deploy(srv: &Server, version: u32) -> Resp {
-    let body = serde_json::json!({"modules": [{"name": "cmod", "source": module(version)}]});
-    srv.admin(
-        "POST",
-        "/v1/modules",
-        Some(&srv.admin_token()),
-        body.to_string().as_bytes(),
-    )
-    .await
 }
 
 /// Waits until `srv` answers GET `path` with `status` (and, for 200, `version`).

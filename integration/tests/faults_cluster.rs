@@ -5,28 +5,12 @@
 //! a boot, not a name; only the lease holder hands it back; the deploy report names the
 //! server deployed through; the PostgreSQL setup of docs/CLUSTER.md works as written.
 
+use oxbus_integration::versioned::{deploy, module};
 use oxbus_integration::*;
 use std::time::Duration;
 
 fn env() -> Env {
     Env::new().workers(1).with_test_services()
-}
-
-fn module(version: u32) -> String {
-    format!(
-        "from oxbus import Service\n\nclass V(Service):\n    name = 'c.version'\n\n    def handle(self):\n        self.response.payload = {{'version': {version}}}\n"
-    )
-}
-
-async fn deploy(srv: &Server, version: u32) -> Resp {
-    let body = serde_json::json!({"modules": [{"name": "cmod", "source": module(version)}]});
-    srv.admin(
-        "POST",
-        "/v1/modules",
-        Some(&srv.admin_token()),
-        body.to_string().as_bytes(),
-    )
-    .await
 }
 
 /// Waits until `srv` answers GET /cv with `version`.

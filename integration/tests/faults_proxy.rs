@@ -4,7 +4,7 @@
 //! leave every server serving; with the store down, the readiness checks keep their
 //! interval.
 
-use oxbus_integration::proxy::{Load, Proxy, free_port, get};
+use oxbus_integration::proxy::{Load, Proxy, free_port, get, old_exits_cleanly};
 use oxbus_integration::*;
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -176,18 +176,7 @@ async fn a_proxy_upgrade_under_load_answers_every_request() {
     for round in 0..2 {
         gets.more_ok(200).await;
         let mut old = p.upgrade();
-        let end = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(st) = old.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                Instant::now() < end,
-                "old proxy did not exit (round {round})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(status.success(), "old proxy exit: {status:?}");
+        old_exits_cleanly(&mut old, &format!("round {round}")).await;
     }
     gets.more_ok(200).await;
     let (tg, tp) = (gets.stop().await, posts.stop().await);

@@ -234,6 +234,24 @@ async fn a_deployed_module_that_exits_at_import_is_refused_and_the_server_serves
     );
     srv.assert_no_errors(&["worker died"]);
 }
+/// The checking worker `checker` of a refused hung check is killed within `within`, and
+/// `workers` workers serve again.
+async fn checker_killed(srv: &Server, checker: u32, within: Duration, workers: usize) {
+    eventually(within, "the checking worker to be killed", || {
+        let alive = living(&[checker]);
+        async move { alive.is_empty().then_some(()) }
+    })
+    .await;
+    wait_workers(srv, workers).await;
+}
+
+/// No module `name` is deployed.
+async fn module_absent(srv: &Server, token: &str, name: &str) {
+    let m = srv
+        .admin("GET", &format!("/v1/modules/{name}"), Some(token), b"")
+        .await;
+    assert_eq!(m.status, 404, "{}", text(&m));
+}
 
 /// A module whose import never ends; it first writes its worker's pid to `marker`.
 fn hanging_module(marker: &Path) -> String {
@@ -377,20 +395,8 @@ async fn a_hung_import_is_refused_at_its_deadline_and_holds_no_store_or_lock() {
         "{error}"
     );
     // The spinning worker is gone, a replacement serves, nothing was stored.
-    eventually(
-        Duration::from_secs(10),
-        "the checking worker to be killed",
-        || {
-            let alive = living(&[checker]);
-            async move { alive.is_empty().then_some(()) }
-        },
-    )
-    .await;
-    wait_workers(&srv, 2).await;
-    let m = srv
-        .admin("GET", "/v1/modules/hangs", Some(&token), b"")
-        .await;
-    assert_eq!(m.status, 404, "{}", text(&m));
+    checker_killed(&srv, checker, Duration::from_secs(10), 2).await;
+    module_absent(&srv, &token, "hangs").await;
     assert!(
         !srv.log().contains("did not answer within"),
         "the store was held: {}",
@@ -483,20 +489,8 @@ async fn a_config_import_with_a_hung_module_holds_no_lock_and_is_refused() {
         "{}",
         text(&r)
     );
-    eventually(
-        Duration::from_secs(10),
-        "the checking worker to be killed",
-        || {
-            let alive = living(&[checker]);
-            async move { alive.is_empty().then_some(()) }
-        },
-    )
-    .await;
-    wait_workers(&srv, 2).await;
-    let m = srv
-        .admin("GET", "/v1/modules/hangs", Some(&token), b"")
-        .await;
-    assert_eq!(m.status, 404, "{}", text(&m));
+    checker_killed(&srv, checker, Duration::from_secs(10), 2).await;
+    module_absent(&srv, &token, "hangs").await;
     srv.assert_no_errors(&[]);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -792,8 +786,7 @@ async fn a_dependency_undeployed_during_a_check_refuses_the_dependent_with_409()
     assert!(text(&r).contains("util"), "{}", text(&r));
     let u = undeploying.await.unwrap();
     assert_eq!(u.status, 200, "{}", text(&u));
-    let m = srv.admin("GET", "/v1/modules/api", Some(&token), b"").await;
-    assert_eq!(m.status, 404, "{}", text(&m));
+    module_absent(&srv, &token, "api").await;
     // The server serves on, and a fresh worker starts (nothing it cannot import is stored).
     let pids = srv.worker_pids();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
@@ -861,8 +854,7 @@ async fn a_module_sent_unchanged_that_changes_during_the_check_refuses_the_deplo
     assert_eq!(b.status, 200, "{}", text(&b));
     assert_eq!(r.status, 409, "{}", text(&r));
     assert!(text(&r).contains("util"), "{}", text(&r));
-    let m = srv.admin("GET", "/v1/modules/api", Some(&token), b"").await;
-    assert_eq!(m.status, 404, "{}", text(&m));
+    module_absent(&srv, &token, "api").await;
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -901,16 +893,7 @@ async fn requests_on_the_checking_worker_finish_when_its_check_times_out() {
     assert_eq!(w.status, 200, "{}", text(&w));
     assert_eq!(w.json()["pid"].as_u64(), Some(checker as u64));
     // Then the spinning worker is gone and its replacement serves.
-    eventually(
-        Duration::from_secs(30),
-        "the checking worker to be killed",
-        || {
-            let alive = living(&[checker]);
-            async move { alive.is_empty().then_some(()) }
-        },
-    )
-    .await;
-    wait_workers(&srv, 1).await;
+    checker_killed(&srv, checker, Duration::from_secs(30), 1).await;
     assert_eq!(srv.post_json("/echo", &json!({"x": 1})).await.status, 200);
     srv.assert_no_errors(&[]);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -1044,20 +1027,8 @@ async fn an_undeploy_reaching_a_hung_check_waits_for_its_deadline() {
         "{}",
         text(&r)
     );
-    eventually(
-        Duration::from_secs(30),
-        "the checking worker to be killed",
-        || {
-            let alive = living(&[checker]);
-            async move { alive.is_empty().then_some(()) }
-        },
-    )
-    .await;
-    wait_workers(&srv, 1).await;
-    let m = srv
-        .admin("GET", "/v1/modules/other", Some(&token), b"")
-        .await;
-    assert_eq!(m.status, 404, "{}", text(&m));
+    checker_killed(&srv, checker, Duration::from_secs(30), 1).await;
+    module_absent(&srv, &token, "other").await;
     srv.assert_no_errors(&[]);
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -2,7 +2,7 @@
 //! upgrade, limits, slowloris, stats, servers from the store, TLS.
 
 use nix::sys::signal::Signal;
-use oxbus_integration::proxy::{Conn, Load, Proxy, free_port, get};
+use oxbus_integration::proxy::{Conn, Load, Proxy, free_port, get, old_exits_cleanly};
 use oxbus_integration::*;
 use std::time::{Duration, Instant};
 
@@ -244,18 +244,7 @@ async fn a_graceful_upgrade_under_load_refuses_and_fails_nothing() {
         let mut old = p.upgrade();
         assert_ne!(p.pid(), old_pid);
         // The old process hands over, finishes its requests and exits.
-        let end = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(st) = old.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                Instant::now() < end,
-                "old proxy did not exit (round {round})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(status.success(), "old proxy exit: {status:?}");
+        old_exits_cleanly(&mut old, &format!("round {round}")).await;
         let pid_file = std::fs::read_to_string(p.dir.join("state/proxy.pid")).unwrap();
         assert_eq!(pid_file.trim(), p.pid().to_string());
     }

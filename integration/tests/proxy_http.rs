@@ -6,6 +6,7 @@
 
 use oxbus_integration::eventually;
 use oxbus_integration::proxy::Proxy;
+use oxbus_integration::raw::{fill, header_of, read_head};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -34,30 +35,6 @@ type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// Lets the scripted server's `/refuse-body` handler go (it holds its connection unread).
 static REFUSED_READ: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Reads until `buf` holds a blank line; returns the head's length (None: closed first).
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(i + 4);
-        }
-        buf.reserve(16384);
-        if s.read_buf(buf).await.ok()? == 0 {
-            return None;
-        }
-    }
-}
-
-/// Reads until `buf` holds `upto` bytes.
-async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, upto: usize) -> Option<()> {
-    while buf.len() < upto {
-        buf.reserve(65536);
-        if s.read_buf(buf).await.ok()? == 0 {
-            return None;
-        }
-    }
-    Some(())
-}
 
 /// Where the line starting at `at` ends (its CR), reading more as needed.
 async fn line_end<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, at: usize) -> Option<usize> {
@@ -99,14 +76,6 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         data.extend_from_slice(&buf[at..at + size]);
         at += size + 2;
     }
-}
-
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
 }
 
 /// The scripted server: answers by path (see the match below) and logs what it got.
