@@ -51,6 +51,18 @@ pub fn port_outside_ephemeral_range() -> u16 {
     panic!("no free port in {from}..{to}");
 }
 
+/// A cluster secret file of 48+ bytes, its own to this call (the tag is in its name and its
+/// content, so two secrets of one test differ), shared by the servers given it.
+pub fn cluster_secret(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "oxbus-it-secret-{}-{}-{tag}",
+        std::process::id(),
+        next_id()
+    ));
+    std::fs::write(&p, format!("{tag}-{}", "s3cr3t".repeat(8))).unwrap();
+    p
+}
+
 /// Path of the `oxbus` binary under test.
 pub fn oxbus_bin() -> PathBuf {
     if let Ok(p) = std::env::var("OXBUS_BIN") {
@@ -116,6 +128,19 @@ impl Env {
             relative_config: false,
             umask: None,
         }
+    }
+
+    /// A member of the cluster whose store is at `url`: server `name`, its cluster bus on a
+    /// free port, authenticated by the secret in `secret` ([`cluster_secret`]).
+    pub fn cluster_member(self, url: &str, name: &str, secret: &Path) -> Self {
+        self.set("store", "url", url)
+            .set("cluster", "server", &format!("{name:?}"))
+            .set(
+                "cluster",
+                "secret_file",
+                &format!("{:?}", secret.display().to_string()),
+            )
+            .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
     }
 
     pub fn workers(mut self, n: u32) -> Self {

@@ -291,28 +291,8 @@ async fn incr_from_several_workers_at_once_is_exact_and_max_entries_evicts() {
     );
 }
 
-/// A cluster secret file shared by the servers given it.
-fn secret_file() -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "oxbus-it-cache-secret-{}-{}",
-        std::process::id(),
-        next_id()
-    ));
-    std::fs::write(&p, "cache-replication-".repeat(4)).unwrap();
-    p
-}
-
 fn cluster_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
-    env()
-        .workers(1)
-        .set("store", "url", url)
-        .set("cluster", "server", &format!("{name:?}"))
-        .set(
-            "cluster",
-            "secret_file",
-            &format!("{:?}", secret.display().to_string()),
-        )
-        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+    env().workers(1).cluster_member(url, name, secret)
 }
 
 /// Waits until `srv` has a bus link to each of `peers`.
@@ -355,7 +335,7 @@ async fn everywhere(servers: &[&Server], key: &str, want: Value) {
 async fn writes_replicate_across_three_servers_and_concurrent_writes_converge() {
     let db = PgDatabase::create();
     let url = format!("{:?}", db.url);
-    let secret = secret_file();
+    let secret = cluster_secret("cache");
     let a = cluster_server(&url, "a", &secret).start().await;
     let b = cluster_server(&url, "b", &secret).start().await;
     let c = cluster_server(&url, "c", &secret).start().await;

@@ -279,23 +279,9 @@ async fn three_servers_converge_and_a_server_that_was_down_comes_back_current() 
     }
 }
 
-/// A cluster secret file of 48 bytes, shared by the servers given it.
-fn secret_file(tag: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("oxbus-it-secret-{}-{tag}", std::process::id()));
-    std::fs::write(&p, format!("{tag}-{}", "s3cr3t".repeat(8))).unwrap();
-    p
-}
-
 fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
     env()
-        .set("store", "url", url)
-        .set("cluster", "server", &format!("{name:?}"))
-        .set(
-            "cluster",
-            "secret_file",
-            &format!("{:?}", secret.display().to_string()),
-        )
-        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+        .cluster_member(url, name, secret)
         // The version check is the bus's backstop: slowed down so that only the bus can
         // carry a change within the test's waits.
         .set("cluster", "sync_interval_ms", "600000")
@@ -347,7 +333,7 @@ async fn linked(srv: &Server, peers: &[&str]) {
 async fn the_bus_links_every_pair_carries_changes_and_heals_after_a_partition() {
     let pg = PrivatePg::start();
     let url = format!("{:?}", pg.url());
-    let secret = secret_file("good");
+    let secret = cluster_secret("good");
     let a = bus_server(&url, "a", &secret).start().await;
     let b = bus_server(&url, "b", &secret).start().await;
     let c = bus_server(&url, "c", &secret).start().await;
@@ -412,8 +398,8 @@ async fn the_bus_links_every_pair_carries_changes_and_heals_after_a_partition() 
 async fn a_server_with_another_cluster_secret_is_refused_on_the_bus() {
     let (first, db) = env().postgres_store();
     let url = format!("{:?}", db.url);
-    let good = secret_file("one");
-    let bad = secret_file("two");
+    let good = cluster_secret("one");
+    let bad = cluster_secret("two");
     let a = bus_server(&url, "a", &good).start().await;
     let _ = first;
     let b = bus_server(&url, "b", &bad).start().await;
@@ -436,7 +422,7 @@ async fn a_server_with_another_cluster_secret_is_refused_on_the_bus() {
 async fn concurrent_deploys_through_two_servers_both_complete() {
     let pg = PrivatePg::start();
     let url = format!("{:?}", pg.url());
-    let secret = secret_file("concurrent");
+    let secret = cluster_secret("concurrent");
     let a = bus_server(&url, "a", &secret).start().await;
     let b = bus_server(&url, "b", &secret).start().await;
     linked(&a, &["b"]).await;
@@ -513,7 +499,7 @@ async fn concurrent_deploys_through_two_servers_both_complete() {
 async fn a_store_outage_under_three_servers_and_the_recovery() {
     let pg = PrivatePg::start();
     let url = format!("{:?}", pg.url());
-    let secret = secret_file("outage3");
+    let secret = cluster_secret("outage3");
     let a = bus_server(&url, "a", &secret).start().await;
     let b = bus_server(&url, "b", &secret).start().await;
     let c = bus_server(&url, "c", &secret).start().await;

@@ -37,27 +37,9 @@ async fn degraded(srv: &Server) {
     .await;
 }
 
-/// A cluster secret file shared by the servers given it.
-fn secret_file(tag: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "oxbus-it-faults-{}-{}-{tag}",
-        std::process::id(),
-        next_id()
-    ));
-    std::fs::write(&p, format!("{tag}-{}", "s3cr3t".repeat(8))).unwrap();
-    p
-}
-
 fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
     env()
-        .set("store", "url", url)
-        .set("cluster", "server", &format!("{name:?}"))
-        .set(
-            "cluster",
-            "secret_file",
-            &format!("{:?}", secret.display().to_string()),
-        )
-        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+        .cluster_member(url, name, secret)
         .channel("/cv", &["GET"], "c.version")
 }
 
@@ -267,7 +249,7 @@ async fn with_the_store_down_changes_get_503_at_once_and_stop_and_boot_do_not_wa
 async fn a_server_restarted_during_an_outage_links_to_its_peers() {
     let pg = PrivatePg::start();
     let url = format!("{:?}", pg.url());
-    let secret = secret_file("outage-links");
+    let secret = cluster_secret("outage-links");
     // The only config change comes before B and C join: A's snapshot of version 1 lists A
     // alone, and no later change rewrites it. The peers must reach it all the same.
     let a = bus_server(&url, "a", &secret).start().await;
@@ -322,7 +304,7 @@ async fn a_server_restarted_during_an_outage_links_to_its_peers() {
 async fn cluster_status_is_current_right_after_a_deploy_and_the_report_names_every_server() {
     let db = PgDatabase::create();
     let url = format!("{:?}", db.url);
-    let secret = secret_file("status");
+    let secret = cluster_secret("status");
     let a = bus_server(&url, "a", &secret).start().await;
     let b = bus_server(&url, "b", &secret).start().await;
     linked(&a, &["b"]).await;

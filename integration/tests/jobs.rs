@@ -704,23 +704,9 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
     srv.assert_no_errors(&[]);
 }
 
-/// A cluster secret file shared by the servers given it.
-fn secret_file(tag: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("oxbus-it-jobs-secret-{}-{tag}", std::process::id()));
-    std::fs::write(&p, format!("{tag}-{}", "s3cr3t".repeat(8))).unwrap();
-    p
-}
-
 fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
     Env::new()
-        .set("store", "url", url)
-        .set("cluster", "server", &format!("{name:?}"))
-        .set(
-            "cluster",
-            "secret_file",
-            &format!("{:?}", secret.display().to_string()),
-        )
-        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+        .cluster_member(url, name, secret)
         // The version check slowed down: only the bus can carry a change within the waits.
         .set("cluster", "sync_interval_ms", "600000")
 }
@@ -763,7 +749,7 @@ async fn has(srv: &Server, name: &str, field: &str, want: Value) {
 async fn a_job_change_reaches_the_other_server() {
     let db = PgDatabase::create();
     let url = format!("{:?}", db.url);
-    let secret = secret_file("live");
+    let secret = cluster_secret("live");
     let a = bus_server(&url, "a", &secret).start().await;
     let b = bus_server(&url, "b", &secret).start().await;
     linked(&a, "b").await;

@@ -299,28 +299,11 @@ async fn overlapping_runs_are_skipped_by_default() {
     assert!(t.windows(2).all(|w| w[1] - w[0] >= 2.4), "{t:?}");
 }
 
-fn secret_file() -> PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "oxbus-sched-secret-{}-{}",
-        std::process::id(),
-        next_id()
-    ));
-    std::fs::write(&p, "scheduler-cluster-".repeat(4)).unwrap();
-    p
-}
-
 fn cluster_server(url: &str, name: &str, secret: &Path, runs: &Path) -> Env {
     Env::new()
         .workers(1)
         .service("sched.py", &service(runs))
-        .set("store", "url", url)
-        .set("cluster", "server", &format!("{name:?}"))
-        .set(
-            "cluster",
-            "secret_file",
-            &format!("{:?}", secret.display().to_string()),
-        )
-        .set("cluster", "bus_listen", "\"127.0.0.1:0\"")
+        .cluster_member(url, name, secret)
 }
 
 async fn leader(srv: &Server) -> Option<String> {
@@ -332,7 +315,7 @@ async fn leader(srv: &Server) -> Option<String> {
 async fn three_servers_fire_each_run_once_and_a_killed_leader_is_replaced() {
     let db = PgDatabase::create();
     let url = format!("{:?}", db.url);
-    let secret = secret_file();
+    let secret = cluster_secret("scheduler");
     let runs = runs_file("cluster");
     let servers = vec![
         ("a", cluster_server(&url, "a", &secret, &runs).start().await),
