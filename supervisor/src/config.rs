@@ -19,7 +19,7 @@
 //! service = "crm.customer.get"
 //! ```
 
-use crate::forwarded::TrustedProxies;
+use crate::edge::forwarded::TrustedProxies;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -380,7 +380,7 @@ pub struct Channel {
     pub service: String,
     #[serde(default = "default_format")]
     pub data_format: DataFormat,
-    /// The security definition callers must pass (see `crate::gate`); none = open.
+    /// The security definition callers must pass (see `crate::edge::gate`); none = open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<String>,
     /// Client addresses allowed to call (CIDRs or addresses, IPv4 and IPv6); empty = any.
@@ -418,7 +418,7 @@ pub enum ChannelType {
     /// A URL path (and methods) bound to one service.
     #[default]
     Rest,
-    /// JSON-RPC 2.0 over HTTP POST (`crate::jsonrpc`).
+    /// JSON-RPC 2.0 over HTTP POST (`crate::edge::jsonrpc`).
     JsonRpc,
 }
 
@@ -621,7 +621,7 @@ impl Settings {
                 "must not be the services directory: files there are loaded at start, files in the pickup directory are deployed",
             );
         }
-        crate::router::Router::new(&self.channels).map(|_| ())
+        crate::edge::router::Router::new(&self.channels).map(|_| ())
     }
 
     /// The worker count, with the default applied.

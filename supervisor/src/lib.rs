@@ -1,62 +1,32 @@
 //! The Oxbus server ("supervisor"): owns every socket, supervises the Python workers and
 //! dispatches each invocation to one of them over the IPC protocol of `oxbus-ipc`.
 //!
-//! - [`config`]: settings (TOML + `OXBUS_*` overrides) and their validation.
-//! - [`router`]: REST channels, `{param}` paths, 404 vs 405; [`gate`]: what a channel checks
-//!   before its service runs (allow lists, rate limits, security definitions).
-//! - [`http`]: the HTTP edge (limits, timeouts, JSON errors, cids); [`head_gate`]: the
-//!   request-head checks it shares with `oxbus proxy`; [`json_depth`]: the JSON nesting
-//!   limit; [`forwarded`]: the
-//!   client address, scheme and request id behind trusted reverse proxies; [`jsonrpc`]:
-//!   JSON-RPC 2.0 channels on top of it.
-//! - [`pool`]: workers, their IPC connections, least-loaded dispatch with backpressure.
-//! - [`server`]: the supervisor event loop (signals, exits, recycling, rolling restarts).
-//! - [`process`]: spawning workers; [`python`]: the bundled Python package.
-//! - [`quickstart`]: the `oxbus quickstart` environment.
-//! - [`store`]: the config store on SQLite or PostgreSQL; [`admin`]: the admin API;
-//!   [`deploy`]: hot deployment; [`watch`]: deploy-on-save (the pickup directory and
-//!   `deploy --watch`); [`client`]: the CLI's admin client.
-//! - [`jobs`]: scheduler job definitions (validation, fire-time arithmetic).
-//! - [`openapi`]: the OpenAPI 3.1 document of the REST channels (`/openapi.json`).
-//! - [`sdnotify`]: systemd's notify protocol; [`reload`]: `oxbus reload` and the reload
-//!   status it reads; [`systemd_units`]: `oxbus systemd install`.
+//! One folder per concern (ARCHITECTURE.md has the map and the layer rules):
+//! - [`edge`]: the HTTP edge — head checks, routing table, gate, JSON-RPC, OpenAPI.
+//! - [`lifecycle`]: the supervisor event loop, the worker pool, processes, embedded Python.
+//! - [`deploy`]: hot deployment and deploy-on-save.
+//! - [`cluster`]: the cluster bus, following the store (`sync`), the on-disk snapshot.
+//! - [`scheduler`]: job definitions and the scheduler runtime.
+//! - [`store`]: the config store (every SQL statement of the crate).
+//! - [`admin`]: the admin API, one file per resource; config export/import.
+//! - [`cli`]: the `oxbus` subcommands other than `server`.
+//! - [`config`]: `server.toml` settings; [`secrets`]: sealing secrets under a key file.
+//! - The named caches are their own crate, `oxbus-cache`.
 
 pub mod admin;
-pub mod bus;
-pub mod cache;
-pub mod cache_admin;
-pub mod cid;
-pub mod client;
+pub mod cli;
+pub mod cluster;
 pub mod config;
-pub mod config_io;
 pub mod deploy;
-pub mod forwarded;
-pub mod gate;
-pub mod head_gate;
-pub mod http;
-pub mod jobs;
-pub mod json_depth;
-pub mod jsonrpc;
-pub mod openapi;
-pub mod pool;
-pub mod process;
-pub mod proxy_cmd;
-pub mod python;
-pub mod quickstart;
-pub mod reload;
-pub mod router;
+pub mod edge;
+pub mod lifecycle;
+pub mod model;
 pub mod scheduler;
-pub mod sdnotify;
 pub mod secrets;
-pub mod server;
-pub mod snapshot;
 pub mod store;
-pub mod sync;
-pub mod systemd_units;
-pub mod watch;
 
 /// Installs the log subscriber: `level` is a level (`info`) or a target list
-/// (`info,oxbus_supervisor::http=debug`). When standard error is the journal (systemd's
+/// (`info,oxbus_supervisor::edge::http=debug`). When standard error is the journal (systemd's
 /// `JOURNAL_STREAM` names it), every line starts with its syslog priority (`<3>` error,
 /// `<4>` warning, `<6>` info, `<7>` debug), so `journalctl -p` filters by level.
 pub fn init_logging(level: &str) -> Result<(), String> {

@@ -425,8 +425,8 @@ enum Output {
     Json,
 }
 
-fn target(a: &ServerArgs) -> Result<oxbus_supervisor::client::Target, String> {
-    use oxbus_supervisor::client::Target;
+fn target(a: &ServerArgs) -> Result<oxbus_supervisor::cli::client::Target, String> {
+    use oxbus_supervisor::cli::client::Target;
     match (&a.env, &a.server, &a.token) {
         (Some(dir), _, _) => Target::from_env_dir(dir),
         (None, Some(url), Some(token)) => Target::from_url(url, token),
@@ -455,7 +455,9 @@ fn client_command(cmd: Command) -> ExitCode {
             Err(e) => return fail(&e),
         };
         let json = matches!(output, Output::Json);
-        return match rt.block_on(oxbus_supervisor::client::deploy_watch(target, dir, json)) {
+        return match rt.block_on(oxbus_supervisor::cli::client::deploy_watch(
+            target, dir, json,
+        )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
@@ -1161,7 +1163,7 @@ fn seed_store(s: &Settings) -> Result<(), String> {
         let store = oxbus_supervisor::store::Store::open(&s.store_url())
             .await
             .map_err(|e| e.to_string())?;
-        let r = oxbus_supervisor::quickstart::seed(&store).await;
+        let r = oxbus_supervisor::cli::quickstart::seed(&store).await;
         store.close().await;
         r.map(drop).map_err(|e| e.to_string())
     })
@@ -1208,7 +1210,7 @@ fn write_export(
     file: Option<&std::path::Path>,
     to: &ServerArgs,
 ) -> ExitCode {
-    use oxbus_supervisor::config_io::Document;
+    use oxbus_supervisor::admin::config_io::Document;
     let text = match output {
         Output::Json => format!("{doc:#}\n"),
         Output::Text => {
@@ -1390,7 +1392,7 @@ fn main() -> ExitCode {
         if let Err(e) = oxbus_supervisor::init_logging(&level) {
             return fail(&e);
         }
-        return match oxbus_supervisor::proxy_cmd::run(config, *upgrade, *exit_with_parent) {
+        return match oxbus_supervisor::cli::proxy_cmd::run(config, *upgrade, *exit_with_parent) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
@@ -1433,7 +1435,7 @@ fn main() -> ExitCode {
                     "--workers {w}: Oxbus runs 1 to {MAX_WORKERS} Python workers per server"
                 ));
             }
-            let created = match oxbus_supervisor::quickstart::ensure_env(
+            let created = match oxbus_supervisor::cli::quickstart::ensure_env(
                 &dir,
                 port.unwrap_or(17010),
                 workers,
@@ -1519,7 +1521,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    let result = rt.block_on(oxbus_supervisor::server::run(settings));
+    let result = rt.block_on(oxbus_supervisor::lifecycle::supervisor::run(settings));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(mut proxy) = quickstart_proxy {
         let _ = nix::sys::signal::kill(
@@ -1543,8 +1545,9 @@ fn start_quickstart_proxy(
     dir: &std::path::Path,
     server: std::net::SocketAddr,
 ) -> Result<(std::process::Child, String, String), String> {
-    let (config, url, stats) = oxbus_supervisor::quickstart::write_proxy_config(dir, server)
-        .map_err(|e| format!("cannot write {}: {e}", dir.join("proxy.toml").display()))?;
+    let (config, url, stats) =
+        oxbus_supervisor::cli::quickstart::write_proxy_config(dir, server)
+            .map_err(|e| format!("cannot write {}: {e}", dir.join("proxy.toml").display()))?;
     // The proxy resolves the paths in its file against the file's directory.
     let config = std::path::absolute(&config).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(dir.join("proxy.log")).map_err(|e| e.to_string())?;
@@ -1578,7 +1581,7 @@ fn reload(pid: u32, timeout: f64) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     let started = std::time::Instant::now();
-    match rt.block_on(oxbus_supervisor::reload::reload(pid, timeout)) {
+    match rt.block_on(oxbus_supervisor::lifecycle::reload::reload(pid, timeout)) {
         Ok(s) => {
             println!(
                 "server {pid} reloaded in {:.1} s: worker generation {} serving",
@@ -1612,7 +1615,7 @@ fn systemd(action: &SystemdAction) -> ExitCode {
             }
         },
     };
-    let install = oxbus_supervisor::systemd_units::Install {
+    let install = oxbus_supervisor::cli::systemd_units::Install {
         unit_dir: unit_dir.clone(),
         bin,
         config_dir: config_dir.clone(),

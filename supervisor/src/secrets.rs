@@ -249,7 +249,8 @@ mod tests {
     }
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("oxbus-secrets-{}", crate::cid::random_hex(8)));
+        let d =
+            std::env::temp_dir().join(format!("oxbus-secrets-{}", crate::edge::cid::random_hex(8)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -434,7 +434,7 @@ async fn secrets_crud(s: &Store) {
 
 /// A plan is applied whole with one version bump, or (a bad name in it) not at all.
 async fn security_crud(s: &Store) {
-    use oxbus_supervisor::gate::{SecurityDef, SecurityType};
+    use oxbus_supervisor::edge::gate::{SecurityDef, SecurityType};
     let def = SecurityDef {
         name: "partners".into(),
         kind: SecurityType::Apikey,
@@ -502,7 +502,7 @@ async fn security_crud(s: &Store) {
 /// change one version; a plan puts and deletes them with everything else, or (one bad
 /// definition in it) writes nothing.
 async fn cache_defs_crud(s: &Store) {
-    use oxbus_supervisor::cache::CacheDef;
+    use oxbus_cache::CacheDef;
     let v0 = s.version().await.unwrap();
     assert!(s.cache_defs().await.unwrap().is_empty());
     let sessions = CacheDef {
@@ -594,7 +594,7 @@ async fn cache_defs_crud(s: &Store) {
 /// leaves it out keeps the stored one; enable/disable change `active` alone; a plan puts and
 /// deletes them with everything else, or (one bad job in it) writes nothing.
 async fn jobs_crud(s: &Store) {
-    use oxbus_supervisor::jobs::{JobDef, JobType, parse_start_date};
+    use oxbus_supervisor::scheduler::jobs::{JobDef, JobType, parse_start_date};
     let v0 = s.version().await.unwrap();
     assert!(s.jobs().await.unwrap().is_empty());
     let every = JobDef {

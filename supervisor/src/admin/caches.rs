@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{Body, error, read_body, reply};
-use crate::cache::{CacheDef, DEFAULT_CACHE};
-use crate::server::Shared;
+use crate::lifecycle::supervisor::Shared;
 use crate::store::StoreError;
+use oxbus_cache::{CacheDef, DEFAULT_CACHE};
 
 /// Routes `/v1/caches/…`; `rest` is the path after `/v1/caches`, split at `/`.
 pub(super) async fn route(
@@ -24,35 +24,39 @@ pub(super) async fn route(
     let method = req.method().clone();
     match (&method, rest) {
         (&Method::GET, []) => list(shared),
-        (&Method::GET, [name]) => get(shared, &crate::router::percent_decode(name)),
+        (&Method::GET, [name]) => get(shared, &crate::edge::router::percent_decode(name)),
         (&Method::PUT, [name]) => {
-            let name = crate::router::percent_decode(name);
+            let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
                 Ok(body) => put(shared, &name, body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => delete(shared, &crate::router::percent_decode(name)).await,
-        // A cache's entries (`crate::cache_admin`).
+        (&Method::DELETE, [name]) => {
+            delete(shared, &crate::edge::router::percent_decode(name)).await
+        }
+        // A cache's entries (`crate::admin::cache_entries`).
         (_, [name, "keys", ..] | [name, "clear"]) => {
             let caches = &shared.pool.caches;
-            let name = crate::router::percent_decode(name);
-            let key = rest.get(2).map(|k| crate::router::percent_decode(k));
+            let name = crate::edge::router::percent_decode(name);
+            let key = rest.get(2).map(|k| crate::edge::router::percent_decode(k));
             let (status, doc) = match (&method, &rest[1..], key) {
-                (&Method::GET, ["keys"], _) => {
-                    crate::cache_admin::list_keys(caches, &name, req.uri().query().unwrap_or(""))
-                }
+                (&Method::GET, ["keys"], _) => crate::admin::cache_entries::list_keys(
+                    caches,
+                    &name,
+                    req.uri().query().unwrap_or(""),
+                ),
                 (&Method::GET, ["keys", _], Some(key)) => {
-                    crate::cache_admin::get_entry(caches, &name, &key)
+                    crate::admin::cache_entries::get_entry(caches, &name, &key)
                 }
                 (&Method::PUT, ["keys", _], Some(key)) => match read_body(req).await {
-                    Ok(body) => crate::cache_admin::put_entry(caches, &name, &key, &body),
+                    Ok(body) => crate::admin::cache_entries::put_entry(caches, &name, &key, &body),
                     Err(r) => return r,
                 },
                 (&Method::DELETE, ["keys", _], Some(key)) => {
-                    crate::cache_admin::delete_entry(caches, &name, &key)
+                    crate::admin::cache_entries::delete_entry(caches, &name, &key)
                 }
-                (&Method::POST, ["clear"], _) => crate::cache_admin::clear(caches, &name),
+                (&Method::POST, ["clear"], _) => crate::admin::cache_entries::clear(caches, &name),
                 _ => {
                     return error(
                         StatusCode::NOT_FOUND,
@@ -69,7 +73,7 @@ pub(super) async fn route(
     }
 }
 
-fn stats_json(cache: &crate::cache::Cache) -> Value {
+fn stats_json(cache: &oxbus_cache::Cache) -> Value {
     serde_json::to_value(cache.stats()).expect("stats serialise")
 }
 
@@ -98,7 +102,7 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     let def = match super::definition(
         &body,
-        |v| crate::config_io::parse_cache_def(v, Some(name)),
+        |v| crate::admin::config_io::parse_cache_def(v, Some(name)),
         CacheDef::validate,
     ) {
         Ok(d) => d,
@@ -120,7 +124,7 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     };
     let mut expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(def.clone());
-    crate::config_io::apply_cache_defs(shared, expected).await;
+    crate::admin::config_io::apply_cache_defs(shared, expected).await;
     info!(
         cache = name,
         created = create,
@@ -163,7 +167,7 @@ async fn delete(shared: &Shared, name: &str) -> Response<Body> {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    crate::config_io::apply_cache_defs(shared, expected).await;
+    crate::admin::config_io::apply_cache_defs(shared, expected).await;
     info!(cache = name, "cache definition deleted");
     reply(
         StatusCode::OK,

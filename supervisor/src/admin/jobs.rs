@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{Body, error, read_body, reply};
-use crate::jobs::JobDef;
-use crate::server::Shared;
+use crate::lifecycle::supervisor::Shared;
+use crate::scheduler::jobs::JobDef;
 use crate::store::StoreError;
 
 /// Who the store records as having made a change through this API.
@@ -27,28 +27,30 @@ pub(super) async fn route(
     let method = req.method().clone();
     match (&method, rest) {
         (&Method::GET, []) => list(shared),
-        (&Method::GET, [name]) => get(shared, &crate::router::percent_decode(name)),
+        (&Method::GET, [name]) => get(shared, &crate::edge::router::percent_decode(name)),
         (&Method::PUT, [name]) => {
-            let name = crate::router::percent_decode(name);
+            let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
                 Ok(body) => put(shared, &name, body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => delete(shared, &crate::router::percent_decode(name)).await,
+        (&Method::DELETE, [name]) => {
+            delete(shared, &crate::edge::router::percent_decode(name)).await
+        }
         (&Method::POST, [name, "enable"]) => {
-            set_active(shared, &crate::router::percent_decode(name), true).await
+            set_active(shared, &crate::edge::router::percent_decode(name), true).await
         }
         (&Method::POST, [name, "disable"]) => {
-            set_active(shared, &crate::router::percent_decode(name), false).await
+            set_active(shared, &crate::edge::router::percent_decode(name), false).await
         }
         // Neither is a config change (`super::is_not_config` keeps them from the sync loop).
         (&Method::POST, [name, "execute"]) => {
-            execute(shared, &crate::router::percent_decode(name)).await
+            execute(shared, &crate::edge::router::percent_decode(name)).await
         }
         (&Method::GET, [name, "runs"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();
-            runs(shared, &crate::router::percent_decode(name), &query).await
+            runs(shared, &crate::edge::router::percent_decode(name), &query).await
         }
         _ => error(
             StatusCode::NOT_FOUND,
@@ -90,7 +92,7 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     let def = match super::definition(
         &body,
-        |v| crate::jobs::parse_job_def(v, Some(name)),
+        |v| crate::scheduler::jobs::parse_job_def(v, Some(name)),
         JobDef::validate,
     ) {
         Ok(d) => d,
@@ -113,7 +115,7 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     let job = change.value;
     let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(job.clone());
-    crate::config_io::apply_jobs(shared, expected).await;
+    crate::admin::config_io::apply_jobs(shared, expected).await;
     info!(
         job = name,
         created = create,
@@ -144,7 +146,7 @@ fn service_warning(shared: &Shared, service: &str) -> Option<String> {
     let workers = shared.pool.all();
     let ready: Vec<_> = workers
         .iter()
-        .filter(|w| w.state() == crate::pool::WorkerState::Ready)
+        .filter(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
         .collect();
     let known = ready.iter().any(|w| {
         w.services
@@ -171,7 +173,7 @@ async fn set_active(shared: &Shared, name: &str, active: bool) -> Response<Body>
     let job = change.value;
     let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(job.clone());
-    crate::config_io::apply_jobs(shared, expected).await;
+    crate::admin::config_io::apply_jobs(shared, expected).await;
     info!(
         job = name,
         "job {}",
@@ -196,7 +198,7 @@ async fn delete(shared: &Shared, name: &str) -> Response<Body> {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    crate::config_io::apply_jobs(shared, expected).await;
+    crate::admin::config_io::apply_jobs(shared, expected).await;
     info!(job = name, "job deleted");
     reply(
         StatusCode::OK,

@@ -99,7 +99,7 @@ pub fn spawn(
     let mut cmd = Command::new(&launch.python);
     kill_with_parent(&mut cmd);
     // systemd's variables are the server's, not the workers' (sd_notify(3)).
-    for var in crate::sdnotify::SYSTEMD_VARS {
+    for var in crate::lifecycle::sdnotify::SYSTEMD_VARS {
         cmd.env_remove(var);
     }
     let mut child = cmd
@@ -112,7 +112,7 @@ pub fn spawn(
         .env("PYTHONPATH", python_path)
         .env(
             "OXBUS_CODE_CACHE",
-            crate::python::code_cache_dir(&launch.python_path),
+            crate::lifecycle::python::code_cache_dir(&launch.python_path),
         )
         .current_dir(&launch.cwd)
         .stdin(Stdio::piped())

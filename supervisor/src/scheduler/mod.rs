@@ -1,5 +1,5 @@
 //! The scheduler's runtime (docs/SCHEDULER.md): one server of the cluster leads and fires the
-//! jobs (`crate::jobs`), each due time once.
+//! jobs (`crate::scheduler::jobs`), each due time once.
 //!
 //! **Leadership** is a lease in the config store (`scheduler_lease`): the leader renews it
 //! every second for [`LEASE_TTL`]; any server takes it over once it has expired. A leader
@@ -23,6 +23,8 @@
 //! the time it was off. A deleted (or renamed) job is no longer in the definitions the leader
 //! fires from.
 
+pub mod jobs;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,8 +34,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::jobs::{JobDef, JobType, Overlap};
-use crate::server::Shared;
+use crate::lifecycle::supervisor::Shared;
+use crate::scheduler::jobs::{JobDef, JobType, Overlap};
 use crate::store::{Store, StoreError};
 
 /// How long a lease lasts without renewal.
@@ -386,14 +388,14 @@ fn next_after(def: &JobDef, after: i64) -> i64 {
     let after_t = ms_to_utc(after);
     let next = match def.kind {
         JobType::OneTime => def.start().ok().filter(|s| *s > after_t),
-        JobType::IntervalBased => crate::jobs::next_interval_fire(def, after_t),
+        JobType::IntervalBased => crate::scheduler::jobs::next_interval_fire(def, after_t),
         JobType::CronStyle => {
             // Not before the start date.
             let from = match def.start() {
                 Ok(s) if s > after_t => s - chrono::TimeDelta::milliseconds(1),
                 _ => after_t,
             };
-            crate::jobs::next_cron_fire(def, from)
+            crate::scheduler::jobs::next_cron_fire(def, from)
         }
     };
     next.map_or(-1, |t| t.timestamp_millis())

@@ -24,8 +24,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
-use crate::server::Shared;
-use crate::snapshot::Snapshot;
+use crate::cluster::snapshot::Snapshot;
+use crate::lifecycle::supervisor::Shared;
 
 /// Runs until the process ends. `booted` is the config the server started with when it came
 /// from the store (written to disk at once, without reading the store again); `None` when it
@@ -198,12 +198,12 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     // routing table below (they do not depend on it).
     shared.pool.caches.apply_defs(&snap.caches);
     // Scheduler jobs: the same (notified only when they differ).
-    crate::jobs::set_live(shared, snap.jobs.clone());
+    crate::scheduler::jobs::set_live(shared, snap.jobs.clone());
     let mut table = shared.settings.channels.clone();
     table.extend(snap.channels.iter().cloned());
     let previous = shared.router.read().expect("router lock").clone();
     let version = snap.config_version;
-    let table_ok = match crate::router::Router::with_gate(
+    let table_ok = match crate::edge::router::Router::with_gate(
         &table,
         &snap.security,
         &shared.key,
@@ -305,7 +305,7 @@ async fn write_snapshot(shared: &Shared, snap: Snapshot) {
 /// failed, with when.
 struct PeerWrite {
     pending: bool,
-    failed: Option<(Vec<crate::snapshot::BusPeer>, std::time::Instant)>,
+    failed: Option<(Vec<crate::cluster::snapshot::BusPeer>, std::time::Instant)>,
 }
 
 static PEER_WRITE: std::sync::Mutex<PeerWrite> = std::sync::Mutex::new(PeerWrite {
@@ -347,7 +347,7 @@ async fn write_file(path: &std::path::Path, snap: &Snapshot) -> bool {
 /// server and the later ones registered) or at the last config change would miss the
 /// servers that joined since — with no config change afterwards, for good. Called by the
 /// bus's dial loop with each list it reads; cheap when nothing changed (one comparison).
-pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
+pub fn peers_seen(shared: &Shared, peers: Vec<crate::cluster::snapshot::BusPeer>) {
     let peers = sorted(peers);
     if !differs(
         &shared.snapshot_on_disk.lock().expect("snapshot lock"),
@@ -373,7 +373,7 @@ pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
     let path = shared.settings.snapshot_file();
     let on_disk = shared.snapshot_on_disk.clone();
     tokio::spawn(async move {
-        struct Pending(Option<Vec<crate::snapshot::BusPeer>>);
+        struct Pending(Option<Vec<crate::cluster::snapshot::BusPeer>>);
         impl Drop for Pending {
             fn drop(&mut self) {
                 let mut w = PEER_WRITE.lock().expect("peer write lock");
@@ -411,13 +411,15 @@ pub fn peers_seen(shared: &Shared, peers: Vec<crate::snapshot::BusPeer>) {
 
 /// Whether the snapshot on disk (if this run has one) lists other peers than `peers`
 /// (sorted).
-fn differs(on_disk: &Option<Snapshot>, peers: &[crate::snapshot::BusPeer]) -> bool {
+fn differs(on_disk: &Option<Snapshot>, peers: &[crate::cluster::snapshot::BusPeer]) -> bool {
     on_disk
         .as_ref()
         .is_some_and(|s| sorted(s.peers.clone()) != peers)
 }
 
-fn sorted(mut peers: Vec<crate::snapshot::BusPeer>) -> Vec<crate::snapshot::BusPeer> {
+fn sorted(
+    mut peers: Vec<crate::cluster::snapshot::BusPeer>,
+) -> Vec<crate::cluster::snapshot::BusPeer> {
     peers.sort_by(|a, b| (&a.name, &a.bus_address).cmp(&(&b.name, &b.bus_address)));
     peers
 }

@@ -582,7 +582,7 @@ pub fn refusal(doc: &Value) -> (String, String, String) {
 
 /// The server's pickup directory: results go to the log.
 struct PickupLog {
-    shared: Arc<crate::server::Shared>,
+    shared: Arc<crate::lifecycle::supervisor::Shared>,
 }
 
 impl Sink for PickupLog {
@@ -697,7 +697,7 @@ pub fn start_pickup(dir: &Path) -> Result<DirWatcher, String> {
 /// The server's pickup task: once the server is ready, deploys what the directory holds,
 /// then every change, until shutdown starts (or the server ends).
 pub async fn pickup(
-    shared: Arc<crate::server::Shared>,
+    shared: Arc<crate::lifecycle::supervisor::Shared>,
     watcher: DirWatcher,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {

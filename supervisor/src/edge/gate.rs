@@ -873,7 +873,7 @@ pub fn parse_allow(entry: &str) -> Result<IpNet, String> {
 }
 
 /// Every channel's gate, by channel name (url_path for unnamed server.toml channels). Lives
-/// in the [`crate::router::Router`] it was built with, so a request sees the routes and the
+/// in the [`crate::edge::router::Router`] it was built with, so a request sees the routes and the
 /// checks of one config version.
 #[derive(Debug, Default)]
 pub struct Gate {

@@ -522,7 +522,7 @@ pub fn next_interval_fire(def: &JobDef, after: DateTime<Utc>) -> Option<DateTime
 
 /// Makes `defs` (by name) the jobs this server has (`Shared::jobs`) and, when they differ
 /// from what it had, notifies `Shared::jobs_changed`. Returns whether they differed.
-pub fn set_live(shared: &crate::server::Shared, defs: Vec<JobDef>) -> bool {
+pub fn set_live(shared: &crate::lifecycle::supervisor::Shared, defs: Vec<JobDef>) -> bool {
     swap_live(&shared.jobs, &shared.jobs_changed, defs)
 }
 

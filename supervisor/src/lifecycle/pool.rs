@@ -26,7 +26,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, warn};
 
-use crate::server::Event;
+use crate::lifecycle::supervisor::Event;
 
 /// A worker's answer to an invocation.
 #[derive(Debug, Clone)]
@@ -235,8 +235,8 @@ pub struct Pool {
     /// The deployed modules this server runs, by name: what every worker has activated and
     /// what a new worker loads before it takes traffic (kept by `deploy`).
     pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
-    /// This server's named caches (the workers' `cache.*` calls; `crate::cache`).
-    pub caches: Arc<crate::cache::Caches>,
+    /// This server's named caches (the workers' `cache.*` calls; `oxbus_cache`).
+    pub caches: Arc<oxbus_cache::Caches>,
     /// How long a deploy's check may take (`deploy.check_timeout_ms`).
     pub import_timeout: Duration,
     /// How long a worker may take to activate or remove modules that passed their check
@@ -258,7 +258,7 @@ impl Pool {
         Pool {
             workers: RwLock::new(Vec::new()),
             deployed: Mutex::new(std::collections::BTreeMap::new()),
-            caches: Arc::new(crate::cache::Caches::new()),
+            caches: Arc::new(oxbus_cache::Caches::new()),
             freed: Notify::new(),
             queued: AtomicUsize::new(0),
             max_inflight,

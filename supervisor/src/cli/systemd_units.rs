@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
         "oxbus@.service",
-        include_str!("../../systemd/oxbus@.service"),
+        include_str!("../../../systemd/oxbus@.service"),
     ),
     (
         "oxbus-proxy.service",
-        include_str!("../../systemd/oxbus-proxy.service"),
+        include_str!("../../../systemd/oxbus-proxy.service"),
     ),
-    ("oxbus.target", include_str!("../../systemd/oxbus.target")),
+    (
+        "oxbus.target",
+        include_str!("../../../systemd/oxbus.target"),
+    ),
 ];
 
 /// Where and how the units run.

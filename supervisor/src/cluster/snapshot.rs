@@ -32,14 +32,14 @@ pub struct Snapshot {
     pub secrets: Vec<SealedSecret>,
     /// Security definitions (secret material sealed); absent in snapshots of older versions.
     #[serde(default)]
-    pub security: Vec<crate::gate::SecurityDef>,
+    pub security: Vec<crate::edge::gate::SecurityDef>,
     /// Cache definitions (the built-in `default` is not among them unless one was stored);
     /// absent in snapshots of older versions.
     #[serde(default)]
-    pub caches: Vec<crate::cache::CacheDef>,
+    pub caches: Vec<oxbus_cache::CacheDef>,
     /// Scheduler jobs; absent in snapshots of older versions.
     #[serde(default)]
-    pub jobs: Vec<crate::jobs::JobDef>,
+    pub jobs: Vec<crate::scheduler::jobs::JobDef>,
     /// The servers with a cluster bus as the store last listed them (this one among them),
     /// kept up to date as servers join and leave: a server restarted while the store is down
     /// dials its peers from here. Absent in snapshots of older versions.
@@ -200,9 +200,9 @@ mod tests {
                 updated_by: "t".into(),
                 updated_at: 3,
             }],
-            security: vec![crate::gate::SecurityDef {
+            security: vec![crate::edge::gate::SecurityDef {
                 name: "b".into(),
-                kind: crate::gate::SecurityType::Basic,
+                kind: crate::edge::gate::SecurityType::Basic,
                 username: Some("ann".into()),
                 realm: None,
                 header: None,
@@ -215,16 +215,20 @@ mod tests {
                 rate_limit: None,
                 sealed: Some("oxbus1:k:n:c".into()),
             }],
-            caches: vec![crate::cache::CacheDef {
+            caches: vec![oxbus_cache::CacheDef {
                 max_entries: 50,
-                ..crate::cache::CacheDef::named("sessions")
+                ..oxbus_cache::CacheDef::named("sessions")
             }],
-            jobs: vec![crate::jobs::JobDef {
+            jobs: vec![crate::scheduler::jobs::JobDef {
                 cron: Some("0 8 * * MON-FRI".into()),
                 timezone: Some("Europe/Warsaw".into()),
                 start_date: Some("2026-12-01T08:00:00+01:00".into()),
                 extra: Some(serde_json::json!({"report": "daily"})),
-                ..crate::jobs::JobDef::new("report", crate::jobs::JobType::CronStyle, "demo.report")
+                ..crate::scheduler::jobs::JobDef::new(
+                    "report",
+                    crate::scheduler::jobs::JobType::CronStyle,
+                    "demo.report",
+                )
             }],
             peers: vec![BusPeer {
                 name: "b".into(),
@@ -234,7 +238,8 @@ mod tests {
     }
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("oxbus-snap-{}", crate::cid::random_hex(8)));
+        let d =
+            std::env::temp_dir().join(format!("oxbus-snap-{}", crate::edge::cid::random_hex(8)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

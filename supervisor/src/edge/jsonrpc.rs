@@ -8,7 +8,7 @@
 //! at once over the worker pool and are answered in request order, notifications are run but
 //! not answered, and a request that leaves nothing to answer gets HTTP 204 with no body.
 //!
-//! Everything around the calls is the HTTP edge's (`crate::http`): routing, body limit,
+//! Everything around the calls is the HTTP edge's (`crate::edge::http`): routing, body limit,
 //! deadline, cid, client origin and trusted proxies; each call goes to the worker through
 //! [`HttpCall::invoke`], the same path a REST request takes. A single call runs under the
 //! request's cid, the calls of a batch under `<cid>.<index>`.
@@ -38,8 +38,8 @@ use serde_json::{Value, json};
 use tracing::{Instrument, debug, warn};
 
 use crate::config::{Channel, ChannelType, ConfigError, DataFormat};
-use crate::http::{Body, HttpCall};
-use crate::pool::{DispatchError, Reply};
+use crate::edge::http::{Body, HttpCall};
+use crate::lifecycle::pool::{DispatchError, Reply};
 
 /// The most calls one batch may hold; a bigger batch is one -32600. The pool's queue bounds
 /// the work anyway, but a batch this big would hold the queue against every other client.
@@ -871,19 +871,19 @@ mod tests {
             assert!(routed_channel(&bad).is_err(), "{bad:?}");
         }
         // Through the router: GET is 405 with POST allowed; a REST channel has no services.
-        let r = crate::router::Router::new(&[rpc(&[])]).unwrap();
+        let r = crate::edge::router::Router::new(&[rpc(&[])]).unwrap();
         assert!(
-            matches!(r.lookup("GET", "/rpc"), crate::router::Match::WrongMethod(m) if m == ["POST"])
+            matches!(r.lookup("GET", "/rpc"), crate::edge::router::Match::WrongMethod(m) if m == ["POST"])
         );
         assert!(matches!(
             r.lookup("POST", "/rpc"),
-            crate::router::Match::Found { .. }
+            crate::edge::router::Match::Found { .. }
         ));
         let rest = Channel {
             channel_type: ChannelType::Rest,
             service: "s".into(),
             ..rpc(&["a"])
         };
-        assert!(crate::router::Router::new(&[rest]).is_err());
+        assert!(crate::edge::router::Router::new(&[rest]).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! idle timeouts), routes requests to channels and turns worker replies into responses.
 //!
 //! Besides the channels it answers `/healthz`, `/readyz` and `GET /openapi.json` (the
-//! document of [`crate::openapi`]).
+//! document of [`crate::edge::openapi`]).
 //!
 //! Every response carries `X-Oxbus-CID`, and every error is a JSON body that names the
 //! problem. Connection timeouts are enforced here rather than by hyper's timer: hyper's
@@ -11,11 +11,11 @@
 //! connections to outlive its own 60 s idle timeout while a slowloris client must not.
 //!
 //! Each request's client address, scheme and port (and, from a trusted proxy, its request
-//! id) are worked out by [`crate::forwarded`]: the TCP peer unless it is one of
+//! id) are worked out by [`crate::edge::forwarded`]: the TCP peer unless it is one of
 //! `http.trusted_proxies`. Whether the peer is trusted is decided once per connection.
 //!
 //! A JSON-RPC channel's request is read here like any other and then answered by
-//! [`crate::jsonrpc`], whose calls go to the workers through [`HttpCall::invoke`], the same
+//! [`crate::edge::jsonrpc`], whose calls go to the workers through [`HttpCall::invoke`], the same
 //! path as a REST request's.
 
 use bytes::{Bytes, BytesMut};
@@ -38,11 +38,11 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
 use crate::config::{ChannelType, DataFormat};
-use crate::forwarded::{self, TrustedProxies};
-use crate::head_gate::{HeadGate, Refusal};
-use crate::pool::DispatchError;
-use crate::router::Match;
-use crate::server::{Event, Shared};
+use crate::edge::forwarded::{self, TrustedProxies};
+use crate::edge::head_gate::{HeadGate, Refusal};
+use crate::edge::router::Match;
+use crate::lifecycle::pool::DispatchError;
+use crate::lifecycle::supervisor::{Event, Shared};
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -475,8 +475,8 @@ fn json_response(status: StatusCode, cid: &str, body: serde_json::Value) -> Resp
 
 /// A request the channel's gate turned away: 401 (with the scheme's challenge), 403, or 429
 /// (with `Retry-After`).
-fn rejection(r: crate::gate::Rejection, cid: &str) -> Response<Body> {
-    use crate::gate::Rejection;
+fn rejection(r: crate::edge::gate::Rejection, cid: &str) -> Response<Body> {
+    use crate::edge::gate::Rejection;
     match r {
         Rejection::Unauthorized { reason, challenge } => {
             let mut resp = error_response(StatusCode::UNAUTHORIZED, cid, &reason);
@@ -554,7 +554,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         }
         // GET only: a channel of another method may use the path (the table decides).
         "/openapi.json" if req.method() == hyper::Method::GET => {
-            return match crate::openapi::render(shared) {
+            return match crate::edge::openapi::render(shared) {
                 Ok(doc) => {
                     let mut r = Response::new(Full::new(Bytes::from(doc)));
                     let h = r.headers_mut();
@@ -686,10 +686,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
     // A body the worker will decode as JSON may nest only so deep (its decoder recurses).
     let json_body =
         channel.channel_type == ChannelType::JsonRpc || channel.data_format == DataFormat::Json;
-    if json_body && crate::json_depth::too_deep(&body) {
+    if json_body && crate::edge::json_depth::too_deep(&body) {
         let detail = serde_json::json!({
-            "error": crate::json_depth::message(),
-            "limit": crate::json_depth::MAX_JSON_DEPTH,
+            "error": crate::edge::json_depth::message(),
+            "limit": crate::edge::json_depth::MAX_JSON_DEPTH,
             "cid": cid,
         });
         // A JSON-RPC client gets it as a parse error object (id null: none was read).
@@ -697,7 +697,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             serde_json::json!({
                 "jsonrpc": "2.0",
                 "error": {
-                    "code": crate::jsonrpc::PARSE_ERROR,
+                    "code": crate::edge::jsonrpc::PARSE_ERROR,
                     "message": "Parse error",
                     "data": detail,
                 },
@@ -718,7 +718,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         caller: caller.as_ref(),
     };
     if channel.channel_type == ChannelType::JsonRpc {
-        return crate::jsonrpc::handle(&call, &channel, &cid, &body).await;
+        return crate::edge::jsonrpc::handle(&call, &channel, &cid, &body).await;
     }
     // A debug-level span: with the default `info` level it costs nothing per request (an
     // info span would format its fields on every request), and the events that matter at
@@ -759,7 +759,7 @@ pub(crate) struct HttpCall<'a> {
     deadline: Instant,
     /// The channel's name and who its security definition let in.
     channel_name: Option<&'a str>,
-    caller: Option<&'a crate::gate::Caller>,
+    caller: Option<&'a crate::edge::gate::Caller>,
 }
 
 impl HttpCall<'_> {
@@ -772,7 +772,7 @@ impl HttpCall<'_> {
         data_format: DataFormat,
         params: &[(String, String)],
         body: &[u8],
-    ) -> Result<crate::pool::Reply, DispatchError> {
+    ) -> Result<crate::lifecycle::pool::Reply, DispatchError> {
         let parts = self.parts;
         let left = self.deadline.saturating_duration_since(Instant::now());
         let meta = InvokeMeta {
@@ -831,7 +831,7 @@ impl serde::Serialize for Headers<'_> {
     }
 }
 
-fn build_reply(reply: crate::pool::Reply, cid: &str) -> Response<Body> {
+fn build_reply(reply: crate::lifecycle::pool::Reply, cid: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(reply.body));
     *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or_else(|_| {
         warn!(

@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::Settings;
-use crate::pool::{Pool, Worker, WorkerState};
-use crate::process::{self, Launch, StderrTail, exit_code};
-use crate::python::RuntimeDir;
-use crate::router::Router;
+use crate::edge::router::Router;
+use crate::lifecycle::pool::{Pool, Worker, WorkerState};
+use crate::lifecycle::process::{self, Launch, StderrTail, exit_code};
+use crate::lifecycle::python::RuntimeDir;
 
 /// Everything the supervisor loop reacts to.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ pub struct Shared {
     pub settings: Settings,
     /// True once the first generation is up, false again once shutdown starts.
     pub ready: AtomicBool,
-    pub cids: crate::cid::CidGen,
+    pub cids: crate::edge::cid::CidGen,
     pub store: crate::store::Store,
     /// Seals and opens the store's secrets.
     pub key: crate::secrets::Key,
@@ -117,12 +117,12 @@ pub struct Shared {
     pub snapshot_version: Arc<std::sync::atomic::AtomicI64>,
     /// The snapshot on disk as this run last wrote it (or booted from it): what a rewrite
     /// with a new peer list starts from (see `sync::peers_seen`).
-    pub snapshot_on_disk: Arc<std::sync::Mutex<Option<crate::snapshot::Snapshot>>>,
+    pub snapshot_on_disk: Arc<std::sync::Mutex<Option<crate::cluster::snapshot::Snapshot>>>,
     /// Notified after a change made through this server, or when a peer announces a
     /// version this server has not applied: `sync` runs at once.
     pub changed: tokio::sync::Notify,
     /// The cluster bus, when this server runs one.
-    pub bus: Option<Arc<crate::bus::Bus>>,
+    pub bus: Option<Arc<crate::cluster::bus::Bus>>,
     pub started: Instant,
     /// One deploy at a time, so every worker sees module changes in the same order. Never
     /// held while a worker runs a deploy's check (see `deploy`): channel and other changes
@@ -132,15 +132,15 @@ pub struct Shared {
     pub check_lock: tokio::sync::Mutex<()>,
     /// The scheduler's job definitions as this server has them (by name): from the config it
     /// booted from, then as `sync` and this server's own changes leave them. Swapped whole
-    /// through [`crate::jobs::set_live`], which notifies `jobs_changed`.
-    pub jobs: std::sync::RwLock<Arc<Vec<crate::jobs::JobDef>>>,
+    /// through [`crate::scheduler::jobs::set_live`], which notifies `jobs_changed`.
+    pub jobs: std::sync::RwLock<Arc<Vec<crate::scheduler::jobs::JobDef>>>,
     /// Notified (`notify_one`: a permit is kept until the scheduler waits again) whenever
     /// `jobs` changes.
     pub jobs_changed: tokio::sync::Notify,
     /// Whether this server leads the cluster's scheduler (`crate::scheduler`).
     pub scheduler: Arc<crate::scheduler::Status>,
     /// systemd's notify socket and watchdog (no-ops without them).
-    pub notifier: Arc<crate::sdnotify::Notifier>,
+    pub notifier: Arc<crate::lifecycle::sdnotify::Notifier>,
 }
 
 /// The secrets key: the systemd credential or the key file (created when missing and the
@@ -200,8 +200,8 @@ struct Supervisor {
     next_id: u32,
     generation: u64,
     reload: Option<u64>,
-    /// The reloads' outcome, for `oxbus reload` (`crate::reload`).
-    reloads: Arc<crate::reload::Reloads>,
+    /// The reloads' outcome, for `oxbus reload` (`crate::lifecycle::reload`).
+    reloads: Arc<crate::lifecycle::reload::Reloads>,
     desired: u32,
     boot_failures_in_a_row: u32,
     recent_crashes: VecDeque<Instant>,
@@ -224,7 +224,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     // The pickup directory is watched from now on, so nothing saved while the workers
     // start is missed; what it holds is deployed once the server is ready.
     let pickup = match settings.pickup_dir() {
-        Some(dir) => Some(crate::watch::start_pickup(&dir).map_err(ServerError::Fatal)?),
+        Some(dir) => Some(crate::deploy::watch::start_pickup(&dir).map_err(ServerError::Fatal)?),
         None => None,
     };
     let runtime = RuntimeDir::create(settings.server.runtime_dir.as_deref())
@@ -232,14 +232,14 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let python_path = runtime
         .unpack_python()
         .map_err(io_err("cannot unpack the oxbus Python package"))?;
-    crate::python::precompile(&settings.server.python, &python_path).await;
+    crate::lifecycle::python::precompile(&settings.server.python, &python_path).await;
     let socket = runtime.socket_path();
     let _ = std::fs::remove_file(&socket);
     let ipc = UnixListener::bind(&socket)
         .map_err(io_err(format!("cannot listen on {}", socket.display())))?;
     // A listener systemd holds (socket activation) queues connections while the server
     // restarts instead of refusing them; without one, bind as configured.
-    let listener = match crate::http::activated()
+    let listener = match crate::edge::http::activated()
         .map_err(io_err("cannot use the socket systemd passed (LISTEN_FDS)"))?
     {
         Some(l) => {
@@ -249,7 +249,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             );
             l
         }
-        None => crate::http::bind(settings.server.listen).map_err(io_err(format!(
+        None => crate::edge::http::bind(settings.server.listen).map_err(io_err(format!(
             "cannot listen on {}",
             settings.server.listen
         )))?,
@@ -284,10 +284,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             settings.admin_token_file().display()
         )),
     )?;
-    let admin_listener = crate::http::bind(settings.admin.listen).map_err(io_err(format!(
-        "cannot listen on {} (admin API)",
-        settings.admin.listen
-    )))?;
+    let admin_listener = crate::edge::http::bind(settings.admin.listen).map_err(io_err(
+        format!("cannot listen on {} (admin API)", settings.admin.listen),
+    ))?;
     let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
     let local = listener.local_addr().map_err(io_err("local_addr"))?;
     let mut me = server_record(&settings, local);
@@ -333,11 +332,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         router: std::sync::RwLock::new(Arc::new(router)),
         settings: settings.clone(),
         ready: AtomicBool::new(false),
-        cids: crate::cid::CidGen::new(),
+        cids: crate::edge::cid::CidGen::new(),
         store,
         key,
         server_name: me.name.clone(),
-        boot_id: crate::cid::random_hex(6),
+        boot_id: crate::edge::cid::random_hex(6),
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
         snapshot_version: Arc::new(std::sync::atomic::AtomicI64::new(if boot.online {
@@ -356,7 +355,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         jobs: std::sync::RwLock::new(Arc::new(boot.snapshot.jobs.clone())),
         jobs_changed: tokio::sync::Notify::new(),
         scheduler: Default::default(),
-        notifier: Arc::new(crate::sdnotify::Notifier::from_env()),
+        notifier: Arc::new(crate::lifecycle::sdnotify::Notifier::from_env()),
     });
 
     let welcome = WelcomeTemplate {
@@ -373,12 +372,16 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let pickup_dir = match pickup {
         Some(w) => {
             let dir = w.dir().display().to_string();
-            tokio::spawn(crate::watch::pickup(shared.clone(), w, shutdown_rx.clone()));
+            tokio::spawn(crate::deploy::watch::pickup(
+                shared.clone(),
+                w,
+                shutdown_rx.clone(),
+            ));
             dir
         }
         None => "none".to_owned(),
     };
-    tokio::spawn(crate::http::serve(
+    tokio::spawn(crate::edge::http::serve(
         listener,
         shared.clone(),
         shutdown_rx,
@@ -393,20 +396,24 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     if let Some((bus, listener)) = bus {
         let (cache_tx, cache_rx) = mpsc::unbounded_channel();
         pool.caches.replicate_to(cache_tx);
-        tokio::spawn(crate::bus::replicate_caches(bus.clone(), cache_rx));
-        tokio::spawn(crate::bus::listen(bus.clone(), shared.clone(), listener));
-        tokio::spawn(crate::bus::dial_peers(bus, shared.clone()));
+        tokio::spawn(crate::cluster::bus::replicate_caches(bus.clone(), cache_rx));
+        tokio::spawn(crate::cluster::bus::listen(
+            bus.clone(),
+            shared.clone(),
+            listener,
+        ));
+        tokio::spawn(crate::cluster::bus::dial_peers(bus, shared.clone()));
     }
-    tokio::spawn(crate::sync::run(
+    tokio::spawn(crate::cluster::sync::run(
         shared.clone(),
         boot.online.then_some(boot.snapshot),
     ));
     tokio::spawn(shared.notifier.clone().watch());
     // `oxbus reload --pid` (systemd's ExecReload=) reads the reloads' outcome here.
-    let reloads = crate::reload::Reloads::new(1);
-    match crate::reload::bind() {
+    let reloads = crate::lifecycle::reload::Reloads::new(1);
+    match crate::lifecycle::reload::bind() {
         Ok(l) => {
-            tokio::spawn(crate::reload::serve(l, reloads.clone()));
+            tokio::spawn(crate::lifecycle::reload::serve(l, reloads.clone()));
         }
         Err(e) => {
             warn!(error = %e, "no reload status socket: `oxbus reload` cannot follow this server's reloads")
@@ -547,7 +554,7 @@ async fn start_bus(
     settings: &Settings,
     store: &crate::store::Store,
     me: &mut crate::store::ServerRecord,
-) -> Result<Option<(Arc<crate::bus::Bus>, TcpListener)>, ServerError> {
+) -> Result<Option<(Arc<crate::cluster::bus::Bus>, TcpListener)>, ServerError> {
     let Some(secret) = settings.cluster_secret_file() else {
         return Ok(None);
     };
@@ -555,7 +562,7 @@ async fn start_bus(
         warn!("cluster.secret_file is set but the store is SQLite (one server): no cluster bus");
         return Ok(None);
     }
-    let bus = crate::bus::Bus::new(&settings.cluster.name, &me.name, &secret)
+    let bus = crate::cluster::bus::Bus::new(&settings.cluster.name, &me.name, &secret)
         .map_err(ServerError::Fatal)?;
     let listener = TcpListener::bind(settings.cluster.bus_listen)
         .await
@@ -631,7 +638,7 @@ async fn register_server(
 /// What a server boots with: the store, and the config to serve until the first sync.
 struct Boot {
     store: crate::store::Store,
-    snapshot: crate::snapshot::Snapshot,
+    snapshot: crate::cluster::snapshot::Snapshot,
     /// False when the store was down and the snapshot came from disk.
     online: bool,
 }
@@ -650,7 +657,7 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
             crate::store::Store::probe_url(url, BOOT_PROBE_LIMIT).await
         {
             let path = settings.snapshot_file();
-            match crate::snapshot::Snapshot::read(&path) {
+            match crate::cluster::snapshot::Snapshot::read(&path) {
                 // A refusal may only mean that PostgreSQL is not listening yet (the machine
                 // booted and both start together): it is looked for again for a short while
                 // before the snapshot, perhaps an old one, is served.
@@ -677,7 +684,7 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
         }
     }
     let e = match crate::store::Store::open(url).await {
-        Ok(store) => match crate::snapshot::Snapshot::take(&store).await {
+        Ok(store) => match crate::cluster::snapshot::Snapshot::take(&store).await {
             Ok(snapshot) => {
                 return Ok(Boot {
                     store,
@@ -696,7 +703,7 @@ async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError>
         )));
     }
     let path = settings.snapshot_file();
-    let snapshot = crate::snapshot::Snapshot::read(&path).map_err(|s| {
+    let snapshot = crate::cluster::snapshot::Snapshot::read(&path).map_err(|s| {
         ServerError::Fatal(format!(
             "the config store {redacted} is unreachable ({e}) and {s}: nothing safe to serve"
         ))
@@ -791,12 +798,12 @@ impl Supervisor {
     fn spawn_worker(&mut self, generation: u64, replaces: Option<u32>) -> Result<(), ServerError> {
         let id = self.next_id;
         self.next_id += 1;
-        let token = crate::cid::random_hex(16);
+        let token = crate::edge::cid::random_hex(16);
         let s = &self.settings.workers;
         let recycle_at = if s.max_requests == 0 {
             0
         } else {
-            s.max_requests + crate::cid::random_below(s.max_requests_jitter + 1)
+            s.max_requests + crate::edge::cid::random_below(s.max_requests_jitter + 1)
         };
         let worker = Arc::new(Worker::new(id, generation, token.clone(), recycle_at));
         self.shared.pool.add(worker.clone());
@@ -1472,7 +1479,7 @@ async fn handshake(
         // Its own task (so that the deployed modules can be sent over it below), in this
         // worker's span so that the worker's log lines keep their context.
         let conn = tokio::spawn(
-            crate::pool::run_connection(pool.clone(), worker.clone(), stream, buf)
+            crate::lifecycle::pool::run_connection(pool.clone(), worker.clone(), stream, buf)
                 .instrument(tracing::Span::current()),
         );
         // Every deployed module this server runs, before any traffic. A deploy may land
@@ -1533,7 +1540,7 @@ async fn handshake(
             if let Err(e) = result {
                 let msg = format!("the worker could not load the deployed modules: {e}");
                 *worker.boot_error.lock().expect("boot_error lock") = Some(msg.clone());
-                crate::process::signal(
+                crate::lifecycle::process::signal(
                     worker.pid.load(std::sync::atomic::Ordering::Relaxed),
                     Signal::SIGKILL,
                 );

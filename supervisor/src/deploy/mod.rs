@@ -38,14 +38,16 @@
 //! that bound is replaced the way a stuck one is, and its replacement loads the stored
 //! versions before it serves.
 
+pub mod watch;
+
 use oxbus_ipc::ServiceInfo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pool::{Pool, Worker, WorkerState};
-use crate::server::Shared;
+use crate::lifecycle::pool::{Pool, Worker, WorkerState};
+use crate::lifecycle::supervisor::Shared;
 use crate::store::{Module, StoreError};
 
 /// How long another server may take to answer a deploy over the bus (it catches up from the
@@ -110,8 +112,10 @@ async fn call(
         .call_worker(w, meta, body, deadline)
         .await
         .map_err(|e| match e {
-            crate::pool::DispatchError::Deadline => CallError::Timeout(waited.as_millis()),
-            crate::pool::DispatchError::WorkerDied => CallError::Died,
+            crate::lifecycle::pool::DispatchError::Deadline => {
+                CallError::Timeout(waited.as_millis())
+            }
+            crate::lifecycle::pool::DispatchError::WorkerDied => CallError::Died,
             e => CallError::Unreachable(e.to_string()),
         })?;
     let doc: Value = serde_json::from_slice(&reply.body)
@@ -402,7 +406,7 @@ pub struct Report {
     /// The server the deploy went through (its workers are `workers`).
     pub server: String,
     /// The other servers of the cluster (over the bus): each one's answer.
-    pub servers: Vec<crate::bus::PeerReply>,
+    pub servers: Vec<crate::cluster::bus::PeerReply>,
     /// From the start until the check came back.
     pub check_ms: f64,
     /// From the check's answer until the store committed.
@@ -417,7 +421,7 @@ impl Report {
 
     /// A peer is fine when it answered, every worker it changed acknowledged, and it runs
     /// every deployed version.
-    fn peer_ok(&self, s: &crate::bus::PeerReply) -> bool {
+    fn peer_ok(&self, s: &crate::cluster::bus::PeerReply) -> bool {
         s.status == 200
             && s.body["workers"]
                 .as_array()
@@ -622,7 +626,7 @@ pub async fn deploy(
         .load(std::sync::atomic::Ordering::SeqCst)
         == change.config_version - 1
     {
-        crate::sync::applied(shared, change.config_version).await;
+        crate::cluster::sync::applied(shared, change.config_version).await;
     }
     // Released before waiting on the peers: a peer's answer takes its own deploy lock, and a
     // deploy through that peer at the same time would otherwise wait on ours (a deadlock

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::server::Shared;
+use crate::lifecycle::supervisor::Shared;
 
 /// One live link.
 #[derive(Debug)]
@@ -364,10 +364,10 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
             bus.know(list.clone());
             // The snapshot keeps up with the list (servers that joined or left since it was
             // written): what a restart during an outage dials.
-            crate::sync::peers_seen(
+            crate::cluster::sync::peers_seen(
                 &shared,
                 list.iter()
-                    .map(|(name, addr)| crate::snapshot::BusPeer {
+                    .map(|(name, addr)| crate::cluster::snapshot::BusPeer {
                         name: name.clone(),
                         bus_address: addr.clone(),
                     })
@@ -439,7 +439,7 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
 }
 
 fn rand_u32() -> u32 {
-    u32::from_be_bytes(crate::cid::random_bytes::<4>())
+    u32::from_be_bytes(crate::edge::cid::random_bytes::<4>())
 }
 
 /// Runs an established link until it ends.
@@ -502,7 +502,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
             loop {
                 tick.tick().await;
                 if tx
-                    .send(Frame::ping(crate::cid::random_bytes::<8>()).to_bytes())
+                    .send(Frame::ping(crate::edge::cid::random_bytes::<8>()).to_bytes())
                     .is_err()
                 {
                     break;
@@ -616,7 +616,7 @@ const BYE_REASON: &str = "the peer said BYE";
 
 /// Applies a peer's `cache.apply` body (a JSON array of writes); the REPLY status.
 fn apply_cache_writes(shared: &Shared, peer: &str, body: &[u8]) -> u16 {
-    match serde_json::from_slice::<Vec<crate::cache::Repl>>(body) {
+    match serde_json::from_slice::<Vec<oxbus_cache::Repl>>(body) {
         Ok(batch) => {
             shared.pool.caches.apply_remote(batch);
             200
@@ -631,7 +631,7 @@ fn apply_cache_writes(shared: &Shared, peer: &str, body: &[u8]) -> u16 {
 /// Sends this server's cache writes to every linked peer, batched: whatever has queued up
 /// while the previous batch was being sent goes in one `cache.apply` (at most 1024 writes).
 /// A peer that is not linked right now misses them (`docs/CACHE.md`).
-pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<crate::cache::Repl>) {
+pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<oxbus_cache::Repl>) {
     const META: &[u8] = br#"{"op":"cache.apply"}"#;
     // Sized by what is sent (JSON text travels escaped, bytes in base64), far below the
     // bus's 64 MiB frame limit; a value is at most 16 MiB, 32 MiB escaped.
@@ -697,7 +697,7 @@ pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<cra
 /// deploys through two servers converge) and answer with this server's workers' acks.
 async fn serve_call(shared: &Shared, meta: &[u8]) -> (u16, serde_json::Value) {
     match oxbus_ipc::bus::Op::parse(meta) {
-        Ok(_) => match crate::sync::catch_up(shared).await {
+        Ok(_) => match crate::cluster::sync::catch_up(shared).await {
             Ok((version, workers)) => {
                 // What it runs now (its own version check may have caught up first, in which
                 // case `workers` is empty and `running` still shows the deployed versions).

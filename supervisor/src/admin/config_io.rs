@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cache::{CacheDef, DEFAULT_CACHE};
 use crate::config::{Channel, ChannelType};
 use crate::deploy::{DeployError, Source, WorkerAck};
-use crate::jobs::JobDef;
-use crate::server::Shared;
+use crate::lifecycle::supervisor::Shared;
+use crate::scheduler::jobs::JobDef;
 use crate::store::Plan;
+use oxbus_cache::{CacheDef, DEFAULT_CACHE};
 
 /// The document's format version.
 pub const FORMAT: u32 = 1;
@@ -71,7 +71,7 @@ fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Er
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                crate::jobs::parse_job_def(v, None)
+                crate::scheduler::jobs::parse_job_def(v, None)
                     .map_err(|e| D::Error::custom(format!("job[{i}]: {e}")))
             })
             .collect(),
@@ -411,7 +411,7 @@ pub async fn import(
     }
     let mut table = shared.settings.channels.clone();
     table.extend(result);
-    crate::router::Router::new(&table).map_err(|e| bad(format!("channels: {e}")))?;
+    crate::edge::router::Router::new(&table).map_err(|e| bad(format!("channels: {e}")))?;
 
     // Security definitions: checked by compiling them; the table's channels must find theirs.
     let defs = import_security(
@@ -423,7 +423,7 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
-    crate::router::Router::with_gate(&table, &defs, &shared.key, None).map_err(bad)?;
+    crate::edge::router::Router::with_gate(&table, &defs, &shared.key, None).map_err(bad)?;
 
     // Secrets: plain values are sealed here; sealed ones must open with this server's key.
     let listed: &[Value] = match &doc.secret {
@@ -735,7 +735,7 @@ pub async fn apply_jobs(shared: &Shared, expected: Vec<JobDef>) {
             expected
         }
     };
-    crate::jobs::set_live(shared, defs);
+    crate::scheduler::jobs::set_live(shared, defs);
 }
 
 /// The document's security definitions into `plan`; returns every definition as the
@@ -747,14 +747,14 @@ async fn import_security(
     plan: &mut Plan,
     changes: &mut Vec<Change>,
     unchanged: &mut usize,
-) -> Result<Vec<crate::gate::SecurityDef>, DeployError> {
+) -> Result<Vec<crate::edge::gate::SecurityDef>, DeployError> {
     let listed: &[Value] = match listed {
         Value::Null => &[],
         Value::Array(a) => a,
         _ => return Err(bad("security: expected a list of definitions")),
     };
     let stored = shared.store.security_defs().await.map_err(unavailable)?;
-    let mut result: Vec<crate::gate::SecurityDef> = Vec::new();
+    let mut result: Vec<crate::edge::gate::SecurityDef> = Vec::new();
     for (i, v) in listed.iter().enumerate() {
         let name = match v.get("name") {
             Some(Value::String(n)) => n.clone(),
@@ -770,7 +770,7 @@ async fn import_security(
         let key = shared.key.clone();
         let (input, prev) = (v.clone(), old.cloned());
         let def = tokio::task::spawn_blocking(move || {
-            crate::gate::from_input(input, None, prev.as_ref(), &key)
+            crate::edge::gate::from_input(input, None, prev.as_ref(), &key)
         })
         .await
         .map_err(unavailable)?
@@ -778,14 +778,14 @@ async fn import_security(
         // Unchanged when every field and the secret itself are the same (a plaintext
         // password is checked against the stored hash, not re-hashed into a "change").
         let same = old.is_some_and(|o| {
-            let fields_same = crate::gate::SecurityDef {
+            let fields_same = crate::edge::gate::SecurityDef {
                 sealed: None,
                 ..o.clone()
-            } == crate::gate::SecurityDef {
+            } == crate::edge::gate::SecurityDef {
                 sealed: None,
                 ..def.clone()
             };
-            fields_same && crate::gate::same_secret(o, &def, plain.as_deref(), &shared.key)
+            fields_same && crate::edge::gate::same_secret(o, &def, plain.as_deref(), &shared.key)
         });
         if same {
             *unchanged += 1;

@@ -335,16 +335,16 @@ macro_rules! upsert_cache_def {
 
 /// Inside transaction `$tx`: the job definition `$def` as it is to be stored (`start_date`
 /// filled in from the stored job, else with the time of creation: see
-/// [`crate::jobs::JobDef::as_stored`]); evaluates to it and whether the job existed.
+/// [`crate::scheduler::jobs::JobDef::as_stored`]); evaluates to it and whether the job existed.
 macro_rules! job_as_stored {
     ($tx:ident, $def:expr) => {{
-        let def: &crate::jobs::JobDef = $def;
+        let def: &crate::scheduler::jobs::JobDef = $def;
         let stored: Option<String> =
             sqlx::query_scalar("SELECT definition FROM jobs WHERE name = $1")
                 .bind(&def.name)
                 .fetch_optional(&mut *$tx)
                 .await?;
-        let stored: Option<crate::jobs::JobDef> = stored
+        let stored: Option<crate::scheduler::jobs::JobDef> = stored
             .map(|j| serde_json::from_str(&j))
             .transpose()
             .map_err(|e| StoreError::Invalid(format!("stored job {}: {e}", def.name)))?;
@@ -360,7 +360,7 @@ macro_rules! job_as_stored {
 /// `job_as_stored!`).
 macro_rules! upsert_job {
     ($tx:ident, $def:expr, $by:expr) => {{
-        let def: &crate::jobs::JobDef = $def;
+        let def: &crate::scheduler::jobs::JobDef = $def;
         let json = serde_json::to_string(def).expect("a definition serialises");
         sqlx::query(
             "INSERT INTO jobs (name, definition, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
@@ -419,14 +419,14 @@ pub struct Plan {
     pub put_secrets: Vec<(String, String)>,
     pub delete_secrets: Vec<String>,
     /// Security definitions to create or replace (secret material sealed), and to delete.
-    pub put_security: Vec<crate::gate::SecurityDef>,
+    pub put_security: Vec<crate::edge::gate::SecurityDef>,
     pub delete_security: Vec<String>,
     /// Cache definitions to create or replace, and to delete (by name).
-    pub put_caches: Vec<crate::cache::CacheDef>,
+    pub put_caches: Vec<oxbus_cache::CacheDef>,
     pub delete_caches: Vec<String>,
     /// Scheduler jobs to create or replace (`start_date` left out: see
-    /// [`crate::jobs::JobDef::as_stored`]), and to delete (by name).
-    pub put_jobs: Vec<crate::jobs::JobDef>,
+    /// [`crate::scheduler::jobs::JobDef::as_stored`]), and to delete (by name).
+    pub put_jobs: Vec<crate::scheduler::jobs::JobDef>,
     pub delete_jobs: Vec<String>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
@@ -820,7 +820,7 @@ impl Store {
         };
         all.push(stored.clone());
         // The whole table must still route unambiguously.
-        crate::router::Router::new(&all).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        crate::edge::router::Router::new(&all).map_err(|e| StoreError::Invalid(e.to_string()))?;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             insert_channel!(tx, stored, &name);
@@ -903,7 +903,7 @@ impl Store {
     }
 
     /// Every security definition, by name.
-    pub async fn security_defs(&self) -> Result<Vec<crate::gate::SecurityDef>> {
+    pub async fn security_defs(&self) -> Result<Vec<crate::edge::gate::SecurityDef>> {
         self.json_objects("security_defs", "security definition")
             .await
     }
@@ -911,7 +911,7 @@ impl Store {
     /// Creates (`create`: refused when it exists) or replaces a security definition.
     pub async fn put_security(
         &self,
-        def: &crate::gate::SecurityDef,
+        def: &crate::edge::gate::SecurityDef,
         create: bool,
         by: &str,
     ) -> Result<Change<()>> {
@@ -960,15 +960,15 @@ impl Store {
     }
 
     /// Every cache definition, by name.
-    pub async fn cache_defs(&self) -> Result<Vec<crate::cache::CacheDef>> {
+    pub async fn cache_defs(&self) -> Result<Vec<oxbus_cache::CacheDef>> {
         self.json_objects("cache_defs", "cache definition").await
     }
 
     /// Creates (`create`: refused when it exists) or replaces (refused when it does not) a
-    /// cache definition; checked with [`crate::cache::CacheDef::validate`] first.
+    /// cache definition; checked with [`oxbus_cache::CacheDef::validate`] first.
     pub async fn put_cache_def(
         &self,
-        def: &crate::cache::CacheDef,
+        def: &oxbus_cache::CacheDef,
         create: bool,
         by: &str,
     ) -> Result<Change<()>> {
@@ -995,19 +995,19 @@ impl Store {
     }
 
     /// Every scheduler job, by name.
-    pub async fn jobs(&self) -> Result<Vec<crate::jobs::JobDef>> {
+    pub async fn jobs(&self) -> Result<Vec<crate::scheduler::jobs::JobDef>> {
         self.json_objects("jobs", "job").await
     }
 
     /// Creates (`create`: refused when it exists) or replaces (refused when it does not) a
-    /// job; checked with [`crate::jobs::JobDef::validate`] first. Returns the job as stored
+    /// job; checked with [`crate::scheduler::jobs::JobDef::validate`] first. Returns the job as stored
     /// (`start_date` left out: the stored job's on a replace, now on a create).
     pub async fn put_job(
         &self,
-        def: &crate::jobs::JobDef,
+        def: &crate::scheduler::jobs::JobDef,
         create: bool,
         by: &str,
-    ) -> Result<Change<crate::jobs::JobDef>> {
+    ) -> Result<Change<crate::scheduler::jobs::JobDef>> {
         def.validate().map_err(StoreError::Invalid)?;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -1029,7 +1029,7 @@ impl Store {
         name: &str,
         active: bool,
         by: &str,
-    ) -> Result<Change<crate::jobs::JobDef>> {
+    ) -> Result<Change<crate::scheduler::jobs::JobDef>> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let config_version = bump(&mut tx).await?;
@@ -1041,7 +1041,7 @@ impl Store {
             let Some(stored) = stored else {
                 return Err(StoreError::NotFound(format!("no job named {name}")));
             };
-            let mut def: crate::jobs::JobDef = serde_json::from_str(&stored)
+            let mut def: crate::scheduler::jobs::JobDef = serde_json::from_str(&stored)
                 .map_err(|e| StoreError::Invalid(format!("stored job {name}: {e}")))?;
             def.active = active;
             upsert_job!(tx, &def, by);

@@ -25,9 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::server::Shared;
+use crate::lifecycle::supervisor::Shared;
 
+pub mod cache_entries;
 mod caches;
+pub mod config_io;
 mod jobs;
 
 type Body = Full<Bytes>;
@@ -51,7 +53,7 @@ pub fn load_or_create_token(path: &Path) -> io::Result<String> {
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let token = crate::cid::random_hex(32);
+    let token = crate::edge::cid::random_hex(32);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -136,7 +138,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     // of connection retries.
     let change = method != Method::GET && config_change && !is_invoke(req.uri().path());
     if (change || (method == Method::GET && reads_store(req.uri().path())))
-        && let Err(e) = crate::sync::store_available(shared).await
+        && let Err(e) = crate::cluster::sync::store_available(shared).await
     {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -198,7 +200,7 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (&Method::GET, ["v1", "cluster"]) => cluster(shared).await,
         (&Method::GET, ["v1", "services"]) => services(shared).await,
         // The same bytes as the HTTP listener's /openapi.json (`oxbus openapi`).
-        (&Method::GET, ["v1", "openapi"]) => match crate::openapi::render(shared) {
+        (&Method::GET, ["v1", "openapi"]) => match crate::edge::openapi::render(shared) {
             Ok(doc) => {
                 let mut r = Response::new(Full::new(Bytes::from(doc)));
                 r.headers_mut().insert(
@@ -223,29 +225,29 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         },
         // A channel named after its URL path is addressed percent-encoded (%2Fecho).
         (&Method::GET, ["v1", "channels", name]) => {
-            get_channel(shared, &crate::router::percent_decode(name)).await
+            get_channel(shared, &crate::edge::router::percent_decode(name)).await
         }
         (&Method::PUT, ["v1", "channels", name]) => {
-            let name = crate::router::percent_decode(name);
+            let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
                 Ok(body) => update_channel(shared, &name, body).await,
                 Err(r) => r,
             }
         }
         (&Method::DELETE, ["v1", "channels", name]) => {
-            delete_channel(shared, &crate::router::percent_decode(name)).await
+            delete_channel(shared, &crate::edge::router::percent_decode(name)).await
         }
         (&Method::POST, ["v1", "modules", name, "rollback"]) => rollback(shared, name).await,
         (&Method::GET, ["v1", "secrets"]) => list_secrets(shared).await,
         (&Method::PUT, ["v1", "secrets", name]) => {
-            let name = crate::router::percent_decode(name);
+            let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
                 Ok(body) => put_secret(shared, &name, body).await,
                 Err(r) => r,
             }
         }
         (&Method::DELETE, ["v1", "secrets", name]) => {
-            delete_secret(shared, &crate::router::percent_decode(name)).await
+            delete_secret(shared, &crate::edge::router::percent_decode(name)).await
         }
         (&Method::GET, ["v1", "security"]) => list_security(shared).await,
         (&Method::GET, ["v1", "security", name]) => get_security(shared, name).await,
@@ -374,7 +376,7 @@ async fn services(shared: &Shared) -> Response<Body> {
         let workers = shared.pool.all();
         let Some(w) = workers
             .iter()
-            .find(|w| w.state() == crate::pool::WorkerState::Ready)
+            .find(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
         else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "no worker is ready");
         };
@@ -437,12 +439,12 @@ async fn module_source(shared: &Shared, name: &str) -> Response<Body> {
 async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
     // Checked first: the check below would accept any depth (serde's IgnoredAny does not
     // recurse), and the worker's decoder does recurse.
-    if crate::json_depth::too_deep(&body) {
+    if crate::edge::json_depth::too_deep(&body) {
         return reply(
             StatusCode::BAD_REQUEST,
             json!({
-                "error": crate::json_depth::message(),
-                "limit": crate::json_depth::MAX_JSON_DEPTH,
+                "error": crate::edge::json_depth::message(),
+                "limit": crate::edge::json_depth::MAX_JSON_DEPTH,
             }),
         );
     }
@@ -605,7 +607,7 @@ async fn reload_router(shared: &Shared) -> Result<(), Response<Body>> {
     let mut all = shared.settings.channels.clone();
     all.extend(stored);
     let previous = shared.router.read().expect("router lock").clone();
-    let router = crate::router::Router::with_gate(&all, &defs, &shared.key, Some(&previous))
+    let router = crate::edge::router::Router::with_gate(&all, &defs, &shared.key, Some(&previous))
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     *shared.router.write().expect("router lock") = Arc::new(router);
     Ok(())
@@ -622,7 +624,7 @@ async fn check_table(
         .security_defs()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    crate::router::Router::with_gate(channels, &defs, &shared.key, None)
+    crate::edge::router::Router::with_gate(channels, &defs, &shared.key, None)
         .map(drop)
         .map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
@@ -632,7 +634,7 @@ async fn list_security(shared: &Shared) -> Response<Body> {
     match shared.store.security_defs().await {
         Ok(list) => reply(
             StatusCode::OK,
-            json!({"security": list.iter().map(crate::gate::public_json).collect::<Vec<_>>()}),
+            json!({"security": list.iter().map(crate::edge::gate::public_json).collect::<Vec<_>>()}),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -642,7 +644,7 @@ async fn list_security(shared: &Shared) -> Response<Body> {
 async fn get_security(shared: &Shared, name: &str) -> Response<Body> {
     match shared.store.security_defs().await {
         Ok(list) => match list.iter().find(|d| d.name == name) {
-            Some(d) => reply(StatusCode::OK, crate::gate::public_json(d)),
+            Some(d) => reply(StatusCode::OK, crate::edge::gate::public_json(d)),
             None => error(
                 StatusCode::NOT_FOUND,
                 format!("no security definition named {name}"),
@@ -679,7 +681,7 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
     let key = shared.key.clone();
     let (n, prev) = (name.map(str::to_owned), previous.cloned());
     let built = tokio::task::spawn_blocking(move || {
-        crate::gate::from_input(input, n.as_deref(), prev.as_ref(), &key)
+        crate::edge::gate::from_input(input, n.as_deref(), prev.as_ref(), &key)
     })
     .await;
     let def = match built {
@@ -707,7 +709,7 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
         } else {
             StatusCode::OK
         },
-        json!({"config_version": change.config_version, "security": crate::gate::public_json(&def)}),
+        json!({"config_version": change.config_version, "security": crate::edge::gate::public_json(&def)}),
     )
 }
 
@@ -1016,7 +1018,7 @@ async fn delete_secret(shared: &Shared, name: &str) -> Response<Body> {
 /// GET /v1/config: every stored object, one list per kind.
 async fn export_config(shared: &Shared) -> Response<Body> {
     let _consistent = shared.deploy_lock.lock().await;
-    match crate::config_io::export(shared).await {
+    match crate::admin::config_io::export(shared).await {
         Ok(doc) => reply(
             StatusCode::OK,
             serde_json::to_value(doc).expect("a document serializes"),
@@ -1044,14 +1046,14 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
             }
         }
     }
-    let doc: crate::config_io::Document = match serde_json::from_slice(&body) {
+    let doc: crate::admin::config_io::Document = match serde_json::from_slice(&body) {
         Ok(d) => d,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "not a config document: {}",
-                    crate::config_io::without_values(&e.to_string())
+                    crate::admin::config_io::without_values(&e.to_string())
                 ),
             );
         }
@@ -1059,15 +1061,16 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
     let by = "config-import";
     // The changed modules are imported first, under the deploy deadline and before the
     // lock: a hung import must not hold channel and other changes.
-    let checked = match crate::config_io::check_modules(shared, &doc).await {
+    let checked = match crate::admin::config_io::check_modules(shared, &doc).await {
         Ok(c) => c,
         Err(e) => return deploy_error(e),
     };
     let _one_at_a_time = shared.deploy_lock.lock().await;
-    let report = match crate::config_io::import(shared, doc, dry_run, replace, by, &checked).await {
-        Ok(r) => r,
-        Err(e) => return deploy_error(e),
-    };
+    let report =
+        match crate::admin::config_io::import(shared, doc, dry_run, replace, by, &checked).await {
+            Ok(r) => r,
+            Err(e) => return deploy_error(e),
+        };
     // channel_rest and channel_jsonrpc alike.
     let touches_channels = report
         .changes
@@ -1092,7 +1095,7 @@ async fn cluster(shared: &Shared) -> Response<Body> {
     use std::sync::atomic::Ordering;
     let applied = shared.applied_version.load(Ordering::Relaxed);
     // A store known to be down is not waited for (one connection attempt decides).
-    let (store, servers) = if let Err(e) = crate::sync::store_available(shared).await {
+    let (store, servers) = if let Err(e) = crate::cluster::sync::store_available(shared).await {
         (
             json!({"kind": store_kind(&shared.store), "reachable": false, "error": e}),
             Vec::new(),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::cache::{CacheError, Caches, ValueKind};
+use oxbus_cache::{CacheError, Caches, ValueKind};
 
 /// Most keys one page lists.
 pub const MAX_PAGE: usize = 1000;
@@ -44,7 +44,7 @@ pub fn list_keys(caches: &Caches, name: &str, query: &str) -> (StatusCode, Value
     let (mut prefix, mut after, mut limit) = (String::new(), None, DEFAULT_PAGE);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = crate::router::percent_decode(v);
+        let v = crate::edge::router::percent_decode(v);
         match k {
             "prefix" => prefix = v,
             "after" => after = Some(v),
@@ -94,7 +94,7 @@ pub fn get_entry(caches: &Caches, name: &str, key: &str) -> (StatusCode, Value) 
         }
     };
     let expires_in_s = (e.expires_at != 0)
-        .then(|| e.expires_at.saturating_sub(crate::cache::now_ms()) as f64 / 1000.0);
+        .then(|| e.expires_at.saturating_sub(oxbus_cache::now_ms()) as f64 / 1000.0);
     let kind = match e.kind {
         ValueKind::Json => "json",
         ValueKind::Bytes => "bytes",

@@ -63,16 +63,16 @@ pub struct Info<'a> {
     /// The config version the server runs.
     pub config_version: i64,
     /// The security definitions (for `components.securitySchemes`).
-    pub security: &'a [crate::gate::SecurityDef],
+    pub security: &'a [crate::edge::gate::SecurityDef],
 }
 
 /// How a security definition is described to clients.
-fn security_scheme(d: &crate::gate::SecurityDef) -> Value {
-    use crate::gate::SecurityType;
+fn security_scheme(d: &crate::edge::gate::SecurityDef) -> Value {
+    use crate::edge::gate::SecurityType;
     match d.kind {
         SecurityType::Basic => json!({"type": "http", "scheme": "basic"}),
         SecurityType::Apikey => json!({"type": "apiKey", "in": "header",
-            "name": d.header.as_deref().unwrap_or(crate::gate::DEFAULT_KEY_HEADER)}),
+            "name": d.header.as_deref().unwrap_or(crate::edge::gate::DEFAULT_KEY_HEADER)}),
         SecurityType::Jwt => json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}),
     }
 }
@@ -118,7 +118,7 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
 
 /// The channel's checks on an operation: its security requirement and the answers the gate
 /// gives (401, 403, 429).
-fn gate_responses(op: &mut Value, channel: &Channel, defs: &[crate::gate::SecurityDef]) {
+fn gate_responses(op: &mut Value, channel: &Channel, defs: &[crate::edge::gate::SecurityDef]) {
     let mut limited = channel.rate_limit.is_some();
     if let Some(name) = &channel.security {
         let mut requirement = Map::new();
@@ -447,12 +447,12 @@ pub enum Error {
 }
 
 /// The document of the server `shared` runs, as served (pretty-printed JSON).
-pub fn render(shared: &crate::server::Shared) -> Result<Vec<u8>, Error> {
+pub fn render(shared: &crate::lifecycle::supervisor::Shared) -> Result<Vec<u8>, Error> {
     let services = shared
         .pool
         .all()
         .iter()
-        .find(|w| w.state() == crate::pool::WorkerState::Ready)
+        .find(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
         .map(|w| w.services.lock().expect("services lock").clone())
         .ok_or(Error::NoWorker)?;
     let router = shared.router.read().expect("router lock").clone();

@@ -27,7 +27,7 @@ pub struct Router {
     dynamic: Vec<Route>,
     /// What each channel checks before its service runs (compiled with the routes, so a
     /// request sees one consistent table).
-    pub gate: crate::gate::Gate,
+    pub gate: crate::edge::gate::Gate,
     /// Every channel in the order configured (server.toml's, then the store's): what the
     /// OpenAPI document describes.
     all: Vec<Arc<Channel>>,
@@ -92,15 +92,15 @@ fn methods_overlap(a: &Channel, b: &Channel) -> bool {
 impl Router {
     /// Builds the table; rejects malformed paths, bad methods and ambiguous duplicates.
     /// The routing table with its gate: routes from `channels`, checks from their fields and
-    /// the security definitions `defs` (see [`crate::gate::Gate::build`]).
+    /// the security definitions `defs` (see [`crate::edge::gate::Gate::build`]).
     pub fn with_gate(
         channels: &[Channel],
-        defs: &[crate::gate::SecurityDef],
+        defs: &[crate::edge::gate::SecurityDef],
         key: &crate::secrets::Key,
         previous: Option<&Router>,
     ) -> Result<Router, String> {
         let mut r = Router::new(channels).map_err(|e| e.to_string())?;
-        r.gate = crate::gate::Gate::build(&r.all, defs, key, previous.map(|p| &p.gate))?;
+        r.gate = crate::edge::gate::Gate::build(&r.all, defs, key, previous.map(|p| &p.gate))?;
         Ok(r)
     }
 
@@ -126,7 +126,7 @@ impl Router {
                     c
                 }
                 ChannelType::JsonRpc => {
-                    jsonrpc = crate::jsonrpc::routed_channel(c)?;
+                    jsonrpc = crate::edge::jsonrpc::routed_channel(c)?;
                     &jsonrpc
                 }
             };

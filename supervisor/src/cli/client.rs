@@ -97,10 +97,10 @@ impl Target {
 /// `oxbus deploy --watch DIR`: deploys what DIR holds, then every `*.py` saved there,
 /// through the admin API (unchanged modules skipped), one line of output per deploy, until
 /// Ctrl-C or SIGTERM (`Ok`). The watching and debouncing are the pickup directory's
-/// (`crate::watch`). `Err` when the watch cannot start or breaks, or the server refuses the
+/// (`crate::deploy::watch`). `Err` when the watch cannot start or breaks, or the server refuses the
 /// token.
 pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), String> {
-    let watcher = crate::watch::DirWatcher::start(dir)?;
+    let watcher = crate::deploy::watch::DirWatcher::start(dir)?;
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let mut sink = WatchOutput {
         target,
@@ -122,7 +122,7 @@ pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), 
         }
     };
     watcher
-        .run(&mut sink, crate::watch::Timing::default(), stop)
+        .run(&mut sink, crate::deploy::watch::Timing::default(), stop)
         .await
 }
 
@@ -143,9 +143,9 @@ impl WatchOutput {
     }
 }
 
-impl crate::watch::Sink for WatchOutput {
-    async fn deploy(&mut self, modules: Vec<(String, String)>) -> crate::watch::Outcome {
-        use crate::watch::Outcome;
+impl crate::deploy::watch::Sink for WatchOutput {
+    async fn deploy(&mut self, modules: Vec<(String, String)>) -> crate::deploy::watch::Outcome {
+        use crate::deploy::watch::Outcome;
         use serde_json::{Value, json};
         let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
         let body = json!({
@@ -218,7 +218,7 @@ impl crate::watch::Sink for WatchOutput {
                 Outcome::Done
             }
             400 | 422 => {
-                let (error, module, traceback) = crate::watch::refusal(&doc);
+                let (error, module, traceback) = crate::deploy::watch::refusal(&doc);
                 let culprit = if module.is_empty() {
                     String::new()
                 } else {
@@ -239,11 +239,11 @@ impl crate::watch::Sink for WatchOutput {
                 Outcome::Refused
             }
             401 | 403 | 404 => {
-                let (error, _, _) = crate::watch::refusal(&doc);
+                let (error, _, _) = crate::deploy::watch::refusal(&doc);
                 Outcome::Fatal(format!("{error} (HTTP {status})"))
             }
             _ => {
-                let (error, _, _) = crate::watch::refusal(&doc);
+                let (error, _, _) = crate::deploy::watch::refusal(&doc);
                 self.emit(
                     json!({"event": "error", "modules": names, "error": error, "status": status}),
                     format!("error: {}: {error} (HTTP {status})", names.join(", ")),
@@ -253,8 +253,8 @@ impl crate::watch::Sink for WatchOutput {
         }
     }
 
-    fn note(&mut self, note: crate::watch::Note<'_>) {
-        use crate::watch::Note;
+    fn note(&mut self, note: crate::deploy::watch::Note<'_>) {
+        use crate::deploy::watch::Note;
         use serde_json::json;
         match note {
             Note::Watching { dir } => eprintln!(

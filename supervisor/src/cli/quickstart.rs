@@ -224,9 +224,9 @@ pub async fn seed(store: &Store) -> Result<bool, StoreError> {
         return Ok(false);
     }
     // A sample job: demo.visits every minute, as if page "scheduler" were visited.
-    let mut job = crate::jobs::JobDef::new(
+    let mut job = crate::scheduler::jobs::JobDef::new(
         "demo-visits",
-        crate::jobs::JobType::IntervalBased,
+        crate::scheduler::jobs::JobType::IntervalBased,
         "demo.visits",
     );
     job.minutes = 1;
@@ -274,7 +274,7 @@ mod tests {
         let jobs = store.jobs().await.unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].validate().unwrap();
-        crate::router::Router::new(&channels).unwrap();
+        crate::edge::router::Router::new(&channels).unwrap();
         let modules = store.active_modules().await.unwrap();
         assert_eq!(modules.len(), 1);
         assert_eq!((modules[0].name.as_str(), modules[0].version), ("demo", 1));
