@@ -1,4 +1,5 @@
-//! The CLI's client of the admin API: where the server is, the token, and one request.
+//! The CLI's client of the admin API: where the server is, the token, one request, and the
+//! two ways the subcommands read an answer. It talks to a server only over HTTP.
 //!
 //! Commands that talk to a server take `--env DIR` (the address and token of the
 //! environment `oxbus quickstart` made) or `--server URL --token TOKEN` (also
@@ -8,6 +9,18 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::path::Path;
+
+use super::CliError;
+use super::args::ServerArgs;
+
+/// The server `--env` or `--server`/`--token` name.
+pub fn target(a: &ServerArgs) -> Result<Target, CliError> {
+    match (&a.env, &a.server, &a.token) {
+        (Some(dir), _, _) => Target::from_env_dir(dir),
+        (None, Some(url), Some(token)) => Target::from_url(url, token),
+        _ => Err(CliError::NoServer),
+    }
+}
 
 /// Where and how to reach an admin API.
 #[derive(Debug, Clone)]
@@ -19,19 +32,13 @@ pub struct Target {
 
 impl Target {
     /// From an environment directory (its server.toml and token file).
-    pub fn from_env_dir(dir: &Path) -> Result<Target, String> {
-        let settings = crate::config::Settings::load(&dir.join("server.toml"), std::env::vars())
-            .map_err(|e| e.to_string())?;
+    pub fn from_env_dir(dir: &Path) -> Result<Target, CliError> {
+        let settings = crate::config::Settings::load(&dir.join("server.toml"), std::env::vars())?;
         let file = settings.admin_token_file();
-        let token = std::fs::read_to_string(&file)
-            .map_err(|e| {
-                format!(
-                    "cannot read the admin token {}: {e} (has the server run once?)",
-                    file.display()
-                )
-            })?
-            .trim()
-            .to_owned();
+        let token = match std::fs::read_to_string(&file) {
+            Ok(t) => t.trim().to_owned(),
+            Err(source) => return Err(CliError::AdminToken { path: file, source }),
+        };
         let mut addr = settings.admin.listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -43,14 +50,14 @@ impl Target {
     }
 
     /// From `--server URL` (`http://host:port` or `host:port`) and a token.
-    pub fn from_url(url: &str, token: &str) -> Result<Target, String> {
+    pub fn from_url(url: &str, token: &str) -> Result<Target, CliError> {
         let authority = url
             .strip_prefix("http://")
             .unwrap_or(url)
             .trim_end_matches('/')
             .to_owned();
         if url.starts_with("https://") || authority.is_empty() || authority.contains('/') {
-            return Err(format!("--server {url:?}: expected http://host:port"));
+            return Err(CliError::ServerUrl(url.to_owned()));
         }
         Ok(Target {
             authority,
@@ -64,13 +71,15 @@ impl Target {
         method: &str,
         path: &str,
         body: Vec<u8>,
-    ) -> Result<(u16, Bytes), String> {
+    ) -> Result<(u16, Bytes), CliError> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.authority))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| CliError::Unreachable {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -80,210 +89,97 @@ impl Target {
             .header("host", &self.authority)
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            .body(Full::new(Bytes::from(body)))?;
+        let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
-}
 
-/// `oxbus deploy --watch DIR`: deploys what DIR holds, then every `*.py` saved there,
-/// through the admin API (unchanged modules skipped), one line of output per deploy, until
-/// Ctrl-C or SIGTERM (`Ok`). The watching and debouncing are the pickup directory's
-/// (`crate::deploy::watch`). `Err` when the watch cannot start or breaks, or the server refuses the
-/// token.
-pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), String> {
-    let watcher = crate::deploy::watch::DirWatcher::start(dir)?;
-    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    let mut sink = WatchOutput {
-        target,
-        json,
-        by: format!("{who} (deploy --watch)"),
-    };
-    let stop = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    /// One request whose answer is printed as the server sends it or read as JSON: an error
+    /// status is an error, its `error` field (else its text) and the status; a `traceback`
+    /// the answer carries goes to standard error first.
+    pub async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Answer, CliError> {
+        let (status, body) = self.request(method, path, body).await?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let doc: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        if !(200..300).contains(&status) {
+            let reason = doc
+                .as_ref()
+                .and_then(|d| d.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| text.trim().to_owned());
+            if let Some(tb) = doc
+                .as_ref()
+                .and_then(|d| d.get("traceback"))
+                .and_then(|t| t.as_str())
+            {
+                eprintln!("{tb}");
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return Err(CliError::Refused { reason, status });
         }
-    };
-    watcher
-        .run(&mut sink, crate::deploy::watch::Timing::default(), stop)
-        .await
-}
+        Ok(Answer { text, doc })
+    }
 
-/// `deploy --watch`'s output: a line of text, or one JSON object, per event on stdout.
-struct WatchOutput {
-    target: Target,
-    json: bool,
-    by: String,
-}
-
-impl WatchOutput {
-    fn emit(&self, doc: serde_json::Value, text: String) {
-        if self.json {
-            println!("{doc}");
-        } else {
-            println!("{text}");
+    /// One request whose answer must be JSON (`cache`, `jobs`): an error status is an error,
+    /// its `error` field (else the whole document) and the status.
+    pub async fn call_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<serde_json::Value, CliError> {
+        let (status, body) = self.request(method, path, body).await?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| CliError::NotJson {
+                status,
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            })?;
+        if !(200..300).contains(&status) {
+            let reason = doc["error"]
+                .as_str()
+                .map_or_else(|| doc.to_string(), str::to_owned);
+            return Err(CliError::Refused { reason, status });
         }
+        Ok(doc)
     }
 }
 
-impl crate::deploy::watch::Sink for WatchOutput {
-    async fn deploy(&mut self, modules: Vec<(String, String)>) -> crate::deploy::watch::Outcome {
-        use crate::deploy::watch::Outcome;
-        use serde_json::{Value, json};
-        let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
-        let body = json!({
-            "modules": modules.iter().map(|(name, source)| json!({"name": name, "source": source})).collect::<Vec<_>>(),
-            "deployed_by": self.by,
-            "skip_unchanged": true,
-        });
-        let (status, body) = match self
-            .target
-            .request("POST", "/v1/modules", body.to_string().into_bytes())
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                self.emit(
-                    json!({"event": "error", "modules": names, "error": e}),
-                    format!("error: {}: {e}", names.join(", ")),
-                );
-                return Outcome::Unavailable;
-            }
-        };
-        let doc: Value = serde_json::from_slice(&body)
-            .unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&body).trim()}));
-        match status {
-            200 | 500 => {
-                let deployed = doc["modules"].as_array().cloned().unwrap_or_default();
-                let unchanged = doc["unchanged"].clone();
-                if deployed.is_empty() {
-                    let list: Vec<&str> = unchanged
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    self.emit(
-                        json!({"event": "unchanged", "modules": unchanged}),
-                        format!("unchanged: {}", list.join(", ")),
-                    );
-                    return Outcome::Done;
-                }
-                let workers = doc["workers"].as_array().cloned().unwrap_or_default();
-                let ok = status == 200;
-                let ms = doc["total_ms"].as_f64().unwrap_or(0.0);
-                let list = deployed
-                    .iter()
-                    .map(|m| format!("{} v{}", m["name"].as_str().unwrap_or(""), m["version"]))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut text = format!(
-                    "deployed {list} · config version {} · {} worker(s) · {ms:.1} ms",
-                    doc["config_version"],
-                    workers.len()
-                );
-                for w in workers.iter().filter(|w| w["ok"] != true) {
-                    text.push_str(&format!(
-                        "\n  worker {} (pid {}) did not switch: {}",
-                        w["worker_id"],
-                        w["pid"],
-                        w["error"].as_str().unwrap_or("")
-                    ));
-                }
-                self.emit(
-                    json!({
-                        "event": "deployed", "ok": ok, "modules": deployed,
-                        "unchanged": unchanged, "config_version": doc["config_version"],
-                        "workers": workers, "ms": ms,
-                    }),
-                    text,
-                );
-                Outcome::Done
-            }
-            400 | 422 => {
-                let (error, module, traceback) = crate::deploy::watch::refusal(&doc);
-                let culprit = if module.is_empty() {
-                    String::new()
-                } else {
-                    format!(" in {module}")
-                };
-                let mut text = format!("refused: {error}{culprit} (nothing changed)");
-                if !traceback.is_empty() {
-                    text.push('\n');
-                    text.push_str(traceback.trim_end());
-                }
-                self.emit(
-                    json!({
-                        "event": "refused", "modules": names, "module": module,
-                        "error": error, "traceback": traceback,
-                    }),
-                    text,
-                );
-                Outcome::Refused
-            }
-            401 | 403 | 404 => {
-                let (error, _, _) = crate::deploy::watch::refusal(&doc);
-                Outcome::Fatal(format!("{error} (HTTP {status})"))
-            }
-            _ => {
-                let (error, _, _) = crate::deploy::watch::refusal(&doc);
-                self.emit(
-                    json!({"event": "error", "modules": names, "error": error, "status": status}),
-                    format!("error: {}: {error} (HTTP {status})", names.join(", ")),
-                );
-                Outcome::Unavailable
-            }
-        }
-    }
+/// One [`Target::call`] to the server `to` names, on `rt` (the server is looked up after
+/// the request is built, so a bad argument is reported first).
+pub fn call(
+    rt: &tokio::runtime::Runtime,
+    to: &ServerArgs,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Answer, CliError> {
+    let target = target(to)?;
+    rt.block_on(target.call(method, path, body))
+}
 
-    fn note(&mut self, note: crate::deploy::watch::Note<'_>) {
-        use crate::deploy::watch::Note;
-        use serde_json::json;
-        match note {
-            Note::Watching { dir } => eprintln!(
-                "watching {}: every *.py saved there is deployed (Ctrl-C stops)",
-                dir.display()
-            ),
-            Note::Skipped { file, reason } => self.emit(
-                json!({"event": "skipped", "file": file, "reason": reason}),
-                format!("skipped: {reason}"),
-            ),
-            Note::Deleted { file, module } => self.emit(
-                json!({"event": "deleted", "file": file, "module": module}),
-                format!(
-                    "deleted: {} (the module {module} stays deployed; undeploy is explicit)",
-                    file.display()
-                ),
-            ),
-            Note::Retrying { modules, after } => self.emit(
-                json!({"event": "retrying", "modules": modules, "after_s": after.as_secs_f64()}),
-                format!(
-                    "retrying {} in {:.0} s",
-                    modules.join(", "),
-                    after.as_secs_f64()
-                ),
-            ),
-            Note::WatchError { error } => self.emit(
-                json!({"event": "watch_error", "error": error}),
-                format!("watch error: {error}"),
-            ),
-        }
+/// A successful answer: its text, and its document when it is JSON.
+pub struct Answer {
+    pub text: String,
+    pub doc: Option<serde_json::Value>,
+}
+
+/// Percent-encodes a path segment (names may hold `/`).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_encode_keeps_unreserved_and_escapes_the_rest() {
+        assert_eq!(super::percent_encode("mq/token a"), "mq%2Ftoken%20a");
+        assert_eq!(super::percent_encode("a.b-c_d~"), "a.b-c_d~");
     }
 }

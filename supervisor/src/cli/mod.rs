@@ -1,9 +1,110 @@
-//! The `oxbus` command line: every subcommand but `server` itself lives here (the admin
-//! client, `quickstart`, `proxy`, `systemd install`). It talks to a running server only
-//! through the admin API or the files a server reads; it never reaches into a running
-//! server's state.
+//! The `oxbus` command line: every subcommand, one file per subcommand or group. `main.rs`
+//! only parses ([`args`]) and calls [`run`]. The admin subcommands talk to a running server
+//! only through its admin API ([`client`]); `server` and `quickstart` start one
+//! ([`server::serve`], the one call into the server's run); `quickstart`, `proxy` and
+//! `systemd install` also write the files a server or proxy reads. Nothing here reaches
+//! into a running server's state. Errors are [`CliError`], printed once, here.
 
+pub mod args;
+pub mod cache;
 pub mod client;
+pub mod cluster;
+pub mod config_cmd;
+pub mod deploy_watch;
+pub mod error;
+pub mod format;
+pub mod jobs;
+pub mod logging;
+pub mod modules;
 pub mod proxy_cmd;
 pub mod quickstart;
+pub mod reload;
+pub mod secret;
+pub mod server;
 pub mod systemd_units;
+
+use std::process::ExitCode;
+
+use args::{ClusterAction, Command, Output};
+pub use error::CliError;
+
+/// Runs one subcommand; returns the process's exit code.
+pub fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Server { config } => server::command(&config),
+        Command::Quickstart {
+            dir,
+            port,
+            workers,
+            no_proxy,
+        } => quickstart::command(&dir, port, workers, no_proxy),
+        Command::Proxy {
+            config,
+            upgrade,
+            exit_with_parent,
+        } => exit(proxy_cmd::command(&config, upgrade, exit_with_parent)),
+        Command::Reload { pid, timeout } => exit(reload::command(pid, timeout)),
+        Command::Systemd { action } => exit(systemd_units::command(&action)),
+        Command::Deploy {
+            to,
+            watch: Some(dir),
+            output,
+            ..
+        } => admin(|rt| {
+            let target = client::target(&to)?;
+            let json = matches!(output, Output::Json);
+            rt.block_on(deploy_watch::deploy_watch(target, &dir, json))
+        }),
+        Command::Deploy {
+            to,
+            files,
+            output,
+            watch: None,
+        } => admin(|rt| modules::deploy(rt, &to, &files, output)),
+        Command::Invoke { to, name, payload } => {
+            admin(|rt| modules::invoke(rt, &to, &name, payload.as_deref()))
+        }
+        Command::Services { to, output } => admin(|rt| modules::services(rt, &to, output)),
+        Command::Openapi { to } => admin(|rt| modules::openapi(rt, &to)),
+        Command::Rollback { to, module, output } => {
+            admin(|rt| modules::rollback(rt, &to, &module, output))
+        }
+        Command::Undeploy { to, module, output } => {
+            admin(|rt| modules::undeploy(rt, &to, &module, output))
+        }
+        Command::Config { action } => admin(|rt| config_cmd::command(rt, &action)),
+        Command::Cluster {
+            action: ClusterAction::Status { to, output },
+        } => admin(|rt| cluster::status(rt, &to, output)),
+        Command::Secret { action } => admin(|rt| secret::command(rt, &action)),
+        Command::Cache { action } => admin(|rt| cache::command(rt, &action)),
+        Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
+    }
+}
+
+/// An admin API subcommand, on a runtime of its own (one thread: one request at a time).
+fn admin(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), CliError>) -> ExitCode {
+    exit(runtime().and_then(|rt| f(&rt)))
+}
+
+/// The one-thread runtime a client subcommand runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+/// Success, or the error printed as `oxbus: error: …` and exit code 1.
+fn exit(result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `oxbus: error: {e}`; exit code 1.
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("oxbus: error: {e}");
+    ExitCode::FAILURE
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+use super::CliError;
 use crate::store::{SERVER_STALE, Store};
 
 /// The cluster's live servers: registered in the store, heartbeat fresher than
@@ -59,10 +60,17 @@ impl ServerSource for StoreServers {
     }
 }
 
+/// `oxbus proxy`: the log subscriber (`OXBUS_LOG`, default `info`), then [`run`].
+pub fn command(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), CliError> {
+    let level = std::env::var("OXBUS_LOG").unwrap_or_else(|_| "info".into());
+    super::logging::init_logging(&level)?;
+    run(config, upgrade, exit_with_parent)
+}
+
 /// Runs the proxy in the foreground. `exit_with_parent`: stop (gracefully) when the process
 /// that started this one dies: quickstart's proxy does not outlive quickstart.
-pub fn run(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), String> {
-    let cfg = ProxyConfig::load(config).map_err(|e| e.to_string())?;
+pub fn run(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), CliError> {
+    let cfg = ProxyConfig::load(config)?;
     let upstreams = match &cfg.upstreams.store {
         Some(url) => Upstreams::Source(Box::new(StoreServers {
             url: url.clone(),
@@ -83,8 +91,7 @@ pub fn run(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), S
                     nix::unistd::getpid(),
                     nix::sys::signal::Signal::SIGTERM,
                 );
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
     }
-    oxbus_proxy::run(cfg, upstreams, upgrade).map_err(|e| format!("{e:#}"))
+    oxbus_proxy::run(cfg, upstreams, upgrade).map_err(CliError::Proxy)
 }

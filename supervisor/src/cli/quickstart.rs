@@ -7,8 +7,10 @@
 
 use std::io;
 use std::path::Path;
+use std::process::ExitCode;
 
-use crate::config::{Channel, DataFormat};
+use super::{CliError, fail};
+use crate::config::{Channel, DataFormat, MAX_WORKERS, Settings};
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -240,6 +242,122 @@ pub async fn seed(store: &Store) -> Result<bool, StoreError> {
     };
     store.apply(&plan, "quickstart").await?;
     Ok(true)
+}
+
+/// `oxbus quickstart [DIR]`: creates the environment if DIR has none (seeding its store),
+/// starts the proxy in front of it unless `no_proxy`, and runs the server with a banner
+/// saying where everything is.
+pub fn command(dir: &Path, port: Option<u16>, workers: Option<u32>, no_proxy: bool) -> ExitCode {
+    match prepare(dir, port, workers, no_proxy) {
+        Ok((settings, banner, proxy)) => super::server::serve(settings, Some(banner), proxy),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Everything before the server runs: (its settings, the banner, the proxy if started).
+fn prepare(
+    dir: &Path,
+    port: Option<u16>,
+    workers: Option<u32>,
+    no_proxy: bool,
+) -> Result<(Settings, String, Option<std::process::Child>), CliError> {
+    if let Some(w) = workers.filter(|w| *w == 0 || *w > MAX_WORKERS) {
+        return Err(CliError::Workers(w));
+    }
+    let created =
+        ensure_env(dir, port.unwrap_or(17010), workers).map_err(|source| CliError::Create {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(p) = port {
+        env.push(("OXBUS_SERVER_LISTEN".into(), format!("\"127.0.0.1:{p}\"")));
+        // The admin API sits next to it, as Zato's 17010 / 17011.
+        env.push((
+            "OXBUS_ADMIN_LISTEN".into(),
+            format!("\"127.0.0.1:{}\"", p.wrapping_add(1)),
+        ));
+    }
+    if let Some(w) = workers {
+        env.push(("OXBUS_SERVER_WORKERS".into(), w.to_string()));
+    }
+    let s = Settings::load(&dir.join("server.toml"), env)?;
+    if created {
+        seed_store(&s)?;
+    }
+    let url = format!("http://{}", s.server.listen);
+    let mut proxy = None;
+    let proxy_line = if no_proxy {
+        String::new()
+    } else {
+        let (child, proxy_url, stats_url) =
+            start_proxy(dir, s.server.listen).map_err(|e| CliError::StartProxy(Box::new(e)))?;
+        proxy = Some(child);
+        format!(
+            "\n  proxy:   {proxy_url} (oxbus proxy in front of the server; stats {stats_url}, log {})",
+            dir.join("proxy.log").display()
+        )
+    };
+    let pickup = match s.pickup_dir() {
+        Some(d) => format!(
+            "\n  pickup:  {} (save or git pull a *.py there: deployed live)",
+            d.display()
+        ),
+        None => String::new(),
+    };
+    let banner = format!(
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        if created {
+            "Created a new"
+        } else {
+            "Using the"
+        },
+        dir.display(),
+        s.admin.listen,
+        s.admin_token_file().display(),
+    );
+    Ok((s, banner, proxy))
+}
+
+/// Seeds a new quickstart environment's config store with the sample module and channels.
+fn seed_store(s: &Settings) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::SeedRuntime)?;
+    rt.block_on(async {
+        let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
+        let r = seed(&store).await;
+        store.close().await;
+        r.map(drop).map_err(CliError::Seed)
+    })
+}
+
+/// Starts `oxbus proxy` in front of quickstart's server (it stops with quickstart, and if
+/// quickstart dies, by itself). Its log goes to DIR/proxy.log.
+fn start_proxy(
+    dir: &Path,
+    server: std::net::SocketAddr,
+) -> Result<(std::process::Child, String, String), CliError> {
+    let (config, url, stats) =
+        write_proxy_config(dir, server).map_err(|source| CliError::Write {
+            path: dir.join("proxy.toml"),
+            source,
+        })?;
+    // The proxy resolves the paths in its file against the file's directory.
+    let config = std::path::absolute(&config)?;
+    let log = std::fs::File::create(dir.join("proxy.log"))?;
+    let exe = std::env::current_exe()?;
+    let child = std::process::Command::new(exe)
+        .arg("proxy")
+        .arg("--config")
+        .arg(&config)
+        .arg("--exit-with-parent")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    Ok((child, url, stats))
 }
 
 #[cfg(test)]

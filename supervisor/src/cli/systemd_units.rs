@@ -4,6 +4,90 @@
 
 use std::path::{Path, PathBuf};
 
+use super::CliError;
+use super::args::SystemdAction;
+
+/// Why the units were not written: a setting the units cannot hold, or the file system.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    /// A path option that is not UTF-8.
+    #[error("{opt} {}: not valid UTF-8", path.display())]
+    NotUtf8 { opt: &'static str, path: PathBuf },
+    /// A relative path option.
+    #[error("{opt} {path}: must be an absolute path")]
+    NotAbsolute { opt: &'static str, path: String },
+    /// A path option with a character unit files read as syntax.
+    #[error("{opt} {path}: the character {c:?} cannot go in a unit file's path here")]
+    Character {
+        opt: &'static str,
+        path: String,
+        c: char,
+    },
+    /// A path option with a `..` segment.
+    #[error("{opt} {path}: no `..` please")]
+    DotDot { opt: &'static str, path: String },
+    /// `--user` that is not a conservative user name.
+    #[error(
+        "--user {0:?}: a user name is 1 to 32 of a-z, 0-9, `_`, `-`, starting with a letter or `_` (e.g. oxbus)"
+    )]
+    User(String),
+    /// `--state-dir` that is not one directory name.
+    #[error(
+        "--state-dir {0:?}: a directory name (a-z, A-Z, 0-9, `.`, `_`, `-`; not a path), e.g. oxbus"
+    )]
+    StateDir(String),
+    /// A template placeholder no setting fills (a template out of step with this file).
+    #[error("{0}: a placeholder is left unfilled")]
+    Unfilled(&'static str),
+    /// The unit directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A unit file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `oxbus systemd install`: writes the units (or prints them with `--dry-run`) and says
+/// what to run next.
+pub fn command(action: &SystemdAction) -> Result<(), CliError> {
+    let SystemdAction::Install {
+        unit_dir,
+        bin,
+        config_dir,
+        state_dir,
+        user,
+        dry_run,
+    } = action;
+    let bin = match bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().map_err(CliError::CurrentExe)?,
+    };
+    let install = Install {
+        unit_dir: unit_dir.clone(),
+        bin,
+        config_dir: config_dir.clone(),
+        state_dir: state_dir.clone(),
+        user: user.clone(),
+    };
+    if *dry_run {
+        for u in install.render()? {
+            println!("# would write {}\n{}", u.path.display(), u.text);
+        }
+        return Ok(());
+    }
+    for u in install.write()? {
+        println!("wrote {}", u.path.display());
+    }
+    print!("{}", install.next_steps());
+    Ok(())
+}
+
 /// The templates, as in the source tree's `systemd/` directory.
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
@@ -44,17 +128,21 @@ pub struct UnitFile {
 
 impl Install {
     /// Checks the settings; the message names the option and says what is expected.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), UnitError> {
         for (opt, p) in [
             ("--unit-dir", &self.unit_dir),
             ("--bin", &self.bin),
             ("--config-dir", &self.config_dir),
         ] {
-            let s = p
-                .to_str()
-                .ok_or_else(|| format!("{opt} {}: not valid UTF-8", p.display()))?;
+            let s = p.to_str().ok_or_else(|| UnitError::NotUtf8 {
+                opt,
+                path: p.clone(),
+            })?;
             if !p.is_absolute() {
-                return Err(format!("{opt} {s}: must be an absolute path"));
+                return Err(UnitError::NotAbsolute {
+                    opt,
+                    path: s.to_owned(),
+                });
             }
             // Unit files split command lines on whitespace and read `%` and `$` as
             // specifiers and variables, `\` as an escape, quotes as quoting, `;` as a
@@ -63,19 +151,21 @@ impl Install {
                 .chars()
                 .find(|c| c.is_whitespace() || c.is_control() || "%$\\\"';".contains(*c))
             {
-                return Err(format!(
-                    "{opt} {s}: the character {c:?} cannot go in a unit file's path here"
-                ));
+                return Err(UnitError::Character {
+                    opt,
+                    path: s.to_owned(),
+                    c,
+                });
             }
             if s.split('/').any(|seg| seg == "..") {
-                return Err(format!("{opt} {s}: no `..` please"));
+                return Err(UnitError::DotDot {
+                    opt,
+                    path: s.to_owned(),
+                });
             }
         }
         if !valid_user(&self.user) {
-            return Err(format!(
-                "--user {:?}: a user name is 1 to 32 of a-z, 0-9, `_`, `-`, starting with a letter or `_` (e.g. oxbus)",
-                self.user
-            ));
+            return Err(UnitError::User(self.user.clone()));
         }
         let st = &self.state_dir;
         if st.is_empty()
@@ -85,15 +175,13 @@ impl Install {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(format!(
-                "--state-dir {st:?}: a directory name (a-z, A-Z, 0-9, `.`, `_`, `-`; not a path), e.g. oxbus"
-            ));
+            return Err(UnitError::StateDir(st.clone()));
         }
         Ok(())
     }
 
     /// The unit files, filled in.
-    pub fn render(&self) -> Result<Vec<UnitFile>, String> {
+    pub fn render(&self) -> Result<Vec<UnitFile>, UnitError> {
         self.check()?;
         let path = |p: &Path| {
             p.to_str()
@@ -118,7 +206,7 @@ impl Install {
                     text = text.replace(k, v);
                 }
                 if has_placeholder(&text) {
-                    return Err(format!("{name}: a placeholder is left unfilled"));
+                    return Err(UnitError::Unfilled(name));
                 }
                 Ok(UnitFile {
                     path: self.unit_dir.join(name),
@@ -129,18 +217,23 @@ impl Install {
     }
 
     /// Writes the units (creating `unit_dir` if needed); returns what was written.
-    pub fn write(&self) -> Result<Vec<UnitFile>, String> {
+    pub fn write(&self) -> Result<Vec<UnitFile>, UnitError> {
         let units = self.render()?;
-        std::fs::create_dir_all(&self.unit_dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.unit_dir.display()))?;
+        std::fs::create_dir_all(&self.unit_dir).map_err(|source| UnitError::Create {
+            path: self.unit_dir.clone(),
+            source,
+        })?;
         for u in &units {
             // Written whole, then renamed: systemd never reads half a file.
             let tmp = u.path.with_extension("oxbus-tmp");
             std::fs::write(&tmp, &u.text)
                 .and_then(|()| std::fs::rename(&tmp, &u.path))
-                .map_err(|e| {
+                .map_err(|source| {
                     let _ = std::fs::remove_file(&tmp);
-                    format!("cannot write {}: {e}", u.path.display())
+                    UnitError::Write {
+                        path: u.path.clone(),
+                        source,
+                    }
                 })?;
         }
         Ok(units)
@@ -283,7 +376,7 @@ mod tests {
         for (change, want) in cases {
             let mut i = install();
             change(&mut i);
-            let err = i.render().unwrap_err();
+            let err = i.render().unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} does not contain {want:?}");
         }
         let mut ok = install();

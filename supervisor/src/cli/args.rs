@@ -1,0 +1,425 @@
+//! The command line's grammar: every subcommand, its arguments and its help text (clap).
+//! Plain data only: what each subcommand does lives in its own file of `cli/`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "oxbus",
+    version,
+    about = "Oxbus: integration platform — Rust server, Python services"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a server from a settings file.
+    Server {
+        /// The server.toml to read (OXBUS_<SECTION>_<KEY> variables override it).
+        #[arg(long, short, env = "OXBUS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Deploy Python modules to a running server (all-or-nothing; a failing import prints
+    /// its traceback and changes nothing).
+    Deploy {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Module files; each is deployed under its file name (crm.py -> module crm).
+        #[arg(required_unless_present = "watch")]
+        files: Vec<PathBuf>,
+        /// Deploy on save: deploy the *.py files of DIR, then each one saved there, until
+        /// Ctrl-C (unchanged modules are skipped; one line per deploy).
+        #[arg(long, value_name = "DIR", conflicts_with = "files")]
+        watch: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Invoke a service with a JSON payload and print its response.
+    Invoke {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Service name, e.g. demo.echo
+        name: String,
+        /// JSON payload (default: none)
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// List the services the server runs.
+    Services {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print the server's OpenAPI 3.1 document: its REST channels with the services'
+    /// SimpleIO declarations, as it serves them at GET /openapi.json.
+    Openapi {
+        #[command(flatten)]
+        to: ServerArgs,
+    },
+    /// Make the previous version of a deployed module the active one again.
+    Rollback {
+        #[command(flatten)]
+        to: ServerArgs,
+        module: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Undeploy a module: its services stop at once everywhere (its history stays in the
+    /// store; deploying it again continues its version numbers).
+    Undeploy {
+        #[command(flatten)]
+        to: ServerArgs,
+        module: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Export or import every object of the config store as YAML (one list per kind).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// The cluster: its servers, the config version each runs, the store's health.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Secrets: stored sealed, never shown back.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
+    /// The caches: their figures and their contents (get, set, delete, keys, clear) on the
+    /// server addressed; writes replicate to the cluster like a service's.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// The scheduler's jobs: list, get, create or replace (put), delete, enable, disable.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+    /// Run the cluster's load balancer (pingora) in front of its servers.
+    Proxy {
+        /// The proxy.toml to read.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Take over from the running proxy (pid file in `state_dir`): its listening sockets
+        /// pass to this process, no connection is refused, its in-flight requests finish.
+        #[arg(long)]
+        upgrade: bool,
+        /// Stop when the parent process dies (used by quickstart).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Reload a running server: SIGHUP (a rolling restart of its workers), then wait until
+    /// the new workers serve. Exits non-zero if the reload failed or timed out, or if PID
+    /// is not an oxbus server (systemd's ExecReload=).
+    Reload {
+        /// The server's pid (systemd: $MAINPID).
+        #[arg(long)]
+        pid: u32,
+        /// Seconds to wait for the reload to finish.
+        #[arg(long, default_value = "90")]
+        timeout: f64,
+    },
+    /// systemd units for this machine.
+    Systemd {
+        #[command(subcommand)]
+        action: SystemdAction,
+    },
+    /// Create (or reuse) an environment with sample services and run it in the foreground.
+    Quickstart {
+        /// Environment directory; created with server.toml and services/ if missing.
+        #[arg(default_value = "oxbus-quickstart")]
+        dir: PathBuf,
+        /// HTTP port (default 17010).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Python workers, 1..=8 (default min(CPUs, 8)).
+        #[arg(long)]
+        workers: Option<u32>,
+        /// Run the server alone, without the load balancer in front of it.
+        #[arg(long)]
+        no_proxy: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SystemdAction {
+    /// Write oxbus@.service (one instance per server: oxbus@NAME reads
+    /// CONFIG_DIR/NAME/server.toml), oxbus-proxy.service and oxbus.target. Runs no systemctl.
+    Install {
+        /// Where the unit files go.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// The oxbus binary the units run (default: this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Holds NAME/server.toml and NAME/secret.key per server, and proxy.toml.
+        #[arg(long, default_value = "/etc/oxbus")]
+        config_dir: PathBuf,
+        /// Name of the state, runtime and cache directories (/var/lib/NAME/<server>, ...).
+        #[arg(long, default_value = "oxbus")]
+        state_dir: String,
+        /// The user and group the units run as.
+        #[arg(long, default_value = "oxbus")]
+        user: String,
+        /// Print the units instead of writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigAction {
+    /// Print every stored object as YAML (channels, security and cache definitions, jobs,
+    /// secrets sealed, modules with source).
+    Export {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// `json` prints the document as JSON instead of YAML.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Apply a YAML (or JSON) export: validated in full first, idempotent, one transaction.
+    Import {
+        #[command(flatten)]
+        to: ServerArgs,
+        file: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete stored objects the file does not list (modules are undeployed).
+        #[arg(long)]
+        replace: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterAction {
+    /// Servers, their config versions, the store's health.
+    Status {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretAction {
+    /// Set a secret; the value is read from standard input (a trailing newline is dropped)
+    /// or from --value-file, never from the command line.
+    Set {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    /// List secret names (values are never shown).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a secret.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+    },
+}
+
+/// The cache subcommands; `--cache` names the cache (default `default`).
+#[derive(Subcommand)]
+pub enum CacheAction {
+    /// Every cache with its settings and figures (entries, hits, misses, evictions).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print the value under KEY (JSON; bytes are shown as base64).
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        key: String,
+        #[arg(long, default_value = "default")]
+        cache: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Store VALUE under KEY: VALUE is JSON (`'{"a": 1}'`, `42`, `'"text"'`); with
+    /// --string it is taken as a plain string.
+    Set {
+        #[command(flatten)]
+        to: ServerArgs,
+        key: String,
+        value: String,
+        #[arg(long, default_value = "default")]
+        cache: String,
+        /// VALUE is a plain string, not JSON.
+        #[arg(long)]
+        string: bool,
+        /// Seconds until it expires (0 = never; default: the cache's default expiry).
+        #[arg(long)]
+        expiry: Option<f64>,
+    },
+    /// Delete KEY.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        key: String,
+        #[arg(long, default_value = "default")]
+        cache: String,
+    },
+    /// List keys (sorted), a page at a time, or all of them with --all.
+    Keys {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, default_value = "default")]
+        cache: String,
+        /// Only keys that start with PREFIX.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this key (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Keys per page, 1..=1000 (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Every page, one after another.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Remove every entry of the cache.
+    Clear {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, default_value = "default")]
+        cache: String,
+    },
+}
+
+/// The jobs subcommands (docs/SCHEDULER.md). Each is one admin API call: see
+/// `jobs_request` for the call and `print_jobs_answer` for its text output.
+#[derive(Subcommand)]
+pub enum JobsAction {
+    /// Every job: type, schedule, service, active or not.
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One job's definition.
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create or replace a job from its JSON definition (fields left out take their
+    /// defaults; `name` may be left out).
+    Put {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// A file holding the definition (JSON).
+        #[arg(long, short, conflicts_with = "json", required_unless_present = "json")]
+        file: Option<PathBuf>,
+        /// The definition itself, e.g. '{"type": "interval_based", "service": "demo.ping",
+        /// "minutes": 5}'.
+        #[arg(long)]
+        json: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a job.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Let a job run on schedule again.
+    Enable {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Keep a job but stop it running on schedule.
+    Disable {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Run a job's service now, on the server addressed, and print the run.
+    Execute {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A job's recent runs, newest first: when, where, how long, the outcome.
+    History {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// How many (1..=100, default 20).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Which server leads the cluster's scheduler.
+    Status {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+/// How to reach a server's admin API.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// An environment directory made by `oxbus quickstart` (address and token read from it).
+    #[arg(long, conflicts_with = "server")]
+    pub env: Option<PathBuf>,
+    /// Admin API URL, e.g. http://127.0.0.1:17011
+    #[arg(long, env = "OXBUS_SERVER", requires = "token")]
+    pub server: Option<String>,
+    /// Admin API bearer token.
+    #[arg(long, env = "OXBUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}

@@ -1,0 +1,52 @@
+//! How the admin subcommands print an answer: as the server sent it (`--output json`, or
+//! when it is not JSON) or as text, and the time format of the text. Printing only: no
+//! requests here.
+
+use super::args::Output;
+use super::client::Answer;
+
+/// Prints `answer`: its text as the server sent it when JSON is asked for or it is not
+/// JSON; otherwise `text` prints its document.
+pub fn print(answer: Answer, output: Output, text: impl FnOnce(&serde_json::Value)) {
+    match (output, answer.doc) {
+        (Output::Json, _) | (_, None) => println!("{}", answer.text.trim_end()),
+        (Output::Text, Some(d)) => text(&d),
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_unix_milliseconds() {
+        for (ms, want) in [
+            (0, "1970-01-01 00:00:00 UTC"),
+            (951_782_400_000, "2000-02-29 00:00:00 UTC"),
+            (1_795_651_323_456, "2026-11-26 00:02:03 UTC"),
+            (4_107_542_400_000, "2100-03-01 00:00:00 UTC"),
+        ] {
+            assert_eq!(super::utc(ms), want);
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The service-module subcommands: `deploy FILE…`, `rollback`, `undeploy`, `services`,
+//! `invoke` and `openapi`. Each is one admin API call (`deploy --watch` is
+//! [`super::deploy_watch`]); this file builds it and prints its answer.
+
+use std::path::PathBuf;
+
+use super::CliError;
+use super::args::{Output, ServerArgs};
+use super::client::call;
+use super::format::{print, utc};
+use tokio::runtime::Runtime;
+
+/// `oxbus deploy FILE…`: every module in one request (all-or-nothing).
+pub fn deploy(
+    rt: &Runtime,
+    to: &ServerArgs,
+    files: &[PathBuf],
+    output: Output,
+) -> Result<(), CliError> {
+    let mut modules = Vec::new();
+    for f in files {
+        let Some(name) = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|_| f.extension().is_some_and(|e| e == "py"))
+        else {
+            return Err(CliError::NotAModule(f.clone()));
+        };
+        let source = std::fs::read_to_string(f).map_err(|source| CliError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        modules.push(serde_json::json!({"name": name, "source": source}));
+    }
+    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    let body = serde_json::json!({"modules": modules, "deployed_by": who});
+    let answer = call(rt, to, "POST", "/v1/modules", body.to_string().into_bytes())?;
+    print(answer, output, print_deployed);
+    Ok(())
+}
+
+/// `deploy`'s text: each module's new version, then each server's acknowledgement.
+fn print_deployed(d: &serde_json::Value) {
+    for m in d["modules"].as_array().into_iter().flatten() {
+        println!(
+            "deployed {} version {} ({})",
+            m["name"].as_str().unwrap_or(""),
+            m["version"],
+            &m["source_hash"].as_str().unwrap_or("")
+                [..12.min(m["source_hash"].as_str().unwrap_or("").len())]
+        );
+    }
+    // The server deployed through first, then the peers that answered over the bus.
+    if let Some(through) = d["server"].as_str() {
+        let acks = d["workers"].as_array().cloned().unwrap_or_default();
+        let failed = acks.iter().filter(|a| a["ok"] != true).count();
+        println!(
+            "  server {through} (deployed through): {}",
+            if failed == 0 {
+                format!("ok ({} worker(s))", acks.len())
+            } else {
+                format!(
+                    "FAILED: {failed} of {} worker(s) did not switch",
+                    acks.len()
+                )
+            }
+        );
+    }
+    for srv in d["servers"].as_array().into_iter().flatten() {
+        println!(
+            "  server {}: {}",
+            srv["server"].as_str().unwrap_or(""),
+            if srv["ok"] == true {
+                format!(
+                    "ok ({} worker(s))",
+                    srv["answer"]["worker_count"].as_u64().unwrap_or(0)
+                )
+            } else {
+                format!(
+                    "FAILED: {}",
+                    srv["answer"]["error"]
+                        .as_str()
+                        .unwrap_or("see --output json")
+                )
+            }
+        );
+    }
+    let workers = d["workers"].as_array().map(|w| w.len()).unwrap_or(0);
+    println!(
+        "config version {}, {} worker(s) acknowledged, {:.1} ms",
+        d["config_version"],
+        workers,
+        d["total_ms"].as_f64().unwrap_or(0.0)
+    );
+}
+
+/// `oxbus invoke NAME [--payload JSON]`: the service's response as the server sends it.
+pub fn invoke(
+    rt: &Runtime,
+    to: &ServerArgs,
+    name: &str,
+    payload: Option<&str>,
+) -> Result<(), CliError> {
+    let body = payload.unwrap_or_default().as_bytes().to_vec();
+    if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return Err(CliError::Payload);
+    }
+    let answer = call(rt, to, "POST", &format!("/v1/invoke/{name}"), body)?;
+    println!("{}", answer.text.trim_end());
+    Ok(())
+}
+
+/// `oxbus services`: one line per service.
+pub fn services(rt: &Runtime, to: &ServerArgs, output: Output) -> Result<(), CliError> {
+    let answer = call(rt, to, "GET", "/v1/services", Vec::new())?;
+    print(answer, output, |d| {
+        println!(
+            "{:<36} {:<36} {:>7}  {:<12} DEPLOYED",
+            "SERVICE", "MODULE.CLASS", "VERSION", "SOURCE"
+        );
+        for s in d["services"].as_array().into_iter().flatten() {
+            let hash = s["source_hash"].as_str().unwrap_or("");
+            println!(
+                "{:<36} {:<36} {:>7}  {:<12} {}",
+                s["name"].as_str().unwrap_or(""),
+                format!(
+                    "{}.{}",
+                    s["module"].as_str().unwrap_or(""),
+                    s["class"].as_str().unwrap_or("")
+                ),
+                s["version"]
+                    .as_i64()
+                    .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                if hash.is_empty() {
+                    "services_dir"
+                } else {
+                    &hash[..12.min(hash.len())]
+                },
+                s["deployed_at_ms"].as_i64().map(utc).unwrap_or_default()
+            );
+        }
+    });
+    Ok(())
+}
+
+/// `oxbus openapi`: printed as the server sends it (the bytes of its /openapi.json).
+pub fn openapi(rt: &Runtime, to: &ServerArgs) -> Result<(), CliError> {
+    let answer = call(rt, to, "GET", "/v1/openapi", Vec::new())?;
+    println!("{}", answer.text.trim_end());
+    Ok(())
+}
+
+/// `oxbus rollback MODULE`.
+pub fn rollback(
+    rt: &Runtime,
+    to: &ServerArgs,
+    module: &str,
+    output: Output,
+) -> Result<(), CliError> {
+    let path = format!("/v1/modules/{module}/rollback");
+    let answer = call(rt, to, "POST", &path, Vec::new())?;
+    print(answer, output, |d| {
+        println!(
+            "{module} is back at version {} (config version {}, {} worker(s) acknowledged)",
+            d["module"]["version"],
+            d["config_version"],
+            d["workers"].as_array().map_or(0, Vec::len)
+        )
+    });
+    Ok(())
+}
+
+/// `oxbus undeploy MODULE`.
+pub fn undeploy(
+    rt: &Runtime,
+    to: &ServerArgs,
+    module: &str,
+    output: Output,
+) -> Result<(), CliError> {
+    let answer = call(
+        rt,
+        to,
+        "DELETE",
+        &format!("/v1/modules/{module}"),
+        Vec::new(),
+    )?;
+    print(answer, output, |d| {
+        println!(
+            "undeployed {module} (config version {}, {} worker(s) acknowledged)",
+            d["config_version"],
+            d["workers"].as_array().map_or(0, Vec::len)
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `oxbus secret set|list|delete`: secrets through the admin API. The value is read from
+//! standard input or a file, never from the command line, and never printed.
+
+use super::CliError;
+use super::args::{Output, SecretAction};
+use super::client::{call, percent_encode};
+use super::format::print;
+use tokio::runtime::Runtime;
+
+/// Runs one `secret` subcommand.
+pub fn command(rt: &Runtime, action: &SecretAction) -> Result<(), CliError> {
+    match action {
+        SecretAction::Set {
+            to,
+            name,
+            value_file,
+        } => {
+            let value = read_value(name, value_file.as_deref())?;
+            let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let body = serde_json::json!({"value": value, "updated_by": who});
+            let path = format!("/v1/secrets/{}", percent_encode(name));
+            let answer = call(rt, to, "PUT", &path, body.to_string().into_bytes())?;
+            print(answer, Output::Text, |d| {
+                println!(
+                    "secret {name} {} (config version {})",
+                    if d["created"] == true {
+                        "created"
+                    } else {
+                        "updated"
+                    },
+                    d["config_version"]
+                )
+            });
+        }
+        SecretAction::List { to, output } => {
+            let answer = call(rt, to, "GET", "/v1/secrets", Vec::new())?;
+            print(answer, *output, |d| {
+                for s in d["secrets"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<40} set by {}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["updated_by"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        SecretAction::Delete { to, name } => {
+            let path = format!("/v1/secrets/{}", percent_encode(name));
+            let answer = call(rt, to, "DELETE", &path, Vec::new())?;
+            print(answer, Output::Text, |d| {
+                println!(
+                    "secret {name} deleted (config version {})",
+                    d["config_version"]
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The value of `secret set NAME`: from `value_file`, else from standard input unless it
+/// is a terminal; one trailing newline (`\n` or `\r\n`) dropped; never empty.
+fn read_value(name: &str, value_file: Option<&std::path::Path>) -> Result<String, CliError> {
+    use std::io::IsTerminal;
+    let mut value = match value_file {
+        Some(f) => std::fs::read_to_string(f).map_err(|source| CliError::Read {
+            path: f.to_owned(),
+            source,
+        })?,
+        None if std::io::stdin().is_terminal() => {
+            return Err(CliError::SecretAtTerminal(name.to_owned()));
+        }
+        None => std::io::read_to_string(std::io::stdin()).map_err(CliError::Stdin)?,
+    };
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(CliError::EmptySecret);
+    }
+    Ok(value)
+}

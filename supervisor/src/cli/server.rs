@@ -1,0 +1,69 @@
+//! `oxbus server --config FILE`, and the part of `oxbus quickstart` it shares: the log
+//! subscriber, the runtime, then the server itself. The server's run is reached through
+//! [`serve`] only (one call site); this file holds no server state.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{CliError, fail};
+use crate::config::Settings;
+
+/// `oxbus server`: settings that do not load exit with EX_CONFIG (78): restarting will not
+/// help (the unit has RestartPreventExitStatus=78).
+pub fn command(config: &Path) -> ExitCode {
+    match Settings::load(config, std::env::vars()) {
+        Ok(s) => serve(s, None, None),
+        Err(e) => {
+            eprintln!("oxbus: error: {e}");
+            ExitCode::from(78)
+        }
+    }
+}
+
+/// Runs the server in the foreground until it stops; its exit code is the process's.
+/// `banner` is printed once logging is up; `proxy` (quickstart's) is stopped after the
+/// server.
+pub fn serve(
+    settings: Settings,
+    banner: Option<String>,
+    proxy: Option<std::process::Child>,
+) -> ExitCode {
+    if let Err(e) = super::logging::init_logging(&settings.server.log_level) {
+        return fail(&CliError::from(e));
+    }
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    // One I/O thread (the default on small machines) runs everything on the main thread:
+    // no cross-thread wake-ups between the HTTP tasks and the worker connections.
+    let rt = if settings.io_threads() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.io_threads())
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => return fail(&CliError::Runtime(e)),
+    };
+    let result = rt.block_on(crate::lifecycle::supervisor::run(settings));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(mut proxy) = proxy {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(proxy.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = proxy.wait();
+    }
+    match result {
+        Ok(o) => ExitCode::from(o.exit_code as u8),
+        Err(e) => {
+            tracing::error!("{e}");
+            fail(&e)
+        }
+    }
+}
