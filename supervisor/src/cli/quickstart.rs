@@ -261,6 +261,8 @@ fn prepare(
     workers: Option<u32>,
     no_proxy: bool,
 ) -> Result<(Settings, String, Option<std::process::Child>), CliError> {
+    // First, as before anything else: a variable that is not UTF-8 stops the command here.
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(w) = workers.filter(|w| *w == 0 || *w > MAX_WORKERS) {
         return Err(CliError::Workers(w));
     }
@@ -269,7 +271,6 @@ fn prepare(
             path: dir.to_owned(),
             source,
         })?;
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(p) = port {
         env.push(("OXBUS_SERVER_LISTEN".into(), format!("\"127.0.0.1:{p}\"")));
         // The admin API sits next to it, as Zato's 17010 / 17011.

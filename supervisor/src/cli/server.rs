@@ -11,7 +11,9 @@ use crate::config::Settings;
 /// `oxbus server`: settings that do not load exit with EX_CONFIG (78): restarting will not
 /// help (the unit has RestartPreventExitStatus=78).
 pub fn command(config: &Path) -> ExitCode {
-    match Settings::load(config, std::env::vars()) {
+    // Read whole first: a variable that is not UTF-8 stops the command before anything else.
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match Settings::load(config, env) {
         Ok(s) => serve(s, None, None),
         Err(e) => {
             eprintln!("oxbus: error: {e}");
