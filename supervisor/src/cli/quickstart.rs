@@ -8,7 +8,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::config::{Channel, DataFormat};
+use crate::model::channel::{Channel, DataFormat};
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -210,7 +210,7 @@ fn sample_channels() -> Vec<Channel> {
         security: None,
         allow_from: Vec::new(),
         rate_limit: None,
-        channel_type: crate::config::ChannelType::Rest,
+        channel_type: crate::model::channel::ChannelType::Rest,
         services: Vec::new(),
     })
     .collect()
