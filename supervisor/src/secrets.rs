@@ -13,6 +13,10 @@
 //!
 //! Plaintext never leaves this module except to the caller that asked for it; `Plain` does not
 //! print its contents in `Debug`.
+//!
+//! Random values from the OS generator ([`random_bytes`], [`random_hex`], [`random_below`])
+//! live here too, for every module that needs tokens or ids. This module knows no other
+//! module of the crate.
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
