@@ -4,7 +4,7 @@
 //! postgres://postgres@127.0.0.1:5432/test), dropped afterwards. A missing server fails the
 //! test loudly; it never skips.
 
-use oxbus_supervisor::config::{Channel, ChannelType, DataFormat};
+use oxbus_supervisor::model::channel::{Channel, ChannelType, DataFormat};
 use oxbus_supervisor::store::{Store, StoreError, source_hash};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -261,7 +261,7 @@ async fn channels_crud(store: &Store) {
         data_format: DataFormat::Raw,
         security: Some("uploaders".into()),
         allow_from: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
-        rate_limit: Some(oxbus_supervisor::config::RateLimit {
+        rate_limit: Some(oxbus_supervisor::model::channel::RateLimit {
             requests: 10,
             per_s: 60,
             burst: Some(3),
@@ -434,7 +434,7 @@ async fn secrets_crud(s: &Store) {
 
 /// A plan is applied whole with one version bump, or (a bad name in it) not at all.
 async fn security_crud(s: &Store) {
-    use oxbus_supervisor::edge::gate::{SecurityDef, SecurityType};
+    use oxbus_supervisor::model::security::{SecurityDef, SecurityType};
     let def = SecurityDef {
         name: "partners".into(),
         kind: SecurityType::Apikey,

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{Channel, ChannelType};
 use crate::deploy::{DeployError, Source, WorkerAck};
 use crate::lifecycle::supervisor::Shared;
+use crate::model::channel::{Channel, ChannelType};
 use crate::scheduler::jobs::JobDef;
 use crate::store::Plan;
 use oxbus_cache::{CacheDef, DEFAULT_CACHE};
@@ -423,7 +423,8 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
-    crate::edge::router::Router::with_gate(&table, &defs, &shared.key, None).map_err(bad)?;
+    crate::edge::router::Router::with_gate(&table, &defs, &shared.key, None)
+        .map_err(|e| bad(e.to_string()))?;
 
     // Secrets: plain values are sealed here; sealed ones must open with this server's key.
     let listed: &[Value] = match &doc.secret {
@@ -747,14 +748,14 @@ async fn import_security(
     plan: &mut Plan,
     changes: &mut Vec<Change>,
     unchanged: &mut usize,
-) -> Result<Vec<crate::edge::gate::SecurityDef>, DeployError> {
+) -> Result<Vec<crate::model::security::SecurityDef>, DeployError> {
     let listed: &[Value] = match listed {
         Value::Null => &[],
         Value::Array(a) => a,
         _ => return Err(bad("security: expected a list of definitions")),
     };
     let stored = shared.store.security_defs().await.map_err(unavailable)?;
-    let mut result: Vec<crate::edge::gate::SecurityDef> = Vec::new();
+    let mut result: Vec<crate::model::security::SecurityDef> = Vec::new();
     for (i, v) in listed.iter().enumerate() {
         let name = match v.get("name") {
             Some(Value::String(n)) => n.clone(),
@@ -778,10 +779,10 @@ async fn import_security(
         // Unchanged when every field and the secret itself are the same (a plaintext
         // password is checked against the stored hash, not re-hashed into a "change").
         let same = old.is_some_and(|o| {
-            let fields_same = crate::edge::gate::SecurityDef {
+            let fields_same = crate::model::security::SecurityDef {
                 sealed: None,
                 ..o.clone()
-            } == crate::edge::gate::SecurityDef {
+            } == crate::model::security::SecurityDef {
                 sealed: None,
                 ..def.clone()
             };

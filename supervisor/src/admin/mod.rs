@@ -53,7 +53,7 @@ pub fn load_or_create_token(path: &Path) -> io::Result<String> {
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let token = crate::edge::cid::random_hex(32);
+    let token = crate::secrets::random_hex(32);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -617,7 +617,7 @@ async fn reload_router(shared: &Shared) -> Result<(), Response<Body>> {
 /// stored security definitions (400 naming the problem).
 async fn check_table(
     shared: &Shared,
-    channels: &[crate::config::Channel],
+    channels: &[crate::model::channel::Channel],
 ) -> Result<(), Response<Body>> {
     let defs = shared
         .store
@@ -634,7 +634,7 @@ async fn list_security(shared: &Shared) -> Response<Body> {
     match shared.store.security_defs().await {
         Ok(list) => reply(
             StatusCode::OK,
-            json!({"security": list.iter().map(crate::edge::gate::public_json).collect::<Vec<_>>()}),
+            json!({"security": list.iter().map(crate::model::security::public_json).collect::<Vec<_>>()}),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -644,7 +644,7 @@ async fn list_security(shared: &Shared) -> Response<Body> {
 async fn get_security(shared: &Shared, name: &str) -> Response<Body> {
     match shared.store.security_defs().await {
         Ok(list) => match list.iter().find(|d| d.name == name) {
-            Some(d) => reply(StatusCode::OK, crate::edge::gate::public_json(d)),
+            Some(d) => reply(StatusCode::OK, crate::model::security::public_json(d)),
             None => error(
                 StatusCode::NOT_FOUND,
                 format!("no security definition named {name}"),
@@ -709,7 +709,7 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
         } else {
             StatusCode::OK
         },
-        json!({"config_version": change.config_version, "security": crate::edge::gate::public_json(&def)}),
+        json!({"config_version": change.config_version, "security": crate::model::security::public_json(&def)}),
     )
 }
 
@@ -755,13 +755,13 @@ fn file_channel_named(shared: &Shared, name: &str) -> bool {
         .any(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
 }
 
-fn channel_json(c: &crate::config::Channel, source: &str) -> Value {
+fn channel_json(c: &crate::model::channel::Channel, source: &str) -> Value {
     let mut j = json!({
         "name": c.name, "type": c.channel_type.as_str(), "url_path": c.url_path,
         "methods": c.methods, "service": c.service,
         "data_format": c.data_format.as_str(), "source": source,
     });
-    if c.channel_type == crate::config::ChannelType::JsonRpc {
+    if c.channel_type == crate::model::channel::ChannelType::JsonRpc {
         j["services"] = json!(c.services);
     }
     j
@@ -786,7 +786,7 @@ async fn list_channels(shared: &Shared) -> Response<Body> {
 /// POST /v1/channels: validated against every existing channel before it is written; live
 /// at once.
 async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
-    let channel: crate::config::Channel = match serde_json::from_slice(&body) {
+    let channel: crate::model::channel::Channel = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
             return error(
@@ -852,7 +852,7 @@ async fn get_channel(shared: &Shared, name: &str) -> Response<Body> {
 /// PUT /v1/channels/{name}: replaces a stored channel's path, methods, service or format;
 /// validated against every other channel first, live at once.
 async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
-    let mut channel: crate::config::Channel = match serde_json::from_slice(&body) {
+    let mut channel: crate::model::channel::Channel = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
             return error(

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{CliError, fail};
-use crate::config::{Channel, DataFormat, MAX_WORKERS, Settings};
+use crate::config::{MAX_WORKERS, Settings};
+use crate::model::channel::{Channel, DataFormat};
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -212,7 +213,7 @@ fn sample_channels() -> Vec<Channel> {
         security: None,
         allow_from: Vec::new(),
         rate_limit: None,
-        channel_type: crate::config::ChannelType::Rest,
+        channel_type: crate::model::channel::ChannelType::Rest,
         services: Vec::new(),
     })
     .collect()

@@ -439,7 +439,7 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
 }
 
 fn rand_u32() -> u32 {
-    u32::from_be_bytes(crate::edge::cid::random_bytes::<4>())
+    u32::from_be_bytes(crate::secrets::random_bytes::<4>())
 }
 
 /// Runs an established link until it ends.
@@ -502,7 +502,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
             loop {
                 tick.tick().await;
                 if tx
-                    .send(Frame::ping(crate::edge::cid::random_bytes::<8>()).to_bytes())
+                    .send(Frame::ping(crate::secrets::random_bytes::<8>()).to_bytes())
                     .is_err()
                 {
                     break;

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::Channel;
+use crate::model::channel::Channel;
 use crate::store::{Module, SealedSecret, Store, StoreError};
 
 const MAGIC: &str = "oxbus-snapshot 1";
@@ -32,7 +32,7 @@ pub struct Snapshot {
     pub secrets: Vec<SealedSecret>,
     /// Security definitions (secret material sealed); absent in snapshots of older versions.
     #[serde(default)]
-    pub security: Vec<crate::edge::gate::SecurityDef>,
+    pub security: Vec<crate::model::security::SecurityDef>,
     /// Cache definitions (the built-in `default` is not among them unless one was stored);
     /// absent in snapshots of older versions.
     #[serde(default)]
@@ -174,15 +174,15 @@ mod tests {
                 url_path: "/a".into(),
                 methods: vec!["GET".into()],
                 service: "s".into(),
-                data_format: crate::config::DataFormat::Raw,
+                data_format: crate::model::channel::DataFormat::Raw,
                 security: Some("b".into()),
                 allow_from: vec!["10.0.0.0/8".into()],
-                rate_limit: Some(crate::config::RateLimit {
+                rate_limit: Some(crate::model::channel::RateLimit {
                     requests: 5,
                     per_s: 1,
                     burst: None,
                 }),
-                channel_type: crate::config::ChannelType::Rest,
+                channel_type: crate::model::channel::ChannelType::Rest,
                 services: Vec::new(),
             }],
             modules: vec![Module {
@@ -200,9 +200,9 @@ mod tests {
                 updated_by: "t".into(),
                 updated_at: 3,
             }],
-            security: vec![crate::edge::gate::SecurityDef {
+            security: vec![crate::model::security::SecurityDef {
                 name: "b".into(),
-                kind: crate::edge::gate::SecurityType::Basic,
+                kind: crate::model::security::SecurityType::Basic,
                 username: Some("ann".into()),
                 realm: None,
                 header: None,
@@ -238,8 +238,7 @@ mod tests {
     }
 
     fn tmp() -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("oxbus-snap-{}", crate::edge::cid::random_hex(8)));
+        let d = std::env::temp_dir().join(format!("oxbus-snap-{}", crate::secrets::random_hex(8)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

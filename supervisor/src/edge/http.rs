@@ -37,12 +37,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
-use crate::config::{ChannelType, DataFormat};
-use crate::edge::forwarded::{self, TrustedProxies};
+use crate::edge::forwarded;
 use crate::edge::head_gate::{HeadGate, Refusal};
 use crate::edge::router::Match;
 use crate::lifecycle::pool::DispatchError;
 use crate::lifecycle::supervisor::{Event, Shared};
+use crate::model::channel::{ChannelType, DataFormat};
+use crate::model::net::TrustedProxies;
 
 pub(crate) type Body = Full<Bytes>;
 

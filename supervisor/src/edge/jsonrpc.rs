@@ -37,9 +37,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::{Instrument, debug, warn};
 
-use crate::config::{Channel, ChannelType, ConfigError, DataFormat};
 use crate::edge::http::{Body, HttpCall};
 use crate::lifecycle::pool::{DispatchError, Reply};
+use crate::model::channel::{Channel, ChannelType, DataFormat};
 
 /// The most calls one batch may hold; a bigger batch is one -32600. The pool's queue bounds
 /// the work anyway, but a batch this big would hold the queue against every other client.
@@ -52,55 +52,6 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined (-32000..-32099): the call got no answer from a worker.
 pub const SERVER_ERROR: i64 = -32000;
-
-/// Checks a JSON-RPC channel's settings and returns it as the router should hold it: a
-/// POST-only channel of one static path.
-pub fn routed_channel(c: &Channel) -> Result<Channel, ConfigError> {
-    let bad = |key: &str, value: String, message: &str| ConfigError::Invalid {
-        key: key.into(),
-        value,
-        message: message.into(),
-    };
-    if c.url_path.contains(['{', '}']) {
-        return Err(bad(
-            "channels.url_path",
-            c.url_path.clone(),
-            "a JSON-RPC channel has one URL: no {parameters}",
-        ));
-    }
-    if !c.service.is_empty() {
-        return Err(bad(
-            "channels.service",
-            c.service.clone(),
-            "a JSON-RPC channel runs the service each request names; use services = [...] to restrict which",
-        ));
-    }
-    if !(c.methods.is_empty() || c.methods == ["POST"]) {
-        return Err(bad(
-            "channels.methods",
-            format!("{:?}", c.methods),
-            "a JSON-RPC channel takes POST only",
-        ));
-    }
-    if c.data_format != DataFormat::Json {
-        return Err(bad(
-            "channels.data_format",
-            c.data_format.as_str().into(),
-            "a JSON-RPC channel is JSON",
-        ));
-    }
-    if let Some(s) = c.services.iter().find(|s| s.trim().is_empty()) {
-        return Err(bad(
-            "channels.services",
-            format!("{s:?}"),
-            "service names must not be empty",
-        ));
-    }
-    Ok(Channel {
-        methods: vec!["POST".into()],
-        ..c.clone()
-    })
-}
 
 /// An HTTP request body, read as JSON-RPC.
 #[derive(Debug)]
@@ -358,7 +309,8 @@ pub fn outcome(reply: &Reply, cid: &str) -> Outcome {
     }
     match result_of(reply) {
         Ok(r) => Outcome::Result(r),
-        Err(problem) => {
+        Err(e) => {
+            let problem = e.to_string();
             warn!(
                 cid,
                 problem, "a service's answer cannot be a JSON-RPC result"
@@ -372,8 +324,21 @@ pub fn outcome(reply: &Reply, cid: &str) -> Outcome {
     }
 }
 
+/// Why a successful reply cannot be a JSON-RPC `result`.
+#[derive(Debug, thiserror::Error)]
+enum ResultError {
+    #[error("the service answered JSON that is not UTF-8")]
+    NotUtf8,
+    #[error("the service answered malformed JSON: {0}")]
+    Malformed(serde_json::Error),
+    #[error("{0}")]
+    Text(serde_json::Error),
+    #[error("the service answered {0}, which a JSON-RPC result cannot carry")]
+    ContentType(String),
+}
+
 /// The `result` of a successful reply: JSON as it is, text as a string, nothing as null.
-fn result_of(reply: &Reply) -> Result<Box<RawValue>, String> {
+fn result_of(reply: &Reply) -> Result<Box<RawValue>, ResultError> {
     if reply.body.is_empty() {
         return Ok(RawValue::NULL.to_owned());
     }
@@ -385,18 +350,14 @@ fn result_of(reply: &Reply) -> Result<Box<RawValue>, String> {
         .trim()
         .to_ascii_lowercase();
     if essence == "application/json" || essence.ends_with("+json") {
-        let text = String::from_utf8(reply.body.to_vec())
-            .map_err(|_| "the service answered JSON that is not UTF-8".to_owned())?;
-        return RawValue::from_string(text)
-            .map_err(|e| format!("the service answered malformed JSON: {e}"));
+        let text = String::from_utf8(reply.body.to_vec()).map_err(|_| ResultError::NotUtf8)?;
+        return RawValue::from_string(text).map_err(ResultError::Malformed);
     }
     if essence.starts_with("text/") {
         return serde_json::value::to_raw_value(&String::from_utf8_lossy(&reply.body))
-            .map_err(|e| e.to_string());
+            .map_err(ResultError::Text);
     }
-    Err(format!(
-        "the service answered {ct}, which a JSON-RPC result cannot carry"
-    ))
+    Err(ResultError::ContentType(ct.to_owned()))
 }
 
 /// The error of a call no worker answered.
@@ -842,34 +803,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_settings_are_checked() {
-        assert_eq!(routed_channel(&rpc(&[])).unwrap().methods, ["POST"]);
-        let ok = Channel {
-            methods: vec!["POST".into()],
-            ..rpc(&["a"])
-        };
-        assert!(routed_channel(&ok).is_ok());
-        for bad in [
-            Channel {
-                url_path: "/rpc/{x}".into(),
-                ..rpc(&[])
-            },
-            Channel {
-                service: "s".into(),
-                ..rpc(&[])
-            },
-            Channel {
-                methods: vec!["GET".into()],
-                ..rpc(&[])
-            },
-            Channel {
-                data_format: DataFormat::Raw,
-                ..rpc(&[])
-            },
-            rpc(&[" "]),
-        ] {
-            assert!(routed_channel(&bad).is_err(), "{bad:?}");
-        }
+    fn jsonrpc_channels_route_as_post_only() {
         // Through the router: GET is 405 with POST allowed; a REST channel has no services.
         let r = crate::edge::router::Router::new(&[rpc(&[])]).unwrap();
         assert!(

@@ -27,7 +27,8 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use crate::config::{Channel, DataFormat, OpenApiSection};
+use crate::config::OpenApiSection;
+use crate::model::channel::{Channel, DataFormat};
 
 /// The methods a channel that takes any method is described with: the ones APIs use. It also
 /// takes HEAD, OPTIONS, TRACE and custom methods; describing them would only add noise.
@@ -63,16 +64,16 @@ pub struct Info<'a> {
     /// The config version the server runs.
     pub config_version: i64,
     /// The security definitions (for `components.securitySchemes`).
-    pub security: &'a [crate::edge::gate::SecurityDef],
+    pub security: &'a [crate::model::security::SecurityDef],
 }
 
 /// How a security definition is described to clients.
-fn security_scheme(d: &crate::edge::gate::SecurityDef) -> Value {
-    use crate::edge::gate::SecurityType;
+fn security_scheme(d: &crate::model::security::SecurityDef) -> Value {
+    use crate::model::security::SecurityType;
     match d.kind {
         SecurityType::Basic => json!({"type": "http", "scheme": "basic"}),
         SecurityType::Apikey => json!({"type": "apiKey", "in": "header",
-            "name": d.header.as_deref().unwrap_or(crate::edge::gate::DEFAULT_KEY_HEADER)}),
+            "name": d.header.as_deref().unwrap_or(crate::model::security::DEFAULT_KEY_HEADER)}),
         SecurityType::Jwt => json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}),
     }
 }
@@ -87,7 +88,7 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
     // request whose body names the operation, so they are left out (docs/OPENAPI.md).
     for channel in channels
         .iter()
-        .filter(|c| c.channel_type == crate::config::ChannelType::Rest)
+        .filter(|c| c.channel_type == crate::model::channel::ChannelType::Rest)
     {
         let service = by_name.get(channel.service.as_str()).copied();
         let item = paths
@@ -118,7 +119,7 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
 
 /// The channel's checks on an operation: its security requirement and the answers the gate
 /// gives (401, 403, 429).
-fn gate_responses(op: &mut Value, channel: &Channel, defs: &[crate::edge::gate::SecurityDef]) {
+fn gate_responses(op: &mut Value, channel: &Channel, defs: &[crate::model::security::SecurityDef]) {
     let mut limited = channel.rate_limit.is_some();
     if let Some(name) = &channel.security {
         let mut requirement = Map::new();

@@ -3,21 +3,29 @@
 //! Static paths are looked up in a hash map first, so the common case costs one hash; paths
 //! with parameters are tried in the order they were configured. A path that matches with the
 //! wrong method is told apart from one that matches nothing (405 vs 404).
+//!
+//! The table holds what `model::channel::routes` checked and the gate compiled with it; it
+//! checks nothing itself and touches neither the store nor the workers.
 
-use crate::config::{Channel, ChannelType, ConfigError};
+use crate::edge::gate::{Gate, GateError};
+use crate::model::channel::{Channel, ChannelError, Segment};
+use crate::model::security::SecurityDef;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-}
 
 #[derive(Debug)]
 struct Route {
     segments: Vec<Segment>,
     channel: Arc<Channel>,
+}
+
+/// Why a routing table with its gate cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(transparent)]
+    Routes(#[from] ChannelError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
 }
 
 /// The routing table.
@@ -27,7 +35,7 @@ pub struct Router {
     dynamic: Vec<Route>,
     /// What each channel checks before its service runs (compiled with the routes, so a
     /// request sees one consistent table).
-    pub gate: crate::edge::gate::Gate,
+    pub gate: Gate,
     /// Every channel in the order configured (server.toml's, then the store's): what the
     /// OpenAPI document describes.
     all: Vec<Arc<Channel>>,
@@ -45,128 +53,41 @@ pub enum Match {
     NotFound,
 }
 
-fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: "channels.url_path".into(),
-        value: path.into(),
-        message: message.into(),
-    }
-}
-
-fn parse_path(path: &str) -> Result<Vec<Segment>, ConfigError> {
-    if !path.starts_with('/') {
-        return Err(invalid(path, "must start with /"));
-    }
-    let mut seen = Vec::new();
-    path[1..]
-        .split('/')
-        .map(|seg| {
-            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                if name.is_empty()
-                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    || name.starts_with(|c: char| c.is_ascii_digit())
-                {
-                    return Err(invalid(path, format!("bad parameter name {{{name}}}")));
-                }
-                if seen.contains(&name) {
-                    return Err(invalid(path, format!("parameter {{{name}}} appears twice")));
-                }
-                seen.push(name);
-                Ok(Segment::Param(name.to_owned()))
-            } else if seg.contains(['{', '}']) {
-                Err(invalid(
-                    path,
-                    format!("segment {seg:?}: a parameter must be a whole segment"),
-                ))
-            } else {
-                Ok(Segment::Literal(seg.to_owned()))
-            }
-        })
-        .collect()
-}
-
-fn methods_overlap(a: &Channel, b: &Channel) -> bool {
-    a.methods.is_empty() || b.methods.is_empty() || a.methods.iter().any(|m| b.methods.contains(m))
-}
-
 impl Router {
-    /// Builds the table; rejects malformed paths, bad methods and ambiguous duplicates.
     /// The routing table with its gate: routes from `channels`, checks from their fields and
-    /// the security definitions `defs` (see [`crate::edge::gate::Gate::build`]).
+    /// the security definitions `defs` (see [`Gate::build`]).
     pub fn with_gate(
         channels: &[Channel],
-        defs: &[crate::edge::gate::SecurityDef],
+        defs: &[SecurityDef],
         key: &crate::secrets::Key,
         previous: Option<&Router>,
-    ) -> Result<Router, String> {
-        let mut r = Router::new(channels).map_err(|e| e.to_string())?;
-        r.gate = crate::edge::gate::Gate::build(&r.all, defs, key, previous.map(|p| &p.gate))?;
+    ) -> Result<Router, TableError> {
+        let mut r = Router::new(channels)?;
+        r.gate = Gate::build(&r.all, defs, key, previous.map(|p| &p.gate))?;
         Ok(r)
     }
 
-    /// The routes alone (every channel's gate open); for validating a change.
-    pub fn new(channels: &[Channel]) -> Result<Router, ConfigError> {
+    /// The routes alone (every channel's gate open); rejects what
+    /// [`crate::model::channel::routes`] rejects.
+    pub fn new(channels: &[Channel]) -> Result<Router, ChannelError> {
         let mut r = Router::default();
-        let mut all: Vec<(Vec<Segment>, Arc<Channel>)> = Vec::new();
-        for c in channels {
-            // A JSON-RPC channel routes like a POST-only channel of one static path.
-            let jsonrpc;
-            let c = match c.channel_type {
-                ChannelType::Rest => {
-                    if c.service.trim().is_empty() {
-                        return Err(invalid(&c.url_path, "channel has an empty service name"));
-                    }
-                    if !c.services.is_empty() {
-                        return Err(ConfigError::Invalid {
-                            key: "channels.services".into(),
-                            value: format!("{:?}", c.services),
-                            message: "only a JSON-RPC channel (type = \"jsonrpc\") has a services list; a REST channel names one service".into(),
-                        });
-                    }
-                    c
-                }
-                ChannelType::JsonRpc => {
-                    jsonrpc = crate::edge::jsonrpc::routed_channel(c)?;
-                    &jsonrpc
-                }
-            };
-            for m in &c.methods {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err(ConfigError::Invalid {
-                        key: "channels.methods".into(),
-                        value: m.clone(),
-                        message: "methods are upper-case HTTP verbs such as GET or POST".into(),
-                    });
-                }
-            }
-            let segments = parse_path(&c.url_path)?;
-            // `/a/{x}` and `/a/{y}` match the same requests: parameter names do not count.
-            let same_shape = |s: &[Segment]| {
-                s.len() == segments.len()
-                    && s.iter().zip(&segments).all(|(a, b)| match (a, b) {
-                        (Segment::Param(_), Segment::Param(_)) => true,
-                        (a, b) => a == b,
-                    })
-            };
-            if let Some((_, other)) = all
-                .iter()
-                .find(|(s, o)| same_shape(s) && methods_overlap(o, c))
-            {
-                return Err(invalid(
-                    &c.url_path,
-                    format!("duplicates the channel for service {}", other.service),
-                ));
-            }
-            let channel = Arc::new(c.clone());
-            all.push((segments.clone(), channel.clone()));
+        for routed in crate::model::channel::routes(channels)? {
+            let channel = Arc::new(routed.channel);
             r.all.push(channel.clone());
-            if segments.iter().all(|s| matches!(s, Segment::Literal(_))) {
+            if routed
+                .segments
+                .iter()
+                .all(|s| matches!(s, Segment::Literal(_)))
+            {
                 r.statics
-                    .entry(c.url_path.clone())
+                    .entry(channel.url_path.clone())
                     .or_default()
                     .push(channel);
             } else {
-                r.dynamic.push(Route { segments, channel });
+                r.dynamic.push(Route {
+                    segments: routed.segments,
+                    channel,
+                });
             }
         }
         Ok(r)
@@ -259,7 +180,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DataFormat;
+    use crate::model::channel::{ChannelType, DataFormat};
 
     fn ch(path: &str, methods: &[&str], service: &str) -> Channel {
         Channel {

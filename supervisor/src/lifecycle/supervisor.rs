@@ -336,7 +336,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         store,
         key,
         server_name: me.name.clone(),
-        boot_id: crate::edge::cid::random_hex(6),
+        boot_id: crate::secrets::random_hex(6),
         store_ok: AtomicBool::new(boot.online),
         applied_version: std::sync::atomic::AtomicI64::new(boot.snapshot.config_version),
         snapshot_version: Arc::new(std::sync::atomic::AtomicI64::new(if boot.online {
@@ -798,12 +798,12 @@ impl Supervisor {
     fn spawn_worker(&mut self, generation: u64, replaces: Option<u32>) -> Result<(), ServerError> {
         let id = self.next_id;
         self.next_id += 1;
-        let token = crate::edge::cid::random_hex(16);
+        let token = crate::secrets::random_hex(16);
         let s = &self.settings.workers;
         let recycle_at = if s.max_requests == 0 {
             0
         } else {
-            s.max_requests + crate::edge::cid::random_below(s.max_requests_jitter + 1)
+            s.max_requests + crate::secrets::random_below(s.max_requests_jitter + 1)
         };
         let worker = Arc::new(Worker::new(id, generation, token.clone(), recycle_at));
         self.shared.pool.add(worker.clone());

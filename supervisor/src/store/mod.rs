@@ -22,7 +22,7 @@ use sqlx::{Row, migrate::Migrator};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{Channel, ChannelType, DataFormat};
+use crate::model::channel::{Channel, ChannelType, DataFormat};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -419,7 +419,7 @@ pub struct Plan {
     pub put_secrets: Vec<(String, String)>,
     pub delete_secrets: Vec<String>,
     /// Security definitions to create or replace (secret material sealed), and to delete.
-    pub put_security: Vec<crate::edge::gate::SecurityDef>,
+    pub put_security: Vec<crate::model::security::SecurityDef>,
     pub delete_security: Vec<String>,
     /// Cache definitions to create or replace, and to delete (by name).
     pub put_caches: Vec<oxbus_cache::CacheDef>,
@@ -903,7 +903,7 @@ impl Store {
     }
 
     /// Every security definition, by name.
-    pub async fn security_defs(&self) -> Result<Vec<crate::edge::gate::SecurityDef>> {
+    pub async fn security_defs(&self) -> Result<Vec<crate::model::security::SecurityDef>> {
         self.json_objects("security_defs", "security definition")
             .await
     }
@@ -911,7 +911,7 @@ impl Store {
     /// Creates (`create`: refused when it exists) or replaces a security definition.
     pub async fn put_security(
         &self,
-        def: &crate::edge::gate::SecurityDef,
+        def: &crate::model::security::SecurityDef,
         create: bool,
         by: &str,
     ) -> Result<Change<()>> {

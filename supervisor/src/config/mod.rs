@@ -2,6 +2,9 @@
 //! validation. Everything is checked before anything starts, and a bad setting is an error
 //! that names the setting, the value and the limit.
 //!
+//! Below every subsystem: it reads the file and the environment and knows only `model` (the
+//! channels' checks are `model::channel::routes`, the same ones the routing table runs).
+//!
 //! ```toml
 //! [server]
 //! listen = "0.0.0.0:17010"
@@ -19,7 +22,8 @@
 //! service = "crm.customer.get"
 //! ```
 
-use crate::edge::forwarded::TrustedProxies;
+use crate::model::channel::{Channel, ChannelError};
+use crate::model::net::TrustedProxies;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +50,9 @@ pub enum ConfigError {
         value: String,
         message: String,
     },
+    /// A channel that cannot be routed (the same text as `Invalid`).
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
 }
 
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -204,8 +211,8 @@ pub struct HttpSection {
     pub shutdown_delay_ms: u64,
     /// Reverse proxies (CIDR networks, e.g. an ALB's subnets) whose `X-Forwarded-For`,
     /// `X-Forwarded-Proto`, `X-Forwarded-Port` and `X-Request-Id` are believed (see
-    /// `forwarded`). Empty = trust nobody: the client is the TCP peer. A string is read as a
-    /// comma-separated list, so that `OXBUS_HTTP_TRUSTED_PROXIES=10.0.0.0/8,::1` works.
+    /// `edge::forwarded`). Empty = trust nobody: the client is the TCP peer. A string is read
+    /// as a comma-separated list, so that `OXBUS_HTTP_TRUSTED_PROXIES=10.0.0.0/8,::1` works.
     #[serde(deserialize_with = "list_or_csv")]
     pub trusted_proxies: Vec<String>,
     /// `trusted_proxies` parsed, when the settings are loaded.
@@ -359,105 +366,6 @@ pub struct OpenApiSection {
 
 /// The most servers one cluster (one config store) may have.
 pub const MAX_SERVERS: usize = 3;
-
-/// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service; a
-/// JSON-RPC channel (`type = "jsonrpc"`) binds one URL to every deployed service, or to those
-/// listed in `services`, each called by name as the request's `method` (see `jsonrpc`).
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Channel {
-    #[serde(default)]
-    pub name: Option<String>,
-    /// `rest` (the default, left out when serialised) or `jsonrpc`.
-    #[serde(rename = "type", default, skip_serializing_if = "ChannelType::is_rest")]
-    pub channel_type: ChannelType,
-    pub url_path: String,
-    /// Allowed methods; empty = any. A JSON-RPC channel takes POST only.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// The service a REST channel runs; a JSON-RPC channel has none (the request names it).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub service: String,
-    #[serde(default = "default_format")]
-    pub data_format: DataFormat,
-    /// The security definition callers must pass (see `crate::edge::gate`); none = open.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security: Option<String>,
-    /// Client addresses allowed to call (CIDRs or addresses, IPv4 and IPv6); empty = any.
-    /// The client is the peer, or for trusted proxies the address `X-Forwarded-For` gives.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow_from: Vec<String>,
-    /// A token-bucket limit for the channel, per server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
-    /// JSON-RPC only: the services (`method` names) the channel may call; empty = any
-    /// deployed service.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<String>,
-}
-
-/// `requests` per `per_s` seconds, bursts of up to `burst` (default `requests`); per server.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    pub requests: u32,
-    #[serde(default = "one")]
-    pub per_s: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// What kind of channel a `[[channels]]` entry is.
-#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelType {
-    /// A URL path (and methods) bound to one service.
-    #[default]
-    Rest,
-    /// JSON-RPC 2.0 over HTTP POST (`crate::edge::jsonrpc`).
-    JsonRpc,
-}
-
-impl ChannelType {
-    /// The name in settings, the store and the IPC `channel` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelType::Rest => "rest",
-            ChannelType::JsonRpc => "jsonrpc",
-        }
-    }
-
-    fn is_rest(&self) -> bool {
-        *self == ChannelType::Rest
-    }
-}
-
-fn default_format() -> DataFormat {
-    DataFormat::Json
-}
-
-/// How a channel's request body is handed to the service.
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    /// Parsed as JSON into `self.request.payload`; malformed JSON is a 400.
-    Json,
-    /// Raw bytes in `self.request.raw`.
-    Raw,
-}
-
-impl DataFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataFormat::Json => "json",
-            DataFormat::Raw => "raw",
-        }
-    }
-}
 
 const SECTIONS: &[&str] = &[
     "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi", "deploy",
@@ -621,7 +529,8 @@ impl Settings {
                 "must not be the services directory: files there are loaded at start, files in the pickup directory are deployed",
             );
         }
-        crate::edge::router::Router::new(&self.channels).map(|_| ())
+        crate::model::channel::routes(&self.channels)?;
+        Ok(())
     }
 
     /// The worker count, with the default applied.
@@ -742,218 +651,4 @@ fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, Strin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Settings> {
-        Settings::from_toml(
-            text,
-            Path::new("test.toml"),
-            Path::new("/base"),
-            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
-        )
-    }
-
-    #[test]
-    fn defaults_and_channels() {
-        let s = parse(
-            r#"
-            [server]
-            workers = 2
-            [[channels]]
-            url_path = "/echo"
-            methods = ["POST"]
-            service = "demo.echo"
-            "#,
-            &[],
-        )
-        .unwrap();
-        assert_eq!(s.worker_count(), 2);
-        assert_eq!(s.http.keepalive_timeout_ms, 75_000);
-        assert_eq!(s.channels[0].data_format, DataFormat::Json);
-        assert_eq!(s.services_dir(), PathBuf::from("/base/services"));
-    }
-
-    #[test]
-    fn jsonrpc_channels_have_a_type_and_a_services_list() {
-        let s = parse(
-            r#"
-            [[channels]]
-            type = "jsonrpc"
-            url_path = "/rpc"
-            services = ["crm.get"]
-            [[channels]]
-            url_path = "/echo"
-            service = "demo.echo"
-            "#,
-            &[],
-        )
-        .unwrap();
-        assert_eq!(s.channels[0].channel_type, ChannelType::JsonRpc);
-        assert_eq!(s.channels[0].services, ["crm.get"]);
-        assert_eq!(s.channels[1].channel_type, ChannelType::Rest);
-        for bad in [
-            "type = \"soap\"\nurl_path = \"/x\"",
-            "type = \"jsonrpc\"\nurl_path = \"/x\"\nservice = \"s\"",
-            "url_path = \"/x\"\nservice = \"s\"\nservices = [\"s\"]",
-            "url_path = \"/x\"",
-        ] {
-            assert!(
-                parse(&format!("[[channels]]\n{bad}"), &[]).is_err(),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn rss_ceiling_and_deploy_deadline_have_defaults_and_limits() {
-        let s = parse("", &[]).unwrap();
-        assert_eq!(s.workers.max_rss_mb, DEFAULT_MAX_RSS_MB);
-        assert_eq!(s.deploy.check_timeout_ms, 10_000);
-        let s = parse(
-            "[workers]\nmax_rss_mb = 0\n[deploy]\ncheck_timeout_ms = 2000",
-            &[],
-        )
-        .unwrap();
-        assert_eq!((s.workers.max_rss_mb, s.deploy.check_timeout_ms), (0, 2000));
-        let e = parse("[workers]\nmax_rss_mb = 10", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("workers.max_rss_mb = 10"), "{e}");
-        let e = parse("", &[("OXBUS_DEPLOY_CHECK_TIMEOUT_MS", "0")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("deploy.check_timeout_ms = 0"), "{e}");
-    }
-
-    #[test]
-    fn more_than_eight_workers_is_refused_naming_the_limit() {
-        let e = parse("[server]\nworkers = 9", &[]).unwrap_err().to_string();
-        assert!(e.contains("server.workers = 9"), "{e}");
-        assert!(e.contains("at most 8 Python workers"), "{e}");
-        let e = parse("", &[("OXBUS_SERVER_WORKERS", "12")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("at most 8"), "{e}");
-    }
-
-    #[test]
-    fn env_overrides_the_file() {
-        let s = parse(
-            "[server]\nworkers = 2\n",
-            &[
-                ("OXBUS_SERVER_WORKERS", "3"),
-                ("OXBUS_HTTP_MAX_BODY_BYTES", "1000"),
-                ("OXBUS_SERVER_PYTHON", "/opt/venv/bin/python"),
-                ("OXBUS_TOKEN", "ignored: not a setting section"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(s.worker_count(), 3);
-        assert_eq!(s.http.max_body_bytes, 1000);
-        assert_eq!(s.server.python, "/opt/venv/bin/python");
-    }
-
-    #[test]
-    fn openapi_section_is_optional_and_overridable() {
-        let s = parse("", &[]).unwrap();
-        assert_eq!((s.openapi.title, s.openapi.version), (None, None));
-        let s = parse(
-            "[openapi]\ntitle = \"CRM\"\nversion = \"2.1\"\n",
-            // The value is TOML, like every override: a bare 2.2 would be a number.
-            &[("OXBUS_OPENAPI_VERSION", "\"2.2\"")],
-        )
-        .unwrap();
-        assert_eq!(s.openapi.title.as_deref(), Some("CRM"));
-        assert_eq!(s.openapi.version.as_deref(), Some("2.2"));
-        assert!(parse("[openapi]\nservers = []\n", &[]).is_err());
-    }
-
-    #[test]
-    fn pickup_dir_is_optional_relative_and_overridable() {
-        assert_eq!(parse("", &[]).unwrap().pickup_dir(), None);
-        let s = parse("[pickup]\ndir = \"pickup\"", &[]).unwrap();
-        assert_eq!(s.pickup_dir(), Some(PathBuf::from("/base/pickup")));
-        let s = parse("[pickup]\ndir = \"/srv/drop\"", &[]).unwrap();
-        assert_eq!(s.pickup_dir(), Some(PathBuf::from("/srv/drop")));
-        let s = parse("", &[("OXBUS_PICKUP_DIR", "incoming")]).unwrap();
-        assert_eq!(s.pickup_dir(), Some(PathBuf::from("/base/incoming")));
-        // An empty override turns off the directory the file sets.
-        let s = parse("[pickup]\ndir = \"pickup\"", &[("OXBUS_PICKUP_DIR", "")]).unwrap();
-        assert_eq!(s.pickup_dir(), None);
-        assert!(parse("[pickup]\ndirectory = \"x\"", &[]).is_err());
-        assert!(parse("", &[("OXBUS_PICKUP_DIRS", "x")]).is_err());
-        let e = parse("[pickup]\ndir = \"services\"", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("pickup.dir") && e.contains("services directory"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn trusted_proxies_are_parsed_at_load_and_a_bad_entry_is_named() {
-        let s = parse("", &[]).unwrap();
-        assert!(s.http.trusted_proxies.is_empty() && s.http.trusted().is_empty());
-        let s = parse(
-            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1/32\", \"::1/128\"]",
-            &[],
-        )
-        .unwrap();
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert!(s.http.trusted().contains(ip("10.20.30.40")));
-        assert!(s.http.trusted().contains(ip("::1")));
-        assert!(!s.http.trusted().contains(ip("127.0.0.2")));
-        // The environment: a TOML list, or a comma-separated string; empty trusts nobody.
-        for value in [r#"["172.16.0.0/12", "::1"]"#, "172.16.0.0/12, ::1"] {
-            let s = parse(
-                "[http]\ntrusted_proxies = [\"10.0.0.0/8\"]",
-                &[("OXBUS_HTTP_TRUSTED_PROXIES", value)],
-            )
-            .unwrap();
-            assert_eq!(s.http.trusted_proxies, ["172.16.0.0/12", "::1"], "{value}");
-            assert!(s.http.trusted().contains(ip("172.31.0.1")));
-            assert!(!s.http.trusted().contains(ip("10.0.0.1")));
-        }
-        let s = parse(
-            "[http]\ntrusted_proxies = [\"10.0.0.0/8\"]",
-            &[("OXBUS_HTTP_TRUSTED_PROXIES", "")],
-        )
-        .unwrap();
-        assert!(s.http.trusted().is_empty());
-        let e = parse(
-            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains(r#"http.trusted_proxies = "10.0.0.1/8""#) && e.contains("host bits"),
-            "{e}"
-        );
-        let e = parse(
-            "",
-            &[("OXBUS_HTTP_TRUSTED_PROXIES", "10.0.0.0/8,example.com")],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains(r#"http.trusted_proxies = "example.com""#)
-                && e.contains("not an IP address"),
-            "{e}"
-        );
-        assert!(parse("[http]\ntrusted_proxies = [1]", &[]).is_err());
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_errors() {
-        assert!(parse("[server]\nworkerz = 2", &[]).is_err());
-        assert!(parse("", &[("OXBUS_HTTP_MAX_BODY_BYTEZ", "1")]).is_err());
-        assert!(parse("[server]\nworkers = 0", &[]).is_err());
-        let e = parse("[[channels]]\nurl_path = \"echo\"\nservice = \"x\"", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("must start with /"), "{e}");
-    }
-}
+mod tests;

@@ -1,0 +1,361 @@
+//! A channel as plain data: what `[[channels]]` in server.toml and the store's channel rows
+//! hold ([`Channel`], its [`RateLimit`], [`ChannelType`], [`DataFormat`]), and the checks a
+//! set of channels must pass before it can become a routing table ([`routes`]): paths,
+//! methods, the JSON-RPC form, unambiguous duplicates. No I/O, and nothing of the edge: the
+//! routing table (`edge::router`) and the gate (`edge::gate`) are built from what this
+//! module has checked; `config` runs the same checks at load.
+
+use serde::Deserialize;
+
+/// A channel (or a set of channels) that cannot be routed; the text names the setting, the
+/// value and the problem, like `config::ConfigError::Invalid`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {key} = {value}: {message}")]
+pub struct ChannelError {
+    pub key: String,
+    pub value: String,
+    pub message: String,
+}
+
+/// A [`RateLimit`] that admits nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate_limit needs requests, per_s (and burst, if given) above 0")]
+pub struct RateLimitError;
+
+/// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service; a
+/// JSON-RPC channel (`type = "jsonrpc"`) binds one URL to every deployed service, or to those
+/// listed in `services`, each called by name as the request's `method` (see `edge::jsonrpc`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `rest` (the default, left out when serialised) or `jsonrpc`.
+    #[serde(rename = "type", default, skip_serializing_if = "ChannelType::is_rest")]
+    pub channel_type: ChannelType,
+    pub url_path: String,
+    /// Allowed methods; empty = any. A JSON-RPC channel takes POST only.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The service a REST channel runs; a JSON-RPC channel has none (the request names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default = "default_format")]
+    pub data_format: DataFormat,
+    /// The security definition callers must pass (see `edge::gate`); none = open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
+    /// Client addresses allowed to call (CIDRs or addresses, IPv4 and IPv6); empty = any.
+    /// The client is the peer, or for trusted proxies the address `X-Forwarded-For` gives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// A token-bucket limit for the channel, per server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// JSON-RPC only: the services (`method` names) the channel may call; empty = any
+    /// deployed service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+}
+
+/// `requests` per `per_s` seconds, bursts of up to `burst` (default `requests`); per server.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(default = "one")]
+    pub per_s: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What kind of channel a `[[channels]]` entry is.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelType {
+    /// A URL path (and methods) bound to one service.
+    #[default]
+    Rest,
+    /// JSON-RPC 2.0 over HTTP POST (`edge::jsonrpc`).
+    JsonRpc,
+}
+
+impl ChannelType {
+    /// The name in settings, the store and the IPC `channel` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelType::Rest => "rest",
+            ChannelType::JsonRpc => "jsonrpc",
+        }
+    }
+
+    fn is_rest(&self) -> bool {
+        *self == ChannelType::Rest
+    }
+}
+
+fn default_format() -> DataFormat {
+    DataFormat::Json
+}
+
+/// How a channel's request body is handed to the service.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Parsed as JSON into `self.request.payload`; malformed JSON is a 400.
+    Json,
+    /// Raw bytes in `self.request.raw`.
+    Raw,
+}
+
+impl DataFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataFormat::Json => "json",
+            DataFormat::Raw => "raw",
+        }
+    }
+}
+
+impl RateLimit {
+    pub fn validate(&self) -> Result<(), RateLimitError> {
+        if self.requests == 0 || self.per_s == 0 || self.burst == Some(0) {
+            return Err(RateLimitError);
+        }
+        Ok(())
+    }
+
+    /// Tokens added per second.
+    pub fn rate_per_s(&self) -> f64 {
+        self.requests as f64 / self.per_s as f64
+    }
+
+    /// The most tokens a bucket holds.
+    pub fn capacity(&self) -> f64 {
+        self.burst.unwrap_or(self.requests) as f64
+    }
+}
+
+/// One segment of a channel's URL path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A checked channel as the routing table holds it: its parsed path, and the channel itself
+/// (a JSON-RPC channel as a POST-only channel of its one path).
+#[derive(Debug)]
+pub struct Routed {
+    pub segments: Vec<Segment>,
+    pub channel: Channel,
+}
+
+fn invalid(path: &str, message: impl Into<String>) -> ChannelError {
+    ChannelError {
+        key: "channels.url_path".into(),
+        value: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses a URL path of `/`-separated literal and `{param}` segments.
+pub fn parse_path(path: &str) -> Result<Vec<Segment>, ChannelError> {
+    if !path.starts_with('/') {
+        return Err(invalid(path, "must start with /"));
+    }
+    let mut seen = Vec::new();
+    path[1..]
+        .split('/')
+        .map(|seg| {
+            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty()
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    || name.starts_with(|c: char| c.is_ascii_digit())
+                {
+                    return Err(invalid(path, format!("bad parameter name {{{name}}}")));
+                }
+                if seen.contains(&name) {
+                    return Err(invalid(path, format!("parameter {{{name}}} appears twice")));
+                }
+                seen.push(name);
+                Ok(Segment::Param(name.to_owned()))
+            } else if seg.contains(['{', '}']) {
+                Err(invalid(
+                    path,
+                    format!("segment {seg:?}: a parameter must be a whole segment"),
+                ))
+            } else {
+                Ok(Segment::Literal(seg.to_owned()))
+            }
+        })
+        .collect()
+}
+
+fn methods_overlap(a: &Channel, b: &Channel) -> bool {
+    a.methods.is_empty() || b.methods.is_empty() || a.methods.iter().any(|m| b.methods.contains(m))
+}
+
+/// Checks a JSON-RPC channel's settings and returns it as the router should hold it: a
+/// POST-only channel of one static path.
+pub fn routed_channel(c: &Channel) -> Result<Channel, ChannelError> {
+    let bad = |key: &str, value: String, message: &str| ChannelError {
+        key: key.into(),
+        value,
+        message: message.into(),
+    };
+    if c.url_path.contains(['{', '}']) {
+        return Err(bad(
+            "channels.url_path",
+            c.url_path.clone(),
+            "a JSON-RPC channel has one URL: no {parameters}",
+        ));
+    }
+    if !c.service.is_empty() {
+        return Err(bad(
+            "channels.service",
+            c.service.clone(),
+            "a JSON-RPC channel runs the service each request names; use services = [...] to restrict which",
+        ));
+    }
+    if !(c.methods.is_empty() || c.methods == ["POST"]) {
+        return Err(bad(
+            "channels.methods",
+            format!("{:?}", c.methods),
+            "a JSON-RPC channel takes POST only",
+        ));
+    }
+    if c.data_format != DataFormat::Json {
+        return Err(bad(
+            "channels.data_format",
+            c.data_format.as_str().into(),
+            "a JSON-RPC channel is JSON",
+        ));
+    }
+    if let Some(s) = c.services.iter().find(|s| s.trim().is_empty()) {
+        return Err(bad(
+            "channels.services",
+            format!("{s:?}"),
+            "service names must not be empty",
+        ));
+    }
+    Ok(Channel {
+        methods: vec!["POST".into()],
+        ..c.clone()
+    })
+}
+
+/// Checks `channels` (in the order configured) and returns them as they route: rejects
+/// malformed paths, bad methods, misconfigured JSON-RPC channels and ambiguous duplicates.
+pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
+    let mut all: Vec<Routed> = Vec::new();
+    for c in channels {
+        // A JSON-RPC channel routes like a POST-only channel of one static path.
+        let c = match c.channel_type {
+            ChannelType::Rest => {
+                if c.service.trim().is_empty() {
+                    return Err(invalid(&c.url_path, "channel has an empty service name"));
+                }
+                if !c.services.is_empty() {
+                    return Err(ChannelError {
+                        key: "channels.services".into(),
+                        value: format!("{:?}", c.services),
+                        message: "only a JSON-RPC channel (type = \"jsonrpc\") has a services list; a REST channel names one service".into(),
+                    });
+                }
+                c.clone()
+            }
+            ChannelType::JsonRpc => routed_channel(c)?,
+        };
+        for m in &c.methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ChannelError {
+                    key: "channels.methods".into(),
+                    value: m.clone(),
+                    message: "methods are upper-case HTTP verbs such as GET or POST".into(),
+                });
+            }
+        }
+        let segments = parse_path(&c.url_path)?;
+        // `/a/{x}` and `/a/{y}` match the same requests: parameter names do not count.
+        let same_shape = |s: &[Segment]| {
+            s.len() == segments.len()
+                && s.iter().zip(&segments).all(|(a, b)| match (a, b) {
+                    (Segment::Param(_), Segment::Param(_)) => true,
+                    (a, b) => a == b,
+                })
+        };
+        if let Some(other) = all
+            .iter()
+            .find(|r| same_shape(&r.segments) && methods_overlap(&r.channel, &c))
+        {
+            return Err(invalid(
+                &c.url_path,
+                format!(
+                    "duplicates the channel for service {}",
+                    other.channel.service
+                ),
+            ));
+        }
+        all.push(Routed {
+            segments,
+            channel: c,
+        });
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpc(services: &[&str]) -> Channel {
+        Channel {
+            name: None,
+            channel_type: ChannelType::JsonRpc,
+            url_path: "/rpc".into(),
+            methods: vec![],
+            service: String::new(),
+            data_format: DataFormat::Json,
+            security: None,
+            allow_from: vec![],
+            rate_limit: None,
+            services: services.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn jsonrpc_channel_settings_are_checked() {
+        assert_eq!(routed_channel(&rpc(&[])).unwrap().methods, ["POST"]);
+        let ok = Channel {
+            methods: vec!["POST".into()],
+            ..rpc(&["a"])
+        };
+        assert!(routed_channel(&ok).is_ok());
+        for bad in [
+            Channel {
+                url_path: "/rpc/{x}".into(),
+                ..rpc(&[])
+            },
+            Channel {
+                service: "s".into(),
+                ..rpc(&[])
+            },
+            Channel {
+                methods: vec!["GET".into()],
+                ..rpc(&[])
+            },
+            Channel {
+                data_format: DataFormat::Raw,
+                ..rpc(&[])
+            },
+            rpc(&[" "]),
+        ] {
+            assert!(routed_channel(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
