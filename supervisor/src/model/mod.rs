@@ -1,3 +1,5 @@
 //! The config objects as plain data: channels, security definitions, scheduler jobs (the
 //! cache definition is `oxbus_cache::CacheDef`), each with its validation. No I/O here: no
 //! store, no network, no files, no clock but what a caller passes in.
+
+pub mod job;
