@@ -594,7 +594,7 @@ async fn cache_defs_crud(s: &Store) {
 /// leaves it out keeps the stored one; enable/disable change `active` alone; a plan puts and
 /// deletes them with everything else, or (one bad job in it) writes nothing.
 async fn jobs_crud(s: &Store) {
-    use oxbus_supervisor::scheduler::jobs::{JobDef, JobType, parse_start_date};
+    use oxbus_supervisor::model::job::{JobDef, JobType, parse_start_date};
     let v0 = s.version().await.unwrap();
     assert!(s.jobs().await.unwrap().is_empty());
     let every = JobDef {

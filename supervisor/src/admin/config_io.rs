@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::deploy::{DeployError, Source, WorkerAck};
 use crate::lifecycle::supervisor::Shared;
 use crate::model::channel::{Channel, ChannelType};
-use crate::scheduler::jobs::JobDef;
+use crate::model::job::JobDef;
 use crate::store::Plan;
 use oxbus_cache::{CacheDef, DEFAULT_CACHE};
 
@@ -71,7 +71,7 @@ fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Er
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                crate::scheduler::jobs::parse_job_def(v, None)
+                crate::model::job::parse_job_def(v, None)
                     .map_err(|e| D::Error::custom(format!("job[{i}]: {e}")))
             })
             .collect(),
@@ -685,7 +685,7 @@ async fn import_jobs(
         return Err(bad(format!("job: {d} is listed twice")));
     }
     for j in listed {
-        j.validate().map_err(bad)?;
+        j.validate().map_err(|e| bad(e.to_string()))?;
     }
     let stored = shared.store.jobs().await.map_err(unavailable)?;
     let now = chrono::Utc::now();

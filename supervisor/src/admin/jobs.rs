@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{Body, error, read_body, reply};
 use crate::lifecycle::supervisor::Shared;
-use crate::scheduler::jobs::JobDef;
+use crate::model::job::JobDef;
 use crate::store::StoreError;
 
 /// Who the store records as having made a change through this API.
@@ -92,8 +92,8 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     let def = match super::definition(
         &body,
-        |v| crate::scheduler::jobs::parse_job_def(v, Some(name)),
-        JobDef::validate,
+        |v| crate::model::job::parse_job_def(v, Some(name)).map_err(|e| e.to_string()),
+        |d: &JobDef| d.validate().map_err(|e| e.to_string()),
     ) {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
@@ -220,7 +220,7 @@ async fn execute(shared: &Shared, name: &str) -> Response<Body> {
         return error(StatusCode::NOT_FOUND, format!("no job named {name}"));
     };
     let run = crate::scheduler::invoke(shared, &def, "manual", None).await;
-    if let Err(e) = crate::scheduler::record_run(&shared.store, &run).await {
+    if let Err(e) = shared.store.record_run(&run).await {
         tracing::warn!(job = %name, error = %e, "cannot record a run");
     }
     info!(job = %name, outcome = %run.outcome, "job executed on request");
@@ -234,14 +234,11 @@ async fn runs(shared: &Shared, name: &str, query: &str) -> Response<Body> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("limit", v)) => match v.parse::<i64>() {
-                Ok(n) if (1..=crate::scheduler::RUNS_KEPT).contains(&n) => limit = n,
+                Ok(n) if (1..=crate::store::RUNS_KEPT).contains(&n) => limit = n,
                 _ => {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        format!(
-                            "limit must be 1..={}, got {v:?}",
-                            crate::scheduler::RUNS_KEPT
-                        ),
+                        format!("limit must be 1..={}, got {v:?}", crate::store::RUNS_KEPT),
                     );
                 }
             },
@@ -253,7 +250,7 @@ async fn runs(shared: &Shared, name: &str, query: &str) -> Response<Body> {
             }
         }
     }
-    match crate::scheduler::runs(&shared.store, name, limit).await {
+    match shared.store.runs(name, limit).await {
         Ok(r) => reply(StatusCode::OK, json!({ "job": name, "runs": r })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -261,7 +258,7 @@ async fn runs(shared: &Shared, name: &str, query: &str) -> Response<Body> {
 
 /// GET /v1/scheduler: who leads the cluster's scheduler, and whether this server does.
 pub(super) async fn status(shared: &Shared) -> Response<Body> {
-    match crate::scheduler::lease(&shared.store).await {
+    match shared.store.lease().await {
         Ok(lease) => {
             let now = chrono::Utc::now().timestamp_millis();
             let live = lease.filter(|(_, until)| *until > now);

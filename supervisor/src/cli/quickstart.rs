@@ -227,9 +227,9 @@ pub async fn seed(store: &Store) -> Result<bool, StoreError> {
         return Ok(false);
     }
     // A sample job: demo.visits every minute, as if page "scheduler" were visited.
-    let mut job = crate::scheduler::jobs::JobDef::new(
+    let mut job = crate::model::job::JobDef::new(
         "demo-visits",
-        crate::scheduler::jobs::JobType::IntervalBased,
+        crate::model::job::JobType::IntervalBased,
         "demo.visits",
     );
     job.minutes = 1;

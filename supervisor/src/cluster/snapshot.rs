@@ -39,7 +39,7 @@ pub struct Snapshot {
     pub caches: Vec<oxbus_cache::CacheDef>,
     /// Scheduler jobs; absent in snapshots of older versions.
     #[serde(default)]
-    pub jobs: Vec<crate::scheduler::jobs::JobDef>,
+    pub jobs: Vec<crate::model::job::JobDef>,
     /// The servers with a cluster bus as the store last listed them (this one among them),
     /// kept up to date as servers join and leave: a server restarted while the store is down
     /// dials its peers from here. Absent in snapshots of older versions.
@@ -219,14 +219,14 @@ mod tests {
                 max_entries: 50,
                 ..oxbus_cache::CacheDef::named("sessions")
             }],
-            jobs: vec![crate::scheduler::jobs::JobDef {
+            jobs: vec![crate::model::job::JobDef {
                 cron: Some("0 8 * * MON-FRI".into()),
                 timezone: Some("Europe/Warsaw".into()),
                 start_date: Some("2026-12-01T08:00:00+01:00".into()),
                 extra: Some(serde_json::json!({"report": "daily"})),
-                ..crate::scheduler::jobs::JobDef::new(
+                ..crate::model::job::JobDef::new(
                     "report",
-                    crate::scheduler::jobs::JobType::CronStyle,
+                    crate::model::job::JobType::CronStyle,
                     "demo.report",
                 )
             }],

@@ -133,7 +133,7 @@ pub struct Shared {
     /// The scheduler's job definitions as this server has them (by name): from the config it
     /// booted from, then as `sync` and this server's own changes leave them. Swapped whole
     /// through [`crate::scheduler::jobs::set_live`], which notifies `jobs_changed`.
-    pub jobs: std::sync::RwLock<Arc<Vec<crate::scheduler::jobs::JobDef>>>,
+    pub jobs: std::sync::RwLock<Arc<Vec<crate::model::job::JobDef>>>,
     /// Notified (`notify_one`: a permit is kept until the scheduler waits again) whenever
     /// `jobs` changes.
     pub jobs_changed: tokio::sync::Notify,

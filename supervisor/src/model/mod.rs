@@ -3,5 +3,6 @@
 //! store, no network, no files, no clock but what a caller passes in.
 
 pub mod channel;
+pub mod job;
 pub mod net;
 pub mod security;

@@ -1,5 +1,5 @@
 //! The scheduler's runtime (docs/SCHEDULER.md): one server of the cluster leads and fires the
-//! jobs (`crate::scheduler::jobs`), each due time once.
+//! jobs (`crate::model::job`; fire times in `crate::scheduler::jobs`), each due time once.
 //!
 //! **Leadership** is a lease in the config store (`scheduler_lease`): the leader renews it
 //! every second for [`LEASE_TTL`]; any server takes it over once it has expired. A leader
@@ -31,12 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::lifecycle::supervisor::Shared;
-use crate::scheduler::jobs::{JobDef, JobType, Overlap};
-use crate::store::{Store, StoreError};
+use crate::model::job::{JobDef, JobType, Overlap};
+use crate::store::{Claim, JobState, Run, Store, StoreError};
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -44,8 +43,6 @@ pub const LEASE_TTL: Duration = Duration::from_secs(5);
 const LEASE_TICK: Duration = Duration::from_secs(1);
 /// A leader stops firing this long before its lease runs out.
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
-/// Runs kept per job.
-pub const RUNS_KEPT: i64 = 100;
 /// One store call of the scheduler may take this long.
 const STORE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -55,15 +52,6 @@ fn now_ms() -> i64 {
 
 fn ms_to_utc(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
 }
 
 async fn bounded<T>(
@@ -78,29 +66,7 @@ async fn bounded<T>(
     }
 }
 
-// -- store -----------------------------------------------------------------------------------
-
-/// Takes or renews the lease for `me`: true when `me` holds it until `now + ttl`.
-pub async fn take_lease(
-    store: &Store,
-    me: &str,
-    now: i64,
-    ttl: Duration,
-) -> Result<bool, StoreError> {
-    let until = now + ttl.as_millis() as i64;
-    let n = on_pool!(store, p => sqlx::query(
-        "INSERT INTO scheduler_lease (id, holder, expires_at) VALUES (1, $1, $2) \
-         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-         WHERE scheduler_lease.holder = excluded.holder OR scheduler_lease.expires_at < $3",
-    )
-    .bind(me)
-    .bind(until)
-    .bind(now)
-    .execute(p)
-    .await?
-    .rows_affected());
-    Ok(n == 1)
-}
+// -- lease holders and history ---------------------------------------------------------------
 
 /// The lease's holder for one boot of a server: `<name>/<boot id>`. A lease belongs to a
 /// boot, not to a name: a server killed -9 and started again under the same name is a new
@@ -118,180 +84,6 @@ pub fn split_holder(holder: &str) -> (&str, Option<&str>) {
         Some((name, boot)) => (name, Some(boot)),
         None => (holder, None),
     }
-}
-
-/// Hands the lease back (a clean stop), so that another server leads at once.
-pub async fn release_lease(store: &Store, me: &str) -> Result<(), StoreError> {
-    on_pool!(store, p => sqlx::query("DELETE FROM scheduler_lease WHERE id = 1 AND holder = $1")
-        .bind(me)
-        .execute(p)
-        .await
-        .map(drop)?);
-    Ok(())
-}
-
-/// Who leads, and until when (Unix ms), if anybody does.
-pub async fn lease(store: &Store) -> Result<Option<(String, i64)>, StoreError> {
-    Ok(on_pool!(store, p => {
-        use sqlx::Row;
-        sqlx::query("SELECT holder, expires_at FROM scheduler_lease WHERE id = 1")
-            .fetch_optional(p)
-            .await?
-            .map(|r| -> Result<(String, i64), sqlx::Error> { Ok((r.try_get(0)?, r.try_get(1)?)) })
-            .transpose()?
-    }))
-}
-
-/// A job's stored schedule state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct State {
-    schedule: String,
-    /// Unix ms; -1: no further run.
-    next_due: i64,
-}
-
-async fn load_states(store: &Store) -> Result<HashMap<String, State>, StoreError> {
-    on_pool!(store, p => {
-        use sqlx::Row;
-        let rows = sqlx::query("SELECT name, schedule, next_due FROM job_state")
-            .fetch_all(p)
-            .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for r in rows {
-            out.insert(
-                r.try_get::<String, _>(0)?,
-                State {
-                    schedule: r.try_get(1)?,
-                    next_due: r.try_get(2)?,
-                },
-            );
-        }
-        Ok(out)
-    })
-}
-
-/// Sets a job's schedule state unless it already has this schedule; the state now stored.
-async fn plan(
-    store: &Store,
-    name: &str,
-    schedule: &str,
-    next_due: i64,
-) -> Result<State, StoreError> {
-    on_pool!(store, p => {
-        use sqlx::Row;
-        sqlx::query(
-            "INSERT INTO job_state (name, schedule, next_due, fired) VALUES ($1, $2, $3, 0) \
-             ON CONFLICT (name) DO UPDATE SET schedule = excluded.schedule, \
-             next_due = excluded.next_due, fired = 0 WHERE job_state.schedule <> excluded.schedule",
-        )
-        .bind(name)
-        .bind(schedule)
-        .bind(next_due)
-        .execute(p)
-        .await?;
-        let r = sqlx::query("SELECT schedule, next_due FROM job_state WHERE name = $1")
-            .bind(name)
-            .fetch_one(p)
-            .await?;
-        Ok(State {
-            schedule: r.try_get(0)?,
-            next_due: r.try_get(1)?,
-        })
-    })
-}
-
-/// A due run to claim: the job, its schedule, when it was due, the due time after it.
-struct Claim {
-    name: String,
-    schedule: String,
-    due: i64,
-    next: i64,
-}
-
-/// Claims due runs in one transaction, each moving its job's next due time on: for each, true
-/// for exactly one caller per due time (one fsync for all of them).
-async fn claim_many(store: &Store, claims: &[Claim]) -> Result<Vec<bool>, StoreError> {
-    on_pool!(store, p => {
-        let mut tx = p.begin().await?;
-        let mut won = Vec::with_capacity(claims.len());
-        for c in claims {
-            let n = sqlx::query(
-                "UPDATE job_state SET next_due = $4, fired = fired + 1 \
-                 WHERE name = $1 AND schedule = $2 AND next_due = $3",
-            )
-            .bind(&c.name)
-            .bind(&c.schedule)
-            .bind(c.due)
-            .bind(c.next)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            won.push(n == 1);
-        }
-        tx.commit().await?;
-        Ok(won)
-    })
-}
-
-/// One run of a job, as history keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Run {
-    pub job: String,
-    /// `schedule` or `manual` (execute now).
-    pub trigger: String,
-    /// When it was due (Unix ms; scheduled runs).
-    pub due: Option<i64>,
-    /// When the service was started (Unix ms).
-    pub started: i64,
-    pub server: String,
-    pub duration_ms: Option<i64>,
-    /// `ok`, `error` or `skipped` (overlap: the previous run was still going).
-    pub outcome: String,
-    pub error: Option<String>,
-    pub cid: Option<String>,
-}
-
-/// Appends a run and keeps the last [`RUNS_KEPT`] of its job.
-pub async fn record_run(store: &Store, run: &Run) -> Result<(), StoreError> {
-    record_runs(store, std::slice::from_ref(run)).await
-}
-
-/// Appends runs in one transaction and keeps the last [`RUNS_KEPT`] of each of their jobs.
-async fn record_runs(store: &Store, runs: &[Run]) -> Result<(), StoreError> {
-    let mut jobs: Vec<&str> = runs.iter().map(|r| r.job.as_str()).collect();
-    jobs.sort_unstable();
-    jobs.dedup();
-    on_pool!(store, p => {
-        let mut tx = p.begin().await?;
-        for run in runs {
-            sqlx::query(
-                "INSERT INTO job_runs (job, trigger, due, started, server, duration_ms, outcome, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&run.job)
-            .bind(&run.trigger)
-            .bind(run.due)
-            .bind(run.started)
-            .bind(&run.server)
-            .bind(run.duration_ms)
-            .bind(&run.outcome)
-            .bind(&run.error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for job in jobs {
-            sqlx::query(
-                "DELETE FROM job_runs WHERE job = $1 AND id <= \
-                 (SELECT id FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
-            )
-            .bind(job)
-            .bind(RUNS_KEPT)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await
-    })?;
-    Ok(())
 }
 
 /// Writes the scheduled runs' history in batches: whatever finished while the previous batch
@@ -316,7 +108,7 @@ async fn write_runs(
         }
         let mut attempt = 0;
         loop {
-            match bounded(record_runs(&store, &batch)).await {
+            match bounded(store.record_runs(&batch)).await {
                 Ok(()) => break,
                 Err(e) if attempt < 3 => {
                     attempt += 1;
@@ -331,37 +123,6 @@ async fn write_runs(
         }
         status.unwritten.fetch_sub(batch.len(), Ordering::SeqCst);
     }
-}
-
-/// The last `limit` runs of `job`, newest first.
-pub async fn runs(store: &Store, job: &str, limit: i64) -> Result<Vec<Run>, StoreError> {
-    on_pool!(store, p => {
-        use sqlx::Row;
-        let rows = sqlx::query(
-            "SELECT job, trigger, due, started, server, duration_ms, outcome, error \
-             FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(job)
-        .bind(limit)
-        .fetch_all(p)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Run {
-                    job: r.try_get(0)?,
-                    trigger: r.try_get(1)?,
-                    due: r.try_get(2)?,
-                    started: r.try_get(3)?,
-                    server: r.try_get(4)?,
-                    duration_ms: r.try_get(5)?,
-                    outcome: r.try_get(6)?,
-                    error: r.try_get(7)?,
-                    cid: None,
-                })
-            })
-            .collect::<Result<Vec<Run>, sqlx::Error>>()
-            .map_err(StoreError::from)
-    })
 }
 
 // -- schedules -------------------------------------------------------------------------------
@@ -482,7 +243,10 @@ pub async fn hand_back(shared: &Shared) -> Result<bool, StoreError> {
     if !status.holds() {
         return Ok(false);
     }
-    release_lease(&shared.store, &holder(&shared.server_name, &shared.boot_id)).await?;
+    shared
+        .store
+        .release_lease(&holder(&shared.server_name, &shared.boot_id))
+        .await?;
     status.holds.store(false, Ordering::SeqCst);
     Ok(true)
 }
@@ -516,7 +280,7 @@ pub async fn run(shared: Arc<Shared>) {
         inflight: Mutex::default(),
         history,
     });
-    let mut states: HashMap<String, State> = HashMap::new();
+    let mut states: HashMap<String, JobState> = HashMap::new();
     let mut epoch = 0;
     // The definitions and their fingerprints, worked out again only when they change.
     let mut known: Option<(Arc<Vec<JobDef>>, Vec<String>)> = None;
@@ -590,17 +354,13 @@ async fn reload(
     store: &Store,
     defs: &[JobDef],
     read: bool,
-) -> Result<Option<HashMap<String, State>>, StoreError> {
-    let states = load_states(store).await?;
+) -> Result<Option<HashMap<String, JobState>>, StoreError> {
+    let states = store.job_states().await?;
     for gone in states
         .keys()
         .filter(|n| !defs.iter().any(|d| d.name == **n))
     {
-        on_pool!(store, p => sqlx::query("DELETE FROM job_state WHERE name = $1")
-            .bind(gone)
-            .execute(p)
-            .await
-            .map(drop)?);
+        store.delete_job_state(gone).await?;
     }
     Ok(read.then(|| {
         states
@@ -624,7 +384,7 @@ async fn hold_lease(shared: Arc<Shared>) {
             break;
         }
         let asked = Instant::now();
-        let taken = bounded(take_lease(&shared.store, &my_lease, now_ms(), LEASE_TTL)).await;
+        let taken = bounded(shared.store.take_lease(&my_lease, now_ms(), LEASE_TTL)).await;
         if let Ok(t) = taken {
             status.holds.store(t, Ordering::SeqCst);
         }
@@ -647,7 +407,7 @@ async fn hold_lease(shared: Arc<Shared>) {
                 }
                 leading = false;
                 *status.leading_until.lock().expect("status lock") = None;
-                if let Ok(Some((h, until))) = bounded(lease(&shared.store)).await
+                if let Ok(Some((h, until))) = bounded(shared.store.lease()).await
                     && seen_holder.as_deref() != Some(h.as_str())
                 {
                     let (name, boot) = split_holder(&h);
@@ -686,7 +446,7 @@ async fn fire_due(
     shared: &Arc<Shared>,
     defs: &[JobDef],
     prints: &[String],
-    states: &mut HashMap<String, State>,
+    states: &mut HashMap<String, JobState>,
     ctx: &Arc<RunCtx>,
 ) -> Option<Instant> {
     let mut earliest: Option<i64> = None;
@@ -701,7 +461,7 @@ async fn fire_due(
             // schedule change: it starts afresh from then, it does not make up for the time
             // it was off.
             let first = if def.active { first_due(def, now) } else { -1 };
-            match bounded(plan(&shared.store, &def.name, schedule, first)).await {
+            match bounded(shared.store.plan_job(&def.name, schedule, first)).await {
                 Ok(s) => {
                     states.insert(def.name.clone(), s);
                 }
@@ -742,7 +502,7 @@ async fn fire_due(
                 next: c.next,
             })
             .collect();
-        match bounded(claim_many(&shared.store, &claims)).await {
+        match bounded(shared.store.claim_runs(&claims)).await {
             Ok(won) => {
                 for ((def, c), won) in due_now.into_iter().zip(won) {
                     if !won {
@@ -757,7 +517,7 @@ async fn fire_due(
                     }
                     states.insert(
                         c.name,
-                        State {
+                        JobState {
                             schedule: c.schedule,
                             next_due: c.next,
                         },

@@ -1,0 +1,119 @@
+//! Stored secrets (`secrets`): sealed values only. Sealing and unsealing are
+//! `crate::secrets`' (it holds the key); this file never sees a plain value.
+
+use sqlx::Row;
+
+use super::{Change, Result, Store, StoreError, bump};
+
+/// Inside transaction `$tx`: creates or replaces a sealed secret.
+macro_rules! upsert_secret {
+    ($tx:ident, $name:expr, $sealed:expr, $by:expr) => {{
+        sqlx::query(
+            "INSERT INTO secrets (name, sealed, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind($name)
+        .bind($sealed)
+        .bind($by)
+        .bind($crate::store::now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(super) use upsert_secret;
+
+/// A stored secret: its sealed value only (see `crate::secrets`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedSecret {
+    pub name: String,
+    pub sealed: String,
+    pub updated_by: String,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Secret names: 1–200 characters of letters, digits and `._-/:@`.
+pub fn validate_secret_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{name:?} is not a valid secret name (1-200 characters: letters, digits, ._-/:@)"
+        )))
+    }
+}
+
+impl Store {
+    /// Every stored secret, sealed, by name.
+    pub async fn secrets(&self) -> Result<Vec<SealedSecret>> {
+        let sql = "SELECT name, sealed, updated_by, updated_at FROM secrets ORDER BY name";
+        on_pool!(self, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SealedSecret {
+                        name: r.try_get("name")?,
+                        sealed: r.try_get("sealed")?,
+                        updated_by: r.try_get("updated_by")?,
+                        updated_at: r.try_get("updated_at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// One sealed value, if any secret is stored (to check the key against at start).
+    pub async fn any_sealed(&self) -> Result<Option<String>> {
+        let sql = "SELECT sealed FROM secrets ORDER BY name LIMIT 1";
+        let secret: Option<String> =
+            on_pool!(self, p => sqlx::query_scalar(sql).fetch_optional(p).await?);
+        if secret.is_some() {
+            return Ok(secret);
+        }
+        Ok(self
+            .security_defs()
+            .await?
+            .into_iter()
+            .find_map(|d| d.sealed))
+    }
+
+    /// Creates or replaces a secret (already sealed); `value` is true when it was created.
+    pub async fn put_secret(&self, name: &str, sealed: &str, by: &str) -> Result<Change<bool>> {
+        validate_secret_name(name)?;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let existed: Option<String> = sqlx::query_scalar("SELECT name FROM secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            upsert_secret!(tx, name, sealed, by);
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: existed.is_none() })
+        })
+    }
+
+    /// Deletes a secret by name.
+    pub async fn delete_secret(&self, name: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM secrets WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no secret named {name}")));
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
+        })
+    }
+}
