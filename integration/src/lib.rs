@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod api;
+pub mod bus;
 pub mod proxy;
 pub mod raw;
 pub mod versioned;

@@ -4,6 +4,7 @@
 //! Python exceptions; replication across three servers on the cluster bus, concurrent
 //! writes to one key from two servers converging.
 
+use oxbus_integration::bus::linked;
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -295,23 +296,6 @@ fn cluster_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
     env().workers(1).cluster_member(url, name, secret)
 }
 
-/// Waits until `srv` has a bus link to each of `peers`.
-async fn linked(srv: &Server, peers: usize) {
-    let token = srv.admin_token();
-    eventually(Duration::from_secs(30), "bus links", || {
-        let (srv, token) = (srv, token.clone());
-        async move {
-            let d = srv
-                .admin("GET", "/v1/cluster", Some(&token), b"")
-                .await
-                .json();
-            let n = d["bus"]["links"].as_array().map_or(0, Vec::len);
-            (n == peers).then_some(())
-        }
-    })
-    .await;
-}
-
 async fn get(srv: &Server, key: &str) -> Value {
     call(srv, "default", "get", json!([key])).await
 }
@@ -339,9 +323,9 @@ async fn writes_replicate_across_three_servers_and_concurrent_writes_converge() 
     let a = cluster_server(&url, "a", &secret).start().await;
     let b = cluster_server(&url, "b", &secret).start().await;
     let c = cluster_server(&url, "c", &secret).start().await;
-    for srv in [&a, &b, &c] {
-        linked(srv, 2).await;
-    }
+    linked(&a, &["b", "c"]).await;
+    linked(&b, &["a", "c"]).await;
+    linked(&c, &["a", "b"]).await;
     let all = [&a, &b, &c];
     // set, expire, delete and clear on one server reach the others.
     call(&a, "default", "set", json!(["k", {"v": 1}])).await;
@@ -405,16 +389,7 @@ async fn writes_replicate_across_three_servers_and_concurrent_writes_converge() 
 
 /// `oxbus cache …` against `srv`: (exit code, stdout, stderr).
 fn cli(srv: &Server, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(oxbus_bin())
-        .arg("cache")
-        .args(args)
-        .env(
-            "OXBUS_SERVER",
-            format!("http://127.0.0.1:{}", srv.admin_port()),
-        )
-        .env("OXBUS_TOKEN", srv.admin_token())
-        .output()
-        .unwrap();
+    let out = srv.cli(&[&["cache"], args].concat());
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -4,70 +4,29 @@
 //! another server of the cluster over the bus, and a restart with the store down that boots
 //! the definitions from the snapshot.
 
+use oxbus_integration::api::{self, admin, config_version, export_body, ok, text};
+use oxbus_integration::bus::linked;
 use oxbus_integration::*;
 use serde_json::{Value, json};
-use std::process::{Command, Output};
 use std::time::Duration;
-
-async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    srv.admin(method, path, Some(&srv.admin_token()), &body)
-        .await
-}
-
-fn text(r: &Resp) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
-async fn config_version(srv: &Server) -> i64 {
-    admin(srv, "GET", "/v1/info", Value::Null).await.json()["config_version"]
-        .as_i64()
-        .unwrap()
-}
 
 /// The live caches of `srv`, by name.
 async fn caches(srv: &Server) -> Vec<Value> {
-    let r = admin(srv, "GET", "/v1/caches", Value::Null).await;
-    assert_eq!(r.status, 200, "{}", text(&r));
-    r.json()["caches"].as_array().unwrap().clone()
+    api::list(srv, "caches").await
 }
 
 async fn names(srv: &Server) -> Vec<String> {
-    caches(srv)
-        .await
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect()
+    api::names(srv, "caches").await
 }
 
 /// PUT a definition; asserts the status.
 async fn put(srv: &Server, name: &str, def: Value, status: u16) -> Value {
-    let r = admin(srv, "PUT", &format!("/v1/caches/{name}"), def.clone()).await;
-    assert_eq!(r.status, status, "PUT {name} {def}: {}", text(&r));
-    r.json()
+    api::put(srv, "caches", name, def, status).await
 }
 
 /// A 400 whose message contains every one of `needles`; nothing is stored.
 async fn refused(srv: &Server, name: &str, body: &str, needles: &[&str]) {
-    let v = config_version(srv).await;
-    let r = srv
-        .admin(
-            "PUT",
-            &format!("/v1/caches/{name}"),
-            Some(&srv.admin_token()),
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 400, "PUT {name} {body}: {}", text(&r));
-    let msg = r.json()["error"].as_str().unwrap().to_owned();
-    for n in needles {
-        assert!(msg.contains(n), "PUT {name} {body}: {msg:?} lacks {n:?}");
-    }
-    assert_eq!(config_version(srv).await, v, "nothing stored");
+    api::refused(srv, "caches", name, body, needles).await
 }
 
 #[tokio::test]
@@ -212,29 +171,6 @@ async fn definitions_are_created_listed_replaced_and_deleted_through_the_admin_a
     srv.assert_no_errors(&[]);
 }
 
-fn cli(srv: &Server, args: &[&str]) -> Output {
-    Command::new(oxbus_bin())
-        .args(args)
-        .env(
-            "OXBUS_SERVER",
-            format!("http://127.0.0.1:{}", srv.admin_port()),
-        )
-        .env("OXBUS_TOKEN", srv.admin_token())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn definitions_export_and_import_with_replace_and_dry_run() {
     let srv = Env::new().start().await;
@@ -250,10 +186,7 @@ async fn definitions_export_and_import_with_replace_and_dry_run() {
 
     // Exported as YAML, field by field, name first.
     let first = srv.dir.join("first.yaml");
-    ok(&cli(
-        &srv,
-        &["config", "export", "-f", first.to_str().unwrap()],
-    ));
+    ok(&srv.cli(&["config", "export", "-f", first.to_str().unwrap()]));
     let first_text = std::fs::read_to_string(&first).unwrap();
     assert!(
         first_text.contains("cache:\n- name: a\n  max_entries: 5\n"),
@@ -265,7 +198,7 @@ async fn definitions_export_and_import_with_replace_and_dry_run() {
     assert_eq!(doc["cache"].as_array().unwrap().len(), 3, "{doc}");
 
     // Imported back: nothing changes.
-    let out = ok(&cli(&srv, &["config", "import", first.to_str().unwrap()]));
+    let out = ok(&srv.cli(&["config", "import", first.to_str().unwrap()]));
     assert!(out.starts_with("0 change(s), 3 unchanged"), "{out}");
 
     // --replace with a document that lists only `a` (changed): b goes, the stored default
@@ -273,10 +206,7 @@ async fn definitions_export_and_import_with_replace_and_dry_run() {
     let only_a = srv.dir.join("only-a.yaml");
     std::fs::write(&only_a, "cache:\n- name: a\n  max_entries: 6\n").unwrap();
     let v = config_version(&srv).await;
-    let out = ok(&cli(
-        &srv,
-        &["config", "import", "--replace", only_a.to_str().unwrap()],
-    ));
+    let out = ok(&srv.cli(&["config", "import", "--replace", only_a.to_str().unwrap()]));
     assert!(out.contains("update cache a"), "{out}");
     assert!(out.contains("delete cache b"), "{out}");
     assert!(!out.contains("default"), "{out}");
@@ -291,10 +221,7 @@ async fn definitions_export_and_import_with_replace_and_dry_run() {
 
     // A dry run changes nothing.
     let v = config_version(&srv).await;
-    let out = ok(&cli(
-        &srv,
-        &["config", "import", "--dry-run", first.to_str().unwrap()],
-    ));
+    let out = ok(&srv.cli(&["config", "import", "--dry-run", first.to_str().unwrap()]));
     assert!(out.contains("would create cache b"), "{out}");
     assert!(out.contains("would update cache a"), "{out}");
     assert_eq!(config_version(&srv).await, v);
@@ -330,68 +257,23 @@ async fn definitions_export_and_import_with_replace_and_dry_run() {
     assert_eq!(names(&srv).await, ["a", "default"]);
 
     // The first export imported: back as it was, and exported again the same.
-    let out = ok(&cli(&srv, &["config", "import", first.to_str().unwrap()]));
+    let out = ok(&srv.cli(&["config", "import", first.to_str().unwrap()]));
     assert!(out.contains("create cache b"), "{out}");
     assert!(out.contains("update cache a"), "{out}");
     assert_eq!(names(&srv).await, ["a", "b", "default"]);
     assert_eq!(caches(&srv).await[1]["default_expiry_s"], 30);
     let second = srv.dir.join("second.yaml");
-    ok(&cli(
-        &srv,
-        &["config", "export", "-f", second.to_str().unwrap()],
-    ));
-    let strip = |t: &str| -> String {
-        t.lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("config_version:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    ok(&srv.cli(&["config", "export", "-f", second.to_str().unwrap()]));
     assert_eq!(
-        strip(&std::fs::read_to_string(&second).unwrap()),
-        strip(&first_text)
+        export_body(&std::fs::read_to_string(&second).unwrap()),
+        export_body(&first_text)
     );
     srv.assert_no_errors(&[]);
 }
 
-fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
-    Env::new()
-        .cluster_member(url, name, secret)
-        // The version check slowed down: only the bus can carry a change within the waits.
-        .set("cluster", "sync_interval_ms", "600000")
-}
-
-async fn linked(srv: &Server, peer: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("a link to {peer}"),
-        || async {
-            let d = admin(srv, "GET", "/v1/cluster", Value::Null).await.json();
-            d["bus"]["links"]
-                .as_array()?
-                .iter()
-                .any(|l| l["peer"] == peer)
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 /// Waits until `srv`'s live cache `name` has `field` = `want` (`Value::Null`: no such cache).
 async fn live(srv: &Server, name: &str, field: &str, want: Value) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("cache {name}: {field} = {want}"),
-        || async {
-            let r = admin(srv, "GET", &format!("/v1/caches/{name}"), Value::Null).await;
-            let got = if r.status == 404 {
-                Value::Null
-            } else {
-                r.json()[field].clone()
-            };
-            (got == want).then_some(())
-        },
-    )
-    .await;
+    api::has(srv, "caches", "cache", name, field, want).await
 }
 
 #[tokio::test]
@@ -399,10 +281,10 @@ async fn a_definition_change_reaches_the_other_server_live() {
     let db = PgDatabase::create();
     let url = format!("{:?}", db.url);
     let secret = cluster_secret("live");
-    let a = bus_server(&url, "a", &secret).start().await;
-    let b = bus_server(&url, "b", &secret).start().await;
-    linked(&a, "b").await;
-    linked(&b, "a").await;
+    let a = Env::new().bus_member(&url, "a", &secret).start().await;
+    let b = Env::new().bus_member(&url, "b", &secret).start().await;
+    linked(&a, &["b"]).await;
+    linked(&b, &["a"]).await;
 
     put(&a, "orders", json!({"max_entries": 77}), 201).await;
     live(&b, "orders", "max_entries", json!(77)).await;

@@ -1,6 +1,7 @@
 //! Cluster membership (issue 4, first part): servers register in the config store; a SQLite
 //! store takes one server, a PostgreSQL store at most three.
 
+use oxbus_integration::bus::{cluster_status, linked, links};
 use oxbus_integration::versioned::{deploy, module};
 use oxbus_integration::*;
 use std::time::Duration;
@@ -281,52 +282,8 @@ async fn three_servers_converge_and_a_server_that_was_down_comes_back_current() 
 
 fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
     env()
-        .cluster_member(url, name, secret)
-        // The version check is the bus's backstop: slowed down so that only the bus can
-        // carry a change within the test's waits.
-        .set("cluster", "sync_interval_ms", "600000")
+        .bus_member(url, name, secret)
         .channel("/cv", &["GET"], "c.version")
-}
-
-/// `oxbus cluster status --output json` against `srv`.
-fn cluster_status(srv: &Server) -> serde_json::Value {
-    let out = std::process::Command::new(oxbus_bin())
-        .args(["cluster", "status", "--output", "json"])
-        .env(
-            "OXBUS_SERVER",
-            format!("http://127.0.0.1:{}", srv.admin_port()),
-        )
-        .env("OXBUS_TOKEN", srv.admin_token())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn links(srv: &Server) -> Vec<String> {
-    let d = cluster_status(srv);
-    d["bus"]["links"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["peer"].as_str().map(str::to_owned))
-        .collect()
-}
-
-async fn linked(srv: &Server, peers: &[&str]) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("links to {peers:?}"),
-        || {
-            let l = links(srv);
-            async move { (l == peers).then_some(()) }
-        },
-    )
-    .await;
 }
 
 #[tokio::test]

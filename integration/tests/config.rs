@@ -1,6 +1,7 @@
 //! Secrets sealed at rest, config export → wipe → import, and imports validated in full:
 //! against the real binary, on SQLite and on PostgreSQL.
 
+use oxbus_integration::api::{admin, config_version, export_body, ok};
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::io::Write;
@@ -47,33 +48,6 @@ fn cli(srv: &Server, args: &[&str], stdin: Option<&str>) -> Output {
     }
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    srv.admin(method, path, Some(&srv.admin_token()), &body)
-        .await
-}
-
-async fn config_version(srv: &Server) -> i64 {
-    admin(srv, "GET", "/v1/info", Value::Null).await.json()["config_version"]
-        .as_i64()
-        .unwrap()
 }
 
 /// Every byte the store holds, as the engine keeps it: the SQLite files, or a pg_dump.
@@ -368,15 +342,9 @@ async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
         &["config", "export", "-f", second.to_str().unwrap()],
         None,
     ));
-    let strip = |t: &str| -> String {
-        t.lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("config_version:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert_eq!(
-        strip(&std::fs::read_to_string(&second).unwrap()),
-        strip(&first_text)
+        export_body(&std::fs::read_to_string(&second).unwrap()),
+        export_body(&first_text)
     );
     srv.assert_no_errors(&[]);
 }

@@ -297,16 +297,6 @@ async fn restart_cycle(srv: Server) {
     );
 }
 
-fn cli(srv: &Server, args: &[&str]) -> std::process::Output {
-    let url = format!("http://127.0.0.1:{}", srv.admin_port());
-    std::process::Command::new(oxbus_bin())
-        .args(args)
-        .env("OXBUS_SERVER", &url)
-        .env("OXBUS_TOKEN", srv.admin_token())
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn cli_deploy_services_invoke_rollback() {
     let srv = env().start().await;
@@ -314,7 +304,7 @@ async fn cli_deploy_services_invoke_rollback() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("hot.py");
     std::fs::write(&file, module(1)).unwrap();
-    let out = cli(&srv, &["deploy", file.to_str().unwrap()]);
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -323,12 +313,12 @@ async fn cli_deploy_services_invoke_rollback() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("deployed hot version 1"));
     std::fs::write(&file, module(2)).unwrap();
     assert!(
-        cli(&srv, &["deploy", file.to_str().unwrap()])
+        srv.cli(&["deploy", file.to_str().unwrap()])
             .status
             .success()
     );
 
-    let out = cli(&srv, &["services", "--output", "json"]);
+    let out = srv.cli(&["services", "--output", "json"]);
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         j["services"]
@@ -338,12 +328,12 @@ async fn cli_deploy_services_invoke_rollback() {
             .any(|s| s["name"] == "hot.hello")
     );
 
-    let out = cli(&srv, &["invoke", "hot.hello", "--payload", "{}"]);
+    let out = srv.cli(&["invoke", "hot.hello", "--payload", "{}"]);
     assert!(out.status.success());
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["version"], 2);
 
-    let out = cli(&srv, &["rollback", "hot"]);
+    let out = srv.cli(&["rollback", "hot"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("hot is back at version 1"), "{text}");
@@ -351,7 +341,7 @@ async fn cli_deploy_services_invoke_rollback() {
 
     // A broken module: non-zero exit, the traceback on stderr, nothing changed.
     std::fs::write(&file, "def broken(:\n").unwrap();
-    let out = cli(&srv, &["deploy", file.to_str().unwrap()]);
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -380,11 +370,11 @@ async fn cli_deploy_services_invoke_rollback() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
 
     // Undeploy: its services are gone at once; a second undeploy is a clear error.
-    let out = cli(&srv, &["undeploy", "hot"]);
+    let out = srv.cli(&["undeploy", "hot"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("undeployed hot"));
     assert_eq!(srv.get("/hot").await.status, 404);
-    let out = cli(&srv, &["undeploy", "hot"]);
+    let out = srv.cli(&["undeploy", "hot"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not deployed"));
 }

@@ -5,6 +5,7 @@
 //! a boot, not a name; only the lease holder hands it back; the deploy report names the
 //! server deployed through; the PostgreSQL setup of docs/CLUSTER.md works as written.
 
+use oxbus_integration::bus::{cluster_status, linked};
 use oxbus_integration::versioned::{deploy, module};
 use oxbus_integration::*;
 use std::time::Duration;
@@ -41,35 +42,6 @@ fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
     env()
         .cluster_member(url, name, secret)
         .channel("/cv", &["GET"], "c.version")
-}
-
-fn cluster(srv: &Server) -> serde_json::Value {
-    let out = srv.cli(&["cluster", "status", "--output", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn linked(srv: &Server, peers: &[&str]) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("links to {peers:?}"),
-        || {
-            let d = cluster(srv);
-            async move {
-                let links: Vec<&str> = d["bus"]["links"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|l| l["peer"].as_str())
-                    .collect();
-                (links == peers).then_some(())
-            }
-        },
-    )
-    .await;
 }
 
 /// Waits until `srv`'s snapshot is at `version` or later.
@@ -195,7 +167,7 @@ async fn with_the_store_down_changes_get_503_at_once_and_stop_and_boot_do_not_wa
         .admin("POST", "/v1/invoke/c.version", Some(&token), b"{}")
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let d = cluster(&srv);
+    let d = cluster_status(&srv);
     assert_eq!(d["store"]["reachable"], false, "{d}");
 
     // The stop does not wait on the dead store, and says why it did not.
@@ -312,7 +284,7 @@ async fn cluster_status_is_current_right_after_a_deploy_and_the_report_names_eve
         let r = deploy(&a, v).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         for srv in [&a, &b] {
-            let d = cluster(srv);
+            let d = cluster_status(srv);
             let current = d["store"]["config_version"].as_i64().unwrap();
             let servers = d["servers"].as_array().unwrap();
             assert_eq!(servers.len(), 2, "{d}");

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 use nix::sys::signal::Signal;
+use oxbus_integration::api::text;
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -103,10 +104,6 @@ async fn deploy_with(srv: &Server, modules: &[(&str, &str)], skip_unchanged: boo
         body.to_string().as_bytes(),
     )
     .await
-}
-
-fn text(r: &Resp) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
 }
 
 /// Waits until the server runs `n` workers again, all ready.

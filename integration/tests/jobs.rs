@@ -5,70 +5,30 @@
 //! with the store down that boots the jobs from the snapshot. (Running them is the runtime's,
 //! tested with it.)
 
+use oxbus_integration::api::{self, admin, config_version, export_body, ok, text};
+use oxbus_integration::bus::linked;
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    srv.admin(method, path, Some(&srv.admin_token()), &body)
-        .await
-}
-
-fn text(r: &Resp) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
-async fn config_version(srv: &Server) -> i64 {
-    admin(srv, "GET", "/v1/info", Value::Null).await.json()["config_version"]
-        .as_i64()
-        .unwrap()
-}
-
 /// The jobs of `srv`, by name.
 async fn jobs(srv: &Server) -> Vec<Value> {
-    let r = admin(srv, "GET", "/v1/jobs", Value::Null).await;
-    assert_eq!(r.status, 200, "{}", text(&r));
-    r.json()["jobs"].as_array().unwrap().clone()
+    api::list(srv, "jobs").await
 }
 
 async fn names(srv: &Server) -> Vec<String> {
-    jobs(srv)
-        .await
-        .iter()
-        .map(|j| j["name"].as_str().unwrap().to_owned())
-        .collect()
+    api::names(srv, "jobs").await
 }
 
 /// PUT a job; asserts the status.
 async fn put(srv: &Server, name: &str, def: Value, status: u16) -> Value {
-    let r = admin(srv, "PUT", &format!("/v1/jobs/{name}"), def.clone()).await;
-    assert_eq!(r.status, status, "PUT {name} {def}: {}", text(&r));
-    r.json()
+    api::put(srv, "jobs", name, def, status).await
 }
 
 /// A 400 whose message contains every one of `needles`; nothing is stored.
 async fn refused(srv: &Server, name: &str, body: &str, needles: &[&str]) {
-    let v = config_version(srv).await;
-    let r = srv
-        .admin(
-            "PUT",
-            &format!("/v1/jobs/{name}"),
-            Some(&srv.admin_token()),
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 400, "PUT {name} {body}: {}", text(&r));
-    let msg = r.json()["error"].as_str().unwrap().to_owned();
-    for n in needles {
-        assert!(msg.contains(n), "PUT {name} {body}: {msg:?} lacks {n:?}");
-    }
-    assert_eq!(config_version(srv).await, v, "nothing stored");
+    api::refused(srv, "jobs", name, body, needles).await
 }
 
 /// Unix seconds of an RFC 3339 `start_date` as the server writes it (`…Z`, whole seconds).
@@ -359,29 +319,6 @@ async fn jobs_are_created_listed_replaced_enabled_and_deleted_through_the_admin_
     srv.assert_no_errors(&[]);
 }
 
-fn cli(srv: &Server, args: &[&str]) -> Output {
-    Command::new(oxbus_bin())
-        .args(args)
-        .env(
-            "OXBUS_SERVER",
-            format!("http://127.0.0.1:{}", srv.admin_port()),
-        )
-        .env("OXBUS_TOKEN", srv.admin_token())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A failed command's standard error.
 fn failed(out: &Output) -> String {
     assert!(
@@ -397,9 +334,7 @@ async fn jobs_through_the_cli() {
     let srv = Env::new().with_test_services().start().await;
     let v0 = config_version(&srv).await;
 
-    let out = ok(&cli(
-        &srv,
-        &[
+    let out = ok(&srv.cli(&[
             "jobs",
             "put",
             "ping",
@@ -420,10 +355,7 @@ async fn jobs_through_the_cli() {
         r#"{"type": "cron_style", "service": "reports.daily", "cron": "0 8 * * *", "timezone": "Europe/Warsaw", "start_date": "2030-01-01T00:00:00+01:00"}"#,
     )
     .unwrap();
-    let put = cli(
-        &srv,
-        &["jobs", "put", "report", "--file", file.to_str().unwrap()],
-    );
+    let put = srv.cli(&["jobs", "put", "report", "--file", file.to_str().unwrap()]);
     let out = ok(&put);
     assert!(
         out.starts_with("job report created") && out.contains("cron 0 8 * * * Europe/Warsaw"),
@@ -433,24 +365,21 @@ async fn jobs_through_the_cli() {
         String::from_utf8_lossy(&put.stderr),
         "warning: no service named reports.daily is deployed\n"
     );
-    let out = ok(&cli(
-        &srv,
-        &[
-            "jobs",
-            "put",
-            "once",
-            "--json",
-            r#"{"type": "one_time", "service": "test.echo"}"#,
-            "--output",
-            "json",
-        ],
-    ));
+    let out = ok(&srv.cli(&[
+        "jobs",
+        "put",
+        "once",
+        "--json",
+        r#"{"type": "one_time", "service": "test.echo"}"#,
+        "--output",
+        "json",
+    ]));
     let answer: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["created"], true);
     assert_eq!(answer["job"]["type"], "one_time");
 
     // list: a line per job by name; --output json is the API's answer.
-    let out = ok(&cli(&srv, &["jobs", "list"]));
+    let out = ok(&srv.cli(&["jobs", "list"]));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
     assert!(
@@ -472,32 +401,29 @@ async fn jobs_through_the_cli() {
         "{out}"
     );
     let listed: Value =
-        serde_json::from_str(&ok(&cli(&srv, &["jobs", "list", "--output", "json"]))).unwrap();
+        serde_json::from_str(&ok(&srv.cli(&["jobs", "list", "--output", "json"]))).unwrap();
     assert_eq!(listed["jobs"], Value::Array(jobs(&srv).await));
 
     // get: field per line; --output json the definition.
-    let out = ok(&cli(&srv, &["jobs", "get", "ping"]));
+    let out = ok(&srv.cli(&["jobs", "get", "ping"]));
     assert!(out.contains("name: ping\n"), "{out}");
     assert!(out.contains("type: interval_based\n"), "{out}");
     assert!(out.contains("repeats: 3\n"), "{out}");
-    let got: Value = serde_json::from_str(&ok(&cli(
-        &srv,
-        &["jobs", "get", "ping", "--output", "json"],
-    )))
-    .unwrap();
+    let got: Value =
+        serde_json::from_str(&ok(&srv.cli(&["jobs", "get", "ping", "--output", "json"]))).unwrap();
     assert_eq!(got, jobs(&srv).await[1]);
 
     // disable / enable.
     let v = config_version(&srv).await;
-    let out = ok(&cli(&srv, &["jobs", "disable", "ping"]));
+    let out = ok(&srv.cli(&["jobs", "disable", "ping"]));
     assert_eq!(
         out,
         format!("job ping disabled (config version {})\n", v + 1)
     );
-    let out = ok(&cli(&srv, &["jobs", "list"]));
+    let out = ok(&srv.cli(&["jobs", "list"]));
     assert!(out.lines().nth(2).unwrap().contains(" no "), "{out}");
     assert_eq!(jobs(&srv).await[1]["active"], false);
-    let out = ok(&cli(&srv, &["jobs", "enable", "ping"]));
+    let out = ok(&srv.cli(&["jobs", "enable", "ping"]));
     assert_eq!(
         out,
         format!("job ping enabled (config version {})\n", v + 2)
@@ -506,41 +432,35 @@ async fn jobs_through_the_cli() {
 
     // Refused: the server's message, naming the field, and the status; nothing stored.
     let v = config_version(&srv).await;
-    let err = failed(&cli(
-        &srv,
-        &[
-            "jobs",
-            "put",
-            "bad",
-            "--json",
-            r#"{"type": "one_time", "service": "s", "minutes": 5}"#,
-        ],
-    ));
+    let err = failed(&srv.cli(&[
+        "jobs",
+        "put",
+        "bad",
+        "--json",
+        r#"{"type": "one_time", "service": "s", "minutes": 5}"#,
+    ]));
     assert!(
         err.contains("job bad: minutes: only an interval_based job has it")
             && err.contains("(HTTP 400)"),
         "{err}"
     );
-    let err = failed(&cli(&srv, &["jobs", "put", "bad", "--json", "{not json"]));
+    let err = failed(&srv.cli(&["jobs", "put", "bad", "--json", "{not json"]));
     assert!(err.contains("--json is not JSON"), "{err}");
-    let err = failed(&cli(&srv, &["jobs", "put", "bad"]));
+    let err = failed(&srv.cli(&["jobs", "put", "bad"]));
     assert!(err.contains("--file"), "{err}");
-    let err = failed(&cli(
-        &srv,
-        &["jobs", "put", "bad", "--file", "/nonexistent/x.json"],
-    ));
+    let err = failed(&srv.cli(&["jobs", "put", "bad", "--file", "/nonexistent/x.json"]));
     assert!(err.contains("cannot read /nonexistent/x.json"), "{err}");
     assert_eq!(config_version(&srv).await, v);
 
     // delete.
-    let out = ok(&cli(&srv, &["jobs", "delete", "ping"]));
+    let out = ok(&srv.cli(&["jobs", "delete", "ping"]));
     assert_eq!(
         out,
         format!("job ping deleted (config version {})\n", v + 1)
     );
-    let err = failed(&cli(&srv, &["jobs", "get", "ping"]));
+    let err = failed(&srv.cli(&["jobs", "get", "ping"]));
     assert!(err.contains("no job named ping (HTTP 404)"), "{err}");
-    let err = failed(&cli(&srv, &["jobs", "delete", "ping"]));
+    let err = failed(&srv.cli(&["jobs", "delete", "ping"]));
     assert!(err.contains("no job named ping (HTTP 404)"), "{err}");
     assert_eq!(names(&srv).await, ["once", "report"]);
     srv.assert_no_errors(&[]);
@@ -577,10 +497,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
 
     // Exported as YAML, field by field, name first.
     let first = srv.dir.join("first.yaml");
-    ok(&cli(
-        &srv,
-        &["config", "export", "-f", first.to_str().unwrap()],
-    ));
+    ok(&srv.cli(&["config", "export", "-f", first.to_str().unwrap()]));
     let first_text = std::fs::read_to_string(&first).unwrap();
     assert!(
         first_text.contains("job:\n- name: a\n  active: true\n  type: interval_based\n"),
@@ -598,7 +515,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
     assert_eq!(doc["job"], Value::Array(jobs(&srv).await));
 
     // Imported back: nothing changes.
-    let out = ok(&cli(&srv, &["config", "import", first.to_str().unwrap()]));
+    let out = ok(&srv.cli(&["config", "import", first.to_str().unwrap()]));
     assert!(out.starts_with("0 change(s), 3 unchanged"), "{out}");
     // A job listed without its start date keeps the stored one: no change either.
     let no_start = srv.dir.join("no-start.yaml");
@@ -607,10 +524,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
         "job:\n- name: a\n  type: interval_based\n  service: test.echo\n  minutes: 5\n  extra: {k: [1, 2]}\n",
     )
     .unwrap();
-    let out = ok(&cli(
-        &srv,
-        &["config", "import", no_start.to_str().unwrap()],
-    ));
+    let out = ok(&srv.cli(&["config", "import", no_start.to_str().unwrap()]));
     assert!(out.starts_with("0 change(s), 1 unchanged"), "{out}");
 
     // --replace with a document that lists only `a` (changed): b and c go, in one
@@ -622,10 +536,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
     )
     .unwrap();
     let v = config_version(&srv).await;
-    let out = ok(&cli(
-        &srv,
-        &["config", "import", "--replace", only_a.to_str().unwrap()],
-    ));
+    let out = ok(&srv.cli(&["config", "import", "--replace", only_a.to_str().unwrap()]));
     assert!(out.contains("update job a"), "{out}");
     assert!(out.contains("delete job b"), "{out}");
     assert!(out.contains("delete job c"), "{out}");
@@ -643,10 +554,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
 
     // A dry run changes nothing.
     let v = config_version(&srv).await;
-    let out = ok(&cli(
-        &srv,
-        &["config", "import", "--dry-run", first.to_str().unwrap()],
-    ));
+    let out = ok(&srv.cli(&["config", "import", "--dry-run", first.to_str().unwrap()]));
     assert!(out.contains("would create job b"), "{out}");
     assert!(out.contains("would create job c"), "{out}");
     assert!(out.contains("would update job a"), "{out}");
@@ -681,68 +589,23 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
     assert_eq!(names(&srv).await, ["a"]);
 
     // The first export imported: back as it was, and exported again the same.
-    let out = ok(&cli(&srv, &["config", "import", first.to_str().unwrap()]));
+    let out = ok(&srv.cli(&["config", "import", first.to_str().unwrap()]));
     assert!(out.contains("create job b"), "{out}");
     assert!(out.contains("create job c"), "{out}");
     assert!(out.contains("update job a"), "{out}");
     assert_eq!(names(&srv).await, ["a", "b", "c"]);
     let second = srv.dir.join("second.yaml");
-    ok(&cli(
-        &srv,
-        &["config", "export", "-f", second.to_str().unwrap()],
-    ));
-    let strip = |t: &str| -> String {
-        t.lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("config_version:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    ok(&srv.cli(&["config", "export", "-f", second.to_str().unwrap()]));
     assert_eq!(
-        strip(&std::fs::read_to_string(&second).unwrap()),
-        strip(&first_text)
+        export_body(&std::fs::read_to_string(&second).unwrap()),
+        export_body(&first_text)
     );
     srv.assert_no_errors(&[]);
 }
 
-fn bus_server(url: &str, name: &str, secret: &std::path::Path) -> Env {
-    Env::new()
-        .cluster_member(url, name, secret)
-        // The version check slowed down: only the bus can carry a change within the waits.
-        .set("cluster", "sync_interval_ms", "600000")
-}
-
-async fn linked(srv: &Server, peer: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("a link to {peer}"),
-        || async {
-            let d = admin(srv, "GET", "/v1/cluster", Value::Null).await.json();
-            d["bus"]["links"]
-                .as_array()?
-                .iter()
-                .any(|l| l["peer"] == peer)
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 /// Waits until `srv` has job `name` with `field` = `want` (`Value::Null`: no such job).
 async fn has(srv: &Server, name: &str, field: &str, want: Value) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("job {name}: {field} = {want}"),
-        || async {
-            let r = admin(srv, "GET", &format!("/v1/jobs/{name}"), Value::Null).await;
-            let got = if r.status == 404 {
-                Value::Null
-            } else {
-                r.json()[field].clone()
-            };
-            (got == want).then_some(())
-        },
-    )
-    .await;
+    api::has(srv, "jobs", "job", name, field, want).await
 }
 
 #[tokio::test]
@@ -750,10 +613,10 @@ async fn a_job_change_reaches_the_other_server() {
     let db = PgDatabase::create();
     let url = format!("{:?}", db.url);
     let secret = cluster_secret("live");
-    let a = bus_server(&url, "a", &secret).start().await;
-    let b = bus_server(&url, "b", &secret).start().await;
-    linked(&a, "b").await;
-    linked(&b, "a").await;
+    let a = Env::new().bus_member(&url, "a", &secret).start().await;
+    let b = Env::new().bus_member(&url, "b", &secret).start().await;
+    linked(&a, &["b"]).await;
+    linked(&b, &["a"]).await;
 
     let job = json!({"type": "interval_based", "service": "test.echo", "seconds": 30});
     put(&a, "tick", job, 201).await;

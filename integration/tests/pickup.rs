@@ -1,6 +1,7 @@
 //! Deploy-on-save against the real binary, real workers and real file-system events: the
 //! server's pickup directory, and `oxbus deploy --watch DIR`.
 
+use oxbus_integration::api::config_version;
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::io::Write;
@@ -63,12 +64,6 @@ async fn wait_log(srv: &Server, text: &str) {
         srv.log().contains(text).then_some(())
     })
     .await;
-}
-
-async fn config_version(srv: &Server) -> i64 {
-    admin_json(srv, "/v1/info").await.1["config_version"]
-        .as_i64()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! expressions keep the waits short; "stopped firing" is judged against another job's
 //! runs, not a fixed sleep.
 
+use oxbus_integration::api::admin;
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -66,16 +67,6 @@ async fn wait_count(runs: &Path, job: &str, at_least: usize) {
         },
     )
     .await;
-}
-
-async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    srv.admin(method, path, Some(&srv.admin_token()), &body)
-        .await
 }
 
 async fn put_job(srv: &Server, name: &str, def: Value) {
@@ -241,16 +232,7 @@ async fn every_kind_of_job_fires_and_edits_take_effect_at_once() {
 
 /// `oxbus jobs …` against `srv`: its standard output (the command must succeed).
 fn cli(srv: &Server, args: &[&str]) -> String {
-    let out = std::process::Command::new(oxbus_bin())
-        .arg("jobs")
-        .args(args)
-        .env(
-            "OXBUS_SERVER",
-            format!("http://127.0.0.1:{}", srv.admin_port()),
-        )
-        .env("OXBUS_TOKEN", srv.admin_token())
-        .output()
-        .unwrap();
+    let out = srv.cli(&[&["jobs"], args].concat());
     assert!(
         out.status.success(),
         "{}",

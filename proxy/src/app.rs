@@ -31,14 +31,15 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::h1::{self, BodyKind, ConnectionHeader, Framing};
+use crate::pool::UpConn;
 use crate::upstream::{Registry, Upstream};
 
 /// Process-wide counters (per-server ones live in the [`Registry`]).
@@ -82,48 +83,9 @@ pub struct Balancer {
     pub id_counter: AtomicU64,
 }
 
-/// Idle pooled connections kept per server.
-const POOL_MAX: usize = 256;
-/// An idle pooled server connection is not used after this long: servers close idle
-/// keep-alive connections (Oxbus servers after 75 s), and one closing just as a request is
-/// written fails that request.
-const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
 /// A server's answer head may be this large.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 use crate::{LINGER, LINGER_BYTES};
-
-/// A connection to a server, with the bytes read from it past the last answer (none, while
-/// it waits in the pool).
-#[derive(Debug)]
-pub struct UpConn {
-    io: TcpStream,
-    buf: BytesMut,
-    /// When it went back to the pool.
-    idle_since: std::time::Instant,
-}
-
-impl UpConn {
-    /// Whether an idle pooled connection is still usable: not idle too long, and the
-    /// server has neither closed it nor sent anything since its last answer. Known from the
-    /// readiness the reactor last saw; a system call only when that says "readable".
-    fn usable(&self, now: std::time::Instant) -> bool {
-        if now.saturating_duration_since(self.idle_since) > POOL_IDLE_MAX {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match pin!(self.io.ready(Interest::READABLE)).poll(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Ok(r)) if r.is_read_closed() || r.is_error() => false,
-            // Maybe stale readiness: only "nothing to read" means usable (bytes here would
-            // be read as the next request's answer).
-            Poll::Ready(Ok(_)) => matches!(
-                self.io.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-            Poll::Ready(Err(_)) => false,
-        }
-    }
-}
 
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
@@ -469,15 +431,8 @@ impl Balancer {
         now: std::time::Instant,
         fresh: bool,
     ) -> Result<(UpConn, bool), String> {
-        if !fresh {
-            loop {
-                let c = u.pool.mine().lock().expect("pool lock").pop();
-                match c {
-                    Some(c) if c.usable(now) => return Ok((c, true)),
-                    Some(_) => continue,
-                    None => break,
-                }
-            }
+        if !fresh && let Some(c) = u.pool.take(now) {
+            return Ok((c, true));
         }
         let connect = async {
             let s = TcpStream::connect(u.addr).await?;
@@ -485,35 +440,12 @@ impl Balancer {
             Ok::<_, io::Error>(s)
         };
         match tokio::time::timeout(self.limits.connect_timeout, connect).await {
-            Ok(Ok(io)) => Ok((
-                UpConn {
-                    io,
-                    buf: BytesMut::with_capacity(16 * 1024),
-                    idle_since: now,
-                },
-                false,
-            )),
+            Ok(Ok(io)) => Ok((UpConn::new(io, now), false)),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
                 "connect timed out after {} ms",
                 self.limits.connect_timeout.as_millis()
             )),
-        }
-    }
-
-    /// Puts a connection back in the pool, idle from `now`.
-    fn checkin(u: &Upstream, mut c: UpConn, now: std::time::Instant) {
-        c.idle_since = now;
-        let mut pool = u.pool.mine().lock().expect("pool lock");
-        // The pool is a stack: connections at its bottom may wait long; drop the expired.
-        while pool
-            .first()
-            .is_some_and(|o| now.saturating_duration_since(o.idle_since) > POOL_IDLE_MAX)
-        {
-            pool.remove(0);
-        }
-        if pool.len() < POOL_MAX {
-            pool.push(c);
         }
     }
 
@@ -1184,7 +1116,7 @@ impl Balancer {
                 .is_err()
             {
                 if rbody.done() && resp.up_keep && up.buf.is_empty() {
-                    Self::checkin(u, up, std::time::Instant::now());
+                    u.pool.put(up, std::time::Instant::now());
                 }
                 return Next::Close;
             }
@@ -1227,7 +1159,7 @@ impl Balancer {
             u.latency.record(now - started);
             // Bytes past the answer's end mean the server is out of step: not reused.
             if resp.up_keep && up.buf.is_empty() {
-                Self::checkin(u, up, now);
+                u.pool.put(up, now);
             }
             return next;
         }

@@ -18,6 +18,7 @@
 pub mod app;
 pub mod config;
 pub mod h1;
+pub mod pool;
 pub mod stats;
 pub mod upstream;
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Balance;
+use crate::pool::Pool;
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
 pub const LATENCY_BOUNDS_US: [u64; 18] = [
@@ -66,40 +67,6 @@ impl Histogram {
                 .unwrap_or(*LATENCY_BOUNDS_US.last().expect("bounds")),
         )
     }
-}
-
-/// Proxy threads with a pool stack of their own (more share them, round-robin).
-const POOL_SHARDS: usize = 16;
-
-/// Idle keep-alive connections to one server: a stack per proxy thread. A connection is
-/// registered with the reactor of the runtime (thread) that made it; used from another
-/// thread's runtime, every wait on it would cost a cross-thread wake-up.
-#[derive(Debug, Default)]
-pub struct Pool {
-    shards: [Mutex<Vec<crate::app::UpConn>>; POOL_SHARDS],
-}
-
-impl Pool {
-    /// The calling thread's stack.
-    pub fn mine(&self) -> &Mutex<Vec<crate::app::UpConn>> {
-        &self.shards[shard()]
-    }
-
-    /// Drops every idle connection, on every thread's stack.
-    pub fn clear(&self) {
-        for s in &self.shards {
-            s.lock().expect("pool lock").clear();
-        }
-    }
-}
-
-/// This thread's pool stack, fixed at its first use.
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % POOL_SHARDS;
-    }
-    SHARD.with(|s| *s)
 }
 
 /// One server as the proxy sees it: one run of it. A server that leaves the list and comes
@@ -385,19 +352,6 @@ pub fn backend_addr(b: &Backend) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_thread_has_its_own_pool_stack() {
-        let here = shard();
-        assert_eq!(shard(), here, "a thread keeps its stack");
-        let others: Vec<usize> = (0..3)
-            .map(|_| std::thread::spawn(shard).join().unwrap())
-            .collect();
-        assert!(!others.contains(&here), "{here} {others:?}");
-        assert!(others[0] != others[1] && others[1] != others[2]);
-        let p = Pool::default();
-        assert!(std::ptr::eq(p.mine(), p.mine()));
-    }
 
     #[test]
     fn histogram_quantiles_fall_in_buckets() {

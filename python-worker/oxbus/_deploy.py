@@ -43,7 +43,7 @@ import threading
 import types
 
 from ._protocol import encode_json, encode_reply
-from ._runtime import add_services, service_info, services_of
+from ._loader import add_services, service_info, services_of
 from .service import Service
 
 TYPE_CHECKING = False  # see _protocol.py

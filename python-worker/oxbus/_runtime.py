@@ -1,9 +1,10 @@
-"""The Python worker process: connection, handshake, service loading and concurrency.
+"""The Python worker process: connection, handshake and concurrency.
 
 Lifecycle (``ipc-protocol/SPEC.md`` is the authority on every byte):
 
 1. connect to the supervisor's Unix socket, send ``HELLO``, wait for ``WELCOME``;
-2. import every module and package in ``services_dir`` and collect the services;
+2. import every module and package in ``services_dir`` and collect the services
+   (:mod:`oxbus._loader`);
 3. send ``READY`` and serve ``CALL``s until ``DRAIN`` (finish everything, ``BYE``, exit 0)
    or until the supervisor disappears (exit 5). Besides invocations these include the hot
    deployment ops (``modules.check``/``activate``/``remove``), answered by
@@ -38,6 +39,13 @@ request itself:
 
 All shared state lives in :class:`Worker` and is guarded by ``_lock``; ``_send_lock``
 serialises writes so that frames leave in the order they were queued.
+
+This module owns the socket and the threads; it may not run a service itself (that is
+:mod:`oxbus._dispatch`), load one (:mod:`oxbus._loader`) or deploy one (:mod:`oxbus._deploy`),
+and none of those imports it. It is longer than the project's ~800 lines because
+:class:`Worker` is one state machine (leader, followers, watchdog, outbox) whose methods all
+follow the same ``_lock`` discipline; split across files, that discipline could no longer
+be read in one place.
 """
 
 from __future__ import annotations
@@ -59,17 +67,19 @@ from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG,
                         PROTOCOL_VERSION, READY, REPLY, WELCOME, WORKER_STREAM_BIT,
                         FrameReader, ProtocolError, decode_call, decode_json, encode_frame,
                         encode_json, encode_worker_call, split_call)
-from .service import Dispatcher, Service, current_invocation, _error_frame
-from .simpleio import describe
+from ._deploy import Deployer
+from ._dispatch import Dispatcher, _error_frame
+from ._loader import ImportFailed, load_services_dir, service_info
+from .service import current_invocation
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
     from typing import (Any, Awaitable, Callable, Dict, List, NoReturn, Optional, Set, Tuple,
-                        Type, Union)
+                        Union)
 
     from ._protocol import Frame
 
-__all__ = ['main', 'Worker', 'load_services', 'FrameLogHandler']
+__all__ = ['main', 'Worker', 'FrameLogHandler']
 
 EXIT_OK = 0
 EXIT_USAGE = 2          # argparse's own code for a bad command line
@@ -148,129 +158,6 @@ class FrameLogHandler(logging.Handler):
             raise
         except Exception:
             self.handleError(record)
-
-
-# -- loading services --------------------------------------------------------------------
-
-
-class ImportFailed(Exception):
-    """The services could not be loaded; the message is what the deployer gets to see."""
-
-
-def _describe(cls: type) -> str:
-    module = sys.modules.get(cls.__module__)
-    return '%s.%s (%s)' % (cls.__module__, cls.__qualname__,
-                           getattr(module, '__file__', None) or '?')
-
-
-def load_services(services_dir: str) -> Dict[str, Type[Service]]:
-    """Import every ``*.py`` and package in ``services_dir``; return the services by name.
-
-    Every module is attempted even after a failure, so one deploy reports every broken
-    file at once. Raises :class:`ImportFailed` with the tracebacks.
-    """
-    return _load_services_dir(services_dir)[0]
-
-
-def services_of(module: Any, module_name: str) -> List[Type[Service]]:
-    """The services a module defines: concrete Service subclasses whose home it is.
-
-    A class merely imported into the module belongs to the module that defines it, so it is
-    not counted twice. Shared by the services-dir loader and hot deployment (``_deploy``).
-    """
-    return [obj for obj in list(vars(module).values())
-            if isinstance(obj, type) and issubclass(obj, Service) and obj is not Service
-            and obj.__module__ == module_name and not obj._oxbus_abstract]
-
-
-def add_services(services: Dict[str, Type[Service]], found: List[Type[Service]],
-                 failures: List[str]) -> None:
-    """Add ``found`` to ``services``, appending a message to ``failures`` for each clash."""
-    for cls in found:
-        other = services.get(cls.name)
-        if other is not None and other is not cls:
-            failures.append('duplicate service name %r: %s and %s'
-                            % (cls.name, _describe(other), _describe(cls)))
-        services[cls.name] = cls
-
-
-def _load_services_dir(services_dir: str
-                       ) -> Tuple[Dict[str, Type[Service]], Dict[str, List[str]]]:
-    """:func:`load_services`, plus the ``sys.modules`` names each top-level module owns.
-
-    The second result maps every module or package of the directory to itself and (for a
-    package) the submodules its import pulled in: hot deployment may replace or remove
-    these by their top-level name, and must then drop all of them.
-    """
-    import traceback  # needed only on failure; logging imports it anyway
-
-    root = os.path.realpath(services_dir)
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError as e:
-        raise ImportFailed('cannot read services_dir %s: %s' % (services_dir, e)) from None
-    # First on sys.path, so service modules import each other by their plain names.
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-    modules: List[str] = []
-    failures: List[str] = []
-    for entry in entries:
-        path = os.path.join(root, entry)
-        if entry.startswith(('.', '__')):
-            continue  # hidden files, editor droppings, __pycache__, a stray __init__.py
-        if entry.endswith('.py') and os.path.isfile(path):
-            name = entry[:-3]
-        elif os.path.isfile(os.path.join(path, '__init__.py')):
-            name = entry
-        else:
-            continue
-        if not name.isidentifier():
-            failures.append('%s: %r is not a valid Python module name' % (path, name))
-            continue
-        existing = sys.modules.get(name)
-        if existing is not None:
-            # `import json` would return the stdlib module and the file would be ignored.
-            failures.append('%s: the module name %r is already taken by %s; rename the file'
-                            % (path, name, getattr(existing, '__file__', None) or 'a built-in'))
-            continue
-        try:
-            __import__(name)
-        except (Exception, SystemExit):  # a module may even call sys.exit() on import
-            failures.append(traceback.format_exc())
-            continue
-        modules.append(name)
-    if failures:
-        raise ImportFailed('\n'.join(failures))
-
-    services: Dict[str, Type[Service]] = {}
-    # A package's services may live in its submodules, so every module the import pulled in
-    # under that package counts; a class belongs to the module that defines it.
-    units: Dict[str, List[str]] = {m: [m] for m in modules}
-    prefixes = tuple(m + '.' for m in modules)
-    owned = [m for m in list(sys.modules) if m in units or m.startswith(prefixes)]
-    for module_name in sorted(owned):
-        if module_name not in units:
-            units[module_name.partition('.')[0]].append(module_name)
-        add_services(services, services_of(sys.modules[module_name], module_name), failures)
-    if failures:
-        raise ImportFailed('\n'.join(failures))
-    return services, units
-
-
-def service_info(cls: Type[Service]) -> Dict[str, Any]:
-    """The READY entry (``ServiceInfo`` in SPEC.md) that describes one service.
-
-    ``input`` and ``output`` are the SimpleIO declarations, left out when there is none
-    (an empty declaration behaves as no declaration, so it is left out too).
-    """
-    info = {'name': cls.name, 'module': cls.__module__, 'class': cls.__qualname__,
-            'async': cls._oxbus_async, 'verbs': sorted(cls._oxbus_verbs)}
-    if cls._oxbus_input:
-        info['input'] = describe(cls._oxbus_input)
-    if cls._oxbus_output:
-        info['output'] = describe(cls._oxbus_output)
-    return info
 
 
 # -- the worker --------------------------------------------------------------------------
@@ -1100,7 +987,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.captureWarnings(True)
 
     try:
-        services, units = _load_services_dir(welcome['services_dir'])
+        services, units = load_services_dir(welcome['services_dir'])
     except ImportFailed as e:
         _send_error(sock, 'import_failed', str(e))
         _fail(EXIT_IMPORT_FAILED, str(e))
@@ -1111,7 +998,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    run_coroutine=worker.run_coroutine)
     # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
     # dispatcher hands it any op that is not an invocation.
-    from ._deploy import Deployer
     worker.dispatcher.ops.update(Deployer(worker, units).ops())
     if any(cls._oxbus_async for cls in services.values()):
         worker.start_loop()

@@ -1,4 +1,4 @@
-"""The service API (``Service``, ``Request``, ``Response``) and the dispatcher that runs it.
+"""The service API: ``Service``, ``Request``, ``Response``, ``Channel``.
 
 Zato's service API is the model, so that a Zato user feels at home and Zato services can
 move over with an import change::
@@ -18,67 +18,39 @@ which HTTP verb, which of them are coroutines) is worked out once, in
 ``Service.__init_subclass__``, so that a bad declaration fails the deploy and a request
 pays only for dictionary look-ups.
 
-:class:`Dispatcher` is the bridge between the wire and a service: it takes a ``CALL``'s
-meta and body and returns the encoded ``REPLY`` frame. It knows nothing about sockets or
-threads; ``oxbus._runtime`` decides where and when it runs, and the tests drive it
-directly.
+This module is the public API only. What runs a service for a ``CALL`` (building the
+instance, hooks, the ``REPLY`` frame) is :mod:`oxbus._dispatch`, which imports this module
+and never the other way round; :data:`current_invocation` stays here because service code
+reads it too.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from . import _protocol
-from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
-from .cache import CacheAPI
-from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
-from .simpleio import Bunch, OutputError, filter_output, parse_input, parse_spec
+from .simpleio import Bunch, parse_spec
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import (Any, Awaitable, Callable, ClassVar, Dict, Iterator, List, Optional,
-                        Tuple, Type)
+    from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
+    from ._dispatch import Dispatcher
+    from .cache import CacheAPI
     from .simpleio import Elem, Spec
 
     #: (cid, service name, stream) of the invocation a thread or task is running.
     Invocation = Tuple[str, str, int]
 
-__all__ = ['Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Headers',
-           'Dispatcher', 'current_invocation', 'default_name', 'new_cid']
+__all__ = ['Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Security', 'Headers',
+           'current_invocation', 'default_name']
 
 #: The invocation running in the current thread or asyncio task. A ContextVar rather than
 #: a thread-local because async services share one thread; each task gets its own copy.
 #: The LOG handler reads it, so records from *any* logger are tagged with cid and service.
 current_invocation: ContextVar[Optional[Invocation]] = ContextVar(
     'oxbus_invocation', default=None)
-
-JSON_CONTENT_TYPE = 'application/json'
-TEXT_CONTENT_TYPE = 'text/plain; charset=utf-8'
-BINARY_CONTENT_TYPE = 'application/octet-stream'
-
-# The one reply shape that dominates traffic (200, JSON, no extra headers) gets its meta
-# prebuilt: meta_len + meta bytes, so a reply costs one header pack and one concatenation.
-_OK_JSON_META = encode_json({'status': 200, 'content_type': JSON_CONTENT_TYPE})
-_OK_JSON_PREFIX = _protocol.META_LEN.pack(len(_OK_JSON_META)) + _OK_JSON_META
-_OK_JSON_PREFIX_LEN = len(_OK_JSON_PREFIX)
-
-#: The REPLY meta ``error`` kinds (ipc-protocol/SPEC.md): an input refused before the
-#: handler ran, and a call of a service this worker does not have.
-REPLY_ERROR_INPUT = 'input'
-REPLY_ERROR_NO_SERVICE = 'no_service'
-_pack_header = _protocol.HEADER.pack
-_decode_json = _protocol.decode_json
-
-# Error bodies may carry user-supplied ``details``; ``default=str`` makes sure an odd value
-# there degrades to its text instead of turning a 4xx into a crash.
-_encode_error_body = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False,
-                                      default=str).encode
 
 # inspect.iscoroutinefunction would do, but importing inspect costs more than the rest of
 # the package; this is the flag it tests.
@@ -109,11 +81,6 @@ def default_name(module: str, class_name: str) -> str:
         out.append('-' if ch == '_' else ch.lower())
     kebab = '-'.join(part for part in ''.join(out).split('-') if part)
     return '%s.%s' % (module, kebab)
-
-
-def new_cid() -> str:
-    """A new correlation id: 20 hex digits, the shape the supervisor uses too."""
-    return os.urandom(10).hex()
 
 
 class Security:
@@ -150,19 +117,6 @@ class Channel:
 
     def __repr__(self) -> str:
         return 'Channel(%r, name=%r, security=%r)' % (self.type, self.name, self.security)
-
-
-# Channels without a caller are immutable and few, so one shared instance per (type, name)
-# saves an allocation per request.
-_channels: Dict[Any, Channel] = {}
-
-
-def _channel(type_: Optional[str], name: Optional[str] = None) -> Channel:
-    type_ = type_ or 'invoke'
-    channel = _channels.get((type_, name))
-    if channel is None:
-        channel = _channels[(type_, name)] = Channel(type_, name)
-    return channel
 
 
 class Headers(Mapping):  # type: ignore[type-arg]
@@ -512,358 +466,3 @@ def _configure(cls: Type[Service]) -> None:
     cls.logger = logging.getLogger(cls.name)
     if _context_filter not in cls.logger.filters:
         cls.logger.addFilter(_context_filter)
-
-
-def _pick_handler(cls: Type[Service], method: Optional[str]) -> Tuple[str, bool]:
-    """The (method name, is_async) that answers ``method``, or raise MethodNotAllowed."""
-    verbs = cls._oxbus_verbs
-    if verbs:
-        handler = verbs.get(method) if method else None
-        if handler is not None:
-            return handler
-        # An invocation that did not come over HTTP has no verb; plain handle() takes it.
-        if method is None and cls._oxbus_default is not None:
-            return cls._oxbus_default
-        raise MethodNotAllowed('method not allowed: %s' % (method or '(none)'),
-                               allowed=sorted(verbs))
-    return cls._oxbus_default  # type: ignore[return-value]
-
-
-def _header_pairs(headers: Dict[str, Any]) -> List[List[str]]:
-    pairs: List[List[str]] = []
-    for name, value in headers.items():
-        name = str(name).lower()
-        if isinstance(value, (list, tuple)):
-            pairs.extend([name, str(v)] for v in value)
-        else:
-            pairs.append([name, str(value)])
-    return pairs
-
-
-class Dispatcher:
-    """Runs services: one ``CALL`` (meta + body) in, one encoded ``REPLY`` frame out.
-
-    ``services`` maps names to classes. ``post`` sends a frame to the supervisor (used by
-    ``invoke_async``); ``run_coroutine`` runs a coroutine to completion from a plain thread
-    (used when ``self.invoke`` targets an async service). The runtime supplies both; the
-    defaults suit tests: frames are collected in :attr:`posted`, coroutines run with
-    ``asyncio.run``.
-    """
-
-    def __init__(self, services: Dict[str, Type[Service]],
-                 post: Optional[Callable[[bytes], None]] = None,
-                 run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
-                 request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None
-                 ) -> None:
-        self.services = dict(services)
-        #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
-        #: CALL-and-wait to the supervisor).
-        self.cache = CacheAPI(request or _no_server)
-        self.posted: List[bytes] = []
-        self._post = post if post is not None else self.posted.append
-        self._run_coroutine = run_coroutine or _asyncio_run
-        # next() on an itertools.count is atomic under the GIL, so no lock is needed to
-        # hand out worker stream ids from many handler threads.
-        self._stream_ids = itertools.count(1)
-        #: Handlers of the supervisor's other CALL ops (``modules.activate``...), by op name:
-        #: ``(stream, meta, body) -> REPLY frame``. Consulted only once a call turned out not
-        #: to be an invocation of a known service, so they cost the hot path nothing.
-        self.ops: Dict[str, Callable[[int, Dict[str, Any], bytes], bytes]] = {}
-
-    # -- routing ------------------------------------------------------------------------
-
-    def _lookup(self, meta: Dict[str, Any]) -> Optional[Type[Service]]:
-        try:
-            return self.services.get(meta.get('service'))  # type: ignore[arg-type]
-        except TypeError:  # an unhashable "service" (a list...): no such service
-            return None
-
-    def is_async(self, meta: Dict[str, Any]) -> bool:
-        """Whether this call must run on the event loop rather than in a thread."""
-        cls = self._lookup(meta)
-        if cls is None or not cls._oxbus_async or meta.get('op') != 'invoke':
-            return False
-        try:
-            return _pick_handler(cls, meta.get('method'))[1]
-        except MethodNotAllowed:
-            return False  # the 405 is produced by the synchronous path
-
-    # -- running ------------------------------------------------------------------------
-
-    def run(self, stream: int, meta: Dict[str, Any], body: bytes) -> bytes:
-        """Run a synchronous service for one CALL and return its REPLY frame. Never raises."""
-        try:
-            cls = self.services.get(meta.get('service'))  # type: ignore[arg-type]
-        except TypeError:  # _lookup(), inlined on this hot path
-            cls = None
-        if cls is None or meta.get('op') != 'invoke':
-            return self._unroutable(stream, meta, body)
-        cid = meta.get('cid') or ''
-        token = current_invocation.set((cid, cls.name, stream))
-        try:
-            try:
-                svc, attr = self._prepare(cls, meta, body, cid)
-            except BadRequest as e:
-                return self._error(stream, cid, cls, e, REPLY_ERROR_INPUT)
-            before, after = cls._oxbus_hooks
-            if before:
-                svc.before_handle()
-            result = getattr(svc, attr)()
-            if result is not None and hasattr(result, '__await__'):
-                result.close()  # silence "coroutine was never awaited"
-                raise TypeError('%s.%s returned a coroutine but is not declared async def'
-                                % (type(svc).__name__, attr))
-            if after:
-                svc.after_handle()
-            return self._reply(stream, svc)
-        except BaseException as e:  # noqa: B036 - a service must never take the worker down
-            return self._error(stream, cid, cls, e)
-        finally:
-            current_invocation.reset(token)
-
-    async def run_async(self, stream: int, meta: Dict[str, Any], body: bytes) -> bytes:
-        """The coroutine twin of :meth:`run`, for ``async def`` handlers. Never raises."""
-        cls = self._lookup(meta)
-        if cls is None or meta.get('op') != 'invoke':
-            return self._unroutable(stream, meta)
-        cid = meta.get('cid') or ''
-        token = current_invocation.set((cid, cls.name, stream))
-        try:
-            try:
-                svc, attr = self._prepare(cls, meta, body, cid)
-            except BadRequest as e:
-                return self._error(stream, cid, cls, e, REPLY_ERROR_INPUT)
-            before, after = cls._oxbus_hooks
-            if before:
-                await _maybe_await(svc.before_handle())
-            await _maybe_await(getattr(svc, attr)())
-            if after:
-                await _maybe_await(svc.after_handle())
-            return self._reply(stream, svc)
-        except BaseException as e:  # noqa: B036 - see run()
-            return self._error(stream, cid, cls, e)
-        finally:
-            current_invocation.reset(token)
-
-    def _prepare(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
-                 cid: str) -> Tuple[Service, str]:
-        """Build the service instance for a wire call; raise Reportable for bad requests.
-
-        A :class:`BadRequest` from here is a refused input (a body that is not JSON, a
-        SimpleIO element missing or ill-typed): the callers mark its REPLY ``error: input``,
-        which a JSON-RPC channel answers with -32602. The same exception raised later, by
-        the service's own code, is the service's answer and carries no such mark.
-        """
-        # This runs for every request, so the common cases are spelled out inline.
-        attr = _pick_handler(cls, meta.get('method'))[0] if cls._oxbus_verbs else 'handle'
-        data_format = meta.get('data_format') or 'json'
-        if data_format == 'json':
-            if body:
-                try:
-                    payload = _decode_json(body)
-                except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-                    raise BadRequest('malformed JSON: %s' % e) from None
-                except RecursionError:
-                    # The server refuses bodies nested past its limit before they get
-                    # here; this is the defence behind it (a deep body is the caller's
-                    # fault, not the service's).
-                    raise BadRequest('malformed JSON: nested too deeply to decode') from None
-            else:
-                payload = None
-        else:
-            payload = body
-        svc = cls()
-        svc.cid = cid
-        channel = meta.get('channel')
-        security = meta.get('security')
-        if security is not None:
-            svc.channel = Channel(channel or 'invoke', meta.get('channel_name'), Security(security))
-        else:
-            name = meta.get('channel_name')
-            svc.channel = (_channels.get((channel, name))
-                           or _channel(channel, name))  # type: ignore[arg-type]
-        svc.request = request = Request(payload, body, data_format, meta)
-        svc.response = Response()
-        svc._oxbus_dispatcher = self
-        if cls._oxbus_input:
-            request.input = parse_input(
-                cls._oxbus_input, payload, meta.get('params'),
-                lambda: request.http.query, json_body=data_format == 'json')
-        return svc, attr
-
-    def _reply(self, stream: int, svc: Service) -> bytes:
-        """Encode the service's response as a REPLY frame."""
-        response = svc.response
-        payload = response.payload
-        output = type(svc)._oxbus_output
-        if output:
-            payload = filter_output(output, payload)
-        kind = type(payload)
-        if kind is dict or kind is list:
-            body = encode_json(payload)
-            content_type = JSON_CONTENT_TYPE
-        elif payload is None:
-            body = b''
-            content_type = TEXT_CONTENT_TYPE
-        elif kind is str or isinstance(payload, str):
-            body = payload.encode('utf-8')
-            content_type = TEXT_CONTENT_TYPE
-        elif isinstance(payload, (bytes, bytearray, memoryview)):
-            body = bytes(payload)
-            content_type = BINARY_CONTENT_TYPE
-        else:  # numbers, booleans, dict/list subclasses, tuples...
-            body = encode_json(payload)
-            content_type = JSON_CONTENT_TYPE
-        status = response.status_code
-        headers = response._headers
-        if (status == 200 and content_type is JSON_CONTENT_TYPE and not headers
-                and response.content_type is None):
-            # The fast path: prebuilt meta, one header pack, one concatenation.
-            return (_pack_header(_OK_JSON_PREFIX_LEN + len(body), REPLY, 0, stream)
-                    + _OK_JSON_PREFIX + body)
-        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise ValueError('response.status_code must be an int in 100..599, not %r'
-                             % (status,))
-        meta: Dict[str, Any] = {'status': status,
-                                'content_type': response.content_type or content_type}
-        if headers:
-            meta['headers'] = _header_pairs(headers)
-        return encode_reply(stream, meta, body)
-
-    def _error(self, stream: int, cid: str, cls: Type[Service], exc: BaseException,
-               kind: Optional[str] = None) -> bytes:
-        """Turn an exception from a service (or its input) into an error REPLY.
-
-        ``kind`` is the REPLY's ``error`` field (``REPLY_ERROR_INPUT``), if any.
-        """
-        headers = None
-        if isinstance(exc, Reportable):
-            status = exc.status_code
-            doc = {'error': exc.msg, **exc.details, 'cid': cid}
-            headers = exc.headers
-        elif isinstance(exc, OutputError):
-            # The service broke its own contract: tell the client which element, and the
-            # log, since someone has to fix the service.
-            cls.logger.error('%s: %s (declared output: %s)', cls.name, exc,
-                             ', '.join(e.name for e in cls._oxbus_output))
-            status = 500
-            doc = {'error': str(exc), 'field': exc.field, 'cid': cid}
-        else:
-            # The traceback may hold anything (SQL, paths, secrets): log only, never the client.
-            cls.logger.error('%s failed: %s: %s', cls.name, type(exc).__name__, exc,
-                             exc_info=exc)
-            status = 500
-            doc = {'error': 'internal error', 'cid': cid}
-        return _error_frame(stream, status, doc, headers, kind)
-
-    def _unroutable(self, stream: int, meta: Dict[str, Any], body: bytes = b'') -> bytes:
-        op = meta.get('op')
-        cid = meta.get('cid') or ''
-        if op != 'invoke':
-            handler = self.ops.get(op) if isinstance(op, str) else None
-            if handler is not None:
-                return handler(stream, meta, body)
-            return _error_frame(stream, 501, {'error': 'unknown op: %s' % (op,), 'cid': cid})
-        return _error_frame(stream, 404, {'error': 'no such service: %s' % (meta.get('service'),),
-                                          'cid': cid}, kind=REPLY_ERROR_NO_SERVICE)
-
-    # -- service to service ---------------------------------------------------------------
-
-    def invoke(self, caller: Service, name: str, payload: Any = None) -> Any:
-        """In-process ``self.invoke``: run ``name`` now, in this thread; see Service.invoke."""
-        cls = self.services.get(name)
-        if cls is None:
-            raise NotFound('no such service: %s' % name)
-        current = current_invocation.get()
-        stream = current[2] if current else 0
-        cid = caller.cid
-        if payload is None or isinstance(payload, (bytes, bytearray)):
-            raw = bytes(payload or b'')
-        elif isinstance(payload, str):
-            raw = payload.encode('utf-8')
-        else:
-            raw = encode_json(payload)
-        meta = {'op': 'invoke', 'service': name, 'cid': cid, 'channel': 'invoke',
-                'data_format': 'json'}
-        attr, is_async = _pick_handler(cls, None)
-        svc = cls()
-        svc.cid = cid
-        svc.channel = _channel('invoke')
-        svc.request = request = Request(payload, raw, 'json', meta)
-        svc.response = Response()
-        svc._oxbus_dispatcher = self
-        token = current_invocation.set((cid, cls.name, stream))
-        try:
-            if cls._oxbus_input:
-                request.input = parse_input(cls._oxbus_input, payload, None, dict)
-            if is_async:
-                self._run_coroutine(_run_hooked(svc, attr, (cid, cls.name, stream)))
-            else:
-                before, after = cls._oxbus_hooks
-                if before:
-                    svc.before_handle()
-                getattr(svc, attr)()
-                if after:
-                    svc.after_handle()
-        finally:
-            current_invocation.reset(token)
-        output = cls._oxbus_output
-        return filter_output(output, svc.response.payload) if output else svc.response.payload
-
-    def invoke_async(self, name: str, payload: Any = None) -> str:
-        """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid."""
-        cid = new_cid()
-        # Worker-opened streams have the high bit set; the low 31 bits cycle through
-        # 1..0x7FFFFFFF (ids may be reused, and ASYNC calls are never answered anyway).
-        stream = WORKER_STREAM_BIT | ((next(self._stream_ids) - 1) % 0x7FFF_FFFF + 1)
-        if payload is None:
-            body = b''
-        elif isinstance(payload, (bytes, bytearray)):
-            body = bytes(payload)
-        else:
-            body = encode_json(payload)
-        meta = {'op': 'invoke', 'service': name, 'cid': cid, 'data_format': 'json'}
-        self._post(encode_call(stream, meta, body, _protocol.FLAG_ASYNC))
-        return cid
-
-
-def _error_frame(stream: int, status: int, doc: Dict[str, Any],
-                 headers: Optional[Dict[str, str]] = None, kind: Optional[str] = None) -> bytes:
-    meta: Dict[str, Any] = {'status': status, 'content_type': JSON_CONTENT_TYPE}
-    if headers:
-        meta['headers'] = _header_pairs(headers)
-    if kind:
-        meta['error'] = kind
-    return encode_reply(stream, meta, _encode_error_body(doc).encode('utf-8', 'replace'))
-
-
-async def _maybe_await(result: Any) -> Any:
-    # Hooks of an async service may be plain functions; only await what is awaitable.
-    if result is not None and hasattr(result, '__await__'):
-        return await result
-    return result
-
-
-async def _run_hooked(svc: Service, attr: str, invocation: Invocation) -> None:
-    """An async service's hooks and handler, for ``self.invoke`` from a plain thread."""
-    # The coroutine may run in another thread's context (the worker's event loop), so the
-    # invocation is set again here rather than inherited.
-    token = current_invocation.set(invocation)
-    try:
-        before, after = type(svc)._oxbus_hooks
-        if before:
-            await _maybe_await(svc.before_handle())
-        await _maybe_await(getattr(svc, attr)())
-        if after:
-            await _maybe_await(svc.after_handle())
-    finally:
-        current_invocation.reset(token)
-
-
-def _no_server(meta: bytes, body: bytes) -> Tuple[bytes, bytes]:
-    raise RuntimeError('not running inside an oxbus worker: there is no server to call')
-
-
-def _asyncio_run(coro: Awaitable[Any]) -> Any:
-    import asyncio  # only services that are async pay for asyncio
-    return asyncio.run(coro)  # type: ignore[arg-type]

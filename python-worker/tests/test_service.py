@@ -15,7 +15,8 @@ from oxbus import (BadRequest, Conflict, Forbidden, InternalServerError, MethodN
                    NotFound, Reportable, Service, ServiceUnavailable, TooManyRequests,
                    Unauthorized)
 from oxbus import _protocol as P
-from oxbus.service import Dispatcher, current_invocation, default_name
+from oxbus._dispatch import Dispatcher
+from oxbus.service import current_invocation, default_name
 from test_protocol import VECTORS
 
 
