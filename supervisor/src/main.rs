@@ -1521,7 +1521,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    let result = rt.block_on(oxbus_supervisor::lifecycle::supervisor::run(settings));
+    let result = rt.block_on(oxbus_supervisor::boot::run(settings));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(mut proxy) = quickstart_proxy {
         let _ = nix::sys::signal::kill(

@@ -250,7 +250,7 @@ mod tests {
 
     fn tmp() -> PathBuf {
         let d =
-            std::env::temp_dir().join(format!("oxbus-secrets-{}", crate::edge::cid::random_hex(8)));
+            std::env::temp_dir().join(format!("oxbus-secrets-{}", crate::random::random_hex(8)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

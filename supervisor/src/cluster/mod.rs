@@ -3,5 +3,6 @@
 //! snapshot a server boots from when the store is down. It knows no HTTP.
 
 pub mod bus;
+pub mod membership;
 pub mod snapshot;
 pub mod sync;

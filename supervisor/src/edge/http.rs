@@ -38,11 +38,24 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
 use crate::config::{ChannelType, DataFormat};
+use crate::edge::cid::CidGen;
 use crate::edge::forwarded::{self, TrustedProxies};
 use crate::edge::head_gate::{HeadGate, Refusal};
 use crate::edge::router::Match;
-use crate::lifecycle::pool::DispatchError;
-use crate::lifecycle::supervisor::{Event, Shared};
+use crate::edge::routes::RoutingTable;
+use crate::lifecycle::pool::{DispatchError, Pool};
+use crate::lifecycle::supervisor::Event;
+use crate::node::Node;
+
+/// What the HTTP edge works with (built by boot): the pool it dispatches into, the routing
+/// table, the settings, the node state (readiness, store health) and the cid generator.
+pub struct Ctx {
+    pub pool: Arc<Pool>,
+    pub routes: Arc<RoutingTable>,
+    pub settings: crate::config::Settings,
+    pub node: Arc<Node>,
+    pub cids: Arc<CidGen>,
+}
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -278,7 +291,7 @@ impl Drop for ConnGuard {
 /// (up to the drain deadline) and reports [`Event::HttpDrained`].
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    cx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -297,11 +310,11 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     conns.n.fetch_add(1, Ordering::SeqCst);
                     let guard = ConnGuard(conns.clone());
-                    let shared = shared.clone();
+                    let cx = cx.clone();
                     let shutdown = shutdown.clone();
-                    let peer = Peer::new(peer, local_port, shared.settings.http.trusted());
+                    let peer = Peer::new(peer, local_port, cx.settings.http.trusted());
                     tokio::spawn(async move {
-                        serve_connection(stream, peer, shared, shutdown).await;
+                        serve_connection(stream, peer, cx, shutdown).await;
                         drop(guard);
                     });
                 }
@@ -315,7 +328,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let deadline = Instant::now() + Duration::from_millis(shared.settings.http.drain_timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(cx.settings.http.drain_timeout_ms);
     loop {
         let zero = conns.zero.notified();
         tokio::pin!(zero);
@@ -363,7 +376,7 @@ impl Peer {
 async fn serve_connection(
     stream: TcpStream,
     peer: Peer,
-    shared: Arc<Shared>,
+    cx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -377,7 +390,7 @@ async fn serve_connection(
         refused_at: AtomicU64::new(u64::MAX),
         refused: std::sync::Mutex::new(None),
     });
-    let http = &shared.settings.http;
+    let http = &cx.settings.http;
     let max_head = http.max_header_bytes.max(8192) + 1024;
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -392,10 +405,10 @@ async fn serve_connection(
     let idle_timeout = http.keepalive_timeout_ms;
     let check = Duration::from_millis((header_timeout.min(idle_timeout) / 4).clamp(20, 1000));
     let svc = {
-        let shared = shared.clone();
+        let cx = cx.clone();
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
+            let cx = cx.clone();
             let in_request = InRequest::start(&activity);
             // Requests are dispatched in the order of their heads: the stand-in of a
             // refused head is the one whose index the gate noted.
@@ -407,8 +420,8 @@ async fn serve_connection(
             };
             async move {
                 let resp = match refused {
-                    Some(r) => refusal(r, &shared.cids.next()),
-                    None => handle(req, &shared, peer).await,
+                    Some(r) => refusal(r, &cx.cids.next()),
+                    None => handle(req, &cx, peer).await,
                 };
                 drop(in_request);
                 Ok::<_, std::convert::Infallible>(resp)
@@ -513,17 +526,17 @@ fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response<Body> {
+async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> {
     // A request id from a trusted proxy is the cid; anything else gets one of ours.
     let cid = match peer.trusted.then(|| forwarded::request_id(req.headers())) {
         Some(Some(id)) => id.to_owned(),
-        _ => shared.cids.next(),
+        _ => cx.cids.next(),
     };
     let path = req.uri().path();
     match path {
         "/healthz" => {
             // The process is alive and serving; a store outage is reported, not fatal.
-            let store = if shared.store_ok.load(Ordering::Relaxed) {
+            let store = if cx.node.store_ok.load(Ordering::Relaxed) {
                 "ok"
             } else {
                 "degraded"
@@ -535,8 +548,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             );
         }
         "/readyz" => {
-            let ready_workers = shared.pool.ready_count();
-            let ok = shared.ready.load(Ordering::SeqCst) && ready_workers > 0;
+            let ready_workers = cx.pool.ready_count();
+            let ok = cx.node.ready.load(Ordering::SeqCst) && ready_workers > 0;
             let status = if ok {
                 StatusCode::OK
             } else {
@@ -548,13 +561,14 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
                 serde_json::json!({
                     "status": if ok { "ready" } else { "not ready" },
                     "workers_ready": ready_workers,
-                    "workers_wanted": shared.settings.worker_count(),
+                    "workers_wanted": cx.settings.worker_count(),
                 }),
             );
         }
         // GET only: a channel of another method may use the path (the table decides).
         "/openapi.json" if req.method() == hyper::Method::GET => {
-            return match crate::edge::openapi::render(shared) {
+            return match crate::edge::openapi::render(&cx.pool, &cx.routes, &cx.settings, &cx.node)
+            {
                 Ok(doc) => {
                     let mut r = Response::new(Full::new(Bytes::from(doc)));
                     let h = r.headers_mut();
@@ -579,7 +593,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         _ => {}
     }
     let method = req.method().as_str();
-    let router = shared.router.read().expect("router lock").clone();
+    let router = cx.routes.current();
     let (channel, params) = match router.lookup(method, path) {
         Match::Found { channel, params } => (channel, params),
         Match::NotFound => {
@@ -604,7 +618,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             return r;
         }
     };
-    let limits = &shared.settings.http;
+    let limits = &cx.settings.http;
     let header_bytes: usize = req
         .headers()
         .iter()
@@ -709,11 +723,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         return json_response(StatusCode::BAD_REQUEST, &cid, body);
     }
     let call = HttpCall {
-        shared,
+        cx,
         origin,
         parts: &parts,
         strip_forwarding: !peer.trusted,
-        deadline: Instant::now() + shared.settings.request_timeout(),
+        deadline: Instant::now() + cx.settings.request_timeout(),
         channel_name: channel.name.as_deref(),
         caller: caller.as_ref(),
     };
@@ -750,7 +764,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
 /// hands the worker the same request facts (method, path, headers, client origin) under the
 /// same deadline.
 pub(crate) struct HttpCall<'a> {
-    shared: &'a Shared,
+    cx: &'a Ctx,
     parts: &'a hyper::http::request::Parts,
     /// Leave out the forwarding headers (the peer is not a trusted proxy).
     strip_forwarding: bool,
@@ -801,7 +815,7 @@ impl HttpCall<'_> {
                 subject: c.subject.as_deref(),
             }),
         };
-        self.shared.pool.invoke(&meta, body, self.deadline).await
+        self.cx.pool.invoke(&meta, body, self.deadline).await
     }
 }
 

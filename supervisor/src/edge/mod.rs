@@ -12,3 +12,4 @@ pub mod json_depth;
 pub mod jsonrpc;
 pub mod openapi;
 pub mod router;
+pub mod routes;

@@ -3,6 +3,7 @@
 //! embedded Python package, systemd's notify protocol and the reload status socket.
 //! Lifecycle state is changed only by the event loop.
 
+pub mod handshake;
 pub mod pool;
 pub mod process;
 pub mod python;
