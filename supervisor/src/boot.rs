@@ -45,7 +45,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .map_err(io_err(format!("cannot listen on {}", socket.display())))?;
     // A listener systemd holds (socket activation) queues connections while the server
     // restarts instead of refusing them; without one, bind as configured.
-    let listener = match crate::edge::http::activated()
+    let listener = match crate::edge::conn::activated()
         .map_err(io_err("cannot use the socket systemd passed (LISTEN_FDS)"))?
     {
         Some(l) => {
@@ -55,7 +55,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             );
             l
         }
-        None => crate::edge::http::bind(settings.server.listen).map_err(io_err(format!(
+        None => crate::edge::conn::bind(settings.server.listen).map_err(io_err(format!(
             "cannot listen on {}",
             settings.server.listen
         )))?,
@@ -96,7 +96,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             settings.admin_token_file().display()
         )),
     )?;
-    let admin_listener = crate::edge::http::bind(settings.admin.listen).map_err(io_err(
+    let admin_listener = crate::edge::conn::bind(settings.admin.listen).map_err(io_err(
         format!("cannot listen on {} (admin API)", settings.admin.listen),
     ))?;
     let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
