@@ -1109,7 +1109,7 @@ async fn cluster(cx: &Ctx) -> Response<Body> {
         crate::cluster::sync::store_available(&cx.node, &cx.store).await
     {
         (
-            json!({"kind": store_kind(&cx.store), "reachable": false, "error": e}),
+            json!({"kind": store_kind(&cx.store), "reachable": false, "error": e.to_string()}),
             Vec::new(),
         )
     } else {

@@ -720,7 +720,10 @@ async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
                     }),
                 )
             }
-            Err(e) => (503, serde_json::json!({"server": cx.node.name, "error": e})),
+            Err(e) => (
+                503,
+                serde_json::json!({"server": cx.node.name, "error": e.to_string()}),
+            ),
         },
         Err(e) => (
             e.status(),

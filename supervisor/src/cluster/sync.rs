@@ -180,26 +180,39 @@ fn round_limit(settings: &crate::config::Settings) -> Duration {
     2 * activation + 3 * STORE_CALL_LIMIT
 }
 
-async fn bounded<T, E: std::fmt::Display>(
-    what: &str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+/// Why the sync loop (or an admin change's store check) could not use the config store.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A store call did not answer within [`STORE_CALL_LIMIT`].
+    #[error("{what}: no answer within {limit_s} s")]
+    Timeout { what: &'static str, limit_s: u64 },
+    /// Nothing answered one connection attempt (the probe's reason).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+async fn bounded<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, SyncError> {
     match tokio::time::timeout(STORE_CALL_LIMIT, call).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => Ok(r?),
         Err(_) => {
             warn!(
                 limit_s = STORE_CALL_LIMIT.as_secs(),
                 "{what}: the config store did not answer in time"
             );
-            Err(format!(
-                "{what}: no answer within {} s",
-                STORE_CALL_LIMIT.as_secs()
-            ))
+            Err(SyncError::Timeout {
+                what,
+                limit_s: STORE_CALL_LIMIT.as_secs(),
+            })
         }
     }
 }
 
-fn degraded(node: &Node, why: &str) {
+fn degraded(node: &Node, why: &SyncError) {
     if node.store_ok.swap(false, Ordering::SeqCst) {
         warn!(error = %why, "the config store is unreachable: serving on the config this server has");
     }
@@ -207,7 +220,7 @@ fn degraded(node: &Node, why: &str) {
 
 /// Applies the store's current config to this server and writes the snapshot; returns the
 /// version applied and the workers' acks of what it (re)activated or removed.
-pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), String> {
+pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), SyncError> {
     let _one_at_a_time = cx.locks.deploy.lock().await;
     let snap = bounded("reading the config", Snapshot::take(&cx.store)).await?;
     let (changed, gone) = {
@@ -288,7 +301,7 @@ const PROBE_LIMIT: Duration = Duration::from_secs(1);
 /// `PROBE_LIMIT`) decides, instead of the pool's 5 s of retries: a store still down answers
 /// the change 503 at once, a store that is back lets it through (and the sync loop is woken
 /// to notice).
-pub async fn store_available(node: &Node, store: &Store) -> Result<(), String> {
+pub async fn store_available(node: &Node, store: &Store) -> Result<(), SyncError> {
     if node.store_ok.load(Ordering::SeqCst) {
         return Ok(());
     }
@@ -297,7 +310,9 @@ pub async fn store_available(node: &Node, store: &Store) -> Result<(), String> {
             node.changed.notify_one();
             Ok(())
         }
-        crate::store::Reach::Down(e) | crate::store::Reach::Unsure(e) => Err(e),
+        crate::store::Reach::Down(e) | crate::store::Reach::Unsure(e) => {
+            Err(SyncError::Unreachable(e))
+        }
     }
 }
 
