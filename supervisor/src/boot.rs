@@ -63,8 +63,6 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let store_url = settings.store_url();
     let boot = open_store(&settings, &store_url).await?;
     let store = boot.store;
-    let mut channels = settings.channels.clone();
-    channels.extend(boot.snapshot.channels.iter().cloned());
     let key = load_secret_key(
         &settings,
         boot.snapshot

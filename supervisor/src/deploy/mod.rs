@@ -308,7 +308,7 @@ impl crate::lifecycle::handshake::Modules for WorkerModules {
             activate(pool, worker, &srcs, deadline)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(Into::into)
         })
     }
 
@@ -322,7 +322,7 @@ impl crate::lifecycle::handshake::Modules for WorkerModules {
         Box::pin(async move {
             remove(pool, worker, names, deadline)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(Into::into)
         })
     }
 }

@@ -49,11 +49,6 @@ impl RoutingTable {
         self.current.read().expect("router lock").clone()
     }
 
-    /// server.toml's channels.
-    pub fn file_channels(&self) -> &[Channel] {
-        &self.file_channels
-    }
-
     /// Builds the table `stored` and `defs` would make, without swapping it in (to validate
     /// a change before it is stored).
     pub fn check(&self, stored: &[Channel], defs: &[SecurityDef]) -> Result<Router, TableError> {

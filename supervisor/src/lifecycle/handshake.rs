@@ -19,12 +19,16 @@ use crate::lifecycle::pool::{Pool, Worker, WorkerState};
 use crate::lifecycle::supervisor::Event;
 use crate::store::Module;
 
+/// Why a [`Modules`] call failed: the deploy side's own error, whose text goes into the
+/// worker's boot error.
+pub type ModulesError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A future a [`Modules`] call returns.
 pub type ModulesCall<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ModulesError>> + Send + 'a>>;
 
 /// How a worker that just said READY gets the deployed modules (the `modules.*` calls of the
-/// IPC spec, which the deploy side owns). Errors are the calls' own texts.
+/// IPC spec, which the deploy side owns).
 pub trait Modules: Send + Sync {
     /// Activates `modules` in `worker` before `deadline`.
     fn activate<'a>(

@@ -347,8 +347,8 @@ impl Supervisor {
                 self.shutting_down = Some(Sig::Term);
                 self.reloads.stopping();
                 self.node.ready.store(false, Ordering::SeqCst);
-                // The scheduler's lead passes on now, before the workers are retired: runs
-                // claimed from here on would find no worker.
+                // The stop hook (the scheduler's lead passes on) runs now, before the workers are
+                // retired: runs claimed from here on would find no worker.
                 (self.on_stop)();
                 self.notifier
                     .stopping("stopping: draining in-flight requests");
