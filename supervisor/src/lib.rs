@@ -11,9 +11,13 @@
 //! - [`admin`]: the admin API, one file per resource; config export/import.
 //! - [`cli`]: the `oxbus` subcommands other than `server`.
 //! - [`config`]: `server.toml` settings; [`secrets`]: sealing secrets under a key file.
+//! - [`boot`]: the only module that knows every subsystem: builds the handles, wires them.
+//! - [`node`]: this server's own state (name, readiness, store health, applied version).
+//! - [`random`]: small random values from the OS.
 //! - The named caches are their own crate, `oxbus-cache`.
 
 pub mod admin;
+pub mod boot;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -21,6 +25,8 @@ pub mod deploy;
 pub mod edge;
 pub mod lifecycle;
 pub mod model;
+pub mod node;
+pub mod random;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;

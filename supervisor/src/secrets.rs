@@ -14,9 +14,8 @@
 //! Plaintext never leaves this module except to the caller that asked for it; `Plain` does not
 //! print its contents in `Debug`.
 //!
-//! Random values from the OS generator ([`random_bytes`], [`random_hex`], [`random_below`])
-//! live here too, for every module that needs tokens or ids. This module knows no other
-//! module of the crate.
+//! Random values come from `random` (the OS generator). This module knows no other module
+//! of the crate but that one.
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
@@ -244,39 +243,6 @@ impl Key {
     }
 }
 
-/// `N` random bytes from the OS's cryptographic source (`getrandom`). It does not fail on
-/// Linux; if it ever did, there is no safe fallback for tokens and keys, so this panics with
-/// the reason instead of inventing weaker bytes.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    getrandom::fill(&mut out)
-        .unwrap_or_else(|e| panic!("the operating system's random source failed: {e}"));
-    out
-}
-
-/// `n_bytes` random bytes as lower-case hex.
-pub fn random_hex(n_bytes: usize) -> String {
-    let mut s = String::with_capacity(n_bytes * 2);
-    let mut left = n_bytes;
-    while left > 0 {
-        let b = random_bytes::<16>();
-        for x in b.iter().take(left.min(16)) {
-            s.push_str(&format!("{x:02x}"));
-        }
-        left = left.saturating_sub(16);
-    }
-    s
-}
-
-/// A random number in `0..n` (0 when `n` is 0).
-pub fn random_below(n: u64) -> u64 {
-    if n == 0 {
-        0
-    } else {
-        u64::from_be_bytes(random_bytes::<8>()) % n
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +252,8 @@ mod tests {
     }
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("oxbus-secrets-{}", random_hex(8)));
+        let d =
+            std::env::temp_dir().join(format!("oxbus-secrets-{}", crate::random::random_hex(8)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -373,11 +340,5 @@ mod tests {
             Err(SecretError::BadKey(_))
         ));
         std::fs::remove_dir_all(d).unwrap();
-    }
-
-    #[test]
-    fn random_values_have_their_size_and_range() {
-        assert_eq!(random_hex(16).len(), 32);
-        assert!(random_below(5) < 5);
     }
 }

@@ -11,33 +11,27 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{Body, error, read_body, reply};
-use crate::lifecycle::supervisor::Shared;
+use crate::admin::Ctx;
 use crate::store::StoreError;
 use oxbus_cache::{CacheDef, DEFAULT_CACHE};
 
 /// Routes `/v1/caches/…`; `rest` is the path after `/v1/caches`, split at `/`.
-pub(super) async fn route(
-    req: Request<Incoming>,
-    shared: &Shared,
-    rest: &[&str],
-) -> Response<Body> {
+pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
     let method = req.method().clone();
     match (&method, rest) {
-        (&Method::GET, []) => list(shared),
-        (&Method::GET, [name]) => get(shared, &crate::edge::router::percent_decode(name)),
+        (&Method::GET, []) => list(cx),
+        (&Method::GET, [name]) => get(cx, &crate::edge::router::percent_decode(name)),
         (&Method::PUT, [name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => put(shared, &name, body).await,
+                Ok(body) => put(cx, &name, body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => {
-            delete(shared, &crate::edge::router::percent_decode(name)).await
-        }
+        (&Method::DELETE, [name]) => delete(cx, &crate::edge::router::percent_decode(name)).await,
         // A cache's entries (`crate::admin::cache_entries`).
         (_, [name, "keys", ..] | [name, "clear"]) => {
-            let caches = &shared.pool.caches;
+            let caches = &cx.pool.caches;
             let name = crate::edge::router::percent_decode(name);
             let key = rest.get(2).map(|k| crate::edge::router::percent_decode(k));
             let (status, doc) = match (&method, &rest[1..], key) {
@@ -78,20 +72,14 @@ fn stats_json(cache: &oxbus_cache::Cache) -> Value {
 }
 
 /// GET /v1/caches: every cache this server holds, by name.
-fn list(shared: &Shared) -> Response<Body> {
-    let caches: Vec<Value> = shared
-        .pool
-        .caches
-        .all()
-        .iter()
-        .map(|c| stats_json(c))
-        .collect();
+fn list(cx: &Ctx) -> Response<Body> {
+    let caches: Vec<Value> = cx.pool.caches.all().iter().map(|c| stats_json(c)).collect();
     reply(StatusCode::OK, json!({ "caches": caches }))
 }
 
 /// GET /v1/caches/{name}
-fn get(shared: &Shared, name: &str) -> Response<Body> {
-    match shared.pool.caches.get(name) {
+fn get(cx: &Ctx, name: &str) -> Response<Body> {
+    match cx.pool.caches.get(name) {
         Ok(c) => reply(StatusCode::OK, stats_json(&c)),
         Err(e) => error(StatusCode::NOT_FOUND, e),
     }
@@ -99,7 +87,7 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 
 /// PUT /v1/caches/{name}: creates or replaces the definition (201 / 200). The body holds the
 /// definition's fields; those left out take their defaults (a replace does not merge).
-async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+async fn put(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
     let def = match super::definition(
         &body,
         |v| crate::admin::config_io::parse_cache_def(v, Some(name)),
@@ -108,13 +96,13 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let stored = match shared.store.cache_defs().await {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let stored = match cx.store.cache_defs().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let create = !stored.iter().any(|d| d.name == name);
-    let change = match shared.store.put_cache_def(&def, create, "admin-api").await {
+    let change = match cx.store.put_cache_def(&def, create, "admin-api").await {
         Ok(c) => c,
         // Created or deleted meanwhile through another server.
         Err(StoreError::Invalid(m) | StoreError::NotFound(m)) => {
@@ -124,14 +112,14 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     };
     let mut expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(def.clone());
-    crate::admin::config_io::apply_cache_defs(shared, expected).await;
+    crate::admin::config_io::apply_cache_defs(cx, expected).await;
     info!(
         cache = name,
         created = create,
         "cache definition {}",
         if create { "created" } else { "updated" }
     );
-    let cache = match shared.pool.caches.get(name) {
+    let cache = match cx.pool.caches.get(name) {
         Ok(c) => stats_json(&c),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
@@ -147,19 +135,19 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
 
 /// DELETE /v1/caches/{name}: the cache and its entries go (on every server); `default`
 /// always exists.
-async fn delete(shared: &Shared, name: &str) -> Response<Body> {
+async fn delete(cx: &Ctx, name: &str) -> Response<Body> {
     if name == DEFAULT_CACHE {
         return error(
             StatusCode::BAD_REQUEST,
             "the default cache always exists; PUT it to change its settings",
         );
     }
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let stored = match shared.store.cache_defs().await {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let stored = match cx.store.cache_defs().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let change = match shared.store.delete_cache_def(name).await {
+    let change = match cx.store.delete_cache_def(name).await {
         Ok(c) => c,
         Err(StoreError::NotFound(_)) => {
             return error(StatusCode::NOT_FOUND, format!("no cache named {name}"));
@@ -167,7 +155,7 @@ async fn delete(shared: &Shared, name: &str) -> Response<Body> {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    crate::admin::config_io::apply_cache_defs(shared, expected).await;
+    crate::admin::config_io::apply_cache_defs(cx, expected).await;
     info!(cache = name, "cache definition deleted");
     reply(
         StatusCode::OK,

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::admin::Ctx;
 use crate::deploy::{DeployError, Source, WorkerAck};
-use crate::lifecycle::supervisor::Shared;
 use crate::model::channel::{Channel, ChannelType};
 use crate::model::job::JobDef;
 use crate::store::Plan;
@@ -181,8 +181,8 @@ fn unavailable(e: impl std::fmt::Display) -> DeployError {
 
 /// The store's objects as a document (channels in routing order, the rest by name; secrets
 /// sealed). Taken under the deploy lock by the caller, so it is one consistent version.
-pub async fn export(shared: &Shared) -> Result<Document, DeployError> {
-    let store = &shared.store;
+pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
+    let store = &cx.store;
     let config_version = store.version().await.map_err(unavailable)?;
     // Channels in creation order: parameterised routes are tried in that order.
     let (channel_jsonrpc, channels): (Vec<Channel>, Vec<Channel>) = store
@@ -268,14 +268,11 @@ fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
 
 /// Validates `doc` in full against the store and this server, then (unless `dry_run`) applies
 /// it in one transaction and brings the workers and the routing table up to date. The caller
-/// holds `shared.deploy_lock`.
+/// holds `cx.locks.deploy`.
 /// Imports, in one worker under `deploy.check_timeout_ms`, the document's modules that
 /// differ from the store's active versions; returns what was checked (name, source hash)
 /// for [`import`]. Called before `deploy_lock` is taken: no lock is held while user code runs.
-pub async fn check_modules(
-    shared: &Shared,
-    doc: &Document,
-) -> Result<Vec<(String, String)>, DeployError> {
+pub async fn check_modules(cx: &Ctx, doc: &Document) -> Result<Vec<(String, String)>, DeployError> {
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
         return Err(bad(format!("service_module: {d} is listed twice")));
     }
@@ -283,7 +280,7 @@ pub async fn check_modules(
         crate::store::validate_module_name(&m.name)
             .map_err(|e| bad(format!("service_module: {e}")))?;
     }
-    let active = shared.store.active_modules().await.map_err(unavailable)?;
+    let active = cx.store.active_modules().await.map_err(unavailable)?;
     let changed: Vec<_> = doc
         .service_module
         .iter()
@@ -302,7 +299,7 @@ pub async fn check_modules(
                 source: &m.source,
             })
             .collect();
-        crate::deploy::checked(shared, &srcs).await?;
+        crate::deploy::checked(&cx.deploy, &srcs).await?;
     }
     Ok(changed
         .iter()
@@ -314,7 +311,7 @@ pub async fn check_modules(
 /// deploy that is not in it (the store changed in between) refuses the import (409) rather
 /// than run user code here, under the caller's lock.
 pub async fn import(
-    shared: &Shared,
+    cx: &Ctx,
     doc: Document,
     dry_run: bool,
     replace: bool,
@@ -326,7 +323,7 @@ pub async fn import(
             "oxbus_config: {f} is not a format this server reads (it reads {FORMAT})"
         )));
     }
-    let store = &shared.store;
+    let store = &cx.store;
     let mut plan = Plan::default();
     let mut changes = Vec::new();
     let mut unchanged = 0usize;
@@ -361,7 +358,7 @@ pub async fn import(
         return Err(bad(format!("channels: {d} is listed twice")));
     }
     for c in &channels {
-        if shared.settings.channels.iter().any(|f| {
+        if cx.settings.channels.iter().any(|f| {
             f.name.as_ref().unwrap_or(&f.url_path) == c.name.as_ref().unwrap_or(&c.url_path)
         }) {
             return Err(bad(format!(
@@ -409,13 +406,13 @@ pub async fn import(
             }
         }
     }
-    let mut table = shared.settings.channels.clone();
-    table.extend(result);
+    let mut table = cx.settings.channels.clone();
+    table.extend(result.iter().cloned());
     crate::edge::router::Router::new(&table).map_err(|e| bad(format!("channels: {e}")))?;
 
     // Security definitions: checked by compiling them; the table's channels must find theirs.
     let defs = import_security(
-        shared,
+        cx,
         &doc.security,
         replace,
         &mut plan,
@@ -423,7 +420,8 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
-    crate::edge::router::Router::with_gate(&table, &defs, &shared.key, None)
+    cx.routes
+        .check(&result, &defs)
         .map_err(|e| bad(e.to_string()))?;
 
     // Secrets: plain values are sealed here; sealed ones must open with this server's key.
@@ -455,15 +453,11 @@ pub async fn import(
         crate::store::validate_secret_name(name).map_err(|e| bad(format!("secret: {e}")))?;
         let plain = match value {
             SecretIn::Plain(p) => crate::secrets::Plain::new(p.clone()),
-            SecretIn::Sealed(s) => shared.key.open(name, s).map_err(|e| bad(e.to_string()))?,
+            SecretIn::Sealed(s) => cx.key.open(name, s).map_err(|e| bad(e.to_string()))?,
         };
         let old = stored_secrets.get(name);
         let same = match old {
-            Some(old) => shared
-                .key
-                .open(name, old)
-                .map(|p| p == plain)
-                .unwrap_or(false),
+            Some(old) => cx.key.open(name, old).map(|p| p == plain).unwrap_or(false),
             None => false,
         };
         if same {
@@ -472,7 +466,7 @@ pub async fn import(
         }
         let sealed = match value {
             SecretIn::Sealed(s) => s.clone(),
-            SecretIn::Plain(p) => shared.key.seal(name, p),
+            SecretIn::Plain(p) => cx.key.seal(name, p),
         };
         plan.put_secrets.push((name.clone(), sealed));
         changes.push(Change {
@@ -497,7 +491,7 @@ pub async fn import(
     // Cache definitions: each validated; `replace` keeps a stored `default` (it always exists;
     // the admin API refuses to delete it too).
     let caches = import_caches(
-        shared,
+        cx,
         &doc.cache,
         replace,
         &mut plan,
@@ -508,7 +502,7 @@ pub async fn import(
 
     // Scheduler jobs: each validated.
     let jobs = import_jobs(
-        shared,
+        cx,
         &doc.job,
         replace,
         &mut plan,
@@ -577,18 +571,18 @@ pub async fn import(
         e => unavailable(e),
     })?;
     if !plan.put_caches.is_empty() || !plan.delete_caches.is_empty() {
-        apply_cache_defs(shared, caches).await;
+        apply_cache_defs(cx, caches).await;
     }
     if !plan.put_jobs.is_empty() || !plan.delete_jobs.is_empty() {
-        apply_jobs(shared, jobs).await;
+        apply_jobs(cx, jobs).await;
     }
     let mut workers = Vec::new();
     if !change.value.is_empty() {
-        workers = crate::deploy::activate_everywhere(&shared.pool, &change.value).await;
+        workers = crate::deploy::activate_everywhere(&cx.pool, &change.value).await;
     }
     if !plan.undeploy_modules.is_empty() {
         let names: Vec<&str> = plan.undeploy_modules.iter().map(String::as_str).collect();
-        let acks = crate::deploy::remove_everywhere(&shared.pool, &names).await;
+        let acks = crate::deploy::remove_everywhere(&cx.pool, &names).await;
         workers.extend(acks);
     }
     tracing::info!(
@@ -610,7 +604,7 @@ pub async fn import(
 /// The document's cache definitions into `plan`; returns every definition as the import
 /// leaves them.
 async fn import_caches(
-    shared: &Shared,
+    cx: &Ctx,
     listed: &[CacheDef],
     replace: bool,
     plan: &mut Plan,
@@ -623,7 +617,7 @@ async fn import_caches(
     for c in listed {
         c.validate().map_err(bad)?;
     }
-    let stored = shared.store.cache_defs().await.map_err(unavailable)?;
+    let stored = cx.store.cache_defs().await.map_err(unavailable)?;
     for c in listed {
         match stored.iter().find(|o| o.name == c.name) {
             Some(old) if old == c => *unchanged += 1,
@@ -660,21 +654,21 @@ async fn import_caches(
 /// through this server (the other servers follow through `sync`). `expected`: the
 /// definitions as the change left them, applied should the store not answer now (the sync
 /// loop then reads them again on its next round).
-pub async fn apply_cache_defs(shared: &Shared, expected: Vec<CacheDef>) {
-    let defs = match shared.store.cache_defs().await {
+pub async fn apply_cache_defs(cx: &Ctx, expected: Vec<CacheDef>) {
+    let defs = match cx.store.cache_defs().await {
         Ok(defs) => defs,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the cache definitions back: applying the change as made");
             expected
         }
     };
-    shared.pool.caches.apply_defs(&defs);
+    cx.pool.caches.apply_defs(&defs);
 }
 
 /// The document's jobs into `plan`; returns every job as the import leaves them (a new job's
 /// `start_date` left out: filled in with now here, in the store with the commit's time).
 async fn import_jobs(
-    shared: &Shared,
+    cx: &Ctx,
     listed: &[JobDef],
     replace: bool,
     plan: &mut Plan,
@@ -687,7 +681,7 @@ async fn import_jobs(
     for j in listed {
         j.validate().map_err(|e| bad(e.to_string()))?;
     }
-    let stored = shared.store.jobs().await.map_err(unavailable)?;
+    let stored = cx.store.jobs().await.map_err(unavailable)?;
     let now = chrono::Utc::now();
     let mut result = Vec::new();
     for j in listed {
@@ -728,21 +722,21 @@ async fn import_jobs(
 /// (the other servers follow through `sync`). `expected`: the jobs as the change left them,
 /// used should the store not answer now (the sync loop then reads them again on its next
 /// round).
-pub async fn apply_jobs(shared: &Shared, expected: Vec<JobDef>) {
-    let defs = match shared.store.jobs().await {
+pub async fn apply_jobs(cx: &Ctx, expected: Vec<JobDef>) {
+    let defs = match cx.store.jobs().await {
         Ok(defs) => defs,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the jobs back: applying the change as made");
             expected
         }
     };
-    crate::scheduler::jobs::set_live(shared, defs);
+    crate::scheduler::jobs::set_live(&cx.scheduler.jobs, defs);
 }
 
 /// The document's security definitions into `plan`; returns every definition as the
 /// import leaves them (for checking the channels against).
 async fn import_security(
-    shared: &Shared,
+    cx: &Ctx,
     listed: &Value,
     replace: bool,
     plan: &mut Plan,
@@ -754,7 +748,7 @@ async fn import_security(
         Value::Array(a) => a,
         _ => return Err(bad("security: expected a list of definitions")),
     };
-    let stored = shared.store.security_defs().await.map_err(unavailable)?;
+    let stored = cx.store.security_defs().await.map_err(unavailable)?;
     let mut result: Vec<crate::model::security::SecurityDef> = Vec::new();
     for (i, v) in listed.iter().enumerate() {
         let name = match v.get("name") {
@@ -768,7 +762,7 @@ async fn import_security(
         let plain = ["password", "key", "secret"]
             .iter()
             .find_map(|f| v.get(*f).and_then(Value::as_str).map(str::to_owned));
-        let key = shared.key.clone();
+        let key = cx.key.clone();
         let (input, prev) = (v.clone(), old.cloned());
         let def = tokio::task::spawn_blocking(move || {
             crate::edge::gate::from_input(input, None, prev.as_ref(), &key)
@@ -786,7 +780,7 @@ async fn import_security(
                 sealed: None,
                 ..def.clone()
             };
-            fields_same && crate::edge::gate::same_secret(o, &def, plain.as_deref(), &shared.key)
+            fields_same && crate::edge::gate::same_secret(o, &def, plain.as_deref(), &cx.key)
         });
         if same {
             *unchanged += 1;

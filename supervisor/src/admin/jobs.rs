@@ -2,7 +2,7 @@
 //! server has), `GET|PUT|DELETE /v1/jobs/{name}` (one job; create or replace it; delete it) and
 //! `POST /v1/jobs/{name}/enable|disable`. A job is a store object like the others: a change
 //! is stored with a config version bump, handed to this server's scheduler before the answer
-//! (`Shared::jobs`), and reaches the other servers through the bus and the sync loop.
+//! (`scheduler::JobsTable`), and reaches the other servers through the bus and the sync loop.
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{Body, error, read_body, reply};
-use crate::lifecycle::supervisor::Shared;
+use crate::admin::Ctx;
 use crate::model::job::JobDef;
 use crate::store::StoreError;
 
@@ -19,38 +19,32 @@ use crate::store::StoreError;
 const BY: &str = "admin-api";
 
 /// Routes `/v1/jobs/…`; `rest` is the path after `/v1/jobs`, split at `/`.
-pub(super) async fn route(
-    req: Request<Incoming>,
-    shared: &Shared,
-    rest: &[&str],
-) -> Response<Body> {
+pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
     let method = req.method().clone();
     match (&method, rest) {
-        (&Method::GET, []) => list(shared),
-        (&Method::GET, [name]) => get(shared, &crate::edge::router::percent_decode(name)),
+        (&Method::GET, []) => list(cx),
+        (&Method::GET, [name]) => get(cx, &crate::edge::router::percent_decode(name)),
         (&Method::PUT, [name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => put(shared, &name, body).await,
+                Ok(body) => put(cx, &name, body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => {
-            delete(shared, &crate::edge::router::percent_decode(name)).await
-        }
+        (&Method::DELETE, [name]) => delete(cx, &crate::edge::router::percent_decode(name)).await,
         (&Method::POST, [name, "enable"]) => {
-            set_active(shared, &crate::edge::router::percent_decode(name), true).await
+            set_active(cx, &crate::edge::router::percent_decode(name), true).await
         }
         (&Method::POST, [name, "disable"]) => {
-            set_active(shared, &crate::edge::router::percent_decode(name), false).await
+            set_active(cx, &crate::edge::router::percent_decode(name), false).await
         }
         // Neither is a config change (`super::is_not_config` keeps them from the sync loop).
         (&Method::POST, [name, "execute"]) => {
-            execute(shared, &crate::edge::router::percent_decode(name)).await
+            execute(cx, &crate::edge::router::percent_decode(name)).await
         }
         (&Method::GET, [name, "runs"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();
-            runs(shared, &crate::edge::router::percent_decode(name), &query).await
+            runs(cx, &crate::edge::router::percent_decode(name), &query).await
         }
         _ => error(
             StatusCode::NOT_FOUND,
@@ -63,15 +57,15 @@ fn job_json(def: &JobDef) -> Value {
     serde_json::to_value(def).expect("a definition serialises")
 }
 
-/// The jobs this server has (`Shared::jobs`): what its scheduler runs by. Like the live
+/// The jobs this server has (`scheduler::JobsTable`): what its scheduler runs by. Like the live
 /// caches, served while the store is down too.
-fn live(shared: &Shared) -> std::sync::Arc<Vec<JobDef>> {
-    shared.jobs.read().expect("jobs lock").clone()
+fn live(cx: &Ctx) -> std::sync::Arc<Vec<JobDef>> {
+    cx.scheduler.jobs.current()
 }
 
 /// GET /v1/jobs: every job, by name.
-fn list(shared: &Shared) -> Response<Body> {
-    let jobs = live(shared);
+fn list(cx: &Ctx) -> Response<Body> {
+    let jobs = live(cx);
     reply(
         StatusCode::OK,
         json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() }),
@@ -79,8 +73,8 @@ fn list(shared: &Shared) -> Response<Body> {
 }
 
 /// GET /v1/jobs/{name}
-fn get(shared: &Shared, name: &str) -> Response<Body> {
-    match live(shared).iter().find(|d| d.name == name) {
+fn get(cx: &Ctx, name: &str) -> Response<Body> {
+    match live(cx).iter().find(|d| d.name == name) {
         Some(d) => reply(StatusCode::OK, job_json(d)),
         None => error(StatusCode::NOT_FOUND, format!("no job named {name}")),
     }
@@ -89,7 +83,7 @@ fn get(shared: &Shared, name: &str) -> Response<Body> {
 /// PUT /v1/jobs/{name}: creates or replaces the job (201 / 200). The body holds the job's
 /// fields; those left out take their defaults (a replace does not merge), except
 /// `start_date`, which a replace that leaves it out keeps.
-async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+async fn put(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
     let def = match super::definition(
         &body,
         |v| crate::model::job::parse_job_def(v, Some(name)).map_err(|e| e.to_string()),
@@ -98,13 +92,13 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let stored = match shared.store.jobs().await {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let stored = match cx.store.jobs().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let create = !stored.iter().any(|d| d.name == name);
-    let change = match shared.store.put_job(&def, create, BY).await {
+    let change = match cx.store.put_job(&def, create, BY).await {
         Ok(c) => c,
         // Created or deleted meanwhile through another server.
         Err(StoreError::Invalid(m) | StoreError::NotFound(m)) => {
@@ -115,7 +109,7 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
     let job = change.value;
     let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(job.clone());
-    crate::admin::config_io::apply_jobs(shared, expected).await;
+    crate::admin::config_io::apply_jobs(cx, expected).await;
     info!(
         job = name,
         created = create,
@@ -127,7 +121,7 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
         "created": create,
         "job": job_json(&job),
     });
-    if let Some(w) = service_warning(shared, &job.service) {
+    if let Some(w) = service_warning(cx, &job.service) {
         answer["warning"] = json!(w);
     }
     reply(
@@ -142,8 +136,8 @@ async fn put(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
 
 /// A job may name a service no worker runs yet (deploy order must not matter); the answer
 /// says so. `None` when a ready worker runs it, or when no worker is ready to tell.
-fn service_warning(shared: &Shared, service: &str) -> Option<String> {
-    let workers = shared.pool.all();
+fn service_warning(cx: &Ctx, service: &str) -> Option<String> {
+    let workers = cx.pool.all();
     let ready: Vec<_> = workers
         .iter()
         .filter(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
@@ -159,13 +153,13 @@ fn service_warning(shared: &Shared, service: &str) -> Option<String> {
 }
 
 /// POST /v1/jobs/{name}/enable|disable: sets `active`, a config change like a PUT.
-async fn set_active(shared: &Shared, name: &str, active: bool) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let stored = match shared.store.jobs().await {
+async fn set_active(cx: &Ctx, name: &str, active: bool) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let stored = match cx.store.jobs().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let change = match shared.store.set_job_active(name, active, BY).await {
+    let change = match cx.store.set_job_active(name, active, BY).await {
         Ok(c) => c,
         Err(StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -173,7 +167,7 @@ async fn set_active(shared: &Shared, name: &str, active: bool) -> Response<Body>
     let job = change.value;
     let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(job.clone());
-    crate::admin::config_io::apply_jobs(shared, expected).await;
+    crate::admin::config_io::apply_jobs(cx, expected).await;
     info!(
         job = name,
         "job {}",
@@ -186,19 +180,19 @@ async fn set_active(shared: &Shared, name: &str, active: bool) -> Response<Body>
 }
 
 /// DELETE /v1/jobs/{name}
-async fn delete(shared: &Shared, name: &str) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let stored = match shared.store.jobs().await {
+async fn delete(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let stored = match cx.store.jobs().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let change = match shared.store.delete_job(name).await {
+    let change = match cx.store.delete_job(name).await {
         Ok(c) => c,
         Err(StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    crate::admin::config_io::apply_jobs(shared, expected).await;
+    crate::admin::config_io::apply_jobs(cx, expected).await;
     info!(job = name, "job deleted");
     reply(
         StatusCode::OK,
@@ -208,19 +202,19 @@ async fn delete(shared: &Shared, name: &str) -> Response<Body> {
 
 /// POST /v1/jobs/{name}/execute: runs the job's service now, on this server (whoever leads,
 /// active or not), and answers with the run once it is over; the run goes to the history.
-async fn execute(shared: &Shared, name: &str) -> Response<Body> {
-    let def = shared
+async fn execute(cx: &Ctx, name: &str) -> Response<Body> {
+    let def = cx
+        .scheduler
         .jobs
-        .read()
-        .expect("jobs lock")
+        .current()
         .iter()
         .find(|j| j.name == name)
         .cloned();
     let Some(def) = def else {
         return error(StatusCode::NOT_FOUND, format!("no job named {name}"));
     };
-    let run = crate::scheduler::invoke(shared, &def, "manual", None).await;
-    if let Err(e) = shared.store.record_run(&run).await {
+    let run = crate::scheduler::invoke(&cx.scheduler, &def, "manual", None).await;
+    if let Err(e) = cx.store.record_run(&run).await {
         tracing::warn!(job = %name, error = %e, "cannot record a run");
     }
     info!(job = %name, outcome = %run.outcome, "job executed on request");
@@ -229,7 +223,7 @@ async fn execute(shared: &Shared, name: &str) -> Response<Body> {
 
 /// GET /v1/jobs/{name}/runs?limit=N: the job's recent runs, newest first (at most 100 are
 /// kept per job).
-async fn runs(shared: &Shared, name: &str, query: &str) -> Response<Body> {
+async fn runs(cx: &Ctx, name: &str, query: &str) -> Response<Body> {
     let mut limit = 20;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -250,30 +244,30 @@ async fn runs(shared: &Shared, name: &str, query: &str) -> Response<Body> {
             }
         }
     }
-    match shared.store.runs(name, limit).await {
+    match cx.store.runs(name, limit).await {
         Ok(r) => reply(StatusCode::OK, json!({ "job": name, "runs": r })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
 /// GET /v1/scheduler: who leads the cluster's scheduler, and whether this server does.
-pub(super) async fn status(shared: &Shared) -> Response<Body> {
-    match shared.store.lease().await {
+pub(super) async fn status(cx: &Ctx) -> Response<Body> {
+    match cx.store.lease().await {
         Ok(lease) => {
             let now = chrono::Utc::now().timestamp_millis();
             let live = lease.filter(|(_, until)| *until > now);
             reply(
                 StatusCode::OK,
                 json!({
-                    "server": shared.server_name,
-                    "this_server_leads": shared.scheduler.leading(),
+                    "server": cx.node.name,
+                    "this_server_leads": cx.scheduler.status.leading(),
                     // The lease belongs to one boot of the leader (`scheduler::holder`).
                     "leader": live.as_ref().map(|(h, _)| crate::scheduler::split_holder(h).0),
                     "leader_boot": live.as_ref().and_then(|(h, _)| crate::scheduler::split_holder(h).1),
-                    "boot": shared.boot_id,
+                    "boot": cx.node.boot_id,
                     "lease_expires_at": live.as_ref().map(|(_, u)| u),
                     "lease_ttl_ms": crate::scheduler::LEASE_TTL.as_millis() as u64,
-                    "jobs": shared.jobs.read().expect("jobs lock").len(),
+                    "jobs": cx.scheduler.jobs.current().len(),
                 }),
             )
         }

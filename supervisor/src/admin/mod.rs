@@ -25,7 +25,23 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::lifecycle::supervisor::Shared;
+/// What the admin API works with (built by boot). It changes every kind of config, so it
+/// holds most handles; each one is still the owning subsystem's.
+pub struct Ctx {
+    pub pool: Arc<crate::lifecycle::pool::Pool>,
+    pub routes: Arc<crate::edge::routes::RoutingTable>,
+    pub settings: crate::config::Settings,
+    pub node: Arc<crate::node::Node>,
+    pub cids: Arc<crate::edge::cid::CidGen>,
+    pub store: crate::store::Store,
+    /// Seals and opens the store's secrets.
+    pub key: crate::secrets::Key,
+    pub locks: Arc<crate::deploy::Locks>,
+    pub deploy: Arc<crate::deploy::Ctx>,
+    pub scheduler: Arc<crate::scheduler::Ctx>,
+    /// The cluster bus, when this server runs one.
+    pub bus: Option<Arc<crate::cluster::bus::Bus>>,
+}
 
 pub mod cache_entries;
 mod caches;
@@ -53,7 +69,7 @@ pub fn load_or_create_token(path: &Path) -> io::Result<String> {
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let token = crate::secrets::random_hex(32);
+    let token = crate::random::random_hex(32);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -70,7 +86,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Serves the admin API until the process ends.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, token: String) {
+pub async fn serve(listener: TcpListener, cx: Arc<Ctx>, token: String) {
     let token = Arc::new(token);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -81,13 +97,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, token: String) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let cx = cx.clone();
         let token = token.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
+                let cx = cx.clone();
                 let token = token.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &shared, &token).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &cx, &token).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -114,7 +130,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
     reply(status, json!({ "error": msg.to_string() }))
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Response<Body> {
+async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
     let authorized = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -138,7 +154,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
     // of connection retries.
     let change = method != Method::GET && config_change && !is_invoke(req.uri().path());
     if (change || (method == Method::GET && reads_store(req.uri().path())))
-        && let Err(e) = crate::cluster::sync::store_available(shared).await
+        && let Err(e) = crate::cluster::sync::store_available(&cx.node, &cx.store).await
     {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -155,10 +171,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared, token: &str) -> Respons
             },
         );
     }
-    let resp = route(req, shared).await;
+    let resp = route(req, cx).await;
     if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
-        shared.changed.notify_one();
+        cx.node.changed.notify_one();
     }
     resp
 }
@@ -191,95 +207,97 @@ fn is_not_config(path: &str) -> bool {
     )
 }
 
-async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+async fn route(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "info"]) => info(shared).await,
-        (&Method::GET, ["v1", "cluster"]) => cluster(shared).await,
-        (&Method::GET, ["v1", "services"]) => services(shared).await,
+        (&Method::GET, ["v1", "info"]) => info(cx).await,
+        (&Method::GET, ["v1", "cluster"]) => cluster(cx).await,
+        (&Method::GET, ["v1", "services"]) => services(cx).await,
         // The same bytes as the HTTP listener's /openapi.json (`oxbus openapi`).
-        (&Method::GET, ["v1", "openapi"]) => match crate::edge::openapi::render(shared) {
-            Ok(doc) => {
-                let mut r = Response::new(Full::new(Bytes::from(doc)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
+        (&Method::GET, ["v1", "openapi"]) => {
+            match crate::edge::openapi::render(&cx.pool, &cx.routes, &cx.settings, &cx.node) {
+                Ok(doc) => {
+                    let mut r = Response::new(Full::new(Bytes::from(doc)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
             }
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-        },
-        (&Method::GET, ["v1", "modules"]) => modules(shared).await,
-        (&Method::GET, ["v1", "modules", name]) => module_source(shared, name).await,
+        }
+        (&Method::GET, ["v1", "modules"]) => modules(cx).await,
+        (&Method::GET, ["v1", "modules", name]) => module_source(cx, name).await,
         (&Method::POST, ["v1", "modules"]) => match read_body(req).await {
-            Ok(body) => deploy(shared, body).await,
+            Ok(body) => deploy(cx, body).await,
             Err(r) => r,
         },
-        (&Method::DELETE, ["v1", "modules", name]) => undeploy(shared, name).await,
-        (&Method::GET, ["v1", "channels"]) => list_channels(shared).await,
+        (&Method::DELETE, ["v1", "modules", name]) => undeploy(cx, name).await,
+        (&Method::GET, ["v1", "channels"]) => list_channels(cx).await,
         (&Method::POST, ["v1", "channels"]) => match read_body(req).await {
-            Ok(body) => create_channel(shared, body).await,
+            Ok(body) => create_channel(cx, body).await,
             Err(r) => r,
         },
         // A channel named after its URL path is addressed percent-encoded (%2Fecho).
         (&Method::GET, ["v1", "channels", name]) => {
-            get_channel(shared, &crate::edge::router::percent_decode(name)).await
+            get_channel(cx, &crate::edge::router::percent_decode(name)).await
         }
         (&Method::PUT, ["v1", "channels", name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => update_channel(shared, &name, body).await,
+                Ok(body) => update_channel(cx, &name, body).await,
                 Err(r) => r,
             }
         }
         (&Method::DELETE, ["v1", "channels", name]) => {
-            delete_channel(shared, &crate::edge::router::percent_decode(name)).await
+            delete_channel(cx, &crate::edge::router::percent_decode(name)).await
         }
-        (&Method::POST, ["v1", "modules", name, "rollback"]) => rollback(shared, name).await,
-        (&Method::GET, ["v1", "secrets"]) => list_secrets(shared).await,
+        (&Method::POST, ["v1", "modules", name, "rollback"]) => rollback(cx, name).await,
+        (&Method::GET, ["v1", "secrets"]) => list_secrets(cx).await,
         (&Method::PUT, ["v1", "secrets", name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => put_secret(shared, &name, body).await,
+                Ok(body) => put_secret(cx, &name, body).await,
                 Err(r) => r,
             }
         }
         (&Method::DELETE, ["v1", "secrets", name]) => {
-            delete_secret(shared, &crate::edge::router::percent_decode(name)).await
+            delete_secret(cx, &crate::edge::router::percent_decode(name)).await
         }
-        (&Method::GET, ["v1", "security"]) => list_security(shared).await,
-        (&Method::GET, ["v1", "security", name]) => get_security(shared, name).await,
+        (&Method::GET, ["v1", "security"]) => list_security(cx).await,
+        (&Method::GET, ["v1", "security", name]) => get_security(cx, name).await,
         (&Method::POST, ["v1", "security"]) => match read_body(req).await {
-            Ok(body) => put_security(shared, None, body).await,
+            Ok(body) => put_security(cx, None, body).await,
             Err(r) => r,
         },
         (&Method::PUT, ["v1", "security", name]) => {
             let name = name.to_string();
             match read_body(req).await {
-                Ok(body) => put_security(shared, Some(&name), body).await,
+                Ok(body) => put_security(cx, Some(&name), body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, ["v1", "security", name]) => delete_security(shared, name).await,
+        (&Method::DELETE, ["v1", "security", name]) => delete_security(cx, name).await,
         // Every /v1/caches path, the entries of a cache included: see `caches::route`.
-        (_, ["v1", "caches", rest @ ..]) => caches::route(req, shared, rest).await,
+        (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         // Every /v1/jobs path: see `jobs::route`.
-        (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, shared, rest).await,
-        (&Method::GET, ["v1", "scheduler"]) => jobs::status(shared).await,
-        (&Method::GET, ["v1", "config"]) => export_config(shared).await,
+        (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
+        (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
+        (&Method::GET, ["v1", "config"]) => export_config(cx).await,
         (&Method::POST, ["v1", "config"]) => {
             let query = req.uri().query().unwrap_or("").to_owned();
             match read_body(req).await {
-                Ok(body) => import_config(shared, &query, body).await,
+                Ok(body) => import_config(cx, &query, body).await,
                 Err(r) => r,
             }
         }
         (&Method::POST, ["v1", "invoke", service]) => {
             let service = service.to_string();
             match read_body(req).await {
-                Ok(body) => invoke(shared, &service, body).await,
+                Ok(body) => invoke(cx, &service, body).await,
                 Err(r) => r,
             }
         }
@@ -322,12 +340,12 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     }
 }
 
-async fn info(shared: &Shared) -> Response<Body> {
-    let config_version = match shared.store.version().await {
+async fn info(cx: &Ctx) -> Response<Body> {
+    let config_version = match cx.store.version().await {
         Ok(v) => json!(v),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let workers: Vec<Value> = shared
+    let workers: Vec<Value> = cx
         .pool
         .all()
         .iter()
@@ -342,7 +360,7 @@ async fn info(shared: &Shared) -> Response<Body> {
             })
         })
         .collect();
-    let servers = match shared.store.servers().await {
+    let servers = match cx.store.servers().await {
         Ok(list) => list,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
@@ -350,13 +368,13 @@ async fn info(shared: &Shared) -> Response<Body> {
         StatusCode::OK,
         json!({
             "oxbus": env!("CARGO_PKG_VERSION"),
-            "server": shared.server_name,
+            "server": cx.node.name,
             "servers": servers,
             "ipc_protocol": oxbus_ipc::PROTOCOL_VERSION,
-            "listen": shared.settings.server.listen.to_string(),
-            "store": store_kind(&shared.store),
+            "listen": cx.settings.server.listen.to_string(),
+            "store": store_kind(&cx.store),
             "config_version": config_version,
-            "uptime_s": shared.started.elapsed().as_secs(),
+            "uptime_s": cx.node.started.elapsed().as_secs(),
             "workers": workers,
         }),
     )
@@ -371,9 +389,9 @@ fn store_kind(s: &crate::store::Store) -> &'static str {
 
 /// The services the workers run (the first ready worker's table; all workers load the same),
 /// each with its module's deployed version, hash and time when it came from the store.
-async fn services(shared: &Shared) -> Response<Body> {
+async fn services(cx: &Ctx) -> Response<Body> {
     let table = {
-        let workers = shared.pool.all();
+        let workers = cx.pool.all();
         let Some(w) = workers
             .iter()
             .find(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
@@ -382,7 +400,7 @@ async fn services(shared: &Shared) -> Response<Body> {
         };
         w.services.lock().expect("services lock").clone()
     };
-    let modules = match shared.store.active_modules().await {
+    let modules = match cx.store.active_modules().await {
         Ok(m) => m,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
@@ -407,8 +425,8 @@ async fn services(shared: &Shared) -> Response<Body> {
     reply(StatusCode::OK, json!({ "services": list }))
 }
 
-async fn modules(shared: &Shared) -> Response<Body> {
-    match shared.store.active_modules().await {
+async fn modules(cx: &Ctx) -> Response<Body> {
+    match cx.store.active_modules().await {
         Ok(mods) => reply(
             StatusCode::OK,
             json!({"modules": mods.iter().map(|m| json!({
@@ -420,8 +438,8 @@ async fn modules(shared: &Shared) -> Response<Body> {
     }
 }
 
-async fn module_source(shared: &Shared, name: &str) -> Response<Body> {
-    match shared.store.active_modules().await {
+async fn module_source(cx: &Ctx, name: &str) -> Response<Body> {
+    match cx.store.active_modules().await {
         Ok(mods) => match mods.into_iter().find(|m| m.name == name) {
             Some(m) => reply(
                 StatusCode::OK,
@@ -436,7 +454,7 @@ async fn module_source(shared: &Shared, name: &str) -> Response<Body> {
     }
 }
 
-async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
+async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Body> {
     // Checked first: the check below would accept any depth (serde's IgnoredAny does not
     // recurse), and the worker's decoder does recurse.
     if crate::edge::json_depth::too_deep(&body) {
@@ -451,8 +469,8 @@ async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
     if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "the payload must be JSON");
     }
-    let cid = shared.cids.next();
-    let timeout = shared.settings.request_timeout();
+    let cid = cx.cids.next();
+    let timeout = cx.settings.request_timeout();
     let meta: InvokeMeta<'_> = InvokeMeta {
         op: "invoke",
         service,
@@ -472,7 +490,7 @@ async fn invoke(shared: &Shared, service: &str, body: Bytes) -> Response<Body> {
         security: None,
     };
     let started = Instant::now();
-    match shared.pool.invoke(&meta, &body, started + timeout).await {
+    match cx.pool.invoke(&meta, &body, started + timeout).await {
         Ok(r) => {
             let mut resp = Response::new(Full::new(r.body));
             *resp.status_mut() =
@@ -506,7 +524,7 @@ struct DeployModule {
 }
 
 /// POST /v1/modules: check in one worker, store, activate everywhere; a report back.
-async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
+async fn deploy(cx: &Ctx, body: Bytes) -> Response<Body> {
     let req: DeployRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -522,7 +540,7 @@ async fn deploy(shared: &Shared, body: Bytes) -> Response<Body> {
         .map(|m| (m.name, m.source))
         .collect();
     let by = req.deployed_by.as_deref().unwrap_or("admin-api");
-    match crate::deploy::deploy(shared, &pairs, by, req.skip_unchanged).await {
+    match crate::deploy::deploy(&cx.deploy, &pairs, by, req.skip_unchanged).await {
         Ok(report) => {
             let status = if report.all_ok() {
                 StatusCode::OK
@@ -556,14 +574,14 @@ fn acks_status(acks: &[crate::deploy::WorkerAck]) -> StatusCode {
 }
 
 /// DELETE /v1/modules/{name}
-async fn undeploy(shared: &Shared, name: &str) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let change = match shared.store.undeploy_module(name).await {
+async fn undeploy(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let change = match cx.store.undeploy_module(name).await {
         Ok(c) => c,
         Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let acks = crate::deploy::remove_everywhere(&shared.pool, &[name]).await;
+    let acks = crate::deploy::remove_everywhere(&cx.pool, &[name]).await;
     reply(
         acks_status(&acks),
         json!({"config_version": change.config_version, "workers": acks}),
@@ -571,17 +589,16 @@ async fn undeploy(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 /// POST /v1/modules/{name}/rollback
-async fn rollback(shared: &Shared, name: &str) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let change = match shared.store.rollback_module(name).await {
+async fn rollback(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let change = match cx.store.rollback_module(name).await {
         Ok(c) => c,
         Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let module = change.value;
-    let acks =
-        crate::deploy::activate_everywhere(&shared.pool, std::slice::from_ref(&module)).await;
+    let acks = crate::deploy::activate_everywhere(&cx.pool, std::slice::from_ref(&module)).await;
     reply(
         acks_status(&acks),
         json!({
@@ -593,45 +610,43 @@ async fn rollback(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 /// Rebuilds the routing table from server.toml's channels and the store's, and swaps it in.
-async fn reload_router(shared: &Shared) -> Result<(), Response<Body>> {
-    let stored = shared
+async fn reload_router(cx: &Ctx) -> Result<(), Response<Body>> {
+    let stored = cx
         .store
         .channels()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let defs = shared
+    let defs = cx
         .store
         .security_defs()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let mut all = shared.settings.channels.clone();
-    all.extend(stored);
-    let previous = shared.router.read().expect("router lock").clone();
-    let router = crate::edge::router::Router::with_gate(&all, &defs, &shared.key, Some(&previous))
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    *shared.router.write().expect("router lock") = Arc::new(router);
-    Ok(())
+    cx.routes
+        .rebuild(&stored, &defs)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
-/// Checks that `channels` route unambiguously and that their checks compile against the
-/// stored security definitions (400 naming the problem).
+/// Checks that `stored` (the store's channels as a change would leave them) route
+/// unambiguously beside server.toml's and that their checks compile against the stored
+/// security definitions (400 naming the problem).
 async fn check_table(
-    shared: &Shared,
-    channels: &[crate::model::channel::Channel],
+    cx: &Ctx,
+    stored: &[crate::model::channel::Channel],
 ) -> Result<(), Response<Body>> {
-    let defs = shared
+    let defs = cx
         .store
         .security_defs()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    crate::edge::router::Router::with_gate(channels, &defs, &shared.key, None)
+    cx.routes
+        .check(stored, &defs)
         .map(drop)
         .map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
 /// GET /v1/security: every definition, without its secret material.
-async fn list_security(shared: &Shared) -> Response<Body> {
-    match shared.store.security_defs().await {
+async fn list_security(cx: &Ctx) -> Response<Body> {
+    match cx.store.security_defs().await {
         Ok(list) => reply(
             StatusCode::OK,
             json!({"security": list.iter().map(crate::model::security::public_json).collect::<Vec<_>>()}),
@@ -641,8 +656,8 @@ async fn list_security(shared: &Shared) -> Response<Body> {
 }
 
 /// GET /v1/security/{name}
-async fn get_security(shared: &Shared, name: &str) -> Response<Body> {
-    match shared.store.security_defs().await {
+async fn get_security(cx: &Ctx, name: &str) -> Response<Body> {
+    match cx.store.security_defs().await {
         Ok(list) => match list.iter().find(|d| d.name == name) {
             Some(d) => reply(StatusCode::OK, crate::model::security::public_json(d)),
             None => error(
@@ -658,13 +673,13 @@ async fn get_security(shared: &Shared, name: &str) -> Response<Body> {
 /// the body carries none). Plaintext `password` / `key` / `secret` are hashed or sealed
 /// before anything is stored, and never logged or echoed. Live at once on every channel
 /// that names the definition.
-async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Response<Body> {
+async fn put_security(cx: &Ctx, name: Option<&str>, body: Bytes) -> Response<Body> {
     let input = match json_body(&body) {
         Ok(v) => v,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let stored = match shared.store.security_defs().await {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let stored = match cx.store.security_defs().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
@@ -678,7 +693,7 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
         );
     }
     // Argon2 hashing takes tens of milliseconds: off the runtime's threads.
-    let key = shared.key.clone();
+    let key = cx.key.clone();
     let (n, prev) = (name.map(str::to_owned), previous.cloned());
     let built = tokio::task::spawn_blocking(move || {
         crate::edge::gate::from_input(input, n.as_deref(), prev.as_ref(), &key)
@@ -689,7 +704,7 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
         Ok(Err(m)) => return error(StatusCode::BAD_REQUEST, m),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let change = match shared
+    let change = match cx
         .store
         .put_security(&def, name.is_none(), "admin-api")
         .await
@@ -699,7 +714,7 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
         Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    if let Err(r) = reload_router(shared).await {
+    if let Err(r) = reload_router(cx).await {
         return r;
     }
     info!(security = %def.name, kind = def.kind.as_str(), "security definition {}", if name.is_none() { "created" } else { "updated" });
@@ -714,9 +729,9 @@ async fn put_security(shared: &Shared, name: Option<&str>, body: Bytes) -> Respo
 }
 
 /// DELETE /v1/security/{name}: refused (409) while a channel names it.
-async fn delete_security(shared: &Shared, name: &str) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    if let Some(c) = shared
+async fn delete_security(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    if let Some(c) = cx
         .settings
         .channels
         .iter()
@@ -730,13 +745,13 @@ async fn delete_security(shared: &Shared, name: &str) -> Response<Body> {
             ),
         );
     }
-    let change = match shared.store.delete_security(name).await {
+    let change = match cx.store.delete_security(name).await {
         Ok(c) => c,
         Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    if let Err(r) = reload_router(shared).await {
+    if let Err(r) = reload_router(cx).await {
         return r;
     }
     info!(security = name, "security definition deleted");
@@ -747,9 +762,8 @@ async fn delete_security(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 /// Whether server.toml has a channel of that name (an unnamed one is named by its path).
-fn file_channel_named(shared: &Shared, name: &str) -> bool {
-    shared
-        .settings
+fn file_channel_named(cx: &Ctx, name: &str) -> bool {
+    cx.settings
         .channels
         .iter()
         .any(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
@@ -768,12 +782,12 @@ fn channel_json(c: &crate::model::channel::Channel, source: &str) -> Value {
 }
 
 /// GET /v1/channels
-async fn list_channels(shared: &Shared) -> Response<Body> {
-    let stored = match shared.store.channels().await {
+async fn list_channels(cx: &Ctx) -> Response<Body> {
+    let stored = match cx.store.channels().await {
         Ok(c) => c,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let mut list: Vec<Value> = shared
+    let mut list: Vec<Value> = cx
         .settings
         .channels
         .iter()
@@ -785,7 +799,7 @@ async fn list_channels(shared: &Shared) -> Response<Body> {
 
 /// POST /v1/channels: validated against every existing channel before it is written; live
 /// at once.
-async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
+async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
     let channel: crate::model::channel::Channel = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
@@ -797,30 +811,31 @@ async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
             );
         }
     };
-    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let _one_at_a_time = cx.locks.deploy.lock().await;
     let name = channel.name.as_deref().unwrap_or(&channel.url_path);
-    if file_channel_named(shared, name) {
+    if file_channel_named(cx, name) {
         return error(
             StatusCode::BAD_REQUEST,
             format!("a channel named {name} is defined in server.toml"),
         );
     }
-    // The file's channels count too: the new one must route unambiguously beside them.
-    let mut all = shared.settings.channels.clone();
-    match shared.store.channels().await {
+    // The file's channels count too (the routing table adds them): the new one must route
+    // unambiguously beside them.
+    let mut all = Vec::new();
+    match cx.store.channels().await {
         Ok(c) => all.extend(c),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
     all.push(channel.clone());
-    if let Err(r) = check_table(shared, &all).await {
+    if let Err(r) = check_table(cx, &all).await {
         return r;
     }
-    let change = match shared.store.create_channel(&channel).await {
+    let change = match cx.store.create_channel(&channel).await {
         Ok(c) => c,
         Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    if let Err(r) = reload_router(shared).await {
+    if let Err(r) = reload_router(cx).await {
         return r;
     }
     info!(channel = ?change.value.name, url_path = %change.value.url_path, "channel created");
@@ -831,8 +846,8 @@ async fn create_channel(shared: &Shared, body: Bytes) -> Response<Body> {
 }
 
 /// GET /v1/channels/{name}
-async fn get_channel(shared: &Shared, name: &str) -> Response<Body> {
-    if let Some(c) = shared
+async fn get_channel(cx: &Ctx, name: &str) -> Response<Body> {
+    if let Some(c) = cx
         .settings
         .channels
         .iter()
@@ -840,7 +855,7 @@ async fn get_channel(shared: &Shared, name: &str) -> Response<Body> {
     {
         return reply(StatusCode::OK, channel_json(c, "server.toml"));
     }
-    match shared.store.channels().await {
+    match cx.store.channels().await {
         Ok(list) => match list.iter().find(|c| c.name.as_deref() == Some(name)) {
             Some(c) => reply(StatusCode::OK, channel_json(c, "store")),
             None => error(StatusCode::NOT_FOUND, format!("no channel named {name}")),
@@ -851,7 +866,7 @@ async fn get_channel(shared: &Shared, name: &str) -> Response<Body> {
 
 /// PUT /v1/channels/{name}: replaces a stored channel's path, methods, service or format;
 /// validated against every other channel first, live at once.
-async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
     let mut channel: crate::model::channel::Channel = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
@@ -875,40 +890,38 @@ async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Bo
     if let Err(e) = crate::store::validate_channel_name(name) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    if file_channel_named(shared, name) {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    if file_channel_named(cx, name) {
         return error(
             StatusCode::CONFLICT,
             format!("channel {name} comes from server.toml; change it there"),
         );
     }
-    let stored = match shared.store.channels().await {
+    let stored = match cx.store.channels().await {
         Ok(c) => c,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     if !stored.iter().any(|c| c.name.as_deref() == Some(name)) {
         return error(StatusCode::NOT_FOUND, format!("no channel named {name}"));
     }
-    let mut all = shared.settings.channels.clone();
-    all.extend(
-        stored
-            .into_iter()
-            .filter(|c| c.name.as_deref() != Some(name)),
-    );
+    let mut all: Vec<crate::model::channel::Channel> = stored
+        .into_iter()
+        .filter(|c| c.name.as_deref() != Some(name))
+        .collect();
     all.push(channel.clone());
-    if let Err(r) = check_table(shared, &all).await {
+    if let Err(r) = check_table(cx, &all).await {
         return r;
     }
     let plan = crate::store::Plan {
         put_channels: vec![channel.clone()],
         ..Default::default()
     };
-    let change = match shared.store.apply(&plan, "admin-api").await {
+    let change = match cx.store.apply(&plan, "admin-api").await {
         Ok(c) => c,
         Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    if let Err(r) = reload_router(shared).await {
+    if let Err(r) = reload_router(cx).await {
         return r;
     }
     info!(channel = name, url_path = %channel.url_path, "channel updated");
@@ -919,20 +932,20 @@ async fn update_channel(shared: &Shared, name: &str, body: Bytes) -> Response<Bo
 }
 
 /// DELETE /v1/channels/{name}
-async fn delete_channel(shared: &Shared, name: &str) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    if file_channel_named(shared, name) {
+async fn delete_channel(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    if file_channel_named(cx, name) {
         return error(
             StatusCode::CONFLICT,
             format!("channel {name} comes from server.toml; change it there"),
         );
     }
-    let change = match shared.store.delete_channel(name).await {
+    let change = match cx.store.delete_channel(name).await {
         Ok(c) => c,
         Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    if let Err(r) = reload_router(shared).await {
+    if let Err(r) = reload_router(cx).await {
         return r;
     }
     info!(channel = name, "channel deleted");
@@ -943,8 +956,8 @@ async fn delete_channel(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 /// GET /v1/secrets: names and who/when, never values.
-async fn list_secrets(shared: &Shared) -> Response<Body> {
-    match shared.store.secrets().await {
+async fn list_secrets(cx: &Ctx) -> Response<Body> {
+    match cx.store.secrets().await {
         Ok(list) => reply(
             StatusCode::OK,
             json!({"secrets": list.iter().map(|s| json!({
@@ -957,7 +970,7 @@ async fn list_secrets(shared: &Shared) -> Response<Body> {
 
 /// PUT /v1/secrets/{name} `{"value": "…"}`: sealed before it is stored. Parse errors never
 /// quote the body (it holds the secret).
-async fn put_secret(shared: &Shared, name: &str, body: Bytes) -> Response<Body> {
+async fn put_secret(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
     let doc: Option<Value> = serde_json::from_slice(&body).ok();
     let obj = doc.as_ref().and_then(Value::as_object);
     let (value, by) = match obj {
@@ -983,9 +996,9 @@ async fn put_secret(shared: &Shared, name: &str, body: Bytes) -> Response<Body> 
     if let Err(e) = crate::store::validate_secret_name(name) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let sealed = shared.key.seal(name, value);
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    match shared.store.put_secret(name, &sealed, by).await {
+    let sealed = cx.key.seal(name, value);
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    match cx.store.put_secret(name, &sealed, by).await {
         Ok(c) => {
             info!(secret = name, created = c.value, "secret set");
             reply(
@@ -1003,9 +1016,9 @@ async fn put_secret(shared: &Shared, name: &str, body: Bytes) -> Response<Body> 
 }
 
 /// DELETE /v1/secrets/{name}
-async fn delete_secret(shared: &Shared, name: &str) -> Response<Body> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    match shared.store.delete_secret(name).await {
+async fn delete_secret(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    match cx.store.delete_secret(name).await {
         Ok(c) => {
             info!(secret = name, "secret deleted");
             reply(StatusCode::OK, json!({"config_version": c.config_version}))
@@ -1016,9 +1029,9 @@ async fn delete_secret(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 /// GET /v1/config: every stored object, one list per kind.
-async fn export_config(shared: &Shared) -> Response<Body> {
-    let _consistent = shared.deploy_lock.lock().await;
-    match crate::admin::config_io::export(shared).await {
+async fn export_config(cx: &Ctx) -> Response<Body> {
+    let _consistent = cx.locks.deploy.lock().await;
+    match crate::admin::config_io::export(cx).await {
         Ok(doc) => reply(
             StatusCode::OK,
             serde_json::to_value(doc).expect("a document serializes"),
@@ -1029,7 +1042,7 @@ async fn export_config(shared: &Shared) -> Response<Body> {
 
 /// POST /v1/config[?dry_run=1][&replace=1]: validated in full, then applied in one
 /// transaction.
-async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Body> {
+async fn import_config(cx: &Ctx, query: &str, body: Bytes) -> Response<Body> {
     let mut dry_run = false;
     let mut replace = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -1061,13 +1074,13 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
     let by = "config-import";
     // The changed modules are imported first, under the deploy deadline and before the
     // lock: a hung import must not hold channel and other changes.
-    let checked = match crate::admin::config_io::check_modules(shared, &doc).await {
+    let checked = match crate::admin::config_io::check_modules(cx, &doc).await {
         Ok(c) => c,
         Err(e) => return deploy_error(e),
     };
-    let _one_at_a_time = shared.deploy_lock.lock().await;
+    let _one_at_a_time = cx.locks.deploy.lock().await;
     let report =
-        match crate::admin::config_io::import(shared, doc, dry_run, replace, by, &checked).await {
+        match crate::admin::config_io::import(cx, doc, dry_run, replace, by, &checked).await {
             Ok(r) => r,
             Err(e) => return deploy_error(e),
         };
@@ -1078,7 +1091,7 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
         .any(|c| c.kind.starts_with("channel_"));
     if !dry_run
         && touches_channels
-        && let Err(r) = reload_router(shared).await
+        && let Err(r) = reload_router(cx).await
     {
         return r;
     }
@@ -1091,23 +1104,25 @@ async fn import_config(shared: &Shared, query: &str, body: Bytes) -> Response<Bo
 
 /// GET /v1/cluster: the servers sharing this store, the config version each has applied, and
 /// the store's health as this server sees it.
-async fn cluster(shared: &Shared) -> Response<Body> {
+async fn cluster(cx: &Ctx) -> Response<Body> {
     use std::sync::atomic::Ordering;
-    let applied = shared.applied_version.load(Ordering::Relaxed);
+    let applied = cx.node.applied_version.load(Ordering::Relaxed);
     // A store known to be down is not waited for (one connection attempt decides).
-    let (store, servers) = if let Err(e) = crate::cluster::sync::store_available(shared).await {
+    let (store, servers) = if let Err(e) =
+        crate::cluster::sync::store_available(&cx.node, &cx.store).await
+    {
         (
-            json!({"kind": store_kind(&shared.store), "reachable": false, "error": e}),
+            json!({"kind": store_kind(&cx.store), "reachable": false, "error": e.to_string()}),
             Vec::new(),
         )
     } else {
-        match (shared.store.version().await, shared.store.servers().await) {
+        match (cx.store.version().await, cx.store.servers().await) {
             (Ok(v), Ok(list)) => (
-                json!({"kind": store_kind(&shared.store), "reachable": true, "config_version": v}),
+                json!({"kind": store_kind(&cx.store), "reachable": true, "config_version": v}),
                 list,
             ),
             (Err(e), _) | (_, Err(e)) => (
-                json!({"kind": store_kind(&shared.store), "reachable": false, "error": e.to_string()}),
+                json!({"kind": store_kind(&cx.store), "reachable": false, "error": e.to_string()}),
                 Vec::new(),
             ),
         }
@@ -1119,7 +1134,7 @@ async fn cluster(shared: &Shared) -> Response<Body> {
     let mut list: Vec<Value> = servers
         .iter()
         .map(|s| {
-            let version = if s.name == shared.server_name {
+            let version = if s.name == cx.node.name {
                 applied
             } else {
                 s.config_version
@@ -1128,13 +1143,13 @@ async fn cluster(shared: &Shared) -> Response<Body> {
                 "name": s.name, "http_address": s.http_address, "oxbus": s.oxbus_version,
                 "pid": s.pid, "started_at_ms": s.started_at,
                 "seen_ms_ago": now - s.last_seen, "config_version": version,
-                "this_server": s.name == shared.server_name,
+                "this_server": s.name == cx.node.name,
             })
         })
         .collect();
     if !list.iter().any(|s| s["this_server"] == true) {
         list.push(json!({
-            "name": shared.server_name, "config_version": applied, "this_server": true,
+            "name": cx.node.name, "config_version": applied, "this_server": true,
             "registered": false,
         }));
     }
@@ -1143,7 +1158,7 @@ async fn cluster(shared: &Shared) -> Response<Body> {
         json!({
             "store": store,
             "servers": list,
-            "bus": match &shared.bus {
+            "bus": match &cx.bus {
                 Some(bus) => json!({"running": true, "links": bus.links()}),
                 None => json!({
                     "running": false,

@@ -52,7 +52,7 @@ pub fn serve(
         Ok(rt) => rt,
         Err(e) => return fail(&CliError::Runtime(e)),
     };
-    let result = rt.block_on(crate::lifecycle::supervisor::run(settings));
+    let result = rt.block_on(crate::boot::run(settings));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(mut proxy) = proxy {
         let _ = nix::sys::signal::kill(

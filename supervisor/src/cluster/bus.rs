@@ -29,7 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::lifecycle::supervisor::Shared;
+use crate::cluster::sync::Ctx;
+use crate::deploy::PeerReply;
 
 /// One live link.
 #[derive(Debug)]
@@ -48,13 +49,15 @@ struct LinkHandle {
 /// The calls a link waits on: stream → where its (status, body) goes.
 type Pending = Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<(u16, bytes::Bytes)>>>>;
 
-/// A peer's answer to a bus call.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PeerReply {
-    pub server: String,
-    pub status: u16,
-    /// The reply body (JSON), or `{"error": …}` when the call got no answer.
-    pub body: serde_json::Value,
+/// A deploy reaches the other servers through the bus.
+impl crate::deploy::Peers for Bus {
+    fn call_all<'a>(
+        &'a self,
+        meta: &'a serde_json::Value,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<PeerReply>> + Send + 'a>> {
+        Box::pin(Bus::call_all(self, meta, timeout))
+    }
 }
 
 /// The bus of one server.
@@ -227,7 +230,7 @@ impl Bus {
 }
 
 /// Accepts links until the process ends.
-pub async fn listen(bus: Arc<Bus>, shared: Arc<Shared>, listener: TcpListener) {
+pub async fn listen(bus: Arc<Bus>, cx: Arc<Ctx>, listener: TcpListener) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -238,17 +241,15 @@ pub async fn listen(bus: Arc<Bus>, shared: Arc<Shared>, listener: TcpListener) {
             }
         };
         let bus = bus.clone();
-        let shared = shared.clone();
+        let cx = cx.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let mut conn = Conn::new(stream);
-            let shaken = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                accept_handshake(&bus, &shared, &mut conn),
-            )
-            .await;
+            let shaken =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&bus, &cx, &mut conn))
+                    .await;
             match shaken {
-                Ok(Ok(link)) => run_link(bus, shared, link, conn).await,
+                Ok(Ok(link)) => run_link(bus, cx, link, conn).await,
                 Ok(Err(e)) => {
                     warn!(peer = %addr, error = %e, "bus link refused");
                     if let Some(f) = e.to_frame() {
@@ -313,7 +314,7 @@ impl Conn {
     }
 }
 
-async fn accept_handshake(bus: &Bus, shared: &Shared, conn: &mut Conn) -> Result<Link, ConnError> {
+async fn accept_handshake(bus: &Bus, cx: &Ctx, conn: &mut Conn) -> Result<Link, ConnError> {
     let acceptor = Acceptor::new(&bus.key, &bus.cluster, &bus.me, Nonce::random()?)?;
     let hello = conn.recv().await?;
     let (challenged, challenge) = acceptor.on_hello(&hello)?;
@@ -322,7 +323,7 @@ async fn accept_handshake(bus: &Bus, shared: &Shared, conn: &mut Conn) -> Result
     let verified = challenged.on_auth(&auth)?;
     let linked = bus.linked_names();
     let linked: Vec<&str> = linked.iter().map(String::as_str).collect();
-    let applied = shared.applied_version.load(Ordering::Relaxed).max(0) as u64;
+    let applied = cx.node.applied_version.load(Ordering::Relaxed).max(0) as u64;
     let (link, welcome) = verified.welcome(&linked, applied)?;
     conn.send(&welcome).await?;
     Ok(link)
@@ -342,7 +343,7 @@ async fn dial_handshake(bus: &Bus, peer: &str, conn: &mut Conn) -> Result<Link, 
 }
 
 /// Dials the peers this server should dial, every second, until the process ends.
-pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
+pub async fn dial_peers(bus: Arc<Bus>, cx: Arc<Ctx>) {
     // Per peer: attempts in a row, and when the next may start.
     let mut backoff: HashMap<String, (u32, Instant)> = HashMap::new();
     let dialing: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
@@ -353,8 +354,8 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
         // list it gave — or the snapshot's, for a server that booted from it — still says
         // where the peers are: links, and so cache replication and NOTIFY, do not wait for
         // the store to return.
-        let servers: Vec<(String, String)> = if shared.store_ok.load(Ordering::SeqCst) {
-            let Ok(list) = shared.store.servers().await else {
+        let servers: Vec<(String, String)> = if cx.node.store_ok.load(Ordering::SeqCst) {
+            let Ok(list) = cx.store.servers().await else {
                 continue;
             };
             let list: Vec<(String, String)> = list
@@ -365,7 +366,7 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
             // The snapshot keeps up with the list (servers that joined or left since it was
             // written): what a restart during an outage dials.
             crate::cluster::sync::peers_seen(
-                &shared,
+                &cx,
                 list.iter()
                     .map(|(name, addr)| crate::cluster::snapshot::BusPeer {
                         name: name.clone(),
@@ -396,8 +397,7 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
                 (attempts.saturating_add(1), Instant::now() + delay),
             );
             dialing.lock().expect("dialing lock").insert(name.clone());
-            let (bus, shared, dialing, peer) =
-                (bus.clone(), shared.clone(), dialing.clone(), name.clone());
+            let (bus, cx, dialing, peer) = (bus.clone(), cx.clone(), dialing.clone(), name.clone());
             tokio::spawn(async move {
                 let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                     let stream = TcpStream::connect(&addr).await?;
@@ -418,7 +418,7 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
                 .await;
                 dialing.lock().expect("dialing lock").remove(&peer);
                 match result {
-                    Ok(Ok((link, conn))) => run_link(bus, shared, link, conn).await,
+                    Ok(Ok((link, conn))) => run_link(bus, cx, link, conn).await,
                     // Refused by the protocol (another secret, cluster or name): an operator
                     // must see it. Unreachable peers are routine while one restarts.
                     Ok(Err(e @ ConnError::Protocol(_))) => {
@@ -439,11 +439,11 @@ pub async fn dial_peers(bus: Arc<Bus>, shared: Arc<Shared>) {
 }
 
 fn rand_u32() -> u32 {
-    u32::from_be_bytes(crate::secrets::random_bytes::<4>())
+    u32::from_be_bytes(crate::random::random_bytes::<4>())
 }
 
 /// Runs an established link until it ends.
-async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
+async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     let peer = link.peer.clone();
     let id = bus.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
@@ -468,7 +468,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
     }
     info!(peer = %peer, role = link.role.as_str(), "bus link up");
     // Both ends learn the other's version at once (a change may have been missed).
-    let applied = shared.applied_version.load(Ordering::Relaxed);
+    let applied = cx.node.applied_version.load(Ordering::Relaxed);
     let _ = tx.send(
         Frame::notify(&Notify {
             config_version: applied.max(0) as u64,
@@ -502,7 +502,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
             loop {
                 tick.tick().await;
                 if tx
-                    .send(Frame::ping(crate::secrets::random_bytes::<8>()).to_bytes())
+                    .send(Frame::ping(crate::random::random_bytes::<8>()).to_bytes())
                     .is_err()
                 {
                     break;
@@ -520,10 +520,10 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                     }
                     Ok(Incoming::Pong(_)) => {}
                     Ok(Incoming::Notify(n)) => {
-                        let applied = shared.applied_version.load(Ordering::Relaxed);
+                        let applied = cx.node.applied_version.load(Ordering::Relaxed);
                         if n.config_version as i64 != applied {
                             debug!(peer = %peer, version = n.config_version, applied, "bus: peer has another version");
-                            shared.changed.notify_one();
+                            cx.node.changed.notify_one();
                         }
                     }
                     Ok(Incoming::Call {
@@ -537,7 +537,7 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                         {
                             // In the link's own task, so a peer's writes apply in the order
                             // it made them.
-                            let status = apply_cache_writes(&shared, &peer, &body);
+                            let status = apply_cache_writes(&cx, &peer, &body);
                             if !asynchronous {
                                 let mut out = BytesMut::new();
                                 if oxbus_ipc::bus::encode_reply(&mut out, stream, status, b"{}")
@@ -548,9 +548,9 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
                             }
                             continue;
                         }
-                        let (shared, tx) = (shared.clone(), tx.clone());
+                        let (cx, tx) = (cx.clone(), tx.clone());
                         tokio::spawn(async move {
-                            let (status, body) = serve_call(&shared, &meta).await;
+                            let (status, body) = serve_call(&cx, &meta).await;
                             if asynchronous {
                                 return;
                             }
@@ -615,10 +615,10 @@ async fn run_link(bus: Arc<Bus>, shared: Arc<Shared>, link: Link, conn: Conn) {
 const BYE_REASON: &str = "the peer said BYE";
 
 /// Applies a peer's `cache.apply` body (a JSON array of writes); the REPLY status.
-fn apply_cache_writes(shared: &Shared, peer: &str, body: &[u8]) -> u16 {
+fn apply_cache_writes(cx: &Ctx, peer: &str, body: &[u8]) -> u16 {
     match serde_json::from_slice::<Vec<oxbus_cache::Repl>>(body) {
         Ok(batch) => {
-            shared.pool.caches.apply_remote(batch);
+            cx.pool.caches.apply_remote(batch);
             200
         }
         Err(e) => {
@@ -695,13 +695,13 @@ pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<oxb
 /// Serves a call from a peer: `deploy.activate` / `deploy.remove` bring this server up to the
 /// store's version now (whatever versions the call names: the store decides, so concurrent
 /// deploys through two servers converge) and answer with this server's workers' acks.
-async fn serve_call(shared: &Shared, meta: &[u8]) -> (u16, serde_json::Value) {
+async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
     match oxbus_ipc::bus::Op::parse(meta) {
-        Ok(_) => match crate::cluster::sync::catch_up(shared).await {
+        Ok(_) => match crate::cluster::sync::catch_up(cx).await {
             Ok((version, workers)) => {
                 // What it runs now (its own version check may have caught up first, in which
                 // case `workers` is empty and `running` still shows the deployed versions).
-                let running: std::collections::BTreeMap<String, i64> = shared
+                let running: std::collections::BTreeMap<String, i64> = cx
                     .pool
                     .deployed
                     .lock()
@@ -712,17 +712,17 @@ async fn serve_call(shared: &Shared, meta: &[u8]) -> (u16, serde_json::Value) {
                 (
                     200,
                     serde_json::json!({
-                        "server": shared.server_name,
+                        "server": cx.node.name,
                         "config_version": version,
                         "workers": workers,
                         "running": running,
-                        "worker_count": crate::deploy::live_workers(&shared.pool).len(),
+                        "worker_count": crate::deploy::live_workers(&cx.pool).len(),
                     }),
                 )
             }
             Err(e) => (
                 503,
-                serde_json::json!({"server": shared.server_name, "error": e}),
+                serde_json::json!({"server": cx.node.name, "error": e.to_string()}),
             ),
         },
         Err(e) => (

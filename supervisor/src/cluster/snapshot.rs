@@ -238,7 +238,7 @@ mod tests {
     }
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("oxbus-snap-{}", crate::secrets::random_hex(8)));
+        let d = std::env::temp_dir().join(format!("oxbus-snap-{}", crate::random::random_hex(8)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -18,82 +18,130 @@
 //! logged once each. The store is then looked for every second whatever the interval, with
 //! one connection attempt each time. The version this server applies is recorded in the
 //! store's server list as soon as it is applied (`applied`), not only by the heartbeat.
+//!
+//! It works through the handles in its [`Ctx`] (built by boot); the snapshot's own state is
+//! private to it.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
+use crate::cluster::bus::Bus;
 use crate::cluster::snapshot::Snapshot;
-use crate::lifecycle::supervisor::Shared;
+use crate::config::Settings;
+use crate::deploy::Locks;
+use crate::edge::routes::RoutingTable;
+use crate::lifecycle::pool::Pool;
+use crate::node::Node;
+use crate::scheduler::JobsTable;
+use crate::store::Store;
+
+/// What the sync loop (and the bus, which runs catch-ups for its peers) works with.
+pub struct Ctx {
+    pub node: Arc<Node>,
+    pub store: Store,
+    pub settings: Settings,
+    pub pool: Arc<Pool>,
+    pub locks: Arc<Locks>,
+    pub routes: Arc<RoutingTable>,
+    pub jobs: Arc<JobsTable>,
+    /// The cluster bus, when this server runs one.
+    pub bus: Option<Arc<Bus>>,
+    pub disk: OnDisk,
+}
+
+/// The snapshot on disk as this run knows it.
+pub struct OnDisk {
+    /// The config version of the on-disk snapshot (-1: not written by this run yet).
+    version: Arc<AtomicI64>,
+    /// The snapshot on disk as this run last wrote it (or booted from it): what a rewrite
+    /// with a new peer list starts from (see [`peers_seen`]).
+    snapshot: Arc<Mutex<Option<Snapshot>>>,
+}
+
+impl OnDisk {
+    /// `booted` is the config the server started with; `online` whether it came from the
+    /// store (then this run has written no snapshot yet) or from the snapshot on disk.
+    pub fn new(booted: &Snapshot, online: bool) -> OnDisk {
+        OnDisk {
+            version: Arc::new(AtomicI64::new(if online {
+                -1
+            } else {
+                booted.config_version
+            })),
+            snapshot: Arc::new(Mutex::new((!online).then(|| booted.clone()))),
+        }
+    }
+}
 
 /// Runs until the process ends. `booted` is the config the server started with when it came
 /// from the store (written to disk at once, without reading the store again); `None` when it
 /// booted from the on-disk snapshot (the store's migrations then still have to run once it
 /// is back).
-pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
+pub async fn run(cx: Arc<Ctx>, booted: Option<Snapshot>) {
     let mut migrated = booted.is_some();
     if let Some(snap) = booted {
-        write_snapshot(&shared, snap).await;
+        write_snapshot(&cx, snap).await;
     }
-    let interval = Duration::from_millis(shared.settings.cluster.sync_interval_ms);
+    let interval = Duration::from_millis(cx.settings.cluster.sync_interval_ms);
     // While the store is unreachable it is looked for every second, however long the
     // interval: a cluster whose bus carries the changes may run with a long one, and its
     // recovery must not wait for it.
     let retry = interval.min(Duration::from_secs(1));
     loop {
-        let wait = if shared.store_ok.load(Ordering::SeqCst) {
+        let wait = if cx.node.store_ok.load(Ordering::SeqCst) {
             interval
         } else {
             retry
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shared.changed.notified() => {}
+            _ = cx.node.changed.notified() => {}
         }
         // A store known to be down is looked for with one connection attempt, not with a
         // pool call that retries a refused connection for 5 s: the loop notices its return
         // within a second. Only a refusal skips the round: a store that answers slowly is
         // given the usual calls (and their waits), or a slow store would never count as back.
-        if !shared.store_ok.load(Ordering::SeqCst)
+        if !cx.node.store_ok.load(Ordering::SeqCst)
             && matches!(
-                shared.store.probe(PROBE_LIMIT).await,
+                cx.store.probe(PROBE_LIMIT).await,
                 crate::store::Reach::Down(_)
             )
         {
             continue;
         }
         if !migrated {
-            match bounded("migrating", shared.store.migrate()).await {
+            match bounded("migrating", cx.store.migrate()).await {
                 Ok(()) => migrated = true,
                 Err(e) => {
-                    degraded(&shared, &e);
+                    degraded(&cx.node, &e);
                     continue;
                 }
             }
         }
-        let version = match bounded("reading the config version", shared.store.version()).await {
+        let version = match bounded("reading the config version", cx.store.version()).await {
             Ok(v) => v,
             Err(e) => {
-                degraded(&shared, &e);
+                degraded(&cx.node, &e);
                 continue;
             }
         };
-        if !shared.store_ok.swap(true, Ordering::SeqCst) {
+        if !cx.node.store_ok.swap(true, Ordering::SeqCst) {
             info!(
                 config_version = version,
                 "the config store is reachable again"
             );
         }
-        let before = shared.applied_version.load(Ordering::SeqCst);
-        if version == before && version == shared.snapshot_version.load(Ordering::SeqCst) {
+        let before = cx.node.applied_version.load(Ordering::SeqCst);
+        if version == before && version == cx.disk.version.load(Ordering::SeqCst) {
             continue;
         }
         // Bounded as a whole too: a round waits for the deploy lock, the store, the workers'
         // acks; none of that may stall the loop (and with it the outage detection and the
         // recovery) for good.
-        let limit = round_limit(&shared.settings);
-        let round = tokio::time::timeout(limit, catch_up(&shared)).await;
+        let limit = round_limit(&cx.settings);
+        let round = tokio::time::timeout(limit, catch_up(&cx)).await;
         let Ok(round) = round else {
             warn!(
                 limit_s = limit.as_secs(),
@@ -104,12 +152,12 @@ pub async fn run(shared: Arc<Shared>, booted: Option<Snapshot>) {
         match round {
             Ok((v, _)) if v != before => {
                 info!(from = before, to = v, "caught up with the config store");
-                if let Some(bus) = &shared.bus {
+                if let Some(bus) = &cx.bus {
                     bus.announce(v);
                 }
             }
             Ok(_) => {}
-            Err(e) => degraded(&shared, &e),
+            Err(e) => degraded(&cx.node, &e),
         }
     }
 }
@@ -132,38 +180,51 @@ fn round_limit(settings: &crate::config::Settings) -> Duration {
     2 * activation + 3 * STORE_CALL_LIMIT
 }
 
-async fn bounded<T, E: std::fmt::Display>(
-    what: &str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+/// Why the sync loop (or an admin change's store check) could not use the config store.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A store call did not answer within [`STORE_CALL_LIMIT`].
+    #[error("{what}: no answer within {limit_s} s")]
+    Timeout { what: &'static str, limit_s: u64 },
+    /// Nothing answered one connection attempt (the probe's reason).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+async fn bounded<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, SyncError> {
     match tokio::time::timeout(STORE_CALL_LIMIT, call).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => Ok(r?),
         Err(_) => {
             warn!(
                 limit_s = STORE_CALL_LIMIT.as_secs(),
                 "{what}: the config store did not answer in time"
             );
-            Err(format!(
-                "{what}: no answer within {} s",
-                STORE_CALL_LIMIT.as_secs()
-            ))
+            Err(SyncError::Timeout {
+                what,
+                limit_s: STORE_CALL_LIMIT.as_secs(),
+            })
         }
     }
 }
 
-fn degraded(shared: &Shared, why: &str) {
-    if shared.store_ok.swap(false, Ordering::SeqCst) {
+fn degraded(node: &Node, why: &SyncError) {
+    if node.store_ok.swap(false, Ordering::SeqCst) {
         warn!(error = %why, "the config store is unreachable: serving on the config this server has");
     }
 }
 
 /// Applies the store's current config to this server and writes the snapshot; returns the
 /// version applied and the workers' acks of what it (re)activated or removed.
-pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::WorkerAck>), String> {
-    let _one_at_a_time = shared.deploy_lock.lock().await;
-    let snap = bounded("reading the config", Snapshot::take(&shared.store)).await?;
+pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), SyncError> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let snap = bounded("reading the config", Snapshot::take(&cx.store)).await?;
     let (changed, gone) = {
-        let deployed = shared.pool.deployed.lock().expect("deployed lock");
+        let deployed = cx.pool.deployed.lock().expect("deployed lock");
         let changed: Vec<crate::store::Module> = snap
             .modules
             .iter()
@@ -179,7 +240,7 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     };
     let mut all_acks = Vec::new();
     if !changed.is_empty() {
-        let acks = crate::deploy::activate_everywhere(&shared.pool, &changed).await;
+        let acks = crate::deploy::activate_everywhere(&cx.pool, &changed).await;
         let failed = acks.iter().filter(|a| !a.ok).count();
         let names: Vec<&str> = changed.iter().map(|m| m.name.as_str()).collect();
         if failed > 0 {
@@ -191,28 +252,17 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
     }
     if !gone.is_empty() {
         let names: Vec<&str> = gone.iter().map(String::as_str).collect();
-        all_acks.extend(crate::deploy::remove_everywhere(&shared.pool, &names).await);
+        all_acks.extend(crate::deploy::remove_everywhere(&cx.pool, &names).await);
         info!(modules = ?names, "catching up: removed");
     }
     // Cache definitions: unchanged caches keep their entries; applied whatever becomes of the
     // routing table below (they do not depend on it).
-    shared.pool.caches.apply_defs(&snap.caches);
+    cx.pool.caches.apply_defs(&snap.caches);
     // Scheduler jobs: the same (notified only when they differ).
-    crate::scheduler::jobs::set_live(shared, snap.jobs.clone());
-    let mut table = shared.settings.channels.clone();
-    table.extend(snap.channels.iter().cloned());
-    let previous = shared.router.read().expect("router lock").clone();
+    crate::scheduler::jobs::set_live(&cx.jobs, snap.jobs.clone());
     let version = snap.config_version;
-    let table_ok = match crate::edge::router::Router::with_gate(
-        &table,
-        &snap.security,
-        &shared.key,
-        Some(&previous),
-    ) {
-        Ok(router) => {
-            *shared.router.write().expect("router lock") = Arc::new(router);
-            true
-        }
+    let table_ok = match cx.routes.rebuild(&snap.channels, &snap.security) {
+        Ok(()) => true,
         Err(e) => {
             // Not applied: the version stays behind, so the next sync tries again (e.g.
             // once a JWKS file this server lacks is in place) instead of serving the old
@@ -225,35 +275,21 @@ pub async fn catch_up(shared: &Shared) -> Result<(i64, Vec<crate::deploy::Worker
         }
     };
     if !table_ok {
-        write_snapshot(shared, snap).await;
-        return Ok((shared.applied_version.load(Ordering::SeqCst), all_acks));
+        write_snapshot(cx, snap).await;
+        return Ok((cx.node.applied_version.load(Ordering::SeqCst), all_acks));
     }
-    applied(shared, version).await;
-    write_snapshot(shared, snap).await;
+    applied(cx, version).await;
+    write_snapshot(cx, snap).await;
     Ok((version, all_acks))
 }
 
-/// Sets the config version this server runs, and records it in the store's server list at
-/// once (bounded), so that `cluster status` — and a deploy's peers, which answer the deploy
-/// only after this — is right straight after a change, not at the next heartbeat.
-pub async fn applied(shared: &Shared, version: i64) {
-    if shared.applied_version.swap(version, Ordering::SeqCst) == version {
-        return;
-    }
-    let record =
-        shared
-            .store
-            .record_applied(&shared.server_name, i64::from(std::process::id()), version);
-    match tokio::time::timeout(RECORD_LIMIT, record).await {
-        Ok(Ok(())) => {}
-        // The heartbeat records it later; nothing else depends on it.
-        Ok(Err(e)) => debug!(error = %e, "could not record the applied config version"),
-        Err(_) => debug!("recording the applied config version: no answer in time"),
-    }
+/// Sets the config version this server runs and records it in the store's server list at
+/// once (see [`Node::set_applied`]).
+async fn applied(cx: &Ctx, version: i64) {
+    let pid = i64::from(std::process::id());
+    let record = cx.store.record_applied(&cx.node.name, pid, version);
+    cx.node.set_applied(version, record).await;
 }
-
-/// How long recording the applied version may hold a catch-up (or a deploy's answer).
-const RECORD_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long an admin change waits for a store this server knows to be down to answer one
 /// connection attempt (a refused connection answers in microseconds; this bounds a silent
@@ -265,16 +301,18 @@ const PROBE_LIMIT: Duration = Duration::from_secs(1);
 /// `PROBE_LIMIT`) decides, instead of the pool's 5 s of retries: a store still down answers
 /// the change 503 at once, a store that is back lets it through (and the sync loop is woken
 /// to notice).
-pub async fn store_available(shared: &Shared) -> Result<(), String> {
-    if shared.store_ok.load(Ordering::SeqCst) {
+pub async fn store_available(node: &Node, store: &Store) -> Result<(), SyncError> {
+    if node.store_ok.load(Ordering::SeqCst) {
         return Ok(());
     }
-    match shared.store.probe(PROBE_LIMIT).await {
+    match store.probe(PROBE_LIMIT).await {
         crate::store::Reach::Up => {
-            shared.changed.notify_one();
+            node.changed.notify_one();
             Ok(())
         }
-        crate::store::Reach::Down(e) | crate::store::Reach::Unsure(e) => Err(e),
+        crate::store::Reach::Down(e) | crate::store::Reach::Unsure(e) => {
+            Err(SyncError::Unreachable(e))
+        }
     }
 }
 
@@ -282,11 +320,11 @@ pub async fn store_available(shared: &Shared) -> Result<(), String> {
 /// an fsync can take seconds on a busy disk, and the caller holds the deploy lock. Writes
 /// happen one at a time, newest version wins (an older snapshot is never written over a
 /// newer one); `snapshot_version` records what is on disk.
-async fn write_snapshot(shared: &Shared, snap: Snapshot) {
-    let path = shared.settings.snapshot_file();
+async fn write_snapshot(cx: &Ctx, snap: Snapshot) {
+    let path = cx.settings.snapshot_file();
     let version = snap.config_version;
-    let written = shared.snapshot_version.clone();
-    let on_disk = shared.snapshot_on_disk.clone();
+    let written = cx.disk.version.clone();
+    let on_disk = cx.disk.snapshot.clone();
     tokio::spawn(async move {
         let _one_at_a_time = WRITING.lock().await;
         // The same version holds the same config: written once is enough (a new peer list
@@ -347,12 +385,9 @@ async fn write_file(path: &std::path::Path, snap: &Snapshot) -> bool {
 /// server and the later ones registered) or at the last config change would miss the
 /// servers that joined since — with no config change afterwards, for good. Called by the
 /// bus's dial loop with each list it reads; cheap when nothing changed (one comparison).
-pub fn peers_seen(shared: &Shared, peers: Vec<crate::cluster::snapshot::BusPeer>) {
+pub fn peers_seen(cx: &Ctx, peers: Vec<crate::cluster::snapshot::BusPeer>) {
     let peers = sorted(peers);
-    if !differs(
-        &shared.snapshot_on_disk.lock().expect("snapshot lock"),
-        &peers,
-    ) {
+    if !differs(&cx.disk.snapshot.lock().expect("snapshot lock"), &peers) {
         return;
     }
     {
@@ -370,8 +405,8 @@ pub fn peers_seen(shared: &Shared, peers: Vec<crate::cluster::snapshot::BusPeer>
         }
         w.pending = true;
     }
-    let path = shared.settings.snapshot_file();
-    let on_disk = shared.snapshot_on_disk.clone();
+    let path = cx.settings.snapshot_file();
+    let on_disk = cx.disk.snapshot.clone();
     tokio::spawn(async move {
         struct Pending(Option<Vec<crate::cluster::snapshot::BusPeer>>);
         impl Drop for Pending {

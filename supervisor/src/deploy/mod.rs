@@ -47,8 +47,49 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::pool::{Pool, Worker, WorkerState};
-use crate::lifecycle::supervisor::Shared;
+use crate::node::Node;
 use crate::store::{Module, StoreError};
+
+/// Deploy's locks: the order of module changes on this server.
+#[derive(Debug, Default)]
+pub struct Locks {
+    /// One deploy at a time, so every worker sees module changes in the same order. Never
+    /// held while a worker runs a deploy's check: channel and other changes (the admin API,
+    /// the sync loop) take it too, and must not wait on user code.
+    pub deploy: tokio::sync::Mutex<()>,
+    /// One deploy check at a time on this server (each under `deploy.check_timeout_ms`).
+    check: tokio::sync::Mutex<()>,
+}
+
+/// The other servers of the cluster, as a deploy reaches them (the cluster bus implements
+/// it; a deploy knows no cluster): each one activates the deployed versions and answers.
+pub trait Peers: Send + Sync {
+    /// Sends the call `meta` to every peer; one reply each, within `timeout`.
+    fn call_all<'a>(
+        &'a self,
+        meta: &'a Value,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<PeerReply>> + Send + 'a>>;
+}
+
+/// A peer's answer to a call to every peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerReply {
+    pub server: String,
+    pub status: u16,
+    /// The reply body (JSON), or `{"error": …}` when the call got no answer.
+    pub body: serde_json::Value,
+}
+
+/// What a deploy works with: this server's workers, the store, the node state, the locks
+/// and the peers (when this server runs a cluster bus). Built by boot.
+pub struct Ctx {
+    pub pool: Arc<Pool>,
+    pub store: crate::store::Store,
+    pub node: Arc<Node>,
+    pub locks: Arc<Locks>,
+    pub peers: Option<Arc<dyn Peers>>,
+}
 
 /// How long another server may take to answer a deploy over the bus (it catches up from the
 /// store; a frozen peer whose link has not timed out yet must not hold the deploy long).
@@ -159,11 +200,8 @@ impl Drop for Checking<'_> {
 /// transaction and no `deploy_lock` (see the module docs); returns their services. A worker
 /// that does not answer in time is replaced as a stuck one is; one that dies meanwhile is
 /// replaced by the supervisor as any crashed worker is; both refuse the deploy.
-pub async fn checked(
-    shared: &Shared,
-    modules: &[Source<'_>],
-) -> Result<Vec<ServiceInfo>, DeployError> {
-    let pool = &shared.pool;
+pub async fn checked(cx: &Ctx, modules: &[Source<'_>]) -> Result<Vec<ServiceInfo>, DeployError> {
+    let pool = &cx.pool;
     let timeout = pool.import_timeout;
     let ms = timeout.as_millis();
     // The check in progress (if any) ends by its deadline, so this wait is bounded by it.
@@ -171,11 +209,11 @@ pub async fn checked(
     // worker to check with and, if its worker died, the wait for that worker's exit status:
     // waiting that long means a 409 only if something is wrong.
     let wait = timeout * 2 + REAP_WAIT + Duration::from_secs(1);
-    let _one_check = match shared.check_lock.try_lock() {
+    let _one_check = match cx.locks.check.try_lock() {
         Ok(slot) => slot,
         Err(_) => {
             tracing::info!("a deploy waits for another deploy's check to end");
-            let Ok(slot) = tokio::time::timeout(wait, shared.check_lock.lock()).await else {
+            let Ok(slot) = tokio::time::timeout(wait, cx.locks.check.lock()).await else {
                 return Err(DeployError::Busy(format!(
                     "another deploy's check held this server's check slot for {} ms: retry",
                     wait.as_millis()
@@ -251,6 +289,42 @@ pub async fn remove(
     let table = call(pool, w, &meta, b"", deadline).await?;
     *w.services.lock().expect("services lock") = table;
     Ok(())
+}
+
+/// The `modules.*` calls a starting worker's handshake makes to load the deployed modules
+/// (`lifecycle::handshake` knows no deploy: boot hands it this).
+pub struct WorkerModules;
+
+impl crate::lifecycle::handshake::Modules for WorkerModules {
+    fn activate<'a>(
+        &'a self,
+        pool: &'a Pool,
+        worker: &'a Arc<Worker>,
+        modules: &'a [Module],
+        deadline: Instant,
+    ) -> crate::lifecycle::handshake::ModulesCall<'a> {
+        Box::pin(async move {
+            let srcs = sources(modules);
+            activate(pool, worker, &srcs, deadline)
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        pool: &'a Pool,
+        worker: &'a Arc<Worker>,
+        names: &'a [&'a str],
+        deadline: Instant,
+    ) -> crate::lifecycle::handshake::ModulesCall<'a> {
+        Box::pin(async move {
+            remove(pool, worker, names, deadline)
+                .await
+                .map_err(Into::into)
+        })
+    }
 }
 
 /// One worker's answer to an activation, for the deploy report.
@@ -406,7 +480,7 @@ pub struct Report {
     /// The server the deploy went through (its workers are `workers`).
     pub server: String,
     /// The other servers of the cluster (over the bus): each one's answer.
-    pub servers: Vec<crate::cluster::bus::PeerReply>,
+    pub servers: Vec<PeerReply>,
     /// From the start until the check came back.
     pub check_ms: f64,
     /// From the check's answer until the store committed.
@@ -421,7 +495,7 @@ impl Report {
 
     /// A peer is fine when it answered, every worker it changed acknowledged, and it runs
     /// every deployed version.
-    fn peer_ok(&self, s: &crate::cluster::bus::PeerReply) -> bool {
+    fn peer_ok(&self, s: &PeerReply) -> bool {
         s.status == 200
             && s.body["workers"]
                 .as_array()
@@ -454,11 +528,11 @@ impl Report {
 
 /// The report of a deploy whose modules all equal their active versions.
 async fn nothing_to_do(
-    shared: &Shared,
+    cx: &Ctx,
     unchanged: Vec<String>,
     t0: Instant,
 ) -> Result<Report, DeployError> {
-    let config_version = shared
+    let config_version = cx
         .store
         .version()
         .await
@@ -469,7 +543,7 @@ async fn nothing_to_do(
         unchanged,
         services: Vec::new(),
         workers: Vec::new(),
-        server: shared.server_name.clone(),
+        server: cx.node.name.clone(),
         servers: Vec::new(),
         check_ms: 0.0,
         store_ms: 0.0,
@@ -482,7 +556,7 @@ async fn nothing_to_do(
 /// store them in one short transaction and activate them in every live worker. With
 /// `skip_unchanged`, a module whose source equals its active version is left alone.
 pub async fn deploy(
-    shared: &Shared,
+    cx: &Ctx,
     modules: &[(String, String)],
     by: &str,
     skip_unchanged: bool,
@@ -509,7 +583,7 @@ pub async fn deploy(
     let mut unchanged = Vec::new();
     let mut todo: Vec<&(String, String)> = modules.iter().collect();
     // The active modules the check is made against: compared again before the commit.
-    let active_before = shared
+    let active_before = cx
         .store
         .active_modules()
         .await
@@ -528,7 +602,7 @@ pub async fn deploy(
             !same
         });
         if todo.is_empty() {
-            return nothing_to_do(shared, unchanged, t0).await;
+            return nothing_to_do(cx, unchanged, t0).await;
         }
     }
     let srcs: Vec<Source<'_>> = todo
@@ -541,12 +615,12 @@ pub async fn deploy(
         .collect();
     let mut pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
     // The check first, holding nothing: a refused deploy never touched the store.
-    let services = checked(shared, &srcs).await?;
+    let services = checked(cx, &srcs).await?;
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let one_at_a_time = shared.deploy_lock.lock().await;
+    let one_at_a_time = cx.locks.deploy.lock().await;
     // What changed in the deployed modules while the check ran (this server or another
     // changed them: `deploy_lock` is this server's only)?
-    let active_now = shared
+    let active_now = cx
         .store
         .active_modules()
         .await
@@ -590,7 +664,7 @@ pub async fn deploy(
         }
         if pairs.is_empty() {
             drop(one_at_a_time);
-            return nothing_to_do(shared, unchanged, t0).await;
+            return nothing_to_do(cx, unchanged, t0).await;
         }
     }
     // The services of the modules still to store (a dropped one keeps its claims).
@@ -601,7 +675,7 @@ pub async fn deploy(
         .collect();
     // Then one short transaction: new versions, one config version, the services' claims
     // (a service another module defines refuses the whole deploy).
-    let change = match shared.store.begin_deploy(&pairs, by).await {
+    let change = match cx.store.begin_deploy(&pairs, by).await {
         Ok(mut pending) => match pending.claim_services(&claims).await {
             Ok(()) => pending.commit().await,
             Err(e) => {
@@ -617,30 +691,30 @@ pub async fn deploy(
         Err(e) => return Err(DeployError::Unavailable(e.to_string())),
     };
     let store_ms = t0.elapsed().as_secs_f64() * 1000.0 - check_ms;
-    let acks = activate_everywhere(&shared.pool, &change.value).await;
+    let acks = activate_everywhere(&cx.pool, &change.value).await;
     // This server now runs the new version when it ran the one before (the deploy changed
     // nothing but these modules): recorded now, so `cluster status` is right as soon as
     // the report is. Otherwise the sync loop applies what else changed and records it.
-    if shared
-        .applied_version
-        .load(std::sync::atomic::Ordering::SeqCst)
-        == change.config_version - 1
-    {
-        crate::cluster::sync::applied(shared, change.config_version).await;
+    if cx.node.applied() == change.config_version - 1 {
+        let v = change.config_version;
+        let pid = i64::from(std::process::id());
+        cx.node
+            .set_applied(v, cx.store.record_applied(&cx.node.name, pid, v))
+            .await;
     }
     // Released before waiting on the peers: a peer's answer takes its own deploy lock, and a
     // deploy through that peer at the same time would otherwise wait on ours (a deadlock
     // until the timeout).
     drop(one_at_a_time);
     // Every other server of the cluster, now, with its workers' acks in the report.
-    let servers = match &shared.bus {
-        Some(bus) => {
+    let servers = match &cx.peers {
+        Some(peers) => {
             let meta = json!({
                 "op": "deploy.activate",
                 "config_version": change.config_version,
                 "modules": change.value.iter().map(|m| json!({"name": m.name, "version": m.version})).collect::<Vec<_>>(),
             });
-            bus.call_all(&meta, PEER_TIMEOUT).await
+            peers.call_all(&meta, PEER_TIMEOUT).await
         }
         None => Vec::new(),
     };
@@ -650,7 +724,7 @@ pub async fn deploy(
         unchanged,
         services: services.into_iter().map(|s| s.name).collect(),
         workers: acks,
-        server: shared.server_name.clone(),
+        server: cx.node.name.clone(),
         servers,
         check_ms,
         store_ms,
@@ -665,7 +739,7 @@ pub async fn deploy(
         ms = report.total_ms,
         "deployed"
     );
-    shared.changed.notify_one();
+    cx.node.changed.notify_one();
     Ok(report)
 }
 

@@ -582,7 +582,7 @@ pub fn refusal(doc: &Value) -> (String, String, String) {
 
 /// The server's pickup directory: results go to the log.
 struct PickupLog {
-    shared: Arc<crate::lifecycle::supervisor::Shared>,
+    deploy: Arc<crate::deploy::Ctx>,
 }
 
 impl Sink for PickupLog {
@@ -593,7 +593,7 @@ impl Sink for PickupLog {
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        match crate::deploy::deploy(&self.shared, &modules, "pickup", true).await {
+        match crate::deploy::deploy(&self.deploy, &modules, "pickup", true).await {
             Ok(r) if r.deployed.is_empty() => {
                 tracing::info!(modules = %names, "pickup: unchanged, nothing to deploy");
                 Outcome::Done
@@ -697,7 +697,7 @@ pub fn start_pickup(dir: &Path) -> Result<DirWatcher, String> {
 /// The server's pickup task: once the server is ready, deploys what the directory holds,
 /// then every change, until shutdown starts (or the server ends).
 pub async fn pickup(
-    shared: Arc<crate::lifecycle::supervisor::Shared>,
+    deploy: Arc<crate::deploy::Ctx>,
     watcher: DirWatcher,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -707,13 +707,13 @@ pub async fn pickup(
     let mut stop = std::pin::pin!(stop);
     // The first deploy needs a worker to check it: wait for the first generation.
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    while !shared.ready.load(Ordering::SeqCst) {
+    while !deploy.node.ready.load(Ordering::SeqCst) {
         tokio::select! {
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
     }
-    let mut sink = PickupLog { shared };
+    let mut sink = PickupLog { deploy };
     if let Err(e) = watcher.run(&mut sink, Timing::default(), stop).await {
         tracing::error!(
             "pickup: {e}; files saved there are no longer deployed (restart the server to watch again)"

@@ -1,13 +1,13 @@
-//! Correlation ids. The random values behind them come from `secrets` (the OS generator);
-//! nothing here is secret or reads a request.
+//! Correlation ids (the random values they start from are `crate::random`'s).
 //!
 //! A cid is 20 hex characters: a random 32-bit prefix chosen at start (so two servers, or two
 //! runs, do not collide) and a 48-bit counter. It costs one atomic increment and one short
 //! format per request, which matters on the hot path more than cryptographic randomness does;
 //! the tokens that need unpredictability come from the OS generator instead.
 
-use crate::secrets::random_bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::random::random_bytes;
 
 /// Generates correlation ids.
 #[derive(Debug)]

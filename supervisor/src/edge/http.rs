@@ -27,259 +27,42 @@ use hyper_util::rt::TokioIo;
 use oxbus_ipc::InvokeMeta;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
+use crate::edge::cid::CidGen;
+use crate::edge::conn::{Activity, ConnCount, ConnGuard, InRequest, Tracked};
 use crate::edge::forwarded;
 use crate::edge::head_gate::{HeadGate, Refusal};
 use crate::edge::router::Match;
-use crate::lifecycle::pool::DispatchError;
-use crate::lifecycle::supervisor::{Event, Shared};
+use crate::edge::routes::RoutingTable;
+use crate::lifecycle::pool::{DispatchError, Pool};
+use crate::lifecycle::supervisor::Event;
 use crate::model::channel::{ChannelType, DataFormat};
 use crate::model::net::TrustedProxies;
+use crate::node::Node;
+
+/// What the HTTP edge works with (built by boot): the pool it dispatches into, the routing
+/// table, the settings, the node state (readiness, store health) and the cid generator.
+pub struct Ctx {
+    pub pool: Arc<Pool>,
+    pub routes: Arc<RoutingTable>,
+    pub settings: crate::config::Settings,
+    pub node: Arc<Node>,
+    pub cids: Arc<CidGen>,
+}
 
 pub(crate) type Body = Full<Bytes>;
-
-/// Binds the HTTP listener with SO_REUSEADDR and a deep backlog.
-/// The HTTP listener systemd passed to this process (socket activation, `sd_listen_fds(3)`:
-/// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`): the socket named `http`, else the first.
-/// `None` when none was passed, or when `LISTEN_PID` names another process.
-pub fn activated() -> std::io::Result<Option<TcpListener>> {
-    let mut fds = listenfd::ListenFd::from_env();
-    if fds.len() == 0 {
-        return Ok(None);
-    }
-    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    let index = names.split(':').position(|n| n == "http").unwrap_or(0);
-    match fds.take_tcp_listener(index)? {
-        Some(l) => {
-            l.set_nonblocking(true)?;
-            Ok(Some(TcpListener::from_std(l)?))
-        }
-        None => Ok(None),
-    }
-}
-
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// Activity of one connection, shared by its I/O wrapper, its requests and its watchdog.
-#[derive(Debug)]
-struct Activity {
-    epoch: Instant,
-    /// Requests being handled on this connection.
-    active: AtomicU32,
-    /// When bytes of a request head started arriving (ms since epoch + 1; 0 = none).
-    head_started: AtomicU64,
-    /// When the connection last became idle (ms since epoch).
-    idle_since: AtomicU64,
-    /// Requests hyper dispatched so far on this connection.
-    dispatched: AtomicU64,
-    /// The index of the stand-in request hyper dispatches in place of a head the
-    /// [`HeadGate`] refused (`u64::MAX`: none), read without a lock on every request...
-    refused_at: AtomicU64,
-    /// ...and why it was refused.
-    refused: std::sync::Mutex<Option<Refusal>>,
-}
-
-impl Activity {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-}
-
-/// A TCP stream that notes when request bytes arrive while no request is in progress, and
-/// hands hyper only what the connection's [`HeadGate`] let through.
-struct Tracked {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-    gate: HeadGate,
-    /// Bytes the gate let through that hyper has not read yet (a head that came in pieces,
-    /// or the stand-in of a refused one).
-    out: BytesMut,
-    /// Bytes read and dropped after a refusal (at most [`oxbus_proxy::LINGER_BYTES`]).
-    drained: usize,
-    /// Whether the writing side was shut down (on the way to a lingering close).
-    write_shut: bool,
-    /// The end of the lingering close after a refusal.
-    linger: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.out.is_empty() {
-                let n = this.out.len().min(buf.remaining());
-                buf.put_slice(&this.out[..n]);
-                bytes::Buf::advance(&mut this.out, n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.gate.cut() {
-                // A chunked body the proxy's rules refuse: hyper reads the end of the stream
-                // (its body read fails and the request is answered 400), and nothing after
-                // it is parsed.
-                return Poll::Ready(Ok(()));
-            }
-            if this.gate.refused() {
-                // Nothing after a refused head reaches hyper; it answers the stand-in (which
-                // asks for a close) and ends the connection. What the client still sends
-                // is read and dropped (up to a bound) so that it does not sit unread and
-                // turn the close into a reset that could destroy the answer.
-                let _ = this.drain(cx);
-                return Poll::Pending;
-            }
-            // Read straight into hyper's buffer; the gate says how much of it hyper may
-            // have as it is (usually all), and keeps or replaces the rest.
-            let before = buf.filled().len();
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-            let got = &buf.filled()[before..];
-            if got.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            let a = &this.activity;
-            if a.active.load(Ordering::Relaxed) == 0 && a.head_started.load(Ordering::Relaxed) == 0
-            {
-                a.head_started.store(a.now(), Ordering::Relaxed);
-            }
-            let (pass, refused) = this.gate.feed_in_place(got, &mut this.out);
-            buf.set_filled(before + pass);
-            if let Some((index, refused)) = refused {
-                this.out.extend_from_slice(HeadGate::stand_in());
-                *a.refused.lock().expect("refusal lock") = Some(refused);
-                a.refused_at.store(index, Ordering::Release);
-            }
-            if pass > 0 {
-                return Poll::Ready(Ok(()));
-            }
-        }
-    }
-}
-
-impl Tracked {
-    /// Reads and drops what the client sends, until it would block (the waker is then
-    /// registered), ends, or [`oxbus_proxy::LINGER_BYTES`] were dropped.
-    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut sink = [0u8; 4096];
-        while self.drained < oxbus_proxy::LINGER_BYTES {
-            let mut b = ReadBuf::new(&mut sink);
-            match Pin::new(&mut self.inner).poll_read(cx, &mut b) {
-                Poll::Ready(Ok(())) if !b.filled().is_empty() => {
-                    self.drained += b.filled().len();
-                }
-                Poll::Pending => return Poll::Pending,
-                _ => break,
-            }
-        }
-        Poll::Ready(())
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !(this.gate.refused() || this.gate.cut()) {
-            return Pin::new(&mut this.inner).poll_shutdown(cx);
-        }
-        // The connection ends on a refusal, with what the client sent after it perhaps
-        // unread: as the proxy does, end the writing side first, then read and drop what
-        // still comes for a while (bounded in time and bytes), so that the close does not
-        // reset the connection before the client read its answer.
-        if !this.write_shut {
-            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            this.write_shut = true;
-        }
-        let deadline = this
-            .linger
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(oxbus_proxy::LINGER)));
-        if deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(()));
-        }
-        this.drain(cx).map(Ok)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// Marks a request in progress on a connection until dropped.
-struct InRequest(Arc<Activity>);
-
-impl InRequest {
-    fn start(a: &Arc<Activity>) -> InRequest {
-        a.active.fetch_add(1, Ordering::Relaxed);
-        a.head_started.store(0, Ordering::Relaxed);
-        InRequest(a.clone())
-    }
-}
-
-impl Drop for InRequest {
-    fn drop(&mut self) {
-        let a = &self.0;
-        a.idle_since.store(a.now(), Ordering::Relaxed);
-        a.head_started.store(0, Ordering::Relaxed);
-        a.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts open connections so that shutdown can wait for the last one.
-#[derive(Debug, Default)]
-struct ConnCount {
-    n: AtomicUsize,
-    zero: Notify,
-}
-
-struct ConnGuard(Arc<ConnCount>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.zero.notify_waiters();
-        }
-    }
-}
 
 /// Accepts and serves connections until shutdown, then waits for open connections to finish
 /// (up to the drain deadline) and reports [`Event::HttpDrained`].
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    cx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -298,11 +81,11 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     conns.n.fetch_add(1, Ordering::SeqCst);
                     let guard = ConnGuard(conns.clone());
-                    let shared = shared.clone();
+                    let cx = cx.clone();
                     let shutdown = shutdown.clone();
-                    let peer = Peer::new(peer, local_port, shared.settings.http.trusted());
+                    let peer = Peer::new(peer, local_port, cx.settings.http.trusted());
                     tokio::spawn(async move {
-                        serve_connection(stream, peer, shared, shutdown).await;
+                        serve_connection(stream, peer, cx, shutdown).await;
                         drop(guard);
                     });
                 }
@@ -316,7 +99,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let deadline = Instant::now() + Duration::from_millis(shared.settings.http.drain_timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(cx.settings.http.drain_timeout_ms);
     loop {
         let zero = conns.zero.notified();
         tokio::pin!(zero);
@@ -364,7 +147,7 @@ impl Peer {
 async fn serve_connection(
     stream: TcpStream,
     peer: Peer,
-    shared: Arc<Shared>,
+    cx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -378,7 +161,7 @@ async fn serve_connection(
         refused_at: AtomicU64::new(u64::MAX),
         refused: std::sync::Mutex::new(None),
     });
-    let http = &shared.settings.http;
+    let http = &cx.settings.http;
     let max_head = http.max_header_bytes.max(8192) + 1024;
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -393,10 +176,10 @@ async fn serve_connection(
     let idle_timeout = http.keepalive_timeout_ms;
     let check = Duration::from_millis((header_timeout.min(idle_timeout) / 4).clamp(20, 1000));
     let svc = {
-        let shared = shared.clone();
+        let cx = cx.clone();
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
+            let cx = cx.clone();
             let in_request = InRequest::start(&activity);
             // Requests are dispatched in the order of their heads: the stand-in of a
             // refused head is the one whose index the gate noted.
@@ -408,8 +191,8 @@ async fn serve_connection(
             };
             async move {
                 let resp = match refused {
-                    Some(r) => refusal(r, &shared.cids.next()),
-                    None => handle(req, &shared, peer).await,
+                    Some(r) => refusal(r, &cx.cids.next()),
+                    None => handle(req, &cx, peer).await,
                 };
                 drop(in_request);
                 Ok::<_, std::convert::Infallible>(resp)
@@ -514,17 +297,17 @@ fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response<Body> {
+async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> {
     // A request id from a trusted proxy is the cid; anything else gets one of ours.
     let cid = match peer.trusted.then(|| forwarded::request_id(req.headers())) {
         Some(Some(id)) => id.to_owned(),
-        _ => shared.cids.next(),
+        _ => cx.cids.next(),
     };
     let path = req.uri().path();
     match path {
         "/healthz" => {
             // The process is alive and serving; a store outage is reported, not fatal.
-            let store = if shared.store_ok.load(Ordering::Relaxed) {
+            let store = if cx.node.store_ok.load(Ordering::Relaxed) {
                 "ok"
             } else {
                 "degraded"
@@ -536,8 +319,8 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             );
         }
         "/readyz" => {
-            let ready_workers = shared.pool.ready_count();
-            let ok = shared.ready.load(Ordering::SeqCst) && ready_workers > 0;
+            let ready_workers = cx.pool.ready_count();
+            let ok = cx.node.ready.load(Ordering::SeqCst) && ready_workers > 0;
             let status = if ok {
                 StatusCode::OK
             } else {
@@ -549,13 +332,14 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
                 serde_json::json!({
                     "status": if ok { "ready" } else { "not ready" },
                     "workers_ready": ready_workers,
-                    "workers_wanted": shared.settings.worker_count(),
+                    "workers_wanted": cx.settings.worker_count(),
                 }),
             );
         }
         // GET only: a channel of another method may use the path (the table decides).
         "/openapi.json" if req.method() == hyper::Method::GET => {
-            return match crate::edge::openapi::render(shared) {
+            return match crate::edge::openapi::render(&cx.pool, &cx.routes, &cx.settings, &cx.node)
+            {
                 Ok(doc) => {
                     let mut r = Response::new(Full::new(Bytes::from(doc)));
                     let h = r.headers_mut();
@@ -580,7 +364,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         _ => {}
     }
     let method = req.method().as_str();
-    let router = shared.router.read().expect("router lock").clone();
+    let router = cx.routes.current();
     let (channel, params) = match router.lookup(method, path) {
         Match::Found { channel, params } => (channel, params),
         Match::NotFound => {
@@ -605,7 +389,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
             return r;
         }
     };
-    let limits = &shared.settings.http;
+    let limits = &cx.settings.http;
     let header_bytes: usize = req
         .headers()
         .iter()
@@ -710,11 +494,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         return json_response(StatusCode::BAD_REQUEST, &cid, body);
     }
     let call = HttpCall {
-        shared,
+        cx,
         origin,
         parts: &parts,
         strip_forwarding: !peer.trusted,
-        deadline: Instant::now() + shared.settings.request_timeout(),
+        deadline: Instant::now() + cx.settings.request_timeout(),
         channel_name: channel.name.as_deref(),
         caller: caller.as_ref(),
     };
@@ -751,7 +535,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
 /// hands the worker the same request facts (method, path, headers, client origin) under the
 /// same deadline.
 pub(crate) struct HttpCall<'a> {
-    shared: &'a Shared,
+    cx: &'a Ctx,
     parts: &'a hyper::http::request::Parts,
     /// Leave out the forwarding headers (the peer is not a trusted proxy).
     strip_forwarding: bool,
@@ -802,7 +586,7 @@ impl HttpCall<'_> {
                 subject: c.subject.as_deref(),
             }),
         };
-        self.shared.pool.invoke(&meta, body, self.deadline).await
+        self.cx.pool.invoke(&meta, body, self.deadline).await
     }
 }
 

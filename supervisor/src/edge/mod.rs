@@ -4,6 +4,7 @@
 //! touches the config store or the workers' lifecycle.
 
 pub mod cid;
+pub mod conn;
 pub mod forwarded;
 pub mod gate;
 pub mod head_gate;
@@ -12,3 +13,4 @@ pub mod json_depth;
 pub mod jsonrpc;
 pub mod openapi;
 pub mod router;
+pub mod routes;

@@ -447,25 +447,27 @@ pub enum Error {
     NoWorker,
 }
 
-/// The document of the server `shared` runs, as served (pretty-printed JSON).
-pub fn render(shared: &crate::lifecycle::supervisor::Shared) -> Result<Vec<u8>, Error> {
-    let services = shared
-        .pool
+/// The document of the server that runs `pool` with `routes`, as served (pretty-printed
+/// JSON).
+pub fn render(
+    pool: &crate::lifecycle::pool::Pool,
+    routes: &crate::edge::routes::RoutingTable,
+    settings: &crate::config::Settings,
+    node: &crate::node::Node,
+) -> Result<Vec<u8>, Error> {
+    let services = pool
         .all()
         .iter()
         .find(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
         .map(|w| w.services.lock().expect("services lock").clone())
         .ok_or(Error::NoWorker)?;
-    let router = shared.router.read().expect("router lock").clone();
-    let settings = &shared.settings;
+    let router = routes.current();
     let defs = router.gate.definitions();
     let info = Info {
         security: &defs,
         settings: &settings.openapi,
         cluster: &settings.cluster.name,
-        config_version: shared
-            .applied_version
-            .load(std::sync::atomic::Ordering::SeqCst),
+        config_version: node.applied(),
     };
     let doc = document(router.channels(), &services, &info);
     let mut bytes = serde_json::to_vec_pretty(&TopLevel(&doc)).expect("a JSON value serialises");

@@ -4,10 +4,10 @@
 //! change) — and the live jobs table of this server ([`set_live`]). The definition itself is
 //! `crate::model::job`'s; where the due times are kept is the store's.
 //!
-//! Each server holds the current definitions in `Shared::jobs` (set at boot, by
+//! Each server holds the current definitions in `scheduler::JobsTable` (set at boot, by
 //! `sync::catch_up`, and by the admin API or an import on the server that made the change)
-//! and notifies `Shared::jobs_changed` whenever they change; the runtime (leader election,
-//! firing, execute-now, history) reads them from there.
+//! and notifies the scheduler whenever they change; the runtime (leader election, firing,
+//! execute-now, history) reads them from there.
 
 use chrono::{DateTime, LocalResult, TimeZone, Utc};
 
@@ -108,10 +108,10 @@ pub fn next_interval_fire(def: &JobDef, after: DateTime<Utc>) -> Option<DateTime
     )?)
 }
 
-/// Makes `defs` (by name) the jobs this server has (`Shared::jobs`) and, when they differ
-/// from what it had, notifies `Shared::jobs_changed`. Returns whether they differed.
-pub fn set_live(shared: &crate::lifecycle::supervisor::Shared, defs: Vec<JobDef>) -> bool {
-    swap_live(&shared.jobs, &shared.jobs_changed, defs)
+/// Makes `defs` (by name) the jobs this server has (`table`) and, when they differ from what
+/// it had, notifies the scheduler. Returns whether they differed.
+pub fn set_live(table: &crate::scheduler::JobsTable, defs: Vec<JobDef>) -> bool {
+    swap_live(&table.jobs, &table.changed, defs)
 }
 
 fn swap_live(

@@ -33,9 +33,50 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use tracing::{info, warn};
 
-use crate::lifecycle::supervisor::Shared;
+use crate::edge::cid::CidGen;
+use crate::lifecycle::pool::Pool;
 use crate::model::job::{JobDef, JobType, Overlap};
+use crate::node::Node;
 use crate::store::{Claim, JobState, Run, Store, StoreError};
+
+/// The job definitions this server has (by name): from the config it booted from, then as
+/// the sync loop and this server's own changes leave them. Swapped whole through
+/// [`jobs::set_live`], which notifies the scheduler.
+#[derive(Debug, Default)]
+pub struct JobsTable {
+    jobs: std::sync::RwLock<Arc<Vec<JobDef>>>,
+    /// Notified (`notify_one`: a permit is kept until the scheduler waits again) whenever
+    /// `jobs` changes.
+    changed: tokio::sync::Notify,
+}
+
+impl JobsTable {
+    pub fn new(defs: Vec<JobDef>) -> JobsTable {
+        JobsTable {
+            jobs: std::sync::RwLock::new(Arc::new(defs)),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The definitions as they are now.
+    pub fn current(&self) -> Arc<Vec<JobDef>> {
+        self.jobs.read().expect("jobs lock").clone()
+    }
+}
+
+/// What the scheduler works with (built by boot): the store, the node state, the workers it
+/// invokes, the jobs table and its own status.
+pub struct Ctx {
+    pub store: Store,
+    pub node: Arc<Node>,
+    pub pool: Arc<Pool>,
+    pub cids: Arc<CidGen>,
+    /// A run's deadline (`http.request_timeout_ms`).
+    pub request_timeout: Duration,
+    pub jobs: Arc<JobsTable>,
+    /// Whether this server leads the cluster's scheduler.
+    pub status: Arc<Status>,
+}
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -238,14 +279,13 @@ impl Status {
 
 /// Hands this boot's lease back at stop, when it holds one; `Ok(false)` when it held none
 /// (nothing to do: a server that does not lead has no lease to hand back).
-pub async fn hand_back(shared: &Shared) -> Result<bool, StoreError> {
-    let status = &shared.scheduler;
+pub async fn hand_back(cx: &Ctx) -> Result<bool, StoreError> {
+    let status = &cx.status;
     if !status.holds() {
         return Ok(false);
     }
-    shared
-        .store
-        .release_lease(&holder(&shared.server_name, &shared.boot_id))
+    cx.store
+        .release_lease(&holder(&cx.node.name, &cx.node.boot_id))
         .await?;
     status.holds.store(false, Ordering::SeqCst);
     Ok(true)
@@ -270,12 +310,11 @@ pub async fn flush_history(status: &Status, limit: Duration) {
 }
 
 /// Runs the scheduler until the server stops: the lease in one task, firing in this one.
-pub async fn run(shared: Arc<Shared>) {
-    let status = shared.scheduler.clone();
-    *status.lease_task.lock().expect("status lock") =
-        Some(tokio::spawn(hold_lease(shared.clone())));
+pub async fn run(cx: Arc<Ctx>) {
+    let status = cx.status.clone();
+    *status.lease_task.lock().expect("status lock") = Some(tokio::spawn(hold_lease(cx.clone())));
     let (history, written) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(write_runs(status.clone(), shared.store.clone(), written));
+    tokio::spawn(write_runs(status.clone(), cx.store.clone(), written));
     let ctx = Arc::new(RunCtx {
         inflight: Mutex::default(),
         history,
@@ -294,10 +333,10 @@ pub async fn run(shared: Arc<Shared>) {
         let mut wake = Instant::now() + LEASE_TICK;
         let leading = status.leading();
         if leading && checked.is_none_or(|t| t.elapsed() >= LEASE_TICK) {
-            checked = in_step(&shared).await.then(Instant::now);
+            checked = in_step(&cx).await.then(Instant::now);
         }
         if leading && checked.is_some() {
-            let defs = shared.jobs.read().expect("jobs lock").clone();
+            let defs = cx.jobs.current();
             let changed = !known.as_ref().is_some_and(|(d, _)| Arc::ptr_eq(d, &defs));
             if changed {
                 let prints = defs.iter().map(fingerprint).collect();
@@ -309,7 +348,7 @@ pub async fn run(shared: Arc<Shared>) {
                 // Newly leading (read what others did meanwhile), or the jobs changed: forget
                 // the state of jobs that no longer exist, so that a job created again under
                 // the same name starts afresh.
-                match bounded(reload(&shared.store, &defs, now_epoch != epoch)).await {
+                match bounded(reload(&cx.store, &defs, now_epoch != epoch)).await {
                     Ok(Some(s)) => {
                         states = s;
                         epoch = now_epoch;
@@ -323,14 +362,14 @@ pub async fn run(shared: Arc<Shared>) {
             }
             if ready {
                 let prints = &known.as_ref().expect("just set").1;
-                if let Some(t) = fire_due(&shared, &defs, prints, &mut states, &ctx).await {
+                if let Some(t) = fire_due(&cx, &defs, prints, &mut states, &ctx).await {
                     wake = wake.min(t);
                 }
             }
         }
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = shared.jobs_changed.notified() => {}
+            _ = cx.jobs.changed.notified() => {}
         }
     }
 }
@@ -338,11 +377,11 @@ pub async fn run(shared: Arc<Shared>) {
 /// Whether this server runs the store's current config: a leader behind it (booted from its
 /// snapshot, just back from an outage, a change not arrived yet) must not fire from old
 /// definitions. Asks the sync loop to catch up when it is behind.
-async fn in_step(shared: &Shared) -> bool {
-    match bounded(shared.store.version()).await {
-        Ok(v) if v == shared.applied_version.load(Ordering::SeqCst) => true,
+async fn in_step(cx: &Ctx) -> bool {
+    match bounded(cx.store.version()).await {
+        Ok(v) if v == cx.node.applied_version.load(Ordering::SeqCst) => true,
         Ok(_) => {
-            shared.changed.notify_one();
+            cx.node.changed.notify_one();
             false
         }
         Err(_) => false,
@@ -372,10 +411,10 @@ async fn reload(
 
 /// Takes and renews the lease every second, in its own task so that slow firing cannot let
 /// it lapse; hands it back when the server stops.
-async fn hold_lease(shared: Arc<Shared>) {
-    let me = shared.server_name.clone();
-    let my_lease = holder(&me, &shared.boot_id);
-    let status = &shared.scheduler;
+async fn hold_lease(cx: Arc<Ctx>) {
+    let me = cx.node.name.clone();
+    let my_lease = holder(&me, &cx.node.boot_id);
+    let status = &cx.status;
     let mut leading = false;
     // The holder last seen while this server did not lead (logged once per change).
     let mut seen_holder: Option<String> = None;
@@ -384,7 +423,7 @@ async fn hold_lease(shared: Arc<Shared>) {
             break;
         }
         let asked = Instant::now();
-        let taken = bounded(shared.store.take_lease(&my_lease, now_ms(), LEASE_TTL)).await;
+        let taken = bounded(cx.store.take_lease(&my_lease, now_ms(), LEASE_TTL)).await;
         if let Ok(t) = taken {
             status.holds.store(t, Ordering::SeqCst);
         }
@@ -398,7 +437,7 @@ async fn hold_lease(shared: Arc<Shared>) {
                     leading = true;
                     status.epoch.fetch_add(1, Ordering::SeqCst);
                     info!(server = %me, "scheduler: this server leads");
-                    shared.jobs_changed.notify_one();
+                    cx.jobs.changed.notify_one();
                 }
             }
             Ok(false) => {
@@ -407,7 +446,7 @@ async fn hold_lease(shared: Arc<Shared>) {
                 }
                 leading = false;
                 *status.leading_until.lock().expect("status lock") = None;
-                if let Ok(Some((h, until))) = bounded(shared.store.lease()).await
+                if let Ok(Some((h, until))) = bounded(cx.store.lease()).await
                     && seen_holder.as_deref() != Some(h.as_str())
                 {
                     let (name, boot) = split_holder(&h);
@@ -436,14 +475,14 @@ async fn hold_lease(shared: Arc<Shared>) {
     }
     // The server's stop hands the lease back too (after waiting for this task to end); this covers a renewal that was in flight
     // when the stop began. A server that never held it has nothing to hand back.
-    if let Err(e) = bounded(hand_back(&shared)).await {
+    if let Err(e) = bounded(hand_back(&cx)).await {
         warn!(error = %e, "scheduler: could not hand the lease back");
     }
 }
 
 /// Fires every job due now (with its jitter); returns when the next one is due.
 async fn fire_due(
-    shared: &Arc<Shared>,
+    cx: &Arc<Ctx>,
     defs: &[JobDef],
     prints: &[String],
     states: &mut HashMap<String, JobState>,
@@ -461,7 +500,7 @@ async fn fire_due(
             // schedule change: it starts afresh from then, it does not make up for the time
             // it was off.
             let first = if def.active { first_due(def, now) } else { -1 };
-            match bounded(shared.store.plan_job(&def.name, schedule, first)).await {
+            match bounded(cx.store.plan_job(&def.name, schedule, first)).await {
                 Ok(s) => {
                     states.insert(def.name.clone(), s);
                 }
@@ -492,7 +531,7 @@ async fn fire_due(
         ));
     }
     // The lease may have run out while the store was slow: claim only while still leading.
-    if !due_now.is_empty() && shared.scheduler.leading() {
+    if !due_now.is_empty() && cx.status.leading() {
         let claims: Vec<Claim> = due_now
             .iter()
             .map(|(_, c)| Claim {
@@ -502,7 +541,7 @@ async fn fire_due(
                 next: c.next,
             })
             .collect();
-        match bounded(shared.store.claim_runs(&claims)).await {
+        match bounded(cx.store.claim_runs(&claims)).await {
             Ok(won) => {
                 for ((def, c), won) in due_now.into_iter().zip(won) {
                     if !won {
@@ -510,7 +549,7 @@ async fn fire_due(
                         states.remove(&def.name);
                         continue;
                     }
-                    start_run(shared, def.clone(), Some(c.due), ctx);
+                    start_run(cx, def.clone(), Some(c.due), ctx);
                     if c.next >= 0 {
                         let at = c.next + jitter(def, c.next);
                         earliest = Some(earliest.map_or(at, |e| e.min(at)));
@@ -545,17 +584,17 @@ struct RunCtx {
 }
 
 impl RunCtx {
-    fn record(&self, shared: &Shared, run: Run) {
-        shared.scheduler.unwritten.fetch_add(1, Ordering::SeqCst);
+    fn record(&self, cx: &Ctx, run: Run) {
+        cx.status.unwritten.fetch_add(1, Ordering::SeqCst);
         if self.history.send(run).is_err() {
-            shared.scheduler.unwritten.fetch_sub(1, Ordering::SeqCst);
+            cx.status.unwritten.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
 /// Starts one scheduled run in its own task (overlap policy, the call, history).
-fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunCtx>) {
-    let (shared, ctx) = (shared.clone(), ctx.clone());
+fn start_run(cx: &Arc<Ctx>, def: JobDef, due: Option<i64>, ctx: &Arc<RunCtx>) {
+    let (cx, ctx) = (cx.clone(), ctx.clone());
     tokio::spawn(async move {
         let busy = {
             let mut f = ctx.inflight.lock().expect("inflight lock");
@@ -568,13 +607,13 @@ fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunC
         };
         if busy && def.overlap == Overlap::Skip {
             ctx.record(
-                &shared,
+                &cx,
                 Run {
                     job: def.name.clone(),
                     trigger: "schedule".into(),
                     due,
                     started: now_ms(),
-                    server: shared.server_name.clone(),
+                    server: cx.node.name.clone(),
                     duration_ms: None,
                     outcome: "skipped".into(),
                     error: Some("the previous run was still going (overlap: skip)".into()),
@@ -583,7 +622,7 @@ fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunC
             );
             return;
         }
-        let run = invoke(&shared, &def, "schedule", due).await;
+        let run = invoke(&cx, &def, "schedule", due).await;
         {
             let mut f = ctx.inflight.lock().expect("inflight lock");
             if let Some(n) = f.get_mut(&def.name) {
@@ -593,15 +632,15 @@ fn start_run(shared: &Arc<Shared>, def: JobDef, due: Option<i64>, ctx: &Arc<RunC
                 }
             }
         }
-        ctx.record(&shared, run);
+        ctx.record(&cx, run);
     });
 }
 
 /// Runs `def`'s service now, on this server; the run as history records it.
-pub async fn invoke(shared: &Shared, def: &JobDef, trigger: &str, due: Option<i64>) -> Run {
-    let cid = shared.cids.next();
+pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> Run {
+    let cid = cx.cids.next();
     let cid = cid.as_str();
-    let timeout = shared.settings.request_timeout();
+    let timeout = cx.request_timeout;
     let meta: oxbus_ipc::InvokeMeta<'_> = oxbus_ipc::InvokeMeta {
         op: "invoke",
         service: &def.service,
@@ -627,7 +666,7 @@ pub async fn invoke(shared: &Shared, def: &JobDef, trigger: &str, due: Option<i6
         .unwrap_or_default();
     let started = now_ms();
     let clock = Instant::now();
-    let result = shared.pool.invoke(&meta, &body, clock + timeout).await;
+    let result = cx.pool.invoke(&meta, &body, clock + timeout).await;
     let duration_ms = Some(clock.elapsed().as_millis() as i64);
     let (outcome, error) = match result {
         Ok(r) if r.status < 400 => ("ok", None),
@@ -649,7 +688,7 @@ pub async fn invoke(shared: &Shared, def: &JobDef, trigger: &str, due: Option<i6
         trigger: trigger.into(),
         due,
         started,
-        server: shared.server_name.clone(),
+        server: cx.node.name.clone(),
         duration_ms,
         outcome: outcome.into(),
         error,

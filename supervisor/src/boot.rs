@@ -1,0 +1,561 @@
+//! Boot: the only module that knows every subsystem. It opens the store (or the snapshot),
+//! loads the secrets key, binds the listeners and the cluster bus, registers this server,
+//! builds each subsystem's handles — the node state, the routing table, the pool, deploy's
+//! locks, the jobs table — hands each subsystem the context it needs, spawns them, and runs
+//! the supervisor loop until the server stops; then it leaves the store cleanly. Nothing
+//! else may name `boot`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::lifecycle::handshake::WelcomeTemplate;
+use crate::lifecycle::pool::Pool;
+use crate::lifecycle::process::{self, Launch};
+use crate::lifecycle::python::RuntimeDir;
+use crate::lifecycle::supervisor::{Outcome, Parts, ServerError, Supervisor, io_err};
+use crate::node::Node;
+
+/// Runs a server until it is told to stop. Returns the process exit code.
+pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
+    let started_at = Instant::now();
+    // Before anything is created: the store, its -wal/-shm, the snapshot, the key and token
+    // files, the runtime and pickup directories all come out private (see `process`).
+    process::private_umask();
+    let services_dir = settings.services_dir();
+    ensure_services_dir(&services_dir)?;
+    // The pickup directory is watched from now on, so nothing saved while the workers
+    // start is missed; what it holds is deployed once the server is ready.
+    let pickup = match settings.pickup_dir() {
+        Some(dir) => Some(crate::deploy::watch::start_pickup(&dir).map_err(ServerError::Fatal)?),
+        None => None,
+    };
+    let runtime = RuntimeDir::create(settings.server.runtime_dir.as_deref())
+        .map_err(io_err("cannot create the runtime directory"))?;
+    let python_path = runtime
+        .unpack_python()
+        .map_err(io_err("cannot unpack the oxbus Python package"))?;
+    crate::lifecycle::python::precompile(&settings.server.python, &python_path).await;
+    let socket = runtime.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let ipc = UnixListener::bind(&socket)
+        .map_err(io_err(format!("cannot listen on {}", socket.display())))?;
+    // A listener systemd holds (socket activation) queues connections while the server
+    // restarts instead of refusing them; without one, bind as configured.
+    let listener = match crate::edge::conn::activated()
+        .map_err(io_err("cannot use the socket systemd passed (LISTEN_FDS)"))?
+    {
+        Some(l) => {
+            info!(
+                address = %l.local_addr().map_err(io_err("local_addr"))?,
+                "HTTP listener from systemd (socket activation); server.listen is not used"
+            );
+            l
+        }
+        None => crate::edge::conn::bind(settings.server.listen).map_err(io_err(format!(
+            "cannot listen on {}",
+            settings.server.listen
+        )))?,
+    };
+    let store_url = settings.store_url();
+    let boot = open_store(&settings, &store_url).await?;
+    let store = boot.store;
+    let key = load_secret_key(
+        &settings,
+        boot.snapshot
+            .secrets
+            .first()
+            .map(|s| s.sealed.as_str())
+            .or_else(|| {
+                boot.snapshot
+                    .security
+                    .iter()
+                    .find_map(|d| d.sealed.as_deref())
+            }),
+    )?;
+    let routes = crate::edge::routes::RoutingTable::new(
+        settings.channels.clone(),
+        &boot.snapshot.channels,
+        &boot.snapshot.security,
+        key.clone(),
+    )
+    .map_err(|e| {
+        ServerError::Fatal(format!(
+            "the channels of server.toml and of the config store do not fit together: {e}"
+        ))
+    })?;
+    let routes = Arc::new(routes);
+    let admin_token = crate::admin::load_or_create_token(&settings.admin_token_file()).map_err(
+        io_err(format!(
+            "cannot read or create the admin token file {}",
+            settings.admin_token_file().display()
+        )),
+    )?;
+    let admin_listener = crate::edge::conn::bind(settings.admin.listen).map_err(io_err(
+        format!("cannot listen on {} (admin API)", settings.admin.listen),
+    ))?;
+    let admin_local = admin_listener.local_addr().map_err(io_err("local_addr"))?;
+    let local = listener.local_addr().map_err(io_err("local_addr"))?;
+    let mut me = crate::cluster::membership::server_record(&settings, local);
+    let bus = start_bus(&settings, &store, &mut me).await?;
+    if let Some((bus, _)) = &bus {
+        // Where the peers were as the store last listed them: dialed while the store is down.
+        bus.know(
+            boot.snapshot
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.bus_address.clone()))
+                .collect(),
+        );
+    }
+    if boot.online {
+        crate::cluster::membership::register_server(&store, &me)
+            .await
+            .map_err(|e| ServerError::Fatal(e.to_string()))?;
+    } else {
+        warn!(server = %me.name, "not registered in the config store yet (it is down): the heartbeat registers once it is back");
+    }
+
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let pool = Arc::new(
+        Pool::new(
+            settings.workers.max_inflight as usize,
+            settings.workers.max_queue as usize,
+            settings.request_timeout(),
+            ev_tx.clone(),
+        )
+        .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
+        .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms)),
+    );
+    *pool.deployed.lock().expect("deployed lock") = boot
+        .snapshot
+        .modules
+        .iter()
+        .map(|m| (m.name.clone(), m.clone()))
+        .collect();
+    pool.caches.set_server(&me.name);
+    // The stored cache definitions, before any worker is started (and so before any request).
+    pool.caches.apply_defs(&boot.snapshot.caches);
+
+    // The handles, each owned by its subsystem, and the contexts that hand them out.
+    let node = Arc::new(Node::new(
+        me.name.clone(),
+        started_at,
+        boot.online,
+        boot.snapshot.config_version,
+    ));
+    let bus_handle = bus.as_ref().map(|(b, _)| b.clone());
+    let cids = Arc::new(crate::edge::cid::CidGen::new());
+    let locks = Arc::new(crate::deploy::Locks::default());
+    let jobs = Arc::new(crate::scheduler::JobsTable::new(boot.snapshot.jobs.clone()));
+    let notifier = Arc::new(crate::lifecycle::sdnotify::Notifier::from_env());
+    let deploy = Arc::new(crate::deploy::Ctx {
+        pool: pool.clone(),
+        store: store.clone(),
+        node: node.clone(),
+        locks: locks.clone(),
+        peers: bus_handle
+            .clone()
+            .map(|b| b as Arc<dyn crate::deploy::Peers>),
+    });
+    let scheduler = Arc::new(crate::scheduler::Ctx {
+        store: store.clone(),
+        node: node.clone(),
+        pool: pool.clone(),
+        cids: cids.clone(),
+        request_timeout: settings.request_timeout(),
+        jobs: jobs.clone(),
+        status: Default::default(),
+    });
+    let sync = Arc::new(crate::cluster::sync::Ctx {
+        node: node.clone(),
+        store: store.clone(),
+        settings: settings.clone(),
+        pool: pool.clone(),
+        locks: locks.clone(),
+        routes: routes.clone(),
+        jobs,
+        bus: bus_handle.clone(),
+        disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
+    });
+    let http = Arc::new(crate::edge::http::Ctx {
+        pool: pool.clone(),
+        routes: routes.clone(),
+        settings: settings.clone(),
+        node: node.clone(),
+        cids: cids.clone(),
+    });
+    let admin = Arc::new(crate::admin::Ctx {
+        pool: pool.clone(),
+        routes,
+        settings: settings.clone(),
+        node: node.clone(),
+        cids,
+        store: store.clone(),
+        key,
+        locks,
+        deploy: deploy.clone(),
+        scheduler: scheduler.clone(),
+        bus: bus_handle,
+    });
+
+    let welcome = WelcomeTemplate {
+        threads: settings.server.threads,
+        services_dir: services_dir.display().to_string(),
+        heartbeat_ms: settings.workers.heartbeat_ms,
+        log_level: python_log_level(&settings.server.log_level),
+        startup_timeout: Duration::from_millis(settings.workers.startup_timeout_ms),
+        modules_loaded: Arc::new(tokio::sync::Mutex::new(false)),
+        modules: Arc::new(crate::deploy::WorkerModules),
+    };
+    tokio::spawn(crate::lifecycle::handshake::accept_workers(
+        ipc,
+        pool.clone(),
+        ev_tx.clone(),
+        welcome,
+    ));
+    crate::lifecycle::supervisor::spawn_signal_listener(ev_tx.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pickup_dir = match pickup {
+        Some(w) => {
+            let dir = w.dir().display().to_string();
+            tokio::spawn(crate::deploy::watch::pickup(
+                deploy.clone(),
+                w,
+                shutdown_rx.clone(),
+            ));
+            dir
+        }
+        None => "none".to_owned(),
+    };
+    tokio::spawn(crate::edge::http::serve(
+        listener,
+        http,
+        shutdown_rx,
+        ev_tx.clone(),
+    ));
+    tokio::spawn(crate::admin::serve(admin_listener, admin, admin_token));
+    tokio::spawn(crate::cluster::membership::server_heartbeat(
+        node.clone(),
+        store.clone(),
+        me.clone(),
+    ));
+    if let Some((bus, listener)) = bus {
+        let (cache_tx, cache_rx) = mpsc::unbounded_channel();
+        pool.caches.replicate_to(cache_tx);
+        tokio::spawn(crate::cluster::bus::replicate_caches(bus.clone(), cache_rx));
+        tokio::spawn(crate::cluster::bus::listen(
+            bus.clone(),
+            sync.clone(),
+            listener,
+        ));
+        tokio::spawn(crate::cluster::bus::dial_peers(bus, sync.clone()));
+    }
+    tokio::spawn(crate::cluster::sync::run(
+        sync.clone(),
+        boot.online.then_some(boot.snapshot),
+    ));
+    tokio::spawn(notifier.clone().watch());
+    // `oxbus reload --pid` (systemd's ExecReload=) reads the reloads' outcome here.
+    let reloads = crate::lifecycle::reload::Reloads::new(1);
+    match crate::lifecycle::reload::bind() {
+        Ok(l) => {
+            tokio::spawn(crate::lifecycle::reload::serve(l, reloads.clone()));
+        }
+        Err(e) => {
+            warn!(error = %e, "no reload status socket: `oxbus reload` cannot follow this server's reloads")
+        }
+    }
+    tokio::spawn(crate::scheduler::run(scheduler.clone()));
+
+    let desired = settings.worker_count();
+    info!(listen = %local, workers = desired, python = %settings.server.python,
+          services = %services_dir.display(), admin = %admin_local, store = %crate::store::redact_url(&store_url),
+          pickup = %pickup_dir, "oxbus server starting");
+    let status = scheduler.status.clone();
+    let mut sup = Supervisor::new(Parts {
+        launch: Launch {
+            python: settings.server.python.clone(),
+            cwd: settings.base_dir.clone(),
+            python_path,
+            socket,
+        },
+        settings,
+        pool,
+        node,
+        notifier,
+        on_stop: Box::new(move || status.stop()),
+        events: ev_tx,
+        reloads,
+        shutdown_tx,
+        started_at,
+    });
+    sup.start()?;
+    let result = sup.run(ev_rx).await;
+    // Peers see a clean stop, not a lost link (best effort: sent while deregistering).
+    if let Some(bus) = &sync.bus {
+        bus.say_bye().await;
+    }
+    scheduler.status.stop();
+    leave_store(&scheduler, &me).await;
+    drop(runtime);
+    result
+}
+
+/// The secrets key: the systemd credential or the key file (created when missing and the
+/// store holds no secret); refused when the store's secrets were sealed with another key.
+/// `sealed` is one sealed value the store (or the snapshot) holds, if any.
+fn load_secret_key(
+    settings: &Settings,
+    sealed: Option<&str>,
+) -> Result<crate::secrets::Key, ServerError> {
+    let stored_id = sealed.and_then(crate::secrets::sealed_key_id);
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let key = crate::secrets::Key::load(creds.as_deref(), &settings.secret_key_file(), stored_id)
+        .map_err(|e| ServerError::Fatal(e.to_string()))?;
+    if let Some(id) = stored_id.filter(|id| *id != key.id()) {
+        return Err(ServerError::Fatal(format!(
+            "the config store's secrets were sealed with key {id}, but {} holds key {}: \
+             point store.key_file (or the systemd credential {}) at the right key",
+            key.source.display(),
+            key.id(),
+            crate::secrets::CREDENTIAL
+        )));
+    }
+    info!(key = key.id(), file = %key.source.display(), "secrets key loaded");
+    Ok(key)
+}
+
+/// The services directory, created (private, like every directory the server makes) when
+/// it is missing and its parent exists — as the pickup directory is: a server whose services
+/// all come from deploys needs no file there, and a cluster's servers should not have to be
+/// prepared by hand. A missing parent is a typo more likely than a wish, so it stays an error.
+fn ensure_services_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if dir.exists() {
+        return Err(ServerError::Fatal(format!(
+            "the services directory {} is not a directory",
+            dir.display()
+        )));
+    }
+    let parent = dir.parent().unwrap_or(std::path::Path::new("/"));
+    if !parent.is_dir() {
+        return Err(ServerError::Fatal(format!(
+            "the services directory {} does not exist, nor does its parent {}: create it or fix [server] services_dir",
+            dir.display(),
+            parent.display()
+        )));
+    }
+    std::fs::create_dir(dir).map_err(io_err(format!(
+        "cannot create the services directory {}",
+        dir.display()
+    )))?;
+    info!(dir = %dir.display(), "created the services directory");
+    Ok(())
+}
+
+/// What a stop owes the store: the history of the scheduled runs that finished, the
+/// scheduler's lease handed back (only by the server that holds it: the lead goes to another
+/// server now, not when the lease runs out), this server's row removed. All of it within
+/// `STOP_STORE_LIMIT`; none of it when one connection attempt finds nothing answering at
+/// the store's address (asked even when the sync loop has not noticed an outage yet: it may
+/// have begun a moment ago) — then the row goes stale (30 s) and a lease runs out (5 s) on
+/// their own, and waiting would only delay the stop.
+async fn leave_store(scheduler: &crate::scheduler::Ctx, me: &crate::store::ServerRecord) {
+    let store = &scheduler.store;
+    if let crate::store::Reach::Down(e) = store.probe(Duration::from_secs(1)).await {
+        info!(error = %e, "the config store is down: stopping without it (this server's row goes stale on its own, a scheduler lease it held runs out)");
+        return;
+    }
+    let work = async {
+        crate::scheduler::flush_history(&scheduler.status, STOP_STORE_LIMIT).await;
+        // A renewal the lease task had in flight lands (and is handed back by it) before
+        // the hand-back below: none can put the lease back after it. Bounded apart, so that
+        // a slow renewal does not use up the stop's budget and leave this server listed: at
+        // worst a renewal landing late holds the lease for one more TTL.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::scheduler::lease_task_ended(&scheduler.status),
+        )
+        .await;
+        if let Err(e) = crate::scheduler::hand_back(scheduler).await {
+            warn!(error = %e, "could not hand the scheduler's lease back: another server leads once it runs out");
+        }
+        if let Err(e) = store.deregister_server(&me.name, me.pid).await {
+            warn!(error = %e, "could not remove this server from the store's server list");
+        }
+    };
+    if tokio::time::timeout(STOP_STORE_LIMIT, work).await.is_err() {
+        warn!(
+            limit_s = STOP_STORE_LIMIT.as_secs(),
+            "the config store did not answer at stop: this server's row goes stale and a scheduler lease it held runs out on their own"
+        );
+    }
+}
+
+/// How long a stop waits on the config store, all of it together.
+const STOP_STORE_LIMIT: Duration = Duration::from_secs(3);
+
+/// Binds the cluster bus when this server runs one (a PostgreSQL store and a cluster secret),
+/// recording its address in `me`.
+async fn start_bus(
+    settings: &Settings,
+    store: &crate::store::Store,
+    me: &mut crate::store::ServerRecord,
+) -> Result<Option<(Arc<crate::cluster::bus::Bus>, TcpListener)>, ServerError> {
+    let Some(secret) = settings.cluster_secret_file() else {
+        return Ok(None);
+    };
+    if matches!(store, crate::store::Store::Sqlite(_)) {
+        warn!("cluster.secret_file is set but the store is SQLite (one server): no cluster bus");
+        return Ok(None);
+    }
+    let bus = crate::cluster::bus::Bus::new(&settings.cluster.name, &me.name, &secret)
+        .map_err(ServerError::Fatal)?;
+    let listener = TcpListener::bind(settings.cluster.bus_listen)
+        .await
+        .map_err(io_err(format!(
+            "cannot listen on {} (cluster bus)",
+            settings.cluster.bus_listen
+        )))?;
+    let local = listener.local_addr().map_err(io_err("local_addr"))?;
+    let advertised = settings.cluster.bus_address.unwrap_or(local);
+    me.bus_address = Some(advertised.to_string());
+    info!(bus = %local, advertised = %advertised, cluster = %settings.cluster.name, "cluster bus started");
+    Ok(Some((Arc::new(bus), listener)))
+}
+
+/// What a server boots with: the store, and the config to serve until the first sync.
+struct Boot {
+    store: crate::store::Store,
+    snapshot: crate::cluster::snapshot::Snapshot,
+    /// False when the store was down and the snapshot came from disk.
+    online: bool,
+}
+
+/// Opens the store and reads the config from it; when a PostgreSQL store is unreachable,
+/// boots from the on-disk snapshot instead (a missing or corrupt one stops the server).
+async fn open_store(settings: &Settings, url: &str) -> Result<Boot, ServerError> {
+    let redacted = crate::store::redact_url(url);
+    if url.starts_with("postgres") {
+        // One connection attempt first: when nothing answers at the store's address it is
+        // down, and a snapshot to serve makes waiting long pointless (the pool would retry a
+        // refused connection for its whole 5 s). A store that answers, even slowly, or a
+        // database still starting up, is opened the usual way below, with its waits: a slow
+        // store is not a down one.
+        if let crate::store::Reach::Down(why) =
+            crate::store::Store::probe_url(url, BOOT_PROBE_LIMIT).await
+        {
+            let path = settings.snapshot_file();
+            match crate::cluster::snapshot::Snapshot::read(&path) {
+                // A refusal may only mean that PostgreSQL is not listening yet (the machine
+                // booted and both start together): it is looked for again for a short while
+                // before the snapshot, perhaps an old one, is served.
+                Ok(_) if !still_down(url, &redacted).await => {}
+                Ok(snapshot) => {
+                    warn!(store = %redacted, error = %why, snapshot = %path.display(),
+                          config_version = snapshot.config_version,
+                          waited_ms = BOOT_STORE_GRACE.as_millis() as u64,
+                          "nothing answers at the config store's address: serving the on-disk snapshot, until the store is back");
+                    let store = crate::store::Store::lazy(url)
+                        .map_err(|e| ServerError::Fatal(format!("config store {redacted}: {e}")))?;
+                    return Ok(Boot {
+                        store,
+                        snapshot,
+                        online: false,
+                    });
+                }
+                // No snapshot to serve: the store is waited for the usual way (and its
+                // absence then stops the server with both reasons).
+                Err(s) => {
+                    info!(store = %redacted, error = %why, snapshot = %s, "the config store does not answer yet and there is no snapshot to serve: waiting for it")
+                }
+            }
+        }
+    }
+    let e = match crate::store::Store::open(url).await {
+        Ok(store) => match crate::cluster::snapshot::Snapshot::take(&store).await {
+            Ok(snapshot) => {
+                return Ok(Boot {
+                    store,
+                    snapshot,
+                    online: true,
+                });
+            }
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    let unreachable = matches!(e, crate::store::StoreError::Db(_)) && url.starts_with("postgres");
+    if !unreachable {
+        return Err(ServerError::Fatal(format!(
+            "cannot open the config store {redacted}: {e}"
+        )));
+    }
+    let path = settings.snapshot_file();
+    let snapshot = crate::cluster::snapshot::Snapshot::read(&path).map_err(|s| {
+        ServerError::Fatal(format!(
+            "the config store {redacted} is unreachable ({e}) and {s}: nothing safe to serve"
+        ))
+    })?;
+    warn!(store = %redacted, error = %e, snapshot = %path.display(),
+          config_version = snapshot.config_version,
+          "the config store is unreachable: serving the on-disk snapshot until it is back");
+    let store = crate::store::Store::lazy(url)
+        .map_err(|e| ServerError::Fatal(format!("config store {redacted}: {e}")))?;
+    Ok(Boot {
+        store,
+        snapshot,
+        online: false,
+    })
+}
+
+/// How long the boot's first connection attempt to a PostgreSQL store may take before the
+/// store is opened the usual way (a refused connection answers in microseconds).
+const BOOT_PROBE_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a boot keeps looking for a PostgreSQL store whose address refused the first
+/// attempt before it serves its snapshot (docs/CLUSTER.md): a database started with the
+/// server after a reboot may not listen yet.
+const BOOT_STORE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the boot looks again during `BOOT_STORE_GRACE`.
+const BOOT_STORE_RETRY: Duration = Duration::from_millis(200);
+
+/// Whether the store at `url` still refuses connections after `BOOT_STORE_GRACE` (looked
+/// for every `BOOT_STORE_RETRY`); false as soon as anything answers at its address (it is
+/// then opened the usual way).
+async fn still_down(url: &str, redacted: &str) -> bool {
+    let until = tokio::time::Instant::now() + BOOT_STORE_GRACE;
+    info!(store = %redacted, grace_ms = BOOT_STORE_GRACE.as_millis() as u64,
+          "nothing answers at the config store's address yet: looking for it a little longer before serving the snapshot");
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(BOOT_STORE_RETRY).await;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let limit = left.clamp(Duration::from_millis(100), BOOT_PROBE_LIMIT);
+        if !matches!(
+            crate::store::Store::probe_url(url, limit).await,
+            crate::store::Reach::Down(_)
+        ) {
+            info!(store = %redacted, "the config store's address answers now: opening it");
+            return false;
+        }
+    }
+    true
+}
+
+fn python_log_level(level: &str) -> String {
+    let first = level.split(',').next().unwrap_or("info").trim();
+    match first {
+        "trace" | "debug" => "debug",
+        "warn" | "warning" => "warning",
+        "error" => "error",
+        _ => "info",
+    }
+    .to_owned()
+}
