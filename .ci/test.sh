@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# Layer rules a machine can check (ARCHITECTURE.md): no import cycle between the
+# supervisor's top-level modules, none inside the Python worker package.
+python3 .ci/modcycles.py
+python3 .ci/pycycles.py
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads="${OXBUS_TEST_THREADS:-2}"
 python3 -m pytest -q python-worker/tests
