@@ -17,12 +17,12 @@
 
 pub mod app;
 pub mod config;
+pub mod error;
 pub mod h1;
 pub mod pool;
 pub mod stats;
 pub mod upstream;
 
-use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, RunArgs, Server};
@@ -38,10 +38,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 pub use config::ProxyConfig;
+pub use error::{ListError, ProxyError, SourceError};
 use pingora_load_balancing::Backend;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 
-use crate::upstream::{Registry, backend_addr};
+use crate::upstream::{CheckFailure, Registry, backend_addr};
 
 /// A cluster has at most this many servers.
 pub const MAX_UPSTREAMS: usize = 3;
@@ -70,7 +71,7 @@ pub struct SourcedServer {
 /// [`ProxyConfig::refresh_timeout`] keeps the last list.
 #[async_trait]
 pub trait ServerSource: Send + Sync {
-    async fn servers(&self) -> Result<Vec<SourcedServer>, String>;
+    async fn servers(&self) -> Result<Vec<SourcedServer>, SourceError>;
 }
 
 /// The servers a proxy balances over: the file's static list, or a [`ServerSource`].
@@ -91,7 +92,7 @@ impl ServiceDiscovery for StaticServers {
 /// A runtime of the proxy's own for the server source and the first list and checks: it
 /// exists before pingora's runtimes start, and it is never dropped (a runtime may not be
 /// dropped from inside another one, which is where pingora ends).
-fn side_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+fn side_runtime() -> Result<&'static tokio::runtime::Runtime, ProxyError> {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     if let Some(rt) = RT.get() {
         return Ok(rt);
@@ -101,7 +102,7 @@ fn side_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
         .thread_name("proxy-servers")
         .enable_all()
         .build()
-        .context("cannot start the server-list runtime")?;
+        .map_err(ProxyError::SideRuntime)?;
     Ok(RT.get_or_init(|| rt))
 }
 
@@ -122,24 +123,24 @@ struct Dynamic {
     /// A read taking longer is abandoned (an error like any other: the last list is kept).
     timeout: Duration,
     /// The last error, logged once until the source recovers.
-    failing: std::sync::Mutex<Option<String>>,
+    failing: std::sync::Mutex<Option<Arc<ListError>>>,
     /// The last list: each server's address and run.
     known: std::sync::Mutex<std::collections::BTreeMap<std::net::SocketAddr, String>>,
 }
 
 impl Dynamic {
-    async fn read(&self) -> Result<Vec<SourcedServer>, String> {
+    async fn read(&self) -> Result<Vec<SourcedServer>, ListError> {
         let source = self.source.clone();
         let mut task = AbortOnDrop(self.rt.spawn(async move { source.servers().await }));
         match tokio::time::timeout(self.timeout, &mut task.0).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(format!("server list read failed: {e}")),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(e)) => Err(ListError::Task(e)),
+            Err(_) => Err(ListError::Timeout(self.timeout)),
         }
     }
 
     /// The last error, if the last read failed.
-    fn last_error(&self) -> Option<String> {
+    fn last_error(&self) -> Option<Arc<ListError>> {
         self.failing.lock().expect("lock").clone()
     }
 }
@@ -191,14 +192,15 @@ impl ServiceDiscovery for Dynamic {
                 Ok((set, HashMap::new()))
             }
             Err(e) => {
+                let message = e.to_string();
                 let mut failing = self.failing.lock().expect("lock");
-                if failing.as_deref() != Some(e.as_str()) {
-                    warn!(error = %e, "cannot read the server list; keeping the last one");
-                    *failing = Some(e.clone());
+                if failing.as_ref().map(|f| f.to_string()).as_deref() != Some(message.as_str()) {
+                    warn!(error = %message, "cannot read the server list; keeping the last one");
+                    *failing = Some(Arc::new(e));
                 }
                 Err(pingora_core::Error::explain(
                     pingora_core::ErrorType::InternalError,
-                    e,
+                    message,
                 ))
             }
         }
@@ -231,7 +233,7 @@ impl HealthCheck for ReadyzCheck {
         let run = backend_addr(target).map(|a| self.registry.get(a));
         let r = self.inner.check(target).await;
         if let Some(u) = run {
-            let result = r.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            let result = r.as_ref().map(|_| ()).map_err(|e| CheckFailure::from(&**e));
             match self.registry.record(&u, result) {
                 Some(true) => info!(upstream = %target.addr, "server is up"),
                 Some(false) => warn!(
@@ -316,7 +318,7 @@ fn first_list_and_checks(
     cfg: &ProxyConfig,
     lb: &LoadBalancer<RoundRobin>,
     dynamic: Option<&Dynamic>,
-) -> anyhow::Result<Result<(), String>> {
+) -> Result<Result<(), Arc<ListError>>, ProxyError> {
     let rt = side_runtime()?;
     let check_timeout = Duration::from_millis(cfg.health.timeout_ms + 1_000);
     Ok(rt.block_on(async {
@@ -330,7 +332,7 @@ fn first_list_and_checks(
             if now >= deadline {
                 return Err(dynamic
                     .and_then(Dynamic::last_error)
-                    .unwrap_or_else(|| "the store did not answer in time".into()));
+                    .unwrap_or_else(|| Arc::new(ListError::NoAnswer)));
             }
             // Paced, but never past the deadline.
             tokio::time::sleep_until(deadline.min(now + Duration::from_millis(200))).await;
@@ -358,25 +360,26 @@ fn alive(pid: i32) -> bool {
 /// Runs the proxy until SIGTERM (graceful stop), SIGINT (fast stop) or SIGQUIT (hand-over
 /// to an upgraded process). With `upgrade`, takes the listening sockets from the running
 /// proxy named by the pid file instead of binding them.
-pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Result<()> {
+pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> Result<(), ProxyError> {
     if matches!(upstreams, Upstreams::Static) && cfg.upstreams.servers.is_empty() {
-        bail!("the proxy config names a store: its servers need a ServerSource");
+        return Err(ProxyError::NeedsSource);
     }
     let p = &cfg.proxy;
-    std::fs::create_dir_all(&p.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", p.state_dir.display()))?;
+    std::fs::create_dir_all(&p.state_dir).map_err(|source| ProxyError::StateDir {
+        path: p.state_dir.clone(),
+        source,
+    })?;
     let pid_file = cfg.pid_file();
     let running = read_pid(&pid_file).filter(|&pid| alive(pid) && pid != std::process::id() as i32);
     let old = match (upgrade, running) {
         (true, Some(pid)) => Some(pid),
-        (true, None) => bail!(
-            "--upgrade: no running proxy to take over (pid file {} names no live process)",
-            pid_file.display()
-        ),
-        (false, Some(pid)) => bail!(
-            "a proxy (pid {pid}) already runs with state_dir {}; use --upgrade to replace it",
-            p.state_dir.display()
-        ),
+        (true, None) => return Err(ProxyError::NothingToUpgrade { pid_file }),
+        (false, Some(pid)) => {
+            return Err(ProxyError::AlreadyRunning {
+                pid,
+                state_dir: p.state_dir.clone(),
+            });
+        }
         (false, None) => {
             // Fail with a clear message now rather than inside pingora's listener setup.
             let mut addrs = vec![p.listen.as_str()];
@@ -385,7 +388,10 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
                 addrs.push(p.stats_listen.as_str());
             }
             for a in addrs {
-                std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a}"))?;
+                std::net::TcpListener::bind(a).map_err(|source| ProxyError::Listen {
+                    addr: a.to_owned(),
+                    source,
+                })?;
             }
             None
         }
@@ -411,7 +417,10 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
         None => {
             let mut set = BTreeSet::new();
             for s in &cfg.upstreams.servers {
-                set.insert(Backend::new(s).with_context(|| format!("upstream {s}"))?);
+                set.insert(Backend::new(s).map_err(|source| ProxyError::Upstream {
+                    server: s.clone(),
+                    source,
+                })?);
             }
             Box::new(StaticServers(set))
         }
@@ -439,10 +448,10 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
     if let Err(e) = first_list_and_checks(&cfg, &lb, dynamic.as_deref())? {
         let waited = cfg.first_list_timeout().as_millis() as u64;
         if upgrade {
-            bail!(
-                "--upgrade: no server list from the config store within {waited} ms ({e}); \
-                 the running proxy keeps serving: upgrade again once the store answers"
-            );
+            return Err(ProxyError::UpgradeWithoutList {
+                waited_ms: waited,
+                reason: e,
+            });
         }
         error!(
             waited_ms = waited,
@@ -486,7 +495,7 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGQUIT,
         )
-        .with_context(|| format!("cannot signal the running proxy (pid {pid})"))?;
+        .map_err(|source| ProxyError::Signal { pid, source })?;
     }
     server.bootstrap();
 
@@ -527,7 +536,7 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
             &tls.cert_file.display().to_string(),
             &tls.key_file.display().to_string(),
         )
-        .map_err(|e| anyhow::anyhow!("TLS certificate or key: {e}"))?;
+        .map_err(ProxyError::Tls)?;
         service.add_listener(
             ListenerConfig::tcp(tls.listen.clone())
                 .tls(settings)
@@ -601,10 +610,13 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> anyhow::Res
                     info!(?phase, "draining: answers now close their connections");
                 }
             }
-        })?;
+        })
+        .map_err(ProxyError::Thread)?;
 
-    std::fs::write(&pid_file, format!("{me}\n"))
-        .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    std::fs::write(&pid_file, format!("{me}\n")).map_err(|source| ProxyError::WritePid {
+        path: pid_file.clone(),
+        source,
+    })?;
     server.run(RunArgs::default());
     remove_pid_file(&pid_file, me);
     info!("proxy stopped");
@@ -622,7 +634,7 @@ mod tests {
 
     #[async_trait]
     impl ServerSource for Listed {
-        async fn servers(&self) -> Result<Vec<SourcedServer>, String> {
+        async fn servers(&self) -> Result<Vec<SourcedServer>, SourceError> {
             Ok(self.0.lock().unwrap().clone())
         }
     }
@@ -646,7 +658,7 @@ mod tests {
         };
         *list.lock().unwrap() = vec![run("a/1/1")];
         d.discover().await.unwrap();
-        registry.record_check(addr, Err("503".into()));
+        registry.record_check(addr, Err(CheckFailure("503".into())));
         let first = registry.get(addr);
         // Listed again as the same run: the same entry, its failing check remembered.
         d.discover().await.unwrap();

@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 use crate::config::Balance;
 use crate::pool::Pool;
 
+/// Why an active check failed: its reason as the stats page and the log show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFailure(pub String);
+
+impl From<&pingora_core::Error> for CheckFailure {
+    fn from(e: &pingora_core::Error) -> Self {
+        CheckFailure(e.to_string())
+    }
+}
+
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
 pub const LATENCY_BOUNDS_US: [u64; 18] = [
     500, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 25_000, 50_000, 100_000, 250_000,
@@ -218,7 +228,7 @@ impl Registry {
     }
 
     /// Records an active check's result for the current run at `addr`; see [`Self::record`].
-    pub fn record_check(&self, addr: SocketAddr, result: Result<(), String>) -> Option<bool> {
+    pub fn record_check(&self, addr: SocketAddr, result: Result<(), CheckFailure>) -> Option<bool> {
         self.record(&self.get(addr), result)
     }
 
@@ -227,7 +237,7 @@ impl Registry {
     /// when it changed. The first check decides; then `rise` consecutive passes bring a
     /// server up and `fall` consecutive failures take it down. A pass also lifts a passive
     /// mark: the server is back (restarted, say) before the mark would have lapsed.
-    pub fn record(&self, u: &Upstream, result: Result<(), String>) -> Option<bool> {
+    pub fn record(&self, u: &Upstream, result: Result<(), CheckFailure>) -> Option<bool> {
         let ok = result.is_ok();
         match result {
             Ok(()) => {
@@ -237,7 +247,7 @@ impl Registry {
             }
             Err(e) => {
                 u.check_ok.store(false, Ordering::Relaxed);
-                *u.last_check_error.lock().expect("check error lock") = Some(e);
+                *u.last_check_error.lock().expect("check error lock") = Some(e.0);
             }
         }
         u.checks.fetch_add(1, Ordering::Relaxed);
@@ -444,7 +454,7 @@ mod tests {
     fn a_failing_check_is_remembered() {
         let r = Registry::new(Balance::RoundRobin, Duration::from_secs(5));
         let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        r.record_check(a, Err("503".into()));
+        r.record_check(a, Err(CheckFailure("503".into())));
         let u = r.get(a);
         assert!(u.checked.load(Ordering::Relaxed));
         assert!(!u.check_ok.load(Ordering::Relaxed));
@@ -459,7 +469,10 @@ mod tests {
         checked(&r, &addrs);
         let a: SocketAddr = addrs[0].parse().unwrap();
         // Stopping: its check fails, it is taken down and marked; it leaves the list.
-        assert_eq!(r.record_check(a, Err("503".into())), Some(false));
+        assert_eq!(
+            r.record_check(a, Err(CheckFailure("503".into()))),
+            Some(false)
+        );
         r.mark_passive_down(&r.get(a));
         assert!((0..10).all(|_| r.pick(&lb, &[]).unwrap().addr != a));
         // Back as a new run: nothing of the old run holds it out, but it waits for a check.
@@ -472,7 +485,7 @@ mod tests {
         assert_eq!(r.record_check(a, Ok(())), Some(true));
         assert!((0..10).any(|_| r.pick(&lb, &[]).unwrap().addr == a));
         // A late result for the old run changes nothing that serves.
-        assert_eq!(r.record(&old, Err("refused".into())), None);
+        assert_eq!(r.record(&old, Err(CheckFailure("refused".into()))), None);
         assert!(r.is_up(&r.get(a)));
     }
 
@@ -485,13 +498,16 @@ mod tests {
             Some(true),
             "the first check decides"
         );
-        assert_eq!(r.record_check(a, Err("x".into())), None);
-        assert_eq!(r.record_check(a, Err("x".into())), None);
+        assert_eq!(r.record_check(a, Err(CheckFailure("x".into()))), None);
+        assert_eq!(r.record_check(a, Err(CheckFailure("x".into()))), None);
         assert_eq!(r.record_check(a, Ok(())), None, "a pass resets the count");
         for _ in 0..2 {
-            assert_eq!(r.record_check(a, Err("x".into())), None);
+            assert_eq!(r.record_check(a, Err(CheckFailure("x".into()))), None);
         }
-        assert_eq!(r.record_check(a, Err("x".into())), Some(false));
+        assert_eq!(
+            r.record_check(a, Err(CheckFailure("x".into()))),
+            Some(false)
+        );
         assert_eq!(r.record_check(a, Ok(())), None);
         assert_eq!(r.record_check(a, Ok(())), Some(true));
         assert_eq!(r.get(a).checks.load(Ordering::Relaxed), 9);

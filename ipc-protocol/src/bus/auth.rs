@@ -22,6 +22,13 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// The length of a nonce and of a proof, in bytes (64 hex digits on the wire).
 pub const NONCE_LEN: usize = 32;
 
+/// A nonce or proof that is not exactly 64 lower-case hex digits; `what` names which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{what} must be 64 lower-case hex digits")]
+pub struct HexError {
+    pub what: &'static str,
+}
+
 /// 32 random bytes that one side contributes to one handshake; lower-case hex on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Nonce(pub [u8; NONCE_LEN]);
@@ -49,10 +56,8 @@ macro_rules! hex_newtype {
             }
 
             /// Parses exactly 64 lower-case hex digits.
-            pub fn from_hex(s: &str) -> std::result::Result<$t, String> {
-                from_hex32(s)
-                    .map($t)
-                    .ok_or_else(|| format!(concat!($what, " must be 64 lower-case hex digits")))
+            pub fn from_hex(s: &str) -> std::result::Result<$t, HexError> {
+                from_hex32(s).map($t).ok_or(HexError { what: $what })
             }
         }
 

@@ -176,7 +176,7 @@ impl DialerAuthenticated {
         check_servers(&w.servers, &self.server, &self.peer).map_err(|reason| {
             Error::BadPayload {
                 kind: Kind::Welcome,
-                reason,
+                reason: reason.to_string(),
             }
         })?;
         admit(&self.server, &self.peer, linked, &w.servers)?;

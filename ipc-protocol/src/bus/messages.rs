@@ -3,7 +3,7 @@
 //! fields in that order (the golden vectors depend on it), receivers accept any order and
 //! ignore fields they do not know.
 
-use super::{Nonce, Proof, check_name};
+use super::{Error, Nonce, Proof, check_name};
 use serde::{Deserialize, Serialize};
 
 pub use crate::messages::ErrorMsg;
@@ -236,28 +236,41 @@ impl Op {
     }
 }
 
+/// Why a `WELCOME`'s server list is refused (the reason of its [`Error::BadPayload`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServerListError {
+    #[error("{0}")]
+    Name(Error),
+    #[error("servers are not sorted or repeat a name")]
+    Unsorted,
+    #[error("{0} servers listed")]
+    TooMany(usize),
+    #[error("servers do not include {0:?}")]
+    Missing(String),
+}
+
 /// Checks a `WELCOME`'s server list: valid names, strictly ascending, at most
 /// [`super::MAX_SERVERS`], including both ends of the link.
 pub(crate) fn check_servers(
     servers: &[String],
     dialer: &str,
     acceptor: &str,
-) -> Result<(), String> {
+) -> Result<(), ServerListError> {
     for s in servers {
-        check_name("server", s).map_err(|e| e.to_string())?;
+        check_name("server", s).map_err(ServerListError::Name)?;
     }
     if servers
         .windows(2)
         .any(|w| w[0].as_bytes() >= w[1].as_bytes())
     {
-        return Err("servers are not sorted or repeat a name".into());
+        return Err(ServerListError::Unsorted);
     }
     if servers.len() > super::MAX_SERVERS {
-        return Err(format!("{} servers listed", servers.len()));
+        return Err(ServerListError::TooMany(servers.len()));
     }
     for name in [dialer, acceptor] {
         if !servers.iter().any(|s| s == name) {
-            return Err(format!("servers do not include {name:?}"));
+            return Err(ServerListError::Missing(name.to_owned()));
         }
     }
     Ok(())

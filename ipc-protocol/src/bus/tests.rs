@@ -1,3 +1,7 @@
+//! The bus protocol's unit suite: the handshake and its refusals, framing, links, operations,
+//! stream ids, reconnect delays and names. Longer than ~800 lines on purpose: one suite for
+//! the protocol's behaviour, read top to bottom beside `BUS.md`.
+
 use super::*;
 use bytes::BufMut;
 

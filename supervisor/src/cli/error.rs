@@ -136,9 +136,10 @@ pub enum CliError {
     /// `oxbus proxy`: its proxy.toml.
     #[error("{0}")]
     ProxyConfig(#[from] oxbus_proxy::config::ConfigError),
-    /// `oxbus proxy`: the load balancer stopped with an error (its whole chain of causes).
-    #[error("{0:#}")]
-    Proxy(anyhow::Error),
+    /// `oxbus proxy`: the load balancer did not start or stopped with an error (its message
+    /// names the cause).
+    #[error("{0}")]
+    Proxy(#[from] oxbus_proxy::ProxyError),
     /// The log subscriber.
     #[error("{0}")]
     Logging(#[from] super::logging::LoggingError),

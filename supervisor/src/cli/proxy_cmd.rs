@@ -2,7 +2,7 @@
 //! its server list read from the config store when the file names one.
 
 use async_trait::async_trait;
-use oxbus_proxy::{ProxyConfig, ServerSource, SourcedServer, Upstreams};
+use oxbus_proxy::{ProxyConfig, ServerSource, SourceError, SourcedServer, Upstreams};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,13 +22,13 @@ struct StoreServers {
 
 #[async_trait]
 impl ServerSource for StoreServers {
-    async fn servers(&self) -> Result<Vec<SourcedServer>, String> {
+    async fn servers(&self) -> Result<Vec<SourcedServer>, SourceError> {
         // Opened on first use, on the runtime the proxy keeps for its server source.
         let store = self
             .store
             .get_or_try_init(|| Store::open(&self.url))
             .await
-            .map_err(|e| format!("config store: {e}"))?;
+            .map_err(|e| SourceError::new("config store", e))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -38,7 +38,7 @@ impl ServerSource for StoreServers {
         for s in store
             .servers()
             .await
-            .map_err(|e| format!("config store: {e}"))?
+            .map_err(|e| SourceError::new("config store", e))?
         {
             if s.last_seen < fresh {
                 continue;

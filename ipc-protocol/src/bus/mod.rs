@@ -14,16 +14,25 @@
 //!
 //! Every error that the peer should hear about becomes an `ERROR` frame with
 //! [`Error::to_frame`]; the connection is closed after it.
+//!
+//! This file owns the constants, frames and their framing, kinds, roles, stream ids and
+//! names; `error.rs` the error type and codes, `auth.rs` the keys and proofs,
+//! `handshake.rs` the handshake machines, `link.rs` an established link, `messages.rs` the
+//! JSON payloads.
 
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
 mod auth;
+mod error;
 mod handshake;
+mod link;
 mod messages;
 
 pub use auth::*;
+pub use error::*;
 pub use handshake::*;
+pub use link::*;
 pub use messages::*;
 
 /// The bus protocol version this crate speaks; sent in `HELLO` and `CHALLENGE`.
@@ -69,202 +78,6 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The longest server or cluster name, in bytes.
 pub const MAX_NAME_LEN: usize = 63;
-
-/// Errors of the cluster bus. [`Error::code`] names the `ERROR` code each one is reported
-/// with, [`Error::to_frame`] builds that frame.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum Error {
-    #[error("frame payload of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: usize, max: usize },
-    #[error("unknown frame kind {0}")]
-    UnknownKind(u8),
-    #[error("unknown flag bits {0:#04x}")]
-    UnknownFlags(u8),
-    #[error("flag bits {flags:#04x} are not allowed on {kind}")]
-    FlagsNotAllowed { kind: Kind, flags: u8 },
-    #[error("{kind} on stream {stream:#x}: {rule}")]
-    BadStream {
-        kind: Kind,
-        stream: u32,
-        rule: &'static str,
-    },
-    #[error("CALL/REPLY meta length {meta_len} exceeds the payload of {payload_len} bytes")]
-    BadMetaLength { meta_len: usize, payload_len: usize },
-    #[error("{kind} payload is invalid: {reason}")]
-    BadPayload { kind: Kind, reason: String },
-    #[error("unexpected {got} frame: expected {expected}")]
-    Unexpected { got: Kind, expected: &'static str },
-    #[error(
-        "{what} {name:?} is not a valid name: {reason} (1 to 63 bytes of a-z, 0-9, '.', '_', \
-         '-', starting with a letter or digit)"
-    )]
-    BadName {
-        what: &'static str,
-        name: String,
-        reason: &'static str,
-    },
-    #[error(
-        "server {local:?} speaks cluster bus protocol {ours}, its peer speaks {theirs}: every \
-         server of a cluster must run an Oxbus release with the same bus protocol"
-    )]
-    ProtocolMismatch {
-        local: String,
-        ours: u32,
-        theirs: u64,
-    },
-    #[error(
-        "server {local:?} is in cluster {ours:?} but server {peer:?} is in cluster {theirs:?}: \
-         check the cluster name in both servers' configuration"
-    )]
-    WrongCluster {
-        local: String,
-        ours: String,
-        peer: String,
-        theirs: String,
-    },
-    #[error(
-        "server {local:?} dialed server {expected:?} but reached {got:?}: the address is stale \
-         or belongs to another server"
-    )]
-    ReachedWrongServer {
-        local: String,
-        expected: String,
-        got: String,
-    },
-    #[error("{}", wrong_direction(.dialer, .acceptor))]
-    WrongDirection { dialer: String, acceptor: String },
-    #[error(
-        "the proof from server {peer:?} does not verify: the two servers do not share the \
-         same cluster secret"
-    )]
-    BadProof { peer: String },
-    #[error(
-        "server {local:?} already has a link with server {peer:?}: the old connection is not \
-         dead yet, or two servers use the same name"
-    )]
-    DuplicateLink { local: String, peer: String },
-    #[error(
-        "a link between {local:?} and {peer:?} would make {count} servers ({}): a cluster has \
-         at most {MAX_SERVERS} servers",
-        .servers.join(", ")
-    )]
-    ServerLimit {
-        local: String,
-        peer: String,
-        count: usize,
-        servers: Vec<String>,
-    },
-    #[error("the peer closed the connection with {code}: {message}")]
-    Refused { code: String, message: String },
-    #[error(
-        "the cluster secret is {len} bytes long; it must have at least {min} (for example \
-         the output of `openssl rand -hex 32`)"
-    )]
-    WeakSecret { len: usize, min: usize },
-    #[error("cannot read random bytes from the operating system: {0}")]
-    Random(String),
-}
-
-fn wrong_direction(dialer: &str, acceptor: &str) -> String {
-    if dialer == acceptor {
-        format!("server {dialer:?} reached itself: a server has no link to itself")
-    } else {
-        format!(
-            "server {dialer:?} dialed server {acceptor:?}, but the server whose name sorts \
-             first dials: {acceptor:?} must dial {dialer:?}"
-        )
-    }
-}
-
-/// `Result` with the bus [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The `code` of an `ERROR` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// A malformed frame or payload, an unknown kind or flag, a frame out of order.
-    ProtocolError,
-    /// The two servers speak different bus protocol versions.
-    ProtocolMismatch,
-    /// The two servers are configured with different cluster names.
-    WrongCluster,
-    /// The names do not fit: another server answered, the wrong side dialed, or a server
-    /// reached itself.
-    UnexpectedServer,
-    /// A handshake proof did not verify: the secrets differ.
-    BadProof,
-    /// The two servers already have a link.
-    DuplicateLink,
-    /// The link would make more than [`MAX_SERVERS`] servers.
-    ServerLimit,
-}
-
-impl ErrorCode {
-    /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 7] = [
-        ErrorCode::ProtocolError,
-        ErrorCode::ProtocolMismatch,
-        ErrorCode::WrongCluster,
-        ErrorCode::UnexpectedServer,
-        ErrorCode::BadProof,
-        ErrorCode::DuplicateLink,
-        ErrorCode::ServerLimit,
-    ];
-
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::ProtocolError => "protocol_error",
-            ErrorCode::ProtocolMismatch => "protocol_mismatch",
-            ErrorCode::WrongCluster => "wrong_cluster",
-            ErrorCode::UnexpectedServer => "unexpected_server",
-            ErrorCode::BadProof => "bad_proof",
-            ErrorCode::DuplicateLink => "duplicate_link",
-            ErrorCode::ServerLimit => "server_limit",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Error {
-    /// The `ERROR` code this error is reported to the peer with, or `None` when the peer is
-    /// not told: it refused first ([`Error::Refused`]), or the problem is local
-    /// ([`Error::WeakSecret`], [`Error::Random`]).
-    pub fn code(&self) -> Option<ErrorCode> {
-        Some(match self {
-            Error::TooLarge { .. }
-            | Error::UnknownKind(_)
-            | Error::UnknownFlags(_)
-            | Error::FlagsNotAllowed { .. }
-            | Error::BadStream { .. }
-            | Error::BadMetaLength { .. }
-            | Error::BadPayload { .. }
-            | Error::Unexpected { .. }
-            | Error::BadName { .. } => ErrorCode::ProtocolError,
-            Error::ProtocolMismatch { .. } => ErrorCode::ProtocolMismatch,
-            Error::WrongCluster { .. } => ErrorCode::WrongCluster,
-            Error::ReachedWrongServer { .. } | Error::WrongDirection { .. } => {
-                ErrorCode::UnexpectedServer
-            }
-            Error::BadProof { .. } => ErrorCode::BadProof,
-            Error::DuplicateLink { .. } => ErrorCode::DuplicateLink,
-            Error::ServerLimit { .. } => ErrorCode::ServerLimit,
-            Error::Refused { .. } | Error::WeakSecret { .. } | Error::Random(_) => return None,
-        })
-    }
-
-    /// The `ERROR` frame to send before closing the connection, or `None` when nothing is
-    /// sent (see [`Error::code`]).
-    pub fn to_frame(&self) -> Option<Frame> {
-        self.code()
-            .map(|code| Frame::error(code, &self.to_string()))
-    }
-}
 
 /// Frame kinds of the cluster bus (one byte on the wire; not the IPC protocol's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -712,151 +525,6 @@ pub fn check_name(what: &'static str, name: &str) -> Result<()> {
         return bad("it has a character other than a-z, 0-9, '.', '_', '-'");
     }
     Ok(())
-}
-
-/// An established link, the result of a completed handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// This server's name.
-    pub local: String,
-    /// The authenticated peer's name.
-    pub peer: String,
-    /// This server's role on the link.
-    pub role: Role,
-}
-
-/// A frame received on an established link, checked and typed by [`Link::parse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
-    /// Answer with [`Frame::pong`] and the same nonce.
-    Ping([u8; 8]),
-    Pong([u8; 8]),
-    /// The peer wrote `config_version` to the store.
-    Notify(Notify),
-    /// A call on a stream the peer opened: read `meta` with [`Op::parse`]. With
-    /// `asynchronous`, nothing is sent back, not even an error.
-    Call {
-        stream: u32,
-        asynchronous: bool,
-        meta: Bytes,
-        body: Bytes,
-    },
-    /// The answer to a call this side made on `stream`.
-    Reply {
-        stream: u32,
-        status: u16,
-        body: Bytes,
-    },
-    /// The peer closes gracefully: send it no new call.
-    Bye,
-}
-
-impl Link {
-    /// The stream id allocator of this side of the link (one per link: every call made on
-    /// the link takes its id from the same allocator).
-    pub fn stream_ids(&self) -> StreamIds {
-        StreamIds::new(self.role)
-    }
-
-    /// Checks a frame received after the handshake against `BUS.md` and types it. An
-    /// `ERROR` from the peer is [`Error::Refused`]; any other error is a protocol violation
-    /// to report with [`Error::to_frame`] before closing.
-    pub fn parse(&self, frame: Frame) -> Result<Incoming> {
-        let stream = frame.stream;
-        match frame.kind {
-            Kind::Hello | Kind::Challenge | Kind::Auth | Kind::Welcome => Err(Error::Unexpected {
-                got: frame.kind,
-                expected: "anything but a handshake frame after WELCOME",
-            }),
-            Kind::Ping | Kind::Pong => {
-                let nonce: [u8; 8] =
-                    frame
-                        .payload
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| Error::BadPayload {
-                            kind: frame.kind,
-                            reason: format!("{} bytes, not 8", frame.payload.len()),
-                        })?;
-                Ok(if frame.kind == Kind::Ping {
-                    Incoming::Ping(nonce)
-                } else {
-                    Incoming::Pong(nonce)
-                })
-            }
-            Kind::Notify => {
-                let n: Notify = frame.parse_json()?;
-                if n.server != self.peer {
-                    return Err(Error::BadPayload {
-                        kind: Kind::Notify,
-                        reason: format!("server {:?} is not the sender, {:?}", n.server, self.peer),
-                    });
-                }
-                Ok(Incoming::Notify(n))
-            }
-            Kind::Call => {
-                if !self.role.peer().owns(stream) {
-                    return Err(Error::BadStream {
-                        kind: Kind::Call,
-                        stream,
-                        rule: "a CALL must be on a stream of the sender's half",
-                    });
-                }
-                let (meta, body) = frame.split_meta()?;
-                Ok(Incoming::Call {
-                    stream,
-                    asynchronous: frame.flags & FLAG_ASYNC != 0,
-                    meta,
-                    body,
-                })
-            }
-            Kind::Reply => {
-                if !self.role.owns(stream) {
-                    return Err(Error::BadStream {
-                        kind: Kind::Reply,
-                        stream,
-                        rule: "a REPLY must be on a stream of the receiver's half",
-                    });
-                }
-                let (meta, body) = frame.split_meta()?;
-                let meta: ReplyMeta =
-                    serde_json::from_slice(&meta).map_err(|e| Error::BadPayload {
-                        kind: Kind::Reply,
-                        reason: format!("meta: {e}"),
-                    })?;
-                Ok(Incoming::Reply {
-                    stream,
-                    status: meta.status,
-                    body,
-                })
-            }
-            Kind::Bye => {
-                if !frame.payload.is_empty() {
-                    return Err(Error::BadPayload {
-                        kind: Kind::Bye,
-                        reason: "BYE has an empty payload".into(),
-                    });
-                }
-                Ok(Incoming::Bye)
-            }
-            Kind::Error => Err(refused(&frame)),
-        }
-    }
-}
-
-/// The [`Error::Refused`] for an `ERROR` frame from the peer (readable or not).
-pub(crate) fn refused(frame: &Frame) -> Error {
-    match serde_json::from_slice::<ErrorMsg>(&frame.payload) {
-        Ok(m) => Error::Refused {
-            code: m.code,
-            message: m.message,
-        },
-        Err(_) => Error::Refused {
-            code: "(unreadable)".into(),
-            message: String::from_utf8_lossy(&frame.payload[..frame.payload.len().min(1024)])
-                .into_owned(),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,14 @@
 //! pingora's HTTP proxy pipeline, then on hyper's server and client connections (two tasks
 //! and a channel per request); both cost more CPU per request than HAProxy, this path about
 //! a quarter less (docs/PERFORMANCE.md).
+//!
+//! This file owns the exchange (choosing a server, retries, the answer's relay) and the
+//! counters; the client side's state and head reading are in [`client`], the head
+//! rewrites in [`rewrite`], the deadlined I/O and body relay in [`relay`].
+
+mod client;
+mod relay;
+mod rewrite;
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -24,23 +32,24 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
-use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::h1::{self, BodyKind, ConnectionHeader, Framing};
+use crate::LINGER;
+use crate::h1::{self, BodyKind, Framing};
 use crate::pool::UpConn;
 use crate::upstream::{Registry, Upstream};
+use client::{Client, Stop};
+use relay::{PumpErr, flush, pump, read_within, write_all, write_all_counted};
+use rewrite::ReqId;
 
 /// Process-wide counters (per-server ones live in the [`Registry`]).
 #[derive(Debug, Default)]
@@ -85,276 +94,14 @@ pub struct Balancer {
 
 /// A server's answer head may be this large.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-use crate::{LINGER, LINGER_BYTES};
 
-fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 64
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// A request id, kept inline.
-#[derive(Clone, Copy)]
-struct ReqId {
-    b: [u8; 64],
-    len: u8,
-}
-
-impl ReqId {
-    fn from(v: &[u8]) -> Self {
-        let mut b = [0u8; 64];
-        b[..v.len()].copy_from_slice(v);
-        ReqId {
-            b,
-            len: v.len() as u8,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.b[..self.len as usize]
-    }
-}
-
-/// What the rest of an exchange needs to know of its request.
-struct ReqInfo {
-    body: BodyKind,
-    /// HEAD: the answer has no body whatever it announces.
-    head_only: bool,
-    idempotent: bool,
-    /// The client keeps the connection after this exchange (HTTP/1.1, no `close`).
-    keep_alive: bool,
-    http10: bool,
-    expect_continue: bool,
-    id: ReqId,
-}
-
-/// The 431 message of a head with too many headers (the server's edge says the same).
-fn too_many_headers() -> String {
-    format!(
-        "more than {} request headers (besides X-Forwarded-For/-Proto/-Port and X-Request-Id)",
-        h1::MAX_HEADERS
-    )
-}
-
-/// Why a request head is not forwarded.
-enum Stop {
-    /// Close without an answer: the client left, idled out, or trickled its head past the
-    /// deadline (slowloris); or the process is stopping and the connection is idle.
-    Quiet,
-    /// Answer with this status and message, then close.
-    Answer(u16, String),
-}
-
-/// A client connection and its per-connection state.
-struct Client {
-    io: Stream,
-    buf: BytesMut,
-    /// Deadlines of reads and writes on the client side.
-    timer: Pin<Box<Sleep>>,
-    /// Deadlines of reads and writes on the server side.
-    up_timer: Pin<Box<Sleep>>,
-    /// Resolves when the process starts stopping.
-    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
-    closing: bool,
-    /// The client's address as `X-Forwarded-For` gets it.
-    ip: Option<String>,
-    proto: &'static str,
-    port: Option<String>,
-}
-
-enum Wait {
-    Read,
-    Eof,
-    Timeout,
-    Shutdown,
-    Failed,
-}
-
-impl Client {
-    /// Reads more of the client's bytes, until the timer; while `idle` (no byte of the next
-    /// request yet), a stopping process ends the wait.
-    async fn read_more(&mut self, idle: bool) -> Wait {
-        if idle && self.closing {
-            return Wait::Shutdown;
-        }
-        if self.buf.capacity() - self.buf.len() < 2048 {
-            self.buf.reserve(8192);
-        }
-        let Client {
-            io,
-            buf,
-            timer,
-            shutdown,
-            closing,
-            ..
-        } = self;
-        let mut read = pin!(io.read_buf(buf));
-        poll_fn(|cx| {
-            if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                return Poll::Ready(match r {
-                    Ok(0) => Wait::Eof,
-                    Ok(_) => Wait::Read,
-                    Err(_) => Wait::Failed,
-                });
-            }
-            if idle && !*closing && shutdown.as_mut().poll(cx).is_ready() {
-                *closing = true;
-                return Poll::Ready(Wait::Shutdown);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wait::Timeout);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Sends FIN (TLS: close_notify), then drains what the client still sends for a moment
-    /// so that an answer it has not read yet is not lost to a reset.
-    async fn linger(&mut self) {
-        let end = Instant::now() + LINGER;
-        let _ = tokio::time::timeout_at(end, self.io.shutdown()).await;
-        let mut sink = [0u8; 4096];
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match tokio::time::timeout_at(end, self.io.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => left -= n.min(left),
-                _ => break,
-            }
-        }
-    }
-}
-
-/// Polls `op` until it is ready; once it has had to wait, it must be ready within `limit`
-/// (the timer is armed only then: an operation ready at once costs no timer work).
-async fn within<T>(
-    timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-    what: &str,
-    mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
-) -> io::Result<T> {
-    let mut armed = false;
-    poll_fn(|cx| {
-        if let Poll::Ready(r) = op(cx) {
-            return Poll::Ready(r);
-        }
-        if !armed {
-            timer.as_mut().reset(Instant::now() + limit);
-            armed = true;
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{what}: no progress within {} ms", limit.as_millis()),
-            )));
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// Writes all of `data`; each write that has to wait must progress within `limit`.
-async fn write_all<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    data: &[u8],
-    timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-) -> io::Result<()> {
-    write_all_counted(w, data, timer, limit, &mut 0).await
-}
-
-/// [`write_all`], counting in `written` the bytes that went out.
-async fn write_all_counted<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    mut data: &[u8],
-    timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-    written: &mut usize,
-) -> io::Result<()> {
-    while !data.is_empty() {
-        let n = within(timer, limit, "write", |cx| {
-            Pin::new(&mut *w).poll_write(cx, data)
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        *written += n;
-        data = &data[n..];
-    }
-    Ok(())
-}
-
-async fn flush<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-) -> io::Result<()> {
-    within(timer, limit, "flush", |cx| Pin::new(&mut *w).poll_flush(cx)).await
-}
-
-/// Reads more into `buf`; a read that has to wait must complete within `limit`. 0: EOF.
-async fn read_within<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 2048 {
-        buf.reserve(16 * 1024);
-    }
-    let mut read = pin!(r.read_buf(buf));
-    within(timer, limit, "read", |cx| read.as_mut().poll(cx)).await
-}
-
-/// Where a body copy failed.
-enum PumpErr {
-    /// Reading its source (or the source ended early).
-    Src(io::Error),
-    /// Writing its destination.
-    Dst(io::Error),
-    /// Its chunked framing is malformed.
-    Bad(&'static str),
-}
-
-/// Copies a body from `src` to `dst` as `f` frames it, starting with what `sbuf` holds;
-/// bytes past its end stay in `sbuf`.
-async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    src: &mut R,
-    sbuf: &mut BytesMut,
-    f: &mut Framing,
-    dst: &mut W,
-    src_timer: &mut Pin<Box<Sleep>>,
-    dst_timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-) -> Result<(), PumpErr> {
-    loop {
-        if !sbuf.is_empty() {
-            let take = f.advance(sbuf).map_err(|b| PumpErr::Bad(b.0))?;
-            write_all(dst, &sbuf[..take], dst_timer, limit)
-                .await
-                .map_err(PumpErr::Dst)?;
-            sbuf.advance(take);
-        }
-        if f.done() {
-            return Ok(());
-        }
-        match read_within(src, sbuf, src_timer, limit).await {
-            Ok(0) if matches!(f, Framing::UntilClose) => {
-                *f = Framing::Done;
-                return Ok(());
-            }
-            Ok(0) => {
-                return Err(PumpErr::Src(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the body ended early",
-                )));
-            }
-            Ok(_) => {}
-            Err(e) => return Err(PumpErr::Src(e)),
-        }
-    }
+/// Why no connection to a server was had (logged, and in the 502's message).
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    #[error("connect timed out after {} ms", .0.as_millis())]
+    TimedOut(Duration),
 }
 
 /// Counts an attempt on a server as in flight until dropped.
@@ -430,7 +177,7 @@ impl Balancer {
         u: &Upstream,
         now: std::time::Instant,
         fresh: bool,
-    ) -> Result<(UpConn, bool), String> {
+    ) -> Result<(UpConn, bool), ConnectError> {
         if !fresh && let Some(c) = u.pool.take(now) {
             return Ok((c, true));
         }
@@ -441,11 +188,8 @@ impl Balancer {
         };
         match tokio::time::timeout(self.limits.connect_timeout, connect).await {
             Ok(Ok(io)) => Ok((UpConn::new(io, now), false)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "connect timed out after {} ms",
-                self.limits.connect_timeout.as_millis()
-            )),
+            Ok(Err(e)) => Err(ConnectError::Io(e)),
+            Err(_) => Err(ConnectError::TimedOut(self.limits.connect_timeout)),
         }
     }
 
@@ -481,274 +225,6 @@ impl Balancer {
         {
             let _ = flush(&mut c.io, &mut c.timer, limit).await;
         }
-    }
-
-    /// Reads the next request head and writes its rewritten form into `out`; the head's
-    /// bytes leave the client buffer.
-    async fn read_request(
-        &self,
-        c: &mut Client,
-        out: &mut Vec<u8>,
-        first: bool,
-    ) -> Result<ReqInfo, Stop> {
-        let lim = &self.limits;
-        let mut idle = c.buf.is_empty();
-        if !first {
-            let wait = if idle {
-                lim.keepalive_timeout
-            } else {
-                lim.header_timeout
-            };
-            c.timer.as_mut().reset(Instant::now() + wait);
-        }
-        // Bytes of the buffer known not to end the head: a head trickled in is parsed once
-        // its end may be there, not once per read.
-        let mut scanned = 0;
-        loop {
-            if !c.buf.is_empty() {
-                if h1::may_end_head(&c.buf, &mut scanned) {
-                    let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() };
-                        h1::MAX_HEADER_FIELDS];
-                    let mut r = httparse::Request::new(&mut []);
-                    match r.parse_with_uninit_headers(&c.buf, &mut hs) {
-                        Ok(httparse::Status::Complete(n)) => {
-                            if n > lim.max_header_bytes {
-                                return Err(self.too_large(n));
-                            }
-                            if h1::too_many_headers(r.headers) {
-                                self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-                                return Err(Stop::Answer(431, too_many_headers()));
-                            }
-                            let info = self.rewrite_request(&r, c, out)?;
-                            c.buf.advance(n);
-                            return Ok(info);
-                        }
-                        Ok(httparse::Status::Partial) => {}
-                        Err(httparse::Error::TooManyHeaders) => {
-                            self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-                            return Err(Stop::Answer(431, too_many_headers()));
-                        }
-                        Err(e) => {
-                            self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
-                            return Err(Stop::Answer(400, format!("malformed request head: {e}")));
-                        }
-                    }
-                }
-                if c.buf.len() > lim.max_header_bytes {
-                    return Err(self.too_large(c.buf.len()));
-                }
-                if idle {
-                    // The head has started: it must be complete within the header timeout
-                    // (the first request's deadline already runs from accept).
-                    idle = false;
-                    if !first {
-                        c.timer.as_mut().reset(Instant::now() + lim.header_timeout);
-                    }
-                }
-            }
-            // A new connection's first request is served even if the process started
-            // stopping since accept: closing it quietly would fail a client that did
-            // nothing wrong.
-            match c.read_more(idle && !first).await {
-                Wait::Read => {}
-                Wait::Eof | Wait::Timeout | Wait::Shutdown | Wait::Failed => {
-                    return Err(Stop::Quiet);
-                }
-            }
-        }
-    }
-
-    fn too_large(&self, size: usize) -> Stop {
-        self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
-        Stop::Answer(
-            431,
-            format!(
-                "request head of {size}+ bytes exceeds the limit of {} bytes",
-                self.limits.max_header_bytes
-            ),
-        )
-    }
-
-    /// The request head as the server gets it: hop-by-hop headers dropped,
-    /// `X-Forwarded-For` appended to, `-Proto`/`-Port` and the request id set.
-    fn rewrite_request(
-        &self,
-        r: &httparse::Request,
-        c: &Client,
-        out: &mut Vec<u8>,
-    ) -> Result<ReqInfo, Stop> {
-        let method = r.method.unwrap_or("GET");
-        let path = r.path.unwrap_or("/");
-        let http10 = r.version == Some(0);
-        if method == "CONNECT" {
-            return Err(Stop::Answer(405, "CONNECT is not supported".into()));
-        }
-        let headers: &[httparse::Header] = r.headers;
-        let conn = ConnectionHeader::of(headers);
-        let framed = h1::framing(headers, true, http10).map_err(|b| {
-            self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
-            Stop::Answer(400, b.0.to_string())
-        })?;
-        out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(if http10 {
-            b" HTTP/1.0\r\n"
-        } else {
-            b" HTTP/1.1\r\n"
-        });
-        let mut id = None;
-        let mut xff = false;
-        let mut expect_continue = false;
-        for h in headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("te") {
-                // Hop-by-hop, but "trailers" holds on the next hop too: trailers are
-                // forwarded as they come.
-                if h1::has_token(h.value, b"trailers") {
-                    out.extend_from_slice(b"te: trailers\r\n");
-                }
-                continue;
-            }
-            if conn.drops(name) {
-                continue;
-            }
-            if name.eq_ignore_ascii_case("x-forwarded-for") {
-                xff = true;
-                continue;
-            }
-            if name.eq_ignore_ascii_case("x-forwarded-proto")
-                || name.eq_ignore_ascii_case("x-forwarded-port")
-            {
-                continue;
-            }
-            if name.eq_ignore_ascii_case("x-request-id") {
-                if id.is_none() && valid_request_id(h.value) {
-                    id = Some(ReqId::from(h.value));
-                }
-                continue;
-            }
-            // An HTTP/1.0 client's Expect is ignored (RFC 9110, 10.1.1): it does not wait for
-            // "100 Continue", and must not be sent one.
-            if !http10
-                && name.eq_ignore_ascii_case("expect")
-                && h.value.eq_ignore_ascii_case(b"100-continue")
-            {
-                expect_continue = true;
-            }
-            h1::put_header(out, name.as_bytes(), h.value);
-        }
-        // Appended, as a proxy does: servers that trust this proxy read the rightmost
-        // address they do not trust, so what a client wrote itself is never believed.
-        if xff || c.ip.is_some() {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            let mut sep = false;
-            for h in headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-            {
-                if sep {
-                    out.extend_from_slice(b", ");
-                }
-                out.extend_from_slice(h.value);
-                sep = true;
-            }
-            if let Some(ip) = &c.ip {
-                if sep {
-                    out.extend_from_slice(b", ");
-                }
-                out.extend_from_slice(ip.as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        h1::put_header(out, b"x-forwarded-proto", c.proto.as_bytes());
-        if let Some(port) = &c.port {
-            h1::put_header(out, b"x-forwarded-port", port.as_bytes());
-        }
-        let id = id.unwrap_or_else(|| {
-            use std::io::Write as _;
-            let mut buf = [0u8; 64];
-            let mut w = &mut buf[..];
-            let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-            let _ = write!(w, "{}-{n:x}", self.id_prefix);
-            let len = 64 - w.len();
-            ReqId::from(&buf[..len])
-        });
-        h1::put_header(out, b"x-request-id", id.bytes());
-        out.extend_from_slice(b"\r\n");
-        Ok(ReqInfo {
-            body: framed.kind,
-            head_only: method == "HEAD",
-            idempotent: h1::idempotent(method),
-            keep_alive: !http10 && !conn.close,
-            http10,
-            expect_continue,
-            id,
-        })
-    }
-
-    /// The answer head as the client gets it.
-    fn rewrite_response(
-        &self,
-        r: &httparse::Response,
-        req: &ReqInfo,
-        closing: bool,
-        out: &mut Vec<u8>,
-    ) -> Result<RespInfo, h1::Bad> {
-        let status = r.code.unwrap_or(0);
-        if !(100..=599).contains(&status) {
-            return Err(h1::Bad("a status outside 100-599"));
-        }
-        let headers: &[httparse::Header] = r.headers;
-        let conn = ConnectionHeader::of(headers);
-        let framed = h1::framing(headers, false, r.version == Some(0))?;
-        let informational = (100..200).contains(&status);
-        let body = if req.head_only || informational || status == 204 || status == 304 {
-            BodyKind::None
-        } else {
-            framed.kind
-        };
-        let up_keep = r.version == Some(1) && !conn.close && body != BodyKind::UntilClose;
-        let client_keep = req.keep_alive
-            && !closing
-            && body != BodyKind::UntilClose
-            && !self.draining.load(Ordering::Relaxed);
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        h1::put_status(out, status);
-        match r.reason {
-            Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
-            _ => out.extend_from_slice(h1::reason(status).as_bytes()),
-        }
-        out.extend_from_slice(b"\r\n");
-        let mut has_id = false;
-        for h in headers {
-            if conn.drops(h.name)
-                || (framed.drop_length && h.name.eq_ignore_ascii_case("content-length"))
-            {
-                continue;
-            }
-            if h.name.eq_ignore_ascii_case("x-request-id") {
-                has_id = true;
-            }
-            h1::put_header(out, h.name.as_bytes(), h.value);
-        }
-        if !informational {
-            if !has_id {
-                h1::put_header(out, b"x-request-id", req.id.bytes());
-            }
-            if !client_keep {
-                out.extend_from_slice(b"connection: close\r\n");
-            }
-        }
-        out.extend_from_slice(b"\r\n");
-        Ok(RespInfo {
-            status,
-            body,
-            up_keep,
-            client_keep,
-        })
     }
 
     /// The connection after an error answer: lingering if the request was not read to its
@@ -1235,19 +711,5 @@ impl ServerApp for HttpApp {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_bounded_and_plain() {
-        assert!(valid_request_id(b"abc-123_x.y:z"));
-        assert!(!valid_request_id(b""));
-        assert!(!valid_request_id(&[b'a'; 65]));
-        assert!(!valid_request_id(b"a b"));
-        assert!(!valid_request_id(b"a\"b"));
     }
 }
