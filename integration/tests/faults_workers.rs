@@ -5,6 +5,9 @@
 //! the server creates are private; the worker's token is out of `ps`'s sight; a worker's
 //! memory has a ceiling by default; a killed server's runtime directory does not outlive
 //! the next start; a missing services directory is created.
+//!
+//! Over ~800 lines on purpose: every test shares this file's fixtures (`faults_env`, the deploy
+//! and hanging-module helpers); a split would copy them or cost another test binary to link.
 
 use bytes::Bytes;
 use nix::sys::signal::Signal;

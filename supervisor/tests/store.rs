@@ -3,6 +3,9 @@
 //! PostgreSQL: a fresh database per test on the machine's server (OXBUS_TEST_PG, default
 //! postgres://postgres@127.0.0.1:5432/test), dropped afterwards. A missing server fails the
 //! test loudly; it never skips.
+//!
+//! Over ~800 lines on purpose: each suite runs on both engines through one `Engine` fixture;
+//! a split by table group would repeat that fixture in every new test binary.
 
 use oxbus_supervisor::model::channel::{Channel, ChannelType, DataFormat};
 use oxbus_supervisor::store::{Store, StoreError, source_hash};

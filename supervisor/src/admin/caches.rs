@@ -91,7 +91,7 @@ async fn put(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
     let def = match super::definition(
         &body,
         |v| crate::admin::config_io::parse_cache_def(v, Some(name)),
-        CacheDef::validate,
+        |d: &CacheDef| d.validate().map_err(|e| e.to_string()),
     ) {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),

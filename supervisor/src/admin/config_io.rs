@@ -615,7 +615,7 @@ async fn import_caches(
         return Err(bad(format!("cache: {d} is listed twice")));
     }
     for c in listed {
-        c.validate().map_err(bad)?;
+        c.validate().map_err(|e| bad(e.to_string()))?;
     }
     let stored = cx.store.cache_defs().await.map_err(unavailable)?;
     for c in listed {

@@ -206,7 +206,8 @@ impl Store {
         create: bool,
         by: &str,
     ) -> Result<Change<()>> {
-        def.validate().map_err(StoreError::Invalid)?;
+        def.validate()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let existed: Option<String> =

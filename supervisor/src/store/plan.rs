@@ -66,7 +66,8 @@ impl Store {
             validate_secret_name(name)?;
         }
         for d in &plan.put_caches {
-            d.validate().map_err(StoreError::Invalid)?;
+            d.validate()
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
         }
         for d in &plan.put_jobs {
             d.validate()
