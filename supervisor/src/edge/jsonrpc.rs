@@ -773,20 +773,7 @@ mod tests {
         );
     }
 
-    fn rpc(services: &[&str]) -> Channel {
-        Channel {
-            name: None,
-            channel_type: ChannelType::JsonRpc,
-            url_path: "/rpc".into(),
-            methods: vec![],
-            service: String::new(),
-            data_format: DataFormat::Json,
-            security: None,
-            allow_from: vec![],
-            rate_limit: None,
-            services: services.iter().map(|s| s.to_string()).collect(),
-        }
-    }
+    use crate::model::channel::tests::rpc;
 
     #[test]
     fn the_allow_list_and_reserved_names() {

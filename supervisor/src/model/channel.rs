@@ -310,10 +310,12 @@ pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rpc(services: &[&str]) -> Channel {
+    /// A JSON-RPC channel on `/rpc` with the `services` allow list (also the JSON-RPC edge's
+    /// test fixture).
+    pub(crate) fn rpc(services: &[&str]) -> Channel {
         Channel {
             name: None,
             channel_type: ChannelType::JsonRpc,
