@@ -82,9 +82,9 @@ impl Snapshot {
             channels: store.channels().await?,
             modules: store.active_modules().await?,
             secrets: store.secrets().await?,
-            security: store.security_defs().await?,
-            caches: store.cache_defs().await?,
-            jobs: store.jobs().await?,
+            security: store.objects().await?,
+            caches: store.objects().await?,
+            jobs: store.objects().await?,
             peers: store
                 .servers()
                 .await?
