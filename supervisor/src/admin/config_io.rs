@@ -195,13 +195,11 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         .partition(|c| c.channel_type == ChannelType::JsonRpc);
     let secrets = store.secrets().await.map_err(unavailable)?;
     let modules = store.active_modules().await.map_err(unavailable)?;
-    let security: Vec<SecurityDef> = store.objects().await.map_err(unavailable)?;
-    let cache = store.objects().await.map_err(unavailable)?;
-    let job = store.objects().await.map_err(unavailable)?;
+    let objects = store.object_set().await.map_err(unavailable)?;
     Ok(Document {
-        cache,
-        job,
-        security: serde_json::to_value(security).expect("definitions serialise"),
+        cache: objects.caches,
+        job: objects.jobs,
+        security: serde_json::to_value(objects.security).expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,

@@ -92,3 +92,20 @@ impl ConfigObject for crate::model::security::SecurityDef {
         Ok(())
     }
 }
+
+/// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
+/// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs` (each may
+/// be absent: snapshots of older versions lack the later kinds). A new kind is one field
+/// here and one line in `Store::object_set`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ObjectSet {
+    /// Security definitions (secret material sealed).
+    #[serde(default)]
+    pub security: Vec<crate::model::security::SecurityDef>,
+    /// Cache definitions (the built-in `default` is not among them unless one was stored).
+    #[serde(default)]
+    pub caches: Vec<oxbus_cache::CacheDef>,
+    /// Scheduler jobs.
+    #[serde(default)]
+    pub jobs: Vec<crate::model::job::JobDef>,
+}

@@ -7,7 +7,7 @@
 
 use super::{Change, Result, Store, StoreError, bump};
 use crate::model::job::JobDef;
-use crate::model::object::ConfigObject;
+use crate::model::object::{ConfigObject, ObjectSet};
 use crate::model::security::SecurityDef;
 
 /// `SELECT definition FROM <K's table> WHERE name = $1`.
@@ -97,6 +97,15 @@ impl Store {
                     .map_err(|e| StoreError::Invalid(format!("stored {}: {e}", K::WHAT)))
             })
             .collect()
+    }
+
+    /// Every object of every kind (in one view only under the caller's deploy lock).
+    pub async fn object_set(&self) -> Result<ObjectSet> {
+        Ok(ObjectSet {
+            security: self.objects().await?,
+            caches: self.objects().await?,
+            jobs: self.objects().await?,
+        })
     }
 
     /// Creates (`create`: refused when it exists) or replaces (refused when it does not) an
