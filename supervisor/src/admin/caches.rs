@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::objects::Refused;
 use super::{Body, error, read_body, reply};
 use crate::admin::Ctx;
 use oxbus_cache::CacheDef;
@@ -92,17 +93,17 @@ impl super::objects::AdminObject for CacheDef {
         input: Value,
         name: Option<&str>,
         _stored: Option<&Self>,
-    ) -> Result<Self, Response<Body>> {
+    ) -> Result<Self, Refused> {
         crate::admin::config_io::parse_cache_def(&input, name)
             .and_then(|d| {
                 use crate::model::object::ConfigObject;
                 ConfigObject::validate(&d).map_err(|e| e.to_string())?;
                 Ok(d)
             })
-            .map_err(|m| error(StatusCode::BAD_REQUEST, m))
+            .map_err(|m| Refused::new(StatusCode::BAD_REQUEST, m))
     }
 
-    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Response<Body>> {
+    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {
         crate::admin::config_io::apply_cache_defs(cx, expected).await;
         Ok(())
     }
@@ -113,19 +114,19 @@ impl super::objects::AdminObject for CacheDef {
         def: &Self,
         config_version: i64,
         created: bool,
-    ) -> Result<Value, Response<Body>> {
+    ) -> Result<Value, Refused> {
         let cache = match cx.pool.caches.get(&def.name) {
             Ok(c) => stats_json(&c),
-            Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            Err(e) => return Err(Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
         };
         Ok(json!({"config_version": config_version, "created": created, "cache": cache}))
     }
 
     /// `default` always exists.
-    fn refuse_delete(_cx: &Ctx, name: &str) -> Option<Response<Body>> {
+    fn refuse_delete(_cx: &Ctx, name: &str) -> Option<Refused> {
         use crate::model::object::ConfigObject;
         CacheDef::always_exists(name).then(|| {
-            error(
+            Refused::new(
                 StatusCode::BAD_REQUEST,
                 "the default cache always exists; PUT it to change its settings",
             )

@@ -633,7 +633,7 @@ async fn import_objects<K: ConfigObject>(
 /// `listed` (checked) against `stored`: the puts and (with `replace`) the deletes into `plan`
 /// and `changes`, the rest counted as `unchanged`. A definition is unchanged when `same`
 /// holds for the stored one and the listed one as it would be stored
-/// ([`ConfigObject::as_stored`]). Returns every definition as the import leaves them; an
+/// ([`ConfigObject::into_stored`]). Returns every definition as the import leaves them; an
 /// object that always exists is never deleted.
 fn diff_objects<K: ConfigObject>(
     listed: &[K],
@@ -648,7 +648,7 @@ fn diff_objects<K: ConfigObject>(
     let mut result = Vec::new();
     for c in listed {
         let old = stored.iter().find(|o| o.name() == c.name());
-        let as_stored = c.clone().as_stored(old, now);
+        let as_stored = c.clone().into_stored(old, now);
         match old {
             Some(old) if same(old, &as_stored) => {
                 *unchanged += 1;

@@ -10,7 +10,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::objects::BY;
+use super::objects::{BY, Refused};
 use super::{Body, error, read_body, reply};
 use crate::admin::Ctx;
 use crate::model::job::JobDef;
@@ -89,14 +89,14 @@ impl super::objects::AdminObject for JobDef {
         input: Value,
         name: Option<&str>,
         _stored: Option<&Self>,
-    ) -> Result<Self, Response<Body>> {
+    ) -> Result<Self, Refused> {
         crate::model::job::parse_job_def(&input, name)
             .and_then(|d| d.validate().map(|()| d))
-            .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+            .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))
     }
 
     /// Hands this server's scheduler the jobs.
-    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Response<Body>> {
+    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {
         crate::admin::config_io::apply_jobs(cx, expected).await;
         Ok(())
     }
@@ -107,7 +107,7 @@ impl super::objects::AdminObject for JobDef {
         def: &Self,
         config_version: i64,
         created: bool,
-    ) -> Result<Value, Response<Body>> {
+    ) -> Result<Value, Refused> {
         let mut answer = json!({
             "config_version": config_version,
             "created": created,

@@ -605,19 +605,24 @@ async fn rollback(cx: &Ctx, name: &str) -> Response<Body> {
 
 /// Rebuilds the routing table from server.toml's channels and the store's, and swaps it in.
 async fn reload_router(cx: &Ctx) -> Result<(), Response<Body>> {
+    rebuild_routes(cx).await.map_err(objects::Refused::answer)
+}
+
+/// [`reload_router`], refused with the status and message of its error answer.
+async fn rebuild_routes(cx: &Ctx) -> Result<(), objects::Refused> {
     let stored = cx
         .store
         .channels()
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| objects::Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let defs: Vec<SecurityDef> = cx
         .store
         .objects()
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| objects::Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     cx.routes
         .rebuild(&stored, &defs)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+        .map_err(|e| objects::Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 /// Checks that `stored` (the store's channels as a change would leave them) route

@@ -21,6 +21,19 @@ use crate::store::StoreError;
 /// Who the store records as having made a change through this API.
 pub(super) const BY: &str = "admin-api";
 
+/// A refused request: the status and message of its error answer.
+pub(super) struct Refused(StatusCode, String);
+
+impl Refused {
+    pub(super) fn new(status: StatusCode, msg: impl std::fmt::Display) -> Refused {
+        Refused(status, msg.to_string())
+    }
+
+    pub(super) fn answer(self) -> Response<Body> {
+        error(self.0, self.1)
+    }
+}
+
 /// What differs per kind in the admin API's changes.
 pub(super) trait AdminObject: ConfigObject {
     /// Whether `PUT /…/{name}` creates as well as replaces (else `POST` creates and `PUT`
@@ -42,12 +55,12 @@ pub(super) trait AdminObject: ConfigObject {
         input: Value,
         name: Option<&str>,
         stored: Option<&Self>,
-    ) -> Result<Self, Response<Body>>;
+    ) -> Result<Self, Refused>;
 
     /// Makes this server run by the kind's definitions after a change made through it.
     /// `expected`: every definition as the change left them, for when the store does not
     /// answer now.
-    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Response<Body>>;
+    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused>;
 
     /// The answer to a put, after [`Self::apply_local`] (`created`: 201, else 200).
     fn put_answer(
@@ -55,11 +68,11 @@ pub(super) trait AdminObject: ConfigObject {
         def: &Self,
         config_version: i64,
         created: bool,
-    ) -> Result<Value, Response<Body>>;
+    ) -> Result<Value, Refused>;
 
     /// A delete refused before anything is read (an object that always exists, one that
     /// server.toml refers to).
-    fn refuse_delete(_cx: &Ctx, _name: &str) -> Option<Response<Body>> {
+    fn refuse_delete(_cx: &Ctx, _name: &str) -> Option<Refused> {
         None
     }
 
@@ -85,7 +98,7 @@ pub(super) async fn put<K: AdminObject>(
     } else {
         match K::build(cx, input, name, None).await {
             Ok(d) => (None, Some(d)),
-            Err(r) => return r,
+            Err(r) => return r.answer(),
         }
     };
     let _one_at_a_time = cx.locks.deploy.lock().await;
@@ -103,7 +116,7 @@ pub(super) async fn put<K: AdminObject>(
     if let Some(input) = input {
         match K::build(cx, input, name, previous).await {
             Ok(d) => def = Some(d),
-            Err(r) => return r,
+            Err(r) => return r.answer(),
         }
     }
     let def = def.expect("built before or after the lock");
@@ -119,7 +132,7 @@ pub(super) async fn put<K: AdminObject>(
     let mut expected: Vec<K> = stored.into_iter().filter(|d| d.name() != name).collect();
     expected.push(def.clone());
     if let Err(r) = K::apply_local(cx, expected).await {
-        return r;
+        return r.answer();
     }
     info!(
         kind = K::KIND,
@@ -138,7 +151,7 @@ pub(super) async fn put<K: AdminObject>(
             },
             answer,
         ),
-        Err(r) => r,
+        Err(r) => r.answer(),
     }
 }
 
@@ -146,7 +159,7 @@ pub(super) async fn put<K: AdminObject>(
 /// security definition a stored channel names).
 pub(super) async fn delete<K: AdminObject>(cx: &Ctx, name: &str) -> Response<Body> {
     if let Some(r) = K::refuse_delete(cx, name) {
-        return r;
+        return r.answer();
     }
     let _one_at_a_time = cx.locks.deploy.lock().await;
     let stored: Vec<K> = match cx.store.objects().await {
@@ -161,7 +174,7 @@ pub(super) async fn delete<K: AdminObject>(cx: &Ctx, name: &str) -> Response<Bod
     };
     let expected: Vec<K> = stored.into_iter().filter(|d| d.name() != name).collect();
     if let Err(r) = K::apply_local(cx, expected).await {
-        return r;
+        return r.answer();
     }
     info!(kind = K::KIND, name, "{} deleted", K::WHAT);
     reply(

@@ -9,7 +9,8 @@
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Body, Ctx, error, reload_router, reply};
+use super::objects::Refused;
+use super::{Body, Ctx, error, rebuild_routes, reply};
 use crate::model::security::{SecurityDef, public_json};
 
 /// GET /v1/security: every definition, without its secret material.
@@ -47,7 +48,7 @@ impl super::objects::AdminObject for SecurityDef {
         input: Value,
         name: Option<&str>,
         stored: Option<&Self>,
-    ) -> Result<Self, Response<Body>> {
+    ) -> Result<Self, Refused> {
         // Argon2 hashing takes tens of milliseconds: off the runtime's threads.
         let key = cx.key.clone();
         let (n, prev) = (name.map(str::to_owned), stored.cloned());
@@ -57,14 +58,14 @@ impl super::objects::AdminObject for SecurityDef {
         .await;
         match built {
             Ok(Ok(d)) => Ok(d),
-            Ok(Err(m)) => Err(error(StatusCode::BAD_REQUEST, m)),
-            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            Ok(Err(m)) => Err(Refused::new(StatusCode::BAD_REQUEST, m)),
+            Err(e) => Err(Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
         }
     }
 
     /// The routing table, rebuilt from the store.
-    async fn apply_local(cx: &Ctx, _expected: Vec<Self>) -> Result<(), Response<Body>> {
-        reload_router(cx).await
+    async fn apply_local(cx: &Ctx, _expected: Vec<Self>) -> Result<(), Refused> {
+        rebuild_routes(cx).await
     }
 
     fn put_answer(
@@ -72,18 +73,18 @@ impl super::objects::AdminObject for SecurityDef {
         def: &Self,
         config_version: i64,
         _created: bool,
-    ) -> Result<Value, Response<Body>> {
+    ) -> Result<Value, Refused> {
         Ok(json!({"config_version": config_version, "security": public_json(def)}))
     }
 
     /// A definition server.toml's channels name (409).
-    fn refuse_delete(cx: &Ctx, name: &str) -> Option<Response<Body>> {
+    fn refuse_delete(cx: &Ctx, name: &str) -> Option<Refused> {
         let c = cx
             .settings
             .channels
             .iter()
             .find(|c| c.security.as_deref() == Some(name))?;
-        Some(error(
+        Some(Refused::new(
             StatusCode::CONFLICT,
             format!(
                 "security definition {name} is used by server.toml's channel {}",

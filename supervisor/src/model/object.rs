@@ -31,7 +31,7 @@ pub trait ConfigObject:
 
     /// The definition as it is to be stored, given the stored one of that name (if any) and
     /// the time of the change: as given unless the kind fills something in.
-    fn as_stored(self, _stored: Option<&Self>, _now: chrono::DateTime<chrono::Utc>) -> Self {
+    fn into_stored(self, _stored: Option<&Self>, _now: chrono::DateTime<chrono::Utc>) -> Self {
         self
     }
 
@@ -73,7 +73,7 @@ impl ConfigObject for crate::model::job::JobDef {
         crate::model::job::JobDef::validate(self).map_err(|e| InvalidObject(e.to_string()))
     }
 
-    fn as_stored(self, stored: Option<&Self>, now: chrono::DateTime<chrono::Utc>) -> Self {
+    fn into_stored(self, stored: Option<&Self>, now: chrono::DateTime<chrono::Utc>) -> Self {
         crate::model::job::JobDef::as_stored(self, stored, now)
     }
 }

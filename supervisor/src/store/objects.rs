@@ -41,9 +41,9 @@ pub(super) fn stored<K: ConfigObject>(json: &str, name: &str) -> Result<K> {
 }
 
 /// Inside transaction `$tx`: the definition `$def` (a `&$k`) as it is to be stored (see
-/// [`ConfigObject::as_stored`]), given the stored one; evaluates to it and whether one of
+/// [`ConfigObject::into_stored`]), given the stored one; evaluates to it and whether one of
 /// that name existed.
-macro_rules! object_as_stored {
+macro_rules! object_into_stored {
     ($tx:ident, $k:ty, $def:expr) => {{
         let def: &$k = $def;
         let name = $crate::model::object::ConfigObject::name(def);
@@ -57,7 +57,7 @@ macro_rules! object_as_stored {
             .transpose()?;
         let existed = stored.is_some();
         (
-            $crate::model::object::ConfigObject::as_stored(
+            $crate::model::object::ConfigObject::into_stored(
                 def.clone(),
                 stored.as_ref(),
                 chrono::Utc::now(),
@@ -66,10 +66,10 @@ macro_rules! object_as_stored {
         )
     }};
 }
-pub(super) use object_as_stored;
+pub(super) use object_into_stored;
 
 /// Inside transaction `$tx`: creates or replaces the definition `$def` (a `&$k`, as given:
-/// see `object_as_stored!`).
+/// see `object_into_stored!`).
 macro_rules! upsert_object {
     ($tx:ident, $k:ty, $def:expr, $by:expr) => {{
         let def: &$k = $def;
@@ -110,7 +110,7 @@ impl Store {
 
     /// Creates (`create`: refused when it exists) or replaces (refused when it does not) an
     /// object; checked with [`ConfigObject::validate`] first. Returns it as stored (see
-    /// [`ConfigObject::as_stored`]).
+    /// [`ConfigObject::into_stored`]).
     pub async fn put_object<K: ConfigObject>(
         &self,
         def: &K,
@@ -124,7 +124,7 @@ impl Store {
             // The version first: its row lock orders this change after any other one still
             // open, so what is read below is current.
             let config_version = bump(&mut tx).await?;
-            let (def, existed) = object_as_stored!(tx, K, def);
+            let (def, existed) = object_into_stored!(tx, K, def);
             put_allowed::<K>(create, existed, def.name())?;
             upsert_object!(tx, K, &def, by);
             tx.commit().await?;

@@ -12,14 +12,14 @@ use oxbus_cache::CacheDef;
 
 use super::channels::{gate_columns, insert_channel};
 use super::modules::insert_versions;
-use super::objects::{delete_sql, object_as_stored, upsert_object};
+use super::objects::{delete_sql, object_into_stored, upsert_object};
 use super::secrets::upsert_secret;
 
 /// A plan's changes to the objects of one JSON-defined kind.
 #[derive(Debug, Clone)]
 pub struct ObjectChanges<K> {
     /// To create or replace (as given: the store fills in what
-    /// [`ConfigObject::as_stored`] says).
+    /// [`ConfigObject::into_stored`] says).
     pub put: Vec<K>,
     /// To delete, by name.
     pub delete: Vec<String>,
@@ -61,7 +61,7 @@ macro_rules! apply_objects {
                 .await?;
         }
         for d in &changes.put {
-            let (d, _) = object_as_stored!($tx, $k, d);
+            let (d, _) = object_into_stored!($tx, $k, d);
             upsert_object!($tx, $k, &d, $by);
         }
     }};
