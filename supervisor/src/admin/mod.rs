@@ -8,7 +8,9 @@
 //! secrets (list names, set, delete: a value goes in, never out), caches (`caches`: list
 //! with figures, get, create or replace a definition, delete), scheduler jobs (`jobs`: list,
 //! get, create or replace, delete, enable, disable), config export and import, invoke, and
-//! the OpenAPI document. Request bodies are never logged.
+//! the OpenAPI document. Request bodies are never logged. The create/replace and delete of
+//! security definitions, caches and jobs are one generic path (`objects`), each kind's hooks
+//! in its own file (`security`, `caches`, `jobs`; docs/CONFIG_OBJECTS.md).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

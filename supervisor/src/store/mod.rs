@@ -21,7 +21,8 @@
 //!   `module_services`), [`PendingDeploy`];
 //! - `channels`: stored channels (`channels`);
 //! - `secrets`: sealed secrets (`secrets`);
-//! - `objects`: the JSON-defined named objects (`security_defs`, `cache_defs`, `jobs`);
+//! - `objects`: the JSON-defined named objects (`security_defs`, `cache_defs`, `jobs`), one
+//!   generic list/put/delete over `model::object::ConfigObject` (docs/CONFIG_OBJECTS.md);
 //! - `servers`: cluster membership (`servers`);
 //! - `plan`: a config import's changes, applied in one transaction across the tables above;
 //! - `scheduler`: the scheduler's lease, due times and run history (`scheduler_lease`,
