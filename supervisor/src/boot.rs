@@ -71,6 +71,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             .map(|s| s.sealed.as_str())
             .or_else(|| {
                 boot.snapshot
+                    .objects
                     .security
                     .iter()
                     .find_map(|d| d.sealed.as_deref())
@@ -79,7 +80,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let routes = crate::edge::routes::RoutingTable::new(
         settings.channels.clone(),
         &boot.snapshot.channels,
-        &boot.snapshot.security,
+        &boot.snapshot.objects.security,
         key.clone(),
     )
     .map_err(|e| {
@@ -138,7 +139,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .collect();
     pool.caches.set_server(&me.name);
     // The stored cache definitions, before any worker is started (and so before any request).
-    pool.caches.apply_defs(&boot.snapshot.caches);
+    pool.caches.apply_defs(&boot.snapshot.objects.caches);
 
     // The handles, each owned by its subsystem, and the contexts that hand them out.
     let node = Arc::new(Node::new(
@@ -150,7 +151,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let bus_handle = bus.as_ref().map(|(b, _)| b.clone());
     let cids = Arc::new(crate::edge::cid::CidGen::new());
     let locks = Arc::new(crate::deploy::Locks::default());
-    let jobs = Arc::new(crate::scheduler::JobsTable::new(boot.snapshot.jobs.clone()));
+    let jobs = Arc::new(crate::scheduler::JobsTable::new(
+        boot.snapshot.objects.jobs.clone(),
+    ));
     let notifier = Arc::new(crate::lifecycle::sdnotify::Notifier::from_env());
     let deploy = Arc::new(crate::deploy::Ctx {
         pool: pool.clone(),

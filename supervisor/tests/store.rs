@@ -8,7 +8,7 @@
 //! a split by table group would repeat that fixture in every new test binary.
 
 use oxbus_supervisor::model::channel::{Channel, ChannelType, DataFormat};
-use oxbus_supervisor::store::{Store, StoreError, source_hash};
+use oxbus_supervisor::store::{ObjectChanges, Store, StoreError, source_hash};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -454,24 +454,27 @@ async fn security_crud(s: &Store) {
         sealed: Some("oxbus1:k:n:c1".into()),
     };
     let v0 = s.version().await.unwrap();
-    s.put_security(&def, true, "t").await.unwrap();
+    s.put_object(&def, true, "t").await.unwrap();
     assert!(matches!(
-        s.put_security(&def, true, "t").await,
+        s.put_object(&def, true, "t").await,
         Err(StoreError::Invalid(_))
     ));
     let changed = SecurityDef {
         sealed: Some("oxbus1:k:n:c2".into()),
         ..def.clone()
     };
-    let c = s.put_security(&changed, false, "t").await.unwrap();
+    let c = s.put_object(&changed, false, "t").await.unwrap();
     assert_eq!(c.config_version, v0 + 2);
-    assert_eq!(s.security_defs().await.unwrap(), vec![changed.clone()]);
+    assert_eq!(
+        s.objects::<SecurityDef>().await.unwrap(),
+        vec![changed.clone()]
+    );
     let ghost = SecurityDef {
         name: "ghost".into(),
         ..def.clone()
     };
     assert!(matches!(
-        s.put_security(&ghost, false, "t").await,
+        s.put_object(&ghost, false, "t").await,
         Err(StoreError::NotFound(_))
     ));
     // In use by a channel: not deleted.
@@ -488,15 +491,15 @@ async fn security_crud(s: &Store) {
         services: vec![],
     };
     s.create_channel(&ch).await.unwrap();
-    match s.delete_security("partners").await {
+    match s.delete_object::<SecurityDef>("partners").await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("guarded"), "{m}"),
         other => panic!("{other:?}"),
     }
     s.delete_channel("guarded").await.unwrap();
-    s.delete_security("partners").await.unwrap();
-    assert!(s.security_defs().await.unwrap().is_empty());
+    s.delete_object::<SecurityDef>("partners").await.unwrap();
+    assert!(s.objects::<SecurityDef>().await.unwrap().is_empty());
     assert!(matches!(
-        s.delete_security("partners").await,
+        s.delete_object::<SecurityDef>("partners").await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -507,21 +510,21 @@ async fn security_crud(s: &Store) {
 async fn cache_defs_crud(s: &Store) {
     use oxbus_cache::CacheDef;
     let v0 = s.version().await.unwrap();
-    assert!(s.cache_defs().await.unwrap().is_empty());
+    assert!(s.objects::<CacheDef>().await.unwrap().is_empty());
     let sessions = CacheDef {
         max_entries: 500,
         default_expiry_s: 60,
         ..CacheDef::named("sessions")
     };
-    let c = s.put_cache_def(&sessions, true, "t").await.unwrap();
+    let c = s.put_object(&sessions, true, "t").await.unwrap();
     assert_eq!(c.config_version, v0 + 1);
-    match s.put_cache_def(&sessions, true, "t").await {
+    match s.put_object(&sessions, true, "t").await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("exists already"), "{m}"),
         other => panic!("{other:?}"),
     }
     let ghost = CacheDef::named("ghost");
     assert!(matches!(
-        s.put_cache_def(&ghost, false, "t").await,
+        s.put_object(&ghost, false, "t").await,
         Err(StoreError::NotFound(_))
     ));
     // Refused before anything is written: the message names the field.
@@ -529,7 +532,7 @@ async fn cache_defs_crud(s: &Store) {
         max_entries: 0,
         ..CacheDef::named("bad")
     };
-    match s.put_cache_def(&bad, true, "t").await {
+    match s.put_object(&bad, true, "t").await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("max_entries"), "{m}"),
         other => panic!("{other:?}"),
     }
@@ -539,24 +542,26 @@ async fn cache_defs_crud(s: &Store) {
         extend_expiry_on_get: true,
         ..sessions.clone()
     };
-    let c = s.put_cache_def(&replaced, false, "t").await.unwrap();
+    let c = s.put_object(&replaced, false, "t").await.unwrap();
     assert_eq!(c.config_version, v0 + 2);
     let default = CacheDef {
         max_entries: 7,
         ..CacheDef::builtin_default()
     };
-    s.put_cache_def(&default, true, "t").await.unwrap();
+    s.put_object(&default, true, "t").await.unwrap();
     // By name.
     assert_eq!(
-        s.cache_defs().await.unwrap(),
+        s.objects::<CacheDef>().await.unwrap(),
         vec![default.clone(), replaced.clone()]
     );
 
     // A plan: one version for every change of it.
     let v1 = s.version().await.unwrap();
     let plan = oxbus_supervisor::store::Plan {
-        put_caches: vec![CacheDef::named("a"), CacheDef::named("b")],
-        delete_caches: vec!["sessions".into()],
+        caches: ObjectChanges {
+            put: vec![CacheDef::named("a"), CacheDef::named("b")],
+            delete: vec!["sessions".into()],
+        },
         ..Default::default()
     };
     assert_eq!(
@@ -564,7 +569,7 @@ async fn cache_defs_crud(s: &Store) {
         v1 + 1
     );
     let names: Vec<String> = s
-        .cache_defs()
+        .objects::<CacheDef>()
         .await
         .unwrap()
         .into_iter()
@@ -572,8 +577,10 @@ async fn cache_defs_crud(s: &Store) {
         .collect();
     assert_eq!(names, ["a", "b", "default"]);
     let bad_plan = oxbus_supervisor::store::Plan {
-        put_caches: vec![CacheDef::named("c"), CacheDef::named("no spaces")],
-        delete_caches: vec!["a".into()],
+        caches: ObjectChanges {
+            put: vec![CacheDef::named("c"), CacheDef::named("no spaces")],
+            delete: vec!["a".into()],
+        },
         ..Default::default()
     };
     assert!(matches!(
@@ -581,15 +588,15 @@ async fn cache_defs_crud(s: &Store) {
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(s.version().await.unwrap(), v1 + 1);
-    assert_eq!(s.cache_defs().await.unwrap().len(), 3);
+    assert_eq!(s.objects::<CacheDef>().await.unwrap().len(), 3);
 
-    s.delete_cache_def("a").await.unwrap();
+    s.delete_object::<CacheDef>("a").await.unwrap();
     assert!(matches!(
-        s.delete_cache_def("a").await,
+        s.delete_object::<CacheDef>("a").await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(s.version().await.unwrap(), v1 + 2);
-    assert_eq!(s.cache_defs().await.unwrap().len(), 2);
+    assert_eq!(s.objects::<CacheDef>().await.unwrap().len(), 2);
 }
 
 /// Scheduler jobs: create refused when it exists, replace refused when it does not, each
@@ -599,23 +606,23 @@ async fn cache_defs_crud(s: &Store) {
 async fn jobs_crud(s: &Store) {
     use oxbus_supervisor::model::job::{JobDef, JobType, parse_start_date};
     let v0 = s.version().await.unwrap();
-    assert!(s.jobs().await.unwrap().is_empty());
+    assert!(s.objects::<JobDef>().await.unwrap().is_empty());
     let every = JobDef {
         minutes: 5,
         extra: Some(serde_json::json!({"to": ["a", "b"], "n": 1})),
         start_date: Some("2026-12-01T08:00:00+01:00".into()),
         ..JobDef::new("ping", JobType::IntervalBased, "demo.ping")
     };
-    let c = s.put_job(&every, true, "t").await.unwrap();
+    let c = s.put_object(&every, true, "t").await.unwrap();
     assert_eq!(c.config_version, v0 + 1);
     assert_eq!(c.value, every, "stored as given");
-    match s.put_job(&every, true, "t").await {
+    match s.put_object(&every, true, "t").await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("exists already"), "{m}"),
         other => panic!("{other:?}"),
     }
     let ghost = JobDef::new("ghost", JobType::OneTime, "s");
     assert!(matches!(
-        s.put_job(&ghost, false, "t").await,
+        s.put_object(&ghost, false, "t").await,
         Err(StoreError::NotFound(_))
     ));
     // Refused before anything is written: the message names the field.
@@ -623,7 +630,7 @@ async fn jobs_crud(s: &Store) {
         cron: Some("61 * * * *".into()),
         ..JobDef::new("bad", JobType::CronStyle, "s")
     };
-    match s.put_job(&bad, true, "t").await {
+    match s.put_object(&bad, true, "t").await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("cron:"), "{m}"),
         other => panic!("{other:?}"),
     }
@@ -635,7 +642,7 @@ async fn jobs_crud(s: &Store) {
         cron: Some("0 8 * * *".into()),
         ..JobDef::new("daily", JobType::CronStyle, "demo.report")
     };
-    let created = s.put_job(&daily, true, "t").await.unwrap().value;
+    let created = s.put_object(&daily, true, "t").await.unwrap().value;
     let start = created.start().unwrap();
     assert!(start >= before && start <= chrono::Utc::now(), "{start}");
     assert_eq!(created.timezone.as_deref(), Some("UTC"), "made explicit");
@@ -644,7 +651,7 @@ async fn jobs_crud(s: &Store) {
         jitter_ms: 500,
         ..daily.clone()
     };
-    let c = s.put_job(&replaced, false, "t").await.unwrap();
+    let c = s.put_object(&replaced, false, "t").await.unwrap();
     assert_eq!(c.config_version, v0 + 3);
     assert_eq!(c.value.start_date, created.start_date);
     assert!(!c.value.active);
@@ -653,7 +660,7 @@ async fn jobs_crud(s: &Store) {
         start_date: Some("2027-01-01T00:00:00-05:00".into()),
         ..replaced.clone()
     };
-    let c = s.put_job(&moved, false, "t").await.unwrap();
+    let c = s.put_object(&moved, false, "t").await.unwrap();
     assert_eq!(
         c.value.start_date.as_deref(),
         Some("2027-01-01T00:00:00-05:00")
@@ -689,7 +696,7 @@ async fn jobs_crud(s: &Store) {
     ));
     assert_eq!(s.version().await.unwrap(), v + 2);
     // By name, as stored.
-    let all = s.jobs().await.unwrap();
+    let all = s.objects::<JobDef>().await.unwrap();
     let names: Vec<&str> = all.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["daily", "ping"]);
     assert!(all[0].active && !all[1].active);
@@ -698,34 +705,38 @@ async fn jobs_crud(s: &Store) {
     // A plan: one version for every change of it.
     let v1 = s.version().await.unwrap();
     let plan = oxbus_supervisor::store::Plan {
-        put_jobs: vec![
-            JobDef::new("a", JobType::OneTime, "s"),
-            JobDef {
-                start_date: None,
-                ..JobDef {
-                    active: true,
-                    ..every.clone()
-                }
-            },
-        ],
-        delete_jobs: vec!["daily".into()],
+        jobs: ObjectChanges {
+            put: vec![
+                JobDef::new("a", JobType::OneTime, "s"),
+                JobDef {
+                    start_date: None,
+                    ..JobDef {
+                        active: true,
+                        ..every.clone()
+                    }
+                },
+            ],
+            delete: vec!["daily".into()],
+        },
         ..Default::default()
     };
     assert_eq!(
         s.apply(&plan, "import").await.unwrap().config_version,
         v1 + 1
     );
-    let all = s.jobs().await.unwrap();
+    let all = s.objects::<JobDef>().await.unwrap();
     let names: Vec<&str> = all.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["a", "ping"]);
     assert!(all[0].start().is_ok(), "created: a start date");
     assert_eq!(all[1], every, "replaced: the stored start date kept");
     let bad_plan = oxbus_supervisor::store::Plan {
-        put_jobs: vec![
-            JobDef::new("c", JobType::OneTime, "s"),
-            JobDef::new("no spaces", JobType::OneTime, "s"),
-        ],
-        delete_jobs: vec!["a".into()],
+        jobs: ObjectChanges {
+            put: vec![
+                JobDef::new("c", JobType::OneTime, "s"),
+                JobDef::new("no spaces", JobType::OneTime, "s"),
+            ],
+            delete: vec!["a".into()],
+        },
         ..Default::default()
     };
     assert!(matches!(
@@ -733,15 +744,15 @@ async fn jobs_crud(s: &Store) {
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(s.version().await.unwrap(), v1 + 1);
-    assert_eq!(s.jobs().await.unwrap().len(), 2);
+    assert_eq!(s.objects::<JobDef>().await.unwrap().len(), 2);
 
-    s.delete_job("a").await.unwrap();
+    s.delete_object::<JobDef>("a").await.unwrap();
     assert!(matches!(
-        s.delete_job("a").await,
+        s.delete_object::<JobDef>("a").await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(s.version().await.unwrap(), v1 + 2);
-    assert_eq!(s.jobs().await.unwrap(), [every]);
+    assert_eq!(s.objects::<JobDef>().await.unwrap(), [every]);
 }
 
 async fn apply_is_one_transaction(s: &Store) {
@@ -767,12 +778,9 @@ async fn apply_is_one_transaction(s: &Store) {
         delete_secrets: vec![],
         deploy_modules: vec![("m".into(), "y = 2\n".into())],
         undeploy_modules: vec!["gone".into()],
-        put_security: vec![],
-        delete_security: vec![],
-        put_caches: vec![],
-        delete_caches: vec![],
-        put_jobs: vec![],
-        delete_jobs: vec![],
+        security: ObjectChanges::default(),
+        caches: ObjectChanges::default(),
+        jobs: ObjectChanges::default(),
     };
     let c = s.apply(&plan, "import").await.unwrap();
     assert_eq!(c.config_version, v0 + 1);

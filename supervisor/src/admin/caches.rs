@@ -1,19 +1,17 @@
 //! The admin API's caches (docs/CACHE.md): `GET /v1/caches` (every live cache of this server
 //! with its figures), `GET|PUT|DELETE /v1/caches/{name}` (one cache; create or replace its
-//! definition; delete it). A definition is a store object like the others: a change is
-//! stored with a config version bump, applied here before the answer, and reaches the other
-//! servers through the bus and the sync loop.
+//! definition; delete it). A definition's changes are `admin::objects`' (this file has the
+//! kind's hooks: applied with `apply_defs`, answered with the live cache's figures, `default`
+//! never deleted).
 
-use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tracing::info;
 
+use super::objects::Refused;
 use super::{Body, error, read_body, reply};
 use crate::admin::Ctx;
-use crate::store::StoreError;
-use oxbus_cache::{CacheDef, DEFAULT_CACHE};
+use oxbus_cache::CacheDef;
 
 /// Routes `/v1/caches/…`; `rest` is the path after `/v1/caches`, split at `/`.
 pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
@@ -24,11 +22,13 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
         (&Method::PUT, [name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => put(cx, &name, body).await,
+                Ok(body) => super::objects::put::<CacheDef>(cx, Some(&name), body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => delete(cx, &crate::edge::router::percent_decode(name)).await,
+        (&Method::DELETE, [name]) => {
+            super::objects::delete::<CacheDef>(cx, &crate::edge::router::percent_decode(name)).await
+        }
         // A cache's entries (`crate::admin::cache_entries`).
         (_, [name, "keys", ..] | [name, "clear"]) => {
             let caches = &cx.pool.caches;
@@ -85,80 +85,55 @@ fn get(cx: &Ctx, name: &str) -> Response<Body> {
     }
 }
 
-/// PUT /v1/caches/{name}: creates or replaces the definition (201 / 200). The body holds the
-/// definition's fields; those left out take their defaults (a replace does not merge).
-async fn put(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
-    let def = match super::definition(
-        &body,
-        |v| crate::admin::config_io::parse_cache_def(v, Some(name)),
-        |d: &CacheDef| d.validate().map_err(|e| e.to_string()),
-    ) {
-        Ok(d) => d,
-        Err(m) => return error(StatusCode::BAD_REQUEST, m),
-    };
-    let _one_at_a_time = cx.locks.deploy.lock().await;
-    let stored = match cx.store.cache_defs().await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let create = !stored.iter().any(|d| d.name == name);
-    let change = match cx.store.put_cache_def(&def, create, "admin-api").await {
-        Ok(c) => c,
-        // Created or deleted meanwhile through another server.
-        Err(StoreError::Invalid(m) | StoreError::NotFound(m)) => {
-            return error(StatusCode::CONFLICT, m);
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let mut expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    expected.push(def.clone());
-    crate::admin::config_io::apply_cache_defs(cx, expected).await;
-    info!(
-        cache = name,
-        created = create,
-        "cache definition {}",
-        if create { "created" } else { "updated" }
-    );
-    let cache = match cx.pool.caches.get(name) {
-        Ok(c) => stats_json(&c),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    reply(
-        if create {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        json!({"config_version": change.config_version, "created": create, "cache": cache}),
-    )
-}
-
-/// DELETE /v1/caches/{name}: the cache and its entries go (on every server); `default`
-/// always exists.
-async fn delete(cx: &Ctx, name: &str) -> Response<Body> {
-    if name == DEFAULT_CACHE {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the default cache always exists; PUT it to change its settings",
-        );
+impl super::objects::AdminObject for CacheDef {
+    /// The body holds the definition's fields; those left out take their defaults (a
+    /// replace does not merge).
+    async fn build(
+        _cx: &Ctx,
+        input: Value,
+        name: Option<&str>,
+        _stored: Option<&Self>,
+    ) -> Result<Self, Refused> {
+        crate::admin::config_io::parse_cache_def(&input, name)
+            .and_then(|d| {
+                use crate::model::object::ConfigObject;
+                ConfigObject::validate(&d).map_err(|e| e.to_string())?;
+                Ok(d)
+            })
+            .map_err(|m| Refused::new(StatusCode::BAD_REQUEST, m))
     }
-    let _one_at_a_time = cx.locks.deploy.lock().await;
-    let stored = match cx.store.cache_defs().await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let change = match cx.store.delete_cache_def(name).await {
-        Ok(c) => c,
-        Err(StoreError::NotFound(_)) => {
-            return error(StatusCode::NOT_FOUND, format!("no cache named {name}"));
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let expected: Vec<CacheDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    crate::admin::config_io::apply_cache_defs(cx, expected).await;
-    info!(cache = name, "cache definition deleted");
-    reply(
-        StatusCode::OK,
-        json!({"config_version": change.config_version, "deleted": name}),
-    )
+
+    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {
+        crate::admin::config_io::apply_cache_defs(cx, expected).await;
+        Ok(())
+    }
+
+    /// With the live cache's figures.
+    fn put_answer(
+        cx: &Ctx,
+        def: &Self,
+        config_version: i64,
+        created: bool,
+    ) -> Result<Value, Refused> {
+        let cache = match cx.pool.caches.get(&def.name) {
+            Ok(c) => stats_json(&c),
+            Err(e) => return Err(Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        };
+        Ok(json!({"config_version": config_version, "created": created, "cache": cache}))
+    }
+
+    /// `default` always exists.
+    fn refuse_delete(_cx: &Ctx, name: &str) -> Option<Refused> {
+        use crate::model::object::ConfigObject;
+        CacheDef::always_exists(name).then(|| {
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                "the default cache always exists; PUT it to change its settings",
+            )
+        })
+    }
+
+    fn not_found(name: &str) -> String {
+        format!("no cache named {name}")
+    }
 }

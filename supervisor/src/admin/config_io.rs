@@ -21,8 +21,10 @@ use crate::admin::Ctx;
 use crate::deploy::{DeployError, Source, WorkerAck};
 use crate::model::channel::{Channel, ChannelType};
 use crate::model::job::JobDef;
-use crate::store::Plan;
-use oxbus_cache::{CacheDef, DEFAULT_CACHE};
+use crate::model::object::ConfigObject;
+use crate::model::security::SecurityDef;
+use crate::store::{ObjectChanges, Plan};
+use oxbus_cache::CacheDef;
 
 /// The document's format version.
 pub const FORMAT: u32 = 1;
@@ -193,13 +195,11 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         .partition(|c| c.channel_type == ChannelType::JsonRpc);
     let secrets = store.secrets().await.map_err(unavailable)?;
     let modules = store.active_modules().await.map_err(unavailable)?;
-    let security = store.security_defs().await.map_err(unavailable)?;
-    let cache = store.cache_defs().await.map_err(unavailable)?;
-    let job = store.jobs().await.map_err(unavailable)?;
+    let objects = store.object_set().await.map_err(unavailable)?;
     Ok(Document {
-        cache,
-        job,
-        security: serde_json::to_value(security).expect("definitions serialise"),
+        cache: objects.caches,
+        job: objects.jobs,
+        security: serde_json::to_value(objects.security).expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,
@@ -415,7 +415,7 @@ pub async fn import(
         cx,
         &doc.security,
         replace,
-        &mut plan,
+        &mut plan.security,
         &mut changes,
         &mut unchanged,
     )
@@ -490,22 +490,23 @@ pub async fn import(
 
     // Cache definitions: each validated; `replace` keeps a stored `default` (it always exists;
     // the admin API refuses to delete it too).
-    let caches = import_caches(
+    let caches = import_objects(
         cx,
         &doc.cache,
         replace,
-        &mut plan,
+        &mut plan.caches,
         &mut changes,
         &mut unchanged,
     )
     .await?;
 
-    // Scheduler jobs: each validated.
-    let jobs = import_jobs(
+    // Scheduler jobs: each validated; compared as they would be stored (a `start_date` left
+    // out is the stored job's).
+    let jobs = import_objects(
         cx,
         &doc.job,
         replace,
-        &mut plan,
+        &mut plan.jobs,
         &mut changes,
         &mut unchanged,
     )
@@ -570,10 +571,10 @@ pub async fn import(
         crate::store::StoreError::Invalid(m) => bad(m),
         e => unavailable(e),
     })?;
-    if !plan.put_caches.is_empty() || !plan.delete_caches.is_empty() {
+    if !plan.caches.is_empty() {
         apply_cache_defs(cx, caches).await;
     }
-    if !plan.put_jobs.is_empty() || !plan.delete_jobs.is_empty() {
+    if !plan.jobs.is_empty() {
         apply_jobs(cx, jobs).await;
     }
     let mut workers = Vec::new();
@@ -601,53 +602,85 @@ pub async fn import(
     })
 }
 
-/// The document's cache definitions into `plan`; returns every definition as the import
-/// leaves them.
-async fn import_caches(
+/// One kind's step of an import: the document's definitions (`listed`, each validated here)
+/// against the stored ones, into `plan`; returns every definition as the import leaves them.
+async fn import_objects<K: ConfigObject>(
     cx: &Ctx,
-    listed: &[CacheDef],
+    listed: &[K],
     replace: bool,
-    plan: &mut Plan,
+    plan: &mut ObjectChanges<K>,
     changes: &mut Vec<Change>,
     unchanged: &mut usize,
-) -> Result<Vec<CacheDef>, DeployError> {
-    if let Some(d) = duplicate(listed.iter().map(|c| c.name.as_str())) {
-        return Err(bad(format!("cache: {d} is listed twice")));
+) -> Result<Vec<K>, DeployError> {
+    if let Some(d) = duplicate(listed.iter().map(|c| c.name())) {
+        return Err(bad(format!("{}: {d} is listed twice", K::KIND)));
     }
     for c in listed {
         c.validate().map_err(|e| bad(e.to_string()))?;
     }
-    let stored = cx.store.cache_defs().await.map_err(unavailable)?;
+    let stored: Vec<K> = cx.store.objects().await.map_err(unavailable)?;
+    Ok(diff_objects(
+        listed,
+        stored,
+        replace,
+        |old, new| old == new,
+        plan,
+        changes,
+        unchanged,
+    ))
+}
+
+/// `listed` (checked) against `stored`: the puts and (with `replace`) the deletes into `plan`
+/// and `changes`, the rest counted as `unchanged`. A definition is unchanged when `same`
+/// holds for the stored one and the listed one as it would be stored
+/// ([`ConfigObject::into_stored`]). Returns every definition as the import leaves them; an
+/// object that always exists is never deleted.
+fn diff_objects<K: ConfigObject>(
+    listed: &[K],
+    stored: Vec<K>,
+    replace: bool,
+    same: impl Fn(&K, &K) -> bool,
+    plan: &mut ObjectChanges<K>,
+    changes: &mut Vec<Change>,
+    unchanged: &mut usize,
+) -> Vec<K> {
+    let now = chrono::Utc::now();
+    let mut result = Vec::new();
     for c in listed {
-        match stored.iter().find(|o| o.name == c.name) {
-            Some(old) if old == c => *unchanged += 1,
+        let old = stored.iter().find(|o| o.name() == c.name());
+        let as_stored = c.clone().into_stored(old, now);
+        match old {
+            Some(old) if same(old, &as_stored) => {
+                *unchanged += 1;
+                result.push(old.clone());
+            }
             old => {
-                plan.put_caches.push(c.clone());
+                plan.put.push(c.clone());
                 changes.push(Change {
-                    kind: "cache",
-                    name: c.name.clone(),
+                    kind: K::KIND,
+                    name: c.name().to_owned(),
                     action: if old.is_some() { "update" } else { "create" },
                 });
+                result.push(as_stored);
             }
         }
     }
-    let mut result = listed.to_vec();
     for o in stored {
-        if listed.iter().any(|c| c.name == o.name) {
+        if listed.iter().any(|c| c.name() == o.name()) {
             continue;
         }
-        if replace && o.name != DEFAULT_CACHE {
-            plan.delete_caches.push(o.name.clone());
+        if replace && !K::always_exists(o.name()) {
+            plan.delete.push(o.name().to_owned());
             changes.push(Change {
-                kind: "cache",
-                name: o.name,
+                kind: K::KIND,
+                name: o.name().to_owned(),
                 action: "delete",
             });
         } else {
             result.push(o);
         }
     }
-    Ok(result)
+    result
 }
 
 /// Makes this server's live caches match the store's definitions after a change made
@@ -655,7 +688,7 @@ async fn import_caches(
 /// definitions as the change left them, applied should the store not answer now (the sync
 /// loop then reads them again on its next round).
 pub async fn apply_cache_defs(cx: &Ctx, expected: Vec<CacheDef>) {
-    let defs = match cx.store.cache_defs().await {
+    let defs = match cx.store.objects().await {
         Ok(defs) => defs,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the cache definitions back: applying the change as made");
@@ -665,65 +698,12 @@ pub async fn apply_cache_defs(cx: &Ctx, expected: Vec<CacheDef>) {
     cx.pool.caches.apply_defs(&defs);
 }
 
-/// The document's jobs into `plan`; returns every job as the import leaves them (a new job's
-/// `start_date` left out: filled in with now here, in the store with the commit's time).
-async fn import_jobs(
-    cx: &Ctx,
-    listed: &[JobDef],
-    replace: bool,
-    plan: &mut Plan,
-    changes: &mut Vec<Change>,
-    unchanged: &mut usize,
-) -> Result<Vec<JobDef>, DeployError> {
-    if let Some(d) = duplicate(listed.iter().map(|j| j.name.as_str())) {
-        return Err(bad(format!("job: {d} is listed twice")));
-    }
-    for j in listed {
-        j.validate().map_err(|e| bad(e.to_string()))?;
-    }
-    let stored = cx.store.jobs().await.map_err(unavailable)?;
-    let now = chrono::Utc::now();
-    let mut result = Vec::new();
-    for j in listed {
-        let old = stored.iter().find(|o| o.name == j.name);
-        // Compared as it would be stored: a start_date left out is the stored one.
-        let as_stored = j.clone().as_stored(old, now);
-        if old == Some(&as_stored) {
-            *unchanged += 1;
-        } else {
-            plan.put_jobs.push(j.clone());
-            changes.push(Change {
-                kind: "job",
-                name: j.name.clone(),
-                action: if old.is_some() { "update" } else { "create" },
-            });
-        }
-        result.push(as_stored);
-    }
-    for o in stored {
-        if listed.iter().any(|j| j.name == o.name) {
-            continue;
-        }
-        if replace {
-            plan.delete_jobs.push(o.name.clone());
-            changes.push(Change {
-                kind: "job",
-                name: o.name,
-                action: "delete",
-            });
-        } else {
-            result.push(o);
-        }
-    }
-    Ok(result)
-}
-
 /// Hands this server's scheduler the store's jobs after a change made through this server
 /// (the other servers follow through `sync`). `expected`: the jobs as the change left them,
 /// used should the store not answer now (the sync loop then reads them again on its next
 /// round).
 pub async fn apply_jobs(cx: &Ctx, expected: Vec<JobDef>) {
-    let defs = match cx.store.jobs().await {
+    let defs = match cx.store.objects().await {
         Ok(defs) => defs,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the jobs back: applying the change as made");
@@ -734,34 +714,41 @@ pub async fn apply_jobs(cx: &Ctx, expected: Vec<JobDef>) {
 }
 
 /// The document's security definitions into `plan`; returns every definition as the
-/// import leaves them (for checking the channels against).
+/// import leaves them (for checking the channels against). Each is built against the stored
+/// one (`edge::gate::from_input`: plaintext hashed or sealed, a stored secret kept), then
+/// diffed like every kind ([`diff_objects`]).
 async fn import_security(
     cx: &Ctx,
     listed: &Value,
     replace: bool,
-    plan: &mut Plan,
+    plan: &mut ObjectChanges<SecurityDef>,
     changes: &mut Vec<Change>,
     unchanged: &mut usize,
-) -> Result<Vec<crate::model::security::SecurityDef>, DeployError> {
+) -> Result<Vec<SecurityDef>, DeployError> {
     let listed: &[Value] = match listed {
         Value::Null => &[],
         Value::Array(a) => a,
         _ => return Err(bad("security: expected a list of definitions")),
     };
-    let stored = cx.store.security_defs().await.map_err(unavailable)?;
-    let mut result: Vec<crate::model::security::SecurityDef> = Vec::new();
+    let stored: Vec<SecurityDef> = cx.store.objects().await.map_err(unavailable)?;
+    let mut built: Vec<SecurityDef> = Vec::new();
+    // The plaintext secret each entry gives, by name.
+    let mut plain: BTreeMap<String, String> = BTreeMap::new();
     for (i, v) in listed.iter().enumerate() {
         let name = match v.get("name") {
             Some(Value::String(n)) => n.clone(),
             _ => return Err(bad(format!("security[{i}]: name must be a string"))),
         };
-        if result.iter().any(|d| d.name == name) {
+        if built.iter().any(|d| d.name == name) {
             return Err(bad(format!("security: {name} is listed twice")));
         }
         let old = stored.iter().find(|d| d.name == name);
-        let plain = ["password", "key", "secret"]
+        if let Some(p) = ["password", "key", "secret"]
             .iter()
-            .find_map(|f| v.get(*f).and_then(Value::as_str).map(str::to_owned));
+            .find_map(|f| v.get(*f).and_then(Value::as_str))
+        {
+            plain.insert(name.clone(), p.to_owned());
+        }
         let key = cx.key.clone();
         let (input, prev) = (v.clone(), old.cloned());
         let def = tokio::task::spawn_blocking(move || {
@@ -770,47 +757,29 @@ async fn import_security(
         .await
         .map_err(unavailable)?
         .map_err(|e| bad(format!("security {name}: {e}")))?;
-        // Unchanged when every field and the secret itself are the same (a plaintext
-        // password is checked against the stored hash, not re-hashed into a "change").
-        let same = old.is_some_and(|o| {
-            let fields_same = crate::model::security::SecurityDef {
-                sealed: None,
-                ..o.clone()
-            } == crate::model::security::SecurityDef {
-                sealed: None,
-                ..def.clone()
-            };
-            fields_same && crate::edge::gate::same_secret(o, &def, plain.as_deref(), &cx.key)
-        });
-        if same {
-            *unchanged += 1;
-            result.push(old.expect("same implies stored").clone());
-            continue;
-        }
-        changes.push(Change {
-            kind: "security",
-            name: name.clone(),
-            action: if old.is_some() { "update" } else { "create" },
-        });
-        plan.put_security.push(def.clone());
-        result.push(def);
+        built.push(def);
     }
-    for o in &stored {
-        if result.iter().any(|d| d.name == o.name) {
-            continue;
-        }
-        if replace {
-            plan.delete_security.push(o.name.clone());
-            changes.push(Change {
-                kind: "security",
-                name: o.name.clone(),
-                action: "delete",
-            });
-        } else {
-            result.push(o.clone());
-        }
-    }
-    Ok(result)
+    // Unchanged when every field and the secret itself are the same (a plaintext password is
+    // checked against the stored hash, not re-hashed into a "change").
+    let same = |o: &SecurityDef, def: &SecurityDef| {
+        let fields_same = SecurityDef {
+            sealed: None,
+            ..o.clone()
+        } == SecurityDef {
+            sealed: None,
+            ..def.clone()
+        };
+        fields_same
+            && crate::edge::gate::same_secret(
+                o,
+                def,
+                plain.get(&def.name).map(String::as_str),
+                &cx.key,
+            )
+    };
+    Ok(diff_objects(
+        &built, stored, replace, same, plan, changes, unchanged,
+    ))
 }
 
 /// A serde message with the contents of quoted strings left out (`string "…"`), so that a

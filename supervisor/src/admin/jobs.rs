@@ -1,22 +1,20 @@
 //! The admin API's scheduler jobs (docs/SCHEDULER.md, "Jobs"): `GET /v1/jobs` (every job this
 //! server has), `GET|PUT|DELETE /v1/jobs/{name}` (one job; create or replace it; delete it) and
-//! `POST /v1/jobs/{name}/enable|disable`. A job is a store object like the others: a change
-//! is stored with a config version bump, handed to this server's scheduler before the answer
-//! (`scheduler::JobsTable`), and reaches the other servers through the bus and the sync loop.
+//! `POST /v1/jobs/{name}/enable|disable`. A job's create/replace and delete are
+//! `admin::objects`' (this file has the kind's hooks: handed to this server's scheduler,
+//! `scheduler::JobsTable`, before the answer); enable/disable is a change like a put, made
+//! here; execute and runs are not config changes.
 
-use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::info;
 
+use super::objects::{BY, Refused};
 use super::{Body, error, read_body, reply};
 use crate::admin::Ctx;
 use crate::model::job::JobDef;
 use crate::store::StoreError;
-
-/// Who the store records as having made a change through this API.
-const BY: &str = "admin-api";
 
 /// Routes `/v1/jobs/…`; `rest` is the path after `/v1/jobs`, split at `/`.
 pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
@@ -27,11 +25,13 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
         (&Method::PUT, [name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => put(cx, &name, body).await,
+                Ok(body) => super::objects::put::<JobDef>(cx, Some(&name), body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => delete(cx, &crate::edge::router::percent_decode(name)).await,
+        (&Method::DELETE, [name]) => {
+            super::objects::delete::<JobDef>(cx, &crate::edge::router::percent_decode(name)).await
+        }
         (&Method::POST, [name, "enable"]) => {
             set_active(cx, &crate::edge::router::percent_decode(name), true).await
         }
@@ -80,58 +80,44 @@ fn get(cx: &Ctx, name: &str) -> Response<Body> {
     }
 }
 
-/// PUT /v1/jobs/{name}: creates or replaces the job (201 / 200). The body holds the job's
-/// fields; those left out take their defaults (a replace does not merge), except
-/// `start_date`, which a replace that leaves it out keeps.
-async fn put(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
-    let def = match super::definition(
-        &body,
-        |v| crate::model::job::parse_job_def(v, Some(name)).map_err(|e| e.to_string()),
-        |d: &JobDef| d.validate().map_err(|e| e.to_string()),
-    ) {
-        Ok(d) => d,
-        Err(m) => return error(StatusCode::BAD_REQUEST, m),
-    };
-    let _one_at_a_time = cx.locks.deploy.lock().await;
-    let stored = match cx.store.jobs().await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let create = !stored.iter().any(|d| d.name == name);
-    let change = match cx.store.put_job(&def, create, BY).await {
-        Ok(c) => c,
-        // Created or deleted meanwhile through another server.
-        Err(StoreError::Invalid(m) | StoreError::NotFound(m)) => {
-            return error(StatusCode::CONFLICT, m);
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let job = change.value;
-    let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    expected.push(job.clone());
-    crate::admin::config_io::apply_jobs(cx, expected).await;
-    info!(
-        job = name,
-        created = create,
-        "job {}",
-        if create { "created" } else { "updated" }
-    );
-    let mut answer = json!({
-        "config_version": change.config_version,
-        "created": create,
-        "job": job_json(&job),
-    });
-    if let Some(w) = service_warning(cx, &job.service) {
-        answer["warning"] = json!(w);
+impl super::objects::AdminObject for JobDef {
+    /// The body holds the job's fields; those left out take their defaults (a replace does
+    /// not merge), except `start_date`, which a replace that leaves it out keeps (the store's
+    /// `as_stored`).
+    async fn build(
+        _cx: &Ctx,
+        input: Value,
+        name: Option<&str>,
+        _stored: Option<&Self>,
+    ) -> Result<Self, Refused> {
+        crate::model::job::parse_job_def(&input, name)
+            .and_then(|d| d.validate().map(|()| d))
+            .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))
     }
-    reply(
-        if create {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        answer,
-    )
+
+    /// Hands this server's scheduler the jobs.
+    async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {
+        crate::admin::config_io::apply_jobs(cx, expected).await;
+        Ok(())
+    }
+
+    /// The job as stored, and a warning when no worker runs its service.
+    fn put_answer(
+        cx: &Ctx,
+        def: &Self,
+        config_version: i64,
+        created: bool,
+    ) -> Result<Value, Refused> {
+        let mut answer = json!({
+            "config_version": config_version,
+            "created": created,
+            "job": job_json(def),
+        });
+        if let Some(w) = service_warning(cx, &def.service) {
+            answer["warning"] = json!(w);
+        }
+        Ok(answer)
+    }
 }
 
 /// A job may name a service no worker runs yet (deploy order must not matter); the answer
@@ -155,7 +141,7 @@ fn service_warning(cx: &Ctx, service: &str) -> Option<String> {
 /// POST /v1/jobs/{name}/enable|disable: sets `active`, a config change like a PUT.
 async fn set_active(cx: &Ctx, name: &str, active: bool) -> Response<Body> {
     let _one_at_a_time = cx.locks.deploy.lock().await;
-    let stored = match cx.store.jobs().await {
+    let stored: Vec<JobDef> = match cx.store.objects().await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
@@ -176,27 +162,6 @@ async fn set_active(cx: &Ctx, name: &str, active: bool) -> Response<Body> {
     reply(
         StatusCode::OK,
         json!({"config_version": change.config_version, "job": job_json(&job)}),
-    )
-}
-
-/// DELETE /v1/jobs/{name}
-async fn delete(cx: &Ctx, name: &str) -> Response<Body> {
-    let _one_at_a_time = cx.locks.deploy.lock().await;
-    let stored = match cx.store.jobs().await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let change = match cx.store.delete_job(name).await {
-        Ok(c) => c,
-        Err(StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
-    crate::admin::config_io::apply_jobs(cx, expected).await;
-    info!(job = name, "job deleted");
-    reply(
-        StatusCode::OK,
-        json!({"config_version": change.config_version, "deleted": name}),
     )
 }
 

@@ -8,7 +8,9 @@
 //! secrets (list names, set, delete: a value goes in, never out), caches (`caches`: list
 //! with figures, get, create or replace a definition, delete), scheduler jobs (`jobs`: list,
 //! get, create or replace, delete, enable, disable), config export and import, invoke, and
-//! the OpenAPI document. Request bodies are never logged.
+//! the OpenAPI document. Request bodies are never logged. The create/replace and delete of
+//! security definitions, caches and jobs are one generic path (`objects`), each kind's hooks
+//! in its own file (`security`, `caches`, `jobs`; docs/CONFIG_OBJECTS.md).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -47,6 +49,10 @@ pub mod cache_entries;
 mod caches;
 pub mod config_io;
 mod jobs;
+mod objects;
+mod security;
+
+use crate::model::security::SecurityDef;
 
 type Body = Full<Bytes>;
 
@@ -267,20 +273,22 @@ async fn route(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
         (&Method::DELETE, ["v1", "secrets", name]) => {
             delete_secret(cx, &crate::edge::router::percent_decode(name)).await
         }
-        (&Method::GET, ["v1", "security"]) => list_security(cx).await,
-        (&Method::GET, ["v1", "security", name]) => get_security(cx, name).await,
+        (&Method::GET, ["v1", "security"]) => security::list(cx).await,
+        (&Method::GET, ["v1", "security", name]) => security::get(cx, name).await,
         (&Method::POST, ["v1", "security"]) => match read_body(req).await {
-            Ok(body) => put_security(cx, None, body).await,
+            Ok(body) => objects::put::<SecurityDef>(cx, None, body).await,
             Err(r) => r,
         },
         (&Method::PUT, ["v1", "security", name]) => {
             let name = name.to_string();
             match read_body(req).await {
-                Ok(body) => put_security(cx, Some(&name), body).await,
+                Ok(body) => objects::put::<SecurityDef>(cx, Some(&name), body).await,
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, ["v1", "security", name]) => delete_security(cx, name).await,
+        (&Method::DELETE, ["v1", "security", name]) => {
+            objects::delete::<SecurityDef>(cx, name).await
+        }
         // Every /v1/caches path, the entries of a cache included: see `caches::route`.
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         // Every /v1/jobs path: see `jobs::route`.
@@ -316,18 +324,6 @@ async fn route(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
 /// beyond a position).
 fn json_body(body: &[u8]) -> Result<Value, String> {
     serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
-}
-
-/// A definition from a JSON request body: parsed by `parse`, then checked by `validate`;
-/// else the 400's message.
-fn definition<T>(
-    body: &[u8],
-    parse: impl FnOnce(&Value) -> Result<T, String>,
-    validate: impl FnOnce(&T) -> Result<(), String>,
-) -> Result<T, String> {
-    let def = parse(&json_body(body)?)?;
-    validate(&def)?;
-    Ok(def)
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
@@ -611,19 +607,24 @@ async fn rollback(cx: &Ctx, name: &str) -> Response<Body> {
 
 /// Rebuilds the routing table from server.toml's channels and the store's, and swaps it in.
 async fn reload_router(cx: &Ctx) -> Result<(), Response<Body>> {
+    rebuild_routes(cx).await.map_err(objects::Refused::answer)
+}
+
+/// [`reload_router`], refused with the status and message of its error answer.
+async fn rebuild_routes(cx: &Ctx) -> Result<(), objects::Refused> {
     let stored = cx
         .store
         .channels()
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let defs = cx
+        .map_err(|e| objects::Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let defs: Vec<SecurityDef> = cx
         .store
-        .security_defs()
+        .objects()
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| objects::Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     cx.routes
         .rebuild(&stored, &defs)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+        .map_err(|e| objects::Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 /// Checks that `stored` (the store's channels as a change would leave them) route
@@ -633,132 +634,15 @@ async fn check_table(
     cx: &Ctx,
     stored: &[crate::model::channel::Channel],
 ) -> Result<(), Response<Body>> {
-    let defs = cx
+    let defs: Vec<SecurityDef> = cx
         .store
-        .security_defs()
+        .objects()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
     cx.routes
         .check(stored, &defs)
         .map(drop)
         .map_err(|e| error(StatusCode::BAD_REQUEST, e))
-}
-
-/// GET /v1/security: every definition, without its secret material.
-async fn list_security(cx: &Ctx) -> Response<Body> {
-    match cx.store.security_defs().await {
-        Ok(list) => reply(
-            StatusCode::OK,
-            json!({"security": list.iter().map(crate::model::security::public_json).collect::<Vec<_>>()}),
-        ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
-}
-
-/// GET /v1/security/{name}
-async fn get_security(cx: &Ctx, name: &str) -> Response<Body> {
-    match cx.store.security_defs().await {
-        Ok(list) => match list.iter().find(|d| d.name == name) {
-            Some(d) => reply(StatusCode::OK, crate::model::security::public_json(d)),
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no security definition named {name}"),
-            ),
-        },
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
-}
-
-/// POST /v1/security (create) and PUT /v1/security/{name} (replace; the secret is kept when
-/// the body carries none). Plaintext `password` / `key` / `secret` are hashed or sealed
-/// before anything is stored, and never logged or echoed. Live at once on every channel
-/// that names the definition.
-async fn put_security(cx: &Ctx, name: Option<&str>, body: Bytes) -> Response<Body> {
-    let input = match json_body(&body) {
-        Ok(v) => v,
-        Err(m) => return error(StatusCode::BAD_REQUEST, m),
-    };
-    let _one_at_a_time = cx.locks.deploy.lock().await;
-    let stored = match cx.store.security_defs().await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let previous = name.and_then(|n| stored.iter().find(|d| d.name == n));
-    if let Some(n) = name
-        && previous.is_none()
-    {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no security definition named {n}"),
-        );
-    }
-    // Argon2 hashing takes tens of milliseconds: off the runtime's threads.
-    let key = cx.key.clone();
-    let (n, prev) = (name.map(str::to_owned), previous.cloned());
-    let built = tokio::task::spawn_blocking(move || {
-        crate::edge::gate::from_input(input, n.as_deref(), prev.as_ref(), &key)
-    })
-    .await;
-    let def = match built {
-        Ok(Ok(d)) => d,
-        Ok(Err(m)) => return error(StatusCode::BAD_REQUEST, m),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let change = match cx
-        .store
-        .put_security(&def, name.is_none(), "admin-api")
-        .await
-    {
-        Ok(c) => c,
-        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
-        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    if let Err(r) = reload_router(cx).await {
-        return r;
-    }
-    info!(security = %def.name, kind = def.kind.as_str(), "security definition {}", if name.is_none() { "created" } else { "updated" });
-    reply(
-        if name.is_none() {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        json!({"config_version": change.config_version, "security": crate::model::security::public_json(&def)}),
-    )
-}
-
-/// DELETE /v1/security/{name}: refused (409) while a channel names it.
-async fn delete_security(cx: &Ctx, name: &str) -> Response<Body> {
-    let _one_at_a_time = cx.locks.deploy.lock().await;
-    if let Some(c) = cx
-        .settings
-        .channels
-        .iter()
-        .find(|c| c.security.as_deref() == Some(name))
-    {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "security definition {name} is used by server.toml's channel {}",
-                c.name.as_deref().unwrap_or(&c.url_path)
-            ),
-        );
-    }
-    let change = match cx.store.delete_security(name).await {
-        Ok(c) => c,
-        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
-        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    if let Err(r) = reload_router(cx).await {
-        return r;
-    }
-    info!(security = name, "security definition deleted");
-    reply(
-        StatusCode::OK,
-        json!({"config_version": change.config_version, "deleted": name}),
-    )
 }
 
 /// Whether server.toml has a channel of that name (an unnamed one is named by its path).

@@ -238,7 +238,10 @@ pub async fn seed(store: &Store) -> Result<bool, StoreError> {
     let plan = Plan {
         put_channels: sample_channels(),
         deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
-        put_jobs: vec![job],
+        jobs: crate::store::ObjectChanges {
+            put: vec![job],
+            delete: Vec::new(),
+        },
         ..Plan::default()
     };
     store.apply(&plan, "quickstart").await?;
@@ -391,7 +394,7 @@ mod tests {
         assert!(seed(&store).await.unwrap());
         let channels = store.channels().await.unwrap();
         assert_eq!(channels.len(), 5);
-        let jobs = store.jobs().await.unwrap();
+        let jobs: Vec<crate::model::job::JobDef> = store.objects().await.unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].validate().unwrap();
         crate::edge::router::Router::new(&channels).unwrap();

@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::model::channel::Channel;
+use crate::model::object::ObjectSet;
 use crate::store::{Module, SealedSecret, Store, StoreError};
 
 const MAGIC: &str = "oxbus-snapshot 1";
@@ -30,16 +31,10 @@ pub struct Snapshot {
     pub channels: Vec<Channel>,
     pub modules: Vec<Module>,
     pub secrets: Vec<SealedSecret>,
-    /// Security definitions (secret material sealed); absent in snapshots of older versions.
-    #[serde(default)]
-    pub security: Vec<crate::model::security::SecurityDef>,
-    /// Cache definitions (the built-in `default` is not among them unless one was stored);
-    /// absent in snapshots of older versions.
-    #[serde(default)]
-    pub caches: Vec<oxbus_cache::CacheDef>,
-    /// Scheduler jobs; absent in snapshots of older versions.
-    #[serde(default)]
-    pub jobs: Vec<crate::model::job::JobDef>,
+    /// The JSON-defined objects, at this level of the JSON (`security`, `caches`, `jobs`),
+    /// each absent in snapshots of older versions.
+    #[serde(flatten)]
+    pub objects: ObjectSet,
     /// The servers with a cluster bus as the store last listed them (this one among them),
     /// kept up to date as servers join and leave: a server restarted while the store is down
     /// dials its peers from here. Absent in snapshots of older versions.
@@ -82,9 +77,7 @@ impl Snapshot {
             channels: store.channels().await?,
             modules: store.active_modules().await?,
             secrets: store.secrets().await?,
-            security: store.security_defs().await?,
-            caches: store.cache_defs().await?,
-            jobs: store.jobs().await?,
+            objects: store.object_set().await?,
             peers: store
                 .servers()
                 .await?
@@ -200,36 +193,38 @@ mod tests {
                 updated_by: "t".into(),
                 updated_at: 3,
             }],
-            security: vec![crate::model::security::SecurityDef {
-                name: "b".into(),
-                kind: crate::model::security::SecurityType::Basic,
-                username: Some("ann".into()),
-                realm: None,
-                header: None,
-                algorithms: Vec::new(),
-                issuer: None,
-                audience: None,
-                public_key: None,
-                jwks_file: None,
-                leeway_s: None,
-                rate_limit: None,
-                sealed: Some("oxbus1:k:n:c".into()),
-            }],
-            caches: vec![oxbus_cache::CacheDef {
-                max_entries: 50,
-                ..oxbus_cache::CacheDef::named("sessions")
-            }],
-            jobs: vec![crate::model::job::JobDef {
-                cron: Some("0 8 * * MON-FRI".into()),
-                timezone: Some("Europe/Warsaw".into()),
-                start_date: Some("2026-12-01T08:00:00+01:00".into()),
-                extra: Some(serde_json::json!({"report": "daily"})),
-                ..crate::model::job::JobDef::new(
-                    "report",
-                    crate::model::job::JobType::CronStyle,
-                    "demo.report",
-                )
-            }],
+            objects: ObjectSet {
+                security: vec![crate::model::security::SecurityDef {
+                    name: "b".into(),
+                    kind: crate::model::security::SecurityType::Basic,
+                    username: Some("ann".into()),
+                    realm: None,
+                    header: None,
+                    algorithms: Vec::new(),
+                    issuer: None,
+                    audience: None,
+                    public_key: None,
+                    jwks_file: None,
+                    leeway_s: None,
+                    rate_limit: None,
+                    sealed: Some("oxbus1:k:n:c".into()),
+                }],
+                caches: vec![oxbus_cache::CacheDef {
+                    max_entries: 50,
+                    ..oxbus_cache::CacheDef::named("sessions")
+                }],
+                jobs: vec![crate::model::job::JobDef {
+                    cron: Some("0 8 * * MON-FRI".into()),
+                    timezone: Some("Europe/Warsaw".into()),
+                    start_date: Some("2026-12-01T08:00:00+01:00".into()),
+                    extra: Some(serde_json::json!({"report": "daily"})),
+                    ..crate::model::job::JobDef::new(
+                        "report",
+                        crate::model::job::JobType::CronStyle,
+                        "demo.report",
+                    )
+                }],
+            },
             peers: vec![BusPeer {
                 name: "b".into(),
                 bus_address: "10.0.0.2:7070".into(),
@@ -277,9 +272,9 @@ mod tests {
         text.extend_from_slice(&body);
         std::fs::write(&path, text).unwrap();
         let read = Snapshot::read(&path).unwrap();
-        assert!(read.caches.is_empty());
-        assert!(read.jobs.is_empty());
-        assert_eq!(read.security, sample().security);
+        assert!(read.objects.caches.is_empty());
+        assert!(read.objects.jobs.is_empty());
+        assert_eq!(read.objects.security, sample().objects.security);
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -257,11 +257,11 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     }
     // Cache definitions: unchanged caches keep their entries; applied whatever becomes of the
     // routing table below (they do not depend on it).
-    cx.pool.caches.apply_defs(&snap.caches);
+    cx.pool.caches.apply_defs(&snap.objects.caches);
     // Scheduler jobs: the same (notified only when they differ).
-    crate::scheduler::jobs::set_live(&cx.jobs, snap.jobs.clone());
+    crate::scheduler::jobs::set_live(&cx.jobs, snap.objects.jobs.clone());
     let version = snap.config_version;
-    let table_ok = match cx.routes.rebuild(&snap.channels, &snap.security) {
+    let table_ok = match cx.routes.rebuild(&snap.channels, &snap.objects.security) {
         Ok(()) => true,
         Err(e) => {
             // Not applied: the version stays behind, so the next sync tries again (e.g.

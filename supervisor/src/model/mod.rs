@@ -1,8 +1,10 @@
 //! The config objects as plain data: channels, security definitions, scheduler jobs (the
 //! cache definition is `oxbus_cache::CacheDef`), each with its validation. No I/O here: no
-//! store, no network, no files, no clock but what a caller passes in.
+//! store, no network, no files, no clock but what a caller passes in. `object`: what the
+//! JSON-defined named objects (security, cache, job definitions) share.
 
 pub mod channel;
 pub mod job;
 pub mod net;
+pub mod object;
 pub mod security;

@@ -21,7 +21,8 @@
 //!   `module_services`), [`PendingDeploy`];
 //! - `channels`: stored channels (`channels`);
 //! - `secrets`: sealed secrets (`secrets`);
-//! - `objects`: the JSON-defined named objects (`security_defs`, `cache_defs`, `jobs`);
+//! - `objects`: the JSON-defined named objects (`security_defs`, `cache_defs`, `jobs`), one
+//!   generic list/put/delete over `model::object::ConfigObject` (docs/CONFIG_OBJECTS.md);
 //! - `servers`: cluster membership (`servers`);
 //! - `plan`: a config import's changes, applied in one transaction across the tables above;
 //! - `scheduler`: the scheduler's lease, due times and run history (`scheduler_lease`,
@@ -86,7 +87,7 @@ mod servers;
 
 pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
-pub use plan::Plan;
+pub use plan::{ObjectChanges, Plan};
 pub use scheduler::{Claim, JobState, RUNS_KEPT, Run};
 pub use secrets::{SealedSecret, validate_secret_name};
 pub use servers::{SERVER_HEARTBEAT, SERVER_STALE, ServerRecord};

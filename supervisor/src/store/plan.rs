@@ -6,11 +6,66 @@ use super::{Change, Module, Result, Store, StoreError, bump, now_ms};
 use super::{validate_module_name, validate_secret_name};
 use crate::model::channel::Channel;
 use crate::model::job::JobDef;
+use crate::model::object::ConfigObject;
+use crate::model::security::SecurityDef;
+use oxbus_cache::CacheDef;
 
 use super::channels::{gate_columns, insert_channel};
 use super::modules::insert_versions;
-use super::objects::{job_as_stored, upsert_cache_def, upsert_job, upsert_security};
+use super::objects::{delete_sql, object_into_stored, upsert_object};
 use super::secrets::upsert_secret;
+
+/// A plan's changes to the objects of one JSON-defined kind.
+#[derive(Debug, Clone)]
+pub struct ObjectChanges<K> {
+    /// To create or replace (as given: the store fills in what
+    /// [`ConfigObject::into_stored`] says).
+    pub put: Vec<K>,
+    /// To delete, by name.
+    pub delete: Vec<String>,
+}
+
+impl<K> Default for ObjectChanges<K> {
+    fn default() -> Self {
+        ObjectChanges {
+            put: Vec::new(),
+            delete: Vec::new(),
+        }
+    }
+}
+
+impl<K: ConfigObject> ObjectChanges<K> {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.delete.is_empty()
+    }
+
+    /// Every definition to put, checked with [`ConfigObject::validate`].
+    fn validate(&self) -> Result<()> {
+        for d in &self.put {
+            d.validate()
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Inside transaction `$tx`: the deletes, then the puts, of `$changes` (an
+/// `&ObjectChanges<$k>`).
+macro_rules! apply_objects {
+    ($tx:ident, $k:ty, $changes:expr, $by:expr) => {{
+        let changes: &ObjectChanges<$k> = $changes;
+        for name in &changes.delete {
+            sqlx::query(delete_sql::<$k>())
+                .bind(name)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for d in &changes.put {
+            let (d, _) = object_into_stored!($tx, $k, d);
+            upsert_object!($tx, $k, &d, $by);
+        }
+    }};
+}
 
 /// Every change of a config import, applied in one transaction with one version bump.
 #[derive(Debug, Clone, Default)]
@@ -22,16 +77,12 @@ pub struct Plan {
     /// (name, sealed value) to create or replace.
     pub put_secrets: Vec<(String, String)>,
     pub delete_secrets: Vec<String>,
-    /// Security definitions to create or replace (secret material sealed), and to delete.
-    pub put_security: Vec<crate::model::security::SecurityDef>,
-    pub delete_security: Vec<String>,
-    /// Cache definitions to create or replace, and to delete (by name).
-    pub put_caches: Vec<oxbus_cache::CacheDef>,
-    pub delete_caches: Vec<String>,
-    /// Scheduler jobs to create or replace (`start_date` left out: see
-    /// [`JobDef::as_stored`]), and to delete (by name).
-    pub put_jobs: Vec<JobDef>,
-    pub delete_jobs: Vec<String>,
+    /// Security definitions (secret material sealed).
+    pub security: ObjectChanges<SecurityDef>,
+    /// Cache definitions.
+    pub caches: ObjectChanges<CacheDef>,
+    /// Scheduler jobs (`start_date` left out: see [`JobDef::as_stored`]).
+    pub jobs: ObjectChanges<JobDef>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -43,12 +94,9 @@ impl Plan {
             && self.delete_channels.is_empty()
             && self.put_secrets.is_empty()
             && self.delete_secrets.is_empty()
-            && self.put_security.is_empty()
-            && self.delete_security.is_empty()
-            && self.put_caches.is_empty()
-            && self.delete_caches.is_empty()
-            && self.put_jobs.is_empty()
-            && self.delete_jobs.is_empty()
+            && self.security.is_empty()
+            && self.caches.is_empty()
+            && self.jobs.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -65,14 +113,9 @@ impl Store {
         for (name, _) in &plan.put_secrets {
             validate_secret_name(name)?;
         }
-        for d in &plan.put_caches {
-            d.validate()
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        }
-        for d in &plan.put_jobs {
-            d.validate()
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        }
+        plan.security.validate()?;
+        plan.caches.validate()?;
+        plan.jobs.validate()?;
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -110,25 +153,9 @@ impl Store {
             // Definitions before channels are written and after they are deleted would need
             // two passes; there are no foreign keys, so one order serves: the import checked
             // that every channel's definition exists in the resulting config.
-            for name in &plan.delete_security {
-                sqlx::query("DELETE FROM security_defs WHERE name = $1").bind(name).execute(&mut *tx).await?;
-            }
-            for d in &plan.put_security {
-                upsert_security!(tx, d, by);
-            }
-            for name in &plan.delete_caches {
-                sqlx::query("DELETE FROM cache_defs WHERE name = $1").bind(name).execute(&mut *tx).await?;
-            }
-            for d in &plan.put_caches {
-                upsert_cache_def!(tx, d, by);
-            }
-            for name in &plan.delete_jobs {
-                sqlx::query("DELETE FROM jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
-            }
-            for d in &plan.put_jobs {
-                let (d, _) = job_as_stored!(tx, d);
-                upsert_job!(tx, &d, by);
-            }
+            apply_objects!(tx, SecurityDef, &plan.security, by);
+            apply_objects!(tx, CacheDef, &plan.caches, by);
+            apply_objects!(tx, JobDef, &plan.jobs, by);
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }

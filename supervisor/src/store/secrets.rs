@@ -77,7 +77,7 @@ impl Store {
             return Ok(secret);
         }
         Ok(self
-            .security_defs()
+            .objects::<crate::model::security::SecurityDef>()
             .await?
             .into_iter()
             .find_map(|d| d.sealed))

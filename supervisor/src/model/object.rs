@@ -1,0 +1,111 @@
+//! The JSON-defined named config objects as one kind of thing: [`ConfigObject`] says what
+//! differs between security definitions, cache definitions and scheduler jobs (their table,
+//! their names in messages, validation, how a definition is stored), so that the
+//! store, the admin API, config export/import, the snapshot and sync handle them with one
+//! generic path each. Plain data and pure functions only: no I/O, no store, no HTTP.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a definition is refused: the message an operator reads (it names the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidObject(pub String);
+
+/// A named config object kept as a JSON definition in a table of its own with the columns
+/// `name TEXT PRIMARY KEY, definition TEXT, updated_by, updated_at` (docs/CONFIG_OBJECTS.md).
+pub trait ConfigObject:
+    Clone + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Its name in an import's change list ("cache", "job", "security").
+    const KIND: &'static str;
+    /// Its name in a message ("cache definition", "job", "security definition").
+    const WHAT: &'static str;
+    /// Its store table; a trusted name, never input.
+    const TABLE: &'static str;
+
+    fn name(&self) -> &str;
+
+    /// Checks what a stored definition must satisfy.
+    fn validate(&self) -> Result<(), InvalidObject>;
+
+    /// The definition as it is to be stored, given the stored one of that name (if any) and
+    /// the time of the change: as given unless the kind fills something in.
+    fn into_stored(self, _stored: Option<&Self>, _now: chrono::DateTime<chrono::Utc>) -> Self {
+        self
+    }
+
+    /// Whether an object of that name always exists, so that it is never deleted (by an
+    /// import with `replace` either).
+    fn always_exists(_name: &str) -> bool {
+        false
+    }
+}
+
+impl ConfigObject for oxbus_cache::CacheDef {
+    const KIND: &'static str = "cache";
+    const WHAT: &'static str = "cache definition";
+    const TABLE: &'static str = "cache_defs";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        oxbus_cache::CacheDef::validate(self).map_err(|e| InvalidObject(e.to_string()))
+    }
+
+    fn always_exists(name: &str) -> bool {
+        name == oxbus_cache::DEFAULT_CACHE
+    }
+}
+
+impl ConfigObject for crate::model::job::JobDef {
+    const KIND: &'static str = "job";
+    const WHAT: &'static str = "job";
+    const TABLE: &'static str = "jobs";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::job::JobDef::validate(self).map_err(|e| InvalidObject(e.to_string()))
+    }
+
+    fn into_stored(self, stored: Option<&Self>, now: chrono::DateTime<chrono::Utc>) -> Self {
+        crate::model::job::JobDef::as_stored(self, stored, now)
+    }
+}
+
+impl ConfigObject for crate::model::security::SecurityDef {
+    const KIND: &'static str = "security";
+    const WHAT: &'static str = "security definition";
+    const TABLE: &'static str = "security_defs";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checked where it is built (`edge::gate::from_input` compiles it).
+    fn validate(&self) -> Result<(), InvalidObject> {
+        Ok(())
+    }
+}
+
+/// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
+/// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs` (each may
+/// be absent: snapshots of older versions lack the later kinds). A new kind is one field
+/// here and one line in `Store::object_set`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ObjectSet {
+    /// Security definitions (secret material sealed).
+    #[serde(default)]
+    pub security: Vec<crate::model::security::SecurityDef>,
+    /// Cache definitions (the built-in `default` is not among them unless one was stored).
+    #[serde(default)]
+    pub caches: Vec<oxbus_cache::CacheDef>,
+    /// Scheduler jobs.
+    #[serde(default)]
+    pub jobs: Vec<crate::model::job::JobDef>,
+}
