@@ -42,6 +42,8 @@ impl super::objects::AdminObject for SecurityDef {
     const PUT_CREATES: bool = false;
     const BUILT_FROM_STORED: bool = true;
     const GONE: StatusCode = StatusCode::NOT_FOUND;
+    /// The routing table is rebuilt from the store (`rebuild_routes`).
+    const APPLIES_EXPECTED: bool = false;
 
     async fn build(
         cx: &Ctx,

@@ -29,6 +29,13 @@ pub trait ConfigObject:
     /// Checks what a stored definition must satisfy.
     fn validate(&self) -> Result<(), InvalidObject>;
 
+    /// Whether [`ConfigObject::into_stored`] needs the stored definition (jobs fill in
+    /// `start_date` from it). A put of such a kind bumps the config version first — its row
+    /// lock orders the change after any other still open, so the stored one read is
+    /// current — then reads, then writes; a put of any other kind checks only whether the
+    /// name exists, writes, then bumps, as a delete does.
+    const FILLED_FROM_STORED: bool = false;
+
     /// The definition as it is to be stored, given the stored one of that name (if any) and
     /// the time of the change: as given unless the kind fills something in.
     fn into_stored(self, _stored: Option<&Self>, _now: chrono::DateTime<chrono::Utc>) -> Self {
@@ -64,6 +71,7 @@ impl ConfigObject for crate::model::job::JobDef {
     const KIND: &'static str = "job";
     const WHAT: &'static str = "job";
     const TABLE: &'static str = "jobs";
+    const FILLED_FROM_STORED: bool = true;
 
     fn name(&self) -> &str {
         &self.name

@@ -19,6 +19,11 @@ pub(super) fn select_one_sql<K: ConfigObject>() -> sqlx::AssertSqlSafe<String> {
     ))
 }
 
+/// `SELECT name FROM <K's table> WHERE name = $1` (whether it exists).
+fn select_name_sql<K: ConfigObject>() -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT name FROM {} WHERE name = $1", K::TABLE))
+}
+
 /// `DELETE FROM <K's table> WHERE name = $1`.
 pub(super) fn delete_sql<K: ConfigObject>() -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("DELETE FROM {} WHERE name = $1", K::TABLE))
@@ -121,6 +126,18 @@ impl Store {
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            if !K::FILLED_FROM_STORED {
+                // As a delete: the object's row, then the version.
+                let existed: Option<String> = sqlx::query_scalar(select_name_sql::<K>())
+                    .bind(def.name())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                put_allowed::<K>(create, existed.is_some(), def.name())?;
+                upsert_object!(tx, K, def, by);
+                let config_version = bump(&mut tx).await?;
+                tx.commit().await?;
+                return Ok(Change { config_version, value: def.clone() });
+            }
             // The version first: its row lock orders this change after any other one still
             // open, so what is read below is current.
             let config_version = bump(&mut tx).await?;

@@ -61,8 +61,12 @@ macro_rules! apply_objects {
                 .await?;
         }
         for d in &changes.put {
-            let (d, _) = object_into_stored!($tx, $k, d);
-            upsert_object!($tx, $k, &d, $by);
+            if <$k as $crate::model::object::ConfigObject>::FILLED_FROM_STORED {
+                let (d, _) = object_into_stored!($tx, $k, d);
+                upsert_object!($tx, $k, &d, $by);
+            } else {
+                upsert_object!($tx, $k, d, $by);
+            }
         }
     }};
 }
