@@ -30,7 +30,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     // The pickup directory is watched from now on, so nothing saved while the workers
     // start is missed; what it holds is deployed once the server is ready.
     let pickup = match settings.pickup_dir() {
-        Some(dir) => Some(crate::deploy::watch::start_pickup(&dir).map_err(ServerError::Fatal)?),
+        Some(dir) => Some(
+            crate::deploy::watch::start_pickup(&dir)
+                .map_err(|e| ServerError::Fatal(e.to_string()))?,
+        ),
         None => None,
     };
     let runtime = RuntimeDir::create(settings.server.runtime_dir.as_deref())
