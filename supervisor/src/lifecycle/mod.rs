@@ -5,6 +5,7 @@
 //! (edge, admin, cluster, deploy, scheduler, boot): what it needs from them (loading the
 //! deployed modules, a hook at stop) boot hands it as a trait object or a closure.
 
+pub mod connection;
 pub mod handshake;
 pub mod pool;
 pub mod process;
