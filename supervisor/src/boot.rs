@@ -422,7 +422,7 @@ async fn start_bus(
         return Ok(None);
     }
     let bus = crate::cluster::bus::Bus::new(&settings.cluster.name, &me.name, &secret)
-        .map_err(ServerError::Fatal)?;
+        .map_err(|e| ServerError::Fatal(e.to_string()))?;
     let listener = TcpListener::bind(settings.cluster.bus_listen)
         .await
         .map_err(io_err(format!(

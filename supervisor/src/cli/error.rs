@@ -126,7 +126,7 @@ pub enum CliError {
     Timeout(f64),
     /// `oxbus reload`: the reload failed or timed out (its own message).
     #[error("{0}")]
-    Reload(String),
+    Reload(#[from] crate::lifecycle::reload::ReloadError),
     /// `oxbus systemd install` without `--bin`, and this binary's path unknown.
     #[error("cannot tell where this binary is ({0}): pass --bin")]
     CurrentExe(#[source] io::Error),
