@@ -1,5 +1,6 @@
 //! The workers' lifecycle: the supervisor event loop (signals, exits, readiness, recycling,
-//! rolling restarts), the worker handshake, the pool the HTTP side dispatches into, spawning
+//! rolling restarts), the worker handshake, the pool the HTTP side dispatches into, the
+//! workers' IPC connections (`connection`), spawning
 //! processes, the embedded Python package, systemd's notify protocol and the reload status
 //! socket. Lifecycle state is changed only by the event loop. It names no subsystem above it
 //! (edge, admin, cluster, deploy, scheduler, boot): what it needs from them (loading the
