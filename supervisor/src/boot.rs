@@ -30,7 +30,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     // The pickup directory is watched from now on, so nothing saved while the workers
     // start is missed; what it holds is deployed once the server is ready.
     let pickup = match settings.pickup_dir() {
-        Some(dir) => Some(crate::deploy::watch::start_pickup(&dir).map_err(ServerError::Fatal)?),
+        Some(dir) => Some(
+            crate::deploy::watch::start_pickup(&dir)
+                .map_err(|e| ServerError::Fatal(e.to_string()))?,
+        ),
         None => None,
     };
     let runtime = RuntimeDir::create(settings.server.runtime_dir.as_deref())
@@ -419,7 +422,7 @@ async fn start_bus(
         return Ok(None);
     }
     let bus = crate::cluster::bus::Bus::new(&settings.cluster.name, &me.name, &secret)
-        .map_err(ServerError::Fatal)?;
+        .map_err(|e| ServerError::Fatal(e.to_string()))?;
     let listener = TcpListener::bind(settings.cluster.bus_listen)
         .await
         .map_err(io_err(format!(

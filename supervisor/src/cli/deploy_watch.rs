@@ -12,7 +12,7 @@ use std::path::Path;
 /// (`crate::deploy::watch`). `Err` when the watch cannot start or breaks, or the server refuses the
 /// token.
 pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), CliError> {
-    let watcher = crate::deploy::watch::DirWatcher::start(dir).map_err(CliError::Watch)?;
+    let watcher = crate::deploy::watch::DirWatcher::start(dir)?;
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let mut sink = WatchOutput {
         target,
@@ -35,8 +35,8 @@ pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), 
     };
     watcher
         .run(&mut sink, crate::deploy::watch::Timing::default(), stop)
-        .await
-        .map_err(CliError::Watch)
+        .await?;
+    Ok(())
 }
 
 /// `deploy --watch`'s output: a line of text, or one JSON object, per event on stdout.

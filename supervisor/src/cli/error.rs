@@ -105,7 +105,7 @@ pub enum CliError {
     },
     /// `oxbus deploy --watch`: the watch did not start or broke (its own message).
     #[error("{0}")]
-    Watch(String),
+    Watch(#[from] crate::deploy::watch::WatchError),
     /// `oxbus quickstart --workers` out of range.
     #[error("--workers {0}: Oxbus runs 1 to {max} Python workers per server", max = crate::config::MAX_WORKERS)]
     Workers(u32),
@@ -126,7 +126,7 @@ pub enum CliError {
     Timeout(f64),
     /// `oxbus reload`: the reload failed or timed out (its own message).
     #[error("{0}")]
-    Reload(String),
+    Reload(#[from] crate::lifecycle::reload::ReloadError),
     /// `oxbus systemd install` without `--bin`, and this binary's path unknown.
     #[error("cannot tell where this binary is ({0}): pass --bin")]
     CurrentExe(#[source] io::Error),

@@ -89,19 +89,39 @@ pub struct LinkInfo {
     pub up_ms: u64,
 }
 
+/// Why the bus cannot start: its secret or this server's name.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The secret file does not read.
+    #[error("cannot read the cluster secret {}: {source}", path.display())]
+    ReadSecret {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The secret is too short.
+    #[error("cluster secret {}: {source}", path.display())]
+    Secret {
+        path: std::path::PathBuf,
+        source: oxbus_ipc::bus::Error,
+    },
+    /// This server's name is not one the bus carries.
+    #[error("{0}")]
+    Name(#[source] oxbus_ipc::bus::Error),
+}
+
 impl Bus {
     /// Reads the secret file and derives the handshake key; refuses a short secret.
-    pub fn new(cluster: &str, me: &str, secret_file: &std::path::Path) -> Result<Bus, String> {
-        let secret = std::fs::read(secret_file).map_err(|e| {
-            format!(
-                "cannot read the cluster secret {}: {e}",
-                secret_file.display()
-            )
+    pub fn new(cluster: &str, me: &str, secret_file: &std::path::Path) -> Result<Bus, BusError> {
+        let secret = std::fs::read(secret_file).map_err(|source| BusError::ReadSecret {
+            path: secret_file.to_owned(),
+            source,
         })?;
         let secret = secret.trim_ascii();
-        oxbus_ipc::bus::check_secret(secret)
-            .map_err(|e| format!("cluster secret {}: {e}", secret_file.display()))?;
-        oxbus_ipc::bus::check_name("server", me).map_err(|e| e.to_string())?;
+        oxbus_ipc::bus::check_secret(secret).map_err(|source| BusError::Secret {
+            path: secret_file.to_owned(),
+            source,
+        })?;
+        oxbus_ipc::bus::check_name("server", me).map_err(BusError::Name)?;
         Ok(Bus {
             key: oxbus_ipc::bus::derive_key(secret),
             cluster: cluster.to_owned(),

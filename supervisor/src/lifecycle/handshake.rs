@@ -225,7 +225,7 @@ async fn handshake(
         // Its own task (so that the deployed modules can be sent over it below), in this
         // worker's span so that the worker's log lines keep their context.
         let conn = tokio::spawn(
-            crate::lifecycle::pool::run_connection(pool.clone(), worker.clone(), stream, buf)
+            crate::lifecycle::connection::run_connection(pool.clone(), worker.clone(), stream, buf)
                 .instrument(tracing::Span::current()),
         );
         // Every deployed module this server runs, before any traffic. A deploy may land

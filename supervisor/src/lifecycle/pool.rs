@@ -5,7 +5,7 @@
 //! [`DispatchError::Busy`] at once (the HTTP layer answers 503 + `Retry-After`). Nothing is
 //! ever buffered without a bound.
 //!
-//! Each worker connection has two tasks. The writer drains a shared outbox: callers encode
+//! Each worker connection (run by `lifecycle::connection`) has two tasks. The writer drains a shared outbox: callers encode
 //! their `CALL` frames straight into it under a short `std::sync::Mutex` (no `.await` while it
 //! is held) and poke a `Notify`, so whatever accumulated while the previous write was in
 //! progress goes out in one `write` — batching comes for free under load. The reader decodes
@@ -13,18 +13,12 @@
 //! pending stream is failed at once, so no client waits on a dead worker.
 
 use bytes::{Bytes, BytesMut};
-use oxbus_ipc::{
-    CallMetaIn, ErrorMsg, FLAG_ASYNC, Frame, FrameDecoder, InvokeMeta, Kind, LogRecord, ReplyMeta,
-    ServiceInfo, WORKER_STREAM_BIT,
-};
+use oxbus_ipc::{Frame, InvokeMeta, Kind, ReplyMeta, ServiceInfo, WORKER_STREAM_BIT};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{Instrument, debug, error, info, warn};
 
 use crate::lifecycle::supervisor::Event;
 
@@ -92,12 +86,12 @@ pub struct Worker {
     /// Recycle after this many requests (0 = never).
     recycle_at: u64,
     recycle_requested: AtomicBool,
-    outbox: Mutex<BytesMut>,
-    wake_writer: Notify,
-    pending: Mutex<HashMap<u32, oneshot::Sender<Reply>>>,
+    pub(super) outbox: Mutex<BytesMut>,
+    pub(super) wake_writer: Notify,
+    pub(super) pending: Mutex<HashMap<u32, oneshot::Sender<Reply>>>,
     next_stream: AtomicU32,
     /// Milliseconds since the pool epoch of the last `PONG`.
-    last_pong_ms: AtomicU64,
+    pub(super) last_pong_ms: AtomicU64,
     /// The worker said `BYE` (drained cleanly).
     pub said_bye: AtomicBool,
     pub services: Mutex<Vec<ServiceInfo>>,
@@ -189,7 +183,7 @@ impl Worker {
         self.wake_writer.notify_one();
     }
 
-    fn send_reply<M: serde::Serialize>(&self, stream: u32, reply: &M, body: &[u8]) {
+    pub(super) fn send_reply<M: serde::Serialize>(&self, stream: u32, reply: &M, body: &[u8]) {
         let r = oxbus_ipc::encode_reply(
             &mut self.outbox.lock().expect("outbox lock"),
             stream,
@@ -213,7 +207,7 @@ impl Worker {
     }
 
     /// Fails every pending stream (their callers see [`DispatchError::WorkerDied`]).
-    fn fail_pending(&self) {
+    pub(super) fn fail_pending(&self) {
         let drained: Vec<_> = self.pending.lock().expect("pending lock").drain().collect();
         drop(drained);
     }
@@ -231,7 +225,7 @@ pub struct Pool {
     epoch: Instant,
     events: mpsc::UnboundedSender<Event>,
     /// Default deadline of calls the workers make (invoke_async).
-    call_timeout: Duration,
+    pub(super) call_timeout: Duration,
     /// The deployed modules this server runs, by name: what every worker has activated and
     /// what a new worker loads before it takes traffic (kept by `deploy`).
     pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
@@ -568,247 +562,5 @@ impl Drop for StreamGuard<'_> {
             self.worker
                 .send_frame(&Frame::new(Kind::Cancel, self.stream, Bytes::new()));
         }
-    }
-}
-
-/// Runs an attached worker connection until it ends: a writer task and this reader loop.
-pub async fn run_connection(
-    pool: Arc<Pool>,
-    worker: Arc<Worker>,
-    stream: UnixStream,
-    mut buf: BytesMut,
-) {
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = {
-        let worker = worker.clone();
-        tokio::spawn(async move {
-            let mut spare = BytesMut::with_capacity(64 * 1024);
-            loop {
-                worker.wake_writer.notified().await;
-                std::mem::swap(&mut *worker.outbox.lock().expect("outbox lock"), &mut spare);
-                if !spare.is_empty() {
-                    if let Err(e) = wr.write_all(&spare).await {
-                        debug!(error = %e, "worker socket write failed");
-                        break;
-                    }
-                    spare.clear();
-                }
-                if worker.state() == WorkerState::Dead {
-                    break;
-                }
-            }
-        })
-    };
-    let decoder = FrameDecoder::default();
-    let reason = 'outer: loop {
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    if let Err(reason) = handle_frame(&pool, &worker, frame) {
-                        break 'outer reason;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    worker.send_frame(&Frame::json(
-                        Kind::Error,
-                        &ErrorMsg {
-                            code: "protocol_error".into(),
-                            message: e.to_string(),
-                        },
-                    ));
-                    break 'outer format!("protocol error from worker: {e}");
-                }
-            }
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(256 * 1024);
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => break "connection closed".to_owned(),
-            Ok(_) => {}
-            Err(e) => break format!("read error: {e}"),
-        }
-    };
-    debug!(%reason, "worker connection ended");
-    worker.set_state(WorkerState::Dead);
-    worker.fail_pending();
-    worker.wake_writer.notify_one();
-    let _ = writer.await;
-    pool.capacity_changed();
-}
-
-fn handle_frame(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> Result<(), String> {
-    match frame.kind {
-        Kind::Reply => {
-            let (meta, body) = frame.split_meta().map_err(|e| e.to_string())?;
-            let meta: ReplyMeta =
-                serde_json::from_slice(&meta).map_err(|e| format!("bad REPLY meta: {e}"))?;
-            let tx = worker
-                .pending
-                .lock()
-                .expect("pending lock")
-                .remove(&frame.stream);
-            if let Some(tx) = tx {
-                let _ = tx.send(Reply {
-                    status: meta.status,
-                    content_type: meta.content_type,
-                    headers: meta.headers,
-                    body,
-                    error: meta.error,
-                });
-            }
-        }
-        Kind::Pong => worker.last_pong_ms.store(pool.now_ms(), Ordering::Relaxed),
-        Kind::Ping => worker.send_frame(&Frame::new(Kind::Pong, 0, frame.payload)),
-        Kind::Log => match frame.parse_json::<LogRecord>() {
-            Ok(rec) => emit_log(&rec),
-            Err(e) => warn!(error = %e, "unreadable LOG frame from worker"),
-        },
-        Kind::Call => handle_worker_call(pool, worker, frame)?,
-        Kind::Bye => worker.said_bye.store(true, Ordering::SeqCst),
-        Kind::Cancel => {}
-        Kind::Error => {
-            let msg = frame
-                .parse_json::<ErrorMsg>()
-                .map(|e| format!("{}: {}", e.code, e.message))
-                .unwrap_or_else(|e| e.to_string());
-            return Err(format!("worker sent ERROR: {msg}"));
-        }
-        other => return Err(format!("unexpected {} frame after READY", other.name())),
-    }
-    Ok(())
-}
-
-fn serve_cache(pool: &Pool, worker: &Worker, frame: &Frame, meta: &[u8], body: Bytes) {
-    let r = pool.caches.serve_ipc(meta, body);
-    if frame.flags & FLAG_ASYNC == 0 {
-        worker.send_reply(
-            frame.stream,
-            &CacheReplyMeta {
-                status: r.status,
-                content_type: r.content_type,
-                error: r.error,
-            },
-            &r.body,
-        );
-    }
-}
-
-/// The REPLY meta of a cache call (no allocation: every field is static).
-#[derive(serde::Serialize)]
-struct CacheReplyMeta {
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'static str>,
-}
-
-/// A `CALL` the worker opened: `invoke` of another service (from `self.invoke_async`), or a
-/// `cache.*` operation.
-fn handle_worker_call(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> Result<(), String> {
-    let (raw_meta, body) = frame.split_meta().map_err(|e| e.to_string())?;
-    // Cache calls are answered here, in the connection's reader: a moka operation takes
-    // well under a microsecond, less than handing it to another task would.
-    if raw_meta.starts_with(br#"{"op":"cache."#) {
-        serve_cache(pool, worker, &frame, &raw_meta, body);
-        return Ok(());
-    }
-    let meta: CallMetaIn =
-        serde_json::from_slice(&raw_meta).map_err(|e| format!("bad CALL meta: {e}"))?;
-    if meta.op.starts_with("cache.") {
-        // The same, with its meta in another layout than the fast check above expects.
-        serve_cache(pool, worker, &frame, &raw_meta, body);
-        return Ok(());
-    }
-    let fire_and_forget = frame.flags & FLAG_ASYNC != 0;
-    let stream = frame.stream;
-    let json_reply = |status: u16, msg: &str| {
-        (
-            ReplyMeta {
-                status,
-                content_type: Some("application/json".into()),
-                headers: vec![],
-                error: None,
-            },
-            serde_json::json!({ "error": msg }).to_string().into_bytes(),
-        )
-    };
-    let Some(service) = meta.service.clone().filter(|_| meta.op == "invoke") else {
-        if !fire_and_forget {
-            let (m, b) = json_reply(501, &format!("unknown op: {}", meta.op));
-            worker.send_reply(stream, &m, &b);
-        }
-        return Ok(());
-    };
-    let pool = pool.clone();
-    let worker = worker.clone();
-    let cid = meta.cid.clone().unwrap_or_default();
-    let span = tracing::debug_span!("request", cid = %cid, service = %service);
-    tokio::spawn(
-        async move {
-            let deadline = Instant::now()
-                + meta
-                    .deadline_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(pool.call_timeout);
-            let m: InvokeMeta<'_> = InvokeMeta {
-                op: "invoke",
-                service: &service,
-                cid: &cid,
-                channel: Some("invoke"),
-                data_format: Some(meta.data_format.as_deref().unwrap_or("json")),
-                method: None,
-                path: None,
-                params: None,
-                query: None,
-                headers: None,
-                deadline_ms: meta.deadline_ms,
-                remote_addr: None,
-                scheme: None,
-                port: None,
-                channel_name: None,
-                security: None,
-            };
-            let result = pool.invoke(&m, &body, deadline).await;
-            if let Err(e) = &result {
-                warn!(error = %e, cid = %cid, service = %service, "invocation requested by a worker failed");
-            }
-            if fire_and_forget {
-                return;
-            }
-            match result {
-                Ok(r) => worker.send_reply(
-                    stream,
-                    &ReplyMeta {
-                        status: r.status,
-                        content_type: r.content_type,
-                        headers: r.headers,
-                        error: r.error,
-                    },
-                    &r.body,
-                ),
-                Err(e) => {
-                    let (m, b) = json_reply(503, &e.to_string());
-                    worker.send_reply(stream, &m, &b);
-                }
-            }
-        }
-        .instrument(span),
-    );
-    Ok(())
-}
-
-fn emit_log(rec: &LogRecord) {
-    let cid = rec.cid.as_deref().unwrap_or("");
-    let service = rec.service.as_deref().unwrap_or("");
-    let logger = rec.logger.as_str();
-    let msg = rec.msg.as_str();
-    match rec.level.as_str() {
-        "critical" | "error" => error!(target: "oxbus::python", cid, service, logger, "{msg}"),
-        "warning" => warn!(target: "oxbus::python", cid, service, logger, "{msg}"),
-        "info" => info!(target: "oxbus::python", cid, service, logger, "{msg}"),
-        _ => debug!(target: "oxbus::python", cid, service, logger, "{msg}"),
     }
 }

@@ -126,28 +126,87 @@ pub async fn serve(listener: tokio::net::UnixListener, reloads: Arc<Reloads>) {
     }
 }
 
+/// Why a control socket gave no status.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No such socket, or it broke.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Another process holds the socket's name.
+    #[error("the socket belongs to pid {owner}, not {pid}")]
+    NotOwner { owner: i32, pid: u32 },
+    /// The server did not answer in time.
+    #[error("no answer within 2 s")]
+    NoAnswer,
+    /// The answer is not a [`Status`].
+    #[error("unexpected answer: {0}")]
+    Answer(#[source] serde_json::Error),
+}
+
+/// Why `oxbus reload` failed (its text is the line the CLI prints).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// No live process has the pid.
+    #[error("there is no process {0}")]
+    NoProcess(u32),
+    /// The process has no reload socket: not an oxbus server (no signal sent).
+    #[error(
+        "process {pid} ({command}) is not an oxbus server: it has no reload socket @{socket} ({source}); no signal sent"
+    )]
+    NotAServer {
+        pid: u32,
+        command: String,
+        socket: String,
+        source: QueryError,
+    },
+    /// A reload already in progress outlasted the timeout.
+    #[error("a reload already in progress did not finish within {0:?}; no new one started")]
+    Busy(Duration),
+    /// The status could not be read.
+    #[error("cannot read the server's reload status: {0}")]
+    Status(#[source] QueryError),
+    /// The server is gone.
+    #[error("server {0} exited")]
+    Exited(u32),
+    /// The server is stopping.
+    #[error("server {0} is shutting down: not reloading")]
+    Stopping(u32),
+    /// SIGHUP could not be sent.
+    #[error("cannot send SIGHUP to {pid}: {source}")]
+    Signal { pid: u32, source: nix::errno::Errno },
+    /// The server exited while reloading.
+    #[error("server {pid} exited during the reload ({source})")]
+    ExitedDuring { pid: u32, source: QueryError },
+    /// The reload failed (the server's reason).
+    #[error("the reload failed, the previous workers serve on: {0}")]
+    Failed(String),
+    /// The server began stopping while reloading.
+    #[error("server {0} began shutting down during the reload")]
+    StoppingDuring(u32),
+    /// The server did not start the reload in time.
+    #[error("server {pid} did not start a reload within {timeout:?}")]
+    NotStarted { pid: u32, timeout: Duration },
+    /// The reload is still going on at the timeout.
+    #[error(
+        "the reload did not finish within {0:?}: the new workers are not ready yet (the server goes on with it; the previous workers serve meanwhile)"
+    )]
+    NotFinished(Duration),
+}
+
 /// The control socket's answer, from the process `pid` and no other.
-async fn query(pid: u32) -> Result<Status, String> {
-    let std = std::os::unix::net::UnixStream::connect_addr(
-        &abstract_addr(pid).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    std.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let mut stream = tokio::net::UnixStream::from_std(std).map_err(|e| e.to_string())?;
-    let owner = stream
-        .peer_cred()
-        .map_err(|e| e.to_string())?
-        .pid()
-        .unwrap_or(0);
+async fn query(pid: u32) -> Result<Status, QueryError> {
+    let std = std::os::unix::net::UnixStream::connect_addr(&abstract_addr(pid)?)?;
+    std.set_nonblocking(true)?;
+    let mut stream = tokio::net::UnixStream::from_std(std)?;
+    let owner = stream.peer_cred()?.pid().unwrap_or(0);
     if owner != pid as i32 {
-        return Err(format!("the socket belongs to pid {owner}, not {pid}"));
+        return Err(QueryError::NotOwner { owner, pid });
     }
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf))
         .await
-        .map_err(|_| "no answer within 2 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&buf).map_err(|e| format!("unexpected answer: {e}"))
+        .map_err(|_| QueryError::NoAnswer)??;
+    serde_json::from_slice(&buf).map_err(QueryError::Answer)
 }
 
 fn alive(pid: u32) -> bool {
@@ -176,49 +235,46 @@ fn command_line(pid: u32) -> String {
 /// one is started). Ok with the status once the new generation serves; Err when `pid` is no
 /// oxbus server (no signal is sent then), the reload failed, the server stopped or exited,
 /// or `timeout` passed.
-pub async fn reload(pid: u32, timeout: Duration) -> Result<Status, String> {
+pub async fn reload(pid: u32, timeout: Duration) -> Result<Status, ReloadError> {
     let deadline = Instant::now() + timeout;
     let poll = Duration::from_millis(50);
     if pid == 0 || !alive(pid) {
-        return Err(format!("there is no process {pid}"));
+        return Err(ReloadError::NoProcess(pid));
     }
-    let mut before = query(pid).await.map_err(|e| {
+    let mut before = query(pid).await.map_err(|source| {
         let cmd = command_line(pid);
-        format!(
-            "process {pid} ({}) is not an oxbus server: it has no reload socket @{} ({e}); no signal sent",
-            if cmd.is_empty() { "?" } else { &cmd },
-            socket_name(pid)
-        )
+        ReloadError::NotAServer {
+            pid,
+            command: if cmd.is_empty() { "?".to_owned() } else { cmd },
+            socket: socket_name(pid),
+            source,
+        }
     })?;
     while before.reloading && !before.stopping {
         if Instant::now() >= deadline {
-            return Err(format!(
-                "a reload already in progress did not finish within {timeout:?}; no new one started"
-            ));
+            return Err(ReloadError::Busy(timeout));
         }
         tokio::time::sleep(poll).await;
-        before = query(pid)
-            .await
-            .map_err(|e| gone_or(pid, format!("cannot read the server's reload status: {e}")))?;
+        before = query(pid).await.map_err(|e| gone_or(pid, e))?;
     }
     if before.stopping {
-        return Err(format!("server {pid} is shutting down: not reloading"));
+        return Err(ReloadError::Stopping(pid));
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGHUP,
     )
-    .map_err(|e| format!("cannot send SIGHUP to {pid}: {e}"))?;
+    .map_err(|source| ReloadError::Signal { pid, source })?;
     let ours = before.started + 1;
     loop {
         let now = match query(pid).await {
             Ok(s) => s,
             Err(e) if !alive(pid) => {
-                return Err(format!("server {pid} exited during the reload ({e})"));
+                return Err(ReloadError::ExitedDuring { pid, source: e });
             }
             Err(e) => {
                 if Instant::now() >= deadline {
-                    return Err(format!("cannot read the server's reload status: {e}"));
+                    return Err(ReloadError::Status(e));
                 }
                 tokio::time::sleep(poll).await;
                 continue;
@@ -226,36 +282,33 @@ pub async fn reload(pid: u32, timeout: Duration) -> Result<Status, String> {
         };
         if now.started >= ours && now.finished >= ours {
             if now.failed > before.failed {
-                return Err(format!(
-                    "the reload failed, the previous workers serve on: {}",
-                    now.last_error.as_deref().unwrap_or("(no reason given)")
+                return Err(ReloadError::Failed(
+                    now.last_error
+                        .unwrap_or_else(|| "(no reason given)".to_owned()),
                 ));
             }
             return Ok(now);
         }
         if now.stopping {
-            return Err(format!(
-                "server {pid} began shutting down during the reload"
-            ));
+            return Err(ReloadError::StoppingDuring(pid));
         }
         if Instant::now() >= deadline {
             return Err(if now.started < ours {
-                format!("server {pid} did not start a reload within {timeout:?}")
+                ReloadError::NotStarted { pid, timeout }
             } else {
-                format!(
-                    "the reload did not finish within {timeout:?}: the new workers are not ready yet (the server goes on with it; the previous workers serve meanwhile)"
-                )
+                ReloadError::NotFinished(timeout)
             });
         }
         tokio::time::sleep(poll).await;
     }
 }
 
-fn gone_or(pid: u32, msg: String) -> String {
+/// The status could not be read: say so, or that the server is gone.
+fn gone_or(pid: u32, e: QueryError) -> ReloadError {
     if alive(pid) {
-        msg
+        ReloadError::Status(e)
     } else {
-        format!("server {pid} exited")
+        ReloadError::Exited(pid)
     }
 }
 
@@ -291,7 +344,8 @@ mod tests {
         assert!(query(u32::MAX - 1).await.is_err());
         let e = reload(u32::MAX - 1, Duration::from_secs(1))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("there is no process"), "{e}");
     }
 }

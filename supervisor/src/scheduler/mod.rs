@@ -95,15 +95,24 @@ fn ms_to_utc(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// Why a store call of the scheduler gave no answer (logged; the scheduler goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreCallError {
+    /// The store answered with an error.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The store did not answer within the limit.
+    #[error("the config store did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// `call`, given at most [`STORE_LIMIT`].
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, String> {
+) -> Result<T, StoreCallError> {
     match tokio::time::timeout(STORE_LIMIT, call).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "the config store did not answer within {} s",
-            STORE_LIMIT.as_secs()
-        )),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreCallError::Timeout(STORE_LIMIT)),
     }
 }
 
