@@ -97,7 +97,7 @@ impl super::objects::AdminObject for JobDef {
 
     /// Hands this server's scheduler the jobs.
     async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {
-        crate::admin::config_io::apply_jobs(cx, expected).await;
+        apply_jobs(cx, expected).await;
         Ok(())
     }
 
@@ -153,7 +153,7 @@ async fn set_active(cx: &Ctx, name: &str, active: bool) -> Response<Body> {
     let job = change.value;
     let mut expected: Vec<JobDef> = stored.into_iter().filter(|d| d.name != name).collect();
     expected.push(job.clone());
-    crate::admin::config_io::apply_jobs(cx, expected).await;
+    apply_jobs(cx, expected).await;
     info!(
         job = name,
         "job {}",
@@ -238,4 +238,19 @@ pub(super) async fn status(cx: &Ctx) -> Response<Body> {
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// Hands this server's scheduler the store's jobs after a change made through this server
+/// (the other servers follow through `sync`). `expected`: the jobs as the change left them,
+/// used should the store not answer now (the sync loop then reads them again on its next
+/// round).
+pub(super) async fn apply_jobs(cx: &Ctx, expected: Vec<JobDef>) {
+    let defs = match cx.store.objects().await {
+        Ok(defs) => defs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the jobs back: applying the change as made");
+            expected
+        }
+    };
+    crate::scheduler::jobs::set_live(&cx.scheduler.jobs, defs);
 }

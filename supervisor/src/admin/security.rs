@@ -6,15 +6,43 @@
 //! stored (`edge::gate::from_input`), never logged or echoed; a change is live at once on
 //! every channel that names the definition (the routing table is rebuilt).
 
-use hyper::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::objects::Refused;
-use super::{Body, Ctx, error, rebuild_routes, reply};
+use super::channels::rebuild_routes;
+use super::objects::{self, Refused};
+use super::{Body, Ctx, error, read_body, reply};
 use crate::model::security::{SecurityDef, public_json};
 
+/// Routes `/v1/security/…`; `rest` is the path after `/v1/security`, split at `/` (a name
+/// is taken as it is, not percent-decoded).
+pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
+    let method = req.method().clone();
+    match (&method, rest) {
+        (&Method::GET, []) => list(cx).await,
+        (&Method::GET, [name]) => get(cx, name).await,
+        (&Method::POST, []) => match read_body(req).await {
+            Ok(body) => objects::put::<SecurityDef>(cx, None, body).await,
+            Err(r) => r,
+        },
+        (&Method::PUT, [name]) => {
+            let name = name.to_string();
+            match read_body(req).await {
+                Ok(body) => objects::put::<SecurityDef>(cx, Some(&name), body).await,
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, [name]) => objects::delete::<SecurityDef>(cx, name).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {}", req.uri().path()),
+        ),
+    }
+}
+
 /// GET /v1/security: every definition, without its secret material.
-pub(super) async fn list(cx: &Ctx) -> Response<Body> {
+async fn list(cx: &Ctx) -> Response<Body> {
     match cx.store.objects::<SecurityDef>().await {
         Ok(list) => reply(
             StatusCode::OK,
@@ -25,7 +53,7 @@ pub(super) async fn list(cx: &Ctx) -> Response<Body> {
 }
 
 /// GET /v1/security/{name}
-pub(super) async fn get(cx: &Ctx, name: &str) -> Response<Body> {
+async fn get(cx: &Ctx, name: &str) -> Response<Body> {
     match cx.store.objects::<SecurityDef>().await {
         Ok(list) => match list.iter().find(|d| d.name == name) {
             Some(d) => reply(StatusCode::OK, public_json(d)),

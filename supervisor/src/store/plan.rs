@@ -1,6 +1,6 @@
 //! A config import's changes ([`Plan`]), applied in one transaction with one version bump
 //! across every table of the store. Building and validating the plan is the import's
-//! (`admin/config_io.rs`); this file writes it.
+//! (`admin/config_io/import.rs`); this file writes it.
 
 use super::{Change, Module, Result, Store, StoreError, bump, now_ms};
 use super::{validate_module_name, validate_secret_name};

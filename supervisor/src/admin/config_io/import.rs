@@ -1,224 +1,23 @@
-//! Config export and import: every object of the config store as one document, one list per
-//! object kind (the shape Zato users know from enmasse). The admin API speaks it as JSON at
-//! `GET /v1/config` and `POST /v1/config`; `oxbus config export|import` turns it into YAML.
-//!
-//! An import is validated in full before anything is written — the channels must route
-//! unambiguously beside server.toml's, every secret must be a plain value or a value sealed
-//! with this server's key, and every changed module is imported in a worker first — and then
-//! applied in one store transaction (one config version). It is idempotent: an object equal to
-//! the stored one is left alone, so importing the same file twice changes nothing the second
-//! time. With `replace`, stored objects the document does not list are deleted (modules
-//! undeployed; a stored definition of the `default` cache is kept, since that cache always
-//! exists). server.toml's channels are not part of the document: they live in the file.
-//! A job that leaves `start_date` out keeps the stored job's (a new one starts when it is
-//! created), so a document without start dates imports idempotently too.
+//! A config import: the document validated in full against the store and this server
+//! (channels routing beside server.toml's, security definitions built against the stored
+//! ones, secrets sealed or opened with this server's key, modules imported in a worker
+//! first), then applied in one store transaction and brought to this server's workers,
+//! caches and scheduler. Every JSON-defined kind takes one generic step ([`import_objects`]
+//! over [`diff_objects`]). The caller (`admin::config`) holds the deploy lock and rebuilds
+//! the routing table.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::{Change, Document, FORMAT, Report, bad, unavailable};
 use crate::admin::Ctx;
-use crate::deploy::{DeployError, Source, WorkerAck};
+use crate::admin::caches::apply_cache_defs;
+use crate::admin::jobs::apply_jobs;
+use crate::deploy::{DeployError, Source};
 use crate::model::channel::{Channel, ChannelType};
-use crate::model::job::JobDef;
 use crate::model::object::ConfigObject;
 use crate::model::security::SecurityDef;
 use crate::store::{ObjectChanges, Plan};
-use oxbus_cache::CacheDef;
-
-/// The document's format version.
-pub const FORMAT: u32 = 1;
-
-/// The export/import document.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Document {
-    /// Format version (1); optional on import.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oxbus_config: Option<u32>,
-    /// The store's config version at export; informational, ignored on import.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_version: Option<i64>,
-    #[serde(default)]
-    pub channel_rest: Vec<Channel>,
-    /// JSON-RPC channels (`type: jsonrpc` may be left out here). One name space with
-    /// `channel_rest`: a name is listed in one of the two.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub channel_jsonrpc: Vec<Channel>,
-    /// A list of `{name, value}` (plain, sealed on import) or `{name, sealed}` (as exported).
-    /// Kept as raw JSON and checked by hand, so that no parse error can quote a value.
-    #[serde(default)]
-    pub secret: Value,
-    #[serde(default)]
-    pub service_module: Vec<ModuleDoc>,
-    /// Security definitions (docs/SECURITY.md): as exported, with `sealed` secret material;
-    /// on import also with plaintext `password` / `key` / `secret`, hashed or sealed here.
-    /// Raw JSON, checked by hand, for the same reason as `secret`.
-    #[serde(default)]
-    pub security: Value,
-    /// Cache definitions (docs/CACHE.md), each checked field by field so that an error names
-    /// the entry and the field.
-    #[serde(default, deserialize_with = "cache_list")]
-    pub cache: Vec<CacheDef>,
-    /// Scheduler jobs (docs/SCHEDULER.md), each checked field by field like `cache`.
-    #[serde(default, deserialize_with = "job_list")]
-    pub job: Vec<JobDef>,
-}
-
-fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Error> {
-    use serde::de::Error;
-    match Value::deserialize(d)? {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                crate::model::job::parse_job_def(v, None)
-                    .map_err(|e| D::Error::custom(format!("job[{i}]: {e}")))
-            })
-            .collect(),
-        _ => Err(D::Error::custom("job: expected a list of job definitions")),
-    }
-}
-
-fn cache_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CacheDef>, D::Error> {
-    use serde::de::Error;
-    match Value::deserialize(d)? {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                parse_cache_def(v, None).map_err(|e| D::Error::custom(format!("cache[{i}]: {e}")))
-            })
-            .collect(),
-        _ => Err(D::Error::custom(
-            "cache: expected a list of cache definitions",
-        )),
-    }
-}
-
-/// A cache definition from JSON (an admin request's body, an entry of a document). Every
-/// error names the field: unknown fields are listed, a field of the wrong type is named.
-/// `path_name`: the name the request's URL gives; the body may leave `name` out, and must
-/// not name another cache. Not validated here: see [`CacheDef::validate`].
-pub fn parse_cache_def(v: &Value, path_name: Option<&str>) -> Result<CacheDef, String> {
-    let Some(obj) = v.as_object() else {
-        return Err("expected a JSON object of cache definition fields".into());
-    };
-    let name = match (obj.get("name"), path_name) {
-        (Some(Value::String(n)), Some(p)) if n != p => {
-            return Err(format!(
-                "name: the body names cache {n:?}, the URL {p:?}: a cache cannot be renamed"
-            ));
-        }
-        (Some(Value::String(n)), _) => n.clone(),
-        (Some(_), _) => return Err("name: must be a string".into()),
-        (None, Some(p)) => p.to_owned(),
-        (None, None) => return Err("name: missing".into()),
-    };
-    let known = serde_json::to_value(CacheDef::builtin_default()).expect("a definition serialises");
-    let known = known.as_object().expect("an object");
-    let unknown: Vec<&str> = obj
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !known.contains_key(*k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "cache {name}: unknown field(s) {} (a cache definition has {})",
-            unknown.join(", "),
-            known
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    // Field by field, so that a value of the wrong type is reported with its field's name.
-    for (k, value) in obj.iter().filter(|(k, _)| *k != "name") {
-        let one = json!({"name": name, k.as_str(): value});
-        if let Err(e) = serde_json::from_value::<CacheDef>(one) {
-            return Err(format!("cache {name}: {k}: {e}"));
-        }
-    }
-    let mut full = obj.clone();
-    full.insert("name".into(), Value::String(name.clone()));
-    serde_json::from_value(Value::Object(full)).map_err(|e| format!("cache {name}: {e}"))
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModuleDoc {
-    pub name: String,
-    pub source: String,
-}
-
-/// One line of an import report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    pub kind: &'static str,
-    pub name: String,
-    /// create | update | delete
-    pub action: &'static str,
-}
-
-/// What an import did (or, with `dry_run`, would do).
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub dry_run: bool,
-    pub config_version: i64,
-    pub changes: Vec<Change>,
-    pub unchanged: usize,
-    pub workers: Vec<WorkerAck>,
-}
-
-fn bad(msg: impl Into<String>) -> DeployError {
-    DeployError::Invalid(msg.into())
-}
-
-fn unavailable(e: impl std::fmt::Display) -> DeployError {
-    DeployError::Unavailable(e.to_string())
-}
-
-/// The store's objects as a document (channels in routing order, the rest by name; secrets
-/// sealed). Taken under the deploy lock by the caller, so it is one consistent version.
-pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
-    let store = &cx.store;
-    let config_version = store.version().await.map_err(unavailable)?;
-    // Channels in creation order: parameterised routes are tried in that order.
-    let (channel_jsonrpc, channels): (Vec<Channel>, Vec<Channel>) = store
-        .channels()
-        .await
-        .map_err(unavailable)?
-        .into_iter()
-        .partition(|c| c.channel_type == ChannelType::JsonRpc);
-    let secrets = store.secrets().await.map_err(unavailable)?;
-    let modules = store.active_modules().await.map_err(unavailable)?;
-    let objects = store.object_set().await.map_err(unavailable)?;
-    Ok(Document {
-        cache: objects.caches,
-        job: objects.jobs,
-        security: serde_json::to_value(objects.security).expect("definitions serialise"),
-        oxbus_config: Some(FORMAT),
-        config_version: Some(config_version),
-        channel_rest: channels,
-        channel_jsonrpc,
-        secret: Value::Array(
-            secrets
-                .into_iter()
-                .map(|s| json!({"name": s.name, "sealed": s.sealed}))
-                .collect(),
-        ),
-        service_module: modules
-            .into_iter()
-            .map(|m| ModuleDoc {
-                name: m.name,
-                source: m.source,
-            })
-            .collect(),
-    })
-}
 
 /// A secret entry of a document, parsed without ever quoting its value.
 enum SecretIn {
@@ -266,9 +65,6 @@ fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     names.into_iter().find(|n| !seen.insert(*n))
 }
 
-/// Validates `doc` in full against the store and this server, then (unless `dry_run`) applies
-/// it in one transaction and brings the workers and the routing table up to date. The caller
-/// holds `cx.locks.deploy`.
 /// Imports, in one worker under `deploy.check_timeout_ms`, the document's modules that
 /// differ from the store's active versions; returns what was checked (name, source hash)
 /// for [`import`]. Called before `deploy_lock` is taken: no lock is held while user code runs.
@@ -307,7 +103,9 @@ pub async fn check_modules(cx: &Ctx, doc: &Document) -> Result<Vec<(String, Stri
         .collect())
 }
 
-/// Applies `doc`. `checked` is what [`check_modules`] imported beforehand: a module to
+/// Validates `doc` in full against the store and this server, then (unless `dry_run`) applies
+/// it in one transaction and brings the workers, caches and scheduler up to date (the caller
+/// rebuilds the routing table). The caller holds `cx.locks.deploy`. `checked` is what [`check_modules`] imported beforehand: a module to
 /// deploy that is not in it (the store changed in between) refuses the import (409) rather
 /// than run user code here, under the caller's lock.
 pub async fn import(
@@ -683,36 +481,6 @@ fn diff_objects<K: ConfigObject>(
     result
 }
 
-/// Makes this server's live caches match the store's definitions after a change made
-/// through this server (the other servers follow through `sync`). `expected`: the
-/// definitions as the change left them, applied should the store not answer now (the sync
-/// loop then reads them again on its next round).
-pub async fn apply_cache_defs(cx: &Ctx, expected: Vec<CacheDef>) {
-    let defs = match cx.store.objects().await {
-        Ok(defs) => defs,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the cache definitions back: applying the change as made");
-            expected
-        }
-    };
-    cx.pool.caches.apply_defs(&defs);
-}
-
-/// Hands this server's scheduler the store's jobs after a change made through this server
-/// (the other servers follow through `sync`). `expected`: the jobs as the change left them,
-/// used should the store not answer now (the sync loop then reads them again on its next
-/// round).
-pub async fn apply_jobs(cx: &Ctx, expected: Vec<JobDef>) {
-    let defs = match cx.store.objects().await {
-        Ok(defs) => defs,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the jobs back: applying the change as made");
-            expected
-        }
-    };
-    crate::scheduler::jobs::set_live(&cx.scheduler.jobs, defs);
-}
-
 /// The document's security definitions into `plan`; returns every definition as the
 /// import leaves them (for checking the channels against). Each is built against the stored
 /// one (`edge::gate::from_input`: plaintext hashed or sealed, a stored secret kept), then
@@ -782,111 +550,10 @@ async fn import_security(
     ))
 }
 
-/// A serde message with the contents of quoted strings left out (`string "…"`), so that a
-/// mistyped document never echoes a value that may be a secret.
-pub fn without_values(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(i) = rest.find("string \"") {
-        let (head, tail) = rest.split_at(i + "string \"".len());
-        out.push_str(head);
-        match tail.find('"') {
-            Some(j) => {
-                out.push_str("…\"");
-                rest = &tail[j + 1..];
-            }
-            None => {
-                out.push('…');
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parse_errors_do_not_quote_values() {
-        let e = serde_json::from_str::<Document>(r#"{"channel_rest": "hunter2"}"#).unwrap_err();
-        let msg = without_values(&e.to_string());
-        assert!(!msg.contains("hunter2"), "{msg}");
-        assert!(msg.contains("invalid type"), "{msg}");
-        assert_eq!(
-            without_values("a string \"x\" and string \"y"),
-            "a string \"…\" and string \"…"
-        );
-        assert_eq!(without_values("unknown field `x`"), "unknown field `x`");
-    }
-
-    #[test]
-    fn a_cache_definition_error_names_the_field() {
-        let def = parse_cache_def(&json!({"max_entries": 5}), Some("s")).unwrap();
-        assert_eq!(
-            def,
-            CacheDef {
-                max_entries: 5,
-                ..CacheDef::named("s")
-            }
-        );
-        let err = |v: Value, name: Option<&str>| parse_cache_def(&v, name).unwrap_err();
-        let e = err(
-            json!({"max_entires": 5, "ttl": 1, "replicate": true}),
-            Some("s"),
-        );
-        assert!(
-            e.contains("max_entires, ttl") && e.contains("max_entries"),
-            "{e}"
-        );
-        let e = err(json!({"max_entries": "many"}), Some("s"));
-        assert!(e.starts_with("cache s: max_entries: invalid type"), "{e}");
-        let e = err(json!({"default_expiry_s": -1}), Some("s"));
-        assert!(e.contains("default_expiry_s:"), "{e}");
-        let e = err(json!({"name": "t"}), Some("s"));
-        assert!(e.contains("cannot be renamed"), "{e}");
-        assert!(err(json!({"max_entries": 5}), None).contains("name"));
-        assert!(err(json!([1]), Some("s")).contains("JSON object"));
-        // In a document: the entry is named too.
-        let e = serde_json::from_value::<Document>(
-            json!({"cache": [{"name": "a"}, {"name": "b", "replicate": "no"}]}),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("cache[1]: cache b: replicate:"), "{e}");
-        let doc: Document = serde_json::from_value(json!({"cache": null})).unwrap();
-        assert!(doc.cache.is_empty());
-    }
-
-    #[test]
-    fn a_job_entry_error_names_the_entry_and_the_field() {
-        let doc: Document = serde_json::from_value(json!({"job": [
-            {"name": "a", "type": "one_time", "service": "s"},
-            {"name": "b", "type": "cron_style", "service": "s", "cron": "0 8 * * *"},
-        ]}))
-        .unwrap();
-        assert_eq!(doc.job.len(), 2);
-        assert_eq!(doc.job[1].cron.as_deref(), Some("0 8 * * *"));
-        let e = serde_json::from_value::<Document>(json!({"job": [
-            {"name": "a", "type": "one_time", "service": "s"},
-            {"name": "b", "type": "one_time", "service": "s", "jitter_ms": "x"},
-        ]}))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("job[1]: job b: jitter_ms:"), "{e}");
-        let e = serde_json::from_value::<Document>(json!({"job": [{"type": "one_time"}]}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("job[0]: name: missing"), "{e}");
-        let e = serde_json::from_value::<Document>(json!({"job": {"name": "a"}}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("job: expected a list"), "{e}");
-        let doc: Document = serde_json::from_value(json!({"job": null})).unwrap();
-        assert!(doc.job.is_empty());
-    }
+    use serde_json::json;
 
     #[test]
     fn a_secret_list_of_the_wrong_shape_is_refused_without_its_value() {

@@ -1,0 +1,277 @@
+//! The admin API's channels: `GET|POST /v1/channels`, `GET|PUT|DELETE /v1/channels/{name}`
+//! (a channel named after its URL path is addressed percent-encoded, `%2Fecho`). server.toml's
+//! channels are listed and read here but never changed. Every change is checked against the
+//! whole table first (routes unambiguous, checks compiling against the stored security
+//! definitions) and is live at once: the routing table is rebuilt from the store
+//! ([`rebuild_routes`], also used by security definitions and config import).
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::objects::Refused;
+use super::{Body, Ctx, error, read_body, reply};
+use crate::model::security::SecurityDef;
+
+/// Routes `/v1/channels/…`; `rest` is the path after `/v1/channels`, split at `/`.
+pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
+    let method = req.method().clone();
+    match (&method, rest) {
+        (&Method::GET, []) => list_channels(cx).await,
+        (&Method::POST, []) => match read_body(req).await {
+            Ok(body) => create_channel(cx, body).await,
+            Err(r) => r,
+        },
+        (&Method::GET, [name]) => get_channel(cx, &crate::edge::router::percent_decode(name)).await,
+        (&Method::PUT, [name]) => {
+            let name = crate::edge::router::percent_decode(name);
+            match read_body(req).await {
+                Ok(body) => update_channel(cx, &name, body).await,
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, [name]) => {
+            delete_channel(cx, &crate::edge::router::percent_decode(name)).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {}", req.uri().path()),
+        ),
+    }
+}
+
+/// Rebuilds the routing table from server.toml's channels and the store's, and swaps it in.
+pub(super) async fn reload_router(cx: &Ctx) -> Result<(), Response<Body>> {
+    rebuild_routes(cx).await.map_err(Refused::answer)
+}
+
+/// [`reload_router`], refused with the status and message of its error answer.
+pub(super) async fn rebuild_routes(cx: &Ctx) -> Result<(), Refused> {
+    let stored = cx
+        .store
+        .channels()
+        .await
+        .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let defs: Vec<SecurityDef> = cx
+        .store
+        .objects()
+        .await
+        .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    cx.routes
+        .rebuild(&stored, &defs)
+        .map_err(|e| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// Checks that `stored` (the store's channels as a change would leave them) route
+/// unambiguously beside server.toml's and that their checks compile against the stored
+/// security definitions (400 naming the problem).
+async fn check_table(
+    cx: &Ctx,
+    stored: &[crate::model::channel::Channel],
+) -> Result<(), Response<Body>> {
+    let defs: Vec<SecurityDef> = cx
+        .store
+        .objects()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    cx.routes
+        .check(stored, &defs)
+        .map(drop)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
+/// Whether server.toml has a channel of that name (an unnamed one is named by its path).
+fn file_channel_named(cx: &Ctx, name: &str) -> bool {
+    cx.settings
+        .channels
+        .iter()
+        .any(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
+}
+
+fn channel_json(c: &crate::model::channel::Channel, source: &str) -> Value {
+    let mut j = json!({
+        "name": c.name, "type": c.channel_type.as_str(), "url_path": c.url_path,
+        "methods": c.methods, "service": c.service,
+        "data_format": c.data_format.as_str(), "source": source,
+    });
+    if c.channel_type == crate::model::channel::ChannelType::JsonRpc {
+        j["services"] = json!(c.services);
+    }
+    j
+}
+
+/// GET /v1/channels
+async fn list_channels(cx: &Ctx) -> Response<Body> {
+    let stored = match cx.store.channels().await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let mut list: Vec<Value> = cx
+        .settings
+        .channels
+        .iter()
+        .map(|c| channel_json(c, "server.toml"))
+        .collect();
+    list.extend(stored.iter().map(|c| channel_json(c, "store")));
+    reply(StatusCode::OK, json!({ "channels": list }))
+}
+
+/// POST /v1/channels: validated against every existing channel before it is written; live
+/// at once.
+async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
+    let channel: crate::model::channel::Channel = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?, \"name\"?}}: {e}"
+                ),
+            );
+        }
+    };
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let name = channel.name.as_deref().unwrap_or(&channel.url_path);
+    if file_channel_named(cx, name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a channel named {name} is defined in server.toml"),
+        );
+    }
+    // The file's channels count too (the routing table adds them): the new one must route
+    // unambiguously beside them.
+    let mut all = Vec::new();
+    match cx.store.channels().await {
+        Ok(c) => all.extend(c),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    all.push(channel.clone());
+    if let Err(r) = check_table(cx, &all).await {
+        return r;
+    }
+    let change = match cx.store.create_channel(&channel).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(cx).await {
+        return r;
+    }
+    info!(channel = ?change.value.name, url_path = %change.value.url_path, "channel created");
+    reply(
+        StatusCode::CREATED,
+        json!({"config_version": change.config_version, "channel": channel_json(&change.value, "store")}),
+    )
+}
+
+/// GET /v1/channels/{name}
+async fn get_channel(cx: &Ctx, name: &str) -> Response<Body> {
+    if let Some(c) = cx
+        .settings
+        .channels
+        .iter()
+        .find(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
+    {
+        return reply(StatusCode::OK, channel_json(c, "server.toml"));
+    }
+    match cx.store.channels().await {
+        Ok(list) => match list.iter().find(|c| c.name.as_deref() == Some(name)) {
+            Some(c) => reply(StatusCode::OK, channel_json(c, "store")),
+            None => error(StatusCode::NOT_FOUND, format!("no channel named {name}")),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// PUT /v1/channels/{name}: replaces a stored channel's path, methods, service or format;
+/// validated against every other channel first, live at once.
+async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
+    let mut channel: crate::model::channel::Channel = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?}}: {e}"
+                ),
+            );
+        }
+    };
+    match channel.name.as_deref() {
+        Some(n) if n != name => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body names channel {n}, the URL {name}: a channel cannot be renamed"),
+            );
+        }
+        _ => channel.name = Some(name.to_owned()),
+    }
+    if let Err(e) = crate::store::validate_channel_name(name) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    if file_channel_named(cx, name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("channel {name} comes from server.toml; change it there"),
+        );
+    }
+    let stored = match cx.store.channels().await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if !stored.iter().any(|c| c.name.as_deref() == Some(name)) {
+        return error(StatusCode::NOT_FOUND, format!("no channel named {name}"));
+    }
+    let mut all: Vec<crate::model::channel::Channel> = stored
+        .into_iter()
+        .filter(|c| c.name.as_deref() != Some(name))
+        .collect();
+    all.push(channel.clone());
+    if let Err(r) = check_table(cx, &all).await {
+        return r;
+    }
+    let plan = crate::store::Plan {
+        put_channels: vec![channel.clone()],
+        ..Default::default()
+    };
+    let change = match cx.store.apply(&plan, "admin-api").await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(cx).await {
+        return r;
+    }
+    info!(channel = name, url_path = %channel.url_path, "channel updated");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "channel": channel_json(&channel, "store")}),
+    )
+}
+
+/// DELETE /v1/channels/{name}
+async fn delete_channel(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    if file_channel_named(cx, name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("channel {name} comes from server.toml; change it there"),
+        );
+    }
+    let change = match cx.store.delete_channel(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(r) = reload_router(cx).await {
+        return r;
+    }
+    info!(channel = name, "channel deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version}),
+    )
+}

@@ -1,0 +1,201 @@
+//! The admin API's modules and services: `GET /v1/services` (what the workers run, with each
+//! service's deployed version), `GET /v1/modules` and `GET /v1/modules/{name}` (the active
+//! versions, one with its source), `POST /v1/modules` (deploy), `DELETE /v1/modules/{name}`
+//! (undeploy) and `POST /v1/modules/{name}/rollback`. A deploy is `deploy`'s (check in one
+//! worker, store, activate everywhere); this file parses the request and answers. It touches
+//! no channel, secret or JSON-defined object.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Body, Ctx, error, read_body, reply};
+
+/// Routes `/v1/modules/…`; `rest` is the path after `/v1/modules`, split at `/`.
+pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
+    let method = req.method().clone();
+    match (&method, rest) {
+        (&Method::GET, []) => modules(cx).await,
+        (&Method::GET, [name]) => module_source(cx, name).await,
+        (&Method::POST, []) => match read_body(req).await {
+            Ok(body) => deploy(cx, body).await,
+            Err(r) => r,
+        },
+        (&Method::DELETE, [name]) => undeploy(cx, name).await,
+        (&Method::POST, [name, "rollback"]) => rollback(cx, name).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {}", req.uri().path()),
+        ),
+    }
+}
+
+/// The services the workers run (the first ready worker's table; all workers load the same),
+/// each with its module's deployed version, hash and time when it came from the store.
+pub(super) async fn services(cx: &Ctx) -> Response<Body> {
+    let table = {
+        let workers = cx.pool.all();
+        let Some(w) = workers
+            .iter()
+            .find(|w| w.state() == crate::lifecycle::pool::WorkerState::Ready)
+        else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "no worker is ready");
+        };
+        w.services.lock().expect("services lock").clone()
+    };
+    let modules = match cx.store.active_modules().await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let list: Vec<Value> = table
+        .iter()
+        .map(|s| {
+            let mut doc =
+                json!({"name": s.name, "module": s.module, "class": s.class, "async": s.is_async});
+            match modules.iter().find(|m| m.name == s.module) {
+                Some(m) => {
+                    doc["origin"] = json!("deployed");
+                    doc["version"] = json!(m.version);
+                    doc["source_hash"] = json!(m.source_hash);
+                    doc["deployed_at_ms"] = json!(m.deployed_at);
+                    doc["deployed_by"] = json!(m.deployed_by);
+                }
+                None => doc["origin"] = json!("services_dir"),
+            }
+            doc
+        })
+        .collect();
+    reply(StatusCode::OK, json!({ "services": list }))
+}
+
+async fn modules(cx: &Ctx) -> Response<Body> {
+    match cx.store.active_modules().await {
+        Ok(mods) => reply(
+            StatusCode::OK,
+            json!({"modules": mods.iter().map(|m| json!({
+                "name": m.name, "version": m.version, "source_hash": m.source_hash,
+                "deployed_by": m.deployed_by, "deployed_at_ms": m.deployed_at,
+            })).collect::<Vec<_>>()}),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn module_source(cx: &Ctx, name: &str) -> Response<Body> {
+    match cx.store.active_modules().await {
+        Ok(mods) => match mods.into_iter().find(|m| m.name == name) {
+            Some(m) => reply(
+                StatusCode::OK,
+                json!({"name": m.name, "version": m.version, "source_hash": m.source_hash, "source": m.source}),
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("module {name} is not deployed"),
+            ),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DeployRequest {
+    modules: Vec<DeployModule>,
+    #[serde(default)]
+    deployed_by: Option<String>,
+    /// Leave modules whose source equals the active version alone (no new version).
+    #[serde(default)]
+    skip_unchanged: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct DeployModule {
+    name: String,
+    source: String,
+}
+
+/// POST /v1/modules: check in one worker, store, activate everywhere; a report back.
+async fn deploy(cx: &Ctx, body: Bytes) -> Response<Body> {
+    let req: DeployRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"modules\": [{{\"name\": …, \"source\": …}}]}}: {e}"),
+            );
+        }
+    };
+    let pairs: Vec<(String, String)> = req
+        .modules
+        .into_iter()
+        .map(|m| (m.name, m.source))
+        .collect();
+    let by = req.deployed_by.as_deref().unwrap_or("admin-api");
+    match crate::deploy::deploy(&cx.deploy, &pairs, by, req.skip_unchanged).await {
+        Ok(report) => {
+            let status = if report.all_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            reply(status, report.to_json())
+        }
+        Err(e) => deploy_error(e),
+    }
+}
+
+/// The HTTP face of a refused deploy.
+pub(super) fn deploy_error(e: crate::deploy::DeployError) -> Response<Body> {
+    use crate::deploy::DeployError;
+    match e {
+        DeployError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+        DeployError::Refused(doc) => reply(StatusCode::UNPROCESSABLE_ENTITY, doc),
+        DeployError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+        DeployError::Busy(m) => error(StatusCode::CONFLICT, m),
+    }
+}
+
+/// 200 when every worker acknowledged a module change, else 500 (the report says which).
+pub(super) fn acks_status(acks: &[crate::deploy::WorkerAck]) -> StatusCode {
+    if acks.iter().all(|a| a.ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+/// DELETE /v1/modules/{name}
+async fn undeploy(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let change = match cx.store.undeploy_module(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let acks = crate::deploy::remove_everywhere(&cx.pool, &[name]).await;
+    reply(
+        acks_status(&acks),
+        json!({"config_version": change.config_version, "workers": acks}),
+    )
+}
+
+/// POST /v1/modules/{name}/rollback
+async fn rollback(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let change = match cx.store.rollback_module(name).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(crate::store::StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let module = change.value;
+    let acks = crate::deploy::activate_everywhere(&cx.pool, std::slice::from_ref(&module)).await;
+    reply(
+        acks_status(&acks),
+        json!({
+            "config_version": change.config_version,
+            "module": {"name": module.name, "version": module.version, "source_hash": module.source_hash},
+            "workers": acks,
+        }),
+    )
+}
