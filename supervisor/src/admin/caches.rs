@@ -153,13 +153,7 @@ impl super::objects::AdminObject for CacheDef {
 /// definitions as the change left them, applied should the store not answer now (the sync
 /// loop then reads them again on its next round).
 pub(super) async fn apply_cache_defs(cx: &Ctx, expected: Vec<CacheDef>) {
-    let defs = match cx.store.objects().await {
-        Ok(defs) => defs,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the cache definitions back: applying the change as made");
-            expected
-        }
-    };
+    let defs = super::objects::read_back(cx, expected, "cache definitions").await;
     cx.pool.caches.apply_defs(&defs);
 }
 

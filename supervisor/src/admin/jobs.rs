@@ -245,12 +245,6 @@ pub(super) async fn status(cx: &Ctx) -> Response<Body> {
 /// used should the store not answer now (the sync loop then reads them again on its next
 /// round).
 pub(super) async fn apply_jobs(cx: &Ctx, expected: Vec<JobDef>) {
-    let defs = match cx.store.objects().await {
-        Ok(defs) => defs,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the jobs back: applying the change as made");
-            expected
-        }
-    };
+    let defs = super::objects::read_back(cx, expected, "jobs").await;
     crate::scheduler::jobs::set_live(&cx.scheduler.jobs, defs);
 }

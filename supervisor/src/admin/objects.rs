@@ -190,3 +190,17 @@ pub(super) async fn delete<K: AdminObject>(cx: &Ctx, name: &str) -> Response<Bod
         json!({"config_version": change.config_version, "deleted": name}),
     )
 }
+
+/// Kind `K`'s definitions as the store has them after a change made through this server, for
+/// applying them here (the other servers follow through `sync`); `expected` — the
+/// definitions as the change left them — should the store not answer now (the sync loop
+/// then reads them again on its next round). `what` names them in the warning.
+pub(super) async fn read_back<K: ConfigObject>(cx: &Ctx, expected: Vec<K>, what: &str) -> Vec<K> {
+    match cx.store.objects().await {
+        Ok(defs) => defs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the {what} back: applying the change as made");
+            expected
+        }
+    }
+}

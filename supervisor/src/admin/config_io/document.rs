@@ -50,35 +50,40 @@ pub struct Document {
 }
 
 fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Error> {
-    use serde::de::Error;
-    match Value::deserialize(d)? {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                crate::model::job::parse_job_def(v, None)
-                    .map_err(|e| D::Error::custom(format!("job[{i}]: {e}")))
-            })
-            .collect(),
-        _ => Err(D::Error::custom("job: expected a list of job definitions")),
-    }
+    parsed_list(d, "job", "job definitions", |v| {
+        crate::model::job::parse_job_def(v, None)
+    })
 }
 
 fn cache_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CacheDef>, D::Error> {
+    parsed_list(d, "cache", "cache definitions", |v| {
+        parse_cache_def(v, None)
+    })
+}
+
+/// A document's list of `key` entries (absent or null: none), each parsed by `parse` so that
+/// an error names the entry (`key[i]: …`) and the field.
+fn parsed_list<'de, D, T, E>(
+    d: D,
+    key: &str,
+    what: &str,
+    parse: impl Fn(&Value) -> Result<T, E>,
+) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: std::fmt::Display,
+{
     use serde::de::Error;
     match Value::deserialize(d)? {
         Value::Null => Ok(Vec::new()),
         Value::Array(list) => list
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                parse_cache_def(v, None).map_err(|e| D::Error::custom(format!("cache[{i}]: {e}")))
-            })
+            .map(|(i, v)| parse(v).map_err(|e| D::Error::custom(format!("{key}[{i}]: {e}"))))
             .collect(),
-        _ => Err(D::Error::custom(
-            "cache: expected a list of cache definitions",
-        )),
+        _ => Err(D::Error::custom(format!(
+            "{key}: expected a list of {what}"
+        ))),
     }
 }
 
