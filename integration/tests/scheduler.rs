@@ -422,9 +422,23 @@ async fn a_job_turned_off_and_on_or_deleted_and_created_again_starts_afresh() {
     admin(&srv, "POST", "/v1/jobs/slow/enable", Value::Null).await;
     let slow = count(&runs, "slow");
     wait_count(&runs, "slow", slow + 1).await;
-    let h = admin(&srv, "GET", "/v1/jobs/slow/runs", Value::Null)
-        .await
-        .json();
+    // The history is written after a run is over (in batches), the runs file during it: wait
+    // until the history lists every run the file has, so its newest entry is the new run.
+    let ran = count(&runs, "slow");
+    let h = eventually(
+        Duration::from_secs(30),
+        "the history of slow to list its runs",
+        || {
+            let srv = &srv;
+            async move {
+                let h = admin(srv, "GET", "/v1/jobs/slow/runs", Value::Null)
+                    .await
+                    .json();
+                (h["runs"].as_array().map_or(0, Vec::len) >= ran).then_some(h)
+            }
+        },
+    )
+    .await;
     let latest = &h["runs"][0];
     assert!(
         latest["due"].as_i64().unwrap() >= enabled_at - 5,

@@ -37,7 +37,9 @@ pub trait ConfigObject:
     const FILLED_FROM_STORED: bool = false;
 
     /// The definition as it is to be stored, given the stored one of that name (if any) and
-    /// the time of the change: as given unless the kind fills something in.
+    /// the time of the change: as given unless the kind fills something in. A kind that
+    /// overrides this must set [`ConfigObject::FILLED_FROM_STORED`]: puts and imports call it
+    /// only then.
     fn into_stored(self, _stored: Option<&Self>, _now: chrono::DateTime<chrono::Utc>) -> Self {
         self
     }
