@@ -69,6 +69,26 @@ async fn wait_count(runs: &Path, job: &str, at_least: usize) {
     .await;
 }
 
+/// A job's history (`GET /v1/jobs/{job}/runs`) once its runs satisfy `done`: the history is
+/// written in batches after each run is over, so it lags what the service has recorded.
+async fn history_when(
+    srv: &Server,
+    job: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Value {
+    let path = format!("/v1/jobs/{job}/runs");
+    let done = &done;
+    eventually(Duration::from_secs(30), what, || {
+        let path = &path;
+        async move {
+            let h = admin(srv, "GET", path, Value::Null).await.json();
+            h["runs"].as_array().is_some_and(|r| done(r)).then_some(h)
+        }
+    })
+    .await
+}
+
 async fn put_job(srv: &Server, name: &str, def: Value) {
     let r = admin(srv, "PUT", &format!("/v1/jobs/{name}"), def).await;
     assert!(
@@ -256,22 +276,9 @@ async fn overlapping_runs_are_skipped_by_default() {
                                  "seconds": 1, "extra": {"sleep": 2.5}}),
     )
     .await;
-    eventually(
-        Duration::from_secs(30),
-        "a skipped run in the history",
-        || {
-            let srv = &srv;
-            async move {
-                let h = admin(srv, "GET", "/v1/jobs/slow/runs", Value::Null)
-                    .await
-                    .json();
-                h["runs"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|x| x["outcome"] == "skipped"))
-                    .then_some(())
-            }
-        },
-    )
+    history_when(&srv, "slow", "a skipped run in the history", |runs| {
+        runs.iter().any(|x| x["outcome"] == "skipped")
+    })
     .await;
     // Never two at once: the service's own start times are at least the run time apart.
     let t: Vec<f64> = lines(&runs)
@@ -425,18 +432,11 @@ async fn a_job_turned_off_and_on_or_deleted_and_created_again_starts_afresh() {
     // The history is written after a run is over (in batches), the runs file during it: wait
     // until the history lists every run the file has, so its newest entry is the new run.
     let ran = count(&runs, "slow");
-    let h = eventually(
-        Duration::from_secs(30),
+    let h = history_when(
+        &srv,
+        "slow",
         "the history of slow to list its runs",
-        || {
-            let srv = &srv;
-            async move {
-                let h = admin(srv, "GET", "/v1/jobs/slow/runs", Value::Null)
-                    .await
-                    .json();
-                (h["runs"].as_array().map_or(0, Vec::len) >= ran).then_some(h)
-            }
-        },
+        |runs| runs.len() >= ran,
     )
     .await;
     let latest = &h["runs"][0];
