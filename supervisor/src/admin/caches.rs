@@ -107,7 +107,7 @@ impl super::objects::AdminObject for CacheDef {
         _stored: Option<&Self>,
     ) -> Result<Self, Refused> {
         use crate::model::object::ConfigObject;
-        let def = super::input::parse_cache_def(&input, name)
+        let def = crate::model::cache::parse_cache_def(&input, name)
             .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))?;
         ConfigObject::validate(&def).map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))?;
         Ok(def)

@@ -1,5 +1,5 @@
 //! `oxbus config export|import`: the whole config store as one YAML document, through the
-//! admin API (`crate::admin::config_io` owns the document's shape; this file reads and
+//! admin API (`model/document.rs` owns the document's shape; this file reads and
 //! writes it as files and text).
 
 use std::path::Path;
@@ -58,7 +58,7 @@ fn write_export(
     file: Option<&Path>,
     to: &ServerArgs,
 ) -> Result<(), CliError> {
-    use crate::admin::config_io::Document;
+    use crate::model::document::Document;
     let text = match output {
         Output::Json => format!("{doc:#}\n"),
         Output::Text => {

@@ -1,9 +1,12 @@
 //! The config objects as plain data: channels, security definitions, scheduler jobs (the
 //! cache definition is `oxbus_cache::CacheDef`), each with its validation. No I/O here: no
 //! store, no network, no files, no clock but what a caller passes in. `object`: what the
-//! JSON-defined named objects (security, cache, job definitions) share.
+//! JSON-defined named objects (security, cache, job definitions) share; `cache`: a cache
+//! definition from an operator's JSON; `document`: the config export/import document.
 
+pub mod cache;
 pub mod channel;
+pub mod document;
 pub mod job;
 pub mod net;
 pub mod object;

@@ -23,10 +23,9 @@ use crate::admin::Ctx;
 use crate::deploy::{DeployError, WorkerAck};
 use crate::model::channel::{Channel, ChannelType};
 
-mod document;
 mod import;
 
-pub use document::{Document, FORMAT, ModuleDoc, without_values};
+pub use crate::model::document::{Document, FORMAT, ModuleDoc, without_values};
 pub use import::{check_modules, import};
 
 /// One line of an import report.

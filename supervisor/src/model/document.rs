@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::admin::input::parse_cache_def;
+use crate::model::cache::parse_cache_def;
 use crate::model::channel::Channel;
 use crate::model::job::JobDef;
 use oxbus_cache::CacheDef;
