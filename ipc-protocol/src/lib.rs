@@ -217,58 +217,51 @@ pub fn encode_reply<M: serde::Serialize>(
     wire::encode_serialized(out, Kind::Reply as u8, 0, stream, meta, body).map_err(too_large)
 }
 
-fn too_large(len: usize) -> Error {
-    Error::TooLarge {
-        len,
-        max: MAX_PAYLOAD,
+impl wire::WireFrame for Frame {
+    type Kind = Kind;
+    type Error = Error;
+
+    fn too_large(len: usize, max: usize) -> Error {
+        Error::TooLarge { len, max }
     }
-}
 
-/// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
-#[derive(Debug, Clone)]
-pub struct FrameDecoder {
-    max_payload: usize,
-}
+    fn check_header(header: &wire::Header) -> Result<Kind> {
+        let kind = Kind::from_u8(header.kind)?;
+        if header.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::UnknownFlags(header.flags & !KNOWN_FLAGS));
+        }
+        Ok(kind)
+    }
 
-impl Default for FrameDecoder {
-    fn default() -> Self {
-        FrameDecoder {
-            max_payload: MAX_PAYLOAD,
+    fn from_wire(kind: Kind, header: &wire::Header, payload: Bytes) -> Frame {
+        Frame {
+            kind,
+            flags: header.flags,
+            stream: header.stream,
+            payload,
         }
     }
 }
+
+fn too_large(len: usize) -> Error {
+    <Frame as wire::WireFrame>::too_large(len, MAX_PAYLOAD)
+}
+
+/// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
+#[derive(Debug, Clone, Default)]
+pub struct FrameDecoder(wire::Decoder<Frame>);
 
 impl FrameDecoder {
     /// A decoder that refuses payloads above `max_payload` (capped at [`MAX_PAYLOAD`]).
     pub fn with_max_payload(max_payload: usize) -> FrameDecoder {
-        FrameDecoder {
-            max_payload: max_payload.min(MAX_PAYLOAD),
-        }
+        FrameDecoder(wire::Decoder::with_max_payload(max_payload))
     }
 
     /// Takes the next complete frame off the front of `buf`, or `Ok(None)` when more bytes
     /// are needed. An oversized length, unknown kind or unknown flags is an error, checked
     /// from the header alone, before the payload is buffered.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        let Some(header) = wire::peek_header(buf) else {
-            return Ok(None);
-        };
-        if header.len > self.max_payload {
-            return Err(Error::TooLarge {
-                len: header.len,
-                max: self.max_payload,
-            });
-        }
-        let kind = Kind::from_u8(header.kind)?;
-        if header.flags & !KNOWN_FLAGS != 0 {
-            return Err(Error::UnknownFlags(header.flags & !KNOWN_FLAGS));
-        }
-        Ok(wire::take_payload(buf, header.len).map(|payload| Frame {
-            kind,
-            flags: header.flags,
-            stream: header.stream,
-            payload,
-        }))
+        self.0.decode(buf)
     }
 }
 

@@ -1,8 +1,11 @@
-//! The frame header and the `CALL` / `REPLY` payload layout that the IPC protocol and the
-//! cluster bus share (see `SPEC.md` and `BUS.md`). Each protocol validates kinds and flags
-//! against its own table and maps these helpers' raw errors into its own error type.
+//! The frame header, the incremental frame decoder and the `CALL` / `REPLY` payload layout
+//! that the IPC protocol and the cluster bus share (see `SPEC.md` and `BUS.md`). Each
+//! protocol validates kinds, flags and streams against its own table (through [`WireFrame`])
+//! and maps these helpers' raw errors into its own error type; nothing here knows either
+//! protocol's kinds, and no protocol's public types live here.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::marker::PhantomData;
 
 /// Size of the fixed frame header: length (4), kind (1), flags (1), stream (4).
 pub(crate) const HEADER_LEN: usize = 10;
@@ -53,6 +56,85 @@ pub(crate) fn take_payload(buf: &mut BytesMut, len: usize) -> Option<Bytes> {
     }
     buf.advance(HEADER_LEN);
     Some(buf.split_to(len).freeze())
+}
+
+/// What a protocol supplies to the shared [`Decoder`]: its frame type (the implementor), its
+/// error type and its checks of a header.
+pub(crate) trait WireFrame: Sized {
+    /// The protocol's kind table entry, as the header check found it.
+    type Kind;
+    /// The protocol's error type.
+    type Error;
+
+    /// The error for a payload of `len` bytes above the limit `max`.
+    fn too_large(len: usize, max: usize) -> Self::Error;
+
+    /// Checks kind, flags and stream of a header whose length is within the limit.
+    fn check_header(header: &Header) -> Result<Self::Kind, Self::Error>;
+
+    /// The frame of a checked header and its whole payload.
+    fn from_wire(kind: Self::Kind, header: &Header, payload: Bytes) -> Self;
+}
+
+/// Incremental decoder of the frames `F`: feed bytes into a `BytesMut`, take whole frames
+/// out. Refuses payloads above its limit (at most [`MAX_PAYLOAD`]).
+pub(crate) struct Decoder<F> {
+    max_payload: usize,
+    frame: PhantomData<fn() -> F>,
+}
+
+impl<F> Clone for Decoder<F> {
+    fn clone(&self) -> Self {
+        Decoder {
+            max_payload: self.max_payload,
+            frame: PhantomData,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for Decoder<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+impl<F> Default for Decoder<F> {
+    fn default() -> Self {
+        Decoder::with_max_payload(MAX_PAYLOAD)
+    }
+}
+
+impl<F> Decoder<F> {
+    /// A decoder that refuses payloads above `max_payload` (capped at [`MAX_PAYLOAD`]).
+    pub(crate) fn with_max_payload(max_payload: usize) -> Self {
+        Decoder {
+            max_payload: max_payload.min(MAX_PAYLOAD),
+            frame: PhantomData,
+        }
+    }
+
+    /// The largest payload this decoder accepts.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+}
+
+impl<F: WireFrame> Decoder<F> {
+    /// Takes the next complete frame off the front of `buf`, or `Ok(None)` when more bytes
+    /// are needed. An oversized length, then whatever [`WireFrame::check_header`] refuses,
+    /// is an error found from the header alone, before the payload is buffered.
+    pub(crate) fn decode(&self, buf: &mut BytesMut) -> Result<Option<F>, F::Error> {
+        let Some(header) = peek_header(buf) else {
+            return Ok(None);
+        };
+        if header.len > self.max_payload {
+            return Err(F::too_large(header.len, self.max_payload));
+        }
+        let kind = F::check_header(&header)?;
+        Ok(take_payload(buf, header.len).map(|payload| F::from_wire(kind, &header, payload)))
+    }
 }
 
 /// Splits a `CALL` / `REPLY` payload (`meta_len` u32, meta, body). On error returns

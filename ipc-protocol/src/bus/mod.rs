@@ -333,33 +333,42 @@ pub fn encode_reply(out: &mut BytesMut, stream: u32, status: u16, body: &[u8]) -
     .map_err(too_large)
 }
 
-fn too_large(len: usize) -> Error {
-    Error::TooLarge {
-        len,
-        max: MAX_PAYLOAD,
+impl crate::wire::WireFrame for Frame {
+    type Kind = Kind;
+    type Error = Error;
+
+    fn too_large(len: usize, max: usize) -> Error {
+        Error::TooLarge { len, max }
     }
-}
 
-/// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
-#[derive(Debug, Clone)]
-pub struct FrameDecoder {
-    max_payload: usize,
-}
+    fn check_header(header: &crate::wire::Header) -> Result<Kind> {
+        let kind = Kind::from_u8(header.kind)?;
+        check_header(kind, header.flags, header.stream)?;
+        Ok(kind)
+    }
 
-impl Default for FrameDecoder {
-    fn default() -> Self {
-        FrameDecoder {
-            max_payload: MAX_PAYLOAD,
+    fn from_wire(kind: Kind, header: &crate::wire::Header, payload: Bytes) -> Frame {
+        Frame {
+            kind,
+            flags: header.flags,
+            stream: header.stream,
+            payload,
         }
     }
 }
+
+fn too_large(len: usize) -> Error {
+    <Frame as crate::wire::WireFrame>::too_large(len, MAX_PAYLOAD)
+}
+
+/// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
+#[derive(Debug, Clone, Default)]
+pub struct FrameDecoder(crate::wire::Decoder<Frame>);
 
 impl FrameDecoder {
     /// A decoder that refuses payloads above `max_payload` (capped at [`MAX_PAYLOAD`]).
     pub fn with_max_payload(max_payload: usize) -> FrameDecoder {
-        FrameDecoder {
-            max_payload: max_payload.min(MAX_PAYLOAD),
-        }
+        FrameDecoder(crate::wire::Decoder::with_max_payload(max_payload))
     }
 
     /// The decoder to use until the handshake is complete ([`HANDSHAKE_MAX_PAYLOAD`]).
@@ -369,7 +378,7 @@ impl FrameDecoder {
 
     /// The largest payload this decoder accepts.
     pub fn max_payload(&self) -> usize {
-        self.max_payload
+        self.0.max_payload()
     }
 
     /// Takes the next complete frame off the front of `buf`, or `Ok(None)` when more bytes
@@ -377,25 +386,7 @@ impl FrameDecoder {
     /// stream id that does not fit the kind are errors, found from the header alone, before
     /// the payload is buffered.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        let Some(header) = crate::wire::peek_header(buf) else {
-            return Ok(None);
-        };
-        if header.len > self.max_payload {
-            return Err(Error::TooLarge {
-                len: header.len,
-                max: self.max_payload,
-            });
-        }
-        let kind = Kind::from_u8(header.kind)?;
-        check_header(kind, header.flags, header.stream)?;
-        Ok(
-            crate::wire::take_payload(buf, header.len).map(|payload| Frame {
-                kind,
-                flags: header.flags,
-                stream: header.stream,
-                payload,
-            }),
-        )
+        self.0.decode(buf)
     }
 }
 
