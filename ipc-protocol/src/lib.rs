@@ -143,14 +143,7 @@ impl Frame {
 
     /// Appends the wire bytes of this frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        wire::put_header(
-            out,
-            self.kind as u8,
-            self.flags,
-            self.stream,
-            self.payload.len(),
-        );
-        out.extend_from_slice(&self.payload);
+        wire::put_frame(out, self.kind as u8, self.flags, self.stream, &self.payload);
     }
 
     /// The wire bytes of this frame.
@@ -176,10 +169,7 @@ impl Frame {
 
 /// Splits a `CALL` / `REPLY` payload: `meta_len` u32, meta, body.
 pub fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes)> {
-    wire::split_meta(payload).map_err(|(meta_len, payload_len)| Error::BadMetaLength {
-        meta_len,
-        payload_len,
-    })
+    wire::split_meta::<Frame>(payload)
 }
 
 /// Appends a `CALL` or `REPLY` frame whose meta is `meta` (already JSON) and body `body`.
@@ -192,7 +182,7 @@ pub fn encode_meta_frame(
     meta: &[u8],
     body: &[u8],
 ) -> Result<()> {
-    wire::encode_meta_frame(out, kind as u8, flags, stream, meta, body).map_err(too_large)
+    wire::encode_meta_frame::<Frame>(out, kind as u8, flags, stream, meta, body)
 }
 
 /// Appends a `CALL` frame, serialising `meta` as JSON straight into the buffer (no
@@ -204,7 +194,7 @@ pub fn encode_call<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    wire::encode_serialized(out, Kind::Call as u8, flags, stream, meta, body).map_err(too_large)
+    wire::encode_serialized::<Frame, _>(out, Kind::Call as u8, flags, stream, meta, body)
 }
 
 /// Appends a `REPLY` frame.
@@ -214,7 +204,7 @@ pub fn encode_reply<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    wire::encode_serialized(out, Kind::Reply as u8, 0, stream, meta, body).map_err(too_large)
+    wire::encode_serialized::<Frame, _>(out, Kind::Reply as u8, 0, stream, meta, body)
 }
 
 impl wire::WireFrame for Frame {
@@ -223,6 +213,13 @@ impl wire::WireFrame for Frame {
 
     fn too_large(len: usize, max: usize) -> Error {
         Error::TooLarge { len, max }
+    }
+
+    fn bad_meta_length(meta_len: usize, payload_len: usize) -> Error {
+        Error::BadMetaLength {
+            meta_len,
+            payload_len,
+        }
     }
 
     fn check_header(header: &wire::Header) -> Result<Kind> {
@@ -241,10 +238,6 @@ impl wire::WireFrame for Frame {
             payload,
         }
     }
-}
-
-fn too_large(len: usize) -> Error {
-    <Frame as wire::WireFrame>::too_large(len, MAX_PAYLOAD)
 }
 
 /// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.

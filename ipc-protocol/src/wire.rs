@@ -1,8 +1,7 @@
 //! The frame header, the incremental frame decoder and the `CALL` / `REPLY` payload layout
 //! that the IPC protocol and the cluster bus share (see `SPEC.md` and `BUS.md`). Each
-//! protocol validates kinds, flags and streams against its own table (through [`WireFrame`])
-//! and maps these helpers' raw errors into its own error type; nothing here knows either
-//! protocol's kinds, and no protocol's public types live here.
+//! protocol supplies its kind table, header checks and error type through [`WireFrame`];
+//! nothing here knows either protocol's kinds, and no protocol's public types live here.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::marker::PhantomData;
@@ -58,8 +57,8 @@ pub(crate) fn take_payload(buf: &mut BytesMut, len: usize) -> Option<Bytes> {
     Some(buf.split_to(len).freeze())
 }
 
-/// What a protocol supplies to the shared [`Decoder`]: its frame type (the implementor), its
-/// error type and its checks of a header.
+/// What a protocol supplies to the shared codec ([`Decoder`], [`split_meta`], the encoders):
+/// its frame type (the implementor), its error type and its checks of a header.
 pub(crate) trait WireFrame: Sized {
     /// The protocol's kind table entry, as the header check found it.
     type Kind;
@@ -68,6 +67,10 @@ pub(crate) trait WireFrame: Sized {
 
     /// The error for a payload of `len` bytes above the limit `max`.
     fn too_large(len: usize, max: usize) -> Self::Error;
+
+    /// The error for a `CALL` / `REPLY` payload of `payload_len` bytes whose `meta_len`
+    /// does not fit in it.
+    fn bad_meta_length(meta_len: usize, payload_len: usize) -> Self::Error;
 
     /// Checks kind, flags and stream of a header whose length is within the limit.
     fn check_header(header: &Header) -> Result<Self::Kind, Self::Error>;
@@ -137,15 +140,21 @@ impl<F: WireFrame> Decoder<F> {
     }
 }
 
-/// Splits a `CALL` / `REPLY` payload (`meta_len` u32, meta, body). On error returns
-/// `(meta_len, payload_len)`; a payload shorter than 4 bytes reports a `meta_len` of 4.
-pub(crate) fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes), (usize, usize)> {
+/// Appends a whole frame: its header, then `payload`.
+pub(crate) fn put_frame(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    put_header(out, kind, flags, stream, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Splits a `CALL` / `REPLY` payload (`meta_len` u32, meta, body). A payload shorter than
+/// 4 bytes reports a `meta_len` of 4.
+pub(crate) fn split_meta<F: WireFrame>(payload: &Bytes) -> Result<(Bytes, Bytes), F::Error> {
     if payload.len() < 4 {
-        return Err((4, payload.len()));
+        return Err(F::bad_meta_length(4, payload.len()));
     }
     let meta_len = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
     if meta_len > payload.len() - 4 {
-        return Err((meta_len, payload.len()));
+        return Err(F::bad_meta_length(meta_len, payload.len()));
     }
     Ok((
         payload.slice(4..4 + meta_len),
@@ -153,19 +162,19 @@ pub(crate) fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes), (usize, usiz
     ))
 }
 
-/// Appends a `CALL` / `REPLY`-layout frame from ready meta bytes. On error (the payload
-/// would exceed [`MAX_PAYLOAD`]) returns the payload length and appends nothing.
-pub(crate) fn encode_meta_frame(
+/// Appends a `CALL` / `REPLY`-layout frame from ready meta bytes. A payload above
+/// [`MAX_PAYLOAD`] is an error and appends nothing.
+pub(crate) fn encode_meta_frame<F: WireFrame>(
     out: &mut BytesMut,
     kind: u8,
     flags: u8,
     stream: u32,
     meta: &[u8],
     body: &[u8],
-) -> Result<(), usize> {
+) -> Result<(), F::Error> {
     let len = 4 + meta.len() + body.len();
     if len > MAX_PAYLOAD {
-        return Err(len);
+        return Err(F::too_large(len, MAX_PAYLOAD));
     }
     put_header(out, kind, flags, stream, len);
     out.put_u32(meta.len() as u32);
@@ -175,16 +184,15 @@ pub(crate) fn encode_meta_frame(
 }
 
 /// Appends a `CALL` / `REPLY`-layout frame, serialising `meta` as JSON straight into `out`.
-/// On error (the payload would exceed [`MAX_PAYLOAD`]) returns the payload length and leaves
-/// `out` as it was.
-pub(crate) fn encode_serialized<M: serde::Serialize>(
+/// A payload above [`MAX_PAYLOAD`] is an error and leaves `out` as it was.
+pub(crate) fn encode_serialized<F: WireFrame, M: serde::Serialize>(
     out: &mut BytesMut,
     kind: u8,
     flags: u8,
     stream: u32,
     meta: &M,
     body: &[u8],
-) -> Result<(), usize> {
+) -> Result<(), F::Error> {
     let start = out.len();
     out.reserve(HEADER_LEN + 4 + 512 + body.len());
     put_header(out, kind, flags, stream, 0);
@@ -195,7 +203,7 @@ pub(crate) fn encode_serialized<M: serde::Serialize>(
     let len = 4 + meta_len + body.len();
     if len > MAX_PAYLOAD {
         out.truncate(start);
-        return Err(len);
+        return Err(F::too_large(len, MAX_PAYLOAD));
     }
     out.extend_from_slice(body);
     out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());

@@ -218,14 +218,7 @@ impl Frame {
 
     /// Appends the wire bytes of this frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        crate::wire::put_header(
-            out,
-            self.kind as u8,
-            self.flags,
-            self.stream,
-            self.payload.len(),
-        );
-        out.extend_from_slice(&self.payload);
+        crate::wire::put_frame(out, self.kind as u8, self.flags, self.stream, &self.payload);
     }
 
     /// The wire bytes of this frame.
@@ -278,10 +271,7 @@ pub(crate) fn check_header(kind: Kind, flags: u8, stream: u32) -> Result<()> {
 
 /// Splits a `CALL` / `REPLY` payload: `meta_len` u32, meta, body.
 pub fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes)> {
-    crate::wire::split_meta(payload).map_err(|(meta_len, payload_len)| Error::BadMetaLength {
-        meta_len,
-        payload_len,
-    })
+    crate::wire::split_meta::<Frame>(payload)
 }
 
 /// Appends a `CALL` or `REPLY` frame whose meta is `meta` (already JSON) and body `body`.
@@ -302,7 +292,7 @@ pub fn encode_meta_frame(
         });
     }
     check_header(kind, flags, stream)?;
-    crate::wire::encode_meta_frame(out, kind as u8, flags, stream, meta, body).map_err(too_large)
+    crate::wire::encode_meta_frame::<Frame>(out, kind as u8, flags, stream, meta, body)
 }
 
 /// Appends a `CALL` frame on `stream` (see [`StreamIds`]), serialising `meta` (an [`Op`], or
@@ -315,14 +305,13 @@ pub fn encode_call<M: serde::Serialize>(
     body: &[u8],
 ) -> Result<()> {
     check_header(Kind::Call, flags, stream)?;
-    crate::wire::encode_serialized(out, Kind::Call as u8, flags, stream, meta, body)
-        .map_err(too_large)
+    crate::wire::encode_serialized::<Frame, _>(out, Kind::Call as u8, flags, stream, meta, body)
 }
 
 /// Appends a `REPLY` frame answering the call on `stream`: meta `{"status": N}`, then `body`.
 pub fn encode_reply(out: &mut BytesMut, stream: u32, status: u16, body: &[u8]) -> Result<()> {
     check_header(Kind::Reply, 0, stream)?;
-    crate::wire::encode_serialized(
+    crate::wire::encode_serialized::<Frame, _>(
         out,
         Kind::Reply as u8,
         0,
@@ -330,7 +319,6 @@ pub fn encode_reply(out: &mut BytesMut, stream: u32, status: u16, body: &[u8]) -
         &ReplyMeta { status },
         body,
     )
-    .map_err(too_large)
 }
 
 impl crate::wire::WireFrame for Frame {
@@ -339,6 +327,13 @@ impl crate::wire::WireFrame for Frame {
 
     fn too_large(len: usize, max: usize) -> Error {
         Error::TooLarge { len, max }
+    }
+
+    fn bad_meta_length(meta_len: usize, payload_len: usize) -> Error {
+        Error::BadMetaLength {
+            meta_len,
+            payload_len,
+        }
     }
 
     fn check_header(header: &crate::wire::Header) -> Result<Kind> {
@@ -355,10 +350,6 @@ impl crate::wire::WireFrame for Frame {
             payload,
         }
     }
-}
-
-fn too_large(len: usize) -> Error {
-    <Frame as crate::wire::WireFrame>::too_large(len, MAX_PAYLOAD)
 }
 
 /// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
