@@ -143,14 +143,7 @@ impl Frame {
 
     /// Appends the wire bytes of this frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        wire::put_header(
-            out,
-            self.kind as u8,
-            self.flags,
-            self.stream,
-            self.payload.len(),
-        );
-        out.extend_from_slice(&self.payload);
+        wire::put_frame(out, self.kind as u8, self.flags, self.stream, &self.payload);
     }
 
     /// The wire bytes of this frame.
@@ -176,10 +169,7 @@ impl Frame {
 
 /// Splits a `CALL` / `REPLY` payload: `meta_len` u32, meta, body.
 pub fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes)> {
-    wire::split_meta(payload).map_err(|(meta_len, payload_len)| Error::BadMetaLength {
-        meta_len,
-        payload_len,
-    })
+    wire::split_meta::<Frame>(payload)
 }
 
 /// Appends a `CALL` or `REPLY` frame whose meta is `meta` (already JSON) and body `body`.
@@ -192,7 +182,7 @@ pub fn encode_meta_frame(
     meta: &[u8],
     body: &[u8],
 ) -> Result<()> {
-    wire::encode_meta_frame(out, kind as u8, flags, stream, meta, body).map_err(too_large)
+    wire::encode_meta_frame::<Frame>(out, kind as u8, flags, stream, meta, body)
 }
 
 /// Appends a `CALL` frame, serialising `meta` as JSON straight into the buffer (no
@@ -204,7 +194,7 @@ pub fn encode_call<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    wire::encode_serialized(out, Kind::Call as u8, flags, stream, meta, body).map_err(too_large)
+    wire::encode_serialized::<Frame, _>(out, Kind::Call as u8, flags, stream, meta, body)
 }
 
 /// Appends a `REPLY` frame.
@@ -214,61 +204,57 @@ pub fn encode_reply<M: serde::Serialize>(
     meta: &M,
     body: &[u8],
 ) -> Result<()> {
-    wire::encode_serialized(out, Kind::Reply as u8, 0, stream, meta, body).map_err(too_large)
+    wire::encode_serialized::<Frame, _>(out, Kind::Reply as u8, 0, stream, meta, body)
 }
 
-fn too_large(len: usize) -> Error {
-    Error::TooLarge {
-        len,
-        max: MAX_PAYLOAD,
+impl wire::WireFrame for Frame {
+    type Kind = Kind;
+    type Error = Error;
+
+    fn too_large(len: usize, max: usize) -> Error {
+        Error::TooLarge { len, max }
+    }
+
+    fn bad_meta_length(meta_len: usize, payload_len: usize) -> Error {
+        Error::BadMetaLength {
+            meta_len,
+            payload_len,
+        }
+    }
+
+    fn check_header(header: &wire::Header) -> Result<Kind> {
+        let kind = Kind::from_u8(header.kind)?;
+        if header.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::UnknownFlags(header.flags & !KNOWN_FLAGS));
+        }
+        Ok(kind)
+    }
+
+    fn from_wire(kind: Kind, header: &wire::Header, payload: Bytes) -> Frame {
+        Frame {
+            kind,
+            flags: header.flags,
+            stream: header.stream,
+            payload,
+        }
     }
 }
 
 /// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
-#[derive(Debug, Clone)]
-pub struct FrameDecoder {
-    max_payload: usize,
-}
-
-impl Default for FrameDecoder {
-    fn default() -> Self {
-        FrameDecoder {
-            max_payload: MAX_PAYLOAD,
-        }
-    }
-}
+#[derive(Debug, Clone, Default)]
+pub struct FrameDecoder(wire::Decoder<Frame>);
 
 impl FrameDecoder {
     /// A decoder that refuses payloads above `max_payload` (capped at [`MAX_PAYLOAD`]).
     pub fn with_max_payload(max_payload: usize) -> FrameDecoder {
-        FrameDecoder {
-            max_payload: max_payload.min(MAX_PAYLOAD),
-        }
+        FrameDecoder(wire::Decoder::with_max_payload(max_payload))
     }
 
     /// Takes the next complete frame off the front of `buf`, or `Ok(None)` when more bytes
     /// are needed. An oversized length, unknown kind or unknown flags is an error, checked
     /// from the header alone, before the payload is buffered.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        let Some(header) = wire::peek_header(buf) else {
-            return Ok(None);
-        };
-        if header.len > self.max_payload {
-            return Err(Error::TooLarge {
-                len: header.len,
-                max: self.max_payload,
-            });
-        }
-        let kind = Kind::from_u8(header.kind)?;
-        if header.flags & !KNOWN_FLAGS != 0 {
-            return Err(Error::UnknownFlags(header.flags & !KNOWN_FLAGS));
-        }
-        Ok(wire::take_payload(buf, header.len).map(|payload| Frame {
-            kind,
-            flags: header.flags,
-            stream: header.stream,
-            payload,
-        }))
+        self.0.decode(buf)
     }
 }
 

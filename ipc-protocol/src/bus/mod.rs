@@ -218,14 +218,7 @@ impl Frame {
 
     /// Appends the wire bytes of this frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        crate::wire::put_header(
-            out,
-            self.kind as u8,
-            self.flags,
-            self.stream,
-            self.payload.len(),
-        );
-        out.extend_from_slice(&self.payload);
+        crate::wire::put_frame(out, self.kind as u8, self.flags, self.stream, &self.payload);
     }
 
     /// The wire bytes of this frame.
@@ -278,10 +271,7 @@ pub(crate) fn check_header(kind: Kind, flags: u8, stream: u32) -> Result<()> {
 
 /// Splits a `CALL` / `REPLY` payload: `meta_len` u32, meta, body.
 pub fn split_meta(payload: &Bytes) -> Result<(Bytes, Bytes)> {
-    crate::wire::split_meta(payload).map_err(|(meta_len, payload_len)| Error::BadMetaLength {
-        meta_len,
-        payload_len,
-    })
+    crate::wire::split_meta::<Frame>(payload)
 }
 
 /// Appends a `CALL` or `REPLY` frame whose meta is `meta` (already JSON) and body `body`.
@@ -302,7 +292,7 @@ pub fn encode_meta_frame(
         });
     }
     check_header(kind, flags, stream)?;
-    crate::wire::encode_meta_frame(out, kind as u8, flags, stream, meta, body).map_err(too_large)
+    crate::wire::encode_meta_frame::<Frame>(out, kind as u8, flags, stream, meta, body)
 }
 
 /// Appends a `CALL` frame on `stream` (see [`StreamIds`]), serialising `meta` (an [`Op`], or
@@ -315,14 +305,13 @@ pub fn encode_call<M: serde::Serialize>(
     body: &[u8],
 ) -> Result<()> {
     check_header(Kind::Call, flags, stream)?;
-    crate::wire::encode_serialized(out, Kind::Call as u8, flags, stream, meta, body)
-        .map_err(too_large)
+    crate::wire::encode_serialized::<Frame, _>(out, Kind::Call as u8, flags, stream, meta, body)
 }
 
 /// Appends a `REPLY` frame answering the call on `stream`: meta `{"status": N}`, then `body`.
 pub fn encode_reply(out: &mut BytesMut, stream: u32, status: u16, body: &[u8]) -> Result<()> {
     check_header(Kind::Reply, 0, stream)?;
-    crate::wire::encode_serialized(
+    crate::wire::encode_serialized::<Frame, _>(
         out,
         Kind::Reply as u8,
         0,
@@ -330,36 +319,47 @@ pub fn encode_reply(out: &mut BytesMut, stream: u32, status: u16, body: &[u8]) -
         &ReplyMeta { status },
         body,
     )
-    .map_err(too_large)
 }
 
-fn too_large(len: usize) -> Error {
-    Error::TooLarge {
-        len,
-        max: MAX_PAYLOAD,
+impl crate::wire::WireFrame for Frame {
+    type Kind = Kind;
+    type Error = Error;
+
+    fn too_large(len: usize, max: usize) -> Error {
+        Error::TooLarge { len, max }
+    }
+
+    fn bad_meta_length(meta_len: usize, payload_len: usize) -> Error {
+        Error::BadMetaLength {
+            meta_len,
+            payload_len,
+        }
+    }
+
+    fn check_header(header: &crate::wire::Header) -> Result<Kind> {
+        let kind = Kind::from_u8(header.kind)?;
+        check_header(kind, header.flags, header.stream)?;
+        Ok(kind)
+    }
+
+    fn from_wire(kind: Kind, header: &crate::wire::Header, payload: Bytes) -> Frame {
+        Frame {
+            kind,
+            flags: header.flags,
+            stream: header.stream,
+            payload,
+        }
     }
 }
 
 /// Incremental decoder: feed bytes into a `BytesMut`, take whole frames out.
-#[derive(Debug, Clone)]
-pub struct FrameDecoder {
-    max_payload: usize,
-}
-
-impl Default for FrameDecoder {
-    fn default() -> Self {
-        FrameDecoder {
-            max_payload: MAX_PAYLOAD,
-        }
-    }
-}
+#[derive(Debug, Clone, Default)]
+pub struct FrameDecoder(crate::wire::Decoder<Frame>);
 
 impl FrameDecoder {
     /// A decoder that refuses payloads above `max_payload` (capped at [`MAX_PAYLOAD`]).
     pub fn with_max_payload(max_payload: usize) -> FrameDecoder {
-        FrameDecoder {
-            max_payload: max_payload.min(MAX_PAYLOAD),
-        }
+        FrameDecoder(crate::wire::Decoder::with_max_payload(max_payload))
     }
 
     /// The decoder to use until the handshake is complete ([`HANDSHAKE_MAX_PAYLOAD`]).
@@ -369,7 +369,7 @@ impl FrameDecoder {
 
     /// The largest payload this decoder accepts.
     pub fn max_payload(&self) -> usize {
-        self.max_payload
+        self.0.max_payload()
     }
 
     /// Takes the next complete frame off the front of `buf`, or `Ok(None)` when more bytes
@@ -377,25 +377,7 @@ impl FrameDecoder {
     /// stream id that does not fit the kind are errors, found from the header alone, before
     /// the payload is buffered.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        let Some(header) = crate::wire::peek_header(buf) else {
-            return Ok(None);
-        };
-        if header.len > self.max_payload {
-            return Err(Error::TooLarge {
-                len: header.len,
-                max: self.max_payload,
-            });
-        }
-        let kind = Kind::from_u8(header.kind)?;
-        check_header(kind, header.flags, header.stream)?;
-        Ok(
-            crate::wire::take_payload(buf, header.len).map(|payload| Frame {
-                kind,
-                flags: header.flags,
-                stream: header.stream,
-                payload,
-            }),
-        )
+        self.0.decode(buf)
     }
 }
 
