@@ -123,6 +123,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         warn!(server = %me.name, "not registered in the config store yet (it is down): the heartbeat registers once it is back");
     }
 
+    let metrics = Arc::new(crate::metrics::Metrics::new(true));
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(
@@ -132,7 +133,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             ev_tx.clone(),
         )
         .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
-        .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms)),
+        .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms))
+        .with_metrics(metrics.clone()),
     );
     *pool.deployed.lock().expect("deployed lock") = boot
         .snapshot
@@ -159,6 +161,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     ));
     let notifier = Arc::new(crate::lifecycle::sdnotify::Notifier::from_env());
     let deploy = Arc::new(crate::deploy::Ctx {
+        metrics: metrics.clone(),
         pool: pool.clone(),
         store: store.clone(),
         node: node.clone(),
@@ -168,6 +171,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             .map(|b| b as Arc<dyn crate::deploy::Peers>),
     });
     let scheduler = Arc::new(crate::scheduler::Ctx {
+        metrics: metrics.clone(),
         store: store.clone(),
         node: node.clone(),
         pool: pool.clone(),
@@ -177,6 +181,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         status: Default::default(),
     });
     let sync = Arc::new(crate::cluster::sync::Ctx {
+        metrics: metrics.clone(),
         node: node.clone(),
         store: store.clone(),
         settings: settings.clone(),
@@ -188,6 +193,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
     let http = Arc::new(crate::edge::http::Ctx {
+        metrics: metrics.clone(),
         pool: pool.clone(),
         routes: routes.clone(),
         settings: settings.clone(),
@@ -195,6 +201,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         cids: cids.clone(),
     });
     let admin = Arc::new(crate::admin::Ctx {
+        metrics: metrics.clone(),
         pool: pool.clone(),
         routes,
         settings: settings.clone(),

@@ -24,6 +24,7 @@ pub mod config;
 pub mod deploy;
 pub mod edge;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod random;

@@ -29,6 +29,8 @@ use tracing::{debug, info, warn};
 /// What the admin API works with (built by boot). It changes every kind of config, so it
 /// holds most handles; each one is still the owning subsystem's.
 pub struct Ctx {
+    /// Where this subsystem's figures are recorded (`metrics/`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub pool: Arc<crate::lifecycle::pool::Pool>,
     pub routes: Arc<crate::edge::routes::RoutingTable>,
     pub settings: crate::config::Settings,
@@ -44,6 +46,7 @@ pub struct Ctx {
     pub bus: Option<Arc<crate::cluster::bus::Bus>>,
 }
 
+mod auth;
 mod caches;
 mod channels;
 mod cluster;
@@ -89,11 +92,6 @@ pub fn load_or_create_token(path: &Path) -> io::Result<String> {
     writeln!(f, "{token}")?;
     info!(file = %path.display(), "created an admin API token");
     Ok(token)
-}
-
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves the admin API until the process ends.
@@ -142,21 +140,10 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
 }
 
 async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
-    let authorized = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes()));
-    if !authorized {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <token from the admin token file>)",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
+    let who = match auth::authenticate(&req, cx, token).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
     let method = req.method().clone();
     // Writing cache entries changes no configuration: nothing for the sync task to do.
     let config_change = !is_not_config(req.uri().path());
@@ -182,7 +169,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
             },
         );
     }
-    let resp = route(req, cx).await;
+    let resp = route(req, cx, &who).await;
     if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
         cx.node.changed.notify_one();
@@ -218,7 +205,7 @@ fn is_not_config(path: &str) -> bool {
     )
 }
 
-async fn route(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
+async fn route(req: Request<Incoming>, cx: &Ctx, _who: &auth::Identity) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();

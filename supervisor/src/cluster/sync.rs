@@ -39,6 +39,8 @@ use crate::store::Store;
 
 /// What the sync loop (and the bus, which runs catch-ups for its peers) works with.
 pub struct Ctx {
+    /// Where this subsystem's figures are recorded (`metrics/`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub node: Arc<Node>,
     pub store: Store,
     pub settings: Settings,

@@ -84,6 +84,8 @@ pub struct PeerReply {
 /// What a deploy works with: this server's workers, the store, the node state, the locks
 /// and the peers (when this server runs a cluster bus). Built by boot.
 pub struct Ctx {
+    /// Where this subsystem's figures are recorded (`metrics/`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub pool: Arc<Pool>,
     pub store: crate::store::Store,
     pub node: Arc<Node>,

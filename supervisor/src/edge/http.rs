@@ -49,6 +49,8 @@ use crate::node::Node;
 /// What the HTTP edge works with (built by boot): the pool it dispatches into, the routing
 /// table, the settings, the node state (readiness, store health) and the cid generator.
 pub struct Ctx {
+    /// Where this subsystem's figures are recorded (`metrics/`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub pool: Arc<Pool>,
     pub routes: Arc<RoutingTable>,
     pub settings: crate::config::Settings,

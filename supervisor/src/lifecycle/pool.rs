@@ -216,6 +216,9 @@ impl Worker {
 /// The set of workers and the dispatch logic.
 #[derive(Debug)]
 pub struct Pool {
+    /// Where dispatch and the workers' figures are recorded (`metrics/`); off until boot
+    /// hands the server's own (`with_metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     workers: RwLock<Vec<Arc<Worker>>>,
     freed: Notify,
     queued: AtomicUsize,
@@ -250,6 +253,7 @@ impl Pool {
         events: mpsc::UnboundedSender<Event>,
     ) -> Pool {
         Pool {
+            metrics: Arc::new(crate::metrics::Metrics::new(false)),
             workers: RwLock::new(Vec::new()),
             deployed: Mutex::new(std::collections::BTreeMap::new()),
             caches: Arc::new(oxbus_cache::Caches::new()),
@@ -270,6 +274,12 @@ impl Pool {
     /// Sets [`Pool::import_timeout`].
     pub fn with_import_timeout(mut self, timeout: Duration) -> Pool {
         self.import_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Pool::metrics`].
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Pool {
+        self.metrics = metrics;
         self
     }
 

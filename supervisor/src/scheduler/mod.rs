@@ -67,6 +67,8 @@ impl JobsTable {
 /// What the scheduler works with (built by boot): the store, the node state, the workers it
 /// invokes, the jobs table and its own status.
 pub struct Ctx {
+    /// Where this subsystem's figures are recorded (`metrics/`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Store,
     pub node: Arc<Node>,
     pub pool: Arc<Pool>,
