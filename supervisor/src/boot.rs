@@ -213,6 +213,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         deploy: deploy.clone(),
         scheduler: scheduler.clone(),
         bus: bus_handle,
+        tokens: Default::default(),
     });
 
     let welcome = WelcomeTemplate {

@@ -8,7 +8,8 @@
 //! cluster), `modules` (services, modules, deploy, undeploy, rollback), `invoke`, `channels`
 //! (and the routing table's rebuild), `secrets`, `security`, `caches` (definitions and
 //! entries), `jobs` (and the scheduler's status), `config` (export/import endpoints, over
-//! `config_io`). The create/replace and delete of security definitions, caches and jobs are
+//! `config_io`), `tokens` (named API tokens; who may call what is `auth`'s endpoint table,
+//! checked right after the bearer token). The create/replace and delete of security definitions, caches and jobs are
 //! one generic path (`objects`), each kind's hooks in its own file (docs/CONFIG_OBJECTS.md);
 //! `input` holds what a body may be refused for. This file holds no resource's logic.
 
@@ -44,6 +45,9 @@ pub struct Ctx {
     pub scheduler: Arc<crate::scheduler::Ctx>,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<crate::cluster::bus::Bus>>,
+    /// The API tokens this server has seen in the store (`auth::KnownTokens`: used only
+    /// while the store is unreachable).
+    pub tokens: auth::KnownTokens,
 }
 
 mod auth;
@@ -59,6 +63,7 @@ mod modules;
 mod objects;
 mod secrets;
 mod security;
+mod tokens;
 
 use input::json_body;
 
@@ -144,6 +149,9 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
         Ok(who) => who,
         Err(r) => return r,
     };
+    if let Err(refused) = auth::authorize(&who, req.method(), req.uri().path()) {
+        return refused.answer();
+    }
     let method = req.method().clone();
     // Writing cache entries changes no configuration: nothing for the sync task to do.
     let config_change = !is_not_config(req.uri().path());
@@ -185,6 +193,7 @@ fn reads_store(path: &str) -> bool {
         ["v1", "modules" | "channels" | "secrets" | "security", ..]
             | ["v1", "config" | "scheduler" | "info"]
             | ["v1", "jobs", _, "runs"]
+            | ["v1", "tokens"]
     )
 }
 
@@ -205,7 +214,7 @@ fn is_not_config(path: &str) -> bool {
     )
 }
 
-async fn route(req: Request<Incoming>, cx: &Ctx, _who: &auth::Identity) -> Response<Body> {
+async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -237,6 +246,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, _who: &auth::Identity) -> Respo
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
         (_, ["v1", "config"]) => config::route(req, cx).await,
+        (_, ["v1", "tokens", rest @ ..]) => tokens::route(req, cx, rest, who).await,
         (&Method::POST, ["v1", "invoke", service]) => {
             let service = service.to_string();
             match read_body(req).await {

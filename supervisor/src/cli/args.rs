@@ -104,6 +104,12 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Named admin API tokens with a role (admin, deployer, viewer), e.g. one per CI
+    /// pipeline: create (the token is printed once), list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Run the cluster's load balancer (pingora) in front of its servers.
     Proxy {
         /// The proxy.toml to read.
@@ -401,6 +407,38 @@ pub enum JobsAction {
         to: ServerArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+    },
+}
+
+/// The token subcommands.
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// Create a token NAME with a role; the token is printed once (on standard output, alone)
+    /// and can never be shown again: the server keeps only its hash.
+    Create {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Letters, digits and ._- (`root` is the admin token file's).
+        name: String,
+        /// admin (everything), deployer (deploy, rollback, undeploy, invoke, read) or viewer
+        /// (read, never secret material).
+        #[arg(long)]
+        role: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List the tokens: name, role, who created them and when, last use (never the token).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Revoke a token: refused at once on every server of the cluster.
+    Revoke {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
     },
 }
 

@@ -22,6 +22,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod systemd_units;
+pub mod token;
 
 use std::process::ExitCode;
 
@@ -79,6 +80,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Secret { action } => admin(|rt| secret::command(rt, &action)),
         Command::Cache { action } => admin(|rt| cache::command(rt, &action)),
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
+        Command::Token { action } => admin(|rt| token::command(rt, &action)),
     }
 }
 

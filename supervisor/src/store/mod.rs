@@ -26,7 +26,8 @@
 //! - `servers`: cluster membership (`servers`);
 //! - `plan`: a config import's changes, applied in one transaction across the tables above;
 //! - `scheduler`: the scheduler's lease, due times and run history (`scheduler_lease`,
-//!   `job_state`, `job_runs`).
+//!   `job_state`, `job_runs`);
+//! - `tokens`: named admin API tokens, hashed (`admin_tokens`; not config: no version bump).
 //!
 //! The store knows no HTTP, no workers and no cluster bus: it stores the objects of `model`
 //! (and `config`'s channels, `oxbus_cache`'s cache definitions) and checks what a stored
@@ -84,6 +85,7 @@ mod plan;
 mod scheduler;
 mod secrets;
 mod servers;
+mod tokens;
 
 pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
@@ -91,6 +93,7 @@ pub use plan::{ObjectChanges, Plan};
 pub use scheduler::{Claim, JobState, RUNS_KEPT, Run};
 pub use secrets::{SealedSecret, validate_secret_name};
 pub use servers::{SERVER_HEARTBEAT, SERVER_STALE, ServerRecord};
+pub use tokens::{StoredToken, validate_token_name};
 
 /// What a change did: the module (or object) and the config version it produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
