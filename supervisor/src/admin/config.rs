@@ -97,8 +97,17 @@ async fn import_config(cx: &Ctx, query: &str, body: Bytes) -> Response<Body> {
         return r;
     }
     let status = acks_status(&report.workers);
-    reply(
+    let note = super::audit::AuditNote::detail(serde_json::json!({
+        "dry_run": dry_run,
+        "replace": replace,
+        "changes": report.changes.len(),
+        "unchanged": report.unchanged,
+        "config_version": report.config_version,
+    }));
+    let mut resp = reply(
         status,
         serde_json::to_value(report).expect("a report serializes"),
-    )
+    );
+    note.attach(&mut resp);
+    resp
 }

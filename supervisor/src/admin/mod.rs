@@ -46,6 +46,7 @@ pub struct Ctx {
     pub bus: Option<Arc<crate::cluster::bus::Bus>>,
 }
 
+mod audit;
 mod auth;
 mod caches;
 mod channels;
@@ -60,6 +61,7 @@ mod objects;
 mod secrets;
 mod security;
 
+pub use audit::prune as prune_audit_log;
 use input::json_body;
 
 type Body = Full<Bytes>;
@@ -169,7 +171,12 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
             },
         );
     }
-    let resp = route(req, cx, &who).await;
+    // Every change is recorded in the audit log (`audit`): the digests before it, now.
+    let audit = audit::begin(cx, &method, req.uri().path()).await;
+    let mut resp = route(req, cx, &who).await;
+    if let Some(pending) = audit {
+        resp = audit::finish(cx, &who, pending, resp).await;
+    }
     if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
         cx.node.changed.notify_one();
@@ -183,7 +190,7 @@ fn reads_store(path: &str) -> bool {
     matches!(
         parts.as_slice(),
         ["v1", "modules" | "channels" | "secrets" | "security", ..]
-            | ["v1", "config" | "scheduler" | "info"]
+            | ["v1", "config" | "scheduler" | "info" | "audit"]
             | ["v1", "jobs", _, "runs"]
     )
 }
@@ -236,6 +243,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, _who: &auth::Identity) -> Respo
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
+        (&Method::GET, ["v1", "audit"]) => audit::list(cx, req.uri().query().unwrap_or("")).await,
         (_, ["v1", "config"]) => config::route(req, cx).await,
         (&Method::POST, ["v1", "invoke", service]) => {
             let service = service.to_string();

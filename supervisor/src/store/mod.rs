@@ -26,7 +26,8 @@
 //! - `servers`: cluster membership (`servers`);
 //! - `plan`: a config import's changes, applied in one transaction across the tables above;
 //! - `scheduler`: the scheduler's lease, due times and run history (`scheduler_lease`,
-//!   `job_state`, `job_runs`).
+//!   `job_state`, `job_runs`);
+//! - `audit`: the audit log of admin changes (`audit_log`) and the digests it records.
 //!
 //! The store knows no HTTP, no workers and no cluster bus: it stores the objects of `model`
 //! (and `config`'s channels, `oxbus_cache`'s cache definitions) and checks what a stored
@@ -77,6 +78,7 @@ macro_rules! on_pool {
 }
 
 // After `on_pool!`, which they use.
+mod audit;
 mod channels;
 mod modules;
 mod objects;
@@ -85,6 +87,7 @@ mod scheduler;
 mod secrets;
 mod servers;
 
+pub use audit::{AuditQuery, AuditRecord, canonical_json, digest, module_digest, secret_digest};
 pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
 pub use plan::{ObjectChanges, Plan};
