@@ -25,6 +25,16 @@ use super::{Body, Ctx, error, reply};
 use crate::model::object::ConfigObject;
 use crate::store::{AuditQuery, AuditRecord, digest};
 
+/// The audit kind of a config import's change kind (`service_module` → `module`, both
+/// channel kinds → `channel`).
+pub(super) fn import_kind(kind: &str) -> &str {
+    match kind {
+        "service_module" => "module",
+        k if k.starts_with("channel_") => "channel",
+        k => k,
+    }
+}
+
 /// A handler's refinement of its request's audit row, attached to its response's extensions
 /// (`note.attach(&mut response)`). Every field is optional: what is unset comes from the path
 /// and the digests read around the request.
@@ -38,6 +48,10 @@ pub(super) struct AuditNote {
     pub after: Option<String>,
     /// The cid of what the change ran (a job run's), when the response has no `X-Oxbus-CID`.
     pub cid: Option<String>,
+    /// The objects (audit kind, name) a request on a whole kind or on everything (a deploy,
+    /// an import) changed: rows are written for these only, so that a change made at the same
+    /// moment through another server is not recorded as this request's too.
+    pub objects: Option<Vec<(String, String)>>,
     /// Merged into the row's detail (every row's, when the request changed several objects).
     pub detail: Option<Map<String, Value>>,
 }
@@ -231,13 +245,18 @@ async fn objects_of<K: ConfigObject>(
 async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), String> {
     match kind {
         Kind::Module => {
-            for m in cx.store.active_modules().await.map_err(|e| e.to_string())? {
+            let heads = cx
+                .store
+                .active_module_heads()
+                .await
+                .map_err(|e| e.to_string())?;
+            for (name, version, hash) in heads {
                 let mut detail = Map::new();
-                detail.insert("version".into(), json!(m.version));
+                detail.insert("version".into(), json!(version));
                 out.insert(
-                    (kind, m.name.clone()),
+                    (kind, name.clone()),
                     Entry {
-                        digest: crate::store::module_digest(&m),
+                        digest: crate::store::module_head_digest(&name, version, &hash),
                         detail,
                     },
                 );
@@ -374,7 +393,7 @@ pub(super) async fn finish(
             None
         };
         // The objects whose digest changed, by key.
-        let changed: Vec<Changed> = match (&p.before, &after) {
+        let mut changed: Vec<Changed> = match (&p.before, &after) {
             (Some(b), Some(a)) => {
                 let mut keys: Vec<&(Kind, String)> = b.keys().chain(a.keys()).collect();
                 keys.sort();
@@ -386,6 +405,10 @@ pub(super) async fn finish(
             }
             _ => Vec::new(),
         };
+        if let Some(only) = &note.objects {
+            changed
+                .retain(|((k, n), _, _)| only.iter().any(|(ok, on)| ok == k.as_str() && on == n));
+        }
         if status.is_server_error() && changed.is_empty() && note.action.is_none() {
             // Nothing changed: the answer says why.
             return resp;

@@ -139,10 +139,19 @@ async fn deploy(cx: &Ctx, body: Bytes) -> Response<Body> {
                 StatusCode::INTERNAL_SERVER_ERROR
             };
             let mut resp = reply(status, report.to_json());
-            super::audit::AuditNote::detail(json!({
-                "config_version": report.config_version,
-                "unchanged": report.unchanged,
-            }))
+            super::audit::AuditNote {
+                objects: Some(
+                    report
+                        .deployed
+                        .iter()
+                        .map(|m| ("module".to_owned(), m.name.clone()))
+                        .collect(),
+                ),
+                ..super::audit::AuditNote::detail(json!({
+                    "config_version": report.config_version,
+                    "unchanged": report.unchanged,
+                }))
+            }
             .attach(&mut resp);
             resp
         }

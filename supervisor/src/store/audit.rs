@@ -92,8 +92,13 @@ pub fn digest(value: &Value) -> String {
 /// The digest of a stored module version: its name, version and source hash (the source
 /// itself is in the hash).
 pub fn module_digest(m: &Module) -> String {
+    module_head_digest(&m.name, m.version, &m.source_hash)
+}
+
+/// [`module_digest`] from a module version's name, version and source hash.
+pub fn module_head_digest(name: &str, version: i64, source_hash: &str) -> String {
     digest(&serde_json::json!({
-        "name": m.name, "version": m.version, "source_hash": m.source_hash,
+        "name": name, "version": version, "source_hash": source_hash,
     }))
 }
 
@@ -185,6 +190,14 @@ impl Store {
                 .await?;
             rows.iter().map(AuditRow::record).collect()
         })
+    }
+
+    /// The active module versions without their sources: (name, version, source hash), by
+    /// name (what a module's digest covers, without reading every source).
+    pub async fn active_module_heads(&self) -> Result<Vec<(String, i64, String)>> {
+        let sql =
+            "SELECT name, version, source_hash FROM service_modules WHERE active ORDER BY name";
+        Ok(on_pool!(self, p => sqlx::query_as(sql).fetch_all(p).await?))
     }
 
     /// Deletes up to `batch` rows older than `cutoff` (Unix ms), oldest first; the number

@@ -87,7 +87,10 @@ mod scheduler;
 mod secrets;
 mod servers;
 
-pub use audit::{AuditQuery, AuditRecord, canonical_json, digest, module_digest, secret_digest};
+pub use audit::{
+    AuditQuery, AuditRecord, canonical_json, digest, module_digest, module_head_digest,
+    secret_digest,
+};
 pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
 pub use plan::{ObjectChanges, Plan};
