@@ -492,3 +492,41 @@ async fn a_pickup_deploy_is_audited_as_pickup() {
     assert_eq!(all[2]["who"], "root");
     assert_eq!(all[2]["before"], all[1]["after"]);
 }
+
+#[tokio::test]
+async fn a_failed_audit_write_is_logged_and_the_change_stands() {
+    let srv = env().start().await;
+    // The store refuses audit rows from now on.
+    let out = Command::new("sqlite3")
+        .arg(srv.dir.join("oxbus.db"))
+        .arg(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log \
+             BEGIN SELECT RAISE(FAIL, 'audit rows refused by the test'); END;",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    change(&srv, "PUT", "/v1/secrets/kept", json!({"value": "v"}), 201).await;
+    let listed = call(&srv, "GET", "/v1/secrets", Value::Null).await.json();
+    assert_eq!(listed["secrets"][0]["name"], "kept", "the change stands");
+    let line = eventually(Duration::from_secs(10), "the error line", || {
+        let srv = &srv;
+        async move {
+            srv.log_lines("cannot write the audit log")
+                .into_iter()
+                .next()
+        }
+    })
+    .await;
+    assert!(line.contains("ERROR"), "{line}");
+    for field in [
+        "who=root",
+        "action=create",
+        "kind=secret",
+        "name=kept",
+        "audit rows refused",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    assert!(entries(&srv, "secret/kept").await.is_empty());
+}

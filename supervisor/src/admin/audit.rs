@@ -578,7 +578,8 @@ fn parse_query(query: &str, now_ms: i64) -> Result<(AuditQuery, Vec<(String, Str
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = crate::edge::router::percent_decode(&v.replace('+', " "));
+        // `+` stays `+` (an RFC 3339 offset); a space is `%20`.
+        let v = crate::edge::router::percent_decode(v);
         match k {
             "object" => {
                 let (kind, name) = match v.split_once('/') {
@@ -747,6 +748,10 @@ mod tests {
                 .since,
             Some(86_400_000)
         );
+        for offset in ["+02:00", "%2B02:00"] {
+            let q = format!("since=1970-01-02T02:00:00{offset}");
+            assert_eq!(parse_query(&q, now).unwrap().0.since, Some(86_400_000));
+        }
         for bad in [
             "limit=0",
             "limit=1001",
