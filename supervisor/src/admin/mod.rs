@@ -10,7 +10,8 @@
 //! entries), `jobs` (and the scheduler's status), `config` (export/import endpoints, over
 //! `config_io`). The create/replace and delete of security definitions, caches and jobs are
 //! one generic path (`objects`), each kind's hooks in its own file (docs/CONFIG_OBJECTS.md);
-//! `input` holds what a body may be refused for. This file holds no resource's logic.
+//! `input` holds what a body may be refused for; `audit` records every change `handle` passes
+//! to `route` and answers `GET /v1/audit`. This file holds no resource's logic.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
