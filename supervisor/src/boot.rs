@@ -284,6 +284,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         }
     }
     tokio::spawn(crate::scheduler::run(scheduler.clone()));
+    tokio::spawn(crate::admin::prune_audit_log(
+        store.clone(),
+        settings.audit.retention_days,
+    ));
 
     let desired = settings.worker_count();
     info!(listen = %local, workers = desired, python = %settings.server.python,

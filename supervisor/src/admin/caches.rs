@@ -70,7 +70,14 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                     );
                 }
             };
-            reply(status, doc)
+            // A clear is audited (`super::audit`) with the number of entries it removed.
+            let cleared =
+                (rest[1..] == ["clear"] && status.is_success()).then(|| doc["cleared"].clone());
+            let mut resp = reply(status, doc);
+            if let Some(n) = cleared {
+                super::audit::AuditNote::detail(json!({ "cleared": n })).attach(&mut resp);
+            }
+            resp
         }
         _ => error(
             StatusCode::NOT_FOUND,

@@ -97,8 +97,29 @@ async fn import_config(cx: &Ctx, query: &str, body: Bytes) -> Response<Body> {
         return r;
     }
     let status = acks_status(&report.workers);
-    reply(
+    let objects = if dry_run {
+        Vec::new()
+    } else {
+        report
+            .changes
+            .iter()
+            .map(|c| (super::audit::import_kind(c.kind).to_owned(), c.name.clone()))
+            .collect()
+    };
+    let note = super::audit::AuditNote {
+        objects: Some(objects),
+        ..super::audit::AuditNote::detail(serde_json::json!({
+            "dry_run": dry_run,
+            "replace": replace,
+            "changes": report.changes.len(),
+            "unchanged": report.unchanged,
+            "config_version": report.config_version,
+        }))
+    };
+    let mut resp = reply(
         status,
         serde_json::to_value(report).expect("a report serializes"),
-    )
+    );
+    note.attach(&mut resp);
+    resp
 }

@@ -183,7 +183,13 @@ async fn execute(cx: &Ctx, name: &str) -> Response<Body> {
         tracing::warn!(job = %name, error = %e, "cannot record a run");
     }
     info!(job = %name, outcome = %run.outcome, "job executed on request");
-    reply(StatusCode::OK, json!({ "run": run }))
+    let note = super::audit::AuditNote {
+        cid: run.cid.clone(),
+        ..super::audit::AuditNote::detail(json!({"outcome": run.outcome}))
+    };
+    let mut resp = reply(StatusCode::OK, json!({ "run": run }));
+    note.attach(&mut resp);
+    resp
 }
 
 /// GET /v1/jobs/{name}/runs?limit=N: the job's recent runs, newest first (at most 100 are

@@ -11,7 +11,8 @@
 //! `config_io`), `tokens` (named API tokens; who may call what is `auth`'s endpoint table,
 //! checked right after the bearer token). The create/replace and delete of security definitions, caches and jobs are
 //! one generic path (`objects`), each kind's hooks in its own file (docs/CONFIG_OBJECTS.md);
-//! `input` holds what a body may be refused for. This file holds no resource's logic.
+//! `input` holds what a body may be refused for; `audit` records every change `handle` passes
+//! to `route` and answers `GET /v1/audit`. This file holds no resource's logic.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -50,6 +51,7 @@ pub struct Ctx {
     pub tokens: auth::KnownTokens,
 }
 
+mod audit;
 mod auth;
 mod caches;
 mod channels;
@@ -65,6 +67,7 @@ mod secrets;
 mod security;
 mod tokens;
 
+pub use audit::prune as prune_audit_log;
 use input::json_body;
 
 type Body = Full<Bytes>;
@@ -150,7 +153,12 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
         Err(r) => return r,
     };
     if let Err(refused) = auth::authorize(&who, req.method(), req.uri().path()) {
-        return refused.answer();
+        // A change the caller's role does not allow is recorded as refused, like any other.
+        let resp = refused.answer();
+        return match audit::begin(cx, req.method(), req.uri().path()).await {
+            Some(pending) => audit::finish(cx, &who, pending, resp).await,
+            None => resp,
+        };
     }
     let method = req.method().clone();
     // Writing cache entries changes no configuration: nothing for the sync task to do.
@@ -177,7 +185,12 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
             },
         );
     }
-    let resp = route(req, cx, &who).await;
+    // Every change is recorded in the audit log (`audit`): the digests before it, now.
+    let audit = audit::begin(cx, &method, req.uri().path()).await;
+    let mut resp = route(req, cx, &who).await;
+    if let Some(pending) = audit {
+        resp = audit::finish(cx, &who, pending, resp).await;
+    }
     if method != Method::GET && config_change && resp.status().is_success() {
         // A change: the sync task writes the snapshot (and, later, tells the peers) now.
         cx.node.changed.notify_one();
@@ -191,7 +204,7 @@ fn reads_store(path: &str) -> bool {
     matches!(
         parts.as_slice(),
         ["v1", "modules" | "channels" | "secrets" | "security", ..]
-            | ["v1", "config" | "scheduler" | "info"]
+            | ["v1", "config" | "scheduler" | "info" | "audit"]
             | ["v1", "jobs", _, "runs"]
             | ["v1", "tokens"]
     )
@@ -245,6 +258,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
+        (&Method::GET, ["v1", "audit"]) => audit::list(cx, req.uri().query().unwrap_or("")).await,
         (_, ["v1", "config"]) => config::route(req, cx).await,
         (_, ["v1", "tokens", rest @ ..]) => tokens::route(req, cx, rest, who).await,
         (&Method::POST, ["v1", "invoke", service]) => {

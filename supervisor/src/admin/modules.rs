@@ -138,7 +138,22 @@ async fn deploy(cx: &Ctx, body: Bytes) -> Response<Body> {
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR
             };
-            reply(status, report.to_json())
+            let mut resp = reply(status, report.to_json());
+            super::audit::AuditNote {
+                objects: Some(
+                    report
+                        .deployed
+                        .iter()
+                        .map(|m| ("module".to_owned(), m.name.clone()))
+                        .collect(),
+                ),
+                ..super::audit::AuditNote::detail(json!({
+                    "config_version": report.config_version,
+                    "unchanged": report.unchanged,
+                }))
+            }
+            .attach(&mut resp);
+            resp
         }
         Err(e) => deploy_error(e),
     }

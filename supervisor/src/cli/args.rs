@@ -110,6 +110,32 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The audit log of admin changes, newest first: who changed what, when, on which
+    /// server, with digests of the object before and after.
+    Audit {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// An object kind (module, channel, secret, security, cache, job, token, config) or
+        /// KIND/NAME.
+        #[arg(long)]
+        object: Option<String>,
+        /// Only the changes of this identity (root, a token's name, pickup).
+        #[arg(long)]
+        who: Option<String>,
+        /// Only changes since an RFC 3339 time or a duration back from now (90s, 30m, 1h,
+        /// 7d, 2w).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries (1..=1000; default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Entries older than this id (the next page: the line `more:` gives it).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the cluster's load balancer (pingora) in front of its servers.
     Proxy {
         /// The proxy.toml to read.

@@ -6,6 +6,7 @@
 //! into a running server's state. Errors are [`CliError`], printed once, here.
 
 pub mod args;
+pub mod audit;
 pub mod cache;
 pub mod client;
 pub mod cluster;
@@ -81,6 +82,24 @@ pub fn run(command: Command) -> ExitCode {
         Command::Cache { action } => admin(|rt| cache::command(rt, &action)),
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
         Command::Token { action } => admin(|rt| token::command(rt, &action)),
+        Command::Audit {
+            to,
+            object,
+            who,
+            since,
+            limit,
+            before,
+            json,
+        } => admin(|rt| {
+            let filter = audit::Filter {
+                object: object.as_deref(),
+                who: who.as_deref(),
+                since: since.as_deref(),
+                limit,
+                before,
+            };
+            audit::command(rt, &to, &filter, json)
+        }),
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Settings {
     #[serde(default)]
     pub deploy: DeploySection,
     #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
     #[serde(skip)]
@@ -188,6 +190,20 @@ impl Default for DeploySection {
         DeploySection {
             check_timeout_ms: 10_000,
         }
+    }
+}
+
+/// `[audit]`: the audit log of admin changes (docs/OBSERVABILITY.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Days a row is kept; older ones are deleted in the background (hourly).
+    pub retention_days: u32,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { retention_days: 90 }
     }
 }
 
@@ -369,6 +385,7 @@ pub const MAX_SERVERS: usize = 3;
 
 const SECTIONS: &[&str] = &[
     "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi", "deploy",
+    "audit",
 ];
 
 impl Settings {
@@ -487,6 +504,13 @@ impl Settings {
                 "deploy.check_timeout_ms",
                 &self.deploy.check_timeout_ms,
                 "must be 100..=600000 (0.1 s to 10 min)",
+            );
+        }
+        if !(1..=36_500).contains(&self.audit.retention_days) {
+            return bad(
+                "audit.retention_days",
+                &self.audit.retention_days,
+                "must be 1..=36500 (a day to a hundred years)",
             );
         }
         if self.workers.heartbeat_ms < 100 {

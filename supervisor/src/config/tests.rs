@@ -213,3 +213,16 @@ fn unknown_keys_and_bad_values_are_errors() {
         .to_string();
     assert!(e.contains("must start with /"), "{e}");
 }
+
+#[test]
+fn audit_retention_defaults_to_90_days_and_is_checked() {
+    assert_eq!(parse("", &[]).unwrap().audit.retention_days, 90);
+    let s = parse("[audit]\nretention_days = 7", &[]).unwrap();
+    assert_eq!(s.audit.retention_days, 7);
+    let s = parse("", &[("OXBUS_AUDIT_RETENTION_DAYS", "30")]).unwrap();
+    assert_eq!(s.audit.retention_days, 30);
+    let e = parse("[audit]\nretention_days = 0", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("audit.retention_days = 0"), "{e}");
+}

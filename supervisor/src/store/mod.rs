@@ -28,6 +28,7 @@
 //! - `scheduler`: the scheduler's lease, due times and run history (`scheduler_lease`,
 //!   `job_state`, `job_runs`);
 //! - `tokens`: named admin API tokens, hashed (`admin_tokens`; not config: no version bump).
+//! - `audit`: the audit log of admin changes (`audit_log`) and the digests it records.
 //!
 //! The store knows no HTTP, no workers and no cluster bus: it stores the objects of `model`
 //! (and `config`'s channels, `oxbus_cache`'s cache definitions) and checks what a stored
@@ -78,6 +79,7 @@ macro_rules! on_pool {
 }
 
 // After `on_pool!`, which they use.
+mod audit;
 mod channels;
 mod modules;
 mod objects;
@@ -87,6 +89,10 @@ mod secrets;
 mod servers;
 mod tokens;
 
+pub use audit::{
+    AuditQuery, AuditRecord, canonical_json, digest, module_digest, module_head_digest,
+    secret_digest,
+};
 pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
 pub use plan::{ObjectChanges, Plan};

@@ -29,6 +29,62 @@ pub enum PickupError {
     Watch(#[source] WatchError),
 }
 
+/// Records a pickup deploy in the audit log (who = `pickup`): one row per module it stored,
+/// with the digests of the version it replaced (`before`: the active modules read before the
+/// deploy; None when they could not be read) and of the new one.
+async fn audit(
+    cx: &crate::deploy::Ctx,
+    before: Option<Vec<crate::store::Module>>,
+    r: &crate::deploy::Report,
+) {
+    let rows: Vec<crate::store::AuditRecord> = r
+        .deployed
+        .iter()
+        .map(|m| {
+            let previous = before
+                .as_ref()
+                .and_then(|b| b.iter().find(|p| p.name == m.name));
+            let mut detail = serde_json::json!({
+                "version": m.version,
+                "config_version": r.config_version,
+                "unchanged": r.unchanged,
+            });
+            match (previous, &before) {
+                (Some(p), _) => detail["previous_version"] = p.version.into(),
+                (None, None) => {
+                    detail["digests"] = "unavailable: the store could not be read".into()
+                }
+                (None, Some(_)) => {}
+            }
+            if !r.all_ok() {
+                detail["all_workers_ok"] = false.into();
+            }
+            crate::store::AuditRecord {
+                id: 0,
+                at: 0,
+                server: cx.node.name.clone(),
+                who: "pickup".into(),
+                action: "deploy".into(),
+                kind: "module".into(),
+                name: m.name.clone(),
+                before: previous.map(crate::store::module_digest),
+                after: Some(crate::store::module_digest(m)),
+                cid: None,
+                detail,
+            }
+        })
+        .collect();
+    if let Err(e) = cx.store.audit_insert(&rows).await {
+        for m in &r.deployed {
+            tracing::error!(
+                error = %e, who = "pickup", action = "deploy", kind = "module", name = %m.name,
+                version = m.version,
+                "cannot write the audit log: the change stands, unrecorded"
+            );
+        }
+    }
+}
+
 /// The server's pickup directory: results go to the log.
 struct PickupLog {
     deploy: Arc<crate::deploy::Ctx>,
@@ -42,6 +98,8 @@ impl Sink for PickupLog {
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(", ");
+        // The active versions before, for the audit log's digests.
+        let before = self.deploy.store.active_modules().await;
         match crate::deploy::deploy(&self.deploy, &modules, "pickup", true).await {
             Ok(r) if r.deployed.is_empty() => {
                 tracing::info!(modules = %names, "pickup: unchanged, nothing to deploy");
@@ -57,6 +115,7 @@ impl Sink for PickupLog {
                 if !r.unchanged.is_empty() {
                     deployed.push_str(&format!(" (unchanged: {})", r.unchanged.join(", ")));
                 }
+                audit(&self.deploy, before.ok(), &r).await;
                 let workers = acks_summary(&r.workers);
                 if r.all_ok() {
                     tracing::info!(
