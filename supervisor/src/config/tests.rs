@@ -213,3 +213,28 @@ fn unknown_keys_and_bad_values_are_errors() {
         .to_string();
     assert!(e.contains("must start with /"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_or_json_and_overridable() {
+    assert_eq!(parse("", &[]).unwrap().server.log_format, LogFormat::Text);
+    let s = parse("[server]\nlog_format = \"json\"", &[]).unwrap();
+    assert_eq!(s.server.log_format, LogFormat::Json);
+    let s = parse(
+        "[server]\nlog_format = \"json\"",
+        &[("OXBUS_SERVER_LOG_FORMAT", "text")],
+    )
+    .unwrap();
+    assert_eq!(s.server.log_format, LogFormat::Text);
+    // Anything else stops the start, naming the setting and the values it takes.
+    let e = parse("", &[("OXBUS_SERVER_LOG_FORMAT", "xml")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("log_format")
+            && e.contains("`text`")
+            && e.contains("`json`")
+            && e.contains("xml"),
+        "{e}"
+    );
+    assert!(parse("[server]\nlog_format = \"JSON\"", &[]).is_err());
+}
