@@ -406,6 +406,19 @@ impl Resp {
     }
 }
 
+/// The first value of the log field `key`: `key=value` in the text format, `"key":"value"`
+/// in the JSON one (`server.log_format = "json"`).
+fn logged_field(log: &str, key: &str) -> Option<String> {
+    let text = format!("{key}=");
+    let json = format!("\"{key}\":\"");
+    let (i, end) = match (log.find(&text), log.find(&json)) {
+        (Some(i), _) => (i + text.len(), char::is_whitespace as fn(char) -> bool),
+        (None, Some(i)) => (i + json.len(), (|c| c == '"') as fn(char) -> bool),
+        (None, None) => return None,
+    };
+    Some(log[i..].chars().take_while(|&c| !end(c)).collect())
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
@@ -441,9 +454,7 @@ impl Server {
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             let log = self.log();
-            if let Some(i) = log.find("listen=") {
-                let rest = &log[i + 7..];
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            if let Some(addr) = logged_field(&log, "listen") {
                 let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
                 *self.port.lock().unwrap() = Some(port);
                 return port;
@@ -459,11 +470,7 @@ impl Server {
     pub fn admin_port(&self) -> u16 {
         self.port();
         let log = self.log();
-        let i = log.find("admin=").expect("admin address in the log");
-        let addr: String = log[i + 6..]
-            .chars()
-            .take_while(|c| !c.is_whitespace())
-            .collect();
+        let addr = logged_field(&log, "admin").expect("admin address in the log");
         addr.rsplit(':').next().unwrap().parse().unwrap()
     }
 
@@ -631,7 +638,8 @@ impl Server {
     pub fn unexpected_errors(&self, allowed: &[&str]) -> Vec<String> {
         self.log()
             .lines()
-            .filter(|l| l.contains(" ERROR "))
+            // The text format, and the JSON one (`server.log_format`).
+            .filter(|l| l.contains(" ERROR ") || l.contains(r#""level":"error""#))
             .filter(|l| !allowed.iter().any(|a| l.contains(a)))
             .map(str::to_owned)
             .collect()

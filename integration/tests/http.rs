@@ -313,7 +313,7 @@ async fn debug_logs_carry_request_and_worker_spans() {
         let log = srv.log();
         let cid = cid.clone();
         async move {
-            let span = format!("request{{cid={cid} service=test.log}}");
+            let span = format!("request{{cid={cid} service=test.log trace_id=");
             (log.lines()
                 .any(|l| l.contains(&span) && l.contains("answered"))
                 && log

@@ -101,6 +101,10 @@ pub struct LogRecord {
     pub cid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The trace id (32 hex digits) of the invocation the record was logged in. Added
+    /// within version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `ERROR`: a fatal, connection-level error.
@@ -156,6 +160,11 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// Who the channel's security definition let in (`self.channel.security`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security: Option<SecurityMeta<'a>>,
+    /// The W3C `traceparent` of the invocation (`00-<trace id>-<parent id>-<flags>`): the
+    /// service's `self.trace_id` is its trace id, and later outgoing calls send it on.
+    /// Added within version 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
 }
 
 /// Who a request authenticated as: the definition's name and type, and the user name
@@ -195,6 +204,9 @@ pub struct CallMetaIn {
     pub data_format: Option<String>,
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// The caller's `traceparent` (an `invoke` a service made keeps its caller's trace).
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Meta of a `REPLY`.

@@ -137,6 +137,7 @@ fn invoke_meta_serialises_like_the_vector() {
         port: None,
         channel_name: None,
         security: None,
+        traceparent: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -172,6 +173,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         port: Some(443),
         channel_name: None,
         security: None,
+        traceparent: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -181,6 +183,67 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         String::from_utf8_lossy(&wire[14..])
     );
     assert_eq!(&out[..], &wire[..]);
+}
+
+#[test]
+fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
+    // The trace context goes last; the request's own `traceparent` header is only a header.
+    let headers: Vec<(&str, std::borrow::Cow<str>)> = vec![(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    )];
+    let params: Vec<(String, String)> = vec![];
+    let meta = InvokeMeta {
+        op: "invoke",
+        service: "demo.echo",
+        cid: "0f3a9c1e2b4d5a6f7082",
+        channel: Some("rest"),
+        data_format: Some("json"),
+        method: Some("GET"),
+        path: Some("/echo"),
+        params: Some(&params),
+        query: Some(""),
+        headers: Some(&headers),
+        deadline_ms: Some(30000),
+        remote_addr: None,
+        scheme: None,
+        port: None,
+        channel_name: None,
+        security: None,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01"),
+    };
+    let mut out = BytesMut::new();
+    encode_call(&mut out, 0, 9, &meta, b"").unwrap();
+    let wire = std::fs::read(dir().join("call_invoke_traceparent.bin")).unwrap();
+    assert_eq!(&out[..], &wire[..]);
+    // A worker's call of another service carries its caller's traceparent.
+    let m: CallMetaIn = serde_json::from_slice(&out[14..]).unwrap();
+    assert_eq!(
+        m.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01")
+    );
+}
+
+#[test]
+fn a_log_record_carries_its_trace_id() {
+    let wire = std::fs::read(dir().join("log_trace.bin")).unwrap();
+    let frame = FrameDecoder::default()
+        .decode(&mut BytesMut::from(&wire[..]))
+        .unwrap()
+        .unwrap();
+    let rec: LogRecord = frame.parse_json().unwrap();
+    assert_eq!(
+        rec.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(serde_json::to_vec(&rec).unwrap(), &frame.payload[..]);
+    // A record of an older worker has none.
+    let old = std::fs::read(dir().join("log.bin")).unwrap();
+    let frame = FrameDecoder::default()
+        .decode(&mut BytesMut::from(&old[..]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.parse_json::<LogRecord>().unwrap().trace_id, None);
 }
 
 #[test]

@@ -159,7 +159,7 @@ class Dispatcher:
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta, body)
         cid = meta.get('cid') or ''
-        token = current_invocation.set((cid, cls.name, stream))
+        token = current_invocation.set((cid, cls.name, stream, meta.get('traceparent')))
         try:
             try:
                 svc, attr = self._prepare(cls, meta, body, cid)
@@ -187,7 +187,7 @@ class Dispatcher:
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta)
         cid = meta.get('cid') or ''
-        token = current_invocation.set((cid, cls.name, stream))
+        token = current_invocation.set((cid, cls.name, stream, meta.get('traceparent')))
         try:
             try:
                 svc, attr = self._prepare(cls, meta, body, cid)
@@ -343,8 +343,10 @@ class Dispatcher:
             raw = payload.encode('utf-8')
         else:
             raw = encode_json(payload)
+        # The callee runs in the caller's trace.
+        traceparent = caller.traceparent
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'channel': 'invoke',
-                'data_format': 'json'}
+                'data_format': 'json', 'traceparent': traceparent}
         attr, is_async = _pick_handler(cls, None)
         svc = cls()
         svc.cid = cid
@@ -352,12 +354,13 @@ class Dispatcher:
         svc.request = request = Request(payload, raw, 'json', meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
-        token = current_invocation.set((cid, cls.name, stream))
+        invocation = (cid, cls.name, stream, traceparent)
+        token = current_invocation.set(invocation)
         try:
             if cls._oxbus_input:
                 request.input = parse_input(cls._oxbus_input, payload, None, dict)
             if is_async:
-                self._run_coroutine(_run_hooked(svc, attr, (cid, cls.name, stream)))
+                self._run_coroutine(_run_hooked(svc, attr, invocation))
             else:
                 before, after = cls._oxbus_hooks
                 if before:
@@ -370,8 +373,13 @@ class Dispatcher:
         output = cls._oxbus_output
         return filter_output(output, svc.response.payload) if output else svc.response.payload
 
-    def invoke_async(self, name: str, payload: Any = None) -> str:
-        """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid."""
+    def invoke_async(self, name: str, payload: Any = None,
+                     traceparent: Optional[str] = None) -> str:
+        """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid.
+
+        ``traceparent`` is the caller's trace context (the callee keeps the caller's trace);
+        without one the supervisor starts a new trace.
+        """
         cid = new_cid()
         # Worker-opened streams have the high bit set; the low 31 bits cycle through
         # 1..0x7FFFFFFF (ids may be reused, and ASYNC calls are never answered anyway).
@@ -383,6 +391,8 @@ class Dispatcher:
         else:
             body = encode_json(payload)
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'data_format': 'json'}
+        if traceparent:
+            meta['traceparent'] = traceparent
         self._post(encode_call(stream, meta, body, _protocol.FLAG_ASYNC))
         return cid
 

@@ -133,8 +133,9 @@ class FrameLogHandler(logging.Handler):
     """Sends every log record to the supervisor as a ``LOG`` frame.
 
     Installed on the root logger, so a plain ``logging.getLogger(__name__)`` in user code
-    reaches the server log too. The cid, service and stream of the invocation running in
-    the emitting thread or task come from :data:`oxbus.service.current_invocation`.
+    reaches the server log too. The cid, service, stream and trace id of the invocation
+    running in the emitting thread or task come from
+    :data:`oxbus.service.current_invocation`.
     Until ``READY`` has been sent the frames are kept in :attr:`early` (the protocol allows
     nothing else before it), then ``sink`` is switched to the worker's outbox.
     """
@@ -152,7 +153,9 @@ class FrameLogHandler(logging.Handler):
             stream = 0
             current = current_invocation.get()
             if current is not None:
-                doc['cid'], doc['service'], stream = current
+                doc['cid'], doc['service'], stream, traceparent = current
+                if traceparent:
+                    doc['trace_id'] = traceparent[3:35]
             self.sink(encode_frame(LOG, encode_json(doc), stream))
         except RecursionError:
             raise

@@ -40,15 +40,16 @@ if TYPE_CHECKING:
     from .cache import CacheAPI
     from .simpleio import Elem, Spec
 
-    #: (cid, service name, stream) of the invocation a thread or task is running.
-    Invocation = Tuple[str, str, int]
+    #: (cid, service name, stream, traceparent) of the invocation a thread or task is running.
+    Invocation = Tuple[str, str, int, Optional[str]]
 
 __all__ = ['Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Security', 'Headers',
            'current_invocation', 'default_name']
 
 #: The invocation running in the current thread or asyncio task. A ContextVar rather than
 #: a thread-local because async services share one thread; each task gets its own copy.
-#: The LOG handler reads it, so records from *any* logger are tagged with cid and service.
+#: The LOG handler reads it, so records from *any* logger are tagged with cid, service and
+#: trace id.
 current_invocation: ContextVar[Optional[Invocation]] = ContextVar(
     'oxbus_invocation', default=None)
 
@@ -312,8 +313,10 @@ class Service:
     """Base class of every service. Subclass it and define ``handle`` (or ``handle_GET``...).
 
     Class attributes a subclass may set: ``name``, ``input``, ``output``. Per invocation the
-    worker sets ``cid``, ``request``, ``response`` and ``channel``; ``logger`` is a
-    ``logging.Logger`` named after the service whose records carry ``cid`` and ``service``.
+    worker sets ``cid``, ``request``, ``response`` and ``channel``; ``trace_id`` and
+    ``traceparent`` are the invocation's W3C trace context; ``logger`` is a
+    ``logging.Logger`` named after the service whose records carry ``cid``, ``service`` and
+    ``trace_id``.
 
     A class that defines no handler at all is taken as an abstract base (common hooks and
     helpers for real services) and is not deployed.
@@ -368,9 +371,31 @@ class Service:
     def invoke_async(self, name: str, payload: Any = None) -> str:
         """Ask the supervisor to run ``name`` later, fire-and-forget; returns its new cid.
 
-        ``payload`` is sent as JSON (bytes are taken to be JSON already).
+        ``payload`` is sent as JSON (bytes are taken to be JSON already). The callee runs in
+        this invocation's trace (its ``trace_id`` is this one's).
         """
-        return self._require_dispatcher().invoke_async(name, payload)
+        return self._require_dispatcher().invoke_async(name, payload, self.traceparent)
+
+    @property
+    def traceparent(self) -> Optional[str]:
+        """The invocation's W3C ``traceparent`` (``00-<trace id>-<parent id>-<flags>``), the
+        value to send on to the systems this service calls; None outside a worker.
+
+        It continues the trace of a ``traceparent`` header that a trusted proxy
+        (``http.trusted_proxies``) sent; every other request, admin invoke and scheduled run
+        starts a new trace. ``self.invoke`` and ``self.invoke_async`` keep the caller's.
+        """
+        # Read from the call's meta only when asked: nothing is paid per invocation.
+        request = self.__dict__.get('request')
+        return request._meta.get('traceparent') if request is not None else None
+
+    @property
+    def trace_id(self) -> Optional[str]:
+        """The invocation's W3C trace id: 32 lower-case hex digits, the same in every
+        service of one trace and in the server's log lines of the request; None outside a
+        worker."""
+        traceparent = self.traceparent
+        return traceparent[3:35] if traceparent else None
 
     @property
     def cache(self) -> CacheAPI:
@@ -390,11 +415,17 @@ class Service:
 
 
 class _ContextFilter(logging.Filter):
-    """Stamps ``cid`` and ``service`` of the running invocation on a service logger's records."""
+    """Stamps ``cid``, ``service`` and ``trace_id`` of the running invocation on a service
+    logger's records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         current = current_invocation.get()
-        record.cid, record.service = (current[0], current[1]) if current else (None, None)
+        if current is None:
+            record.cid = record.service = record.trace_id = None
+        else:
+            record.cid, record.service = current[0], current[1]
+            traceparent = current[3]
+            record.trace_id = traceparent[3:35] if traceparent else None
         return True
 
 

@@ -757,6 +757,75 @@ def test_service_logger_records_carry_cid_and_service(caplog):
     assert current_invocation.get() is None  # reset after the call
 
 
+# -- trace context ------------------------------------------------------------------------
+
+TRACEPARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01'
+TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
+
+
+class Traced(Service):
+    def handle(self):
+        self.response.payload = {'trace_id': self.trace_id, 'traceparent': self.traceparent}
+
+
+def test_trace_id_is_the_calls_traceparents_trace_id():
+    r = call(Traced, traceparent=TRACEPARENT)
+    assert r.doc == {'trace_id': TRACE_ID, 'traceparent': TRACEPARENT}
+    # A call without one (an older server) has none; so has a service outside a worker.
+    assert call(Traced).doc == {'trace_id': None, 'traceparent': None}
+    assert Traced().trace_id is None and Traced().traceparent is None
+
+
+def test_async_services_read_their_trace_id_too():
+    class AsyncTraced(Service):
+        async def handle(self):
+            await asyncio.sleep(0)
+            self.response.payload = {'trace_id': self.trace_id}
+
+    d = Dispatcher({AsyncTraced.name: AsyncTraced})
+    frame = asyncio.run(d.run_async(3, meta_for(AsyncTraced.name, traceparent=TRACEPARENT),
+                                    b''))
+    assert Reply(frame, 3).doc == {'trace_id': TRACE_ID}
+
+
+def test_invoke_and_invoke_async_keep_the_callers_trace():
+    seen = {}
+
+    class Inner(Service):
+        def handle(self):
+            seen['inner'] = (self.trace_id, self.traceparent, current_invocation.get()[3])
+
+    class Outer(Service):
+        def handle(self):
+            self.invoke(Inner.name)
+            self.invoke_async('audit.record')
+
+    d = Dispatcher({Outer.name: Outer, Inner.name: Inner})
+    assert call(Outer, dispatcher=d, traceparent=TRACEPARENT).status == 200
+    assert seen['inner'] == (TRACE_ID, TRACEPARENT, TRACEPARENT)
+    (frame,) = d.posted
+    meta, _ = P.decode_call(P.decode_frame(frame)[3])
+    assert meta['traceparent'] == TRACEPARENT
+    # Without a trace of its own the caller sends none: the supervisor starts one.
+    d.posted.clear()
+    assert call(Outer, dispatcher=d).status == 200
+    meta, _ = P.decode_call(P.decode_frame(d.posted[0])[3])
+    assert 'traceparent' not in meta
+
+
+def test_service_logger_records_carry_the_trace_id(caplog):
+    class Chatty(Service):
+        def handle(self):
+            self.logger.info('traced')
+
+    with caplog.at_level(logging.INFO):
+        call(Chatty, cid='abc', traceparent=TRACEPARENT)
+        call(Chatty, cid='def')
+    first, second = [r for r in caplog.records if r.name == Chatty.name]
+    assert (first.cid, first.service, first.trace_id) == ('abc', Chatty.name, TRACE_ID)
+    assert (second.cid, second.trace_id) == ('def', None)
+
+
 # -- the channel and who called ----------------------------------------------------------
 
 

@@ -595,6 +595,32 @@ def test_logging_becomes_log_frames_with_cid_and_service(sup):
     assert b'secret-detail' not in replies[8][1]
 
 
+def test_log_frames_carry_the_invocations_trace_id(sup):
+    extra = {'traced.py': '''
+        import logging
+        from oxbus import Service
+        class Traced(Service):
+            def handle(self):
+                logging.getLogger('traced').info('in %s', self.trace_id)
+                self.response.payload = {'trace_id': self.trace_id}
+    '''}
+    start(sup, extra, log_level='info')
+    traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
+    sup.call(5, 'traced.traced', traceparent=traceparent)
+    sup.call(6, 'traced.traced')  # no trace context: no trace_id in the record
+    others = []
+    replies = sup.replies(2, others=others)
+    assert json.loads(replies[5][1]) == {'trace_id': '0af7651916cd43dd8448eb211c80319c'}
+    assert json.loads(replies[6][1]) == {'trace_id': None}
+    logs = {stream: json.loads(p) for k, _, stream, p in others + sup.no_frame_within(0.2)
+            if k == P.LOG}
+    assert logs[5] == {'level': 'info', 'logger': 'traced',
+                       'msg': 'in 0af7651916cd43dd8448eb211c80319c', 'cid': 'cid-5',
+                       'service': 'traced.traced',
+                       'trace_id': '0af7651916cd43dd8448eb211c80319c'}
+    assert 'trace_id' not in logs[6] and logs[6]['cid'] == 'cid-6'
+
+
 def test_invoke_of_an_async_service_from_sync_and_async_callers(sup):
     extra = {'mix.py': '''
         import asyncio, logging

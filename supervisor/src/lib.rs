@@ -14,6 +14,7 @@
 //! - [`boot`]: the only module that knows every subsystem: builds the handles, wires them.
 //! - [`node`]: this server's own state (name, readiness, store health, applied version).
 //! - [`random`]: small random values from the OS.
+//! - [`trace`]: W3C trace context (`traceparent`): parsing, new trace and span ids.
 //! - The named caches are their own crate, `oxbus-cache`.
 
 pub mod admin;
@@ -31,3 +32,4 @@ pub mod random;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod trace;

@@ -29,6 +29,8 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         return error(StatusCode::BAD_REQUEST, "the payload must be JSON");
     }
     let cid = cx.cids.next();
+    // An admin call starts a trace of its own.
+    let trace = crate::trace::TraceParent::new_root();
     let timeout = cx.settings.request_timeout();
     let meta: InvokeMeta<'_> = InvokeMeta {
         op: "invoke",
@@ -47,6 +49,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         port: None,
         channel_name: None,
         security: None,
+        traceparent: Some(trace.as_str()),
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

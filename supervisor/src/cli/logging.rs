@@ -1,5 +1,22 @@
 //! The log subscriber every long-running subcommand (`server`, `quickstart`, `proxy`)
 //! installs first. Formatting only: it decides nothing about what is logged.
+//!
+//! Two formats (`server.log_format`): `text`, tracing-subscriber's default line, and `json`,
+//! one object per line for log shippers:
+//!
+//! ```json
+//! {"time":"2026-03-01T12:00:00.123456Z","level":"info","target":"oxbus::python",
+//!  "cid":"0f3a9c1e2b4d5a6f7081","service":"crm.customer.get",
+//!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","message":"customer 7 read",
+//!  "fields":{"logger":"crm"}}
+//! ```
+//!
+//! `cid`, `service` and `trace_id` are the event's own fields or, failing that, those of the
+//! innermost span that has them (a request's span names its cid, service and trace id);
+//! null when neither says, or when they are empty. `fields` holds every other field of the
+//! event and of its spans (the event's own win, then the innermost span's). tracing's JSON
+//! formatter nests span fields under `spans` instead, which a shipper cannot index by cid,
+//! hence [`JsonLines`] and the [`SpanFields`] it reads.
 
 /// Why the log subscriber was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +36,28 @@ pub enum LoggingError {
 /// (`info,oxbus_supervisor::edge::http=debug`). When standard error is the journal (systemd's
 /// `JOURNAL_STREAM` names it), every line starts with its syslog priority (`<3>` error,
 /// `<4>` warning, `<6>` info, `<7>` debug), so `journalctl -p` filters by level.
-pub fn init_logging(level: &str) -> Result<(), LoggingError> {
+///
+/// With `format` [`LogFormat::Json`] every line is one JSON object ([`JsonLines`]) and no
+/// priority prefix is written, so that the line stays JSON in the journal too.
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LoggingError> {
     use tracing_subscriber::prelude::*;
     let filter: tracing_subscriber::filter::Targets =
         level.parse().map_err(|source| LoggingError::Level {
             level: level.to_owned(),
             source,
         })?;
+    if format == LogFormat::Json {
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(JsonLines);
+        // One filter over both layers: a span the level leaves out is never built (the
+        // request spans on the hot path are debug spans).
+        return tracing_subscriber::registry()
+            .with(SpanFieldsLayer.and_then(fmt).with_filter(filter))
+            .try_init()
+            .map_err(LoggingError::Init);
+    }
     let journal = stderr_is_journal();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -38,6 +70,165 @@ pub fn init_logging(level: &str) -> Result<(), LoggingError> {
         .with(fmt.with_filter(filter))
         .try_init()
         .map_err(LoggingError::Init)
+}
+
+pub use crate::config::LogFormat;
+
+/// A span's fields as values, kept in its extensions by [`SpanFieldsLayer`] for
+/// [`JsonLines`].
+#[derive(Debug, Default)]
+pub struct SpanFields(serde_json::Map<String, serde_json::Value>);
+
+/// Records every span's fields (and later `record`s of them) as [`SpanFields`].
+struct SpanFieldsLayer;
+
+impl<S> tracing_subscriber::Layer<S> for SpanFieldsLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = SpanFields::default();
+        attrs.record(&mut FieldMap(&mut fields.0));
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut ext = span.extensions_mut();
+        if let Some(fields) = ext.get_mut::<SpanFields>() {
+            values.record(&mut FieldMap(&mut fields.0));
+        }
+    }
+}
+
+/// Collects fields as JSON values: numbers and booleans as such, everything else as text.
+struct FieldMap<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for FieldMap<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.0
+            .insert(field.name().to_owned(), value.to_string().into());
+    }
+}
+
+/// The fields the JSON line has at its top level (when the event or a span names them).
+const TOP_LEVEL: [&str; 3] = ["cid", "service", "trace_id"];
+
+/// The `json` line format: see the module documentation.
+pub struct JsonLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = serde_json::Map::new();
+        event.record(&mut FieldMap(&mut fields));
+        if let Some(scope) = ctx.event_scope() {
+            // Innermost first: a field already there (the event's, an inner span's) wins.
+            for span in scope {
+                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
+                    for (k, v) in span_fields {
+                        if !fields.contains_key(k) {
+                            fields.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let line = json_line(
+            &chrono::Utc::now(),
+            event.metadata().level(),
+            event.metadata().target(),
+            fields,
+        );
+        writeln!(writer, "{line}")
+    }
+}
+
+/// One JSON log line from an event's level, target and fields (its spans' merged in).
+fn json_line(
+    time: &chrono::DateTime<chrono::Utc>,
+    level: &tracing::Level,
+    target: &str,
+    mut fields: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    use serde_json::Value;
+    let message = match fields.remove("message") {
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    // Records bridged from the `log` crate name their real target in a field.
+    let target = match fields.remove("log.target") {
+        Some(Value::String(t)) => t,
+        _ => target.to_owned(),
+    };
+    fields.retain(|k, _| !k.starts_with("log."));
+    let mut top = |key: &str| match fields.remove(key) {
+        Some(Value::String(s)) if s.is_empty() => Value::Null,
+        Some(v) => v,
+        None => Value::Null,
+    };
+    let (cid, service, trace_id) = (top(TOP_LEVEL[0]), top(TOP_LEVEL[1]), top(TOP_LEVEL[2]));
+    let level = match *level {
+        tracing::Level::ERROR => "error",
+        tracing::Level::WARN => "warn",
+        tracing::Level::INFO => "info",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::TRACE => "trace",
+    };
+    // Written key by key, in this order (a JSON map would sort them): what a reader scans
+    // for first comes first.
+    let text = |v: &str| Value::from(v).to_string();
+    let time = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    format!(
+        r#"{{"time":{},"level":"{level}","target":{},"cid":{cid},"service":{service},"trace_id":{trace_id},"message":{},"fields":{}}}"#,
+        text(&time),
+        text(&target),
+        text(&message),
+        Value::Object(fields),
+    )
 }
 
 /// Whether standard error is the stream systemd's `JOURNAL_STREAM` (`DEV:INODE`) names.
@@ -89,6 +280,107 @@ where
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
+    fn line(level: tracing::Level, target: &str, fields: Value) -> Value {
+        let time = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00.5+01:00")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let Value::Object(fields) = fields else {
+            panic!("fields must be an object")
+        };
+        let text = super::json_line(&time, &level, target, fields);
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(text.starts_with(r#"{"time":"#), "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_json_line_has_the_known_keys_at_the_top() {
+        let v = line(
+            tracing::Level::WARN,
+            "oxbus::python",
+            json!({"message": "customer 7 \"read\"\nnext line", "cid": "0f3a", "service": "crm.get",
+                   "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "logger": "crm", "n": 7}),
+        );
+        assert_eq!(
+            v,
+            json!({
+                "time": "2026-03-01T11:00:00.500000Z",
+                "level": "warn",
+                "target": "oxbus::python",
+                "cid": "0f3a",
+                "service": "crm.get",
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "message": "customer 7 \"read\"\nnext line",
+                "fields": {"logger": "crm", "n": 7},
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_or_empty_context_is_null_and_log_records_keep_their_target() {
+        let v = line(
+            tracing::Level::INFO,
+            "log",
+            json!({"message": "from the log crate", "cid": "", "log.target": "sqlx::query",
+                   "log.module_path": "sqlx", "log.line": 3}),
+        );
+        assert_eq!(v["target"], "sqlx::query");
+        assert_eq!(v["cid"], Value::Null);
+        assert_eq!(v["service"], Value::Null);
+        assert_eq!(v["trace_id"], Value::Null);
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["fields"], json!({}));
+    }
+
+    #[test]
+    fn span_fields_reach_the_line_and_the_events_own_win() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::prelude::*;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .event_format(super::JsonLines);
+        let filter: tracing_subscriber::filter::Targets = "debug".parse().unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(super::SpanFieldsLayer.and_then(fmt).with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::debug_span!("worker", id = 3, service = "outer.svc");
+            let _o = outer.enter();
+            let span = tracing::debug_span!("request", cid = "c1", service = "demo.echo",
+                trace_id = %"4bf92f3577b34da6a3ce929d0e0e4736");
+            let _e = span.enter();
+            tracing::warn!(status = 504, "request deadline passed");
+            tracing::info!(cid = "own", "the event's cid wins");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["cid"], "c1");
+        assert_eq!(lines[0]["service"], "demo.echo", "the innermost span's");
+        assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[0]["message"], "request deadline passed");
+        assert_eq!(lines[0]["fields"], json!({"status": 504, "id": 3}));
+        assert_eq!(lines[1]["cid"], "own");
+    }
+
     #[test]
     fn journal_stream_names_a_device_and_inode() {
         assert!(super::journal_stream_is("8:1234", 8, 1234));

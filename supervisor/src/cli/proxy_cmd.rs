@@ -63,7 +63,7 @@ impl ServerSource for StoreServers {
 /// `oxbus proxy`: the log subscriber (`OXBUS_LOG`, default `info`), then [`run`].
 pub fn command(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), CliError> {
     let level = std::env::var("OXBUS_LOG").unwrap_or_else(|_| "info".into());
-    super::logging::init_logging(&level)?;
+    super::logging::init_logging(&level, super::logging::LogFormat::Text)?;
     run(config, upgrade, exit_with_parent)
 }
 

@@ -30,7 +30,10 @@ pub fn serve(
     banner: Option<String>,
     proxy: Option<std::process::Child>,
 ) -> ExitCode {
-    if let Err(e) = super::logging::init_logging(&settings.server.log_level) {
+    let json_logs = settings.server.log_format == crate::config::LogFormat::Json;
+    if let Err(e) =
+        super::logging::init_logging(&settings.server.log_level, settings.server.log_format)
+    {
         return fail(&CliError::from(e));
     }
     if let Some(b) = banner {
@@ -65,6 +68,10 @@ pub fn serve(
         Ok(o) => ExitCode::from(o.exit_code as u8),
         Err(e) => {
             tracing::error!("{e}");
+            if json_logs {
+                // Logged above as JSON; a plain line would break the stream for a shipper.
+                return ExitCode::FAILURE;
+            }
             fail(&e)
         }
     }

@@ -104,6 +104,8 @@ pub struct ServerSection {
     pub runtime_dir: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing target list.
     pub log_level: String,
+    /// How log lines are written: `text` (the default) or `json` (one object per line).
+    pub log_format: LogFormat,
     /// Threads of the server's own I/O runtime (HTTP, IPC). Default: 1 per 4 CPUs, at
     /// least 1 — the Python workers are meant to have the cores; an extra I/O thread on a
     /// small machine costs more in context switches than it gives.
@@ -120,9 +122,22 @@ impl Default for ServerSection {
             services_dir: "services".into(),
             runtime_dir: None,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             io_threads: None,
         }
     }
+}
+
+/// `server.log_format`: how the server writes its log lines (`cli::logging`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (tracing's default format).
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, target, cid, service, trace_id, message,
+    /// fields.
+    Json,
 }
 
 /// `[workers]`: supervision of the Python processes.

@@ -226,3 +226,28 @@ fn audit_retention_defaults_to_90_days_and_is_checked() {
         .to_string();
     assert!(e.contains("audit.retention_days = 0"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_or_json_and_overridable() {
+    assert_eq!(parse("", &[]).unwrap().server.log_format, LogFormat::Text);
+    let s = parse("[server]\nlog_format = \"json\"", &[]).unwrap();
+    assert_eq!(s.server.log_format, LogFormat::Json);
+    let s = parse(
+        "[server]\nlog_format = \"json\"",
+        &[("OXBUS_SERVER_LOG_FORMAT", "text")],
+    )
+    .unwrap();
+    assert_eq!(s.server.log_format, LogFormat::Text);
+    // Anything else stops the start, naming the setting and the values it takes.
+    let e = parse("", &[("OXBUS_SERVER_LOG_FORMAT", "xml")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("log_format")
+            && e.contains("`text`")
+            && e.contains("`json`")
+            && e.contains("xml"),
+        "{e}"
+    );
+    assert!(parse("[server]\nlog_format = \"JSON\"", &[]).is_err());
+}

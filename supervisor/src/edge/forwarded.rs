@@ -12,12 +12,15 @@
 //!   client. If every hop is trusted, the leftmost is. An entry that is not an address stops
 //!   the walk at the last good one (or the peer): what lies left of it cannot be vouched for.
 //!   `X-Forwarded-Proto` (`http`/`https`) and `X-Forwarded-Port` are taken from the last value
-//!   (the one the nearest proxy set), and a valid `X-Request-Id` becomes the cid.
+//!   (the one the nearest proxy set), and a valid `X-Request-Id` becomes the cid. A valid
+//!   W3C `traceparent` ([`traceparent`]) continues the proxy's trace; from an untrusted peer
+//!   the request starts a trace of its own.
 //!
 //! The addresses compared and reported are canonical: an IPv4 peer of a dual-stack listener
 //! (`::ffff:10.0.0.7`) is `10.0.0.7`, so IPv4 networks match it.
 
 use crate::model::net::TrustedProxies;
+use crate::trace::TraceParent;
 use hyper::HeaderMap;
 use hyper::header::HeaderName;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +33,8 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `traceparent` (W3C trace context).
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The longest `X-Request-Id` taken as a cid.
 pub const MAX_REQUEST_ID: usize = 64;
@@ -156,6 +161,20 @@ pub fn request_id(headers: &HeaderMap) -> Option<&str> {
     ok.then_some(v)
 }
 
+/// The W3C trace context a trusted proxy sent: one `traceparent` header holding a valid
+/// version-00 value ([`TraceParent::parse`]). None when there is none, when it is malformed
+/// and when there are several (the specification makes that invalid): the request then
+/// starts a new trace. Whether the peer is trusted is the caller's to check, as for
+/// [`request_id`].
+pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    let mut values = headers.get_all(&TRACEPARENT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    TraceParent::parse(value.as_bytes())
+}
+
 /// The headers a proxy uses to tell where a request came from; a request from an untrusted
 /// peer reaches the service without them.
 pub fn is_forwarding_header(name: &HeaderName) -> bool {
@@ -196,6 +215,20 @@ mod tests {
     fn walk(peer: &str, xff: &[&str], t: &TrustedProxies) -> IpAddr {
         let pairs: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
         client_addr(ip(peer), &headers(&pairs), t)
+    }
+
+    #[test]
+    fn one_valid_traceparent_is_taken() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = traceparent(&headers(&[("traceparent", TP)])).expect("valid");
+        assert_eq!(t.as_str(), TP);
+        assert_eq!(traceparent(&headers(&[])), None);
+        assert_eq!(traceparent(&headers(&[("traceparent", "00-xyz")])), None);
+        // Two of them make the context invalid, even if both are well-formed.
+        assert_eq!(
+            traceparent(&headers(&[("traceparent", TP), ("traceparent", TP)])),
+            None
+        );
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! connections to outlive its own 60 s idle timeout while a slowloris client must not.
 //!
 //! Each request's client address, scheme and port (and, from a trusted proxy, its request
-//! id) are worked out by [`crate::edge::forwarded`]: the TCP peer unless it is one of
-//! `http.trusted_proxies`. Whether the peer is trusted is decided once per connection.
+//! id and W3C `traceparent`) are worked out by [`crate::edge::forwarded`]: the TCP peer
+//! unless it is one of `http.trusted_proxies`. Whether the peer is trusted is decided once
+//! per connection. A request without a trusted `traceparent` starts a new trace
+//! ([`crate::trace`]); either way its services get the trace in the `CALL` meta.
 //!
 //! A JSON-RPC channel's request is read here like any other and then answered by
 //! [`crate::edge::jsonrpc`], whose calls go to the workers through [`HttpCall::invoke`], the same
@@ -45,6 +47,7 @@ use crate::lifecycle::supervisor::Event;
 use crate::model::channel::{ChannelType, DataFormat};
 use crate::model::net::TrustedProxies;
 use crate::node::Node;
+use crate::trace::TraceParent;
 
 /// What the HTTP edge works with (built by boot): the pool it dispatches into, the routing
 /// table, the settings, the node state (readiness, store health) and the cid generator.
@@ -495,9 +498,19 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
         };
         return json_response(StatusCode::BAD_REQUEST, &cid, body);
     }
+    // A trusted proxy's trace context continues its trace; anything else starts one.
+    let trace = match peer
+        .trusted
+        .then(|| forwarded::traceparent(&parts.headers))
+        .flatten()
+    {
+        Some(incoming) => TraceParent::continue_from(&incoming),
+        None => TraceParent::new_root(),
+    };
     let call = HttpCall {
         cx,
         origin,
+        trace: &trace,
         parts: &parts,
         strip_forwarding: !peer.trusted,
         deadline: Instant::now() + cx.settings.request_timeout(),
@@ -510,7 +523,8 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
     // A debug-level span: with the default `info` level it costs nothing per request (an
     // info span would format its fields on every request), and the events that matter at
     // `info` and above carry the cid themselves.
-    let span = tracing::debug_span!("request", cid = %cid, service = %channel.service);
+    let span = tracing::debug_span!("request", cid = %cid, service = %channel.service,
+        trace_id = %trace.trace_id());
     let result = call
         .invoke(
             ChannelType::Rest,
@@ -528,7 +542,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
             debug!(status = reply.status, bytes = reply.body.len(), "answered");
             build_reply(reply, &cid)
         }
-        Err(e) => dispatch_error(e, &cid, &channel.service),
+        Err(e) => dispatch_error(e, &cid, &channel.service, trace.trace_id()),
     }
 }
 
@@ -547,9 +561,16 @@ pub(crate) struct HttpCall<'a> {
     /// The channel's name and who its security definition let in.
     channel_name: Option<&'a str>,
     caller: Option<&'a crate::edge::gate::Caller>,
+    /// The request's trace context, the same for every call it makes.
+    trace: &'a TraceParent,
 }
 
 impl HttpCall<'_> {
+    /// The request's trace id (32 hex digits), for the log lines that name its cid.
+    pub(crate) fn trace_id(&self) -> &str {
+        self.trace.trace_id()
+    }
+
     /// Runs `service` on a worker with `body` as the request body.
     pub(crate) async fn invoke(
         &self,
@@ -587,6 +608,7 @@ impl HttpCall<'_> {
                 username: c.username.as_deref(),
                 subject: c.subject.as_deref(),
             }),
+            traceparent: Some(self.trace.as_str()),
         };
         self.cx.pool.invoke(&meta, body, self.deadline).await
     }
@@ -652,17 +674,20 @@ fn build_reply(reply: crate::lifecycle::pool::Reply, cid: &str) -> Response<Body
     r
 }
 
-fn dispatch_error(e: DispatchError, cid: &str, service: &str) -> Response<Body> {
+fn dispatch_error(e: DispatchError, cid: &str, service: &str, trace_id: &str) -> Response<Body> {
     let (status, retry) = match e {
         DispatchError::Busy | DispatchError::QueueTimeout => {
             (StatusCode::SERVICE_UNAVAILABLE, true)
         }
         DispatchError::WorkerDied => {
-            warn!(cid, service, "worker died with the request in flight");
+            warn!(
+                cid,
+                service, trace_id, "worker died with the request in flight"
+            );
             (StatusCode::SERVICE_UNAVAILABLE, true)
         }
         DispatchError::Deadline => {
-            warn!(cid, service, "request deadline passed");
+            warn!(cid, service, trace_id, "request deadline passed");
             (StatusCode::GATEWAY_TIMEOUT, false)
         }
         DispatchError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),

@@ -17,6 +17,7 @@ use tokio::net::UnixStream;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::lifecycle::pool::{Pool, Reply, Worker, WorkerState};
+use crate::trace::TraceParent;
 
 /// Why a worker connection ended (logged at debug level).
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +225,15 @@ fn handle_worker_call(
     let pool = pool.clone();
     let worker = worker.clone();
     let cid = meta.cid.clone().unwrap_or_default();
-    let span = tracing::debug_span!("request", cid = %cid, service = %service);
+    // The callee keeps its caller's trace; a call made outside any invocation (or with a
+    // malformed context) starts one.
+    let trace = meta
+        .traceparent
+        .as_deref()
+        .and_then(|t| TraceParent::parse(t.as_bytes()))
+        .unwrap_or_else(TraceParent::new_root);
+    let span = tracing::debug_span!("request", cid = %cid, service = %service,
+        trace_id = %trace.trace_id());
     tokio::spawn(
         async move {
             let deadline = Instant::now()
@@ -249,10 +258,12 @@ fn handle_worker_call(
                 port: None,
                 channel_name: None,
                 security: None,
+                traceparent: Some(trace.as_str()),
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {
-                warn!(error = %e, cid = %cid, service = %service, "invocation requested by a worker failed");
+                warn!(error = %e, cid = %cid, service = %service, trace_id = %trace.trace_id(),
+                    "invocation requested by a worker failed");
             }
             if fire_and_forget {
                 return;
@@ -282,12 +293,16 @@ fn handle_worker_call(
 fn emit_log(rec: &LogRecord) {
     let cid = rec.cid.as_deref().unwrap_or("");
     let service = rec.service.as_deref().unwrap_or("");
+    // Absent (not empty) when the record has none: a record outside an invocation.
+    let trace_id = rec.trace_id.as_deref();
     let logger = rec.logger.as_str();
     let msg = rec.msg.as_str();
     match rec.level.as_str() {
-        "critical" | "error" => error!(target: "oxbus::python", cid, service, logger, "{msg}"),
-        "warning" => warn!(target: "oxbus::python", cid, service, logger, "{msg}"),
-        "info" => info!(target: "oxbus::python", cid, service, logger, "{msg}"),
-        _ => debug!(target: "oxbus::python", cid, service, logger, "{msg}"),
+        "critical" | "error" => {
+            error!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}")
+        }
+        "warning" => warn!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}"),
+        "info" => info!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}"),
+        _ => debug!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}"),
     }
 }

@@ -651,6 +651,8 @@ fn start_run(cx: &Arc<Ctx>, def: JobDef, due: Option<i64>, ctx: &Arc<RunCtx>) {
 pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> Run {
     let cid = cx.cids.next();
     let cid = cid.as_str();
+    // Every run is a trace of its own.
+    let trace = crate::trace::TraceParent::new_root();
     let timeout = cx.request_timeout;
     let meta: oxbus_ipc::InvokeMeta<'_> = oxbus_ipc::InvokeMeta {
         op: "invoke",
@@ -669,6 +671,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         port: None,
         channel_name: Some(&def.name),
         security: None,
+        traceparent: Some(trace.as_str()),
     };
     let body = def
         .extra
@@ -692,7 +695,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         Err(e) => ("error", Some(e.to_string())),
     };
     if let Some(e) = &error {
-        warn!(job = %def.name, service = %def.service, cid, error = %e, "scheduler: the job's run failed");
+        warn!(job = %def.name, service = %def.service, cid, trace_id = trace.trace_id(), error = %e, "scheduler: the job's run failed");
     }
     Run {
         job: def.name.clone(),

@@ -469,7 +469,8 @@ async fn run<'a>(
     let outcome = if !allowed(channel, &c.method) {
         Outcome::Error(method_not_found(&c.method, cid))
     } else {
-        let span = tracing::debug_span!("request", cid = %cid, service = %c.method);
+        let span = tracing::debug_span!("request", cid = %cid, service = %c.method,
+            trace_id = %call.trace_id());
         let params = c.params.map(|p| p.get().as_bytes()).unwrap_or(b"");
         let result = call
             .invoke(
@@ -487,7 +488,8 @@ async fn run<'a>(
             Err(e) => {
                 if c.id.is_none() {
                     // Nobody hears of a notification's failure but the log.
-                    warn!(cid, service = %c.method, error = %e, "JSON-RPC notification not run");
+                    warn!(cid, service = %c.method, trace_id = call.trace_id(), error = %e,
+                        "JSON-RPC notification not run");
                 }
                 Outcome::Error(dispatch_error(&e, cid))
             }
