@@ -412,3 +412,37 @@ async fn metrics_disabled_answers_404_and_serving_goes_on() {
     let msg = r.json()["error"].as_str().unwrap().to_owned();
     assert!(msg.contains("metrics.enabled = false"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_recycled_after_max_requests_counts_as_recycle_requests() {
+    let srv = Env::new()
+        .with_test_services()
+        .set("workers", "max_requests", "3")
+        .start()
+        .await;
+    for i in 0..3 {
+        assert_eq!(srv.post_json("/echo", &json!({ "i": i })).await.status, 200);
+    }
+    let text = eventually(
+        Duration::from_secs(30),
+        "a recycle_requests restart and the worker ready again",
+        || async {
+            let text = scrape(&srv, None).await;
+            let recycled = count(
+                &text,
+                "oxbus_worker_restarts_total{reason=\"recycle_requests\"}",
+            );
+            let ready: f64 = samples(&text, "oxbus_worker_state", "state=\"ready\"")
+                .iter()
+                .map(|(_, v)| v)
+                .sum();
+            (recycled >= 1.0 && ready == 1.0).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&text, "oxbus_worker_restarts_total{reason=\"crash\"}"),
+        Some(0.0),
+        "{text}"
+    );
+}
