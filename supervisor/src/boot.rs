@@ -123,7 +123,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         warn!(server = %me.name, "not registered in the config store yet (it is down): the heartbeat registers once it is back");
     }
 
-    let metrics = Arc::new(crate::metrics::Metrics::new(true));
+    let metrics = Arc::new(crate::metrics::Metrics::new(settings.metrics.enabled));
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(
@@ -136,6 +136,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms))
         .with_metrics(metrics.clone()),
     );
+    if metrics.enabled() {
+        // The workers' states, read at scrape time.
+        metrics.register_collector(Box::new(crate::metrics::workers::WorkerCollector::new(
+            Arc::downgrade(&pool),
+        )));
+    }
     *pool.deployed.lock().expect("deployed lock") = boot
         .snapshot
         .modules

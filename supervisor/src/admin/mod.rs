@@ -61,6 +61,7 @@ pub mod config_io;
 mod input;
 mod invoke;
 mod jobs;
+mod metrics;
 mod modules;
 mod objects;
 mod secrets;
@@ -148,6 +149,10 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
 }
 
 async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
+    // Prometheus scrapes it without the admin token (`admin.metrics_token` is its own).
+    if req.uri().path() == metrics::PATH {
+        return metrics::serve(&req, cx);
+    }
     let who = match auth::authenticate(&req, cx, token).await {
         Ok(who) => who,
         Err(r) => return r,

@@ -81,6 +81,7 @@ pub struct Settings {
     pub deploy: DeploySection,
     #[serde(default)]
     pub audit: AuditSection,
+    pub metrics: MetricsSection,
     #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
@@ -326,6 +327,10 @@ pub struct AdminSection {
     pub listen: SocketAddr,
     /// File holding the bearer token; created (0600) with a random token when missing.
     pub token_file: PathBuf,
+    /// The bearer token `GET /metrics` asks for; none (the default): `/metrics` needs no
+    /// token. An empty value is no token too (so `OXBUS_ADMIN_METRICS_TOKEN=""` turns off one
+    /// that the file sets).
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl Default for AdminSection {
@@ -333,7 +338,42 @@ impl Default for AdminSection {
         AdminSection {
             listen: "127.0.0.1:17011".parse().expect("valid address"),
             token_file: "admin.token".into(),
+            metrics_token: None,
         }
+    }
+}
+
+/// `admin.metrics_token`: a secret, so its `Debug` never shows it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// The shortest token accepted: a guessable one would protect nothing.
+    pub const MIN_LEN: usize = 16;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
+}
+
+/// `[metrics]`: the Prometheus metrics of `GET /metrics` (docs/OBSERVABILITY.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Off: nothing is recorded on the request path and `/metrics` answers 404.
+    pub enabled: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { enabled: true }
     }
 }
 
@@ -401,6 +441,7 @@ pub const MAX_SERVERS: usize = 3;
 const SECTIONS: &[&str] = &[
     "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi", "deploy",
     "audit",
+    "metrics",
 ];
 
 impl Settings {
@@ -449,6 +490,13 @@ impl Settings {
                 value: format!("{:?}", e.entry),
                 message: e.message,
             })?;
+        if s.admin
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.0.is_empty())
+        {
+            s.admin.metrics_token = None;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -465,6 +513,27 @@ impl Settings {
             && let Err(e) = oxbus_ipc::bus::check_name("server", name)
         {
             return bad("cluster.server", name, &e.to_string());
+        }
+        if let Some(t) = &self.admin.metrics_token {
+            // Never the value itself in the message: it is a secret.
+            let shown = format!("<{} characters>", t.0.chars().count());
+            if t.0.chars().count() < MetricsToken::MIN_LEN {
+                return bad(
+                    "admin.metrics_token",
+                    &shown,
+                    &format!(
+                        "must be at least {} characters (leave it out for no token)",
+                        MetricsToken::MIN_LEN
+                    ),
+                );
+            }
+            if !t.0.chars().all(|c| c.is_ascii_graphic()) {
+                return bad(
+                    "admin.metrics_token",
+                    &shown,
+                    "must be printable ASCII without spaces (it is sent in an Authorization header)",
+                );
+            }
         }
         if let Err(e) = oxbus_ipc::bus::check_name("cluster", &self.cluster.name) {
             return bad("cluster.name", &self.cluster.name, &e.to_string());

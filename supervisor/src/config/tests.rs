@@ -251,3 +251,63 @@ fn log_format_is_text_or_json_and_overridable() {
     );
     assert!(parse("[server]\nlog_format = \"JSON\"", &[]).is_err());
 }
+
+#[test]
+fn metrics_settings_default_on_without_a_token_and_are_overridable() {
+    let s = parse("", &[]).unwrap();
+    assert!(s.metrics.enabled);
+    assert!(s.admin.metrics_token.is_none());
+    let s = parse(
+        "[metrics]\nenabled = false\n[admin]\nmetrics_token = \"abcdefghijklmnopqrstuvwxyz\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(!s.metrics.enabled);
+    assert_eq!(
+        s.admin.metrics_token.as_ref().map(|t| t.as_str()),
+        Some("abcdefghijklmnopqrstuvwxyz")
+    );
+    // Its Debug never shows the token.
+    assert!(!format!("{s:?}").contains("abcdefghijklmnopqrstuvwxyz"));
+    let s = parse(
+        "[admin]\nmetrics_token = \"abcdefghijklmnopqrstuvwxyz\"\n",
+        &[
+            ("OXBUS_METRICS_ENABLED", "false"),
+            ("OXBUS_ADMIN_METRICS_TOKEN", ""),
+        ],
+    )
+    .unwrap();
+    assert!(!s.metrics.enabled);
+    assert!(s.admin.metrics_token.is_none(), "empty = no token");
+    let s = parse("", &[("OXBUS_ADMIN_METRICS_TOKEN", "0123456789abcdef")]).unwrap();
+    assert_eq!(
+        s.admin.metrics_token.as_ref().map(|t| t.as_str()),
+        Some("0123456789abcdef")
+    );
+}
+
+#[test]
+fn a_short_or_unprintable_metrics_token_is_refused_without_showing_it() {
+    let e = parse("[admin]\nmetrics_token = \"short-secret\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("admin.metrics_token"), "{e}");
+    assert!(e.contains("at least 16 characters"), "{e}");
+    assert!(!e.contains("short-secret"), "{e}");
+    let e = parse(
+        "[admin]\nmetrics_token = \"with a space in the middle\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("printable ASCII"), "{e}");
+    assert!(!e.contains("with a space"), "{e}");
+    let e = parse("[metrics]\nenabled = \"yes\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("enabled"), "{e}");
+    let e = parse("[metrics]\nenable = true\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("enable"), "{e}");
+}

@@ -44,6 +44,7 @@ use crate::edge::router::Match;
 use crate::edge::routes::RoutingTable;
 use crate::lifecycle::pool::{DispatchError, Pool};
 use crate::lifecycle::supervisor::Event;
+use crate::metrics::http::{ChannelHandles, MethodClass, RefusalReason};
 use crate::model::channel::{ChannelType, DataFormat};
 use crate::model::net::TrustedProxies;
 use crate::node::Node;
@@ -195,10 +196,31 @@ async fn serve_connection(
                 None
             };
             async move {
+                // `metrics.enabled = false`: nothing is recorded (not even the clock read).
+                let metrics = cx.metrics.enabled().then(|| {
+                    (
+                        Instant::now(),
+                        MethodClass::of(req.method()),
+                        cx.metrics.http.in_flight(),
+                    )
+                });
+                let mut channel = None;
                 let resp = match refused {
-                    Some(r) => refusal(r, &cx.cids.next()),
-                    None => handle(req, &cx, peer).await,
+                    Some(r) => {
+                        refused_for(&cx, RefusalReason::of_head(r.status));
+                        refusal(r, &cx.cids.next())
+                    }
+                    None => handle(req, &cx, peer, &mut channel).await,
                 };
+                if let Some((start, method, in_flight)) = metrics {
+                    cx.metrics.http.record(
+                        channel.as_deref(),
+                        method,
+                        resp.status().as_u16(),
+                        start.elapsed(),
+                    );
+                    drop(in_flight);
+                }
                 drop(in_request);
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -302,7 +324,20 @@ fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
 
-async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> {
+/// Counts a request the edge answered itself (when metrics are on).
+fn refused_for(cx: &Ctx, reason: RefusalReason) {
+    if cx.metrics.enabled() {
+        cx.metrics.http.refused(reason);
+    }
+}
+
+/// Handles one request; `metrics` gets the metric handles of the channel that took it.
+async fn handle(
+    req: Request<Incoming>,
+    cx: &Ctx,
+    peer: Peer,
+    metrics: &mut Option<Arc<ChannelHandles>>,
+) -> Response<Body> {
     // A request id from a trusted proxy is the cid; anything else gets one of ours.
     let cid = match peer.trusted.then(|| forwarded::request_id(req.headers())) {
         Some(Some(id)) => id.to_owned(),
@@ -371,8 +406,16 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
     let method = req.method().as_str();
     let router = cx.routes.current();
     let (channel, params) = match router.lookup(method, path) {
-        Match::Found { channel, params } => (channel, params),
+        Match::Found {
+            channel,
+            params,
+            metrics: handles,
+        } => {
+            *metrics = Some(handles);
+            (channel, params)
+        }
         Match::NotFound => {
+            refused_for(cx, RefusalReason::NotFound);
             return error_response(
                 StatusCode::NOT_FOUND,
                 &cid,
@@ -380,6 +423,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
             );
         }
         Match::WrongMethod(allowed) => {
+            refused_for(cx, RefusalReason::MethodNotAllowed);
             let mut r = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &cid,
@@ -401,6 +445,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if header_bytes > limits.max_header_bytes {
+        refused_for(cx, RefusalReason::HeadersTooLarge);
         return error_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             &cid,
@@ -424,12 +469,24 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
             let name = channel.name.as_deref().unwrap_or(&channel.url_path);
             match g.admit(origin.addr, req.headers(), name).await {
                 Ok(c) => c,
-                Err(r) => return rejection(r, &cid),
+                Err(r) => {
+                    use crate::edge::gate::Rejection;
+                    refused_for(
+                        cx,
+                        match &r {
+                            Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
+                            Rejection::Forbidden(_) => RefusalReason::Forbidden,
+                            Rejection::TooMany { .. } => RefusalReason::RateLimited,
+                        },
+                    );
+                    return rejection(r, &cid);
+                }
             }
         }
         // Every installed routing table is compiled with its gate; a channel without one
         // is refused rather than served unchecked.
         None => {
+            refused_for(cx, RefusalReason::Unchecked);
             return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &cid,
@@ -438,6 +495,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
         }
     };
     let too_large = || {
+        refused_for(cx, RefusalReason::BodyTooLarge);
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             &cid,
@@ -466,6 +524,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
             return too_large();
         }
         Err(e) => {
+            refused_for(cx, RefusalReason::BadBody);
             return error_response(
                 StatusCode::BAD_REQUEST,
                 &cid,
@@ -477,6 +536,7 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
     let json_body =
         channel.channel_type == ChannelType::JsonRpc || channel.data_format == DataFormat::Json;
     if json_body && crate::edge::json_depth::too_deep(&body) {
+        refused_for(cx, RefusalReason::BadBody);
         let detail = serde_json::json!({
             "error": crate::edge::json_depth::message(),
             "limit": crate::edge::json_depth::MAX_JSON_DEPTH,
@@ -542,7 +602,18 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, peer: Peer) -> Response<Body> 
             debug!(status = reply.status, bytes = reply.body.len(), "answered");
             build_reply(reply, &cid)
         }
-        Err(e) => dispatch_error(e, &cid, &channel.service, trace.trace_id()),
+        Err(e) => {
+            refused_for(
+                cx,
+                match e {
+                    DispatchError::Busy | DispatchError::QueueTimeout => RefusalReason::Busy,
+                    DispatchError::WorkerDied => RefusalReason::WorkerDied,
+                    DispatchError::Deadline => RefusalReason::Deadline,
+                    DispatchError::TooLarge => RefusalReason::BodyTooLarge,
+                },
+            );
+            dispatch_error(e, &cid, &channel.service, trace.trace_id())
+        }
     }
 }
 

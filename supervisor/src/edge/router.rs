@@ -8,6 +8,7 @@
 //! checks nothing itself and touches neither the store nor the workers.
 
 use crate::edge::gate::{Gate, GateError};
+use crate::metrics::http::ChannelHandles;
 use crate::model::channel::{Channel, ChannelError, Segment};
 use crate::model::security::SecurityDef;
 use std::collections::HashMap;
@@ -16,7 +17,15 @@ use std::sync::Arc;
 #[derive(Debug)]
 struct Route {
     segments: Vec<Segment>,
+    entry: Entry,
+}
+
+/// A channel of the table and its metric handles (`metrics::http`), built with the table so
+/// that a request finds them with its channel.
+#[derive(Debug, Clone)]
+struct Entry {
     channel: Arc<Channel>,
+    metrics: Arc<ChannelHandles>,
 }
 
 /// Why a routing table with its gate cannot be built.
@@ -31,7 +40,7 @@ pub enum TableError {
 /// The routing table.
 #[derive(Debug, Default)]
 pub struct Router {
-    statics: HashMap<String, Vec<Arc<Channel>>>,
+    statics: HashMap<String, Vec<Entry>>,
     dynamic: Vec<Route>,
     /// What each channel checks before its service runs (compiled with the routes, so a
     /// request sees one consistent table).
@@ -47,6 +56,8 @@ pub enum Match {
     Found {
         channel: Arc<Channel>,
         params: Vec<(String, String)>,
+        /// The channel's metric handles.
+        metrics: Arc<ChannelHandles>,
     },
     /// The path exists but not for this method; the allowed methods.
     WrongMethod(Vec<String>),
@@ -74,19 +85,24 @@ impl Router {
         for routed in crate::model::channel::routes(channels)? {
             let channel = Arc::new(routed.channel);
             r.all.push(channel.clone());
+            let label = channel.name.as_deref().unwrap_or(&channel.url_path);
+            let entry = Entry {
+                metrics: Arc::new(ChannelHandles::new(label)),
+                channel,
+            };
             if routed
                 .segments
                 .iter()
                 .all(|s| matches!(s, Segment::Literal(_)))
             {
                 r.statics
-                    .entry(channel.url_path.clone())
+                    .entry(entry.channel.url_path.clone())
                     .or_default()
-                    .push(channel);
+                    .push(entry);
             } else {
                 r.dynamic.push(Route {
                     segments: routed.segments,
-                    channel,
+                    entry,
                 });
             }
         }
@@ -102,11 +118,13 @@ impl Router {
     pub fn lookup(&self, method: &str, path: &str) -> Match {
         let mut allowed: Vec<String> = Vec::new();
         if let Some(list) = self.statics.get(path) {
-            for c in list {
+            for e in list {
+                let c = &e.channel;
                 if c.methods.is_empty() || c.methods.iter().any(|m| m == method) {
                     return Match::Found {
                         channel: c.clone(),
                         params: Vec::new(),
+                        metrics: e.metrics.clone(),
                     };
                 }
                 allowed.extend(c.methods.iter().cloned());
@@ -116,11 +134,12 @@ impl Router {
             let parts: Vec<&str> = path[1..].split('/').collect();
             for route in &self.dynamic {
                 if let Some(params) = match_segments(&route.segments, &parts) {
-                    let c = &route.channel;
+                    let c = &route.entry.channel;
                     if c.methods.is_empty() || c.methods.iter().any(|m| m == method) {
                         return Match::Found {
                             channel: c.clone(),
                             params,
+                            metrics: route.entry.metrics.clone(),
                         };
                     }
                     allowed.extend(c.methods.iter().cloned());
@@ -210,8 +229,14 @@ mod tests {
         assert!(matches!(r.lookup("GET", "/echo"), Match::WrongMethod(m) if m == ["POST"]));
         assert!(matches!(r.lookup("GET", "/nope"), Match::NotFound));
         match r.lookup("DELETE", "/customers/42") {
-            Match::Found { channel, params } => {
+            Match::Found {
+                channel,
+                params,
+                metrics,
+            } => {
                 assert_eq!(channel.service, "crm.delete");
+                // Unnamed: labelled by its URL pattern, never by the path requested.
+                assert_eq!(metrics.label(), "/customers/{id}");
                 assert_eq!(params, vec![("id".to_string(), "42".to_string())]);
             }
             m => panic!("{m:?}"),

@@ -56,8 +56,10 @@ pub async fn run_connection(
     mut buf: BytesMut,
 ) {
     let (mut rd, mut wr) = stream.into_split();
+    let metrics = pool.metrics.enabled().then(|| pool.metrics.clone());
     let writer = {
         let worker = worker.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut spare = BytesMut::with_capacity(64 * 1024);
             loop {
@@ -68,6 +70,12 @@ pub async fn run_connection(
                         debug!(error = %e, "worker socket write failed");
                         break;
                     }
+                    if let Some(m) = &metrics {
+                        let out = &m.workers.to_worker;
+                        out.bytes.inc_by(spare.len() as u64);
+                        out.frames
+                            .inc_by(worker.queued_frames.swap(0, Ordering::Relaxed));
+                    }
                     spare.clear();
                 }
                 if worker.state() == WorkerState::Dead {
@@ -77,10 +85,12 @@ pub async fn run_connection(
         })
     };
     let decoder = FrameDecoder::default();
+    let mut frames_in = 0u64;
     let reason = 'outer: loop {
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => {
+                    frames_in += 1;
                     if let Err(reason) = handle_frame(&pool, &worker, frame) {
                         break 'outer reason;
                     }
@@ -101,9 +111,19 @@ pub async fn run_connection(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(256 * 1024);
         }
+        if let Some(m) = &metrics
+            && frames_in > 0
+        {
+            m.workers.from_worker.frames.inc_by(frames_in);
+            frames_in = 0;
+        }
         match rd.read_buf(&mut buf).await {
             Ok(0) => break ConnectionEnd::Closed,
-            Ok(_) => {}
+            Ok(n) => {
+                if let Some(m) = &metrics {
+                    m.workers.from_worker.bytes.inc_by(n as u64);
+                }
+            }
             Err(e) => break ConnectionEnd::Read(e),
         }
     };

@@ -77,6 +77,9 @@ impl WorkerState {
 #[derive(Debug)]
 pub struct Worker {
     pub id: u32,
+    /// The lowest number no other live worker had when it was spawned (0..2n-1 for n
+    /// workers): what the metrics label it by, a bounded set where ids and pids are not.
+    pub slot: u32,
     pub generation: u64,
     pub token: String,
     pub pid: AtomicU32,
@@ -87,6 +90,9 @@ pub struct Worker {
     recycle_at: u64,
     recycle_requested: AtomicBool,
     pub(super) outbox: Mutex<BytesMut>,
+    /// Frames encoded into the outbox that the writer has not counted yet (the metrics'
+    /// IPC frames; the writer adds them up per write, not per frame).
+    pub(super) queued_frames: AtomicU64,
     pub(super) wake_writer: Notify,
     pub(super) pending: Mutex<HashMap<u32, oneshot::Sender<Reply>>>,
     next_stream: AtomicU32,
@@ -109,9 +115,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: u32, generation: u64, token: String, recycle_at: u64) -> Worker {
+    pub fn new(id: u32, slot: u32, generation: u64, token: String, recycle_at: u64) -> Worker {
         Worker {
             id,
+            slot,
             generation,
             token,
             pid: AtomicU32::new(0),
@@ -121,6 +128,7 @@ impl Worker {
             recycle_at,
             recycle_requested: AtomicBool::new(false),
             outbox: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            queued_frames: AtomicU64::new(0),
             wake_writer: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
@@ -180,6 +188,7 @@ impl Worker {
     /// Queues a frame for the writer task.
     pub fn send_frame(&self, frame: &Frame) {
         frame.encode(&mut self.outbox.lock().expect("outbox lock"));
+        self.queued_frames.fetch_add(1, Ordering::Relaxed);
         self.wake_writer.notify_one();
     }
 
@@ -203,6 +212,7 @@ impl Worker {
                 br#"{"error":"reply too large for the IPC frame limit"}"#,
             );
         }
+        self.queued_frames.fetch_add(1, Ordering::Relaxed);
         self.wake_writer.notify_one();
     }
 
@@ -497,6 +507,7 @@ async fn round_trip<M: serde::Serialize>(
         w.pending.lock().expect("pending lock").remove(&stream);
         return Err(DispatchError::TooLarge);
     }
+    w.queued_frames.fetch_add(1, Ordering::Relaxed);
     w.wake_writer.notify_one();
     let mut guard = StreamGuard {
         worker: w,
@@ -572,5 +583,37 @@ impl Drop for StreamGuard<'_> {
             self.worker
                 .send_frame(&Frame::new(Kind::Cancel, self.stream, Bytes::new()));
         }
+    }
+}
+
+/// The workers' states as the metrics read them at scrape time (`metrics::workers`).
+impl crate::metrics::workers::WorkerSource for Pool {
+    fn workers(&self) -> Vec<crate::metrics::workers::WorkerSample> {
+        use crate::metrics::workers::{State, WorkerSample};
+        self.all()
+            .iter()
+            .map(|w| {
+                let inflight = w.inflight() as u64;
+                let pid = w.pid.load(Ordering::Relaxed);
+                WorkerSample {
+                    slot: w.slot,
+                    state: match w.state() {
+                        WorkerState::Starting => State::Starting,
+                        WorkerState::Ready if inflight > 0 => State::Busy,
+                        WorkerState::Ready => State::Ready,
+                        WorkerState::Draining => State::Draining,
+                        WorkerState::Dead => State::Dead,
+                    },
+                    inflight,
+                    rss_bytes: (pid != 0)
+                        .then(|| crate::lifecycle::process::rss_bytes(pid))
+                        .flatten(),
+                }
+            })
+            .collect()
+    }
+
+    fn queue_depth(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed) as u64
     }
 }

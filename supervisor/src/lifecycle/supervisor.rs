@@ -24,6 +24,7 @@ use crate::config::Settings;
 use crate::lifecycle::pool::{Pool, Worker, WorkerState};
 use crate::lifecycle::process::{self, Launch, StderrTail, exit_code};
 use crate::lifecycle::sdnotify::Notifier;
+use crate::metrics::workers::Restart;
 use crate::node::Node;
 
 /// Everything the supervisor loop reacts to.
@@ -100,6 +101,9 @@ struct Child {
     replaces: Option<u32>,
     retire: Option<Retire>,
     worker: Arc<Worker>,
+    /// Why the supervisor killed it, when it did so without retiring it (heartbeats): its
+    /// exit is then counted as that restart, not as a crash.
+    killed_for: Option<Restart>,
 }
 
 #[derive(Debug)]
@@ -226,7 +230,12 @@ impl Supervisor {
         } else {
             s.max_requests + crate::random::random_below(s.max_requests_jitter + 1)
         };
-        let worker = Arc::new(Worker::new(id, generation, token.clone(), recycle_at));
+        // The lowest slot no live worker holds: bounded by twice the workers (a replacement
+        // runs beside the worker it replaces), whatever the number of restarts.
+        let slot = (0..)
+            .find(|n| !self.children.values().any(|c| c.worker.slot == *n))
+            .expect("a free slot");
+        let worker = Arc::new(Worker::new(id, slot, generation, token.clone(), recycle_at));
         self.pool.add(worker.clone());
         let (pid, tail, waiter) = match process::spawn(&self.launch, id, generation, &token) {
             Ok(x) => x,
@@ -252,6 +261,7 @@ impl Supervisor {
                 replaces,
                 retire: None,
                 worker,
+                killed_for: None,
             },
         );
         Ok(())
@@ -517,6 +527,7 @@ impl Supervisor {
                 )));
             }
         }
+        self.restarted(child.killed_for.unwrap_or(Restart::Crash));
         let now = Instant::now();
         self.recent_crashes.push_back(now);
         while self
@@ -580,6 +591,11 @@ impl Supervisor {
             served = child.worker.served(),
             "recycling worker: replacement first, then drain"
         );
+        self.restarted(if reason == RECYCLE_RSS {
+            Restart::RecycleRss
+        } else {
+            Restart::RecycleRequests
+        });
         self.spawn_worker(generation, Some(id))
     }
 
@@ -599,6 +615,7 @@ impl Supervisor {
         // No new work for it from now on, before the replacement is even spawned.
         self.pool.mark_draining(&child.worker);
         let spawned = if self.shutting_down.is_none() {
+            self.restarted(Restart::Deadline);
             self.spawn_worker(generation, None)
         } else {
             Ok(())
@@ -698,7 +715,7 @@ impl Supervisor {
             let now_ms = self.pool.now_ms();
             let limit = 3 * self.settings.workers.heartbeat_ms;
             let nonce = now_ms.to_be_bytes().to_vec();
-            for (id, c) in &self.children {
+            for (id, c) in &mut self.children {
                 if !c.ready || c.retire.is_some() {
                     continue;
                 }
@@ -709,6 +726,7 @@ impl Supervisor {
                         "worker stopped answering heartbeats; killing it"
                     );
                     process::signal(c.pid, Signal::SIGKILL);
+                    c.killed_for = Some(Restart::Heartbeat);
                     continue;
                 }
                 c.worker
@@ -726,10 +744,17 @@ impl Supervisor {
                 .map(|(id, _)| *id)
                 .collect();
             for id in over {
-                if let Err(e) = self.on_recycle(id, "max_rss") {
+                if let Err(e) = self.on_recycle(id, RECYCLE_RSS) {
                     error!(error = %e, "cannot recycle a worker");
                 }
             }
+        }
+    }
+
+    /// Counts a worker replaced for `reason` (when metrics are on).
+    fn restarted(&self, reason: Restart) {
+        if self.pool.metrics.enabled() {
+            self.pool.metrics.workers.restarted(reason);
         }
     }
 
@@ -739,6 +764,10 @@ impl Supervisor {
         }
     }
 }
+
+/// The recycle reason of a worker over `workers.max_rss_mb` (the other one, `max_requests`,
+/// comes from the pool).
+const RECYCLE_RSS: &str = "max_rss";
 
 /// Turns the signals the server acts on into [`Event`]s.
 pub fn spawn_signal_listener(events: mpsc::UnboundedSender<Event>) {

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 pub mod caches;
 pub mod cluster;
 pub mod deploys;
+pub mod histogram;
 pub mod http;
 pub mod scheduler;
 pub mod services;

@@ -1,0 +1,448 @@
+//! `GET /metrics` on the admin listener (issue 18): what it serves parses with Prometheus's
+//! own `promtool check metrics` (no error, no lint warning), and its figures move as traffic
+//! is driven: a 404, a 429 of a rate-limited channel, a 413, a 2xx by channel and method, a
+//! request in flight and back, a worker killed (a `crash` restart, its slot ready again);
+//! `admin.metrics_token` is asked for when set; `metrics.enabled = false` answers 404.
+
+use nix::sys::signal::Signal;
+use oxbus_integration::*;
+use serde_json::json;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "metrics-token-0123456789";
+
+/// promtool from Debian's `prometheus` package (.ci/run installs it); `OXBUS_PROMTOOL`
+/// names another.
+fn promtool() -> String {
+    if let Ok(p) = std::env::var("OXBUS_PROMTOOL") {
+        return p;
+    }
+    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_owned();
+        }
+    }
+    panic!(
+        "promtool not found: install Debian's `prometheus` package (.ci/run does) or set OXBUS_PROMTOOL"
+    );
+}
+
+/// Runs `promtool check metrics` on `text`; fails on any error or lint warning.
+fn promtool_check(text: &str) {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {:?}\n{report}\n--- exposition ---\n{text}",
+        out.status
+    );
+}
+
+/// What `/metrics` serves now to a client that does not ask for OpenMetrics (curl,
+/// promtool): the Prometheus text format.
+async fn scrape(srv: &Server, token: Option<&str>) -> String {
+    let r = srv.admin("GET", "/metrics", token, b"").await;
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body).into_owned()
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    String::from_utf8(r.body.to_vec()).expect("UTF-8 exposition")
+}
+
+/// What `/metrics` serves to a Prometheus server (its Accept header): OpenMetrics.
+async fn scrape_openmetrics(srv: &Server) -> String {
+    let mut c = Client::connect(srv.admin_port()).await.unwrap();
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let r = c
+        .request(
+            "GET",
+            "/metrics",
+            &[("accept", accept)],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = String::from_utf8(r.body.to_vec()).expect("UTF-8 exposition");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text
+}
+
+/// The series (name and labels, not values) of an exposition.
+fn series(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect()
+}
+
+/// The value of the sample `series` (its name and labels exactly as exposed), if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// [`value`], 0 when absent (a labelled counter appears with its first increment).
+fn count(text: &str, series: &str) -> f64 {
+    value(text, series).unwrap_or(0.0)
+}
+
+/// The samples of `metric` whose labels contain `label`, as (labels, value).
+fn samples<'a>(text: &'a str, metric: &str, label: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(metric)?.strip_prefix('{')?;
+            let (labels, v) = rest.split_once("} ")?;
+            labels.contains(label).then(|| (labels, v.parse().unwrap()))
+        })
+        .collect()
+}
+
+fn env() -> Env {
+    Env::new()
+        .workers(2)
+        .with_test_services()
+        .set("http", "max_body_bytes", "1000")
+        .channel_toml(
+            "name = \"limited\"\nurl_path = \"/limited\"\nmethods = [\"GET\"]\nservice = \"test.pid\"\nrate_limit = { requests = 1, per_s = 3600 }",
+        )
+        .channel_toml(
+            "name = \"named-echo\"\nurl_path = \"/named\"\nmethods = [\"PUT\"]\nservice = \"test.echo\"",
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_move_with_traffic() {
+    let srv = env().start().await;
+    // No token needed when none is set.
+    let before = scrape(&srv, None).await;
+    promtool_check(&before);
+    // The OpenMetrics flavour has the same series; its counter families are named without
+    // `_total` (the samples have it), as OpenMetrics wants.
+    let om = scrape_openmetrics(&srv).await;
+    assert_eq!(series(&om), series(&before));
+    assert!(om.contains("# TYPE oxbus_http_requests counter\n"), "{om}");
+    assert!(
+        before.contains("# TYPE oxbus_http_requests_total counter\n"),
+        "{before}"
+    );
+    for line in [
+        "oxbus_http_requests_in_flight 0",
+        "oxbus_http_refused_total{reason=\"rate_limited\"} 0",
+        "oxbus_worker_restarts_total{reason=\"crash\"} 0",
+        "oxbus_worker_queue_depth 0",
+    ] {
+        assert!(before.contains(&format!("{line}\n")), "{line}:\n{before}");
+    }
+    // Two workers, slots 0 and 1, each ready (or busy), with their memory.
+    for slot in ["0", "1"] {
+        let s = format!("slot=\"{slot}\"");
+        let live: f64 = samples(&before, "oxbus_worker_state", &s)
+            .iter()
+            .filter(|(l, _)| l.contains("\"ready\"") || l.contains("\"busy\""))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(live, 1.0, "slot {slot}:\n{before}");
+        let rss = value(
+            &before,
+            &format!("oxbus_worker_resident_memory_bytes{{{s}}}"),
+        )
+        .unwrap_or_else(|| panic!("no RSS of slot {slot}:\n{before}"));
+        assert!(rss > 1_000_000.0, "{rss}");
+    }
+
+    // A 404: no channel, so the fixed channel label.
+    assert_eq!(srv.get("/no/such/path").await.status, 404);
+    // A 429 from the rate-limited channel (one request per hour).
+    assert_eq!(srv.get("/limited").await.status, 200);
+    assert_eq!(srv.get("/limited").await.status, 429);
+    // A 413: the body is over http.max_body_bytes.
+    let big = vec![b'x'; 2000];
+    assert_eq!(srv.request("POST", "/echo", &[], &big).await.status, 413);
+    // 2xx by channel (the URL pattern of an unnamed one, the name of a named one) and method.
+    assert_eq!(srv.post_json("/echo", &json!({"a": 1})).await.status, 200);
+    assert_eq!(srv.post_json("/echo", &json!({"a": 2})).await.status, 200);
+    let put = srv
+        .request(
+            "PUT",
+            "/named",
+            &[("content-type", "application/json")],
+            b"{}",
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    let after = scrape(&srv, None).await;
+    promtool_check(&after);
+    let moved = |series: &str, by: f64| {
+        assert_eq!(
+            count(&after, series) - count(&before, series),
+            by,
+            "{series}:\n{after}"
+        );
+    };
+    moved(
+        "oxbus_http_requests_total{channel=\"(none)\",method=\"GET\",status=\"4xx\"}",
+        1.0,
+    );
+    moved("oxbus_http_refused_total{reason=\"not_found\"}", 1.0);
+    moved(
+        "oxbus_http_requests_total{channel=\"limited\",method=\"GET\",status=\"2xx\"}",
+        1.0,
+    );
+    moved(
+        "oxbus_http_requests_total{channel=\"limited\",method=\"GET\",status=\"4xx\"}",
+        1.0,
+    );
+    moved("oxbus_http_refused_total{reason=\"rate_limited\"}", 1.0);
+    moved("oxbus_http_refused_total{reason=\"body_too_large\"}", 1.0);
+    moved(
+        "oxbus_http_requests_total{channel=\"/echo\",method=\"POST\",status=\"2xx\"}",
+        2.0,
+    );
+    moved(
+        "oxbus_http_requests_total{channel=\"/echo\",method=\"POST\",status=\"4xx\"}",
+        1.0,
+    );
+    moved(
+        "oxbus_http_requests_total{channel=\"named-echo\",method=\"PUT\",status=\"2xx\"}",
+        1.0,
+    );
+    moved(
+        "oxbus_http_request_duration_seconds_count{channel=\"/echo\"}",
+        3.0,
+    );
+    moved("oxbus_http_refused_total{reason=\"unauthorized\"}", 0.0);
+    // Every request went through the workers' socket both ways: frames and bytes moved.
+    for series in [
+        "oxbus_ipc_frames_total{direction=\"to_worker\"}",
+        "oxbus_ipc_frames_total{direction=\"from_worker\"}",
+        "oxbus_ipc_bytes_total{direction=\"to_worker\"}",
+        "oxbus_ipc_bytes_total{direction=\"from_worker\"}",
+    ] {
+        assert!(
+            count(&after, series) >= count(&before, series) + 4.0,
+            "{series}:\n{after}"
+        );
+    }
+    // No path, cid or client value is ever a label.
+    assert!(!after.contains("/no/such/path"), "{after}");
+    assert!(!after.contains(&put.cid()), "{after}");
+
+    // A request in flight, and back to 0 once answered.
+    let gate = srv.dir.join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let dir = gate.display().to_string();
+    let pending = {
+        let port = srv.port();
+        let path = format!("/gate?dir={dir}&n=0");
+        tokio::spawn(async move {
+            let mut c = Client::connect(port).await.unwrap();
+            c.request("GET", &path, &[], bytes::Bytes::new())
+                .await
+                .unwrap()
+                .status
+        })
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the gated request to start",
+        || {
+            let started = gate.join("started-0").exists();
+            async move { started.then_some(()) }
+        },
+    )
+    .await;
+    let during = scrape(&srv, None).await;
+    assert_eq!(
+        value(&during, "oxbus_http_requests_in_flight"),
+        Some(1.0),
+        "{during}"
+    );
+    let busy: f64 = samples(&during, "oxbus_worker_state", "state=\"busy\"")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(busy, 1.0, "{during}");
+    let inflight: f64 = samples(&during, "oxbus_worker_inflight", "slot=")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(inflight, 1.0, "{during}");
+    std::fs::write(gate.join("open"), b"").unwrap();
+    assert_eq!(pending.await.unwrap(), 200);
+    let done = scrape(&srv, None).await;
+    assert_eq!(
+        value(&done, "oxbus_http_requests_in_flight"),
+        Some(0.0),
+        "{done}"
+    );
+    let inflight: f64 = samples(&done, "oxbus_worker_inflight", "slot=")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(inflight, 0.0, "{done}");
+
+    // A worker killed: a `crash` restart, and its slot (the same one, not a new label)
+    // ready again.
+    let pids = srv.worker_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    let recovered = eventually(
+        Duration::from_secs(30),
+        "a crash restart and both slots ready again",
+        || async {
+            let text = scrape(&srv, None).await;
+            let crashes = count(&text, "oxbus_worker_restarts_total{reason=\"crash\"}");
+            let live: f64 = samples(&text, "oxbus_worker_state", "slot=")
+                .iter()
+                .filter(|(l, _)| l.contains("\"ready\"") || l.contains("\"busy\""))
+                .map(|(_, v)| v)
+                .sum();
+            (crashes == 1.0 && live == 2.0).then_some(text)
+        },
+    )
+    .await;
+    let slots: std::collections::BTreeSet<&str> =
+        samples(&recovered, "oxbus_worker_state", "slot=")
+            .iter()
+            .map(|(l, _)| l.split(',').next().unwrap())
+            .collect();
+    assert_eq!(
+        slots.into_iter().collect::<Vec<_>>(),
+        ["slot=\"0\"", "slot=\"1\""],
+        "{recovered}"
+    );
+    for reason in ["recycle_requests", "recycle_rss", "deadline", "heartbeat"] {
+        assert_eq!(
+            value(
+                &recovered,
+                &format!("oxbus_worker_restarts_total{{reason=\"{reason}\"}}")
+            ),
+            Some(0.0),
+            "{recovered}"
+        );
+    }
+    promtool_check(&recovered);
+    srv.assert_no_errors(&["worker died"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_token_is_required_when_set() {
+    let srv = Env::new()
+        .with_test_services()
+        .set("admin", "metrics_token", &format!("{TOKEN:?}"))
+        .start()
+        .await;
+    let none = srv.admin("GET", "/metrics", None, b"").await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.header("www-authenticate").as_deref(), Some("Bearer"));
+    assert!(
+        none.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin.metrics_token")
+    );
+    assert_eq!(
+        srv.admin("GET", "/metrics", Some("metrics-token-wrong-value"), b"")
+            .await
+            .status,
+        401
+    );
+    // The admin token is not the metrics token...
+    let admin = srv.admin_token();
+    assert_eq!(
+        srv.admin("GET", "/metrics", Some(&admin), b"").await.status,
+        401
+    );
+    // ...nor the metrics token an admin one.
+    assert_eq!(
+        srv.admin("GET", "/v1/info", Some(TOKEN), b"").await.status,
+        401
+    );
+    let text = scrape(&srv, Some(TOKEN)).await;
+    promtool_check(&text);
+    // The token is never in the log.
+    assert!(!srv.log().contains(TOKEN));
+    assert_eq!(
+        srv.admin("POST", "/metrics", Some(TOKEN), b"").await.status,
+        405
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_disabled_answers_404_and_serving_goes_on() {
+    let srv = Env::new()
+        .with_test_services()
+        .set("metrics", "enabled", "false")
+        .start()
+        .await;
+    assert_eq!(srv.post_json("/echo", &json!({"a": 1})).await.status, 200);
+    let r = srv.admin("GET", "/metrics", None, b"").await;
+    assert_eq!(r.status, 404);
+    let msg = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(msg.contains("metrics.enabled = false"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_recycled_after_max_requests_counts_as_recycle_requests() {
+    let srv = Env::new()
+        .with_test_services()
+        .set("workers", "max_requests", "3")
+        .start()
+        .await;
+    for i in 0..3 {
+        assert_eq!(srv.post_json("/echo", &json!({ "i": i })).await.status, 200);
+    }
+    let text = eventually(
+        Duration::from_secs(30),
+        "a recycle_requests restart and the worker ready again",
+        || async {
+            let text = scrape(&srv, None).await;
+            let recycled = count(
+                &text,
+                "oxbus_worker_restarts_total{reason=\"recycle_requests\"}",
+            );
+            let ready: f64 = samples(&text, "oxbus_worker_state", "state=\"ready\"")
+                .iter()
+                .map(|(_, v)| v)
+                .sum();
+            (recycled >= 1.0 && ready == 1.0).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&text, "oxbus_worker_restarts_total{reason=\"crash\"}"),
+        Some(0.0),
+        "{text}"
+    );
+}
