@@ -2,7 +2,10 @@
 //! created, listed and revoked through `/v1/tokens` and `oxbus token`; every admin endpoint's
 //! allowed and refused calls per role (403 naming the role needed, nothing changed); tokens
 //! shown once and stored hashed; a revoked token refused at once on every server of a
-//! three-server cluster; the tokens a server has seen still work while the store is down.
+//! three-server cluster; while the store is down, a server's copy of the store's tokens
+//! (refreshed every sync interval, so a revocation through another server reaches it)
+//! still authenticates; a named token's deploys and secret changes are recorded under its
+//! own name.
 
 use oxbus_integration::*;
 use serde_json::{Value, json};
@@ -39,110 +42,200 @@ async fn create_token(srv: &Server, by: &str, name: &str, role: &str) -> String 
     doc["token"].as_str().expect("the token").to_owned()
 }
 
-/// `sha256sum` of `s`, as the store keeps a token.
+/// The SHA-256 of `s` as lower-case hex, as the store keeps a token.
 fn sha256_hex(s: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SQLite store's `admin_tokens` rows of `srv`: (name, role, token_hash, created_by).
+async fn sqlite_tokens(srv: &Server) -> Vec<(String, String, String, String)> {
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(srv.dir.join("oxbus.db"))
+        .read_only(true)
+        .connect()
+        .await
+        .expect("open the server's SQLite store");
+    let rows =
+        sqlx::query_as("SELECT name, role, token_hash, created_by FROM admin_tokens ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read admin_tokens");
+    sqlx::Connection::close(conn).await.ok();
+    rows
 }
 
 const MARK_MODULE: &str = "from oxbus import Service\n\nclass Mark(Service):\n    name = 'roles.mark'\n\n    def handle(self):\n        self.cache.default.set('marked', True)\n        self.response.payload = {'marked': True}\n";
 
-/// Every admin endpoint: (method, path, body, the least role that may call it). Written
-/// from the API's documentation, independently of the server's own table.
-fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str)> {
+/// Every admin endpoint: (method, path, body, the least role that may call it, the status
+/// its first allowed call answers). Written from the API's documentation, independently of
+/// the server's own table. The rows run in this order, each role's after the lesser roles'.
+fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str, u16)> {
     let deploy = json!({"modules": [{"name": "rolesmod", "source": MARK_MODULE}]});
-    let channel = json!({"name": "roles-ch2", "url_path": "/roles2", "methods": ["GET"], "service": "test.echo"});
-    let basic = json!({"name": "roles-basic2", "type": "basic", "username": "u", "password": "p"});
-    let job = json!({"type": "interval_based", "service": "test.echo", "minutes": 60});
+    let channel2 = json!({"name": "roles-ch2", "url_path": "/roles2", "methods": ["GET"], "service": "test.echo"});
+    let channel = json!({"name": "roles-ch", "url_path": "/roles", "methods": ["GET", "POST"], "service": "test.echo"});
+    let basic2 = json!({"name": "roles-basic2", "type": "basic", "username": "u", "password": "p"});
+    let basic = json!({"name": "roles-basic", "type": "basic", "username": "u", "password": "p2"});
+    let job = json!({"type": "interval_based", "service": "test.echo", "minutes": 30});
     vec![
-        ("GET", "/v1/info", Value::Null, "viewer"),
-        ("GET", "/v1/cluster", Value::Null, "viewer"),
-        ("GET", "/v1/openapi", Value::Null, "viewer"),
-        ("GET", "/v1/audit", Value::Null, "viewer"),
-        ("GET", "/v1/services", Value::Null, "viewer"),
-        ("GET", "/v1/services/stats", Value::Null, "viewer"),
+        ("GET", "/v1/info", Value::Null, "viewer", 200),
+        ("GET", "/v1/cluster", Value::Null, "viewer", 200),
+        ("GET", "/v1/openapi", Value::Null, "viewer", 200),
+        ("GET", "/v1/audit", Value::Null, "viewer", 200),
+        ("GET", "/v1/services", Value::Null, "viewer", 200),
+        ("GET", "/v1/services/stats", Value::Null, "viewer", 200),
         (
             "GET",
             "/v1/services/roles.mark/stats",
             Value::Null,
             "viewer",
+            200,
         ),
-        ("GET", "/v1/modules", Value::Null, "viewer"),
-        ("GET", "/v1/modules/rolesmod", Value::Null, "viewer"),
-        ("GET", "/v1/channels", Value::Null, "viewer"),
-        ("GET", "/v1/channels/roles-ch", Value::Null, "viewer"),
-        ("GET", "/v1/secrets", Value::Null, "viewer"),
-        ("GET", "/v1/security", Value::Null, "viewer"),
-        ("GET", "/v1/security/roles-basic", Value::Null, "viewer"),
-        ("GET", "/v1/caches", Value::Null, "viewer"),
-        ("GET", "/v1/caches/rc", Value::Null, "viewer"),
-        ("GET", "/v1/scheduler", Value::Null, "viewer"),
-        ("GET", "/v1/jobs", Value::Null, "viewer"),
-        ("GET", "/v1/jobs/roles-job", Value::Null, "viewer"),
-        ("GET", "/v1/jobs/roles-job/runs", Value::Null, "viewer"),
+        ("GET", "/v1/modules", Value::Null, "viewer", 200),
+        ("GET", "/v1/modules/rolesmod", Value::Null, "viewer", 200),
+        ("GET", "/v1/channels", Value::Null, "viewer", 200),
+        ("GET", "/v1/channels/roles-ch", Value::Null, "viewer", 200),
+        ("GET", "/v1/secrets", Value::Null, "viewer", 200),
+        ("GET", "/v1/security", Value::Null, "viewer", 200),
+        (
+            "GET",
+            "/v1/security/roles-basic",
+            Value::Null,
+            "viewer",
+            200,
+        ),
+        ("GET", "/v1/caches", Value::Null, "viewer", 200),
+        ("GET", "/v1/caches/rc", Value::Null, "viewer", 200),
+        ("GET", "/v1/scheduler", Value::Null, "viewer", 200),
+        ("GET", "/v1/jobs", Value::Null, "viewer", 200),
+        ("GET", "/v1/jobs/roles-job", Value::Null, "viewer", 200),
+        ("GET", "/v1/jobs/roles-job/runs", Value::Null, "viewer", 200),
         // Secret material and application data: the export, cache contents.
-        ("GET", "/v1/config", Value::Null, "deployer"),
-        ("GET", "/v1/caches/rc/keys", Value::Null, "deployer"),
-        ("GET", "/v1/caches/rc/keys/k1", Value::Null, "deployer"),
+        ("GET", "/v1/config", Value::Null, "deployer", 200),
+        ("GET", "/v1/caches/rc/keys", Value::Null, "deployer", 200),
+        ("GET", "/v1/caches/rc/keys/k1", Value::Null, "deployer", 200),
         // Deploys and calls.
-        ("POST", "/v1/modules", deploy, "deployer"),
-        ("POST", "/v1/invoke/roles.mark", json!({}), "deployer"),
+        ("POST", "/v1/modules", deploy, "deployer", 200),
+        ("POST", "/v1/invoke/roles.mark", json!({}), "deployer", 200),
         (
             "POST",
             "/v1/jobs/roles-job/execute",
             Value::Null,
             "deployer",
+            200,
         ),
         (
             "POST",
             "/v1/modules/rolesmod/rollback",
             Value::Null,
             "deployer",
+            200,
         ),
-        ("DELETE", "/v1/modules/rolesmod", Value::Null, "deployer"),
+        (
+            "DELETE",
+            "/v1/modules/rolesmod",
+            Value::Null,
+            "deployer",
+            200,
+        ),
         // Every other change.
-        ("POST", "/v1/channels", channel.clone(), "admin"),
-        ("PUT", "/v1/channels/roles-ch", channel, "admin"),
-        ("DELETE", "/v1/channels/roles-ch2", Value::Null, "admin"),
+        ("POST", "/v1/channels", channel2, "admin", 201),
+        ("PUT", "/v1/channels/roles-ch", channel, "admin", 200),
+        (
+            "DELETE",
+            "/v1/channels/roles-ch2",
+            Value::Null,
+            "admin",
+            200,
+        ),
         (
             "PUT",
             "/v1/secrets/roles-secret",
             json!({"value": "v2"}),
             "admin",
+            200,
         ),
-        ("DELETE", "/v1/secrets/roles-secret", Value::Null, "admin"),
-        ("POST", "/v1/security", basic.clone(), "admin"),
-        ("PUT", "/v1/security/roles-basic", basic, "admin"),
-        ("DELETE", "/v1/security/roles-basic2", Value::Null, "admin"),
-        ("PUT", "/v1/caches/rc", json!({"max_entries": 50}), "admin"),
-        ("DELETE", "/v1/caches/rc2", Value::Null, "admin"),
-        ("PUT", "/v1/caches/rc/keys/k2", json!({"value": 2}), "admin"),
-        ("DELETE", "/v1/caches/rc/keys/k1", Value::Null, "admin"),
-        ("POST", "/v1/caches/rc/clear", Value::Null, "admin"),
-        ("PUT", "/v1/jobs/roles-job", job, "admin"),
-        ("POST", "/v1/jobs/roles-job/disable", Value::Null, "admin"),
-        ("POST", "/v1/jobs/roles-job/enable", Value::Null, "admin"),
-        ("DELETE", "/v1/jobs/roles-job2", Value::Null, "admin"),
-        ("POST", "/v1/config?dry_run=1", json!({}), "admin"),
-        ("GET", "/v1/tokens", Value::Null, "admin"),
+        (
+            "DELETE",
+            "/v1/secrets/roles-secret",
+            Value::Null,
+            "admin",
+            200,
+        ),
+        ("POST", "/v1/security", basic2, "admin", 201),
+        ("PUT", "/v1/security/roles-basic", basic, "admin", 200),
+        (
+            "DELETE",
+            "/v1/security/roles-basic2",
+            Value::Null,
+            "admin",
+            200,
+        ),
+        (
+            "PUT",
+            "/v1/caches/rc",
+            json!({"max_entries": 50}),
+            "admin",
+            200,
+        ),
+        ("DELETE", "/v1/caches/rc2", Value::Null, "admin", 200),
+        (
+            "PUT",
+            "/v1/caches/rc/keys/k2",
+            json!({"value": 2}),
+            "admin",
+            200,
+        ),
+        ("DELETE", "/v1/caches/rc/keys/k1", Value::Null, "admin", 200),
+        ("POST", "/v1/caches/rc/clear", Value::Null, "admin", 200),
+        ("PUT", "/v1/jobs/roles-job", job, "admin", 200),
+        (
+            "POST",
+            "/v1/jobs/roles-job/disable",
+            Value::Null,
+            "admin",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/jobs/roles-job/enable",
+            Value::Null,
+            "admin",
+            200,
+        ),
+        ("DELETE", "/v1/jobs/roles-job2", Value::Null, "admin", 200),
+        ("POST", "/v1/config?dry_run=1", json!({}), "admin", 200),
+        ("GET", "/v1/tokens", Value::Null, "admin", 200),
         (
             "POST",
             "/v1/tokens",
             json!({"name": "made-by-admin", "role": "viewer"}),
             "admin",
+            201,
         ),
-        ("DELETE", "/v1/tokens/nobody", Value::Null, "admin"),
+        ("DELETE", "/v1/tokens/to-revoke", Value::Null, "admin", 200),
         // Not an endpoint: fail closed (an admin gets the 404).
-        ("GET", "/v1/no-such-thing", Value::Null, "admin"),
-        ("PATCH", "/v1/channels/roles-ch", Value::Null, "admin"),
+        ("GET", "/v1/no-such-thing", Value::Null, "admin", 404),
+        ("PATCH", "/v1/channels/roles-ch", Value::Null, "admin", 404),
     ]
+}
+
+/// Rows for endpoints other branches are adding right now (`GET /v1/audit`,
+/// `GET /v1/services/stats`, `GET /v1/services/{name}/stats`): their refusals are checked
+/// here, their success only once those branches are merged. The lead removes this skip then.
+const NOT_YET_MERGED: [&str; 3] = [
+    "/v1/audit",
+    "/v1/services/stats",
+    "/v1/services/roles.mark/stats",
+];
+
+/// Whether `r` is the 404 of a path no admin endpoint serves.
+fn no_endpoint(r: &Resp) -> bool {
+    r.status == 404 && String::from_utf8_lossy(&r.body).contains("no admin endpoint")
 }
 
 fn rank(role: &str) -> u8 {
@@ -220,10 +313,23 @@ async fn every_role_is_allowed_and_refused_as_the_role_table_says() {
         ),
         ("PUT", "/v1/caches/rc", json!({"max_entries": 100}), 201),
         ("PUT", "/v1/caches/rc/keys/k1", json!({"value": 1}), 200),
+        ("PUT", "/v1/caches/rc2", json!({"max_entries": 10}), 201),
         (
             "PUT",
             "/v1/jobs/roles-job",
             json!({"type": "interval_based", "service": "test.echo", "minutes": 60}),
+            201,
+        ),
+        (
+            "PUT",
+            "/v1/jobs/roles-job2",
+            json!({"type": "interval_based", "service": "test.echo", "minutes": 60}),
+            201,
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": "to-revoke", "role": "viewer"}),
             201,
         ),
     ] {
@@ -258,7 +364,7 @@ async fn every_role_is_allowed_and_refused_as_the_role_table_says() {
     for (role, token) in &tokens {
         let before = state(&srv, &root).await;
         let mut refused = 0;
-        for (method, path, body, needed) in endpoints() {
+        for (method, path, body, needed, _) in endpoints() {
             if rank(role) >= rank(needed) {
                 continue;
             }
@@ -291,19 +397,28 @@ async fn every_role_is_allowed_and_refused_as_the_role_table_says() {
         }
     }
 
-    // What a role may do, it may: no 401 or 403. Then a few answers in full.
+    // What a role may do, it may: the least role that may call an endpoint gets its success
+    // status (the first call with an effect); a greater role's later call (which may find
+    // the object gone) is neither refused nor a path no endpoint serves.
     for (role, token) in &tokens {
-        for (method, path, body, needed) in endpoints() {
-            if rank(role) < rank(needed) {
+        for (method, path, body, needed, status) in endpoints() {
+            if rank(role) < rank(needed) || NOT_YET_MERGED.contains(&path) {
                 continue;
             }
             let r = call(&srv, token, method, path, &body).await;
-            assert!(
-                r.status != 403 && r.status != 401,
-                "{role} {method} {path}: {} {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            );
+            let text = String::from_utf8_lossy(&r.body);
+            if *role == needed {
+                assert_eq!(r.status, status, "{role} {method} {path}: {text}");
+                if status != 404 {
+                    assert!(!no_endpoint(&r), "{role} {method} {path}: {text}");
+                }
+            } else {
+                assert!(
+                    r.status != 403 && r.status != 401 && !no_endpoint(&r),
+                    "{role} {method} {path}: {} {text}",
+                    r.status
+                );
+            }
         }
     }
     let viewer = &tokens[0].1;
@@ -376,16 +491,15 @@ async fn a_token_is_shown_once_stored_hashed_and_its_name_and_role_checked() {
     assert_eq!(t["last_used_at_ms"], Value::Null);
 
     // The store's row holds the SHA-256, and no byte of the store holds the token.
-    let db = srv.dir.join("oxbus.db");
-    let out = Command::new("sqlite3")
-        .arg(&db)
-        .arg("SELECT name, role, token_hash, created_by FROM admin_tokens")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let rows = sqlite_tokens(&srv).await;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("dash|viewer|{hash}|root")
+        rows,
+        vec![(
+            "dash".to_owned(),
+            "viewer".to_owned(),
+            hash.clone(),
+            "root".to_owned()
+        )]
     );
     for f in ["oxbus.db", "oxbus.db-wal"] {
         if let Ok(bytes) = std::fs::read(srv.dir.join(f)) {
@@ -415,6 +529,8 @@ async fn a_token_is_shown_once_stored_hashed_and_its_name_and_role_checked() {
             "exists already",
         ),
         (json!({"name": "root", "role": "viewer"}), 409, "reserved"),
+        (json!({"name": "Root", "role": "viewer"}), 409, "reserved"),
+        (json!({"name": "ROOT", "role": "admin"}), 409, "reserved"),
         (
             json!({"name": "", "role": "viewer"}),
             400,
@@ -482,8 +598,17 @@ async fn a_token_is_shown_once_stored_hashed_and_its_name_and_role_checked() {
     }
 
     // Revoked: 401 at once; the root cannot be revoked; a second revoke is a 404.
-    let r = call(&srv, &root, "DELETE", "/v1/tokens/root", &Value::Null).await;
-    assert_eq!(r.status, 409);
+    for name in ["root", "Root", "ROOT"] {
+        let r = call(
+            &srv,
+            &root,
+            "DELETE",
+            &format!("/v1/tokens/{name}"),
+            &Value::Null,
+        )
+        .await;
+        assert_eq!(r.status, 409, "{name}");
+    }
     let r = call(&srv, &root, "DELETE", "/v1/tokens/dash", &Value::Null).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let r = call(&srv, &token, "GET", "/v1/info", &Value::Null).await;
@@ -580,19 +705,20 @@ async fn oxbus_token_creates_lists_and_revokes_and_a_pipeline_uses_its_own() {
     srv.assert_no_errors(&[]);
 }
 
-/// The store's row of token `name` on PostgreSQL: `role|token_hash`.
-fn pg_row(db: &PgDatabase, name: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            db.url.as_str(),
-            "-At",
-            "-c",
-            &format!("SELECT role, token_hash FROM admin_tokens WHERE name = '{name}'"),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+/// The store's row of token `name` on PostgreSQL: `role|token_hash`, `""` when none.
+async fn pg_row(db: &PgDatabase, name: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT role, token_hash FROM admin_tokens WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut conn)
+            .await
+            .expect("read admin_tokens");
+    conn.close().await.ok();
+    row.map_or_else(String::new, |(role, hash)| format!("{role}|{hash}"))
 }
 
 #[tokio::test]
@@ -607,7 +733,7 @@ async fn a_revoked_token_stops_at_once_on_every_server_of_a_cluster() {
     // Created through A, with A's root; every server knows it at once (it looks it up).
     let token = create_token(&a, &a.admin_token(), "ci", "deployer").await;
     assert_eq!(
-        pg_row(&db, "ci"),
+        pg_row(&db, "ci").await,
         format!("deployer|{}", sha256_hex(&token))
     );
     for srv in servers {
@@ -641,7 +767,7 @@ async fn a_revoked_token_stops_at_once_on_every_server_of_a_cluster() {
         let r = call(srv, &token, "GET", "/v1/modules", &Value::Null).await;
         assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
     }
-    assert_eq!(pg_row(&db, "ci"), "");
+    assert_eq!(pg_row(&db, "ci").await, "");
     for srv in servers {
         srv.assert_no_errors(&[]);
     }
@@ -659,8 +785,14 @@ async fn store_is(srv: &Server, state: &str) {
     .await;
 }
 
-/// While the store is down, a token this server has seen in the store still authenticates
-/// (its copy); one it has not seen gets 503 saying why; the root token works as always.
+/// The 503 of an API token a server cannot check (the store unreachable, the token not in its
+/// copy): no store error, nothing about the token.
+const STORE_DOWN: &str =
+    "the config store is unreachable: this API token cannot be checked until it is back";
+
+/// While the store is down, a token in this server's copy of the store's tokens still
+/// authenticates with its role; one not in it gets 503 saying only that the store is
+/// unreachable; token changes get the quick 503 of any change; the root token works as always.
 /// Back, the store decides again: a revocation is seen at once.
 #[tokio::test]
 async fn while_the_store_is_down_the_tokens_seen_still_work_and_others_get_503() {
@@ -669,7 +801,7 @@ async fn while_the_store_is_down_the_tokens_seen_still_work_and_others_get_503()
     let srv = env().set("store", "url", &url).start().await;
     let root = srv.admin_token();
     let seen = create_token(&srv, &root, "seen", "viewer").await;
-    let unseen = create_token(&srv, &root, "unseen", "viewer").await;
+    let later = create_token(&srv, &root, "later", "viewer").await;
     let r = call(&srv, &seen, "GET", "/v1/jobs", &Value::Null).await;
     assert_eq!(r.status, 200);
 
@@ -680,23 +812,126 @@ async fn while_the_store_is_down_the_tokens_seen_still_work_and_others_get_503()
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let r = call(&srv, &seen, "POST", "/v1/invoke/test.echo", &json!({})).await;
     assert_eq!(r.status, 403, "the copy keeps the role");
-    let r = call(&srv, &unseen, "GET", "/v1/jobs", &Value::Null).await;
+    // Never in the store: it cannot be told from a token the copy has not caught up with.
+    let unknown = format!("oxbus_{}", "0".repeat(64));
+    let r = call(&srv, &unknown, "GET", "/v1/jobs", &Value::Null).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-    let msg = r.json()["error"].as_str().unwrap().to_owned();
-    assert!(
-        msg.contains("the config store is unreachable") && msg.contains("cannot be checked"),
-        "{msg}"
-    );
+    assert_eq!(r.json(), json!({ "error": STORE_DOWN }));
     let r = call(&srv, &root, "GET", "/v1/jobs", &Value::Null).await;
     assert_eq!(r.status, 200);
+    // Token changes are not config, and still get the quick 503 of a change.
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/tokens",
+            json!({"name": "new", "role": "viewer"}),
+        ),
+        ("DELETE", "/v1/tokens/seen", Value::Null),
+    ] {
+        let r = call(&srv, &root, method, path, &body).await;
+        assert_eq!(r.status, 503, "{method} {path}");
+        let msg = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            msg.contains("changes are refused"),
+            "{method} {path}: {msg}"
+        );
+    }
 
     pg.start_again();
     store_is(&srv, "ok").await;
-    let r = call(&srv, &unseen, "GET", "/v1/jobs", &Value::Null).await;
+    let r = call(&srv, &later, "GET", "/v1/jobs", &Value::Null).await;
     assert_eq!(r.status, 200);
     let r = call(&srv, &root, "DELETE", "/v1/tokens/seen", &Value::Null).await;
     assert_eq!(r.status, 200);
     let r = call(&srv, &seen, "GET", "/v1/jobs", &Value::Null).await;
     assert_eq!(r.status, 401);
+    srv.assert_no_errors(&[]);
+}
+
+/// A token revoked through one server leaves the other servers' copies within one refresh
+/// (`cluster.sync_interval_ms`), without their looking it up again: in a later outage it is
+/// refused there, while a token still in the store keeps working.
+#[tokio::test]
+async fn a_token_revoked_through_one_server_is_refused_on_the_others_in_a_later_outage() {
+    let pg = PrivatePg::start();
+    let url = format!("{:?}", pg.url());
+    let a = env().set("store", "url", &url).start().await;
+    let b = env().set("store", "url", &url).start().await;
+    let root_a = a.admin_token();
+    let gone = create_token(&a, &root_a, "gone", "viewer").await;
+    let kept = create_token(&a, &root_a, "kept", "viewer").await;
+    // B looks both up: both are in its copy.
+    for t in [&gone, &kept] {
+        let r = call(&b, t, "GET", "/v1/jobs", &Value::Null).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    let r = call(&a, &root_a, "DELETE", "/v1/tokens/gone", &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // B's refresh drops it (and says so, by name); B is not asked about the token meanwhile.
+    eventually(
+        Duration::from_secs(30),
+        "B dropped the revoked token from its copy",
+        || async {
+            b.log_lines("dropped from this server's copy")
+                .iter()
+                .any(|l| l.contains("gone"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    pg.stop();
+    store_is(&b, "degraded").await;
+    let r = call(&b, &gone, "GET", "/v1/jobs", &Value::Null).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({ "error": STORE_DOWN }));
+    let r = call(&b, &kept, "GET", "/v1/jobs", &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for srv in [&a, &b] {
+        assert!(!srv.log().contains(&gone) && !srv.log().contains(&kept));
+    }
+    drop(pg);
+}
+
+/// A deploy's `deployed_by` and a secret's `updated_by` are a named token's own name, whatever
+/// the body claims; the root's claim (the CLI's user name) is kept as before.
+#[tokio::test]
+async fn a_named_token_s_changes_are_recorded_under_its_own_name() {
+    let srv = env().start().await;
+    let root = srv.admin_token();
+    let ci = create_token(&srv, &root, "ci", "deployer").await;
+    let ops = create_token(&srv, &root, "ops", "admin").await;
+    let deploy = |by: &str| json!({"modules": [{"name": "rolesmod", "source": MARK_MODULE}], "deployed_by": by});
+    let deployed_by = || async {
+        let doc = call(&srv, &root, "GET", "/v1/modules", &Value::Null)
+            .await
+            .json();
+        doc["modules"][0]["deployed_by"].clone()
+    };
+    let updated_by = || async {
+        let doc = call(&srv, &root, "GET", "/v1/secrets", &Value::Null)
+            .await
+            .json();
+        doc["secrets"][0]["updated_by"].clone()
+    };
+
+    let r = call(&srv, &ci, "POST", "/v1/modules", &deploy("root")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(deployed_by().await, "ci");
+    let r = call(&srv, &root, "POST", "/v1/modules", &deploy("alice")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(deployed_by().await, "alice");
+
+    let put = |by: &str| json!({"value": "v", "updated_by": by});
+    let r = call(&srv, &ops, "PUT", "/v1/secrets/s1", &put("root")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(updated_by().await, "ops");
+    let r = call(&srv, &ops, "PUT", "/v1/secrets/s1", &json!({"value": "w"})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(updated_by().await, "ops");
+    let r = call(&srv, &root, "PUT", "/v1/secrets/s1", &put("alice")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(updated_by().await, "alice");
     srv.assert_no_errors(&[]);
 }

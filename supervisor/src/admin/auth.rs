@@ -4,14 +4,15 @@
 //! role needed). The bootstrap token file is the root identity (role `admin`), never stored;
 //! named API tokens (`admin::tokens`) are stored hashed and looked up in the store on every
 //! request, so a revoked token stops at once on every server. While the store is
-//! unreachable, the tokens this server has seen in the store since it started
-//! ([`KnownTokens`]) still authenticate; others get 503.
+//! unreachable, this server's copy of the store's tokens ([`KnownTokens`], refreshed every
+//! `cluster.sync_interval_ms`) still authenticates; other tokens get 503.
 
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tracing::warn;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
 
 use super::objects::Refused;
 use super::{Body, Ctx, error};
@@ -68,6 +69,20 @@ pub struct Identity {
     pub role: Role,
 }
 
+impl Identity {
+    /// The name a change is recorded under (`deployed_by`, `updated_by`): a named token's
+    /// own, whatever the request claims; for the root (the token file, which every operator
+    /// of the machine may share) the name the request claims (the CLI sends the operator's
+    /// user name), else `unclaimed`.
+    pub fn recorded_as<'a>(&'a self, claimed: Option<&'a str>, unclaimed: &'a str) -> &'a str {
+        if self.name == ROOT {
+            claimed.unwrap_or(unclaimed)
+        } else {
+            &self.name
+        }
+    }
+}
+
 /// The name of the identity the bootstrap token file holds (reserved: no API token has it).
 pub const ROOT: &str = "root";
 
@@ -89,42 +104,113 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
-/// The API tokens this server found in the store, by hash: refreshed by every successful
-/// lookup (a token found is added, one not found removed) and every list, and used only while
-/// the store is unreachable. A token revoked through another server during an outage stays
-/// usable here until the store is back.
+/// This server's copy of the API tokens in the store, by hash, used only while the store is
+/// unreachable. The whole copy is replaced from the store's list every
+/// `cluster.sync_interval_ms` while the store answers ([`super::tokens::keep_copy_fresh`]) and
+/// by every `GET /v1/tokens`, so a token revoked through another server leaves it within one
+/// interval; a lookup adds the token it found and removes one the store no longer has; a
+/// revoke through this server removes it at once. A local revoke bumps the copy's
+/// generation, and a lookup or list that read the store before it cannot put the revoked
+/// token back.
 #[derive(Debug, Default)]
-pub struct KnownTokens(Mutex<HashMap<String, Identity>>);
+pub struct KnownTokens(Mutex<Known>);
+
+#[derive(Debug, Default)]
+struct Known {
+    by_hash: HashMap<String, Identity>,
+    /// Bumped by every revoke through this server.
+    generation: u64,
+    /// When this server last started a `last_used_at` write, per token hash.
+    last_written: HashMap<String, Instant>,
+}
 
 impl KnownTokens {
-    fn get(&self, hash: &str) -> Option<Identity> {
-        self.0.lock().expect("tokens lock").get(hash).cloned()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.0.lock().expect("tokens lock")
     }
 
-    fn found(&self, hash: &str, who: Option<Identity>) {
-        let mut map = self.0.lock().expect("tokens lock");
+    /// The copy's generation: read it before reading the store, and pass it to [`Self::found`]
+    /// or [`Self::replace`] with what the store said.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn get(&self, hash: &str) -> Option<Identity> {
+        self.lock().by_hash.get(hash).cloned()
+    }
+
+    /// What a lookup read from the store at `generation`: a token found is added unless a
+    /// token was revoked through this server since (it may be this one); one not found is
+    /// removed.
+    fn found(&self, hash: &str, who: Option<Identity>, generation: u64) {
+        let mut k = self.lock();
         match who {
-            Some(who) => map.insert(hash.to_owned(), who),
-            None => map.remove(hash),
-        };
+            Some(who) if k.generation == generation => {
+                k.by_hash.insert(hash.to_owned(), who);
+            }
+            Some(_) => {}
+            None => {
+                k.by_hash.remove(hash);
+                k.last_written.remove(hash);
+            }
+        }
     }
 
     /// Drops the token named `name` (revoked through this server).
     pub fn forget_name(&self, name: &str) {
-        self.0
-            .lock()
-            .expect("tokens lock")
-            .retain(|_, who| who.name != name);
+        let mut k = self.lock();
+        k.generation += 1;
+        k.by_hash.retain(|_, who| who.name != name);
+        let Known {
+            by_hash,
+            last_written,
+            ..
+        } = &mut *k;
+        last_written.retain(|h, _| by_hash.contains_key(h));
     }
 
-    /// Replaces the whole copy with the store's list (hash, identity).
-    pub fn replace(&self, all: impl IntoIterator<Item = (String, Identity)>) {
-        *self.0.lock().expect("tokens lock") = all.into_iter().collect();
+    /// Replaces the whole copy with the store's list (hash, identity) read at `generation`;
+    /// nothing changes when a token was revoked through this server since (the next refresh
+    /// replaces it). Answers the names of the tokens dropped, `None` when nothing changed.
+    pub fn replace(
+        &self,
+        all: impl IntoIterator<Item = (String, Identity)>,
+        generation: u64,
+    ) -> Option<Vec<String>> {
+        let mut k = self.lock();
+        if k.generation != generation {
+            return None;
+        }
+        let new: HashMap<String, Identity> = all.into_iter().collect();
+        let mut dropped: Vec<String> = k
+            .by_hash
+            .iter()
+            .filter(|(h, _)| !new.contains_key(*h))
+            .map(|(_, who)| who.name.clone())
+            .collect();
+        dropped.sort();
+        k.last_written.retain(|h, _| new.contains_key(h));
+        k.by_hash = new;
+        Some(dropped)
+    }
+
+    /// Whether this request may write token `hash`'s last use now: at most once per
+    /// [`LAST_USED_EVERY`] per token on this server (the claim is taken here, before the write
+    /// is started, so concurrent requests do not each start one).
+    fn claim_write(&self, hash: &str, now: Instant) -> bool {
+        let mut k = self.lock();
+        match k.last_written.get(hash) {
+            Some(t) if now.saturating_duration_since(*t) < LAST_USED_EVERY => false,
+            _ => {
+                k.last_written.insert(hash.to_owned(), now);
+                true
+            }
+        }
     }
 }
 
 /// How often a token's `last_used_at` is written at most (it is shown to the minute).
-const LAST_USED_EVERY_MS: i64 = 60_000;
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -173,13 +259,14 @@ pub async fn authenticate<B>(
         return Err(unauthorized(WRONG_TOKEN));
     }
     let hash = token_hash(presented);
+    // Read before the store: a revoke through this server meanwhile keeps a found token out
+    // of the copy.
+    let generation = cx.tokens.generation();
     let looked_up = match crate::cluster::sync::store_available(&cx.node, &cx.store).await {
-        Ok(()) => cx
-            .store
-            .token_by_hash(&hash)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(()) => cx.store.token_by_hash(&hash).await.map_err(|e| {
+            debug!(error = %e, "could not look up an admin API token in the store");
+        }),
+        Err(_) => Err(()),
     };
     match looked_up {
         Ok(Some(row)) => {
@@ -194,11 +281,12 @@ pub async fn authenticate<B>(
                 name: row.name,
                 role,
             };
-            cx.tokens.found(&hash, Some(who.clone()));
+            cx.tokens.found(&hash, Some(who.clone()), generation);
             let now = now_ms();
             if row
                 .last_used_at
-                .is_none_or(|t| now - t >= LAST_USED_EVERY_MS)
+                .is_none_or(|t| now - t >= LAST_USED_EVERY.as_millis() as i64)
+                && cx.tokens.claim_write(&hash, Instant::now())
             {
                 // Off the request's path: a late or failed write loses a figure, nothing else.
                 let store = cx.store.clone();
@@ -211,22 +299,20 @@ pub async fn authenticate<B>(
             Ok(who)
         }
         Ok(None) => {
-            cx.tokens.found(&hash, None);
+            cx.tokens.found(&hash, None, generation);
             Err(unauthorized(WRONG_TOKEN))
         }
-        Err(e) => match cx.tokens.get(&hash) {
+        // Neither the token nor the store's error is in the answer: the caller may be anyone.
+        Err(()) => match cx.tokens.get(&hash) {
             Some(who) => Ok(who),
-            None => Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the config store is unreachable ({e}): this API token cannot be checked \
-                     (a server knows only the tokens it has seen in the store since it started); \
-                     use the admin token file or try again when the store is back"
-                ),
-            )),
+            None => Err(error(StatusCode::SERVICE_UNAVAILABLE, STORE_DOWN)),
         },
     }
 }
+
+/// The 503 for an API token that is not in this server's copy while the store is unreachable.
+pub const STORE_DOWN: &str =
+    "the config store is unreachable: this API token cannot be checked until it is back";
 
 /// One row of the endpoint table: a method, a path whose `{…}` segments match any one
 /// segment, and the least role that may call it.
@@ -498,6 +584,83 @@ mod tests {
             "POST /v1/modules needs role deployer; token 'ci' has role viewer"
         );
         assert!(authorize(&who, &Method::GET, "/v1/modules").is_ok());
+    }
+
+    #[test]
+    fn a_named_token_records_its_own_name_the_root_what_it_claims() {
+        let ci = Identity {
+            name: "ci".into(),
+            role: Role::Deployer,
+        };
+        assert_eq!(ci.recorded_as(Some("root"), "admin-api"), "ci");
+        assert_eq!(ci.recorded_as(None, "admin-api"), "ci");
+        let root = Identity {
+            name: ROOT.into(),
+            role: Role::Admin,
+        };
+        assert_eq!(root.recorded_as(Some("alice"), "admin-api"), "alice");
+        assert_eq!(root.recorded_as(None, "admin-api"), "admin-api");
+    }
+
+    fn ident(name: &str) -> Identity {
+        Identity {
+            name: name.into(),
+            role: Role::Viewer,
+        }
+    }
+
+    #[test]
+    fn copy_a_lookup_that_read_the_store_before_a_local_revoke_does_not_restore_it() {
+        let k = KnownTokens::default();
+        let g = k.generation();
+        k.found("h1", Some(ident("ci")), g);
+        assert_eq!(k.get("h1"), Some(ident("ci")));
+        // A lookup reads the store (found), then the token is revoked here, then the lookup
+        // lands: the revoked token stays out.
+        let before = k.generation();
+        k.forget_name("ci");
+        assert_eq!(k.get("h1"), None);
+        k.found("h1", Some(ident("ci")), before);
+        assert_eq!(k.get("h1"), None);
+        // So does a list read before the revoke.
+        assert_eq!(k.replace([("h1".into(), ident("ci"))], before), None);
+        assert_eq!(k.get("h1"), None);
+        // Not found is always applied; a lookup that started after the revoke adds.
+        let now = k.generation();
+        k.found("h2", Some(ident("ops")), now);
+        assert_eq!(k.get("h2"), Some(ident("ops")));
+        k.found("h2", None, before);
+        assert_eq!(k.get("h2"), None);
+    }
+
+    #[test]
+    fn copy_is_replaced_whole_and_says_what_was_dropped() {
+        let k = KnownTokens::default();
+        let g = k.generation();
+        assert_eq!(
+            k.replace([("h1".into(), ident("a")), ("h2".into(), ident("b"))], g),
+            Some(vec![])
+        );
+        // Revoked through another server: gone from the copy at the next replace.
+        assert_eq!(
+            k.replace([("h2".into(), ident("b"))], g),
+            Some(vec!["a".to_owned()])
+        );
+        assert_eq!(k.get("h1"), None);
+        assert_eq!(k.get("h2"), Some(ident("b")));
+    }
+
+    #[test]
+    fn last_use_is_claimed_once_per_token_per_interval() {
+        let k = KnownTokens::default();
+        let t0 = Instant::now();
+        assert!(k.claim_write("h1", t0));
+        // Every other request before the interval is over: no second write.
+        assert!(!k.claim_write("h1", t0));
+        assert!(!k.claim_write("h1", t0 + LAST_USED_EVERY - Duration::from_millis(1)));
+        assert!(k.claim_write("h2", t0), "per token");
+        assert!(k.claim_write("h1", t0 + LAST_USED_EVERY));
+        assert!(!k.claim_write("h1", t0 + LAST_USED_EVERY));
     }
 
     #[test]

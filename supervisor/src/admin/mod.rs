@@ -105,6 +105,7 @@ pub fn load_or_create_token(path: &Path) -> io::Result<String> {
 
 /// Serves the admin API until the process ends.
 pub async fn serve(listener: TcpListener, cx: Arc<Ctx>, token: String) {
+    tokio::spawn(tokens::keep_copy_fresh(cx.clone()));
     let token = Arc::new(token);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -166,12 +167,13 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
         };
     }
     let method = req.method().clone();
-    // Writing cache entries changes no configuration: nothing for the sync task to do.
+    // Writing cache entries or tokens changes no configuration: nothing for the sync task to
+    // do.
     let config_change = !is_not_config(req.uri().path());
     // A change (or a read of the store) while the store is known to be down gets its 503
     // now, after one connection attempt (`sync::store_available`), not after the pool's 5 s
     // of connection retries.
-    let change = method != Method::GET && config_change && !is_invoke(req.uri().path());
+    let change = writes_store(&method, req.uri().path());
     if (change || (method == Method::GET && reads_store(req.uri().path())))
         && let Err(e) = crate::cluster::sync::store_available(&cx.node, &cx.store).await
     {
@@ -215,13 +217,31 @@ fn reads_store(path: &str) -> bool {
     )
 }
 
+/// Whether `method` `path` is a change written to the store: a config change or a token's
+/// (not a call of a service, a cache's contents or a job's run).
+fn writes_store(method: &Method, path: &str) -> bool {
+    *method != Method::GET && !is_invoke(path) && (!is_not_config(path) || is_tokens(path))
+}
+
+/// `/v1/tokens…`: the API tokens, stored but not config.
+fn is_tokens(path: &str) -> bool {
+    matches!(
+        path.trim_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["v1", "tokens", ..]
+    )
+}
+
 /// `/v1/invoke/{service}`: a call of a service, which does not touch the store.
 fn is_invoke(path: &str) -> bool {
     path.trim_matches('/').starts_with("v1/invoke/")
 }
 
-/// `/v1/caches/{name}/keys…`, `/v1/caches/{name}/clear` (the contents, not the config) and
-/// `/v1/jobs/{name}/execute` (a run, not a change).
+/// `/v1/caches/{name}/keys…`, `/v1/caches/{name}/clear` (the contents, not the config),
+/// `/v1/jobs/{name}/execute` (a run, not a change) and `/v1/tokens…` (stored, but no config
+/// version, snapshot or export has them).
 fn is_not_config(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     matches!(
@@ -229,6 +249,7 @@ fn is_not_config(path: &str) -> bool {
         ["v1", "caches", _, "keys", ..]
             | ["v1", "caches", _, "clear"]
             | ["v1", "jobs", _, "execute"]
+            | ["v1", "tokens", ..]
     )
 }
 
@@ -255,9 +276,9 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
             }
         }
         // Each resource's paths: see its file's `route`.
-        (_, ["v1", "modules", rest @ ..]) => modules::route(req, cx, rest).await,
+        (_, ["v1", "modules", rest @ ..]) => modules::route(req, cx, rest, who).await,
         (_, ["v1", "channels", rest @ ..]) => channels::route(req, cx, rest).await,
-        (_, ["v1", "secrets", rest @ ..]) => secrets::route(req, cx, rest).await,
+        (_, ["v1", "secrets", rest @ ..]) => secrets::route(req, cx, rest, who).await,
         (_, ["v1", "security", rest @ ..]) => security::route(req, cx, rest).await,
         // Every /v1/caches path, the entries of a cache included.
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
@@ -291,5 +312,28 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
             StatusCode::BAD_REQUEST,
             format!("cannot read the body: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_changes_are_not_config_but_still_wait_for_the_store() {
+        for p in ["/v1/tokens", "/v1/tokens/ci"] {
+            assert!(is_not_config(p), "{p}");
+        }
+        // The quick 503 while the store is down: token changes and list, as config changes.
+        assert!(writes_store(&Method::POST, "/v1/tokens"));
+        assert!(writes_store(&Method::DELETE, "/v1/tokens/ci"));
+        assert!(reads_store("/v1/tokens"));
+        assert!(!writes_store(&Method::GET, "/v1/tokens"));
+        // As before: config changes do, a call, a cache's contents and a job's run do not.
+        assert!(writes_store(&Method::PUT, "/v1/secrets/s"));
+        assert!(writes_store(&Method::POST, "/v1/modules"));
+        assert!(!writes_store(&Method::POST, "/v1/invoke/demo.echo"));
+        assert!(!writes_store(&Method::PUT, "/v1/caches/c/keys/k"));
+        assert!(!writes_store(&Method::POST, "/v1/jobs/j/execute"));
     }
 }

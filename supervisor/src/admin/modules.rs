@@ -10,16 +10,22 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::auth::Identity;
 use super::{Body, Ctx, error, read_body, reply};
 
 /// Routes `/v1/modules/…`; `rest` is the path after `/v1/modules`, split at `/`.
-pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
+pub(super) async fn route(
+    req: Request<Incoming>,
+    cx: &Ctx,
+    rest: &[&str],
+    who: &Identity,
+) -> Response<Body> {
     let method = req.method().clone();
     match (&method, rest) {
         (&Method::GET, []) => modules(cx).await,
         (&Method::GET, [name]) => module_source(cx, name).await,
         (&Method::POST, []) => match read_body(req).await {
-            Ok(body) => deploy(cx, body).await,
+            Ok(body) => deploy(cx, body, who).await,
             Err(r) => r,
         },
         (&Method::DELETE, [name]) => undeploy(cx, name).await,
@@ -101,6 +107,7 @@ async fn module_source(cx: &Ctx, name: &str) -> Response<Body> {
 #[derive(serde::Deserialize)]
 struct DeployRequest {
     modules: Vec<DeployModule>,
+    /// Believed from the root identity only (`Identity::recorded_as`).
     #[serde(default)]
     deployed_by: Option<String>,
     /// Leave modules whose source equals the active version alone (no new version).
@@ -114,8 +121,9 @@ struct DeployModule {
     source: String,
 }
 
-/// POST /v1/modules: check in one worker, store, activate everywhere; a report back.
-async fn deploy(cx: &Ctx, body: Bytes) -> Response<Body> {
+/// POST /v1/modules: check in one worker, store, activate everywhere; a report back. Recorded
+/// as deployed by `who` (a named token) or by whom the root's request says.
+async fn deploy(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
     let req: DeployRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -130,7 +138,7 @@ async fn deploy(cx: &Ctx, body: Bytes) -> Response<Body> {
         .into_iter()
         .map(|m| (m.name, m.source))
         .collect();
-    let by = req.deployed_by.as_deref().unwrap_or("admin-api");
+    let by = who.recorded_as(req.deployed_by.as_deref(), "admin-api");
     match crate::deploy::deploy(&cx.deploy, &pairs, by, req.skip_unchanged).await {
         Ok(report) => {
             let status = if report.all_ok() {

@@ -9,17 +9,23 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::info;
 
+use super::auth::Identity;
 use super::{Body, Ctx, error, read_body, reply};
 
 /// Routes `/v1/secrets/…`; `rest` is the path after `/v1/secrets`, split at `/`.
-pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
+pub(super) async fn route(
+    req: Request<Incoming>,
+    cx: &Ctx,
+    rest: &[&str],
+    who: &Identity,
+) -> Response<Body> {
     let method = req.method().clone();
     match (&method, rest) {
         (&Method::GET, []) => list_secrets(cx).await,
         (&Method::PUT, [name]) => {
             let name = crate::edge::router::percent_decode(name);
             match read_body(req).await {
-                Ok(body) => put_secret(cx, &name, body).await,
+                Ok(body) => put_secret(cx, &name, body, who).await,
                 Err(r) => r,
             }
         }
@@ -47,15 +53,18 @@ async fn list_secrets(cx: &Ctx) -> Response<Body> {
 }
 
 /// PUT /v1/secrets/{name} `{"value": "…"}`: sealed before it is stored. Parse errors never
-/// quote the body (it holds the secret).
-async fn put_secret(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
+/// quote the body (it holds the secret). Recorded as updated by `who` (a named token) or by
+/// whom the root's request says (`updated_by`).
+async fn put_secret(cx: &Ctx, name: &str, body: Bytes, who: &Identity) -> Response<Body> {
     let doc: Option<Value> = serde_json::from_slice(&body).ok();
     let obj = doc.as_ref().and_then(Value::as_object);
     let (value, by) = match obj {
         Some(o) if o.keys().all(|k| k == "value" || k == "updated_by") => {
             match (o.get("value"), o.get("updated_by")) {
-                (Some(Value::String(v)), None) => (v.as_str(), "admin-api"),
-                (Some(Value::String(v)), Some(Value::String(by))) => (v.as_str(), by.as_str()),
+                (Some(Value::String(v)), None) => (v.as_str(), who.recorded_as(None, "admin-api")),
+                (Some(Value::String(v)), Some(Value::String(by))) => {
+                    (v.as_str(), who.recorded_as(Some(by), "admin-api"))
+                }
                 _ => {
                     return error(
                         StatusCode::BAD_REQUEST,

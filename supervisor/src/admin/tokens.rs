@@ -9,7 +9,10 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tracing::info;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::{debug, info};
 
 use super::auth::{self, Identity, ROOT, Role};
 use super::objects::Refused;
@@ -48,24 +51,60 @@ fn token_json(t: &StoredToken) -> Value {
 /// GET /v1/tokens: every API token, without the token or its hash. Refreshes this server's
 /// copy of the tokens (used while the store is unreachable).
 async fn list(cx: &Ctx) -> Response<Body> {
-    match cx.store.tokens().await {
-        Ok(list) => {
-            cx.tokens.replace(list.iter().filter_map(|t| {
-                let role = Role::parse(&t.role)?;
-                Some((
-                    t.token_hash.clone(),
-                    Identity {
-                        name: t.name.clone(),
-                        role,
-                    },
-                ))
-            }));
-            reply(
-                StatusCode::OK,
-                json!({ "tokens": list.iter().map(token_json).collect::<Vec<_>>() }),
-            )
-        }
+    match refresh_copy(cx).await {
+        Ok(list) => reply(
+            StatusCode::OK,
+            json!({ "tokens": list.iter().map(token_json).collect::<Vec<_>>() }),
+        ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// Replaces this server's copy of the tokens (`auth::KnownTokens`) with the store's list;
+/// answers the list.
+async fn refresh_copy(cx: &Ctx) -> Result<Vec<StoredToken>, StoreError> {
+    let generation = cx.tokens.generation();
+    let list = cx.store.tokens().await?;
+    let copy = list.iter().filter_map(|t| {
+        let role = Role::parse(&t.role)?;
+        Some((
+            t.token_hash.clone(),
+            Identity {
+                name: t.name.clone(),
+                role,
+            },
+        ))
+    });
+    if let Some(dropped) = cx.tokens.replace(copy, generation)
+        && !dropped.is_empty()
+    {
+        // Names only, never a token or its hash.
+        info!(
+            tokens = %dropped.join(", "),
+            "admin API tokens no longer in the store (revoked) dropped from this server's copy"
+        );
+    }
+    Ok(list)
+}
+
+/// Keeps this server's copy of the tokens fresh: every `cluster.sync_interval_ms` while the
+/// store is reachable, the whole copy is replaced from the store, so a token revoked through
+/// another server is out of every server's copy within one interval (docs/SECURITY.md).
+/// Runs until the process ends.
+pub(super) async fn keep_copy_fresh(cx: Arc<Ctx>) {
+    let every = Duration::from_millis(cx.settings.cluster.sync_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Known down: no query (it would wait for the pool's connection retries); the copy
+        // is kept as it is until the store answers again.
+        if !cx.node.store_ok.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Err(e) = refresh_copy(&cx).await {
+            debug!(error = %e, "could not refresh the copy of the admin API tokens");
+        }
     }
 }
 
@@ -99,6 +138,11 @@ fn parse_create(body: &[u8]) -> Result<(String, Role), Refused> {
     Ok((name.clone(), role))
 }
 
+/// `root` in any case: reserved, so that no token's name reads as the token file's identity.
+fn is_root(name: &str) -> bool {
+    name.eq_ignore_ascii_case(ROOT)
+}
+
 fn root_reserved() -> Response<Body> {
     error(
         StatusCode::CONFLICT,
@@ -115,7 +159,7 @@ async fn create(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
         Ok(x) => x,
         Err(refused) => return refused.answer(),
     };
-    if name == ROOT {
+    if is_root(&name) {
         return root_reserved();
     }
     let token = auth::new_token();
@@ -141,7 +185,7 @@ async fn create(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
 
 /// DELETE /v1/tokens/{name}: revoked at once on every server.
 async fn revoke(cx: &Ctx, name: &str) -> Response<Body> {
-    if name == ROOT {
+    if is_root(name) {
         return root_reserved();
     }
     match cx.store.delete_token(name).await {
