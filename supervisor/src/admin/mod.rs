@@ -140,6 +140,23 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
 }
 
 async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
+    // GET /metrics, no token (i18-m2's minimal one, for its tests: i18-m1's handler, with
+    // its settings, replaces it when merging).
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        return match cx.metrics.render() {
+            Ok(text) => {
+                let mut r = Response::new(Full::new(Bytes::from(text)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+    }
     let who = match auth::authenticate(&req, cx, token).await {
         Ok(who) => who,
         Err(r) => return r,

@@ -44,6 +44,8 @@ struct LinkHandle {
     streams: Arc<Mutex<oxbus_ipc::bus::StreamIds>>,
     /// Calls waiting for their REPLY: (status, body).
     pending: Pending,
+    /// The config version the peer last announced (NOTIFY); -1 before its first.
+    peer_version: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The calls a link waits on: stream → where its (status, body) goes.
@@ -162,6 +164,20 @@ impl Bus {
             .collect();
         v.sort_by(|a, b| a.peer.cmp(&b.peer));
         v
+    }
+
+    /// The live links with the config version each peer last announced (`None` before its
+    /// first NOTIFY), for the metrics.
+    pub fn peer_versions(&self) -> Vec<(String, Option<i64>)> {
+        self.links
+            .lock()
+            .expect("links lock")
+            .iter()
+            .map(|(peer, h)| {
+                let v = h.peer_version.load(Ordering::Relaxed);
+                (peer.clone(), (v >= 0).then_some(v))
+            })
+            .collect()
     }
 
     /// Calls `meta` (with an empty body) on every linked peer at once and waits up to
@@ -468,6 +484,7 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     let id = bus.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
     let pending: Pending = Default::default();
+    let peer_version = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     {
         let mut links = bus.links.lock().expect("links lock");
         if links.contains_key(&peer) {
@@ -483,6 +500,7 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                 tx: tx.clone(),
                 streams: Arc::new(Mutex::new(link.stream_ids())),
                 pending: pending.clone(),
+                peer_version: peer_version.clone(),
             },
         );
     }
@@ -540,6 +558,10 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                     }
                     Ok(Incoming::Pong(_)) => {}
                     Ok(Incoming::Notify(n)) => {
+                        peer_version.store(
+                            i64::try_from(n.config_version).unwrap_or(i64::MAX),
+                            Ordering::Relaxed,
+                        );
                         let applied = cx.node.applied_version.load(Ordering::Relaxed);
                         if n.config_version as i64 != applied {
                             debug!(peer = %peer, version = n.config_version, applied, "bus: peer has another version");

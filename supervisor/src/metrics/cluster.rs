@@ -1,11 +1,95 @@
-//! Metrics of the cluster: config version applied, bus links up, peer lag.
+//! Metrics of the cluster, read at scrape time: the config version this server has applied,
+//! its bus links up, and per linked peer the config version that peer last announced over
+//! the bus (it announces every version it applies, and its current one when the link comes
+//! up) and how many versions it is behind this server. A peer is a server name: at most
+//! three servers share a store. Boot registers [`ClusterState`] with readers of the node
+//! state and the bus.
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub struct ClusterMetrics {}
 
 impl ClusterMetrics {
     pub fn register(_registry: &mut Registry) -> ClusterMetrics {
+        // Every cluster figure is a state, read at scrape time (`ClusterState`).
         ClusterMetrics {}
+    }
+}
+
+/// A linked peer as the bus knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// The config version it last announced; `None` before its first announcement.
+    pub version: Option<i64>,
+}
+
+/// Reads the cluster's state at scrape time.
+pub struct ClusterState {
+    /// The config version this server has applied.
+    pub applied: Box<dyn Fn() -> i64 + Send + Sync>,
+    /// The live bus links; `None` when this server runs no bus (SQLite, no cluster secret).
+    pub peers: Option<Box<dyn Fn() -> Vec<Peer> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterState")
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for ClusterState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let applied = (self.applied)();
+        gauge(
+            &mut encoder,
+            "cluster_config_version_applied",
+            "The config version this server has applied (runs).",
+            applied,
+        )?;
+        let Some(peers) = &self.peers else {
+            return Ok(());
+        };
+        let mut peers = peers();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        gauge(
+            &mut encoder,
+            "cluster_bus_links_up",
+            "Cluster bus links to other servers that are up now.",
+            peers.len() as i64,
+        )?;
+        let known: Vec<(&str, i64)> = peers
+            .iter()
+            .filter_map(|p| Some((p.name.as_str(), p.version?)))
+            .collect();
+        let mut m = encoder.encode_descriptor(
+            "cluster_peer_config_version",
+            "The config version a linked peer last announced over the bus (it announces each one it applies).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (peer, v) in &known {
+            ConstGauge::new(*v).encode(m.encode_family(&[("peer", *peer)])?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "cluster_peer_lag_versions",
+            "How many config versions a linked peer is behind this server (0 when it is level or ahead).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (peer, v) in &known {
+            ConstGauge::new((applied - v).max(0)).encode(m.encode_family(&[("peer", *peer)])?)?;
+        }
+        Ok(())
     }
 }
