@@ -93,3 +93,55 @@ impl Collector for ClusterState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_shown_once_it_announced_and_its_lag_is_never_negative() {
+        let m = crate::metrics::Metrics::new(true);
+        m.register_collector(Box::new(ClusterState {
+            applied: Box::new(|| 7),
+            peers: Some(Box::new(|| {
+                vec![
+                    Peer {
+                        name: "c".into(),
+                        version: Some(9),
+                    },
+                    Peer {
+                        name: "b".into(),
+                        version: Some(5),
+                    },
+                    Peer {
+                        name: "d".into(),
+                        version: None,
+                    },
+                ]
+            })),
+        }));
+        let page = m.render().unwrap();
+        for line in [
+            "oxbus_cluster_config_version_applied 7\n",
+            "oxbus_cluster_bus_links_up 3\n",
+            "oxbus_cluster_peer_config_version{peer=\"b\"} 5\n",
+            "oxbus_cluster_peer_lag_versions{peer=\"b\"} 2\n",
+            "oxbus_cluster_peer_lag_versions{peer=\"c\"} 0\n",
+        ] {
+            assert!(page.contains(line), "{line:?} not in\n{page}");
+        }
+        assert!(!page.contains("peer=\"d\""), "{page}");
+    }
+
+    #[test]
+    fn without_a_bus_only_the_applied_version_is_shown() {
+        let m = crate::metrics::Metrics::new(true);
+        m.register_collector(Box::new(ClusterState {
+            applied: Box::new(|| 3),
+            peers: None,
+        }));
+        let page = m.render().unwrap();
+        assert!(page.contains("oxbus_cluster_config_version_applied 3\n"));
+        assert!(!page.contains("bus_links_up"), "{page}");
+    }
+}
