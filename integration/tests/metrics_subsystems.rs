@@ -376,8 +376,13 @@ async fn a_two_server_cluster_shows_its_links_and_each_peers_version() {
     linked(&a, &["b"]).await;
     linked(&b, &["a"]).await;
     for (srv, peer) in [(&a, "b"), (&b, "a")] {
-        let p = scrape_until(srv, "one link up", |p| {
+        // Up, and traffic on it both ways (each end sends its version, then heartbeats).
+        let p = scrape_until(srv, "one link up, with frames both ways", |p| {
             p.get("oxbus_cluster_bus_links_up", &[]) == Some(1.0)
+                && ["in", "out"].iter().all(|d| {
+                    p.n("oxbus_cluster_bus_frames_total", &[("direction", d)]) > 0.0
+                        && p.n("oxbus_cluster_bus_bytes_total", &[("direction", d)]) > 0.0
+                })
         })
         .await;
         promtool(&p.1);

@@ -520,14 +520,21 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     } = conn;
     let decoder = FrameDecoder::default();
     let (mut rd, mut wr) = stream.into_split();
+    let traffic = &cx.metrics.cluster;
+    let (frames_out, bytes_out) = (traffic.frames_out.clone(), traffic.bytes_out.clone());
     let writer = tokio::spawn(async move {
         let mut out = BytesMut::with_capacity(8 * 1024);
+        // Every message on `rx` is one encoded frame.
         while let Some(b) = rx.recv().await {
             out.clear();
             out.extend_from_slice(&b);
+            let mut frames = 1;
             while let Ok(more) = rx.try_recv() {
                 out.extend_from_slice(&more);
+                frames += 1;
             }
+            frames_out.inc_by(frames);
+            bytes_out.inc_by(out.len() as u64);
             if wr.write_all(&out).await.is_err() {
                 break;
             }
@@ -551,7 +558,11 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     let reason: String = 'link: loop {
         // Frames already buffered first, then the socket, silent for LINK_TIMEOUT = dead.
         loop {
-            match decoder.decode(&mut buf) {
+            let decoded = decoder.decode(&mut buf);
+            if let Ok(Some(_)) = &decoded {
+                traffic.frames_in.inc();
+            }
+            match decoded {
                 Ok(Some(frame)) => match link.parse(frame) {
                     Ok(Incoming::Ping(nonce)) => {
                         let _ = tx.send(Frame::pong(nonce).to_bytes());
@@ -633,7 +644,9 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
         }
         match tokio::time::timeout(LINK_TIMEOUT, rd.read_buf(&mut buf)).await {
             Ok(Ok(0)) => break 'link "the peer closed the connection".to_owned(),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => {
+                traffic.bytes_in.inc_by(n as u64);
+            }
             Ok(Err(e)) => break 'link format!("read failed: {e}"),
             Err(_) => break 'link format!("silent for {} s", LINK_TIMEOUT.as_secs()),
         }

@@ -1,4 +1,5 @@
-//! Metrics of the cluster, read at scrape time: the config version this server has applied,
+//! Metrics of the cluster: the bus's frames and bytes, and, read at scrape time, the config
+//! version this server has applied,
 //! its bus links up, and per linked peer the config version that peer last announced over
 //! the bus (it announces every version it applies, and its current one when the link comes
 //! up) and how many versions it is behind this server. A peer is a server name: at most
@@ -6,17 +7,53 @@
 //! state and the bus.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-pub struct ClusterMetrics {}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+/// The bus's traffic over every link (counted by `cluster::bus`); the rest of the cluster's
+/// figures are a state, read at scrape time ([`ClusterState`]).
+pub struct ClusterMetrics {
+    /// Frames received and sent (after each link's handshake).
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    /// Bytes received and sent (after each link's handshake).
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
 
 impl ClusterMetrics {
-    pub fn register(_registry: &mut Registry) -> ClusterMetrics {
-        // Every cluster figure is a state, read at scrape time (`ClusterState`).
-        ClusterMetrics {}
+    pub fn register(registry: &mut Registry) -> ClusterMetrics {
+        let frames = Family::<Direction, Counter>::default();
+        let bytes = Family::<Direction, Counter>::default();
+        registry.register(
+            "cluster_bus_frames",
+            "Cluster bus frames over every link, by direction (in, out)",
+            frames.clone(),
+        );
+        registry.register(
+            "cluster_bus_bytes",
+            "Cluster bus bytes over every link after its handshake, by direction (in, out)",
+            bytes.clone(),
+        );
+        let (i, o) = (
+            Direction { direction: "in" },
+            Direction { direction: "out" },
+        );
+        ClusterMetrics {
+            frames_in: frames.get_or_create_owned(&i),
+            frames_out: frames.get_or_create_owned(&o),
+            bytes_in: bytes.get_or_create_owned(&i),
+            bytes_out: bytes.get_or_create_owned(&o),
+        }
     }
 }
 
