@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// `mt.cache`: one call on a named cache; `mt.tick`: a job's service.
+/// `mt.cache`: one call on a named cache; `mt.tick` and `mt.slow` (2.5 s): jobs' services.
 const SERVICE: &str = r#"from oxbus import Service
 
 
@@ -33,6 +33,14 @@ class Tick(Service):
 
     def handle(self):
         self.response.payload = {'ok': True}
+
+
+class Slow(Service):
+    name = 'mt.slow'
+
+    def handle(self):
+        import time
+        time.sleep(2.5)
 "#;
 
 fn env() -> Env {
@@ -324,7 +332,7 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     assert_eq!(
         p.get(
             "oxbus_scheduler_runs_total",
-            &[("job", "beat"), ("outcome", "ok")]
+            &[("job_name", "beat"), ("outcome", "ok")]
         ),
         None
     );
@@ -339,7 +347,7 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     let p = scrape_until(&srv, "two runs of the job", |p| {
         p.n(
             "oxbus_scheduler_runs_total",
-            &[("job", "beat"), ("outcome", "ok")],
+            &[("job_name", "beat"), ("outcome", "ok")],
         ) >= 2.0
     })
     .await;
@@ -353,10 +361,26 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", text(&r));
-    let p = scrape_until(&srv, "a failed run", |p| {
+    scrape_until(&srv, "a failed run", |p| {
         p.n(
             "oxbus_scheduler_runs_total",
-            &[("job", "lost"), ("outcome", "error")],
+            &[("job_name", "lost"), ("outcome", "error")],
+        ) >= 1.0
+    })
+    .await;
+    // A 1 s job whose runs take 2.5 s: the runs due meanwhile are skipped (overlap: skip).
+    let r = admin(
+        &srv,
+        "PUT",
+        "/v1/jobs/slow",
+        json!({"type": "interval_based", "service": "mt.slow", "seconds": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    let p = scrape_until(&srv, "a skipped run", |p| {
+        p.n(
+            "oxbus_scheduler_runs_total",
+            &[("job_name", "slow"), ("outcome", "skipped")],
         ) >= 1.0
     })
     .await;

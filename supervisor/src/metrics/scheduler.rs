@@ -1,6 +1,8 @@
 //! Metrics of the scheduler: runs by job and outcome, how late scheduled runs start, and
 //! whether this server leads (holds the lease), read at scrape time. Recorded by
-//! `scheduler/`: a job's name is config-defined (bounded by the jobs an operator defines).
+//! `scheduler/`: a job's name is config-defined (bounded by the jobs an operator defines). Its
+//! label is `job_name`, not `job`: Prometheus gives every scraped series a `job` label of
+//! its own (the scrape job), and would rename ours to `exported_job`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -19,7 +21,7 @@ const BUCKETS: [f64; 14] = [
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
-    job: String,
+    job_name: String,
     outcome: &'static str,
 }
 
@@ -34,7 +36,7 @@ impl SchedulerMetrics {
         let lateness = Histogram::new(BUCKETS);
         registry.register(
             "scheduler_runs",
-            "Job runs on this server, by job and outcome (ok, error: the service failed or did not answer; skipped: the previous run was still going, overlap skip)",
+            "Job runs on this server, by job (job_name) and outcome (ok, error: the service failed or did not answer; skipped: the previous run was still going, overlap skip)",
             runs.clone(),
         );
         registry.register(
@@ -50,7 +52,7 @@ impl SchedulerMetrics {
         // One small allocation per run: runs are far apart, this is no hot path.
         self.runs
             .get_or_create(&RunLabels {
-                job: job.to_owned(),
+                job_name: job.to_owned(),
                 outcome,
             })
             .inc();
