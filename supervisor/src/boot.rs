@@ -222,6 +222,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         tokens: Default::default(),
     });
 
+    register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
+
     let welcome = WelcomeTemplate {
         threads: settings.server.threads,
         services_dir: services_dir.display().to_string(),
@@ -327,6 +329,59 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     leave_store(&scheduler, &me).await;
     drop(runtime);
     result
+}
+
+/// The figures of the store, the cluster, the caches and the scheduler that are a state read
+/// at scrape time (`metrics/`), and the store's own timing of its operations.
+fn register_metrics(
+    metrics: &Arc<crate::metrics::Metrics>,
+    node: &Arc<Node>,
+    pool: &Arc<Pool>,
+    scheduler: &Arc<crate::scheduler::Ctx>,
+    bus: Option<Arc<crate::cluster::bus::Bus>>,
+) {
+    use crate::metrics::{caches, cluster, scheduler as sched, store};
+    use std::sync::atomic::Ordering;
+    crate::store::record_into(metrics.clone());
+    let n = node.clone();
+    metrics.register_collector(Box::new(store::Degraded(Box::new(move || {
+        !n.store_ok.load(Ordering::Relaxed)
+    }))));
+    let n = node.clone();
+    metrics.register_collector(Box::new(cluster::ClusterState {
+        applied: Box::new(move || n.applied()),
+        peers: bus.map(|bus| {
+            Box::new(move || {
+                bus.peer_versions()
+                    .into_iter()
+                    .map(|(name, version)| cluster::Peer { name, version })
+                    .collect()
+            }) as Box<dyn Fn() -> Vec<cluster::Peer> + Send + Sync>
+        }),
+    }));
+    let registry = pool.caches.clone();
+    metrics.register_collector(Box::new(caches::CacheState(Box::new(move || {
+        registry
+            .all()
+            .iter()
+            .map(|c| {
+                // First: it runs the cache's pending evictions, which the counters then show.
+                let entries = c.entry_count();
+                let k = c.counters();
+                caches::CacheFigures {
+                    name: c.def.name.clone(),
+                    entries,
+                    hits: k.hits.load(Ordering::Relaxed),
+                    misses: k.misses.load(Ordering::Relaxed),
+                    sets: k.sets.load(Ordering::Relaxed),
+                    deletes: k.deletes.load(Ordering::Relaxed),
+                    evictions: k.evictions.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }))));
+    let status = scheduler.status.clone();
+    metrics.register_collector(Box::new(sched::Leader(Box::new(move || status.leading()))));
 }
 
 /// The secrets key: the systemd credential or the key file (created when missing and the

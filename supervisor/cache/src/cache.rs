@@ -152,6 +152,14 @@ impl Cache {
         self.store.map.iter().count() as u64
     }
 
+    /// The number of entries as moka counts them once its pending maintenance has run (which
+    /// removes expired entries and evicts past `max_entries`, counting the evictions):
+    /// without walking the entries, for a scrape of the metrics. Read the counters after it.
+    pub fn entry_count(&self) -> u64 {
+        self.store.map.run_pending_tasks();
+        self.store.map.entry_count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -476,6 +476,83 @@ pub(crate) mod tests {
         assert!(t.stats().evictions > 0);
     }
 
+    #[test]
+    fn counters_follow_the_services_calls() {
+        let c = caches("a");
+        let mut def = CacheDef::named("tiny");
+        def.max_entries = 3;
+        c.apply_defs(&[def.clone()]);
+        let t = c.get("tiny").unwrap();
+        let one = || Bytes::from_static(b"1");
+        c.set(&t, "a", one(), ValueKind::Json, None).unwrap();
+        assert!(t.get("a").is_some());
+        assert!(t.get("nope").is_none());
+        // Reads of the admin API count as neither.
+        assert!(t.peek("a").is_some() && t.peek("nope").is_none());
+        c.incr(&t, "n", 2).unwrap();
+        assert!(c.delete(&t, "n").unwrap());
+        let s = t.stats();
+        assert_eq!(
+            (s.hits, s.misses, s.sets, s.deletes, s.evictions),
+            (1, 1, 2, 1, 0)
+        );
+        assert_eq!(t.entry_count(), 1);
+        // Past max_entries: moka evicts, and each eviction is counted (not the expiries).
+        for i in 0..50 {
+            c.set(&t, &format!("k{i}"), one(), ValueKind::Json, None)
+                .unwrap();
+        }
+        // Counting runs moka's pending maintenance, where evictions happen.
+        assert!(t.entry_count() <= 3, "{}", t.entry_count());
+        let evicted = t.counters().evictions.load(Ordering::Relaxed);
+        assert!(evicted > 0);
+        assert_eq!(t.counters().sets.load(Ordering::Relaxed), 52);
+        // A rebuild (a new max_entries) keeps the figures; a deleted and recreated cache
+        // starts from 0.
+        def.max_entries = 5;
+        c.apply_defs(&[def.clone()]);
+        let t2 = c.get("tiny").unwrap();
+        assert_eq!(t2.stats().hits, 1);
+        assert_eq!(t2.stats().evictions, evicted);
+        c.apply_defs(&[]);
+        c.apply_defs(&[def]);
+        let t3 = c.get("tiny").unwrap();
+        let s = t3.stats();
+        assert_eq!(
+            (
+                s.hits,
+                s.misses,
+                s.sets,
+                s.deletes,
+                s.evictions,
+                t3.entry_count()
+            ),
+            (0, 0, 0, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn expired_entries_leave_the_entry_count() {
+        let c = caches("a");
+        let d = c.get("default").unwrap();
+        c.set(
+            &d,
+            "short",
+            Bytes::from_static(b"1"),
+            ValueKind::Json,
+            Some(0.05),
+        )
+        .unwrap();
+        c.set(&d, "long", Bytes::from_static(b"1"), ValueKind::Json, None)
+            .unwrap();
+        assert_eq!(d.entry_count(), 2);
+        let until = now_ms() + 5_000;
+        while d.entry_count() != 1 {
+            assert!(now_ms() < until, "the expired entry is still counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Two servers' caches joined by a "bus" that delivers in the order given.
     fn replicated(name: &str) -> (Caches, tokio::sync::mpsc::UnboundedReceiver<Repl>) {
         let c = caches(name);

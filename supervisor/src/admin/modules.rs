@@ -28,13 +28,35 @@ pub(super) async fn route(
             Ok(body) => deploy(cx, body, who).await,
             Err(r) => r,
         },
-        (&Method::DELETE, [name]) => undeploy(cx, name).await,
-        (&Method::POST, [name, "rollback"]) => rollback(cx, name).await,
+        (&Method::DELETE, [name]) => counted(cx, "undeploy", undeploy(cx, name)).await,
+        (&Method::POST, [name, "rollback"]) => counted(cx, "rollback", rollback(cx, name)).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {method} {}", req.uri().path()),
         ),
     }
+}
+
+/// Runs an undeploy or a rollback and counts it in the deploy metrics by the status it
+/// answers with (each outcome has its own: see `undeploy` and `rollback`).
+async fn counted(
+    cx: &Ctx,
+    action: &'static str,
+    change: impl std::future::Future<Output = Response<Body>>,
+) -> Response<Body> {
+    use crate::metrics::deploys::Outcome;
+    let t0 = std::time::Instant::now();
+    let resp = change.await;
+    if cx.metrics.enabled() {
+        let outcome = match resp.status() {
+            StatusCode::OK => Outcome::Ok,
+            StatusCode::INTERNAL_SERVER_ERROR => Outcome::Partial,
+            StatusCode::NOT_FOUND | StatusCode::CONFLICT => Outcome::Invalid,
+            _ => Outcome::Error,
+        };
+        cx.metrics.deploys.record(action, outcome, t0.elapsed());
+    }
+    resp
 }
 
 /// The services the workers run (the first ready worker's table; all workers load the same),

@@ -44,6 +44,8 @@ struct LinkHandle {
     streams: Arc<Mutex<oxbus_ipc::bus::StreamIds>>,
     /// Calls waiting for their REPLY: (status, body).
     pending: Pending,
+    /// The config version the peer last announced (NOTIFY); -1 before its first.
+    peer_version: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The calls a link waits on: stream → where its (status, body) goes.
@@ -162,6 +164,20 @@ impl Bus {
             .collect();
         v.sort_by(|a, b| a.peer.cmp(&b.peer));
         v
+    }
+
+    /// The live links with the config version each peer last announced (`None` before its
+    /// first NOTIFY), for the metrics.
+    pub fn peer_versions(&self) -> Vec<(String, Option<i64>)> {
+        self.links
+            .lock()
+            .expect("links lock")
+            .iter()
+            .map(|(peer, h)| {
+                let v = h.peer_version.load(Ordering::Relaxed);
+                (peer.clone(), (v >= 0).then_some(v))
+            })
+            .collect()
     }
 
     /// Calls `meta` (with an empty body) on every linked peer at once and waits up to
@@ -468,6 +484,7 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     let id = bus.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
     let pending: Pending = Default::default();
+    let peer_version = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     {
         let mut links = bus.links.lock().expect("links lock");
         if links.contains_key(&peer) {
@@ -483,6 +500,7 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                 tx: tx.clone(),
                 streams: Arc::new(Mutex::new(link.stream_ids())),
                 pending: pending.clone(),
+                peer_version: peer_version.clone(),
             },
         );
     }
@@ -502,14 +520,21 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     } = conn;
     let decoder = FrameDecoder::default();
     let (mut rd, mut wr) = stream.into_split();
+    let traffic = &cx.metrics.cluster;
+    let (frames_out, bytes_out) = (traffic.frames_out.clone(), traffic.bytes_out.clone());
     let writer = tokio::spawn(async move {
         let mut out = BytesMut::with_capacity(8 * 1024);
+        // Every message on `rx` is one encoded frame.
         while let Some(b) = rx.recv().await {
             out.clear();
             out.extend_from_slice(&b);
+            let mut frames = 1;
             while let Ok(more) = rx.try_recv() {
                 out.extend_from_slice(&more);
+                frames += 1;
             }
+            frames_out.inc_by(frames);
+            bytes_out.inc_by(out.len() as u64);
             if wr.write_all(&out).await.is_err() {
                 break;
             }
@@ -533,13 +558,21 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     let reason: String = 'link: loop {
         // Frames already buffered first, then the socket, silent for LINK_TIMEOUT = dead.
         loop {
-            match decoder.decode(&mut buf) {
+            let decoded = decoder.decode(&mut buf);
+            if let Ok(Some(_)) = &decoded {
+                traffic.frames_in.inc();
+            }
+            match decoded {
                 Ok(Some(frame)) => match link.parse(frame) {
                     Ok(Incoming::Ping(nonce)) => {
                         let _ = tx.send(Frame::pong(nonce).to_bytes());
                     }
                     Ok(Incoming::Pong(_)) => {}
                     Ok(Incoming::Notify(n)) => {
+                        peer_version.store(
+                            i64::try_from(n.config_version).unwrap_or(i64::MAX),
+                            Ordering::Relaxed,
+                        );
                         let applied = cx.node.applied_version.load(Ordering::Relaxed);
                         if n.config_version as i64 != applied {
                             debug!(peer = %peer, version = n.config_version, applied, "bus: peer has another version");
@@ -611,7 +644,9 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
         }
         match tokio::time::timeout(LINK_TIMEOUT, rd.read_buf(&mut buf)).await {
             Ok(Ok(0)) => break 'link "the peer closed the connection".to_owned(),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => {
+                traffic.bytes_in.inc_by(n as u64);
+            }
             Ok(Err(e)) => break 'link format!("read failed: {e}"),
             Err(_) => break 'link format!("silent for {} s", LINK_TIMEOUT.as_secs()),
         }

@@ -557,6 +557,7 @@ async fn nothing_to_do(
 /// deadline, holding nothing ([`checked`]); then, one deploy at a time (`deploy_lock`),
 /// store them in one short transaction and activate them in every live worker. With
 /// `skip_unchanged`, a module whose source equals its active version is left alone.
+/// Every deploy (the admin API, the pickup directory) is counted here by its outcome.
 pub async fn deploy(
     cx: &Ctx,
     modules: &[(String, String)],
@@ -564,6 +565,36 @@ pub async fn deploy(
     skip_unchanged: bool,
 ) -> Result<Report, DeployError> {
     let t0 = Instant::now();
+    let result = deploy_sequence(cx, modules, by, skip_unchanged, t0).await;
+    if cx.metrics.enabled() {
+        cx.metrics
+            .deploys
+            .record("deploy", outcome(&result), t0.elapsed());
+    }
+    result
+}
+
+/// How a deploy ended, for the metrics.
+fn outcome(result: &Result<Report, DeployError>) -> crate::metrics::deploys::Outcome {
+    use crate::metrics::deploys::Outcome;
+    match result {
+        Ok(r) if r.deployed.is_empty() => Outcome::Unchanged,
+        Ok(r) if r.all_ok() => Outcome::Ok,
+        Ok(_) => Outcome::Partial,
+        Err(DeployError::Invalid(_)) => Outcome::Invalid,
+        Err(DeployError::Refused(_)) => Outcome::Refused,
+        Err(DeployError::Busy(_)) => Outcome::Conflict,
+        Err(DeployError::Unavailable(_)) => Outcome::Error,
+    }
+}
+
+async fn deploy_sequence(
+    cx: &Ctx,
+    modules: &[(String, String)],
+    by: &str,
+    skip_unchanged: bool,
+    t0: Instant,
+) -> Result<Report, DeployError> {
     if modules.is_empty() {
         return Err(DeployError::Invalid("no modules to deploy".into()));
     }

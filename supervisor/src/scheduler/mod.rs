@@ -617,6 +617,9 @@ fn start_run(cx: &Arc<Ctx>, def: JobDef, due: Option<i64>, ctx: &Arc<RunCtx>) {
             busy
         };
         if busy && def.overlap == Overlap::Skip {
+            if cx.metrics.enabled() {
+                cx.metrics.scheduler.run(&def.name, "skipped");
+            }
             ctx.record(
                 &cx,
                 Run {
@@ -679,6 +682,13 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         .map(|v| serde_json::to_vec(v).expect("JSON serialises"))
         .unwrap_or_default();
     let started = now_ms();
+    if let (Some(due), true) = (due, cx.metrics.enabled()) {
+        // Planned for its due time plus the job's jitter (fire_due waits for both).
+        let late = started - (due + jitter(def, due));
+        cx.metrics
+            .scheduler
+            .started_late(Duration::from_millis(late.max(0) as u64));
+    }
     let clock = Instant::now();
     let result = cx.pool.invoke(&meta, &body, clock + timeout).await;
     let duration_ms = Some(clock.elapsed().as_millis() as i64);
@@ -696,6 +706,9 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
     };
     if let Some(e) = &error {
         warn!(job = %def.name, service = %def.service, cid, trace_id = trace.trace_id(), error = %e, "scheduler: the job's run failed");
+    }
+    if cx.metrics.enabled() {
+        cx.metrics.scheduler.run(&def.name, outcome);
     }
     Run {
         job: def.name.clone(),

@@ -68,14 +68,78 @@ pub enum Store {
 }
 
 /// Runs `$body` with `$pool` bound to the engine's pool; each arm is compiled separately,
-/// so the same query text is checked against both drivers' types.
+/// so the same query text is checked against both drivers' types. Every operation is timed
+/// into the store's metrics ([`Timing`]), its `op` the group of tables of the file it is in:
+/// the body runs in a block of its own, so that a `?` or a `return Err(…)` in it is seen
+/// here on its way out.
 macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            $crate::store::Store::Sqlite($pool) => $body,
-            $crate::store::Store::Postgres($pool) => $body,
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let timing = $crate::store::Timing::start(module_path!());
+        let result: $crate::store::Result<_> = match $store {
+            $crate::store::Store::Sqlite($pool) => async { Ok($body) }.await,
+            $crate::store::Store::Postgres($pool) => async { Ok($body) }.await,
+        };
+        timing.finish(&result);
+        match result {
+            Ok(v) => v,
+            Err(e) => return Err(e),
         }
-    };
+    }};
+}
+
+/// Where the store's operations are timed (`metrics/store.rs`): set once by boot. One server
+/// runs per process; a store opened by a tool or a test records nothing.
+static METRICS: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>> =
+    std::sync::OnceLock::new();
+
+/// From now on, the store's operations are timed into `metrics` (boot calls it once).
+pub fn record_into(metrics: std::sync::Arc<crate::metrics::Metrics>) {
+    let _ = METRICS.set(metrics);
+}
+
+/// One store operation being timed: finished with its result, or dropped on the way out
+/// (the caller gave up on it, a timeout around it) and then counted as failed.
+#[doc(hidden)]
+pub struct Timing {
+    op: Option<usize>,
+    started: std::time::Instant,
+}
+
+impl Timing {
+    /// Starts timing an operation of the store file `module` (its `module_path!()`).
+    pub fn start(module: &str) -> Timing {
+        let group = match module.rsplit("::").next().unwrap_or(module) {
+            "store" => "version",
+            "plan" => "import",
+            other => other,
+        };
+        Timing {
+            op: crate::metrics::store::StoreMetrics::op(group),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records it. Only a failure of the store counts as an error: a refusal it answered
+    /// with (no such object, a name taken) is a result like any other.
+    pub fn finish<T>(mut self, result: &Result<T>) {
+        let failed = matches!(result, Err(StoreError::Db(_) | StoreError::Migrate(_)));
+        self.record(failed);
+    }
+
+    fn record(&mut self, failed: bool) {
+        if let (Some(op), Some(m)) = (self.op.take(), METRICS.get())
+            && m.enabled()
+        {
+            m.store.observe(op, self.started.elapsed(), failed);
+        }
+    }
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        // Not finished: the future was dropped while the store had not answered.
+        self.record(true);
+    }
 }
 
 // After `on_pool!`, which they use.
@@ -260,7 +324,10 @@ impl Store {
 
     /// Closes the pool.
     pub async fn close(&self) {
-        on_pool!(self, p => p.close().await)
+        match self {
+            Store::Sqlite(p) => p.close().await,
+            Store::Postgres(p) => p.close().await,
+        }
     }
 
     /// The current config version.
@@ -290,6 +357,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file of the store that runs statements times them under an op of the metrics'
+    /// fixed set.
+    #[test]
+    fn every_store_file_has_an_op() {
+        for file in [
+            "store",
+            "channels",
+            "modules",
+            "objects",
+            "plan",
+            "scheduler",
+            "secrets",
+            "servers",
+        ] {
+            let mut t = Timing::start(&format!("oxbus_supervisor::store::{file}"));
+            assert!(t.op.is_some(), "{file}");
+            t.op = None;
+        }
+        let path = module_path!();
+        assert!(Timing::start(path.trim_end_matches("::tests")).op.is_some());
+    }
 
     /// Nothing listening at the address: down, without the pool's retries.
     #[tokio::test]

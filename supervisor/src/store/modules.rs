@@ -362,11 +362,17 @@ impl PendingDeploy {
     /// transaction, so two deploys of one service at once cannot both commit.
     pub async fn claim_services(&mut self, claims: &[(String, String)]) -> Result<()> {
         let modules: Vec<String> = self.change.value.iter().map(|m| m.name.clone()).collect();
-        match &mut self.tx {
-            PendingTx::Sqlite(tx) => claim_services!(tx, &modules, claims),
-            PendingTx::Postgres(tx) => claim_services!(tx, &modules, claims),
+        let timing = super::Timing::start("modules");
+        let result = async {
+            match &mut self.tx {
+                PendingTx::Sqlite(tx) => claim_services!(tx, &modules, claims),
+                PendingTx::Postgres(tx) => claim_services!(tx, &modules, claims),
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        timing.finish(&result);
+        result
     }
 
     /// The versions the commit will make active.
@@ -385,10 +391,14 @@ impl PendingDeploy {
 
     /// Commits the deploy (durable when this returns: SQLite runs with `synchronous=FULL`).
     pub async fn commit(self) -> Result<Change<Vec<Module>>> {
-        match self.tx {
-            PendingTx::Sqlite(tx) => tx.commit().await?,
-            PendingTx::Postgres(tx) => tx.commit().await?,
+        let timing = super::Timing::start("modules");
+        let result = match self.tx {
+            PendingTx::Sqlite(tx) => tx.commit().await,
+            PendingTx::Postgres(tx) => tx.commit().await,
         }
+        .map_err(StoreError::from);
+        timing.finish(&result);
+        result?;
         Ok(self.change)
     }
 }

@@ -136,16 +136,17 @@ impl Store {
                 upsert_object!(tx, K, def, by);
                 let config_version = bump(&mut tx).await?;
                 tx.commit().await?;
-                return Ok(Change { config_version, value: def.clone() });
+                Ok(Change { config_version, value: def.clone() })
+            } else {
+                // The version first: its row lock orders this change after any other one
+                // still open, so what is read below is current.
+                let config_version = bump(&mut tx).await?;
+                let (def, existed) = object_into_stored!(tx, K, def);
+                put_allowed::<K>(create, existed, def.name())?;
+                upsert_object!(tx, K, &def, by);
+                tx.commit().await?;
+                Ok(Change { config_version, value: def })
             }
-            // The version first: its row lock orders this change after any other one still
-            // open, so what is read below is current.
-            let config_version = bump(&mut tx).await?;
-            let (def, existed) = object_into_stored!(tx, K, def);
-            put_allowed::<K>(create, existed, def.name())?;
-            upsert_object!(tx, K, &def, by);
-            tx.commit().await?;
-            Ok(Change { config_version, value: def })
         })
     }
 
