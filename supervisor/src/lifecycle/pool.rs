@@ -31,6 +31,9 @@ pub struct Reply {
     pub body: Bytes,
     /// The REPLY's `error` kind (`input`, `no_service`), when the worker set one.
     pub error: Option<String>,
+    /// The REPLY's `exc`: the family of the exception the service raised (or `input`), on
+    /// an error reply only (ipc-protocol/SPEC.md).
+    pub exc: Option<String>,
 }
 
 /// Why an invocation got no reply.
@@ -199,6 +202,7 @@ impl Worker {
                     content_type: Some("application/json".into()),
                     headers: vec![],
                     error: None,
+                    exc: None,
                 },
                 br#"{"error":"reply too large for the IPC frame limit"}"#,
             );
@@ -457,6 +461,21 @@ impl Pool {
         body: &[u8],
         deadline: Instant,
     ) -> Result<Reply, DispatchError> {
+        // Per-service figures (`metrics::services`): every invocation passes here.
+        let started = self.metrics.enabled().then(Instant::now);
+        let result = self.dispatch(meta, body, deadline).await;
+        if let Some(started) = started {
+            self.record_call(meta.service, meta.cid, started, &result);
+        }
+        result
+    }
+
+    async fn dispatch<H: serde::Serialize>(
+        &self,
+        meta: &InvokeMeta<'_, H>,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, DispatchError> {
         let w = self.acquire(deadline).await?;
         let slot = Slot {
             pool: self,
@@ -468,6 +487,71 @@ impl Pool {
         }
         drop(slot);
         result
+    }
+
+    /// Records one invocation's outcome: an error when the service raised or its input was
+    /// refused (the REPLY's `exc`), or when no reply came (the family says why). A call of a
+    /// service no worker has is not recorded: its name is whatever the caller sent.
+    fn record_call(
+        &self,
+        service: &str,
+        cid: &str,
+        started: Instant,
+        result: &Result<Reply, DispatchError>,
+    ) {
+        use crate::metrics::services::Outcome;
+        let outcome = match result {
+            Ok(r) if r.error.as_deref() == Some(oxbus_ipc::REPLY_ERROR_NO_SERVICE) => return,
+            Ok(r) => match &r.exc {
+                Some(family) => Outcome::Error {
+                    family,
+                    status: r.status,
+                },
+                None => Outcome::Ok,
+            },
+            Err(e) => {
+                if !self.metrics.services.knows(service) && !self.has_service(service) {
+                    return;
+                }
+                Outcome::Error {
+                    family: e.family(),
+                    status: e.status(),
+                }
+            }
+        };
+        self.metrics.services.record(service, cid, started, outcome);
+    }
+
+    /// Whether some worker runs `service` (what READY and the last module change said).
+    pub fn has_service(&self, service: &str) -> bool {
+        self.all().iter().any(|w| {
+            w.services
+                .lock()
+                .expect("services lock")
+                .iter()
+                .any(|s| s.name == service)
+        })
+    }
+}
+
+impl DispatchError {
+    /// The error family the per-service metrics count this failure under.
+    pub fn family(&self) -> &'static str {
+        match self {
+            DispatchError::Busy | DispatchError::QueueTimeout => "busy",
+            DispatchError::WorkerDied => "worker_died",
+            DispatchError::Deadline => "timeout",
+            DispatchError::TooLarge => "too_large",
+        }
+    }
+
+    /// The HTTP status a caller gets for it (as the HTTP edge answers it).
+    pub fn status(&self) -> u16 {
+        match self {
+            DispatchError::Busy | DispatchError::QueueTimeout | DispatchError::WorkerDied => 503,
+            DispatchError::Deadline => 504,
+            DispatchError::TooLarge => 413,
+        }
     }
 }
 

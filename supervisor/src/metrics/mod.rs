@@ -16,6 +16,7 @@ pub mod deploys;
 pub mod http;
 pub mod scheduler;
 pub mod services;
+pub mod stats;
 pub mod store;
 pub mod workers;
 
