@@ -717,6 +717,19 @@ pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<oxb
 /// deploys through two servers converge) and answer with this server's workers' acks.
 async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
     match oxbus_ipc::bus::Op::parse(meta) {
+        // This server's statistics, as its own admin API shows them (BUS.md).
+        Ok(oxbus_ipc::bus::Op::ServicesStats(q)) => {
+            let report = cx.metrics.services.report(
+                cx.metrics.enabled(),
+                cx.pool.service_names(),
+                q.service.as_deref(),
+            );
+            (
+                200,
+                serde_json::to_value(report)
+                    .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            )
+        }
         Ok(_) => match crate::cluster::sync::catch_up(cx).await {
             Ok((version, workers)) => {
                 // What it runs now (its own version check may have caught up first, in which

@@ -522,6 +522,17 @@ impl Pool {
         self.metrics.services.record(service, cid, started, outcome);
     }
 
+    /// The names of the services the workers run.
+    pub fn service_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for w in self.all() {
+            for s in w.services.lock().expect("services lock").iter() {
+                names.insert(s.name.clone());
+            }
+        }
+        names
+    }
+
     /// Whether some worker runs `service` (what READY and the last module change said).
     pub fn has_service(&self, service: &str) -> bool {
         self.all().iter().any(|w| {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::stats::{LastError, ServiceStats, Snapshot};
+use super::stats::{LastError, ServerStats, ServiceStats, Snapshot};
 
 /// Distinct error families kept as label values; past them a family is `other`.
 pub const MAX_FAMILIES: usize = 32;
@@ -267,6 +267,34 @@ impl ServiceMetrics {
     pub fn snapshot(&self, service: &str) -> Option<Snapshot> {
         let now = self.clock.ms(Instant::now());
         self.get(service).map(|h| h.stats.snapshot(now))
+    }
+
+    /// This server's statistics: of `only`, or of every service recorded or in `running`
+    /// (those without calls with zero figures).
+    pub fn report(
+        &self,
+        recording: bool,
+        running: impl IntoIterator<Item = String>,
+        only: Option<&str>,
+    ) -> ServerStats {
+        let services = match only {
+            Some(name) => std::iter::once((
+                name.to_owned(),
+                self.snapshot(name).unwrap_or_else(Snapshot::empty),
+            ))
+            .collect(),
+            None => {
+                let mut all = self.snapshot_all();
+                for name in running {
+                    all.entry(name).or_insert_with(Snapshot::empty);
+                }
+                all
+            }
+        };
+        ServerStats {
+            recording,
+            services,
+        }
     }
 
     /// The statistics of every recorded service now, by name.

@@ -104,6 +104,40 @@ pub struct Snapshot {
     pub last_error: Option<LastError>,
 }
 
+impl Snapshot {
+    /// The figures of a service without calls.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            windows: WINDOWS
+                .iter()
+                .map(|w| {
+                    (
+                        format!("{w}m"),
+                        Window {
+                            calls: 0,
+                            errors: 0,
+                            mean_ms: None,
+                            p50_ms: None,
+                            p99_ms: None,
+                        },
+                    )
+                })
+                .collect(),
+            last_error: None,
+        }
+    }
+}
+
+/// One server's statistics: what `GET /v1/services/stats` shows per server and what the bus
+/// op `services.stats` answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServerStats {
+    /// Whether this server records figures (`metrics.enabled`); when not, every figure is 0.
+    pub recording: bool,
+    /// By service name: every service it ran in the last 15 minutes or runs now.
+    pub services: std::collections::BTreeMap<String, Snapshot>,
+}
+
 /// The statistics of one service.
 pub struct ServiceStats {
     ring: Box<[Bucket]>,
