@@ -13,7 +13,8 @@
 //! not applied runs its `sync` at once, so a change reaches the cluster in milliseconds
 //! instead of at the next version check.
 //! `deploy.activate` / `deploy.remove` calls make a peer catch up at once and answer with its
-//! workers' acks, so a deploy's report lists every server.
+//! workers' acks, so a deploy's report lists every server. `services.stats` answers with
+//! this server's per-service statistics (`metrics::stats`), for the admin API of a peer.
 
 use bytes::BytesMut;
 use oxbus_ipc::bus::{
@@ -712,7 +713,8 @@ pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<oxb
     }
 }
 
-/// Serves a call from a peer: `deploy.activate` / `deploy.remove` bring this server up to the
+/// Serves a call from a peer: `services.stats` reads this server's statistics;
+/// `deploy.activate` / `deploy.remove` bring this server up to the
 /// store's version now (whatever versions the call names: the store decides, so concurrent
 /// deploys through two servers converge) and answer with this server's workers' acks.
 async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
