@@ -56,6 +56,13 @@ class Typed(Service):
         self.response.payload = {'id': self.request.input.customer_id}
 
 
+class Fanout(Service):
+    name = 'st.fanout'
+
+    def handle(self):
+        self.response.payload = {'cid': self.invoke_async('st.ok')}
+
+
 class Slow(Service):
     name = 'st.slow'
 
@@ -77,6 +84,8 @@ fn env() -> Env {
         .channel("/bad", &["GET"], "st.bad")
         .channel("/input", &["POST"], "st.input")
         .channel("/slow", &["GET"], "st.slow")
+        .channel("/fanout", &["GET"], "st.fanout")
+        .jsonrpc_channel("/rpc", &["st.ok"])
 }
 
 async fn stats(srv: &Server, path: &str) -> Value {
@@ -313,4 +322,55 @@ async fn one_server_answers_for_the_cluster_each_server_with_its_own_counts() {
         "{doc:#}"
     );
     assert_eq!(counts(&doc, "a", "st.ok"), (3, 0));
+}
+
+#[tokio::test]
+async fn every_way_of_calling_a_service_is_counted() {
+    let srv = env().start().await;
+    let token = srv.admin_token();
+    // A REST channel, a JSON-RPC channel, the admin API's invoke, invoke_async from another
+    // service and a scheduled job's run: one call of st.ok each.
+    calls(&srv, "GET", "/ok", b"", 1, 200).await;
+    let r = srv
+        .post_json(
+            "/rpc",
+            &json!({"jsonrpc": "2.0", "method": "st.ok", "id": 1}),
+        )
+        .await;
+    assert_eq!(r.json()["result"], json!({"ok": true}), "{}", r.json());
+    let r = srv
+        .admin("POST", "/v1/invoke/st.ok", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 200);
+    calls(&srv, "GET", "/fanout", b"", 1, 200).await;
+    let job = json!({"type": "one_time", "service": "st.ok", "start_date": "2099-01-01T00:00:00Z"});
+    let r = srv
+        .admin(
+            "PUT",
+            "/v1/jobs/manual",
+            Some(&token),
+            job.to_string().as_bytes(),
+        )
+        .await;
+    assert!(
+        r.status == 200 || r.status == 201,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = srv
+        .admin("POST", "/v1/jobs/manual/execute", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    eventually(Duration::from_secs(10), "five calls of st.ok", || {
+        let srv = &srv;
+        async move {
+            let doc = stats(srv, "/v1/services/st.ok/stats").await;
+            let me = doc["server"].as_str().unwrap().to_owned();
+            (counts(&doc, &me, "st.ok") == (5, 0)).then_some(())
+        }
+    })
+    .await;
+    let doc = stats(&srv, "/v1/services/stats").await;
+    let me = doc["server"].as_str().unwrap();
+    assert_eq!(counts(&doc, me, "st.fanout"), (1, 0));
 }

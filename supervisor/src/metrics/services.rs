@@ -224,8 +224,29 @@ impl ServiceMetrics {
     /// Records one call of `service` (cid `cid`) that started at `started` and ended now.
     pub fn record(&self, service: &str, cid: &str, started: Instant, outcome: Outcome<'_>) {
         let ended = Instant::now();
-        let took = ended.saturating_duration_since(started);
+        {
+            // The common case: recorded under the read lock, without touching the handles'
+            // reference count (an atomic every thread would share).
+            let map = self.handles.read().expect("service handles lock");
+            if let Some(h) = map.get(service) {
+                self.record_in(h, service, cid, started, ended, outcome);
+                return;
+            }
+        }
         let h = self.get_or_create(service);
+        self.record_in(&h, service, cid, started, ended, outcome);
+    }
+
+    fn record_in(
+        &self,
+        h: &ServiceHandles,
+        service: &str,
+        cid: &str,
+        started: Instant,
+        ended: Instant,
+        outcome: Outcome<'_>,
+    ) {
+        let took = ended.saturating_duration_since(started);
         h.calls.inc();
         h.duration.observe(took.as_secs_f64());
         let now_ms = self.clock.ms(ended);
