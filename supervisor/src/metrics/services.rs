@@ -29,10 +29,10 @@ pub const MAX_FAMILIES: usize = 32;
 /// The family of a value that is not a class-like name, or past [`MAX_FAMILIES`].
 pub const OTHER_FAMILY: &str = "other";
 
-/// Duration buckets, in seconds.
-const DURATION_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
+/// Duration buckets, in seconds: few (each is a line per service in every scrape), from
+/// sub-millisecond services to long jobs.
+const DURATION_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
