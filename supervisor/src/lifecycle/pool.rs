@@ -502,12 +502,17 @@ impl Pool {
         use crate::metrics::services::Outcome;
         let outcome = match result {
             Ok(r) if r.error.as_deref() == Some(oxbus_ipc::REPLY_ERROR_NO_SERVICE) => return,
-            Ok(r) => match &r.exc {
-                Some(family) => Outcome::Error {
+            Ok(r) => match (&r.exc, r.error.as_deref()) {
+                (Some(family), _) => Outcome::Error {
                     family,
                     status: r.status,
                 },
-                None => Outcome::Ok,
+                // A refused input from a worker that does not send `exc`.
+                (None, Some(oxbus_ipc::REPLY_ERROR_INPUT)) => Outcome::Error {
+                    family: oxbus_ipc::REPLY_ERROR_INPUT,
+                    status: r.status,
+                },
+                (None, _) => Outcome::Ok,
             },
             Err(e) => {
                 if !self.metrics.services.knows(service) && !self.has_service(service) {
@@ -667,5 +672,63 @@ impl Drop for StreamGuard<'_> {
             self.worker
                 .send_frame(&Frame::new(Kind::Cancel, self.stream, Bytes::new()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, error: Option<&str>, exc: Option<&str>) -> Result<Reply, DispatchError> {
+        Ok(Reply {
+            status,
+            content_type: None,
+            headers: vec![],
+            body: Bytes::new(),
+            error: error.map(str::to_owned),
+            exc: exc.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn outcomes_are_recorded_by_family_and_unknown_names_are_not() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let pool = Pool::new(1, 1, Duration::from_secs(1), tx)
+            .with_metrics(Arc::new(crate::metrics::Metrics::new(true)));
+        let t = Instant::now();
+        let s = &pool.metrics.services;
+        // A service no worker has: neither a no_service reply nor a dispatch error counts.
+        pool.record_call("ghost", "c0", t, &reply(404, Some("no_service"), None));
+        pool.record_call("ghost", "c0", t, &Err(DispatchError::Busy));
+        assert!(!s.knows("ghost"));
+        pool.record_call("svc", "c1", t, &reply(200, None, None));
+        pool.record_call("svc", "c2", t, &reply(404, None, None)); // the service's own answer
+        pool.record_call("svc", "c3", t, &reply(500, None, Some("ValueError")));
+        pool.record_call("svc", "c4", t, &reply(400, Some("input"), None));
+        let w = &s.snapshot("svc").unwrap().windows["15m"];
+        assert_eq!((w.calls, w.errors), (4, 2));
+        // Known now: a call that got no reply counts, with the status its caller got.
+        for (e, family, status) in [
+            (DispatchError::Deadline, "timeout", 504),
+            (DispatchError::WorkerDied, "worker_died", 503),
+            (DispatchError::Busy, "busy", 503),
+            (DispatchError::QueueTimeout, "busy", 503),
+            (DispatchError::TooLarge, "too_large", 413),
+        ] {
+            pool.record_call("svc", "c5", t, &Err(e));
+            let last = s.snapshot("svc").unwrap().last_error.unwrap();
+            assert_eq!((last.family.as_str(), last.status), (family, status));
+        }
+        let text = pool.metrics.render().unwrap();
+        for line in [
+            r#"oxbus_service_calls_total{service="svc"} 9"#,
+            r#"oxbus_service_errors_total{service="svc",family="ValueError"} 1"#,
+            r#"oxbus_service_errors_total{service="svc",family="input"} 1"#,
+            r#"oxbus_service_errors_total{service="svc",family="busy"} 2"#,
+            r#"oxbus_service_errors_total{service="svc",family="timeout"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("ghost"));
     }
 }
