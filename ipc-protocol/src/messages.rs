@@ -222,6 +222,13 @@ pub struct ReplyMeta {
     /// on every other reply, and ignored by a receiver that does not know it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// On an error reply, the family of what failed, for the server's per-service error
+    /// counts: the `oxbus.errors` class (`BadRequest`, `NotFound`…), `OutputError`, the
+    /// nearest built-in exception class of any other exception (`ValueError`, `OSError`,
+    /// `Exception`…; never a user class name), or `input` for a refused input. Added within
+    /// version 1: absent on every other reply, and ignored by a receiver that does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exc: Option<String>,
 }
 
 /// `REPLY` `error`: the request's input was refused before the service's handler ran (a body

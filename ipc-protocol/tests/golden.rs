@@ -82,6 +82,9 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
                     if name == "reply_error_input" {
                         assert_eq!(r.error.as_deref(), Some(REPLY_ERROR_INPUT));
                     }
+                    if name == "reply_error_exc" {
+                        assert_eq!(r.exc.as_deref(), Some("ValueError"));
+                    }
                 }
                 _ => unreachable!(),
             }

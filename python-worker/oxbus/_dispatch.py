@@ -294,9 +294,11 @@ class Dispatcher:
                kind: Optional[str] = None) -> bytes:
         """Turn an exception from a service (or its input) into an error REPLY.
 
-        ``kind`` is the REPLY's ``error`` field (``REPLY_ERROR_INPUT``), if any.
+        ``kind`` is the REPLY's ``error`` field (``REPLY_ERROR_INPUT``), if any. The REPLY's
+        ``exc`` is the exception's family (:func:`exc_family`), ``input`` for a refused input.
         """
         headers = None
+        family = REPLY_ERROR_INPUT if kind == REPLY_ERROR_INPUT else exc_family(exc)
         if isinstance(exc, Reportable):
             status = exc.status_code
             doc = {'error': exc.msg, **exc.details, 'cid': cid}
@@ -314,7 +316,7 @@ class Dispatcher:
                              exc_info=exc)
             status = 500
             doc = {'error': 'internal error', 'cid': cid}
-        return _error_frame(stream, status, doc, headers, kind)
+        return _error_frame(stream, status, doc, headers, kind, family)
 
     def _unroutable(self, stream: int, meta: Dict[str, Any], body: bytes = b'') -> bytes:
         op = meta.get('op')
@@ -397,13 +399,37 @@ class Dispatcher:
         return cid
 
 
+def exc_family(exc: BaseException) -> str:
+    """The family of ``exc`` that the server counts a service's errors by (REPLY ``exc``).
+
+    The ``oxbus.errors`` class for a :class:`Reportable` (``BadRequest``, ``NotFound``...;
+    the nearest one for a subclass), ``OutputError``, and for any other exception the nearest
+    built-in exception class in its MRO (``ValueError``, ``KeyError``, ``OSError``,
+    ``Exception`` for a direct subclass of it). Never a user class name, so the server's
+    label values stay few.
+    """
+    if isinstance(exc, Reportable):
+        module = Reportable.__module__
+    elif isinstance(exc, OutputError):
+        return 'OutputError'
+    else:
+        module = 'builtins'
+    for klass in type(exc).__mro__:
+        if klass.__module__ == module:
+            return klass.__name__
+    return 'BaseException'  # not reached: every exception class derives from it
+
+
 def _error_frame(stream: int, status: int, doc: Dict[str, Any],
-                 headers: Optional[Dict[str, str]] = None, kind: Optional[str] = None) -> bytes:
+                 headers: Optional[Dict[str, str]] = None, kind: Optional[str] = None,
+                 family: Optional[str] = None) -> bytes:
     meta: Dict[str, Any] = {'status': status, 'content_type': JSON_CONTENT_TYPE}
     if headers:
         meta['headers'] = _header_pairs(headers)
     if kind:
         meta['error'] = kind
+    if family:
+        meta['exc'] = family
     return encode_reply(stream, meta, _encode_error_body(doc).encode('utf-8', 'replace'))
 
 

@@ -576,7 +576,8 @@ class Worker:
     def _internal_error(call: _Call) -> bytes:
         logging.getLogger('oxbus.worker').exception('dispatcher failed')
         return _error_frame(call.stream, 500, {'error': 'internal error',
-                                               'cid': call.meta.get('cid') or ''})
+                                               'cid': call.meta.get('cid') or ''},
+                            family='internal')
 
     def _watchdog(self) -> None:
         """Promote a new leader when the current one is stuck in a handler; watch heartbeats.
@@ -698,7 +699,7 @@ class Worker:
                     if self._draining:
                         self._outbox.append(_error_frame(stream, 503, {
                             'error': 'the worker is draining',
-                            'cid': obj.meta.get('cid') or ''}))
+                            'cid': obj.meta.get('cid') or ''}, family='busy'))
                         continue
                     active[stream] = obj
                     self._inflight += 1

@@ -652,6 +652,83 @@ class Failing500(Service):
         raise RuntimeError('secret detail')
 
 
+class _UserValueError(ValueError):
+    pass
+
+
+class _UserException(Exception):
+    pass
+
+
+class _UserNotFound(NotFound):
+    pass
+
+
+class _UserOSError(FileNotFoundError):
+    pass
+
+
+def _raising(exc):
+    class Raising(Service):
+        def handle(self):
+            raise exc
+
+    return Raising
+
+
+@pytest.mark.parametrize('exc,family', [
+    (ValueError('v'), 'ValueError'),
+    (_UserValueError('v'), 'ValueError'),
+    (KeyError('k'), 'KeyError'),
+    (_UserException('x'), 'Exception'),
+    (_UserOSError('f'), 'FileNotFoundError'),
+    (OSError('o'), 'OSError'),
+    (SystemExit(3), 'SystemExit'),
+    (BadRequest('b'), 'BadRequest'),
+    (_UserNotFound('n'), 'NotFound'),
+    (Reportable('r'), 'Reportable'),
+    (Unauthorized('u'), 'Unauthorized'),
+])
+def test_reply_exc_is_the_family_never_a_user_class(exc, family):
+    r = call(_raising(exc), body=b'{}')
+    assert r.status >= 400
+    assert r.meta['exc'] == family
+    assert 'error' not in r.meta
+
+
+def test_reply_exc_of_input_output_and_async_errors_and_none_on_success():
+    assert call(GetCustomer, body=b'{}').meta['exc'] == 'input'
+    assert call(Echo, body=b'{"a": ').meta['exc'] == 'input'
+    # A 405 is the service's answer to a verb it has no handler for, not refused input.
+    assert call(Items, method='DELETE').meta['exc'] == 'MethodNotAllowed'
+
+    class BadOutput(Service):
+        output = 'name'
+
+        def handle(self):
+            self.response.payload = {}
+
+    assert call(BadOutput, body=b'{}').meta['exc'] == 'OutputError'
+
+    class AsyncFailing(Service):
+        async def handle(self):
+            raise KeyError('k')
+
+    d = Dispatcher({AsyncFailing.name: AsyncFailing})
+    r = Reply(asyncio.run(d.run_async(3, meta_for(AsyncFailing.name), b'')), 3)
+    assert (r.status, r.meta['exc']) == (500, 'KeyError')
+    # Success, an unknown service and a status the service chose itself carry no exc.
+    assert 'exc' not in call(Echo, body=b'{}').meta
+    assert 'exc' not in call(Echo, name='no.such').meta
+
+    class Chose404(Service):
+        def handle(self):
+            self.response.status_code = 404
+            self.response.payload = {'error': 'chosen'}
+
+    assert 'exc' not in call(Chose404, body=b'{}').meta
+
+
 def test_the_channel_type_comes_from_the_call():
     seen = []
 

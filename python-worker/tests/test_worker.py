@@ -275,6 +275,8 @@ def test_a_failing_service_does_not_hurt_the_worker(sup):
     replies = sup.replies(3)
     assert [replies[i][0]['status'] for i in (1, 2, 3)] == [500, 500, 200]
     assert json.loads(replies[1][1]) == {'error': 'internal error', 'cid': 'cid-1'}
+    # The REPLY's exc: each failure's family (built-in classes here), none on success.
+    assert [replies[i][0].get('exc') for i in (1, 2, 3)] == ['MemoryError', 'SystemExit', None]
 
 
 # -- concurrency --------------------------------------------------------------------------

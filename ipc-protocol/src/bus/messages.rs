@@ -137,6 +137,17 @@ pub enum Op {
     /// `ASYNC`; the body is a JSON array of writes.
     #[serde(rename = "cache.apply")]
     CacheApply(CacheApply),
+    /// The receiver's per-service statistics (`BUS.md`, `services.stats`). Added within
+    /// version 1.
+    #[serde(rename = "services.stats")]
+    ServicesStats(ServicesStats),
+}
+
+/// `services.stats` meta: one service's statistics, or (no `service`) every service's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServicesStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// `cache.apply` meta: nothing but the op; the writes are the body.
@@ -188,6 +199,7 @@ impl Op {
             Op::DeployActivate(_) => "deploy.activate",
             Op::DeployRemove(_) => "deploy.remove",
             Op::CacheApply(_) => "cache.apply",
+            Op::ServicesStats(_) => "services.stats",
         }
     }
 
@@ -208,6 +220,16 @@ impl Op {
         if op == "cache.apply" {
             return Ok(Op::CacheApply(CacheApply {}));
         }
+        if op == "services.stats" {
+            let parsed: Op =
+                serde_json::from_slice(meta).map_err(|e| invalid(&op, e.to_string()))?;
+            if let Op::ServicesStats(ServicesStats { service: Some(s) }) = &parsed
+                && s.is_empty()
+            {
+                return Err(invalid(&op, "the service name is empty".into()));
+            }
+            return Ok(parsed);
+        }
         if !matches!(op.as_str(), "deploy.activate" | "deploy.remove") {
             return Err(if is_reserved_op(&op) {
                 OpError::Reserved { op }
@@ -219,7 +241,7 @@ impl Op {
         let names: Vec<&str> = match &parsed {
             Op::DeployActivate(a) => a.modules.iter().map(|m| m.name.as_str()).collect(),
             Op::DeployRemove(r) => r.modules.iter().map(String::as_str).collect(),
-            Op::CacheApply(_) => unreachable!("returned above"),
+            Op::CacheApply(_) | Op::ServicesStats(_) => unreachable!("returned above"),
         };
         if names.is_empty() {
             return Err(invalid(&op, "no modules".into()));

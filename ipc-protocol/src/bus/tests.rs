@@ -779,6 +779,29 @@ fn ops_parse_or_say_why_not() {
     assert_eq!(Op::parse(b"not json").unwrap_err().status(), 400);
 }
 
+#[test]
+fn services_stats_parses_with_or_without_a_service() {
+    let parse = |v: serde_json::Value| Op::parse(&serde_json::to_vec(&v).unwrap());
+    let all = parse(serde_json::json!({"op": "services.stats"})).unwrap();
+    assert_eq!(all, Op::ServicesStats(ServicesStats { service: None }));
+    assert_eq!(all.name(), "services.stats");
+    assert_eq!(
+        serde_json::to_string(&all).unwrap(),
+        r#"{"op":"services.stats"}"#
+    );
+    let one = parse(serde_json::json!({"op": "services.stats", "service": "crm.get"})).unwrap();
+    assert_eq!(
+        serde_json::to_string(&one).unwrap(),
+        r#"{"op":"services.stats","service":"crm.get"}"#
+    );
+    for bad in [
+        serde_json::json!({"op": "services.stats", "service": ""}),
+        serde_json::json!({"op": "services.stats", "service": 7}),
+    ] {
+        assert_eq!(parse(bad.clone()).unwrap_err().status(), 400, "{bad}");
+    }
+}
+
 // ---- helpers ----
 
 #[test]

@@ -66,6 +66,7 @@ mod modules;
 mod objects;
 mod secrets;
 mod security;
+mod stats;
 mod tokens;
 
 pub use audit::prune as prune_audit_log;
@@ -261,6 +262,8 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (&Method::GET, ["v1", "info"]) => cluster::info(cx).await,
         (&Method::GET, ["v1", "cluster"]) => cluster::cluster(cx).await,
         (&Method::GET, ["v1", "services"]) => modules::services(cx).await,
+        (&Method::GET, ["v1", "services", "stats"]) => stats::all(cx).await,
+        (&Method::GET, ["v1", "services", name, "stats"]) => stats::one(cx, name).await,
         // The same bytes as the HTTP listener's /openapi.json (`oxbus openapi`).
         (&Method::GET, ["v1", "openapi"]) => {
             match crate::edge::openapi::render(&cx.pool, &cx.routes, &cx.settings, &cx.node) {

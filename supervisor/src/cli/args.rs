@@ -54,6 +54,16 @@ pub enum Command {
         to: ServerArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+        /// Show each service's statistics on every server of the cluster instead: calls,
+        /// errors, mean/p50/p99 over the last 1, 5 and 15 minutes, the last error.
+        #[arg(long)]
+        stats: bool,
+        /// With --stats: print the server's JSON document (as --output json).
+        #[arg(long, requires = "stats")]
+        json: bool,
+        /// With --stats: only this service.
+        #[arg(requires = "stats")]
+        name: Option<String>,
     },
     /// Print the server's OpenAPI 3.1 document: its REST channels with the services'
     /// SimpleIO declarations, as it serves them at GET /openapi.json.

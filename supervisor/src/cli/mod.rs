@@ -22,6 +22,7 @@ pub mod quickstart;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod stats;
 pub mod systemd_units;
 pub mod token;
 
@@ -66,7 +67,17 @@ pub fn run(command: Command) -> ExitCode {
         Command::Invoke { to, name, payload } => {
             admin(|rt| modules::invoke(rt, &to, &name, payload.as_deref()))
         }
-        Command::Services { to, output } => admin(|rt| modules::services(rt, &to, output)),
+        Command::Services {
+            to,
+            output,
+            stats: true,
+            json,
+            name,
+        } => admin(|rt| {
+            let output = if json { Output::Json } else { output };
+            stats::services(rt, &to, name.as_deref(), output)
+        }),
+        Command::Services { to, output, .. } => admin(|rt| modules::services(rt, &to, output)),
         Command::Openapi { to } => admin(|rt| modules::openapi(rt, &to)),
         Command::Rollback { to, module, output } => {
             admin(|rt| modules::rollback(rt, &to, &module, output))

@@ -13,7 +13,8 @@
 //! not applied runs its `sync` at once, so a change reaches the cluster in milliseconds
 //! instead of at the next version check.
 //! `deploy.activate` / `deploy.remove` calls make a peer catch up at once and answer with its
-//! workers' acks, so a deploy's report lists every server.
+//! workers' acks, so a deploy's report lists every server. `services.stats` answers with
+//! this server's per-service statistics (`metrics::stats`), for the admin API of a peer.
 
 use bytes::BytesMut;
 use oxbus_ipc::bus::{
@@ -747,11 +748,25 @@ pub async fn replicate_caches(bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<oxb
     }
 }
 
-/// Serves a call from a peer: `deploy.activate` / `deploy.remove` bring this server up to the
+/// Serves a call from a peer: `services.stats` reads this server's statistics;
+/// `deploy.activate` / `deploy.remove` bring this server up to the
 /// store's version now (whatever versions the call names: the store decides, so concurrent
 /// deploys through two servers converge) and answer with this server's workers' acks.
 async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
     match oxbus_ipc::bus::Op::parse(meta) {
+        // This server's statistics, as its own admin API shows them (BUS.md).
+        Ok(oxbus_ipc::bus::Op::ServicesStats(q)) => {
+            let report = cx.metrics.services.report(
+                cx.metrics.enabled(),
+                cx.pool.service_names(),
+                q.service.as_deref(),
+            );
+            (
+                200,
+                serde_json::to_value(report)
+                    .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            )
+        }
         Ok(_) => match crate::cluster::sync::catch_up(cx).await {
             Ok((version, workers)) => {
                 // What it runs now (its own version check may have caught up first, in which

@@ -153,6 +153,7 @@ fn handle_frame(pool: &Arc<Pool>, worker: &Arc<Worker>, frame: Frame) -> Result<
                     headers: meta.headers,
                     body,
                     error: meta.error,
+                    exc: meta.exc,
                 });
             }
         }
@@ -231,6 +232,7 @@ fn handle_worker_call(
                 content_type: Some("application/json".into()),
                 headers: vec![],
                 error: None,
+                exc: None,
             },
             serde_json::json!({ "error": msg }).to_string().into_bytes(),
         )
@@ -296,6 +298,7 @@ fn handle_worker_call(
                         content_type: r.content_type,
                         headers: r.headers,
                         error: r.error,
+                        exc: r.exc,
                     },
                     &r.body,
                 ),

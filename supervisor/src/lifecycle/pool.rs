@@ -31,6 +31,9 @@ pub struct Reply {
     pub body: Bytes,
     /// The REPLY's `error` kind (`input`, `no_service`), when the worker set one.
     pub error: Option<String>,
+    /// The REPLY's `exc`: the family of the exception the service raised (or `input`), on
+    /// an error reply only (ipc-protocol/SPEC.md).
+    pub exc: Option<String>,
 }
 
 /// Why an invocation got no reply.
@@ -208,6 +211,7 @@ impl Worker {
                     content_type: Some("application/json".into()),
                     headers: vec![],
                     error: None,
+                    exc: None,
                 },
                 br#"{"error":"reply too large for the IPC frame limit"}"#,
             );
@@ -467,6 +471,21 @@ impl Pool {
         body: &[u8],
         deadline: Instant,
     ) -> Result<Reply, DispatchError> {
+        // Per-service figures (`metrics::services`): every invocation passes here.
+        let started = self.metrics.enabled().then(Instant::now);
+        let result = self.dispatch(meta, body, deadline).await;
+        if let Some(started) = started {
+            self.record_call(meta.service, meta.cid, started, &result);
+        }
+        result
+    }
+
+    async fn dispatch<H: serde::Serialize>(
+        &self,
+        meta: &InvokeMeta<'_, H>,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, DispatchError> {
         let w = self.acquire(deadline).await?;
         let slot = Slot {
             pool: self,
@@ -478,6 +497,87 @@ impl Pool {
         }
         drop(slot);
         result
+    }
+
+    /// Records one invocation's outcome: an error when the service raised or its input was
+    /// refused (the REPLY's `exc`), or when no reply came (the family says why). A call of a
+    /// service no worker has is not recorded: its name is whatever the caller sent.
+    fn record_call(
+        &self,
+        service: &str,
+        cid: &str,
+        started: Instant,
+        result: &Result<Reply, DispatchError>,
+    ) {
+        use crate::metrics::services::Outcome;
+        let outcome = match result {
+            Ok(r) if r.error.as_deref() == Some(oxbus_ipc::REPLY_ERROR_NO_SERVICE) => return,
+            Ok(r) => match (&r.exc, r.error.as_deref()) {
+                (Some(family), _) => Outcome::Error {
+                    family,
+                    status: r.status,
+                },
+                // A refused input from a worker that does not send `exc`.
+                (None, Some(oxbus_ipc::REPLY_ERROR_INPUT)) => Outcome::Error {
+                    family: oxbus_ipc::REPLY_ERROR_INPUT,
+                    status: r.status,
+                },
+                (None, _) => Outcome::Ok,
+            },
+            Err(e) => {
+                if !self.metrics.services.knows(service) && !self.has_service(service) {
+                    return;
+                }
+                Outcome::Error {
+                    family: e.family(),
+                    status: e.status(),
+                }
+            }
+        };
+        self.metrics.services.record(service, cid, started, outcome);
+    }
+
+    /// The names of the services the workers run.
+    pub fn service_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for w in self.all() {
+            for s in w.services.lock().expect("services lock").iter() {
+                names.insert(s.name.clone());
+            }
+        }
+        names
+    }
+
+    /// Whether some worker runs `service` (what READY and the last module change said).
+    pub fn has_service(&self, service: &str) -> bool {
+        self.all().iter().any(|w| {
+            w.services
+                .lock()
+                .expect("services lock")
+                .iter()
+                .any(|s| s.name == service)
+        })
+    }
+}
+
+impl DispatchError {
+    /// The error family the per-service metrics count this failure under.
+    pub fn family(&self) -> &'static str {
+        match self {
+            DispatchError::Busy | DispatchError::QueueTimeout => "busy",
+            DispatchError::WorkerDied => "worker_died",
+            DispatchError::Deadline => "timeout",
+            DispatchError::TooLarge => "too_large",
+        }
+    }
+
+    /// The HTTP status a caller gets for it (as the HTTP edge answers it).
+    pub fn status(&self) -> u16 {
+        match self {
+            DispatchError::Busy | DispatchError::QueueTimeout | DispatchError::WorkerDied => 503,
+            DispatchError::Deadline => 504,
+            DispatchError::TooLarge => 413,
+        }
     }
 }
 
@@ -615,5 +715,63 @@ impl crate::metrics::workers::WorkerSource for Pool {
 
     fn queue_depth(&self) -> u64 {
         self.queued.load(Ordering::Relaxed) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, error: Option<&str>, exc: Option<&str>) -> Result<Reply, DispatchError> {
+        Ok(Reply {
+            status,
+            content_type: None,
+            headers: vec![],
+            body: Bytes::new(),
+            error: error.map(str::to_owned),
+            exc: exc.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn outcomes_are_recorded_by_family_and_unknown_names_are_not() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let pool = Pool::new(1, 1, Duration::from_secs(1), tx)
+            .with_metrics(Arc::new(crate::metrics::Metrics::new(true)));
+        let t = Instant::now();
+        let s = &pool.metrics.services;
+        // A service no worker has: neither a no_service reply nor a dispatch error counts.
+        pool.record_call("ghost", "c0", t, &reply(404, Some("no_service"), None));
+        pool.record_call("ghost", "c0", t, &Err(DispatchError::Busy));
+        assert!(!s.knows("ghost"));
+        pool.record_call("svc", "c1", t, &reply(200, None, None));
+        pool.record_call("svc", "c2", t, &reply(404, None, None)); // the service's own answer
+        pool.record_call("svc", "c3", t, &reply(500, None, Some("ValueError")));
+        pool.record_call("svc", "c4", t, &reply(400, Some("input"), None));
+        let w = &s.snapshot("svc").unwrap().windows["15m"];
+        assert_eq!((w.calls, w.errors), (4, 2));
+        // Known now: a call that got no reply counts, with the status its caller got.
+        for (e, family, status) in [
+            (DispatchError::Deadline, "timeout", 504),
+            (DispatchError::WorkerDied, "worker_died", 503),
+            (DispatchError::Busy, "busy", 503),
+            (DispatchError::QueueTimeout, "busy", 503),
+            (DispatchError::TooLarge, "too_large", 413),
+        ] {
+            pool.record_call("svc", "c5", t, &Err(e));
+            let last = s.snapshot("svc").unwrap().last_error.unwrap();
+            assert_eq!((last.family.as_str(), last.status), (family, status));
+        }
+        let text = pool.metrics.render().unwrap();
+        for line in [
+            r#"oxbus_service_calls_total{service="svc"} 9"#,
+            r#"oxbus_service_errors_total{service="svc",family="ValueError"} 1"#,
+            r#"oxbus_service_errors_total{service="svc",family="input"} 1"#,
+            r#"oxbus_service_errors_total{service="svc",family="busy"} 2"#,
+            r#"oxbus_service_errors_total{service="svc",family="timeout"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("ghost"));
     }
 }

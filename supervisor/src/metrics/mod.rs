@@ -17,6 +17,7 @@ pub mod histogram;
 pub mod http;
 pub mod scheduler;
 pub mod services;
+pub mod stats;
 pub mod store;
 pub mod workers;
 

@@ -1,11 +1,484 @@
-//! Metrics of services: calls, errors by exception family, duration, per service.
+//! Metrics of services: calls, errors by exception family, duration, per service; and the
+//! per-service statistics (`stats`) recorded at the same time.
+//!
+//! Recorded by `lifecycle::pool` around `Pool::invoke`, which every invocation passes (HTTP
+//! and JSON-RPC channels, the admin API's invoke, scheduled jobs, `invoke_async` of one
+//! service by another). Each service's handles (its counters, its histogram, its statistics)
+//! are built the first time it is called and cached in a read-mostly map, so a call costs a
+//! read lock and a hash of the name, no allocation.
+//!
+//! The label values are bounded: a service is recorded only once a worker confirmed it
+//! exists (a call of an unknown name is not counted: its name is whatever the caller sent),
+//! and an error family must look like a class name (`[A-Za-z][A-Za-z0-9_]{0,63}`), of which
+//! the first [`MAX_FAMILIES`] distinct ones are kept; any other is `other`.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub struct ServiceMetrics {}
+use super::stats::{LastError, ServerStats, ServiceStats, Snapshot};
+
+/// Distinct error families kept as label values; past them a family is `other`.
+pub const MAX_FAMILIES: usize = 32;
+/// The family of a value that is not a class-like name, or past [`MAX_FAMILIES`].
+pub const OTHER_FAMILY: &str = "other";
+
+/// Duration buckets, in seconds: few (each is a line per service in every scrape), from
+/// sub-millisecond services to long jobs.
+const DURATION_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    service: String,
+    family: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// How a call ended, as the metrics see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// The service answered (whatever the status it chose).
+    Ok,
+    /// The service raised, its input was refused, or no reply came: `family` says which,
+    /// `status` is what the caller was answered.
+    Error { family: &'a str, status: u16 },
+}
+
+/// The wall clock of the statistics: `Instant`s (which the request path takes anyway) turned
+/// into milliseconds since the epoch. Tests move it forward by hand.
+#[derive(Debug)]
+pub struct Clock {
+    base: Instant,
+    base_ms: u64,
+    shift_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            base: Instant::now(),
+            base_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            shift_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `at` in milliseconds since the epoch.
+    pub fn ms(&self, at: Instant) -> u64 {
+        self.base_ms
+            + at.saturating_duration_since(self.base).as_millis() as u64
+            + self.shift_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves the clock forward (tests).
+    pub fn advance(&self, by: Duration) {
+        self.shift_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One service's handles.
+#[derive(Debug)]
+pub struct ServiceHandles {
+    calls: Counter,
+    duration: Histogram,
+    /// The error counter of each family seen for this service (a few at most).
+    errors: Mutex<Vec<(Arc<str>, Counter)>>,
+    stats: ServiceStats,
+}
+
+pub struct ServiceMetrics {
+    calls: Family<ServiceLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Family<ServiceLabel, Histogram, fn() -> Histogram>,
+    handles: RwLock<HashMap<Box<str>, Arc<ServiceHandles>>>,
+    /// The error families admitted as label values, in the order first seen.
+    families: Mutex<Vec<Arc<str>>>,
+    other: Arc<str>,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for ServiceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Whether `s` may be an error family label: `[A-Za-z][A-Za-z0-9_]{0,63}`.
+pub fn valid_family(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
 
 impl ServiceMetrics {
-    pub fn register(_registry: &mut Registry) -> ServiceMetrics {
-        ServiceMetrics {}
+    pub fn register(registry: &mut Registry) -> ServiceMetrics {
+        let calls = Family::<ServiceLabel, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let duration = Family::<ServiceLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "service_calls",
+            "Invocations of a service, however they ended",
+            calls.clone(),
+        );
+        registry.register(
+            "service_errors",
+            "Invocations that failed: the service raised (family = its exception's class \
+             family), its input was refused (input), or no reply came (timeout, worker_died, \
+             busy, too_large)",
+            errors.clone(),
+        );
+        registry.register(
+            "service_duration_seconds",
+            "Time from dispatch to the reply (or to the failure), per service",
+            duration.clone(),
+        );
+        ServiceMetrics {
+            calls,
+            errors,
+            duration,
+            handles: RwLock::new(HashMap::new()),
+            families: Mutex::new(Vec::new()),
+            other: Arc::from(OTHER_FAMILY),
+            clock: Clock::new(),
+        }
+    }
+
+    /// The handles of `service`, if it was ever recorded.
+    pub fn get(&self, service: &str) -> Option<Arc<ServiceHandles>> {
+        self.handles
+            .read()
+            .expect("service handles lock")
+            .get(service)
+            .cloned()
+    }
+
+    /// Whether `service` has been recorded.
+    pub fn knows(&self, service: &str) -> bool {
+        self.handles
+            .read()
+            .expect("service handles lock")
+            .contains_key(service)
+    }
+
+    fn get_or_create(&self, service: &str) -> Arc<ServiceHandles> {
+        if let Some(h) = self.get(service) {
+            return h;
+        }
+        let mut map = self.handles.write().expect("service handles lock");
+        map.entry(service.into())
+            .or_insert_with(|| {
+                let label = ServiceLabel {
+                    service: service.to_owned(),
+                };
+                Arc::new(ServiceHandles {
+                    calls: self.calls.get_or_create(&label).clone(),
+                    duration: self.duration.get_or_create(&label).clone(),
+                    errors: Mutex::new(Vec::new()),
+                    stats: ServiceStats::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// The label value for `family`: itself when valid and among the first
+    /// [`MAX_FAMILIES`], otherwise `other`.
+    fn family(&self, family: &str) -> Arc<str> {
+        if !valid_family(family) {
+            return self.other.clone();
+        }
+        let mut known = self.families.lock().expect("families lock");
+        if let Some(f) = known.iter().find(|f| ***f == *family) {
+            return f.clone();
+        }
+        if known.len() >= MAX_FAMILIES {
+            return self.other.clone();
+        }
+        let f: Arc<str> = Arc::from(family);
+        known.push(f.clone());
+        f
+    }
+
+    /// Records one call of `service` (cid `cid`) that started at `started` and ended now.
+    pub fn record(&self, service: &str, cid: &str, started: Instant, outcome: Outcome<'_>) {
+        let ended = Instant::now();
+        {
+            // The common case: recorded under the read lock, without touching the handles'
+            // reference count (an atomic every thread would share).
+            let map = self.handles.read().expect("service handles lock");
+            if let Some(h) = map.get(service) {
+                self.record_in(h, service, cid, started, ended, outcome);
+                return;
+            }
+        }
+        let h = self.get_or_create(service);
+        self.record_in(&h, service, cid, started, ended, outcome);
+    }
+
+    fn record_in(
+        &self,
+        h: &ServiceHandles,
+        service: &str,
+        cid: &str,
+        started: Instant,
+        ended: Instant,
+        outcome: Outcome<'_>,
+    ) {
+        let took = ended.saturating_duration_since(started);
+        h.calls.inc();
+        h.duration.observe(took.as_secs_f64());
+        let now_ms = self.clock.ms(ended);
+        let us = took.as_micros() as u64;
+        match outcome {
+            Outcome::Ok => h.stats.record(now_ms, us, false),
+            Outcome::Error { family, status } => {
+                h.stats.record(now_ms, us, true);
+                let family = self.family(family);
+                let counter = {
+                    let mut errors = h.errors.lock().expect("service errors lock");
+                    match errors.iter().find(|(f, _)| Arc::ptr_eq(f, &family)) {
+                        Some((_, c)) => c.clone(),
+                        None => {
+                            let c = self
+                                .errors
+                                .get_or_create(&ErrorLabels {
+                                    service: service.to_owned(),
+                                    family: family.to_string(),
+                                })
+                                .clone();
+                            errors.push((family.clone(), c.clone()));
+                            c
+                        }
+                    }
+                };
+                counter.inc();
+                h.stats.record_error(LastError {
+                    at_ms: now_ms,
+                    cid: cid.to_owned(),
+                    family: family.to_string(),
+                    status,
+                });
+            }
+        }
+    }
+
+    /// The statistics of `service` now; None if it was never recorded.
+    pub fn snapshot(&self, service: &str) -> Option<Snapshot> {
+        let now = self.clock.ms(Instant::now());
+        self.get(service).map(|h| h.stats.snapshot(now))
+    }
+
+    /// This server's statistics: of `only`, or of every service recorded or in `running`
+    /// (those without calls with zero figures).
+    pub fn report(
+        &self,
+        recording: bool,
+        running: impl IntoIterator<Item = String>,
+        only: Option<&str>,
+    ) -> ServerStats {
+        let services = match only {
+            Some(name) => std::iter::once((
+                name.to_owned(),
+                self.snapshot(name).unwrap_or_else(Snapshot::empty),
+            ))
+            .collect(),
+            None => {
+                let mut all = self.snapshot_all();
+                for name in running {
+                    all.entry(name).or_insert_with(Snapshot::empty);
+                }
+                all
+            }
+        };
+        ServerStats {
+            recording,
+            services,
+        }
+    }
+
+    /// The statistics of every recorded service now, by name.
+    pub fn snapshot_all(&self) -> std::collections::BTreeMap<String, Snapshot> {
+        let now = self.clock.ms(Instant::now());
+        let handles: Vec<(String, Arc<ServiceHandles>)> = self
+            .handles
+            .read()
+            .expect("service handles lock")
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(k, h)| (k, h.stats.snapshot(now)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn calls_errors_and_durations_are_rendered_per_service() {
+        let m = Metrics::new(true);
+        let s = &m.services;
+        let t = Instant::now();
+        for _ in 0..3 {
+            s.record("crm.get", "c1", t, Outcome::Ok);
+        }
+        s.record(
+            "crm.get",
+            "c2",
+            t,
+            Outcome::Error {
+                family: "ValueError",
+                status: 500,
+            },
+        );
+        s.record(
+            "crm.get",
+            "c3",
+            t,
+            Outcome::Error {
+                family: "ValueError",
+                status: 500,
+            },
+        );
+        s.record(
+            "crm.put",
+            "c4",
+            t,
+            Outcome::Error {
+                family: "BadRequest",
+                status: 400,
+            },
+        );
+        let text = m.render().unwrap();
+        assert_eq!(
+            line(&text, r#"oxbus_service_calls_total{service="crm.get"}"#),
+            Some(r#"oxbus_service_calls_total{service="crm.get"} 5"#)
+        );
+        assert_eq!(
+            line(&text, r#"oxbus_service_calls_total{service="crm.put"}"#),
+            Some(r#"oxbus_service_calls_total{service="crm.put"} 1"#)
+        );
+        assert_eq!(
+            line(
+                &text,
+                r#"oxbus_service_errors_total{service="crm.get",family="ValueError"}"#
+            ),
+            Some(r#"oxbus_service_errors_total{service="crm.get",family="ValueError"} 2"#)
+        );
+        assert_eq!(
+            line(
+                &text,
+                r#"oxbus_service_errors_total{service="crm.put",family="BadRequest"}"#
+            ),
+            Some(r#"oxbus_service_errors_total{service="crm.put",family="BadRequest"} 1"#)
+        );
+        assert_eq!(
+            line(
+                &text,
+                r#"oxbus_service_duration_seconds_count{service="crm.get"}"#
+            ),
+            Some(r#"oxbus_service_duration_seconds_count{service="crm.get"} 5"#)
+        );
+        let snap = s.snapshot("crm.get").unwrap();
+        assert_eq!(
+            (snap.windows["15m"].calls, snap.windows["15m"].errors),
+            (5, 2)
+        );
+        let last = snap.last_error.unwrap();
+        assert_eq!(
+            (last.cid.as_str(), last.family.as_str()),
+            ("c3", "ValueError")
+        );
+        assert!(s.snapshot("nope").is_none());
+        assert_eq!(
+            s.snapshot_all().keys().collect::<Vec<_>>(),
+            ["crm.get", "crm.put"]
+        );
+    }
+
+    #[test]
+    fn families_are_capped_and_checked() {
+        let m = Metrics::new(true);
+        let s = &m.services;
+        let t = Instant::now();
+        let err = |family: &str| {
+            s.record(
+                "svc",
+                "c",
+                t,
+                Outcome::Error {
+                    family,
+                    status: 500,
+                },
+            )
+        };
+        for i in 0..MAX_FAMILIES {
+            err(&format!("Family{i}"));
+        }
+        err("Family0");
+        err("OneTooMany");
+        err("AnotherOne");
+        for bad in ["", "9lives", "has space", "x-y", &"A".repeat(65), "Ünicode"] {
+            err(bad);
+        }
+        err(&"A".repeat(64)); // valid, but past the cap
+        let text = m.render().unwrap();
+        let families: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("oxbus_service_errors_total{"))
+            .collect();
+        assert_eq!(families.len(), MAX_FAMILIES + 1, "{families:#?}");
+        assert!(text.contains(r#"oxbus_service_errors_total{service="svc",family="Family0"} 2"#));
+        assert!(text.contains(r#"oxbus_service_errors_total{service="svc",family="other"} 9"#));
+        assert!(!text.contains("OneTooMany"));
+        assert_eq!(
+            s.snapshot("svc").unwrap().last_error.unwrap().family,
+            "other"
+        );
+        assert!(valid_family("OSError") && valid_family("worker_died") && valid_family("A"));
+        assert!(valid_family(&"A".repeat(64)));
+    }
+
+    #[test]
+    fn the_clock_moves_the_windows() {
+        let m = Metrics::new(true);
+        let s = &m.services;
+        s.record("svc", "c", Instant::now(), Outcome::Ok);
+        assert_eq!(s.snapshot("svc").unwrap().windows["15m"].calls, 1);
+        s.clock.advance(Duration::from_secs(5 * 60));
+        let w = s.snapshot("svc").unwrap().windows;
+        assert_eq!((w["1m"].calls, w["5m"].calls, w["15m"].calls), (0, 0, 1));
+        s.clock.advance(Duration::from_secs(10 * 60));
+        assert_eq!(s.snapshot("svc").unwrap().windows["15m"].calls, 0);
     }
 }

@@ -155,6 +155,7 @@ fn reply(status: u16, ct: Option<&str>, body: &str, error: Option<&str>) -> Repl
         headers: vec![],
         body: Bytes::copy_from_slice(body.as_bytes()),
         error: error.map(str::to_owned),
+        exc: None,
     }
 }
 

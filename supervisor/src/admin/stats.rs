@@ -1,0 +1,91 @@
+//! The admin API's per-service statistics: `GET /v1/services/stats` (every service) and
+//! `GET /v1/services/{name}/stats` — calls, errors, mean, p50 and p99 over the last 1, 5 and
+//! 15 minutes and the last error (`metrics::stats`), for this server and, over the cluster
+//! bus (op `services.stats`), for every other server of the cluster, each under its name. A
+//! server that does not answer is listed with why. Read-only: it touches no config.
+
+use hyper::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Body, Ctx, error, reply};
+
+/// How long a peer may take to answer (it reads its memory only).
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /v1/services/stats`
+pub(super) async fn all(cx: &Ctx) -> Response<Body> {
+    reply(StatusCode::OK, gather(cx, None).await)
+}
+
+/// `GET /v1/services/{name}/stats`
+pub(super) async fn one(cx: &Ctx, service: &str) -> Response<Body> {
+    if !cx.metrics.services.knows(service) && !cx.pool.has_service(service) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no service {service} on this server (oxbus services lists them)"),
+        );
+    }
+    let mut doc = gather(cx, Some(service)).await;
+    doc["service"] = json!(service);
+    reply(StatusCode::OK, doc)
+}
+
+/// This server's figures and every peer's, by server name.
+async fn gather(cx: &Ctx, only: Option<&str>) -> Value {
+    let me = cx.node.name.clone();
+    let local = cx
+        .metrics
+        .services
+        .report(cx.metrics.enabled(), cx.pool.service_names(), only);
+    let mut servers = Map::new();
+    let mut mine = serde_json::to_value(local).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    mine["answered"] = json!(true);
+    servers.insert(me.clone(), mine);
+    if let Some(bus) = &cx.bus {
+        let op = oxbus_ipc::bus::Op::ServicesStats(oxbus_ipc::bus::ServicesStats {
+            service: only.map(str::to_owned),
+        });
+        let meta = serde_json::to_value(&op).unwrap_or_default();
+        for r in bus.call_all(&meta, PEER_TIMEOUT).await {
+            let entry = if r.status == 200 && r.body.get("services").is_some() {
+                let mut b = r.body;
+                b["answered"] = json!(true);
+                b
+            } else {
+                let why = r
+                    .body
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("answered with status {}", r.status));
+                json!({"answered": false, "error": why})
+            };
+            servers.insert(r.server, entry);
+        }
+    }
+    // The servers of the store's list that no link answered for: listed, not left out. A
+    // store known to be down is not waited for (the linked peers answered above).
+    if cx.node.store_ok.load(Ordering::SeqCst)
+        && let Ok(list) = cx.store.servers().await
+    {
+        for s in list {
+            servers.entry(s.name).or_insert_with(|| {
+                json!({
+                    "answered": false,
+                    "error": if cx.bus.is_none() || s.bus_address.is_none() {
+                        "no cluster bus to this server: its figures are in its own admin API"
+                    } else {
+                        "no bus link to this server right now"
+                    },
+                })
+            });
+        }
+    }
+    json!({
+        "server": me,
+        "windows": ["1m", "5m", "15m"],
+        "servers": servers,
+    })
+}
