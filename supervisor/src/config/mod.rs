@@ -440,8 +440,7 @@ pub const MAX_SERVERS: usize = 3;
 
 const SECTIONS: &[&str] = &[
     "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi", "deploy",
-    "audit",
-    "metrics",
+    "audit", "metrics",
 ];
 
 impl Settings {

@@ -15,25 +15,19 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::histogram::DurationHistogram;
 use super::stats::{LastError, ServerStats, ServiceStats, Snapshot};
 
 /// Distinct error families kept as label values; past them a family is `other`.
 pub const MAX_FAMILIES: usize = 32;
 /// The family of a value that is not a class-like name, or past [`MAX_FAMILIES`].
 pub const OTHER_FAMILY: &str = "other";
-
-/// Duration buckets, in seconds: few (each is a line per service in every scrape), from
-/// sub-millisecond services to long jobs.
-const DURATION_BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
-];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -44,10 +38,6 @@ struct ServiceLabel {
 struct ErrorLabels {
     service: String,
     family: String,
-}
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
 }
 
 /// How a call ended, as the metrics see it.
@@ -99,7 +89,7 @@ impl Clock {
 #[derive(Debug)]
 pub struct ServiceHandles {
     calls: Counter,
-    duration: Histogram,
+    duration: DurationHistogram,
     /// The error counter of each family seen for this service (a few at most).
     errors: Mutex<Vec<(Arc<str>, Counter)>>,
     stats: ServiceStats,
@@ -108,7 +98,7 @@ pub struct ServiceHandles {
 pub struct ServiceMetrics {
     calls: Family<ServiceLabel, Counter>,
     errors: Family<ErrorLabels, Counter>,
-    duration: Family<ServiceLabel, Histogram, fn() -> Histogram>,
+    duration: Family<ServiceLabel, DurationHistogram>,
     handles: RwLock<HashMap<Box<str>, Arc<ServiceHandles>>>,
     /// The error families admitted as label values, in the order first seen.
     families: Mutex<Vec<Arc<str>>>,
@@ -135,9 +125,7 @@ impl ServiceMetrics {
     pub fn register(registry: &mut Registry) -> ServiceMetrics {
         let calls = Family::<ServiceLabel, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let duration = Family::<ServiceLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            duration_histogram as fn() -> Histogram,
-        );
+        let duration = Family::<ServiceLabel, DurationHistogram>::default();
         registry.register(
             "service_calls",
             "Invocations of a service, however they ended",
@@ -248,7 +236,7 @@ impl ServiceMetrics {
     ) {
         let took = ended.saturating_duration_since(started);
         h.calls.inc();
-        h.duration.observe(took.as_secs_f64());
+        h.duration.observe(took);
         let now_ms = self.clock.ms(ended);
         let us = took.as_micros() as u64;
         match outcome {
