@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod api;
 pub mod bus;
+pub mod prom;
 pub mod proxy;
 pub mod raw;
 pub mod versioned;

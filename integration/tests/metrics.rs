@@ -5,127 +5,21 @@
 //! `admin.metrics_token` is asked for when set; `metrics.enabled = false` answers 404.
 
 use nix::sys::signal::Signal;
+use oxbus_integration::prom::{self, Flavour, Page, scrape, scrape_as};
 use oxbus_integration::*;
 use serde_json::json;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "metrics-token-0123456789";
 
-/// promtool from Debian's `prometheus` package (.ci/run installs it); `OXBUS_PROMTOOL`
-/// names another.
-fn promtool() -> String {
-    if let Ok(p) = std::env::var("OXBUS_PROMTOOL") {
-        return p;
-    }
-    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
-        if std::path::Path::new(p).exists() {
-            return p.to_owned();
-        }
-    }
-    panic!(
-        "promtool not found: install Debian's `prometheus` package (.ci/run does) or set OXBUS_PROMTOOL"
-    );
-}
-
-/// Runs `promtool check metrics` on `text`; fails on any error or lint warning.
-fn promtool_check(text: &str) {
-    let mut child = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {:?}\n{report}\n--- exposition ---\n{text}",
-        out.status
-    );
-}
-
-/// What `/metrics` serves now to a client that does not ask for OpenMetrics (curl,
-/// promtool): the Prometheus text format.
-async fn scrape(srv: &Server, token: Option<&str>) -> String {
-    let r = srv.admin("GET", "/metrics", token, b"").await;
-    assert_eq!(
-        r.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&r.body).into_owned()
-    );
-    assert_eq!(
-        r.header("content-type").as_deref(),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
-    String::from_utf8(r.body.to_vec()).expect("UTF-8 exposition")
-}
-
-/// What `/metrics` serves to a Prometheus server (its Accept header): OpenMetrics.
-async fn scrape_openmetrics(srv: &Server) -> String {
-    let mut c = Client::connect(srv.admin_port()).await.unwrap();
-    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-    let r = c
-        .request(
-            "GET",
-            "/metrics",
-            &[("accept", accept)],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("content-type").as_deref(),
-        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
-    );
-    let text = String::from_utf8(r.body.to_vec()).expect("UTF-8 exposition");
-    assert!(text.ends_with("# EOF\n"), "{text}");
-    text
-}
-
-/// The series (name and labels, not values) of an exposition.
-fn series(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
-        .collect()
-}
-
-/// The value of the sample `series` (its name and labels exactly as exposed), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// [`value`], 0 when absent (a labelled counter appears with its first increment).
-fn count(text: &str, series: &str) -> f64 {
-    value(text, series).unwrap_or(0.0)
-}
-
-/// The samples of `metric` whose labels contain `label`, as (labels, value).
-fn samples<'a>(text: &'a str, metric: &str, label: &str) -> Vec<(&'a str, f64)> {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(metric)?.strip_prefix('{')?;
-            let (labels, v) = rest.split_once("} ")?;
-            labels.contains(label).then(|| (labels, v.parse().unwrap()))
-        })
-        .collect()
+/// How many worker slots are ready or busy (`slot`: of that slot, 0 or 1; `None`: of
+/// them all).
+fn live(page: &Page, slot: Option<&str>) -> f64 {
+    page.matching("oxbus_worker_state", &[])
+        .filter(|s| slot.is_none_or(|slot| s.label("slot") == Some(slot)))
+        .filter(|s| matches!(s.label("state"), Some("ready" | "busy")))
+        .map(|s| s.value)
+        .sum()
 }
 
 fn env() -> Env {
@@ -145,16 +39,23 @@ fn env() -> Env {
 async fn metrics_pass_promtool_and_move_with_traffic() {
     let srv = env().start().await;
     // No token needed when none is set.
-    let before = scrape(&srv, None).await;
-    promtool_check(&before);
+    let before = scrape(&srv).await;
+    prom::check(&before.text);
     // The OpenMetrics flavour has the same series; its counter families are named without
     // `_total` (the samples have it), as OpenMetrics wants.
-    let om = scrape_openmetrics(&srv).await;
-    assert_eq!(series(&om), series(&before));
-    assert!(om.contains("# TYPE oxbus_http_requests counter\n"), "{om}");
+    let om = scrape_as(&srv, None, Flavour::OpenMetrics).await;
+    assert_eq!(om.series(), before.series());
     assert!(
-        before.contains("# TYPE oxbus_http_requests_total counter\n"),
-        "{before}"
+        om.text.contains("# TYPE oxbus_http_requests counter\n"),
+        "{}",
+        om.text
+    );
+    assert!(
+        before
+            .text
+            .contains("# TYPE oxbus_http_requests_total counter\n"),
+        "{}",
+        before.text
     );
     for line in [
         "oxbus_http_requests_in_flight 0",
@@ -162,22 +63,23 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
         "oxbus_worker_restarts_total{reason=\"crash\"} 0",
         "oxbus_worker_queue_depth 0",
     ] {
-        assert!(before.contains(&format!("{line}\n")), "{line}:\n{before}");
+        assert!(
+            before.text.contains(&format!("{line}\n")),
+            "{line}:\n{}",
+            before.text
+        );
     }
     // Two workers, slots 0 and 1, each ready (or busy), with their memory.
     for slot in ["0", "1"] {
-        let s = format!("slot=\"{slot}\"");
-        let live: f64 = samples(&before, "oxbus_worker_state", &s)
-            .iter()
-            .filter(|(l, _)| l.contains("\"ready\"") || l.contains("\"busy\""))
-            .map(|(_, v)| v)
-            .sum();
-        assert_eq!(live, 1.0, "slot {slot}:\n{before}");
-        let rss = value(
-            &before,
-            &format!("oxbus_worker_resident_memory_bytes{{{s}}}"),
-        )
-        .unwrap_or_else(|| panic!("no RSS of slot {slot}:\n{before}"));
+        assert_eq!(
+            live(&before, Some(slot)),
+            1.0,
+            "slot {slot}:\n{}",
+            before.text
+        );
+        let rss = before
+            .get("oxbus_worker_resident_memory_bytes", &[("slot", slot)])
+            .unwrap_or_else(|| panic!("no RSS of slot {slot}:\n{}", before.text));
         assert!(rss > 1_000_000.0, "{rss}");
     }
 
@@ -201,62 +103,85 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
         )
         .await;
     assert_eq!(put.status, 200);
-    let after = scrape(&srv, None).await;
-    promtool_check(&after);
-    let moved = |series: &str, by: f64| {
+    let after = scrape(&srv).await;
+    prom::check(&after.text);
+    let moved = |name: &str, labels: &[(&str, &str)], by: f64| {
         assert_eq!(
-            count(&after, series) - count(&before, series),
+            after.get_or_zero(name, labels) - before.get_or_zero(name, labels),
             by,
-            "{series}:\n{after}"
+            "{name}{labels:?}:\n{}",
+            after.text
         );
     };
     moved(
-        "oxbus_http_requests_total{channel=\"(none)\",method=\"GET\",status=\"4xx\"}",
+        "oxbus_http_requests_total",
+        &[("channel", "(none)"), ("method", "GET"), ("status", "4xx")],
         1.0,
     );
-    moved("oxbus_http_refused_total{reason=\"not_found\"}", 1.0);
+    moved("oxbus_http_refused_total", &[("reason", "not_found")], 1.0);
     moved(
-        "oxbus_http_requests_total{channel=\"limited\",method=\"GET\",status=\"2xx\"}",
+        "oxbus_http_requests_total",
+        &[("channel", "limited"), ("method", "GET"), ("status", "2xx")],
         1.0,
     );
     moved(
-        "oxbus_http_requests_total{channel=\"limited\",method=\"GET\",status=\"4xx\"}",
+        "oxbus_http_requests_total",
+        &[("channel", "limited"), ("method", "GET"), ("status", "4xx")],
         1.0,
     );
-    moved("oxbus_http_refused_total{reason=\"rate_limited\"}", 1.0);
-    moved("oxbus_http_refused_total{reason=\"body_too_large\"}", 1.0);
     moved(
-        "oxbus_http_requests_total{channel=\"/echo\",method=\"POST\",status=\"2xx\"}",
+        "oxbus_http_refused_total",
+        &[("reason", "rate_limited")],
+        1.0,
+    );
+    moved(
+        "oxbus_http_refused_total",
+        &[("reason", "body_too_large")],
+        1.0,
+    );
+    moved(
+        "oxbus_http_requests_total",
+        &[("channel", "/echo"), ("method", "POST"), ("status", "2xx")],
         2.0,
     );
     moved(
-        "oxbus_http_requests_total{channel=\"/echo\",method=\"POST\",status=\"4xx\"}",
+        "oxbus_http_requests_total",
+        &[("channel", "/echo"), ("method", "POST"), ("status", "4xx")],
         1.0,
     );
     moved(
-        "oxbus_http_requests_total{channel=\"named-echo\",method=\"PUT\",status=\"2xx\"}",
+        "oxbus_http_requests_total",
+        &[
+            ("channel", "named-echo"),
+            ("method", "PUT"),
+            ("status", "2xx"),
+        ],
         1.0,
     );
     moved(
-        "oxbus_http_request_duration_seconds_count{channel=\"/echo\"}",
+        "oxbus_http_request_duration_seconds_count",
+        &[("channel", "/echo")],
         3.0,
     );
-    moved("oxbus_http_refused_total{reason=\"unauthorized\"}", 0.0);
+    moved(
+        "oxbus_http_refused_total",
+        &[("reason", "unauthorized")],
+        0.0,
+    );
     // Every request went through the workers' socket both ways: frames and bytes moved.
-    for series in [
-        "oxbus_ipc_frames_total{direction=\"to_worker\"}",
-        "oxbus_ipc_frames_total{direction=\"from_worker\"}",
-        "oxbus_ipc_bytes_total{direction=\"to_worker\"}",
-        "oxbus_ipc_bytes_total{direction=\"from_worker\"}",
-    ] {
-        assert!(
-            count(&after, series) >= count(&before, series) + 4.0,
-            "{series}:\n{after}"
-        );
+    for name in ["oxbus_ipc_frames_total", "oxbus_ipc_bytes_total"] {
+        for direction in ["to_worker", "from_worker"] {
+            let labels = [("direction", direction)];
+            assert!(
+                after.get_or_zero(name, &labels) >= before.get_or_zero(name, &labels) + 4.0,
+                "{name}{labels:?}:\n{}",
+                after.text
+            );
+        }
     }
     // No path, cid or client value is ever a label.
-    assert!(!after.contains("/no/such/path"), "{after}");
-    assert!(!after.contains(&put.cid()), "{after}");
+    assert!(!after.text.contains("/no/such/path"), "{}", after.text);
+    assert!(!after.text.contains(&put.cid()), "{}", after.text);
 
     // A request in flight, and back to 0 once answered.
     let gate = srv.dir.join("gate");
@@ -282,77 +207,65 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
         },
     )
     .await;
-    let during = scrape(&srv, None).await;
+    let during = scrape(&srv).await;
     assert_eq!(
-        value(&during, "oxbus_http_requests_in_flight"),
+        during.get("oxbus_http_requests_in_flight", &[]),
         Some(1.0),
-        "{during}"
+        "{}",
+        during.text
     );
-    let busy: f64 = samples(&during, "oxbus_worker_state", "state=\"busy\"")
-        .iter()
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(busy, 1.0, "{during}");
-    let inflight: f64 = samples(&during, "oxbus_worker_inflight", "slot=")
-        .iter()
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(inflight, 1.0, "{during}");
+    assert_eq!(
+        during.sum("oxbus_worker_state", &[("state", "busy")]),
+        1.0,
+        "{}",
+        during.text
+    );
+    assert_eq!(
+        during.sum("oxbus_worker_inflight", &[]),
+        1.0,
+        "{}",
+        during.text
+    );
     std::fs::write(gate.join("open"), b"").unwrap();
     assert_eq!(pending.await.unwrap(), 200);
-    let done = scrape(&srv, None).await;
+    let done = scrape(&srv).await;
     assert_eq!(
-        value(&done, "oxbus_http_requests_in_flight"),
+        done.get("oxbus_http_requests_in_flight", &[]),
         Some(0.0),
-        "{done}"
+        "{}",
+        done.text
     );
-    let inflight: f64 = samples(&done, "oxbus_worker_inflight", "slot=")
-        .iter()
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(inflight, 0.0, "{done}");
+    assert_eq!(done.sum("oxbus_worker_inflight", &[]), 0.0, "{}", done.text);
 
     // A worker killed: a `crash` restart, and its slot (the same one, not a new label)
     // ready again.
     let pids = srv.worker_pids();
     assert_eq!(pids.len(), 2, "{pids:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
-    let recovered = eventually(
-        Duration::from_secs(30),
-        "a crash restart and both slots ready again",
-        || async {
-            let text = scrape(&srv, None).await;
-            let crashes = count(&text, "oxbus_worker_restarts_total{reason=\"crash\"}");
-            let live: f64 = samples(&text, "oxbus_worker_state", "slot=")
-                .iter()
-                .filter(|(l, _)| l.contains("\"ready\"") || l.contains("\"busy\""))
-                .map(|(_, v)| v)
-                .sum();
-            (crashes == 1.0 && live == 2.0).then_some(text)
-        },
-    )
+    let recovered = prom::scrape_until(&srv, "a crash restart and both slots ready again", |p| {
+        p.get_or_zero("oxbus_worker_restarts_total", &[("reason", "crash")]) == 1.0
+            && live(p, None) == 2.0
+    })
     .await;
-    let slots: std::collections::BTreeSet<&str> =
-        samples(&recovered, "oxbus_worker_state", "slot=")
-            .iter()
-            .map(|(l, _)| l.split(',').next().unwrap())
-            .collect();
+    let slots: std::collections::BTreeSet<Option<&str>> = recovered
+        .matching("oxbus_worker_state", &[])
+        .map(|s| s.label("slot"))
+        .collect();
     assert_eq!(
         slots.into_iter().collect::<Vec<_>>(),
-        ["slot=\"0\"", "slot=\"1\""],
-        "{recovered}"
+        [Some("0"), Some("1")],
+        "{}",
+        recovered.text
     );
     for reason in ["recycle_requests", "recycle_rss", "deadline", "heartbeat"] {
         assert_eq!(
-            value(
-                &recovered,
-                &format!("oxbus_worker_restarts_total{{reason=\"{reason}\"}}")
-            ),
+            recovered.get("oxbus_worker_restarts_total", &[("reason", reason)]),
             Some(0.0),
-            "{recovered}"
+            "{}",
+            recovered.text
         );
     }
-    promtool_check(&recovered);
+    prom::check(&recovered.text);
     srv.assert_no_errors(&["worker died"]);
 }
 
@@ -389,8 +302,8 @@ async fn the_metrics_token_is_required_when_set() {
         srv.admin("GET", "/v1/info", Some(TOKEN), b"").await.status,
         401
     );
-    let text = scrape(&srv, Some(TOKEN)).await;
-    promtool_check(&text);
+    let page = scrape_as(&srv, Some(TOKEN), Flavour::Prometheus).await;
+    prom::check(&page.text);
     // The token is never in the log.
     assert!(!srv.log().contains(TOKEN));
     assert_eq!(
@@ -423,26 +336,22 @@ async fn a_worker_recycled_after_max_requests_counts_as_recycle_requests() {
     for i in 0..3 {
         assert_eq!(srv.post_json("/echo", &json!({ "i": i })).await.status, 200);
     }
-    let text = eventually(
-        Duration::from_secs(30),
+    let page = prom::scrape_until(
+        &srv,
         "a recycle_requests restart and the worker ready again",
-        || async {
-            let text = scrape(&srv, None).await;
-            let recycled = count(
-                &text,
-                "oxbus_worker_restarts_total{reason=\"recycle_requests\"}",
-            );
-            let ready: f64 = samples(&text, "oxbus_worker_state", "state=\"ready\"")
-                .iter()
-                .map(|(_, v)| v)
-                .sum();
-            (recycled >= 1.0 && ready == 1.0).then_some(text)
+        |p| {
+            p.get_or_zero(
+                "oxbus_worker_restarts_total",
+                &[("reason", "recycle_requests")],
+            ) >= 1.0
+                && p.sum("oxbus_worker_state", &[("state", "ready")]) == 1.0
         },
     )
     .await;
     assert_eq!(
-        value(&text, "oxbus_worker_restarts_total{reason=\"crash\"}"),
+        page.get("oxbus_worker_restarts_total", &[("reason", "crash")]),
         Some(0.0),
-        "{text}"
+        "{}",
+        page.text
     );
 }

@@ -6,9 +6,9 @@
 
 use oxbus_integration::api::{admin, text};
 use oxbus_integration::bus::linked;
+use oxbus_integration::prom::{self, Page, scrape, scrape_until};
 use oxbus_integration::*;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `mt.cache`: one call on a named cache; `mt.tick` and `mt.slow` (2.5 s): jobs' services.
@@ -50,154 +50,6 @@ fn env() -> Env {
         .channel("/cache", &["POST"], "mt.cache")
 }
 
-// -- the exposition format, as far as a test needs it ----------------------------------------
-
-/// One sample: its name, labels and value.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of a text page (comments and `# EOF` skipped). Label values here never hold
-/// a comma, a quote or a brace (they are names the test chose), which keeps this short.
-fn parse(page: &str) -> Vec<Sample> {
-    page.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l:?}"));
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => {
-                    let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("{l:?}"));
-                    let labels = body
-                        .split(',')
-                        .filter(|p| !p.is_empty())
-                        .map(|p| {
-                            let (k, v) = p.split_once('=').unwrap_or_else(|| panic!("{l:?}"));
-                            (k.to_owned(), v.trim_matches('"').to_owned())
-                        })
-                        .collect();
-                    (n.to_owned(), labels)
-                }
-                None => (series.to_owned(), BTreeMap::new()),
-            };
-            Sample {
-                name,
-                labels,
-                value: value
-                    .parse()
-                    .unwrap_or_else(|e| panic!("{l:?}: value {value:?}: {e}")),
-            }
-        })
-        .collect()
-}
-
-/// A scrape of `srv`'s `/metrics`.
-struct Page(Vec<Sample>, String);
-
-impl Page {
-    /// The value of the series `name` whose labels include `labels`; `None` when there is
-    /// none. More than one matching series is a mistake in the test.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<&Sample> = self
-            .0
-            .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .collect();
-        assert!(found.len() <= 1, "{name}{labels:?} matches {found:?}");
-        found.first().map(|s| s.value)
-    }
-
-    /// [`Page::get`], 0 when the series is absent (a counter not created yet).
-    fn n(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-
-    /// The sum over every series of `name`.
-    fn sum(&self, name: &str) -> f64 {
-        self.0
-            .iter()
-            .filter(|s| s.name == name)
-            .map(|s| s.value)
-            .sum()
-    }
-}
-
-async fn scrape(srv: &Server) -> Page {
-    let r = srv.admin("GET", "/metrics", None, b"").await;
-    assert_eq!(r.status, 200, "{}", text(&r));
-    let page = text(&r);
-    Page(parse(&page), page)
-}
-
-/// Waits until a scrape of `srv` satisfies `ok`.
-async fn scrape_until(srv: &Server, what: &str, ok: impl Fn(&Page) -> bool) -> Page {
-    eventually(Duration::from_secs(30), what, || async {
-        let p = scrape(srv).await;
-        ok(&p).then_some(p)
-    })
-    .await
-}
-
-/// The page in the classic Prometheus text format, as Prometheus reads an OpenMetrics page:
-/// a counter family `x` (samples `x_total`) is described as `x_total` there. promtool 2.42
-/// (Debian 12) reads only the classic format; a page already in it is left as it is.
-fn classic(page: &str) -> String {
-    let counters: Vec<&str> = page
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .filter(|name| !name.ends_with("_total"))
-        .collect();
-    page.lines()
-        .filter(|l| *l != "# EOF" && !l.starts_with("# UNIT "))
-        .map(|l| {
-            for prefix in ["# HELP ", "# TYPE "] {
-                if let Some(rest) = l.strip_prefix(prefix) {
-                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                    if counters.contains(&name) {
-                        return format!("{prefix}{name}_total {tail}");
-                    }
-                }
-            }
-            l.to_owned()
-        })
-        .map(|l| l + "\n")
-        .collect()
-}
-
-/// `promtool check metrics` on the page: no error and no lint warning.
-fn promtool(page: &str) {
-    use std::io::Write;
-    let page = &classic(page);
-    let mut child = std::process::Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is needed by this test");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool: {said}\n{page}");
-    assert!(said.trim().is_empty(), "promtool: {said}");
-}
-
 async fn deploy(srv: &Server, name: &str, source: &str) -> Resp {
     let body = json!({"modules": [{"name": name, "source": source}]});
     admin(srv, "POST", "/v1/modules", body).await
@@ -215,14 +67,14 @@ async fn cache_call(srv: &Server, doc: Value) -> Value {
 async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     let srv = env().start().await;
     let first = scrape(&srv).await;
-    promtool(&first.1);
+    prom::check(&first.text);
     // One server on SQLite: no bus, so no link figures; the store answers.
     assert_eq!(first.get("oxbus_store_degraded", &[]), Some(0.0));
     assert_eq!(first.get("oxbus_cluster_bus_links_up", &[]), None);
 
     // Deploys: one that works, one the check refuses; a rollback and an undeploy.
     let d = |p: &Page, action: &str, outcome: &str| {
-        p.n(
+        p.get_or_zero(
             "oxbus_deploys_total",
             &[("action", action), ("outcome", outcome)],
         )
@@ -252,14 +104,15 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
         d(&p, "undeploy", "invalid") - d(&first, "undeploy", "invalid"),
         1.0
     );
-    let count =
-        |p: &Page, action: &str| p.n("oxbus_deploy_duration_seconds_count", &[("action", action)]);
+    let count = |p: &Page, action: &str| {
+        p.get_or_zero("oxbus_deploy_duration_seconds_count", &[("action", action)])
+    };
     assert_eq!(count(&p, "deploy") - count(&first, "deploy"), 3.0);
     assert_eq!(count(&p, "undeploy") - count(&first, "undeploy"), 2.0);
 
     // A config change (a small cache's definition): the applied version follows the
     // store's, and the store timed the change under its group of tables.
-    let before = p.n("oxbus_store_operation_seconds_count", &[("op", "objects")]);
+    let before = p.get_or_zero("oxbus_store_operation_seconds_count", &[("op", "objects")]);
     let r = admin(&srv, "PUT", "/v1/caches/tiny", json!({"max_entries": 2})).await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let version = api::config_version(&srv).await as f64;
@@ -267,12 +120,12 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
         p.get("oxbus_cluster_config_version_applied", &[]) == Some(version)
     })
     .await;
-    assert!(p.n("oxbus_store_operation_seconds_count", &[("op", "objects")]) > before);
+    assert!(p.get_or_zero("oxbus_store_operation_seconds_count", &[("op", "objects")]) > before);
     assert!(
         p.get("oxbus_cluster_config_version_applied", &[])
             > first.get("oxbus_cluster_config_version_applied", &[])
     );
-    assert_eq!(p.sum("oxbus_store_errors_total"), 0.0);
+    assert_eq!(p.sum("oxbus_store_errors_total", &[]), 0.0);
 
     // Caches: a set, a hit, a miss; then more keys than it holds: evictions.
     let tiny = [("cache", "tiny")];
@@ -306,8 +159,16 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     }
     let p = scrape(&srv).await;
     assert_eq!(p.get("oxbus_cache_sets_total", &tiny), Some(21.0));
-    assert!(p.n("oxbus_cache_evictions_total", &tiny) > 0.0, "{}", p.1);
-    assert!(p.n("oxbus_cache_entries", &tiny) <= 2.0, "{}", p.1);
+    assert!(
+        p.get_or_zero("oxbus_cache_evictions_total", &tiny) > 0.0,
+        "{}",
+        p.text
+    );
+    assert!(
+        p.get_or_zero("oxbus_cache_entries", &tiny) <= 2.0,
+        "{}",
+        p.text
+    );
     // Deleted: its series go; created again: from 0.
     let r = admin(&srv, "DELETE", "/v1/caches/tiny", Value::Null).await;
     assert_eq!(r.status, 200, "{}", text(&r));
@@ -345,13 +206,13 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     .await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let p = scrape_until(&srv, "two runs of the job", |p| {
-        p.n(
+        p.get_or_zero(
             "oxbus_scheduler_runs_total",
             &[("job_name", "beat"), ("outcome", "ok")],
         ) >= 2.0
     })
     .await;
-    assert!(p.n("oxbus_scheduler_lateness_seconds_count", &[]) >= 2.0);
+    assert!(p.get_or_zero("oxbus_scheduler_lateness_seconds_count", &[]) >= 2.0);
     // A job whose service does not exist: its runs are errors.
     let r = admin(
         &srv,
@@ -362,7 +223,7 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     .await;
     assert_eq!(r.status, 201, "{}", text(&r));
     scrape_until(&srv, "a failed run", |p| {
-        p.n(
+        p.get_or_zero(
             "oxbus_scheduler_runs_total",
             &[("job_name", "lost"), ("outcome", "error")],
         ) >= 1.0
@@ -378,13 +239,13 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
     .await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let p = scrape_until(&srv, "a skipped run", |p| {
-        p.n(
+        p.get_or_zero(
             "oxbus_scheduler_runs_total",
             &[("job_name", "slow"), ("outcome", "skipped")],
         ) >= 1.0
     })
     .await;
-    promtool(&p.1);
+    prom::check(&p.text);
     srv.assert_no_errors(&[]);
 }
 
@@ -404,17 +265,17 @@ async fn a_two_server_cluster_shows_its_links_and_each_peers_version() {
         let p = scrape_until(srv, "one link up, with frames both ways", |p| {
             p.get("oxbus_cluster_bus_links_up", &[]) == Some(1.0)
                 && ["in", "out"].iter().all(|d| {
-                    p.n("oxbus_cluster_bus_frames_total", &[("direction", d)]) > 0.0
-                        && p.n("oxbus_cluster_bus_bytes_total", &[("direction", d)]) > 0.0
+                    p.get_or_zero("oxbus_cluster_bus_frames_total", &[("direction", d)]) > 0.0
+                        && p.get_or_zero("oxbus_cluster_bus_bytes_total", &[("direction", d)]) > 0.0
                 })
         })
         .await;
-        promtool(&p.1);
+        prom::check(&p.text);
         assert!(
             p.get("oxbus_cluster_peer_config_version", &[("peer", peer)])
                 .is_some(),
             "{}",
-            p.1
+            p.text
         );
     }
     // A change through A: B applies it and announces it; A sees B level with itself.
@@ -457,14 +318,18 @@ async fn the_store_going_away_shows_as_degraded_and_errors() {
     let srv = env().set("store", "url", &url).start().await;
     let p = scrape(&srv).await;
     assert_eq!(p.get("oxbus_store_degraded", &[]), Some(0.0));
-    let errors = p.sum("oxbus_store_errors_total");
+    let errors = p.sum("oxbus_store_errors_total", &[]);
     pg.stop();
     let p = scrape_until(&srv, "store degraded", |p| {
         p.get("oxbus_store_degraded", &[]) == Some(1.0)
     })
     .await;
-    assert!(p.sum("oxbus_store_errors_total") > errors, "{}", p.1);
-    promtool(&p.1);
+    assert!(
+        p.sum("oxbus_store_errors_total", &[]) > errors,
+        "{}",
+        p.text
+    );
+    prom::check(&p.text);
     pg.start_again();
     scrape_until(&srv, "store back", |p| {
         p.get("oxbus_store_degraded", &[]) == Some(0.0)

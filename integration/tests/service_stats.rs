@@ -3,9 +3,11 @@
 //! `GET /v1/services/stats` and `oxbus services --stats`; the last error is the failing
 //! response's cid; a slow service's mean and p50 are at least its sleep; the admin API of one
 //! server of a cluster answers for every server, each with its own counts, and marks a
-//! server that does not answer.
+//! server that does not answer. `GET /metrics` has the same calls and errors by family, and
+//! the slow service's duration histogram.
 
 use oxbus_integration::bus::linked;
+use oxbus_integration::prom::{self, scrape};
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -238,6 +240,38 @@ async fn a_known_mix_of_calls_and_errors_gives_exact_counts_by_family() {
     );
     let out = srv.cli(&["services", "--json"]);
     assert!(!out.status.success(), "--json needs --stats");
+
+    // The metrics count the same calls, and the errors by family; the unknown service is
+    // in none of them; the page passes promtool.
+    let page = scrape(&srv).await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        page.get(name, labels)
+            .unwrap_or_else(|| panic!("no {name}{labels:?}:\n{}", page.text))
+    };
+    assert_eq!(
+        value("oxbus_service_calls_total", &[("service", "st.ok")]),
+        5.0
+    );
+    for (service, family, n) in [
+        ("st.value", "ValueError", 5.0),
+        ("st.missing", "KeyError", 1.0),
+        ("st.bad", "BadRequest", 2.0),
+        ("st.input", "input", 1.0),
+    ] {
+        let labels = [("service", service), ("family", family)];
+        assert_eq!(
+            value("oxbus_service_errors_total", &labels),
+            n,
+            "{labels:?}"
+        );
+    }
+    let unknown: Vec<_> = page
+        .samples
+        .iter()
+        .filter(|s| s.name.contains("no.such") || s.labels.values().any(|v| v.contains("no.such")))
+        .collect();
+    assert!(unknown.is_empty(), "{unknown:?}");
+    prom::check(&page.text);
 }
 
 #[tokio::test]
@@ -260,6 +294,23 @@ async fn a_slow_service_has_a_mean_and_p50_at_least_its_sleep() {
         }
     }
     assert_eq!(counts(&doc, me, "st.slow"), (3, 0));
+    // The histogram: three observations, each of at least the sleep.
+    let page = scrape(&srv).await;
+    let slow = [("service", "st.slow")];
+    assert_eq!(
+        page.get("oxbus_service_duration_seconds_count", &slow),
+        Some(3.0),
+        "{}",
+        page.text
+    );
+    let sum = page
+        .get("oxbus_service_duration_seconds_sum", &slow)
+        .unwrap_or_else(|| panic!("no sum:\n{}", page.text));
+    assert!(
+        sum >= 3.0 * SLOW_MS / 1000.0,
+        "{sum} s < 3 × {SLOW_MS} ms:\n{}",
+        page.text
+    );
 }
 
 #[tokio::test]
