@@ -115,7 +115,7 @@ async fn create(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
         Ok(x) => x,
         Err(refused) => return refused.answer(),
     };
-    if name == ROOT {
+    if name.eq_ignore_ascii_case(ROOT) || name.eq_ignore_ascii_case("pickup") {
         return root_reserved();
     }
     let token = auth::new_token();
