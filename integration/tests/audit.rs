@@ -2,8 +2,9 @@
 //! identity, kind, name, action and digests (on SQLite and on PostgreSQL); no secret value
 //! in any column of any row nor in the API's answer (nor its SHA-256); paging and filters; a
 //! pickup deploy recorded as `pickup`; a deploy whose client hangs up still done and
-//! recorded; a create credited with its own object only. Retention pruning is tested on the
-//! store (supervisor/tests/store.rs).
+//! recorded; a create credited with its own object only; a role refusal while the store is
+//! down logged, not recorded. Retention pruning is tested on the store
+//! (supervisor/tests/store.rs).
 
 use oxbus_integration::*;
 use serde_json::{Value, json};
@@ -808,4 +809,61 @@ async fn a_create_is_credited_with_its_own_object_only_on_postgres() {
         ["create - A"],
         "the other session's delete is not root's: {theirs:#?}"
     );
+}
+
+/// A change the caller's role does not allow, made while the store is known to be down: its
+/// 403 does not wait on the store, and the refusal is logged instead of recorded.
+#[tokio::test]
+async fn a_role_refusal_while_the_store_is_down_is_logged_not_recorded() {
+    let pg = PrivatePg::start();
+    let srv = env()
+        .set("store", "url", &format!("{:?}", pg.url()))
+        .start()
+        .await;
+    let created = change(
+        &srv,
+        "POST",
+        "/v1/tokens",
+        json!({"name": "ro", "role": "viewer"}),
+        201,
+    )
+    .await;
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    // Seen in the store by this server: it still authenticates while the store is down.
+    let r = srv.admin("GET", "/v1/jobs", Some(&token), b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    pg.stop();
+    let store_is = |state: &'static str| {
+        let srv = &srv;
+        eventually(Duration::from_secs(30), state, move || async move {
+            let r = srv.get("/healthz").await;
+            (r.status == 200 && r.json()["store"] == state).then_some(())
+        })
+    };
+    store_is("degraded").await;
+    let r = srv
+        .admin("DELETE", "/v1/channels/down", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let line = eventually(Duration::from_secs(10), "the refusal's log line", || {
+        let srv = &srv;
+        async move { srv.log_lines("not in the audit log").into_iter().next() }
+    })
+    .await;
+    for field in [
+        "WARN",
+        "who=ro",
+        "action=delete",
+        "kind=channel",
+        "name=down",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+
+    pg.start_again();
+    store_is("ok").await;
+    assert!(entries(&srv, "channel/down").await.is_empty());
+    assert!(srv.log_lines("cannot write the audit log").is_empty());
+    srv.assert_no_errors(&[]);
 }
