@@ -1,11 +1,14 @@
 //! The audit log against the real binary: every kind of admin change recorded with its
 //! identity, kind, name, action and digests (on SQLite and on PostgreSQL); no secret value
-//! in any column of any row nor in the API's answer; paging and filters; a pickup deploy
-//! recorded as `pickup`. Retention pruning is tested on the store (supervisor/tests/store.rs).
+//! in any column of any row nor in the API's answer (nor its SHA-256); paging and filters; a
+//! pickup deploy recorded as `pickup`; a deploy whose client hangs up still done and
+//! recorded; a create credited with its own object only; a role refusal while the store is
+//! down logged, not recorded. Retention pruning is tested on the store
+//! (supervisor/tests/store.rs).
 
 use oxbus_integration::*;
 use serde_json::{Value, json};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Values that must never reach the audit log.
@@ -17,6 +20,27 @@ const SECRET_VALUES: [&str; 6] = [
     "AUDIT-IMPORTED-SECRET-VALUE-5d0c",
     "AUDIT-APIKEY-VALUE-2b7e",
 ];
+
+/// Lower-case hex SHA-256 of `v`.
+fn sha256_hex(v: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(v.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `text` holds none of [`SECRET_VALUES`], nor the SHA-256 of one.
+fn assert_no_secret(text: &str, place: &str) {
+    for v in SECRET_VALUES {
+        assert!(!text.contains(v), "{v} is in {place}:\n{text}");
+        let h = sha256_hex(v);
+        assert!(
+            !text.contains(&h),
+            "the SHA-256 of {v} is in {place}:\n{text}"
+        );
+    }
+}
 
 fn module(n: u32) -> String {
     format!(
@@ -313,17 +337,13 @@ async fn every_change(srv: &Server, pg_url: Option<&str>) {
     // No secret value anywhere: not in any column of any row, not in the API's answer.
     let table = dump_table(srv, pg_url);
     assert_eq!(table.lines().count(), all.len(), "{table}");
-    for v in SECRET_VALUES {
-        assert!(!table.contains(v), "{v} is in the audit table:\n{table}");
-        assert!(!all_text.contains(v), "{v} is in GET /v1/audit");
-    }
+    assert_no_secret(&table, "the audit table");
+    assert_no_secret(&all_text, "GET /v1/audit");
     let cli = srv.cli(&["audit", "--limit", "1000"]);
     assert!(cli.status.success(), "{cli:?}");
     let text = String::from_utf8(cli.stdout).unwrap();
     assert!(text.contains("secret/asec"), "{text}");
-    for v in SECRET_VALUES {
-        assert!(!text.contains(v), "{v} is in `oxbus audit`");
-    }
+    assert_no_secret(&text, "`oxbus audit`");
     srv.assert_no_errors(&[]);
 }
 
@@ -395,6 +415,26 @@ async fn the_audit_log_pages_newest_first_and_filters() {
     assert_eq!(count("since=2999-01-01T00:00:00Z").await, 0);
     assert_eq!(count("limit=2").await, 2);
 
+    // A relative `since` is carried to the next page as the time it meant.
+    let r = call(&srv, "GET", "/v1/audit?since=1h&limit=3", Value::Null).await;
+    assert_eq!(r.status, 200);
+    let next = r.json()["next"].as_str().unwrap().to_owned();
+    assert!(!next.contains("since=1h"), "{next}");
+    let since = next
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("since="))
+        .unwrap_or_else(|| panic!("no since in {next}"));
+    assert!(since.ends_with('Z') && since.contains('T'), "{next}");
+    assert!(r.header("link").is_some_and(|l| l.contains(&next)));
+    let page2 = call(&srv, "GET", &next, Value::Null).await;
+    assert_eq!(
+        page2.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&page2.body)
+    );
+    assert_eq!(page2.json()["entries"].as_array().unwrap().len(), 3);
+
     // Bad input: 400 naming the problem.
     for (q, says) in [
         ("limit=0", "limit"),
@@ -405,6 +445,7 @@ async fn the_audit_log_pages_newest_first_and_filters() {
         ("object=secret/", "object"),
         ("before=x", "before"),
         ("colour=red", "colour"),
+        ("who=", "who must not be empty"),
     ] {
         let r = call(&srv, "GET", &format!("/v1/audit?{q}"), Value::Null).await;
         assert_eq!(r.status, 400, "{q}");
@@ -506,16 +547,32 @@ async fn a_failed_audit_write_is_logged_and_the_change_stands() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    change(&srv, "PUT", "/v1/secrets/kept", json!({"value": "v"}), 201).await;
-    let listed = call(&srv, "GET", "/v1/secrets", Value::Null).await.json();
+    failed_write(&srv).await;
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_is_logged_and_the_change_stands_on_postgres() {
+    let (env, db) = env().postgres_store();
+    let srv = env.start().await;
+    // The store refuses audit rows from now on.
+    db.sql(
+        "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'audit rows refused by the test'; END $$; \
+         CREATE TRIGGER no_audit BEFORE INSERT ON audit_log \
+         FOR EACH ROW EXECUTE FUNCTION no_audit();",
+    );
+    failed_write(&srv).await;
+}
+
+/// A change while the store refuses audit rows: it stands, and the failure is logged.
+async fn failed_write(srv: &Server) {
+    change(srv, "PUT", "/v1/secrets/kept", json!({"value": "v"}), 201).await;
+    let listed = call(srv, "GET", "/v1/secrets", Value::Null).await.json();
     assert_eq!(listed["secrets"][0]["name"], "kept", "the change stands");
-    let line = eventually(Duration::from_secs(10), "the error line", || {
-        let srv = &srv;
-        async move {
-            srv.log_lines("cannot write the audit log")
-                .into_iter()
-                .next()
-        }
+    let line = eventually(Duration::from_secs(10), "the error line", || async move {
+        srv.log_lines("cannot write the audit log")
+            .into_iter()
+            .next()
     })
     .await;
     assert!(line.contains("ERROR"), "{line}");
@@ -528,39 +585,94 @@ async fn a_failed_audit_write_is_logged_and_the_change_stands() {
     ] {
         assert!(line.contains(field), "{field} missing: {line}");
     }
-    assert!(entries(&srv, "secret/kept").await.is_empty());
+    assert!(entries(srv, "secret/kept").await.is_empty());
 }
 
 #[tokio::test]
 async fn token_changes_and_role_refusals_are_audited_without_the_token() {
     let srv = env().start().await;
+    token_changes(&srv, None).await;
+}
+
+#[tokio::test]
+async fn token_changes_and_role_refusals_are_audited_without_the_token_on_postgres() {
+    let (env, db) = env().postgres_store();
+    let srv = env.start().await;
+    token_changes(&srv, Some(&db.url)).await;
+}
+
+async fn token_changes(srv: &Server, pg_url: Option<&str>) {
     let created = change(
-        &srv,
+        srv,
         "POST",
         "/v1/tokens",
         json!({"name": "ci", "role": "viewer"}),
         201,
     )
     .await;
+    // `pickup` is the pickup directory's identity: no token takes it, in any case.
+    for name in ["pickup", "PickUp"] {
+        change(
+            srv,
+            "POST",
+            "/v1/tokens",
+            json!({"name": name, "role": "admin"}),
+            409,
+        )
+        .await;
+    }
     let token = created.json()["token"].as_str().unwrap().to_owned();
     // A change outside the viewer's role: refused (403) and recorded with its identity.
     let r = srv
         .admin("DELETE", "/v1/channels/anything", Some(&token), b"")
         .await;
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
-    change(&srv, "DELETE", "/v1/tokens/ci", Value::Null, 200).await;
+    // An import the viewer may not make; a path's name is recorded capped.
+    let r = srv
+        .admin("POST", "/v1/config", Some(&token), b"{\"secret\": []}")
+        .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let long = "n".repeat(5000);
+    let r = srv
+        .admin("DELETE", &format!("/v1/channels/{long}"), Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    change(srv, "DELETE", "/v1/tokens/ci", Value::Null, 200).await;
 
-    let t = entries(&srv, "token/ci").await;
+    let t = entries(srv, "token/ci").await;
     assert_eq!(shape(&t), ["create - A", "revoke B -"], "{t:#?}");
     assert_eq!(t[1]["before"], t[0]["after"]);
     assert!(t.iter().all(|e| e["who"] == "root"), "{t:#?}");
-    let refused = entries(&srv, "channel/anything").await;
+    let refused = entries(srv, "channel/anything").await;
     assert_eq!(shape(&refused), ["refused - -"], "{refused:#?}");
     assert_eq!(refused[0]["who"], "ci");
     assert_eq!(refused[0]["detail"]["status"], 403);
+    let import = entries(srv, "config").await;
+    assert_eq!(shape(&import), ["refused - -"], "{import:#?}");
+    assert_eq!(
+        (&import[0]["who"], &import[0]["detail"]["attempted"]),
+        (&json!("ci"), &json!("import"))
+    );
+    let channels = entries(srv, "channel").await;
+    let capped = channels
+        .iter()
+        .find(|e| e["name"].as_str().is_some_and(|n| n.starts_with("nnn")))
+        .unwrap_or_else(|| panic!("no refused row of the long path: {channels:#?}"));
+    assert_eq!(capped["action"], "refused");
+    let name = capped["name"].as_str().unwrap();
+    assert!(name.chars().count() < 300 && name.ends_with('…'), "{name}");
+    let reserved = entries(srv, "token").await;
+    assert_eq!(
+        reserved
+            .iter()
+            .filter(|e| e["action"] == "refused" && e["detail"]["status"] == 409)
+            .count(),
+        2,
+        "{reserved:#?}"
+    );
 
     // Neither the token nor its hash is in any column of any row.
-    let table = dump_table(&srv, None);
+    let table = dump_table(srv, pg_url);
     let hash = {
         use sha2::Digest;
         let d = sha2::Sha256::digest(token.as_bytes());
@@ -571,4 +683,187 @@ async fn token_changes_and_role_refusals_are_audited_without_the_token() {
         !table.contains(&hash),
         "the token's hash is in the audit table"
     );
+}
+
+#[tokio::test]
+async fn a_deploy_whose_client_hangs_up_is_still_done_and_audited() {
+    use tokio::io::AsyncWriteExt;
+    let srv = env().start().await;
+    // The whole request, then the connection closed before any answer: the deploy runs on.
+    let body = json!({"modules": [{"name": "hup", "source": module(7)}]}).to_string();
+    let head = format!(
+        "POST /v1/modules HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        srv.admin_token(),
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", srv.admin_port()))
+        .await
+        .unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    drop(conn);
+    let e = eventually(Duration::from_secs(30), "the deploy's audit row", || {
+        let srv = &srv;
+        async move {
+            let e = entries(srv, "module/hup").await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(shape(&e), ["deploy - A"], "{e:#?}");
+    assert_eq!(
+        (&e[0]["who"], &e[0]["detail"]["version"]),
+        (&json!("root"), &json!(1))
+    );
+    // Deployed and serving.
+    let r = change(&srv, "POST", "/v1/invoke/aud.v", json!({}), 200).await;
+    assert_eq!(r.json()["v"], 7);
+    srv.assert_no_errors(&[]);
+}
+
+/// `psql -At -c sql` against `url`: its output, trimmed.
+fn psql_value(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A create by `POST /v1/channels` records the channel it created, and not a change made
+/// between its before- and after-reads through another path to the store (another server,
+/// here a session of our own). Deterministic: that session holds the channels table, so
+/// the create has read its digests and waits to write while the other change is made.
+#[tokio::test]
+async fn a_create_is_credited_with_its_own_object_only_on_postgres() {
+    use std::io::Write;
+    let (env, db) = env().postgres_store();
+    let srv = env.start().await;
+    let ch =
+        |name: &str| json!({"name": name, "url_path": format!("/{name}"), "service": "test.echo"});
+    change(&srv, "POST", "/v1/channels", ch("theirs"), 201).await;
+
+    let mut other = Command::new("psql")
+        .args([db.url.as_str(), "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut session = other.stdin.take().unwrap();
+    session
+        .write_all(b"BEGIN;\nLOCK TABLE channels IN EXCLUSIVE MODE;\n")
+        .unwrap();
+    session.flush().unwrap();
+    let url = db.url.clone();
+    eventually(Duration::from_secs(30), "the other session's lock", || {
+        let url = url.clone();
+        async move {
+            let held = psql_value(
+                &url,
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 'channels' AND l.mode = 'ExclusiveLock' AND l.granted",
+            );
+            (held == "1").then_some(())
+        }
+    })
+    .await;
+    let create = call(&srv, "POST", "/v1/channels", ch("mine"));
+    let meddle = async move {
+        eventually(
+            Duration::from_secs(30),
+            "the create waiting to write",
+            || {
+                let url = url.clone();
+                async move {
+                    let waiting = psql_value(
+                        &url,
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND query LIKE 'INSERT INTO channels%'",
+                    );
+                    (waiting != "0").then_some(())
+                }
+            },
+        )
+        .await;
+        session
+            .write_all(b"DELETE FROM channels WHERE name = 'theirs';\nCOMMIT;\n")
+            .unwrap();
+        drop(session);
+    };
+    let (r, ()) = tokio::join!(create, meddle);
+    assert!(other.wait().unwrap().success(), "the other session failed");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    let mine = entries(&srv, "channel/mine").await;
+    assert_eq!(shape(&mine), ["create - A"], "{mine:#?}");
+    let theirs = entries(&srv, "channel/theirs").await;
+    assert_eq!(
+        shape(&theirs),
+        ["create - A"],
+        "the other session's delete is not root's: {theirs:#?}"
+    );
+}
+
+/// A change the caller's role does not allow, made while the store is known to be down: its
+/// 403 does not wait on the store, and the refusal is logged instead of recorded.
+#[tokio::test]
+async fn a_role_refusal_while_the_store_is_down_is_logged_not_recorded() {
+    let pg = PrivatePg::start();
+    let srv = env()
+        .set("store", "url", &format!("{:?}", pg.url()))
+        .start()
+        .await;
+    let created = change(
+        &srv,
+        "POST",
+        "/v1/tokens",
+        json!({"name": "ro", "role": "viewer"}),
+        201,
+    )
+    .await;
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    // Seen in the store by this server: it still authenticates while the store is down.
+    let r = srv.admin("GET", "/v1/jobs", Some(&token), b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    pg.stop();
+    let store_is = |state: &'static str| {
+        let srv = &srv;
+        eventually(Duration::from_secs(30), state, move || async move {
+            let r = srv.get("/healthz").await;
+            (r.status == 200 && r.json()["store"] == state).then_some(())
+        })
+    };
+    store_is("degraded").await;
+    let r = srv
+        .admin("DELETE", "/v1/channels/down", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let line = eventually(Duration::from_secs(10), "the refusal's log line", || {
+        let srv = &srv;
+        async move { srv.log_lines("not in the audit log").into_iter().next() }
+    })
+    .await;
+    for field in [
+        "WARN",
+        "who=ro",
+        "action=delete",
+        "kind=channel",
+        "name=down",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+
+    pg.start_again();
+    store_is("ok").await;
+    assert!(entries(&srv, "channel/down").await.is_empty());
+    assert!(srv.log_lines("cannot write the audit log").is_empty());
+    srv.assert_no_errors(&[]);
 }

@@ -1071,6 +1071,27 @@ async fn audit_log(s: &Store) {
         names(recent),
         ["root:module/billing", "ci:module/crm", "root:channel//echo"]
     );
+    // Every filter at once (each one its own parameter of the statement).
+    let newest_id = all[0].id;
+    let narrow = |who: &str| {
+        let who = who.to_owned();
+        q(move |q| {
+            q.kind = Some("module".into());
+            q.name = Some("crm".into());
+            q.who = Some(who);
+            q.since = Some(old);
+            q.before_id = Some(newest_id);
+        })
+    };
+    assert_eq!(
+        names(s.audit_page(&narrow("ci")).await.unwrap()),
+        ["ci:module/crm"]
+    );
+    assert_eq!(
+        names(s.audit_page(&narrow("pickup")).await.unwrap()),
+        ["pickup:module/crm"]
+    );
+    assert!(s.audit_page(&narrow("root")).await.unwrap().is_empty());
     // Paging: two at a time, each page older than the last.
     let mut seen = Vec::new();
     let mut before = None;
@@ -1091,8 +1112,19 @@ async fn audit_log(s: &Store) {
         seen.extend(page.into_iter().map(|r| r.id));
     }
     assert_eq!(seen, all.iter().map(|r| r.id).collect::<Vec<_>>());
-    // Retention (90 days): the three old rows go, in batches of two; the rest stays.
+    // Retention (90 days): the old rows go, oldest first by time (a row written late with
+    // an older time included), in batches; the rest stays.
+    s.audit_insert(&[audit_row(old - 5, "root", "job", "late")])
+        .await
+        .unwrap();
     let cutoff = now - 90 * day;
+    assert_eq!(s.audit_prune(cutoff, 1).await.unwrap(), 1);
+    let jobs = s
+        .audit_page(&q(|q| q.kind = Some("job".into())))
+        .await
+        .unwrap();
+    assert!(jobs.is_empty(), "the oldest by time goes first: {jobs:?}");
+    assert_eq!(s.audit_page(&q(|_| {})).await.unwrap().len(), 6);
     assert_eq!(s.audit_prune(cutoff, 2).await.unwrap(), 2);
     assert_eq!(s.audit_prune(cutoff, 2).await.unwrap(), 1);
     assert_eq!(s.audit_prune(cutoff, 2).await.unwrap(), 0);

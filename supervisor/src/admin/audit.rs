@@ -4,15 +4,18 @@
 //! Every non-GET request (but a service call and a cache entry's write, which change no
 //! configuration) is recorded, so that no endpoint can be forgotten: its path gives the
 //! object kind, name and action, and for the kinds the store holds (modules, channels,
-//! secrets, security definitions, caches, jobs) the digests of the stored objects are read
-//! before and after the request — one object for `/v1/<kind>/{name}…`, the whole kind for a
-//! create by `POST /v1/<kind>` (a deploy: one row per module it changed), everything for a
-//! config import (one row per object it changed, and the import's own row). A handler can
-//! refine its row by attaching an [`AuditNote`] to its response (kind, name, action, digests,
-//! detail), which [`finish`] reads and removes: a resource whose objects are not read here
-//! (API tokens) must attach one with its digests. A refused change (4xx) is recorded as
-//! `refused`; a failed one (5xx) only if something changed. A failure to write the row is
-//! logged at error level and does not undo the change.
+//! secrets, security definitions, caches, jobs, API tokens) the digests of the stored objects
+//! are read before and after the request — one object for `/v1/<kind>/{name}…`, the whole
+//! kind for a create by `POST /v1/<kind>`, everything for a config import. A request on a
+//! whole kind or on everything records only the objects it names itself (a deploy's or an
+//! import's [`AuditNote::objects`], a create's [`AuditNote::name`] or the `name` of its
+//! answer), so that a change made meanwhile through another server is never credited to it;
+//! a deploy gives one row per module it changed, an import one per object and its own. A
+//! handler can refine its row by attaching an [`AuditNote`] to its response (kind, name,
+//! action, digests, detail), which [`finish`] reads and removes. A refused change (4xx) is
+//! recorded as `refused` (a refusal by role without reading the store: [`refusal`]); a
+//! failed one (5xx) only if something changed. A failure to write the row is logged at error
+//! level and does not undo the change.
 
 use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
@@ -24,6 +27,7 @@ use super::auth::Identity;
 use super::{Body, Ctx, error, reply};
 use crate::model::object::ConfigObject;
 use crate::store::{AuditQuery, AuditRecord, digest};
+use std::sync::atomic::Ordering;
 
 /// The audit kind of a config import's change kind (`service_module` → `module`, both
 /// channel kinds → `channel`).
@@ -41,6 +45,8 @@ pub(super) fn import_kind(kind: &str) -> &str {
 #[derive(Debug, Clone, Default)]
 pub(super) struct AuditNote {
     pub kind: Option<String>,
+    /// The row's object name; for a create by `POST /v1/<kind>`, also the only object of the
+    /// kind the row is about (without it, the `name` of the answer's JSON object is).
     pub name: Option<String>,
     pub action: Option<String>,
     /// Digest of the object before (see `store::digest`); never a secret's value or a token.
@@ -164,9 +170,33 @@ fn kind_name(resource: &str) -> String {
     }
 }
 
-/// What a request's method and path say it changes; None for a request that is not
-/// recorded (a read, a service call, a cache entry's write).
+/// The most characters of a path's kind and name a row records (a path is the caller's:
+/// a refused one may be anything).
+const MAX_KIND_CHARS: usize = 64;
+const MAX_NAME_CHARS: usize = 256;
+
+/// `s` cut to `max` characters (an ellipsis marks a cut).
+fn capped(mut s: String, max: usize) -> String {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+        s.push('…');
+    }
+    s
+}
+
+/// What a request's method and path say it changes (its kind and name capped); None for a
+/// request that is not recorded (a read, a service call, a cache entry's write).
 fn target(method: &Method, path: &str) -> Option<(String, String, String, Scope)> {
+    let (kind, name, action, scope) = target_uncapped(method, path)?;
+    Some((
+        capped(kind, MAX_KIND_CHARS),
+        capped(name, MAX_NAME_CHARS),
+        capped(action, MAX_KIND_CHARS),
+        scope,
+    ))
+}
+
+fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, String, Scope)> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return None;
     }
@@ -354,6 +384,54 @@ pub(super) async fn begin(cx: &Ctx, method: &Method, path: &str) -> Option<Pendi
     })
 }
 
+/// A change the caller's role does not allow (`resp`, its 403): recorded as `refused`
+/// without reading any object; while the store is known to be down, logged instead (the
+/// refusal is not kept waiting on the store). Returns `resp`.
+pub(super) async fn refusal(
+    cx: &Ctx,
+    who: &Identity,
+    method: &Method,
+    path: &str,
+    resp: Response<Body>,
+) -> Response<Body> {
+    let Some((kind, name, action, _)) = target(method, path) else {
+        return resp;
+    };
+    if !cx.node.store_ok.load(Ordering::SeqCst) {
+        tracing::warn!(
+            who = %who.name, action = %action, kind = %kind, name = %name,
+            status = resp.status().as_u16(),
+            "refused a change the role does not allow; not in the audit log: the config \
+             store is unreachable"
+        );
+        return resp;
+    }
+    let pending = Pending {
+        kind,
+        name,
+        action,
+        scope: Scope::None,
+        before: None,
+    };
+    finish(cx, who, pending, resp).await
+}
+
+/// The `name` of `resp`'s JSON object (a created object's), `resp` itself given back
+/// unchanged. Only the name is taken: an answer may hold what must never be recorded (a new
+/// API token).
+async fn answer_name(resp: Response<Body>) -> (Option<String>, Response<Body>) {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    let name = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned));
+    (name, Response::from_parts(parts, Body::new(bytes)))
+}
+
 /// `after`'s detail, with `before`'s under `previous_<key>` (a module's versions).
 fn entry_detail(before: Option<&Entry>, after: Option<&Entry>) -> Map<String, Value> {
     let mut d = Map::new();
@@ -385,18 +463,65 @@ pub(super) async fn finish(
         .map(str::to_owned);
     let note = note.unwrap_or_default();
     let cid = cid.or(note.cid.clone());
-    let row = |kind: String, name: String, action: String| AuditRecord {
+    let (after, created) = if status.is_client_error() {
+        (None, None)
+    } else {
+        // Read even when the before-read failed: what the object is now is still known.
+        let after = snapshot(cx, &p.scope).await;
+        let created = match &p.scope {
+            Scope::Kind(_)
+                if status.is_success() && note.objects.is_none() && note.name.is_none() =>
+            {
+                let (n, r) = answer_name(resp).await;
+                resp = r;
+                n
+            }
+            _ => None,
+        };
+        (after, created)
+    };
+    let base = AuditRecord {
         id: 0,
         at: 0,
         server: cx.node.name.clone(),
         who: who.name.clone(),
+        action: String::new(),
+        kind: String::new(),
+        name: String::new(),
+        before: None,
+        after: None,
+        cid,
+        detail: Value::Null,
+    };
+    let rows = rows_of(&base, p, status, note, after, created);
+    if let Err(e) = cx.store.audit_insert(&rows).await {
+        for r in &rows {
+            log_error!(
+                error = %e, who = %r.who, action = %r.action, kind = %r.kind, name = %r.name,
+                status = status.as_u16(),
+                "cannot write the audit log: the change stands, unrecorded"
+            );
+        }
+    }
+    resp
+}
+
+/// The rows of a request (see the module's doc): `base` gives the server, identity and cid;
+/// `after` is the digests read after it (None: not read, or the store could not be read);
+/// `created` the name in a create's answer. No row for a failure (5xx) that changed nothing.
+fn rows_of(
+    base: &AuditRecord,
+    p: Pending,
+    status: StatusCode,
+    note: AuditNote,
+    after: Option<Snapshot>,
+    created: Option<String>,
+) -> Vec<AuditRecord> {
+    let row = |kind: String, name: String, action: String| AuditRecord {
         action,
         kind,
         name,
-        before: None,
-        after: None,
-        cid: cid.clone(),
-        detail: Value::Null,
+        ..base.clone()
     };
     let mut kind = note.kind.clone().unwrap_or(p.kind);
     let name = note.name.clone().unwrap_or(p.name);
@@ -412,10 +537,18 @@ pub(super) async fn finish(
         r.detail = Value::Object(d);
         rows.push(r);
     } else {
-        let after = if p.before.is_some() {
-            snapshot(cx, &p.scope).await
-        } else {
-            None
+        // A request on a whole kind or on everything: the objects it names itself, and no
+        // other (a change made meanwhile through another server is not this request's).
+        let only: Option<Vec<(String, String)>> = match &p.scope {
+            Scope::Kind(_) | Scope::All if note.objects.is_some() => note.objects.clone(),
+            Scope::Kind(k) if status.is_success() => Some(
+                note.name
+                    .clone()
+                    .or(created)
+                    .map_or_else(Vec::new, |n| vec![(k.as_str().to_owned(), n)]),
+            ),
+            Scope::Kind(_) | Scope::All => Some(Vec::new()),
+            Scope::Object(..) | Scope::None => None,
         };
         // The objects whose digest changed, by key.
         let mut changed: Vec<Changed> = match (&p.before, &after) {
@@ -430,13 +563,13 @@ pub(super) async fn finish(
             }
             _ => Vec::new(),
         };
-        if let Some(only) = &note.objects {
+        if let Some(only) = &only {
             changed
                 .retain(|((k, n), _, _)| only.iter().any(|(ok, on)| ok == k.as_str() && on == n));
         }
         if status.is_server_error() && changed.is_empty() && note.action.is_none() {
             // Nothing changed: the answer says why.
-            return resp;
+            return Vec::new();
         }
         let presence = |b: &Option<Entry>, a: &Option<Entry>| match (b, a) {
             (None, _) => "create",
@@ -447,7 +580,8 @@ pub(super) async fn finish(
         if status.is_server_error() {
             extra.insert("status".into(), json!(status.as_u16()));
         }
-        if p.before.is_none() || after.is_none() {
+        let digests_known = p.before.is_some() && after.is_some();
+        if !digests_known {
             extra.insert(
                 "digests".into(),
                 json!("unavailable: the store could not be read"),
@@ -458,7 +592,8 @@ pub(super) async fn finish(
                 let b = p.before.as_ref().and_then(|s| s.get(&(*k, n.clone())));
                 let a = after.as_ref().and_then(|s| s.get(&(*k, n.clone())));
                 let action = match p.action.as_str() {
-                    "put" => presence(&b.cloned(), &a.cloned()).to_owned(),
+                    // Created or updated: known only from both digests.
+                    "put" if digests_known => presence(&b.cloned(), &a.cloned()).to_owned(),
                     other => other.to_owned(),
                 };
                 let mut r = row(kind, name, note.action.clone().unwrap_or(action));
@@ -489,7 +624,7 @@ pub(super) async fn finish(
                     rows.push(r);
                 }
                 // A config import's own row; and a create or deploy that changed nothing
-                // (every module unchanged) or whose objects are not read here.
+                // (every module unchanged) or whose digests could not be read.
                 if import || changed.is_empty() {
                     if import {
                         kind = note.kind.clone().unwrap_or_else(|| "config".into());
@@ -510,16 +645,7 @@ pub(super) async fn finish(
             }
         }
     }
-    if let Err(e) = cx.store.audit_insert(&rows).await {
-        for r in &rows {
-            log_error!(
-                error = %e, who = %r.who, action = %r.action, kind = %r.kind, name = %r.name,
-                status = status.as_u16(),
-                "cannot write the audit log: the change stands, unrecorded"
-            );
-        }
-    }
-    resp
+    rows
 }
 
 /// How often the rows past the retention are deleted, and how many per statement (short
@@ -594,7 +720,8 @@ fn parse_since(s: &str, now_ms: i64) -> Result<i64, String> {
     }
 }
 
-/// The query of `GET /v1/audit` (the original pairs, for the `next` link).
+/// The query of `GET /v1/audit`, and its pairs for the `next` link (as given, but `since`
+/// as an absolute time and without `before`).
 fn parse_query(query: &str, now_ms: i64) -> Result<(AuditQuery, Vec<(String, String)>), String> {
     let mut q = AuditQuery {
         limit: DEFAULT_LIMIT,
@@ -620,8 +747,21 @@ fn parse_query(query: &str, now_ms: i64) -> Result<(AuditQuery, Vec<(String, Str
                 q.kind = Some(kind.to_owned());
                 q.name = name.map(str::to_owned);
             }
-            "who" if !v.is_empty() => q.who = Some(v.clone()),
-            "since" => q.since = Some(parse_since(&v, now_ms)?),
+            "who" if v.is_empty() => {
+                return Err(
+                    "who must not be empty: expected an identity name (root, a token's name, \
+                     pickup)"
+                        .to_owned(),
+                );
+            }
+            "who" => q.who = Some(v.clone()),
+            "since" => {
+                let since = parse_since(&v, now_ms)?;
+                q.since = Some(since);
+                // The next page covers the same span: a duration (`1h`) becomes its time.
+                kept.push(("since".to_owned(), time_rfc3339(since)));
+                continue;
+            }
             "limit" => match v.parse::<i64>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
                 _ => {
@@ -750,8 +890,18 @@ mod tests {
         assert_eq!(t(Method::POST, "/v1/tokens").unwrap(), "token  create");
         assert_eq!(
             t(Method::DELETE, "/v1/tokens/ci").unwrap(),
-            "token ci delete"
+            "token ci revoke"
         );
+        // A path is the caller's: what a row keeps of it is capped.
+        let long = format!("/v1/{}/{}", "k".repeat(5000), "n".repeat(5000));
+        let (k, n, a, _) = target(&Method::DELETE, &long).unwrap();
+        assert_eq!(k.chars().count(), MAX_KIND_CHARS + 1);
+        assert_eq!(n.chars().count(), MAX_NAME_CHARS + 1);
+        assert!(k.ends_with('…') && n.ends_with('…'));
+        assert_eq!(a, "delete");
+        let (_, n, ..) =
+            target(&Method::PUT, &format!("/v1/channels/{}", "é".repeat(300))).unwrap();
+        assert_eq!(n.chars().count(), MAX_NAME_CHARS + 1);
     }
 
     #[test]
@@ -777,7 +927,26 @@ mod tests {
             let q = format!("since=1970-01-02T02:00:00{offset}");
             assert_eq!(parse_query(&q, now).unwrap().0.since, Some(86_400_000));
         }
+        // `next` keeps a relative `since` as the absolute time it meant.
+        let (_, kept) = parse_query("since=1h&who=ci", now).unwrap();
+        assert_eq!(
+            kept,
+            [
+                ("since".to_owned(), "1970-01-10T23:00:00.000Z".to_owned()),
+                ("who".to_owned(), "ci".to_owned())
+            ]
+        );
+        let abs = &kept[0].1;
+        assert_eq!(
+            parse_query(&format!("since={abs}"), now).unwrap().0.since,
+            Some(now - 3_600_000)
+        );
+        assert_eq!(
+            parse_query("who=", now).unwrap_err(),
+            "who must not be empty: expected an identity name (root, a token's name, pickup)"
+        );
         for bad in [
+            "who=",
             "limit=0",
             "limit=1001",
             "limit=x",
@@ -790,6 +959,156 @@ mod tests {
         ] {
             assert!(parse_query(bad, now).is_err(), "{bad}");
         }
+    }
+
+    fn snap(objects: &[(Kind, &str, &str)]) -> Snapshot {
+        objects
+            .iter()
+            .map(|(k, n, d)| {
+                (
+                    (*k, (*n).to_owned()),
+                    Entry {
+                        digest: (*d).to_owned(),
+                        detail: Map::new(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn base() -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            at: 0,
+            server: "s1".into(),
+            who: "ci".into(),
+            action: String::new(),
+            kind: String::new(),
+            name: String::new(),
+            before: None,
+            after: None,
+            cid: None,
+            detail: Value::Null,
+        }
+    }
+
+    /// `kind/name action before after` of each row.
+    fn lines(rows: &[AuditRecord]) -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}/{} {} {} {}",
+                    r.kind,
+                    r.name,
+                    r.action,
+                    r.before.as_deref().unwrap_or("-"),
+                    r.after.as_deref().unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
+    /// A create by `POST /v1/<kind>` is credited with the object it created only: a change
+    /// of another object of the kind made meanwhile (through another server) is not its.
+    #[test]
+    fn a_create_is_credited_with_its_own_object_only() {
+        let pending = || {
+            let (kind, name, action, scope) = target(&Method::POST, "/v1/channels").unwrap();
+            Pending {
+                kind,
+                name,
+                action,
+                scope,
+                before: Some(snap(&[
+                    (Kind::Channel, "theirs", "d1"),
+                    (Kind::Channel, "other", "d2"),
+                ])),
+            }
+        };
+        let after = || {
+            Some(snap(&[
+                (Kind::Channel, "other", "d2x"),
+                (Kind::Channel, "mine", "d3"),
+            ]))
+        };
+        let created = StatusCode::CREATED;
+        // Named by the handler's note, or by the answer.
+        let note = AuditNote {
+            name: Some("mine".into()),
+            ..Default::default()
+        };
+        let rows = rows_of(&base(), pending(), created, note, after(), None);
+        assert_eq!(lines(&rows), ["channel/mine create - d3"]);
+        assert_eq!(
+            (rows[0].who.as_str(), rows[0].server.as_str()),
+            ("ci", "s1")
+        );
+        let rows = rows_of(
+            &base(),
+            pending(),
+            created,
+            AuditNote::default(),
+            after(),
+            Some("mine".into()),
+        );
+        assert_eq!(lines(&rows), ["channel/mine create - d3"]);
+        // Named by nothing: no other object credited.
+        let rows = rows_of(
+            &base(),
+            pending(),
+            created,
+            AuditNote::default(),
+            after(),
+            None,
+        );
+        assert_eq!(lines(&rows), ["channel/ create - -"]);
+        // A deploy's or an import's note names its objects.
+        let note = AuditNote {
+            objects: Some(vec![("channel".into(), "other".into())]),
+            ..Default::default()
+        };
+        let rows = rows_of(&base(), pending(), StatusCode::OK, note, after(), None);
+        assert_eq!(lines(&rows), ["channel/other update d2 d2x"]);
+    }
+
+    /// A failed before-read leaves a PUT `put` (created or updated is not known), with the
+    /// digest after it.
+    #[test]
+    fn a_put_without_its_before_digest_stays_put() {
+        let pending = |before: Option<Snapshot>| {
+            let (kind, name, action, scope) = target(&Method::PUT, "/v1/secrets/s").unwrap();
+            Pending {
+                kind,
+                name,
+                action,
+                scope,
+                before,
+            }
+        };
+        let after = Some(snap(&[(Kind::Secret, "s", "d9")]));
+        let rows = rows_of(
+            &base(),
+            pending(None),
+            StatusCode::OK,
+            AuditNote::default(),
+            after.clone(),
+            None,
+        );
+        assert_eq!(lines(&rows), ["secret/s put - d9"]);
+        assert_eq!(
+            rows[0].detail["digests"],
+            "unavailable: the store could not be read"
+        );
+        let rows = rows_of(
+            &base(),
+            pending(Some(Snapshot::new())),
+            StatusCode::CREATED,
+            AuditNote::default(),
+            after,
+            None,
+        );
+        assert_eq!(lines(&rows), ["secret/s create - d9"]);
+        assert_eq!(rows[0].detail.get("digests"), None);
     }
 
     #[test]

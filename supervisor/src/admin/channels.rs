@@ -160,10 +160,17 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
         return r;
     }
     info!(channel = ?change.value.name, url_path = %change.value.url_path, "channel created");
-    reply(
+    let mut resp = reply(
         StatusCode::CREATED,
         json!({"config_version": change.config_version, "channel": channel_json(&change.value, "store")}),
-    )
+    );
+    // The audit row is this channel's only (the store names it: its name or URL path).
+    super::audit::AuditNote {
+        name: change.value.name.clone(),
+        ..Default::default()
+    }
+    .attach(&mut resp);
+    resp
 }
 
 /// GET /v1/channels/{name}

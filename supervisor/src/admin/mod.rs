@@ -123,7 +123,7 @@ pub async fn serve(listener: TcpListener, cx: Arc<Ctx>, token: String) {
             let svc = hyper::service::service_fn(move |req| {
                 let cx = cx.clone();
                 let token = token.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &cx, &token).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle_in_task(req, cx, token).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -150,6 +150,31 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
     reply(status, json!({ "error": msg.to_string() }))
 }
 
+/// [`handle`] in a task of its own: a client that hangs up mid-request drops the
+/// connection's future, which must not cut a change short nor leave it out of the audit log.
+/// A panic in it is logged and answered 500.
+async fn handle_in_task(
+    req: Request<Incoming>,
+    cx: Arc<Ctx>,
+    token: Arc<String>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match tokio::spawn(async move { handle(req, &cx, &token).await }).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(
+                error = %e, method = %method, path = %path,
+                "admin request failed: its handling panicked or was cancelled"
+            );
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the request's handling failed (see the server's log)",
+            )
+        }
+    }
+}
+
 async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
     // Prometheus scrapes it without the admin token (`admin.metrics_token` is its own).
     if req.uri().path() == metrics::PATH {
@@ -160,12 +185,10 @@ async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body>
         Err(r) => return r,
     };
     if let Err(refused) = auth::authorize(&who, req.method(), req.uri().path()) {
-        // A change the caller's role does not allow is recorded as refused, like any other.
+        // A change the caller's role does not allow is recorded as refused, like any other
+        // (without reading the store's objects; logged instead while the store is down).
         let resp = refused.answer();
-        return match audit::begin(cx, req.method(), req.uri().path()).await {
-            Some(pending) => audit::finish(cx, &who, pending, resp).await,
-            None => resp,
-        };
+        return audit::refusal(cx, &who, req.method(), req.uri().path(), resp).await;
     }
     let method = req.method().clone();
     // Writing cache entries or tokens changes no configuration: nothing for the sync task to

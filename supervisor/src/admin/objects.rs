@@ -93,6 +93,8 @@ pub(super) async fn put<K: AdminObject>(
     name: Option<&str>,
     body: Bytes,
 ) -> Response<Body> {
+    // A create by `POST /v1/<kind>`: its audit row names the created object (below).
+    let posted = name.is_none();
     let input = match json_body(&body) {
         Ok(v) => v,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
@@ -147,14 +149,25 @@ pub(super) async fn put<K: AdminObject>(
         if create { "created" } else { "updated" }
     );
     match K::put_answer(cx, &def, change.config_version, create) {
-        Ok(answer) => reply(
-            if create {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            answer,
-        ),
+        Ok(answer) => {
+            let mut resp = reply(
+                if create {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                answer,
+            );
+            if posted {
+                // The audit row is this object's only.
+                super::audit::AuditNote {
+                    name: Some(name),
+                    ..Default::default()
+                }
+                .attach(&mut resp);
+            }
+            resp
+        }
         Err(r) => r.answer(),
     }
 }

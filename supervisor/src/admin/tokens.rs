@@ -138,6 +138,9 @@ fn parse_create(body: &[u8]) -> Result<(String, Role), Refused> {
     Ok((name.clone(), role))
 }
 
+/// The identity of deploys through the pickup directory in the audit log (any case: reserved).
+const PICKUP: &str = "pickup";
+
 /// `root` in any case: reserved, so that no token's name reads as the token file's identity.
 fn is_root(name: &str) -> bool {
     name.eq_ignore_ascii_case(ROOT)
@@ -161,6 +164,15 @@ async fn create(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
     };
     if is_root(&name) {
         return root_reserved();
+    }
+    if name.eq_ignore_ascii_case(PICKUP) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "the token name {PICKUP} is reserved: the audit log records deploys through the \
+                 pickup directory under it"
+            ),
+        );
     }
     let token = auth::new_token();
     match cx

@@ -30,11 +30,12 @@ pub enum PickupError {
 }
 
 /// Records a pickup deploy in the audit log (who = `pickup`): one row per module it stored,
-/// with the digests of the version it replaced (`before`: the active modules read before the
-/// deploy; None when they could not be read) and of the new one.
+/// with the digests of the version it replaced (`before`: the active versions' name, version
+/// and source hash, read before the deploy; None when they could not be read) and of the new
+/// one.
 async fn audit(
     cx: &crate::deploy::Ctx,
-    before: Option<Vec<crate::store::Module>>,
+    before: Option<Vec<(String, i64, String)>>,
     r: &crate::deploy::Report,
 ) {
     let rows: Vec<crate::store::AuditRecord> = r
@@ -43,14 +44,14 @@ async fn audit(
         .map(|m| {
             let previous = before
                 .as_ref()
-                .and_then(|b| b.iter().find(|p| p.name == m.name));
+                .and_then(|b| b.iter().find(|(name, _, _)| *name == m.name));
             let mut detail = serde_json::json!({
                 "version": m.version,
                 "config_version": r.config_version,
                 "unchanged": r.unchanged,
             });
             match (previous, &before) {
-                (Some(p), _) => detail["previous_version"] = p.version.into(),
+                (Some((_, version, _)), _) => detail["previous_version"] = (*version).into(),
                 (None, None) => {
                     detail["digests"] = "unavailable: the store could not be read".into()
                 }
@@ -67,7 +68,9 @@ async fn audit(
                 action: "deploy".into(),
                 kind: "module".into(),
                 name: m.name.clone(),
-                before: previous.map(crate::store::module_digest),
+                before: previous.map(|(name, version, hash)| {
+                    crate::store::module_head_digest(name, *version, hash)
+                }),
                 after: Some(crate::store::module_digest(m)),
                 cid: None,
                 detail,
@@ -98,8 +101,8 @@ impl Sink for PickupLog {
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        // The active versions before, for the audit log's digests.
-        let before = self.deploy.store.active_modules().await;
+        // The active versions before, for the audit log's digests (without their sources).
+        let before = self.deploy.store.active_module_heads().await;
         match crate::deploy::deploy(&self.deploy, &modules, "pickup", true).await {
             Ok(r) if r.deployed.is_empty() => {
                 tracing::info!(modules = %names, "pickup: unchanged, nothing to deploy");
