@@ -14,11 +14,14 @@ not import this module.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import json
 import os
+import sys
 
 from . import _protocol
+from . import errors as _errors
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
@@ -403,19 +406,24 @@ def exc_family(exc: BaseException) -> str:
     """The family of ``exc`` that the server counts a service's errors by (REPLY ``exc``).
 
     The ``oxbus.errors`` class for a :class:`Reportable` (``BadRequest``, ``NotFound``...;
-    the nearest one for a subclass), ``OutputError``, and for any other exception the nearest
-    built-in exception class in its MRO (``ValueError``, ``KeyError``, ``OSError``,
-    ``Exception`` for a direct subclass of it). Never a user class name, so the server's
-    label values stay few.
+    the nearest one for a subclass), ``OutputError``, ``CancelledError`` for asyncio's, and
+    for any other exception the nearest built-in exception class in its MRO (``ValueError``,
+    ``KeyError``, ``OSError``, ``KeyboardInterrupt``, ``Exception`` for a direct subclass of
+    it). Never a user class name, so the server's label values stay few: a class counts only
+    if it *is* the attribute of that name of ``builtins`` (or ``oxbus.errors``), not merely
+    one whose ``__module__`` says so (a C extension's class or a user class may claim
+    ``builtins``). Runs on the error path only.
     """
-    if isinstance(exc, Reportable):
-        module = Reportable.__module__
-    elif isinstance(exc, OutputError):
+    if isinstance(exc, OutputError):
         return 'OutputError'
-    else:
-        module = 'builtins'
+    # Only a program that imported asyncio can raise its CancelledError (a BaseException
+    # subclass outside builtins): no import here.
+    asyncio = sys.modules.get('asyncio')
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+        return 'CancelledError'
+    home = _errors if isinstance(exc, Reportable) else builtins
     for klass in type(exc).__mro__:
-        if klass.__module__ == module:
+        if getattr(home, klass.__name__, None) is klass:
             return klass.__name__
     return 'BaseException'  # not reached: every exception class derives from it
 

@@ -6,6 +6,7 @@ without a socket in between.
 """
 
 import asyncio
+import builtins
 import json
 import logging
 
@@ -15,7 +16,7 @@ from oxbus import (BadRequest, Conflict, Forbidden, InternalServerError, MethodN
                    NotFound, Reportable, Service, ServiceUnavailable, TooManyRequests,
                    Unauthorized)
 from oxbus import _protocol as P
-from oxbus._dispatch import Dispatcher
+from oxbus._dispatch import Dispatcher, exc_family
 from oxbus.service import current_invocation, default_name
 from test_protocol import VECTORS
 
@@ -668,6 +669,17 @@ class _UserOSError(FileNotFoundError):
     pass
 
 
+# What a C extension's class can look like: ``__module__`` says builtins, yet it is not one.
+_FakeBuiltin = type('FakeBuiltin', (ValueError,), {'__module__': 'builtins'})
+# A user class that claims a built-in's name and module.
+_ImpostorValueError = type('ValueError', (Exception,), {'__module__': 'builtins'})
+
+
+class _ClaimsErrorsModule(BadRequest):
+    """A user class claiming to be in oxbus.errors."""
+    __module__ = 'oxbus.errors'
+
+
 def _raising(exc):
     class Raising(Service):
         def handle(self):
@@ -684,6 +696,11 @@ def _raising(exc):
     (_UserOSError('f'), 'FileNotFoundError'),
     (OSError('o'), 'OSError'),
     (SystemExit(3), 'SystemExit'),
+    (KeyboardInterrupt(), 'KeyboardInterrupt'),
+    (asyncio.CancelledError(), 'CancelledError'),
+    (_FakeBuiltin('c'), 'ValueError'),
+    (_ImpostorValueError('i'), 'Exception'),
+    (_ClaimsErrorsModule('e'), 'BadRequest'),
     (BadRequest('b'), 'BadRequest'),
     (_UserNotFound('n'), 'NotFound'),
     (Reportable('r'), 'Reportable'),
@@ -694,6 +711,23 @@ def test_reply_exc_is_the_family_never_a_user_class(exc, family):
     assert r.status >= 400
     assert r.meta['exc'] == family
     assert 'error' not in r.meta
+
+
+def test_exc_family_of_base_exceptions_and_classes_that_claim_builtins():
+    assert exc_family(KeyboardInterrupt()) == 'KeyboardInterrupt'
+    assert exc_family(SystemExit(0)) == 'SystemExit'
+    assert exc_family(GeneratorExit()) == 'GeneratorExit'
+    assert exc_family(asyncio.CancelledError()) == 'CancelledError'
+    # A subclass of asyncio's CancelledError is still one; concurrent.futures' is not
+    # asyncio's (an Exception outside builtins).
+    assert exc_family(type('Mine', (asyncio.CancelledError,), {})()) == 'CancelledError'
+    import concurrent.futures
+    assert exc_family(concurrent.futures.CancelledError()) == 'Exception'
+    # A class counts only if it is the builtins (oxbus.errors) attribute of its name.
+    assert exc_family(_FakeBuiltin('x')) == 'ValueError'
+    assert exc_family(_ImpostorValueError('x')) == 'Exception'
+    assert builtins.ValueError is not _ImpostorValueError
+    assert exc_family(_ClaimsErrorsModule('x')) == 'BadRequest'
 
 
 def test_reply_exc_of_input_output_and_async_errors_and_none_on_success():

@@ -19,15 +19,24 @@ pub(super) async fn all(cx: &Ctx) -> Response<Body> {
     reply(StatusCode::OK, gather(cx, None).await)
 }
 
-/// `GET /v1/services/{name}/stats`
+/// `GET /v1/services/{name}/stats`: a 404 only when no server that answered runs the
+/// service or has figures for it (this server's workers may all be restarting while its
+/// peers run it).
 pub(super) async fn one(cx: &Ctx, service: &str) -> Response<Body> {
-    if !cx.metrics.services.knows(service) && !cx.pool.has_service(service) {
+    let mut doc = gather(cx, Some(service)).await;
+    let reported = doc["servers"]
+        .as_object()
+        .into_iter()
+        .flat_map(|servers| servers.values())
+        .any(|s| s["answered"] == true && s["services"].get(service).is_some());
+    if !reported {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no service {service} on this server (oxbus services lists them)"),
+            format!(
+                "no server runs or has figures for service {service} (oxbus services lists them)"
+            ),
         );
     }
-    let mut doc = gather(cx, Some(service)).await;
     doc["service"] = json!(service);
     reply(StatusCode::OK, doc)
 }
@@ -38,7 +47,7 @@ async fn gather(cx: &Ctx, only: Option<&str>) -> Value {
     let local = cx
         .metrics
         .services
-        .report(cx.metrics.enabled(), cx.pool.service_names(), only);
+        .report(cx.metrics.enabled(), &cx.pool.service_names(), only);
     let mut servers = Map::new();
     let mut mine = serde_json::to_value(local).unwrap_or_else(|e| json!({"error": e.to_string()}));
     mine["answered"] = json!(true);

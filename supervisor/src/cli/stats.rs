@@ -33,7 +33,9 @@ fn ms(v: &Value) -> String {
 }
 
 /// The text table of a stats document: three lines (1m, 5m, 15m) per service and server,
-/// the service, server and last error on the first.
+/// the service, server and last error on the first; then one line per server that records
+/// nothing (`"recording": false`: its figures would all be 0) and per server that did not
+/// answer.
 pub fn table(d: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -55,7 +57,14 @@ pub fn table(d: &Value) -> String {
         if s["answered"] != true {
             silent.push((
                 server.clone(),
-                s["error"].as_str().unwrap_or("no answer").to_owned(),
+                format!("no answer: {}", s["error"].as_str().unwrap_or("no answer")),
+            ));
+            continue;
+        }
+        if s["recording"] == false {
+            silent.push((
+                server.clone(),
+                "not recording (metrics.enabled = false on this server)".to_owned(),
             ));
             continue;
         }
@@ -103,7 +112,7 @@ pub fn table(d: &Value) -> String {
         }
     }
     for (server, why) in silent {
-        let _ = writeln!(out, "{:<32} {:<16} no answer: {why}", "-", server);
+        let _ = writeln!(out, "{:<32} {:<16} {why}", "-", server);
     }
     out
 }
@@ -128,12 +137,27 @@ mod tests {
                         "5m": {"calls": 0, "errors": 0, "mean_ms": null, "p50_ms": null, "p99_ms": null},
                         "15m": {"calls": 0, "errors": 0, "mean_ms": null, "p50_ms": null, "p99_ms": null}},
                         "last_error": null}}},
-                "c": {"answered": false, "error": "no bus link to this server right now"}
+                "c": {"answered": false, "error": "no bus link to this server right now"},
+                "d": {"answered": true, "recording": false, "services": {
+                    "crm.get": {"windows": {
+                        "1m": {"calls": 0, "errors": 0, "mean_ms": null, "p50_ms": null, "p99_ms": null},
+                        "5m": {"calls": 0, "errors": 0, "mean_ms": null, "p50_ms": null, "p99_ms": null},
+                        "15m": {"calls": 0, "errors": 0, "mean_ms": null, "p50_ms": null, "p99_ms": null}},
+                        "last_error": null}}}
             }
         });
         let t = super::table(&d);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 1 + 3 + 3 + 1, "{t}");
+        assert_eq!(lines.len(), 1 + 3 + 3 + 1 + 1, "{t}");
+        // A server that records nothing: one line saying so, not rows of zeros.
+        assert!(
+            lines[8].contains(" d ") && lines[8].contains("not recording"),
+            "{t}"
+        );
+        assert!(
+            !t.lines()
+                .any(|l| l.starts_with("crm.get") && l.contains(" d "))
+        );
         assert!(lines[1].starts_with("crm.get") && lines[1].contains(" a "));
         assert!(
             lines[1].contains("1970-01-01 00:00:00 UTC ValueError 500 cid c9"),

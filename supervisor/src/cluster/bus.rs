@@ -659,6 +659,11 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
             links.remove(&peer);
         }
     }
+    // The calls waiting on this link fail now ("the link went down before the answer"),
+    // not at their timeout. No call adds itself any more: `call_all` does so under the
+    // links lock, and the link is out of the map.
+    let failed: Vec<_> = pending.lock().expect("pending lock").drain().collect();
+    drop(failed);
     drop(tx);
     let _ = writer.await;
     if reason == BYE_REASON {
@@ -758,7 +763,7 @@ async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
         Ok(oxbus_ipc::bus::Op::ServicesStats(q)) => {
             let report = cx.metrics.services.report(
                 cx.metrics.enabled(),
-                cx.pool.service_names(),
+                &cx.pool.service_names(),
                 q.service.as_deref(),
             );
             (

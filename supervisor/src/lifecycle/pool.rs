@@ -472,11 +472,19 @@ impl Pool {
         deadline: Instant,
     ) -> Result<Reply, DispatchError> {
         // Per-service figures (`metrics::services`): every invocation passes here.
-        let started = self.metrics.enabled().then(Instant::now);
-        let result = self.dispatch(meta, body, deadline).await;
-        if let Some(started) = started {
-            self.record_call(meta.service, meta.cid, started, &result);
+        if !self.metrics.enabled() {
+            return self.dispatch(meta, body, deadline).await;
         }
+        let mut call = Recording {
+            pool: self,
+            service: meta.service,
+            cid: meta.cid,
+            started: Instant::now(),
+            done: false,
+        };
+        let result = self.dispatch(meta, body, deadline).await;
+        call.done = true;
+        self.record_call(meta.service, meta.cid, call.started, &result);
         result
     }
 
@@ -501,7 +509,9 @@ impl Pool {
 
     /// Records one invocation's outcome: an error when the service raised or its input was
     /// refused (the REPLY's `exc`), or when no reply came (the family says why). A call of a
-    /// service no worker has is not recorded: its name is whatever the caller sent.
+    /// service no worker has is not recorded: its name is whatever the caller sent (a name
+    /// seen for the first time is checked against the workers' services, whatever the
+    /// outcome).
     fn record_call(
         &self,
         service: &str,
@@ -524,17 +534,14 @@ impl Pool {
                 },
                 (None, _) => Outcome::Ok,
             },
-            Err(e) => {
-                if !self.metrics.services.knows(service) && !self.has_service(service) {
-                    return;
-                }
-                Outcome::Error {
-                    family: e.family(),
-                    status: e.status(),
-                }
-            }
+            Err(e) => Outcome::Error {
+                family: e.family(),
+                status: e.status(),
+            },
         };
-        self.metrics.services.record(service, cid, started, outcome);
+        self.metrics
+            .services
+            .record_if(service, cid, started, outcome, || self.has_service(service));
     }
 
     /// The names of the services the workers run.
@@ -637,6 +644,36 @@ impl Pool {
     }
 }
 
+/// Records an invocation whose future was dropped before its result came (the HTTP client
+/// went away and hyper dropped the request's future): family `cancelled`, status 499, the
+/// time it ran until then.
+struct Recording<'a> {
+    pool: &'a Pool,
+    service: &'a str,
+    cid: &'a str,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        use crate::metrics::services::{CANCELLED_FAMILY, CANCELLED_STATUS, Outcome};
+        let outcome = Outcome::Error {
+            family: CANCELLED_FAMILY,
+            status: CANCELLED_STATUS,
+        };
+        let pool = self.pool;
+        pool.metrics
+            .services
+            .record_if(self.service, self.cid, self.started, outcome, || {
+                pool.has_service(self.service)
+            });
+    }
+}
+
 /// Gives the in-flight slot back when an invocation ends, however it ends.
 struct Slot<'a> {
     pool: &'a Pool,
@@ -733,16 +770,89 @@ mod tests {
         })
     }
 
-    #[test]
-    fn outcomes_are_recorded_by_family_and_unknown_names_are_not() {
+    /// A pool with metrics on and one ready worker that runs `services` (and never answers).
+    fn pool_running(services: &[&str]) -> Pool {
         let (tx, _rx) = mpsc::unbounded_channel();
         let pool = Pool::new(1, 1, Duration::from_secs(1), tx)
             .with_metrics(Arc::new(crate::metrics::Metrics::new(true)));
+        let w = Arc::new(Worker::new(1, 0, 1, "t".into(), 0));
+        w.services
+            .lock()
+            .unwrap()
+            .extend(services.iter().map(|name| ServiceInfo {
+                name: (*name).to_owned(),
+                module: "m".into(),
+                class: "C".into(),
+                is_async: false,
+                verbs: vec![],
+                input: vec![],
+                output: vec![],
+            }));
+        w.set_state(WorkerState::Ready);
+        pool.add(w);
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_reply_is_recorded_as_cancelled() {
+        let pool = pool_running(&["svc"]);
+        let meta: InvokeMeta<'_> = InvokeMeta {
+            op: "invoke",
+            service: "svc",
+            cid: "c1",
+            channel: None,
+            data_format: None,
+            method: None,
+            path: None,
+            params: None,
+            query: None,
+            headers: None,
+            deadline_ms: None,
+            remote_addr: None,
+            scheme: None,
+            port: None,
+            channel_name: None,
+            security: None,
+            traceparent: None,
+        };
+        let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
+        // Sent to the worker, waiting for its reply: then the caller goes away.
+        tokio::select! {
+            biased;
+            _ = &mut call => panic!("no worker answers"),
+            () = std::future::ready(()) => {}
+        }
+        assert!(!pool.metrics.services.knows("svc"));
+        drop(call);
+        let snap = pool.metrics.services.snapshot("svc").unwrap();
+        assert_eq!(
+            (snap.windows["15m"].calls, snap.windows["15m"].errors),
+            (1, 1)
+        );
+        let last = snap.last_error.unwrap();
+        assert_eq!(
+            (last.family.as_str(), last.status, last.cid.as_str()),
+            ("cancelled", 499, "c1")
+        );
+        // A call that got its result is not recorded again when its future is dropped.
+        assert!(pool.invoke(&meta, b"", Instant::now()).await.is_err());
+        assert_eq!(
+            pool.metrics.services.snapshot("svc").unwrap().windows["15m"].calls,
+            2
+        );
+    }
+
+    #[test]
+    fn outcomes_are_recorded_by_family_and_unknown_names_are_not() {
+        let pool = pool_running(&["svc"]);
         let t = Instant::now();
         let s = &pool.metrics.services;
-        // A service no worker has: neither a no_service reply nor a dispatch error counts.
+        // A service no worker has: a no_service reply, a dispatch error or even an answer
+        // (the worker's list changed since) does not count.
         pool.record_call("ghost", "c0", t, &reply(404, Some("no_service"), None));
         pool.record_call("ghost", "c0", t, &Err(DispatchError::Busy));
+        pool.record_call("ghost", "c0", t, &reply(200, None, None));
+        pool.record_call("ghost", "c0", t, &reply(500, None, Some("ValueError")));
         assert!(!s.knows("ghost"));
         pool.record_call("svc", "c1", t, &reply(200, None, None));
         pool.record_call("svc", "c2", t, &reply(404, None, None)); // the service's own answer

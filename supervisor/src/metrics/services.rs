@@ -9,8 +9,10 @@
 //!
 //! The label values are bounded: a service is recorded only once a worker confirmed it
 //! exists (a call of an unknown name is not counted: its name is whatever the caller sent),
-//! and an error family must look like a class name (`[A-Za-z][A-Za-z0-9_]{0,63}`), of which
-//! the first [`MAX_FAMILIES`] distinct ones are kept; any other is `other`.
+//! and an error family must look like a class name (`[A-Za-z][A-Za-z0-9_]{0,63}`). The
+//! families of [`FIXED_FAMILIES`] (the server's own and the `oxbus.errors` classes) are
+//! always kept; of the others (built-in exception classes) the first [`MAX_FAMILIES`]
+//! distinct ones are, and any other is `other`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,10 +26,41 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::histogram::DurationHistogram;
 use super::stats::{LastError, ServerStats, ServiceStats, Snapshot};
 
-/// Distinct error families kept as label values; past them a family is `other`.
+/// Distinct error families outside [`FIXED_FAMILIES`] kept as label values; past them a
+/// family is `other`.
 pub const MAX_FAMILIES: usize = 32;
 /// The family of a value that is not a class-like name, or past [`MAX_FAMILIES`].
 pub const OTHER_FAMILY: &str = "other";
+/// The family of a call whose caller went away before its reply (an HTTP client that
+/// disconnected): recorded with [`CANCELLED_STATUS`].
+pub const CANCELLED_FAMILY: &str = "cancelled";
+/// The status of a cancelled call (nginx's "client closed request"): nobody was answered.
+pub const CANCELLED_STATUS: u16 = 499;
+/// The families always kept as label values, whatever came first: the server's own (no
+/// reply came, the input was refused, the dispatcher failed, the caller went away), the
+/// `oxbus.errors` classes, and the other fixed names the worker sends (`OutputError`,
+/// `CancelledError`). A fixed list, so the label set stays bounded.
+pub const FIXED_FAMILIES: [&str; 19] = [
+    "timeout",
+    "worker_died",
+    "busy",
+    "too_large",
+    "input",
+    "internal",
+    CANCELLED_FAMILY,
+    "Reportable",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "MethodNotAllowed",
+    "Conflict",
+    "TooManyRequests",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "OutputError",
+    "CancelledError",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -50,8 +83,10 @@ pub enum Outcome<'a> {
     Error { family: &'a str, status: u16 },
 }
 
-/// The wall clock of the statistics: `Instant`s (which the request path takes anyway) turned
-/// into milliseconds since the epoch. Tests move it forward by hand.
+/// The clock of the statistics' buckets: `Instant`s (which the request path takes anyway)
+/// turned into milliseconds since the epoch, from one wall-clock reading at start, so the
+/// buckets never go back when the system clock is set. An error's `at_ms` reads the wall
+/// clock itself ([`Clock::wall_ms`]). Tests move both forward by hand.
 #[derive(Debug)]
 pub struct Clock {
     base: Instant,
@@ -78,6 +113,16 @@ impl Clock {
             + self.shift_ms.load(Ordering::Relaxed)
     }
 
+    /// The wall clock now, in milliseconds since the epoch (an error's `at_ms`: a system
+    /// call, on the error path only).
+    pub fn wall_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            + self.shift_ms.load(Ordering::Relaxed)
+    }
+
     /// Moves the clock forward (tests).
     pub fn advance(&self, by: Duration) {
         self.shift_ms
@@ -100,7 +145,9 @@ pub struct ServiceMetrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Family<ServiceLabel, DurationHistogram>,
     handles: RwLock<HashMap<Box<str>, Arc<ServiceHandles>>>,
-    /// The error families admitted as label values, in the order first seen.
+    /// The label values of [`FIXED_FAMILIES`], in its order.
+    fixed: Vec<Arc<str>>,
+    /// The other error families admitted as label values, in the order first seen.
     families: Mutex<Vec<Arc<str>>>,
     other: Arc<str>,
     pub clock: Clock,
@@ -134,8 +181,8 @@ impl ServiceMetrics {
         registry.register(
             "service_errors",
             "Invocations that failed: the service raised (family = its exception's class \
-             family), its input was refused (input), or no reply came (timeout, worker_died, \
-             busy, too_large)",
+             family), its input was refused (input), no reply came (timeout, worker_died, \
+             busy, too_large), or the caller went away (cancelled)",
             errors.clone(),
         );
         registry.register(
@@ -148,6 +195,7 @@ impl ServiceMetrics {
             errors,
             duration,
             handles: RwLock::new(HashMap::new()),
+            fixed: FIXED_FAMILIES.iter().map(|f| Arc::from(*f)).collect(),
             families: Mutex::new(Vec::new()),
             other: Arc::from(OTHER_FAMILY),
             clock: Clock::new(),
@@ -191,11 +239,15 @@ impl ServiceMetrics {
             .clone()
     }
 
-    /// The label value for `family`: itself when valid and among the first
-    /// [`MAX_FAMILIES`], otherwise `other`.
+    /// The label value for `family`: itself when valid and fixed ([`FIXED_FAMILIES`]) or
+    /// among the first [`MAX_FAMILIES`] others, otherwise `other`. Only a family outside
+    /// the fixed list takes the lock.
     fn family(&self, family: &str) -> Arc<str> {
         if !valid_family(family) {
             return self.other.clone();
+        }
+        if let Some(f) = self.fixed.iter().find(|f| ***f == *family) {
+            return f.clone();
         }
         let mut known = self.families.lock().expect("families lock");
         if let Some(f) = known.iter().find(|f| ***f == *family) {
@@ -210,7 +262,22 @@ impl ServiceMetrics {
     }
 
     /// Records one call of `service` (cid `cid`) that started at `started` and ended now.
+    #[cfg(test)]
     pub fn record(&self, service: &str, cid: &str, started: Instant, outcome: Outcome<'_>) {
+        self.record_if(service, cid, started, outcome, || true);
+    }
+
+    /// Records one call of `service` (cid `cid`) that started at `started` and ended now.
+    /// The first call of a service builds its handles, if `exists` says a worker runs it:
+    /// otherwise the call is not recorded (its name may be anything a caller sent).
+    pub fn record_if(
+        &self,
+        service: &str,
+        cid: &str,
+        started: Instant,
+        outcome: Outcome<'_>,
+        exists: impl FnOnce() -> bool,
+    ) {
         let ended = Instant::now();
         {
             // The common case: recorded under the read lock, without touching the handles'
@@ -220,6 +287,9 @@ impl ServiceMetrics {
                 self.record_in(h, service, cid, started, ended, outcome);
                 return;
             }
+        }
+        if !exists() {
+            return;
         }
         let h = self.get_or_create(service);
         self.record_in(&h, service, cid, started, ended, outcome);
@@ -243,33 +313,47 @@ impl ServiceMetrics {
             Outcome::Ok => h.stats.record(now_ms, us, false),
             Outcome::Error { family, status } => {
                 h.stats.record(now_ms, us, true);
-                let family = self.family(family);
-                let counter = {
-                    let mut errors = h.errors.lock().expect("service errors lock");
-                    match errors.iter().find(|(f, _)| Arc::ptr_eq(f, &family)) {
-                        Some((_, c)) => c.clone(),
-                        None => {
-                            let c = self
-                                .errors
-                                .get_or_create(&ErrorLabels {
-                                    service: service.to_owned(),
-                                    family: family.to_string(),
-                                })
-                                .clone();
-                            errors.push((family.clone(), c.clone()));
-                            c
-                        }
-                    }
-                };
+                let (family, counter) = self.error_counter(h, service, family);
                 counter.inc();
-                h.stats.record_error(LastError {
-                    at_ms: now_ms,
-                    cid: cid.to_owned(),
-                    family: family.to_string(),
-                    status,
-                });
+                h.stats.record_error(
+                    now_ms,
+                    LastError {
+                        at_ms: self.clock.wall_ms(),
+                        cid: cid.to_owned(),
+                        family: family.to_string(),
+                        status,
+                    },
+                );
             }
         }
+    }
+
+    /// The label value and error counter of `family` for the service of `h`: looked up in
+    /// the service's own list first, so only a family new to the service takes the global
+    /// lock ([`ServiceMetrics::family`]).
+    fn error_counter(
+        &self,
+        h: &ServiceHandles,
+        service: &str,
+        family: &str,
+    ) -> (Arc<str>, Counter) {
+        let mut errors = h.errors.lock().expect("service errors lock");
+        if let Some((f, c)) = errors.iter().find(|(f, _)| **f == *family) {
+            return (f.clone(), c.clone());
+        }
+        let label = self.family(family);
+        if let Some((f, c)) = errors.iter().find(|(f, _)| Arc::ptr_eq(f, &label)) {
+            return (f.clone(), c.clone()); // `other`
+        }
+        let c = self
+            .errors
+            .get_or_create(&ErrorLabels {
+                service: service.to_owned(),
+                family: label.to_string(),
+            })
+            .clone();
+        errors.push((label.clone(), c.clone()));
+        (label, c)
     }
 
     /// The statistics of `service` now; None if it was never recorded.
@@ -278,24 +362,32 @@ impl ServiceMetrics {
         self.get(service).map(|h| h.stats.snapshot(now))
     }
 
-    /// This server's statistics: of `only`, or of every service recorded or in `running`
-    /// (those without calls with zero figures).
+    /// This server's statistics: of `only` (when this server runs it or has figures for
+    /// it, with zero figures if it ran nothing: otherwise none), or of every service with
+    /// calls in the last 15 minutes or in `running` (those without calls with zero figures).
     pub fn report(
         &self,
         recording: bool,
-        running: impl IntoIterator<Item = String>,
+        running: &std::collections::BTreeSet<String>,
         only: Option<&str>,
     ) -> ServerStats {
         let services = match only {
-            Some(name) => std::iter::once((
-                name.to_owned(),
-                self.snapshot(name).unwrap_or_else(Snapshot::empty),
-            ))
-            .collect(),
+            Some(name) => match self.snapshot(name) {
+                Some(snap) => std::iter::once((name.to_owned(), snap)).collect(),
+                None if running.contains(name) => {
+                    std::iter::once((name.to_owned(), Snapshot::empty())).collect()
+                }
+                None => Default::default(),
+            },
             None => {
                 let mut all = self.snapshot_all();
+                all.retain(|name, snap| {
+                    snap.calls_in_longest_window() > 0 || running.contains(name)
+                });
                 for name in running {
-                    all.entry(name).or_insert_with(Snapshot::empty);
+                    if !all.contains_key(name) {
+                        all.insert(name.clone(), Snapshot::empty());
+                    }
                 }
                 all
             }
@@ -455,6 +547,85 @@ mod tests {
         );
         assert!(valid_family("OSError") && valid_family("worker_died") && valid_family("A"));
         assert!(valid_family(&"A".repeat(64)));
+        assert!(FIXED_FAMILIES.iter().all(|f| valid_family(f)));
+    }
+
+    #[test]
+    fn the_fixed_families_are_admitted_when_the_cap_is_full() {
+        let m = Metrics::new(true);
+        let s = &m.services;
+        let t = Instant::now();
+        let err = |service: &str, family: &str| {
+            s.record(
+                service,
+                "c",
+                t,
+                Outcome::Error {
+                    family,
+                    status: 500,
+                },
+            )
+        };
+        // Weeks of built-in exception classes fill the cap...
+        for i in 0..MAX_FAMILIES {
+            err("old", &format!("BuiltIn{i}Error"));
+        }
+        err("old", "OneTooMany");
+        // ...yet the server's own families and the oxbus.errors classes still get their
+        // names, for any service.
+        for family in FIXED_FAMILIES {
+            err("new", family);
+            assert_eq!(
+                s.snapshot("new").unwrap().last_error.unwrap().family,
+                family
+            );
+        }
+        err("new", "AnotherBuiltIn");
+        let text = m.render().unwrap();
+        for family in [
+            "timeout",
+            "worker_died",
+            "cancelled",
+            "BadRequest",
+            "CancelledError",
+        ] {
+            let line =
+                format!(r#"oxbus_service_errors_total{{service="new",family="{family}"}} 1"#);
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.contains(r#"oxbus_service_errors_total{service="new",family="other"} 1"#));
+        assert!(text.contains(r#"oxbus_service_errors_total{service="old",family="other"} 1"#));
+        // A family the service has seen is found in its own list (no global lock): the
+        // same counter again.
+        err("new", "timeout");
+        let text = m.render().unwrap();
+        assert!(text.contains(r#"oxbus_service_errors_total{service="new",family="timeout"} 2"#));
+    }
+
+    #[test]
+    fn a_new_name_is_recorded_only_if_it_exists_and_the_report_lists_recent_or_running_ones() {
+        let m = Metrics::new(true);
+        let s = &m.services;
+        let t = Instant::now();
+        s.record_if("ghost", "c", t, Outcome::Ok, || false);
+        assert!(!s.knows("ghost"));
+        s.record_if("svc", "c", t, Outcome::Ok, || true);
+        s.record_if("svc", "c", t, Outcome::Ok, || unreachable!("known already"));
+        s.record_if("gone", "c", t, Outcome::Ok, || true);
+        let running: std::collections::BTreeSet<String> =
+            ["svc".to_owned(), "idle".to_owned()].into();
+        let names = |r: ServerStats| r.services.into_keys().collect::<Vec<_>>();
+        assert_eq!(
+            names(s.report(true, &running, None)),
+            ["gone", "idle", "svc"]
+        );
+        // 15 minutes on: `gone` (not running) had no calls in the window and is left out.
+        s.clock.advance(Duration::from_secs(15 * 60));
+        assert_eq!(names(s.report(true, &running, None)), ["idle", "svc"]);
+        // Asked for by name: a service with figures or running, never an unknown one.
+        assert_eq!(names(s.report(true, &running, Some("gone"))), ["gone"]);
+        assert_eq!(names(s.report(true, &running, Some("idle"))), ["idle"]);
+        assert!(names(s.report(true, &running, Some("ghost"))).is_empty());
     }
 
     #[test]

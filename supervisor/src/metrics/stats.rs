@@ -81,7 +81,10 @@ pub struct LastError {
     pub cid: String,
     /// The exception class family (`ValueError`, `BadRequest`, `input`, `timeout`...).
     pub family: String,
-    /// The HTTP status the caller got (the service's, or 503/504 when no reply came).
+    /// The status of the service's error reply; for a call that got no reply, the status
+    /// a REST channel answers for it (503 `busy` / `worker_died`, 504 `timeout`, 413
+    /// `too_large`; 499 `cancelled`: the caller went away). The admin API's invoke and
+    /// JSON-RPC channels answer those in their own way (docs/OBSERVABILITY.md).
     pub status: u16,
 }
 
@@ -105,6 +108,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The calls of the longest window (15 minutes).
+    pub fn calls_in_longest_window(&self) -> u64 {
+        self.windows.values().map(|w| w.calls).max().unwrap_or(0)
+    }
+
     /// The figures of a service without calls.
     pub fn empty() -> Snapshot {
         Snapshot {
@@ -143,7 +151,9 @@ pub struct ServiceStats {
     ring: Box<[Bucket]>,
     /// Held while a bucket is cleared for a new minute (once a minute at most).
     rotate: Mutex<()>,
-    last_error: Mutex<Option<LastError>>,
+    /// The last error, with the bucket clock's time it ended at (monotonic, unlike its
+    /// `at_ms`): which one is the last.
+    last_error: Mutex<Option<(u64, LastError)>>,
 }
 
 impl std::fmt::Debug for ServiceStats {
@@ -204,11 +214,12 @@ impl ServiceStats {
         }
     }
 
-    /// Records a failed call: counted by [`ServiceStats::record`], remembered here.
-    pub fn record_error(&self, e: LastError) {
+    /// Records a failed call that ended at `now_ms` (the time [`ServiceStats::record`]
+    /// counted it at): remembered here unless a later one already is.
+    pub fn record_error(&self, now_ms: u64, e: LastError) {
         let mut last = self.last_error.lock().expect("last error lock");
-        if last.as_ref().is_none_or(|l| l.at_ms <= e.at_ms) {
-            *last = Some(e);
+        if last.as_ref().is_none_or(|(at, _)| *at <= now_ms) {
+            *last = Some((now_ms, e));
         }
     }
 
@@ -221,7 +232,12 @@ impl ServiceStats {
             .collect();
         Snapshot {
             windows,
-            last_error: self.last_error.lock().expect("last error lock").clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .expect("last error lock")
+                .as_ref()
+                .map(|(_, e)| e.clone()),
         }
     }
 
@@ -383,16 +399,18 @@ mod tests {
     fn the_last_error_is_the_latest() {
         let s = ServiceStats::new();
         assert_eq!(s.snapshot(T0).last_error, None);
+        // `at_ms` is the wall clock, which may go back: the order is the buckets' clock.
         let e = |at_ms, cid: &str| LastError {
             at_ms,
             cid: cid.into(),
             family: "ValueError".into(),
             status: 500,
         };
-        s.record_error(e(T0 + 5, "b"));
-        s.record_error(e(T0 + 1, "a")); // ended earlier, reported later
+        s.record_error(T0 + 5, e(T0 + 5, "b"));
+        s.record_error(T0 + 1, e(T0 + 1, "a")); // ended earlier, reported later
         assert_eq!(s.snapshot(T0 + 10).last_error.unwrap().cid, "b");
-        s.record_error(e(T0 + 9, "c"));
-        assert_eq!(s.snapshot(T0 + 10).last_error.unwrap().cid, "c");
+        s.record_error(T0 + 9, e(T0 - 60_000, "c")); // the system clock was set back
+        let last = s.snapshot(T0 + 10).last_error.unwrap();
+        assert_eq!((last.cid.as_str(), last.at_ms), ("c", T0 - 60_000));
     }
 }
