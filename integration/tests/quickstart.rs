@@ -138,6 +138,16 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     assert_eq!(echo["version"], 1);
     let text = std::fs::read_to_string(dir.join("server.toml")).unwrap();
     assert!(!text.contains("[[channels]]"), "{text}");
+    // Its Prometheus metrics on the admin listener, with the calls above in them.
+    let page = call(port + 1, "GET", "/metrics", b"").await.unwrap();
+    assert_eq!(page.status, 200);
+    let page = String::from_utf8(page.body.to_vec()).unwrap();
+    oxbus_integration::prom::check(&page);
+    let page = oxbus_integration::prom::Page::new(page);
+    assert!(
+        page.get_or_zero("oxbus_service_calls_total", &[("service", "demo.echo")]) >= 1.0,
+        "demo.echo's calls are counted"
+    );
     stop(child);
 
     // Again on the same directory: reused, nothing seeded twice.

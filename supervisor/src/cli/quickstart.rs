@@ -311,7 +311,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -320,6 +320,7 @@ fn prepare(
         dir.display(),
         s.admin.listen,
         s.admin_token_file().display(),
+        s.admin.listen,
     );
     Ok((s, banner, proxy))
 }
