@@ -153,7 +153,7 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
 async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
     // Prometheus scrapes it without the admin token (`admin.metrics_token` is its own).
     if req.uri().path() == metrics::PATH {
-        return metrics::serve(&req, cx);
+        return metrics::serve(&req, cx).await;
     }
     let who = match auth::authenticate(&req, cx, token).await {
         Ok(who) => who,
