@@ -188,6 +188,21 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
     // A 429 from the rate-limited channel (one request per hour).
     assert_eq!(srv.get("/limited").await.status, 200);
     assert_eq!(srv.get("/limited").await.status, 429);
+    // A head the head gate refuses (both framings): counted under its own method.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", srv.port()))
+            .await
+            .unwrap();
+        s.write_all(
+            b"DELETE /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 400 "), "{answer:?}");
+    }
     // A 413: the body is over http.max_body_bytes.
     let big = vec![b'x'; 2000];
     assert_eq!(srv.request("POST", "/echo", &[], &big).await.status, 413);
@@ -217,6 +232,11 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
         1.0,
     );
     moved("oxbus_http_refused_total{reason=\"not_found\"}", 1.0);
+    moved("oxbus_http_refused_total{reason=\"bad_head\"}", 1.0);
+    moved(
+        "oxbus_http_requests_total{channel=\"(none)\",method=\"DELETE\",status=\"4xx\"}",
+        1.0,
+    );
     moved(
         "oxbus_http_requests_total{channel=\"limited\",method=\"GET\",status=\"2xx\"}",
         1.0,
