@@ -1,8 +1,10 @@
 //! `GET /metrics` on the admin listener (issue 18): what it serves parses with Prometheus's
 //! own `promtool check metrics` (no error, no lint warning), and its figures move as traffic
 //! is driven: a 404, a 429 of a rate-limited channel, a 413, a 2xx by channel and method, a
-//! request in flight and back, a worker killed (a `crash` restart, its slot ready again);
-//! `admin.metrics_token` is asked for when set; `metrics.enabled = false` answers 404.
+//! request in flight and back, a worker killed (a `crash` restart, its slot ready again),
+//! a JSON-RPC channel's refusals per call; `admin.metrics_token` is asked for when set (its
+//! scheme in any case); OpenMetrics only for a client that prefers it (q-values);
+//! `metrics.enabled = false` answers 404.
 
 use nix::sys::signal::Signal;
 use oxbus_integration::prom::{self, Flavour, Page, scrape, scrape_as};
@@ -88,6 +90,21 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
     // A 429 from the rate-limited channel (one request per hour).
     assert_eq!(srv.get("/limited").await.status, 200);
     assert_eq!(srv.get("/limited").await.status, 429);
+    // A head the head gate refuses (both framings): counted under its own method.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", srv.port()))
+            .await
+            .unwrap();
+        s.write_all(
+            b"DELETE /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 400 "), "{answer:?}");
+    }
     // A 413: the body is over http.max_body_bytes.
     let big = vec![b'x'; 2000];
     assert_eq!(srv.request("POST", "/echo", &[], &big).await.status, 413);
@@ -119,6 +136,16 @@ async fn metrics_pass_promtool_and_move_with_traffic() {
         1.0,
     );
     moved("oxbus_http_refused_total", &[("reason", "not_found")], 1.0);
+    moved("oxbus_http_refused_total", &[("reason", "bad_head")], 1.0);
+    moved(
+        "oxbus_http_requests_total",
+        &[
+            ("channel", "(none)"),
+            ("method", "DELETE"),
+            ("status", "4xx"),
+        ],
+        1.0,
+    );
     moved(
         "oxbus_http_requests_total",
         &[("channel", "limited"), ("method", "GET"), ("status", "2xx")],
@@ -306,10 +333,66 @@ async fn the_metrics_token_is_required_when_set() {
     prom::check(&page.text);
     // The token is never in the log.
     assert!(!srv.log().contains(TOKEN));
-    assert_eq!(
-        srv.admin("POST", "/metrics", Some(TOKEN), b"").await.status,
-        405
-    );
+    // The scheme's name is case-insensitive.
+    let mut c = Client::connect(srv.admin_port()).await.unwrap();
+    let auth = format!("bearer {TOKEN}");
+    let r = c
+        .request(
+            "GET",
+            "/metrics",
+            &[("authorization", &auth)],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("vary").as_deref(), Some("Accept"));
+    // A 405 says what its Allow header lists.
+    let r = srv.admin("POST", "/metrics", Some(TOKEN), b"").await;
+    assert_eq!(r.status, 405);
+    let allow = r.header("allow").expect("Allow");
+    assert_eq!(allow, "GET, HEAD");
+    let msg = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(msg.ends_with(&format!("allowed: {allow}")), "{msg}");
+}
+
+/// An OpenMetrics range the client refuses (q=0), or likes less than the text format, gets
+/// the text format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmetrics_is_served_only_when_preferred() {
+    let srv = Env::new().with_test_services().start().await;
+    let mut c = Client::connect(srv.admin_port()).await.unwrap();
+    for (accept, content_type) in [
+        (
+            "application/openmetrics-text;q=0",
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (
+            "application/openmetrics-text;q=0.3, text/plain;q=0.5",
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (
+            "text/plain;q=0.5, application/openmetrics-text;q=0.6",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    ] {
+        let r = c
+            .request(
+                "GET",
+                "/metrics",
+                &[("accept", accept)],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{accept}");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some(content_type),
+            "{accept}"
+        );
+        assert_eq!(r.header("vary").as_deref(), Some("Accept"), "{accept}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,5 +436,92 @@ async fn a_worker_recycled_after_max_requests_counts_as_recycle_requests() {
         Some(0.0),
         "{}",
         page.text
+    );
+}
+
+/// A JSON-RPC answer is HTTP 200 however its calls ended: the edge's refusals are counted
+/// per call (a batch's invalid entries each, a call past its deadline by `deadline`), the
+/// HTTP request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpc_refusals_count_per_call() {
+    let srv = Env::new()
+        .workers(2)
+        .with_test_services()
+        .jsonrpc_channel("/rpc", &[])
+        .set("http", "request_timeout_ms", "1000")
+        .start()
+        .await;
+    let rpc = |body: &'static str| {
+        let srv = &srv;
+        async move {
+            srv.request(
+                "POST",
+                "/rpc",
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let before = scrape(&srv).await;
+    // Not JSON: one -32700, one bad body.
+    let r = rpc(r#"{"jsonrpc": "2.0", "method""#).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (200, json!(-32700))
+    );
+    // A batch of two invalid Request objects: two bad bodies, one HTTP request.
+    let r = rpc(r#"[1, {"jsonrpc": "2.0", "method": 1, "id": 2}]"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2), "{:?}", r.json());
+    let mid = scrape(&srv).await;
+    let moved = |from: &Page, to: &Page, name: &str, labels: &[(&str, &str)], by: f64| {
+        assert_eq!(
+            to.get_or_zero(name, labels) - from.get_or_zero(name, labels),
+            by,
+            "{name} {labels:?}:\n{}",
+            to.text
+        );
+    };
+    moved(
+        &before,
+        &mid,
+        "oxbus_http_refused_total",
+        &[("reason", "bad_body")],
+        3.0,
+    );
+    moved(
+        &before,
+        &mid,
+        "oxbus_http_requests_total",
+        &[("channel", "/rpc"), ("method", "POST"), ("status", "2xx")],
+        2.0,
+    );
+    // A call no worker answers before the request's deadline: -32000 inside a 200, and a
+    // `deadline` refusal.
+    let r = rpc(r#"{"jsonrpc": "2.0", "method": "test.spin", "id": 3}"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["error"]["code"], json!(-32000), "{:?}", r.json());
+    let after = scrape(&srv).await;
+    moved(
+        &mid,
+        &after,
+        "oxbus_http_refused_total",
+        &[("reason", "deadline")],
+        1.0,
+    );
+    moved(
+        &mid,
+        &after,
+        "oxbus_http_refused_total",
+        &[("reason", "bad_body")],
+        0.0,
+    );
+    moved(
+        &mid,
+        &after,
+        "oxbus_http_requests_total",
+        &[("channel", "/rpc"), ("method", "POST"), ("status", "2xx")],
+        1.0,
     );
 }

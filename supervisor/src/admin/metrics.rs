@@ -3,14 +3,18 @@
 //! instead (`Authorization: Bearer <it>`), never the admin one; with `metrics.enabled = false`
 //! it answers 404 saying so.
 //!
-//! Two flavours of one encoding, negotiated as Prometheus's own client libraries do: a
-//! client that accepts `application/openmetrics-text` (a Prometheus server does, first) gets
-//! what `prometheus-client` writes, OpenMetrics 1.0 text ending in `# EOF`; any other client
+//! Two flavours of one encoding, negotiated by `Accept` ([`wants_openmetrics`]): a client
+//! that prefers `application/openmetrics-text` (a Prometheus server does) gets what
+//! `prometheus-client` writes, OpenMetrics 1.0 text ending in `# EOF`; any other client
 //! (curl, `promtool check metrics`) gets the Prometheus text format 0.0.4. The two differ
 //! only in a counter's `# HELP`/`# TYPE` lines: OpenMetrics names the family without the
 //! `_total` its samples carry, the 0.0.4 format names it as its samples are named (else
 //! promtool sees samples of an undeclared family, "no help text"). Every sample line is the
 //! crate's, in both.
+//!
+//! The registry is encoded on a blocking thread (`spawn_blocking`), never on a runtime
+//! thread: its collectors read `/proc/<pid>/statm` per worker and run each cache's pending
+//! maintenance, all under the registry's lock.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,17 +38,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Answers a request for [`PATH`].
-pub(super) fn serve<B>(req: &Request<B>, cx: &Ctx) -> Response<Body> {
+pub(super) async fn serve<B>(req: &Request<B>, cx: &Ctx) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
-                "method {} not allowed for /metrics; allowed: GET",
+                "method {} not allowed for /metrics; allowed: {ALLOWED}",
                 req.method()
             ),
         );
         r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
         return r;
     }
     if !cx.metrics.enabled() {
@@ -54,12 +58,7 @@ pub(super) fn serve<B>(req: &Request<B>, cx: &Ctx) -> Response<Body> {
         );
     }
     if let Some(token) = &cx.settings.admin.metrics_token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let presented = bearer(req.headers());
         if !presented.is_some_and(|t| same(t.as_bytes(), token.as_str().as_bytes())) {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -70,29 +69,95 @@ pub(super) fn serve<B>(req: &Request<B>, cx: &Ctx) -> Response<Body> {
             return r;
         }
     }
-    let openmetrics = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    match cx.metrics.render() {
-        Ok(text) => {
-            let (body, content_type) = if openmetrics {
-                (text, OPENMETRICS)
+    let openmetrics = wants_openmetrics(req.headers());
+    let metrics = cx.metrics.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let text = metrics.render()?;
+        Ok::<_, std::fmt::Error>(if openmetrics {
+            text
+        } else {
+            prometheus_text(&text)
+        })
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => {
+            let content_type = if openmetrics {
+                OPENMETRICS
             } else {
-                (prometheus_text(&text), PROMETHEUS_TEXT)
+                PROMETHEUS_TEXT
             };
             let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            h.insert(header::VARY, HeaderValue::from_static("Accept"));
             r
         }
-        Err(e) => error(
+        Ok(Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode the metrics: {e}"),
         ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the metrics encoding did not finish: {e}"),
+        ),
     }
+}
+
+/// The methods [`PATH`] answers, as its 405 says and its `Allow` lists them.
+const ALLOWED: &str = "GET, HEAD";
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme's name is
+/// case-insensitive (RFC 9110 §11.1), the token is taken as sent.
+fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the client prefers OpenMetrics: its `Accept` names `application/openmetrics-text`
+/// with a q above 0 and at least the q that `text/plain` gets (from `text/plain`, else
+/// `text/*`, else `*/*`: the most specific range that matches). No `Accept`, or one that
+/// does not name OpenMetrics (`*/*` included), gets the text format.
+fn wants_openmetrics(headers: &hyper::HeaderMap) -> bool {
+    // (q, specificity) of the best range matching each flavour; specificity 0 = no match.
+    let mut om = 0.0f32;
+    let mut text = (0.0f32, 0u8);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+                // A q that does not parse is no preference at all.
+                .filter(|q| q.is_finite())
+                .map_or(0.0, |q| q.clamp(0.0, 1.0));
+            let specificity = if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                om = om.max(q);
+                continue;
+            } else if media.eq_ignore_ascii_case("text/plain") {
+                3
+            } else if media.eq_ignore_ascii_case("text/*") {
+                2
+            } else if media == "*/*" {
+                1
+            } else {
+                continue;
+            };
+            if specificity > text.1 {
+                text = (q, specificity);
+            } else if specificity == text.1 {
+                text.0 = text.0.max(q);
+            }
+        }
+    }
+    om > 0.0 && om >= text.0
 }
 
 /// The Prometheus text format 0.0.4 of `openmetrics` (the crate's output): each counter
@@ -123,6 +188,70 @@ fn prometheus_text(openmetrics: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use hyper::HeaderMap;
+    use hyper::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn openmetrics_only_when_preferred() {
+        let om = |v: &[&str]| super::wants_openmetrics(&accept(v));
+        // What Prometheus sends.
+        assert!(om(&[
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ]));
+        assert!(om(&["application/openmetrics-text"]));
+        assert!(om(&["Application/OpenMetrics-Text; version=1.0.0"]));
+        assert!(om(&["text/plain;q=0.5", "application/openmetrics-text"]));
+        // A tie goes to OpenMetrics.
+        assert!(om(&["text/plain, application/openmetrics-text"]));
+        // The most specific range decides text/plain's q.
+        assert!(om(&[
+            "*/*, text/plain;q=0.2, application/openmetrics-text;q=0.5"
+        ]));
+        assert!(om(&["application/openmetrics-text;q=0.5, text/*;q=0.4"]));
+
+        assert!(!om(&[]));
+        assert!(!om(&["*/*"]));
+        assert!(!om(&["text/plain"]));
+        assert!(!om(&["application/openmetrics-text;q=0"]));
+        assert!(!om(&["application/openmetrics-text; q=0.0, text/plain"]));
+        assert!(!om(&["application/openmetrics-text;q=0.5, text/plain"]));
+        assert!(!om(&["application/openmetrics-text;q=0.5, */*"]));
+        assert!(!om(&["application/openmetrics-text;q=0.5", "text/*;q=0.6"]));
+        assert!(!om(&["application/openmetrics-text;q=nope"]));
+        // Not a media range of its own.
+        assert!(!om(&["application/openmetrics-textual"]));
+        assert!(!om(&["text/plain; note=\"application/openmetrics-text\""]));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let auth = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            super::bearer(&h).map(str::to_owned)
+        };
+        for v in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer   abc ",
+            "bEaReR\tabc",
+        ] {
+            assert_eq!(auth(v).as_deref(), Some("abc"), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(auth(v), None, "{v:?}");
+        }
+        assert_eq!(super::bearer(&HeaderMap::new()), None);
+    }
     #[test]
     fn prometheus_text_names_counter_families_as_their_samples() {
         let om = "# HELP oxbus_a Requests, by x.\n# TYPE oxbus_a counter\noxbus_a_total{x=\"1\"} 2\n\

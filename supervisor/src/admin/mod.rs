@@ -178,7 +178,7 @@ async fn handle_in_task(
 async fn handle(req: Request<Incoming>, cx: &Ctx, token: &str) -> Response<Body> {
     // Prometheus scrapes it without the admin token (`admin.metrics_token` is its own).
     if req.uri().path() == metrics::PATH {
-        return metrics::serve(&req, cx);
+        return metrics::serve(&req, cx).await;
     }
     let who = match auth::authenticate(&req, cx, token).await {
         Ok(who) => who,

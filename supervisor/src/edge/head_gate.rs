@@ -33,6 +33,9 @@ const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n";
 pub struct Refusal {
     pub status: u16,
     pub reason: String,
+    /// The method its request line starts with, when it starts with one (for the metrics:
+    /// hyper only ever sees the stand-in `GET`).
+    pub method: Option<hyper::Method>,
 }
 
 #[derive(Debug)]
@@ -161,7 +164,9 @@ impl HeadGate {
                         self.handed_on(kind);
                     }
                     Ok(None) => self.hold(&mut data),
-                    Err((status, reason)) => return Some(self.refuse(status, reason)),
+                    Err((status, reason)) => {
+                        return Some(self.refuse(status, reason, method_of(data)));
+                    }
                 },
                 State::Head => self.hold(&mut data),
             }
@@ -173,7 +178,8 @@ impl HeadGate {
                     self.held_peak = self.held_peak.max(self.head.len());
                 }
                 if self.head.len() > self.max_head {
-                    return Some(self.refuse(431, self.too_large()));
+                    let method = method_of(&self.head);
+                    return Some(self.refuse(431, self.too_large(), method));
                 }
                 if !self.head_may_end {
                     continue;
@@ -187,7 +193,10 @@ impl HeadGate {
                         let _ = self.head.split_to(n);
                         self.handed_on(kind);
                     }
-                    Err((status, reason)) => return Some(self.refuse(status, reason)),
+                    Err((status, reason)) => {
+                        let method = method_of(&self.head);
+                        return Some(self.refuse(status, reason, method));
+                    }
                 }
             }
         }
@@ -233,18 +242,39 @@ impl HeadGate {
         )
     }
 
-    fn refuse(&mut self, status: u16, reason: String) -> (u64, Refusal) {
+    fn refuse(
+        &mut self,
+        status: u16,
+        reason: String,
+        method: Option<hyper::Method>,
+    ) -> (u64, Refusal) {
         self.state = State::Refused;
         self.head = BytesMut::new();
         let index = self.heads;
         self.heads += 1;
-        (index, Refusal { status, reason })
+        (
+            index,
+            Refusal {
+                status,
+                reason,
+                method,
+            },
+        )
     }
 
     /// What hyper reads in place of the refused head.
     pub fn stand_in() -> &'static [u8] {
         STAND_IN
     }
+}
+
+/// The method a head starts with: its first token, when a space follows it within the
+/// first 32 bytes (after any empty lines), and it is a valid method token.
+fn method_of(head: &[u8]) -> Option<hyper::Method> {
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let line = &head[start..head.len().min(start + 32)];
+    let end = line.iter().position(|&b| b == b' ')?;
+    hyper::Method::from_bytes(&line[..end]).ok()
 }
 
 /// How many bytes of `data` the head held in `held` takes up to the first blank line (LF LF
@@ -348,8 +378,35 @@ mod tests {
             assert_eq!(index, 1);
             assert_eq!(r.status, 400);
             assert!(r.reason.contains("Content-Length and Transfer-Encoding"));
+            assert_eq!(r.method, Some(hyper::Method::POST), "step {step}");
             assert_eq!(out, [first, STAND_IN].concat());
         }
+    }
+
+    /// The refusal names the method its head starts with, when it has one.
+    #[test]
+    fn a_refusal_keeps_its_heads_method() {
+        assert_eq!(
+            method_of(b"\r\nDELETE /x HTTP/1.1\r\n"),
+            Some(hyper::Method::DELETE)
+        );
+        assert_eq!(
+            method_of(b"PROPFIND /x HTTP/1.1\r\n").map(|m| m.to_string()),
+            Some("PROPFIND".into())
+        );
+        assert_eq!(method_of(b"\x16\x03\x01\x02\x00\x01 "), None);
+        assert_eq!(method_of(b"GET"), None);
+        assert_eq!(method_of(&[b'A'; 64]), None);
+        // A head over the limit (431), held over several reads.
+        let mut g = HeadGate::new(64);
+        let mut out = BytesMut::new();
+        let head = [b"PUT /big HTTP/1.1\r\n".as_slice(), &[b'x'; 100]].concat();
+        let refused = head
+            .chunks(10)
+            .find_map(|piece| g.feed(piece, &mut out))
+            .expect("refused");
+        assert_eq!(refused.1.status, 431);
+        assert_eq!(refused.1.method, Some(hyper::Method::PUT));
     }
 
     /// One well-framed request: a length or a chunked body (with random contents that may

@@ -198,11 +198,15 @@ async fn serve_connection(
             async move {
                 // `metrics.enabled = false`: nothing is recorded (not even the clock read).
                 let metrics = cx.metrics.enabled().then(|| {
-                    (
-                        Instant::now(),
-                        MethodClass::of(req.method()),
-                        cx.metrics.http.in_flight(),
-                    )
+                    // A refused head's own method, not the stand-in's `GET`.
+                    let method = match &refused {
+                        None => MethodClass::of(req.method()),
+                        Some(r) => r
+                            .method
+                            .as_ref()
+                            .map_or(MethodClass::Other, MethodClass::of),
+                    };
+                    (Instant::now(), method, cx.metrics.http.in_flight())
                 });
                 let mut channel = None;
                 let resp = match refused {
@@ -602,18 +606,8 @@ async fn handle(
             debug!(status = reply.status, bytes = reply.body.len(), "answered");
             build_reply(reply, &cid)
         }
-        Err(e) => {
-            refused_for(
-                cx,
-                match e {
-                    DispatchError::Busy | DispatchError::QueueTimeout => RefusalReason::Busy,
-                    DispatchError::WorkerDied => RefusalReason::WorkerDied,
-                    DispatchError::Deadline => RefusalReason::Deadline,
-                    DispatchError::TooLarge => RefusalReason::BodyTooLarge,
-                },
-            );
-            dispatch_error(e, &cid, &channel.service, trace.trace_id())
-        }
+        // Counted as refused by `invoke`.
+        Err(e) => dispatch_error(e, &cid, &channel.service, trace.trace_id()),
     }
 }
 
@@ -642,7 +636,14 @@ impl HttpCall<'_> {
         self.trace.trace_id()
     }
 
-    /// Runs `service` on a worker with `body` as the request body.
+    /// Counts a call of this request that the edge answered itself (`reason`): a REST
+    /// request makes one call, a JSON-RPC batch one per entry.
+    pub(crate) fn refused(&self, reason: RefusalReason) {
+        refused_for(self.cx, reason);
+    }
+
+    /// Runs `service` on a worker with `body` as the request body. A call no worker
+    /// answered counts as refused, by why ([`refusal_of`]), whatever the channel's type.
     pub(crate) async fn invoke(
         &self,
         channel: ChannelType,
@@ -681,7 +682,21 @@ impl HttpCall<'_> {
             }),
             traceparent: Some(self.trace.as_str()),
         };
-        self.cx.pool.invoke(&meta, body, self.deadline).await
+        let result = self.cx.pool.invoke(&meta, body, self.deadline).await;
+        if let Err(e) = &result {
+            self.refused(refusal_of(e));
+        }
+        result
+    }
+}
+
+/// The refusal reason of a call no worker answered.
+fn refusal_of(e: &DispatchError) -> RefusalReason {
+    match e {
+        DispatchError::Busy | DispatchError::QueueTimeout => RefusalReason::Busy,
+        DispatchError::WorkerDied => RefusalReason::WorkerDied,
+        DispatchError::Deadline => RefusalReason::Deadline,
+        DispatchError::TooLarge => RefusalReason::BodyTooLarge,
     }
 }
 

@@ -127,6 +127,12 @@ pub async fn run_connection(
             Err(e) => break ConnectionEnd::Read(e),
         }
     };
+    // The frames decoded since the last read: those before a break too.
+    if let Some(m) = &metrics
+        && frames_in > 0
+    {
+        m.workers.from_worker.frames.inc_by(frames_in);
+    }
     debug!(%reason, "worker connection ended");
     worker.set_state(WorkerState::Dead);
     worker.fail_pending();

@@ -1,6 +1,7 @@
-//! Metrics of the config store: how long its operations take and how many fail, by the group
-//! of tables they work on (`op`, a fixed set: [`OPS`]), and whether the server runs degraded
-//! (on its snapshot, the store unreachable), read at scrape time.
+//! Metrics of the config store: how long its operations take, how many fail and how many
+//! their callers gave up on, by the group of tables they work on (`op`, a fixed set:
+//! [`OPS`]), and whether the server runs degraded (on its snapshot, the store unreachable),
+//! read at scrape time.
 //!
 //! `store/` records here itself: every statement it runs goes through its `on_pool!` macro,
 //! which times it into the handle boot gave the store (`store::record_into`).
@@ -15,7 +16,8 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// The `op` label's values: the groups of tables `store/` has, one file each (`version` is
-/// the config version itself, `import` a config import's transaction).
+/// the config version itself, `import` a config import's transaction). A file of `store/`
+/// without its op here fails `store`'s test `every_store_file_has_an_op`.
 pub const OPS: &[&str] = &[
     "version",
     "modules",
@@ -25,6 +27,8 @@ pub const OPS: &[&str] = &[
     "servers",
     "scheduler",
     "import",
+    "tokens",
+    "audit",
 ];
 
 /// Store operations take from under a millisecond (SQLite, a local PostgreSQL) to the pool's
@@ -38,9 +42,16 @@ struct Op {
     op: &'static str,
 }
 
+/// One op's series, resolved once.
+struct OpSeries {
+    latency: Histogram,
+    errors: Counter,
+    cancelled: Counter,
+}
+
 pub struct StoreMetrics {
-    /// Per op (index in [`OPS`]): its latency and its error counter, resolved once.
-    ops: Vec<(Histogram, Counter)>,
+    /// Per op (index in [`OPS`]).
+    ops: Vec<OpSeries>,
 }
 
 impl StoreMetrics {
@@ -56,18 +67,25 @@ impl StoreMetrics {
         );
         registry.register(
             "store_errors",
-            "Config store operations that failed (an error, or no answer before the caller gave up), by group of tables",
+            "Config store operations that failed (a database error), by group of tables",
             errors.clone(),
+        );
+        let cancelled = Family::<Op, Counter>::default();
+        registry.register(
+            "store_cancelled",
+            "Config store operations whose caller gave up on them before the store answered (a client gone, a timeout around them), by group of tables",
+            cancelled.clone(),
         );
         // Every op exists from the start (at 0), so that a rate over it is defined.
         let ops = OPS
             .iter()
             .map(|&op| {
                 let l = Op { op };
-                (
-                    latency.get_or_create_owned(&l),
-                    errors.get_or_create_owned(&l),
-                )
+                OpSeries {
+                    latency: latency.get_or_create_owned(&l),
+                    errors: errors.get_or_create_owned(&l),
+                    cancelled: cancelled.get_or_create_owned(&l),
+                }
             })
             .collect();
         StoreMetrics { ops }
@@ -78,13 +96,20 @@ impl StoreMetrics {
         OPS.iter().position(|o| *o == name)
     }
 
-    /// Records one operation of op `op` (an index from [`StoreMetrics::op`]).
+    /// Records one operation of op `op` (an index from [`StoreMetrics::op`]) that ended.
     pub fn observe(&self, op: usize, took: Duration, failed: bool) {
-        if let Some((latency, errors)) = self.ops.get(op) {
-            latency.observe(took.as_secs_f64());
+        if let Some(s) = self.ops.get(op) {
+            s.latency.observe(took.as_secs_f64());
             if failed {
-                errors.inc();
+                s.errors.inc();
             }
+        }
+    }
+
+    /// Counts one operation of op `op` dropped before it ended (neither timed nor an error).
+    pub fn cancelled(&self, op: usize) {
+        if let Some(s) = self.ops.get(op) {
+            s.cancelled.inc();
         }
     }
 }

@@ -71,7 +71,9 @@ pub enum Store {
 /// so the same query text is checked against both drivers' types. Every operation is timed
 /// into the store's metrics ([`Timing`]), its `op` the group of tables of the file it is in:
 /// the body runs in a block of its own, so that a `?` or a `return Err(…)` in it is seen
-/// here on its way out.
+/// here on its way out, and a body whose value is itself a result (`rows.iter().map(…)
+/// .collect()` into a `Result`) has that result looked into too ([`Outcome`]): an error
+/// either way counts.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {{
         let timing = $crate::store::Timing::start(module_path!());
@@ -98,39 +100,57 @@ pub fn record_into(metrics: std::sync::Arc<crate::metrics::Metrics>) {
 }
 
 /// One store operation being timed: finished with its result, or dropped on the way out
-/// (the caller gave up on it, a timeout around it) and then counted as failed.
+/// (the caller gave up on it, a timeout around it) and then counted as cancelled, not as
+/// an error: the store did not fail, its caller stopped waiting.
 #[doc(hidden)]
 pub struct Timing {
     op: Option<usize>,
     started: std::time::Instant,
 }
 
+/// The op (`metrics/store.rs`) of the store file whose `module_path!()` is `module`: the
+/// file's name, except this file (`version`) and `plan` (`import`). None for a module that
+/// is no store file (a debug build stops there: every file of the store has its op).
+fn op_of(module: &str) -> Option<usize> {
+    let group = match module.rsplit("::").next().unwrap_or(module) {
+        "store" => "version",
+        "plan" => "import",
+        other => other,
+    };
+    let op = crate::metrics::store::StoreMetrics::op(group);
+    debug_assert!(
+        op.is_some(),
+        "store module {module} has no op in metrics/store.rs OPS"
+    );
+    op
+}
+
 impl Timing {
     /// Starts timing an operation of the store file `module` (its `module_path!()`).
     pub fn start(module: &str) -> Timing {
-        let group = match module.rsplit("::").next().unwrap_or(module) {
-            "store" => "version",
-            "plan" => "import",
-            other => other,
-        };
         Timing {
-            op: crate::metrics::store::StoreMetrics::op(group),
+            op: op_of(module),
             started: std::time::Instant::now(),
         }
     }
 
     /// Records it. Only a failure of the store counts as an error: a refusal it answered
-    /// with (no such object, a name taken) is a result like any other.
-    pub fn finish<T>(mut self, result: &Result<T>) {
-        let failed = matches!(result, Err(StoreError::Db(_) | StoreError::Migrate(_)));
-        self.record(failed);
+    /// with (no such object, a name taken) is a result like any other. The result's value
+    /// is looked into as well ([`Outcome`]): a failure the body returned as its value is
+    /// a failure too.
+    pub fn finish<T: Outcome>(mut self, result: &Result<T>) {
+        self.record(Some(failed(result)));
     }
 
-    fn record(&mut self, failed: bool) {
+    /// `failed`: None when the operation was dropped before it ended.
+    fn record(&mut self, failed: Option<bool>) {
         if let (Some(op), Some(m)) = (self.op.take(), METRICS.get())
             && m.enabled()
         {
-            m.store.observe(op, self.started.elapsed(), failed);
+            match failed {
+                Some(failed) => m.store.observe(op, self.started.elapsed(), failed),
+                None => m.store.cancelled(op),
+            }
         }
     }
 }
@@ -138,7 +158,85 @@ impl Timing {
 impl Drop for Timing {
     fn drop(&mut self) {
         // Not finished: the future was dropped while the store had not answered.
-        self.record(true);
+        self.record(None);
+    }
+}
+
+/// Whether `e` is a failure of the store (rather than a refusal it answered with).
+fn failure(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(_) | StoreError::Migrate(_))
+}
+
+/// Whether an `on_pool!` body's result is a failure of the store: its error, or one its
+/// value carries.
+fn failed<T: Outcome>(result: &Result<T>) -> bool {
+    match result {
+        Err(e) => failure(e),
+        Ok(v) => v.failed(),
+    }
+}
+
+/// What an `on_pool!` body may give as its value, and whether that value is a failure of
+/// the store: a `Result` is looked into (its error counts as the operation's), anything
+/// else is a success. A body of a type not listed here does not compile: add it, as a
+/// plain value or, if it can carry an error, saying how to see it.
+#[doc(hidden)]
+pub trait Outcome {
+    fn failed(&self) -> bool;
+}
+
+impl<T> Outcome for Result<T> {
+    fn failed(&self) -> bool {
+        self.as_ref().err().is_some_and(failure)
+    }
+}
+
+/// A driver's error: always a failure of the store.
+impl<T> Outcome for Result<T, sqlx::Error> {
+    fn failed(&self) -> bool {
+        self.is_err()
+    }
+}
+
+macro_rules! plain_outcome {
+    ($($t:ty),* $(,)?) => {
+        $(impl Outcome for $t {
+            fn failed(&self) -> bool {
+                false
+            }
+        })*
+    };
+}
+
+plain_outcome!((), bool, i64, u64, String);
+
+impl<T: Outcome> Outcome for Option<T> {
+    fn failed(&self) -> bool {
+        self.as_ref().is_some_and(Outcome::failed)
+    }
+}
+
+impl<T> Outcome for Vec<T> {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+impl<K, V, S> Outcome for std::collections::HashMap<K, V, S> {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+impl<T> Outcome for Change<T> {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+impl<A, B> Outcome for (A, B) {
+    fn failed(&self) -> bool {
+        false
     }
 }
 
@@ -358,26 +456,69 @@ where
 mod tests {
     use super::*;
 
-    /// Every file of the store that runs statements times them under an op of the metrics'
-    /// fixed set.
+    /// Every file of the store times its statements under an op of the metrics' fixed set:
+    /// the files are read from `src/store/` itself, so a new file without its op fails here.
     #[test]
     fn every_store_file_has_an_op() {
-        for file in [
-            "store",
-            "channels",
-            "modules",
-            "objects",
-            "plan",
-            "scheduler",
-            "secrets",
-            "servers",
-        ] {
-            let mut t = Timing::start(&format!("oxbus_supervisor::store::{file}"));
-            assert!(t.op.is_some(), "{file}");
-            t.op = None;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+        let mut modules = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let module = if path.is_dir() {
+                // A folder module (`store/x/mod.rs`): its files are `x`'s submodules.
+                name
+            } else if let Some(stem) = name.strip_suffix(".rs") {
+                stem.to_owned()
+            } else {
+                continue;
+            };
+            modules.push(match module.as_str() {
+                "mod" => "oxbus_supervisor::store".to_owned(),
+                m => format!("oxbus_supervisor::store::{m}"),
+            });
         }
+        let mut ops = std::collections::BTreeSet::new();
+        for module in &modules {
+            let mut t = Timing::start(module);
+            assert!(t.op.is_some(), "{module} has no op in metrics/store.rs OPS");
+            ops.insert(t.op.take());
+        }
+        // And every op is some file's.
+        assert_eq!(ops.len(), crate::metrics::store::OPS.len(), "{modules:?}");
         let path = module_path!();
-        assert!(Timing::start(path.trim_end_matches("::tests")).op.is_some());
+        assert!(
+            modules
+                .iter()
+                .any(|m| m.as_str() == path.trim_end_matches("::tests"))
+        );
+    }
+
+    /// A module that is no file of the store has no op: a debug build says so at once.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "has no op in metrics/store.rs OPS")]
+    fn an_unknown_store_module_is_caught() {
+        let _ = op_of("oxbus_supervisor::store::nowhere");
+    }
+
+    /// A failure of the store counts whether it leaves the body through `?` or as the
+    /// body's value; a refusal the store answered with counts in neither.
+    #[test]
+    fn failures_in_the_value_count() {
+        let db = || StoreError::Db(sqlx::Error::RowNotFound);
+        assert!(failed::<i64>(&Err(db())));
+        assert!(failed::<Result<Vec<i64>>>(&Ok(Err(db()))));
+        assert!(failed::<Result<(), sqlx::Error>>(&Ok(Err(
+            sqlx::Error::PoolTimedOut
+        ))));
+        assert!(failed::<Option<Result<i64>>>(&Ok(Some(Err(db())))));
+        assert!(!failed::<Result<Vec<i64>>>(&Ok(Ok(vec![1]))));
+        assert!(!failed::<Result<i64>>(&Ok(Err(StoreError::NotFound(
+            "no such thing".into()
+        )))));
+        assert!(!failed::<i64>(&Err(StoreError::Invalid("taken".into()))));
+        assert!(!failed::<Vec<i64>>(&Ok(vec![])));
     }
 
     /// Nothing listening at the address: down, without the pool's retries.

@@ -27,6 +27,11 @@
 //! Every error object of a call carries `data.cid`. Invalid JSON is -32700 and a request that
 //! is not a valid Request object is -32600, as the specification says; their `data.error`
 //! names the problem.
+//!
+//! The answer is HTTP 200 (or 204) however its calls ended, so the edge's refusals are
+//! counted per call (`oxbus_http_refused_total`): a call no worker answered by why
+//! ([`HttpCall::invoke`] counts it, as for REST), a body that is not JSON, a bad batch and
+//! each invalid Request object as `bad_body`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,6 +44,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::edge::http::{Body, HttpCall};
 use crate::lifecycle::pool::{DispatchError, Reply};
+use crate::metrics::http::RefusalReason;
 use crate::model::channel::{Channel, ChannelType, DataFormat};
 
 /// The most calls one batch may hold; a bigger batch is one -32600. The pool's queue bounds
@@ -393,6 +399,7 @@ pub(crate) async fn handle(
 ) -> Response<Body> {
     let (answers, batch) = match parse(body) {
         Parsed::NotJson(reason) => {
+            call.refused(RefusalReason::BadBody);
             let e = ErrorObject::new(
                 PARSE_ERROR,
                 "Parse error",
@@ -401,6 +408,7 @@ pub(crate) async fn handle(
             (vec![Answer::new(RawValue::NULL, Outcome::Error(e))], false)
         }
         Parsed::BadBatch(reason) => {
+            call.refused(RefusalReason::BadBody);
             let e = ErrorObject::new(
                 INVALID_REQUEST,
                 "Invalid Request",
@@ -457,6 +465,7 @@ async fn run<'a>(
 ) -> Option<Answer<'a>> {
     let c = match entry {
         Entry::Invalid { id, reason } => {
+            call.refused(RefusalReason::BadBody);
             let e = ErrorObject::new(
                 INVALID_REQUEST,
                 "Invalid Request",
