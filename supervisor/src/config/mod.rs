@@ -81,6 +81,7 @@ pub struct Settings {
     pub deploy: DeploySection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
     pub channels: Vec<Channel>,
