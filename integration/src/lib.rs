@@ -407,17 +407,29 @@ impl Resp {
     }
 }
 
-/// The first value of the log field `key`: `key=value` in the text format, `"key":"value"`
-/// in the JSON one (`server.log_format = "json"`).
+/// The first value of the log field `key`, from the first line that has it: `key=value` in
+/// the text format, the top-level or `fields` key of a line that starts with `{` (the JSON
+/// format, `server.log_format = "json"`).
 fn logged_field(log: &str, key: &str) -> Option<String> {
     let text = format!("{key}=");
-    let json = format!("\"{key}\":\"");
-    let (i, end) = match (log.find(&text), log.find(&json)) {
-        (Some(i), _) => (i + text.len(), char::is_whitespace as fn(char) -> bool),
-        (None, Some(i)) => (i + json.len(), (|c| c == '"') as fn(char) -> bool),
-        (None, None) => return None,
-    };
-    Some(log[i..].chars().take_while(|&c| !end(c)).collect())
+    log.lines().find_map(|line| {
+        if line.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let found = v.get(key).or_else(|| v.get("fields")?.get(key))?;
+            return match found {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Null => None,
+                other => Some(other.to_string()),
+            };
+        }
+        let i = line.find(&text)? + text.len();
+        Some(
+            line[i..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect(),
+        )
+    })
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
@@ -738,5 +750,44 @@ impl Client {
             headers,
             body,
         })
+    }
+}
+
+#[cfg(test)]
+mod logged_field_tests {
+    use super::logged_field;
+
+    #[test]
+    fn the_first_line_with_the_field_wins_in_either_format() {
+        // A JSON line first, a text line naming the key later: the JSON line's value.
+        let log = concat!(
+            r#"{"time":"t","level":"info","target":"x","cid":null,"message":"oxbus server starting","fields":{"listen":"127.0.0.1:1234"}}"#,
+            "\n",
+            "2026-01-01 INFO child: got listen=127.0.0.1:9999 from somewhere\n",
+        );
+        assert_eq!(
+            logged_field(log, "listen").as_deref(),
+            Some("127.0.0.1:1234")
+        );
+        // The text line first: its value.
+        let log = concat!(
+            "INFO oxbus server starting listen=127.0.0.1:1 admin=127.0.0.1:2\n",
+            r#"{"fields":{"listen":"127.0.0.1:3"}}"#,
+            "\n",
+        );
+        assert_eq!(logged_field(log, "listen").as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(logged_field(log, "admin").as_deref(), Some("127.0.0.1:2"));
+        // Top-level keys, numbers, null (absent), and a line that is not JSON after all.
+        let log = concat!(
+            "{not json listen=x\n",
+            r#"{"cid":null,"fields":{"port":17010}}"#,
+            "\n",
+            r#"{"cid":"c1"}"#,
+            "\n",
+        );
+        assert_eq!(logged_field(log, "port").as_deref(), Some("17010"));
+        assert_eq!(logged_field(log, "cid").as_deref(), Some("c1"));
+        assert_eq!(logged_field(log, "listen"), None);
+        assert_eq!(logged_field(log, "nothing"), None);
     }
 }

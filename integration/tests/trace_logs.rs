@@ -1,10 +1,12 @@
 //! W3C trace context and JSON logs against the real binary: a `traceparent` is believed
 //! only from a trusted proxy (`http.trusted_proxies`, the test client connects from
-//! 127.0.0.1) and only when well-formed, otherwise the request starts a trace of its own;
+//! 127.0.0.1) and only when well-formed, and is then passed on unchanged with its
+//! `tracestate`; otherwise the request starts a trace of its own and its service sees
+//! neither header; `oxbus proxy` drops a client's trace context unless told to pass it on;
 //! every kind of invocation (REST, JSON-RPC, admin invoke, a scheduled job's run, a
 //! service's `invoke` / `invoke_async`) hands its service a trace; and with
-//! `server.log_format = "json"` every line the server writes parses as JSON and a service's
-//! log line carries its cid, service and trace id.
+//! `server.log_format = "json"` every line the server writes parses as JSON, a service's
+//! log line carries its cid, service and trace id, and a huge record is cut.
 
 use oxbus_integration::api::admin;
 use oxbus_integration::*;
@@ -23,8 +25,11 @@ class Echo(Service):
 
     def handle(self):
         self.logger.info('echo in trace %s', self.trace_id)
+        headers = self.request.http.headers
         self.response.payload = {'trace_id': self.trace_id, 'traceparent': self.traceparent,
-                                 'cid': self.cid}
+                                 'tracestate': self.tracestate, 'cid': self.cid,
+                                 'header_traceparent': headers.get('traceparent'),
+                                 'header_tracestate': headers.get('tracestate')}
 
 
 class Outer(Service):
@@ -42,18 +47,29 @@ class Later(Service):
     name = 'tr.later'
 
     def handle(self):
-        later_log.info('later ran in trace %s', self.trace_id)
+        later_log.info('later ran in trace %s %s state %s', self.trace_id, self.traceparent,
+                       self.tracestate)
+
+
+class Loud(Service):
+    """Logs a record far over the JSON line's limit."""
+    name = 'tr.loud'
+
+    def handle(self):
+        self.logger.warning('big:' + 'x' * 40000)
 "#;
 
 /// A valid incoming trace context (the specification's example).
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const INCOMING_STATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
 
 fn env(trusted: &str) -> Env {
     Env::new()
         .service("tr.py", TRACED)
         .channel("/echo", &["GET"], "tr.echo")
         .channel("/outer", &["GET"], "tr.outer")
+        .channel("/loud", &["GET"], "tr.loud")
         .jsonrpc_channel("/rpc", &["tr.echo"])
         .set("http", "trusted_proxies", trusted)
 }
@@ -75,21 +91,32 @@ fn parts(tp: &str) -> (&str, &str, &str) {
 
 /// GET /echo with `headers`: (the service's trace id, its traceparent, the cid).
 async fn echo(srv: &Server, headers: &[(&str, &str)]) -> (String, String, String) {
+    let j = echo_json(srv, headers).await;
+    (
+        j["trace_id"].as_str().unwrap().to_owned(),
+        j["traceparent"].as_str().unwrap().to_owned(),
+        j["cid"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// GET /echo with `headers`: everything tr.echo answers, checked for consistency.
+async fn echo_json(srv: &Server, headers: &[(&str, &str)]) -> Value {
     let r = srv.request("GET", "/echo", headers, b"").await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     let j = r.json();
-    let tp = j["traceparent"].as_str().expect("a traceparent").to_owned();
-    let trace = j["trace_id"].as_str().expect("a trace id").to_owned();
-    assert_eq!(parts(&tp).0, trace, "self.trace_id is the traceparent's");
+    let tp = j["traceparent"].as_str().expect("a traceparent");
+    let trace = j["trace_id"].as_str().expect("a trace id");
+    assert_eq!(parts(tp).0, trace, "self.trace_id is the traceparent's");
     assert_eq!(j["cid"], r.cid().as_str());
-    (trace, tp, r.cid())
+    j
 }
 
 /// Traceparents that are not version-00 trace contexts, each with the trace id a careless
 /// parser would take from it.
 fn malformed() -> Vec<String> {
     vec![
-        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        format!("01{}x", &INCOMING[2..]),
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".into(),
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01".into(),
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01".into(),
@@ -104,17 +131,55 @@ fn malformed() -> Vec<String> {
 async fn a_trusted_proxys_traceparent_continues_its_trace_and_a_malformed_one_is_ignored() {
     let srv = env(r#"["127.0.0.1/32"]"#).start().await;
 
-    // Continued: the proxy's trace id and flags, a parent id of the server's own.
-    let (trace, tp, _) = echo(&srv, &[("traceparent", INCOMING)]).await;
-    assert_eq!(trace, INCOMING_TRACE);
-    let (_, parent, flags) = parts(&tp);
-    assert_ne!(
-        parent, "00f067aa0ba902b7",
-        "the server's span is the parent sent on"
-    );
-    assert_eq!(flags, "01");
+    // Continued: the proxy's traceparent passed on as it came (Oxbus records no span of
+    // its own, so the proxy's span stays the parent), and its tracestate with it.
+    let j = echo_json(
+        &srv,
+        &[("traceparent", INCOMING), ("tracestate", INCOMING_STATE)],
+    )
+    .await;
+    assert_eq!(j["traceparent"], INCOMING, "{j}");
+    assert_eq!(j["trace_id"], INCOMING_TRACE, "{j}");
+    assert_eq!(j["tracestate"], INCOMING_STATE, "{j}");
+    // A trusted peer's headers reach the service as they came.
+    assert_eq!(j["header_traceparent"], INCOMING, "{j}");
+    assert_eq!(j["header_tracestate"], INCOMING_STATE, "{j}");
     let (_, tp2, _) = echo(&srv, &[("traceparent", INCOMING)]).await;
-    assert_ne!(tp, tp2, "each request is a span of its own");
+    assert_eq!(tp2, INCOMING, "the same context every time");
+
+    // Flags are masked to sampled (01) and random (02).
+    let unknown_flags = format!("{}ff", &INCOMING[..53]);
+    let (_, tp, _) = echo(&srv, &[("traceparent", &unknown_flags)]).await;
+    assert_eq!(tp, format!("{}03", &INCOMING[..53]));
+    let (_, tp, _) = echo(&srv, &[("traceparent", &format!("{}fc", &INCOMING[..53]))]).await;
+    assert_eq!(tp, format!("{}00", &INCOMING[..53]));
+
+    // A later version is read as version 00: its first fields, passed on as 00.
+    for later in [
+        format!("01{}", &INCOMING[2..]),
+        format!("cc{}-more-fields", &INCOMING[2..]),
+    ] {
+        let (_, tp, _) = echo(&srv, &[("traceparent", &later)]).await;
+        assert_eq!(tp, INCOMING, "{later}");
+    }
+
+    // A tracestate over 512 characters is dropped whole; the trace still continues.
+    let long_state = format!("a={}", "x".repeat(511));
+    let j = echo_json(
+        &srv,
+        &[("traceparent", INCOMING), ("tracestate", &long_state)],
+    )
+    .await;
+    assert_eq!(j["traceparent"], INCOMING, "{j}");
+    assert_eq!(j["tracestate"], Value::Null, "{j}");
+    // Without a valid traceparent, a tracestate is not taken either.
+    let j = echo_json(
+        &srv,
+        &[("traceparent", "garbage"), ("tracestate", INCOMING_STATE)],
+    )
+    .await;
+    assert_ne!(j["trace_id"], INCOMING_TRACE, "{j}");
+    assert_eq!(j["tracestate"], Value::Null, "{j}");
 
     // Malformed, or two of them: ignored, the request starts a new trace.
     let mut seen = std::collections::HashSet::new();
@@ -167,15 +232,95 @@ async fn a_trusted_proxys_traceparent_continues_its_trace_and_a_malformed_one_is
 }
 
 #[tokio::test]
+async fn a_service_call_keeps_the_callers_tracestate() {
+    let srv = env(r#"["127.0.0.1/32"]"#)
+        .set("server", "log_format", "\"json\"")
+        .start()
+        .await;
+    let r = srv
+        .request(
+            "GET",
+            "/outer",
+            &[("traceparent", INCOMING), ("tracestate", INCOMING_STATE)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    // In process...
+    assert_eq!(j["inner"]["traceparent"], INCOMING, "{j}");
+    assert_eq!(j["inner"]["tracestate"], INCOMING_STATE, "{j}");
+    // ...and through the server (invoke_async).
+    let later_cid = j["later_cid"].as_str().unwrap().to_owned();
+    let later = wait_line(&srv, "the invoke_async callee's log line", |v| {
+        v["cid"] == later_cid.as_str() && v["target"] == "oxbus::python"
+    })
+    .await;
+    assert_eq!(
+        later["message"],
+        format!("later ran in trace {INCOMING_TRACE} {INCOMING} state {INCOMING_STATE}"),
+        "{later}"
+    );
+    srv.assert_no_errors(&[]);
+}
+
+/// tr.echo through `oxbus proxy` in front of `srv` (which trusts it), with a client's own
+/// trace context.
+async fn echo_through_proxy(srv: &Server, proxy_keys: &str) -> Value {
+    let p = oxbus_integration::proxy::Proxy::in_front_of(proxy_keys, &[srv.port()]).await;
+    let mut conn = oxbus_integration::proxy::Conn::connect(p.port, None)
+        .await
+        .expect("connect to the proxy");
+    let (status, body, _) = conn
+        .send(
+            "GET",
+            "/echo",
+            &[("traceparent", INCOMING), ("tracestate", INCOMING_STATE)],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("an answer through the proxy");
+    assert_eq!(status, 200, "{:?}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn the_proxy_drops_a_clients_trace_context_unless_told_to_pass_it() {
+    let srv = env(r#"["127.0.0.1/32"]"#).start().await;
+    // By default: the client's context never reaches the server, which starts a trace.
+    let j = echo_through_proxy(&srv, "").await;
+    assert_ne!(j["trace_id"], INCOMING_TRACE, "{j}");
+    assert_eq!(parts(j["traceparent"].as_str().unwrap()).2, "00", "{j}");
+    assert_eq!(j["tracestate"], Value::Null, "{j}");
+    assert_eq!(j["header_traceparent"], Value::Null, "{j}");
+    assert_eq!(j["header_tracestate"], Value::Null, "{j}");
+    // A proxy behind a trusted tracer passes it on.
+    let j = echo_through_proxy(&srv, "pass_trace_context = true").await;
+    assert_eq!(j["traceparent"], INCOMING, "{j}");
+    assert_eq!(j["tracestate"], INCOMING_STATE, "{j}");
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
 async fn an_untrusted_peers_traceparent_is_ignored() {
     // Nobody trusted, then proxies trusted but not the loopback this client comes from.
     for trusted in ["[]", r#"["10.0.0.0/8"]"#] {
         let srv = env(trusted).start().await;
-        let (trace, tp, _) = echo(&srv, &[("traceparent", INCOMING)]).await;
+        let sent = [
+            ("traceparent", INCOMING),
+            ("tracestate", INCOMING_STATE),
+            ("x-other", "kept"),
+        ];
+        let j = echo_json(&srv, &sent).await;
+        let trace = j["trace_id"].as_str().unwrap().to_owned();
         assert_ne!(trace, INCOMING_TRACE, "trusted_proxies = {trusted}");
-        assert_eq!(parts(&tp).2, "00");
-        // The header itself still reaches the service, as X-Request-Id does.
-        let (other, _, _) = echo(&srv, &[("traceparent", INCOMING)]).await;
+        assert_eq!(parts(j["traceparent"].as_str().unwrap()).2, "00");
+        assert_eq!(j["tracestate"], Value::Null, "{j}");
+        // The headers do not reach the service either: a service reading them itself sees
+        // no trace but its own.
+        assert_eq!(j["header_traceparent"], Value::Null, "{j}");
+        assert_eq!(j["header_tracestate"], Value::Null, "{j}");
+        let (other, _, _) = echo(&srv, &sent).await;
         assert_ne!(trace, other, "each request starts its own trace");
         srv.assert_no_errors(&[]);
     }
@@ -294,6 +439,23 @@ async fn json_logs_parse_and_carry_cid_service_and_trace_id() {
     let run_trace = run["trace_id"].as_str().expect("a trace id").to_owned();
     assert!(is_hex(&run_trace, 32), "{run}");
     assert!(![INCOMING_TRACE, &outer_trace, &admin_trace].contains(&run_trace.as_str()));
+
+    // A record far over 16 KiB is cut, on one line that still parses.
+    let r = srv.get("/loud").await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let loud = wait_line(&srv, "the loud record", |v| {
+        v["service"] == "tr.loud" && v["target"] == "oxbus::python"
+    })
+    .await;
+    let message = loud["message"].as_str().unwrap();
+    assert!(message.starts_with("big:xxx"), "{}", &message[..40]);
+    let marker = format!("…[truncated {} bytes]", 40_004 - 16 * 1024);
+    assert!(
+        message.ends_with(&marker),
+        "{}",
+        &message[message.len() - 60..]
+    );
+    assert_eq!(message.len(), 16 * 1024 + marker.len());
 
     // Every line so far parses (json_lines panics otherwise), the start-up line included.
     let lines = json_lines(&srv);

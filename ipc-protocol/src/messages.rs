@@ -165,6 +165,11 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// Added within version 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<&'a str>,
+    /// The W3C `tracestate` that goes with `traceparent` (a trusted proxy's, at most 512
+    /// characters; the service's `self.tracestate`, kept by later outgoing calls). Added
+    /// within version 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<&'a str>,
 }
 
 /// Who a request authenticated as: the definition's name and type, and the user name
@@ -207,6 +212,9 @@ pub struct CallMetaIn {
     /// The caller's `traceparent` (an `invoke` a service made keeps its caller's trace).
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The caller's `tracestate`, kept with its `traceparent`.
+    #[serde(default)]
+    pub tracestate: Option<String>,
 }
 
 /// Meta of a `REPLY`.

@@ -141,6 +141,7 @@ fn invoke_meta_serialises_like_the_vector() {
         channel_name: None,
         security: None,
         traceparent: None,
+        tracestate: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -177,6 +178,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         channel_name: None,
         security: None,
         traceparent: None,
+        tracestate: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -214,6 +216,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         channel_name: None,
         security: None,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01"),
+        tracestate: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -225,6 +228,50 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         m.traceparent.as_deref(),
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01")
     );
+}
+
+#[test]
+fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TS: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let meta = |tracestate: Option<&'static str>| -> InvokeMeta<'static> {
+        InvokeMeta {
+            op: "invoke",
+            service: "demo.echo",
+            cid: "c1",
+            channel: Some("invoke"),
+            data_format: Some("json"),
+            method: None,
+            path: None,
+            params: None,
+            query: None,
+            headers: None,
+            deadline_ms: None,
+            remote_addr: None,
+            scheme: None,
+            port: None,
+            channel_name: None,
+            security: None,
+            traceparent: Some(TP),
+            tracestate,
+        }
+    };
+    let with = serde_json::to_string(&meta(Some(TS))).unwrap();
+    assert_eq!(
+        with,
+        format!(
+            r#"{{"op":"invoke","service":"demo.echo","cid":"c1","channel":"invoke","data_format":"json","traceparent":"{TP}","tracestate":"{TS}"}}"#
+        )
+    );
+    let m: CallMetaIn = serde_json::from_str(&with).unwrap();
+    assert_eq!(
+        (m.traceparent.as_deref(), m.tracestate.as_deref()),
+        (Some(TP), Some(TS))
+    );
+    let without = serde_json::to_string(&meta(None)).unwrap();
+    assert!(!without.contains("tracestate"), "{without}");
+    let m: CallMetaIn = serde_json::from_str(&without).unwrap();
+    assert_eq!(m.tracestate, None);
 }
 
 #[test]

@@ -104,6 +104,11 @@ pub struct ProxySection {
     /// A server that refused a connection is skipped for this long (passive detection),
     /// unless an active check finds it ready again sooner.
     pub passive_down_ms: u64,
+    /// Pass a client's W3C trace context (`traceparent`, `tracestate`) on to the servers.
+    /// Off: they are dropped, since servers that trust this proxy would otherwise let any
+    /// client choose the trace its request joins. On only when what sends to this proxy is
+    /// itself a trusted tracer (a gateway that sets or checks the trace context).
+    pub pass_trace_context: bool,
 }
 
 impl Default for ProxySection {
@@ -123,6 +128,7 @@ impl Default for ProxySection {
             retries: 2,
             grace_period_s: 10,
             passive_down_ms: 5_000,
+            pass_trace_context: false,
         }
     }
 }
@@ -358,6 +364,15 @@ mod tests {
         assert_eq!(c.health.path, "/readyz");
         assert_eq!(c.proxy.keepalive_timeout_ms, 75_000);
         assert!(c.tls.is_none());
+        assert!(
+            !c.proxy.pass_trace_context,
+            "a client's trace context is dropped"
+        );
+        let c = parse(
+            "[proxy]\nlisten = \"127.0.0.1:8080\"\npass_trace_context = true\n[upstreams]\nservers = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        assert!(c.proxy.pass_trace_context);
     }
 
     #[test]

@@ -25,7 +25,8 @@ from . import errors as _errors
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
-from .service import Channel, Request, Response, Security, Service, current_invocation
+from .service import (Channel, Request, Response, Security, Service, _invocation_meta,
+                      current_invocation)
 from .simpleio import OutputError, filter_output, parse_input
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
@@ -162,7 +163,8 @@ class Dispatcher:
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta, body)
         cid = meta.get('cid') or ''
-        token = current_invocation.set((cid, cls.name, stream, meta.get('traceparent')))
+        token = current_invocation.set((cid, cls.name, stream))
+        meta_token = _invocation_meta.set(meta)
         try:
             try:
                 svc, attr = self._prepare(cls, meta, body, cid)
@@ -182,6 +184,7 @@ class Dispatcher:
         except BaseException as e:  # noqa: B036 - a service must never take the worker down
             return self._error(stream, cid, cls, e)
         finally:
+            _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 
     async def run_async(self, stream: int, meta: Dict[str, Any], body: bytes) -> bytes:
@@ -190,7 +193,8 @@ class Dispatcher:
         if cls is None or meta.get('op') != 'invoke':
             return self._unroutable(stream, meta)
         cid = meta.get('cid') or ''
-        token = current_invocation.set((cid, cls.name, stream, meta.get('traceparent')))
+        token = current_invocation.set((cid, cls.name, stream))
+        meta_token = _invocation_meta.set(meta)
         try:
             try:
                 svc, attr = self._prepare(cls, meta, body, cid)
@@ -206,6 +210,7 @@ class Dispatcher:
         except BaseException as e:  # noqa: B036 - see run()
             return self._error(stream, cid, cls, e)
         finally:
+            _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 
     def _prepare(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
@@ -349,9 +354,9 @@ class Dispatcher:
         else:
             raw = encode_json(payload)
         # The callee runs in the caller's trace.
-        traceparent = caller.traceparent
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'channel': 'invoke',
-                'data_format': 'json', 'traceparent': traceparent}
+                'data_format': 'json', 'traceparent': caller.traceparent,
+                'tracestate': caller.tracestate}
         attr, is_async = _pick_handler(cls, None)
         svc = cls()
         svc.cid = cid
@@ -359,13 +364,14 @@ class Dispatcher:
         svc.request = request = Request(payload, raw, 'json', meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
-        invocation = (cid, cls.name, stream, traceparent)
+        invocation = (cid, cls.name, stream)
         token = current_invocation.set(invocation)
+        meta_token = _invocation_meta.set(meta)
         try:
             if cls._oxbus_input:
                 request.input = parse_input(cls._oxbus_input, payload, None, dict)
             if is_async:
-                self._run_coroutine(_run_hooked(svc, attr, invocation))
+                self._run_coroutine(_run_hooked(svc, attr, invocation, meta))
             else:
                 before, after = cls._oxbus_hooks
                 if before:
@@ -374,16 +380,18 @@ class Dispatcher:
                 if after:
                     svc.after_handle()
         finally:
+            _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
         output = cls._oxbus_output
         return filter_output(output, svc.response.payload) if output else svc.response.payload
 
     def invoke_async(self, name: str, payload: Any = None,
-                     traceparent: Optional[str] = None) -> str:
+                     traceparent: Optional[str] = None,
+                     tracestate: Optional[str] = None) -> str:
         """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid.
 
-        ``traceparent`` is the caller's trace context (the callee keeps the caller's trace);
-        without one the supervisor starts a new trace.
+        ``traceparent`` and ``tracestate`` are the caller's trace context (the callee keeps
+        the caller's trace); without a traceparent the supervisor starts a new trace.
         """
         cid = new_cid()
         # Worker-opened streams have the high bit set; the low 31 bits cycle through
@@ -398,6 +406,8 @@ class Dispatcher:
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'data_format': 'json'}
         if traceparent:
             meta['traceparent'] = traceparent
+            if tracestate:
+                meta['tracestate'] = tracestate
         self._post(encode_call(stream, meta, body, _protocol.FLAG_ASYNC))
         return cid
 
@@ -448,11 +458,13 @@ async def _maybe_await(result: Any) -> Any:
     return result
 
 
-async def _run_hooked(svc: Service, attr: str, invocation: Invocation) -> None:
+async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
+                      meta: Dict[str, Any]) -> None:
     """An async service's hooks and handler, for ``self.invoke`` from a plain thread."""
     # The coroutine may run in another thread's context (the worker's event loop), so the
     # invocation is set again here rather than inherited.
     token = current_invocation.set(invocation)
+    meta_token = _invocation_meta.set(meta)
     try:
         before, after = type(svc)._oxbus_hooks
         if before:
@@ -461,6 +473,7 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation) -> None:
         if after:
             await _maybe_await(svc.after_handle())
     finally:
+        _invocation_meta.reset(meta_token)
         current_invocation.reset(token)
 
 

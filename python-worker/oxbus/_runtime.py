@@ -70,7 +70,7 @@ from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG,
 from ._deploy import Deployer
 from ._dispatch import Dispatcher, _error_frame
 from ._loader import ImportFailed, load_services_dir, service_info
-from .service import current_invocation
+from .service import _invocation_meta, _trace_id_of, current_invocation
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -135,7 +135,8 @@ class FrameLogHandler(logging.Handler):
     Installed on the root logger, so a plain ``logging.getLogger(__name__)`` in user code
     reaches the server log too. The cid, service, stream and trace id of the invocation
     running in the emitting thread or task come from
-    :data:`oxbus.service.current_invocation`.
+    :data:`oxbus.service.current_invocation` (the trace id from the invocation's meta beside
+    it).
     Until ``READY`` has been sent the frames are kept in :attr:`early` (the protocol allows
     nothing else before it), then ``sink`` is switched to the worker's outbox.
     """
@@ -153,9 +154,10 @@ class FrameLogHandler(logging.Handler):
             stream = 0
             current = current_invocation.get()
             if current is not None:
-                doc['cid'], doc['service'], stream, traceparent = current
-                if traceparent:
-                    doc['trace_id'] = traceparent[3:35]
+                doc['cid'], doc['service'], stream = current
+                trace_id = _trace_id_of(_invocation_meta.get())
+                if trace_id:
+                    doc['trace_id'] = trace_id
             self.sink(encode_frame(LOG, encode_json(doc), stream))
         except RecursionError:
             raise

@@ -40,18 +40,31 @@ if TYPE_CHECKING:
     from .cache import CacheAPI
     from .simpleio import Elem, Spec
 
-    #: (cid, service name, stream, traceparent) of the invocation a thread or task is running.
-    Invocation = Tuple[str, str, int, Optional[str]]
+    #: (cid, service name, stream) of the invocation a thread or task is running.
+    Invocation = Tuple[str, str, int]
 
 __all__ = ['Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Security', 'Headers',
            'current_invocation', 'default_name']
 
-#: The invocation running in the current thread or asyncio task. A ContextVar rather than
-#: a thread-local because async services share one thread; each task gets its own copy.
-#: The LOG handler reads it, so records from *any* logger are tagged with cid, service and
-#: trace id.
+#: The invocation running in the current thread or asyncio task: (cid, service name,
+#: stream). A ContextVar rather than a thread-local because async services share one
+#: thread; each task gets its own copy. The LOG handler reads it, so records from *any*
+#: logger are tagged with cid and service.
 current_invocation: ContextVar[Optional[Invocation]] = ContextVar(
     'oxbus_invocation', default=None)
+
+#: The ``CALL`` meta of the running invocation, set beside :data:`current_invocation`: its
+#: trace context (``traceparent``, ``tracestate``) is read from it, by the LOG handler and
+#: the service logger's filter, only when a record is made. The meta itself rather than a
+#: tuple of the two, so that a call pays for no look-up and no allocation. Internal.
+_invocation_meta: ContextVar[Optional[Mapping[str, Any]]] = ContextVar(
+    'oxbus_invocation_meta', default=None)
+
+
+def _trace_id_of(meta: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The trace id of a CALL meta's ``traceparent``, None without one."""
+    traceparent = meta.get('traceparent') if meta is not None else None
+    return traceparent[3:35] if traceparent else None
 
 # inspect.iscoroutinefunction would do, but importing inspect costs more than the rest of
 # the package; this is the flag it tests.
@@ -313,8 +326,8 @@ class Service:
     """Base class of every service. Subclass it and define ``handle`` (or ``handle_GET``...).
 
     Class attributes a subclass may set: ``name``, ``input``, ``output``. Per invocation the
-    worker sets ``cid``, ``request``, ``response`` and ``channel``; ``trace_id`` and
-    ``traceparent`` are the invocation's W3C trace context; ``logger`` is a
+    worker sets ``cid``, ``request``, ``response`` and ``channel``; ``trace_id``,
+    ``traceparent`` and ``tracestate`` are the invocation's W3C trace context; ``logger`` is a
     ``logging.Logger`` named after the service whose records carry ``cid``, ``service`` and
     ``trace_id``.
 
@@ -374,20 +387,31 @@ class Service:
         ``payload`` is sent as JSON (bytes are taken to be JSON already). The callee runs in
         this invocation's trace (its ``trace_id`` is this one's).
         """
-        return self._require_dispatcher().invoke_async(name, payload, self.traceparent)
+        return self._require_dispatcher().invoke_async(name, payload, self.traceparent,
+                                                       self.tracestate)
 
     @property
     def traceparent(self) -> Optional[str]:
         """The invocation's W3C ``traceparent`` (``00-<trace id>-<parent id>-<flags>``), the
         value to send on to the systems this service calls; None outside a worker.
 
-        It continues the trace of a ``traceparent`` header that a trusted proxy
-        (``http.trusted_proxies``) sent; every other request, admin invoke and scheduled run
-        starts a new trace. ``self.invoke`` and ``self.invoke_async`` keep the caller's.
+        A ``traceparent`` header that a trusted proxy (``http.trusted_proxies``) sent is
+        passed on as it came (as version ``00``, flags masked to sampled/random): Oxbus
+        records no spans, so the parent id stays the proxy's. Every other request, admin
+        invoke and scheduled run starts a new trace. ``self.invoke`` and
+        ``self.invoke_async`` keep the caller's.
         """
         # Read from the call's meta only when asked: nothing is paid per invocation.
         request = self.__dict__.get('request')
         return request._meta.get('traceparent') if request is not None else None
+
+    @property
+    def tracestate(self) -> Optional[str]:
+        """The W3C ``tracestate`` that goes with :attr:`traceparent` (send both on), or None:
+        a trusted proxy's ``tracestate`` header of at most 512 characters, kept by
+        ``self.invoke`` and ``self.invoke_async``; never a client's own."""
+        request = self.__dict__.get('request')
+        return request._meta.get('tracestate') if request is not None else None
 
     @property
     def trace_id(self) -> Optional[str]:
@@ -424,8 +448,7 @@ class _ContextFilter(logging.Filter):
             record.cid = record.service = record.trace_id = None
         else:
             record.cid, record.service = current[0], current[1]
-            traceparent = current[3]
-            record.trace_id = traceparent[3:35] if traceparent else None
+            record.trace_id = _trace_id_of(_invocation_meta.get())
         return True
 
 

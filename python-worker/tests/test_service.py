@@ -899,29 +899,79 @@ def test_async_services_read_their_trace_id_too():
     assert Reply(frame, 3).doc == {'trace_id': TRACE_ID}
 
 
+TRACESTATE = 'rojo=00f067aa0ba902b7,congo=t61rcWkgMzE'
+
+
+def test_tracestate_is_the_calls_or_none():
+    class Stated(Service):
+        def handle(self):
+            self.response.payload = {'tracestate': self.tracestate}
+
+    assert call(Stated, traceparent=TRACEPARENT, tracestate=TRACESTATE).doc == {
+        'tracestate': TRACESTATE}
+    assert call(Stated, traceparent=TRACEPARENT).doc == {'tracestate': None}
+    assert Stated().tracestate is None
+
+
+def test_current_invocation_is_the_three_tuple_it_always_was():
+    seen = []
+
+    class Unpacks(Service):
+        def handle(self):
+            cid, service, stream = current_invocation.get()  # user code does this
+            seen.append((cid, service, stream))
+
+    class AsyncUnpacks(Service):
+        async def handle(self):
+            seen.append(current_invocation.get())
+
+    call(Unpacks, cid='abc', stream=7, traceparent=TRACEPARENT, tracestate=TRACESTATE)
+    d = Dispatcher({AsyncUnpacks.name: AsyncUnpacks})
+    asyncio.run(d.run_async(9, meta_for(AsyncUnpacks.name, cid='def',
+                                        traceparent=TRACEPARENT), b''))
+    assert seen == [('abc', Unpacks.name, 7), ('def', AsyncUnpacks.name, 9)]
+    assert current_invocation.get() is None
+    from oxbus.service import _invocation_meta
+    assert _invocation_meta.get() is None  # reset after the call too
+
+
 def test_invoke_and_invoke_async_keep_the_callers_trace():
     seen = {}
 
     class Inner(Service):
         def handle(self):
-            seen['inner'] = (self.trace_id, self.traceparent, current_invocation.get()[3])
+            seen['inner'] = (self.trace_id, self.traceparent, self.tracestate,
+                             current_invocation.get())
+
+    class AsyncInner(Service):
+        async def handle(self):
+            seen['async'] = (self.traceparent, self.tracestate, current_invocation.get())
 
     class Outer(Service):
         def handle(self):
             self.invoke(Inner.name)
+            self.invoke(AsyncInner.name)
             self.invoke_async('audit.record')
 
-    d = Dispatcher({Outer.name: Outer, Inner.name: Inner})
-    assert call(Outer, dispatcher=d, traceparent=TRACEPARENT).status == 200
-    assert seen['inner'] == (TRACE_ID, TRACEPARENT, TRACEPARENT)
+    d = Dispatcher({Outer.name: Outer, Inner.name: Inner, AsyncInner.name: AsyncInner})
+    assert call(Outer, dispatcher=d, cid='c9', stream=4, traceparent=TRACEPARENT,
+                tracestate=TRACESTATE).status == 200
+    assert seen['inner'] == (TRACE_ID, TRACEPARENT, TRACESTATE, ('c9', Inner.name, 4))
+    assert seen['async'] == (TRACEPARENT, TRACESTATE, ('c9', AsyncInner.name, 4))
     (frame,) = d.posted
     meta, _ = P.decode_call(P.decode_frame(frame)[3])
-    assert meta['traceparent'] == TRACEPARENT
+    assert (meta['traceparent'], meta['tracestate']) == (TRACEPARENT, TRACESTATE)
+    # A trace without a tracestate sends none.
+    d.posted.clear()
+    assert call(Outer, dispatcher=d, traceparent=TRACEPARENT).status == 200
+    meta, _ = P.decode_call(P.decode_frame(d.posted[0])[3])
+    assert meta['traceparent'] == TRACEPARENT and 'tracestate' not in meta
+    assert seen['inner'][2] is None
     # Without a trace of its own the caller sends none: the supervisor starts one.
     d.posted.clear()
     assert call(Outer, dispatcher=d).status == 200
     meta, _ = P.decode_call(P.decode_frame(d.posted[0])[3])
-    assert 'traceparent' not in meta
+    assert 'traceparent' not in meta and 'tracestate' not in meta
 
 
 def test_service_logger_records_carry_the_trace_id(caplog):

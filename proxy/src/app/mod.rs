@@ -77,6 +77,8 @@ pub struct Limits {
     pub retries: usize,
     /// How long a request waits for servers' first active check.
     pub first_check_wait: Duration,
+    /// Pass a client's `traceparent` / `tracestate` on (`proxy.pass_trace_context`).
+    pub pass_trace_context: bool,
 }
 
 pub struct Balancer {

@@ -1,5 +1,6 @@
 //! The heads as the other side gets them: the request head for the server (hop-by-hop
-//! headers dropped, `X-Forwarded-*` and the request id set) and the answer head for the
+//! headers dropped, `X-Forwarded-*` and the request id set, a client's trace context
+//! dropped unless `proxy.pass_trace_context`) and the answer head for the
 //! client (framing checked, `Connection: close` when the client connection ends). Pure
 //! transformations of parsed heads into bytes: no I/O here.
 
@@ -14,6 +15,12 @@ fn valid_request_id(v: &[u8]) -> bool {
         && v.len() <= 64
         && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The W3C trace context headers, which a client may not set through the proxy (unless
+/// `proxy.pass_trace_context`).
+fn is_trace_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("tracestate")
 }
 
 /// A request id, kept inline.
@@ -97,6 +104,11 @@ impl Balancer {
                 if id.is_none() && valid_request_id(h.value) {
                     id = Some(ReqId::from(h.value));
                 }
+                continue;
+            }
+            if !self.limits.pass_trace_context && is_trace_header(name) {
+                // Servers believe this proxy's trace context: a client's own is not passed
+                // on, so no client chooses the trace its request joins.
                 continue;
             }
             // An HTTP/1.0 client's Expect is ignored (RFC 9110, 10.1.1): it does not wait for
@@ -233,5 +245,20 @@ mod tests {
         assert!(!valid_request_id(&[b'a'; 65]));
         assert!(!valid_request_id(b"a b"));
         assert!(!valid_request_id(b"a\"b"));
+    }
+
+    #[test]
+    fn trace_headers_are_named_in_any_case() {
+        for name in ["traceparent", "TraceParent", "tracestate", "TRACESTATE"] {
+            assert!(is_trace_header(name), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "traceresponse",
+            "traceparent2",
+            "x-b3-traceid",
+        ] {
+            assert!(!is_trace_header(name), "{name}");
+        }
     }
 }

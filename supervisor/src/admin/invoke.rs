@@ -50,6 +50,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         channel_name: None,
         security: None,
         traceparent: Some(trace.as_str()),
+        tracestate: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

@@ -14,9 +14,16 @@
 //! `cid`, `service` and `trace_id` are the event's own fields or, failing that, those of the
 //! innermost span that has them (a request's span names its cid, service and trace id);
 //! null when neither says, or when they are empty. `fields` holds every other field of the
-//! event and of its spans (the event's own win, then the innermost span's). tracing's JSON
-//! formatter nests span fields under `spans` instead, which a shipper cannot index by cid,
-//! hence [`JsonLines`] and the [`SpanFields`] it reads.
+//! event and of its spans (the event's own win, then the innermost span's; a field that is
+//! empty text counts as absent, so a worker record's empty `cid` does not hide its span's).
+//! tracing's JSON formatter nests span fields under `spans` instead, which a shipper cannot
+//! index by cid, hence [`JsonLines`] and the [`SpanFields`] it reads; the fmt layer's own
+//! span formatting is switched off ([`NoFields`]), so a span's fields are recorded once.
+//!
+//! The message and every text field value are cut at [`MAX_VALUE_BYTES`] (16 KiB, on a
+//! character boundary) with `…[truncated N bytes]` appended, so that one huge record (a
+//! service logging a whole payload) does not make a line journald splits (its `LineMax` is
+//! 48 KiB by default).
 
 /// Why the log subscriber was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,7 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LoggingError> 
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(false)
+            .fmt_fields(NoFields)
             .event_format(JsonLines);
         // One filter over both layers: a span the level leaves out is never built (the
         // request spans on the hot path are debug spans).
@@ -145,6 +153,44 @@ impl tracing::field::Visit for FieldMap<'_> {
     }
 }
 
+/// The span formatter of the JSON layer: formats nothing. [`JsonLines`] reads a span's
+/// fields from [`SpanFields`], so the fmt layer's own copy of them (its `FormattedFields`,
+/// built for every span) would only cost a second formatting.
+pub struct NoFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for NoFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        _fields: R,
+    ) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+/// The longest message or text field value a JSON line carries whole.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// Cuts `s` to [`MAX_VALUE_BYTES`] (on a character boundary) and says how much was cut.
+fn cap(s: &mut String) {
+    if s.len() <= MAX_VALUE_BYTES {
+        return;
+    }
+    let mut cut = MAX_VALUE_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = s.len() - cut;
+    s.truncate(cut);
+    use std::fmt::Write as _;
+    let _ = write!(s, "…[truncated {dropped} bytes]");
+}
+
+/// Whether a field's value says nothing (empty text): a span's value of it shows instead.
+fn is_empty_value(v: &serde_json::Value) -> bool {
+    matches!(v, serde_json::Value::String(s) if s.is_empty())
+}
+
 /// The fields the JSON line has at its top level (when the event or a span names them).
 const TOP_LEVEL: [&str; 3] = ["cid", "service", "trace_id"];
 
@@ -165,11 +211,12 @@ where
         let mut fields = serde_json::Map::new();
         event.record(&mut FieldMap(&mut fields));
         if let Some(scope) = ctx.event_scope() {
-            // Innermost first: a field already there (the event's, an inner span's) wins.
+            // Innermost first: a field already there (the event's, an inner span's) wins,
+            // unless it is empty.
             for span in scope {
                 if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
                     for (k, v) in span_fields {
-                        if !fields.contains_key(k) {
+                        if fields.get(k).is_none_or(is_empty_value) {
                             fields.insert(k.clone(), v.clone());
                         }
                     }
@@ -194,11 +241,17 @@ fn json_line(
     mut fields: serde_json::Map<String, serde_json::Value>,
 ) -> String {
     use serde_json::Value;
-    let message = match fields.remove("message") {
+    let mut message = match fields.remove("message") {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
         None => String::new(),
     };
+    cap(&mut message);
+    for v in fields.values_mut() {
+        if let Value::String(s) = v {
+            cap(s);
+        }
+    }
     // Records bridged from the `log` crate name their real target in a field.
     let target = match fields.remove("log.target") {
         Some(Value::String(t)) => t,
@@ -334,9 +387,11 @@ mod tests {
         assert_eq!(v["fields"], json!({}));
     }
 
-    #[test]
-    fn span_fields_reach_the_line_and_the_events_own_win() {
+    /// The JSON lines `f` logs through the JSON layer as `init_logging` builds it, and what
+    /// the fmt layer's own span formatter (`FormattedFields`) held for each event's spans.
+    fn capture(f: impl FnOnce()) -> (Vec<Value>, Vec<String>) {
         use std::sync::{Arc, Mutex};
+        use tracing_subscriber::fmt::FormattedFields;
         use tracing_subscriber::prelude::*;
         #[derive(Clone, Default)]
         struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -349,36 +404,131 @@ mod tests {
                 Ok(())
             }
         }
+        /// Reads the fmt layer's formatted span fields at every event.
+        struct Probe(Arc<Mutex<Vec<String>>>);
+        impl<S> tracing_subscriber::Layer<S> for Probe
+        where
+            S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+        {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                for span in ctx.event_scope(event).into_iter().flatten() {
+                    let ext = span.extensions();
+                    let formatted = ext
+                        .get::<FormattedFields<super::NoFields>>()
+                        .expect("the fmt layer keeps its formatted fields");
+                    self.0.lock().unwrap().push(formatted.fields.clone());
+                }
+            }
+        }
         let buf = Buf::default();
         let out = buf.clone();
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(move || out.clone())
             .with_ansi(false)
+            .fmt_fields(super::NoFields)
             .event_format(super::JsonLines);
+        let formatted = Arc::new(Mutex::new(Vec::new()));
         let filter: tracing_subscriber::filter::Targets = "debug".parse().unwrap();
-        let subscriber = tracing_subscriber::registry()
-            .with(super::SpanFieldsLayer.and_then(fmt).with_filter(filter));
-        tracing::subscriber::with_default(subscriber, || {
+        let subscriber = tracing_subscriber::registry().with(
+            super::SpanFieldsLayer
+                .and_then(fmt)
+                .and_then(Probe(formatted.clone()))
+                .with_filter(filter),
+        );
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let formatted = formatted.lock().unwrap().clone();
+        (lines, formatted)
+    }
+
+    #[test]
+    fn span_fields_reach_the_line_and_the_events_own_win() {
+        let (lines, formatted) = capture(|| {
             let outer = tracing::debug_span!("worker", id = 3, service = "outer.svc");
             let _o = outer.enter();
             let span = tracing::debug_span!("request", cid = "c1", service = "demo.echo",
                 trace_id = %"4bf92f3577b34da6a3ce929d0e0e4736");
             let _e = span.enter();
+            span.record("service", "demo.echo");
             tracing::warn!(status = 504, "request deadline passed");
             tracing::info!(cid = "own", "the event's cid wins");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0]["cid"], "c1");
         assert_eq!(lines[0]["service"], "demo.echo", "the innermost span's");
         assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(lines[0]["message"], "request deadline passed");
         assert_eq!(lines[0]["fields"], json!({"status": 504, "id": 3}));
         assert_eq!(lines[1]["cid"], "own");
+        // The spans were formatted once, into SpanFields: the fmt layer's copy is empty.
+        assert_eq!(formatted.len(), 4, "two events in two spans each");
+        assert!(formatted.iter().all(String::is_empty), "{formatted:?}");
+    }
+
+    #[test]
+    fn an_events_empty_field_does_not_hide_its_spans() {
+        let (lines, _) = capture(|| {
+            {
+                let span = tracing::debug_span!("request", cid = "c1", service = "demo.echo",
+                    trace_id = %"4bf92f3577b34da6a3ce929d0e0e4736", note = "span's");
+                let _e = span.enter();
+                // As connection.rs emits a worker record without a cid or service.
+                let (cid, service) = ("", "");
+                tracing::info!(target: "oxbus::python", cid, service, note = "", "record");
+            }
+            tracing::info!(cid = "", "no span: still null");
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["cid"], "c1", "{}", lines[0]);
+        assert_eq!(lines[0]["service"], "demo.echo", "{}", lines[0]);
+        assert_eq!(lines[0]["fields"]["note"], "span's", "{}", lines[0]);
+        assert_eq!(lines[1]["cid"], Value::Null, "{}", lines[1]);
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_character_boundary() {
+        use super::MAX_VALUE_BYTES;
+        // 3-byte characters: MAX_VALUE_BYTES (16384) falls inside one.
+        let long = "\u{20ac}".repeat(10_000);
+        let v = line(
+            tracing::Level::INFO,
+            "oxbus::python",
+            json!({"message": long, "cid": "c".repeat(20_000), "payload": long,
+                   "short": "kept", "n": 7}),
+        );
+        let cut = MAX_VALUE_BYTES / 3 * 3;
+        let expect = format!("{}…[truncated {} bytes]", &long[..cut], long.len() - cut);
+        assert_eq!(v["message"], expect.as_str());
+        assert_eq!(v["fields"]["payload"], expect.as_str());
+        assert_eq!(
+            v["cid"],
+            format!("{}…[truncated 3616 bytes]", "c".repeat(MAX_VALUE_BYTES)).as_str()
+        );
+        assert_eq!(v["fields"]["short"], "kept");
+        assert_eq!(v["fields"]["n"], 7);
+        // At the limit: whole.
+        let exact = "x".repeat(MAX_VALUE_BYTES);
+        let v = line(tracing::Level::INFO, "t", json!({ "message": exact }));
+        assert_eq!(v["message"], exact.as_str());
+        // The whole line stays well within journald's LineMax (48 KiB).
+        let text = super::json_line(
+            &chrono::Utc::now(),
+            &tracing::Level::INFO,
+            "t",
+            json!({"message": "m".repeat(1 << 20)})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert!(text.len() < MAX_VALUE_BYTES + 400, "{}", text.len());
     }
 
     #[test]

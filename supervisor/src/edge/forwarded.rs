@@ -5,16 +5,17 @@
 //!
 //! - From an untrusted peer the client is the peer itself, the scheme `http` and the port the
 //!   listener's; `X-Request-Id` does not become the cid; and the forwarding headers
-//!   ([`is_forwarding_header`]) are not handed to the service, so that a service reading
-//!   headers itself cannot be fooled either.
+//!   ([`is_forwarding_header`]) and the trace context headers ([`is_trace_header`]) are not
+//!   handed to the service, so that a service reading headers itself cannot be fooled
+//!   either.
 //! - From a trusted peer, `X-Forwarded-For` is walked from the right (the hop nearest to us)
 //!   past every address that is itself a trusted proxy; the first one that is not is the
 //!   client. If every hop is trusted, the leftmost is. An entry that is not an address stops
 //!   the walk at the last good one (or the peer): what lies left of it cannot be vouched for.
 //!   `X-Forwarded-Proto` (`http`/`https`) and `X-Forwarded-Port` are taken from the last value
 //!   (the one the nearest proxy set), and a valid `X-Request-Id` becomes the cid. A valid
-//!   W3C `traceparent` ([`traceparent`]) continues the proxy's trace; from an untrusted peer
-//!   the request starts a trace of its own.
+//!   W3C `traceparent` ([`traceparent`]) continues the proxy's trace, with its `tracestate`
+//!   ([`tracestate`]); from an untrusted peer the request starts a trace of its own.
 //!
 //! The addresses compared and reported are canonical: an IPv4 peer of a dual-stack listener
 //! (`::ffff:10.0.0.7`) is `10.0.0.7`, so IPv4 networks match it.
@@ -23,6 +24,7 @@ use crate::model::net::TrustedProxies;
 use crate::trace::TraceParent;
 use hyper::HeaderMap;
 use hyper::header::HeaderName;
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 /// `X-Forwarded-For`.
@@ -35,6 +37,8 @@ pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-p
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `traceparent` (W3C trace context).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate` (W3C trace context).
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The longest `X-Request-Id` taken as a cid.
 pub const MAX_REQUEST_ID: usize = 64;
@@ -162,7 +166,7 @@ pub fn request_id(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The W3C trace context a trusted proxy sent: one `traceparent` header holding a valid
-/// version-00 value ([`TraceParent::parse`]). None when there is none, when it is malformed
+/// value ([`TraceParent::parse`]: version 00, or a later one read as version 00). None when there is none, when it is malformed
 /// and when there are several (the specification makes that invalid): the request then
 /// starts a new trace. Whether the peer is trusted is the caller's to check, as for
 /// [`request_id`].
@@ -173,6 +177,44 @@ pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
         return None;
     }
     TraceParent::parse(value.as_bytes())
+}
+
+/// The `tracestate` that goes with a trusted proxy's `traceparent`: its headers joined into
+/// one list (the specification allows several), when the whole is a value
+/// [`crate::trace::valid_tracestate`] takes (at most 512 characters of printable ASCII);
+/// otherwise none at all. Read only when [`traceparent`] gave a context.
+pub fn tracestate(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    let mut values = headers.get_all(&TRACESTATE).iter();
+    let first = values.next()?;
+    let joined: Cow<'_, [u8]> = match values.next() {
+        None => Cow::Borrowed(first.as_bytes()),
+        Some(second) => {
+            let mut all = first.as_bytes().to_vec();
+            for v in std::iter::once(second).chain(values) {
+                if all.len() > crate::trace::MAX_TRACESTATE {
+                    return None;
+                }
+                all.push(b',');
+                all.extend_from_slice(v.as_bytes());
+            }
+            Cow::Owned(all)
+        }
+    };
+    if !crate::trace::valid_tracestate(&joined) {
+        return None;
+    }
+    // Printable ASCII (checked just above) is UTF-8.
+    Some(match joined {
+        Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).ok()?),
+        Cow::Owned(v) => Cow::Owned(String::from_utf8(v).ok()?),
+    })
+}
+
+/// The W3C trace context headers (`traceparent`, `tracestate`); a request from an untrusted
+/// peer reaches the service without them, as without the forwarding headers: its service
+/// sees the trace it runs in (`self.traceparent`), never one a client chose.
+pub fn is_trace_header(name: &HeaderName) -> bool {
+    name == TRACEPARENT || name == TRACESTATE
 }
 
 /// The headers a proxy uses to tell where a request came from; a request from an untrusted
@@ -229,6 +271,51 @@ mod tests {
             traceparent(&headers(&[("traceparent", TP), ("traceparent", TP)])),
             None
         );
+    }
+
+    #[test]
+    fn tracestate_is_joined_bounded_and_checked() {
+        const TS: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+        let ts = |pairs: &[(&str, &str)]| tracestate(&headers(pairs)).map(|c| c.into_owned());
+        assert_eq!(ts(&[("tracestate", TS)]).as_deref(), Some(TS));
+        assert!(matches!(
+            tracestate(&headers(&[("tracestate", TS)])),
+            Some(Cow::Borrowed(_))
+        ));
+        assert_eq!(ts(&[]), None);
+        // Several headers are one list.
+        assert_eq!(
+            ts(&[("tracestate", "a=1"), ("tracestate", "b=2,c=3")]).as_deref(),
+            Some("a=1,b=2,c=3")
+        );
+        // Longer than 512 characters: dropped whole, not cut.
+        let long = format!("a={}", "x".repeat(511));
+        assert_eq!(ts(&[("tracestate", &long)]), None);
+        let half = format!("a={}", "x".repeat(300));
+        assert_eq!(ts(&[("tracestate", &half), ("tracestate", &half)]), None);
+        let many: Vec<(&str, &str)> = (0..300).map(|_| ("tracestate", "a=1")).collect();
+        assert_eq!(ts(&many), None);
+        assert_eq!(ts(&[("tracestate", "")]), None);
+        let mut h = HeaderMap::new();
+        h.append(&TRACESTATE, HeaderValue::from_bytes(b"a=\xe9").unwrap());
+        assert_eq!(tracestate(&h), None);
+    }
+
+    #[test]
+    fn trace_headers() {
+        for name in ["traceparent", "tracestate"] {
+            let name = HeaderName::from_static(name);
+            assert!(is_trace_header(&name), "{name}");
+            assert!(!is_forwarding_header(&name), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "x-forwarded-for",
+            "traceresponse",
+            "x-b3-traceid",
+        ] {
+            assert!(!is_trace_header(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]

@@ -11,9 +11,10 @@
 //! connections to outlive its own 60 s idle timeout while a slowloris client must not.
 //!
 //! Each request's client address, scheme and port (and, from a trusted proxy, its request
-//! id and W3C `traceparent`) are worked out by [`crate::edge::forwarded`]: the TCP peer
-//! unless it is one of `http.trusted_proxies`. Whether the peer is trusted is decided once
-//! per connection. A request without a trusted `traceparent` starts a new trace
+//! id and W3C `traceparent` / `tracestate`) are worked out by [`crate::edge::forwarded`]:
+//! the TCP peer unless it is one of `http.trusted_proxies`. Whether the peer is trusted is
+//! decided once per connection. A trusted `traceparent` is passed on unchanged (Oxbus
+//! records no spans of its own); a request without one starts a new trace
 //! ([`crate::trace`]); either way its services get the trace in the `CALL` meta.
 //!
 //! A JSON-RPC channel's request is read here like any other and then answered by
@@ -562,19 +563,21 @@ async fn handle(
         };
         return json_response(StatusCode::BAD_REQUEST, &cid, body);
     }
-    // A trusted proxy's trace context continues its trace; anything else starts one.
-    let trace = match peer
+    // A trusted proxy's trace context is passed on as it came (with its tracestate);
+    // anything else starts a trace.
+    let (trace, tracestate) = match peer
         .trusted
         .then(|| forwarded::traceparent(&parts.headers))
         .flatten()
     {
-        Some(incoming) => TraceParent::continue_from(&incoming),
-        None => TraceParent::new_root(),
+        Some(incoming) => (incoming, forwarded::tracestate(&parts.headers)),
+        None => (TraceParent::new_root(), None),
     };
     let call = HttpCall {
         cx,
         origin,
         trace: &trace,
+        tracestate: tracestate.as_deref(),
         parts: &parts,
         strip_forwarding: !peer.trusted,
         deadline: Instant::now() + cx.settings.request_timeout(),
@@ -618,7 +621,7 @@ async fn handle(
 pub(crate) struct HttpCall<'a> {
     cx: &'a Ctx,
     parts: &'a hyper::http::request::Parts,
-    /// Leave out the forwarding headers (the peer is not a trusted proxy).
+    /// Leave out the forwarding and trace context headers (the peer is not a trusted proxy).
     strip_forwarding: bool,
     origin: forwarded::Origin,
     /// When the request's time (`http.request_timeout_ms`) is up, for every call it makes.
@@ -628,6 +631,8 @@ pub(crate) struct HttpCall<'a> {
     caller: Option<&'a crate::edge::gate::Caller>,
     /// The request's trace context, the same for every call it makes.
     trace: &'a TraceParent,
+    /// The trusted proxy's `tracestate` that goes with it, if any.
+    tracestate: Option<&'a str>,
 }
 
 impl HttpCall<'_> {
@@ -681,6 +686,7 @@ impl HttpCall<'_> {
                 subject: c.subject.as_deref(),
             }),
             traceparent: Some(self.trace.as_str()),
+            tracestate: self.tracestate,
         };
         let result = self.cx.pool.invoke(&meta, body, self.deadline).await;
         if let Err(e) = &result {
@@ -702,8 +708,9 @@ fn refusal_of(e: &DispatchError) -> RefusalReason {
 
 /// Serialises a header map as the `[[name, value], …]` list of the IPC spec, in arrival
 /// order, without copying it into an intermediate vector. From an untrusted peer the
-/// forwarding headers (`X-Forwarded-*`, `Forwarded`) are left out: nobody vouches for what
-/// they claim, and a service that reads them itself must not be fooled by them.
+/// forwarding headers (`X-Forwarded-*`, `Forwarded`) and the trace context headers
+/// (`traceparent`, `tracestate`) are left out: nobody vouches for what they claim, and a
+/// service that reads them itself must not be fooled by them.
 struct Headers<'a> {
     map: &'a hyper::HeaderMap,
     strip_forwarding: bool,
@@ -716,7 +723,7 @@ impl serde::Serialize for Headers<'_> {
         // The length is only known up front when nothing is left out.
         let mut seq = s.serialize_seq((!strip).then_some(self.map.len()))?;
         for (k, v) in self.map {
-            if strip && forwarded::is_forwarding_header(k) {
+            if strip && (forwarded::is_forwarding_header(k) || forwarded::is_trace_header(k)) {
                 continue;
             }
             let v: Cow<str> = String::from_utf8_lossy(v.as_bytes());

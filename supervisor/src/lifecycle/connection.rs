@@ -223,7 +223,8 @@ fn handle_worker_call(
         serve_cache(pool, worker, &frame, &raw_meta, body);
         return Ok(());
     }
-    let meta: CallMetaIn = serde_json::from_slice(&raw_meta).map_err(ConnectionEnd::CallMeta)?;
+    let mut meta: CallMetaIn =
+        serde_json::from_slice(&raw_meta).map_err(ConnectionEnd::CallMeta)?;
     if meta.op.starts_with("cache.") {
         // The same, with its meta in another layout than the fast check above expects.
         serve_cache(pool, worker, &frame, &raw_meta, body);
@@ -253,13 +254,21 @@ fn handle_worker_call(
     let pool = pool.clone();
     let worker = worker.clone();
     let cid = meta.cid.clone().unwrap_or_default();
-    // The callee keeps its caller's trace; a call made outside any invocation (or with a
-    // malformed context) starts one.
-    let trace = meta
+    // The callee keeps its caller's trace and tracestate; a call made outside any
+    // invocation (or with a malformed context) starts one, without a tracestate.
+    let (trace, tracestate) = match meta
         .traceparent
         .as_deref()
         .and_then(|t| TraceParent::parse(t.as_bytes()))
-        .unwrap_or_else(TraceParent::new_root);
+    {
+        Some(t) => (
+            t,
+            meta.tracestate
+                .take()
+                .filter(|s| crate::trace::valid_tracestate(s.as_bytes())),
+        ),
+        None => (TraceParent::new_root(), None),
+    };
     let span = tracing::debug_span!("request", cid = %cid, service = %service,
         trace_id = %trace.trace_id());
     tokio::spawn(
@@ -287,6 +296,7 @@ fn handle_worker_call(
                 channel_name: None,
                 security: None,
                 traceparent: Some(trace.as_str()),
+                tracestate: tracestate.as_deref(),
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

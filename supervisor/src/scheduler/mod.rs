@@ -675,6 +675,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         channel_name: Some(&def.name),
         security: None,
         traceparent: Some(trace.as_str()),
+        tracestate: None,
     };
     let body = def
         .extra
