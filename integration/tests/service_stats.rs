@@ -380,6 +380,18 @@ async fn one_server_answers_for_the_cluster_each_server_with_its_own_counts() {
     )
     .await;
     assert_eq!(counts(&doc, "a", "st.ok"), (3, 0));
+    // A name no server that answered has, while B does not answer: not known to be absent.
+    let r = a
+        .admin(
+            "GET",
+            "/v1/services/no.such/stats",
+            Some(&a.admin_token()),
+            b"",
+        )
+        .await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 503, "{text}");
+    assert!(text.contains("b did not answer"), "{text}");
 }
 
 #[tokio::test]

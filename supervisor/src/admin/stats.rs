@@ -19,9 +19,9 @@ pub(super) async fn all(cx: &Ctx) -> Response<Body> {
     reply(StatusCode::OK, gather(cx, None).await)
 }
 
-/// `GET /v1/services/{name}/stats`: a 404 only when no server that answered runs the
+/// `GET /v1/services/{name}/stats`: a 404 only when every server answered and none runs the
 /// service or has figures for it (this server's workers may all be restarting while its
-/// peers run it).
+/// peers run it); a 503 when none that answered has it but some did not answer.
 pub(super) async fn one(cx: &Ctx, service: &str) -> Response<Body> {
     let mut doc = gather(cx, Some(service)).await;
     let reported = doc["servers"]
@@ -30,6 +30,24 @@ pub(super) async fn one(cx: &Ctx, service: &str) -> Response<Body> {
         .flat_map(|servers| servers.values())
         .any(|s| s["answered"] == true && s["services"].get(service).is_some());
     if !reported {
+        let silent: Vec<&str> = doc["servers"]
+            .as_object()
+            .into_iter()
+            .flat_map(|servers| servers.iter())
+            .filter(|(_, s)| s["answered"] != true)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !silent.is_empty() {
+            // One of them may run it: not knowing is not "no such service".
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no server that answered runs or has figures for service {service}, and \
+                     {} did not answer",
+                    silent.join(", ")
+                ),
+            );
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!(

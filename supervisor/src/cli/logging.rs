@@ -168,18 +168,38 @@ impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for NoFields {
     }
 }
 
-/// The longest message or text field value a JSON line carries whole.
+/// The longest message or text field value a JSON line carries whole, counted as written
+/// (after JSON escaping: a control character takes 6 bytes, `"` and `\\` 2).
 pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 
-/// Cuts `s` to [`MAX_VALUE_BYTES`] (on a character boundary) and says how much was cut.
+/// A line longer than this (journald's LineMax is 48 KiB) carries its `fields` as a count
+/// of what was left out, so it is never split into pieces that are not JSON.
+pub const MAX_LINE_BYTES: usize = 44 * 1024;
+
+/// How many bytes `c` takes in a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Cuts `s` to [`MAX_VALUE_BYTES`] as written (on a character boundary) and says how much
+/// was cut.
 fn cap(s: &mut String) {
-    if s.len() <= MAX_VALUE_BYTES {
+    let mut written = 0;
+    let mut cut = None;
+    for (i, c) in s.char_indices() {
+        written += escaped_len(c);
+        if written > MAX_VALUE_BYTES {
+            cut = Some(i);
+            break;
+        }
+    }
+    let Some(cut) = cut else {
         return;
-    }
-    let mut cut = MAX_VALUE_BYTES;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    };
     let dropped = s.len() - cut;
     s.truncate(cut);
     use std::fmt::Write as _;
@@ -216,7 +236,9 @@ where
             for span in scope {
                 if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
                     for (k, v) in span_fields {
-                        if fields.get(k).is_none_or(is_empty_value) {
+                        let empty = TOP_LEVEL.contains(&k.as_str())
+                            && fields.get(k).is_some_and(is_empty_value);
+                        if empty || !fields.contains_key(k) {
                             fields.insert(k.clone(), v.clone());
                         }
                     }
@@ -275,13 +297,21 @@ fn json_line(
     // for first comes first.
     let text = |v: &str| Value::from(v).to_string();
     let time = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    format!(
-        r#"{{"time":{},"level":"{level}","target":{},"cid":{cid},"service":{service},"trace_id":{trace_id},"message":{},"fields":{}}}"#,
-        text(&time),
-        text(&target),
-        text(&message),
-        Value::Object(fields),
-    )
+    let write = |fields: Value| {
+        format!(
+            r#"{{"time":{},"level":"{level}","target":{},"cid":{cid},"service":{service},"trace_id":{trace_id},"message":{},"fields":{fields}}}"#,
+            text(&time),
+            text(&target),
+            text(&message),
+        )
+    };
+    let n = fields.len();
+    let line = write(Value::Object(fields));
+    if line.len() <= MAX_LINE_BYTES {
+        return line;
+    }
+    // Several long values: the line keeps its message and says what it left out.
+    write(serde_json::json!({ "dropped_fields": n, "line_bytes": line.len() }))
 }
 
 /// Whether standard error is the stream systemd's `JOURNAL_STREAM` (`DEV:INODE`) names.
@@ -489,7 +519,8 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0]["cid"], "c1", "{}", lines[0]);
         assert_eq!(lines[0]["service"], "demo.echo", "{}", lines[0]);
-        assert_eq!(lines[0]["fields"]["note"], "span's", "{}", lines[0]);
+        // Only the top-level fields take a span's value: the event's own empty `note` stays.
+        assert_eq!(lines[0]["fields"]["note"], "", "{}", lines[0]);
         assert_eq!(lines[1]["cid"], Value::Null, "{}", lines[1]);
     }
 
@@ -501,19 +532,43 @@ mod tests {
         let v = line(
             tracing::Level::INFO,
             "oxbus::python",
-            json!({"message": long, "cid": "c".repeat(20_000), "payload": long,
-                   "short": "kept", "n": 7}),
+            json!({"message": long, "cid": "c".repeat(20_000), "short": "kept", "n": 7}),
         );
         let cut = MAX_VALUE_BYTES / 3 * 3;
         let expect = format!("{}…[truncated {} bytes]", &long[..cut], long.len() - cut);
         assert_eq!(v["message"], expect.as_str());
-        assert_eq!(v["fields"]["payload"], expect.as_str());
         assert_eq!(
             v["cid"],
             format!("{}…[truncated 3616 bytes]", "c".repeat(MAX_VALUE_BYTES)).as_str()
         );
         assert_eq!(v["fields"]["short"], "kept");
         assert_eq!(v["fields"]["n"], 7);
+        let v = line(tracing::Level::INFO, "t", json!({ "payload": long }));
+        assert_eq!(v["fields"]["payload"], expect.as_str());
+        // Escaping counts: 16 KiB of control characters is cut at a sixth of it (6 bytes each
+        // as written), so the written value stays within the limit.
+        let ctl = "\u{1}".repeat(MAX_VALUE_BYTES);
+        let v = line(tracing::Level::INFO, "t", json!({ "message": ctl }));
+        let kept = v["message"].as_str().unwrap();
+        assert!(kept.starts_with(&"\u{1}".repeat(MAX_VALUE_BYTES / 6)));
+        assert!(kept.ends_with(&format!(
+            "…[truncated {} bytes]",
+            MAX_VALUE_BYTES - MAX_VALUE_BYTES / 6
+        )));
+        // Several long values: the line keeps its message and counts the fields left out.
+        let text = super::json_line(
+            &chrono::Utc::now(),
+            &tracing::Level::INFO,
+            "t",
+            json!({"message": long, "a": long, "b": long, "c": long})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert!(text.len() <= super::MAX_LINE_BYTES, "{}", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["message"], expect.as_str());
+        assert_eq!(v["fields"]["dropped_fields"], 3);
         // At the limit: whole.
         let exact = "x".repeat(MAX_VALUE_BYTES);
         let v = line(tracing::Level::INFO, "t", json!({ "message": exact }));

@@ -112,7 +112,11 @@ pub struct Timing {
 /// file's name, except this file (`version`) and `plan` (`import`). None for a module that
 /// is no store file (a debug build stops there: every file of the store has its op).
 fn op_of(module: &str) -> Option<usize> {
-    let group = match module.rsplit("::").next().unwrap_or(module) {
+    // The file right under `store` (`…::store::tokens`, even from a module inside it), or
+    // `store` for this file.
+    let mut path = module.split("::").skip_while(|p| *p != "store");
+    path.next();
+    let group = match path.next().unwrap_or("store") {
         "store" => "version",
         "plan" => "import",
         other => other,
