@@ -128,6 +128,10 @@ pub async fn serve(listener: TcpListener, cx: Arc<Ctx>, token: String) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
+                // A client that sent its whole request and closed its side (or went away)
+                // still has its request read to the end and carried out: an EOF does not cut
+                // the body it already sent (`handle_in_task` keeps the change itself whole).
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
                 debug!(error = %e, "admin connection ended with an error");
