@@ -6,6 +6,7 @@
 //! down logged, not recorded. Retention pruning is tested on the store
 //! (supervisor/tests/store.rs).
 
+use oxbus_integration::api::{admin as call, ok};
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
@@ -50,16 +51,6 @@ fn module(n: u32) -> String {
 
 fn env() -> Env {
     Env::new().workers(1).with_test_services()
-}
-
-async fn call(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    srv.admin(method, path, Some(&srv.admin_token()), &body)
-        .await
 }
 
 /// `method path` must answer `status`.
@@ -131,12 +122,7 @@ fn dump_table(srv: &Server, pg_url: Option<&str>) -> String {
             .output()
             .unwrap(),
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ok(&out)
 }
 
 #[tokio::test]
@@ -729,12 +715,7 @@ fn psql_value(url: &str, sql: &str) -> String {
         .args([url, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    ok(&out).trim().to_owned()
 }
 
 /// A create by `POST /v1/channels` records the channel it created, and not a change made

@@ -39,8 +39,12 @@ class Slow(Service):
     name = 'mt.slow'
 
     def handle(self):
-        import time
-        time.sleep(2.5)
+        # Runs until the test releases it (a file it names), so the runs due meanwhile are
+        # skipped; a run after the release ends at once.
+        import os, time
+        release, deadline = os.environ['OXBUS_TEST_RELEASE'], time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)
 "#;
 
 fn env() -> Env {
@@ -65,7 +69,15 @@ async fn cache_call(srv: &Server, doc: Value) -> Value {
 
 #[tokio::test]
 async fn deploys_caches_jobs_and_config_changes_move_their_series() {
-    let srv = env().start().await;
+    let release = std::env::temp_dir().join(format!(
+        "oxbus-metrics-release-{}-{}",
+        std::process::id(),
+        next_id()
+    ));
+    let srv = env()
+        .env("OXBUS_TEST_RELEASE", release.to_str().unwrap())
+        .start()
+        .await;
     let first = scrape(&srv).await;
     prom::check(&first.text);
     // One server on SQLite: no bus, so no link figures; the store answers.
@@ -229,7 +241,8 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
         ) >= 1.0
     })
     .await;
-    // A 1 s job whose runs take 2.5 s: the runs due meanwhile are skipped (overlap: skip).
+    // A 1 s job whose run lasts until the test releases it: the runs due meanwhile are
+    // skipped (overlap: skip).
     let r = admin(
         &srv,
         "PUT",
@@ -245,8 +258,11 @@ async fn deploys_caches_jobs_and_config_changes_move_their_series() {
         ) >= 1.0
     })
     .await;
+    std::fs::write(&release, b"").unwrap();
     prom::check(&p.text);
     srv.assert_no_errors(&[]);
+    drop(srv);
+    let _ = std::fs::remove_file(&release);
 }
 
 // -- two servers: the bus links and what each peer announced ---------------------------------
