@@ -68,7 +68,12 @@ pub(super) struct Activity {
 
 impl Activity {
     pub(super) fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.ms_at(Instant::now())
+    }
+
+    /// `t` as this connection's clock counts (milliseconds since its epoch, plus 1).
+    pub(super) fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 }
 
@@ -207,21 +212,31 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// Marks a request in progress on a connection until dropped.
-pub(super) struct InRequest(Arc<Activity>);
+/// Marks a request in progress on a connection until dropped (or ended with
+/// [`InRequest::end_at`]).
+pub(super) struct InRequest(Arc<Activity>, Option<Instant>);
 
 impl InRequest {
     pub(super) fn start(a: &Arc<Activity>) -> InRequest {
         a.active.fetch_add(1, Ordering::Relaxed);
         a.head_started.store(0, Ordering::Relaxed);
-        InRequest(a.clone())
+        InRequest(a.clone(), None)
+    }
+
+    /// Ends the request at `now`, a clock reading the caller already has.
+    pub(super) fn end_at(mut self, now: Instant) {
+        self.1 = Some(now);
     }
 }
 
 impl Drop for InRequest {
     fn drop(&mut self) {
         let a = &self.0;
-        a.idle_since.store(a.now(), Ordering::Relaxed);
+        let now = match self.1 {
+            Some(t) => a.ms_at(t),
+            None => a.now(),
+        };
+        a.idle_since.store(now, Ordering::Relaxed);
         a.head_started.store(0, Ordering::Relaxed);
         a.active.fetch_sub(1, Ordering::Relaxed);
     }

@@ -218,15 +218,19 @@ async fn serve_connection(
                     None => handle(req, &cx, peer, &mut channel).await,
                 };
                 if let Some((start, method, in_flight)) = metrics {
+                    // One clock read for the figure and the connection's idle stamp.
+                    let end = Instant::now();
                     cx.metrics.http.record(
                         channel.as_deref(),
                         method,
                         resp.status().as_u16(),
-                        start.elapsed(),
+                        end.saturating_duration_since(start),
                     );
                     drop(in_flight);
+                    in_request.end_at(end);
+                } else {
+                    drop(in_request);
                 }
-                drop(in_request);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         })
@@ -659,7 +663,8 @@ impl HttpCall<'_> {
         body: &[u8],
     ) -> Result<crate::lifecycle::pool::Reply, DispatchError> {
         let parts = self.parts;
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
         let meta = InvokeMeta {
             op: "invoke",
             service,
@@ -688,7 +693,11 @@ impl HttpCall<'_> {
             traceparent: Some(self.trace.as_str()),
             tracestate: self.tracestate,
         };
-        let result = self.cx.pool.invoke(&meta, body, self.deadline).await;
+        let result = self
+            .cx
+            .pool
+            .invoke_at(&meta, body, self.deadline, now)
+            .await;
         if let Err(e) = &result {
             self.refused(refusal_of(e));
         }

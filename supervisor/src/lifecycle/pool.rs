@@ -471,6 +471,28 @@ impl Pool {
         body: &[u8],
         deadline: Instant,
     ) -> Result<Reply, DispatchError> {
+        self.invoke_since(meta, body, deadline, None).await
+    }
+
+    /// [`Pool::invoke`] for a caller that read the clock just now (`now`): the call's
+    /// duration is counted from it, with no second read.
+    pub async fn invoke_at<H: serde::Serialize>(
+        &self,
+        meta: &InvokeMeta<'_, H>,
+        body: &[u8],
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<Reply, DispatchError> {
+        self.invoke_since(meta, body, deadline, Some(now)).await
+    }
+
+    async fn invoke_since<H: serde::Serialize>(
+        &self,
+        meta: &InvokeMeta<'_, H>,
+        body: &[u8],
+        deadline: Instant,
+        now: Option<Instant>,
+    ) -> Result<Reply, DispatchError> {
         // Per-service figures (`metrics::services`): every invocation passes here.
         if !self.metrics.enabled() {
             return self.dispatch(meta, body, deadline).await;
@@ -479,7 +501,7 @@ impl Pool {
             pool: self,
             service: meta.service,
             cid: meta.cid,
-            started: Instant::now(),
+            started: now.unwrap_or_else(Instant::now),
             done: false,
         };
         let result = self.dispatch(meta, body, deadline).await;
