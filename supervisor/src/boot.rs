@@ -124,6 +124,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     }
 
     let metrics = Arc::new(crate::metrics::Metrics::new(settings.metrics.enabled));
+    let outgoing = Arc::new(crate::outgoing::Outgoing::new(
+        Arc::new(key.clone()),
+        metrics.clone(),
+    ));
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(
@@ -134,7 +138,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         )
         .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
         .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms))
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        .with_server_ops(outgoing.clone()),
     );
     if metrics.enabled() {
         // The workers' states, read at scrape time.
@@ -220,6 +225,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         scheduler: scheduler.clone(),
         bus: bus_handle,
         tokens: Default::default(),
+        outgoing: outgoing.clone(),
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());

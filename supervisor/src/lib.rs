@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod outgoing;
 pub mod random;
 pub mod scheduler;
 pub mod secrets;

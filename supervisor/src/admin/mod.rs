@@ -49,6 +49,8 @@ pub struct Ctx {
     /// The API tokens this server has seen in the store (`auth::KnownTokens`: used only
     /// while the store is unreachable).
     pub tokens: auth::KnownTokens,
+    /// This server's outgoing connections (ping, figures, apply after a change).
+    pub outgoing: Arc<crate::outgoing::Outgoing>,
 }
 
 mod audit;

@@ -136,6 +136,9 @@ pub async fn run_connection(
     debug!(%reason, "worker connection ended");
     worker.set_state(WorkerState::Dead);
     worker.fail_pending();
+    if let Some(ops) = &pool.server_ops {
+        ops.worker_gone(worker.id);
+    }
     worker.wake_writer.notify_one();
     let _ = writer.await;
     pool.capacity_changed();
@@ -231,6 +234,18 @@ fn handle_worker_call(
         return Ok(());
     }
     let fire_and_forget = frame.flags & FLAG_ASYNC != 0;
+    if let Some(ops) = pool.server_ops.as_ref().filter(|o| o.handles(&meta.op)) {
+        let ops = ops.clone();
+        let worker = worker.clone();
+        let stream = frame.stream;
+        tokio::spawn(async move {
+            let r = ops.call(worker.id, &meta.op, raw_meta, body).await;
+            if !fire_and_forget {
+                worker.send_reply(stream, &r.meta, &r.body);
+            }
+        });
+        return Ok(());
+    }
     let stream = frame.stream;
     let json_reply = |status: u16, msg: &str| {
         (

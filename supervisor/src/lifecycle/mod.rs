@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod handshake;
+pub mod ops;
 pub mod pool;
 pub mod process;
 pub mod python;

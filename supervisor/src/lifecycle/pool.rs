@@ -248,6 +248,9 @@ pub struct Pool {
     pub deployed: Mutex<std::collections::BTreeMap<String, crate::store::Module>>,
     /// This server's named caches (the workers' `cache.*` calls; `oxbus_cache`).
     pub caches: Arc<oxbus_cache::Caches>,
+    /// Who answers the workers' `out.*` and `secret.*` calls (the `outgoing` subsystem);
+    /// none: such calls get 501 unknown op.
+    pub server_ops: Option<Arc<dyn crate::lifecycle::ops::ServerOps>>,
     /// How long a deploy's check may take (`deploy.check_timeout_ms`).
     pub import_timeout: Duration,
     /// How long a worker may take to activate or remove modules that passed their check
@@ -271,6 +274,7 @@ impl Pool {
             workers: RwLock::new(Vec::new()),
             deployed: Mutex::new(std::collections::BTreeMap::new()),
             caches: Arc::new(oxbus_cache::Caches::new()),
+            server_ops: None,
             freed: Notify::new(),
             queued: AtomicUsize::new(0),
             max_inflight,
@@ -294,6 +298,12 @@ impl Pool {
     /// Sets [`Pool::metrics`].
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Pool {
         self.metrics = metrics;
+        self
+    }
+
+    /// Sets [`Pool::server_ops`].
+    pub fn with_server_ops(mut self, ops: Arc<dyn crate::lifecycle::ops::ServerOps>) -> Pool {
+        self.server_ops = Some(ops);
         self
     }
 

@@ -2,7 +2,8 @@
 //! cache definition is `oxbus_cache::CacheDef`), each with its validation. No I/O here: no
 //! store, no network, no files, no clock but what a caller passes in. `object`: what the
 //! JSON-defined named objects (security, cache, job definitions) share; `cache`: a cache
-//! definition from an operator's JSON; `document`: the config export/import document.
+//! definition from an operator's JSON; `outgoing`: outgoing REST and SQL connections;
+//! `document`: the config export/import document.
 
 pub mod cache;
 pub mod channel;
@@ -10,4 +11,5 @@ pub mod document;
 pub mod job;
 pub mod net;
 pub mod object;
+pub mod outgoing;
 pub mod security;

@@ -103,6 +103,34 @@ impl ConfigObject for crate::model::security::SecurityDef {
     }
 }
 
+impl ConfigObject for crate::model::outgoing::RestConn {
+    const KIND: &'static str = "outgoing_rest";
+    const WHAT: &'static str = "REST connection";
+    const TABLE: &'static str = "outgoing_rest";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::outgoing::RestConn::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::outgoing::SqlConn {
+    const KIND: &'static str = "outgoing_sql";
+    const WHAT: &'static str = "SQL connection";
+    const TABLE: &'static str = "outgoing_sql";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::outgoing::SqlConn::validate(self)
+    }
+}
+
 /// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
 /// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs` (each may
 /// be absent: snapshots of older versions lack the later kinds). A new kind is one field

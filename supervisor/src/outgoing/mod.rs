@@ -1,0 +1,225 @@
+//! Outgoing connections: the REST and SQL pools the services of this server share
+//! (`self.out.rest[name]`, `self.out.sql[name]`), and the secrets services may read
+//! (`self.secrets[name]`). The workers reach them through the `out.*` and `secret.get` ops of
+//! the IPC protocol (ipc-protocol/SPEC.md), answered by [`Outgoing`] as the pool's
+//! [`ServerOps`]; no credential ever crosses the worker socket. Boot builds one [`Outgoing`],
+//! applies the stored definitions, and hands it to the pool, the sync loop and the admin API.
+//!
+//! Knows `model`, `secrets`, `metrics` and the lifecycle's [`ServerOps`] trait only: no store,
+//! no HTTP edge, no admin. Live edits: [`Outgoing::apply_rest`] / [`Outgoing::apply_sql`]
+//! swap in a new client for each changed definition; calls in flight keep the client they
+//! started with, new calls take the new one; a deleted connection's calls fail
+//! `unknown_conn` naming it. docs/OUTGOING.md.
+
+pub mod rest;
+pub mod sql;
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::lifecycle::ops::{OpReply, ServerOps};
+use crate::model::outgoing::{RestConn, SqlConn};
+use crate::secrets::Key;
+
+/// The two types of outgoing connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnType {
+    Rest,
+    Sql,
+}
+
+impl ConnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnType::Rest => "rest",
+            ConnType::Sql => "sql",
+        }
+    }
+}
+
+/// One connection's figures on this server since its client was built (an edit that
+/// replaces the client starts them again from 0).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ConnStats {
+    pub name: String,
+    /// Calls answered (REST: any status of the remote; SQL: any result).
+    pub calls: u64,
+    /// Calls that failed (every `error` of SPEC.md's table).
+    pub errors: u64,
+    /// Calls' durations, seconds: count, sum and the buckets of `metrics::DURATION_BUCKETS`
+    /// (not cumulative; the last is +Inf).
+    pub latency_count: u64,
+    pub latency_sum_s: f64,
+    pub latency_buckets: Vec<u64>,
+    /// Pool size (REST `pool_size`, SQL `pool_max`).
+    pub pool_size: u32,
+    /// Connections lent to a call (or held by a transaction or stream).
+    pub in_use: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// Calls waiting for a connection.
+    pub waiting: u32,
+}
+
+/// What a ping found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PingOutcome {
+    /// Whether the remote answered as a live one does (REST: any HTTP answer below 500 —
+    /// a 404 still proves the server is there; SQL: `SELECT 1` returned).
+    pub ok: bool,
+    /// Round trip, milliseconds.
+    pub took_ms: f64,
+    /// What answered, or why it failed ("HTTP 200", "connect: connection refused…").
+    pub detail: String,
+}
+
+/// Why an admin-side operation on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutgoingError {
+    #[error("no {} connection {name:?}", kind.as_str())]
+    Unknown { kind: ConnType, name: String },
+}
+
+/// This server's outgoing connections and the answer to the workers' `out.*` / `secret.get`.
+#[derive(Debug)]
+pub struct Outgoing {
+    key: Arc<Key>,
+    metrics: Arc<crate::metrics::Metrics>,
+    rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
+    sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
+}
+
+impl Outgoing {
+    pub fn new(key: Arc<Key>, metrics: Arc<crate::metrics::Metrics>) -> Outgoing {
+        Outgoing {
+            key,
+            metrics,
+            rest: RwLock::new(HashMap::new()),
+            sql: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Makes `defs` the REST connections: a new client for each new or changed definition,
+    /// the same one for an unchanged one, none for one no longer there.
+    pub fn apply_rest(&self, defs: &[RestConn]) {
+        let mut map = self.rest.write().expect("rest lock");
+        let mut next = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let client = match map.remove(&def.name) {
+                Some(c) if c.def() == def => c,
+                _ => Arc::new(rest::RestClient::new(def.clone(), &self.key, &self.metrics)),
+            };
+            next.insert(def.name.clone(), client);
+        }
+        *map = next;
+    }
+
+    /// Makes `defs` the SQL connections, as [`Outgoing::apply_rest`] does.
+    pub fn apply_sql(&self, defs: &[SqlConn]) {
+        let mut map = self.sql.write().expect("sql lock");
+        let mut next = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let client = match map.remove(&def.name) {
+                Some(c) if c.def() == def => c,
+                _ => Arc::new(sql::SqlClient::new(def.clone(), &self.key, &self.metrics)),
+            };
+            next.insert(def.name.clone(), client);
+        }
+        *map = next;
+    }
+
+    pub fn rest_client(&self, name: &str) -> Option<Arc<rest::RestClient>> {
+        self.rest.read().expect("rest lock").get(name).cloned()
+    }
+
+    pub fn sql_client(&self, name: &str) -> Option<Arc<sql::SqlClient>> {
+        self.sql.read().expect("sql lock").get(name).cloned()
+    }
+
+    /// Pings one connection from this server.
+    pub async fn ping(&self, kind: ConnType, name: &str) -> Result<PingOutcome, OutgoingError> {
+        let unknown = || OutgoingError::Unknown {
+            kind,
+            name: name.to_owned(),
+        };
+        match kind {
+            ConnType::Rest => Ok(self.rest_client(name).ok_or_else(unknown)?.ping().await),
+            ConnType::Sql => Ok(self.sql_client(name).ok_or_else(unknown)?.ping().await),
+        }
+    }
+
+    /// Every connection's figures, of one type, sorted by name.
+    pub fn stats(&self, kind: ConnType) -> Vec<ConnStats> {
+        let mut out: Vec<ConnStats> = match kind {
+            ConnType::Rest => self
+                .rest
+                .read()
+                .expect("rest lock")
+                .values()
+                .map(|c| c.stats())
+                .collect(),
+            ConnType::Sql => self
+                .sql
+                .read()
+                .expect("sql lock")
+                .values()
+                .map(|c| c.stats())
+                .collect(),
+        };
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// The `conn` field every `out.*` meta has.
+#[derive(serde::Deserialize)]
+struct ConnField {
+    #[serde(default)]
+    conn: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl ServerOps for Outgoing {
+    fn handles(&self, op: &str) -> bool {
+        op.starts_with("out.") || op.starts_with("secret.")
+    }
+
+    async fn call(&self, worker: u32, op: &str, raw_meta: Bytes, body: Bytes) -> OpReply {
+        let kind = match op {
+            "out.rest" => ConnType::Rest,
+            "out.sql" => ConnType::Sql,
+            _ => return OpReply::error(501, "invalid", &format!("unknown op: {op}")),
+        };
+        let conn = match serde_json::from_slice::<ConnField>(&raw_meta) {
+            Ok(ConnField { conn: Some(c) }) => c,
+            Ok(_) => return OpReply::error(400, "invalid", &format!("{op}: conn is missing")),
+            Err(e) => return OpReply::error(400, "invalid", &format!("{op}: bad meta: {e}")),
+        };
+        match kind {
+            ConnType::Rest => match self.rest_client(&conn) {
+                Some(c) => c.call(&raw_meta, body).await,
+                None => OpReply::error(
+                    404,
+                    "unknown_conn",
+                    &format!("no REST connection {conn:?} (it may have been deleted)"),
+                ),
+            },
+            ConnType::Sql => match self.sql_client(&conn) {
+                Some(c) => c.call(worker, &raw_meta, body).await,
+                None => OpReply::error(
+                    404,
+                    "unknown_conn",
+                    &format!("no SQL connection {conn:?} (it may have been deleted)"),
+                ),
+            },
+        }
+    }
+
+    fn worker_gone(&self, worker: u32) {
+        for c in self.sql.read().expect("sql lock").values() {
+            c.worker_gone(worker);
+        }
+    }
+}
