@@ -6,7 +6,7 @@ installs into any virtualenv without pulling dependencies into it.
 
 The public API mirrors Zato's so that Zato services move over with an import change:
 :class:`Service` with ``self.request``, ``self.response``, ``self.invoke``,
-``self.invoke_async``, ``self.cache``, ``self.logger``, ``self.cid``, ``self.channel``; SimpleIO ``input``
+``self.invoke_async``, ``self.cache``, ``self.out`` (``self.outgoing``), ``self.logger``, ``self.cid``, ``self.channel``; SimpleIO ``input``
 and ``output`` declarations; and the :class:`Reportable` family of exceptions that answer
 with an HTTP status.
 """
@@ -14,6 +14,9 @@ with an HTTP status.
 from .cache import CacheError, NotAnInteger, UnknownCache, ValueTooLarge
 from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
                      NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
+from .outgoing import (AuthError, DatabaseError, HTTPError, IntegrityError, InvalidCall,
+                       OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
+                       ProgrammingError, ResponseTooLarge, SQLError, UnknownConnection)
 from .service import Channel, HTTPRequest, Request, Response, Security, Service
 from .simpleio import Bunch
 
@@ -23,5 +26,8 @@ __all__ = [
     'Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Security', 'Bunch',
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
     'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
-    'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', '__version__',
+    'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
+    'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
+    'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',
+    'SQLError', 'IntegrityError', 'ProgrammingError', '__version__',
 ]

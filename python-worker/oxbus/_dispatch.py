@@ -25,6 +25,7 @@ from . import errors as _errors
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
+from .outgoing import OutgoingAPI
 from .service import (Channel, Request, Response, Security, Service, _invocation_meta,
                       current_invocation)
 from .simpleio import OutputError, filter_output, parse_input
@@ -117,12 +118,18 @@ class Dispatcher:
     def __init__(self, services: Dict[str, Type[Service]],
                  post: Optional[Callable[[bytes], None]] = None,
                  run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
-                 request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None
-                 ) -> None:
+                 request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None,
+                 arequest: Optional[Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]]
+                 = None) -> None:
         self.services = dict(services)
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
         self.cache = CacheAPI(request or _no_server)
+        #: ``self.out``/``self.outgoing`` of every service: ``request`` for blocking calls,
+        #: ``arequest`` (awaitable; the runtime's never blocks the event loop) for the
+        #: ``a*`` forms. Without an ``arequest`` (tests) those run ``request`` in line.
+        self.outgoing = OutgoingAPI(request or _no_server,
+                                    arequest or _inline_arequest(request or _no_server))
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
         self._run_coroutine = run_coroutine or _asyncio_run
@@ -479,6 +486,13 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
 
 def _no_server(meta: bytes, body: bytes) -> Tuple[bytes, bytes]:
     raise RuntimeError('not running inside an oxbus worker: there is no server to call')
+
+
+def _inline_arequest(request: Callable[[Any, bytes], Tuple[bytes, bytes]]
+                     ) -> Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]:
+    async def arequest(meta: Any, body: bytes = b'') -> Tuple[bytes, bytes]:
+        return request(meta, body)
+    return arequest
 
 
 def _asyncio_run(coro: Awaitable[Any]) -> Any:

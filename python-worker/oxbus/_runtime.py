@@ -184,6 +184,28 @@ class _Call:
         self.cancelled = False
 
 
+class _FutureSlot:
+    """A waiter of :meth:`Worker.arequest`: whoever reads the REPLY ``append``s it, as to a
+    plain waiter's list, and that resolves the future on its own loop's thread."""
+
+    __slots__ = ('_loop', '_future')
+
+    def __init__(self, loop: Any, future: Any) -> None:
+        self._loop = loop
+        self._future = future
+
+    def append(self, payload: bytes) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_resolve, self._future, payload)
+        except RuntimeError:
+            pass  # the loop is closed: the worker is on its way out, nobody awaits this
+
+
+def _resolve(future: Any, payload: bytes) -> None:
+    if not future.done():  # a cancelled waiter's REPLY is dropped
+        future.set_result(payload)
+
+
 class Worker:
     """The serving half of the worker: the leader/follower pool described in the module doc."""
 
@@ -245,7 +267,8 @@ class Worker:
         self._rx_busy = False
         self._rx_cv = threading.Condition(self._lock)
         self._rx_waiting = 0                  # threads waiting on _rx_cv
-        self._waiters: Dict[int, List[bytes]] = {}  # stream -> [] until its REPLY arrives
+        # stream -> [] until its REPLY arrives (a _FutureSlot for arequest)
+        self._waiters: Dict[int, Any] = {}
         self._request_ids = itertools.count(1)
 
     # -- public API used by the dispatcher and the log handler ----------------------------
@@ -287,11 +310,7 @@ class Worker:
         slot: List[bytes] = []
         lock = self._lock
         with lock:
-            if not self._started:
-                raise RuntimeError('the server can be called only once the worker serves '
-                                   '(inside handlers), not while modules are imported')
-            if self._bye_sent:
-                raise RuntimeError('the worker is stopping')
+            self._check_can_call_locked()
             self._waiters[stream] = slot
             # Nobody reading (the usual case): this thread reads, right after sending.
             reading = not self._rx_busy
@@ -336,6 +355,42 @@ class Worker:
                 self._protocol_error(e)
             if self._outbox:
                 self._flush()  # a PONG, or replies this thread's frames made ready
+
+    def _check_can_call_locked(self) -> None:
+        if not self._started:
+            raise RuntimeError('the server can be called only once the worker serves '
+                               '(inside handlers), not while modules are imported')
+        if self._bye_sent:
+            raise RuntimeError('the worker is stopping')
+
+    async def arequest(self, meta: Union[Dict[str, Any], bytes], body: bytes = b''
+                       ) -> Tuple[bytes, bytes]:
+        """The awaitable form of :meth:`request`, for coroutines on an asyncio loop.
+
+        The event loop never reads the socket: the CALL is sent, a waiter is registered
+        under its stream id, and whichever thread reads the socket next (the leader, which
+        is back in ``recv`` as soon as it has handed its batch of async calls to the loop,
+        or a thread waiting in :meth:`request`) finds the REPLY among its frames and
+        resolves the future with ``loop.call_soon_threadsafe``. A leader stuck in a slow
+        inline handler is replaced by the watchdog after the hand-off time, as for every
+        other frame, so the REPLY is read then. Cancelling the awaiting task abandons the
+        call: its REPLY, when it comes, is dropped.
+        """
+        import asyncio
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        stream = WORKER_STREAM_BIT | ((next(self._request_ids) - 1) % 0x7FFF_FFFF + 1)
+        frame = encode_worker_call(stream, meta if type(meta) is bytes else encode_json(meta),
+                                   body)
+        with self._lock:
+            self._check_can_call_locked()
+            self._waiters[stream] = _FutureSlot(loop, future)
+        with self._send_lock:
+            try:
+                self._sock.sendall(frame)
+            except OSError as e:
+                self._lost('writing to the supervisor failed: %s' % e)
+        return split_call(await future)
 
     def _claim_rx(self) -> bool:
         """For the leader: claim the socket, or return False when a call became runnable
@@ -1001,7 +1056,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     worker = Worker(sock, reader, welcome['threads'], welcome['heartbeat_ms'],
                     worker_id=args.worker_id)
     worker.dispatcher = Dispatcher(services, post=worker.post, request=worker.request,
-                                   run_coroutine=worker.run_coroutine)
+                                   run_coroutine=worker.run_coroutine,
+                                   arequest=worker.arequest)
     # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
     # dispatcher hands it any op that is not an invocation.
     worker.dispatcher.ops.update(Deployer(worker, units).ops())

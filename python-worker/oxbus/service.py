@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from ._dispatch import Dispatcher
     from .cache import CacheAPI
+    from .outgoing import OutgoingAPI
     from .simpleio import Elem, Spec
 
     #: (cid, service name, stream) of the invocation a thread or task is running.
@@ -426,6 +427,17 @@ class Service:
         """The server's caches: ``self.cache.default.get(key)``, ``self.cache['name']``
         (see :mod:`oxbus.cache`)."""
         return self._require_dispatcher().cache
+
+    @property
+    def out(self) -> OutgoingAPI:
+        """The server's outgoing connections: ``self.out.rest['CRM'].conn.get(self.cid)``,
+        ``self.out.sql['crm'].fetch_all(...)`` (see :mod:`oxbus.outgoing`)."""
+        return self._require_dispatcher().outgoing
+
+    @property
+    def outgoing(self) -> OutgoingAPI:
+        """Zato's long name for :attr:`out`."""
+        return self._require_dispatcher().outgoing
 
     def _require_dispatcher(self) -> Dispatcher:
         dispatcher = self._oxbus_dispatcher

@@ -1,0 +1,69 @@
+"""``self.out`` (Zato's long name: ``self.outgoing``): the server's outgoing connections.
+
+::
+
+    self.out.rest['CRM'].conn.get(self.cid, params={'id': 42})    # oxbus.rest
+    self.out.plain_http['CRM'].conn.post(self.cid, {'a': 1})       # the same object
+    self.out.sql['crm'].fetch_all('SELECT ...', {'x': 1})          # oxbus.sql
+    self.outgoing.sql.get('crm').session()                         # Zato's session form
+
+The connections are defined on the server (``docs/OUTGOING.md``), which holds their pools
+and their credentials: no password, key or token ever reaches the worker. This module
+also exports the exceptions every outgoing call may raise::
+
+    OutgoingError                     base of all below
+    ├── UnknownConnection (KeyError)  no connection of that name (or it was deleted)
+    ├── InvalidCall (ValueError)      the call itself was refused (missing placeholder...)
+    ├── PoolFull                      no pooled connection free within the pool wait
+    ├── OutgoingTimeout (TimeoutError)
+    ├── OutgoingConnectionError (ConnectionError)   connect/TLS failure, broken connection
+    ├── ResponseTooLarge              over max_response_bytes / max_rows
+    ├── AuthError                     the OAuth2 token could not be obtained
+    ├── HTTPError                     Response.raise_for_status()
+    └── DatabaseError (= SQLError)    the database refused the statement; .code
+        ├── IntegrityError            constraint violations
+        └── ProgrammingError          syntax errors, unknown tables or columns
+"""
+
+from __future__ import annotations
+
+from ._outcall import (AuthError, Caller, DatabaseError, HTTPError, IntegrityError,
+                       InvalidCall, OutgoingConnectionError, OutgoingError, OutgoingTimeout,
+                       PoolFull, ProgrammingError, ResponseTooLarge, SQLError,
+                       UnknownConnection)
+from .rest import RestConnections, Response
+from .sql import Json, SqlConnections, text
+
+TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
+if TYPE_CHECKING:
+    from typing import Optional
+
+    from ._outcall import ARequest, Request
+
+__all__ = [
+    'OutgoingAPI', 'Response', 'Json', 'text', 'OutgoingError', 'UnknownConnection',
+    'InvalidCall', 'PoolFull', 'OutgoingTimeout', 'OutgoingConnectionError',
+    'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError', 'SQLError',
+    'IntegrityError', 'ProgrammingError',
+]
+
+
+class OutgoingAPI:
+    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``) and ``sql``."""
+
+    __slots__ = ('rest', 'sql')
+
+    def __init__(self, request: Request, arequest: Optional[ARequest] = None) -> None:
+        caller = Caller(request, arequest)
+        #: The REST connections by name (:class:`oxbus.rest.RestConnections`).
+        self.rest = RestConnections(caller)
+        #: The SQL connections by name (:class:`oxbus.sql.SqlConnections`).
+        self.sql = SqlConnections(caller)
+
+    @property
+    def plain_http(self) -> RestConnections:
+        """Zato's name for :attr:`rest`."""
+        return self.rest
+
+    def __repr__(self) -> str:
+        return '<OutgoingAPI>'
