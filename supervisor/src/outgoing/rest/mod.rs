@@ -519,6 +519,10 @@ impl RestClient {
         let mut retried = 0u32;
         let mut auth_retried = false;
         loop {
+            let token = match &b.auth {
+                Auth::OAuth2(o) => Some(o.header().await.map_err(CallError::Auth)?),
+                _ => None,
+            };
             let (mut sender, reused) = match b.pool.idle().await {
                 Some(s) => (s, true),
                 None => match b.pool.connect().await {
@@ -530,10 +534,6 @@ impl RestClient {
                     }
                     Err(e) => return Err(CallError::Connect(e)),
                 },
-            };
-            let token = match &b.auth {
-                Auth::OAuth2(o) => Some(o.header().await.map_err(CallError::Auth)?),
-                _ => None,
             };
             match sender.try_send_request(p.request(token.as_ref())).await {
                 Ok(resp) => {
