@@ -99,6 +99,9 @@ pub enum Piece {
 
 /// Splits a `url_path` into literals and `{placeholders}`.
 pub fn parse_template(path: &str) -> Result<Vec<Piece>, String> {
+    if !path.starts_with('/') {
+        return Err(format!("url_path {path:?} does not start with /"));
+    }
     let mut out = Vec::new();
     let mut rest = path;
     while let Some(open) = rest.find('{') {
@@ -118,9 +121,6 @@ pub fn parse_template(path: &str) -> Result<Vec<Piece>, String> {
     }
     if !rest.is_empty() {
         out.push(Piece::Literal(rest.to_owned()));
-    }
-    if out.is_empty() {
-        out.push(Piece::Literal("/".into()));
     }
     Ok(out)
 }
@@ -193,6 +193,7 @@ mod tests {
             ]
         );
         assert!(parse_template("/a/{id").is_err());
+        assert!(parse_template("a/{id}").is_err());
         let mut s = String::new();
         encode_into(&mut s, "a b/é&", false);
         assert_eq!(s, "a%20b%2F%C3%A9%26");
