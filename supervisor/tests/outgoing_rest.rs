@@ -711,18 +711,19 @@ async fn a_refused_connect_is_retried_for_any_method() {
     assert_answer(&c.await.unwrap(), 200, "ok");
 }
 
-/// A raw upstream: its first connection reads the request and closes without answering;
-/// later ones answer `ok`. Counts the requests it read.
-async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// A raw upstream: its first `closing` connections read the request and close without
+/// answering; later ones answer `ok`. Counts the requests it read.
+async fn closing_upstream(closing: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests: Arc<AtomicUsize> = Arc::default();
     let r2 = requests.clone();
     tokio::spawn(async move {
-        let mut first = true;
+        let mut accepted = 0;
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
-            let close = std::mem::take(&mut first);
+            accepted += 1;
+            let close = accepted <= closing;
             let r = r2.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
@@ -753,7 +754,7 @@ async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn an_early_close_is_retried_for_get_but_not_for_post() {
     let k = key();
-    let (addr, requests) = closing_upstream().await;
+    let (addr, requests) = closing_upstream(1).await;
     let o = outgoing(
         &k,
         &[conn(
@@ -767,7 +768,7 @@ async fn an_early_close_is_retried_for_get_but_not_for_post() {
     );
     assert_eq!(requests.load(Ordering::SeqCst), 2);
 
-    let (addr, requests) = closing_upstream().await;
+    let (addr, requests) = closing_upstream(1).await;
     let o = outgoing(
         &k,
         &[conn(
@@ -783,6 +784,23 @@ async fn an_early_close_is_retried_for_get_but_not_for_post() {
         1,
         "a POST is never sent twice"
     );
+
+    // A PUT whose every attempt breaks: the first send and `retries` more, then `io`.
+    let (addr, requests) = closing_upstream(usize::MAX).await;
+    let o = outgoing(
+        &k,
+        &[conn(
+            json!({"name": "c", "address": format!("http://{addr}"), "retries": 2, "retry_backoff_ms": 10}),
+        )],
+    );
+    let r = call(&o, json!({"conn": "c", "method": "PUT"}), b"{}").await;
+    let (code, msg) = error_of(&r);
+    assert_eq!(code, "io", "{msg}");
+    assert!(
+        msg.starts_with(&format!("REST connection \"c\" (http://{addr}): ")),
+        "{msg}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -865,6 +883,67 @@ async fn a_busy_pool_answers_pool_full_after_the_pool_wait() {
     assert_eq!(
         (s.in_use, s.idle, s.waiting, s.calls, s.errors),
         (0, 1, 0, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn calls_waiting_for_a_connection_are_counted_and_served_in_turn() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let release2 = release.clone();
+    let up = upstream(handler(move |_, n| {
+        let (tx, release) = (tx.clone(), release2.clone());
+        async move {
+            if n == 0 {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                release.notified().await;
+            }
+            ok(&format!("call {n}"))
+        }
+    }))
+    .await;
+    let k = key();
+    let o = Arc::new(outgoing(
+        &k,
+        &[conn(
+            json!({"name": "w", "address": up.url("http"), "pool_size": 1, "pool_wait_ms": 60000}),
+        )],
+    ));
+    let spawn_call = || {
+        let o = o.clone();
+        tokio::spawn(async move { call(&o, json!({"conn": "w", "method": "GET"}), b"").await })
+    };
+    let first = spawn_call();
+    rx.await.unwrap();
+    let second = spawn_call();
+    let third = spawn_call();
+    // Polls the figures until both queued calls are counted (no time limit of its own:
+    // the test harness's is the bound).
+    loop {
+        let s = &o.stats(ConnType::Rest)[0];
+        if s.waiting == 2 {
+            assert_eq!((s.in_use, s.idle), (1, 0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.notify_one();
+    assert_answer(&first.await.unwrap(), 200, "call 0");
+    let mut rest = [second.await.unwrap(), third.await.unwrap()]
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect::<Vec<_>>();
+    rest.sort();
+    assert_eq!(rest, ["call 1", "call 2"]);
+    let s = &o.stats(ConnType::Rest)[0];
+    assert_eq!((s.in_use, s.idle, s.waiting, s.calls), (0, 1, 0, 3));
+    assert_eq!(
+        up.conns.load(Ordering::SeqCst),
+        1,
+        "one connection served all three"
     );
 }
 
