@@ -504,8 +504,8 @@ async fn an_oauth2_token_is_fetched_once_for_many_calls() {
 
 #[tokio::test]
 async fn an_oauth2_token_is_refreshed_before_it_expires() {
-    // Kept expires_in - refresh_before_s = 1 s.
-    let tokens = token_server(31).await;
+    // Kept expires_in - refresh_before_s = 3 s (the first two calls are well within it).
+    let tokens = token_server(33).await;
     let up = upstream(handler(|_, _| async { ok("") })).await;
     let k = key();
     let o = outgoing(
@@ -528,7 +528,7 @@ async fn an_oauth2_token_is_refreshed_before_it_expires() {
         "",
     );
     assert_eq!(tokens.seen().len(), 1);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_answer(
         &call(&o, json!({"conn": "o", "method": "GET"}), b"").await,
         200,
