@@ -1283,3 +1283,57 @@ async fn a_pooled_connection_the_upstream_closed_is_not_a_failure() {
     assert_eq!(requests.load(Ordering::SeqCst), 5);
     assert_eq!(o.stats(ConnType::Rest)[0].errors, 0);
 }
+
+#[tokio::test]
+async fn ping_reports_the_answer_or_the_failure() {
+    let up = upstream(handler(|s, _| async move {
+        let status = if s.uri == "/health" { 204 } else { 503 };
+        (status, vec![], Bytes::new())
+    }))
+    .await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let k = key();
+    let o = outgoing(
+        &k,
+        &[
+            conn(
+                json!({"name": "h", "address": up.url("http"), "ping_method": "GET", "ping_path": "/health",
+                        "headers": {"X-Default": "d"}}),
+            ),
+            conn(json!({"name": "down", "address": up.url("http")})),
+            conn(
+                json!({"name": "closed", "address": format!("http://127.0.0.1:{port}"), "retries": 0}),
+            ),
+        ],
+    );
+    let p = o.ping(ConnType::Rest, "h").await.unwrap();
+    assert!(p.ok, "{p:?}");
+    assert!(
+        p.detail.starts_with("HTTP 204 in ") && p.detail.ends_with(" ms"),
+        "{p:?}"
+    );
+    let s = &up.seen()[0];
+    assert_eq!(
+        (s.method.as_str(), s.header("x-default")),
+        ("GET", Some("d"))
+    );
+    let p = o.ping(ConnType::Rest, "down").await.unwrap();
+    assert!(!p.ok && p.detail.starts_with("HTTP 503 in "), "{p:?}");
+    assert_eq!(up.seen()[1].method, "HEAD");
+    let p = o.ping(ConnType::Rest, "closed").await.unwrap();
+    assert!(!p.ok && p.detail.contains("refused"), "{p:?}");
+    assert!(
+        p.detail
+            .starts_with("REST connection \"closed\" (http://127.0.0.1:"),
+        "{p:?}"
+    );
+    // Pings are not calls.
+    assert!(
+        o.stats(ConnType::Rest)
+            .iter()
+            .all(|s| s.calls == 0 && s.errors == 0)
+    );
+}
