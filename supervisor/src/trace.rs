@@ -114,6 +114,15 @@ impl TraceParent {
         TraceParent::build(trace, span, 0)
     }
 
+    /// A child of this one: the same trace id and flags, a new parent (span) id — what a
+    /// call Oxbus makes on behalf of this trace's request sends on (an outgoing REST call).
+    pub fn child(&self) -> TraceParent {
+        let (_, span) = GEN.next();
+        let mut text = self.text;
+        put_hex(&mut text[36..52], span as u128, 16);
+        TraceParent { text }
+    }
+
     /// The whole value, `00-<trace id>-<parent id>-<flags>`.
     pub fn as_str(&self) -> &str {
         // Built from ASCII only (checked by parse, or written from HEX).
@@ -324,6 +333,17 @@ mod tests {
             assert!(t.as_str().ends_with("-00"), "{t}");
             assert!(seen.insert(t.trace_id().to_owned()), "{t} repeated");
         }
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_flags_with_a_new_parent_id() {
+        let t = TraceParent::parse(GOOD.as_bytes()).unwrap();
+        let c = t.child();
+        assert_eq!(TraceParent::parse(c.as_str().as_bytes()), Some(c), "{c}");
+        assert_eq!(c.trace_id(), t.trace_id());
+        assert_ne!(c.parent_id(), t.parent_id());
+        assert_eq!(&c.as_str()[53..], "01");
+        assert_ne!(c.child().parent_id(), c.parent_id());
     }
 
     #[test]
