@@ -400,10 +400,11 @@ impl Engine for MySql {
                 Param::Int(i) => add::<MySql, _>(&mut a, *i),
                 Param::Float(f) => add::<MySql, _>(&mut a, *f),
                 Param::Text(s) => add::<MySql, _>(&mut a, s.clone()),
+                // A DECIMAL when rust_decimal holds it exactly (it rounds what has more
+                // than 28 digits); otherwise the text, which the server converts.
                 Param::Decimal(s) => match s.parse::<rust_decimal::Decimal>() {
-                    Ok(d) => add::<MySql, _>(&mut a, d),
-                    // More digits than rust_decimal holds: the server converts the text.
-                    Err(_) => add::<MySql, _>(&mut a, s.clone()),
+                    Ok(d) if d.to_string() == *s => add::<MySql, _>(&mut a, d),
+                    _ => add::<MySql, _>(&mut a, s.clone()),
                 },
                 Param::DateTimeTz(d) => add::<MySql, _>(&mut a, d.with_timezone(&Utc)),
                 Param::DateTime(d) => add::<MySql, _>(&mut a, *d),
@@ -420,9 +421,16 @@ impl Engine for MySql {
     }
 
     fn column(col: &<MySql as Database>::Column) -> Result<Col, String> {
-        let name = col.type_info().name();
+        let ti = col.type_info();
+        let name = ti.name();
+        // A text column of a `_bin` collation carries the BINARY flag too (sqlx then names
+        // it BLOB/VARBINARY; MariaDB's JSON is such a LONGTEXT): the collation decides.
+        let text = <String as Type<MySql>>::compatible(ti);
         let kind = match name {
             "BOOLEAN" => Kind::Bool,
+            "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" if text => {
+                Kind::Text
+            }
             "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" => Kind::I64,
             n if n.ends_with(" UNSIGNED") => Kind::U64,
             "YEAR" | "BIT" => Kind::U64,
