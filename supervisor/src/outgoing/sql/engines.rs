@@ -284,9 +284,9 @@ impl Engine for Postgres {
             Some(b) => (b, true),
             None => (name, false),
         };
-        let kind = pg_kind(base, ti).filter(|k| {
-            !array || !matches!(k, Kind::Null) && !(matches!(k, Kind::Text) && base == "UNKNOWN")
-        });
+        // No arrays of void or unknown.
+        let kind =
+            pg_kind(base, ti).filter(|k| !array || !(matches!(k, Kind::Null) || base == "UNKNOWN"));
         match kind {
             Some(kind) => Ok(Col {
                 name: col.name().to_owned(),
