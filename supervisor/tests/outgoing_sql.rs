@@ -277,7 +277,12 @@ async fn pg_named_binds_skip_casts_literals_and_comments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_transactions_commit_roll_back_and_die_with_their_worker() {
-    let c = client(def(&unique("pgtx"), "postgresql", PG, json!({})));
+    let name = unique("pgtx");
+    let c = client(def(&name, "postgresql", PG, json!({})));
+    let idle_in_tx = format!(
+        "SELECT count(*)::int FROM pg_stat_activity WHERE application_name = 'oxbus:{name}' \
+         AND state = 'idle in transaction'"
+    );
     let t = unique("t_tx");
     ok(&c, &format!("CREATE TABLE {t} (v int)"), Value::Null).await;
 
@@ -307,6 +312,43 @@ async fn pg_transactions_commit_roll_back_and_die_with_their_worker() {
     exec_tx(&c, tx, &format!("INSERT INTO {t} VALUES (2)"), Value::Null).await;
     call(&c, json!({"action": "rollback", "tx": tx}), json!({})).await;
     assert_eq!(count(&c, &t).await, 1);
+    // A stream reading inside a transaction holds its connection: a statement meanwhile is
+    // refused (not left waiting), a commit closes the stream first.
+    let tx = call(&c, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    exec_tx(&c, tx, &format!("INSERT INTO {t} VALUES (5)"), Value::Null).await;
+    let a = call(
+        &c,
+        json!({"action": "stream", "tx": tx}),
+        json!({"sql": format!("SELECT v FROM {t}, generate_series(1, 3000) ORDER BY v"), "batch": 2}),
+    )
+    .await;
+    assert_eq!(
+        (rows(&a.body).clone(), a.body["done"].clone()),
+        (vec![json!([1]), json!([1])], json!(false)),
+        "{a:?}"
+    );
+    let a2 = exec_tx(&c, tx, "SELECT 1", Value::Null).await;
+    assert_eq!(a2.error.as_deref(), Some("invalid"));
+    assert!(
+        a2.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("close it first"),
+        "{a2:?}"
+    );
+    let done = call(&c, json!({"action": "commit", "tx": tx}), json!({})).await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(count(&c, &t).await, 2);
+    let a = call(
+        &c,
+        json!({"action": "next", "stream": a.body["stream"]}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(a.error.as_deref(), Some("invalid"));
+    ok(&c, &format!("DELETE FROM {t} WHERE v = 5"), Value::Null).await;
     // Another worker cannot use it.
     let tx = call(&c, json!({"action": "begin"}), json!({})).await.body["tx"]
         .as_u64()
@@ -321,6 +363,7 @@ async fn pg_transactions_commit_roll_back_and_die_with_their_worker() {
     assert_eq!(a.error.as_deref(), Some("invalid"));
     // Its worker goes: rolled back.
     exec_tx(&c, tx, &format!("INSERT INTO {t} VALUES (3)"), Value::Null).await;
+    assert_eq!(rows(&ok(&c, &idle_in_tx, Value::Null).await)[0], json!([1]));
     c.worker_gone(1);
     assert_eq!(c.open_sessions(), (0, 0));
     let a = exec_tx(&c, tx, "SELECT 1", Value::Null).await;
@@ -331,6 +374,7 @@ async fn pg_transactions_commit_roll_back_and_die_with_their_worker() {
         count(&c, &t).await == 1 && c.stats().in_use == 0
     })
     .await;
+    assert_eq!(rows(&ok(&c, &idle_in_tx, Value::Null).await)[0], json!([0]));
     ok(&c, &format!("DROP TABLE {t}"), Value::Null).await;
 }
 
@@ -539,6 +583,15 @@ async fn pg_statement_timeout_fails_timeout_and_the_pool_still_works() {
         "{a:?}"
     );
     assert_eq!(rows(&ok(&c, "SELECT 2", Value::Null).await)[0], json!([2]));
+    // Inside a transaction: the transaction stays, to be rolled back.
+    let tx = call(&c, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    let a = exec_tx(&c, tx, "SELECT pg_sleep(2)", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("timeout"), "{a:?}");
+    let a = call(&c, json!({"action": "rollback", "tx": tx}), json!({})).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(rows(&ok(&c, "SELECT 3", Value::Null).await)[0], json!([3]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

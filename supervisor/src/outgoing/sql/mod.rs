@@ -33,7 +33,7 @@ use crate::model::outgoing::{SqlConn, SqlEngine};
 use crate::secrets::Key;
 use binds::{Style, rewrite};
 use engines::Engine;
-use sessions::{Msg, Sessions, StreamRx, TxConn};
+use sessions::{Held, Msg, Sessions, StreamRx, TxConn};
 use values::{Col, Kind, Param, write_header};
 
 /// Why a call failed: SPEC.md's `error` codes of `out.sql`. Every message names the
@@ -51,6 +51,9 @@ pub enum Failure {
     PoolFull(String),
     #[error("{0}")]
     Timeout(String),
+    /// The client-side limit passed: the connection is closed, not returned.
+    #[error("{0}")]
+    Backstop(String),
     #[error("{0}")]
     Connect(String),
     #[error("{0}")]
@@ -65,7 +68,7 @@ impl Failure {
             Failure::Invalid(_) => "invalid",
             Failure::Sql { .. } => "sql",
             Failure::PoolFull(_) => "pool_full",
-            Failure::Timeout(_) => "timeout",
+            Failure::Timeout(_) | Failure::Backstop(_) => "timeout",
             Failure::Connect(_) => "connect",
             Failure::Io(_) => "io",
             Failure::TooLarge(_) => "too_large",
@@ -76,7 +79,7 @@ impl Failure {
         match self {
             Failure::Invalid(_) | Failure::Sql { .. } => 400,
             Failure::PoolFull(_) => 503,
-            Failure::Timeout(_) => 504,
+            Failure::Timeout(_) | Failure::Backstop(_) => 504,
             Failure::Connect(_) | Failure::Io(_) | Failure::TooLarge(_) => 502,
         }
     }
@@ -380,7 +383,7 @@ where
 {
     fn pool(p: &Pools) -> Option<&Pool<Self>>;
     fn tx_conn(t: &mut TxConn) -> Option<&mut Self::Connection>;
-    fn wrap(t: sqlx::Transaction<'static, Self>) -> TxConn;
+    fn wrap(t: Held<Self>) -> TxConn;
     /// Whether an untyped NULL may fail to be inferred (PostgreSQL's 42P18) and be retried
     /// typed.
     const UNTYPED_NULLS: bool = false;
@@ -397,11 +400,11 @@ impl Driver for Postgres {
     }
     fn tx_conn(t: &mut TxConn) -> Option<&mut Self::Connection> {
         match t {
-            TxConn::Pg(t) => Some(&mut **t),
+            TxConn::Pg(t) => Some(&mut *t.conn),
             _ => None,
         }
     }
-    fn wrap(t: sqlx::Transaction<'static, Self>) -> TxConn {
+    fn wrap(t: Held<Self>) -> TxConn {
         TxConn::Pg(t)
     }
     const UNTYPED_NULLS: bool = true;
@@ -416,11 +419,11 @@ impl Driver for MySql {
     }
     fn tx_conn(t: &mut TxConn) -> Option<&mut Self::Connection> {
         match t {
-            TxConn::My(t) => Some(&mut **t),
+            TxConn::My(t) => Some(&mut *t.conn),
             _ => None,
         }
     }
-    fn wrap(t: sqlx::Transaction<'static, Self>) -> TxConn {
+    fn wrap(t: Held<Self>) -> TxConn {
         TxConn::My(t)
     }
 }
@@ -434,11 +437,11 @@ impl Driver for Sqlite {
     }
     fn tx_conn(t: &mut TxConn) -> Option<&mut Self::Connection> {
         match t {
-            TxConn::Lite(t) => Some(&mut **t),
+            TxConn::Lite(t) => Some(&mut *t.conn),
             _ => None,
         }
     }
-    fn wrap(t: sqlx::Transaction<'static, Self>) -> TxConn {
+    fn wrap(t: Held<Self>) -> TxConn {
         TxConn::Lite(t)
     }
     fn refine(row: &Self::Row, cols: &mut [Col]) {
@@ -666,20 +669,20 @@ impl Inner {
                     None => {
                         let mut conn = self.acquire::<DB>().await?;
                         let r = self.execute::<DB>(&mut conn, sql, &params, true).await;
-                        if matches!(r, Err(Failure::Timeout(_)) | Err(Failure::Io(_))) {
+                        if matches!(r, Err(Failure::Backstop(_)) | Err(Failure::Io(_))) {
                             conn.close_on_drop();
                         }
                         r
                     }
                     Some(id) => {
-                        let slot = self.tx_slot(worker, id)?;
+                        let slot = self.tx_slot_free(worker, id)?;
                         let mut guard = slot.conn.lock().await;
                         let r = match guard.as_mut().and_then(DB::tx_conn) {
                             Some(conn) => self.execute::<DB>(conn, sql, &params, false).await,
                             None => Err(self.unknown_tx(id)),
                         };
                         self.sessions.touch_tx(&slot);
-                        if matches!(r, Err(Failure::Timeout(_)) | Err(Failure::Io(_))) {
+                        if matches!(r, Err(Failure::Backstop(_)) | Err(Failure::Io(_))) {
                             // The connection may be mid-statement: the transaction ends.
                             self.sessions.remove_tx(id);
                             drop(guard.take());
@@ -689,17 +692,10 @@ impl Inner {
                 }
             }
             "begin" => {
-                let pool = self.pool::<DB>()?;
-                self.figures.waiting.fetch_add(1, Ordering::Relaxed);
-                let r = tokio::time::timeout(
-                    self.backstop + pool.options().get_acquire_timeout(),
-                    pool.begin(),
-                )
-                .await;
-                self.figures.waiting.fetch_sub(1, Ordering::Relaxed);
-                let tx = match r {
+                let conn = self.acquire::<DB>().await?;
+                let tx = match tokio::time::timeout(self.backstop, Held::begin(conn)).await {
                     Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return Err(self.acquire_failure::<DB>(e).await),
+                    Ok(Err(e)) => return Err(self.db_failure(e)),
                     Err(_) => return Err(self.backstop_failure()),
                 };
                 let id = self.sessions.add_tx(worker, DB::wrap(tx));
@@ -713,6 +709,10 @@ impl Inner {
                     )));
                 };
                 let slot = self.tx_slot(worker, id)?;
+                // A stream still reading inside it ends first (its task then lets go).
+                if let Some(stream) = self.sessions.stream_in_tx(id) {
+                    self.sessions.remove_stream(stream);
+                }
                 let conn = slot.conn.lock().await.take();
                 self.sessions.remove_tx(id);
                 let Some(conn) = conn else {
@@ -754,7 +754,7 @@ impl Inner {
                         ));
                     }
                     Some(id) => {
-                        let slot = self.tx_slot(worker, id)?;
+                        let slot = self.tx_slot_free(worker, id)?;
                         let guard = slot.conn.clone().lock_owned().await;
                         tokio::spawn(stream_task::<DB>(
                             Holder::Tx(guard),
@@ -767,6 +767,7 @@ impl Inner {
                 }
                 let (id, slot) = self.sessions.add_stream(
                     worker,
+                    meta.tx,
                     StreamRx {
                         rx,
                         pending: None,
@@ -910,6 +911,19 @@ impl Inner {
             .ok_or_else(|| self.unknown_tx(id))
     }
 
+    /// A transaction for a statement: not while a stream reads inside it (the stream holds
+    /// its connection until it is read to the end or closed).
+    fn tx_slot_free(&self, worker: u32, id: u64) -> Result<Arc<sessions::TxSlot>, Failure> {
+        let slot = self.tx_slot(worker, id)?;
+        match self.sessions.stream_in_tx(id) {
+            Some(stream) => Err(Failure::Invalid(format!(
+                "{}: stream {stream} of tx {id} is open: read it to the end or close it first",
+                self.who
+            ))),
+            None => Ok(slot),
+        }
+    }
+
     fn unknown_tx(&self, id: u64) -> Failure {
         Failure::Invalid(format!(
             "{}: unknown tx {id} (committed, rolled back, idle too long or another worker's)",
@@ -1050,7 +1064,7 @@ impl Inner {
     }
 
     fn backstop_failure(&self) -> Failure {
-        Failure::Timeout(format!(
+        Failure::Backstop(format!(
             "{}: no answer within {} ms (statement_timeout_ms {}): the connection was closed",
             self.who,
             self.backstop.as_millis(),

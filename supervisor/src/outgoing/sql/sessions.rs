@@ -7,38 +7,81 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sqlx::Transaction;
 use sqlx::mysql::MySql;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::Postgres;
 use sqlx::sqlite::Sqlite;
+use sqlx::{AssertSqlSafe, Database, Executor};
 use tokio::sync::mpsc;
 
 use super::Failure;
 use super::values::Col;
 
-/// An open transaction's connection, per engine.
+/// A pooled connection inside `BEGIN`. Dropped while still open (abandoned, or after a
+/// failed `COMMIT`/`ROLLBACK` or a client-side timeout) it is closed, not returned to the
+/// pool: closing it makes the server roll the transaction back.
 #[derive(Debug)]
-pub enum TxConn {
-    Pg(Transaction<'static, Postgres>),
-    My(Transaction<'static, MySql>),
-    Lite(Transaction<'static, Sqlite>),
+pub struct Held<DB: Database> {
+    pub conn: PoolConnection<DB>,
+    open: bool,
 }
 
-impl TxConn {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            TxConn::Pg(t) => t.commit().await,
-            TxConn::My(t) => t.commit().await,
-            TxConn::Lite(t) => t.commit().await,
+impl<DB: Database> Held<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    /// `BEGIN` on `conn`; on failure the connection is closed.
+    pub async fn begin(mut conn: PoolConnection<DB>) -> Result<Held<DB>, sqlx::Error> {
+        match sqlx::raw_sql("BEGIN").execute(&mut *conn).await {
+            Ok(_) => Ok(Held { conn, open: true }),
+            Err(e) => {
+                conn.close_on_drop();
+                Err(e)
+            }
         }
     }
 
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            TxConn::Pg(t) => t.rollback().await,
-            TxConn::My(t) => t.rollback().await,
-            TxConn::Lite(t) => t.rollback().await,
+    /// `COMMIT` or `ROLLBACK`; the connection goes back to the pool when it succeeded.
+    pub async fn end(mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *self.conn)
+            .await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl<DB: Database> Drop for Held<DB> {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
         }
+    }
+}
+
+/// An open transaction's connection, per engine.
+#[derive(Debug)]
+pub enum TxConn {
+    Pg(Held<Postgres>),
+    My(Held<MySql>),
+    Lite(Held<Sqlite>),
+}
+
+impl TxConn {
+    async fn end(self, sql: &'static str) -> Result<(), sqlx::Error> {
+        match self {
+            TxConn::Pg(t) => t.end(sql).await,
+            TxConn::My(t) => t.end(sql).await,
+            TxConn::Lite(t) => t.end(sql).await,
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end("COMMIT").await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end("ROLLBACK").await
     }
 }
 
@@ -73,6 +116,8 @@ pub struct StreamRx {
 #[derive(Debug)]
 pub struct StreamSlot {
     pub worker: u32,
+    /// The transaction it reads inside, if any.
+    pub tx: Option<u64>,
     pub rx: Arc<tokio::sync::Mutex<StreamRx>>,
     last_used: AtomicU64,
 }
@@ -130,10 +175,11 @@ impl Sessions {
         self.txs.lock().expect("txs lock").remove(&id);
     }
 
-    pub fn add_stream(&self, worker: u32, rx: StreamRx) -> (u64, Arc<StreamSlot>) {
+    pub fn add_stream(&self, worker: u32, tx: Option<u64>, rx: StreamRx) -> (u64, Arc<StreamSlot>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(StreamSlot {
             worker,
+            tx,
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
             last_used: AtomicU64::new(self.now_ms()),
         });
@@ -164,6 +210,16 @@ impl Sessions {
     /// Removes a stream: dropping its receiver ends its task at its next row.
     pub fn remove_stream(&self, id: u64) {
         self.streams.lock().expect("streams lock").remove(&id);
+    }
+
+    /// The open stream reading inside transaction `tx`, if any.
+    pub fn stream_in_tx(&self, tx: u64) -> Option<u64> {
+        self.streams
+            .lock()
+            .expect("streams lock")
+            .iter()
+            .find(|(_, s)| s.tx == Some(tx))
+            .map(|(id, _)| *id)
     }
 
     /// Takes out every session of `worker` (all of them when `None`) and, with `idle_ms`,
