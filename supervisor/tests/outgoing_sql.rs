@@ -974,3 +974,41 @@ async fn sqlite_types_transactions_and_streams() {
     drop(c);
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_the_client_side_backstop_closes_a_connection_the_server_let_run() {
+    let name = unique("pgbackstop");
+    let c = client(def(
+        &name,
+        "postgresql",
+        PG,
+        json!({"statement_timeout_ms": 200, "pool_max": 2}),
+    ));
+    let tx = call(&c, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    // The server's limit lifted for this transaction: only the client's backstop remains.
+    exec_tx(&c, tx, "SET LOCAL statement_timeout = 0", Value::Null).await;
+    let a = exec_tx(&c, tx, "SELECT pg_sleep(3)", Value::Null).await;
+    assert_eq!(
+        (a.status, a.error.as_deref()),
+        (504, Some("timeout")),
+        "{a:?}"
+    );
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection was closed"),
+        "{a:?}"
+    );
+    // The transaction went with its connection.
+    let a = call(&c, json!({"action": "rollback", "tx": tx}), json!({})).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"));
+    assert_eq!(c.open_sessions(), (0, 0));
+    eventually("the closed connection left the pool", || async {
+        c.stats().in_use == 0
+    })
+    .await;
+    assert_eq!(rows(&ok(&c, "SELECT 4", Value::Null).await)[0], json!([4]));
+}
