@@ -1012,3 +1012,13 @@ async fn pg_the_client_side_backstop_closes_a_connection_the_server_let_run() {
     .await;
     assert_eq!(rows(&ok(&c, "SELECT 4", Value::Null).await)[0], json!([4]));
 }
+
+#[test]
+fn a_client_made_outside_a_runtime_builds_its_pool_at_the_first_call() {
+    let c = client(def(&unique("pgnort"), "postgresql", PG, json!({})));
+    assert_eq!(c.stats().idle, 0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(async { ok(&c, "SELECT 7", Value::Null).await });
+    assert_eq!(rows(&r)[0], json!([7]));
+    rt.block_on(async { drop(c) });
+}

@@ -140,7 +140,10 @@ struct Inner {
     def: SqlConn,
     /// `SQL connection "name"`, the start of every message.
     who: String,
-    pool: Result<Pools, String>,
+    /// Built at once inside a runtime, else at the first call (sqlx spawns its pool's
+    /// maintenance on the runtime): the reason when it cannot be built.
+    pool: std::sync::OnceLock<Result<Pools, String>>,
+    key: Arc<Key>,
     figures: Figures,
     sessions: Sessions,
     /// The client-side limit of one database operation: a little above the statement
@@ -154,6 +157,9 @@ struct Inner {
 pub struct SqlClient {
     def: SqlConn,
     inner: Arc<Inner>,
+    /// Set once the idle-session reaper runs (at once inside a runtime, else at the first
+    /// call: sessions only come from calls).
+    reaper: std::sync::OnceLock<()>,
 }
 
 /// The call's meta, as `out.sql` sends it.
@@ -263,19 +269,25 @@ fn build(def: &SqlConn, key: &Key) -> Result<Pools, BuildError> {
 impl SqlClient {
     pub fn new(def: SqlConn, key: &Arc<Key>, _metrics: &Arc<crate::metrics::Metrics>) -> Self {
         let who = format!("SQL connection {:?}", def.name);
-        let pool = build(&def, key).map_err(|e| format!("{who}: {e}"));
+        let pool = std::sync::OnceLock::new();
         let stmt = Duration::from_millis(def.statement_timeout_ms);
         let backstop = stmt + (stmt / 10).max(Duration::from_millis(500));
         let inner = Arc::new(Inner {
             def: def.clone(),
             who,
             pool,
+            key: key.clone(),
             figures: Figures::default(),
             sessions: Sessions::default(),
             backstop,
         });
-        spawn_reaper(&inner);
-        SqlClient { def, inner }
+        let reaper = std::sync::OnceLock::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            inner.pools();
+            spawn_reaper(&inner);
+            let _ = reaper.set(());
+        }
+        SqlClient { def, inner, reaper }
     }
 
     pub fn def(&self) -> &SqlConn {
@@ -285,6 +297,7 @@ impl SqlClient {
     /// Answers one `out.sql` call of worker `worker`.
     pub async fn call(&self, worker: u32, raw_meta: &[u8], body: Bytes) -> OpReply {
         let start = Instant::now();
+        self.reaper.get_or_init(|| spawn_reaper(&self.inner));
         let f = &self.inner.figures;
         let out = self.inner.dispatch(worker, raw_meta, &body).await;
         f.latency.observe(start.elapsed());
@@ -324,9 +337,9 @@ impl SqlClient {
     pub fn stats(&self) -> ConnStats {
         let f = &self.inner.figures;
         let (buckets, sum) = f.latency.snapshot();
-        let (size, idle) = match &self.inner.pool {
-            Ok(p) => p.size_idle(),
-            Err(_) => (0, 0),
+        let (size, idle) = match self.inner.pool.get() {
+            Some(Ok(p)) => p.size_idle(),
+            _ => (0, 0),
         };
         ConnStats {
             name: self.def.name.clone(),
@@ -621,6 +634,11 @@ where
 }
 
 impl Inner {
+    fn pools(&self) -> &Result<Pools, String> {
+        self.pool
+            .get_or_init(|| build(&self.def, &self.key).map_err(|e| format!("{}: {e}", self.who)))
+    }
+
     async fn dispatch(
         &self,
         worker: u32,
@@ -636,7 +654,7 @@ impl Inner {
                 .map_err(|e| Failure::Invalid(format!("{}: bad body: {e}", self.who)))?
         };
         let pool = self
-            .pool
+            .pools()
             .as_ref()
             .map_err(|e| Failure::Connect(e.clone()))?;
         match pool {
@@ -650,7 +668,7 @@ impl Inner {
     where
         for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     {
-        self.pool
+        self.pools()
             .as_ref()
             .ok()
             .and_then(DB::pool)
@@ -1109,7 +1127,7 @@ impl Inner {
 
     async fn ping(&self) -> Result<(), Failure> {
         match self
-            .pool
+            .pools()
             .as_ref()
             .map_err(|e| Failure::Connect(e.clone()))?
         {
