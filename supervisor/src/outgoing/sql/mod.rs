@@ -491,7 +491,7 @@ impl From<sqlx::Error> for Stop {
 /// Runs one statement on `conn` and collects at most `max_rows` rows.
 async fn collect<DB: Driver>(
     conn: &mut DB::Connection,
-    text: String,
+    text: Arc<String>,
     args: DB::Arguments,
     max_rows: u64,
 ) -> Result<Collected, Stop>
@@ -543,7 +543,10 @@ where
     Ok(c)
 }
 
-async fn columns_of<DB: Driver>(conn: &mut DB::Connection, text: String) -> Result<Vec<Col>, Stop>
+async fn columns_of<DB: Driver>(
+    conn: &mut DB::Connection,
+    text: Arc<String>,
+) -> Result<Vec<Col>, Stop>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
@@ -754,11 +757,11 @@ impl Inner {
                 let (sql, params) = prepare_params::<DB>(&self.who, body)?;
                 let (args, sig) = DB::args(&params, false)
                     .map_err(|e| Failure::Invalid(format!("{}: {e}", self.who)))?;
-                let text = if sig.is_empty() {
+                let text = Arc::new(if sig.is_empty() {
                     sql
                 } else {
                     format!("{sig}{sql}")
-                };
+                });
                 let (tx, rx) = mpsc::channel(batch.min(1024));
                 match meta.tx {
                     None => {
@@ -962,13 +965,14 @@ impl Inner {
     {
         let max = self.def.max_rows;
         let mut typed_nulls = false;
+        let sql = Arc::new(sql);
         loop {
             let (args, sig) = DB::args(params, typed_nulls)
                 .map_err(|e| Failure::Invalid(format!("{}: {e}", self.who)))?;
             let text = if sig.is_empty() {
                 sql.clone()
             } else {
-                format!("{sig}{sql}")
+                Arc::new(format!("{sig}{sql}"))
             };
             let r = tokio::time::timeout(self.backstop, collect::<DB>(conn, text, args, max)).await;
             let c = match r {
@@ -1169,7 +1173,7 @@ enum Holder<DB: Database> {
 /// when the stream is closed (its receiver dropped).
 async fn stream_task<DB: Driver>(
     mut holder: Holder<DB>,
-    text: String,
+    text: Arc<String>,
     args: DB::Arguments,
     tx: mpsc::Sender<Msg>,
     who: String,
@@ -1202,7 +1206,7 @@ async fn stream_task<DB: Driver>(
 /// Returns whether the receiver went away before the end.
 async fn stream_rows<DB: Driver>(
     conn: &mut DB::Connection,
-    text: String,
+    text: Arc<String>,
     args: DB::Arguments,
     tx: &mpsc::Sender<Msg>,
     who: &str,
