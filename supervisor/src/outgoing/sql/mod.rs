@@ -253,7 +253,11 @@ fn build(def: &SqlConn, key: &Key) -> Result<Pools, BuildError> {
             }
             let o = SqliteConnectOptions::from_str(&def.url)
                 .map_err(BuildError::Url)?
-                .busy_timeout(Duration::from_millis(stmt_ms))
+                .busy_timeout(Duration::from_millis(if stmt_ms == 0 {
+                    def.pool_wait_ms
+                } else {
+                    stmt_ms
+                }))
                 .disable_statement_logging();
             Pools::Lite(
                 SqlitePoolOptions::new()
@@ -271,7 +275,12 @@ impl SqlClient {
         let who = format!("SQL connection {:?}", def.name);
         let pool = std::sync::OnceLock::new();
         let stmt = Duration::from_millis(def.statement_timeout_ms);
-        let backstop = stmt + (stmt / 10).max(Duration::from_millis(500));
+        // statement_timeout_ms 0: no limit (as the engines read 0), so no backstop either.
+        let backstop = if def.statement_timeout_ms == 0 {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            stmt + (stmt / 10).max(Duration::from_millis(500))
+        };
         let inner = Arc::new(Inner {
             def: def.clone(),
             who,
