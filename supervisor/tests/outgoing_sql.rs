@@ -32,7 +32,10 @@ fn unique(prefix: &str) -> String {
 
 fn key() -> Arc<Key> {
     let path = std::env::temp_dir().join(unique("oxbus-sql-key"));
-    Arc::new(Key::create(&path).expect("key"))
+    let k = Key::create(&path).expect("key");
+    // Loaded: the file is not needed any more.
+    let _ = std::fs::remove_file(&path);
+    Arc::new(k)
 }
 
 fn def(name: &str, engine: &str, url: &str, extra: Value) -> SqlConn {
