@@ -72,21 +72,6 @@ impl DurationHistogram {
     }
 }
 
-impl DurationHistogram {
-    /// The observations per bucket of [`DURATION_BUCKETS`] (not cumulative; the last is
-    /// `+Inf`) and their sum in seconds.
-    pub fn snapshot(&self) -> (Vec<u64>, f64) {
-        let buckets = self
-            .inner
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        (buckets, sum)
-    }
-}
-
 impl TypedMetric for DurationHistogram {
     const TYPE: MetricType = MetricType::Histogram;
 }
