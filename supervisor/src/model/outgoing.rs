@@ -676,12 +676,7 @@ fn from_fields<T: serde::de::DeserializeOwned>(
         one.insert("name".into(), Value::String(name.to_owned()));
         one.insert(k.clone(), value.clone());
         if let Err(e) = serde_json::from_value::<T>(Value::Object(one)) {
-            let msg = scrub(e);
-            return Err(if msg.starts_with("unknown field") {
-                msg
-            } else {
-                format!("{k}: {msg}")
-            });
+            return Err(format!("{k}: {}", scrub(e)));
         }
     }
     serde_json::from_value(Value::Object(obj.clone())).map_err(scrub)
@@ -858,4 +853,239 @@ pub fn validate_name(name: &str) -> Result<(), InvalidObject> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest(v: Value) -> Result<RestConn, String> {
+        let input = parse_rest_input(&v, Some("crm")).map_err(|e| e.to_string())?;
+        let mut def = input.def;
+        if input.plain.is_some() {
+            def.set_sealed(Some("oxbus1:k:n:c".into()));
+        }
+        def.validate().map_err(|e| e.to_string())?;
+        Ok(def)
+    }
+
+    fn refused(v: Value, field: &str) {
+        let e = rest(v.clone()).expect_err(&format!("{v} refused"));
+        assert!(e.contains(&format!("{field}:")), "{v}: {e}");
+        assert!(e.contains("crm"), "names the connection: {e}");
+    }
+
+    #[test]
+    fn a_rest_connection_takes_its_defaults() {
+        let d = rest(json!({"address": "https://api.example.com:8443"})).unwrap();
+        assert_eq!(d.url_path, "/");
+        assert_eq!(d.timeout_ms, 10_000);
+        assert_eq!(d.pool_size, 20);
+        assert_eq!(d.ping_method, "HEAD");
+        assert!(d.tls.verify);
+        assert_eq!(d.auth, RestAuth::None);
+        rest(json!({"address": "http://[::1]:80", "url_path": "/a/{id}/b/{x_2}"})).unwrap();
+    }
+
+    #[test]
+    fn each_rest_rule_names_its_field() {
+        let a = |extra: Value| {
+            let mut v = json!({"address": "https://h"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        for bad in [
+            "ftp://h",
+            "https://h/path",
+            "https://u:p@h",
+            "https://h?q=1",
+            "https://h:0",
+            "https://",
+            "https://h:99999",
+        ] {
+            refused(json!({"address": bad}), "address");
+        }
+        refused(a(json!({"url_path": "x"})), "url_path");
+        refused(a(json!({"url_path": "/a/{b"})), "url_path");
+        refused(a(json!({"url_path": "/a/{b-c}"})), "url_path");
+        refused(a(json!({"url_path": "/a/}"})), "url_path");
+        refused(a(json!({"ping_path": "ping"})), "ping_path");
+        refused(a(json!({"timeout_ms": 0})), "timeout_ms");
+        refused(
+            a(json!({"connect_timeout_ms": 3_600_001})),
+            "connect_timeout_ms",
+        );
+        refused(a(json!({"pool_size": 0})), "pool_size");
+        refused(a(json!({"pool_size": 1001})), "pool_size");
+        refused(a(json!({"retries": 11})), "retries");
+        refused(a(json!({"ping_method": "FETCH"})), "ping_method");
+        refused(a(json!({"max_response_bytes": 0})), "max_response_bytes");
+        refused(
+            a(json!({"max_response_bytes": (1u64 << 30) + 1})),
+            "max_response_bytes",
+        );
+        refused(a(json!({"headers": {"Bad Name": "x"}})), "headers");
+        refused(
+            a(json!({"headers": {"X-A": "a\r\nInjected: 1"}})),
+            "headers",
+        );
+        for h in ["Host", "content-length", "Transfer-Encoding", "Connection"] {
+            refused(a(json!({"headers": {h: "x"}})), "headers");
+        }
+        refused(a(json!({"tls": {"client_cert_file": "/c.pem"}})), "tls");
+        refused(
+            json!({"address": "http://h", "tls": {"verify": false}}),
+            "tls",
+        );
+        refused(a(json!({"timeout_ms": "ten"})), "timeout_ms");
+        refused(
+            a(json!({"auth": {"type": "basic", "password": "pw"}})),
+            "auth",
+        );
+        refused(
+            a(json!({"auth": {"type": "basic", "username": "u"}})),
+            "auth.password",
+        );
+        refused(a(json!({"auth": {"type": "bearer"}})), "auth.token");
+        refused(
+            a(
+                json!({"auth": {"type": "oauth2", "token_url": "ftp://t", "client_id": "c", "client_secret": "s"}}),
+            ),
+            "auth.token_url",
+        );
+        refused(
+            a(
+                json!({"auth": {"type": "oauth2", "token_url": "https://t/token", "client_id": "", "client_secret": "s"}}),
+            ),
+            "auth.client_id",
+        );
+        refused(
+            a(json!({"auth": {"type": "basic", "username": "u", "key": "k"}})),
+            "auth.key",
+        );
+        refused(
+            a(json!({"auth": {"type": "none", "token": "t"}})),
+            "auth.token",
+        );
+        refused(a(json!({"adress": "x"})), "adress");
+        rest(a(json!({"auth": {"type": "oauth2", "token_url": "https://idp.example/oauth/token", "client_id": "c", "client_secret": "s"}})))
+            .unwrap();
+    }
+
+    #[test]
+    fn plaintext_and_sealed_together_are_refused_and_plaintext_is_apart() {
+        let v = json!({"address": "https://h", "auth": {"type": "bearer", "token": "hunter2", "sealed": "oxbus1:a:b:c"}});
+        let e = parse_rest_input(&v, Some("crm")).unwrap_err().to_string();
+        assert!(e.contains("not both") && !e.contains("hunter2"), "{e}");
+        let v = json!({"address": "https://h", "auth": {"type": "bearer", "token": "hunter2"}});
+        let input = parse_rest_input(&v, Some("crm")).unwrap();
+        assert_eq!(input.plain.as_deref(), Some("hunter2"));
+        assert!(!format!("{input:?}").contains("hunter2"));
+        assert!(
+            !serde_json::to_string(&input.def)
+                .unwrap()
+                .contains("hunter2")
+        );
+        let e = parse_rest_input(
+            &json!({"name": "other", "address": "https://h"}),
+            Some("crm"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("renamed"), "{e}");
+    }
+
+    fn sql(v: Value) -> Result<SqlConn, String> {
+        let input = parse_sql_input(&v, Some("db")).map_err(|e| e.to_string())?;
+        input.def.validate().map_err(|e| e.to_string())?;
+        Ok(input.def)
+    }
+
+    #[test]
+    fn each_sql_rule_names_its_field() {
+        let ok = sql(json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:5432/test"}))
+            .unwrap();
+        assert_eq!(ok.url_user(), Some("app"));
+        assert_eq!((ok.pool_min, ok.pool_max), (0, 10));
+        sql(json!({"engine": "mysql", "url": "mariadb://root@127.0.0.1/test"})).unwrap();
+        sql(json!({"engine": "sqlite", "url": "sqlite:///tmp/x.db"})).unwrap();
+        let bad = |v: Value, field: &str| {
+            let e = sql(v.clone()).expect_err(&format!("{v} refused"));
+            assert!(
+                e.contains(&format!("{field}:")) && e.contains("db"),
+                "{v}: {e}"
+            );
+            e
+        };
+        bad(
+            json!({"engine": "postgresql", "url": "mysql://h/db"}),
+            "url",
+        );
+        bad(
+            json!({"engine": "mysql", "url": "postgresql://h/db"}),
+            "url",
+        );
+        bad(json!({"engine": "sqlite", "url": "postgres://h/db"}), "url");
+        let e = bad(
+            json!({"engine": "postgresql", "url": "postgres://app:hunter2@h/db"}),
+            "url",
+        );
+        assert!(e.contains("`password`") && !e.contains("hunter2"), "{e}");
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://app@h/db?password=x"}),
+            "url",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "pool_max": 0}),
+            "pool_max",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "pool_max": 101}),
+            "pool_max",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "pool_min": 5, "pool_max": 4}),
+            "pool_min",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "statement_timeout_ms": 0}),
+            "statement_timeout_ms",
+        );
+        bad(
+            json!({"engine": "oracle", "url": "postgres://h/db"}),
+            "engine",
+        );
+        let e = parse_sql_input(
+            &json!({"engine": "postgresql", "url": "postgres://h/db", "password": "pw", "sealed": "oxbus1:a"}),
+            Some("db"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_secret_is_kept_while_the_auth_type_or_the_user_is_the_same() {
+        let basic = |user: &str| RestConn {
+            auth: RestAuth::Basic {
+                username: user.into(),
+                sealed: None,
+            },
+            ..rest(json!({"address": "https://h"})).unwrap()
+        };
+        let bearer = RestConn {
+            auth: RestAuth::Bearer { sealed: None },
+            ..basic("u")
+        };
+        assert!(basic("a").keeps_secret_of(&basic("b")));
+        assert!(!bearer.keeps_secret_of(&basic("a")));
+        let pg = |url: &str| SqlConn {
+            url: url.into(),
+            ..sql(json!({"engine": "postgresql", "url": "postgres://h/db"})).unwrap()
+        };
+        assert!(pg("postgres://app@h1/db").keeps_secret_of(&pg("postgresql://app@h2:5433/other")));
+        assert!(!pg("postgres://app@h/db").keeps_secret_of(&pg("postgres://root@h/db")));
+    }
 }
