@@ -659,7 +659,7 @@ async fn an_export_imports_on_a_fresh_server_with_the_same_key_and_replace_delet
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, [kept.clone()]);
+    assert_eq!(names, [kept]);
     assert_eq!(get(&b, "/v1/outgoing/sql").await["sql"], json!([]));
     let r = admin(&b, "GET", "/v1/outgoing/sql/db/stats", Value::Null).await;
     assert_eq!(r.status, 404, "deleted on this server too");
