@@ -900,6 +900,17 @@ mod tests {
         assert_eq!(t(Method::GET, "/v1/modules"), None);
         assert_eq!(t(Method::POST, "/v1/invoke/echo"), None);
         assert_eq!(t(Method::PUT, "/v1/caches/c/keys/k"), None);
+        assert_eq!(t(Method::POST, "/v1/outgoing/rest/crm/ping"), None);
+        assert_eq!(
+            t(Method::PUT, "/v1/outgoing/rest/crm").unwrap(),
+            "outgoing_rest crm put"
+        );
+        assert_eq!(
+            t(Method::DELETE, "/v1/outgoing/sql/db").unwrap(),
+            "outgoing_sql db delete"
+        );
+        let scope = target(&Method::PUT, "/v1/outgoing/sql/db").unwrap().3;
+        assert_eq!(scope, Scope::Object(Kind::OutgoingSql, "db".into()));
         assert_eq!(t(Method::POST, "/v1/modules").unwrap(), "module  deploy");
         assert_eq!(
             t(Method::DELETE, "/v1/modules/m").unwrap(),

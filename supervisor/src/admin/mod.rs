@@ -245,6 +245,8 @@ fn reads_store(path: &str) -> bool {
             | ["v1", "config" | "scheduler" | "info" | "audit"]
             | ["v1", "jobs", _, "runs"]
             | ["v1", "tokens"]
+            // Connection definitions (not their `stats`: this server's figures).
+            | ["v1", "outgoing", _] | ["v1", "outgoing", _, _]
     )
 }
 
@@ -370,6 +372,10 @@ mod tests {
         assert!(writes_store(&Method::POST, "/v1/modules"));
         assert!(!writes_store(&Method::POST, "/v1/invoke/demo.echo"));
         assert!(!writes_store(&Method::PUT, "/v1/caches/c/keys/k"));
+        assert!(writes_store(&Method::PUT, "/v1/outgoing/rest/crm"));
+        assert!(!writes_store(&Method::POST, "/v1/outgoing/rest/crm/ping"));
+        assert!(reads_store("/v1/outgoing/sql/db"));
+        assert!(!reads_store("/v1/outgoing/sql/db/stats"));
         assert!(!writes_store(&Method::POST, "/v1/jobs/j/execute"));
     }
 }

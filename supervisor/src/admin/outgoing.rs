@@ -152,18 +152,14 @@ async fn get<K: Listed>(cx: &Ctx, name: &str) -> Response<Body> {
     match cx.store.objects::<K>().await {
         Ok(list) => match list.iter().find(|d| d.name() == name) {
             Some(d) => reply(StatusCode::OK, public_json(d)),
-            None => error(StatusCode::NOT_FOUND, K::not_found_msg(name)),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no {} named {name}", K::WHAT),
+            ),
         },
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
-
-trait NotFound: ConfigObject {
-    fn not_found_msg(name: &str) -> String {
-        format!("no {} named {name}", Self::WHAT)
-    }
-}
-impl<K: ConfigObject> NotFound for K {}
 
 /// A checked definition from what an operator sent (`input`, parsed by the model) and the
 /// stored one of its name: the plaintext credential sealed under the connection's seal name;
@@ -291,3 +287,82 @@ macro_rules! admin_object {
 }
 admin_object!(RestConn);
 admin_object!(SqlConn);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::outgoing::{parse_rest_input, parse_sql_input};
+
+    fn key() -> crate::secrets::Key {
+        let dir =
+            std::env::temp_dir().join(format!("oxbus-outkey-{}", crate::random::random_hex(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = crate::secrets::Key::create(&dir.join("k")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        k
+    }
+
+    #[test]
+    fn plaintext_is_sealed_under_the_connection_kept_on_an_edit_and_checked_on_input() {
+        let k = key();
+        let v = json!({"address": "https://h", "auth": {"type": "basic", "username": "u", "password": "hunter2"}});
+        let def = build(&k, parse_rest_input(&v, Some("crm")).unwrap(), None).unwrap();
+        let sealed = def.auth.sealed().unwrap().to_owned();
+        assert!(!serde_json::to_string(&def).unwrap().contains("hunter2"));
+        assert_eq!(
+            k.open(&RestConn::seal_name("crm"), &sealed)
+                .unwrap()
+                .expose(),
+            "hunter2"
+        );
+        assert!(!public_json(&def).to_string().contains(&sealed));
+        assert_eq!(public_json(&def)["has_secret"], true);
+
+        // An edit without a credential keeps it; another auth type does not.
+        let edit = json!({"address": "https://h2", "auth": {"type": "basic", "username": "v"}});
+        let kept = build(
+            &k,
+            parse_rest_input(&edit, Some("crm")).unwrap(),
+            Some(&def),
+        )
+        .unwrap();
+        assert_eq!(kept.auth.sealed(), Some(sealed.as_str()));
+        assert!(same_opened(&k, &def, &def.clone()));
+        assert!(!same_opened(&k, &def, &kept));
+        let other = json!({"address": "https://h", "auth": {"type": "bearer"}});
+        let e = build(
+            &k,
+            parse_rest_input(&other, Some("crm")).unwrap(),
+            Some(&def),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.token: missing"), "{e}");
+
+        // Sealed input: it must open with this key and under this name.
+        let copied = json!({"address": "https://h", "auth": {"type": "basic", "username": "u", "sealed": sealed}});
+        build(&k, parse_rest_input(&copied, Some("crm")).unwrap(), None).unwrap();
+        let e = build(&k, parse_rest_input(&copied, Some("erp")).unwrap(), None).unwrap_err();
+        assert!(e.to_string().contains("does not open"), "{e}");
+        let e = build(
+            &key(),
+            parse_rest_input(&copied, Some("crm")).unwrap(),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("does not open with this server's key"),
+            "{e}"
+        );
+
+        // SQL: a resealed same password is no change; another user drops the password.
+        let pg = json!({"engine": "postgresql", "url": "postgres://app@h/db", "password": "pw"});
+        let a = build(&k, parse_sql_input(&pg, Some("db")).unwrap(), None).unwrap();
+        let b = build(&k, parse_sql_input(&pg, Some("db")).unwrap(), Some(&a)).unwrap();
+        assert_ne!(a.sealed, b.sealed, "a new nonce");
+        assert!(same_opened(&k, &a, &b));
+        let root = json!({"engine": "postgresql", "url": "postgres://root@h/db"});
+        let c = build(&k, parse_sql_input(&root, Some("db")).unwrap(), Some(&a)).unwrap();
+        assert_eq!(c.sealed, None);
+    }
+}
