@@ -131,7 +131,8 @@ pub enum Command {
     Audit {
         #[command(flatten)]
         to: ServerArgs,
-        /// An object kind (module, channel, secret, security, cache, job, token, config) or
+        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
+        /// outgoing_sql, token, config) or
         /// KIND/NAME.
         #[arg(long)]
         object: Option<String>,
