@@ -78,6 +78,13 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
                     .security
                     .iter()
                     .find_map(|d| d.sealed.as_deref())
+            })
+            .or_else(|| {
+                let o = &boot.snapshot.objects;
+                o.outgoing_rest
+                    .iter()
+                    .find_map(|d| d.auth.sealed())
+                    .or_else(|| o.outgoing_sql.iter().find_map(|d| d.sealed.as_deref()))
             }),
     )?;
     let routes = crate::edge::routes::RoutingTable::new(
@@ -128,6 +135,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         Arc::new(key.clone()),
         metrics.clone(),
     ));
+    // The stored connections, before any worker is started (and so before any call).
+    outgoing.apply_rest(&boot.snapshot.objects.outgoing_rest);
+    outgoing.apply_sql(&boot.snapshot.objects.outgoing_sql);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(
@@ -200,6 +210,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         locks: locks.clone(),
         routes: routes.clone(),
         jobs,
+        outgoing: outgoing.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
@@ -229,6 +240,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
+    if metrics.enabled() {
+        metrics.register_collector(Box::new(outgoing_state(&outgoing)));
+    }
 
     let welcome = WelcomeTemplate {
         threads: settings.server.threads,
@@ -339,6 +353,37 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
 
 /// The figures of the store, the cluster, the caches and the scheduler that are a state read
 /// at scrape time (`metrics/`), and the store's own timing of its operations.
+/// The outgoing connections' figures as `metrics::outgoing` reads them at scrape time.
+fn outgoing_state(
+    outgoing: &Arc<crate::outgoing::Outgoing>,
+) -> crate::metrics::outgoing::OutgoingState {
+    use crate::metrics::outgoing::{ConnFigures, OutgoingState};
+    use crate::outgoing::ConnType;
+    let outgoing = Arc::downgrade(outgoing);
+    OutgoingState(Box::new(move || {
+        let Some(o) = outgoing.upgrade() else {
+            return Vec::new();
+        };
+        [ConnType::Rest, ConnType::Sql]
+            .into_iter()
+            .flat_map(|kind| {
+                o.stats(kind).into_iter().map(move |s| ConnFigures {
+                    kind: kind.as_str(),
+                    name: s.name,
+                    calls: s.calls,
+                    errors: s.errors,
+                    latency_buckets: s.latency_buckets,
+                    latency_sum_s: s.latency_sum_s,
+                    pool_size: s.pool_size,
+                    in_use: s.in_use,
+                    idle: s.idle,
+                    waiting: s.waiting,
+                })
+            })
+            .collect()
+    }))
+}
+
 fn register_metrics(
     metrics: &Arc<crate::metrics::Metrics>,
     node: &Arc<Node>,

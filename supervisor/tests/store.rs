@@ -781,8 +781,30 @@ async fn apply_is_one_transaction(s: &Store) {
         security: ObjectChanges::default(),
         caches: ObjectChanges::default(),
         jobs: ObjectChanges::default(),
+        outgoing_rest: ObjectChanges {
+            put: vec![
+                serde_json::from_value(serde_json::json!({
+                    "name": "crm", "address": "https://crm.example.com",
+                    "auth": {"type": "bearer", "sealed": "oxbus1:k:n:cc"},
+                }))
+                .unwrap(),
+            ],
+            delete: vec![],
+        },
+        outgoing_sql: ObjectChanges {
+            put: vec![
+                serde_json::from_value(serde_json::json!({
+                    "name": "db", "engine": "sqlite", "url": "sqlite:///tmp/x.db",
+                }))
+                .unwrap(),
+            ],
+            delete: vec![],
+        },
     };
     let c = s.apply(&plan, "import").await.unwrap();
+    let set = s.object_set().await.unwrap();
+    assert_eq!(set.outgoing_rest, plan.outgoing_rest.put);
+    assert_eq!(set.outgoing_sql, plan.outgoing_sql.put);
     assert_eq!(c.config_version, v0 + 1);
     assert_eq!(c.value.len(), 1);
     assert_eq!(c.value[0].name, "m");

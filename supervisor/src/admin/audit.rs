@@ -89,17 +89,23 @@ enum Kind {
     Security,
     Cache,
     Job,
+    /// An outgoing REST connection (`/v1/outgoing/rest/…`).
+    OutgoingRest,
+    /// An outgoing SQL connection (`/v1/outgoing/sql/…`).
+    OutgoingSql,
     /// A named admin API token (never the token or its hash).
     Token,
 }
 
-const ALL_KINDS: [Kind; 6] = [
+const ALL_KINDS: [Kind; 8] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
     Kind::Security,
     Kind::Cache,
     Kind::Job,
+    Kind::OutgoingRest,
+    Kind::OutgoingSql,
 ];
 
 impl Kind {
@@ -111,6 +117,8 @@ impl Kind {
             "security" => Kind::Security,
             "caches" => Kind::Cache,
             "jobs" => Kind::Job,
+            "outgoing_rest" => Kind::OutgoingRest,
+            "outgoing_sql" => Kind::OutgoingSql,
             "tokens" => Kind::Token,
             _ => return None,
         })
@@ -124,6 +132,8 @@ impl Kind {
             Kind::Security => "security",
             Kind::Cache => "cache",
             Kind::Job => "job",
+            Kind::OutgoingRest => "outgoing_rest",
+            Kind::OutgoingSql => "outgoing_sql",
             Kind::Token => "token",
         }
     }
@@ -201,22 +211,35 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         return None;
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let ["v1", resource, rest @ ..] = parts.as_slice() else {
-        return Some((
-            "unknown".into(),
-            String::new(),
-            method.as_str().to_ascii_lowercase(),
-            Scope::None,
-        ));
+    let (resource, rest): (&str, &[&str]) = match parts.as_slice() {
+        // One resource per connection type: `/v1/outgoing/rest/{name}` is an `outgoing_rest`.
+        ["v1", "outgoing", "rest", rest @ ..] => ("outgoing_rest", rest),
+        ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
+        ["v1", resource, rest @ ..] => (*resource, rest),
+        _ => {
+            return Some((
+                "unknown".into(),
+                String::new(),
+                method.as_str().to_ascii_lowercase(),
+                Scope::None,
+            ));
+        }
     };
-    if *resource == "invoke" || matches!((*resource, rest), ("caches", [_, "keys", ..])) {
+    // A ping probes the remote and changes nothing.
+    if resource == "invoke"
+        || matches!((resource, rest), ("caches", [_, "keys", ..]))
+        || matches!(
+            (resource, rest),
+            ("outgoing_rest" | "outgoing_sql", [_, "ping"])
+        )
+    {
         return None;
     }
     let kind = Kind::of(resource);
     let kname = kind_name(resource);
     let decode = crate::edge::router::percent_decode;
     Some(match (rest, method) {
-        ([], &Method::POST) if *resource == "config" => {
+        ([], &Method::POST) if resource == "config" => {
             (kname, String::new(), "import".into(), Scope::All)
         }
         ([], &Method::POST) => (
@@ -326,6 +349,14 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::Cache => objects_of::<oxbus_cache::CacheDef>(cx, kind, out).await?,
         Kind::Job => objects_of::<crate::model::job::JobDef>(cx, kind, out).await?,
+        // The digest covers the sealed credential (an edit of it is a change), never a
+        // plaintext: the store has none.
+        Kind::OutgoingRest => {
+            objects_of::<crate::model::outgoing::RestConn>(cx, kind, out).await?;
+        }
+        Kind::OutgoingSql => {
+            objects_of::<crate::model::outgoing::SqlConn>(cx, kind, out).await?;
+        }
         Kind::Token => {
             for t in cx.store.tokens().await.map_err(|e| e.to_string())? {
                 // What the token is, never the token or its hash.
@@ -869,6 +900,17 @@ mod tests {
         assert_eq!(t(Method::GET, "/v1/modules"), None);
         assert_eq!(t(Method::POST, "/v1/invoke/echo"), None);
         assert_eq!(t(Method::PUT, "/v1/caches/c/keys/k"), None);
+        assert_eq!(t(Method::POST, "/v1/outgoing/rest/crm/ping"), None);
+        assert_eq!(
+            t(Method::PUT, "/v1/outgoing/rest/crm").unwrap(),
+            "outgoing_rest crm put"
+        );
+        assert_eq!(
+            t(Method::DELETE, "/v1/outgoing/sql/db").unwrap(),
+            "outgoing_sql db delete"
+        );
+        let scope = target(&Method::PUT, "/v1/outgoing/sql/db").unwrap().3;
+        assert_eq!(scope, Scope::Object(Kind::OutgoingSql, "db".into()));
         assert_eq!(t(Method::POST, "/v1/modules").unwrap(), "module  deploy");
         assert_eq!(
             t(Method::DELETE, "/v1/modules/m").unwrap(),

@@ -385,6 +385,21 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("POST", "/v1/jobs/{name}/enable", Admin),
     ep("POST", "/v1/jobs/{name}/disable", Admin),
     ep("POST", "/v1/jobs/{name}/execute", Deployer),
+    // Outgoing connections: read without their sealed credentials, changed as caches and
+    // security definitions are. A ping makes this server call the remote (no change, but an
+    // action like running a job): deployer, as `execute` and `invoke` are.
+    ep("GET", "/v1/outgoing/rest", Viewer),
+    ep("GET", "/v1/outgoing/rest/{name}", Viewer),
+    ep("PUT", "/v1/outgoing/rest/{name}", Admin),
+    ep("DELETE", "/v1/outgoing/rest/{name}", Admin),
+    ep("POST", "/v1/outgoing/rest/{name}/ping", Deployer),
+    ep("GET", "/v1/outgoing/rest/{name}/stats", Viewer),
+    ep("GET", "/v1/outgoing/sql", Viewer),
+    ep("GET", "/v1/outgoing/sql/{name}", Viewer),
+    ep("PUT", "/v1/outgoing/sql/{name}", Admin),
+    ep("DELETE", "/v1/outgoing/sql/{name}", Admin),
+    ep("POST", "/v1/outgoing/sql/{name}/ping", Deployer),
+    ep("GET", "/v1/outgoing/sql/{name}/stats", Viewer),
     // Export carries sealed secret values and credential hashes; import changes anything.
     ep("GET", "/v1/config", Deployer),
     ep("POST", "/v1/config", Admin),

@@ -7,7 +7,7 @@
 //! `route`) and the reply helpers every file shares. One file per resource: `cluster` (info,
 //! cluster), `modules` (services, modules, deploy, undeploy, rollback), `invoke`, `channels`
 //! (and the routing table's rebuild), `secrets`, `security`, `caches` (definitions and
-//! entries), `jobs` (and the scheduler's status), `config` (export/import endpoints, over
+//! entries), `jobs` (and the scheduler's status), `outgoing` (REST and SQL connections), `config` (export/import endpoints, over
 //! `config_io`), `tokens` (named API tokens; who may call what is `auth`'s endpoint table,
 //! checked right after the bearer token). The create/replace and delete of security definitions, caches and jobs are
 //! one generic path (`objects`), each kind's hooks in its own file (docs/CONFIG_OBJECTS.md);
@@ -66,6 +66,7 @@ mod jobs;
 mod metrics;
 mod modules;
 mod objects;
+pub(crate) mod outgoing;
 mod secrets;
 mod security;
 mod stats;
@@ -244,6 +245,8 @@ fn reads_store(path: &str) -> bool {
             | ["v1", "config" | "scheduler" | "info" | "audit"]
             | ["v1", "jobs", _, "runs"]
             | ["v1", "tokens"]
+            // Connection definitions (not their `stats`: this server's figures).
+            | ["v1", "outgoing", _] | ["v1", "outgoing", _, _]
     )
 }
 
@@ -270,7 +273,8 @@ fn is_invoke(path: &str) -> bool {
 }
 
 /// `/v1/caches/{name}/keys…`, `/v1/caches/{name}/clear` (the contents, not the config),
-/// `/v1/jobs/{name}/execute` (a run, not a change) and `/v1/tokens…` (stored, but no config
+/// `/v1/jobs/{name}/execute` (a run, not a change), `/v1/outgoing/{type}/{name}/ping` (a
+/// probe of the remote) and `/v1/tokens…` (stored, but no config
 /// version, snapshot or export has them).
 fn is_not_config(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -279,6 +283,7 @@ fn is_not_config(path: &str) -> bool {
         ["v1", "caches", _, "keys", ..]
             | ["v1", "caches", _, "clear"]
             | ["v1", "jobs", _, "execute"]
+            | ["v1", "outgoing", _, _, "ping"]
             | ["v1", "tokens", ..]
     )
 }
@@ -315,6 +320,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         // Every /v1/caches path, the entries of a cache included.
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
+        (_, ["v1", "outgoing", rest @ ..]) => outgoing::route(req, cx, rest).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
         (&Method::GET, ["v1", "audit"]) => audit::list(cx, req.uri().query().unwrap_or("")).await,
         (_, ["v1", "config"]) => config::route(req, cx).await,
@@ -366,6 +372,10 @@ mod tests {
         assert!(writes_store(&Method::POST, "/v1/modules"));
         assert!(!writes_store(&Method::POST, "/v1/invoke/demo.echo"));
         assert!(!writes_store(&Method::PUT, "/v1/caches/c/keys/k"));
+        assert!(writes_store(&Method::PUT, "/v1/outgoing/rest/crm"));
+        assert!(!writes_store(&Method::POST, "/v1/outgoing/rest/crm/ping"));
+        assert!(reads_store("/v1/outgoing/sql/db"));
+        assert!(!reads_store("/v1/outgoing/sql/db/stats"));
         assert!(!writes_store(&Method::POST, "/v1/jobs/j/execute"));
     }
 }

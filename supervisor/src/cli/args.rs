@@ -114,6 +114,12 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Outgoing REST and SQL connections: list, get, put, delete, ping, stats
+    /// (docs/OUTGOING.md).
+    Out {
+        #[command(subcommand)]
+        action: OutAction,
+    },
     /// Named admin API tokens with a role (admin, deployer, viewer), e.g. one per CI
     /// pipeline: create (the token is printed once), list, revoke.
     Token {
@@ -125,7 +131,8 @@ pub enum Command {
     Audit {
         #[command(flatten)]
         to: ServerArgs,
-        /// An object kind (module, channel, secret, security, cache, job, token, config) or
+        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
+        /// outgoing_sql, token, config) or
         /// KIND/NAME.
         #[arg(long)]
         object: Option<String>,
@@ -475,6 +482,100 @@ pub enum TokenAction {
         #[command(flatten)]
         to: ServerArgs,
         name: String,
+    },
+}
+
+/// The two types of outgoing connection.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutType {
+    Rest,
+    Sql,
+}
+
+impl OutType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutType::Rest => "rest",
+            OutType::Sql => "sql",
+        }
+    }
+}
+
+/// The outgoing connection subcommands (docs/OUTGOING.md). A credential is never taken from
+/// the command line: `put` reads it from `--secret-file` or (`--secret-stdin`) standard input.
+#[derive(Subcommand)]
+pub enum OutAction {
+    /// The connections (of one type, or both) without their credentials.
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: Option<OutType>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One connection's definition (its credential shown only as has_secret).
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: OutType,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create or replace a connection from its JSON definition in FILE (`-`: standard input).
+    /// Without a credential (in FILE or by the options below), an edit keeps the stored one
+    /// while the REST auth type (SQL engine and URL user) stays the same.
+    Put {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: OutType,
+        name: String,
+        /// The definition (JSON); `-` reads it from standard input.
+        file: String,
+        /// A file holding the credential (REST: the password, key, token or client secret
+        /// of its auth type; SQL: the password); one trailing newline is dropped.
+        #[arg(long, conflicts_with = "secret_stdin")]
+        secret_file: Option<PathBuf>,
+        /// Read the credential from standard input (FILE must then not be `-`).
+        #[arg(long)]
+        secret_stdin: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a connection (calls through it then fail, naming it).
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: OutType,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Ping a connection from the server addressed (REST: ping_method ping_path; SQL:
+    /// SELECT 1); exit code 1 when it fails.
+    Ping {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: OutType,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The figures of the connections on the server addressed: calls, errors, mean
+    /// duration, pool size, in use, idle, waiting.
+    Stats {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: Option<OutType>,
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 

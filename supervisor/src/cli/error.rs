@@ -94,6 +94,12 @@ pub enum CliError {
     /// `oxbus cache set --expiry` below 0 or not a number.
     #[error("--expiry must be a number of seconds, 0 or more (0 = never)")]
     Expiry,
+    /// `oxbus out ping`: the connection did not answer as a live one.
+    #[error("ping of {0} failed: {1}")]
+    PingFailed(String, String),
+    /// `oxbus out put`: a credential for a definition that takes none, or two sources of it.
+    #[error("{0}")]
+    OutCredential(String),
     /// `oxbus jobs put` without a definition.
     #[error("give the definition: --file F.json or --json '{{…}}'")]
     NoDefinition,

@@ -17,6 +17,7 @@ pub mod format;
 pub mod jobs;
 pub mod logging;
 pub mod modules;
+pub mod out;
 pub mod proxy_cmd;
 pub mod quickstart;
 pub mod reload;
@@ -93,6 +94,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Cache { action } => admin(|rt| cache::command(rt, &action)),
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
         Command::Token { action } => admin(|rt| token::command(rt, &action)),
+        Command::Out { action } => admin(|rt| out::command(rt, &action)),
         Command::Audit {
             to,
             object,

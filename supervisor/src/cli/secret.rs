@@ -60,7 +60,10 @@ pub fn command(rt: &Runtime, action: &SecretAction) -> Result<(), CliError> {
 
 /// The value of `secret set NAME`: from `value_file`, else from standard input unless it
 /// is a terminal; one trailing newline (`\n` or `\r\n`) dropped; never empty.
-fn read_value(name: &str, value_file: Option<&std::path::Path>) -> Result<String, CliError> {
+pub(super) fn read_value(
+    name: &str,
+    value_file: Option<&std::path::Path>,
+) -> Result<String, CliError> {
     use std::io::IsTerminal;
     let mut value = match value_file {
         Some(f) => std::fs::read_to_string(f).map_err(|source| CliError::Read {

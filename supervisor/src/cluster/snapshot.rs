@@ -224,6 +224,23 @@ mod tests {
                         "demo.report",
                     )
                 }],
+                outgoing_rest: vec![
+                    serde_json::from_value(serde_json::json!({
+                        "name": "crm",
+                        "address": "https://crm.example.com",
+                        "auth": {"type": "bearer", "sealed": "oxbus1:k:n:c"},
+                    }))
+                    .unwrap(),
+                ],
+                outgoing_sql: vec![
+                    serde_json::from_value(serde_json::json!({
+                        "name": "db",
+                        "engine": "postgresql",
+                        "url": "postgres://app@127.0.0.1/test",
+                        "sealed": "oxbus1:k:n:c",
+                    }))
+                    .unwrap(),
+                ],
             },
             peers: vec![BusPeer {
                 name: "b".into(),
@@ -267,6 +284,8 @@ mod tests {
         let mut doc = serde_json::to_value(sample()).unwrap();
         doc.as_object_mut().unwrap().remove("caches");
         doc.as_object_mut().unwrap().remove("jobs");
+        doc.as_object_mut().unwrap().remove("outgoing_rest");
+        doc.as_object_mut().unwrap().remove("outgoing_sql");
         let body = serde_json::to_vec(&doc).unwrap();
         let mut text = format!("{MAGIC} sha256={}\n", hex(&Sha256::digest(&body))).into_bytes();
         text.extend_from_slice(&body);
@@ -274,6 +293,7 @@ mod tests {
         let read = Snapshot::read(&path).unwrap();
         assert!(read.objects.caches.is_empty());
         assert!(read.objects.jobs.is_empty());
+        assert!(read.objects.outgoing_rest.is_empty() && read.objects.outgoing_sql.is_empty());
         assert_eq!(read.objects.security, sample().objects.security);
         std::fs::remove_dir_all(d).unwrap();
     }

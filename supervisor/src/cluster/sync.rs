@@ -48,6 +48,8 @@ pub struct Ctx {
     pub locks: Arc<Locks>,
     pub routes: Arc<RoutingTable>,
     pub jobs: Arc<JobsTable>,
+    /// This server's outgoing connections (their definitions applied on every change).
+    pub outgoing: Arc<crate::outgoing::Outgoing>,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<Bus>>,
     pub disk: OnDisk,
@@ -262,6 +264,10 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     cx.pool.caches.apply_defs(&snap.objects.caches);
     // Scheduler jobs: the same (notified only when they differ).
     crate::scheduler::jobs::set_live(&cx.jobs, snap.objects.jobs.clone());
+    // Outgoing connections: an unchanged one keeps its client (and pool), a changed one gets
+    // a new client for new calls.
+    cx.outgoing.apply_rest(&snap.objects.outgoing_rest);
+    cx.outgoing.apply_sql(&snap.objects.outgoing_sql);
     let version = snap.config_version;
     let table_ok = match cx.routes.rebuild(&snap.channels, &snap.objects.security) {
         Ok(()) => true,

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod deploys;
 pub mod histogram;
 pub mod http;
+pub mod outgoing;
 pub mod scheduler;
 pub mod services;
 pub mod stats;

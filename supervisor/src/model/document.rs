@@ -47,6 +47,15 @@ pub struct Document {
     /// Scheduler jobs (docs/SCHEDULER.md), each checked field by field like `cache`.
     #[serde(default, deserialize_with = "job_list")]
     pub job: Vec<JobDef>,
+    /// Outgoing REST connections (docs/OUTGOING.md): as exported, with `auth.sealed`; on
+    /// import also with the plaintext `auth.password` / `key` / `token` / `client_secret`,
+    /// sealed here. Raw JSON, checked by hand, for the same reason as `secret`.
+    #[serde(default)]
+    pub outgoing_rest: Value,
+    /// Outgoing SQL connections: as exported, with `sealed`; on import also with the
+    /// plaintext `password`. Raw JSON like `outgoing_rest`.
+    #[serde(default)]
+    pub outgoing_sql: Value,
 }
 
 fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Error> {

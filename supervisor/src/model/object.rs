@@ -132,7 +132,8 @@ impl ConfigObject for crate::model::outgoing::SqlConn {
 }
 
 /// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
-/// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs` (each may
+/// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs`,
+/// `outgoing_rest`, `outgoing_sql` (each may
 /// be absent: snapshots of older versions lack the later kinds). A new kind is one field
 /// here and one line in `Store::object_set`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -146,4 +147,10 @@ pub struct ObjectSet {
     /// Scheduler jobs.
     #[serde(default)]
     pub jobs: Vec<crate::model::job::JobDef>,
+    /// Outgoing REST connections (credentials sealed).
+    #[serde(default)]
+    pub outgoing_rest: Vec<crate::model::outgoing::RestConn>,
+    /// Outgoing SQL connections (password sealed).
+    #[serde(default)]
+    pub outgoing_sql: Vec<crate::model::outgoing::SqlConn>,
 }

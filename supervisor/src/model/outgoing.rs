@@ -1,10 +1,13 @@
 //! Outgoing connections as plain data: a REST connection ([`RestConn`]) and an SQL connection
 //! ([`SqlConn`]), what the store holds and an export carries — credentials only sealed
-//! (`oxbus1:…`, under [`RestConn::seal_name`] / [`SqlConn::seal_name`]). No I/O and no crypto
-//! here: sealing plaintext is the admin API's, opening it and using the connection is
-//! `outgoing`'s. docs/OUTGOING.md describes every field.
+//! (`oxbus1:…`, under [`RestConn::seal_name`] / [`SqlConn::seal_name`]) — their validation,
+//! and the parse of what an operator sends ([`parse_rest_input`], [`parse_sql_input`]: the
+//! plaintext credential apart from the definition). No I/O and no crypto here: sealing
+//! plaintext is the admin API's (`admin::outgoing::build`), opening it and using the
+//! connection is `outgoing`'s. docs/OUTGOING.md describes every field.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::model::object::InvalidObject;
@@ -257,27 +260,177 @@ fn default_session_idle_ms() -> u64 {
     60_000
 }
 
+/// The longest timeout a connection takes (one hour), milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// The largest `max_response_bytes` (1 GiB).
+pub const MAX_RESPONSE_BYTES: u64 = 1 << 30;
+/// The methods a REST ping may use.
+pub const PING_METHODS: [&str; 7] = ["HEAD", "GET", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
+/// Default headers the client sets itself (framing and routing), refused in `headers`.
+const RESERVED_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
+/// What every sealed value starts with (`secrets`' format; checked here by shape only).
+const SEALED_PREFIX: &str = "oxbus1:";
+
 impl RestConn {
     /// The name its credential is sealed under (the sealed value's associated data).
     pub fn seal_name(name: &str) -> String {
         format!("outgoing/rest/{name}")
     }
 
-    /// Checks what a stored REST connection must satisfy.
+    /// Checks what a stored REST connection must satisfy; the message names the connection
+    /// and the field.
     pub fn validate(&self) -> Result<(), InvalidObject> {
         validate_name(&self.name)?;
-        // The address, url_path, headers, TLS files and limits are checked in full by
-        // `validate_rest` (issue 19, model part); here the minimum the runtime relies on.
-        if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
-            return Err(InvalidObject(format!(
-                "address: {:?} is not http://host[:port] or https://host[:port]",
+        self.check()
+            .map_err(|m| InvalidObject(format!("REST connection {}: {m}", self.name)))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let https = check_address(&self.address).map_err(|m| format!("address: {m}"))?;
+        check_path(&self.url_path).map_err(|m| format!("url_path: {m}"))?;
+        check_path(&self.ping_path).map_err(|m| format!("ping_path: {m}"))?;
+        timeout("timeout_ms", self.timeout_ms, 1)?;
+        timeout("connect_timeout_ms", self.connect_timeout_ms, 1)?;
+        timeout("pool_wait_ms", self.pool_wait_ms, 0)?;
+        timeout("retry_backoff_ms", self.retry_backoff_ms, 0)?;
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(format!("pool_size: {} is not 1..=1000", self.pool_size));
+        }
+        if self.retries > 10 {
+            return Err(format!("retries: {} is more than 10", self.retries));
+        }
+        if !PING_METHODS.contains(&self.ping_method.as_str()) {
+            return Err(format!(
+                "ping_method: {:?} is not one of {}",
+                self.ping_method,
+                PING_METHODS.join(", ")
+            ));
+        }
+        if !(1..=MAX_RESPONSE_BYTES).contains(&self.max_response_bytes) {
+            return Err(format!(
+                "max_response_bytes: {} is not 1..={MAX_RESPONSE_BYTES} (1 GiB)",
+                self.max_response_bytes
+            ));
+        }
+        for (name, value) in &self.headers {
+            if !is_token(name) {
+                return Err(format!("headers: {name:?} is not a valid header name"));
+            }
+            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "headers: {name} is set by the connection itself and cannot be given"
+                ));
+            }
+            if value.chars().any(|c| matches!(c, '\r' | '\n' | '\0')) {
+                return Err(format!(
+                    "headers: the value of {name} holds a line break or NUL"
+                ));
+            }
+        }
+        let tls = &self.tls;
+        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+            return Err(
+                "tls: client_cert_file and client_key_file are given together or not at all".into(),
+            );
+        }
+        for (field, file) in [
+            ("tls.ca_file", &tls.ca_file),
+            ("tls.client_cert_file", &tls.client_cert_file),
+            ("tls.client_key_file", &tls.client_key_file),
+        ] {
+            if file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+                return Err(format!("{field}: must not be empty"));
+            }
+        }
+        if !https && *tls != TlsOptions::default() {
+            return Err(format!(
+                "tls: options are for https:// addresses; {} is http://",
                 self.address
-            )));
+            ));
         }
-        if self.pool_size == 0 {
-            return Err(InvalidObject("pool_size: must be at least 1".into()));
+        self.check_auth()
+    }
+
+    fn check_auth(&self) -> Result<(), String> {
+        match &self.auth {
+            RestAuth::None => return Ok(()),
+            RestAuth::Basic { username, .. } => {
+                if username.is_empty() || username.contains(':') {
+                    return Err("auth.username: a basic auth needs a username without ':'".into());
+                }
+            }
+            RestAuth::Apikey { header, .. } => {
+                if !is_token(header) {
+                    return Err(format!(
+                        "auth.header: {header:?} is not a valid header name"
+                    ));
+                }
+            }
+            RestAuth::Bearer { .. } => {}
+            RestAuth::Oauth2 {
+                token_url,
+                client_id,
+                refresh_before_s,
+                ..
+            } => {
+                let (base, path) = match token_url.find("://").and_then(|i| {
+                    token_url[i + 3..]
+                        .find('/')
+                        .map(|j| token_url.split_at(i + 3 + j))
+                }) {
+                    Some(split) => split,
+                    None => (token_url.as_str(), ""),
+                };
+                check_address(base).map_err(|m| format!("auth.token_url: {m}"))?;
+                if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(
+                        "auth.token_url: the path holds spaces or control characters".into(),
+                    );
+                }
+                if client_id.is_empty() {
+                    return Err("auth.client_id: must not be empty".into());
+                }
+                if *refresh_before_s > 3600 {
+                    return Err(format!(
+                        "auth.refresh_before_s: {refresh_before_s} is more than 3600"
+                    ));
+                }
+            }
         }
-        Ok(())
+        let field = self.auth.plain_field().expect("an auth with a secret");
+        match self.auth.sealed() {
+            None => Err(format!(
+                "auth.{field}: missing (a {} auth needs it; give auth.{field}, or auth.sealed as exported)",
+                self.auth.type_name()
+            )),
+            Some(s) if !s.starts_with(SEALED_PREFIX) => {
+                Err("auth.sealed: not a sealed value (oxbus1:…)".into())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl RestAuth {
+    /// Its `type` as written in JSON.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RestAuth::None => "none",
+            RestAuth::Basic { .. } => "basic",
+            RestAuth::Apikey { .. } => "apikey",
+            RestAuth::Bearer { .. } => "bearer",
+            RestAuth::Oauth2 { .. } => "oauth2",
+        }
+    }
+
+    fn sealed_mut(&mut self) -> Option<&mut Option<String>> {
+        match self {
+            RestAuth::None => None,
+            RestAuth::Basic { sealed, .. }
+            | RestAuth::Apikey { sealed, .. }
+            | RestAuth::Bearer { sealed }
+            | RestAuth::Oauth2 { sealed, .. } => Some(sealed),
+        }
     }
 }
 
@@ -287,16 +440,403 @@ impl SqlConn {
         format!("outgoing/sql/{name}")
     }
 
-    /// Checks what a stored SQL connection must satisfy.
+    /// Checks what a stored SQL connection must satisfy; the message names the connection
+    /// and the field.
     pub fn validate(&self) -> Result<(), InvalidObject> {
         validate_name(&self.name)?;
-        if self.pool_max == 0 || self.pool_min > self.pool_max {
-            return Err(InvalidObject(
-                "pool_max: must be at least 1 and at least pool_min".into(),
+        self.check()
+            .map_err(|m| InvalidObject(format!("SQL connection {}: {m}", self.name)))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        check_sql_url(self.engine, &self.url).map_err(|m| format!("url: {m}"))?;
+        if !(1..=100).contains(&self.pool_max) {
+            return Err(format!("pool_max: {} is not 1..=100", self.pool_max));
+        }
+        if self.pool_min > self.pool_max {
+            return Err(format!(
+                "pool_min: {} is more than pool_max ({})",
+                self.pool_min, self.pool_max
             ));
+        }
+        timeout("pool_wait_ms", self.pool_wait_ms, 0)?;
+        timeout("statement_timeout_ms", self.statement_timeout_ms, 1)?;
+        timeout("session_idle_ms", self.session_idle_ms, 1)?;
+        if !(1..=10_000_000).contains(&self.max_rows) {
+            return Err(format!("max_rows: {} is not 1..=10000000", self.max_rows));
+        }
+        if let Some(s) = &self.sealed
+            && !s.starts_with(SEALED_PREFIX)
+        {
+            return Err("sealed: not a sealed value (oxbus1:…)".into());
+        }
+        if self.engine == SqlEngine::Sqlite && self.sealed.is_some() {
+            return Err("password: an SQLite connection has no password".into());
         }
         Ok(())
     }
+
+    /// The user named in `url` (none for SQLite or a URL without one).
+    pub fn url_user(&self) -> Option<&str> {
+        let rest = self.url.split_once("://")?.1;
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        authority.rsplit_once('@').map(|(user, _)| user)
+    }
+}
+
+/// A definition whose credential is sealed: what the admin API and an import need to seal
+/// plaintext, check a sealed value and keep the stored one.
+pub trait Credentialed: Sized {
+    /// The name the credential is sealed under.
+    fn seal_name_of(&self) -> String;
+    /// The sealed credential, if any.
+    fn sealed_secret(&self) -> Option<&str>;
+    /// Sets the sealed credential (nothing for a REST connection without auth).
+    fn set_sealed(&mut self, sealed: Option<String>);
+    /// Whether a definition that gives no credential keeps `stored`'s: same REST auth type;
+    /// same SQL engine and URL user.
+    fn keeps_secret_of(&self, stored: &Self) -> bool;
+    /// The field an operator gives the credential in (for messages).
+    fn secret_field(&self) -> &'static str;
+}
+
+impl Credentialed for RestConn {
+    fn seal_name_of(&self) -> String {
+        RestConn::seal_name(&self.name)
+    }
+    fn sealed_secret(&self) -> Option<&str> {
+        self.auth.sealed()
+    }
+    fn set_sealed(&mut self, s: Option<String>) {
+        if let Some(slot) = self.auth.sealed_mut() {
+            *slot = s;
+        }
+    }
+    fn keeps_secret_of(&self, stored: &Self) -> bool {
+        self.auth.type_name() == stored.auth.type_name()
+    }
+    fn secret_field(&self) -> &'static str {
+        match self.auth.plain_field() {
+            Some("password") => "auth.password",
+            Some("key") => "auth.key",
+            Some("token") => "auth.token",
+            Some(_) => "auth.client_secret",
+            None => "auth",
+        }
+    }
+}
+
+impl Credentialed for SqlConn {
+    fn seal_name_of(&self) -> String {
+        SqlConn::seal_name(&self.name)
+    }
+    fn sealed_secret(&self) -> Option<&str> {
+        self.sealed.as_deref()
+    }
+    fn set_sealed(&mut self, s: Option<String>) {
+        self.sealed = s;
+    }
+    fn keeps_secret_of(&self, stored: &Self) -> bool {
+        self.engine == stored.engine && self.url_user() == stored.url_user()
+    }
+    fn secret_field(&self) -> &'static str {
+        "password"
+    }
+}
+
+/// What an operator sent: the definition (its `sealed` as given, if given) and the
+/// plaintext credential, if given. `Debug` does not show the plaintext.
+pub struct Input<T> {
+    pub def: T,
+    pub plain: Option<String>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Input<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("def", &self.def)
+            .field("plain", &self.plain.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+/// Parses what an operator sends for a REST connection (the admin API's body, an import's
+/// entry): a [`RestConn`] whose `auth` may carry the plaintext `password` (basic), `key`
+/// (apikey), `token` (bearer) or `client_secret` (oauth2) instead of `sealed`.
+/// `url_name`: the name in the URL (the body's `name` may be left out, or must match).
+/// `has_secret` (as answers show it) is accepted and ignored. Not validated: call
+/// `validate` once the credential is sealed.
+pub fn parse_rest_input(
+    v: &Value,
+    url_name: Option<&str>,
+) -> Result<Input<RestConn>, InvalidObject> {
+    let (name, mut obj) = input_object(v, url_name, "REST connection")?;
+    let fail = |m: String| InvalidObject(format!("REST connection {name}: {m}"));
+    let mut plain = None;
+    if let Some(Value::Object(auth)) = obj.get_mut("auth") {
+        let kind = auth
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("none")
+            .to_owned();
+        let wanted = match kind.as_str() {
+            "basic" => Some("password"),
+            "apikey" => Some("key"),
+            "bearer" => Some("token"),
+            "oauth2" => Some("client_secret"),
+            _ => None,
+        };
+        for field in ["password", "key", "token", "client_secret"] {
+            let Some(value) = auth.remove(field) else {
+                continue;
+            };
+            if Some(field) != wanted {
+                return Err(fail(format!(
+                    "auth.{field}: a {kind} auth takes {}",
+                    wanted.map_or("no secret".to_owned(), |w| format!("auth.{w}"))
+                )));
+            }
+            match value {
+                Value::String(p) if !p.is_empty() => plain = Some(p),
+                _ => return Err(fail(format!("auth.{field}: must be a non-empty string"))),
+            }
+        }
+        if plain.is_some() && auth.contains_key("sealed") {
+            return Err(fail(
+                "auth: give either sealed or a plaintext secret, not both".into(),
+            ));
+        }
+    }
+    let def = from_fields(&name, &obj, json!({"address": "http://x"})).map_err(fail)?;
+    Ok(Input { def, plain })
+}
+
+/// Parses what an operator sends for an SQL connection: a [`SqlConn`] with the plaintext
+/// `password` instead of `sealed`; as [`parse_rest_input`] otherwise. A password in `url`
+/// is refused (by `validate`).
+pub fn parse_sql_input(v: &Value, url_name: Option<&str>) -> Result<Input<SqlConn>, InvalidObject> {
+    let (name, mut obj) = input_object(v, url_name, "SQL connection")?;
+    let fail = |m: String| InvalidObject(format!("SQL connection {name}: {m}"));
+    let plain = match obj.remove("password") {
+        None => None,
+        Some(Value::String(p)) if !p.is_empty() => Some(p),
+        Some(_) => return Err(fail("password: must be a non-empty string".into())),
+    };
+    if plain.is_some() && obj.contains_key("sealed") {
+        return Err(fail(
+            "give either sealed or a plaintext password, not both".into(),
+        ));
+    }
+    let def = from_fields(
+        &name,
+        &obj,
+        json!({"engine": "sqlite", "url": "sqlite://x"}),
+    )
+    .map_err(fail)?;
+    Ok(Input { def, plain })
+}
+
+/// The body as an object with its name settled (`has_secret` dropped).
+fn input_object(
+    v: &Value,
+    url_name: Option<&str>,
+    what: &str,
+) -> Result<(String, serde_json::Map<String, Value>), InvalidObject> {
+    let Some(obj) = v.as_object() else {
+        return Err(InvalidObject(format!("a {what} is a JSON object")));
+    };
+    let name = match (obj.get("name"), url_name) {
+        (Some(Value::String(n)), Some(u)) if n != u => {
+            return Err(InvalidObject(format!(
+                "{what} {u}: the body names {n:?}; a connection cannot be renamed"
+            )));
+        }
+        (Some(Value::String(n)), _) => n.clone(),
+        (Some(_), _) => return Err(InvalidObject(format!("{what}: name must be a string"))),
+        (None, Some(u)) => u.to_owned(),
+        (None, None) => return Err(InvalidObject(format!("{what}: name is missing"))),
+    };
+    validate_name(&name)?;
+    let mut obj = obj.clone();
+    obj.remove("has_secret");
+    obj.insert("name".into(), Value::String(name.clone()));
+    Ok((name, obj))
+}
+
+/// `obj` as a `T`, each field tried alone first (beside `required`'s stand-ins) so that an
+/// error names its field; serde's quoted values are left out of every message.
+fn from_fields<T: serde::de::DeserializeOwned>(
+    name: &str,
+    obj: &serde_json::Map<String, Value>,
+    required: Value,
+) -> Result<T, String> {
+    let scrub = |e: serde_json::Error| crate::model::document::without_values(&e.to_string());
+    for (k, value) in obj.iter().filter(|(k, _)| *k != "name") {
+        let mut one = required.as_object().expect("an object").clone();
+        one.insert("name".into(), Value::String(name.to_owned()));
+        one.insert(k.clone(), value.clone());
+        if let Err(e) = serde_json::from_value::<T>(Value::Object(one)) {
+            return Err(format!("{k}: {}", scrub(e)));
+        }
+    }
+    serde_json::from_value(Value::Object(obj.clone())).map_err(scrub)
+}
+
+/// `http(s)://host[:port]`: whether it is https. No path, query, fragment or userinfo.
+fn check_address(address: &str) -> Result<bool, String> {
+    let (https, rest) = if let Some(r) = address.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = address.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{address:?} is not http://host[:port] or https://host[:port]"
+        ));
+    };
+    let refuse = |what: &str| {
+        Err(format!(
+            "{address:?} has {what}: give only http(s)://host[:port] (the path is url_path)"
+        ))
+    };
+    if rest.contains('@') {
+        return refuse("user info (credentials go in auth)");
+    }
+    if rest.contains('/') {
+        return refuse("a path");
+    }
+    if rest.contains('?') || rest.contains('#') {
+        return refuse("a query or fragment");
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let Some((h, after)) = v6.split_once(']') else {
+            return Err(format!("{address:?}: unclosed [ of an IPv6 address"));
+        };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{address:?}: [{h}] is not an IPv6 address"));
+        }
+        match after {
+            "" => (h, None),
+            p if p.starts_with(':') => (h, Some(&p[1..])),
+            _ => return Err(format!("{address:?}: junk after the IPv6 address")),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return Err(format!("{address:?}: the host is empty or not a host name"));
+    }
+    if let Some(p) = port
+        && !matches!(p.parse::<u16>(), Ok(n) if n > 0)
+    {
+        return Err(format!("{address:?}: the port is not 1-65535"));
+    }
+    Ok(https)
+}
+
+/// A path: starts with `/`, no spaces or control characters, `{placeholders}` of letters,
+/// digits and `_`.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} does not start with /"));
+    }
+    if path
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+    {
+        return Err(format!("{path:?} holds a space, a control character or #"));
+    }
+    let mut rest = path;
+    while let Some(i) = rest.find(['{', '}']) {
+        if rest.as_bytes()[i] == b'}' {
+            return Err(format!("{path:?}: a }} without its {{"));
+        }
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else {
+            return Err(format!("{path:?}: a {{ without its }}"));
+        };
+        let name = &after[..j];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "{path:?}: {{{name}}} is not a placeholder (letters, digits, _)"
+            ));
+        }
+        rest = &after[j + 1..];
+    }
+    Ok(())
+}
+
+fn timeout(field: &str, ms: u64, min: u64) -> Result<(), String> {
+    if ms < min || ms > MAX_TIMEOUT_MS {
+        return Err(format!(
+            "{field}: {ms} ms is not {min}..={MAX_TIMEOUT_MS} (at most an hour)"
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP token (RFC 9110 `tchar`s).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An SQL URL of `engine`'s scheme, without a password.
+fn check_sql_url(engine: SqlEngine, url: &str) -> Result<(), String> {
+    let schemes: &[&str] = match engine {
+        SqlEngine::Postgresql => &["postgres://", "postgresql://"],
+        SqlEngine::Mysql => &["mysql://", "mariadb://"],
+        SqlEngine::Sqlite => &["sqlite://"],
+    };
+    let Some(rest) = schemes.iter().find_map(|s| url.strip_prefix(s)) else {
+        return Err(format!(
+            "a {} URL starts with {}",
+            engine.as_str(),
+            schemes.join(" or ")
+        ));
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the URL holds a space or a control character".into());
+    }
+    if engine == SqlEngine::Sqlite {
+        if rest.is_empty() {
+            return Err("sqlite:// names no file (sqlite:///path/to.db)".into());
+        }
+        return Ok(());
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        return Err(
+            "the URL holds a password: give it as `password` (it is stored sealed), \
+             the URL without it"
+                .into(),
+        );
+    }
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|kv| {
+        kv.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+    }) {
+        return Err(
+            "the URL holds a password parameter: give it as `password` (it is stored sealed)"
+                .into(),
+        );
+    }
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    Ok(())
 }
 
 /// Valid connection names: 1-200 of letters, digits, `._-` (Zato's names with spaces are
@@ -313,4 +853,239 @@ pub fn validate_name(name: &str) -> Result<(), InvalidObject> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest(v: Value) -> Result<RestConn, String> {
+        let input = parse_rest_input(&v, Some("crm")).map_err(|e| e.to_string())?;
+        let mut def = input.def;
+        if input.plain.is_some() {
+            def.set_sealed(Some("oxbus1:k:n:c".into()));
+        }
+        def.validate().map_err(|e| e.to_string())?;
+        Ok(def)
+    }
+
+    fn refused(v: Value, field: &str) {
+        let e = rest(v.clone()).expect_err(&format!("{v} refused"));
+        assert!(e.contains(&format!("{field}:")), "{v}: {e}");
+        assert!(e.contains("crm"), "names the connection: {e}");
+    }
+
+    #[test]
+    fn a_rest_connection_takes_its_defaults() {
+        let d = rest(json!({"address": "https://api.example.com:8443"})).unwrap();
+        assert_eq!(d.url_path, "/");
+        assert_eq!(d.timeout_ms, 10_000);
+        assert_eq!(d.pool_size, 20);
+        assert_eq!(d.ping_method, "HEAD");
+        assert!(d.tls.verify);
+        assert_eq!(d.auth, RestAuth::None);
+        rest(json!({"address": "http://[::1]:80", "url_path": "/a/{id}/b/{x_2}"})).unwrap();
+    }
+
+    #[test]
+    fn each_rest_rule_names_its_field() {
+        let a = |extra: Value| {
+            let mut v = json!({"address": "https://h"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        for bad in [
+            "ftp://h",
+            "https://h/path",
+            "https://u:p@h",
+            "https://h?q=1",
+            "https://h:0",
+            "https://",
+            "https://h:99999",
+        ] {
+            refused(json!({"address": bad}), "address");
+        }
+        refused(a(json!({"url_path": "x"})), "url_path");
+        refused(a(json!({"url_path": "/a/{b"})), "url_path");
+        refused(a(json!({"url_path": "/a/{b-c}"})), "url_path");
+        refused(a(json!({"url_path": "/a/}"})), "url_path");
+        refused(a(json!({"ping_path": "ping"})), "ping_path");
+        refused(a(json!({"timeout_ms": 0})), "timeout_ms");
+        refused(
+            a(json!({"connect_timeout_ms": 3_600_001})),
+            "connect_timeout_ms",
+        );
+        refused(a(json!({"pool_size": 0})), "pool_size");
+        refused(a(json!({"pool_size": 1001})), "pool_size");
+        refused(a(json!({"retries": 11})), "retries");
+        refused(a(json!({"ping_method": "FETCH"})), "ping_method");
+        refused(a(json!({"max_response_bytes": 0})), "max_response_bytes");
+        refused(
+            a(json!({"max_response_bytes": (1u64 << 30) + 1})),
+            "max_response_bytes",
+        );
+        refused(a(json!({"headers": {"Bad Name": "x"}})), "headers");
+        refused(
+            a(json!({"headers": {"X-A": "a\r\nInjected: 1"}})),
+            "headers",
+        );
+        for h in ["Host", "content-length", "Transfer-Encoding", "Connection"] {
+            refused(a(json!({"headers": {h: "x"}})), "headers");
+        }
+        refused(a(json!({"tls": {"client_cert_file": "/c.pem"}})), "tls");
+        refused(
+            json!({"address": "http://h", "tls": {"verify": false}}),
+            "tls",
+        );
+        refused(a(json!({"timeout_ms": "ten"})), "timeout_ms");
+        refused(
+            a(json!({"auth": {"type": "basic", "password": "pw"}})),
+            "auth",
+        );
+        refused(
+            a(json!({"auth": {"type": "basic", "username": "u"}})),
+            "auth.password",
+        );
+        refused(a(json!({"auth": {"type": "bearer"}})), "auth.token");
+        refused(
+            a(
+                json!({"auth": {"type": "oauth2", "token_url": "ftp://t", "client_id": "c", "client_secret": "s"}}),
+            ),
+            "auth.token_url",
+        );
+        refused(
+            a(
+                json!({"auth": {"type": "oauth2", "token_url": "https://t/token", "client_id": "", "client_secret": "s"}}),
+            ),
+            "auth.client_id",
+        );
+        refused(
+            a(json!({"auth": {"type": "basic", "username": "u", "key": "k"}})),
+            "auth.key",
+        );
+        refused(
+            a(json!({"auth": {"type": "none", "token": "t"}})),
+            "auth.token",
+        );
+        refused(a(json!({"adress": "x"})), "adress");
+        rest(a(json!({"auth": {"type": "oauth2", "token_url": "https://idp.example/oauth/token", "client_id": "c", "client_secret": "s"}})))
+            .unwrap();
+    }
+
+    #[test]
+    fn plaintext_and_sealed_together_are_refused_and_plaintext_is_apart() {
+        let v = json!({"address": "https://h", "auth": {"type": "bearer", "token": "hunter2", "sealed": "oxbus1:a:b:c"}});
+        let e = parse_rest_input(&v, Some("crm")).unwrap_err().to_string();
+        assert!(e.contains("not both") && !e.contains("hunter2"), "{e}");
+        let v = json!({"address": "https://h", "auth": {"type": "bearer", "token": "hunter2"}});
+        let input = parse_rest_input(&v, Some("crm")).unwrap();
+        assert_eq!(input.plain.as_deref(), Some("hunter2"));
+        assert!(!format!("{input:?}").contains("hunter2"));
+        assert!(
+            !serde_json::to_string(&input.def)
+                .unwrap()
+                .contains("hunter2")
+        );
+        let e = parse_rest_input(
+            &json!({"name": "other", "address": "https://h"}),
+            Some("crm"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("renamed"), "{e}");
+    }
+
+    fn sql(v: Value) -> Result<SqlConn, String> {
+        let input = parse_sql_input(&v, Some("db")).map_err(|e| e.to_string())?;
+        input.def.validate().map_err(|e| e.to_string())?;
+        Ok(input.def)
+    }
+
+    #[test]
+    fn each_sql_rule_names_its_field() {
+        let ok = sql(json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:5432/test"}))
+            .unwrap();
+        assert_eq!(ok.url_user(), Some("app"));
+        assert_eq!((ok.pool_min, ok.pool_max), (0, 10));
+        sql(json!({"engine": "mysql", "url": "mariadb://root@127.0.0.1/test"})).unwrap();
+        sql(json!({"engine": "sqlite", "url": "sqlite:///tmp/x.db"})).unwrap();
+        let bad = |v: Value, field: &str| {
+            let e = sql(v.clone()).expect_err(&format!("{v} refused"));
+            assert!(
+                e.contains(&format!("{field}:")) && e.contains("db"),
+                "{v}: {e}"
+            );
+            e
+        };
+        bad(
+            json!({"engine": "postgresql", "url": "mysql://h/db"}),
+            "url",
+        );
+        bad(
+            json!({"engine": "mysql", "url": "postgresql://h/db"}),
+            "url",
+        );
+        bad(json!({"engine": "sqlite", "url": "postgres://h/db"}), "url");
+        let e = bad(
+            json!({"engine": "postgresql", "url": "postgres://app:hunter2@h/db"}),
+            "url",
+        );
+        assert!(e.contains("`password`") && !e.contains("hunter2"), "{e}");
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://app@h/db?password=x"}),
+            "url",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "pool_max": 0}),
+            "pool_max",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "pool_max": 101}),
+            "pool_max",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "pool_min": 5, "pool_max": 4}),
+            "pool_min",
+        );
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://h/db", "statement_timeout_ms": 0}),
+            "statement_timeout_ms",
+        );
+        bad(
+            json!({"engine": "oracle", "url": "postgres://h/db"}),
+            "engine",
+        );
+        let e = parse_sql_input(
+            &json!({"engine": "postgresql", "url": "postgres://h/db", "password": "pw", "sealed": "oxbus1:a"}),
+            Some("db"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_secret_is_kept_while_the_auth_type_or_the_user_is_the_same() {
+        let basic = |user: &str| RestConn {
+            auth: RestAuth::Basic {
+                username: user.into(),
+                sealed: None,
+            },
+            ..rest(json!({"address": "https://h"})).unwrap()
+        };
+        let bearer = RestConn {
+            auth: RestAuth::Bearer { sealed: None },
+            ..basic("u")
+        };
+        assert!(basic("a").keeps_secret_of(&basic("b")));
+        assert!(!bearer.keeps_secret_of(&basic("a")));
+        let pg = |url: &str| SqlConn {
+            url: url.into(),
+            ..sql(json!({"engine": "postgresql", "url": "postgres://h/db"})).unwrap()
+        };
+        assert!(pg("postgres://app@h1/db").keeps_secret_of(&pg("postgresql://app@h2:5433/other")));
+        assert!(!pg("postgres://app@h/db").keeps_secret_of(&pg("postgres://root@h/db")));
+    }
 }

@@ -110,6 +110,8 @@ impl Store {
             security: self.objects().await?,
             caches: self.objects().await?,
             jobs: self.objects().await?,
+            outgoing_rest: self.objects().await?,
+            outgoing_sql: self.objects().await?,
         })
     }
 

@@ -7,6 +7,7 @@ use super::{validate_module_name, validate_secret_name};
 use crate::model::channel::Channel;
 use crate::model::job::JobDef;
 use crate::model::object::ConfigObject;
+use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::security::SecurityDef;
 use oxbus_cache::CacheDef;
 
@@ -87,6 +88,10 @@ pub struct Plan {
     pub caches: ObjectChanges<CacheDef>,
     /// Scheduler jobs (`start_date` left out: see [`JobDef::as_stored`]).
     pub jobs: ObjectChanges<JobDef>,
+    /// Outgoing REST connections (credentials sealed).
+    pub outgoing_rest: ObjectChanges<RestConn>,
+    /// Outgoing SQL connections (password sealed).
+    pub outgoing_sql: ObjectChanges<SqlConn>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -101,6 +106,8 @@ impl Plan {
             && self.security.is_empty()
             && self.caches.is_empty()
             && self.jobs.is_empty()
+            && self.outgoing_rest.is_empty()
+            && self.outgoing_sql.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -120,6 +127,8 @@ impl Store {
         plan.security.validate()?;
         plan.caches.validate()?;
         plan.jobs.validate()?;
+        plan.outgoing_rest.validate()?;
+        plan.outgoing_sql.validate()?;
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -160,6 +169,8 @@ impl Store {
             apply_objects!(tx, SecurityDef, &plan.security, by);
             apply_objects!(tx, CacheDef, &plan.caches, by);
             apply_objects!(tx, JobDef, &plan.jobs, by);
+            apply_objects!(tx, RestConn, &plan.outgoing_rest, by);
+            apply_objects!(tx, SqlConn, &plan.outgoing_sql, by);
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }

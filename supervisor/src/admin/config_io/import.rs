@@ -310,6 +310,27 @@ pub async fn import(
     )
     .await?;
 
+    // Outgoing connections: plaintext credentials sealed, sealed ones checked to open with
+    // this server's key, a stored credential kept as an admin API edit keeps it.
+    let outgoing_rest = import_outgoing(
+        cx,
+        &doc.outgoing_rest,
+        replace,
+        &mut plan.outgoing_rest,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    let outgoing_sql = import_outgoing(
+        cx,
+        &doc.outgoing_sql,
+        replace,
+        &mut plan.outgoing_sql,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+
     // Modules: the changed ones were imported in a worker (`check_modules`, before the
     // caller took its lock) and nothing is written unless they were.
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
@@ -374,6 +395,12 @@ pub async fn import(
     }
     if !plan.jobs.is_empty() {
         apply_jobs(cx, jobs).await;
+    }
+    if !plan.outgoing_rest.is_empty() {
+        cx.outgoing.apply_rest(&outgoing_rest);
+    }
+    if !plan.outgoing_sql.is_empty() {
+        cx.outgoing.apply_sql(&outgoing_sql);
     }
     let mut workers = Vec::new();
     if !change.value.is_empty() {
@@ -479,6 +506,48 @@ fn diff_objects<K: ConfigObject>(
         }
     }
     result
+}
+
+/// The document's outgoing connections of kind `K` (`listed`: raw JSON, each entry parsed
+/// and built as the admin API builds a body: `admin::outgoing::build`) into `plan`; returns
+/// every definition as the import leaves them. Unchanged when equal with the sealed values
+/// opened (a plaintext sealed again is no change).
+async fn import_outgoing<K>(
+    cx: &Ctx,
+    listed: &Value,
+    replace: bool,
+    plan: &mut ObjectChanges<K>,
+    changes: &mut Vec<Change>,
+    unchanged: &mut usize,
+) -> Result<Vec<K>, DeployError>
+where
+    K: crate::admin::outgoing::Parsed,
+{
+    let listed: &[Value] = match listed {
+        Value::Null => &[],
+        Value::Array(a) => a,
+        _ => return Err(bad(format!("{}: expected a list of connections", K::KIND))),
+    };
+    let stored: Vec<K> = cx.store.objects().await.map_err(unavailable)?;
+    let mut built: Vec<K> = Vec::new();
+    for (i, v) in listed.iter().enumerate() {
+        let input = K::parse(v, None).map_err(|e| bad(format!("{}[{i}]: {e}", K::KIND)))?;
+        if built.iter().any(|d| d.name() == input.def.name()) {
+            return Err(bad(format!(
+                "{}: {} is listed twice",
+                K::KIND,
+                input.def.name()
+            )));
+        }
+        let old = stored.iter().find(|d| d.name() == input.def.name());
+        let def = crate::admin::outgoing::build(&cx.key, input, old)
+            .map_err(|e| bad(format!("{}[{i}]: {e}", K::KIND)))?;
+        built.push(def);
+    }
+    let same = |o: &K, d: &K| crate::admin::outgoing::same_opened(&cx.key, o, d);
+    Ok(diff_objects(
+        &built, stored, replace, same, plan, changes, unchanged,
+    ))
 }
 
 /// The document's security definitions into `plan`; returns every definition as the

@@ -74,6 +74,8 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         cache: objects.caches,
         job: objects.jobs,
         security: serde_json::to_value(objects.security).expect("definitions serialise"),
+        outgoing_rest: serde_json::to_value(objects.outgoing_rest).expect("definitions serialise"),
+        outgoing_sql: serde_json::to_value(objects.outgoing_sql).expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,

@@ -1,0 +1,368 @@
+//! The admin API's outgoing connections (docs/OUTGOING.md): REST and SQL connection
+//! definitions, their ping and their figures on this server.
+//!
+//! - `GET /v1/outgoing/{rest|sql}`: every definition (without `sealed`; `has_secret` instead)
+//!   with this server's `stats` of each
+//! - `GET|PUT|DELETE /v1/outgoing/{rest|sql}/{name}`: one definition; create or replace it;
+//!   delete it (`admin::objects`, with this kind's hooks here)
+//! - `POST /v1/outgoing/{rest|sql}/{name}/ping`: this server pings it (200 with
+//!   `{ok, took_ms, detail}` whether or not the remote answered; 404 for an unknown name)
+//! - `GET /v1/outgoing/{rest|sql}/{name}/stats`: this server's figures of it
+//!
+//! Credentials: a body gives the plaintext (`auth.password|key|token|client_secret`, SQL
+//! `password`), sealed here with the server's key under the connection's seal name before
+//! anything is stored, never logged or echoed; or `sealed` as exported (it must open with
+//! this server's key). A body with neither keeps the stored sealed value when the REST auth
+//! type (SQL: engine and URL user) is unchanged, so an edit of the address need not carry
+//! the password again. [`build`] is that rule, shared with the config import.
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::objects::{self, AdminObject, Refused};
+use super::{Body, Ctx, error, read_body, reply};
+use crate::model::object::{ConfigObject, InvalidObject};
+use crate::model::outgoing::{Credentialed, Input, RestConn, SqlConn};
+use crate::outgoing::{ConnStats, ConnType};
+
+/// Routes `/v1/outgoing/…`; `rest` is the path after `/v1/outgoing`, split at `/`.
+pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
+    let method = req.method().clone();
+    let kind = match rest.first() {
+        Some(&"rest") => ConnType::Rest,
+        Some(&"sql") => ConnType::Sql,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no admin endpoint {method} {}: connections are under /v1/outgoing/rest \
+                     and /v1/outgoing/sql",
+                    req.uri().path()
+                ),
+            );
+        }
+    };
+    let decode = crate::edge::router::percent_decode;
+    match (&method, &rest[1..]) {
+        (&Method::GET, []) => match kind {
+            ConnType::Rest => list::<RestConn>(cx, kind).await,
+            ConnType::Sql => list::<SqlConn>(cx, kind).await,
+        },
+        (&Method::GET, [name]) => match kind {
+            ConnType::Rest => get::<RestConn>(cx, &decode(name)).await,
+            ConnType::Sql => get::<SqlConn>(cx, &decode(name)).await,
+        },
+        (&Method::PUT, [name]) => {
+            let name = decode(name);
+            match read_body(req).await {
+                Ok(body) => match kind {
+                    ConnType::Rest => objects::put::<RestConn>(cx, Some(&name), body).await,
+                    ConnType::Sql => objects::put::<SqlConn>(cx, Some(&name), body).await,
+                },
+                Err(r) => r,
+            }
+        }
+        (&Method::DELETE, [name]) => match kind {
+            ConnType::Rest => objects::delete::<RestConn>(cx, &decode(name)).await,
+            ConnType::Sql => objects::delete::<SqlConn>(cx, &decode(name)).await,
+        },
+        (&Method::POST, [name, "ping"]) => match cx.outgoing.ping(kind, &decode(name)).await {
+            Ok(outcome) => reply(
+                StatusCode::OK,
+                serde_json::to_value(outcome).expect("an outcome serialises"),
+            ),
+            Err(e) => error(StatusCode::NOT_FOUND, e),
+        },
+        (&Method::GET, [name, "stats"]) => {
+            let name = decode(name);
+            match cx.outgoing.stats(kind).into_iter().find(|s| s.name == name) {
+                Some(s) => reply(StatusCode::OK, stats_json(kind, &s)),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no {} connection named {name} on this server",
+                        kind.as_str()
+                    ),
+                ),
+            }
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {}", req.uri().path()),
+        ),
+    }
+}
+
+fn stats_json(kind: ConnType, s: &ConnStats) -> Value {
+    let mut v = serde_json::to_value(s).expect("figures serialise");
+    if let Some(m) = v.as_object_mut() {
+        m.insert("type".into(), kind.as_str().into());
+    }
+    v
+}
+
+/// What a definition looks like to an operator: everything but its sealed credential, and
+/// `has_secret` instead.
+pub fn public_json<K: Credentialed + ConfigObject>(def: &K) -> Value {
+    let mut v = serde_json::to_value(def).expect("a definition serialises");
+    if let Some(m) = v.as_object_mut() {
+        m.remove("sealed");
+        if let Some(Value::Object(auth)) = m.get_mut("auth") {
+            auth.remove("sealed");
+        }
+        m.insert("has_secret".into(), def.sealed_secret().is_some().into());
+    }
+    v
+}
+
+/// The two kinds' JSON keys in answers.
+trait Listed: Credentialed + ConfigObject {
+    const PLURAL: &'static str;
+}
+impl Listed for RestConn {
+    const PLURAL: &'static str = "rest";
+}
+impl Listed for SqlConn {
+    const PLURAL: &'static str = "sql";
+}
+
+/// `GET /v1/outgoing/{type}`: every stored definition, with this server's figures of each
+/// (`stats` null for one this server has not applied yet).
+async fn list<K: Listed>(cx: &Ctx, kind: ConnType) -> Response<Body> {
+    let defs: Vec<K> = match cx.store.objects().await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let stats = cx.outgoing.stats(kind);
+    let list: Vec<Value> = defs
+        .iter()
+        .map(|d| {
+            let mut v = public_json(d);
+            let s = stats.iter().find(|s| s.name == d.name());
+            v["stats"] = s.map_or(Value::Null, |s| stats_json(kind, s));
+            v
+        })
+        .collect();
+    reply(StatusCode::OK, json!({ K::PLURAL: list }))
+}
+
+/// `GET /v1/outgoing/{type}/{name}`.
+async fn get<K: Listed>(cx: &Ctx, name: &str) -> Response<Body> {
+    match cx.store.objects::<K>().await {
+        Ok(list) => match list.iter().find(|d| d.name() == name) {
+            Some(d) => reply(StatusCode::OK, public_json(d)),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no {} named {name}", K::WHAT),
+            ),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// A checked definition from what an operator sent (`input`, parsed by the model) and the
+/// stored one of its name: the plaintext credential sealed under the connection's seal name;
+/// a given `sealed` checked to open with `key`; neither given: the stored sealed value kept
+/// when [`Credentialed::keeps_secret_of`] holds (else none, which validation refuses where a
+/// credential is needed).
+pub(crate) fn build<K: Credentialed + ConfigObject>(
+    key: &crate::secrets::Key,
+    input: Input<K>,
+    stored: Option<&K>,
+) -> Result<K, InvalidObject> {
+    let Input { mut def, plain } = input;
+    let field = def.secret_field();
+    let what = format!("{} {}", K::WHAT, def.name());
+    match (plain, def.sealed_secret()) {
+        (Some(p), _) => {
+            let sealed = key.seal(&def.seal_name_of(), &p);
+            def.set_sealed(Some(sealed));
+        }
+        (None, Some(s)) => {
+            if let Err(e) = key.open(&def.seal_name_of(), s) {
+                return Err(InvalidObject(format!(
+                    "{what}: {field}: the sealed value does not open with this server's key: {e}"
+                )));
+            }
+        }
+        (None, None) => {
+            if let Some(old) = stored.filter(|old| def.keeps_secret_of(old)) {
+                def.set_sealed(old.sealed_secret().map(str::to_owned));
+            }
+        }
+    }
+    def.validate()?;
+    Ok(def)
+}
+
+/// Whether two definitions are the same once their sealed values are opened (a value sealed
+/// again has another nonce, not another secret).
+pub(crate) fn same_opened<K: Credentialed + ConfigObject>(
+    key: &crate::secrets::Key,
+    a: &K,
+    b: &K,
+) -> bool {
+    let strip = |d: &K| {
+        let mut d = d.clone();
+        d.set_sealed(None);
+        d
+    };
+    let open = |d: &K| {
+        d.sealed_secret()
+            .map(|s| key.open(&d.seal_name_of(), s).ok())
+    };
+    strip(a) == strip(b) && open(a) == open(b)
+}
+
+/// How each kind parses an operator's JSON (the model's parse).
+pub(crate) trait Parsed: Credentialed + ConfigObject {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject>;
+}
+impl Parsed for RestConn {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::outgoing::parse_rest_input(v, name)
+    }
+}
+impl Parsed for SqlConn {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::outgoing::parse_sql_input(v, name)
+    }
+}
+
+/// This server's connections of kind `K`, as the store has them after a change (`expected`
+/// should it not answer now).
+pub(crate) trait Applied: ConfigObject {
+    fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]);
+}
+impl Applied for RestConn {
+    fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
+        outgoing.apply_rest(defs);
+    }
+}
+impl Applied for SqlConn {
+    fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
+        outgoing.apply_sql(defs);
+    }
+}
+
+/// The kinds' [`AdminObject`] hooks (the same for both).
+macro_rules! admin_object {
+    ($k:ty) => {
+        impl AdminObject for $k {
+            /// Built against the stored one: its sealed credential may be kept.
+            const BUILT_FROM_STORED: bool = true;
+
+            async fn build(
+                cx: &Ctx,
+                input: Value,
+                name: Option<&str>,
+                stored: Option<&Self>,
+            ) -> Result<Self, Refused> {
+                let input = <$k as Parsed>::parse(&input, name)
+                    .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))?;
+                build(&cx.key, input, stored).map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))
+            }
+
+            async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {
+                let defs = objects::read_back(cx, expected, <$k as ConfigObject>::WHAT).await;
+                <$k as Applied>::apply(&cx.outgoing, &defs);
+                Ok(())
+            }
+
+            fn put_answer(
+                _cx: &Ctx,
+                def: &Self,
+                config_version: i64,
+                created: bool,
+            ) -> Result<Value, Refused> {
+                Ok(json!({
+                    "config_version": config_version,
+                    "created": created,
+                    "connection": public_json(def),
+                }))
+            }
+        }
+    };
+}
+admin_object!(RestConn);
+admin_object!(SqlConn);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::outgoing::{parse_rest_input, parse_sql_input};
+
+    fn key() -> crate::secrets::Key {
+        let dir =
+            std::env::temp_dir().join(format!("oxbus-outkey-{}", crate::random::random_hex(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = crate::secrets::Key::create(&dir.join("k")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        k
+    }
+
+    #[test]
+    fn plaintext_is_sealed_under_the_connection_kept_on_an_edit_and_checked_on_input() {
+        let k = key();
+        let v = json!({"address": "https://h", "auth": {"type": "basic", "username": "u", "password": "hunter2"}});
+        let def = build(&k, parse_rest_input(&v, Some("crm")).unwrap(), None).unwrap();
+        let sealed = def.auth.sealed().unwrap().to_owned();
+        assert!(!serde_json::to_string(&def).unwrap().contains("hunter2"));
+        assert_eq!(
+            k.open(&RestConn::seal_name("crm"), &sealed)
+                .unwrap()
+                .expose(),
+            "hunter2"
+        );
+        assert!(!public_json(&def).to_string().contains(&sealed));
+        assert_eq!(public_json(&def)["has_secret"], true);
+
+        // An edit without a credential keeps it; another auth type does not.
+        let edit = json!({"address": "https://h2", "auth": {"type": "basic", "username": "v"}});
+        let kept = build(
+            &k,
+            parse_rest_input(&edit, Some("crm")).unwrap(),
+            Some(&def),
+        )
+        .unwrap();
+        assert_eq!(kept.auth.sealed(), Some(sealed.as_str()));
+        assert!(same_opened(&k, &def, &def.clone()));
+        assert!(!same_opened(&k, &def, &kept));
+        let other = json!({"address": "https://h", "auth": {"type": "bearer"}});
+        let e = build(
+            &k,
+            parse_rest_input(&other, Some("crm")).unwrap(),
+            Some(&def),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.token: missing"), "{e}");
+
+        // Sealed input: it must open with this key and under this name.
+        let copied = json!({"address": "https://h", "auth": {"type": "basic", "username": "u", "sealed": sealed}});
+        build(&k, parse_rest_input(&copied, Some("crm")).unwrap(), None).unwrap();
+        let e = build(&k, parse_rest_input(&copied, Some("erp")).unwrap(), None).unwrap_err();
+        assert!(e.to_string().contains("does not open"), "{e}");
+        let e = build(
+            &key(),
+            parse_rest_input(&copied, Some("crm")).unwrap(),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("does not open with this server's key"),
+            "{e}"
+        );
+
+        // SQL: a resealed same password is no change; another user drops the password.
+        let pg = json!({"engine": "postgresql", "url": "postgres://app@h/db", "password": "pw"});
+        let a = build(&k, parse_sql_input(&pg, Some("db")).unwrap(), None).unwrap();
+        let b = build(&k, parse_sql_input(&pg, Some("db")).unwrap(), Some(&a)).unwrap();
+        assert_ne!(a.sealed, b.sealed, "a new nonce");
+        assert!(same_opened(&k, &a, &b));
+        let root = json!({"engine": "postgresql", "url": "postgres://root@h/db"});
+        let c = build(&k, parse_sql_input(&root, Some("db")).unwrap(), Some(&a)).unwrap();
+        assert_eq!(c.sealed, None);
+    }
+}
