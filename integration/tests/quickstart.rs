@@ -114,6 +114,18 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
         assert_eq!(r.json(), json!({"page": "home", "visits": n}));
     }
 
+    // The sample outgoing connections: demo.self (REST, to this server's own /hello/{name})
+    // and demo.sqlite (a file in the environment), pooled in the server.
+    for n in 1..=2 {
+        let r = call(port, "GET", "/sample/outgoing", b"").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let doc = r.json();
+        assert_eq!(doc["rest"]["status"], 200, "{doc}");
+        assert_eq!(doc["rest"]["data"]["message"], "Hi, outgoing!", "{doc}");
+        assert_eq!(doc["sql"]["calls"], n, "{doc}");
+    }
+    assert!(dir.join("demo.db").is_file());
+
     // The proxy in front of it (port + 2) serves the same, and reports the server up.
     ready(port + 2).await;
     let r = call(port + 2, "POST", "/echo", br#"{"via": "proxy"}"#)
@@ -157,8 +169,11 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     assert_eq!(r.status, 200);
     ready(port + 2).await;
     let modules = cli(&dir, &["config", "export"]);
-    assert_eq!(modules["config_version"], 1);
-    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 5);
+    assert_eq!(modules["config_version"], 3);
+    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 6);
+    // The SQLite file kept its rows across the restart.
+    let r = call(port, "GET", "/sample/outgoing", b"").await.unwrap();
+    assert_eq!(r.json()["sql"]["calls"], 3, "{:?}", r.body);
     stop(child);
     std::fs::remove_dir_all(&base).unwrap();
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use super::{CliError, fail};
 use crate::config::{MAX_WORKERS, Settings};
 use crate::model::channel::{Channel, DataFormat};
+use crate::model::outgoing::{RestConn, SqlConn};
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -71,6 +72,27 @@ class Visits(Service):
         page = self.request.input.page
         self.response.payload = {'page': page,
                                  'visits': self.cache.default.incr('visits:' + page)}
+
+
+class Outgoing(Service):
+    """GET /sample/outgoing: outgoing connections, whose pools live in the server (self.out):
+    a REST call (the connection demo.self points at this server's own /hello/{name}) and
+    SQLite queries (demo.sqlite, the file demo.db next to server.toml)."""
+
+    name = 'demo.outgoing'
+
+    def handle(self):
+        rest = self.out.rest['demo.self'].conn.get(
+            self.cid, params={'name': 'outgoing', 'greeting': 'Hi'})
+        db = self.out.sql['demo.sqlite']
+        db.execute('CREATE TABLE IF NOT EXISTS calls '
+                   '(id INTEGER PRIMARY KEY, cid TEXT NOT NULL)')
+        db.execute('INSERT INTO calls (cid) VALUES (?)', [self.cid])
+        calls = db.fetch_value('SELECT count(*) FROM calls')
+        self.response.payload = {
+            'rest': {'status': rest.status_code, 'data': rest.data},
+            'sql': {'calls': calls},
+        }
 
 
 class Slow(Service):
@@ -202,6 +224,7 @@ fn sample_channels() -> Vec<Channel> {
         ("/customers/{customer_id}", "GET", "demo.customer.get"),
         ("/slow", "GET", "demo.slow"),
         ("/visits/{page}", "GET", "demo.visits"),
+        ("/sample/outgoing", "GET", "demo.outgoing"),
     ]
     .into_iter()
     .map(|(path, method, service)| Channel {
@@ -219,10 +242,40 @@ fn sample_channels() -> Vec<Channel> {
     .collect()
 }
 
-/// Puts the sample module (`demo`, deployed as version 1) and its REST channels into a
-/// store that holds nothing yet, in one transaction; a store with any history is left
-/// alone. Returns whether it seeded.
-pub async fn seed(store: &Store) -> Result<bool, StoreError> {
+/// The sample outgoing connections: `demo.self`, a REST connection to this server's own
+/// `/hello/{name}` (so the sample works offline), and `demo.sqlite`, an SQLite file
+/// `demo.db` in the environment (`db_file`, absolute).
+fn sample_connections(
+    listen: std::net::SocketAddr,
+    db_file: &Path,
+) -> Result<(RestConn, SqlConn), StoreError> {
+    let rest = serde_json::from_value(serde_json::json!({
+        "name": "demo.self",
+        "address": format!("http://{listen}"),
+        "url_path": "/hello/{name}",
+        "timeout_ms": 5000,
+        "pool_size": 4,
+    }))
+    .map_err(|e| StoreError::Invalid(format!("the sample REST connection: {e}")))?;
+    let sql = serde_json::from_value(serde_json::json!({
+        "name": "demo.sqlite",
+        "engine": "sqlite",
+        "url": format!("sqlite://{}", db_file.display()),
+        "pool_max": 2,
+    }))
+    .map_err(|e| StoreError::Invalid(format!("the sample SQL connection: {e}")))?;
+    Ok((rest, sql))
+}
+
+/// Puts the sample module (`demo`, deployed as version 1), its REST channels and a job into
+/// a store that holds nothing yet, in one transaction, then the sample outgoing connections
+/// (`listen`: the server's address, which `demo.self` calls; `db_file`: `demo.sqlite`'s
+/// file); a store with any history is left alone. Returns whether it seeded.
+pub async fn seed(
+    store: &Store,
+    listen: std::net::SocketAddr,
+    db_file: &Path,
+) -> Result<bool, StoreError> {
     if store.version().await? != 0 {
         return Ok(false);
     }
@@ -245,6 +298,9 @@ pub async fn seed(store: &Store) -> Result<bool, StoreError> {
         ..Plan::default()
     };
     store.apply(&plan, "quickstart").await?;
+    let (rest, sql) = sample_connections(listen, db_file)?;
+    store.put_object(&rest, true, "quickstart").await?;
+    store.put_object(&sql, true, "quickstart").await?;
     Ok(true)
 }
 
@@ -288,7 +344,7 @@ fn prepare(
     }
     let s = Settings::load(&dir.join("server.toml"), env)?;
     if created {
-        seed_store(&s)?;
+        seed_store(&s, dir)?;
     }
     let url = format!("http://{}", s.server.listen);
     let mut proxy = None;
@@ -311,7 +367,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -325,15 +381,25 @@ fn prepare(
     Ok((s, banner, proxy))
 }
 
-/// Seeds a new quickstart environment's config store with the sample module and channels.
-fn seed_store(s: &Settings) -> Result<(), CliError> {
+/// Seeds a new quickstart environment's config store with the sample module, channels and
+/// connections; creates the sample SQLite database `DIR/demo.db` (empty) for `demo.sqlite`.
+fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
+    let db_file = std::path::absolute(dir.join("demo.db"))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&db_file)
+        .map_err(|source| CliError::Write {
+            path: db_file.clone(),
+            source,
+        })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::SeedRuntime)?;
     rt.block_on(async {
         let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
-        let r = seed(&store).await;
+        let r = seed(&store, s.server.listen, &db_file).await;
         store.close().await;
         r.map(drop).map_err(CliError::Seed)
     })
@@ -392,9 +458,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite:{}", dir.join("oxbus.db").display());
         let store = Store::open(&url).await.unwrap();
-        assert!(seed(&store).await.unwrap());
+        let listen: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
+        let db = dir.join("demo.db");
+        assert!(seed(&store, listen, &db).await.unwrap());
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 5);
+        assert_eq!(channels.len(), 6);
         let jobs: Vec<crate::model::job::JobDef> = store.objects().await.unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].validate().unwrap();
@@ -402,12 +470,26 @@ mod tests {
         let modules = store.active_modules().await.unwrap();
         assert_eq!(modules.len(), 1);
         assert_eq!((modules[0].name.as_str(), modules[0].version), ("demo", 1));
-        assert_eq!(store.version().await.unwrap(), 1, "one transaction");
+        // The sample connections: REST to this server's /hello/{name}, SQLite in the env.
+        let rest: Vec<RestConn> = store.objects().await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(
+            (rest[0].name.as_str(), rest[0].address.as_str()),
+            ("demo.self", "http://127.0.0.1:18080")
+        );
+        assert_eq!(rest[0].url_path, "/hello/{name}");
+        rest[0].validate().unwrap();
+        let sql: Vec<SqlConn> = store.objects().await.unwrap();
+        assert_eq!(sql.len(), 1);
+        assert_eq!(sql[0].url, format!("sqlite://{}", db.display()));
+        sql[0].validate().unwrap();
+        // The module, channels and job in one transaction; each connection one more.
+        assert_eq!(store.version().await.unwrap(), 3);
         assert!(
-            !seed(&store).await.unwrap(),
+            !seed(&store, listen, &db).await.unwrap(),
             "a store with history is left alone"
         );
-        assert_eq!(store.version().await.unwrap(), 1);
+        assert_eq!(store.version().await.unwrap(), 3);
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
