@@ -123,6 +123,8 @@ class Dispatcher:
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
         self.cache = CacheAPI(request or _no_server)
+        #: The CALL-and-wait itself, for ``self.secrets`` (and other server ops).
+        self.request = request or _no_server
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
         self._run_coroutine = run_coroutine or _asyncio_run

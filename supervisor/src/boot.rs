@@ -128,6 +128,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         Arc::new(key.clone()),
         metrics.clone(),
     ));
+    outgoing.apply_secrets(
+        boot.snapshot
+            .secrets
+            .iter()
+            .map(crate::cluster::sync::readable_secret),
+    );
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(
@@ -200,6 +206,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         locks: locks.clone(),
         routes: routes.clone(),
         jobs,
+        outgoing: outgoing.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
