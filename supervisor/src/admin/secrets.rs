@@ -102,10 +102,10 @@ async fn put_secret(cx: &Ctx, name: &str, body: Bytes, who: &Identity) -> Respon
     if let Err(e) = crate::store::validate_secret_name(name) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    if let Some(s) = &services {
-        if let Err(e) = crate::store::validate_services(name, s) {
-            return error(StatusCode::BAD_REQUEST, e);
-        }
+    if let Some(s) = &services
+        && let Err(e) = crate::store::validate_services(name, s)
+    {
+        return error(StatusCode::BAD_REQUEST, e);
     }
     let sealed = value.map(|v| cx.key.seal(name, v));
     let _one_at_a_time = cx.locks.deploy.lock().await;
