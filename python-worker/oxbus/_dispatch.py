@@ -130,6 +130,8 @@ class Dispatcher:
         #: ``a*`` forms. Without an ``arequest`` (tests) those run ``request`` in line.
         self.outgoing = OutgoingAPI(request or _no_server,
                                     arequest or _inline_arequest(request or _no_server))
+        #: The CALL-and-wait itself, for ``self.secrets`` (and other server ops).
+        self.request = request or _no_server
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
         self._run_coroutine = run_coroutine or _asyncio_run

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._dispatch import Dispatcher
     from .cache import CacheAPI
     from .outgoing import OutgoingAPI
+    from .secrets_api import Secrets
     from .simpleio import Elem, Spec
 
     #: (cid, service name, stream) of the invocation a thread or task is running.
@@ -438,6 +439,14 @@ class Service:
     def outgoing(self) -> OutgoingAPI:
         """Zato's long name for :attr:`out`."""
         return self._require_dispatcher().outgoing
+
+    @property
+    def secrets(self) -> Secrets:
+        """The secrets this service may read: ``self.secrets['name']`` (str; KeyError when
+        unknown, PermissionError when its ``services`` do not name this service),
+        ``.get(name, default)``, ``name in self.secrets`` (see :mod:`oxbus.secrets_api`)."""
+        from .secrets_api import Secrets
+        return Secrets(self._require_dispatcher().request, self.name)
 
     def _require_dispatcher(self) -> Dispatcher:
         dispatcher = self._oxbus_dispatcher

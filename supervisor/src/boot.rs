@@ -138,6 +138,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     // The stored connections, before any worker is started (and so before any call).
     outgoing.apply_rest(&boot.snapshot.objects.outgoing_rest);
     outgoing.apply_sql(&boot.snapshot.objects.outgoing_sql);
+    outgoing.apply_secrets(
+        boot.snapshot
+            .secrets
+            .iter()
+            .map(crate::cluster::sync::readable_secret),
+    );
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(

@@ -419,9 +419,37 @@ async fn secrets_crud(s: &Store) {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].sealed, "oxbus1:k:n:bb");
     assert_eq!(all[0].updated_by, "u");
+    assert!(all[0].services.is_empty(), "no reader by default");
+    // Readers only: the value stays; a value only: the readers stay.
+    let readers = vec!["crm.*".to_owned(), "billing.charge".to_owned()];
+    s.put_secret_with("crm.password", None, Some(&readers), "r")
+        .await
+        .unwrap();
+    let all = s.secrets().await.unwrap();
+    assert_eq!(all[0].sealed, "oxbus1:k:n:bb");
+    assert_eq!(all[0].services, readers);
+    s.put_secret("crm.password", "oxbus1:k:n:b2", "u")
+        .await
+        .unwrap();
+    let all = s.secrets().await.unwrap();
+    assert_eq!(all[0].sealed, "oxbus1:k:n:b2");
+    assert_eq!(all[0].services, readers);
+    assert!(matches!(
+        s.put_secret_with("absent", None, Some(&readers), "r").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.put_secret_with("crm.password", None, Some(&["a b".to_owned()]), "r")
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    s.put_secret_with("crm.password", None, Some(&[]), "r")
+        .await
+        .unwrap();
+    assert!(s.secrets().await.unwrap()[0].services.is_empty());
     assert_eq!(
         s.any_sealed().await.unwrap().as_deref(),
-        Some("oxbus1:k:n:bb")
+        Some("oxbus1:k:n:b2")
     );
     assert!(matches!(
         s.put_secret("bad name", "x", "t").await,
@@ -432,7 +460,7 @@ async fn secrets_crud(s: &Store) {
         s.delete_secret("crm.password").await,
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(s.version().await.unwrap(), v0 + 3);
+    assert_eq!(s.version().await.unwrap(), v0 + 6);
 }
 
 /// A plan is applied whole with one version bump, or (a bad name in it) not at all.
@@ -775,6 +803,7 @@ async fn apply_is_one_transaction(s: &Store) {
         put_channels: vec![ch("a", "/a"), ch("old", "/old2")],
         delete_channels: vec![],
         put_secrets: vec![("s".into(), "oxbus1:k:n:cc".into())],
+        secret_services: [("s".to_owned(), vec!["svc.*".to_owned()])].into(),
         delete_secrets: vec![],
         deploy_modules: vec![("m".into(), "y = 2\n".into())],
         undeploy_modules: vec!["gone".into()],
@@ -806,6 +835,7 @@ async fn apply_is_one_transaction(s: &Store) {
     assert_eq!(set.outgoing_rest, plan.outgoing_rest.put);
     assert_eq!(set.outgoing_sql, plan.outgoing_sql.put);
     assert_eq!(c.config_version, v0 + 1);
+    assert_eq!(s.secrets().await.unwrap()[0].services, ["svc.*"]);
     assert_eq!(c.value.len(), 1);
     assert_eq!(c.value[0].name, "m");
     let mut paths: Vec<String> = s

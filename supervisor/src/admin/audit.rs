@@ -338,7 +338,7 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
                 out.insert(
                     (kind, s.name.clone()),
                     Entry {
-                        digest: crate::store::secret_digest(&s.name, &s.sealed),
+                        digest: crate::store::secret_digest(&s.name, &s.sealed, &s.services),
                         detail: Map::new(),
                     },
                 );

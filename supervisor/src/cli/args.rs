@@ -269,15 +269,30 @@ pub enum ClusterAction {
 #[derive(Subcommand)]
 pub enum SecretAction {
     /// Set a secret; the value is read from standard input (a trailing newline is dropped)
-    /// or from --value-file, never from the command line.
+    /// or from --value-file, never from the command line. --service (repeatable) sets which
+    /// services may read it from Python (`self.secrets[name]`); without it a new secret is
+    /// readable by none and an existing one keeps its readers.
     Set {
         #[command(flatten)]
         to: ServerArgs,
         name: String,
         #[arg(long)]
         value_file: Option<PathBuf>,
+        /// A service name or a pattern with `*` (e.g. `crm.*`) that may read the secret.
+        #[arg(long = "service", value_name = "PATTERN")]
+        services: Vec<String>,
     },
-    /// List secret names (values are never shown).
+    /// Change which services may read a secret, keeping its value: the --service patterns
+    /// given replace the stored ones; none: no service may read it.
+    Services {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// A service name or a pattern with `*` (e.g. `crm.*`) that may read the secret.
+        #[arg(long = "service", value_name = "PATTERN")]
+        services: Vec<String>,
+    },
+    /// List secret names and which services may read them (values are never shown).
     List {
         #[command(flatten)]
         to: ServerArgs,

@@ -1,5 +1,6 @@
-//! `oxbus secret set|list|delete`: secrets through the admin API. The value is read from
-//! standard input or a file, never from the command line, and never printed.
+//! `oxbus secret set|services|list|delete`: secrets through the admin API. The value is read
+//! from standard input or a file, never from the command line, and never printed;
+//! `--service PATTERN` names the services that may read it (`self.secrets[name]`).
 
 use super::CliError;
 use super::args::{Output, SecretAction};
@@ -14,10 +15,14 @@ pub fn command(rt: &Runtime, action: &SecretAction) -> Result<(), CliError> {
             to,
             name,
             value_file,
+            services,
         } => {
             let value = read_value(name, value_file.as_deref())?;
             let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            let body = serde_json::json!({"value": value, "updated_by": who});
+            let mut body = serde_json::json!({"value": value, "updated_by": who});
+            if !services.is_empty() {
+                body["services"] = serde_json::json!(services);
+            }
             let path = format!("/v1/secrets/{}", percent_encode(name));
             let answer = call(rt, to, "PUT", &path, body.to_string().into_bytes())?;
             print(answer, Output::Text, |d| {
@@ -32,14 +37,28 @@ pub fn command(rt: &Runtime, action: &SecretAction) -> Result<(), CliError> {
                 )
             });
         }
+        SecretAction::Services { to, name, services } => {
+            let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let body = serde_json::json!({"services": services, "updated_by": who});
+            let path = format!("/v1/secrets/{}", percent_encode(name));
+            let answer = call(rt, to, "PUT", &path, body.to_string().into_bytes())?;
+            print(answer, Output::Text, |d| {
+                println!(
+                    "secret {name} readable by {} (config version {})",
+                    readers(&serde_json::json!(services)),
+                    d["config_version"]
+                )
+            });
+        }
         SecretAction::List { to, output } => {
             let answer = call(rt, to, "GET", "/v1/secrets", Vec::new())?;
             print(answer, *output, |d| {
                 for s in d["secrets"].as_array().into_iter().flatten() {
                     println!(
-                        "{:<40} set by {}",
+                        "{:<40} set by {:<16} readable by {}",
                         s["name"].as_str().unwrap_or(""),
-                        s["updated_by"].as_str().unwrap_or("")
+                        s["updated_by"].as_str().unwrap_or(""),
+                        readers(&s["services"])
                     );
                 }
             });
@@ -56,6 +75,21 @@ pub fn command(rt: &Runtime, action: &SecretAction) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A secret's `services` for people: the patterns, or "no service".
+fn readers(services: &serde_json::Value) -> String {
+    let list: Vec<&str> = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    if list.is_empty() {
+        "no service".to_owned()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// The value of `secret set NAME`: from `value_file`, else from standard input unless it

@@ -190,6 +190,7 @@ mod tests {
             secrets: vec![SealedSecret {
                 name: "s".into(),
                 sealed: "oxbus1:k:n:c".into(),
+                services: vec!["crm.*".into()],
                 updated_by: "t".into(),
                 updated_at: 3,
             }],

@@ -48,7 +48,7 @@ pub struct Ctx {
     pub locks: Arc<Locks>,
     pub routes: Arc<RoutingTable>,
     pub jobs: Arc<JobsTable>,
-    /// This server's outgoing connections (their definitions applied on every change).
+    /// The outgoing connections and the secrets services may read.
     pub outgoing: Arc<crate::outgoing::Outgoing>,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<Bus>>,
@@ -268,6 +268,9 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     // a new client for new calls.
     cx.outgoing.apply_rest(&snap.objects.outgoing_rest);
     cx.outgoing.apply_sql(&snap.objects.outgoing_sql);
+    // The secrets services may read: a change of value or readers applies to the next read.
+    cx.outgoing
+        .apply_secrets(snap.secrets.iter().map(readable_secret));
     let version = snap.config_version;
     let table_ok = match cx.routes.rebuild(&snap.channels, &snap.objects.security) {
         Ok(()) => true,
@@ -289,6 +292,17 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     applied(cx, version).await;
     write_snapshot(cx, snap).await;
     Ok((version, all_acks))
+}
+
+/// A stored secret as the outgoing subsystem's `secret.get` needs it.
+pub fn readable_secret(
+    s: &crate::store::SealedSecret,
+) -> crate::outgoing::service_secrets::ReadableSecret {
+    crate::outgoing::service_secrets::ReadableSecret {
+        name: s.name.clone(),
+        sealed: s.sealed.clone(),
+        services: s.services.clone(),
+    }
 }
 
 /// Sets the config version this server runs and records it in the store's server list at

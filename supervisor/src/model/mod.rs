@@ -3,6 +3,7 @@
 //! store, no network, no files, no clock but what a caller passes in. `object`: what the
 //! JSON-defined named objects (security, cache, job definitions) share; `cache`: a cache
 //! definition from an operator's JSON; `outgoing`: outgoing REST and SQL connections;
+//! `secret_access`: which services may read a secret;
 //! `document`: the config export/import document.
 
 pub mod cache;
@@ -12,4 +13,5 @@ pub mod job;
 pub mod net;
 pub mod object;
 pub mod outgoing;
+pub mod secret_access;
 pub mod security;

@@ -12,6 +12,7 @@
 //! `unknown_conn` naming it. docs/OUTGOING.md.
 
 pub mod rest;
+pub mod service_secrets;
 pub mod sql;
 
 use bytes::Bytes;
@@ -89,6 +90,8 @@ pub struct Outgoing {
     metrics: Arc<crate::metrics::Metrics>,
     rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
     sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
+    /// The secrets services may read (`secret.get`).
+    secrets: service_secrets::ServiceSecrets,
 }
 
 impl Outgoing {
@@ -98,7 +101,17 @@ impl Outgoing {
             metrics,
             rest: RwLock::new(HashMap::new()),
             sql: RwLock::new(HashMap::new()),
+            secrets: service_secrets::ServiceSecrets::default(),
         }
+    }
+
+    /// Makes `secrets` the stored secrets services may read (`secret.get`): boot's and each
+    /// config version's.
+    pub fn apply_secrets(
+        &self,
+        secrets: impl IntoIterator<Item = service_secrets::ReadableSecret>,
+    ) {
+        self.secrets.apply(secrets);
     }
 
     /// Makes `defs` the REST connections: a new client for each new or changed definition,
@@ -173,6 +186,32 @@ impl Outgoing {
     }
 }
 
+/// The meta of `secret.get`.
+#[derive(serde::Deserialize)]
+struct SecretGetMeta {
+    name: String,
+    service: String,
+}
+
+impl Outgoing {
+    /// `secret.get`: the value of a secret the calling service may read, as a JSON string.
+    fn secret_get(&self, raw_meta: &[u8]) -> OpReply {
+        let meta: SecretGetMeta = match serde_json::from_slice(raw_meta) {
+            Ok(m) => m,
+            Err(e) => {
+                return OpReply::error(400, "invalid", &format!("secret.get: bad meta: {e}"));
+            }
+        };
+        match self.secrets.get(&self.key, &meta.name, &meta.service) {
+            Ok(value) => OpReply::json(200, &serde_json::Value::String(value)),
+            Err(e) => {
+                let (status, code) = e.code();
+                OpReply::error(status, code, &e.to_string())
+            }
+        }
+    }
+}
+
 /// The `conn` field every `out.*` meta has.
 #[derive(serde::Deserialize)]
 struct ConnField {
@@ -190,6 +229,7 @@ impl ServerOps for Outgoing {
         let kind = match op {
             "out.rest" => ConnType::Rest,
             "out.sql" => ConnType::Sql,
+            "secret.get" => return self.secret_get(&raw_meta),
             _ => return OpReply::error(501, "invalid", &format!("unknown op: {op}")),
         };
         let conn = match serde_json::from_slice::<ConnField>(&raw_meta) {

@@ -102,10 +102,15 @@ pub fn module_head_digest(name: &str, version: i64, source_hash: &str) -> String
     }))
 }
 
-/// The digest of a stored secret: over its name and sealed form, never its value (a new
-/// value is sealed with a fresh nonce, so every update gives a new digest).
-pub fn secret_digest(name: &str, sealed: &str) -> String {
-    digest(&serde_json::json!({ "name": name, "sealed": sealed }))
+/// The digest of a stored secret: over its name, sealed form and readers, never its value
+/// (a new value is sealed with a fresh nonce, so every update gives a new digest).
+pub fn secret_digest(name: &str, sealed: &str, services: &[String]) -> String {
+    // Without readers the digest is the one of before issue 19 (no `services` member).
+    if services.is_empty() {
+        digest(&serde_json::json!({ "name": name, "sealed": sealed }))
+    } else {
+        digest(&serde_json::json!({ "name": name, "sealed": sealed, "services": services }))
+    }
 }
 
 /// The statement of [`Store::audit_page`] for `q`, with its parameters in order: the text

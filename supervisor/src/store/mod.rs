@@ -263,7 +263,7 @@ pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
 pub use plan::{ObjectChanges, Plan};
 pub use scheduler::{Claim, JobState, RUNS_KEPT, Run};
-pub use secrets::{SealedSecret, validate_secret_name};
+pub use secrets::{SealedSecret, validate_secret_name, validate_services};
 pub use servers::{SERVER_HEARTBEAT, SERVER_STALE, ServerRecord};
 pub use tokens::{StoredToken, validate_token_name};
 

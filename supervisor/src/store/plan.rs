@@ -81,6 +81,9 @@ pub struct Plan {
     pub delete_channels: Vec<String>,
     /// (name, sealed value) to create or replace.
     pub put_secrets: Vec<(String, String)>,
+    /// Who may read each secret of `put_secrets` (service-name patterns); a secret not
+    /// listed here gets none.
+    pub secret_services: std::collections::BTreeMap<String, Vec<String>>,
     pub delete_secrets: Vec<String>,
     /// Security definitions (secret material sealed).
     pub security: ObjectChanges<SecurityDef>,
@@ -123,6 +126,9 @@ impl Store {
         }
         for (name, _) in &plan.put_secrets {
             validate_secret_name(name)?;
+        }
+        for (name, services) in &plan.secret_services {
+            super::secrets::validate_services(name, services)?;
         }
         plan.security.validate()?;
         plan.caches.validate()?;
@@ -175,7 +181,8 @@ impl Store {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }
             for (name, sealed) in &plan.put_secrets {
-                upsert_secret!(tx, name, sealed, by);
+                let services = plan.secret_services.get(name).map(Vec::as_slice).unwrap_or(&[]);
+                upsert_secret!(tx, name, sealed, services, by);
             }
             for name in &plan.undeploy_modules {
                 sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")

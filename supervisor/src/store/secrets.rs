@@ -1,20 +1,25 @@
-//! Stored secrets (`secrets`): sealed values only. Sealing and unsealing are
-//! `crate::secrets`' (it holds the key); this file never sees a plain value.
+//! Stored secrets (`secrets`): sealed values only, and the service-name patterns that may
+//! read each (`services`, a JSON list: `crate::model::secret_access`). Sealing and
+//! unsealing are `crate::secrets`' (it holds the key); this file never sees a plain value.
 
 use sqlx::Row;
 
 use super::{Change, Result, Store, StoreError, bump};
 
-/// Inside transaction `$tx`: creates or replaces a sealed secret.
+/// Inside transaction `$tx`: creates or replaces a sealed secret and who may read it
+/// (`$services`, a `&[String]`).
 macro_rules! upsert_secret {
-    ($tx:ident, $name:expr, $sealed:expr, $by:expr) => {{
+    ($tx:ident, $name:expr, $sealed:expr, $services:expr, $by:expr) => {{
         sqlx::query(
-            "INSERT INTO secrets (name, sealed, updated_by, updated_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO secrets (name, sealed, services, updated_by, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, \
+             services = excluded.services, \
              updated_by = excluded.updated_by, updated_at = excluded.updated_at",
         )
         .bind($name)
         .bind($sealed)
+        .bind(serde_json::to_string($services).expect("a list of strings"))
         .bind($by)
         .bind($crate::store::now_ms())
         .execute(&mut *$tx)
@@ -23,11 +28,15 @@ macro_rules! upsert_secret {
 }
 pub(super) use upsert_secret;
 
-/// A stored secret: its sealed value only (see `crate::secrets`).
+/// A stored secret: its sealed value only (see `crate::secrets`), and who may read it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SealedSecret {
     pub name: String,
     pub sealed: String,
+    /// Service-name patterns that may read it from Python (`self.secrets[name]`); empty:
+    /// none (`crate::model::secret_access`). Absent in snapshots written before issue 19.
+    #[serde(default)]
+    pub services: Vec<String>,
     pub updated_by: String,
     /// Unix milliseconds.
     pub updated_at: i64,
@@ -49,10 +58,23 @@ pub fn validate_secret_name(name: &str) -> Result<()> {
     }
 }
 
+/// Checks a secret's `services` patterns.
+pub fn validate_services(name: &str, services: &[String]) -> Result<()> {
+    crate::model::secret_access::validate_patterns(services)
+        .map_err(|e| StoreError::Invalid(format!("secret {name}: {e}")))
+}
+
+/// The `services` column: a JSON list of strings.
+fn services_column(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Invalid(format!("a secret's stored services are unreadable: {e}")))
+}
+
 impl Store {
     /// Every stored secret, sealed, by name.
     pub async fn secrets(&self) -> Result<Vec<SealedSecret>> {
-        let sql = "SELECT name, sealed, updated_by, updated_at FROM secrets ORDER BY name";
+        let sql =
+            "SELECT name, sealed, services, updated_by, updated_at FROM secrets ORDER BY name";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter()
@@ -60,6 +82,7 @@ impl Store {
                     Ok(SealedSecret {
                         name: r.try_get("name")?,
                         sealed: r.try_get("sealed")?,
+                        services: services_column(&r.try_get::<String, _>("services")?)?,
                         updated_by: r.try_get("updated_by")?,
                         updated_at: r.try_get("updated_at")?,
                     })
@@ -83,16 +106,46 @@ impl Store {
             .find_map(|d| d.sealed))
     }
 
-    /// Creates or replaces a secret (already sealed); `value` is true when it was created.
+    /// Creates or replaces a secret (already sealed), keeping who may read it (none for a
+    /// new one); `value` is true when it was created.
     pub async fn put_secret(&self, name: &str, sealed: &str, by: &str) -> Result<Change<bool>> {
+        self.put_secret_with(name, Some(sealed), None, by).await
+    }
+
+    /// Creates or changes a secret: its sealed value and/or the service patterns that may
+    /// read it. `None` keeps what is stored (a new secret: `sealed` is required, `services`
+    /// defaults to none). `value` is true when it was created.
+    pub async fn put_secret_with(
+        &self,
+        name: &str,
+        sealed: Option<&str>,
+        services: Option<&[String]>,
+        by: &str,
+    ) -> Result<Change<bool>> {
         validate_secret_name(name)?;
+        if let Some(s) = services {
+            validate_services(name, s)?;
+        }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let existed: Option<String> = sqlx::query_scalar("SELECT name FROM secrets WHERE name = $1")
+            let existed = sqlx::query("SELECT sealed, services FROM secrets WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-            upsert_secret!(tx, name, sealed, by);
+            let (old_sealed, old_services) = match &existed {
+                Some(r) => (
+                    Some(r.try_get::<String, _>("sealed")?),
+                    services_column(&r.try_get::<String, _>("services")?)?,
+                ),
+                None => (None, Vec::new()),
+            };
+            let Some(sealed) = sealed.map(str::to_owned).or(old_sealed) else {
+                return Err(StoreError::NotFound(format!(
+                    "no secret named {name} (a new secret needs a value)"
+                )));
+            };
+            let services = services.map(<[String]>::to_vec).unwrap_or(old_services);
+            upsert_secret!(tx, name, &sealed, &services, by);
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
             Ok(Change { config_version, value: existed.is_none() })

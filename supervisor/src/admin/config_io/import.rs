@@ -25,7 +25,8 @@ enum SecretIn {
     Sealed(String),
 }
 
-fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn), DeployError> {
+/// One `secret` entry: its name, value and readers (`services`, none when absent).
+fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn, Vec<String>), DeployError> {
     let Some(obj) = v.as_object() else {
         return Err(bad(format!(
             "secret[{i}]: expected {{name, value}} or {{name, sealed}}"
@@ -37,13 +38,22 @@ fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn), DeployError> 
     };
     if let Some(k) = obj
         .keys()
-        .find(|k| !["name", "value", "sealed"].contains(&k.as_str()))
+        .find(|k| !["name", "value", "sealed", "services"].contains(&k.as_str()))
     {
         return Err(bad(format!("secret {name}: unknown field {k:?}")));
     }
+    let services: Vec<String> = match obj.get("services") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            bad(format!(
+                "secret {name}: services must be a list of service names or patterns"
+            ))
+        })?,
+    };
+    crate::store::validate_services(&name, &services).map_err(|e| bad(e.to_string()))?;
     match (obj.get("value"), obj.get("sealed")) {
-        (Some(Value::String(p)), None) => Ok((name, SecretIn::Plain(p.clone()))),
-        (None, Some(Value::String(s))) => Ok((name, SecretIn::Sealed(s.clone()))),
+        (Some(Value::String(p)), None) => Ok((name, SecretIn::Plain(p.clone()), services)),
+        (None, Some(Value::String(s))) => Ok((name, SecretIn::Sealed(s.clone()), services)),
         (Some(_), Some(_)) => Err(bad(format!(
             "secret {name}: give value or sealed, not both"
         ))),
@@ -232,22 +242,22 @@ pub async fn import(
             ));
         }
     };
-    let secrets: Vec<(String, SecretIn)> = listed
+    let secrets: Vec<(String, SecretIn, Vec<String>)> = listed
         .iter()
         .enumerate()
         .map(|(i, v)| parse_secret(i, v))
         .collect::<Result<_, _>>()?;
-    if let Some(d) = duplicate(secrets.iter().map(|(n, _)| n.as_str())) {
+    if let Some(d) = duplicate(secrets.iter().map(|(n, _, _)| n.as_str())) {
         return Err(bad(format!("secret: {d} is listed twice")));
     }
-    let stored_secrets: BTreeMap<String, String> = store
+    let stored_secrets: BTreeMap<String, (String, Vec<String>)> = store
         .secrets()
         .await
         .map_err(unavailable)?
         .into_iter()
-        .map(|s| (s.name, s.sealed))
+        .map(|s| (s.name, (s.sealed, s.services)))
         .collect();
-    for (name, value) in &secrets {
+    for (name, value, services) in &secrets {
         crate::store::validate_secret_name(name).map_err(|e| bad(format!("secret: {e}")))?;
         let plain = match value {
             SecretIn::Plain(p) => crate::secrets::Plain::new(p.clone()),
@@ -255,7 +265,10 @@ pub async fn import(
         };
         let old = stored_secrets.get(name);
         let same = match old {
-            Some(old) => cx.key.open(name, old).map(|p| p == plain).unwrap_or(false),
+            Some((old, old_services)) => {
+                old_services == services
+                    && cx.key.open(name, old).map(|p| p == plain).unwrap_or(false)
+            }
             None => false,
         };
         if same {
@@ -267,6 +280,7 @@ pub async fn import(
             SecretIn::Plain(p) => cx.key.seal(name, p),
         };
         plan.put_secrets.push((name.clone(), sealed));
+        plan.secret_services.insert(name.clone(), services.clone());
         changes.push(Change {
             kind: "secret",
             name: name.clone(),
@@ -275,7 +289,7 @@ pub async fn import(
     }
     if replace {
         for name in stored_secrets.keys() {
-            if !secrets.iter().any(|(n, _)| n == name) {
+            if !secrets.iter().any(|(n, _, _)| n == name) {
                 plan.delete_secrets.push(name.clone());
                 changes.push(Change {
                     kind: "secret",

@@ -83,7 +83,7 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         secret: Value::Array(
             secrets
                 .into_iter()
-                .map(|s| json!({"name": s.name, "sealed": s.sealed}))
+                .map(|s| json!({"name": s.name, "sealed": s.sealed, "services": s.services}))
                 .collect(),
         ),
         service_module: modules
