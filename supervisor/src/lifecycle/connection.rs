@@ -202,6 +202,29 @@ fn serve_cache(pool: &Pool, worker: &Worker, frame: &Frame, meta: &[u8], body: B
     }
 }
 
+/// Answers a worker's `out.*` / `secret.*` call that ended without an answer of its op (the
+/// op panicked, or its task was dropped at shutdown): 500, `error` `internal`.
+struct OpGuard {
+    /// The worker waiting for the answer; none once answered (or for an `ASYNC` call).
+    worker: Option<Arc<Worker>>,
+    stream: u32,
+    op: String,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            error!(op = %self.op, "a worker's call ended without an answer (the server's handler failed)");
+            let r = crate::lifecycle::ops::OpReply::error(
+                500,
+                "internal",
+                &format!("{}: the server failed while handling the call (see its log)", self.op),
+            );
+            worker.send_reply(self.stream, &r.meta, &r.body);
+        }
+    }
+}
+
 /// The REPLY meta of a cache call (no allocation: every field is static).
 #[derive(serde::Serialize)]
 struct CacheReplyMeta {
@@ -239,8 +262,16 @@ fn handle_worker_call(
         let worker = worker.clone();
         let stream = frame.stream;
         tokio::spawn(async move {
-            let r = ops.call(worker.id, &meta.op, raw_meta, body).await;
-            if !fire_and_forget {
+            // Whatever becomes of the call (a panic in the op unwinds this task), the worker
+            // gets an answer: it waits for one with no timeout of its own.
+            let worker_id = worker.id;
+            let mut guard = OpGuard {
+                worker: (!fire_and_forget).then_some(worker),
+                stream,
+                op: std::mem::take(&mut meta.op),
+            };
+            let r = ops.call(worker_id, &guard.op, raw_meta, body).await;
+            if let Some(worker) = guard.worker.take() {
                 worker.send_reply(stream, &r.meta, &r.body);
             }
         });
