@@ -218,7 +218,10 @@ impl Drop for OpGuard {
             let r = crate::lifecycle::ops::OpReply::error(
                 500,
                 "internal",
-                &format!("{}: the server failed while handling the call (see its log)", self.op),
+                &format!(
+                    "{}: the server failed while handling the call (see its log)",
+                    self.op
+                ),
             );
             worker.send_reply(self.stream, &r.meta, &r.body);
         }
