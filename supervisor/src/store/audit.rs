@@ -4,6 +4,7 @@
 //! A digest is SHA-256 over a canonical JSON of the stored object ([`digest`]); a secret's is
 //! over its sealed form, so no row holds or reveals a value.
 
+use crate::store::BeginWrite;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -189,7 +190,7 @@ impl Store {
                    after_digest, cid, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
         let now = super::now_ms();
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for r in rows {
                 sqlx::query(sql)
                     .bind(if r.at == 0 { now } else { r.at })

@@ -2,6 +2,7 @@
 //! table as a whole must route unambiguously: checked here with the edge's router before a
 //! channel is added (the one place the store looks at routing).
 
+use crate::store::BeginWrite;
 use sqlx::Row;
 
 use super::{Change, Result, Store, StoreError, bump};
@@ -111,7 +112,7 @@ impl Store {
         // The whole table must still route unambiguously.
         crate::model::channel::routes(&all).map_err(|e| StoreError::Invalid(e.to_string()))?;
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             insert_channel!(tx, stored, &name);
             let config_version = bump(&mut tx).await?;
             tx.commit().await?;
@@ -132,7 +133,7 @@ impl Store {
     /// Deletes a channel by name.
     pub async fn delete_channel(&self, name: &str) -> Result<Change<()>> {
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("DELETE FROM channels WHERE name = $1")
                 .bind(name)
                 .execute(&mut *tx)

@@ -89,6 +89,31 @@ macro_rules! on_pool {
     }};
 }
 
+/// A write transaction. On SQLite `BEGIN IMMEDIATE`: the write lock is taken up front, waiting
+/// out the busy timeout behind another writer, where a deferred transaction that reads first
+/// fails at once with "database is locked" when it upgrades to a write while another
+/// connection writes (WAL cannot wait that out). On PostgreSQL a plain `BEGIN`.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = sqlx::Result<sqlx::Transaction<'static, Self::Db>>> + Send;
+}
+
+impl BeginWrite for sqlx::SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for sqlx::PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.begin().await
+    }
+}
+
 /// Where the store's operations are timed (`metrics/store.rs`): set once by boot. One server
 /// runs per process; a store opened by a tool or a test records nothing.
 static METRICS: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>> =

@@ -3,6 +3,7 @@
 //! yet ([`PendingDeploy`]). SQL only: checking the code in a worker and telling the workers
 //! is the deploy sequence's (`deploy/`), not this file's.
 
+use crate::store::BeginWrite;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
@@ -143,7 +144,7 @@ impl Store {
         let hashes: Vec<String> = modules.iter().map(|(_, s)| source_hash(s)).collect();
         let mut versions = std::collections::HashMap::with_capacity(modules.len());
         let (tx, config_version) = on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for chunk in modules.chunks(DEPLOY_CHUNK) {
                 let names = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>();
                 let sql = format!(
@@ -251,7 +252,7 @@ impl Store {
             })?
             .clone();
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query("UPDATE service_modules SET active = (version = $2) WHERE name = $1")
                 .bind(name)
                 .bind(previous.version)
@@ -272,7 +273,7 @@ impl Store {
     /// Deactivates a module (its history stays for a later deploy or audit).
     pub async fn undeploy_module(&self, name: &str) -> Result<Change<()>> {
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("UPDATE service_modules SET active = FALSE WHERE name = $1 AND active")
                 .bind(name)
                 .execute(&mut *tx)

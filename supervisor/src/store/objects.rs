@@ -9,6 +9,7 @@ use super::{Change, Result, Store, StoreError, bump};
 use crate::model::job::JobDef;
 use crate::model::object::{ConfigObject, ObjectSet};
 use crate::model::security::SecurityDef;
+use crate::store::BeginWrite;
 
 /// `SELECT definition FROM <K's table> WHERE name = $1`.
 pub(super) fn select_one_sql<K: ConfigObject>() -> sqlx::AssertSqlSafe<String> {
@@ -127,7 +128,7 @@ impl Store {
         def.validate()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if !K::FILLED_FROM_STORED {
                 // As a delete: the object's row, then the version.
                 let existed: Option<String> = sqlx::query_scalar(select_name_sql::<K>())
@@ -157,7 +158,7 @@ impl Store {
     pub async fn delete_object<K: ConfigObject>(&self, name: &str) -> Result<Change<()>> {
         let sql = delete_sql::<K>();
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if named_by_channels::<K>() {
                 let users: Vec<String> = sqlx::query_scalar(
                     "SELECT name FROM channels WHERE security = $1 ORDER BY id",
@@ -190,7 +191,7 @@ impl Store {
         by: &str,
     ) -> Result<Change<JobDef>> {
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let config_version = bump(&mut tx).await?;
             let json: Option<String> = sqlx::query_scalar(select_one_sql::<JobDef>())
                 .bind(name)

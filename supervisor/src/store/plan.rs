@@ -9,6 +9,7 @@ use crate::model::job::JobDef;
 use crate::model::object::ConfigObject;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::security::SecurityDef;
+use crate::store::BeginWrite;
 use oxbus_cache::CacheDef;
 
 use super::channels::{gate_columns, insert_channel};
@@ -137,7 +138,7 @@ impl Store {
         plan.outgoing_sql.validate()?;
         let at = now_ms();
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for name in &plan.delete_channels {
                 sqlx::query("DELETE FROM channels WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }

@@ -2,6 +2,7 @@
 //! (`job_state`) and the run history (`job_runs`). SQL only: who leads, when a job is due and
 //! what a run does are the scheduler runtime's (`scheduler/`).
 
+use crate::store::BeginWrite;
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -144,7 +145,7 @@ impl Store {
     /// true for exactly one caller per due time (one fsync for all of them).
     pub async fn claim_runs(&self, claims: &[Claim]) -> Result<Vec<bool>> {
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut won = Vec::with_capacity(claims.len());
             for c in claims {
                 let n = sqlx::query(
@@ -176,7 +177,7 @@ impl Store {
         jobs.sort_unstable();
         jobs.dedup();
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for run in runs {
                 sqlx::query(
                     "INSERT INTO job_runs (job, trigger, due, started, server, duration_ms, outcome, error) \

@@ -2,6 +2,7 @@
 //! read each (`services`, a JSON list: `crate::model::secret_access`). Sealing and
 //! unsealing are `crate::secrets`' (it holds the key); this file never sees a plain value.
 
+use crate::store::BeginWrite;
 use sqlx::Row;
 
 use super::{Change, Result, Store, StoreError, bump};
@@ -127,7 +128,7 @@ impl Store {
             validate_services(name, s)?;
         }
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let existed = sqlx::query("SELECT sealed, services FROM secrets WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
@@ -155,7 +156,7 @@ impl Store {
     /// Deletes a secret by name.
     pub async fn delete_secret(&self, name: &str) -> Result<Change<()>> {
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("DELETE FROM secrets WHERE name = $1")
                 .bind(name)
                 .execute(&mut *tx)

@@ -2,6 +2,7 @@
 //! records the config version it applied, and deregisters at a clean stop. The bus and the
 //! following of the store are `cluster/`'s.
 
+use crate::store::BeginWrite;
 use sqlx::Row;
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ impl Store {
         let stale_before = now - SERVER_STALE.as_millis() as i64;
         let postgres = matches!(self, Store::Postgres(_));
         on_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if postgres {
                 // Two servers starting at once must not both see room for themselves.
                 sqlx::query("LOCK TABLE servers IN SHARE ROW EXCLUSIVE MODE")
