@@ -206,14 +206,15 @@ impl Worker {
             let _ = oxbus_ipc::encode_reply(
                 &mut self.outbox.lock().expect("outbox lock"),
                 stream,
+                // An error of the server's (not a status of whatever answered): `too_large`.
                 &ReplyMeta {
-                    status: 500,
+                    status: 502,
                     content_type: Some("application/json".into()),
                     headers: vec![],
-                    error: None,
+                    error: Some("too_large".into()),
                     exc: None,
                 },
-                br#"{"error":"reply too large for the IPC frame limit"}"#,
+                br#"{"error":"the reply is too large for the IPC frame limit (64 MiB)"}"#,
             );
         }
         self.queued_frames.fetch_add(1, Ordering::Relaxed);
