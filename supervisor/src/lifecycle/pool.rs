@@ -826,6 +826,31 @@ mod tests {
         pool
     }
 
+    #[test]
+    fn a_reply_over_the_frame_limit_is_sent_as_a_too_large_error() {
+        let w = Worker::new(1, 0, 1, "t".into(), 0);
+        let meta = ReplyMeta {
+            status: 200,
+            content_type: None,
+            headers: vec![],
+            error: None,
+            exc: None,
+        };
+        w.send_reply(7, &meta, &vec![b'x'; oxbus_ipc::MAX_PAYLOAD + 1]);
+        let mut out = w.outbox.lock().unwrap().split();
+        let frame = oxbus_ipc::FrameDecoder::default()
+            .decode(&mut out)
+            .unwrap()
+            .expect("one whole frame");
+        assert_eq!(frame.stream, 7);
+        let text = String::from_utf8_lossy(&frame.payload);
+        assert!(
+            text.contains(r#""status":502"#) && text.contains(r#""error":"too_large""#),
+            "{text}"
+        );
+        assert!(out.is_empty());
+    }
+
     #[tokio::test]
     async fn a_call_dropped_before_its_reply_is_recorded_as_cancelled() {
         let pool = pool_running(&["svc"]);
