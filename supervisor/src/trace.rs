@@ -14,7 +14,8 @@
 //! id, the same parent id (Oxbus records no spans yet, so it is a transparent hop: a parent
 //! id of its own would name a span no tracer ever receives and break the trace's tree), and
 //! its flags masked to the bits version 00 defines (`01` sampled, `02` random). A new trace
-//! has flags `00`: Oxbus records no spans, so it does not claim to have sampled one.
+//! has flags `00`: Oxbus records no spans, so it does not claim to have sampled one. An
+//! outgoing REST call passes the caller's value on unchanged the same way.
 //!
 //! Trace and span ids of a new trace are a keyed pseudo-random function (SipHash-1-3) of a
 //! counter, under 256 bits of keys drawn once from the OS (`crate::random`): one atomic
@@ -112,15 +113,6 @@ impl TraceParent {
     pub fn new_root() -> TraceParent {
         let (trace, span) = GEN.next();
         TraceParent::build(trace, span, 0)
-    }
-
-    /// A child of this one: the same trace id and flags, a new parent (span) id — what a
-    /// call Oxbus makes on behalf of this trace's request sends on (an outgoing REST call).
-    pub fn child(&self) -> TraceParent {
-        let (_, span) = GEN.next();
-        let mut text = self.text;
-        put_hex(&mut text[36..52], span as u128, 16);
-        TraceParent { text }
     }
 
     /// The whole value, `00-<trace id>-<parent id>-<flags>`.
@@ -333,17 +325,6 @@ mod tests {
             assert!(t.as_str().ends_with("-00"), "{t}");
             assert!(seen.insert(t.trace_id().to_owned()), "{t} repeated");
         }
-    }
-
-    #[test]
-    fn a_child_keeps_the_trace_and_flags_with_a_new_parent_id() {
-        let t = TraceParent::parse(GOOD.as_bytes()).unwrap();
-        let c = t.child();
-        assert_eq!(TraceParent::parse(c.as_str().as_bytes()), Some(c), "{c}");
-        assert_eq!(c.trace_id(), t.trace_id());
-        assert_ne!(c.parent_id(), t.parent_id());
-        assert_eq!(&c.as_str()[53..], "01");
-        assert_ne!(c.child().parent_id(), c.parent_id());
     }
 
     #[test]

@@ -206,14 +206,15 @@ impl Worker {
             let _ = oxbus_ipc::encode_reply(
                 &mut self.outbox.lock().expect("outbox lock"),
                 stream,
+                // An error of the server's (not a status of whatever answered): `too_large`.
                 &ReplyMeta {
-                    status: 500,
+                    status: 502,
                     content_type: Some("application/json".into()),
                     headers: vec![],
-                    error: None,
+                    error: Some("too_large".into()),
                     exc: None,
                 },
-                br#"{"error":"reply too large for the IPC frame limit"}"#,
+                br#"{"error":"the reply is too large for the IPC frame limit (64 MiB)"}"#,
             );
         }
         self.queued_frames.fetch_add(1, Ordering::Relaxed);
@@ -823,6 +824,31 @@ mod tests {
         w.set_state(WorkerState::Ready);
         pool.add(w);
         pool
+    }
+
+    #[test]
+    fn a_reply_over_the_frame_limit_is_sent_as_a_too_large_error() {
+        let w = Worker::new(1, 0, 1, "t".into(), 0);
+        let meta = ReplyMeta {
+            status: 200,
+            content_type: None,
+            headers: vec![],
+            error: None,
+            exc: None,
+        };
+        w.send_reply(7, &meta, &vec![b'x'; oxbus_ipc::MAX_PAYLOAD + 1]);
+        let mut out = w.outbox.lock().unwrap().split();
+        let frame = oxbus_ipc::FrameDecoder::default()
+            .decode(&mut out)
+            .unwrap()
+            .expect("one whole frame");
+        assert_eq!(frame.stream, 7);
+        let text = String::from_utf8_lossy(&frame.payload);
+        assert!(
+            text.contains(r#""status":502"#) && text.contains(r#""error":"too_large""#),
+            "{text}"
+        );
+        assert!(out.is_empty());
     }
 
     #[tokio::test]

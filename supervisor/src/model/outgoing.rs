@@ -262,8 +262,9 @@ fn default_session_idle_ms() -> u64 {
 
 /// The longest timeout a connection takes (one hour), milliseconds.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
-/// The largest `max_response_bytes` (1 GiB).
-pub const MAX_RESPONSE_BYTES: u64 = 1 << 30;
+/// The largest `max_response_bytes` (63 MiB): an answer goes to the worker in one IPC frame
+/// (at most `oxbus_ipc::MAX_PAYLOAD`, 64 MiB), and 1 MiB is left for its status and headers.
+pub const MAX_RESPONSE_BYTES: u64 = (oxbus_ipc::MAX_PAYLOAD - (1 << 20)) as u64;
 /// The methods a REST ping may use.
 pub const PING_METHODS: [&str; 7] = ["HEAD", "GET", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
 /// Default headers the client sets itself (framing and routing), refused in `headers`.
@@ -308,7 +309,7 @@ impl RestConn {
         }
         if !(1..=MAX_RESPONSE_BYTES).contains(&self.max_response_bytes) {
             return Err(format!(
-                "max_response_bytes: {} is not 1..={MAX_RESPONSE_BYTES} (1 GiB)",
+                "max_response_bytes: {} is not 1..={MAX_RESPONSE_BYTES} (63 MiB: the answer must fit in one IPC frame of 64 MiB with its headers)",
                 self.max_response_bytes
             ));
         }
@@ -926,6 +927,12 @@ mod tests {
             a(json!({"max_response_bytes": (1u64 << 30) + 1})),
             "max_response_bytes",
         );
+        // An answer must fit in one IPC frame (64 MiB) with its meta.
+        refused(
+            a(json!({"max_response_bytes": 64u64 << 20})),
+            "max_response_bytes",
+        );
+        assert!(rest(a(json!({"max_response_bytes": 63u64 << 20}))).is_ok());
         refused(a(json!({"headers": {"Bad Name": "x"}})), "headers");
         refused(
             a(json!({"headers": {"X-A": "a\r\nInjected: 1"}})),

@@ -90,6 +90,8 @@ pub struct Outgoing {
     metrics: Arc<crate::metrics::Metrics>,
     rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
     sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
+    /// Held through an apply (not through lookups): two applies do not interleave.
+    applying: std::sync::Mutex<()>,
     /// The secrets services may read (`secret.get`).
     secrets: service_secrets::ServiceSecrets,
 }
@@ -101,6 +103,7 @@ impl Outgoing {
             metrics,
             rest: RwLock::new(HashMap::new()),
             sql: RwLock::new(HashMap::new()),
+            applying: std::sync::Mutex::new(()),
             secrets: service_secrets::ServiceSecrets::default(),
         }
     }
@@ -117,30 +120,34 @@ impl Outgoing {
     /// Makes `defs` the REST connections: a new client for each new or changed definition,
     /// the same one for an unchanged one, none for one no longer there.
     pub fn apply_rest(&self, defs: &[RestConn]) {
-        let mut map = self.rest.write().expect("rest lock");
+        // New clients are built outside the lock (reading CA files, loading roots): lookups
+        // go on meanwhile; the lock is only held for the swap.
+        let _one = self.applying.lock().expect("apply lock");
+        let current = self.rest.read().expect("rest lock").clone();
         let mut next = HashMap::with_capacity(defs.len());
         for def in defs {
-            let client = match map.remove(&def.name) {
-                Some(c) if c.def() == def => c,
+            let client = match current.get(&def.name) {
+                Some(c) if c.def() == def => c.clone(),
                 _ => Arc::new(rest::RestClient::new(def.clone(), &self.key, &self.metrics)),
             };
             next.insert(def.name.clone(), client);
         }
-        *map = next;
+        *self.rest.write().expect("rest lock") = next;
     }
 
     /// Makes `defs` the SQL connections, as [`Outgoing::apply_rest`] does.
     pub fn apply_sql(&self, defs: &[SqlConn]) {
-        let mut map = self.sql.write().expect("sql lock");
+        let _one = self.applying.lock().expect("apply lock");
+        let current = self.sql.read().expect("sql lock").clone();
         let mut next = HashMap::with_capacity(defs.len());
         for def in defs {
-            let client = match map.remove(&def.name) {
-                Some(c) if c.def() == def => c,
+            let client = match current.get(&def.name) {
+                Some(c) if c.def() == def => c.clone(),
                 _ => Arc::new(sql::SqlClient::new(def.clone(), &self.key, &self.metrics)),
             };
             next.insert(def.name.clone(), client);
         }
-        *map = next;
+        *self.sql.write().expect("sql lock") = next;
     }
 
     pub fn rest_client(&self, name: &str) -> Option<Arc<rest::RestClient>> {

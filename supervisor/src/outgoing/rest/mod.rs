@@ -87,15 +87,23 @@ enum CallError {
     Io(String),
     #[error("the answer exceeds max_response_bytes ({0} bytes)")]
     TooLarge(u64),
+    #[error(
+        "no free connection within the call's deadline of {limit_ms} ms, shorter than pool_wait_ms {wait_ms} (pool_size {size}, all in use)"
+    )]
+    PoolFullCut {
+        size: u32,
+        wait_ms: u64,
+        limit_ms: u64,
+    },
     #[error("{0}")]
-    Auth(TokenError),
+    Auth(Arc<TokenError>),
 }
 
 impl CallError {
     fn status_code(&self) -> (u16, &'static str) {
         match self {
             CallError::Invalid(_) => (400, "invalid"),
-            CallError::PoolFull { .. } => (503, "pool_full"),
+            CallError::PoolFull { .. } | CallError::PoolFullCut { .. } => (503, "pool_full"),
             CallError::Timeout(_) | CallError::Connect(ConnectError::Timeout(..)) => {
                 (504, "timeout")
             }
@@ -297,10 +305,7 @@ impl RestClient {
             None => self.def.timeout_ms,
         };
         let p = self.prepare(b, &meta, body)?;
-        match tokio::time::timeout(ms(limit), self.run(b, &p)).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout(limit)),
-        }
+        self.run(b, &p, limit).await
     }
 
     fn prepare(&self, b: &Built, meta: &RestMeta, body: Bytes) -> Result<Prepared, CallError> {
@@ -344,6 +349,11 @@ impl RestClient {
                             "params[{name:?}]: a {{placeholder}} takes one value"
                         )));
                     };
+                    if matches!(v.as_str(), "" | "." | "..") {
+                        return Err(inv(format!(
+                            "params[{name:?}]: {v:?} is not a value for the {{{name}}} of a path"
+                        )));
+                    }
                     encode_into(&mut path, v, false);
                 }
             }
@@ -398,16 +408,23 @@ impl RestClient {
         {
             headers.insert(HeaderName::from_static("x-oxbus-cid"), v);
         }
-        let trace = meta
+        // Oxbus records no spans: the caller's traceparent goes on as is (a span of ours
+        // that no tracer receives would break the trace tree); without a valid one, a new
+        // root, and then no tracestate (it belongs to another trace).
+        let (trace, caller_trace) = match meta
             .traceparent
             .as_deref()
             .and_then(|t| TraceParent::parse(t.as_bytes()))
-            .map_or_else(TraceParent::new_root, |t| t.child());
+        {
+            Some(t) => (t, true),
+            None => (TraceParent::new_root(), false),
+        };
         headers.insert(
             HeaderName::from_static("traceparent"),
             HeaderValue::from_str(trace.as_str()).expect("a traceparent is ASCII"),
         );
-        if let Some(ts) = meta.tracestate.as_deref()
+        if caller_trace
+            && let Some(ts) = meta.tracestate.as_deref()
             && valid_tracestate(ts.as_bytes())
             && let Ok(v) = HeaderValue::from_str(ts)
         {
@@ -510,12 +527,34 @@ impl RestClient {
         tokio::time::sleep(ms(delay)).await;
     }
 
-    /// Sends `p` on a pooled connection, with the retries the connection allows.
-    async fn run(&self, b: &Built, p: &Prepared) -> Result<OpReply, CallError> {
-        let _slot = b.pool.slot().await.map_err(|_| CallError::PoolFull {
-            size: self.def.pool_size,
-            wait_ms: self.def.pool_wait_ms,
-        })?;
+    /// Sends `p` on a pooled connection within `limit_ms`: a pool slot (a deadline that
+    /// ends while waiting for one is `pool_full`, not `timeout`), then the exchange.
+    async fn run(&self, b: &Built, p: &Prepared, limit_ms: u64) -> Result<OpReply, CallError> {
+        let deadline = tokio::time::Instant::now() + ms(limit_ms);
+        let _slot = match tokio::time::timeout_at(deadline, b.pool.slot()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => {
+                return Err(CallError::PoolFull {
+                    size: self.def.pool_size,
+                    wait_ms: self.def.pool_wait_ms,
+                });
+            }
+            Err(_) => {
+                return Err(CallError::PoolFullCut {
+                    size: self.def.pool_size,
+                    wait_ms: self.def.pool_wait_ms,
+                    limit_ms,
+                });
+            }
+        };
+        match tokio::time::timeout_at(deadline, self.send(b, p)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(limit_ms)),
+        }
+    }
+
+    /// The exchange of [`RestClient::run`], with the retries the connection allows.
+    async fn send(&self, b: &Built, p: &Prepared) -> Result<OpReply, CallError> {
         let mut retried = 0u32;
         let mut auth_retried = false;
         loop {
@@ -631,10 +670,7 @@ impl RestClient {
                 headers,
                 body: Bytes::new(),
             };
-            match tokio::time::timeout(ms(self.def.timeout_ms), self.run(b, &p)).await {
-                Ok(r) => r,
-                Err(_) => Err(CallError::Timeout(self.def.timeout_ms)),
-            }
+            self.run(b, &p, self.def.timeout_ms).await
         }
         .await;
         match outcome {
@@ -758,7 +794,7 @@ fn build(def: &RestConn, key: &Key) -> Result<Built, Failure> {
         ),
         _ => None,
     };
-    let tls_config = if addr.https || token_addr.as_ref().is_some_and(|a| a.https) {
+    let tls_config = if addr.https {
         Some(
             tls::client_config(&def.name, &def.tls)
                 .map_err(|e| fail("connect", 502, &label, format!("TLS configuration: {e}")))?,
@@ -766,28 +802,43 @@ fn build(def: &RestConn, key: &Key) -> Result<Built, Failure> {
     } else {
         None
     };
-    let target = |a: &url::Address| -> Result<Target, Failure> {
-        let tls = match (&tls_config, a.https) {
-            (Some(cfg), true) => {
-                let sni =
-                    rustls::pki_types::ServerName::try_from(a.host.clone()).map_err(|_| {
-                        fail(
-                            "invalid",
-                            400,
-                            &label,
-                            format!("{:?} is not a TLS server name", a.host),
-                        )
-                    })?;
-                Some((tokio_rustls::TlsConnector::from(cfg.clone()), sni))
-            }
-            _ => None,
-        };
-        Ok(Target {
-            host: a.host.clone(),
-            port: a.port,
-            tls,
-        })
+    // The token endpoint's own: always verified, the system's roots plus tls.ca_file's,
+    // no client certificate (docs/OUTGOING.rest.md).
+    let token_tls_config = if token_addr.as_ref().is_some_and(|a| a.https) {
+        Some(tls::token_config(&def.tls).map_err(|e| {
+            fail(
+                "connect",
+                502,
+                &label,
+                format!("TLS configuration of auth.token_url: {e}"),
+            )
+        })?)
+    } else {
+        None
     };
+    let target =
+        |a: &url::Address, cfg: &Option<Arc<rustls::ClientConfig>>| -> Result<Target, Failure> {
+            let tls = match (cfg, a.https) {
+                (Some(cfg), true) => {
+                    let sni =
+                        rustls::pki_types::ServerName::try_from(a.host.clone()).map_err(|_| {
+                            fail(
+                                "invalid",
+                                400,
+                                &label,
+                                format!("{:?} is not a TLS server name", a.host),
+                            )
+                        })?;
+                    Some((tokio_rustls::TlsConnector::from(cfg.clone()), sni))
+                }
+                _ => None,
+            };
+            Ok(Target {
+                host: a.host.clone(),
+                port: a.port,
+                tls,
+            })
+        };
 
     let secret = || -> Result<String, Failure> {
         let sealed = def.auth.sealed().ok_or_else(|| {
@@ -856,7 +907,7 @@ fn build(def: &RestConn, key: &Key) -> Result<Built, Failure> {
         } => {
             let a = token_addr.expect("parsed above");
             let pool = Pool::new(
-                target(&a)?,
+                target(&a, &token_tls_config)?,
                 TOKEN_POOL_SIZE,
                 ms(def.timeout_ms),
                 ms(def.connect_timeout_ms),
@@ -869,13 +920,14 @@ fn build(def: &RestConn, key: &Key) -> Result<Built, Failure> {
                 &secret()?,
                 scope.as_deref(),
                 *refresh_before_s,
+                ms(def.timeout_ms),
             )
             .map_err(|e| fail("invalid", 400, &label, e))?;
             Auth::OAuth2(Box::new(o))
         }
     };
     let pool = Pool::new(
-        target(&addr)?,
+        target(&addr, &tls_config)?,
         def.pool_size.max(1),
         ms(def.pool_wait_ms),
         ms(def.connect_timeout_ms),

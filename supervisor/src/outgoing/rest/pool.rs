@@ -1,6 +1,9 @@
 //! A REST connection's own pool of HTTP/1.1 keep-alive connections: a semaphore of
 //! `pool_size` slots (a call holds one for its whole duration), the idle connections kept
-//! for reuse, and the connecting (TCP, then TLS with rustls).
+//! for reuse, and the connecting (TCP with keepalive probes, then TLS with rustls).
+//!
+//! A connection idle for [`IDLE_MAX`] is not reused: a NAT or load balancer may have
+//! forgotten it, and a request written on it would wait for `timeout_ms` unanswered.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -19,6 +22,11 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use rustls::pki_types::ServerName;
+
+/// How long a connection may stay idle and still be reused.
+pub const IDLE_MAX: Duration = Duration::from_secs(60);
+/// TCP keepalive: the first probe after this long without traffic.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
 
 /// One pooled connection's request side.
 pub type Sender = SendRequest<Full<Bytes>>;
@@ -140,7 +148,8 @@ pub struct Pool {
     addr: String,
     size: u32,
     slots: Semaphore,
-    idle: Mutex<Vec<Sender>>,
+    /// Idle connections and since when each is idle.
+    idle: Mutex<Vec<(Sender, Instant)>>,
     waiting: AtomicU32,
     wait: Duration,
     connect_timeout: Duration,
@@ -179,13 +188,15 @@ impl Pool {
         }
     }
 
-    /// An idle connection that is still open, if there is one.
+    /// An idle connection that is still open and was idle less than [`IDLE_MAX`], if there
+    /// is one (older ones are dropped, which closes them).
     pub async fn idle(&self) -> Option<Sender> {
         loop {
-            let mut s = self.idle.lock().expect("pool lock").pop()?;
-            if s.is_closed() {
-                continue;
-            }
+            let mut s = {
+                let mut idle = self.idle.lock().expect("pool lock");
+                idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_MAX);
+                idle.pop()?.0
+            };
             // The previous answer's end may not have been processed by its task yet.
             if s.ready().await.is_ok() {
                 return Some(s);
@@ -196,7 +207,10 @@ impl Pool {
     /// Keeps a connection whose exchange ended cleanly for the next call.
     pub fn put_back(&self, s: Sender) {
         if !s.is_closed() {
-            self.idle.lock().expect("pool lock").push(s);
+            self.idle
+                .lock()
+                .expect("pool lock")
+                .push((s, Instant::now()));
         }
     }
 
@@ -212,6 +226,8 @@ impl Pool {
                     _ => ConnectError::Io(addr.clone(), e),
                 })?;
             let _ = tcp.set_nodelay(true);
+            let _ = socket2::SockRef::from(&tcp)
+                .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(KEEPALIVE_TIME));
             match &self.target.tls {
                 None => Ok(Stream::Plain(tcp)),
                 Some((connector, sni)) => connector
@@ -242,7 +258,9 @@ impl Pool {
 
     pub fn idle_count(&self) -> u32 {
         let idle = self.idle.lock().expect("pool lock");
-        idle.iter().filter(|s| !s.is_closed()).count() as u32
+        idle.iter()
+            .filter(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_MAX)
+            .count() as u32
     }
 
     pub fn waiting(&self) -> u32 {

@@ -1,8 +1,10 @@
 //! The rustls client configuration of an `https://` connection: the trusted roots
-//! (`tls.ca_file`, else the system's), the client certificate, and `verify: false`.
+//! (`tls.ca_file`, else the system's), the client certificate, and `verify: false`; and
+//! that of an OAuth2 token endpoint (always verified, the system's roots plus
+//! `tls.ca_file`'s, no client certificate). The system's roots are loaded once per process.
 
 use std::io::BufReader;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -27,7 +29,7 @@ pub enum TlsBuildError {
         expected: &'static str,
     },
     #[error("the system's CA certificates could not be loaded: {0}")]
-    NativeRoots(std::io::Error),
+    NativeRoots(String),
     #[error("no usable CA certificate{0}")]
     NoRoots(String),
     #[error("client_cert_file and client_key_file go together")]
@@ -84,6 +86,43 @@ fn key(path: &str) -> Result<PrivateKeyDer<'static>, TlsBuildError> {
         })
 }
 
+/// The system's CA certificates, loaded once per process.
+fn native_roots() -> Result<&'static [CertificateDer<'static>], TlsBuildError> {
+    static NATIVE: OnceLock<Result<Vec<CertificateDer<'static>>, String>> = OnceLock::new();
+    NATIVE
+        .get_or_init(|| rustls_native_certs::load_native_certs().map_err(|e| e.to_string()))
+        .as_deref()
+        .map_err(|e| TlsBuildError::NativeRoots(e.clone()))
+}
+
+/// The client configuration of an OAuth2 token endpoint: the client secret goes there, so
+/// the server is always verified, against the system's roots plus those of `opts.ca_file`
+/// (a connection's private CA does not stop a public identity provider from being
+/// trusted); no client certificate is shown.
+pub fn token_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TlsBuildError> {
+    let provider = provider();
+    let builder =
+        ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let mut roots = RootCertStore::empty();
+    // A missing system bundle is only fatal when no ca_file gives roots either.
+    let native = native_roots();
+    if let Ok(native) = native {
+        roots.add_parsable_certificates(native.iter().cloned());
+    }
+    if let Some(path) = &opts.ca_file {
+        roots.add_parsable_certificates(certs("ca_file", path)?);
+    }
+    if roots.is_empty() {
+        native?;
+        return Err(TlsBuildError::NoRoots(
+            " among the system's or in tls.ca_file".into(),
+        ));
+    }
+    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The client configuration for `opts` (`name` only for the warning of `verify: false`).
 pub fn client_config(name: &str, opts: &TlsOptions) -> Result<Arc<ClientConfig>, TlsBuildError> {
     let provider = provider();
@@ -99,9 +138,7 @@ pub fn client_config(name: &str, opts: &TlsOptions) -> Result<Arc<ClientConfig>,
                 }
             }
             None => {
-                let native =
-                    rustls_native_certs::load_native_certs().map_err(TlsBuildError::NativeRoots)?;
-                let (added, _) = roots.add_parsable_certificates(native);
+                let (added, _) = roots.add_parsable_certificates(native_roots()?.iter().cloned());
                 if added == 0 {
                     return Err(TlsBuildError::NoRoots(" among the system's".into()));
                 }
