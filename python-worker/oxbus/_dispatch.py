@@ -22,7 +22,7 @@ import sys
 
 from . import _protocol
 from . import errors as _errors
-from ._outcall import close_invocation, open_invocation
+from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
@@ -178,7 +178,6 @@ class Dispatcher:
         cid = meta.get('cid') or ''
         token = current_invocation.set((cid, cls.name, stream))
         meta_token = _invocation_meta.set(meta)
-        open_token = open_invocation()
         try:
             try:
                 svc, attr = self._prepare(cls, meta, body, cid)
@@ -198,7 +197,8 @@ class Dispatcher:
         except BaseException as e:  # noqa: B036 - a service must never take the worker down
             return self._error(stream, cid, cls, e)
         finally:
-            close_invocation(open_token, cls.name)
+            if left_open() is not None:  # transactions or streams were opened (and may be open)
+                close_invocation(None, cls.name)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 

@@ -32,7 +32,7 @@ __all__ = [
     'OutgoingError', 'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'DatabaseError', 'SQLError',
     'IntegrityError', 'ProgrammingError', 'HTTPError', 'Caller', 'track', 'untrack',
-    'open_invocation', 'close_invocation',
+    'open_invocation', 'close_invocation', 'left_open',
 ]
 
 
@@ -294,10 +294,18 @@ _open: ContextVar[Optional[Dict[Any, Tuple[str, Callable[[], None]]]]] = Context
 
 
 def track(key: Any, what: str, end: Callable[[], None]) -> None:
-    """Note that the running invocation opened ``what`` (``end`` ends it on the server)."""
+    """Note that the running invocation opened ``what`` (``end`` ends it on the server).
+
+    The first one of a synchronous invocation creates its registry here, in the handler
+    thread's context, which is the dispatcher's: so an invocation that opens nothing costs
+    the dispatcher one ``get`` (see :func:`left_open`)."""
     opened = _open.get()
-    if opened is not None:
-        opened[key] = (what, end)
+    if opened is None:
+        if current_invocation.get() is None:
+            return  # outside invocations (a thread of the service's own): not tracked
+        opened = {}
+        _open.set(opened)
+    opened[key] = (what, end)
 
 
 def untrack(key: Any) -> None:
@@ -307,16 +315,26 @@ def untrack(key: Any) -> None:
         opened.pop(key, None)
 
 
+#: For the dispatcher: whether the invocation running in this context opened anything.
+left_open = _open.get
+
+
 def open_invocation() -> Any:
-    """For the dispatcher, as an invocation starts: a token for :func:`close_invocation`."""
+    """For the dispatcher, as an async invocation starts: its registry, created up front so
+    that the tasks it creates share it; a token for :func:`close_invocation`."""
     return _open.set({})
 
 
 def close_invocation(token: Any, service: str) -> None:
     """For the dispatcher, as an invocation ends: end what it left open on the server
-    (without waiting: ASYNC calls) and log a warning naming the service for each."""
+    (without waiting: ASYNC calls) and log a warning naming the service for each.
+    ``token`` is :func:`open_invocation`'s, or None when :func:`track` created the
+    registry (a synchronous invocation)."""
     opened = _open.get()
-    _open.reset(token)
+    if token is None:
+        _open.set(None)
+    else:
+        _open.reset(token)
     if opened:
         import logging
         log = logging.getLogger('oxbus.outgoing')
