@@ -22,6 +22,7 @@ import sys
 
 from . import _protocol
 from . import errors as _errors
+from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
@@ -125,15 +126,18 @@ class Dispatcher:
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
         self.cache = CacheAPI(request or _no_server)
-        #: ``self.out``/``self.outgoing`` of every service: ``request`` for blocking calls,
-        #: ``arequest`` (awaitable; the runtime's never blocks the event loop) for the
-        #: ``a*`` forms. Without an ``arequest`` (tests) those run ``request`` in line.
-        self.outgoing = OutgoingAPI(request or _no_server,
-                                    arequest or _inline_arequest(request or _no_server))
-        #: The CALL-and-wait itself, for ``self.secrets`` (and other server ops).
-        self.request = request or _no_server
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
+        #: ``self.out``/``self.outgoing`` of every service: ``request`` for blocking calls,
+        #: ``arequest`` (awaitable; the runtime's never waits for the REPLY on the event
+        #: loop) for the ``a*`` forms, :meth:`notify` for the ASYNC calls that end what a
+        #: cancelled call or a finished invocation left open. Without an ``arequest``
+        #: (tests) the ``a*`` forms run ``request`` in line.
+        self.outgoing = OutgoingAPI(request or _no_server,
+                                    arequest or _inline_arequest(request or _no_server),
+                                    self.notify)
+        #: The CALL-and-wait itself, for ``self.secrets`` (and other server ops).
+        self.request = request or _no_server
         self._run_coroutine = run_coroutine or _asyncio_run
         # next() on an itertools.count is atomic under the GIL, so no lock is needed to
         # hand out worker stream ids from many handler threads.
@@ -193,6 +197,8 @@ class Dispatcher:
         except BaseException as e:  # noqa: B036 - a service must never take the worker down
             return self._error(stream, cid, cls, e)
         finally:
+            if left_open() is not None:  # transactions or streams were opened (and may be open)
+                close_invocation(None, cls.name)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 
@@ -204,6 +210,7 @@ class Dispatcher:
         cid = meta.get('cid') or ''
         token = current_invocation.set((cid, cls.name, stream))
         meta_token = _invocation_meta.set(meta)
+        open_token = open_invocation()
         try:
             try:
                 svc, attr = self._prepare(cls, meta, body, cid)
@@ -219,6 +226,7 @@ class Dispatcher:
         except BaseException as e:  # noqa: B036 - see run()
             return self._error(stream, cid, cls, e)
         finally:
+            close_invocation(open_token, cls.name)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 
@@ -394,6 +402,11 @@ class Dispatcher:
         output = cls._oxbus_output
         return filter_output(output, svc.response.payload) if output else svc.response.payload
 
+    def notify(self, meta: Dict[str, Any], body: bytes = b'') -> None:
+        """Post an ASYNC (fire-and-forget) CALL of a server op: run, never answered."""
+        stream = WORKER_STREAM_BIT | ((next(self._stream_ids) - 1) % 0x7FFF_FFFF + 1)
+        self._post(encode_call(stream, meta, body, _protocol.FLAG_ASYNC))
+
     def invoke_async(self, name: str, payload: Any = None,
                      traceparent: Optional[str] = None,
                      tracestate: Optional[str] = None) -> str:
@@ -492,8 +505,9 @@ def _no_server(meta: bytes, body: bytes) -> Tuple[bytes, bytes]:
 
 def _inline_arequest(request: Callable[[Any, bytes], Tuple[bytes, bytes]]
                      ) -> Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]:
-    async def arequest(meta: Any, body: bytes = b'') -> Tuple[bytes, bytes]:
-        return request(meta, body)
+    async def arequest(meta: Any, body: bytes = b'', orphan: Any = None
+                       ) -> Tuple[bytes, bytes]:
+        return request(meta, body)  # no await in between: it cannot be cancelled midway
     return arequest
 
 

@@ -13,6 +13,9 @@ of that error code, with the server's message, which names the connection.
 
 from __future__ import annotations
 
+import sys
+from contextvars import ContextVar
+
 from ._protocol import decode_json
 from .service import _invocation_meta, current_invocation
 
@@ -21,12 +24,15 @@ if TYPE_CHECKING:
     from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, Type
 
     Request = Callable[[Any, bytes], Tuple[bytes, bytes]]
-    ARequest = Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]
+    ARequest = Callable[..., Awaitable[Tuple[bytes, bytes]]]
+    Notify = Callable[[Dict[str, Any], bytes], None]
+    Orphan = Callable[[bytes, bytes], None]
 
 __all__ = [
     'OutgoingError', 'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'DatabaseError', 'SQLError',
-    'IntegrityError', 'ProgrammingError', 'HTTPError', 'Caller',
+    'IntegrityError', 'ProgrammingError', 'HTTPError', 'Caller', 'track', 'untrack',
+    'open_invocation', 'close_invocation', 'left_open',
 ]
 
 
@@ -212,29 +218,55 @@ def invocation_context(cid: Any = None) -> Dict[str, Any]:
 
 class Caller:
     """Sends outgoing calls through the worker (``request``, ``arequest``) and checks the
-    answers."""
+    answers; ``notify`` posts a fire-and-forget (``ASYNC``) call, which the server runs and
+    does not answer (ending a transaction or stream nobody waits for any more)."""
 
-    __slots__ = ('request', 'arequest')
+    __slots__ = ('request', 'arequest', 'notify')
 
-    def __init__(self, request: Request, arequest: Optional[ARequest] = None) -> None:
+    def __init__(self, request: Request, arequest: Optional[ARequest] = None,
+                 notify: Optional[Notify] = None) -> None:
         self.request = request
         self.arequest = arequest
+        self.notify = notify or _cannot_notify
 
     def call(self, conn: str, meta: Dict[str, Any], body: bytes = b''
              ) -> Tuple[Dict[str, Any], bytes]:
-        """One call; returns the REPLY's (meta, body) or raises the call's error."""
+        """One call; returns the REPLY's (meta, body) or raises the call's error.
+
+        RuntimeError when called from a coroutine on a running event loop: waiting here
+        would stall every task of the loop; the ``a*`` forms are for coroutines."""
+        asyncio = sys.modules.get('asyncio')
+        if asyncio is not None and asyncio._get_running_loop() is not None:
+            raise RuntimeError(
+                '%s: a blocking outgoing call from a coroutine would stall the event loop '
+                '(every async service of this worker): inside async def use the awaitable '
+                'forms, e.g. await conn.aget(...), await db.aexecute(...) / afetch_all / '
+                'afetch_one / afetch_value, async with db.atransaction(), async with await '
+                'db.astream(...)' % conn)
         raw, data = self.request(meta, body)
         return _checked(conn, raw, data)
 
-    async def acall(self, conn: str, meta: Dict[str, Any], body: bytes = b''
-                    ) -> Tuple[Dict[str, Any], bytes]:
-        """:meth:`call` for coroutines: the event loop does not block while it waits."""
+    async def acall(self, conn: str, meta: Dict[str, Any], body: bytes = b'',
+                    orphan: Optional[Orphan] = None) -> Tuple[Dict[str, Any], bytes]:
+        """:meth:`call` for coroutines: the task awaits the REPLY, which another thread
+        reads (the CALL itself is written to the socket from the loop's thread).
+
+        ``orphan(raw_meta, body)`` runs (on the loop's thread) when the awaiting task was
+        cancelled and the REPLY comes anyway: for a call that opened something on the
+        server (a transaction, a stream) that nobody will end now."""
         arequest = self.arequest
         if arequest is None:
             raise RuntimeError('not running inside an oxbus worker: there is no server to '
                                'call')
-        raw, data = await arequest(meta, body)
+        if orphan is None:
+            raw, data = await arequest(meta, body)
+        else:
+            raw, data = await arequest(meta, body, orphan=orphan)
         return _checked(conn, raw, data)
+
+
+def _cannot_notify(meta: Dict[str, Any], body: bytes) -> None:
+    raise RuntimeError('not running inside an oxbus worker: there is no server to call')
 
 
 def _checked(conn: str, raw: bytes, data: bytes) -> Tuple[Dict[str, Any], bytes]:
@@ -248,3 +280,70 @@ def _checked(conn: str, raw: bytes, data: bytes) -> Tuple[Dict[str, Any], bytes]
     if meta.get('error') is not None:
         raise_error(conn, meta, data)
     return meta, data
+
+
+# -- what an invocation left open ---------------------------------------------------------
+
+#: The transactions and streams the running invocation opened and has not ended yet:
+#: key -> (what, end), ``end()`` posting the ASYNC call that ends it. Set per invocation
+#: by the dispatcher (:func:`open_invocation`); None outside invocations (user threads),
+#: which are then not tracked. A dict shared by the tasks the invocation creates, which
+#: copy the context (and so this reference).
+_open: ContextVar[Optional[Dict[Any, Tuple[str, Callable[[], None]]]]] = ContextVar(
+    'oxbus_outgoing_open', default=None)
+
+
+def track(key: Any, what: str, end: Callable[[], None]) -> None:
+    """Note that the running invocation opened ``what`` (``end`` ends it on the server).
+
+    The first one of a synchronous invocation creates its registry here, in the handler
+    thread's context, which is the dispatcher's: so an invocation that opens nothing costs
+    the dispatcher one ``get`` (see :func:`left_open`)."""
+    opened = _open.get()
+    if opened is None:
+        if current_invocation.get() is None:
+            return  # outside invocations (a thread of the service's own): not tracked
+        opened = {}
+        _open.set(opened)
+    opened[key] = (what, end)
+
+
+def untrack(key: Any) -> None:
+    """``key`` was ended (or the server ended it)."""
+    opened = _open.get()
+    if opened is not None:
+        opened.pop(key, None)
+
+
+#: For the dispatcher: whether the invocation running in this context opened anything.
+left_open = _open.get
+
+
+def open_invocation() -> Any:
+    """For the dispatcher, as an async invocation starts: its registry, created up front so
+    that the tasks it creates share it; a token for :func:`close_invocation`."""
+    return _open.set({})
+
+
+def close_invocation(token: Any, service: str) -> None:
+    """For the dispatcher, as an invocation ends: end what it left open on the server
+    (without waiting: ASYNC calls) and log a warning naming the service for each.
+    ``token`` is :func:`open_invocation`'s, or None when :func:`track` created the
+    registry (a synchronous invocation)."""
+    opened = _open.get()
+    if token is None:
+        _open.set(None)
+    else:
+        _open.reset(token)
+    if opened:
+        import logging
+        log = logging.getLogger('oxbus.outgoing')
+        for what, end in list(opened.values()):
+            log.warning('service %s ended with %s still open: ending it now (end it in the '
+                        'service: commit/rollback, close, with blocks)', service, what)
+            try:
+                end()
+            except Exception:
+                log.warning('ending %s left open by service %s failed', what, service,
+                            exc_info=True)
+        opened.clear()

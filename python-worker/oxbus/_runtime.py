@@ -186,24 +186,43 @@ class _Call:
 
 class _FutureSlot:
     """A waiter of :meth:`Worker.arequest`: whoever reads the REPLY ``append``s it, as to a
-    plain waiter's list, and that resolves the future on its own loop's thread."""
+    plain waiter's list, and that resolves the future on its own loop's thread.
 
-    __slots__ = ('_loop', '_future')
+    ``orphan(raw_meta, body)``, if given, gets a REPLY whose awaiting task was cancelled
+    (on the loop's thread): the call may have opened something on the server that must be
+    ended now."""
 
-    def __init__(self, loop: Any, future: Any) -> None:
+    __slots__ = ('_loop', '_future', 'orphan')
+
+    def __init__(self, loop: Any, future: Any,
+                 orphan: Optional[Callable[[bytes, bytes], None]] = None) -> None:
         self._loop = loop
         self._future = future
+        self.orphan = orphan
 
     def append(self, payload: bytes) -> None:
         try:
-            self._loop.call_soon_threadsafe(_resolve, self._future, payload)
+            self._loop.call_soon_threadsafe(_resolve, self, payload)
         except RuntimeError:
             pass  # the loop is closed: the worker is on its way out, nobody awaits this
 
 
-def _resolve(future: Any, payload: bytes) -> None:
-    if not future.done():  # a cancelled waiter's REPLY is dropped
+def _resolve(slot: _FutureSlot, payload: bytes) -> None:
+    future = slot._future
+    if not future.done():
         future.set_result(payload)
+    else:  # a cancelled waiter's REPLY is dropped, after its orphan hook
+        _run_orphan(slot.orphan, payload)
+
+
+def _run_orphan(orphan: Optional[Callable[[bytes, bytes], None]], payload: bytes) -> None:
+    if orphan is None:
+        return
+    try:
+        orphan(*split_call(payload))
+    except Exception:
+        logging.getLogger('oxbus.worker').warning(
+            'handling the late REPLY of a cancelled call failed', exc_info=True)
 
 
 class Worker:
@@ -363,18 +382,23 @@ class Worker:
         if self._bye_sent:
             raise RuntimeError('the worker is stopping')
 
-    async def arequest(self, meta: Union[Dict[str, Any], bytes], body: bytes = b''
+    async def arequest(self, meta: Union[Dict[str, Any], bytes], body: bytes = b'',
+                       orphan: Optional[Callable[[bytes, bytes], None]] = None
                        ) -> Tuple[bytes, bytes]:
         """The awaitable form of :meth:`request`, for coroutines on an asyncio loop.
 
-        The event loop never reads the socket: the CALL is sent, a waiter is registered
-        under its stream id, and whichever thread reads the socket next (the leader, which
-        is back in ``recv`` as soon as it has handed its batch of async calls to the loop,
-        or a thread waiting in :meth:`request`) finds the REPLY among its frames and
-        resolves the future with ``loop.call_soon_threadsafe``. A leader stuck in a slow
-        inline handler is replaced by the watchdog after the hand-off time, as for every
-        other frame, so the REPLY is read then. Cancelling the awaiting task abandons the
-        call: its REPLY, when it comes, is dropped.
+        The event loop never reads the socket and never waits for the REPLY: a waiter is
+        registered under the call's stream id, and whichever thread reads the socket next
+        (the leader, which is back in ``recv`` as soon as it has handed its batch of async
+        calls to the loop, or a thread waiting in :meth:`request`) finds the REPLY among its
+        frames and resolves the future with ``loop.call_soon_threadsafe``. A leader stuck in
+        a slow inline handler is replaced by the watchdog after the hand-off time, as for
+        every other frame, so the REPLY is read then. The CALL itself is written from the
+        loop's thread with a blocking ``sendall`` (under the send lock): the loop waits for
+        that write, which is short unless the supervisor stops reading the socket.
+
+        Cancelling the awaiting task abandons the call: its REPLY, when it comes, is dropped,
+        after ``orphan(raw_meta, body)`` (when given) has seen it on the loop's thread.
         """
         import asyncio
         loop = asyncio.get_running_loop()
@@ -384,13 +408,21 @@ class Worker:
                                    body)
         with self._lock:
             self._check_can_call_locked()
-            self._waiters[stream] = _FutureSlot(loop, future)
+            self._waiters[stream] = _FutureSlot(loop, future, orphan)
         with self._send_lock:
             try:
                 self._sock.sendall(frame)
             except OSError as e:
                 self._lost('writing to the supervisor failed: %s' % e)
-        return split_call(await future)
+        try:
+            payload = await future
+        except asyncio.CancelledError:
+            # Cancelled after the REPLY resolved the future but before this task resumed:
+            # the REPLY is as orphaned as one that comes later.
+            if future.done() and not future.cancelled():
+                _run_orphan(orphan, future.result())
+            raise
+        return split_call(payload)
 
     def _claim_rx(self) -> bool:
         """For the leader: claim the socket, or return False when a call became runnable

@@ -38,7 +38,7 @@ TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's s
 if TYPE_CHECKING:
     from typing import Optional
 
-    from ._outcall import ARequest, Request
+    from ._outcall import ARequest, Notify, Request
 
 __all__ = [
     'OutgoingAPI', 'Response', 'Json', 'text', 'OutgoingError', 'UnknownConnection',
@@ -53,8 +53,9 @@ class OutgoingAPI:
 
     __slots__ = ('rest', 'sql')
 
-    def __init__(self, request: Request, arequest: Optional[ARequest] = None) -> None:
-        caller = Caller(request, arequest)
+    def __init__(self, request: Request, arequest: Optional[ARequest] = None,
+                 notify: Optional[Notify] = None) -> None:
+        caller = Caller(request, arequest, notify)
         #: The REST connections by name (:class:`oxbus.rest.RestConnections`).
         self.rest = RestConnections(caller)
         #: The SQL connections by name (:class:`oxbus.sql.SqlConnections`).

@@ -180,11 +180,14 @@ def _headers(headers: Optional[Mapping[str, Any]], meta: Dict[str, Any]) -> None
     for name, value in headers.items():
         if value is None:
             continue
-        name = str(name)
+        name = bytes(name).decode('latin-1') if isinstance(name, _BYTES_TYPES) else str(name)
+        # bytes are the header's octets (HTTP's latin-1), not "b'...'"
+        value = (bytes(value).decode('latin-1') if isinstance(value, _BYTES_TYPES)
+                 else str(value))
         if name.lower() == _CONTENT_TYPE:
-            meta['content_type'] = str(value)
+            meta['content_type'] = value
         else:
-            out[name] = str(value)
+            out[name] = value
     if out:
         meta['headers'] = out
 

@@ -43,8 +43,8 @@ import datetime as _dt
 from decimal import Decimal
 from uuid import UUID
 
-from ._outcall import OutgoingError, invocation_context, raise_error
-from ._protocol import encode_json
+from ._outcall import OutgoingError, invocation_context, raise_error, track, untrack
+from ._protocol import decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -119,7 +119,9 @@ def encode_value(value: Any) -> Any:
     """A Python value as a ``params`` value of SPEC.md (JSON scalar, list or tagged object).
 
     TypeError for a type that has no mapping (a plain dict among them: wrap it in
-    :class:`Json`); ValueError for a float that is NaN or infinite (use Decimal).
+    :class:`Json`); ValueError for a float that is NaN or infinite (JSON has no such
+    number; ``Decimal('NaN')``/``Decimal('Infinity')`` are sent as text, which PostgreSQL's
+    ``numeric`` takes and the other databases refuse).
     """
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -130,7 +132,9 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, float):
         if value != value or value in (float('inf'), float('-inf')):
             raise ValueError('%r cannot be bound as a float parameter (JSON has no such '
-                             'number): bind a Decimal instead' % value)
+                             'number); for a PostgreSQL numeric column bind Decimal(%r) '
+                             '(MySQL/MariaDB and SQLite store no NaN or infinity)'
+                             % (value, str(Decimal(value))))
         return value
     if isinstance(value, Decimal):
         return _tagged('decimal', _decimal_text(value))
@@ -183,34 +187,85 @@ def _fraction(text: str) -> str:
     return text[:dot] + (('.' + (digits + '000000')[:6]) if digits else '') + text[end:]
 
 
-def _datetime(value: str) -> _dt.datetime:
-    return _dt.datetime.fromisoformat(_fraction(value.replace(' ', 'T', 1)))
+#: What PostgreSQL answers for timestamps and dates out of Python's range: kept as text.
+_PG_SPECIAL = frozenset(('infinity', '-infinity'))
 
 
-def _datetimetz(value: str) -> _dt.datetime:
+def _datetime(value: Any) -> Any:
+    if not isinstance(value, str) or value in _PG_SPECIAL:
+        return value  # SQLite may hold anything in any column (epoch numbers...)
+    try:
+        return _dt.datetime.fromisoformat(_fraction(value.replace(' ', 'T', 1)))
+    except ValueError:
+        return value
+
+
+def _datetimetz(value: Any) -> Any:
     parsed = _datetime(value)
+    if not isinstance(parsed, _dt.datetime):
+        return parsed
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=_dt.timezone.utc)
     return parsed.astimezone(_dt.timezone.utc)
 
 
-def _time(value: str) -> _dt.time:
-    return _dt.time.fromisoformat(_fraction(value))
+def _date(value: Any) -> Any:
+    if not isinstance(value, str) or value in _PG_SPECIAL:
+        return value
+    try:
+        return _dt.date.fromisoformat(value)
+    except ValueError:
+        parsed = _datetime(value)  # SQLite: a timestamp in a DATE column
+        return parsed.date() if isinstance(parsed, _dt.datetime) else value
 
 
-def _bytes(value: str) -> bytes:
+def _time(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return _dt.time.fromisoformat(_fraction(value))
+    except ValueError:
+        return value
+
+
+def _bytes(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
     import base64
-    return base64.b64decode(value)
+    import binascii
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return value  # not base64: SQLite text in a BLOB-typed column
 
 
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, str) else value  # 'NaN', 'Infinity'
+def _float(value: Any) -> Any:
+    if isinstance(value, str):  # 'NaN', 'Infinity', '-Infinity' (JSON has no such number)
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _decimal(value: Any) -> Any:
+    try:
+        return Decimal(value) if isinstance(value, (str, int)) else Decimal(str(value))
+    except (ArithmeticError, ValueError, TypeError):
+        return value
+
+
+def _uuid(value: Any) -> Any:
+    try:
+        return UUID(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 _DECODERS: Dict[str, Optional[Callable[[Any], Any]]] = {
     'int': None, 'bool': None, 'text': None, 'json': None, 'float': _float,
-    'decimal': Decimal, 'datetime': _datetime, 'datetimetz': _datetimetz,
-    'date': _dt.date.fromisoformat, 'time': _time, 'bytes': _bytes, 'uuid': UUID,
+    'decimal': _decimal, 'datetime': _datetime, 'datetimetz': _datetimetz,
+    'date': _date, 'time': _time, 'bytes': _bytes, 'uuid': _uuid,
 }
 
 
@@ -272,13 +327,17 @@ class Result:
     rows affected by any other statement) and ``last_insert_id`` (MySQL/MariaDB and SQLite,
     else None). Iterating it and ``len()`` go over ``rows``."""
 
-    __slots__ = ('rows', 'columns', 'types', 'rowcount', 'last_insert_id')
+    __slots__ = ('rows', 'columns', 'types', 'rowcount', 'last_insert_id', '_first')
 
     def __init__(self, doc: Dict[str, Any]) -> None:
         shape = _Shape(doc.get('columns') or [], doc.get('types') or [])
         self.columns: List[str] = shape.columns
         self.types: List[str] = shape.types
-        self.rows: List[RowDict] = shape.dicts(doc.get('rows') or [])
+        raw = doc.get('rows') or []
+        self.rows: List[RowDict] = shape.dicts(raw)
+        # The first row as a list (decoded in place by dicts()): a dict keeps only one of
+        # two columns of the same name (SELECT a.id, b.id ...).
+        self._first: Optional[List[Any]] = raw[0] if raw else None
         self.rowcount: int = doc.get('rowcount') or 0
         self.last_insert_id: Optional[int] = doc.get('last_insert_id')
 
@@ -296,9 +355,8 @@ class Result:
 
 
 def _first_value(result: Result) -> Any:
-    if not result.rows or not result.columns:
-        return None
-    return result.rows[0][result.columns[0]]
+    first = result._first
+    return first[0] if first else None
 
 
 # -- the calls --------------------------------------------------------------------------
@@ -352,9 +410,52 @@ class _Conn:
         body = encode_json(doc) if doc is not None else b'{}'
         return self.answer(self.caller.call(self.name, meta, body))
 
-    async def acall(self, meta: Dict[str, Any], doc: Any = None) -> Dict[str, Any]:
+    async def acall(self, meta: Dict[str, Any], doc: Any = None,
+                    orphan: Optional[Callable[[bytes, bytes], None]] = None
+                    ) -> Dict[str, Any]:
         body = encode_json(doc) if doc is not None else b'{}'
-        return self.answer(await self.caller.acall(self.name, meta, body))
+        return self.answer(await self.caller.acall(self.name, meta, body, orphan))
+
+    def ender(self, action: str, key: str) -> Callable[[int], None]:
+        """A function that ends transaction or stream ``id`` (``action`` ``rollback`` or
+        ``close``, ``key`` ``tx`` or ``stream``) with an ASYNC call, which nobody waits for.
+        The meta is built now, in the calling invocation's context, not when it runs."""
+        meta = self.meta(action)
+        notify = self.caller.notify
+
+        def end(ident: int) -> None:
+            notify(dict(meta, **{key: ident}), b'{}')
+        return end
+
+    def track_tx(self, tx: int) -> None:
+        end = self.ender('rollback', 'tx')
+        track((self.name, 'tx', tx), 'transaction %d on %s' % (tx, self.name),
+              lambda: end(tx))
+
+    def track_stream(self, stream: Any) -> None:
+        end = self.ender('close', 'stream')
+        track((self.name, 'stream', stream), 'stream %s on %s' % (stream, self.name),
+              lambda: end(stream))
+
+    def orphan(self, action: str, key: str) -> Callable[[bytes, bytes], None]:
+        """The hook of a ``begin``/``stream`` call whose awaiting task was cancelled: when
+        its REPLY opened a transaction or stream after all, end it on the server."""
+        end = self.ender(action, key)
+
+        def orphaned(raw: bytes, body: bytes) -> None:
+            meta = decode_json(raw)
+            if not isinstance(meta, dict) or meta.get('error') is not None:
+                return  # it failed: nothing was opened
+            status = meta.get('status')
+            if isinstance(status, int) and status >= 300:
+                return
+            doc = decode_json(body) if body else {}
+            if not isinstance(doc, dict) or doc.get('done'):
+                return  # a stream whose only batch was the last: the server closed it
+            ident = doc.get(key)
+            if isinstance(ident, int) and not isinstance(ident, bool):
+                end(ident)
+        return orphaned
 
     @staticmethod
     def execute_doc(sql: Any, params: Any) -> Dict[str, Any]:
@@ -402,7 +503,7 @@ class _Executor:
         self._check()
         conn = self._conn
         doc = conn.call(conn.meta('stream', self._tx), conn.stream_doc(sql, params, batch))
-        return Stream(conn, doc)
+        return Stream(conn, doc).tracked()
 
     async def aexecute(self, sql: Any, params: Params = None) -> Result:
         """:meth:`execute`, awaitable."""
@@ -427,9 +528,10 @@ class _Executor:
         async for rows in batches``."""
         self._check()
         conn = self._conn
-        doc = await conn.acall(conn.meta('stream', self._tx),
-                               conn.stream_doc(sql, params, batch))
-        return AsyncStream(conn, doc)
+        body = conn.stream_doc(sql, params, batch)
+        doc = await conn.acall(conn.meta('stream', self._tx), body,
+                               conn.orphan('close', 'stream'))
+        return AsyncStream(conn, doc).tracked()
 
 
 class _StreamBase:
@@ -456,6 +558,15 @@ class _StreamBase:
         """True once the last batch was received (or the stream closed)."""
         return self._done or self._closed
 
+    def tracked(self) -> Any:
+        """Note the open stream in the invocation (closed for it if it ends first)."""
+        if not self._done:
+            self._conn.track_stream(self._id)
+        return self
+
+    def _ended(self) -> None:
+        untrack((self._conn.name, 'stream', self._id))
+
 
 class Stream(_StreamBase):
     """A query's rows in batches: iterate for lists of dict rows. Leaving its ``with``
@@ -477,6 +588,8 @@ class Stream(_StreamBase):
         conn = self._conn
         doc = conn.call(conn.meta('next', stream=self._id))
         self._done = bool(doc.get('done'))
+        if self._done:
+            self._ended()
         rows = doc.get('rows') or []
         if not rows and self._done:
             raise StopIteration
@@ -486,6 +599,7 @@ class Stream(_StreamBase):
         """Close the stream on the server unless it is done already."""
         if not self._done and not self._closed:
             self._closed = True
+            self._ended()
             conn = self._conn
             conn.call(conn.meta('close', stream=self._id))
         self._closed = True
@@ -517,6 +631,8 @@ class AsyncStream(_StreamBase):
         conn = self._conn
         doc = await conn.acall(conn.meta('next', stream=self._id))
         self._done = bool(doc.get('done'))
+        if self._done:
+            self._ended()
         rows = doc.get('rows') or []
         if not rows and self._done:
             raise StopAsyncIteration
@@ -525,6 +641,7 @@ class AsyncStream(_StreamBase):
     async def aclose(self) -> None:
         if not self._done and not self._closed:
             self._closed = True
+            self._ended()
             conn = self._conn
             await conn.acall(conn.meta('close', stream=self._id))
         self._closed = True
@@ -562,6 +679,7 @@ class Transaction(_Executor):
         conn = self._conn
         self._tx = _tx_id(conn, conn.call(conn.meta('begin')))
         self._state = 'open'
+        conn.track_tx(self._tx)
         return self
 
     def commit(self) -> None:
@@ -574,6 +692,7 @@ class Transaction(_Executor):
         self._check()
         conn = self._conn
         self._state = state  # even if the call fails: the server ends it either way
+        untrack((conn.name, 'tx', self._tx))
         conn.call(conn.meta(action, self._tx))
 
     def __enter__(self) -> Transaction:
@@ -606,8 +725,11 @@ class AsyncTransaction(Transaction):
         if self._state != 'new':
             raise RuntimeError('the transaction on %s was begun already' % self._conn.name)
         conn = self._conn
-        self._tx = _tx_id(conn, await conn.acall(conn.meta('begin')))
+        # Cancelled while waiting, the REPLY's transaction is rolled back when it comes.
+        self._tx = _tx_id(conn, await conn.acall(conn.meta('begin'), None,
+                                                 conn.orphan('rollback', 'tx')))
         self._state = 'open'
+        conn.track_tx(self._tx)
         return self
 
     async def acommit(self) -> None:
@@ -620,6 +742,9 @@ class AsyncTransaction(Transaction):
         self._check()
         conn = self._conn
         self._state = state
+        untrack((conn.name, 'tx', self._tx))
+        # The CALL is written before the first suspension: cancelled while it waits for
+        # the REPLY, the commit or rollback still happens on the server.
         await conn.acall(conn.meta(action, self._tx))
 
     async def __aenter__(self) -> AsyncTransaction:
@@ -804,7 +929,15 @@ class Session:
             tx.rollback()
 
     def close(self) -> None:
-        self.rollback()
+        """Roll back what is still open. A failed rollback is logged, not raised (the
+        server ends the transaction either way), so that leaving a ``with`` block or
+        ``closing()`` never replaces the exception that is on its way out."""
+        try:
+            self.rollback()
+        except Exception:
+            import logging
+            logging.getLogger('oxbus.sql').warning(
+                'rollback of a session on %s failed', self._conn.name, exc_info=True)
 
     def __enter__(self) -> Session:
         return self

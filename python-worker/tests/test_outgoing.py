@@ -8,7 +8,6 @@ event loop never blocks (the REPLY is read by another thread).
 """
 
 import asyncio
-import base64
 import datetime as dt
 import json
 import uuid
@@ -652,7 +651,7 @@ def test_async_transaction_and_stream():
 
 
 def _async_of(request):
-    async def arequest(meta, body=b''):
+    async def arequest(meta, body=b'', orphan=None):
         await asyncio.sleep(0)
         return request(meta, body)
     return arequest
@@ -665,10 +664,21 @@ def test_outside_a_worker_says_so():
         def handle(self):
             pass
 
+    # A service instance not run by a dispatcher gets the defaults' error...
     with pytest.raises(RuntimeError, match='not running inside an oxbus worker'):
         Lonely().out.rest['x'].conn.get('c')
-    with pytest.raises(RuntimeError, match='not running inside an oxbus worker'):
-        Lonely().outgoing.sql['x'].execute('SELECT 1')
+    # ...and so does an API whose calls reach no server: the blocking call (_no_server),
+    # the awaitable one without an arequest (Caller.acall) and the ASYNC notify.
+    from oxbus._dispatch import _no_server
+    bare = OutgoingAPI(_no_server)
+    with pytest.raises(RuntimeError, match='^not running inside an oxbus worker: there is '
+                                           'no server to call$'):
+        bare.sql['x'].execute('SELECT 1')
+    with pytest.raises(RuntimeError, match='^not running inside an oxbus worker: there is '
+                                           'no server to call$'):
+        asyncio.run(bare.sql['x'].aexecute('SELECT 1'))
+    with pytest.raises(RuntimeError, match='^not running inside an oxbus worker'):
+        bare.sql['x']._conn.caller.notify({'op': 'out.sql'}, b'{}')
 
 
 # -- the awaitable path in a real worker ------------------------------------------------------
@@ -776,5 +786,6 @@ def test_a_sync_service_calls_out_through_the_worker(sup):
 
 
 def test_base64_helper_matches_spec():
-    # The bytes tag is standard base64 with padding (SPEC.md).
-    assert encode_value(b'\xfb\xff')['v'] == base64.b64encode(b'\xfb\xff').decode()
+    # The bytes tag is standard base64 with padding (SPEC.md): '+' and '/', not '-' '_'.
+    assert encode_value(b'\xfb\xff') == {'$t': 'bytes', 'v': '+/8='}
+    assert encode_value(b'\xff\xfe\xfd\x00') == {'$t': 'bytes', 'v': '//79AA=='}
