@@ -399,6 +399,7 @@ async fn pg_idle_transactions_and_streams_are_reaped_without_a_call() {
     )
     .await;
     assert_eq!(a.body["done"], false);
+    let stream = a.body["stream"].as_u64().expect("a stream id");
     assert_eq!(c.open_sessions(), (1, 1));
     eventually("idle sessions reaped", || async {
         c.open_sessions() == (0, 0)
@@ -406,12 +407,7 @@ async fn pg_idle_transactions_and_streams_are_reaped_without_a_call() {
     .await;
     let a = call(&c, json!({"action": "commit", "tx": tx}), json!({})).await;
     assert_eq!(a.error.as_deref(), Some("invalid"));
-    let a = call(
-        &c,
-        json!({"action": "next", "stream": a.body["stream"]}),
-        json!({}),
-    )
-    .await;
+    let a = call(&c, json!({"action": "next", "stream": stream}), json!({})).await;
     assert_eq!(a.error.as_deref(), Some("invalid"));
     eventually("connections back in the pool", || async {
         c.stats().in_use == 0
@@ -1024,4 +1020,307 @@ fn a_client_made_outside_a_runtime_builds_its_pool_at_the_first_call() {
     let r = rt.block_on(async { ok(&c, "SELECT 7", Value::Null).await });
     assert_eq!(rows(&r)[0], json!([7]));
     rt.block_on(async { drop(c) });
+}
+
+// ---------- review fixes (issue 19) ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_infinite_dates_floats_and_numerics_are_strings_not_panics() {
+    let c = client(def(&unique("pginf"), "postgresql", PG, json!({})));
+    let r = ok(
+        &c,
+        "SELECT 'infinity'::timestamp, '-infinity'::timestamptz, 'infinity'::date, \
+         ARRAY['-infinity'::timestamp, '2024-05-01 10:00:00'], ARRAY['infinity'::date, NULL], \
+         '2024-05-01 10:00:00+00'::timestamptz, '2024-05-01'::date",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        rows(&r)[0],
+        json!([
+            "infinity",
+            "-infinity",
+            "infinity",
+            ["-infinity", "2024-05-01T10:00:00"],
+            ["infinity", null],
+            "2024-05-01T10:00:00+00:00",
+            "2024-05-01"
+        ])
+    );
+    assert_eq!(
+        r["types"],
+        json!([
+            "datetime",
+            "datetimetz",
+            "date",
+            "datetime[]",
+            "date[]",
+            "datetimetz",
+            "date"
+        ])
+    );
+    // Past chrono's years: a clear `invalid`, and the pool goes on.
+    let a = exec(&c, "SELECT '294000-01-01'::timestamp", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    let a = exec(&c, "SELECT '5874000-01-01'::date", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    let r = ok(
+        &c,
+        "SELECT 'NaN'::float8, '-Infinity'::float8, 'Infinity'::real, 0.1::real, \
+         ARRAY[0.1::real, 'NaN'], :n::numeric, :i::numeric, :m::numeric",
+        json!({"n": {"$t": "decimal", "v": "NaN"}, "i": {"$t": "decimal", "v": "Infinity"},
+               "m": {"$t": "decimal", "v": "-Infinity"}}),
+    )
+    .await;
+    assert_eq!(
+        rows(&r)[0],
+        json!([
+            "NaN",
+            "-Infinity",
+            "Infinity",
+            0.1,
+            [0.1, "NaN"],
+            "NaN",
+            "Infinity",
+            "-Infinity"
+        ])
+    );
+    // The same stream: closed channel or not, each value is read, never a dead task.
+    let a = call(
+        &c,
+        json!({"action": "stream"}),
+        json!({"sql": "SELECT 'infinity'::timestamp FROM generate_series(1, 3)", "batch": 10}),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.body["done"].clone()),
+        (200, json!(true)),
+        "{a:?}"
+    );
+    assert_eq!(rows(&a.body).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_transaction_control_and_session_settings_are_refused_outside_transaction() {
+    let c = client(def(
+        &unique("pgtxc"),
+        "postgresql",
+        PG,
+        json!({"pool_max": 1}),
+    ));
+    for sql in [
+        "BEGIN",
+        " /* x */ start transaction",
+        "COMMIT",
+        "SET search_path = nowhere",
+        "RESET ALL",
+    ] {
+        let a = exec(&c, sql, Value::Null).await;
+        assert_eq!(a.error.as_deref(), Some("invalid"), "{sql}: {a:?}");
+        assert!(
+            a.body["error"].as_str().unwrap().contains("transaction"),
+            "{a:?}"
+        );
+    }
+    // The one connection is not left inside a transaction: what it writes, another
+    // client sees.
+    let t = unique("t_txc");
+    ok(&c, &format!("CREATE TABLE {t} (k int)"), Value::Null).await;
+    ok(&c, &format!("INSERT INTO {t} VALUES (1)"), Value::Null).await;
+    let other = client(def(&unique("pgtxc2"), "postgresql", PG, json!({})));
+    assert_eq!(count(&other, &t).await, 1);
+    ok(&other, &format!("DROP TABLE {t}"), Value::Null).await;
+    let tx = call(&c, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    let a = exec_tx(&c, tx, "SET LOCAL search_path = public", Value::Null).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = exec_tx(&c, tx, "SAVEPOINT s1", Value::Null).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = exec_tx(&c, tx, "ROLLBACK TO SAVEPOINT s1", Value::Null).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = exec_tx(&c, tx, "COMMIT", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    let a = call(
+        &c,
+        json!({"action": "stream", "tx": tx}),
+        json!({"sql": "BEGIN"}),
+    )
+    .await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    let a = call(&c, json!({"action": "commit", "tx": tx}), json!({})).await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_too_large_does_not_return_the_connection_with_rows_unread() {
+    let c = client(def(
+        &unique("pgbig"),
+        "postgresql",
+        PG,
+        json!({"pool_max": 1, "max_rows": 10}),
+    ));
+    let pid = |r: Value| rows(&r)[0][0].as_i64().unwrap();
+    let before = pid(ok(&c, "SELECT pg_backend_pid()", Value::Null).await);
+    assert_eq!(
+        pid(ok(&c, "SELECT pg_backend_pid()", Value::Null).await),
+        before
+    );
+    let a = exec(&c, "SELECT generate_series(1, 100000)", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("too_large"));
+    let after = pid(ok(&c, "SELECT pg_backend_pid()", Value::Null).await);
+    assert_ne!(after, before, "the connection was closed, a new one made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_stream_keeps_its_transaction_alive_while_it_is_read() {
+    let c = client(def(
+        &unique("pgstx"),
+        "postgresql",
+        PG,
+        json!({"session_idle_ms": 1000}),
+    ));
+    let tx = call(&c, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    let a = call(
+        &c,
+        json!({"action": "stream", "tx": tx}),
+        json!({"sql": "SELECT generate_series(1, 20)", "batch": 1}),
+    )
+    .await;
+    let stream = a.body["stream"].as_u64().expect("a stream");
+    // The rows are read ahead at once (the task lets go of the transaction); each `next`,
+    // well within the idle limit, for longer than the limit in all.
+    let mut done = false;
+    for _ in 0..19 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let a = call(&c, json!({"action": "next", "stream": stream}), json!({})).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        done = a.body["done"] == true;
+        if done {
+            break;
+        }
+    }
+    assert!(done);
+    // Idle since the last `next` for less than the limit (but longer than the reaper's
+    // period): the transaction, last used by the stream, stays.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = exec_tx(&c, tx, "SELECT 1", Value::Null).await;
+    assert_eq!(a.status, 200, "the transaction outlived its stream: {a:?}");
+    let a = call(&c, json!({"action": "commit", "tx": tx}), json!({})).await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_session_ids_are_unique_across_clients_and_gone_workers_open_none() {
+    let c1 = client(def(&unique("pgid1"), "postgresql", PG, json!({})));
+    let c2 = client(def(&unique("pgid2"), "postgresql", PG, json!({})));
+    let t1 = call(&c1, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    let t2 = call(&c2, json!({"action": "begin"}), json!({})).await.body["tx"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(t1, t2);
+    // A stale id (from the other client) names nothing here.
+    let a = exec_tx(&c2, t1, "SELECT 1", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"));
+    for (c, t) in [(&c1, t1), (&c2, t2)] {
+        let a = call(c, json!({"action": "rollback", "tx": t}), json!({})).await;
+        assert_eq!(a.status, 200);
+    }
+    // Worker 9 went while its begin / stream were on their way: nothing stays open.
+    c1.worker_gone(9);
+    let a = call_w(&c1, 9, json!({"action": "begin"}), json!({})).await;
+    assert_eq!(a.error.as_deref(), Some("io"), "{a:?}");
+    let a = call_w(
+        &c1,
+        9,
+        json!({"action": "stream"}),
+        json!({"sql": "SELECT generate_series(1, 5000)", "batch": 10}),
+    )
+    .await;
+    assert_eq!(a.error.as_deref(), Some("io"), "{a:?}");
+    assert_eq!(c1.open_sessions(), (0, 0));
+    eventually("connections back", || async { c1.stats().in_use == 0 }).await;
+    // Other workers are unaffected.
+    let a = call_w(&c1, 10, json!({"action": "begin"}), json!({})).await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_decimal_nan_is_refused_and_backslashes_do_not_hide_binds() {
+    let c = client(def(&unique("mynan"), "mysql", MY, json!({})));
+    let a = exec(&c, "SELECT :d", json!({"d": {"$t": "decimal", "v": "NaN"}})).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    assert!(
+        a.body["error"].as_str().unwrap().contains("PostgreSQL"),
+        "{a:?}"
+    );
+    let r = ok(
+        &c,
+        r#"SELECT 'it\'s :no', "x\":no", :a # :c"#,
+        json!({"a": 5}),
+    )
+    .await;
+    assert_eq!(rows(&r)[0], json!(["it's :no", "x\":no", 5]));
+    let a = exec(&c, "USE mysql", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    let a = exec(&c, "SET @x = 1", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_codes_fit_the_values_and_last_insert_id_is_the_statements_own() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("oxbus-sql")));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let c = client(def(&unique("lite2"), "sqlite", &url, json!({})));
+    ok(
+        &c,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, ts TIMESTAMP, d DATE, b BLOB, dt DATETIME)",
+        Value::Null,
+    )
+    .await;
+    let r = ok(
+        &c,
+        "INSERT INTO t (ts, d, b, dt) VALUES (1714557600, '2024-05-01 10:00:00', x'0001', '2024-05-01 10:00:00')",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r["last_insert_id"], json!(1));
+    ok(
+        &c,
+        "INSERT INTO t (ts, d, b, dt) VALUES (NULL, NULL, 'text', 'not a date')",
+        Value::Null,
+    )
+    .await;
+    let r = ok(&c, "SELECT ts, d, b, dt FROM t ORDER BY id", Value::Null).await;
+    // TIMESTAMP holding an integer: an int; DATE holding a datetime: text; BLOB: bytes,
+    // its TEXT value too (base64 of its UTF-8).
+    assert_eq!(r["types"], json!(["int", "text", "bytes", "datetime"]));
+    assert_eq!(
+        rows(&r)[0],
+        json!([
+            1714557600,
+            "2024-05-01 10:00:00",
+            "AAE=",
+            "2024-05-01 10:00:00"
+        ])
+    );
+    assert_eq!(rows(&r)[1], json!([null, null, "dGV4dA==", "not a date"]));
+    // Not an insert, or nothing inserted: no id (the connection's last one is stale).
+    let r = ok(&c, "UPDATE t SET d = NULL", Value::Null).await;
+    assert_eq!(
+        (r["rowcount"].clone(), r["last_insert_id"].clone()),
+        (json!(2), Value::Null)
+    );
+    let r = ok(&c, "INSERT INTO t (d) SELECT d FROM t WHERE 0", Value::Null).await;
+    assert_eq!(r["last_insert_id"], Value::Null);
+    let a = exec(&c, "BEGIN", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    let a = exec(&c, "SELECT 1; BEGIN", Value::Null).await;
+    assert_eq!(a.error.as_deref(), Some("invalid"), "{a:?}");
+    drop(c);
+    let _ = std::fs::remove_file(&path);
 }

@@ -823,10 +823,11 @@ fn check_sql_url(engine: SqlEngine, url: &str) -> Result<(), String> {
         );
     }
     let query = rest.split_once('?').map_or("", |(_, q)| q);
+    // The drivers percent-decode the keys: `passw%6Frd=` is a password too.
     if query.split('&').any(|kv| {
         kv.split('=')
             .next()
-            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+            .is_some_and(|k| percent_decoded(k).eq_ignore_ascii_case("password"))
     }) {
         return Err(
             "the URL holds a password parameter: give it as `password` (it is stored sealed)"
@@ -838,6 +839,30 @@ fn check_sql_url(engine: SqlEngine, url: &str) -> Result<(), String> {
         return Err("the URL names no host".into());
     }
     Ok(())
+}
+
+/// `s` with its `%XX` escapes (and `+`) decoded, bytes that are no UTF-8 replaced.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Valid connection names: 1-200 of letters, digits, `._-` (Zato's names with spaces are
@@ -1042,6 +1067,15 @@ mod tests {
         assert!(e.contains("`password`") && !e.contains("hunter2"), "{e}");
         bad(
             json!({"engine": "postgresql", "url": "postgres://app@h/db?password=x"}),
+            "url",
+        );
+        // The drivers decode the keys' escapes.
+        bad(
+            json!({"engine": "postgresql", "url": "postgres://app@h/db?sslmode=disable&passw%6Frd=x"}),
+            "url",
+        );
+        bad(
+            json!({"engine": "mysql", "url": "mysql://app@h/db?%50ASSWORD=x"}),
             "url",
         );
         bad(

@@ -13,13 +13,13 @@ use sqlx::postgres::{
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteQueryResult, SqliteRow};
 use sqlx::{Arguments, Column, Database, Decode, Encode, Row, Type, TypeInfo, ValueRef};
 
-use super::binds::Style;
+use super::binds::Dialect;
 use super::values::*;
 
 /// What differs between engines. `args` errors and `column` / `write_value` errors are
 /// messages for an `invalid` failure.
 pub trait Engine: Database<Arguments: sqlx::IntoArguments<Self>> + Sized {
-    const STYLE: Style;
+    const DIALECT: Dialect;
     /// Binds `params`; on PostgreSQL also returns the parameters' type signature, which
     /// prefixes the statement's text so that sqlx's statement cache (keyed by text) never
     /// reuses a statement prepared for other parameter types. `typed_nulls`: NULLs as text
@@ -78,6 +78,113 @@ impl Decode<'_, Postgres> for PgNumeric {
             PgValueFormat::Binary => numeric_to_string(v.as_bytes()?)?,
             PgValueFormat::Text => v.as_str()?.to_owned(),
         }))
+    }
+}
+
+/// PostgreSQL's epoch for dates and timestamps on the wire.
+fn pg_epoch() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default()
+}
+
+/// A TIMESTAMP / TIMESTAMPTZ's microseconds since 2000-01-01 → the value, or PostgreSQL's
+/// `infinity` / `-infinity`. Checked: sqlx's own decoding panics on those and on years
+/// chrono cannot hold.
+fn pg_micros(v: PgValueRef<'_>) -> Result<Result<NaiveDateTime, &'static str>, BoxDynError> {
+    match v.format() {
+        PgValueFormat::Binary => {
+            let b: [u8; 8] = v
+                .as_bytes()?
+                .try_into()
+                .map_err(|_| "a timestamp is not 8 bytes")?;
+            Ok(match i64::from_be_bytes(b) {
+                i64::MAX => Err("infinity"),
+                i64::MIN => Err("-infinity"),
+                us => Ok(pg_epoch()
+                    .checked_add_signed(chrono::TimeDelta::microseconds(us))
+                    .ok_or("the timestamp is out of the range a value can be read in")?),
+            })
+        }
+        PgValueFormat::Text => match v.as_str()? {
+            "infinity" => Ok(Err("infinity")),
+            "-infinity" => Ok(Err("-infinity")),
+            t => {
+                let t = t.get(..19.min(t.len())).unwrap_or(t);
+                Ok(Ok(NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S")?))
+            }
+        },
+    }
+}
+
+macro_rules! pg_time_type {
+    ($name:ident, $oid:literal, $array_oid:literal, $pg:literal) => {
+        /// Decoded to its wire text (see [`pg_micros`]).
+        #[derive(Debug, Clone)]
+        pub struct $name(pub String);
+
+        impl Type<Postgres> for $name {
+            fn type_info() -> PgTypeInfo {
+                PgTypeInfo::with_oid(Oid($oid))
+            }
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                ty.name() == $pg
+            }
+        }
+
+        impl PgHasArrayType for $name {
+            fn array_type_info() -> PgTypeInfo {
+                PgTypeInfo::with_oid(Oid($array_oid))
+            }
+        }
+    };
+}
+
+pg_time_type!(PgTimestamp, 1114, 1115, "TIMESTAMP");
+pg_time_type!(PgTimestampTz, 1184, 1185, "TIMESTAMPTZ");
+pg_time_type!(PgDate, 1082, 1182, "DATE");
+
+impl Decode<'_, Postgres> for PgTimestamp {
+    fn decode(v: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        Ok(PgTimestamp(match pg_micros(v)? {
+            Ok(d) => fmt_timestamp(&d),
+            Err(inf) => inf.to_owned(),
+        }))
+    }
+}
+
+impl Decode<'_, Postgres> for PgTimestampTz {
+    fn decode(v: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        Ok(PgTimestampTz(match pg_micros(v)? {
+            Ok(d) => fmt_timestamptz(&d.and_utc()),
+            Err(inf) => inf.to_owned(),
+        }))
+    }
+}
+
+impl Decode<'_, Postgres> for PgDate {
+    fn decode(v: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        let day = match v.format() {
+            PgValueFormat::Binary => {
+                let b: [u8; 4] = v
+                    .as_bytes()?
+                    .try_into()
+                    .map_err(|_| "a date is not 4 bytes")?;
+                match i32::from_be_bytes(b) {
+                    i32::MAX => return Ok(PgDate("infinity".into())),
+                    i32::MIN => return Ok(PgDate("-infinity".into())),
+                    days => pg_epoch()
+                        .date()
+                        .checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
+                        .ok_or("the date is out of the range a value can be read in")?,
+                }
+            }
+            PgValueFormat::Text => match v.as_str()? {
+                inf @ ("infinity" | "-infinity") => return Ok(PgDate(inf.to_owned())),
+                t => NaiveDate::parse_from_str(t, "%Y-%m-%d")?,
+            },
+        };
+        Ok(PgDate(fmt_date(&day)))
     }
 }
 
@@ -200,7 +307,7 @@ fn pg_kind(name: &str, ti: &PgTypeInfo) -> Option<Kind> {
 }
 
 impl Engine for Postgres {
-    const STYLE: Style = Style::Dollar;
+    const DIALECT: Dialect = Dialect::Postgres;
 
     fn args(params: &[Param], typed_nulls: bool) -> Result<(PgArguments, String), String> {
         let mut a = PgArguments::default();
@@ -334,16 +441,14 @@ impl Engine for Postgres {
                 Kind::I16 => list!(i16, |v| write_i64(i64::from(*v), out)),
                 Kind::I32 => list!(i32, |v| write_i64(i64::from(*v), out)),
                 Kind::I64 => list!(i64, |v| write_i64(*v, out)),
-                Kind::F32 => list!(f32, |v| write_f64(f64::from(*v), out)),
+                Kind::F32 => list!(f32, |v| write_f32(*v, out)),
                 Kind::F64 => list!(f64, |v| write_f64(*v, out)),
                 Kind::Bool => list!(bool, |v| write_bool(*v, out)),
                 Kind::Text => list!(String, |v| write_str(v, out)),
                 Kind::Numeric => list!(PgNumeric, |v| write_str(&v.0, out)),
-                Kind::Timestamp => list!(NaiveDateTime, |v| write_str(&fmt_timestamp(v), out)),
-                Kind::TimestampTz => {
-                    list!(DateTime<Utc>, |v| write_str(&fmt_timestamptz(v), out))
-                }
-                Kind::Date => list!(NaiveDate, |v| write_str(&fmt_date(v), out)),
+                Kind::Timestamp => list!(PgTimestamp, |v| write_str(&v.0, out)),
+                Kind::TimestampTz => list!(PgTimestampTz, |v| write_str(&v.0, out)),
+                Kind::Date => list!(PgDate, |v| write_str(&v.0, out)),
                 Kind::Time => list!(NaiveTime, |v| write_str(&fmt_time(v), out)),
                 Kind::Bytes => list!(Vec<u8>, |v| write_bytes(v, out)),
                 Kind::Uuid => list!(uuid::Uuid, |v| write_str(&v.to_string(), out)),
@@ -357,7 +462,7 @@ impl Engine for Postgres {
             Kind::I16 => write_i64(i64::from(get!(i16)), out),
             Kind::I32 => write_i64(i64::from(get!(i32)), out),
             Kind::I64 => write_i64(get!(i64), out),
-            Kind::F32 => write_f64(f64::from(get!(f32)), out),
+            Kind::F32 => write_f32(get!(f32), out),
             Kind::F64 => write_f64(get!(f64), out),
             Kind::Numeric => write_str(&get!(PgNumeric).0, out),
             Kind::Text => write_str(
@@ -365,9 +470,9 @@ impl Engine for Postgres {
                     .map_err(|e| format!("column {:?}: {e}", col.name))?,
                 out,
             ),
-            Kind::Timestamp => write_str(&fmt_timestamp(&get!(NaiveDateTime)), out),
-            Kind::TimestampTz => write_str(&fmt_timestamptz(&get!(DateTime<Utc>)), out),
-            Kind::Date => write_str(&fmt_date(&get!(NaiveDate)), out),
+            Kind::Timestamp => write_str(&get!(PgTimestamp).0, out),
+            Kind::TimestampTz => write_str(&get!(PgTimestampTz).0, out),
+            Kind::Date => write_str(&get!(PgDate).0, out),
             Kind::Time => write_str(&fmt_time(&get!(NaiveTime)), out),
             Kind::Bytes => write_bytes(
                 raw.as_bytes()
@@ -388,8 +493,11 @@ impl Engine for Postgres {
 
 // ----- MySQL / MariaDB -----
 
+const NO_SPECIAL_DECIMALS: &str =
+    "a decimal NaN or Infinity is PostgreSQL's only (this engine's DECIMAL has none)";
+
 impl Engine for MySql {
-    const STYLE: Style = Style::Question;
+    const DIALECT: Dialect = Dialect::MySql;
 
     fn args(params: &[Param], _typed_nulls: bool) -> Result<(MySqlArguments, String), String> {
         let mut a = MySqlArguments::default();
@@ -402,6 +510,7 @@ impl Engine for MySql {
                 Param::Text(s) => add::<MySql, _>(&mut a, s.clone()),
                 // A DECIMAL when rust_decimal holds it exactly (it rounds what has more
                 // than 28 digits); otherwise the text, which the server converts.
+                Param::Decimal(s) if is_special_decimal(s) => Err(NO_SPECIAL_DECIMALS.to_owned()),
                 Param::Decimal(s) => match s.parse::<rust_decimal::Decimal>() {
                     Ok(d) if d.to_string() == *s => add::<MySql, _>(&mut a, d),
                     _ => add::<MySql, _>(&mut a, s.clone()),
@@ -477,7 +586,7 @@ impl Engine for MySql {
             Kind::Bool => write_bool(get!(i64) != 0, out),
             Kind::I64 => write_i64(get!(i64), out),
             Kind::U64 => write_u64(get!(u64), out),
-            Kind::F32 => write_f64(f64::from(get!(f32)), out),
+            Kind::F32 => write_f32(get!(f32), out),
             Kind::F64 => write_f64(get!(f64), out),
             Kind::DecimalText => write_str(&get!(String), out),
             Kind::Timestamp => write_str(&fmt_timestamp(&get!(NaiveDateTime)), out),
@@ -507,7 +616,7 @@ impl Engine for MySql {
 // ----- SQLite -----
 
 impl Engine for Sqlite {
-    const STYLE: Style = Style::Question;
+    const DIALECT: Dialect = Dialect::Sqlite;
 
     fn args(params: &[Param], _typed_nulls: bool) -> Result<(SqliteArguments, String), String> {
         let mut a = SqliteArguments::default();
@@ -517,6 +626,7 @@ impl Engine for Sqlite {
                 Param::Bool(b) => add::<Sqlite, _>(&mut a, *b),
                 Param::Int(i) => add::<Sqlite, _>(&mut a, *i),
                 Param::Float(f) => add::<Sqlite, _>(&mut a, *f),
+                Param::Decimal(s) if is_special_decimal(s) => Err(NO_SPECIAL_DECIMALS.to_owned()),
                 Param::Text(s) | Param::Decimal(s) => add::<Sqlite, _>(&mut a, s.clone()),
                 Param::DateTimeTz(d) => add::<Sqlite, _>(
                     &mut a,
@@ -571,7 +681,18 @@ impl Engine for Sqlite {
             };
         }
         let code = col.kind.code();
+        // A column's values may be of any storage class: each is written in the column's
+        // announced form where it can be (bytes always base64, text always a string),
+        // otherwise by its class (a date column's integer stays a number).
         match class.as_str() {
+            _ if code == "bytes" => match class.as_str() {
+                "BLOB" => write_bytes(&get!(Vec<u8>), out),
+                "INTEGER" | "BOOLEAN" => write_bytes(get!(i64).to_string().as_bytes(), out),
+                "REAL" => write_bytes(get!(f64).to_string().as_bytes(), out),
+                _ => write_bytes(get!(String).as_bytes(), out),
+            },
+            "INTEGER" | "BOOLEAN" if code == "text" => write_str(&get!(i64).to_string(), out),
+            "REAL" if code == "text" => write_str(&get!(f64).to_string(), out),
             "INTEGER" | "BOOLEAN" if code == "bool" => write_bool(get!(i64) != 0, out),
             "INTEGER" | "BOOLEAN" if code == "decimal" => write_str(&get!(i64).to_string(), out),
             "INTEGER" | "BOOLEAN" => write_i64(get!(i64), out),
@@ -586,6 +707,52 @@ impl Engine for Sqlite {
     fn done(r: &SqliteQueryResult) -> (u64, Option<i64>) {
         let id = r.last_insert_rowid();
         (r.rows_affected(), (id != 0).then_some(id))
+    }
+}
+
+/// SQLite's column code from its declared code and the first row's value: the declared one
+/// when the value fits it (a date, time or datetime column only when the value is text
+/// that reads as one), else the value's storage class.
+pub fn sqlite_code(row: &SqliteRow, i: usize, declared: &'static str) -> &'static str {
+    let Ok(raw) = row.try_get_raw(i) else {
+        return if declared.is_empty() {
+            "text"
+        } else {
+            declared
+        };
+    };
+    if raw.is_null() {
+        return if declared.is_empty() {
+            "text"
+        } else {
+            declared
+        };
+    }
+    let class = raw.type_info().name().to_owned();
+    drop(raw);
+    let text = || row.try_get_unchecked::<String, _>(i).ok();
+    let fits = match (declared, class.as_str()) {
+        ("", _) => false,
+        ("int" | "bool", c) => c == "INTEGER" || c == "BOOLEAN",
+        ("float", c) => c == "REAL" || c == "INTEGER",
+        ("decimal", "INTEGER" | "REAL") => true,
+        ("decimal", "TEXT") => text().is_some_and(|t| is_decimal(&t)),
+        ("text", c) => c == "TEXT",
+        ("bytes", c) => c == "BLOB",
+        ("date", "TEXT") => {
+            text().is_some_and(|t| NaiveDate::parse_from_str(&t, "%Y-%m-%d").is_ok())
+        }
+        ("time", "TEXT") => text().is_some_and(|t| {
+            NaiveTime::parse_from_str(&t, "%H:%M:%S%.f").is_ok()
+                || NaiveTime::parse_from_str(&t, "%H:%M").is_ok()
+        }),
+        ("datetime", "TEXT") => text().is_some_and(|t| is_datetime(&t)),
+        _ => false,
+    };
+    if fits {
+        declared
+    } else {
+        sqlite_code_from_value(row, i)
     }
 }
 

@@ -146,6 +146,8 @@ struct Inner {
     key: Arc<Key>,
     figures: Figures,
     sessions: Sessions,
+    /// The last probe of why connecting fails, and when (see `acquire_failure`).
+    probe: tokio::sync::Mutex<Option<(Instant, String)>>,
     /// The client-side limit of one database operation: a little above the statement
     /// timeout, for what the server's own limit does not cover.
     backstop: Duration,
@@ -161,6 +163,9 @@ pub struct SqlClient {
     /// call: sessions only come from calls).
     reaper: std::sync::OnceLock<()>,
 }
+
+/// How long the reason a connect probe found answers other failing callers.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
 
 /// The call's meta, as `out.sql` sends it.
 #[derive(serde::Deserialize)]
@@ -288,6 +293,7 @@ impl SqlClient {
             key: key.clone(),
             figures: Figures::default(),
             sessions: Sessions::default(),
+            probe: tokio::sync::Mutex::new(None),
             backstop,
         });
         let reaper = std::sync::OnceLock::new();
@@ -366,6 +372,7 @@ impl SqlClient {
 
     /// Worker `worker` is gone: its transactions are rolled back, its streams closed.
     pub fn worker_gone(&self, worker: u32) {
+        self.inner.sessions.mark_gone(worker);
         sessions::roll_back_all(self.inner.sessions.take(Some(worker), None));
     }
 
@@ -468,8 +475,8 @@ impl Driver for Sqlite {
     }
     fn refine(row: &Self::Row, cols: &mut [Col]) {
         for (i, c) in cols.iter_mut().enumerate() {
-            if c.kind == Kind::Dynamic("") {
-                c.kind = Kind::Dynamic(engines::sqlite_code_from_value(row, i));
+            if let Kind::Dynamic(declared) = c.kind {
+                c.kind = Kind::Dynamic(engines::sqlite_code(row, i, declared));
             }
         }
     }
@@ -614,10 +621,10 @@ where
             Ok((sql, params))
         }
         Some(serde_json::Value::Object(mut map)) => {
-            let r = rewrite(&sql, DB::STYLE);
+            let r = rewrite(&sql, DB::DIALECT);
             let mut params = Vec::with_capacity(r.names.len());
             for name in &r.names {
-                let v = match DB::STYLE {
+                let v = match DB::DIALECT.style() {
                     // `$n` numbers each name once: the value can move.
                     Style::Dollar => map.remove(name),
                     Style::Question => map.get(name).cloned(),
@@ -695,11 +702,16 @@ impl Inner {
         match action {
             "execute" => {
                 let (sql, params) = prepare_params::<DB>(&self.who, body)?;
+                self.allowed::<DB>(&sql, meta.tx.is_some())?;
                 match meta.tx {
                     None => {
                         let mut conn = self.acquire::<DB>().await?;
                         let r = self.execute::<DB>(&mut conn, sql, &params, true).await;
-                        if matches!(r, Err(Failure::Backstop(_)) | Err(Failure::Io(_))) {
+                        // After too_large the rest of the rows are unread: not worth draining.
+                        if matches!(
+                            r,
+                            Err(Failure::Backstop(_) | Failure::Io(_) | Failure::TooLarge(_))
+                        ) {
                             conn.close_on_drop();
                         }
                         r
@@ -722,14 +734,29 @@ impl Inner {
                 }
             }
             "begin" => {
-                let conn = self.acquire::<DB>().await?;
-                let tx = match tokio::time::timeout(self.backstop, Held::begin(conn)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return Err(self.db_failure(e)),
-                    Err(_) => return Err(self.backstop_failure()),
-                };
-                let id = self.sessions.add_tx(worker, DB::wrap(tx));
-                Ok(format!("{{\"tx\":{id}}}").into_bytes())
+                let mut conn = self.acquire::<DB>().await?;
+                let begun =
+                    tokio::time::timeout(self.backstop, sqlx::raw_sql("BEGIN").execute(&mut *conn))
+                        .await;
+                match begun {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        conn.close_on_drop();
+                        return Err(self.db_failure(e));
+                    }
+                    Err(_) => {
+                        // BEGIN may still be on its way: the connection is not reused.
+                        conn.close_on_drop();
+                        return Err(self.backstop_failure());
+                    }
+                }
+                match self.sessions.add_tx(worker, DB::wrap(Held::begun(conn))) {
+                    Ok(id) => Ok(format!("{{\"tx\":{id}}}").into_bytes()),
+                    Err(conn) => {
+                        let _ = tokio::time::timeout(self.backstop, conn.rollback()).await;
+                        Err(self.worker_gone_failure(worker))
+                    }
+                }
             }
             "commit" | "rollback" => {
                 let Some(id) = meta.tx else {
@@ -764,6 +791,7 @@ impl Inner {
             "stream" => {
                 let batch = body.batch.unwrap_or(1000).clamp(1, 100_000) as usize;
                 let (sql, params) = prepare_params::<DB>(&self.who, body)?;
+                self.allowed::<DB>(&sql, meta.tx.is_some())?;
                 let (args, sig) = DB::args(&params, false)
                     .map_err(|e| Failure::Invalid(format!("{}: {e}", self.who)))?;
                 let text = Arc::new(if sig.is_empty() {
@@ -795,7 +823,7 @@ impl Inner {
                         ));
                     }
                 }
-                let (id, slot) = self.sessions.add_stream(
+                let Some((id, slot)) = self.sessions.add_stream(
                     worker,
                     meta.tx,
                     StreamRx {
@@ -803,7 +831,9 @@ impl Inner {
                         pending: None,
                         batch,
                     },
-                );
+                ) else {
+                    return Err(self.worker_gone_failure(worker));
+                };
                 let mut guard = slot.rx.lock().await;
                 let first = match tokio::time::timeout(self.backstop, guard.rx.recv()).await {
                     Ok(Some(Msg::Header(cols))) => cols,
@@ -829,6 +859,9 @@ impl Inner {
                 let r = self.batch(&mut guard, &mut out).await;
                 drop(guard);
                 self.sessions.touch_stream(&slot);
+                if let Some(tx) = slot.tx {
+                    self.sessions.touch_tx_id(tx);
+                }
                 match r {
                     Ok(done) => {
                         if done {
@@ -865,6 +898,9 @@ impl Inner {
                 let r = self.batch(&mut guard, &mut out).await;
                 drop(guard);
                 self.sessions.touch_stream(&slot);
+                if let Some(tx) = slot.tx {
+                    self.sessions.touch_tx_id(tx);
+                }
                 match r {
                     Ok(done) => {
                         if done {
@@ -925,9 +961,15 @@ impl Inner {
                 }
                 Some(Msg::Failed(f)) => return Err(f),
                 Some(Msg::Header(_)) => {}
-                Some(Msg::Done) | None => {
+                Some(Msg::Done) => {
                     done = true;
                     break;
+                }
+                None => {
+                    return Err(Failure::Io(format!(
+                        "{}: the stream's reader stopped before the end of the rows",
+                        self.who
+                    )));
                 }
             }
         }
@@ -952,6 +994,24 @@ impl Inner {
             ))),
             None => Ok(slot),
         }
+    }
+
+    /// Refuses what would leak state through the pool (binds.rs [`binds::refused`]).
+    fn allowed<DB: Driver>(&self, sql: &str, in_tx: bool) -> Result<(), Failure>
+    where
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    {
+        match binds::refused(sql, DB::DIALECT, in_tx) {
+            Some(why) => Err(Failure::Invalid(format!("{}: {why}", self.who))),
+            None => Ok(()),
+        }
+    }
+
+    fn worker_gone_failure(&self, worker: u32) -> Failure {
+        Failure::Io(format!(
+            "{}: worker {worker} is gone: its new session was ended at once",
+            self.who
+        ))
     }
 
     fn unknown_tx(&self, id: u64) -> Failure {
@@ -1021,7 +1081,15 @@ impl Inner {
             out.extend_from_slice(
                 format!("],\"rowcount\":{rowcount},\"last_insert_id\":").as_bytes(),
             );
-            match c.last_id {
+            // SQLite's last insert rowid is the connection's: only an INSERT's own.
+            let last_id = if DB::DIALECT == binds::Dialect::Sqlite
+                && !(c.affected > 0 && binds::is_insert(&sql, DB::DIALECT))
+            {
+                None
+            } else {
+                c.last_id
+            };
+            match last_id {
                 Some(id) => out.extend_from_slice(id.to_string().as_bytes()),
                 None => out.extend_from_slice(b"null"),
             }
@@ -1067,15 +1135,28 @@ impl Inner {
                 ))
             }
             sqlx::Error::PoolTimedOut => {
-                let opts = pool.connect_options();
-                let why = match tokio::time::timeout(Duration::from_secs(2), opts.connect()).await {
-                    Ok(Ok(c)) => {
-                        let _ = sqlx::Connection::close(c).await;
-                        "connecting took longer than the pool wait".to_owned()
+                // One probe at a time; the callers failing meanwhile (or within a second)
+                // take its answer rather than open connections of their own.
+                let mut last = self.probe.lock().await;
+                let why = match &*last {
+                    Some((at, why)) if at.elapsed() < PROBE_REUSE => why.clone(),
+                    _ => {
+                        let opts = pool.connect_options();
+                        let why = match tokio::time::timeout(Duration::from_secs(2), opts.connect())
+                            .await
+                        {
+                            Ok(Ok(c)) => {
+                                let _ = sqlx::Connection::close(c).await;
+                                "connecting took longer than the pool wait".to_owned()
+                            }
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "connecting did not finish".to_owned(),
+                        };
+                        *last = Some((Instant::now(), why.clone()));
+                        why
                     }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "connecting did not finish".to_owned(),
                 };
+                drop(last);
                 Failure::Connect(format!(
                     "{who}: cannot connect to {} within {} ms: {why}",
                     self.address(),

@@ -2,7 +2,7 @@
 //! that opened it (a call from another worker naming it finds nothing); calls on one are
 //! serialised by its lock; an idle one is rolled back / closed by the client's reaper.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,15 +30,9 @@ impl<DB: Database> Held<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    /// `BEGIN` on `conn`; on failure the connection is closed.
-    pub async fn begin(mut conn: PoolConnection<DB>) -> Result<Held<DB>, sqlx::Error> {
-        match sqlx::raw_sql("BEGIN").execute(&mut *conn).await {
-            Ok(_) => Ok(Held { conn, open: true }),
-            Err(e) => {
-                conn.close_on_drop();
-                Err(e)
-            }
-        }
+    /// `conn`, on which `BEGIN` just succeeded.
+    pub fn begun(conn: PoolConnection<DB>) -> Held<DB> {
+        Held { conn, open: true }
     }
 
     /// `COMMIT` or `ROLLBACK`; the connection goes back to the pool when it succeeded.
@@ -122,11 +116,26 @@ pub struct StreamSlot {
     last_used: AtomicU64,
 }
 
+/// Transaction and stream ids, unique in the process: a stale id (a `Transaction` object
+/// kept across a live edit, which makes a new client) never names another client's session.
+/// Stays far below 2^53 (JSON-safe).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How many gone workers are remembered (worker ids only grow; a session opened by a call
+/// still in flight when its worker went comes soon after).
+const GONE_KEPT: usize = 1024;
+
 /// A client's open transactions and streams.
 #[derive(Debug)]
 pub struct Sessions {
     epoch: Instant,
-    next_id: AtomicU64,
+    /// Workers gone (the latest [`GONE_KEPT`]): a session a call of theirs opens afterwards
+    /// is ended at once.
+    gone: Mutex<VecDeque<u32>>,
     txs: Mutex<HashMap<u64, Arc<TxSlot>>>,
     streams: Mutex<HashMap<u64, Arc<StreamSlot>>>,
 }
@@ -135,7 +144,7 @@ impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             epoch: Instant::now(),
-            next_id: AtomicU64::new(1),
+            gone: Mutex::new(VecDeque::new()),
             txs: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
         }
@@ -147,15 +156,40 @@ impl Sessions {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn add_tx(&self, worker: u32, conn: TxConn) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// Worker `worker` is gone: remembered, so that a session its calls in flight open
+    /// later is not kept.
+    pub fn mark_gone(&self, worker: u32) {
+        let mut g = self.gone.lock().expect("gone lock");
+        if !g.contains(&worker) {
+            if g.len() >= GONE_KEPT {
+                g.pop_front();
+            }
+            g.push_back(worker);
+        }
+    }
+
+    fn is_gone(&self, worker: u32) -> bool {
+        self.gone.lock().expect("gone lock").contains(&worker)
+    }
+
+    /// Registers an open transaction; when its worker is gone, hands the connection back
+    /// (to roll back) instead.
+    pub fn add_tx(&self, worker: u32, conn: TxConn) -> Result<u64, TxConn> {
+        if self.is_gone(worker) {
+            return Err(conn);
+        }
+        let id = next_id();
         let slot = Arc::new(TxSlot {
             worker,
             conn: Arc::new(tokio::sync::Mutex::new(Some(conn))),
             last_used: AtomicU64::new(self.now_ms()),
         });
         self.txs.lock().expect("txs lock").insert(id, slot);
-        id
+        // The worker may have gone between the check and the insert.
+        if self.is_gone(worker) {
+            roll_back_all(self.take(Some(worker), None));
+        }
+        Ok(id)
     }
 
     /// Worker `worker`'s transaction `id`, marked used now.
@@ -171,12 +205,29 @@ impl Sessions {
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// Marks transaction `id` used now (a stream inside it was read).
+    pub fn touch_tx_id(&self, id: u64) {
+        if let Some(slot) = self.txs.lock().expect("txs lock").get(&id) {
+            slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
     pub fn remove_tx(&self, id: u64) {
         self.txs.lock().expect("txs lock").remove(&id);
     }
 
-    pub fn add_stream(&self, worker: u32, tx: Option<u64>, rx: StreamRx) -> (u64, Arc<StreamSlot>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// Registers an open stream; `None` when its worker is gone (the receiver is dropped,
+    /// which ends the stream's task).
+    pub fn add_stream(
+        &self,
+        worker: u32,
+        tx: Option<u64>,
+        rx: StreamRx,
+    ) -> Option<(u64, Arc<StreamSlot>)> {
+        if self.is_gone(worker) {
+            return None;
+        }
+        let id = next_id();
         let slot = Arc::new(StreamSlot {
             worker,
             tx,
@@ -187,7 +238,11 @@ impl Sessions {
             .lock()
             .expect("streams lock")
             .insert(id, slot.clone());
-        (id, slot)
+        if self.is_gone(worker) {
+            roll_back_all(self.take(Some(worker), None));
+            return None;
+        }
+        Some((id, slot))
     }
 
     pub fn stream(&self, worker: u32, id: u64) -> Option<Arc<StreamSlot>> {
@@ -232,9 +287,18 @@ impl Sessions {
         };
         let mine = |w: u32| worker.is_none_or(|x| x == w);
         let mut out = Vec::new();
-        self.txs.lock().expect("txs lock").retain(|_, s| {
+        // Transactions a stream reads inside: busy while it is open (its `next` calls do
+        // not lock the transaction once the rows are read ahead).
+        let streaming: Vec<u64> = self
+            .streams
+            .lock()
+            .expect("streams lock")
+            .values()
+            .filter_map(|s| s.tx)
+            .collect();
+        self.txs.lock().expect("txs lock").retain(|id, s| {
             // A transaction in a call (or streaming) is not idle.
-            let busy = idle_ms.is_some() && s.conn.try_lock().is_err();
+            let busy = idle_ms.is_some() && (s.conn.try_lock().is_err() || streaming.contains(id));
             let go = mine(s.worker) && stale(&s.last_used) && !busy;
             if go {
                 out.push(s.conn.clone());

@@ -68,8 +68,10 @@ impl Param {
                 let bad = |what: &str| format!("tag {tag:?}: {s:?} is not {what}");
                 match tag.as_str() {
                     "decimal" => {
-                        if !is_decimal(&s) {
-                            return Err(bad("a decimal ([-]digits[.digits])"));
+                        if !is_decimal(&s) && !is_special_decimal(&s) {
+                            return Err(bad(
+                                "a decimal ([-]digits[.digits], NaN, Infinity or -Infinity)",
+                            ));
                         }
                         Param::Decimal(s)
                     }
@@ -138,6 +140,17 @@ fn parse_datetime(s: &str) -> Option<Param> {
         }
     }
     None
+}
+
+/// Whether `s` reads as a datetime parameter would (ISO 8601, with or without offset).
+pub fn is_datetime(s: &str) -> bool {
+    parse_datetime(s).is_some()
+}
+
+/// The decimals that are no number: `NaN`, `Infinity`, `-Infinity` (PostgreSQL's NUMERIC
+/// holds them; other engines refuse them).
+pub fn is_special_decimal(s: &str) -> bool {
+    matches!(s, "NaN" | "Infinity" | "-Infinity" | "+Infinity")
 }
 
 /// `[-+]digits[.digits]` (or `.digits`), nothing else.
@@ -255,8 +268,30 @@ pub fn write_u64(n: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(n.to_string().as_bytes());
 }
 
+/// A float: a JSON number, or the string `"NaN"`, `"Infinity"` or `"-Infinity"` (JSON has no
+/// such numbers).
 pub fn write_f64(f: f64, out: &mut Vec<u8>) {
-    let _ = serde_json::to_writer(&mut *out, &f);
+    if f.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if f.is_infinite() {
+        out.extend_from_slice(if f > 0.0 {
+            b"\"Infinity\""
+        } else {
+            b"\"-Infinity\""
+        });
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &f);
+    }
+}
+
+/// A 4-byte float by its shortest text (REAL 0.1 is 0.1, not 0.10000000149011612).
+pub fn write_f32(f: f32, out: &mut Vec<u8>) {
+    let wide = if f.is_finite() {
+        f.to_string().parse::<f64>().unwrap_or(f64::from(f))
+    } else {
+        f64::from(f)
+    };
+    write_f64(wide, out);
 }
 
 pub fn write_bool(b: bool, out: &mut Vec<u8>) {
@@ -356,6 +391,19 @@ pub fn numeric_to_string(b: &[u8]) -> Result<String, String> {
 
 /// A decimal's text (checked by [`is_decimal`]) → PostgreSQL NUMERIC's binary form.
 pub fn numeric_from_str(s: &str, buf: &mut Vec<u8>) {
+    let special: Option<u16> = match s {
+        "NaN" => Some(0xC000),
+        "Infinity" | "+Infinity" => Some(0xD000),
+        "-Infinity" => Some(0xF000),
+        _ => None,
+    };
+    if let Some(sign) = special {
+        // No digits, weight 0, the sign word, scale 0.
+        buf.extend_from_slice(&[0, 0, 0, 0]);
+        buf.extend_from_slice(&sign.to_be_bytes());
+        buf.extend_from_slice(&[0, 0]);
+        return;
+    }
     let neg = s.starts_with('-');
     let body = s.trim_start_matches(['-', '+']);
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
@@ -412,6 +460,9 @@ mod tests {
             "-0.5",
             "1.10",
             "99990000",
+            "NaN",
+            "Infinity",
+            "-Infinity",
         ] {
             let mut buf = Vec::new();
             numeric_from_str(s, &mut buf);
@@ -457,5 +508,29 @@ mod tests {
             p(serde_json::json!(18446744073709551615u64)).unwrap(),
             Param::Decimal("18446744073709551615".into())
         );
+    }
+
+    #[test]
+    fn floats_that_json_cannot_hold_are_strings_and_reals_keep_their_short_form() {
+        let w = |f: f64| {
+            let mut o = Vec::new();
+            write_f64(f, &mut o);
+            String::from_utf8(o).unwrap()
+        };
+        assert_eq!(w(f64::NAN), "\"NaN\"");
+        assert_eq!(w(f64::INFINITY), "\"Infinity\"");
+        assert_eq!(w(f64::NEG_INFINITY), "\"-Infinity\"");
+        assert_eq!(w(1.5), "1.5");
+        let mut o = Vec::new();
+        write_f32(0.1, &mut o);
+        assert_eq!(o, b"0.1");
+        let mut o = Vec::new();
+        write_f32(f32::NEG_INFINITY, &mut o);
+        assert_eq!(o, b"\"-Infinity\"");
+        assert_eq!(
+            Param::parse(serde_json::json!({"$t": "decimal", "v": "NaN"})).unwrap(),
+            Param::Decimal("NaN".into())
+        );
+        assert!(Param::parse(serde_json::json!({"$t": "decimal", "v": "nan"})).is_err());
     }
 }
