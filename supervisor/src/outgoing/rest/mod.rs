@@ -1,6 +1,6 @@
 //! A REST connection's client: the `out.rest` calls of the services (ipc-protocol/SPEC.md),
 //! sent on the connection's own pool of HTTP/1.1 keep-alive connections (hyper; TLS with
-//! rustls on ring). docs/OUTGOING.rest.md describes what a call sends and how it fails.
+//! rustls on ring). docs/OUTGOING.md describes what a call sends and how it fails.
 //!
 //! A client is built once per definition ([`RestClient::new`]): address, `url_path`
 //! template, default headers, TLS configuration and credentials are worked out then. A
@@ -803,7 +803,7 @@ fn build(def: &RestConn, key: &Key) -> Result<Built, Failure> {
         None
     };
     // The token endpoint's own: always verified, the system's roots plus tls.ca_file's,
-    // no client certificate (docs/OUTGOING.rest.md).
+    // no client certificate (docs/OUTGOING.md).
     let token_tls_config = if token_addr.as_ref().is_some_and(|a| a.https) {
         Some(tls::token_config(&def.tls).map_err(|e| {
             fail(

@@ -1,7 +1,7 @@
 //! A SQL connection's client: one sqlx pool per connection (PostgreSQL, MySQL/MariaDB or
 //! SQLite, typed per engine), shared by every worker of this server, answering the workers'
 //! `out.sql` calls (ipc-protocol/SPEC.md): `execute`, transactions (`begin`, `commit`,
-//! `rollback`) and streams (`stream`, `next`, `close`). docs/OUTGOING.sql.md.
+//! `rollback`) and streams (`stream`, `next`, `close`). docs/OUTGOING.md.
 //!
 //! The pool is created lazily: no connection until the first call, so a server starts while
 //! its database is down. A definition that cannot be built (a bad URL, a sealed password that
