@@ -874,4 +874,30 @@ async fn an_sql_connection_without_a_password_never_sends_the_servers_own() {
     assert!(startup.contains("database app"), "{startup}");
     assert!(!startup.contains("envdb"), "{startup}");
     std::fs::remove_file(&pgpass).unwrap();
+
+    // A client key the driver would present to any host, which cannot be overridden: the
+    // connection fails naming the variable; the URL's own key is taken.
+    let srv = env().env("PGSSLKEY", "/etc/server-own.key").start().await;
+    put(
+        &srv,
+        "sql",
+        "keyed",
+        json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:9/db"}),
+        201,
+    )
+    .await;
+    let r = admin(&srv, "POST", "/v1/outgoing/sql/keyed/ping", Value::Null).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["ok"], false, "{}", text(&r));
+    assert!(text(&r).contains("PGSSLKEY"), "{}", text(&r));
+    put(
+        &srv,
+        "sql",
+        "keyed2",
+        json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:9/db?sslkey=/tmp/k.pem"}),
+        201,
+    )
+    .await;
+    let r = admin(&srv, "POST", "/v1/outgoing/sql/keyed2/ping", Value::Null).await;
+    assert!(!text(&r).contains("PGSSLKEY"), "{}", text(&r));
 }

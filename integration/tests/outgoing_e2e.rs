@@ -1099,7 +1099,9 @@ async fn fake_pg_password(l: tokio::net::TcpListener) -> String {
         let len = s.read_i32().await.unwrap() as usize;
         let mut pw = vec![0; len - 4];
         s.read_exact(&mut pw).await.unwrap();
-        return String::from_utf8_lossy(&pw).trim_end_matches('\0').to_owned();
+        return String::from_utf8_lossy(&pw)
+            .trim_end_matches('\0')
+            .to_owned();
     }
 }
 
@@ -1159,8 +1161,15 @@ async fn no_credential_in_workers_logs_or_admin_answers() {
     )
     .await;
     let a = sql(&srv, "c-sql-asked", "fetch_value", "SELECT 1", Value::Null).await;
-    assert!(a.get("error").is_some(), "the fake server answers no query: {a}");
-    assert_eq!(asked.await.unwrap(), secrets[4], "the password the server sent");
+    assert!(
+        a.get("error").is_some(),
+        "the fake server answers no query: {a}"
+    );
+    assert_eq!(
+        asked.await.unwrap(),
+        secrets[4],
+        "the password the server sent"
+    );
 
     // Every connection used from both workers (a few calls each).
     for _ in 0..3 {
