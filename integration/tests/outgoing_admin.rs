@@ -132,21 +132,38 @@ async fn connections_are_created_edited_refused_and_deleted_with_credentials_kep
         "{stats}"
     );
 
-    // An edit of the address without the credential keeps the stored sealed value.
+    // An edit that sends the credential elsewhere (another host, port or scheme) or for
+    // another user must give it again: nothing changes.
+    for (address, user) in [
+        ("http://evil.example", "svc"),
+        ("https://crm.example.com", "svc"),
+        ("https://crm.example.com:8443", "svc2"),
+    ] {
+        refused(
+            &srv,
+            "rest",
+            "crm",
+            json!({"address": address, "auth": {"type": "basic", "username": user}}),
+            &["crm", "the destination changed: give auth.password again"],
+        )
+        .await;
+    }
+    assert_eq!(exported_rest_sealed(&srv, "crm").await, sealed);
+    // An edit of another field without the credential keeps the stored sealed value.
     let b = put(
         &srv,
         "rest",
         "crm",
         json!({
-            "address": "https://crm2.example.com",
-            "auth": {"type": "basic", "username": "svc2"},
+            "address": "https://CRM.example.com:8443",
+            "auth": {"type": "basic", "username": "svc"},
         }),
         200,
     )
     .await;
     assert_eq!(b["created"], false);
     assert_eq!(b["connection"]["has_secret"], true);
-    assert_eq!(b["connection"]["address"], "https://crm2.example.com");
+    assert_eq!(b["connection"]["address"], "https://CRM.example.com:8443");
     assert_eq!(b["connection"]["url_path"], "/", "replaced, not merged");
     assert_eq!(
         exported_rest_sealed(&srv, "crm").await,
@@ -181,8 +198,26 @@ async fn connections_are_created_edited_refused_and_deleted_with_credentials_kep
             vec!["address", "path"],
         ),
         (
-            json!({"address": "https://u:p@h"}),
-            vec!["address", "user info"],
+            json!({"address": format!("https://u:{REST_PW}@h")}),
+            vec!["address", "user info", "https://***@h"],
+        ),
+        (
+            h(json!({"headers": {"Authorization": "Basic eA=="}})),
+            vec!["headers", "Authorization", "give it in auth"],
+        ),
+        (
+            h(json!({"headers": {"cookie": "s=1"}})),
+            vec!["headers", "cookie", "give it in auth"],
+        ),
+        (
+            h(json!({"auth": {"type": "apikey", "header": "traceparent", "key": REST_PW}})),
+            vec!["auth.header", "traceparent"],
+        ),
+        (
+            h(
+                json!({"auth": {"type": "oauth2", "token_url": "https://idp/t?secret=x", "client_id": "c", "client_secret": "s"}}),
+            ),
+            vec!["auth.token_url", "query string"],
         ),
         (json!({"address": "ftp://h"}), vec!["address"]),
         (
@@ -249,6 +284,21 @@ async fn connections_are_created_edited_refused_and_deleted_with_credentials_kep
     assert_no_secret(&s.to_string(), "the SQL PUT answer");
     assert_eq!(s["connection"]["has_secret"], true);
     assert_eq!(s["connection"]["pool_max"], 4);
+    // Another URL (user, host, database, parameters) must give the password again.
+    for url in [
+        "postgres://root@127.0.0.1:5432/test",
+        "postgres://app@evil.example:5432/test",
+        "postgres://app@127.0.0.1:5432/test?sslmode=disable",
+    ] {
+        refused(
+            &srv,
+            "sql",
+            "db",
+            json!({"engine": "postgresql", "url": url, "pool_max": 4}),
+            &["db", "the destination changed: give password again"],
+        )
+        .await;
+    }
     for (body, needles) in [
         (
             json!({"engine": "postgresql", "url": format!("postgres://app:{SQL_PW}@h/db")}),
@@ -279,25 +329,27 @@ async fn connections_are_created_edited_refused_and_deleted_with_credentials_kep
             assert!(msg.contains(n), "{body}: {msg:?} lacks {n:?}");
         }
     }
-    // Same engine and user: kept; another user: the stored password is not carried over.
+    // The same URL: kept; another URL with its password: sealed anew.
     let s = put(
         &srv,
         "sql",
         "db",
-        json!({"engine": "postgresql", "url": "postgresql://app@127.0.0.1/other"}),
+        json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:5432/test", "max_rows": 50}),
         200,
     )
     .await;
     assert_eq!(s["connection"]["has_secret"], true);
+    assert_eq!(s["connection"]["max_rows"], 50);
     let s = put(
         &srv,
         "sql",
         "db",
-        json!({"engine": "postgresql", "url": "postgresql://root@127.0.0.1/other"}),
+        json!({"engine": "postgresql", "url": "postgresql://root@127.0.0.1/other", "password": SQL_PW}),
         200,
     )
     .await;
-    assert_eq!(s["connection"]["has_secret"], false);
+    assert_eq!(s["connection"]["has_secret"], true);
+    assert_no_secret(&s.to_string(), "the SQL PUT answer");
 
     // 404s, each naming what is missing.
     for (method, path, needle) in [
@@ -759,4 +811,93 @@ async fn a_ping_of_a_rest_connection_to_a_closed_port_fails_with_a_detail() {
         String::from_utf8_lossy(&out.stdout).contains("FAILED"),
         "{out:?}"
     );
+}
+
+/// A fake PostgreSQL server on loopback that asks for a cleartext password: the startup
+/// parameters and the password a client sends on its first connection.
+async fn fake_pg_password(l: tokio::net::TcpListener) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut s, _) = l.accept().await.unwrap();
+    loop {
+        let len = s.read_i32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        if body[..4] == 80877103i32.to_be_bytes() {
+            s.write_all(b"N").await.unwrap(); // no TLS
+            continue;
+        }
+        let startup = String::from_utf8_lossy(&body[4..]).replace('\0', " ");
+        // AuthenticationCleartextPassword.
+        s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.unwrap();
+        assert_eq!(s.read_u8().await.unwrap(), b'p');
+        let len = s.read_i32().await.unwrap() as usize;
+        let mut pw = vec![0; len - 4];
+        s.read_exact(&mut pw).await.unwrap();
+        let pw = String::from_utf8_lossy(&pw)
+            .trim_end_matches('\0')
+            .to_owned();
+        return (startup, pw);
+    }
+}
+
+#[tokio::test]
+async fn an_sql_connection_without_a_password_never_sends_the_servers_own() {
+    const ENV_PW: &str = "pw-env-3d9e0b";
+    let pgpass = std::env::temp_dir().join(format!("oxbus-pgpass-{}", next_id()));
+    std::fs::write(&pgpass, "*:*:*:*:pw-pgpass-77aa10\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let srv = env()
+        .env("PGPASSWORD", ENV_PW)
+        .env("PGPASSFILE", pgpass.to_str().unwrap())
+        .env("PGDATABASE", "envdb")
+        .start()
+        .await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let fake = tokio::spawn(fake_pg_password(l));
+    put(
+        &srv,
+        "sql",
+        "nopw",
+        json!({"engine": "postgresql", "url": format!("postgres://app@127.0.0.1:{port}"), "pool_wait_ms": 3000}),
+        201,
+    )
+    .await;
+    let r = admin(&srv, "POST", "/v1/outgoing/sql/nopw/ping", Value::Null).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let (startup, pw) = fake.await.unwrap();
+    assert_eq!(pw, "", "the password sent (startup: {startup})");
+    assert!(startup.contains("database app"), "{startup}");
+    assert!(!startup.contains("envdb"), "{startup}");
+    std::fs::remove_file(&pgpass).unwrap();
+
+    // A client key the driver would present to any host, which cannot be overridden: the
+    // connection fails naming the variable; the URL's own key is taken.
+    let srv = env().env("PGSSLKEY", "/etc/server-own.key").start().await;
+    put(
+        &srv,
+        "sql",
+        "keyed",
+        json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:9/db"}),
+        201,
+    )
+    .await;
+    let r = admin(&srv, "POST", "/v1/outgoing/sql/keyed/ping", Value::Null).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["ok"], false, "{}", text(&r));
+    assert!(text(&r).contains("PGSSLKEY"), "{}", text(&r));
+    put(
+        &srv,
+        "sql",
+        "keyed2",
+        json!({"engine": "postgresql", "url": "postgres://app@127.0.0.1:9/db?sslkey=/tmp/k.pem"}),
+        201,
+    )
+    .await;
+    let r = admin(&srv, "POST", "/v1/outgoing/sql/keyed2/ping", Value::Null).await;
+    assert!(!text(&r).contains("PGSSLKEY"), "{}", text(&r));
 }

@@ -1080,6 +1080,31 @@ fn memory_holds(pid: u32, needles: &[&str]) -> Vec<String> {
     found
 }
 
+/// A fake PostgreSQL server on loopback that asks for a cleartext password: the password a
+/// client sends on its first connection (then it hangs up).
+async fn fake_pg_password(l: tokio::net::TcpListener) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut s, _) = l.accept().await.unwrap();
+    loop {
+        let len = s.read_i32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        if body[..4] == 80877103i32.to_be_bytes() {
+            s.write_all(b"N").await.unwrap(); // no TLS
+            continue;
+        }
+        // AuthenticationCleartextPassword.
+        s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.unwrap();
+        assert_eq!(s.read_u8().await.unwrap(), b'p');
+        let len = s.read_i32().await.unwrap() as usize;
+        let mut pw = vec![0; len - 4];
+        s.read_exact(&mut pw).await.unwrap();
+        return String::from_utf8_lossy(&pw)
+            .trim_end_matches('\0')
+            .to_owned();
+    }
+}
+
 #[tokio::test]
 async fn no_credential_in_workers_logs_or_admin_answers() {
     let up = Upstream::plain().await;
@@ -1120,6 +1145,31 @@ async fn no_credential_in_workers_logs_or_admin_answers() {
                "password": secrets[4]}),
     )
     .await;
+    // The shared PostgreSQL trusts 127.0.0.1: it never asks c-sql for its password, so the
+    // calls below prove the password opens but not that it is sent. A fake server that asks
+    // for it (in clear) shows that the server sends it, from a call of a worker, while the
+    // scans below find it in no worker.
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_port = fake.local_addr().unwrap().port();
+    let asked = tokio::spawn(fake_pg_password(fake));
+    put_conn(
+        &srv,
+        "sql",
+        "c-sql-asked",
+        json!({"engine": "postgresql", "url": format!("postgres://app@127.0.0.1:{fake_port}/db"),
+               "password": secrets[4], "pool_wait_ms": 3000}),
+    )
+    .await;
+    let a = sql(&srv, "c-sql-asked", "fetch_value", "SELECT 1", Value::Null).await;
+    assert!(
+        a.get("error").is_some(),
+        "the fake server answers no query: {a}"
+    );
+    assert_eq!(
+        asked.await.unwrap(),
+        secrets[4],
+        "the password the server sent"
+    );
 
     // Every connection used from both workers (a few calls each).
     for _ in 0..3 {
@@ -1185,6 +1235,7 @@ async fn no_credential_in_workers_logs_or_admin_answers() {
         ("rest", "c-bearer"),
         ("rest", "c-oauth"),
         ("sql", "c-sql"),
+        ("sql", "c-sql-asked"),
     ] {
         let r = admin(
             &srv,

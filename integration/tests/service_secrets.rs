@@ -263,4 +263,28 @@ async fn cli_and_export_import_keep_the_readers() {
     let r = admin(&srv, "POST", "/v1/config", json!({"secret": bad})).await;
     assert_eq!(r.status, 400, "{}", text(&r));
     assert!(text(&r).contains("two words"), "{}", text(&r));
+
+    // An entry without `services` (a merge) keeps the stored readers.
+    let r = admin(
+        &srv,
+        "POST",
+        "/v1/config",
+        json!({"secret": [{"name": "api", "value": "from-import"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    until(&srv, "/crm", "api", json!({"value": "from-import"})).await;
+
+    // Names of the server's own sealed credentials are refused, in the API and an import:
+    // such a secret could open a connection's credential for services.
+    for name in ["outgoing/rest/crm", "security/x", "Outgoing/sql/db"] {
+        let path = format!("/v1/secrets/{}", name.replace('/', "%2F"));
+        let r = admin(&srv, "PUT", &path, json!({"value": "x"})).await;
+        assert_eq!(r.status, 400, "{name}: {}", text(&r));
+        assert!(text(&r).contains("reserved"), "{name}: {}", text(&r));
+        let doc = json!({"secret": [{"name": name, "value": "x"}]});
+        let r = admin(&srv, "POST", "/v1/config", doc).await;
+        assert_eq!(r.status, 400, "{name}: {}", text(&r));
+        assert!(text(&r).contains("reserved"), "{name}: {}", text(&r));
+    }
 }

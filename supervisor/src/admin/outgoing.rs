@@ -12,9 +12,12 @@
 //! Credentials: a body gives the plaintext (`auth.password|key|token|client_secret`, SQL
 //! `password`), sealed here with the server's key under the connection's seal name before
 //! anything is stored, never logged or echoed; or `sealed` as exported (it must open with
-//! this server's key). A body with neither keeps the stored sealed value when the REST auth
-//! type (SQL: engine and URL user) is unchanged, so an edit of the address need not carry
-//! the password again. [`build`] is that rule, shared with the config import.
+//! this server's key). A body with neither keeps the stored sealed value only while the
+//! credential would go to the same place as the same identity (REST: the auth type, the
+//! scheme, host and port of `address`, and the auth's username, header, or token_url and
+//! client_id; SQL: engine and the whole URL); when these changed it is refused (400: give
+//! the credential again), so an edit cannot send a stored password elsewhere. Another REST
+//! auth type keeps nothing. [`build`] is that rule, shared with the config import.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,7 +26,7 @@ use serde_json::{Value, json};
 use super::objects::{self, AdminObject, Refused};
 use super::{Body, Ctx, error, read_body, reply};
 use crate::model::object::{ConfigObject, InvalidObject};
-use crate::model::outgoing::{Credentialed, Input, RestConn, SqlConn};
+use crate::model::outgoing::{Carry, Credentialed, Input, RestConn, SqlConn};
 use crate::outgoing::{ConnStats, ConnType};
 
 /// Routes `/v1/outgoing/…`; `rest` is the path after `/v1/outgoing`, split at `/`.
@@ -164,8 +167,8 @@ async fn get<K: Listed>(cx: &Ctx, name: &str) -> Response<Body> {
 /// A checked definition from what an operator sent (`input`, parsed by the model) and the
 /// stored one of its name: the plaintext credential sealed under the connection's seal name;
 /// a given `sealed` checked to open with `key`; neither given: the stored sealed value kept
-/// when [`Credentialed::keeps_secret_of`] holds (else none, which validation refuses where a
-/// credential is needed).
+/// when [`Credentialed::keeps_secret_of`] says so, refused when the destination changed,
+/// else none (which validation refuses where a credential is needed).
 pub(crate) fn build<K: Credentialed + ConfigObject>(
     key: &crate::secrets::Key,
     input: Input<K>,
@@ -187,8 +190,22 @@ pub(crate) fn build<K: Credentialed + ConfigObject>(
             }
         }
         (None, None) => {
-            if let Some(old) = stored.filter(|old| def.keeps_secret_of(old)) {
-                def.set_sealed(old.sealed_secret().map(str::to_owned));
+            if let Some(old) = stored.filter(|old| old.sealed_secret().is_some()) {
+                match def.keeps_secret_of(old) {
+                    Carry::Keep => def.set_sealed(old.sealed_secret().map(str::to_owned)),
+                    Carry::OtherKind => {}
+                    Carry::DestinationChanged => {
+                        // Its own rules first: a definition wrong anyway says so.
+                        let mut probe = def.clone();
+                        probe.set_sealed(old.sealed_secret().map(str::to_owned));
+                        probe.validate()?;
+                        return Err(InvalidObject(format!(
+                            "{what}: the destination changed: give {field} again (the stored \
+                             one is kept only while {} is unchanged)",
+                            def.destination_fields()
+                        )));
+                    }
+                }
             }
         }
     }
@@ -318,8 +335,25 @@ mod tests {
         assert!(!public_json(&def).to_string().contains(&sealed));
         assert_eq!(public_json(&def)["has_secret"], true);
 
-        // An edit without a credential keeps it; another auth type does not.
-        let edit = json!({"address": "https://h2", "auth": {"type": "basic", "username": "v"}});
+        // An edit without a credential keeps it while it goes to the same place as the same
+        // user; another address or user must give it again; another auth type keeps nothing.
+        for moved in [
+            json!({"address": "http://evil.example", "auth": {"type": "basic", "username": "u"}}),
+            json!({"address": "https://h", "auth": {"type": "basic", "username": "v"}}),
+        ] {
+            let e = build(
+                &k,
+                parse_rest_input(&moved, Some("crm")).unwrap(),
+                Some(&def),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("the destination changed: give auth.password again"),
+                "{e}"
+            );
+        }
+        let edit = json!({"address": "https://h", "timeout_ms": 500, "auth": {"type": "basic", "username": "u"}});
         let kept = build(
             &k,
             parse_rest_input(&edit, Some("crm")).unwrap(),
@@ -355,14 +389,24 @@ mod tests {
             "{e}"
         );
 
-        // SQL: a resealed same password is no change; another user drops the password.
+        // SQL: a resealed same password is no change; another URL must give it again.
         let pg = json!({"engine": "postgresql", "url": "postgres://app@h/db", "password": "pw"});
         let a = build(&k, parse_sql_input(&pg, Some("db")).unwrap(), None).unwrap();
         let b = build(&k, parse_sql_input(&pg, Some("db")).unwrap(), Some(&a)).unwrap();
         assert_ne!(a.sealed, b.sealed, "a new nonce");
         assert!(same_opened(&k, &a, &b));
-        let root = json!({"engine": "postgresql", "url": "postgres://root@h/db"});
-        let c = build(&k, parse_sql_input(&root, Some("db")).unwrap(), Some(&a)).unwrap();
-        assert_eq!(c.sealed, None);
+        let same = json!({"engine": "postgresql", "url": "postgres://app@h/db", "max_rows": 5});
+        let kept = build(&k, parse_sql_input(&same, Some("db")).unwrap(), Some(&a)).unwrap();
+        assert_eq!(kept.sealed, a.sealed);
+        for url in ["postgres://root@h/db", "postgres://app@evil/db"] {
+            let moved = json!({"engine": "postgresql", "url": url});
+            let e = build(&k, parse_sql_input(&moved, Some("db")).unwrap(), Some(&a))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("the destination changed: give password again"),
+                "{e}"
+            );
+        }
     }
 }

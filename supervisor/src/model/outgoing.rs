@@ -269,6 +269,11 @@ pub const MAX_RESPONSE_BYTES: u64 = (oxbus_ipc::MAX_PAYLOAD - (1 << 20)) as u64;
 pub const PING_METHODS: [&str; 7] = ["HEAD", "GET", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
 /// Default headers the client sets itself (framing and routing), refused in `headers`.
 const RESERVED_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
+/// Default headers that carry credentials: refused in `headers` (they go in `auth`, sealed).
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+/// Headers the server sets on every call (request id and trace context) beside
+/// [`RESERVED_HEADERS`]: an apikey auth's `header` may be none of them.
+const TRACE_HEADERS: [&str; 3] = ["x-oxbus-cid", "traceparent", "tracestate"];
 /// What every sealed value starts with (`secrets`' format; checked here by shape only).
 const SEALED_PREFIX: &str = "oxbus1:";
 
@@ -322,6 +327,12 @@ impl RestConn {
                     "headers: {name} is set by the connection itself and cannot be given"
                 ));
             }
+            if CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "headers: {name} carries a credential, which would be stored in clear: \
+                     give it in auth (stored sealed)"
+                ));
+            }
             if value.chars().any(|c| matches!(c, '\r' | '\n' | '\0')) {
                 return Err(format!(
                     "headers: the value of {name} holds a line break or NUL"
@@ -366,6 +377,14 @@ impl RestConn {
                         "auth.header: {header:?} is not a valid header name"
                     ));
                 }
+                let lower = header.to_ascii_lowercase();
+                if RESERVED_HEADERS.contains(&lower.as_str())
+                    || TRACE_HEADERS.contains(&lower.as_str())
+                {
+                    return Err(format!(
+                        "auth.header: {header} is set by the connection itself and cannot carry the key"
+                    ));
+                }
             }
             RestAuth::Bearer { .. } => {}
             RestAuth::Oauth2 {
@@ -386,6 +405,14 @@ impl RestConn {
                 if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(
                         "auth.token_url: the path holds spaces or control characters".into(),
+                    );
+                }
+                if path.contains(['?', '#']) {
+                    return Err(
+                        "auth.token_url: a query string or fragment is refused (it would be \
+                         stored in clear): the client secret goes in auth.client_secret, the \
+                         scope in auth.scope"
+                            .into(),
                     );
                 }
                 if client_id.is_empty() {
@@ -494,11 +521,15 @@ pub trait Credentialed: Sized {
     fn sealed_secret(&self) -> Option<&str>;
     /// Sets the sealed credential (nothing for a REST connection without auth).
     fn set_sealed(&mut self, sealed: Option<String>);
-    /// Whether a definition that gives no credential keeps `stored`'s: same REST auth type;
-    /// same SQL engine and URL user.
-    fn keeps_secret_of(&self, stored: &Self) -> bool;
+    /// Whether a definition that gives no credential may keep `stored`'s: only while the
+    /// credential would go to the same place as the same identity (REST: same auth type,
+    /// scheme, host and port of `address`, and same auth identity; SQL: same engine and
+    /// whole URL).
+    fn keeps_secret_of(&self, stored: &Self) -> Carry;
     /// The field an operator gives the credential in (for messages).
     fn secret_field(&self) -> &'static str;
+    /// What must stay unchanged for a stored credential to be kept (for messages).
+    fn destination_fields(&self) -> &'static str;
 }
 
 impl Credentialed for RestConn {
@@ -513,8 +544,35 @@ impl Credentialed for RestConn {
             *slot = s;
         }
     }
-    fn keeps_secret_of(&self, stored: &Self) -> bool {
-        self.auth.type_name() == stored.auth.type_name()
+    fn keeps_secret_of(&self, stored: &Self) -> Carry {
+        let same_identity = match (&self.auth, &stored.auth) {
+            (RestAuth::None, RestAuth::None)
+            | (RestAuth::Bearer { .. }, RestAuth::Bearer { .. }) => true,
+            (RestAuth::Basic { username: a, .. }, RestAuth::Basic { username: b, .. }) => a == b,
+            (RestAuth::Apikey { header: a, .. }, RestAuth::Apikey { header: b, .. }) => {
+                a.eq_ignore_ascii_case(b)
+            }
+            (
+                RestAuth::Oauth2 {
+                    token_url: ta,
+                    client_id: ca,
+                    ..
+                },
+                RestAuth::Oauth2 {
+                    token_url: tb,
+                    client_id: cb,
+                    ..
+                },
+            ) => ta == tb && ca == cb,
+            _ => return Carry::OtherKind,
+        };
+        let same_origin =
+            origin(&self.address).is_some() && origin(&self.address) == origin(&stored.address);
+        if same_identity && same_origin {
+            Carry::Keep
+        } else {
+            Carry::DestinationChanged
+        }
     }
     fn secret_field(&self) -> &'static str {
         match self.auth.plain_field() {
@@ -523,6 +581,16 @@ impl Credentialed for RestConn {
             Some("token") => "auth.token",
             Some(_) => "auth.client_secret",
             None => "auth",
+        }
+    }
+    fn destination_fields(&self) -> &'static str {
+        match self.auth {
+            RestAuth::Basic { .. } => "the scheme, host and port of address and auth.username",
+            RestAuth::Apikey { .. } => "the scheme, host and port of address and auth.header",
+            RestAuth::Oauth2 { .. } => {
+                "the scheme, host and port of address, auth.token_url and auth.client_id"
+            }
+            RestAuth::None | RestAuth::Bearer { .. } => "the scheme, host and port of address",
         }
     }
 }
@@ -537,12 +605,54 @@ impl Credentialed for SqlConn {
     fn set_sealed(&mut self, s: Option<String>) {
         self.sealed = s;
     }
-    fn keeps_secret_of(&self, stored: &Self) -> bool {
-        self.engine == stored.engine && self.url_user() == stored.url_user()
+    fn keeps_secret_of(&self, stored: &Self) -> Carry {
+        if self.engine == stored.engine && self.url == stored.url {
+            Carry::Keep
+        } else {
+            Carry::DestinationChanged
+        }
     }
     fn secret_field(&self) -> &'static str {
         "password"
     }
+    fn destination_fields(&self) -> &'static str {
+        "the engine and the whole url"
+    }
+}
+
+/// Whether an edit that gives no credential keeps the stored one
+/// ([`Credentialed::keeps_secret_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// Same destination and identity: the stored sealed value is kept.
+    Keep,
+    /// Another kind of credential (another REST auth type): nothing is kept; the new kind's
+    /// credential must be given where it needs one.
+    OtherKind,
+    /// The credential would go elsewhere or for someone else: it must be given again.
+    DestinationChanged,
+}
+
+/// The scheme, host (lower case) and port (the scheme's default if none) of an
+/// `http(s)://host[:port]` address; none if it is not one.
+fn origin(address: &str) -> Option<(bool, String, u16)> {
+    let https = check_address(address).ok()?;
+    let rest = address.split_once("://")?.1;
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None if https => 443,
+        None => 80,
+    };
+    Some((https, host.to_ascii_lowercase(), port))
 }
 
 /// What an operator sent: the definition (its `sealed` as given, if given) and the
@@ -685,6 +795,13 @@ fn from_fields<T: serde::de::DeserializeOwned>(
 
 /// `http(s)://host[:port]`: whether it is https. No path, query, fragment or userinfo.
 fn check_address(address: &str) -> Result<bool, String> {
+    let shown = without_userinfo(address);
+    if shown != address {
+        // Never quoted with its user info: it may hold a password.
+        return Err(format!(
+            "{shown:?} has user info (credentials go in auth): give only http(s)://host[:port]"
+        ));
+    }
     let (https, rest) = if let Some(r) = address.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = address.strip_prefix("http://") {
@@ -739,6 +856,20 @@ fn check_address(address: &str) -> Result<bool, String> {
         return Err(format!("{address:?}: the port is not 1-65535"));
     }
     Ok(https)
+}
+
+/// `address` with the user info of its authority (`user:password@`) replaced by `***@`, so
+/// that a message may quote it.
+fn without_userinfo(address: &str) -> String {
+    let (scheme, rest) = match address.find("://") {
+        Some(i) => address.split_at(i + 3),
+        None => ("", address),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => address.to_owned(),
+    }
 }
 
 /// A path: starts with `/`, no spaces or control characters, `{placeholders}` of letters,
@@ -842,7 +973,7 @@ fn check_sql_url(engine: SqlEngine, url: &str) -> Result<(), String> {
 }
 
 /// `s` with its `%XX` escapes (and `+`) decoded, bytes that are no UTF-8 replaced.
-fn percent_decoded(s: &str) -> String {
+pub(crate) fn percent_decoded(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -1108,25 +1239,130 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_secret_is_kept_while_the_auth_type_or_the_user_is_the_same() {
-        let basic = |user: &str| RestConn {
+    fn a_stored_secret_is_kept_only_for_the_same_destination_and_identity() {
+        let basic = |address: &str, user: &str| RestConn {
             auth: RestAuth::Basic {
                 username: user.into(),
                 sealed: None,
             },
-            ..rest(json!({"address": "https://h"})).unwrap()
+            ..rest(json!({"address": address})).unwrap()
         };
         let bearer = RestConn {
             auth: RestAuth::Bearer { sealed: None },
-            ..basic("u")
+            ..basic("https://h", "u")
         };
-        assert!(basic("a").keeps_secret_of(&basic("b")));
-        assert!(!bearer.keeps_secret_of(&basic("a")));
+        let at = |address: &str, auth: RestAuth| RestConn {
+            auth,
+            ..rest(json!({"address": address})).unwrap()
+        };
+        let b = basic("https://h", "a");
+        assert_eq!(basic("https://H:443", "a").keeps_secret_of(&b), Carry::Keep);
+        let moved = Carry::DestinationChanged;
+        assert_eq!(basic("https://h", "b").keeps_secret_of(&b), moved);
+        assert_eq!(basic("http://evil.example", "a").keeps_secret_of(&b), moved);
+        assert_eq!(basic("http://h:443", "a").keeps_secret_of(&b), moved);
+        assert_eq!(basic("https://h:8443", "a").keeps_secret_of(&b), moved);
+        assert_eq!(bearer.keeps_secret_of(&b), Carry::OtherKind);
+        assert_eq!(
+            at("https://h2", RestAuth::Bearer { sealed: None }).keeps_secret_of(&bearer),
+            moved
+        );
+        let key = |h: &str| RestAuth::Apikey {
+            header: h.into(),
+            sealed: None,
+        };
+        let k = at("https://h", key("X-Key"));
+        assert_eq!(
+            at("https://h", key("x-key")).keeps_secret_of(&k),
+            Carry::Keep
+        );
+        assert_eq!(at("https://h", key("X-Other")).keeps_secret_of(&k), moved);
+        let oauth = |url: &str, id: &str| RestAuth::Oauth2 {
+            token_url: url.into(),
+            client_id: id.into(),
+            scope: None,
+            refresh_before_s: 30,
+            sealed: None,
+        };
+        let o = at("https://h", oauth("https://idp/token", "c"));
+        let same = at("https://h", oauth("https://idp/token", "c"));
+        assert_eq!(same.keeps_secret_of(&o), Carry::Keep);
+        let evil = at("https://h", oauth("https://evil/token", "c"));
+        assert_eq!(evil.keeps_secret_of(&o), moved);
+        let other_id = at("https://h", oauth("https://idp/token", "d"));
+        assert_eq!(other_id.keeps_secret_of(&o), moved);
+
         let pg = |url: &str| SqlConn {
             url: url.into(),
             ..sql(json!({"engine": "postgresql", "url": "postgres://h/db"})).unwrap()
         };
-        assert!(pg("postgres://app@h1/db").keeps_secret_of(&pg("postgresql://app@h2:5433/other")));
-        assert!(!pg("postgres://app@h/db").keeps_secret_of(&pg("postgres://root@h/db")));
+        let stored = pg("postgres://app@h/db");
+        assert_eq!(
+            pg("postgres://app@h/db").keeps_secret_of(&stored),
+            Carry::Keep
+        );
+        for other in [
+            "postgres://app@evil/db",
+            "postgres://app@h:5433/db",
+            "postgres://app@h/other",
+            "postgres://root@h/db",
+            "postgres://app@h/db?sslmode=disable",
+        ] {
+            assert_eq!(pg(other).keeps_secret_of(&stored), moved, "{other}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_refused_outside_auth_and_never_echoed() {
+        for h in ["Authorization", "proxy-authorization", "Cookie"] {
+            let e =
+                rest(json!({"address": "https://h", "headers": {h: "Basic eA=="}})).unwrap_err();
+            assert!(
+                e.contains("headers:") && e.contains("give it in auth"),
+                "{h}: {e}"
+            );
+        }
+        rest(json!({"address": "https://h", "headers": {"X-Trace": "1"}})).unwrap();
+        let e = rest(json!({"address": "https://h", "auth": {"type": "oauth2",
+            "token_url": "https://idp/token?client_secret=s3cret", "client_id": "c",
+            "client_secret": "x"}}))
+        .unwrap_err();
+        assert!(e.contains("auth.token_url: a query string"), "{e}");
+        for h in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "X-Oxbus-Cid",
+            "traceparent",
+            "TraceState",
+        ] {
+            let e = rest(json!({"address": "https://h", "auth": {"type": "apikey",
+                "header": h, "key": "k"}}))
+            .unwrap_err();
+            assert!(e.contains("auth.header:"), "{h}: {e}");
+        }
+        rest(
+            json!({"address": "https://h", "auth": {"type": "apikey", "header": "Authorization",
+            "key": "k"}}),
+        )
+        .unwrap();
+        for address in [
+            "https://u:hunter2@h",
+            "https://u:hunter2@h/path",
+            "ftp://u:hunter2@h",
+            "u:hunter2@h",
+        ] {
+            let e = rest(json!({"address": address})).unwrap_err();
+            assert!(e.contains("address:"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let e = rest(json!({"address": "https://h", "auth": {"type": "oauth2",
+            "token_url": "https://id:hunter2@idp/token", "client_id": "c", "client_secret": "x"}}))
+        .unwrap_err();
+        assert!(
+            e.contains("auth.token_url:") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 }

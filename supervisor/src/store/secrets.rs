@@ -43,8 +43,25 @@ pub struct SealedSecret {
     pub updated_at: i64,
 }
 
-/// Secret names: 1–200 characters of letters, digits and `._-/:@`.
+/// The prefixes of the names credentials are sealed under (`RestConn::seal_name`,
+/// `SqlConn::seal_name`, a security definition's): a secret of such a name would be sealed
+/// under the same associated data as that credential, so that a credential copied into it
+/// (an import checks that a sealed value opens under the secret's name) would open, and
+/// services could read it.
+pub const RESERVED_SECRET_PREFIXES: [&str; 2] = ["outgoing/", "security/"];
+
+/// Secret names: 1–200 characters of letters, digits and `._-/:@`, not starting with one of
+/// [`RESERVED_SECRET_PREFIXES`].
 pub fn validate_secret_name(name: &str) -> Result<()> {
+    if let Some(p) = RESERVED_SECRET_PREFIXES
+        .iter()
+        .find(|p| name.to_ascii_lowercase().starts_with(*p))
+    {
+        return Err(StoreError::Invalid(format!(
+            "{name:?} is not a valid secret name: names starting with {p:?} are reserved for \
+             the server's own sealed credentials (a secret of that name could open one of them)"
+        )));
+    }
     let ok = !name.is_empty()
         && name.len() <= 200
         && name
@@ -127,9 +144,16 @@ impl Store {
         if let Some(s) = services {
             validate_services(name, s)?;
         }
+        // PostgreSQL: the row is locked until the commit, so that two servers changing the
+        // value and the readers of one secret at once do not lose either change (SQLite's
+        // `BEGIN IMMEDIATE` already serialises writers).
+        let select = match self {
+            Store::Postgres(_) => "SELECT sealed, services FROM secrets WHERE name = $1 FOR UPDATE",
+            Store::Sqlite(_) => "SELECT sealed, services FROM secrets WHERE name = $1",
+        };
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let existed = sqlx::query("SELECT sealed, services FROM secrets WHERE name = $1")
+            let existed = sqlx::query(select)
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;

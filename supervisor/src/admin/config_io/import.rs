@@ -25,8 +25,11 @@ enum SecretIn {
     Sealed(String),
 }
 
-/// One `secret` entry: its name, value and readers (`services`, none when absent).
-fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn, Vec<String>), DeployError> {
+/// One `secret` entry: its name, value and readers (`services`; `None` when absent).
+fn parse_secret(
+    i: usize,
+    v: &Value,
+) -> Result<(String, SecretIn, Option<Vec<String>>), DeployError> {
     let Some(obj) = v.as_object() else {
         return Err(bad(format!(
             "secret[{i}]: expected {{name, value}} or {{name, sealed}}"
@@ -42,15 +45,17 @@ fn parse_secret(i: usize, v: &Value) -> Result<(String, SecretIn, Vec<String>), 
     {
         return Err(bad(format!("secret {name}: unknown field {k:?}")));
     }
-    let services: Vec<String> = match obj.get("services") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+    let services: Option<Vec<String>> = match obj.get("services") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|_| {
             bad(format!(
                 "secret {name}: services must be a list of service names or patterns"
             ))
-        })?,
+        })?),
     };
-    crate::store::validate_services(&name, &services).map_err(|e| bad(e.to_string()))?;
+    if let Some(s) = &services {
+        crate::store::validate_services(&name, s).map_err(|e| bad(e.to_string()))?;
+    }
     match (obj.get("value"), obj.get("sealed")) {
         (Some(Value::String(p)), None) => Ok((name, SecretIn::Plain(p.clone()), services)),
         (None, Some(Value::String(s))) => Ok((name, SecretIn::Sealed(s.clone()), services)),
@@ -242,7 +247,7 @@ pub async fn import(
             ));
         }
     };
-    let secrets: Vec<(String, SecretIn, Vec<String>)> = listed
+    let secrets: Vec<(String, SecretIn, Option<Vec<String>>)> = listed
         .iter()
         .enumerate()
         .map(|(i, v)| parse_secret(i, v))
@@ -257,6 +262,7 @@ pub async fn import(
         .into_iter()
         .map(|s| (s.name, (s.sealed, s.services)))
         .collect();
+    let no_readers: Vec<String> = Vec::new();
     for (name, value, services) in &secrets {
         crate::store::validate_secret_name(name).map_err(|e| bad(format!("secret: {e}")))?;
         let plain = match value {
@@ -264,6 +270,13 @@ pub async fn import(
             SecretIn::Sealed(s) => cx.key.open(name, s).map_err(|e| bad(e.to_string()))?,
         };
         let old = stored_secrets.get(name);
+        // Without `services`: a merge keeps the stored readers; a replace (or a new secret)
+        // has none.
+        let services = match (services, old) {
+            (Some(s), _) => s,
+            (None, Some((_, old_services))) if !replace => old_services,
+            (None, _) => &no_readers,
+        };
         let same = match old {
             Some((old, old_services)) => {
                 old_services == services

@@ -106,6 +106,78 @@ enum BuildError {
     Url(sqlx::Error),
     #[error("the url must start with {0}")]
     Scheme(&'static str),
+    #[error(
+        "the server's environment sets {0}, which the PostgreSQL driver would use for this \
+         connection (its credentials sent to this host): unset it, or give {1} in the url"
+    )]
+    Environment(&'static str, &'static str),
+}
+
+/// The PostgreSQL driver's options from `url` and the sealed password alone. The driver
+/// starts from the server process's environment (`PGPASSWORD`, `PGUSER`, `PGPORT`,
+/// `PGDATABASE`, `PGSSLMODE`, …) and `~/.pgpass`; each is overridden here by the URL's value
+/// or a neutral default (no password, port 5432, database named as the user, sslmode
+/// prefer), so that a connection never borrows the server's own credentials. Those that
+/// cannot be overridden (client certificate and key, root certificate, options; the user
+/// when the URL names none) refuse the connection while set.
+fn pg_options(url: &str, password: Option<&str>) -> Result<PgConnectOptions, BuildError> {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let query: Vec<String> = rest
+        .split_once('?')
+        .map_or("", |(_, q)| q)
+        .split('&')
+        .filter_map(|kv| kv.split('=').next())
+        .map(crate::model::outgoing::percent_decoded)
+        .collect();
+    let in_query = |keys: &[&str]| query.iter().any(|k| keys.contains(&k.as_str()));
+    let has_user = !userinfo.is_empty() || in_query(&["user"]);
+    let has_port = match hostport.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .is_some_and(|(_, after)| after.starts_with(':')),
+        None => hostport.contains(':'),
+    } || in_query(&["port"]);
+    let has_db = rest
+        .split_once('/')
+        .is_some_and(|(_, p)| !p.split('?').next().unwrap_or("").is_empty())
+        || in_query(&["dbname"]);
+    let unclearable: [(&str, &[&str], &str); 5] = [
+        ("PGSSLCERT", &["sslcert", "ssl-cert"], "sslcert"),
+        ("PGSSLKEY", &["sslkey", "ssl-key"], "sslkey"),
+        (
+            "PGSSLROOTCERT",
+            &["sslrootcert", "ssl-root-cert", "ssl-ca"],
+            "sslrootcert",
+        ),
+        ("PGOPTIONS", &[], "no options (it is added to the url's)"),
+        ("PGUSER", &["user"], "the user"),
+    ];
+    for (var, keys, give) in unclearable {
+        let given = if var == "PGUSER" {
+            has_user
+        } else {
+            in_query(keys)
+        };
+        if !given && std::env::var_os(var).is_some() {
+            return Err(BuildError::Environment(var, give));
+        }
+    }
+    let mut o = PgConnectOptions::from_str(url).map_err(BuildError::Url)?;
+    // Always set: PGPASSWORD and ~/.pgpass are never used.
+    o = o.password(password.unwrap_or(""));
+    if !has_port {
+        o = o.port(5432);
+    }
+    if !has_db {
+        let user = o.get_username().to_owned();
+        o = o.database(&user);
+    }
+    if !in_query(&["sslmode", "ssl-mode"]) {
+        o = o.ssl_mode(sqlx::postgres::PgSslMode::Prefer);
+    }
+    Ok(o)
 }
 
 /// The pool, per engine.
@@ -201,10 +273,7 @@ fn build(def: &SqlConn, key: &Key) -> Result<Pools, BuildError> {
             if !(def.url.starts_with("postgres://") || def.url.starts_with("postgresql://")) {
                 return Err(BuildError::Scheme("postgres:// or postgresql://"));
             }
-            let mut o = PgConnectOptions::from_str(&def.url).map_err(BuildError::Url)?;
-            if let Some(p) = &password {
-                o = o.password(p.expose());
-            }
+            let o = pg_options(&def.url, password.as_ref().map(|p| p.expose()))?;
             let o = o
                 .application_name(&format!("oxbus:{}", def.name))
                 .options([("statement_timeout", stmt_ms.to_string())])
