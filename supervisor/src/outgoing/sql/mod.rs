@@ -927,22 +927,7 @@ impl Inner {
                 write_header(&first, &mut out);
                 let r = self.batch(&mut guard, &mut out).await;
                 drop(guard);
-                self.sessions.touch_stream(&slot);
-                if let Some(tx) = slot.tx {
-                    self.sessions.touch_tx_id(tx);
-                }
-                match r {
-                    Ok(done) => {
-                        if done {
-                            self.sessions.remove_stream(id);
-                        }
-                        Ok(out)
-                    }
-                    Err(f) => {
-                        self.sessions.remove_stream(id);
-                        Err(f)
-                    }
-                }
+                self.batch_done(id, &slot, r, out)
             }
             "next" | "close" => {
                 let Some(id) = meta.stream else {
@@ -966,22 +951,7 @@ impl Inner {
                 out.push(b'{');
                 let r = self.batch(&mut guard, &mut out).await;
                 drop(guard);
-                self.sessions.touch_stream(&slot);
-                if let Some(tx) = slot.tx {
-                    self.sessions.touch_tx_id(tx);
-                }
-                match r {
-                    Ok(done) => {
-                        if done {
-                            self.sessions.remove_stream(id);
-                        }
-                        Ok(out)
-                    }
-                    Err(f) => {
-                        self.sessions.remove_stream(id);
-                        Err(f)
-                    }
-                }
+                self.batch_done(id, &slot, r, out)
             }
             other => Err(Failure::Invalid(format!(
                 "{}: unknown action {other:?} (execute, begin, commit, rollback, stream, next, close)",
@@ -1242,6 +1212,25 @@ impl Inner {
         let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
         let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
         rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+    }
+
+    /// After a stream's batch: its session (and its transaction's) touched, the stream
+    /// removed when it is done or failed; the answer.
+    fn batch_done(
+        &self,
+        id: u64,
+        slot: &sessions::StreamSlot,
+        r: Result<bool, Failure>,
+        out: Vec<u8>,
+    ) -> Result<Vec<u8>, Failure> {
+        self.sessions.touch_stream(slot);
+        if let Some(tx) = slot.tx {
+            self.sessions.touch_tx_id(tx);
+        }
+        if !matches!(r, Ok(false)) {
+            self.sessions.remove_stream(id);
+        }
+        r.map(|_| out)
     }
 
     fn backstop_failure(&self) -> Failure {
