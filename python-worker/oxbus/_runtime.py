@@ -184,9 +184,33 @@ class _Call:
         self.cancelled = False
 
 
+class _SyncSlot:
+    """A waiter of :meth:`Worker.request`. Whoever reads its REPLY ``append``s it (under
+    ``Worker._lock``); a thread parked for it is woken through its own ``sem``, so a REPLY
+    wakes exactly the thread it is for, never every waiter."""
+
+    __slots__ = ('payload', 'sem', 'parked')
+
+    def __init__(self) -> None:
+        self.payload: Optional[bytes] = None
+        # A lock used as a binary semaphore, made (and held) when the thread first parks;
+        # the parked thread blocks acquiring it again. Released exactly once per park, by
+        # whoever clears ``parked`` (under ``_lock``): with the REPLY in ``payload``, or
+        # with the socket handed over (``payload`` still None, ``_rx_busy`` kept True on
+        # the woken thread's behalf).
+        self.sem: Optional[Any] = None
+        self.parked = False
+
+    def append(self, payload: bytes) -> None:
+        self.payload = payload
+        if self.parked:
+            self.parked = False
+            self.sem.release()  # type: ignore[union-attr]
+
+
 class _FutureSlot:
     """A waiter of :meth:`Worker.arequest`: whoever reads the REPLY ``append``s it, as to a
-    plain waiter's list, and that resolves the future on its own loop's thread.
+    :class:`_SyncSlot`, and that resolves the future on its own loop's thread.
 
     ``orphan(raw_meta, body)``, if given, gets a REPLY whose awaiting task was cancelled
     (on the loop's thread): the call may have opened something on the server that must be
@@ -283,10 +307,15 @@ class Worker:
         # Calls this worker makes and waits for (``request``). Whoever wants to read the
         # socket claims it with _rx_busy (guarded by _lock): the leader between batches, or
         # a thread waiting for its REPLY. REPLYs are handed to their waiters by whoever reads.
+        # Each thread waiting in request() parks on its own _SyncSlot (no shared condition:
+        # a batch of REPLYs wakes only the threads they are for). Whoever gives the socket
+        # back hands it to one parked thread still without its REPLY (_release_rx_locked),
+        # else wakes the leader waiting in _claim_rx, the only waiter of _rx_cv.
         self._rx_busy = False
         self._rx_cv = threading.Condition(self._lock)
-        self._rx_waiting = 0                  # threads waiting on _rx_cv
-        # stream -> [] until its REPLY arrives (a _FutureSlot for arequest)
+        self._rx_waiting = 0                  # leaders waiting on _rx_cv (in _claim_rx)
+        self._rx_parked: deque[_SyncSlot] = deque()  # request() threads wanting the socket
+        # stream -> _SyncSlot until its REPLY arrives (a _FutureSlot for arequest)
         self._waiters: Dict[int, Any] = {}
         self._request_ids = itertools.count(1)
 
@@ -319,14 +348,16 @@ class Worker:
         The waiting thread reads the socket itself when nobody else is reading it (the common
         case: the leader running this handler inline), so a call costs one ``sendall`` and
         one ``recv``; frames for others that arrive meanwhile are queued as usual. When
-        another thread holds the socket, that thread hands the REPLY over. There is no
+        another thread holds the socket, this one parks on its own slot until that thread
+        hands it the REPLY, or the socket if the REPLY has not come by then (a batch of
+        REPLYs wakes only the threads they are for, not every waiter). There is no
         timeout of its own: the supervisor answers every call, and a supervisor that is gone
         ends the worker (heartbeat).
         """
         stream = WORKER_STREAM_BIT | ((next(self._request_ids) - 1) % 0x7FFF_FFFF + 1)
         frame = encode_worker_call(stream, meta if type(meta) is bytes else encode_json(meta),
                                    body)
-        slot: List[bytes] = []
+        slot = _SyncSlot()
         lock = self._lock
         with lock:
             self._check_can_call_locked()
@@ -344,13 +375,29 @@ class Worker:
         while True:
             if not reading:
                 with lock:
-                    while not slot and self._rx_busy:
-                        self._rx_waiting += 1
-                        self._rx_cv.wait()
-                        self._rx_waiting -= 1
-                    if slot:
-                        return split_call(slot[0])
-                    self._rx_busy = True
+                    payload = slot.payload
+                    if payload is None:
+                        if self._rx_busy:
+                            # Park until the reader hands over the REPLY or the socket.
+                            # Decided under the lock that every hand-over takes, so neither
+                            # can slip in between (no lost wake-up).
+                            sem = slot.sem
+                            if sem is None:
+                                sem = slot.sem = threading.Lock()
+                                sem.acquire()  # held by this thread between wake-ups
+                            slot.parked = True
+                            self._rx_parked.append(slot)
+                        else:
+                            self._rx_busy = True
+                            reading = True
+                if payload is not None:
+                    return split_call(payload)
+                if not reading:
+                    sem.acquire()  # released by _SyncSlot.append or _release_rx_locked
+                    payload = slot.payload
+                    if payload is not None:
+                        return split_call(payload)
+                    # Handed the socket: _rx_busy is already set on this thread's behalf.
             reading = False
             try:
                 n = self._sock.recv_into(reader.writable())
@@ -363,17 +410,20 @@ class Worker:
             if payload is not None:
                 # Just our answer, nothing else: skip the general decoding.
                 with lock:
-                    self._rx_busy = False
                     del self._waiters[stream]
-                    if self._rx_waiting:
-                        self._rx_cv.notify_all()
+                    self._release_rx_locked()
                 return split_call(payload)
             try:
-                self._on_frames(reader.feed(0))
+                # Keeps the socket for this thread while its REPLY has not come.
+                self._on_frames(reader.feed(0), slot)
             except ProtocolError as e:
                 self._protocol_error(e)
             if self._outbox:
                 self._flush()  # a PONG, or replies this thread's frames made ready
+            payload = slot.payload
+            if payload is not None:
+                return split_call(payload)
+            reading = True
 
     def _check_can_call_locked(self) -> None:
         if not self._started:
@@ -440,6 +490,27 @@ class Worker:
                 self._rx_waiting += 1
                 self._rx_cv.wait()
                 self._rx_waiting -= 1
+
+    def _release_rx_locked(self) -> None:
+        """Give the socket back after reading (the caller holds ``_lock`` and ``_rx_busy``):
+        to one thread parked in :meth:`request` whose REPLY has not come (it then reads for
+        everyone), else to whoever claims it next, waking a leader waiting in _claim_rx."""
+        parked = self._rx_parked
+        while parked:
+            slot = parked.popleft()
+            if slot.parked:  # else its REPLY came meanwhile and woke it: skip it
+                slot.parked = False
+                slot.sem.release()  # type: ignore[union-attr]
+                self._wake_leader_locked()  # it may have calls to run meanwhile
+                return  # _rx_busy stays set: the socket is that thread's now
+        self._rx_busy = False
+        self._wake_leader_locked()
+
+    def _wake_leader_locked(self) -> None:
+        # Exactly the conditions _claim_rx waits for, so a leader is woken only to act.
+        if self._rx_waiting and (not self._rx_busy or self._exit_code is not None or
+                                 (self._pending and self._running < self._threads)):
+            self._rx_cv.notify_all()
 
     def after_reply(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in this thread once the reply of the call it is running has been sent:
@@ -736,9 +807,11 @@ class Worker:
 
     # -- frames from the supervisor -------------------------------------------------------
 
-    def _on_frames(self, frames: List[Frame]) -> None:
+    def _on_frames(self, frames: List[Frame], keep: Optional[_SyncSlot] = None) -> None:
         """Apply one batch of frames from the supervisor; called by whichever thread claimed
-        the socket (the leader, or a thread waiting in ``request``), and gives it back."""
+        the socket (the leader, or a thread waiting in ``request``), and gives it back,
+        unless ``keep`` (the reading thread's own slot) is given and its REPLY has not come:
+        then that thread keeps the socket and reads on."""
         dispatcher = self.dispatcher
         has_loop = self._loop is not None
         # Phase 1, without the lock: decode, which is the expensive part (every CALL's meta
@@ -770,9 +843,6 @@ class Worker:
         pending = self._pending
         async_calls: List[_Call] = []
         with self._lock:
-            # Whoever read these frames gives the socket back (see request / _claim_rx).
-            self._rx_busy = False
-            wake = self._rx_waiting > 0
             for kind, stream, obj, is_async in items:
                 if kind == REPLY:
                     slot = self._waiters.pop(stream, None)
@@ -807,10 +877,13 @@ class Worker:
                             self._inflight -= 1  # it stays in the deque; takers skip it
                 else:  # DRAIN
                     self._draining = True
-            if wake:
-                # Waiters: a REPLY may be theirs, the socket is free, or (the leader) there
-                # may be calls to run.
-                self._rx_cv.notify_all()
+            # Whoever read these frames gives the socket back (see request / _claim_rx):
+            # REPLYs woke their own threads above; the socket goes to one thread still
+            # waiting, the leader hears of calls to run.
+            if keep is None or keep.payload is not None:
+                self._release_rx_locked()
+            else:
+                self._wake_leader_locked()
         if async_calls:
             # One wake-up of the loop per batch, not per call.
             self._loop.call_soon_threadsafe(self._start_async, async_calls)
@@ -877,6 +950,7 @@ class Worker:
         with self._lock:
             self._exit_code = EXIT_OK
             self._idle_cv.notify_all()
+            self._rx_cv.notify_all()
         self._wd_wake.set()
         self._done.set()  # main() returns 0, so atexit handlers of user code still run
 

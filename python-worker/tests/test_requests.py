@@ -93,6 +93,44 @@ SERVICES = {'calls.py': '''
     class AsyncGet(Service):
         async def handle(self):
             self.response.payload = self.cache.default.get('doc')
+
+    class Crowd(Service):
+        """`n` threads of its own and the handler's thread each increment their own key
+        `times` times; answers every key's final value."""
+        input = 'who', 'n', 'times'
+
+        def handle(self):
+            inp = self.request.input
+            keys = ['crowd-%s-%d' % (inp.who, i) for i in range(inp.n + 1)]
+            out = {}
+
+            def run(key):
+                for _ in range(inp.times):
+                    out[key] = self.cache.default.incr(key)
+            threads = [threading.Thread(target=run, args=(k,), daemon=True)
+                       for k in keys[1:]]
+            for t in threads:
+                t.start()
+            run(keys[0])
+            for t in threads:
+                t.join()
+            self.response.payload = out
+
+    class AsyncCrowd(Service):
+        """`n` tasks each await `times` out.rest calls in turn; answers how many came back."""
+        input = 'n', 'times'
+
+        async def handle(self):
+            import asyncio
+
+            async def run():
+                done = 0
+                for _ in range(self.request.input.times):
+                    r = await self.out.rest['CRM'].conn.aget(self.cid)
+                    done += r.data['ok']
+                return done
+            got = await asyncio.gather(*[run() for _ in range(self.request.input.n)])
+            self.response.payload = sum(got)
 '''}
 
 
@@ -273,3 +311,52 @@ def test_a_call_read_by_a_waiting_thread_is_run_at_once(sup):
                      + sup.call_frame(2, 'calls.echo', body({'a': 1})))
     meta, data = sup.replies(1, timeout=10)[2]
     assert json.loads(data) == {'a': 1}
+
+
+def test_every_waiter_gets_its_answer_under_load(sup):
+    """Many threads (handlers and threads of their own) and many async tasks call the server
+    at once; the server answers each batch it reads in one write, last first, now and then
+    with a new CALL in the same write. Every call must come back: a REPLY (or the socket)
+    handed to nobody would leave its thread parked and the run would hang (the generous
+    timeout only catches that hang)."""
+    sup.start(SERVICES, threads=4)
+    server = FakeCacheServer(sup)
+    n, times, tasks, atimes = 5, 60, 6, 40
+    for i in range(4):
+        sup.call(i + 1, 'calls.crowd', body({'who': i, 'n': n, 'times': times}))
+    sup.call(5, 'calls.async-crowd', body({'n': tasks, 'times': atimes}))
+    sup.call(6, 'calls.async-crowd', body({'n': tasks, 'times': atimes}))
+    got, held, echoes, batches = {}, [], 0, 0
+    while len(got) < 6 + echoes:
+        kind, _f, stream, payload = sup.recv(timeout=60)
+        if kind == P.CALL and stream & P.WORKER_STREAM_BIT:
+            meta, data = P.decode_call(payload)
+            if meta['op'] == 'out.rest':
+                held.append(P.encode_reply(stream, {'status': 200, 'headers': [
+                    ['content-type', 'application/json']]}, b'{"ok":1}'))
+            else:
+                held.append(P.encode_reply(stream, *server.answer(meta, data)))
+        elif kind == P.REPLY:
+            assert stream not in got, 'two replies on stream %d' % stream
+            got[stream] = P.decode_call(payload)
+        if held and not sup.frames:  # everything read so far is answered in one write
+            batches += 1
+            if batches % 16 == 0:
+                echoes += 1
+                held.append(sup.call_frame(100 + echoes, 'calls.echo', body({'e': echoes})))
+            sup.conn.sendall(b''.join(reversed(held)))
+            held = []
+    for i in range(4):
+        meta, data = got[i + 1]
+        assert meta['status'] == 200, data
+        assert json.loads(data) == {'crowd-%d-%d' % (i, k): times for k in range(n + 1)}
+    for stream in (5, 6):
+        meta, data = got[stream]
+        assert meta['status'] == 200, data
+        assert json.loads(data) == tasks * atimes
+    for e in range(1, echoes + 1):
+        assert json.loads(got[100 + e][1]) == {'e': e}
+    assert echoes > 0
+    # The last waiter gave the socket back: someone (the leader) reads the next CALL.
+    sup.call(7, 'calls.echo', body({'after': True}))
+    assert json.loads(sup.replies(1, timeout=60)[7][1]) == {'after': True}
