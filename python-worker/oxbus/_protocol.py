@@ -275,13 +275,15 @@ def decode_call(payload: Union[bytes, bytearray]) -> Tuple[Dict[str, Any], bytes
             meta, stop = _scan_once(text, 0)
             if stop == len(text) and type(meta) is dict and end <= len(payload):
                 return meta, payload[end:]
-        except (struct.error, StopIteration, ValueError):
+        except (struct.error, StopIteration, ValueError, RecursionError):
             pass
     raw_meta, body = split_call(payload)
     try:
         meta = decode_json(raw_meta)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise ProtocolError('bad_frame', 'meta is not valid JSON: %s' % e) from None
+    except RecursionError:
+        raise ProtocolError('bad_frame', 'meta is nested too deeply') from None
     if type(meta) is not dict:
         raise ProtocolError('bad_frame', 'meta is not a JSON object')
     return meta, body

@@ -400,26 +400,36 @@ class Worker:
                     # Handed the socket: _rx_busy is already set on this thread's behalf.
             reading = False
             try:
-                n = self._sock.recv_into(reader.writable())
-            except OSError as e:
-                self._lost('reading from the supervisor failed: %s' % e)
-            if not n:
-                self._lost('the supervisor closed the connection')
-            self._last_rx = _monotonic()
-            payload = reader.feed_reply(n, stream)
-            if payload is not None:
-                # Just our answer, nothing else: skip the general decoding.
-                with lock:
-                    del self._waiters[stream]
-                    self._release_rx_locked()
-                return split_call(payload)
-            try:
-                # Keeps the socket for this thread while its REPLY has not come.
-                self._on_frames(reader.feed(0), slot)
-            except ProtocolError as e:
-                self._protocol_error(e)
-            if self._outbox:
-                self._flush()  # a PONG, or replies this thread's frames made ready
+                try:
+                    n = self._sock.recv_into(reader.writable())
+                except OSError as e:
+                    self._lost('reading from the supervisor failed: %s' % e)
+                if not n:
+                    self._lost('the supervisor closed the connection')
+                self._last_rx = _monotonic()
+                payload = reader.feed_reply(n, stream)
+                if payload is not None:
+                    # Just our answer, nothing else: skip the general decoding.
+                    with lock:
+                        del self._waiters[stream]
+                        self._release_rx_locked()
+                    return split_call(payload)
+                try:
+                    # Keeps the socket for this thread while its REPLY has not come.
+                    self._on_frames(reader.feed(0), slot)
+                except ProtocolError as e:
+                    self._protocol_error(e)
+                if self._outbox:
+                    self._flush()  # a PONG, or replies this thread's frames made ready
+            except BaseException:
+                # Anything else escaping here would leave the socket marked busy with every
+                # other waiter (and the leader) parked behind it for good: a bug of this
+                # module or a frame it cannot decode. Crash loudly, as a pool thread would
+                # (_guard); the supervisor fails this worker's calls and replaces it.
+                import traceback
+                traceback.print_exc()
+                self._die(EXIT_INTERNAL, 'internal error in the worker runtime (reading a '
+                          'reply)')
             payload = slot.payload
             if payload is not None:
                 return split_call(payload)

@@ -152,6 +152,17 @@ def test_meta_must_be_a_json_object():
         P.decode_call(struct.pack('>I', 3) + b'{x}')
 
 
+def test_a_meta_nested_too_deeply_is_a_protocol_error_not_a_recursion_error():
+    # A RecursionError escaping a thread that reads the socket would leave it marked busy
+    # with every other waiter parked behind it; a ProtocolError ends the worker cleanly.
+    meta = b'{"a":' * 100000 + b'1' + b'}' * 100000
+    payload = struct.pack('>I', len(meta)) + meta
+    for p in (payload, bytearray(payload)):
+        with pytest.raises(P.ProtocolError) as e:
+            P.decode_call(p)
+        assert e.value.code == 'bad_frame'
+
+
 @pytest.mark.parametrize('flags', [0x02, 0x80, 0xFF, 0x03])
 def test_unknown_flag_bits_are_refused(flags):
     data = P.HEADER.pack(0, P.PING, flags, 0)
