@@ -4,7 +4,8 @@
 #   REST: a service making one GET per request to a local upstream (echo_upstream, a small
 #     hyper server of the integration crate answering a 43-byte JSON object), three ways on the
 #     same server and the same workers: Oxbus `self.out.rest` (the server's pool), a
-#     `requests.Session` per worker thread (Zato's stack), one `httpx.Client` per worker.
+#     `requests.Session` per worker thread (Zato's stack), one `httpx.Client` per worker; and
+#     `rest.oxbus_async`, the same call from an async service (`await ....conn.aget(self.cid)`).
 #     Targets: out.rest >= 8x requests' calls/s and >= 5x httpx's, p99 lower than both.
 #   SQL: a primary-key SELECT of one of 10 000 rows (random id per request) from the machine's
 #     PostgreSQL: Oxbus `self.out.sql` (one pool of PG_POOL_MAX in the server) vs psycopg 3

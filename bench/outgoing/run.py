@@ -40,7 +40,7 @@ OUTDIR = E('OUTDIR') or '/tmp/oxbus-outgoing-bench/' + time.strftime('%Y%m%d-%H%
 PSYCOPG_APP = 'bench-psycopg-%d' % os.getpid()
 OXBUS_APP = 'oxbus:bench-pg'
 TABLE = 'bench_out_sql_%d' % os.getpid()
-REST = ['rest.oxbus', 'rest.requests', 'rest.httpx']
+REST = ['rest.oxbus', 'rest.oxbus_async', 'rest.requests', 'rest.httpx']
 SQL = ['sql.oxbus', 'sql.psycopg']
 TCK = os.sysconf('SC_CLK_TCK')
 
@@ -226,6 +226,7 @@ def main():
                                'pool_size': REST_POOL})
         if st >= 300:
             unavailable['rest.oxbus'] = 'PUT /v1/outgoing/rest/bench-up: %d %s' % (st, data[:300].decode(errors='replace'))
+            unavailable['rest.oxbus_async'] = unavailable['rest.oxbus']
         st, data = admin.call('PUT', '/v1/outgoing/sql/bench-pg',
                               {'engine': 'postgresql', 'url': PG_URL, 'pool_max': PG_POOL_MAX})
         if st >= 300:
@@ -303,7 +304,9 @@ def main():
         loops = []
         if 'loop' in PART:
             for rep in range(REPS):
-                variants = [v for v in REST + SQL if v not in unavailable]
+                # The loop service is sync: the async variant has no loop of its own.
+                variants = [v for v in REST + SQL
+                            if v not in unavailable and not v.endswith('_async')]
                 k = rep % len(variants) if variants else 0
                 for v in variants[k:] + variants[:k]:
                     # The Rust server's CPU over all invocations of the variant (a tick is
@@ -388,6 +391,8 @@ def summarize(header, rows, loops, unavailable):
     target('out.rest calls/s / httpx >= 5', 'rest.oxbus', 'rest.httpx', 'rps', 5)
     target('out.rest p99 / requests p99 < 1', 'rest.oxbus', 'rest.requests', 'p99_ms', 1, False)
     target('out.rest p99 / httpx p99 < 1', 'rest.oxbus', 'rest.httpx', 'p99_ms', 1, False)
+    target('async out.rest calls/s / requests >= 8', 'rest.oxbus_async', 'rest.requests', 'rps', 8)
+    target('async out.rest calls/s / httpx >= 5', 'rest.oxbus_async', 'rest.httpx', 'rps', 5)
     target('out.sql calls/s / psycopg >= 1.0', 'sql.oxbus', 'sql.psycopg', 'rps', 1.0)
     if 'sql.oxbus' in have:
         most = max(int(r['backends_oxbus'] or 0) for r in rows if r['variant'] == 'sql.oxbus')

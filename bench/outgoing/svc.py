@@ -3,6 +3,7 @@ three ways for REST and two for SQL, from the same worker processes.
 
 REST, one GET of the local echo upstream per request (channel GET /bench/rest/<variant>):
   bench.rest.oxbus     self.out.rest['bench-up'].conn.get(self.cid): the server's pool
+  bench.rest.oxbus_async  the same from an async service: await ....conn.aget(self.cid)
   bench.rest.requests  a requests.Session (Zato's stack), one per worker thread
   bench.rest.httpx     one httpx.Client per worker (thread-safe, its own pool)
 SQL, a primary-key SELECT with a random id per request (channel GET /bench/sql/<variant>):
@@ -79,6 +80,13 @@ def rest_oxbus(svc):
     return r.data
 
 
+async def rest_oxbus_async(svc):
+    r = await svc.out.rest['bench-up'].conn.aget(svc.cid)
+    if r.status_code != 200:
+        raise RuntimeError('upstream answered %s' % r.status_code)
+    return r.data
+
+
 def rest_requests(svc):
     r = _session().get(UPSTREAM, timeout=10)
     if r.status_code != 200:
@@ -113,6 +121,14 @@ class RestOxbus(Service):
 
     def handle(self):
         self.response.payload = rest_oxbus(self)
+
+
+class RestOxbusAsync(Service):
+    """The same call from an async service (the awaitable form): no worker thread waits."""
+    name = 'bench.rest.oxbus_async'
+
+    async def handle(self):
+        self.response.payload = await rest_oxbus_async(self)
 
 
 class RestRequests(Service):
