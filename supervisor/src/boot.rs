@@ -144,6 +144,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             .iter()
             .map(crate::cluster::sync::readable_secret),
     );
+    // The pub/sub broker: its definitions before any worker starts (a worker may publish
+    // from its first call); the pool and the bus are handed to it once they exist.
+    let pubsub =
+        crate::pubsub::Broker::new(&me.name, store.clone(), metrics.clone(), outgoing.clone());
+    pubsub.apply(&boot.snapshot.objects);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(
         Pool::new(
@@ -155,8 +160,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
         .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms))
         .with_metrics(metrics.clone())
-        .with_server_ops(outgoing.clone()),
+        .with_server_ops(Arc::new(crate::lifecycle::ops::OpsSet(vec![
+            outgoing.clone(),
+            Arc::new(pubsub.clone()),
+        ]))),
     );
+    pubsub.set_pool(pool.clone());
     if metrics.enabled() {
         // The workers' states, read at scrape time.
         metrics.register_collector(Box::new(crate::metrics::workers::WorkerCollector::new(
@@ -217,6 +226,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         routes: routes.clone(),
         jobs,
         outgoing: outgoing.clone(),
+        pubsub: pubsub.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
@@ -227,6 +237,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         settings: settings.clone(),
         node: node.clone(),
         cids: cids.clone(),
+        pubsub: pubsub.clone(),
     });
     let admin = Arc::new(crate::admin::Ctx {
         metrics: metrics.clone(),
@@ -243,6 +254,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         bus: bus_handle,
         tokens: Default::default(),
         outgoing: outgoing.clone(),
+        pubsub: pubsub.clone(),
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
@@ -267,6 +279,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     ));
     crate::lifecycle::supervisor::spawn_signal_listener(ev_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    pubsub.start(shutdown_rx.clone());
     let pickup_dir = match pickup {
         Some(w) => {
             let dir = w.dir().display().to_string();

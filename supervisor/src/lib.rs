@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod outgoing;
+pub mod pubsub;
 pub mod random;
 pub mod scheduler;
 pub mod secrets;

@@ -51,6 +51,8 @@ pub struct Ctx {
     pub tokens: auth::KnownTokens,
     /// This server's outgoing connections (ping, figures, apply after a change).
     pub outgoing: Arc<crate::outgoing::Outgoing>,
+    /// The pub/sub broker.
+    pub pubsub: crate::pubsub::Broker,
 }
 
 mod audit;

@@ -242,6 +242,25 @@ mod tests {
                     }))
                     .unwrap(),
                 ],
+                pubsub_topics: vec![
+                    serde_json::from_value(serde_json::json!({"name": "/orders/new"})).unwrap(),
+                ],
+                pubsub_subs: vec![
+                    serde_json::from_value(serde_json::json!({
+                        "sub_key": "sk.1",
+                        "topic": "/orders/*",
+                        "delivery": {"type": "service", "service": "crm.orders"},
+                    }))
+                    .unwrap(),
+                ],
+                pubsub_endpoints: vec![
+                    serde_json::from_value(serde_json::json!({
+                        "name": "crm",
+                        "security": "b",
+                        "topic_patterns": ["pub=/orders/*"],
+                    }))
+                    .unwrap(),
+                ],
             },
             peers: vec![BusPeer {
                 name: "b".into(),

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub jobs: Arc<JobsTable>,
     /// The outgoing connections and the secrets services may read.
     pub outgoing: Arc<crate::outgoing::Outgoing>,
+    /// The pub/sub broker (topics, subscriptions, endpoints).
+    pub pubsub: crate::pubsub::Broker,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<Bus>>,
     pub disk: OnDisk,
@@ -268,6 +270,7 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     // a new client for new calls.
     cx.outgoing.apply_rest(&snap.objects.outgoing_rest);
     cx.outgoing.apply_sql(&snap.objects.outgoing_sql);
+    cx.pubsub.apply(&snap.objects);
     // The secrets services may read: a change of value or readers applies to the next read.
     cx.outgoing
         .apply_secrets(snap.secrets.iter().map(readable_secret));

@@ -61,6 +61,8 @@ pub struct Ctx {
     pub settings: crate::config::Settings,
     pub node: Arc<Node>,
     pub cids: Arc<CidGen>,
+    /// The pub/sub broker: the REST API of `pubsub` channels.
+    pub pubsub: crate::pubsub::Broker,
 }
 
 pub(crate) type Body = Full<Bytes>;

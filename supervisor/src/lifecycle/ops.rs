@@ -52,3 +52,29 @@ pub trait ServerOps: std::fmt::Debug + Send + Sync + 'static {
     /// transactions, close its streams).
     fn worker_gone(&self, worker: u32);
 }
+
+/// Several [`ServerOps`] as one: a call goes to the first that handles its op (`out.*` and
+/// `secret.get` to the outgoing connections, `pubsub.*` to the broker); a worker's end is
+/// told to all.
+#[derive(Debug)]
+pub struct OpsSet(pub Vec<std::sync::Arc<dyn ServerOps>>);
+
+#[async_trait::async_trait]
+impl ServerOps for OpsSet {
+    fn handles(&self, op: &str) -> bool {
+        self.0.iter().any(|o| o.handles(op))
+    }
+
+    async fn call(&self, worker: u32, op: &str, raw_meta: Bytes, body: Bytes) -> OpReply {
+        match self.0.iter().find(|o| o.handles(op)) {
+            Some(o) => o.call(worker, op, raw_meta, body).await,
+            None => OpReply::error(400, "invalid", &format!("no op {op:?}")),
+        }
+    }
+
+    fn worker_gone(&self, worker: u32) {
+        for o in &self.0 {
+            o.worker_gone(worker);
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! store, no network, no files, no clock but what a caller passes in. `object`: what the
 //! JSON-defined named objects (security, cache, job definitions) share; `cache`: a cache
 //! definition from an operator's JSON; `outgoing`: outgoing REST and SQL connections;
-//! `secret_access`: which services may read a secret;
+//! `secret_access`: which services may read a secret; `pubsub`: topics, subscriptions,
+//! endpoints and a message;
 //! `document`: the config export/import document.
 
 pub mod cache;
@@ -13,5 +14,6 @@ pub mod job;
 pub mod net;
 pub mod object;
 pub mod outgoing;
+pub mod pubsub;
 pub mod secret_access;
 pub mod security;

@@ -131,9 +131,51 @@ impl ConfigObject for crate::model::outgoing::SqlConn {
     }
 }
 
+impl ConfigObject for crate::model::pubsub::Topic {
+    const KIND: &'static str = "pubsub_topic";
+    const WHAT: &'static str = "topic";
+    const TABLE: &'static str = "pubsub_topics";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::pubsub::Topic::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::pubsub::Subscription {
+    const KIND: &'static str = "pubsub_subscription";
+    const WHAT: &'static str = "subscription";
+    const TABLE: &'static str = "pubsub_subs";
+
+    fn name(&self) -> &str {
+        &self.sub_key
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::pubsub::Subscription::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::pubsub::Endpoint {
+    const KIND: &'static str = "pubsub_endpoint";
+    const WHAT: &'static str = "pub/sub endpoint";
+    const TABLE: &'static str = "pubsub_endpoints";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::pubsub::Endpoint::validate(self)
+    }
+}
+
 /// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
 /// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs`,
-/// `outgoing_rest`, `outgoing_sql` (each may
+/// `outgoing_rest`, `outgoing_sql`, `pubsub_topics`, `pubsub_subs`, `pubsub_endpoints` (each may
 /// be absent: snapshots of older versions lack the later kinds). A new kind is one field
 /// here and one line in `Store::object_set`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -153,4 +195,13 @@ pub struct ObjectSet {
     /// Outgoing SQL connections (password sealed).
     #[serde(default)]
     pub outgoing_sql: Vec<crate::model::outgoing::SqlConn>,
+    /// Pub/sub topics.
+    #[serde(default)]
+    pub pubsub_topics: Vec<crate::model::pubsub::Topic>,
+    /// Pub/sub subscriptions.
+    #[serde(default)]
+    pub pubsub_subs: Vec<crate::model::pubsub::Subscription>,
+    /// Pub/sub endpoints (who may publish and subscribe where).
+    #[serde(default)]
+    pub pubsub_endpoints: Vec<crate::model::pubsub::Endpoint>,
 }

@@ -113,6 +113,9 @@ impl Store {
             jobs: self.objects().await?,
             outgoing_rest: self.objects().await?,
             outgoing_sql: self.objects().await?,
+            pubsub_topics: self.objects().await?,
+            pubsub_subs: self.objects().await?,
+            pubsub_endpoints: self.objects().await?,
         })
     }
 
