@@ -470,13 +470,13 @@ impl Broker {
                 OpReply::json(200, &serde_json::json!({ "msg_ids": ids }))
             }
             Request::Subscribe { caller, req } => {
-                if let Caller::Service(service) = &caller {
-                    if let Some(s) = existing_sub(&self.defs(), service, &req) {
-                        return Ok(OpReply::json(
-                            200,
-                            &serde_json::json!({ "sub_key": s.sub_key, "existing": true }),
-                        ));
-                    }
+                if let Caller::Service(service) = &caller
+                    && let Some(s) = existing_sub(&self.defs(), service, &req)
+                {
+                    return Ok(OpReply::json(
+                        200,
+                        &serde_json::json!({ "sub_key": s.sub_key, "existing": true }),
+                    ));
                 }
                 let sub_key = self.subscribe(&caller, req).await?;
                 OpReply::json(200, &serde_json::json!({ "sub_key": sub_key }))
