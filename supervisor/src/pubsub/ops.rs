@@ -970,6 +970,87 @@ mod tests {
         assert_eq!(bin["data_encoding"], "base64");
     }
 
+    /// A broker over a fresh SQLite store whose definitions are [`defs`] (set directly:
+    /// no delivery task is involved in what these calls reach).
+    async fn broker(dir: &std::path::Path) -> Broker {
+        std::fs::create_dir_all(dir).unwrap();
+        let url = format!("sqlite:{}", dir.join("oxbus.db").display());
+        let store = crate::store::Store::open(&url).await.unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new(false));
+        let key = crate::secrets::Key::create(&dir.join("key")).unwrap();
+        let outgoing = Arc::new(crate::outgoing::Outgoing::new(
+            Arc::new(key),
+            metrics.clone(),
+        ));
+        let b = Broker::new("s1", store, metrics, outgoing);
+        *b.inner.defs.write().unwrap() = Arc::new(defs());
+        b
+    }
+
+    #[tokio::test]
+    async fn calls_answer_from_the_definitions_and_refuse_with_codes() {
+        let dir = std::env::temp_dir().join(format!("oxbus-psops-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = broker(&dir).await;
+        assert!(b.handles("pubsub.publish") && b.handles("pubsub.get"));
+        assert!(!b.handles("out.rest") && !b.handles("cache.get"));
+        let call = |op: &'static str, meta: serde_json::Value| {
+            let b = b.clone();
+            async move {
+                b.call(7, op, Bytes::from(meta.to_string()), Bytes::new())
+                    .await
+            }
+        };
+        // Service a subscribes again to what it has: the existing sub_key, nothing made.
+        let r = call(
+            "pubsub.subscribe",
+            serde_json::json!({"op": "pubsub.subscribe", "service": "a", "topic": "/t"}),
+        )
+        .await;
+        assert_eq!(r.meta.status, 200);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"sub_key": "sk.2", "existing": true})
+        );
+        // Service a has no pull subscription to /u (its one delivers to a service).
+        let r = call(
+            "pubsub.get",
+            serde_json::json!({"op": "pubsub.get", "service": "a", "topic": "/u"}),
+        )
+        .await;
+        assert_eq!(
+            (r.meta.status, r.meta.error.as_deref()),
+            (404, Some("no_sub"))
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("topic /u"),
+            "{body}"
+        );
+        let r = call(
+            "pubsub.ack",
+            serde_json::json!({"op": "pubsub.ack", "service": "z", "topic": "/t", "msg_ids": ["m"]}),
+        )
+        .await;
+        assert_eq!(
+            (r.meta.status, r.meta.error.as_deref()),
+            (404, Some("no_sub"))
+        );
+        // A malformed call never reaches the broker.
+        let r = call(
+            "pubsub.publish",
+            serde_json::json!({"op": "pubsub.publish", "service": "a", "topic": "/t",
+                "msgs": [{"size": 4}]}),
+        )
+        .await;
+        assert_eq!(
+            (r.meta.status, r.meta.error.as_deref()),
+            (400, Some("invalid"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn errors_keep_their_status_and_code() {
         for e in [
