@@ -27,6 +27,7 @@ from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encod
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
 from .outgoing import OutgoingAPI
+from .pubsub import PubSubAPI, PubSubDelivery
 from .service import (Channel, Request, Response, Security, Service, _invocation_meta,
                       current_invocation)
 from .simpleio import OutputError, filter_output, parse_input
@@ -138,6 +139,8 @@ class Dispatcher:
                                     self.notify)
         #: The CALL-and-wait itself, for ``self.secrets`` (and other server ops).
         self.request = request or _no_server
+        #: Its awaitable form, for ``self.pubsub``'s ``a*`` calls.
+        self.arequest = arequest or _inline_arequest(request or _no_server)
         self._run_coroutine = run_coroutine or _asyncio_run
         # next() on an itertools.count is atomic under the GIL, so no lock is needed to
         # hand out worker stream ids from many handler threads.
@@ -146,6 +149,10 @@ class Dispatcher:
         #: ``(stream, meta, body) -> REPLY frame``. Consulted only once a call turned out not
         #: to be an invocation of a known service, so they cost the hot path nothing.
         self.ops: Dict[str, Callable[[int, Dict[str, Any], bytes], bytes]] = {}
+
+    def pubsub(self, service: str) -> PubSubAPI:
+        """``self.pubsub`` of service ``service``: its calls name it as the caller."""
+        return PubSubAPI(self.request, self.arequest, service)
 
     # -- routing ------------------------------------------------------------------------
 
@@ -270,6 +277,15 @@ class Dispatcher:
         svc.request = request = Request(payload, body, data_format, meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
+        if channel == 'pubsub':
+            # A subscription's delivery: the batch's messages, split from the body by the
+            # sizes in the meta. SimpleIO input does not apply (the payload is the list).
+            try:
+                request.pubsub = delivery = PubSubDelivery.from_call(meta, body)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+            request.payload = delivery.messages
+            return svc, attr
         if cls._oxbus_input:
             request.input = parse_input(
                 cls._oxbus_input, payload, meta.get('params'),

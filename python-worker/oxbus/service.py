@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._dispatch import Dispatcher
     from .cache import CacheAPI
     from .outgoing import OutgoingAPI
+    from .pubsub import PubSubAPI, PubSubDelivery
     from .secrets_api import Secrets
     from .simpleio import Elem, Spec
 
@@ -262,9 +263,10 @@ class HTTPRequest:
 
 
 class Request:
-    """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``."""
+    """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``pubsub``
+    for a delivery of a pub/sub subscription."""
 
-    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http')
+    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub')
 
     def __init__(self, payload: Any = None, raw: bytes = b'', data_format: str = 'json',
                  meta: Optional[Dict[str, Any]] = None) -> None:
@@ -277,11 +279,17 @@ class Request:
         self.data_format = data_format
         self._meta = meta if meta is not None else {}
         self._http: Optional[HTTPRequest] = None
+        #: A delivery of a pub/sub subscription (``self.channel.type == 'pubsub'``): its
+        #: ``sub_key``, ``topic`` and ``messages`` (:class:`oxbus.pubsub.PubSubDelivery`);
+        #: None for every other invocation.
+        self.pubsub: Optional[PubSubDelivery] = None
 
     @property
-    def raw_request(self) -> bytes:
-        """Zato's name for :attr:`raw`."""
-        return self.raw
+    def raw_request(self) -> Any:
+        """Zato's name for :attr:`raw`; for a pub/sub delivery, as in Zato, the messages
+        (a list of :class:`oxbus.pubsub.PubSubMessage`)."""
+        pubsub = self.pubsub
+        return self.raw if pubsub is None else pubsub.messages
 
     @property
     def http(self) -> HTTPRequest:
@@ -439,6 +447,16 @@ class Service:
     def outgoing(self) -> OutgoingAPI:
         """Zato's long name for :attr:`out`."""
         return self._require_dispatcher().outgoing
+
+    @property
+    def pubsub(self) -> PubSubAPI:
+        """The server's pub/sub broker, as this service: ``self.pubsub.publish(topic,
+        data=...)``, ``subscribe``, ``unsubscribe``, ``get_messages``, ``ack`` and their
+        awaitable ``a*`` forms (see :mod:`oxbus.pubsub`)."""
+        api = self.__dict__.get('_oxbus_pubsub')
+        if api is None:
+            api = self.__dict__['_oxbus_pubsub'] = self._require_dispatcher().pubsub(self.name)
+        return api
 
     @property
     def secrets(self) -> Secrets:
