@@ -326,13 +326,17 @@ mod tests {
         assert!(Router::new(&[ps("/a", &["GET"])]).is_err());
         assert!(Router::new(&[ps("/a/{x}", &[])]).is_err());
         assert!(Router::new(&[ps("/", &[])]).is_err());
-        assert!(
-            Router::new(&[ps("/a", &[]).clone()].map(|c| Channel {
-                service: "s".into(),
-                ..c
-            }))
-            .is_err()
-        );
+        let with_service = Channel {
+            service: "s".into(),
+            ..ps("/a", &[])
+        };
+        assert!(Router::new(&[with_service]).is_err());
+        let raw = Channel {
+            data_format: DataFormat::Raw,
+            ..ps("/a", &[])
+        };
+        assert!(Router::new(&[raw]).is_err());
+        assert!(Router::new(&[ps("/a", &["POST", "PATCH", "DELETE"])]).is_ok());
     }
 
     #[test]
