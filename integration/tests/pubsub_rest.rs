@@ -152,6 +152,14 @@ async fn pubsub_channels_are_checked_and_refuse_strangers() {
         )
         .await;
     assert_eq!(r.status, 401, "{}", text(&r));
+    // Counted as the gate's refusals are.
+    let page = prom::scrape(&f.srv).await;
+    assert_eq!(
+        page.get("oxbus_http_refused_total", &[("reason", "unauthorized")]),
+        Some(2.0),
+        "{}",
+        page.text
+    );
 
     // A channel with its own definition: the gate lets the definition's callers in, and
     // they may do nothing while no endpoint has that definition.

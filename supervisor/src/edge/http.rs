@@ -337,7 +337,7 @@ fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
 }
 
 /// Counts a request the edge answered itself (when metrics are on).
-fn refused_for(cx: &Ctx, reason: RefusalReason) {
+pub(crate) fn refused_for(cx: &Ctx, reason: RefusalReason) {
     if cx.metrics.enabled() {
         cx.metrics.http.refused(reason);
     }

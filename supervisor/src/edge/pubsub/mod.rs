@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use crate::edge::gate::Rejection;
-use crate::edge::http::{Body, Ctx};
+use crate::edge::http::{Body, Ctx, refused_for};
 use crate::edge::router::Router;
+use crate::metrics::http::RefusalReason;
 use crate::model::channel::Channel;
 use crate::model::pubsub::{Access, DeliveryKind};
 use crate::pubsub::{Caller, Defs};
@@ -50,7 +51,18 @@ pub(crate) async fn handle(
             let defs = cx.pubsub.defs();
             match auth::endpoint_security(&router.gate, &defs, &req.parts.headers).await {
                 Ok(name) => Caller::Security(name),
-                Err(r) => return rejection(r, cid),
+                Err(r) => {
+                    // Counted as the gate's refusals are: these are the channel's checks.
+                    refused_for(
+                        cx,
+                        match &r {
+                            Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
+                            Rejection::Forbidden(_) => RefusalReason::Forbidden,
+                            Rejection::TooMany { .. } => RefusalReason::RateLimited,
+                        },
+                    );
+                    return rejection(r, cid);
+                }
             }
         }
     };
