@@ -127,7 +127,7 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?, \"name\"?}}: {e}"
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?, \"name\"?}} or {{\"type\": \"pubsub\", \"url_path\", \"security\"?, \"name\"?}}: {e}"
                 ),
             );
         }
@@ -201,7 +201,7 @@ async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?}}: {e}"
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?}} or {{\"type\": \"pubsub\", \"url_path\"}}: {e}"
                 ),
             );
         }

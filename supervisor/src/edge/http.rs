@@ -19,7 +19,8 @@
 //!
 //! A JSON-RPC channel's request is read here like any other and then answered by
 //! [`crate::edge::jsonrpc`], whose calls go to the workers through [`HttpCall::invoke`], the same
-//! path as a REST request's.
+//! path as a REST request's. A pubsub channel's is answered by [`crate::edge::pubsub`], with
+//! the broker, after the same checks.
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
@@ -336,7 +337,7 @@ fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
 }
 
 /// Counts a request the edge answered itself (when metrics are on).
-fn refused_for(cx: &Ctx, reason: RefusalReason) {
+pub(crate) fn refused_for(cx: &Ctx, reason: RefusalReason) {
     if cx.metrics.enabled() {
         cx.metrics.http.refused(reason);
     }
@@ -543,6 +544,17 @@ async fn handle(
             );
         }
     };
+    // A pubsub channel is answered here, by the server: its API reads the body by its
+    // content type (and checks a JSON body's depth itself).
+    if channel.channel_type == ChannelType::Pubsub {
+        let req = crate::edge::pubsub::Request {
+            parts: &parts,
+            body: &body,
+            cid: &cid,
+            gate_caller: caller.as_ref(),
+        };
+        return crate::edge::pubsub::handle(cx, &router, &channel, req).await;
+    }
     // A body the worker will decode as JSON may nest only so deep (its decoder recurses).
     let json_body =
         channel.channel_type == ChannelType::JsonRpc || channel.data_format == DataFormat::Json;

@@ -2,14 +2,16 @@
 //!
 //! Static paths are looked up in a hash map first, so the common case costs one hash; paths
 //! with parameters are tried in the order they were configured. A path that matches with the
-//! wrong method is told apart from one that matches nothing (405 vs 404).
+//! wrong method is told apart from one that matches nothing (405 vs 404). A pubsub channel's
+//! path is a prefix: it takes every path below it (`model::channel::routes` made sure no other
+//! channel routes one there).
 //!
 //! The table holds what `model::channel::routes` checked and the gate compiled with it; it
 //! checks nothing itself and touches neither the store nor the workers.
 
 use crate::edge::gate::{Gate, GateError};
 use crate::metrics::http::ChannelHandles;
-use crate::model::channel::{Channel, ChannelError, Segment};
+use crate::model::channel::{Channel, ChannelError, ChannelType, Segment};
 use crate::model::security::SecurityDef;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub enum TableError {
 pub struct Router {
     statics: HashMap<String, Vec<Entry>>,
     dynamic: Vec<Route>,
+    /// Pubsub channels, by their path prefix.
+    prefixes: Vec<Entry>,
     /// What each channel checks before its service runs (compiled with the routes, so a
     /// request sees one consistent table).
     pub gate: Gate,
@@ -90,7 +94,9 @@ impl Router {
                 metrics: Arc::new(ChannelHandles::new(label)),
                 channel,
             };
-            if routed
+            if entry.channel.channel_type == ChannelType::Pubsub {
+                r.prefixes.push(entry);
+            } else if routed
                 .segments
                 .iter()
                 .all(|s| matches!(s, Segment::Literal(_)))
@@ -117,6 +123,22 @@ impl Router {
     /// Finds the channel for `method` and `path` (the path without its query string).
     pub fn lookup(&self, method: &str, path: &str) -> Match {
         let mut allowed: Vec<String> = Vec::new();
+        for e in &self.prefixes {
+            let c = &e.channel;
+            let below = path
+                .strip_prefix(c.url_path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if below {
+                if c.methods.is_empty() || c.methods.iter().any(|m| m == method) {
+                    return Match::Found {
+                        channel: c.clone(),
+                        params: Vec::new(),
+                        metrics: e.metrics.clone(),
+                    };
+                }
+                allowed.extend(c.methods.iter().cloned());
+            }
+        }
         if let Some(list) = self.statics.get(path) {
             for e in list {
                 let c = &e.channel;
@@ -199,7 +221,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::channel::{ChannelType, DataFormat};
+    use crate::model::channel::DataFormat;
 
     fn ch(path: &str, methods: &[&str], service: &str) -> Channel {
         Channel {
@@ -265,6 +287,56 @@ mod tests {
         assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/a/{y}", &[], "t")]).is_err());
         assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/b/{x}", &[], "t")]).is_ok());
         assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/a/lit", &[], "t")]).is_ok());
+    }
+
+    #[test]
+    fn pubsub_channels_take_their_prefix() {
+        let ps = |path: &str, methods: &[&str]| Channel {
+            channel_type: ChannelType::Pubsub,
+            ..ch(path, methods, "")
+        };
+        let r = Router::new(&[ch("/echo", &["POST"], "demo.echo"), ps("/pubsub", &[])]).unwrap();
+        for (m, p) in [
+            ("POST", "/pubsub/topic/orders/new"),
+            ("PATCH", "/pubsub/topic/a"),
+            ("DELETE", "/pubsub/subscribe/topic/a"),
+            ("POST", "/pubsub"),
+        ] {
+            match r.lookup(m, p) {
+                Match::Found { channel, .. } => assert_eq!(channel.url_path, "/pubsub", "{p}"),
+                other => panic!("{m} {p}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            r.lookup("POST", "/pubsubx/topic/a"),
+            Match::NotFound
+        ));
+        assert!(matches!(r.lookup("POST", "/echo"), Match::Found { .. }));
+        let r = Router::new(&[ps("/zato/pubsub", &["POST"])]).unwrap();
+        assert!(
+            matches!(r.lookup("PATCH", "/zato/pubsub/topic/a"), Match::WrongMethod(m) if m == ["POST"])
+        );
+        // Nothing else may route a path under a pubsub prefix, in either order.
+        assert!(Router::new(&[ps("/pubsub", &[]), ch("/pubsub/x", &[], "s")]).is_err());
+        assert!(Router::new(&[ch("/{any}/x", &[], "s"), ps("/pubsub", &[])]).is_err());
+        assert!(Router::new(&[ch("/pubsub", &["GET"], "s"), ps("/pubsub", &[])]).is_err());
+        assert!(Router::new(&[ps("/a", &[]), ps("/a/b", &[])]).is_err());
+        assert!(Router::new(&[ps("/a", &[]), ch("/ab", &[], "s"), ch("/", &[], "t")]).is_ok());
+        // Its own settings.
+        assert!(Router::new(&[ps("/a", &["GET"])]).is_err());
+        assert!(Router::new(&[ps("/a/{x}", &[])]).is_err());
+        assert!(Router::new(&[ps("/", &[])]).is_err());
+        let with_service = Channel {
+            service: "s".into(),
+            ..ps("/a", &[])
+        };
+        assert!(Router::new(&[with_service]).is_err());
+        let raw = Channel {
+            data_format: DataFormat::Raw,
+            ..ps("/a", &[])
+        };
+        assert!(Router::new(&[raw]).is_err());
+        assert!(Router::new(&[ps("/a", &["POST", "PATCH", "DELETE"])]).is_ok());
     }
 
     #[test]

@@ -24,20 +24,23 @@ pub struct RateLimitError;
 
 /// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service; a
 /// JSON-RPC channel (`type = "jsonrpc"`) binds one URL to every deployed service, or to those
-/// listed in `services`, each called by name as the request's `method` (see `edge::jsonrpc`).
+/// listed in `services`, each called by name as the request's `method` (see `edge::jsonrpc`);
+/// a pub/sub channel (`type = "pubsub"`) serves the pub/sub REST API under its URL path (see
+/// `edge::pubsub`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
     #[serde(default)]
     pub name: Option<String>,
-    /// `rest` (the default, left out when serialised) or `jsonrpc`.
+    /// `rest` (the default, left out when serialised), `jsonrpc` or `pubsub`.
     #[serde(rename = "type", default, skip_serializing_if = "ChannelType::is_rest")]
     pub channel_type: ChannelType,
     pub url_path: String,
     /// Allowed methods; empty = any. A JSON-RPC channel takes POST only.
     #[serde(default)]
     pub methods: Vec<String>,
-    /// The service a REST channel runs; a JSON-RPC channel has none (the request names it).
+    /// The service a REST channel runs; a JSON-RPC channel has none (the request names it),
+    /// nor has a pubsub channel.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
     #[serde(default = "default_format")]
@@ -82,6 +85,9 @@ pub enum ChannelType {
     Rest,
     /// JSON-RPC 2.0 over HTTP POST (`edge::jsonrpc`).
     JsonRpc,
+    /// The pub/sub REST API (`edge::pubsub`, docs/PUBSUB.md) under the channel's
+    /// `url_path`, which is a prefix: it answers every path below it and runs no service.
+    Pubsub,
 }
 
 impl ChannelType {
@@ -90,6 +96,7 @@ impl ChannelType {
         match self {
             ChannelType::Rest => "rest",
             ChannelType::JsonRpc => "jsonrpc",
+            ChannelType::Pubsub => "pubsub",
         }
     }
 
@@ -249,6 +256,78 @@ pub fn routed_channel(c: &Channel) -> Result<Channel, ChannelError> {
     })
 }
 
+/// The methods the pub/sub REST API answers; a pubsub channel's `methods` may name some of
+/// them (none: all).
+pub const PUBSUB_METHODS: [&str; 3] = ["POST", "PATCH", "DELETE"];
+
+/// Checks a pubsub channel's settings: one static URL path (a prefix, not `/` itself), no
+/// service, methods among [`PUBSUB_METHODS`], JSON.
+pub fn pubsub_channel(c: &Channel) -> Result<(), ChannelError> {
+    let bad = |key: &str, value: String, message: &str| ChannelError {
+        key: key.into(),
+        value,
+        message: message.into(),
+    };
+    if c.url_path.contains(['{', '}']) {
+        return Err(bad(
+            "channels.url_path",
+            c.url_path.clone(),
+            "a pubsub channel's url_path is a prefix: no {parameters}",
+        ));
+    }
+    if c.url_path == "/" || c.url_path.ends_with('/') {
+        return Err(bad(
+            "channels.url_path",
+            c.url_path.clone(),
+            "a pubsub channel's url_path must name a prefix such as /pubsub, without a trailing /",
+        ));
+    }
+    if !c.service.is_empty() {
+        return Err(bad(
+            "channels.service",
+            c.service.clone(),
+            "a pubsub channel runs no service (it answers the pub/sub REST API itself)",
+        ));
+    }
+    if !c.services.is_empty() {
+        return Err(bad(
+            "channels.services",
+            format!("{:?}", c.services),
+            "only a JSON-RPC channel has a services list",
+        ));
+    }
+    if let Some(m) = c
+        .methods
+        .iter()
+        .find(|m| !PUBSUB_METHODS.contains(&m.as_str()))
+    {
+        return Err(bad(
+            "channels.methods",
+            m.clone(),
+            "a pubsub channel takes POST, PATCH and DELETE only",
+        ));
+    }
+    if c.data_format != DataFormat::Json {
+        return Err(bad(
+            "channels.data_format",
+            c.data_format.as_str().into(),
+            "a pubsub channel reads JSON (or a raw body by its content type); data_format does not apply",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether every path below the prefix `prefix` could also match a channel of `segments`
+/// (a literal or parameter segment for each of the prefix's, and at least as many).
+fn under_prefix(prefix: &[Segment], segments: &[Segment]) -> bool {
+    segments.len() >= prefix.len()
+        && prefix.iter().zip(segments).all(|(p, s)| match (p, s) {
+            (_, Segment::Param(_)) => true,
+            (Segment::Literal(a), Segment::Literal(b)) => a == b,
+            (Segment::Param(_), Segment::Literal(_)) => false,
+        })
+}
+
 /// Checks `channels` (in the order configured) and returns them as they route: rejects
 /// malformed paths, bad methods, misconfigured JSON-RPC channels and ambiguous duplicates.
 pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
@@ -270,6 +349,10 @@ pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
                 c.clone()
             }
             ChannelType::JsonRpc => routed_channel(c)?,
+            ChannelType::Pubsub => {
+                pubsub_channel(c)?;
+                c.clone()
+            }
         };
         for m in &c.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -289,6 +372,27 @@ pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
                     (a, b) => a == b,
                 })
         };
+        // A pubsub channel answers every path under its prefix: no other channel may route
+        // a path there (nor the prefix itself), whatever the methods.
+        let pubsub = c.channel_type == ChannelType::Pubsub;
+        if let Some(other) = all.iter().find(|r| {
+            (pubsub && under_prefix(&segments, &r.segments))
+                || (r.channel.channel_type == ChannelType::Pubsub
+                    && under_prefix(&r.segments, &segments))
+        }) {
+            let (prefix, under) = if pubsub {
+                (&c, &other.channel)
+            } else {
+                (&other.channel, &c)
+            };
+            return Err(invalid(
+                &c.url_path,
+                format!(
+                    "{} is under the pubsub channel's prefix {}: its paths are the pub/sub API's",
+                    under.url_path, prefix.url_path
+                ),
+            ));
+        }
         if let Some(other) = all
             .iter()
             .find(|r| same_shape(&r.segments) && methods_overlap(&r.channel, &c))

@@ -40,6 +40,7 @@ where
         channel_type: match channel_type.as_str() {
             "rest" => ChannelType::Rest,
             "jsonrpc" => ChannelType::JsonRpc,
+            "pubsub" => ChannelType::Pubsub,
             other => {
                 return Err(StoreError::Invalid(format!(
                     "stored channel type {other:?} is not one this server knows"

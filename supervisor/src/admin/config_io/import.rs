@@ -70,7 +70,8 @@ fn parse_secret(
 /// The document list (and import report kind) a channel belongs to.
 fn channel_kind(c: &Channel) -> &'static str {
     match c.channel_type {
-        ChannelType::Rest => "channel_rest",
+        // A pubsub channel is listed with the REST channels (its "type" says what it is).
+        ChannelType::Rest | ChannelType::Pubsub => "channel_rest",
         ChannelType::JsonRpc => "channel_jsonrpc",
     }
 }
@@ -147,7 +148,7 @@ pub async fn import(
     if let Some(c) = doc
         .channel_rest
         .iter()
-        .find(|c| c.channel_type != ChannelType::Rest)
+        .find(|c| c.channel_type == ChannelType::JsonRpc)
     {
         return Err(bad(format!(
             "channel_rest: {} is a {} channel; list it under channel_{1}",

@@ -314,6 +314,18 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// Checks a request's headers, then the definition's own rate limit (429).
+    pub async fn admit(&self, headers: &hyper::HeaderMap) -> Result<Caller, Rejection> {
+        let caller = self.check(headers).await?;
+        if let Some(b) = &self.bucket {
+            b.take(Instant::now())
+                .map_err(|w| too_many(&format!("security definition {}", self.name), w))?;
+        }
+        Ok(caller)
+    }
+}
+
 /// A channel's compiled gate.
 #[derive(Debug, Default)]
 pub struct ChannelGate {
@@ -348,12 +360,7 @@ impl ChannelGate {
         let Some(v) = &self.security else {
             return Ok(None);
         };
-        let caller = v.check(headers).await?;
-        if let Some(b) = &v.bucket {
-            b.take(Instant::now())
-                .map_err(|w| too_many(&format!("security definition {}", v.name), w))?;
-        }
-        Ok(Some(caller))
+        v.admit(headers).await.map(Some)
     }
 }
 
@@ -468,6 +475,12 @@ impl Gate {
         let mut d: Vec<SecurityDef> = self.verifiers.values().map(|(d, _)| d.clone()).collect();
         d.sort_by(|a, b| a.name.cmp(&b.name));
         d
+    }
+
+    /// A compiled definition and what it was compiled from, by name (the pub/sub API tries
+    /// those of its endpoints when its channel names none).
+    pub fn verifier(&self, name: &str) -> Option<(&SecurityDef, &Arc<Verifier>)> {
+        self.verifiers.get(name).map(|(d, v)| (d, v))
     }
 
     /// The gate of a channel the routing table this gate belongs to returned.

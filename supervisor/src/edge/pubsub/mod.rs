@@ -1,0 +1,388 @@
+//! The pub/sub REST API (docs/PUBSUB.md): what a channel of `"type": "pubsub"` answers
+//! under its URL path, natively and as Zato 3.2's `/zato/pubsub` API.
+//!
+//! The request reaches here like any other (`edge::http`: routing by the channel's prefix,
+//! the channel's gate, the body read within the limits). The caller is the security
+//! definition that let it in: the channel's own, or, for a channel that names none, the one
+//! of a pub/sub endpoint the credentials pass ([`auth`]); nobody unauthenticated gets
+//! further. What it may do is its endpoint's permissions (`pubsub::Defs::permits`); the
+//! rest is the broker's (`pubsub::Broker`), whose errors are answered with their status and
+//! code. [`wire`] holds the request and answer shapes.
+
+pub mod auth;
+pub mod wire;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use crate::edge::gate::Rejection;
+use crate::edge::http::{Body, Ctx, refused_for};
+use crate::edge::router::Router;
+use crate::metrics::http::RefusalReason;
+use crate::model::channel::Channel;
+use crate::model::pubsub::{Access, DeliveryKind};
+use crate::pubsub::{Caller, Defs};
+use wire::{ApiError, Flavour, Op};
+
+/// What the API needs of one request (the edge has read and checked it).
+pub(crate) struct Request<'a> {
+    pub parts: &'a hyper::http::request::Parts,
+    pub body: &'a Bytes,
+    pub cid: &'a str,
+    /// Who the channel's own security definition let in, if it names one.
+    pub gate_caller: Option<&'a crate::edge::gate::Caller>,
+}
+
+/// Answers one request to pubsub channel `channel` of routing table `router`.
+pub(crate) async fn handle(
+    cx: &Ctx,
+    router: &Router,
+    channel: &Channel,
+    req: Request<'_>,
+) -> Response<Body> {
+    let cid = req.cid;
+    let caller = match req.gate_caller {
+        Some(c) => Caller::Security(c.name.to_string()),
+        None => {
+            let defs = cx.pubsub.defs();
+            match auth::endpoint_security(&router.gate, &defs, &req.parts.headers).await {
+                Ok(name) => Caller::Security(name),
+                Err(r) => {
+                    // Counted as the gate's refusals are: these are the channel's checks.
+                    refused_for(
+                        cx,
+                        match &r {
+                            Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
+                            Rejection::Forbidden(_) => RefusalReason::Forbidden,
+                            Rejection::TooMany { .. } => RefusalReason::RateLimited,
+                        },
+                    );
+                    return rejection(r, cid);
+                }
+            }
+        }
+    };
+    let path = req.parts.uri.path();
+    let rest = path.strip_prefix(channel.url_path.as_str()).unwrap_or("");
+    let flavour = Flavour::of(&channel.url_path);
+    let result = match wire::route(req.parts.method.as_str(), rest) {
+        Ok(op) => run(cx, &caller, flavour, op, &req).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => json_response(StatusCode::OK, cid, &v),
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = json_response(status, cid, &e.body());
+            if e.status == 405 {
+                let allowed = e.message.rsplit("allowed: ").next().unwrap_or("");
+                if let Ok(v) = HeaderValue::from_str(allowed) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+            }
+            if e.status == 503 || e.status == 429 {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            r
+        }
+    }
+}
+
+/// Runs one operation as `caller`: the answer's JSON body.
+async fn run(
+    cx: &Ctx,
+    caller: &Caller,
+    flavour: Flavour,
+    op: Op,
+    req: &Request<'_>,
+) -> Result<Value, ApiError> {
+    let broker = &cx.pubsub;
+    let headers = &req.parts.headers;
+    let query = req.parts.uri.query().unwrap_or("");
+    let body = &req.body[..];
+    match op {
+        Op::Publish(topic) => {
+            allowed(&broker.defs(), caller, Access::Publish, &topic)?;
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            // Zato's clients send their JSON with whatever content type their tool sets
+            // (curl's is form data): a Zato channel reads every body as JSON.
+            let json = flavour == Flavour::Zato || wire::is_json(content_type);
+            let (msgs, many) = wire::parse_publish(json, content_type, query, body)?;
+            let ids = broker.publish(caller, &topic, msgs).await?;
+            Ok(if many {
+                json!({ "msg_ids": ids })
+            } else {
+                json!({ "msg_id": ids.into_iter().next() })
+            })
+        }
+        Op::TopicGet(topic) => {
+            // Zato's pull: the caller's own pull subscription to the topic (or the one its
+            // sub_key names); what it answers counts as delivered, as in Zato, so it is
+            // acked at once.
+            let defs = broker.defs();
+            allowed(&defs, caller, Access::Subscribe, &topic)?;
+            let get = wire::parse_get(body, query, false)?;
+            let sub_key = match get.sub_key {
+                Some(k) => k,
+                None => own_sub(&defs, caller, &topic, true)?,
+            };
+            let got = broker
+                .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
+                .await?;
+            if !got.is_empty() {
+                let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
+                broker.ack(caller, &sub_key, &ids).await?;
+            }
+            Ok(Value::Array(got.iter().map(wire::zato_msg).collect()))
+        }
+        Op::Get => {
+            let get = wire::parse_get(body, query, true)?;
+            let sub_key = get.sub_key.unwrap_or_default();
+            let got = broker
+                .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
+                .await?;
+            Ok(json!({ "messages": got.iter().map(wire::native_msg).collect::<Vec<_>>() }))
+        }
+        Op::Ack => {
+            let (sub_key, ids) = wire::parse_ack(body)?;
+            let n = broker.ack(caller, &sub_key, &ids).await?;
+            Ok(json!({ "acked": n }))
+        }
+        Op::Subscribe(topic) => {
+            allowed(&broker.defs(), caller, Access::Subscribe, &topic)?;
+            let sub = wire::parse_subscribe(&topic, body, flavour)?;
+            let sub_key = broker.subscribe(caller, sub).await?;
+            Ok(match flavour {
+                Flavour::Native => json!({ "sub_key": sub_key }),
+                // Zato answers how many messages the new queue holds (those kept for the
+                // topic's first subscription); figures that cannot be had now are 0.
+                Flavour::Zato => {
+                    let depth = broker.sub_stats(&sub_key).await.map_or(0, |s| s.depth);
+                    json!({ "sub_key": sub_key, "queue_depth": depth })
+                }
+            })
+        }
+        Op::Unsubscribe(topic) => {
+            let defs = broker.defs();
+            allowed(&defs, caller, Access::Subscribe, &topic)?;
+            let sub_key = match wire::parse_unsubscribe(body, query)? {
+                Some(k) => k,
+                None => own_sub(&defs, caller, &topic, false)?,
+            };
+            if let Some(s) = defs.subs.get(&sub_key)
+                && s.topic != topic
+            {
+                return Err(ApiError::invalid(format!(
+                    "subscription {sub_key} is to {}, not to {topic}",
+                    s.topic
+                )));
+            }
+            broker.unsubscribe(caller, &sub_key).await?;
+            Ok(json!({}))
+        }
+    }
+}
+
+/// How long a pull may wait: what it asks, within the request's own time.
+fn wait(cx: &Ctx, wait_ms: u64) -> Duration {
+    Duration::from_millis(wait_ms).min(cx.settings.request_timeout())
+}
+
+/// Who `caller` is in messages: its endpoint, or its security definition when no endpoint
+/// has it.
+fn who(defs: &Defs, caller: &Caller) -> String {
+    match caller {
+        Caller::Security(s) => match defs.endpoint_of(s) {
+            Some(e) => format!("endpoint {}", e.name),
+            None => format!("security definition {s} (no pub/sub endpoint has it)"),
+        },
+        other => other.label(defs),
+    }
+}
+
+/// 403 unless `caller` may do `access` on `topic`.
+fn allowed(defs: &Defs, caller: &Caller, access: Access, topic: &str) -> Result<(), ApiError> {
+    if defs.permits(caller, access, topic) {
+        return Ok(());
+    }
+    let verb = match access {
+        Access::Publish => "publish to",
+        Access::Subscribe => "subscribe to",
+    };
+    Err(ApiError {
+        status: 403,
+        code: "forbidden",
+        message: format!("{} may not {verb} topic {topic}", who(defs, caller)),
+    })
+}
+
+/// The sub_key of the caller's endpoint's one subscription to `topic` (made for exactly that
+/// topic name; `pull_only`: a pull one), for requests that name none.
+fn own_sub(defs: &Defs, caller: &Caller, topic: &str, pull_only: bool) -> Result<String, ApiError> {
+    let endpoint = match caller {
+        Caller::Security(s) => defs.endpoint_of(s).map(|e| e.name.clone()),
+        _ => None,
+    };
+    let mut keys: Vec<&str> = defs
+        .subs
+        .values()
+        .filter(|s| {
+            endpoint.is_some()
+                && s.endpoint == endpoint
+                && s.topic == topic
+                && (!pull_only || s.delivery == DeliveryKind::Pull)
+        })
+        .map(|s| s.sub_key.as_str())
+        .collect();
+    keys.sort_unstable();
+    match keys.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(ApiError {
+            status: 404,
+            code: "no_sub",
+            message: format!(
+                "{} has no {}subscription to {topic}",
+                who(defs, caller),
+                if pull_only { "pull " } else { "" }
+            ),
+        }),
+        many => Err(ApiError {
+            status: 409,
+            code: "conflict",
+            message: format!(
+                "{} has {} subscriptions to {topic}: give the sub_key",
+                who(defs, caller),
+                many.len()
+            ),
+        }),
+    }
+}
+
+fn json_response(status: StatusCode, cid: &str, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(cid) {
+        h.insert("x-oxbus-cid", v);
+    }
+    r
+}
+
+/// A request no endpoint's credentials let in (401, with the Basic challenge when an
+/// endpoint uses Basic), or over its definition's rate limit (429).
+fn rejection(r: Rejection, cid: &str) -> Response<Body> {
+    let (status, code, message, challenge, retry) = match r {
+        Rejection::Unauthorized { reason, challenge } => (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            reason,
+            challenge,
+            None,
+        ),
+        Rejection::Forbidden(reason) => (StatusCode::FORBIDDEN, "forbidden", reason, None, None),
+        Rejection::TooMany {
+            reason,
+            retry_after_s,
+        } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            reason,
+            None,
+            Some(retry_after_s),
+        ),
+    };
+    let mut resp = json_response(
+        status,
+        cid,
+        &json!({"error": {"code": code, "message": message}}),
+    );
+    if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    if let Some(s) = retry {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::pubsub::{Endpoint, Subscription};
+
+    fn sub(key: &str, topic: &str, endpoint: &str, delivery: DeliveryKind) -> Subscription {
+        serde_json::from_value(json!({
+            "sub_key": key, "topic": topic, "endpoint": endpoint,
+            "delivery": serde_json::to_value(delivery).unwrap(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn permissions_and_own_subscriptions() {
+        let defs = Defs::new(
+            &[],
+            &[
+                sub("sk.a", "/orders/new", "crm", DeliveryKind::Pull),
+                sub("sk.b", "/orders/old", "crm", DeliveryKind::Pull),
+                sub("sk.c", "/orders/old", "crm", DeliveryKind::Pull),
+                sub("sk.d", "/orders/new", "erp", DeliveryKind::Pull),
+            ],
+            &[
+                Endpoint {
+                    name: "crm".into(),
+                    security: "crm-basic".into(),
+                    topic_patterns: vec!["pub=/orders/*".into(), "sub=/orders/*".into()],
+                },
+                Endpoint {
+                    name: "erp".into(),
+                    security: "erp-key".into(),
+                    topic_patterns: vec!["sub=/orders/*".into()],
+                },
+            ],
+        );
+        let crm = Caller::Security("crm-basic".into());
+        let erp = Caller::Security("erp-key".into());
+        let stranger = Caller::Security("other".into());
+        assert!(allowed(&defs, &crm, Access::Publish, "/orders/new").is_ok());
+        let e = allowed(&defs, &erp, Access::Publish, "/orders/new").unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"));
+        assert!(e.message.contains("endpoint erp"), "{}", e.message);
+        let e = allowed(&defs, &stranger, Access::Subscribe, "/orders/new").unwrap_err();
+        assert!(e.message.contains("no pub/sub endpoint"), "{}", e.message);
+
+        assert_eq!(own_sub(&defs, &crm, "/orders/new", true).unwrap(), "sk.a");
+        assert_eq!(own_sub(&defs, &erp, "/orders/new", false).unwrap(), "sk.d");
+        assert_eq!(
+            own_sub(&defs, &crm, "/orders/old", true)
+                .unwrap_err()
+                .status,
+            409
+        );
+        assert_eq!(
+            own_sub(&defs, &erp, "/orders/old", true)
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            own_sub(&defs, &stranger, "/orders/new", true)
+                .unwrap_err()
+                .status,
+            404
+        );
+    }
+}
