@@ -439,6 +439,9 @@ async fn oxbus(a: &Args) -> Res<Value> {
     let pull_max = a.n("pull_max", 1000);
     let auth = a.0.get("auth").cloned();
     let service_path = a.0.get("service_path").cloned();
+    // How the service publishes: `loop` (one `self.pubsub.publish` per message) or `list`
+    // (one call with `data_list`).
+    let service_mode = a.s("service_mode", "loop");
     if port == 0 || (consume && sub_key.is_empty()) {
         return Err("port= and sub_key= are needed".into());
     }
@@ -504,11 +507,12 @@ async fn oxbus(a: &Args) -> Res<Value> {
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let mut http = Http::connect(port, auth.clone()).await?;
-        let (next, pubd, topic, service_path) = (
+        let (next, pubd, topic, service_path, service_mode) = (
             next.clone(),
             pubd.clone(),
             topic.clone(),
             service_path.clone(),
+            service_mode.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -524,7 +528,7 @@ async fn oxbus(a: &Args) -> Res<Value> {
                     // (`self.pubsub.publish(data_list=...)`), stamped when it makes them.
                     Some(p) => (
                         p.clone(),
-                        json!({"topic": topic, "n": k, "size": size, "gd": gd}),
+                        json!({"topic": topic, "n": k, "size": size, "gd": gd, "mode": service_mode}),
                     ),
                     None => (
                         format!("/pubsub/topic{topic}"),
@@ -554,15 +558,14 @@ async fn oxbus(a: &Args) -> Res<Value> {
         p.await.map_err(|e| format!("subscriber task: {e}"))??;
     }
     let mut s = sub.lock().unwrap();
-    let variant = match (&service_path, gd) {
-        (Some(_), true) => "service-gd",
-        (Some(_), false) => "service-non-gd",
-        (None, true) => "rest-gd",
-        (None, false) => "rest-non-gd",
+    let gd_name = if gd { "gd" } else { "non-gd" };
+    let variant = match &service_path {
+        Some(_) => format!("service-{gd_name}-{service_mode}"),
+        None => format!("rest-{gd_name}"),
     };
     Ok(result(
         "oxbus",
-        variant,
+        &variant,
         n,
         start,
         published_at,
