@@ -288,6 +288,111 @@ fn pushed(up: &Upstream) -> Received {
     r
 }
 
+/// The verdicts on what subscription `what` received: its report lines, and what is wrong
+/// (lost or unexpected values; none when all is well).
+fn judge(p: &Published, r: &Received, what: &str) -> (String, Vec<String>) {
+    let lost: Vec<u64> =
+        p.ok.iter()
+            .filter(|v| !r.counts.contains_key(v))
+            .copied()
+            .collect();
+    let mut unexpected: Vec<u64> = r
+        .counts
+        .keys()
+        .filter(|v| !p.ok.contains(v) && !p.failed.contains_key(v) && !p.unknown.contains_key(v))
+        .copied()
+        .collect();
+    unexpected.sort_unstable();
+    let dups: u64 = r.counts.values().map(|&c| u64::from(c - 1)).sum();
+    let dup_values = r.counts.values().filter(|&&c| c > 1).count();
+    let mut recovered: Vec<u64> = r
+        .counts
+        .keys()
+        .filter(|v| p.failed.contains_key(v) || p.unknown.contains_key(v))
+        .copied()
+        .collect();
+    recovered.sort_unstable();
+    let refused: Vec<String> = recovered
+        .iter()
+        .filter_map(|v| p.failed.get(v).map(|why| format!("{v}: {why}")))
+        .collect();
+    let mut report = format!(
+        "{what}: received {} values, lost {}, unexpected {} (+{} not values), duplicates \
+         {dups} (of {dup_values} values), recovered {} (of which {} answered an error)\n",
+        r.counts.len(),
+        lost.len(),
+        unexpected.len(),
+        r.garbage.len(),
+        recovered.len(),
+        refused.len(),
+    );
+    if !refused.is_empty() {
+        // No loss: a publish can commit and its answer still be an error (the connection
+        // to the store dropped after the commit). Reported with the reasons.
+        report.push_str(&format!(
+            "  received although answered an error: {:?}\n",
+            &refused[..refused.len().min(5)]
+        ));
+    }
+    let mut bad = Vec::new();
+    if !lost.is_empty() {
+        bad.push(format!(
+            "{what}: {} acknowledged values never received, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        ));
+    }
+    if !unexpected.is_empty() || !r.garbage.is_empty() {
+        bad.push(format!(
+            "{what}: received values never published: {:?}, and data that is no value: {:?}",
+            &unexpected[..unexpected.len().min(20)],
+            &r.garbage[..r.garbage.len().min(5)]
+        ));
+    }
+    (report, bad)
+}
+
+/// The verdicts themselves, on made-up histories: a loss and a stranger are caught,
+/// duplicates and recovered publishes are only reported.
+#[test]
+fn the_verdicts_catch_losses_and_strangers_and_only_report_the_rest() {
+    let mut p = Published::default();
+    p.ok.extend([1, 2, 3, 4]);
+    p.failed.insert(5, "HTTP 503 unavailable".into());
+    p.unknown.insert(6, "no answer".into());
+    let mut r = Received::default();
+    for d in [
+        "chk-1", "chk-2", "chk-2", "chk-3", "chk-4", "chk-5", "chk-6",
+    ] {
+        r.record(d);
+    }
+    let (report, bad) = judge(&p, &r, "pull");
+    assert!(bad.is_empty(), "{bad:?}");
+    assert!(
+        report.contains(
+            "lost 0, unexpected 0 (+0 not values), duplicates 1 (of 1 values), \
+                         recovered 2 (of which 1 answered an error)"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("5: HTTP 503 unavailable"), "{report}");
+
+    let mut r = Received::default();
+    for d in ["chk-1", "chk-3", "chk-4", "chk-9", "hello"] {
+        r.record(d);
+    }
+    let (_, bad) = judge(&p, &r, "push");
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].contains("1 acknowledged values never received, e.g. [2]"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].contains("never published: [9]") && bad[1].contains("\"hello\""),
+        "{bad:?}"
+    );
+}
+
 async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Resp {
     srv.admin(
         method,
@@ -553,12 +658,6 @@ async fn acknowledged_publishes_survive_kills_and_a_store_outage() {
 
     // The verdicts.
     let p = run.published.lock().unwrap();
-    let attempted: BTreeSet<u64> =
-        p.ok.iter()
-            .chain(p.failed.keys())
-            .chain(p.unknown.keys())
-            .copied()
-            .collect();
     let mut report = format!(
         "published in {published_at:?}: {} acknowledged ({:?} per phase {PHASES:?}), {} failed, \
          {} without answer; pull errors {:?}\n",
@@ -571,59 +670,9 @@ async fn acknowledged_publishes_survive_kills_and_a_store_outage() {
     let mut bad = Vec::new();
     let pulled = std::mem::take(&mut *run.pulled.lock().unwrap());
     for (what, key, r) in [("pull", &sub_key, pulled), ("push", &push_key, pushed(&up))] {
-        let lost: Vec<u64> =
-            p.ok.iter()
-                .filter(|v| !r.counts.contains_key(v))
-                .copied()
-                .collect();
-        let unexpected: Vec<u64> = r
-            .counts
-            .keys()
-            .filter(|v| !attempted.contains(v))
-            .copied()
-            .collect();
-        let dups: u64 = r.counts.values().map(|&c| u64::from(c - 1)).sum();
-        let dup_values = r.counts.values().filter(|&&c| c > 1).count();
-        let recovered = r
-            .counts
-            .keys()
-            .filter(|v| p.failed.contains_key(v) || p.unknown.contains_key(v))
-            .count();
-        let recovered_failed = r.counts.keys().filter(|v| p.failed.contains_key(v)).count();
-        report.push_str(&format!(
-            "{what} subscription {key}: received {} values, lost {}, unexpected {} (+{} not \
-             values), duplicates {dups} (of {dup_values} values), recovered {recovered} (of \
-             which {recovered_failed} answered an error)\n",
-            r.counts.len(),
-            lost.len(),
-            unexpected.len(),
-            r.garbage.len(),
-        ));
-        if !lost.is_empty() {
-            bad.push(format!(
-                "{what}: {} acknowledged values never received, e.g. {:?}",
-                lost.len(),
-                &lost[..lost.len().min(20)]
-            ));
-        }
-        if !unexpected.is_empty() || !r.garbage.is_empty() {
-            bad.push(format!(
-                "{what}: received values never published: {:?}, and not values: {:?}",
-                &unexpected[..unexpected.len().min(20)],
-                &r.garbage[..r.garbage.len().min(5)]
-            ));
-        }
-        if recovered_failed > 0 {
-            // Not a loss, but a publish answered with an error must not have happened:
-            // reported (the publisher may have been told "unavailable" after the commit).
-            let e: Vec<String> = r
-                .counts
-                .keys()
-                .filter_map(|v| p.failed.get(v).map(|why| format!("{v}: {why}")))
-                .take(5)
-                .collect();
-            report.push_str(&format!("  {what}: received although refused: {e:?}\n"));
-        }
+        let (line, wrong) = judge(&p, &r, &format!("{what} subscription {key}"));
+        report.push_str(&line);
+        bad.extend(wrong);
     }
     eprintln!("checker report (total {:?}):\n{report}", started.elapsed());
     assert!(bad.is_empty(), "{}\n{report}", bad.join("\n"));
