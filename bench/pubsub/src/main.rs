@@ -122,18 +122,25 @@ async fn main() {
 
 /// Schedules message `i` of a steady `rate` (none: now).
 async fn pace(start: Instant, rate: u64, i: u64) {
-    if rate > 0 {
-        let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-        tokio::time::sleep_until(at.into()).await;
+    if let Some(ns) = (i * 1_000_000_000).checked_div(rate) {
+        tokio::time::sleep_until((start + Duration::from_nanos(ns)).into()).await;
     }
 }
 
-fn result(
-    system: &str,
-    variant: &str,
-    n: u64,
+/// One run's figures: from `start` to the last delivery (or, with no subscriber, to when
+/// the last publish was acknowledged, `published_at`).
+struct Span {
     start: Instant,
     published_at: Instant,
+}
+
+fn result(
+    (system, variant): (&str, &str),
+    n: u64,
+    Span {
+        start,
+        published_at,
+    }: Span,
     sub: &mut Sub,
     pubd: &Pubd,
     extra: Value,
@@ -354,11 +361,12 @@ async fn rabbit(a: &Args) -> Res<Value> {
     let _ = cconn.close(200, "bench done".into()).await;
     let mut s = sub.lock().unwrap();
     Ok(result(
-        "rabbitmq",
-        &kind,
+        ("rabbitmq", &kind),
         n,
-        start,
-        published_at,
+        Span {
+            start,
+            published_at,
+        },
         &mut s,
         &pubd,
         json!({"queue": queue, "window": window, "prefetch": prefetch, "rate": rate,
@@ -564,11 +572,12 @@ async fn oxbus(a: &Args) -> Res<Value> {
         None => format!("rest-{gd_name}"),
     };
     Ok(result(
-        "oxbus",
-        &variant,
+        ("oxbus", &variant),
         n,
-        start,
-        published_at,
+        Span {
+            start,
+            published_at,
+        },
         &mut s,
         &pubd,
         json!({"topic": topic, "batch": per, "conns": conns, "rate": rate}),
