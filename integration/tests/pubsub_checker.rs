@@ -419,8 +419,9 @@ async fn admin_ok(srv: &Server, method: &str, path: &str, body: Value) -> Value 
 async fn owner(servers: &[Option<Server>; 2], sub_key: &str) -> Option<String> {
     for s in servers.iter().flatten() {
         let r = admin(s, "GET", &format!("/v1/pubsub/subs/{sub_key}"), Value::Null).await;
+        // The subscription with its figures under `stats` (`pubsub::SubStats`).
         if r.status == 200
-            && let Some(o) = r.json()["owner"].as_str()
+            && let Some(o) = r.json()["stats"]["owner"].as_str()
         {
             return Some(o.to_owned());
         }
