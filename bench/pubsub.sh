@@ -51,7 +51,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   CARGO_TARGET_DIR="$ROOT/target" cargo build --release -j2 \
     --manifest-path "$HERE/pubsub/Cargo.toml"
 fi
-for b in "${OXBUS_BIN:-$ROOT/target/release/oxbus}" "$ROOT/target/release/oxbus-pubsub-bench"; do
+need=("$ROOT/target/release/oxbus-pubsub-bench")
+[[ ",${PART:-rabbit,oxbus}," == *,oxbus,* ]] && need+=("${OXBUS_BIN:-$ROOT/target/release/oxbus}")
+for b in "${need[@]}"; do
   [[ -x "$b" ]] || { echo "no binary at $b" >&2; exit 1; }
 done
 command -v psql >/dev/null || { echo "bench/pubsub.sh needs psql" >&2; exit 1; }
