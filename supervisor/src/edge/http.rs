@@ -694,6 +694,7 @@ impl HttpCall<'_> {
             }),
             traceparent: Some(self.trace.as_str()),
             tracestate: self.tracestate,
+            pubsub: None,
         };
         let result = self
             .cx
