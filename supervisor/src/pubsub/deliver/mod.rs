@@ -18,6 +18,8 @@
 mod queue;
 mod send;
 mod task;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 use std::collections::HashMap;

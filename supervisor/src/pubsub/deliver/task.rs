@@ -177,6 +177,14 @@ pub(super) async fn run(
             _ = tokio::time::sleep_until(until) => {}
         }
     }
+    // Out of the server's tasks (when it stopped by itself: the lease lost), so that calls
+    // on the subscription look for its owner again.
+    {
+        let mut tasks = inner.delivery.tasks.lock().expect("tasks lock");
+        if tasks.get(&sub_key).is_some_and(|t| Arc::ptr_eq(t, &st)) {
+            tasks.remove(&sub_key);
+        }
+    }
     // A last write of what was done, then the lease back (a clean stop).
     if let Err(e) = flush(&inner, &st).await {
         tracing::warn!(%sub_key, "pubsub: the last cursor write failed: {e}");

@@ -1,0 +1,540 @@
+//! Delivery against a real store (SQLite, and PostgreSQL for the takeover): messages are
+//! appended to the log and their committed batch sent into the fanout, as the publish path
+//! does; pull subscriptions are served by `get_messages`, push ones are delivered to a
+//! small HTTP server of the test.
+
+use bytes::Bytes;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::model::pubsub::{DeliveryKind, Message, Retry, Topic};
+use crate::pubsub::{Broker, Caller, Committed, SubscribeReq};
+use crate::store::Store;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+fn unique(p: &str) -> String {
+    format!(
+        "{p}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn sqlite() -> Store {
+    let dir = std::env::temp_dir().join(unique("oxbus-deliver-test"));
+    std::fs::create_dir_all(&dir).unwrap();
+    Store::open(&format!("sqlite:{}", dir.join("oxbus.db").display()))
+        .await
+        .unwrap()
+}
+
+/// A fresh database on the machine's PostgreSQL (OXBUS_TEST_PG): a missing server fails
+/// the test, it never skips.
+async fn postgres() -> Store {
+    use sqlx::Connection;
+    let admin = std::env::var("OXBUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let db = unique("oxbus_deliver_test");
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let url = format!("{}/{db}", &admin[..admin.rfind('/').unwrap()]);
+    Store::open(&url).await.unwrap()
+}
+
+struct Server {
+    broker: Broker,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Server {
+    async fn start(name: &str, store: &Store) -> Server {
+        let metrics = Arc::new(crate::metrics::Metrics::new(false));
+        let path = std::env::temp_dir().join(unique("oxbus-deliver-key"));
+        let key = Arc::new(crate::secrets::Key::create(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        let outgoing = Arc::new(crate::outgoing::Outgoing::new(key, metrics.clone()));
+        let broker = Broker::new(name, store.clone(), metrics, outgoing);
+        broker.apply(&store.object_set().await.unwrap());
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        broker.start(rx);
+        Server { broker, shutdown }
+    }
+
+    /// Stops its tasks and waits until they have handed their leases back.
+    async fn stop(self, store: &Store) {
+        let _ = self.shutdown.send(true);
+        let me = self.broker.inner.server.clone();
+        wait_for("the leases to be released", || async {
+            store
+                .sub_leases()
+                .await
+                .unwrap()
+                .iter()
+                .all(|(_, h, _)| h != &me)
+        })
+        .await;
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn add_topic(servers: &[&Server], store: &Store, def: serde_json::Value) -> Topic {
+    let t: Topic = serde_json::from_value(def).unwrap();
+    store.put_object(&t, true, "test").await.unwrap();
+    let set = store.object_set().await.unwrap();
+    for s in servers {
+        s.broker.apply(&set);
+    }
+    t
+}
+
+fn msg(topic: &str, priority: u8, data: &str, pub_time_ms: i64) -> Message {
+    Message {
+        topic: topic.into(),
+        seq: 0,
+        msg_id: format!("zpsm{}", crate::random::random_hex(12)),
+        pub_time_ms,
+        expires_at_ms: None,
+        priority,
+        has_gd: true,
+        mime_type: "text/plain".into(),
+        correl_id: None,
+        in_reply_to: None,
+        ext_client_id: None,
+        published_by: "service:test".into(),
+        data: Bytes::from(data.to_owned()),
+    }
+}
+
+/// As the publish path does: appended in one transaction, then into the fanout.
+async fn publish(s: &Server, store: &Store, topic: &str, msgs: Vec<Message>) -> Vec<Arc<Message>> {
+    let seqs = store.sub_append_for_tests(topic, &msgs).await.unwrap();
+    let msgs: Vec<Arc<Message>> = msgs
+        .into_iter()
+        .zip(seqs)
+        .map(|(mut m, seq)| {
+            m.seq = seq;
+            Arc::new(m)
+        })
+        .collect();
+    s.broker.inner.fanout.send(Arc::new(Committed {
+        server: s.broker.inner.server.clone(),
+        msgs: msgs.clone(),
+    }));
+    msgs
+}
+
+fn pull_req(topic: &str, sub_key: &str) -> SubscribeReq {
+    SubscribeReq {
+        topic: topic.into(),
+        delivery: DeliveryKind::Pull,
+        sub_key: Some(sub_key.into()),
+        batch_size: None,
+        retry: None,
+        dead_letter_topic: None,
+        ack_timeout_ms: None,
+    }
+}
+
+fn svc() -> Caller {
+    Caller::Service("test".into())
+}
+
+fn datas(v: &[crate::pubsub::Delivered]) -> Vec<String> {
+    v.iter()
+        .map(|d| String::from_utf8_lossy(&d.msg.data).into_owned())
+        .collect()
+}
+
+async fn pull_in_order_acks_and_long_poll(store: Store) {
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    let key = unique("sk");
+    s.broker.subscribe(&svc(), pull_req(&topic, &key)).await.unwrap();
+    let now = crate::pubsub::now_ms();
+    publish(
+        &s,
+        &store,
+        &topic,
+        vec![
+            msg(&topic, 5, "a", now),
+            msg(&topic, 9, "b", now + 1),
+            msg(&topic, 5, "c", now + 2),
+            msg(&topic, 1, "d", now + 3),
+        ],
+    )
+    .await;
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["b", "a", "c", "d"], "priority, then publish time");
+    assert!(got.iter().all(|d| d.delivery_count == 1));
+    let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
+    assert_eq!(s.broker.ack(&svc(), &key, &ids).await.unwrap(), 4);
+    assert_eq!(
+        s.broker.ack(&svc(), &key, &ids).await.unwrap(),
+        0,
+        "an ack again is no error and acks nothing"
+    );
+    // The cursor reaches the store (coalesced, soon after).
+    wait_for("the cursor to be written", || async {
+        store.sub_cursors(&key).await.unwrap()[0].acked_upto == 4
+    })
+    .await;
+    // A long poll waits for the next publish and wakes with it.
+    let b = s.broker.clone();
+    let k = key.clone();
+    let poll = tokio::spawn(async move {
+        b.get_messages(&svc(), &k, 10, Duration::from_secs(20))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!poll.is_finished(), "nothing to get yet: the pull waits");
+    publish(&s, &store, &topic, vec![msg(&topic, 5, "e", now + 4)]).await;
+    let got = poll.await.unwrap();
+    assert_eq!(datas(&got), ["e"]);
+    // An empty wait answers empty.
+    let none = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "e is in flight, not offered again");
+    let st = s.broker.sub_stats(&key).await.unwrap();
+    assert_eq!(st.in_flight, 1);
+    assert_eq!(st.acked, 4);
+    assert_eq!(st.owner.as_deref(), Some(s.broker.inner.server.as_str()));
+    s.stop(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pull_in_order_acks_and_long_poll() {
+    pull_in_order_acks_and_long_poll(sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pull_in_order_acks_and_long_poll() {
+    pull_in_order_acks_and_long_poll(postgres().await).await;
+}
+
+/// A server stops with messages handed out: the one that takes the lease over delivers
+/// the unacked ones again and not the acked one.
+async fn at_least_once_after_takeover(store: Store) {
+    let a = Server::start(&unique("a"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&a], &store, json!({"name": topic})).await;
+    let key = unique("sk");
+    a.broker.subscribe(&svc(), pull_req(&topic, &key)).await.unwrap();
+    let now = crate::pubsub::now_ms();
+    publish(
+        &a,
+        &store,
+        &topic,
+        (0..3).map(|i| msg(&topic, 5, &format!("m{i}"), now + i)).collect(),
+    )
+    .await;
+    let got = a
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["m0", "m1", "m2"]);
+    a.broker
+        .ack(&svc(), &key, &[got[1].msg.msg_id.clone()])
+        .await
+        .unwrap();
+    a.stop(&store).await;
+    let b = Server::start(&unique("b"), &store).await;
+    let again = b
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&again), ["m0", "m2"], "unacked again, acked not");
+    let st = b.broker.sub_stats(&key).await.unwrap();
+    assert_eq!(st.owner.as_deref(), Some(b.broker.inner.server.as_str()));
+    b.stop(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_at_least_once_after_takeover() {
+    at_least_once_after_takeover(sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_at_least_once_after_takeover() {
+    at_least_once_after_takeover(postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_timeout_redelivers_expired_are_skipped_purge_empties() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    let key = unique("sk");
+    let mut req = pull_req(&topic, &key);
+    req.ack_timeout_ms = Some(100);
+    s.broker.subscribe(&svc(), req).await.unwrap();
+    let now = crate::pubsub::now_ms();
+    let mut old = msg(&topic, 9, "expired", now);
+    old.expires_at_ms = Some(now - 1);
+    publish(&s, &store, &topic, vec![old, msg(&topic, 5, "x", now)]).await;
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["x"], "the expired message is skipped");
+    // Not acked: offered again after the ack timeout.
+    let again = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&again), ["x"]);
+    assert_eq!(again[0].delivery_count, 2);
+    let st = s.broker.sub_stats(&key).await.unwrap();
+    assert_eq!(st.expired, 1);
+    assert!(st.failed_attempts >= 1);
+    // Purge: everything waiting goes, the cursor to the end of the log.
+    publish(
+        &s,
+        &store,
+        &topic,
+        (0..4).map(|i| msg(&topic, 5, &format!("p{i}"), now + i)).collect(),
+    )
+    .await;
+    wait_for("the messages to be queued", || async {
+        s.broker.browse(&key, 100).await.unwrap().len() >= 4
+    })
+    .await;
+    assert_eq!(s.broker.purge(&key).await.unwrap(), 5);
+    assert!(s.broker.browse(&key, 100).await.unwrap().is_empty());
+    assert_eq!(store.sub_cursors(&key).await.unwrap()[0].acked_upto, 6);
+    let none = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    s.stop(&store).await;
+}
+
+/// A push endpoint of the test: fails while `failing` is set, records what it got.
+struct PushTarget {
+    url: String,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    got: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    hits: Arc<AtomicU32>,
+}
+
+async fn push_target() -> PushTarget {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hits = Arc::new(AtomicU32::new(0));
+    let (f, g, h) = (failing.clone(), got.clone(), hits.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (f, g, h) = (f.clone(), g.clone(), h.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (f, g, h) = (f.clone(), g.clone(), h.clone());
+                    async move {
+                        let body = http_body_util::BodyExt::collect(req.into_body())
+                            .await
+                            .unwrap()
+                            .to_bytes();
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let status = if f.load(Ordering::SeqCst) {
+                            500
+                        } else {
+                            g.lock()
+                                .unwrap()
+                                .push(serde_json::from_slice(&body).unwrap());
+                            200
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    PushTarget {
+        url,
+        failing,
+        got,
+        hits,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_retries_with_backoff_then_dead_letters_and_requeue() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    let target = push_target().await;
+    let key = unique("sk");
+    let req = SubscribeReq {
+        topic: topic.clone(),
+        delivery: DeliveryKind::Push {
+            conn: None,
+            path: None,
+            url: Some(target.url.clone()),
+            method: "POST".into(),
+        },
+        sub_key: Some(key.clone()),
+        batch_size: Some(10),
+        retry: Some(Retry {
+            max_attempts: 3,
+            backoff_ms: 20,
+            max_backoff_ms: 100,
+            multiplier: 2,
+        }),
+        dead_letter_topic: None,
+        ack_timeout_ms: None,
+    };
+    s.broker.subscribe(&svc(), req).await.unwrap();
+    let now = crate::pubsub::now_ms();
+    let sent = publish(&s, &store, &topic, vec![msg(&topic, 5, "hello", now)]).await;
+    wait_for("the dead letter", || async {
+        !s.broker.dead_letters(&key, 10).await.unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(target.hits.load(Ordering::SeqCst), 3, "max_attempts deliveries");
+    let dead = s.broker.dead_letters(&key, 10).await.unwrap();
+    assert_eq!(dead[0].msg_id, sent[0].msg_id);
+    assert_eq!(dead[0].delivery_count, 3);
+    assert!(
+        dead[0].reason.as_deref().unwrap().contains("answered 500"),
+        "{dead:?}"
+    );
+    // Past the dead letter, the cursor moved on.
+    wait_for("the cursor past the dead letter", || async {
+        store.sub_cursors(&key).await.unwrap()[0].acked_upto == 1
+    })
+    .await;
+    // Requeued while the endpoint works: delivered, and no dead letter is left.
+    target.failing.store(false, Ordering::SeqCst);
+    assert_eq!(s.broker.requeue(&key, None).await.unwrap(), 1);
+    wait_for("the requeued delivery", || async {
+        !target.got.lock().unwrap().is_empty()
+    })
+    .await;
+    let doc = target.got.lock().unwrap()[0].clone();
+    assert_eq!(doc["sub_key"], json!(key));
+    assert_eq!(doc["messages"][0]["data"], json!("hello"));
+    assert_eq!(doc["messages"][0]["msg_id"], json!(sent[0].msg_id));
+    wait_for("the requeued dead letter to be deleted", || async {
+        s.broker.dead_letters(&key, 10).await.unwrap().is_empty()
+    })
+    .await;
+    // And a new message goes straight through.
+    publish(&s, &store, &topic, vec![msg(&topic, 5, "next", now + 1)]).await;
+    wait_for("the next delivery", || async {
+        target.got.lock().unwrap().len() == 2
+    })
+    .await;
+    s.stop(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_gets_a_topic_made_later_and_unsubscribe_forgets() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let base = format!("/{}", unique("p"));
+    let key = unique("sk");
+    s.broker
+        .subscribe(&svc(), pull_req(&format!("{base}/*"), &key))
+        .await
+        .unwrap();
+    let topic = format!("{base}/new");
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    wait_for("the lazily made cursor", || async {
+        !store.sub_cursors(&key).await.unwrap().is_empty()
+    })
+    .await;
+    publish(
+        &s,
+        &store,
+        &topic,
+        vec![msg(&topic, 5, "later", crate::pubsub::now_ms())],
+    )
+    .await;
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["later"]);
+    s.broker.unsubscribe(&svc(), &key).await.unwrap();
+    assert!(store.sub_cursors(&key).await.unwrap().is_empty());
+    assert!(matches!(
+        s.broker.get_messages(&svc(), &key, 1, Duration::ZERO).await,
+        Err(crate::pubsub::PubsubError::NoSub(_))
+    ));
+    s.stop(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_first_subscription_gets_what_was_kept() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic, "on_no_subs": "keep"})).await;
+    let now = crate::pubsub::now_ms();
+    publish(&s, &store, &topic, vec![msg(&topic, 5, "kept", now)]).await;
+    let key = unique("sk");
+    s.broker.subscribe(&svc(), pull_req(&topic, &key)).await.unwrap();
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["kept"]);
+    // A second subscription starts at the end.
+    let key2 = unique("sk");
+    s.broker.subscribe(&svc(), pull_req(&topic, &key2)).await.unwrap();
+    let none = s
+        .broker
+        .get_messages(&svc(), &key2, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    s.stop(&store).await;
+}
