@@ -347,7 +347,7 @@ impl Store {
         .bind(&msg.ext_client_id)
         .bind(&msg.published_by)
         .bind(msg.data.as_ref())
-        .bind(i64::from(attempts))
+        .bind(attempts.min(i32::MAX as u32) as i32)
         .bind(reason)
         .bind(now_ms)
         .execute(p)
@@ -381,7 +381,7 @@ impl Store {
                 .map(|r| -> Result<DeadRow> {
                     Ok(DeadRow {
                         msg: msg_from_row(r)?,
-                        attempts: r.try_get::<i64, _>(12)?.max(0) as u32,
+                        attempts: r.try_get::<i32, _>(12)?.max(0) as u32,
                         reason: r.try_get(13)?,
                         dead_at: r.try_get(14)?,
                         requeued: r.try_get::<i16, _>(15)? != 0,

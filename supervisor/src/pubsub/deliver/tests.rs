@@ -33,7 +33,7 @@ async fn sqlite() -> Store {
 
 /// A fresh database on the machine's PostgreSQL (OXBUS_TEST_PG): a missing server fails
 /// the test, it never skips.
-async fn postgres() -> Store {
+async fn postgres() -> (Store, String) {
     use sqlx::Connection;
     let admin = std::env::var("OXBUS_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -46,7 +46,19 @@ async fn postgres() -> Store {
         .await
         .unwrap();
     let url = format!("{}/{db}", &admin[..admin.rfind('/').unwrap()]);
-    Store::open(&url).await.unwrap()
+    (Store::open(&url).await.unwrap(), db)
+}
+
+async fn drop_pg(store: Store, db: String) {
+    use sqlx::Connection;
+    store.close().await;
+    let admin = std::env::var("OXBUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+        .execute(&mut c)
+        .await
+        .unwrap();
 }
 
 struct Server {
@@ -236,7 +248,9 @@ async fn sqlite_pull_in_order_acks_and_long_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_pull_in_order_acks_and_long_poll() {
-    pull_in_order_acks_and_long_poll(postgres().await).await;
+    let (store, db) = postgres().await;
+    pull_in_order_acks_and_long_poll(store.clone()).await;
+    drop_pg(store, db).await;
 }
 
 /// A server stops with messages handed out: the one that takes the lease over delivers
@@ -285,7 +299,9 @@ async fn sqlite_at_least_once_after_takeover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_at_least_once_after_takeover() {
-    at_least_once_after_takeover(postgres().await).await;
+    let (store, db) = postgres().await;
+    at_least_once_after_takeover(store.clone()).await;
+    drop_pg(store, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
