@@ -53,10 +53,12 @@ async fn postgres() -> (Store, String) {
 async fn drop_pg(store: Store, db: String) {
     store.close().await;
     let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }
 
 fn msg(topic: &str, data: &str, pub_time_ms: i64, expires_at_ms: Option<i64>) -> Message {
@@ -92,7 +94,9 @@ async fn cursors_start_where_they_should(s: &Store) {
     assert_eq!(s.sub_last_seq(t).await.unwrap(), 3);
     assert_eq!(s.sub_last_seq("/nothing").await.unwrap(), 0);
     assert_eq!(
-        s.sub_cursor_create("end", t, CursorStart::End, 5).await.unwrap(),
+        s.sub_cursor_create("end", t, CursorStart::End, 5)
+            .await
+            .unwrap(),
         3
     );
     assert_eq!(
@@ -117,7 +121,9 @@ async fn cursors_start_where_they_should(s: &Store) {
     );
     // An existing cursor stays where it is.
     assert_eq!(
-        s.sub_cursor_create("kept", t, CursorStart::End, 6).await.unwrap(),
+        s.sub_cursor_create("kept", t, CursorStart::End, 6)
+            .await
+            .unwrap(),
         1
     );
     assert!(s.sub_topic_has_other_cursor(t, "end").await.unwrap());
@@ -137,7 +143,10 @@ async fn cursors_start_where_they_should(s: &Store) {
 async fn leases_fence_cursor_writes(s: &Store) {
     let ttl = Duration::from_secs(10);
     assert!(s.sub_lease_take("sk1", "a", 1_000, ttl).await.unwrap());
-    assert!(s.sub_lease_take("sk1", "a", 2_000, ttl).await.unwrap(), "renewed");
+    assert!(
+        s.sub_lease_take("sk1", "a", 2_000, ttl).await.unwrap(),
+        "renewed"
+    );
     assert!(
         !s.sub_lease_take("sk1", "b", 3_000, ttl).await.unwrap(),
         "held by a"
@@ -205,7 +214,9 @@ async fn dead_letters_requeue_and_forget(s: &Store) {
     s.sub_dead_delete("skd", &m1.msg_id).await.unwrap();
     assert_eq!(s.sub_dead_count("skd").await.unwrap(), 1);
     // Forget: cursors, lease and dead letters go.
-    s.sub_cursor_create("skd", t, CursorStart::End, 0).await.unwrap();
+    s.sub_cursor_create("skd", t, CursorStart::End, 0)
+        .await
+        .unwrap();
     s.sub_lease_take("skd", "a", 0, Duration::from_secs(1))
         .await
         .unwrap();

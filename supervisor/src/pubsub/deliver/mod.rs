@@ -39,6 +39,9 @@ pub use send::{delivered_from_json, delivered_json};
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the lease loop renews and takes leases.
 pub const LEASE_EVERY: Duration = Duration::from_secs(2);
+/// How long a free lease is left to the other servers before this one takes it past its
+/// fair share.
+const ORPHAN_AFTER: Duration = Duration::from_secs(5);
 /// The most data of a message the admin's listings show, bytes.
 const MAX_DATA_SHOWN: usize = 2048;
 
@@ -79,6 +82,9 @@ pub struct Delivery {
     /// Wakes the lease loop (a new definition).
     wake: tokio::sync::Notify,
     stopping: AtomicBool,
+    /// For each subscription whose lease this server saw free but left to the others (its
+    /// fair share reached): since when it has seen it free (Unix ms).
+    free_since: Mutex<HashMap<String, i64>>,
 }
 
 impl Delivery {
@@ -87,6 +93,7 @@ impl Delivery {
             tasks: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
+            free_since: Mutex::new(HashMap::new()),
         }
     }
 
@@ -282,9 +289,16 @@ async fn lease_round(inner: &Arc<Inner>) -> Result<(), StoreError> {
         })
         .collect();
     candidates.sort_by_key(|s| spread(me, &s.sub_key));
+    // Past its share, a server leaves a free lease to the others; but one nobody took for
+    // ORPHAN_AFTER (its server stopped or crashed while still counted as live) it takes
+    // anyway: a subscription is never left undelivered for long.
+    let mut free_since = std::mem::take(&mut *inner.delivery.free_since.lock().expect("free lock"));
+    let mut still_free = HashMap::new();
     for sub in candidates {
-        if mine >= share {
-            break;
+        let since = free_since.remove(&sub.sub_key).unwrap_or(now);
+        if mine >= share && now - since < ORPHAN_AFTER.as_millis() as i64 {
+            still_free.insert(sub.sub_key.clone(), since);
+            continue;
         }
         if inner
             .store
@@ -295,6 +309,7 @@ async fn lease_round(inner: &Arc<Inner>) -> Result<(), StoreError> {
             mine += 1;
         }
     }
+    *inner.delivery.free_since.lock().expect("free lock") = still_free;
     Ok(())
 }
 
@@ -391,7 +406,9 @@ async fn forward(
             ))
         })?;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        PubsubError::Internal(format!("server {peer} answered pubsub.{op} unreadably: {e}"))
+        PubsubError::Internal(format!(
+            "server {peer} answered pubsub.{op} unreadably: {e}"
+        ))
     })?;
     if status >= 300 {
         let code = v["error"]["code"].as_str().unwrap_or("internal");
@@ -454,9 +471,9 @@ pub(crate) async fn peer_call(
         "pubsub.get" => {
             let max = meta["max"].as_u64().unwrap_or(1) as usize;
             let wait = Duration::from_millis(meta["wait_ms"].as_u64().unwrap_or(0));
-            local_get(&st, max, wait).await.map(|v| {
-                serde_json::Value::Array(v.iter().map(delivered_json).collect())
-            })
+            local_get(&st, max, wait)
+                .await
+                .map(|v| serde_json::Value::Array(v.iter().map(delivered_json).collect()))
         }
         "pubsub.ack" => {
             let ids: Vec<String> = meta["msg_ids"]
@@ -491,7 +508,9 @@ pub(crate) async fn peer_call(
                 .await
                 .map(|n| serde_json::json!({"requeued": n}))
         }
-        other => Err(PubsubError::Invalid(format!("no pubsub peer call {other:?}"))),
+        other => Err(PubsubError::Invalid(format!(
+            "no pubsub peer call {other:?}"
+        ))),
     };
     match r {
         Ok(v) => ok_body(v),
@@ -853,7 +872,11 @@ pub(crate) async fn sub_stats(inner: &Arc<Inner>, sub_key: &str) -> Result<SubSt
     }
 }
 
-fn queued(m: &crate::model::pubsub::Message, delivery_count: u32, reason: Option<String>) -> QueuedMsg {
+fn queued(
+    m: &crate::model::pubsub::Message,
+    delivery_count: u32,
+    reason: Option<String>,
+) -> QueuedMsg {
     let cut = &m.data[..m.data.len().min(MAX_DATA_SHOWN)];
     QueuedMsg {
         msg_id: m.msg_id.clone(),
@@ -909,14 +932,13 @@ pub(crate) async fn browse(
 
 async fn local_purge(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<u64, PubsubError> {
     loaded(st).await?;
-    let topics: Vec<String> = st
-        .q
-        .lock()
-        .expect("queue lock")
-        .topics
-        .keys()
-        .cloned()
-        .collect();
+    let topics: Vec<String> =
+        st.q.lock()
+            .expect("queue lock")
+            .topics
+            .keys()
+            .cloned()
+            .collect();
     let mut last = HashMap::new();
     for t in topics {
         let s = inner.store.sub_last_seq(&t).await.map_err(store_err)?;

@@ -173,7 +173,6 @@ impl Queue {
         WINDOW.saturating_sub(self.pending.len())
     }
 
-
     pub fn in_flight(&self) -> u64 {
         self.pending
             .values()
@@ -506,7 +505,9 @@ impl Queue {
         let log: u64 = self
             .topics
             .values()
-            .map(|p| ((p.last_known - p.acked_upto).max(0) as u64).saturating_sub(p.done.len() as u64))
+            .map(|p| {
+                ((p.last_known - p.acked_upto).max(0) as u64).saturating_sub(p.done.len() as u64)
+            })
             .sum();
         let other = self
             .pending
@@ -534,10 +535,13 @@ impl Queue {
             }
         }
         for (topic, pos) in self.topics.iter_mut() {
-            let end = last.get(topic).copied().unwrap_or(pos.last_known).max(pos.acked_upto);
-            n += ((end - pos.acked_upto).max(0) as u64).saturating_sub(
-                pos.done.iter().filter(|s| **s <= end).count() as u64,
-            );
+            let end = last
+                .get(topic)
+                .copied()
+                .unwrap_or(pos.last_known)
+                .max(pos.acked_upto);
+            n += ((end - pos.acked_upto).max(0) as u64)
+                .saturating_sub(pos.done.iter().filter(|s| **s <= end).count() as u64);
             pos.acked_upto = end;
             pos.loaded_upto = end;
             pos.last_known = pos.last_known.max(end);
@@ -604,13 +608,20 @@ mod tests {
     #[test]
     fn priority_then_time_and_the_cursor_moves_over_contiguous_acks() {
         let mut q = queue_at("/t", 0);
-        let ms = vec![msg("/t", 1, 5, 10), msg("/t", 2, 9, 11), msg("/t", 3, 5, 12)];
+        let ms = vec![
+            msg("/t", 1, 5, 10),
+            msg("/t", 2, 9, 11),
+            msg("/t", 3, 5, 12),
+        ];
         assert!(q.add_log("/t", &ms, 0, false));
         let got = q.take(10, 0, 1000, false);
         let ids: Vec<_> = got.iter().map(|e| e.msg.msg_id.as_str()).collect();
         assert_eq!(ids, ["m2", "m1", "m3"]);
         assert!(q.ack("m2", 0));
-        assert!(!q.ack("m2", 0), "a second ack of the same message is no ack");
+        assert!(
+            !q.ack("m2", 0),
+            "a second ack of the same message is no ack"
+        );
         assert_eq!(q.topics["/t"].acked_upto, 0, "seq 1 is not done yet");
         assert!(q.ack("m1", 0));
         assert_eq!(q.topics["/t"].acked_upto, 2);
@@ -651,7 +662,10 @@ mod tests {
         q.failed("m1", "boom 3", &retry, 300);
         assert_eq!(q.dying.len(), 1);
         assert_eq!(q.dying[0].reason, "boom 3");
-        assert_eq!(q.topics["/t"].acked_upto, 0, "not past it before the dead letter is written");
+        assert_eq!(
+            q.topics["/t"].acked_upto, 0,
+            "not past it before the dead letter is written"
+        );
         let d = std::mem::take(&mut q.dying);
         q.dead_written(&d);
         assert_eq!(q.topics["/t"].acked_upto, 1);
@@ -694,7 +708,10 @@ mod tests {
         let mut q2 = Queue::default();
         q2.load_cursor(&rows[0], 2);
         q2.topics.get_mut("/t").unwrap().behind = false;
-        assert_eq!(q2.topics["/t"].done.iter().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            q2.topics["/t"].done.iter().copied().collect::<Vec<_>>(),
+            [2]
+        );
         q2.add_log("/t", &[msg("/t", 1, 5, 1), msg("/t", 2, 5, 2)], 0, false);
         let got = q2.take(10, 10_000, 20_000, false);
         assert_eq!(got.len(), 1, "the acked one is not redelivered");

@@ -66,7 +66,8 @@ pub fn delivered_json(d: &Delivered) -> Value {
 
 /// [`delivered_json`] read back.
 pub fn delivered_from_json(v: &Value) -> Result<Delivered, PubsubError> {
-    let bad = |what: &str| PubsubError::Internal(format!("a forwarded message has no valid {what}"));
+    let bad =
+        |what: &str| PubsubError::Internal(format!("a forwarded message has no valid {what}"));
     let s = |k: &str| -> Result<String, PubsubError> {
         v[k].as_str().map(str::to_owned).ok_or_else(|| bad(k))
     };
@@ -84,9 +85,14 @@ pub fn delivered_from_json(v: &Value) -> Result<Delivered, PubsubError> {
             topic: s("topic")?,
             seq: v["seq"].as_i64().unwrap_or(0),
             msg_id: s("msg_id")?,
-            pub_time_ms: v["pub_time_ms"].as_i64().ok_or_else(|| bad("pub_time_ms"))?,
+            pub_time_ms: v["pub_time_ms"]
+                .as_i64()
+                .ok_or_else(|| bad("pub_time_ms"))?,
             expires_at_ms: v["expires_at_ms"].as_i64(),
-            priority: v["priority"].as_u64().ok_or_else(|| bad("priority"))?.clamp(1, 9) as u8,
+            priority: v["priority"]
+                .as_u64()
+                .ok_or_else(|| bad("priority"))?
+                .clamp(1, 9) as u8,
             has_gd: v["has_gd"].as_bool().unwrap_or(false),
             mime_type: s("mime_type")?,
             correl_id: opt("correl_id"),
@@ -177,7 +183,11 @@ async fn to_service(
         pubsub: Some(&meta_json),
     };
     match pool
-        .invoke(&meta, &body, tokio::time::Instant::now().into_std() + DELIVERY_TIMEOUT)
+        .invoke(
+            &meta,
+            &body,
+            tokio::time::Instant::now().into_std() + DELIVERY_TIMEOUT,
+        )
         .await
     {
         Ok(r) if r.status < 400 => Ok(()),
@@ -192,7 +202,11 @@ async fn to_service(
 
 fn excerpt(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-    if body.len() > 200 { format!("{s}…") } else { s }
+    if body.len() > 200 {
+        format!("{s}…")
+    } else {
+        s
+    }
 }
 
 async fn push_conn(
@@ -281,7 +295,10 @@ async fn push_url(url: &str, method: &str, body: Bytes) -> Result<(), String> {
         if (200..300).contains(&status) {
             Ok(())
         } else {
-            Err(format!("push to {url} answered {status}: {}", excerpt(&text)))
+            Err(format!(
+                "push to {url} answered {status}: {}",
+                excerpt(&text)
+            ))
         }
     };
     tokio::time::timeout(DELIVERY_TIMEOUT, call)

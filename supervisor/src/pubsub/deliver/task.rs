@@ -234,7 +234,10 @@ async fn ensure_cursors(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<(), Sto
                 .await?;
         }
     }
-    if stored.len() < missing.len() || missing.iter().any(|t| !stored.iter().any(|c| &c.topic == t))
+    if stored.len() < missing.len()
+        || missing
+            .iter()
+            .any(|t| !stored.iter().any(|c| &c.topic == t))
     {
         stored = inner.store.sub_cursors(&sub.sub_key).await?;
     }

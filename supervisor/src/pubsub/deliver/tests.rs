@@ -55,10 +55,12 @@ async fn drop_pg(store: Store, db: String) {
     let admin = std::env::var("OXBUS_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
 }
 
 struct Server {
@@ -103,7 +105,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -181,7 +186,10 @@ async fn pull_in_order_acks_and_long_poll(store: Store) {
     let topic = format!("/{}", unique("t"));
     add_topic(&[&s], &store, json!({"name": topic})).await;
     let key = unique("sk");
-    s.broker.subscribe(&svc(), pull_req(&topic, &key)).await.unwrap();
+    s.broker
+        .subscribe(&svc(), pull_req(&topic, &key))
+        .await
+        .unwrap();
     let now = crate::pubsub::now_ms();
     publish(
         &s,
@@ -200,7 +208,11 @@ async fn pull_in_order_acks_and_long_poll(store: Store) {
         .get_messages(&svc(), &key, 10, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(datas(&got), ["b", "a", "c", "d"], "priority, then publish time");
+    assert_eq!(
+        datas(&got),
+        ["b", "a", "c", "d"],
+        "priority, then publish time"
+    );
     assert!(got.iter().all(|d| d.delivery_count == 1));
     let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
     assert_eq!(s.broker.ack(&svc(), &key, &ids).await.unwrap(), 4);
@@ -260,13 +272,18 @@ async fn at_least_once_after_takeover(store: Store) {
     let topic = format!("/{}", unique("t"));
     add_topic(&[&a], &store, json!({"name": topic})).await;
     let key = unique("sk");
-    a.broker.subscribe(&svc(), pull_req(&topic, &key)).await.unwrap();
+    a.broker
+        .subscribe(&svc(), pull_req(&topic, &key))
+        .await
+        .unwrap();
     let now = crate::pubsub::now_ms();
     publish(
         &a,
         &store,
         &topic,
-        (0..3).map(|i| msg(&topic, 5, &format!("m{i}"), now + i)).collect(),
+        (0..3)
+            .map(|i| msg(&topic, 5, &format!("m{i}"), now + i))
+            .collect(),
     )
     .await;
     let got = a
@@ -340,7 +357,9 @@ async fn ack_timeout_redelivers_expired_are_skipped_purge_empties() {
         &s,
         &store,
         &topic,
-        (0..4).map(|i| msg(&topic, 5, &format!("p{i}"), now + i)).collect(),
+        (0..4)
+            .map(|i| msg(&topic, 5, &format!("p{i}"), now + i))
+            .collect(),
     )
     .await;
     wait_for("the messages to be queued", || async {
@@ -452,7 +471,11 @@ async fn push_retries_with_backoff_then_dead_letters_and_requeue() {
         !s.broker.dead_letters(&key, 10).await.unwrap().is_empty()
     })
     .await;
-    assert_eq!(target.hits.load(Ordering::SeqCst), 3, "max_attempts deliveries");
+    assert_eq!(
+        target.hits.load(Ordering::SeqCst),
+        3,
+        "max_attempts deliveries"
+    );
     let dead = s.broker.dead_letters(&key, 10).await.unwrap();
     assert_eq!(dead[0].msg_id, sent[0].msg_id);
     assert_eq!(dead[0].delivery_count, 3);
@@ -536,7 +559,10 @@ async fn a_topics_first_subscription_gets_what_was_kept() {
     let now = crate::pubsub::now_ms();
     publish(&s, &store, &topic, vec![msg(&topic, 5, "kept", now)]).await;
     let key = unique("sk");
-    s.broker.subscribe(&svc(), pull_req(&topic, &key)).await.unwrap();
+    s.broker
+        .subscribe(&svc(), pull_req(&topic, &key))
+        .await
+        .unwrap();
     let got = s
         .broker
         .get_messages(&svc(), &key, 10, Duration::from_secs(10))
@@ -545,7 +571,10 @@ async fn a_topics_first_subscription_gets_what_was_kept() {
     assert_eq!(datas(&got), ["kept"]);
     // A second subscription starts at the end.
     let key2 = unique("sk");
-    s.broker.subscribe(&svc(), pull_req(&topic, &key2)).await.unwrap();
+    s.broker
+        .subscribe(&svc(), pull_req(&topic, &key2))
+        .await
+        .unwrap();
     let none = s
         .broker
         .get_messages(&svc(), &key2, 10, Duration::from_millis(100))
@@ -553,4 +582,179 @@ async fn a_topics_first_subscription_gets_what_was_kept() {
         .unwrap();
     assert!(none.is_empty());
     s.stop(&store).await;
+}
+
+/// The bus between test servers: a call goes straight to the peer's `peer_call`.
+#[derive(Default)]
+struct Bus(std::sync::Mutex<std::collections::HashMap<String, Broker>>);
+
+#[async_trait::async_trait]
+impl crate::pubsub::Peers for Bus {
+    fn send_committed(&self, _frame: Bytes) {}
+
+    async fn call(
+        &self,
+        peer: &str,
+        meta: serde_json::Value,
+        body: Bytes,
+        _timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let b = self
+            .0
+            .lock()
+            .unwrap()
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| format!("no peer {peer}"))?;
+        Ok(b.peer_call(&meta, body).await)
+    }
+}
+
+/// Calls on a subscription another server delivers are forwarded to it and answered as if
+/// local: pull, ack, figures, browse, purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_another_servers_subscription_are_forwarded() {
+    let (store, db) = postgres().await;
+    let a = Server::start(&unique("a"), &store).await;
+    let b = Server::start(&unique("b"), &store).await;
+    let bus = Arc::new(Bus::default());
+    for s in [&a, &b] {
+        bus.0
+            .lock()
+            .unwrap()
+            .insert(s.broker.inner.server.clone(), s.broker.clone());
+        s.broker.set_peers(bus.clone());
+    }
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&a, &b], &store, json!({"name": topic})).await;
+    let key = unique("sk");
+    a.broker
+        .subscribe(&svc(), pull_req(&topic, &key))
+        .await
+        .unwrap();
+    b.broker.apply(&store.object_set().await.unwrap());
+    // Whichever server took its lease delivers it; the other forwards.
+    wait_for("the lease to be taken", || async {
+        store
+            .sub_leases()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(k, _, _)| k == &key)
+    })
+    .await;
+    let holder = store
+        .sub_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(k, _, _)| k == &key)
+        .unwrap()
+        .1;
+    let (a, b) = if holder == a.broker.inner.server {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let now = crate::pubsub::now_ms();
+    publish(
+        &a,
+        &store,
+        &topic,
+        (0..3)
+            .map(|i| msg(&topic, 5, &format!("f{i}"), now + i))
+            .collect(),
+    )
+    .await;
+    let got = b
+        .broker
+        .get_messages(&svc(), &key, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["f0", "f1"]);
+    assert_eq!(got[0].sub_key, key);
+    assert_eq!(got[0].msg.topic, topic);
+    assert_eq!(
+        b.broker
+            .ack(&svc(), &key, &[got[0].msg.msg_id.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    let st = b.broker.sub_stats(&key).await.unwrap();
+    assert_eq!(st.owner.as_deref(), Some(a.broker.inner.server.as_str()));
+    assert_eq!(st.acked, 1);
+    assert_eq!(st.in_flight, 1);
+    let seen: Vec<String> = b
+        .broker
+        .browse(&key, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.data)
+        .collect();
+    assert_eq!(seen, ["f1", "f2"]);
+    assert_eq!(b.broker.purge(&key).await.unwrap(), 2);
+    assert!(b.broker.browse(&key, 10).await.unwrap().is_empty());
+    a.stop(&store).await;
+    b.stop(&store).await;
+    drop_pg(store, db).await;
+}
+
+/// Two live servers share the subscriptions: neither takes more than its half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_the_leases() {
+    let (store, db) = postgres().await;
+    let (na, nb) = (unique("a"), unique("b"));
+    for (i, n) in [&na, &nb].into_iter().enumerate() {
+        store
+            .register_server(&crate::store::ServerRecord {
+                name: n.clone(),
+                http_address: format!("127.0.0.1:{}", 1000 + i),
+                oxbus_version: "test".into(),
+                pid: 1,
+                started_at: crate::pubsub::now_ms(),
+                last_seen: crate::pubsub::now_ms(),
+                config_version: 0,
+                bus_address: None,
+            })
+            .await
+            .unwrap();
+    }
+    let topic = format!("/{}", unique("t"));
+    let t: Topic = serde_json::from_value(json!({"name": topic})).unwrap();
+    store.put_object(&t, true, "test").await.unwrap();
+    for i in 0..4 {
+        let sub: crate::model::pubsub::Subscription = serde_json::from_value(json!({
+            "sub_key": format!("share{i}"),
+            "topic": topic,
+            "delivery": {"type": "pull"},
+        }))
+        .unwrap();
+        store.put_object(&sub, true, "test").await.unwrap();
+    }
+    let a = Server::start(&na, &store).await;
+    let b = Server::start(&nb, &store).await;
+    wait_for("all four leases held", || async {
+        store.sub_leases().await.unwrap().len() == 4
+    })
+    .await;
+    let leases = store.sub_leases().await.unwrap();
+    let of = |n: &str| leases.iter().filter(|(_, h, _)| h == n).count();
+    assert_eq!((of(&na), of(&nb)), (2, 2), "{leases:?}");
+    // One stops: the other takes its share over.
+    a.stop(&store).await;
+    wait_for("b to hold all four", || async {
+        store
+            .sub_leases()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(_, h, _)| h == &nb)
+            .count()
+            == 4
+    })
+    .await;
+    b.stop(&store).await;
+    drop_pg(store, db).await;
 }
