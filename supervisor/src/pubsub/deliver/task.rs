@@ -88,10 +88,15 @@ pub(super) async fn run(
         let now = now_ms();
         {
             let mut q = st.q.lock().expect("queue lock");
-            for (name, t) in &defs.topics {
-                if t.on_full == OnFull::Overflow && q.topics.contains_key(name) {
-                    q.overflow(name, t.max_depth_gd);
-                }
+            let overflowing: Vec<(String, u64)> = q
+                .topics
+                .keys()
+                .filter_map(|name| defs.topics.get(name))
+                .filter(|t| t.on_full == OnFull::Overflow)
+                .map(|t| (t.name.clone(), t.max_depth_gd))
+                .collect();
+            for (name, depth) in overflowing {
+                q.overflow(&name, depth);
             }
             if matches!(sub.delivery, DeliveryKind::Pull) && q.ack_timeouts(&sub.retry, now) > 0 {
                 st.arrived.notify_waiters();
