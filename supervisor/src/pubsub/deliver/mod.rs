@@ -144,7 +144,10 @@ fn start_task(inner: &Arc<Inner>, sub: Arc<Subscription>) -> Arc<SubTask> {
         handle: Mutex::new(None),
     });
     tasks.insert(sub.sub_key.clone(), st.clone());
-    let handle = tokio::spawn(task::run(inner.clone(), st.clone(), stop_rx));
+    // Subscribed to the fanout here, before the task's first read of the log: a batch
+    // committed after this is in the channel, one committed before it is in what is read.
+    let rx = inner.fanout.subscribe();
+    let handle = tokio::spawn(task::run(inner.clone(), st.clone(), stop_rx, rx));
     *st.handle.lock().expect("handle lock") = Some(handle);
     tracing::info!(sub_key = %sub.sub_key, "pubsub: delivering subscription");
     st
@@ -647,7 +650,19 @@ pub(crate) async fn subscribe(
         });
     }
     tracing::info!(%sub_key, topic = %sub.topic, by = %by, "pubsub: subscribed");
-    apply_local(inner, &sub_key, Some(sub));
+    apply_local(inner, &sub_key, Some(sub.clone()));
+    // This server delivers it from now on unless another took it meanwhile (the lease
+    // loop spreads subscriptions later): what is published from here on reaches it, non-GD
+    // messages included.
+    if inner
+        .store
+        .sub_lease_take(&sub_key, &inner.server, now_ms(), LEASE_TTL)
+        .await
+        .unwrap_or(false)
+        && !inner.delivery.stopping.load(Ordering::SeqCst)
+    {
+        start_task(inner, Arc::new(sub));
+    }
     Ok(sub_key)
 }
 

@@ -32,10 +32,8 @@ pub(super) async fn run(
     inner: Arc<Inner>,
     st: Arc<SubTask>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Committed>>,
 ) {
-    // Subscribed before the first read of the log: a batch committed after that read is
-    // in the channel, one committed before it is in what was read.
-    let mut rx = inner.fanout.subscribe();
     let sub_key = st.sub().sub_key.clone();
     while !*stop.borrow() {
         match load(&inner, &st).await {

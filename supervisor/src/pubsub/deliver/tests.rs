@@ -758,3 +758,103 @@ async fn two_servers_share_the_leases() {
     b.stop(&store).await;
     drop_pg(store, db).await;
 }
+
+/// More than the window: what does not fit in memory is read from the log later; every
+/// message arrives once, in order, and the cursor ends at the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_the_window_arrives_whole_and_in_order() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    let key = unique("sk");
+    s.broker
+        .subscribe(&svc(), pull_req(&topic, &key))
+        .await
+        .unwrap();
+    let total = super::queue::WINDOW + 2_500;
+    let now = crate::pubsub::now_ms();
+    for chunk in 0..total / 500 {
+        let msgs = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                msg(&topic, 5, &n.to_string(), now + n as i64)
+            })
+            .collect();
+        publish(&s, &store, &topic, msgs).await;
+    }
+    let mut seen = Vec::with_capacity(total);
+    while seen.len() < total {
+        let got = s
+            .broker
+            .get_messages(&svc(), &key, 1000, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "stalled after {} messages", seen.len());
+        let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
+        seen.extend(got.iter().map(|d| d.msg.seq));
+        assert_eq!(s.broker.ack(&svc(), &key, &ids).await.unwrap(), ids.len());
+    }
+    let want: Vec<i64> = (1..=total as i64).collect();
+    assert_eq!(seen, want, "each once, in order");
+    wait_for("the cursor at the end", || async {
+        store.sub_cursors(&key).await.unwrap()[0].acked_upto == total as i64
+    })
+    .await;
+    s.stop(&store).await;
+}
+
+/// A non-GD message is never stored: it goes from the fanout to the queue in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_gd_messages_are_delivered_from_memory() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(
+        &[&s],
+        &store,
+        json!({"name": topic, "has_gd": false, "max_depth_non_gd": 2}),
+    )
+    .await;
+    let key = unique("sk");
+    s.broker
+        .subscribe(&svc(), pull_req(&topic, &key))
+        .await
+        .unwrap();
+    // Its task is there (subscribe started it here): it sees what the fanout carries.
+    assert_eq!(
+        s.broker.sub_stats(&key).await.unwrap().owner.as_deref(),
+        Some(s.broker.inner.server.as_str())
+    );
+    let now = crate::pubsub::now_ms();
+    let msgs: Vec<Arc<Message>> = (0..3)
+        .map(|i| {
+            let mut m = msg(&topic, 5, &format!("n{i}"), now + i);
+            m.has_gd = false;
+            Arc::new(m)
+        })
+        .collect();
+    s.broker.inner.fanout.send(Arc::new(Committed {
+        server: s.broker.inner.server.clone(),
+        msgs,
+    }));
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        datas(&got),
+        ["n1", "n2"],
+        "past max_depth_non_gd the oldest is dropped"
+    );
+    assert_eq!(s.broker.sub_stats(&key).await.unwrap().overflowed, 1);
+    let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
+    assert_eq!(s.broker.ack(&svc(), &key, &ids).await.unwrap(), 2);
+    assert_eq!(
+        store.sub_last_seq(&topic).await.unwrap(),
+        0,
+        "nothing stored"
+    );
+    s.stop(&store).await;
+}
