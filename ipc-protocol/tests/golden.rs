@@ -343,3 +343,42 @@ fn ready_with_and_without_simpleio_declarations() {
         serde_json::from_str(r#"{"name":"when","required":false,"type":"datetime"}"#).unwrap();
     assert_eq!((e.kind(), e.ty.as_str()), (IoType::Any, "datetime"));
 }
+
+#[test]
+fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
+    let pubsub = serde_json::json!({
+        "sub_key": "sk.1",
+        "topic": "/orders/*",
+        "msgs": [{"msg_id": "zpsm1", "topic": "/orders/new", "size": 2}],
+    });
+    let meta = |p: Option<&'static Value>| -> InvokeMeta<'static> {
+        InvokeMeta {
+            op: "invoke",
+            service: "orders.on-new",
+            cid: "c1",
+            channel: Some("pubsub"),
+            data_format: None,
+            method: None,
+            path: None,
+            params: None,
+            query: None,
+            headers: None,
+            deadline_ms: None,
+            remote_addr: None,
+            scheme: None,
+            port: None,
+            channel_name: None,
+            security: None,
+            traceparent: None,
+            tracestate: None,
+            pubsub: p,
+        }
+    };
+    let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
+    let with: Value =
+        serde_json::from_str(&serde_json::to_string(&meta(Some(leaked))).unwrap()).unwrap();
+    assert_eq!(with["channel"], "pubsub");
+    assert_eq!(with["pubsub"], pubsub);
+    let without = serde_json::to_string(&meta(None)).unwrap();
+    assert!(!without.contains("pubsub\":"), "{without}");
+}
