@@ -170,6 +170,11 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// within version 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<&'a str>,
+    /// A pub/sub delivery (`channel: "pubsub"`): the subscription, the topic and each
+    /// message's metadata, whose sizes split the body (ipc-protocol/SPEC.md). Added within
+    /// version 1: absent on every other invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<&'a serde_json::Value>,
 }
 
 /// Who a request authenticated as: the definition's name and type, and the user name

@@ -142,6 +142,7 @@ fn invoke_meta_serialises_like_the_vector() {
         security: None,
         traceparent: None,
         tracestate: None,
+        pubsub: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -179,6 +180,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         security: None,
         traceparent: None,
         tracestate: None,
+        pubsub: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -217,6 +219,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         security: None,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01"),
         tracestate: None,
+        pubsub: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -254,6 +257,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             security: None,
             traceparent: Some(TP),
             tracestate,
+            pubsub: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -338,4 +342,43 @@ fn ready_with_and_without_simpleio_declarations() {
     let e: IoElem =
         serde_json::from_str(r#"{"name":"when","required":false,"type":"datetime"}"#).unwrap();
     assert_eq!((e.kind(), e.ty.as_str()), (IoType::Any, "datetime"));
+}
+
+#[test]
+fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
+    let pubsub = serde_json::json!({
+        "sub_key": "sk.1",
+        "topic": "/orders/*",
+        "msgs": [{"msg_id": "zpsm1", "topic": "/orders/new", "size": 2}],
+    });
+    let meta = |p: Option<&'static Value>| -> InvokeMeta<'static> {
+        InvokeMeta {
+            op: "invoke",
+            service: "orders.on-new",
+            cid: "c1",
+            channel: Some("pubsub"),
+            data_format: None,
+            method: None,
+            path: None,
+            params: None,
+            query: None,
+            headers: None,
+            deadline_ms: None,
+            remote_addr: None,
+            scheme: None,
+            port: None,
+            channel_name: None,
+            security: None,
+            traceparent: None,
+            tracestate: None,
+            pubsub: p,
+        }
+    };
+    let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
+    let with: Value =
+        serde_json::from_str(&serde_json::to_string(&meta(Some(leaked))).unwrap()).unwrap();
+    assert_eq!(with["channel"], "pubsub");
+    assert_eq!(with["pubsub"], pubsub);
+    let without = serde_json::to_string(&meta(None)).unwrap();
+    assert!(!without.contains("pubsub\":"), "{without}");
 }

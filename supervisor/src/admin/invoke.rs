@@ -51,6 +51,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         security: None,
         traceparent: Some(trace.as_str()),
         tracestate: None,
+        pubsub: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

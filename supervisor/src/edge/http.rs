@@ -706,6 +706,7 @@ impl HttpCall<'_> {
             }),
             traceparent: Some(self.trace.as_str()),
             tracestate: self.tracestate,
+            pubsub: None,
         };
         let result = self
             .cx

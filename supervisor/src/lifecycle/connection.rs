@@ -346,6 +346,7 @@ fn handle_worker_call(
                 security: None,
                 traceparent: Some(trace.as_str()),
                 tracestate: tracestate.as_deref(),
+                pubsub: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

@@ -489,7 +489,7 @@ pub struct TopicStats {
 }
 
 /// A subscription's figures (admin API, `oxbus pubsub subs`).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SubStats {
     pub sub_key: String,
     pub topic: String,
@@ -513,7 +513,7 @@ pub struct SubStats {
 
 /// A message waiting in a subscription's queue or among its dead letters, as the admin
 /// API lists it (data cut to `max_data` bytes).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueuedMsg {
     pub msg_id: String,
     pub topic: String,
@@ -527,7 +527,7 @@ pub struct QueuedMsg {
     pub data: String,
     pub delivery_count: u32,
     /// Dead letters: why (`max_attempts`: the last failure's text).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 

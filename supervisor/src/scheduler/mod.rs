@@ -676,6 +676,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         security: None,
         traceparent: Some(trace.as_str()),
         tracestate: None,
+        pubsub: None,
     };
     let body = def
         .extra

@@ -29,6 +29,8 @@
 //!   `job_state`, `job_runs`);
 //! - `tokens`: named admin API tokens, hashed (`admin_tokens`; not config: no version bump).
 //! - `audit`: the audit log of admin changes (`audit_log`) and the digests it records.
+//! - `pubsub_cursor`: pub/sub delivery's cursors, leases and dead letters (`pubsub_cursor`,
+//!   `pubsub_lease`, `pubsub_dead`) and its backlog reads of the message log.
 //!
 //! The store knows no HTTP, no workers and no cluster bus: it stores the objects of `model`
 //! (and `config`'s channels, `oxbus_cache`'s cache definitions) and checks what a stored
@@ -275,6 +277,7 @@ mod channels;
 mod modules;
 mod objects;
 mod plan;
+mod pubsub_cursor;
 mod scheduler;
 mod secrets;
 mod servers;
@@ -287,6 +290,7 @@ pub use audit::{
 pub use channels::validate_channel_name;
 pub use modules::{Module, PendingDeploy, source_hash, validate_module_name};
 pub use plan::{ObjectChanges, Plan};
+pub use pubsub_cursor::{CursorRow, CursorStart, DeadRow};
 pub use scheduler::{Claim, JobState, RUNS_KEPT, Run};
 pub use secrets::{SealedSecret, validate_secret_name, validate_services};
 pub use servers::{SERVER_HEARTBEAT, SERVER_STALE, ServerRecord};

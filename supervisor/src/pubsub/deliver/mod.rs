@@ -1,102 +1,1047 @@
-//! I20-B fills this folder: leases, delivery tasks (service, push, pull), cursors, retries,
-//! dead letters; subscribe/unsubscribe; the admin's queue operations.
+//! Delivery: each subscription is delivered by one server at a time, the holder of its
+//! lease in `pubsub_lease` (TTL [`LEASE_TTL`], renewed every [`LEASE_EVERY`]); its delivery
+//! task (`task.rs`) keeps the subscription's queue in memory (`queue.rs`), fed by this
+//! server's fanout right after each publish commit and by the log for a backlog, a gap or
+//! a takeover, and delivers it (service, push) or hands it out (pull). The places in the
+//! topics' logs are the cursors in `pubsub_cursor`: a server that takes a lease over goes
+//! on from them, so an unacked message is delivered again and an acked one is not
+//! (at-least-once).
+//!
+//! - this file: the lease loop (take a fair share of free leases, renew, release at stop),
+//!   subscribe/unsubscribe, and every operation on one subscription (pull, ack, figures,
+//!   browse, purge, dead letters, requeue), run by its owner: a server that does not
+//!   deliver the subscription forwards the call to the one that does ([`peer_call`]);
+//! - `queue.rs`: one subscription's queue and cursors in memory;
+//! - `task.rs`: the delivery task;
+//! - `send.rs`: service and push deliveries, and the JSON shape of a delivered message.
+
+mod queue;
+mod send;
+mod task;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::{Caller, Defs, Delivered, Inner, PubsubError, QueuedMsg, SubStats, SubscribeReq};
+use super::{
+    Caller, Defs, Delivered, Inner, PubsubError, QueuedMsg, SubStats, SubscribeReq, now_ms,
+};
+use crate::model::pubsub::{Access, DeliveryKind, OnNoSubs, Subscription};
+use crate::store::{CursorStart, StoreError};
 
-pub struct Delivery {}
+pub use send::{delivered_from_json, delivered_json};
 
-impl Delivery {
-    pub fn new() -> Delivery {
-        Delivery {}
+/// How long a lease lasts unless renewed.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the lease loop renews and takes leases.
+pub const LEASE_EVERY: Duration = Duration::from_secs(2);
+/// How long a free lease is left to the other servers before this one takes it past its
+/// fair share.
+const ORPHAN_AFTER: Duration = Duration::from_secs(5);
+/// The most data of a message the admin's listings show, bytes.
+const MAX_DATA_SHOWN: usize = 2048;
+
+/// One subscription this server delivers.
+pub(crate) struct SubTask {
+    pub sub: RwLock<Arc<Subscription>>,
+    pub q: Mutex<queue::Queue>,
+    /// Wakes the task: an ack, a pull, a requeue, a new definition.
+    pub wake: tokio::sync::Notify,
+    /// Wakes pulls waiting for messages.
+    pub arrived: tokio::sync::Notify,
+    /// One cursor write at a time, so that an older snapshot never lands after a newer one.
+    pub flushing: tokio::sync::Mutex<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Whether the task hands its lease back when it stops (a clean stop, a subscription
+    /// gone), rather than losing it (another server took it).
+    release: AtomicBool,
+    /// When the lease was last renewed (Unix ms).
+    renewed_at: AtomicI64,
+    handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl SubTask {
+    pub fn sub(&self) -> Arc<Subscription> {
+        self.sub.read().expect("sub lock").clone()
+    }
+
+    fn stop(&self, release: bool) {
+        self.release.store(release, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        self.wake.notify_one();
     }
 }
 
-fn nb<T>() -> Result<T, PubsubError> {
-    Err(PubsubError::Internal("I20-B: not built yet".into()))
+/// This server's delivery tasks.
+pub struct Delivery {
+    tasks: Mutex<HashMap<String, Arc<SubTask>>>,
+    /// Wakes the lease loop (a new definition).
+    wake: tokio::sync::Notify,
+    stopping: AtomicBool,
+    /// For each subscription whose lease this server saw free but left to the others (its
+    /// fair share reached): since when it has seen it free (Unix ms).
+    free_since: Mutex<HashMap<String, i64>>,
 }
 
-pub(crate) fn applied(_inner: &Arc<Inner>, _defs: &Arc<Defs>) {}
+impl Delivery {
+    pub fn new() -> Delivery {
+        Delivery {
+            tasks: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            stopping: AtomicBool::new(false),
+            free_since: Mutex::new(HashMap::new()),
+        }
+    }
 
-pub(crate) fn start(_inner: &Arc<Inner>, _shutdown: tokio::sync::watch::Receiver<bool>) {}
+    fn get(&self, sub_key: &str) -> Option<Arc<SubTask>> {
+        self.tasks.lock().expect("tasks lock").get(sub_key).cloned()
+    }
 
+    fn all(&self) -> Vec<(String, Arc<SubTask>)> {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Delivery {
+        Delivery::new()
+    }
+}
+
+fn store_err(e: StoreError) -> PubsubError {
+    match e {
+        StoreError::Invalid(m) => PubsubError::Invalid(m),
+        StoreError::NotFound(m) => PubsubError::NoSub(m),
+        other => PubsubError::Unavailable(other.to_string()),
+    }
+}
+
+/// Starts delivering `sub` here (the caller holds its lease).
+fn start_task(inner: &Arc<Inner>, sub: Arc<Subscription>) -> Arc<SubTask> {
+    let mut tasks = inner.delivery.tasks.lock().expect("tasks lock");
+    if let Some(t) = tasks.get(&sub.sub_key) {
+        return t.clone();
+    }
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let st = Arc::new(SubTask {
+        sub: RwLock::new(sub.clone()),
+        q: Mutex::new(queue::Queue::default()),
+        wake: tokio::sync::Notify::new(),
+        arrived: tokio::sync::Notify::new(),
+        flushing: tokio::sync::Mutex::new(()),
+        stop,
+        release: AtomicBool::new(false),
+        renewed_at: AtomicI64::new(now_ms()),
+        handle: Mutex::new(None),
+    });
+    tasks.insert(sub.sub_key.clone(), st.clone());
+    // Subscribed to the fanout here, before the task's first read of the log: a batch
+    // committed after this is in the channel, one committed before it is in what is read.
+    let rx = inner.fanout.subscribe();
+    let handle = tokio::spawn(task::run(inner.clone(), st.clone(), stop_rx, rx));
+    *st.handle.lock().expect("handle lock") = Some(handle);
+    tracing::info!(sub_key = %sub.sub_key, "pubsub: delivering subscription");
+    st
+}
+
+/// Stops delivering `sub_key` here.
+fn stop_task(inner: &Inner, sub_key: &str, release: bool) -> Option<Arc<SubTask>> {
+    let st = inner
+        .delivery
+        .tasks
+        .lock()
+        .expect("tasks lock")
+        .remove(sub_key)?;
+    st.stop(release);
+    Some(st)
+}
+
+/// The definitions changed: running tasks get their subscription's new definition, those
+/// whose subscription is gone stop, and the lease loop looks for new ones at once.
+pub(crate) fn applied(inner: &Arc<Inner>, defs: &Arc<Defs>) {
+    for (key, st) in inner.delivery.all() {
+        match defs.subs.get(&key) {
+            Some(sub) => {
+                *st.sub.write().expect("sub lock") = sub.clone();
+                st.wake.notify_one();
+            }
+            None => {
+                stop_task(inner, &key, true);
+            }
+        }
+    }
+    inner.delivery.wake.notify_one();
+}
+
+/// The lease loop: every [`LEASE_EVERY`] (and at once after a new definition) it renews
+/// this server's leases and takes free or expired ones up to its fair share; at shutdown
+/// it stops every task, which hands its lease back.
+pub(crate) fn start(inner: &Arc<Inner>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = lease_round(&inner).await {
+                tracing::warn!("pubsub: the lease round failed: {e}");
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(LEASE_EVERY) => {}
+                _ = inner.delivery.wake.notified() => {}
+            }
+        }
+        inner.delivery.stopping.store(true, Ordering::SeqCst);
+        let mut handles = Vec::new();
+        for (key, _) in inner.delivery.all() {
+            if let Some(st) = stop_task(&inner, &key, true) {
+                handles.extend(st.handle.lock().expect("handle lock").take());
+            }
+        }
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    });
+}
+
+/// A stable spread of subscriptions over servers: each server tries its subscriptions in
+/// its own order, so that servers starting together do not all race for the same ones.
+fn spread(me: &str, sub_key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in me.bytes().chain([0]).chain(sub_key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+async fn lease_round(inner: &Arc<Inner>) -> Result<(), StoreError> {
+    if inner.delivery.stopping.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let defs = inner.defs.read().expect("defs lock").clone();
+    let me = inner.server.as_str();
+    let now = now_ms();
+    // Renew what this server delivers; a lease lost (taken over after an expiry) stops the
+    // task, and so does one not renewed for a whole TTL (the store unreachable: another
+    // server may have it by now).
+    for (key, st) in inner.delivery.all() {
+        if !defs.subs.contains_key(&key) {
+            stop_task(inner, &key, true);
+            continue;
+        }
+        match inner.store.sub_lease_take(&key, me, now, LEASE_TTL).await {
+            Ok(true) => st.renewed_at.store(now, Ordering::SeqCst),
+            Ok(false) => {
+                tracing::warn!(sub_key = %key, "pubsub: lease lost to another server");
+                stop_task(inner, &key, false);
+            }
+            Err(e) => {
+                if now - st.renewed_at.load(Ordering::SeqCst) >= LEASE_TTL.as_millis() as i64 {
+                    tracing::warn!(sub_key = %key, "pubsub: lease not renewed for its TTL: {e}");
+                    stop_task(inner, &key, false);
+                }
+            }
+        }
+    }
+    if defs.subs.is_empty() {
+        return Ok(());
+    }
+    let leases: HashMap<String, (String, i64)> = inner
+        .store
+        .sub_leases()
+        .await?
+        .into_iter()
+        .map(|(k, h, e)| (k, (h, e)))
+        .collect();
+    let stale = crate::store::SERVER_STALE.as_millis() as i64;
+    let mut live = inner
+        .store
+        .servers()
+        .await?
+        .iter()
+        .filter(|s| s.last_seen >= now - stale && s.name != me)
+        .count()
+        + 1;
+    // A holder of a live lease is alive, registered or not.
+    let holders: std::collections::HashSet<&str> = leases
+        .values()
+        .filter(|(h, e)| *e >= now && h != me)
+        .map(|(h, _)| h.as_str())
+        .collect();
+    live = live.max(holders.len() + 1);
+    let share = defs.subs.len().div_ceil(live);
+    let mut mine = inner.delivery.tasks.lock().expect("tasks lock").len();
+    let mut candidates: Vec<&Arc<Subscription>> = defs
+        .subs
+        .values()
+        .filter(|s| inner.delivery.get(&s.sub_key).is_none())
+        .filter(|s| match leases.get(&s.sub_key) {
+            None => true,
+            Some((h, e)) => h == me || *e < now,
+        })
+        .collect();
+    candidates.sort_by_key(|s| spread(me, &s.sub_key));
+    // Past its share, a server leaves a free lease to the others; but one nobody took for
+    // ORPHAN_AFTER (its server stopped or crashed while still counted as live) it takes
+    // anyway: a subscription is never left undelivered for long.
+    let mut free_since = std::mem::take(&mut *inner.delivery.free_since.lock().expect("free lock"));
+    let mut still_free = HashMap::new();
+    for sub in candidates {
+        let since = free_since.remove(&sub.sub_key).unwrap_or(now);
+        if mine >= share && now - since < ORPHAN_AFTER.as_millis() as i64 {
+            still_free.insert(sub.sub_key.clone(), since);
+            continue;
+        }
+        if inner
+            .store
+            .sub_lease_take(&sub.sub_key, me, now, LEASE_TTL)
+            .await?
+        {
+            start_task(inner, sub.clone());
+            mine += 1;
+        }
+    }
+    *inner.delivery.free_since.lock().expect("free lock") = still_free;
+    Ok(())
+}
+
+/// Who delivers a subscription.
+enum Owner {
+    Local(Arc<SubTask>),
+    Remote(String),
+    Nobody,
+}
+
+/// The owner of `sub_key`; with `take`, this server takes a free lease and becomes it.
+async fn owner(inner: &Arc<Inner>, sub_key: &str, take: bool) -> Result<Owner, PubsubError> {
+    if let Some(st) = inner.delivery.get(sub_key) {
+        return Ok(Owner::Local(st));
+    }
+    let sub = inner
+        .defs
+        .read()
+        .expect("defs lock")
+        .subs
+        .get(sub_key)
+        .cloned()
+        .ok_or_else(|| PubsubError::NoSub(sub_key.to_owned()))?;
+    let now = now_ms();
+    let holder = inner
+        .store
+        .sub_leases()
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .find(|(k, _, _)| k == sub_key)
+        .filter(|(_, h, e)| *e >= now && h != &inner.server)
+        .map(|(_, h, _)| h);
+    if let Some(h) = holder {
+        return Ok(Owner::Remote(h));
+    }
+    if !take || inner.delivery.stopping.load(Ordering::SeqCst) {
+        return Ok(Owner::Nobody);
+    }
+    if inner
+        .store
+        .sub_lease_take(sub_key, &inner.server, now, LEASE_TTL)
+        .await
+        .map_err(store_err)?
+    {
+        return Ok(Owner::Local(start_task(inner, sub)));
+    }
+    // Taken meanwhile by another server: ask again who.
+    Box::pin(owner(inner, sub_key, false)).await
+}
+
+/// Waits (up to 10 s) until a task has read its cursors and its first backlog.
+async fn loaded(st: &SubTask) -> Result<(), PubsubError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = st.arrived.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if st.q.lock().expect("queue lock").loaded {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, n).await.is_err() {
+            return Err(PubsubError::Unavailable(format!(
+                "subscription {} could not load its queue from the store",
+                st.sub().sub_key
+            )));
+        }
+    }
+}
+
+/// Forwards an operation on `sub_key` to its owner `peer`: the answer's JSON body.
+async fn forward(
+    inner: &Arc<Inner>,
+    peer: &str,
+    op: &str,
+    sub_key: &str,
+    mut meta: serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value, PubsubError> {
+    let Some(peers) = inner.peers.get() else {
+        return Err(PubsubError::NotReachable(format!(
+            "subscription {sub_key} is delivered by server {peer}, and this server has no \
+             cluster bus to reach it"
+        )));
+    };
+    meta["op"] = serde_json::Value::from(format!("pubsub.{op}"));
+    meta["sub_key"] = serde_json::Value::from(sub_key);
+    let (status, body) = peers
+        .call(peer, meta, Bytes::new(), timeout)
+        .await
+        .map_err(|e| {
+            PubsubError::NotReachable(format!(
+                "subscription {sub_key} is delivered by server {peer}, not reachable: {e}"
+            ))
+        })?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        PubsubError::Internal(format!(
+            "server {peer} answered pubsub.{op} unreadably: {e}"
+        ))
+    })?;
+    if status >= 300 {
+        let code = v["error"]["code"].as_str().unwrap_or("internal");
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_owned();
+        return Err(match code {
+            "no_sub" => PubsubError::NoSub(msg),
+            "no_topic" => PubsubError::NoTopic(msg),
+            "forbidden" => PubsubError::Forbidden(msg),
+            "invalid" => PubsubError::Invalid(msg),
+            "conflict" => PubsubError::Conflict(msg),
+            "unavailable" => PubsubError::Unavailable(msg),
+            "not_reachable" => PubsubError::NotReachable(msg),
+            _ => PubsubError::Internal(msg),
+        });
+    }
+    Ok(v)
+}
+
+fn error_body(e: &PubsubError) -> (u16, Bytes) {
+    let v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+    (e.status(), Bytes::from(v.to_string()))
+}
+
+fn ok_body(v: serde_json::Value) -> (u16, Bytes) {
+    (200, Bytes::from(v.to_string()))
+}
+
+/// A call a peer forwarded for a subscription it believes this server delivers: served
+/// here when this server delivers it (or can take its free lease), never forwarded again.
 pub(crate) async fn peer_call(
-    _inner: &Arc<Inner>,
-    _meta: &serde_json::Value,
+    inner: &Arc<Inner>,
+    meta: &serde_json::Value,
     _body: Bytes,
 ) -> (u16, Bytes) {
-    (500, Bytes::from_static(b"I20-B: not built yet"))
+    let op = meta["op"].as_str().unwrap_or("");
+    let Some(sub_key) = meta["sub_key"].as_str() else {
+        return error_body(&PubsubError::Invalid(format!(
+            "{op}: meta.sub_key is missing"
+        )));
+    };
+    let st = match owner(inner, sub_key, true).await {
+        Ok(Owner::Local(st)) => st,
+        Ok(Owner::Remote(h)) => {
+            return error_body(&PubsubError::NotReachable(format!(
+                "subscription {sub_key} is delivered by server {h}, not {}",
+                inner.server
+            )));
+        }
+        Ok(Owner::Nobody) => {
+            return error_body(&PubsubError::NotReachable(format!(
+                "subscription {sub_key} has no delivering server"
+            )));
+        }
+        Err(e) => return error_body(&e),
+    };
+    let r: Result<serde_json::Value, PubsubError> = match op {
+        "pubsub.get" => {
+            let max = meta["max"].as_u64().unwrap_or(1) as usize;
+            let wait = Duration::from_millis(meta["wait_ms"].as_u64().unwrap_or(0));
+            local_get(&st, max, wait)
+                .await
+                .map(|v| serde_json::Value::Array(v.iter().map(delivered_json).collect()))
+        }
+        "pubsub.ack" => {
+            let ids: Vec<String> = meta["msg_ids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(serde_json::json!({"acked": local_ack(&st, &ids)}))
+        }
+        "pubsub.stats" => local_stats(inner, &st)
+            .await
+            .map(|s| serde_json::to_value(s).expect("stats serialise")),
+        "pubsub.browse" => {
+            let limit = meta["limit"].as_u64().unwrap_or(100) as usize;
+            local_browse(&st, limit)
+                .await
+                .map(|v| serde_json::to_value(v).expect("messages serialise"))
+        }
+        "pubsub.purge" => local_purge(inner, &st)
+            .await
+            .map(|n| serde_json::json!({"purged": n})),
+        "pubsub.requeue" => {
+            let ids: Option<Vec<String>> = meta["msg_ids"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            });
+            local_requeue(inner, &st, ids.as_deref())
+                .await
+                .map(|n| serde_json::json!({"requeued": n}))
+        }
+        other => Err(PubsubError::Invalid(format!(
+            "no pubsub peer call {other:?}"
+        ))),
+    };
+    match r {
+        Ok(v) => ok_body(v),
+        Err(e) => error_body(&e),
+    }
+}
+
+/// Whether `caller` may use subscription `sub`: a REST caller only its own endpoint's.
+fn may_use(defs: &Defs, caller: &Caller, sub: &Subscription) -> Result<(), PubsubError> {
+    match caller {
+        Caller::Service(_) | Caller::Admin(_) => Ok(()),
+        Caller::Security(sec) => {
+            let mine = defs.endpoint_of(sec).map(|e| e.name.as_str());
+            if mine.is_some() && mine == sub.endpoint.as_deref() {
+                Ok(())
+            } else {
+                Err(PubsubError::Forbidden(format!(
+                    "subscription {} is not this caller's",
+                    sub.sub_key
+                )))
+            }
+        }
+    }
+}
+
+fn sub_of(inner: &Inner, sub_key: &str) -> Result<(Arc<Defs>, Arc<Subscription>), PubsubError> {
+    let defs = inner.defs.read().expect("defs lock").clone();
+    let sub = defs
+        .subs
+        .get(sub_key)
+        .cloned()
+        .ok_or_else(|| PubsubError::NoSub(sub_key.to_owned()))?;
+    Ok((defs, sub))
+}
+
+/// Swaps in definitions with `sub` added (or, `None`, `sub_key` removed): the caller can use
+/// its subscription at once, before the config version reaches this server.
+fn apply_local(inner: &Arc<Inner>, sub_key: &str, sub: Option<Subscription>) {
+    let defs = {
+        let mut cur = inner.defs.write().expect("defs lock");
+        let topics: Vec<_> = cur.topics.values().map(|t| (**t).clone()).collect();
+        let endpoints: Vec<_> = cur.endpoints.values().map(|e| (**e).clone()).collect();
+        let mut subs: Vec<_> = cur
+            .subs
+            .values()
+            .filter(|s| s.sub_key != sub_key)
+            .map(|s| (**s).clone())
+            .collect();
+        subs.extend(sub);
+        let defs = Arc::new(Defs::new(&topics, &subs, &endpoints));
+        *cur = defs.clone();
+        defs
+    };
+    applied(inner, &defs);
 }
 
 pub(crate) async fn subscribe(
-    _inner: &Arc<Inner>,
-    _caller: &Caller,
-    _req: SubscribeReq,
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    req: SubscribeReq,
 ) -> Result<String, PubsubError> {
-    nb()
+    let defs = inner.defs.read().expect("defs lock").clone();
+    crate::model::pubsub::check_pattern(&req.topic)
+        .map_err(|e| PubsubError::Invalid(e.to_string()))?;
+    if !req.topic.contains('*') && !defs.topics.contains_key(&req.topic) {
+        return Err(PubsubError::NoTopic(req.topic));
+    }
+    if !defs.permits(caller, Access::Subscribe, &req.topic) {
+        return Err(PubsubError::Forbidden(format!(
+            "this caller may not subscribe to {}",
+            req.topic
+        )));
+    }
+    let sub_key = req
+        .sub_key
+        .clone()
+        .unwrap_or_else(|| format!("sk.{}", crate::random::random_hex(12)));
+    if defs.subs.contains_key(&sub_key) {
+        return Err(PubsubError::Conflict(format!(
+            "subscription {sub_key} exists already"
+        )));
+    }
+    let endpoint = match caller {
+        Caller::Security(sec) => defs.endpoint_of(sec).map(|e| e.name.clone()),
+        _ => None,
+    };
+    let now = now_ms();
+    let sub = Subscription {
+        sub_key: sub_key.clone(),
+        topic: req.topic.clone(),
+        endpoint,
+        delivery: req.delivery,
+        batch_size: req.batch_size.unwrap_or(1),
+        retry: req.retry.unwrap_or_default(),
+        dead_letter_topic: req.dead_letter_topic,
+        ack_timeout_ms: req.ack_timeout_ms.unwrap_or(30_000),
+        created_at_ms: now,
+        created_by: Some(caller.label(&defs)),
+    };
+    sub.validate()
+        .map_err(|e| PubsubError::Invalid(e.to_string()))?;
+    // The cursors first, then the subscription: its delivery task, which may start as soon
+    // as the subscription exists, finds them in place (a topic's first subscription starts
+    // at the messages kept for it, not at the end).
+    let mut created = Vec::new();
+    for t in defs.topics_of(&sub) {
+        let start = if t.on_no_subs == OnNoSubs::Keep
+            && !inner
+                .store
+                .sub_topic_has_other_cursor(&t.name, &sub_key)
+                .await
+                .map_err(store_err)?
+        {
+            CursorStart::OldestKept { now_ms: now }
+        } else {
+            CursorStart::End
+        };
+        let r = inner
+            .store
+            .sub_cursor_create(&sub_key, &t.name, start, now)
+            .await;
+        if let Err(e) = r {
+            let _ = inner.store.sub_forget(&sub_key).await;
+            return Err(store_err(e));
+        }
+        created.push(t.name.clone());
+    }
+    let by = caller.label(&defs);
+    if let Err(e) = inner.store.put_object(&sub, true, &by).await {
+        let _ = inner.store.sub_forget(&sub_key).await;
+        return Err(match e {
+            StoreError::Invalid(m) if m.contains("exists already") => PubsubError::Conflict(m),
+            other => store_err(other),
+        });
+    }
+    tracing::info!(%sub_key, topic = %sub.topic, by = %by, "pubsub: subscribed");
+    apply_local(inner, &sub_key, Some(sub.clone()));
+    // This server delivers it from now on unless another took it meanwhile (the lease
+    // loop spreads subscriptions later): what is published from here on reaches it, non-GD
+    // messages included.
+    if inner
+        .store
+        .sub_lease_take(&sub_key, &inner.server, now_ms(), LEASE_TTL)
+        .await
+        .unwrap_or(false)
+        && !inner.delivery.stopping.load(Ordering::SeqCst)
+    {
+        start_task(inner, Arc::new(sub));
+    }
+    Ok(sub_key)
 }
 
 pub(crate) async fn unsubscribe(
-    _inner: &Arc<Inner>,
-    _caller: &Caller,
-    _sub_key: &str,
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    sub_key: &str,
 ) -> Result<(), PubsubError> {
-    nb()
+    let (defs, sub) = sub_of(inner, sub_key)?;
+    may_use(&defs, caller, &sub)?;
+    inner
+        .store
+        .delete_object::<Subscription>(sub_key)
+        .await
+        .map_err(store_err)?;
+    if let Some(st) = stop_task(inner, sub_key, false) {
+        let h = st.handle.lock().expect("handle lock").take();
+        if let Some(h) = h {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+    inner.store.sub_forget(sub_key).await.map_err(store_err)?;
+    apply_local(inner, sub_key, None);
+    Ok(())
+}
+
+async fn local_get(
+    st: &Arc<SubTask>,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Delivered>, PubsubError> {
+    let sub = st.sub();
+    if !matches!(sub.delivery, DeliveryKind::Pull) {
+        return Err(PubsubError::Conflict(format!(
+            "subscription {} is not a pull subscription",
+            sub.sub_key
+        )));
+    }
+    let max = max.clamp(1, crate::model::pubsub::MAX_BATCH as usize);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let n = st.arrived.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        let got = {
+            let mut q = st.q.lock().expect("queue lock");
+            if q.loaded {
+                let now = now_ms();
+                let sub = st.sub();
+                q.take(max, now, now + sub.ack_timeout_ms as i64, false)
+            } else {
+                Vec::new()
+            }
+        };
+        if !got.is_empty() {
+            // The task watches the ack deadlines.
+            st.wake.notify_one();
+            return Ok(got
+                .into_iter()
+                .map(|e| Delivered {
+                    msg: e.msg,
+                    sub_key: sub.sub_key.clone(),
+                    delivery_count: e.delivery_count,
+                })
+                .collect());
+        }
+        if tokio::time::timeout_at(deadline, n).await.is_err() {
+            return Ok(Vec::new());
+        }
+    }
 }
 
 pub(crate) async fn get_messages(
-    _inner: &Arc<Inner>,
-    _caller: &Caller,
-    _sub_key: &str,
-    _max: usize,
-    _wait: Duration,
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    sub_key: &str,
+    max: usize,
+    wait: Duration,
 ) -> Result<Vec<Delivered>, PubsubError> {
-    nb()
+    let (defs, sub) = sub_of(inner, sub_key)?;
+    may_use(&defs, caller, &sub)?;
+    if !matches!(sub.delivery, DeliveryKind::Pull) {
+        return Err(PubsubError::Conflict(format!(
+            "subscription {sub_key} is not a pull subscription"
+        )));
+    }
+    match owner(inner, sub_key, true).await? {
+        Owner::Local(st) => local_get(&st, max, wait).await,
+        Owner::Remote(peer) => {
+            let v = forward(
+                inner,
+                &peer,
+                "get",
+                sub_key,
+                serde_json::json!({"max": max, "wait_ms": wait.as_millis() as u64}),
+                wait + Duration::from_secs(10),
+            )
+            .await?;
+            v.as_array()
+                .map(|a| a.iter().map(delivered_from_json).collect())
+                .unwrap_or_else(|| {
+                    Err(PubsubError::Internal(format!(
+                        "server {peer} answered pubsub.get without a list"
+                    )))
+                })
+        }
+        Owner::Nobody => Err(PubsubError::NotReachable(format!(
+            "subscription {sub_key} has no delivering server"
+        ))),
+    }
+}
+
+fn local_ack(st: &SubTask, msg_ids: &[String]) -> usize {
+    let now = now_ms();
+    let n = {
+        let mut q = st.q.lock().expect("queue lock");
+        msg_ids.iter().filter(|id| q.ack(id, now)).count()
+    };
+    if n > 0 {
+        st.wake.notify_one();
+    }
+    n
 }
 
 pub(crate) async fn ack(
-    _inner: &Arc<Inner>,
-    _caller: &Caller,
-    _sub_key: &str,
-    _msg_ids: &[String],
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    sub_key: &str,
+    msg_ids: &[String],
 ) -> Result<usize, PubsubError> {
-    nb()
+    let (defs, sub) = sub_of(inner, sub_key)?;
+    may_use(&defs, caller, &sub)?;
+    match owner(inner, sub_key, false).await? {
+        Owner::Local(st) => Ok(local_ack(&st, msg_ids)),
+        Owner::Remote(peer) => {
+            let v = forward(
+                inner,
+                &peer,
+                "ack",
+                sub_key,
+                serde_json::json!({"msg_ids": msg_ids}),
+                Duration::from_secs(10),
+            )
+            .await?;
+            Ok(v["acked"].as_u64().unwrap_or(0) as usize)
+        }
+        // Nobody delivers it: nothing is in flight (a new owner delivers again what was
+        // handed out), so there is nothing to ack.
+        Owner::Nobody => Ok(0),
+    }
 }
 
-pub(crate) async fn sub_stats(
-    _inner: &Arc<Inner>,
-    _sub_key: &str,
-) -> Result<SubStats, PubsubError> {
-    nb()
+async fn local_stats(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<SubStats, PubsubError> {
+    let sub = st.sub();
+    let dead = inner
+        .store
+        .sub_dead_count(&sub.sub_key)
+        .await
+        .map_err(store_err)?;
+    let q = st.q.lock().expect("queue lock");
+    Ok(SubStats {
+        sub_key: sub.sub_key.clone(),
+        topic: sub.topic.clone(),
+        delivery: kind_name(&sub.delivery).into(),
+        owner: Some(inner.server.clone()),
+        depth: q.depth(),
+        in_flight: q.in_flight(),
+        delivered: q.counts.delivered,
+        acked: q.counts.acked,
+        failed_attempts: q.counts.failed_attempts,
+        expired: q.counts.expired,
+        overflowed: q.counts.overflowed,
+        dead_letters: dead,
+        last_delivery_ms: q.counts.last_delivery_ms,
+    })
+}
+
+fn kind_name(k: &DeliveryKind) -> &'static str {
+    match k {
+        DeliveryKind::Service { .. } => "service",
+        DeliveryKind::Push { .. } => "push",
+        DeliveryKind::Pull => "pull",
+    }
+}
+
+pub(crate) async fn sub_stats(inner: &Arc<Inner>, sub_key: &str) -> Result<SubStats, PubsubError> {
+    let (_, sub) = sub_of(inner, sub_key)?;
+    match owner(inner, sub_key, false).await? {
+        Owner::Local(st) => local_stats(inner, &st).await,
+        Owner::Remote(peer) => {
+            let v = forward(
+                inner,
+                &peer,
+                "stats",
+                sub_key,
+                serde_json::json!({}),
+                Duration::from_secs(10),
+            )
+            .await?;
+            serde_json::from_value(v).map_err(|e| {
+                PubsubError::Internal(format!("server {peer} answered pubsub.stats: {e}"))
+            })
+        }
+        Owner::Nobody => {
+            // Nobody delivers it right now: its depth by the stored cursors.
+            let store = &inner.store;
+            let mut depth = 0u64;
+            for c in store.sub_cursors(sub_key).await.map_err(store_err)? {
+                let last = store.sub_last_seq(&c.topic).await.map_err(store_err)?;
+                depth += (last - c.acked_upto).max(0) as u64;
+            }
+            Ok(SubStats {
+                sub_key: sub.sub_key.clone(),
+                topic: sub.topic.clone(),
+                delivery: kind_name(&sub.delivery).into(),
+                owner: None,
+                depth,
+                dead_letters: store.sub_dead_count(sub_key).await.map_err(store_err)?,
+                ..SubStats::default()
+            })
+        }
+    }
+}
+
+fn queued(
+    m: &crate::model::pubsub::Message,
+    delivery_count: u32,
+    reason: Option<String>,
+) -> QueuedMsg {
+    let cut = &m.data[..m.data.len().min(MAX_DATA_SHOWN)];
+    QueuedMsg {
+        msg_id: m.msg_id.clone(),
+        topic: m.topic.clone(),
+        seq: m.seq,
+        priority: m.priority,
+        pub_time_ms: m.pub_time_ms,
+        expires_at_ms: m.expires_at_ms,
+        mime_type: m.mime_type.clone(),
+        size: m.data.len(),
+        data: String::from_utf8_lossy(cut).into_owned(),
+        delivery_count,
+        reason,
+    }
+}
+
+async fn local_browse(st: &Arc<SubTask>, limit: usize) -> Result<Vec<QueuedMsg>, PubsubError> {
+    loaded(st).await?;
+    let q = st.q.lock().expect("queue lock");
+    Ok(q.peek(limit)
+        .into_iter()
+        .map(|e| queued(&e.msg, e.delivery_count, e.last_error.clone()))
+        .collect())
 }
 
 pub(crate) async fn browse(
-    _inner: &Arc<Inner>,
-    _sub_key: &str,
-    _limit: usize,
+    inner: &Arc<Inner>,
+    sub_key: &str,
+    limit: usize,
 ) -> Result<Vec<QueuedMsg>, PubsubError> {
-    nb()
+    sub_of(inner, sub_key)?;
+    match owner(inner, sub_key, true).await? {
+        Owner::Local(st) => local_browse(&st, limit).await,
+        Owner::Remote(peer) => {
+            let v = forward(
+                inner,
+                &peer,
+                "browse",
+                sub_key,
+                serde_json::json!({"limit": limit}),
+                Duration::from_secs(10),
+            )
+            .await?;
+            serde_json::from_value(v).map_err(|e| {
+                PubsubError::Internal(format!("server {peer} answered pubsub.browse: {e}"))
+            })
+        }
+        Owner::Nobody => Err(PubsubError::NotReachable(format!(
+            "subscription {sub_key} has no delivering server"
+        ))),
+    }
 }
 
-pub(crate) async fn purge(_inner: &Arc<Inner>, _sub_key: &str) -> Result<u64, PubsubError> {
-    nb()
+async fn local_purge(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<u64, PubsubError> {
+    loaded(st).await?;
+    let topics: Vec<String> =
+        st.q.lock()
+            .expect("queue lock")
+            .topics
+            .keys()
+            .cloned()
+            .collect();
+    let mut last = HashMap::new();
+    for t in topics {
+        let s = inner.store.sub_last_seq(&t).await.map_err(store_err)?;
+        last.insert(t, s);
+    }
+    let n = st.q.lock().expect("queue lock").purge(&last);
+    task::flush(inner, st).await.map_err(store_err)?;
+    st.wake.notify_one();
+    Ok(n)
+}
+
+pub(crate) async fn purge(inner: &Arc<Inner>, sub_key: &str) -> Result<u64, PubsubError> {
+    sub_of(inner, sub_key)?;
+    match owner(inner, sub_key, true).await? {
+        Owner::Local(st) => local_purge(inner, &st).await,
+        Owner::Remote(peer) => {
+            let v = forward(
+                inner,
+                &peer,
+                "purge",
+                sub_key,
+                serde_json::json!({}),
+                Duration::from_secs(30),
+            )
+            .await?;
+            Ok(v["purged"].as_u64().unwrap_or(0))
+        }
+        Owner::Nobody => Err(PubsubError::NotReachable(format!(
+            "subscription {sub_key} has no delivering server"
+        ))),
+    }
 }
 
 pub(crate) async fn dead_letters(
-    _inner: &Arc<Inner>,
-    _sub_key: &str,
-    _limit: usize,
+    inner: &Arc<Inner>,
+    sub_key: &str,
+    limit: usize,
 ) -> Result<Vec<QueuedMsg>, PubsubError> {
-    nb()
+    sub_of(inner, sub_key)?;
+    let rows = inner
+        .store
+        .sub_dead(sub_key, None, limit.min(u32::MAX as usize) as u32)
+        .await
+        .map_err(store_err)?;
+    Ok(rows
+        .iter()
+        .map(|d| queued(&d.msg, d.attempts, Some(d.reason.clone())))
+        .collect())
+}
+
+async fn local_requeue(
+    inner: &Arc<Inner>,
+    st: &Arc<SubTask>,
+    msg_ids: Option<&[String]>,
+) -> Result<u64, PubsubError> {
+    loaded(st).await?;
+    let sub_key = st.sub().sub_key.clone();
+    let n = inner
+        .store
+        .sub_dead_requeue(&sub_key, msg_ids)
+        .await
+        .map_err(store_err)?;
+    task::load_requeued(inner, st).await.map_err(store_err)?;
+    Ok(n)
 }
 
 pub(crate) async fn requeue(
-    _inner: &Arc<Inner>,
-    _sub_key: &str,
-    _msg_ids: Option<&[String]>,
+    inner: &Arc<Inner>,
+    sub_key: &str,
+    msg_ids: Option<&[String]>,
 ) -> Result<u64, PubsubError> {
-    nb()
+    sub_of(inner, sub_key)?;
+    match owner(inner, sub_key, true).await? {
+        Owner::Local(st) => local_requeue(inner, &st, msg_ids).await,
+        Owner::Remote(peer) => {
+            let v = forward(
+                inner,
+                &peer,
+                "requeue",
+                sub_key,
+                serde_json::json!({"msg_ids": msg_ids}),
+                Duration::from_secs(30),
+            )
+            .await?;
+            Ok(v["requeued"].as_u64().unwrap_or(0))
+        }
+        Owner::Nobody => Err(PubsubError::NotReachable(format!(
+            "subscription {sub_key} has no delivering server"
+        ))),
+    }
 }
