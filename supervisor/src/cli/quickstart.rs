@@ -13,6 +13,7 @@ use super::{CliError, fail};
 use crate::config::{MAX_WORKERS, Settings};
 use crate::model::channel::{Channel, DataFormat};
 use crate::model::outgoing::{RestConn, SqlConn};
+use crate::model::pubsub::{Subscription, Topic};
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -92,6 +93,35 @@ class Outgoing(Service):
         self.response.payload = {
             'rest': {'status': rest.status_code, 'data': rest.data},
             'sql': {'calls': calls},
+        }
+
+
+class OrderSubscriber(Service):
+    """Subscribed to the topic /demo/orders (subscription demo.orders): every message
+    published there is delivered to it (self.channel.type == 'pubsub'). It logs each one and
+    keeps a count and the last one in the cache; GET /demo/orders shows them."""
+
+    name = 'demo.orders.subscriber'
+
+    def handle(self):
+        for msg in self.request.pubsub.messages:
+            data = msg.data if isinstance(msg.data, str) else repr(msg.data)
+            self.logger.info('order %s from %s: %s', msg.msg_id, msg.published_by, data)
+            self.cache.default.incr('demo.orders:received')
+            self.cache.default.set('demo.orders:last', {
+                'msg_id': msg.msg_id, 'data': data, 'priority': msg.priority,
+                'published_by': msg.published_by, 'delivery_count': msg.delivery_count})
+
+
+class OrdersReceived(Service):
+    """GET /demo/orders: what demo.orders.subscriber has received."""
+
+    name = 'demo.orders.received'
+
+    def handle(self):
+        self.response.payload = {
+            'received': self.cache.default.get('demo.orders:received', 0),
+            'last': self.cache.default.get('demo.orders:last'),
         }
 
 
@@ -225,6 +255,7 @@ fn sample_channels() -> Vec<Channel> {
         ("/slow", "GET", "demo.slow"),
         ("/visits/{page}", "GET", "demo.visits"),
         ("/sample/outgoing", "GET", "demo.outgoing"),
+        ("/demo/orders", "GET", "demo.orders.received"),
     ]
     .into_iter()
     .map(|(path, method, service)| Channel {
@@ -240,6 +271,37 @@ fn sample_channels() -> Vec<Channel> {
         services: Vec::new(),
     })
     .collect()
+}
+
+/// The sample pub/sub: the channel of the pub/sub REST API at `/pubsub` (no security: the
+/// sample's publishes are local; a real one names a security definition, docs/PUBSUB.md), the
+/// topic `/demo/orders` and the subscription `demo.orders` delivering it to the service
+/// `demo.orders.subscriber`.
+fn sample_pubsub() -> Result<(Channel, Topic, Subscription), StoreError> {
+    let bad = |what: &str, e: serde_json::Error| {
+        StoreError::Invalid(format!("the sample pub/sub {what}: {e}"))
+    };
+    let channel = serde_json::from_value(serde_json::json!({
+        "name": "/pubsub",
+        "url_path": "/pubsub",
+        "type": "pubsub",
+    }))
+    .map_err(|e| bad("channel", e))?;
+    let topic = serde_json::from_value(serde_json::json!({
+        "name": "/demo/orders",
+        "description": "Sample topic of oxbus quickstart: demo.orders.subscriber gets its messages",
+    }))
+    .map_err(|e| bad("topic", e))?;
+    let sub = serde_json::from_value(serde_json::json!({
+        "sub_key": "demo.orders",
+        "topic": "/demo/orders",
+        "delivery": {"type": "service", "service": "demo.orders.subscriber"},
+        "batch_size": 10,
+        "retry": {"max_attempts": 5},
+        "created_by": "admin:quickstart",
+    }))
+    .map_err(|e| bad("subscription", e))?;
+    Ok((channel, topic, sub))
 }
 
 /// The sample outgoing connections: `demo.self`, a REST connection to this server's own
@@ -288,8 +350,19 @@ pub async fn seed(
     job.minutes = 1;
     job.extra = Some(serde_json::json!({"page": "scheduler"}));
     let job = job.as_stored(None, chrono::Utc::now());
+    let (pubsub_channel, topic, sub) = sample_pubsub()?;
+    let mut channels = sample_channels();
+    channels.push(pubsub_channel);
     let plan = Plan {
-        put_channels: sample_channels(),
+        put_channels: channels,
+        pubsub_topics: crate::store::ObjectChanges {
+            put: vec![topic],
+            delete: Vec::new(),
+        },
+        pubsub_subs: crate::store::ObjectChanges {
+            put: vec![sub],
+            delete: Vec::new(),
+        },
         deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
         jobs: crate::store::ObjectChanges {
             put: vec![job],
@@ -367,7 +440,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s -X POST {url}/pubsub/topic/demo/orders -H 'Content-Type: application/json' -d '{{\"data\": \"hi\"}}'   (pub/sub)\n           curl -s {url}/demo/orders   (what its subscriber, demo.orders.subscriber, received)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -462,7 +535,24 @@ mod tests {
         let db = dir.join("demo.db");
         assert!(seed(&store, listen, &db).await.unwrap());
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 6);
+        assert_eq!(channels.len(), 8);
+        assert!(
+            channels
+                .iter()
+                .any(|c| c.url_path == "/pubsub" && c.channel_type.as_str() == "pubsub"),
+            "the pub/sub REST API's channel"
+        );
+        // The sample topic and its subscription, delivered to the sample service.
+        let topics: Vec<Topic> = store.objects().await.unwrap();
+        assert_eq!(topics.len(), 1);
+        assert_eq!(topics[0].name, "/demo/orders");
+        topics[0].validate().unwrap();
+        let subs: Vec<Subscription> = store.objects().await.unwrap();
+        assert_eq!(subs.len(), 1);
+        subs[0].validate().unwrap();
+        assert_eq!(subs[0].topic, "/demo/orders");
+        assert!(subs[0].created_at_ms > 0, "made now");
+        assert!(SAMPLE_SERVICES.contains("name = 'demo.orders.subscriber'"));
         let jobs: Vec<crate::model::job::JobDef> = store.objects().await.unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].validate().unwrap();
