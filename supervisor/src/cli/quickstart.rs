@@ -13,7 +13,8 @@ use super::{CliError, fail};
 use crate::config::{MAX_WORKERS, Settings};
 use crate::model::channel::{Channel, DataFormat};
 use crate::model::outgoing::{RestConn, SqlConn};
-use crate::model::pubsub::{Subscription, Topic};
+use crate::model::pubsub::{Endpoint, Subscription, Topic};
+use crate::model::security::SecurityDef;
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -273,11 +274,20 @@ fn sample_channels() -> Vec<Channel> {
     .collect()
 }
 
-/// The sample pub/sub: the channel of the pub/sub REST API at `/pubsub` (no security: the
-/// sample's publishes are local; a real one names a security definition, docs/PUBSUB.md), the
-/// topic `/demo/orders` and the subscription `demo.orders` delivering it to the service
-/// `demo.orders.subscriber`.
-fn sample_pubsub() -> Result<(Channel, Topic, Subscription), StoreError> {
+/// The security definition of the sample pub/sub channel, its user name, and the file (in
+/// the environment) that holds its password.
+const PUBSUB_SECURITY: &str = "demo.pubsub";
+const PUBSUB_USER: &str = "demo";
+pub const PUBSUB_PASSWORD_FILE: &str = "pubsub.password";
+
+/// The sample pub/sub: the channel of the pub/sub REST API at `/pubsub`, whose callers are
+/// those of the basic-auth definition `demo.pubsub` (user `demo`, `password`), the endpoint
+/// `demo` that lets them publish and subscribe under `/demo/`, the topic `/demo/orders` and
+/// the subscription `demo.orders` delivering it to the service `demo.orders.subscriber`.
+fn sample_pubsub(
+    password: &str,
+    key: &crate::secrets::Key,
+) -> Result<(Channel, SecurityDef, Endpoint, Topic, Subscription), StoreError> {
     let bad = |what: &str, e: serde_json::Error| {
         StoreError::Invalid(format!("the sample pub/sub {what}: {e}"))
     };
@@ -285,8 +295,27 @@ fn sample_pubsub() -> Result<(Channel, Topic, Subscription), StoreError> {
         "name": "/pubsub",
         "url_path": "/pubsub",
         "type": "pubsub",
+        "security": PUBSUB_SECURITY,
     }))
     .map_err(|e| bad("channel", e))?;
+    let security = crate::edge::gate::from_input(
+        serde_json::json!({
+            "name": PUBSUB_SECURITY,
+            "type": "basic",
+            "username": PUBSUB_USER,
+            "password": password,
+        }),
+        None,
+        None,
+        key,
+    )
+    .map_err(|e| StoreError::Invalid(format!("the sample pub/sub security definition: {e}")))?;
+    let endpoint = serde_json::from_value(serde_json::json!({
+        "name": "demo",
+        "security": PUBSUB_SECURITY,
+        "topic_patterns": ["pub=/demo/*", "sub=/demo/*"],
+    }))
+    .map_err(|e| bad("endpoint", e))?;
     let topic = serde_json::from_value(serde_json::json!({
         "name": "/demo/orders",
         "description": "Sample topic of oxbus quickstart: demo.orders.subscriber gets its messages",
@@ -301,7 +330,7 @@ fn sample_pubsub() -> Result<(Channel, Topic, Subscription), StoreError> {
         "created_by": "admin:quickstart",
     }))
     .map_err(|e| bad("subscription", e))?;
-    Ok((channel, topic, sub))
+    Ok((channel, security, endpoint, topic, sub))
 }
 
 /// The sample outgoing connections: `demo.self`, a REST connection to this server's own
@@ -329,14 +358,17 @@ fn sample_connections(
     Ok((rest, sql))
 }
 
-/// Puts the sample module (`demo`, deployed as version 1), its REST channels and a job into
-/// a store that holds nothing yet, in one transaction, then the sample outgoing connections
+/// Puts the sample module (`demo`, deployed as version 1), its REST channels, a job and the
+/// sample pub/sub (`pubsub_password`: its basic-auth password, sealed with `key`) into a
+/// store that holds nothing yet, in one transaction, then the sample outgoing connections
 /// (`listen`: the server's address, which `demo.self` calls; `db_file`: `demo.sqlite`'s
 /// file); a store with any history is left alone. Returns whether it seeded.
 pub async fn seed(
     store: &Store,
     listen: std::net::SocketAddr,
     db_file: &Path,
+    pubsub_password: &str,
+    key: &crate::secrets::Key,
 ) -> Result<bool, StoreError> {
     if store.version().await? != 0 {
         return Ok(false);
@@ -350,7 +382,7 @@ pub async fn seed(
     job.minutes = 1;
     job.extra = Some(serde_json::json!({"page": "scheduler"}));
     let job = job.as_stored(None, chrono::Utc::now());
-    let (pubsub_channel, topic, sub) = sample_pubsub()?;
+    let (pubsub_channel, security, endpoint, topic, sub) = sample_pubsub(pubsub_password, key)?;
     let mut channels = sample_channels();
     channels.push(pubsub_channel);
     let plan = Plan {
@@ -361,6 +393,14 @@ pub async fn seed(
         },
         pubsub_subs: crate::store::ObjectChanges {
             put: vec![sub],
+            delete: Vec::new(),
+        },
+        pubsub_endpoints: crate::store::ObjectChanges {
+            put: vec![endpoint],
+            delete: Vec::new(),
+        },
+        security: crate::store::ObjectChanges {
+            put: vec![security],
             delete: Vec::new(),
         },
         deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
@@ -440,7 +480,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s -X POST {url}/pubsub/topic/demo/orders -H 'Content-Type: application/json' -d '{{\"data\": \"hi\"}}'   (pub/sub)\n           curl -s {url}/demo/orders   (what its subscriber, demo.orders.subscriber, received)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s -u demo:$(cat {pw}) -X POST {url}/pubsub/topic/demo/orders -H 'Content-Type: application/json' -d '{{\"data\": \"hi\"}}'   (pub/sub)\n           curl -s {url}/demo/orders   (what its subscriber, demo.orders.subscriber, received)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -450,6 +490,7 @@ fn prepare(
         s.admin.listen,
         s.admin_token_file().display(),
         s.admin.listen,
+        pw = dir.join(PUBSUB_PASSWORD_FILE).display(),
     );
     Ok((s, banner, proxy))
 }
@@ -470,9 +511,33 @@ fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::SeedRuntime)?;
+    // The key the server will seal with (a new environment has none yet: made here, as the
+    // server would at its first start); the sample pub/sub's password, kept next to the admin
+    // token, private.
+    let key = crate::secrets::Key::load(None, &s.secret_key_file(), None)
+        .map_err(|e| CliError::Io(io::Error::other(e.to_string())))?;
+    let password = crate::random::random_hex(12);
+    let pw_file = dir.join(PUBSUB_PASSWORD_FILE);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pw_file)
+            .map_err(|source| CliError::Write {
+                path: pw_file.clone(),
+                source,
+            })?;
+        writeln!(f, "{password}").map_err(|source| CliError::Write {
+            path: pw_file.clone(),
+            source,
+        })?;
+    }
     rt.block_on(async {
         let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
-        let r = seed(&store, s.server.listen, &db_file).await;
+        let r = seed(&store, s.server.listen, &db_file, &password, &key).await;
         store.close().await;
         r.map(drop).map_err(CliError::Seed)
     })
@@ -533,7 +598,8 @@ mod tests {
         let store = Store::open(&url).await.unwrap();
         let listen: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
         let db = dir.join("demo.db");
-        assert!(seed(&store, listen, &db).await.unwrap());
+        let key = crate::secrets::Key::create(&dir.join("secret.key")).unwrap();
+        assert!(seed(&store, listen, &db, "pw-demo", &key).await.unwrap());
         let channels = store.channels().await.unwrap();
         assert_eq!(channels.len(), 8);
         assert!(
@@ -553,6 +619,14 @@ mod tests {
         assert_eq!(subs[0].topic, "/demo/orders");
         assert!(subs[0].created_at_ms > 0, "made now");
         assert!(SAMPLE_SERVICES.contains("name = 'demo.orders.subscriber'"));
+        // Its callers: the basic-auth definition demo.pubsub, allowed /demo/* by the endpoint.
+        let security: Vec<SecurityDef> = store.objects().await.unwrap();
+        assert_eq!(security.len(), 1);
+        assert_eq!(security[0].username.as_deref(), Some("demo"));
+        crate::edge::gate::Verifier::compile(&security[0], &key).unwrap();
+        let endpoints: Vec<Endpoint> = store.objects().await.unwrap();
+        assert!(endpoints[0].allows(crate::model::pubsub::Access::Publish, "/demo/orders"));
+        assert!(!endpoints[0].allows(crate::model::pubsub::Access::Publish, "/other"));
         let jobs: Vec<crate::model::job::JobDef> = store.objects().await.unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].validate().unwrap();
@@ -576,7 +650,7 @@ mod tests {
         // The module, channels and job in one transaction; each connection one more.
         assert_eq!(store.version().await.unwrap(), 3);
         assert!(
-            !seed(&store, listen, &db).await.unwrap(),
+            !seed(&store, listen, &db, "pw-demo", &key).await.unwrap(),
             "a store with history is left alone"
         );
         assert_eq!(store.version().await.unwrap(), 3);
