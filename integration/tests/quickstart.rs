@@ -128,14 +128,33 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
 
     // The sample pub/sub: a publish to /demo/orders through the REST API at /pubsub reaches
     // the subscribed sample service, whose count GET /demo/orders shows.
-    let r = call(
-        port,
-        "POST",
-        "/pubsub/topic/demo/orders",
-        br#"{"data": "hi"}"#,
-    )
-    .await
-    .unwrap();
+    // Its callers give the sample's basic-auth password, which quickstart wrote next to the
+    // admin token; without it, 401.
+    let password = std::fs::read_to_string(dir.join("pubsub.password")).unwrap();
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("demo:{}", password.trim())
+        )
+    );
+    let publish = |auth: Option<String>| async move {
+        let mut c = Client::connect(port).await.unwrap();
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        c.request(
+            "POST",
+            "/pubsub/topic/demo/orders",
+            &headers,
+            bytes::Bytes::from_static(br#"{"data": "hi"}"#),
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(publish(None).await.status, 401);
+    let r = publish(Some(auth)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let msg_id = r.json()["msg_id"].as_str().unwrap().to_owned();
     let got = eventually(Duration::from_secs(20), "the order delivered", || async {
