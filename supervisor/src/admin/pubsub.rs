@@ -85,14 +85,14 @@ pub(super) async fn route(
                 let key = decode(key);
                 messages(&key, cx.pubsub.browse(&key, n).await)
             }
-            Err(r) => r,
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
         },
         (&Method::GET, ["subs", key, "dead"]) => match limit(&query) {
             Ok(n) => {
                 let key = decode(key);
                 messages(&key, cx.pubsub.dead_letters(&key, n).await)
             }
-            Err(r) => r,
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
         },
         (&Method::POST, ["subs", key, "requeue"]) => {
             let key = decode(key);
@@ -164,15 +164,14 @@ fn broker_error(e: &PubsubError) -> Response<Body> {
 }
 
 /// `limit=N` of a query string: 1..=[`MAX_LIST`], default [`DEFAULT_LIST`].
-fn limit(query: &str) -> Result<usize, Response<Body>> {
+fn limit(query: &str) -> Result<usize, String> {
     let Some(v) = query.split('&').find_map(|kv| kv.strip_prefix("limit=")) else {
         return Ok(DEFAULT_LIST);
     };
     match v.parse::<usize>() {
         Ok(n) if (1..=MAX_LIST).contains(&n) => Ok(n),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be a number from 1 to {MAX_LIST}, not {v:?}"),
+        _ => Err(format!(
+            "limit must be a number from 1 to {MAX_LIST}, not {v:?}"
         )),
     }
 }

@@ -139,8 +139,8 @@ pub enum Command {
         #[command(flatten)]
         to: ServerArgs,
         /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
-        /// outgoing_sql, token, config) or
-        /// KIND/NAME.
+        /// outgoing_sql, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
+        /// or KIND/NAME (a topic: pubsub_topic//orders/new).
         #[arg(long)]
         object: Option<String>,
         /// Only the changes of this identity (root, a token's name, pickup).
