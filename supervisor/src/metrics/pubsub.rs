@@ -35,15 +35,16 @@ struct SubLabels {
     sub: String,
 }
 
-/// Why a publish was refused: the broker's error codes a publisher can cause, and
-/// `unavailable` (the store failed the flush).
-pub const REFUSED_REASONS: [&str; 6] = [
+/// Why a publish was refused: the broker's error codes a publisher can cause,
+/// `unavailable` (the store failed the flush), and `other` for any other code.
+pub const REFUSED_REASONS: [&str; 7] = [
     "full",
     "too_large",
     "forbidden",
     "no_topic",
     "invalid",
     "unavailable",
+    "other",
 ];
 
 pub struct PubsubMetrics {
@@ -74,7 +75,7 @@ impl PubsubMetrics {
         );
         registry.register(
             "pubsub_refused",
-            "Messages whose publish through this server was refused, by topic and reason (full, too_large, forbidden, no_topic, invalid, unavailable)",
+            "Messages whose publish through this server was refused, by topic and reason (full, too_large, forbidden, no_topic, invalid, unavailable, other)",
             m.refused.clone(),
         );
         registry.register(
@@ -119,7 +120,7 @@ impl PubsubMetrics {
     }
 
     /// `n` messages of `topic` refused for `reason` (one of [`REFUSED_REASONS`], the broker's
-    /// error code; another code is counted as `invalid`).
+    /// error code; another code is counted as `other`).
     pub fn refused(&self, topic: &str, reason: &str, n: u64) {
         if n == 0 {
             return;
@@ -127,7 +128,7 @@ impl PubsubMetrics {
         let reason = REFUSED_REASONS
             .into_iter()
             .find(|r| *r == reason)
-            .unwrap_or("invalid");
+            .unwrap_or("other");
         self.refused
             .get_or_create(&RefusedLabels {
                 topic: topic.to_owned(),
@@ -290,7 +291,7 @@ mod tests {
             r#"oxbus_pubsub_published_total{topic="/orders/new",gd="true"} 5"#,
             r#"oxbus_pubsub_published_total{topic="/orders/new",gd="false"} 1"#,
             r#"oxbus_pubsub_refused_total{topic="/orders/new",reason="full"} 4"#,
-            r#"oxbus_pubsub_refused_total{topic="/orders/new",reason="invalid"} 1"#,
+            r#"oxbus_pubsub_refused_total{topic="/orders/new",reason="other"} 1"#,
             r#"oxbus_pubsub_delivered_total{sub="sk.a"} 7"#,
             r#"oxbus_pubsub_delivery_failures_total{sub="sk.a"} 2"#,
             r#"oxbus_pubsub_dead_lettered_total{sub="sk.a"} 1"#,
