@@ -126,6 +126,45 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     }
     assert!(dir.join("demo.db").is_file());
 
+    // The sample pub/sub: a publish to /demo/orders through the REST API at /pubsub reaches
+    // the subscribed sample service, whose count GET /demo/orders shows.
+    // Its callers give the sample's basic-auth password, which quickstart wrote next to the
+    // admin token; without it, 401.
+    let password = std::fs::read_to_string(dir.join("pubsub.password")).unwrap();
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("demo:{}", password.trim())
+        )
+    );
+    let publish = |auth: Option<String>| async move {
+        let mut c = Client::connect(port).await.unwrap();
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        c.request(
+            "POST",
+            "/pubsub/topic/demo/orders",
+            &headers,
+            bytes::Bytes::from_static(br#"{"data": "hi"}"#),
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(publish(None).await.status, 401);
+    let r = publish(Some(auth)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let msg_id = r.json()["msg_id"].as_str().unwrap().to_owned();
+    let got = eventually(Duration::from_secs(20), "the order delivered", || async {
+        let doc = call(port, "GET", "/demo/orders", b"").await?.json();
+        (doc["received"] == 1).then_some(doc)
+    })
+    .await;
+    assert_eq!(got["last"]["msg_id"], msg_id.as_str(), "{got}");
+    assert_eq!(got["last"]["data"], "hi", "{got}");
+
     // The proxy in front of it (port + 2) serves the same, and reports the server up.
     ready(port + 2).await;
     let r = call(port + 2, "POST", "/echo", br#"{"via": "proxy"}"#)
@@ -170,7 +209,9 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     ready(port + 2).await;
     let modules = cli(&dir, &["config", "export"]);
     assert_eq!(modules["config_version"], 3);
-    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 6);
+    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 8);
+    assert_eq!(modules["pubsub_topic"][0]["name"], "/demo/orders");
+    assert_eq!(modules["pubsub_subscription"][0]["sub_key"], "demo.orders");
     // The SQLite file kept its rows across the restart.
     let r = call(port, "GET", "/sample/outgoing", b"").await.unwrap();
     assert_eq!(r.json()["sql"]["calls"], 3, "{:?}", r.body);

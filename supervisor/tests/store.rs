@@ -829,11 +829,46 @@ async fn apply_is_one_transaction(s: &Store) {
             ],
             delete: vec![],
         },
+        pubsub_topics: ObjectChanges {
+            put: vec![serde_json::from_value(serde_json::json!({"name": "/orders/new"})).unwrap()],
+            delete: vec![],
+        },
+        pubsub_subs: ObjectChanges {
+            put: vec![
+                serde_json::from_value(serde_json::json!({
+                    "sub_key": "sk.plan", "topic": "/orders/*", "delivery": {"type": "pull"},
+                }))
+                .unwrap(),
+            ],
+            delete: vec![],
+        },
+        pubsub_endpoints: ObjectChanges {
+            put: vec![
+                serde_json::from_value(serde_json::json!({
+                    "name": "crm", "security": "crm-basic", "topic_patterns": ["pub=/orders/*"],
+                }))
+                .unwrap(),
+            ],
+            delete: vec![],
+        },
     };
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let c = s.apply(&plan, "import").await.unwrap();
     let set = s.object_set().await.unwrap();
     assert_eq!(set.outgoing_rest, plan.outgoing_rest.put);
     assert_eq!(set.outgoing_sql, plan.outgoing_sql.put);
+    assert_eq!(set.pubsub_topics, plan.pubsub_topics.put);
+    assert_eq!(set.pubsub_endpoints, plan.pubsub_endpoints.put);
+    // A subscription without created_at_ms is made at the import.
+    assert_eq!(set.pubsub_subs.len(), 1);
+    assert!(
+        set.pubsub_subs[0].created_at_ms >= before_ms,
+        "{:?}",
+        set.pubsub_subs[0]
+    );
     assert_eq!(c.config_version, v0 + 1);
     assert_eq!(s.secrets().await.unwrap()[0].services, ["svc.*"]);
     assert_eq!(c.value.len(), 1);

@@ -93,11 +93,15 @@ enum Kind {
     OutgoingRest,
     /// An outgoing SQL connection (`/v1/outgoing/sql/…`).
     OutgoingSql,
+    /// Pub/sub definitions (`/v1/pubsub/topics|subs|endpoints/…`).
+    PubsubTopic,
+    PubsubSub,
+    PubsubEndpoint,
     /// A named admin API token (never the token or its hash).
     Token,
 }
 
-const ALL_KINDS: [Kind; 8] = [
+const ALL_KINDS: [Kind; 11] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
@@ -106,6 +110,9 @@ const ALL_KINDS: [Kind; 8] = [
     Kind::Job,
     Kind::OutgoingRest,
     Kind::OutgoingSql,
+    Kind::PubsubTopic,
+    Kind::PubsubSub,
+    Kind::PubsubEndpoint,
 ];
 
 impl Kind {
@@ -119,6 +126,9 @@ impl Kind {
             "jobs" => Kind::Job,
             "outgoing_rest" => Kind::OutgoingRest,
             "outgoing_sql" => Kind::OutgoingSql,
+            "pubsub_topics" => Kind::PubsubTopic,
+            "pubsub_subs" => Kind::PubsubSub,
+            "pubsub_endpoints" => Kind::PubsubEndpoint,
             "tokens" => Kind::Token,
             _ => return None,
         })
@@ -134,6 +144,10 @@ impl Kind {
             Kind::Job => "job",
             Kind::OutgoingRest => "outgoing_rest",
             Kind::OutgoingSql => "outgoing_sql",
+            // As an import's change list names them.
+            Kind::PubsubTopic => "pubsub_topic",
+            Kind::PubsubSub => "pubsub_subscription",
+            Kind::PubsubEndpoint => "pubsub_endpoint",
             Kind::Token => "token",
         }
     }
@@ -211,10 +225,28 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         return None;
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // A topic's name is the rest of its path (`/v1/pubsub/topics/orders/new`: `/orders/new`).
+    if let ["v1", "pubsub", "topics", segments @ ..] = parts.as_slice()
+        && !segments.is_empty()
+    {
+        let name = super::pubsub::topic_from_segments(segments);
+        let action = match *method {
+            Method::PUT => "put".to_owned(),
+            Method::DELETE => "delete".to_owned(),
+            ref m => m.as_str().to_ascii_lowercase(),
+        };
+        let scope = Scope::Object(Kind::PubsubTopic, name.clone());
+        return Some((Kind::PubsubTopic.as_str().into(), name, action, scope));
+    }
     let (resource, rest): (&str, &[&str]) = match parts.as_slice() {
         // One resource per connection type: `/v1/outgoing/rest/{name}` is an `outgoing_rest`.
         ["v1", "outgoing", "rest", rest @ ..] => ("outgoing_rest", rest),
         ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
+        // A test publish is a call (as `invoke`), not a change of anything stored.
+        ["v1", "pubsub", "publish", ..] => return None,
+        ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
+        ["v1", "pubsub", "subs", rest @ ..] => ("pubsub_subs", rest),
+        ["v1", "pubsub", "endpoints", rest @ ..] => ("pubsub_endpoints", rest),
         ["v1", resource, rest @ ..] => (*resource, rest),
         _ => {
             return Some((
@@ -356,6 +388,13 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::OutgoingSql => {
             objects_of::<crate::model::outgoing::SqlConn>(cx, kind, out).await?;
+        }
+        Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
+        Kind::PubsubSub => {
+            objects_of::<crate::model::pubsub::Subscription>(cx, kind, out).await?;
+        }
+        Kind::PubsubEndpoint => {
+            objects_of::<crate::model::pubsub::Endpoint>(cx, kind, out).await?;
         }
         Kind::Token => {
             for t in cx.store.tokens().await.map_err(|e| e.to_string())? {
@@ -928,6 +967,27 @@ mod tests {
             t(Method::POST, "/v1/caches/c/clear").unwrap(),
             "cache c clear"
         );
+        assert_eq!(
+            t(Method::PUT, "/v1/pubsub/topics/orders/new").unwrap(),
+            "pubsub_topic /orders/new put"
+        );
+        let scope = target(&Method::DELETE, "/v1/pubsub/topics/orders")
+            .unwrap()
+            .3;
+        assert_eq!(scope, Scope::Object(Kind::PubsubTopic, "/orders".into()));
+        assert_eq!(
+            t(Method::DELETE, "/v1/pubsub/subs/sk.1").unwrap(),
+            "pubsub_subscription sk.1 delete"
+        );
+        assert_eq!(
+            t(Method::POST, "/v1/pubsub/subs/sk.1/purge").unwrap(),
+            "pubsub_subscription sk.1 purge"
+        );
+        assert_eq!(
+            t(Method::PUT, "/v1/pubsub/endpoints/crm").unwrap(),
+            "pubsub_endpoint crm put"
+        );
+        assert_eq!(t(Method::POST, "/v1/pubsub/publish/orders/new"), None);
         assert_eq!(t(Method::POST, "/v1/config").unwrap(), "config  import");
         assert_eq!(t(Method::POST, "/v1/tokens").unwrap(), "token  create");
         assert_eq!(

@@ -400,6 +400,28 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("DELETE", "/v1/outgoing/sql/{name}", Admin),
     ep("POST", "/v1/outgoing/sql/{name}/ping", Deployer),
     ep("GET", "/v1/outgoing/sql/{name}/stats", Viewer),
+    // Pub/sub: definitions and figures are a viewer's; a queue's and the dead letters'
+    // messages are the applications' data (a deployer's, as a cache's entries are); a
+    // requeue or a test publish is an action like a job's run (deployer); a purge destroys
+    // messages (admin, as a cache's clear); definition changes are an admin's. A topic's
+    // name is the rest of the path (`{name...}`: one or more segments).
+    ep("GET", "/v1/pubsub/topics", Viewer),
+    ep("GET", "/v1/pubsub/topics/{name...}", Viewer),
+    ep("PUT", "/v1/pubsub/topics/{name...}", Admin),
+    ep("DELETE", "/v1/pubsub/topics/{name...}", Admin),
+    ep("GET", "/v1/pubsub/subs", Viewer),
+    ep("GET", "/v1/pubsub/subs/{key}", Viewer),
+    ep("PUT", "/v1/pubsub/subs/{key}", Admin),
+    ep("DELETE", "/v1/pubsub/subs/{key}", Admin),
+    ep("GET", "/v1/pubsub/subs/{key}/queue", Deployer),
+    ep("GET", "/v1/pubsub/subs/{key}/dead", Deployer),
+    ep("POST", "/v1/pubsub/subs/{key}/requeue", Deployer),
+    ep("POST", "/v1/pubsub/subs/{key}/purge", Admin),
+    ep("GET", "/v1/pubsub/endpoints", Viewer),
+    ep("GET", "/v1/pubsub/endpoints/{name}", Viewer),
+    ep("PUT", "/v1/pubsub/endpoints/{name}", Admin),
+    ep("DELETE", "/v1/pubsub/endpoints/{name}", Admin),
+    ep("POST", "/v1/pubsub/publish/{name...}", Deployer),
     // Export carries sealed secret values and credential hashes; import changes anything.
     ep("GET", "/v1/config", Deployer),
     ep("POST", "/v1/config", Admin),
@@ -409,13 +431,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("DELETE", "/v1/tokens/{name}", Admin),
 ];
 
-/// Whether `path`'s segments (split as `route` splits them) match `pattern`'s.
+/// Whether `path`'s segments (split as `route` splits them) match `pattern`'s; a last
+/// pattern segment `{…...}` matches one or more segments (a topic's name).
 fn matches(pattern: &str, segments: &[&str]) -> bool {
     let mut pat = pattern.trim_matches('/').split('/');
     let mut seg = segments.iter();
     loop {
         match (pat.next(), seg.next()) {
             (None, None) => return true,
+            (Some(p), Some(_)) if p.ends_with("...}") => return true,
             (Some(p), Some(s)) if p.starts_with('{') || p == *s => {}
             _ => return false,
         }
@@ -485,7 +509,11 @@ mod tests {
                 );
             }
             // No row is shadowed by an earlier one (the first match wins).
-            let concrete = e.path.replace("{name}", "x").replace("{key}", "k");
+            let concrete = e
+                .path
+                .replace("{name...}", "x/y")
+                .replace("{name}", "x")
+                .replace("{key}", "k");
             let method = Method::from_bytes(e.method.as_bytes()).unwrap();
             assert_eq!(
                 required_role(&method, &concrete),
@@ -553,6 +581,33 @@ mod tests {
             (Method::POST, "/v1/config"),
             (Method::POST, "/v1/tokens"),
             (Method::DELETE, "/v1/tokens/ci"),
+        ] {
+            assert_eq!(required_role(&m, p), Role::Admin, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn pubsub_reads_are_viewers_data_deployers_changes_admins() {
+        let post = |p: &str| required_role(&Method::POST, p);
+        assert_eq!(get("/v1/pubsub/topics"), Role::Viewer);
+        assert_eq!(get("/v1/pubsub/topics/orders"), Role::Viewer);
+        assert_eq!(get("/v1/pubsub/topics/orders/eu/new"), Role::Viewer);
+        assert_eq!(get("/v1/pubsub/subs/sk.1"), Role::Viewer);
+        assert_eq!(get("/v1/pubsub/endpoints/crm"), Role::Viewer);
+        assert_eq!(get("/v1/pubsub/subs/sk.1/queue"), Role::Deployer);
+        assert_eq!(get("/v1/pubsub/subs/sk.1/dead"), Role::Deployer);
+        assert_eq!(post("/v1/pubsub/subs/sk.1/requeue"), Role::Deployer);
+        assert_eq!(post("/v1/pubsub/publish/orders/new"), Role::Deployer);
+        assert_eq!(post("/v1/pubsub/subs/sk.1/purge"), Role::Admin);
+        for (m, p) in [
+            (Method::PUT, "/v1/pubsub/topics/orders/new"),
+            (Method::DELETE, "/v1/pubsub/topics/orders"),
+            (Method::PUT, "/v1/pubsub/subs/sk.1"),
+            (Method::DELETE, "/v1/pubsub/subs/sk.1"),
+            (Method::PUT, "/v1/pubsub/endpoints/crm"),
+            // No topic named: not the table's (admin, and `route` answers 404).
+            (Method::POST, "/v1/pubsub/publish"),
+            (Method::GET, "/v1/pubsub/subs/sk.1/queue/x"),
         ] {
             assert_eq!(required_role(&m, p), Role::Admin, "{m} {p}");
         }

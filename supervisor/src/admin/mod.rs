@@ -69,6 +69,7 @@ mod metrics;
 mod modules;
 mod objects;
 pub(crate) mod outgoing;
+pub(crate) mod pubsub;
 mod secrets;
 mod security;
 mod stats;
@@ -249,13 +250,37 @@ fn reads_store(path: &str) -> bool {
             | ["v1", "tokens"]
             // Connection definitions (not their `stats`: this server's figures).
             | ["v1", "outgoing", _] | ["v1", "outgoing", _, _]
+            // Pub/sub definitions, queues and dead letters.
+            | ["v1", "pubsub", ..]
     )
 }
 
 /// Whether `method` `path` is a change written to the store: a config change or a token's
 /// (not a call of a service, a cache's contents or a job's run).
 fn writes_store(method: &Method, path: &str) -> bool {
-    *method != Method::GET && !is_invoke(path) && (!is_not_config(path) || is_tokens(path))
+    *method != Method::GET
+        && !is_invoke(path)
+        && !is_pubsub_publish(path)
+        && (!is_not_config(path) || is_tokens(path) || is_pubsub_queue_op(path))
+}
+
+/// `/v1/pubsub/publish/{topic...}`: a test publish, as a service's call: the broker answers
+/// `unavailable` itself for a GD message while the store is down (a non-GD one needs no
+/// store).
+fn is_pubsub_publish(path: &str) -> bool {
+    path.trim_matches('/').starts_with("v1/pubsub/publish/")
+}
+
+/// `/v1/pubsub/subs/{sub_key}/purge|requeue`: a change of a subscription's queue, written to
+/// the store but no config.
+fn is_pubsub_queue_op(path: &str) -> bool {
+    matches!(
+        path.trim_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["v1", "pubsub", "subs", _, "purge" | "requeue"]
+    )
 }
 
 /// `/v1/tokens…`: the API tokens, stored but not config.
@@ -287,6 +312,8 @@ fn is_not_config(path: &str) -> bool {
             | ["v1", "jobs", _, "execute"]
             | ["v1", "outgoing", _, _, "ping"]
             | ["v1", "tokens", ..]
+            | ["v1", "pubsub", "publish", ..]
+            | ["v1", "pubsub", "subs", _, "purge" | "requeue"]
     )
 }
 
@@ -323,6 +350,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
         (_, ["v1", "outgoing", rest @ ..]) => outgoing::route(req, cx, rest).await,
+        (_, ["v1", "pubsub", rest @ ..]) => pubsub::route(req, cx, rest, who).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
         (&Method::GET, ["v1", "audit"]) => audit::list(cx, req.uri().query().unwrap_or("")).await,
         (_, ["v1", "config"]) => config::route(req, cx).await,
@@ -379,5 +407,18 @@ mod tests {
         assert!(reads_store("/v1/outgoing/sql/db"));
         assert!(!reads_store("/v1/outgoing/sql/db/stats"));
         assert!(!writes_store(&Method::POST, "/v1/jobs/j/execute"));
+        // Pub/sub: definitions are config; a queue's purge or requeue writes the store but no
+        // config; a test publish is a call.
+        assert!(writes_store(&Method::PUT, "/v1/pubsub/topics/orders/new"));
+        assert!(!is_not_config("/v1/pubsub/subs/sk.1"));
+        assert!(writes_store(&Method::POST, "/v1/pubsub/subs/sk.1/purge"));
+        assert!(is_not_config("/v1/pubsub/subs/sk.1/purge"));
+        assert!(is_not_config("/v1/pubsub/subs/sk.1/requeue"));
+        assert!(!writes_store(
+            &Method::POST,
+            "/v1/pubsub/publish/orders/new"
+        ));
+        assert!(is_not_config("/v1/pubsub/publish/orders/new"));
+        assert!(reads_store("/v1/pubsub/subs/sk.1/queue"));
     }
 }

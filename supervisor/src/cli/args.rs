@@ -120,6 +120,13 @@ pub enum Command {
         #[command(subcommand)]
         action: OutAction,
     },
+    /// Pub/sub: topics, subscriptions and endpoints (list, get, put, delete), a
+    /// subscription's queue and dead letters (requeue, purge), a test publish
+    /// (docs/PUBSUB.md).
+    Pubsub {
+        #[command(subcommand)]
+        action: PubsubAction,
+    },
     /// Named admin API tokens with a role (admin, deployer, viewer), e.g. one per CI
     /// pipeline: create (the token is printed once), list, revoke.
     Token {
@@ -132,8 +139,8 @@ pub enum Command {
         #[command(flatten)]
         to: ServerArgs,
         /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
-        /// outgoing_sql, token, config) or
-        /// KIND/NAME.
+        /// outgoing_sql, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
+        /// or KIND/NAME (a topic: pubsub_topic//orders/new).
         #[arg(long)]
         object: Option<String>,
         /// Only the changes of this identity (root, a token's name, pickup).
@@ -589,6 +596,151 @@ pub enum OutAction {
         #[arg(value_enum)]
         kind: Option<OutType>,
         name: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+/// The pub/sub subcommands (docs/PUBSUB.md). A topic is named with its leading `/`
+/// (`/orders/new`; `orders/new` means the same).
+#[derive(Subcommand)]
+pub enum PubsubAction {
+    /// Every topic with its figures: GD or not, depth, last seq, published, rate,
+    /// subscriptions.
+    Topics {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One topic: get, put (create or replace from JSON), delete.
+    Topic {
+        #[command(subcommand)]
+        action: PubsubDefAction,
+    },
+    /// Every subscription with its figures: delivering server, depth, in flight, delivered,
+    /// dead letters.
+    Subs {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One subscription (by sub_key): get, put, delete (its queue and dead letters go too).
+    Sub {
+        #[command(subcommand)]
+        action: PubsubDefAction,
+    },
+    /// Every pub/sub endpoint: its security definition and pub=/sub= patterns.
+    Endpoints {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One pub/sub endpoint: get, put, delete.
+    Endpoint {
+        #[command(subcommand)]
+        action: PubsubDefAction,
+    },
+    /// The messages waiting in a subscription's queue, in delivery order.
+    Queue {
+        #[command(flatten)]
+        to: ServerArgs,
+        sub_key: String,
+        /// At most this many (1..=1000, default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A subscription's dead letters (messages past retry.max_attempts), oldest first.
+    Dead {
+        #[command(flatten)]
+        to: ServerArgs,
+        sub_key: String,
+        /// At most this many (1..=1000, default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Put dead letters back into the subscription's queue: these MSG_IDS, or all of them.
+    Requeue {
+        #[command(flatten)]
+        to: ServerArgs,
+        sub_key: String,
+        msg_ids: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Empty a subscription's queue: every message waiting is dropped.
+    Purge {
+        #[command(flatten)]
+        to: ServerArgs,
+        sub_key: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Publish a test message to TOPIC (as admin:<token>); prints its msg_id.
+    Publish {
+        #[command(flatten)]
+        to: ServerArgs,
+        topic: String,
+        /// The data as text.
+        #[arg(long, conflicts_with_all = ["json", "file"], required_unless_present_any = ["json", "file"])]
+        data: Option<String>,
+        /// The data as JSON (published as application/json), e.g. '{"id": 1}'.
+        #[arg(long, conflicts_with = "file")]
+        json: Option<String>,
+        /// The data from a UTF-8 text file (`-`: standard input).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// 1 (lowest) to 9 (highest); default 5.
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Milliseconds until it expires (default: the topic's).
+        #[arg(long)]
+        expiration: Option<u64>,
+        /// Not guaranteed delivery: kept in memory only (default: the topic's has_gd).
+        #[arg(long)]
+        no_gd: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+/// `get|put|delete` of one pub/sub definition (a topic, a subscription, an endpoint).
+#[derive(Subcommand)]
+pub enum PubsubDefAction {
+    /// Its definition (with its figures, for topics and subscriptions).
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create or replace it from its JSON definition (fields left out take their
+    /// defaults; the name may be left out).
+    Put {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// A file holding the definition (JSON).
+        #[arg(long, short, conflicts_with = "json", required_unless_present = "json")]
+        file: Option<PathBuf>,
+        /// The definition itself, e.g. '{"has_gd": true, "max_depth_gd": 50000}'.
+        #[arg(long)]
+        json: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete it.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod modules;
 pub mod out;
 pub mod proxy_cmd;
+pub mod pubsub;
 pub mod quickstart;
 pub mod reload;
 pub mod secret;
@@ -95,6 +96,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
         Command::Token { action } => admin(|rt| token::command(rt, &action)),
         Command::Out { action } => admin(|rt| out::command(rt, &action)),
+        Command::Pubsub { action } => admin(|rt| pubsub::command(rt, &action)),
         Command::Audit {
             to,
             object,

@@ -13,6 +13,8 @@ use super::{CliError, fail};
 use crate::config::{MAX_WORKERS, Settings};
 use crate::model::channel::{Channel, DataFormat};
 use crate::model::outgoing::{RestConn, SqlConn};
+use crate::model::pubsub::{Endpoint, Subscription, Topic};
+use crate::model::security::SecurityDef;
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
@@ -92,6 +94,35 @@ class Outgoing(Service):
         self.response.payload = {
             'rest': {'status': rest.status_code, 'data': rest.data},
             'sql': {'calls': calls},
+        }
+
+
+class OrderSubscriber(Service):
+    """Subscribed to the topic /demo/orders (subscription demo.orders): every message
+    published there is delivered to it (self.channel.type == 'pubsub'). It logs each one and
+    keeps a count and the last one in the cache; GET /demo/orders shows them."""
+
+    name = 'demo.orders.subscriber'
+
+    def handle(self):
+        for msg in self.request.pubsub.messages:
+            data = msg.data if isinstance(msg.data, str) else repr(msg.data)
+            self.logger.info('order %s from %s: %s', msg.msg_id, msg.published_by, data)
+            self.cache.default.incr('demo.orders:received')
+            self.cache.default.set('demo.orders:last', {
+                'msg_id': msg.msg_id, 'data': data, 'priority': msg.priority,
+                'published_by': msg.published_by, 'delivery_count': msg.delivery_count})
+
+
+class OrdersReceived(Service):
+    """GET /demo/orders: what demo.orders.subscriber has received."""
+
+    name = 'demo.orders.received'
+
+    def handle(self):
+        self.response.payload = {
+            'received': self.cache.default.get('demo.orders:received', 0),
+            'last': self.cache.default.get('demo.orders:last'),
         }
 
 
@@ -225,6 +256,7 @@ fn sample_channels() -> Vec<Channel> {
         ("/slow", "GET", "demo.slow"),
         ("/visits/{page}", "GET", "demo.visits"),
         ("/sample/outgoing", "GET", "demo.outgoing"),
+        ("/demo/orders", "GET", "demo.orders.received"),
     ]
     .into_iter()
     .map(|(path, method, service)| Channel {
@@ -240,6 +272,65 @@ fn sample_channels() -> Vec<Channel> {
         services: Vec::new(),
     })
     .collect()
+}
+
+/// The security definition of the sample pub/sub channel, its user name, and the file (in
+/// the environment) that holds its password.
+const PUBSUB_SECURITY: &str = "demo.pubsub";
+const PUBSUB_USER: &str = "demo";
+pub const PUBSUB_PASSWORD_FILE: &str = "pubsub.password";
+
+/// The sample pub/sub: the channel of the pub/sub REST API at `/pubsub`, whose callers are
+/// those of the basic-auth definition `demo.pubsub` (user `demo`, `password`), the endpoint
+/// `demo` that lets them publish and subscribe under `/demo/`, the topic `/demo/orders` and
+/// the subscription `demo.orders` delivering it to the service `demo.orders.subscriber`.
+fn sample_pubsub(
+    password: &str,
+    key: &crate::secrets::Key,
+) -> Result<(Channel, SecurityDef, Endpoint, Topic, Subscription), StoreError> {
+    let bad = |what: &str, e: serde_json::Error| {
+        StoreError::Invalid(format!("the sample pub/sub {what}: {e}"))
+    };
+    let channel = serde_json::from_value(serde_json::json!({
+        "name": "/pubsub",
+        "url_path": "/pubsub",
+        "type": "pubsub",
+        "security": PUBSUB_SECURITY,
+    }))
+    .map_err(|e| bad("channel", e))?;
+    let security = crate::edge::gate::from_input(
+        serde_json::json!({
+            "name": PUBSUB_SECURITY,
+            "type": "basic",
+            "username": PUBSUB_USER,
+            "password": password,
+        }),
+        None,
+        None,
+        key,
+    )
+    .map_err(|e| StoreError::Invalid(format!("the sample pub/sub security definition: {e}")))?;
+    let endpoint = serde_json::from_value(serde_json::json!({
+        "name": "demo",
+        "security": PUBSUB_SECURITY,
+        "topic_patterns": ["pub=/demo/*", "sub=/demo/*"],
+    }))
+    .map_err(|e| bad("endpoint", e))?;
+    let topic = serde_json::from_value(serde_json::json!({
+        "name": "/demo/orders",
+        "description": "Sample topic of oxbus quickstart: demo.orders.subscriber gets its messages",
+    }))
+    .map_err(|e| bad("topic", e))?;
+    let sub = serde_json::from_value(serde_json::json!({
+        "sub_key": "demo.orders",
+        "topic": "/demo/orders",
+        "delivery": {"type": "service", "service": "demo.orders.subscriber"},
+        "batch_size": 10,
+        "retry": {"max_attempts": 5},
+        "created_by": "admin:quickstart",
+    }))
+    .map_err(|e| bad("subscription", e))?;
+    Ok((channel, security, endpoint, topic, sub))
 }
 
 /// The sample outgoing connections: `demo.self`, a REST connection to this server's own
@@ -267,14 +358,17 @@ fn sample_connections(
     Ok((rest, sql))
 }
 
-/// Puts the sample module (`demo`, deployed as version 1), its REST channels and a job into
-/// a store that holds nothing yet, in one transaction, then the sample outgoing connections
+/// Puts the sample module (`demo`, deployed as version 1), its REST channels, a job and the
+/// sample pub/sub (`pubsub_password`: its basic-auth password, sealed with `key`) into a
+/// store that holds nothing yet, in one transaction, then the sample outgoing connections
 /// (`listen`: the server's address, which `demo.self` calls; `db_file`: `demo.sqlite`'s
 /// file); a store with any history is left alone. Returns whether it seeded.
 pub async fn seed(
     store: &Store,
     listen: std::net::SocketAddr,
     db_file: &Path,
+    pubsub_password: &str,
+    key: &crate::secrets::Key,
 ) -> Result<bool, StoreError> {
     if store.version().await? != 0 {
         return Ok(false);
@@ -288,8 +382,27 @@ pub async fn seed(
     job.minutes = 1;
     job.extra = Some(serde_json::json!({"page": "scheduler"}));
     let job = job.as_stored(None, chrono::Utc::now());
+    let (pubsub_channel, security, endpoint, topic, sub) = sample_pubsub(pubsub_password, key)?;
+    let mut channels = sample_channels();
+    channels.push(pubsub_channel);
     let plan = Plan {
-        put_channels: sample_channels(),
+        put_channels: channels,
+        pubsub_topics: crate::store::ObjectChanges {
+            put: vec![topic],
+            delete: Vec::new(),
+        },
+        pubsub_subs: crate::store::ObjectChanges {
+            put: vec![sub],
+            delete: Vec::new(),
+        },
+        pubsub_endpoints: crate::store::ObjectChanges {
+            put: vec![endpoint],
+            delete: Vec::new(),
+        },
+        security: crate::store::ObjectChanges {
+            put: vec![security],
+            delete: Vec::new(),
+        },
         deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
         jobs: crate::store::ObjectChanges {
             put: vec![job],
@@ -367,7 +480,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s -u demo:$(cat {pw}) -X POST {url}/pubsub/topic/demo/orders -H 'Content-Type: application/json' -d '{{\"data\": \"hi\"}}'   (pub/sub)\n           curl -s {url}/demo/orders   (what its subscriber, demo.orders.subscriber, received)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -377,6 +490,7 @@ fn prepare(
         s.admin.listen,
         s.admin_token_file().display(),
         s.admin.listen,
+        pw = dir.join(PUBSUB_PASSWORD_FILE).display(),
     );
     Ok((s, banner, proxy))
 }
@@ -397,9 +511,33 @@ fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::SeedRuntime)?;
+    // The key the server will seal with (a new environment has none yet: made here, as the
+    // server would at its first start); the sample pub/sub's password, kept next to the admin
+    // token, private.
+    let key = crate::secrets::Key::load(None, &s.secret_key_file(), None)
+        .map_err(|e| CliError::Io(io::Error::other(e.to_string())))?;
+    let password = crate::random::random_hex(12);
+    let pw_file = dir.join(PUBSUB_PASSWORD_FILE);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pw_file)
+            .map_err(|source| CliError::Write {
+                path: pw_file.clone(),
+                source,
+            })?;
+        writeln!(f, "{password}").map_err(|source| CliError::Write {
+            path: pw_file.clone(),
+            source,
+        })?;
+    }
     rt.block_on(async {
         let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
-        let r = seed(&store, s.server.listen, &db_file).await;
+        let r = seed(&store, s.server.listen, &db_file, &password, &key).await;
         store.close().await;
         r.map(drop).map_err(CliError::Seed)
     })
@@ -460,9 +598,35 @@ mod tests {
         let store = Store::open(&url).await.unwrap();
         let listen: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
         let db = dir.join("demo.db");
-        assert!(seed(&store, listen, &db).await.unwrap());
+        let key = crate::secrets::Key::create(&dir.join("secret.key")).unwrap();
+        assert!(seed(&store, listen, &db, "pw-demo", &key).await.unwrap());
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 6);
+        assert_eq!(channels.len(), 8);
+        assert!(
+            channels
+                .iter()
+                .any(|c| c.url_path == "/pubsub" && c.channel_type.as_str() == "pubsub"),
+            "the pub/sub REST API's channel"
+        );
+        // The sample topic and its subscription, delivered to the sample service.
+        let topics: Vec<Topic> = store.objects().await.unwrap();
+        assert_eq!(topics.len(), 1);
+        assert_eq!(topics[0].name, "/demo/orders");
+        topics[0].validate().unwrap();
+        let subs: Vec<Subscription> = store.objects().await.unwrap();
+        assert_eq!(subs.len(), 1);
+        subs[0].validate().unwrap();
+        assert_eq!(subs[0].topic, "/demo/orders");
+        assert!(subs[0].created_at_ms > 0, "made now");
+        assert!(SAMPLE_SERVICES.contains("name = 'demo.orders.subscriber'"));
+        // Its callers: the basic-auth definition demo.pubsub, allowed /demo/* by the endpoint.
+        let security: Vec<SecurityDef> = store.objects().await.unwrap();
+        assert_eq!(security.len(), 1);
+        assert_eq!(security[0].username.as_deref(), Some("demo"));
+        crate::edge::gate::Verifier::compile(&security[0], &key).unwrap();
+        let endpoints: Vec<Endpoint> = store.objects().await.unwrap();
+        assert!(endpoints[0].allows(crate::model::pubsub::Access::Publish, "/demo/orders"));
+        assert!(!endpoints[0].allows(crate::model::pubsub::Access::Publish, "/other"));
         let jobs: Vec<crate::model::job::JobDef> = store.objects().await.unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].validate().unwrap();
@@ -486,7 +650,7 @@ mod tests {
         // The module, channels and job in one transaction; each connection one more.
         assert_eq!(store.version().await.unwrap(), 3);
         assert!(
-            !seed(&store, listen, &db).await.unwrap(),
+            !seed(&store, listen, &db, "pw-demo", &key).await.unwrap(),
             "a store with history is left alone"
         );
         assert_eq!(store.version().await.unwrap(), 3);

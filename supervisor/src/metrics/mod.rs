@@ -5,7 +5,8 @@
 //! anything a client sent. docs/OBSERVABILITY.md lists every series.
 //!
 //! This module knows no subsystem: each subsystem records into its own area's handle
-//! (`http`, `workers`, `services`, `store`, `cluster`, `deploys`, `caches`, `scheduler`), one
+//! (`http`, `workers`, `services`, `store`, `cluster`, `deploys`, `caches`, `scheduler`,
+//! `pubsub`), one
 //! file each; figures that are a state rather than a count are read at scrape time.
 
 use prometheus_client::registry::Registry;
@@ -16,6 +17,7 @@ pub mod deploys;
 pub mod histogram;
 pub mod http;
 pub mod outgoing;
+pub mod pubsub;
 pub mod scheduler;
 pub mod services;
 pub mod stats;
@@ -38,6 +40,7 @@ pub struct Metrics {
     pub deploys: deploys::DeployMetrics,
     pub caches: caches::CacheMetrics,
     pub scheduler: scheduler::SchedulerMetrics,
+    pub pubsub: pubsub::PubsubMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,6 +64,7 @@ impl Metrics {
             deploys: deploys::DeployMetrics::register(&mut registry),
             caches: caches::CacheMetrics::register(&mut registry),
             scheduler: scheduler::SchedulerMetrics::register(&mut registry),
+            pubsub: pubsub::PubsubMetrics::register(&mut registry),
             registry: std::sync::Mutex::new(registry),
         }
     }

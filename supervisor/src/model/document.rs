@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::model::cache::parse_cache_def;
 use crate::model::channel::Channel;
 use crate::model::job::JobDef;
+use crate::model::pubsub::{Endpoint, Subscription, Topic};
 use oxbus_cache::CacheDef;
 
 /// The document's format version.
@@ -56,6 +57,100 @@ pub struct Document {
     /// plaintext `password`. Raw JSON like `outgoing_rest`.
     #[serde(default)]
     pub outgoing_sql: Value,
+    /// Pub/sub topics (docs/PUBSUB.md), each checked field by field like `cache`.
+    #[serde(default, deserialize_with = "topic_list")]
+    pub pubsub_topic: Vec<Topic>,
+    /// Pub/sub subscriptions, each checked field by field; `created_at_ms` left out keeps the
+    /// stored one's (a new one: the time of the import).
+    #[serde(default, deserialize_with = "subscription_list")]
+    pub pubsub_subscription: Vec<Subscription>,
+    /// Pub/sub endpoints (who may publish and subscribe where).
+    #[serde(default, deserialize_with = "endpoint_list")]
+    pub pubsub_endpoint: Vec<Endpoint>,
+}
+
+fn topic_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Topic>, D::Error> {
+    parsed_list(d, "pubsub_topic", "topics", |v| parse_topic(v, None))
+}
+
+fn subscription_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Subscription>, D::Error> {
+    parsed_list(d, "pubsub_subscription", "subscriptions", |v| {
+        parse_subscription(v, None)
+    })
+}
+
+fn endpoint_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
+    parsed_list(d, "pubsub_endpoint", "pub/sub endpoints", |v| {
+        parse_endpoint(v, None)
+    })
+}
+
+/// A topic from JSON (an admin request's body, a document's entry); every error names the
+/// field. `path_name`: the name the request's URL gives (the body may leave `name` out and
+/// must not name another). Not validated here: see [`Topic::validate`].
+pub fn parse_topic(v: &Value, path_name: Option<&str>) -> Result<Topic, String> {
+    parse_fields(v, path_name, "name", "topic", serde_json::json!({}))
+}
+
+/// A subscription from JSON, as [`parse_topic`] (its name is `sub_key`).
+pub fn parse_subscription(v: &Value, path_name: Option<&str>) -> Result<Subscription, String> {
+    parse_fields(
+        v,
+        path_name,
+        "sub_key",
+        "subscription",
+        serde_json::json!({"topic": "/t", "delivery": {"type": "pull"}}),
+    )
+}
+
+/// A pub/sub endpoint from JSON, as [`parse_topic`].
+pub fn parse_endpoint(v: &Value, path_name: Option<&str>) -> Result<Endpoint, String> {
+    parse_fields(
+        v,
+        path_name,
+        "name",
+        "pub/sub endpoint",
+        serde_json::json!({"security": "s"}),
+    )
+}
+
+/// An object of a kind whose name is `name_key`, parsed field by field: each field is tried
+/// alone on `template` (the kind's required fields), so that a value of the wrong type or an
+/// unknown field is reported with the field's name; then the whole object.
+fn parse_fields<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    path_name: Option<&str>,
+    name_key: &str,
+    what: &str,
+    mut template: Value,
+) -> Result<T, String> {
+    let Some(obj) = v.as_object() else {
+        return Err(format!("a {what} must be a JSON object"));
+    };
+    let name = match (obj.get(name_key), path_name) {
+        (Some(Value::String(n)), Some(p)) if n != p => {
+            return Err(format!(
+                "the body names {what} {n:?}, the URL {p:?}: a {what} cannot be renamed"
+            ));
+        }
+        (Some(Value::String(n)), _) => n.clone(),
+        (Some(_), _) => return Err(format!("{what}: {name_key} must be a string")),
+        (None, Some(p)) => p.to_owned(),
+        (None, None) => return Err(format!("{what}: {name_key}: missing")),
+    };
+    template[name_key] = Value::String(name.clone());
+    for (k, value) in obj.iter().filter(|(k, _)| *k != name_key) {
+        let mut one = template.clone();
+        one[k.as_str()] = value.clone();
+        if let Err(e) = serde_json::from_value::<T>(one) {
+            return Err(format!("{what} {name}: {k}: {e}"));
+        }
+    }
+    let mut full = obj.clone();
+    full.insert(name_key.into(), Value::String(name.clone()));
+    serde_json::from_value(Value::Object(full)).map_err(|e| format!("{what} {name}: {e}"))
 }
 
 fn job_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobDef>, D::Error> {
@@ -180,6 +275,58 @@ mod tests {
         assert!(e.contains("cache[1]: cache b: replicate:"), "{e}");
         let doc: Document = serde_json::from_value(json!({"cache": null})).unwrap();
         assert!(doc.cache.is_empty());
+    }
+
+    #[test]
+    fn a_pubsub_entry_error_names_the_entry_and_the_field() {
+        let doc: Document = serde_json::from_value(json!({
+            "pubsub_topic": [{"name": "/orders/new", "has_gd": false}],
+            "pubsub_subscription": [{"sub_key": "sk.a", "topic": "/orders/*",
+                                     "delivery": {"type": "service", "service": "crm.x"}}],
+            "pubsub_endpoint": [{"name": "crm", "security": "crm-basic",
+                                 "topic_patterns": ["pub=/orders/*"]}],
+        }))
+        .unwrap();
+        assert!(!doc.pubsub_topic[0].has_gd);
+        assert_eq!(doc.pubsub_subscription[0].batch_size, 1);
+        assert_eq!(doc.pubsub_endpoint[0].security, "crm-basic");
+        for (v, want) in [
+            (
+                json!({"pubsub_topic": [{"name": "/a"}, {"name": "/b", "max_depth_gd": "lots"}]}),
+                "pubsub_topic[1]: topic /b: max_depth_gd: invalid type",
+            ),
+            (
+                json!({"pubsub_topic": [{"name": "/a", "max_dept_gd": 5}]}),
+                "pubsub_topic[0]: topic /a: max_dept_gd: unknown field `max_dept_gd`",
+            ),
+            (
+                json!({"pubsub_subscription": [{"sub_key": "k", "topic": "/a",
+                                                "delivery": {"type": "mail"}}]}),
+                "pubsub_subscription[0]: subscription k: delivery: unknown variant `mail`",
+            ),
+            (
+                json!({"pubsub_subscription": [{"topic": "/a", "delivery": {"type": "pull"}}]}),
+                "pubsub_subscription[0]: subscription: sub_key: missing",
+            ),
+            (
+                json!({"pubsub_endpoint": [{"name": "e"}]}),
+                "pubsub_endpoint[0]: pub/sub endpoint e: missing field `security`",
+            ),
+            (
+                json!({"pubsub_endpoint": {"name": "e"}}),
+                "pubsub_endpoint: expected a list of pub/sub endpoints",
+            ),
+        ] {
+            let e = serde_json::from_value::<Document>(v)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}\n  wanted: {want}");
+        }
+        // A body of the admin API: the URL's name, and no other.
+        let t = parse_topic(&json!({"has_gd": false}), Some("/x")).unwrap();
+        assert_eq!(t.name, "/x");
+        let e = parse_topic(&json!({"name": "/y"}), Some("/x")).unwrap_err();
+        assert!(e.contains("cannot be renamed"), "{e}");
     }
 
     #[test]

@@ -149,6 +149,7 @@ impl ConfigObject for crate::model::pubsub::Subscription {
     const KIND: &'static str = "pubsub_subscription";
     const WHAT: &'static str = "subscription";
     const TABLE: &'static str = "pubsub_subs";
+    const FILLED_FROM_STORED: bool = true;
 
     fn name(&self) -> &str {
         &self.sub_key
@@ -156,6 +157,23 @@ impl ConfigObject for crate::model::pubsub::Subscription {
 
     fn validate(&self) -> Result<(), InvalidObject> {
         crate::model::pubsub::Subscription::validate(self)
+    }
+
+    /// A definition that leaves `created_at_ms` (0) or `created_by` out keeps the stored
+    /// one's; a new one is created now. The delivery of a topic the subscription matches
+    /// later starts at `created_at_ms`, so an edit (or an import of an export, which has
+    /// it) must not move it.
+    fn into_stored(mut self, stored: Option<&Self>, now: chrono::DateTime<chrono::Utc>) -> Self {
+        if self.created_at_ms == 0 {
+            self.created_at_ms = stored
+                .map(|s| s.created_at_ms)
+                .filter(|t| *t != 0)
+                .unwrap_or_else(|| now.timestamp_millis());
+        }
+        if self.created_by.is_none() {
+            self.created_by = stored.and_then(|s| s.created_by.clone());
+        }
+        self
     }
 }
 

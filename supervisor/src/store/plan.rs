@@ -8,6 +8,7 @@ use crate::model::channel::Channel;
 use crate::model::job::JobDef;
 use crate::model::object::ConfigObject;
 use crate::model::outgoing::{RestConn, SqlConn};
+use crate::model::pubsub::{Endpoint, Subscription, Topic};
 use crate::model::security::SecurityDef;
 use crate::store::BeginWrite;
 use oxbus_cache::CacheDef;
@@ -96,6 +97,14 @@ pub struct Plan {
     pub outgoing_rest: ObjectChanges<RestConn>,
     /// Outgoing SQL connections (password sealed).
     pub outgoing_sql: ObjectChanges<SqlConn>,
+    /// Pub/sub topics.
+    pub pubsub_topics: ObjectChanges<Topic>,
+    /// Pub/sub subscriptions (`created_at_ms` left out: the stored one's, else now). Their
+    /// cursors are not written here: the delivering server makes a subscription's missing
+    /// cursors at its `created_at_ms`.
+    pub pubsub_subs: ObjectChanges<Subscription>,
+    /// Pub/sub endpoints.
+    pub pubsub_endpoints: ObjectChanges<Endpoint>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -112,6 +121,9 @@ impl Plan {
             && self.jobs.is_empty()
             && self.outgoing_rest.is_empty()
             && self.outgoing_sql.is_empty()
+            && self.pubsub_topics.is_empty()
+            && self.pubsub_subs.is_empty()
+            && self.pubsub_endpoints.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -136,6 +148,9 @@ impl Store {
         plan.jobs.validate()?;
         plan.outgoing_rest.validate()?;
         plan.outgoing_sql.validate()?;
+        plan.pubsub_topics.validate()?;
+        plan.pubsub_subs.validate()?;
+        plan.pubsub_endpoints.validate()?;
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
@@ -178,6 +193,9 @@ impl Store {
             apply_objects!(tx, JobDef, &plan.jobs, by);
             apply_objects!(tx, RestConn, &plan.outgoing_rest, by);
             apply_objects!(tx, SqlConn, &plan.outgoing_sql, by);
+            apply_objects!(tx, Topic, &plan.pubsub_topics, by);
+            apply_objects!(tx, Subscription, &plan.pubsub_subs, by);
+            apply_objects!(tx, Endpoint, &plan.pubsub_endpoints, by);
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }

@@ -359,6 +359,39 @@ pub async fn import(
     )
     .await?;
 
+    // Pub/sub: topics, subscriptions and endpoints, each validated; then what they name must
+    // exist in the config as the import leaves it (a subscription's topic, unless a pattern,
+    // and its dead-letter topic; an endpoint's security definition).
+    let pubsub_topics = import_objects(
+        cx,
+        &doc.pubsub_topic,
+        replace,
+        &mut plan.pubsub_topics,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    let pubsub_subs = import_objects(
+        cx,
+        &doc.pubsub_subscription,
+        replace,
+        &mut plan.pubsub_subs,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    let pubsub_endpoints = import_objects(
+        cx,
+        &doc.pubsub_endpoint,
+        replace,
+        &mut plan.pubsub_endpoints,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    crate::admin::pubsub::check_references(&pubsub_topics, &pubsub_subs, &pubsub_endpoints, &defs)
+        .map_err(bad)?;
+
     // Modules: the changed ones were imported in a worker (`check_modules`, before the
     // caller took its lock) and nothing is written unless they were.
     if let Some(d) = duplicate(doc.service_module.iter().map(|m| m.name.as_str())) {
@@ -429,6 +462,17 @@ pub async fn import(
     }
     if !plan.outgoing_sql.is_empty() {
         cx.outgoing.apply_sql(&outgoing_sql);
+    }
+    if !(plan.pubsub_topics.is_empty()
+        && plan.pubsub_subs.is_empty()
+        && plan.pubsub_endpoints.is_empty())
+    {
+        cx.pubsub.apply(&crate::model::object::ObjectSet {
+            pubsub_topics,
+            pubsub_subs,
+            pubsub_endpoints,
+            ..Default::default()
+        });
     }
     let mut workers = Vec::new();
     if !change.value.is_empty() {
