@@ -29,6 +29,7 @@ pub const OPS: &[&str] = &[
     "import",
     "tokens",
     "audit",
+    "pubsub_log",
 ];
 
 /// Store operations take from under a millisecond (SQLite, a local PostgreSQL) to the pool's

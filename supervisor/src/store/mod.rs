@@ -29,6 +29,8 @@
 //!   `job_state`, `job_runs`);
 //! - `tokens`: named admin API tokens, hashed (`admin_tokens`; not config: no version bump).
 //! - `audit`: the audit log of admin changes (`audit_log`) and the digests it records.
+//! - `pubsub_log`: the pub/sub message log (`pubsub_topic_seq`, `pubsub_msg`, `pubsub_parts`)
+//!   and its rotation lease (`pubsub_lease` key `#rotate`).
 //!
 //! The store knows no HTTP, no workers and no cluster bus: it stores the objects of `model`
 //! (and `config`'s channels, `oxbus_cache`'s cache definitions) and checks what a stored
@@ -275,6 +277,7 @@ mod channels;
 mod modules;
 mod objects;
 mod plan;
+pub mod pubsub_log;
 mod scheduler;
 mod secrets;
 mod servers;
