@@ -1,0 +1,454 @@
+//! The pub/sub message log in the store (`store/pubsub_log.rs`) and the publish path through
+//! the broker, run identically on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL: a fresh database per test on the machine's server (OXBUS_TEST_PG, default
+//! postgres://postgres@127.0.0.1:5432/test), dropped afterwards. A missing server fails the
+//! test loudly; it never skips.
+
+use bytes::Bytes;
+use oxbus_supervisor::model::pubsub::Message;
+use oxbus_supervisor::store::Store;
+use oxbus_supervisor::store::pubsub_log::TopicAppend;
+use sqlx::Connection;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+fn admin_url() -> String {
+    std::env::var("OXBUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A store on a fresh database of each engine.
+enum Engine {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Engine {
+    async fn sqlite() -> (Store, Engine) {
+        let dir = std::env::temp_dir().join(format!(
+            "oxbus-pubsub-log-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite:{}", dir.join("oxbus.db").display());
+        (Store::open(&url).await.unwrap(), Engine::Sqlite(dir))
+    }
+
+    async fn postgres() -> (Store, Engine) {
+        let db = format!(
+            "oxbus_pubsub_log_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {} is needed for this test: {e}", admin_url())
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let url = pg_url(&db);
+        (Store::open(&url).await.unwrap(), Engine::Postgres(db))
+    }
+
+    async fn cleanup(self, store: Store) {
+        store.close().await;
+        match self {
+            Engine::Sqlite(dir) => std::fs::remove_dir_all(dir).unwrap(),
+            Engine::Postgres(db) => {
+                let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {db} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            }
+        }
+    }
+}
+
+fn pg_url(db: &str) -> String {
+    let base = admin_url();
+    format!("{}/{db}", &base[..base.rfind('/').unwrap()])
+}
+
+/// Runs `$test(store)` on a fresh SQLite store, then on a fresh PostgreSQL one.
+macro_rules! both {
+    ($sqlite:ident, $pg:ident, $test:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            let (store, engine) = Engine::sqlite().await;
+            $test(&store).await;
+            engine.cleanup(store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            let (store, engine) = Engine::postgres().await;
+            $test(&store).await;
+            engine.cleanup(store).await;
+        }
+    };
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn msg(topic: &str, i: usize) -> Message {
+    Message {
+        topic: topic.into(),
+        seq: 0,
+        msg_id: format!("zpsm{:024x}", (N.fetch_add(1, Ordering::SeqCst) as u64) << 20 | i as u64),
+        pub_time_ms: now_ms(),
+        expires_at_ms: None,
+        priority: 5,
+        has_gd: true,
+        mime_type: "text/plain".into(),
+        correl_id: None,
+        in_reply_to: None,
+        ext_client_id: None,
+        published_by: "service:test".into(),
+        data: Bytes::from(format!("message {i}")),
+    }
+}
+
+fn group(topic: &str, n: usize) -> Vec<Message> {
+    (0..n).map(|i| msg(topic, i)).collect()
+}
+
+/// Runs a statement the broker's other parts own (cursors), straight on the database.
+async fn raw(store: &Store, sql: &str) {
+    match store {
+        Store::Sqlite(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(p)
+                .await
+                .unwrap();
+        }
+        Store::Postgres(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(p)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn append_and_read(store: &Store) {
+    let mut full = msg("/t/a", 0);
+    full.correl_id = Some("c1".into());
+    full.in_reply_to = Some("zpsm000000000000000000000001".into());
+    full.ext_client_id = Some("ext".into());
+    full.expires_at_ms = Some(now_ms() + 60_000);
+    full.priority = 9;
+    full.mime_type = "application/json".into();
+    full.data = Bytes::from_static(&[0, 159, 146, 150, 255]);
+    let mut appends = vec![
+        TopicAppend {
+            topic: "/t/b".into(),
+            refuse_past: None,
+            groups: vec![group("/t/b", 2)],
+        },
+        TopicAppend {
+            topic: "/t/a".into(),
+            refuse_past: None,
+            groups: vec![vec![full.clone()], group("/t/a", 3)],
+        },
+    ];
+    let ok = store.append_log(&mut appends, now_ms()).await.unwrap();
+    assert_eq!(ok, vec![vec![true], vec![true, true]]);
+    let seqs: Vec<i64> = appends[1].groups.iter().flatten().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert_eq!(appends[0].groups[0][1].seq, 2);
+
+    let read = store.read_after("/t/a", 0, 100).await.unwrap();
+    assert_eq!(read.len(), 4);
+    full.seq = 1;
+    assert_eq!(read[0], full, "every field comes back as written");
+    assert_eq!(read[3], appends[1].groups[1][2]);
+    let page = store.read_after("/t/a", 1, 2).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+    let range = store.read_range("/t/a", 2, 4).await.unwrap();
+    assert_eq!(range.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert!(store.read_after("/t/none", 0, 10).await.unwrap().is_empty());
+
+    let last = store.log_last_seqs().await.unwrap();
+    assert_eq!(last.get("/t/a"), Some(&4));
+    assert_eq!(last.get("/t/b"), Some(&2));
+    assert_eq!(store.log_last_seq("/t/none").await.unwrap(), 0);
+    assert_eq!(store.log_appended_total().await.unwrap(), 6);
+    assert_eq!(store.log_oldest_kept("/t/a", now_ms()).await.unwrap(), Some(1));
+    // The first one expires: the oldest kept is the next.
+    assert_eq!(
+        store
+            .log_oldest_kept("/t/a", now_ms() + 120_000)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.log_first_since("/t/a", now_ms() + 1000).await.unwrap(),
+        None
+    );
+    assert_eq!(store.log_first_since("/t/a", 0).await.unwrap(), Some(1));
+
+    raw(
+        store,
+        "INSERT INTO pubsub_cursor (sub_key, topic, acked_upto, updated_at) \
+         VALUES ('s1', '/t/a', 3, 0), ('s2', '/t/a', 1, 0)",
+    )
+    .await;
+    assert_eq!(
+        store.log_min_cursors().await.unwrap().get("/t/a"),
+        Some(&1)
+    );
+
+    let f = store.log_figures().await.unwrap();
+    assert_eq!(f.current, 0);
+    assert_eq!(f.parts.len(), 4);
+    assert_eq!(f.parts[0].rows, 6);
+    assert!(f.parts[0].bytes > 0, "{f:?}");
+    assert_eq!(f.parts[1].rows, 0);
+
+    store.drop_topic_log("/t/b").await.unwrap();
+    assert!(store.read_after("/t/b", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.log_last_seq("/t/b").await.unwrap(), 0);
+}
+
+both!(
+    sqlite_append_and_read,
+    pg_append_and_read,
+    append_and_read
+);
+
+/// Two flushers append to one topic at once while a reader reads it: the seqs are 1..=n
+/// without gap or repeat, each flush's seqs are contiguous, and every read sees a prefix
+/// of the log (seq order is commit order: nobody sees seq k before k-1 has committed).
+async fn concurrent_flushes(store: &Store) {
+    const FLUSHES: usize = 40;
+    const PER: usize = 25;
+    let topic = "/t/concurrent";
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            let mut longest = 0;
+            while !done.load(Ordering::SeqCst) {
+                let seen = store.read_after(topic, 0, 100_000).await.unwrap();
+                for (i, m) in seen.iter().enumerate() {
+                    assert_eq!(m.seq, i as i64 + 1, "a read saw a gap: not a prefix");
+                }
+                assert!(seen.len() >= longest, "a read lost committed messages");
+                longest = seen.len();
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let flusher = |store: Store| async move {
+        let mut ranges = Vec::new();
+        for _ in 0..FLUSHES {
+            let mut a = vec![TopicAppend {
+                topic: topic.into(),
+                refuse_past: None,
+                groups: vec![group(topic, PER)],
+            }];
+            let ok = store.append_log(&mut a, now_ms()).await.unwrap();
+            assert_eq!(ok, vec![vec![true]]);
+            let seqs: Vec<i64> = a[0].groups[0].iter().map(|m| m.seq).collect();
+            for w in seqs.windows(2) {
+                assert_eq!(w[1], w[0] + 1, "one flush's seqs are contiguous");
+            }
+            ranges.push((seqs[0], *seqs.last().unwrap()));
+        }
+        ranges
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(flusher(store.clone())),
+        tokio::spawn(flusher(store.clone()))
+    );
+    done.store(true, Ordering::SeqCst);
+    let reads = reader.await.unwrap();
+    assert!(reads > 0);
+    let mut ranges: Vec<(i64, i64)> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    ranges.sort();
+    let mut next = 1;
+    for (lo, hi) in ranges {
+        assert_eq!(lo, next, "seqs without gap or repeat");
+        next = hi + 1;
+    }
+    let total = (2 * FLUSHES * PER) as i64;
+    assert_eq!(next, total + 1);
+    let all = store.read_after(topic, 0, 100_000).await.unwrap();
+    assert_eq!(all.len() as i64, total);
+    assert_eq!(store.log_last_seq(topic).await.unwrap(), total);
+}
+
+both!(
+    sqlite_concurrent_flushes_keep_commit_order,
+    pg_concurrent_flushes_keep_commit_order,
+    concurrent_flushes
+);
+
+/// A refuse topic refuses a publish that would take it past its depth, whole; a smaller
+/// one after it still fits. Depth counts from the slowest cursor, or, with none, the kept
+/// (unexpired) messages.
+async fn refuse_at_depth(store: &Store) {
+    let topic = "/t/refuse";
+    let append = |groups: Vec<Vec<Message>>| TopicAppend {
+        topic: topic.into(),
+        refuse_past: Some(5),
+        groups,
+    };
+    let mut a = vec![append(vec![group(topic, 3), group(topic, 3), group(topic, 2)])];
+    let ok = store.append_log(&mut a, now_ms()).await.unwrap();
+    assert_eq!(ok, vec![vec![true, false, true]]);
+    assert_eq!(a[0].groups[2].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert!(a[0].groups[1].iter().all(|m| m.seq == 0), "refused: no seq");
+    assert_eq!(store.read_after(topic, 0, 100).await.unwrap().len(), 5);
+    // Full: one more is refused.
+    let mut a = vec![append(vec![group(topic, 1)])];
+    assert_eq!(store.append_log(&mut a, now_ms()).await.unwrap(), vec![vec![false]]);
+    // A subscription that has finished 2 of them: room for 2.
+    raw(
+        store,
+        "INSERT INTO pubsub_cursor (sub_key, topic, acked_upto, updated_at) \
+         VALUES ('s1', '/t/refuse', 2, 0)",
+    )
+    .await;
+    let mut a = vec![append(vec![group(topic, 3), group(topic, 2), group(topic, 1)])];
+    let ok = store.append_log(&mut a, now_ms()).await.unwrap();
+    assert_eq!(ok, vec![vec![false, true, false]]);
+    assert_eq!(store.log_last_seq(topic).await.unwrap(), 7);
+    // An overflow topic (no refuse_past) takes anything.
+    let mut a = vec![TopicAppend {
+        topic: topic.into(),
+        refuse_past: None,
+        groups: vec![group(topic, 10)],
+    }];
+    assert_eq!(store.append_log(&mut a, now_ms()).await.unwrap(), vec![vec![true]]);
+    assert_eq!(store.log_last_seq(topic).await.unwrap(), 17);
+}
+
+both!(
+    sqlite_refuse_at_depth,
+    pg_refuse_at_depth,
+    refuse_at_depth
+);
+
+/// Cleaning a partition keeps its live rows (moved into the current one) and removes the
+/// dead: acked by every cursor, expired, or of a topic whose log was dropped.
+async fn rotation_keeps_live_rows(store: &Store) {
+    let now = now_ms();
+    let mut expired = group("/r/exp", 2);
+    for m in &mut expired {
+        m.expires_at_ms = Some(now - 1);
+    }
+    let mut a = vec![
+        TopicAppend {
+            topic: "/r/acked".into(),
+            refuse_past: None,
+            groups: vec![group("/r/acked", 5)],
+        },
+        TopicAppend {
+            topic: "/r/kept".into(),
+            refuse_past: None,
+            groups: vec![group("/r/kept", 3)],
+        },
+        TopicAppend {
+            topic: "/r/exp".into(),
+            refuse_past: None,
+            groups: vec![expired],
+        },
+        TopicAppend {
+            topic: "/r/gone".into(),
+            refuse_past: None,
+            groups: vec![group("/r/gone", 4)],
+        },
+    ];
+    store.append_log(&mut a, now - 10).await.unwrap();
+    // The slowest cursor of /r/acked is at 3: 4 and 5 are live. /r/kept has no cursor
+    // (kept for its first subscription). /r/gone's log row goes (a deleted topic), its
+    // messages stay until cleaned.
+    raw(
+        store,
+        "INSERT INTO pubsub_cursor (sub_key, topic, acked_upto, updated_at) \
+         VALUES ('s1', '/r/acked', 5, 0), ('s2', '/r/acked', 3, 0)",
+    )
+    .await;
+    raw(store, "DELETE FROM pubsub_topic_seq WHERE topic = '/r/gone'").await;
+
+    // Part 0 is current: it cannot be cleaned.
+    assert!(store.clean_log_part(0, 0, now).await.is_err());
+    assert!(store.switch_log_part(0, now).await.unwrap());
+    // A second rotator that still thinks 0 is current changes nothing.
+    assert!(!store.switch_log_part(0, now).await.unwrap());
+    // A stale idea of the current partition cleans nothing.
+    assert!(store.clean_log_part(0, 2, now).await.is_err());
+    // Published after the switch: into part 1.
+    let mut b = vec![TopicAppend {
+        topic: "/r/acked".into(),
+        refuse_past: None,
+        groups: vec![group("/r/acked", 1)],
+    }];
+    store.append_log(&mut b, now).await.unwrap();
+
+    let c = store.clean_log_part(0, 1, now).await.unwrap();
+    assert_eq!((c.moved, c.removed), (5, 9), "{c:?}");
+    assert!(c.bytes_before > 0);
+    let f = store.log_figures().await.unwrap();
+    assert_eq!(f.current, 1);
+    assert!(f.rotated_at_ms >= now);
+    assert_eq!(f.parts[0].rows, 0, "{f:?}");
+    assert_eq!(f.parts[1].rows, 6, "{f:?}");
+    let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.read_after("/r/acked", 0, 100).await.unwrap()),
+        vec![4, 5, 6]
+    );
+    assert_eq!(
+        seqs(store.read_after("/r/kept", 0, 100).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert!(store.read_after("/r/exp", 0, 100).await.unwrap().is_empty());
+    assert!(store.read_after("/r/gone", 0, 100).await.unwrap().is_empty());
+    // Cleaning again finds nothing to do.
+    let c = store.clean_log_part(0, 1, now).await.unwrap();
+    assert_eq!((c.moved, c.removed), (0, 0));
+}
+
+both!(
+    sqlite_rotation_keeps_live_rows,
+    pg_rotation_keeps_live_rows,
+    rotation_keeps_live_rows
+);
+
+async fn rotate_lease(store: &Store) {
+    let now = now_ms();
+    let ttl = Duration::from_secs(10);
+    assert!(store.take_rotate_lease("a", now, ttl).await.unwrap());
+    assert!(!store.take_rotate_lease("b", now + 1, ttl).await.unwrap());
+    assert!(store.take_rotate_lease("a", now + 2, ttl).await.unwrap());
+    // Expired: another server takes it.
+    assert!(store.take_rotate_lease("b", now + 20_000, ttl).await.unwrap());
+    store.release_rotate_lease("a").await.unwrap();
+    assert!(!store.take_rotate_lease("a", now + 20_001, ttl).await.unwrap());
+    store.release_rotate_lease("b").await.unwrap();
+    assert!(store.take_rotate_lease("a", now + 20_002, ttl).await.unwrap());
+}
+
+both!(sqlite_rotate_lease, pg_rotate_lease, rotate_lease);
