@@ -697,6 +697,15 @@ impl Store {
         by_engine!(self, pg::figures, lite::figures,)
     }
 
+    /// The partition publishes write to, and when it became current (Unix ms).
+    pub async fn log_current_part(&self) -> Result<(i16, i64)> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT current, rotated_at FROM pubsub_parts WHERE id = 1"
+        )
+        .fetch_one(p)
+        .await?))
+    }
+
     /// The sum of every topic's `last_seq`: GD messages ever appended (the rotation tells
     /// how many were appended since it last rotated without counting a partition's rows).
     pub async fn log_appended_total(&self) -> Result<i64> {
