@@ -6,7 +6,10 @@
 //! test loudly; it never skips.
 
 use bytes::Bytes;
+use oxbus_supervisor::metrics::Metrics;
+use oxbus_supervisor::model::object::ObjectSet;
 use oxbus_supervisor::model::pubsub::Message;
+use oxbus_supervisor::pubsub::{Broker, Caller, NewMsg, PubsubError};
 use oxbus_supervisor::store::Store;
 use oxbus_supervisor::store::pubsub_log::TopicAppend;
 use sqlx::Connection;
@@ -452,3 +455,407 @@ async fn rotate_lease(store: &Store) {
 }
 
 both!(sqlite_rotate_lease, pg_rotate_lease, rotate_lease);
+
+// ---- The publish path through the broker ----
+
+/// A broker on `store` with these definitions (JSON topics, subscriptions, endpoints),
+/// started; the sender stops it.
+fn broker(
+    store: &Store,
+    topics: serde_json::Value,
+    subs: serde_json::Value,
+    endpoints: serde_json::Value,
+) -> (Broker, tokio::sync::watch::Sender<bool>) {
+    let metrics = Arc::new(Metrics::new(false));
+    let key_path = std::env::temp_dir().join(format!(
+        "oxbus-pubsub-key-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let key = Arc::new(oxbus_supervisor::secrets::Key::create(&key_path).unwrap());
+    let _ = std::fs::remove_file(&key_path);
+    let outgoing = Arc::new(oxbus_supervisor::outgoing::Outgoing::new(
+        key,
+        metrics.clone(),
+    ));
+    let b = Broker::new("test-server", store.clone(), metrics, outgoing);
+    b.apply(&ObjectSet {
+        pubsub_topics: serde_json::from_value(topics).unwrap(),
+        pubsub_subs: serde_json::from_value(subs).unwrap(),
+        pubsub_endpoints: serde_json::from_value(endpoints).unwrap(),
+        ..ObjectSet::default()
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    b.start(rx);
+    (b, tx)
+}
+
+fn new_msg(data: &str) -> NewMsg {
+    NewMsg {
+        data: Bytes::from(data.to_owned()),
+        ..NewMsg::default()
+    }
+}
+
+fn svc() -> Caller {
+    Caller::Service("svc".into())
+}
+
+/// Every publish answered is in the store when its answer comes (many publishers at once,
+/// so flushes group them); the messages carry what the publish and the topic said.
+async fn publish_answers_after_commit(store: &Store) {
+    let (b, stop) = broker(
+        store,
+        serde_json::json!([{"name": "/p/gd", "expiration_ms": 60000}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    let ids = b
+        .publish(&svc(), "/p/gd", vec![new_msg("one"), new_msg("two")])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    let stored = store.read_after("/p/gd", 0, 10).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.msg_id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    let m = &stored[0];
+    assert_eq!((m.seq, m.priority, m.has_gd), (1, 5, true));
+    assert_eq!(m.published_by, "service:svc");
+    assert_eq!(m.mime_type, "text/plain");
+    assert_eq!(m.expires_at_ms, Some(m.pub_time_ms + 60_000));
+    assert_eq!(&m.data[..], b"one");
+
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (b, store) = (b.clone(), store.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..8 {
+                let mut one = new_msg(&format!("{t}-{i}"));
+                one.priority = Some(9);
+                one.correl_id = Some(format!("c{t}"));
+                let ids = b.publish(&svc(), "/p/gd", vec![one]).await.unwrap();
+                let seen: Vec<String> = store
+                    .read_after("/p/gd", 0, 100_000)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| m.msg_id)
+                    .collect();
+                assert!(
+                    seen.contains(&ids[0]),
+                    "publish {t}-{i} was answered before its message was stored"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = store.read_after("/p/gd", 0, 100_000).await.unwrap();
+    assert_eq!(all.len(), 2 + 16 * 8);
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.seq, i as i64 + 1);
+    }
+    let stats = b.topic_stats().await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].last_seq, 130);
+    assert_eq!(stats[0].published, 130);
+    assert_eq!(stats[0].depth_gd, 130, "kept for the first subscription");
+    assert!(stats[0].rate_1m > 0.0);
+    stop.send(true).unwrap();
+}
+
+both!(
+    sqlite_publish_answers_after_commit,
+    pg_publish_answers_after_commit,
+    publish_answers_after_commit
+);
+
+/// One publish of 1,000 messages: 1,000 msg_ids, stored with contiguous seqs in order.
+async fn publish_a_batch_of_1000(store: &Store) {
+    let (b, stop) = broker(
+        store,
+        serde_json::json!([{"name": "/p/batch"}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    let msgs: Vec<NewMsg> = (0..1000).map(|i| new_msg(&format!("m{i}"))).collect();
+    let ids = b.publish(&svc(), "/p/batch", msgs).await.unwrap();
+    assert_eq!(ids.len(), 1000);
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 1000);
+    assert!(ids.iter().all(|id| id.len() == 28 && id.starts_with("zpsm")));
+    let stored = store.read_after("/p/batch", 0, 5000).await.unwrap();
+    assert_eq!(stored.len(), 1000);
+    for (i, m) in stored.iter().enumerate() {
+        assert_eq!(m.seq, i as i64 + 1);
+        assert_eq!(m.msg_id, ids[i]);
+        assert_eq!(m.data, Bytes::from(format!("m{i}")));
+    }
+    stop.send(true).unwrap();
+}
+
+both!(
+    sqlite_publish_a_batch_of_1000,
+    pg_publish_a_batch_of_1000,
+    publish_a_batch_of_1000
+);
+
+/// What a publish is refused for: permissions (a REST caller needs an endpoint whose
+/// `pub=` pattern matches), the topic, the message, the depth; and what on_no_subs drops.
+async fn publish_refusals(store: &Store) {
+    let (b, stop) = broker(
+        store,
+        serde_json::json!([
+            {"name": "/p/x", "max_message_bytes": 10},
+            {"name": "/q/x"},
+            {"name": "/p/full", "max_depth_gd": 3},
+            {"name": "/p/drop", "on_no_subs": "drop"},
+            {"name": "/p/nongd", "has_gd": false}
+        ]),
+        serde_json::json!([]),
+        serde_json::json!([
+            {"name": "ep-pub", "security": "sec-pub", "topic_patterns": ["pub=/p/*"]},
+            {"name": "ep-sub", "security": "sec-sub", "topic_patterns": ["sub=/p/*"]}
+        ]),
+    );
+    let code = |r: Result<Vec<String>, PubsubError>| r.map(|_| "ok").unwrap_or_else(|e| e.code());
+    let no_endpoint = Caller::Security("sec-none".into());
+    let publisher = Caller::Security("sec-pub".into());
+    let subscriber = Caller::Security("sec-sub".into());
+    assert_eq!(code(b.publish(&no_endpoint, "/p/x", vec![new_msg("a")]).await), "forbidden");
+    assert_eq!(code(b.publish(&subscriber, "/p/x", vec![new_msg("a")]).await), "forbidden");
+    assert_eq!(code(b.publish(&publisher, "/q/x", vec![new_msg("a")]).await), "forbidden");
+    let e = b
+        .publish(&no_endpoint, "/p/x", vec![new_msg("a")])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("/p/x"), "{e}");
+    assert_eq!(code(b.publish(&publisher, "/p/x", vec![new_msg("a")]).await), "ok");
+    assert_eq!(
+        store.read_after("/p/x", 0, 10).await.unwrap()[0].published_by,
+        "endpoint:ep-pub"
+    );
+    assert_eq!(code(b.publish(&publisher, "/p/nope", vec![new_msg("a")]).await), "no_topic");
+    assert_eq!(
+        code(b.publish(&svc(), "/p/x", vec![new_msg("01234567890")]).await),
+        "too_large"
+    );
+    let mut bad = new_msg("a");
+    bad.priority = Some(0);
+    assert_eq!(code(b.publish(&svc(), "/p/x", vec![bad]).await), "invalid");
+    assert_eq!(code(b.publish(&svc(), "/p/x", vec![]).await), "invalid");
+    // Nothing refused was stored.
+    assert_eq!(store.read_after("/p/x", 0, 10).await.unwrap().len(), 1);
+
+    // Depth 3, refuse: a publish that does not fit is refused whole.
+    assert_eq!(code(b.publish(&svc(), "/p/full", vec![new_msg("1"), new_msg("2")]).await), "ok");
+    assert_eq!(
+        code(b.publish(&svc(), "/p/full", vec![new_msg("3"), new_msg("4")]).await),
+        "full"
+    );
+    assert_eq!(code(b.publish(&svc(), "/p/full", vec![new_msg("3")]).await), "ok");
+    assert_eq!(store.read_after("/p/full", 0, 10).await.unwrap().len(), 3);
+
+    // No subscription and on_no_subs drop: accepted, not stored. Non-GD: not stored.
+    assert_eq!(code(b.publish(&svc(), "/p/drop", vec![new_msg("d")]).await), "ok");
+    assert!(store.read_after("/p/drop", 0, 10).await.unwrap().is_empty());
+    assert_eq!(code(b.publish(&svc(), "/p/nongd", vec![new_msg("n")]).await), "ok");
+    assert!(store.read_after("/p/nongd", 0, 10).await.unwrap().is_empty());
+
+    let stats = b.topic_stats().await.unwrap();
+    let of = |name: &str| stats.iter().find(|s| s.name == name).unwrap().clone();
+    assert_eq!((of("/p/full").refused_full, of("/p/full").depth_gd), (2, 3));
+    assert_eq!((of("/p/drop").dropped, of("/p/drop").published), (1, 1));
+    assert_eq!(of("/p/nongd").dropped, 1);
+    stop.send(true).unwrap();
+}
+
+both!(sqlite_publish_refusals, pg_publish_refusals, publish_refusals);
+
+/// The store fails: the publish is answered `unavailable` and nothing of it is stored; when
+/// the store is back, publishing works again (PostgreSQL: the database refuses
+/// connections for a while).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_store_down_is_unavailable() {
+    let (store, engine) = Engine::postgres().await;
+    let Engine::Postgres(db) = &engine else {
+        unreachable!()
+    };
+    let (b, stop) = broker(
+        &store,
+        serde_json::json!([{"name": "/p/down"}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    b.publish(&svc(), "/p/down", vec![new_msg("before")])
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    let run = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql));
+    run(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    run(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let e = b
+        .publish(&svc(), "/p/down", vec![new_msg("during")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unavailable", "{e}");
+    run(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    b.publish(&svc(), "/p/down", vec![new_msg("after")])
+        .await
+        .unwrap();
+    let data: Vec<Bytes> = store
+        .read_after("/p/down", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.data)
+        .collect();
+    assert_eq!(data, vec![Bytes::from("before"), Bytes::from("after")]);
+    stop.send(true).unwrap();
+    engine.cleanup(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_down_is_unavailable() {
+    let (store, engine) = Engine::sqlite().await;
+    let (b, stop) = broker(
+        &store,
+        serde_json::json!([{"name": "/p/down"}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    store.close().await;
+    let e = b
+        .publish(&svc(), "/p/down", vec![new_msg("during")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unavailable", "{e}");
+    stop.send(true).unwrap();
+    engine.cleanup(store).await;
+}
+
+/// At shutdown the flusher answers every publish it had queued: each publisher hears
+/// either success (and its message is stored) or `unavailable` (and it is not).
+async fn shutdown_answers_everything(store: &Store) {
+    let (b, stop) = broker(
+        store,
+        serde_json::json!([{"name": "/p/stop"}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..20 {
+                let r = b
+                    .publish(&svc(), "/p/stop", vec![new_msg(&format!("{t}-{i}"))])
+                    .await;
+                outcomes.push(r);
+            }
+            outcomes
+        }));
+    }
+    // Let some publishes through, then stop while others are queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.log_last_seq("/p/stop").await.unwrap() < 50 {
+        assert!(std::time::Instant::now() < deadline, "no publish got through");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    let mut ok = std::collections::HashSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        for r in t.await.unwrap() {
+            match r {
+                Ok(ids) => {
+                    ok.insert(ids[0].clone());
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), "unavailable", "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(ok.len() + refused, 32 * 20);
+    let stored: std::collections::HashSet<String> = store
+        .read_after("/p/stop", 0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(stored, ok, "stored = acknowledged, nothing more, nothing less");
+}
+
+both!(
+    sqlite_shutdown_answers_everything,
+    pg_shutdown_answers_everything,
+    shutdown_answers_everything
+);
+
+/// Flush throughput of 1 KiB messages into the machine's PostgreSQL through the broker:
+/// 8 publishers of 100-message publishes. A measurement, not a test:
+/// `cargo test -p oxbus-supervisor --test pubsub_log -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn pg_flush_throughput() {
+    let (store, engine) = Engine::postgres().await;
+    let (b, stop) = broker(
+        &store,
+        serde_json::json!([{"name": "/bench/t", "max_depth_gd": 100000000u64}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    let data = Bytes::from(vec![b'x'; 1024]);
+    for (publishers, per_publish) in [(8usize, 100usize), (64, 1), (256, 1)] {
+        let total = 100_000 / per_publish.max(1) / publishers * per_publish * publishers;
+        let total = total.min(if per_publish == 1 { 40_000 } else { 100_000 });
+        let rounds = total / publishers / per_publish;
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..publishers {
+            let (b, data) = (b.clone(), data.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let msgs = (0..per_publish)
+                        .map(|_| NewMsg {
+                            data: data.clone(),
+                            ..NewMsg::default()
+                        })
+                        .collect();
+                    b.publish(&Caller::Service("bench".into()), "/bench/t", msgs)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let n = rounds * publishers * per_publish;
+        println!(
+            "{publishers} publishers x {per_publish} msgs/publish: {n} msgs of 1 KiB in {secs:.2} s = {:.0} msgs/s",
+            n as f64 / secs
+        );
+    }
+    stop.send(true).unwrap();
+    engine.cleanup(store).await;
+}
