@@ -163,11 +163,13 @@ async fn append_and_read(store: &Store) {
         TopicAppend {
             topic: "/t/b".into(),
             refuse_past: None,
+            known_floor: None,
             groups: vec![group("/t/b", 2)],
         },
         TopicAppend {
             topic: "/t/a".into(),
             refuse_past: None,
+            known_floor: None,
             groups: vec![vec![full.clone()], group("/t/a", 3)],
         },
     ];
@@ -268,6 +270,7 @@ async fn concurrent_flushes(store: &Store) {
             let mut a = vec![TopicAppend {
                 topic: topic.into(),
                 refuse_past: None,
+            known_floor: None,
                 groups: vec![group(topic, PER)],
             }];
             let ok = store.append_log(&mut a, now_ms()).await.unwrap();
@@ -315,6 +318,7 @@ async fn refuse_at_depth(store: &Store) {
     let append = |groups: Vec<Vec<Message>>| TopicAppend {
         topic: topic.into(),
         refuse_past: Some(5),
+        known_floor: None,
         groups,
     };
     let mut a = vec![append(vec![group(topic, 3), group(topic, 3), group(topic, 2)])];
@@ -333,14 +337,18 @@ async fn refuse_at_depth(store: &Store) {
          VALUES ('s1', '/t/refuse', 2, 0)",
     )
     .await;
+    // The caller's old floor (0) says full: the store reads the floor again.
     let mut a = vec![append(vec![group(topic, 3), group(topic, 2), group(topic, 1)])];
+    a[0].known_floor = Some(0);
     let ok = store.append_log(&mut a, now_ms()).await.unwrap();
     assert_eq!(ok, vec![vec![false, true, false]]);
+    assert_eq!(a[0].known_floor, Some(2), "the floor it read");
     assert_eq!(store.log_last_seq(topic).await.unwrap(), 7);
     // An overflow topic (no refuse_past) takes anything.
     let mut a = vec![TopicAppend {
         topic: topic.into(),
         refuse_past: None,
+            known_floor: None,
         groups: vec![group(topic, 10)],
     }];
     assert_eq!(store.append_log(&mut a, now_ms()).await.unwrap(), vec![vec![true]]);
@@ -365,21 +373,25 @@ async fn rotation_keeps_live_rows(store: &Store) {
         TopicAppend {
             topic: "/r/acked".into(),
             refuse_past: None,
+            known_floor: None,
             groups: vec![group("/r/acked", 5)],
         },
         TopicAppend {
             topic: "/r/kept".into(),
             refuse_past: None,
+            known_floor: None,
             groups: vec![group("/r/kept", 3)],
         },
         TopicAppend {
             topic: "/r/exp".into(),
             refuse_past: None,
+            known_floor: None,
             groups: vec![expired],
         },
         TopicAppend {
             topic: "/r/gone".into(),
             refuse_past: None,
+            known_floor: None,
             groups: vec![group("/r/gone", 4)],
         },
     ];
@@ -406,6 +418,7 @@ async fn rotation_keeps_live_rows(store: &Store) {
     let mut b = vec![TopicAppend {
         topic: "/r/acked".into(),
         refuse_past: None,
+            known_floor: None,
         groups: vec![group("/r/acked", 1)],
     }];
     store.append_log(&mut b, now).await.unwrap();
@@ -824,6 +837,30 @@ async fn pg_flush_throughput() {
         serde_json::json!([]),
     );
     let data = Bytes::from(vec![b'x'; 1024]);
+    // The store alone: one flush of 64 and of 1,000 messages, without the broker.
+    for (n, refuse) in [(1usize, None), (64, None), (64, Some(100_000_000u64)), (1000, None)] {
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            let mut a = vec![TopicAppend {
+                topic: "/bench/direct".into(),
+                refuse_past: refuse,
+                known_floor: None,
+                groups: vec![(0..n)
+                    .map(|i| {
+                        let mut m = msg("/bench/direct", i);
+                        m.data = data.clone();
+                        m
+                    })
+                    .collect()],
+            }];
+            store.append_log(&mut a, now_ms()).await.unwrap();
+        }
+        println!(
+            "append_log of {n} msgs (depth check: {}): {:.2} ms per flush",
+            refuse.is_some(),
+            started.elapsed().as_secs_f64() * 1000.0 / 20.0
+        );
+    }
     for (publishers, per_publish) in [(8usize, 100usize), (64, 1), (256, 1)] {
         let total = 100_000 / per_publish.max(1) / publishers * per_publish * publishers;
         let total = total.min(if per_publish == 1 { 40_000 } else { 100_000 });

@@ -31,6 +31,15 @@ pub const MAX_FIELD_LEN: usize = 1024;
 /// Publishes queued for the flusher before a publisher waits for room: the queue is
 /// bounded, as every queue of the server is.
 const QUEUE: usize = 4_096;
+/// How long a topic's floor read by a flush may stand in for the store's (a floor only
+/// rises, so an old one overstates the depth; within this a flush that fits under the old
+/// floor skips reading it). Bounds how late a cursor placed below the floor (a pattern
+/// subscription's on a topic made later) is seen by the depth check.
+const FLOOR_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Topics' floors as the flusher last read them: (floor, when).
+type Floors = HashMap<String, (i64, std::time::Instant)>;
+
 /// The data one bus frame of committed messages carries at most (a message is at most
 /// 16 MiB, a frame at most 64 MiB).
 const FRAME_DATA: usize = 16 * 1024 * 1024;
@@ -347,6 +356,7 @@ async fn flusher(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut held: Option<Job> = None;
+    let mut floors = Floors::new();
     loop {
         let first = match held.take() {
             Some(j) => j,
@@ -360,7 +370,7 @@ async fn flusher(
         };
         let (batch, next) = take_batch(first, &mut rx);
         held = next;
-        flush(&inner, batch).await;
+        flush(&inner, batch, &mut floors).await;
     }
     // Stopping: no new publish gets in (its publisher hears "stopping"), the queued ones
     // are flushed and answered.
@@ -383,7 +393,7 @@ async fn flusher(
                 break;
             }
         }
-        flush(&inner, batch).await;
+        flush(&inner, batch, &mut floors).await;
     }
     if n > 0 {
         info!(publishes = n, "pubsub: flushed the queued publishes before stopping");
@@ -411,16 +421,21 @@ fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> (Vec<Job>, Option<Job
 /// Appends the jobs' messages in one transaction, answers each job, then hands what was
 /// committed to the fanout and the peers. A store failure fails every job of the flush:
 /// nothing of it is acknowledged or delivered.
-async fn flush(inner: &Inner, jobs: Vec<Job>) {
+async fn flush(inner: &Inner, jobs: Vec<Job>, floors: &mut Floors) {
     let mut appends: Vec<TopicAppend> = Vec::new();
     let mut by_topic: HashMap<String, usize> = HashMap::new();
     // For each job: (its append, its group there) and its answer.
     let mut answers = Vec::with_capacity(jobs.len());
     for j in jobs {
         let a = *by_topic.entry(j.topic.clone()).or_insert_with(|| {
+            let known_floor = floors
+                .get(&j.topic)
+                .filter(|(_, at)| at.elapsed() < FLOOR_FRESH)
+                .map(|(f, _)| *f);
             appends.push(TopicAppend {
                 topic: j.topic.clone(),
                 refuse_past: j.refuse_past,
+                known_floor,
                 groups: Vec::new(),
             });
             appends.len() - 1
@@ -428,7 +443,17 @@ async fn flush(inner: &Inner, jobs: Vec<Job>) {
         appends[a].groups.push(j.msgs);
         answers.push((a, appends[a].groups.len() - 1, j.answer, j.topic));
     }
-    match inner.store.append_log(&mut appends, now_ms()).await {
+    let given: Vec<Option<i64>> = appends.iter().map(|a| a.known_floor).collect();
+    let result = inner.store.append_log(&mut appends, now_ms()).await;
+    for (a, given) in appends.iter().zip(given) {
+        // A floor that changed was read in this flush.
+        if let Some(f) = a.known_floor
+            && Some(f) != given
+        {
+            floors.insert(a.topic.clone(), (f, std::time::Instant::now()));
+        }
+    }
+    match result {
         Err(e) => {
             let n: usize = appends
                 .iter()

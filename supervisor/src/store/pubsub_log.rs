@@ -37,6 +37,12 @@ pub struct TopicAppend {
     /// topic's depth past it is refused whole. None: no check (`overflow`: the delivery
     /// drops instead).
     pub refuse_past: Option<u64>,
+    /// The topic's floor (the seq below which every message is done with: its slowest
+    /// cursor, or before its oldest kept message) as the caller last saw it. A floor only
+    /// rises (cursors move forward, messages expire), so an old one overstates the depth:
+    /// when even that leaves room for every group, the floor is not read again. Set by
+    /// [`Store::append_log`] whenever it reads the floor.
+    pub known_floor: Option<i64>,
     /// Their `seq` is set by [`Store::append_log`] when the group is appended.
     pub groups: Vec<Vec<Message>>,
 }
@@ -118,9 +124,10 @@ where
     })
 }
 
-/// The depth a topic has in the transaction `tx` holding its seq row: GD messages its
-/// slowest cursor has still to finish, or, with no cursor, those kept (unexpired).
-macro_rules! depth_in_tx {
+/// The floor of a topic in the transaction `tx` holding its seq row: the lowest
+/// `acked_upto` of its cursors, or, with no cursor, the seq before its oldest kept
+/// (unexpired) message, or `$last` when none is kept. Its depth is `$last - floor`.
+macro_rules! floor_in_tx {
     ($tx:expr, $topic:expr, $last:expr, $now:expr) => {{
         let min: Option<i64> =
             sqlx::query_scalar("SELECT min(acked_upto) FROM pubsub_cursor WHERE topic = $1")
@@ -128,7 +135,7 @@ macro_rules! depth_in_tx {
                 .fetch_one(&mut *$tx)
                 .await?;
         match min {
-            Some(m) => ($last - m).max(0) as u64,
+            Some(m) => m,
             None => {
                 let oldest: Option<i64> = sqlx::query_scalar(
                     "SELECT min(seq) FROM pubsub_msg WHERE topic = $1 \
@@ -138,7 +145,7 @@ macro_rules! depth_in_tx {
                 .bind($now)
                 .fetch_one(&mut *$tx)
                 .await?;
-                oldest.map_or(0, |o| ($last - o + 1).max(0) as u64)
+                oldest.map_or($last, |o| o - 1)
             }
         }
     }};
@@ -166,7 +173,19 @@ macro_rules! number_groups {
             .fetch_one(&mut *$tx)
             .await?;
             let mut depth = match a.refuse_past {
-                Some(_) => depth_in_tx!($tx, &a.topic, last, $now),
+                Some(max) => {
+                    let all: u64 = a.groups.iter().map(|g| g.len() as u64).sum();
+                    let room = |floor: i64| ((last - floor).max(0) as u64) + all <= max;
+                    match a.known_floor {
+                        // Even the old floor leaves room for all: no need to read it.
+                        Some(f) if f <= last && room(f) => (last - f).max(0) as u64,
+                        _ => {
+                            let f = floor_in_tx!($tx, &a.topic, last, $now);
+                            a.known_floor = Some(f);
+                            (last - f).max(0) as u64
+                        }
+                    }
+                }
                 None => 0,
             };
             let mut seq = last;
