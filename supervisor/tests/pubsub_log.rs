@@ -114,7 +114,10 @@ fn msg(topic: &str, i: usize) -> Message {
     Message {
         topic: topic.into(),
         seq: 0,
-        msg_id: format!("zpsm{:024x}", (N.fetch_add(1, Ordering::SeqCst) as u64) << 20 | i as u64),
+        msg_id: format!(
+            "zpsm{:024x}",
+            (N.fetch_add(1, Ordering::SeqCst) as u64) << 20 | i as u64
+        ),
         pub_time_ms: now_ms(),
         expires_at_ms: None,
         priority: 5,
@@ -187,7 +190,10 @@ async fn append_and_read(store: &Store) {
     let page = store.read_after("/t/a", 1, 2).await.unwrap();
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
     let range = store.read_range("/t/a", 2, 4).await.unwrap();
-    assert_eq!(range.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        range.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     assert!(store.read_after("/t/none", 0, 10).await.unwrap().is_empty());
 
     let last = store.log_last_seqs().await.unwrap();
@@ -195,7 +201,10 @@ async fn append_and_read(store: &Store) {
     assert_eq!(last.get("/t/b"), Some(&2));
     assert_eq!(store.log_last_seq("/t/none").await.unwrap(), 0);
     assert_eq!(store.log_appended_total().await.unwrap(), 6);
-    assert_eq!(store.log_oldest_kept("/t/a", now_ms()).await.unwrap(), Some(1));
+    assert_eq!(
+        store.log_oldest_kept("/t/a", now_ms()).await.unwrap(),
+        Some(1)
+    );
     // The first one expires: the oldest kept is the next.
     assert_eq!(
         store
@@ -205,7 +214,10 @@ async fn append_and_read(store: &Store) {
         Some(2)
     );
     assert_eq!(
-        store.log_first_since("/t/a", now_ms() + 1000).await.unwrap(),
+        store
+            .log_first_since("/t/a", now_ms() + 1000)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(store.log_first_since("/t/a", 0).await.unwrap(), Some(1));
@@ -216,10 +228,7 @@ async fn append_and_read(store: &Store) {
          VALUES ('s1', '/t/a', 3, 0), ('s2', '/t/a', 1, 0)",
     )
     .await;
-    assert_eq!(
-        store.log_min_cursors().await.unwrap().get("/t/a"),
-        Some(&1)
-    );
+    assert_eq!(store.log_min_cursors().await.unwrap().get("/t/a"), Some(&1));
 
     let f = store.log_figures().await.unwrap();
     assert_eq!(f.current, 0);
@@ -233,11 +242,7 @@ async fn append_and_read(store: &Store) {
     assert_eq!(store.log_last_seq("/t/b").await.unwrap(), 0);
 }
 
-both!(
-    sqlite_append_and_read,
-    pg_append_and_read,
-    append_and_read
-);
+both!(sqlite_append_and_read, pg_append_and_read, append_and_read);
 
 /// Two flushers append to one topic at once while a reader reads it: the seqs are 1..=n
 /// without gap or repeat, each flush's seqs are contiguous, and every read sees a prefix
@@ -270,7 +275,7 @@ async fn concurrent_flushes(store: &Store) {
             let mut a = vec![TopicAppend {
                 topic: topic.into(),
                 refuse_past: None,
-            known_floor: None,
+                known_floor: None,
                 groups: vec![group(topic, PER)],
             }];
             let ok = store.append_log(&mut a, now_ms()).await.unwrap();
@@ -321,15 +326,25 @@ async fn refuse_at_depth(store: &Store) {
         known_floor: None,
         groups,
     };
-    let mut a = vec![append(vec![group(topic, 3), group(topic, 3), group(topic, 2)])];
+    let mut a = vec![append(vec![
+        group(topic, 3),
+        group(topic, 3),
+        group(topic, 2),
+    ])];
     let ok = store.append_log(&mut a, now_ms()).await.unwrap();
     assert_eq!(ok, vec![vec![true, false, true]]);
-    assert_eq!(a[0].groups[2].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        a[0].groups[2].iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     assert!(a[0].groups[1].iter().all(|m| m.seq == 0), "refused: no seq");
     assert_eq!(store.read_after(topic, 0, 100).await.unwrap().len(), 5);
     // Full: one more is refused.
     let mut a = vec![append(vec![group(topic, 1)])];
-    assert_eq!(store.append_log(&mut a, now_ms()).await.unwrap(), vec![vec![false]]);
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![false]]
+    );
     // A subscription that has finished 2 of them: room for 2.
     raw(
         store,
@@ -338,7 +353,11 @@ async fn refuse_at_depth(store: &Store) {
     )
     .await;
     // The caller's old floor (0) says full: the store reads the floor again.
-    let mut a = vec![append(vec![group(topic, 3), group(topic, 2), group(topic, 1)])];
+    let mut a = vec![append(vec![
+        group(topic, 3),
+        group(topic, 2),
+        group(topic, 1),
+    ])];
     a[0].known_floor = Some(0);
     let ok = store.append_log(&mut a, now_ms()).await.unwrap();
     assert_eq!(ok, vec![vec![false, true, false]]);
@@ -348,18 +367,17 @@ async fn refuse_at_depth(store: &Store) {
     let mut a = vec![TopicAppend {
         topic: topic.into(),
         refuse_past: None,
-            known_floor: None,
+        known_floor: None,
         groups: vec![group(topic, 10)],
     }];
-    assert_eq!(store.append_log(&mut a, now_ms()).await.unwrap(), vec![vec![true]]);
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![true]]
+    );
     assert_eq!(store.log_last_seq(topic).await.unwrap(), 17);
 }
 
-both!(
-    sqlite_refuse_at_depth,
-    pg_refuse_at_depth,
-    refuse_at_depth
-);
+both!(sqlite_refuse_at_depth, pg_refuse_at_depth, refuse_at_depth);
 
 /// Cleaning a partition keeps its live rows (moved into the current one) and removes the
 /// dead: acked by every cursor, expired, or of a topic whose log was dropped.
@@ -405,7 +423,11 @@ async fn rotation_keeps_live_rows(store: &Store) {
          VALUES ('s1', '/r/acked', 5, 0), ('s2', '/r/acked', 3, 0)",
     )
     .await;
-    raw(store, "DELETE FROM pubsub_topic_seq WHERE topic = '/r/gone'").await;
+    raw(
+        store,
+        "DELETE FROM pubsub_topic_seq WHERE topic = '/r/gone'",
+    )
+    .await;
 
     // Part 0 is current: it cannot be cleaned.
     assert!(store.clean_log_part(0, 0, now).await.is_err());
@@ -418,7 +440,7 @@ async fn rotation_keeps_live_rows(store: &Store) {
     let mut b = vec![TopicAppend {
         topic: "/r/acked".into(),
         refuse_past: None,
-            known_floor: None,
+        known_floor: None,
         groups: vec![group("/r/acked", 1)],
     }];
     store.append_log(&mut b, now).await.unwrap();
@@ -441,7 +463,13 @@ async fn rotation_keeps_live_rows(store: &Store) {
         vec![1, 2, 3]
     );
     assert!(store.read_after("/r/exp", 0, 100).await.unwrap().is_empty());
-    assert!(store.read_after("/r/gone", 0, 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_after("/r/gone", 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Cleaning again finds nothing to do.
     let c = store.clean_log_part(0, 1, now).await.unwrap();
     assert_eq!((c.moved, c.removed), (0, 0));
@@ -460,11 +488,26 @@ async fn rotate_lease(store: &Store) {
     assert!(!store.take_rotate_lease("b", now + 1, ttl).await.unwrap());
     assert!(store.take_rotate_lease("a", now + 2, ttl).await.unwrap());
     // Expired: another server takes it.
-    assert!(store.take_rotate_lease("b", now + 20_000, ttl).await.unwrap());
+    assert!(
+        store
+            .take_rotate_lease("b", now + 20_000, ttl)
+            .await
+            .unwrap()
+    );
     store.release_rotate_lease("a").await.unwrap();
-    assert!(!store.take_rotate_lease("a", now + 20_001, ttl).await.unwrap());
+    assert!(
+        !store
+            .take_rotate_lease("a", now + 20_001, ttl)
+            .await
+            .unwrap()
+    );
     store.release_rotate_lease("b").await.unwrap();
-    assert!(store.take_rotate_lease("a", now + 20_002, ttl).await.unwrap());
+    assert!(
+        store
+            .take_rotate_lease("a", now + 20_002, ttl)
+            .await
+            .unwrap()
+    );
 }
 
 both!(sqlite_rotate_lease, pg_rotate_lease, rotate_lease);
@@ -599,7 +642,10 @@ async fn publish_a_batch_of_1000(store: &Store) {
     assert_eq!(ids.len(), 1000);
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 1000);
-    assert!(ids.iter().all(|id| id.len() == 28 && id.starts_with("zpsm")));
+    assert!(
+        ids.iter()
+            .all(|id| id.len() == 28 && id.starts_with("zpsm"))
+    );
     let stored = store.read_after("/p/batch", 0, 5000).await.unwrap();
     assert_eq!(stored.len(), 1000);
     for (i, m) in stored.iter().enumerate() {
@@ -638,22 +684,40 @@ async fn publish_refusals(store: &Store) {
     let no_endpoint = Caller::Security("sec-none".into());
     let publisher = Caller::Security("sec-pub".into());
     let subscriber = Caller::Security("sec-sub".into());
-    assert_eq!(code(b.publish(&no_endpoint, "/p/x", vec![new_msg("a")]).await), "forbidden");
-    assert_eq!(code(b.publish(&subscriber, "/p/x", vec![new_msg("a")]).await), "forbidden");
-    assert_eq!(code(b.publish(&publisher, "/q/x", vec![new_msg("a")]).await), "forbidden");
+    assert_eq!(
+        code(b.publish(&no_endpoint, "/p/x", vec![new_msg("a")]).await),
+        "forbidden"
+    );
+    assert_eq!(
+        code(b.publish(&subscriber, "/p/x", vec![new_msg("a")]).await),
+        "forbidden"
+    );
+    assert_eq!(
+        code(b.publish(&publisher, "/q/x", vec![new_msg("a")]).await),
+        "forbidden"
+    );
     let e = b
         .publish(&no_endpoint, "/p/x", vec![new_msg("a")])
         .await
         .unwrap_err();
     assert!(e.to_string().contains("/p/x"), "{e}");
-    assert_eq!(code(b.publish(&publisher, "/p/x", vec![new_msg("a")]).await), "ok");
+    assert_eq!(
+        code(b.publish(&publisher, "/p/x", vec![new_msg("a")]).await),
+        "ok"
+    );
     assert_eq!(
         store.read_after("/p/x", 0, 10).await.unwrap()[0].published_by,
         "endpoint:ep-pub"
     );
-    assert_eq!(code(b.publish(&publisher, "/p/nope", vec![new_msg("a")]).await), "no_topic");
     assert_eq!(
-        code(b.publish(&svc(), "/p/x", vec![new_msg("01234567890")]).await),
+        code(b.publish(&publisher, "/p/nope", vec![new_msg("a")]).await),
+        "no_topic"
+    );
+    assert_eq!(
+        code(
+            b.publish(&svc(), "/p/x", vec![new_msg("01234567890")])
+                .await
+        ),
         "too_large"
     );
     let mut bad = new_msg("a");
@@ -664,19 +728,43 @@ async fn publish_refusals(store: &Store) {
     assert_eq!(store.read_after("/p/x", 0, 10).await.unwrap().len(), 1);
 
     // Depth 3, refuse: a publish that does not fit is refused whole.
-    assert_eq!(code(b.publish(&svc(), "/p/full", vec![new_msg("1"), new_msg("2")]).await), "ok");
     assert_eq!(
-        code(b.publish(&svc(), "/p/full", vec![new_msg("3"), new_msg("4")]).await),
+        code(
+            b.publish(&svc(), "/p/full", vec![new_msg("1"), new_msg("2")])
+                .await
+        ),
+        "ok"
+    );
+    assert_eq!(
+        code(
+            b.publish(&svc(), "/p/full", vec![new_msg("3"), new_msg("4")])
+                .await
+        ),
         "full"
     );
-    assert_eq!(code(b.publish(&svc(), "/p/full", vec![new_msg("3")]).await), "ok");
+    assert_eq!(
+        code(b.publish(&svc(), "/p/full", vec![new_msg("3")]).await),
+        "ok"
+    );
     assert_eq!(store.read_after("/p/full", 0, 10).await.unwrap().len(), 3);
 
     // No subscription and on_no_subs drop: accepted, not stored. Non-GD: not stored.
-    assert_eq!(code(b.publish(&svc(), "/p/drop", vec![new_msg("d")]).await), "ok");
+    assert_eq!(
+        code(b.publish(&svc(), "/p/drop", vec![new_msg("d")]).await),
+        "ok"
+    );
     assert!(store.read_after("/p/drop", 0, 10).await.unwrap().is_empty());
-    assert_eq!(code(b.publish(&svc(), "/p/nongd", vec![new_msg("n")]).await), "ok");
-    assert!(store.read_after("/p/nongd", 0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        code(b.publish(&svc(), "/p/nongd", vec![new_msg("n")]).await),
+        "ok"
+    );
+    assert!(
+        store
+            .read_after("/p/nongd", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let stats = b.topic_stats().await.unwrap();
     let of = |name: &str| stats.iter().find(|s| s.name == name).unwrap().clone();
@@ -686,7 +774,11 @@ async fn publish_refusals(store: &Store) {
     stop.send(true).unwrap();
 }
 
-both!(sqlite_publish_refusals, pg_publish_refusals, publish_refusals);
+both!(
+    sqlite_publish_refusals,
+    pg_publish_refusals,
+    publish_refusals
+);
 
 /// The store fails: the publish is answered `unavailable` and nothing of it is stored; when
 /// the store is back, publishing works again (PostgreSQL: the database refuses
@@ -787,7 +879,10 @@ async fn shutdown_answers_everything(store: &Store) {
     // Let some publishes through, then stop while others are queued.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while store.log_last_seq("/p/stop").await.unwrap() < 50 {
-        assert!(std::time::Instant::now() < deadline, "no publish got through");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no publish got through"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.send(true).unwrap();
@@ -814,7 +909,10 @@ async fn shutdown_answers_everything(store: &Store) {
         .into_iter()
         .map(|m| m.msg_id)
         .collect();
-    assert_eq!(stored, ok, "stored = acknowledged, nothing more, nothing less");
+    assert_eq!(
+        stored, ok,
+        "stored = acknowledged, nothing more, nothing less"
+    );
 }
 
 both!(
@@ -838,20 +936,27 @@ async fn pg_flush_throughput() {
     );
     let data = Bytes::from(vec![b'x'; 1024]);
     // The store alone: one flush of 64 and of 1,000 messages, without the broker.
-    for (n, refuse) in [(1usize, None), (64, None), (64, Some(100_000_000u64)), (1000, None)] {
+    for (n, refuse) in [
+        (1usize, None),
+        (64, None),
+        (64, Some(100_000_000u64)),
+        (1000, None),
+    ] {
         let started = std::time::Instant::now();
         for _ in 0..20 {
             let mut a = vec![TopicAppend {
                 topic: "/bench/direct".into(),
                 refuse_past: refuse,
                 known_floor: None,
-                groups: vec![(0..n)
-                    .map(|i| {
-                        let mut m = msg("/bench/direct", i);
-                        m.data = data.clone();
-                        m
-                    })
-                    .collect()],
+                groups: vec![
+                    (0..n)
+                        .map(|i| {
+                            let mut m = msg("/bench/direct", i);
+                            m.data = data.clone();
+                            m
+                        })
+                        .collect(),
+                ],
             }];
             store.append_log(&mut a, now_ms()).await.unwrap();
         }
@@ -896,3 +1001,53 @@ async fn pg_flush_throughput() {
     stop.send(true).unwrap();
     engine.cleanup(store).await;
 }
+
+/// The broker's rotator takes the `#rotate` lease and rotates a log that never rotated
+/// (rotated_at 0) at once: the next partition is current, the kept messages still read.
+async fn the_rotator_rotates(store: &Store) {
+    let (b, stop) = broker(
+        store,
+        serde_json::json!([{"name": "/r/kept"}]),
+        serde_json::json!([]),
+        serde_json::json!([]),
+    );
+    b.publish(&svc(), "/r/kept", vec![new_msg("a"), new_msg("b")])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        if let Some(r) = b.last_rotation() {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((r.from, r.to, r.cleaned.part), (0, 1, 2), "{r:?}");
+    let f = b.log_figures().await.unwrap();
+    assert_eq!(f.current, 1);
+    assert_eq!(store.read_after("/r/kept", 0, 10).await.unwrap().len(), 2);
+    stop.send(true).unwrap();
+    // At a clean stop the lease is handed back: another server takes it well before the
+    // lease (10 s from its last renewal) would have run out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !store
+        .take_rotate_lease("other", now_ms(), Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+both!(
+    sqlite_the_rotator_rotates,
+    pg_the_rotator_rotates,
+    the_rotator_rotates
+);

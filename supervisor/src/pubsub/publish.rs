@@ -247,7 +247,11 @@ pub(crate) async fn publish(
             published_by: by.clone(),
             data: m.data,
         };
-        if has_gd { gd.push(msg) } else { non_gd.push(msg) }
+        if has_gd {
+            gd.push(msg)
+        } else {
+            non_gd.push(msg)
+        }
     }
     let pubs = &inner.publisher;
     if defs.subs_of(topic).is_empty() {
@@ -428,7 +432,10 @@ async fn flusher(
     drop(spawn);
     while running.join_next().await.is_some() {}
     if n > 0 {
-        info!(publishes = n, "pubsub: flushed the queued publishes before stopping");
+        info!(
+            publishes = n,
+            "pubsub: flushed the queued publishes before stopping"
+        );
     }
 }
 
@@ -627,7 +634,10 @@ pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
     let n = r.u32("count")? as usize;
     // Each message takes at least 36 bytes: a count beyond what the frame holds is a lie.
     if n > r.0.len() / 36 + 1 {
-        return Err(format!("committed frame claims {n} messages in {} bytes", frame.len()));
+        return Err(format!(
+            "committed frame claims {n} messages in {} bytes",
+            frame.len()
+        ));
     }
     let mut msgs = Vec::with_capacity(n);
     for i in 0..n {
@@ -732,7 +742,12 @@ pub(crate) async fn topic_stats(inner: &Arc<Inner>) -> Result<Vec<TopicStats>, P
     let last = inner.store.log_last_seqs().await.map_err(unavailable)?;
     let mins = inner.store.log_min_cursors().await.map_err(unavailable)?;
     let now = now_ms();
-    let figures = inner.publisher.figures.lock().expect("figures lock").clone();
+    let figures = inner
+        .publisher
+        .figures
+        .lock()
+        .expect("figures lock")
+        .clone();
     let mut topics: Vec<_> = defs.topics.values().cloned().collect();
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = Vec::with_capacity(topics.len());
@@ -907,7 +922,11 @@ mod tests {
         let a = new_msg_id();
         assert_eq!(a.len(), 28);
         assert!(a.starts_with("zpsm"));
-        assert!(a[4..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            a[4..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_ne!(a, new_msg_id());
     }
 

@@ -62,7 +62,12 @@ impl Retention {
 impl super::Broker {
     /// The last rotation of the log this server ran, if it ran one.
     pub fn last_rotation(&self) -> Option<Rotation> {
-        self.inner.retention.last.lock().expect("rotation lock").clone()
+        self.inner
+            .retention
+            .last
+            .lock()
+            .expect("rotation lock")
+            .clone()
     }
 
     /// The log's storage figures: rows and bytes per partition.
@@ -100,7 +105,11 @@ pub(crate) fn start(inner: &Arc<Inner>, mut shutdown: tokio::sync::watch::Receiv
                 _ = shutdown.wait_for(|s| *s) => break,
             }
             if renewed.is_none_or(|t| t.elapsed() >= LEASE_RENEW) {
-                match inner.store.take_rotate_lease(&me, now_ms(), LEASE_TTL).await {
+                match inner
+                    .store
+                    .take_rotate_lease(&me, now_ms(), LEASE_TTL)
+                    .await
+                {
                     Ok(h) => {
                         if h && !held {
                             debug!("pubsub: this server rotates the message log now");
@@ -139,7 +148,12 @@ async fn tick(inner: &Inner, state: &mut State) -> Result<(), crate::store::Stor
         let c = store.clean_log_part(next, current, now_ms()).await?;
         state.dirty = false;
         if c.moved > 0 || c.removed > 0 {
-            info!(part = next, moved = c.moved, removed = c.removed, "pubsub: log partition cleaned");
+            info!(
+                part = next,
+                moved = c.moved,
+                removed = c.removed,
+                "pubsub: log partition cleaned"
+            );
         }
     }
     let total = store.log_appended_total().await?;

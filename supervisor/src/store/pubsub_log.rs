@@ -240,9 +240,10 @@ mod pg {
         let mut tx = pool.begin_write().await?;
         // FOR SHARE: a rotation's switch of `current` waits for this flush to commit, and
         // this flush for the switch, so no row is written to a partition being emptied.
-        let part: i16 = sqlx::query_scalar("SELECT current FROM pubsub_parts WHERE id = 1 FOR SHARE")
-            .fetch_one(&mut *tx)
-            .await?;
+        let part: i16 =
+            sqlx::query_scalar("SELECT current FROM pubsub_parts WHERE id = 1 FOR SHARE")
+                .fetch_one(&mut *tx)
+                .await?;
         let accepted = number_groups!(tx, appends, now);
         // One statement for the whole flush, whatever its size: the arrays are the rows'
         // columns (one prepared statement, no text that grows with the batch).
@@ -345,13 +346,15 @@ mod pg {
                  {current}, not {expect_current} (another server rotated)"
             )));
         }
-        let bytes_before: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT pg_total_relation_size('{table}')")))
+        let bytes_before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_total_relation_size('{table}')"
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                 .fetch_one(&mut *tx)
                 .await?;
-        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&mut *tx)
-            .await?;
         let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE pubsub_msg m SET part = $2 WHERE m.part = $3 AND {LIVE}"
         )))
@@ -559,8 +562,12 @@ mod lite {
                 p.bytes = c.try_get(2)?;
             }
         }
-        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(pool).await?;
-        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(pool).await?;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(pool)
+            .await?;
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(pool)
+            .await?;
         Ok(LogFigures {
             current: r.try_get(0)?,
             rotated_at_ms: r.try_get(1)?,
@@ -637,7 +644,12 @@ impl Store {
     /// Up to `limit` messages of `topic` with seq > `after_seq`, by seq. Expired ones are
     /// included (the reader counts them as it skips them); rows rotation removed are not
     /// (so seqs may have gaps below the topic's lowest cursor or where messages expired).
-    pub async fn read_after(&self, topic: &str, after_seq: i64, limit: u32) -> Result<Vec<Message>> {
+    pub async fn read_after(
+        &self,
+        topic: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM pubsub_msg WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ));
@@ -797,7 +809,6 @@ impl Store {
         Ok(())
     }
 }
-
 
 impl super::Outcome for LogFigures {
     fn failed(&self) -> bool {
