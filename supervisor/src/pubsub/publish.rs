@@ -429,7 +429,6 @@ async fn flusher(
         held = next;
         spawn(batch, slot);
     }
-    drop(spawn);
     while running.join_next().await.is_some() {}
     if n > 0 {
         info!(
