@@ -190,6 +190,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         boot.snapshot.config_version,
     ));
     let bus_handle = bus.as_ref().map(|(b, _)| b.clone());
+    if let Some(b) = &bus_handle {
+        pubsub.set_peers(b.clone());
+    }
     let cids = Arc::new(crate::edge::cid::CidGen::new());
     let locks = Arc::new(crate::deploy::Locks::default());
     let jobs = Arc::new(crate::scheduler::JobsTable::new(

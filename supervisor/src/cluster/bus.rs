@@ -15,6 +15,10 @@
 //! `deploy.activate` / `deploy.remove` calls make a peer catch up at once and answer with its
 //! workers' acks, so a deploy's report lists every server. `services.stats` answers with
 //! this server's per-service statistics (`metrics::stats`), for the admin API of a peer.
+//! The pub/sub broker's ops ride the same links: `pubsub.committed` (ASYNC, to every peer:
+//! a committed batch, `pubsub::publish::encode_committed`, applied in the link's own task
+//! so that one peer's batches keep their order) and `pubsub.*` calls to one named peer
+//! (answered by `pubsub::Broker::peer_call`).
 
 use bytes::BytesMut;
 use oxbus_ipc::bus::{
@@ -61,6 +65,87 @@ impl crate::deploy::Peers for Bus {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<PeerReply>> + Send + 'a>> {
         Box::pin(Bus::call_all(self, meta, timeout))
     }
+}
+
+/// The pub/sub broker reaches the other servers through the bus: committed batches to every
+/// linked peer (fire and forget, like `cache.apply`), and calls to one named peer.
+#[async_trait::async_trait]
+impl crate::pubsub::Peers for Bus {
+    fn send_committed(&self, frame: bytes::Bytes) {
+        const META: &[u8] = br#"{"op":"pubsub.committed"}"#;
+        let links = self.links.lock().expect("links lock");
+        for (peer, h) in links.iter() {
+            let stream = h.streams.lock().expect("streams lock").next_id();
+            let mut out = BytesMut::with_capacity(frame.len() + 64);
+            if oxbus_ipc::bus::encode_meta_frame(
+                &mut out,
+                oxbus_ipc::bus::Kind::Call,
+                oxbus_ipc::bus::FLAG_ASYNC,
+                stream,
+                META,
+                &frame,
+            )
+            .is_ok()
+            {
+                let _ = h.tx.send(out.freeze());
+            } else {
+                // The peer finds the gap in the store when the next batch arrives.
+                warn!(peer = %peer, bytes = frame.len(), "bus: a committed pub/sub batch does not fit one frame, not sent");
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        peer: &str,
+        meta: serde_json::Value,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<(u16, bytes::Bytes), String> {
+        let (rx, pending, stream) = {
+            let links = self.links.lock().expect("links lock");
+            let h = links
+                .get(peer)
+                .ok_or_else(|| format!("no bus link to server {peer}"))?;
+            let stream = h.streams.lock().expect("streams lock").next_id();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let mut out = BytesMut::with_capacity(body.len() + 256);
+            oxbus_ipc::bus::encode_call(&mut out, 0, stream, &meta, &body)
+                .map_err(|e| format!("a call to server {peer}: {e}"))?;
+            // Registered under the links lock, as `call_all` does: a link going down
+            // drains its pending calls after leaving the map, so this one fails at once.
+            h.pending.lock().expect("pending lock").insert(stream, tx);
+            if h.tx.send(out.freeze()).is_err() {
+                h.pending.lock().expect("pending lock").remove(&stream);
+                return Err(format!("the bus link to server {peer} is closing"));
+            }
+            (rx, h.pending.clone(), stream)
+        };
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(format!(
+                "the bus link to server {peer} went down before the answer"
+            )),
+            Err(_) => Err(format!(
+                "server {peer} did not answer within {} ms",
+                timeout.as_millis()
+            )),
+        };
+        pending.lock().expect("pending lock").remove(&stream);
+        answer
+    }
+}
+
+/// The op of a `pubsub.*` call's meta (ops the broker serves, not `oxbus_ipc::bus::Op`).
+fn pubsub_op(meta: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct OpOnly {
+        op: String,
+    }
+    serde_json::from_slice::<OpOnly>(meta)
+        .ok()
+        .map(|m| m.op)
+        .filter(|op| op.starts_with("pubsub."))
 }
 
 /// The bus of one server.
@@ -586,6 +671,45 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                         meta,
                         body,
                     }) => {
+                        if let Some(op) = pubsub_op(&meta) {
+                            if op == "pubsub.committed" {
+                                // In the link's own task, so a peer's batches reach the
+                                // fanout in the order it committed them.
+                                let status = match cx.pubsub.peer_committed(&body) {
+                                    Ok(()) => 200,
+                                    Err(e) => {
+                                        warn!(peer = %peer, error = %e, "bus: unreadable pub/sub batch from a peer, dropped");
+                                        400
+                                    }
+                                };
+                                if !asynchronous {
+                                    let mut out = BytesMut::new();
+                                    if oxbus_ipc::bus::encode_reply(&mut out, stream, status, b"{}")
+                                        .is_ok()
+                                    {
+                                        let _ = tx.send(out.freeze());
+                                    }
+                                }
+                                continue;
+                            }
+                            // Pulls, acks and figures of a subscription this server delivers.
+                            let (cx, tx) = (cx.clone(), tx.clone());
+                            tokio::spawn(async move {
+                                let meta: serde_json::Value =
+                                    serde_json::from_slice(&meta).unwrap_or_default();
+                                let (status, body) = cx.pubsub.peer_call(&meta, body).await;
+                                if asynchronous {
+                                    return;
+                                }
+                                let mut out = BytesMut::new();
+                                if oxbus_ipc::bus::encode_reply(&mut out, stream, status, &body)
+                                    .is_ok()
+                                {
+                                    let _ = tx.send(out.freeze());
+                                }
+                            });
+                            continue;
+                        }
                         if let Ok(oxbus_ipc::bus::Op::CacheApply(_)) =
                             oxbus_ipc::bus::Op::parse(&meta)
                         {

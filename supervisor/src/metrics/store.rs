@@ -30,6 +30,7 @@ pub const OPS: &[&str] = &[
     "tokens",
     "audit",
     "pubsub_cursor",
+    "pubsub_log",
 ];
 
 /// Store operations take from under a millisecond (SQLite, a local PostgreSQL) to the pool's

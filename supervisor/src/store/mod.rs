@@ -31,6 +31,8 @@
 //! - `audit`: the audit log of admin changes (`audit_log`) and the digests it records.
 //! - `pubsub_cursor`: pub/sub delivery's cursors, leases and dead letters (`pubsub_cursor`,
 //!   `pubsub_lease`, `pubsub_dead`) and its backlog reads of the message log.
+//! - `pubsub_log`: the pub/sub message log (`pubsub_topic_seq`, `pubsub_msg`, `pubsub_parts`)
+//!   and its rotation lease (`pubsub_lease` key `#rotate`).
 //!
 //! The store knows no HTTP, no workers and no cluster bus: it stores the objects of `model`
 //! (and `config`'s channels, `oxbus_cache`'s cache definitions) and checks what a stored
@@ -278,6 +280,7 @@ mod modules;
 mod objects;
 mod plan;
 mod pubsub_cursor;
+pub mod pubsub_log;
 mod scheduler;
 mod secrets;
 mod servers;
