@@ -249,6 +249,10 @@ class Dispatcher:
         # This runs for every request, so the common cases are spelled out inline.
         attr = _pick_handler(cls, meta.get('method'))[0] if cls._oxbus_verbs else 'handle'
         data_format = meta.get('data_format') or 'json'
+        if meta.get('channel') == 'pubsub':
+            # A delivery's body is its messages' data, concatenated: never one JSON document,
+            # whatever data_format says.
+            data_format = 'raw'
         if data_format == 'json':
             if body:
                 try:
