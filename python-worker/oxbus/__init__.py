@@ -17,6 +17,9 @@ from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, Metho
 from .outgoing import (AuthError, DatabaseError, HTTPError, IntegrityError, InvalidCall,
                        OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
                        ProgrammingError, ResponseTooLarge, SQLError, UnknownConnection)
+from .pubsub import (MessageTooLarge, PubSubAnswerTooLarge, PubSubConflict, PubSubError,
+                     PubSubForbidden, PubSubInvalid, PubSubNotReachable, PubSubUnavailable,
+                     SubscriptionNotFound, TopicFull, TopicNotFound)
 from .service import Channel, HTTPRequest, Request, Response, Security, Service
 from .simpleio import Bunch
 
@@ -29,5 +32,8 @@ __all__ = [
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
     'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',
-    'SQLError', 'IntegrityError', 'ProgrammingError', '__version__',
+    'SQLError', 'IntegrityError', 'ProgrammingError', 'PubSubError', 'TopicNotFound',
+    'SubscriptionNotFound', 'PubSubForbidden', 'PubSubInvalid', 'MessageTooLarge',
+    'PubSubAnswerTooLarge', 'TopicFull', 'PubSubConflict', 'PubSubUnavailable',
+    'PubSubNotReachable', '__version__',
 ]

@@ -274,6 +274,10 @@ class Dispatcher:
         security = meta.get('security')
         if security is not None:
             svc.channel = Channel(channel or 'invoke', meta.get('channel_name'), Security(security))
+        elif channel == 'pubsub':
+            # Its name is the sub_key: one per subscription, so not cached like the few
+            # fixed channels (the cache would grow with every subscription ever made).
+            svc.channel = Channel('pubsub', meta.get('channel_name'))
         else:
             name = meta.get('channel_name')
             svc.channel = (_channels.get((channel, name))

@@ -34,7 +34,10 @@ Errors are :class:`PubSubError` and its subclasses, by the server's error code::
     ├── SubscriptionNotFound (LookupError)       no_sub
     ├── PubSubForbidden (PermissionError)        forbidden
     ├── PubSubInvalid (ValueError)               invalid (also raised here for bad arguments)
-    ├── MessageTooLarge (ValueError)             too_large
+    ├── MessageTooLarge (ValueError)             too_large: over the topic's max_message_bytes
+    │                                            (or a publish over one 64 MiB frame)
+    ├── PubSubAnswerTooLarge                     too_large (502): a get_messages answer did
+    │                                            not fit in one IPC frame (ask fewer)
     ├── TopicFull                                full: the topic is at its depth and refuses
     ├── PubSubConflict                           conflict
     └── PubSubUnavailable                        unavailable: the store is down (a GD publish
@@ -44,10 +47,11 @@ Errors are :class:`PubSubError` and its subclasses, by the server's error code::
 
 from __future__ import annotations
 
+import json
 import sys
 
 from ._outcall import invocation_context
-from ._protocol import decode_json, encode_json
+from ._protocol import MAX_FRAME_LENGTH, decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -60,6 +64,7 @@ __all__ = [
     'PubSubAPI', 'PubSubMessage', 'PubSubDelivery', 'PubSubError', 'TopicNotFound',
     'SubscriptionNotFound', 'PubSubForbidden', 'PubSubInvalid', 'MessageTooLarge',
     'TopicFull', 'PubSubConflict', 'PubSubUnavailable', 'PubSubNotReachable',
+    'PubSubAnswerTooLarge',
 ]
 
 JSON_MIME = 'application/json'
@@ -105,7 +110,14 @@ class PubSubInvalid(PubSubError, ValueError):
 
 
 class MessageTooLarge(PubSubError, ValueError):
-    """A message is over its topic's ``max_message_bytes``."""
+    """A message is over its topic's ``max_message_bytes``; or a publish (all of its
+    ``data_list`` together) is over what one IPC frame carries (64 MiB)."""
+
+
+class PubSubAnswerTooLarge(PubSubError):
+    """The server's answer did not fit in one IPC frame (status 502, code ``too_large``):
+    not a message over its topic's limit. Pulled messages left unanswered come again after
+    the subscription's ``ack_timeout``; ask for fewer (``max_messages``)."""
 
 
 class TopicFull(PubSubError):
@@ -146,7 +158,24 @@ def _raise(what: str, meta: Dict[str, Any], body: bytes) -> None:
     if not message:
         message = '%s: the server answered %s%s' % (what, status,
                                                     ' (%s)' % error if error else '')
+    if error == 'too_large' and status == 502:
+        # The worker's own connection refused the REPLY as over one frame: an answer too
+        # large, not a message over its topic's max_message_bytes (413).
+        raise PubSubAnswerTooLarge(str(message), error, status)
     raise _ERRORS.get(error or '', PubSubError)(str(message), error, status)
+
+
+def _answer(what: str, raw: bytes, body: bytes) -> Dict[str, Any]:
+    """The JSON object of a successful answer; PubSubError naming ``what`` when the
+    server's answer is not one."""
+    _, body = _checked(what, raw, body)
+    try:
+        doc = decode_json(body)
+    except ValueError as e:
+        raise PubSubError('%s: unreadable answer from the server: %s' % (what, e)) from None
+    if not isinstance(doc, dict):
+        raise PubSubError('%s: unreadable answer from the server: %r' % (what, body[:200]))
+    return doc
 
 
 def _checked(what: str, raw: bytes, body: bytes) -> Tuple[Dict[str, Any], bytes]:
@@ -280,19 +309,33 @@ class PubSubDelivery:
 
 # -- the API --------------------------------------------------------------------------------
 
-def _encode(data: Any, mime_type: Optional[str]) -> Tuple[bytes, str]:
+# Strict JSON for message data: NaN and Infinity are no JSON, and a subscriber's parser
+# (the REST API's, another language's) would refuse them.
+_data_json = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False, allow_nan=False).encode
+
+
+def _encode(data: Any, mime_type: Optional[str], topic: str) -> Tuple[bytes, str]:
     """A publish's data as bytes, and its MIME type (``mime_type`` when given)."""
-    if isinstance(data, str):
-        return data.encode('utf-8'), mime_type or TEXT_MIME
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data), mime_type or BINARY_MIME
     if data is None:
-        raise PubSubInvalid('publish: data is None (give data= or data_list=)', 'invalid')
+        raise PubSubInvalid('publish to %s: data is None (give data= or data_list=)' % topic,
+                            'invalid')
+    if isinstance(data, str):
+        text, mime = data, mime_type or TEXT_MIME
+    else:
+        try:
+            text, mime = _data_json(data), mime_type or JSON_MIME
+        except (TypeError, ValueError, RecursionError) as e:
+            raise PubSubInvalid('publish to %s: data of type %s is neither str, bytes nor '
+                                'JSON: %s' % (topic, type(data).__name__, e),
+                                'invalid') from None
     try:
-        return encode_json(data), mime_type or JSON_MIME
-    except (TypeError, ValueError) as e:
-        raise PubSubInvalid('publish: data of type %s is neither str, bytes nor JSON: %s'
-                            % (type(data).__name__, e), 'invalid') from None
+        return text.encode('utf-8'), mime
+    except UnicodeEncodeError as e:
+        # A lone surrogate (e.g. from a "\ud800" escape) has no UTF-8 form.
+        raise PubSubInvalid('publish to %s: the data is not valid Unicode text: %s'
+                            % (topic, e), 'invalid') from None
 
 
 def _service_name(service: Any) -> Optional[str]:
@@ -365,15 +408,25 @@ class PubSubAPI:
                 common[key] = str(value)
         msgs = []
         parts = []
+        total = 0
         for item in items:
-            raw, mime = _encode(item, mime_type)
+            raw, mime = _encode(item, mime_type, topic)
             msg = {'size': len(raw), 'mime_type': mime}
             msg.update(common)
             msgs.append(msg)
             parts.append(raw)
+            total += len(raw)
         meta = self._meta('pubsub.publish')
         meta['topic'] = topic
         meta['msgs'] = msgs
+        # One publish is one CALL frame: its meta and all of its data must fit in it. The
+        # meta is measured as sent (it is small next to data of this size).
+        if total > MAX_FRAME_LENGTH - 1024 or (
+                total + len(encode_json(meta)) + 64 > MAX_FRAME_LENGTH):
+            raise MessageTooLarge('publish to %s: %d messages of %d bytes together, over the '
+                                  '%d bytes one call carries: publish them in several calls'
+                                  % (topic, len(msgs), total, MAX_FRAME_LENGTH),
+                                  'too_large', 413)
         return meta, b''.join(parts), many
 
     def _subscribe_call(self, topic: str, service: Any, delivery: Any, sub_key: Any,
@@ -507,10 +560,10 @@ class PubSubAPI:
 
     @staticmethod
     def _published(topic: str, raw: bytes, reply: bytes, many: bool) -> Union[str, List[str]]:
-        _, body = _checked('publish to %s' % topic, raw, reply)
-        ids = decode_json(body).get('msg_ids')
-        if not isinstance(ids, list):
-            raise PubSubError('publish to %s: unreadable answer from the server' % topic)
+        ids = _answer('publish to %s' % topic, raw, reply).get('msg_ids')
+        if not isinstance(ids, list) or not ids:
+            raise PubSubError('publish to %s: unreadable answer from the server (msg_ids: %r)'
+                              % (topic, ids))
         return ids if many else ids[0]
 
     # -- subscribe / unsubscribe -----------------------------------------------------------
@@ -530,7 +583,9 @@ class PubSubAPI:
         ``batch_size``, ``retry`` (``{'max_attempts': 5, 'backoff_ms': 100, ...}``),
         ``dead_letter_topic`` and ``ack_timeout`` (ms, pull) are the subscription's.
         Subscribing again to the same topic with the same delivery answers the existing
-        sub_key.
+        sub_key (without ``sub_key``: the same one every time, concurrent calls included),
+        and that subscription keeps its settings: a different ``batch_size``, ``retry``...
+        given again does not change it (the admin API does).
         """
         meta = self._subscribe_call(topic, service, delivery, sub_key, batch_size, retry,
                                     dead_letter_topic, ack_timeout)
@@ -550,8 +605,7 @@ class PubSubAPI:
 
     @staticmethod
     def _sub_key(topic: str, raw: bytes, reply: bytes) -> str:
-        _, body = _checked('subscribe to %s' % topic, raw, reply)
-        sub_key = decode_json(body).get('sub_key')
+        sub_key = _answer('subscribe to %s' % topic, raw, reply).get('sub_key')
         if not isinstance(sub_key, str):
             raise PubSubError('subscribe to %s: unreadable answer from the server' % topic)
         return sub_key
@@ -615,8 +669,7 @@ class PubSubAPI:
 
     @staticmethod
     def _acked(raw: bytes, reply: bytes) -> int:
-        _, body = _checked('ack', raw, reply)
-        n = decode_json(body).get('acked')
+        n = _answer('ack', raw, reply).get('acked')
         return n if isinstance(n, int) else 0
 
     def __repr__(self) -> str:

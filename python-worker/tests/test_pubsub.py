@@ -185,6 +185,58 @@ def test_server_errors_raise_by_code(server, ps, status, code, cls, bases):
     assert (e.value.error, e.value.status) == (code, status)
 
 
+def test_the_package_exports_the_pubsub_errors():
+    import oxbus
+    for name in ('PubSubError', 'TopicNotFound', 'SubscriptionNotFound', 'PubSubForbidden',
+                 'PubSubInvalid', 'MessageTooLarge', 'PubSubAnswerTooLarge', 'TopicFull',
+                 'PubSubConflict', 'PubSubUnavailable', 'PubSubNotReachable'):
+        assert getattr(oxbus, name) is getattr(PS, name), name
+        assert name in oxbus.__all__
+
+
+def test_a_publish_over_one_frame_is_message_too_large_without_a_call(server, ps):
+    half = b'x' * (P.MAX_FRAME_LENGTH // 2)
+    with pytest.raises(PS.MessageTooLarge, match='publish to /big: 2 messages') as e:
+        ps.publish('/big', data_list=[half, half])
+    assert (e.value.error, e.value.status) == ('too_large', 413)
+    assert server.calls == []
+
+
+@pytest.mark.parametrize('data, says', [
+    ('a\ud800b', 'not valid Unicode'),
+    ({'k': 'a\udfff'}, 'not valid Unicode'),
+    ({'n': float('nan')}, 'JSON'),
+    ([float('inf')], 'JSON'),
+])
+def test_publish_refuses_data_without_a_utf8_or_json_form(server, ps, data, says):
+    with pytest.raises(PS.PubSubInvalid, match=says) as e:
+        ps.publish('/orders/new', data)
+    assert '/orders/new' in str(e.value)
+    assert server.calls == []
+
+
+def test_a_get_answer_over_one_frame_is_not_a_message_too_large(server, ps):
+    # The worker's connection answers 502 too_large when the REPLY does not fit in a frame;
+    # that is no message over its topic's max_message_bytes (413).
+    server.fail(502, 'too_large', 'the reply does not fit in one frame')
+    with pytest.raises(PS.PubSubAnswerTooLarge) as e:
+        ps.get_messages('/orders/new')
+    assert not isinstance(e.value, PS.MessageTooLarge)
+    assert (e.value.error, e.value.status) == ('too_large', 502)
+
+
+@pytest.mark.parametrize('body', [b'not json', b'[1, 2]', b'{"msg_ids": []}', b'{}'])
+def test_malformed_answers_are_pubsub_errors(server, ps, body):
+    for call in (lambda: ps.publish('/t', 'x'), lambda: ps.subscribe('/t')):
+        server.answer(body)
+        with pytest.raises(PS.PubSubError, match='unreadable answer'):
+            call()
+    if body in (b'not json', b'[1, 2]'):
+        server.answer(body)
+        with pytest.raises(PS.PubSubError, match='ack: unreadable answer'):
+            ps.ack('sk.1', ['m1'])
+
+
 def test_a_server_without_pubsub_is_an_error_too(server, ps):
     # An older server answers an op it does not know with 501 and no error code.
     server.answer({'error': 'unknown op: pubsub.publish'}, status=501)
@@ -422,6 +474,21 @@ def test_a_delivery_gives_the_service_its_messages():
         'raw': b'one{"n": 1}\xff\x00', 'data': ['one', '{"n": 1}', b'\xff\x00'],
         'ids': ['m1', 'm2', 'm3'], 'topic_names': ['/orders/eu', '/orders/new', '/orders/new'],
         'counts': [1, 2, 1], 'json': {'n': 1}, 'sizes': [3, 8, 2]}
+
+
+def test_a_delivery_without_data_format_is_raw_and_its_channel_is_not_cached():
+    from oxbus import _dispatch
+    d = Dispatcher({OnOrders.name: OnOrders})
+    meta = delivery_meta([msg_meta('m1', 3), msg_meta('m2', 8), msg_meta('m3', 2)],
+                         sub_key='sk.nodf')
+    # A missing data_format means JSON for other channels: a delivery's body is no JSON.
+    del meta['data_format']
+    frame = d.run(1, meta, b'one{"n": 1}\xff\x00')
+    reply, body = P.decode_call(P.decode_frame(frame)[3])
+    assert reply['status'] == 200, body
+    assert Seen.last['data'] == ['one', '{"n": 1}', b'\xff\x00']
+    assert Seen.last['channel'] == ('pubsub', 'sk.nodf')
+    assert not any(key[0] == 'pubsub' for key in _dispatch._channels)
 
 
 def test_a_failing_subscriber_fails_the_delivery():

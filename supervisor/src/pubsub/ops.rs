@@ -2,7 +2,9 @@
 //! [`Broker`] as a [`ServerOps`]: `pubsub.publish`, `pubsub.subscribe`,
 //! `pubsub.unsubscribe`, `pubsub.get` and `pubsub.ack`. The caller is always
 //! [`Caller::Service`] of the service name the worker sends in the meta (services are
-//! trusted: permissions apply to REST endpoints only).
+//! trusted: permissions apply to REST endpoints only). The name is not proved: any code
+//! running in a worker may name any service, as with `secret.get`; it is checked for shape
+//! only ([`MAX_SERVICE_NAME`] characters, no control character).
 //!
 //! Decoding a call ([`decode`]) and resolving a service's own pull subscription
 //! ([`own_pull_sub`]) are pure functions, so that the wire shapes are tested without a
@@ -36,8 +38,31 @@ pub const GET_CONTENT_TYPE: &str = "application/x-oxbus-pubsub";
 /// A `pubsub.get` answer stops adding messages before its body passes this (the IPC frame
 /// limit is 64 MiB; the meta and the frame header need some room). A message left out was
 /// handed out all the same: it is delivered again after the subscription's
-/// `ack_timeout_ms`, so nothing is lost.
+/// `ack_timeout_ms`, so nothing is lost. The delivery queue already stops a batch at
+/// [`MAX_BATCH_BYTES`] of data, so this only bites when the metadata is unusually large.
 const MAX_GET_BODY: usize = 60 * 1024 * 1024;
+/// The most data one batch hands out (a service delivery's body, a pull's answer): the
+/// queue stops adding messages to a batch past it, a batch always has at least one message.
+/// A batch of `batch_size` large messages would otherwise not fit in one 64 MiB IPC frame
+/// and fail on every attempt.
+pub const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// The longest service name a call may give as its caller, in characters.
+pub const MAX_SERVICE_NAME: usize = 200;
+/// The most msg_ids one `pubsub.ack` may carry.
+pub const MAX_ACK_IDS: usize = 10_000;
+/// The largest raw meta of a `pubsub.publish`, refused before it is parsed (up to
+/// [`MAX_PUBLISH_MSGS`] messages' metadata, each with strings of up to 1 KiB).
+const MAX_PUBLISH_META: usize = 16 * 1024 * 1024;
+/// The largest raw meta of the other `pubsub.*` calls, refused before it is parsed.
+const MAX_OTHER_META: usize = 4 * 1024 * 1024;
+/// The worker calls this module answers; any other `pubsub.*` op is an unknown op.
+pub const OPS: [&str; 5] = [
+    "pubsub.publish",
+    "pubsub.subscribe",
+    "pubsub.unsubscribe",
+    "pubsub.get",
+    "pubsub.ack",
+];
 
 /// A decoded `pubsub.*` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,12 +197,21 @@ fn target(op: &str, sub_key: Option<String>, topic: Option<String>) -> Result<Ta
 /// Decodes one `pubsub.*` call: its op, raw meta and body. Checks the wire shape only; the
 /// broker checks the rest (the topic exists, priorities, sizes against the topic…).
 pub fn decode(op: &str, raw_meta: &[u8], body: &Bytes) -> Result<Request, PubsubError> {
-    let common: Common = meta_of(op, raw_meta)?;
-    if common.service.is_empty() {
+    // The size first: a meta is parsed twice (the common fields, then the op's), and a huge
+    // one (millions of msgs or msg_ids) must not cost that.
+    let max_meta = if op == "pubsub.publish" {
+        MAX_PUBLISH_META
+    } else {
+        MAX_OTHER_META
+    };
+    if raw_meta.len() > max_meta {
         return Err(PubsubError::Invalid(format!(
-            "{op}: the meta's service (the calling service's name) is empty"
+            "{op}: the meta has {} bytes, at most {max_meta}",
+            raw_meta.len()
         )));
     }
+    let common: Common = meta_of(op, raw_meta)?;
+    check_service_name(op, &common.service)?;
     let caller = Caller::Service(common.service);
     match op {
         "pubsub.publish" => {
@@ -287,6 +321,12 @@ pub fn decode(op: &str, raw_meta: &[u8], body: &Bytes) -> Result<Request, Pubsub
         }
         "pubsub.ack" => {
             let m: AckMeta = meta_of(op, raw_meta)?;
+            if m.msg_ids.len() > MAX_ACK_IDS {
+                return Err(PubsubError::Invalid(format!(
+                    "pubsub.ack: {} msg_ids, at most {MAX_ACK_IDS} per call",
+                    m.msg_ids.len()
+                )));
+            }
             Ok(Request::Ack {
                 caller,
                 target: target(op, m.sub_key, m.topic)?,
@@ -295,6 +335,45 @@ pub fn decode(op: &str, raw_meta: &[u8], body: &Bytes) -> Result<Request, Pubsub
         }
         _ => Err(PubsubError::Invalid(format!("no op {op:?}"))),
     }
+}
+
+/// Refuses a caller's service name that no service can have: empty, longer than
+/// [`MAX_SERVICE_NAME`] characters, or holding a control character (it goes into logs,
+/// `created_by` and error messages).
+fn check_service_name(op: &str, service: &str) -> Result<(), PubsubError> {
+    if service.is_empty() {
+        return Err(PubsubError::Invalid(format!(
+            "{op}: the meta's service (the calling service's name) is empty"
+        )));
+    }
+    let chars = service.chars().count();
+    if chars > MAX_SERVICE_NAME {
+        return Err(PubsubError::Invalid(format!(
+            "{op}: the meta's service has {chars} characters, at most {MAX_SERVICE_NAME}"
+        )));
+    }
+    if service.chars().any(char::is_control) {
+        return Err(PubsubError::Invalid(format!(
+            "{op}: the meta's service {service:?} holds a control character"
+        )));
+    }
+    Ok(())
+}
+
+/// The sub_key a service's subscribe without one gets: "sk." and 24 hex digits of the
+/// SHA-256 of the service, the topic and the delivery. The same request always gets the
+/// same key, so two concurrent subscribes of the same service cannot make two
+/// subscriptions: the second one's put finds the first's and answers its key.
+pub fn derived_sub_key(service: &str, topic: &str, delivery: &DeliveryKind) -> String {
+    use sha2::Digest as _;
+    let delivery = serde_json::to_string(delivery).unwrap_or_default();
+    let digest = sha2::Sha256::digest(format!("service:{service}\n{topic}\n{delivery}"));
+    let mut key = String::with_capacity(27);
+    key.push_str("sk.");
+    for b in &digest[..12] {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
 }
 
 /// What `Subscription::created_by` holds for a subscription service `service` made.
@@ -415,25 +494,35 @@ pub fn service_delivery(sub: &Subscription, batch: &[Delivered]) -> (serde_json:
 
 /// The body of a `pubsub.get` answer: `{"sub_key": …, "msgs": [<msg_meta>…]}`, a `\n`
 /// (compact JSON holds no raw newline), then the messages' data concatenated. Messages
-/// past [`MAX_GET_BODY`] are left out (the first never is).
+/// that would take the body past [`MAX_GET_BODY`] are left out (the first never is),
+/// counting each one's metadata as serialized, escapes included.
 pub fn encode_get(sub_key: &str, batch: &[Delivered]) -> Bytes {
-    let mut size = 0usize;
-    let mut msgs = Vec::with_capacity(batch.len());
+    encode_get_within(sub_key, batch, MAX_GET_BODY)
+}
+
+fn encode_get_within(sub_key: &str, batch: &[Delivered], limit: usize) -> Bytes {
+    // The head is written by hand around each message's own serialization, so that its
+    // length is known exactly while messages are added: {"msgs":[m1,m2],"sub_key":"…"}.
+    let tail = format!("],\"sub_key\":{}}}\n", serde_json::Value::from(sub_key));
+    let mut head = String::from("{\"msgs\":[");
+    let mut data = 0usize;
     let mut taken = 0;
     for d in batch {
-        let meta = serde_json::Value::Object(msg_meta(d));
-        let add = d.msg.data.len() + 400;
-        if taken > 0 && size + add > MAX_GET_BODY {
+        let meta = serde_json::Value::Object(msg_meta(d)).to_string();
+        let add = meta.len() + usize::from(taken > 0) + d.msg.data.len();
+        if taken > 0 && head.len() + tail.len() + data + add > limit {
             break;
         }
-        size += add;
-        msgs.push(meta);
+        if taken > 0 {
+            head.push(',');
+        }
+        head.push_str(&meta);
+        data += d.msg.data.len();
         taken += 1;
     }
-    let head = serde_json::json!({ "sub_key": sub_key, "msgs": msgs }).to_string();
-    let mut body = BytesMut::with_capacity(head.len() + 1 + size);
+    let mut body = BytesMut::with_capacity(head.len() + tail.len() + data);
     body.put_slice(head.as_bytes());
-    body.put_u8(b'\n');
+    body.put_slice(tail.as_bytes());
     for d in &batch[..taken] {
         body.put_slice(&d.msg.data);
     }
@@ -469,17 +558,33 @@ impl Broker {
                 let ids = self.publish(&caller, &topic, msgs).await?;
                 OpReply::json(200, &serde_json::json!({ "msg_ids": ids }))
             }
-            Request::Subscribe { caller, req } => {
-                if let Caller::Service(service) = &caller
-                    && let Some(s) = existing_sub(&self.defs(), service, &req)
-                {
-                    return Ok(OpReply::json(
+            Request::Subscribe { caller, mut req } => {
+                let existing = |sub_key: &str| {
+                    OpReply::json(
                         200,
-                        &serde_json::json!({ "sub_key": s.sub_key, "existing": true }),
-                    ));
+                        &serde_json::json!({ "sub_key": sub_key, "existing": true }),
+                    )
+                };
+                let mut derived = None;
+                if let Caller::Service(service) = &caller
+                    && req.sub_key.is_none()
+                {
+                    if let Some(s) = existing_sub(&self.defs(), service, &req) {
+                        return Ok(existing(&s.sub_key));
+                    }
+                    let key = derived_sub_key(service, &req.topic, &req.delivery);
+                    req.sub_key = Some(key.clone());
+                    derived = Some(key);
                 }
-                let sub_key = self.subscribe(&caller, req).await?;
-                OpReply::json(200, &serde_json::json!({ "sub_key": sub_key }))
+                match self.subscribe(&caller, req).await {
+                    Ok(sub_key) => OpReply::json(200, &serde_json::json!({ "sub_key": sub_key })),
+                    // The same service subscribed to the same thing meanwhile (or on another
+                    // server): its subscription is this one, whatever its other settings.
+                    Err(PubsubError::Conflict(_)) if derived.is_some() => {
+                        existing(derived.as_deref().unwrap_or_default())
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Request::Unsubscribe { caller, sub_key } => {
                 self.unsubscribe(&caller, &sub_key).await?;
@@ -514,7 +619,7 @@ impl Broker {
 #[async_trait::async_trait]
 impl ServerOps for Broker {
     fn handles(&self, op: &str) -> bool {
-        op.starts_with("pubsub.")
+        OPS.contains(&op)
     }
 
     async fn call(&self, _worker: u32, op: &str, raw_meta: Bytes, body: Bytes) -> OpReply {
@@ -526,7 +631,9 @@ impl ServerOps for Broker {
     }
 
     /// Nothing is held per worker: pulled messages not acked come again after their
-    /// subscription's `ack_timeout_ms`, whoever fetched them.
+    /// subscription's `ack_timeout_ms`, whoever fetched them. A long poll (`wait_ms`) of a
+    /// worker that is gone is not cancelled: it runs to its end, and what it takes then is
+    /// handed out to no one and comes back after `ack_timeout_ms` the same way.
     fn worker_gone(&self, _worker: u32) {}
 }
 
@@ -692,6 +799,75 @@ mod tests {
         }
         let e = decode("pubsub.get", b"{not json", &Bytes::new()).unwrap_err();
         assert!(e.to_string().starts_with("pubsub.get: bad meta"), "{e}");
+    }
+
+    #[test]
+    fn service_names_meta_sizes_and_ack_counts_are_bounded() {
+        for (service, says) in [
+            ("x".repeat(201), "201 characters"),
+            ("a\nb".to_owned(), "control character"),
+            ("a\u{7f}".to_owned(), "control character"),
+        ] {
+            let e = dec(
+                "pubsub.unsubscribe",
+                serde_json::json!({"service": service, "sub_key": "k"}),
+                b"",
+            )
+            .unwrap_err();
+            assert_eq!(e.code(), "invalid");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // 200 characters (not bytes) are fine.
+        dec(
+            "pubsub.unsubscribe",
+            serde_json::json!({"service": "\u{e9}".repeat(200), "sub_key": "k"}),
+            b"",
+        )
+        .unwrap();
+        // A huge meta is refused by its size, before it is parsed (this one is not JSON).
+        let big = vec![b'['; MAX_OTHER_META + 1];
+        let e = decode("pubsub.ack", &big, &Bytes::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("{} bytes, at most {MAX_OTHER_META}", big.len())),
+            "{e}"
+        );
+        // A publish may have a larger meta than the other calls.
+        let e = decode("pubsub.publish", &big, &Bytes::new()).unwrap_err();
+        assert!(e.to_string().contains("bad meta"), "{e}");
+        let ids: Vec<String> = (0..=MAX_ACK_IDS).map(|i| format!("m{i}")).collect();
+        let e = dec(
+            "pubsub.ack",
+            serde_json::json!({"service": "s", "sub_key": "k", "msg_ids": ids}),
+            b"",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("10001 msg_ids"), "{e}");
+    }
+
+    #[test]
+    fn derived_sub_keys_are_stable_per_service_topic_and_delivery() {
+        let pull = derived_sub_key("a", "/t", &DeliveryKind::Pull);
+        assert_eq!(pull, derived_sub_key("a", "/t", &DeliveryKind::Pull));
+        assert!(
+            pull.len() == 27
+                && pull.starts_with("sk.")
+                && pull[3..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{pull}"
+        );
+        let svc = DeliveryKind::Service {
+            service: "a.handle".into(),
+        };
+        let others = [
+            derived_sub_key("b", "/t", &DeliveryKind::Pull),
+            derived_sub_key("a", "/u", &DeliveryKind::Pull),
+            derived_sub_key("a", "/t", &svc),
+        ];
+        for k in &others {
+            assert_ne!(k, &pull);
+        }
     }
 
     #[test]
@@ -951,6 +1127,41 @@ mod tests {
     }
 
     #[test]
+    fn get_answer_counts_the_real_metadata_against_its_limit() {
+        // Control characters are escaped as \u00XX: 6 bytes of JSON per byte of correl_id,
+        // far over the 400 bytes a message's metadata was once reckoned at.
+        let correl: String = "\u{1}".repeat(1024);
+        let msg = |i: usize| {
+            let mut d = delivered(b"", 1);
+            let m = Arc::get_mut(&mut d.msg).unwrap();
+            m.correl_id = Some(correl.clone());
+            m.msg_id = format!("zpsm{i:024x}");
+            m.data = Bytes::from(vec![b'd'; 1000]);
+            d
+        };
+        let batch: Vec<Delivered> = (0..100).map(msg).collect();
+        let one_meta = serde_json::Value::Object(msg_meta(&batch[0]))
+            .to_string()
+            .len();
+        assert!(one_meta > 6 * 1024, "{one_meta}");
+        // Room for about half of them, by their real size.
+        let limit = 50 * (one_meta + 1 + 1000) + 64;
+        let body = encode_get_within("sk.1", &batch, limit);
+        assert!(body.len() <= limit, "{} > {limit}", body.len());
+        let nl = body.iter().position(|&b| b == b'\n').unwrap();
+        let head: serde_json::Value = serde_json::from_slice(&body[..nl]).unwrap();
+        let n = head["msgs"].as_array().unwrap().len();
+        assert!((45..=50).contains(&n), "{n} messages");
+        assert_eq!(body.len() - nl - 1, n * 1000);
+        assert_eq!(head["msgs"][n - 1]["msg_id"], format!("zpsm{:024x}", n - 1));
+        // The first message goes whatever the limit.
+        let body = encode_get_within("sk.1", &batch, 10);
+        let nl = body.iter().position(|&b| b == b'\n').unwrap();
+        let head: serde_json::Value = serde_json::from_slice(&body[..nl]).unwrap();
+        assert_eq!(head["msgs"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
     fn service_delivery_and_pulled_json() {
         let s = sub("sk.1", "/*", DeliveryKind::Pull, None);
         let (meta, body) = service_delivery(&s, &[delivered(b"ab", 1), delivered(b"cde", 1)]);
@@ -992,7 +1203,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("oxbus-psops-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let b = broker(&dir).await;
-        assert!(b.handles("pubsub.publish") && b.handles("pubsub.get"));
+        for op in OPS {
+            assert!(b.handles(op), "{op}");
+        }
+        // Another pubsub.* op is no op of this module: the generic unknown op answers it.
+        assert!(!b.handles("pubsub.nonsense") && !b.handles("pubsub.stats"));
         assert!(!b.handles("out.rest") && !b.handles("cache.get"));
         let call = |op: &'static str, meta: serde_json::Value| {
             let b = b.clone();
@@ -1013,6 +1228,30 @@ mod tests {
             body,
             serde_json::json!({"sub_key": "sk.2", "existing": true})
         );
+        // Two concurrent subscribes of the same service to the same thing make one
+        // subscription: both answer its key, derived from the request, and its cursor is
+        // in place (the second one's failed put does not remove it).
+        let (r1, r2) = tokio::join!(
+            call(
+                "pubsub.subscribe",
+                serde_json::json!({"op": "pubsub.subscribe", "service": "d", "topic": "/t"}),
+            ),
+            call(
+                "pubsub.subscribe",
+                serde_json::json!({"op": "pubsub.subscribe", "service": "d", "topic": "/t"}),
+            )
+        );
+        let key = derived_sub_key("d", "/t", &DeliveryKind::Pull);
+        let mut existing = 0;
+        for r in [&r1, &r2] {
+            assert_eq!(r.meta.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["sub_key"], key.as_str(), "{body}");
+            existing += usize::from(body["existing"] == true);
+        }
+        assert_eq!(existing, 1, "one made it, the other found it");
+        let cursors = b.inner.store.sub_cursors(&key).await.unwrap();
+        assert_eq!(cursors.len(), 1, "the subscription's cursor to /t");
         // Service a has no pull subscription to /u (its one delivers to a service).
         let r = call(
             "pubsub.get",

@@ -643,10 +643,14 @@ pub(crate) async fn subscribe(
     }
     let by = caller.label(&defs);
     if let Err(e) = inner.store.put_object(&sub, true, &by).await {
-        let _ = inner.store.sub_forget(&sub_key).await;
         return Err(match e {
+            // Another subscribe put this sub_key first (a service's concurrent subscribe
+            // derives the same key): the cursors are that subscription's, keep them.
             StoreError::Invalid(m) if m.contains("exists already") => PubsubError::Conflict(m),
-            other => store_err(other),
+            other => {
+                let _ = inner.store.sub_forget(&sub_key).await;
+                store_err(other)
+            }
         });
     }
     tracing::info!(%sub_key, topic = %sub.topic, by = %by, "pubsub: subscribed");

@@ -401,8 +401,14 @@ impl Queue {
     pub fn take(&mut self, max: usize, now: i64, until: i64, in_order: bool) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
+        let mut bytes = 0usize;
         for e in self.pending.values_mut() {
             if out.len() >= max {
+                break;
+            }
+            // A batch must fit in one IPC frame (ops::MAX_BATCH_BYTES); its first message
+            // always goes, whatever its size (the topic's max_message_bytes bounds it).
+            if !out.is_empty() && bytes + e.msg.data.len() > crate::pubsub::ops::MAX_BATCH_BYTES {
                 break;
             }
             if e.in_flight_until.is_some() {
@@ -423,6 +429,7 @@ impl Queue {
             }
             e.in_flight_until = Some(until);
             e.delivery_count += 1;
+            bytes += e.msg.data.len();
             out.push(e.clone());
         }
         for id in expired {
@@ -603,6 +610,24 @@ mod tests {
         // As after the first read of the log: caught up.
         q.topics.get_mut(topic).unwrap().behind = false;
         q
+    }
+
+    #[test]
+    fn a_batch_stops_at_max_batch_bytes_but_has_one_message_at_least() {
+        let mut q = Queue::default();
+        let twelve = Bytes::from(vec![b'x'; 12 * 1024 * 1024]);
+        let forty = Bytes::from(vec![b'y'; 40 * 1024 * 1024]);
+        for (seq, data) in [(1, &forty), (2, &twelve), (3, &twelve), (4, &twelve)] {
+            let mut m = Arc::unwrap_or_clone(msg("/t", seq, 5, seq));
+            m.data = data.clone();
+            q.add_memory(Arc::new(m), 100);
+        }
+        let sizes = |b: &[Entry]| b.iter().map(|e| e.msg.msg_id.clone()).collect::<Vec<_>>();
+        // One message over the limit goes alone.
+        assert_eq!(sizes(&q.take(10, 0, 1000, false)), ["m1"]);
+        // 12 + 12 MiB fit in 32 MiB, a third does not.
+        assert_eq!(sizes(&q.take(10, 0, 1000, false)), ["m2", "m3"]);
+        assert_eq!(sizes(&q.take(10, 0, 1000, false)), ["m4"]);
     }
 
     #[test]
