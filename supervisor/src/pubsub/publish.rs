@@ -10,13 +10,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Caller, Committed, Inner, NewMsg, PubsubError, TopicStats, now_ms};
 use crate::model::pubsub::{
     Access, Message, OnFull, OnNoSubs, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN,
 };
-use crate::store::pubsub_log::TopicAppend;
+use crate::store::pubsub_log::{AppendError, TopicAppend};
 
 /// The most messages one flush appends (more waits for the next flush).
 pub const FLUSH_MSGS: usize = 2_000;
@@ -26,8 +26,16 @@ pub const FLUSH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_MSGS_PER_PUBLISH: usize = 10_000;
 /// The most data one publish may carry, bytes (twice the largest message a topic allows).
 pub const MAX_BYTES_PER_PUBLISH: u64 = 32 * 1024 * 1024;
-/// The longest `mime_type`, `correl_id`, `in_reply_to` or `ext_client_id`, bytes.
+/// The longest `correl_id`, `in_reply_to` or `ext_client_id`, bytes.
 pub const MAX_FIELD_LEN: usize = 1024;
+/// The longest `mime_type`, bytes.
+pub const MAX_MIME_LEN: usize = 200;
+/// The longest expiration a publish may give, ms (one year).
+pub const MAX_EXPIRATION_MS: u64 = 365 * 24 * 3600 * 1000;
+/// How long a flush waits for the store: past it the flush's outcome is unknown and its
+/// publishers hear so (without it one store that stops answering would hang every GD
+/// publish of the server).
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Publishes queued for the flusher before a publisher waits for room: the queue is
 /// bounded, as every queue of the server is.
 const QUEUE: usize = 4_096;
@@ -48,9 +56,13 @@ const FRAME_DATA: usize = 16 * 1024 * 1024;
 struct Job {
     topic: String,
     refuse_past: Option<u64>,
+    /// `on_no_subs: drop` and no subscription in this server's definitions: the flush
+    /// drops the messages unless the topic has a cursor in the store.
+    drop_unsubscribed: bool,
     msgs: Vec<Message>,
     bytes: usize,
-    answer: oneshot::Sender<Result<(), PubsubError>>,
+    /// Ok(true): stored; Ok(false): accepted and dropped (no subscription).
+    answer: oneshot::Sender<Result<bool, PubsubError>>,
 }
 
 /// This server's publish queue and the topics' publish figures.
@@ -146,12 +158,33 @@ pub fn new_msg_id() -> String {
     s
 }
 
-fn check_field(i: usize, name: &str, v: Option<&str>) -> Result<(), PubsubError> {
+/// A metadata field: at most `max` bytes, no control character (PostgreSQL's TEXT refuses
+/// NUL, which would fail the whole flush, other publishers' messages with it).
+fn check_field(i: usize, name: &str, v: Option<&str>, max: usize) -> Result<(), PubsubError> {
     match v {
-        Some(v) if v.len() > MAX_FIELD_LEN => Err(PubsubError::Invalid(format!(
-            "message {i}: {name} is longer than {MAX_FIELD_LEN} bytes"
+        Some(v) if v.len() > max => Err(PubsubError::Invalid(format!(
+            "message {i}: {name} is longer than {max} bytes"
+        ))),
+        Some(v) if v.chars().any(char::is_control) => Err(PubsubError::Invalid(format!(
+            "message {i}: {name} contains a control character"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// The topic label of the publish metrics: a defined topic's name, else `_undefined` (a
+/// caller must not grow the metrics with names of its choosing).
+fn metric_topic<'a>(inner: &Inner, topic: &'a str) -> &'a str {
+    if inner
+        .defs
+        .read()
+        .expect("defs lock")
+        .topics
+        .contains_key(topic)
+    {
+        topic
+    } else {
+        "_undefined"
     }
 }
 
@@ -161,6 +194,27 @@ pub(crate) async fn publish(
     topic: &str,
     msgs: Vec<NewMsg>,
 ) -> Result<Vec<String>, PubsubError> {
+    let n = msgs.len() as u64;
+    let result = publish_checked(inner, caller, topic, msgs).await;
+    let m = &inner.metrics.pubsub;
+    match &result {
+        Ok((_, stored, others)) => {
+            m.published(topic, true, *stored);
+            m.published(topic, false, *others);
+        }
+        Err(e) => m.refused(metric_topic(inner, topic), e.code(), n),
+    }
+    result.map(|(ids, _, _)| ids)
+}
+
+/// A publish: its msg_ids, how many of its messages were stored (GD), how many not
+/// (non-GD, or dropped for want of a subscription).
+async fn publish_checked(
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    topic: &str,
+    msgs: Vec<NewMsg>,
+) -> Result<(Vec<String>, u64, u64), PubsubError> {
     let defs = inner.defs.read().expect("defs lock").clone();
     // Permissions first: a caller that may not publish there learns nothing of the topic.
     if !defs.permits(caller, Access::Publish, topic) {
@@ -208,10 +262,17 @@ pub(crate) async fn publish(
                 "message {i}: expiration must be at least 1 ms (leave it out for the topic's)"
             )));
         }
-        check_field(i, "mime_type", m.mime_type.as_deref())?;
-        check_field(i, "correl_id", m.correl_id.as_deref())?;
-        check_field(i, "in_reply_to", m.in_reply_to.as_deref())?;
-        check_field(i, "ext_client_id", m.ext_client_id.as_deref())?;
+        if let Some(e) = m.expiration_ms
+            && e > MAX_EXPIRATION_MS
+        {
+            return Err(PubsubError::Invalid(format!(
+                "message {i}: expiration {e} ms is more than one year ({MAX_EXPIRATION_MS} ms)"
+            )));
+        }
+        check_field(i, "mime_type", m.mime_type.as_deref(), MAX_MIME_LEN)?;
+        check_field(i, "correl_id", m.correl_id.as_deref(), MAX_FIELD_LEN)?;
+        check_field(i, "in_reply_to", m.in_reply_to.as_deref(), MAX_FIELD_LEN)?;
+        check_field(i, "ext_client_id", m.ext_client_id.as_deref(), MAX_FIELD_LEN)?;
     }
     if total > MAX_BYTES_PER_PUBLISH {
         return Err(PubsubError::Invalid(format!(
@@ -254,33 +315,27 @@ pub(crate) async fn publish(
         }
     }
     let pubs = &inner.publisher;
-    if defs.subs_of(topic).is_empty() {
-        match t.on_no_subs {
-            // Accepted and dropped: nobody would ever get them.
-            OnNoSubs::Drop => {
-                pubs.count(topic, |f| {
-                    f.published += n;
-                    f.dropped += n;
-                    f.rate.add(now, n);
-                });
-                return Ok(ids);
-            }
-            // GD ones are kept for the first subscription; non-GD ones live in memory only,
-            // where no subscription holds them.
-            OnNoSubs::Keep => {
-                let d = non_gd.len() as u64;
-                if d > 0 {
-                    pubs.count(topic, |f| f.dropped += d);
-                }
-                non_gd.clear();
-            }
+    let unsubscribed = defs.subs_of(topic).is_empty();
+    if unsubscribed {
+        // Non-GD ones live in memory only, where no subscription holds them: dropped.
+        // GD ones with `keep` are kept for the first subscription; with `drop` the flush
+        // decides: a subscription just made on another server (not yet in this server's
+        // definitions) already has its cursor in the store, and an acknowledged message
+        // must reach it.
+        let d = non_gd.len() as u64;
+        if d > 0 {
+            pubs.count(topic, |f| f.dropped += d);
         }
+        non_gd.clear();
     }
+    let gd_n = gd.len() as u64;
+    let mut stored = 0;
     if !gd.is_empty() {
         let (answer, answered) = oneshot::channel();
         let job = Job {
             topic: t.name.clone(),
             refuse_past: (t.on_full == OnFull::Refuse).then_some(t.max_depth_gd),
+            drop_unsubscribed: unsubscribed && t.on_no_subs == OnNoSubs::Drop,
             bytes: gd.iter().map(|m| m.data.len()).sum(),
             msgs: gd,
             answer,
@@ -288,10 +343,12 @@ pub(crate) async fn publish(
         let stopping = || PubsubError::Unavailable("the server is stopping".into());
         pubs.tx.send(job).await.map_err(|_| stopping())?;
         match answered.await.map_err(|_| stopping())? {
-            Ok(()) => {}
+            Ok(true) => stored = gd_n,
+            Ok(false) => pubs.count(topic, |f| f.dropped += gd_n),
             Err(e) => {
                 if matches!(e, PubsubError::Full(_)) {
-                    pubs.count(topic, |f| f.refused_full += n);
+                    // Only GD messages are refused for depth.
+                    pubs.count(topic, |f| f.refused_full += gd_n);
                 }
                 return Err(e);
             }
@@ -310,7 +367,7 @@ pub(crate) async fn publish(
         f.published += n;
         f.rate.add(now, n);
     });
-    Ok(ids)
+    Ok((ids, stored, n - stored))
 }
 
 /// Hands committed (or accepted non-GD) messages to this server's delivery tasks and to
@@ -379,6 +436,11 @@ async fn flusher(
         let (done, done_rx) = oneshot::channel::<()>();
         let after = previous.replace(done_rx);
         let (inner, floors) = (inner.clone(), floors.clone());
+        // The flushes that ended are reaped here, each loop pass: a JoinSet keeps every
+        // finished task's result until it is joined, and a panic would go unseen.
+        while let Some(r) = running.try_join_next() {
+            reaped(r);
+        }
         running.spawn(async move {
             flush(&inner, batch, &floors, after).await;
             drop(done);
@@ -429,12 +491,24 @@ async fn flusher(
         held = next;
         spawn(batch, slot);
     }
-    while running.join_next().await.is_some() {}
+    while let Some(r) = running.join_next().await {
+        reaped(r);
+    }
     if n > 0 {
         info!(
             publishes = n,
             "pubsub: flushed the queued publishes before stopping"
         );
+    }
+}
+
+/// A flush task's end: a panic is logged (its publishers heard "stopping", as their
+/// answer channels were dropped).
+fn reaped(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r
+        && e.is_panic()
+    {
+        error!(error = %e, "pubsub: a flush panicked: its publishes are not acknowledged");
     }
 }
 
@@ -482,6 +556,8 @@ async fn flush(
                 refuse_past: j.refuse_past,
                 known_floor,
                 groups: Vec::new(),
+                drop_unsubscribed: j.drop_unsubscribed,
+                dropped: false,
             });
             appends.len() - 1
         });
@@ -489,7 +565,32 @@ async fn flush(
         answers.push((a, appends[a].groups.len() - 1, j.answer, j.topic));
     }
     let given: Vec<Option<i64>> = appends.iter().map(|a| a.known_floor).collect();
-    let result = inner.store.append_log(&mut appends, now_ms()).await;
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(
+        FLUSH_TIMEOUT,
+        inner.store.append_log(&mut appends, now_ms()),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            // Dropping the append rolls back a transaction not yet committed, but the
+            // store may have been at its COMMIT: nobody knows. No seq is handed on.
+            for a in appends.iter_mut() {
+                for m in a.groups.iter_mut().flatten() {
+                    m.seq = 0;
+                }
+            }
+            Err(AppendError {
+                error: crate::store::StoreError::Invalid(format!(
+                    "the store did not answer within {} s",
+                    FLUSH_TIMEOUT.as_secs()
+                )),
+                unknown_outcome: true,
+            })
+        }
+    };
+    inner.metrics.pubsub.flushed(started.elapsed());
     for (a, given) in appends.iter().zip(given) {
         // A floor that changed was read in this flush.
         if let Some(f) = a.known_floor
@@ -507,8 +608,16 @@ async fn flush(
                 .iter()
                 .map(|a| a.groups.iter().map(Vec::len).sum::<usize>())
                 .sum();
-            warn!(error = %e, messages = n, "pubsub: a flush failed: its publishes are not acknowledged");
-            let e = PubsubError::Unavailable(e.to_string());
+            warn!(error = %e, messages = n, unknown_outcome = e.unknown_outcome,
+                "pubsub: a flush failed: its publishes are not acknowledged");
+            // The store's own text stays in the log: publishers learn what it means to them.
+            let e = PubsubError::Unavailable(if e.unknown_outcome {
+                "the message store failed while committing the publish: its outcome is \
+                 unknown (the messages may have been stored and may be delivered)"
+                    .to_owned()
+            } else {
+                "the message store failed: the messages were not stored".to_owned()
+            });
             for (_, _, answer, _) in answers {
                 let _ = answer.send(Err(e.clone()));
             }
@@ -520,7 +629,7 @@ async fn flush(
         Ok(accepted) => {
             for (a, g, answer, topic) in answers {
                 let _ = answer.send(if accepted[a][g] {
-                    Ok(())
+                    Ok(!appends[a].dropped)
                 } else {
                     Err(PubsubError::Full(topic))
                 });
