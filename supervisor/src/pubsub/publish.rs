@@ -63,11 +63,20 @@ struct Job {
     bytes: usize,
     /// Ok(true): stored; Ok(false): accepted and dropped (no subscription).
     answer: oneshot::Sender<Result<bool, PubsubError>>,
+    /// Its share of [`QUEUE_BUDGET_KIB`], given back when its flush ends.
+    budget: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// The publish data (KiB) queued for the flusher or in its flush at most: past it a
+/// publish waits for room (bounded by its caller's own timeout), so publishers faster than
+/// the store cannot grow the server's memory without bound. Above
+/// [`MAX_BYTES_PER_PUBLISH`], so one publish always fits.
+const QUEUE_BUDGET_KIB: usize = 256 * 1024;
 
 /// This server's publish queue and the topics' publish figures.
 pub struct Publisher {
     tx: mpsc::Sender<Job>,
+    budget: Arc<tokio::sync::Semaphore>,
     /// Taken by the flusher when the broker starts.
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     figures: Mutex<HashMap<String, Figures>>,
@@ -84,6 +93,7 @@ impl Publisher {
         let (tx, rx) = mpsc::channel(QUEUE);
         Publisher {
             tx,
+            budget: Arc::new(tokio::sync::Semaphore::new(QUEUE_BUDGET_KIB)),
             rx: Mutex::new(Some(rx)),
             figures: Mutex::new(HashMap::new()),
         }
@@ -332,13 +342,22 @@ async fn publish_checked(
     let mut stored = 0;
     if !gd.is_empty() {
         let (answer, answered) = oneshot::channel();
+        let bytes: usize = gd.iter().map(|m| m.data.len()).sum();
+        let kib = bytes.div_ceil(1024).clamp(1, QUEUE_BUDGET_KIB) as u32;
+        let budget = pubs
+            .budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the publish budget is never closed");
         let job = Job {
             topic: t.name.clone(),
             refuse_past: (t.on_full == OnFull::Refuse).then_some(t.max_depth_gd),
             drop_unsubscribed: unsubscribed && t.on_no_subs == OnNoSubs::Drop,
-            bytes: gd.iter().map(|m| m.data.len()).sum(),
+            bytes,
             msgs: gd,
             answer,
+            budget,
         };
         let stopping = || PubsubError::Unavailable("the server is stopping".into());
         pubs.tx.send(job).await.map_err(|_| stopping())?;
@@ -543,7 +562,11 @@ async fn flush(
     let mut by_topic: HashMap<String, usize> = HashMap::new();
     // For each job: (its append, its group there) and its answer.
     let mut answers = Vec::with_capacity(jobs.len());
+    // The jobs' budget goes back when the flush ends (its messages are then handed over
+    // or dropped).
+    let mut budget = Vec::with_capacity(jobs.len());
     for j in jobs {
+        budget.push(j.budget);
         let a = *by_topic.entry(j.topic.clone()).or_insert_with(|| {
             let known_floor = floors
                 .lock()
@@ -731,7 +754,7 @@ fn put_str16(out: &mut BytesMut, s: &str) {
     out.put_slice(&s.as_bytes()[..end]);
 }
 
-/// Decodes [`encode_committed`]'s frame; the data shares the frame's buffer.
+/// Decodes [`encode_committed`]'s frame; each message's data is its own copy.
 pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
     let mut r = Reader(Bytes::copy_from_slice(frame));
     let v = r.u8("version")?;
@@ -771,7 +794,9 @@ pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
         let ext_client_id = opt(8, "ext_client_id").map_err(at)?;
         let published_by = r.str16("published_by").map_err(at)?;
         let len = r.u32("data length").map_err(at)? as usize;
-        let data = r.take(len, "data").map_err(at)?;
+        // A copy: one message kept by a delivery task must not pin the whole frame (up to
+        // 64 MiB) in memory.
+        let data = Bytes::copy_from_slice(&r.take(len, "data").map_err(at)?);
         msgs.push(Arc::new(Message {
             topic,
             seq,
@@ -795,6 +820,12 @@ pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
         ));
     }
     Ok(Committed { server, msgs })
+}
+
+/// A peer's message has values this server's publish would have given it: a priority of
+/// 1-9 and, when GD, a seq. The delivery tasks rely on both.
+fn peer_msg_ok(m: &Message) -> bool {
+    (PRIORITY_MIN..=PRIORITY_MAX).contains(&m.priority) && (!m.has_gd || m.seq > 0)
 }
 
 /// Reads a frame, bounds checked.
@@ -837,7 +868,17 @@ impl Reader {
 /// A peer's committed batch: into this server's fanout (not on to other peers: every
 /// server sends its own batches to every peer).
 pub(crate) fn peer_committed(inner: &Arc<Inner>, frame: &[u8]) -> Result<(), String> {
-    let batch = decode_committed(frame)?;
+    let mut batch = decode_committed(frame)?;
+    let before = batch.msgs.len();
+    batch.msgs.retain(|m| peer_msg_ok(m));
+    if batch.msgs.len() < before {
+        warn!(
+            server = %batch.server,
+            dropped = before - batch.msgs.len(),
+            "pubsub: a peer's committed frame carried messages with impossible values \
+             (priority not 1-9, or a GD message without seq): they are dropped"
+        );
+    }
     if !batch.msgs.is_empty() {
         inner.fanout.send(Arc::new(batch));
     }
@@ -998,6 +1039,11 @@ mod tests {
         assert_eq!((batch.msgs[0].seq, batch.msgs[0].has_gd), (0, false));
         assert_eq!(batch.msgs[0].msg_id, ids[0]);
         assert!(store.read_after("/f/n", 0, 10).await.unwrap().is_empty());
+        // Every flush gave its publishes' budget back.
+        assert_eq!(
+            b.inner.publisher.budget.available_permits(),
+            QUEUE_BUDGET_KIB
+        );
         stop.send(true).unwrap();
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -1023,6 +1069,29 @@ mod tests {
         let mut v2 = frame.to_vec();
         v2[0] = 2;
         assert!(decode_committed(&v2).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn impossible_peer_messages_are_refused() {
+        let ok = m(1, b"x");
+        assert!(peer_msg_ok(&ok));
+        assert!(peer_msg_ok(&m(0, b"x")), "non-GD with seq 0");
+        for bad in [
+            Message {
+                priority: 0,
+                ..(*ok).clone()
+            },
+            Message {
+                priority: 10,
+                ..(*ok).clone()
+            },
+            Message {
+                seq: 0,
+                ..(*ok).clone()
+            },
+        ] {
+            assert!(!peer_msg_ok(&bad), "{bad:?}");
+        }
     }
 
     #[test]
