@@ -8,7 +8,8 @@
 //! oldest with `TRUNCATE` after moving its still-live rows into the current one, so that
 //! rows never leave by `DELETE` (no bloat, no vacuum debt). SQLite has one table whose
 //! `part` column plays the same role; there the rotation deletes the oldest generation's
-//! dead rows (a file has no bloat to fear, only its free pages, which it reuses).
+//! dead rows and leaves its live ones where they are (a file has no bloat to fear, only its
+//! free pages, which it reuses).
 
 use sqlx::Row;
 use std::collections::HashMap;
@@ -100,7 +101,7 @@ pub struct LogFigures {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CleanFigures {
     pub part: i16,
-    /// Live rows moved into the current partition.
+    /// Live rows moved into the current partition (PostgreSQL; SQLite leaves them).
     pub moved: u64,
     /// Dead rows removed (truncated on PostgreSQL, deleted on SQLite).
     pub removed: u64,
@@ -552,53 +553,34 @@ mod lite {
         .bind(part)
         .fetch_one(pool)
         .await?;
-        // In steps, each its own transaction: first the dead rows go, then the live ones
-        // are relabelled into the current generation.
-        for moving in [false, true] {
-            loop {
-                let mut tx = pool.begin_write().await?;
-                let current: i16 =
-                    sqlx::query_scalar("SELECT current FROM pubsub_parts WHERE id = 1")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                if current != expect_current || current == part {
-                    return Err(StoreError::Invalid(format!(
-                        "pubsub log: partition {part} not cleaned: the current partition is \
-                         {current}, not {expect_current} (another server rotated)"
-                    )));
-                }
-                let n = if moving {
-                    sqlx::query(
-                        "UPDATE pubsub_msg SET part = $1 WHERE rowid IN \
-                         (SELECT rowid FROM pubsub_msg WHERE part = $2 LIMIT $3)",
-                    )
-                    .bind(current)
-                    .bind(part)
-                    .bind(SQLITE_ROWS_PER_STEP)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                } else {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM pubsub_msg WHERE rowid IN (SELECT m.rowid FROM pubsub_msg m \
-                         WHERE m.part = $2 AND NOT ({LIVE}) LIMIT $3)"
-                    )))
-                    .bind(now)
-                    .bind(part)
-                    .bind(SQLITE_ROWS_PER_STEP)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                };
-                tx.commit().await?;
-                if moving {
-                    out.moved += n;
-                } else {
-                    out.removed += n;
-                }
-                if n < SQLITE_ROWS_PER_STEP as u64 {
-                    break;
-                }
+        // In steps, each its own transaction, the dead rows go. The live ones stay where
+        // they are: a label is all a generation is here, and relabelling them would rewrite
+        // every live row at each rotation for nothing.
+        loop {
+            let mut tx = pool.begin_write().await?;
+            let current: i16 = sqlx::query_scalar("SELECT current FROM pubsub_parts WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            if current != expect_current || current == part {
+                return Err(StoreError::Invalid(format!(
+                    "pubsub log: partition {part} not cleaned: the current partition is \
+                     {current}, not {expect_current} (another server rotated)"
+                )));
+            }
+            let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM pubsub_msg WHERE rowid IN (SELECT m.rowid FROM pubsub_msg m \
+                 WHERE m.part = $2 AND NOT ({LIVE}) LIMIT $3)"
+            )))
+            .bind(now)
+            .bind(part)
+            .bind(SQLITE_ROWS_PER_STEP)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            out.removed += n;
+            if n < SQLITE_ROWS_PER_STEP as u64 {
+                break;
             }
         }
         Ok(out)
@@ -915,9 +897,9 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Empties partition `part` (not the current one, which must be `current`): its live
-    /// rows (see [`LIVE`]) move into the current partition, the rest go (PostgreSQL:
-    /// TRUNCATE; SQLite: DELETE in steps). Refused ([`StoreError::Invalid`]) when `current`
+    /// Cleans partition `part` (not the current one, which must be `current`). PostgreSQL:
+    /// its live rows (see [`LIVE`]) move into the current partition and it is truncated.
+    /// SQLite: its dead rows are deleted in steps, its live ones stay. Refused ([`StoreError::Invalid`]) when `current`
     /// is no longer current.
     pub async fn clean_log_part(
         &self,
