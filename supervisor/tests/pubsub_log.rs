@@ -638,24 +638,48 @@ async fn gc_takes_orphans(store: &Store) {
     }
     let g = store.log_gc(now, 60_000).await.unwrap();
     // Dead letters of 'gone' wait for its cursor to go (this sweep): the next sweep.
-    assert_eq!((g.dead_letters, g.cursors, g.leases, g.topic_logs), (1, 1, 1, 1), "{g:?}");
+    assert_eq!(
+        (g.dead_letters, g.cursors, g.leases, g.topic_logs),
+        (1, 1, 1, 1),
+        "{g:?}"
+    );
     let g = store.log_gc(now, 60_000).await.unwrap();
-    assert_eq!((g.dead_letters, g.cursors, g.leases, g.topic_logs), (1, 0, 0, 0), "{g:?}");
+    assert_eq!(
+        (g.dead_letters, g.cursors, g.leases, g.topic_logs),
+        (1, 0, 0, 0),
+        "{g:?}"
+    );
     let g = store.log_gc(now + 120_000, 60_000).await.unwrap();
-    assert_eq!((g.cursors, g.leases), (1, 1), "the fresh cursor past its grace: {g:?}");
+    assert_eq!(
+        (g.cursors, g.leases),
+        (1, 1),
+        "the fresh cursor past its grace: {g:?}"
+    );
     let g = store.log_gc(now + 120_000, 60_000).await.unwrap();
     assert_eq!(g.dead_letters, 0, "{g:?}");
     // The live subscription's cursor and lease, the '#' lease, the live topic's log stay.
-    assert_eq!(store.log_min_cursors().await.unwrap().get("/g/live"), Some(&0));
+    assert_eq!(
+        store.log_min_cursors().await.unwrap().get("/g/live"),
+        Some(&0)
+    );
     assert_eq!(store.log_last_seq("/g/live").await.unwrap(), 2);
     assert_eq!(store.log_last_seq("/g/gone").await.unwrap(), 0);
     let count = |sql: &'static str| async move {
         match store {
-            Store::Sqlite(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap(),
-            Store::Postgres(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap(),
+            Store::Sqlite(p) => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Store::Postgres(p) => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap(),
         }
     };
-    assert_eq!(count("SELECT count(*) FROM pubsub_dead WHERE sub_key = 'live'").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM pubsub_dead WHERE sub_key = 'live'").await,
+        1
+    );
     assert_eq!(count("SELECT count(*) FROM pubsub_dead").await, 1);
     assert_eq!(
         count("SELECT count(*) FROM pubsub_lease WHERE sub_key IN ('live', '#other')").await,
@@ -669,7 +693,11 @@ async fn gc_takes_orphans(store: &Store) {
     assert_eq!(store.read_after("/g/live", 0, 10).await.unwrap().len(), 2);
 }
 
-both!(sqlite_gc_takes_orphans, pg_gc_takes_orphans, gc_takes_orphans);
+both!(
+    sqlite_gc_takes_orphans,
+    pg_gc_takes_orphans,
+    gc_takes_orphans
+);
 
 // ---- The publish path through the broker ----
 

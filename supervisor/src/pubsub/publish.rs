@@ -282,7 +282,12 @@ async fn publish_checked(
         check_field(i, "mime_type", m.mime_type.as_deref(), MAX_MIME_LEN)?;
         check_field(i, "correl_id", m.correl_id.as_deref(), MAX_FIELD_LEN)?;
         check_field(i, "in_reply_to", m.in_reply_to.as_deref(), MAX_FIELD_LEN)?;
-        check_field(i, "ext_client_id", m.ext_client_id.as_deref(), MAX_FIELD_LEN)?;
+        check_field(
+            i,
+            "ext_client_id",
+            m.ext_client_id.as_deref(),
+            MAX_FIELD_LEN,
+        )?;
     }
     if total > MAX_BYTES_PER_PUBLISH {
         return Err(PubsubError::Invalid(format!(

@@ -171,9 +171,7 @@ async fn tick(inner: &Inner, state: &mut State) -> Result<(), crate::store::Stor
     }
     if state.collected.elapsed() >= GC_EVERY {
         state.collected = Instant::now();
-        let g = store
-            .log_gc(now_ms(), GC_GRACE.as_millis() as i64)
-            .await?;
+        let g = store.log_gc(now_ms(), GC_GRACE.as_millis() as i64).await?;
         if !g.is_empty() {
             info!(
                 dead_letters = g.dead_letters,

@@ -383,7 +383,11 @@ mod pg {
             .await?;
         }
         // Outer error: before COMMIT (nothing stored); inner: at COMMIT (unknown).
-        Ok(tx.commit().await.map(|_| accepted).map_err(StoreError::from))
+        Ok(tx
+            .commit()
+            .await
+            .map(|_| accepted)
+            .map_err(StoreError::from))
     }
 
     pub(super) async fn clean(
@@ -532,7 +536,11 @@ mod lite {
             q.execute(&mut *tx).await?;
         }
         // Outer error: before COMMIT (nothing stored); inner: at COMMIT (unknown).
-        Ok(tx.commit().await.map(|_| accepted).map_err(StoreError::from))
+        Ok(tx
+            .commit()
+            .await
+            .map(|_| accepted)
+            .map_err(StoreError::from))
     }
 
     pub(super) async fn clean(
