@@ -979,7 +979,7 @@ mod tests {
         let key_path = dir.join("key");
         let key = Arc::new(crate::secrets::Key::create(&key_path).unwrap());
         let outgoing = Arc::new(crate::outgoing::Outgoing::new(key, metrics.clone()));
-        let b = super::super::Broker::new("s1", store.clone(), metrics, outgoing);
+        let b = super::super::Broker::new("s1", store.clone(), metrics.clone(), outgoing);
         b.apply(&crate::model::object::ObjectSet {
             pubsub_topics: serde_json::from_value(serde_json::json!([
                 {"name": "/f/a"}, {"name": "/f/b"}, {"name": "/f/n", "has_gd": false}
@@ -1044,6 +1044,25 @@ mod tests {
         assert_eq!((batch.msgs[0].seq, batch.msgs[0].has_gd), (0, false));
         assert_eq!(batch.msgs[0].msg_id, ids[0]);
         assert!(store.read_after("/f/n", 0, 10).await.unwrap().is_empty());
+        // The metrics: per topic, GD or not; an unknown topic's refusal under `_undefined`.
+        let e = b
+            .publish(
+                &Caller::Service("x".into()),
+                "/nope",
+                vec![NewMsg::default()],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "no_topic");
+        let text = metrics.render().unwrap();
+        for line in [
+            r#"oxbus_pubsub_published_total{topic="/f/a",gd="true"} 80"#,
+            r#"oxbus_pubsub_published_total{topic="/f/n",gd="false"} 1"#,
+            r#"oxbus_pubsub_refused_total{topic="_undefined",reason="no_topic"} 1"#,
+            "oxbus_pubsub_publish_flush_seconds_count",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
         // Every flush gave its publishes' budget back.
         assert_eq!(
             b.inner.publisher.budget.available_permits(),
