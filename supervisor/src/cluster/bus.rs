@@ -44,13 +44,65 @@ struct LinkHandle {
     role: Role,
     since: Instant,
     /// Encoded frames for the link's writer.
-    tx: mpsc::UnboundedSender<bytes::Bytes>,
+    tx: LinkTx,
     /// Ids for the calls this server opens on the link.
     streams: Arc<Mutex<oxbus_ipc::bus::StreamIds>>,
     /// Calls waiting for their REPLY: (status, body).
     pending: Pending,
     /// The config version the peer last announced (NOTIFY); -1 before its first.
     peer_version: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Past this many bytes queued for a link's writer, `pubsub.committed` frames for that
+/// link are dropped (a peer that does not read must not grow this server's memory without
+/// bound). A dropped GD batch is found as a gap by the peer's delivery tasks, which read it
+/// from the store; a dropped non-GD batch is lost for that peer's subscribers.
+const COMMITTED_QUEUE_MAX: usize = 64 * 1024 * 1024;
+
+/// The sending side of a link's writer queue, counting the bytes queued (the writer
+/// subtracts what it takes).
+#[derive(Debug, Clone)]
+struct LinkTx {
+    tx: mpsc::UnboundedSender<bytes::Bytes>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LinkTx {
+    fn send(&self, b: bytes::Bytes) -> Result<(), mpsc::error::SendError<bytes::Bytes>> {
+        let n = b.len();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        self.tx.send(b).inspect_err(|_| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        })
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Committed batches dropped for full link queues since the last warning, and when that
+/// was (Unix s): one warning per [`DROP_WARN_EVERY_S`] at most.
+static COMMITTED_DROPPED: AtomicU64 = AtomicU64::new(0);
+static COMMITTED_WARNED_AT: AtomicU64 = AtomicU64::new(0);
+const DROP_WARN_EVERY_S: u64 = 10;
+
+fn committed_dropped(peer: &str, queued: usize) {
+    let n = COMMITTED_DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = COMMITTED_WARNED_AT.load(Ordering::Relaxed);
+    if now >= last + DROP_WARN_EVERY_S
+        && COMMITTED_WARNED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        COMMITTED_DROPPED.fetch_sub(n, Ordering::Relaxed);
+        warn!(peer = %peer, queued_bytes = queued, dropped_batches = n,
+            "bus: the link's writer queue is full: committed pub/sub batches not sent (GD ones \
+             reach the peer's subscribers from the store; non-GD ones are lost for them)");
+    }
 }
 
 /// The calls a link waits on: stream → where its (status, body) goes.
@@ -75,6 +127,11 @@ impl crate::pubsub::Peers for Bus {
         const META: &[u8] = br#"{"op":"pubsub.committed"}"#;
         let links = self.links.lock().expect("links lock");
         for (peer, h) in links.iter() {
+            let queued = h.tx.queued();
+            if queued + frame.len() > COMMITTED_QUEUE_MAX {
+                committed_dropped(peer, queued);
+                continue;
+            }
             let stream = h.streams.lock().expect("streams lock").next_id();
             let mut out = BytesMut::with_capacity(frame.len() + 64);
             if oxbus_ipc::bus::encode_meta_frame(
@@ -569,6 +626,11 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
     let peer = link.peer.clone();
     let id = bus.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+    let tx = LinkTx {
+        tx,
+        queued: Default::default(),
+    };
+    let queued = tx.queued.clone();
     let pending: Pending = Default::default();
     let peer_version = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     {
@@ -619,6 +681,7 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                 out.extend_from_slice(&more);
                 frames += 1;
             }
+            queued.fetch_sub(out.len(), Ordering::Relaxed);
             frames_out.inc_by(frames);
             bytes_out.inc_by(out.len() as u64);
             if wr.write_all(&out).await.is_err() {
@@ -928,5 +991,64 @@ async fn serve_call(cx: &Ctx, meta: &[u8]) -> (u16, serde_json::Value) {
             e.status(),
             serde_json::to_value(e.body()).unwrap_or_default(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::Peers;
+
+    /// A link whose writer does not drain: committed batches past the queue's byte budget
+    /// are dropped for it, other frames are not; once the writer takes what is queued,
+    /// batches go again.
+    #[test]
+    fn a_full_link_queue_drops_committed_batches() {
+        let bus = Bus {
+            key: [0; 32],
+            cluster: "c".into(),
+            me: "a".into(),
+            links: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            known: Mutex::new(Vec::new()),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+        let tx = LinkTx {
+            tx,
+            queued: Default::default(),
+        };
+        bus.links.lock().unwrap().insert(
+            "b".into(),
+            LinkHandle {
+                id: 1,
+                role: Role::Dialer,
+                since: Instant::now(),
+                tx: tx.clone(),
+                streams: Arc::new(Mutex::new(oxbus_ipc::bus::StreamIds::new(Role::Dialer))),
+                pending: Default::default(),
+                peer_version: Default::default(),
+            },
+        );
+        let frame = bytes::Bytes::from(vec![7u8; 1024 * 1024]);
+        for _ in 0..100 {
+            bus.send_committed(frame.clone());
+        }
+        let mut sent = 0;
+        let mut bytes = 0;
+        while let Ok(b) = rx.try_recv() {
+            sent += 1;
+            bytes += b.len();
+        }
+        assert!((60..64).contains(&sent), "{sent} of 100 queued");
+        assert_eq!(tx.queued(), bytes);
+        assert!(bytes <= COMMITTED_QUEUE_MAX);
+        // Other frames are never dropped.
+        tx.send(bytes::Bytes::from_static(b"ping")).unwrap();
+        assert_eq!(tx.queued(), bytes + 4);
+        // The writer took them all: room again.
+        tx.queued.store(0, Ordering::Relaxed);
+        bus.send_committed(frame);
+        assert!(rx.try_recv().is_ok_and(|b| b[..] == b"ping"[..]));
+        assert!(rx.try_recv().is_ok());
     }
 }

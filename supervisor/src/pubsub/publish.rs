@@ -10,13 +10,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Caller, Committed, Inner, NewMsg, PubsubError, TopicStats, now_ms};
 use crate::model::pubsub::{
     Access, Message, OnFull, OnNoSubs, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN,
 };
-use crate::store::pubsub_log::TopicAppend;
+use crate::store::pubsub_log::{AppendError, TopicAppend};
 
 /// The most messages one flush appends (more waits for the next flush).
 pub const FLUSH_MSGS: usize = 2_000;
@@ -26,8 +26,16 @@ pub const FLUSH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_MSGS_PER_PUBLISH: usize = 10_000;
 /// The most data one publish may carry, bytes (twice the largest message a topic allows).
 pub const MAX_BYTES_PER_PUBLISH: u64 = 32 * 1024 * 1024;
-/// The longest `mime_type`, `correl_id`, `in_reply_to` or `ext_client_id`, bytes.
+/// The longest `correl_id`, `in_reply_to` or `ext_client_id`, bytes.
 pub const MAX_FIELD_LEN: usize = 1024;
+/// The longest `mime_type`, bytes.
+pub const MAX_MIME_LEN: usize = 200;
+/// The longest expiration a publish may give, ms (one year).
+pub const MAX_EXPIRATION_MS: u64 = 365 * 24 * 3600 * 1000;
+/// How long a flush waits for the store: past it the flush's outcome is unknown and its
+/// publishers hear so (without it one store that stops answering would hang every GD
+/// publish of the server).
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Publishes queued for the flusher before a publisher waits for room: the queue is
 /// bounded, as every queue of the server is.
 const QUEUE: usize = 4_096;
@@ -48,14 +56,27 @@ const FRAME_DATA: usize = 16 * 1024 * 1024;
 struct Job {
     topic: String,
     refuse_past: Option<u64>,
+    /// `on_no_subs: drop` and no subscription in this server's definitions: the flush
+    /// drops the messages unless the topic has a cursor in the store.
+    drop_unsubscribed: bool,
     msgs: Vec<Message>,
     bytes: usize,
-    answer: oneshot::Sender<Result<(), PubsubError>>,
+    /// Ok(true): stored; Ok(false): accepted and dropped (no subscription).
+    answer: oneshot::Sender<Result<bool, PubsubError>>,
+    /// Its share of [`QUEUE_BUDGET_KIB`], given back when its flush ends.
+    budget: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// The publish data (KiB) queued for the flusher or in its flush at most: past it a
+/// publish waits for room (bounded by its caller's own timeout), so publishers faster than
+/// the store cannot grow the server's memory without bound. Above
+/// [`MAX_BYTES_PER_PUBLISH`], so one publish always fits.
+const QUEUE_BUDGET_KIB: usize = 256 * 1024;
 
 /// This server's publish queue and the topics' publish figures.
 pub struct Publisher {
     tx: mpsc::Sender<Job>,
+    budget: Arc<tokio::sync::Semaphore>,
     /// Taken by the flusher when the broker starts.
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     figures: Mutex<HashMap<String, Figures>>,
@@ -72,6 +93,7 @@ impl Publisher {
         let (tx, rx) = mpsc::channel(QUEUE);
         Publisher {
             tx,
+            budget: Arc::new(tokio::sync::Semaphore::new(QUEUE_BUDGET_KIB)),
             rx: Mutex::new(Some(rx)),
             figures: Mutex::new(HashMap::new()),
         }
@@ -146,12 +168,33 @@ pub fn new_msg_id() -> String {
     s
 }
 
-fn check_field(i: usize, name: &str, v: Option<&str>) -> Result<(), PubsubError> {
+/// A metadata field: at most `max` bytes, no control character (PostgreSQL's TEXT refuses
+/// NUL, which would fail the whole flush, other publishers' messages with it).
+fn check_field(i: usize, name: &str, v: Option<&str>, max: usize) -> Result<(), PubsubError> {
     match v {
-        Some(v) if v.len() > MAX_FIELD_LEN => Err(PubsubError::Invalid(format!(
-            "message {i}: {name} is longer than {MAX_FIELD_LEN} bytes"
+        Some(v) if v.len() > max => Err(PubsubError::Invalid(format!(
+            "message {i}: {name} is longer than {max} bytes"
+        ))),
+        Some(v) if v.chars().any(char::is_control) => Err(PubsubError::Invalid(format!(
+            "message {i}: {name} contains a control character"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// The topic label of the publish metrics: a defined topic's name, else `_undefined` (a
+/// caller must not grow the metrics with names of its choosing).
+fn metric_topic<'a>(inner: &Inner, topic: &'a str) -> &'a str {
+    if inner
+        .defs
+        .read()
+        .expect("defs lock")
+        .topics
+        .contains_key(topic)
+    {
+        topic
+    } else {
+        "_undefined"
     }
 }
 
@@ -161,6 +204,27 @@ pub(crate) async fn publish(
     topic: &str,
     msgs: Vec<NewMsg>,
 ) -> Result<Vec<String>, PubsubError> {
+    let n = msgs.len() as u64;
+    let result = publish_checked(inner, caller, topic, msgs).await;
+    let m = &inner.metrics.pubsub;
+    match &result {
+        Ok((_, stored, others)) => {
+            m.published(topic, true, *stored);
+            m.published(topic, false, *others);
+        }
+        Err(e) => m.refused(metric_topic(inner, topic), e.code(), n),
+    }
+    result.map(|(ids, _, _)| ids)
+}
+
+/// A publish: its msg_ids, how many of its messages were stored (GD), how many not
+/// (non-GD, or dropped for want of a subscription).
+async fn publish_checked(
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    topic: &str,
+    msgs: Vec<NewMsg>,
+) -> Result<(Vec<String>, u64, u64), PubsubError> {
     let defs = inner.defs.read().expect("defs lock").clone();
     // Permissions first: a caller that may not publish there learns nothing of the topic.
     if !defs.permits(caller, Access::Publish, topic) {
@@ -208,10 +272,22 @@ pub(crate) async fn publish(
                 "message {i}: expiration must be at least 1 ms (leave it out for the topic's)"
             )));
         }
-        check_field(i, "mime_type", m.mime_type.as_deref())?;
-        check_field(i, "correl_id", m.correl_id.as_deref())?;
-        check_field(i, "in_reply_to", m.in_reply_to.as_deref())?;
-        check_field(i, "ext_client_id", m.ext_client_id.as_deref())?;
+        if let Some(e) = m.expiration_ms
+            && e > MAX_EXPIRATION_MS
+        {
+            return Err(PubsubError::Invalid(format!(
+                "message {i}: expiration {e} ms is more than one year ({MAX_EXPIRATION_MS} ms)"
+            )));
+        }
+        check_field(i, "mime_type", m.mime_type.as_deref(), MAX_MIME_LEN)?;
+        check_field(i, "correl_id", m.correl_id.as_deref(), MAX_FIELD_LEN)?;
+        check_field(i, "in_reply_to", m.in_reply_to.as_deref(), MAX_FIELD_LEN)?;
+        check_field(
+            i,
+            "ext_client_id",
+            m.ext_client_id.as_deref(),
+            MAX_FIELD_LEN,
+        )?;
     }
     if total > MAX_BYTES_PER_PUBLISH {
         return Err(PubsubError::Invalid(format!(
@@ -254,44 +330,49 @@ pub(crate) async fn publish(
         }
     }
     let pubs = &inner.publisher;
-    if defs.subs_of(topic).is_empty() {
-        match t.on_no_subs {
-            // Accepted and dropped: nobody would ever get them.
-            OnNoSubs::Drop => {
-                pubs.count(topic, |f| {
-                    f.published += n;
-                    f.dropped += n;
-                    f.rate.add(now, n);
-                });
-                return Ok(ids);
-            }
-            // GD ones are kept for the first subscription; non-GD ones live in memory only,
-            // where no subscription holds them.
-            OnNoSubs::Keep => {
-                let d = non_gd.len() as u64;
-                if d > 0 {
-                    pubs.count(topic, |f| f.dropped += d);
-                }
-                non_gd.clear();
-            }
+    let unsubscribed = defs.subs_of(topic).is_empty();
+    if unsubscribed {
+        // Non-GD ones live in memory only, where no subscription holds them: dropped.
+        // GD ones with `keep` are kept for the first subscription; with `drop` the flush
+        // decides: a subscription just made on another server (not yet in this server's
+        // definitions) already has its cursor in the store, and an acknowledged message
+        // must reach it.
+        let d = non_gd.len() as u64;
+        if d > 0 {
+            pubs.count(topic, |f| f.dropped += d);
         }
+        non_gd.clear();
     }
+    let gd_n = gd.len() as u64;
+    let mut stored = 0;
     if !gd.is_empty() {
         let (answer, answered) = oneshot::channel();
+        let bytes: usize = gd.iter().map(|m| m.data.len()).sum();
+        let kib = bytes.div_ceil(1024).clamp(1, QUEUE_BUDGET_KIB) as u32;
+        let budget = pubs
+            .budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the publish budget is never closed");
         let job = Job {
             topic: t.name.clone(),
             refuse_past: (t.on_full == OnFull::Refuse).then_some(t.max_depth_gd),
-            bytes: gd.iter().map(|m| m.data.len()).sum(),
+            drop_unsubscribed: unsubscribed && t.on_no_subs == OnNoSubs::Drop,
+            bytes,
             msgs: gd,
             answer,
+            budget,
         };
         let stopping = || PubsubError::Unavailable("the server is stopping".into());
         pubs.tx.send(job).await.map_err(|_| stopping())?;
         match answered.await.map_err(|_| stopping())? {
-            Ok(()) => {}
+            Ok(true) => stored = gd_n,
+            Ok(false) => pubs.count(topic, |f| f.dropped += gd_n),
             Err(e) => {
                 if matches!(e, PubsubError::Full(_)) {
-                    pubs.count(topic, |f| f.refused_full += n);
+                    // Only GD messages are refused for depth.
+                    pubs.count(topic, |f| f.refused_full += gd_n);
                 }
                 return Err(e);
             }
@@ -310,7 +391,7 @@ pub(crate) async fn publish(
         f.published += n;
         f.rate.add(now, n);
     });
-    Ok(ids)
+    Ok((ids, stored, n - stored))
 }
 
 /// Hands committed (or accepted non-GD) messages to this server's delivery tasks and to
@@ -379,6 +460,11 @@ async fn flusher(
         let (done, done_rx) = oneshot::channel::<()>();
         let after = previous.replace(done_rx);
         let (inner, floors) = (inner.clone(), floors.clone());
+        // The flushes that ended are reaped here, each loop pass: a JoinSet keeps every
+        // finished task's result until it is joined, and a panic would go unseen.
+        while let Some(r) = running.try_join_next() {
+            reaped(r);
+        }
         running.spawn(async move {
             flush(&inner, batch, &floors, after).await;
             drop(done);
@@ -429,12 +515,24 @@ async fn flusher(
         held = next;
         spawn(batch, slot);
     }
-    while running.join_next().await.is_some() {}
+    while let Some(r) = running.join_next().await {
+        reaped(r);
+    }
     if n > 0 {
         info!(
             publishes = n,
             "pubsub: flushed the queued publishes before stopping"
         );
+    }
+}
+
+/// A flush task's end: a panic is logged (its publishers heard "stopping", as their
+/// answer channels were dropped).
+fn reaped(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r
+        && e.is_panic()
+    {
+        error!(error = %e, "pubsub: a flush panicked: its publishes are not acknowledged");
     }
 }
 
@@ -469,7 +567,11 @@ async fn flush(
     let mut by_topic: HashMap<String, usize> = HashMap::new();
     // For each job: (its append, its group there) and its answer.
     let mut answers = Vec::with_capacity(jobs.len());
+    // The jobs' budget goes back when the flush ends (its messages are then handed over
+    // or dropped).
+    let mut budget = Vec::with_capacity(jobs.len());
     for j in jobs {
+        budget.push(j.budget);
         let a = *by_topic.entry(j.topic.clone()).or_insert_with(|| {
             let known_floor = floors
                 .lock()
@@ -482,6 +584,8 @@ async fn flush(
                 refuse_past: j.refuse_past,
                 known_floor,
                 groups: Vec::new(),
+                drop_unsubscribed: j.drop_unsubscribed,
+                dropped: false,
             });
             appends.len() - 1
         });
@@ -489,7 +593,32 @@ async fn flush(
         answers.push((a, appends[a].groups.len() - 1, j.answer, j.topic));
     }
     let given: Vec<Option<i64>> = appends.iter().map(|a| a.known_floor).collect();
-    let result = inner.store.append_log(&mut appends, now_ms()).await;
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(
+        FLUSH_TIMEOUT,
+        inner.store.append_log(&mut appends, now_ms()),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            // Dropping the append rolls back a transaction not yet committed, but the
+            // store may have been at its COMMIT: nobody knows. No seq is handed on.
+            for a in appends.iter_mut() {
+                for m in a.groups.iter_mut().flatten() {
+                    m.seq = 0;
+                }
+            }
+            Err(AppendError {
+                error: crate::store::StoreError::Invalid(format!(
+                    "the store did not answer within {} s",
+                    FLUSH_TIMEOUT.as_secs()
+                )),
+                unknown_outcome: true,
+            })
+        }
+    };
+    inner.metrics.pubsub.flushed(started.elapsed());
     for (a, given) in appends.iter().zip(given) {
         // A floor that changed was read in this flush.
         if let Some(f) = a.known_floor
@@ -507,8 +636,16 @@ async fn flush(
                 .iter()
                 .map(|a| a.groups.iter().map(Vec::len).sum::<usize>())
                 .sum();
-            warn!(error = %e, messages = n, "pubsub: a flush failed: its publishes are not acknowledged");
-            let e = PubsubError::Unavailable(e.to_string());
+            warn!(error = %e, messages = n, unknown_outcome = e.unknown_outcome,
+                "pubsub: a flush failed: its publishes are not acknowledged");
+            // The store's own text stays in the log: publishers learn what it means to them.
+            let e = PubsubError::Unavailable(if e.unknown_outcome {
+                "the message store failed while committing the publish: its outcome is \
+                 unknown (the messages may have been stored and may be delivered)"
+                    .to_owned()
+            } else {
+                "the message store failed: the messages were not stored".to_owned()
+            });
             for (_, _, answer, _) in answers {
                 let _ = answer.send(Err(e.clone()));
             }
@@ -520,7 +657,7 @@ async fn flush(
         Ok(accepted) => {
             for (a, g, answer, topic) in answers {
                 let _ = answer.send(if accepted[a][g] {
-                    Ok(())
+                    Ok(!appends[a].dropped)
                 } else {
                     Err(PubsubError::Full(topic))
                 });
@@ -622,7 +759,7 @@ fn put_str16(out: &mut BytesMut, s: &str) {
     out.put_slice(&s.as_bytes()[..end]);
 }
 
-/// Decodes [`encode_committed`]'s frame; the data shares the frame's buffer.
+/// Decodes [`encode_committed`]'s frame; each message's data is its own copy.
 pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
     let mut r = Reader(Bytes::copy_from_slice(frame));
     let v = r.u8("version")?;
@@ -662,7 +799,9 @@ pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
         let ext_client_id = opt(8, "ext_client_id").map_err(at)?;
         let published_by = r.str16("published_by").map_err(at)?;
         let len = r.u32("data length").map_err(at)? as usize;
-        let data = r.take(len, "data").map_err(at)?;
+        // A copy: one message kept by a delivery task must not pin the whole frame (up to
+        // 64 MiB) in memory.
+        let data = Bytes::copy_from_slice(&r.take(len, "data").map_err(at)?);
         msgs.push(Arc::new(Message {
             topic,
             seq,
@@ -686,6 +825,12 @@ pub fn decode_committed(frame: &[u8]) -> Result<Committed, String> {
         ));
     }
     Ok(Committed { server, msgs })
+}
+
+/// A peer's message has values this server's publish would have given it: a priority of
+/// 1-9 and, when GD, a seq. The delivery tasks rely on both.
+fn peer_msg_ok(m: &Message) -> bool {
+    (PRIORITY_MIN..=PRIORITY_MAX).contains(&m.priority) && (!m.has_gd || m.seq > 0)
 }
 
 /// Reads a frame, bounds checked.
@@ -728,7 +873,17 @@ impl Reader {
 /// A peer's committed batch: into this server's fanout (not on to other peers: every
 /// server sends its own batches to every peer).
 pub(crate) fn peer_committed(inner: &Arc<Inner>, frame: &[u8]) -> Result<(), String> {
-    let batch = decode_committed(frame)?;
+    let mut batch = decode_committed(frame)?;
+    let before = batch.msgs.len();
+    batch.msgs.retain(|m| peer_msg_ok(m));
+    if batch.msgs.len() < before {
+        warn!(
+            server = %batch.server,
+            dropped = before - batch.msgs.len(),
+            "pubsub: a peer's committed frame carried messages with impossible values \
+             (priority not 1-9, or a GD message without seq): they are dropped"
+        );
+    }
     if !batch.msgs.is_empty() {
         inner.fanout.send(Arc::new(batch));
     }
@@ -824,7 +979,7 @@ mod tests {
         let key_path = dir.join("key");
         let key = Arc::new(crate::secrets::Key::create(&key_path).unwrap());
         let outgoing = Arc::new(crate::outgoing::Outgoing::new(key, metrics.clone()));
-        let b = super::super::Broker::new("s1", store.clone(), metrics, outgoing);
+        let b = super::super::Broker::new("s1", store.clone(), metrics.clone(), outgoing);
         b.apply(&crate::model::object::ObjectSet {
             pubsub_topics: serde_json::from_value(serde_json::json!([
                 {"name": "/f/a"}, {"name": "/f/b"}, {"name": "/f/n", "has_gd": false}
@@ -889,6 +1044,30 @@ mod tests {
         assert_eq!((batch.msgs[0].seq, batch.msgs[0].has_gd), (0, false));
         assert_eq!(batch.msgs[0].msg_id, ids[0]);
         assert!(store.read_after("/f/n", 0, 10).await.unwrap().is_empty());
+        // The metrics: per topic, GD or not; an unknown topic's refusal under `_undefined`.
+        let e = b
+            .publish(
+                &Caller::Service("x".into()),
+                "/nope",
+                vec![NewMsg::default()],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "no_topic");
+        let text = metrics.render().unwrap();
+        for line in [
+            r#"oxbus_pubsub_published_total{topic="/f/a",gd="true"} 80"#,
+            r#"oxbus_pubsub_published_total{topic="/f/n",gd="false"} 1"#,
+            r#"oxbus_pubsub_refused_total{topic="_undefined",reason="no_topic"} 1"#,
+            "oxbus_pubsub_publish_flush_seconds_count",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        // Every flush gave its publishes' budget back.
+        assert_eq!(
+            b.inner.publisher.budget.available_permits(),
+            QUEUE_BUDGET_KIB
+        );
         stop.send(true).unwrap();
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -914,6 +1093,29 @@ mod tests {
         let mut v2 = frame.to_vec();
         v2[0] = 2;
         assert!(decode_committed(&v2).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn impossible_peer_messages_are_refused() {
+        let ok = m(1, b"x");
+        assert!(peer_msg_ok(&ok));
+        assert!(peer_msg_ok(&m(0, b"x")), "non-GD with seq 0");
+        for bad in [
+            Message {
+                priority: 0,
+                ..(*ok).clone()
+            },
+            Message {
+                priority: 10,
+                ..(*ok).clone()
+            },
+            Message {
+                seq: 0,
+                ..(*ok).clone()
+            },
+        ] {
+            assert!(!peer_msg_ok(&bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub const FAST_ROWS: i64 = 500_000;
 const LEASE_TTL: Duration = Duration::from_secs(10);
 const LEASE_RENEW: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_secs(1);
+/// How often the rotator collects what deleted subscriptions and topics left in the store
+/// (orphan cursors, leases, dead letters, topic logs), the first time this long after it
+/// took the lease.
+pub const GC_EVERY: Duration = Duration::from_secs(60);
+/// How long a cursor of a subscription without its `pubsub_subs` row is kept after its
+/// last write: a subscription made in one transaction with its cursors is never seen so,
+/// this only spares a cursor written by a delivery task a moment after its subscription
+/// went.
+pub const GC_GRACE: Duration = Duration::from_secs(60);
 
 /// What the last rotation this server ran did (admin API).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -87,6 +96,8 @@ struct State {
     dirty: bool,
     /// `log_appended_total` at the last rotation (or at takeover).
     baseline: Option<i64>,
+    /// When the store's orphans were last collected (or the lease taken).
+    collected: Instant,
 }
 
 pub(crate) fn start(inner: &Arc<Inner>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -98,6 +109,7 @@ pub(crate) fn start(inner: &Arc<Inner>, mut shutdown: tokio::sync::watch::Receiv
         let mut state = State {
             dirty: true,
             baseline: None,
+            collected: Instant::now(),
         };
         loop {
             tokio::select! {
@@ -116,6 +128,7 @@ pub(crate) fn start(inner: &Arc<Inner>, mut shutdown: tokio::sync::watch::Receiv
                             state = State {
                                 dirty: true,
                                 baseline: None,
+                                collected: Instant::now(),
                             };
                         }
                         held = h;
@@ -153,6 +166,19 @@ async fn tick(inner: &Inner, state: &mut State) -> Result<(), crate::store::Stor
                 moved = c.moved,
                 removed = c.removed,
                 "pubsub: log partition cleaned"
+            );
+        }
+    }
+    if state.collected.elapsed() >= GC_EVERY {
+        state.collected = Instant::now();
+        let g = store.log_gc(now_ms(), GC_GRACE.as_millis() as i64).await?;
+        if !g.is_empty() {
+            info!(
+                dead_letters = g.dead_letters,
+                cursors = g.cursors,
+                leases = g.leases,
+                topic_logs = g.topic_logs,
+                "pubsub: collected what deleted subscriptions and topics left"
             );
         }
     }

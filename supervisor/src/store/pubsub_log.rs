@@ -8,7 +8,8 @@
 //! oldest with `TRUNCATE` after moving its still-live rows into the current one, so that
 //! rows never leave by `DELETE` (no bloat, no vacuum debt). SQLite has one table whose
 //! `part` column plays the same role; there the rotation deletes the oldest generation's
-//! dead rows (a file has no bloat to fear, only its free pages, which it reuses).
+//! dead rows and leaves its live ones where they are (a file has no bloat to fear, only its
+//! free pages, which it reuses).
 
 use sqlx::Row;
 use std::collections::HashMap;
@@ -45,6 +46,32 @@ pub struct TopicAppend {
     pub known_floor: Option<i64>,
     /// Their `seq` is set by [`Store::append_log`] when the group is appended.
     pub groups: Vec<Vec<Message>>,
+    /// The topic's `on_no_subs` is `drop` and the caller's definitions show no
+    /// subscription: drop the groups (accepted, not stored) unless some subscription has a
+    /// cursor on the topic, as one just made on another server has (decided in the flush's
+    /// transaction, after the seq row is locked).
+    pub drop_unsubscribed: bool,
+    /// Set by [`Store::append_log`]: the groups were accepted and dropped, not stored.
+    pub dropped: bool,
+}
+
+/// A failed [`Store::append_log`].
+#[derive(Debug)]
+pub struct AppendError {
+    pub error: StoreError,
+    /// The failure came at or after COMMIT: the flush may have been stored (and its
+    /// messages may be delivered). False: nothing of it was stored.
+    pub unknown_outcome: bool,
+}
+
+impl std::fmt::Display for AppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.unknown_outcome {
+            write!(f, "{} (at COMMIT: the outcome is unknown)", self.error)
+        } else {
+            write!(f, "{}", self.error)
+        }
+    }
 }
 
 /// A partition's figures.
@@ -74,12 +101,28 @@ pub struct LogFigures {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CleanFigures {
     pub part: i16,
-    /// Live rows moved into the current partition.
+    /// Live rows moved into the current partition (PostgreSQL; SQLite leaves them).
     pub moved: u64,
     /// Dead rows removed (truncated on PostgreSQL, deleted on SQLite).
     pub removed: u64,
     /// The partition's bytes before (PostgreSQL: on disk; SQLite: its rows' values).
     pub bytes_before: i64,
+}
+
+/// What one garbage collection removed ([`Store::log_gc`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcFigures {
+    pub dead_letters: u64,
+    pub cursors: u64,
+    pub leases: u64,
+    /// Topics whose log (seq row) was dropped.
+    pub topic_logs: u64,
+}
+
+impl GcFigures {
+    pub fn is_empty(&self) -> bool {
+        *self == GcFigures::default()
+    }
 }
 
 /// The columns of `pubsub_msg` a message is read with, in [`message_of`]'s order.
@@ -88,11 +131,17 @@ const COLUMNS: &str = "topic, seq, msg_id, pub_time, expires_at, priority, mime_
 
 /// A row is live (kept by rotation) when it has not expired, its topic still has a log
 /// (`pubsub_topic_seq` row) and either no subscription has a cursor on the topic yet
-/// (kept for its first subscription) or some cursor has not passed it. `$1`: now.
+/// (kept for its first subscription) or some cursor has not passed it. A cursor whose
+/// subscription is gone (no `pubsub_subs` row: an orphan until the garbage collection
+/// takes it) counts for nothing, or it would hold the topic's floor forever. `$1`: now.
 const LIVE: &str = "(m.expires_at IS NULL OR m.expires_at > $1) \
      AND EXISTS (SELECT 1 FROM pubsub_topic_seq s WHERE s.topic = m.topic) \
      AND m.seq > COALESCE((SELECT min(c.acked_upto) FROM pubsub_cursor c \
-                           WHERE c.topic = m.topic), 0)";
+                           WHERE c.topic = m.topic AND EXISTS \
+                           (SELECT 1 FROM pubsub_subs u WHERE u.name = c.sub_key)), 0)";
+
+/// The cursors of live subscriptions (orphans left by a deleted subscription ignored).
+const LIVE_CURSOR: &str = "EXISTS (SELECT 1 FROM pubsub_subs u WHERE u.name = c.sub_key)";
 
 fn message_of<R>(r: &R) -> std::result::Result<Message, sqlx::Error>
 where
@@ -125,15 +174,16 @@ where
 }
 
 /// The floor of a topic in the transaction `tx` holding its seq row: the lowest
-/// `acked_upto` of its cursors, or, with no cursor, the seq before its oldest kept
+/// `acked_upto` of its live subscriptions' cursors ([`LIVE_CURSOR`]), or, with no cursor, the seq before its oldest kept
 /// (unexpired) message, or `$last` when none is kept. Its depth is `$last - floor`.
 macro_rules! floor_in_tx {
     ($tx:expr, $topic:expr, $last:expr, $now:expr) => {{
-        let min: Option<i64> =
-            sqlx::query_scalar("SELECT min(acked_upto) FROM pubsub_cursor WHERE topic = $1")
-                .bind($topic)
-                .fetch_one(&mut *$tx)
-                .await?;
+        let min: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT min(c.acked_upto) FROM pubsub_cursor c WHERE c.topic = $1 AND {LIVE_CURSOR}"
+        )))
+        .bind($topic)
+        .fetch_one(&mut *$tx)
+        .await?;
         match min {
             Some(m) => m,
             None => {
@@ -172,6 +222,18 @@ macro_rules! number_groups {
             .bind(&a.topic)
             .fetch_one(&mut *$tx)
             .await?;
+            if a.drop_unsubscribed {
+                let cursor: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM pubsub_cursor WHERE topic = $1 LIMIT 1")
+                        .bind(&a.topic)
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                if cursor.is_none() {
+                    a.dropped = true;
+                    accepted[i] = vec![true; a.groups.len()];
+                    continue;
+                }
+            }
             let mut depth = match a.refuse_past {
                 Some(max) => {
                     let all: u64 = a.groups.iter().map(|g| g.len() as u64).sum();
@@ -236,7 +298,7 @@ mod pg {
         pool: &sqlx::PgPool,
         appends: &mut [TopicAppend],
         now: i64,
-    ) -> Result<Vec<Vec<bool>>> {
+    ) -> Result<Result<Vec<Vec<bool>>>> {
         let mut tx = pool.begin_write().await?;
         // FOR SHARE: a rotation's switch of `current` waits for this flush to commit, and
         // this flush for the switch, so no row is written to a partition being emptied.
@@ -250,6 +312,7 @@ mod pg {
         let n: usize = appends
             .iter()
             .zip(&accepted)
+            .filter(|(a, _)| !a.dropped)
             .map(|(a, f)| {
                 a.groups
                     .iter()
@@ -273,6 +336,9 @@ mod pg {
             let mut published_by = Vec::with_capacity(n);
             let mut data: Vec<&[u8]> = Vec::with_capacity(n);
             for (a, flags) in appends.iter().zip(&accepted) {
+                if a.dropped {
+                    continue;
+                }
                 for (g, ok) in a.groups.iter().zip(flags) {
                     if !*ok {
                         continue;
@@ -316,8 +382,12 @@ mod pg {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
-        Ok(accepted)
+        // Outer error: before COMMIT (nothing stored); inner: at COMMIT (unknown).
+        Ok(tx
+            .commit()
+            .await
+            .map(|_| accepted)
+            .map_err(StoreError::from))
     }
 
     pub(super) async fn clean(
@@ -410,7 +480,7 @@ mod lite {
         pool: &sqlx::SqlitePool,
         appends: &mut [TopicAppend],
         now: i64,
-    ) -> Result<Vec<Vec<bool>>> {
+    ) -> Result<Result<Vec<Vec<bool>>>> {
         // BEGIN IMMEDIATE: the file's write lock for the whole flush (one writer at a time,
         // so seq order is commit order here without row locks).
         let mut tx = pool.begin_write().await?;
@@ -421,6 +491,7 @@ mod lite {
         let rows: Vec<&Message> = appends
             .iter()
             .zip(&accepted)
+            .filter(|(a, _)| !a.dropped)
             .flat_map(|(a, f)| a.groups.iter().zip(f).filter(|(_, ok)| **ok))
             .flat_map(|(g, _)| g.iter())
             .collect();
@@ -464,8 +535,12 @@ mod lite {
             }
             q.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
-        Ok(accepted)
+        // Outer error: before COMMIT (nothing stored); inner: at COMMIT (unknown).
+        Ok(tx
+            .commit()
+            .await
+            .map(|_| accepted)
+            .map_err(StoreError::from))
     }
 
     pub(super) async fn clean(
@@ -486,53 +561,34 @@ mod lite {
         .bind(part)
         .fetch_one(pool)
         .await?;
-        // In steps, each its own transaction: first the dead rows go, then the live ones
-        // are relabelled into the current generation.
-        for moving in [false, true] {
-            loop {
-                let mut tx = pool.begin_write().await?;
-                let current: i16 =
-                    sqlx::query_scalar("SELECT current FROM pubsub_parts WHERE id = 1")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                if current != expect_current || current == part {
-                    return Err(StoreError::Invalid(format!(
-                        "pubsub log: partition {part} not cleaned: the current partition is \
-                         {current}, not {expect_current} (another server rotated)"
-                    )));
-                }
-                let n = if moving {
-                    sqlx::query(
-                        "UPDATE pubsub_msg SET part = $1 WHERE rowid IN \
-                         (SELECT rowid FROM pubsub_msg WHERE part = $2 LIMIT $3)",
-                    )
-                    .bind(current)
-                    .bind(part)
-                    .bind(SQLITE_ROWS_PER_STEP)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                } else {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM pubsub_msg WHERE rowid IN (SELECT m.rowid FROM pubsub_msg m \
-                         WHERE m.part = $2 AND NOT ({LIVE}) LIMIT $3)"
-                    )))
-                    .bind(now)
-                    .bind(part)
-                    .bind(SQLITE_ROWS_PER_STEP)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                };
-                tx.commit().await?;
-                if moving {
-                    out.moved += n;
-                } else {
-                    out.removed += n;
-                }
-                if n < SQLITE_ROWS_PER_STEP as u64 {
-                    break;
-                }
+        // In steps, each its own transaction, the dead rows go. The live ones stay where
+        // they are: a label is all a generation is here, and relabelling them would rewrite
+        // every live row at each rotation for nothing.
+        loop {
+            let mut tx = pool.begin_write().await?;
+            let current: i16 = sqlx::query_scalar("SELECT current FROM pubsub_parts WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            if current != expect_current || current == part {
+                return Err(StoreError::Invalid(format!(
+                    "pubsub log: partition {part} not cleaned: the current partition is \
+                     {current}, not {expect_current} (another server rotated)"
+                )));
+            }
+            let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM pubsub_msg WHERE rowid IN (SELECT m.rowid FROM pubsub_msg m \
+                 WHERE m.part = $2 AND NOT ({LIVE}) LIMIT $3)"
+            )))
+            .bind(now)
+            .bind(part)
+            .bind(SQLITE_ROWS_PER_STEP)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            out.removed += n;
+            if n < SQLITE_ROWS_PER_STEP as u64 {
+                break;
             }
         }
         Ok(out)
@@ -591,16 +647,34 @@ impl Store {
     /// Appends a flush in one transaction: per topic (in name order) its seq row is locked
     /// and moved on, a group that would take an `on_full: refuse` topic past its depth is
     /// refused whole, and every accepted message is inserted into the current partition.
-    /// For each `appends[i].groups[j]`: whether it was appended (its messages' `seq` set).
-    /// An error: nothing was appended.
+    /// For each `appends[i].groups[j]`: whether it was appended (its messages' `seq` set;
+    /// or, `dropped`, accepted and dropped). An error before COMMIT: nothing was appended;
+    /// at COMMIT ([`AppendError::unknown_outcome`]): it may have been.
     pub async fn append_log(
         &self,
         appends: &mut [TopicAppend],
         now_ms: i64,
-    ) -> Result<Vec<Vec<bool>>> {
-        let result = by_engine!(self, pg::append, lite::append, appends, now_ms);
+    ) -> std::result::Result<Vec<Vec<bool>>, AppendError> {
+        let result = match by_engine!(self, pg::append, lite::append, appends, now_ms) {
+            Ok(Ok(accepted)) => Ok(accepted),
+            Ok(Err(error)) => Err(AppendError {
+                error,
+                unknown_outcome: true,
+            }),
+            Err(error) => Err(AppendError {
+                error,
+                unknown_outcome: false,
+            }),
+        };
+        for a in appends.iter_mut() {
+            if a.dropped {
+                for m in a.groups.iter_mut().flatten() {
+                    m.seq = 0;
+                }
+            }
+        }
         if result.is_err() {
-            // Nothing of it committed: no seq was given.
+            // Nothing of it committed (or nobody knows): no seq is handed on.
             for a in appends.iter_mut() {
                 for m in a.groups.iter_mut().flatten() {
                     m.seq = 0;
@@ -631,11 +705,14 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
-    /// For each topic with a cursor, the lowest `acked_upto` of its cursors.
+    /// For each topic with a cursor, the lowest `acked_upto` of its cursors (of live
+    /// subscriptions: [`LIVE_CURSOR`]).
     pub async fn log_min_cursors(&self) -> Result<HashMap<String, i64>> {
-        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(
-            "SELECT topic, min(acked_upto) FROM pubsub_cursor GROUP BY topic"
-        )
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT c.topic, min(c.acked_upto) FROM pubsub_cursor c WHERE {LIVE_CURSOR} \
+             GROUP BY c.topic"
+        ));
+        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(sql)
         .fetch_all(p)
         .await?);
         Ok(rows.into_iter().collect())
@@ -705,11 +782,24 @@ impl Store {
         .await?))
     }
 
-    /// Drops a deleted topic's log: its messages and its seq row (a topic made again under
-    /// the name starts from seq 1). A rare operation: a plain DELETE.
+    /// Drops a deleted topic's log: its messages, its seq row (a topic made again under the
+    /// name starts from seq 1) and its cursors, in one transaction. The seq row is locked
+    /// first (PostgreSQL: `FOR UPDATE`; SQLite: the write lock of `BEGIN IMMEDIATE`), so a
+    /// flush appending to the topic meanwhile either commits before (and its rows go too)
+    /// or waits and finds no row (and starts a new log). A rare operation: a plain DELETE.
     pub async fn drop_topic_log(&self, topic: &str) -> Result<()> {
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            if matches!(self, Store::Postgres(_)) {
+                sqlx::query("SELECT last_seq FROM pubsub_topic_seq WHERE topic = $1 FOR UPDATE")
+                    .bind(topic)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM pubsub_cursor WHERE topic = $1")
+                .bind(topic)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM pubsub_msg WHERE topic = $1")
                 .bind(topic)
                 .execute(&mut *tx)
@@ -721,6 +811,56 @@ impl Store {
             tx.commit().await?
         });
         Ok(())
+    }
+
+    /// Collects what deleted subscriptions and topics left behind (the rotator runs it,
+    /// under the lease `#rotate`): dead letters of a subscription that has neither a
+    /// `pubsub_subs` row nor a cursor left (so they go a sweep after its cursors), cursors
+    /// of a subscription without `pubsub_subs` row not written since `now_ms - grace_ms`,
+    /// expired delivery leases of such subscriptions (never a `#` lease), and the seq row
+    /// of a topic without `pubsub_topics` row: that makes its messages dead (see [`LIVE`]),
+    /// and the rotation removes them with their partition (no DELETE of messages).
+    pub async fn log_gc(&self, now_ms: i64, grace_ms: i64) -> Result<GcFigures> {
+        let no_sub = |t: &str| {
+            format!("NOT EXISTS (SELECT 1 FROM pubsub_subs u WHERE u.name = {t}.sub_key)")
+        };
+        let dead = sqlx::AssertSqlSafe(format!(
+            "DELETE FROM pubsub_dead WHERE {} AND NOT EXISTS \
+             (SELECT 1 FROM pubsub_cursor c WHERE c.sub_key = pubsub_dead.sub_key)",
+            no_sub("pubsub_dead")
+        ));
+        let cursors = sqlx::AssertSqlSafe(format!(
+            "DELETE FROM pubsub_cursor WHERE {} AND updated_at < $1",
+            no_sub("pubsub_cursor")
+        ));
+        let leases = sqlx::AssertSqlSafe(format!(
+            "DELETE FROM pubsub_lease WHERE {} AND sub_key NOT LIKE '#%' AND expires_at < $1",
+            no_sub("pubsub_lease")
+        ));
+        let logs = "DELETE FROM pubsub_topic_seq WHERE NOT EXISTS \
+                    (SELECT 1 FROM pubsub_topics t WHERE t.name = pubsub_topic_seq.topic)";
+        Ok(on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let dead_letters = sqlx::query(dead).execute(&mut *tx).await?.rows_affected();
+            let cursors = sqlx::query(cursors)
+                .bind(now_ms - grace_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let leases = sqlx::query(leases)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let topic_logs = sqlx::query(logs).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            GcFigures {
+                dead_letters,
+                cursors,
+                leases,
+                topic_logs,
+            }
+        }))
     }
 
     /// The log's figures: each partition's rows and bytes, which is current and since when.
@@ -765,9 +905,9 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Empties partition `part` (not the current one, which must be `current`): its live
-    /// rows (see [`LIVE`]) move into the current partition, the rest go (PostgreSQL:
-    /// TRUNCATE; SQLite: DELETE in steps). Refused ([`StoreError::Invalid`]) when `current`
+    /// Cleans partition `part` (not the current one, which must be `current`). PostgreSQL:
+    /// its live rows (see [`LIVE`]) move into the current partition and it is truncated.
+    /// SQLite: its dead rows are deleted in steps, its live ones stay. Refused ([`StoreError::Invalid`]) when `current`
     /// is no longer current.
     pub async fn clean_log_part(
         &self,
@@ -811,6 +951,12 @@ impl Store {
 }
 
 impl super::Outcome for LogFigures {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+impl super::Outcome for GcFigures {
     fn failed(&self) -> bool {
         false
     }
