@@ -31,7 +31,7 @@ use super::{
     Caller, Defs, Delivered, Inner, PubsubError, QueuedMsg, SubStats, SubscribeReq, now_ms,
 };
 use crate::model::pubsub::{Access, DeliveryKind, OnNoSubs, Subscription};
-use crate::store::{CursorStart, StoreError};
+use crate::store::StoreError;
 
 pub use send::{delivered_from_json, delivered_json};
 
@@ -596,6 +596,30 @@ pub(crate) async fn subscribe(
             "subscription {sub_key} exists already"
         )));
     }
+    // A REST caller may only pull: a service or push delivery runs a service of this
+    // cluster, or calls a URL (or through an operator's REST connection, with its
+    // credentials) from inside the cluster, which only an operator may set up.
+    if matches!(caller, Caller::Security(_)) && !matches!(req.delivery, DeliveryKind::Pull) {
+        return Err(PubsubError::Forbidden(format!(
+            "subscription to {}: a REST caller may only make pull subscriptions; push and \
+             service deliveries are made through the admin API",
+            req.topic
+        )));
+    }
+    // Dead letters are published to their topic: the caller must be one that could.
+    if let Some(dl) = &req.dead_letter_topic {
+        if !defs.topics.contains_key(dl) {
+            return Err(PubsubError::NoTopic(format!(
+                "dead_letter_topic {dl} of a subscription to {}: no such topic",
+                req.topic
+            )));
+        }
+        if !defs.permits(caller, Access::Publish, dl) {
+            return Err(PubsubError::Forbidden(format!(
+                "this caller may not publish to {dl}, so may not make it a dead_letter_topic"
+            )));
+        }
+    }
     let endpoint = match caller {
         Caller::Security(sec) => defs.endpoint_of(sec).map(|e| e.name.clone()),
         _ => None,
@@ -615,35 +639,18 @@ pub(crate) async fn subscribe(
     };
     sub.validate()
         .map_err(|e| PubsubError::Invalid(e.to_string()))?;
-    // The cursors first, then the subscription: its delivery task, which may start as soon
-    // as the subscription exists, finds them in place (a topic's first subscription starts
-    // at the messages kept for it, not at the end).
-    let mut created = Vec::new();
-    for t in defs.topics_of(&sub) {
-        let start = if t.on_no_subs == OnNoSubs::Keep
-            && !inner
-                .store
-                .sub_topic_has_other_cursor(&t.name, &sub_key)
-                .await
-                .map_err(store_err)?
-        {
-            CursorStart::OldestKept { now_ms: now }
-        } else {
-            CursorStart::End
-        };
-        let r = inner
-            .store
-            .sub_cursor_create(&sub_key, &t.name, start, now)
-            .await;
-        if let Err(e) = r {
-            let _ = inner.store.sub_forget(&sub_key).await;
-            return Err(store_err(e));
-        }
-        created.push(t.name.clone());
-    }
+    // The subscription and its cursors in one transaction: neither is ever stored without
+    // the other, and a sub_key taken meanwhile (stored, not yet in this server's
+    // definitions) fails the whole of it, touching nothing of the other subscription. Its
+    // delivery task finds the cursors in place (a topic's first subscription starts at the
+    // messages kept for it, not at the end).
+    let topics: Vec<(String, bool)> = defs
+        .topics_of(&sub)
+        .iter()
+        .map(|t| (t.name.clone(), t.on_no_subs == OnNoSubs::Keep))
+        .collect();
     let by = caller.label(&defs);
-    if let Err(e) = inner.store.put_object(&sub, true, &by).await {
-        let _ = inner.store.sub_forget(&sub_key).await;
+    if let Err(e) = inner.store.sub_create(&sub, &by, &topics, now).await {
         return Err(match e {
             StoreError::Invalid(m) if m.contains("exists already") => PubsubError::Conflict(m),
             other => store_err(other),
@@ -673,19 +680,20 @@ pub(crate) async fn unsubscribe(
 ) -> Result<(), PubsubError> {
     let (defs, sub) = sub_of(inner, sub_key)?;
     may_use(&defs, caller, &sub)?;
-    inner
-        .store
-        .delete_object::<Subscription>(sub_key)
-        .await
-        .map_err(store_err)?;
-    if let Some(st) = stop_task(inner, sub_key, false) {
+    // The definition, cursors, lease and dead letters go in one transaction.
+    inner.store.sub_delete(sub_key).await.map_err(store_err)?;
+    // Out of the definitions first: a lease round from here on no longer sees it, so it
+    // cannot start its task again; that stops the task, which is waited for. What it
+    // still writes is refused by the store now (no lease, no definition).
+    let st = inner.delivery.get(sub_key);
+    apply_local(inner, sub_key, None);
+    if let Some(st) = st {
+        st.stop(false);
         let h = st.handle.lock().expect("handle lock").take();
         if let Some(h) = h {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
     }
-    inner.store.sub_forget(sub_key).await.map_err(store_err)?;
-    apply_local(inner, sub_key, None);
     Ok(())
 }
 
@@ -712,7 +720,8 @@ async fn local_get(
             if q.loaded {
                 let now = now_ms();
                 let sub = st.sub();
-                q.take(max, now, now + sub.ack_timeout_ms as i64, false)
+                let until = now.saturating_add(queue::ms_i64(sub.ack_timeout_ms));
+                q.take(max, now, until, false)
             } else {
                 Vec::new()
             }

@@ -362,10 +362,10 @@ impl Queue {
         self.counts.failed_attempts += 1;
         let (attempts, topic, seq, source) = {
             let e = self.pending.get_mut(&key).expect("indexed entry");
-            e.attempts += 1;
+            e.attempts = e.attempts.saturating_add(1);
             e.in_flight_until = None;
             e.last_error = Some(reason.to_owned());
-            e.not_before = now.saturating_add(backoff_ms(retry, e.attempts) as i64);
+            e.not_before = now.saturating_add(ms_i64(backoff_ms(retry, e.attempts)));
             (e.attempts, e.msg.topic.clone(), e.msg.seq, e.source)
         };
         if retry.max_attempts > 0 && attempts >= retry.max_attempts {
@@ -422,7 +422,7 @@ impl Queue {
                 continue;
             }
             e.in_flight_until = Some(until);
-            e.delivery_count += 1;
+            e.delivery_count = e.delivery_count.saturating_add(1);
             out.push(e.clone());
         }
         for id in expired {
@@ -475,7 +475,8 @@ impl Queue {
             let Some(pos) = self.topics.get_mut(topic) else {
                 return dropped;
             };
-            let waiting = (pos.last_known - pos.acked_upto).max(0) as u64 - pos.done.len() as u64;
+            let waiting = (pos.last_known.saturating_sub(pos.acked_upto).max(0) as u64)
+                .saturating_sub(pos.done.len() as u64);
             if waiting <= max_depth {
                 return dropped;
             }
@@ -552,6 +553,11 @@ impl Queue {
         self.dirty = true;
         n
     }
+}
+
+/// A duration in ms as an i64 (saturating: a u64 past i64::MAX would turn negative).
+pub fn ms_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// The wait before attempt `attempts + 1`: `backoff_ms × multiplier^(attempts-1)`, at most

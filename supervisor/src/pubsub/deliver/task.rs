@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::SubTask;
 use super::queue::WINDOW;
-use crate::model::pubsub::{DeliveryKind, OnFull};
+use crate::model::pubsub::{DeliveryKind, OnFull, OnNoSubs};
 use crate::pubsub::{Caller, Committed, Inner, NewMsg, now_ms};
 use crate::store::{CursorStart, StoreError};
 
@@ -231,9 +231,32 @@ async fn ensure_cursors(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<(), Sto
     let mut stored = inner.store.sub_cursors(&sub.sub_key).await?;
     for t in &missing {
         if !stored.iter().any(|c| &c.topic == t) {
+            // The rule of subscribe() for a subscription stored without cursors (an admin
+            // put, an import): a topic's first subscription, naming it exactly, gets what
+            // `on_no_subs: keep` kept for it; otherwise (a pattern's topic made later, or
+            // others subscribed already) it starts at the first message published since the
+            // subscription was made.
+            let keep = inner
+                .defs
+                .read()
+                .expect("defs lock")
+                .topics
+                .get(t)
+                .is_some_and(|d| d.on_no_subs == OnNoSubs::Keep);
+            let start = if keep
+                && sub.topic == *t
+                && !inner
+                    .store
+                    .sub_topic_has_other_cursor(t, &sub.sub_key)
+                    .await?
+            {
+                CursorStart::OldestKept { now_ms: now }
+            } else {
+                CursorStart::Since(sub.created_at_ms)
+            };
             inner
                 .store
-                .sub_cursor_create(&sub.sub_key, t, CursorStart::Since(sub.created_at_ms), now)
+                .sub_cursor_create(&sub.sub_key, t, start, now)
                 .await?;
         }
     }

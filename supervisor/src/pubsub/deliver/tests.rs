@@ -858,3 +858,91 @@ async fn non_gd_messages_are_delivered_from_memory() {
     );
     s.stop(&store).await;
 }
+
+/// A REST caller (a security definition's endpoint) may make pull subscriptions only, and
+/// a dead_letter_topic only one that exists and that it may publish to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_caller_may_only_pull_and_dead_letter_where_it_may_publish() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let base = format!("/{}", unique("rest"));
+    let topic = format!("{base}/in");
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    add_topic(&[&s], &store, json!({"name": format!("{base}/dl-ok")})).await;
+    add_topic(&[&s], &store, json!({"name": format!("{base}/dl-no")})).await;
+    let ep: crate::model::pubsub::Endpoint = serde_json::from_value(json!({
+        "name": unique("ep"),
+        "security": "sec-rest",
+        "topic_patterns": [format!("sub={base}/*"), format!("pub={base}/dl-ok")],
+    }))
+    .unwrap();
+    store.put_object(&ep, true, "test").await.unwrap();
+    s.broker.apply(&store.object_set().await.unwrap());
+    let rest = Caller::Security("sec-rest".into());
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.delivery = DeliveryKind::Service {
+        service: "any.service".into(),
+    };
+    let e = s.broker.subscribe(&rest, req).await.unwrap_err();
+    assert!(
+        matches!(&e, crate::pubsub::PubsubError::Forbidden(m) if m.contains("admin API")),
+        "{e}"
+    );
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.dead_letter_topic = Some(format!("{base}/dl-none"));
+    assert!(matches!(
+        s.broker.subscribe(&rest, req).await,
+        Err(crate::pubsub::PubsubError::NoTopic(_))
+    ));
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.dead_letter_topic = Some(format!("{base}/dl-no"));
+    assert!(matches!(
+        s.broker.subscribe(&rest, req).await,
+        Err(crate::pubsub::PubsubError::Forbidden(_))
+    ));
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.dead_letter_topic = Some(format!("{base}/dl-ok"));
+    let key = s.broker.subscribe(&rest, req).await.unwrap();
+    assert!(store.sub_cursors(&key).await.unwrap().len() == 1);
+    // Nothing of the refused ones was stored.
+    assert_eq!(
+        store
+            .objects::<crate::model::pubsub::Subscription>()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    s.stop(&store).await;
+}
+
+/// A subscription stored by the admin API (no cursors) starts as one made by subscribe():
+/// the topic's first subscription gets what `on_no_subs: keep` kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_put_subscription_gets_what_was_kept() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic, "on_no_subs": "keep"})).await;
+    publish(
+        &s,
+        &store,
+        &topic,
+        vec![msg(&topic, 5, "kept", crate::pubsub::now_ms() - 60_000)],
+    )
+    .await;
+    let key = unique("sk");
+    let sub: crate::model::pubsub::Subscription = serde_json::from_value(json!({
+        "sub_key": key, "topic": topic, "delivery": {"type": "pull"},
+    }))
+    .unwrap();
+    store.put_object(&sub, true, "admin").await.unwrap();
+    s.broker.apply(&store.object_set().await.unwrap());
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["kept"]);
+    s.stop(&store).await;
+}
