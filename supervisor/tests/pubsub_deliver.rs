@@ -361,3 +361,39 @@ async fn postgres_delivery_tables() {
     all(&s).await;
     drop_pg(s, db).await;
 }
+
+/// Leases are renewed in one statement, only the holder's.
+async fn leases_renew_in_one_statement(s: &Store) {
+    let ttl = Duration::from_secs(10);
+    assert!(s.sub_lease_take("r1", "a", 0, ttl).await.unwrap());
+    assert!(s.sub_lease_take("r2", "a", 0, ttl).await.unwrap());
+    assert!(s.sub_lease_take("r3", "b", 0, ttl).await.unwrap());
+    let keys = ["r1", "r2", "r3", "r4"].map(String::from);
+    let mut got = s.sub_leases_renew("a", &keys, 5_000, ttl).await.unwrap();
+    got.sort();
+    assert_eq!(got, ["r1", "r2"]);
+    let leases = s.sub_leases().await.unwrap();
+    assert!(leases.contains(&("r1".into(), "a".into(), 15_000)));
+    assert!(
+        leases.contains(&("r3".into(), "b".into(), 10_000)),
+        "b's untouched"
+    );
+    assert!(
+        s.sub_leases_renew("a", &[], 0, ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_leases_renew() {
+    leases_renew_in_one_statement(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_leases_renew() {
+    let (s, db) = postgres().await;
+    leases_renew_in_one_statement(&s).await;
+    drop_pg(s, db).await;
+}

@@ -411,6 +411,38 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Renews, in one statement per few hundred, the leases of `sub_keys` that `me` holds
+    /// (until `now + ttl`): the sub_keys renewed. One missing from the answer is no longer
+    /// `me`'s (taken over after it expired, or gone with its subscription).
+    pub async fn sub_leases_renew(
+        &self,
+        me: &str,
+        sub_keys: &[String],
+        now: i64,
+        ttl: Duration,
+    ) -> Result<Vec<String>> {
+        let until = now + ttl.as_millis() as i64;
+        let mut renewed = Vec::with_capacity(sub_keys.len());
+        for chunk in sub_keys.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            // Only placeholders are formatted in; the keys are bound.
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE pubsub_lease SET expires_at = $2 WHERE holder = $1 \
+                 AND sub_key IN ({}) RETURNING sub_key",
+                marks.join(", ")
+            ));
+            let got: Vec<String> = on_pool!(self, p => {
+                let mut q = sqlx::query_scalar(sql).bind(me).bind(until);
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                q.fetch_all(p).await?
+            });
+            renewed.extend(got);
+        }
+        Ok(renewed)
+    }
+
     /// Hands `sub_key`'s lease back if `me` holds it (a clean stop, a subscription gone).
     pub async fn sub_lease_release(&self, sub_key: &str, me: &str) -> Result<()> {
         on_pool!(self, p => sqlx::query("DELETE FROM pubsub_lease WHERE sub_key = $1 AND holder = $2")

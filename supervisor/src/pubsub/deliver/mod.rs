@@ -37,6 +37,8 @@ pub use send::{delivered_from_json, delivered_json};
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long before its lease would expire, unrenewed, a task stops delivering.
+const LEASE_MARGIN: Duration = Duration::from_secs(3);
 /// How often the lease loop renews and takes leases.
 pub const LEASE_EVERY: Duration = Duration::from_secs(2);
 /// How long a free lease is left to the other servers before this one takes it past its
@@ -67,6 +69,13 @@ pub(crate) struct SubTask {
 impl SubTask {
     pub fn sub(&self) -> Arc<Subscription> {
         self.sub.read().expect("sub lock").clone()
+    }
+
+    /// Whether the lease was renewed recently enough to deliver: within its TTL less a
+    /// margin, so that a server cut off from the store stops before its lease can expire
+    /// and another server take the subscription over (two owners at once).
+    pub fn lease_fresh(&self, now: i64) -> bool {
+        now - self.renewed_at.load(Ordering::SeqCst) < (LEASE_TTL - LEASE_MARGIN).as_millis() as i64
     }
 
     fn stop(&self, release: bool) {
@@ -171,7 +180,13 @@ pub(crate) fn applied(inner: &Arc<Inner>, defs: &Arc<Defs>) {
     for (key, st) in inner.delivery.all() {
         match defs.subs.get(&key) {
             Some(sub) => {
-                *st.sub.write().expect("sub lock") = sub.clone();
+                let old = std::mem::replace(&mut *st.sub.write().expect("sub lock"), sub.clone());
+                // Another kind of delivery (an admin put, pull -> service): what the old
+                // one had handed out is offered again under the new one, not waited for
+                // (an ack that may never come would hold an in-order delivery up).
+                if std::mem::discriminant(&old.delivery) != std::mem::discriminant(&sub.delivery) {
+                    st.q.lock().expect("queue lock").reset_in_flight();
+                }
                 st.wake.notify_one();
             }
             None => {
@@ -232,24 +247,40 @@ async fn lease_round(inner: &Arc<Inner>) -> Result<(), StoreError> {
     let defs = inner.defs.read().expect("defs lock").clone();
     let me = inner.server.as_str();
     let now = now_ms();
-    // Renew what this server delivers; a lease lost (taken over after an expiry) stops the
-    // task, and so does one not renewed for a whole TTL (the store unreachable: another
-    // server may have it by now).
+    // Renew what this server delivers, in one statement; a lease lost (taken over after an
+    // expiry) stops the task, and so does one not renewed for a whole TTL (the store
+    // unreachable: another server may have it by now; the task itself stops delivering a
+    // little earlier, see `SubTask::lease_fresh`).
+    let mut running = Vec::new();
     for (key, st) in inner.delivery.all() {
-        if !defs.subs.contains_key(&key) {
+        if defs.subs.contains_key(&key) {
+            running.push((key, st));
+        } else {
             stop_task(inner, &key, true);
-            continue;
         }
-        match inner.store.sub_lease_take(&key, me, now, LEASE_TTL).await {
-            Ok(true) => st.renewed_at.store(now, Ordering::SeqCst),
-            Ok(false) => {
-                tracing::warn!(sub_key = %key, "pubsub: lease lost to another server");
-                stop_task(inner, &key, false);
+    }
+    let keys: Vec<String> = running.iter().map(|(k, _)| k.clone()).collect();
+    match inner
+        .store
+        .sub_leases_renew(me, &keys, now, LEASE_TTL)
+        .await
+    {
+        Ok(renewed) => {
+            let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
+            for (key, st) in &running {
+                if renewed.contains(key) {
+                    st.renewed_at.store(now, Ordering::SeqCst);
+                } else {
+                    tracing::warn!(sub_key = %key, "pubsub: lease lost to another server");
+                    stop_task(inner, key, false);
+                }
             }
-            Err(e) => {
+        }
+        Err(e) => {
+            for (key, st) in &running {
                 if now - st.renewed_at.load(Ordering::SeqCst) >= LEASE_TTL.as_millis() as i64 {
                     tracing::warn!(sub_key = %key, "pubsub: lease not renewed for its TTL: {e}");
-                    stop_task(inner, &key, false);
+                    stop_task(inner, key, false);
                 }
             }
         }
@@ -717,7 +748,7 @@ async fn local_get(
         n.as_mut().enable();
         let got = {
             let mut q = st.q.lock().expect("queue lock");
-            if q.loaded {
+            if q.loaded && st.lease_fresh(now_ms()) {
                 let now = now_ms();
                 let sub = st.sub();
                 let until = now.saturating_add(queue::ms_i64(sub.ack_timeout_ms));

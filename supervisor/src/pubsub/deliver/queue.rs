@@ -434,6 +434,14 @@ impl Queue {
         out
     }
 
+    /// Nothing is in flight any more: every message handed out is offered again (its
+    /// delivery count kept; a late ack of the earlier hand-out no longer counts).
+    pub fn reset_in_flight(&mut self) {
+        for e in self.pending.values_mut() {
+            e.in_flight_until = None;
+        }
+    }
+
     /// When the next message becomes deliverable or its ack deadline passes (Unix ms).
     pub fn next_due(&self, now: i64) -> Option<i64> {
         self.pending
@@ -634,6 +642,21 @@ mod tests {
         let rows = q.cursor_rows();
         assert_eq!(rows[0].acked_upto, 2);
         assert_eq!(rows[0].state, "{}");
+    }
+
+    #[test]
+    fn a_reset_offers_what_was_handed_out_again() {
+        let mut q = queue_at("/t", 0);
+        q.add_log("/t", &[msg("/t", 1, 5, 1)], 0, false);
+        assert_eq!(q.take(1, 0, 1_000_000, false).len(), 1, "pulled");
+        assert!(
+            q.take(1, 10, 20, true).is_empty(),
+            "an in-order delivery waits for the pulled message"
+        );
+        q.reset_in_flight();
+        let again = q.take(1, 10, 20, true);
+        assert_eq!(again[0].msg.seq, 1);
+        assert_eq!(again[0].delivery_count, 2);
     }
 
     #[test]

@@ -127,13 +127,19 @@ pub(super) async fn run(
                 flush_at = Some(last_flush + FLUSH_EVERY);
             }
         }
+        // A lease this server could not renew for nearly its TTL may be another's soon:
+        // delivery stops here (the lease loop starts the task again once it renews).
+        if !st.lease_fresh(now_ms()) {
+            tracing::warn!(%sub_key, "pubsub: the lease was not renewed in time, delivery stops here");
+            break;
+        }
         // Deliver one batch (service, push): in order, one at a time.
         if !matches!(sub.delivery, DeliveryKind::Pull) {
             let now = now_ms();
             let batch = st.q.lock().expect("queue lock").take(
                 sub.batch_size as usize,
                 now,
-                now + 3_600_000,
+                now.saturating_add(3_600_000),
                 true,
             );
             if !batch.is_empty() {
