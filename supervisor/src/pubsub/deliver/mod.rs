@@ -94,6 +94,9 @@ pub struct Delivery {
     /// For each subscription whose lease this server saw free but left to the others (its
     /// fair share reached): since when it has seen it free (Unix ms).
     free_since: Mutex<HashMap<String, i64>>,
+    /// The subscriptions of the last definitions applied (to drop the metrics of those
+    /// that leave them).
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Delivery {
@@ -103,6 +106,7 @@ impl Delivery {
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             free_since: Mutex::new(HashMap::new()),
+            seen: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -194,6 +198,13 @@ pub(crate) fn applied(inner: &Arc<Inner>, defs: &Arc<Defs>) {
             }
         }
     }
+    // The series of subscriptions gone from the definitions go with them.
+    let mut seen = inner.delivery.seen.lock().expect("seen lock");
+    for gone in seen.iter().filter(|k| !defs.subs.contains_key(*k)) {
+        inner.metrics.pubsub.forget_sub(gone);
+    }
+    *seen = defs.subs.keys().cloned().collect();
+    drop(seen);
     inner.delivery.wake.notify_one();
 }
 

@@ -399,8 +399,22 @@ impl Queue {
     /// backoff, so that a failing message is not overtaken; expired messages are done with
     /// on the way (counted).
     pub fn take(&mut self, max: usize, now: i64, until: i64, in_order: bool) -> Vec<Entry> {
+        self.take_capped(max, usize::MAX, now, until, in_order)
+    }
+
+    /// [`Queue::take`], stopping before the message that would bring the data taken past
+    /// `max_bytes` (the first message is always taken).
+    pub fn take_capped(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        now: i64,
+        until: i64,
+        in_order: bool,
+    ) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
+        let mut bytes = 0usize;
         for e in self.pending.values_mut() {
             if out.len() >= max {
                 break;
@@ -421,6 +435,10 @@ impl Queue {
                 }
                 continue;
             }
+            if !out.is_empty() && bytes.saturating_add(e.msg.data.len()) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(e.msg.data.len());
             e.in_flight_until = Some(until);
             e.delivery_count = e.delivery_count.saturating_add(1);
             out.push(e.clone());
@@ -657,6 +675,25 @@ mod tests {
         let again = q.take(1, 10, 20, true);
         assert_eq!(again[0].msg.seq, 1);
         assert_eq!(again[0].delivery_count, 2);
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_cap_but_always_has_one() {
+        let mut q = queue_at("/t", 0);
+        let ms: Vec<_> = (1..=3).map(|s| msg("/t", s, 5, s)).collect();
+        q.add_log("/t", &ms, 0, false);
+        // Each message's data is 2 bytes ("d1", ...).
+        assert_eq!(
+            q.take_capped(10, 1, 0, 10, true).len(),
+            1,
+            "one past the cap"
+        );
+        q.reset_in_flight();
+        assert_eq!(q.take_capped(10, 4, 0, 10, true).len(), 2);
+        q.reset_in_flight();
+        assert_eq!(q.take_capped(10, 5, 0, 10, true).len(), 2);
+        q.reset_in_flight();
+        assert_eq!(q.take_capped(10, 6, 0, 10, true).len(), 3);
     }
 
     #[test]

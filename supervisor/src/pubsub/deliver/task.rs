@@ -47,10 +47,12 @@ pub(super) async fn run(
             }
         }
     }
+    let mut reported = super::queue::Counts::default();
     let mut last_flush = tokio::time::Instant::now() - FLUSH_EVERY;
     let mut defs_seen = 0usize;
     let mut polled = tokio::time::Instant::now();
     while !*stop.borrow() {
+        report(&inner, &st, &sub_key, &mut reported);
         if polled.elapsed() >= POLL {
             all_behind(&st);
             polled = tokio::time::Instant::now();
@@ -136,8 +138,9 @@ pub(super) async fn run(
         // Deliver one batch (service, push): in order, one at a time.
         if !matches!(sub.delivery, DeliveryKind::Pull) {
             let now = now_ms();
-            let batch = st.q.lock().expect("queue lock").take(
+            let batch = st.q.lock().expect("queue lock").take_capped(
                 sub.batch_size as usize,
+                super::send::MAX_BATCH_BYTES,
                 now,
                 now.saturating_add(3_600_000),
                 true,
@@ -186,6 +189,16 @@ pub(super) async fn run(
             _ = tokio::time::sleep_until(until) => {}
         }
     }
+    // The last counts, unless the subscription is gone (its series are dropped).
+    if inner
+        .defs
+        .read()
+        .expect("defs lock")
+        .subs
+        .contains_key(&sub_key)
+    {
+        report(&inner, &st, &sub_key, &mut reported);
+    }
     // Out of the server's tasks (when it stopped by itself: the lease lost), so that calls
     // on the subscription look for its owner again.
     {
@@ -204,6 +217,20 @@ pub(super) async fn run(
         tracing::warn!(%sub_key, "pubsub: releasing the lease failed: {e}");
     }
     tracing::info!(%sub_key, "pubsub: delivery stopped here");
+}
+
+/// Adds what the queue counted since the last report to the server's metrics (once per
+/// round of the task's loop, so per batch, never per message).
+fn report(inner: &Inner, st: &SubTask, sub_key: &str, reported: &mut super::queue::Counts) {
+    let now = st.q.lock().expect("queue lock").counts.clone();
+    let m = &inner.metrics.pubsub;
+    m.delivered(sub_key, now.acked.saturating_sub(reported.acked));
+    m.delivery_failed(
+        sub_key,
+        now.failed_attempts.saturating_sub(reported.failed_attempts),
+    );
+    m.expired(sub_key, now.expired.saturating_sub(reported.expired));
+    *reported = now;
 }
 
 /// The first load: cursors (created for topics that have none), requeued dead letters.
@@ -419,6 +446,10 @@ pub(super) async fn flush(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<bool,
     }
     if !dying.is_empty() {
         st.q.lock().expect("queue lock").dead_written(&dying);
+        inner
+            .metrics
+            .pubsub
+            .dead_lettered(&sub.sub_key, dying.len() as u64);
         tracing::info!(sub_key = %sub.sub_key, n = dying.len(), "pubsub: messages dead-lettered");
         if let Some(dlt) = &sub.dead_letter_topic {
             copy_to_dead_letter_topic(inner, dlt, &dying);

@@ -541,7 +541,20 @@ async fn a_pattern_subscription_gets_a_topic_made_later_and_unsubscribe_forgets(
         .await
         .unwrap();
     assert_eq!(datas(&got), ["later"]);
+    let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
+    assert_eq!(s.broker.ack(&svc(), &key, &ids).await.unwrap(), 1);
+    let metrics = &s.broker.inner.metrics;
+    wait_for("the ack in the metrics", || async {
+        metrics.render().unwrap().lines().any(|l| {
+            l.contains("delivered") && l.contains(&format!("sub=\"{key}\"")) && l.ends_with(" 1")
+        })
+    })
+    .await;
     s.broker.unsubscribe(&svc(), &key).await.unwrap();
+    assert!(
+        !metrics.render().unwrap().contains(&format!("\"{key}\"")),
+        "a deleted subscription's series go"
+    );
     assert!(store.sub_cursors(&key).await.unwrap().is_empty());
     assert!(matches!(
         s.broker.get_messages(&svc(), &key, 1, Duration::ZERO).await,
