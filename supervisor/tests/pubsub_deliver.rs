@@ -7,7 +7,7 @@
 //! postgres://postgres@127.0.0.1:5432/test), dropped afterwards; a missing server fails.
 
 use bytes::Bytes;
-use oxbus_supervisor::model::pubsub::Message;
+use oxbus_supervisor::model::pubsub::{DeliveryKind, Message, Retry, Subscription};
 use oxbus_supervisor::store::{CursorRow, CursorStart, Store};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -79,6 +79,26 @@ fn msg(topic: &str, data: &str, pub_time_ms: i64, expires_at_ms: Option<i64>) ->
     }
 }
 
+fn sub(key: &str, topic: &str) -> Subscription {
+    Subscription {
+        sub_key: key.into(),
+        topic: topic.into(),
+        endpoint: None,
+        delivery: DeliveryKind::Pull,
+        batch_size: 1,
+        retry: Retry::default(),
+        dead_letter_topic: None,
+        ack_timeout_ms: 30_000,
+        created_at_ms: 1,
+        created_by: None,
+    }
+}
+
+/// Stores subscription `key`'s definition (no cursors).
+async fn define(s: &Store, key: &str, topic: &str) {
+    s.put_object(&sub(key, topic), true, "test").await.unwrap();
+}
+
 async fn cursors_start_where_they_should(s: &Store) {
     let t = "/orders/new";
     s.sub_append_for_tests(
@@ -93,6 +113,9 @@ async fn cursors_start_where_they_should(s: &Store) {
     .unwrap();
     assert_eq!(s.sub_last_seq(t).await.unwrap(), 3);
     assert_eq!(s.sub_last_seq("/nothing").await.unwrap(), 0);
+    for k in ["end", "kept", "since", "none"] {
+        define(s, k, t).await;
+    }
     assert_eq!(
         s.sub_cursor_create("end", t, CursorStart::End, 5)
             .await
@@ -151,6 +174,7 @@ async fn leases_fence_cursor_writes(s: &Store) {
         !s.sub_lease_take("sk1", "b", 3_000, ttl).await.unwrap(),
         "held by a"
     );
+    define(s, "sk1", "/t").await;
     s.sub_cursor_create("sk1", "/t", CursorStart::End, 0)
         .await
         .unwrap();
@@ -163,6 +187,13 @@ async fn leases_fence_cursor_writes(s: &Store) {
     assert!(
         !s.sub_cursors_save("sk1", "b", &[row(7)], 1).await.unwrap(),
         "b does not hold the lease: nothing written"
+    );
+    assert_eq!(s.sub_cursors("sk1").await.unwrap(), vec![row(5)]);
+    assert!(
+        !s.sub_cursors_save("sk1", "a", &[row(6)], 12_001)
+            .await
+            .unwrap(),
+        "a's lease ran out (not renewed): nothing written, though nobody took it yet"
     );
     assert_eq!(s.sub_cursors("sk1").await.unwrap(), vec![row(5)]);
     // Expired: b takes it over, and a's writes stop counting.
@@ -180,6 +211,7 @@ async fn leases_fence_cursor_writes(s: &Store) {
 
 async fn dead_letters_requeue_and_forget(s: &Store) {
     let t = "/d";
+    define(s, "skd", t).await;
     let mut m1 = msg(t, "one", 1, None);
     m1.seq = 1;
     let mut m2 = msg(t, "\u{0}\u{ff}", 2, Some(99));
@@ -232,7 +264,87 @@ async fn dead_letters_requeue_and_forget(s: &Store) {
     );
 }
 
+/// A subscription and its cursors are stored together, a sub_key taken fails the whole
+/// create without touching the other subscription, and a delete takes everything along.
+async fn subscriptions_come_and_go_whole(s: &Store) {
+    let t = "/whole";
+    s.sub_append_for_tests(t, &[msg(t, "kept", 10, None), msg(t, "two", 20, None)])
+        .await
+        .unwrap();
+    let first = s
+        .sub_create(&sub("w1", t), "test", &[(t.to_owned(), true)], 100)
+        .await
+        .unwrap();
+    assert_eq!(first.value.sub_key, "w1");
+    let c = s.sub_cursors("w1").await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        c[0].acked_upto, 0,
+        "the topic's first subscription gets what was kept"
+    );
+    s.sub_create(&sub("w2", t), "test", &[(t.to_owned(), true)], 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sub_cursors("w2").await.unwrap()[0].acked_upto,
+        2,
+        "a later one starts at the end"
+    );
+    // w1 taken: refused, w1's rows untouched, nothing of the refused one stored.
+    assert!(
+        s.sub_dead_put("w1", &msg(t, "d", 1, None), 1, "x", 1)
+            .await
+            .is_ok()
+    );
+    let e = s
+        .sub_create(
+            &sub("w1", "/other"),
+            "test",
+            &[("/other".to_owned(), false)],
+            100,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exists already"), "{e}");
+    assert_eq!(s.sub_cursors("w1").await.unwrap(), c);
+    assert_eq!(s.sub_dead_count("w1").await.unwrap(), 1);
+    // Delete: the definition, cursors, lease and dead letters, at once.
+    s.sub_lease_take("w1", "a", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    s.sub_delete("w1").await.unwrap();
+    assert!(s.sub_cursors("w1").await.unwrap().is_empty());
+    assert_eq!(s.sub_dead_count("w1").await.unwrap(), 0);
+    assert!(
+        s.sub_leases()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(k, _, _)| k != "w1")
+    );
+    assert!(
+        !s.objects::<Subscription>()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.sub_key == "w1")
+    );
+    assert!(s.sub_delete("w1").await.is_err(), "gone");
+    // A task still stopping writes nothing back for it.
+    assert!(
+        s.sub_cursor_create("w1", t, CursorStart::End, 0)
+            .await
+            .is_err()
+    );
+    s.sub_dead_put("w1", &msg(t, "late", 1, None), 1, "x", 1)
+        .await
+        .unwrap();
+    assert_eq!(s.sub_dead_count("w1").await.unwrap(), 0);
+    assert!(s.sub_cursors("w1").await.unwrap().is_empty());
+}
+
 async fn all(s: &Store) {
+    subscriptions_come_and_go_whole(s).await;
     cursors_start_where_they_should(s).await;
     leases_fence_cursor_writes(s).await;
     dead_letters_requeue_and_forget(s).await;
@@ -247,5 +359,41 @@ async fn sqlite_delivery_tables() {
 async fn postgres_delivery_tables() {
     let (s, db) = postgres().await;
     all(&s).await;
+    drop_pg(s, db).await;
+}
+
+/// Leases are renewed in one statement, only the holder's.
+async fn leases_renew_in_one_statement(s: &Store) {
+    let ttl = Duration::from_secs(10);
+    assert!(s.sub_lease_take("r1", "a", 0, ttl).await.unwrap());
+    assert!(s.sub_lease_take("r2", "a", 0, ttl).await.unwrap());
+    assert!(s.sub_lease_take("r3", "b", 0, ttl).await.unwrap());
+    let keys = ["r1", "r2", "r3", "r4"].map(String::from);
+    let mut got = s.sub_leases_renew("a", &keys, 5_000, ttl).await.unwrap();
+    got.sort();
+    assert_eq!(got, ["r1", "r2"]);
+    let leases = s.sub_leases().await.unwrap();
+    assert!(leases.contains(&("r1".into(), "a".into(), 15_000)));
+    assert!(
+        leases.contains(&("r3".into(), "b".into(), 10_000)),
+        "b's untouched"
+    );
+    assert!(
+        s.sub_leases_renew("a", &[], 0, ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_leases_renew() {
+    leases_renew_in_one_statement(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_leases_renew() {
+    let (s, db) = postgres().await;
+    leases_renew_in_one_statement(&s).await;
     drop_pg(s, db).await;
 }

@@ -166,6 +166,22 @@ impl PubsubMetrics {
         Self::count(&self.expired, sub, n);
     }
 
+    /// Drops subscription `sub`'s series (it was deleted): a gone subscription's counters
+    /// do not stay in every scrape.
+    pub fn forget_sub(&self, sub: &str) {
+        let labels = SubLabels {
+            sub: sub.to_owned(),
+        };
+        for family in [
+            &self.delivered,
+            &self.delivery_failures,
+            &self.dead_lettered,
+            &self.expired,
+        ] {
+            family.remove(&labels);
+        }
+    }
+
     /// One publish flush took `took` (its transaction, begin to commit).
     pub fn flushed(&self, took: Duration) {
         self.flush.observe(took);

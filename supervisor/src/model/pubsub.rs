@@ -13,6 +13,14 @@ pub const MAX_BATCH: u32 = 1000;
 /// Priorities run from 1 (lowest) to 9 (highest), 5 by default (Zato's).
 pub const PRIORITY_MIN: u8 = 1;
 pub const PRIORITY_MAX: u8 = 9;
+/// The longest ack timeout and retry wait of a subscription, ms (a day).
+pub const MAX_WAIT_MS: u64 = 86_400_000;
+/// The longest first retry wait of a subscription, ms (an hour).
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// The largest retry multiplier of a subscription.
+pub const MAX_MULTIPLIER: u32 = 100;
+/// The most delivery attempts a subscription's retry may allow.
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
 pub const PRIORITY_DEFAULT: u8 = 5;
 
 /// What a topic does with a publish that would take it past its depth.
@@ -264,6 +272,11 @@ fn check_path(s: &str, star: bool) -> Result<(), &'static str> {
         if seg.is_empty() {
             return Err("has an empty segment");
         }
+        // "." and ".." read as path steps (in a URL, a log or a file name made of the
+        // topic): a topic name is never one.
+        if seg == "." || seg == ".." {
+            return Err("has a . or .. segment");
+        }
         if !seg
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || (star && b == b'*'))
@@ -364,6 +377,28 @@ impl Subscription {
                  and multiplier >= 1"
             )));
         }
+        // Caps that keep the delivery's deadline arithmetic (now + a wait, in i64 ms) far
+        // from overflowing, and a failing message's retries finite in practice.
+        if r.backoff_ms > MAX_BACKOFF_MS {
+            return Err(InvalidObject(format!(
+                "subscription {who}: retry.backoff_ms must be at most {MAX_BACKOFF_MS}"
+            )));
+        }
+        if r.max_backoff_ms > MAX_WAIT_MS {
+            return Err(InvalidObject(format!(
+                "subscription {who}: retry.max_backoff_ms must be at most {MAX_WAIT_MS}"
+            )));
+        }
+        if r.multiplier > MAX_MULTIPLIER {
+            return Err(InvalidObject(format!(
+                "subscription {who}: retry.multiplier must be at most {MAX_MULTIPLIER}"
+            )));
+        }
+        if r.max_attempts > MAX_ATTEMPTS {
+            return Err(InvalidObject(format!(
+                "subscription {who}: retry.max_attempts must be at most {MAX_ATTEMPTS}"
+            )));
+        }
         if let Some(dl) = &self.dead_letter_topic {
             check_topic_name(dl)?;
             if crate::model::pubsub::matches(&self.topic, dl) {
@@ -373,9 +408,9 @@ impl Subscription {
                 )));
             }
         }
-        if self.ack_timeout_ms == 0 {
+        if self.ack_timeout_ms == 0 || self.ack_timeout_ms > MAX_WAIT_MS {
             return Err(InvalidObject(format!(
-                "subscription {who}: ack_timeout_ms must be at least 1"
+                "subscription {who}: ack_timeout_ms must be from 1 to {MAX_WAIT_MS}"
             )));
         }
         match &self.delivery {
@@ -473,10 +508,47 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_topic_name("/orders/new").is_ok());
-        for bad in ["orders", "/", "/a//b", "/a/", "/a b", "/a/*"] {
+        for bad in [
+            "orders", "/", "/a//b", "/a/", "/a b", "/a/*", "/a/./b", "/..", "/a/..",
+        ] {
             assert!(check_topic_name(bad).is_err(), "{bad}");
         }
         assert!(check_pattern("/a/*").is_ok());
+        assert!(check_pattern("/a/../*").is_err());
+        assert!(check_topic_name("/a/.b/..c").is_ok());
+    }
+
+    #[test]
+    fn subscription_caps() {
+        let ok = Subscription {
+            sub_key: "sk.caps".into(),
+            topic: "/caps".into(),
+            endpoint: None,
+            delivery: DeliveryKind::Pull,
+            batch_size: 1,
+            retry: Retry::default(),
+            dead_letter_topic: None,
+            ack_timeout_ms: MAX_WAIT_MS,
+            created_at_ms: 0,
+            created_by: None,
+        };
+        ok.validate().unwrap();
+        let bad = |f: &dyn Fn(&mut Subscription)| {
+            let mut s = ok.clone();
+            f(&mut s);
+            s.validate().is_err()
+        };
+        assert!(bad(&|s| s.ack_timeout_ms = MAX_WAIT_MS + 1));
+        assert!(bad(&|s| s.retry.backoff_ms = MAX_BACKOFF_MS + 1));
+        assert!(bad(&|s| s.retry.max_backoff_ms = MAX_WAIT_MS + 1));
+        assert!(bad(&|s| s.retry.multiplier = MAX_MULTIPLIER + 1));
+        assert!(bad(&|s| s.retry.max_attempts = MAX_ATTEMPTS + 1));
+        assert!(!bad(&|s| {
+            s.retry.backoff_ms = MAX_BACKOFF_MS;
+            s.retry.max_backoff_ms = MAX_WAIT_MS;
+            s.retry.multiplier = MAX_MULTIPLIER;
+            s.retry.max_attempts = MAX_ATTEMPTS;
+        }));
     }
 
     #[test]

@@ -8,8 +8,10 @@ use bytes::Bytes;
 use sqlx::Row;
 use std::time::Duration;
 
-use super::{Result, Store};
-use crate::model::pubsub::Message;
+use super::objects::upsert_object;
+use super::{Change, Result, Store, StoreError, bump};
+use crate::model::object::ConfigObject;
+use crate::model::pubsub::{Message, Subscription};
 use crate::store::BeginWrite;
 
 /// Where a new cursor starts in its topic's log.
@@ -78,6 +80,67 @@ where
     })
 }
 
+/// Inside transaction `$tx`: creates `$sub_key`'s cursor over `$topic` starting at
+/// `$start` unless it has one; evaluates to a `Result` of its `acked_upto`.
+macro_rules! insert_cursor {
+    ($tx:ident, $sub_key:expr, $topic:expr, $start:expr, $now_ms:expr) => {{
+        let sub_key: &str = $sub_key;
+        let topic: &str = $topic;
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT acked_upto FROM pubsub_cursor WHERE sub_key = $1 AND topic = $2",
+        )
+        .bind(sub_key)
+        .bind(topic)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match existing {
+            // A cursor that exists stays where it is.
+            Some(v) => Ok::<i64, StoreError>(v),
+            None => {
+                let last: Option<i64> =
+                    sqlx::query_scalar("SELECT last_seq FROM pubsub_topic_seq WHERE topic = $1")
+                        .bind(topic)
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                let last = last.unwrap_or(0);
+                let first: Option<i64> =
+                    match $start {
+                        CursorStart::End => None,
+                        CursorStart::OldestKept { now_ms } => {
+                            sqlx::query_scalar(
+                                "SELECT MIN(seq) FROM pubsub_msg WHERE topic = $1 \
+                         AND (expires_at IS NULL OR expires_at > $2)",
+                            )
+                            .bind(topic)
+                            .bind(now_ms)
+                            .fetch_one(&mut *$tx)
+                            .await?
+                        }
+                        CursorStart::Since(ms) => sqlx::query_scalar(
+                            "SELECT MIN(seq) FROM pubsub_msg WHERE topic = $1 AND pub_time >= $2",
+                        )
+                        .bind(topic)
+                        .bind(ms)
+                        .fetch_one(&mut *$tx)
+                        .await?,
+                    };
+                let acked_upto = first.map_or(last, |f| (f - 1).min(last));
+                sqlx::query(
+                    "INSERT INTO pubsub_cursor (sub_key, topic, acked_upto, state, updated_at) \
+                     VALUES ($1, $2, $3, '{}', $4)",
+                )
+                .bind(sub_key)
+                .bind(topic)
+                .bind(acked_upto)
+                .bind($now_ms)
+                .execute(&mut *$tx)
+                .await?;
+                Ok(acked_upto)
+            }
+        }
+    }};
+}
+
 impl Store {
     /// The last seq appended to `topic`'s log (0 before the first).
     pub async fn sub_last_seq(&self, topic: &str) -> Result<i64> {
@@ -91,6 +154,8 @@ impl Store {
     }
 
     /// Creates `sub_key`'s cursor over `topic` unless it has one; its `acked_upto` now.
+    /// Refused (not found) when the subscription's definition is not stored: a delivery task
+    /// that runs on after an unsubscribe must not leave a cursor behind it.
     pub async fn sub_cursor_create(
         &self,
         sub_key: &str,
@@ -100,55 +165,104 @@ impl Store {
     ) -> Result<i64> {
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT acked_upto FROM pubsub_cursor WHERE sub_key = $1 AND topic = $2",
-            )
-            .bind(sub_key)
-            .bind(topic)
-            .fetch_optional(&mut *tx)
-            .await?;
-            // A cursor that exists stays where it is (the early return leaves the async
-            // block of `on_pool!`, whose value is this function's result).
-            if let Some(v) = existing {
-                return Ok(Ok(v));
-            }
-            let last: Option<i64> =
-                sqlx::query_scalar("SELECT last_seq FROM pubsub_topic_seq WHERE topic = $1")
-                    .bind(topic)
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT name FROM pubsub_subs WHERE name = $1")
+                    .bind(sub_key)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let last = last.unwrap_or(0);
-            let first: Option<i64> = match start {
-                CursorStart::End => None,
-                CursorStart::OldestKept { now_ms } => sqlx::query_scalar(
-                    "SELECT MIN(seq) FROM pubsub_msg WHERE topic = $1 \
-                     AND (expires_at IS NULL OR expires_at > $2)",
-                )
-                .bind(topic)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await?,
-                CursorStart::Since(ms) => sqlx::query_scalar(
-                    "SELECT MIN(seq) FROM pubsub_msg WHERE topic = $1 AND pub_time >= $2",
-                )
-                .bind(topic)
-                .bind(ms)
-                .fetch_one(&mut *tx)
-                .await?,
-            };
-            let acked_upto = first.map_or(last, |f| (f - 1).min(last));
-            sqlx::query(
-                "INSERT INTO pubsub_cursor (sub_key, topic, acked_upto, state, updated_at) \
-                 VALUES ($1, $2, $3, '{}', $4)",
-            )
-            .bind(sub_key)
-            .bind(topic)
-            .bind(acked_upto)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("no subscription named {sub_key}")));
+            }
+            let v = insert_cursor!(tx, sub_key, topic, start, now_ms);
             tx.commit().await?;
-            Ok(acked_upto)
+            v
+        })
+    }
+
+    /// Creates subscription `sub` (refused when one of its sub_key is stored) and its
+    /// cursors over `topics` in one transaction, so that neither is ever stored without the
+    /// other. Each cursor starts at the end of its topic's log, or, for a topic given with
+    /// `keep` (`on_no_subs: keep`) that no other subscription has a cursor over, before the
+    /// oldest message kept for it.
+    pub async fn sub_create(
+        &self,
+        sub: &Subscription,
+        by: &str,
+        topics: &[(String, bool)],
+        now_ms: i64,
+    ) -> Result<Change<Subscription>> {
+        sub.validate()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sub_key = sub.sub_key.as_str();
+        let def = sub.clone().into_stored(None, chrono::Utc::now());
+        on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            // The version first: its row lock orders this change after any other one still
+            // open, so the check below sees every subscription committed before it.
+            let config_version = bump(&mut tx).await?;
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT name FROM pubsub_subs WHERE name = $1")
+                    .bind(sub_key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_some() {
+                return Err(StoreError::Invalid(format!(
+                    "a subscription named {sub_key} exists already"
+                )));
+            }
+            // Rows a subscription of this sub_key left (made before deletes were one
+            // transaction) are not this one's.
+            for sql in [
+                "DELETE FROM pubsub_cursor WHERE sub_key = $1",
+                "DELETE FROM pubsub_lease WHERE sub_key = $1",
+                "DELETE FROM pubsub_dead WHERE sub_key = $1",
+            ] {
+                sqlx::query(sql).bind(sub_key).execute(&mut *tx).await?;
+            }
+            upsert_object!(tx, Subscription, &def, by);
+            for (topic, keep) in topics {
+                let start = if *keep {
+                    let others: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM pubsub_cursor WHERE topic = $1 AND sub_key <> $2",
+                    )
+                    .bind(topic)
+                    .bind(sub_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if others == 0 { CursorStart::OldestKept { now_ms } } else { CursorStart::End }
+                } else {
+                    CursorStart::End
+                };
+                insert_cursor!(tx, sub_key, topic.as_str(), start, now_ms)?;
+            }
+            tx.commit().await?;
+            Ok(Change { config_version, value: def })
+        })
+    }
+
+    /// Deletes subscription `sub_key` and everything delivery keeps of it (cursors, lease,
+    /// dead letters) in one transaction; not found when it is not stored.
+    pub async fn sub_delete(&self, sub_key: &str) -> Result<Change<()>> {
+        on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let n = sqlx::query("DELETE FROM pubsub_subs WHERE name = $1")
+                .bind(sub_key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no subscription named {sub_key}")));
+            }
+            for sql in [
+                "DELETE FROM pubsub_cursor WHERE sub_key = $1",
+                "DELETE FROM pubsub_lease WHERE sub_key = $1",
+                "DELETE FROM pubsub_dead WHERE sub_key = $1",
+            ] {
+                sqlx::query(sql).bind(sub_key).execute(&mut *tx).await?;
+            }
+            let config_version = bump(&mut tx).await?;
+            tx.commit().await?;
+            Ok(Change { config_version, value: () })
         })
     }
 
@@ -186,9 +300,10 @@ impl Store {
         })
     }
 
-    /// Writes `sub_key`'s cursors in one transaction, only while `holder` holds its lease (a
-    /// server that lost the lease must not move the new owner's place): false when it does
-    /// not, and nothing was written.
+    /// Writes `sub_key`'s cursors in one transaction, only while `holder` holds its lease,
+    /// unexpired at `now_ms` (a server that lost the lease, or whose lease ran out while it
+    /// could not renew it, must not move the new owner's place): false when it does not,
+    /// and nothing was written.
     pub async fn sub_cursors_save(
         &self,
         sub_key: &str,
@@ -196,15 +311,24 @@ impl Store {
         rows: &[CursorRow],
         now_ms: i64,
     ) -> Result<bool> {
+        // The lease row is locked until the commit (PostgreSQL: FOR UPDATE; SQLite: the
+        // write transaction holds the database), so it cannot expire into another server's
+        // hands between this check and the writes.
+        let sql = if matches!(self, Store::Postgres(_)) {
+            "SELECT holder FROM pubsub_lease WHERE sub_key = $1 AND holder = $2 \
+             AND expires_at >= $3 FOR UPDATE"
+        } else {
+            "SELECT holder FROM pubsub_lease WHERE sub_key = $1 AND holder = $2 \
+             AND expires_at >= $3"
+        };
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let held: Option<String> = sqlx::query_scalar(
-                "SELECT holder FROM pubsub_lease WHERE sub_key = $1 AND holder = $2",
-            )
-            .bind(sub_key)
-            .bind(holder)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let held: Option<String> = sqlx::query_scalar(sql)
+                .bind(sub_key)
+                .bind(holder)
+                .bind(now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
             if held.is_none() {
                 return Ok(Ok(false));
             }
@@ -287,6 +411,38 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Renews, in one statement per few hundred, the leases of `sub_keys` that `me` holds
+    /// (until `now + ttl`): the sub_keys renewed. One missing from the answer is no longer
+    /// `me`'s (taken over after it expired, or gone with its subscription).
+    pub async fn sub_leases_renew(
+        &self,
+        me: &str,
+        sub_keys: &[String],
+        now: i64,
+        ttl: Duration,
+    ) -> Result<Vec<String>> {
+        let until = now + ttl.as_millis() as i64;
+        let mut renewed = Vec::with_capacity(sub_keys.len());
+        for chunk in sub_keys.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            // Only placeholders are formatted in; the keys are bound.
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE pubsub_lease SET expires_at = $2 WHERE holder = $1 \
+                 AND sub_key IN ({}) RETURNING sub_key",
+                marks.join(", ")
+            ));
+            let got: Vec<String> = on_pool!(self, p => {
+                let mut q = sqlx::query_scalar(sql).bind(me).bind(until);
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                q.fetch_all(p).await?
+            });
+            renewed.extend(got);
+        }
+        Ok(renewed)
+    }
+
     /// Hands `sub_key`'s lease back if `me` holds it (a clean stop, a subscription gone).
     pub async fn sub_lease_release(&self, sub_key: &str, me: &str) -> Result<()> {
         on_pool!(self, p => sqlx::query("DELETE FROM pubsub_lease WHERE sub_key = $1 AND holder = $2")
@@ -317,7 +473,8 @@ impl Store {
     }
 
     /// Stores a dead letter of `sub_key` (replacing one of the same msg_id: a requeued
-    /// message that died again).
+    /// message that died again); nothing once the subscription is deleted (its task may
+    /// still be stopping).
     pub async fn sub_dead_put(
         &self,
         sub_key: &str,
@@ -330,7 +487,8 @@ impl Store {
             "INSERT INTO pubsub_dead (sub_key, msg_id, topic, seq, pub_time, expires_at, \
              priority, mime_type, correl_id, in_reply_to, ext_client_id, published_by, data, \
              attempts, reason, dead_at, requeued) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0 \
+             WHERE EXISTS (SELECT 1 FROM pubsub_subs WHERE name = $1) \
              ON CONFLICT (sub_key, msg_id) DO UPDATE SET attempts = excluded.attempts, \
              reason = excluded.reason, dead_at = excluded.dead_at, requeued = 0",
         )

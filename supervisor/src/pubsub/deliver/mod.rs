@@ -31,12 +31,14 @@ use super::{
     Caller, Defs, Delivered, Inner, PubsubError, QueuedMsg, SubStats, SubscribeReq, now_ms,
 };
 use crate::model::pubsub::{Access, DeliveryKind, OnNoSubs, Subscription};
-use crate::store::{CursorStart, StoreError};
+use crate::store::StoreError;
 
 pub use send::{delivered_from_json, delivered_json};
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long before its lease would expire, unrenewed, a task stops delivering.
+const LEASE_MARGIN: Duration = Duration::from_secs(3);
 /// How often the lease loop renews and takes leases.
 pub const LEASE_EVERY: Duration = Duration::from_secs(2);
 /// How long a free lease is left to the other servers before this one takes it past its
@@ -69,6 +71,13 @@ impl SubTask {
         self.sub.read().expect("sub lock").clone()
     }
 
+    /// Whether the lease was renewed recently enough to deliver: within its TTL less a
+    /// margin, so that a server cut off from the store stops before its lease can expire
+    /// and another server take the subscription over (two owners at once).
+    pub fn lease_fresh(&self, now: i64) -> bool {
+        now - self.renewed_at.load(Ordering::SeqCst) < (LEASE_TTL - LEASE_MARGIN).as_millis() as i64
+    }
+
     fn stop(&self, release: bool) {
         self.release.store(release, Ordering::SeqCst);
         let _ = self.stop.send(true);
@@ -85,6 +94,9 @@ pub struct Delivery {
     /// For each subscription whose lease this server saw free but left to the others (its
     /// fair share reached): since when it has seen it free (Unix ms).
     free_since: Mutex<HashMap<String, i64>>,
+    /// The subscriptions of the last definitions applied (to drop the metrics of those
+    /// that leave them).
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Delivery {
@@ -94,6 +106,7 @@ impl Delivery {
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             free_since: Mutex::new(HashMap::new()),
+            seen: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -171,7 +184,13 @@ pub(crate) fn applied(inner: &Arc<Inner>, defs: &Arc<Defs>) {
     for (key, st) in inner.delivery.all() {
         match defs.subs.get(&key) {
             Some(sub) => {
-                *st.sub.write().expect("sub lock") = sub.clone();
+                let old = std::mem::replace(&mut *st.sub.write().expect("sub lock"), sub.clone());
+                // Another kind of delivery (an admin put, pull -> service): what the old
+                // one had handed out is offered again under the new one, not waited for
+                // (an ack that may never come would hold an in-order delivery up).
+                if std::mem::discriminant(&old.delivery) != std::mem::discriminant(&sub.delivery) {
+                    st.q.lock().expect("queue lock").reset_in_flight();
+                }
                 st.wake.notify_one();
             }
             None => {
@@ -179,6 +198,13 @@ pub(crate) fn applied(inner: &Arc<Inner>, defs: &Arc<Defs>) {
             }
         }
     }
+    // The series of subscriptions gone from the definitions go with them.
+    let mut seen = inner.delivery.seen.lock().expect("seen lock");
+    for gone in seen.iter().filter(|k| !defs.subs.contains_key(*k)) {
+        inner.metrics.pubsub.forget_sub(gone);
+    }
+    *seen = defs.subs.keys().cloned().collect();
+    drop(seen);
     inner.delivery.wake.notify_one();
 }
 
@@ -232,24 +258,40 @@ async fn lease_round(inner: &Arc<Inner>) -> Result<(), StoreError> {
     let defs = inner.defs.read().expect("defs lock").clone();
     let me = inner.server.as_str();
     let now = now_ms();
-    // Renew what this server delivers; a lease lost (taken over after an expiry) stops the
-    // task, and so does one not renewed for a whole TTL (the store unreachable: another
-    // server may have it by now).
+    // Renew what this server delivers, in one statement; a lease lost (taken over after an
+    // expiry) stops the task, and so does one not renewed for a whole TTL (the store
+    // unreachable: another server may have it by now; the task itself stops delivering a
+    // little earlier, see `SubTask::lease_fresh`).
+    let mut running = Vec::new();
     for (key, st) in inner.delivery.all() {
-        if !defs.subs.contains_key(&key) {
+        if defs.subs.contains_key(&key) {
+            running.push((key, st));
+        } else {
             stop_task(inner, &key, true);
-            continue;
         }
-        match inner.store.sub_lease_take(&key, me, now, LEASE_TTL).await {
-            Ok(true) => st.renewed_at.store(now, Ordering::SeqCst),
-            Ok(false) => {
-                tracing::warn!(sub_key = %key, "pubsub: lease lost to another server");
-                stop_task(inner, &key, false);
+    }
+    let keys: Vec<String> = running.iter().map(|(k, _)| k.clone()).collect();
+    match inner
+        .store
+        .sub_leases_renew(me, &keys, now, LEASE_TTL)
+        .await
+    {
+        Ok(renewed) => {
+            let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
+            for (key, st) in &running {
+                if renewed.contains(key) {
+                    st.renewed_at.store(now, Ordering::SeqCst);
+                } else {
+                    tracing::warn!(sub_key = %key, "pubsub: lease lost to another server");
+                    stop_task(inner, key, false);
+                }
             }
-            Err(e) => {
+        }
+        Err(e) => {
+            for (key, st) in &running {
                 if now - st.renewed_at.load(Ordering::SeqCst) >= LEASE_TTL.as_millis() as i64 {
                     tracing::warn!(sub_key = %key, "pubsub: lease not renewed for its TTL: {e}");
-                    stop_task(inner, &key, false);
+                    stop_task(inner, key, false);
                 }
             }
         }
@@ -596,6 +638,30 @@ pub(crate) async fn subscribe(
             "subscription {sub_key} exists already"
         )));
     }
+    // A REST caller may only pull: a service or push delivery runs a service of this
+    // cluster, or calls a URL (or through an operator's REST connection, with its
+    // credentials) from inside the cluster, which only an operator may set up.
+    if matches!(caller, Caller::Security(_)) && !matches!(req.delivery, DeliveryKind::Pull) {
+        return Err(PubsubError::Forbidden(format!(
+            "subscription to {}: a REST caller may only make pull subscriptions; push and \
+             service deliveries are made through the admin API",
+            req.topic
+        )));
+    }
+    // Dead letters are published to their topic: the caller must be one that could.
+    if let Some(dl) = &req.dead_letter_topic {
+        if !defs.topics.contains_key(dl) {
+            return Err(PubsubError::NoTopic(format!(
+                "dead_letter_topic {dl} of a subscription to {}: no such topic",
+                req.topic
+            )));
+        }
+        if !defs.permits(caller, Access::Publish, dl) {
+            return Err(PubsubError::Forbidden(format!(
+                "this caller may not publish to {dl}, so may not make it a dead_letter_topic"
+            )));
+        }
+    }
     let endpoint = match caller {
         Caller::Security(sec) => defs.endpoint_of(sec).map(|e| e.name.clone()),
         _ => None,
@@ -615,42 +681,24 @@ pub(crate) async fn subscribe(
     };
     sub.validate()
         .map_err(|e| PubsubError::Invalid(e.to_string()))?;
-    // The cursors first, then the subscription: its delivery task, which may start as soon
-    // as the subscription exists, finds them in place (a topic's first subscription starts
-    // at the messages kept for it, not at the end).
-    let mut created = Vec::new();
-    for t in defs.topics_of(&sub) {
-        let start = if t.on_no_subs == OnNoSubs::Keep
-            && !inner
-                .store
-                .sub_topic_has_other_cursor(&t.name, &sub_key)
-                .await
-                .map_err(store_err)?
-        {
-            CursorStart::OldestKept { now_ms: now }
-        } else {
-            CursorStart::End
-        };
-        let r = inner
-            .store
-            .sub_cursor_create(&sub_key, &t.name, start, now)
-            .await;
-        if let Err(e) = r {
-            let _ = inner.store.sub_forget(&sub_key).await;
-            return Err(store_err(e));
-        }
-        created.push(t.name.clone());
-    }
+    // The subscription and its cursors in one transaction: neither is ever stored without
+    // the other, and a sub_key taken meanwhile (stored, not yet in this server's
+    // definitions) fails the whole of it, touching nothing of the other subscription. Its
+    // delivery task finds the cursors in place (a topic's first subscription starts at the
+    // messages kept for it, not at the end).
+    let topics: Vec<(String, bool)> = defs
+        .topics_of(&sub)
+        .iter()
+        .map(|t| (t.name.clone(), t.on_no_subs == OnNoSubs::Keep))
+        .collect();
     let by = caller.label(&defs);
-    if let Err(e) = inner.store.put_object(&sub, true, &by).await {
+    if let Err(e) = inner.store.sub_create(&sub, &by, &topics, now).await {
         return Err(match e {
             // Another subscribe put this sub_key first (a service's concurrent subscribe
-            // derives the same key): the cursors are that subscription's, keep them.
+            // derives the same key): nothing of this one was stored, nothing of that one
+            // touched.
             StoreError::Invalid(m) if m.contains("exists already") => PubsubError::Conflict(m),
-            other => {
-                let _ = inner.store.sub_forget(&sub_key).await;
-                store_err(other)
-            }
+            other => store_err(other),
         });
     }
     tracing::info!(%sub_key, topic = %sub.topic, by = %by, "pubsub: subscribed");
@@ -677,19 +725,20 @@ pub(crate) async fn unsubscribe(
 ) -> Result<(), PubsubError> {
     let (defs, sub) = sub_of(inner, sub_key)?;
     may_use(&defs, caller, &sub)?;
-    inner
-        .store
-        .delete_object::<Subscription>(sub_key)
-        .await
-        .map_err(store_err)?;
-    if let Some(st) = stop_task(inner, sub_key, false) {
+    // The definition, cursors, lease and dead letters go in one transaction.
+    inner.store.sub_delete(sub_key).await.map_err(store_err)?;
+    // Out of the definitions first: a lease round from here on no longer sees it, so it
+    // cannot start its task again; that stops the task, which is waited for. What it
+    // still writes is refused by the store now (no lease, no definition).
+    let st = inner.delivery.get(sub_key);
+    apply_local(inner, sub_key, None);
+    if let Some(st) = st {
+        st.stop(false);
         let h = st.handle.lock().expect("handle lock").take();
         if let Some(h) = h {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
     }
-    inner.store.sub_forget(sub_key).await.map_err(store_err)?;
-    apply_local(inner, sub_key, None);
     Ok(())
 }
 
@@ -713,10 +762,11 @@ async fn local_get(
         n.as_mut().enable();
         let got = {
             let mut q = st.q.lock().expect("queue lock");
-            if q.loaded {
+            if q.loaded && st.lease_fresh(now_ms()) {
                 let now = now_ms();
                 let sub = st.sub();
-                q.take(max, now, now + sub.ack_timeout_ms as i64, false)
+                let until = now.saturating_add(queue::ms_i64(sub.ack_timeout_ms));
+                q.take(max, now, until, false)
             } else {
                 Vec::new()
             }

@@ -3,7 +3,7 @@
 //! topic's log (the cursors). Plain data, no I/O: the delivery task (`task.rs`) feeds it
 //! from the store and the fanout and writes what it records back to the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::model::pubsub::{Message, Retry};
@@ -61,8 +61,9 @@ pub struct TopicPos {
     pub acked_upto: i64,
     /// Every message in `(acked_upto, loaded_upto]` is in memory or done.
     pub loaded_upto: i64,
-    /// Done above `acked_upto`.
-    pub done: BTreeSet<i64>,
+    /// Done above `acked_upto`, as ranges: one old unacked message (or a gap the
+    /// retention left) before many acked ones costs one range, not one entry each.
+    pub done: Ranges,
     /// Failed attempts of messages above `acked_upto` (kept in the cursor's state, so a
     /// server that takes over goes on counting).
     pub attempts: HashMap<i64, u32>,
@@ -72,11 +73,118 @@ pub struct TopicPos {
     pub last_known: i64,
 }
 
+/// Seqs as inclusive ranges, start -> end, none touching another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranges {
+    map: BTreeMap<i64, i64>,
+    len: u64,
+}
+
+impl Ranges {
+    /// Adds `a..=b`.
+    pub fn insert_range(&mut self, a: i64, b: i64) {
+        if a > b {
+            return;
+        }
+        let (mut lo, mut hi) = (a, b);
+        if let Some((&s, &e)) = self.map.range(..=a).next_back()
+            && e >= a.saturating_sub(1)
+        {
+            lo = s;
+            hi = hi.max(e);
+            self.map.remove(&s);
+            self.len -= (e - s + 1) as u64;
+        }
+        let after: Vec<(i64, i64)> = self
+            .map
+            .range(a..=b.saturating_add(1))
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in after {
+            hi = hi.max(e);
+            self.map.remove(&s);
+            self.len -= (e - s + 1) as u64;
+        }
+        self.map.insert(lo, hi);
+        self.len += (hi - lo + 1) as u64;
+    }
+
+    pub fn insert(&mut self, seq: i64) {
+        self.insert_range(seq, seq);
+    }
+
+    pub fn contains(&self, seq: &i64) -> bool {
+        self.map
+            .range(..=*seq)
+            .next_back()
+            .is_some_and(|(_, e)| *e >= *seq)
+    }
+
+    /// Takes `seq` out: whether it was in.
+    pub fn remove(&mut self, seq: &i64) -> bool {
+        let seq = *seq;
+        let Some((&s, &e)) = self.map.range(..=seq).next_back() else {
+            return false;
+        };
+        if e < seq {
+            return false;
+        }
+        self.map.remove(&s);
+        if s < seq {
+            self.map.insert(s, seq - 1);
+        }
+        if seq < e {
+            self.map.insert(seq + 1, e);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// How many seqs.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// How many seqs are `<= end`.
+    pub fn count_upto(&self, end: i64) -> u64 {
+        self.map
+            .range(..=end)
+            .map(|(s, e)| ((*e).min(end) - s + 1) as u64)
+            .sum()
+    }
+
+    /// Keeps only the seqs above `x`.
+    pub fn retain_above(&mut self, x: i64) {
+        let below: Vec<(i64, i64)> = self.map.range(..=x).map(|(s, e)| (*s, *e)).collect();
+        for (s, e) in below {
+            self.map.remove(&s);
+            self.len -= (e - s + 1) as u64;
+            if e > x {
+                self.map.insert(x + 1, e);
+                self.len += (e - x) as u64;
+            }
+        }
+    }
+
+    pub fn ranges(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.map.iter().map(|(s, e)| (*s, *e))
+    }
+
+    #[cfg(test)]
+    pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        self.ranges().flat_map(|(s, e)| s..=e)
+    }
+}
+
 /// The cursor's `state` column.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct CursorState {
+    /// Done seqs one by one, as written before `done_ranges` (read, never written).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     done: Vec<i64>,
+    /// Done seqs as inclusive `[first, last]` ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    done_ranges: Vec<(i64, i64)>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     attempts: BTreeMap<i64, u32>,
 }
@@ -130,11 +238,17 @@ impl Queue {
         let pos = TopicPos {
             acked_upto: row.acked_upto,
             loaded_upto: row.acked_upto,
-            done: state
-                .done
-                .into_iter()
-                .filter(|s| *s > row.acked_upto)
-                .collect(),
+            done: {
+                let mut d = Ranges::default();
+                for s in state.done {
+                    d.insert(s);
+                }
+                for (a, b) in state.done_ranges {
+                    d.insert_range(a, b);
+                }
+                d.retain_above(row.acked_upto);
+                d
+            },
             attempts: state
                 .attempts
                 .into_iter()
@@ -155,7 +269,8 @@ impl Queue {
                 topic: t.clone(),
                 acked_upto: p.acked_upto,
                 state: serde_json::to_string(&CursorState {
-                    done: p.done.iter().copied().collect(),
+                    done: Vec::new(),
+                    done_ranges: p.done.ranges().collect(),
                     attempts: p.attempts.iter().map(|(k, v)| (*k, *v)).collect(),
                 })
                 .expect("cursor state serialises"),
@@ -212,10 +327,10 @@ impl Queue {
             {
                 if pos.acked_upto == pos.loaded_upto {
                     pos.acked_upto = m.seq - 1;
-                    pos.done.retain(|s| *s > m.seq - 1);
+                    pos.done.retain_above(m.seq - 1);
                     pos.attempts.retain(|s, _| *s > m.seq - 1);
                 } else {
-                    pos.done.extend(pos.loaded_upto + 1..m.seq);
+                    pos.done.insert_range(pos.loaded_upto + 1, m.seq - 1);
                 }
                 pos.loaded_upto = m.seq - 1;
                 self.dirty = true;
@@ -362,10 +477,10 @@ impl Queue {
         self.counts.failed_attempts += 1;
         let (attempts, topic, seq, source) = {
             let e = self.pending.get_mut(&key).expect("indexed entry");
-            e.attempts += 1;
+            e.attempts = e.attempts.saturating_add(1);
             e.in_flight_until = None;
             e.last_error = Some(reason.to_owned());
-            e.not_before = now.saturating_add(backoff_ms(retry, e.attempts) as i64);
+            e.not_before = now.saturating_add(ms_i64(backoff_ms(retry, e.attempts)));
             (e.attempts, e.msg.topic.clone(), e.msg.seq, e.source)
         };
         if retry.max_attempts > 0 && attempts >= retry.max_attempts {
@@ -399,16 +514,25 @@ impl Queue {
     /// backoff, so that a failing message is not overtaken; expired messages are done with
     /// on the way (counted).
     pub fn take(&mut self, max: usize, now: i64, until: i64, in_order: bool) -> Vec<Entry> {
+        // A batch must fit in one IPC frame, whoever takes it (a pull answer, a delivery).
+        self.take_capped(max, crate::pubsub::ops::MAX_BATCH_BYTES, now, until, in_order)
+    }
+
+    /// [`Queue::take`], stopping before the message that would bring the data taken past
+    /// `max_bytes` (the first message is always taken).
+    pub fn take_capped(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        now: i64,
+        until: i64,
+        in_order: bool,
+    ) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
         let mut bytes = 0usize;
         for e in self.pending.values_mut() {
             if out.len() >= max {
-                break;
-            }
-            // A batch must fit in one IPC frame (ops::MAX_BATCH_BYTES); its first message
-            // always goes, whatever its size (the topic's max_message_bytes bounds it).
-            if !out.is_empty() && bytes + e.msg.data.len() > crate::pubsub::ops::MAX_BATCH_BYTES {
                 break;
             }
             if e.in_flight_until.is_some() {
@@ -427,9 +551,12 @@ impl Queue {
                 }
                 continue;
             }
+            if !out.is_empty() && bytes.saturating_add(e.msg.data.len()) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(e.msg.data.len());
             e.in_flight_until = Some(until);
-            e.delivery_count += 1;
-            bytes += e.msg.data.len();
+            e.delivery_count = e.delivery_count.saturating_add(1);
             out.push(e.clone());
         }
         for id in expired {
@@ -439,6 +566,14 @@ impl Queue {
         }
         self.counts.delivered += out.len() as u64;
         out
+    }
+
+    /// Nothing is in flight any more: every message handed out is offered again (its
+    /// delivery count kept; a late ack of the earlier hand-out no longer counts).
+    pub fn reset_in_flight(&mut self) {
+        for e in self.pending.values_mut() {
+            e.in_flight_until = None;
+        }
     }
 
     /// When the next message becomes deliverable or its ack deadline passes (Unix ms).
@@ -482,7 +617,8 @@ impl Queue {
             let Some(pos) = self.topics.get_mut(topic) else {
                 return dropped;
             };
-            let waiting = (pos.last_known - pos.acked_upto).max(0) as u64 - pos.done.len() as u64;
+            let waiting = (pos.last_known.saturating_sub(pos.acked_upto).max(0) as u64)
+                .saturating_sub(pos.done.len() as u64);
             if waiting <= max_depth {
                 return dropped;
             }
@@ -547,18 +683,22 @@ impl Queue {
                 .copied()
                 .unwrap_or(pos.last_known)
                 .max(pos.acked_upto);
-            n += ((end - pos.acked_upto).max(0) as u64)
-                .saturating_sub(pos.done.iter().filter(|s| **s <= end).count() as u64);
+            n += ((end - pos.acked_upto).max(0) as u64).saturating_sub(pos.done.count_upto(end));
             pos.acked_upto = end;
             pos.loaded_upto = end;
             pos.last_known = pos.last_known.max(end);
-            pos.done.retain(|s| *s > end);
+            pos.done.retain_above(end);
             pos.attempts.retain(|s, _| *s > end);
             pos.behind = true;
         }
         self.dirty = true;
         n
     }
+}
+
+/// A duration in ms as an i64 (saturating: a u64 past i64::MAX would turn negative).
+pub fn ms_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// The wait before attempt `attempts + 1`: `backoff_ms × multiplier^(attempts-1)`, at most
@@ -656,6 +796,79 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_offers_what_was_handed_out_again() {
+        let mut q = queue_at("/t", 0);
+        q.add_log("/t", &[msg("/t", 1, 5, 1)], 0, false);
+        assert_eq!(q.take(1, 0, 1_000_000, false).len(), 1, "pulled");
+        assert!(
+            q.take(1, 10, 20, true).is_empty(),
+            "an in-order delivery waits for the pulled message"
+        );
+        q.reset_in_flight();
+        let again = q.take(1, 10, 20, true);
+        assert_eq!(again[0].msg.seq, 1);
+        assert_eq!(again[0].delivery_count, 2);
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_cap_but_always_has_one() {
+        let mut q = queue_at("/t", 0);
+        let ms: Vec<_> = (1..=3).map(|s| msg("/t", s, 5, s)).collect();
+        q.add_log("/t", &ms, 0, false);
+        // Each message's data is 2 bytes ("d1", ...).
+        assert_eq!(
+            q.take_capped(10, 1, 0, 10, true).len(),
+            1,
+            "one past the cap"
+        );
+        q.reset_in_flight();
+        assert_eq!(q.take_capped(10, 4, 0, 10, true).len(), 2);
+        q.reset_in_flight();
+        assert_eq!(q.take_capped(10, 5, 0, 10, true).len(), 2);
+        q.reset_in_flight();
+        assert_eq!(q.take_capped(10, 6, 0, 10, true).len(), 3);
+    }
+
+    #[test]
+    fn done_is_kept_as_ranges() {
+        let mut d = Ranges::default();
+        for s in [5, 3, 4, 10, 12, 11, 1] {
+            d.insert(s);
+        }
+        assert_eq!(d.ranges().collect::<Vec<_>>(), [(1, 1), (3, 5), (10, 12)]);
+        assert_eq!(d.len(), 7);
+        assert!(d.contains(&4) && !d.contains(&2) && !d.contains(&9));
+        d.insert_range(2, 10);
+        assert_eq!(d.ranges().collect::<Vec<_>>(), [(1, 12)]);
+        assert!(d.remove(&1) && !d.remove(&1));
+        assert!(d.remove(&6));
+        assert_eq!(d.ranges().collect::<Vec<_>>(), [(2, 5), (7, 12)]);
+        assert_eq!(d.count_upto(8), 6);
+        d.retain_above(3);
+        assert_eq!(d.ranges().collect::<Vec<_>>(), [(4, 5), (7, 12)]);
+        assert_eq!(d.len(), 8);
+        // One old message unacked, a million acked after it: the state stays small.
+        let mut q = queue_at("/t", 0);
+        let pos = q.topics.get_mut("/t").unwrap();
+        pos.done.insert_range(2, 1_000_001);
+        pos.last_known = 1_000_001;
+        let rows = q.cursor_rows();
+        assert!(rows[0].state.len() < 64, "{}", rows[0].state);
+        let mut q2 = Queue::default();
+        q2.load_cursor(&rows[0], 1_000_001);
+        assert_eq!(q2.topics["/t"].done.len(), 1_000_000);
+        assert_eq!(q2.depth(), 1);
+        // A state written one seq at a time still reads.
+        let old = CursorRow {
+            topic: "/t".into(),
+            acked_upto: 1,
+            state: r#"{"done":[1,3,4]}"#.into(),
+        };
+        q2.load_cursor(&old, 5);
+        assert_eq!(q2.topics["/t"].done.iter().collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[test]
     fn a_gap_makes_the_topic_behind() {
         let mut q = queue_at("/t", 0);
         assert!(q.add_log("/t", &[msg("/t", 1, 5, 1)], 0, false));
@@ -733,10 +946,7 @@ mod tests {
         let mut q2 = Queue::default();
         q2.load_cursor(&rows[0], 2);
         q2.topics.get_mut("/t").unwrap().behind = false;
-        assert_eq!(
-            q2.topics["/t"].done.iter().copied().collect::<Vec<_>>(),
-            [2]
-        );
+        assert_eq!(q2.topics["/t"].done.iter().collect::<Vec<_>>(), [2]);
         q2.add_log("/t", &[msg("/t", 1, 5, 1), msg("/t", 2, 5, 2)], 0, false);
         let got = q2.take(10, 10_000, 20_000, false);
         assert_eq!(got.len(), 1, "the acked one is not redelivered");

@@ -4,64 +4,39 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::queue::Entry;
 use crate::model::pubsub::{DeliveryKind, Message, Subscription};
-use crate::pubsub::{Delivered, Inner, PubsubError};
+use crate::pubsub::{Delivered, Inner, PubsubError, ops};
 
+/// The most data a service or push batch carries: messages past it wait for the next
+/// batch (a batch always has at least one).
+pub const MAX_BATCH_BYTES: usize = crate::pubsub::ops::MAX_BATCH_BYTES;
 /// How long a service or push delivery may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A message's metadata as subscribers see it (ipc-protocol/SPEC.md, docs/PUBSUB.md).
-fn meta_of(m: &Message, delivery_count: u32) -> Map<String, Value> {
-    let mut o = Map::new();
-    o.insert("msg_id".into(), m.msg_id.clone().into());
-    o.insert("topic".into(), m.topic.clone().into());
-    o.insert("size".into(), m.data.len().into());
-    o.insert("priority".into(), m.priority.into());
-    o.insert("pub_time_ms".into(), m.pub_time_ms.into());
-    o.insert("expires_at_ms".into(), m.expires_at_ms.into());
-    o.insert("mime_type".into(), m.mime_type.clone().into());
-    o.insert("correl_id".into(), m.correl_id.clone().into());
-    o.insert("in_reply_to".into(), m.in_reply_to.clone().into());
-    o.insert("ext_client_id".into(), m.ext_client_id.clone().into());
-    o.insert("published_by".into(), m.published_by.clone().into());
-    o.insert("delivery_count".into(), delivery_count.into());
-    o.insert("has_gd".into(), m.has_gd.into());
-    o
-}
-
-/// The metadata plus `data`: the text when it is UTF-8, else base64 with
-/// `"data_encoding": "base64"`.
-fn with_data(m: &Message, delivery_count: u32) -> Map<String, Value> {
-    let mut o = meta_of(m, delivery_count);
-    match std::str::from_utf8(&m.data) {
-        Ok(s) => {
-            o.insert("data".into(), s.into());
-        }
-        Err(_) => {
-            o.insert(
-                "data".into(),
-                base64::engine::general_purpose::STANDARD
-                    .encode(&m.data)
-                    .into(),
-            );
-            o.insert("data_encoding".into(), "base64".into());
-        }
-    }
-    o
-}
-
-/// A pulled message as JSON (REST, Python, the bus): metadata, `data`, `sub_key`; and its
-/// `seq` (for a forwarded pull to rebuild the message).
+/// A pulled message as JSON (REST, Python, the bus): the shape of `ops::pulled_json`
+/// (metadata, `data`, `sub_key`: one place builds it for every way out) and its `seq`
+/// (for a forwarded pull to rebuild the message).
 pub fn delivered_json(d: &Delivered) -> Value {
-    let mut o = with_data(&d.msg, d.delivery_count);
-    o.insert("sub_key".into(), d.sub_key.clone().into());
-    o.insert("seq".into(), d.msg.seq.into());
-    Value::Object(o)
+    let mut v = ops::pulled_json(d);
+    v["seq"] = d.msg.seq.into();
+    v
+}
+
+/// A batch's entries as delivered messages (the message itself shared, not copied).
+fn delivered(sub: &Subscription, batch: &[Entry]) -> Vec<Delivered> {
+    batch
+        .iter()
+        .map(|e| Delivered {
+            msg: e.msg.clone(),
+            sub_key: sub.sub_key.clone(),
+            delivery_count: e.delivery_count,
+        })
+        .collect()
 }
 
 /// [`delivered_json`] read back.
@@ -123,9 +98,9 @@ pub(super) async fn deliver(
         } => {
             let doc = json!({
                 "sub_key": sub.sub_key,
-                "messages": batch
+                "messages": delivered(sub, batch)
                     .iter()
-                    .map(|e| Value::Object(with_data(&e.msg, e.delivery_count)))
+                    .map(ops::pulled_json)
                     .collect::<Vec<_>>(),
             });
             let body = Bytes::from(doc.to_string());
@@ -148,18 +123,9 @@ async fn to_service(
     let Some(pool) = inner.pool.get() else {
         return Err("this server has no worker pool to invoke services".into());
     };
-    let meta_json = json!({
-        "sub_key": sub.sub_key,
-        "topic": sub.topic,
-        "msgs": batch
-            .iter()
-            .map(|e| Value::Object(meta_of(&e.msg, e.delivery_count)))
-            .collect::<Vec<_>>(),
-    });
-    let mut body = Vec::with_capacity(batch.iter().map(|e| e.msg.data.len()).sum());
-    for e in batch {
-        body.extend_from_slice(&e.msg.data);
-    }
+    // The worker's `pubsub` meta and body as `ops` builds them (the one place: the keys
+    // cannot drift between the ways a message goes out).
+    let (meta_json, body) = ops::service_delivery(sub, &delivered(sub, batch));
     let cid = crate::random::random_hex(12);
     let meta: oxbus_ipc::InvokeMeta<'_> = oxbus_ipc::InvokeMeta {
         op: "invoke",

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::SubTask;
 use super::queue::WINDOW;
-use crate::model::pubsub::{DeliveryKind, OnFull};
+use crate::model::pubsub::{DeliveryKind, OnFull, OnNoSubs};
 use crate::pubsub::{Caller, Committed, Inner, NewMsg, now_ms};
 use crate::store::{CursorStart, StoreError};
 
@@ -47,10 +47,12 @@ pub(super) async fn run(
             }
         }
     }
+    let mut reported = super::queue::Counts::default();
     let mut last_flush = tokio::time::Instant::now() - FLUSH_EVERY;
     let mut defs_seen = 0usize;
     let mut polled = tokio::time::Instant::now();
     while !*stop.borrow() {
+        report(&inner, &st, &sub_key, &mut reported);
         if polled.elapsed() >= POLL {
             all_behind(&st);
             polled = tokio::time::Instant::now();
@@ -127,13 +129,20 @@ pub(super) async fn run(
                 flush_at = Some(last_flush + FLUSH_EVERY);
             }
         }
+        // A lease this server could not renew for nearly its TTL may be another's soon:
+        // delivery stops here (the lease loop starts the task again once it renews).
+        if !st.lease_fresh(now_ms()) {
+            tracing::warn!(%sub_key, "pubsub: the lease was not renewed in time, delivery stops here");
+            break;
+        }
         // Deliver one batch (service, push): in order, one at a time.
         if !matches!(sub.delivery, DeliveryKind::Pull) {
             let now = now_ms();
-            let batch = st.q.lock().expect("queue lock").take(
+            let batch = st.q.lock().expect("queue lock").take_capped(
                 sub.batch_size as usize,
+                super::send::MAX_BATCH_BYTES,
                 now,
-                now + 3_600_000,
+                now.saturating_add(3_600_000),
                 true,
             );
             if !batch.is_empty() {
@@ -180,6 +189,16 @@ pub(super) async fn run(
             _ = tokio::time::sleep_until(until) => {}
         }
     }
+    // The last counts, unless the subscription is gone (its series are dropped).
+    if inner
+        .defs
+        .read()
+        .expect("defs lock")
+        .subs
+        .contains_key(&sub_key)
+    {
+        report(&inner, &st, &sub_key, &mut reported);
+    }
     // Out of the server's tasks (when it stopped by itself: the lease lost), so that calls
     // on the subscription look for its owner again.
     {
@@ -198,6 +217,20 @@ pub(super) async fn run(
         tracing::warn!(%sub_key, "pubsub: releasing the lease failed: {e}");
     }
     tracing::info!(%sub_key, "pubsub: delivery stopped here");
+}
+
+/// Adds what the queue counted since the last report to the server's metrics (once per
+/// round of the task's loop, so per batch, never per message).
+fn report(inner: &Inner, st: &SubTask, sub_key: &str, reported: &mut super::queue::Counts) {
+    let now = st.q.lock().expect("queue lock").counts.clone();
+    let m = &inner.metrics.pubsub;
+    m.delivered(sub_key, now.acked.saturating_sub(reported.acked));
+    m.delivery_failed(
+        sub_key,
+        now.failed_attempts.saturating_sub(reported.failed_attempts),
+    );
+    m.expired(sub_key, now.expired.saturating_sub(reported.expired));
+    *reported = now;
 }
 
 /// The first load: cursors (created for topics that have none), requeued dead letters.
@@ -231,9 +264,32 @@ async fn ensure_cursors(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<(), Sto
     let mut stored = inner.store.sub_cursors(&sub.sub_key).await?;
     for t in &missing {
         if !stored.iter().any(|c| &c.topic == t) {
+            // The rule of subscribe() for a subscription stored without cursors (an admin
+            // put, an import): a topic's first subscription, naming it exactly, gets what
+            // `on_no_subs: keep` kept for it; otherwise (a pattern's topic made later, or
+            // others subscribed already) it starts at the first message published since the
+            // subscription was made.
+            let keep = inner
+                .defs
+                .read()
+                .expect("defs lock")
+                .topics
+                .get(t)
+                .is_some_and(|d| d.on_no_subs == OnNoSubs::Keep);
+            let start = if keep
+                && sub.topic == *t
+                && !inner
+                    .store
+                    .sub_topic_has_other_cursor(t, &sub.sub_key)
+                    .await?
+            {
+                CursorStart::OldestKept { now_ms: now }
+            } else {
+                CursorStart::Since(sub.created_at_ms)
+            };
             inner
                 .store
-                .sub_cursor_create(&sub.sub_key, t, CursorStart::Since(sub.created_at_ms), now)
+                .sub_cursor_create(&sub.sub_key, t, start, now)
                 .await?;
         }
     }
@@ -390,6 +446,10 @@ pub(super) async fn flush(inner: &Arc<Inner>, st: &Arc<SubTask>) -> Result<bool,
     }
     if !dying.is_empty() {
         st.q.lock().expect("queue lock").dead_written(&dying);
+        inner
+            .metrics
+            .pubsub
+            .dead_lettered(&sub.sub_key, dying.len() as u64);
         tracing::info!(sub_key = %sub.sub_key, n = dying.len(), "pubsub: messages dead-lettered");
         if let Some(dlt) = &sub.dead_letter_topic {
             copy_to_dead_letter_topic(inner, dlt, &dying);

@@ -541,7 +541,20 @@ async fn a_pattern_subscription_gets_a_topic_made_later_and_unsubscribe_forgets(
         .await
         .unwrap();
     assert_eq!(datas(&got), ["later"]);
+    let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
+    assert_eq!(s.broker.ack(&svc(), &key, &ids).await.unwrap(), 1);
+    let metrics = &s.broker.inner.metrics;
+    wait_for("the ack in the metrics", || async {
+        metrics.render().unwrap().lines().any(|l| {
+            l.contains("delivered") && l.contains(&format!("sub=\"{key}\"")) && l.ends_with(" 1")
+        })
+    })
+    .await;
     s.broker.unsubscribe(&svc(), &key).await.unwrap();
+    assert!(
+        !metrics.render().unwrap().contains(&format!("\"{key}\"")),
+        "a deleted subscription's series go"
+    );
     assert!(store.sub_cursors(&key).await.unwrap().is_empty());
     assert!(matches!(
         s.broker.get_messages(&svc(), &key, 1, Duration::ZERO).await,
@@ -856,5 +869,93 @@ async fn non_gd_messages_are_delivered_from_memory() {
         0,
         "nothing stored"
     );
+    s.stop(&store).await;
+}
+
+/// A REST caller (a security definition's endpoint) may make pull subscriptions only, and
+/// a dead_letter_topic only one that exists and that it may publish to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_caller_may_only_pull_and_dead_letter_where_it_may_publish() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let base = format!("/{}", unique("rest"));
+    let topic = format!("{base}/in");
+    add_topic(&[&s], &store, json!({"name": topic})).await;
+    add_topic(&[&s], &store, json!({"name": format!("{base}/dl-ok")})).await;
+    add_topic(&[&s], &store, json!({"name": format!("{base}/dl-no")})).await;
+    let ep: crate::model::pubsub::Endpoint = serde_json::from_value(json!({
+        "name": unique("ep"),
+        "security": "sec-rest",
+        "topic_patterns": [format!("sub={base}/*"), format!("pub={base}/dl-ok")],
+    }))
+    .unwrap();
+    store.put_object(&ep, true, "test").await.unwrap();
+    s.broker.apply(&store.object_set().await.unwrap());
+    let rest = Caller::Security("sec-rest".into());
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.delivery = DeliveryKind::Service {
+        service: "any.service".into(),
+    };
+    let e = s.broker.subscribe(&rest, req).await.unwrap_err();
+    assert!(
+        matches!(&e, crate::pubsub::PubsubError::Forbidden(m) if m.contains("admin API")),
+        "{e}"
+    );
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.dead_letter_topic = Some(format!("{base}/dl-none"));
+    assert!(matches!(
+        s.broker.subscribe(&rest, req).await,
+        Err(crate::pubsub::PubsubError::NoTopic(_))
+    ));
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.dead_letter_topic = Some(format!("{base}/dl-no"));
+    assert!(matches!(
+        s.broker.subscribe(&rest, req).await,
+        Err(crate::pubsub::PubsubError::Forbidden(_))
+    ));
+    let mut req = pull_req(&topic, &unique("sk"));
+    req.dead_letter_topic = Some(format!("{base}/dl-ok"));
+    let key = s.broker.subscribe(&rest, req).await.unwrap();
+    assert!(store.sub_cursors(&key).await.unwrap().len() == 1);
+    // Nothing of the refused ones was stored.
+    assert_eq!(
+        store
+            .objects::<crate::model::pubsub::Subscription>()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    s.stop(&store).await;
+}
+
+/// A subscription stored by the admin API (no cursors) starts as one made by subscribe():
+/// the topic's first subscription gets what `on_no_subs: keep` kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_put_subscription_gets_what_was_kept() {
+    let store = sqlite().await;
+    let s = Server::start(&unique("srv"), &store).await;
+    let topic = format!("/{}", unique("t"));
+    add_topic(&[&s], &store, json!({"name": topic, "on_no_subs": "keep"})).await;
+    publish(
+        &s,
+        &store,
+        &topic,
+        vec![msg(&topic, 5, "kept", crate::pubsub::now_ms() - 60_000)],
+    )
+    .await;
+    let key = unique("sk");
+    let sub: crate::model::pubsub::Subscription = serde_json::from_value(json!({
+        "sub_key": key, "topic": topic, "delivery": {"type": "pull"},
+    }))
+    .unwrap();
+    store.put_object(&sub, true, "admin").await.unwrap();
+    s.broker.apply(&store.object_set().await.unwrap());
+    let got = s
+        .broker
+        .get_messages(&svc(), &key, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(datas(&got), ["kept"]);
     s.stop(&store).await;
 }
