@@ -33,39 +33,45 @@ pub(crate) struct Request<'a> {
     pub parts: &'a hyper::http::request::Parts,
     pub body: &'a Bytes,
     pub cid: &'a str,
-    /// Who the channel's own security definition let in, if it names one.
-    pub gate_caller: Option<&'a crate::edge::gate::Caller>,
+    /// Who the request is ([`caller_of`]).
+    pub caller: Caller,
 }
 
-/// Answers one request to pubsub channel `channel` of routing table `router`.
-pub(crate) async fn handle(
+/// Who a request to a pubsub channel is: the security definition the channel's gate let in
+/// (`gate_caller`), or, for a channel that names none, the one of a pub/sub endpoint the
+/// credentials pass. The edge asks before it reads the body; the refusal is the answer.
+pub(crate) async fn caller_of(
     cx: &Ctx,
     router: &Router,
-    channel: &Channel,
-    req: Request<'_>,
-) -> Response<Body> {
-    let cid = req.cid;
-    let caller = match req.gate_caller {
-        Some(c) => Caller::Security(c.name.to_string()),
-        None => {
-            let defs = cx.pubsub.defs();
-            match auth::endpoint_security(&router.gate, &defs, &req.parts.headers).await {
-                Ok(name) => Caller::Security(name),
-                Err(r) => {
-                    // Counted as the gate's refusals are: these are the channel's checks.
-                    refused_for(
-                        cx,
-                        match &r {
-                            Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
-                            Rejection::Forbidden(_) => RefusalReason::Forbidden,
-                            Rejection::TooMany { .. } => RefusalReason::RateLimited,
-                        },
-                    );
-                    return rejection(r, cid);
-                }
-            }
+    gate_caller: Option<&crate::edge::gate::Caller>,
+    headers: &hyper::HeaderMap,
+    cid: &str,
+) -> Result<Caller, Response<Body>> {
+    if let Some(c) = gate_caller {
+        return Ok(Caller::Security(c.name.to_string()));
+    }
+    let defs = cx.pubsub.defs();
+    match auth::endpoint_security(&router.gate, &defs, headers).await {
+        Ok(name) => Ok(Caller::Security(name)),
+        Err(r) => {
+            // Counted as the gate's refusals are: these are the channel's checks.
+            refused_for(
+                cx,
+                match &r {
+                    Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
+                    Rejection::Forbidden(_) => RefusalReason::Forbidden,
+                    Rejection::TooMany { .. } => RefusalReason::RateLimited,
+                },
+            );
+            Err(rejection(r, cid))
         }
-    };
+    }
+}
+
+/// Answers one request to pubsub channel `channel`.
+pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Response<Body> {
+    let cid = req.cid;
+    let caller = req.caller.clone();
     let path = req.parts.uri.path();
     let rest = path.strip_prefix(channel.url_path.as_str()).unwrap_or("");
     let flavour = Flavour::of(&channel.url_path);
@@ -134,6 +140,7 @@ async fn run(
                 Some(k) => k,
                 None => own_sub(&defs, caller, &topic, true)?,
             };
+            owned(&defs, caller, &sub_key, Some(&topic))?;
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
@@ -146,6 +153,7 @@ async fn run(
         Op::Get => {
             let get = wire::parse_get(body, query, true)?;
             let sub_key = get.sub_key.unwrap_or_default();
+            owned(&broker.defs(), caller, &sub_key, None)?;
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
@@ -153,12 +161,14 @@ async fn run(
         }
         Op::Ack => {
             let (sub_key, ids) = wire::parse_ack(body)?;
+            owned(&broker.defs(), caller, &sub_key, None)?;
             let n = broker.ack(caller, &sub_key, &ids).await?;
             Ok(json!({ "acked": n }))
         }
         Op::Subscribe(topic) => {
             allowed(&broker.defs(), caller, Access::Subscribe, &topic)?;
             let sub = wire::parse_subscribe(&topic, body, flavour)?;
+            pull_only(&sub.delivery)?;
             let sub_key = broker.subscribe(caller, sub).await?;
             Ok(match flavour {
                 Flavour::Native => json!({ "sub_key": sub_key }),
@@ -177,14 +187,7 @@ async fn run(
                 Some(k) => k,
                 None => own_sub(&defs, caller, &topic, false)?,
             };
-            if let Some(s) = defs.subs.get(&sub_key)
-                && s.topic != topic
-            {
-                return Err(ApiError::invalid(format!(
-                    "subscription {sub_key} is to {}, not to {topic}",
-                    s.topic
-                )));
-            }
+            owned(&defs, caller, &sub_key, Some(&topic))?;
             broker.unsubscribe(caller, &sub_key).await?;
             Ok(json!({}))
         }
@@ -221,6 +224,67 @@ fn allowed(defs: &Defs, caller: &Caller, access: Access, topic: &str) -> Result<
         status: 403,
         code: "forbidden",
         message: format!("{} may not {verb} topic {topic}", who(defs, caller)),
+    })
+}
+
+/// Unless `sub_key` is a subscription of the caller's endpoint (and, `topic` given, one to
+/// that topic): 403 for a caller without an endpoint or someone else's subscription (the
+/// broker checks it too; this answer says why), 404 for none, 400 for another topic's.
+fn owned(defs: &Defs, caller: &Caller, sub_key: &str, topic: Option<&str>) -> Result<(), ApiError> {
+    let forbidden = |message: String| ApiError {
+        status: 403,
+        code: "forbidden",
+        message,
+    };
+    let endpoint = match caller {
+        Caller::Security(s) => match defs.endpoint_of(s) {
+            Some(e) => Some(e.name.as_str()),
+            None => {
+                return Err(forbidden(format!(
+                    "{} has no subscriptions",
+                    who(defs, caller)
+                )));
+            }
+        },
+        // Services and the admin API are trusted with every subscription.
+        _ => None,
+    };
+    let Some(sub) = defs.subs.get(sub_key) else {
+        return Err(ApiError {
+            status: 404,
+            code: "no_sub",
+            message: format!("no subscription {sub_key}"),
+        });
+    };
+    if endpoint.is_some() && sub.endpoint.as_deref() != endpoint {
+        return Err(forbidden(format!(
+            "subscription {sub_key} is not one of {}",
+            who(defs, caller)
+        )));
+    }
+    if let Some(t) = topic
+        && sub.topic != t
+    {
+        return Err(ApiError::invalid(format!(
+            "subscription {sub_key} is to {}, not to {t}",
+            sub.topic
+        )));
+    }
+    Ok(())
+}
+
+/// 403 unless `delivery` is pull: push and service deliveries go to URLs and services the
+/// REST caller should not choose (the admin API makes them).
+fn pull_only(delivery: &DeliveryKind) -> Result<(), ApiError> {
+    if matches!(delivery, DeliveryKind::Pull) {
+        return Ok(());
+    }
+    Err(ApiError {
+        status: 403,
+        code: "forbidden",
+        message: "subscribe: only pull subscriptions are made through this API; push and \
+                  service deliveries are made through the admin API"
+            .into(),
     })
 }
 
@@ -332,6 +396,17 @@ mod tests {
     }
 
     #[test]
+    fn rest_subscriptions_are_pull_only() {
+        assert!(pull_only(&DeliveryKind::Pull).is_ok());
+        let e = pull_only(&DeliveryKind::Service {
+            service: "billing.charge".into(),
+        })
+        .unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"));
+        assert!(e.message.contains("admin API"), "{}", e.message);
+    }
+
+    #[test]
     fn permissions_and_own_subscriptions() {
         let defs = Defs::new(
             &[],
@@ -384,5 +459,20 @@ mod tests {
                 .status,
             404
         );
+
+        // Someone else's sub_key, a caller without an endpoint, another topic's sub_key.
+        assert!(owned(&defs, &crm, "sk.a", Some("/orders/new")).is_ok());
+        assert!(owned(&defs, &crm, "sk.b", None).is_ok());
+        let e = owned(&defs, &erp, "sk.a", None).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"));
+        assert!(e.message.contains("sk.a"), "{}", e.message);
+        let e = owned(&defs, &stranger, "sk.a", None).unwrap_err();
+        assert_eq!(e.status, 403);
+        let e = owned(&defs, &crm, "sk.b", Some("/orders/new")).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("/orders/old"), "{}", e.message);
+        assert_eq!(owned(&defs, &crm, "sk.none", None).unwrap_err().status, 404);
+        // The admin API and services are trusted with any.
+        assert!(owned(&defs, &Caller::Admin("ops".into()), "sk.d", None).is_ok());
     }
 }
