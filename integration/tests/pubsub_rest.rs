@@ -565,6 +565,41 @@ async fn credentials_before_the_body_and_sub_keys_owned() {
         assert_eq!(a.status, 401, "{auth:?}: {a:?}");
     }
 
+    // One refusal whatever was wrong: a wrong password and a user no definition has read
+    // the same.
+    let stranger = basic(&format!("{tag}-nobody"), "crm-pw");
+    let mut bodies = Vec::new();
+    for auth in [wrong.as_str(), stranger.as_str()] {
+        let r = f
+            .call(
+                "POST",
+                &format!("/pubsub/topic{orders}"),
+                &[("authorization", auth)],
+                json!({"data": "x"}),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", text(&r));
+        bodies.push(r.json()["error"]["message"].clone());
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    // More messages than one publish carries.
+    let many: Vec<Value> = (0..1001).map(|i| json!({"data": i.to_string()})).collect();
+    let r = f
+        .call(
+            "POST",
+            &format!("/pubsub/topic{orders}"),
+            &crm,
+            json!({"messages": many}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (400, "invalid".into()),
+        "{}",
+        text(&r)
+    );
+    assert!(text(&r).contains("at most 1000"), "{}", text(&r));
+
     let subscribe = |topic: String| {
         let f = &f;
         let crm = crm;

@@ -75,13 +75,27 @@ pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Res
     let path = req.parts.uri.path();
     let rest = path.strip_prefix(channel.url_path.as_str()).unwrap_or("");
     let flavour = Flavour::of(&channel.url_path);
+    // The request's own time bounds the whole call (a long poll waits less: `wait`).
+    let limit = cx.settings.request_timeout();
     let result = match wire::route(req.parts.method.as_str(), rest) {
-        Ok(op) => run(cx, &caller, flavour, op, &req).await,
+        Ok(op) => match tokio::time::timeout(limit, run(cx, &caller, flavour, op, &req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError {
+                status: 504,
+                code: "timeout",
+                message: format!("no answer within the request timeout of {limit:?}"),
+            }),
+        },
         Err(e) => Err(e),
     };
     match result {
         Ok(v) => json_response(StatusCode::OK, cid, &v),
-        Err(e) => {
+        Err(mut e) => {
+            // What failed inside is logged, not told (it can name stores and peers).
+            if e.status >= 500 && e.status != 504 && e.code != "busy" {
+                tracing::warn!(%cid, status = e.status, code = e.code, error = %e.message, "pubsub API");
+                e.message = format!("the request could not be served now (cid {cid})");
+            }
             let status =
                 StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut r = json_response(status, cid, &e.body());
@@ -122,6 +136,12 @@ async fn run(
             // (curl's is form data): a Zato channel reads every body as JSON.
             let json = flavour == Flavour::Zato || wire::is_json(content_type);
             let (msgs, many) = wire::parse_publish(json, content_type, query, body)?;
+            if msgs.len() > MAX_PUBLISH {
+                return Err(ApiError::invalid(format!(
+                    "publish: {} messages in one request; at most {MAX_PUBLISH}",
+                    msgs.len()
+                )));
+            }
             let ids = broker.publish(caller, &topic, msgs).await?;
             Ok(if many {
                 json!({ "msg_ids": ids })
@@ -141,6 +161,7 @@ async fn run(
                 None => own_sub(&defs, caller, &topic, true)?,
             };
             owned(&defs, caller, &sub_key, Some(&topic))?;
+            let _poll = LongPoll::enter(get.wait_ms)?;
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
@@ -154,6 +175,7 @@ async fn run(
             let get = wire::parse_get(body, query, true)?;
             let sub_key = get.sub_key.unwrap_or_default();
             owned(&broker.defs(), caller, &sub_key, None)?;
+            let _poll = LongPoll::enter(get.wait_ms)?;
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
@@ -194,9 +216,51 @@ async fn run(
     }
 }
 
-/// How long a pull may wait: what it asks, within the request's own time.
+/// The most messages one REST publish carries.
+const MAX_PUBLISH: usize = 1000;
+/// The most long polls (pulls that may wait) this server holds at once: each holds a
+/// connection and a task; beyond it a pull is answered 503 with `Retry-After`.
+const MAX_LONG_POLLS: usize = 1024;
+static LONG_POLLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One long poll counted against [`MAX_LONG_POLLS`] while it lives.
+struct LongPoll(bool);
+
+impl LongPoll {
+    /// Counts a pull that may wait (`wait_ms` > 0); 503 when the server holds its most.
+    fn enter(wait_ms: u64) -> Result<LongPoll, ApiError> {
+        use std::sync::atomic::Ordering;
+        if wait_ms == 0 {
+            return Ok(LongPoll(false));
+        }
+        if LONG_POLLS.fetch_add(1, Ordering::SeqCst) >= MAX_LONG_POLLS {
+            LONG_POLLS.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError {
+                status: 503,
+                code: "busy",
+                message: format!(
+                    "this server holds {MAX_LONG_POLLS} waiting pulls already: retry, or \
+                     pull without wait_ms"
+                ),
+            });
+        }
+        Ok(LongPoll(true))
+    }
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        if self.0 {
+            LONG_POLLS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// How long a pull may wait: what it asks, within nine tenths of the request's own time
+/// (the rest is for answering before the call's timeout).
 fn wait(cx: &Ctx, wait_ms: u64) -> Duration {
-    Duration::from_millis(wait_ms).min(cx.settings.request_timeout())
+    let limit = cx.settings.request_timeout();
+    Duration::from_millis(wait_ms).min(limit - limit / 10)
 }
 
 /// Who `caller` is in messages: its endpoint, or its security definition when no endpoint
@@ -393,6 +457,21 @@ mod tests {
             "delivery": serde_json::to_value(delivery).unwrap(),
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn long_polls_are_counted_and_capped() {
+        let quick = LongPoll::enter(0).unwrap();
+        assert!(!quick.0);
+        let mut held: Vec<LongPoll> = (0..MAX_LONG_POLLS)
+            .map(|_| LongPoll::enter(30_000).unwrap())
+            .collect();
+        let e = LongPoll::enter(30_000).err().expect("over the cap");
+        assert_eq!((e.status, e.code), (503, "busy"));
+        // A pull that does not wait is never turned away.
+        assert!(LongPoll::enter(0).is_ok());
+        held.pop();
+        assert!(LongPoll::enter(30_000).is_ok());
     }
 
     #[test]
