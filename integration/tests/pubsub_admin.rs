@@ -764,6 +764,16 @@ async fn pubsub_references_are_kept_and_deletes_clean_up() {
     }
     let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
     assert_eq!(t["stats"]["last_seq"], 2, "{t}");
+    // The gauges follow (refreshed in the background, read at scrape time).
+    prom::scrape_until(&srv, "the pub/sub gauges", |p| {
+        p.get("oxbus_pubsub_topic_depth", &[("topic", "/ref/t")]) == Some(2.0)
+            && p.get("oxbus_pubsub_subscription_depth", &[("sub", "sk.ref-pull")]) == Some(2.0)
+            && p.get(
+                "oxbus_pubsub_subscription_in_flight",
+                &[("sub", "sk.ref-pull")],
+            ) == Some(0.0)
+    })
+    .await;
     must(&srv, "DELETE", "/v1/pubsub/topics/ref/t", Value::Null, 409).await;
     must(
         &srv,
