@@ -602,7 +602,6 @@ async fn credentials_before_the_body_and_sub_keys_owned() {
 
     let subscribe = |topic: String| {
         let f = &f;
-        let crm = crm;
         async move {
             let r = f
                 .call(
