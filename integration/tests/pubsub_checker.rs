@@ -550,7 +550,8 @@ async fn acknowledged_publishes_survive_kills_and_a_store_outage() {
     )
     .await;
 
-    // The subscriptions, through B's REST API: pull, and push to the test's upstream.
+    // The subscriptions: pull through B's REST API, and push to the test's upstream through
+    // B's admin API (the REST API makes pull subscriptions only).
     let up = Upstream::plain().await;
     let path = format!("/pubsub/subscribe/topic{TOPIC}");
     let pull = json!({"delivery": {"type": "pull"}, "ack_timeout_ms": 3000});
@@ -558,15 +559,14 @@ async fn acknowledged_publishes_survive_kills_and_a_store_outage() {
         .as_str()
         .expect("a sub_key")
         .to_owned();
+    let push_key = "sk.chk-push".to_owned();
     let push = json!({
+        "topic": TOPIC,
         "delivery": {"type": "push", "url": format!("{}/echo/push", up.address())},
         "batch_size": 50,
         "retry": {"max_attempts": 0, "backoff_ms": 50, "max_backoff_ms": 1000, "multiplier": 2},
     });
-    let push_key = post_until_ok(ports[1], &path, &push).await["sub_key"]
-        .as_str()
-        .expect("a sub_key")
-        .to_owned();
+    admin_ok(&b, "PUT", &format!("/v1/pubsub/subs/{push_key}"), push).await;
     // Both servers know the pull subscription before the load starts.
     for port in ports {
         let req = json!({"sub_key": sub_key, "max_messages": 1, "wait_ms": 0});
