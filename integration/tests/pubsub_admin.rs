@@ -787,6 +787,37 @@ async fn pubsub_references_are_kept_and_deletes_clean_up() {
     must(&srv, "PUT", "/v1/pubsub/topics/ref/t", json!({}), 201).await;
     let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
     assert_eq!(t["stats"]["last_seq"], 0, "{t}");
+    // An import: a pubsub channel under channel_jsonrpc is refused, named; a replace that
+    // drops a topic drops its log.
+    let doc = must(
+        &srv,
+        "POST",
+        "/v1/config",
+        json!({"channel_jsonrpc": [{"type": "pubsub", "url_path": "/ref-ps"}]}),
+        400,
+    )
+    .await;
+    assert!(
+        doc.to_string().contains("/ref-ps is a pubsub channel"),
+        "{doc}"
+    );
+    must(
+        &srv,
+        "POST",
+        "/v1/pubsub/publish/ref/t",
+        json!({"data": "again"}),
+        200,
+    )
+    .await;
+    let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    assert_eq!(t["stats"]["last_seq"], 1, "{t}");
+    let mut export = must(&srv, "GET", "/v1/config", Value::Null, 200).await;
+    export["pubsub_topic"] = json!([]);
+    // The rest imported back as it is (its secrets sealed with this server's key).
+    must(&srv, "POST", "/v1/config?replace=1", export, 200).await;
+    must(&srv, "PUT", "/v1/pubsub/topics/ref/t", json!({}), 201).await;
+    let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    assert_eq!(t["stats"]["last_seq"], 0, "{t}");
     // Now unused, both go.
     must(
         &srv,
