@@ -632,3 +632,200 @@ async fn pubsub_queue_operations_figures_and_test_publish() {
     must(&srv, "DELETE", "/v1/pubsub/topics/adm/q", Value::Null, 200).await;
     srv.assert_no_errors(&[]);
 }
+
+/// What pub/sub definitions name is checked against the store, deletes of what they name
+/// are refused (409 naming them), a replaced subscription keeps its endpoint, and a deleted
+/// topic's log goes with it (a topic made again under the name starts from seq 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_references_are_kept_and_deletes_clean_up() {
+    let srv = env().start().await;
+    must(&srv, "PUT", "/v1/pubsub/topics/ref/t", json!({}), 201).await;
+    must(
+        &srv,
+        "POST",
+        "/v1/security",
+        json!({"name": "ref-b", "type": "basic", "username": "ref-u", "password": "pw-1"}),
+        201,
+    )
+    .await;
+    must(
+        &srv,
+        "PUT",
+        "/v1/pubsub/endpoints/ref-crm",
+        json!({"security": "ref-b", "topic_patterns": ["sub=/ref/*"]}),
+        201,
+    )
+    .await;
+    // One definition, one endpoint.
+    let doc = must(
+        &srv,
+        "PUT",
+        "/v1/pubsub/endpoints/ref-erp",
+        json!({"security": "ref-b"}),
+        409,
+    )
+    .await;
+    let msg = doc.to_string();
+    assert!(msg.contains("ref-crm") && msg.contains("ref-erp"), "{msg}");
+    let doc = must(&srv, "DELETE", "/v1/security/ref-b", Value::Null, 409).await;
+    assert!(doc.to_string().contains("ref-crm"), "{doc}");
+
+    // A push subscription's connection must exist; a URL carries no credentials.
+    refused(
+        &srv,
+        "PUT",
+        "/v1/pubsub/subs/sk.ref-push",
+        json!({"topic": "/ref/t", "delivery": {"type": "push", "conn": "ref-nope"}}),
+        &["sk.ref-push", "delivery.conn", "ref-nope"],
+    )
+    .await;
+    refused(
+        &srv,
+        "PUT",
+        "/v1/pubsub/subs/sk.ref-push",
+        json!({"topic": "/ref/t", "delivery": {"type": "push", "url": "http://u:secret@127.0.0.1:9/x"}}),
+        &["sk.ref-push", "delivery.url"],
+    )
+    .await;
+    let r = admin(
+        &srv,
+        "PUT",
+        "/v1/outgoing/rest/ref-api",
+        json!({"address": "http://127.0.0.1:9"}),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 201, "{}", text(&r));
+    must(
+        &srv,
+        "PUT",
+        "/v1/pubsub/subs/sk.ref-push",
+        json!({"topic": "/ref/t", "delivery": {"type": "push", "conn": "ref-api", "path": "/x"}}),
+        201,
+    )
+    .await;
+    let doc = must(
+        &srv,
+        "DELETE",
+        "/v1/outgoing/rest/ref-api",
+        Value::Null,
+        409,
+    )
+    .await;
+    assert!(doc.to_string().contains("sk.ref-push"), "{doc}");
+    must(
+        &srv,
+        "DELETE",
+        "/v1/pubsub/subs/sk.ref-push",
+        Value::Null,
+        200,
+    )
+    .await;
+
+    // A replace that leaves the endpoint out keeps it; the endpoint then stays.
+    must(
+        &srv,
+        "PUT",
+        "/v1/pubsub/subs/sk.ref-pull",
+        json!({"topic": "/ref/t", "delivery": {"type": "pull"}, "endpoint": "ref-crm"}),
+        201,
+    )
+    .await;
+    must(
+        &srv,
+        "PUT",
+        "/v1/pubsub/subs/sk.ref-pull",
+        json!({"topic": "/ref/t", "delivery": {"type": "pull"}, "batch_size": 5}),
+        200,
+    )
+    .await;
+    let s = must(&srv, "GET", "/v1/pubsub/subs/sk.ref-pull", Value::Null, 200).await;
+    assert_eq!(s["endpoint"], "ref-crm", "{s}");
+    assert_eq!(s["batch_size"], 5, "{s}");
+    let doc = must(
+        &srv,
+        "DELETE",
+        "/v1/pubsub/endpoints/ref-crm",
+        Value::Null,
+        409,
+    )
+    .await;
+    assert!(doc.to_string().contains("sk.ref-pull"), "{doc}");
+
+    // A topic in use stays; deleted, its log goes with it.
+    for n in 0..2 {
+        must(
+            &srv,
+            "POST",
+            "/v1/pubsub/publish/ref/t",
+            json!({"data": format!("m{n}")}),
+            200,
+        )
+        .await;
+    }
+    let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    assert_eq!(t["stats"]["last_seq"], 2, "{t}");
+    // The gauges follow (refreshed in the background, read at scrape time).
+    prom::scrape_until(&srv, "the pub/sub gauges", |p| {
+        p.get("oxbus_pubsub_topic_depth", &[("topic", "/ref/t")]) == Some(2.0)
+            && p.get("oxbus_pubsub_subscription_depth", &[("sub", "sk.ref-pull")]) == Some(2.0)
+            && p.get(
+                "oxbus_pubsub_subscription_in_flight",
+                &[("sub", "sk.ref-pull")],
+            ) == Some(0.0)
+    })
+    .await;
+    must(&srv, "DELETE", "/v1/pubsub/topics/ref/t", Value::Null, 409).await;
+    must(
+        &srv,
+        "DELETE",
+        "/v1/pubsub/subs/sk.ref-pull",
+        Value::Null,
+        200,
+    )
+    .await;
+    must(&srv, "DELETE", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    must(&srv, "PUT", "/v1/pubsub/topics/ref/t", json!({}), 201).await;
+    let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    assert_eq!(t["stats"]["last_seq"], 0, "{t}");
+    // An import: a pubsub channel under channel_jsonrpc is refused, named; a replace that
+    // drops a topic drops its log.
+    let doc = must(
+        &srv,
+        "POST",
+        "/v1/config",
+        json!({"channel_jsonrpc": [{"type": "pubsub", "url_path": "/ref-ps"}]}),
+        400,
+    )
+    .await;
+    assert!(
+        doc.to_string().contains("/ref-ps is a pubsub channel"),
+        "{doc}"
+    );
+    must(
+        &srv,
+        "POST",
+        "/v1/pubsub/publish/ref/t",
+        json!({"data": "again"}),
+        200,
+    )
+    .await;
+    let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    assert_eq!(t["stats"]["last_seq"], 1, "{t}");
+    let mut export = must(&srv, "GET", "/v1/config", Value::Null, 200).await;
+    export["pubsub_topic"] = json!([]);
+    // The rest imported back as it is (its secrets sealed with this server's key).
+    must(&srv, "POST", "/v1/config?replace=1", export, 200).await;
+    must(&srv, "PUT", "/v1/pubsub/topics/ref/t", json!({}), 201).await;
+    let t = must(&srv, "GET", "/v1/pubsub/topics/ref/t", Value::Null, 200).await;
+    assert_eq!(t["stats"]["last_seq"], 0, "{t}");
+    // Now unused, both go.
+    must(
+        &srv,
+        "DELETE",
+        "/v1/pubsub/endpoints/ref-crm",
+        Value::Null,
+        200,
+    )
+    .await;
+    must(&srv, "DELETE", "/v1/security/ref-b", Value::Null, 200).await;
+}

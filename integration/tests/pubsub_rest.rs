@@ -495,6 +495,210 @@ async fn native_publish_pull_ack_round_trip() {
     assert_eq!((r.status, code(&r)), (404, "no_sub".into()), "{}", text(&r));
 }
 
+/// The endpoint's credentials are checked before the body is read (a refused caller's body
+/// is never read, however large it says it is); a sub_key is usable only by its own
+/// endpoint, and only under its own topic; REST subscriptions are pull ones.
+#[tokio::test]
+async fn credentials_before_the_body_and_sub_keys_owned() {
+    use tokio::io::AsyncWriteExt;
+    let f = Fixture::start().await;
+    let tag = f.tag.clone();
+    let orders = f.topic("orders").await;
+    let other = f.topic("other").await;
+    f.basic_def(&format!("{tag}-crm"), &format!("{tag}-crm"), "crm-pw")
+        .await;
+    f.endpoint(
+        &format!("{tag}-crm"),
+        &format!("{tag}-crm"),
+        &[format!("pub=/{tag}/*"), format!("sub=/{tag}/*")],
+    )
+    .await;
+    f.admin_ok(
+        "POST",
+        "/v1/security",
+        json!({"name": format!("{tag}-key"), "type": "apikey", "header": "X-Key", "key": "k-2"}),
+    )
+    .await;
+    f.endpoint(
+        &format!("{tag}-reader"),
+        &format!("{tag}-key"),
+        &[format!("sub=/{tag}/*")],
+    )
+    .await;
+    // A definition no endpoint has, guarding a channel of its own.
+    f.basic_def(&format!("{tag}-lone"), &format!("{tag}-lone"), "lone-pw")
+        .await;
+    f.admin_ok(
+        "POST",
+        "/v1/channels",
+        json!({"type": "pubsub", "url_path": format!("/{tag}-lone"),
+               "security": format!("{tag}-lone")}),
+    )
+    .await;
+    let crm_auth = basic(&format!("{tag}-crm"), "crm-pw");
+    let crm = [("authorization", crm_auth.as_str())];
+    let reader = [("x-key", "k-2")];
+    let lone_auth = basic(&format!("{tag}-lone"), "lone-pw");
+    let lone = [("authorization", lone_auth.as_str())];
+
+    // A head announcing a body over the server's limit: without credentials it is refused
+    // as unauthenticated (checked first), not as too large (which would mean the body's
+    // limit was looked at before who sent it).
+    let wrong = basic(&format!("{tag}-crm"), "nope");
+    for auth in ["", wrong.as_str()] {
+        let port = f.srv.port();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let auth_line = if auth.is_empty() {
+            String::new()
+        } else {
+            format!("authorization: {auth}\r\n")
+        };
+        let head = format!(
+            "POST /pubsub/topic{orders} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
+             content-type: application/json\r\n{auth_line}content-length: 999999999\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let a = raw::read_answer(&mut s, &mut buf).await.expect("an answer");
+        assert_eq!(a.status, 401, "{auth:?}: {a:?}");
+    }
+
+    // One refusal whatever was wrong: a wrong password and a user no definition has read
+    // the same.
+    let stranger = basic(&format!("{tag}-nobody"), "crm-pw");
+    let mut bodies = Vec::new();
+    for auth in [wrong.as_str(), stranger.as_str()] {
+        let r = f
+            .call(
+                "POST",
+                &format!("/pubsub/topic{orders}"),
+                &[("authorization", auth)],
+                json!({"data": "x"}),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", text(&r));
+        bodies.push(r.json()["error"]["message"].clone());
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    // More messages than one publish carries.
+    let many: Vec<Value> = (0..1001).map(|i| json!({"data": i.to_string()})).collect();
+    let r = f
+        .call(
+            "POST",
+            &format!("/pubsub/topic{orders}"),
+            &crm,
+            json!({"messages": many}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (400, "invalid".into()),
+        "{}",
+        text(&r)
+    );
+    assert!(text(&r).contains("at most 1000"), "{}", text(&r));
+
+    let subscribe = |topic: String| {
+        let f = &f;
+        async move {
+            let r = f
+                .call(
+                    "POST",
+                    &format!("/pubsub/subscribe/topic{topic}"),
+                    &crm,
+                    Value::Null,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", text(&r));
+            r.json()["sub_key"].as_str().unwrap().to_owned()
+        }
+    };
+    let a = subscribe(orders.clone()).await;
+    let b = subscribe(other.clone()).await;
+
+    // Another endpoint's caller: not its subscription, whatever it asks.
+    for (path, body) in [
+        ("/pubsub/messages/get", json!({"sub_key": a})),
+        (
+            "/pubsub/messages/ack",
+            json!({"sub_key": a, "msg_ids": ["zpsm0"]}),
+        ),
+    ] {
+        let r = f.call("POST", path, &reader, body).await;
+        assert_eq!(
+            (r.status, code(&r)),
+            (403, "forbidden".into()),
+            "{path}: {}",
+            text(&r)
+        );
+        assert!(text(&r).contains(&a), "{}", text(&r));
+    }
+    let r = f
+        .call(
+            "DELETE",
+            &format!("/pubsub/subscribe/topic{orders}?sub_key={a}"),
+            &reader,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    // A caller without an endpoint has no subscriptions.
+    let r = f
+        .call(
+            "POST",
+            &format!("/{tag}-lone/messages/get"),
+            &lone,
+            json!({"sub_key": a}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert!(text(&r).contains("no pub/sub endpoint"), "{}", text(&r));
+    // Its own sub_key under another topic's path.
+    let r = f
+        .call(
+            "PATCH",
+            &format!("/zato/pubsub/topic{orders}"),
+            &crm,
+            json!({"sub_key": b}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(text(&r).contains(&other), "{}", text(&r));
+    let r = f
+        .call(
+            "DELETE",
+            &format!("/pubsub/subscribe/topic{orders}?sub_key={b}"),
+            &crm,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    // The owner still pulls.
+    let r = f
+        .call("POST", "/pubsub/messages/get", &crm, json!({"sub_key": a}))
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+
+    // Push deliveries are not made through the REST API.
+    let r = f
+        .call(
+            "POST",
+            &format!("/pubsub/subscribe/topic{orders}"),
+            &crm,
+            json!({"delivery": {"type": "push", "url": "http://127.0.0.1:9/x"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, "forbidden".into()),
+        "{}",
+        text(&r)
+    );
+    assert!(text(&r).contains("admin API"), "{}", text(&r));
+}
+
 /// Zato 3.2's API on a channel at `/zato/pubsub`: form-encoded JSON bodies, Zato's answer
 /// keys, `PATCH` to pull (what it answers is delivered), `DELETE` to unsubscribe without a
 /// sub_key.

@@ -283,6 +283,13 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     crate::lifecycle::supervisor::spawn_signal_listener(ev_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     pubsub.start(shutdown_rx.clone());
+    if metrics.enabled() {
+        metrics.register_collector(Box::new(pubsub_state(
+            &pubsub,
+            &me.name,
+            shutdown_rx.clone(),
+        )));
+    }
     let pickup_dir = match pickup {
         Some(w) => {
             let dir = w.dir().display().to_string();
@@ -404,6 +411,68 @@ fn outgoing_state(
             })
             .collect()
     }))
+}
+
+/// How often the pub/sub gauges are refreshed.
+const PUBSUB_GAUGES_EVERY: Duration = Duration::from_secs(10);
+
+/// The pub/sub gauges' collector: it reads a snapshot that a task refreshes every
+/// [`PUBSUB_GAUGES_EVERY`] (until `shutdown`) from the broker's figures, so a scrape never
+/// waits on the store or a peer. Topics: every defined one's depth. Subscriptions: those this
+/// server delivers (`owner`), so that a sum over servers counts each once.
+fn pubsub_state(
+    broker: &crate::pubsub::Broker,
+    me: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> crate::metrics::pubsub::PubsubState {
+    use crate::metrics::pubsub::{PubsubGauges, PubsubState, SubGauge, TopicGauge};
+    use futures_util::StreamExt as _;
+    let cache = Arc::new(std::sync::RwLock::new(PubsubGauges::default()));
+    let (broker, me, writer) = (broker.clone(), me.to_owned(), cache.clone());
+    tokio::spawn(async move {
+        loop {
+            let topics = match broker.topic_stats().await {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|t| TopicGauge {
+                        topic: t.name,
+                        depth: t.depth_gd,
+                    })
+                    .collect(),
+                // The last figures stay until the store answers again.
+                Err(_) => writer.read().expect("gauges lock").topics.clone(),
+            };
+            let keys: Vec<String> = broker.defs().subs.keys().cloned().collect();
+            let asks: Vec<_> = keys
+                .into_iter()
+                .map(|k| {
+                    let b = broker.clone();
+                    async move { b.sub_stats(&k).await }
+                })
+                .collect();
+            let stats: Vec<_> = futures_util::stream::iter(asks)
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            let mut subs: Vec<SubGauge> = stats
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|s| s.owner.as_deref() == Some(me.as_str()))
+                .map(|s| SubGauge {
+                    sub: s.sub_key,
+                    depth: s.depth,
+                    in_flight: s.in_flight,
+                })
+                .collect();
+            subs.sort_by(|a, b| a.sub.cmp(&b.sub));
+            *writer.write().expect("gauges lock") = PubsubGauges { topics, subs };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(PUBSUB_GAUGES_EVERY) => {}
+            }
+        }
+    });
+    PubsubState(Box::new(move || cache.read().expect("gauges lock").clone()))
 }
 
 fn register_metrics(

@@ -67,7 +67,15 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
             }
         }
         (&Method::DELETE, [name]) => match kind {
-            ConnType::Rest => objects::delete::<RestConn>(cx, &decode(name)).await,
+            // A connection a push subscription delivers through stays (409 naming them).
+            ConnType::Rest => {
+                let name = decode(name);
+                match super::pubsub::in_use_by(cx, None, Some(&name)).await {
+                    Ok(None) => objects::delete::<RestConn>(cx, &name).await,
+                    Ok(Some(m)) => error(StatusCode::CONFLICT, m),
+                    Err(r) => r,
+                }
+            }
             ConnType::Sql => objects::delete::<SqlConn>(cx, &decode(name)).await,
         },
         (&Method::POST, [name, "ping"]) => match cx.outgoing.ping(kind, &decode(name)).await {

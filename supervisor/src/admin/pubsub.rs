@@ -32,9 +32,11 @@ use super::auth::Identity;
 use super::objects::{self, AdminObject, Refused};
 use super::{Body, Ctx, error, json_body, read_body, reply};
 use crate::model::object::{ConfigObject, ObjectSet};
-use crate::model::pubsub::{Endpoint, Subscription, Topic};
+use crate::model::outgoing::RestConn;
+use crate::model::pubsub::{DeliveryKind, Endpoint, Subscription, Topic};
 use crate::model::security::SecurityDef;
 use crate::pubsub::{Caller, NewMsg, PubsubError};
+use crate::store::StoreError;
 
 /// The most messages a queue or dead-letter listing answers (`limit`; default 100).
 const MAX_LIST: usize = 1000;
@@ -65,7 +67,7 @@ pub(super) async fn route(
             }
         }
         (&Method::DELETE, ["topics", name @ ..]) if !name.is_empty() => {
-            objects::delete::<Topic>(cx, &topic_from_segments(name)).await
+            delete_topic(cx, &topic_from_segments(name)).await
         }
         (&Method::GET, ["subs"]) => list_subs(cx).await,
         (&Method::GET, ["subs", key]) => get_sub(cx, &decode(key)).await,
@@ -117,9 +119,7 @@ pub(super) async fn route(
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, ["endpoints", name]) => {
-            objects::delete::<Endpoint>(cx, &decode(name)).await
-        }
+        (&Method::DELETE, ["endpoints", name]) => delete_endpoint(cx, &decode(name)).await,
         (&Method::POST, ["publish", topic @ ..]) if !topic.is_empty() => {
             let topic = topic_from_segments(topic);
             match read_body(req).await {
@@ -263,9 +263,20 @@ async fn list_subs(cx: &Ctx) -> Response<Body> {
         Err(r) => return r,
     };
     subs.sort_by(|a, b| a.sub_key.cmp(&b.sub_key));
-    // Each is asked of the server delivering it: at once, not one after another.
-    let stats =
-        futures_util::future::join_all(subs.iter().map(|s| cx.pubsub.sub_stats(&s.sub_key))).await;
+    // Each is asked of the server delivering it: several at once, not one after another,
+    // and not thousands at once either.
+    use futures_util::StreamExt as _;
+    let asks: Vec<_> = subs
+        .iter()
+        .map(|s| {
+            let (broker, key) = (cx.pubsub.clone(), s.sub_key.clone());
+            async move { broker.sub_stats(&key).await }
+        })
+        .collect();
+    let stats: Vec<_> = futures_util::stream::iter(asks)
+        .buffered(16)
+        .collect()
+        .await;
     let list: Vec<Value> = subs
         .iter()
         .zip(stats)
@@ -336,6 +347,186 @@ async fn unsubscribe(cx: &Ctx, key: &str, who: &Identity) -> Response<Body> {
         }
         Err(e) => broker_error(&e),
     }
+}
+
+/// `DELETE /v1/pubsub/topics/{name...}`: refused (409) while a stored subscription names
+/// the topic (as its topic or dead-letter topic; patterns hold none), checked under the
+/// deploy lock so that no subscription to it is stored meanwhile through this server's API;
+/// then the object, then its log (messages, seq), which no one reads any more.
+async fn delete_topic(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let subs: Vec<Subscription> = match stored(cx).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let mut holding: Vec<&str> = subs
+        .iter()
+        .filter(|s| s.topic == name || s.dead_letter_topic.as_deref() == Some(name))
+        .map(|s| s.sub_key.as_str())
+        .collect();
+    if !holding.is_empty() {
+        holding.sort_unstable();
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "topic {name} is used by subscription(s) {} (as their topic or dead-letter \
+                 topic): delete or change them first",
+                holding.join(", ")
+            ),
+        );
+    }
+    let topics: Vec<Topic> = match stored(cx).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let change = match cx.store.delete_object::<Topic>(name).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(_)) => {
+            return error(StatusCode::NOT_FOUND, Topic::not_found(name));
+        }
+        Err(StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Err(e) = cx.store.drop_topic_log(name).await {
+        // The topic is gone; its rows stay until a topic of the name is deleted again.
+        tracing::warn!(topic = name, error = %e, "pubsub: cannot drop a deleted topic's log");
+    }
+    apply_pubsub(cx, topics.into_iter().filter(|t| t.name != name).collect()).await;
+    tracing::info!(kind = Topic::KIND, name, "topic deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "deleted": name}),
+    )
+}
+
+/// `DELETE /v1/pubsub/endpoints/{name}`: refused (409) while a stored subscription is the
+/// endpoint's (checked under the deploy lock).
+async fn delete_endpoint(cx: &Ctx, name: &str) -> Response<Body> {
+    let _one_at_a_time = cx.locks.deploy.lock().await;
+    let subs: Vec<Subscription> = match stored(cx).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let mut holding: Vec<&str> = subs
+        .iter()
+        .filter(|s| s.endpoint.as_deref() == Some(name))
+        .map(|s| s.sub_key.as_str())
+        .collect();
+    if !holding.is_empty() {
+        holding.sort_unstable();
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "pub/sub endpoint {name} has subscription(s) {}: delete them first",
+                holding.join(", ")
+            ),
+        );
+    }
+    let endpoints: Vec<Endpoint> = match stored(cx).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let change = match cx.store.delete_object::<Endpoint>(name).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(_)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no pub/sub endpoint named {name}"),
+            );
+        }
+        Err(StoreError::Invalid(m)) => return error(StatusCode::CONFLICT, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    apply_pubsub(
+        cx,
+        endpoints.into_iter().filter(|e| e.name != name).collect(),
+    )
+    .await;
+    tracing::info!(kind = Endpoint::KIND, name, "pub/sub endpoint deleted");
+    reply(
+        StatusCode::OK,
+        json!({"config_version": change.config_version, "deleted": name}),
+    )
+}
+
+/// The stored pub/sub endpoints and push subscriptions that name `security` (a security
+/// definition) or `conn` (a REST outgoing connection), for refusing their deletion: the
+/// message of the 409, if any.
+pub(crate) async fn in_use_by(
+    cx: &Ctx,
+    security: Option<&str>,
+    conn: Option<&str>,
+) -> Result<Option<String>, Response<Body>> {
+    if let Some(sec) = security {
+        let endpoints: Vec<Endpoint> = stored(cx).await?;
+        let mut names: Vec<&str> = endpoints
+            .iter()
+            .filter(|e| e.security == sec)
+            .map(|e| e.name.as_str())
+            .collect();
+        if !names.is_empty() {
+            names.sort_unstable();
+            return Ok(Some(format!(
+                "security definition {sec} is used by pub/sub endpoint(s) {}: delete or \
+                 change them first",
+                names.join(", ")
+            )));
+        }
+    }
+    if let Some(conn) = conn {
+        let subs: Vec<Subscription> = stored(cx).await?;
+        let mut keys: Vec<&str> = subs
+            .iter()
+            .filter(|s| push_conn(s) == Some(conn))
+            .map(|s| s.sub_key.as_str())
+            .collect();
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            return Ok(Some(format!(
+                "outgoing connection {conn} is used by push subscription(s) {}: delete or \
+                 change them first",
+                keys.join(", ")
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The REST outgoing connection a push subscription delivers through, if any.
+fn push_conn(s: &Subscription) -> Option<&str> {
+    match &s.delivery {
+        DeliveryKind::Push { conn, .. } => conn.as_deref(),
+        _ => None,
+    }
+}
+
+/// What a push subscription names must exist (its `conn`), and a plain `url` carries no
+/// credentials (`user:pass@`): they would be stored, shown and logged as part of the URL;
+/// credentials belong in an outgoing connection's secret.
+fn push_references(s: &Subscription, conns: &[RestConn]) -> Result<(), String> {
+    let DeliveryKind::Push { conn, url, .. } = &s.delivery else {
+        return Ok(());
+    };
+    if let Some(c) = conn.as_deref()
+        && !conns.iter().any(|r| r.name == c)
+    {
+        return Err(format!(
+            "subscription {}: delivery.conn: no REST outgoing connection named {c}",
+            s.sub_key
+        ));
+    }
+    if let Some(u) = url.as_deref() {
+        let after_scheme = u.split_once("://").map_or(u, |(_, rest)| rest);
+        let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(format!(
+                "subscription {}: delivery.url: credentials in the URL (user:pass@) are not \
+                 accepted; use delivery.conn, a REST outgoing connection with its auth",
+                s.sub_key
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `POST …/requeue`: `{"msg_ids": [...]}` or an empty body / `{}` for every dead letter.
@@ -530,12 +721,15 @@ pub(crate) fn check_references(
     subs: &[Subscription],
     endpoints: &[Endpoint],
     security: &[SecurityDef],
+    rest_conns: &[RestConn],
 ) -> Result<(), String> {
     for s in subs {
         sub_references(s, topics)?;
+        push_references(s, rest_conns)?;
     }
     for e in endpoints {
         endpoint_references(e, security)?;
+        shared_security(e, endpoints)?;
     }
     Ok(())
 }
@@ -556,6 +750,21 @@ fn sub_references(s: &Subscription, topics: &[Topic]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Unless `e` is the only endpoint (of `endpoints`, the others) of its security definition.
+fn shared_security(e: &Endpoint, endpoints: &[Endpoint]) -> Result<(), String> {
+    match endpoints
+        .iter()
+        .find(|o| o.name != e.name && o.security == e.security)
+    {
+        Some(o) => Err(format!(
+            "pub/sub endpoints {} and {} would both have security definition {}: a \
+             definition is one endpoint's",
+            o.name, e.name, e.security
+        )),
+        None => Ok(()),
+    }
 }
 
 fn endpoint_references(e: &Endpoint, security: &[SecurityDef]) -> Result<(), String> {
@@ -643,53 +852,39 @@ impl AdminObject for Topic {
         Ok(json!({"config_version": config_version, "created": created, "topic": def}))
     }
 
-    /// A topic a subscription names, or sends its dead letters to, stays (409 naming them):
-    /// delete or change those first. Pattern subscriptions do not hold a topic.
-    fn refuse_delete(cx: &Ctx, name: &str) -> Option<Refused> {
-        let defs = cx.pubsub.defs();
-        let mut holding: Vec<&str> = defs
-            .subs
-            .values()
-            .filter(|s| s.topic == name || s.dead_letter_topic.as_deref() == Some(name))
-            .map(|s| s.sub_key.as_str())
-            .collect();
-        if holding.is_empty() {
-            return None;
-        }
-        holding.sort_unstable();
-        Some(Refused::new(
-            StatusCode::CONFLICT,
-            format!(
-                "topic {name} is used by subscription(s) {} (as their topic or dead-letter \
-                 topic): delete or change them first",
-                holding.join(", ")
-            ),
-        ))
-    }
-
     fn not_found(name: &str) -> String {
         format!("no topic named {name}")
     }
 }
 
 impl AdminObject for Subscription {
+    /// Built under the deploy lock: what it names is checked against the store as it is
+    /// when the subscription is stored (no topic deleted meanwhile through this server).
+    const BUILT_FROM_STORED: bool = true;
+
     /// The body's fields (`sub_key` may be left out); `created_at_ms` left out is the stored
-    /// one's, else now (the model's `into_stored`). Its topic (unless a pattern) and
-    /// dead-letter topic must exist.
+    /// one's, else now (the model's `into_stored`); `endpoint` left out is the stored one's
+    /// (a replacement does not take a subscription from its endpoint). Its topic (unless a
+    /// pattern) and dead-letter topic must exist, and a push one's `conn`.
     async fn build(
         cx: &Ctx,
         input: Value,
         name: Option<&str>,
-        _stored: Option<&Self>,
+        stored: Option<&Self>,
     ) -> Result<Self, Refused> {
-        let s = crate::model::document::parse_subscription(&input, name).map_err(bad)?;
+        let keeps_endpoint = input.get("endpoint").is_none();
+        let mut s = crate::model::document::parse_subscription(&input, name).map_err(bad)?;
+        if keeps_endpoint && let Some(old) = stored {
+            s.endpoint = old.endpoint.clone();
+        }
         s.validate().map_err(bad)?;
-        let topics: Vec<Topic> = cx
-            .store
-            .objects()
-            .await
-            .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let unavailable = |e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e);
+        let topics: Vec<Topic> = cx.store.objects().await.map_err(unavailable)?;
         sub_references(&s, &topics).map_err(bad)?;
+        if matches!(s.delivery, DeliveryKind::Push { .. }) {
+            let conns: Vec<RestConn> = cx.store.objects().await.map_err(unavailable)?;
+            push_references(&s, &conns).map_err(bad)?;
+        }
         Ok(s)
     }
 
@@ -713,7 +908,11 @@ impl AdminObject for Subscription {
 }
 
 impl AdminObject for Endpoint {
-    /// Its security definition must exist.
+    /// Built under the deploy lock: the checks below see the store as it is stored.
+    const BUILT_FROM_STORED: bool = true;
+
+    /// Its security definition must exist, and be no other endpoint's (a caller is one
+    /// endpoint: 409 naming both).
     async fn build(
         cx: &Ctx,
         input: Value,
@@ -722,12 +921,13 @@ impl AdminObject for Endpoint {
     ) -> Result<Self, Refused> {
         let e = crate::model::document::parse_endpoint(&input, name).map_err(bad)?;
         e.validate().map_err(bad)?;
-        let security: Vec<SecurityDef> = cx
-            .store
-            .objects()
-            .await
-            .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let unavailable = |e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e);
+        let security: Vec<SecurityDef> = cx.store.objects().await.map_err(unavailable)?;
         endpoint_references(&e, &security).map_err(bad)?;
+        let endpoints: Vec<Endpoint> = cx.store.objects().await.map_err(unavailable)?;
+        if let Err(m) = shared_security(&e, &endpoints) {
+            return Err(Refused::new(StatusCode::CONFLICT, m));
+        }
         Ok(e)
     }
 
@@ -809,22 +1009,63 @@ mod tests {
             .unwrap()
         };
         let topics = [topic];
-        assert!(check_references(&topics, &[sub("/a", None)], &[], &[]).is_ok());
-        assert!(check_references(&topics, &[sub("/b/*", None)], &[], &[]).is_ok());
-        let e = check_references(&topics, &[sub("/b", None)], &[], &[]).unwrap_err();
+        assert!(check_references(&topics, &[sub("/a", None)], &[], &[], &[]).is_ok());
+        assert!(check_references(&topics, &[sub("/b/*", None)], &[], &[], &[]).is_ok());
+        let e = check_references(&topics, &[sub("/b", None)], &[], &[], &[]).unwrap_err();
         assert!(
             e.contains("subscription k: topic: no topic named /b"),
             "{e}"
         );
-        let e = check_references(&topics, &[sub("/a", Some("/dl"))], &[], &[]).unwrap_err();
+        let e = check_references(&topics, &[sub("/a", Some("/dl"))], &[], &[], &[]).unwrap_err();
         assert!(e.contains("dead_letter_topic: no topic named /dl"), "{e}");
         let ep: Endpoint =
             serde_json::from_value(json!({"name": "crm", "security": "crm-basic"})).unwrap();
-        let e = check_references(&topics, &[], &[ep], &[]).unwrap_err();
+        let e = check_references(&topics, &[], &[ep], &[], &[]).unwrap_err();
         assert!(
             e.contains("pub/sub endpoint crm: security: no security definition named crm-basic"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn push_conns_exist_urls_carry_no_credentials_and_endpoints_own_their_security() {
+        let push = |delivery: Value| -> Subscription {
+            serde_json::from_value(json!({"sub_key": "k", "topic": "/a", "delivery": delivery}))
+                .unwrap()
+        };
+        let conn: RestConn =
+            serde_json::from_value(json!({"name": "crm-api", "address": "http://127.0.0.1:9"}))
+                .unwrap();
+        let conns = [conn];
+        assert!(push_references(&push(json!({"type": "push", "conn": "crm-api"})), &conns).is_ok());
+        let e =
+            push_references(&push(json!({"type": "push", "conn": "nope"})), &conns).unwrap_err();
+        assert!(
+            e.contains("delivery.conn: no REST outgoing connection named nope"),
+            "{e}"
+        );
+        assert!(
+            push_references(
+                &push(json!({"type": "push", "url": "http://h:1/p?a=b@c"})),
+                &[]
+            )
+            .is_ok()
+        );
+        let e = push_references(
+            &push(json!({"type": "push", "url": "https://u:pw@h/p"})),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("delivery.url: credentials"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+
+        let ep = |name: &str, sec: &str| -> Endpoint {
+            serde_json::from_value(json!({"name": name, "security": sec})).unwrap()
+        };
+        let both = [ep("crm", "crm-basic"), ep("erp", "crm-basic")];
+        let e = shared_security(&both[1], &both).unwrap_err();
+        assert!(e.contains("crm and erp") && e.contains("crm-basic"), "{e}");
+        assert!(shared_security(&both[0], &both[..1]).is_ok());
     }
 
     #[test]

@@ -33,7 +33,14 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                 Err(r) => r,
             }
         }
-        (&Method::DELETE, [name]) => objects::delete::<SecurityDef>(cx, name).await,
+        (&Method::DELETE, [name]) => {
+            // A definition a pub/sub endpoint is would leave the endpoint nobody's (409).
+            match super::pubsub::in_use_by(cx, Some(name), None).await {
+                Ok(None) => objects::delete::<SecurityDef>(cx, name).await,
+                Ok(Some(m)) => error(StatusCode::CONFLICT, m),
+                Err(r) => r,
+            }
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {method} {}", req.uri().path()),

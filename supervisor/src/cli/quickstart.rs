@@ -480,7 +480,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s -u demo:$(cat {pw}) -X POST {url}/pubsub/topic/demo/orders -H 'Content-Type: application/json' -d '{{\"data\": \"hi\"}}'   (pub/sub)\n           curl -s {url}/demo/orders   (what its subscriber, demo.orders.subscriber, received)\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -490,9 +490,22 @@ fn prepare(
         s.admin.listen,
         s.admin_token_file().display(),
         s.admin.listen,
-        pw = dir.join(PUBSUB_PASSWORD_FILE).display(),
+        pubsub_lines = pubsub_try(dir, &url),
     );
     Ok((s, banner, proxy))
+}
+
+/// The banner's pub/sub lines: only when the sample's password file is there (a store
+/// seeded by this quickstart); the path quoted for the shell.
+fn pubsub_try(dir: &Path, url: &str) -> String {
+    let pw = dir.join(PUBSUB_PASSWORD_FILE);
+    if !pw.is_file() {
+        return String::new();
+    }
+    let pw = pw.display().to_string().replace('\'', r"'\''");
+    format!(
+        "\n           curl -s -u \"demo:$(cat '{pw}')\" -X POST {url}/pubsub/topic/demo/orders -H 'Content-Type: application/json' -d '{{\"data\": \"hi\"}}'   (pub/sub)\n           curl -s {url}/demo/orders   (what its subscriber, demo.orders.subscriber, received)"
+    )
 }
 
 /// Seeds a new quickstart environment's config store with the sample module, channels and
@@ -518,29 +531,43 @@ fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(io::Error::other(e.to_string())))?;
     let password = crate::random::random_hex(12);
     let pw_file = dir.join(PUBSUB_PASSWORD_FILE);
+    // Written beside the final name first, and put in place only when the seeding made the
+    // definition with it: a store seeded before keeps its password, and the file its.
+    let pw_new = dir.join(format!("{PUBSUB_PASSWORD_FILE}.new"));
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&pw_new);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&pw_file)
+            .open(&pw_new)
             .map_err(|source| CliError::Write {
-                path: pw_file.clone(),
+                path: pw_new.clone(),
                 source,
             })?;
         writeln!(f, "{password}").map_err(|source| CliError::Write {
-            path: pw_file.clone(),
+            path: pw_new.clone(),
             source,
         })?;
     }
-    rt.block_on(async {
+    let seeded = rt.block_on(async {
         let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
         let r = seed(&store, s.server.listen, &db_file, &password, &key).await;
         store.close().await;
-        r.map(drop).map_err(CliError::Seed)
-    })
+        r.map_err(CliError::Seed)
+    });
+    match seeded {
+        Ok(true) => std::fs::rename(&pw_new, &pw_file).map_err(|source| CliError::Write {
+            path: pw_file.clone(),
+            source,
+        }),
+        other => {
+            let _ = std::fs::remove_file(&pw_new);
+            other.map(drop)
+        }
+    }
 }
 
 /// Starts `oxbus proxy` in front of quickstart's server (it stops with quickstart, and if
@@ -586,6 +613,21 @@ mod tests {
         assert_eq!(s.pickup_dir(), Some(dir.join("pickup")));
         assert!(dir.join("pickup").is_dir());
         assert!(!ensure_env(&dir, 1, None).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_pubsub_line_needs_the_password_file_and_quotes_its_path() {
+        let dir = std::env::temp_dir().join(format!("oxbus qs-try {}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(pubsub_try(&dir, "http://127.0.0.1:1"), "");
+        std::fs::write(dir.join(PUBSUB_PASSWORD_FILE), "pw\n").unwrap();
+        let line = pubsub_try(&dir, "http://127.0.0.1:1");
+        let want = format!(
+            "-u \"demo:$(cat '{}')\"",
+            dir.join(PUBSUB_PASSWORD_FILE).display()
+        );
+        assert!(line.contains(&want), "{line}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -506,6 +506,18 @@ async fn handle(
             );
         }
     };
+    // A pubsub channel that names no security definition lets in the callers of its
+    // endpoints' definitions: they are checked here too, before the body is read.
+    let pubsub_caller = if channel.channel_type == ChannelType::Pubsub {
+        match crate::edge::pubsub::caller_of(cx, &router, caller.as_ref(), req.headers(), &cid)
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(r) => return r,
+        }
+    } else {
+        None
+    };
     let too_large = || {
         refused_for(cx, RefusalReason::BodyTooLarge);
         error_response(
@@ -546,14 +558,14 @@ async fn handle(
     };
     // A pubsub channel is answered here, by the server: its API reads the body by its
     // content type (and checks a JSON body's depth itself).
-    if channel.channel_type == ChannelType::Pubsub {
+    if let Some(caller) = pubsub_caller {
         let req = crate::edge::pubsub::Request {
             parts: &parts,
             body: &body,
             cid: &cid,
-            gate_caller: caller.as_ref(),
+            caller,
         };
-        return crate::edge::pubsub::handle(cx, &router, &channel, req).await;
+        return crate::edge::pubsub::handle(cx, &channel, req).await;
     }
     // A body the worker will decode as JSON may nest only so deep (its decoder recurses).
     let json_body =

@@ -156,6 +156,18 @@ pub async fn import(
             c.channel_type.as_str()
         )));
     }
+    // A pubsub channel is listed with the REST channels; under channel_jsonrpc it would be
+    // made a JSON-RPC channel silently.
+    if let Some(c) = doc
+        .channel_jsonrpc
+        .iter()
+        .find(|c| c.channel_type == ChannelType::Pubsub)
+    {
+        return Err(bad(format!(
+            "channel_jsonrpc: {} is a pubsub channel; list it under channel_rest",
+            c.name.as_deref().unwrap_or(&c.url_path)
+        )));
+    }
     let channels: Vec<Channel> = doc
         .channel_rest
         .into_iter()
@@ -389,8 +401,14 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
-    crate::admin::pubsub::check_references(&pubsub_topics, &pubsub_subs, &pubsub_endpoints, &defs)
-        .map_err(bad)?;
+    crate::admin::pubsub::check_references(
+        &pubsub_topics,
+        &pubsub_subs,
+        &pubsub_endpoints,
+        &defs,
+        &outgoing_rest,
+    )
+    .map_err(bad)?;
 
     // Modules: the changed ones were imported in a worker (`check_modules`, before the
     // caller took its lock) and nothing is written unless they were.
@@ -473,6 +491,19 @@ pub async fn import(
             pubsub_endpoints,
             ..Default::default()
         });
+    }
+    // What the store keeps beside a deleted topic or subscription goes with it, as the admin
+    // API's deletes do: a topic's log, a subscription's cursors, lease and dead letters (its
+    // delivery task stopped with the definitions applied above).
+    for topic in &plan.pubsub_topics.delete {
+        if let Err(e) = store.drop_topic_log(topic).await {
+            tracing::warn!(topic = %topic, error = %e, "pubsub: cannot drop a deleted topic's log");
+        }
+    }
+    for sub_key in &plan.pubsub_subs.delete {
+        if let Err(e) = store.sub_forget(sub_key).await {
+            tracing::warn!(%sub_key, error = %e, "pubsub: cannot forget a deleted subscription");
+        }
     }
     let mut workers = Vec::new();
     if !change.value.is_empty() {

@@ -31,9 +31,14 @@ fn has_bearer(headers: &hyper::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("Bearer ") || v.starts_with("bearer "))
 }
 
-/// The name of the endpoint security definition `headers` pass. 401 (with a Basic
-/// challenge when an endpoint uses Basic) when none does; 429 when the one that does is
-/// over its rate limit.
+/// The one answer to credentials no endpoint's definition accepts, whatever was wrong: a
+/// caller learns nothing of which definitions, user names or keys exist.
+pub const REFUSED: &str = "credentials of a pub/sub endpoint's security definition required";
+
+/// The name of the endpoint security definition `headers` pass. 401 ([`REFUSED`], with a
+/// Bearer challenge when a bearer token was refused, else a Basic one when an endpoint uses
+/// Basic) when none does, or when more than one does (which definition would be ambiguous);
+/// 429 when one that does is over its rate limit.
 pub async fn endpoint_security(
     gate: &Gate,
     defs: &Defs,
@@ -50,7 +55,10 @@ pub async fn endpoint_security(
     let bearer = has_bearer(headers);
     // The realm of the challenge: the first Basic endpoint definition's.
     let mut realm: Option<String> = None;
-    let mut last: Option<Rejection> = None;
+    let mut first_basic = None;
+    let mut basic_tried = false;
+    let mut bearer_refused = false;
+    let mut accepted: Vec<String> = Vec::new();
     for name in names {
         // An endpoint naming a definition that does not exist (or did not compile) lets
         // nobody in.
@@ -61,8 +69,11 @@ pub async fn endpoint_security(
             SecurityType::Basic => {
                 if realm.is_none() {
                     realm = Some(def.realm.clone().unwrap_or_else(|| "oxbus".into()));
+                    first_basic = Some(verifier);
                 }
-                user.is_some() && def.username == user
+                let c = user.is_some() && def.username == user;
+                basic_tried |= c;
+                c
             }
             SecurityType::Apikey => {
                 headers.contains_key(def.header.as_deref().unwrap_or(DEFAULT_KEY_HEADER))
@@ -73,21 +84,37 @@ pub async fn endpoint_security(
             continue;
         }
         match verifier.admit(headers).await {
-            Ok(caller) => return Ok(caller.name.to_string()),
+            Ok(caller) => accepted.push(caller.name.to_string()),
             Err(r @ Rejection::TooMany { .. }) => return Err(r),
-            Err(r) => last = Some(r),
+            Err(_) => bearer_refused |= def.kind == SecurityType::Jwt,
         }
     }
-    let challenge = realm.map(|r| format!("Basic realm=\"{r}\", charset=\"UTF-8\""));
-    Err(match last {
-        Some(Rejection::Unauthorized { reason, .. }) => {
-            Rejection::Unauthorized { reason, challenge }
-        }
-        Some(other) => other,
-        None => Rejection::Unauthorized {
-            reason: "credentials of a pub/sub endpoint's security definition required".into(),
-            challenge,
-        },
+    // A Basic user name no definition has costs the same hash as a wrong password (the
+    // verifier hashes whatever the user name), so the time taken does not tell them apart.
+    if user.is_some()
+        && !basic_tried
+        && let Some(v) = first_basic
+    {
+        let _ = v.admit(headers).await;
+    }
+    if accepted.len() == 1 {
+        return Ok(accepted.remove(0));
+    }
+    if accepted.len() > 1 {
+        tracing::warn!(
+            definitions = ?accepted,
+            "pubsub: a request's credentials pass more than one endpoint's security \
+             definition: refused (give each endpoint credentials of its own)"
+        );
+    }
+    let challenge = if bearer_refused {
+        Some("Bearer realm=\"oxbus\"".to_owned())
+    } else {
+        realm.map(|r| format!("Basic realm=\"{r}\", charset=\"UTF-8\""))
+    };
+    Err(Rejection::Unauthorized {
+        reason: REFUSED.into(),
+        challenge,
     })
 }
 

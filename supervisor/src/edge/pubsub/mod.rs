@@ -33,49 +33,69 @@ pub(crate) struct Request<'a> {
     pub parts: &'a hyper::http::request::Parts,
     pub body: &'a Bytes,
     pub cid: &'a str,
-    /// Who the channel's own security definition let in, if it names one.
-    pub gate_caller: Option<&'a crate::edge::gate::Caller>,
+    /// Who the request is ([`caller_of`]).
+    pub caller: Caller,
 }
 
-/// Answers one request to pubsub channel `channel` of routing table `router`.
-pub(crate) async fn handle(
+/// Who a request to a pubsub channel is: the security definition the channel's gate let in
+/// (`gate_caller`), or, for a channel that names none, the one of a pub/sub endpoint the
+/// credentials pass. The edge asks before it reads the body; the refusal is the answer.
+pub(crate) async fn caller_of(
     cx: &Ctx,
     router: &Router,
-    channel: &Channel,
-    req: Request<'_>,
-) -> Response<Body> {
-    let cid = req.cid;
-    let caller = match req.gate_caller {
-        Some(c) => Caller::Security(c.name.to_string()),
-        None => {
-            let defs = cx.pubsub.defs();
-            match auth::endpoint_security(&router.gate, &defs, &req.parts.headers).await {
-                Ok(name) => Caller::Security(name),
-                Err(r) => {
-                    // Counted as the gate's refusals are: these are the channel's checks.
-                    refused_for(
-                        cx,
-                        match &r {
-                            Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
-                            Rejection::Forbidden(_) => RefusalReason::Forbidden,
-                            Rejection::TooMany { .. } => RefusalReason::RateLimited,
-                        },
-                    );
-                    return rejection(r, cid);
-                }
-            }
+    gate_caller: Option<&crate::edge::gate::Caller>,
+    headers: &hyper::HeaderMap,
+    cid: &str,
+) -> Result<Caller, Response<Body>> {
+    if let Some(c) = gate_caller {
+        return Ok(Caller::Security(c.name.to_string()));
+    }
+    let defs = cx.pubsub.defs();
+    match auth::endpoint_security(&router.gate, &defs, headers).await {
+        Ok(name) => Ok(Caller::Security(name)),
+        Err(r) => {
+            // Counted as the gate's refusals are: these are the channel's checks.
+            refused_for(
+                cx,
+                match &r {
+                    Rejection::Unauthorized { .. } => RefusalReason::Unauthorized,
+                    Rejection::Forbidden(_) => RefusalReason::Forbidden,
+                    Rejection::TooMany { .. } => RefusalReason::RateLimited,
+                },
+            );
+            Err(rejection(r, cid))
         }
-    };
+    }
+}
+
+/// Answers one request to pubsub channel `channel`.
+pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Response<Body> {
+    let cid = req.cid;
+    let caller = req.caller.clone();
     let path = req.parts.uri.path();
     let rest = path.strip_prefix(channel.url_path.as_str()).unwrap_or("");
     let flavour = Flavour::of(&channel.url_path);
+    // The request's own time bounds the whole call (a long poll waits less: `wait`).
+    let limit = cx.settings.request_timeout();
     let result = match wire::route(req.parts.method.as_str(), rest) {
-        Ok(op) => run(cx, &caller, flavour, op, &req).await,
+        Ok(op) => match tokio::time::timeout(limit, run(cx, &caller, flavour, op, &req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError {
+                status: 504,
+                code: "timeout",
+                message: format!("no answer within the request timeout of {limit:?}"),
+            }),
+        },
         Err(e) => Err(e),
     };
     match result {
         Ok(v) => json_response(StatusCode::OK, cid, &v),
-        Err(e) => {
+        Err(mut e) => {
+            // What failed inside is logged, not told (it can name stores and peers).
+            if e.status >= 500 && e.status != 504 && e.code != "busy" {
+                tracing::warn!(%cid, status = e.status, code = e.code, error = %e.message, "pubsub API");
+                e.message = format!("the request could not be served now (cid {cid})");
+            }
             let status =
                 StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut r = json_response(status, cid, &e.body());
@@ -116,6 +136,12 @@ async fn run(
             // (curl's is form data): a Zato channel reads every body as JSON.
             let json = flavour == Flavour::Zato || wire::is_json(content_type);
             let (msgs, many) = wire::parse_publish(json, content_type, query, body)?;
+            if msgs.len() > MAX_PUBLISH {
+                return Err(ApiError::invalid(format!(
+                    "publish: {} messages in one request; at most {MAX_PUBLISH}",
+                    msgs.len()
+                )));
+            }
             let ids = broker.publish(caller, &topic, msgs).await?;
             Ok(if many {
                 json!({ "msg_ids": ids })
@@ -134,6 +160,8 @@ async fn run(
                 Some(k) => k,
                 None => own_sub(&defs, caller, &topic, true)?,
             };
+            owned(&defs, caller, &sub_key, Some(&topic))?;
+            let _poll = LongPoll::enter(get.wait_ms)?;
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
@@ -146,6 +174,8 @@ async fn run(
         Op::Get => {
             let get = wire::parse_get(body, query, true)?;
             let sub_key = get.sub_key.unwrap_or_default();
+            owned(&broker.defs(), caller, &sub_key, None)?;
+            let _poll = LongPoll::enter(get.wait_ms)?;
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
@@ -153,12 +183,14 @@ async fn run(
         }
         Op::Ack => {
             let (sub_key, ids) = wire::parse_ack(body)?;
+            owned(&broker.defs(), caller, &sub_key, None)?;
             let n = broker.ack(caller, &sub_key, &ids).await?;
             Ok(json!({ "acked": n }))
         }
         Op::Subscribe(topic) => {
             allowed(&broker.defs(), caller, Access::Subscribe, &topic)?;
             let sub = wire::parse_subscribe(&topic, body, flavour)?;
+            pull_only(&sub.delivery)?;
             let sub_key = broker.subscribe(caller, sub).await?;
             Ok(match flavour {
                 Flavour::Native => json!({ "sub_key": sub_key }),
@@ -177,23 +209,58 @@ async fn run(
                 Some(k) => k,
                 None => own_sub(&defs, caller, &topic, false)?,
             };
-            if let Some(s) = defs.subs.get(&sub_key)
-                && s.topic != topic
-            {
-                return Err(ApiError::invalid(format!(
-                    "subscription {sub_key} is to {}, not to {topic}",
-                    s.topic
-                )));
-            }
+            owned(&defs, caller, &sub_key, Some(&topic))?;
             broker.unsubscribe(caller, &sub_key).await?;
             Ok(json!({}))
         }
     }
 }
 
-/// How long a pull may wait: what it asks, within the request's own time.
+/// The most messages one REST publish carries.
+const MAX_PUBLISH: usize = 1000;
+/// The most long polls (pulls that may wait) this server holds at once: each holds a
+/// connection and a task; beyond it a pull is answered 503 with `Retry-After`.
+const MAX_LONG_POLLS: usize = 1024;
+static LONG_POLLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One long poll counted against [`MAX_LONG_POLLS`] while it lives.
+struct LongPoll(bool);
+
+impl LongPoll {
+    /// Counts a pull that may wait (`wait_ms` > 0); 503 when the server holds its most.
+    fn enter(wait_ms: u64) -> Result<LongPoll, ApiError> {
+        use std::sync::atomic::Ordering;
+        if wait_ms == 0 {
+            return Ok(LongPoll(false));
+        }
+        if LONG_POLLS.fetch_add(1, Ordering::SeqCst) >= MAX_LONG_POLLS {
+            LONG_POLLS.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError {
+                status: 503,
+                code: "busy",
+                message: format!(
+                    "this server holds {MAX_LONG_POLLS} waiting pulls already: retry, or \
+                     pull without wait_ms"
+                ),
+            });
+        }
+        Ok(LongPoll(true))
+    }
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        if self.0 {
+            LONG_POLLS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// How long a pull may wait: what it asks, within nine tenths of the request's own time
+/// (the rest is for answering before the call's timeout).
 fn wait(cx: &Ctx, wait_ms: u64) -> Duration {
-    Duration::from_millis(wait_ms).min(cx.settings.request_timeout())
+    let limit = cx.settings.request_timeout();
+    Duration::from_millis(wait_ms).min(limit - limit / 10)
 }
 
 /// Who `caller` is in messages: its endpoint, or its security definition when no endpoint
@@ -221,6 +288,67 @@ fn allowed(defs: &Defs, caller: &Caller, access: Access, topic: &str) -> Result<
         status: 403,
         code: "forbidden",
         message: format!("{} may not {verb} topic {topic}", who(defs, caller)),
+    })
+}
+
+/// Unless `sub_key` is a subscription of the caller's endpoint (and, `topic` given, one to
+/// that topic): 403 for a caller without an endpoint or someone else's subscription (the
+/// broker checks it too; this answer says why), 404 for none, 400 for another topic's.
+fn owned(defs: &Defs, caller: &Caller, sub_key: &str, topic: Option<&str>) -> Result<(), ApiError> {
+    let forbidden = |message: String| ApiError {
+        status: 403,
+        code: "forbidden",
+        message,
+    };
+    let endpoint = match caller {
+        Caller::Security(s) => match defs.endpoint_of(s) {
+            Some(e) => Some(e.name.as_str()),
+            None => {
+                return Err(forbidden(format!(
+                    "{} has no subscriptions",
+                    who(defs, caller)
+                )));
+            }
+        },
+        // Services and the admin API are trusted with every subscription.
+        _ => None,
+    };
+    let Some(sub) = defs.subs.get(sub_key) else {
+        return Err(ApiError {
+            status: 404,
+            code: "no_sub",
+            message: format!("no subscription {sub_key}"),
+        });
+    };
+    if endpoint.is_some() && sub.endpoint.as_deref() != endpoint {
+        return Err(forbidden(format!(
+            "subscription {sub_key} is not one of {}",
+            who(defs, caller)
+        )));
+    }
+    if let Some(t) = topic
+        && sub.topic != t
+    {
+        return Err(ApiError::invalid(format!(
+            "subscription {sub_key} is to {}, not to {t}",
+            sub.topic
+        )));
+    }
+    Ok(())
+}
+
+/// 403 unless `delivery` is pull: push and service deliveries go to URLs and services the
+/// REST caller should not choose (the admin API makes them).
+fn pull_only(delivery: &DeliveryKind) -> Result<(), ApiError> {
+    if matches!(delivery, DeliveryKind::Pull) {
+        return Ok(());
+    }
+    Err(ApiError {
+        status: 403,
+        code: "forbidden",
+        message: "subscribe: only pull subscriptions are made through this API; push and \
+                  service deliveries are made through the admin API"
+            .into(),
     })
 }
 
@@ -332,6 +460,32 @@ mod tests {
     }
 
     #[test]
+    fn long_polls_are_counted_and_capped() {
+        let quick = LongPoll::enter(0).unwrap();
+        assert!(!quick.0);
+        let mut held: Vec<LongPoll> = (0..MAX_LONG_POLLS)
+            .map(|_| LongPoll::enter(30_000).unwrap())
+            .collect();
+        let e = LongPoll::enter(30_000).err().expect("over the cap");
+        assert_eq!((e.status, e.code), (503, "busy"));
+        // A pull that does not wait is never turned away.
+        assert!(LongPoll::enter(0).is_ok());
+        held.pop();
+        assert!(LongPoll::enter(30_000).is_ok());
+    }
+
+    #[test]
+    fn rest_subscriptions_are_pull_only() {
+        assert!(pull_only(&DeliveryKind::Pull).is_ok());
+        let e = pull_only(&DeliveryKind::Service {
+            service: "billing.charge".into(),
+        })
+        .unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"));
+        assert!(e.message.contains("admin API"), "{}", e.message);
+    }
+
+    #[test]
     fn permissions_and_own_subscriptions() {
         let defs = Defs::new(
             &[],
@@ -384,5 +538,20 @@ mod tests {
                 .status,
             404
         );
+
+        // Someone else's sub_key, a caller without an endpoint, another topic's sub_key.
+        assert!(owned(&defs, &crm, "sk.a", Some("/orders/new")).is_ok());
+        assert!(owned(&defs, &crm, "sk.b", None).is_ok());
+        let e = owned(&defs, &erp, "sk.a", None).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"));
+        assert!(e.message.contains("sk.a"), "{}", e.message);
+        let e = owned(&defs, &stranger, "sk.a", None).unwrap_err();
+        assert_eq!(e.status, 403);
+        let e = owned(&defs, &crm, "sk.b", Some("/orders/new")).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("/orders/old"), "{}", e.message);
+        assert_eq!(owned(&defs, &crm, "sk.none", None).unwrap_err().status, 404);
+        // The admin API and services are trusted with any.
+        assert!(owned(&defs, &Caller::Admin("ops".into()), "sk.d", None).is_ok());
     }
 }
