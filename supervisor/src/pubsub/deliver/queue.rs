@@ -515,7 +515,13 @@ impl Queue {
     /// on the way (counted).
     pub fn take(&mut self, max: usize, now: i64, until: i64, in_order: bool) -> Vec<Entry> {
         // A batch must fit in one IPC frame, whoever takes it (a pull answer, a delivery).
-        self.take_capped(max, crate::pubsub::ops::MAX_BATCH_BYTES, now, until, in_order)
+        self.take_capped(
+            max,
+            crate::pubsub::ops::MAX_BATCH_BYTES,
+            now,
+            until,
+            in_order,
+        )
     }
 
     /// [`Queue::take`], stopping before the message that would bring the data taken past
