@@ -190,6 +190,24 @@ async fn pubsub_definitions_through_the_admin_api_the_cli_and_export_import() {
     let sub = &doc["subscription"];
     assert_eq!(sub["sub_key"], "sk.adm-1");
     assert_eq!(sub["created_by"], "admin:root");
+    // Its topic cannot change (another topic is another queue): 409, nothing stored.
+    let v = config_version(&srv).await;
+    let doc409 = must(
+        &srv,
+        "PUT",
+        s,
+        json!({"topic": "/orders/*", "delivery": {"type": "pull"}}),
+        409,
+    )
+    .await;
+    assert!(
+        doc409["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("its topic cannot change"),
+        "{doc409}"
+    );
+    assert_eq!(config_version(&srv).await, v, "nothing stored");
     let created_at = sub["created_at_ms"].as_i64().unwrap();
     assert!(created_at > 1_700_000_000_000, "{sub}");
     // A pattern subscription needs no topic of that name.

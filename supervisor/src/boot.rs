@@ -284,11 +284,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     pubsub.start(shutdown_rx.clone());
     if metrics.enabled() {
-        metrics.register_collector(Box::new(pubsub_state(
-            &pubsub,
-            &me.name,
-            shutdown_rx.clone(),
-        )));
+        metrics.register_collector(Box::new(pubsub_state(&pubsub, shutdown_rx.clone())));
     }
     let pickup_dir = match pickup {
         Some(w) => {
@@ -422,13 +418,11 @@ const PUBSUB_GAUGES_EVERY: Duration = Duration::from_secs(10);
 /// server delivers (`owner`), so that a sum over servers counts each once.
 fn pubsub_state(
     broker: &crate::pubsub::Broker,
-    me: &str,
     mut shutdown: watch::Receiver<bool>,
 ) -> crate::metrics::pubsub::PubsubState {
     use crate::metrics::pubsub::{PubsubGauges, PubsubState, SubGauge, TopicGauge};
-    use futures_util::StreamExt as _;
     let cache = Arc::new(std::sync::RwLock::new(PubsubGauges::default()));
-    let (broker, me, writer) = (broker.clone(), me.to_owned(), cache.clone());
+    let (broker, writer) = (broker.clone(), cache.clone());
     tokio::spawn(async move {
         loop {
             let topics = match broker.topic_stats().await {
@@ -442,22 +436,10 @@ fn pubsub_state(
                 // The last figures stay until the store answers again.
                 Err(_) => writer.read().expect("gauges lock").topics.clone(),
             };
-            let keys: Vec<String> = broker.defs().subs.keys().cloned().collect();
-            let asks: Vec<_> = keys
-                .into_iter()
-                .map(|k| {
-                    let b = broker.clone();
-                    async move { b.sub_stats(&k).await }
-                })
-                .collect();
-            let stats: Vec<_> = futures_util::stream::iter(asks)
-                .buffer_unordered(16)
-                .collect()
-                .await;
+            // Only the subscriptions this server delivers: no peer asked, no lease read.
+            let stats = broker.local_sub_stats().await;
             let mut subs: Vec<SubGauge> = stats
                 .into_iter()
-                .filter_map(Result::ok)
-                .filter(|s| s.owner.as_deref() == Some(me.as_str()))
                 .map(|s| SubGauge {
                     sub: s.sub_key,
                     depth: s.depth,

@@ -877,6 +877,20 @@ impl AdminObject for Subscription {
         if keeps_endpoint && let Some(old) = stored {
             s.endpoint = old.endpoint.clone();
         }
+        // A subscription's cursors are per topic of its name or pattern: another topic is
+        // another queue (the old one's cursors would hold that topic's log forever).
+        if let Some(old) = stored
+            && old.topic != s.topic
+        {
+            return Err(Refused::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "subscription {} is on {}: its topic cannot change to {} (delete it and \
+                     subscribe again)",
+                    s.sub_key, old.topic, s.topic
+                ),
+            ));
+        }
         s.validate().map_err(bad)?;
         let unavailable = |e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e);
         let topics: Vec<Topic> = cx.store.objects().await.map_err(unavailable)?;

@@ -542,6 +542,11 @@ impl Broker {
         deliver::sub_stats(&self.inner, sub_key).await
     }
 
+    /// The figures of every subscription this server delivers.
+    pub async fn local_sub_stats(&self) -> Vec<SubStats> {
+        deliver::local_sub_stats(&self.inner).await
+    }
+
     /// Up to `limit` messages waiting in a subscription's queue, in delivery order.
     pub async fn browse(&self, sub_key: &str, limit: usize) -> Result<Vec<QueuedMsg>, PubsubError> {
         deliver::browse(&self.inner, sub_key, limit).await

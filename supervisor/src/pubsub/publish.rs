@@ -35,7 +35,16 @@ pub const MAX_EXPIRATION_MS: u64 = 365 * 24 * 3600 * 1000;
 /// How long a flush waits for the store: past it the flush's outcome is unknown and its
 /// publishers hear so (without it one store that stops answering would hang every GD
 /// publish of the server).
-const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Below the HTTP request timeout's default (30 s), so that a REST publisher hears what
+/// became of its publish rather than a bare 504.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What a publisher is told when its flush failed before COMMIT.
+pub const NOT_STORED: &str = "the message store failed: the messages were not stored";
+/// What a publisher is told when its flush failed at or after COMMIT, or timed out.
+pub const OUTCOME_UNKNOWN: &str = "the message store failed while committing the publish: its \
+                                   outcome is unknown (the messages may have been stored and \
+                                   may be delivered)";
 /// Publishes queued for the flusher before a publisher waits for room: the queue is
 /// bounded, as every queue of the server is.
 const QUEUE: usize = 4_096;
@@ -640,11 +649,9 @@ async fn flush(
                 "pubsub: a flush failed: its publishes are not acknowledged");
             // The store's own text stays in the log: publishers learn what it means to them.
             let e = PubsubError::Unavailable(if e.unknown_outcome {
-                "the message store failed while committing the publish: its outcome is \
-                 unknown (the messages may have been stored and may be delivered)"
-                    .to_owned()
+                OUTCOME_UNKNOWN.to_owned()
             } else {
-                "the message store failed: the messages were not stored".to_owned()
+                NOT_STORED.to_owned()
             });
             for (_, _, answer, _) in answers {
                 let _ = answer.send(Err(e.clone()));

@@ -177,8 +177,7 @@ async fn tick(inner: &Inner, state: &mut State) -> Result<(), crate::store::Stor
                 dead_letters = g.dead_letters,
                 cursors = g.cursors,
                 leases = g.leases,
-                topic_logs = g.topic_logs,
-                "pubsub: collected what deleted subscriptions and topics left"
+                "pubsub: collected what deleted subscriptions left"
             );
         }
     }

@@ -115,8 +115,6 @@ pub struct GcFigures {
     pub dead_letters: u64,
     pub cursors: u64,
     pub leases: u64,
-    /// Topics whose log (seq row) was dropped.
-    pub topic_logs: u64,
 }
 
 impl GcFigures {
@@ -129,13 +127,13 @@ impl GcFigures {
 const COLUMNS: &str = "topic, seq, msg_id, pub_time, expires_at, priority, mime_type, \
                        correl_id, in_reply_to, ext_client_id, published_by, data";
 
-/// A row is live (kept by rotation) when it has not expired, its topic still has a log
-/// (`pubsub_topic_seq` row) and either no subscription has a cursor on the topic yet
+/// A row is live (kept by rotation) when it has not expired, its topic is defined
+/// (`pubsub_topics` row) and either no subscription has a cursor on the topic yet
 /// (kept for its first subscription) or some cursor has not passed it. A cursor whose
 /// subscription is gone (no `pubsub_subs` row: an orphan until the garbage collection
 /// takes it) counts for nothing, or it would hold the topic's floor forever. `$1`: now.
 const LIVE: &str = "(m.expires_at IS NULL OR m.expires_at > $1) \
-     AND EXISTS (SELECT 1 FROM pubsub_topic_seq s WHERE s.topic = m.topic) \
+     AND EXISTS (SELECT 1 FROM pubsub_topics t WHERE t.name = m.topic) \
      AND m.seq > COALESCE((SELECT min(c.acked_upto) FROM pubsub_cursor c \
                            WHERE c.topic = m.topic AND EXISTS \
                            (SELECT 1 FROM pubsub_subs u WHERE u.name = c.sub_key)), 0)";
@@ -782,11 +780,14 @@ impl Store {
         .await?))
     }
 
-    /// Drops a deleted topic's log: its messages, its seq row (a topic made again under the
-    /// name starts from seq 1) and its cursors, in one transaction. The seq row is locked
-    /// first (PostgreSQL: `FOR UPDATE`; SQLite: the write lock of `BEGIN IMMEDIATE`), so a
-    /// flush appending to the topic meanwhile either commits before (and its rows go too)
-    /// or waits and finds no row (and starts a new log). A rare operation: a plain DELETE.
+    /// Drops a deleted topic's log: its messages and its cursors, in one transaction. Its
+    /// seq row stays, so a topic made again under the name goes on from the seq it had: a
+    /// delivery task that still remembers a position in the old log (a pattern
+    /// subscription's) skips nothing of the new one, and no seq is ever used twice. The seq
+    /// row is locked first (PostgreSQL: `FOR UPDATE`; SQLite: the write lock of `BEGIN
+    /// IMMEDIATE`), so a flush appending to the topic meanwhile commits either before (and
+    /// its rows go too) or after (its rows are dead: the topic is not defined, [`LIVE`],
+    /// and the rotation removes them). A rare operation: a plain DELETE.
     pub async fn drop_topic_log(&self, topic: &str) -> Result<()> {
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
@@ -804,10 +805,6 @@ impl Store {
                 .bind(topic)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM pubsub_topic_seq WHERE topic = $1")
-                .bind(topic)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?
         });
         Ok(())
@@ -817,9 +814,10 @@ impl Store {
     /// under the lease `#rotate`): dead letters of a subscription that has neither a
     /// `pubsub_subs` row nor a cursor left (so they go a sweep after its cursors), cursors
     /// of a subscription without `pubsub_subs` row not written since `now_ms - grace_ms`,
-    /// expired delivery leases of such subscriptions (never a `#` lease), and the seq row
-    /// of a topic without `pubsub_topics` row: that makes its messages dead (see [`LIVE`]),
-    /// and the rotation removes them with their partition (no DELETE of messages).
+    /// and expired delivery leases of such subscriptions (never a `#` lease). A topic's seq
+    /// row is never collected (seqs never restart, see [`Store::drop_topic_log`]); the
+    /// messages of a topic without `pubsub_topics` row are dead ([`LIVE`]) and the rotation
+    /// removes them with their partition (no DELETE of messages).
     pub async fn log_gc(&self, now_ms: i64, grace_ms: i64) -> Result<GcFigures> {
         let no_sub = |t: &str| {
             format!("NOT EXISTS (SELECT 1 FROM pubsub_subs u WHERE u.name = {t}.sub_key)")
@@ -837,8 +835,6 @@ impl Store {
             "DELETE FROM pubsub_lease WHERE {} AND sub_key NOT LIKE '#%' AND expires_at < $1",
             no_sub("pubsub_lease")
         ));
-        let logs = "DELETE FROM pubsub_topic_seq WHERE NOT EXISTS \
-                    (SELECT 1 FROM pubsub_topics t WHERE t.name = pubsub_topic_seq.topic)";
         Ok(on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let dead_letters = sqlx::query(dead).execute(&mut *tx).await?.rows_affected();
@@ -852,13 +848,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let topic_logs = sqlx::query(logs).execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             GcFigures {
                 dead_letters,
                 cursors,
                 leases,
-                topic_logs,
             }
         }))
     }

@@ -83,7 +83,10 @@ pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Res
             Err(_) => Err(ApiError {
                 status: 504,
                 code: "timeout",
-                message: format!("no answer within the request timeout of {limit:?}"),
+                message: format!(
+                    "no answer within the request timeout of {limit:?} (a publish's outcome \
+                     is then unknown: its messages may have been stored and may be delivered)"
+                ),
             }),
         },
         Err(e) => Err(e),
@@ -91,8 +94,17 @@ pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Res
     match result {
         Ok(v) => json_response(StatusCode::OK, cid, &v),
         Err(mut e) => {
-            // What failed inside is logged, not told (it can name stores and peers).
-            if e.status >= 500 && e.status != 504 && e.code != "busy" {
+            // What failed inside is logged, not told (it can name stores and peers); a
+            // publish's own texts, which say whether its messages were stored, are told.
+            let told = [
+                crate::pubsub::publish::NOT_STORED,
+                crate::pubsub::publish::OUTCOME_UNKNOWN,
+            ];
+            if e.status >= 500
+                && e.status != 504
+                && e.code != "busy"
+                && !told.contains(&e.message.as_str())
+            {
                 tracing::warn!(%cid, status = e.status, code = e.code, error = %e.message, "pubsub API");
                 e.message = format!("the request could not be served now (cid {cid})");
             }

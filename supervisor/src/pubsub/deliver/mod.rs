@@ -902,6 +902,18 @@ fn kind_name(k: &DeliveryKind) -> &'static str {
     }
 }
 
+/// The figures of every subscription this server delivers (the metrics' gauges: no peer
+/// is asked, no lease table read).
+pub(crate) async fn local_sub_stats(inner: &Arc<Inner>) -> Vec<SubStats> {
+    let mut out = Vec::new();
+    for (_, st) in inner.delivery.all() {
+        if let Ok(s) = local_stats(inner, &st).await {
+            out.push(s);
+        }
+    }
+    out
+}
+
 pub(crate) async fn sub_stats(inner: &Arc<Inner>, sub_key: &str) -> Result<SubStats, PubsubError> {
     let (_, sub) = sub_of(inner, sub_key)?;
     match owner(inner, sub_key, false).await? {
