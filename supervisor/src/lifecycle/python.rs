@@ -425,8 +425,15 @@ mod tests {
         let mode = std::fs::metadata(rt.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let p = rt.path().to_owned();
+        use std::os::unix::fs::MetadataExt;
+        // Tests run in parallel in one process, so another test may create a directory
+        // of the same name (`oxbus.<pid>.<n>`, first free n) right after the drop: the
+        // one of this test is known by its inode and a file in it.
+        std::fs::write(p.join("mine"), b"").unwrap();
+        let ino = std::fs::metadata(&p).unwrap().ino();
         drop(rt);
-        assert!(!p.exists());
+        assert!(!p.join("mine").exists());
+        assert!(std::fs::metadata(&p).map_or(true, |m| m.ino() != ino));
     }
 
     #[test]
