@@ -144,6 +144,15 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             .iter()
             .map(crate::cluster::sync::readable_secret),
     );
+    // The inbound channels (AMQP, MQTT): their definitions now, the pool once it exists,
+    // consuming once the workers are being started.
+    let inbound = Arc::new(crate::inbound::Inbound::new(
+        &me.name,
+        Arc::new(key.clone()),
+        metrics.clone(),
+    ));
+    inbound.apply_amqp(&boot.snapshot.objects.inbound_amqp);
+    inbound.apply_mqtt(&boot.snapshot.objects.inbound_mqtt);
     // The pub/sub broker: its definitions before any worker starts (a worker may publish
     // from its first call); the pool and the bus are handed to it once they exist.
     let pubsub =
@@ -166,6 +175,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         ]))),
     );
     pubsub.set_pool(pool.clone());
+    inbound.set_pool(pool.clone());
     if metrics.enabled() {
         // The workers' states, read at scrape time.
         metrics.register_collector(Box::new(crate::metrics::workers::WorkerCollector::new(
@@ -230,6 +240,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         jobs,
         outgoing: outgoing.clone(),
         pubsub: pubsub.clone(),
+        inbound: inbound.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
@@ -258,6 +269,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         tokens: Default::default(),
         outgoing: outgoing.clone(),
         pubsub: pubsub.clone(),
+        inbound: inbound.clone(),
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
@@ -283,6 +295,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     crate::lifecycle::supervisor::spawn_signal_listener(ev_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     pubsub.start(shutdown_rx.clone());
+    inbound.start(shutdown_rx.clone());
     if metrics.enabled() {
         metrics.register_collector(Box::new(pubsub_state(&pubsub, shutdown_rx.clone())));
     }

@@ -851,6 +851,7 @@ async fn apply_is_one_transaction(s: &Store) {
             ],
             delete: vec![],
         },
+        ..Default::default()
     };
     let before_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -53,6 +53,8 @@ pub struct Ctx {
     pub outgoing: Arc<crate::outgoing::Outgoing>,
     /// The pub/sub broker.
     pub pubsub: crate::pubsub::Broker,
+    /// The inbound channels (AMQP, MQTT): apply after a change, figures.
+    pub inbound: Arc<crate::inbound::Inbound>,
 }
 
 mod audit;

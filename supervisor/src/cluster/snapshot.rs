@@ -261,6 +261,7 @@ mod tests {
                     }))
                     .unwrap(),
                 ],
+                ..Default::default()
             },
             peers: vec![BusPeer {
                 name: "b".into(),

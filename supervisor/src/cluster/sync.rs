@@ -52,6 +52,8 @@ pub struct Ctx {
     pub outgoing: Arc<crate::outgoing::Outgoing>,
     /// The pub/sub broker (topics, subscriptions, endpoints).
     pub pubsub: crate::pubsub::Broker,
+    /// The inbound channels (AMQP, MQTT).
+    pub inbound: Arc<crate::inbound::Inbound>,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<Bus>>,
     pub disk: OnDisk,
@@ -271,6 +273,8 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     cx.outgoing.apply_rest(&snap.objects.outgoing_rest);
     cx.outgoing.apply_sql(&snap.objects.outgoing_sql);
     cx.pubsub.apply(&snap.objects);
+    cx.inbound.apply_amqp(&snap.objects.inbound_amqp);
+    cx.inbound.apply_mqtt(&snap.objects.inbound_mqtt);
     // The secrets services may read: a change of value or readers applies to the next read.
     cx.outgoing
         .apply_secrets(snap.secrets.iter().map(readable_secret));

@@ -67,6 +67,22 @@ pub struct Document {
     /// Pub/sub endpoints (who may publish and subscribe where).
     #[serde(default, deserialize_with = "endpoint_list")]
     pub pubsub_endpoint: Vec<Endpoint>,
+    /// AMQP channels (docs/CONNECTORS.md): as exported, with `sealed`; on import also with
+    /// the plaintext `password`. Raw JSON like `outgoing_rest`.
+    #[serde(default)]
+    pub channel_amqp: Value,
+    /// MQTT channels, like `channel_amqp`.
+    #[serde(default)]
+    pub channel_mqtt: Value,
+    /// Outgoing AMQP connections, like `channel_amqp`.
+    #[serde(default)]
+    pub outgoing_amqp: Value,
+    /// Outgoing MQTT connections, like `channel_amqp`.
+    #[serde(default)]
+    pub outgoing_mqtt: Value,
+    /// Outgoing Redis connections, like `channel_amqp`.
+    #[serde(default)]
+    pub outgoing_redis: Value,
 }
 
 fn topic_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Topic>, D::Error> {

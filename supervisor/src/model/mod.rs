@@ -4,16 +4,20 @@
 //! JSON-defined named objects (security, cache, job definitions) share; `cache`: a cache
 //! definition from an operator's JSON; `outgoing`: outgoing REST and SQL connections;
 //! `secret_access`: which services may read a secret; `pubsub`: topics, subscriptions,
-//! endpoints and a message;
+//! endpoints and a message; `amqp`, `mqtt`, `redis`: the messaging connectors' channels and
+//! outgoing connections;
 //! `document`: the config export/import document.
 
+pub mod amqp;
 pub mod cache;
 pub mod channel;
 pub mod document;
 pub mod job;
+pub mod mqtt;
 pub mod net;
 pub mod object;
 pub mod outgoing;
 pub mod pubsub;
+pub mod redis;
 pub mod secret_access;
 pub mod security;

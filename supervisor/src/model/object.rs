@@ -191,9 +191,80 @@ impl ConfigObject for crate::model::pubsub::Endpoint {
     }
 }
 
+impl ConfigObject for crate::model::amqp::AmqpChannel {
+    const KIND: &'static str = "inbound_amqp";
+    const WHAT: &'static str = "AMQP channel";
+    const TABLE: &'static str = "inbound_amqp";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::amqp::AmqpChannel::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::mqtt::MqttChannel {
+    const KIND: &'static str = "inbound_mqtt";
+    const WHAT: &'static str = "MQTT channel";
+    const TABLE: &'static str = "inbound_mqtt";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::mqtt::MqttChannel::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::amqp::AmqpConn {
+    const KIND: &'static str = "outgoing_amqp";
+    const WHAT: &'static str = "AMQP connection";
+    const TABLE: &'static str = "outgoing_amqp";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::amqp::AmqpConn::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::mqtt::MqttConn {
+    const KIND: &'static str = "outgoing_mqtt";
+    const WHAT: &'static str = "MQTT connection";
+    const TABLE: &'static str = "outgoing_mqtt";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::mqtt::MqttConn::validate(self)
+    }
+}
+
+impl ConfigObject for crate::model::redis::RedisConn {
+    const KIND: &'static str = "outgoing_redis";
+    const WHAT: &'static str = "Redis connection";
+    const TABLE: &'static str = "outgoing_redis";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::redis::RedisConn::validate(self)
+    }
+}
+
 /// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
 /// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs`,
-/// `outgoing_rest`, `outgoing_sql`, `pubsub_topics`, `pubsub_subs`, `pubsub_endpoints` (each may
+/// `outgoing_rest`, `outgoing_sql`, `pubsub_topics`, `pubsub_subs`, `pubsub_endpoints`,
+/// `inbound_amqp`, `inbound_mqtt`, `outgoing_amqp`, `outgoing_mqtt`, `outgoing_redis` (each may
 /// be absent: snapshots of older versions lack the later kinds). A new kind is one field
 /// here and one line in `Store::object_set`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -222,4 +293,19 @@ pub struct ObjectSet {
     /// Pub/sub endpoints (who may publish and subscribe where).
     #[serde(default)]
     pub pubsub_endpoints: Vec<crate::model::pubsub::Endpoint>,
+    /// AMQP channels (password sealed).
+    #[serde(default)]
+    pub inbound_amqp: Vec<crate::model::amqp::AmqpChannel>,
+    /// MQTT channels (password sealed).
+    #[serde(default)]
+    pub inbound_mqtt: Vec<crate::model::mqtt::MqttChannel>,
+    /// Outgoing AMQP connections (password sealed).
+    #[serde(default)]
+    pub outgoing_amqp: Vec<crate::model::amqp::AmqpConn>,
+    /// Outgoing MQTT connections (password sealed).
+    #[serde(default)]
+    pub outgoing_mqtt: Vec<crate::model::mqtt::MqttConn>,
+    /// Outgoing Redis connections (password sealed).
+    #[serde(default)]
+    pub outgoing_redis: Vec<crate::model::redis::RedisConn>,
 }

@@ -116,6 +116,11 @@ impl Store {
             pubsub_topics: self.objects().await?,
             pubsub_subs: self.objects().await?,
             pubsub_endpoints: self.objects().await?,
+            inbound_amqp: self.objects().await?,
+            inbound_mqtt: self.objects().await?,
+            outgoing_amqp: self.objects().await?,
+            outgoing_mqtt: self.objects().await?,
+            outgoing_redis: self.objects().await?,
         })
     }
 

@@ -4,11 +4,14 @@
 
 use super::{Change, Module, Result, Store, StoreError, bump, now_ms};
 use super::{validate_module_name, validate_secret_name};
+use crate::model::amqp::{AmqpChannel, AmqpConn};
 use crate::model::channel::Channel;
 use crate::model::job::JobDef;
+use crate::model::mqtt::{MqttChannel, MqttConn};
 use crate::model::object::ConfigObject;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::pubsub::{Endpoint, Subscription, Topic};
+use crate::model::redis::RedisConn;
 use crate::model::security::SecurityDef;
 use crate::store::BeginWrite;
 use oxbus_cache::CacheDef;
@@ -105,6 +108,16 @@ pub struct Plan {
     pub pubsub_subs: ObjectChanges<Subscription>,
     /// Pub/sub endpoints.
     pub pubsub_endpoints: ObjectChanges<Endpoint>,
+    /// AMQP channels (password sealed).
+    pub inbound_amqp: ObjectChanges<AmqpChannel>,
+    /// MQTT channels (password sealed).
+    pub inbound_mqtt: ObjectChanges<MqttChannel>,
+    /// Outgoing AMQP connections (password sealed).
+    pub outgoing_amqp: ObjectChanges<AmqpConn>,
+    /// Outgoing MQTT connections (password sealed).
+    pub outgoing_mqtt: ObjectChanges<MqttConn>,
+    /// Outgoing Redis connections (password sealed).
+    pub outgoing_redis: ObjectChanges<RedisConn>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -124,6 +137,11 @@ impl Plan {
             && self.pubsub_topics.is_empty()
             && self.pubsub_subs.is_empty()
             && self.pubsub_endpoints.is_empty()
+            && self.inbound_amqp.is_empty()
+            && self.inbound_mqtt.is_empty()
+            && self.outgoing_amqp.is_empty()
+            && self.outgoing_mqtt.is_empty()
+            && self.outgoing_redis.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -151,6 +169,11 @@ impl Store {
         plan.pubsub_topics.validate()?;
         plan.pubsub_subs.validate()?;
         plan.pubsub_endpoints.validate()?;
+        plan.inbound_amqp.validate()?;
+        plan.inbound_mqtt.validate()?;
+        plan.outgoing_amqp.validate()?;
+        plan.outgoing_mqtt.validate()?;
+        plan.outgoing_redis.validate()?;
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
@@ -196,6 +219,11 @@ impl Store {
             apply_objects!(tx, Topic, &plan.pubsub_topics, by);
             apply_objects!(tx, Subscription, &plan.pubsub_subs, by);
             apply_objects!(tx, Endpoint, &plan.pubsub_endpoints, by);
+            apply_objects!(tx, AmqpChannel, &plan.inbound_amqp, by);
+            apply_objects!(tx, MqttChannel, &plan.inbound_mqtt, by);
+            apply_objects!(tx, AmqpConn, &plan.outgoing_amqp, by);
+            apply_objects!(tx, MqttConn, &plan.outgoing_mqtt, by);
+            apply_objects!(tx, RedisConn, &plan.outgoing_redis, by);
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }

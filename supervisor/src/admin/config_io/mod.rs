@@ -79,6 +79,12 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         pubsub_topic: objects.pubsub_topics,
         pubsub_subscription: objects.pubsub_subs,
         pubsub_endpoint: objects.pubsub_endpoints,
+        channel_amqp: serde_json::to_value(objects.inbound_amqp).expect("definitions serialise"),
+        channel_mqtt: serde_json::to_value(objects.inbound_mqtt).expect("definitions serialise"),
+        outgoing_amqp: serde_json::to_value(objects.outgoing_amqp).expect("definitions serialise"),
+        outgoing_mqtt: serde_json::to_value(objects.outgoing_mqtt).expect("definitions serialise"),
+        outgoing_redis: serde_json::to_value(objects.outgoing_redis)
+            .expect("definitions serialise"),
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,
