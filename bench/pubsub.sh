@@ -32,7 +32,7 @@
 #          STORES=postgres bench/pubsub.sh    (sqlite, postgres)
 #
 # Knobs (defaults in brackets): REPS [3]  N [100000]  BATCH [250]  CONNS [4]  WORKERS [2]
-#   RATE [5000]  LAT_SECS [10]  LAT_CONNS [16]  STORAGE_N [100000]  PART [rabbit,oxbus]
+#   RATE [5000]  LAT_SECS [10]  LAT_CONNS [64]  STORAGE_N [100000]  PART [rabbit,oxbus]
 #   STORES [sqlite,postgres]  PG_MODE [private|shared]  PG_URL (shared mode: the admin
 #   database, default postgres://postgres@127.0.0.1:5432/test)  PG_BIN
 #   [/usr/lib/postgresql/15/bin]  RABBIT_DATA [/var/lib/rabbitmq/mnesia/rabbit@localhost]

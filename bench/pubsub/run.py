@@ -28,7 +28,7 @@ LAT_SECS = int(os.environ.get('LAT_SECS', '10'))
 STORAGE_N = int(os.environ.get('STORAGE_N', '100000'))
 BATCH = int(os.environ.get('BATCH', '250'))
 CONNS = int(os.environ.get('CONNS', '4'))
-LAT_CONNS = int(os.environ.get('LAT_CONNS', '16'))
+LAT_CONNS = int(os.environ.get('LAT_CONNS', '64'))
 WORKERS = int(os.environ.get('WORKERS', '2'))
 PARTS = os.environ.get('PART', 'rabbit,oxbus').split(',')
 STORES = os.environ.get('STORES', 'sqlite,postgres').split(',')
@@ -379,12 +379,20 @@ def summary():
             s = med('oxbus-%s-service-gd-%s' % (store, v), 'msgs_per_s')
             if s and q:
                 out.append('ratio %s GD service (%s) / RabbitMQ quorum: %.2fx' % (store, v, s / q))
-        for kind in ('gd', 'non-gd'):
-            a = med('oxbus-%s-rest-%s@%d' % (store, kind, RATE), 'ack_p50_ms')
-            d = med('oxbus-%s-rest-%s@%d' % (store, kind, RATE), 'delivery_p50_ms')
+        for kind, peer in (('gd', 'quorum'), ('non-gd', 'transient')):
+            label = 'oxbus-%s-rest-%s@%d' % (store, kind, RATE)
+            a = med(label, 'ack_p50_ms')
+            d = med(label, 'delivery_p50_ms')
             if a is not None:
-                out.append('%s %s at %d msg/s: publish-ack p50 %.2f ms, delivery p50 %s ms '
-                           '(targets <= 1 ms)' % (store, kind, RATE, a, f(d)))
+                out.append('%s %s at %d msg/s (reached %s/s): publish-ack p50 %.2f ms, delivery '
+                           'p50 %s ms (targets <= 1 ms); RabbitMQ %s: %s / %s ms'
+                           % (store, kind, RATE, f(med(label, 'msgs_per_s'), '%.0f'), a, f(d),
+                              peer, f(med('rabbit-%s@%d' % (peer, RATE), 'ack_p50_ms')),
+                              f(med('rabbit-%s@%d' % (peer, RATE), 'delivery_p50_ms'))))
+    floor = med('fsync-floor', 'fdatasync_ms')
+    if floor is not None:
+        out.append('the disk: fdatasync %.2f ms (pg_test_fsync): the floor of a durable '
+                   "publish-ack (a GD publish is acknowledged after its commit's sync)" % floor)
     for label, rs in by.items():
         if label.endswith('storage') or label.endswith('storage-figures'):
             r = rs[-1]
@@ -402,8 +410,34 @@ def summary():
         fh.write(text + '\n')
 
 
+def fsync_floor():
+    """The disk's fdatasync of one 8 kB write (pg_test_fsync, in this run): no durable
+    publish is acknowledged faster than its commit's sync."""
+    tool = os.path.join(PG_BIN, 'pg_test_fsync')
+    if not os.access(tool, os.X_OK):
+        return None
+    d = tempfile.mkdtemp(prefix='oxbus-fsync-')
+    try:
+        out = subprocess.run([tool, '-s', '2', '-f', os.path.join(d, 'f')], capture_output=True,
+                             text=True, timeout=120).stdout
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ['fdatasync'] and 'usecs/op' in parts:
+            us = float(parts[parts.index('usecs/op') - 1])
+            rec = {'label': 'fsync-floor', 'fdatasync_ms': us / 1000}
+            print('  %s' % json.dumps(rec), flush=True)
+            with open(RESULTS, 'a') as f:
+                f.write(json.dumps(rec) + '\n')
+            return us / 1000
+    return None
+
+
 def main():
     print('results in %s' % OUTDIR, flush=True)
+    print('== the disk: fdatasync of one 8 kB write', flush=True)
+    fsync_floor()
     if 'rabbit' in PARTS:
         rabbit()
     if 'oxbus' in PARTS:

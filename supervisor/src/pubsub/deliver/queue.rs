@@ -208,6 +208,15 @@ pub struct Dying {
     pub reason: String,
 }
 
+/// A topic's non-GD messages in arrival order. A message done with is not searched for
+/// and taken out (that cost O(depth) per ack): it stays in `ids` until it reaches the front
+/// or the list is compacted, and `live` counts those still queued.
+#[derive(Debug, Default)]
+struct MemoryList {
+    ids: std::collections::VecDeque<String>,
+    live: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Queue {
     pub topics: HashMap<String, TopicPos>,
@@ -216,7 +225,7 @@ pub struct Queue {
     /// GD entries by (topic, seq).
     by_seq: HashMap<(String, i64), String>,
     /// Non-GD entries per topic, oldest first (to drop past `max_depth_non_gd`).
-    memory_by_topic: HashMap<String, std::collections::VecDeque<String>>,
+    memory_by_topic: HashMap<String, MemoryList>,
     pub counts: Counts,
     /// Cursors changed since the last write.
     pub dirty: bool,
@@ -226,6 +235,11 @@ pub struct Queue {
     pub dead_done: Vec<String>,
     /// The task has read its cursors and its first backlog.
     pub loaded: bool,
+    /// No entry is due (its ack deadline or backoff ending) before this (Unix ms): a lower
+    /// bound, lowered whenever a deadline is set and made exact by a scan only once it is
+    /// reached, so that the task's every wake costs O(1), not a scan of the queue. 0 (the
+    /// default): unknown.
+    due_lb: i64,
 }
 
 impl Queue {
@@ -365,14 +379,23 @@ impl Queue {
 
     /// A non-GD message; past `max_depth` of its topic's in memory, the oldest is dropped.
     pub fn add_memory(&mut self, msg: Arc<Message>, max_depth: u64) {
-        let list = self.memory_by_topic.entry(msg.topic.clone()).or_default();
-        list.push_back(msg.msg_id.clone());
-        let mut drop_ids = Vec::new();
-        while list.len() as u64 > max_depth {
-            drop_ids.extend(list.pop_front());
-        }
+        let topic = msg.topic.clone();
+        let list = self.memory_by_topic.entry(topic.clone()).or_default();
+        list.ids.push_back(msg.msg_id.clone());
+        list.live += 1;
         self.insert(msg, Source::Memory, 0);
-        for id in drop_ids {
+        loop {
+            let Some(list) = self.memory_by_topic.get_mut(&topic) else {
+                return;
+            };
+            if list.live as u64 <= max_depth {
+                return;
+            }
+            let Some(id) = list.ids.pop_front() else {
+                return;
+            };
+            // Either still queued (dropped: `remove` counts it out of `live`) or done with
+            // already (only its place in the list was left).
             if self.remove(&id).is_some() {
                 self.counts.overflowed += 1;
             }
@@ -416,7 +439,15 @@ impl Queue {
         if e.source == Source::Memory
             && let Some(l) = self.memory_by_topic.get_mut(&e.msg.topic)
         {
-            l.retain(|id| id != msg_id);
+            l.live = l.live.saturating_sub(1);
+            if l.live == 0 {
+                self.memory_by_topic.remove(&e.msg.topic);
+            } else if l.ids.len() > 2 * l.live + 64 {
+                // Mostly done-with ids: compacted, so the list stays O(live) (amortised
+                // O(1) per message).
+                let by_id = &self.by_id;
+                l.ids.retain(|id| by_id.contains_key(id));
+            }
         }
         Some(e)
     }
@@ -483,6 +514,7 @@ impl Queue {
             e.not_before = now.saturating_add(ms_i64(backoff_ms(retry, e.attempts)));
             (e.attempts, e.msg.topic.clone(), e.msg.seq, e.source)
         };
+        self.lower_due(now.saturating_add(ms_i64(backoff_ms(retry, attempts))));
         if retry.max_attempts > 0 && attempts >= retry.max_attempts {
             let e = self.remove(msg_id).expect("indexed entry");
             self.dying.push(Dying {
@@ -562,6 +594,7 @@ impl Queue {
             }
             bytes = bytes.saturating_add(e.msg.data.len());
             e.in_flight_until = Some(until);
+            self.due_lb = self.due_lb.min(until);
             e.delivery_count = e.delivery_count.saturating_add(1);
             out.push(e.clone());
         }
@@ -582,26 +615,46 @@ impl Queue {
         }
     }
 
-    /// When the next message becomes deliverable or its ack deadline passes (Unix ms).
-    pub fn next_due(&self, now: i64) -> Option<i64> {
-        self.pending
+    fn lower_due(&mut self, t: i64) {
+        self.due_lb = self.due_lb.min(t);
+    }
+
+    /// When the next message becomes deliverable or its ack deadline passes (Unix ms); may
+    /// be early (then the caller finds nothing due and asks again).
+    pub fn next_due(&mut self, now: i64) -> Option<i64> {
+        if self.due_lb > now {
+            return (self.due_lb != i64::MAX).then_some(self.due_lb);
+        }
+        let due = self
+            .pending
             .values()
             .filter_map(|e| match e.in_flight_until {
                 Some(t) => Some(t),
                 None if e.not_before > now => Some(e.not_before),
                 None => None,
             })
-            .min()
+            .min();
+        self.due_lb = due.unwrap_or(i64::MAX);
+        due
     }
 
     /// Messages whose ack deadline passed (pull): each is a failed attempt.
     pub fn ack_timeouts(&mut self, retry: &Retry, now: i64) -> usize {
-        let late: Vec<String> = self
-            .pending
-            .values()
-            .filter(|e| e.in_flight_until.is_some_and(|t| t <= now))
-            .map(|e| e.msg.msg_id.clone())
-            .collect();
+        if self.due_lb > now {
+            // No ack deadline is before `due_lb`.
+            return 0;
+        }
+        // One pass: the late ones, and when the next of the others is due.
+        let mut late = Vec::new();
+        let mut due = i64::MAX;
+        for e in self.pending.values() {
+            match e.in_flight_until {
+                Some(t) if t <= now => late.push(e.msg.msg_id.clone()),
+                Some(t) => due = due.min(t),
+                None if e.not_before > now => due = due.min(e.not_before),
+                None => {}
+            }
+        }
         for id in &late {
             self.failed(id, "not acked within ack_timeout_ms", retry, now);
             // A pulled message is offered again at once (its backoff is the ack timeout
@@ -612,6 +665,9 @@ impl Queue {
                 e.not_before = now;
             }
         }
+        // Exact: the late ones are deliverable now (their backoff set by `failed` is not
+        // what they wait for).
+        self.due_lb = due;
         late.len()
     }
 
@@ -925,6 +981,74 @@ mod tests {
         assert_eq!(q.topics["/t"].acked_upto, 2);
         let ids: Vec<_> = q.peek(10).iter().map(|e| e.msg.seq).collect();
         assert_eq!(ids, [3, 4, 5]);
+    }
+
+    #[test]
+    fn non_gd_depth_counts_only_queued_messages_and_the_list_stays_small() {
+        let mut q = Queue::default();
+        let non_gd = |seq: i64| {
+            let mut m = (*msg("/n", seq, 5, seq)).clone();
+            m.has_gd = false;
+            m.seq = 0;
+            Arc::new(m)
+        };
+        // 1..=3 queued, 1 and 2 acked: 4..=6 join without dropping anything (depth 3).
+        for s in 1..=3 {
+            q.add_memory(non_gd(s), 3);
+        }
+        q.take(2, 0, 10, false);
+        assert!(q.ack("m1", 0) && q.ack("m2", 0));
+        for s in 4..=5 {
+            q.add_memory(non_gd(s), 3);
+        }
+        assert_eq!(q.counts.overflowed, 0);
+        // A fourth queued one drops the oldest still queued (3), not an acked one.
+        q.add_memory(non_gd(6), 3);
+        assert_eq!(q.counts.overflowed, 1);
+        let ids: Vec<_> = q.peek(10).iter().map(|e| e.msg.msg_id.clone()).collect();
+        assert_eq!(ids, ["m4", "m5", "m6"]);
+        // Many acked while old messages stay (in flight): the list is compacted as it goes.
+        assert_eq!(q.take(3, 0, 10, false).len(), 3);
+        for s in 7..=5_000 {
+            q.add_memory(non_gd(s), 10_000);
+            q.take(1, 0, 10, false);
+            let id = format!("m{s}");
+            assert!(q.ack(&id, 0), "{id}");
+        }
+        let list = &q.memory_by_topic["/n"];
+        assert_eq!(list.live, 3);
+        assert!(list.ids.len() <= 2 * list.live + 64, "{}", list.ids.len());
+        assert_eq!(q.counts.overflowed, 1);
+    }
+
+    #[test]
+    fn due_times_follow_deadlines_and_backoffs() {
+        let mut q = queue_at("/t", 0);
+        let retry = Retry::default();
+        q.add_log("/t", &[msg("/t", 1, 5, 1), msg("/t", 2, 5, 2)], 0, false);
+        assert_eq!(
+            q.next_due(0),
+            None,
+            "nothing in flight, nothing backing off"
+        );
+        q.take(1, 0, 500, false);
+        assert_eq!(q.next_due(100), Some(500));
+        assert_eq!(q.ack_timeouts(&retry, 499), 0);
+        q.take(1, 0, 300, false);
+        assert_eq!(q.next_due(100), Some(300), "a nearer deadline is seen");
+        assert_eq!(q.ack_timeouts(&retry, 300), 1, "m2's deadline passed");
+        assert_eq!(q.next_due(301), Some(500));
+        assert!(q.ack("m1", 301));
+        // m1's deadline is gone: an early answer is allowed, then the exact one.
+        let first = q.next_due(501);
+        assert!(first.is_none() || first == Some(500));
+        assert_eq!(q.ack_timeouts(&retry, 10_000), 0);
+        assert_eq!(q.next_due(10_000), None);
+        // A failed delivery is due again after its backoff.
+        q.take(1, 10_000, 20_000, false);
+        q.failed("m2", "x", &retry, 10_000);
+        let due = q.next_due(10_000).expect("backing off");
+        assert!(due > 10_000 && due <= 10_000 + 3_600_000, "{due}");
     }
 
     #[test]
