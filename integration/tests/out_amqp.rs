@@ -3,6 +3,9 @@
 //! Each test declares its own queues (unique names, `x-expires` as a safety net) with the
 //! tests' own AMQP client, reads what arrived with `basic.get`, and deletes them.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -507,4 +510,106 @@ async fn admin_put_get_ping_edit_delete_without_showing_credentials() {
     failed_with(&answer, "UnknownConnection");
     let got = admin(&srv, "GET", "/v1/outgoing/amqp/orders", Value::Null).await;
     assert_eq!(got.status, 404);
+}
+
+/// A TCP relay to the machine's RabbitMQ whose connections the test cuts (the broker "going
+/// away" for the connections through it, without touching the broker).
+struct Relay {
+    port: u16,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let held = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5672").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(task);
+            }
+        });
+        Relay { port, conns }
+    }
+
+    /// Drops every connection through the relay now (new ones are relayed again).
+    fn cut(&self) -> usize {
+        let mut conns = self.conns.lock().unwrap();
+        let n = conns.iter().filter(|t| !t.is_finished()).count();
+        for t in conns.drain(..) {
+            t.abort();
+        }
+        n
+    }
+}
+
+#[tokio::test]
+async fn a_cut_connection_is_opened_again_and_sends_resume() {
+    let mut broker = Broker::new().await;
+    let q = broker.queue("reconnect").await;
+    let relay = Relay::start().await;
+    let srv = env(1).start().await;
+    let address = format!("amqp://127.0.0.1:{}/%2f", relay.port);
+    guest_conn(
+        &srv,
+        "cut",
+        json!({"address": address, "pool_size": 2, "connect_timeout_ms": 3000}),
+    )
+    .await;
+    let one = json!({"conn": "cut", "routing_key": q, "body": "m", "body_kind": "text"});
+    assert_eq!(send(&srv, "/send", one.clone()).await, json!({"sent": 1}));
+    assert_eq!(
+        relay.cut(),
+        1,
+        "the server's one AMQP connection went through the relay"
+    );
+
+    // Sends made before the server noticed may fail (as a connection error, naming it);
+    // then they go through again, on a new connection.
+    let mut confirmed = 1;
+    let mut failures = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = send(&srv, "/send", one.clone()).await;
+        if answer == json!({"sent": 1}) {
+            break;
+        }
+        let msg = failed_with(&answer, "OutgoingConnectionError");
+        assert!(msg.starts_with("AMQP connection \"cut\""), "{msg}");
+        failures.push(msg);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no send went through after the cut: {failures:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    confirmed += 1;
+    assert_eq!(
+        send(
+            &srv,
+            "/asend",
+            json!({"conn": "cut", "routing_key": q, "body": "m",
+                                           "body_kind": "text", "n": 20})
+        )
+        .await,
+        json!({"sent": 20})
+    );
+    confirmed += 20;
+    assert!(
+        failures.len() <= 2,
+        "more than the sends racing the cut failed: {failures:?}"
+    );
+    assert_eq!(
+        broker.drain(&q).await.len(),
+        confirmed,
+        "every confirmed send is there"
+    );
+    broker.cleanup().await;
 }

@@ -75,7 +75,8 @@ struct Figures {
 /// One pooled channel.
 #[derive(Debug, Default)]
 struct Slot {
-    chan: RwLock<Option<Channel>>,
+    /// The channel and the connection it is on.
+    chan: RwLock<Option<(Channel, Arc<Connection>)>>,
     /// Held while the channel is (re)opened: one opening per slot.
     opening: tokio::sync::Mutex<()>,
     /// Sends published on it and not yet confirmed.
@@ -281,15 +282,23 @@ impl AmqpClient {
     pub async fn ping(&self) -> PingOutcome {
         let start = Instant::now();
         let target = connect::Target::of_conn(&self.def);
+        let limit = Duration::from_millis(self.def.connect_timeout_ms);
         let r = async {
             let conn = connect::connect(&target, &self.inner.key).await?;
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| target.error(format!("opening a channel: {e}")))?;
-            let _ = ch.close(200, "ping".into()).await;
-            let _ = conn.close(200, "ping".into()).await;
-            Ok::<_, String>(())
+            let opened = tokio::time::timeout(limit, async {
+                let ch = conn.create_channel().await?;
+                ch.close(200, "ping".into()).await?;
+                conn.close(200, "ping".into()).await
+            })
+            .await;
+            match opened {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(target.error(format!("opening a channel: {e}"))),
+                Err(_) => Err(target.error(format!(
+                    "opening a channel: no answer from the broker within {} ms",
+                    limit.as_millis()
+                ))),
+            }
         }
         .await;
         let took_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -319,7 +328,7 @@ impl AmqpClient {
                 .read()
                 .expect("slot lock")
                 .as_ref()
-                .is_some_and(|c| c.status().connected());
+                .is_some_and(|(c, _)| c.status().connected());
             if open && slot.in_flight.load(Ordering::Relaxed) > 0 {
                 in_use += 1;
             } else if open {
@@ -376,6 +385,41 @@ impl Inner {
         }
     }
 
+    /// After a failed or unconfirmed publish: the slot's channel is not used again, nor,
+    /// when the failure was the connection's (I/O, heartbeat, a hard AMQP error), the
+    /// connection — whatever their states say — so the next send opens new ones. Sends in
+    /// flight on them keep them until they end.
+    async fn forget(
+        &self,
+        i: usize,
+        ch: &Channel,
+        conn: &Arc<Connection>,
+        e: Option<&lapin::Error>,
+    ) {
+        {
+            let mut held = self.slots[i].chan.write().expect("slot lock");
+            if held
+                .as_ref()
+                .is_some_and(|(c, k)| c.id() == ch.id() && Arc::ptr_eq(k, conn))
+            {
+                *held = None;
+            }
+        }
+        // No error: a confirm that did not come; the channel alone is replaced.
+        let channel_only = e.is_none_or(|e| {
+            matches!(
+                e.kind(),
+                ErrorKind::ProtocolError(amqp) if amqp.get_id() < 500
+            ) || matches!(e.kind(), ErrorKind::InvalidChannelState(..))
+        });
+        if !channel_only {
+            let mut held = self.conn.lock().await;
+            if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                *held = None;
+            }
+        }
+    }
+
     /// The open connection, connecting when there is none (or it broke).
     async fn connection(&self) -> Result<Arc<Connection>, Failure> {
         let mut held = self.conn.lock().await;
@@ -399,14 +443,14 @@ impl Inner {
     }
 
     /// Slot `i`'s channel, opened (with confirms) when it has none or it was closed.
-    async fn channel(&self, i: usize) -> Result<Channel, Failure> {
+    async fn channel(&self, i: usize) -> Result<(Channel, Arc<Connection>), Failure> {
         let slot = &self.slots[i];
         let open = || {
             slot.chan
                 .read()
                 .expect("slot lock")
                 .as_ref()
-                .filter(|c| c.status().connected())
+                .filter(|(c, _)| c.status().connected())
                 .cloned()
         };
         if let Some(c) = open() {
@@ -419,15 +463,40 @@ impl Inner {
             return Ok(c);
         }
         let conn = self.connection().await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|e| self.fail("io", 502, format!("opening a channel: {e}")))?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| self.fail("io", 502, format!("enabling publisher confirms: {e}")))?;
-        *slot.chan.write().expect("slot lock") = Some(ch.clone());
-        Ok(ch)
+        let limit = Duration::from_millis(self.def.connect_timeout_ms);
+        let opened = tokio::time::timeout(limit, async {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| format!("opening a channel: {e}"))?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| format!("enabling publisher confirms: {e}"))?;
+            Ok::<_, String>(ch)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "opening a channel: no answer from the broker within {} ms",
+                limit.as_millis()
+            ))
+        });
+        match opened {
+            Ok(ch) => {
+                let pair = (ch, conn);
+                *slot.chan.write().expect("slot lock") = Some(pair.clone());
+                Ok(pair)
+            }
+            Err(m) => {
+                // A connection that cannot open a channel is not used again, whatever its
+                // state says: the next send connects anew.
+                let mut held = self.conn.lock().await;
+                if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    *held = None;
+                }
+                Err(self.fail("io", 502, m))
+            }
+        }
     }
 
     async fn send(&self, raw_meta: &[u8], body: &[u8]) -> Result<(), Failure> {
@@ -442,7 +511,7 @@ impl Inner {
             limit = limit.min(Duration::from_millis(d));
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let ch = self.channel(i).await?;
+        let (ch, conn) = self.channel(i).await?;
         let slot = &self.slots[i];
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&slot.in_flight);
@@ -475,8 +544,14 @@ impl Inner {
             confirm.await
         };
         let confirmation = match tokio::time::timeout(limit, published).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => return Err(self.lapin_failure(&meta.exchange, &e)),
+            Err(_) => {
+                self.forget(i, &ch, &conn, None).await;
+                return Err(timed_out());
+            }
+            Ok(Err(e)) => {
+                self.forget(i, &ch, &conn, Some(&e)).await;
+                return Err(self.lapin_failure(&meta.exchange, &e));
+            }
             Ok(Ok(c)) => c,
         };
         match confirmation {
