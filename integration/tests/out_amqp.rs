@@ -10,6 +10,7 @@ use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 use oxbus_integration::api::{self, admin, text};
+use oxbus_integration::prom;
 use oxbus_integration::*;
 use serde_json::{Value, json};
 
@@ -276,6 +277,18 @@ async fn sends_are_confirmed_and_arrive_with_body_properties_and_headers() {
     assert_eq!(s["calls"], json!(2 + invocations * each));
     assert_eq!(s["errors"], json!(0));
     assert_eq!(s["pool_size"], json!(2));
+    // And the metrics, with type="amqp".
+    let total = (2 + invocations * each) as f64;
+    let labels = [("type", "amqp"), ("conn", "mq")];
+    let p = prom::scrape_until(&srv, "the amqp series", |p| {
+        p.get("oxbus_outgoing_calls_total", &labels) == Some(total)
+    })
+    .await;
+    assert_eq!(p.get("oxbus_outgoing_pool_size", &labels), Some(2.0));
+    assert_eq!(
+        p.get("oxbus_outgoing_call_duration_seconds_count", &labels),
+        Some(total)
+    );
     broker.cleanup().await;
 }
 
