@@ -11,7 +11,8 @@ with publisher confirms, through the server (`self.out.amqp.send`) or with pika
 C x N over the wall time of the whole round, as the driver sees it; the queue is purged
 between rounds and its message count checked (every confirmed message must be there).
 Targets alternate every rep; the report gives medians and the ratio oxbus/pika
-(issue 21's target: >= 2x).
+(issue 21's target: >= 2x). "worker CPU" is the invocations' own threads' CPU per message
+(for oxbus the server's share of the work is not in it).
 
 Usage: bench/amqp_publish.py [--reps 5] [--n 2000] [--concurrency 8] [--workers 2]
                              [--size 200]

@@ -32,7 +32,7 @@ class AmqpPublishLoop(Service):
         n, queue = p['n'], p['queue']
         body = b'x' * p.get('size', 200)
         started = time.perf_counter()
-        cpu = time.process_time()
+        cpu = time.thread_time()
         if p['target'] == 'oxbus':
             send, conn = self.out.amqp.send, p['conn']
             for _ in range(n):
@@ -45,4 +45,4 @@ class AmqpPublishLoop(Service):
                 ch.basic_publish('', queue, body, props)
         wall = time.perf_counter() - started
         self.response.payload = {'n': n, 'wall_s': wall,
-                                 'worker_cpu_s': time.process_time() - cpu}
+                                 'worker_cpu_s': time.thread_time() - cpu}
