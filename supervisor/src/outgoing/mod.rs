@@ -1,4 +1,4 @@
-//! Outgoing connections: the REST and SQL pools the services of this server share
+//! Outgoing connections: the REST, SQL and AMQP pools the services of this server share
 //! (`self.out.rest[name]`, `self.out.sql[name]`), and the secrets services may read
 //! (`self.secrets[name]`). The workers reach them through the `out.*` and `secret.get` ops of
 //! the IPC protocol (ipc-protocol/SPEC.md), answered by [`Outgoing`] as the pool's
@@ -25,7 +25,7 @@ use crate::model::amqp::AmqpConn;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::secrets::Key;
 
-/// The two types of outgoing connection.
+/// The types of outgoing connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnType {
