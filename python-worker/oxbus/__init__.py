@@ -14,7 +14,8 @@ with an HTTP status.
 from .cache import CacheError, NotAnInteger, UnknownCache, ValueTooLarge
 from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
                      NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
-from .outgoing import (AuthError, DatabaseError, HTTPError, IntegrityError, InvalidCall,
+from .outgoing import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, AuthError,
+                       DatabaseError, HTTPError, IntegrityError, InvalidCall,
                        OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
                        ProgrammingError, ResponseTooLarge, SQLError, UnknownConnection)
 from .pubsub import (MessageTooLarge, PubSubAnswerTooLarge, PubSubConflict, PubSubError,
@@ -32,7 +33,8 @@ __all__ = [
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
     'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',
-    'SQLError', 'IntegrityError', 'ProgrammingError', 'PubSubError', 'TopicNotFound',
+    'SQLError', 'IntegrityError', 'ProgrammingError', 'AmqpPublishError', 'AmqpNack',
+    'AmqpUnroutable', 'AmqpRefused', 'PubSubError', 'TopicNotFound',
     'SubscriptionNotFound', 'PubSubForbidden', 'PubSubInvalid', 'MessageTooLarge',
     'PubSubAnswerTooLarge', 'TopicFull', 'PubSubConflict', 'PubSubUnavailable',
     'PubSubNotReachable', '__version__',

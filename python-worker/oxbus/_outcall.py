@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 __all__ = [
     'OutgoingError', 'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'DatabaseError', 'SQLError',
-    'IntegrityError', 'ProgrammingError', 'HTTPError', 'Caller', 'track', 'untrack',
+    'IntegrityError', 'ProgrammingError', 'HTTPError', 'AmqpPublishError', 'AmqpNack',
+    'AmqpUnroutable', 'AmqpRefused', 'Caller', 'track', 'untrack',
     'open_invocation', 'close_invocation', 'left_open',
 ]
 
@@ -137,6 +138,32 @@ class HTTPError(OutgoingError):
         self.status_code = status
 
 
+class AmqpPublishError(OutgoingError):
+    """The broker did not take a message: base of :class:`AmqpNack`,
+    :class:`AmqpUnroutable` and :class:`AmqpRefused`."""
+
+
+class AmqpNack(AmqpPublishError):
+    """The broker answered the publish with ``basic.nack`` (it could not take it)."""
+
+
+class AmqpUnroutable(AmqpPublishError):
+    """A ``mandatory`` message no queue was bound for came back (``basic.return``):
+    ``reply_code`` (312 ``NO_ROUTE``) and ``reply_text``."""
+
+    def __init__(self, message: str, conn: Optional[str] = None,
+                 error: Optional[str] = None, status: Optional[int] = None,
+                 reply_code: Optional[int] = None, reply_text: Optional[str] = None) -> None:
+        super().__init__(message, conn, error, status)
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+
+class AmqpRefused(AmqpPublishError):
+    """The broker refused the publish and closed the channel (a missing exchange, access
+    refused to it...); the server opens another channel for the next send."""
+
+
 _MYSQL_INTEGRITY = frozenset(('1048', '1062', '1216', '1217', '1451', '1452'))
 _MYSQL_PROGRAMMING = frozenset(('1054', '1064', '1146'))
 # SQLITE_CONSTRAINT (19) and its extended codes: CHECK, FOREIGNKEY, NOTNULL, PRIMARYKEY,
@@ -168,6 +195,7 @@ _ERRORS: Dict[str, Type[OutgoingError]] = {
     'unknown_conn': UnknownConnection, 'invalid': InvalidCall, 'pool_full': PoolFull,
     'timeout': OutgoingTimeout, 'connect': OutgoingConnectionError,
     'io': OutgoingConnectionError, 'too_large': ResponseTooLarge, 'auth': AuthError,
+    'nacked': AmqpNack, 'refused': AmqpRefused,
 }
 
 
@@ -189,6 +217,11 @@ def raise_error(conn: str, meta: Dict[str, Any], body: bytes) -> None:
         code = doc.get('code')
         code = str(code) if code is not None else None
         raise database_error_class(code)(message, conn, error, status, code)
+    if error == 'unroutable':
+        reply_code = doc.get('reply_code')
+        raise AmqpUnroutable(message, conn, error, status,
+                             reply_code if isinstance(reply_code, int) else None,
+                             str(doc.get('reply_text') or '') or None)
     raise _ERRORS.get(error or '', OutgoingError)(message, conn, error, status)
 
 

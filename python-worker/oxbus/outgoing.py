@@ -5,6 +5,7 @@
     self.out.rest['CRM'].conn.get(self.cid, params={'id': 42})    # oxbus.rest
     self.out.plain_http['CRM'].conn.post(self.cid, {'a': 1})       # the same object
     self.out.sql['crm'].fetch_all('SELECT ...', {'x': 1})          # oxbus.sql
+    self.out.amqp.send({'id': 1}, 'orders', 'orders.x', 'created')  # oxbus.amqp
     self.outgoing.sql.get('crm').session()                         # Zato's session form
 
 The connections are defined on the server (``docs/OUTGOING.md``), which holds their pools
@@ -20,17 +21,23 @@ also exports the exceptions every outgoing call may raise::
     ├── ResponseTooLarge              over max_response_bytes / max_rows
     ├── AuthError                     the OAuth2 token could not be obtained
     ├── HTTPError                     Response.raise_for_status()
-    └── DatabaseError (= SQLError)    the database refused the statement; .code
-        ├── IntegrityError            constraint violations
-        └── ProgrammingError          syntax errors, unknown tables or columns
+    ├── DatabaseError (= SQLError)    the database refused the statement; .code
+    │   ├── IntegrityError            constraint violations
+    │   └── ProgrammingError          syntax errors, unknown tables or columns
+    └── AmqpPublishError              the broker did not take a message
+        ├── AmqpNack                  basic.nack
+        ├── AmqpUnroutable            a mandatory message came back; .reply_code, .reply_text
+        └── AmqpRefused               the broker closed the channel (missing exchange...)
 """
 
 from __future__ import annotations
 
-from ._outcall import (AuthError, Caller, DatabaseError, HTTPError, IntegrityError,
+from ._outcall import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, AuthError,
+                       Caller, DatabaseError, HTTPError, IntegrityError,
                        InvalidCall, OutgoingConnectionError, OutgoingError, OutgoingTimeout,
                        PoolFull, ProgrammingError, ResponseTooLarge, SQLError,
                        UnknownConnection)
+from .amqp import AmqpOutgoing
 from .rest import RestConnections, Response
 from .sql import Json, SqlConnections, text
 
@@ -44,14 +51,16 @@ __all__ = [
     'OutgoingAPI', 'Response', 'Json', 'text', 'OutgoingError', 'UnknownConnection',
     'InvalidCall', 'PoolFull', 'OutgoingTimeout', 'OutgoingConnectionError',
     'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError', 'SQLError',
-    'IntegrityError', 'ProgrammingError',
+    'IntegrityError', 'ProgrammingError', 'AmqpPublishError', 'AmqpNack', 'AmqpUnroutable',
+    'AmqpRefused',
 ]
 
 
 class OutgoingAPI:
-    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``) and ``sql``."""
+    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql`` and
+    ``amqp``."""
 
-    __slots__ = ('rest', 'sql')
+    __slots__ = ('rest', 'sql', 'amqp')
 
     def __init__(self, request: Request, arequest: Optional[ARequest] = None,
                  notify: Optional[Notify] = None) -> None:
@@ -60,6 +69,8 @@ class OutgoingAPI:
         self.rest = RestConnections(caller)
         #: The SQL connections by name (:class:`oxbus.sql.SqlConnections`).
         self.sql = SqlConnections(caller)
+        #: Publishing through the outgoing AMQP connections (:class:`oxbus.amqp.AmqpOutgoing`).
+        self.amqp = AmqpOutgoing(caller)
 
     @property
     def plain_http(self) -> RestConnections:

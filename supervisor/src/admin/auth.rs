@@ -400,6 +400,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("DELETE", "/v1/outgoing/sql/{name}", Admin),
     ep("POST", "/v1/outgoing/sql/{name}/ping", Deployer),
     ep("GET", "/v1/outgoing/sql/{name}/stats", Viewer),
+    ep("GET", "/v1/outgoing/amqp", Viewer),
+    ep("GET", "/v1/outgoing/amqp/{name}", Viewer),
+    ep("PUT", "/v1/outgoing/amqp/{name}", Admin),
+    ep("DELETE", "/v1/outgoing/amqp/{name}", Admin),
+    ep("POST", "/v1/outgoing/amqp/{name}/ping", Deployer),
+    ep("GET", "/v1/outgoing/amqp/{name}/stats", Viewer),
     // Pub/sub: definitions and figures are a viewer's; a queue's and the dead letters'
     // messages are the applications' data (a deployer's, as a cache's entries are); a
     // requeue or a test publish is an action like a job's run (deployer); a purge destroys

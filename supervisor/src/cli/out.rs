@@ -1,4 +1,4 @@
-//! `oxbus out list|get|put|delete|ping|stats`: outgoing REST and SQL connections through
+//! `oxbus out list|get|put|delete|ping|stats`: outgoing REST, SQL and AMQP connections through
 //! the admin API (docs/OUTGOING.md). A credential is read from a file or standard input,
 //! never from the command line, and never printed (the API shows `has_secret` only).
 
@@ -118,13 +118,13 @@ pub fn command(rt: &Runtime, action: &OutAction) -> Result<(), CliError> {
 fn kinds(kind: Option<OutType>) -> Vec<OutType> {
     match kind {
         Some(k) => vec![k],
-        None => vec![OutType::Rest, OutType::Sql],
+        None => vec![OutType::Rest, OutType::Sql, OutType::Amqp],
     }
 }
 
 /// One line per connection of a list answer.
 fn print_list(d: &Value) {
-    for (key, label) in [("rest", "rest"), ("sql", "sql")] {
+    for (key, label) in [("rest", "rest"), ("sql", "sql"), ("amqp", "amqp")] {
         let Some(list) = d[key].as_array() else {
             continue;
         };
@@ -135,6 +135,12 @@ fn print_list(d: &Value) {
                     c["address"].as_str().unwrap_or(""),
                     c["url_path"].as_str().unwrap_or(""),
                     c["auth"]["type"].as_str().unwrap_or("none")
+                ),
+                "amqp" => format!(
+                    "{}  user {}  pool {}",
+                    c["address"].as_str().unwrap_or(""),
+                    c["username"].as_str().unwrap_or("(default)"),
+                    c["pool_size"]
                 ),
                 _ => format!(
                     "{} {}",
@@ -200,7 +206,7 @@ fn definition(
         ));
     };
     match kind {
-        OutType::Sql => {
+        OutType::Sql | OutType::Amqp => {
             obj.insert("password".into(), Value::String(secret));
         }
         OutType::Rest => {

@@ -1,7 +1,7 @@
 //! Metrics of the outgoing connections (docs/OUTGOING.md), read at scrape time from the
 //! figures each connection's client keeps: calls, errors and durations per connection, and
 //! its pool (size, connections in use and idle, calls waiting). Labels `type` (`rest` |
-//! `sql`) and `conn` (its name). A deleted connection disappears from the next scrape; an
+//! `sql` | `amqp`) and `conn` (its name). A deleted connection disappears from the next scrape; an
 //! edit that builds a new client starts its counters from 0 (a counter reset). Boot
 //! registers [`OutgoingState`] with a reader that maps the subsystem's figures into
 //! [`ConnFigures`] (this module names no subsystem).
@@ -17,7 +17,7 @@ use super::histogram::DURATION_BUCKETS;
 /// One connection's figures on this server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnFigures {
-    /// `rest` or `sql`.
+    /// `rest`, `sql` or `amqp`.
     pub kind: &'static str,
     pub name: String,
     pub calls: u64,

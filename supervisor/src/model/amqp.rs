@@ -48,7 +48,142 @@ impl AmqpConn {
     }
 
     pub fn validate(&self) -> Result<(), InvalidObject> {
-        crate::model::outgoing::validate_name(&self.name)
+        crate::model::outgoing::validate_name(&self.name)?;
+        self.check()
+            .map_err(|m| InvalidObject(format!("AMQP connection {}: {m}", self.name)))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let tls = check_amqp_address(&self.address).map_err(|m| format!("address: {m}"))?;
+        if let Some(u) = &self.username
+            && (u.is_empty() || u.len() > 255)
+        {
+            return Err("username: 1 to 255 bytes".into());
+        }
+        if self.sealed.is_some() && self.username.is_none() {
+            return Err("password: given without a username".into());
+        }
+        if let Some(s) = &self.sealed
+            && !s.starts_with("oxbus1:")
+        {
+            return Err("sealed: not a sealed value (oxbus1:…)".into());
+        }
+        if !tls && self.tls != TlsOptions::default() {
+            return Err(format!(
+                "tls: options are for amqps:// addresses; {} is amqp://",
+                self.address
+            ));
+        }
+        if self.tls.client_cert_file.is_some() != self.tls.client_key_file.is_some() {
+            return Err(
+                "tls: client_cert_file and client_key_file are given together or not at all".into(),
+            );
+        }
+        if self.heartbeat_s > 3600 {
+            return Err(format!("heartbeat_s: {} is not 0..=3600", self.heartbeat_s));
+        }
+        crate::model::outgoing::timeout("connect_timeout_ms", self.connect_timeout_ms, 1)?;
+        crate::model::outgoing::timeout("confirm_timeout_ms", self.confirm_timeout_ms, 1)?;
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(format!("pool_size: {} is not 1..=64", self.pool_size));
+        }
+        Ok(())
+    }
+}
+
+/// `amqp[s]://host[:port][/vhost]` without user info, query or fragment: whether it is
+/// amqps. The vhost is one percent-encoded segment (`%2f` for `/`).
+pub fn check_amqp_address(address: &str) -> Result<bool, String> {
+    let (tls, rest) = if let Some(r) = address.strip_prefix("amqps://") {
+        (true, r)
+    } else if let Some(r) = address.strip_prefix("amqp://") {
+        (false, r)
+    } else {
+        return Err("not an amqp:// or amqps:// URL".into());
+    };
+    let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.contains('@') {
+        // Not quoted: it may hold a password.
+        return Err("has user info: give username and password as their own fields".into());
+    }
+    if vhost.contains(['/', '?', '#']) || authority.contains(['?', '#']) {
+        return Err(format!(
+            "{address:?}: only amqp[s]://host[:port][/vhost] (a vhost with `/` is              percent-encoded: %2f)"
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{address:?}: unclosed [ of an IPv6 host"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{address:?} has no host"));
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("{address:?}: port {p:?} is not 1..=65535"));
+    }
+    Ok(tls)
+}
+
+/// Parses what an operator sends for an outgoing AMQP connection (the admin API's body, an
+/// import's entry): an [`AmqpConn`] with the plaintext `password` instead of `sealed`.
+/// Not validated: call `validate` once the password is sealed.
+pub fn parse_amqp_input(
+    v: &serde_json::Value,
+    url_name: Option<&str>,
+) -> Result<crate::model::outgoing::Input<AmqpConn>, InvalidObject> {
+    use serde_json::Value;
+    let (name, mut obj) = crate::model::outgoing::input_object(v, url_name, "AMQP connection")?;
+    let fail = |m: String| InvalidObject(format!("AMQP connection {name}: {m}"));
+    let plain = match obj.remove("password") {
+        None => None,
+        Some(Value::String(p)) if !p.is_empty() => Some(p),
+        Some(_) => return Err(fail("password: must be a non-empty string".into())),
+    };
+    if plain.is_some() && obj.contains_key("sealed") {
+        return Err(fail(
+            "give either sealed or a plaintext password, not both".into(),
+        ));
+    }
+    let def = crate::model::outgoing::from_fields(
+        &name,
+        &obj,
+        serde_json::json!({"address": "amqp://localhost"}),
+    )
+    .map_err(fail)?;
+    Ok(crate::model::outgoing::Input { def, plain })
+}
+
+impl crate::model::outgoing::Credentialed for AmqpConn {
+    fn seal_name_of(&self) -> String {
+        AmqpConn::seal_name(&self.name)
+    }
+    fn sealed_secret(&self) -> Option<&str> {
+        self.sealed.as_deref()
+    }
+    fn set_sealed(&mut self, s: Option<String>) {
+        self.sealed = s;
+    }
+    fn keeps_secret_of(&self, stored: &Self) -> crate::model::outgoing::Carry {
+        if self.address == stored.address && self.username == stored.username {
+            crate::model::outgoing::Carry::Keep
+        } else {
+            crate::model::outgoing::Carry::DestinationChanged
+        }
+    }
+    fn secret_field(&self) -> &'static str {
+        "password"
+    }
+    fn destination_fields(&self) -> &'static str {
+        "address and username"
     }
 }
 
@@ -132,4 +267,69 @@ fn default_consumers() -> u16 {
 }
 fn default_max_redeliveries() -> u32 {
     5
+}
+
+#[cfg(test)]
+mod amqp_conn_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conn(extra: serde_json::Value) -> Result<AmqpConn, String> {
+        let mut v = json!({"name": "mq", "address": "amqp://127.0.0.1:5672/%2f"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let input = parse_amqp_input(&v, None).map_err(|e| e.0)?;
+        input.def.validate().map_err(|e| e.0)?;
+        Ok(input.def)
+    }
+
+    #[test]
+    fn validation() {
+        let d = conn(json!({})).unwrap();
+        assert_eq!(
+            (d.pool_size, d.confirm_timeout_ms, d.heartbeat_s),
+            (4, 10_000, 30)
+        );
+        assert!(
+            conn(json!({"address": "amqps://mq.example.com/orders", "tls": {"verify": false}}))
+                .is_ok()
+        );
+        assert!(conn(json!({"address": "amqp://[::1]:5672"})).is_ok());
+        let refused = |extra, field: &str| {
+            let e = conn(extra).unwrap_err();
+            assert!(e.contains(field), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        };
+        refused(json!({"address": "http://h"}), "address");
+        refused(json!({"address": "amqp://bob:s3cret@h/"}), "address");
+        refused(json!({"address": "amqp://h:0/"}), "address");
+        refused(json!({"address": "amqp://h/a/b"}), "address");
+        refused(json!({"address": "amqp://:5672"}), "address");
+        refused(json!({"tls": {"verify": false}}), "tls");
+        refused(json!({"pool_size": 0}), "pool_size");
+        refused(json!({"confirm_timeout_ms": 0}), "confirm_timeout_ms");
+        refused(json!({"colour": 1}), "colour");
+        let input = parse_amqp_input(
+            &json!({"name": "mq", "address": "amqp://h", "username": "u", "password": "s3cret"}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(input.plain.as_deref(), Some("s3cret"));
+        assert!(parse_amqp_input(&json!({"name": "mq", "address": "amqp://h", "password": "p", "sealed": "oxbus1:x"}), None).is_err());
+    }
+
+    #[test]
+    fn a_stored_password_stays_only_for_the_same_address_and_username() {
+        use crate::model::outgoing::{Carry, Credentialed};
+        let a = conn(json!({"username": "u"})).unwrap();
+        let mut b = a.clone();
+        b.pool_size = 8;
+        assert_eq!(b.keeps_secret_of(&a), Carry::Keep);
+        b.address = "amqp://elsewhere/".into();
+        assert_eq!(b.keeps_secret_of(&a), Carry::DestinationChanged);
+        let mut c = a.clone();
+        c.username = Some("v".into());
+        assert_eq!(c.keeps_secret_of(&a), Carry::DestinationChanged);
+    }
 }

@@ -1,4 +1,4 @@
-//! Outgoing connections: the REST and SQL pools the services of this server share
+//! Outgoing connections: the REST, SQL and AMQP pools the services of this server share
 //! (`self.out.rest[name]`, `self.out.sql[name]`), and the secrets services may read
 //! (`self.secrets[name]`). The workers reach them through the `out.*` and `secret.get` ops of
 //! the IPC protocol (ipc-protocol/SPEC.md), answered by [`Outgoing`] as the pool's
@@ -11,6 +11,7 @@
 //! started with, new calls take the new one; a deleted connection's calls fail
 //! `unknown_conn` naming it. docs/OUTGOING.md.
 
+pub mod amqp;
 pub mod rest;
 pub mod service_secrets;
 pub mod sql;
@@ -20,15 +21,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::lifecycle::ops::{OpReply, ServerOps};
+use crate::model::amqp::AmqpConn;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::secrets::Key;
 
-/// The two types of outgoing connection.
+/// The types of outgoing connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnType {
     Rest,
     Sql,
+    Amqp,
 }
 
 impl ConnType {
@@ -36,6 +39,7 @@ impl ConnType {
         match self {
             ConnType::Rest => "rest",
             ConnType::Sql => "sql",
+            ConnType::Amqp => "amqp",
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct Outgoing {
     metrics: Arc<crate::metrics::Metrics>,
     rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
     sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
+    amqp: RwLock<HashMap<String, Arc<amqp::AmqpClient>>>,
     /// Held through an apply (not through lookups): two applies do not interleave.
     applying: std::sync::Mutex<()>,
     /// The secrets services may read (`secret.get`).
@@ -103,6 +108,7 @@ impl Outgoing {
             metrics,
             rest: RwLock::new(HashMap::new()),
             sql: RwLock::new(HashMap::new()),
+            amqp: RwLock::new(HashMap::new()),
             applying: std::sync::Mutex::new(()),
             secrets: service_secrets::ServiceSecrets::default(),
         }
@@ -150,6 +156,27 @@ impl Outgoing {
         *self.sql.write().expect("sql lock") = next;
     }
 
+    /// Makes `defs` the outgoing AMQP connections, as [`Outgoing::apply_rest`] does: sends
+    /// in flight finish on the channels they started on (the replaced client's connection
+    /// closes once the last of them is done).
+    pub fn apply_amqp(&self, defs: &[AmqpConn]) {
+        let _one = self.applying.lock().expect("apply lock");
+        let current = self.amqp.read().expect("amqp lock").clone();
+        let mut next = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let client = match current.get(&def.name) {
+                Some(c) if c.def() == def => c.clone(),
+                _ => Arc::new(amqp::AmqpClient::new(def.clone(), &self.key)),
+            };
+            next.insert(def.name.clone(), client);
+        }
+        *self.amqp.write().expect("amqp lock") = next;
+    }
+
+    pub fn amqp_client(&self, name: &str) -> Option<Arc<amqp::AmqpClient>> {
+        self.amqp.read().expect("amqp lock").get(name).cloned()
+    }
+
     pub fn rest_client(&self, name: &str) -> Option<Arc<rest::RestClient>> {
         self.rest.read().expect("rest lock").get(name).cloned()
     }
@@ -167,6 +194,7 @@ impl Outgoing {
         match kind {
             ConnType::Rest => Ok(self.rest_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Sql => Ok(self.sql_client(name).ok_or_else(unknown)?.ping().await),
+            ConnType::Amqp => Ok(self.amqp_client(name).ok_or_else(unknown)?.ping().await),
         }
     }
 
@@ -184,6 +212,13 @@ impl Outgoing {
                 .sql
                 .read()
                 .expect("sql lock")
+                .values()
+                .map(|c| c.stats())
+                .collect(),
+            ConnType::Amqp => self
+                .amqp
+                .read()
+                .expect("amqp lock")
                 .values()
                 .map(|c| c.stats())
                 .collect(),
@@ -236,6 +271,7 @@ impl ServerOps for Outgoing {
         let kind = match op {
             "out.rest" => ConnType::Rest,
             "out.sql" => ConnType::Sql,
+            "out.amqp" => ConnType::Amqp,
             "secret.get" => return self.secret_get(&raw_meta),
             _ => return OpReply::error(501, "invalid", &format!("unknown op: {op}")),
         };
@@ -259,6 +295,14 @@ impl ServerOps for Outgoing {
                     404,
                     "unknown_conn",
                     &format!("no SQL connection {conn:?} (it may have been deleted)"),
+                ),
+            },
+            ConnType::Amqp => match self.amqp_client(&conn) {
+                Some(c) => c.call(&raw_meta, body).await,
+                None => OpReply::error(
+                    404,
+                    "unknown_conn",
+                    &format!("no AMQP connection {conn:?} (it may have been deleted)"),
                 ),
             },
         }
