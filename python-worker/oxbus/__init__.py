@@ -16,7 +16,8 @@ from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, Metho
                      NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
 from .outgoing import (AuthError, DatabaseError, HTTPError, IntegrityError, InvalidCall,
                        OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
-                       ProgrammingError, ResponseTooLarge, SQLError, UnknownConnection)
+                       ProgrammingError, RedisError, ResponseTooLarge, SQLError,
+                       UnknownConnection)
 from .pubsub import (MessageTooLarge, PubSubAnswerTooLarge, PubSubConflict, PubSubError,
                      PubSubForbidden, PubSubInvalid, PubSubNotReachable, PubSubUnavailable,
                      SubscriptionNotFound, TopicFull, TopicNotFound)
@@ -32,7 +33,7 @@ __all__ = [
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
     'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',
-    'SQLError', 'IntegrityError', 'ProgrammingError', 'PubSubError', 'TopicNotFound',
+    'SQLError', 'IntegrityError', 'ProgrammingError', 'RedisError', 'PubSubError', 'TopicNotFound',
     'SubscriptionNotFound', 'PubSubForbidden', 'PubSubInvalid', 'MessageTooLarge',
     'PubSubAnswerTooLarge', 'TopicFull', 'PubSubConflict', 'PubSubUnavailable',
     'PubSubNotReachable', '__version__',

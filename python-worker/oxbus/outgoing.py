@@ -5,6 +5,7 @@
     self.out.rest['CRM'].conn.get(self.cid, params={'id': 42})    # oxbus.rest
     self.out.plain_http['CRM'].conn.post(self.cid, {'a': 1})       # the same object
     self.out.sql['crm'].fetch_all('SELECT ...', {'x': 1})          # oxbus.sql
+    self.out.redis['cache'].get('k')                               # oxbus.kvdb
     self.outgoing.sql.get('crm').session()                         # Zato's session form
 
 The connections are defined on the server (``docs/OUTGOING.md``), which holds their pools
@@ -20,6 +21,7 @@ also exports the exceptions every outgoing call may raise::
     ├── ResponseTooLarge              over max_response_bytes / max_rows
     ├── AuthError                     the OAuth2 token could not be obtained
     ├── HTTPError                     Response.raise_for_status()
+    ├── RedisError                    Redis answered an error (WRONGTYPE...); .message, .code
     └── DatabaseError (= SQLError)    the database refused the statement; .code
         ├── IntegrityError            constraint violations
         └── ProgrammingError          syntax errors, unknown tables or columns
@@ -29,8 +31,9 @@ from __future__ import annotations
 
 from ._outcall import (AuthError, Caller, DatabaseError, HTTPError, IntegrityError,
                        InvalidCall, OutgoingConnectionError, OutgoingError, OutgoingTimeout,
-                       PoolFull, ProgrammingError, ResponseTooLarge, SQLError,
+                       PoolFull, ProgrammingError, RedisError, ResponseTooLarge, SQLError,
                        UnknownConnection)
+from .kvdb import RedisConnections
 from .rest import RestConnections, Response
 from .sql import Json, SqlConnections, text
 
@@ -44,14 +47,15 @@ __all__ = [
     'OutgoingAPI', 'Response', 'Json', 'text', 'OutgoingError', 'UnknownConnection',
     'InvalidCall', 'PoolFull', 'OutgoingTimeout', 'OutgoingConnectionError',
     'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError', 'SQLError',
-    'IntegrityError', 'ProgrammingError',
+    'IntegrityError', 'ProgrammingError', 'RedisError',
 ]
 
 
 class OutgoingAPI:
-    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``) and ``sql``."""
+    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql`` and
+    ``redis``."""
 
-    __slots__ = ('rest', 'sql')
+    __slots__ = ('rest', 'sql', 'redis')
 
     def __init__(self, request: Request, arequest: Optional[ARequest] = None,
                  notify: Optional[Notify] = None) -> None:
@@ -60,6 +64,8 @@ class OutgoingAPI:
         self.rest = RestConnections(caller)
         #: The SQL connections by name (:class:`oxbus.sql.SqlConnections`).
         self.sql = SqlConnections(caller)
+        #: The Redis connections by name (:class:`oxbus.kvdb.RedisConnections`).
+        self.redis = RedisConnections(caller)
 
     @property
     def plain_http(self) -> RestConnections:
