@@ -114,7 +114,7 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
-    /// Outgoing REST and SQL connections: list, get, put, delete, ping, stats
+    /// Outgoing REST, SQL and Redis connections: list, get, put, delete, ping, stats
     /// (docs/OUTGOING.md).
     Out {
         #[command(subcommand)]
@@ -512,6 +512,7 @@ pub enum TokenAction {
 pub enum OutType {
     Rest,
     Sql,
+    Redis,
 }
 
 impl OutType {
@@ -519,6 +520,7 @@ impl OutType {
         match self {
             OutType::Rest => "rest",
             OutType::Sql => "sql",
+            OutType::Redis => "redis",
         }
     }
 }
@@ -558,7 +560,7 @@ pub enum OutAction {
         /// The definition (JSON); `-` reads it from standard input.
         file: String,
         /// A file holding the credential (REST: the password, key, token or client secret
-        /// of its auth type; SQL: the password); one trailing newline is dropped.
+        /// of its auth type; SQL and Redis: the password); one trailing newline is dropped.
         #[arg(long, conflicts_with = "secret_stdin")]
         secret_file: Option<PathBuf>,
         /// Read the credential from standard input (FILE must then not be `-`).
@@ -578,7 +580,7 @@ pub enum OutAction {
         output: Output,
     },
     /// Ping a connection from the server addressed (REST: ping_method ping_path; SQL:
-    /// SELECT 1); exit code 1 when it fails.
+    /// SELECT 1; Redis: PING); exit code 1 when it fails.
     Ping {
         #[command(flatten)]
         to: ServerArgs,
