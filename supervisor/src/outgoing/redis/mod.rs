@@ -373,8 +373,11 @@ impl RedisClient {
                 format!("{}: authentication failed: {e}", self.who),
             ),
             redis::ErrorKind::Server(_) | redis::ErrorKind::Extension if e.code().is_some() => {
+                // Redis's own text (`WRONGTYPE Operation…`); an aborted transaction's
+                // `EXECABORT` then the errors of the commands Redis refused to queue.
                 let m = match (e.code(), e.detail()) {
                     (Some(c), Some(d)) => format!("{c} {d}"),
+                    (Some(c), None) => format!("{c} {e}"),
                     _ => e.to_string(),
                 };
                 self.redis_error(m)
