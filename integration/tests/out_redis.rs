@@ -149,7 +149,13 @@ fn b(bytes: impl AsRef<[u8]>) -> Value {
 
 async fn put_conn(srv: &Server, name: &str, mut def: Value) -> Value {
     def["name"] = json!(name);
-    let r = admin(srv, "PUT", &format!("/v1/outgoing/redis/{name}"), def.clone()).await;
+    let r = admin(
+        srv,
+        "PUT",
+        &format!("/v1/outgoing/redis/{name}"),
+        def.clone(),
+    )
+    .await;
     assert!(
         r.status == 200 || r.status == 201,
         "PUT redis {name} {def}: {} {}",
@@ -505,8 +511,13 @@ async fn pipelines_transactions_and_binary_values() {
     let r = run(
         &srv,
         "kv",
-        json!([["set", [b(&bkey), b(&all)]], ["get", [b(&bkey)]], ["hset", [k("bh"), b(&bkey), b(&all)]],
-               ["hgetall", [k("bh")]], ["execute", ["GETRANGE", b(&bkey), 0, 3]]]),
+        json!([
+            ["set", [b(&bkey), b(&all)]],
+            ["get", [b(&bkey)]],
+            ["hset", [k("bh"), b(&bkey), b(&all)]],
+            ["hgetall", [k("bh")]],
+            ["execute", ["GETRANGE", b(&bkey), 0, 3]]
+        ]),
     )
     .await;
     assert_eq!(ok(&r[1]), &b(&all));
@@ -524,7 +535,10 @@ async fn pipelines_transactions_and_binary_values() {
             ["get", [k("cnt")]],
         ]})
     };
-    let r = srv.post_json("/redis-pipe", &doc(false, false)).await.json();
+    let r = srv
+        .post_json("/redis-pipe", &doc(false, false))
+        .await
+        .json();
     let got = ok(&r).as_array().unwrap();
     assert_eq!(got[0], true);
     let e = failed(&got[1], "RedisError");
@@ -551,7 +565,13 @@ async fn pipelines_transactions_and_binary_values() {
     // the error raised.
     let r = srv.post_json("/redis-pipe", &doc(true, true)).await.json();
     assert_eq!(failed(&r, "RedisError")["code"], "WRONGTYPE");
-    assert!(r["message"].as_str().unwrap().contains("of the transaction"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("of the transaction"),
+        "{r}"
+    );
     assert_eq!(redis.get(&k("cnt")).await, R::Bulk(b"3".to_vec()));
     // A command Redis refuses to queue aborts the whole transaction: nothing applied.
     let r = srv
@@ -567,12 +587,26 @@ async fn pipelines_transactions_and_binary_values() {
         .json();
     let e = failed(&r, "RedisError");
     assert_eq!(e["code"], "EXECABORT", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("Redis connection \"kv\""), "{e}");
     assert!(
-        e["message"].as_str().unwrap().to_lowercase().contains("unknown command"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Redis connection \"kv\""),
         "{e}"
     );
-    assert_eq!(redis.get(&k("cnt")).await, R::Bulk(b"3".to_vec()), "not applied");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("unknown command"),
+        "{e}"
+    );
+    assert_eq!(
+        redis.get(&k("cnt")).await,
+        R::Bulk(b"3".to_vec()),
+        "not applied"
+    );
     assert_eq!(redis.get(&k("after")).await, R::Nil);
     // A transaction that works: its replies in order, shaped.
     let r = srv
@@ -654,7 +688,10 @@ async fn errors_refusals_timeouts_and_an_outage_as_exceptions() {
     ] {
         let e = failed(&r[i], "InvalidCall");
         assert!(e["message"].as_str().unwrap().contains(what), "{i}: {e}");
-        assert!(e["message"].as_str().unwrap().contains("\"kv\""), "{i}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("\"kv\""),
+            "{i}: {e}"
+        );
     }
     assert!(
         failed(&r[8], "InvalidCall")["message"]
@@ -664,15 +701,24 @@ async fn errors_refusals_timeouts_and_an_outage_as_exceptions() {
     );
     // An unknown connection; self.kvdb.conn without a `kvdb` or `default` connection.
     let r = run(&srv, "nope", json!([["get", ["x"]]])).await;
-    assert!(failed(&r[0], "UnknownConnection")["message"]
-        .as_str()
-        .unwrap()
-        .contains("no Redis connection \"nope\""));
-    let r = run_doc(&srv, "/redis", json!({"kvdb": true, "ops": [["get", ["x"]]]})).await;
-    assert!(failed(&r[0], "UnknownConnection")["message"]
-        .as_str()
-        .unwrap()
-        .contains("self.kvdb.conn: no Redis connection named \"kvdb\" or \"default\""));
+    assert!(
+        failed(&r[0], "UnknownConnection")["message"]
+            .as_str()
+            .unwrap()
+            .contains("no Redis connection \"nope\"")
+    );
+    let r = run_doc(
+        &srv,
+        "/redis",
+        json!({"kvdb": true, "ops": [["get", ["x"]]]}),
+    )
+    .await;
+    assert!(
+        failed(&r[0], "UnknownConnection")["message"]
+            .as_str()
+            .unwrap()
+            .contains("self.kvdb.conn: no Redis connection named \"kvdb\" or \"default\"")
+    );
 
     // A closed port: a connection error at once, naming the connection and its address.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -689,7 +735,9 @@ async fn errors_refusals_timeouts_and_an_outage_as_exceptions() {
         let e = failed(one, "OutgoingConnectionError");
         let m = e["message"].as_str().unwrap();
         assert!(
-            m.contains(&format!("Redis connection \"down\" (redis://127.0.0.1:{closed_port})")),
+            m.contains(&format!(
+                "Redis connection \"down\" (redis://127.0.0.1:{closed_port})"
+            )),
             "{m}"
         );
     }
@@ -746,9 +794,11 @@ async fn errors_refusals_timeouts_and_an_outage_as_exceptions() {
     let r = run(&srv, "relayed", json!([["get", [k("r")]]])).await;
     failed(&r[0], "OutgoingConnectionError");
     relay.start().await;
-    eventually(Duration::from_secs(20), "calls after the relay came back", || {
-        relayed_works(&srv, &key, "2")
-    })
+    eventually(
+        Duration::from_secs(20),
+        "calls after the relay came back",
+        || relayed_works(&srv, &key, "2"),
+    )
     .await;
     relay.stop();
 
@@ -819,7 +869,10 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     let r = run(&srv, "authed", json!([["get", ["x"]]])).await;
     failed(&r[0], "OutgoingError");
     let sent = String::from_utf8_lossy(&sent.await.unwrap()).into_owned();
-    assert!(sent.contains("AUTH") && sent.contains("app") && sent.contains(SECRET), "{sent}");
+    assert!(
+        sent.contains("AUTH") && sent.contains("app") && sent.contains(SECRET),
+        "{sent}"
+    );
     // An edit without the password keeps it (same host, port and user; another db)...
     let kept = put_conn(
         &srv,
@@ -857,7 +910,11 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     assert_eq!(names, ["authed", "other"]);
     let export = admin(&srv, "GET", "/v1/config", Value::Null).await;
     assert_eq!(export.status, 200, "{}", text(&export));
-    assert!(text(&export).contains("outgoing_redis"), "{}", text(&export));
+    assert!(
+        text(&export).contains("outgoing_redis"),
+        "{}",
+        text(&export)
+    );
     for answer in [text(&one), text(&list), text(&export), srv.log()] {
         for s in [SECRET, SECRET2] {
             assert!(!answer.contains(s), "{s} in {answer}");
@@ -865,7 +922,10 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     }
     // The machine's Redis has no password: AUTH fails, clearly.
     let r = run(&srv, "other", json!([["get", ["x"]]])).await;
-    let m = failed(&r[0], "OutgoingError")["message"].as_str().unwrap().to_owned();
+    let m = failed(&r[0], "OutgoingError")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(m.contains("Redis connection \"other\""), "{m}");
     assert!(!m.contains(SECRET2), "{m}");
 
@@ -875,7 +935,10 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     assert_eq!(ping.status, 200);
     let ping = ping.json();
     assert_eq!(ping["ok"], true, "{ping}");
-    assert!(ping["detail"].as_str().unwrap().starts_with("PONG"), "{ping}");
+    assert!(
+        ping["detail"].as_str().unwrap().starts_with("PONG"),
+        "{ping}"
+    );
     let r = admin(&srv, "POST", "/v1/outgoing/redis/nope/ping", Value::Null).await;
     assert_eq!(r.status, 404);
 
@@ -891,7 +954,12 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     assert_eq!(ok(&r[1]), "zato");
     // ...or, once there is one, the one named `kvdb`.
     put_conn(&srv, "kvdb", json!({"address": "redis://127.0.0.1:6379/1"})).await;
-    let r = run_doc(&srv, "/redis", json!({"kvdb": true, "ops": [["get", [key]]]})).await;
+    let r = run_doc(
+        &srv,
+        "/redis",
+        json!({"kvdb": true, "ops": [["get", [key]]]}),
+    )
+    .await;
     assert_eq!(ok(&r[0]), &Value::Null, "db 1 has no such key");
 
     // Delete: calls then fail as unknown.
@@ -899,7 +967,12 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     assert_eq!(r.status, 200, "{}", text(&r));
     let r = admin(&srv, "DELETE", "/v1/outgoing/redis/default", Value::Null).await;
     assert_eq!(r.status, 200, "{}", text(&r));
-    let r = run_doc(&srv, "/redis", json!({"kvdb": true, "ops": [["get", [key]]]})).await;
+    let r = run_doc(
+        &srv,
+        "/redis",
+        json!({"kvdb": true, "ops": [["get", [key]]]}),
+    )
+    .await;
     failed(&r[0], "UnknownConnection");
     let audit = admin(&srv, "GET", "/v1/audit", Value::Null).await;
     assert!(text(&audit).contains("outgoing_redis"), "{}", text(&audit));

@@ -268,7 +268,10 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         || matches!((resource, rest), ("caches", [_, "keys", ..]))
         || matches!(
             (resource, rest),
-            ("outgoing_rest" | "outgoing_sql" | "outgoing_redis", [_, "ping"])
+            (
+                "outgoing_rest" | "outgoing_sql" | "outgoing_redis",
+                [_, "ping"]
+            )
         )
     {
         return None;

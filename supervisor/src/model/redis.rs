@@ -217,8 +217,7 @@ impl Credentialed for RedisConn {
     fn keeps_secret_of(&self, stored: &Self) -> Carry {
         let place = |a: &str| parse_address(a).ok().map(|a| (a.tls, a.host, a.port));
         let here = place(&self.address);
-        if here.is_some() && here == place(&stored.address) && self.username == stored.username
-        {
+        if here.is_some() && here == place(&stored.address) && self.username == stored.username {
             Carry::Keep
         } else {
             Carry::DestinationChanged
@@ -249,12 +248,9 @@ pub fn parse_input(v: &Value, url_name: Option<&str>) -> Result<Input<RedisConn>
             "give either sealed or a plaintext password, not both".into(),
         ));
     }
-    let def = crate::model::outgoing::from_fields(
-        &name,
-        &obj,
-        json!({"address": "redis://localhost"}),
-    )
-    .map_err(fail)?;
+    let def =
+        crate::model::outgoing::from_fields(&name, &obj, json!({"address": "redis://localhost"}))
+            .map_err(fail)?;
     Ok(Input { def, plain })
 }
 
@@ -316,10 +312,22 @@ mod tests {
         let d = conn(json!({"address": "redis://127.0.0.1:6379/0"})).unwrap();
         assert_eq!((d.pool_size, d.timeout_ms), (4, 5_000));
         for (v, says) in [
-            (json!({"address": "redis://h", "pool_size": 0}), "pool_size: 0"),
-            (json!({"address": "redis://h", "pool_size": 65}), "pool_size: 65"),
-            (json!({"address": "redis://h", "timeout_ms": 0}), "timeout_ms: 0"),
-            (json!({"address": "redis://h", "username": "app"}), "without a password"),
+            (
+                json!({"address": "redis://h", "pool_size": 0}),
+                "pool_size: 0",
+            ),
+            (
+                json!({"address": "redis://h", "pool_size": 65}),
+                "pool_size: 65",
+            ),
+            (
+                json!({"address": "redis://h", "timeout_ms": 0}),
+                "timeout_ms: 0",
+            ),
+            (
+                json!({"address": "redis://h", "username": "app"}),
+                "without a password",
+            ),
             (
                 json!({"address": "redis://h", "tls": {"ca_file": "/ca.pem"}}),
                 "rediss:// address only",
@@ -333,7 +341,10 @@ mod tests {
                 "go together",
             ),
             (json!({"address": "redis://h", "pool": 3}), "pool"),
-            (json!({"address": "redis://h", "password": 7}), "password: must be"),
+            (
+                json!({"address": "redis://h", "password": 7}),
+                "password: must be",
+            ),
         ] {
             let e = conn(v.clone()).unwrap_err().to_string();
             assert!(e.contains(says), "{v}: {e}");
@@ -343,8 +354,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not both"), "{e}");
-        conn(json!({"address": "rediss://h", "username": "app", "password": "p",
-                    "tls": {"ca_file": "/ca.pem"}}))
+        conn(
+            json!({"address": "rediss://h", "username": "app", "password": "p",
+                    "tls": {"ca_file": "/ca.pem"}}),
+        )
         .unwrap();
     }
 
@@ -360,10 +373,22 @@ mod tests {
         };
         assert_eq!(same("redis://H:6379/5", Some("app")), Carry::Keep);
         assert_eq!(same("redis://h/0", Some("app")), Carry::Keep);
-        assert_eq!(same("rediss://h:6379/0", Some("app")), Carry::DestinationChanged);
-        assert_eq!(same("redis://evil:6379/0", Some("app")), Carry::DestinationChanged);
-        assert_eq!(same("redis://h:6380/0", Some("app")), Carry::DestinationChanged);
-        assert_eq!(same("redis://h:6379/0", Some("root")), Carry::DestinationChanged);
+        assert_eq!(
+            same("rediss://h:6379/0", Some("app")),
+            Carry::DestinationChanged
+        );
+        assert_eq!(
+            same("redis://evil:6379/0", Some("app")),
+            Carry::DestinationChanged
+        );
+        assert_eq!(
+            same("redis://h:6380/0", Some("app")),
+            Carry::DestinationChanged
+        );
+        assert_eq!(
+            same("redis://h:6379/0", Some("root")),
+            Carry::DestinationChanged
+        );
         assert_eq!(same("redis://h:6379/0", None), Carry::DestinationChanged);
     }
 }

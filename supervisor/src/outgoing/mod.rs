@@ -194,9 +194,9 @@ impl Outgoing {
             Err(e) => return OpReply::error(400, "invalid", &format!("out.redis: bad meta: {e}")),
         };
         let client = match (&which.conn, which.kvdb) {
-            (Some(c), _) => self.redis_client(c).ok_or_else(|| {
-                format!("no Redis connection {c:?} (it may have been deleted)")
-            }),
+            (Some(c), _) => self
+                .redis_client(c)
+                .ok_or_else(|| format!("no Redis connection {c:?} (it may have been deleted)")),
             (None, true) => self
                 .redis_client("kvdb")
                 .or_else(|| self.redis_client("default"))

@@ -54,8 +54,7 @@ impl Failure {
         if let Some(m) = &self.redis_message {
             let code = m.split(' ').next().unwrap_or_default();
             r.body = Bytes::from(
-                serde_json::json!({"error": self.message, "message": m, "code": code})
-                    .to_string(),
+                serde_json::json!({"error": self.message, "message": m, "code": code}).to_string(),
             );
         }
         r
@@ -286,11 +285,7 @@ impl RedisClient {
                     }
                     pipe.add_command(cmd);
                 }
-                let (offset, count) = if meta.transaction {
-                    (n + 1, 1)
-                } else {
-                    (0, n)
-                };
+                let (offset, count) = if meta.transaction { (n + 1, 1) } else { (0, n) };
                 let mut replies = self
                     .run(limit, async |c: &mut ConnectionManager| {
                         c.req_packed_commands(&pipe, offset, count).await
@@ -340,11 +335,7 @@ impl RedisClient {
         Failure::new(
             "timeout",
             504,
-            format!(
-                "{}: no answer within {} ms",
-                self.who,
-                limit.as_millis()
-            ),
+            format!("{}: no answer within {} ms", self.who, limit.as_millis()),
         )
     }
 
@@ -382,11 +373,9 @@ impl RedisClient {
                 };
                 self.redis_error(m)
             }
-            _ if e.is_connection_refusal() => Failure::new(
-                "connect",
-                502,
-                format!("{}: connect: {e}", self.who),
-            ),
+            _ if e.is_connection_refusal() => {
+                Failure::new("connect", 502, format!("{}: connect: {e}", self.who))
+            }
             _ if e.is_connection_dropped() || e.is_io_error() => {
                 Failure::new("io", 502, format!("{}: connection lost: {e}", self.who))
             }

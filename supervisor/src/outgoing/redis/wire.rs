@@ -165,11 +165,7 @@ pub fn refused(args: &[Vec<u8>]) -> Option<String> {
             "a blocking command stalls every call behind it on the shared connection (use \
              the non-blocking form: LPOP, RPOP, LMOVE...)"
         }
-        "XREAD" | "XREADGROUP"
-            if args[1..]
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(b"BLOCK")) =>
-        {
+        "XREAD" | "XREADGROUP" if args[1..].iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) => {
             "BLOCK stalls every call behind it on the shared connection (read without BLOCK)"
         }
         "CLIENT" => match sub().as_str() {
@@ -201,12 +197,32 @@ mod tests {
         let got = decode_commands(&body, 2).unwrap();
         assert_eq!(got[0], vec![b"SET".to_vec(), b"k\x00\xff".to_vec(), vec![]]);
         assert_eq!(got[1], vec![b"GET".to_vec(), b"k\x00\xff".to_vec()]);
-        assert!(decode_commands(&body, 1).unwrap_err().contains("bytes after"));
-        assert!(decode_commands(&body, 3).unwrap_err().contains("ends inside"));
-        assert!(decode_commands(&body[..body.len() - 1], 2).unwrap_err().contains("past"));
-        assert!(decode_commands(&cmd(&[]), 1).unwrap_err().contains("no arguments"));
+        assert!(
+            decode_commands(&body, 1)
+                .unwrap_err()
+                .contains("bytes after")
+        );
+        assert!(
+            decode_commands(&body, 3)
+                .unwrap_err()
+                .contains("ends inside")
+        );
+        assert!(
+            decode_commands(&body[..body.len() - 1], 2)
+                .unwrap_err()
+                .contains("past")
+        );
+        assert!(
+            decode_commands(&cmd(&[]), 1)
+                .unwrap_err()
+                .contains("no arguments")
+        );
         let huge = u32::MAX.to_be_bytes();
-        assert!(decode_commands(&huge, 1).unwrap_err().contains("do not fit"));
+        assert!(
+            decode_commands(&huge, 1)
+                .unwrap_err()
+                .contains("do not fit")
+        );
     }
 
     #[test]
@@ -230,7 +246,11 @@ mod tests {
 
     #[test]
     fn commands_that_would_hijack_the_shared_connection_are_refused() {
-        let args = |s: &str| s.split(' ').map(|a| a.as_bytes().to_vec()).collect::<Vec<_>>();
+        let args = |s: &str| {
+            s.split(' ')
+                .map(|a| a.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
         for bad in [
             "select 1",
             "AUTH x",
