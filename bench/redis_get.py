@@ -114,7 +114,7 @@ def main():
     if not os.access(OXBUS, os.X_OK):
         raise SystemExit('%s missing: cargo build --release -j2 -p oxbus-supervisor' % OXBUS)
     py = venv_python()
-    if os.path.realpath(sys.executable) != os.path.realpath(py) and not E('BENCH_IN_VENV'):
+    if os.path.realpath(sys.prefix) != os.path.realpath(VENV) and not E('BENCH_IN_VENV'):
         os.execve(py, [py] + sys.argv, dict(os.environ, BENCH_IN_VENV='1'))
     import redis
     r = redis.Redis(host='127.0.0.1', port=6379)
