@@ -8,7 +8,7 @@
 //! and never answers; the shared Redis itself is never stopped or reconfigured.
 
 use base64::Engine;
-use oxbus_integration::api::{admin, text};
+use oxbus_integration::api::{self, admin, text};
 use oxbus_integration::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -492,6 +492,50 @@ async fn every_method_through_a_real_service() {
     assert_eq!(s["pool_size"], 2);
     assert!(s["calls"].as_u64().unwrap() >= 50, "{s}");
     assert_eq!(s["errors"], 0, "{s}");
+    // The same figures as metrics, labelled type="redis", a page promtool accepts.
+    let page = oxbus_integration::prom::scrape_until(&srv, "the Redis series", |pg| {
+        pg.get(
+            "oxbus_outgoing_calls_total",
+            &[("type", "redis"), ("conn", "kv")],
+        )
+        .is_some_and(|n| n >= 50.0)
+    })
+    .await;
+    oxbus_integration::prom::check(&page.text);
+    assert_eq!(
+        page.get("oxbus_outgoing_pool_size", &[("type", "redis"), ("conn", "kv")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        page.get("oxbus_outgoing_errors_total", &[("type", "redis"), ("conn", "kv")]),
+        Some(0.0)
+    );
+    // The CLI: list, stats, ping; put with the password from a file; delete.
+    let out = api::ok(&srv.cli(&["out", "list", "redis"]));
+    assert!(out.contains("redis kv") && out.contains("pool 2"), "{out}");
+    let out = api::ok(&srv.cli(&["out", "stats", "redis"]));
+    assert!(out.lines().any(|l| l.starts_with("redis kv ")), "{out}");
+    let out = api::ok(&srv.cli(&["out", "ping", "redis", "kv"]));
+    assert!(out.contains("redis kv: ok"), "{out}");
+    let def = srv.dir.join("cli-redis.json");
+    std::fs::write(&def, r#"{"address": "redis://127.0.0.1:9"}"#).unwrap();
+    let pw = srv.dir.join("cli-redis.pw");
+    std::fs::write(&pw, "cli-redis-pw-Tz4\n").unwrap();
+    let out = api::ok(&srv.cli(&[
+        "out",
+        "put",
+        "redis",
+        "cli",
+        def.to_str().unwrap(),
+        "--secret-file",
+        pw.to_str().unwrap(),
+    ]));
+    assert!(out.contains("redis connection cli created"), "{out}");
+    let out = api::ok(&srv.cli(&["out", "get", "redis", "cli"]));
+    assert!(out.contains("\"has_secret\": true") && !out.contains("cli-redis-pw"), "{out}");
+    let bad = srv.cli(&["out", "ping", "redis", "cli"]);
+    assert!(!bad.status.success(), "{bad:?}");
+    api::ok(&srv.cli(&["out", "delete", "redis", "cli"]));
     assert!(redis.clean(&p).await > 0);
     srv.assert_no_errors(&[]);
 }
