@@ -503,11 +503,17 @@ async fn every_method_through_a_real_service() {
     .await;
     oxbus_integration::prom::check(&page.text);
     assert_eq!(
-        page.get("oxbus_outgoing_pool_size", &[("type", "redis"), ("conn", "kv")]),
+        page.get(
+            "oxbus_outgoing_pool_size",
+            &[("type", "redis"), ("conn", "kv")]
+        ),
         Some(2.0)
     );
     assert_eq!(
-        page.get("oxbus_outgoing_errors_total", &[("type", "redis"), ("conn", "kv")]),
+        page.get(
+            "oxbus_outgoing_errors_total",
+            &[("type", "redis"), ("conn", "kv")]
+        ),
         Some(0.0)
     );
     // The CLI: list, stats, ping; put with the password from a file; delete.
@@ -532,7 +538,10 @@ async fn every_method_through_a_real_service() {
     ]));
     assert!(out.contains("redis connection cli created"), "{out}");
     let out = api::ok(&srv.cli(&["out", "get", "redis", "cli"]));
-    assert!(out.contains("\"has_secret\": true") && !out.contains("cli-redis-pw"), "{out}");
+    assert!(
+        out.contains("\"has_secret\": true") && !out.contains("cli-redis-pw"),
+        "{out}"
+    );
     let bad = srv.cli(&["out", "ping", "redis", "cli"]);
     assert!(!bad.status.success(), "{bad:?}");
     api::ok(&srv.cli(&["out", "delete", "redis", "cli"]));
@@ -972,6 +981,44 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
         .to_owned();
     assert!(m.contains("Redis connection \"other\""), "{m}");
     assert!(!m.contains(SECRET2), "{m}");
+
+    // Import (the document's `outgoing_redis`): a plaintext password sealed on import, the
+    // same again no change, a bad entry refused naming it; the export carries it sealed.
+    let plain = json!({"outgoing_redis": [{"name": "imported", "address": REDIS,
+                                           "password": SECRET, "pool_size": 2}]});
+    let r = admin(&srv, "POST", "/v1/config", plain.clone()).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert!(!text(&r).contains(SECRET), "{}", text(&r));
+    let r = admin(&srv, "POST", "/v1/config", plain).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["changes"], json!([]), "{}", text(&r));
+    let r = admin(
+        &srv,
+        "POST",
+        "/v1/config",
+        json!({"outgoing_redis": [{"name": "x", "address": REDIS, "pool_size": 100}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(
+        text(&r).contains("outgoing_redis[0]") && text(&r).contains("pool_size"),
+        "{}",
+        text(&r)
+    );
+    let imported = admin(&srv, "GET", "/v1/outgoing/redis/imported", Value::Null)
+        .await
+        .json();
+    assert_eq!(imported["has_secret"], true, "{imported}");
+    let export = admin(&srv, "GET", "/v1/config", Value::Null).await.json();
+    let sealed = export["outgoing_redis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "imported")
+        .unwrap_or_else(|| panic!("{export}"))["sealed"]
+        .clone();
+    assert!(sealed.as_str().unwrap().starts_with("oxbus1:"), "{export}");
+    assert!(!export.to_string().contains(SECRET));
 
     // Ping: a live one, an unknown name.
     put_conn(&srv, "default", json!({"address": REDIS})).await;

@@ -335,7 +335,8 @@ impl ServerOps for Outgoing {
                     &format!("no SQL connection {conn:?} (it may have been deleted)"),
                 ),
             },
-            ConnType::Redis => unreachable!("out.redis is answered above"),
+            // Answered above (its `conn` may be left out for `kvdb`); the same answer here.
+            ConnType::Redis => self.redis_call(&raw_meta, body).await,
         }
     }
 
