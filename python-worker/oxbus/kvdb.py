@@ -40,9 +40,11 @@ SUBSCRIBE, BLPOP... which would hijack the shared connection).
 from __future__ import annotations
 
 import struct
+import sys
 
 from ._outcall import (Caller, InvalidCall, OutgoingConnectionError, OutgoingError,
-                       OutgoingTimeout, RedisError, UnknownConnection, invocation_context)
+                       OutgoingTimeout, RedisError, UnknownConnection, raise_error)
+from ._protocol import decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -125,6 +127,28 @@ class _ErrorReply(str):
     """An error element of a pipeline's replies (Redis's message)."""
 
     __slots__ = ()
+
+
+#: The REPLY metas seen, parsed once (a success's is the same few bytes every time).
+_reply_metas: Dict[bytes, Dict[str, Any]] = {}
+
+
+def _checked(who: str, raw: bytes, data: bytes) -> bytes:
+    """The REPLY's body, or the exception of its ``error``."""
+    meta = _reply_metas.get(raw)
+    if meta is None:
+        try:
+            meta = decode_json(raw)
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise OutgoingError('%s: unreadable answer from the server: %r' % (who, raw[:200]),
+                                who)
+        if meta.get('error') is not None:
+            raise_error(who, meta, data)
+        if len(_reply_metas) < 64:
+            _reply_metas[raw] = meta
+    return data
 
 
 def _label(conn: Optional[str]) -> str:
@@ -406,16 +430,18 @@ class Redis(_Commands):
     server holds the connections. ``decode_responses``: bulk string replies as str (UTF-8)
     instead of bytes, as redis-py's option."""
 
-    __slots__ = ('_caller', '_conn', '_decode', '_base')
+    __slots__ = ('_caller', '_conn', '_decode', '_head', '_one')
 
     def __init__(self, caller: Caller, conn: Optional[str],
                  decode_responses: bool = False) -> None:
         self._caller = caller
         self._conn = conn
         self._decode = decode_responses
-        # The meta's fixed part: ``conn``, or ``kvdb`` for self.kvdb.conn (the server picks).
-        self._base: Dict[str, Any] = ({'op': 'out.redis', 'conn': conn} if conn is not None
-                                      else {'op': 'out.redis', 'kvdb': True})
+        # The meta, built as JSON bytes once: ``conn``, or ``kvdb`` for self.kvdb.conn (the
+        # server picks). No cid or trace context: Redis has nowhere to carry them.
+        self._head = (b'{"op":"out.redis","conn":' + encode_json(conn) if conn is not None
+                      else b'{"op":"out.redis","kvdb":true')
+        self._one = self._head + b'}'
 
     @property
     def name(self) -> Optional[str]:
@@ -429,14 +455,31 @@ class Redis(_Commands):
     def _conn_name(self) -> Optional[str]:
         return self._conn
 
-    def _meta(self, n: Optional[int] = None, transaction: bool = False) -> Dict[str, Any]:
-        meta = dict(self._base)
-        if n is not None:
-            meta['n'] = n
-            if transaction:
-                meta['transaction'] = True
-        meta.update(invocation_context())
-        return meta
+    def _meta(self, n: int, transaction: bool) -> bytes:
+        """A pipeline's meta."""
+        return (self._head + b',"n":%d' % n + (b',"transaction":true' if transaction else b'')
+                + b'}')
+
+    def _send(self, meta: bytes, body: bytes) -> bytes:
+        """One call, waited for: the REPLY's body, or its exception."""
+        asyncio = sys.modules.get('asyncio')
+        if asyncio is not None and asyncio._get_running_loop() is not None:
+            raise RuntimeError(
+                '%s: a blocking Redis call from a coroutine would stall the event loop (every '
+                'async service of this worker): inside async def use the awaitable forms, e.g. '
+                'await r.aget(...), await r.aexecute(...), await pipeline.aexecute()'
+                % self._label())
+        raw, data = self._caller.request(meta, body)
+        return _checked(self._who(), raw, data)
+
+    async def _asend(self, meta: bytes, body: bytes) -> bytes:
+        """:meth:`_send` for coroutines."""
+        arequest = self._caller.arequest
+        if arequest is None:
+            raise RuntimeError('not running inside an oxbus worker: there is no server to '
+                               'call')
+        raw, data = await arequest(meta, body)
+        return _checked(self._who(), raw, data)
 
     def _label(self) -> str:
         return _label(self._conn)
@@ -456,14 +499,12 @@ class Redis(_Commands):
     def _run(self, args: Tuple[Any, ...], shape: Callable[[Any], Any]) -> Any:
         parts: List[bytes] = []
         _command(self._conn, args, parts)
-        _, data = self._caller.call(self._who(), self._meta(), b''.join(parts))
-        return shape(self._answer(data))
+        return shape(self._answer(self._send(self._one, b''.join(parts))))
 
     async def _arun(self, args: Tuple[Any, ...], shape: Callable[[Any], Any]) -> Any:
         parts: List[bytes] = []
         _command(self._conn, args, parts)
-        _, data = await self._caller.acall(self._who(), self._meta(), b''.join(parts))
-        return shape(self._answer(data))
+        return shape(self._answer(await self._asend(self._one, b''.join(parts))))
 
     def execute(self, *args: Any) -> Any:
         """Any command the connection allows: ``execute('HSET', 'h', 'f', 1)``; the reply
@@ -569,7 +610,7 @@ class Pipeline(_Queue):
         """Forget the queued commands."""
         self.commands = []
 
-    def _request(self) -> Tuple[Dict[str, Any], bytes]:
+    def _request(self) -> Tuple[bytes, bytes]:
         parts: List[bytes] = []
         for args, _ in self.commands:
             _command(self._conn, args, parts)
@@ -603,7 +644,7 @@ class Pipeline(_Queue):
             return []
         meta, body = self._request()
         try:
-            _, data = self._redis._caller.call(self._redis._who(), meta, body)
+            data = self._redis._send(meta, body)
         except BaseException:
             self.commands = []
             raise
@@ -615,7 +656,7 @@ class Pipeline(_Queue):
             return []
         meta, body = self._request()
         try:
-            _, data = await self._redis._caller.acall(self._redis._who(), meta, body)
+            data = await self._redis._asend(meta, body)
         except BaseException:
             self.commands = []
             raise
