@@ -1,21 +1,22 @@
-//! The admin API's outgoing connections (docs/OUTGOING.md): REST and SQL connection
-//! definitions, their ping and their figures on this server.
+//! The admin API's outgoing connections (docs/OUTGOING.md, docs/CONNECTORS.md): REST, SQL
+//! and Redis connection definitions, their ping and their figures on this server.
 //!
-//! - `GET /v1/outgoing/{rest|sql}`: every definition (without `sealed`; `has_secret` instead)
-//!   with this server's `stats` of each
-//! - `GET|PUT|DELETE /v1/outgoing/{rest|sql}/{name}`: one definition; create or replace it;
-//!   delete it (`admin::objects`, with this kind's hooks here)
-//! - `POST /v1/outgoing/{rest|sql}/{name}/ping`: this server pings it (200 with
+//! - `GET /v1/outgoing/{rest|sql|redis}`: every definition (without `sealed`; `has_secret`
+//!   instead) with this server's `stats` of each
+//! - `GET|PUT|DELETE /v1/outgoing/{rest|sql|redis}/{name}`: one definition; create or replace
+//!   it; delete it (`admin::objects`, with this kind's hooks here)
+//! - `POST /v1/outgoing/{rest|sql|redis}/{name}/ping`: this server pings it (200 with
 //!   `{ok, took_ms, detail}` whether or not the remote answered; 404 for an unknown name)
-//! - `GET /v1/outgoing/{rest|sql}/{name}/stats`: this server's figures of it
+//! - `GET /v1/outgoing/{rest|sql|redis}/{name}/stats`: this server's figures of it
 //!
 //! Credentials: a body gives the plaintext (`auth.password|key|token|client_secret`, SQL
-//! `password`), sealed here with the server's key under the connection's seal name before
-//! anything is stored, never logged or echoed; or `sealed` as exported (it must open with
-//! this server's key). A body with neither keeps the stored sealed value only while the
-//! credential would go to the same place as the same identity (REST: the auth type, the
-//! scheme, host and port of `address`, and the auth's username, header, or token_url and
-//! client_id; SQL: engine and the whole URL); when these changed it is refused (400: give
+//! and Redis `password`), sealed here with the server's key under the connection's seal
+//! name before anything is stored, never logged or echoed; or `sealed` as exported (it must
+//! open with this server's key). A body with neither keeps the stored sealed value only
+//! while the credential would go to the same place as the same identity (REST: the auth
+//! type, the scheme, host and port of `address`, and the auth's username, header, or
+//! token_url and client_id; SQL: engine and the whole URL; Redis: the scheme, host and port
+//! of `address` and `username`); when these changed it is refused (400: give
 //! the credential again), so an edit cannot send a stored password elsewhere. Another REST
 //! auth type keeps nothing. [`build`] is that rule, shared with the config import.
 
