@@ -1070,3 +1070,83 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     let mut redis = Resp2::connect().await;
     assert_eq!(redis.clean(&p).await, 1);
 }
+
+/// A TLS server (a CA and certificate made here) relaying to the machine's Redis: `rediss://`
+/// with the CA given works, bytes exact; without it the certificate is refused, clearly.
+#[tokio::test]
+async fn rediss_with_a_ca_of_the_tests() {
+    let srv = env().start().await;
+    let certs = oxbus_integration::upstream::make_certs(&srv.dir.join("redis-tls"));
+    let read = |p: &std::path::Path| std::io::BufReader::new(std::fs::File::open(p).unwrap());
+    let chain = rustls_pemfile::certs(&mut read(&certs.cert))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut read(&certs.key))
+        .unwrap()
+        .expect("a private key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let relay = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((a, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            conns.spawn(async move {
+                let Ok(mut a) = acceptor.accept(a).await else {
+                    return;
+                };
+                if let Ok(mut r) = TcpStream::connect("127.0.0.1:6379").await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut r).await;
+                }
+            });
+        }
+    });
+    put_conn(
+        &srv,
+        "tls",
+        json!({"address": format!("rediss://localhost:{port}/0"),
+               "tls": {"ca_file": certs.ca.to_str().unwrap()}}),
+    )
+    .await;
+    put_conn(
+        &srv,
+        "untrusted",
+        json!({"address": format!("rediss://localhost:{port}/0"), "timeout_ms": 3000}),
+    )
+    .await;
+    let p = prefix("tls");
+    let key = format!("{p}k");
+    let value: Vec<u8> = (0..=255u8).collect();
+    let r = run(
+        &srv,
+        "tls",
+        json!([["set", [key, b(&value)]], ["get", [key]]]),
+    )
+    .await;
+    assert_eq!(ok(&r[1]), &b(&value));
+    let ping = admin(&srv, "POST", "/v1/outgoing/redis/tls/ping", Value::Null)
+        .await
+        .json();
+    assert_eq!(ping["ok"], true, "{ping}");
+    let r = run(&srv, "untrusted", json!([["get", [key]]])).await;
+    let m = failed(&r[0], "OutgoingConnectionError")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(m.contains("Redis connection \"untrusted\""), "{m}");
+    assert!(
+        m.contains("connect: invalid peer certificate: UnknownIssuer"),
+        "{m}"
+    );
+    relay.abort();
+    let mut redis = Resp2::connect().await;
+    assert_eq!(redis.clean(&p).await, 1);
+}

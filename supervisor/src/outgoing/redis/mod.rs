@@ -376,8 +376,13 @@ impl RedisClient {
             _ if e.is_connection_refusal() => {
                 Failure::new("connect", 502, format!("{}: connect: {e}", self.who))
             }
-            _ if e.is_connection_dropped() || e.is_io_error() => {
+            _ if e.is_connection_dropped() => {
                 Failure::new("io", 502, format!("{}: connection lost: {e}", self.who))
+            }
+            // Not a dropped connection: one that could not be made (TLS: an untrusted
+            // certificate, a name it does not cover; DNS; unreachable).
+            _ if e.is_io_error() => {
+                Failure::new("connect", 502, format!("{}: connect: {e}", self.who))
             }
             _ => Failure::new("io", 502, format!("{}: {e}", self.who)),
         }
