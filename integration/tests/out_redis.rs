@@ -975,11 +975,14 @@ async fn admin_definitions_ping_kvdb_and_no_password_in_answers() {
     }
     // The machine's Redis has no password: AUTH fails, clearly.
     let r = run(&srv, "other", json!([["get", ["x"]]])).await;
-    let m = failed(&r[0], "OutgoingError")["message"]
+    let m = failed(&r[0], "OutgoingConnectionError")["message"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(m.contains("Redis connection \"other\""), "{m}");
+    assert!(
+        m.contains("Redis connection \"other\"") && m.contains("authentication failed"),
+        "{m}"
+    );
     assert!(!m.contains(SECRET2), "{m}");
 
     // Import (the document's `outgoing_redis`): a plaintext password sealed on import, the
