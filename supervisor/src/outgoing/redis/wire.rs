@@ -135,7 +135,8 @@ pub fn server_message(e: &redis::ServerError) -> String {
 /// Why a command may not go through a shared multiplexed connection, or none.
 ///
 /// Refused: what would change the connection for every other call multiplexed on it
-/// (`SELECT`, `AUTH`, `HELLO`, `RESET`, `QUIT`, `CLIENT` but its read-only subcommands,
+/// (`SELECT`, `AUTH`, `HELLO`, `RESET`, `QUIT`, `CLIENT` but ID, INFO, LIST, GETNAME and HELP
+/// — so `CLIENT NO-EVICT` / `NO-TOUCH` / `SETNAME` / `KILL` … are refused,
 /// `MULTI`/`EXEC`/`DISCARD`/`WATCH`/`UNWATCH`: a transaction is `transaction=True` of a
 /// pipeline), what turns it into a stream (the `SUBSCRIBE` family, `MONITOR`, `SYNC`,
 /// `PSYNC`, `REPLCONF`), and the blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`,
@@ -165,11 +166,17 @@ pub fn refused(args: &[Vec<u8>]) -> Option<String> {
             "a blocking command stalls every call behind it on the shared connection (use \
              the non-blocking form: LPOP, RPOP, LMOVE...)"
         }
-        "XREAD" | "XREADGROUP" if args[1..].iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) => {
+        // Options come before STREAMS; after it, keys and ids (a key may be named BLOCK).
+        "XREAD" | "XREADGROUP"
+            if args[1..]
+                .iter()
+                .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+                .any(|a| a.eq_ignore_ascii_case(b"BLOCK")) =>
+        {
             "BLOCK stalls every call behind it on the shared connection (read without BLOCK)"
         }
         "CLIENT" => match sub().as_str() {
-            "ID" | "INFO" | "LIST" | "GETNAME" | "NO-EVICT" | "NO-TOUCH" | "HELP" => return None,
+            "ID" | "INFO" | "LIST" | "GETNAME" | "HELP" => return None,
             _ => "only CLIENT ID, INFO, LIST, GETNAME and HELP are allowed on a shared connection",
         },
         _ => return None,
@@ -262,6 +269,9 @@ mod tests {
             "client kill id 3",
             "CLIENT SETNAME x",
             "XREAD COUNT 1 block 0 STREAMS s $",
+            "client no-evict on",
+            "CLIENT NO-TOUCH on",
+            "XREADGROUP GROUP g c BLOCK 10 STREAMS s >",
         ] {
             let why = refused(&args(bad)).unwrap_or_else(|| panic!("{bad} passed"));
             assert!(why.contains("is refused"), "{why}");
@@ -270,6 +280,8 @@ mod tests {
             "GET k",
             "client id",
             "XREAD COUNT 1 STREAMS s 0",
+            "XREAD STREAMS block s 0 0",
+            "XREADGROUP GROUP g c STREAMS BLOCK >",
             "PUBLISH ch m",
             "SET select 1",
         ] {
