@@ -155,6 +155,11 @@ pub fn parse_address(address: &str) -> Result<RedisAddress, String> {
         let Some((h, after)) = v6.split_once(']') else {
             return Err(format!("{address:?}: unclosed [ of an IPv6 address"));
         };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "{address:?}: {h:?} in brackets is not an IPv6 address"
+            ));
+        }
         match after {
             "" => (h, None),
             p => match p.strip_prefix(':') {
@@ -164,6 +169,12 @@ pub fn parse_address(address: &str) -> Result<RedisAddress, String> {
         }
     } else {
         match authority.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(format!(
+                    "{address:?}: a host with ':' must be an IPv6 address in brackets \
+                     (redis://[::1]:6379)"
+                ));
+            }
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         }
@@ -288,6 +299,14 @@ mod tests {
         );
         assert_eq!(parse_address("rediss://[::1]").unwrap().port, 6379);
         assert!(parse_address("rediss://[::1]").unwrap().tls);
+        for bad in [
+            "redis://::1",
+            "redis://::1:6379",
+            "redis://fe80::1/0",
+            "redis://[nothost]",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad} accepted");
+        }
         for (bad, says) in [
             ("http://h", "is not redis://"),
             ("redis://", "no valid host"),
