@@ -17,7 +17,8 @@ from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, Metho
 from .outgoing import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, AuthError,
                        DatabaseError, HTTPError, IntegrityError, InvalidCall,
                        OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
-                       ProgrammingError, ResponseTooLarge, SQLError, UnknownConnection)
+                       ProgrammingError, RedisError, ResponseTooLarge, SQLError,
+                       UnknownConnection)
 from .pubsub import (MessageTooLarge, PubSubAnswerTooLarge, PubSubConflict, PubSubError,
                      PubSubForbidden, PubSubInvalid, PubSubNotReachable, PubSubUnavailable,
                      SubscriptionNotFound, TopicFull, TopicNotFound)
@@ -33,7 +34,7 @@ __all__ = [
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
     'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',
-    'SQLError', 'IntegrityError', 'ProgrammingError', 'AmqpPublishError', 'AmqpNack',
+    'SQLError', 'IntegrityError', 'ProgrammingError', 'RedisError', 'AmqpPublishError', 'AmqpNack',
     'AmqpUnroutable', 'AmqpRefused', 'PubSubError', 'TopicNotFound',
     'SubscriptionNotFound', 'PubSubForbidden', 'PubSubInvalid', 'MessageTooLarge',
     'PubSubAnswerTooLarge', 'TopicFull', 'PubSubConflict', 'PubSubUnavailable',

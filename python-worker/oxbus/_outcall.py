@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     'OutgoingError', 'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'DatabaseError', 'SQLError',
-    'IntegrityError', 'ProgrammingError', 'HTTPError', 'AmqpPublishError', 'AmqpNack',
+    'IntegrityError', 'ProgrammingError', 'HTTPError', 'RedisError', 'AmqpPublishError', 'AmqpNack',
     'AmqpUnroutable', 'AmqpRefused', 'Caller', 'track', 'untrack',
     'open_invocation', 'close_invocation', 'left_open',
 ]
@@ -164,6 +164,24 @@ class AmqpRefused(AmqpPublishError):
     refused to it...); the server opens another channel for the next send."""
 
 
+class RedisError(OutgoingError):
+    """Redis answered an error reply. ``message`` is Redis's own text (``WRONGTYPE
+    Operation against a key holding the wrong kind of value``), ``code`` its first word
+    (``WRONGTYPE``, ``ERR``, ``EXECABORT``...); ``str()`` names the connection (and, in a
+    pipeline, the command)."""
+
+    def __init__(self, text: str, conn: Optional[str] = None, error: Optional[str] = None,
+                 status: Optional[int] = None, code: Optional[str] = None,
+                 redis_message: Optional[str] = None) -> None:
+        super().__init__(text, conn, error, status)
+        self.text = text
+        self.message = redis_message if redis_message is not None else text
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.text
+
+
 _MYSQL_INTEGRITY = frozenset(('1048', '1062', '1216', '1217', '1451', '1452'))
 _MYSQL_PROGRAMMING = frozenset(('1054', '1064', '1146'))
 # SQLITE_CONSTRAINT (19) and its extended codes: CHECK, FOREIGNKEY, NOTNULL, PRIMARYKEY,
@@ -213,6 +231,10 @@ def raise_error(conn: str, meta: Dict[str, Any], body: bytes) -> None:
     message = doc.get('error') or ('%s: the server answered %s%s' % (
         conn, status, ' (%s)' % error if error else ''))
     message = str(message)
+    if error == 'redis':
+        code = doc.get('code')
+        raise RedisError(message, conn, error, status, str(code) if code else None,
+                         doc.get('message'))
     if error == 'sql':
         code = doc.get('code')
         code = str(code) if code is not None else None

@@ -5,6 +5,7 @@
     self.out.rest['CRM'].conn.get(self.cid, params={'id': 42})    # oxbus.rest
     self.out.plain_http['CRM'].conn.post(self.cid, {'a': 1})       # the same object
     self.out.sql['crm'].fetch_all('SELECT ...', {'x': 1})          # oxbus.sql
+    self.out.redis['cache'].get('k')                               # oxbus.kvdb
     self.out.amqp.send({'id': 1}, 'orders', 'orders.x', 'created')  # oxbus.amqp
     self.outgoing.sql.get('crm').session()                         # Zato's session form
 
@@ -20,6 +21,7 @@ also exports the exceptions every outgoing call may raise::
     ├── OutgoingConnectionError (ConnectionError)   connect/TLS failure, broken connection
     ├── ResponseTooLarge              over max_response_bytes / max_rows
     ├── AuthError                     the OAuth2 token could not be obtained
+    ├── RedisError                    Redis answered an error (WRONGTYPE...); .message, .code
     ├── HTTPError                     Response.raise_for_status()
     ├── DatabaseError (= SQLError)    the database refused the statement; .code
     │   ├── IntegrityError            constraint violations
@@ -35,8 +37,9 @@ from __future__ import annotations
 from ._outcall import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, AuthError,
                        Caller, DatabaseError, HTTPError, IntegrityError,
                        InvalidCall, OutgoingConnectionError, OutgoingError, OutgoingTimeout,
-                       PoolFull, ProgrammingError, ResponseTooLarge, SQLError,
+                       PoolFull, ProgrammingError, RedisError, ResponseTooLarge, SQLError,
                        UnknownConnection)
+from .kvdb import RedisConnections
 from .amqp import AmqpOutgoing
 from .rest import RestConnections, Response
 from .sql import Json, SqlConnections, text
@@ -52,15 +55,15 @@ __all__ = [
     'InvalidCall', 'PoolFull', 'OutgoingTimeout', 'OutgoingConnectionError',
     'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError', 'SQLError',
     'IntegrityError', 'ProgrammingError', 'AmqpPublishError', 'AmqpNack', 'AmqpUnroutable',
-    'AmqpRefused',
+    'AmqpRefused', 'RedisError',
 ]
 
 
 class OutgoingAPI:
-    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql`` and
-    ``amqp``."""
+    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql``, ``amqp``
+    and ``redis``."""
 
-    __slots__ = ('rest', 'sql', 'amqp')
+    __slots__ = ('rest', 'sql', 'amqp', 'redis')
 
     def __init__(self, request: Request, arequest: Optional[ARequest] = None,
                  notify: Optional[Notify] = None) -> None:
@@ -71,6 +74,8 @@ class OutgoingAPI:
         self.sql = SqlConnections(caller)
         #: Publishing through the outgoing AMQP connections (:class:`oxbus.amqp.AmqpOutgoing`).
         self.amqp = AmqpOutgoing(caller)
+        #: The Redis connections by name (:class:`oxbus.kvdb.RedisConnections`).
+        self.redis = RedisConnections(caller)
 
     @property
     def plain_http(self) -> RestConnections:

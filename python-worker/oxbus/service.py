@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from ._dispatch import Dispatcher
     from .cache import CacheAPI
+    from .kvdb import KVDB
     from .outgoing import OutgoingAPI
     from .pubsub import PubSubAPI, PubSubDelivery
     from .secrets_api import Secrets
@@ -447,6 +448,12 @@ class Service:
     def outgoing(self) -> OutgoingAPI:
         """Zato's long name for :attr:`out`."""
         return self._require_dispatcher().outgoing
+
+    @property
+    def kvdb(self) -> KVDB:
+        """Zato 3.2's ``self.kvdb``: ``self.kvdb.conn`` is the server's Redis connection
+        named ``kvdb`` (else ``default``), str values (see :class:`oxbus.kvdb.KVDB`)."""
+        return self._require_dispatcher().outgoing.redis.kvdb
 
     @property
     def pubsub(self) -> PubSubAPI:

@@ -138,6 +138,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     // The stored connections, before any worker is started (and so before any call).
     outgoing.apply_rest(&boot.snapshot.objects.outgoing_rest);
     outgoing.apply_sql(&boot.snapshot.objects.outgoing_sql);
+    outgoing.apply_redis(&boot.snapshot.objects.outgoing_redis);
     outgoing.apply_amqp(&boot.snapshot.objects.outgoing_amqp);
     outgoing.apply_secrets(
         boot.snapshot
@@ -403,7 +404,7 @@ fn outgoing_state(
         let Some(o) = outgoing.upgrade() else {
             return Vec::new();
         };
-        [ConnType::Rest, ConnType::Sql, ConnType::Amqp]
+        [ConnType::Rest, ConnType::Sql, ConnType::Amqp, ConnType::Redis]
             .into_iter()
             .flat_map(|kind| {
                 o.stats(kind).into_iter().map(move |s| ConnFigures {

@@ -93,6 +93,8 @@ enum Kind {
     OutgoingRest,
     /// An outgoing SQL connection (`/v1/outgoing/sql/…`).
     OutgoingSql,
+    /// An outgoing Redis connection (`/v1/outgoing/redis/…`).
+    OutgoingRedis,
     /// Outgoing AMQP connections (`/v1/outgoing/amqp/…`).
     OutgoingAmqp,
     /// Pub/sub definitions (`/v1/pubsub/topics|subs|endpoints/…`).
@@ -103,13 +105,14 @@ enum Kind {
     Token,
 }
 
-const ALL_KINDS: [Kind; 12] = [
+const ALL_KINDS: [Kind; 13] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
     Kind::Security,
     Kind::Cache,
     Kind::Job,
+    Kind::OutgoingRedis,
     Kind::OutgoingRest,
     Kind::OutgoingSql,
     Kind::OutgoingAmqp,
@@ -126,6 +129,7 @@ impl Kind {
             "secrets" => Kind::Secret,
             "security" => Kind::Security,
             "caches" => Kind::Cache,
+            "outgoing_redis" => Kind::OutgoingRedis,
             "jobs" => Kind::Job,
             "outgoing_rest" => Kind::OutgoingRest,
             "outgoing_sql" => Kind::OutgoingSql,
@@ -144,6 +148,7 @@ impl Kind {
             Kind::Channel => "channel",
             Kind::Secret => "secret",
             Kind::Security => "security",
+            Kind::OutgoingRedis => "outgoing_redis",
             Kind::Cache => "cache",
             Kind::Job => "job",
             Kind::OutgoingRest => "outgoing_rest",
@@ -242,6 +247,7 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         };
         let scope = Scope::Object(Kind::PubsubTopic, name.clone());
         return Some((Kind::PubsubTopic.as_str().into(), name, action, scope));
+        ["v1", "outgoing", "redis", rest @ ..] => ("outgoing_redis", rest),
     }
     let (resource, rest): (&str, &[&str]) = match parts.as_slice() {
         // One resource per connection type: `/v1/outgoing/rest/{name}` is an `outgoing_rest`.
@@ -269,7 +275,7 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         || matches!(
             (resource, rest),
             (
-                "outgoing_rest" | "outgoing_sql" | "outgoing_amqp",
+                "outgoing_rest" | "outgoing_sql" | "outgoing_amqp" | "outgoing_redis",
                 [_, "ping"]
             )
         )
@@ -400,6 +406,9 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::OutgoingAmqp => {
             objects_of::<crate::model::amqp::AmqpConn>(cx, kind, out).await?;
+        }
+        Kind::OutgoingRedis => {
+            objects_of::<crate::model::redis::RedisConn>(cx, kind, out).await?;
         }
         Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
         Kind::PubsubSub => {

@@ -1,21 +1,22 @@
-//! The admin API's outgoing connections (docs/OUTGOING.md): REST and SQL connection
-//! definitions, their ping and their figures on this server.
+//! The admin API's outgoing connections (docs/OUTGOING.md, docs/CONNECTORS.md): REST, SQL
+//! and Redis connection definitions, their ping and their figures on this server.
 //!
-//! - `GET /v1/outgoing/{rest|sql}`: every definition (without `sealed`; `has_secret` instead)
-//!   with this server's `stats` of each
-//! - `GET|PUT|DELETE /v1/outgoing/{rest|sql}/{name}`: one definition; create or replace it;
-//!   delete it (`admin::objects`, with this kind's hooks here)
-//! - `POST /v1/outgoing/{rest|sql}/{name}/ping`: this server pings it (200 with
+//! - `GET /v1/outgoing/{rest|sql|redis}`: every definition (without `sealed`; `has_secret`
+//!   instead) with this server's `stats` of each
+//! - `GET|PUT|DELETE /v1/outgoing/{rest|sql|redis}/{name}`: one definition; create or replace
+//!   it; delete it (`admin::objects`, with this kind's hooks here)
+//! - `POST /v1/outgoing/{rest|sql|redis}/{name}/ping`: this server pings it (200 with
 //!   `{ok, took_ms, detail}` whether or not the remote answered; 404 for an unknown name)
-//! - `GET /v1/outgoing/{rest|sql}/{name}/stats`: this server's figures of it
+//! - `GET /v1/outgoing/{rest|sql|redis}/{name}/stats`: this server's figures of it
 //!
 //! Credentials: a body gives the plaintext (`auth.password|key|token|client_secret`, SQL
-//! `password`), sealed here with the server's key under the connection's seal name before
-//! anything is stored, never logged or echoed; or `sealed` as exported (it must open with
-//! this server's key). A body with neither keeps the stored sealed value only while the
-//! credential would go to the same place as the same identity (REST: the auth type, the
-//! scheme, host and port of `address`, and the auth's username, header, or token_url and
-//! client_id; SQL: engine and the whole URL); when these changed it is refused (400: give
+//! and Redis `password`), sealed here with the server's key under the connection's seal
+//! name before anything is stored, never logged or echoed; or `sealed` as exported (it must
+//! open with this server's key). A body with neither keeps the stored sealed value only
+//! while the credential would go to the same place as the same identity (REST: the auth
+//! type, the scheme, host and port of `address`, and the auth's username, header, or
+//! token_url and client_id; SQL: engine and the whole URL; Redis: the scheme, host and port
+//! of `address` and `username`); when these changed it is refused (400: give
 //! the credential again), so an edit cannot send a stored password elsewhere. Another REST
 //! auth type keeps nothing. [`build`] is that rule, shared with the config import.
 
@@ -28,6 +29,7 @@ use super::{Body, Ctx, error, read_body, reply};
 use crate::model::amqp::AmqpConn;
 use crate::model::object::{ConfigObject, InvalidObject};
 use crate::model::outgoing::{Carry, Credentialed, Input, RestConn, SqlConn};
+use crate::model::redis::RedisConn;
 use crate::outgoing::{ConnStats, ConnType};
 
 /// Routes `/v1/outgoing/…`; `rest` is the path after `/v1/outgoing`, split at `/`.
@@ -37,12 +39,13 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
         Some(&"rest") => ConnType::Rest,
         Some(&"sql") => ConnType::Sql,
         Some(&"amqp") => ConnType::Amqp,
+        Some(&"redis") => ConnType::Redis,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no admin endpoint {method} {}: connections are under /v1/outgoing/rest, \
-                     /v1/outgoing/sql and /v1/outgoing/amqp",
+                     /v1/outgoing/sql, /v1/outgoing/amqp and /v1/outgoing/redis",
                     req.uri().path()
                 ),
             );
@@ -54,10 +57,12 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
             ConnType::Rest => list::<RestConn>(cx, kind).await,
             ConnType::Sql => list::<SqlConn>(cx, kind).await,
             ConnType::Amqp => list::<AmqpConn>(cx, kind).await,
+            ConnType::Redis => list::<RedisConn>(cx, kind).await,
         },
         (&Method::GET, [name]) => match kind {
             ConnType::Rest => get::<RestConn>(cx, &decode(name)).await,
             ConnType::Sql => get::<SqlConn>(cx, &decode(name)).await,
+            ConnType::Redis => get::<RedisConn>(cx, &decode(name)).await,
             ConnType::Amqp => get::<AmqpConn>(cx, &decode(name)).await,
         },
         (&Method::PUT, [name]) => {
@@ -65,6 +70,7 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
             match read_body(req).await {
                 Ok(body) => match kind {
                     ConnType::Rest => objects::put::<RestConn>(cx, Some(&name), body).await,
+                    ConnType::Redis => objects::put::<RedisConn>(cx, Some(&name), body).await,
                     ConnType::Sql => objects::put::<SqlConn>(cx, Some(&name), body).await,
                     ConnType::Amqp => objects::put::<AmqpConn>(cx, Some(&name), body).await,
                 },
@@ -80,6 +86,7 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                     Ok(Some(m)) => error(StatusCode::CONFLICT, m),
                     Err(r) => r,
                 }
+            ConnType::Redis => objects::delete::<RedisConn>(cx, &decode(name)).await,
             }
             ConnType::Sql => objects::delete::<SqlConn>(cx, &decode(name)).await,
             ConnType::Amqp => objects::delete::<AmqpConn>(cx, &decode(name)).await,
@@ -145,6 +152,9 @@ impl Listed for SqlConn {
 }
 impl Listed for AmqpConn {
     const PLURAL: &'static str = "amqp";
+}
+impl Listed for RedisConn {
+    const PLURAL: &'static str = "redis";
 }
 
 /// `GET /v1/outgoing/{type}`: every stored definition, with this server's figures of each
@@ -268,6 +278,11 @@ impl Parsed for AmqpConn {
         crate::model::amqp::parse_amqp_input(v, name)
     }
 }
+impl Parsed for RedisConn {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::redis::parse_input(v, name)
+    }
+}
 
 /// This server's connections of kind `K`, as the store has them after a change (`expected`
 /// should it not answer now).
@@ -287,6 +302,11 @@ impl Applied for SqlConn {
 impl Applied for AmqpConn {
     fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
         outgoing.apply_amqp(defs);
+    }
+}
+impl Applied for RedisConn {
+    fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
+        outgoing.apply_redis(defs);
     }
 }
 
@@ -331,6 +351,7 @@ macro_rules! admin_object {
 }
 admin_object!(RestConn);
 admin_object!(SqlConn);
+admin_object!(RedisConn);
 admin_object!(AmqpConn);
 
 #[cfg(test)]

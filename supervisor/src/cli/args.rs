@@ -114,7 +114,7 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
-    /// Outgoing REST, SQL and AMQP connections: list, get, put, delete, ping, stats
+    /// Outgoing REST, SQL, AMQP and Redis connections: list, get, put, delete, ping, stats
     /// (docs/OUTGOING.md).
     Out {
         #[command(subcommand)]
@@ -512,6 +512,7 @@ pub enum TokenAction {
 pub enum OutType {
     Rest,
     Sql,
+    Redis,
     Amqp,
 }
 
@@ -519,6 +520,7 @@ impl OutType {
     pub fn as_str(self) -> &'static str {
         match self {
             OutType::Rest => "rest",
+            OutType::Redis => "redis",
             OutType::Sql => "sql",
             OutType::Amqp => "amqp",
         }
@@ -560,7 +562,7 @@ pub enum OutAction {
         /// The definition (JSON); `-` reads it from standard input.
         file: String,
         /// A file holding the credential (REST: the password, key, token or client secret
-        /// of its auth type; SQL, AMQP: the password); one trailing newline is dropped.
+        /// of its auth type; SQL, AMQP, Redis: the password); one trailing newline is dropped.
         #[arg(long, conflicts_with = "secret_stdin")]
         secret_file: Option<PathBuf>,
         /// Read the credential from standard input (FILE must then not be `-`).
@@ -580,7 +582,7 @@ pub enum OutAction {
         output: Output,
     },
     /// Ping a connection from the server addressed (REST: ping_method ping_path; SQL:
-    /// SELECT 1; AMQP: connect and open a channel); exit code 1 when it fails.
+    /// SELECT 1; AMQP: connect and open a channel; Redis: PING); exit code 1 when it fails.
     Ping {
         #[command(flatten)]
         to: ServerArgs,

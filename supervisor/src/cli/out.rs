@@ -118,13 +118,13 @@ pub fn command(rt: &Runtime, action: &OutAction) -> Result<(), CliError> {
 fn kinds(kind: Option<OutType>) -> Vec<OutType> {
     match kind {
         Some(k) => vec![k],
-        None => vec![OutType::Rest, OutType::Sql, OutType::Amqp],
+        None => vec![OutType::Rest, OutType::Sql, OutType::Amqp, OutType::Redis],
     }
 }
 
 /// One line per connection of a list answer.
 fn print_list(d: &Value) {
-    for (key, label) in [("rest", "rest"), ("sql", "sql"), ("amqp", "amqp")] {
+    for (key, label) in [("rest", "rest"), ("sql", "sql"), ("amqp", "amqp"), ("redis", "redis")] {
         let Some(list) = d[key].as_array() else {
             continue;
         };
@@ -140,6 +140,15 @@ fn print_list(d: &Value) {
                     "{}  user {}  pool {}",
                     c["address"].as_str().unwrap_or(""),
                     c["username"].as_str().unwrap_or("(default)"),
+                    c["pool_size"]
+                ),
+                "redis" => format!(
+                    "{}{}  pool {}",
+                    c["address"].as_str().unwrap_or(""),
+                    c["username"]
+                        .as_str()
+                        .map(|u| format!("  user {u}"))
+                        .unwrap_or_default(),
                     c["pool_size"]
                 ),
                 _ => format!(
@@ -206,7 +215,7 @@ fn definition(
         ));
     };
     match kind {
-        OutType::Sql | OutType::Amqp => {
+        OutType::Sql | OutType::Amqp | OutType::Redis => {
             obj.insert("password".into(), Value::String(secret));
         }
         OutType::Rest => {

@@ -11,6 +11,7 @@
 //! started with, new calls take the new one; a deleted connection's calls fail
 //! `unknown_conn` naming it. docs/OUTGOING.md.
 
+pub mod redis;
 pub mod amqp;
 pub mod rest;
 pub mod service_secrets;
@@ -23,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use crate::lifecycle::ops::{OpReply, ServerOps};
 use crate::model::amqp::AmqpConn;
 use crate::model::outgoing::{RestConn, SqlConn};
+use crate::model::redis::RedisConn;
 use crate::secrets::Key;
 
 /// The types of outgoing connection.
@@ -31,6 +33,7 @@ use crate::secrets::Key;
 pub enum ConnType {
     Rest,
     Sql,
+    Redis,
     Amqp,
 }
 
@@ -38,6 +41,7 @@ impl ConnType {
     pub fn as_str(self) -> &'static str {
         match self {
             ConnType::Rest => "rest",
+            ConnType::Redis => "redis",
             ConnType::Sql => "sql",
             ConnType::Amqp => "amqp",
         }
@@ -92,6 +96,7 @@ pub enum OutgoingError {
 pub struct Outgoing {
     key: Arc<Key>,
     metrics: Arc<crate::metrics::Metrics>,
+    redis: RwLock<HashMap<String, Arc<redis::RedisClient>>>,
     rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
     sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
     amqp: RwLock<HashMap<String, Arc<amqp::AmqpClient>>>,
@@ -105,6 +110,7 @@ impl Outgoing {
     pub fn new(key: Arc<Key>, metrics: Arc<crate::metrics::Metrics>) -> Outgoing {
         Outgoing {
             key,
+            redis: RwLock::new(HashMap::new()),
             metrics,
             rest: RwLock::new(HashMap::new()),
             sql: RwLock::new(HashMap::new()),
@@ -177,6 +183,65 @@ impl Outgoing {
         self.amqp.read().expect("amqp lock").get(name).cloned()
     }
 
+    /// Makes `defs` the Redis connections, as [`Outgoing::apply_rest`] does.
+    pub fn apply_redis(&self, defs: &[RedisConn]) {
+        let _one = self.applying.lock().expect("apply lock");
+        let current = self.redis.read().expect("redis lock").clone();
+        let mut next = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let client = match current.get(&def.name) {
+                Some(c) if c.def() == def => c.clone(),
+                _ => Arc::new(redis::RedisClient::new(
+                    def.clone(),
+                    &self.key,
+                    &self.metrics,
+                )),
+            };
+            next.insert(def.name.clone(), client);
+        }
+        *self.redis.write().expect("redis lock") = next;
+    }
+
+    pub fn redis_client(&self, name: &str) -> Option<Arc<redis::RedisClient>> {
+        self.redis.read().expect("redis lock").get(name).cloned()
+    }
+
+    /// `out.redis`: the named connection's call; with `kvdb: true` and no `conn`, Zato's
+    /// `self.kvdb.conn`: the connection named `kvdb`, else the one named `default`.
+    async fn redis_call(&self, raw_meta: &[u8], body: Bytes) -> OpReply {
+        #[derive(serde::Deserialize)]
+        struct Which {
+            #[serde(default)]
+            conn: Option<String>,
+            #[serde(default)]
+            kvdb: bool,
+        }
+        let which = match serde_json::from_slice::<Which>(raw_meta) {
+            Ok(w) => w,
+            Err(e) => return OpReply::error(400, "invalid", &format!("out.redis: bad meta: {e}")),
+        };
+        let client = match (&which.conn, which.kvdb) {
+            (Some(c), _) => self
+                .redis_client(c)
+                .ok_or_else(|| format!("no Redis connection {c:?} (it may have been deleted)")),
+            (None, true) => self
+                .redis_client("kvdb")
+                .or_else(|| self.redis_client("default"))
+                .ok_or_else(|| {
+                    "self.kvdb.conn: no Redis connection named \"kvdb\" or \"default\" \
+                     (define one: it is the connection self.kvdb.conn uses)"
+                        .to_owned()
+                }),
+            (None, false) => {
+                return OpReply::error(400, "invalid", "out.redis: conn is missing");
+            }
+        };
+        match client {
+            Ok(c) => c.call(raw_meta, body).await,
+            Err(m) => OpReply::error(404, "unknown_conn", &m),
+        }
+    }
+
     pub fn rest_client(&self, name: &str) -> Option<Arc<rest::RestClient>> {
         self.rest.read().expect("rest lock").get(name).cloned()
     }
@@ -194,6 +259,7 @@ impl Outgoing {
         match kind {
             ConnType::Rest => Ok(self.rest_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Sql => Ok(self.sql_client(name).ok_or_else(unknown)?.ping().await),
+            ConnType::Redis => Ok(self.redis_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Amqp => Ok(self.amqp_client(name).ok_or_else(unknown)?.ping().await),
         }
     }
@@ -219,6 +285,13 @@ impl Outgoing {
                 .amqp
                 .read()
                 .expect("amqp lock")
+                .values()
+                .map(|c| c.stats())
+                .collect(),
+            ConnType::Redis => self
+                .redis
+                .read()
+                .expect("redis lock")
                 .values()
                 .map(|c| c.stats())
                 .collect(),
@@ -273,6 +346,7 @@ impl ServerOps for Outgoing {
             "out.sql" => ConnType::Sql,
             "out.amqp" => ConnType::Amqp,
             "secret.get" => return self.secret_get(&raw_meta),
+            "out.redis" => return self.redis_call(&raw_meta, body).await,
             _ => return OpReply::error(501, "invalid", &format!("unknown op: {op}")),
         };
         let conn = match serde_json::from_slice::<ConnField>(&raw_meta) {
@@ -305,6 +379,8 @@ impl ServerOps for Outgoing {
                     &format!("no AMQP connection {conn:?} (it may have been deleted)"),
                 ),
             },
+            // Answered above (its `conn` may be left out for `kvdb`); the same answer here.
+            ConnType::Redis => self.redis_call(&raw_meta, body).await,
         }
     }
 

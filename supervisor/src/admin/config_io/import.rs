@@ -379,6 +379,15 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    let outgoing_redis = import_outgoing(
+        cx,
+        &doc.outgoing_redis,
+        replace,
+        &mut plan.outgoing_redis,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
 
     // Pub/sub: topics, subscriptions and endpoints, each validated; then what they name must
     // exist in the config as the import leaves it (a subscription's topic, unless a pattern,
@@ -492,6 +501,9 @@ pub async fn import(
     }
     if !plan.outgoing_amqp.is_empty() {
         cx.outgoing.apply_amqp(&outgoing_amqp);
+    }
+    if !plan.outgoing_redis.is_empty() {
+        cx.outgoing.apply_redis(&outgoing_redis);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()
