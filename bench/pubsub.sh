@@ -20,7 +20,7 @@
 #     as root); Oxbus on PostgreSQL: pg_total_relation_size of the pubsub_msg tables and the
 #     WAL written (pg_current_wal_lsn before/after; PG_MODE=private, the default, runs a
 #     PostgreSQL of the benchmark's own with the default durable settings so that the WAL is
-#     Oxbus's alone); on SQLite: the growth of the database and its -wal file.
+#     Oxbus's alone); on SQLite: the growth of the pages in use (page_count - freelist_count, through the WAL).
 #
 # The client is Rust (bench/pubsub/, its own workspace with lapin, built into target/): a
 # Python AMQP client could not publish 25k msg/s. Each result line has the client's own CPU
@@ -38,6 +38,10 @@
 #   [/usr/lib/postgresql/15/bin]  RABBIT_DATA [/var/lib/rabbitmq/mnesia/rabbit@localhost]
 #   OXBUS_BIN [target/release/oxbus: another build, e.g. a debug one for a smoke test]
 #   SKIP_BUILD [0]  OUTDIR [/tmp/oxbus-pubsub-bench/<timestamp>]
+# With both parts, each Oxbus rep (and its latency runs) has RabbitMQ's beside it, and each
+# store's ratios use the RabbitMQ runs made beside it: a shared machine's load drifts over the
+# run's minutes, and the two sides of a ratio should share it. The publishing-service `loop`
+# runs publish N/10 messages (one commit wait each).
 # Output: a line per run, then a summary with medians, the ratios to RabbitMQ and the
 # targets (GD >= 1.5x quorum, non-GD >= 2x transient, p50s <= 1 ms); results.jsonl,
 # summary.txt and the server logs in $OUTDIR. Exit status 3 when a run failed (named).

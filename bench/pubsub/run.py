@@ -71,17 +71,35 @@ def client(*args, label):
 
 # ------------------------------------------------------------------------------ RabbitMQ
 
-def rabbit():
-    kinds = ['quorum', 'classic', 'transient']
-    for rep in range(REPS):
-        print('== RabbitMQ throughput, rep %d' % (rep + 1), flush=True)
-        order = kinds[rep % 3:] + kinds[:rep % 3]
-        for k in order:
-            client('rabbit', 'kind=' + k, 'n=%d' % N, label='rabbit-%s' % k)
+RABBIT_KINDS = ['quorum', 'classic', 'transient']
+
+
+def rabbit_throughput(rep, beside=None):
+    """One rep of RabbitMQ's throughput runs. With Oxbus in the run, each Oxbus rep has one
+    of these right before it, so that the two sides of a ratio share the machine's load of
+    the moment (a shared machine's load drifts over a run of many minutes)."""
+    print('== RabbitMQ throughput, rep %d' % (rep + 1), flush=True)
+    order = RABBIT_KINDS[rep % 3:] + RABBIT_KINDS[:rep % 3]
+    # `beside`: the Oxbus store whose runs these go with (its ratios use these).
+    tail = '~' + beside if beside else ''
+    for k in order:
+        client('rabbit', 'kind=' + k, 'n=%d' % N, label='rabbit-%s%s' % (k, tail))
+
+
+def rabbit_latency(beside=None):
     print('== RabbitMQ latency at %d msg/s' % RATE, flush=True)
-    for k in kinds:
+    tail = '~' + beside if beside else ''
+    for k in RABBIT_KINDS:
         client('rabbit', 'kind=' + k, 'n=%d' % (RATE * LAT_SECS), 'rate=%d' % RATE,
-               label='rabbit-%s@%d' % (k, RATE))
+               label='rabbit-%s@%d%s' % (k, RATE, tail))
+
+
+def rabbit(throughput=True):
+    kinds = RABBIT_KINDS
+    if throughput:
+        for rep in range(REPS):
+            rabbit_throughput(rep)
+        rabbit_latency()
     if os.access(RABBIT_DATA, os.R_OK):
         print('== RabbitMQ storage: %d messages at rest, data dir growth' % STORAGE_N, flush=True)
         for k in kinds:
@@ -269,8 +287,16 @@ class Oxbus:
             size0, lsn0 = figures()
         else:
             db = os.path.join(self.dir, 'oxbus.db')
-            files = [db, db + '-wal']
-            size0 = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+
+            def used():
+                # The pages in use (the file keeps the free pages earlier runs left, so its
+                # size need not grow); read through the WAL.
+                out = subprocess.run(['sqlite3', db, 'PRAGMA page_count;',
+                                      'PRAGMA freelist_count;', 'PRAGMA page_size;'],
+                                     capture_output=True, text=True, check=True).stdout.split()
+                pages, free, size = (int(x) for x in out[:3])
+                return (pages - free) * size
+            size0 = used()
         r = client('oxbus', 'port=%d' % self.port, 'topic=/bench/storage', 'auth=' + AUTH,
                    'n=%d' % STORAGE_N, 'batch=%d' % BATCH, 'conns=%d' % CONNS, 'consume=0',
                    label='oxbus-%s-storage' % store)
@@ -283,9 +309,8 @@ class Oxbus:
                     'table_bytes': size1 - size0, 'wal_bytes': wal,
                     'pg_mode': PG_MODE}
         else:
-            size1 = sum(os.path.getsize(f) for f in files if os.path.exists(f))
             line = {'label': 'oxbus-%s-storage-figures' % store, 'messages': STORAGE_N,
-                    'db_and_wal_file_growth_bytes': size1 - size0}
+                    'db_pages_in_use_growth_bytes': used() - size0}
         print('  %s' % json.dumps(line), flush=True)
         with open(RESULTS, 'a') as f:
             f.write(json.dumps(line) + '\n')
@@ -316,16 +341,23 @@ def oxbus():
             srv = Oxbus(store, base)
             thr = ['n=%d' % N, 'batch=%d' % BATCH, 'conns=%d' % CONNS]
             for rep in range(REPS):
+                if 'rabbit' in PARTS:
+                    rabbit_throughput(rep, beside=store)
                 print('-- throughput, rep %d' % (rep + 1), flush=True)
                 srv.run('oxbus-%s-rest-gd' % store, '/bench/gd', *thr)
                 srv.run('oxbus-%s-rest-non-gd' % store, '/bench/nongd', 'gd=0', *thr)
+                # One publish per message, each waiting for its commit: a tenth of N is
+                # enough for its rate (at ~1-3k/s, N would take minutes).
                 srv.run('oxbus-%s-service-gd-loop' % store, '/bench/svc',
-                        'service_path=/bench/publish', 'service_mode=loop', 'n=%d' % N,
+                        'service_path=/bench/publish', 'service_mode=loop',
+                        'n=%d' % max(N // 10, 1000),
                         'batch=100', 'conns=%d' % (WORKERS * 4))
                 srv.run('oxbus-%s-service-gd-list' % store, '/bench/svc',
                         'service_path=/bench/publish', 'service_mode=list', *thr)
                 srv.run('oxbus-%s-service-non-gd-list' % store, '/bench/svc-nongd', 'gd=0',
                         'service_path=/bench/publish', 'service_mode=list', *thr)
+            if 'rabbit' in PARTS:
+                rabbit_latency(beside=store)
             print('-- latency at %d msg/s (one message per publish)' % RATE, flush=True)
             lat = ['n=%d' % (RATE * LAT_SECS), 'rate=%d' % RATE, 'conns=%d' % LAT_CONNS]
             srv.run('oxbus-%s-rest-gd@%d' % (store, RATE), '/bench/gd', *lat)
@@ -365,8 +397,14 @@ def summary():
             f(med(label, 'ack_p50_ms')), f(med(label, 'ack_p99_ms')),
             f(med(label, 'delivery_p50_ms')), f(med(label, 'delivery_p99_ms'))))
     out.append('')
-    q, c, t = (med('rabbit-%s' % k, 'msgs_per_s') for k in ('quorum', 'classic', 'transient'))
+    def peer(label, store, key):
+        """RabbitMQ's figure measured beside this store's runs, else the run's own."""
+        v = med('%s~%s' % (label, store), key)
+        return v if v is not None else med(label, key)
+
     for store in STORES:
+        q, c, t = (peer('rabbit-%s' % k, store, 'msgs_per_s')
+                   for k in ('quorum', 'classic', 'transient'))
         gd = med('oxbus-%s-rest-gd' % store, 'msgs_per_s')
         ngd = med('oxbus-%s-rest-non-gd' % store, 'msgs_per_s')
         if gd and q:
@@ -379,7 +417,7 @@ def summary():
             s = med('oxbus-%s-service-gd-%s' % (store, v), 'msgs_per_s')
             if s and q:
                 out.append('ratio %s GD service (%s) / RabbitMQ quorum: %.2fx' % (store, v, s / q))
-        for kind, peer in (('gd', 'quorum'), ('non-gd', 'transient')):
+        for kind, other in (('gd', 'quorum'), ('non-gd', 'transient')):
             label = 'oxbus-%s-rest-%s@%d' % (store, kind, RATE)
             a = med(label, 'ack_p50_ms')
             d = med(label, 'delivery_p50_ms')
@@ -387,8 +425,9 @@ def summary():
                 out.append('%s %s at %d msg/s (reached %s/s): publish-ack p50 %.2f ms, delivery '
                            'p50 %s ms (targets <= 1 ms); RabbitMQ %s: %s / %s ms'
                            % (store, kind, RATE, f(med(label, 'msgs_per_s'), '%.0f'), a, f(d),
-                              peer, f(med('rabbit-%s@%d' % (peer, RATE), 'ack_p50_ms')),
-                              f(med('rabbit-%s@%d' % (peer, RATE), 'delivery_p50_ms'))))
+                              other, f(peer('rabbit-%s@%d' % (other, RATE), store, 'ack_p50_ms')),
+                              f(peer('rabbit-%s@%d' % (other, RATE), store,
+                                     'delivery_p50_ms'))))
     floor = med('fsync-floor', 'fdatasync_ms')
     if floor is not None:
         out.append('the disk: fdatasync %.2f ms (pg_test_fsync): the floor of a durable '
@@ -398,7 +437,7 @@ def summary():
             r = rs[-1]
             per = 100000.0 / (r.get('n') or r.get('messages') or 100000)
             keys = [k for k in ('data_dir_growth_bytes', 'table_bytes', 'wal_bytes',
-                                'db_and_wal_file_growth_bytes') if r.get(k) is not None]
+                                'db_pages_in_use_growth_bytes') if r.get(k) is not None]
             if keys:
                 out.append('storage %s per 100k messages: %s' % (label, ', '.join(
                     '%s %.1f MB' % (k, r[k] * per / 1e6) for k in keys)))
@@ -439,7 +478,9 @@ def main():
     print('== the disk: fdatasync of one 8 kB write', flush=True)
     fsync_floor()
     if 'rabbit' in PARTS:
-        rabbit()
+        # With Oxbus in the run, the throughput and latency runs go beside Oxbus's (see
+        # rabbit_throughput); the storage runs once, here.
+        rabbit(throughput='oxbus' not in PARTS)
     if 'oxbus' in PARTS:
         oxbus()
     summary()

@@ -92,7 +92,8 @@ pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Res
         Err(e) => Err(e),
     };
     match result {
-        Ok(v) => json_response(StatusCode::OK, cid, &v),
+        Ok(Answer::Json(v)) => json_response(StatusCode::OK, cid, Bytes::from(v.to_string())),
+        Ok(Answer::Raw(b)) => json_response(StatusCode::OK, cid, b),
         Err(mut e) => {
             // What failed inside is logged, not told (it can name stores and peers); a
             // publish's own texts, which say whether its messages were stored, are told.
@@ -110,7 +111,7 @@ pub(crate) async fn handle(cx: &Ctx, channel: &Channel, req: Request<'_>) -> Res
             }
             let status =
                 StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut r = json_response(status, cid, &e.body());
+            let mut r = json_response(status, cid, Bytes::from(e.body().to_string()));
             if e.status == 405 {
                 let allowed = e.message.rsplit("allowed: ").next().unwrap_or("");
                 if let Ok(v) = HeaderValue::from_str(allowed) {
@@ -133,12 +134,12 @@ async fn run(
     flavour: Flavour,
     op: Op,
     req: &Request<'_>,
-) -> Result<Value, ApiError> {
+) -> Result<Answer, ApiError> {
     let broker = &cx.pubsub;
     let headers = &req.parts.headers;
     let query = req.parts.uri.query().unwrap_or("");
     let body = &req.body[..];
-    match op {
+    let v = match op {
         Op::Publish(topic) => {
             allowed(&broker.defs(), caller, Access::Publish, &topic)?;
             let content_type = headers
@@ -181,7 +182,7 @@ async fn run(
                 let ids: Vec<String> = got.iter().map(|d| d.msg.msg_id.clone()).collect();
                 broker.ack(caller, &sub_key, &ids).await?;
             }
-            Ok(Value::Array(got.iter().map(wire::zato_msg).collect()))
+            return Ok(Answer::Raw(wire::zato_msgs(&got)));
         }
         Op::Get => {
             let get = wire::parse_get(body, query, true)?;
@@ -191,7 +192,7 @@ async fn run(
             let got = broker
                 .get_messages(caller, &sub_key, get.max, wait(cx, get.wait_ms))
                 .await?;
-            Ok(json!({ "messages": got.iter().map(wire::native_msg).collect::<Vec<_>>() }))
+            return Ok(Answer::Raw(wire::native_msgs(&got)));
         }
         Op::Ack => {
             let (sub_key, ids) = wire::parse_ack(body)?;
@@ -225,7 +226,8 @@ async fn run(
             broker.unsubscribe(caller, &sub_key).await?;
             Ok(json!({}))
         }
-    }
+    };
+    v.map(Answer::Json)
 }
 
 /// The most messages one REST publish carries.
@@ -406,8 +408,14 @@ fn own_sub(defs: &Defs, caller: &Caller, topic: &str, pull_only: bool) -> Result
     }
 }
 
-fn json_response(status: StatusCode, cid: &str, body: &Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+/// What an operation answers: JSON built as a tree, or serialised already (the pulls').
+enum Answer {
+    Json(Value),
+    Raw(Bytes),
+}
+
+fn json_response(status: StatusCode, cid: &str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
@@ -446,7 +454,7 @@ fn rejection(r: Rejection, cid: &str) -> Response<Body> {
     let mut resp = json_response(
         status,
         cid,
-        &json!({"error": {"code": code, "message": message}}),
+        Bytes::from(json!({"error": {"code": code, "message": message}}).to_string()),
     );
     if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);

@@ -4,6 +4,7 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::model::pubsub::{
@@ -523,43 +524,59 @@ pub fn parse_unsubscribe(body: &[u8], query: &str) -> Result<Option<String>, Api
     sub_key_of(o, &q, what)
 }
 
-/// A message's data as JSON: the text when it is UTF-8, else base64 (with
-/// `"data_encoding": "base64"` beside it).
-fn put_data(o: &mut Map<String, Value>, data: &[u8]) {
+/// A message's data as JSON: the text when it is UTF-8 (borrowed, not copied), else base64
+/// (with `"data_encoding": "base64"` beside it).
+fn data_entries<M: SerializeMap>(o: &mut M, data: &[u8]) -> Result<(), M::Error> {
     match std::str::from_utf8(data) {
-        Ok(s) => {
-            o.insert("data".into(), Value::String(s.to_owned()));
-        }
+        Ok(text) => o.serialize_entry("data", text),
         Err(_) => {
-            o.insert(
-                "data".into(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
-            );
-            o.insert("data_encoding".into(), Value::String("base64".into()));
+            o.serialize_entry(
+                "data",
+                &base64::engine::general_purpose::STANDARD.encode(data),
+            )?;
+            o.serialize_entry("data_encoding", "base64")
         }
     }
 }
 
-/// A pulled message as the native API answers it.
-pub fn native_msg(d: &Delivered) -> Value {
-    let m = &d.msg;
-    let mut o = Map::new();
-    o.insert("msg_id".into(), json!(m.msg_id));
-    o.insert("topic".into(), json!(m.topic));
-    o.insert("sub_key".into(), json!(d.sub_key));
-    put_data(&mut o, &m.data);
-    o.insert("size".into(), json!(m.data.len()));
-    o.insert("priority".into(), json!(m.priority));
-    o.insert("pub_time_ms".into(), json!(m.pub_time_ms));
-    o.insert("expires_at_ms".into(), json!(m.expires_at_ms));
-    o.insert("mime_type".into(), json!(m.mime_type));
-    o.insert("correl_id".into(), json!(m.correl_id));
-    o.insert("in_reply_to".into(), json!(m.in_reply_to));
-    o.insert("ext_client_id".into(), json!(m.ext_client_id));
-    o.insert("published_by".into(), json!(m.published_by));
-    o.insert("delivery_count".into(), json!(d.delivery_count));
-    o.insert("has_gd".into(), json!(m.has_gd));
-    Value::Object(o)
+/// A pulled message as the native API answers it, serialised straight from the message:
+/// no JSON tree is built and the data is not copied (a pull of 1,000 messages of 1 KiB
+/// built and freed some 30,000 small allocations this way).
+pub struct NativeMsg<'a>(pub &'a Delivered);
+
+impl Serialize for NativeMsg<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (d, m) = (self.0, &self.0.msg);
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("msg_id", &m.msg_id)?;
+        o.serialize_entry("topic", &m.topic)?;
+        o.serialize_entry("sub_key", &d.sub_key)?;
+        data_entries(&mut o, &m.data)?;
+        o.serialize_entry("size", &m.data.len())?;
+        o.serialize_entry("priority", &m.priority)?;
+        o.serialize_entry("pub_time_ms", &m.pub_time_ms)?;
+        o.serialize_entry("expires_at_ms", &m.expires_at_ms)?;
+        o.serialize_entry("mime_type", &m.mime_type)?;
+        o.serialize_entry("correl_id", &m.correl_id)?;
+        o.serialize_entry("in_reply_to", &m.in_reply_to)?;
+        o.serialize_entry("ext_client_id", &m.ext_client_id)?;
+        o.serialize_entry("published_by", &m.published_by)?;
+        o.serialize_entry("delivery_count", &d.delivery_count)?;
+        o.serialize_entry("has_gd", &m.has_gd)?;
+        o.end()
+    }
+}
+
+/// The native pull's answer: `{"messages": [...]}`.
+pub fn native_msgs(got: &[Delivered]) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        messages: Vec<NativeMsg<'a>>,
+    }
+    let answer = Answer {
+        messages: got.iter().map(NativeMsg).collect(),
+    };
+    Bytes::from(serde_json::to_vec(&answer).expect("messages serialise"))
 }
 
 /// Unix ms as Zato writes times: ISO 8601 in UTC, microseconds, no zone
@@ -570,35 +587,44 @@ pub fn zato_iso(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A pulled message as Zato 3.2's `PATCH /zato/pubsub/topic/{topic}` answers it (keys
-/// without a value are left out, as Zato leaves them out).
-pub fn zato_msg(d: &Delivered) -> Value {
-    let m = &d.msg;
-    let mut o = Map::new();
-    o.insert("msg_id".into(), json!(m.msg_id));
-    o.insert("topic_name".into(), json!(m.topic));
-    o.insert("sub_key".into(), json!(d.sub_key));
-    put_data(&mut o, &m.data);
-    o.insert("size".into(), json!(m.data.len()));
-    o.insert("priority".into(), json!(m.priority));
-    o.insert("mime_type".into(), json!(m.mime_type));
-    o.insert("pub_time_iso".into(), json!(zato_iso(m.pub_time_ms)));
-    if let Some(exp) = m.expires_at_ms {
-        o.insert("expiration".into(), json!(exp - m.pub_time_ms));
-        o.insert("expiration_time_iso".into(), json!(zato_iso(exp)));
-    }
-    o.insert("delivery_count".into(), json!(d.delivery_count));
-    o.insert("has_gd".into(), json!(m.has_gd));
-    for (k, v) in [
-        ("correl_id", &m.correl_id),
-        ("in_reply_to", &m.in_reply_to),
-        ("ext_client_id", &m.ext_client_id),
-    ] {
-        if let Some(v) = v {
-            o.insert(k.into(), json!(v));
+/// A pulled message as Zato 3.2's REST API answers it (serialised as [`NativeMsg`] is).
+pub struct ZatoMsg<'a>(pub &'a Delivered);
+
+impl Serialize for ZatoMsg<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (d, m) = (self.0, &self.0.msg);
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("msg_id", &m.msg_id)?;
+        o.serialize_entry("topic_name", &m.topic)?;
+        o.serialize_entry("sub_key", &d.sub_key)?;
+        data_entries(&mut o, &m.data)?;
+        o.serialize_entry("size", &m.data.len())?;
+        o.serialize_entry("priority", &m.priority)?;
+        o.serialize_entry("mime_type", &m.mime_type)?;
+        o.serialize_entry("pub_time_iso", &zato_iso(m.pub_time_ms))?;
+        if let Some(exp) = m.expires_at_ms {
+            o.serialize_entry("expiration", &(exp - m.pub_time_ms))?;
+            o.serialize_entry("expiration_time_iso", &zato_iso(exp))?;
         }
+        o.serialize_entry("delivery_count", &d.delivery_count)?;
+        o.serialize_entry("has_gd", &m.has_gd)?;
+        for (k, v) in [
+            ("correl_id", &m.correl_id),
+            ("in_reply_to", &m.in_reply_to),
+            ("ext_client_id", &m.ext_client_id),
+        ] {
+            if let Some(v) = v {
+                o.serialize_entry(k, v)?;
+            }
+        }
+        o.end()
     }
-    Value::Object(o)
+}
+
+/// Zato's pull answer: a list of messages.
+pub fn zato_msgs(got: &[Delivered]) -> Bytes {
+    let list: Vec<ZatoMsg<'_>> = got.iter().map(ZatoMsg).collect();
+    Bytes::from(serde_json::to_vec(&list).expect("messages serialise"))
 }
 
 #[cfg(test)]
@@ -855,7 +881,7 @@ mod tests {
 
     #[test]
     fn native_message_shape() {
-        let v = native_msg(&delivered(b"hello", None));
+        let v = serde_json::to_value(NativeMsg(&delivered(b"hello", None))).unwrap();
         assert_eq!(
             v,
             json!({"msg_id": "zpsm000000000000000000000001", "topic": "/orders/new",
@@ -865,7 +891,7 @@ mod tests {
                    "ext_client_id": null, "published_by": "endpoint:crm",
                    "delivery_count": 2, "has_gd": true})
         );
-        let v = native_msg(&delivered(b"\xff\x00", None));
+        let v = serde_json::to_value(NativeMsg(&delivered(b"\xff\x00", None))).unwrap();
         assert_eq!(v["data"], "/wA=");
         assert_eq!(v["data_encoding"], "base64");
         assert_eq!(v["size"], 2);
@@ -873,7 +899,8 @@ mod tests {
 
     #[test]
     fn zato_message_shape() {
-        let v = zato_msg(&delivered(b"hello", Some(1_700_000_060_123)));
+        let v =
+            serde_json::to_value(ZatoMsg(&delivered(b"hello", Some(1_700_000_060_123)))).unwrap();
         assert_eq!(
             v,
             json!({"msg_id": "zpsm000000000000000000000001", "topic_name": "/orders/new",
@@ -882,6 +909,18 @@ mod tests {
                    "expiration": 60000, "expiration_time_iso": "2023-11-14T22:14:20.123000",
                    "delivery_count": 2, "has_gd": true, "correl_id": "c1"})
         );
-        assert!(zato_msg(&delivered(b"x", None)).get("expiration").is_none());
+        assert!(
+            serde_json::to_value(ZatoMsg(&delivered(b"x", None)))
+                .unwrap()
+                .get("expiration")
+                .is_none()
+        );
+        // The answers around them.
+        let both = [delivered(b"a", None), delivered(b"\xff", None)];
+        let native: Value = serde_json::from_slice(&native_msgs(&both)).unwrap();
+        assert_eq!(native["messages"][1]["data_encoding"], "base64");
+        assert_eq!(native["messages"].as_array().unwrap().len(), 2);
+        let zato: Value = serde_json::from_slice(&zato_msgs(&both)).unwrap();
+        assert_eq!(zato[0]["data"], "a");
     }
 }
