@@ -1340,3 +1340,47 @@ async fn a_refused_auth_is_not_kept() {
     let mut redis = Resp2::connect().await;
     assert!(redis.clean(&p).await > 0);
 }
+
+#[tokio::test]
+async fn an_oversized_reply_and_a_refused_select() {
+    let srv = env().start().await;
+    let p = prefix("large");
+    let key = format!("{p}:big");
+    // A reply over what a worker frame carries: too_large, and the connection still works.
+    let mut redis = Resp2::connect().await;
+    let big = vec![b'x'; 64 << 20];
+    redis.cmd(&[b"SET", key.as_bytes(), &big]).await;
+    drop(big);
+    put_conn(&srv, "kv", json!({"address": REDIS, "pool_size": 1})).await;
+    let r = run(
+        &srv,
+        "kv",
+        json!([["get", [&key]], ["execute", ["STRLEN", &key]]]),
+    )
+    .await;
+    let e = failed(&r[0], "ResponseTooLarge");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Redis connection \"kv\""),
+        "{e}"
+    );
+    assert_eq!(r[1].get("ok"), Some(&json!(64 << 20)), "{r:?}");
+
+    // A db Redis does not have: SELECT refused while connecting is `connect`, saying why.
+    put_conn(
+        &srv,
+        "nodb",
+        json!({"address": "redis://127.0.0.1:6379/9999", "pool_size": 1}),
+    )
+    .await;
+    let r = run(&srv, "nodb", json!([["get", [&key]]])).await;
+    let e = failed(&r[0], "OutgoingConnectionError");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("Redis connection \"nodb\"") && m.contains("DB index"),
+        "{m}"
+    );
+    assert_eq!(redis.clean(&p).await, 1);
+}
