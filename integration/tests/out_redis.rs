@@ -11,6 +11,8 @@ use base64::Engine;
 use oxbus_integration::api::{self, admin, text};
 use oxbus_integration::*;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -826,12 +828,13 @@ async fn errors_refusals_timeouts_and_an_outage_as_exceptions() {
 
     // Redis going away and coming back, through a relay: defined while nothing listens
     // (lazily connected: the PUT succeeds), failing meanwhile, working once it listens,
-    // failing while it is cut, and working again after (reconnected).
+    // failing while it is cut, and working again after: the first call after it came back
+    // already works, on both of the pool's connections (a failure is never kept).
     let mut relay = Relay::new().await;
     put_conn(
         &srv,
         "relayed",
-        json!({"address": format!("redis://127.0.0.1:{}", relay.port), "pool_size": 1,
+        json!({"address": format!("redis://127.0.0.1:{}", relay.port), "pool_size": 2,
                "timeout_ms": 2000}),
     )
     .await;
@@ -839,20 +842,19 @@ async fn errors_refusals_timeouts_and_an_outage_as_exceptions() {
     failed(&r[0], "OutgoingConnectionError");
     relay.start().await;
     let key = k("r");
-    eventually(Duration::from_secs(20), "calls through the relay", || {
-        relayed_works(&srv, &key, "1")
-    })
-    .await;
+    relayed_works(&srv, &key, "1")
+        .await
+        .expect("the first calls once the relay listens");
     relay.stop();
     let r = run(&srv, "relayed", json!([["get", [k("r")]]])).await;
     failed(&r[0], "OutgoingConnectionError");
     relay.start().await;
-    eventually(
-        Duration::from_secs(20),
-        "calls after the relay came back",
-        || relayed_works(&srv, &key, "2"),
-    )
-    .await;
+    relayed_works(&srv, &key, "2")
+        .await
+        .expect("the first calls after the relay came back");
+    relayed_works(&srv, &key, "3")
+        .await
+        .expect("the next calls after the relay came back");
     relay.stop();
 
     let s = admin(&srv, "GET", "/v1/outgoing/redis/kv/stats", Value::Null)
@@ -1151,5 +1153,234 @@ async fn rediss_with_a_ca_of_the_tests() {
     );
     relay.abort();
     let mut redis = Resp2::connect().await;
+    assert_eq!(redis.clean(&p).await, 1);
+}
+
+/// A relay to the machine's Redis whose connections can be stalled: [`StallRelay::stall`]
+/// makes every connection relayed so far stop forwarding while staying open (a peer gone
+/// silent, never closing); connections accepted after it forward again.
+struct StallRelay {
+    port: u16,
+    stall: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallRelay {
+    async fn start() -> StallRelay {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (stall, rx) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut a, _)) = l.accept().await {
+                let mut rx = rx.clone();
+                rx.mark_unchanged();
+                conns.spawn(async move {
+                    let Ok(mut r) = TcpStream::connect("127.0.0.1:6379").await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut r) => {}
+                        _ = rx.changed() => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        StallRelay { port, stall, task }
+    }
+
+    fn stall(&self) {
+        self.stall.send_modify(|g| *g += 1);
+    }
+}
+
+/// A fake Redis: while `refusing`, a connection's AUTH is refused (every command answered
+/// WRONGPASS); otherwise it answers AUTH +OK itself and relays the rest to the machine's
+/// Redis.
+async fn refuse_auth_while(l: TcpListener, refusing: Arc<AtomicBool>) {
+    let mut conns = tokio::task::JoinSet::new();
+    while let Ok((a, _)) = l.accept().await {
+        let refuse = refusing.load(Ordering::SeqCst);
+        conns.spawn(async move {
+            let mut a = BufReader::new(a);
+            if refuse {
+                while read_command(&mut a).await.is_some() {
+                    let wrong = b"-WRONGPASS invalid username-password pair\r\n";
+                    if a.get_mut().write_all(wrong).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            match read_command(&mut a).await {
+                Some(c) if c[0].eq_ignore_ascii_case(b"AUTH") => {}
+                _ => return,
+            }
+            let Ok(mut r) = TcpStream::connect("127.0.0.1:6379").await else {
+                return;
+            };
+            let early = a.buffer().to_vec();
+            let mut a = a.into_inner();
+            if a.write_all(b"+OK\r\n").await.is_err() || r.write_all(&early).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut r).await;
+        });
+    }
+}
+
+/// One RESP command (an array of bulk strings) from `r`; None at its end.
+async fn read_command(r: &mut BufReader<TcpStream>) -> Option<Vec<Vec<u8>>> {
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok().filter(|n| *n > 0)?;
+    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).await.ok().filter(|n| *n > 0)?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut arg = vec![0u8; len + 2];
+        r.read_exact(&mut arg).await.ok()?;
+        arg.truncate(len);
+        args.push(arg);
+    }
+    Some(args)
+}
+
+#[tokio::test]
+async fn a_stalled_connection_is_replaced() {
+    let srv = env().start().await;
+    let p = prefix("stall");
+    let key = format!("{p}:k");
+
+    // A connection that stops answering while staying open: the call times out, and the
+    // next one (on a new connection: the stalled one was replaced) works.
+    let relay = StallRelay::start().await;
+    put_conn(
+        &srv,
+        "stalled",
+        json!({"address": format!("redis://127.0.0.1:{}", relay.port), "pool_size": 1,
+               "timeout_ms": 500}),
+    )
+    .await;
+    let r = run(
+        &srv,
+        "stalled",
+        json!([["set", [&key, "1"]], ["get", [&key]]]),
+    )
+    .await;
+    assert_eq!(r[1].get("ok"), Some(&b("1")), "{r:?}");
+    relay.stall();
+    let r = run(&srv, "stalled", json!([["get", [&key]]])).await;
+    failed(&r[0], "OutgoingTimeout");
+    let r = run(
+        &srv,
+        "stalled",
+        json!([["set", [&key, "2"]], ["get", [&key]]]),
+    )
+    .await;
+    assert_eq!(r[1].get("ok"), Some(&b("2")), "after the stall: {r:?}");
+    let ping = admin(&srv, "POST", "/v1/outgoing/redis/stalled/ping", Value::Null)
+        .await
+        .json();
+    assert_eq!(ping["ok"], true, "{ping}");
+    relay.task.abort();
+    let mut redis = Resp2::connect().await;
+    assert!(redis.clean(&p).await > 0);
+}
+
+#[tokio::test]
+async fn a_refused_auth_is_not_kept() {
+    let srv = env().start().await;
+    let p = prefix("auth");
+    let key = format!("{p}:k");
+    // AUTH refused: `connect`, saying so; once it is accepted, the next call connects
+    // afresh (the refusal is not kept) and works.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let refusing = Arc::new(AtomicBool::new(true));
+    let fake = tokio::spawn(refuse_auth_while(l, refusing.clone()));
+    put_conn(
+        &srv,
+        "authed",
+        json!({"address": format!("redis://127.0.0.1:{port}"), "pool_size": 1,
+               "username": "app", "password": SECRET, "timeout_ms": 2000}),
+    )
+    .await;
+    let r = run(&srv, "authed", json!([["get", [&key]]])).await;
+    let e = failed(&r[0], "OutgoingConnectionError");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("Redis connection \"authed\"") && m.contains("AUTH"),
+        "{m}"
+    );
+    assert!(!m.contains(SECRET), "{m}");
+    refusing.store(false, Ordering::SeqCst);
+    let r = run(
+        &srv,
+        "authed",
+        json!([["set", [&key, "3"]], ["get", [&key]]]),
+    )
+    .await;
+    assert_eq!(
+        r[1].get("ok"),
+        Some(&b("3")),
+        "after the refused AUTH: {r:?}"
+    );
+    let s = admin(&srv, "GET", "/v1/outgoing/redis/authed/stats", Value::Null)
+        .await
+        .json();
+    assert_eq!(
+        (s["idle"].as_u64(), s["errors"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    fake.abort();
+
+    let mut redis = Resp2::connect().await;
+    assert!(redis.clean(&p).await > 0);
+}
+
+#[tokio::test]
+async fn an_oversized_reply_and_a_refused_select() {
+    let srv = env().start().await;
+    let p = prefix("large");
+    let key = format!("{p}:big");
+    // A reply over what a worker frame carries: too_large, and the connection still works.
+    let mut redis = Resp2::connect().await;
+    let big = vec![b'x'; 64 << 20];
+    redis.cmd(&[b"SET", key.as_bytes(), &big]).await;
+    drop(big);
+    put_conn(&srv, "kv", json!({"address": REDIS, "pool_size": 1})).await;
+    let r = run(
+        &srv,
+        "kv",
+        json!([["get", [&key]], ["execute", ["STRLEN", &key]]]),
+    )
+    .await;
+    let e = failed(&r[0], "ResponseTooLarge");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Redis connection \"kv\""),
+        "{e}"
+    );
+    assert_eq!(r[1].get("ok"), Some(&json!(64 << 20)), "{r:?}");
+
+    // A db Redis does not have: SELECT refused while connecting is `connect`, saying why.
+    put_conn(
+        &srv,
+        "nodb",
+        json!({"address": "redis://127.0.0.1:6379/9999", "pool_size": 1}),
+    )
+    .await;
+    let r = run(&srv, "nodb", json!([["get", [&key]]])).await;
+    let e = failed(&r[0], "OutgoingConnectionError");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("Redis connection \"nodb\"") && m.contains("DB index"),
+        "{m}"
+    );
     assert_eq!(redis.clean(&p).await, 1);
 }

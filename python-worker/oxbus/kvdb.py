@@ -370,10 +370,13 @@ class _Commands:
         return self._run(('SCARD', name), _same)
 
     # sorted sets
-    def zadd(self, name: Any, mapping: Dict[Any, Any], nx: bool = False, xx: bool = False,
-             ch: bool = False, incr: bool = False) -> Any:
-        """ZADD of ``{member: score}``: the number added (changed with ``ch``); with
-        ``incr`` (one member) its new score, or None."""
+    def zadd(self, name: Any, mapping: Any = None, *pairs: Any, nx: bool = False,
+             xx: bool = False, ch: bool = False, incr: bool = False, **kwargs: Any) -> Any:
+        """ZADD of ``{member: score}`` (redis-py 3+); the number added (changed with
+        ``ch``); with ``incr`` (one member) its new score, or None.
+
+        Zato 3.2's redis-py 2.x form is accepted too: ``zadd(name, score, member[, score,
+        member...])`` (StrictRedis's order) and ``member=score`` keywords."""
         args: List[Any] = ['ZADD', name]
         if nx:
             args.append('NX')
@@ -383,17 +386,29 @@ class _Commands:
             args.append('CH')
         if incr:
             args.append('INCR')
-        for member, score in mapping.items():
-            args += [score, member]
+        if isinstance(mapping, dict):
+            if pairs or kwargs:
+                raise TypeError('zadd: give a {member: score} mapping or score, member '
+                                'pairs, not both')
+            for member, score in mapping.items():
+                args += [score, member]
+        else:
+            flat = ((mapping,) if mapping is not None else ()) + pairs
+            if len(flat) % 2:
+                raise TypeError('zadd: score, member arguments come in pairs')
+            args += flat
+            for member, score in kwargs.items():
+                args += [score, member]
+            if len(args) == 2 + nx + xx + ch + incr:
+                raise TypeError('zadd: nothing to add')
         return self._run(tuple(args), _float if incr else _same)
 
     def zrange(self, name: Any, start: int, end: int, desc: bool = False,
                withscores: bool = False, score_cast_func: Callable[[Any], Any] = float
                ) -> Any:
-        """ZRANGE by index: members, or ``(member, score)`` tuples with ``withscores``."""
-        args: List[Any] = ['ZRANGE', name, start, end]
-        if desc:
-            args.append('REV')
+        """ZRANGE by index (ZREVRANGE with ``desc``, as redis-py: any Redis version):
+        members, or ``(member, score)`` tuples with ``withscores``."""
+        args: List[Any] = ['ZREVRANGE' if desc else 'ZRANGE', name, start, end]
         if withscores:
             args.append('WITHSCORES')
 
@@ -433,14 +448,22 @@ class Redis(_Commands):
     __slots__ = ('_caller', '_conn', '_decode', '_head', '_one')
 
     def __init__(self, caller: Caller, conn: Optional[str],
-                 decode_responses: bool = False) -> None:
+                 decode_responses: bool = False, timeout: Optional[float] = None) -> None:
         self._caller = caller
         self._conn = conn
         self._decode = decode_responses
         # The meta, built as JSON bytes once: ``conn``, or ``kvdb`` for self.kvdb.conn (the
-        # server picks). No cid or trace context: Redis has nowhere to carry them.
+        # server picks); ``deadline_ms`` when the handle has a ``timeout`` (seconds: a call
+        # then waits at most that, or the connection's timeout_ms if shorter). No cid or
+        # trace context: Redis has nowhere to carry them.
         self._head = (b'{"op":"out.redis","conn":' + encode_json(conn) if conn is not None
                       else b'{"op":"out.redis","kvdb":true')
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+                    timeout <= 0:
+                raise ValueError('timeout is a positive number of seconds, not %r'
+                                 % (timeout,))
+            self._head += b',"deadline_ms":%d' % max(1, int(timeout * 1000))
         self._one = self._head + b'}'
 
     @property
@@ -692,7 +715,13 @@ class RedisConnections:
     def __getitem__(self, name: str) -> Redis:
         return self.get(name)
 
-    def get(self, name: str, decode_responses: bool = False) -> Redis:
+    def get(self, name: str, decode_responses: bool = False,
+            timeout: Optional[float] = None) -> Redis:
+        """The handle of connection ``name``; ``timeout`` (seconds): its calls wait at most
+        that (sent as ``deadline_ms``; the connection's ``timeout_ms`` still bounds them),
+        as rest's ``timeout=``."""
+        if timeout is not None:
+            return Redis(self._caller, name, bool(decode_responses), timeout)
         key = (name, bool(decode_responses))
         r = self._conns.get(key)
         if r is None:

@@ -224,3 +224,33 @@ def test_blocking_calls_from_a_coroutine_are_refused(out):
 def test_repr_and_names():
     r = Redis(None, 'x')
     assert repr(r) == "<Redis 'x'>" and r.name == 'x' and not r.decode_responses
+
+
+def test_zatos_zadd_form_and_zrange_desc_as_zrevrange(out, fake):
+    r = out.redis['cache']
+    fake.replies += [1, 2, 1, [b'n', b'm'], [b'n', b'2', b'm', b'1']]
+    assert r.zadd('z', {'m': 1}) == 1
+    assert fake.last[1] == [[b'ZADD', b'z', b'1', b'm']]
+    # Zato 3.2 (redis-py 2.x StrictRedis): score, member pairs; member=score keywords.
+    assert r.zadd('z', 1, 'm', 2.5, 'n') == 2
+    assert fake.last[1] == [[b'ZADD', b'z', b'1', b'm', b'2.5', b'n']]
+    assert r.zadd('z', o=3) == 1
+    assert fake.last[1] == [[b'ZADD', b'z', b'3', b'o']]
+    with pytest.raises(TypeError, match='pairs'):
+        r.zadd('z', 1)
+    assert r.zrange('z', 0, -1, desc=True) == [b'n', b'm']
+    assert fake.last[1] == [[b'ZREVRANGE', b'z', b'0', b'-1']]
+    assert r.zrange('z', 0, 1, desc=True, withscores=True) == [(b'n', 2.0), (b'm', 1.0)]
+    assert fake.last[1] == [[b'ZREVRANGE', b'z', b'0', b'1', b'WITHSCORES']]
+
+
+def test_a_handles_timeout_is_sent_as_deadline_ms(out, fake):
+    fake.replies += [b'v', [b'v']]
+    assert out.redis.get('cache', timeout=0.25).get('k') == b'v'
+    assert fake.last[0]['deadline_ms'] == 250
+    p = out.redis.get('cache', timeout=2).pipeline()
+    p.get('k')
+    assert p.execute() == [b'v'] and fake.last[0]['deadline_ms'] == 2000
+    assert 'deadline_ms' not in json.loads(out.redis['cache']._one)
+    with pytest.raises(ValueError, match='positive'):
+        out.redis.get('cache', timeout=0)

@@ -26,7 +26,7 @@ pub struct RedisConn {
     /// always checked; `ca_file`, `client_cert_file` + `client_key_file`).
     #[serde(default)]
     pub tls: TlsOptions,
-    /// Multiplexed connections per server, 1..=64; calls take them round-robin.
+    /// Multiplexed connections per server, 1..=64; a call takes the least busy.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
     /// The most one call (connecting included) takes, 1..=600 000 ms; then `timeout`.

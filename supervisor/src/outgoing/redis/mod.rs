@@ -1,8 +1,11 @@
 //! Outgoing Redis connections (docs/CONNECTORS.md, "Redis"): per connection and server,
-//! `pool_size` multiplexed connections (the `redis` crate's `ConnectionManager`, which
-//! reconnects by itself), taken round-robin by the calls, each connected at its first call
-//! (a server starts while Redis is down). Every call is bounded by `timeout_ms` (and by the
-//! caller's `deadline_ms`), connecting included.
+//! `pool_size` multiplexed connections; a call takes the one with the fewest calls in flight.
+//! Each is connected by the first call that finds it missing (a server starts while Redis is
+//! down); a failed attempt is not kept, so the next call tries afresh. A call that times out
+//! replaces its connection (it may be stalled); a connection found dropped, or one that cannot
+//! be made, replaces every connection made before it at their next use. Every call is bounded
+//! by `timeout_ms` (and by the caller's `deadline_ms`), connecting included. Sockets have
+//! TCP_NODELAY, keepalive probes and a TCP user timeout.
 //!
 //! The workers' `out.redis` op (ipc-protocol/SPEC.md) carries one command or a pipeline of
 //! them (optionally MULTI/EXEC), as argument lists; [`wire`] is the body format. Redis's
@@ -14,11 +17,12 @@ pub mod wire;
 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, RedisError, Value};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, Value};
 
 use super::{ConnStats, PingOutcome};
 use crate::lifecycle::ops::OpReply;
@@ -28,6 +32,10 @@ use crate::secrets::Key;
 
 /// The most commands one pipeline may hold.
 pub const MAX_PIPELINE: usize = 100_000;
+
+/// The largest encoded reply a call answers (a worker frame's payload less 1 MiB for its
+/// meta); a larger one fails the call `too_large`.
+pub const MAX_REPLY: usize = oxbus_ipc::MAX_PAYLOAD - (1 << 20);
 
 /// Why a call failed: its SPEC error code, status and message (which names the connection).
 #[derive(Debug)]
@@ -61,18 +69,30 @@ impl Failure {
     }
 }
 
-/// One slot of the pool: its connection, made at its first call.
+/// One slot of the pool: its connection, made by the first call that finds none.
 #[derive(Default)]
 struct Slot {
-    conn: OnceLock<Result<ConnectionManager, String>>,
+    state: Mutex<SlotState>,
+    /// One connect attempt at a time per slot: the calls arriving meanwhile wait for it.
+    connecting: tokio::sync::Mutex<()>,
     /// Calls on this slot now.
     in_flight: AtomicU32,
 }
 
+#[derive(Default)]
+struct SlotState {
+    /// The connection and the client's epoch when it was made (older than the client's
+    /// current epoch: suspect, replaced at its next use).
+    conn: Option<(MultiplexedConnection, u64)>,
+    /// The last connect attempt's outcome (None: none yet).
+    connected: Option<bool>,
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.lock().expect("redis slot lock");
         f.debug_struct("Slot")
-            .field("connected", &self.conn.get().is_some())
+            .field("connected", &st.connected)
             .field("in_flight", &self.in_flight)
             .finish()
     }
@@ -97,6 +117,9 @@ pub struct RedisClient {
     client: Result<redis::Client, String>,
     slots: Vec<Slot>,
     next: AtomicUsize,
+    /// Bumped when a connection is found dropped or cannot be made: every slot's connection
+    /// made before is then replaced at its next use (Redis went away: they all went).
+    epoch: AtomicU64,
     figures: Figures,
 }
 
@@ -130,7 +153,18 @@ fn client_of(def: &RedisConn, key: &Key) -> Result<redis::Client, String> {
             .map_err(|e| format!("the sealed password does not open: {e}"))?;
         settings = settings.set_password(password.expose());
     }
-    let info = info.set_redis_settings(settings);
+    // No Nagle delay (commands are small and awaited one by one); keepalive probes and a
+    // user timeout so that a peer gone silent is noticed by the kernel too.
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(
+            TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3),
+        )
+        .set_user_timeout(Duration::from_secs(60));
+    let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
     let tls = &def.tls;
     if !addr.tls {
         return redis::Client::open(info).map_err(|e| e.to_string());
@@ -175,6 +209,7 @@ impl RedisClient {
             client,
             slots,
             next: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
             figures: Figures::default(),
         }
     }
@@ -183,30 +218,111 @@ impl RedisClient {
         &self.def
     }
 
-    /// The next slot round-robin, and its connection (made now if this is its first call).
-    fn connection(&self) -> Result<(&Slot, ConnectionManager), Failure> {
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let made = slot.conn.get_or_init(|| {
-            let client = self.client.clone()?;
-            let timeout = Duration::from_millis(self.def.timeout_ms);
-            // One quick retry: a call during an outage fails `connect` at once rather than
-            // waiting out a backoff; the next call starts another attempt.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_secs(1));
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())
-        });
-        match made {
-            Ok(c) => Ok((slot, c.clone())),
-            Err(e) => Err(Failure::new(
-                "connect",
-                502,
-                format!("{}: cannot connect: {e}", self.who),
-            )),
+    /// The slot with the fewest calls in flight (ties: round-robin).
+    fn pick(&self) -> usize {
+        let n = self.slots.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = first;
+        let mut least = u32::MAX;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let f = self.slots[i].in_flight.load(Ordering::Relaxed);
+            if f < least {
+                least = f;
+                best = i;
+                if f == 0 {
+                    break;
+                }
+            }
         }
+        best
+    }
+
+    /// Slot `i`'s connection, made now if it has none or only one of an older epoch. A
+    /// failed attempt leaves the slot empty: the next call makes a fresh one (nothing of a
+    /// failure is kept, so the first call after Redis is back connects).
+    async fn connection(&self, i: usize) -> Result<(MultiplexedConnection, u64), Failure> {
+        let slot = &self.slots[i];
+        let current = |epoch: u64| {
+            let st = slot.state.lock().expect("redis slot lock");
+            match &st.conn {
+                Some((c, e)) if *e == epoch => Some((c.clone(), *e)),
+                _ => None,
+            }
+        };
+        if let Some(c) = current(self.epoch.load(Ordering::Acquire)) {
+            return Ok(c);
+        }
+        let _one = slot.connecting.lock().await;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some(c) = current(epoch) {
+            return Ok(c);
+        }
+        let client = self.client.as_ref().map_err(|e| {
+            Failure::new("connect", 502, format!("{}: cannot connect: {e}", self.who))
+        })?;
+        let timeout = Duration::from_millis(self.def.timeout_ms);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let made = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        let mut st = slot.state.lock().expect("redis slot lock");
+        match made {
+            Ok(c) => {
+                st.conn = Some((c.clone(), epoch));
+                st.connected = Some(true);
+                Ok((c, epoch))
+            }
+            Err(e) => {
+                st.conn = None;
+                st.connected = Some(false);
+                drop(st);
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                Err(self.connect_failure(&e))
+            }
+        }
+    }
+
+    /// Forgets slot `i`'s connection if it is still the one of `epoch` (the calls holding
+    /// it finish on it); `all`: the others made before too.
+    fn discard(&self, i: usize, epoch: u64, all: bool) {
+        let mut st = self.slots[i].state.lock().expect("redis slot lock");
+        if matches!(&st.conn, Some((_, e)) if *e == epoch) {
+            st.conn = None;
+            st.connected = None;
+        }
+        drop(st);
+        if all {
+            let _ =
+                self.epoch
+                    .compare_exchange(epoch, epoch + 1, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// Why a connection could not be made (refused, TLS, DNS, AUTH or SELECT refused,
+    /// Redis's client limit…): `connect`, with what the `redis` crate said.
+    fn connect_failure(&self, e: &RedisError) -> Failure {
+        if e.is_timeout() {
+            // A host that accepts and never answers (or drops packets): `timeout`.
+            return Failure::new(
+                "timeout",
+                504,
+                format!("{}: no connection within the timeout: {e}", self.who),
+            );
+        }
+        let what = if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            // The crate turns any error answer to AUTH into this (wrong credentials, but also
+            // a Redis at its client limit answering the handshake with an error).
+            format!(
+                "the handshake's AUTH was refused (wrong username or password, or Redis \
+                 refused the client): {e}"
+            )
+        } else {
+            format!("cannot connect: {e}")
+        };
+        Failure::new("connect", 502, format!("{}: {what}", self.who))
     }
 
     /// Answers one `out.redis` call.
@@ -263,7 +379,7 @@ impl RedisClient {
                     cmd.arg(a.as_slice());
                 }
                 let v = self
-                    .run(limit, async |c: &mut ConnectionManager| {
+                    .run(limit, async |c: &mut MultiplexedConnection| {
                         c.req_packed_command(&cmd).await
                     })
                     .await?;
@@ -287,7 +403,7 @@ impl RedisClient {
                 }
                 let (offset, count) = if meta.transaction { (n + 1, 1) } else { (0, n) };
                 let mut replies = self
-                    .run(limit, async |c: &mut ConnectionManager| {
+                    .run(limit, async |c: &mut MultiplexedConnection| {
                         c.req_packed_commands(&pipe, offset, count).await
                     })
                     .await?;
@@ -311,23 +427,56 @@ impl RedisClient {
                 wire::encode_value(&v, &mut out);
             }
         }
+        if out.len() > MAX_REPLY {
+            return Err(Failure::new(
+                "too_large",
+                502,
+                format!(
+                    "{}: the reply takes {} bytes, over the {MAX_REPLY} a worker frame carries",
+                    self.who,
+                    out.len()
+                ),
+            ));
+        }
         Ok(out)
     }
 
-    /// Runs `f` on the next connection within `limit`.
+    /// Runs `f` on the least busy slot's connection within `limit`, connecting included. A
+    /// timeout replaces that slot's connection (it may be stalled: its answers, if they come,
+    /// are not waited for); a dropped connection replaces every connection made before.
     async fn run<T>(
         &self,
         limit: Duration,
-        f: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, RedisError>,
+        f: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, Failure> {
-        let (slot, mut conn) = self.connection()?;
+        let i = self.pick();
+        let slot = &self.slots[i];
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
-        let r = tokio::time::timeout(limit, f(&mut conn)).await;
+        let mut used = None;
+        let r = tokio::time::timeout(limit, async {
+            let (mut conn, epoch) = self.connection(i).await.map_err(Ok)?;
+            used = Some(epoch);
+            f(&mut conn).await.map_err(|e| Err((e, epoch)))
+        })
+        .await;
         slot.in_flight.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.failure(&e)),
-            Err(_) => Err(self.timed_out(limit)),
+            Ok(Err(Ok(failure))) => Err(failure),
+            Ok(Err(Err((e, epoch)))) => {
+                if e.is_timeout() {
+                    self.discard(i, epoch, false);
+                } else if e.is_unrecoverable_error() || e.is_io_error() {
+                    self.discard(i, epoch, true);
+                }
+                Err(self.failure(&e))
+            }
+            Err(_) => {
+                if let Some(epoch) = used {
+                    self.discard(i, epoch, false);
+                }
+                Err(self.timed_out(limit))
+            }
         }
     }
 
@@ -358,11 +507,6 @@ impl RedisClient {
             );
         }
         match e.kind() {
-            redis::ErrorKind::AuthenticationFailed => Failure::new(
-                "connect",
-                502,
-                format!("{}: authentication failed: {e}", self.who),
-            ),
             redis::ErrorKind::Server(_) | redis::ErrorKind::Extension if e.code().is_some() => {
                 // Redis's own text (`WRONGTYPE Operation…`); an aborted transaction's
                 // `EXECABORT` then the errors of the commands Redis refused to queue.
@@ -373,16 +517,8 @@ impl RedisClient {
                 };
                 self.redis_error(m)
             }
-            _ if e.is_connection_refusal() => {
-                Failure::new("connect", 502, format!("{}: connect: {e}", self.who))
-            }
-            _ if e.is_connection_dropped() => {
+            _ if e.is_connection_dropped() || e.is_io_error() => {
                 Failure::new("io", 502, format!("{}: connection lost: {e}", self.who))
-            }
-            // Not a dropped connection: one that could not be made (TLS: an untrusted
-            // certificate, a name it does not cover; DNS; unreachable).
-            _ if e.is_io_error() => {
-                Failure::new("connect", 502, format!("{}: connect: {e}", self.who))
             }
             _ => Failure::new("io", 502, format!("{}: {e}", self.who)),
         }
@@ -393,7 +529,7 @@ impl RedisClient {
         let start = Instant::now();
         let limit = Duration::from_millis(self.def.timeout_ms);
         let r = self
-            .run(limit, async |c: &mut ConnectionManager| {
+            .run(limit, async |c: &mut MultiplexedConnection| {
                 c.req_packed_command(&redis::cmd("PING")).await
             })
             .await;
@@ -423,7 +559,7 @@ impl RedisClient {
     }
 
     /// Its figures: `pool_size` connections, `in_use` those with a call in flight, `idle`
-    /// the made ones without; a multiplexed connection is never waited for (`waiting` 0).
+    /// the connected ones without (a slot whose last attempt failed is neither); a multiplexed connection is never waited for (`waiting` 0).
     pub fn stats(&self) -> ConnStats {
         let f = &self.figures;
         let (buckets, sum) = f.latency.snapshot();
@@ -431,8 +567,11 @@ impl RedisClient {
         for s in &self.slots {
             if s.in_flight.load(Ordering::Relaxed) > 0 {
                 in_use += 1;
-            } else if matches!(s.conn.get(), Some(Ok(_))) {
-                idle += 1;
+            } else {
+                let st = s.state.lock().expect("redis slot lock");
+                if st.connected == Some(true) && st.conn.is_some() {
+                    idle += 1;
+                }
             }
         }
         ConnStats {
