@@ -3,12 +3,16 @@
 //! server: one AMQP connection (opened at the first send or ping, so a server starts while
 //! the broker is down; opened again after it broke) and `pool_size` channels in confirm mode,
 //! taken in turn. A send publishes on a channel and waits for that delivery's confirm: many
-//! sends are in flight on one channel at once (confirms are per delivery tag), nothing is
-//! serialised per round trip. Outcomes: ack → done; nack → `nacked`; a mandatory message the
-//! broker could not route comes back (basic.return) → `unroutable` with its reply code and
-//! text; no confirm within `confirm_timeout_ms` → `timeout`; the broker closed the channel
-//! (a missing exchange...) → `refused`, and the channel is replaced at the next send;
-//! connecting failed → `connect`; the connection broke → `io`.
+//! sends are in flight on one channel at once (confirms are per delivery tag), only the
+//! publish itself is one at a time per channel ([`Slot::publish`]); a mandatory send is alone
+//! in flight on its channel ([`Slot::gate`]). A send is bounded as a whole by its deadline,
+//! else by `connect_timeout_ms + confirm_timeout_ms`. Outcomes: ack → done; nack → `nacked`;
+//! a mandatory message the broker could not route comes back (basic.return) → `unroutable`
+//! with its reply code and text; nothing sent in time, or no confirm within
+//! `confirm_timeout_ms` → `timeout`; the broker closed the channel naming the send's
+//! exchange → `refused`, and the channel is replaced at the next send; connecting failed →
+//! `connect` (remembered for a short backoff); written, then the connection broke or the
+//! channel closed because of another publish → `io` (ambiguous).
 //!
 //! The `connect` step (address, sealed password, TLS, heartbeat) is shared with the AMQP
 //! channels ([`connect`]).
