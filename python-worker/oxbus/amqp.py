@@ -31,7 +31,8 @@ JSON-encoded with ``content_type`` ``application/json`` unless ``properties`` gi
 ``properties``: ``content_type``, ``content_encoding``, ``delivery_mode`` (2, persistent,
 unless given; 1 transient), ``priority``, ``correlation_id``, ``reply_to``, ``expiration``
 (milliseconds, int or str), ``message_id``, ``timestamp`` (seconds since the epoch, or a
-``datetime``), ``type``, ``user_id``, ``app_id``. ``headers``: a dict of str keys and JSON
+``datetime``), ``type``, ``user_id``, ``app_id``; ``cluster_id`` (Zato's; deprecated in
+AMQP 0-9-1) is accepted and not sent. ``headers``: a dict of str keys and JSON
 values (str, int, float, bool, None, lists, dicts).
 """
 
@@ -52,12 +53,13 @@ __all__ = ['AmqpOutgoing', 'AmqpPublishError', 'AmqpNack', 'AmqpUnroutable', 'Am
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 _PROPERTIES = frozenset((
     'content_type', 'content_encoding', 'delivery_mode', 'priority', 'correlation_id',
-    'reply_to', 'expiration', 'message_id', 'timestamp', 'type', 'user_id', 'app_id'))
+    'reply_to', 'expiration', 'message_id', 'timestamp', 'type', 'user_id', 'app_id',
+    'cluster_id'))
 
 
 def _meta(name: str, exchange: str, routing_key: str, properties: Optional[Mapping[str, Any]],
           headers: Optional[Mapping[str, Any]], mandatory: bool,
-          json_body: bool) -> Dict[str, Any]:
+          json_body: bool, timeout: Optional[float] = None) -> Dict[str, Any]:
     if not isinstance(name, str):
         raise TypeError('the connection name is a str, not %s' % type(name).__name__)
     if not isinstance(exchange, str):
@@ -75,7 +77,7 @@ def _meta(name: str, exchange: str, routing_key: str, properties: Optional[Mappi
         if key not in _PROPERTIES:
             raise ValueError('%s: unknown AMQP property %r (known: %s)'
                              % (name, key, ', '.join(sorted(_PROPERTIES))))
-        if value is None:
+        if value is None or key == 'cluster_id':  # Zato's; deprecated in AMQP 0-9-1
             continue
         if key == 'timestamp' and hasattr(value, 'timestamp'):
             value = int(value.timestamp())
@@ -91,6 +93,10 @@ def _meta(name: str, exchange: str, routing_key: str, properties: Optional[Mappi
         if bad:
             raise TypeError('%s: header names are str, not %r' % (name, bad[0]))
         meta['headers'] = dict(headers)
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError('timeout is a positive number of seconds, not %r' % (timeout,))
+        meta['deadline_ms'] = max(1, int(timeout * 1000))
     meta.update(invocation_context())
     return meta
 
@@ -113,19 +119,24 @@ class AmqpOutgoing:
 
     def send(self, msg: Any, name: str, exchange: str = '', routing_key: str = '',
              properties: Optional[Mapping[str, Any]] = None,
-             headers: Optional[Mapping[str, Any]] = None, *, mandatory: bool = False) -> None:
-        """Publish ``msg`` through connection ``name`` and wait for the broker's confirm."""
+             headers: Optional[Mapping[str, Any]] = None, *, mandatory: bool = False,
+             timeout: Optional[float] = None) -> None:
+        """Publish ``msg`` through connection ``name`` and wait for the broker's confirm;
+        ``timeout`` (seconds) bounds the whole send, connecting included (by default the
+        connection's ``connect_timeout_ms`` + ``confirm_timeout_ms``)."""
         body, as_json = _body(msg)
-        meta = _meta(name, exchange, routing_key, properties, headers, mandatory, as_json)
+        meta = _meta(name, exchange, routing_key, properties, headers, mandatory, as_json,
+                     timeout)
         self._caller.call(name, meta, body)
 
     async def asend(self, msg: Any, name: str, exchange: str = '', routing_key: str = '',
                     properties: Optional[Mapping[str, Any]] = None,
                     headers: Optional[Mapping[str, Any]] = None, *,
-                    mandatory: bool = False) -> None:
+                    mandatory: bool = False, timeout: Optional[float] = None) -> None:
         """:meth:`send` for coroutines."""
         body, as_json = _body(msg)
-        meta = _meta(name, exchange, routing_key, properties, headers, mandatory, as_json)
+        meta = _meta(name, exchange, routing_key, properties, headers, mandatory, as_json,
+                     timeout)
         await self._caller.acall(name, meta, body)
 
     def __repr__(self) -> str:

@@ -141,3 +141,19 @@ def test_blocking_send_from_a_coroutine_is_refused(out):
         out.amqp.send(b'x', 'q')
     with pytest.raises(RuntimeError, match='event loop'):
         asyncio.run(run())
+
+
+def test_zatos_cluster_id_is_accepted_and_not_sent(out, server):
+    out.amqp.send(b'x', 'q', 'x', 'k', {'cluster_id': 'c1', 'priority': 1})
+    assert server.calls[-1][0]['properties'] == {'priority': 1}
+
+
+def test_timeout_is_the_sends_deadline(out, server):
+    out.amqp.send(b'x', 'q', 'x', 'k', timeout=0.25)
+    assert server.calls[-1][0]['deadline_ms'] == 250
+    out.amqp.send(b'x', 'q', 'x', 'k')
+    assert 'deadline_ms' not in server.calls[-1][0]
+    for bad in (0, -1, True, '1'):
+        with pytest.raises(ValueError, match='timeout'):
+            out.amqp.send(b'x', 'q', timeout=bad)
+    assert len(server.calls) == 2

@@ -39,6 +39,21 @@ pub enum LoggingError {
     Init(#[source] tracing_subscriber::util::TryInitError),
 }
 
+/// The filter of `level`, with `lapin=off` unless `level` names lapin itself: lapin logs a
+/// returned message whole (body and headers) at warn and an error at every channel close;
+/// `outgoing/amqp` reports those events itself, without bodies.
+fn log_filter(level: &str) -> Result<tracing_subscriber::filter::Targets, LoggingError> {
+    let filter: tracing_subscriber::filter::Targets =
+        level.parse().map_err(|source| LoggingError::Level {
+            level: level.to_owned(),
+            source,
+        })?;
+    if level.contains("lapin") {
+        return Ok(filter);
+    }
+    Ok(filter.with_target("lapin", tracing_subscriber::filter::LevelFilter::OFF))
+}
+
 /// Installs the log subscriber: `level` is a level (`info`) or a target list
 /// (`info,oxbus_supervisor::edge::http=debug`). When standard error is the journal (systemd's
 /// `JOURNAL_STREAM` names it), every line starts with its syslog priority (`<3>` error,
@@ -48,11 +63,7 @@ pub enum LoggingError {
 /// priority prefix is written, so that the line stays JSON in the journal too.
 pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LoggingError> {
     use tracing_subscriber::prelude::*;
-    let filter: tracing_subscriber::filter::Targets =
-        level.parse().map_err(|source| LoggingError::Level {
-            level: level.to_owned(),
-            source,
-        })?;
+    let filter = log_filter(level)?;
     if format == LogFormat::Json {
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -363,6 +374,19 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lapin_is_off_unless_named() {
+        use tracing::Level;
+        let f = super::log_filter("info").unwrap();
+        assert!(!f.would_enable("lapin::channel", &Level::ERROR));
+        assert!(f.would_enable("oxbus_supervisor::outgoing::amqp", &Level::INFO));
+        let f = super::log_filter("debug,oxbus_supervisor=trace").unwrap();
+        assert!(!f.would_enable("lapin::returned_messages", &Level::WARN));
+        let f = super::log_filter("info,lapin=warn").unwrap();
+        assert!(f.would_enable("lapin::returned_messages", &Level::WARN));
+        assert!(!f.would_enable("lapin::channel", &Level::INFO));
+    }
+
     use serde_json::{Value, json};
 
     fn line(level: tracing::Level, target: &str, fields: Value) -> Value {

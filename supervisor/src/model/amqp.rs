@@ -101,26 +101,35 @@ pub fn check_amqp_address(address: &str) -> Result<bool, String> {
     } else {
         return Err("not an amqp:// or amqps:// URL".into());
     };
-    let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let (authority, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
     if authority.contains('@') {
         // Not quoted: it may hold a password.
         return Err("has user info: give username and password as their own fields".into());
     }
-    if vhost.contains(['/', '?', '#']) || authority.contains(['?', '#']) {
+    if vhost.is_empty() {
+        // lapin would take it as the vhost "", which no broker has.
         return Err(format!(
-            "{address:?}: only amqp[s]://host[:port][/vhost] (a vhost with `/` is              percent-encoded: %2f)"
+            "{address:?}: an empty vhost; the default vhost `/` is written %2f, or leave \
+             out the trailing /"
         ));
     }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{address:?}: unclosed [ of an IPv6 host"))?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
+    if vhost.contains(['/', '?', '#']) || authority.contains(['?', '#']) {
+        return Err(format!(
+            "{address:?}: only amqp[s]://host[:port][/vhost] (a vhost with `/` is \
+             percent-encoded: %2f)"
+        ));
+    }
+    if authority.starts_with('[') {
+        // lapin's URI parser takes the host from a URL's domain, which an IPv6 literal is
+        // not: it would connect to localhost instead.
+        return Err(format!(
+            "{address:?}: an IPv6 address is not supported; give a host name that resolves \
+             to it"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
     };
     if host.is_empty() {
         return Err(format!("{address:?} has no host"));
@@ -295,7 +304,7 @@ mod amqp_conn_tests {
             conn(json!({"address": "amqps://mq.example.com/orders", "tls": {"verify": false}}))
                 .is_ok()
         );
-        assert!(conn(json!({"address": "amqp://[::1]:5672"})).is_ok());
+        assert!(conn(json!({"address": "amqp://h:5672"})).is_ok());
         let refused = |extra, field: &str| {
             let e = conn(extra).unwrap_err();
             assert!(e.contains(field), "{e}");
@@ -303,6 +312,12 @@ mod amqp_conn_tests {
         };
         refused(json!({"address": "http://h"}), "address");
         refused(json!({"address": "amqp://bob:s3cret@h/"}), "address");
+        refused(json!({"address": "amqp://bob:s3cret@h"}), "address");
+        // lapin would connect to localhost for an IPv6 literal, and to the vhost "" for
+        // a trailing `/`.
+        refused(json!({"address": "amqp://[::1]:5672/%2f"}), "IPv6");
+        refused(json!({"address": "amqp://[2001:db8::1]"}), "IPv6");
+        refused(json!({"address": "amqp://h:5672/"}), "empty vhost");
         refused(json!({"address": "amqp://h:0/"}), "address");
         refused(json!({"address": "amqp://h/a/b"}), "address");
         refused(json!({"address": "amqp://:5672"}), "address");

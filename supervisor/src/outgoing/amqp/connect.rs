@@ -80,6 +80,14 @@ pub fn parse_address(address: &str) -> Result<AMQPUri, String> {
             "address {address:?} is not an amqp:// or amqps:// URL"
         ));
     }
+    // lapin's parser takes the host from the URL's domain, which an IPv6 literal is not:
+    // it would connect to localhost instead.
+    if address
+        .split_once("://")
+        .is_some_and(|(_, r)| r.rsplit('@').next().is_some_and(|h| h.starts_with('[')))
+    {
+        return Err("address: an IPv6 address is not supported; give a host name".into());
+    }
     let uri: AMQPUri = address
         .parse()
         .map_err(|e| format!("address is not a valid AMQP URL: {e}"))?;
@@ -186,6 +194,8 @@ mod tests {
         assert!(parse_address("amqp://bob:secret@x/").is_err());
         assert!(parse_address("amqp://bob@x/").is_err());
         assert!(parse_address("amqp://x/a@b").is_ok());
+        assert!(parse_address("amqp://[::1]:5672/%2f").is_err());
+        assert!(parse_address("amqp://[2001:db8::1]").is_err());
     }
 
     fn key() -> Key {

@@ -3,12 +3,16 @@
 //! server: one AMQP connection (opened at the first send or ping, so a server starts while
 //! the broker is down; opened again after it broke) and `pool_size` channels in confirm mode,
 //! taken in turn. A send publishes on a channel and waits for that delivery's confirm: many
-//! sends are in flight on one channel at once (confirms are per delivery tag), nothing is
-//! serialised per round trip. Outcomes: ack → done; nack → `nacked`; a mandatory message the
-//! broker could not route comes back (basic.return) → `unroutable` with its reply code and
-//! text; no confirm within `confirm_timeout_ms` → `timeout`; the broker closed the channel
-//! (a missing exchange...) → `refused`, and the channel is replaced at the next send;
-//! connecting failed → `connect`; the connection broke → `io`.
+//! sends are in flight on one channel at once (confirms are per delivery tag), only the
+//! publish itself is one at a time per channel ([`Slot::publish`]); a mandatory send is alone
+//! in flight on its channel ([`Slot::gate`]). A send is bounded as a whole by its deadline,
+//! else by `connect_timeout_ms + confirm_timeout_ms`. Outcomes: ack → done; nack → `nacked`;
+//! a mandatory message the broker could not route comes back (basic.return) → `unroutable`
+//! with its reply code and text; nothing sent in time, or no confirm within
+//! `confirm_timeout_ms` → `timeout`; the broker closed the channel naming the send's
+//! exchange → `refused`, and the channel is replaced at the next send; connecting failed →
+//! `connect` (remembered for a short backoff); written, then the connection broke or the
+//! channel closed because of another publish → `io` (ambiguous).
 //!
 //! The `connect` step (address, sealed password, TLS, heartbeat) is shared with the AMQP
 //! channels ([`connect`]).
@@ -33,7 +37,7 @@ use crate::outgoing::{ConnStats, PingOutcome};
 use crate::secrets::Key;
 
 /// Why a send failed: its error code (ipc-protocol/SPEC.md), status and message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Failure {
     code: &'static str,
     status: u16,
@@ -81,6 +85,25 @@ struct Slot {
     opening: tokio::sync::Mutex<()>,
     /// Sends published on it and not yet confirmed.
     in_flight: AtomicU32,
+    /// Held across `basic_publish` (until its frames are queued), never across a confirm:
+    /// lapin numbers a publish's delivery tag and queues its frames in two steps, so two
+    /// publishes racing on one channel (multi-thread runtime) could swap their confirms.
+    publish: tokio::sync::Mutex<()>,
+    /// Shared by the sends on the channel from their publish to their confirm; a mandatory
+    /// send holds it alone: lapin hands a basic.return to whichever confirm resolves next
+    /// (a multiple ack resolves several in no set order), so a mandatory send is the only
+    /// one in flight on its channel, and a return is its own.
+    gate: tokio::sync::RwLock<()>,
+}
+
+/// The connection of an outgoing AMQP connection and its last failure.
+#[derive(Debug, Default)]
+struct ConnState {
+    conn: Option<Arc<Connection>>,
+    /// The last connect's failure and until when it answers the sends without a new attempt
+    /// (a jittered backoff): the sends that waited for an attempt share its result, and the
+    /// later ones fail fast while the broker is away.
+    failed: Option<(Instant, Failure)>,
 }
 
 #[derive(Debug)]
@@ -89,7 +112,8 @@ struct Inner {
     /// `AMQP connection "name"`, the start of every message.
     who: String,
     key: Arc<Key>,
-    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// One connect at a time (single flight: its waiters take its result).
+    conn: tokio::sync::Mutex<ConnState>,
     slots: Vec<Slot>,
     next: AtomicUsize,
     figures: Figures,
@@ -120,7 +144,7 @@ struct SendMeta {
 }
 
 /// The message properties a send may set (AMQP 0-9-1 basic properties but `headers`,
-/// which is its own field, and `cluster_id`, which is deprecated).
+/// which is its own field; `cluster_id`, deprecated, is accepted and dropped).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Props {
@@ -139,6 +163,10 @@ struct Props {
     kind: Option<String>,
     user_id: Option<String>,
     app_id: Option<String>,
+    /// Deprecated in AMQP 0-9-1 (RabbitMQ refuses a message with it): accepted, as Zato
+    /// does, and not sent.
+    #[serde(default, rename = "cluster_id")]
+    _cluster_id: serde::de::IgnoredAny,
 }
 
 fn short(field: &str, s: &str) -> Result<ShortString, String> {
@@ -248,7 +276,7 @@ impl AmqpClient {
             who: format!("AMQP connection {:?}", def.name),
             def: def.clone(),
             key: key.clone(),
-            conn: tokio::sync::Mutex::new(None),
+            conn: tokio::sync::Mutex::new(ConnState::default()),
             slots,
             next: AtomicUsize::new(0),
             figures: Figures::default(),
@@ -273,6 +301,10 @@ impl AmqpClient {
             }
             Err(e) => {
                 f.errors.fetch_add(1, Ordering::Relaxed);
+                if e.code != "invalid" {
+                    // Never the message's body or headers.
+                    tracing::warn!(code = e.code, "{}", e.message);
+                }
                 e.reply()
             }
         }
@@ -364,15 +396,50 @@ impl Inner {
         Failure::new(code, status, format!("{}: {what}", self.who))
     }
 
-    /// A lapin error of a publish or its confirm.
+    /// A lapin error of a published message's confirm. A channel-level (soft) AMQP error
+    /// that names the send's own exchange is `refused`: the broker refused this publish. Any
+    /// other error — a channel closed because of another publish on it, a connection-level
+    /// (hard) error, the connection broken — is `io`, an ambiguous outcome: the message was
+    /// written and may or may not have been taken.
     fn lapin_failure(&self, exchange: &str, e: &lapin::Error) -> Failure {
+        use lapin::protocol::AMQPErrorKind;
         match e.kind() {
-            ErrorKind::ProtocolError(amqp) if amqp.get_id() < 500 => self.fail(
-                "refused",
+            ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(_))
+                    && !exchange.is_empty()
+                    && amqp
+                        .get_message()
+                        .as_str()
+                        .contains(&format!("'{exchange}'")) =>
+            {
+                self.fail(
+                    "refused",
+                    502,
+                    format!(
+                        "the broker refused the publish to exchange {exchange:?} and closed \
+                         the channel: {} {}",
+                        amqp.get_id(),
+                        amqp.get_message()
+                    ),
+                )
+            }
+            ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)) => self
+                .fail(
+                    "io",
+                    502,
+                    format!(
+                        "the broker closed the channel because of another publish on it ({} \
+                         {}): the message may or may not have been taken",
+                        amqp.get_id(),
+                        amqp.get_message()
+                    ),
+                ),
+            ErrorKind::ProtocolError(amqp) => self.fail(
+                "io",
                 502,
                 format!(
-                    "the broker refused the publish to exchange {exchange:?} and closed the \
-                     channel: {} {}",
+                    "the broker closed the connection ({} {}): the message may or may not \
+                     have been taken",
                     amqp.get_id(),
                     amqp.get_message()
                 ),
@@ -380,15 +447,18 @@ impl Inner {
             _ => self.fail(
                 "io",
                 502,
-                format!("the connection to the broker broke: {e}"),
+                format!(
+                    "the connection to the broker broke ({e}): the message may or may not \
+                     have been taken"
+                ),
             ),
         }
     }
 
     /// After a failed or unconfirmed publish: the slot's channel is not used again, nor,
-    /// when the failure was the connection's (I/O, heartbeat, a hard AMQP error), the
-    /// connection — whatever their states say — so the next send opens new ones. Sends in
-    /// flight on them keep them until they end.
+    /// when the failure was the connection's (I/O, heartbeat, a hard AMQP error) or the
+    /// connection is no longer open, the connection — so the next send opens new ones.
+    /// Sends in flight on them keep them until they end.
     async fn forget(
         &self,
         i: usize,
@@ -396,6 +466,7 @@ impl Inner {
         conn: &Arc<Connection>,
         e: Option<&lapin::Error>,
     ) {
+        use lapin::protocol::AMQPErrorKind;
         {
             let mut held = self.slots[i].chan.write().expect("slot lock");
             if held
@@ -409,37 +480,58 @@ impl Inner {
         let channel_only = e.is_none_or(|e| {
             matches!(
                 e.kind(),
-                ErrorKind::ProtocolError(amqp) if amqp.get_id() < 500
+                ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_))
             ) || matches!(e.kind(), ErrorKind::InvalidChannelState(..))
         });
-        if !channel_only {
+        if !channel_only || !conn.status().connected() {
             let mut held = self.conn.lock().await;
-            if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-                *held = None;
+            if held.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                held.conn = None;
             }
         }
     }
 
-    /// The open connection, connecting when there is none (or it broke).
+    /// How long a failed connect answers the sends: between a half and the whole of
+    /// `min(connect_timeout_ms, 2 s)`, at least 100 ms.
+    fn backoff(&self) -> Duration {
+        let base = self.def.connect_timeout_ms.clamp(100, 2000);
+        let half = base / 2;
+        Duration::from_millis(half + crate::random::random_below(base - half + 1))
+    }
+
+    /// The open connection, connecting when there is none (or it broke). One connect at a
+    /// time; a failure answers every send for a backoff window without a new attempt.
     async fn connection(&self) -> Result<Arc<Connection>, Failure> {
         let mut held = self.conn.lock().await;
-        if let Some(c) = held.as_ref()
+        if let Some(c) = held.conn.as_ref()
             && c.status().connected()
         {
             return Ok(c.clone());
         }
-        *held = None;
+        held.conn = None;
+        if let Some((until, f)) = &held.failed
+            && Instant::now() < *until
+        {
+            return Err(f.clone());
+        }
+        held.failed = None;
         let target = connect::Target::of_conn(&self.def);
-        let conn = connect::connect(&target, &self.key).await.map_err(|m| {
-            if m.contains("no answer within") {
-                Failure::new("timeout", 504, m)
-            } else {
-                Failure::new("connect", 502, m)
+        match connect::connect(&target, &self.key).await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                held.conn = Some(conn.clone());
+                Ok(conn)
             }
-        })?;
-        let conn = Arc::new(conn);
-        *held = Some(conn.clone());
-        Ok(conn)
+            Err(m) => {
+                let f = if m.contains("no answer within") {
+                    Failure::new("timeout", 504, m)
+                } else {
+                    Failure::new("connect", 502, m)
+                };
+                held.failed = Some((Instant::now() + self.backoff(), f.clone()));
+                Err(f)
+            }
+        }
     }
 
     /// Slot `i`'s channel, opened (with confirms) when it has none or it was closed.
@@ -491,69 +583,133 @@ impl Inner {
                 // A connection that cannot open a channel is not used again, whatever its
                 // state says: the next send connects anew.
                 let mut held = self.conn.lock().await;
-                if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                    *held = None;
+                if held.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    held.conn = None;
                 }
                 Err(self.fail("io", 502, m))
             }
         }
     }
 
+    /// One send, bounded as a whole: by the caller's deadline when given, otherwise by
+    /// `connect_timeout_ms + confirm_timeout_ms` (taking a channel, connecting included);
+    /// the confirm itself by `confirm_timeout_ms`.
     async fn send(&self, raw_meta: &[u8], body: &[u8]) -> Result<(), Failure> {
-        let meta: SendMeta = serde_json::from_slice(raw_meta)
+        let mut meta: SendMeta = serde_json::from_slice(raw_meta)
             .map_err(|e| self.fail("invalid", 400, format!("out.amqp: bad meta: {e}")))?;
         let invalid = |m: String| self.fail("invalid", 400, m);
         let exchange = short("exchange", &meta.exchange).map_err(invalid)?;
         let routing_key = short("routing_key", &meta.routing_key).map_err(invalid)?;
-        let props = properties(meta.properties, meta.headers.as_ref()).map_err(invalid)?;
-        let mut limit = Duration::from_millis(self.def.confirm_timeout_ms);
-        if let Some(d) = meta.deadline_ms {
-            limit = limit.min(Duration::from_millis(d));
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let (ch, conn) = self.channel(i).await?;
-        let slot = &self.slots[i];
-        slot.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&slot.in_flight);
-        let timed_out = || {
+        let props = properties(meta.properties.take(), meta.headers.as_ref()).map_err(invalid)?;
+        let start = Instant::now();
+        let total = match meta.deadline_ms {
+            Some(d) => Duration::from_millis(d),
+            None => Duration::from_millis(
+                self.def
+                    .connect_timeout_ms
+                    .saturating_add(self.def.confirm_timeout_ms),
+            ),
+        };
+        let end = tokio::time::Instant::from_std(start + total);
+        let not_sent = |what: &str| {
             self.fail(
                 "timeout",
                 504,
                 format!(
-                    "no confirm from the broker within {} ms (publish to exchange {:?}, \
-                     routing key {:?}): the message may or may not have been taken",
-                    limit.as_millis(),
+                    "{what} within {} ms: nothing was sent (exchange {:?}, routing key {:?})",
+                    total.as_millis(),
                     meta.exchange,
                     meta.routing_key
                 ),
             )
         };
-        let published = async {
-            let confirm = ch
-                .basic_publish(
-                    exchange,
-                    routing_key,
+        let mut retried = false;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            let (ch, conn) = tokio::time::timeout_at(end, self.channel(i))
+                .await
+                .map_err(|_| not_sent("no open channel"))??;
+            let slot = &self.slots[i];
+            let _gate = if meta.mandatory {
+                Gate::Alone(
+                    tokio::time::timeout_at(end, slot.gate.write())
+                        .await
+                        .map_err(|_| not_sent("no channel free for a mandatory send"))?,
+                )
+            } else {
+                Gate::Shared(
+                    tokio::time::timeout_at(end, slot.gate.read())
+                        .await
+                        .map_err(|_| not_sent("no channel free"))?,
+                )
+            };
+            slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = InFlight(&slot.in_flight);
+            let confirm_end = end.min(tokio::time::Instant::now() + self.confirm_limit());
+            let published = {
+                let _one = tokio::time::timeout_at(end, slot.publish.lock())
+                    .await
+                    .map_err(|_| not_sent("no channel free"))?;
+                ch.basic_publish(
+                    exchange.clone(),
+                    routing_key.clone(),
                     BasicPublishOptions {
                         mandatory: meta.mandatory,
                         immediate: false,
                     },
                     body,
-                    props,
+                    props.clone(),
                 )
-                .await?;
-            confirm.await
-        };
-        let confirmation = match tokio::time::timeout(limit, published).await {
-            Err(_) => {
-                self.forget(i, &ch, &conn, None).await;
-                return Err(timed_out());
-            }
-            Ok(Err(e)) => {
-                self.forget(i, &ch, &conn, Some(&e)).await;
-                return Err(self.lapin_failure(&meta.exchange, &e));
-            }
-            Ok(Ok(c)) => c,
-        };
+                .await
+            };
+            let confirm = match published {
+                Ok(c) => c,
+                Err(e) => {
+                    self.forget(i, &ch, &conn, Some(&e)).await;
+                    // Refused before anything was written (the channel closed meanwhile,
+                    // by another send's failure): once more, on a fresh channel.
+                    if matches!(e.kind(), ErrorKind::InvalidChannelState(..)) && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(self.fail(
+                        "io",
+                        502,
+                        format!("publishing on the channel failed: {e}"),
+                    ));
+                }
+            };
+            let confirmation = match tokio::time::timeout_at(confirm_end, confirm).await {
+                Err(_) => {
+                    self.forget(i, &ch, &conn, None).await;
+                    return Err(self.fail(
+                        "timeout",
+                        504,
+                        format!(
+                            "no confirm from the broker within {} ms (publish to exchange \
+                             {:?}, routing key {:?}): the message may or may not have been \
+                             taken",
+                            (confirm_end - tokio::time::Instant::from_std(start)).as_millis(),
+                            meta.exchange,
+                            meta.routing_key
+                        ),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    self.forget(i, &ch, &conn, Some(&e)).await;
+                    return Err(self.lapin_failure(&meta.exchange, &e));
+                }
+                Ok(Ok(c)) => c,
+            };
+            return self.outcome(&meta, confirmation);
+        }
+    }
+
+    fn confirm_limit(&self) -> Duration {
+        Duration::from_millis(self.def.confirm_timeout_ms)
+    }
+
+    fn outcome(&self, meta: &SendMeta, confirmation: Confirmation) -> Result<(), Failure> {
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
@@ -586,6 +742,12 @@ impl Inner {
             }
         }
     }
+}
+
+/// A send's hold on its channel's gate (see [`Slot::gate`]).
+enum Gate<'a> {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
+    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
 }
 
 #[cfg(test)]
@@ -621,6 +783,8 @@ mod tests {
         let bad: Props = serde_json::from_value(json!({"expiration": "soon"})).unwrap();
         assert!(properties(Some(bad), None).is_err());
         assert!(serde_json::from_value::<Props>(json!({"colour": "red"})).is_err());
+        let zato: Props = serde_json::from_value(json!({"cluster_id": "c1"})).unwrap();
+        assert_eq!(properties(Some(zato), None).unwrap().cluster_id(), &None);
         let long = "x".repeat(256);
         assert!(properties(None, json!({ long: 1 }).as_object()).is_err());
     }
