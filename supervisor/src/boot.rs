@@ -85,6 +85,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
                     .iter()
                     .find_map(|d| d.auth.sealed())
                     .or_else(|| o.outgoing_sql.iter().find_map(|d| d.sealed.as_deref()))
+                    .or_else(|| o.outgoing_amqp.iter().find_map(|d| d.sealed.as_deref()))
+                    .or_else(|| o.outgoing_mqtt.iter().find_map(|d| d.sealed.as_deref()))
+                    .or_else(|| o.outgoing_redis.iter().find_map(|d| d.sealed.as_deref()))
+                    .or_else(|| o.inbound_amqp.iter().find_map(|d| d.sealed.as_deref()))
+                    .or_else(|| o.inbound_mqtt.iter().find_map(|d| d.sealed.as_deref()))
             }),
     )?;
     let routes = crate::edge::routes::RoutingTable::new(

@@ -247,13 +247,13 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         };
         let scope = Scope::Object(Kind::PubsubTopic, name.clone());
         return Some((Kind::PubsubTopic.as_str().into(), name, action, scope));
-        ["v1", "outgoing", "redis", rest @ ..] => ("outgoing_redis", rest),
     }
     let (resource, rest): (&str, &[&str]) = match parts.as_slice() {
         // One resource per connection type: `/v1/outgoing/rest/{name}` is an `outgoing_rest`.
         ["v1", "outgoing", "rest", rest @ ..] => ("outgoing_rest", rest),
         ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
         ["v1", "outgoing", "amqp", rest @ ..] => ("outgoing_amqp", rest),
+        ["v1", "outgoing", "redis", rest @ ..] => ("outgoing_redis", rest),
         // A test publish is a call (as `invoke`), not a change of anything stored.
         ["v1", "pubsub", "publish", ..] => return None,
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),

@@ -86,8 +86,8 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                     Ok(Some(m)) => error(StatusCode::CONFLICT, m),
                     Err(r) => r,
                 }
-            ConnType::Redis => objects::delete::<RedisConn>(cx, &decode(name)).await,
             }
+            ConnType::Redis => objects::delete::<RedisConn>(cx, &decode(name)).await,
             ConnType::Sql => objects::delete::<SqlConn>(cx, &decode(name)).await,
             ConnType::Amqp => objects::delete::<AmqpConn>(cx, &decode(name)).await,
         },
