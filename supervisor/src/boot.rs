@@ -138,6 +138,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     // The stored connections, before any worker is started (and so before any call).
     outgoing.apply_rest(&boot.snapshot.objects.outgoing_rest);
     outgoing.apply_sql(&boot.snapshot.objects.outgoing_sql);
+    outgoing.apply_mqtt(&boot.snapshot.objects.outgoing_mqtt);
     outgoing.apply_secrets(
         boot.snapshot
             .secrets
@@ -275,6 +276,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
     if metrics.enabled() {
         metrics.register_collector(Box::new(outgoing_state(&outgoing)));
+        metrics.register_collector(Box::new(inbound_mqtt_state(&inbound)));
     }
 
     let welcome = WelcomeTemplate {
@@ -402,7 +404,7 @@ fn outgoing_state(
         let Some(o) = outgoing.upgrade() else {
             return Vec::new();
         };
-        [ConnType::Rest, ConnType::Sql]
+        [ConnType::Rest, ConnType::Sql, ConnType::Mqtt]
             .into_iter()
             .flat_map(|kind| {
                 o.stats(kind).into_iter().map(move |s| ConnFigures {
@@ -417,6 +419,32 @@ fn outgoing_state(
                     idle: s.idle,
                     waiting: s.waiting,
                 })
+            })
+            .collect()
+    }))
+}
+
+/// The MQTT channels' figures as `metrics::inbound_mqtt` reads them at scrape time.
+fn inbound_mqtt_state(
+    inbound: &Arc<crate::inbound::Inbound>,
+) -> crate::metrics::inbound_mqtt::InboundMqttState {
+    use crate::metrics::inbound_mqtt::{ChannelFigures, InboundMqttState};
+    let inbound = Arc::downgrade(inbound);
+    InboundMqttState(Box::new(move || {
+        let Some(i) = inbound.upgrade() else {
+            return Vec::new();
+        };
+        i.mqtt
+            .status()
+            .into_iter()
+            .map(|s| ChannelFigures {
+                name: s.name,
+                ok: s.ok,
+                failed: s.failed,
+                refused: s.refused,
+                deferred: s.deferred,
+                connected: s.connected,
+                in_flight: s.in_flight,
             })
             .collect()
     }))

@@ -93,6 +93,10 @@ enum Kind {
     OutgoingRest,
     /// An outgoing SQL connection (`/v1/outgoing/sql/…`).
     OutgoingSql,
+    /// An outgoing MQTT connection (`/v1/outgoing/mqtt/…`).
+    OutgoingMqtt,
+    /// An MQTT channel (`/v1/inbound/mqtt/…`).
+    InboundMqtt,
     /// Pub/sub definitions (`/v1/pubsub/topics|subs|endpoints/…`).
     PubsubTopic,
     PubsubSub,
@@ -101,7 +105,7 @@ enum Kind {
     Token,
 }
 
-const ALL_KINDS: [Kind; 11] = [
+const ALL_KINDS: [Kind; 13] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
@@ -110,6 +114,8 @@ const ALL_KINDS: [Kind; 11] = [
     Kind::Job,
     Kind::OutgoingRest,
     Kind::OutgoingSql,
+    Kind::OutgoingMqtt,
+    Kind::InboundMqtt,
     Kind::PubsubTopic,
     Kind::PubsubSub,
     Kind::PubsubEndpoint,
@@ -126,6 +132,8 @@ impl Kind {
             "jobs" => Kind::Job,
             "outgoing_rest" => Kind::OutgoingRest,
             "outgoing_sql" => Kind::OutgoingSql,
+            "outgoing_mqtt" => Kind::OutgoingMqtt,
+            "inbound_mqtt" => Kind::InboundMqtt,
             "pubsub_topics" => Kind::PubsubTopic,
             "pubsub_subs" => Kind::PubsubSub,
             "pubsub_endpoints" => Kind::PubsubEndpoint,
@@ -144,6 +152,8 @@ impl Kind {
             Kind::Job => "job",
             Kind::OutgoingRest => "outgoing_rest",
             Kind::OutgoingSql => "outgoing_sql",
+            Kind::OutgoingMqtt => "outgoing_mqtt",
+            Kind::InboundMqtt => "inbound_mqtt",
             // As an import's change list names them.
             Kind::PubsubTopic => "pubsub_topic",
             Kind::PubsubSub => "pubsub_subscription",
@@ -242,6 +252,8 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         // One resource per connection type: `/v1/outgoing/rest/{name}` is an `outgoing_rest`.
         ["v1", "outgoing", "rest", rest @ ..] => ("outgoing_rest", rest),
         ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
+        ["v1", "outgoing", "mqtt", rest @ ..] => ("outgoing_mqtt", rest),
+        ["v1", "inbound", "mqtt", rest @ ..] => ("inbound_mqtt", rest),
         // A test publish is a call (as `invoke`), not a change of anything stored.
         ["v1", "pubsub", "publish", ..] => return None,
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
@@ -262,7 +274,10 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         || matches!((resource, rest), ("caches", [_, "keys", ..]))
         || matches!(
             (resource, rest),
-            ("outgoing_rest" | "outgoing_sql", [_, "ping"])
+            (
+                "outgoing_rest" | "outgoing_sql" | "outgoing_mqtt",
+                [_, "ping"]
+            )
         )
     {
         return None;
@@ -388,6 +403,10 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::OutgoingSql => {
             objects_of::<crate::model::outgoing::SqlConn>(cx, kind, out).await?;
+        }
+        Kind::OutgoingMqtt => objects_of::<crate::model::mqtt::MqttConn>(cx, kind, out).await?,
+        Kind::InboundMqtt => {
+            objects_of::<crate::model::mqtt::MqttChannel>(cx, kind, out).await?;
         }
         Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
         Kind::PubsubSub => {

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::objects::{self, AdminObject, Refused};
 use super::{Body, Ctx, error, read_body, reply};
+use crate::model::mqtt::MqttConn;
 use crate::model::object::{ConfigObject, InvalidObject};
 use crate::model::outgoing::{Carry, Credentialed, Input, RestConn, SqlConn};
 use crate::outgoing::{ConnStats, ConnType};
@@ -35,12 +36,13 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
     let kind = match rest.first() {
         Some(&"rest") => ConnType::Rest,
         Some(&"sql") => ConnType::Sql,
+        Some(&"mqtt") => ConnType::Mqtt,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no admin endpoint {method} {}: connections are under /v1/outgoing/rest \
-                     and /v1/outgoing/sql",
+                    "no admin endpoint {method} {}: connections are under /v1/outgoing/rest, \
+                     /v1/outgoing/sql and /v1/outgoing/mqtt",
                     req.uri().path()
                 ),
             );
@@ -51,10 +53,12 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
         (&Method::GET, []) => match kind {
             ConnType::Rest => list::<RestConn>(cx, kind).await,
             ConnType::Sql => list::<SqlConn>(cx, kind).await,
+            ConnType::Mqtt => list::<MqttConn>(cx, kind).await,
         },
         (&Method::GET, [name]) => match kind {
             ConnType::Rest => get::<RestConn>(cx, &decode(name)).await,
             ConnType::Sql => get::<SqlConn>(cx, &decode(name)).await,
+            ConnType::Mqtt => get::<MqttConn>(cx, &decode(name)).await,
         },
         (&Method::PUT, [name]) => {
             let name = decode(name);
@@ -62,6 +66,7 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                 Ok(body) => match kind {
                     ConnType::Rest => objects::put::<RestConn>(cx, Some(&name), body).await,
                     ConnType::Sql => objects::put::<SqlConn>(cx, Some(&name), body).await,
+                    ConnType::Mqtt => objects::put::<MqttConn>(cx, Some(&name), body).await,
                 },
                 Err(r) => r,
             }
@@ -77,6 +82,7 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                 }
             }
             ConnType::Sql => objects::delete::<SqlConn>(cx, &decode(name)).await,
+            ConnType::Mqtt => objects::delete::<MqttConn>(cx, &decode(name)).await,
         },
         (&Method::POST, [name, "ping"]) => match cx.outgoing.ping(kind, &decode(name)).await {
             Ok(outcome) => reply(
@@ -136,6 +142,9 @@ impl Listed for RestConn {
 }
 impl Listed for SqlConn {
     const PLURAL: &'static str = "sql";
+}
+impl Listed for MqttConn {
+    const PLURAL: &'static str = "mqtt";
 }
 
 /// `GET /v1/outgoing/{type}`: every stored definition, with this server's figures of each
@@ -254,6 +263,16 @@ impl Parsed for SqlConn {
         crate::model::outgoing::parse_sql_input(v, name)
     }
 }
+impl Parsed for MqttConn {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::mqtt::parse_conn_input(v, name)
+    }
+}
+impl Parsed for crate::model::mqtt::MqttChannel {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::mqtt::parse_channel_input(v, name)
+    }
+}
 
 /// This server's connections of kind `K`, as the store has them after a change (`expected`
 /// should it not answer now).
@@ -268,6 +287,11 @@ impl Applied for RestConn {
 impl Applied for SqlConn {
     fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
         outgoing.apply_sql(defs);
+    }
+}
+impl Applied for MqttConn {
+    fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
+        outgoing.apply_mqtt(defs);
     }
 }
 
@@ -312,6 +336,7 @@ macro_rules! admin_object {
 }
 admin_object!(RestConn);
 admin_object!(SqlConn);
+admin_object!(MqttConn);
 
 #[cfg(test)]
 mod tests {

@@ -272,6 +272,7 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     // a new client for new calls.
     cx.outgoing.apply_rest(&snap.objects.outgoing_rest);
     cx.outgoing.apply_sql(&snap.objects.outgoing_sql);
+    cx.outgoing.apply_mqtt(&snap.objects.outgoing_mqtt);
     cx.pubsub.apply(&snap.objects);
     cx.inbound.apply_amqp(&snap.objects.inbound_amqp);
     cx.inbound.apply_mqtt(&snap.objects.inbound_mqtt);

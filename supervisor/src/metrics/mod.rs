@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod deploys;
 pub mod histogram;
 pub mod http;
+pub mod inbound_mqtt;
 pub mod outgoing;
 pub mod pubsub;
 pub mod scheduler;

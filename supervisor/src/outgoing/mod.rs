@@ -11,6 +11,7 @@
 //! started with, new calls take the new one; a deleted connection's calls fail
 //! `unknown_conn` naming it. docs/OUTGOING.md.
 
+pub mod mqtt;
 pub mod rest;
 pub mod service_secrets;
 pub mod sql;
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::lifecycle::ops::{OpReply, ServerOps};
+use crate::model::mqtt::MqttConn;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::secrets::Key;
 
@@ -29,6 +31,7 @@ use crate::secrets::Key;
 pub enum ConnType {
     Rest,
     Sql,
+    Mqtt,
 }
 
 impl ConnType {
@@ -36,6 +39,7 @@ impl ConnType {
         match self {
             ConnType::Rest => "rest",
             ConnType::Sql => "sql",
+            ConnType::Mqtt => "mqtt",
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct Outgoing {
     metrics: Arc<crate::metrics::Metrics>,
     rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
     sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
+    mqtt: RwLock<HashMap<String, Arc<mqtt::MqttClient>>>,
     /// Held through an apply (not through lookups): two applies do not interleave.
     applying: std::sync::Mutex<()>,
     /// The secrets services may read (`secret.get`).
@@ -103,6 +108,7 @@ impl Outgoing {
             metrics,
             rest: RwLock::new(HashMap::new()),
             sql: RwLock::new(HashMap::new()),
+            mqtt: RwLock::new(HashMap::new()),
             applying: std::sync::Mutex::new(()),
             secrets: service_secrets::ServiceSecrets::default(),
         }
@@ -150,6 +156,26 @@ impl Outgoing {
         *self.sql.write().expect("sql lock") = next;
     }
 
+    /// Makes `defs` the MQTT connections, as [`Outgoing::apply_rest`] does (a replaced
+    /// client disconnects once its last publish in flight is done).
+    pub fn apply_mqtt(&self, defs: &[MqttConn]) {
+        let _one = self.applying.lock().expect("apply lock");
+        let current = self.mqtt.read().expect("mqtt lock").clone();
+        let mut next = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let client = match current.get(&def.name) {
+                Some(c) if c.def() == def => c.clone(),
+                _ => Arc::new(mqtt::MqttClient::new(def.clone(), &self.key)),
+            };
+            next.insert(def.name.clone(), client);
+        }
+        *self.mqtt.write().expect("mqtt lock") = next;
+    }
+
+    pub fn mqtt_client(&self, name: &str) -> Option<Arc<mqtt::MqttClient>> {
+        self.mqtt.read().expect("mqtt lock").get(name).cloned()
+    }
+
     pub fn rest_client(&self, name: &str) -> Option<Arc<rest::RestClient>> {
         self.rest.read().expect("rest lock").get(name).cloned()
     }
@@ -167,6 +193,7 @@ impl Outgoing {
         match kind {
             ConnType::Rest => Ok(self.rest_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Sql => Ok(self.sql_client(name).ok_or_else(unknown)?.ping().await),
+            ConnType::Mqtt => Ok(self.mqtt_client(name).ok_or_else(unknown)?.ping().await),
         }
     }
 
@@ -184,6 +211,13 @@ impl Outgoing {
                 .sql
                 .read()
                 .expect("sql lock")
+                .values()
+                .map(|c| c.stats())
+                .collect(),
+            ConnType::Mqtt => self
+                .mqtt
+                .read()
+                .expect("mqtt lock")
                 .values()
                 .map(|c| c.stats())
                 .collect(),
@@ -236,6 +270,7 @@ impl ServerOps for Outgoing {
         let kind = match op {
             "out.rest" => ConnType::Rest,
             "out.sql" => ConnType::Sql,
+            "out.mqtt" => ConnType::Mqtt,
             "secret.get" => return self.secret_get(&raw_meta),
             _ => return OpReply::error(501, "invalid", &format!("unknown op: {op}")),
         };
@@ -259,6 +294,14 @@ impl ServerOps for Outgoing {
                     404,
                     "unknown_conn",
                     &format!("no SQL connection {conn:?} (it may have been deleted)"),
+                ),
+            },
+            ConnType::Mqtt => match self.mqtt_client(&conn) {
+                Some(c) => c.call(&raw_meta, body).await,
+                None => OpReply::error(
+                    404,
+                    "unknown_conn",
+                    &format!("no MQTT connection {conn:?} (it may have been deleted)"),
                 ),
             },
         }

@@ -370,6 +370,25 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    // MQTT connections and channels: their password as the other credentialed kinds'.
+    let outgoing_mqtt = import_outgoing(
+        cx,
+        &doc.outgoing_mqtt,
+        replace,
+        &mut plan.outgoing_mqtt,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    let channel_mqtt = import_outgoing(
+        cx,
+        &doc.channel_mqtt,
+        replace,
+        &mut plan.inbound_mqtt,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
 
     // Pub/sub: topics, subscriptions and endpoints, each validated; then what they name must
     // exist in the config as the import leaves it (a subscription's topic, unless a pattern,
@@ -480,6 +499,12 @@ pub async fn import(
     }
     if !plan.outgoing_sql.is_empty() {
         cx.outgoing.apply_sql(&outgoing_sql);
+    }
+    if !plan.outgoing_mqtt.is_empty() {
+        cx.outgoing.apply_mqtt(&outgoing_mqtt);
+    }
+    if !plan.inbound_mqtt.is_empty() {
+        cx.inbound.apply_mqtt(&channel_mqtt);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()
