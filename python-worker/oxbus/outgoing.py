@@ -5,6 +5,7 @@
     self.out.rest['CRM'].conn.get(self.cid, params={'id': 42})    # oxbus.rest
     self.out.plain_http['CRM'].conn.post(self.cid, {'a': 1})       # the same object
     self.out.sql['crm'].fetch_all('SELECT ...', {'x': 1})          # oxbus.sql
+    self.out.mqtt['sensors'].publish('site/1/temp', {'c': 21.5})   # oxbus.mqtt
     self.outgoing.sql.get('crm').session()                         # Zato's session form
 
 The connections are defined on the server (``docs/OUTGOING.md``), which holds their pools
@@ -31,6 +32,7 @@ from ._outcall import (AuthError, Caller, DatabaseError, HTTPError, IntegrityErr
                        InvalidCall, OutgoingConnectionError, OutgoingError, OutgoingTimeout,
                        PoolFull, ProgrammingError, ResponseTooLarge, SQLError,
                        UnknownConnection)
+from .mqtt import MqttConnections
 from .rest import RestConnections, Response
 from .sql import Json, SqlConnections, text
 
@@ -49,9 +51,10 @@ __all__ = [
 
 
 class OutgoingAPI:
-    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``) and ``sql``."""
+    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql`` and
+    ``mqtt``."""
 
-    __slots__ = ('rest', 'sql')
+    __slots__ = ('rest', 'sql', 'mqtt')
 
     def __init__(self, request: Request, arequest: Optional[ARequest] = None,
                  notify: Optional[Notify] = None) -> None:
@@ -60,6 +63,8 @@ class OutgoingAPI:
         self.rest = RestConnections(caller)
         #: The SQL connections by name (:class:`oxbus.sql.SqlConnections`).
         self.sql = SqlConnections(caller)
+        #: The MQTT connections by name (:class:`oxbus.mqtt.MqttConnections`).
+        self.mqtt = MqttConnections(caller)
 
     @property
     def plain_http(self) -> RestConnections:
