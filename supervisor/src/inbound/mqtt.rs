@@ -77,6 +77,8 @@ pub struct Figures {
     pub deferred: AtomicU64,
     pub in_flight: AtomicU64,
     pub connected: AtomicBool,
+    /// The broker acknowledged the subscriptions of this definition (SUBACK).
+    pub subscribed: AtomicBool,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -93,6 +95,7 @@ pub struct ChannelStatus {
     pub client_id: String,
     pub running: bool,
     pub connected: bool,
+    pub subscribed: bool,
     pub ok: u64,
     pub failed: u64,
     pub refused: u64,
@@ -195,6 +198,7 @@ impl MqttChannels {
                     client_id: d.client_id_on(&self.server),
                     running: st.running.get(&d.name).is_some_and(|r| !*r.done.borrow()),
                     connected: f.is_some_and(|f| f.connected.load(Ordering::Relaxed)),
+                    subscribed: f.is_some_and(|f| f.subscribed.load(Ordering::Relaxed)),
                     ok: load(|f| &f.ok),
                     failed: load(|f| &f.failed),
                     refused: load(|f| &f.refused),
@@ -376,6 +380,7 @@ impl Channel {
                     .await
             }
         };
+        self.figures.subscribed.store(false, Ordering::Relaxed);
         if how == Stop::EndSession
             && let Ok(opts) = &self.opts
         {
@@ -500,6 +505,9 @@ impl Channel {
                         }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                        if ack.return_codes.iter().all(|c| *c != SubscribeReasonCode::Failure) {
+                            self.figures.subscribed.store(true, Ordering::Relaxed);
+                        }
                         for (code, t) in ack.return_codes.iter().zip(&self.def.topics) {
                             if *code == SubscribeReasonCode::Failure {
                                 let e = format!("{}: the broker refused the subscription to {:?}",

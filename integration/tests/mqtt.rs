@@ -1,0 +1,826 @@
+//! Issue 21, MQTT, end to end against the machine's Mosquitto (127.0.0.1:1883, anonymous):
+//! MQTT channels (`PUT /v1/inbound/mqtt/{name}`) feeding a real service in real workers, and
+//! outgoing MQTT connections (`PUT /v1/outgoing/mqtt/{name}`) used by services with
+//! `self.out.mqtt[name].publish(...)`. The test's own side of the broker is a rumqttc
+//! client. Every test uses topics of its own (a random suffix) and clears what it retained.
+//!
+//! The channel's service records each call (topic, QoS, flags, payload, and whether it
+//! succeeded) as a JSON line in a file named after the channel, so the tests count what was
+//! processed, and how many times.
+
+use oxbus_integration::api::{admin, text};
+use oxbus_integration::*;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, Publish, QoS};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const BROKER: &str = "mqtt://127.0.0.1:1883";
+const WAIT: Duration = Duration::from_secs(30);
+
+const SERVICES: &str = r#"import base64
+import json
+import os
+
+from oxbus import Service
+
+SEEN = '/tmp/oxbus-mqtt-tests'
+
+
+def failure(e):
+    return {'error': type(e).__name__, 'bases': [c.__name__ for c in type(e).__mro__],
+            'message': str(e), 'errno': getattr(e, 'error', None)}
+
+
+class OnMessage(Service):
+    name = 'mqtt.on_message'
+
+    def handle(self):
+        m = self.request.mqtt
+        raw = self.request.raw_request
+        path = os.path.join(SEEN, self.channel.name)
+        # 'fail-once:<tag>' fails on its first delivery only ('fail:' always).
+        marker = path + '.' + raw.decode('latin-1').split(':', 1)[-1] + '.failed'
+        fail = raw.startswith(b'fail:') or (
+            raw.startswith(b'fail-once:') and not os.path.exists(marker))
+        entry = {'topic': m.topic, 'qos': m.qos, 'retain': m.retain, 'dup': m.dup,
+                 'pkid': m.pkid, 'payload': base64.b64encode(raw).decode(),
+                 'channel': [self.channel.type, self.channel.name],
+                 'payload_is_raw': self.request.payload == raw, 'ok': not fail}
+        with open(path + '.jsonl', 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+        if fail:
+            open(marker, 'w').close()
+            raise ValueError('failing on purpose')
+
+
+class Publish(Service):
+    name = 'mqtt.publish'
+
+    def handle(self):
+        p = self.request.payload
+        payload = base64.b64decode(p['b64']) if 'b64' in p else p['payload']
+        try:
+            self.out.mqtt[p['conn']].publish(p['topic'], payload, qos=p.get('qos', 1),
+                                             retain=p.get('retain', False))
+        except Exception as e:
+            self.response.payload = failure(e)
+            return
+        self.response.payload = {'ok': True}
+
+
+class PublishAsync(Service):
+    name = 'mqtt.apublish'
+
+    async def handle(self):
+        p = self.request.payload
+        try:
+            await self.out.mqtt[p['conn']].apublish(p['topic'], p['payload'],
+                                                    qos=p.get('qos', 1))
+        except Exception as e:
+            self.response.payload = failure(e)
+            return
+        self.response.payload = {'ok': True}
+"#;
+
+fn env() -> Env {
+    Env::new()
+        .workers(2)
+        .service("mqtt_svc.py", SERVICES)
+        .channel("/publish", &["POST"], "mqtt.publish")
+        .channel("/apublish", &["POST"], "mqtt.apublish")
+}
+
+fn unique(tag: &str) -> String {
+    format!(
+        "{tag}{}x{}x{}",
+        std::process::id(),
+        next_id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+fn seen_dir() -> PathBuf {
+    let d = PathBuf::from("/tmp/oxbus-mqtt-tests");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every call the channel's service recorded, in order.
+fn seen(channel: &str) -> Vec<Value> {
+    let path = seen_dir().join(format!("{channel}.jsonl"));
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn payload_of(entry: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(entry["payload"].as_str().unwrap())
+        .unwrap()
+}
+
+fn clean_seen(channel: &str) {
+    for e in std::fs::read_dir(seen_dir()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(channel) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Creates or replaces an MQTT channel; asserts 200/201.
+async fn put_channel(srv: &Server, name: &str, def: Value) {
+    let r = admin(srv, "PUT", &format!("/v1/inbound/mqtt/{name}"), def.clone()).await;
+    assert!(
+        r.status == 200 || r.status == 201,
+        "PUT channel {name} {def}: {} {}",
+        r.status,
+        text(&r)
+    );
+}
+
+async fn status(srv: &Server, name: &str) -> Value {
+    admin(
+        srv,
+        "GET",
+        &format!("/v1/inbound/mqtt/{name}/status"),
+        Value::Null,
+    )
+    .await
+    .json()
+}
+
+/// Waits until the channel's session is connected and its subscriptions acknowledged.
+async fn wait_subscribed(srv: &Server, name: &str) {
+    eventually(WAIT, &format!("channel {name} subscribed"), || async {
+        let s = status(srv, name).await;
+        (s["connected"] == true && s["subscribed"] == true).then_some(())
+    })
+    .await;
+}
+
+/// The test's own MQTT client: publishes, and collects what its subscriptions receive.
+struct TestClient {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<Publish>,
+    acks: mpsc::UnboundedReceiver<u16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestClient {
+    async fn connect(tag: &str) -> TestClient {
+        let mut o = MqttOptions::new(unique(&format!("t-{tag}-")), "127.0.0.1", 1883);
+        o.set_keep_alive(Duration::from_secs(10))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(o, 100);
+        let (tx, received) = mpsc::unbounded_channel();
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+        let mut up_tx = Some(up_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        if let Some(t) = up_tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send(p);
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(a))) => {
+                        let _ = ack_tx.send(a.pkid);
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(a))) => {
+                        let _ = ack_tx.send(a.pkid);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("the test's MQTT client failed (is Mosquitto on 1883?): {e}"),
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, up_rx)
+            .await
+            .expect("the test's MQTT client connects to 127.0.0.1:1883")
+            .unwrap();
+        TestClient {
+            client,
+            received,
+            acks,
+            task,
+        }
+    }
+
+    async fn next_ack(&mut self) {
+        tokio::time::timeout(WAIT, self.acks.recv())
+            .await
+            .expect("an ack from the broker")
+            .unwrap();
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.next_ack().await;
+    }
+
+    /// Publishes and waits for the broker's PUBACK (QoS 1 only).
+    async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .unwrap();
+        if qos == QoS::AtLeastOnce {
+            self.next_ack().await;
+        }
+    }
+
+    async fn next(&mut self) -> Publish {
+        tokio::time::timeout(WAIT, self.received.recv())
+            .await
+            .expect("a message for the test's subscription")
+            .unwrap()
+    }
+
+    async fn close(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+    }
+}
+
+async fn publish_via(srv: &Server, path: &str, doc: Value) -> Value {
+    let r = srv.post_json(path, &doc).await;
+    assert_eq!(r.status, 200, "{path} {doc}: {}", text(&r));
+    r.json()
+}
+
+fn failed_with(answer: &Value, class: &str) -> String {
+    let bases: Vec<&str> = answer["bases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a {class}, got {answer}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(bases.contains(&class), "expected a {class}: {answer}");
+    answer["message"].as_str().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Channels
+
+#[tokio::test]
+async fn a_service_receives_every_message_exactly_as_published() {
+    let srv = env().start().await;
+    let name = unique("recv");
+    let base = format!("oxbus-test/{name}");
+    clean_seen(&name);
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": format!("{base}/q1/#"), "qos": 1},
+                          {"filter": format!("{base}/+/zero"), "qos": 0}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+
+    let mut pubc = TestClient::connect("recv").await;
+    const N: usize = 40;
+    let mut sent = Vec::new();
+    for i in 0..N {
+        // Binary payloads, of several sizes, the empty one included.
+        let payload: Vec<u8> = (0..(i * 37) % 300).map(|b| (b * 7 + i) as u8).collect();
+        let topic = format!("{base}/q1/dev{}", i % 3);
+        pubc.publish(&topic, &payload, QoS::AtLeastOnce, false)
+            .await;
+        sent.push((topic, payload));
+    }
+    let zero_topic = format!("{base}/x/zero");
+    pubc.publish(&zero_topic, b"qos zero", QoS::AtMostOnce, false)
+        .await;
+    pubc.close().await;
+
+    let got = eventually(WAIT, "every message processed", || async {
+        let s = seen(&name);
+        (s.len() >= N + 1).then_some(s)
+    })
+    .await;
+    assert_eq!(got.len(), N + 1, "{got:?}");
+    let mut q1: Vec<(String, Vec<u8>)> = got
+        .iter()
+        .filter(|e| e["qos"] == 1)
+        .map(|e| (e["topic"].as_str().unwrap().to_owned(), payload_of(e)))
+        .collect();
+    let mut want = sent.clone();
+    q1.sort();
+    want.sort();
+    assert_eq!(q1, want, "the QoS 1 messages as published");
+    let zero: Vec<&Value> = got.iter().filter(|e| e["qos"] == 0).collect();
+    assert_eq!(zero.len(), 1);
+    assert_eq!(zero[0]["topic"], json!(zero_topic));
+    assert_eq!(payload_of(zero[0]), b"qos zero");
+    for e in &got {
+        assert_eq!(e["channel"], json!(["mqtt", name]));
+        assert_eq!(e["payload_is_raw"], true);
+        assert_eq!(e["ok"], true);
+        assert_eq!(e["retain"], false);
+    }
+    let st = status(&srv, &name).await;
+    assert_eq!(st["ok"], json!(N + 1), "{st}");
+    assert_eq!(st["failed"], 0);
+    let id = st["client_id"].as_str().unwrap();
+    assert!(id.starts_with(&format!("oxbus-{name}-")), "{st}");
+
+    // Its figures are metrics too.
+    let metrics = srv
+        .admin("GET", "/metrics", Some(&srv.admin_token()), b"")
+        .await;
+    let m = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        m.contains(&format!(
+            "oxbus_inbound_mqtt_messages_total{{channel=\"{name}\",outcome=\"ok\"}} {}",
+            N + 1
+        )),
+        "{m}"
+    );
+    assert!(m.contains(&format!(
+        "oxbus_inbound_mqtt_connected{{channel=\"{name}\"}} 1"
+    )));
+
+    let r = admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    clean_seen(&name);
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn a_failed_message_is_not_acked_and_comes_again() {
+    let srv = env().start().await;
+    let name = unique("fail");
+    let topic = format!("oxbus-test/{name}/in");
+    clean_seen(&name);
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": topic, "qos": 1}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+    let mut pubc = TestClient::connect("fail").await;
+    pubc.publish(&topic, b"fail-once:a", QoS::AtLeastOnce, false)
+        .await;
+    pubc.publish(&topic, b"fine", QoS::AtLeastOnce, false).await;
+    pubc.close().await;
+
+    // The failed one is processed again (the broker sent it again: not acknowledged), and
+    // then succeeds; the other one is processed (at least once, and acknowledged).
+    let got = eventually(WAIT, "the failed message processed again", || async {
+        let s = seen(&name);
+        let again = s
+            .iter()
+            .filter(|e| payload_of(e) == b"fail-once:a" && e["ok"] == true)
+            .count();
+        let fine = s
+            .iter()
+            .any(|e| payload_of(e) == b"fine" && e["ok"] == true);
+        (again == 1 && fine).then_some(s)
+    })
+    .await;
+    let attempts: Vec<&Value> = got
+        .iter()
+        .filter(|e| payload_of(e) == b"fail-once:a")
+        .collect();
+    assert_eq!(attempts.len(), 2, "{got:?}");
+    assert_eq!(attempts[0]["ok"], false);
+    assert_eq!(attempts[1]["ok"], true);
+    assert_eq!(attempts[1]["dup"], true, "the broker marks a redelivery");
+    let st = status(&srv, &name).await;
+    assert_eq!(st["failed"], 1, "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("MQTT channel {name}")),
+        "{st}"
+    );
+
+    // Once acknowledged it does not come again: a new session of the channel (an edit that
+    // restarts it) gets nothing more.
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message", "keepalive_s": 20,
+               "topics": [{"filter": topic, "qos": 1}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+    let mut probe = TestClient::connect("fail2").await;
+    probe
+        .publish(&topic, b"marker", QoS::AtLeastOnce, false)
+        .await;
+    probe.close().await;
+    let after = eventually(WAIT, "the marker processed", || async {
+        let s = seen(&name);
+        s.iter().any(|e| payload_of(e) == b"marker").then_some(s)
+    })
+    .await;
+    assert_eq!(
+        after.len(),
+        got.len() + 1,
+        "nothing acknowledged came again: {after:?}"
+    );
+
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    clean_seen(&name);
+    srv.assert_no_errors(&["failing on purpose"]);
+}
+
+#[tokio::test]
+async fn qos1_published_while_the_server_was_stopped_arrive_after_it_starts() {
+    // The session is this server's (`oxbus-<channel>-<server>`): the server keeps its name
+    // across the restart, as a configured one does (the harness's default has the port in
+    // it, which changes).
+    let srv = env()
+        .set("cluster", "server", &format!("\"{}\"", unique("srv")))
+        .start()
+        .await;
+    let name = unique("away");
+    let topic = format!("oxbus-test/{name}/in");
+    clean_seen(&name);
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": topic, "qos": 1}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+    let mut pubc = TestClient::connect("away").await;
+    pubc.publish(&topic, b"before", QoS::AtLeastOnce, false)
+        .await;
+    eventually(WAIT, "the first message processed", || async {
+        (!seen(&name).is_empty()).then_some(())
+    })
+    .await;
+
+    // SIGTERM: the channel disconnects and keeps its session.
+    let mut srv = srv;
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(WAIT), Some(0), "log:\n{}", srv.log());
+    const AWAY: usize = 10;
+    for i in 0..AWAY {
+        pubc.publish(
+            &topic,
+            format!("away-{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    pubc.close().await;
+    let srv = srv.spawn_again();
+    srv.wait_ready().await;
+
+    let got = eventually(WAIT, "the messages published while away", || async {
+        let s = seen(&name);
+        (s.len() > AWAY).then_some(s)
+    })
+    .await;
+    let mut away: Vec<String> = got
+        .iter()
+        .map(|e| String::from_utf8(payload_of(e)).unwrap())
+        .filter(|p| p.starts_with("away-"))
+        .collect();
+    away.sort();
+    away.dedup();
+    let mut want: Vec<String> = (0..AWAY).map(|i| format!("away-{i}")).collect();
+    want.sort();
+    assert_eq!(away, want, "{got:?}");
+
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    clean_seen(&name);
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn channel_definitions_are_checked_and_the_password_is_sealed() {
+    let srv = env().start().await;
+    let name = unique("defs");
+    for (def, needle) in [
+        (
+            json!({"address": BROKER, "service": "s", "topics": [{"filter": "a/#/b"}]}),
+            "topics[0].filter",
+        ),
+        (
+            json!({"address": BROKER, "service": "s", "topics": [{"filter": "a", "qos": 2}]}),
+            "QoS 2",
+        ),
+        (
+            json!({"address": "amqp://h", "service": "s", "topics": [{"filter": "a"}]}),
+            "mqtt://host",
+        ),
+        (
+            json!({"address": BROKER, "service": "s", "topics": []}),
+            "at least one",
+        ),
+    ] {
+        let r = admin(
+            &srv,
+            "PUT",
+            &format!("/v1/inbound/mqtt/{name}"),
+            def.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{def}: {}", text(&r));
+        assert!(text(&r).contains(needle), "{def}: {}", text(&r));
+        assert!(
+            text(&r).contains(&format!("MQTT channel {name}")),
+            "{}",
+            text(&r)
+        );
+    }
+    let secret = "hunter2-mqtt";
+    // Anonymous Mosquitto accepts any credentials; the password must never show.
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message", "username": "u",
+               "password": secret, "is_active": false,
+               "topics": [{"filter": format!("oxbus-test/{name}")}]}),
+    )
+    .await;
+    let got = admin(
+        &srv,
+        "GET",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(got.json()["has_secret"], true);
+    assert!(got.json().get("sealed").is_none());
+    let list = admin(&srv, "GET", "/v1/inbound/mqtt", Value::Null).await;
+    assert!(!text(&list).contains(secret));
+    let export = admin(&srv, "GET", "/v1/config", Value::Null).await;
+    assert!(!text(&export).contains(secret));
+    assert!(text(&export).contains(&name), "{}", text(&export));
+    // Another broker without the password again is refused.
+    let r = admin(
+        &srv,
+        "PUT",
+        &format!("/v1/inbound/mqtt/{name}"),
+        json!({"address": "mqtt://127.0.0.2:1883", "service": "mqtt.on_message",
+               "username": "u", "is_active": false,
+               "topics": [{"filter": format!("oxbus-test/{name}")}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(text(&r).contains("give password again"), "{}", text(&r));
+    let r = admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!srv.log().contains(secret));
+    srv.assert_no_errors(&[]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Outgoing
+
+async fn put_conn(srv: &Server, name: &str, def: Value) {
+    let r = admin(
+        srv,
+        "PUT",
+        &format!("/v1/outgoing/mqtt/{name}"),
+        def.clone(),
+    )
+    .await;
+    assert!(
+        r.status == 200 || r.status == 201,
+        "PUT mqtt {name} {def}: {} {}",
+        r.status,
+        text(&r)
+    );
+}
+
+#[tokio::test]
+async fn outgoing_publish_qos0_qos1_and_retain_reach_a_subscriber() {
+    let srv = env().start().await;
+    let conn = unique("out");
+    let base = format!("oxbus-test/{conn}");
+    put_conn(&srv, &conn, json!({"address": BROKER})).await;
+    let mut sub = TestClient::connect("sub").await;
+    sub.subscribe(&format!("{base}/#"), QoS::AtLeastOnce).await;
+
+    use base64::Engine;
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": conn, "topic": format!("{base}/bin"),
+               "b64": base64::engine::general_purpose::STANDARD.encode(&binary)}),
+    )
+    .await;
+    assert_eq!(r, json!({"ok": true}));
+    let m = sub.next().await;
+    assert_eq!(
+        (m.topic.as_str(), m.qos),
+        (format!("{base}/bin").as_str(), QoS::AtLeastOnce)
+    );
+    assert_eq!(&m.payload[..], &binary[..]);
+
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": conn, "topic": format!("{base}/zero"), "payload": {"n": 1}, "qos": 0}),
+    )
+    .await;
+    assert_eq!(r, json!({"ok": true}));
+    let m = sub.next().await;
+    assert_eq!(m.qos, QoS::AtMostOnce);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.payload).unwrap(),
+        json!({"n": 1})
+    );
+
+    let r = publish_via(
+        &srv,
+        "/apublish",
+        json!({"conn": conn, "topic": format!("{base}/async"), "payload": "żółw"}),
+    )
+    .await;
+    assert_eq!(r, json!({"ok": true}));
+    let m = sub.next().await;
+    assert_eq!(&m.payload[..], "żółw".as_bytes());
+
+    // Retained: a subscriber that comes later gets it, marked retained.
+    let retained = format!("{base}/retained");
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": conn, "topic": retained, "payload": "last value", "retain": true}),
+    )
+    .await;
+    assert_eq!(r, json!({"ok": true}));
+    let _ = sub.next().await;
+    let mut late = TestClient::connect("late").await;
+    late.subscribe(&retained, QoS::AtLeastOnce).await;
+    let m = late.next().await;
+    assert!(m.retain);
+    assert_eq!(&m.payload[..], b"last value");
+    // Cleared (an empty retained message), so the broker keeps nothing of the test.
+    late.publish(&retained, b"", QoS::AtLeastOnce, true).await;
+    late.close().await;
+    sub.close().await;
+
+    // Its figures.
+    let st = admin(
+        &srv,
+        "GET",
+        &format!("/v1/outgoing/mqtt/{conn}/stats"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st.status, 200, "{}", text(&st));
+    assert_eq!(st.json()["calls"], 4, "{}", text(&st));
+    assert_eq!(st.json()["type"], "mqtt");
+    let ping = admin(
+        &srv,
+        "POST",
+        &format!("/v1/outgoing/mqtt/{conn}/ping"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(ping.json()["ok"], true, "{}", text(&ping));
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/outgoing/mqtt/{conn}"),
+        Value::Null,
+    )
+    .await;
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn outgoing_errors_are_exceptions_naming_the_connection() {
+    let srv = env().start().await;
+    let conn = unique("err");
+    put_conn(&srv, &conn, json!({"address": BROKER})).await;
+
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": "no-such-conn", "topic": "a", "payload": "x"}),
+    )
+    .await;
+    assert!(failed_with(&r, "UnknownConnection").contains("no-such-conn"));
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": conn, "topic": "oxbus-test/+/x", "payload": "x"}),
+    )
+    .await;
+    let m = failed_with(&r, "InvalidCall");
+    assert!(
+        m.contains(&format!("MQTT connection {conn}")) && m.contains("wildcard"),
+        "{m}"
+    );
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": conn, "topic": "a", "payload": "x", "qos": 2}),
+    )
+    .await;
+    assert!(failed_with(&r, "InvalidCall").contains("QoS 2"));
+
+    // A broker that is not there: `connect` within the connection's timeout, naming it.
+    let down = unique("down");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    put_conn(
+        &srv,
+        &down,
+        json!({"address": format!("mqtt://127.0.0.1:{closed}"), "timeout_ms": 800}),
+    )
+    .await;
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": down, "topic": "oxbus-test/down", "payload": "x"}),
+    )
+    .await;
+    let m = failed_with(&r, "OutgoingConnectionError");
+    assert_eq!(r["errno"], "connect", "{r}");
+    assert!(m.contains(&format!("MQTT connection {down}")), "{m}");
+    let ping = admin(
+        &srv,
+        "POST",
+        &format!("/v1/outgoing/mqtt/{down}/ping"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(ping.json()["ok"], false, "{}", text(&ping));
+    assert!(text(&ping).contains(&down), "{}", text(&ping));
+    let st = admin(
+        &srv,
+        "GET",
+        &format!("/v1/outgoing/mqtt/{down}/stats"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st.json()["errors"], 1, "{}", text(&st));
+
+    // Definitions are checked.
+    let r = admin(
+        &srv,
+        "PUT",
+        &format!("/v1/outgoing/mqtt/{conn}"),
+        json!({"address": "http://h"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    for n in [&conn, &down] {
+        admin(
+            &srv,
+            "DELETE",
+            &format!("/v1/outgoing/mqtt/{n}"),
+            Value::Null,
+        )
+        .await;
+    }
+    srv.assert_no_errors(&[]);
+}
