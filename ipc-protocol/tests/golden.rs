@@ -376,6 +376,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             traceparent: None,
             tracestate: None,
             pubsub: p,
+            mqtt: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
@@ -385,4 +386,42 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
     assert_eq!(with["pubsub"], pubsub);
     let without = serde_json::to_string(&meta(None)).unwrap();
     assert!(!without.contains("pubsub\":"), "{without}");
+}
+
+#[test]
+fn an_mqtt_message_carries_its_meta_and_others_do_not() {
+    let m = serde_json::json!({"topic": "site/1/temp", "qos": 1, "retain": false,
+                               "dup": true, "pkid": 7});
+    let meta = |m: Option<&'static Value>| -> InvokeMeta<'static> {
+        InvokeMeta {
+            op: "invoke",
+            service: "sensors.on-reading",
+            cid: "c1",
+            channel: Some("mqtt"),
+            data_format: Some("raw"),
+            method: None,
+            path: None,
+            params: None,
+            query: None,
+            headers: None,
+            deadline_ms: None,
+            remote_addr: None,
+            scheme: None,
+            port: None,
+            channel_name: Some("sensors"),
+            security: None,
+            traceparent: None,
+            tracestate: None,
+            pubsub: None,
+            mqtt: m,
+        }
+    };
+    let leaked: &'static Value = Box::leak(Box::new(m.clone()));
+    let with: Value =
+        serde_json::from_str(&serde_json::to_string(&meta(Some(leaked))).unwrap()).unwrap();
+    assert_eq!(with["channel"], "mqtt");
+    assert_eq!(with["mqtt"], m);
+    let without: Value =
+        serde_json::from_str(&serde_json::to_string(&meta(None)).unwrap()).unwrap();
+    assert!(without.get("mqtt").is_none(), "{without}");
 }

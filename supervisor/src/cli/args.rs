@@ -138,7 +138,7 @@ pub enum Command {
     Audit {
         #[command(flatten)]
         to: ServerArgs,
-        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
+        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest, outgoing_mqtt, inbound_mqtt,
         /// outgoing_sql, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
         /// or KIND/NAME (a topic: pubsub_topic//orders/new).
         #[arg(long)]
@@ -507,11 +507,12 @@ pub enum TokenAction {
     },
 }
 
-/// The two types of outgoing connection.
+/// The types of outgoing connection.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutType {
     Rest,
     Sql,
+    Mqtt,
 }
 
 impl OutType {
@@ -519,6 +520,7 @@ impl OutType {
         match self {
             OutType::Rest => "rest",
             OutType::Sql => "sql",
+            OutType::Mqtt => "mqtt",
         }
     }
 }

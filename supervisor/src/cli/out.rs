@@ -118,13 +118,13 @@ pub fn command(rt: &Runtime, action: &OutAction) -> Result<(), CliError> {
 fn kinds(kind: Option<OutType>) -> Vec<OutType> {
     match kind {
         Some(k) => vec![k],
-        None => vec![OutType::Rest, OutType::Sql],
+        None => vec![OutType::Rest, OutType::Sql, OutType::Mqtt],
     }
 }
 
 /// One line per connection of a list answer.
 fn print_list(d: &Value) {
-    for (key, label) in [("rest", "rest"), ("sql", "sql")] {
+    for (key, label) in [("rest", "rest"), ("sql", "sql"), ("mqtt", "mqtt")] {
         let Some(list) = d[key].as_array() else {
             continue;
         };
@@ -135,6 +135,14 @@ fn print_list(d: &Value) {
                     c["address"].as_str().unwrap_or(""),
                     c["url_path"].as_str().unwrap_or(""),
                     c["auth"]["type"].as_str().unwrap_or("none")
+                ),
+                "mqtt" => format!(
+                    "{}{}",
+                    c["address"].as_str().unwrap_or(""),
+                    c["username"]
+                        .as_str()
+                        .map(|u| format!("  user {u}"))
+                        .unwrap_or_default()
                 ),
                 _ => format!(
                     "{} {}",
@@ -200,7 +208,7 @@ fn definition(
         ));
     };
     match kind {
-        OutType::Sql => {
+        OutType::Sql | OutType::Mqtt => {
             obj.insert("password".into(), Value::String(secret));
         }
         OutType::Rest => {
