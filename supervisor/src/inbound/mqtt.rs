@@ -402,7 +402,7 @@ impl Channel {
         let mut first = true;
         let mut failure_backoff = FAILURE_BACKOFF_FIRST;
         loop {
-            let (end, failed) = self
+            let (end, failed, succeeded) = self
                 .session(opts.clone(), &mut first, &mut unsubscribe, stop, shutdown)
                 .await;
             if let Some(how) = end {
@@ -428,16 +428,21 @@ impl Channel {
                         _ = shutdown.changed() => {}
                     }
                 }
-                failure_backoff = (failure_backoff * 2).min(FAILURE_BACKOFF_MAX);
-            } else {
-                failure_backoff = FAILURE_BACKOFF_FIRST;
+                // A session where a message succeeded starts the pace again; one where
+                // only the failing message came back slows it down.
+                failure_backoff = if succeeded {
+                    FAILURE_BACKOFF_FIRST
+                } else {
+                    (failure_backoff * 2).min(FAILURE_BACKOFF_MAX)
+                };
             }
         }
     }
 
     /// One session: connects (again after a broken connection, with backoff), subscribes,
     /// hands each message to the service. Ends when told to stop (`Some(how)`) or after a
-    /// failed message once the calls in flight are done (`(None, true)`).
+    /// failed message once the calls in flight are done (`(None, true, _)`); the last item
+    /// says whether a message succeeded in it.
     async fn session(
         &self,
         opts: MqttOptions,
@@ -445,12 +450,13 @@ impl Channel {
         unsubscribe: &mut Vec<String>,
         stop: &mut watch::Receiver<Stop>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> (Option<Stop>, bool) {
+    ) -> (Option<Stop>, bool, bool) {
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let mut calls: JoinSet<(Publish, Outcome)> = JoinSet::new();
         // A message failed in this session: QoS 1 messages are no longer taken.
         let mut failed = false;
-        // Whether any message succeeded since the last failure (resets the failure backoff).
+        let mut succeeded = false;
+        // The wait before the event loop reconnects after a broken connection.
         let mut reconnect_backoff = crate::outgoing::mqtt::BACKOFF_FIRST;
         let mut ending: Option<Stop> = None;
         loop {
@@ -459,7 +465,7 @@ impl Channel {
             }
             if (ending.is_some() || failed) && calls.is_empty() {
                 self.disconnect(&client, &mut eventloop).await;
-                return (ending, failed);
+                return (ending, failed, succeeded);
             }
             tokio::select! {
                 _ = stop.changed(), if ending.is_none() => {}
@@ -470,6 +476,8 @@ impl Channel {
                         Ok((publish, outcome)) => {
                             if self.settle(&client, &publish, outcome).await {
                                 failed = true;
+                            } else {
+                                succeeded = true;
                             }
                         }
                         Err(e) => {

@@ -12,9 +12,15 @@
 //! as the broker acknowledges. So a publish queues its waiter and its request under one lock
 //! (the loop cannot see the request before its waiter is there); the loop gives each
 //! `Outgoing::Publish` to the oldest waiter, and a QoS 1 waiter then waits under its pkid
-//! for the PUBACK. A pkid already waiting is a retransmission (not a new request). When the
-//! connection breaks, the clean session drops the unacknowledged publishes: their callers
-//! get `io` (the broker may or may not have them: QoS 1 is at least once).
+//! for the PUBACK. A pkid already waiting is a retransmission (not a new request).
+//!
+//! When the connection breaks (or cannot be made), the session is discarded whole: with a
+//! clean session rumqttc would drop every unacknowledged and queued publish on reconnecting
+//! anyway, and an event of the old connection could reach a waiter of the new one. Every
+//! waiter fails at once (`io` once connected: the broker may or may not have the message,
+//! QoS 1 is at least once; `connect` when no connection was made: it was not sent), and the
+//! next publish starts a new session, not before a backoff (200 ms doubling to 10 s, reset by
+//! a CONNACK) after the failure.
 //!
 //! [`options`] also builds the channels' connection options (`inbound::mqtt`): address,
 //! credentials opened from their seal, TLS.
@@ -133,16 +139,35 @@ struct Waiters {
     queued: VecDeque<Waiter>,
     /// Written QoS 1 publishes by pkid, awaiting their PUBACK.
     unacked: HashMap<u16, oneshot::Sender<Result<(), Failure>>>,
+    /// The session's connection broke or could not be made: it takes no more publishes.
+    dead: bool,
 }
 
-/// What the client and its event-loop task share.
+/// What a session and its event-loop task share.
 #[derive(Default)]
 struct Shared {
     waiters: Mutex<Waiters>,
     connected: AtomicBool,
-    /// Set when the client is dropped: the task ends.
+    /// Set when the session is dropped: the task ends.
     closing: AtomicBool,
-    last_error: Mutex<Option<String>>,
+}
+
+/// When the next session may connect, and why the last one failed (kept across sessions).
+#[derive(Debug)]
+struct Retry {
+    not_before: Option<tokio::time::Instant>,
+    backoff: Duration,
+    last_error: Option<String>,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            not_before: None,
+            backoff: BACKOFF_FIRST,
+            last_error: None,
+        }
+    }
 }
 
 /// A connected (or connecting) client: its event loop runs in a task until the session is
@@ -173,6 +198,7 @@ pub struct MqttClient {
     /// The options, or why they cannot be built (a password that does not open, a TLS file).
     built: Result<MqttOptions, String>,
     session: Mutex<Option<Arc<Session>>>,
+    retry: Arc<Mutex<Retry>>,
     figures: Figures,
 }
 
@@ -220,6 +246,7 @@ impl MqttClient {
             label,
             built,
             session: Mutex::new(None),
+            retry: Arc::new(Mutex::new(Retry::default())),
             figures: Figures::default(),
         }
     }
@@ -228,15 +255,22 @@ impl MqttClient {
         &self.def
     }
 
-    /// The session, started on first use.
+    /// The session, started on first use and again after one failed.
     fn session(&self, opts: &MqttOptions) -> Arc<Session> {
         let mut slot = self.session.lock().expect("session lock");
-        if let Some(s) = &*slot {
+        if let Some(s) = &*slot
+            && !s.shared.waiters.lock().expect("waiters lock").dead
+        {
             return s.clone();
         }
         let (client, eventloop) = AsyncClient::new(opts.clone(), QUEUE);
         let shared = Arc::new(Shared::default());
-        tokio::spawn(run(eventloop, shared.clone(), self.label.clone()));
+        tokio::spawn(run(
+            eventloop,
+            shared.clone(),
+            self.retry.clone(),
+            self.label.clone(),
+        ));
         let s = Arc::new(Session { client, shared });
         *slot = Some(s.clone());
         s
@@ -295,12 +329,15 @@ impl MqttClient {
             meta.deadline_ms
                 .map_or(self.def.timeout_ms, |d| d.min(self.def.timeout_ms)),
         );
-        let session = self.session(opts);
         let (tx, rx) = oneshot::channel();
-        {
+        let session = loop {
+            let session = self.session(opts);
             // The waiter and its request under one lock: the event loop, which takes this
             // lock for each `Outgoing::Publish`, cannot see the request first.
             let mut w = session.shared.waiters.lock().expect("waiters lock");
+            if w.dead {
+                continue; // It failed meanwhile: `session` starts a new one.
+            }
             session
                 .client
                 .try_publish(meta.topic.as_str(), qos, meta.retain, body.to_vec())
@@ -313,7 +350,9 @@ impl MqttClient {
                     ),
                 })?;
             w.queued.push_back(Waiter { qos, done: tx });
-        }
+            drop(w);
+            break session;
+        };
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Failure {
@@ -326,19 +365,14 @@ impl MqttClient {
             }),
             Err(_) => {
                 let connected = session.shared.connected.load(Ordering::SeqCst);
-                let last = session
-                    .shared
-                    .last_error
-                    .lock()
-                    .expect("error lock")
-                    .clone();
+                let last = self.retry.lock().expect("retry lock").last_error.clone();
                 match (connected, last) {
                     (false, Some(e)) => Err(Failure {
                         status: 502,
                         code: "connect",
                         message: format!(
-                            "{}: not connected within {} ms: {e} (the publish stays queued \
-                             and goes out once connected)",
+                            "{}: not connected within {} ms (the last attempt: {e}); it \
+                             may still go out once connected",
                             self.label,
                             wait.as_millis()
                         ),
@@ -451,16 +485,30 @@ async fn ping(opts: MqttOptions, wait: Duration) -> Result<(), String> {
     r
 }
 
-/// The event loop of a session: connects (again, with backoff), hands each write and
-/// PUBACK to its waiter, until the session is dropped.
-async fn run(mut eventloop: EventLoop, shared: Arc<Shared>, label: String) {
-    let mut backoff = BACKOFF_FIRST;
+/// The event loop of a session: connects (not before the backoff of the last failure),
+/// hands each write and PUBACK to its waiter, until the session is dropped or its
+/// connection fails (then every waiter fails and the session is discarded).
+async fn run(
+    mut eventloop: EventLoop,
+    shared: Arc<Shared>,
+    retry: Arc<Mutex<Retry>>,
+    label: String,
+) {
+    let not_before = retry.lock().expect("retry lock").not_before;
+    if let Some(t) = not_before {
+        tokio::time::sleep_until(t).await;
+    }
     loop {
-        match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        if shared.closing.load(Ordering::SeqCst)
+            && matches!(polled, Err(_) | Ok(Event::Outgoing(Outgoing::Disconnect)))
+        {
+            return;
+        }
+        match polled {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 shared.connected.store(true, Ordering::SeqCst);
-                *shared.last_error.lock().expect("error lock") = None;
-                backoff = BACKOFF_FIRST;
+                *retry.lock().expect("retry lock") = Retry::default();
                 tracing::info!(connection = %label, "{label}: connected");
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -485,46 +533,52 @@ async fn run(mut eventloop: EventLoop, shared: Arc<Shared>, label: String) {
                     let _ = done.send(Ok(()));
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) if shared.closing.load(Ordering::SeqCst) => {
-                return;
-            }
             Ok(_) => {}
             Err(e) => {
-                if shared.closing.load(Ordering::SeqCst) {
-                    return;
-                }
                 let text = connection_error_text(&e);
                 let was = shared.connected.swap(false, Ordering::SeqCst);
-                // A clean session: the broker forgets the unacknowledged publishes and
-                // rumqttc drops them on the next CONNACK.
-                let lost: Vec<_> = shared
-                    .waiters
-                    .lock()
-                    .expect("waiters lock")
-                    .unacked
-                    .drain()
-                    .collect();
-                for (_, done) in lost {
-                    let _ = done.send(Err(Failure {
-                        status: 502,
-                        code: "io",
-                        message: format!(
-                            "{label}: the connection broke before the PUBACK ({text}); the \
-                             broker may or may not have the message"
-                        ),
-                    }));
+                let failure = |what: &str| {
+                    if was {
+                        Failure {
+                            status: 502,
+                            code: "io",
+                            message: format!(
+                                "{label}: the connection broke before {what} ({text}); the \
+                                 broker may or may not have the message"
+                            ),
+                        }
+                    } else {
+                        Failure {
+                            status: 502,
+                            code: "connect",
+                            message: format!("{label}: cannot connect: {text}"),
+                        }
+                    }
+                };
+                let (queued, unacked) = {
+                    let mut w = shared.waiters.lock().expect("waiters lock");
+                    w.dead = true;
+                    (
+                        std::mem::take(&mut w.queued),
+                        std::mem::take(&mut w.unacked),
+                    )
+                };
+                for waiter in queued {
+                    let _ = waiter.done.send(Err(failure("the publish was confirmed")));
+                }
+                for (_, done) in unacked {
+                    let _ = done.send(Err(failure("the PUBACK")));
                 }
                 if was {
                     tracing::warn!(connection = %label, error = %text, "{label}: connection lost: {text}");
                 } else {
-                    tracing::debug!(connection = %label, error = %text, "{label}: connect failed: {text}");
+                    tracing::warn!(connection = %label, error = %text, "{label}: cannot connect: {text}");
                 }
-                *shared.last_error.lock().expect("error lock") = Some(text);
-                tokio::time::sleep(backoff).await;
-                backoff = next_backoff(backoff);
-                if shared.closing.load(Ordering::SeqCst) {
-                    return;
-                }
+                let mut r = retry.lock().expect("retry lock");
+                r.not_before = Some(tokio::time::Instant::now() + r.backoff);
+                r.backoff = next_backoff(r.backoff);
+                r.last_error = Some(text);
+                return;
             }
         }
     }
