@@ -530,6 +530,113 @@ async fn qos1_published_while_the_server_was_stopped_arrive_after_it_starts() {
     srv.assert_no_errors(&[]);
 }
 
+/// Publishes `marker` on `topic` again and again until the channel processed one (the
+/// channel's subscription may not be in place yet: an event to wait for, not a time).
+async fn until_processed(pubc: &mut TestClient, name: &str, topic: &str, marker: &str) {
+    let end = std::time::Instant::now() + WAIT;
+    for n in 0.. {
+        pubc.publish(
+            topic,
+            format!("{marker}-{n}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+        // Each publish is given a moment to be processed (polled, not slept through).
+        let got = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if seen(name).iter().any(|e| {
+                    String::from_utf8(payload_of(e))
+                        .unwrap()
+                        .starts_with(marker)
+                }) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if got.is_ok() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {marker} on {topic}: {:?}",
+            seen(name)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_live_edit_moves_the_subscription_and_a_delete_ends_the_session() {
+    let srv = env().start().await;
+    let name = unique("edit");
+    let (a, b) = (
+        format!("oxbus-test/{name}/a"),
+        format!("oxbus-test/{name}/b"),
+    );
+    clean_seen(&name);
+    let def = |filter: &str| {
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": filter, "qos": 1}]})
+    };
+    put_channel(&srv, &name, def(&a)).await;
+    wait_subscribed(&srv, &name).await;
+    let mut pubc = TestClient::connect("edit").await;
+    until_processed(&mut pubc, &name, &a, "first-a").await;
+
+    // The edit: the same session, now on b only (a unsubscribed).
+    put_channel(&srv, &name, def(&b)).await;
+    until_processed(&mut pubc, &name, &b, "first-b").await;
+    pubc.publish(&a, b"late-a", QoS::AtLeastOnce, false).await;
+    until_processed(&mut pubc, &name, &b, "after-a").await;
+    assert!(
+        !seen(&name).iter().any(|e| payload_of(e) == b"late-a"),
+        "a is no longer subscribed: {:?}",
+        seen(&name)
+    );
+
+    // A delete ends the broker's session: a QoS 1 message published meanwhile is not kept
+    // for a channel of the same name created again (a kept session would deliver it).
+    let r = admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    eventually(WAIT, "the session ended", || async {
+        srv.log()
+            .contains(&format!(
+                "MQTT channel {name} ({BROKER}): the broker's session ended"
+            ))
+            .then_some(())
+    })
+    .await;
+    pubc.publish(&b, b"while-deleted", QoS::AtLeastOnce, false)
+        .await;
+    put_channel(&srv, &name, def(&b)).await;
+    until_processed(&mut pubc, &name, &b, "recreated").await;
+    assert!(
+        !seen(&name)
+            .iter()
+            .any(|e| payload_of(e) == b"while-deleted"),
+        "{:?}",
+        seen(&name)
+    );
+    pubc.close().await;
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    clean_seen(&name);
+    srv.assert_no_errors(&[]);
+}
+
 #[tokio::test]
 async fn channel_definitions_are_checked_and_the_password_is_sealed() {
     let srv = env().start().await;
