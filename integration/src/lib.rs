@@ -22,6 +22,7 @@ pub mod bus;
 pub mod prom;
 pub mod proxy;
 pub mod raw;
+pub mod relay;
 pub mod upstream;
 pub mod versioned;
 
