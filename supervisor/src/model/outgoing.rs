@@ -275,7 +275,7 @@ const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "
 /// [`RESERVED_HEADERS`]: an apikey auth's `header` may be none of them.
 const TRACE_HEADERS: [&str; 3] = ["x-oxbus-cid", "traceparent", "tracestate"];
 /// What every sealed value starts with (`secrets`' format; checked here by shape only).
-const SEALED_PREFIX: &str = "oxbus1:";
+pub(crate) const SEALED_PREFIX: &str = "oxbus1:";
 
 impl RestConn {
     /// The name its credential is sealed under (the sealed value's associated data).
@@ -748,7 +748,7 @@ pub fn parse_sql_input(v: &Value, url_name: Option<&str>) -> Result<Input<SqlCon
 }
 
 /// The body as an object with its name settled (`has_secret` dropped).
-fn input_object(
+pub(crate) fn input_object(
     v: &Value,
     url_name: Option<&str>,
     what: &str,
@@ -776,7 +776,7 @@ fn input_object(
 
 /// `obj` as a `T`, each field tried alone first (beside `required`'s stand-ins) so that an
 /// error names its field; serde's quoted values are left out of every message.
-fn from_fields<T: serde::de::DeserializeOwned>(
+pub(crate) fn from_fields<T: serde::de::DeserializeOwned>(
     name: &str,
     obj: &serde_json::Map<String, Value>,
     required: Value,
@@ -904,7 +904,7 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn timeout(field: &str, ms: u64, min: u64) -> Result<(), String> {
+pub(crate) fn timeout(field: &str, ms: u64, min: u64) -> Result<(), String> {
     if ms < min || ms > MAX_TIMEOUT_MS {
         return Err(format!(
             "{field}: {ms} ms is not {min}..={MAX_TIMEOUT_MS} (at most an hour)"
