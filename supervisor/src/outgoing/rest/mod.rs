@@ -9,7 +9,7 @@
 
 mod auth;
 mod pool;
-mod tls;
+pub(crate) mod tls;
 pub mod url;
 
 use bytes::{Bytes, BytesMut};

@@ -125,6 +125,17 @@ pub fn token_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TlsBuildErro
 
 /// The client configuration for `opts` (`name` only for the warning of `verify: false`).
 pub fn client_config(name: &str, opts: &TlsOptions) -> Result<Arc<ClientConfig>, TlsBuildError> {
+    client_config_for("REST connection", name, opts, &[b"http/1.1"])
+}
+
+/// [`client_config`] for any kind of connection: `what` names the kind in the warning of
+/// `verify: false` ("AMQP connection"), `alpn` the protocols offered (none for AMQP).
+pub fn client_config_for(
+    what: &str,
+    name: &str,
+    opts: &TlsOptions,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsBuildError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -148,7 +159,7 @@ pub fn client_config(name: &str, opts: &TlsOptions) -> Result<Arc<ClientConfig>,
     } else {
         tracing::warn!(
             connection = name,
-            "REST connection {name:?}: tls.verify is false, any server certificate is accepted"
+            "{what} {name:?}: tls.verify is false, any server certificate is accepted"
         );
         builder
             .dangerous()
@@ -163,7 +174,7 @@ pub fn client_config(name: &str, opts: &TlsOptions) -> Result<Arc<ClientConfig>,
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsBuildError::HalfClientCert),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
