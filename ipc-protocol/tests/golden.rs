@@ -143,6 +143,7 @@ fn invoke_meta_serialises_like_the_vector() {
         traceparent: None,
         tracestate: None,
         pubsub: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -181,6 +182,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         traceparent: None,
         tracestate: None,
         pubsub: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -220,6 +222,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01"),
         tracestate: None,
         pubsub: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -258,6 +261,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             traceparent: Some(TP),
             tracestate,
             pubsub: None,
+            amqp: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();

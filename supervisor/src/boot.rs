@@ -379,6 +379,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     });
     sup.start()?;
     let result = sup.run(ev_rx).await;
+    // The inbound channels stopped taking messages when the shutdown began; wait for them
+    // to close, so that the broker takes back what is unacked from a clean close.
+    inbound.drain().await;
     // Peers see a clean stop, not a lost link (best effort: sent while deregistering).
     if let Some(bus) = &sync.bus {
         bus.say_bye().await;

@@ -719,6 +719,7 @@ impl HttpCall<'_> {
             traceparent: Some(self.trace.as_str()),
             tracestate: self.tracestate,
             pubsub: None,
+            amqp: None,
         };
         let result = self
             .cx

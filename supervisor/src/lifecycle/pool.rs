@@ -874,6 +874,7 @@ mod tests {
             traceparent: None,
             tracestate: None,
             pubsub: None,
+            amqp: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

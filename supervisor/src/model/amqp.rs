@@ -94,6 +94,10 @@ pub struct AmqpChannel {
     pub on_error: AmqpOnError,
     #[serde(default = "default_max_redeliveries")]
     pub max_redeliveries: u32,
+    /// How long one message's service may run; past it the message is failed (requeued
+    /// per `on_error`, as on an exception).
+    #[serde(default = "default_service_timeout_ms")]
+    pub service_timeout_ms: u64,
     #[serde(default = "yes")]
     pub is_active: bool,
 }
@@ -166,6 +170,7 @@ impl AmqpChannel {
             ));
         }
         crate::model::outgoing::timeout("connect_timeout_ms", self.connect_timeout_ms, 1)?;
+        crate::model::outgoing::timeout("service_timeout_ms", self.service_timeout_ms, 1)?;
         Ok(())
     }
 
@@ -337,6 +342,9 @@ fn default_consumers() -> u16 {
 fn default_max_redeliveries() -> u32 {
     5
 }
+fn default_service_timeout_ms() -> u64 {
+    60_000
+}
 
 #[cfg(test)]
 mod tests {
@@ -388,6 +396,7 @@ mod tests {
             (with("on_error", json!("drop")), "on_error:"),
             (with("sealed", json!("plain")), "sealed: not a sealed value"),
             (with("connect_timeout_ms", json!(0)), "connect_timeout_ms:"),
+            (with("service_timeout_ms", json!(0)), "service_timeout_ms:"),
             (with("colour", json!("red")), "colour: unknown field"),
         ];
         for (v, want) in cases {

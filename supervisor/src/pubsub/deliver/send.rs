@@ -147,6 +147,7 @@ async fn to_service(
         traceparent: None,
         tracestate: None,
         pubsub: Some(&meta_json),
+        amqp: None,
     };
     match pool
         .invoke(
