@@ -93,6 +93,8 @@ enum Kind {
     OutgoingRest,
     /// An outgoing SQL connection (`/v1/outgoing/sql/…`).
     OutgoingSql,
+    /// An AMQP channel (`/v1/inbound/amqp/…`).
+    InboundAmqp,
     /// Pub/sub definitions (`/v1/pubsub/topics|subs|endpoints/…`).
     PubsubTopic,
     PubsubSub,
@@ -101,7 +103,7 @@ enum Kind {
     Token,
 }
 
-const ALL_KINDS: [Kind; 11] = [
+const ALL_KINDS: [Kind; 12] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
@@ -110,6 +112,7 @@ const ALL_KINDS: [Kind; 11] = [
     Kind::Job,
     Kind::OutgoingRest,
     Kind::OutgoingSql,
+    Kind::InboundAmqp,
     Kind::PubsubTopic,
     Kind::PubsubSub,
     Kind::PubsubEndpoint,
@@ -126,6 +129,7 @@ impl Kind {
             "jobs" => Kind::Job,
             "outgoing_rest" => Kind::OutgoingRest,
             "outgoing_sql" => Kind::OutgoingSql,
+            "inbound_amqp" => Kind::InboundAmqp,
             "pubsub_topics" => Kind::PubsubTopic,
             "pubsub_subs" => Kind::PubsubSub,
             "pubsub_endpoints" => Kind::PubsubEndpoint,
@@ -144,6 +148,7 @@ impl Kind {
             Kind::Job => "job",
             Kind::OutgoingRest => "outgoing_rest",
             Kind::OutgoingSql => "outgoing_sql",
+            Kind::InboundAmqp => "inbound_amqp",
             // As an import's change list names them.
             Kind::PubsubTopic => "pubsub_topic",
             Kind::PubsubSub => "pubsub_subscription",
@@ -242,6 +247,7 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         // One resource per connection type: `/v1/outgoing/rest/{name}` is an `outgoing_rest`.
         ["v1", "outgoing", "rest", rest @ ..] => ("outgoing_rest", rest),
         ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
+        ["v1", "inbound", "amqp", rest @ ..] => ("inbound_amqp", rest),
         // A test publish is a call (as `invoke`), not a change of anything stored.
         ["v1", "pubsub", "publish", ..] => return None,
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
@@ -388,6 +394,9 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::OutgoingSql => {
             objects_of::<crate::model::outgoing::SqlConn>(cx, kind, out).await?;
+        }
+        Kind::InboundAmqp => {
+            objects_of::<crate::model::amqp::AmqpChannel>(cx, kind, out).await?;
         }
         Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
         Kind::PubsubSub => {

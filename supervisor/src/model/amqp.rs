@@ -184,8 +184,7 @@ impl AmqpChannel {
         url_name: Option<&str>,
     ) -> Result<Input<AmqpChannel>, InvalidObject> {
         use serde_json::Value;
-        let (name, mut obj) =
-            crate::model::outgoing::input_object(v, url_name, "AMQP channel")?;
+        let (name, mut obj) = crate::model::outgoing::input_object(v, url_name, "AMQP channel")?;
         let fail = |m: String| InvalidObject(format!("AMQP channel {name}: {m}"));
         let plain = match obj.remove("password") {
             None => None,
@@ -381,13 +380,25 @@ mod tests {
     fn each_rule_names_its_field() {
         let cases = [
             (with("address", json!("http://h/")), "address: not an amqp"),
-            (with("address", json!("amqp://u:pw@h/")), "address: holds credentials"),
-            (with("address", json!("amqp://h:0/")), "the port is not 1-65535"),
+            (
+                with("address", json!("amqp://u:pw@h/")),
+                "address: holds credentials",
+            ),
+            (
+                with("address", json!("amqp://h:0/")),
+                "the port is not 1-65535",
+            ),
             (with("address", json!("amqp:///v")), "names no host"),
             (with("address", json!("amqp://h/a/b")), "percent-encoded"),
             (with("queue", json!("")), "queue: must be 1-255"),
-            (with("queue", json!("q".repeat(256))), "queue: must be 1-255"),
-            (with("service", json!(" ")), "service: must be a service name"),
+            (
+                with("queue", json!("q".repeat(256))),
+                "queue: must be 1-255",
+            ),
+            (
+                with("service", json!(" ")),
+                "service: must be a service name",
+            ),
             (with("prefetch", json!(0)), "prefetch: 0 is not 1..=65535"),
             (with("prefetch", json!(65536)), "prefetch:"),
             (with("consumers", json!(0)), "consumers: 0 is not 1..=64"),

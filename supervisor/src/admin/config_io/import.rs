@@ -370,6 +370,16 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    // AMQP channels: their passwords as the outgoing connections' credentials.
+    let inbound_amqp = import_outgoing(
+        cx,
+        &doc.channel_amqp,
+        replace,
+        &mut plan.inbound_amqp,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
 
     // Pub/sub: topics, subscriptions and endpoints, each validated; then what they name must
     // exist in the config as the import leaves it (a subscription's topic, unless a pattern,
@@ -480,6 +490,9 @@ pub async fn import(
     }
     if !plan.outgoing_sql.is_empty() {
         cx.outgoing.apply_sql(&outgoing_sql);
+    }
+    if !plan.inbound_amqp.is_empty() {
+        cx.inbound.apply_amqp(&inbound_amqp);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()

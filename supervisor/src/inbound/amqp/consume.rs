@@ -20,8 +20,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -161,12 +160,8 @@ async fn session(
     stops: &Stops,
     counted: &Counted,
 ) -> Result<(), (String, bool)> {
-    let fail = |what: &str, e: lapin::Error| {
-        (
-            format!("AMQP channel {:?}: {what}: {e}", def.name),
-            false,
-        )
-    };
+    let fail =
+        |what: &str, e: lapin::Error| (format!("AMQP channel {:?}: {what}: {e}", def.name), false);
     let mut consumers = Vec::with_capacity(usize::from(def.consumers));
     for i in 0..def.consumers {
         let ch = conn
@@ -355,11 +350,7 @@ async fn handle(
             } else {
                 forget(&counted);
             }
-            match delivery
-                .acker
-                .reject(BasicRejectOptions { requeue })
-                .await
-            {
+            match delivery.acker.reject(BasicRejectOptions { requeue }).await {
                 Ok(_) if requeue => {
                     ctx.status.requeued.fetch_add(1, Ordering::Relaxed);
                     ctx.metrics.inbound.message(KIND, &def.name, "requeued");
