@@ -208,16 +208,28 @@ async fn session(
             counted.clone(),
         ));
     }
+    // A lost connection shows as an event; a consumer's stream may not end on it.
+    let mut events = conn.events_listener();
     let mut outcome = Ok(());
-    while let Some(r) = set.join_next().await {
-        let err = match r {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e,
-            Err(e) => format!("AMQP channel {:?}: a consumer task failed: {e}", def.name),
+    loop {
+        let err = tokio::select! {
+            r = set.join_next() => match r {
+                None => break,
+                Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(e))) => e,
+                Some(Err(e)) => format!("AMQP channel {:?}: a consumer task failed: {e}", def.name),
+            },
+            ev = events.next(), if outcome.is_ok() => match ev {
+                Some(lapin::Event::Error(e)) => {
+                    format!("AMQP channel {:?}: connection lost: {e}", def.name)
+                }
+                Some(_) => continue,
+                None => format!("AMQP channel {:?}: connection closed", def.name),
+            },
         };
         if outcome.is_ok() {
             outcome = Err((err, true));
-            // The others reconnect with it.
+            // Every consumer of the connection stops and the run reconnects.
             let _ = abort_tx.send(true);
         }
     }
