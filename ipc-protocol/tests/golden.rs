@@ -376,6 +376,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             traceparent: None,
             tracestate: None,
             pubsub: p,
+            amqp: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
