@@ -672,4 +672,36 @@ async fn definitions_are_checked_and_the_password_never_shown() {
     let r = admin(&s.srv, "PUT", "/v1/inbound/amqp/wrong", edit).await;
     assert_eq!(r.status, 400, "{}", text(&r));
     assert!(text(&r).contains("give password again"), "{}", text(&r));
+
+    // The CLI: put with the password from a file, list, stats, delete.
+    let dir = std::env::temp_dir().join(format!("oxbus-it-amqp-cli-{}", next_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut def = channel_def(&queue, json!({}));
+    def.as_object_mut().unwrap().remove("password");
+    std::fs::write(dir.join("def.json"), def.to_string()).unwrap();
+    std::fs::write(dir.join("pw"), "guest\n").unwrap();
+    let out = oxbus_integration::api::ok(&s.srv.cli(&[
+        "inbound",
+        "put",
+        "amqp",
+        "by-cli",
+        dir.join("def.json").to_str().unwrap(),
+        "--secret-file",
+        dir.join("pw").to_str().unwrap(),
+    ]));
+    assert!(out.contains("amqp channel by-cli created"), "{out}");
+    eventually(Duration::from_secs(20), "by-cli connected", || async {
+        (stats(&s.srv, "by-cli").await["connected"] == true).then_some(())
+    })
+    .await;
+    let out = oxbus_integration::api::ok(&s.srv.cli(&["inbound", "list", "amqp"]));
+    assert!(
+        out.contains("by-cli") && out.contains("connected, 0 acked"),
+        "{out}"
+    );
+    let out = oxbus_integration::api::ok(&s.srv.cli(&["inbound", "stats", "amqp", "by-cli"]));
+    assert!(out.contains("CONNECTED") && out.contains("by-cli"), "{out}");
+    let out = oxbus_integration::api::ok(&s.srv.cli(&["inbound", "delete", "amqp", "by-cli"]));
+    assert!(out.contains("amqp channel by-cli deleted"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
