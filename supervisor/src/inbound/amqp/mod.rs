@@ -60,6 +60,9 @@ struct State {
     status: BTreeMap<String, Arc<Status>>,
     /// The runs, by name: at most one per channel accepts deliveries.
     runs: BTreeMap<String, Run>,
+    /// Runs told to stop (a deleted or inactive channel) that may still be finishing their
+    /// in-flight messages: a run of the same name started later waits for its end.
+    stopping: BTreeMap<String, JoinHandle<()>>,
     /// Set by `start`: until then nothing runs (boot applies the stored definitions first).
     shutdown: Option<watch::Receiver<bool>>,
 }
@@ -134,8 +137,10 @@ impl AmqpChannels {
             defs,
             status,
             runs,
+            stopping,
             shutdown,
         } = &mut *st;
+        stopping.retain(|_, task| !task.is_finished());
         status.retain(|name, _| defs.contains_key(name));
         for d in defs.values() {
             status.entry(d.name.clone()).or_default();
@@ -165,14 +170,14 @@ impl AmqpChannels {
                 continue;
             }
             let status = status[&d.name].clone();
-            let run = self.spawn(
-                d.clone(),
-                status,
-                shutdown.clone(),
-                previous.remove(&d.name),
-            );
+            let before = previous
+                .remove(&d.name)
+                .or_else(|| stopping.remove(&d.name));
+            let run = self.spawn(d.clone(), status, shutdown.clone(), before);
             runs.insert(d.name.clone(), run);
         }
+        // What stopped for good is remembered until it ends.
+        stopping.extend(previous);
     }
 
     fn spawn(
@@ -215,21 +220,28 @@ impl AmqpChannels {
     /// Stops every channel and waits for each to finish its in-flight messages (bounded by
     /// [`DRAIN_TIMEOUT`] per channel, run side by side) and close.
     pub async fn drain(&self) {
-        let runs: Vec<Run> = {
+        let (runs, stopping): (Vec<Run>, Vec<(String, JoinHandle<()>)>) = {
             let mut st = self.state.lock().expect("amqp channels lock");
             st.shutdown = None;
-            std::mem::take(&mut st.runs).into_values().collect()
+            (
+                std::mem::take(&mut st.runs).into_values().collect(),
+                std::mem::take(&mut st.stopping).into_iter().collect(),
+            )
         };
         for r in &runs {
             let _ = r.stop.send(true);
         }
-        for r in runs {
+        let tasks = runs
+            .into_iter()
+            .map(|r| (r.def.name, r.task))
+            .chain(stopping);
+        for (name, task) in tasks {
             // Each run bounds its own drain; this bound is for a run stuck elsewhere.
-            if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), r.task)
+            if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), task)
                 .await
                 .is_err()
             {
-                tracing::warn!(channel = %r.def.name, "AMQP channel did not stop in time");
+                tracing::warn!(channel = %name, "AMQP channel did not stop in time");
             }
         }
     }
@@ -256,5 +268,69 @@ impl AmqpChannels {
     /// One channel's status (none: no such channel).
     pub fn stats_of(&self, name: &str) -> Option<ChannelStats> {
         self.stats().into_iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Arc<crate::secrets::Key> {
+        let dir =
+            std::env::temp_dir().join(format!("oxbus-amqpkey-{}", crate::random::random_hex(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = crate::secrets::Key::create(&dir.join("k")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        Arc::new(k)
+    }
+
+    fn def(name: &str, active: bool) -> AmqpChannel {
+        // Port 1 on loopback refuses at once: the run keeps retrying, which is all this
+        // test needs of it.
+        serde_json::from_value(serde_json::json!({
+            "name": name, "address": "amqp://127.0.0.1:1/%2f", "queue": "q",
+            "service": "s", "is_active": active, "connect_timeout_ms": 200,
+        }))
+        .unwrap()
+    }
+
+    fn running(c: &AmqpChannels) -> Vec<(String, bool)> {
+        c.stats().into_iter().map(|s| (s.name, s.running)).collect()
+    }
+
+    #[tokio::test]
+    async fn channels_run_from_start_follow_edits_and_stop_on_drain() {
+        let metrics = Arc::new(crate::metrics::Metrics::new(true));
+        let c = AmqpChannels::new("s1", key(), metrics);
+        c.apply(&[def("a", true), def("b", false)]);
+        // Applied before start: known, not running.
+        assert_eq!(running(&c), vec![("a".into(), false), ("b".into(), false)]);
+        let (tx, rx) = watch::channel(false);
+        c.start(rx);
+        assert_eq!(running(&c), vec![("a".into(), true), ("b".into(), false)]);
+        // a inactive, b active; then a deleted.
+        c.apply(&[def("a", false), def("b", true)]);
+        assert_eq!(running(&c), vec![("a".into(), false), ("b".into(), true)]);
+        c.apply(&[def("b", true)]);
+        assert_eq!(running(&c), vec![("b".into(), true)]);
+        // The refused connect is the channel's last error, naming it.
+        let b = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let b = c.stats_of("b").unwrap();
+                if b.last_error.is_some() {
+                    break b;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a connect error within 10 s");
+        assert!(b.last_error.as_deref().unwrap().contains("\"b\""), "{b:?}");
+        assert!(!b.connected);
+        let _ = tx.send(true);
+        tokio::time::timeout(Duration::from_secs(10), c.drain())
+            .await
+            .expect("drained");
+        assert_eq!(running(&c), vec![("b".into(), false)]);
     }
 }
