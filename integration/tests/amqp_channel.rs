@@ -705,3 +705,61 @@ async fn definitions_are_checked_and_the_password_never_shown() {
     assert!(out.contains("amqp channel by-cli deleted"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_imports_with_a_plaintext_password_and_exports_sealed() {
+    let s = setup(1).await;
+    let queue = unique("import");
+    s.rabbit.queue(&queue, &[]).await;
+    let mut entry = channel_def(&queue, json!({"password": "guest"}));
+    entry["name"] = json!("imported");
+    let r = admin(
+        &s.srv,
+        "POST",
+        "/v1/config",
+        json!({"channel_amqp": [entry]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert!(
+        text(&r).contains("imported"),
+        "the change list names it: {}",
+        text(&r)
+    );
+    // Applied on import: it consumes.
+    s.rabbit
+        .publish(&queue, b"via-import", BasicProperties::default())
+        .await;
+    eventually(Duration::from_secs(20), "the message processed", || async {
+        bodies(&s.record).contains("via-import").then_some(())
+    })
+    .await;
+    let export = admin(&s.srv, "GET", "/v1/config", Value::Null).await.json();
+    let exported = &export["channel_amqp"][0];
+    assert_eq!(exported["name"], "imported", "{export}");
+    assert!(
+        exported["sealed"].as_str().unwrap().starts_with("oxbus1:"),
+        "{export}"
+    );
+    assert!(exported.get("password").is_none());
+    // The export imports again as no change (the sealed value opens with this key).
+    let r = admin(&s.srv, "POST", "/v1/config", export.clone()).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["changes"], json!([]), "{}", text(&r));
+    // A bad entry is refused naming the list, the entry and the field.
+    let r = admin(
+        &s.srv,
+        "POST",
+        "/v1/config",
+        json!({"channel_amqp": [{"name": "x", "address": "amqp://h/", "queue": "q",
+                                 "service": "s", "prefetch": 0}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(
+        text(&r).contains("inbound_amqp[0]") && text(&r).contains("prefetch:"),
+        "{}",
+        text(&r)
+    );
+    let _ = std::fs::remove_file(&s.record);
+}
