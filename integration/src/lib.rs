@@ -21,7 +21,9 @@ pub mod api;
 pub mod bus;
 pub mod prom;
 pub mod proxy;
+pub mod rabbit;
 pub mod raw;
+pub mod relay;
 pub mod upstream;
 pub mod versioned;
 

@@ -152,7 +152,7 @@ async fn status(srv: &Server, name: &str) -> Value {
     admin(
         srv,
         "GET",
-        &format!("/v1/inbound/mqtt/{name}/status"),
+        &format!("/v1/inbound/mqtt/{name}/stats"),
         Value::Null,
     )
     .await
@@ -338,7 +338,7 @@ async fn a_service_receives_every_message_exactly_as_published() {
     assert_eq!(st["ok"], json!(N + 1), "{st}");
     assert_eq!(st["failed"], 0);
     let id = st["client_id"].as_str().unwrap();
-    assert!(id.starts_with(&format!("oxbus-{name}-")), "{st}");
+    assert!(id.starts_with(&format!("oxbus:{name}:")), "{st}");
 
     // Its figures are metrics too.
     let metrics = srv
@@ -459,7 +459,7 @@ async fn a_failed_message_is_not_acked_and_comes_again() {
 
 #[tokio::test]
 async fn qos1_published_while_the_server_was_stopped_arrive_after_it_starts() {
-    // The session is this server's (`oxbus-<channel>-<server>`): the server keeps its name
+    // The session is this server's (`oxbus:<channel>:<server>`): the server keeps its name
     // across the restart, as a configured one does (the harness's default has the port in
     // it, which changes).
     let srv = env()

@@ -144,6 +144,7 @@ fn invoke_meta_serialises_like_the_vector() {
         tracestate: None,
         pubsub: None,
         mqtt: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -183,6 +184,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         tracestate: None,
         pubsub: None,
         mqtt: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -223,6 +225,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         tracestate: None,
         pubsub: None,
         mqtt: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -262,6 +265,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             tracestate,
             pubsub: None,
             mqtt: None,
+            amqp: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -377,6 +381,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             tracestate: None,
             pubsub: p,
             mqtt: None,
+            amqp: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));

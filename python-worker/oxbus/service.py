@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
     from ._dispatch import Dispatcher
+    from .amqp import AMQPRequestData
     from .cache import CacheAPI
     from .outgoing import OutgoingAPI
     from .pubsub import PubSubAPI, PubSubDelivery
@@ -288,7 +289,7 @@ class Request:
     """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``pubsub``
     for a delivery of a pub/sub subscription."""
 
-    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub')
+    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub', 'amqp')
 
     def __init__(self, payload: Any = None, raw: bytes = b'', data_format: str = 'json',
                  meta: Optional[Dict[str, Any]] = None) -> None:
@@ -305,6 +306,10 @@ class Request:
         #: ``sub_key``, ``topic`` and ``messages`` (:class:`oxbus.pubsub.PubSubDelivery`);
         #: None for every other invocation.
         self.pubsub: Optional[PubSubDelivery] = None
+        #: A message of an AMQP channel (``self.channel.type == 'amqp'``): ``msg`` with its
+        #: ``body``, ``properties``, ``headers`` and ``delivery_info``
+        #: (:class:`oxbus.amqp.AMQPRequestData`); None for every other invocation.
+        self.amqp: Optional[AMQPRequestData] = None
 
     @property
     def raw_request(self) -> Any:

@@ -276,7 +276,6 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
     if metrics.enabled() {
         metrics.register_collector(Box::new(outgoing_state(&outgoing)));
-        metrics.register_collector(Box::new(inbound_mqtt_state(&inbound)));
     }
 
     let welcome = WelcomeTemplate {
@@ -381,6 +380,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     });
     sup.start()?;
     let result = sup.run(ev_rx).await;
+    // The inbound channels stopped taking messages when the shutdown began; wait for them
+    // to close, so that the broker takes back what is unacked from a clean close.
+    inbound.drain().await;
     // Peers see a clean stop, not a lost link (best effort: sent while deregistering).
     if let Some(bus) = &sync.bus {
         bus.say_bye().await;
@@ -419,32 +421,6 @@ fn outgoing_state(
                     idle: s.idle,
                     waiting: s.waiting,
                 })
-            })
-            .collect()
-    }))
-}
-
-/// The MQTT channels' figures as `metrics::inbound_mqtt` reads them at scrape time.
-fn inbound_mqtt_state(
-    inbound: &Arc<crate::inbound::Inbound>,
-) -> crate::metrics::inbound_mqtt::InboundMqttState {
-    use crate::metrics::inbound_mqtt::{ChannelFigures, InboundMqttState};
-    let inbound = Arc::downgrade(inbound);
-    InboundMqttState(Box::new(move || {
-        let Some(i) = inbound.upgrade() else {
-            return Vec::new();
-        };
-        i.mqtt
-            .status()
-            .into_iter()
-            .map(|s| ChannelFigures {
-                name: s.name,
-                ok: s.ok,
-                failed: s.failed,
-                refused: s.refused,
-                deferred: s.deferred,
-                connected: s.connected,
-                in_flight: s.in_flight,
             })
             .collect()
     }))

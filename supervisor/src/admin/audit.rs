@@ -97,6 +97,8 @@ enum Kind {
     OutgoingMqtt,
     /// An MQTT channel (`/v1/inbound/mqtt/…`).
     InboundMqtt,
+    /// An AMQP channel (`/v1/inbound/amqp/…`).
+    InboundAmqp,
     /// Pub/sub definitions (`/v1/pubsub/topics|subs|endpoints/…`).
     PubsubTopic,
     PubsubSub,
@@ -105,7 +107,7 @@ enum Kind {
     Token,
 }
 
-const ALL_KINDS: [Kind; 13] = [
+const ALL_KINDS: [Kind; 14] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
@@ -116,6 +118,7 @@ const ALL_KINDS: [Kind; 13] = [
     Kind::OutgoingSql,
     Kind::OutgoingMqtt,
     Kind::InboundMqtt,
+    Kind::InboundAmqp,
     Kind::PubsubTopic,
     Kind::PubsubSub,
     Kind::PubsubEndpoint,
@@ -134,6 +137,7 @@ impl Kind {
             "outgoing_sql" => Kind::OutgoingSql,
             "outgoing_mqtt" => Kind::OutgoingMqtt,
             "inbound_mqtt" => Kind::InboundMqtt,
+            "inbound_amqp" => Kind::InboundAmqp,
             "pubsub_topics" => Kind::PubsubTopic,
             "pubsub_subs" => Kind::PubsubSub,
             "pubsub_endpoints" => Kind::PubsubEndpoint,
@@ -154,6 +158,7 @@ impl Kind {
             Kind::OutgoingSql => "outgoing_sql",
             Kind::OutgoingMqtt => "outgoing_mqtt",
             Kind::InboundMqtt => "inbound_mqtt",
+            Kind::InboundAmqp => "inbound_amqp",
             // As an import's change list names them.
             Kind::PubsubTopic => "pubsub_topic",
             Kind::PubsubSub => "pubsub_subscription",
@@ -254,6 +259,7 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
         ["v1", "outgoing", "mqtt", rest @ ..] => ("outgoing_mqtt", rest),
         ["v1", "inbound", "mqtt", rest @ ..] => ("inbound_mqtt", rest),
+        ["v1", "inbound", "amqp", rest @ ..] => ("inbound_amqp", rest),
         // A test publish is a call (as `invoke`), not a change of anything stored.
         ["v1", "pubsub", "publish", ..] => return None,
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
@@ -407,6 +413,9 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         Kind::OutgoingMqtt => objects_of::<crate::model::mqtt::MqttConn>(cx, kind, out).await?,
         Kind::InboundMqtt => {
             objects_of::<crate::model::mqtt::MqttChannel>(cx, kind, out).await?;
+        }
+        Kind::InboundAmqp => {
+            objects_of::<crate::model::amqp::AmqpChannel>(cx, kind, out).await?;
         }
         Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
         Kind::PubsubSub => {

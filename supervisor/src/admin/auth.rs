@@ -400,6 +400,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("DELETE", "/v1/outgoing/sql/{name}", Admin),
     ep("POST", "/v1/outgoing/sql/{name}/ping", Deployer),
     ep("GET", "/v1/outgoing/sql/{name}/stats", Viewer),
+    ep("GET", "/v1/inbound/amqp", Viewer),
+    ep("GET", "/v1/inbound/amqp/{name}", Viewer),
+    ep("PUT", "/v1/inbound/amqp/{name}", Admin),
+    ep("DELETE", "/v1/inbound/amqp/{name}", Admin),
+    ep("GET", "/v1/inbound/amqp/{name}/stats", Viewer),
+    ep("GET", "/v1/outgoing/mqtt", Viewer),
+    ep("GET", "/v1/outgoing/mqtt/{name}", Viewer),
+    ep("PUT", "/v1/outgoing/mqtt/{name}", Admin),
+    ep("DELETE", "/v1/outgoing/mqtt/{name}", Admin),
+    ep("POST", "/v1/outgoing/mqtt/{name}/ping", Deployer),
+    ep("GET", "/v1/outgoing/mqtt/{name}/stats", Viewer),
+    ep("GET", "/v1/inbound/mqtt", Viewer),
+    ep("GET", "/v1/inbound/mqtt/{name}", Viewer),
+    ep("PUT", "/v1/inbound/mqtt/{name}", Admin),
+    ep("DELETE", "/v1/inbound/mqtt/{name}", Admin),
+    ep("GET", "/v1/inbound/mqtt/{name}/stats", Viewer),
     // Pub/sub: definitions and figures are a viewer's; a queue's and the dead letters'
     // messages are the applications' data (a deployer's, as a cache's entries are); a
     // requeue or a test publish is an action like a job's run (deployer); a purge destroys

@@ -1,102 +1,41 @@
-//! The admin API's MQTT channels (docs/CONNECTORS.md "MQTT"):
-//!
-//! - `GET /v1/inbound/mqtt`: every definition (without `sealed`; `has_secret` instead) with
-//!   this server's `status` of each (connected, figures, last error)
-//! - `GET|PUT|DELETE /v1/inbound/mqtt/{name}`: one definition; create or replace it; delete
-//!   it (`admin::objects`, with this kind's hooks here; a delete also ends each server's
-//!   broker session)
-//! - `GET /v1/inbound/mqtt/{name}/status`: this server's state of it
+//! The MQTT channels' hooks for the admin API's inbound channels (`admin::inbound`:
+//! `/v1/inbound/mqtt[/{name}[/stats]]`, docs/CONNECTORS.md "MQTT"): the parse, how this
+//! server applies the definitions, its status of each. A delete also ends each server's
+//! broker session (`inbound::mqtt`).
 //!
 //! The password is sealed, kept and checked exactly as an outgoing connection's
 //! (`admin::outgoing::build`): kept on an edit only while the scheme, host and port of
 //! `address` and `username` are unchanged.
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::StatusCode;
 use serde_json::{Value, json};
 
+use super::Ctx;
+use super::inbound::InboundKind;
 use super::objects::{self, AdminObject, Refused};
 use super::outgoing::{Parsed, build, public_json};
-use super::{Body, Ctx, error, read_body, reply};
 use crate::model::mqtt::MqttChannel;
-use crate::model::object::ConfigObject;
+use crate::model::object::{ConfigObject, InvalidObject};
+use crate::model::outgoing::Input;
 
-/// Routes `/v1/inbound/mqtt/…`; `rest` is the path after `/v1/inbound/mqtt`, split at `/`.
-pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
-    let method = req.method().clone();
-    let decode = crate::edge::router::percent_decode;
-    match (&method, rest) {
-        (&Method::GET, []) => list(cx).await,
-        (&Method::GET, [name]) => get(cx, &decode(name)).await,
-        (&Method::PUT, [name]) => {
-            let name = decode(name);
-            match read_body(req).await {
-                Ok(body) => objects::put::<MqttChannel>(cx, Some(&name), body).await,
-                Err(r) => r,
-            }
-        }
-        (&Method::DELETE, [name]) => objects::delete::<MqttChannel>(cx, &decode(name)).await,
-        (&Method::GET, [name, "status"]) => {
-            let name = decode(name);
-            match cx
-                .inbound
-                .mqtt
-                .status()
-                .into_iter()
-                .find(|s| s.name == name)
-            {
-                Some(s) => reply(
-                    StatusCode::OK,
-                    serde_json::to_value(s).expect("a status serialises"),
-                ),
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    format!("no MQTT channel named {name} on this server"),
-                ),
-            }
-        }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no admin endpoint {method} {}", req.uri().path()),
-        ),
+impl InboundKind for MqttChannel {
+    const TYPE: &'static str = "mqtt";
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        <MqttChannel as Parsed>::parse(v, name)
     }
-}
-
-/// `GET /v1/inbound/mqtt`: every stored definition with this server's status of each
-/// (`status` null for one this server has not applied yet).
-async fn list(cx: &Ctx) -> Response<Body> {
-    let defs: Vec<MqttChannel> = match cx.store.objects().await {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let status = cx.inbound.mqtt.status();
-    let list: Vec<Value> = defs
-        .iter()
-        .map(|d| {
-            let mut v = public_json(d);
-            v["status"] = status
-                .iter()
-                .find(|s| s.name == d.name)
-                .map_or(Value::Null, |s| {
-                    serde_json::to_value(s).expect("a status serialises")
-                });
-            v
-        })
-        .collect();
-    reply(StatusCode::OK, json!({ "mqtt": list }))
-}
-
-/// `GET /v1/inbound/mqtt/{name}`.
-async fn get(cx: &Ctx, name: &str) -> Response<Body> {
-    match cx.store.objects::<MqttChannel>().await {
-        Ok(list) => match list.iter().find(|d| d.name == name) {
-            Some(d) => reply(StatusCode::OK, public_json(d)),
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no {} named {name}", MqttChannel::WHAT),
-            ),
-        },
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    fn apply(inbound: &crate::inbound::Inbound, defs: &[Self]) {
+        inbound.apply_mqtt(defs);
+    }
+    fn status(inbound: &crate::inbound::Inbound) -> Vec<(String, Value)> {
+        inbound
+            .mqtt
+            .status()
+            .into_iter()
+            .map(|s| {
+                let v = serde_json::to_value(&s).expect("a status serialises");
+                (s.name, v)
+            })
+            .collect()
     }
 }
 

@@ -53,6 +53,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         tracestate: None,
         pubsub: None,
         mqtt: None,
+        amqp: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

@@ -720,6 +720,7 @@ impl HttpCall<'_> {
             tracestate: self.tracestate,
             pubsub: None,
             mqtt: None,
+            amqp: None,
         };
         let result = self
             .cx

@@ -2,7 +2,7 @@
 //! acknowledged that was not processed.
 //!
 //! Each active channel runs one task on every server: a client with a persistent session
-//! (`clean_session = false`, client id `client_id` or `oxbus-<channel>-<server>`, so each
+//! (`clean_session = false`, client id `client_id` or `oxbus:<channel>:<server>`, so each
 //! server has its own session and a QoS 1 message published while the server was away is
 //! kept by the broker until it comes back), subscribed to the channel's filters with their
 //! QoS. Each message invokes the service through the worker pool (`channel: "mqtt"`, the
@@ -28,10 +28,10 @@
 //! keeps its session (messages wait). At shutdown each task stops the same way and keeps
 //! its session: what was not acknowledged comes again on the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS,
@@ -52,6 +52,22 @@ const FAILURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a DISCONNECT may take to go out.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+/// The most QoS 0 messages of a channel whose calls run at once on this server; one more
+/// arriving is dropped (counted `dropped`): the broker has no flow control for QoS 0, and
+/// the pool's queue would otherwise fill for every other caller. QoS 1 is bounded by the
+/// broker's in-flight window instead.
+pub(crate) const QOS0_IN_FLIGHT: u64 = 32;
+/// A connection that stayed up this long starts the reconnect backoff from the first wait
+/// again; one that broke sooner (a message too large, another client taking the id) goes
+/// on doubling it.
+const STABLE: Duration = Duration::from_secs(10);
+/// The largest message a channel takes (a larger one breaks the connection, reported as
+/// such; the broker sends it again on every connection).
+pub(crate) const MAX_INCOMING: usize = 256 * 1024 * 1024;
+/// How often a channel logs that it drops QoS 0 messages.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The longest the drain waits for a channel: its calls' deadline and the DISCONNECT.
+const DRAIN_MAX: Duration = Duration::from_secs(INVOKE_TIMEOUT.as_secs() + 5);
 
 /// Why a channel's task stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +89,11 @@ pub struct Figures {
     pub failed: AtomicU64,
     /// Messages refused as bad input (acknowledged).
     pub refused: AtomicU64,
-    /// Messages left unacknowledged without a call (after a failure, or while stopping).
+    /// QoS 1 messages left unacknowledged without a call (after a failure, or while
+    /// stopping): the broker sends them again.
     pub deferred: AtomicU64,
+    /// QoS 0 messages not processed (past [`QOS0_IN_FLIGHT`], or while stopping): lost.
+    pub dropped: AtomicU64,
     pub in_flight: AtomicU64,
     pub connected: AtomicBool,
     /// The broker acknowledged the subscriptions of this definition (SUBACK).
@@ -100,6 +119,7 @@ pub struct ChannelStatus {
     pub failed: u64,
     pub refused: u64,
     pub deferred: u64,
+    pub dropped: u64,
     pub in_flight: u64,
     pub last_error: Option<String>,
 }
@@ -116,6 +136,11 @@ struct State {
     defs: Vec<MqttChannel>,
     running: HashMap<String, Running>,
     figures: HashMap<String, Arc<Figures>>,
+    /// Tasks told to stop (edited, deleted, inactive) that may not have ended yet, by client
+    /// id: a new task with that id waits for them (two clients with one id would take the
+    /// session from each other, and an ending one's clean-session connect would wipe the new
+    /// one's), and the drain waits for them too.
+    stopping: Vec<(String, watch::Receiver<bool>)>,
     /// Set by `start`: tasks run from then on.
     shutdown: Option<watch::Receiver<bool>>,
 }
@@ -124,6 +149,7 @@ struct State {
 pub struct MqttChannels {
     server: String,
     key: Arc<crate::secrets::Key>,
+    metrics: Arc<crate::metrics::Metrics>,
     pool: Arc<OnceLock<Arc<Pool>>>,
     state: Mutex<State>,
 }
@@ -140,11 +166,12 @@ impl MqttChannels {
     pub fn new(
         server: &str,
         key: Arc<crate::secrets::Key>,
-        _metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> MqttChannels {
         MqttChannels {
             server: server.to_owned(),
             key,
+            metrics,
             pool: Arc::new(OnceLock::new()),
             state: Mutex::new(State::default()),
         }
@@ -171,15 +198,29 @@ impl MqttChannels {
         self.reconcile(&mut st);
     }
 
-    /// Waits for every task to end (each stops by itself once `shutdown` turned true: no
-    /// new messages, those in flight finish and are acknowledged, DISCONNECT).
+    /// Waits (at most [`DRAIN_MAX`]) for every task to end, those still stopping after an
+    /// edit or a delete included: each stops by itself once `shutdown` turned true (no new
+    /// messages, those in flight finish and are acknowledged, DISCONNECT).
     pub async fn drain(&self) {
         let dones: Vec<watch::Receiver<bool>> = {
             let st = self.state.lock().expect("mqtt channels lock");
-            st.running.values().map(|r| r.done.clone()).collect()
+            st.running
+                .values()
+                .map(|r| r.done.clone())
+                .chain(st.stopping.iter().map(|(_, d)| d.clone()))
+                .collect()
         };
-        for mut d in dones {
-            let _ = d.wait_for(|d| *d).await;
+        let all = async {
+            for mut d in dones {
+                let _ = d.wait_for(|d| *d).await;
+            }
+        };
+        if tokio::time::timeout(DRAIN_MAX, all).await.is_err() {
+            tracing::warn!(
+                "MQTT channels: not every channel stopped within {} s; what it did not \
+                 acknowledge comes again on the next start",
+                DRAIN_MAX.as_secs()
+            );
         }
     }
 
@@ -203,6 +244,7 @@ impl MqttChannels {
                     failed: load(|f| &f.failed),
                     refused: load(|f| &f.refused),
                     deferred: load(|f| &f.deferred),
+                    dropped: load(|f| &f.dropped),
                     in_flight: load(|f| &f.in_flight),
                     last_error: f.and_then(|f| f.last_error.lock().expect("error lock").clone()),
                 }
@@ -234,19 +276,39 @@ impl MqttChannels {
             }
             let r = st.running.remove(&name).expect("a running channel");
             let deleted = !st.defs.iter().any(|d| d.name == name);
-            let id_changed = wanted
-                .get(&name)
-                .is_some_and(|d| d.client_id_on(&self.server) != r.def.client_id_on(&self.server));
-            let how = if deleted || id_changed {
+            // Another client id, broker or user: the old session would stay on its broker
+            // for ever, so it ends (what it kept unprocessed is discarded: said in the log).
+            let moved = wanted.get(&name).is_some_and(|d| {
+                d.client_id_on(&self.server) != r.def.client_id_on(&self.server)
+                    || d.address != r.def.address
+                    || d.username != r.def.username
+            });
+            let how = if deleted || moved {
                 Stop::EndSession
             } else {
                 Stop::KeepSession
             };
+            if moved {
+                tracing::warn!(channel = %name,
+                    "MQTT channel {name}: its client id, address or username changed: the old \
+                     session ({} on {}) ends, and the QoS 1 messages its broker still kept for it \
+                     (not processed) are discarded",
+                    r.def.client_id_on(&self.server), r.def.address);
+            }
             let _ = r.stop.send(how);
+            st.stopping
+                .push((r.def.client_id_on(&self.server), r.done.clone()));
             previous.insert(name, (r.def, r.done));
         }
-        st.figures
-            .retain(|name, _| st.defs.iter().any(|d| &d.name == name));
+        st.stopping.retain(|(_, d)| !*d.borrow());
+        let metrics = &self.metrics;
+        st.figures.retain(|name, _| {
+            let keep = st.defs.iter().any(|d| &d.name == name);
+            if !keep {
+                metrics.inbound.removed("mqtt", name);
+            }
+            keep
+        });
         for (name, def) in wanted {
             if st.running.contains_key(&name) {
                 continue;
@@ -268,16 +330,26 @@ impl MqttChannels {
                 }
                 _ => Vec::new(),
             };
+            // Every task still stopping with this client id ends first.
+            let client_id = def.client_id_on(&self.server);
+            let waits: Vec<watch::Receiver<bool>> = st
+                .stopping
+                .iter()
+                .filter(|(id, _)| *id == client_id)
+                .map(|(_, d)| d.clone())
+                .collect();
             let task = Channel {
                 label: format!("MQTT channel {} ({})", def.name, def.address),
-                client_id: def.client_id_on(&self.server),
+                client_id,
+                metrics: self.metrics.clone(),
                 opts: self.options(&def),
                 def: def.clone(),
                 pool: self.pool.clone(),
                 figures,
             };
+            drop(prev);
             tokio::spawn(task.run(
-                prev.map(|(_, d)| d),
+                waits,
                 unsubscribe,
                 stop_rx,
                 shutdown.clone(),
@@ -306,7 +378,8 @@ impl MqttChannels {
             keepalive_s: def.keepalive_s,
         };
         let mut o = options(&target, &self.key, def.client_id_on(&self.server), false)?;
-        o.set_manual_acks(true);
+        o.set_manual_acks(true)
+            .set_max_packet_size(MAX_INCOMING, crate::outgoing::mqtt::MAX_PACKET);
         Ok(o)
     }
 }
@@ -323,6 +396,7 @@ struct Channel {
     def: MqttChannel,
     label: String,
     client_id: String,
+    metrics: Arc<crate::metrics::Metrics>,
     opts: Result<MqttOptions, String>,
     pool: Arc<OnceLock<Arc<Pool>>>,
     figures: Arc<Figures>,
@@ -347,17 +421,37 @@ fn stopping(stop: &watch::Receiver<Stop>, shutdown: &watch::Receiver<bool>) -> O
 }
 
 impl Channel {
+    /// Counts a message's `outcome` in the channel's figures and the metrics.
+    fn count(&self, outcome: &'static str) {
+        let f = &self.figures;
+        match outcome {
+            "acked" => &f.ok,
+            "failed" => &f.failed,
+            "refused" => &f.refused,
+            "deferred" => &f.deferred,
+            _ => &f.dropped,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.metrics.inbound.message("mqtt", &self.def.name, outcome);
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.figures.connected.store(up, Ordering::Relaxed);
+        self.metrics.inbound.connected("mqtt", &self.def.name, up);
+    }
+
     async fn run(
         self,
-        prev: Option<watch::Receiver<bool>>,
+        waits: Vec<watch::Receiver<bool>>,
         unsubscribe: Vec<String>,
         mut stop: watch::Receiver<Stop>,
         mut shutdown: watch::Receiver<bool>,
         done: watch::Sender<bool>,
     ) {
-        // The previous definition's task lets go of the session first (its calls in flight
-        // acknowledged): two clients with one id would take it from each other.
-        if let Some(mut p) = prev {
+        // Every earlier task with this client id lets go of the session first (its calls in
+        // flight acknowledged, its session ended if it had to): two clients with one id
+        // would take it from each other.
+        for mut p in waits {
             let _ = p.wait_for(|d| *d).await;
         }
         let how = match &self.opts {
@@ -386,7 +480,7 @@ impl Channel {
         {
             self.end_session(opts.clone()).await;
         }
-        self.figures.connected.store(false, Ordering::Relaxed);
+        self.set_connected(false);
         let _ = done.send(true);
     }
 
@@ -399,11 +493,18 @@ impl Channel {
         stop: &mut watch::Receiver<Stop>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Stop {
-        let mut first = true;
+        // Until the broker acknowledged this definition's SUBSCRIBE, every CONNACK sends it.
+        let mut need_subscribe = true;
         let mut failure_backoff = FAILURE_BACKOFF_FIRST;
         loop {
             let (end, failed, succeeded) = self
-                .session(opts.clone(), &mut first, &mut unsubscribe, stop, shutdown)
+                .session(
+                    opts.clone(),
+                    &mut need_subscribe,
+                    &mut unsubscribe,
+                    stop,
+                    shutdown,
+                )
                 .await;
             if let Some(how) = end {
                 return how;
@@ -443,27 +544,54 @@ impl Channel {
     /// hands each message to the service. Ends when told to stop (`Some(how)`) or after a
     /// failed message once the calls in flight are done (`(None, true, _)`); the last item
     /// says whether a message succeeded in it.
+    ///
+    /// This task alone polls the event loop, so it never waits on the client's request
+    /// queue: PUBACKs go in with `try_ack`, those that do not fit wait in `acks` and go in
+    /// as the event loop takes requests. The broker's session is counted: a CONNACK
+    /// without the session (the broker lost it) starts a new `generation`, and a call of
+    /// an earlier one is not acknowledged (its packet id means another message now).
     async fn session(
         &self,
         opts: MqttOptions,
-        first: &mut bool,
+        need_subscribe: &mut bool,
         unsubscribe: &mut Vec<String>,
         stop: &mut watch::Receiver<Stop>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> (Option<Stop>, bool, bool) {
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
-        let mut calls: JoinSet<(Publish, Outcome)> = JoinSet::new();
+        let mut calls: JoinSet<(u64, Publish, Outcome)> = JoinSet::new();
         // A message failed in this session: QoS 1 messages are no longer taken.
         let mut failed = false;
         let mut succeeded = false;
         // The wait before the event loop reconnects after a broken connection.
         let mut reconnect_backoff = crate::outgoing::mqtt::BACKOFF_FIRST;
+        let mut connected_at: Option<Instant> = None;
         let mut ending: Option<Stop> = None;
+        let mut generation: u64 = 0;
+        // Packet ids of the QoS 1 messages whose call runs (of `generation`): the broker's
+        // resend of one (`dup`, after a reconnect) is not started again; the running call's
+        // PUBACK answers both.
+        let mut running: HashSet<u16> = HashSet::new();
+        let mut qos0_running: u64 = 0;
+        let mut acks: VecDeque<Publish> = VecDeque::new();
+        let mut last_drop_log: Option<Instant> = None;
+        let mut drops_unlogged: u64 = 0;
         loop {
+            while let Some(p) = acks.front() {
+                if client.try_ack(p).is_err() {
+                    break;
+                }
+                acks.pop_front();
+            }
             if ending.is_none() {
                 ending = stopping(stop, shutdown);
             }
-            if (ending.is_some() || failed) && calls.is_empty() {
+            if ending.is_some() && !self.figures.connected.load(Ordering::Relaxed) {
+                // Stopping with no connection: these PUBACKs cannot go out; the broker
+                // sends their messages again on the next start.
+                acks.clear();
+            }
+            if (ending.is_some() || failed) && calls.is_empty() && acks.is_empty() {
                 self.disconnect(&client, &mut eventloop).await;
                 return (ending, failed, succeeded);
             }
@@ -473,31 +601,55 @@ impl Channel {
                 Some(joined) = calls.join_next(), if !calls.is_empty() => {
                     self.figures.in_flight.fetch_sub(1, Ordering::Relaxed);
                     match joined {
-                        Ok((publish, outcome)) => {
-                            if self.settle(&client, &publish, outcome).await {
+                        Ok((generation_of, publish, outcome)) => {
+                            if publish.qos == QoS::AtMostOnce {
+                                qos0_running -= 1;
+                            } else if generation_of == generation {
+                                running.remove(&publish.pkid);
+                            }
+                            let (ack, fail) = self.settle(&publish, outcome);
+                            if fail {
                                 failed = true;
                             } else {
                                 succeeded = true;
                             }
+                            if ack && publish.qos != QoS::AtMostOnce {
+                                if generation_of == generation {
+                                    acks.push_back(publish);
+                                } else {
+                                    tracing::warn!(channel = %self.def.name, topic = %publish.topic,
+                                        "{}: the broker lost the session while a message on {:?} \
+                                         was processed: it is not acknowledged (its packet id is \
+                                         another message's now)", self.label, publish.topic);
+                                }
+                            }
                         }
                         Err(e) => {
+                            // A panicked call: its packet id is not known here.
                             failed = true;
-                            self.figures.failed.fetch_add(1, Ordering::Relaxed);
+                            self.count("failed");
                             self.figures.error(format!("{}: a call's task failed: {e}", self.label));
                         }
                     }
                 }
                 polled = eventloop.poll() => match polled {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                        self.figures.connected.store(true, Ordering::Relaxed);
-                        reconnect_backoff = crate::outgoing::mqtt::BACKOFF_FIRST;
+                        self.set_connected(true);
+                        connected_at = Some(Instant::now());
                         tracing::info!(channel = %self.def.name, client_id = %self.client_id,
                             session_present = ack.session_present, "{}: connected", self.label);
-                        // The first connection of this definition subscribes whatever the
-                        // broker kept (the filters may have changed while the session
-                        // waited); a later one only when the broker lost the session.
-                        if *first || !ack.session_present {
-                            *first = false;
+                        if !ack.session_present {
+                            // A new session: the packet ids of the old one mean nothing now.
+                            generation += 1;
+                            running.clear();
+                            acks.clear();
+                            *need_subscribe = true;
+                        }
+                        // Until this definition's SUBACK came (the filters may have changed
+                        // while the session waited; a connection may break before the
+                        // SUBACK), each connection subscribes.
+                        if *need_subscribe {
+                            self.figures.subscribed.store(false, Ordering::Relaxed);
                             let filters = self.def.topics.iter().map(|t| {
                                 rumqttc::SubscribeFilter::new(
                                     t.filter.clone(),
@@ -507,12 +659,14 @@ impl Channel {
                             if let Err(e) = client.try_subscribe_many(filters) {
                                 self.figures.error(format!("{}: subscribe: {e}", self.label));
                             }
-                            for f in unsubscribe.drain(..) {
-                                let _ = client.try_unsubscribe(f);
+                            for f in unsubscribe.iter() {
+                                let _ = client.try_unsubscribe(f.clone());
                             }
                         }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                        *need_subscribe = false;
+                        unsubscribe.clear();
                         if ack.return_codes.iter().all(|c| *c != SubscribeReasonCode::Failure) {
                             self.figures.subscribed.store(true, Ordering::Relaxed);
                         }
@@ -526,11 +680,38 @@ impl Channel {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        if ending.is_some() || (failed && p.qos != QoS::AtMostOnce) {
+                        let qos0 = p.qos == QoS::AtMostOnce;
+                        if qos0 && (ending.is_some() || qos0_running >= QOS0_IN_FLIGHT) {
+                            // Nothing sends a QoS 0 message again.
+                            self.count("dropped");
+                            drops_unlogged += 1;
+                            if last_drop_log.is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY) {
+                                last_drop_log = Some(Instant::now());
+                                tracing::warn!(channel = %self.def.name,
+                                    "{}: {drops_unlogged} QoS 0 message(s) dropped ({})",
+                                    self.label,
+                                    if ending.is_some() { "the channel is stopping" } else {
+                                        "its calls in flight are at the limit" });
+                                drops_unlogged = 0;
+                            }
+                            continue;
+                        }
+                        if !qos0 && running.contains(&p.pkid) {
+                            // The broker's resend of a message whose call still runs.
+                            tracing::debug!(channel = %self.def.name, pkid = p.pkid,
+                                "{}: a resend of a message in process: not started again", self.label);
+                            continue;
+                        }
+                        if !qos0 && (ending.is_some() || failed) {
                             // Not processed, not acknowledged: the broker sends it again
                             // when the session resumes.
-                            self.figures.deferred.fetch_add(1, Ordering::Relaxed);
+                            self.count("deferred");
                             continue;
+                        }
+                        if qos0 {
+                            qos0_running += 1;
+                        } else {
+                            running.insert(p.pkid);
                         }
                         self.figures.in_flight.fetch_add(1, Ordering::Relaxed);
                         let call = Call {
@@ -539,20 +720,26 @@ impl Channel {
                             channel: self.def.name.clone(),
                             data_format: self.def.data_format.as_str(),
                         };
+                        let generation_of = generation;
                         calls.spawn(async move {
                             let outcome = call.invoke(&p).await;
-                            (p, outcome)
+                            (generation_of, p, outcome)
                         });
                     }
                     Ok(_) => {}
                     Err(e) => {
                         let text = format!("{}: {}", self.label, connection_error_text(&e));
-                        if self.figures.connected.swap(false, Ordering::Relaxed) {
+                        if self.figures.connected.load(Ordering::Relaxed) {
+                            self.set_connected(false);
                             tracing::warn!(channel = %self.def.name, "{text}; reconnecting");
                         } else {
                             tracing::debug!(channel = %self.def.name, "{text}");
                         }
                         self.figures.error(text);
+                        // Only a connection that stayed up starts the backoff again.
+                        if connected_at.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                            reconnect_backoff = crate::outgoing::mqtt::BACKOFF_FIRST;
+                        }
                         // The same event loop reconnects on the next poll and resumes the
                         // session (calls in flight acknowledge on it; the broker sends
                         // what it has not had acknowledged again).
@@ -570,28 +757,23 @@ impl Channel {
         }
     }
 
-    /// Acknowledges (or not) a message whose call ended; true when it failed.
-    async fn settle(&self, client: &AsyncClient, publish: &Publish, outcome: Outcome) -> bool {
+    /// Counts a message whose call ended; returns whether to acknowledge it and whether
+    /// it failed (a QoS 1 failure: the session resumes for its resend).
+    fn settle(&self, publish: &Publish, outcome: Outcome) -> (bool, bool) {
         match outcome {
             Outcome::Ok => {
-                self.figures.ok.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = client.ack(publish).await {
-                    self.figures.error(format!("{}: PUBACK: {e}", self.label));
-                }
-                false
+                self.count("acked");
+                (true, false)
             }
             Outcome::Refused(why) => {
-                self.figures.refused.fetch_add(1, Ordering::Relaxed);
+                self.count("refused");
                 tracing::warn!(channel = %self.def.name, topic = %publish.topic,
                     "{}: a message on {:?} was refused as bad input and is acknowledged: {why}",
                     self.label, publish.topic);
-                if let Err(e) = client.ack(publish).await {
-                    self.figures.error(format!("{}: PUBACK: {e}", self.label));
-                }
-                false
+                (true, false)
             }
             Outcome::Failed(why) => {
-                self.figures.failed.fetch_add(1, Ordering::Relaxed);
+                self.count("failed");
                 let e = format!(
                     "{}: a message on {:?} failed{}: {why}",
                     self.label,
@@ -604,7 +786,7 @@ impl Channel {
                 );
                 tracing::warn!(channel = %self.def.name, topic = %publish.topic, "{e}");
                 self.figures.error(e);
-                publish.qos != QoS::AtMostOnce
+                (false, publish.qos != QoS::AtMostOnce)
             }
         }
     }
@@ -612,7 +794,7 @@ impl Channel {
     /// Sends DISCONNECT after everything queued (the acknowledgements), and waits for it to
     /// be written (bounded).
     async fn disconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
-        self.figures.connected.store(false, Ordering::Relaxed);
+        self.set_connected(false);
         if client.try_disconnect().is_err() {
             return;
         }
@@ -696,6 +878,7 @@ impl Call {
             tracestate: None,
             pubsub: None,
             mqtt: Some(&meta_json),
+            amqp: None,
         };
         let deadline = std::time::Instant::now() + INVOKE_TIMEOUT;
         match pool.invoke(&meta, &p.payload, deadline).await {

@@ -348,6 +348,7 @@ fn handle_worker_call(
                 tracestate: tracestate.as_deref(),
                 pubsub: None,
                 mqtt: None,
+                amqp: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

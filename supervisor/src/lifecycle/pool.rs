@@ -875,6 +875,7 @@ mod tests {
             tracestate: None,
             pubsub: None,
             mqtt: None,
+            amqp: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

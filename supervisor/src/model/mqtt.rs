@@ -105,7 +105,7 @@ pub struct MqttChannel {
     pub keepalive_s: u16,
     pub topics: Vec<MqttFilter>,
     pub service: String,
-    /// The session's client id; default `oxbus-<channel>-<server>`. One given here is used
+    /// The session's client id; default `oxbus:<channel>:<server>`. One given here is used
     /// as it is on every server: two servers with the same client id take the session from
     /// each other, so give one only where a single server runs the channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,11 +157,12 @@ impl MqttChannel {
         Ok(())
     }
 
-    /// The session's client id on server `server`.
+    /// The session's client id on server `server`: `client_id`, or `oxbus:<channel>:<server>`
+    /// (`:` is in no channel name, so two channels never share a default id).
     pub fn client_id_on(&self, server: &str) -> String {
         match &self.client_id {
             Some(id) => id.clone(),
-            None => format!("oxbus-{}-{server}", self.name),
+            None => format!("oxbus:{}:{server}", self.name),
         }
     }
 }
@@ -476,7 +477,14 @@ mod tests {
         let def = channel(base.clone()).unwrap();
         assert_eq!(def.topics[0].qos, 1);
         assert_eq!(def.data_format, MqttDataFormat::Raw);
-        assert_eq!(def.client_id_on("srv1"), "oxbus-ch-srv1");
+        assert_eq!(def.client_id_on("srv1"), "oxbus:ch:srv1");
+        // A separator no channel name holds: channel `a-b` on server `c` and channel `a`
+        // on server `b-c` have two sessions.
+        let mut ab = def.clone();
+        ab.name = "a-b".into();
+        let mut a = def.clone();
+        a.name = "a".into();
+        assert_ne!(ab.client_id_on("c"), a.client_id_on("b-c"));
         let mut v = base.clone();
         v["topics"] = json!([{"filter": "a/#/b"}]);
         let e = channel(v).unwrap_err().to_string();

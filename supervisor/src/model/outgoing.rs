@@ -904,7 +904,7 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn timeout(field: &str, ms: u64, min: u64) -> Result<(), String> {
+pub(crate) fn timeout(field: &str, ms: u64, min: u64) -> Result<(), String> {
     if ms < min || ms > MAX_TIMEOUT_MS {
         return Err(format!(
             "{field}: {ms} ms is not {min}..={MAX_TIMEOUT_MS} (at most an hour)"

@@ -11,6 +11,7 @@
 //! started with, new calls take the new one; a deleted connection's calls fail
 //! `unknown_conn` naming it. docs/OUTGOING.md.
 
+pub mod amqp;
 pub mod mqtt;
 pub mod rest;
 pub mod service_secrets;

@@ -678,6 +678,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         tracestate: None,
         pubsub: None,
         mqtt: None,
+        amqp: None,
     };
     let body = def
         .extra

@@ -389,6 +389,16 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    // AMQP channels: their passwords as the outgoing connections' credentials.
+    let inbound_amqp = import_outgoing(
+        cx,
+        &doc.channel_amqp,
+        replace,
+        &mut plan.inbound_amqp,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
 
     // Pub/sub: topics, subscriptions and endpoints, each validated; then what they name must
     // exist in the config as the import leaves it (a subscription's topic, unless a pattern,
@@ -505,6 +515,9 @@ pub async fn import(
     }
     if !plan.inbound_mqtt.is_empty() {
         cx.inbound.apply_mqtt(&channel_mqtt);
+    }
+    if !plan.inbound_amqp.is_empty() {
+        cx.inbound.apply_amqp(&inbound_amqp);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()

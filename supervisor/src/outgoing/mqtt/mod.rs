@@ -50,6 +50,8 @@ const INFLIGHT: u16 = 100;
 /// The waits between connection attempts: doubling from the first to the last.
 pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A connection that stayed up this long starts the backoff from the first wait again.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// Where and as whom a client connects (a connection's or a channel's fields).
 pub(crate) struct Target<'a> {
@@ -111,6 +113,13 @@ pub(crate) fn connection_error_text(e: &rumqttc::ConnectionError) -> String {
     match e {
         C::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
         C::NetworkTimeout => "no connection within the connect timeout".into(),
+        C::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(n),
+        )) => format!(
+            "the broker sent a packet of {n} bytes, above this client's limit: the connection \
+             is closed (a channel's broker sends that message again on every connection: \
+             remove it from the broker, or make it smaller)"
+        ),
         other => other.to_string(),
     }
 }
@@ -498,6 +507,7 @@ async fn run(
     if let Some(t) = not_before {
         tokio::time::sleep_until(t).await;
     }
+    let mut connected_at: Option<Instant> = None;
     loop {
         let polled = eventloop.poll().await;
         if shared.closing.load(Ordering::SeqCst)
@@ -508,7 +518,13 @@ async fn run(
         match polled {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 shared.connected.store(true, Ordering::SeqCst);
-                *retry.lock().expect("retry lock") = Retry::default();
+                connected_at = Some(Instant::now());
+                // The backoff is kept: only a connection that stays up starts it again
+                // (a client-id fight or a broker closing each session at once would
+                // otherwise reconnect as fast as it can).
+                let mut r = retry.lock().expect("retry lock");
+                r.not_before = None;
+                r.last_error = None;
                 tracing::info!(connection = %label, "{label}: connected");
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -575,6 +591,9 @@ async fn run(
                     tracing::warn!(connection = %label, error = %text, "{label}: cannot connect: {text}");
                 }
                 let mut r = retry.lock().expect("retry lock");
+                if connected_at.is_some_and(|t| t.elapsed() >= STABLE) {
+                    r.backoff = BACKOFF_FIRST;
+                }
                 r.not_before = Some(tokio::time::Instant::now() + r.backoff);
                 r.backoff = next_backoff(r.backoff);
                 r.last_error = Some(text);

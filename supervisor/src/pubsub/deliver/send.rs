@@ -148,6 +148,7 @@ async fn to_service(
         tracestate: None,
         pubsub: Some(&meta_json),
         mqtt: None,
+        amqp: None,
     };
     match pool
         .invoke(
