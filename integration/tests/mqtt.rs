@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const SERVICES: &str = r#"import base64
 import json
 import os
+import time
 
 from oxbus import Service
 
@@ -40,6 +41,13 @@ class OnMessage(Service):
         m = self.request.mqtt
         raw = self.request.raw_request
         path = os.path.join(SEEN, self.channel.name)
+        # 'hold:<tag>' says it started, then runs until the test releases the channel.
+        if raw.startswith(b'hold:'):
+            open(path + '.started.' + raw.decode()[5:], 'w').close()
+            for _ in range(1200):
+                if os.path.exists(path + '.release'):
+                    break
+                time.sleep(0.05)
         # 'fail-once:<tag>' fails on its first delivery only ('fail:' always).
         marker = path + '.' + raw.decode('latin-1').split(':', 1)[-1] + '.failed'
         fail = raw.startswith(b'fail:') or (
@@ -335,7 +343,7 @@ async fn a_service_receives_every_message_exactly_as_published() {
         assert_eq!(e["retain"], false);
     }
     let st = status(&srv, &name).await;
-    assert_eq!(st["ok"], json!(N + 1), "{st}");
+    assert_eq!(st["acked"], json!(N + 1), "{st}");
     assert_eq!(st["failed"], 0);
     let id = st["client_id"].as_str().unwrap();
     assert!(id.starts_with(&format!("oxbus:{name}:")), "{st}");
@@ -347,13 +355,13 @@ async fn a_service_receives_every_message_exactly_as_published() {
     let m = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
         m.contains(&format!(
-            "oxbus_inbound_mqtt_messages_total{{channel=\"{name}\",outcome=\"ok\"}} {}",
+            "oxbus_inbound_messages_total{{type=\"mqtt\",channel=\"{name}\",outcome=\"acked\"}} {}",
             N + 1
         )),
         "{m}"
     );
     assert!(m.contains(&format!(
-        "oxbus_inbound_mqtt_connected{{channel=\"{name}\"}} 1"
+        "oxbus_inbound_connected{{type=\"mqtt\",channel=\"{name}\"}} 1"
     )));
 
     let r = admin(
@@ -984,5 +992,400 @@ async fn an_import_seals_the_mqtt_passwords_and_again_is_no_change() {
     assert!(text(&audit).contains("inbound_mqtt"), "{}", text(&audit));
     assert!(text(&audit).contains("outgoing_mqtt"), "{}", text(&audit));
     assert!(!srv.log().contains(secret));
+    srv.assert_no_errors(&[]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Review findings: drain, QoS 0 bound, a cut connection, silent and breaking brokers, CLI
+
+/// How many times the channel's service processed each payload.
+fn processed_counts(name: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in seen(name) {
+        *m.entry(String::from_utf8(payload_of(&e)).unwrap())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+/// The `hold:` calls of channel `name` that started.
+fn started(name: &str) -> usize {
+    std::fs::read_dir(seen_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.started."))
+        })
+        .count()
+}
+
+fn release(name: &str) {
+    std::fs::write(seen_dir().join(format!("{name}.release")), b"").unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_lets_slow_calls_finish_acks_them_once_and_they_do_not_come_again() {
+    let srv = env()
+        .set("cluster", "server", &format!("\"{}\"", unique("srv")))
+        .start()
+        .await;
+    let name = unique("drain");
+    let topic = format!("oxbus-test/{name}/in");
+    clean_seen(&name);
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": topic, "qos": 1}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+    let mut pubc = TestClient::connect("drain").await;
+    const SLOW: usize = 3;
+    for i in 0..SLOW {
+        pubc.publish(
+            &topic,
+            format!("hold:{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    eventually(WAIT, "every slow call started", || async {
+        (started(&name) == SLOW).then_some(())
+    })
+    .await;
+
+    // SIGTERM while the calls run; they are let go only once the server is stopping.
+    let mut srv = srv;
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    eventually(WAIT, "the server draining", || async {
+        srv.log().contains("SIGTERM: draining").then_some(())
+    })
+    .await;
+    assert!(
+        seen(&name).is_empty(),
+        "a slow call ended before its release"
+    );
+    release(&name);
+    assert_eq!(srv.wait_exit(WAIT), Some(0), "log:\n{}", srv.log());
+    let counts = processed_counts(&name);
+    assert_eq!(counts.len(), SLOW, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+
+    // After a restart the session resumes: nothing of the drained calls comes again (they
+    // were acknowledged before the DISCONNECT). A later message shows the session works,
+    // and the broker sends unacknowledged ones before it.
+    let srv = srv.spawn_again();
+    srv.wait_ready().await;
+    until_processed(&mut pubc, &name, &topic, "after").await;
+    let counts = processed_counts(&name);
+    for i in 0..SLOW {
+        assert_eq!(counts.get(&format!("hold:{i}")), Some(&1), "{counts:?}");
+    }
+    pubc.close().await;
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    clean_seen(&name);
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn qos0_calls_are_bounded_per_channel_and_the_rest_counted_dropped() {
+    let srv = env().start().await;
+    let name = unique("qos0");
+    let topic = format!("oxbus-test/{name}/in");
+    clean_seen(&name);
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": topic, "qos": 0}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+    let mut pubc = TestClient::connect("qos0").await;
+    const N: u64 = 100;
+    for i in 0..N {
+        pubc.publish(
+            &topic,
+            format!("hold:q{i}").as_bytes(),
+            QoS::AtMostOnce,
+            false,
+        )
+        .await;
+    }
+    // Every message is accounted for: running (held), dropped, or failed by the pool.
+    let st = eventually(WAIT, "every QoS 0 message taken or dropped", || async {
+        let s = status(&srv, &name).await;
+        let n = ["in_flight", "dropped", "failed", "acked"]
+            .iter()
+            .map(|k| s[*k].as_u64().unwrap())
+            .sum::<u64>();
+        (n == N).then_some(s)
+    })
+    .await;
+    // The channel's bound (inbound::mqtt::QOS0_IN_FLIGHT).
+    assert!(st["in_flight"].as_u64().unwrap() <= 32, "{st}");
+    assert!(st["dropped"].as_u64().unwrap() >= N - 32, "{st}");
+    release(&name);
+    let st = eventually(WAIT, "the held calls ended", || async {
+        let s = status(&srv, &name).await;
+        (s["in_flight"] == 0).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        seen(&name).len() as u64,
+        st["acked"].as_u64().unwrap(),
+        "{st}"
+    );
+    let m = admin(&srv, "GET", "/metrics", Value::Null).await;
+    let m = text(&m);
+    let line = format!(
+        "oxbus_inbound_messages_total{{type=\"mqtt\",channel=\"{name}\",outcome=\"dropped\"}} {}",
+        st["dropped"]
+    );
+    assert!(m.contains(&line), "{line} not in\n{m}");
+    pubc.close().await;
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    clean_seen(&name);
+    srv.assert_no_errors(&["QoS 0 message(s) dropped"]);
+}
+
+#[tokio::test]
+async fn a_cut_connection_reconnects_and_the_session_resumes() {
+    use oxbus_integration::relay::Relay;
+    let srv = env().start().await;
+    let relay = Relay::start("127.0.0.1:1883").await;
+    let name = unique("cut");
+    let topic = format!("oxbus-test/{name}/in");
+    clean_seen(&name);
+    put_channel(
+        &srv,
+        &name,
+        json!({"address": format!("mqtt://{}", relay.host_port()),
+               "service": "mqtt.on_message", "topics": [{"filter": topic, "qos": 1}]}),
+    )
+    .await;
+    wait_subscribed(&srv, &name).await;
+    let mut pubc = TestClient::connect("cut").await;
+    until_processed(&mut pubc, &name, &topic, "before").await;
+
+    relay.cut().await;
+    eventually(WAIT, "the channel sees the cut", || async {
+        let s = status(&srv, &name).await;
+        (s["connected"] == false).then_some(())
+    })
+    .await;
+    // Published while cut: the broker keeps them for the session.
+    for i in 0..5 {
+        pubc.publish(
+            &topic,
+            format!("while-cut-{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    let accepted = relay.accepted();
+    relay.restore().await;
+    eventually(WAIT, "everything published while cut", || async {
+        let c = processed_counts(&name);
+        (0..5)
+            .all(|i| c.contains_key(&format!("while-cut-{i}")))
+            .then_some(())
+    })
+    .await;
+    assert!(relay.accepted() > accepted);
+    let st = status(&srv, &name).await;
+    assert_eq!(st["connected"], true, "{st}");
+    assert!(
+        st["last_error"].as_str().unwrap_or("").contains(&name),
+        "the error names the channel: {st}"
+    );
+    pubc.close().await;
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    clean_seen(&name);
+    srv.assert_no_errors(&[&name]);
+}
+
+/// A broker that answers CONNECT with a CONNACK, then, once a packet came after it, either
+/// says nothing more (`close: false`) or closes the connection (`close: true`).
+async fn fake_broker(close: bool) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                continue;
+            }
+            s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+            if close {
+                let _ = s.read(&mut buf).await;
+                drop(s);
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn outgoing_timeout_against_a_silent_broker_and_io_when_it_breaks_mid_publish() {
+    let srv = env().start().await;
+    let (silent, silent_task) = fake_broker(false).await;
+    let (breaking, breaking_task) = fake_broker(true).await;
+    let quiet = unique("quiet");
+    put_conn(
+        &srv,
+        &quiet,
+        json!({"address": format!("mqtt://127.0.0.1:{silent}"), "timeout_ms": 500}),
+    )
+    .await;
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": quiet, "topic": "oxbus-test/quiet", "payload": "x", "qos": 1}),
+    )
+    .await;
+    let m = failed_with(&r, "OutgoingTimeout");
+    assert_eq!(r["errno"], "timeout", "{r}");
+    assert!(m.contains(&format!("MQTT connection {quiet}")), "{m}");
+
+    let broken = unique("broken");
+    put_conn(
+        &srv,
+        &broken,
+        json!({"address": format!("mqtt://127.0.0.1:{breaking}"), "timeout_ms": 10000}),
+    )
+    .await;
+    let r = publish_via(
+        &srv,
+        "/publish",
+        json!({"conn": broken, "topic": "oxbus-test/broken", "payload": "x", "qos": 1}),
+    )
+    .await;
+    let m = failed_with(&r, "OutgoingConnectionError");
+    assert_eq!(r["errno"], "io", "{r}");
+    assert!(m.contains(&format!("MQTT connection {broken}")), "{m}");
+    for n in [&quiet, &broken] {
+        admin(
+            &srv,
+            "DELETE",
+            &format!("/v1/outgoing/mqtt/{n}"),
+            Value::Null,
+        )
+        .await;
+    }
+    silent_task.abort();
+    breaking_task.abort();
+    srv.assert_no_errors(&[&quiet, &broken]);
+}
+
+#[tokio::test]
+async fn the_cli_manages_mqtt_channels() {
+    let srv = env().start().await;
+    let name = unique("cli");
+    let dir = std::env::temp_dir().join(format!("oxbus-it-mqtt-cli-{}", next_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let def = dir.join("def.json");
+    std::fs::write(
+        &def,
+        json!({"address": BROKER, "service": "mqtt.on_message",
+               "topics": [{"filter": format!("oxbus-test/{name}"), "qos": 1}]})
+        .to_string(),
+    )
+    .unwrap();
+    let ok = oxbus_integration::api::ok;
+    let out = ok(&srv.cli(&["inbound", "put", "mqtt", &name, def.to_str().unwrap()]));
+    assert!(
+        out.contains(&format!("mqtt channel {name} created")),
+        "{out}"
+    );
+    wait_subscribed(&srv, &name).await;
+    let out = ok(&srv.cli(&["inbound", "list", "mqtt"]));
+    assert!(
+        out.contains(&name) && out.contains("connected, 0 acked"),
+        "{out}"
+    );
+    let out = ok(&srv.cli(&["inbound", "stats", "mqtt", &name]));
+    assert!(out.contains("SUBSCRIBED") && out.contains(&name), "{out}");
+    let out = ok(&srv.cli(&["inbound", "delete", "mqtt", &name]));
+    assert!(
+        out.contains(&format!("mqtt channel {name} deleted")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = admin(
+        &srv,
+        "GET",
+        &format!("/v1/inbound/mqtt/{name}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    srv.assert_no_errors(&[]);
+}
+
+#[tokio::test]
+async fn two_channels_cannot_share_a_client_id() {
+    let srv = env().start().await;
+    let (a, b) = (unique("ida"), unique("idb"));
+    let id = unique("shared-id");
+    let def = |n: &str| {
+        json!({"address": BROKER, "service": "mqtt.on_message", "client_id": id,
+               "is_active": false, "topics": [{"filter": format!("oxbus-test/{n}")}]})
+    };
+    put_channel(&srv, &a, def(&a)).await;
+    let r = admin(&srv, "PUT", &format!("/v1/inbound/mqtt/{b}"), def(&b)).await;
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(
+        text(&r).contains(&a) && text(&r).contains(&id),
+        "{}",
+        text(&r)
+    );
+    // Its own client id again is no conflict.
+    put_channel(&srv, &a, def(&a)).await;
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{a}"),
+        Value::Null,
+    )
+    .await;
+    put_channel(&srv, &b, def(&b)).await;
+    admin(
+        &srv,
+        "DELETE",
+        &format!("/v1/inbound/mqtt/{b}"),
+        Value::Null,
+    )
+    .await;
     srv.assert_no_errors(&[]);
 }

@@ -540,6 +540,23 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_connections_and_channels_are_classified_like_rest_and_sql() {
+        for kind in ["/v1/outgoing/mqtt", "/v1/inbound/mqtt"] {
+            let get = |p: &str| required_role(&Method::GET, &format!("{kind}{p}"));
+            assert_eq!(get(""), Role::Viewer, "{kind}");
+            assert_eq!(get("/x"), Role::Viewer, "{kind}");
+            assert_eq!(get("/x/stats"), Role::Viewer, "{kind}");
+            let one = format!("{kind}/x");
+            assert_eq!(required_role(&Method::PUT, &one), Role::Admin);
+            assert_eq!(required_role(&Method::DELETE, &one), Role::Admin);
+        }
+        assert_eq!(
+            required_role(&Method::POST, "/v1/outgoing/mqtt/x/ping"),
+            Role::Deployer
+        );
+    }
+
+    #[test]
     fn reads_are_viewers_except_secret_material() {
         for p in [
             "/v1/info",

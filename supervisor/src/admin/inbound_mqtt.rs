@@ -51,7 +51,21 @@ impl AdminObject for MqttChannel {
     ) -> Result<Self, Refused> {
         let input = <MqttChannel as Parsed>::parse(&input, name)
             .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))?;
-        build(&cx.key, input, stored).map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))
+        let def =
+            build(&cx.key, input, stored).map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e))?;
+        if def.client_id.is_some() {
+            let mut all: Vec<MqttChannel> = cx
+                .store
+                .objects()
+                .await
+                .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            all.retain(|d| d.name != def.name);
+            all.push(def.clone());
+            if let Some(e) = crate::model::mqtt::shared_client_id(&all) {
+                return Err(Refused::new(StatusCode::CONFLICT, e));
+            }
+        }
+        Ok(def)
     }
 
     async fn apply_local(cx: &Ctx, expected: Vec<Self>) -> Result<(), Refused> {

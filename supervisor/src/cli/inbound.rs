@@ -90,7 +90,7 @@ pub fn command(rt: &Runtime, action: &InboundAction) -> Result<(), CliError> {
             let path = format!("{}/stats", one(*kind, name));
             let answer = call(rt, to, "GET", &path, Vec::new())?;
             print(answer, *output, |d| {
-                print!("{}", table(std::slice::from_ref(d)))
+                print!("{}", table(*kind, std::slice::from_ref(d)))
             });
         }
     }
@@ -133,10 +133,44 @@ fn print_list(kind: InboundType, d: &Value) {
     }
 }
 
-/// The text table of channels' status.
-pub fn table(rows: &[Value]) -> String {
+/// The text table of channels' status (each type has its own figures).
+pub fn table(kind: InboundType, rows: &[Value]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if kind == InboundType::Mqtt {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  LAST_ERROR",
+            "CHANNEL",
+            "CONNECTED",
+            "SUBSCRIBED",
+            "ACKED",
+            "FAILED",
+            "REFUSED",
+            "DEFERRED",
+            "DROPPED",
+            "IN_FLIGHT"
+        );
+        for r in rows {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            let yes = |k: &str| if r[k] == true { "yes" } else { "no" };
+            let _ = writeln!(
+                out,
+                "{:<28} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+                r["name"].as_str().unwrap_or(""),
+                yes("connected"),
+                yes("subscribed"),
+                n("acked"),
+                n("failed"),
+                n("refused"),
+                n("deferred"),
+                n("dropped"),
+                n("in_flight"),
+                r["last_error"].as_str().unwrap_or("-")
+            );
+        }
+        return out;
+    }
     let _ = writeln!(
         out,
         "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}  LAST_ERROR",

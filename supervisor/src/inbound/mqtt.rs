@@ -115,7 +115,8 @@ pub struct ChannelStatus {
     pub running: bool,
     pub connected: bool,
     pub subscribed: bool,
-    pub ok: u64,
+    /// Processed and acknowledged (outcome `acked` of the metrics).
+    pub acked: u64,
     pub failed: u64,
     pub refused: u64,
     pub deferred: u64,
@@ -240,7 +241,7 @@ impl MqttChannels {
                     running: st.running.get(&d.name).is_some_and(|r| !*r.done.borrow()),
                     connected: f.is_some_and(|f| f.connected.load(Ordering::Relaxed)),
                     subscribed: f.is_some_and(|f| f.subscribed.load(Ordering::Relaxed)),
-                    ok: load(|f| &f.ok),
+                    acked: load(|f| &f.ok),
                     failed: load(|f| &f.failed),
                     refused: load(|f| &f.refused),
                     deferred: load(|f| &f.deferred),
@@ -348,13 +349,7 @@ impl MqttChannels {
                 figures,
             };
             drop(prev);
-            tokio::spawn(task.run(
-                waits,
-                unsubscribe,
-                stop_rx,
-                shutdown.clone(),
-                done_tx,
-            ));
+            tokio::spawn(task.run(waits, unsubscribe, stop_rx, shutdown.clone(), done_tx));
             st.running.insert(
                 name,
                 Running {
@@ -432,7 +427,9 @@ impl Channel {
             _ => &f.dropped,
         }
         .fetch_add(1, Ordering::Relaxed);
-        self.metrics.inbound.message("mqtt", &self.def.name, outcome);
+        self.metrics
+            .inbound
+            .message("mqtt", &self.def.name, outcome);
     }
 
     fn set_connected(&self, up: bool) {
@@ -680,6 +677,11 @@ impl Channel {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        // The stop may have come while this poll was under way: a call
+                        // started now could find the workers retiring.
+                        if ending.is_none() {
+                            ending = stopping(stop, shutdown);
+                        }
                         let qos0 = p.qos == QoS::AtMostOnce;
                         if qos0 && (ending.is_some() || qos0_running >= QOS0_IN_FLIGHT) {
                             // Nothing sends a QoS 0 message again.

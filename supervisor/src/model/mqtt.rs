@@ -167,6 +167,24 @@ impl MqttChannel {
     }
 }
 
+/// Two channels naming one `client_id` would take the broker's session from each other
+/// (and one's delete would end the other's session): the first such pair, as a message.
+pub fn shared_client_id(defs: &[MqttChannel]) -> Option<String> {
+    let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for d in defs {
+        if let Some(id) = d.client_id.as_deref()
+            && let Some(other) = seen.insert(id, &d.name)
+        {
+            return Some(format!(
+                "MQTT channels {other} and {} both have client_id {id:?}: one broker session \
+                 cannot serve two channels",
+                d.name
+            ));
+        }
+    }
+    None
+}
+
 /// Where a connection or channel connects: `mqtts` or not, host, port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttAddress {
@@ -485,6 +503,12 @@ mod tests {
         let mut a = def.clone();
         a.name = "a".into();
         assert_ne!(ab.client_id_on("c"), a.client_id_on("b-c"));
+        // An explicit client id is one channel's only.
+        assert_eq!(shared_client_id(&[ab.clone(), a.clone()]), None);
+        ab.client_id = Some("fixed".into());
+        a.client_id = Some("fixed".into());
+        let e = shared_client_id(&[ab, a]).unwrap();
+        assert!(e.contains("a-b and a") && e.contains("\"fixed\""), "{e}");
         let mut v = base.clone();
         v["topics"] = json!([{"filter": "a/#/b"}]);
         let e = channel(v).unwrap_err().to_string();

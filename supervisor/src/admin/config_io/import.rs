@@ -389,6 +389,9 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    if let Some(e) = crate::model::mqtt::shared_client_id(&channel_mqtt) {
+        return Err(bad(format!("channel_mqtt: {e}")));
+    }
     // AMQP channels: their passwords as the outgoing connections' credentials.
     let inbound_amqp = import_outgoing(
         cx,
