@@ -419,6 +419,7 @@ fn an_mqtt_message_carries_its_meta_and_others_do_not() {
             tracestate: None,
             pubsub: None,
             mqtt: m,
+            amqp: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(m.clone()));
