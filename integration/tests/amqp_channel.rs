@@ -25,7 +25,8 @@ use std::time::Duration;
 
 /// `amqp.record`: appends what it saw of the message to the file named in its source,
 /// once it is done (a line is a message processed); a body starting with `fail` raises,
-/// one starting with `slow` takes 200 ms first, one starting with `tick` 20 ms.
+/// one starting with `slow` takes 200 ms first (its body is appended to `<record>.started`
+/// when it starts), one starting with `tick` 20 ms.
 fn services(record: &Path) -> String {
     format!(
         r#"import base64
@@ -45,6 +46,11 @@ class Record(Service):
         raw = self.request.raw_request
         msg = self.request.amqp.msg
         if raw.startswith(b'slow'):
+            fd = os.open(RECORD + '.started', os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, raw + b'\n')
+            finally:
+                os.close(fd)
             time.sleep(0.2)
         elif raw.startswith(b'tick'):
             time.sleep(0.02)
@@ -84,6 +90,14 @@ async fn setup(workers: u32) -> Setup {
 /// `postgres`: on a PostgreSQL store of its own (a server killed -9 leaves its registration
 /// behind, which a SQLite store, one server's only, refuses a new run beside).
 async fn setup_on(workers: u32, postgres: bool) -> (Setup, Option<PgDatabase>) {
+    setup_with(workers, postgres, |e| e).await
+}
+
+async fn setup_with(
+    workers: u32,
+    postgres: bool,
+    tune: impl FnOnce(Env) -> Env,
+) -> (Setup, Option<PgDatabase>) {
     let record = std::env::temp_dir().join(format!(
         "oxbus-it-amqp-{}-{}.jsonl",
         std::process::id(),
@@ -93,6 +107,7 @@ async fn setup_on(workers: u32, postgres: bool) -> (Setup, Option<PgDatabase>) {
     let env = Env::new()
         .workers(workers)
         .service("amqp_record.py", &services(&record));
+    let env = tune(env);
     let (env, db) = if postgres {
         let (env, db) = env.postgres_store();
         (env, Some(db))
@@ -122,6 +137,17 @@ fn body_of(line: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(line["body"].as_str().unwrap())
         .unwrap()
+}
+
+/// The bodies whose service started (`slow…` ones), as text.
+fn started(record: &Path) -> BTreeSet<String> {
+    let mut p = record.as_os_str().to_owned();
+    p.push(".started");
+    std::fs::read_to_string(PathBuf::from(p))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The distinct bodies recorded, as text.
@@ -486,9 +512,18 @@ async fn a_server_killed_mid_batch_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_messages_and_gives_the_rest_back() {
     const N: usize = 100;
-    let s = setup(2).await;
+    // One worker taking two at once, while the channel has up to 20 delivered: most of the
+    // in-flight messages wait for the worker when SIGTERM comes. Failures are dead-lettered
+    // at once (on_error reject), so a message the drain failed would show in the DLQ.
+    let (s, _) = setup_with(1, false, |e| e.set("workers", "max_inflight", "2")).await;
     let queue = unique("drain");
-    s.rabbit.queue(&queue, &[]).await;
+    let dead = unique("drain-dead");
+    let dlx = unique("drain-dlx");
+    s.rabbit.queue(&dead, &[]).await;
+    s.rabbit.fanout_to(&dlx, &dead).await;
+    s.rabbit
+        .queue(&queue, &[("x-dead-letter-exchange", dlx.as_str())])
+        .await;
     for i in 0..N {
         s.rabbit
             .publish(
@@ -501,7 +536,10 @@ async fn sigterm_finishes_in_flight_messages_and_gives_the_rest_back() {
     put_channel(
         &s.srv,
         "drained",
-        channel_def(&queue, json!({"prefetch": 10, "consumers": 1})),
+        channel_def(
+            &queue,
+            json!({"prefetch": 10, "consumers": 2, "on_error": "reject"}),
+        ),
         201,
     )
     .await;
@@ -522,11 +560,18 @@ async fn sigterm_finishes_in_flight_messages_and_gives_the_rest_back() {
         srv.log()
     );
     // Every message either was processed (and acked: not back) or is on the broker again,
-    // never both, never neither.
+    // never both, never neither; none failed; every one whose service started finished.
     let done = bodies(&record);
     let lines = recorded(&record).len();
     assert_eq!(lines, done.len(), "a message was processed twice");
     assert!(done.len() < N, "everything was processed before the drain");
+    let begun = started(&record);
+    assert!(
+        begun.is_subset(&done),
+        "started but not finished: {:?}",
+        begun.difference(&done).collect::<Vec<_>>()
+    );
+    assert_eq!(rabbit.counts(&dead).await.0, 0, "the drain failed messages");
     let (ready, consumers) = rabbit.counts(&queue).await;
     assert_eq!(consumers, 0);
     assert_eq!(
@@ -544,6 +589,72 @@ async fn sigterm_finishes_in_flight_messages_and_gives_the_rest_back() {
     assert!(back.is_disjoint(&done));
     assert_eq!(back.len() + done.len(), N);
     let _ = std::fs::remove_file(&record);
+}
+
+/// A message the pool could not take (all busy and no queue; the service not deployed) is
+/// not a failure: with on_error reject and a DLX, none is dead-lettered and every one is
+/// processed once the service exists or a worker is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_pool_cannot_take_is_returned_not_dead_lettered() {
+    const N: usize = 12;
+    let (s, _) = setup_with(1, false, |e| {
+        e.set("workers", "max_inflight", "1")
+            .set("workers", "max_queue", "0")
+    })
+    .await;
+    let queue = unique("busy");
+    let dead = unique("busy-dead");
+    let dlx = unique("busy-dlx");
+    s.rabbit.queue(&dead, &[]).await;
+    s.rabbit.fanout_to(&dlx, &dead).await;
+    s.rabbit
+        .queue(&queue, &[("x-dead-letter-exchange", dlx.as_str())])
+        .await;
+    for i in 0..N {
+        s.rabbit
+            .publish(
+                &queue,
+                format!("slow-{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+    }
+    // First a service that is not deployed.
+    let mut def = channel_def(
+        &queue,
+        json!({"prefetch": 10, "consumers": 2, "on_error": "reject", "service": "amqp.later"}),
+    );
+    put_channel(&s.srv, "busy", def.clone(), 201).await;
+    eventually(Duration::from_secs(30), "returned messages", || async {
+        (stats(&s.srv, "busy").await["returned"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.rabbit.counts(&dead).await.0,
+        0,
+        "not deployed = dead letter"
+    );
+    assert!(recorded(&s.record).is_empty());
+    // Then the real one, on a pool that takes one message at a time.
+    def["service"] = json!("amqp.record");
+    put_channel(&s.srv, "busy", def, 200).await;
+    eventually(Duration::from_secs(60), "all processed", || async {
+        (bodies(&s.record).len() == N).then_some(())
+    })
+    .await;
+    let st = eventually(Duration::from_secs(10), "all acked", || async {
+        let st = stats(&s.srv, "busy").await;
+        (st["acked"] == N as u64).then_some(st)
+    })
+    .await;
+    assert_eq!(st["rejected"], 0, "{st}");
+    assert_eq!(
+        s.rabbit.counts(&dead).await.0,
+        0,
+        "a busy pool = dead letter"
+    );
+    assert_eq!(s.rabbit.counts(&queue).await.0, 0);
+    let _ = std::fs::remove_file(&s.record);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

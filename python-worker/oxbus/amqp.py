@@ -22,18 +22,24 @@ other content type, the payload is the bytes.
 
 The server settles each message, not the service: it acks once the service returned
 without an exception and rejects it (requeued or dead-lettered, per the channel's
-``on_error`` and ``max_redeliveries``) when it raised. So ``ack()`` and ``reject()``, which
-a Zato service may call, raise :class:`AMQPSettledByServer` with that explanation instead
-of doing nothing silently: raise an exception to reject.
+``on_error`` and ``max_redeliveries``) when it raised. So ``ack()``, which Zato services
+call, does nothing but log a warning once per service class (the server acks after the
+service returns); ``reject()`` and ``requeue()`` raise :class:`AMQPSettledByServer`, which
+fails the message as any exception does (requeued or dead-lettered per the channel's
+settings, not per the ``requeue`` argument).
 
 A header value that is a byte string and not UTF-8 (or an AMQP byte array) arrives as
-``bytes``; every other value as its JSON-like Python value.
+``bytes``; every other value as its JSON-like Python value. A header table that happens to
+be shaped ``{"$bytes": ...}`` with a value that is not base64 stays that dict.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import datetime
 import json
+import logging
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -47,15 +53,29 @@ _SETTLED = ('an AMQP channel acknowledges each message itself: it acks once the 
             'message, raise an exception; to ack it, return.')
 
 
+_ACK_IGNORED = ('ack() does nothing here: an AMQP channel acks each message itself once '
+                'the service returned without an exception')
+
+_logger = logging.getLogger('oxbus.amqp')
+
+
+def _ack_ignored() -> None:
+    _logger.warning(_ACK_IGNORED)
+
+
 class AMQPSettledByServer(RuntimeError):
-    """Raised by ``ack()`` and ``reject()``: the server settles each message itself."""
+    """Raised by ``reject()`` and ``requeue()``: the server settles each message itself;
+    this exception fails the message like any other."""
 
 
 def _value(v: Any) -> Any:
     """A header value from the meta: ``{"$bytes": b64}`` back to bytes, recursively."""
     if isinstance(v, dict):
-        if len(v) == 1 and '$bytes' in v:
-            return base64.b64decode(v['$bytes'])
+        if len(v) == 1 and isinstance(v.get('$bytes'), str):
+            try:
+                return base64.b64decode(v['$bytes'], validate=True)
+            except (binascii.Error, ValueError):
+                pass  # a header table shaped like it: kept as it is
         return {k: _value(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_value(x) for x in v]
@@ -73,7 +93,7 @@ class AMQPMessage:
     """One consumed message (kombu's ``Message`` as Zato hands it, read-only)."""
 
     __slots__ = ('body', 'properties', 'headers', 'delivery_info', 'delivery_tag',
-                 'redeliveries')
+                 'redeliveries', 'payload')
 
     def __init__(self, meta: Dict[str, Any], body: bytes) -> None:
         #: The body exactly as published.
@@ -95,6 +115,25 @@ class AMQPMessage:
         #: How many times it was delivered before (``x-delivery-count`` of a quorum
         #: queue, else as the channel counted).
         self.redeliveries: int = int(meta.get('redeliveries') or 0)
+        #: kombu's ``payload``: the body decoded (:meth:`decode`); set by ``from_call``.
+        self.payload: Any = body
+
+    @property
+    def acknowledged(self) -> bool:
+        """kombu's flag: never, while the service runs (the server settles afterwards)."""
+        return False
+
+    @property
+    def timestamp(self) -> Optional[datetime.datetime]:
+        """The ``timestamp`` property as an aware UTC datetime (py-amqp's shape)."""
+        ts = self.properties.get('timestamp')
+        if ts is None:
+            return None
+        return datetime.datetime.fromtimestamp(int(ts), tz=datetime.timezone.utc)
+
+    def decode(self) -> Any:
+        """kombu's ``decode()``: the payload (JSON when it is JSON, else the bytes)."""
+        return self.payload
 
     @property
     def content_type(self) -> Optional[str]:
@@ -109,9 +148,12 @@ class AMQPMessage:
         return bool(self.delivery_info['redelivered'])
 
     def ack(self, *args: Any, **kwargs: Any) -> None:
-        raise AMQPSettledByServer(_SETTLED)
+        _ack_ignored()
 
     def reject(self, *args: Any, **kwargs: Any) -> None:
+        raise AMQPSettledByServer(_SETTLED)
+
+    def requeue(self) -> None:
         raise AMQPSettledByServer(_SETTLED)
 
     def __repr__(self) -> str:
@@ -130,7 +172,7 @@ class AMQPRequestData:
         self.msg = msg
 
     def ack(self, *args: Any, **kwargs: Any) -> None:
-        raise AMQPSettledByServer(_SETTLED)
+        _ack_ignored()
 
     def reject(self, *args: Any, **kwargs: Any) -> None:
         raise AMQPSettledByServer(_SETTLED)
@@ -142,17 +184,19 @@ class AMQPRequestData:
         msg = AMQPMessage(meta.get('amqp') or {}, body)
         content_type = msg.content_type
         payload: Any = body
+        # json.loads(bytes) would guess UTF-16/32: the text is strict UTF-8 first.
         if _is_json_type(content_type):
             try:
-                payload = json.loads(body) if body else None
+                payload = json.loads(body.decode('utf-8')) if body else None
             except (ValueError, RecursionError) as e:
-                raise ValueError('the message says %s but its body is not JSON: %s'
+                raise ValueError('the message says %s but its body is not UTF-8 JSON: %s'
                                  % (content_type, e)) from None
         elif not content_type and body:
             try:
-                payload = json.loads(body)
+                payload = json.loads(body.decode('utf-8'))
             except (ValueError, RecursionError):
                 payload = body
+        msg.payload = payload
         return cls(msg), payload
 
     def __repr__(self) -> str:

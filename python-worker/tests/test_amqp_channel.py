@@ -45,8 +45,12 @@ class CallsAck(Service):
         what = self.request.raw_request.decode()
         if what == 'ack':
             self.request.amqp.ack()
+        elif what == 'msg.ack':
+            self.request.amqp.msg.ack()
         elif what == 'msg.reject':
             self.request.amqp.msg.reject(requeue=False)
+        elif what == 'msg.requeue':
+            self.request.amqp.msg.requeue()
         else:
             self.request.amqp.reject()
 
@@ -111,7 +115,7 @@ def test_the_payload_follows_the_content_type(content_type, body, payload):
 def test_a_json_message_that_is_not_json_fails():
     reply, out = run(amqp_meta(properties={'content_type': 'application/json'}), b'{nope')
     assert (reply['status'], reply.get('error')) == (400, 'input')
-    assert 'not JSON' in json.loads(out)['error']
+    assert 'not UTF-8 JSON' in json.loads(out)['error']
 
 
 def test_an_exception_fails_the_message():
@@ -119,14 +123,53 @@ def test_an_exception_fails_the_message():
     assert reply['status'] == 500 and reply['exc'] == 'ValueError'
 
 
-@pytest.mark.parametrize('what', ['ack', 'reject', 'msg.reject'])
-def test_ack_and_reject_explain_that_the_server_settles(what):
+@pytest.mark.parametrize('what', ['reject', 'msg.reject', 'msg.requeue'])
+def test_reject_and_requeue_fail_the_message_and_explain_that_the_server_settles(what):
     reply, out = run(amqp_meta(service='orders.ack'), what.encode())
     # A failure like any exception (its family is RuntimeError): the message is rejected.
     assert reply['status'] == 500 and reply['exc'] == 'RuntimeError'
+    from oxbus.amqp import AMQPRequestData
     with pytest.raises(AMQPSettledByServer, match='raise an exception; to ack it, return'):
-        from oxbus.amqp import AMQPRequestData
-        AMQPRequestData.from_call(amqp_meta(), b'')[0].ack()
+        AMQPRequestData.from_call(amqp_meta(), b'')[0].reject()
+
+
+def test_ack_as_zato_services_call_it_is_a_logged_no_op(caplog):
+    # Zato services call self.request.amqp.ack() (and msg.ack()): the service goes on and
+    # the server acks after it returned.
+    for what in ('ack', 'msg.ack'):
+        with caplog.at_level('WARNING', logger='oxbus.amqp'):
+            reply, out = run(amqp_meta(service='orders.ack'), what.encode())
+        assert reply['status'] == 200, out
+        assert 'ack() does nothing here' in caplog.text
+
+
+def test_kombu_message_attributes():
+    from oxbus.amqp import AMQPRequestData
+    data, payload = AMQPRequestData.from_call(
+        amqp_meta(properties={'content_type': 'application/json', 'timestamp': 1700000000}),
+        b'{"a": 1}')
+    msg = data.msg
+    assert payload == {'a': 1} and msg.payload == {'a': 1} and msg.decode() == {'a': 1}
+    assert msg.acknowledged is False
+    assert msg.timestamp.isoformat() == '2023-11-14T22:13:20+00:00'
+    assert AMQPRequestData.from_call(amqp_meta(), b'x')[0].msg.timestamp is None
+
+
+def test_a_header_table_shaped_like_bytes_is_kept_when_not_base64():
+    from oxbus.amqp import AMQPRequestData
+    headers = {'raw': {'$bytes': '/wA='}, 'table': {'$bytes': 'not base64!'}}
+    msg = AMQPRequestData.from_call(amqp_meta(headers=headers), b'')[0].msg
+    assert msg.headers == {'raw': b'\xff\x00', 'table': {'$bytes': 'not base64!'}}
+
+
+def test_a_body_is_json_only_as_strict_utf8():
+    # json.loads(bytes) would take UTF-16 for JSON; the payload stays the bytes.
+    body = '{"a": 1}'.encode('utf-16')
+    reply, out = run(amqp_meta(), body)
+    assert reply['status'] == 200, out
+    assert Seen.last['payload'] == body
+    reply, out = run(amqp_meta(properties={'content_type': 'application/json'}), body)
+    assert (reply['status'], reply.get('error')) == (400, 'input')
 
 
 def test_other_invocations_have_no_amqp():

@@ -341,6 +341,11 @@ impl Pool {
         self.workers.read().expect("workers lock").clone()
     }
 
+    /// How many invocations may wait for a free worker (`workers.max_queue`).
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
     /// Number of workers taking new work.
     pub fn ready_count(&self) -> usize {
         self.workers

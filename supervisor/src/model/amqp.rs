@@ -243,16 +243,18 @@ pub enum Rejection {
     DeadLetter,
 }
 
-/// How many times a delivery was delivered before this one: the `x-delivery-count`
-/// header quorum queues set (`delivery_count`) when there is one; otherwise (a classic
-/// queue tells only the `redelivered` flag) the failures of this message the channel
-/// counted itself (`failures_seen`), and at least 1 for a redelivered message it never saw
-/// fail (another server, or this one before a restart, had it).
+/// How many times a delivery was delivered before this one. A first delivery (the
+/// `redelivered` flag clear) has none, whatever a header or a local count says. A redelivered
+/// one has the larger of the `x-delivery-count` header quorum queues set (`delivery_count`;
+/// a stale or copied one from a republished message cannot lower the count) and the failures
+/// of this message the channel counted itself (`failures_seen`), and at least 1 (another
+/// server, or this one before a restart, had it).
 pub fn redeliveries(delivery_count: Option<i64>, redelivered: bool, failures_seen: u32) -> u32 {
-    match delivery_count {
-        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
-        _ => failures_seen.max(u32::from(redelivered)),
+    if !redelivered {
+        return 0;
     }
+    let header = delivery_count.map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+    header.max(failures_seen).max(1)
 }
 
 /// The decision for a failed delivery: per `on_error`, requeued while the message has
@@ -473,6 +475,17 @@ mod tests {
         assert_eq!(redeliveries(None, true, 2), 2);
         assert_eq!(redeliveries(None, true, 0), 1);
         assert_eq!(redeliveries(Some(-1), true, 0), 1);
+    }
+
+    #[test]
+    fn a_stale_header_cannot_hide_the_channels_count_nor_count_a_first_delivery() {
+        // A header copied from another message (republished with its headers) that stays
+        // at 1: the channel's own count still reaches the limit.
+        assert_eq!(redeliveries(Some(1), true, 4), 4);
+        // A first delivery is a first delivery, whatever the header or a count of another
+        // message alike in its key.
+        assert_eq!(redeliveries(Some(7), false, 0), 0);
+        assert_eq!(redeliveries(None, false, 3), 0);
     }
 
     #[test]

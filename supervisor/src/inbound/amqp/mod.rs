@@ -70,6 +70,9 @@ struct State {
 struct Run {
     def: AmqpChannel,
     stop: watch::Sender<bool>,
+    /// Set when the channel is deleted: the run removes its metrics once it ended (not
+    /// before: its in-flight messages and its last gauge update would bring them back).
+    deleted: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -81,6 +84,7 @@ pub struct Status {
     consumed: AtomicU64,
     acked: AtomicU64,
     requeued: AtomicU64,
+    returned: AtomicU64,
     rejected: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -96,6 +100,9 @@ pub struct ChannelStats {
     pub consumed: u64,
     pub acked: u64,
     pub requeued: u64,
+    /// Given back to the queue uncounted: the pool could not take them (busy, no worker
+    /// yet, the service not deployed yet).
+    pub returned: u64,
     pub rejected: u64,
     /// Connections opened after a lost one.
     pub reconnects: u64,
@@ -161,7 +168,7 @@ impl AmqpChannels {
             let run = runs.remove(&name).expect("listed run");
             let _ = run.stop.send(true);
             if !defs.contains_key(&name) {
-                self.metrics.inbound.removed(KIND, &name);
+                run.deleted.store(true, Ordering::SeqCst);
             }
             previous.insert(name, run.task);
         }
@@ -196,14 +203,26 @@ impl AmqpChannels {
             status,
         };
         let d = def.clone();
+        let deleted = Arc::new(AtomicBool::new(false));
+        let gone = deleted.clone();
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             if let Some(p) = previous {
                 // The old run of a changed channel finishes its in-flight messages first.
                 let _ = p.await;
             }
+            let name = d.name.clone();
             consume::run(ctx, d, stop_rx, shutdown).await;
+            if gone.load(Ordering::SeqCst) {
+                metrics.inbound.removed(KIND, &name);
+            }
         });
-        Run { def, stop, task }
+        Run {
+            def,
+            stop,
+            deleted,
+            task,
+        }
     }
 
     /// Starts the channels applied so far (and every later one) until `shutdown` turns
@@ -217,8 +236,8 @@ impl AmqpChannels {
         self.apply(&defs);
     }
 
-    /// Stops every channel and waits for each to finish its in-flight messages (bounded by
-    /// [`DRAIN_TIMEOUT`] per channel, run side by side) and close.
+    /// Stops every channel and waits for them all to finish their in-flight messages and
+    /// close, side by side, within one deadline ([`DRAIN_TIMEOUT`] and a margin).
     pub async fn drain(&self) {
         let (runs, stopping): (Vec<Run>, Vec<(String, JoinHandle<()>)>) = {
             let mut st = self.state.lock().expect("amqp channels lock");
@@ -235,13 +254,19 @@ impl AmqpChannels {
             .into_iter()
             .map(|r| (r.def.name, r.task))
             .chain(stopping);
-        for (name, task) in tasks {
-            // Each run bounds its own drain; this bound is for a run stuck elsewhere.
-            if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!(channel = %name, "AMQP channel did not stop in time");
+        let (names, tasks): (Vec<String>, Vec<JoinHandle<()>>) = tasks.unzip();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        // Each run bounds its own drain; this bound is for a run stuck elsewhere.
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            for (name, a) in names.iter().zip(aborts) {
+                if !a.is_finished() {
+                    tracing::warn!(channel = %name, "AMQP channel did not stop in time");
+                    a.abort();
+                }
             }
         }
     }
@@ -259,6 +284,7 @@ impl AmqpChannels {
                 consumed: s.consumed.load(Ordering::Relaxed),
                 acked: s.acked.load(Ordering::Relaxed),
                 requeued: s.requeued.load(Ordering::Relaxed),
+                returned: s.returned.load(Ordering::Relaxed),
                 rejected: s.rejected.load(Ordering::Relaxed),
                 reconnects: s.reconnects.load(Ordering::Relaxed),
             })
