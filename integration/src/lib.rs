@@ -21,6 +21,7 @@ pub mod api;
 pub mod bus;
 pub mod prom;
 pub mod proxy;
+pub mod rabbit;
 pub mod raw;
 pub mod relay;
 pub mod upstream;

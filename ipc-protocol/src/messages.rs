@@ -175,6 +175,17 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// version 1: absent on every other invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pubsub: Option<&'a serde_json::Value>,
+    /// A message of an MQTT channel (`channel: "mqtt"`): its `topic`, `qos`, `retain`,
+    /// `dup` and `pkid` (ipc-protocol/SPEC.md); the body is its payload. Added within
+    /// version 1: absent on every other invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<&'a serde_json::Value>,
+    /// An AMQP channel's delivery (`channel: "amqp"`): the message's properties and
+    /// headers, exchange, routing key, delivery tag, redelivered flag, consumer tag and
+    /// queue (ipc-protocol/SPEC.md); the body is the message's, raw. Added within version
+    /// 1: absent on every other invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<&'a serde_json::Value>,
 }
 
 /// Who a request authenticated as: the definition's name and type, and the user name

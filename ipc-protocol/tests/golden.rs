@@ -143,6 +143,8 @@ fn invoke_meta_serialises_like_the_vector() {
         traceparent: None,
         tracestate: None,
         pubsub: None,
+        mqtt: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -181,6 +183,8 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         traceparent: None,
         tracestate: None,
         pubsub: None,
+        mqtt: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -220,6 +224,8 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-5d1c6e0b8a2f4c93-01"),
         tracestate: None,
         pubsub: None,
+        mqtt: None,
+        amqp: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -258,6 +264,8 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             traceparent: Some(TP),
             tracestate,
             pubsub: None,
+            mqtt: None,
+            amqp: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -372,6 +380,8 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             traceparent: None,
             tracestate: None,
             pubsub: p,
+            mqtt: None,
+            amqp: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
@@ -381,4 +391,43 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
     assert_eq!(with["pubsub"], pubsub);
     let without = serde_json::to_string(&meta(None)).unwrap();
     assert!(!without.contains("pubsub\":"), "{without}");
+}
+
+#[test]
+fn an_mqtt_message_carries_its_meta_and_others_do_not() {
+    let m = serde_json::json!({"topic": "site/1/temp", "qos": 1, "retain": false,
+                               "dup": true, "pkid": 7});
+    let meta = |m: Option<&'static Value>| -> InvokeMeta<'static> {
+        InvokeMeta {
+            op: "invoke",
+            service: "sensors.on-reading",
+            cid: "c1",
+            channel: Some("mqtt"),
+            data_format: Some("raw"),
+            method: None,
+            path: None,
+            params: None,
+            query: None,
+            headers: None,
+            deadline_ms: None,
+            remote_addr: None,
+            scheme: None,
+            port: None,
+            channel_name: Some("sensors"),
+            security: None,
+            traceparent: None,
+            tracestate: None,
+            pubsub: None,
+            mqtt: m,
+            amqp: None,
+        }
+    };
+    let leaked: &'static Value = Box::leak(Box::new(m.clone()));
+    let with: Value =
+        serde_json::from_str(&serde_json::to_string(&meta(Some(leaked))).unwrap()).unwrap();
+    assert_eq!(with["channel"], "mqtt");
+    assert_eq!(with["mqtt"], m);
+    let without: Value =
+        serde_json::from_str(&serde_json::to_string(&meta(None)).unwrap()).unwrap();
+    assert!(without.get("mqtt").is_none(), "{without}");
 }

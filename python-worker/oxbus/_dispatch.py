@@ -22,6 +22,7 @@ import sys
 
 from . import _protocol
 from . import errors as _errors
+from .amqp import AMQPRequestData
 from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
@@ -249,9 +250,10 @@ class Dispatcher:
         # This runs for every request, so the common cases are spelled out inline.
         attr = _pick_handler(cls, meta.get('method'))[0] if cls._oxbus_verbs else 'handle'
         data_format = meta.get('data_format') or 'json'
-        if meta.get('channel') == 'pubsub':
+        if meta.get('channel') in ('pubsub', 'amqp'):
             # A delivery's body is its messages' data, concatenated: never one JSON document,
-            # whatever data_format says.
+            # whatever data_format says. An AMQP message's body is parsed below, by its
+            # content type.
             data_format = 'raw'
         if data_format == 'json':
             if body:
@@ -294,6 +296,15 @@ class Dispatcher:
                 raise BadRequest(str(e)) from None
             request.payload = delivery.messages
             return svc, attr
+        if channel == 'amqp':
+            # A message an AMQP channel consumed: its properties, headers and delivery info
+            # in request.amqp (Zato's name), its body parsed per oxbus/amqp.py.
+            try:
+                request.amqp, request.payload = AMQPRequestData.from_call(meta, body)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+            payload = request.payload
+            data_format = 'json' if payload is not body else 'raw'
         if cls._oxbus_input:
             request.input = parse_input(
                 cls._oxbus_input, payload, meta.get('params'),

@@ -5,6 +5,7 @@
     self.out.rest['CRM'].conn.get(self.cid, params={'id': 42})    # oxbus.rest
     self.out.plain_http['CRM'].conn.post(self.cid, {'a': 1})       # the same object
     self.out.sql['crm'].fetch_all('SELECT ...', {'x': 1})          # oxbus.sql
+    self.out.mqtt['sensors'].publish('site/1/temp', {'c': 21.5})   # oxbus.mqtt
     self.out.redis['cache'].get('k')                               # oxbus.kvdb
     self.out.amqp.send({'id': 1}, 'orders', 'orders.x', 'created')  # oxbus.amqp
     self.outgoing.sql.get('crm').session()                         # Zato's session form
@@ -31,6 +32,7 @@ also exports the exceptions every outgoing call may raise::
         ├── AmqpUnroutable            a mandatory message came back; .reply_code, .reply_text
         └── AmqpRefused               the broker closed the channel (missing exchange...)
 """
+from .mqtt import MqttConnections
 
 from __future__ import annotations
 
@@ -60,10 +62,10 @@ __all__ = [
 
 
 class OutgoingAPI:
-    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql``, ``amqp``
-    and ``redis``."""
+    """``self.out`` / ``self.outgoing``: ``rest`` (alias ``plain_http``), ``sql``, ``amqp``,
+    ``redis`` and ``mqtt``."""
 
-    __slots__ = ('rest', 'sql', 'amqp', 'redis')
+    __slots__ = ('rest', 'sql', 'amqp', 'redis', 'mqtt')
 
     def __init__(self, request: Request, arequest: Optional[ARequest] = None,
                  notify: Optional[Notify] = None) -> None:
@@ -76,6 +78,8 @@ class OutgoingAPI:
         self.amqp = AmqpOutgoing(caller)
         #: The Redis connections by name (:class:`oxbus.kvdb.RedisConnections`).
         self.redis = RedisConnections(caller)
+        #: The MQTT connections by name (:class:`oxbus.mqtt.MqttConnections`).
+        self.mqtt = MqttConnections(caller)
 
     @property
     def plain_http(self) -> RestConnections:

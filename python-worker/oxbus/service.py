@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
     from ._dispatch import Dispatcher
+    from .amqp import AMQPRequestData
     from .cache import CacheAPI
     from .kvdb import KVDB
     from .outgoing import OutgoingAPI
@@ -263,11 +264,33 @@ class HTTPRequest:
         return '<HTTPRequest %s %s>' % (self.method, self.path)
 
 
+class MqttMessage:
+    """What an MQTT channel says of the message it hands its service
+    (``self.request.mqtt``): ``topic``, ``qos`` (0 or 1), ``retain`` (a retained message
+    sent on subscribing), ``dup`` (the broker sends it again: an earlier delivery was not
+    acknowledged) and ``pkid`` (its packet id, 0 for QoS 0). The payload is
+    ``self.request.payload`` / ``self.request.raw``."""
+
+    __slots__ = ('topic', 'qos', 'retain', 'dup', 'pkid')
+
+    def __init__(self, meta: Dict[str, Any]) -> None:
+        self.topic: str = meta.get('topic', '')
+        self.qos: int = meta.get('qos', 0)
+        self.retain: bool = bool(meta.get('retain'))
+        self.dup: bool = bool(meta.get('dup'))
+        self.pkid: int = meta.get('pkid', 0)
+
+    def __repr__(self) -> str:
+        return '<MqttMessage %s qos=%d%s%s>' % (self.topic, self.qos,
+                                                 ' retain' if self.retain else '',
+                                                 ' dup' if self.dup else '')
+
+
 class Request:
     """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``pubsub``
     for a delivery of a pub/sub subscription."""
 
-    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub')
+    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub', 'amqp')
 
     def __init__(self, payload: Any = None, raw: bytes = b'', data_format: str = 'json',
                  meta: Optional[Dict[str, Any]] = None) -> None:
@@ -284,6 +307,10 @@ class Request:
         #: ``sub_key``, ``topic`` and ``messages`` (:class:`oxbus.pubsub.PubSubDelivery`);
         #: None for every other invocation.
         self.pubsub: Optional[PubSubDelivery] = None
+        #: A message of an AMQP channel (``self.channel.type == 'amqp'``): ``msg`` with its
+        #: ``body``, ``properties``, ``headers`` and ``delivery_info``
+        #: (:class:`oxbus.amqp.AMQPRequestData`); None for every other invocation.
+        self.amqp: Optional[AMQPRequestData] = None
 
     @property
     def raw_request(self) -> Any:
@@ -291,6 +318,14 @@ class Request:
         (a list of :class:`oxbus.pubsub.PubSubMessage`)."""
         pubsub = self.pubsub
         return self.raw if pubsub is None else pubsub.messages
+
+    @property
+    def mqtt(self) -> Any:
+        """A message of an MQTT channel (``self.channel.type == 'mqtt'``): its ``topic``,
+        ``qos``, ``retain``, ``dup`` and ``pkid`` (:class:`oxbus.mqtt.MqttMessage`); None
+        for every other invocation."""
+        m = self._meta.get('mqtt')
+        return MqttMessage(m) if isinstance(m, dict) else None
 
     @property
     def http(self) -> HTTPRequest:

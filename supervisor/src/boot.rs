@@ -138,6 +138,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let metrics = Arc::new(crate::metrics::Metrics::new(settings.metrics.enabled));
     let outgoing = Arc::new(crate::outgoing::Outgoing::new(
         Arc::new(key.clone()),
+    outgoing.apply_mqtt(&boot.snapshot.objects.outgoing_mqtt);
         metrics.clone(),
     ));
     // The stored connections, before any worker is started (and so before any call).
@@ -302,7 +303,23 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     crate::lifecycle::supervisor::spawn_signal_listener(ev_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     pubsub.start(shutdown_rx.clone());
-    inbound.start(shutdown_rx.clone());
+    // The inbound channels stop consuming when shutdown begins (the stop hook below, on
+    // SIGTERM before the shutdown delay and on SIGINT before the workers are killed); once
+    // their in-flight messages finished (bounded) the supervisor hears InboundDrained and,
+    // with the HTTP layer drained too, retires the workers.
+    let (inbound_stop, inbound_stop_rx) = watch::channel(false);
+    let inbound_stop = Arc::new(inbound_stop);
+    inbound.start(inbound_stop_rx.clone());
+    let inbound_drained = {
+        let inbound = inbound.clone();
+        let events = ev_tx.clone();
+        let mut stopping = inbound_stop_rx;
+        tokio::spawn(async move {
+            let _ = stopping.wait_for(|v| *v).await;
+            inbound.drain().await;
+            let _ = events.send(crate::lifecycle::supervisor::Event::InboundDrained);
+        })
+    };
     if metrics.enabled() {
         metrics.register_collector(Box::new(pubsub_state(&pubsub, shutdown_rx.clone())));
     }
@@ -378,7 +395,13 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         pool,
         node,
         notifier,
-        on_stop: Box::new(move || status.stop()),
+        on_stop: Box::new({
+            let inbound_stop = inbound_stop.clone();
+            move || {
+                status.stop();
+                let _ = inbound_stop.send(true);
+            }
+        }),
         events: ev_tx,
         reloads,
         shutdown_tx,
@@ -386,6 +409,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     });
     sup.start()?;
     let result = sup.run(ev_rx).await;
+    // After SIGTERM the inbound channels drained before the workers were retired; after
+    // SIGINT they were told to stop before the workers were killed, and after a fatal error
+    // they are told now: wait for them to close, so that the broker takes back what is
+    // unacked from a clean close.
+    let _ = inbound_stop.send(true);
+    let _ = inbound_drained.await;
     // Peers see a clean stop, not a lost link (best effort: sent while deregistering).
     if let Some(bus) = &sync.bus {
         bus.say_bye().await;
@@ -409,7 +438,13 @@ fn outgoing_state(
         let Some(o) = outgoing.upgrade() else {
             return Vec::new();
         };
-        [ConnType::Rest, ConnType::Sql, ConnType::Amqp, ConnType::Redis]
+        [
+            ConnType::Rest,
+            ConnType::Sql,
+            ConnType::Amqp,
+            ConnType::Redis,
+            ConnType::Mqtt,
+        ]
             .into_iter()
             .flat_map(|kind| {
                 o.stats(kind).into_iter().map(move |s| ConnFigures {

@@ -93,6 +93,12 @@ enum Kind {
     OutgoingRest,
     /// An outgoing SQL connection (`/v1/outgoing/sql/…`).
     OutgoingSql,
+    /// An outgoing MQTT connection (`/v1/outgoing/mqtt/…`).
+    OutgoingMqtt,
+    /// An MQTT channel (`/v1/inbound/mqtt/…`).
+    InboundMqtt,
+    /// An AMQP channel (`/v1/inbound/amqp/…`).
+    InboundAmqp,
     /// An outgoing Redis connection (`/v1/outgoing/redis/…`).
     OutgoingRedis,
     /// Outgoing AMQP connections (`/v1/outgoing/amqp/…`).
@@ -105,11 +111,14 @@ enum Kind {
     Token,
 }
 
-const ALL_KINDS: [Kind; 13] = [
+const ALL_KINDS: [Kind; 16] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
     Kind::Security,
+    Kind::OutgoingMqtt,
+    Kind::InboundMqtt,
+    Kind::InboundAmqp,
     Kind::Cache,
     Kind::Job,
     Kind::OutgoingRedis,
@@ -126,6 +135,9 @@ impl Kind {
         Some(match resource {
             "modules" => Kind::Module,
             "channels" => Kind::Channel,
+            "outgoing_mqtt" => Kind::OutgoingMqtt,
+            "inbound_mqtt" => Kind::InboundMqtt,
+            "inbound_amqp" => Kind::InboundAmqp,
             "secrets" => Kind::Secret,
             "security" => Kind::Security,
             "caches" => Kind::Cache,
@@ -144,6 +156,9 @@ impl Kind {
 
     fn as_str(self) -> &'static str {
         match self {
+            Kind::OutgoingMqtt => "outgoing_mqtt",
+            Kind::InboundMqtt => "inbound_mqtt",
+            Kind::InboundAmqp => "inbound_amqp",
             Kind::Module => "module",
             Kind::Channel => "channel",
             Kind::Secret => "secret",
@@ -242,6 +257,9 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         let name = super::pubsub::topic_from_segments(segments);
         let action = match *method {
             Method::PUT => "put".to_owned(),
+        ["v1", "outgoing", "mqtt", rest @ ..] => ("outgoing_mqtt", rest),
+        ["v1", "inbound", "mqtt", rest @ ..] => ("inbound_mqtt", rest),
+        ["v1", "inbound", "amqp", rest @ ..] => ("inbound_amqp", rest),
             Method::DELETE => "delete".to_owned(),
             ref m => m.as_str().to_ascii_lowercase(),
         };
@@ -275,7 +293,8 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         || matches!(
             (resource, rest),
             (
-                "outgoing_rest" | "outgoing_sql" | "outgoing_amqp" | "outgoing_redis",
+                "outgoing_rest" | "outgoing_sql" | "outgoing_amqp" | "outgoing_redis"
+                    | "outgoing_mqtt",
                 [_, "ping"]
             )
         )
@@ -409,6 +428,13 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::OutgoingRedis => {
             objects_of::<crate::model::redis::RedisConn>(cx, kind, out).await?;
+        }
+        Kind::OutgoingMqtt => objects_of::<crate::model::mqtt::MqttConn>(cx, kind, out).await?,
+        Kind::InboundMqtt => {
+            objects_of::<crate::model::mqtt::MqttChannel>(cx, kind, out).await?;
+        }
+        Kind::InboundAmqp => {
+            objects_of::<crate::model::amqp::AmqpChannel>(cx, kind, out).await?;
         }
         Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
         Kind::PubsubSub => {

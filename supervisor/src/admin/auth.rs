@@ -400,6 +400,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("DELETE", "/v1/outgoing/sql/{name}", Admin),
     ep("POST", "/v1/outgoing/sql/{name}/ping", Deployer),
     ep("GET", "/v1/outgoing/sql/{name}/stats", Viewer),
+    ep("GET", "/v1/inbound/amqp", Viewer),
+    ep("GET", "/v1/inbound/amqp/{name}", Viewer),
+    ep("PUT", "/v1/inbound/amqp/{name}", Admin),
+    ep("DELETE", "/v1/inbound/amqp/{name}", Admin),
+    ep("GET", "/v1/inbound/amqp/{name}/stats", Viewer),
+    ep("GET", "/v1/outgoing/mqtt", Viewer),
+    ep("GET", "/v1/outgoing/mqtt/{name}", Viewer),
+    ep("PUT", "/v1/outgoing/mqtt/{name}", Admin),
+    ep("DELETE", "/v1/outgoing/mqtt/{name}", Admin),
+    ep("POST", "/v1/outgoing/mqtt/{name}/ping", Deployer),
+    ep("GET", "/v1/outgoing/mqtt/{name}/stats", Viewer),
+    ep("GET", "/v1/inbound/mqtt", Viewer),
+    ep("GET", "/v1/inbound/mqtt/{name}", Viewer),
+    ep("PUT", "/v1/inbound/mqtt/{name}", Admin),
+    ep("DELETE", "/v1/inbound/mqtt/{name}", Admin),
+    ep("GET", "/v1/inbound/mqtt/{name}/stats", Viewer),
     ep("GET", "/v1/outgoing/amqp", Viewer),
     ep("GET", "/v1/outgoing/amqp/{name}", Viewer),
     ep("PUT", "/v1/outgoing/amqp/{name}", Admin),
@@ -527,6 +543,23 @@ mod tests {
                 "row {i} {e:?} is shadowed"
             );
         }
+    }
+
+    #[test]
+    fn mqtt_connections_and_channels_are_classified_like_rest_and_sql() {
+        for kind in ["/v1/outgoing/mqtt", "/v1/inbound/mqtt"] {
+            let get = |p: &str| required_role(&Method::GET, &format!("{kind}{p}"));
+            assert_eq!(get(""), Role::Viewer, "{kind}");
+            assert_eq!(get("/x"), Role::Viewer, "{kind}");
+            assert_eq!(get("/x/stats"), Role::Viewer, "{kind}");
+            let one = format!("{kind}/x");
+            assert_eq!(required_role(&Method::PUT, &one), Role::Admin);
+            assert_eq!(required_role(&Method::DELETE, &one), Role::Admin);
+        }
+        assert_eq!(
+            required_role(&Method::POST, "/v1/outgoing/mqtt/x/ping"),
+            Role::Deployer
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         traceparent: Some(trace.as_str()),
         tracestate: None,
         pubsub: None,
+        mqtt: None,
+        amqp: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

@@ -64,6 +64,8 @@ mod channels;
 mod cluster;
 mod config;
 pub mod config_io;
+mod inbound;
+mod inbound_mqtt;
 mod input;
 mod invoke;
 mod jobs;
@@ -252,6 +254,7 @@ fn reads_store(path: &str) -> bool {
             | ["v1", "tokens"]
             // Connection definitions (not their `stats`: this server's figures).
             | ["v1", "outgoing", _] | ["v1", "outgoing", _, _]
+            | ["v1", "inbound", _] | ["v1", "inbound", _, _]
             // Pub/sub definitions, queues and dead letters.
             | ["v1", "pubsub", ..]
     )
@@ -352,6 +355,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (_, ["v1", "caches", rest @ ..]) => caches::route(req, cx, rest).await,
         (_, ["v1", "jobs", rest @ ..]) => jobs::route(req, cx, rest).await,
         (_, ["v1", "outgoing", rest @ ..]) => outgoing::route(req, cx, rest).await,
+        (_, ["v1", "inbound", rest @ ..]) => inbound::route(req, cx, rest).await,
         (_, ["v1", "pubsub", rest @ ..]) => pubsub::route(req, cx, rest, who).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
         (&Method::GET, ["v1", "audit"]) => audit::list(cx, req.uri().query().unwrap_or("")).await,

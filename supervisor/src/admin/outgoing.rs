@@ -25,6 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::objects::{self, AdminObject, Refused};
+use crate::model::mqtt::MqttConn;
 use super::{Body, Ctx, error, read_body, reply};
 use crate::model::amqp::AmqpConn;
 use crate::model::object::{ConfigObject, InvalidObject};
@@ -40,12 +41,13 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
         Some(&"sql") => ConnType::Sql,
         Some(&"amqp") => ConnType::Amqp,
         Some(&"redis") => ConnType::Redis,
+        Some(&"mqtt") => ConnType::Mqtt,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no admin endpoint {method} {}: connections are under /v1/outgoing/rest, \
-                     /v1/outgoing/sql, /v1/outgoing/amqp and /v1/outgoing/redis",
+                     /v1/outgoing/sql, /v1/outgoing/amqp, /v1/outgoing/redis and /v1/outgoing/mqtt",
                     req.uri().path()
                 ),
             );
@@ -58,10 +60,12 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
             ConnType::Sql => list::<SqlConn>(cx, kind).await,
             ConnType::Amqp => list::<AmqpConn>(cx, kind).await,
             ConnType::Redis => list::<RedisConn>(cx, kind).await,
+            ConnType::Mqtt => list::<MqttConn>(cx, kind).await,
         },
         (&Method::GET, [name]) => match kind {
             ConnType::Rest => get::<RestConn>(cx, &decode(name)).await,
             ConnType::Sql => get::<SqlConn>(cx, &decode(name)).await,
+            ConnType::Mqtt => get::<MqttConn>(cx, &decode(name)).await,
             ConnType::Redis => get::<RedisConn>(cx, &decode(name)).await,
             ConnType::Amqp => get::<AmqpConn>(cx, &decode(name)).await,
         },
@@ -69,6 +73,7 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
             let name = decode(name);
             match read_body(req).await {
                 Ok(body) => match kind {
+                    ConnType::Mqtt => objects::put::<MqttConn>(cx, Some(&name), body).await,
                     ConnType::Rest => objects::put::<RestConn>(cx, Some(&name), body).await,
                     ConnType::Redis => objects::put::<RedisConn>(cx, Some(&name), body).await,
                     ConnType::Sql => objects::put::<SqlConn>(cx, Some(&name), body).await,
@@ -84,6 +89,7 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                 match super::pubsub::in_use_by(cx, None, Some(&name)).await {
                     Ok(None) => objects::delete::<RestConn>(cx, &name).await,
                     Ok(Some(m)) => error(StatusCode::CONFLICT, m),
+            ConnType::Mqtt => objects::delete::<MqttConn>(cx, &decode(name)).await,
                     Err(r) => r,
                 }
             }
@@ -138,6 +144,9 @@ pub fn public_json<K: Credentialed + ConfigObject>(def: &K) -> Value {
         m.insert("has_secret".into(), def.sealed_secret().is_some().into());
     }
     v
+}
+impl Listed for MqttConn {
+    const PLURAL: &'static str = "mqtt";
 }
 
 /// The two kinds' JSON keys in answers.
@@ -283,6 +292,16 @@ impl Parsed for RedisConn {
         crate::model::redis::parse_input(v, name)
     }
 }
+impl Parsed for MqttConn {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::mqtt::parse_conn_input(v, name)
+    }
+}
+impl Parsed for crate::model::mqtt::MqttChannel {
+    fn parse(v: &Value, name: Option<&str>) -> Result<Input<Self>, InvalidObject> {
+        crate::model::mqtt::parse_channel_input(v, name)
+    }
+}
 
 /// This server's connections of kind `K`, as the store has them after a change (`expected`
 /// should it not answer now).
@@ -307,6 +326,11 @@ impl Applied for AmqpConn {
 impl Applied for RedisConn {
     fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
         outgoing.apply_redis(defs);
+    }
+}
+impl Applied for MqttConn {
+    fn apply(outgoing: &crate::outgoing::Outgoing, defs: &[Self]) {
+        outgoing.apply_mqtt(defs);
     }
 }
 
@@ -351,6 +375,7 @@ macro_rules! admin_object {
 }
 admin_object!(RestConn);
 admin_object!(SqlConn);
+admin_object!(MqttConn);
 admin_object!(RedisConn);
 admin_object!(AmqpConn);
 

@@ -120,6 +120,12 @@ pub enum Command {
         #[command(subcommand)]
         action: OutAction,
     },
+    /// Inbound channels that consume from a broker into services (AMQP, MQTT): list, get,
+    /// put, delete, stats (docs/CONNECTORS.md).
+    Inbound {
+        #[command(subcommand)]
+        action: InboundAction,
+    },
     /// Pub/sub: topics, subscriptions and endpoints (list, get, put, delete), a
     /// subscription's queue and dead letters (requeue, purge), a test publish
     /// (docs/PUBSUB.md).
@@ -138,7 +144,7 @@ pub enum Command {
     Audit {
         #[command(flatten)]
         to: ServerArgs,
-        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
+        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest, outgoing_mqtt, inbound_mqtt,
         /// outgoing_sql, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
         /// or KIND/NAME (a topic: pubsub_topic//orders/new).
         #[arg(long)]
@@ -514,11 +520,13 @@ pub enum OutType {
     Sql,
     Redis,
     Amqp,
+    Mqtt,
 }
 
 impl OutType {
     pub fn as_str(self) -> &'static str {
         match self {
+            OutType::Mqtt => "mqtt",
             OutType::Rest => "rest",
             OutType::Redis => "redis",
             OutType::Sql => "sql",
@@ -600,6 +608,87 @@ pub enum OutAction {
         #[arg(value_enum)]
         kind: Option<OutType>,
         name: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+/// An inbound channel's type: its path under `/v1/inbound/`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InboundType {
+    Amqp,
+    Mqtt,
+}
+
+impl InboundType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundType::Amqp => "amqp",
+            InboundType::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// The inbound channel subcommands (docs/CONNECTORS.md). A password is never taken from the
+/// command line: `put` reads it from `--secret-file` or (`--secret-stdin`) standard input.
+#[derive(Subcommand)]
+pub enum InboundAction {
+    /// The channels of a type, each with this server's status (connected, figures).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: InboundType,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One channel's definition (its password shown only as has_secret).
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: InboundType,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create or replace a channel from its JSON definition in FILE (`-`: standard input).
+    /// Without a password, an edit keeps the stored one while the destination is unchanged.
+    Put {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: InboundType,
+        name: String,
+        /// The definition (JSON); `-` reads it from standard input.
+        file: String,
+        /// A file holding the password; one trailing newline is dropped.
+        #[arg(long, conflicts_with = "secret_stdin")]
+        secret_file: Option<PathBuf>,
+        /// Read the password from standard input (FILE must then not be `-`).
+        #[arg(long)]
+        secret_stdin: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete a channel (it stops consuming; its in-flight messages finish first).
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: InboundType,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A channel's status on the server addressed: connected, last error, consumed, acked,
+    /// requeued, rejected, reconnects.
+    Stats {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(value_enum)]
+        kind: InboundType,
+        name: String,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

@@ -14,6 +14,7 @@ pub mod config_cmd;
 pub mod deploy_watch;
 pub mod error;
 pub mod format;
+pub mod inbound;
 pub mod jobs;
 pub mod logging;
 pub mod modules;
@@ -96,6 +97,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
         Command::Token { action } => admin(|rt| token::command(rt, &action)),
         Command::Out { action } => admin(|rt| out::command(rt, &action)),
+        Command::Inbound { action } => admin(|rt| inbound::command(rt, &action)),
         Command::Pubsub { action } => admin(|rt| pubsub::command(rt, &action)),
         Command::Audit {
             to,

@@ -118,13 +118,25 @@ pub fn command(rt: &Runtime, action: &OutAction) -> Result<(), CliError> {
 fn kinds(kind: Option<OutType>) -> Vec<OutType> {
     match kind {
         Some(k) => vec![k],
-        None => vec![OutType::Rest, OutType::Sql, OutType::Amqp, OutType::Redis],
+        None => vec![
+            OutType::Rest,
+            OutType::Sql,
+            OutType::Amqp,
+            OutType::Redis,
+            OutType::Mqtt,
+        ],
     }
 }
 
 /// One line per connection of a list answer.
 fn print_list(d: &Value) {
-    for (key, label) in [("rest", "rest"), ("sql", "sql"), ("amqp", "amqp"), ("redis", "redis")] {
+    for (key, label) in [
+        ("rest", "rest"),
+        ("sql", "sql"),
+        ("amqp", "amqp"),
+        ("redis", "redis"),
+        ("mqtt", "mqtt"),
+    ] {
         let Some(list) = d[key].as_array() else {
             continue;
         };
@@ -150,6 +162,14 @@ fn print_list(d: &Value) {
                         .map(|u| format!("  user {u}"))
                         .unwrap_or_default(),
                     c["pool_size"]
+                ),
+                "mqtt" => format!(
+                    "{}{}",
+                    c["address"].as_str().unwrap_or(""),
+                    c["username"]
+                        .as_str()
+                        .map(|u| format!("  user {u}"))
+                        .unwrap_or_default()
                 ),
                 _ => format!(
                     "{} {}",
@@ -215,7 +235,7 @@ fn definition(
         ));
     };
     match kind {
-        OutType::Sql | OutType::Amqp | OutType::Redis => {
+        OutType::Sql | OutType::Amqp | OutType::Redis | OutType::Mqtt => {
             obj.insert("password".into(), Value::String(secret));
         }
         OutType::Rest => {

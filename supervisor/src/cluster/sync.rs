@@ -272,6 +272,7 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     // a new client for new calls.
     cx.outgoing.apply_rest(&snap.objects.outgoing_rest);
     cx.outgoing.apply_sql(&snap.objects.outgoing_sql);
+    cx.outgoing.apply_mqtt(&snap.objects.outgoing_mqtt);
     cx.outgoing.apply_redis(&snap.objects.outgoing_redis);
     cx.outgoing.apply_amqp(&snap.objects.outgoing_amqp);
     cx.pubsub.apply(&snap.objects);

@@ -719,6 +719,8 @@ impl HttpCall<'_> {
             traceparent: Some(self.trace.as_str()),
             tracestate: self.tracestate,
             pubsub: None,
+            mqtt: None,
+            amqp: None,
         };
         let result = self
             .cx

@@ -347,6 +347,8 @@ fn handle_worker_call(
                 traceparent: Some(trace.as_str()),
                 tracestate: tracestate.as_deref(),
                 pubsub: None,
+                mqtt: None,
+                amqp: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

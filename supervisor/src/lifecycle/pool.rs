@@ -341,6 +341,11 @@ impl Pool {
         self.workers.read().expect("workers lock").clone()
     }
 
+    /// How many invocations may wait for a free worker (`workers.max_queue`).
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
     /// Number of workers taking new work.
     pub fn ready_count(&self) -> usize {
         self.workers
@@ -874,6 +879,8 @@ mod tests {
             traceparent: None,
             tracestate: None,
             pubsub: None,
+            mqtt: None,
+            amqp: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

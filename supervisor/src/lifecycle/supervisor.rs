@@ -61,6 +61,10 @@ pub enum Event {
     StopAccepting,
     /// The HTTP layer closed its last connection after SIGTERM.
     HttpDrained,
+    /// The inbound channels (boot's, through the stop hook) stopped consuming and their
+    /// in-flight messages finished or were given back: the workers may go once the HTTP
+    /// layer drained too.
+    InboundDrained,
 }
 
 /// The signals the supervisor acts on.
@@ -127,6 +131,8 @@ pub struct Supervisor {
     node: Arc<Node>,
     notifier: Arc<Notifier>,
     /// Called once shutdown starts (SIGTERM or SIGINT), before the workers are retired.
+    /// After SIGTERM the workers are retired only once the HTTP layer reported
+    /// [`Event::HttpDrained`] and the hook's owner [`Event::InboundDrained`].
     on_stop: Box<dyn Fn() + Send>,
     events: mpsc::UnboundedSender<Event>,
     launch: Launch,
@@ -142,6 +148,7 @@ pub struct Supervisor {
     started_at: Instant,
     shutting_down: Option<Sig>,
     http_drained: bool,
+    inbound_drained: bool,
     shutdown_tx: watch::Sender<bool>,
     last_heartbeat: Instant,
     last_rss_check: Instant,
@@ -154,7 +161,10 @@ pub struct Parts {
     pub node: Arc<Node>,
     pub notifier: Arc<Notifier>,
     /// Called once shutdown starts: the scheduler's lead passes on before the workers are
-    /// retired (runs claimed from then on would find no worker).
+    /// retired (runs claimed from then on would find no worker), and the inbound channels
+    /// stop consuming and drain; their owner sends [`Event::InboundDrained`] when they did
+    /// (after SIGTERM the workers wait for it). On SIGINT it runs before every worker is
+    /// killed.
     pub on_stop: Box<dyn Fn() + Send>,
     pub events: mpsc::UnboundedSender<Event>,
     pub launch: Launch,
@@ -184,6 +194,7 @@ impl Supervisor {
             started_at: p.started_at,
             shutting_down: None,
             http_drained: false,
+            inbound_drained: false,
             shutdown_tx: p.shutdown_tx,
             last_heartbeat: Instant::now(),
             last_rss_check: Instant::now(),
@@ -292,16 +303,27 @@ impl Supervisor {
             }
             Event::HttpDrained => {
                 self.http_drained = true;
-                let ids: Vec<u32> = self.children.keys().copied().collect();
-                for id in ids {
-                    self.retire(id, false);
-                }
-                if self.children.is_empty() {
-                    return Ok(Some(Outcome { exit_code: 0 }));
-                }
+                return Ok(self.retire_all_if_drained());
+            }
+            Event::InboundDrained => {
+                self.inbound_drained = true;
+                return Ok(self.retire_all_if_drained());
             }
         }
         Ok(None)
+    }
+
+    /// Once both the HTTP layer and the inbound channels drained (each bounded by its drain
+    /// timeout), every worker is retired: the services in flight for either have finished.
+    fn retire_all_if_drained(&mut self) -> Option<Outcome> {
+        if !(self.http_drained && self.inbound_drained) {
+            return None;
+        }
+        let ids: Vec<u32> = self.children.keys().copied().collect();
+        for id in ids {
+            self.retire(id, false);
+        }
+        self.children.is_empty().then_some(Outcome { exit_code: 0 })
     }
 
     fn on_signal(&mut self, sig: Sig) -> Option<Outcome> {
@@ -462,7 +484,7 @@ impl Supervisor {
         }));
         if self.shutting_down.is_some() {
             debug!(id, ?code, "worker exited during shutdown");
-            if self.children.is_empty() && self.http_drained {
+            if self.children.is_empty() && self.http_drained && self.inbound_drained {
                 return Ok(Some(Outcome { exit_code: 0 }));
             }
             return Ok(None);

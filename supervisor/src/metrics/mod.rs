@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod deploys;
 pub mod histogram;
 pub mod http;
+pub mod inbound;
 pub mod outgoing;
 pub mod pubsub;
 pub mod scheduler;
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub caches: caches::CacheMetrics,
     pub scheduler: scheduler::SchedulerMetrics,
     pub pubsub: pubsub::PubsubMetrics,
+    pub inbound: inbound::InboundMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             caches: caches::CacheMetrics::register(&mut registry),
             scheduler: scheduler::SchedulerMetrics::register(&mut registry),
             pubsub: pubsub::PubsubMetrics::register(&mut registry),
+            inbound: inbound::InboundMetrics::register(&mut registry),
             registry: std::sync::Mutex::new(registry),
         }
     }

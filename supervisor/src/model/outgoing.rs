@@ -275,7 +275,7 @@ const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "
 /// [`RESERVED_HEADERS`]: an apikey auth's `header` may be none of them.
 const TRACE_HEADERS: [&str; 3] = ["x-oxbus-cid", "traceparent", "tracestate"];
 /// What every sealed value starts with (`secrets`' format; checked here by shape only).
-const SEALED_PREFIX: &str = "oxbus1:";
+pub(crate) const SEALED_PREFIX: &str = "oxbus1:";
 
 impl RestConn {
     /// The name its credential is sealed under (the sealed value's associated data).

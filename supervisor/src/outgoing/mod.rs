@@ -13,6 +13,7 @@
 
 pub mod redis;
 pub mod amqp;
+pub mod mqtt;
 pub mod rest;
 pub mod service_secrets;
 pub mod sql;
@@ -22,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::lifecycle::ops::{OpReply, ServerOps};
+use crate::model::mqtt::MqttConn;
 use crate::model::amqp::AmqpConn;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::redis::RedisConn;
@@ -31,6 +33,7 @@ use crate::secrets::Key;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnType {
+    Mqtt,
     Rest,
     Sql,
     Redis,
@@ -38,6 +41,7 @@ pub enum ConnType {
 }
 
 impl ConnType {
+            ConnType::Mqtt => "mqtt",
     pub fn as_str(self) -> &'static str {
         match self {
             ConnType::Rest => "rest",
@@ -92,6 +96,7 @@ pub enum OutgoingError {
 }
 
 /// This server's outgoing connections and the answer to the workers' `out.*` / `secret.get`.
+    mqtt: RwLock<HashMap<String, Arc<mqtt::MqttClient>>>,
 #[derive(Debug)]
 pub struct Outgoing {
     key: Arc<Key>,
@@ -105,6 +110,7 @@ pub struct Outgoing {
     /// The secrets services may read (`secret.get`).
     secrets: service_secrets::ServiceSecrets,
 }
+            mqtt: RwLock::new(HashMap::new()),
 
 impl Outgoing {
     pub fn new(key: Arc<Key>, metrics: Arc<crate::metrics::Metrics>) -> Outgoing {
@@ -242,6 +248,26 @@ impl Outgoing {
         }
     }
 
+    /// Makes `defs` the MQTT connections, as [`Outgoing::apply_rest`] does (a replaced
+    /// client disconnects once its last publish in flight is done).
+    pub fn apply_mqtt(&self, defs: &[MqttConn]) {
+        let _one = self.applying.lock().expect("apply lock");
+        let current = self.mqtt.read().expect("mqtt lock").clone();
+        let mut next = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let client = match current.get(&def.name) {
+                Some(c) if c.def() == def => c.clone(),
+                _ => Arc::new(mqtt::MqttClient::new(def.clone(), &self.key)),
+            };
+            next.insert(def.name.clone(), client);
+        }
+        *self.mqtt.write().expect("mqtt lock") = next;
+    }
+
+    pub fn mqtt_client(&self, name: &str) -> Option<Arc<mqtt::MqttClient>> {
+        self.mqtt.read().expect("mqtt lock").get(name).cloned()
+    }
+
     pub fn rest_client(&self, name: &str) -> Option<Arc<rest::RestClient>> {
         self.rest.read().expect("rest lock").get(name).cloned()
     }
@@ -259,6 +285,7 @@ impl Outgoing {
         match kind {
             ConnType::Rest => Ok(self.rest_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Sql => Ok(self.sql_client(name).ok_or_else(unknown)?.ping().await),
+            ConnType::Mqtt => Ok(self.mqtt_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Redis => Ok(self.redis_client(name).ok_or_else(unknown)?.ping().await),
             ConnType::Amqp => Ok(self.amqp_client(name).ok_or_else(unknown)?.ping().await),
         }
@@ -292,6 +319,13 @@ impl Outgoing {
                 .redis
                 .read()
                 .expect("redis lock")
+                .values()
+                .map(|c| c.stats())
+                .collect(),
+            ConnType::Mqtt => self
+                .mqtt
+                .read()
+                .expect("mqtt lock")
                 .values()
                 .map(|c| c.stats())
                 .collect(),
@@ -344,6 +378,7 @@ impl ServerOps for Outgoing {
         let kind = match op {
             "out.rest" => ConnType::Rest,
             "out.sql" => ConnType::Sql,
+            "out.mqtt" => ConnType::Mqtt,
             "out.amqp" => ConnType::Amqp,
             "secret.get" => return self.secret_get(&raw_meta),
             "out.redis" => return self.redis_call(&raw_meta, body).await,
@@ -369,6 +404,14 @@ impl ServerOps for Outgoing {
                     404,
                     "unknown_conn",
                     &format!("no SQL connection {conn:?} (it may have been deleted)"),
+            ConnType::Mqtt => match self.mqtt_client(&conn) {
+                Some(c) => c.call(&raw_meta, body).await,
+                None => OpReply::error(
+                    404,
+                    "unknown_conn",
+                    &format!("no MQTT connection {conn:?} (it may have been deleted)"),
+                ),
+            },
                 ),
             },
             ConnType::Amqp => match self.amqp_client(&conn) {

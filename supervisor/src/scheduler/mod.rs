@@ -677,6 +677,8 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         traceparent: Some(trace.as_str()),
         tracestate: None,
         pubsub: None,
+        mqtt: None,
+        amqp: None,
     };
     let body = def
         .extra

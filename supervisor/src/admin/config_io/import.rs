@@ -388,6 +388,38 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    // MQTT connections and channels: their password as the other credentialed kinds'.
+    let outgoing_mqtt = import_outgoing(
+        cx,
+        &doc.outgoing_mqtt,
+        replace,
+        &mut plan.outgoing_mqtt,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    let channel_mqtt = import_outgoing(
+        cx,
+        &doc.channel_mqtt,
+        replace,
+        &mut plan.inbound_mqtt,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+    if let Some(e) = crate::model::mqtt::shared_client_id(&channel_mqtt) {
+        return Err(bad(format!("channel_mqtt: {e}")));
+    }
+    // AMQP channels: their passwords as the outgoing connections' credentials.
+    let inbound_amqp = import_outgoing(
+        cx,
+        &doc.channel_amqp,
+        replace,
+        &mut plan.inbound_amqp,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
 
     // Pub/sub: topics, subscriptions and endpoints, each validated; then what they name must
     // exist in the config as the import leaves it (a subscription's topic, unless a pattern,
@@ -504,6 +536,15 @@ pub async fn import(
     }
     if !plan.outgoing_redis.is_empty() {
         cx.outgoing.apply_redis(&outgoing_redis);
+    }
+    if !plan.outgoing_mqtt.is_empty() {
+        cx.outgoing.apply_mqtt(&outgoing_mqtt);
+    }
+    if !plan.inbound_mqtt.is_empty() {
+        cx.inbound.apply_mqtt(&channel_mqtt);
+    }
+    if !plan.inbound_amqp.is_empty() {
+        cx.inbound.apply_amqp(&inbound_amqp);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()

@@ -147,6 +147,8 @@ async fn to_service(
         traceparent: None,
         tracestate: None,
         pubsub: Some(&meta_json),
+        mqtt: None,
+        amqp: None,
     };
     match pool
         .invoke(
