@@ -538,7 +538,10 @@ async fn sigterm_finishes_in_flight_messages_and_gives_the_rest_back() {
         "drained",
         channel_def(
             &queue,
-            json!({"prefetch": 10, "consumers": 2, "on_error": "reject"}),
+            // Queued calls the old order (workers retired before this drain) failed at
+            // their deadline: 5 s, more than the 20 in flight take (2 s).
+            json!({"prefetch": 10, "consumers": 2, "on_error": "reject",
+                   "service_timeout_ms": 5000}),
         ),
         201,
     )
@@ -591,6 +594,82 @@ async fn sigterm_finishes_in_flight_messages_and_gives_the_rest_back() {
     let _ = std::fs::remove_file(&record);
 }
 
+/// SIGINT (fast stop): the workers are killed, but no message their death cut short is
+/// rejected (on_error reject with a DLQ that must stay empty): each one not processed is
+/// back on the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_dead_letters_nothing_and_gives_back_what_was_not_processed() {
+    const N: usize = 60;
+    let (s, _) = setup_with(1, false, |e| e.set("workers", "max_inflight", "2")).await;
+    let queue = unique("int");
+    let dead = unique("int-dead");
+    let dlx = unique("int-dlx");
+    s.rabbit.queue(&dead, &[]).await;
+    s.rabbit.fanout_to(&dlx, &dead).await;
+    s.rabbit
+        .queue(&queue, &[("x-dead-letter-exchange", dlx.as_str())])
+        .await;
+    for i in 0..N {
+        s.rabbit
+            .publish(
+                &queue,
+                format!("slow-{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+    }
+    put_channel(
+        &s.srv,
+        "interrupted",
+        channel_def(
+            &queue,
+            json!({"prefetch": 10, "consumers": 2, "on_error": "reject"}),
+        ),
+        201,
+    )
+    .await;
+    eventually(Duration::from_secs(30), "a few processed", || async {
+        (recorded(&s.record).len() >= 2).then_some(())
+    })
+    .await;
+    let Setup {
+        mut srv,
+        record,
+        rabbit,
+    } = s;
+    srv.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        srv.log()
+    );
+    assert_eq!(
+        rabbit.counts(&dead).await.0,
+        0,
+        "SIGINT dead-lettered messages"
+    );
+    let done = bodies(&record);
+    assert!(done.len() < N, "everything was processed before SIGINT");
+    // At least once: a message whose service finished as its worker was killed may be
+    // back too; none is lost.
+    let back: BTreeSet<String> = rabbit
+        .drain(&queue)
+        .await
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect();
+    let all: BTreeSet<String> = (0..N).map(|i| format!("slow-{i}")).collect();
+    let seen: BTreeSet<String> = back.union(&done).cloned().collect();
+    assert_eq!(
+        seen,
+        all,
+        "lost: {:?}",
+        all.difference(&seen).collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_file(&record);
+}
+
 /// A message the pool could not take (all busy and no queue; the service not deployed) is
 /// not a failure: with on_error reject and a DLX, none is dead-lettered and every one is
 /// processed once the service exists or a worker is free.
@@ -625,8 +704,8 @@ async fn what_the_pool_cannot_take_is_returned_not_dead_lettered() {
         json!({"prefetch": 10, "consumers": 2, "on_error": "reject", "service": "amqp.later"}),
     );
     put_channel(&s.srv, "busy", def.clone(), 201).await;
-    eventually(Duration::from_secs(30), "returned messages", || async {
-        (stats(&s.srv, "busy").await["returned"].as_u64() > Some(0)).then_some(())
+    eventually(Duration::from_secs(30), "every message tried", || async {
+        (stats(&s.srv, "busy").await["consumed"].as_u64() >= Some(N as u64)).then_some(())
     })
     .await;
     assert_eq!(
@@ -634,6 +713,7 @@ async fn what_the_pool_cannot_take_is_returned_not_dead_lettered() {
         0,
         "not deployed = dead letter"
     );
+    assert!(stats(&s.srv, "busy").await["returned"].as_u64() > Some(0));
     assert!(recorded(&s.record).is_empty());
     // Then the real one, on a pool that takes one message at a time.
     def["service"] = json!("amqp.record");

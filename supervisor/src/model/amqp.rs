@@ -460,7 +460,32 @@ fn check_channel_address(address: &str) -> Result<(), String> {
             "{address:?}: a vhost with / is written percent-encoded (%2f)"
         ));
     }
+    if percent_decoded(vhost).is_none() {
+        return Err(format!(
+            "{address:?}: the vhost is not valid percent-encoding (each % followed by two hex \
+             digits, decoding to UTF-8)"
+        ));
+    }
     Ok(())
+}
+
+/// `s` percent-decoded as an AMQP URI's vhost is; none when a `%` is not followed by two
+/// hex digits or the bytes are not UTF-8 (what the connect would refuse).
+fn percent_decoded(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn yes() -> bool {
@@ -690,6 +715,16 @@ mod tests {
         assert_eq!(redeliveries(None, true, 2), 2);
         assert_eq!(redeliveries(None, true, 0), 1);
         assert_eq!(redeliveries(Some(-1), true, 0), 1);
+    }
+
+    #[test]
+    fn a_vhost_must_be_valid_percent_encoding() {
+        assert!(check_channel_address("amqp://h/%2f").is_ok());
+        assert!(check_channel_address("amqp://h/my%20vhost").is_ok());
+        for bad in ["amqp://h/%zz", "amqp://h/%2", "amqp://h/%ff", "amqp://h/a%"] {
+            let e = check_channel_address(bad).unwrap_err();
+            assert!(e.contains("percent-encoding"), "{bad}: {e}");
+        }
     }
 
     #[test]
