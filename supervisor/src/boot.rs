@@ -138,7 +138,6 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let metrics = Arc::new(crate::metrics::Metrics::new(settings.metrics.enabled));
     let outgoing = Arc::new(crate::outgoing::Outgoing::new(
         Arc::new(key.clone()),
-    outgoing.apply_mqtt(&boot.snapshot.objects.outgoing_mqtt);
         metrics.clone(),
     ));
     // The stored connections, before any worker is started (and so before any call).
@@ -146,6 +145,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     outgoing.apply_sql(&boot.snapshot.objects.outgoing_sql);
     outgoing.apply_redis(&boot.snapshot.objects.outgoing_redis);
     outgoing.apply_amqp(&boot.snapshot.objects.outgoing_amqp);
+    outgoing.apply_mqtt(&boot.snapshot.objects.outgoing_mqtt);
     outgoing.apply_secrets(
         boot.snapshot
             .secrets
@@ -445,22 +445,22 @@ fn outgoing_state(
             ConnType::Redis,
             ConnType::Mqtt,
         ]
-            .into_iter()
-            .flat_map(|kind| {
-                o.stats(kind).into_iter().map(move |s| ConnFigures {
-                    kind: kind.as_str(),
-                    name: s.name,
-                    calls: s.calls,
-                    errors: s.errors,
-                    latency_buckets: s.latency_buckets,
-                    latency_sum_s: s.latency_sum_s,
-                    pool_size: s.pool_size,
-                    in_use: s.in_use,
-                    idle: s.idle,
-                    waiting: s.waiting,
-                })
+        .into_iter()
+        .flat_map(|kind| {
+            o.stats(kind).into_iter().map(move |s| ConnFigures {
+                kind: kind.as_str(),
+                name: s.name,
+                calls: s.calls,
+                errors: s.errors,
+                latency_buckets: s.latency_buckets,
+                latency_sum_s: s.latency_sum_s,
+                pool_size: s.pool_size,
+                in_use: s.in_use,
+                idle: s.idle,
+                waiting: s.waiting,
             })
-            .collect()
+        })
+        .collect()
     }))
 }
 

@@ -257,9 +257,6 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         let name = super::pubsub::topic_from_segments(segments);
         let action = match *method {
             Method::PUT => "put".to_owned(),
-        ["v1", "outgoing", "mqtt", rest @ ..] => ("outgoing_mqtt", rest),
-        ["v1", "inbound", "mqtt", rest @ ..] => ("inbound_mqtt", rest),
-        ["v1", "inbound", "amqp", rest @ ..] => ("inbound_amqp", rest),
             Method::DELETE => "delete".to_owned(),
             ref m => m.as_str().to_ascii_lowercase(),
         };
@@ -272,6 +269,9 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         ["v1", "outgoing", "sql", rest @ ..] => ("outgoing_sql", rest),
         ["v1", "outgoing", "amqp", rest @ ..] => ("outgoing_amqp", rest),
         ["v1", "outgoing", "redis", rest @ ..] => ("outgoing_redis", rest),
+        ["v1", "outgoing", "mqtt", rest @ ..] => ("outgoing_mqtt", rest),
+        ["v1", "inbound", "mqtt", rest @ ..] => ("inbound_mqtt", rest),
+        ["v1", "inbound", "amqp", rest @ ..] => ("inbound_amqp", rest),
         // A test publish is a call (as `invoke`), not a change of anything stored.
         ["v1", "pubsub", "publish", ..] => return None,
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
@@ -293,7 +293,10 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         || matches!(
             (resource, rest),
             (
-                "outgoing_rest" | "outgoing_sql" | "outgoing_amqp" | "outgoing_redis"
+                "outgoing_rest"
+                    | "outgoing_sql"
+                    | "outgoing_amqp"
+                    | "outgoing_redis"
                     | "outgoing_mqtt",
                 [_, "ping"]
             )

@@ -25,9 +25,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::objects::{self, AdminObject, Refused};
-use crate::model::mqtt::MqttConn;
 use super::{Body, Ctx, error, read_body, reply};
 use crate::model::amqp::AmqpConn;
+use crate::model::mqtt::MqttConn;
 use crate::model::object::{ConfigObject, InvalidObject};
 use crate::model::outgoing::{Carry, Credentialed, Input, RestConn, SqlConn};
 use crate::model::redis::RedisConn;
@@ -89,10 +89,10 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
                 match super::pubsub::in_use_by(cx, None, Some(&name)).await {
                     Ok(None) => objects::delete::<RestConn>(cx, &name).await,
                     Ok(Some(m)) => error(StatusCode::CONFLICT, m),
-            ConnType::Mqtt => objects::delete::<MqttConn>(cx, &decode(name)).await,
                     Err(r) => r,
                 }
             }
+            ConnType::Mqtt => objects::delete::<MqttConn>(cx, &decode(name)).await,
             ConnType::Redis => objects::delete::<RedisConn>(cx, &decode(name)).await,
             ConnType::Sql => objects::delete::<SqlConn>(cx, &decode(name)).await,
             ConnType::Amqp => objects::delete::<AmqpConn>(cx, &decode(name)).await,

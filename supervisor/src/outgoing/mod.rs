@@ -11,9 +11,9 @@
 //! started with, new calls take the new one; a deleted connection's calls fail
 //! `unknown_conn` naming it. docs/OUTGOING.md.
 
-pub mod redis;
 pub mod amqp;
 pub mod mqtt;
+pub mod redis;
 pub mod rest;
 pub mod service_secrets;
 pub mod sql;
@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::lifecycle::ops::{OpReply, ServerOps};
-use crate::model::mqtt::MqttConn;
 use crate::model::amqp::AmqpConn;
+use crate::model::mqtt::MqttConn;
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::redis::RedisConn;
 use crate::secrets::Key;
@@ -33,20 +33,20 @@ use crate::secrets::Key;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnType {
-    Mqtt,
     Rest,
     Sql,
+    Mqtt,
     Redis,
     Amqp,
 }
 
 impl ConnType {
-            ConnType::Mqtt => "mqtt",
     pub fn as_str(self) -> &'static str {
         match self {
             ConnType::Rest => "rest",
             ConnType::Redis => "redis",
             ConnType::Sql => "sql",
+            ConnType::Mqtt => "mqtt",
             ConnType::Amqp => "amqp",
         }
     }
@@ -96,7 +96,6 @@ pub enum OutgoingError {
 }
 
 /// This server's outgoing connections and the answer to the workers' `out.*` / `secret.get`.
-    mqtt: RwLock<HashMap<String, Arc<mqtt::MqttClient>>>,
 #[derive(Debug)]
 pub struct Outgoing {
     key: Arc<Key>,
@@ -104,13 +103,13 @@ pub struct Outgoing {
     redis: RwLock<HashMap<String, Arc<redis::RedisClient>>>,
     rest: RwLock<HashMap<String, Arc<rest::RestClient>>>,
     sql: RwLock<HashMap<String, Arc<sql::SqlClient>>>,
+    mqtt: RwLock<HashMap<String, Arc<mqtt::MqttClient>>>,
     amqp: RwLock<HashMap<String, Arc<amqp::AmqpClient>>>,
     /// Held through an apply (not through lookups): two applies do not interleave.
     applying: std::sync::Mutex<()>,
     /// The secrets services may read (`secret.get`).
     secrets: service_secrets::ServiceSecrets,
 }
-            mqtt: RwLock::new(HashMap::new()),
 
 impl Outgoing {
     pub fn new(key: Arc<Key>, metrics: Arc<crate::metrics::Metrics>) -> Outgoing {
@@ -120,6 +119,7 @@ impl Outgoing {
             metrics,
             rest: RwLock::new(HashMap::new()),
             sql: RwLock::new(HashMap::new()),
+            mqtt: RwLock::new(HashMap::new()),
             amqp: RwLock::new(HashMap::new()),
             applying: std::sync::Mutex::new(()),
             secrets: service_secrets::ServiceSecrets::default(),
@@ -378,8 +378,8 @@ impl ServerOps for Outgoing {
         let kind = match op {
             "out.rest" => ConnType::Rest,
             "out.sql" => ConnType::Sql,
-            "out.mqtt" => ConnType::Mqtt,
             "out.amqp" => ConnType::Amqp,
+            "out.mqtt" => ConnType::Mqtt,
             "secret.get" => return self.secret_get(&raw_meta),
             "out.redis" => return self.redis_call(&raw_meta, body).await,
             _ => return OpReply::error(501, "invalid", &format!("unknown op: {op}")),
@@ -404,14 +404,6 @@ impl ServerOps for Outgoing {
                     404,
                     "unknown_conn",
                     &format!("no SQL connection {conn:?} (it may have been deleted)"),
-            ConnType::Mqtt => match self.mqtt_client(&conn) {
-                Some(c) => c.call(&raw_meta, body).await,
-                None => OpReply::error(
-                    404,
-                    "unknown_conn",
-                    &format!("no MQTT connection {conn:?} (it may have been deleted)"),
-                ),
-            },
                 ),
             },
             ConnType::Amqp => match self.amqp_client(&conn) {
@@ -420,6 +412,14 @@ impl ServerOps for Outgoing {
                     404,
                     "unknown_conn",
                     &format!("no AMQP connection {conn:?} (it may have been deleted)"),
+                ),
+            },
+            ConnType::Mqtt => match self.mqtt_client(&conn) {
+                Some(c) => c.call(&raw_meta, body).await,
+                None => OpReply::error(
+                    404,
+                    "unknown_conn",
+                    &format!("no MQTT connection {conn:?} (it may have been deleted)"),
                 ),
             },
             // Answered above (its `conn` may be left out for `kvdb`); the same answer here.
