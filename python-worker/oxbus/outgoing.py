@@ -32,7 +32,6 @@ also exports the exceptions every outgoing call may raise::
         ├── AmqpUnroutable            a mandatory message came back; .reply_code, .reply_text
         └── AmqpRefused               the broker closed the channel (missing exchange...)
 """
-from .mqtt import MqttConnections
 
 from __future__ import annotations
 
@@ -42,6 +41,7 @@ from ._outcall import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, 
                        PoolFull, ProgrammingError, RedisError, ResponseTooLarge, SQLError,
                        UnknownConnection)
 from .kvdb import RedisConnections
+from .mqtt import MqttConnections
 from .amqp import AmqpOutgoing
 from .rest import RestConnections, Response
 from .sql import Json, SqlConnections, text

@@ -422,6 +422,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("DELETE", "/v1/outgoing/amqp/{name}", Admin),
     ep("POST", "/v1/outgoing/amqp/{name}/ping", Deployer),
     ep("GET", "/v1/outgoing/amqp/{name}/stats", Viewer),
+    ep("GET", "/v1/outgoing/redis", Viewer),
+    ep("GET", "/v1/outgoing/redis/{name}", Viewer),
+    ep("PUT", "/v1/outgoing/redis/{name}", Admin),
+    ep("DELETE", "/v1/outgoing/redis/{name}", Admin),
+    ep("POST", "/v1/outgoing/redis/{name}/ping", Deployer),
+    ep("GET", "/v1/outgoing/redis/{name}/stats", Viewer),
     // Pub/sub: definitions and figures are a viewer's; a queue's and the dead letters'
     // messages are the applications' data (a deployer's, as a cache's entries are); a
     // requeue or a test publish is an action like a job's run (deployer); a purge destroys
@@ -546,8 +552,14 @@ mod tests {
     }
 
     #[test]
-    fn mqtt_connections_and_channels_are_classified_like_rest_and_sql() {
-        for kind in ["/v1/outgoing/mqtt", "/v1/inbound/mqtt"] {
+    fn connector_connections_and_channels_are_classified_like_rest_and_sql() {
+        for kind in [
+            "/v1/outgoing/mqtt",
+            "/v1/inbound/mqtt",
+            "/v1/outgoing/amqp",
+            "/v1/inbound/amqp",
+            "/v1/outgoing/redis",
+        ] {
             let get = |p: &str| required_role(&Method::GET, &format!("{kind}{p}"));
             assert_eq!(get(""), Role::Viewer, "{kind}");
             assert_eq!(get("/x"), Role::Viewer, "{kind}");
@@ -556,10 +568,12 @@ mod tests {
             assert_eq!(required_role(&Method::PUT, &one), Role::Admin);
             assert_eq!(required_role(&Method::DELETE, &one), Role::Admin);
         }
-        assert_eq!(
-            required_role(&Method::POST, "/v1/outgoing/mqtt/x/ping"),
-            Role::Deployer
-        );
+        for kind in ["mqtt", "amqp", "redis"] {
+            assert_eq!(
+                required_role(&Method::POST, &format!("/v1/outgoing/{kind}/x/ping")),
+                Role::Deployer
+            );
+        }
     }
 
     #[test]

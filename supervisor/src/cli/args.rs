@@ -114,7 +114,7 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
-    /// Outgoing REST, SQL, AMQP and Redis connections: list, get, put, delete, ping, stats
+    /// Outgoing REST, SQL, AMQP, MQTT and Redis connections: list, get, put, delete, ping, stats
     /// (docs/OUTGOING.md).
     Out {
         #[command(subcommand)]
@@ -144,8 +144,9 @@ pub enum Command {
     Audit {
         #[command(flatten)]
         to: ServerArgs,
-        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest, outgoing_mqtt, inbound_mqtt,
-        /// outgoing_sql, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
+        /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
+        /// outgoing_sql, outgoing_amqp, outgoing_mqtt, outgoing_redis, inbound_amqp,
+        /// inbound_mqtt, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
         /// or KIND/NAME (a topic: pubsub_topic//orders/new).
         #[arg(long)]
         object: Option<String>,
@@ -570,7 +571,8 @@ pub enum OutAction {
         /// The definition (JSON); `-` reads it from standard input.
         file: String,
         /// A file holding the credential (REST: the password, key, token or client secret
-        /// of its auth type; SQL, AMQP, Redis: the password); one trailing newline is dropped.
+        /// of its auth type; SQL, AMQP, MQTT, Redis: the password); one trailing newline is
+        /// dropped.
         #[arg(long, conflicts_with = "secret_stdin")]
         secret_file: Option<PathBuf>,
         /// Read the credential from standard input (FILE must then not be `-`).
@@ -590,7 +592,7 @@ pub enum OutAction {
         output: Output,
     },
     /// Ping a connection from the server addressed (REST: ping_method ping_path; SQL:
-    /// SELECT 1; AMQP: connect and open a channel; Redis: PING); exit code 1 when it fails.
+    /// SELECT 1; AMQP: connect and open a channel; MQTT: connect; Redis: PING); exit code 1 when it fails.
     Ping {
         #[command(flatten)]
         to: ServerArgs,

@@ -66,8 +66,10 @@ const STABLE: Duration = Duration::from_secs(10);
 pub(crate) const MAX_INCOMING: usize = 256 * 1024 * 1024;
 /// How often a channel logs that it drops QoS 0 messages.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
-/// The longest the drain waits for a channel: its calls' deadline and the DISCONNECT.
-const DRAIN_MAX: Duration = Duration::from_secs(INVOKE_TIMEOUT.as_secs() + 5);
+/// The longest the drain waits for the channels: the AMQP channels' bound (30 s for the
+/// calls in flight, 5 s to close), so that a stop fits systemd's `TimeoutStopSec`; a call
+/// still running then is left unacked (the broker sends it again on the next session).
+const DRAIN_MAX: Duration = Duration::from_secs(35);
 
 /// Why a channel's task stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
