@@ -421,6 +421,154 @@ async fn refuse_at_depth(store: &Store) {
 
 both!(sqlite_refuse_at_depth, pg_refuse_at_depth, refuse_at_depth);
 
+/// `n` messages of `topic` whose every column differs from message to message (the optional
+/// ones set), so that a column stored in another's place shows.
+fn varied(topic: &str, n: usize) -> Vec<Message> {
+    let now = now_ms();
+    (0..n)
+        .map(|i| {
+            let mut m = msg(topic, i);
+            m.pub_time_ms = now + i as i64;
+            m.expires_at_ms = Some(now + 3_600_000 + i as i64);
+            m.priority = (i % 10) as u8;
+            m.mime_type = format!("application/x-{i}");
+            m.correl_id = Some(format!("correl-{i}"));
+            m.in_reply_to = Some(format!("reply-{i}"));
+            m.ext_client_id = Some(format!("client-{i}"));
+            m.published_by = format!("service:varied-{i}");
+            m.data = Bytes::from(format!("varied {i}"));
+            m
+        })
+        .collect()
+}
+
+/// A flush of one topic whose groups fit even under the caller's old floor (PostgreSQL: one
+/// statement, no transaction) numbers its groups in order after the topic's last seq; one
+/// that does not fit under the old floor is decided again on the floor read in the store.
+async fn known_floor_flushes(store: &Store) {
+    let topic = "/t/known-floor";
+    let append = |known_floor: Option<i64>, groups: Vec<Vec<Message>>| {
+        vec![TopicAppend {
+            topic: topic.into(),
+            refuse_past: Some(10),
+            known_floor,
+            drop_unsubscribed: false,
+            dropped: false,
+            groups,
+        }]
+    };
+    let seqs = |a: &[TopicAppend], g: usize| -> Vec<i64> {
+        a[0].groups[g].iter().map(|m| m.seq).collect()
+    };
+    // No floor known yet: the store reads it (nothing kept: 0).
+    let mut a = append(None, vec![group(topic, 3)]);
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![true]]
+    );
+    assert_eq!(a[0].known_floor, Some(0));
+    // Fits under the old floor: 3 + 2 + 3 <= 10.
+    let mut a = append(Some(0), vec![varied(topic, 2), varied(topic, 3)]);
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![true, true]]
+    );
+    assert_eq!(seqs(&a, 0), vec![4, 5]);
+    assert_eq!(seqs(&a, 1), vec![6, 7, 8]);
+    let sent: Vec<Message> = a[0].groups.iter().flatten().cloned().collect();
+    // 8 + 3 > 10 under the old floor; a subscription has finished 4 meanwhile, so the floor
+    // read again leaves room: (8 - 4) + 3 <= 10.
+    sub_rows(store, &["kf"]).await;
+    raw(
+        store,
+        "INSERT INTO pubsub_cursor (sub_key, topic, acked_upto, updated_at) \
+         VALUES ('kf', '/t/known-floor', 4, 0)",
+    )
+    .await;
+    let mut a = append(Some(0), vec![group(topic, 3)]);
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![true]]
+    );
+    assert_eq!(seqs(&a, 0), vec![9, 10, 11]);
+    assert_eq!(a[0].known_floor, Some(4), "the floor it read");
+    // Too many even under the real floor: refused, nothing written.
+    let mut a = append(Some(4), vec![group(topic, 4)]);
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![false]]
+    );
+    assert!(seqs(&a, 0).iter().all(|s| *s == 0));
+    let all = store.read_after(topic, 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=11).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        &all[3..8],
+        &sent[..],
+        "the one-statement flush stored what was sent, every column in its place"
+    );
+    assert_eq!(store.log_last_seq(topic).await.unwrap(), 11);
+    // A first flush of a topic (no seq row yet) with a floor known: more than the depth
+    // allows is refused per group, as always.
+    let topic = "/t/first-flush";
+    let mut a = vec![TopicAppend {
+        topic: topic.into(),
+        refuse_past: Some(10),
+        known_floor: Some(0),
+        drop_unsubscribed: false,
+        dropped: false,
+        groups: vec![group(topic, 6), group(topic, 6)],
+    }];
+    assert_eq!(
+        store.append_log(&mut a, now_ms()).await.unwrap(),
+        vec![vec![true, false]]
+    );
+    assert_eq!(store.log_last_seq(topic).await.unwrap(), 6);
+    // PostgreSQL's one-statement path, asked directly: it appends what fits under the old
+    // floor and writes nothing for what does not (the transaction's path decides that).
+    let topic = "/t/one-statement";
+    let mut first = vec![TopicAppend {
+        topic: topic.into(),
+        refuse_past: Some(10),
+        known_floor: None,
+        drop_unsubscribed: false,
+        dropped: false,
+        groups: vec![group(topic, 3)],
+    }];
+    store.append_log(&mut first, now_ms()).await.unwrap();
+    let mut one = first.remove(0);
+    one.known_floor = Some(0);
+    one.groups = vec![group(topic, 2)];
+    if let Some(fit) = store
+        .append_log_one_statement_for_tests(&mut one)
+        .await
+        .unwrap()
+    {
+        assert!(fit);
+        assert_eq!(
+            one.groups[0].iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        one.groups = vec![group(topic, 6)];
+        let fit = store
+            .append_log_one_statement_for_tests(&mut one)
+            .await
+            .unwrap();
+        assert_eq!(fit, Some(false), "5 + 6 > 10 under the old floor");
+        assert!(one.groups[0].iter().all(|m| m.seq == 0));
+        assert_eq!(store.log_last_seq(topic).await.unwrap(), 5);
+        assert_eq!(store.read_after(topic, 0, 100).await.unwrap().len(), 5);
+    }
+}
+
+both!(
+    sqlite_known_floor_flushes,
+    pg_known_floor_flushes,
+    known_floor_flushes
+);
+
 /// Cleaning a partition keeps its live rows (PostgreSQL: moved into the current one) and removes the
 /// dead: acked by every cursor, expired, or of a topic whose log was dropped.
 async fn rotation_keeps_live_rows(store: &Store) {

@@ -49,13 +49,18 @@ impl InboundMetrics {
 
     /// A message of channel `channel` (of type `kind`) ended with `outcome`.
     pub fn message(&self, kind: &'static str, channel: &str, outcome: &'static str) {
+        self.messages_n(kind, channel, outcome, 1);
+    }
+
+    /// `n` messages of channel `channel` ended with `outcome` (acked together).
+    pub fn messages_n(&self, kind: &'static str, channel: &str, outcome: &'static str, n: u64) {
         self.messages
             .get_or_create(&MessageLabels {
                 r#type: kind,
                 channel: channel.to_owned(),
                 outcome,
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Channel `channel` is (or is no longer) connected.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::StreamExt;
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::acks::{AckOp, AckWindow};
 use super::{DRAIN_TIMEOUT, KIND, Status};
 use crate::model::amqp::{AmqpChannel, Rejection, redeliveries, rejection};
 use crate::outgoing::amqp::connect::{Target, connect};
@@ -327,6 +329,10 @@ async fn session(
         };
         if outcome.is_ok() {
             outcome = Err(err);
+            // Shown at once: the consumers' teardown on a dead connection can take a while
+            // (each call to the broker is bounded by BROKER_CALL).
+            ctx.status.connected.store(false, Ordering::Relaxed);
+            ctx.metrics.inbound.connected(KIND, &def.name, false);
             // Every consumer of the connection stops and the run reconnects.
             let _ = abort_tx.send(true);
         }
@@ -337,8 +343,9 @@ async fn session(
 /// One consumer: each delivery handled in a task of its own, at most `prefetch` at once
 /// (the broker sends no more unacked) and within the channel's `slots` (what the pool can
 /// take); a message the pool could not take pauses this consumer (backing off) before it
-/// takes more. On a stop, basic.cancel, then the in-flight ones finish (bounded), then the
-/// channel closes, giving back whatever was delivered but not yet handed to the service.
+/// takes more. Succeeded messages are acked in batches (acks.rs). On a stop, basic.cancel,
+/// then the in-flight ones finish (bounded) and the acks due are sent, then the channel
+/// closes, giving back whatever was delivered but not yet handed to the service.
 #[allow(clippy::too_many_arguments)]
 async fn consume(
     ctx: Arc<Ctx>,
@@ -350,21 +357,43 @@ async fn consume(
     counted: Counted,
     slots: Arc<tokio::sync::Semaphore>,
 ) -> Result<(), String> {
-    let mut inflight = JoinSet::new();
+    let mut inflight: JoinSet<Done> = JoinSet::new();
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut pause = Duration::ZERO;
     let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut window: AckWindow<Acker> = AckWindow::default();
+    let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(send_acks(ctx.clone(), def.clone(), acks_rx));
     let outcome = loop {
         tokio::select! {
             biased;
             _ = stops.wait() => break Ok(()),
-            Some(r) = inflight.join_next(), if !inflight.is_empty() => match r {
-                Ok(Settled::NotAttempted) => {
-                    pause = (pause * 2).clamp(PAUSE_MIN, PAUSE_MAX);
-                    paused_until = Some(tokio::time::Instant::now() + jittered(pause));
+            Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                let mut settled = Vec::with_capacity(8);
+                settled.push(r);
+                // The others that finished meanwhile go in the same ack.
+                while let Some(r) = inflight.try_join_next() {
+                    settled.push(r);
                 }
-                Ok(Settled::Attempted) => pause = Duration::ZERO,
-                _ => {}
+                for r in settled {
+                    match r {
+                        Ok(done) => {
+                            match done.settled {
+                                Settled::NotAttempted => {
+                                    pause = (pause * 2).clamp(PAUSE_MIN, PAUSE_MAX);
+                                    paused_until = Some(tokio::time::Instant::now() + jittered(pause));
+                                }
+                                Settled::Attempted => pause = Duration::ZERO,
+                            }
+                            record(&mut window, done);
+                        }
+                        // A panicked task: its delivery stays open (unacked), as held.
+                        Err(e) => warn!(channel = %def.name, error = %e, "AMQP channel: a delivery's task failed; the message stays unacked"),
+                    }
+                }
+                for op in window.take() {
+                    let _ = acks.send(op);
+                }
             },
             _ = async { tokio::time::sleep_until(paused_until.expect("guarded")).await }, if paused_until.is_some() => {
                 paused_until = None;
@@ -375,6 +404,7 @@ async fn consume(
             d = consumer.next(), if permit.is_some() && paused_until.is_none() => match d {
                 Some(Ok(delivery)) => {
                     ctx.status.consumed.fetch_add(1, Ordering::Relaxed);
+                    window.delivered(delivery.delivery_tag);
                     let slot = permit.take().expect("guarded");
                     let h = handle(
                         ctx.clone(),
@@ -385,9 +415,9 @@ async fn consume(
                         stops.clone(),
                     );
                     inflight.spawn(async move {
-                        let settled = h.await;
+                        let done = h.await;
                         drop(slot);
-                        settled
+                        done
                     });
                 }
                 Some(Err(e)) => break Err(format!("AMQP channel {:?}: consumer {tag}: {e}", def.name)),
@@ -407,18 +437,110 @@ async fn consume(
         )
         .await;
     }
+    // What finishes during the drain is acked as it finishes (a stop killed mid-drain must
+    // not take the acks of finished work with it).
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while inflight.join_next().await.is_some() {}
+        while let Some(r) = inflight.join_next().await {
+            if let Ok(done) = r {
+                record(&mut window, done);
+                for op in window.take() {
+                    let _ = acks.send(op);
+                }
+            }
+        }
     })
     .await
     .is_ok();
     if !drained {
+        // Those that finished at the bound still count.
+        while let Some(r) = inflight.try_join_next() {
+            if let Ok(done) = r {
+                record(&mut window, done);
+            }
+        }
         warn!(channel = %def.name, in_flight = inflight.len(), "AMQP channel: messages still in flight at the drain bound go back to the queue unacked");
         inflight.abort_all();
+    }
+    // The acks due, before the channel closes (a closed channel gives back what it did not
+    // ack: the work done would be done again). On a broken connection they fail and the
+    // broker redelivers: at least once.
+    for op in window.take() {
+        let _ = acks.send(op);
+    }
+    drop(acks);
+    let stop_acks = acker.abort_handle();
+    if tokio::time::timeout(BROKER_CALL, acker).await.is_err() {
+        stop_acks.abort();
+        warn!(channel = %def.name, "AMQP channel: the last acks did not go out in time; their messages will be redelivered");
     }
     let _ = tokio::time::timeout(BROKER_CALL, ch.close(200, "OK".into())).await;
     drop(consumer);
     outcome
+}
+
+/// A finished delivery into the channel's ack window.
+fn record(window: &mut AckWindow<Acker>, done: Done) {
+    match done.outcome {
+        Outcome::Succeeded(acker) => window.succeeded(done.tag, acker),
+        Outcome::Settled => window.settled(done.tag),
+        // Stays open: no ack may cover it.
+        Outcome::Held => {}
+    }
+}
+
+/// Sends a channel's acks in the order they were decided (a `multiple` ack must not
+/// overtake a single ack of a tag it covers), counting them as they succeed.
+async fn send_acks(
+    ctx: Arc<Ctx>,
+    def: Arc<AmqpChannel>,
+    mut ops: tokio::sync::mpsc::UnboundedReceiver<AckOp<Acker>>,
+) {
+    while let Some(op) = ops.recv().await {
+        let (acker, multiple, n) = match op {
+            AckOp::Multiple(a, n) => (a, true, n),
+            AckOp::One(a) => (a, false, 1),
+        };
+        match acker.ack(BasicAckOptions { multiple }).await {
+            Ok(true) => {
+                ctx.status.acked.fetch_add(n, Ordering::Relaxed);
+                ctx.metrics.inbound.messages_n(KIND, &def.name, "acked", n);
+            }
+            Ok(false) => {
+                // The channel is gone (its ackers poisoned): the broker redelivers them.
+                let e = format!(
+                    "AMQP channel {:?}: {n} ack(s) not sent, the channel is closed (the messages will be redelivered)",
+                    def.name
+                );
+                warn!(channel = %def.name, error = %e, "AMQP ack failed");
+                ctx.status.set_error(&e);
+            }
+            Err(e) => {
+                let e = format!(
+                    "AMQP channel {:?}: ack of {n} message(s) failed (they will be redelivered): {e}",
+                    def.name
+                );
+                warn!(channel = %def.name, error = %e, "AMQP ack failed");
+                ctx.status.set_error(&e);
+            }
+        }
+    }
+}
+
+/// A delivery's handling, as its consumer records it.
+struct Done {
+    settled: Settled,
+    tag: u64,
+    outcome: Outcome,
+}
+
+/// What became of a delivery with the broker.
+enum Outcome {
+    /// The service returned: to be acked (batched).
+    Succeeded(Acker),
+    /// Rejected or given back: its frame is sent.
+    Settled,
+    /// Left unacked on purpose (a stop cut it short): the broker gets it back.
+    Held,
 }
 
 /// How a delivery's handling went, for its consumer's pace.
@@ -466,7 +588,8 @@ fn settle(f: &Failure, stopping: bool, decision: Rejection) -> Settle {
     }
 }
 
-/// One delivery: the service, then ack, or reject (requeued or not), or give it back.
+/// One delivery: the service, then ack (its consumer batches it), or reject (requeued or
+/// not), or give it back.
 async fn handle(
     ctx: Arc<Ctx>,
     def: Arc<AmqpChannel>,
@@ -474,7 +597,13 @@ async fn handle(
     delivery: Delivery,
     counted: Counted,
     stops: Stops,
-) -> Settled {
+) -> Done {
+    let tag = delivery.delivery_tag;
+    let done = |settled, outcome| Done {
+        settled,
+        tag,
+        outcome,
+    };
     let header_count = delivery
         .properties
         .headers()
@@ -495,22 +624,7 @@ async fn handle(
     let failure = match result {
         Ok(()) => {
             counted.lock().expect("counted lock").forget(key);
-            match delivery.acker.ack(BasicAckOptions::default()).await {
-                Ok(_) => {
-                    ctx.status.acked.fetch_add(1, Ordering::Relaxed);
-                    ctx.metrics.inbound.message(KIND, &def.name, "acked");
-                }
-                Err(e) => {
-                    // The channel is gone: the broker redelivers it (at least once).
-                    let e = format!(
-                        "AMQP channel {:?}: ack of delivery {} failed (it will be redelivered): {e}",
-                        def.name, delivery.delivery_tag
-                    );
-                    warn!(channel = %def.name, error = %e, "AMQP ack failed");
-                    ctx.status.set_error(&e);
-                }
-            }
-            return Settled::Attempted;
+            return done(Settled::Attempted, Outcome::Succeeded(delivery.acker));
         }
         Err(f) => f,
     };
@@ -520,17 +634,18 @@ async fn handle(
     let requeue = match settle(&failure, stops.is_set(), decision) {
         Settle::Unacked => {
             info!(channel = %def.name, error = %e, "AMQP message left unacked while stopping (the broker gets it back)");
-            return Settled::Attempted;
+            return done(Settled::Attempted, Outcome::Held);
         }
         Settle::GiveBack => {
             warn!(channel = %def.name, service = %def.service, error = %e, "AMQP message not handed to the service; requeued, the consumer pauses");
-            let _ = delivery
+            let sent = delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: true })
                 .await;
             ctx.status.returned.fetch_add(1, Ordering::Relaxed);
             ctx.metrics.inbound.message(KIND, &def.name, "returned");
-            return Settled::NotAttempted;
+            // A reject that did not go out leaves the delivery open: no ack may cover it.
+            return done(Settled::NotAttempted, settled_by(&sent));
         }
         Settle::Failed(d) => d == Rejection::Requeue,
     };
@@ -543,7 +658,8 @@ async fn handle(
             c.forget(key);
         }
     }
-    match delivery.acker.reject(BasicRejectOptions { requeue }).await {
+    let sent = delivery.acker.reject(BasicRejectOptions { requeue }).await;
+    match &sent {
         Ok(_) if requeue => {
             ctx.status.requeued.fetch_add(1, Ordering::Relaxed);
             ctx.metrics.inbound.message(KIND, &def.name, "requeued");
@@ -560,7 +676,15 @@ async fn handle(
             ctx.status.set_error(&e);
         }
     }
-    Settled::Attempted
+    done(Settled::Attempted, settled_by(&sent))
+}
+
+/// A reject's result as the delivery's outcome: settled only when its frame went out.
+fn settled_by(sent: &lapin::Result<bool>) -> Outcome {
+    match sent {
+        Ok(true) => Outcome::Settled,
+        _ => Outcome::Held,
+    }
 }
 
 /// Invokes the channel's service with one message: `Ok` only when it returned without an

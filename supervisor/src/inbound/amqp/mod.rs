@@ -14,6 +14,7 @@
 //! consumer, lets in-flight messages finish (bounded by [`DRAIN_TIMEOUT`]) and closes the
 //! channels, so everything unacked goes back to its queue.
 
+mod acks;
 mod consume;
 
 use std::collections::BTreeMap;
