@@ -201,38 +201,10 @@ fn definition(
     secret_file: Option<&std::path::Path>,
     secret_stdin: bool,
 ) -> Result<Value, CliError> {
-    let (text, from) = if file == "-" {
-        if secret_stdin {
-            return Err(CliError::OutCredential(
-                "the definition and the credential cannot both come from standard input: \
-                 give FILE or --secret-file"
-                    .into(),
-            ));
-        }
-        (
-            std::io::read_to_string(std::io::stdin()).map_err(CliError::Stdin)?,
-            "standard input".to_owned(),
-        )
-    } else {
-        let path = std::path::PathBuf::from(file);
-        (
-            std::fs::read_to_string(&path).map_err(|source| CliError::Read {
-                path: path.clone(),
-                source,
-            })?,
-            file.to_owned(),
-        )
-    };
-    let mut def: Value =
-        serde_json::from_str(&text).map_err(|source| CliError::JobJson { from, source })?;
-    if secret_file.is_none() && !secret_stdin {
+    let (mut def, secret) =
+        super::secret::definition_and_secret(name, file, secret_file, secret_stdin, "credential")?;
+    let (Some(secret), Some(obj)) = (secret, def.as_object_mut()) else {
         return Ok(def);
-    }
-    let secret = super::secret::read_value(name, secret_file)?;
-    let Some(obj) = def.as_object_mut() else {
-        return Err(CliError::OutCredential(
-            "the definition is not a JSON object".into(),
-        ));
     };
     match kind {
         OutType::Sql | OutType::Amqp | OutType::Redis | OutType::Mqtt => {

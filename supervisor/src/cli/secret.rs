@@ -120,3 +120,49 @@ pub(super) fn read_value(
     }
     Ok(value)
 }
+
+/// A `put` command's definition: FILE's JSON (`-`: standard input) and, when
+/// `--secret-file` or `--secret-stdin` gives one, the secret read for `name` — the JSON
+/// then must be an object, returned for the caller to put the secret in. `what` names the
+/// secret in the message refusing both from standard input ("password", "credential").
+pub(super) fn definition_and_secret(
+    name: &str,
+    file: &str,
+    secret_file: Option<&std::path::Path>,
+    secret_stdin: bool,
+    what: &str,
+) -> Result<(serde_json::Value, Option<String>), CliError> {
+    let (text, from) = if file == "-" {
+        if secret_stdin {
+            return Err(CliError::OutCredential(format!(
+                "the definition and the {what} cannot both come from standard input: \
+                 give FILE or --secret-file"
+            )));
+        }
+        (
+            std::io::read_to_string(std::io::stdin()).map_err(CliError::Stdin)?,
+            "standard input".to_owned(),
+        )
+    } else {
+        let path = std::path::PathBuf::from(file);
+        (
+            std::fs::read_to_string(&path).map_err(|source| CliError::Read {
+                path: path.clone(),
+                source,
+            })?,
+            file.to_owned(),
+        )
+    };
+    let def: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| CliError::JobJson { from, source })?;
+    if secret_file.is_none() && !secret_stdin {
+        return Ok((def, None));
+    }
+    let secret = read_value(name, secret_file)?;
+    if !def.is_object() {
+        return Err(CliError::OutCredential(
+            "the definition is not a JSON object".into(),
+        ));
+    }
+    Ok((def, Some(secret)))
+}
