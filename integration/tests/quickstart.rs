@@ -126,6 +126,19 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     }
     assert!(dir.join("demo.db").is_file());
 
+    // The sample Redis connection demo.redis: a counter in the machine's Redis
+    // (127.0.0.1:6379, which .ci/run starts), through the server's pool. The key is the
+    // sample's own; the test deletes it afterwards.
+    let mut last = 0;
+    for _ in 0..2 {
+        let r = call(port, "GET", "/sample/redis", b"").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let calls = r.json()["redis"]["calls"].as_i64().unwrap();
+        assert!(calls > last, "the counter moves on: {calls} after {last}");
+        last = calls;
+    }
+    redis_del("oxbus:quickstart:calls").await;
+
     // The sample pub/sub: a publish to /demo/orders through the REST API at /pubsub reaches
     // the subscribed sample service, whose count GET /demo/orders shows.
     // Its callers give the sample's basic-auth password, which quickstart wrote next to the
@@ -208,8 +221,9 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     assert_eq!(r.status, 200);
     ready(port + 2).await;
     let modules = cli(&dir, &["config", "export"]);
-    assert_eq!(modules["config_version"], 3);
-    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 8);
+    assert_eq!(modules["config_version"], 4);
+    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 9);
+    assert_eq!(modules["outgoing_redis"][0]["name"], "demo.redis");
     assert_eq!(modules["pubsub_topic"][0]["name"], "/demo/orders");
     assert_eq!(modules["pubsub_subscription"][0]["sub_key"], "demo.orders");
     // The SQLite file kept its rows across the restart.
@@ -217,4 +231,21 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     assert_eq!(r.json()["sql"]["calls"], 3, "{:?}", r.body);
     stop(child);
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// Deletes `key` from the machine's Redis (a RESP command on a connection of its own).
+async fn redis_del(key: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .unwrap();
+    let cmd = format!("*2\r\n$3\r\nDEL\r\n${}\r\n{key}\r\n", key.len());
+    c.write_all(cmd.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 16];
+    let n = c.read(&mut reply).await.unwrap();
+    assert!(
+        reply[..n].starts_with(b":"),
+        "DEL answered {:?}",
+        &reply[..n]
+    );
 }

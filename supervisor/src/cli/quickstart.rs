@@ -14,12 +14,13 @@ use crate::config::{MAX_WORKERS, Settings};
 use crate::model::channel::{Channel, DataFormat};
 use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::pubsub::{Endpoint, Subscription, Topic};
+use crate::model::redis::RedisConn;
 use crate::model::security::SecurityDef;
 use crate::store::{Plan, Store, StoreError};
 
 const SAMPLE_SERVICES: &str = r#""""Sample services created by `oxbus quickstart`. Edit freely."""
 
-from oxbus import Service, NotFound
+from oxbus import NotFound, OutgoingConnectionError, OutgoingTimeout, Service
 
 
 class Echo(Service):
@@ -95,6 +96,24 @@ class Outgoing(Service):
             'rest': {'status': rest.status_code, 'data': rest.data},
             'sql': {'calls': calls},
         }
+
+
+class RedisCounter(Service):
+    """GET /sample/redis: a counter in Redis through the server's pooled connection
+    demo.redis (127.0.0.1:6379; self.out.redis). Without a Redis there it answers 503 and
+    says so: point demo.redis elsewhere with `oxbus out put redis demo.redis FILE`."""
+
+    name = 'demo.redis'
+
+    def handle(self):
+        redis = self.out.redis['demo.redis']
+        try:
+            calls = redis.incr('oxbus:quickstart:calls')
+        except (OutgoingConnectionError, OutgoingTimeout) as e:
+            self.response.status_code = 503
+            self.response.payload = {'error': 'no Redis reachable for demo.redis: %s' % e}
+            return
+        self.response.payload = {'redis': {'calls': calls}}
 
 
 class OrderSubscriber(Service):
@@ -256,6 +275,7 @@ fn sample_channels() -> Vec<Channel> {
         ("/slow", "GET", "demo.slow"),
         ("/visits/{page}", "GET", "demo.visits"),
         ("/sample/outgoing", "GET", "demo.outgoing"),
+        ("/sample/redis", "GET", "demo.redis"),
         ("/demo/orders", "GET", "demo.orders.received"),
     ]
     .into_iter()
@@ -334,12 +354,13 @@ fn sample_pubsub(
 }
 
 /// The sample outgoing connections: `demo.self`, a REST connection to this server's own
-/// `/hello/{name}` (so the sample works offline), and `demo.sqlite`, an SQLite file
-/// `demo.db` in the environment (`db_file`, absolute).
+/// `/hello/{name}` (so the sample works offline), `demo.sqlite`, an SQLite file `demo.db`
+/// in the environment (`db_file`, absolute), and `demo.redis`, a Redis at 127.0.0.1:6379
+/// (connected only when used: a machine without one gets the sample's 503).
 fn sample_connections(
     listen: std::net::SocketAddr,
     db_file: &Path,
-) -> Result<(RestConn, SqlConn), StoreError> {
+) -> Result<(RestConn, SqlConn, RedisConn), StoreError> {
     let rest = serde_json::from_value(serde_json::json!({
         "name": "demo.self",
         "address": format!("http://{listen}"),
@@ -355,7 +376,14 @@ fn sample_connections(
         "pool_max": 2,
     }))
     .map_err(|e| StoreError::Invalid(format!("the sample SQL connection: {e}")))?;
-    Ok((rest, sql))
+    let redis = serde_json::from_value(serde_json::json!({
+        "name": "demo.redis",
+        "address": "redis://127.0.0.1:6379",
+        "pool_size": 2,
+        "timeout_ms": 2000,
+    }))
+    .map_err(|e| StoreError::Invalid(format!("the sample Redis connection: {e}")))?;
+    Ok((rest, sql, redis))
 }
 
 /// Puts the sample module (`demo`, deployed as version 1), its REST channels, a job and the
@@ -411,9 +439,10 @@ pub async fn seed(
         ..Plan::default()
     };
     store.apply(&plan, "quickstart").await?;
-    let (rest, sql) = sample_connections(listen, db_file)?;
+    let (rest, sql, redis) = sample_connections(listen, db_file)?;
     store.put_object(&rest, true, "quickstart").await?;
     store.put_object(&sql, true, "quickstart").await?;
+    store.put_object(&redis, true, "quickstart").await?;
     Ok(true)
 }
 
@@ -480,7 +509,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -643,7 +672,7 @@ mod tests {
         let key = crate::secrets::Key::create(&dir.join("secret.key")).unwrap();
         assert!(seed(&store, listen, &db, "pw-demo", &key).await.unwrap());
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 8);
+        assert_eq!(channels.len(), 9);
         assert!(
             channels
                 .iter()
@@ -689,13 +718,20 @@ mod tests {
         assert_eq!(sql.len(), 1);
         assert_eq!(sql[0].url, format!("sqlite://{}", db.display()));
         sql[0].validate().unwrap();
+        let redis: Vec<RedisConn> = store.objects().await.unwrap();
+        assert_eq!(redis.len(), 1);
+        assert_eq!(
+            (redis[0].name.as_str(), redis[0].address.as_str()),
+            ("demo.redis", "redis://127.0.0.1:6379")
+        );
+        redis[0].validate().unwrap();
         // The module, channels and job in one transaction; each connection one more.
-        assert_eq!(store.version().await.unwrap(), 3);
+        assert_eq!(store.version().await.unwrap(), 4);
         assert!(
             !seed(&store, listen, &db, "pw-demo", &key).await.unwrap(),
             "a store with history is left alone"
         );
-        assert_eq!(store.version().await.unwrap(), 3);
+        assert_eq!(store.version().await.unwrap(), 4);
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
