@@ -123,11 +123,12 @@ async fn setup_with(
     (setup, db)
 }
 
-/// Every line the service recorded.
+/// Every line the service recorded. A line still being written (no newline yet: a read may
+/// see part of an append) is not one yet.
 fn recorded(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let done = text.rfind('\n').map_or("", |end| &text[..end]);
+    done.lines()
         .map(|l| serde_json::from_str(l).expect("a recorded line"))
         .collect()
 }
@@ -143,11 +144,9 @@ fn body_of(line: &Value) -> Vec<u8> {
 fn started(record: &Path) -> BTreeSet<String> {
     let mut p = record.as_os_str().to_owned();
     p.push(".started");
-    std::fs::read_to_string(PathBuf::from(p))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    let text = std::fs::read_to_string(PathBuf::from(p)).unwrap_or_default();
+    let done = text.rfind('\n').map_or("", |end| &text[..end]);
+    done.lines().map(str::to_owned).collect()
 }
 
 /// The distinct bodies recorded, as text.

@@ -118,16 +118,15 @@ fn seen_dir() -> PathBuf {
     d
 }
 
-/// Every call the channel's service recorded, in order.
+/// Every call the channel's service recorded, in order. A line still being written (no
+/// newline yet: a read may see part of an append) is not one yet.
 fn seen(channel: &str) -> Vec<Value> {
     let path = seen_dir().join(format!("{channel}.jsonl"));
-    match std::fs::read_to_string(&path) {
-        Ok(s) => s
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let done = text.rfind('\n').map_or("", |end| &text[..end]);
+    done.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn payload_of(entry: &Value) -> Vec<u8> {
