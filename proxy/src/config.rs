@@ -94,6 +94,9 @@ pub struct ProxySection {
     pub expect_continue_timeout_ms: u64,
     /// Idle keep-alive client connections are closed after this long.
     pub keepalive_timeout_ms: u64,
+    /// The tunnel of an upgraded connection (a WebSocket) is closed after this long with no
+    /// byte moving either way; it has no other timeout.
+    pub tunnel_idle_timeout_ms: u64,
     /// Request heads larger than this are refused with 431.
     pub max_header_bytes: usize,
     /// Attempts on other servers after a failed connection (never after a non-idempotent
@@ -124,6 +127,7 @@ impl Default for ProxySection {
             header_read_timeout_ms: 10_000,
             expect_continue_timeout_ms: 1_000,
             keepalive_timeout_ms: 75_000,
+            tunnel_idle_timeout_ms: 300_000,
             max_header_bytes: 16 * 1024,
             retries: 2,
             grace_period_s: 10,
@@ -295,6 +299,10 @@ impl ProxyConfig {
                 "proxy.keepalive_timeout_ms",
                 self.proxy.keepalive_timeout_ms,
             ),
+            (
+                "proxy.tunnel_idle_timeout_ms",
+                self.proxy.tunnel_idle_timeout_ms,
+            ),
             ("proxy.max_header_bytes", self.proxy.max_header_bytes as u64),
             ("health.interval_ms", self.health.interval_ms),
             ("health.timeout_ms", self.health.timeout_ms),
@@ -363,6 +371,7 @@ mod tests {
         assert_eq!(c.proxy.balance, Balance::RoundRobin);
         assert_eq!(c.health.path, "/readyz");
         assert_eq!(c.proxy.keepalive_timeout_ms, 75_000);
+        assert_eq!(c.proxy.tunnel_idle_timeout_ms, 300_000);
         assert!(c.tls.is_none());
         assert!(
             !c.proxy.pass_trace_context,

@@ -105,12 +105,14 @@ pub fn has_token(v: &[u8], token: &[u8]) -> bool {
     tokens(v).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// What the `Connection` headers of a head say: `close`, `keep-alive`, and the other headers
-/// they name (hop-by-hop for this hop only).
+/// What the `Connection` headers of a head say: `close`, `keep-alive`, `upgrade`, and the
+/// other headers they name (hop-by-hop for this hop only).
 #[derive(Debug)]
 pub struct ConnectionHeader<'h, 'b> {
     pub close: bool,
     pub keep_alive: bool,
+    /// The `upgrade` token: the head asks for (or, in a 101, makes) a protocol switch.
+    pub upgrade: bool,
     /// They name other headers (rare): only then is a header's name looked up among them.
     names: bool,
     headers: &'h [httparse::Header<'b>],
@@ -130,15 +132,37 @@ impl<'h, 'b> ConnectionHeader<'h, 'b> {
         let mut c = ConnectionHeader {
             close: false,
             keep_alive: false,
+            upgrade: false,
             names: false,
             headers,
         };
         for t in c.tokens() {
             c.close |= t.eq_ignore_ascii_case(b"close");
             c.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            c.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
             c.names |= names_a_header(t);
         }
         c
+    }
+
+    /// Whether a request's protocol upgrade (RFC 9110 §7.8: a WebSocket, say) is carried:
+    /// an HTTP/1.1 request with an `Upgrade` header naming a protocol, `Connection` naming
+    /// `upgrade`, and no body (`body`: its framing). Only then do `Upgrade` and
+    /// `Connection: upgrade` go to the server, and a `101` from it opens a tunnel.
+    ///
+    /// Otherwise both are hop-by-hop as ever: dropped, and the request is a plain one. An
+    /// HTTP/1.0 request's `Upgrade` is to be ignored (RFC 9110 §7.8). A request with a body
+    /// would switch only after its body, so the tunnel would have to follow the body's
+    /// framing first; no upgrade an Oxbus server takes has one (a WebSocket handshake is a
+    /// GET without a body), so such a request is served as the plain request it also is.
+    pub fn carries_upgrade(&self, http10: bool, body: BodyKind) -> bool {
+        self.upgrade
+            && !http10
+            && body == BodyKind::None
+            && self
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade") && tokens(h.value).next().is_some())
     }
 
     fn tokens(&self) -> impl Iterator<Item = &'b [u8]> + 'h {
@@ -661,6 +685,44 @@ mod tests {
             });
         }
         assert!(!too_many_headers(&h));
+    }
+
+    #[test]
+    fn an_upgrade_is_carried_only_from_http11_without_a_body() {
+        let ws = hdrs(&[
+            ("Host", b"x"),
+            ("Upgrade", b"websocket"),
+            ("Connection", b"keep-alive, Upgrade"),
+        ]);
+        let c = ConnectionHeader::of(&ws);
+        assert!(c.upgrade && c.keep_alive && !c.close);
+        assert!(c.carries_upgrade(false, BodyKind::None));
+        // HTTP/1.0, or a body: a plain request.
+        assert!(!c.carries_upgrade(true, BodyKind::None));
+        assert!(!c.carries_upgrade(false, BodyKind::Length(5)));
+        assert!(!c.carries_upgrade(false, BodyKind::Chunked));
+        // Both headers are needed: an Upgrade that Connection does not name, a Connection
+        // naming an Upgrade that is absent or names no protocol.
+        for h in [
+            &[("Upgrade", &b"websocket"[..])][..],
+            &[("Upgrade", b"websocket"), ("Connection", b"keep-alive")],
+            &[("Upgrade", b"websocket"), ("Connection", b"upgrades")],
+            &[("Connection", b"upgrade")],
+            &[("Upgrade", b" , "), ("Connection", b"upgrade")],
+        ] {
+            let h = hdrs(h);
+            assert!(
+                !ConnectionHeader::of(&h).carries_upgrade(false, BodyKind::None),
+                "{h:?}"
+            );
+        }
+        // Tokens in any case, from any Connection header.
+        let h = hdrs(&[
+            ("connection", b"close"),
+            ("CONNECTION", b"UPGRADE"),
+            ("upgrade", b"h2c, websocket"),
+        ]);
+        assert!(ConnectionHeader::of(&h).carries_upgrade(false, BodyKind::None));
     }
 
     #[test]

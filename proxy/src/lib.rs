@@ -13,7 +13,8 @@
 //! the pid file and receives its listening sockets over the upgrade socket; the old one
 //! keeps accepting for pingora's 5 s hand-over window, answers with `Connection: close` from
 //! the moment the upgrade starts (so keep-alive clients reconnect to the successor), then
-//! finishes its in-flight requests within `grace_period_s`.
+//! finishes its in-flight requests within `grace_period_s`; the tunnels of upgraded
+//! connections (WebSocket) run the same course: until they end or the grace period does.
 
 pub mod app;
 pub mod config;
@@ -514,6 +515,7 @@ pub fn run(cfg: ProxyConfig, upstreams: Upstreams, upgrade: bool) -> Result<(), 
             header_timeout: Duration::from_millis(p.header_read_timeout_ms),
             expect_continue_timeout: Duration::from_millis(p.expect_continue_timeout_ms),
             keepalive_timeout: Duration::from_millis(p.keepalive_timeout_ms),
+            tunnel_idle_timeout: Duration::from_millis(p.tunnel_idle_timeout_ms),
             max_header_bytes: p.max_header_bytes,
             retries: p.retries,
             first_check_wait: Duration::from_millis(cfg.health.timeout_ms + cfg.health.interval_ms),

@@ -1,5 +1,5 @@
 //! The stats endpoint: `GET /stats` (JSON) and `GET /metrics` (Prometheus text format) with
-//! per-server health, in-flight, requests, errors and latency.
+//! per-server health, in-flight, requests, errors, tunnels and latency.
 
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
@@ -102,6 +102,7 @@ impl Stats {
                     "errors": u.errors.load(Ordering::Relaxed),
                     "connect_failures": u.connect_failures.load(Ordering::Relaxed),
                     "responses_5xx": u.responses_5xx.load(Ordering::Relaxed),
+                    "tunnels": u.tunnels.load(Ordering::Relaxed),
                     "latency_ms": {
                         "count": n,
                         "mean": if n > 0 { Some(sum_us as f64 / n as f64 / 1000.0) } else { None },
@@ -121,6 +122,7 @@ impl Stats {
             "no_upstream": t.no_upstream.load(Ordering::Relaxed),
             "header_too_large": t.header_too_large.load(Ordering::Relaxed),
             "bad_requests": t.bad_requests.load(Ordering::Relaxed),
+            "tunnels_open": t.tunnels_open.load(Ordering::Relaxed),
             "upstreams": upstreams,
         })
     }
@@ -144,22 +146,29 @@ impl Stats {
              oxbus_proxy_header_too_large_total {}\n\
              # HELP oxbus_proxy_bad_requests_total Requests answered 400: malformed heads or bodies.\n\
              # TYPE oxbus_proxy_bad_requests_total counter\n\
-             oxbus_proxy_bad_requests_total {}",
+             oxbus_proxy_bad_requests_total {}\n\
+             # HELP oxbus_proxy_tunnels_open Tunnels of upgraded connections (WebSocket) open.\n\
+             # TYPE oxbus_proxy_tunnels_open gauge\n\
+             oxbus_proxy_tunnels_open {}",
             t.requests.load(Ordering::Relaxed),
             t.retries.load(Ordering::Relaxed),
             t.no_upstream.load(Ordering::Relaxed),
             t.header_too_large.load(Ordering::Relaxed),
             t.bad_requests.load(Ordering::Relaxed),
+            t.tunnels_open.load(Ordering::Relaxed),
         );
         let rows = self.rows();
         type Metric = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
-        let metrics: [Metric; 8] = [
+        let metrics: [Metric; 9] = [
             ("up", "gauge", "1 if the server gets new requests.", |r| {
                 u64::from(r.up)
             }),
-            ("in_flight", "gauge", "Requests in flight.", |r| {
-                r.u.in_flight.load(Ordering::Relaxed)
-            }),
+            (
+                "in_flight",
+                "gauge",
+                "Requests in flight (an open tunnel counts as one).",
+                |r| r.u.in_flight.load(Ordering::Relaxed),
+            ),
             ("requests_total", "counter", "Attempts sent.", |r| {
                 r.u.requests.load(Ordering::Relaxed)
             }),
@@ -180,6 +189,12 @@ impl Stats {
                 "counter",
                 "5xx answers from the server.",
                 |r| r.u.responses_5xx.load(Ordering::Relaxed),
+            ),
+            (
+                "tunnels_total",
+                "counter",
+                "Tunnels opened: upgrade requests answered 101.",
+                |r| r.u.tunnels.load(Ordering::Relaxed),
             ),
             (
                 "checks_total",

@@ -97,6 +97,8 @@ pub struct Upstream {
     pub connect_failures: AtomicU64,
     /// Answers with a 5xx status from the server itself.
     pub responses_5xx: AtomicU64,
+    /// Tunnels opened to it: upgrade requests it answered with `101 Switching Protocols`.
+    pub tunnels: AtomicU64,
     pub latency: Histogram,
     /// Active checks completed.
     pub checks: AtomicU64,
@@ -126,6 +128,7 @@ impl Upstream {
             errors: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
             latency: Histogram::default(),
             checks: AtomicU64::new(0),
             checked: AtomicBool::new(false),

@@ -3,7 +3,8 @@
 //! checks for hours, here over generated near-valid messages for a few seconds in CI. The
 //! generators build what the framing rules are about (chunk sizes, extensions, trailers,
 //! framing headers in every combination) and then damage them, so both the accepting and the
-//! refusing paths run; every input is split into reads at generated points.
+//! refusing paths run; every input is split into reads at generated points. A request's
+//! upgrade decision (`Upgrade` carried, or a plain request) is held to the model as well.
 
 // `h1_model` reaches the code under test as `crate::h1`.
 use oxbus_proxy::h1::{self, BodyKind, Framing};
@@ -155,6 +156,8 @@ fn framing_value() -> impl Strategy<Value = String> {
         "chunked ",
         "\tchunked",
         "chun ked",
+        "upgrade",
+        "websocket",
     ]);
     (
         prop::collection::vec(element, 1..4),
@@ -173,10 +176,46 @@ fn header() -> impl Strategy<Value = (String, String)> {
             "TRANSFER-ENCODING",
             "Host",
             "Connection",
+            "Upgrade",
         ]),
         framing_value(),
     )
         .prop_map(|(n, v)| (n.to_string(), v))
+}
+
+/// A header that bears on an upgrade decision: `Upgrade`, `Connection`, the framing ones.
+fn upgrade_header() -> impl Strategy<Value = (String, String)> {
+    (
+        prop::sample::select(vec![
+            "Upgrade",
+            "upgrade",
+            "Connection",
+            "CONNECTION",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Host",
+        ]),
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "upgrade",
+                "Upgrade",
+                "UPGRADE",
+                "websocket",
+                "h2c",
+                "keep-alive",
+                "close",
+                "upgrades",
+                "",
+                " ",
+                "0",
+                "5",
+                "chunked",
+            ]),
+            1..3,
+        ),
+        prop::sample::select(vec![",", ", ", " ,"]),
+    )
+        .prop_map(|(n, es, sep)| (n.to_string(), es.join(sep)))
 }
 
 /// A message: head (request or response, HTTP/1.1 or 1.0, CRLF or LF line ends), then a body.
@@ -254,6 +293,25 @@ proptest! {
     ) {
         let r = h1_model::message(&msg, &at(&cuts, msg.len()), request);
         prop_assert!(r.is_ok(), "{}: {:?}", r.unwrap_err(), String::from_utf8_lossy(&msg));
+    }
+
+    /// A request's upgrade is carried exactly when the model says: HTTP/1.1, no body,
+    /// `Upgrade` naming a protocol, `Connection` listing `upgrade`.
+    #[test]
+    fn upgrades_are_carried_as_the_model_says(
+        headers in prop::collection::vec(upgrade_header(), 0..5),
+        http10 in any::<bool>(),
+    ) {
+        let hs: Vec<httparse::Header> = headers
+            .iter()
+            .map(|(n, v)| httparse::Header { name: n, value: v.as_bytes() })
+            .collect();
+        let framed = h1_model::check_framing(&hs, true, http10);
+        prop_assert!(framed.is_ok(), "{}", framed.unwrap_err());
+        if let Ok(Some(kind)) = framed {
+            let r = h1_model::check_upgrade(&hs, http10, kind);
+            prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        }
     }
 
     /// A length-framed body takes exactly its length, across any reads.
@@ -340,6 +398,23 @@ fn the_model_reads_known_bodies() {
     assert_eq!(kind(&[("Content-Length", "\x0c1")], true), None);
     assert_eq!(kind(&[], true), Some(BodyKind::None));
     assert_eq!(kind(&[], false), Some(BodyKind::UntilClose));
+
+    let ws = hs(&[
+        ("Upgrade", "websocket"),
+        ("Connection", "keep-alive, Upgrade"),
+    ]);
+    assert!(h1_model::upgrade(&ws, false, BodyKind::None));
+    assert!(!h1_model::upgrade(&ws, true, BodyKind::None));
+    assert!(!h1_model::upgrade(&ws, false, BodyKind::Length(5)));
+    assert!(!h1_model::upgrade(&ws, false, BodyKind::Chunked));
+    for h in [
+        &[("Upgrade", "websocket")][..],
+        &[("Upgrade", "websocket"), ("Connection", "upgrades")],
+        &[("Upgrade", " , "), ("Connection", "upgrade")],
+        &[("Connection", "upgrade")],
+    ] {
+        assert!(!h1_model::upgrade(&hs(h), false, BodyKind::None), "{h:?}");
+    }
 }
 
 /// The checks catch a follower that disagrees: one fed a body it ends early fails.

@@ -28,7 +28,19 @@ pub(super) struct ReqInfo {
     pub(super) keep_alive: bool,
     pub(super) http10: bool,
     pub(super) expect_continue: bool,
+    /// It asks for a protocol upgrade that is carried (`Upgrade` goes to the server, whose
+    /// `101` opens a tunnel): [`h1::ConnectionHeader::carries_upgrade`].
+    pub(super) upgrade: bool,
     pub(super) id: ReqId,
+}
+
+/// Where a client connection comes from, as the forwarding headers tell it.
+pub(super) struct Peer {
+    /// The client's address as `X-Forwarded-For` gets it.
+    pub(super) ip: Option<String>,
+    pub(super) proto: &'static str,
+    /// The port it connected to.
+    pub(super) port: Option<String>,
 }
 
 /// The 431 message of a head with too many headers (the server's edge says the same).
@@ -59,10 +71,7 @@ pub(super) struct Client {
     /// Resolves when the process starts stopping.
     pub(super) shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     pub(super) closing: bool,
-    /// The client's address as `X-Forwarded-For` gets it.
-    pub(super) ip: Option<String>,
-    pub(super) proto: &'static str,
-    pub(super) port: Option<String>,
+    pub(super) peer: Peer,
 }
 
 enum Wait {
@@ -165,7 +174,7 @@ impl Balancer {
                                 self.totals.header_too_large.fetch_add(1, Ordering::Relaxed);
                                 return Err(Stop::Answer(431, too_many_headers()));
                             }
-                            let info = self.rewrite_request(&r, c, out)?;
+                            let info = self.rewrite_request(&r, &c.peer, out)?;
                             c.buf.advance(n);
                             return Ok(info);
                         }

@@ -11,6 +11,18 @@
 //! one, `Connection: close` while the process hands over to its successor, and the
 //! per-server counters.
 //!
+//! Upgrades (WebSocket): a request asking for one (HTTP/1.1, `Upgrade`, `Connection:
+//! upgrade`, no body: [`h1::ConnectionHeader::carries_upgrade`]) goes to its server like any
+//! GET but keeps `Upgrade` and `Connection: upgrade` ([`rewrite`]). Answered `101`, the
+//! answer head goes to the client and the connection becomes a tunnel ([`tunnel`]): bytes
+//! copied both ways in this same task, the client's bytes read behind its head first, ends
+//! passed on as half-closes, with `tunnel_idle_timeout_ms` as its only timeout; it counts as
+//! in flight on its server, is never retried or pooled, and runs through a stop or a
+//! hand-over like any request in flight (until it ends or the grace period does). Answered
+//! anything else, the answer is relayed and both connections close: what the client sent
+//! behind an upgrade's head is never read as a request. Any other request's `Upgrade` is
+//! hop-by-hop, dropped.
+//!
 //! pingora runs the process around it (listeners, TLS, the graceful upgrade's socket
 //! hand-over, signals, runtimes, health checks and discovery); this module is the
 //! [`ServerApp`] its listeners hand each accepted connection to. Earlier versions ran on
@@ -18,13 +30,15 @@
 //! and a channel per request); both cost more CPU per request than HAProxy, this path about
 //! a quarter less (docs/PERFORMANCE.md).
 //!
-//! This file owns the exchange (choosing a server, retries, the answer's relay) and the
-//! counters; the client side's state and head reading are in [`client`], the head
-//! rewrites in [`rewrite`], the deadlined I/O and body relay in [`relay`].
+//! This file owns the exchange (choosing a server, retries, the answer's relay, the switch
+//! to a tunnel) and the counters; the client side's state and head reading are in
+//! [`client`], the head rewrites in [`rewrite`], the deadlined I/O and body relay in
+//! [`relay`], an upgraded connection's byte copy in [`tunnel`].
 
 mod client;
 mod relay;
 mod rewrite;
+mod tunnel;
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -47,7 +61,7 @@ use crate::LINGER;
 use crate::h1::{self, BodyKind, Framing};
 use crate::pool::UpConn;
 use crate::upstream::{Registry, Upstream};
-use client::{Client, Stop};
+use client::{Client, Peer, Stop};
 use relay::{PumpErr, flush, pump, read_within, write_all, write_all_counted};
 use rewrite::ReqId;
 
@@ -59,6 +73,9 @@ pub struct Totals {
     pub header_too_large: AtomicU64,
     pub bad_requests: AtomicU64,
     pub retries: AtomicU64,
+    /// Tunnels of upgraded connections open now (per server, those opened: in the
+    /// [`Registry`]).
+    pub tunnels_open: AtomicU64,
 }
 
 /// The settings the request path reads.
@@ -73,6 +90,9 @@ pub struct Limits {
     /// Continue" before its body is sent anyway.
     pub expect_continue_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// How long the tunnel of an upgraded connection may move no byte either way (it has
+    /// no other timeout).
+    pub tunnel_idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub retries: usize,
     /// How long a request waits for servers' first active check.
@@ -120,6 +140,23 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a tunnel as open until dropped (however its task ends: at the runtime's shutdown
+/// after a grace period too).
+struct OpenTunnel<'a>(&'a AtomicU64);
+
+impl<'a> OpenTunnel<'a> {
+    fn new(open: &'a AtomicU64) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel(open)
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -282,6 +319,51 @@ impl Balancer {
         }
     }
 
+    /// The server switched protocols (`101`) for a carried upgrade: its answer head goes to
+    /// the client with whatever the server sent behind it, in one send, and the connection
+    /// becomes a tunnel ([`tunnel`]) until it ends; the client's bytes read behind its head
+    /// go to the server first. The tunnel has only its own idle timeout: no read timeout,
+    /// no keep-alive timeout. A stopping or handing-over process does not end it: like a
+    /// request in flight, it runs until it ends or the grace period does (pingora then
+    /// drops the runtime's tasks, which closes both sides). Then the client connection is
+    /// closed; the server connection never goes back to the pool. While the tunnel is open
+    /// it counts as in flight on its server, so least-connections spreads tunnels too.
+    async fn tunnel(
+        &self,
+        c: &mut Client,
+        s: &mut Scratch,
+        mut up: UpConn,
+        u: &Upstream,
+        started: std::time::Instant,
+    ) -> Next {
+        let lim = &self.limits;
+        s.resp.extend_from_slice(&up.buf);
+        up.buf.clear();
+        if write_all(&mut c.io, &s.resp, &mut c.timer, lim.read_timeout)
+            .await
+            .is_err()
+            || flush(&mut c.io, &mut c.timer, lim.read_timeout)
+                .await
+                .is_err()
+        {
+            return Next::Close;
+        }
+        u.latency.record(started.elapsed());
+        u.tunnels.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenTunnel::new(&self.totals.tunnels_open);
+        debug!(upstream = %u.addr, early_bytes = c.buf.len(), "tunnel open");
+        let o = tunnel::run(&mut c.io, &c.buf, &mut up.io, lim.tunnel_idle_timeout).await;
+        c.buf.clear();
+        debug!(
+            upstream = %u.addr,
+            end = %o.end,
+            up_bytes = o.up,
+            down_bytes = o.down,
+            "tunnel closed"
+        );
+        Next::Close
+    }
+
     /// One request and its answer.
     async fn exchange(&self, c: &mut Client, s: &mut Scratch, first: bool) -> Next {
         let req = match self.read_request(c, &mut s.req, first).await {
@@ -307,6 +389,10 @@ impl Balancer {
         s.req.extend_from_slice(&c.buf[..take]);
         c.buf.advance(take);
         let whole = body.done();
+        // The connection of an upgrade request carries no other request, whatever the answer:
+        // an error answer closes it too, lingering (what the client sent behind its head is
+        // never read as a request).
+        let more = !req.upgrade;
         // A client waiting for "100 Continue" sends its body only once the server asks.
         let mut wait_continue = req.expect_continue && !whole;
 
@@ -325,8 +411,9 @@ impl Balancer {
                 } else {
                     "no other server is up to retry on"
                 };
-                self.answer(c, 503, msg, Some(&req.id), !whole).await;
-                return self.after_error(c, whole);
+                self.answer(c, 503, msg, Some(&req.id), !(whole && more))
+                    .await;
+                return self.after_error(c, whole && more);
             };
             if n_tried < tried.len() {
                 tried[n_tried] = u.addr;
@@ -352,10 +439,10 @@ impl Balancer {
                         502,
                         &format!("cannot connect to a server: {e}"),
                         Some(&req.id),
-                        !whole,
+                        !(whole && more),
                     )
                     .await;
-                    return self.after_error(c, whole);
+                    return self.after_error(c, whole && more);
                 }
             };
             let mut written = 0;
@@ -475,8 +562,9 @@ impl Balancer {
                     Ok((_, Err(bad))) => {
                         u.errors.fetch_add(1, Ordering::Relaxed);
                         let msg = format!("the server's answer is malformed: {}", bad.0);
-                        self.answer(c, 502, &msg, Some(&req.id), !body_sent).await;
-                        return self.after_error(c, body_sent);
+                        self.answer(c, 502, &msg, Some(&req.id), !(body_sent && more))
+                            .await;
+                        return self.after_error(c, body_sent && more);
                     }
                     Err(e) => {
                         let eof = e.kind() == io::ErrorKind::UnexpectedEof && up.buf.is_empty();
@@ -510,14 +598,21 @@ impl Balancer {
                             (502, format!("the server failed: {e}"))
                         };
                         debug!(upstream = %u.addr, error = %e, "server failed the request");
-                        self.answer(c, status, &msg, Some(&req.id), !body_sent)
+                        self.answer(c, status, &msg, Some(&req.id), !(body_sent && more))
                             .await;
-                        return self.after_error(c, body_sent);
+                        return self.after_error(c, body_sent && more);
                     }
                 };
                 up.buf.advance(n);
                 if (100..200).contains(&info.status) {
+                    if info.status == 101 && req.upgrade {
+                        // The server switched: from here on the connection is a tunnel,
+                        // never retried (the server took the request) nor pooled.
+                        return self.tunnel(c, s, up, u, started).await;
+                    }
                     if info.status == 101 {
+                        // Switched unasked (the proxy dropped any `Upgrade`): what follows
+                        // is no HTTP answer.
                         u.errors.fetch_add(1, Ordering::Relaxed);
                         self.answer(
                             c,
@@ -572,6 +667,11 @@ impl Balancer {
                     s.resp.truncate(s.resp.len() - 2);
                     s.resp.extend_from_slice(b"connection: close\r\n\r\n");
                 }
+                next = Next::Linger;
+            } else if req.upgrade {
+                // Refused (any answer but 101): the answer goes out with `Connection:
+                // close`, then the connection closes; what the client sent behind its head
+                // is drained, never read as a request.
                 next = Next::Linger;
             } else if !resp.client_keep {
                 next = Next::Close;
@@ -641,9 +741,15 @@ impl Balancer {
             }
             return next;
         }
-        self.answer(c, 502, "too many failed attempts", Some(&req.id), !whole)
-            .await;
-        self.after_error(c, whole)
+        self.answer(
+            c,
+            502,
+            "too many failed attempts",
+            Some(&req.id),
+            !(whole && more),
+        )
+        .await;
+        self.after_error(c, whole && more)
     }
 }
 
@@ -685,9 +791,11 @@ impl ServerApp for HttpApp {
                 let _ = watch.changed().await;
             }),
             closing,
-            ip,
-            proto: if tls { "https" } else { "http" },
-            port,
+            peer: Peer {
+                ip,
+                proto: if tls { "https" } else { "http" },
+                port,
+            },
         };
         let mut s = Scratch {
             req: Vec::with_capacity(2048),

@@ -1,12 +1,13 @@
 //! The heads as the other side gets them: the request head for the server (hop-by-hop
-//! headers dropped, `X-Forwarded-*` and the request id set, a client's trace context
-//! dropped unless `proxy.pass_trace_context`) and the answer head for the
-//! client (framing checked, `Connection: close` when the client connection ends). Pure
-//! transformations of parsed heads into bytes: no I/O here.
+//! headers dropped but a carried upgrade's `Upgrade` and `Connection: upgrade`,
+//! `X-Forwarded-*` and the request id set, a client's trace context dropped unless
+//! `proxy.pass_trace_context`) and the answer head for the client (framing checked,
+//! `Connection: close` when the client connection ends, a `101` to a carried upgrade as the
+//! server wrote it). Pure transformations of parsed heads into bytes: no I/O here.
 
 use std::sync::atomic::Ordering;
 
-use super::client::{Client, ReqInfo, Stop};
+use super::client::{Peer, ReqInfo, Stop};
 use super::{Balancer, RespInfo};
 use crate::h1::{self, BodyKind, ConnectionHeader};
 
@@ -46,12 +47,13 @@ impl ReqId {
 }
 
 impl Balancer {
-    /// The request head as the server gets it: hop-by-hop headers dropped,
-    /// `X-Forwarded-For` appended to, `-Proto`/`-Port` and the request id set.
+    /// The request head as the server gets it: hop-by-hop headers dropped (a carried
+    /// upgrade keeps its `Upgrade`, with `Connection: upgrade`), `X-Forwarded-For` appended
+    /// to, `-Proto`/`-Port` and the request id set. `c`: the client it came from.
     pub(super) fn rewrite_request(
         &self,
         r: &httparse::Request,
-        c: &Client,
+        c: &Peer,
         out: &mut Vec<u8>,
     ) -> Result<ReqInfo, Stop> {
         let method = r.method.unwrap_or("GET");
@@ -66,6 +68,7 @@ impl Balancer {
             self.totals.bad_requests.fetch_add(1, Ordering::Relaxed);
             Stop::Answer(400, b.0.to_string())
         })?;
+        let upgrade = conn.carries_upgrade(http10, framed.kind);
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
@@ -86,6 +89,10 @@ impl Balancer {
                 if h1::has_token(h.value, b"trailers") {
                     out.extend_from_slice(b"te: trailers\r\n");
                 }
+                continue;
+            }
+            if upgrade && name.eq_ignore_ascii_case("upgrade") {
+                h1::put_header(out, name.as_bytes(), h.value);
                 continue;
             }
             if conn.drops(name) {
@@ -120,6 +127,10 @@ impl Balancer {
                 expect_continue = true;
             }
             h1::put_header(out, name.as_bytes(), h.value);
+        }
+        if upgrade {
+            // Only the switch: what else the client's `Connection` named stays on this hop.
+            out.extend_from_slice(b"connection: upgrade\r\n");
         }
         // Appended, as a proxy does: servers that trust this proxy read the rightmost
         // address they do not trust, so what a client wrote itself is never believed.
@@ -163,8 +174,12 @@ impl Balancer {
             body: framed.kind,
             head_only: method == "HEAD",
             idempotent: h1::idempotent(method),
-            keep_alive: !http10 && !conn.close,
+            // An upgrade's connection carries no further request: switched, it is a tunnel;
+            // refused, what the client sent behind its head may be the new protocol's bytes,
+            // which must never be read as a request.
+            keep_alive: !http10 && !conn.close && !upgrade,
             http10,
+            upgrade,
             expect_continue,
             id,
         })
@@ -186,12 +201,18 @@ impl Balancer {
         let conn = ConnectionHeader::of(headers);
         let framed = h1::framing(headers, false, r.version == Some(0))?;
         let informational = (100..200).contains(&status);
+        // The switch to a carried upgrade: its head goes to the client as the server wrote
+        // it (its `Upgrade` and `Connection` are the switch), with the request id.
+        let switching = status == 101 && req.upgrade;
         let body = if req.head_only || informational || status == 204 || status == 304 {
             BodyKind::None
         } else {
             framed.kind
         };
-        let up_keep = r.version == Some(1) && !conn.close && body != BodyKind::UntilClose;
+        // A server that was asked to switch and did not is not asked for more: its
+        // connection is not pooled (nor is one that switched: it becomes the tunnel).
+        let up_keep =
+            r.version == Some(1) && !conn.close && body != BodyKind::UntilClose && !req.upgrade;
         let client_keep = req.keep_alive
             && !closing
             && body != BodyKind::UntilClose
@@ -206,7 +227,7 @@ impl Balancer {
         out.extend_from_slice(b"\r\n");
         let mut has_id = false;
         for h in headers {
-            if conn.drops(h.name)
+            if (!switching && conn.drops(h.name))
                 || (framed.drop_length && h.name.eq_ignore_ascii_case("content-length"))
             {
                 continue;
@@ -216,13 +237,11 @@ impl Balancer {
             }
             h1::put_header(out, h.name.as_bytes(), h.value);
         }
-        if !informational {
-            if !has_id {
-                h1::put_header(out, b"x-request-id", req.id.bytes());
-            }
-            if !client_keep {
-                out.extend_from_slice(b"connection: close\r\n");
-            }
+        if (!informational || switching) && !has_id {
+            h1::put_header(out, b"x-request-id", req.id.bytes());
+        }
+        if !informational && !client_keep {
+            out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
         Ok(RespInfo {
@@ -237,6 +256,171 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::{Limits, Totals};
+    use crate::config::Balance;
+    use crate::upstream::Registry;
+    use pingora_load_balancing::LoadBalancer;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::time::Duration;
+
+    fn balancer() -> Balancer {
+        let ms = Duration::from_millis;
+        Balancer {
+            lb: Arc::new(LoadBalancer::try_from_iter(["127.0.0.1:1"]).unwrap()),
+            registry: Arc::new(Registry::new(Balance::RoundRobin, ms(5000))),
+            limits: Limits {
+                connect_timeout: ms(1000),
+                read_timeout: ms(1000),
+                header_timeout: ms(1000),
+                expect_continue_timeout: ms(1000),
+                keepalive_timeout: ms(1000),
+                tunnel_idle_timeout: ms(1000),
+                max_header_bytes: 16 * 1024,
+                retries: 2,
+                first_check_wait: ms(1000),
+                pass_trace_context: false,
+            },
+            totals: Arc::new(Totals::default()),
+            draining: Arc::new(AtomicBool::new(false)),
+            id_prefix: "t".into(),
+            id_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The values of a head's `name` headers.
+    fn values(head: &str, name: &str) -> Vec<String> {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    /// A request head as the server gets it.
+    fn forward(b: &Balancer, req: &str) -> (String, ReqInfo) {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Request::new(&mut hs);
+        assert!(r.parse(req.as_bytes()).unwrap().is_complete());
+        let peer = Peer {
+            ip: Some("10.1.2.3".into()),
+            proto: "http",
+            port: Some("8080".into()),
+        };
+        let mut out = Vec::new();
+        let Ok(info) = b.rewrite_request(&r, &peer, &mut out) else {
+            panic!("refused: {req:?}");
+        };
+        (String::from_utf8(out).unwrap(), info)
+    }
+
+    /// An answer head as the client gets it.
+    fn answer(b: &Balancer, req: &ReqInfo, resp: &str, closing: bool) -> (String, RespInfo) {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hs);
+        assert!(r.parse(resp.as_bytes()).unwrap().is_complete());
+        let mut out = Vec::new();
+        let info = b.rewrite_response(&r, req, closing, &mut out).unwrap();
+        (String::from_utf8(out).unwrap(), info)
+    }
+
+    const WS: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade, X-Mine\r\nX-Mine: 1\r\nKeep-Alive: timeout=5\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n";
+
+    #[test]
+    fn an_upgrade_goes_to_the_server_with_upgrade_and_connection_upgrade_only() {
+        let b = balancer();
+        let (head, info) = forward(&b, WS);
+        assert!(info.upgrade, "{head}");
+        assert!(!info.keep_alive, "no request follows an upgrade's");
+        assert_eq!(values(&head, "upgrade"), ["websocket"], "{head}");
+        assert_eq!(values(&head, "connection"), ["upgrade"], "{head}");
+        // The other hop-by-hop headers are dropped as for any request, and the forwarding
+        // headers set.
+        assert!(values(&head, "x-mine").is_empty(), "{head}");
+        assert!(values(&head, "keep-alive").is_empty(), "{head}");
+        assert_eq!(
+            values(&head, "sec-websocket-key"),
+            ["dGhlIHNhbXBsZSBub25jZQ=="]
+        );
+        assert_eq!(values(&head, "x-forwarded-for"), ["192.0.2.1, 10.1.2.3"]);
+        assert_eq!(values(&head, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&head, "x-request-id").len(), 1, "{head}");
+        assert!(head.starts_with("GET /ws HTTP/1.1\r\n") && head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_upgrade_from_http10_or_with_a_body_is_a_plain_request() {
+        let b = balancer();
+        for (req, keep) in [
+            (WS.replace("HTTP/1.1", "HTTP/1.0"), false),
+            (WS.replace("Host: x", "Host: x\r\nContent-Length: 5"), true),
+            (
+                WS.replace("Host: x", "Host: x\r\nTransfer-Encoding: chunked"),
+                true,
+            ),
+            // Connection does not name the upgrade.
+            (WS.replace("Upgrade, ", ""), true),
+        ] {
+            let (head, info) = forward(&b, &req);
+            assert!(!info.upgrade, "{req}");
+            assert_eq!(info.keep_alive, keep, "{req}");
+            assert!(values(&head, "upgrade").is_empty(), "{head}");
+            assert!(values(&head, "connection").is_empty(), "{head}");
+        }
+    }
+
+    #[test]
+    fn a_101_to_an_upgrade_reaches_the_client_as_the_server_wrote_it() {
+        let b = balancer();
+        let (_, req) = forward(&b, WS);
+        let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        // Even while the process stops or hands over: the tunnel runs its course.
+        b.draining.store(true, Ordering::Relaxed);
+        for closing in [false, true] {
+            let (head, info) = answer(&b, &req, switch, closing);
+            assert_eq!(info.status, 101);
+            assert!(!info.up_keep, "a switched connection is never pooled");
+            assert!(
+                head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+                "{head}"
+            );
+            assert_eq!(values(&head, "upgrade"), ["websocket"], "{head}");
+            assert_eq!(values(&head, "connection"), ["Upgrade"], "{head}");
+            assert_eq!(
+                values(&head, "sec-websocket-accept"),
+                ["s3pPLMBiTxaQ9kYGzzhZRbK+xOo="]
+            );
+            assert_eq!(
+                values(&head, "x-request-id"),
+                [std::str::from_utf8(req.id.bytes()).unwrap()]
+            );
+        }
+        // A 101 to a request that did not ask is not a switch (the data path answers 502).
+        let (_, plain) = forward(&b, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (head, _) = answer(&b, &plain, switch, false);
+        assert!(values(&head, "upgrade").is_empty(), "{head}");
+    }
+
+    #[test]
+    fn a_refused_upgrade_closes_both_connections() {
+        let b = balancer();
+        let (_, req) = forward(&b, WS);
+        let refusal = "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\
+            Connection: keep-alive\r\nUpgrade: websocket\r\n\r\n";
+        let (head, info) = answer(&b, &req, refusal, false);
+        assert!(!info.client_keep && !info.up_keep);
+        assert_eq!(values(&head, "connection"), ["close"], "{head}");
+        assert!(values(&head, "upgrade").is_empty(), "{head}");
+        // A plain request's same answer keeps both.
+        let (_, plain) = forward(&b, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (head, info) = answer(&b, &plain, refusal, false);
+        assert!(info.client_keep && info.up_keep);
+        assert!(values(&head, "connection").is_empty(), "{head}");
+    }
 
     #[test]
     fn request_ids_are_bounded_and_plain() {

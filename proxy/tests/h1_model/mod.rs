@@ -14,6 +14,9 @@
 //! - every line ends in CRLF (a bare LF or a CR without LF is refused);
 //! - `Content-Length` is a list of 1-19 digit decimals, all equal; `Transfer-Encoding` codings
 //!   are read across all its headers in order, and the last one decides.
+//! - a request's protocol upgrade is carried (its bytes after a `101` are no longer HTTP)
+//!   only from HTTP/1.1, without a body, with an `Upgrade` header naming a protocol and a
+//!   `Connection` header listing `upgrade`; any other request with `Upgrade` is a plain one.
 //!
 //! The checks are one-sided on refusals where `h1` may be stricter than this model (another
 //! refusal added to `h1::framing` keeps them true): whatever `h1` accepts, it must frame as
@@ -215,28 +218,35 @@ pub fn until_close(_: &[u8]) -> Body {
     Body::More
 }
 
+fn ows(b: &u8) -> bool {
+    *b == b' ' || *b == b'\t'
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while v.first().is_some_and(ows) {
+        v = &v[1..];
+    }
+    while v.last().is_some_and(ows) {
+        v = &v[..v.len() - 1];
+    }
+    v
+}
+
+/// The comma-separated elements of every `name` header, in order, trimmed.
+fn elements<'a>(
+    headers: &'a [(&'a [u8], &'a [u8])],
+    name: &'static str,
+) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(trim)
+}
+
 /// The model's framing of a head: `None` when it is refused.
 pub fn framing(headers: &[(&[u8], &[u8])], request: bool, http10: bool) -> Option<Framed> {
-    fn ows(b: &u8) -> bool {
-        *b == b' ' || *b == b'\t'
-    }
-    fn trim(mut v: &[u8]) -> &[u8] {
-        while v.first().is_some_and(ows) {
-            v = &v[1..];
-        }
-        while v.last().is_some_and(ows) {
-            v = &v[..v.len() - 1];
-        }
-        v
-    }
-    // The comma-separated elements of every `name` header, in order.
-    let named = |name: &'static str| {
-        headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .flat_map(|(_, v)| v.split(|&b| b == b','))
-            .map(trim)
-    };
+    let named = |name: &'static str| elements(headers, name);
     let mut length = None;
     for l in named("content-length") {
         if l.is_empty() || l.len() > 19 || !l.iter().all(u8::is_ascii_digit) {
@@ -315,6 +325,45 @@ pub fn check_framing(
     }
 }
 
+/// The model's rule for a request whose head is framed as `kind`: whether its protocol
+/// upgrade is carried.
+pub fn upgrade(headers: &[(&[u8], &[u8])], http10: bool, kind: BodyKind) -> bool {
+    !http10
+        && kind == BodyKind::None
+        && elements(headers, "upgrade").any(|p| !p.is_empty())
+        && elements(headers, "connection").any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Checks `h1`'s decision to carry a request's upgrade against the model, for a head it
+/// frames as `kind`; returns the decision.
+pub fn check_upgrade(
+    headers: &[httparse::Header],
+    http10: bool,
+    kind: BodyKind,
+) -> Result<bool, String> {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|h| (h.name.as_bytes(), h.value))
+        .collect();
+    let want = upgrade(&pairs, http10, kind);
+    let got = h1::ConnectionHeader::of(headers).carries_upgrade(http10, kind);
+    if got != want {
+        return Err(format!(
+            "upgrade carried: {got}; the model says {want} (HTTP/1.0: {http10}, {kind:?}) for \
+             {:?}",
+            pairs
+                .iter()
+                .map(|(n, v)| format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                ))
+                .collect::<Vec<_>>()
+        ));
+    }
+    Ok(got)
+}
+
 /// What a body's first bytes are, for one framing.
 pub type BodyModel = Box<dyn Fn(&[u8]) -> Body>;
 
@@ -331,8 +380,8 @@ pub fn body_model(kind: BodyKind) -> BodyModel {
 /// Reads a message from `msg` arriving in pieces ending at `cuts`, as the proxy does: the
 /// head is parsed once [`h1::may_end_head`] says its end may have arrived (it must say so
 /// by the read that completes it: httparse, run after every read, is the reference), then
-/// framed by [`h1::framing`] (checked against the model), then its body followed across
-/// the remaining pieces (checked against the model).
+/// framed by [`h1::framing`] (checked against the model; a request's upgrade decision
+/// too), then its body followed across the remaining pieces (checked against the model).
 pub fn message(msg: &[u8], cuts: &[usize], request: bool) -> Result<(), String> {
     let mut ends: Vec<usize> = cuts
         .iter()
@@ -372,6 +421,9 @@ pub fn message(msg: &[u8], cuts: &[usize], request: bool) -> Result<(), String> 
         let Some(kind) = check_framing(&headers, request, version == Some(0))? else {
             return Ok(());
         };
+        if request {
+            check_upgrade(&headers, version == Some(0), kind)?;
+        }
         let body = &msg[n..];
         // The rest of this read, then the later reads.
         let rest: Vec<usize> = ends[k + 1..].iter().map(|e| e - n).collect();
