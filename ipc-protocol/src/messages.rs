@@ -186,6 +186,21 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// 1: absent on every other invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amqp: Option<&'a serde_json::Value>,
+    /// A WebSocket channel's call (`channel: "websocket"`): the client's id, the `event`
+    /// (`message`, `connect`, `disconnect`) and whether a message was `binary`
+    /// (ipc-protocol/SPEC.md); the body is the message. Added within version 1: absent on
+    /// every other invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wsx: Option<WsxMeta<'a>>,
+}
+
+/// What a WebSocket channel's call says of its client (see [`InvokeMeta::wsx`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WsxMeta<'a> {
+    pub client_id: &'a str,
+    pub event: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub binary: bool,
 }
 
 /// Who a request authenticated as: the definition's name and type, and the user name

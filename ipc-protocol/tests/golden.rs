@@ -145,6 +145,7 @@ fn invoke_meta_serialises_like_the_vector() {
         pubsub: None,
         mqtt: None,
         amqp: None,
+        wsx: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -185,6 +186,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         pubsub: None,
         mqtt: None,
         amqp: None,
+        wsx: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -226,6 +228,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         pubsub: None,
         mqtt: None,
         amqp: None,
+        wsx: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -266,6 +269,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             pubsub: None,
             mqtt: None,
             amqp: None,
+            wsx: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -382,6 +386,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             pubsub: p,
             mqtt: None,
             amqp: None,
+            wsx: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
@@ -420,6 +425,7 @@ fn an_mqtt_message_carries_its_meta_and_others_do_not() {
             pubsub: None,
             mqtt: m,
             amqp: None,
+            wsx: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(m.clone()));

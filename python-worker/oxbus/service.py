@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .outgoing import OutgoingAPI
     from .pubsub import PubSubAPI, PubSubDelivery
     from .secrets_api import Secrets
+    from .wsx import WSXAPI
     from .simpleio import Elem, Spec
 
     #: (cid, service name, stream) of the invocation a thread or task is running.
@@ -122,7 +123,8 @@ class Security:
 
 class Channel:
     """Where an invocation came from: ``type`` is ``'rest'``, ``'jsonrpc'`` (a JSON-RPC 2.0
-    channel), ``'admin'`` (the admin API's invoke) or ``'invoke'`` (another service);
+    channel), ``'websocket'`` (a client message, see :mod:`oxbus.wsx`), ``'admin'`` (the
+    admin API's invoke) or ``'invoke'`` (another service);
     ``name`` the channel's name (None for direct invocations); ``security`` a
     :class:`Security` when the channel checked who called (else None)."""
 
@@ -498,6 +500,21 @@ class Service:
         api = self.__dict__.get('_oxbus_pubsub')
         if api is None:
             api = self.__dict__['_oxbus_pubsub'] = self._require_dispatcher().pubsub(self.name)
+        return api
+
+    @property
+    def wsx(self) -> WSXAPI:
+        """The clients of the server's WebSocket channels: ``self.wsx.client_id`` (the
+        invocation's client), ``self.wsx.send(client_id, data)``,
+        ``self.wsx.channel['chat'].broadcast(data)`` (see :mod:`oxbus.wsx`)."""
+        api = self.__dict__.get('_oxbus_wsx')
+        if api is None:
+            from .wsx import WSXAPI
+            dispatcher = self._require_dispatcher()
+            request = self.__dict__.get('request')
+            meta = request._meta.get('wsx') if request is not None else None
+            api = self.__dict__['_oxbus_wsx'] = WSXAPI(dispatcher.request, dispatcher.arequest,
+                                                       meta)
         return api
 
     @property

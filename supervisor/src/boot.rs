@@ -167,6 +167,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         crate::pubsub::Broker::new(&me.name, store.clone(), metrics.clone(), outgoing.clone());
     pubsub.apply(&boot.snapshot.objects);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    // The WebSocket sessions: their pushes are worker ops, their calls go through the pool.
+    let wsx_ops = crate::wsx::Wsx::new(&me.name, settings.request_timeout());
     let pool = Arc::new(
         Pool::new(
             settings.workers.max_inflight as usize,
@@ -180,10 +182,12 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .with_server_ops(Arc::new(crate::lifecycle::ops::OpsSet(vec![
             outgoing.clone(),
             Arc::new(pubsub.clone()),
+            Arc::new(wsx_ops.clone()),
         ]))),
     );
     pubsub.set_pool(pool.clone());
     inbound.set_pool(pool.clone());
+    wsx_ops.set_pool(pool.clone());
     if metrics.enabled() {
         // The workers' states, read at scrape time.
         metrics.register_collector(Box::new(crate::metrics::workers::WorkerCollector::new(
@@ -210,6 +214,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let bus_handle = bus.as_ref().map(|(b, _)| b.clone());
     if let Some(b) = &bus_handle {
         pubsub.set_peers(b.clone());
+        wsx_ops.set_peers(b.clone());
     }
     let cids = Arc::new(crate::edge::cid::CidGen::new());
     let locks = Arc::new(crate::deploy::Locks::default());
@@ -249,6 +254,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         outgoing: outgoing.clone(),
         pubsub: pubsub.clone(),
         inbound: inbound.clone(),
+        wsx: wsx_ops.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
@@ -260,6 +266,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         node: node.clone(),
         cids: cids.clone(),
         pubsub: pubsub.clone(),
+        wsx: wsx_ops.clone(),
     });
     let admin = Arc::new(crate::admin::Ctx {
         metrics: metrics.clone(),

@@ -36,3 +36,4 @@ pub mod scheduler;
 pub mod secrets;
 pub mod store;
 pub mod trace;
+pub mod wsx;

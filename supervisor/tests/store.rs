@@ -237,6 +237,7 @@ async fn channels_crud(store: &Store) {
         rate_limit: None,
         channel_type: ChannelType::Rest,
         services: vec![],
+        websocket: None,
     };
     let c = store.create_channel(&ch).await.unwrap();
     assert_eq!(c.value.name.as_deref(), Some("/customers/{id}"));
@@ -271,6 +272,7 @@ async fn channels_crud(store: &Store) {
         }),
         channel_type: ChannelType::Rest,
         services: vec![],
+        websocket: None,
     };
     store.create_channel(&raw).await.unwrap();
     let all = store.channels().await.unwrap();
@@ -286,6 +288,7 @@ async fn channels_crud(store: &Store) {
         data_format: DataFormat::Json,
         channel_type: ChannelType::JsonRpc,
         services: vec!["crm.customer.get".into(), "crm.customer.list".into()],
+        websocket: None,
         security: Some("partners".into()),
         allow_from: vec![],
         rate_limit: None,
@@ -295,6 +298,7 @@ async fn channels_crud(store: &Store) {
     let plan = oxbus_supervisor::store::Plan {
         put_channels: vec![Channel {
             services: vec![],
+            websocket: None,
             ..rpc.clone()
         }],
         ..Default::default()
@@ -517,6 +521,7 @@ async fn security_crud(s: &Store) {
         rate_limit: None,
         channel_type: ChannelType::Rest,
         services: vec![],
+        websocket: None,
     };
     s.create_channel(&ch).await.unwrap();
     match s.delete_object::<SecurityDef>("partners").await {
@@ -795,6 +800,7 @@ async fn apply_is_one_transaction(s: &Store) {
         rate_limit: None,
         channel_type: ChannelType::Rest,
         services: vec![],
+        websocket: None,
     };
     s.create_channel(&ch("old", "/old")).await.unwrap();
     s.deploy_module("gone", "x = 1\n", "t").await.unwrap();

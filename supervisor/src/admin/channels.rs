@@ -96,8 +96,13 @@ fn channel_json(c: &crate::model::channel::Channel, source: &str) -> Value {
         "methods": c.methods, "service": c.service,
         "data_format": c.data_format.as_str(), "source": source,
     });
-    if c.channel_type == crate::model::channel::ChannelType::JsonRpc {
-        j["services"] = json!(c.services);
+    match c.channel_type {
+        crate::model::channel::ChannelType::JsonRpc => j["services"] = json!(c.services),
+        // Every setting, the defaults filled in.
+        crate::model::channel::ChannelType::Websocket => {
+            j["websocket"] = json!(c.websocket.clone().unwrap_or_default());
+        }
+        _ => {}
     }
     j
 }
@@ -127,7 +132,7 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?, \"name\"?}} or {{\"type\": \"pubsub\", \"url_path\", \"security\"?, \"name\"?}}: {e}"
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"name\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?, \"name\"?}} or {{\"type\": \"pubsub\", \"url_path\", \"security\"?, \"name\"?}} or {{\"type\": \"websocket\", \"url_path\", \"service\", \"websocket\"?: {{settings}}, \"name\"?}}: {e}"
                 ),
             );
         }
@@ -201,7 +206,7 @@ async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?}} or {{\"type\": \"pubsub\", \"url_path\"}}: {e}"
+                    "expected {{\"url_path\", \"service\", \"methods\"?, \"data_format\"?}} or {{\"type\": \"jsonrpc\", \"url_path\", \"services\"?}} or {{\"type\": \"pubsub\", \"url_path\"}} or {{\"type\": \"websocket\", \"url_path\", \"service\", \"websocket\"?}}: {e}"
                 ),
             );
         }

@@ -54,6 +54,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         pubsub: None,
         mqtt: None,
         amqp: None,
+        wsx: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

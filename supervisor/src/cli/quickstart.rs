@@ -290,6 +290,7 @@ fn sample_channels() -> Vec<Channel> {
         rate_limit: None,
         channel_type: crate::model::channel::ChannelType::Rest,
         services: Vec::new(),
+        websocket: None,
     })
     .collect()
 }

@@ -193,6 +193,44 @@ impl crate::pubsub::Peers for Bus {
     }
 }
 
+/// WebSocket pushes reach the clients of other servers through the bus: a broadcast to
+/// every linked peer (fire and forget), a send to the one server a client id names.
+#[async_trait::async_trait]
+impl crate::wsx::Peers for Bus {
+    fn broadcast(&self, meta: &serde_json::Value, body: bytes::Bytes) {
+        let meta = meta.to_string();
+        let links = self.links.lock().expect("links lock");
+        for (peer, h) in links.iter() {
+            let stream = h.streams.lock().expect("streams lock").next_id();
+            let mut out = BytesMut::with_capacity(body.len() + 128);
+            if oxbus_ipc::bus::encode_meta_frame(
+                &mut out,
+                oxbus_ipc::bus::Kind::Call,
+                oxbus_ipc::bus::FLAG_ASYNC,
+                stream,
+                meta.as_bytes(),
+                &body,
+            )
+            .is_ok()
+            {
+                let _ = h.tx.send(out.freeze());
+            } else {
+                warn!(peer = %peer, bytes = body.len(), "bus: a WebSocket broadcast does not fit one frame, not sent");
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        peer: &str,
+        meta: serde_json::Value,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<(u16, bytes::Bytes), String> {
+        crate::pubsub::Peers::call(self, peer, meta, body, timeout).await
+    }
+}
+
 /// The op of a `pubsub.*` call's meta (ops the broker serves, not `oxbus_ipc::bus::Op`).
 fn pubsub_op(meta: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -203,6 +241,16 @@ fn pubsub_op(meta: &[u8]) -> Option<String> {
         .ok()
         .map(|m| m.op)
         .filter(|op| op.starts_with("pubsub."))
+}
+
+/// Whether a call's meta is a `wsx.*` op (served by `wsx::Wsx::peer_call`).
+fn wsx_op(meta: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct OpOnly<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<OpOnly>(meta).is_ok_and(|m| m.op.starts_with("wsx."))
 }
 
 /// The bus of one server.
@@ -734,6 +782,19 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                         meta,
                         body,
                     }) => {
+                        if wsx_op(&meta) {
+                            // In the link's own task: one peer's pushes keep their order.
+                            let (status, body) = cx.wsx.peer_call(&meta, body);
+                            if !asynchronous {
+                                let mut out = BytesMut::new();
+                                if oxbus_ipc::bus::encode_reply(&mut out, stream, status, &body)
+                                    .is_ok()
+                                {
+                                    let _ = tx.send(out.freeze());
+                                }
+                            }
+                            continue;
+                        }
                         if let Some(op) = pubsub_op(&meta) {
                             if op == "pubsub.committed" {
                                 // In the link's own task, so a peer's batches reach the

@@ -177,6 +177,7 @@ mod tests {
                 }),
                 channel_type: crate::model::channel::ChannelType::Rest,
                 services: Vec::new(),
+                websocket: None,
             }],
             modules: vec![Module {
                 name: "m".into(),

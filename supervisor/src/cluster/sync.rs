@@ -54,6 +54,8 @@ pub struct Ctx {
     pub pubsub: crate::pubsub::Broker,
     /// The inbound channels (AMQP, MQTT).
     pub inbound: Arc<crate::inbound::Inbound>,
+    /// The WebSocket clients: the peers' `wsx.*` calls reach them over the bus.
+    pub wsx: crate::wsx::Wsx,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<Bus>>,
     pub disk: OnDisk,

@@ -52,6 +52,10 @@ enum State {
     /// proxy refuses (chunk sizes of 16+ hex digits, extensions or trailers of 8-16 KiB, a
     /// bare LF in a trailer), and no head after such a body may reach hyper unchecked.
     Cut,
+    /// After a head that asks for an upgrade (and its body, if any): what follows is either
+    /// another protocol's bytes (after a `101`) or nothing HTTP, since every other answer to
+    /// such a head closes the connection (see [`wants_upgrade`]). Handed on unchecked.
+    Tunnel,
 }
 
 /// The gate of one connection.
@@ -68,6 +72,9 @@ pub struct HeadGate {
     max_head: usize,
     /// Heads handed on so far: the index of the next request hyper will dispatch.
     heads: u64,
+    /// The body being followed belongs to a head that asked for an upgrade: a tunnel
+    /// follows it.
+    tunnel_after_body: bool,
 }
 
 impl HeadGate {
@@ -80,6 +87,7 @@ impl HeadGate {
             held_peak: 0,
             max_head,
             heads: 0,
+            tunnel_after_body: false,
         }
     }
 
@@ -113,23 +121,20 @@ impl HeadGate {
                     Ok(took) => {
                         n += took;
                         if f.done() {
-                            self.state = State::Head;
+                            self.body_done();
                         }
                     }
                     Err(_) => self.state = State::Cut,
                 },
                 State::Head if self.head.is_empty() => match check(&data[n..]) {
-                    Ok(Some((len, kind))) => {
+                    Ok(Some((len, kind, upgrade))) => {
                         n += len;
-                        self.heads += 1;
-                        let f = Framing::new(kind);
-                        if !f.done() {
-                            self.state = State::Body(f);
-                        }
+                        self.handed_on(kind, upgrade);
                     }
                     // Not whole yet, or refused: the slow path holds it or says why.
                     _ => break,
                 },
+                State::Tunnel => n = data.len(),
                 State::Head | State::Refused | State::Cut => break,
             }
         }
@@ -147,21 +152,25 @@ impl HeadGate {
         while !data.is_empty() {
             match &mut self.state {
                 State::Refused | State::Cut => return None,
+                State::Tunnel => {
+                    out.extend_from_slice(data);
+                    return None;
+                }
                 State::Body(f) => match f.advance(data) {
                     Ok(n) => {
                         out.extend_from_slice(&data[..n]);
                         data = &data[n..];
                         if f.done() {
-                            self.state = State::Head;
+                            self.body_done();
                         }
                     }
                     Err(_) => self.state = State::Cut,
                 },
                 State::Head if self.head.is_empty() => match check(data) {
-                    Ok(Some((n, kind))) => {
+                    Ok(Some((n, kind, upgrade))) => {
                         out.extend_from_slice(&data[..n]);
                         data = &data[n..];
-                        self.handed_on(kind);
+                        self.handed_on(kind, upgrade);
                     }
                     Ok(None) => self.hold(&mut data),
                     Err((status, reason)) => {
@@ -186,12 +195,17 @@ impl HeadGate {
                 }
                 match check(&self.head) {
                     Ok(None) => {}
-                    Ok(Some((n, kind))) => {
+                    Ok(Some((n, kind, upgrade))) => {
                         out.extend_from_slice(&self.head[..n]);
                         // The head ends at the first blank line, where it was cut off: `n`
                         // is all of it (if not, the rest starts the next head).
                         let _ = self.head.split_to(n);
-                        self.handed_on(kind);
+                        self.handed_on(kind, upgrade);
+                        if let State::Tunnel = self.state {
+                            // Whatever was held after the head is the tunnel's.
+                            out.extend_from_slice(&self.head);
+                            self.head.clear();
+                        }
                     }
                     Err((status, reason)) => {
                         let method = method_of(&self.head);
@@ -224,14 +238,27 @@ impl HeadGate {
         *data = &data[take..];
     }
 
-    /// A whole head was handed on: what follows is its body, if any, then the next head.
-    fn handed_on(&mut self, kind: BodyKind) {
+    /// A whole head was handed on: what follows is its body, if any, then the next head
+    /// (or, after a head that asks for an upgrade, the tunnel).
+    fn handed_on(&mut self, kind: BodyKind, upgrade: bool) {
         self.heads += 1;
         self.head_may_end = false;
         let f = Framing::new(kind);
         if !f.done() {
+            self.tunnel_after_body = upgrade;
             self.state = State::Body(f);
+        } else if upgrade {
+            self.state = State::Tunnel;
         }
+    }
+
+    /// The body being followed ended.
+    fn body_done(&mut self) {
+        self.state = if self.tunnel_after_body {
+            State::Tunnel
+        } else {
+            State::Head
+        };
     }
 
     fn too_large(&self) -> String {
@@ -302,9 +329,26 @@ fn memchr(b: u8, s: &[u8]) -> Option<usize> {
     s.iter().position(|&c| c == b)
 }
 
-/// Parses a head (the start of `buf`): its length and body framing once complete (`None`:
-/// not yet), or why it is refused.
-fn check(buf: &[u8]) -> Result<Option<(usize, BodyKind)>, (u16, String)> {
+/// A whole head as [`check`] found it: its length, its body's framing, and whether it asks
+/// for an upgrade.
+type Head = (usize, BodyKind, bool);
+
+/// Whether hyper takes a request head as asking for an upgrade (hyper's own rule: a
+/// `CONNECT`, or an HTTP/1.1 request with an `Upgrade` header). After such a head hyper
+/// hands the connection over on a `101` (or a 2xx to `CONNECT`); every other answer to it
+/// must close the connection, since the gate no longer checks what follows.
+pub fn wants_upgrade(
+    method: &hyper::Method,
+    version: hyper::Version,
+    headers: &hyper::HeaderMap,
+) -> bool {
+    method == hyper::Method::CONNECT
+        || (version == hyper::Version::HTTP_11 && headers.contains_key(hyper::header::UPGRADE))
+}
+
+/// Parses a head (the start of `buf`): its length, body framing and whether it asks for an
+/// upgrade ([`wants_upgrade`]) once complete (`None`: not yet), or why it is refused.
+fn check(buf: &[u8]) -> Result<Option<Head>, (u16, String)> {
     let mut hs = [const { MaybeUninit::<httparse::Header>::uninit() }; h1::MAX_HEADER_FIELDS];
     let mut r = httparse::Request::new(&mut []);
     match r.parse_with_uninit_headers(buf, &mut hs) {
@@ -314,7 +358,12 @@ fn check(buf: &[u8]) -> Result<Option<(usize, BodyKind)>, (u16, String)> {
             }
             let framed = h1::framing(r.headers, true, r.version == Some(0))
                 .map_err(|b| (400, b.0.to_string()))?;
-            Ok(Some((n, framed.kind)))
+            let upgrade = r.method == Some("CONNECT")
+                || (r.version == Some(1)
+                    && r.headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case("upgrade")));
+            Ok(Some((n, framed.kind, upgrade)))
         }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err((431, too_many_headers())),
@@ -363,6 +412,29 @@ mod tests {
             assert_eq!(refused, None, "step {step}");
             assert_eq!(out, input, "step {step}");
         }
+    }
+
+    #[test]
+    fn after_an_upgrade_head_the_bytes_pass_unchecked_in_any_split() {
+        // WebSocket frames (not HTTP) after the head, and after a body of an upgrade
+        // request; a bad "head" in them is not refused: the gate tunnels.
+        let frames: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58 BAD\r\nx\r\n\r\n";
+        for head in [
+            &b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"[..],
+            b"POST /u HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\ncontent-length: 3\r\n\r\nabc",
+            b"CONNECT x:1 HTTP/1.1\r\nhost: x:1\r\n\r\n",
+        ] {
+            let input = [head, frames].concat();
+            for step in 1..input.len() {
+                let (out, refused) = run(&input, step);
+                assert_eq!(refused, None, "step {step}");
+                assert_eq!(out, input, "step {step}");
+            }
+        }
+        // HTTP/1.0 has no upgrade (hyper's rule too): the next head is checked.
+        let input = b"GET /ws HTTP/1.0\r\nupgrade: websocket\r\n\r\nBAD\r\n\r\n";
+        let (_, refused) = run(input, input.len());
+        assert_eq!(refused.map(|r| r.1.status), Some(400));
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Ctx {
     pub cids: Arc<CidGen>,
     /// The pub/sub broker: the REST API of `pubsub` channels.
     pub pubsub: crate::pubsub::Broker,
+    /// The WebSocket sessions: `websocket` channels' upgraded connections go there.
+    pub wsx: crate::wsx::Wsx,
 }
 
 pub(crate) type Body = Full<Bytes>;
@@ -94,8 +96,9 @@ pub async fn serve(
                     let cx = cx.clone();
                     let shutdown = shutdown.clone();
                     let peer = Peer::new(peer, local_port, cx.settings.http.trusted());
+                    let conns = conns.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, peer, cx, shutdown).await;
+                        serve_connection(stream, peer, cx, shutdown, conns).await;
                         drop(guard);
                     });
                 }
@@ -109,6 +112,9 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // WebSocket clients are told (1001) and closed; their sessions count as open
+    // connections until they end.
+    cx.wsx.stop();
     let deadline = Instant::now() + Duration::from_millis(cx.settings.http.drain_timeout_ms);
     loop {
         let zero = conns.zero.notified();
@@ -159,6 +165,7 @@ async fn serve_connection(
     peer: Peer,
     cx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
+    conns: Arc<ConnCount>,
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity {
@@ -188,9 +195,14 @@ async fn serve_connection(
     let svc = {
         let cx = cx.clone();
         let activity = activity.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let cx = cx.clone();
+            let conns = conns.clone();
             let in_request = InRequest::start(&activity);
+            // After a head that asks for an upgrade the head gate checks nothing more:
+            // any answer but the switch closes the connection.
+            let upgrade =
+                crate::edge::head_gate::wants_upgrade(req.method(), req.version(), req.headers());
             // Requests are dispatched in the order of their heads: the stand-in of a
             // refused head is the one whose index the gate noted.
             let index = activity.dispatched.fetch_add(1, Ordering::Relaxed);
@@ -213,13 +225,17 @@ async fn serve_connection(
                     (Instant::now(), method, cx.metrics.http.in_flight())
                 });
                 let mut channel = None;
-                let resp = match refused {
+                let mut resp = match refused {
                     Some(r) => {
                         refused_for(&cx, RefusalReason::of_head(r.status));
                         refusal(r, &cx.cids.next())
                     }
-                    None => handle(req, &cx, peer, &mut channel).await,
+                    None => handle(req, &cx, peer, &mut channel, &conns).await,
                 };
+                if upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 if let Some((start, method, in_flight)) = metrics {
                     // One clock read for the figure and the connection's idle stamp.
                     let end = Instant::now();
@@ -244,7 +260,9 @@ async fn serve_connection(
         // lower (its default is 100).
         .max_headers(oxbus_proxy::h1::MAX_HEADER_FIELDS)
         .keep_alive(true)
-        .serve_connection(io, svc);
+        .serve_connection(io, svc)
+        // A `websocket` channel's 101 hands the connection to its session.
+        .with_upgrades();
     tokio::pin!(conn);
     let mut draining = *shutdown.borrow();
     if draining {
@@ -349,6 +367,7 @@ async fn handle(
     cx: &Ctx,
     peer: Peer,
     metrics: &mut Option<Arc<ChannelHandles>>,
+    conns: &Arc<ConnCount>,
 ) -> Response<Body> {
     // A request id from a trusted proxy is the cid; anything else gets one of ours.
     let cid = match peer.trusted.then(|| forwarded::request_id(req.headers())) {
@@ -518,6 +537,21 @@ async fn handle(
     } else {
         None
     };
+    // A WebSocket channel's request is its handshake: answered 101 (the session takes the
+    // connection) or why not, with no body read.
+    if channel.channel_type == ChannelType::Websocket {
+        conns.n.fetch_add(1, Ordering::SeqCst);
+        let hold = Box::new(ConnGuard(conns.clone()));
+        let u = crate::edge::websocket::Upgrade {
+            channel,
+            params,
+            origin,
+            caller,
+            cid: &cid,
+            hold,
+        };
+        return crate::edge::websocket::upgrade(cx, req, u);
+    }
     let too_large = || {
         refused_for(cx, RefusalReason::BodyTooLarge);
         error_response(
@@ -721,6 +755,7 @@ impl HttpCall<'_> {
             pubsub: None,
             mqtt: None,
             amqp: None,
+            wsx: None,
         };
         let result = self
             .cx

@@ -1,6 +1,7 @@
 //! The HTTP edge: everything between a client's bytes and a call into the worker pool —
 //! head checks, hyper, the routing table and the checks compiled with it (the gate),
-//! JSON-RPC, the pub/sub REST API (through the broker), OpenAPI, client addresses behind
+//! JSON-RPC, the pub/sub REST API (through the broker), WebSocket upgrades (handed to
+//! `wsx`), OpenAPI, client addresses behind
 //! trusted proxies, correlation ids. It never touches the config store or the workers'
 //! lifecycle.
 
@@ -16,3 +17,4 @@ pub mod openapi;
 pub mod pubsub;
 pub mod router;
 pub mod routes;
+pub mod websocket;

@@ -235,6 +235,7 @@ mod tests {
             rate_limit: None,
             channel_type: ChannelType::Rest,
             services: Vec::new(),
+            websocket: None,
         }
     }
 

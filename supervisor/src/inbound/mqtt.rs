@@ -883,6 +883,7 @@ impl Call {
             pubsub: None,
             mqtt: Some(&meta_json),
             amqp: None,
+            wsx: None,
         };
         let deadline = std::time::Instant::now() + INVOKE_TIMEOUT;
         match pool.invoke(&meta, &p.payload, deadline).await {

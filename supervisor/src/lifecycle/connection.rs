@@ -349,6 +349,7 @@ fn handle_worker_call(
                 pubsub: None,
                 mqtt: None,
                 amqp: None,
+                wsx: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

@@ -881,6 +881,7 @@ mod tests {
             pubsub: None,
             mqtt: None,
             amqp: None,
+            wsx: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

@@ -7,6 +7,8 @@
 
 use serde::Deserialize;
 
+use crate::model::websocket::WsSettings;
+
 /// A channel (or a set of channels) that cannot be routed; the text names the setting, the
 /// value and the problem, like `config::ConfigError::Invalid`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +25,8 @@ pub struct ChannelError {
 pub struct RateLimitError;
 
 /// `[[channels]]`: a REST channel binds a URL path (with `{param}` segments) to a service; a
+/// WebSocket channel (`type = "websocket"`) upgrades GETs of its path and calls its service
+/// with each client message (settings in `websocket`, see `model::websocket`); a
 /// JSON-RPC channel (`type = "jsonrpc"`) binds one URL to every deployed service, or to those
 /// listed in `services`, each called by name as the request's `method` (see `edge::jsonrpc`);
 /// a pub/sub channel (`type = "pubsub"`) serves the pub/sub REST API under its URL path (see
@@ -59,6 +63,9 @@ pub struct Channel {
     /// deployed service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+    /// WebSocket only: the channel's settings (none: every default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WsSettings>,
 }
 
 /// `requests` per `per_s` seconds, bursts of up to `burst` (default `requests`); per server.
@@ -88,6 +95,9 @@ pub enum ChannelType {
     /// The pub/sub REST API (`edge::pubsub`, docs/PUBSUB.md) under the channel's
     /// `url_path`, which is a prefix: it answers every path below it and runs no service.
     Pubsub,
+    /// WebSocket clients (`wsx`, docs/WEBSOCKET.md): a GET upgrade on the channel's path;
+    /// each client message is a call of its service.
+    Websocket,
 }
 
 impl ChannelType {
@@ -97,6 +107,7 @@ impl ChannelType {
             ChannelType::Rest => "rest",
             ChannelType::JsonRpc => "jsonrpc",
             ChannelType::Pubsub => "pubsub",
+            ChannelType::Websocket => "websocket",
         }
     }
 
@@ -317,6 +328,44 @@ pub fn pubsub_channel(c: &Channel) -> Result<(), ChannelError> {
     Ok(())
 }
 
+/// Checks a WebSocket channel and returns it as the router holds it: a GET-only channel
+/// (the upgrade request) with its settings filled in.
+pub fn websocket_channel(c: &Channel) -> Result<Channel, ChannelError> {
+    let bad = |key: &str, value: String, message: &str| ChannelError {
+        key: key.into(),
+        value,
+        message: message.into(),
+    };
+    if c.service.trim().is_empty() {
+        return Err(bad(
+            "channels.service",
+            format!("{:?}", c.service),
+            "a WebSocket channel names the service each client message is handed to",
+        ));
+    }
+    if !c.services.is_empty() {
+        return Err(bad(
+            "channels.services",
+            format!("{:?}", c.services),
+            "only a JSON-RPC channel has a services list",
+        ));
+    }
+    if !(c.methods.is_empty() || c.methods == ["GET"]) {
+        return Err(bad(
+            "channels.methods",
+            format!("{:?}", c.methods),
+            "a WebSocket channel is opened with GET (the upgrade request) only",
+        ));
+    }
+    let settings = c.websocket.clone().unwrap_or_default();
+    settings.validate()?;
+    Ok(Channel {
+        methods: vec!["GET".into()],
+        websocket: Some(settings),
+        ..c.clone()
+    })
+}
+
 /// Whether every path below the prefix `prefix` could also match a channel of `segments`
 /// (a literal or parameter segment for each of the prefix's, and at least as many).
 fn under_prefix(prefix: &[Segment], segments: &[Segment]) -> bool {
@@ -353,7 +402,16 @@ pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
                 pubsub_channel(c)?;
                 c.clone()
             }
+            ChannelType::Websocket => websocket_channel(c)?,
         };
+        if c.websocket.is_some() && c.channel_type != ChannelType::Websocket {
+            return Err(ChannelError {
+                key: "channels.websocket".into(),
+                value: c.url_path.clone(),
+                message: "only a WebSocket channel (type = \"websocket\") has websocket settings"
+                    .into(),
+            });
+        }
         for m in &c.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(ChannelError {
@@ -431,6 +489,7 @@ pub(crate) mod tests {
             allow_from: vec![],
             rate_limit: None,
             services: services.iter().map(|s| s.to_string()).collect(),
+            websocket: None,
         }
     }
 

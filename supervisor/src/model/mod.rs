@@ -5,7 +5,7 @@
 //! definition from an operator's JSON; `outgoing`: outgoing REST and SQL connections;
 //! `secret_access`: which services may read a secret; `pubsub`: topics, subscriptions,
 //! endpoints and a message; `amqp`, `mqtt`, `redis`: the messaging connectors' channels and
-//! outgoing connections;
+//! outgoing connections; `websocket`: a WebSocket channel's settings;
 //! `document`: the config export/import document.
 
 pub mod amqp;
@@ -21,3 +21,4 @@ pub mod pubsub;
 pub mod redis;
 pub mod secret_access;
 pub mod security;
+pub mod websocket;

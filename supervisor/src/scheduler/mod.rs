@@ -679,6 +679,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         pubsub: None,
         mqtt: None,
         amqp: None,
+        wsx: None,
     };
     let body = def
         .extra

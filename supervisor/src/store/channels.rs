@@ -20,6 +20,7 @@ where
     let rate_limit: Option<String> = r.try_get("rate_limit")?;
     let channel_type: String = r.try_get("channel_type")?;
     let services: String = r.try_get("services")?;
+    let settings: Option<String> = r.try_get("settings")?;
     Ok(Channel {
         name: Some(r.try_get("name")?),
         url_path: r.try_get("url_path")?,
@@ -41,6 +42,7 @@ where
             "rest" => ChannelType::Rest,
             "jsonrpc" => ChannelType::JsonRpc,
             "pubsub" => ChannelType::Pubsub,
+            "websocket" => ChannelType::Websocket,
             other => {
                 return Err(StoreError::Invalid(format!(
                     "stored channel type {other:?} is not one this server knows"
@@ -49,6 +51,10 @@ where
         },
         services: serde_json::from_str(&services)
             .map_err(|e| StoreError::Invalid(format!("stored channel services: {e}")))?,
+        websocket: settings
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("stored channel websocket settings: {e}")))?,
     })
 }
 
@@ -69,10 +75,14 @@ macro_rules! insert_channel {
         let methods = serde_json::to_string(&$channel.methods).expect("a list of strings");
         let (security, allow_from, rate_limit) = $crate::store::channels::gate_columns(&$channel);
         let services = serde_json::to_string(&$channel.services).expect("a list of strings");
+        let settings = $channel
+            .websocket
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("websocket settings serialise"));
         sqlx::query(
             "INSERT INTO channels (name, url_path, methods, service, data_format, created_at, \
-             security, allow_from, rate_limit, channel_type, services) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             security, allow_from, rate_limit, channel_type, services, settings) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind($name)
         .bind(&$channel.url_path)
@@ -85,6 +95,7 @@ macro_rules! insert_channel {
         .bind(rate_limit)
         .bind($channel.channel_type.as_str())
         .bind(&services)
+        .bind(settings)
         .execute(&mut *$tx)
         .await?;
     }};
@@ -92,7 +103,7 @@ macro_rules! insert_channel {
 pub(super) use insert_channel;
 
 impl Store {
-    /// Adds a channel (REST or JSON-RPC); its name (default: the URL path) must be new.
+    /// Adds a channel (of any type); its name (default: the URL path) must be new.
     pub async fn create_channel(&self, channel: &Channel) -> Result<Change<Channel>> {
         let mut all = self.channels().await?;
         let name = channel
@@ -124,7 +135,7 @@ impl Store {
     /// Every stored channel, in creation order.
     pub async fn channels(&self) -> Result<Vec<Channel>> {
         let sql = "SELECT name, url_path, methods, service, data_format, security, allow_from, \
-                   rate_limit, channel_type, services FROM channels ORDER BY id";
+                   rate_limit, channel_type, services, settings FROM channels ORDER BY id";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(channel_from_row).collect()

@@ -186,10 +186,14 @@ impl Store {
                 let methods = serde_json::to_string(&c.methods).expect("a list of strings");
                 let (security, allow_from, rate_limit) = gate_columns(c);
                 let services = serde_json::to_string(&c.services).expect("a list of strings");
+                let settings = c
+                    .websocket
+                    .as_ref()
+                    .map(|s| serde_json::to_string(s).expect("websocket settings serialise"));
                 let updated = sqlx::query(
                     "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5, \
-                     security = $6, allow_from = $7, rate_limit = $8, channel_type = $9, services = $10 \
-                     WHERE name = $1",
+                     security = $6, allow_from = $7, rate_limit = $8, channel_type = $9, services = $10, \
+                     settings = $11 WHERE name = $1",
                 )
                 .bind(&name)
                 .bind(&c.url_path)
@@ -201,6 +205,7 @@ impl Store {
                 .bind(rate_limit)
                 .bind(c.channel_type.as_str())
                 .bind(&services)
+                .bind(settings)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

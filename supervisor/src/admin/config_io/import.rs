@@ -70,8 +70,9 @@ fn parse_secret(
 /// The document list (and import report kind) a channel belongs to.
 fn channel_kind(c: &Channel) -> &'static str {
     match c.channel_type {
-        // A pubsub channel is listed with the REST channels (its "type" says what it is).
-        ChannelType::Rest | ChannelType::Pubsub => "channel_rest",
+        // A pubsub or WebSocket channel is listed with the REST channels (its "type" says
+        // what it is).
+        ChannelType::Rest | ChannelType::Pubsub | ChannelType::Websocket => "channel_rest",
         ChannelType::JsonRpc => "channel_jsonrpc",
     }
 }
@@ -161,11 +162,12 @@ pub async fn import(
     if let Some(c) = doc
         .channel_jsonrpc
         .iter()
-        .find(|c| c.channel_type == ChannelType::Pubsub)
+        .find(|c| matches!(c.channel_type, ChannelType::Pubsub | ChannelType::Websocket))
     {
         return Err(bad(format!(
-            "channel_jsonrpc: {} is a pubsub channel; list it under channel_rest",
-            c.name.as_deref().unwrap_or(&c.url_path)
+            "channel_jsonrpc: {} is a {} channel; list it under channel_rest",
+            c.name.as_deref().unwrap_or(&c.url_path),
+            c.channel_type.as_str()
         )));
     }
     let channels: Vec<Channel> = doc

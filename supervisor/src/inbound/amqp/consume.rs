@@ -718,6 +718,7 @@ async fn invoke(ctx: &Ctx, def: &AmqpChannel, meta: &Value, body: &[u8]) -> Resu
         tracestate: None,
         pubsub: None,
         amqp: Some(meta),
+        wsx: None,
         mqtt: None,
     };
     let deadline = std::time::Instant::now() + Duration::from_millis(def.service_timeout_ms);

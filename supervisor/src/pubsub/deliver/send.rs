@@ -149,6 +149,7 @@ async fn to_service(
         pubsub: Some(&meta_json),
         mqtt: None,
         amqp: None,
+        wsx: None,
     };
     match pool
         .invoke(

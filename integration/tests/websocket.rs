@@ -1,0 +1,707 @@
+//! WebSocket channels against the real binary and real Python workers, with a real client
+//! library (tokio-tungstenite): echo of text and binary messages, the client's identity in
+//! the service, connect and disconnect hooks, security checked at the upgrade, a message
+//! over the limit closed with 1009, a client that never reads disconnected (1008) while
+//! others are served, pings to a client that never answers, the idle timeout, the close on
+//! shutdown (1001), pushes (send, broadcast) from services, and clients that stay connected
+//! through a hot deploy, a worker killed with SIGKILL and a SIGHUP rolling restart.
+
+use futures_util::{SinkExt, StreamExt};
+use oxbus_integration::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+type Ws = WebSocketStream<TcpStream>;
+
+const SERVICES: &str = r#"
+import os
+import time
+
+from oxbus import Service
+from oxbus.wsx import WSXError
+
+DIR = os.environ['WSTEST_DIR']
+
+
+class Echo(Service):
+    name = 'ws.echo'
+
+    def handle(self):
+        p = self.request.payload
+        if self.wsx.binary:
+            self.response.payload = p[::-1]
+            return
+        cmd = p.get('cmd') if isinstance(p, dict) else None
+        if cmd == 'whoami':
+            s = self.channel.security
+            self.response.payload = {
+                'client': self.wsx.client_id, 'type': self.channel.type,
+                'channel': self.channel.name, 'event': self.wsx.event,
+                'user': s.username if s else None, 'pid': os.getpid(),
+                'param': self.request.http.params.get('room'),
+            }
+        elif cmd == 'broadcast':
+            n = self.wsx.channel[p['channel']].broadcast(p['data'])
+            self.response.payload = {'queued': n}
+        elif cmd == 'send':
+            try:
+                self.wsx.send(p['to'], p['data'])
+            except WSXError as e:
+                self.response.payload = {'error': str(e), 'type': type(e).__name__}
+            else:
+                self.response.payload = {'sent': True}
+        elif cmd == 'send-missing':
+            try:
+                self.wsx.send('ws.nosuchserver.0123456789abcdef', 'x')
+            except KeyError as e:
+                self.response.payload = {'missing': str(e)}
+        elif cmd == 'sleep':
+            time.sleep(p['s'])
+            self.response.payload = {'slept': p['s']}
+        elif cmd == 'silent':
+            self.response.payload = None
+        elif cmd == 'boom':
+            raise ValueError('secret detail')
+        elif cmd == 'crash':
+            os._exit(3)
+        else:
+            self.response.payload = {'echo': p}
+
+
+class Hook(Service):
+    name = 'ws.hook'
+
+    def handle(self):
+        with open(os.path.join(DIR, 'hooks'), 'a') as f:
+            f.write('%s %s %s\n' % (self.wsx.event, self.wsx.client_id, self.channel.name))
+"#;
+
+fn marks_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("oxbus-ws-{}-{}", std::process::id(), next_id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn env(dir: &std::path::Path) -> Env {
+    Env::new()
+        .workers(2)
+        .service("wstest.py", SERVICES)
+        .env("WSTEST_DIR", dir.to_str().unwrap())
+        .channel_toml(
+            "type = \"websocket\"\nname = \"echo\"\nurl_path = \"/ws/echo/{room}\"\nservice = \"ws.echo\"\n\
+             [channels.websocket]\non_connect = \"ws.hook\"\non_disconnect = \"ws.hook\"\n\
+             max_message_bytes = 65536\n",
+        )
+        .channel_toml(
+            "type = \"websocket\"\nname = \"slow\"\nurl_path = \"/ws/slow\"\nservice = \"ws.echo\"\n\
+             [channels.websocket]\nmax_queued_bytes = 262144\n",
+        )
+        .channel_toml(
+            "type = \"websocket\"\nname = \"pinged\"\nurl_path = \"/ws/pinged\"\nservice = \"ws.echo\"\n\
+             [channels.websocket]\nping_interval_ms = 200\nmax_missed_pongs = 2\nidle_timeout_ms = 1500\n",
+        )
+        .channel("/plain", &["GET"], "ws.echo")
+}
+
+async fn connect(srv: &Server, path: &str) -> Ws {
+    connect_with(srv, path, &[])
+        .await
+        .expect("websocket connect")
+}
+
+async fn connect_with(srv: &Server, path: &str, headers: &[(&str, &str)]) -> Result<Ws, WsError> {
+    let url = format!("ws://127.0.0.1:{}{path}", srv.port());
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().expect("header value"),
+        );
+    }
+    let tcp = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    client_async(req, tcp).await.map(|(ws, _)| ws)
+}
+
+/// The next data message (text parsed as JSON; binary as a JSON string of its hex), within
+/// 10 s.
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the stream open")
+            .expect("a message");
+        match m {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON text"),
+            Message::Binary(b) => return Value::String(hex(&b)),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn ask(ws: &mut Ws, v: Value) -> Value {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+    next(ws).await
+}
+
+/// How the connection ended: the close frame's code (None: no close frame, just the end).
+async fn closed(ws: &mut Ws, within: Duration) -> Option<u16> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, ws.next()).await {
+            Err(_) => panic!("the connection is still open after {within:?}"),
+            Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+fn hooks(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("hooks"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn echo_identity_hooks_errors_and_the_handshake_rules() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+
+    let mut ws = connect(&srv, "/ws/echo/lobby").await;
+    let me = ask(&mut ws, json!({"cmd": "whoami"})).await;
+    let id = me["client"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ws."), "{me}");
+    assert_eq!(me["type"], "websocket");
+    assert_eq!(me["channel"], "echo");
+    assert_eq!(me["event"], "message");
+    assert_eq!(me["param"], "lobby");
+    // Text (JSON) and binary messages, answered in order on one connection.
+    for i in 0..20 {
+        assert_eq!(
+            ask(&mut ws, json!({"n": i})).await,
+            json!({"echo": {"n": i}})
+        );
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3, 255]))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await, json!("ff030201"));
+    // A service that answers nothing sends nothing; the next answer is the next message's.
+    ws.send(Message::text(json!({"cmd": "silent"}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(ask(&mut ws, json!("after")).await, json!({"echo": "after"}));
+    // A failing service: an error document with the cid, no detail, and the client stays.
+    let e = ask(&mut ws, json!({"cmd": "boom"})).await;
+    assert_eq!(e["error"], "internal error", "{e}");
+    assert!(e["cid"].as_str().is_some_and(|c| !c.is_empty()), "{e}");
+    assert!(!e.to_string().contains("secret detail"));
+    // Malformed JSON is the service's input error, answered, not a close.
+    ws.send(Message::text("{not json")).await.unwrap();
+    let e = next(&mut ws).await;
+    assert!(
+        e["error"].as_str().unwrap().contains("malformed JSON"),
+        "{e}"
+    );
+    assert_eq!(ask(&mut ws, json!(1)).await, json!({"echo": 1}));
+    // The connect hook ran for this client; the disconnect hook runs after a close.
+    eventually(Duration::from_secs(10), "the connect hook", || {
+        let id = id.clone();
+        let dir = dir.clone();
+        async move {
+            hooks(&dir)
+                .contains(&format!("connect {id} echo"))
+                .then_some(())
+        }
+    })
+    .await;
+    ws.close(None).await.unwrap();
+    assert_eq!(closed(&mut ws, Duration::from_secs(5)).await, None);
+    eventually(Duration::from_secs(10), "the disconnect hook", || {
+        let id = id.clone();
+        let dir = dir.clone();
+        async move {
+            hooks(&dir)
+                .contains(&format!("disconnect {id} echo"))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Too big: closed with 1009; the server keeps serving others.
+    let mut big = connect(&srv, "/ws/echo/x").await;
+    big.send(Message::text("x".repeat(70_000))).await.unwrap();
+    assert_eq!(closed(&mut big, Duration::from_secs(5)).await, Some(1009));
+    let mut ws = connect(&srv, "/ws/echo/x").await;
+    assert_eq!(ask(&mut ws, json!(2)).await, json!({"echo": 2}));
+
+    // A plain GET of a WebSocket channel: 426 with Upgrade, and the connection closes.
+    let r = srv.get("/ws/slow").await;
+    assert_eq!(r.status, 426, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+    // A wrong version: 426 naming 13. Any answer but 101 to an upgrade request closes.
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    raw.write_all(
+        b"GET /ws/slow HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 8\r\n\r\n\
+          GET /plain HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 426"), "{text}");
+    assert!(text.contains("sec-websocket-version: 13"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "nothing after it is served: {text}"
+    );
+    // An upgrade asked of a REST channel: answered as a request, then closed.
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    raw.write_all(b"GET /plain HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /plain HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    srv.assert_no_errors(&["secret detail", "ws.echo failed"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn security_is_checked_at_the_upgrade() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    let token = srv.admin_token();
+    let admin = async |path: &str, body: Value| {
+        let r = srv
+            .admin("POST", path, Some(&token), body.to_string().as_bytes())
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    };
+    admin(
+        "/v1/security",
+        json!({"name": "ws-basic", "type": "basic", "username": "ann", "password": "pw-123"}),
+    )
+    .await;
+    admin(
+        "/v1/channels",
+        json!({"type": "websocket", "name": "secured", "url_path": "/ws/secured",
+               "service": "ws.echo", "security": "ws-basic",
+               "websocket": {"ping_interval_ms": 1000}}),
+    )
+    .await;
+    let bad = format!("Basic {}", base64_of("ann:nope"));
+    let good = format!("Basic {}", base64_of("ann:pw-123"));
+    for headers in [vec![], vec![("authorization", bad.as_str())]] {
+        match connect_with(&srv, "/ws/secured", &headers).await {
+            Err(WsError::Http(resp)) => assert_eq!(resp.status(), 401, "{headers:?}"),
+            Err(e) => panic!("{headers:?}: {e}"),
+            Ok(_) => panic!("{headers:?}: let in"),
+        }
+    }
+    let mut ws = connect_with(&srv, "/ws/secured", &[("authorization", good.as_str())])
+        .await
+        .expect("the right password is let in");
+    let me = ask(&mut ws, json!({"cmd": "whoami"})).await;
+    assert_eq!(me["user"], "ann", "{me}");
+    // The channel as stored: its settings with every default filled in.
+    let r = srv.admin("GET", "/v1/channels", Some(&token), b"").await;
+    let all = r.json();
+    let ch = all["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "secured")
+        .cloned()
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(ch["type"], "websocket", "{ch}");
+    assert_eq!(ch["websocket"]["ping_interval_ms"], 1000, "{ch}");
+    // Bad settings are refused with the setting named.
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&token),
+            json!({"type": "websocket", "name": "bad", "url_path": "/ws/bad", "service": "ws.echo",
+                   "websocket": {"max_message_bytes": 0}})
+            .to_string()
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("max_message_bytes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn slow_clients_silent_clients_idle_clients_and_shutdown() {
+    let dir = marks_dir();
+    let mut srv = env(&dir).start().await;
+
+    // A client that never reads, on a channel that queues at most 256 KiB per client.
+    let mut lazy = connect(&srv, "/ws/slow").await;
+    let lazy_id = ask(&mut lazy, json!({"cmd": "whoami"})).await["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut busy = connect(&srv, "/ws/slow").await;
+    let chunk = "y".repeat(60_000);
+    // 400 broadcasts of 60 KB (24 MB) to every client of the channel: far more than the
+    // socket buffers and the queue bound hold for the one that does not read.
+    let mut dropped = false;
+    for i in 0..400 {
+        let a = ask(
+            &mut busy,
+            json!({"cmd": "send", "to": lazy_id, "data": chunk}),
+        )
+        .await;
+        if a["error"].is_string() {
+            // The queue overflowed: the client is being disconnected (or already gone).
+            assert!(
+                a["type"] == "ClientQueueFull" || a["type"] == "UnknownClient",
+                "{a}"
+            );
+            dropped = true;
+            break;
+        }
+        assert_eq!(a, json!({"sent": true}), "send {i}");
+    }
+    assert!(dropped, "the lazy client was never cut off");
+    // The busy client is served on.
+    assert_eq!(
+        ask(&mut busy, json!("still")).await,
+        json!({"echo": "still"})
+    );
+    // The lazy one finds its connection closed once it reads: what was queued before the
+    // bound, then 1008 (or the end, when the close frame could not be written).
+    let mut n = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), lazy.next()).await {
+            Err(_) => panic!("the lazy client's connection is still open"),
+            Ok(None) | Ok(Some(Err(_))) => break None,
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => n += 1,
+        }
+    };
+    assert!(n < 400, "{n} messages");
+    assert!(matches!(code, None | Some(1008)), "{code:?}");
+
+    // A client that answers no ping (a raw socket after the handshake): dropped after the
+    // pings it may miss; its socket reads the pings, then the end.
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    raw.write_all(
+        b"GET /ws/pinged HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut got))
+        .await
+        .expect("the server drops a client that answers no ping")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(
+        text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{text}"
+    );
+    // Pings are frames 0x89 0x00 (no payload) after the head.
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let pings = got[head_end..]
+        .windows(2)
+        .filter(|w| w == b"\x89\x00")
+        .count();
+    assert!(pings >= 2, "{pings} pings: {:?}", &got[head_end..]);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    // A client that answers pings (the library does) but sends nothing: the idle timeout.
+    let mut idle = connect(&srv, "/ws/pinged").await;
+    assert_eq!(closed(&mut idle, Duration::from_secs(10)).await, Some(1000));
+
+    // Shutdown: connected clients are told 1001.
+    let mut ws = connect(&srv, "/ws/echo/z").await;
+    assert_eq!(ask(&mut ws, json!(3)).await, json!({"echo": 3}));
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(closed(&mut ws, Duration::from_secs(20)).await, Some(1001));
+    assert_eq!(srv.wait_exit(Duration::from_secs(30)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn pushes_reach_one_client_or_every_client_of_a_channel() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    let mut a = connect(&srv, "/ws/echo/a").await;
+    let mut b = connect(&srv, "/ws/echo/b").await;
+    let mut other = connect(&srv, "/ws/slow").await;
+    let b_id = ask(&mut b, json!({"cmd": "whoami"})).await["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A send from a's service to b.
+    assert_eq!(
+        ask(
+            &mut a,
+            json!({"cmd": "send", "to": b_id, "data": {"hi": "b"}})
+        )
+        .await,
+        json!({"sent": true})
+    );
+    assert_eq!(next(&mut b).await, json!({"hi": "b"}));
+    // A broadcast to the echo channel: a and b get it, the slow channel's client does not.
+    let r = ask(
+        &mut a,
+        json!({"cmd": "broadcast", "channel": "echo", "data": {"all": 1}}),
+    )
+    .await;
+    // a's own copy may arrive before or after the answer.
+    let (answer, copy) = if r == json!({"all": 1}) {
+        (next(&mut a).await, r)
+    } else {
+        (r, next(&mut a).await)
+    };
+    assert_eq!(answer, json!({"queued": 2}));
+    assert_eq!(copy, json!({"all": 1}));
+    assert_eq!(next(&mut b).await, json!({"all": 1}));
+    assert_eq!(ask(&mut other, json!(4)).await, json!({"echo": 4}));
+    // A client that is not connected anywhere: KeyError (UnknownClient) in the service.
+    let r = ask(&mut a, json!({"cmd": "send-missing"})).await;
+    assert!(
+        r["missing"].as_str().unwrap().contains("ws.nosuchserver"),
+        "{r}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn pushes_cross_a_cluster_of_three_servers() {
+    let dir = marks_dir();
+    let (_, db) = Env::new().postgres_store();
+    let secret = cluster_secret("ws");
+    let url = format!("{:?}", db.url);
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        servers.push(env(&dir).bus_member(&url, name, &secret).start().await);
+    }
+    oxbus_integration::bus::linked(&servers[0], &["b", "c"]).await;
+    oxbus_integration::bus::linked(&servers[1], &["a", "c"]).await;
+    oxbus_integration::bus::linked(&servers[2], &["a", "b"]).await;
+    let mut clients = Vec::new();
+    for s in &servers {
+        clients.push(connect(s, "/ws/echo/r").await);
+        clients.push(connect(s, "/ws/slow").await);
+    }
+    let mut ids = Vec::new();
+    for ws in clients.iter_mut() {
+        ids.push(
+            ask(ws, json!({"cmd": "whoami"})).await["client"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(ids[0].starts_with("ws.a."), "{ids:?}");
+    assert!(ids[4].starts_with("ws.c."), "{ids:?}");
+    // From a client on A: a send to the echo client on C.
+    let r = ask(
+        &mut clients[0],
+        json!({"cmd": "send", "to": ids[4], "data": {"from": "a"}}),
+    )
+    .await;
+    assert_eq!(r, json!({"sent": true}));
+    assert_eq!(next(&mut clients[4]).await, json!({"from": "a"}));
+    // A broadcast from B's slow-channel client to the echo channel: every echo client, on
+    // every server, gets it once; the slow channel's clients do not.
+    let r = ask(
+        &mut clients[3],
+        json!({"cmd": "broadcast", "channel": "echo", "data": {"all": "b"}}),
+    )
+    .await;
+    assert_eq!(r, json!({"queued": 1}), "B has one echo client");
+    for i in [0, 2, 4] {
+        assert_eq!(
+            next(&mut clients[i]).await,
+            json!({"all": "b"}),
+            "client {i}"
+        );
+    }
+    for i in [1, 3, 5] {
+        assert_eq!(
+            ask(&mut clients[i], json!(i)).await,
+            json!({"echo": i}),
+            "client {i}"
+        );
+    }
+    // A client of a server that went away: the send says so.
+    let gone = ids[2].clone();
+    let mut b = servers.remove(1);
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    b.wait_exit(Duration::from_secs(10));
+    let r = ask(
+        &mut clients[0],
+        json!({"cmd": "send", "to": gone, "data": "x"}),
+    )
+    .await;
+    assert_eq!(r["type"], "UnknownClient", "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn clients_connect_through_oxbus_proxy() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    let p = oxbus_integration::proxy::Proxy::start(
+        "upstream_read_timeout_ms = 500\nkeepalive_timeout_ms = 500\nthreads = 2",
+        &format!(
+            "[upstreams]\nservers = [\"127.0.0.1:{}\"]\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n",
+            srv.port()
+        ),
+    );
+    let url = format!("ws://127.0.0.1:{}/ws/echo/p", p.port);
+    let mut ws = eventually(
+        Duration::from_secs(20),
+        "a client through the proxy",
+        || {
+            let url = url.clone();
+            async move {
+                let tcp = TcpStream::connect(("127.0.0.1", p.port)).await.ok()?;
+                client_async(url.into_client_request().ok()?, tcp)
+                    .await
+                    .ok()
+                    .map(|(ws, _)| ws)
+            }
+        },
+    )
+    .await;
+    let me = ask(&mut ws, json!({"cmd": "whoami"})).await;
+    assert_eq!(me["type"], "websocket", "{me}");
+    // Longer than the proxy's read and keep-alive timeouts: the tunnel has its own.
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ask(&mut ws, json!(i)).await, json!({"echo": i}));
+    }
+    // Over the channel's limit: the server's 1009 comes back through the tunnel.
+    let _ = ws.send(Message::binary(vec![7u8; 100_000])).await;
+    assert_eq!(closed(&mut ws, Duration::from_secs(10)).await, Some(1009));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends one message from every client and checks each got its own answer.
+async fn all_answer(clients: &mut [Ws], round: u32) {
+    for (i, ws) in clients.iter_mut().enumerate() {
+        ws.send(Message::text(json!({"r": round, "i": i}).to_string()))
+            .await
+            .unwrap();
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        loop {
+            let v = next(ws).await;
+            if v == json!({"echo": {"r": round, "i": i}}) {
+                break;
+            }
+            // A call in flight on a worker that was killed is answered with an error;
+            // then the message is sent again.
+            assert!(v["error"].is_string(), "client {i} round {round}: {v}");
+            ws.send(Message::text(json!({"r": round, "i": i}).to_string()))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_clients_stay_connected_through_deploys_kills_and_restarts() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        clients.push(connect(&srv, "/ws/slow").await);
+    }
+    all_answer(&mut clients, 0).await;
+
+    // A hot deploy of another module.
+    let token = srv.admin_token();
+    let body = json!({"modules": [{"name": "extra", "source": "from oxbus import Service\n\nclass X(Service):\n    name = 'extra.x'\n\n    def handle(self):\n        pass\n"}], "deployed_by": "it"});
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/modules",
+            Some(&token),
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    all_answer(&mut clients, 1).await;
+
+    // A worker killed with SIGKILL (the supervisor starts another).
+    let pids = srv.worker_pids();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    all_answer(&mut clients, 2).await;
+
+    // A rolling restart of every worker.
+    let before = srv.worker_pids();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(Duration::from_secs(60), "every worker replaced", || {
+        let before = before.clone();
+        let srv = &srv;
+        async move {
+            let now = srv.worker_pids();
+            (now.len() == before.len() && now.iter().all(|p| !before.contains(p))).then_some(())
+        }
+    })
+    .await;
+    all_answer(&mut clients, 3).await;
+    // A worker that crashes under a client's call: that call is answered with an error.
+    let mut w = connect(&srv, "/ws/echo/k").await;
+    let e = ask(&mut w, json!({"cmd": "crash"})).await;
+    assert!(e["error"].is_string(), "{e}");
+    all_answer(&mut clients, 4).await;
+    for ws in &mut clients {
+        ws.close(None).await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,216 @@
+//! A WebSocket channel's own settings (`type = "websocket"`, docs/WEBSOCKET.md): what a
+//! channel's `websocket` table holds, its defaults and its checks. No I/O: the sessions are
+//! `wsx`'s, the upgrade the edge's.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::channel::ChannelError;
+
+/// The wire protocol a WebSocket channel speaks with its clients.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WsProtocol {
+    /// Each client message (text or binary) is one call of the channel's service; its
+    /// answer goes back to that client as one message.
+    #[default]
+    Raw,
+}
+
+impl WsProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WsProtocol::Raw => "raw",
+        }
+    }
+}
+
+/// `[channels.websocket]`: a WebSocket channel's settings, every one with a default.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WsSettings {
+    /// The client protocol (`raw`).
+    #[serde(default)]
+    pub protocol: WsProtocol,
+    /// A service run when a client has connected (its answer is not sent to the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_connect: Option<String>,
+    /// A service run after a client disconnected, for whatever reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disconnect: Option<String>,
+    /// How often the server pings a client (0: never).
+    #[serde(default = "default_ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    /// Pings in a row a client may leave unanswered; at the next it is disconnected.
+    #[serde(default = "default_max_missed_pongs")]
+    pub max_missed_pongs: u32,
+    /// The largest message a client may send (after reassembling fragments); a larger one
+    /// closes the connection with 1009.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Bytes queued to one client (answers and pushes it has not read yet) past which it is
+    /// disconnected (close 1008): a slow client may not hold the server's memory.
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
+    /// A client that sends no message for this long is closed (1000); 0: never. Pings and
+    /// pongs do not count as messages.
+    #[serde(default)]
+    pub idle_timeout_ms: u64,
+    /// Calls of the channel's service one client may have running at once; its further
+    /// messages wait, unread, until one ends. With 1 (the default) answers come back in the
+    /// order of the messages.
+    #[serde(default = "one")]
+    pub max_inflight: u32,
+}
+
+fn default_ping_interval_ms() -> u64 {
+    30_000
+}
+fn default_max_missed_pongs() -> u32 {
+    2
+}
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+fn default_max_queued_bytes() -> usize {
+    4 << 20
+}
+fn one() -> u32 {
+    1
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        WsSettings {
+            protocol: WsProtocol::Raw,
+            on_connect: None,
+            on_disconnect: None,
+            ping_interval_ms: default_ping_interval_ms(),
+            max_missed_pongs: default_max_missed_pongs(),
+            max_message_bytes: default_max_message_bytes(),
+            max_queued_bytes: default_max_queued_bytes(),
+            idle_timeout_ms: 0,
+            max_inflight: 1,
+        }
+    }
+}
+
+/// The largest message a channel may accept: what one IPC frame carries with room for its
+/// meta (ipc-protocol: 64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 63 << 20;
+
+impl WsSettings {
+    /// Checks the settings; the error names the setting.
+    pub fn validate(&self) -> Result<(), ChannelError> {
+        let bad = |key: &str, value: String, message: &str| ChannelError {
+            key: format!("channels.websocket.{key}"),
+            value,
+            message: message.into(),
+        };
+        for (key, s) in [
+            ("on_connect", &self.on_connect),
+            ("on_disconnect", &self.on_disconnect),
+        ] {
+            if let Some(s) = s
+                && s.trim().is_empty()
+            {
+                return Err(bad(
+                    key,
+                    format!("{s:?}"),
+                    "a service name must not be empty",
+                ));
+            }
+        }
+        if self.ping_interval_ms != 0 && self.ping_interval_ms < 100 {
+            return Err(bad(
+                "ping_interval_ms",
+                self.ping_interval_ms.to_string(),
+                "pings at most every 100 ms (or 0: none)",
+            ));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(bad(
+                "max_message_bytes",
+                self.max_message_bytes.to_string(),
+                &format!(
+                    "must be 1..={MAX_MESSAGE_BYTES} (a message goes to a worker in one IPC frame)"
+                ),
+            ));
+        }
+        if self.max_queued_bytes < 1024 {
+            return Err(bad(
+                "max_queued_bytes",
+                self.max_queued_bytes.to_string(),
+                "must be at least 1024",
+            ));
+        }
+        if self.idle_timeout_ms != 0 && self.idle_timeout_ms < 100 {
+            return Err(bad(
+                "idle_timeout_ms",
+                self.idle_timeout_ms.to_string(),
+                "at least 100 ms (or 0: never)",
+            ));
+        }
+        if !(1..=64).contains(&self.max_inflight) {
+            return Err(bad(
+                "max_inflight",
+                self.max_inflight.to_string(),
+                "must be 1..=64",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_and_bad_values_are_named() {
+        assert!(WsSettings::default().validate().is_ok());
+        let parsed: WsSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(parsed, WsSettings::default());
+        for (bad, key) in [
+            (
+                WsSettings {
+                    ping_interval_ms: 5,
+                    ..Default::default()
+                },
+                "ping_interval_ms",
+            ),
+            (
+                WsSettings {
+                    max_message_bytes: 0,
+                    ..Default::default()
+                },
+                "max_message_bytes",
+            ),
+            (
+                WsSettings {
+                    max_queued_bytes: 10,
+                    ..Default::default()
+                },
+                "max_queued_bytes",
+            ),
+            (
+                WsSettings {
+                    max_inflight: 0,
+                    ..Default::default()
+                },
+                "max_inflight",
+            ),
+            (
+                WsSettings {
+                    on_connect: Some(" ".into()),
+                    ..Default::default()
+                },
+                "on_connect",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.key.ends_with(key), "{e}");
+        }
+        let e = serde_json::from_str::<WsSettings>(r#"{"ping_every": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}

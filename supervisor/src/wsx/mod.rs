@@ -1,0 +1,398 @@
+//! WebSocket clients (docs/WEBSOCKET.md): the sessions of this server's `websocket`
+//! channels, their registry, and the pushes services make to them.
+//!
+//! The edge checks an upgrade request (route, allow list, rate limit, credentials) and
+//! answers `101`; from then on the connection is this module's: [`Wsx::accept`] registers
+//! the client under an id (`ws.<server>.<hex>`) and runs its session ([`session`]): every
+//! message the client sends is a call of the channel's service through the pool, whose
+//! answer goes back to that client; pings, the message size limit, the idle timeout and the
+//! bound on what is queued to a slow client are enforced there. The socket is the server's,
+//! so a client stays connected while workers are replaced (deploys, crashes, rolling
+//! restarts): only a call in flight on a worker that died fails, and the client is told.
+//!
+//! Services push through the `wsx.send` and `wsx.broadcast` ops ([`ops`]): a send goes to
+//! one client, on whichever server its id names (through [`Peers`], the cluster bus); a
+//! broadcast to every client of a channel on every server.
+//!
+//! Knows `model`, `lifecycle` (the pool) and `metrics`; never `edge`, `store`, `admin` or
+//! `cluster`.
+
+pub mod ops;
+pub mod session;
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::lifecycle::pool::Pool;
+use crate::model::channel::Channel;
+
+/// The other servers of the cluster, as the WebSocket registry reaches them (the cluster
+/// bus implements it; `wsx` never names `cluster`).
+#[async_trait::async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Sends a broadcast (`meta`: `{"op":"wsx.broadcast","channel":…,"binary":…}`, the body
+    /// the data) to every linked peer; fire and forget.
+    fn broadcast(&self, meta: &serde_json::Value, body: Bytes);
+
+    /// Calls `op` on server `peer` with a JSON meta and a body; its (status, body).
+    async fn call(
+        &self,
+        peer: &str,
+        meta: serde_json::Value,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String>;
+}
+
+/// Who the channel's security definition let in at the upgrade (names only, never a
+/// credential): handed to every call of the session.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub name: Arc<str>,
+    pub kind: &'static str,
+    pub username: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// What the edge hands over with an upgraded connection.
+#[derive(Debug)]
+pub struct Open {
+    /// The channel as routed (its `websocket` settings filled in).
+    pub channel: Arc<Channel>,
+    /// The upgrade request's path, its parameters and query.
+    pub path: String,
+    pub params: Vec<(String, String)>,
+    pub query: String,
+    /// The client's address, scheme and port (as the edge worked them out).
+    pub remote_addr: IpAddr,
+    pub scheme: &'static str,
+    pub port: u16,
+    pub who: Option<Who>,
+}
+
+/// What goes to a client's writer.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Msg(Message),
+}
+
+/// Why a push to a client did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// Its queue would pass `max_queued_bytes`: the client is being disconnected.
+    Full,
+    /// The client is gone (or going).
+    Gone,
+}
+
+/// A connected client as the registry holds it: where its messages go and how much is
+/// queued for it.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) id: Arc<str>,
+    /// The channel's name.
+    pub(crate) channel: Arc<str>,
+    tx: mpsc::UnboundedSender<Out>,
+    /// Bytes queued and not yet written to the socket.
+    queued: AtomicUsize,
+    max_queued: usize,
+    /// Set (once) to end the session: the close code and reason to send.
+    close: watch::Sender<Option<(u16, &'static str)>>,
+}
+
+impl Client {
+    /// Queues `m` for the client, unless that would put more than `max_queued_bytes` in its
+    /// queue: then the client is closed (1008) and nothing more is queued.
+    pub(crate) fn push(&self, m: Message) -> Result<(), PushError> {
+        let n = m.len();
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.max_queued {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.close_with(
+                1008,
+                "send queue full: the client does not read fast enough",
+            );
+            return Err(PushError::Full);
+        }
+        self.tx.send(Out::Msg(m)).map_err(|_| {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            PushError::Gone
+        })
+    }
+
+    /// A message of `n` bytes left the queue.
+    pub(crate) fn written(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Ends the session with a close frame (the first reason given wins).
+    pub(crate) fn close_with(&self, code: u16, reason: &'static str) {
+        self.close.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some((code, reason));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The WebSocket side of one server (cheap to clone).
+#[derive(Clone)]
+pub struct Wsx {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Wsx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wsx")
+            .field("server", &self.inner.server)
+            .field("clients", &self.client_count())
+            .finish()
+    }
+}
+
+struct Inner {
+    server: String,
+    pool: OnceLock<Arc<Pool>>,
+    request_timeout: Duration,
+    clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
+    peers: OnceLock<Arc<dyn Peers>>,
+    /// Set when the server stops: every session closes with 1001.
+    stopping: watch::Sender<bool>,
+    /// Figures: clients ever accepted, messages in and out, disconnects.
+    accepted: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+}
+
+/// The registry's figures.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Figures {
+    pub connected: usize,
+    pub accepted: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+impl Wsx {
+    pub fn new(server: &str, request_timeout: Duration) -> Wsx {
+        Wsx {
+            inner: Arc::new(Inner {
+                server: server.to_owned(),
+                pool: OnceLock::new(),
+                request_timeout,
+                clients: RwLock::new(HashMap::new()),
+                peers: OnceLock::new(),
+                stopping: watch::channel(false).0,
+                accepted: AtomicU64::new(0),
+                messages_in: AtomicU64::new(0),
+                messages_out: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The worker pool the sessions call services through (set once, at boot, before the
+    /// HTTP listener serves).
+    pub fn set_pool(&self, pool: Arc<Pool>) {
+        let _ = self.inner.pool.set(pool);
+    }
+
+    /// The other servers (set once, when the bus exists).
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.inner.peers.set(peers);
+    }
+
+    /// Closes every session (1001) and refuses new ones: the server is stopping.
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.inner.clients.read().expect("clients lock").len()
+    }
+
+    pub fn figures(&self) -> Figures {
+        let i = &self.inner;
+        Figures {
+            connected: self.client_count(),
+            accepted: i.accepted.load(Ordering::Relaxed),
+            messages_in: i.messages_in.load(Ordering::Relaxed),
+            messages_out: i.messages_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A new client id: `ws.<server>.<16 hex digits>` (the server part routes a send to
+    /// the server holding the connection).
+    fn new_id(&self) -> Arc<str> {
+        format!("ws.{}.{}", self.inner.server, crate::random::random_hex(8)).into()
+    }
+
+    /// The server a client id names, if it is one of ours in form.
+    pub fn server_of(id: &str) -> Option<&str> {
+        let rest = id.strip_prefix("ws.")?;
+        let (server, hex) = rest.rsplit_once('.')?;
+        (!server.is_empty() && hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some(server)
+    }
+
+    /// Takes over an upgraded connection: registers its client and runs the session in a
+    /// task of its own; `hold` is kept until the session ends (the edge's count of open
+    /// connections, which shutdown waits on).
+    pub fn accept<S>(&self, io: S, open: Open, hold: Box<dyn Send + Sync>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let settings = open.channel.websocket.clone().unwrap_or_default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self.new_id();
+        let channel: Arc<str> = open
+            .channel
+            .name
+            .as_deref()
+            .unwrap_or(&open.channel.url_path)
+            .into();
+        let client = Arc::new(Client {
+            id: id.clone(),
+            channel,
+            tx,
+            queued: AtomicUsize::new(0),
+            max_queued: settings.max_queued_bytes,
+            close: watch::channel(None).0,
+        });
+        self.inner
+            .clients
+            .write()
+            .expect("clients lock")
+            .insert(id, client.clone());
+        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+        let wsx = self.clone();
+        let open = Arc::new(open);
+        tokio::spawn(async move {
+            session::run(&wsx, io, open, settings, client.clone(), rx).await;
+            wsx.inner
+                .clients
+                .write()
+                .expect("clients lock")
+                .remove(&client.id);
+            drop(hold);
+        });
+    }
+
+    fn client(&self, id: &str) -> Option<Arc<Client>> {
+        self.inner
+            .clients
+            .read()
+            .expect("clients lock")
+            .get(id)
+            .cloned()
+    }
+
+    /// Sends `data` to this server's client `id`.
+    pub fn send_local(&self, id: &str, data: Bytes, binary: bool) -> Result<(), PushError> {
+        let c = self.client(id).ok_or(PushError::Gone)?;
+        c.push(message(data, binary))?;
+        self.inner.messages_out.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends `data` to every client of `channel` on this server; how many it was queued
+    /// for (a client whose queue is full is being closed and not counted).
+    pub fn broadcast_local(&self, channel: &str, data: &Bytes, binary: bool) -> usize {
+        let clients: Vec<Arc<Client>> = self
+            .inner
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .filter(|c| &*c.channel == channel)
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for c in clients {
+            if c.push(message(data.clone(), binary)).is_ok() {
+                n += 1;
+            }
+        }
+        self.inner
+            .messages_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// This server's clients of `channel` (ids), or of every channel.
+    pub fn clients(&self, channel: Option<&str>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .inner
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .filter(|c| channel.is_none_or(|ch| *c.channel == *ch))
+            .map(|c| (c.id.to_string(), c.channel.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A text message when `data` is UTF-8 and `binary` was not asked for, else a binary one.
+pub(crate) fn message(data: Bytes, binary: bool) -> Message {
+    if !binary && std::str::from_utf8(&data).is_ok() {
+        match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(data) {
+            Ok(t) => Message::Text(t),
+            Err(_) => unreachable!("checked as UTF-8"),
+        }
+    } else {
+        Message::Binary(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_name_their_server() {
+        assert_eq!(Wsx::server_of("ws.s1.0123456789abcdef"), Some("s1"));
+        assert_eq!(Wsx::server_of("ws.a.b.0123456789abcdef"), Some("a.b"));
+        assert_eq!(Wsx::server_of("ws..0123456789abcdef"), None);
+        assert_eq!(Wsx::server_of("ws.s1.0123"), None);
+        assert_eq!(Wsx::server_of("s1.0123456789abcdef"), None);
+        assert_eq!(Wsx::server_of("ws.s1.0123456789abcdeg"), None);
+    }
+
+    #[test]
+    fn a_push_past_the_bound_closes_the_client() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Client {
+            id: "ws.s.0000000000000000".into(),
+            channel: "ch".into(),
+            tx,
+            queued: AtomicUsize::new(0),
+            max_queued: 10,
+            close: watch::channel(None).0,
+        };
+        let mut closed = c.close.subscribe();
+        assert!(
+            c.push(message(Bytes::from_static(b"12345678"), false))
+                .is_ok()
+        );
+        assert_eq!(
+            c.push(message(Bytes::from_static(b"123"), false)),
+            Err(PushError::Full)
+        );
+        assert_eq!(closed.borrow_and_update().map(|c| c.0), Some(1008));
+        assert!(rx.try_recv().is_ok());
+        c.written(8);
+        assert!(c.push(message(Bytes::from_static(b"123"), true)).is_ok());
+        assert!(matches!(rx.try_recv(), Ok(Out::Msg(Message::Binary(_)))));
+    }
+}

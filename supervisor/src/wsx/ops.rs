@@ -1,0 +1,159 @@
+//! The workers' `wsx.*` calls (ipc-protocol/SPEC.md) and the peers' (ipc-protocol/BUS.md):
+//! `wsx.send` (one client, on the server its id names) and `wsx.broadcast` (every client
+//! of a channel, on every server).
+
+use bytes::Bytes;
+use serde::Deserialize;
+use std::time::Duration;
+
+use super::{PushError, Wsx};
+use crate::lifecycle::ops::{OpReply, ServerOps};
+
+/// How long a send to a client on another server waits for that server's answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+struct SendMeta {
+    client_id: String,
+    #[serde(default)]
+    binary: bool,
+}
+
+#[derive(Deserialize)]
+struct BroadcastMeta {
+    channel: String,
+    #[serde(default)]
+    binary: bool,
+}
+
+impl Wsx {
+    /// A send to one client: here, or on the server its id names.
+    async fn send(&self, m: SendMeta, body: Bytes) -> OpReply {
+        let Some(server) = Wsx::server_of(&m.client_id) else {
+            return OpReply::error(
+                400,
+                "invalid",
+                &format!("{:?} is not a WebSocket client id", m.client_id),
+            );
+        };
+        if server == self.inner.server {
+            return send_reply(&m.client_id, self.send_local(&m.client_id, body, m.binary));
+        }
+        let Some(peers) = self.inner.peers.get() else {
+            return gone(&m.client_id);
+        };
+        let meta =
+            serde_json::json!({"op": "wsx.send", "client_id": m.client_id, "binary": m.binary});
+        match peers.call(server, meta, body, PEER_TIMEOUT).await {
+            Ok((200, _)) => OpReply::json(200, &serde_json::json!({"sent": true})),
+            Ok((404, _)) => gone(&m.client_id),
+            Ok((409, _)) => full(&m.client_id),
+            Ok((status, body)) => OpReply::error(
+                502,
+                "peer",
+                &format!(
+                    "server {server} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            ),
+            // The server is not linked (down, or not in the cluster): its clients are gone.
+            Err(e) => OpReply::error(
+                404,
+                "unknown_client",
+                &format!("WebSocket client {} cannot be reached: {e}", m.client_id),
+            ),
+        }
+    }
+
+    /// A broadcast: this server's clients of the channel now, the peers' through the bus.
+    fn broadcast(&self, m: BroadcastMeta, body: Bytes) -> OpReply {
+        let n = self.broadcast_local(&m.channel, &body, m.binary);
+        if let Some(peers) = self.inner.peers.get() {
+            let meta = serde_json::json!({"op": "wsx.broadcast", "channel": m.channel, "binary": m.binary});
+            peers.broadcast(&meta, body);
+        }
+        OpReply::json(200, &serde_json::json!({"local_clients": n}))
+    }
+
+    /// A peer's `wsx.*` call: (status, body) for the bus.
+    pub fn peer_call(&self, meta: &[u8], body: Bytes) -> (u16, Bytes) {
+        #[derive(Deserialize)]
+        struct Op {
+            op: String,
+        }
+        let op = match serde_json::from_slice::<Op>(meta) {
+            Ok(o) => o.op,
+            Err(e) => return (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+        };
+        match op.as_str() {
+            "wsx.send" => match serde_json::from_slice::<SendMeta>(meta) {
+                Ok(m) => match self.send_local(&m.client_id, body, m.binary) {
+                    Ok(()) => (200, Bytes::from_static(b"{}")),
+                    Err(PushError::Gone) => (404, Bytes::from_static(b"{}")),
+                    Err(PushError::Full) => (409, Bytes::from_static(b"{}")),
+                },
+                Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+            },
+            "wsx.broadcast" => match serde_json::from_slice::<BroadcastMeta>(meta) {
+                Ok(m) => {
+                    let n = self.broadcast_local(&m.channel, &body, m.binary);
+                    (200, Bytes::from(format!("{{\"local_clients\":{n}}}")))
+                }
+                Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+            },
+            other => (
+                400,
+                Bytes::from(format!("{{\"error\":\"no op {other:?}\"}}")),
+            ),
+        }
+    }
+}
+
+fn send_reply(id: &str, r: Result<(), PushError>) -> OpReply {
+    match r {
+        Ok(()) => OpReply::json(200, &serde_json::json!({"sent": true})),
+        Err(PushError::Gone) => gone(id),
+        Err(PushError::Full) => full(id),
+    }
+}
+
+fn gone(id: &str) -> OpReply {
+    OpReply::error(
+        404,
+        "unknown_client",
+        &format!("no WebSocket client {id} is connected"),
+    )
+}
+
+fn full(id: &str) -> OpReply {
+    OpReply::error(
+        409,
+        "queue_full",
+        &format!(
+            "WebSocket client {id} does not read fast enough: its send queue is full and it is being disconnected"
+        ),
+    )
+}
+
+#[async_trait::async_trait]
+impl ServerOps for Wsx {
+    fn handles(&self, op: &str) -> bool {
+        op.starts_with("wsx.")
+    }
+
+    async fn call(&self, _worker: u32, op: &str, raw_meta: Bytes, body: Bytes) -> OpReply {
+        match op {
+            "wsx.send" => match serde_json::from_slice::<SendMeta>(&raw_meta) {
+                Ok(m) => self.send(m, body).await,
+                Err(e) => OpReply::error(400, "invalid", &format!("wsx.send: {e}")),
+            },
+            "wsx.broadcast" => match serde_json::from_slice::<BroadcastMeta>(&raw_meta) {
+                Ok(m) => self.broadcast(m, body),
+                Err(e) => OpReply::error(400, "invalid", &format!("wsx.broadcast: {e}")),
+            },
+            other => OpReply::error(400, "invalid", &format!("no op {other:?}")),
+        }
+    }
+
+    fn worker_gone(&self, _worker: u32) {}
+}
