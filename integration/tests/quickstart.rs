@@ -139,6 +139,44 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     }
     redis_del("oxbus:quickstart:calls").await;
 
+    // The sample WebSocket channel /sample/chat: a message from one client reaches both.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("ws://127.0.0.1:{port}/sample/chat");
+        let connect = async || {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tokio_tungstenite::client_async(url.as_str(), tcp)
+                .await
+                .unwrap()
+                .0
+        };
+        let (mut a, mut b) = (connect().await, connect().await);
+        a.send(Message::text("{\"hi\": 1}")).await.unwrap();
+        let text = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| {
+            loop {
+                let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                    .await
+                    .expect("a message")
+                    .unwrap()
+                    .unwrap();
+                if let Message::Text(t) = m {
+                    return serde_json::from_str::<serde_json::Value>(&t).unwrap();
+                }
+            }
+        };
+        let got = text(&mut b).await;
+        assert_eq!(got["message"], serde_json::json!({"hi": 1}), "{got}");
+        assert!(got["from"].as_str().unwrap().starts_with("ws."), "{got}");
+        // The sender gets its own copy and the count, in either order.
+        let mut seen = vec![text(&mut a).await, text(&mut a).await];
+        seen.sort_by_key(|v| v.to_string());
+        assert_eq!(seen[1], serde_json::json!({"sent_to": 2}), "{seen:?}");
+        assert_eq!(seen[0]["message"], serde_json::json!({"hi": 1}), "{seen:?}");
+    }
+
     // The sample pub/sub: a publish to /demo/orders through the REST API at /pubsub reaches
     // the subscribed sample service, whose count GET /demo/orders shows.
     // Its callers give the sample's basic-auth password, which quickstart wrote next to the
@@ -222,7 +260,15 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     ready(port + 2).await;
     let modules = cli(&dir, &["config", "export"]);
     assert_eq!(modules["config_version"], 4);
-    assert_eq!(modules["channel_rest"].as_array().unwrap().len(), 9);
+    // The REST channels, the pubsub one and the WebSocket one (listed with them).
+    let channels = modules["channel_rest"].as_array().unwrap();
+    assert_eq!(channels.len(), 10);
+    assert!(
+        channels
+            .iter()
+            .any(|c| c["type"] == "websocket" && c["name"] == "sample.chat"),
+        "{channels:?}"
+    );
     assert_eq!(modules["outgoing_redis"][0]["name"], "demo.redis");
     assert_eq!(modules["pubsub_topic"][0]["name"], "/demo/orders");
     assert_eq!(modules["pubsub_subscription"][0]["sub_key"], "demo.orders");

@@ -105,7 +105,15 @@ fn env(dir: &std::path::Path) -> Env {
         )
         .channel_toml(
             "type = \"websocket\"\nname = \"pinged\"\nurl_path = \"/ws/pinged\"\nservice = \"ws.echo\"\n\
-             [channels.websocket]\nping_interval_ms = 200\nmax_missed_pongs = 2\nidle_timeout_ms = 1500\n",
+             [channels.websocket]\nping_interval_ms = 200\nmax_missed_pongs = 2\n",
+        )
+        .channel_toml(
+            "type = \"websocket\"\nname = \"idle\"\nurl_path = \"/ws/idle\"\nservice = \"ws.echo\"\n\
+             [channels.websocket]\nidle_timeout_ms = 1500\n",
+        )
+        .channel_toml(
+            "type = \"websocket\"\nname = \"multi\"\nurl_path = \"/ws/multi\"\nservice = \"ws.echo\"\n\
+             [channels.websocket]\nmax_inflight = 4\nallowed_origins = [\"https://ok.example\"]\n",
         )
         .channel("/plain", &["GET"], "ws.echo")
 }
@@ -363,6 +371,71 @@ async fn security_is_checked_at_the_upgrade() {
         .await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("max_message_bytes"));
+    // A refusal answers the head and closes: a request pipelined behind it is not served.
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    raw.write_all(
+        b"GET /ws/secured HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n\
+          GET /plain HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    // The same for a path no channel has (404).
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    raw.write_all(
+        b"GET /ws/none HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\
+          GET /plain HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+
+    // The password changes: the connected client is closed (1012) and must log in again.
+    let r = srv
+        .admin(
+            "PUT",
+            "/v1/security/ws-basic",
+            Some(&token),
+            json!({"name": "ws-basic", "type": "basic", "username": "ann", "password": "pw-456"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(closed(&mut ws, Duration::from_secs(10)).await, Some(1012));
+    assert!(
+        connect_with(&srv, "/ws/secured", &[("authorization", good.as_str())])
+            .await
+            .is_err(),
+        "the old password no longer opens it"
+    );
+    let new = format!("Basic {}", base64_of("ann:pw-456"));
+    let mut ws = connect_with(&srv, "/ws/secured", &[("authorization", new.as_str())])
+        .await
+        .expect("the new password is let in");
+    // A change to another channel leaves it connected; deleting its own closes it.
+    let mut other = connect(&srv, "/ws/slow").await;
+    let r = srv
+        .admin("DELETE", "/v1/channels/secured", Some(&token), b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(closed(&mut ws, Duration::from_secs(10)).await, Some(1012));
+    assert_eq!(ask(&mut other, json!(7)).await, json!({"echo": 7}));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -410,19 +483,23 @@ async fn slow_clients_silent_clients_idle_clients_and_shutdown() {
         ask(&mut busy, json!("still")).await,
         json!({"echo": "still"})
     );
-    // The lazy one finds its connection closed once it reads: what was queued before the
-    // bound, then 1008 (or the end, when the close frame could not be written).
-    let mut n = 0;
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(10), lazy.next()).await {
-            Err(_) => panic!("the lazy client's connection is still open"),
-            Ok(None) | Ok(Some(Err(_))) => break None,
-            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
-            Ok(Some(Ok(_))) => n += 1,
+    // The lazy one, still reading nothing, is gone from the server within the close wait
+    // (it cannot even take the close frame): the gauge says one client is left.
+    let token = srv.admin_token();
+    eventually(Duration::from_secs(10), "the lazy client cut off", || {
+        let (srv, token) = (&srv, &token);
+        async move {
+            let m = srv.admin("GET", "/metrics", Some(token), b"").await;
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            (text.contains("oxbus_websocket_clients{channel=\"slow\"} 1")
+                && text.contains(
+                    "oxbus_websocket_disconnects_total{channel=\"slow\",reason=\"queue_full\"} 1",
+                ))
+            .then_some(())
         }
-    };
-    assert!(n < 400, "{n} messages");
-    assert!(matches!(code, None | Some(1008)), "{code:?}");
+    })
+    .await;
+    drop(lazy);
 
     // A client that answers no ping (a raw socket after the handshake): dropped after the
     // pings it may miss; its socket reads the pings, then the end.
@@ -447,15 +524,25 @@ async fn slow_clients_silent_clients_idle_clients_and_shutdown() {
     );
     // Pings are frames 0x89 0x00 (no payload) after the head.
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let pings = got[head_end..]
-        .windows(2)
-        .filter(|w| w == b"\x89\x00")
-        .count();
-    assert!(pings >= 2, "{pings} pings: {:?}", &got[head_end..]);
-    assert!(started.elapsed() >= Duration::from_millis(400));
+    let frames = &got[head_end..];
+    // Only pings (0x89 0x00), two of them (the third tick drops the client), no close.
+    assert_eq!(frames, b"\x89\x00\x89\x00", "{frames:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // A client whose call runs longer than the ping window is not dropped: its pongs wait
+    // unread while its call runs.
+    let mut busy_one = connect(&srv, "/ws/pinged").await;
+    assert_eq!(
+        ask(&mut busy_one, json!({"cmd": "sleep", "s": 1.2})).await,
+        json!({"slept": 1.2})
+    );
+    assert_eq!(ask(&mut busy_one, json!(6)).await, json!({"echo": 6}));
 
     // A client that answers pings (the library does) but sends nothing: the idle timeout.
-    let mut idle = connect(&srv, "/ws/pinged").await;
+    let mut idle = connect(&srv, "/ws/idle").await;
     assert_eq!(closed(&mut idle, Duration::from_secs(10)).await, Some(1000));
 
     // Shutdown: connected clients are told 1001.
@@ -464,6 +551,42 @@ async fn slow_clients_silent_clients_idle_clients_and_shutdown() {
     srv.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(closed(&mut ws, Duration::from_secs(20)).await, Some(1001));
     assert_eq!(srv.wait_exit(Duration::from_secs(30)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn origins_and_calls_in_parallel() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    // allowed_origins: another page's Origin is refused; the allowed one and none pass.
+    match connect_with(&srv, "/ws/multi", &[("origin", "https://evil.example")]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 403),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a foreign origin was let in"),
+    }
+    let _ok = connect_with(&srv, "/ws/multi", &[("origin", "https://ok.example")])
+        .await
+        .expect("the allowed origin");
+    // max_inflight = 4: a slow call does not hold a quick one behind it.
+    let mut ws = connect(&srv, "/ws/multi").await;
+    ws.send(Message::text(json!({"cmd": "sleep", "s": 1.5}).to_string()))
+        .await
+        .unwrap();
+    ws.send(Message::text(json!("quick").to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await, json!({"echo": "quick"}));
+    assert_eq!(next(&mut ws).await, json!({"slept": 1.5}));
+    // max_inflight = 1 (the default): answers in the order of the messages.
+    let mut ws = connect(&srv, "/ws/slow").await;
+    ws.send(Message::text(json!({"cmd": "sleep", "s": 0.5}).to_string()))
+        .await
+        .unwrap();
+    ws.send(Message::text(json!("second").to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await, json!({"slept": 0.5}));
+    assert_eq!(next(&mut ws).await, json!({"echo": "second"}));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -623,6 +746,205 @@ async fn clients_connect_through_oxbus_proxy() {
     // Over the channel's limit: the server's 1009 comes back through the tunnel.
     let _ = ws.send(Message::binary(vec![7u8; 100_000])).await;
     assert_eq!(closed(&mut ws, Duration::from_secs(10)).await, Some(1009));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client frame: FIN bit, opcode, masked with a fixed key (as RFC 6455 requires of a
+/// client) unless `masked` is false.
+fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x37u8, 0xfa, 0x21, 0x3d];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A raw connection after a successful handshake on `path`.
+async fn raw_ws(srv: &Server, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads one server frame (servers do not mask): (fin, opcode, payload).
+async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut h))
+        .await
+        .expect("a frame within 10 s")
+        .expect("a frame");
+    assert_eq!(h[1] & 0x80, 0, "a server frame is not masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).await.unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).await.unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).await.unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x0f, p)
+}
+
+/// The next data or close frame, answering nothing (pings are skipped).
+async fn read_data(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    loop {
+        let (_, op, p) = read_frame(s).await;
+        if op != 0x9 {
+            return (op, p);
+        }
+    }
+}
+
+fn close_code(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[0], p[1]])
+}
+
+#[tokio::test]
+async fn conformance_fragments_control_frames_utf8_and_close_codes() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+
+    // A text message in three fragments, a ping between two of them: the pong comes at once
+    // (with the ping's payload), the message is answered whole.
+    let mut s = raw_ws(&srv, "/ws/echo/f").await;
+    let mut bytes = frame(false, 0x1, b"{\"frag", true);
+    bytes.extend(frame(false, 0x0, b"mented\": ", true));
+    bytes.extend(frame(true, 0x9, b"mid", true));
+    bytes.extend(frame(true, 0x0, b"[1, 2]}", true));
+    s.write_all(&bytes).await.unwrap();
+    let (fin, op, p) = read_frame(&mut s).await;
+    assert_eq!(
+        (fin, op, p.as_slice()),
+        (true, 0xA, &b"mid"[..]),
+        "the pong first"
+    );
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!(op, 0x1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p).unwrap(),
+        json!({"echo": {"fragmented": [1, 2]}})
+    );
+    // A binary message in two fragments; a text frame in the middle of it is a protocol
+    // error (1002).
+    s.write_all(
+        &[
+            frame(false, 0x2, b"\x01\x02", true),
+            frame(true, 0x0, b"\x03", true),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_data(&mut s).await, (0x2, vec![3, 2, 1]));
+    s.write_all(
+        &[
+            frame(false, 0x2, b"\x01", true),
+            frame(true, 0x1, b"x", true),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1002));
+
+    // Invalid UTF-8 in a text message: 1007, also when the bad sequence spans fragments.
+    let mut s = raw_ws(&srv, "/ws/echo/u").await;
+    s.write_all(&frame(true, 0x1, b"ok \xff\xfe", true))
+        .await
+        .unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1007));
+    let mut s = raw_ws(&srv, "/ws/echo/u").await;
+    s.write_all(
+        &[
+            frame(false, 0x1, b"\xe2\x82", true),
+            frame(true, 0x0, b"\x28", true),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1007));
+
+    // An unmasked client frame: 1002. A control frame over 125 bytes: 1002.
+    let mut s = raw_ws(&srv, "/ws/echo/m").await;
+    s.write_all(&frame(true, 0x1, b"\"x\"", false))
+        .await
+        .unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1002));
+    let mut s = raw_ws(&srv, "/ws/echo/m").await;
+    s.write_all(&frame(true, 0x9, &[b'p'; 126], true))
+        .await
+        .unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1002));
+    // A reserved opcode: 1002.
+    let mut s = raw_ws(&srv, "/ws/echo/m").await;
+    s.write_all(&frame(true, 0x3, b"", true)).await.unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1002));
+
+    // The client closes with 1000 and a reason: the server answers its close (1000), then
+    // ends the connection.
+    let mut s = raw_ws(&srv, "/ws/echo/c").await;
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    s.write_all(&frame(true, 0x8, &close, true)).await.unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!((op, close_code(&p)), (0x8, 1000));
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the server ends the connection after the close handshake")
+        .unwrap();
+    // The server still serves others.
+    let mut ws = connect(&srv, "/ws/echo/after").await;
+    assert_eq!(ask(&mut ws, json!(5)).await, json!({"echo": 5}));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

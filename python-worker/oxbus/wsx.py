@@ -147,7 +147,12 @@ class _Channels:
             raise KeyError(name)
         return WSXChannel(self._api, name)
 
-    get = __getitem__
+    def get(self, name: str, default: Any = None) -> Any:
+        """``self.wsx.channel[name]``, or ``default`` for a name that cannot be one."""
+        try:
+            return self[name]
+        except KeyError:
+            return default
 
 
 class WSXAPI:

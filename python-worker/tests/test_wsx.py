@@ -90,6 +90,8 @@ def test_broadcast_by_channel_name(server):
     assert server.calls[-1][0]['binary'] is True
     with pytest.raises(KeyError):
         api.channel['']
+    assert api.channel.get('') is None
+    assert api.channel.get('chat').name == 'chat'
 
 
 def test_blocking_forms_are_refused_on_the_event_loop(server):

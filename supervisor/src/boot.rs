@@ -168,7 +168,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     pubsub.apply(&boot.snapshot.objects);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     // The WebSocket sessions: their pushes are worker ops, their calls go through the pool.
-    let wsx_ops = crate::wsx::Wsx::new(&me.name, settings.request_timeout());
+    let wsx_ops = crate::wsx::Wsx::new(&me.name, settings.request_timeout(), metrics.clone());
     let pool = Arc::new(
         Pool::new(
             settings.workers.max_inflight as usize,
@@ -258,6 +258,14 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
+    {
+        // A WebSocket session whose channel (or its security definition) a config change
+        // removed or changed is closed: its client reconnects and is checked again.
+        let wsx = wsx_ops.clone();
+        routes.on_swap(Box::new(move |router| {
+            wsx.revalidate(|name| router.websocket_channel(name));
+        }));
+    }
     let http = Arc::new(crate::edge::http::Ctx {
         metrics: metrics.clone(),
         pool: pool.clone(),

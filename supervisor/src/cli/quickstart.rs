@@ -145,6 +145,18 @@ class OrdersReceived(Service):
         }
 
 
+class Chat(Service):
+    """WebSocket /sample/chat: each message goes to every client of the channel (on every
+    server of the cluster); the sender gets {"sent_to": n} back (clients on this server)."""
+
+    name = 'demo.chat'
+
+    def handle(self):
+        n = self.wsx.channel['sample.chat'].broadcast(
+            {'from': self.wsx.client_id, 'message': self.request.payload})
+        self.response.payload = {'sent_to': n}
+
+
 class Slow(Service):
     """GET /slow: an async service (many run at once on the worker's event loop)."""
 
@@ -266,7 +278,7 @@ interval_ms = 1000
     ))
 }
 
-/// The sample channels: one per sample service.
+/// The sample channels: one per sample service (`sample.chat` a WebSocket channel).
 fn sample_channels() -> Vec<Channel> {
     [
         ("/echo", "POST", "demo.echo"),
@@ -292,6 +304,19 @@ fn sample_channels() -> Vec<Channel> {
         services: Vec::new(),
         websocket: None,
     })
+    .chain(std::iter::once(Channel {
+        name: Some("sample.chat".to_owned()),
+        url_path: "/sample/chat".to_owned(),
+        methods: Vec::new(),
+        service: "demo.chat".to_owned(),
+        data_format: DataFormat::Json,
+        security: None,
+        allow_from: Vec::new(),
+        rate_limit: None,
+        channel_type: crate::model::channel::ChannelType::Websocket,
+        services: Vec::new(),
+        websocket: None,
+    }))
     .collect()
 }
 
@@ -510,7 +535,7 @@ fn prepare(
         None => String::new(),
     };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -521,6 +546,7 @@ fn prepare(
         s.admin_token_file().display(),
         s.admin.listen,
         pubsub_lines = pubsub_try(dir, &url),
+        listen = s.server.listen,
     );
     Ok((s, banner, proxy))
 }

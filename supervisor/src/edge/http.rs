@@ -542,8 +542,14 @@ async fn handle(
     if channel.channel_type == ChannelType::Websocket {
         conns.n.fetch_add(1, Ordering::SeqCst);
         let hold = Box::new(ConnGuard(conns.clone()));
+        let security_def = channel
+            .security
+            .as_deref()
+            .and_then(|name| router.gate.verifier(name))
+            .map(|(d, _)| d.clone());
         let u = crate::edge::websocket::Upgrade {
             channel,
+            security_def,
             params,
             origin,
             caller,

@@ -115,6 +115,22 @@ impl Router {
         Ok(r)
     }
 
+    /// A WebSocket channel of the table by name (the URL path of an unnamed one) and the
+    /// security definition its check uses: what a session compares with what it was let
+    /// in by.
+    pub fn websocket_channel(&self, name: &str) -> Option<(Arc<Channel>, Option<SecurityDef>)> {
+        let c = self.all.iter().find(|c| {
+            c.channel_type == ChannelType::Websocket
+                && c.name.as_deref().unwrap_or(&c.url_path) == name
+        })?;
+        let def = c
+            .security
+            .as_deref()
+            .and_then(|s| self.gate.verifier(s))
+            .map(|(d, _)| d.clone());
+        Some((c.clone(), def))
+    }
+
     /// Every channel of the table, in the order they were configured.
     pub fn channels(&self) -> &[Arc<Channel>] {
         &self.all

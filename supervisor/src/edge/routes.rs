@@ -19,6 +19,18 @@ pub struct RoutingTable {
     file_channels: Vec<Channel>,
     /// Opens the sealed secrets the checks use.
     key: crate::secrets::Key,
+    /// Told of each table installed after the first (boot: the WebSocket sessions close
+    /// those whose channel or security definition changed).
+    on_swap: std::sync::OnceLock<SwapHook>,
+}
+
+/// What is told of each table installed (see [`RoutingTable::on_swap`]).
+struct SwapHook(Box<dyn Fn(&Router) + Send + Sync>);
+
+impl std::fmt::Debug for SwapHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwapHook")
+    }
 }
 
 impl RoutingTable {
@@ -33,6 +45,7 @@ impl RoutingTable {
             current: RwLock::new(Arc::new(Router::default())),
             file_channels,
             key,
+            on_swap: std::sync::OnceLock::new(),
         };
         let first = table.build(stored, defs, None)?;
         *table.current.write().expect("router lock") = Arc::new(first);
@@ -54,9 +67,17 @@ impl RoutingTable {
     /// (rate buckets) over, and swaps it in.
     pub fn rebuild(&self, stored: &[Channel], defs: &[SecurityDef]) -> Result<(), TableError> {
         let previous = self.current();
-        let router = self.build(stored, defs, Some(&previous))?;
-        *self.current.write().expect("router lock") = Arc::new(router);
+        let router = Arc::new(self.build(stored, defs, Some(&previous))?);
+        *self.current.write().expect("router lock") = router.clone();
+        if let Some(f) = self.on_swap.get() {
+            (f.0)(&router);
+        }
         Ok(())
+    }
+
+    /// Sets what is told of each table installed from now on (once).
+    pub fn on_swap(&self, f: Box<dyn Fn(&Router) + Send + Sync>) {
+        let _ = self.on_swap.set(SwapHook(f));
     }
 
     fn build(

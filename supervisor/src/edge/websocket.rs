@@ -44,6 +44,8 @@ fn plain(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
 /// What the edge worked out about the request, for the session.
 pub(super) struct Upgrade<'a> {
     pub channel: Arc<Channel>,
+    /// The security definition the channel's check used (its public form).
+    pub security_def: Option<crate::model::security::SecurityDef>,
     pub params: Vec<(String, String)>,
     pub origin: Origin,
     pub caller: Option<Caller>,
@@ -88,6 +90,26 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
         );
         return r;
     }
+    // A browser's page from an origin the channel does not name (cross-site WebSocket
+    // hijacking: the browser sends the user's cookies and cached credentials along).
+    let allowed = u
+        .channel
+        .websocket
+        .as_ref()
+        .map(|w| w.allowed_origins.as_slice())
+        .unwrap_or_default();
+    if !allowed.is_empty()
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+        && !allowed
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+    {
+        return plain(
+            StatusCode::FORBIDDEN,
+            cid,
+            "this page's Origin may not open the channel (allowed_origins)",
+        );
+    }
     // The key is 16 random bytes in base64: 24 characters.
     let key = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
         Some(k) if k.len() == 24 => k.as_bytes().to_vec(),
@@ -126,6 +148,7 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
             username: c.username,
             subject: c.subject,
         }),
+        security_def: u.security_def,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let wsx = cx.wsx.clone();

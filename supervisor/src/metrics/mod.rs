@@ -6,7 +6,7 @@
 //!
 //! This module knows no subsystem: each subsystem records into its own area's handle
 //! (`http`, `workers`, `services`, `store`, `cluster`, `deploys`, `caches`, `scheduler`,
-//! `pubsub`), one
+//! `pubsub`, `inbound`, `websocket`), one
 //! file each; figures that are a state rather than a count are read at scrape time.
 
 use prometheus_client::registry::Registry;
@@ -23,6 +23,7 @@ pub mod scheduler;
 pub mod services;
 pub mod stats;
 pub mod store;
+pub mod websocket;
 pub mod workers;
 
 /// Every metric of this server. Built once by boot and shared (`Arc<Metrics>`).
@@ -43,6 +44,7 @@ pub struct Metrics {
     pub scheduler: scheduler::SchedulerMetrics,
     pub pubsub: pubsub::PubsubMetrics,
     pub inbound: inbound::InboundMetrics,
+    pub websocket: websocket::WebsocketMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
             scheduler: scheduler::SchedulerMetrics::register(&mut registry),
             pubsub: pubsub::PubsubMetrics::register(&mut registry),
             inbound: inbound::InboundMetrics::register(&mut registry),
+            websocket: websocket::WebsocketMetrics::register(&mut registry),
             registry: std::sync::Mutex::new(registry),
         }
     }

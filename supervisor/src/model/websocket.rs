@@ -60,6 +60,11 @@ pub struct WsSettings {
     /// order of the messages.
     #[serde(default = "one")]
     pub max_inflight: u32,
+    /// The web origins (`https://app.example.com`) whose pages may open the channel: a
+    /// handshake with another `Origin` header is refused (403), one without an `Origin`
+    /// (not from a browser) is not. Empty (the default): any origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_ping_interval_ms() -> u64 {
@@ -90,6 +95,7 @@ impl Default for WsSettings {
             max_queued_bytes: default_max_queued_bytes(),
             idle_timeout_ms: 0,
             max_inflight: 1,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -126,6 +132,34 @@ impl WsSettings {
                 self.ping_interval_ms.to_string(),
                 "pings at most every 100 ms (or 0: none)",
             ));
+        }
+        if self.ping_interval_ms != 0 && self.max_missed_pongs == 0 {
+            return Err(bad(
+                "max_missed_pongs",
+                "0".into(),
+                "at least 1 while pings are on (a client must be able to answer one)",
+            ));
+        }
+        if self.ping_interval_ms == 0 && self.idle_timeout_ms == 0 {
+            return Err(bad(
+                "ping_interval_ms",
+                "0".into(),
+                "with idle_timeout_ms = 0 too, a client that stalls (in the middle of a message, or for good) would be held forever: set one of them",
+            ));
+        }
+        for o in &self.allowed_origins {
+            let ok = o.split_once("://").is_some_and(|(scheme, host)| {
+                matches!(scheme, "http" | "https")
+                    && !host.is_empty()
+                    && !host.contains(['/', '?', '#', ' '])
+            });
+            if !ok {
+                return Err(bad(
+                    "allowed_origins",
+                    format!("{o:?}"),
+                    "an origin is scheme://host[:port], such as https://app.example.com (no path)",
+                ));
+            }
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES {
             return Err(bad(
@@ -206,10 +240,41 @@ mod tests {
                 },
                 "on_connect",
             ),
+            (
+                WsSettings {
+                    max_missed_pongs: 0,
+                    ..Default::default()
+                },
+                "max_missed_pongs",
+            ),
+            (
+                WsSettings {
+                    ping_interval_ms: 0,
+                    ..Default::default()
+                },
+                "ping_interval_ms",
+            ),
+            (
+                WsSettings {
+                    allowed_origins: vec!["https://a.example/path".into()],
+                    ..Default::default()
+                },
+                "allowed_origins",
+            ),
         ] {
             let e = bad.validate().unwrap_err();
             assert!(e.key.ends_with(key), "{e}");
         }
+        let ok = WsSettings {
+            ping_interval_ms: 0,
+            idle_timeout_ms: 60_000,
+            allowed_origins: vec![
+                "https://app.example.com".into(),
+                "http://localhost:8080".into(),
+            ],
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
         let e = serde_json::from_str::<WsSettings>(r#"{"ping_every": 1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }

@@ -14,7 +14,7 @@
 //! one client, on whichever server its id names (through [`Peers`], the cluster bus); a
 //! broadcast to every client of a channel on every server.
 //!
-//! Knows `model`, `lifecycle` (the pool) and `metrics`; never `edge`, `store`, `admin` or
+//! Knows `model`, `lifecycle` (the pool) and `metrics` (`metrics/websocket.rs`); never `edge`, `store`, `admin` or
 //! `cluster`.
 
 pub mod ops;
@@ -74,12 +74,21 @@ pub struct Open {
     pub scheme: &'static str,
     pub port: u16,
     pub who: Option<Who>,
+    /// The security definition the channel's check used at the upgrade (its public form):
+    /// a session whose channel or definition changes is closed (see [`Wsx::revalidate`]).
+    pub security_def: Option<crate::model::security::SecurityDef>,
 }
 
 /// What goes to a client's writer.
 #[derive(Debug)]
 pub(crate) enum Out {
     Msg(Message),
+}
+
+/// What a queued message counts against `max_queued_bytes`: its bytes and a nominal cost
+/// of the queue entry (so that control frames are not free).
+pub(crate) fn cost(m: &Message) -> usize {
+    m.len() + 64
 }
 
 /// Why a push to a client did not happen.
@@ -104,15 +113,22 @@ pub(crate) struct Client {
     max_queued: usize,
     /// Set (once) to end the session: the close code and reason to send.
     close: watch::Sender<Option<(u16, &'static str)>>,
+    /// Its channel's figures (none when metrics are off).
+    metrics: Option<crate::metrics::websocket::SessionMetrics>,
+    /// The channel and security definition it was let in by.
+    channel_def: Arc<Channel>,
+    security_def: Option<crate::model::security::SecurityDef>,
 }
 
 impl Client {
     /// Queues `m` for the client, unless that would put more than `max_queued_bytes` in its
-    /// queue: then the client is closed (1008) and nothing more is queued.
+    /// queue: then the client is closed (1008) and nothing more is queued. A message is
+    /// always taken into an empty queue, however large (an answer may be larger than the
+    /// bound; the bound is on what waits behind it).
     pub(crate) fn push(&self, m: Message) -> Result<(), PushError> {
-        let n = m.len();
+        let n = cost(&m);
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.max_queued {
+        if before > 0 && before + n > self.max_queued {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             self.close_with(
                 1008,
@@ -120,13 +136,18 @@ impl Client {
             );
             return Err(PushError::Full);
         }
+        let data = matches!(m, Message::Text(_) | Message::Binary(_));
         self.tx.send(Out::Msg(m)).map_err(|_| {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             PushError::Gone
-        })
+        })?;
+        if data && let Some(f) = &self.metrics {
+            f.sent.inc();
+        }
+        Ok(())
     }
 
-    /// A message of `n` bytes left the queue.
+    /// A message of cost `n` ([`cost`]) left the queue.
     pub(crate) fn written(&self, n: usize) {
         self.queued.fetch_sub(n, Ordering::AcqRel);
     }
@@ -161,6 +182,7 @@ impl std::fmt::Debug for Wsx {
 
 struct Inner {
     server: String,
+    metrics: Arc<crate::metrics::Metrics>,
     pool: OnceLock<Arc<Pool>>,
     request_timeout: Duration,
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
@@ -183,10 +205,15 @@ pub struct Figures {
 }
 
 impl Wsx {
-    pub fn new(server: &str, request_timeout: Duration) -> Wsx {
+    pub fn new(
+        server: &str,
+        request_timeout: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Wsx {
         Wsx {
             inner: Arc::new(Inner {
                 server: server.to_owned(),
+                metrics,
                 pool: OnceLock::new(),
                 request_timeout,
                 clients: RwLock::new(HashMap::new()),
@@ -253,12 +280,12 @@ impl Wsx {
         let settings = open.channel.websocket.clone().unwrap_or_default();
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.new_id();
-        let channel: Arc<str> = open
+        let channel_name = open
             .channel
             .name
             .as_deref()
-            .unwrap_or(&open.channel.url_path)
-            .into();
+            .unwrap_or(&open.channel.url_path);
+        let channel: Arc<str> = channel_name.into();
         let client = Arc::new(Client {
             id: id.clone(),
             channel,
@@ -266,6 +293,13 @@ impl Wsx {
             queued: AtomicUsize::new(0),
             max_queued: settings.max_queued_bytes,
             close: watch::channel(None).0,
+            metrics: self
+                .inner
+                .metrics
+                .enabled()
+                .then(|| self.inner.metrics.websocket.connected(channel_name)),
+            channel_def: open.channel.clone(),
+            security_def: open.security_def.clone(),
         });
         self.inner
             .clients
@@ -276,14 +310,40 @@ impl Wsx {
         let wsx = self.clone();
         let open = Arc::new(open);
         tokio::spawn(async move {
-            session::run(&wsx, io, open, settings, client.clone(), rx).await;
-            wsx.inner
-                .clients
-                .write()
-                .expect("clients lock")
-                .remove(&client.id);
-            drop(hold);
+            // Unregistered however the session ends (a panic too), before `hold` goes.
+            let _registered = Registered {
+                wsx: wsx.clone(),
+                id: client.id.clone(),
+                _hold: hold,
+            };
+            session::run(&wsx, io, open, settings, client, rx).await;
         });
+    }
+
+    /// Closes (1012) every session whose channel is gone or changed, or whose security
+    /// definition changed, in the routing table just installed: `current` gives a
+    /// channel's definition and security definition there, by name. Its clients reconnect
+    /// and are checked again.
+    pub fn revalidate(
+        &self,
+        current: impl Fn(&str) -> Option<(Arc<Channel>, Option<crate::model::security::SecurityDef>)>,
+    ) {
+        let clients: Vec<Arc<Client>> = self
+            .inner
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .cloned()
+            .collect();
+        for c in clients {
+            let same = current(&c.channel).is_some_and(|(ch, def)| {
+                (Arc::ptr_eq(&ch, &c.channel_def) || *ch == *c.channel_def) && def == c.security_def
+            });
+            if !same {
+                c.close_with(1012, "the channel was changed or removed: reconnect");
+            }
+        }
     }
 
     fn client(&self, id: &str) -> Option<Arc<Client>> {
@@ -343,6 +403,23 @@ impl Wsx {
     }
 }
 
+/// Removes a session's client from the registry when dropped, then releases what the edge
+/// handed over with the connection.
+struct Registered {
+    wsx: Wsx,
+    id: Arc<str>,
+    /// Dropped after the registry entry is gone.
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut clients) = self.wsx.inner.clients.write() {
+            clients.remove(&self.id);
+        }
+    }
+}
+
 /// A text message when `data` is UTF-8 and `binary` was not asked for, else a binary one.
 pub(crate) fn message(data: Bytes, binary: bool) -> Message {
     if !binary && std::str::from_utf8(&data).is_ok() {
@@ -377,8 +454,11 @@ mod tests {
             channel: "ch".into(),
             tx,
             queued: AtomicUsize::new(0),
-            max_queued: 10,
+            max_queued: 150,
             close: watch::channel(None).0,
+            metrics: None,
+            channel_def: Arc::new(crate::model::channel::tests::rpc(&[])),
+            security_def: None,
         };
         let mut closed = c.close.subscribe();
         assert!(

@@ -57,10 +57,17 @@ impl Wsx {
                 ),
             ),
             // The server is not linked (down, or not in the cluster): its clients are gone.
-            Err(e) => OpReply::error(
+            Err(e) if e.starts_with("no bus link") => OpReply::error(
                 404,
                 "unknown_client",
                 &format!("WebSocket client {} cannot be reached: {e}", m.client_id),
+            ),
+            // Linked, but the call failed (a timeout, the link dropped under it): whether
+            // the message was queued is not known.
+            Err(e) => OpReply::error(
+                503,
+                "peer",
+                &format!("a send to WebSocket client {}: {e}", m.client_id),
             ),
         }
     }

@@ -55,14 +55,23 @@ pub(super) async fn run<S>(
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
     let mut close_rx = client.close.subscribe();
-    let writer = tokio::spawn(write_loop(sink, rx, client.clone()));
+    // The writer's receiver is made here, before anything can close the session: a close
+    // set before the task first runs is not missed.
+    let writer_close = client.close.subscribe();
+    let mut writer = tokio::spawn(write_loop(sink, rx, client.clone(), writer_close));
     let calls = Calls {
         wsx,
         open: &open,
         client: &client,
     };
+
     debug!(client = %client.id, channel = %client.channel, "websocket client connected");
-    if let Some(hook) = &settings.on_connect {
+
+    let mut stopping = wsx.inner.stopping.subscribe();
+    if *stopping.borrow() {
+        // The server began stopping while this upgrade completed: no hook, just the close.
+        client.close_with(1001, "server shutting down");
+    } else if let Some(hook) = &settings.on_connect {
         calls.hook(hook, "connect").await;
     }
 
@@ -78,7 +87,6 @@ pub(super) async fn run<S>(
     let idle =
         (settings.idle_timeout_ms > 0).then(|| Duration::from_millis(settings.idle_timeout_ms));
     let mut last_message = Instant::now();
-    let mut stopping = wsx.inner.stopping.subscribe();
     let why: &str = loop {
         let idle_left = idle.map(|d| d.saturating_sub(last_message.elapsed()));
         tokio::select! {
@@ -122,8 +130,16 @@ pub(super) async fn run<S>(
                 if let Ok((cid, result)) = done {
                     calls.answer(&cid, result);
                 }
+                // The client was not read while its calls ran: its time counts from now.
+                last_message = Instant::now();
             }
             _ = ping.tick(), if !ping_every.is_zero() => {
+                if inflight.len() >= max_inflight {
+                    // Not reading (the client's calls are running): its pongs wait unread,
+                    // so they cannot be counted missing. Its calls have their deadline.
+                    missed = 0;
+                    continue;
+                }
                 if missed >= settings.max_missed_pongs {
                     break "no pong";
                 }
@@ -132,7 +148,7 @@ pub(super) async fn run<S>(
                     break "queue full";
                 }
             }
-            _ = async { tokio::time::sleep(idle_left.unwrap_or_default()).await }, if idle_left.is_some() => {
+            _ = async { tokio::time::sleep(idle_left.unwrap_or_default()).await }, if idle_left.is_some() && inflight.len() < max_inflight => {
                 client.close_with(1000, "idle timeout");
                 break CLOSED_BY_US;
             }
@@ -163,34 +179,69 @@ pub(super) async fn run<S>(
         // The client went (or must go) first: let the writer end at once.
         client.close_with(1000, "");
     }
-    match tokio::time::timeout_at(deadline, writer).await {
-        Ok(_) => {}
-        Err(_) => {
-            debug!(client = %client.id, "websocket writer did not finish; dropping the connection")
-        }
+    if tokio::time::timeout_at(deadline, &mut writer)
+        .await
+        .is_err()
+    {
+        // The client does not read even the close frame: the connection is cut (the
+        // writer holds the socket's write half and what was queued).
+        writer.abort();
+        debug!(client = %client.id, "websocket writer did not finish; connection cut");
     }
     inflight.abort_all();
     debug!(client = %client.id, reason = why, "websocket client disconnected");
+    if client.metrics.is_some() {
+        let code = *client.close.borrow();
+        wsx.inner
+            .metrics
+            .websocket
+            .disconnected(&client.channel, reason_label(why, code));
+    }
     if let Some(hook) = &settings.on_disconnect {
         calls.hook(hook, "disconnect").await;
     }
 }
 
+/// The `reason` label of a session that ended for `why`, with the close code the server
+/// sent (if it closed it).
+fn reason_label(why: &str, code: Option<(u16, &'static str)>) -> &'static str {
+    match (why, code) {
+        (CLOSED_BY_US, Some((1009, _))) => "too_big",
+        (CLOSED_BY_US, Some((1008, _))) => "queue_full",
+        (CLOSED_BY_US, Some((1000, _))) => "idle",
+        (CLOSED_BY_US, Some((1001, _))) => "shutdown",
+        (CLOSED_BY_US, Some((1002, _))) => "protocol",
+        (CLOSED_BY_US, Some((1007, _))) => "utf8",
+        (CLOSED_BY_US, Some((1012, _))) => "changed",
+        ("client closed", _) => "client_closed",
+        ("connection ended", _) => "connection_ended",
+        ("no pong", _) => "no_pong",
+        ("queue full", _) => "queue_full",
+        _ => "error",
+    }
+}
+
 /// Writes what is queued for the client, flushing when the queue is empty; when the session
 /// closes, drops what is still queued and sends the close frame (bounded by the caller).
-async fn write_loop<W>(mut sink: W, mut rx: mpsc::UnboundedReceiver<Out>, client: Arc<Client>)
-where
+async fn write_loop<W>(
+    mut sink: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    client: Arc<Client>,
+    mut close: tokio::sync::watch::Receiver<Option<(u16, &'static str)>>,
+) where
     W: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
-    let mut close = client.close.subscribe();
     loop {
+        if close.borrow_and_update().is_some() {
+            break;
+        }
         let out = tokio::select! {
             biased;
             _ = close.changed() => break,
             out = rx.recv() => out,
         };
         let Some(Out::Msg(m)) = out else { break };
-        let n = m.len();
+        let n = super::cost(&m);
         let sent = tokio::select! {
             biased;
             _ = close.changed() => break,
@@ -214,7 +265,11 @@ where
     let Some((code, reason)) = *close.borrow() else {
         return;
     };
+    // What is still queued is not sent: released now.
     rx.close();
+    while let Ok(Out::Msg(m)) = rx.try_recv() {
+        client.written(super::cost(&m));
+    }
     if code == 1000 && reason.is_empty() {
         // The client closed or the connection ended: tungstenite already answered.
         let _ = sink.flush().await;
@@ -243,6 +298,9 @@ impl Calls<'_> {
         binary: bool,
     ) {
         self.wsx.inner.messages_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.client.metrics {
+            m.received.inc();
+        }
         let cid = crate::random::random_hex(12);
         let wsx = self.wsx.clone();
         let open = self.open.clone();
@@ -341,7 +399,13 @@ async fn call(
         remote_addr: Some(open.remote_addr),
         scheme: Some(open.scheme),
         port: Some(open.port),
-        channel_name: open.channel.name.as_deref(),
+        // The name pushes use (`self.wsx.channel[name]`): the URL path of an unnamed one.
+        channel_name: Some(
+            open.channel
+                .name
+                .as_deref()
+                .unwrap_or(&open.channel.url_path),
+        ),
         security: open.who.as_ref().map(|w| oxbus_ipc::SecurityMeta {
             name: &w.name,
             kind: w.kind,
