@@ -153,8 +153,6 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
                 .unwrap()
                 .0
         };
-        let (mut a, mut b) = (connect().await, connect().await);
-        a.send(Message::text("{\"hi\": 1}")).await.unwrap();
         let text = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| {
             loop {
                 let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
@@ -167,14 +165,29 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
                 }
             }
         };
+        // A sender gets its own copy and the count, in either order.
+        let sent = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+                          msg: &str| {
+            ws.send(Message::text(msg.to_owned())).await.unwrap();
+            let mut seen = [text(ws).await, text(ws).await];
+            seen.sort_by_key(|v| v.to_string());
+            (seen[1].clone(), seen[0].clone())
+        };
+        // Each client's own round trip proves it registered before the next step.
+        let mut a = connect().await;
+        let (count, copy) = sent(&mut a, "{\"n\": 1}").await;
+        assert_eq!(count, serde_json::json!({"sent_to": 1}), "{copy}");
+        let mut b = connect().await;
+        let (count, copy) = sent(&mut b, "{\"n\": 2}").await;
+        assert_eq!(count, serde_json::json!({"sent_to": 2}), "{copy}");
+        assert_eq!(copy["message"], serde_json::json!({"n": 2}));
+        assert_eq!(text(&mut a).await["message"], serde_json::json!({"n": 2}));
+        // A message from one client reaches the other.
+        let (count, _) = sent(&mut a, "{\"hi\": 1}").await;
+        assert_eq!(count, serde_json::json!({"sent_to": 2}));
         let got = text(&mut b).await;
         assert_eq!(got["message"], serde_json::json!({"hi": 1}), "{got}");
         assert!(got["from"].as_str().unwrap().starts_with("ws."), "{got}");
-        // The sender gets its own copy and the count, in either order.
-        let mut seen = vec![text(&mut a).await, text(&mut a).await];
-        seen.sort_by_key(|v| v.to_string());
-        assert_eq!(seen[1], serde_json::json!({"sent_to": 2}), "{seen:?}");
-        assert_eq!(seen[0]["message"], serde_json::json!({"hi": 1}), "{seen:?}");
     }
 
     // The sample pub/sub: a publish to /demo/orders through the REST API at /pubsub reaches

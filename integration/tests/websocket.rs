@@ -499,7 +499,13 @@ async fn slow_clients_silent_clients_idle_clients_and_shutdown() {
         }
     })
     .await;
-    drop(lazy);
+    // Its socket was closed by the server: reading it now ends (after what was in flight),
+    // within a bound.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = lazy.next().await {}
+    })
+    .await
+    .expect("the lazy client's connection was cut");
 
     // A client that answers no ping (a raw socket after the handshake): dropped after the
     // pings it may miss; its socket reads the pings, then the end.
@@ -525,8 +531,12 @@ async fn slow_clients_silent_clients_idle_clients_and_shutdown() {
     // Pings are frames 0x89 0x00 (no payload) after the head.
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let frames = &got[head_end..];
-    // Only pings (0x89 0x00), two of them (the third tick drops the client), no close.
-    assert_eq!(frames, b"\x89\x00\x89\x00", "{frames:?}");
+    // Only pings (0x89 0x00), two of them (the third tick drops the client; under heavy
+    // load the second may still be queued then, and is dropped), and no close frame.
+    assert!(
+        frames == b"\x89\x00\x89\x00" || frames == b"\x89\x00",
+        "{frames:?}"
+    );
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(500) && took < Duration::from_secs(5),

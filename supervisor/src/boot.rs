@@ -263,7 +263,8 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         // removed or changed is closed: its client reconnects and is checked again.
         let wsx = wsx_ops.clone();
         routes.on_swap(Box::new(move |router| {
-            wsx.revalidate(|name| router.websocket_channel(name));
+            let router = router.clone();
+            wsx.revalidate(Arc::new(move |name: &str| router.websocket_channel(name)));
         }));
     }
     let http = Arc::new(crate::edge::http::Ctx {

@@ -699,7 +699,13 @@ mod tests {
         let key = crate::secrets::Key::create(&dir.join("secret.key")).unwrap();
         assert!(seed(&store, listen, &db, "pw-demo", &key).await.unwrap());
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 9);
+        assert_eq!(channels.len(), 10);
+        assert!(
+            channels
+                .iter()
+                .any(|c| c.url_path == "/sample/chat" && c.channel_type.as_str() == "websocket"),
+            "{channels:?}"
+        );
         assert!(
             channels
                 .iter()

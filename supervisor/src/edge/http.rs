@@ -435,6 +435,9 @@ async fn handle(
         _ => {}
     }
     let method = req.method().as_str();
+    // Read before the table: a WebSocket session let in by this table is checked again if
+    // a newer one was installed before it registered (`wsx::Wsx::accept`).
+    let wsx_generation = cx.wsx.generation();
     let router = cx.routes.current();
     let (channel, params) = match router.lookup(method, path) {
         Match::Found {
@@ -550,6 +553,7 @@ async fn handle(
         let u = crate::edge::websocket::Upgrade {
             channel,
             security_def,
+            generation: wsx_generation,
             params,
             origin,
             caller,

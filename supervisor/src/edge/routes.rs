@@ -25,7 +25,10 @@ pub struct RoutingTable {
 }
 
 /// What is told of each table installed (see [`RoutingTable::on_swap`]).
-struct SwapHook(Box<dyn Fn(&Router) + Send + Sync>);
+struct SwapHook(OnSwap);
+
+/// What [`RoutingTable::on_swap`] is given.
+pub type OnSwap = Box<dyn Fn(&Arc<Router>) + Send + Sync>;
 
 impl std::fmt::Debug for SwapHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,7 +79,7 @@ impl RoutingTable {
     }
 
     /// Sets what is told of each table installed from now on (once).
-    pub fn on_swap(&self, f: Box<dyn Fn(&Router) + Send + Sync>) {
+    pub fn on_swap(&self, f: OnSwap) {
         let _ = self.on_swap.set(SwapHook(f));
     }
 

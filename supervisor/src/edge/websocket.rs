@@ -44,8 +44,10 @@ fn plain(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
 /// What the edge worked out about the request, for the session.
 pub(super) struct Upgrade<'a> {
     pub channel: Arc<Channel>,
-    /// The security definition the channel's check used (its public form).
+    /// The security definition the channel's check used (as the table holds it).
     pub security_def: Option<crate::model::security::SecurityDef>,
+    /// `wsx::Wsx::generation` read before the routing table was.
+    pub generation: u64,
     pub params: Vec<(String, String)>,
     pub origin: Origin,
     pub caller: Option<Caller>,
@@ -98,11 +100,14 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
         .as_ref()
         .map(|w| w.allowed_origins.as_slice())
         .unwrap_or_default();
+    let origins: Vec<&HeaderValue> = req.headers().get_all(header::ORIGIN).iter().collect();
     if !allowed.is_empty()
-        && let Some(origin) = req.headers().get(header::ORIGIN)
-        && !allowed
-            .iter()
-            .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        && (origins.len() > 1
+            || origins.first().is_some_and(|origin| {
+                !allowed
+                    .iter()
+                    .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+            }))
     {
         return plain(
             StatusCode::FORBIDDEN,
@@ -149,6 +154,7 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
             subject: c.subject,
         }),
         security_def: u.security_def,
+        generation: u.generation,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let wsx = cx.wsx.clone();

@@ -148,16 +148,23 @@ impl WsSettings {
             ));
         }
         for o in &self.allowed_origins {
+            // As a browser sends it: lower-case scheme, no user, no path, no default port.
             let ok = o.split_once("://").is_some_and(|(scheme, host)| {
-                matches!(scheme, "http" | "https")
-                    && !host.is_empty()
-                    && !host.contains(['/', '?', '#', ' '])
+                let default_port = match scheme {
+                    "http" => ":80",
+                    "https" => ":443",
+                    _ => return false,
+                };
+                !host.is_empty()
+                    && host.is_ascii()
+                    && !host.contains(['/', '?', '#', ' ', '@'])
+                    && !host.ends_with(default_port)
             });
             if !ok {
                 return Err(bad(
                     "allowed_origins",
                     format!("{o:?}"),
-                    "an origin is scheme://host[:port], such as https://app.example.com (no path)",
+                    "an origin is http(s)://host[:port] as a browser sends it, such as https://app.example.com (lower-case scheme, no path, no user, no default port)",
                 ));
             }
         }

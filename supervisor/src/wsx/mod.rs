@@ -74,9 +74,12 @@ pub struct Open {
     pub scheme: &'static str,
     pub port: u16,
     pub who: Option<Who>,
-    /// The security definition the channel's check used at the upgrade (its public form):
-    /// a session whose channel or definition changes is closed (see [`Wsx::revalidate`]).
+    /// The security definition the channel's check used at the upgrade (as the table holds
+    /// it, its secret sealed): a session whose channel or definition changes is closed (see
+    /// [`Wsx::revalidate`]).
     pub security_def: Option<crate::model::security::SecurityDef>,
+    /// [`Wsx::generation`] as the edge read it before it read the routing table.
+    pub generation: u64,
 }
 
 /// What goes to a client's writer.
@@ -118,17 +121,19 @@ pub(crate) struct Client {
     /// The channel and security definition it was let in by.
     channel_def: Arc<Channel>,
     security_def: Option<crate::model::security::SecurityDef>,
+    /// Why the session ended (the metrics' reason), once it knows.
+    pub(crate) reason: OnceLock<&'static str>,
 }
 
 impl Client {
     /// Queues `m` for the client, unless that would put more than `max_queued_bytes` in its
     /// queue: then the client is closed (1008) and nothing more is queued. A message is
-    /// always taken into an empty queue, however large (an answer may be larger than the
-    /// bound; the bound is on what waits behind it).
+    /// taken while the queue holds less than the bound, however large it is (an answer may
+    /// be larger than the bound): the queue holds at most the bound plus one message.
     pub(crate) fn push(&self, m: Message) -> Result<(), PushError> {
         let n = cost(&m);
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
-        if before > 0 && before + n > self.max_queued {
+        if before >= self.max_queued {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             self.close_with(
                 1008,
@@ -180,8 +185,19 @@ impl std::fmt::Debug for Wsx {
     }
 }
 
+/// A channel as a routing table has it now, and the security definition it names.
+pub type Current = (Arc<Channel>, Option<crate::model::security::SecurityDef>);
+
+/// A routing table's answer to "what is channel `name` now".
+pub type Lookup = Arc<dyn Fn(&str) -> Option<Current> + Send + Sync>;
+
 struct Inner {
     server: String,
+    /// The routing table generation [`Wsx::revalidate`] last saw, and its lookup: a client
+    /// that registers after a swap it was not checked against is checked at once.
+    table: std::sync::Mutex<(u64, Option<Lookup>)>,
+    /// The generation as a plain read (the edge notes it before it reads the table).
+    generation: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
     pool: OnceLock<Arc<Pool>>,
     request_timeout: Duration,
@@ -213,6 +229,8 @@ impl Wsx {
         Wsx {
             inner: Arc::new(Inner {
                 server: server.to_owned(),
+                table: std::sync::Mutex::new((0, None)),
+                generation: AtomicU64::new(0),
                 metrics,
                 pool: OnceLock::new(),
                 request_timeout,
@@ -300,47 +318,73 @@ impl Wsx {
                 .then(|| self.inner.metrics.websocket.connected(channel_name)),
             channel_def: open.channel.clone(),
             security_def: open.security_def.clone(),
+            reason: OnceLock::new(),
         });
+        // The session's receivers of the close, made before anything can set it.
+        let closes = (client.close.subscribe(), client.close.subscribe());
         self.inner
             .clients
             .write()
             .expect("clients lock")
             .insert(id, client.clone());
+        // Unregistered however the session ends (a panic, a task never run), before `hold`
+        // goes; its gauge too.
+        let registered = Registered {
+            wsx: self.clone(),
+            client: client.clone(),
+            _hold: hold,
+        };
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+        // A table installed since the edge read its own: this client is checked against it
+        // now (revalidate took its client list before or after this insert; after: it saw
+        // the client; before: its generation is new here).
+        {
+            let table = self.inner.table.lock().expect("table lock");
+            if table.0 != open.generation
+                && let Some(lookup) = &table.1
+                && !still_valid(lookup, &client)
+            {
+                client.close_with(1012, "the channel was changed or removed: reconnect");
+            }
+        }
         let wsx = self.clone();
         let open = Arc::new(open);
         tokio::spawn(async move {
-            // Unregistered however the session ends (a panic too), before `hold` goes.
-            let _registered = Registered {
-                wsx: wsx.clone(),
-                id: client.id.clone(),
-                _hold: hold,
-            };
-            session::run(&wsx, io, open, settings, client, rx).await;
+            let _registered = registered;
+            session::run(&wsx, io, open, settings, client, rx, closes).await;
         });
+    }
+
+    /// The routing table generation last seen by [`Wsx::revalidate`]: the edge reads it
+    /// before it reads the table a handshake is checked with.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Closes (1012) every session whose channel is gone or changed, or whose security
     /// definition changed, in the routing table just installed: `current` gives a
     /// channel's definition and security definition there, by name. Its clients reconnect
-    /// and are checked again.
-    pub fn revalidate(
-        &self,
-        current: impl Fn(&str) -> Option<(Arc<Channel>, Option<crate::model::security::SecurityDef>)>,
-    ) {
-        let clients: Vec<Arc<Client>> = self
-            .inner
-            .clients
-            .read()
-            .expect("clients lock")
-            .values()
-            .cloned()
-            .collect();
+    /// and are checked again. Each channel is looked up once.
+    pub fn revalidate(&self, current: Lookup) {
+        let clients: Vec<Arc<Client>> = {
+            let mut table = self.inner.table.lock().expect("table lock");
+            table.0 += 1;
+            table.1 = Some(current.clone());
+            self.inner.generation.store(table.0, Ordering::Release);
+            self.inner
+                .clients
+                .read()
+                .expect("clients lock")
+                .values()
+                .cloned()
+                .collect()
+        };
+        let mut seen: HashMap<Arc<str>, Option<Current>> = HashMap::new();
         for c in clients {
-            let same = current(&c.channel).is_some_and(|(ch, def)| {
-                (Arc::ptr_eq(&ch, &c.channel_def) || *ch == *c.channel_def) && def == c.security_def
-            });
-            if !same {
+            let now = seen
+                .entry(c.channel.clone())
+                .or_insert_with(|| current(&c.channel));
+            if !same_as(now.as_ref(), &c) {
                 c.close_with(1012, "the channel was changed or removed: reconnect");
             }
         }
@@ -403,19 +447,40 @@ impl Wsx {
     }
 }
 
+/// Whether `client` was let in by what `lookup` says its channel is now.
+fn still_valid(lookup: &Lookup, client: &Client) -> bool {
+    same_as(lookup(&client.channel).as_ref(), client)
+}
+
+fn same_as(now: Option<&Current>, c: &Client) -> bool {
+    now.is_some_and(|(ch, def)| **ch == *c.channel_def && *def == c.security_def)
+}
+
 /// Removes a session's client from the registry when dropped, then releases what the edge
-/// handed over with the connection.
+/// handed over with the connection; the gauge counts it gone (reason `error` unless the
+/// session recorded why).
 struct Registered {
     wsx: Wsx,
-    id: Arc<str>,
+    client: Arc<Client>,
     /// Dropped after the registry entry is gone.
     _hold: Box<dyn Send + Sync>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Ok(mut clients) = self.wsx.inner.clients.write() {
-            clients.remove(&self.id);
+        let mut clients = match self.wsx.inner.clients.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients.remove(&self.client.id);
+        drop(clients);
+        if self.client.metrics.is_some() {
+            let reason = self.client.reason.get().copied().unwrap_or("error");
+            self.wsx
+                .inner
+                .metrics
+                .websocket
+                .disconnected(&self.client.channel, reason);
         }
     }
 }
@@ -454,24 +519,33 @@ mod tests {
             channel: "ch".into(),
             tx,
             queued: AtomicUsize::new(0),
-            max_queued: 150,
+            max_queued: 100,
             close: watch::channel(None).0,
             metrics: None,
             channel_def: Arc::new(crate::model::channel::tests::rpc(&[])),
             security_def: None,
+            reason: OnceLock::new(),
         };
         let mut closed = c.close.subscribe();
-        assert!(
-            c.push(message(Bytes::from_static(b"12345678"), false))
-                .is_ok()
-        );
-        assert_eq!(
-            c.push(message(Bytes::from_static(b"123"), false)),
-            Err(PushError::Full)
-        );
+        let small = || message(Bytes::from_static(b"12345678"), false);
+        // Into an empty queue a message goes whatever its size.
+        let big = message(Bytes::from(vec![b'x'; 500]), false);
+        let big_cost = cost(&big);
+        assert!(c.push(big).is_ok());
+        assert_eq!(closed.borrow_and_update().map(|c| c.0), None);
+        assert!(rx.try_recv().is_ok());
+        c.written(big_cost);
+        // 72 queued (under 100): the second taken; 144: the third refused.
+        assert!(c.push(small()).is_ok());
+        assert!(c.push(small()).is_ok());
+        assert_eq!(closed.borrow_and_update().map(|c| c.0), None);
+        assert_eq!(c.push(small()), Err(PushError::Full));
         assert_eq!(closed.borrow_and_update().map(|c| c.0), Some(1008));
         assert!(rx.try_recv().is_ok());
-        c.written(8);
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+        c.written(2 * cost(&small()));
+        assert_eq!(c.queued.load(Ordering::Relaxed), 0);
         assert!(c.push(message(Bytes::from_static(b"123"), true)).is_ok());
         assert!(matches!(rx.try_recv(), Ok(Out::Msg(Message::Binary(_)))));
     }

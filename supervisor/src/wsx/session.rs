@@ -42,6 +42,7 @@ pub(super) async fn run<S>(
     settings: WsSettings,
     client: Arc<Client>,
     rx: mpsc::UnboundedReceiver<Out>,
+    closes: (CloseRx, CloseRx),
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -54,11 +55,16 @@ pub(super) async fn run<S>(
         .max_frame_size(Some(settings.max_message_bytes));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
-    let mut close_rx = client.close.subscribe();
-    // The writer's receiver is made here, before anything can close the session: a close
-    // set before the task first runs is not missed.
-    let writer_close = client.close.subscribe();
-    let mut writer = tokio::spawn(write_loop(sink, rx, client.clone(), writer_close));
+    // Both receivers were made before the client was registered: a close set since then
+    // (a push over the bound, a config change) is seen by both.
+    let (mut close_rx, writer_close) = closes;
+    // The writer ends with the session however it ends (a panic too).
+    let mut writer = AbortOnDrop(tokio::spawn(write_loop(
+        sink,
+        rx,
+        client.clone(),
+        writer_close,
+    )));
     let calls = Calls {
         wsx,
         open: &open,
@@ -68,12 +74,15 @@ pub(super) async fn run<S>(
     debug!(client = %client.id, channel = %client.channel, "websocket client connected");
 
     let mut stopping = wsx.inner.stopping.subscribe();
-    if *stopping.borrow() {
-        // The server began stopping while this upgrade completed: no hook, just the close.
+    let stopped_at_once = *stopping.borrow();
+    if stopped_at_once {
+        // The server began stopping while this upgrade completed: no hooks, just the close.
         client.close_with(1001, "server shutting down");
     } else if let Some(hook) = &settings.on_connect {
         calls.hook(hook, "connect").await;
     }
+    // A close set before the loop (at once, or while the hook ran) ends it at once.
+    close_rx.mark_changed();
 
     let mut inflight: JoinSet<(String, Result<Reply, DispatchError>)> = JoinSet::new();
     let max_inflight = settings.max_inflight as usize;
@@ -127,8 +136,13 @@ pub(super) async fn run<S>(
                 }
             }
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                if let Ok((cid, result)) = done {
-                    calls.answer(&cid, result);
+                match done {
+                    Ok((cid, result)) => calls.answer(&cid, result),
+                    // The call's task panicked: the client is told, as for a failed call.
+                    Err(e) => {
+                        warn!(client = %client.id, error = %e, "websocket call task failed");
+                        calls.answer("", Err(DispatchError::WorkerDied));
+                    }
                 }
                 // The client was not read while its calls ran: its time counts from now.
                 last_message = Instant::now();
@@ -148,7 +162,7 @@ pub(super) async fn run<S>(
                     break "queue full";
                 }
             }
-            _ = async { tokio::time::sleep(idle_left.unwrap_or_default()).await }, if idle_left.is_some() && inflight.len() < max_inflight => {
+            _ = async { tokio::time::sleep(idle_left.unwrap_or_default()).await }, if idle_left.is_some() && inflight.is_empty() => {
                 client.close_with(1000, "idle timeout");
                 break CLOSED_BY_US;
             }
@@ -179,26 +193,36 @@ pub(super) async fn run<S>(
         // The client went (or must go) first: let the writer end at once.
         client.close_with(1000, "");
     }
-    if tokio::time::timeout_at(deadline, &mut writer)
+    if tokio::time::timeout_at(deadline, &mut writer.0)
         .await
         .is_err()
     {
         // The client does not read even the close frame: the connection is cut (the
         // writer holds the socket's write half and what was queued).
-        writer.abort();
+        writer.0.abort();
         debug!(client = %client.id, "websocket writer did not finish; connection cut");
     }
     inflight.abort_all();
     debug!(client = %client.id, reason = why, "websocket client disconnected");
-    if client.metrics.is_some() {
-        let code = *client.close.borrow();
-        wsx.inner
-            .metrics
-            .websocket
-            .disconnected(&client.channel, reason_label(why, code));
-    }
-    if let Some(hook) = &settings.on_disconnect {
+    // The gauge counts it gone when the registry entry goes (`Registered`), with this.
+    let code = *client.close.borrow();
+    let _ = client.reason.set(reason_label(why, code));
+    if let Some(hook) = &settings.on_disconnect
+        && !stopped_at_once
+    {
         calls.hook(hook, "disconnect").await;
+    }
+}
+
+/// A session's receiver of its close (see `Client::close_with`).
+pub(super) type CloseRx = tokio::sync::watch::Receiver<Option<(u16, &'static str)>>;
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -227,7 +251,7 @@ async fn write_loop<W>(
     mut sink: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     client: Arc<Client>,
-    mut close: tokio::sync::watch::Receiver<Option<(u16, &'static str)>>,
+    mut close: CloseRx,
 ) where
     W: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
