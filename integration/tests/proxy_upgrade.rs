@@ -1,12 +1,14 @@
 //! `oxbus proxy` carrying HTTP/1.1 upgrades (WebSocket) to a scripted server: the upgrade
-//! head reaches the server with `Upgrade` and `Connection: upgrade`, its `101` reaches the
-//! client, and bytes then go both ways (those the client sent behind its head first); the
-//! tunnel has its own idle timeout instead of the request timeouts; a close or an end on
-//! either side reaches the other; a refused upgrade closes the client connection and never
-//! reads what followed the head as a request; upgrades the proxy does not carry (HTTP/1.0,
-//! with a body) are plain requests; tunnels run through a graceful upgrade until its grace
-//! period ends; TLS clients too. Clients write raw bytes, so what is tested is exactly what
-//! goes over the wire.
+//! head reaches the server with `Upgrade: websocket` and `Connection: upgrade`, its `101`
+//! reaches the client (with `Connection: upgrade` and no other hop-by-hop header), and
+//! bytes then go both ways (those the client sent behind its head first); the tunnel has
+//! its own idle timeout instead of the request timeouts; a close or an end on either side
+//! reaches the other; a refused upgrade, a `101` that is not the switch asked for, and an
+//! error answer of the proxy's own (502, 503) close the client connection and never read
+//! what followed the head as a request; upgrades the proxy does not carry (HTTP/1.0, with
+//! a body, to another protocol than websocket) are plain requests; tunnels run through a
+//! graceful upgrade until its grace period ends; TLS clients too. Clients write raw bytes,
+//! so what is tested is exactly what goes over the wire.
 
 use oxbus_integration::eventually;
 use oxbus_integration::proxy::{Proxy, free_port, get, old_exits_cleanly};
@@ -108,10 +110,13 @@ async fn scripted_server() -> (u16, Arc<Script>) {
     (port, script)
 }
 
-/// One server connection. `/ws` with an `Upgrade` header switches (101, [`GREETING`] in
-/// the same write) and then echoes ([`echo`]); `/ws` without one is answered 426;
-/// `/ws-refuse` is answered 403 whatever it asks, and the connection stays open for more
-/// requests; `/echo` echoes a body; `/readyz` is 200.
+/// One server connection. `/ws` with an `Upgrade` header switches (101 with hop-by-hop
+/// headers of its own, [`GREETING`] in the same write) and then echoes ([`echo`]); `/ws`
+/// without one is answered 426; `/ws-refuse` is answered 403 whatever it asks, and the
+/// connection stays open for more requests; `/ws-drop` closes the connection without an
+/// answer; `/ws-h2c`, `/ws-http10` and `/ws-noconn` answer an upgrade with a 101 that is
+/// not the switch asked for (to h2c; as HTTP/1.0; without `Connection: upgrade`) and then
+/// echo; `/echo` echoes a body; `/readyz` is 200.
 async fn serve(mut s: TcpStream, conn: u64, script: Arc<Script>) {
     let mut buf = Vec::new();
     loop {
@@ -141,13 +146,29 @@ async fn serve(mut s: TcpStream, conn: u64, script: Arc<Script>) {
         let ok = match path.as_str() {
             "/ws" if upgrade => {
                 let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                    Connection: Upgrade, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
                     .to_vec();
                 out.extend_from_slice(GREETING);
                 if s.write_all(&out).await.is_err() {
                     return;
                 }
                 return echo(s, buf, conn, script).await;
+            }
+            "/ws-h2c" | "/ws-http10" | "/ws-noconn" if upgrade => {
+                let head: &[u8] = match path.as_str() {
+                    "/ws-h2c" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+                    "/ws-http10" => b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    _ => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                };
+                if s.write_all(&[head, GREETING].concat()).await.is_err() {
+                    return;
+                }
+                return echo(s, buf, conn, script).await;
+            }
+            "/ws-drop" => {
+                script.event(format!("closed {conn}"));
+                return;
             }
             "/ws" => {
                 s.write_all(
@@ -336,11 +357,15 @@ async fn an_upgrade_reaches_the_server_and_bytes_then_go_both_ways() {
         Some("websocket"),
         "{head}"
     );
+    // The switch as the proxy writes it: the server's own hop-by-hop headers dropped.
     assert_eq!(
         header_of(&head, "connection").as_deref(),
-        Some("Upgrade"),
+        Some("upgrade"),
         "{head}"
     );
+    for hop in ["x-hop", "keep-alive"] {
+        assert_eq!(header_of(&head, hop), None, "{head}");
+    }
     assert_eq!(
         header_of(&head, "sec-websocket-accept").as_deref(),
         Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
@@ -526,9 +551,9 @@ async fn a_refused_upgrade_closes_the_client_connection_after_the_answer() {
     let refused = script.requests_to("/ws-refuse");
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].header("upgrade"), ["websocket"]);
-    // That server connection is not pooled: the proxy ends it, and the next request goes
-    // on another.
-    script.wait_event(&format!("eof {}", refused[0].conn)).await;
+    // That server connection is not pooled: the next request goes on another (on one
+    // proxy thread, a pooled one would be taken, being the only one idle), and the proxy
+    // ends it.
     let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
     s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nok")
         .await
@@ -537,12 +562,117 @@ async fn a_refused_upgrade_closes_the_client_connection_after_the_answer() {
     assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
     let echo = script.requests_to("/echo");
     assert_ne!(echo.last().unwrap().conn, refused[0].conn);
+    script.wait_event(&format!("eof {}", refused[0].conn)).await;
     assert!(
         script.requests_to("/smuggled").is_empty(),
         "bytes behind a refused upgrade's head were read as a request"
     );
     assert_eq!(p.stats().await["tunnels_open"], 0);
     assert_eq!(p.upstream(port).await["tunnels"], 0);
+    no_errors(&p, &[]);
+}
+
+/// Sends an upgrade head for `path` with a complete request to `/smuggled` pipelined right
+/// behind it, in one write; returns the one answer, once the connection has closed after it.
+async fn upgrade_with_a_request_behind(port: u16, path: &str) -> Answer {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    s.write_all(format!("{}{smuggled}", WS_HEAD.replace("/ws ", &format!("{path} "))).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let a = answer(&mut s, &mut buf).await;
+    assert_eq!(
+        a.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        a.head
+    );
+    assert!(
+        buf.is_empty(),
+        "more behind the answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        closed(&mut s).await,
+        "the client connection stays open after {} {}",
+        a.status,
+        a.head
+    );
+    a
+}
+
+#[tokio::test]
+async fn an_error_answer_to_an_upgrade_closes_the_connection_unread() {
+    // A server that closes without an answer: 502.
+    let (port, script) = scripted_server().await;
+    let p = proxy_in_front(port, "threads = 1", "").await;
+    let errors = p.upstream(port).await["errors"].as_u64().unwrap();
+    let a = upgrade_with_a_request_behind(p.port, "/ws-drop").await;
+    assert_eq!(a.status, 502, "{}", a.head);
+    assert!(!script.requests_to("/ws-drop").is_empty());
+    assert!(
+        script.requests_to("/smuggled").is_empty(),
+        "bytes behind an upgrade's head were read as a request after a 502"
+    );
+    assert_eq!(p.upstream(port).await["errors"], errors + 1);
+    assert_eq!(p.upstream(port).await["tunnels"], 0);
+    no_errors(&p, &[]);
+    drop(p);
+
+    // No server up: 503 (a second 503, for the request behind, would mean it was read).
+    let down = free_port();
+    let p = Proxy::start(
+        "",
+        &format!(
+            "[upstreams]\nservers = [\"127.0.0.1:{down}\"]\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n"
+        ),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the server is checked and down",
+        || async {
+            let u = p.upstream(down).await;
+            (u["checks"].as_u64() > Some(0) && u["up"] == false).then_some(())
+        },
+    )
+    .await;
+    let a = upgrade_with_a_request_behind(p.port, "/ws").await;
+    assert_eq!(a.status, 503, "{}", a.head);
+    assert_eq!(a.json()["error"], "no server is up");
+    assert_eq!(p.stats().await["no_upstream"], 1);
+    no_errors(&p, &[]);
+}
+
+#[tokio::test]
+async fn a_101_that_is_not_the_switch_asked_for_is_a_502() {
+    let (port, script) = scripted_server().await;
+    let p = proxy_in_front(port, "", "").await;
+    let errors = p.upstream(port).await["errors"].as_u64().unwrap();
+    let paths = ["/ws-h2c", "/ws-http10", "/ws-noconn"];
+    for path in paths {
+        let a = upgrade_with_a_request_behind(p.port, path).await;
+        assert_eq!(a.status, 502, "{path}: {}", a.head);
+        assert!(
+            a.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not the switch asked for")),
+            "{path}: {}",
+            a.json()
+        );
+        // The server connection is ended (it is no HTTP any more).
+        let seen = script.requests_to(path);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        script.wait_event(&format!("eof {}", seen[0].conn)).await;
+    }
+    assert!(
+        script.requests_to("/smuggled").is_empty(),
+        "bytes behind an upgrade's head were read as a request after a 502"
+    );
+    let u = p.upstream(port).await;
+    assert_eq!(u["errors"], errors + paths.len() as u64, "{u}");
+    assert_eq!(u["tunnels"], 0, "{u}");
+    assert_eq!(p.stats().await["tunnels_open"], 0);
     no_errors(&p, &[]);
 }
 
@@ -578,6 +708,21 @@ async fn plain_requests_and_upgrades_not_carried_are_served_as_before() {
         .unwrap();
     let a = answer(&mut s, &mut buf).await;
     assert_eq!((a.status, a.body.as_slice()), (200, &b"three"[..]));
+    // An upgrade to another protocol than websocket (h2c, as `curl --http2` asks of an
+    // http:// URL): a plain request, and the connection goes on.
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let a = answer(&mut s, &mut buf).await;
+    assert_eq!(a.status, 426, "{}", a.head);
+    assert_eq!(a.header("connection"), None, "{}", a.head);
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nfour")
+        .await
+        .unwrap();
+    let a = answer(&mut s, &mut buf).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"four"[..]));
 
     // From an HTTP/1.0 client: a plain request too, answered and closed.
     let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
@@ -589,10 +734,11 @@ async fn plain_requests_and_upgrades_not_carried_are_served_as_before() {
     assert!(closed(&mut s).await);
 
     let ws = script.requests_to("/ws");
-    assert_eq!(ws.len(), 2, "{ws:?}");
+    assert_eq!(ws.len(), 3, "{ws:?}");
     for seen in ws {
         assert!(seen.header("upgrade").is_empty(), "{}", seen.head);
         assert!(seen.header("connection").is_empty(), "{}", seen.head);
+        assert!(seen.header("http2-settings").is_empty(), "{}", seen.head);
     }
     assert_eq!(p.upstream(port).await["tunnels"], 0);
     no_errors(&p, &[]);

@@ -105,6 +105,10 @@ pub fn has_token(v: &[u8], token: &[u8]) -> bool {
     tokens(v).any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// The one protocol an upgrade is carried to: WebSocket (RFC 6455), the only one an Oxbus
+/// server switches to ([`ConnectionHeader::carries_upgrade`]).
+pub const CARRIED_UPGRADE: &[u8] = b"websocket";
+
 /// What the `Connection` headers of a head say: `close`, `keep-alive`, `upgrade`, and the
 /// other headers they name (hop-by-hop for this hop only).
 #[derive(Debug)]
@@ -145,24 +149,51 @@ impl<'h, 'b> ConnectionHeader<'h, 'b> {
         c
     }
 
-    /// Whether a request's protocol upgrade (RFC 9110 §7.8: a WebSocket, say) is carried:
-    /// an HTTP/1.1 request with an `Upgrade` header naming a protocol, `Connection` naming
-    /// `upgrade`, and no body (`body`: its framing). Only then do `Upgrade` and
-    /// `Connection: upgrade` go to the server, and a `101` from it opens a tunnel.
+    /// Whether a request's protocol upgrade (RFC 9110 §7.8) is carried: an HTTP/1.1 request
+    /// with an `Upgrade` header naming [`CARRIED_UPGRADE`] (`websocket`, in any case, alone
+    /// or in a list), `Connection` naming `upgrade`, and no body (`body`: its framing). Only
+    /// then does the server get `Upgrade: websocket` and `Connection: upgrade`, and a `101`
+    /// from it that [`switches_to_websocket`](Self::switches_to_websocket) opens a tunnel.
     ///
-    /// Otherwise both are hop-by-hop as ever: dropped, and the request is a plain one. An
-    /// HTTP/1.0 request's `Upgrade` is to be ignored (RFC 9110 §7.8). A request with a body
-    /// would switch only after its body, so the tunnel would have to follow the body's
-    /// framing first; no upgrade an Oxbus server takes has one (a WebSocket handshake is a
-    /// GET without a body), so such a request is served as the plain request it also is.
+    /// Otherwise both are hop-by-hop as ever: dropped, and the request is a plain one (its
+    /// connection kept alive as any other's). An HTTP/1.0 request's `Upgrade` is to be
+    /// ignored (RFC 9110 §7.8). A request with a body would switch only after its body, so
+    /// the tunnel would have to follow the body's framing first; a WebSocket handshake is a
+    /// GET without a body. Any other protocol (`h2c`, say: what `curl --http2` asks of an
+    /// `http://` URL) is not one an Oxbus server switches to, and carrying it would only
+    /// cost the connection its keep-alive and open the way to upgrade smuggling (a server
+    /// behind the proxy that switches, or claims to, to a protocol the proxy cannot follow).
     pub fn carries_upgrade(&self, http10: bool, body: BodyKind) -> bool {
         self.upgrade
             && !http10
             && body == BodyKind::None
             && self
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade") && tokens(h.value).next().is_some())
+                .upgrade_tokens()
+                .any(|t| t.eq_ignore_ascii_case(CARRIED_UPGRADE))
+    }
+
+    /// Whether a `101 Switching Protocols` answering a carried upgrade is the switch that was
+    /// asked for: an HTTP/1.1 answer (`http11`) whose `Connection` names `upgrade` and whose
+    /// `Upgrade` names [`CARRIED_UPGRADE`] and nothing else (the server was offered nothing
+    /// else). Any other `101` is not followed: what comes after it is no HTTP the proxy can
+    /// read, nor a tunnel the client asked for.
+    pub fn switches_to_websocket(&self, http11: bool) -> bool {
+        let mut named = false;
+        for t in self.upgrade_tokens() {
+            if !t.eq_ignore_ascii_case(CARRIED_UPGRADE) {
+                return false;
+            }
+            named = true;
+        }
+        http11 && self.upgrade && named
+    }
+
+    /// The protocols the `Upgrade` headers name, in order.
+    fn upgrade_tokens(&self) -> impl Iterator<Item = &'b [u8]> + 'h {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .flat_map(|h| tokens(h.value))
     }
 
     fn tokens(&self) -> impl Iterator<Item = &'b [u8]> + 'h {
@@ -688,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_is_carried_only_from_http11_without_a_body() {
+    fn an_upgrade_is_carried_only_to_websocket_from_http11_without_a_body() {
         let ws = hdrs(&[
             ("Host", b"x"),
             ("Upgrade", b"websocket"),
@@ -702,13 +733,24 @@ mod tests {
         assert!(!c.carries_upgrade(false, BodyKind::Length(5)));
         assert!(!c.carries_upgrade(false, BodyKind::Chunked));
         // Both headers are needed: an Upgrade that Connection does not name, a Connection
-        // naming an Upgrade that is absent or names no protocol.
+        // naming an Upgrade that is absent or names no protocol; and the protocol must be
+        // websocket (h2c is what `curl --http2` asks of an http:// URL).
         for h in [
             &[("Upgrade", &b"websocket"[..])][..],
             &[("Upgrade", b"websocket"), ("Connection", b"keep-alive")],
             &[("Upgrade", b"websocket"), ("Connection", b"upgrades")],
             &[("Connection", b"upgrade")],
             &[("Upgrade", b" , "), ("Connection", b"upgrade")],
+            &[
+                ("Upgrade", b"h2c"),
+                ("Connection", b"Upgrade, HTTP2-Settings"),
+            ],
+            &[("Upgrade", b"websockets"), ("Connection", b"upgrade")],
+            &[("Upgrade", b"websocket/13"), ("Connection", b"upgrade")],
+            &[
+                ("Upgrade", b"TLS/1.2, HTTP/1.1"),
+                ("Connection", b"upgrade"),
+            ],
         ] {
             let h = hdrs(h);
             assert!(
@@ -716,13 +758,54 @@ mod tests {
                 "{h:?}"
             );
         }
-        // Tokens in any case, from any Connection header.
-        let h = hdrs(&[
-            ("connection", b"close"),
-            ("CONNECTION", b"UPGRADE"),
-            ("upgrade", b"h2c, websocket"),
-        ]);
-        assert!(ConnectionHeader::of(&h).carries_upgrade(false, BodyKind::None));
+        // Tokens in any case, from any Connection or Upgrade header; websocket in a list.
+        for h in [
+            &[
+                ("connection", &b"close"[..]),
+                ("CONNECTION", b"UPGRADE"),
+                ("upgrade", b"h2c, WebSocket"),
+            ][..],
+            &[
+                ("Connection", b"upgrade"),
+                ("Upgrade", b"h2c"),
+                ("Upgrade", b"websocket"),
+            ],
+        ] {
+            let h = hdrs(h);
+            assert!(
+                ConnectionHeader::of(&h).carries_upgrade(false, BodyKind::None),
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_101_switches_only_to_websocket_over_http11_with_connection_upgrade() {
+        let ok = hdrs(&[("Upgrade", b"WebSocket"), ("Connection", b"Upgrade")]);
+        assert!(ConnectionHeader::of(&ok).switches_to_websocket(true));
+        // An HTTP/1.0 answer.
+        assert!(!ConnectionHeader::of(&ok).switches_to_websocket(false));
+        for h in [
+            // No Connection: upgrade.
+            &[("Upgrade", &b"websocket"[..])][..],
+            &[("Upgrade", b"websocket"), ("Connection", b"keep-alive")],
+            // No Upgrade, an empty one, another protocol, or another one besides.
+            &[("Connection", b"upgrade")],
+            &[("Upgrade", b" , "), ("Connection", b"upgrade")],
+            &[("Upgrade", b"h2c"), ("Connection", b"upgrade")],
+            &[("Upgrade", b"websocket, h2c"), ("Connection", b"upgrade")],
+            &[
+                ("Upgrade", b"websocket"),
+                ("Upgrade", b"h2c"),
+                ("Connection", b"upgrade"),
+            ],
+        ] {
+            let h = hdrs(h);
+            assert!(
+                !ConnectionHeader::of(&h).switches_to_websocket(true),
+                "{h:?}"
+            );
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Stats {
             (
                 "tunnels_total",
                 "counter",
-                "Tunnels opened: upgrade requests answered 101.",
+                "Tunnels opened: upgrade requests switched (a 101 as asked).",
                 |r| r.u.tunnels.load(Ordering::Relaxed),
             ),
             (
@@ -225,7 +225,7 @@ impl Stats {
         }
         let _ = writeln!(
             o,
-            "# HELP oxbus_proxy_upstream_latency_seconds Time from choosing the server to the end of its answer.\n\
+            "# HELP oxbus_proxy_upstream_latency_seconds Time from choosing the server to the end of its answer (for a tunnel, to its 101).\n\
              # TYPE oxbus_proxy_upstream_latency_seconds histogram"
         );
         for r in &rows {

@@ -201,7 +201,11 @@ fn upgrade_header() -> impl Strategy<Value = (String, String)> {
                 "Upgrade",
                 "UPGRADE",
                 "websocket",
+                "WebSocket",
+                "websockets",
+                "websocket/13",
                 "h2c",
+                "HTTP/2.0",
                 "keep-alive",
                 "close",
                 "upgrades",
@@ -296,7 +300,7 @@ proptest! {
     }
 
     /// A request's upgrade is carried exactly when the model says: HTTP/1.1, no body,
-    /// `Upgrade` naming a protocol, `Connection` listing `upgrade`.
+    /// `Upgrade` listing `websocket`, `Connection` listing `upgrade`.
     #[test]
     fn upgrades_are_carried_as_the_model_says(
         headers in prop::collection::vec(upgrade_header(), 0..5),
@@ -412,8 +416,23 @@ fn the_model_reads_known_bodies() {
         &[("Upgrade", "websocket"), ("Connection", "upgrades")],
         &[("Upgrade", " , "), ("Connection", "upgrade")],
         &[("Connection", "upgrade")],
+        &[
+            ("Upgrade", "h2c"),
+            ("Connection", "Upgrade, HTTP2-Settings"),
+        ],
+        &[("Upgrade", "websocket/13"), ("Connection", "upgrade")],
     ] {
         assert!(!h1_model::upgrade(&hs(h), false, BodyKind::None), "{h:?}");
+    }
+    for h in [
+        &[("Upgrade", "h2c, WebSocket"), ("Connection", "upgrade")][..],
+        &[
+            ("Upgrade", "h2c"),
+            ("Upgrade", "websocket"),
+            ("Connection", "upgrade"),
+        ],
+    ] {
+        assert!(h1_model::upgrade(&hs(h), false, BodyKind::None), "{h:?}");
     }
 }
 

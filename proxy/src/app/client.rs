@@ -28,8 +28,9 @@ pub(super) struct ReqInfo {
     pub(super) keep_alive: bool,
     pub(super) http10: bool,
     pub(super) expect_continue: bool,
-    /// It asks for a protocol upgrade that is carried (`Upgrade` goes to the server, whose
-    /// `101` opens a tunnel): [`h1::ConnectionHeader::carries_upgrade`].
+    /// It asks for a protocol upgrade that is carried, to WebSocket (`Upgrade: websocket`
+    /// goes to the server, whose `101` switching to it opens a tunnel):
+    /// [`h1::ConnectionHeader::carries_upgrade`].
     pub(super) upgrade: bool,
     pub(super) id: ReqId,
 }
@@ -126,7 +127,9 @@ impl Client {
     pub(super) async fn linger(&mut self) {
         let end = Instant::now() + LINGER;
         let _ = tokio::time::timeout_at(end, self.io.shutdown()).await;
-        let mut sink = [0u8; 4096];
+        // On the heap, and only now: an array here would be part of every connection's
+        // future, for its whole life (a tunnel's too), not just of one that lingers.
+        let mut sink = vec![0u8; 4096];
         let mut left = LINGER_BYTES;
         while left > 0 {
             match tokio::time::timeout_at(end, self.io.read(&mut sink)).await {

@@ -11,17 +11,19 @@
 //! one, `Connection: close` while the process hands over to its successor, and the
 //! per-server counters.
 //!
-//! Upgrades (WebSocket): a request asking for one (HTTP/1.1, `Upgrade`, `Connection:
-//! upgrade`, no body: [`h1::ConnectionHeader::carries_upgrade`]) goes to its server like any
-//! GET but keeps `Upgrade` and `Connection: upgrade` ([`rewrite`]). Answered `101`, the
-//! answer head goes to the client and the connection becomes a tunnel ([`tunnel`]): bytes
-//! copied both ways in this same task, the client's bytes read behind its head first, ends
-//! passed on as half-closes, with `tunnel_idle_timeout_ms` as its only timeout; it counts as
-//! in flight on its server, is never retried or pooled, and runs through a stop or a
-//! hand-over like any request in flight (until it ends or the grace period does). Answered
-//! anything else, the answer is relayed and both connections close: what the client sent
-//! behind an upgrade's head is never read as a request. Any other request's `Upgrade` is
-//! hop-by-hop, dropped.
+//! Upgrades (WebSocket): a request asking for one (HTTP/1.1, `Upgrade` listing
+//! `websocket`, `Connection: upgrade`, no body: [`h1::ConnectionHeader::carries_upgrade`])
+//! goes to its server like any GET but with `Upgrade: websocket` and `Connection: upgrade`
+//! ([`rewrite`]). Answered a `101` that is the switch asked for (HTTP/1.1, `Connection:
+//! upgrade`, `Upgrade: websocket`), the answer head goes to the client and the connection
+//! becomes a tunnel ([`tunnel`]): bytes copied both ways in this same task, the client's
+//! bytes read behind its head first, ends passed on as half-closes, with
+//! `tunnel_idle_timeout_ms` as its only timeout; it counts as in flight on its server, is
+//! never retried or pooled, and runs through a stop or a hand-over like any request in
+//! flight (until it ends or the grace period does). Answered another `101`, the client gets
+//! a 502; answered anything else, the answer is relayed; either way both connections close:
+//! what the client sent behind an upgrade's head is never read as a request. Any other
+//! request's `Upgrade` (another protocol, HTTP/1.0, a body) is hop-by-hop, dropped.
 //!
 //! pingora runs the process around it (listeners, TLS, the graceful upgrade's socket
 //! hand-over, signals, runtimes, health checks and discovery); this module is the
@@ -172,6 +174,9 @@ enum Next {
 /// What an answer's head said, for the rest of the exchange.
 struct RespInfo {
     status: u16,
+    /// A `101` that switches a carried upgrade as asked
+    /// ([`h1::ConnectionHeader::switches_to_websocket`]): the connection becomes a tunnel.
+    switching: bool,
     body: BodyKind,
     /// The server connection may serve another request after this answer.
     up_keep: bool,
@@ -328,17 +333,28 @@ impl Balancer {
     /// drops the runtime's tasks, which closes both sides). Then the client connection is
     /// closed; the server connection never goes back to the pool. While the tunnel is open
     /// it counts as in flight on its server, so least-connections spreads tunnels too.
+    ///
+    /// Many WebSockets sit idle behind a proxy for hours, so an open tunnel keeps as little
+    /// memory as it can: the connection's read buffers (16 KiB and more each) and head
+    /// buffers are released before it starts, the client's early bytes kept in an
+    /// allocation of their own size, and the tunnel holds a copy buffer only while a
+    /// destination does not take what was read ([`tunnel`]).
     async fn tunnel(
         &self,
         c: &mut Client,
         s: &mut Scratch,
-        mut up: UpConn,
+        up: UpConn,
         u: &Upstream,
         started: std::time::Instant,
     ) -> Next {
         let lim = &self.limits;
-        s.resp.extend_from_slice(&up.buf);
-        up.buf.clear();
+        let UpConn {
+            io: mut up_io,
+            buf: up_buf,
+            ..
+        } = up;
+        s.resp.extend_from_slice(&up_buf);
+        drop(up_buf);
         if write_all(&mut c.io, &s.resp, &mut c.timer, lim.read_timeout)
             .await
             .is_err()
@@ -348,12 +364,17 @@ impl Balancer {
         {
             return Next::Close;
         }
+        // No further request is read on this connection: its buffers go now, not when the
+        // tunnel ends.
+        let early = c.buf.to_vec();
+        c.buf = BytesMut::new();
+        s.req = Vec::new();
+        s.resp = Vec::new();
         u.latency.record(started.elapsed());
         u.tunnels.fetch_add(1, Ordering::Relaxed);
         let _open = OpenTunnel::new(&self.totals.tunnels_open);
-        debug!(upstream = %u.addr, early_bytes = c.buf.len(), "tunnel open");
-        let o = tunnel::run(&mut c.io, &c.buf, &mut up.io, lim.tunnel_idle_timeout).await;
-        c.buf.clear();
+        debug!(upstream = %u.addr, early_bytes = early.len(), "tunnel open");
+        let o = tunnel::run(&mut c.io, early, &mut up_io, lim.tunnel_idle_timeout).await;
         debug!(
             upstream = %u.addr,
             end = %o.end,
@@ -605,23 +626,26 @@ impl Balancer {
                 };
                 up.buf.advance(n);
                 if (100..200).contains(&info.status) {
-                    if info.status == 101 && req.upgrade {
-                        // The server switched: from here on the connection is a tunnel,
-                        // never retried (the server took the request) nor pooled.
+                    if info.switching {
+                        // The server switched as asked: from here on the connection is a
+                        // tunnel, never retried (the server took the request) nor pooled.
                         return self.tunnel(c, s, up, u, started).await;
                     }
                     if info.status == 101 {
-                        // Switched unasked (the proxy dropped any `Upgrade`): what follows
-                        // is no HTTP answer.
+                        // Switched unasked (the proxy dropped any `Upgrade`), or not as
+                        // asked (not HTTP/1.1, no `Connection: upgrade`, or to another
+                        // protocol than websocket): what follows is no HTTP answer, nor a
+                        // tunnel the client asked for. The server's fault, and the end of
+                        // both connections.
                         u.errors.fetch_add(1, Ordering::Relaxed);
-                        self.answer(
-                            c,
-                            502,
-                            "the server switched protocols, which this proxy does not carry",
-                            Some(&req.id),
-                            true,
-                        )
-                        .await;
+                        let msg = if req.upgrade {
+                            "the server's 101 is not the switch asked for (HTTP/1.1, \
+                             Connection: upgrade, Upgrade: websocket)"
+                        } else {
+                            "the server switched protocols, which this proxy does not carry"
+                        };
+                        debug!(upstream = %u.addr, upgrade = req.upgrade, "{msg}");
+                        self.answer(c, 502, msg, Some(&req.id), true).await;
                         return Next::Linger;
                     }
                     // Interim answers reach HTTP/1.1 clients as they came (but a late

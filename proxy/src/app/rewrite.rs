@@ -1,9 +1,10 @@
 //! The heads as the other side gets them: the request head for the server (hop-by-hop
-//! headers dropped but a carried upgrade's `Upgrade` and `Connection: upgrade`,
-//! `X-Forwarded-*` and the request id set, a client's trace context dropped unless
-//! `proxy.pass_trace_context`) and the answer head for the client (framing checked,
-//! `Connection: close` when the client connection ends, a `101` to a carried upgrade as the
-//! server wrote it). Pure transformations of parsed heads into bytes: no I/O here.
+//! headers dropped, a carried WebSocket upgrade going with `Upgrade: websocket` and
+//! `Connection: upgrade`, `X-Forwarded-*` and the request id set, a client's trace context
+//! dropped unless `proxy.pass_trace_context`) and the answer head for the client (framing
+//! checked, `Connection: close` when the client connection ends; a `101` that switches a
+//! carried upgrade keeps its `Upgrade` and gets `Connection: upgrade`, as the request did).
+//! Pure transformations of parsed heads into bytes: no I/O here.
 
 use std::sync::atomic::Ordering;
 
@@ -48,8 +49,9 @@ impl ReqId {
 
 impl Balancer {
     /// The request head as the server gets it: hop-by-hop headers dropped (a carried
-    /// upgrade keeps its `Upgrade`, with `Connection: upgrade`), `X-Forwarded-For` appended
-    /// to, `-Proto`/`-Port` and the request id set. `c`: the client it came from.
+    /// upgrade goes with `Upgrade: websocket` and `Connection: upgrade` instead),
+    /// `X-Forwarded-For` appended to, `-Proto`/`-Port` and the request id set. `c`: the
+    /// client it came from.
     pub(super) fn rewrite_request(
         &self,
         r: &httparse::Request,
@@ -91,10 +93,6 @@ impl Balancer {
                 }
                 continue;
             }
-            if upgrade && name.eq_ignore_ascii_case("upgrade") {
-                h1::put_header(out, name.as_bytes(), h.value);
-                continue;
-            }
             if conn.drops(name) {
                 continue;
             }
@@ -129,8 +127,10 @@ impl Balancer {
             h1::put_header(out, name.as_bytes(), h.value);
         }
         if upgrade {
-            // Only the switch: what else the client's `Connection` named stays on this hop.
-            out.extend_from_slice(b"connection: upgrade\r\n");
+            // Only the switch, and only to the one protocol carried: other protocols the
+            // client offered beside it are not for the server to choose (the proxy would not
+            // follow their 101), and what else its `Connection` named stays on this hop.
+            out.extend_from_slice(b"upgrade: websocket\r\nconnection: upgrade\r\n");
         }
         // Appended, as a proxy does: servers that trust this proxy read the rightmost
         // address they do not trust, so what a client wrote itself is never believed.
@@ -201,9 +201,13 @@ impl Balancer {
         let conn = ConnectionHeader::of(headers);
         let framed = h1::framing(headers, false, r.version == Some(0))?;
         let informational = (100..200).contains(&status);
-        // The switch to a carried upgrade: its head goes to the client as the server wrote
-        // it (its `Upgrade` and `Connection` are the switch), with the request id.
-        let switching = status == 101 && req.upgrade;
+        // The switch of a carried upgrade, if the 101 is the one asked for (HTTP/1.1,
+        // `Connection: upgrade`, `Upgrade: websocket`): any other 101 is answered 502 by the
+        // data path. Its head is rebuilt as for any answer (hop-by-hop headers, and those
+        // its `Connection` names, dropped), but it keeps its `Upgrade` and gets
+        // `Connection: upgrade` of the proxy's own, as the request did, and the request id.
+        let switching =
+            status == 101 && req.upgrade && conn.switches_to_websocket(r.version == Some(1));
         let body = if req.head_only || informational || status == 204 || status == 304 {
             BodyKind::None
         } else {
@@ -227,7 +231,8 @@ impl Balancer {
         out.extend_from_slice(b"\r\n");
         let mut has_id = false;
         for h in headers {
-            if (!switching && conn.drops(h.name))
+            let switch_header = switching && h.name.eq_ignore_ascii_case("upgrade");
+            if (!switch_header && conn.drops(h.name))
                 || (framed.drop_length && h.name.eq_ignore_ascii_case("content-length"))
             {
                 continue;
@@ -236,6 +241,9 @@ impl Balancer {
                 has_id = true;
             }
             h1::put_header(out, h.name.as_bytes(), h.value);
+        }
+        if switching {
+            out.extend_from_slice(b"connection: upgrade\r\n");
         }
         if (!informational || switching) && !has_id {
             h1::put_header(out, b"x-request-id", req.id.bytes());
@@ -246,6 +254,7 @@ impl Balancer {
         out.extend_from_slice(b"\r\n");
         Ok(RespInfo {
             status,
+            switching,
             body,
             up_keep,
             client_keep,
@@ -349,6 +358,14 @@ mod tests {
         assert_eq!(values(&head, "x-forwarded-proto"), ["http"]);
         assert_eq!(values(&head, "x-request-id").len(), 1, "{head}");
         assert!(head.starts_with("GET /ws HTTP/1.1\r\n") && head.ends_with("\r\n\r\n"));
+        // Offered beside other protocols, in any case: only websocket is offered on.
+        let (head, info) = forward(
+            &b,
+            &WS.replace("Upgrade: websocket", "Upgrade: h2c, WebSocket, foo/2"),
+        );
+        assert!(info.upgrade, "{head}");
+        assert_eq!(values(&head, "upgrade"), ["websocket"], "{head}");
+        assert_eq!(values(&head, "connection"), ["upgrade"], "{head}");
     }
 
     #[test]
@@ -363,33 +380,53 @@ mod tests {
             ),
             // Connection does not name the upgrade.
             (WS.replace("Upgrade, ", ""), true),
+            // Another protocol than websocket: h2c as `curl --http2` asks for it.
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                 Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+                    .to_string(),
+                true,
+            ),
+            (
+                WS.replace("Upgrade: websocket", "Upgrade: websockets"),
+                true,
+            ),
         ] {
             let (head, info) = forward(&b, &req);
             assert!(!info.upgrade, "{req}");
             assert_eq!(info.keep_alive, keep, "{req}");
             assert!(values(&head, "upgrade").is_empty(), "{head}");
             assert!(values(&head, "connection").is_empty(), "{head}");
+            assert!(values(&head, "http2-settings").is_empty(), "{head}");
         }
     }
 
     #[test]
-    fn a_101_to_an_upgrade_reaches_the_client_as_the_server_wrote_it() {
+    fn a_101_that_switches_reaches_the_client_with_its_switch_and_no_other_hop_headers() {
         let b = balancer();
         let (_, req) = forward(&b, WS);
         let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-            Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+            Connection: Upgrade, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n\
+            Proxy-Authenticate: Basic\r\nTrailer: X-T\r\n\
+            Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            .to_string();
         // Even while the process stops or hands over: the tunnel runs its course.
         b.draining.store(true, Ordering::Relaxed);
         for closing in [false, true] {
-            let (head, info) = answer(&b, &req, switch, closing);
+            let (head, info) = answer(&b, &req, &switch, closing);
             assert_eq!(info.status, 101);
+            assert!(info.switching, "{head}");
             assert!(!info.up_keep, "a switched connection is never pooled");
             assert!(
                 head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
                 "{head}"
             );
+            // The switch: the server's Upgrade, the proxy's own Connection.
             assert_eq!(values(&head, "upgrade"), ["websocket"], "{head}");
-            assert_eq!(values(&head, "connection"), ["Upgrade"], "{head}");
+            assert_eq!(values(&head, "connection"), ["upgrade"], "{head}");
+            for hop in ["keep-alive", "x-hop", "proxy-authenticate", "trailer"] {
+                assert!(values(&head, hop).is_empty(), "{hop}: {head}");
+            }
             assert_eq!(
                 values(&head, "sec-websocket-accept"),
                 ["s3pPLMBiTxaQ9kYGzzhZRbK+xOo="]
@@ -399,10 +436,34 @@ mod tests {
                 [std::str::from_utf8(req.id.bytes()).unwrap()]
             );
         }
-        // A 101 to a request that did not ask is not a switch (the data path answers 502).
+        b.draining.store(false, Ordering::Relaxed);
+        // What the data path answers 502 instead of opening a tunnel: a 101 that is not the
+        // switch asked for (HTTP/1.0, no `Connection: upgrade`, no Upgrade, another
+        // protocol or another one besides), and any 101 to a request that asked for none.
+        let bad_switches = [
+            switch.replacen("HTTP/1.1", "HTTP/1.0", 1),
+            switch.replace("Connection: Upgrade, X-Hop", "Connection: X-Hop"),
+            switch.replace("Upgrade: websocket\r\n", ""),
+            switch.replace("Upgrade: websocket", "Upgrade: h2c"),
+            switch.replace("Upgrade: websocket", "Upgrade: websocket, h2c"),
+        ];
+        for bad in &bad_switches {
+            let (head, info) = answer(&b, &req, bad, false);
+            assert_eq!(info.status, 101);
+            assert!(!info.switching, "{bad} -> {head}");
+            assert!(!info.up_keep);
+        }
         let (_, plain) = forward(&b, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        let (head, _) = answer(&b, &plain, switch, false);
-        assert!(values(&head, "upgrade").is_empty(), "{head}");
+        let (_, info) = answer(&b, &plain, &switch, false);
+        assert!(!info.switching);
+        // A carried upgrade's other answers are no switch either.
+        let (_, info) = answer(
+            &b,
+            &req,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!info.switching);
     }
 
     #[test]

@@ -10,19 +10,26 @@
 //! byte that moved either way; a peer that reads nothing, so that a write waits, makes no
 //! progress either.
 //!
+//! Memory: many WebSockets sit idle behind a proxy, so an idle tunnel holds no copy
+//! buffer. Each direction reads into a buffer on the stack and writes from it at once; only
+//! what a destination does not take then (it waits, or takes part) is kept, in an
+//! allocation of its own size, freed once written. A tunnel's own state is then a few
+//! hundred bytes besides its sockets.
+//!
 //! Plain I/O on any `AsyncRead`/`AsyncWrite` (a client's TCP or TLS stream, a server's
 //! TCP stream): no HTTP here; the switch is decided in [`super`].
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-/// Each direction's buffer (larger if more than this was read before the switch).
-const BUF: usize = 16 * 1024;
+/// The most one read takes (on the stack, for the moment it is written on).
+const READ: usize = 16 * 1024;
 
 /// How a tunnel ended.
 #[derive(Debug)]
@@ -55,12 +62,12 @@ pub(super) struct Outcome {
     pub(super) down: u64,
 }
 
-/// One direction: bytes read from its source and not yet written to its destination.
+/// One direction.
 struct Half {
-    buf: Vec<u8>,
-    /// `buf[at..end]` is still to be written.
+    /// Bytes read and not yet written, from `at` on: what the destination did not take when
+    /// they were read. Empty, holding no memory, once they are written.
+    pending: Vec<u8>,
     at: usize,
-    end: usize,
     /// The source ended.
     eof: bool,
     /// Bytes were written since the destination's last flush (a TLS layer may hold them).
@@ -70,21 +77,34 @@ struct Half {
     moved: u64,
 }
 
+/// One write of `data` to `dst` (a write of nothing from a non-empty buffer is an error).
+fn poll_write_some<W>(cx: &mut Context<'_>, dst: &mut W, data: &[u8]) -> Poll<io::Result<usize>>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    match ready!(Pin::new(&mut *dst).poll_write(cx, data)) {
+        Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        r => Poll::Ready(r),
+    }
+}
+
 impl Half {
     /// A direction whose first bytes to write are `pending`.
-    fn new(pending: &[u8]) -> Half {
-        let mut buf = pending.to_vec();
-        let end = buf.len();
-        buf.resize(end.max(BUF), 0);
+    fn new(pending: Vec<u8>) -> Half {
         Half {
-            buf,
+            pending,
             at: 0,
-            end,
             eof: false,
             unflushed: false,
             done: false,
             moved: 0,
         }
+    }
+
+    fn wrote(&mut self, n: usize, moved: &mut bool) {
+        self.moved += n as u64;
+        self.unflushed = true;
+        *moved = true;
     }
 
     /// Moves what can be moved now from `src` to `dst`. `Ready(Ok)`: this direction is
@@ -105,34 +125,46 @@ impl Half {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if self.at < self.end {
-                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.at..self.end]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
+            if self.at < self.pending.len() {
+                let n = ready!(poll_write_some(cx, dst, &self.pending[self.at..]))?;
                 self.at += n;
-                self.moved += n as u64;
-                self.unflushed = true;
-                *moved = true;
+                self.wrote(n, moved);
                 continue;
             }
-            self.at = 0;
-            self.end = 0;
+            if self.at > 0 {
+                self.pending = Vec::new();
+                self.at = 0;
+            }
             if self.eof {
                 // The source's end becomes the destination's (a shutdown flushes first).
                 ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
                 self.done = true;
                 continue;
             }
-            let mut rb = ReadBuf::new(&mut self.buf);
+            let mut space = [MaybeUninit::<u8>::uninit(); READ];
+            let mut rb = ReadBuf::uninit(&mut space);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
+                    let data = rb.filled();
+                    if data.is_empty() {
                         self.eof = true;
-                    } else {
-                        self.end = n;
-                        *moved = true;
+                        continue;
+                    }
+                    *moved = true;
+                    // Written from here while the destination takes it; the rest is kept.
+                    let mut at = 0;
+                    while at < data.len() {
+                        match poll_write_some(cx, dst, &data[at..]) {
+                            Poll::Ready(Ok(n)) => {
+                                at += n;
+                                self.wrote(n, moved);
+                            }
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => {
+                                self.pending = data[at..].to_vec();
+                                return Poll::Pending;
+                            }
+                        }
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -148,12 +180,33 @@ impl Half {
     }
 }
 
+/// Whether the idle timer says the tunnel has been idle for `idle` since `last` (the last
+/// byte that moved). The timer is moved only when it fires, not at every byte: it then
+/// waits for what is left of the idle time since `last`. Whether the time is up is decided
+/// by the deadline that fired, never by a clock read before the timer was polled: such a
+/// reading may be older than the deadline (the timer fires on another thread meanwhile), and
+/// then a deadline already past would be set again, and fire again, forever.
+fn idle_expired(
+    mut timer: Pin<&mut Sleep>,
+    cx: &mut Context<'_>,
+    last: Instant,
+    idle: Duration,
+) -> bool {
+    while timer.as_mut().poll(cx).is_ready() {
+        if last + idle <= timer.deadline() {
+            return true;
+        }
+        timer.as_mut().reset(last + idle);
+    }
+    false
+}
+
 /// Copies bytes both ways between `client` and `server` until both directions have ended,
 /// one side failed, or nothing moved for `idle`. `early`: what the client sent behind its
 /// request head before the switch, which goes to the server first.
 pub(super) async fn run<C, S>(
     client: &mut C,
-    early: &[u8],
+    early: Vec<u8>,
     server: &mut S,
     idle: Duration,
 ) -> Outcome
@@ -162,7 +215,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut up = Half::new(early);
-    let mut down = Half::new(&[]);
+    let mut down = Half::new(Vec::new());
     let mut last = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(last + idle));
     // Which direction goes first alternates, so that one that always has bytes ready does not
@@ -185,17 +238,11 @@ where
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
             _ => {}
         }
-        // The timer is moved only when it fires, not at every byte: it then waits for what
-        // is left of the idle time since the last byte that moved.
-        let now = Instant::now();
         if moved {
-            last = now;
+            last = Instant::now();
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            if last + idle <= now {
-                return Poll::Ready(End::Idle);
-            }
-            timer.as_mut().reset(last + idle);
+        if idle_expired(timer.as_mut(), cx, last, idle) {
+            return Poll::Ready(End::Idle);
         }
         Poll::Pending
     })
@@ -220,7 +267,7 @@ mod tests {
     ) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Outcome>) {
         let (client, mut c) = duplex(64);
         let (server, mut s) = duplex(64);
-        let t = tokio::spawn(async move { run(&mut c, early, &mut s, idle).await });
+        let t = tokio::spawn(async move { run(&mut c, early.to_vec(), &mut s, idle).await });
         (client, server, t)
     }
 
@@ -314,5 +361,64 @@ mod tests {
         assert!(matches!(o.end, End::Idle), "{o:?}");
         assert!(start.elapsed() >= Duration::from_millis(8 * 400 + 600));
         assert_eq!((o.up, o.down), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn a_copy_buffer_is_held_only_while_a_destination_waits() {
+        let (mut from, mut src) = duplex(64 * 1024);
+        // A destination that takes 16 bytes at a time.
+        let (mut dst, mut to) = duplex(16);
+        let mut h = Half::new(Vec::new());
+        let mut moved = false;
+        let mut step = |h: &mut Half| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(h.poll(&mut cx, &mut src, &mut dst, &mut moved).is_pending());
+        };
+        step(&mut h);
+        assert_eq!(h.pending.capacity(), 0, "nothing read, nothing held");
+        from.write_all(&[7u8; 100]).await.unwrap();
+        step(&mut h);
+        assert_eq!(
+            h.pending.len() - h.at,
+            84,
+            "what the destination did not take is kept"
+        );
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            got.extend(read_n(&mut to, 16.min(100 - got.len())).await);
+            step(&mut h);
+        }
+        assert_eq!(got, [7u8; 100]);
+        assert_eq!(h.pending.capacity(), 0, "released once written");
+        assert_eq!(h.moved, 100);
+    }
+
+    #[tokio::test]
+    async fn idleness_is_decided_by_the_deadline_that_fired() {
+        let idle = Duration::from_millis(20);
+        let start = Instant::now();
+        let mut timer = pin!(tokio::time::sleep_until(start + idle));
+        // A byte moved 10 ms in; the clock is then past both the deadline armed (20 ms) and
+        // the one due since (30 ms): the tunnel is idle, and the check ends rather than
+        // setting a past deadline again and again.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let last = start + Duration::from_millis(10);
+        let expired = poll_fn(|cx| {
+            if idle_expired(timer.as_mut(), cx, last, idle) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), expired)
+            .await
+            .expect("idle 50 ms past a 20 ms timeout");
+        assert_eq!(timer.deadline(), last + idle);
+        // A byte just moved: not idle, and the timer waits for the rest of the idle time.
+        let last = Instant::now();
+        let idle = Duration::from_secs(30);
+        let expired = poll_fn(|cx| Poll::Ready(idle_expired(timer.as_mut(), cx, last, idle))).await;
+        assert!(!expired);
+        assert_eq!(timer.deadline(), last + idle);
     }
 }

@@ -15,8 +15,9 @@
 //! - `Content-Length` is a list of 1-19 digit decimals, all equal; `Transfer-Encoding` codings
 //!   are read across all its headers in order, and the last one decides.
 //! - a request's protocol upgrade is carried (its bytes after a `101` are no longer HTTP)
-//!   only from HTTP/1.1, without a body, with an `Upgrade` header naming a protocol and a
-//!   `Connection` header listing `upgrade`; any other request with `Upgrade` is a plain one.
+//!   only from HTTP/1.1, without a body, with an `Upgrade` header listing `websocket` (the
+//!   one protocol carried, in any case) and a `Connection` header listing `upgrade`; any
+//!   other request with `Upgrade` (`h2c`, say) is a plain one.
 //!
 //! The checks are one-sided on refusals where `h1` may be stricter than this model (another
 //! refusal added to `h1::framing` keeps them true): whatever `h1` accepts, it must frame as
@@ -326,11 +327,11 @@ pub fn check_framing(
 }
 
 /// The model's rule for a request whose head is framed as `kind`: whether its protocol
-/// upgrade is carried.
+/// upgrade is carried (to WebSocket, the only protocol carried).
 pub fn upgrade(headers: &[(&[u8], &[u8])], http10: bool, kind: BodyKind) -> bool {
     !http10
         && kind == BodyKind::None
-        && elements(headers, "upgrade").any(|p| !p.is_empty())
+        && elements(headers, "upgrade").any(|p| p.eq_ignore_ascii_case(b"websocket"))
         && elements(headers, "connection").any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
