@@ -73,12 +73,22 @@ def venv_python():
     return py
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+def free_port(n=1):
+    """A port P with P..P+n-1 free (quickstart puts its admin API on P+1)."""
+    for _ in range(200):
+        s = socket.socket()
+        s.bind(('127.0.0.1', 0))
+        p = s.getsockname()[1]
+        s.close()
+        try:
+            for k in range(1, n):
+                t = socket.socket()
+                t.bind(('127.0.0.1', p + k))
+                t.close()
+            return p
+        except OSError:
+            continue
+    raise SystemExit('no run of %d free ports' % n)
 
 
 def request(port, method, path, doc=None, token=None):
@@ -99,6 +109,24 @@ def rss(pid):
             if line.startswith('VmRSS:'):
                 return int(line.split()[1]) * 1024
     raise SystemExit('no VmRSS for pid %d' % pid)
+
+
+TICK = os.sysconf('SC_CLK_TCK')
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) of process `pid` so far."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid):
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 def roundtrip(url):
@@ -153,14 +181,19 @@ def main():
     procs = []
     try:
         # Oxbus, pinned to CPU 0 with its workers.
-        port = free_port()
+        port = free_port(4)
         log = open(os.path.join(tmp, 'server.log'), 'w')
         server = subprocess.Popen(
             ['taskset', '-c', '0', OXBUS, 'quickstart', os.path.join(tmp, 'env'), '--port',
              str(port), '--workers', str(WORKERS), '--no-proxy'],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(server)
-        wait_until('oxbus ready', lambda: request(port, 'GET', '/readyz')[0] == 200)
+        try:
+            wait_until('oxbus ready', lambda: request(port, 'GET', '/readyz')[0] == 200)
+        except SystemExit:
+            log.flush()
+            print(open(log.name).read()[-3000:], file=sys.stderr)
+            raise
         token = open(os.path.join(tmp, 'env', 'admin.token')).read().strip()
         admin = port + 1
         st, body = request(admin, 'POST', '/v1/modules',
@@ -177,8 +210,10 @@ def main():
         peer_port = free_port()
         src = os.path.join(tmp, 'peer.py')
         open(src, 'w').write(PEER)
+        peer_log = open(os.path.join(tmp, 'peer.log'), 'w')
         peer = subprocess.Popen(['taskset', '-c', '0', py, src, str(peer_port)],
-                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=peer_log, text=True,
+                                start_new_session=True)
         procs.append(peer)
         if peer.stdout.readline().strip() != 'listening':
             raise SystemExit('the websockets peer did not start')
@@ -190,15 +225,26 @@ def main():
                   capture_output=True, text=True).stdout.strip()), flush=True)
         results = {t: [] for t in urls}
         order = list(urls)
+        pids = {'oxbus': server.pid, 'websockets': peer.pid}
         for rep in range(REPS):
             for t in order:
+                # CPU of the server process and of its children (Oxbus: the workers).
+                kids = children(pids[t])
+                before = (cpu_s(pids[t]), sum(cpu_s(k) for k in kids))
                 r = roundtrip(urls[t])
+                after = (cpu_s(pids[t]), sum(cpu_s(k) for k in kids))
+                n = r['round_trips_per_s'] * (DURATION + 1)  # the warm-up second too
+                r['cpu_us_server'] = (after[0] - before[0]) / n * 1e6
+                r['cpu_us_workers'] = (after[1] - before[1]) / n * 1e6
                 results[t].append(r)
-                print('rep %d %-10s %9.0f round trips/s  p50 %6d us  p99 %6d us' % (
-                    rep + 1, t, r['round_trips_per_s'], r['p50_us'], r['p99_us']), flush=True)
+                print('rep %d %-10s %9.0f round trips/s  p50 %6d us  p99 %6d us  '
+                      'CPU/round trip: process %.1f us, workers %.1f us' % (
+                          rep + 1, t, r['round_trips_per_s'], r['p50_us'], r['p99_us'],
+                          r['cpu_us_server'], r['cpu_us_workers']), flush=True)
             order.reverse()
         med = {t: {k: statistics.median(r[k] for r in rs)
-                   for k in ('round_trips_per_s', 'p50_us', 'p99_us')}
+                   for k in ('round_trips_per_s', 'p50_us', 'p99_us', 'cpu_us_server',
+                             'cpu_us_workers')}
                for t, rs in results.items()}
         per_rep = [results['oxbus'][i]['round_trips_per_s']
                    / results['websockets'][i]['round_trips_per_s'] for i in range(REPS)]
@@ -206,8 +252,10 @@ def main():
                'websockets': idle_memory(urls['websockets'], peer.pid)}
         print('medians')
         for t, m in med.items():
-            print('  %-10s %9.0f round trips/s  p50 %6d us  p99 %6d us' % (
-                t, m['round_trips_per_s'], m['p50_us'], m['p99_us']))
+            print('  %-10s %9.0f round trips/s  p50 %6d us  p99 %6d us  CPU/round trip: '
+                  'process %.1f us, workers %.1f us' % (
+                      t, m['round_trips_per_s'], m['p50_us'], m['p99_us'], m['cpu_us_server'],
+                      m['cpu_us_workers']))
         ratio = med['oxbus']['round_trips_per_s'] / med['websockets']['round_trips_per_s']
         print('ratio oxbus/websockets round trips: %.2fx (per rep %s)  (target >= 3x)' % (
             ratio, ', '.join('%.2f' % x for x in per_rep)))
