@@ -127,10 +127,12 @@ class OrderSubscriber(Service):
         for msg in self.request.pubsub.messages:
             data = msg.data if isinstance(msg.data, str) else repr(msg.data)
             self.logger.info('order %s from %s: %s', msg.msg_id, msg.published_by, data)
-            self.cache.default.incr('demo.orders:received')
+            # The last message first, then the count: a reader that sees the count sees
+            # that message (or a later one).
             self.cache.default.set('demo.orders:last', {
                 'msg_id': msg.msg_id, 'data': data, 'priority': msg.priority,
                 'published_by': msg.published_by, 'delivery_count': msg.delivery_count})
+            self.cache.default.incr('demo.orders:received')
 
 
 class OrdersReceived(Service):
