@@ -847,6 +847,16 @@ async fn read_data(s: &mut TcpStream) -> (u8, Vec<u8>) {
     }
 }
 
+/// Opens `path` (raw), sends `bytes`, and returns the code of the close frame the server
+/// answers with.
+async fn closes_with(srv: &Server, path: &str, bytes: &[u8]) -> u16 {
+    let mut s = raw_ws(srv, path).await;
+    s.write_all(bytes).await.unwrap();
+    let (op, p) = read_data(&mut s).await;
+    assert_eq!(op, 0x8, "a close frame, not {p:?}");
+    close_code(&p)
+}
+
 fn close_code(p: &[u8]) -> u16 {
     u16::from_be_bytes([p[0], p[1]])
 }
@@ -901,43 +911,38 @@ async fn conformance_fragments_control_frames_utf8_and_close_codes() {
     assert_eq!((op, close_code(&p)), (0x8, 1002));
 
     // Invalid UTF-8 in a text message: 1007, also when the bad sequence spans fragments.
-    let mut s = raw_ws(&srv, "/ws/echo/u").await;
-    s.write_all(&frame(true, 0x1, b"ok \xff\xfe", true))
-        .await
-        .unwrap();
-    let (op, p) = read_data(&mut s).await;
-    assert_eq!((op, close_code(&p)), (0x8, 1007));
-    let mut s = raw_ws(&srv, "/ws/echo/u").await;
-    s.write_all(
-        &[
-            frame(false, 0x1, b"\xe2\x82", true),
-            frame(true, 0x0, b"\x28", true),
-        ]
-        .concat(),
-    )
-    .await
-    .unwrap();
-    let (op, p) = read_data(&mut s).await;
-    assert_eq!((op, close_code(&p)), (0x8, 1007));
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/u", &frame(true, 0x1, b"ok \xff\xfe", true)).await,
+        1007
+    );
+    assert_eq!(
+        closes_with(
+            &srv,
+            "/ws/echo/u",
+            &[
+                frame(false, 0x1, b"\xe2\x82", true),
+                frame(true, 0x0, b"\x28", true),
+            ]
+            .concat(),
+        )
+        .await,
+        1007
+    );
 
     // An unmasked client frame: 1002. A control frame over 125 bytes: 1002.
-    let mut s = raw_ws(&srv, "/ws/echo/m").await;
-    s.write_all(&frame(true, 0x1, b"\"x\"", false))
-        .await
-        .unwrap();
-    let (op, p) = read_data(&mut s).await;
-    assert_eq!((op, close_code(&p)), (0x8, 1002));
-    let mut s = raw_ws(&srv, "/ws/echo/m").await;
-    s.write_all(&frame(true, 0x9, &[b'p'; 126], true))
-        .await
-        .unwrap();
-    let (op, p) = read_data(&mut s).await;
-    assert_eq!((op, close_code(&p)), (0x8, 1002));
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(true, 0x1, b"\"x\"", false)).await,
+        1002
+    );
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(true, 0x9, &[b'p'; 126], true)).await,
+        1002
+    );
     // A reserved opcode: 1002.
-    let mut s = raw_ws(&srv, "/ws/echo/m").await;
-    s.write_all(&frame(true, 0x3, b"", true)).await.unwrap();
-    let (op, p) = read_data(&mut s).await;
-    assert_eq!((op, close_code(&p)), (0x8, 1002));
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(true, 0x3, b"", true)).await,
+        1002
+    );
 
     // The client closes with 1000 and a reason: the server answers its close (1000), then
     // ends the connection.

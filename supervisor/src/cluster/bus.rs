@@ -132,19 +132,8 @@ impl crate::pubsub::Peers for Bus {
                 committed_dropped(peer, queued);
                 continue;
             }
-            let stream = h.streams.lock().expect("streams lock").next_id();
-            let mut out = BytesMut::with_capacity(frame.len() + 64);
-            if oxbus_ipc::bus::encode_meta_frame(
-                &mut out,
-                oxbus_ipc::bus::Kind::Call,
-                oxbus_ipc::bus::FLAG_ASYNC,
-                stream,
-                META,
-                &frame,
-            )
-            .is_ok()
-            {
-                let _ = h.tx.send(out.freeze());
+            if let Some(out) = async_call(h, META, &frame) {
+                let _ = h.tx.send(out);
             } else {
                 // The peer finds the gap in the store when the next batch arrives.
                 warn!(peer = %peer, bytes = frame.len(), "bus: a committed pub/sub batch does not fit one frame, not sent");
@@ -201,19 +190,8 @@ impl crate::wsx::Peers for Bus {
         let meta = meta.to_string();
         let links = self.links.lock().expect("links lock");
         for (peer, h) in links.iter() {
-            let stream = h.streams.lock().expect("streams lock").next_id();
-            let mut out = BytesMut::with_capacity(body.len() + 128);
-            if oxbus_ipc::bus::encode_meta_frame(
-                &mut out,
-                oxbus_ipc::bus::Kind::Call,
-                oxbus_ipc::bus::FLAG_ASYNC,
-                stream,
-                meta.as_bytes(),
-                &body,
-            )
-            .is_ok()
-            {
-                let _ = h.tx.send(out.freeze());
+            if let Some(out) = async_call(h, meta.as_bytes(), &body) {
+                let _ = h.tx.send(out);
             } else {
                 warn!(peer = %peer, bytes = body.len(), "bus: a WebSocket broadcast does not fit one frame, not sent");
             }
@@ -229,6 +207,23 @@ impl crate::wsx::Peers for Bus {
     ) -> Result<(u16, bytes::Bytes), String> {
         crate::pubsub::Peers::call(self, peer, meta, body, timeout).await
     }
+}
+
+/// An `ASYNC` `CALL` frame of `meta` and `body` on link `h` (its next stream id); `None`
+/// when it does not fit one frame.
+fn async_call(h: &LinkHandle, meta: &[u8], body: &[u8]) -> Option<bytes::Bytes> {
+    let stream = h.streams.lock().expect("streams lock").next_id();
+    let mut out = BytesMut::with_capacity(body.len() + meta.len() + 32);
+    oxbus_ipc::bus::encode_meta_frame(
+        &mut out,
+        oxbus_ipc::bus::Kind::Call,
+        oxbus_ipc::bus::FLAG_ASYNC,
+        stream,
+        meta,
+        body,
+    )
+    .ok()
+    .map(|()| out.freeze())
 }
 
 /// The op of a `pubsub.*` call's meta (ops the broker serves, not `oxbus_ipc::bus::Op`).
