@@ -263,20 +263,13 @@ async fn echo_identity_hooks_errors_and_the_handshake_rules() {
     assert_eq!(r.status, 426, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
     // A wrong version: 426 naming 13. Any answer but 101 to an upgrade request closes.
-    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
-    raw.write_all(
+    let text = sent_raw(
+        &srv,
         b"GET /ws/slow HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
           sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 8\r\n\r\n\
           GET /plain HTTP/1.1\r\nhost: x\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
-        .await
-        .expect("the server closes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&got);
+    .await;
     assert!(text.starts_with("HTTP/1.1 426"), "{text}");
     assert!(text.contains("sec-websocket-version: 13"), "{text}");
     assert!(
@@ -289,16 +282,7 @@ async fn echo_identity_hooks_errors_and_the_handshake_rules() {
         "nothing after it is served: {text}"
     );
     // An upgrade asked of a REST channel: answered as a request, then closed.
-    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
-    raw.write_all(b"GET /plain HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /plain HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
-        .await
-        .expect("the server closes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&got);
+    let text = sent_raw(&srv, b"GET /plain HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /plain HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(
         text.to_ascii_lowercase().contains("connection: close"),
@@ -372,36 +356,22 @@ async fn security_is_checked_at_the_upgrade() {
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("max_message_bytes"));
     // A refusal answers the head and closes: a request pipelined behind it is not served.
-    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
-    raw.write_all(
+    let text = sent_raw(
+        &srv,
         b"GET /ws/secured HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
           sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n\
           GET /plain HTTP/1.1\r\nhost: x\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
-        .await
-        .expect("the server closes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&got);
+    .await;
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     // The same for a path no channel has (404).
-    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
-    raw.write_all(
+    let text = sent_raw(
+        &srv,
         b"GET /ws/none HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\
           GET /plain HTTP/1.1\r\nhost: x\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
-        .await
-        .expect("the server closes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&got);
+    .await;
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
 
@@ -757,6 +727,19 @@ async fn clients_connect_through_oxbus_proxy() {
     let _ = ws.send(Message::binary(vec![7u8; 100_000])).await;
     assert_eq!(closed(&mut ws, Duration::from_secs(10)).await, Some(1009));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `bytes` on a new connection and returns all the server answers until it closes
+/// (within 5 s).
+async fn sent_raw(srv: &Server, bytes: &[u8]) -> String {
+    let mut raw = TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+    raw.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// A client frame: FIN bit, opcode, masked with a fixed key (as RFC 6455 requires of a
