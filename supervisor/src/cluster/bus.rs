@@ -226,26 +226,14 @@ fn async_call(h: &LinkHandle, meta: &[u8], body: &[u8]) -> Option<bytes::Bytes> 
     .map(|()| out.freeze())
 }
 
-/// The op of a `pubsub.*` call's meta (ops the broker serves, not `oxbus_ipc::bus::Op`).
-fn pubsub_op(meta: &[u8]) -> Option<String> {
+/// The op a call's meta names, read once per call: `pubsub.*` ops are the broker's and
+/// `wsx.*` ops the WebSocket registry's (neither is an `oxbus_ipc::bus::Op`).
+fn op_of(meta: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct OpOnly {
         op: String,
     }
-    serde_json::from_slice::<OpOnly>(meta)
-        .ok()
-        .map(|m| m.op)
-        .filter(|op| op.starts_with("pubsub."))
-}
-
-/// Whether a call's meta is a `wsx.*` op (served by `wsx::Wsx::peer_call`).
-fn wsx_op(meta: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct OpOnly<'a> {
-        #[serde(borrow)]
-        op: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_slice::<OpOnly>(meta).is_ok_and(|m| m.op.starts_with("wsx."))
+    serde_json::from_slice::<OpOnly>(meta).ok().map(|m| m.op)
 }
 
 /// The bus of one server.
@@ -777,9 +765,10 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                         meta,
                         body,
                     }) => {
-                        if wsx_op(&meta) {
+                        let op = op_of(&meta);
+                        if let Some(wsx) = op.as_deref().filter(|op| op.starts_with("wsx.")) {
                             // In the link's own task: one peer's pushes keep their order.
-                            let (status, body) = cx.wsx.peer_call(&meta, body);
+                            let (status, body) = cx.wsx.peer_call(wsx, &meta, body);
                             if !asynchronous {
                                 let mut out = BytesMut::new();
                                 if oxbus_ipc::bus::encode_reply(&mut out, stream, status, &body)
@@ -790,7 +779,7 @@ async fn run_link(bus: Arc<Bus>, cx: Arc<Ctx>, link: Link, conn: Conn) {
                             }
                             continue;
                         }
-                        if let Some(op) = pubsub_op(&meta) {
+                        if let Some(op) = op.filter(|op| op.starts_with("pubsub.")) {
                             if op == "pubsub.committed" {
                                 // In the link's own task, so a peer's batches reach the
                                 // fanout in the order it committed them.
