@@ -192,6 +192,12 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// every other invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wsx: Option<WsxMeta<'a>>,
+    /// A file-transfer channel's file (`channel: "file-transfer"`): its path, name, folder,
+    /// size, times and how the worker decodes and parses it (ipc-protocol/SPEC.md); the body
+    /// is its bytes, or empty in path-only mode. Added within version 1: absent on every
+    /// other invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<&'a serde_json::Value>,
 }
 
 /// What a WebSocket channel's call says of its client (see [`InvokeMeta::wsx`]).

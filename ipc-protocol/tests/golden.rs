@@ -146,6 +146,7 @@ fn invoke_meta_serialises_like_the_vector() {
         mqtt: None,
         amqp: None,
         wsx: None,
+        file: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -187,6 +188,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         mqtt: None,
         amqp: None,
         wsx: None,
+        file: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -229,6 +231,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         mqtt: None,
         amqp: None,
         wsx: None,
+        file: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -270,6 +273,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             mqtt: None,
             amqp: None,
             wsx: None,
+            file: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -387,6 +391,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             mqtt: None,
             amqp: None,
             wsx: None,
+            file: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
@@ -426,6 +431,7 @@ fn an_mqtt_message_carries_its_meta_and_others_do_not() {
             mqtt: m,
             amqp: None,
             wsx: None,
+            file: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(m.clone()));

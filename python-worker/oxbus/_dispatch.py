@@ -27,6 +27,7 @@ from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
+from .files import FileTransferRequest, raw_request_from_call
 from .outgoing import OutgoingAPI
 from .pubsub import PubSubAPI, PubSubDelivery
 from .service import (Channel, Request, Response, Security, Service, _invocation_meta,
@@ -249,8 +250,11 @@ class Dispatcher:
         """
         # This runs for every request, so the common cases are spelled out inline.
         attr = _pick_handler(cls, meta.get('method'))[0] if cls._oxbus_verbs else 'handle'
+        channel = meta.get('channel')
+        if channel == 'file-transfer':
+            return self._prepare_file(cls, meta, body, cid), attr
         data_format = meta.get('data_format') or 'json'
-        if meta.get('channel') in ('pubsub', 'amqp'):
+        if channel in ('pubsub', 'amqp'):
             # A delivery's body is its messages' data, concatenated: never one JSON document,
             # whatever data_format says. An AMQP message's body is parsed below, by its
             # content type.
@@ -272,7 +276,6 @@ class Dispatcher:
             payload = body
         svc = cls()
         svc.cid = cid
-        channel = meta.get('channel')
         security = meta.get('security')
         if security is not None:
             svc.channel = Channel(channel or 'invoke', meta.get('channel_name'), Security(security))
@@ -310,6 +313,25 @@ class Dispatcher:
                 cls._oxbus_input, payload, meta.get('params'),
                 lambda: request.http.query, json_body=data_format == 'json')
         return svc, attr
+
+    def _prepare_file(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
+                      cid: str) -> Service:
+        """:meth:`_prepare` for a file of a file-transfer channel (oxbus/files.py).
+
+        The body is the file's bytes (or nothing), never JSON, whatever data_format says;
+        raw_request and payload are Zato's dict of the file. SimpleIO input does not apply.
+        """
+        try:
+            raw_request = raw_request_from_call(meta, body)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        svc = cls()
+        svc.cid = cid
+        svc.channel = _channel('file-transfer', meta.get('channel_name'))
+        svc.request = FileTransferRequest(raw_request, body, meta)
+        svc.response = Response()
+        svc._oxbus_dispatcher = self
+        return svc
 
     def _reply(self, stream: int, svc: Service) -> bytes:
         """Encode the service's response as a REPLY frame."""
@@ -376,6 +398,14 @@ class Dispatcher:
                              exc_info=exc)
             status = 500
             doc = {'error': 'internal error', 'cid': cid}
+            meta = _invocation_meta.get(None)
+            if meta is not None and meta.get('channel') == 'file-transfer':
+                # No remote client: the server writes this beside the failed file, for
+                # the operator who owns the folder.
+                import traceback
+                doc['exception'] = '%s: %s' % (type(exc).__name__, exc)
+                doc['traceback'] = ''.join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__))
         return _error_frame(stream, status, doc, headers, kind, family)
 
     def _unroutable(self, stream: int, meta: Dict[str, Any], body: bytes = b'') -> bytes:

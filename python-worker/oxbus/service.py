@@ -123,8 +123,9 @@ class Security:
 
 class Channel:
     """Where an invocation came from: ``type`` is ``'rest'``, ``'jsonrpc'`` (a JSON-RPC 2.0
-    channel), ``'websocket'`` (a client message, see :mod:`oxbus.wsx`), ``'admin'`` (the
-    admin API's invoke) or ``'invoke'`` (another service);
+    channel), ``'websocket'`` (a client message, see :mod:`oxbus.wsx`), ``'file-transfer'``
+    (a file of a watched folder, see :mod:`oxbus.files`), ``'admin'`` (the admin API's
+    invoke) or ``'invoke'`` (another service);
     ``name`` the channel's name (None for direct invocations); ``security`` a
     :class:`Security` when the channel checked who called (else None)."""
 
@@ -317,7 +318,8 @@ class Request:
     @property
     def raw_request(self) -> Any:
         """Zato's name for :attr:`raw`; for a pub/sub delivery, as in Zato, the messages
-        (a list of :class:`oxbus.pubsub.PubSubMessage`)."""
+        (a list of :class:`oxbus.pubsub.PubSubMessage`); for a file of a file-transfer
+        channel, Zato's dict of the file (:class:`oxbus.files.FileTransferRequest`)."""
         pubsub = self.pubsub
         return self.raw if pubsub is None else pubsub.messages
 

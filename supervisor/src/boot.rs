@@ -161,6 +161,9 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     ));
     inbound.apply_amqp(&boot.snapshot.objects.inbound_amqp);
     inbound.apply_mqtt(&boot.snapshot.objects.inbound_mqtt);
+    // The file-transfer channels: the same, their leases and files in the store.
+    let files = crate::files::FileChannels::new(&me.name, store.clone());
+    files.apply(&boot.snapshot.objects.inbound_file);
     // The pub/sub broker: its definitions before any worker starts (a worker may publish
     // from its first call); the pool and the bus are handed to it once they exist.
     let pubsub =
@@ -187,6 +190,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     );
     pubsub.set_pool(pool.clone());
     inbound.set_pool(pool.clone());
+    files.set_pool(pool.clone());
     wsx_ops.set_pool(pool.clone());
     if metrics.enabled() {
         // The workers' states, read at scrape time.
@@ -254,6 +258,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         outgoing: outgoing.clone(),
         pubsub: pubsub.clone(),
         inbound: inbound.clone(),
+        files: files.clone(),
         wsx: wsx_ops.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
@@ -294,6 +299,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         outgoing: outgoing.clone(),
         pubsub: pubsub.clone(),
         inbound: inbound.clone(),
+        files: files.clone(),
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());
@@ -326,13 +332,15 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let (inbound_stop, inbound_stop_rx) = watch::channel(false);
     let inbound_stop = Arc::new(inbound_stop);
     inbound.start(inbound_stop_rx.clone());
+    files.start();
     let inbound_drained = {
         let inbound = inbound.clone();
+        let files = files.clone();
         let events = ev_tx.clone();
         let mut stopping = inbound_stop_rx;
         tokio::spawn(async move {
             let _ = stopping.wait_for(|v| *v).await;
-            inbound.drain().await;
+            tokio::join!(inbound.drain(), files.drain());
             let _ = events.send(crate::lifecycle::supervisor::Event::InboundDrained);
         })
     };

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod edge;
+pub mod files;
 pub mod inbound;
 pub mod lifecycle;
 pub mod metrics;

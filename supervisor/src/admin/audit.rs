@@ -99,6 +99,8 @@ enum Kind {
     InboundMqtt,
     /// An AMQP channel (`/v1/inbound/amqp/…`).
     InboundAmqp,
+    /// A file-transfer channel (`/v1/inbound/file/…`).
+    InboundFile,
     /// An outgoing Redis connection (`/v1/outgoing/redis/…`).
     OutgoingRedis,
     /// Outgoing AMQP connections (`/v1/outgoing/amqp/…`).
@@ -111,7 +113,7 @@ enum Kind {
     Token,
 }
 
-const ALL_KINDS: [Kind; 16] = [
+const ALL_KINDS: [Kind; 17] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
@@ -119,6 +121,7 @@ const ALL_KINDS: [Kind; 16] = [
     Kind::OutgoingMqtt,
     Kind::InboundMqtt,
     Kind::InboundAmqp,
+    Kind::InboundFile,
     Kind::Cache,
     Kind::Job,
     Kind::OutgoingRedis,
@@ -138,6 +141,7 @@ impl Kind {
             "outgoing_mqtt" => Kind::OutgoingMqtt,
             "inbound_mqtt" => Kind::InboundMqtt,
             "inbound_amqp" => Kind::InboundAmqp,
+            "inbound_file" => Kind::InboundFile,
             "secrets" => Kind::Secret,
             "security" => Kind::Security,
             "caches" => Kind::Cache,
@@ -159,6 +163,7 @@ impl Kind {
             Kind::OutgoingMqtt => "outgoing_mqtt",
             Kind::InboundMqtt => "inbound_mqtt",
             Kind::InboundAmqp => "inbound_amqp",
+            Kind::InboundFile => "inbound_file",
             Kind::Module => "module",
             Kind::Channel => "channel",
             Kind::Secret => "secret",
@@ -272,6 +277,7 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         ["v1", "outgoing", "mqtt", rest @ ..] => ("outgoing_mqtt", rest),
         ["v1", "inbound", "mqtt", rest @ ..] => ("inbound_mqtt", rest),
         ["v1", "inbound", "amqp", rest @ ..] => ("inbound_amqp", rest),
+        ["v1", "inbound", "file", rest @ ..] => ("inbound_file", rest),
         // A test publish is a call (as `invoke`), not a change of anything stored.
         ["v1", "pubsub", "publish", ..] => return None,
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
@@ -438,6 +444,9 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::InboundAmqp => {
             objects_of::<crate::model::amqp::AmqpChannel>(cx, kind, out).await?;
+        }
+        Kind::InboundFile => {
+            objects_of::<crate::model::files::FileChannel>(cx, kind, out).await?;
         }
         Kind::PubsubTopic => objects_of::<crate::model::pubsub::Topic>(cx, kind, out).await?,
         Kind::PubsubSub => {

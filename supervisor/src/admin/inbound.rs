@@ -65,10 +65,11 @@ pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Re
     match rest.first() {
         Some(&"amqp") => kind::<AmqpChannel>(req, cx, &rest[1..]).await,
         Some(&"mqtt") => kind::<crate::model::mqtt::MqttChannel>(req, cx, &rest[1..]).await,
+        Some(&"file") => super::inbound_file::route(req, cx, &rest[1..]).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no admin endpoint {} {}: inbound channels are under /v1/inbound/amqp and /v1/inbound/mqtt",
+                "no admin endpoint {} {}: inbound channels are under /v1/inbound/amqp, /v1/inbound/mqtt and /v1/inbound/file",
                 req.method(),
                 req.uri().path()
             ),

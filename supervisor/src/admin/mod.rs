@@ -55,6 +55,8 @@ pub struct Ctx {
     pub pubsub: crate::pubsub::Broker,
     /// The inbound channels (AMQP, MQTT): apply after a change, figures.
     pub inbound: Arc<crate::inbound::Inbound>,
+    /// The file-transfer channels: apply after a change, status.
+    pub files: crate::files::FileChannels,
 }
 
 mod audit;
@@ -65,6 +67,7 @@ mod cluster;
 mod config;
 pub mod config_io;
 mod inbound;
+mod inbound_file;
 mod inbound_mqtt;
 mod input;
 mod invoke;

@@ -620,6 +620,8 @@ pub enum OutAction {
 pub enum InboundType {
     Amqp,
     Mqtt,
+    /// File-transfer channels (docs/FILES.md).
+    File,
 }
 
 impl InboundType {
@@ -627,6 +629,7 @@ impl InboundType {
         match self {
             InboundType::Amqp => "amqp",
             InboundType::Mqtt => "mqtt",
+            InboundType::File => "file",
         }
     }
 }

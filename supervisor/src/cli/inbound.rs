@@ -1,4 +1,4 @@
-//! `oxbus inbound list|get|put|delete|stats <amqp|mqtt> …`: the inbound channels through the
+//! `oxbus inbound list|get|put|delete|stats <amqp|mqtt|file> …`: the inbound channels through the
 //! admin API (`/v1/inbound/{type}`, docs/CONNECTORS.md), one code path for every type. A
 //! password is read from a file or standard input, never from the command line, and never
 //! printed (the API shows `has_secret` only).
@@ -104,6 +104,33 @@ fn print_list(kind: InboundType, d: &Value) {
     };
     for c in list {
         let s = &c["status"];
+        if kind == InboundType::File {
+            let dirs: Vec<&str> = c["directories"]
+                .as_array()
+                .map(|l| l.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            println!(
+                "file  {:<28} {} -> {}  [{}]",
+                c["name"].as_str().unwrap_or(""),
+                dirs.join(", "),
+                c["service"].as_str().unwrap_or(""),
+                if s.is_null() {
+                    "not applied".to_owned()
+                } else {
+                    format!(
+                        "{}, {} done, {} failed{}",
+                        s["state"].as_str().unwrap_or("?"),
+                        s["done"],
+                        s["failed"],
+                        s["last_error"]
+                            .as_str()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    )
+                }
+            );
+            continue;
+        }
         let state = if s.is_null() {
             "not applied".to_owned()
         } else if s["connected"] == true {
@@ -137,6 +164,29 @@ fn print_list(kind: InboundType, d: &Value) {
 pub fn table(kind: InboundType, rows: &[Value]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if kind == InboundType::File {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>8} {:>10} {:>8} {:>9} {:>8} {:>11}  LAST_ERROR",
+            "CHANNEL", "STATE", "HOLDER", "PENDING", "DONE", "FAILED", "REDELIVERED"
+        );
+        for r in rows {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{:<28} {:>8} {:>10} {:>8} {:>9} {:>8} {:>11}  {}",
+                r["name"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or("?"),
+                r["holder"].as_str().unwrap_or("-"),
+                n("pending"),
+                n("done"),
+                n("failed"),
+                n("redelivered"),
+                r["last_error"].as_str().unwrap_or("-")
+            );
+        }
+        return out;
+    }
     if kind == InboundType::Mqtt {
         let _ = writeln!(
             out,

@@ -54,6 +54,8 @@ pub struct Ctx {
     pub pubsub: crate::pubsub::Broker,
     /// The inbound channels (AMQP, MQTT).
     pub inbound: Arc<crate::inbound::Inbound>,
+    /// The file-transfer channels.
+    pub files: crate::files::FileChannels,
     /// The WebSocket clients: the peers' `wsx.*` calls reach them over the bus.
     pub wsx: crate::wsx::Wsx,
     /// The cluster bus, when this server runs one.
@@ -280,6 +282,7 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     cx.pubsub.apply(&snap.objects);
     cx.inbound.apply_amqp(&snap.objects.inbound_amqp);
     cx.inbound.apply_mqtt(&snap.objects.inbound_mqtt);
+    cx.files.apply(&snap.objects.inbound_file);
     // The secrets services may read: a change of value or readers applies to the next read.
     cx.outgoing
         .apply_secrets(snap.secrets.iter().map(readable_secret));

@@ -766,6 +766,7 @@ impl HttpCall<'_> {
             mqtt: None,
             amqp: None,
             wsx: None,
+            file: None,
         };
         let result = self
             .cx

@@ -884,6 +884,7 @@ impl Call {
             mqtt: Some(&meta_json),
             amqp: None,
             wsx: None,
+            file: None,
         };
         let deadline = std::time::Instant::now() + INVOKE_TIMEOUT;
         match pool.invoke(&meta, &p.payload, deadline).await {

@@ -350,6 +350,7 @@ fn handle_worker_call(
                 mqtt: None,
                 amqp: None,
                 wsx: None,
+                file: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

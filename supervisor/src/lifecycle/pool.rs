@@ -882,6 +882,7 @@ mod tests {
             mqtt: None,
             amqp: None,
             wsx: None,
+            file: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

@@ -31,6 +31,7 @@ pub const OPS: &[&str] = &[
     "audit",
     "pubsub_cursor",
     "pubsub_log",
+    "files",
 ];
 
 /// Store operations take from under a millisecond (SQLite, a local PostgreSQL) to the pool's

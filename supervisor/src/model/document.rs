@@ -74,6 +74,9 @@ pub struct Document {
     /// MQTT channels, like `channel_amqp`.
     #[serde(default)]
     pub channel_mqtt: Value,
+    /// File-transfer channels (docs/FILES.md), each checked field by field like `cache`.
+    #[serde(default, deserialize_with = "file_channel_list")]
+    pub channel_file: Vec<crate::model::files::FileChannel>,
     /// Outgoing AMQP connections, like `channel_amqp`.
     #[serde(default)]
     pub outgoing_amqp: Value,
@@ -94,6 +97,17 @@ fn subscription_list<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Vec<Subscription>, D::Error> {
     parsed_list(d, "pubsub_subscription", "subscriptions", |v| {
         parse_subscription(v, None)
+    })
+}
+
+fn file_channel_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::model::files::FileChannel>, D::Error> {
+    parsed_list(d, "channel_file", "file channels", |v| {
+        let c: crate::model::files::FileChannel =
+            serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.0)?;
+        Ok::<_, String>(c)
     })
 }
 

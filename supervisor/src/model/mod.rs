@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod cache;
 pub mod channel;
 pub mod document;
+pub mod files;
 pub mod job;
 pub mod mqtt;
 pub mod net;

@@ -219,6 +219,20 @@ impl ConfigObject for crate::model::mqtt::MqttChannel {
     }
 }
 
+impl ConfigObject for crate::model::files::FileChannel {
+    const KIND: &'static str = "inbound_file";
+    const WHAT: &'static str = "file channel";
+    const TABLE: &'static str = "inbound_file";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::files::FileChannel::validate(self)
+    }
+}
+
 impl ConfigObject for crate::model::amqp::AmqpConn {
     const KIND: &'static str = "outgoing_amqp";
     const WHAT: &'static str = "AMQP connection";
@@ -264,7 +278,7 @@ impl ConfigObject for crate::model::redis::RedisConn {
 /// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
 /// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs`,
 /// `outgoing_rest`, `outgoing_sql`, `pubsub_topics`, `pubsub_subs`, `pubsub_endpoints`,
-/// `inbound_amqp`, `inbound_mqtt`, `outgoing_amqp`, `outgoing_mqtt`, `outgoing_redis` (each may
+/// `inbound_amqp`, `inbound_mqtt`, `inbound_file`, `outgoing_amqp`, `outgoing_mqtt`, `outgoing_redis` (each may
 /// be absent: snapshots of older versions lack the later kinds). A new kind is one field
 /// here and one line in `Store::object_set`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -299,6 +313,9 @@ pub struct ObjectSet {
     /// MQTT channels (password sealed).
     #[serde(default)]
     pub inbound_mqtt: Vec<crate::model::mqtt::MqttChannel>,
+    /// File-transfer channels.
+    #[serde(default)]
+    pub inbound_file: Vec<crate::model::files::FileChannel>,
     /// Outgoing AMQP connections (password sealed).
     #[serde(default)]
     pub outgoing_amqp: Vec<crate::model::amqp::AmqpConn>,

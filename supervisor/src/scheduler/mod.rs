@@ -680,6 +680,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         mqtt: None,
         amqp: None,
         wsx: None,
+        file: None,
     };
     let body = def
         .extra

@@ -273,9 +273,16 @@ impl<A, B> Outcome for (A, B) {
     }
 }
 
+impl<A, B, C> Outcome for (A, B, C) {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
 // After `on_pool!`, which they use.
 mod audit;
 mod channels;
+pub mod files;
 mod modules;
 mod objects;
 mod plan;

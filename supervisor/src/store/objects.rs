@@ -118,6 +118,7 @@ impl Store {
             pubsub_endpoints: self.objects().await?,
             inbound_amqp: self.objects().await?,
             inbound_mqtt: self.objects().await?,
+            inbound_file: self.objects().await?,
             outgoing_amqp: self.objects().await?,
             outgoing_mqtt: self.objects().await?,
             outgoing_redis: self.objects().await?,

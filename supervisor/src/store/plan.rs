@@ -112,6 +112,7 @@ pub struct Plan {
     pub inbound_amqp: ObjectChanges<AmqpChannel>,
     /// MQTT channels (password sealed).
     pub inbound_mqtt: ObjectChanges<MqttChannel>,
+    pub inbound_file: ObjectChanges<crate::model::files::FileChannel>,
     /// Outgoing AMQP connections (password sealed).
     pub outgoing_amqp: ObjectChanges<AmqpConn>,
     /// Outgoing MQTT connections (password sealed).
@@ -139,6 +140,7 @@ impl Plan {
             && self.pubsub_endpoints.is_empty()
             && self.inbound_amqp.is_empty()
             && self.inbound_mqtt.is_empty()
+            && self.inbound_file.is_empty()
             && self.outgoing_amqp.is_empty()
             && self.outgoing_mqtt.is_empty()
             && self.outgoing_redis.is_empty()
@@ -171,6 +173,7 @@ impl Store {
         plan.pubsub_endpoints.validate()?;
         plan.inbound_amqp.validate()?;
         plan.inbound_mqtt.validate()?;
+        plan.inbound_file.validate()?;
         plan.outgoing_amqp.validate()?;
         plan.outgoing_mqtt.validate()?;
         plan.outgoing_redis.validate()?;
@@ -226,6 +229,7 @@ impl Store {
             apply_objects!(tx, Endpoint, &plan.pubsub_endpoints, by);
             apply_objects!(tx, AmqpChannel, &plan.inbound_amqp, by);
             apply_objects!(tx, MqttChannel, &plan.inbound_mqtt, by);
+            apply_objects!(tx, crate::model::files::FileChannel, &plan.inbound_file, by);
             apply_objects!(tx, AmqpConn, &plan.outgoing_amqp, by);
             apply_objects!(tx, MqttConn, &plan.outgoing_mqtt, by);
             apply_objects!(tx, RedisConn, &plan.outgoing_redis, by);

@@ -446,6 +446,7 @@ async fn call(
             event,
             binary,
         }),
+        file: None,
     };
     match wsx.inner.pool.get() {
         Some(pool) => pool.invoke_at(&meta, &data, deadline, now).await,

@@ -352,6 +352,17 @@ pub async fn import(
     )
     .await?;
 
+    // File-transfer channels: each validated.
+    let channel_file = import_objects(
+        cx,
+        &doc.channel_file,
+        replace,
+        &mut plan.inbound_file,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+
     // Outgoing connections: plaintext credentials sealed, sealed ones checked to open with
     // this server's key, a stored credential kept as an admin API edit keeps it.
     let outgoing_rest = import_outgoing(
@@ -547,6 +558,9 @@ pub async fn import(
     }
     if !plan.inbound_amqp.is_empty() {
         cx.inbound.apply_amqp(&inbound_amqp);
+    }
+    if !plan.inbound_file.is_empty() {
+        cx.files.apply(&channel_file);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()

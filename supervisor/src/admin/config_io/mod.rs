@@ -81,6 +81,7 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         pubsub_endpoint: objects.pubsub_endpoints,
         channel_amqp: serde_json::to_value(objects.inbound_amqp).expect("definitions serialise"),
         channel_mqtt: serde_json::to_value(objects.inbound_mqtt).expect("definitions serialise"),
+        channel_file: objects.inbound_file,
         outgoing_amqp: serde_json::to_value(objects.outgoing_amqp).expect("definitions serialise"),
         outgoing_mqtt: serde_json::to_value(objects.outgoing_mqtt).expect("definitions serialise"),
         outgoing_redis: serde_json::to_value(objects.outgoing_redis)

@@ -719,6 +719,7 @@ async fn invoke(ctx: &Ctx, def: &AmqpChannel, meta: &Value, body: &[u8]) -> Resu
         pubsub: None,
         amqp: Some(meta),
         wsx: None,
+        file: None,
         mqtt: None,
     };
     let deadline = std::time::Instant::now() + Duration::from_millis(def.service_timeout_ms);

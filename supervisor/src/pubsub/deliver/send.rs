@@ -150,6 +150,7 @@ async fn to_service(
         mqtt: None,
         amqp: None,
         wsx: None,
+        file: None,
     };
     match pool
         .invoke(

@@ -1,0 +1,287 @@
+//! The file-transfer channels' tables (docs/FILES.md): each channel's lease (`file_lease`: the
+//! one server taking its files, with an epoch that grows with every new holding) and the files
+//! taken and not yet moved away (`file_taken`: one row per file version; `done` or `failed` is
+//! committed before the file is moved, so a stop between the two moves it without a second
+//! service call, and a file taken under an older epoch is handed again, marked redelivered).
+
+use super::{BeginWrite, Result, Store};
+use sqlx::Row;
+use std::time::Duration;
+
+/// What a claim found for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// Taken now: hand it to the service (`redelivered`: it was handed under an older epoch
+    /// and its outcome never recorded).
+    Take { redelivered: bool },
+    /// Taken under this epoch already (being handed, or its outcome being recorded).
+    InFlight,
+    /// Its outcome is recorded: only the move is left.
+    Done,
+    /// It failed, with this reason: only the move to the failed folder is left.
+    Failed(String),
+}
+
+/// One file's outcome, to record.
+#[derive(Debug, Clone)]
+pub struct Outcome<'a> {
+    pub path: &'a str,
+    pub version: &'a str,
+    /// `None`: done; `Some(reason)`: failed.
+    pub failed: Option<&'a str>,
+}
+
+impl Store {
+    /// Takes `channel`'s lease for `me` when it is free, expired or `me`'s own (a restart):
+    /// the new epoch, or None when another server holds it.
+    pub async fn file_lease_acquire(
+        &self,
+        channel: &str,
+        me: &str,
+        now: i64,
+        ttl: Duration,
+    ) -> Result<Option<i64>> {
+        let until = now + ttl.as_millis() as i64;
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "INSERT INTO file_lease (channel, holder, epoch, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (channel) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at, epoch = file_lease.epoch + 1 \
+             WHERE file_lease.holder = excluded.holder OR file_lease.expires_at < $4 \
+             RETURNING epoch",
+        )
+        .bind(channel)
+        .bind(me)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(p)
+        .await?))
+    }
+
+    /// Renews `me`'s holding `epoch` of `channel`'s lease until `now + ttl`: false when it is
+    /// no longer `me`'s (taken over after it expired, or released).
+    pub async fn file_lease_renew(
+        &self,
+        channel: &str,
+        me: &str,
+        epoch: i64,
+        now: i64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let until = now + ttl.as_millis() as i64;
+        let n = on_pool!(self, p => sqlx::query(
+            "UPDATE file_lease SET expires_at = $4 WHERE channel = $1 AND holder = $2 AND epoch = $3",
+        )
+        .bind(channel)
+        .bind(me)
+        .bind(epoch)
+        .bind(until)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Hands the lease back (a clean stop, a channel deleted or moved off this server).
+    pub async fn file_lease_release(&self, channel: &str, me: &str, epoch: i64) -> Result<()> {
+        on_pool!(self, p => sqlx::query(
+            "DELETE FROM file_lease WHERE channel = $1 AND holder = $2 AND epoch = $3",
+        )
+        .bind(channel)
+        .bind(me)
+        .bind(epoch)
+        .execute(p)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    /// Who holds `channel`'s lease: (holder, epoch, expires_at Unix ms).
+    pub async fn file_lease(&self, channel: &str) -> Result<Option<(String, i64, i64)>> {
+        Ok(on_pool!(self, p => {
+            sqlx::query("SELECT holder, epoch, expires_at FROM file_lease WHERE channel = $1")
+                .bind(channel)
+                .fetch_optional(p)
+                .await?
+                .map(|r| -> Result<(String, i64, i64), sqlx::Error> {
+                    Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+                })
+                .transpose()?
+        }))
+    }
+
+    /// Claims `files` (path, version) for `me` under `epoch`, in one transaction that first
+    /// checks (and, on PostgreSQL, locks) the lease: None when the lease is no longer `me`'s
+    /// holding `epoch`, else what each file is (see [`Claimed`]).
+    pub async fn files_claim(
+        &self,
+        channel: &str,
+        me: &str,
+        epoch: i64,
+        files: &[(String, String)],
+        now: i64,
+    ) -> Result<Option<Vec<Claimed>>> {
+        Ok(on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            // An UPDATE, not a SELECT: it holds the lease row until COMMIT, so a takeover
+            // waits for this claim instead of racing it.
+            let held = sqlx::query(
+                "UPDATE file_lease SET expires_at = expires_at \
+                 WHERE channel = $1 AND holder = $2 AND epoch = $3",
+            )
+            .bind(channel)
+            .bind(me)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !held {
+                return Ok(None);
+            }
+            let mut out = Vec::with_capacity(files.len());
+            for (path, version) in files {
+                let new = sqlx::query(
+                    "INSERT INTO file_taken (channel, path, version, state, epoch, holder, taken_at) \
+                     VALUES ($1, $2, $3, 'taken', $4, $5, $6) \
+                     ON CONFLICT (channel, path, version) DO NOTHING",
+                )
+                .bind(channel)
+                .bind(path)
+                .bind(version)
+                .bind(epoch)
+                .bind(me)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if new {
+                    out.push(Claimed::Take { redelivered: false });
+                    continue;
+                }
+                let row = sqlx::query(
+                    "SELECT state, epoch, reason FROM file_taken \
+                     WHERE channel = $1 AND path = $2 AND version = $3",
+                )
+                .bind(channel)
+                .bind(path)
+                .bind(version)
+                .fetch_one(&mut *tx)
+                .await?;
+                let state: String = row.try_get(0)?;
+                let row_epoch: i64 = row.try_get(1)?;
+                let reason: Option<String> = row.try_get(2)?;
+                out.push(match state.as_str() {
+                    "done" => Claimed::Done,
+                    "failed" => Claimed::Failed(reason.unwrap_or_default()),
+                    _ if row_epoch >= epoch => Claimed::InFlight,
+                    _ => {
+                        sqlx::query(
+                            "UPDATE file_taken SET epoch = $4, holder = $5, taken_at = $6 \
+                             WHERE channel = $1 AND path = $2 AND version = $3",
+                        )
+                        .bind(channel)
+                        .bind(path)
+                        .bind(version)
+                        .bind(epoch)
+                        .bind(me)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        Claimed::Take { redelivered: true }
+                    }
+                });
+            }
+            tx.commit().await?;
+            Some(out)
+        }))
+    }
+
+    /// Records outcomes of files taken under `epoch`, in one transaction: for each, whether it
+    /// was recorded (false: the file was taken again under a newer epoch, after this server
+    /// lost the lease; it must not be moved).
+    pub async fn files_finish(
+        &self,
+        channel: &str,
+        epoch: i64,
+        outcomes: &[Outcome<'_>],
+    ) -> Result<Vec<bool>> {
+        Ok(on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let mut recorded = Vec::with_capacity(outcomes.len());
+            for o in outcomes {
+                let n = sqlx::query(
+                    "UPDATE file_taken SET state = $5, reason = $6 \
+                     WHERE channel = $1 AND path = $2 AND version = $3 AND epoch = $4 \
+                     AND state = 'taken'",
+                )
+                .bind(channel)
+                .bind(o.path)
+                .bind(o.version)
+                .bind(epoch)
+                .bind(if o.failed.is_some() { "failed" } else { "done" })
+                .bind(o.failed)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                recorded.push(n == 1);
+            }
+            tx.commit().await?;
+            recorded
+        }))
+    }
+
+    /// Forgets files moved away (or gone), in one transaction.
+    pub async fn files_forget(&self, channel: &str, files: &[(String, String)]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            for (path, version) in files {
+                sqlx::query(
+                    "DELETE FROM file_taken WHERE channel = $1 AND path = $2 AND version = $3",
+                )
+                .bind(channel)
+                .bind(path)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?
+        });
+        Ok(())
+    }
+
+    /// Files of `channel` taken and not yet moved away, by state.
+    pub async fn files_taken_counts(&self, channel: &str) -> Result<Vec<(String, i64)>> {
+        on_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT state, COUNT(*) FROM file_taken WHERE channel = $1 GROUP BY state ORDER BY state",
+            )
+            .bind(channel)
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| -> Result<(String, i64)> { Ok((r.try_get(0)?, r.try_get(1)?)) })
+                .collect::<Result<Vec<_>>>()
+        })
+    }
+
+    /// Forgets a deleted channel's lease and rows.
+    pub async fn files_channel_forget(&self, channel: &str) -> Result<()> {
+        on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            sqlx::query("DELETE FROM file_taken WHERE channel = $1")
+                .bind(channel)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM file_lease WHERE channel = $1")
+                .bind(channel)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?
+        });
+        Ok(())
+    }
+}
