@@ -34,14 +34,15 @@ class OnFile(Service):
         if raw.startswith('slow'):
             time.sleep(0.05)
         entry = {'file_name': r['file_name'], 'relative_dir': r['relative_dir'],
-                 'base_dir': r['base_dir'], 'full_path': r['full_path'],
+                 'base_dir': r['base_dir'], 'watched_dir': r['watched_dir'],
+                 'full_path': r['full_path'],
                  'channel': [self.channel.type, self.channel.name, r['channel_name']],
                  'raw_data': raw, 'has_raw_data': r['has_raw_data'], 'data': r['data'],
                  'has_data': r['has_data'], 'parse_error': r['parse_error'],
                  'redelivered': r['redelivered'], 'size': r['size'],
                  'server': os.getppid(), 'payload_is_raw_request': self.request.payload is r,
                  'exists': os.path.exists(r['full_path'])}
-        seen = os.path.join(os.path.dirname(r['base_dir'].rstrip('/')), 'seen.jsonl')
+        seen = os.path.join(os.path.dirname(r['watched_dir'].rstrip('/')), 'seen.jsonl')
         with open(seen, 'a') as f:
             f.write(json.dumps(entry) + '\n')
         if raw.startswith('fail'):
@@ -187,7 +188,12 @@ async fn a_slow_writer_is_waited_for_and_the_service_sees_zatos_keys() {
     assert_eq!(e["raw_data"], want, "the whole file, once complete: {e}");
     assert_eq!(e["file_name"], "orders.csv");
     assert_eq!(e["relative_dir"], "2026");
-    assert_eq!(e["base_dir"], dir.to_str().unwrap());
+    assert_eq!(
+        e["base_dir"],
+        dir.join("2026").to_str().unwrap(),
+        "Zato's: the file's folder"
+    );
+    assert_eq!(e["watched_dir"], dir.to_str().unwrap());
     assert_eq!(e["full_path"], path.to_str().unwrap());
     assert_eq!(e["channel"], json!(["file-transfer", "slow", "slow"]));
     assert_eq!(e["has_raw_data"], true);
@@ -238,8 +244,9 @@ async fn failures_go_to_failed_with_the_reason_beside_them() {
     channel(
         &srv,
         "fail",
+        // Ten minutes of quiet time: a file handed sooner was seen closing.
         json!({"service": "files.on_file", "directories": [dir], "max_bytes": 100,
-               "quiet_ms": 500}),
+               "quiet_ms": 600_000}),
     )
     .await;
     holding(&srv, "fail").await;
@@ -271,6 +278,58 @@ async fn failures_go_to_failed_with_the_reason_beside_them() {
         (Some(1), Some(2)),
         "{st}"
     );
+    let page = oxbus_integration::prom::scrape(&srv).await;
+    let n = |outcome| {
+        page.get_or_zero(
+            "oxbus_inbound_messages_total",
+            &[("type", "file"), ("channel", "fail"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((n("done"), n("failed")), (1.0, 2.0));
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[tokio::test]
+async fn a_move_that_fails_is_done_later_without_a_second_call() {
+    let srv = env().start().await;
+    let r = root("move");
+    let dir = r.join("in");
+    // The processed folder cannot be made while a plain file holds its parent's name.
+    let blocker = r.join("blocker");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    channel(
+        &srv,
+        "move",
+        json!({"service": "files.on_file", "directories": [dir],
+               "processed_dir": blocker.join("processed")}),
+    )
+    .await;
+    holding(&srv, "move").await;
+    write(&dir.join("m.txt"), "move me");
+    handled(&r, 1, &dir, 1).await;
+    let err = eventually(WAIT, "the failed move reported", || async {
+        stats(&srv, "move").await["last_error"]
+            .as_str()
+            .filter(|e| e.contains("could not be moved"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(err.contains("m.txt"), "{err}");
+    assert!(
+        dir.join("m.txt").exists(),
+        "left in place, its outcome recorded"
+    );
+    // Fixed: the next look moves it, without calling the service again.
+    std::fs::remove_file(&blocker).unwrap();
+    eventually(WAIT, "moved", || async {
+        blocker.join("processed/m.txt").exists().then_some(())
+    })
+    .await;
+    assert!(!dir.join("m.txt").exists());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(seen(&r).len(), 1, "handed once");
+    let st = stats(&srv, "move").await;
+    assert_eq!(st["done"], 1, "{st}");
     let _ = std::fs::remove_dir_all(&r);
 }
 
@@ -382,7 +441,32 @@ async fn a_restart_in_the_middle_loses_nothing_and_repeats_nothing() {
             .or_default()
             .push(e);
     }
-    assert_eq!(by_name.len(), N, "nothing lost");
+    let mut listed: Vec<String> = std::fs::read_dir(&processed)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("k-"))
+        .collect();
+    listed.sort();
+    let missing: Vec<String> = (0..N)
+        .map(|i| format!("k-{i:04}.txt"))
+        .filter(|n| !by_name.contains_key(n.as_str()))
+        .collect();
+    let twice: Vec<&&str> = by_name
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        by_name.len(),
+        N,
+        "nothing lost: missing {missing:?}, twice {twice:?}, in processed {} k- files, left {:?}; log:\n{}",
+        listed.len(),
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        srv.log()
+    );
     let twice: Vec<_> = by_name.iter().filter(|(_, v)| v.len() > 1).collect();
     for (name, v) in &twice {
         assert_eq!(v.len(), 2, "{name}: {v:?}");
@@ -436,19 +520,46 @@ async fn two_servers_sharing_a_folder_never_both_take_a_file() {
     let servers: std::collections::HashSet<u64> =
         s.iter().map(|e| e["server"].as_u64().unwrap()).collect();
     assert_eq!(servers.len(), 1, "one server took them all");
-    // The holder dies: the other takes over once the lease expires, with no file lost.
+    // The holder freezes (SIGSTOP) past its lease: the other takes over; woken up, the old
+    // holder sees its lease gone and takes nothing.
+    holder.signal(nix::sys::signal::Signal::SIGSTOP);
+    for i in 0..50 {
+        write(&dir.join(format!("e-{i:04}.txt")), "x");
+    }
+    let s = handled(&r, N + 50, &processed, N + 50).await;
+    let frozen = holder.pid() as u64;
+    assert!(
+        s[N..].iter().all(|e| e["server"] != frozen),
+        "handed by the standby"
+    );
+    assert_eq!(stats(standby, "shared").await["state"], "holding");
+    holder.signal(nix::sys::signal::Signal::SIGCONT);
+    eventually(WAIT, "the woken server stands by", || async {
+        (stats_or_null(holder, "shared").await["state"] == "standby").then_some(())
+    })
+    .await;
+    for i in 0..50 {
+        write(&dir.join(format!("g-{i:04}.txt")), "x");
+    }
+    let s = handled(&r, N + 100, &processed, N + 100).await;
+    let (_, n) = tally(&s);
+    assert_eq!(s.len(), N + 100, "no file taken twice");
+    assert_eq!(n.len(), N + 100);
+    assert!(s[N + 50..].iter().all(|e| e["server"] != frozen));
+    // The new holder dies: the first takes over once the lease expires, nothing lost.
+    let (holder, standby) = (standby, holder);
     let holder_pid = holder.pid();
     holder.signal(nix::sys::signal::Signal::SIGKILL);
     for i in 0..100 {
         write(&dir.join(format!("d-{i:04}.txt")), "x");
     }
-    let s = handled(&r, N + 100, &processed, N + 100).await;
-    let late: std::collections::HashSet<u64> = s[N..]
+    let s = handled(&r, N + 200, &processed, N + 200).await;
+    let late: std::collections::HashSet<u64> = s[N + 100..]
         .iter()
         .map(|e| e["server"].as_u64().unwrap())
         .collect();
     assert!(!late.contains(&(holder_pid as u64)), "{late:?}");
-    assert_eq!(s.len(), N + 100);
+    assert_eq!(s.len(), N + 200);
     assert_eq!(stats(standby, "shared").await["state"], "holding");
     let _ = std::fs::remove_dir_all(&r);
 }

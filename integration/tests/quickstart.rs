@@ -190,6 +190,24 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
         assert!(got["from"].as_str().unwrap().starts_with("ws."), "{got}");
     }
 
+    // The sample file channel: a file put in files/in reaches the sample service, whose count
+    // GET /sample/files shows, and then moves to processed/.
+    let files_in = dir.join("files/in");
+    std::fs::write(files_in.join("hello.txt"), "hello\nfiles\n").unwrap();
+    let got = eventually(
+        std::time::Duration::from_secs(30),
+        "the sample file handled",
+        || async {
+            let r = call(port, "GET", "/sample/files", b"").await?;
+            let d = r.json();
+            (d["received"] == 1 && files_in.join("processed/hello.txt").exists()).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(got["last"]["file_name"], "hello.txt", "{got}");
+    assert_eq!(got["last"]["lines"], 2, "{got}");
+    assert!(!files_in.join("hello.txt").exists());
+
     // The sample pub/sub: a publish to /demo/orders through the REST API at /pubsub reaches
     // the subscribed sample service, whose count GET /demo/orders shows.
     // Its callers give the sample's basic-auth password, which quickstart wrote next to the
@@ -275,7 +293,8 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     assert_eq!(modules["config_version"], 4);
     // The REST channels, the pubsub one and the WebSocket one (listed with them).
     let channels = modules["channel_rest"].as_array().unwrap();
-    assert_eq!(channels.len(), 10);
+    assert_eq!(channels.len(), 11);
+    assert_eq!(modules["channel_file"][0]["name"], "sample.files");
     assert!(
         channels
             .iter()

@@ -403,9 +403,13 @@ class Dispatcher:
                 # No remote client: the server writes this beside the failed file, for
                 # the operator who owns the folder.
                 import traceback
-                doc['exception'] = '%s: %s' % (type(exc).__name__, exc)
-                doc['traceback'] = ''.join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__))
+                try:
+                    doc['exception'] = ''.join(
+                        traceback.format_exception_only(type(exc), exc)).strip()[:4096]
+                    doc['traceback'] = ''.join(traceback.format_exception(
+                        type(exc), exc, exc.__traceback__))[-32768:]
+                except Exception:  # noqa: BLE001 - a broken __str__ must not lose the reply
+                    doc['exception'] = type(exc).__name__
         return _error_frame(stream, status, doc, headers, kind, family)
 
     def _unroutable(self, stream: int, meta: Dict[str, Any], body: bytes = b'') -> bytes:

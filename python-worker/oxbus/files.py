@@ -7,8 +7,8 @@ A service a file-transfer channel invokes sees ``self.channel.type == 'file-tran
 
     full_path      '/data/in/2026/x.csv'
     file_name      'x.csv'
-    relative_dir   '2026'              ('' for a file directly in base_dir)
-    base_dir       '/data/in'
+    relative_dir   '2026'              (below the watched folder; '' directly in it)
+    base_dir       '/data/in/2026'     (the file's folder, as Zato's)
     channel_name   'orders-in'
     ts_utc         '2026-12-07T10:00:00.123456'   (when the server picked the file up)
     raw_data       the text (str, decoded with the channel's data_encoding); bytes for a
@@ -20,8 +20,9 @@ A service a file-transfer channel invokes sees ``self.channel.type == 'file-tran
     parse_error    None, or why raw_data was not decoded or data not parsed (the
                    traceback of a parser's exception, as Zato's format_exc())
 
-and Oxbus's ``size``, ``mtime_ns`` and ``redelivered`` (the file was handed to the service
-before and the server stopped before it recorded the outcome). A decoding or parsing
+and Oxbus's ``watched_dir`` (the watched folder the file is in or below), ``size``,
+``mtime_ns`` and ``redelivered`` (the file may have been handed to the service before: the
+server holding it stopped before it recorded an outcome). A decoding or parsing
 failure never fails the call: the service runs and decides. SimpleIO input declarations
 do not apply to this channel.
 
@@ -190,6 +191,7 @@ def raw_request_from_call(meta: Dict[str, Any], body: bytes) -> Dict[str, Any]:
         'has_raw_data': has_raw_data,
         'has_data': has_data,
         'parse_error': parse_error,
+        'watched_dir': info.get('watched_dir'),
         'size': info.get('size'),
         'mtime_ns': info.get('mtime_ns'),
         'redelivered': bool(info.get('redelivered')),

@@ -19,7 +19,7 @@ from oxbus._dispatch import Dispatcher
 
 ZATO_KEYS = ['full_path', 'file_name', 'relative_dir', 'base_dir', 'channel_name', 'ts_utc',
              'raw_data', 'data', 'has_raw_data', 'has_data', 'parse_error']
-OXBUS_KEYS = ['size', 'mtime_ns', 'redelivered']
+OXBUS_KEYS = ['watched_dir', 'size', 'mtime_ns', 'redelivered']
 
 
 class Seen:
@@ -58,7 +58,8 @@ class AsyncOnFile(Service):
 
 def file_meta(service=OnFile.name, **file):
     base = {'full_path': '/data/in/2026/x.csv', 'file_name': 'x.csv', 'relative_dir': '2026',
-            'base_dir': '/data/in', 'ts_utc': '2026-12-07T10:00:00.123456', 'size': 1234,
+            'base_dir': '/data/in/2026', 'watched_dir': '/data/in',
+            'ts_utc': '2026-12-07T10:00:00.123456', 'size': 1234,
             'mtime_ns': 1733565600123456789, 'has_raw_data': True, 'binary': False,
             'data_encoding': 'utf-8', 'parse_with': None, 'redelivered': False}
     base.update(file)
@@ -99,11 +100,11 @@ def test_the_service_sees_the_file_as_zato_shows_it():
     assert list(req) == ZATO_KEYS + OXBUS_KEYS
     assert req == {
         'full_path': '/data/in/2026/x.csv', 'file_name': 'x.csv', 'relative_dir': '2026',
-        'base_dir': '/data/in', 'channel_name': 'orders-in',
+        'base_dir': '/data/in/2026', 'channel_name': 'orders-in',
         'ts_utc': '2026-12-07T10:00:00.123456', 'raw_data': 'id,name\n1,Żółw\n',
         'data': [['id', 'name'], ['1', 'Żółw']], 'has_raw_data': True, 'has_data': True,
-        'parse_error': None, 'size': 1234, 'mtime_ns': 1733565600123456789,
-        'redelivered': False}
+        'parse_error': None, 'watched_dir': '/data/in', 'size': 1234,
+        'mtime_ns': 1733565600123456789, 'redelivered': False}
 
 
 def test_text_without_parse_with_is_decoded_and_not_parsed():
@@ -141,7 +142,7 @@ def test_path_only_mode_gives_the_path_and_no_data():
     assert (req['has_raw_data'], req['data'], req['has_data'], req['parse_error']) == (
         False, None, False, None)
     assert (req['full_path'], req['base_dir'], req['size']) == (
-        '/data/in/2026/x.csv', '/data/in', 99)
+        '/data/in/2026/x.csv', '/data/in/2026', 99)
 
 
 def test_a_file_directly_in_base_dir_has_an_empty_relative_dir():

@@ -162,7 +162,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     inbound.apply_amqp(&boot.snapshot.objects.inbound_amqp);
     inbound.apply_mqtt(&boot.snapshot.objects.inbound_mqtt);
     // The file-transfer channels: the same, their leases and files in the store.
-    let files = crate::files::FileChannels::new(&me.name, store.clone());
+    let files = crate::files::FileChannels::new(&me.name, store.clone(), metrics.clone());
     files.apply(&boot.snapshot.objects.inbound_file);
     // The pub/sub broker: its definitions before any worker starts (a worker may publish
     // from its first call); the pool and the bus are handed to it once they exist.

@@ -159,6 +159,39 @@ class Chat(Service):
         self.response.payload = {'sent_to': n}
 
 
+class FileReceived(Service):
+    """File channel sample.files: each file put in the environment's files/in folder (once
+    its writer closed it) comes here (self.channel.type == 'file-transfer'), then moves to
+    files/in/processed/ (a failure: files/in/failed/, the error beside it). GET /sample/files
+    shows the count and the last one."""
+
+    name = 'demo.files.on_file'
+
+    def handle(self):
+        r = self.request.raw_request
+        raw = r['raw_data']
+        self.logger.info('file %s (%d bytes) in %s', r['file_name'], r['size'], r['base_dir'])
+        # The last file first, then the count: a reader that sees the count sees that file
+        # (or a later one).
+        self.cache.default.set('demo.files:last', {
+            'file_name': r['file_name'], 'relative_dir': r['relative_dir'], 'size': r['size'],
+            'lines': raw.count('\n') if isinstance(raw, str) else None,
+            'ts_utc': r['ts_utc']})
+        self.cache.default.incr('demo.files:received')
+
+
+class FilesReceived(Service):
+    """GET /sample/files: what demo.files.on_file has received."""
+
+    name = 'demo.files.received'
+
+    def handle(self):
+        self.response.payload = {
+            'received': self.cache.default.get('demo.files:received', 0),
+            'last': self.cache.default.get('demo.files:last'),
+        }
+
+
 class Slow(Service):
     """GET /slow: an async service (many run at once on the worker's event loop)."""
 
@@ -291,6 +324,7 @@ fn sample_channels() -> Vec<Channel> {
         ("/sample/outgoing", "GET", "demo.outgoing"),
         ("/sample/redis", "GET", "demo.redis"),
         ("/demo/orders", "GET", "demo.orders.received"),
+        ("/sample/files", "GET", "demo.files.received"),
     ]
     .into_iter()
     .map(|(path, method, service)| Channel {
@@ -327,6 +361,8 @@ fn sample_channels() -> Vec<Channel> {
 const PUBSUB_SECURITY: &str = "demo.pubsub";
 const PUBSUB_USER: &str = "demo";
 pub const PUBSUB_PASSWORD_FILE: &str = "pubsub.password";
+/// The folder (in the environment) the sample file channel watches.
+pub const SAMPLE_FILES_DIR: &str = "files/in";
 
 /// The sample pub/sub: the channel of the pub/sub REST API at `/pubsub`, whose callers are
 /// those of the basic-auth definition `demo.pubsub` (user `demo`, `password`), the endpoint
@@ -381,6 +417,21 @@ fn sample_pubsub(
     Ok((channel, security, endpoint, topic, sub))
 }
 
+/// The sample file channel `sample.files`: the files put in `files_dir` (absolute) go to
+/// `demo.files.on_file`, then to `files_dir/processed`.
+fn sample_file_channel(files_dir: &Path) -> Result<crate::model::files::FileChannel, StoreError> {
+    let def: crate::model::files::FileChannel = serde_json::from_value(serde_json::json!({
+        "name": "sample.files",
+        "service": "demo.files.on_file",
+        "directories": [files_dir],
+        "recursive": true,
+    }))
+    .map_err(|e| StoreError::Invalid(format!("the sample file channel: {e}")))?;
+    def.validate()
+        .map_err(|e| StoreError::Invalid(format!("the sample file channel: {e}")))?;
+    Ok(def)
+}
+
 /// The sample outgoing connections: `demo.self`, a REST connection to this server's own
 /// `/hello/{name}` (so the sample works offline), `demo.sqlite`, an SQLite file `demo.db`
 /// in the environment (`db_file`, absolute), and `demo.redis`, a Redis at 127.0.0.1:6379
@@ -418,11 +469,13 @@ fn sample_connections(
 /// sample pub/sub (`pubsub_password`: its basic-auth password, sealed with `key`) into a
 /// store that holds nothing yet, in one transaction, then the sample outgoing connections
 /// (`listen`: the server's address, which `demo.self` calls; `db_file`: `demo.sqlite`'s
-/// file); a store with any history is left alone. Returns whether it seeded.
+/// file), and the sample file channel watching `files_dir`; a store with any history is left
+/// alone. Returns whether it seeded.
 pub async fn seed(
     store: &Store,
     listen: std::net::SocketAddr,
     db_file: &Path,
+    files_dir: &Path,
     pubsub_password: &str,
     key: &crate::secrets::Key,
 ) -> Result<bool, StoreError> {
@@ -462,6 +515,10 @@ pub async fn seed(
         deploy_modules: vec![("demo".to_owned(), SAMPLE_SERVICES.to_owned())],
         jobs: crate::store::ObjectChanges {
             put: vec![job],
+            delete: Vec::new(),
+        },
+        inbound_file: crate::store::ObjectChanges {
+            put: vec![sample_file_channel(files_dir)?],
             delete: Vec::new(),
         },
         ..Plan::default()
@@ -536,8 +593,12 @@ fn prepare(
         ),
         None => String::new(),
     };
+    let files_in = std::path::absolute(dir.join(SAMPLE_FILES_DIR))
+        .unwrap_or_else(|_| dir.join(SAMPLE_FILES_DIR))
+        .display()
+        .to_string();
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n           echo hello > {files_in}/hello.txt; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -610,9 +671,18 @@ fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
             source,
         })?;
     }
+    let files_dir = std::path::absolute(dir.join(SAMPLE_FILES_DIR))?;
     let seeded = rt.block_on(async {
         let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
-        let r = seed(&store, s.server.listen, &db_file, &password, &key).await;
+        let r = seed(
+            &store,
+            s.server.listen,
+            &db_file,
+            &files_dir,
+            &password,
+            &key,
+        )
+        .await;
         store.close().await;
         r.map_err(CliError::Seed)
     });
@@ -699,9 +769,27 @@ mod tests {
         let listen: std::net::SocketAddr = "127.0.0.1:18080".parse().unwrap();
         let db = dir.join("demo.db");
         let key = crate::secrets::Key::create(&dir.join("secret.key")).unwrap();
-        assert!(seed(&store, listen, &db, "pw-demo", &key).await.unwrap());
+        assert!(
+            seed(
+                &store,
+                listen,
+                &db,
+                &db.with_extension("files"),
+                "pw-demo",
+                &key
+            )
+            .await
+            .unwrap()
+        );
         let channels = store.channels().await.unwrap();
-        assert_eq!(channels.len(), 10);
+        assert_eq!(channels.len(), 11);
+        let files: Vec<crate::model::files::FileChannel> = store.objects().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].service, "demo.files.on_file");
+        assert_eq!(
+            files[0].directories,
+            vec![db.with_extension("files").display().to_string()]
+        );
         assert!(
             channels
                 .iter()
@@ -763,7 +851,16 @@ mod tests {
         // The module, channels and job in one transaction; each connection one more.
         assert_eq!(store.version().await.unwrap(), 4);
         assert!(
-            !seed(&store, listen, &db, "pw-demo", &key).await.unwrap(),
+            !seed(
+                &store,
+                listen,
+                &db,
+                &db.with_extension("files"),
+                "pw-demo",
+                &key
+            )
+            .await
+            .unwrap(),
             "a store with history is left alone"
         );
         assert_eq!(store.version().await.unwrap(), 4);

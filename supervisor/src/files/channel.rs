@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::ChannelStatus;
-use super::tracker::{Touch, Tracker};
+use super::tracker::{Sig, Touch, Tracker};
 use crate::lifecycle::pool::{DispatchError, Pool};
 use crate::model::files::{After, FileChannel, Matcher};
 use crate::store::Store;
@@ -34,12 +34,17 @@ const BATCH: usize = 128;
 const RESCAN: Duration = Duration::from_secs(60);
 /// The most of a failed call's answer kept as its reason.
 const REASON_BYTES: usize = 64 * 1024;
+/// A move that failed is tried again this soon (by a rescan).
+const MOVE_RETRY: Duration = Duration::from_secs(5);
+/// Rows of files taken and never recorded are forgotten after this long (their files went).
+const PRUNE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What every channel of this server shares.
 #[derive(Debug, Clone)]
 pub(super) struct Cx {
     pub server: String,
     pub store: Store,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub pool: Arc<OnceLock<Arc<Pool>>>,
 }
 
@@ -50,6 +55,8 @@ pub(super) struct Status {
     done: AtomicU64,
     failed: AtomicU64,
     redelivered: AtomicU64,
+    /// A move failed in the last batch: rescan soon.
+    moves_failed: AtomicBool,
     tracker: Arc<Mutex<Tracker>>,
 }
 
@@ -72,6 +79,7 @@ impl Status {
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
+            moves_failed: AtomicBool::new(false),
             tracker: Arc::new(Mutex::new(Tracker::new(Duration::from_millis(quiet_ms)))),
         }
     }
@@ -117,16 +125,16 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs the channel until `stop`: after `previous` (the channel's earlier definition) ended,
+/// Runs the channel until `stop`: after `previous` (its earlier definitions' tasks) ended,
 /// takes the lease whenever it is free and, while holding it, takes the files.
 pub(super) async fn run(
     cx: Cx,
     def: FileChannel,
     mut stop: watch::Receiver<bool>,
     status: Arc<Status>,
-    previous: Option<JoinHandle<()>>,
+    previous: Vec<JoinHandle<()>>,
 ) {
-    if let Some(p) = previous {
+    for p in previous {
         let _ = p.await;
     }
     let name = def.name.clone();
@@ -172,7 +180,7 @@ pub(super) async fn run(
 
 /// The folders a channel watches and where its files go.
 struct Folders {
-    /// Each watched folder (canonical) and its processed / failed folders.
+    /// Each watched folder and its processed / failed folders.
     bases: Vec<Base>,
     matcher: Matcher,
     recursive: bool,
@@ -206,20 +214,28 @@ impl Folders {
         }
     }
 
-    /// The watched folder a file of the channel's is in, if `path` is one.
+    /// The watched folder a file of the channel's is in, if `path` is one: its name matches,
+    /// and (recursive) no folder between is hidden or a processed / failed folder.
     fn base_of(&self, path: &Path) -> Option<&Base> {
-        let name = path.file_name()?.to_str()?;
-        if !self.matcher.takes(name) {
+        let name = path.file_name()?.to_string_lossy();
+        if !self.matcher.takes(&name) {
             return None;
         }
         let parent = path.parent()?;
         self.bases.iter().find(|b| {
             if self.recursive {
-                parent.starts_with(&b.dir) && !b.excluded.iter().any(|x| parent.starts_with(x))
+                parent.strip_prefix(&b.dir).is_ok_and(|rel| {
+                    !rel.components()
+                        .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
+                }) && !b.excluded.iter().any(|x| parent.starts_with(x))
             } else {
                 parent == b.dir
             }
         })
+    }
+
+    fn is_base(&self, path: &Path) -> bool {
+        self.bases.iter().any(|b| b.dir == path)
     }
 }
 
@@ -250,6 +266,10 @@ fn touches(event: &notify::Event) -> Vec<(PathBuf, Touch)> {
     }
 }
 
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
 /// Walks the folders into the tracker: every file of the channel's not tracked yet.
 fn scan(folders: &Folders, tracker: &Mutex<Tracker>) {
     let now = Instant::now();
@@ -264,24 +284,24 @@ fn scan(folders: &Folders, tracker: &Mutex<Tracker>) {
                 e.depth() == 0
                     || !e.file_type().is_dir()
                     || !(b.excluded.iter().any(|x| e.path() == x)
-                        || e.file_name().to_string_lossy().starts_with('.'))
+                        || e.file_name().as_encoded_bytes().starts_with(b"."))
             });
         for e in walk.flatten() {
             if !e.file_type().is_file() || folders.base_of(e.path()).is_none() {
                 continue;
             }
-            let age = e
-                .metadata()
+            let Ok(m) = e.metadata() else { continue };
+            let age = m
+                .modified()
                 .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|m| wall.duration_since(m).ok())
+                .and_then(|t| wall.duration_since(t).ok())
                 .unwrap_or_default();
-            found.push((e.into_path(), age));
+            found.push((e.into_path(), (mtime_ns(&m), m.size()), age));
         }
     }
     let mut t = tracker.lock().expect("tracker lock");
-    for (p, age) in found {
-        t.seen(p, age, now);
+    for (p, sig, age) in found {
+        t.seen(p, sig, age, now);
     }
 }
 
@@ -290,9 +310,11 @@ fn scan(folders: &Folders, tracker: &Mutex<Tracker>) {
 struct Found {
     path: PathBuf,
     path_str: String,
-    /// Device, inode, change time and size: a file put again under the same name is
-    /// another version.
+    /// Inode, modification time and size: a file put again under the same name is another
+    /// version. (Not the device, which a network filesystem numbers per client, nor the
+    /// change time, which a chmod moves.)
     version: String,
+    ino: u64,
     base: PathBuf,
     relative_dir: String,
     file_name: String,
@@ -302,46 +324,72 @@ struct Found {
     binary: bool,
 }
 
-fn stat(folders: &Folders, paths: Vec<PathBuf>) -> Vec<Found> {
-    let mut out: Vec<Found> = paths
-        .into_iter()
-        .filter_map(|path| {
-            let base = folders.base_of(&path)?.dir.clone();
-            let m = std::fs::symlink_metadata(&path).ok()?;
-            if !m.file_type().is_file() {
-                return None;
-            }
-            let path_str = path.to_str()?.to_owned();
-            let relative_dir = path
-                .parent()
-                .and_then(|p| p.strip_prefix(&base).ok())
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let file_name = path.file_name()?.to_string_lossy().into_owned();
-            let binary = folders.matcher.binary(&file_name);
-            Some(Found {
-                version: format!(
-                    "{}:{}:{}.{}:{}",
-                    m.dev(),
-                    m.ino(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                    m.size()
-                ),
-                path,
-                path_str,
-                base,
-                relative_dir,
-                file_name,
-                size: m.size(),
-                binary,
-                mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            })
-        })
-        .collect();
+impl Found {
+    /// Whether `m` is still the version that was claimed.
+    fn same(&self, m: &std::fs::Metadata) -> bool {
+        m.ino() == self.ino && m.size() == self.size && mtime_ns(m) == self.mtime_ns
+    }
+}
+
+/// What a look at the complete files found.
+#[derive(Default)]
+struct Looked {
+    /// The files to hand, oldest first.
+    found: Vec<Found>,
+    /// Files only a scan saw that changed since: not complete after all.
+    changed: Vec<(PathBuf, Sig)>,
+    /// Files whose path is not UTF-8: they cannot be named to a service.
+    unnamed: Vec<(PathBuf, PathBuf)>,
+}
+
+fn look(folders: &Folders, paths: Vec<(PathBuf, Option<Sig>)>) -> Looked {
+    let mut out = Looked::default();
+    for (path, sig) in paths {
+        let Some(base) = folders.base_of(&path).map(|b| b.dir.clone()) else {
+            continue;
+        };
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !m.file_type().is_file() {
+            continue;
+        }
+        let now_sig = (mtime_ns(&m), m.size());
+        if sig.is_some_and(|s| s != now_sig) {
+            out.changed.push((path, now_sig));
+            continue;
+        }
+        let Some(path_str) = path.to_str().map(str::to_owned) else {
+            out.unnamed.push((path, base));
+            continue;
+        };
+        let relative_dir = path
+            .parent()
+            .and_then(|p| p.strip_prefix(&base).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let binary = folders.matcher.binary(&file_name);
+        out.found.push(Found {
+            version: format!("{}:{}:{}", m.ino(), now_sig.0, m.size()),
+            ino: m.ino(),
+            path,
+            path_str,
+            base,
+            relative_dir,
+            file_name,
+            size: m.size(),
+            binary,
+            mtime_ns: now_sig.0,
+        });
+    }
     // Arrival order: the oldest last change first; the path breaks ties (timestamps are
     // coarser than a fast writer).
-    out.sort_by(|a, b| (a.mtime_ns, &a.path).cmp(&(b.mtime_ns, &b.path)));
+    out.found
+        .sort_by(|a, b| (a.mtime_ns, &a.path).cmp(&(b.mtime_ns, &b.path)));
     out
 }
 
@@ -370,28 +418,14 @@ async fn hold(
         }
     }
     let _renewer = AbortOnDrop(renewer);
+    let _ = cx
+        .store
+        .files_prune(&def.name, unix_ms() - PRUNE_AFTER.as_millis() as i64)
+        .await;
     let folders = Arc::new(Folders::new(def));
     let tracker = status.tracker.clone();
-    let rescan = Arc::new(AtomicBool::new(true));
-    // The watch: created (with the folders) until it works or the channel stops.
-    let _watcher = loop {
-        match start_watch(&folders, &tracker, &wake, &rescan) {
-            Ok(w) => break w,
-            Err(e) => {
-                status.error(e);
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY) => {}
-                    _ = stop.changed() => {}
-                }
-                if *stop.borrow() {
-                    return true;
-                }
-                if lost.load(Ordering::Acquire) {
-                    return false;
-                }
-            }
-        }
-    };
+    let flags = Arc::new(Flags::default());
+    let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut next_rescan = Instant::now() + RESCAN;
     loop {
         if *stop.borrow() {
@@ -400,7 +434,33 @@ async fn hold(
         if lost.load(Ordering::Acquire) {
             return false;
         }
-        if rescan.swap(false, Ordering::AcqRel) || Instant::now() >= next_rescan {
+        // The watch: (re)made with the folders when there is none or a watched folder went.
+        if watcher.is_none() || flags.rewatch.swap(false, Ordering::AcqRel) {
+            watcher = None;
+            let (f, t, w, fl) = (
+                folders.clone(),
+                tracker.clone(),
+                wake.clone(),
+                flags.clone(),
+            );
+            match tokio::task::spawn_blocking(move || start_watch(&f, &t, &w, &fl)).await {
+                Ok(Ok(w)) => {
+                    watcher = Some(w);
+                    flags.rescan.store(true, Ordering::Release);
+                }
+                Ok(Err(e)) => {
+                    status.error(e);
+                    pause(stop).await;
+                    continue;
+                }
+                Err(e) => {
+                    status.error(format!("the watch could not be made: {e}"));
+                    pause(stop).await;
+                    continue;
+                }
+            }
+        }
+        if flags.rescan.swap(false, Ordering::AcqRel) || Instant::now() >= next_rescan {
             next_rescan = Instant::now() + RESCAN;
             let (f, t) = (folders.clone(), tracker.clone());
             let _ = tokio::task::spawn_blocking(move || scan(&f, &t)).await;
@@ -422,12 +482,16 @@ async fn hold(
             }
             continue;
         }
-        let Some(pool) = cx.pool.get() else {
-            status.error("this server has no worker pool yet".into());
+        let put_back = |paths: Vec<PathBuf>| {
             tracker
                 .lock()
                 .expect("tracker lock")
-                .put_back(ready, Instant::now());
+                .put_back(paths, Instant::now());
+        };
+        let ready_paths = || ready.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        let Some(pool) = cx.pool.get() else {
+            status.error("this server has no worker pool yet".into());
+            put_back(ready_paths());
             pause(stop).await;
             continue;
         };
@@ -436,32 +500,84 @@ async fn hold(
                 "service {} is not deployed: files wait until it is",
                 def.service
             ));
-            tracker
-                .lock()
-                .expect("tracker lock")
-                .put_back(ready, Instant::now());
+            put_back(ready_paths());
             pause(stop).await;
             continue;
         }
         let f = folders.clone();
-        let found = tokio::task::spawn_blocking(move || stat(&f, ready))
+        let looked = tokio::task::spawn_blocking(move || look(&f, ready))
             .await
             .unwrap_or_default();
-        for chunk in found.chunks(BATCH) {
+        if !looked.changed.is_empty() {
+            let now = Instant::now();
+            let mut t = tracker.lock().expect("tracker lock");
+            for (p, sig) in looked.changed {
+                t.changed(p, sig, now);
+            }
+        }
+        if !looked.unnamed.is_empty() {
+            fail_unnamed(def, looked.unnamed, status).await;
+        }
+        let mut chunks = looked.found.chunks(BATCH);
+        while let Some(chunk) = chunks.next() {
             match batch(cx, def, epoch, pool, chunk, stop, status, &lost).await {
                 Ok(()) => {}
                 Err(Stopped::Lost) => return false,
                 Err(Stopped::Store(e)) => {
+                    // This chunk and the later ones wait, in their order, for the store.
                     status.error(format!("the store did not answer: {e}"));
-                    tracker
-                        .lock()
-                        .expect("tracker lock")
-                        .put_back(chunk.iter().map(|f| f.path.clone()), Instant::now());
+                    let rest = chunk
+                        .iter()
+                        .chain(chunks.by_ref().flatten())
+                        .map(|f| f.path.clone())
+                        .collect();
+                    put_back(rest);
                     pause(stop).await;
+                    break;
                 }
                 Err(Stopped::Stop) => return true,
             }
+            if !status.moves_failed.load(Ordering::Acquire) {
+                continue;
+            }
+            // A move failed: the file stays with its outcome recorded; a rescan soon moves it.
+            status.moves_failed.store(false, Ordering::Release);
+            next_rescan = next_rescan.min(Instant::now() + MOVE_RETRY);
         }
+    }
+}
+
+/// Files whose path is not UTF-8 go to the failed folder, saying why, without a call.
+async fn fail_unnamed(def: &FileChannel, files: Vec<(PathBuf, PathBuf)>, status: &Status) {
+    let def = def.clone();
+    let errors = tokio::task::spawn_blocking(move || {
+        let mut errors = Vec::new();
+        for (path, base) in files {
+            let reason = format!(
+                "the file's path is not UTF-8 ({}): it cannot be named to service {}; rename it",
+                path.display(),
+                def.service
+            );
+            warn!(channel = %def.name, path = %path.display(), "file channel: a path that is not UTF-8 goes to the failed folder");
+            let rel = path
+                .parent()
+                .and_then(|p| p.strip_prefix(&base).ok())
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            let dir = def
+                .target_dir(&base.to_string_lossy(), true)
+                .join(rel);
+            if let Err(e) = place(&path, &dir, &name, Some(&reason)) {
+                errors.push(e);
+            }
+        }
+        errors
+    })
+    .await
+    .unwrap_or_default();
+    if let Some(e) = errors.first() {
+        status.error(e.clone());
     }
 }
 
@@ -472,34 +588,57 @@ async fn pause(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// What the watch tells the channel's loop besides the tracker.
+#[derive(Debug, Default)]
+struct Flags {
+    /// Events were lost, or a folder arrived whose files may predate its watch: walk again.
+    rescan: AtomicBool,
+    /// A watched folder went (deleted, renamed): make the watch again.
+    rewatch: AtomicBool,
+}
+
 fn start_watch(
     folders: &Arc<Folders>,
     tracker: &Arc<Mutex<Tracker>>,
     wake: &Arc<Notify>,
-    rescan: &Arc<AtomicBool>,
+    flags: &Arc<Flags>,
 ) -> Result<notify::RecommendedWatcher, String> {
     for b in &folders.bases {
         std::fs::create_dir_all(&b.dir)
             .map_err(|e| format!("folder {}: cannot create it: {e}", b.dir.display()))?;
     }
-    let (f, t, w, r) = (
+    let (f, t, w, fl) = (
         folders.clone(),
         tracker.clone(),
         wake.clone(),
-        rescan.clone(),
+        flags.clone(),
     );
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+    let handler = move |ev: notify::Result<notify::Event>| {
         let ev = match ev {
             Ok(ev) => ev,
             Err(_) => {
-                r.store(true, Ordering::Release);
+                fl.rescan.store(true, Ordering::Release);
                 w.notify_one();
                 return;
             }
         };
-        if ev.need_rescan() || (f.recursive && ev.kind == EventKind::Create(CreateKind::Folder)) {
-            // Events were lost, or a new folder's files may predate its watch.
-            r.store(true, Ordering::Release);
+        let gone = matches!(
+            ev.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+        ) && ev.paths.iter().any(|p| f.is_base(p));
+        if gone {
+            fl.rewatch.store(true, Ordering::Release);
+        }
+        let arrived_folder = f.recursive
+            && match ev.kind {
+                EventKind::Create(CreateKind::Folder) => true,
+                EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                    ev.paths.last().is_some_and(|p| p.is_dir())
+                }
+                _ => false,
+            };
+        if gone || ev.need_rescan() || arrived_folder {
+            fl.rescan.store(true, Ordering::Release);
             w.notify_one();
         }
         let mut any = false;
@@ -515,17 +654,24 @@ fn start_watch(
         if any {
             w.notify_one();
         }
-    })
-    .map_err(|e| format!("cannot watch: {e}"))?;
+    };
+    // Links are not followed: a linked folder's files are not the channel's.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(handler, config)
+        .map_err(|e| format!("cannot watch: {e}"))?;
     let mode = if folders.recursive {
         RecursiveMode::Recursive
     } else {
         RecursiveMode::NonRecursive
     };
     for b in &folders.bases {
-        watcher
-            .watch(&b.dir, mode)
-            .map_err(|e| format!("folder {}: cannot watch it: {e}", b.dir.display()))?;
+        watcher.watch(&b.dir, mode).map_err(|e| {
+            format!(
+                "folder {}: cannot watch it: {e} (the kernel's limit of watches: \
+                 fs.inotify.max_user_watches)",
+                b.dir.display()
+            )
+        })?;
     }
     Ok(watcher)
 }
@@ -543,20 +689,23 @@ async fn renew(
     loop {
         tokio::time::sleep(LEASE_TTL / 3).await;
         let asked = Instant::now();
-        match cx
-            .store
-            .file_lease_renew(&name, &cx.server, epoch, unix_ms(), LEASE_TTL)
-            .await
-        {
-            Ok(true) => held_until = asked + LEASE_TTL,
-            Ok(false) => break,
-            Err(e) => {
-                status.error(format!("the lease could not be renewed: {e}"));
-                // Stop before it may have expired: another server could take over.
-                if Instant::now() + LEASE_TTL / 3 >= held_until {
-                    break;
-                }
+        let renewed = tokio::time::timeout(
+            LEASE_TTL / 3,
+            cx.store
+                .file_lease_renew(&name, &cx.server, epoch, unix_ms(), LEASE_TTL),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(true)) => held_until = asked + LEASE_TTL,
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => status.error(format!("the lease could not be renewed: {e}")),
+            Err(_) => {
+                status.error("the lease could not be renewed: the store did not answer".into())
             }
+        }
+        // Stop before it may have expired: another server could take over.
+        if Instant::now() + LEASE_TTL / 3 >= held_until {
+            break;
         }
     }
     warn!(channel = %name, epoch, "file channel: the lease is lost; files in flight are handed again by its next holder");
@@ -577,7 +726,8 @@ enum Fate {
     Recorded(Option<String>),
     /// Handed now: record this outcome (None: done), then move it.
     Handled(Option<String>),
-    /// Not handed (the channel stopped first, or it is in flight): leave it.
+    /// Not handed: the channel stopped first (or lost its lease), or the file is not the
+    /// version claimed any more (replaced, gone). Its row is forgotten.
     Skipped,
 }
 
@@ -623,7 +773,10 @@ async fn batch(
             None => break,
         }
     }
-    // Record what was handed, in one transaction, before any file moves.
+    // Record what was handed, in one transaction, before any file moves. A store that does
+    // not answer now is asked again: the calls were made, their outcomes must not be lost
+    // (the files would be handed twice). An outcome recorded after the lease was lost is
+    // still taken, unless another server took the file meanwhile.
     let outcomes: Vec<Outcome<'_>> = files
         .iter()
         .zip(&results)
@@ -636,8 +789,6 @@ async fn batch(
             _ => None,
         })
         .collect();
-    // A store that does not answer now is asked again: the calls were made, their
-    // outcomes must not be lost (the files would be handed twice).
     let recorded = if outcomes.is_empty() {
         Vec::new()
     } else {
@@ -646,15 +797,13 @@ async fn batch(
                 Ok(r) => break r,
                 Err(e) => {
                     status.error(format!("outcomes not recorded yet: {e}"));
-                    if lost.load(Ordering::Acquire) {
-                        return Err(Stopped::Lost);
-                    }
                     tokio::time::sleep(RETRY).await;
                 }
             }
         }
     };
     let mut recorded = recorded.into_iter();
+    let (mut done, mut failed) = (0u64, 0u64);
     let mut moves: Vec<(Found, Option<String>)> = Vec::new();
     let mut unhanded: Vec<(String, String)> = Vec::new();
     for (f, r) in files.iter().zip(results) {
@@ -663,16 +812,21 @@ async fn batch(
             Fate::Handled(o) => {
                 if recorded.next() == Some(true) {
                     match &o {
-                        None => status.done.fetch_add(1, Ordering::Relaxed),
-                        Some(_) => status.failed.fetch_add(1, Ordering::Relaxed),
+                        None => done += 1,
+                        Some(_) => failed += 1,
                     };
                     moves.push((f.clone(), o));
                 }
             }
-            Fate::Skipped => {
-                if *stop.borrow() {
-                    unhanded.push((f.path_str.clone(), f.version.clone()));
-                }
+            Fate::Skipped => unhanded.push((f.path_str.clone(), f.version.clone())),
+        }
+    }
+    status.done.fetch_add(done, Ordering::Relaxed);
+    status.failed.fetch_add(failed, Ordering::Relaxed);
+    if cx.metrics.enabled() {
+        for (outcome, n) in [("done", done), ("failed", failed)] {
+            if n > 0 {
+                cx.metrics.inbound.messages_n("file", &def.name, outcome, n);
             }
         }
     }
@@ -694,16 +848,19 @@ async fn batch(
     .await
     .unwrap_or_default();
     if let Some(e) = errors.first() {
+        status.moves_failed.store(true, Ordering::Release);
         status.error(format!(
-            "{} file(s) could not be moved away (tried again at the next rescan): {e}",
+            "{} file(s) could not be moved away (tried again shortly): {e}",
             errors.len()
         ));
     }
-    // Files claimed and never handed (the channel is stopping): forgotten, so the next start
-    // hands them as new rather than as redelivered.
-    let mut forget = moved;
-    forget.extend(unhanded);
-    if let Err(e) = cx.store.files_forget(&def.name, &forget).await {
+    // Files claimed and never handed: forgotten (while still this holding's), so the next
+    // look hands them as new rather than as redelivered.
+    if let Err(e) = cx
+        .store
+        .files_forget(&def.name, &cx.server, epoch, &moved, &unhanded)
+        .await
+    {
         // Harmless: a row of a file moved away is only looked at if that file comes back.
         status.error(format!("rows of moved files not forgotten: {e}"));
     } else if errors.is_empty() {
@@ -731,12 +888,11 @@ async fn fate(
     match claim {
         Claimed::Done => Fate::Recorded(None),
         Claimed::Failed(r) => Fate::Recorded(Some(r)),
-        Claimed::InFlight => Fate::Skipped,
         Claimed::Take { redelivered } => {
             if *stop.borrow() || lost.load(Ordering::Acquire) {
                 return Fate::Skipped;
             }
-            match hand(def, pool, f, redelivered, stop).await {
+            match hand(def, pool, f, redelivered, stop, lost).await {
                 Some(outcome) => {
                     if redelivered {
                         status.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -749,43 +905,79 @@ async fn fate(
     }
 }
 
-/// Hands one file to the service: None when the channel stopped before it could be called
-/// (no worker free, the service not deployed), else its outcome (None: done).
+/// Reads the claimed version of `f`: None when the file is not that version any more (gone,
+/// replaced, rewritten), else its bytes or why it cannot be handed.
+async fn read(def: &FileChannel, f: &Found) -> Option<Result<Vec<u8>, String>> {
+    use tokio::io::AsyncReadExt;
+    let file = match tokio::fs::File::open(&f.path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("the file could not be opened: {e}"))),
+    };
+    match file.metadata().await {
+        Ok(m) if f.same(&m) => {}
+        Ok(_) => return None,
+        Err(e) => return Some(Err(format!("the file could not be read: {e}"))),
+    }
+    if !def.read_on_pickup {
+        return Some(Ok(Vec::new()));
+    }
+    if f.size > def.max_bytes {
+        return Some(Err(too_large(def, f.size)));
+    }
+    // At most max_bytes + 1, whatever the file grew to since.
+    let mut body = Vec::with_capacity(f.size as usize);
+    if let Err(e) = file.take(def.max_bytes + 1).read_to_end(&mut body).await {
+        return Some(Err(format!("the file could not be read: {e}")));
+    }
+    if body.len() as u64 > def.max_bytes {
+        return Some(Err(too_large(def, body.len() as u64)));
+    }
+    Some(Ok(body))
+}
+
+fn too_large(def: &FileChannel, size: u64) -> String {
+    format!(
+        "the file's {size} bytes are over the channel's max_bytes ({}): raise max_bytes, or set \
+         read_on_pickup false and read the file in the service",
+        def.max_bytes
+    )
+}
+
+/// Hands one file to the service: None when it was not handed (the channel stopped or lost
+/// its lease before the call could be made, the file is not the version claimed), else its
+/// outcome (None: done).
 async fn hand(
     def: &FileChannel,
     pool: &Arc<Pool>,
     f: &Found,
     redelivered: bool,
     stop: &watch::Receiver<bool>,
+    lost: &AtomicBool,
 ) -> Option<Option<String>> {
-    let read = def.read_on_pickup;
-    let body = if read {
-        if f.size > def.max_bytes {
-            return Some(Some(format!(
-                "the file's {} bytes are over the channel's max_bytes ({}): raise max_bytes, or \
-                 set read_on_pickup false and read the file in the service",
-                f.size, def.max_bytes
-            )));
-        }
-        match tokio::fs::read(&f.path).await {
-            Ok(b) => b,
-            Err(e) => return Some(Some(format!("the file could not be read: {e}"))),
-        }
-    } else {
-        Vec::new()
+    let body = match read(def, f).await? {
+        Ok(b) => b,
+        Err(reason) => return Some(Some(reason)),
     };
     let ts_utc = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6f")
         .to_string();
+    // Zato's base_dir is the file's own folder; the watched one is `watched_dir`.
+    let file_dir = f
+        .path
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let meta_json = json!({
         "full_path": f.path_str,
         "file_name": f.file_name,
         "relative_dir": f.relative_dir,
-        "base_dir": f.base.to_string_lossy(),
+        "base_dir": file_dir,
+        "watched_dir": f.base.to_string_lossy(),
         "ts_utc": ts_utc,
         "size": f.size,
         "mtime_ns": f.mtime_ns as i64,
-        "has_raw_data": read,
+        "has_raw_data": def.read_on_pickup,
         "binary": f.binary,
         "data_encoding": def.data_encoding,
         "parse_with": if def.parse_on_pickup { def.parse_with.as_deref() } else { None },
@@ -826,6 +1018,8 @@ async fn hand(
             }
             Ok(r) => return Some(Some(failure_reason(&def.service, r.status, &r.body))),
             Err(e @ (DispatchError::Busy | DispatchError::QueueTimeout)) => e.to_string(),
+            // Workers are retired or killed when the server stops: not the file's fault.
+            Err(DispatchError::WorkerDied) if *stop.borrow() => return None,
             Err(DispatchError::WorkerDied) => {
                 return Some(Some(format!(
                     "the worker running service {} died (a crash, an exit or a kill)",
@@ -844,14 +1038,15 @@ async fn hand(
                 ));
             }
         };
-        // Not the file's fault: the same call again, unless the channel stops.
+        // Not the file's fault: the same call again, unless the channel stops or another
+        // server may have taken the file.
         warn!(channel = %def.name, file = %f.path_str, reason = %transient, "file channel: the service cannot be called now; trying again");
         let mut stop = stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.changed() => {}
         }
-        if *stop.borrow() {
+        if *stop.borrow() || lost.load(Ordering::Acquire) {
             return None;
         }
     }
@@ -860,28 +1055,46 @@ async fn hand(
 /// The reason a failed call gives, for `<name>.error.txt`: the exception and its traceback
 /// when the worker sent them (it does for this channel), else the error answer itself.
 fn failure_reason(service: &str, status: u16, body: &[u8]) -> String {
-    let body = &body[..body.len().min(REASON_BYTES)];
+    let cap = |s: &str| -> String {
+        if s.len() <= REASON_BYTES {
+            return s.to_owned();
+        }
+        let mut end = REASON_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… (cut at {REASON_BYTES} bytes)", &s[..end])
+    };
     if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) {
         let cid = doc["cid"].as_str().unwrap_or("");
         if let Some(exc) = doc["exception"].as_str() {
-            return format!(
+            return cap(&format!(
                 "service {service} failed (status {status}, cid {cid}): {exc}\n\n{}",
                 doc["traceback"].as_str().unwrap_or("")
-            );
+            ));
         }
         if let Some(e) = doc["error"].as_str() {
-            return format!("service {service} answered {status} (cid {cid}): {e}");
+            return cap(&format!(
+                "service {service} answered {status} (cid {cid}): {e}"
+            ));
         }
     }
-    format!(
+    cap(&format!(
         "service {service} answered {status}: {}",
         String::from_utf8_lossy(body)
-    )
+    ))
 }
 
 /// Moves a file whose outcome is recorded: to the processed folder (or deleted), or to the
-/// failed folder with `<name>.error.txt` beside it. A file already gone is fine.
+/// failed folder with `<name>.error.txt` beside it. A file gone, or no longer the version
+/// handed (replaced meanwhile: the new one is handed on its own), is left alone.
 fn move_away(def: &FileChannel, f: &Found, failed: Option<&str>) -> Result<(), String> {
+    match std::fs::symlink_metadata(&f.path) {
+        Ok(m) if f.same(&m) => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", f.path_str)),
+    }
     if failed.is_none() && def.after == After::Delete {
         return match std::fs::remove_file(&f.path) {
             Ok(()) => Ok(()),
@@ -892,38 +1105,79 @@ fn move_away(def: &FileChannel, f: &Found, failed: Option<&str>) -> Result<(), S
     let dir = def
         .target_dir(&f.base.to_string_lossy(), failed.is_some())
         .join(&f.relative_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let target = free_name(&dir, &f.file_name);
-    match std::fs::rename(&f.path, &target) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
-            // Another filesystem: copy, then remove.
-            std::fs::copy(&f.path, &target)
-                .and_then(|_| std::fs::remove_file(&f.path))
-                .map_err(|e| format!("{} → {}: {e}", f.path_str, target.display()))?;
+    place(&f.path, &dir, std::ffi::OsStr::new(&f.file_name), failed).map_err(|e| {
+        if e.contains(&f.path_str) {
+            e
+        } else {
+            format!("{}: {e}", f.path_str)
         }
-        Err(e) => return Err(format!("{} → {}: {e}", f.path_str, target.display())),
+    })
+}
+
+/// Puts `path` into `dir` under `name` — or `name.1`, `name.2`… when taken: never over
+/// another file — and, for a failure, `reason` beside it as `<name>.error.txt`.
+fn place(
+    path: &Path,
+    dir: &Path,
+    name: &std::ffi::OsStr,
+    failed: Option<&str>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let source = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut target = dir.join(name);
+    for i in 1u32.. {
+        // A hard link never replaces what is there; the source goes once it is linked.
+        match std::fs::hard_link(path, &target) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Linked before a stop that left the source: the same file, just unlink it.
+                if std::fs::symlink_metadata(&target)
+                    .is_ok_and(|m| m.ino() == source.ino() && m.dev() == source.dev())
+                {
+                    break;
+                }
+                let mut n = name.to_owned();
+                n.push(format!(".{i}"));
+                target = dir.join(n);
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                // Another filesystem: copy under a hidden name, then rename into place.
+                let mut tmp_name = std::ffi::OsString::from(".oxbus-");
+                tmp_name.push(name);
+                let tmp = dir.join(tmp_name);
+                std::fs::copy(path, &tmp)
+                    .map_err(|e| format!("{} → {}: {e}", path.display(), tmp.display()))?;
+                let mut j = i;
+                while std::fs::symlink_metadata(&target).is_ok() {
+                    let mut n = name.to_owned();
+                    n.push(format!(".{j}"));
+                    target = dir.join(n);
+                    j += 1;
+                }
+                std::fs::rename(&tmp, &target)
+                    .map_err(|e| format!("{} → {}: {e}", tmp.display(), target.display()))?;
+                break;
+            }
+            Err(e) => return Err(format!("{} → {}: {e}", path.display(), target.display())),
+        }
     }
     if let Some(reason) = failed {
         let mut note = target.clone().into_os_string();
         note.push(".error.txt");
+        // The reason first: if it cannot be written, the file stays where it is (and its
+        // outcome recorded), to be moved again.
         std::fs::write(&note, format!("{reason}\n"))
             .map_err(|e| format!("{}: {e}", PathBuf::from(&note).display()))?;
     }
-    Ok(())
-}
-
-/// `dir/name`, or `dir/name.1`, `dir/name.2`… when taken: a file put twice is kept twice.
-fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if std::fs::symlink_metadata(&first).is_err() {
-        return first;
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "{}: linked into {} but not removed: {e}",
+            path.display(),
+            dir.display()
+        )),
     }
-    (1..)
-        .map(|i| dir.join(format!("{name}.{i}")))
-        .find(|p| std::fs::symlink_metadata(p).is_err())
-        .expect("some suffix is free")
 }
 
 #[cfg(test)]
@@ -1008,7 +1262,7 @@ mod tests {
         let folders = Folders::new(&def);
         for round in 0..2 {
             std::fs::write(tmp.join("sub/a.txt"), format!("v{round}")).unwrap();
-            let found = stat(&folders, vec![tmp.join("sub/a.txt")]);
+            let found = look(&folders, vec![(tmp.join("sub/a.txt"), None)]).found;
             assert_eq!(found[0].relative_dir, "sub");
             move_away(&def, &found[0], None).unwrap();
         }
@@ -1021,7 +1275,7 @@ mod tests {
             "v1"
         );
         std::fs::write(tmp.join("b.txt"), "x").unwrap();
-        let found = stat(&folders, vec![tmp.join("b.txt")]);
+        let found = look(&folders, vec![(tmp.join("b.txt"), None)]).found;
         move_away(&def, &found[0], Some("boom")).unwrap();
         assert_eq!(
             std::fs::read_to_string(tmp.join("failed/b.txt")).unwrap(),
@@ -1033,6 +1287,23 @@ mod tests {
         );
         // Gone before its move: nothing to do.
         move_away(&def, &found[0], None).unwrap();
+        // Replaced after it was looked at: the new version stays, for its own turn.
+        std::fs::write(tmp.join("c.txt"), "old").unwrap();
+        let found = look(&folders, vec![(tmp.join("c.txt"), None)]).found;
+        std::fs::remove_file(tmp.join("c.txt")).unwrap();
+        std::fs::write(tmp.join("c.txt"), "new and longer").unwrap();
+        move_away(&def, &found[0], None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tmp.join("c.txt")).unwrap(),
+            "new and longer"
+        );
+        // Seen by a scan as one thing, something else by its turn: not complete yet.
+        let looked = look(&folders, vec![(tmp.join("c.txt"), Some((1, 3)))]);
+        assert!(looked.found.is_empty());
+        assert_eq!(looked.changed.len(), 1);
+        // A writer's hidden folder is not the channel's.
+        assert!(folders.base_of(&tmp.join(".incoming/x.txt")).is_none());
+        assert!(folders.base_of(&tmp.join("sub/x.txt")).is_some());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

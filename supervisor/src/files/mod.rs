@@ -12,7 +12,7 @@
 //! call never got its outcome recorded (a `kill -9`) is handed again, marked redelivered.
 //!
 //! Knows `model`, `store` (the lease and the rows), `lifecycle` (the pool) and `metrics`
-//! only. Boot builds one [`FileChannels`], applies the stored definitions, hands it the pool,
+//! (`oxbus_inbound_messages_total{type="file"}`) only. Boot builds one [`FileChannels`], applies the stored definitions, hands it the pool,
 //! starts it and drains it at shutdown; the sync loop and the admin API apply each config
 //! version's definitions.
 
@@ -49,6 +49,10 @@ struct Shared {
 struct State {
     defs: Vec<FileChannel>,
     running: HashMap<String, Running>,
+    /// Tasks of channels stopped (deleted, changed, deactivated) and maybe not ended yet: a
+    /// channel of the same name starts only after them, so one server never runs a channel
+    /// twice.
+    stopping: HashMap<String, Vec<JoinHandle<()>>>,
     started: bool,
     draining: bool,
 }
@@ -84,12 +88,13 @@ pub struct ChannelStatus {
 
 impl FileChannels {
     /// `server`: this server's name (the lease holder's).
-    pub fn new(server: &str, store: Store) -> FileChannels {
+    pub fn new(server: &str, store: Store, metrics: Arc<crate::metrics::Metrics>) -> FileChannels {
         FileChannels {
             inner: Arc::new(Shared {
                 cx: channel::Cx {
                     server: server.to_owned(),
                     store,
+                    metrics,
                     pool: Arc::new(OnceLock::new()),
                 },
                 state: Mutex::new(State::default()),
@@ -125,13 +130,16 @@ impl FileChannels {
             .filter(|(n, r)| wanted.get(n.as_str()).is_none_or(|d| **d != r.def))
             .map(|(n, _)| n.clone())
             .collect();
-        let mut previous: HashMap<String, JoinHandle<()>> = HashMap::new();
         for name in stale {
             if let Some(r) = st.running.remove(&name) {
                 let _ = r.stop.send(true);
-                previous.insert(name, r.task);
+                st.stopping.entry(name).or_default().push(r.task);
             }
         }
+        st.stopping.retain(|_, tasks| {
+            tasks.retain(|t| !t.is_finished());
+            !tasks.is_empty()
+        });
         for (name, def) in wanted {
             if st.running.contains_key(name) {
                 continue;
@@ -143,7 +151,7 @@ impl FileChannels {
                 def.clone(),
                 stop_rx,
                 status.clone(),
-                previous.remove(name),
+                st.stopping.remove(name).unwrap_or_default(),
             ));
             st.running.insert(
                 name.to_owned(),
@@ -170,12 +178,14 @@ impl FileChannels {
         let tasks: Vec<JoinHandle<()>> = {
             let mut st = self.inner.state.lock().expect("files lock");
             st.draining = true;
+            let stopping: Vec<JoinHandle<()>> = st.stopping.drain().flat_map(|(_, t)| t).collect();
             st.running
                 .drain()
                 .map(|(_, r)| {
                     let _ = r.stop.send(true);
                     r.task
                 })
+                .chain(stopping)
                 .collect()
         };
         let all = futures_util::future::join_all(tasks);

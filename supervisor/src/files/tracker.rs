@@ -19,10 +19,17 @@ pub enum Touch {
     Gone,
 }
 
+/// What a scan saw of a file: its modification time (ns) and size. A file known only from
+/// scans (no events: a network filesystem, a writer that predates the watch) is complete
+/// once these stayed the same for the quiet time.
+pub type Sig = (i128, u64);
+
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     last: Instant,
     closed: bool,
+    /// Set for a file seen by a scan and by no event since.
+    sig: Option<Sig>,
 }
 
 /// The files seen and not yet handed on.
@@ -50,16 +57,38 @@ impl Tracker {
             Touch::Written => false,
             Touch::Closed | Touch::Arrived => true,
         };
-        self.pending.insert(path, Pending { last: now, closed });
+        self.pending.insert(
+            path,
+            Pending {
+                last: now,
+                closed,
+                sig: None,
+            },
+        );
     }
 
-    /// Records a file a scan found, last changed `age` ago, unless events already track it:
-    /// with no close to wait for, it is complete once `age` reaches the quiet time.
-    pub fn seen(&mut self, path: PathBuf, age: Duration, now: Instant) {
+    /// Records a file a scan found as `sig`, last changed `age` ago, unless events already
+    /// track it: with no close to wait for, it is complete once `age` reaches the quiet time
+    /// (and its `sig` is still the same then: the caller checks, see [`Tracker::changed`]).
+    pub fn seen(&mut self, path: PathBuf, sig: Sig, age: Duration, now: Instant) {
         self.pending.entry(path).or_insert(Pending {
             last: now.checked_sub(age).unwrap_or(now),
             closed: false,
+            sig: Some(sig),
         });
+    }
+
+    /// A file handed out as complete whose `sig` turned out to have changed since the scan:
+    /// its quiet time starts again.
+    pub fn changed(&mut self, path: PathBuf, sig: Sig, now: Instant) {
+        self.pending.insert(
+            path,
+            Pending {
+                last: now,
+                closed: false,
+                sig: Some(sig),
+            },
+        );
     }
 
     fn ready(&self, p: &Pending, now: Instant) -> bool {
@@ -67,15 +96,15 @@ impl Tracker {
     }
 
     /// The complete files (no order: the caller orders them by modification time), no longer
-    /// tracked.
-    pub fn take_ready(&mut self, now: Instant) -> Vec<PathBuf> {
-        let ready: Vec<PathBuf> = self
+    /// tracked; with each, what the scan saw of it if only a scan saw it.
+    pub fn take_ready(&mut self, now: Instant) -> Vec<(PathBuf, Option<Sig>)> {
+        let ready: Vec<(PathBuf, Option<Sig>)> = self
             .pending
             .iter()
             .filter(|(_, p)| self.ready(p, now))
-            .map(|(path, _)| path.clone())
+            .map(|(path, p)| (path.clone(), p.sig))
             .collect();
-        for p in &ready {
+        for (p, _) in &ready {
             self.pending.remove(p);
         }
         ready
@@ -87,6 +116,7 @@ impl Tracker {
             self.pending.entry(p).or_insert(Pending {
                 last: now,
                 closed: true,
+                sig: None,
             });
         }
     }
@@ -120,6 +150,12 @@ mod tests {
         PathBuf::from(s)
     }
 
+    fn names(v: Vec<(PathBuf, Option<Sig>)>) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = v.into_iter().map(|(p, _)| p).collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn a_closed_file_is_ready_at_once_an_open_one_after_the_quiet_time() {
         let t0 = Instant::now();
@@ -127,14 +163,14 @@ mod tests {
         t.touch(p("/d/a"), Touch::Written, t0);
         t.touch(p("/d/b"), Touch::Written, t0);
         t.touch(p("/d/b"), Touch::Closed, t0 + 5 * MS);
-        assert_eq!(t.take_ready(t0 + 5 * MS), vec![p("/d/b")]);
+        assert_eq!(names(t.take_ready(t0 + 5 * MS)), vec![p("/d/b")]);
         // A slow writer: each write pushes the quiet time on.
         for i in 1..10 {
             t.touch(p("/d/a"), Touch::Written, t0 + i * 500 * MS);
             assert!(t.take_ready(t0 + i * 500 * MS + 999 * MS).is_empty());
         }
         assert_eq!(t.next_deadline(), Some(t0 + 5500 * MS));
-        assert_eq!(t.take_ready(t0 + 5500 * MS), vec![p("/d/a")]);
+        assert_eq!(names(t.take_ready(t0 + 5500 * MS)), vec![p("/d/a")]);
         assert_eq!(t.len(), 0);
         assert_eq!(t.next_deadline(), None);
     }
@@ -148,9 +184,7 @@ mod tests {
         t.touch(p("/d/b"), Touch::Gone, t0);
         t.touch(p("/d/c"), Touch::Closed, t0);
         t.touch(p("/d/c"), Touch::Written, t0 + MS);
-        let mut got = t.take_ready(t0 + 2 * MS);
-        got.sort();
-        assert_eq!(got, vec![p("/d/a")]);
+        assert_eq!(names(t.take_ready(t0 + 2 * MS)), vec![p("/d/a")]);
         assert_eq!(t.len(), 1);
     }
 
@@ -158,15 +192,25 @@ mod tests {
     fn scanned_files_count_their_age_and_events_win() {
         let t0 = Instant::now() + Duration::from_secs(100);
         let mut t = Tracker::new(1000 * MS);
-        t.seen(p("/d/old"), Duration::from_secs(30), t0);
-        t.seen(p("/d/new"), 200 * MS, t0);
+        t.seen(p("/d/old"), (1, 10), Duration::from_secs(30), t0);
+        t.seen(p("/d/new"), (2, 20), 200 * MS, t0);
         t.touch(p("/d/open"), Touch::Written, t0);
-        t.seen(p("/d/open"), Duration::from_secs(30), t0);
-        assert_eq!(t.take_ready(t0), vec![p("/d/old")]);
+        t.seen(p("/d/open"), (3, 30), Duration::from_secs(30), t0);
+        assert_eq!(t.take_ready(t0), vec![(p("/d/old"), Some((1, 10)))]);
         let mut later = t.take_ready(t0 + 1000 * MS);
         later.sort();
-        assert_eq!(later, vec![p("/d/new"), p("/d/open")]);
+        assert_eq!(
+            later,
+            vec![(p("/d/new"), Some((2, 20))), (p("/d/open"), None)]
+        );
+        // Grown since the scan: quiet again from now.
+        t.changed(p("/d/new"), (5, 40), t0 + 1000 * MS);
+        assert!(t.take_ready(t0 + 1999 * MS).is_empty());
+        assert_eq!(
+            t.take_ready(t0 + 2000 * MS),
+            vec![(p("/d/new"), Some((5, 40)))]
+        );
         t.put_back([p("/d/x")], t0);
-        assert_eq!(t.take_ready(t0), vec![p("/d/x")]);
+        assert_eq!(names(t.take_ready(t0)), vec![p("/d/x")]);
     }
 }

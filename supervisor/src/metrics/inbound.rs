@@ -33,7 +33,7 @@ impl InboundMetrics {
         let connected = Family::<ChannelLabels, Gauge>::default();
         registry.register(
             "inbound_messages",
-            "Messages an inbound channel took from its broker, by channel type (amqp, mqtt), channel and outcome (acked: the service returned; requeued: it failed and the message went back; rejected: it failed past the redelivery limit or on_error=reject, dropped or dead-lettered by the broker; returned: the server could not hand it to a worker (busy, no worker yet, service not deployed yet) and gave it back uncounted)",
+            "Messages an inbound channel took from its broker, by channel type (amqp, mqtt, file), channel and outcome (file: done, failed; acked: the service returned; requeued: it failed and the message went back; rejected: it failed past the redelivery limit or on_error=reject, dropped or dead-lettered by the broker; returned: the server could not hand it to a worker (busy, no worker yet, service not deployed yet) and gave it back uncounted)",
             messages.clone(),
         );
         registry.register(

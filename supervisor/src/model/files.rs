@@ -195,6 +195,32 @@ impl FileChannel {
                 )));
             }
         }
+        // A folder the channel takes from never receives its own files, and no file is in
+        // two watched folders.
+        let norm = |p: &std::path::Path| -> std::path::PathBuf { p.components().collect() };
+        for (i, d) in self.directories.iter().enumerate() {
+            let dir = norm(std::path::Path::new(d));
+            for (field, failed) in [("processed_dir", false), ("failed_dir", true)] {
+                let t = norm(&self.target_dir(d, failed));
+                if let Some(w) = self
+                    .directories
+                    .iter()
+                    .find(|w| norm(std::path::Path::new(w)) == t)
+                {
+                    return Err(fail(format!(
+                        "{field}: {} is the watched folder {w}: its files would come back",
+                        t.display()
+                    )));
+                }
+            }
+            for (j, o) in self.directories.iter().enumerate() {
+                if i != j && dir.starts_with(norm(std::path::Path::new(o))) {
+                    return Err(fail(format!(
+                        "directories[{i}]: {d} is inside {o}: watch {o} with recursive = true"
+                    )));
+                }
+            }
+        }
         if !(1..=64).contains(&self.parallel) {
             return Err(fail(format!("parallel: {} is not 1..=64", self.parallel)));
         }
@@ -373,6 +399,18 @@ mod tests {
             (
                 serde_json::json!({"directories": ["/a"], "bogus": 1}),
                 "unknown field",
+            ),
+            (
+                serde_json::json!({"directories": ["/a"], "processed_dir": "."}),
+                "watched folder",
+            ),
+            (
+                serde_json::json!({"directories": ["/a", "/b"], "failed_dir": "/b/"}),
+                "watched folder",
+            ),
+            (
+                serde_json::json!({"directories": ["/a/b", "/a"]}),
+                "inside /a",
             ),
         ] {
             let mut v = bad.clone();

@@ -14,8 +14,6 @@ pub enum Claimed {
     /// Taken now: hand it to the service (`redelivered`: it was handed under an older epoch
     /// and its outcome never recorded).
     Take { redelivered: bool },
-    /// Taken under this epoch already (being handed, or its outcome being recorded).
-    InFlight,
     /// Its outcome is recorded: only the move is left.
     Done,
     /// It failed, with this reason: only the move to the failed folder is left.
@@ -81,10 +79,11 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Hands the lease back (a clean stop, a channel deleted or moved off this server).
+    /// Hands the lease back (a clean stop, a channel deleted or moved off this server): it
+    /// expires now. The row stays, so the epoch only ever grows.
     pub async fn file_lease_release(&self, channel: &str, me: &str, epoch: i64) -> Result<()> {
         on_pool!(self, p => sqlx::query(
-            "DELETE FROM file_lease WHERE channel = $1 AND holder = $2 AND epoch = $3",
+            "UPDATE file_lease SET expires_at = 0 WHERE channel = $1 AND holder = $2 AND epoch = $3",
         )
         .bind(channel)
         .bind(me)
@@ -159,38 +158,52 @@ impl Store {
                     out.push(Claimed::Take { redelivered: false });
                     continue;
                 }
-                let row = sqlx::query(
-                    "SELECT state, epoch, reason FROM file_taken \
-                     WHERE channel = $1 AND path = $2 AND version = $3",
-                )
-                .bind(channel)
-                .bind(path)
-                .bind(version)
-                .fetch_one(&mut *tx)
-                .await?;
-                let state: String = row.try_get(0)?;
-                let row_epoch: i64 = row.try_get(1)?;
-                let reason: Option<String> = row.try_get(2)?;
-                out.push(match state.as_str() {
-                    "done" => Claimed::Done,
-                    "failed" => Claimed::Failed(reason.unwrap_or_default()),
-                    _ if row_epoch >= epoch => Claimed::InFlight,
-                    _ => {
-                        sqlx::query(
-                            "UPDATE file_taken SET epoch = $4, holder = $5, taken_at = $6 \
-                             WHERE channel = $1 AND path = $2 AND version = $3",
-                        )
-                        .bind(channel)
-                        .bind(path)
-                        .bind(version)
-                        .bind(epoch)
-                        .bind(me)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        Claimed::Take { redelivered: true }
+                // Taken before and not recorded: under an older holding (a crash, a lost
+                // lease) it may have been handed; under this one it was claimed and then
+                // put back before its call. The update is fenced on the state and epoch
+                // read, so an outcome recorded meanwhile is seen, not overwritten.
+                loop {
+                    let row = sqlx::query(
+                        "SELECT state, epoch, reason FROM file_taken \
+                         WHERE channel = $1 AND path = $2 AND version = $3",
+                    )
+                    .bind(channel)
+                    .bind(path)
+                    .bind(version)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let state: String = row.try_get(0)?;
+                    let row_epoch: i64 = row.try_get(1)?;
+                    let reason: Option<String> = row.try_get(2)?;
+                    match state.as_str() {
+                        "done" => out.push(Claimed::Done),
+                        "failed" => out.push(Claimed::Failed(reason.unwrap_or_default())),
+                        _ => {
+                            let n = sqlx::query(
+                                "UPDATE file_taken SET epoch = $4, holder = $5, taken_at = $6 \
+                                 WHERE channel = $1 AND path = $2 AND version = $3 \
+                                 AND state = 'taken' AND epoch = $7",
+                            )
+                            .bind(channel)
+                            .bind(path)
+                            .bind(version)
+                            .bind(epoch)
+                            .bind(me)
+                            .bind(now)
+                            .bind(row_epoch)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            if n == 0 {
+                                continue;
+                            }
+                            out.push(Claimed::Take {
+                                redelivered: row_epoch != epoch,
+                            });
+                        }
                     }
-                });
+                    break;
+                }
             }
             tx.commit().await?;
             Some(out)
@@ -231,16 +244,27 @@ impl Store {
         }))
     }
 
-    /// Forgets files moved away (or gone), in one transaction.
-    pub async fn files_forget(&self, channel: &str, files: &[(String, String)]) -> Result<()> {
-        if files.is_empty() {
+    /// Forgets, in one transaction, files moved away (`moved`: rows with their outcome
+    /// recorded) and files claimed under `epoch` by `me` and never handed (`unhanded`: a
+    /// stop before their call; still `taken` under that epoch, or the row is another
+    /// holder's now and stays).
+    pub async fn files_forget(
+        &self,
+        channel: &str,
+        me: &str,
+        epoch: i64,
+        moved: &[(String, String)],
+        unhanded: &[(String, String)],
+    ) -> Result<()> {
+        if moved.is_empty() && unhanded.is_empty() {
             return Ok(());
         }
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            for (path, version) in files {
+            for (path, version) in moved {
                 sqlx::query(
-                    "DELETE FROM file_taken WHERE channel = $1 AND path = $2 AND version = $3",
+                    "DELETE FROM file_taken WHERE channel = $1 AND path = $2 AND version = $3 \
+                     AND state <> 'taken'",
                 )
                 .bind(channel)
                 .bind(path)
@@ -248,9 +272,36 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            for (path, version) in unhanded {
+                sqlx::query(
+                    "DELETE FROM file_taken WHERE channel = $1 AND path = $2 AND version = $3 \
+                     AND state = 'taken' AND epoch = $4 AND holder = $5",
+                )
+                .bind(channel)
+                .bind(path)
+                .bind(version)
+                .bind(epoch)
+                .bind(me)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?
         });
         Ok(())
+    }
+
+    /// Forgets `channel`'s rows of files taken before `before` (Unix ms) and never recorded:
+    /// files that went away before a holder could hand them again (a row with an outcome
+    /// stays until its file is moved).
+    pub async fn files_prune(&self, channel: &str, before: i64) -> Result<u64> {
+        Ok(on_pool!(self, p => sqlx::query(
+            "DELETE FROM file_taken WHERE channel = $1 AND state = 'taken' AND taken_at < $2",
+        )
+        .bind(channel)
+        .bind(before)
+        .execute(p)
+        .await?
+        .rows_affected()))
     }
 
     /// Files of `channel` taken and not yet moved away, by state.
@@ -266,22 +317,5 @@ impl Store {
                 .map(|r| -> Result<(String, i64)> { Ok((r.try_get(0)?, r.try_get(1)?)) })
                 .collect::<Result<Vec<_>>>()
         })
-    }
-
-    /// Forgets a deleted channel's lease and rows.
-    pub async fn files_channel_forget(&self, channel: &str) -> Result<()> {
-        on_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            sqlx::query("DELETE FROM file_taken WHERE channel = $1")
-                .bind(channel)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM file_lease WHERE channel = $1")
-                .bind(channel)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?
-        });
-        Ok(())
     }
 }
