@@ -17,7 +17,7 @@ CREATE TABLE file_lease (
 );
 -- One row per file version taken and not yet moved away: state 'taken' (handed to the
 -- service), 'done' or 'failed' (committed before the file is moved, so a stop between the two
--- moves it without a second call). version: device, inode, ctime and size.
+-- moves it without a second call). version: inode, mtime (ns) and size.
 CREATE TABLE file_taken (
     channel  TEXT   NOT NULL,
     path     TEXT   NOT NULL,

@@ -593,7 +593,8 @@ fn prepare(
         ),
         None => String::new(),
     };
-    let files_in = std::path::absolute(dir.join(SAMPLE_FILES_DIR))
+    let files_in = std::fs::canonicalize(dir)
+        .map(|d| d.join(SAMPLE_FILES_DIR))
         .unwrap_or_else(|_| dir.join(SAMPLE_FILES_DIR))
         .display()
         .to_string();
@@ -671,7 +672,8 @@ fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
             source,
         })?;
     }
-    let files_dir = std::path::absolute(dir.join(SAMPLE_FILES_DIR))?;
+    // Canonical: the channel refuses a folder with `..` (quickstart ../env).
+    let files_dir = std::fs::canonicalize(dir)?.join(SAMPLE_FILES_DIR);
     let seeded = rt.block_on(async {
         let store = Store::open(&s.store_url()).await.map_err(CliError::Seed)?;
         let r = seed(

@@ -145,7 +145,8 @@ pub(super) async fn run(
             .await
         {
             Ok(Some(epoch)) => {
-                status.set("holding", Some(cx.server.clone()), Some(epoch));
+                // "holding" once the watch is on (hold): a file written after that is seen.
+                status.set("starting", Some(cx.server.clone()), Some(epoch));
                 info!(channel = %name, epoch, "file channel: this server takes the files");
                 let released = hold(&cx, &def, epoch, &mut stop, &status).await;
                 if released {
@@ -427,6 +428,7 @@ async fn hold(
     let flags = Arc::new(Flags::default());
     let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut next_rescan = Instant::now() + RESCAN;
+    let mut move_retry = MOVE_RETRY;
     loop {
         if *stop.borrow() {
             return true;
@@ -447,6 +449,7 @@ async fn hold(
                 Ok(Ok(w)) => {
                     watcher = Some(w);
                     flags.rescan.store(true, Ordering::Release);
+                    status.set("holding", Some(cx.server.clone()), Some(epoch));
                 }
                 Ok(Err(e)) => {
                     status.error(e);
@@ -538,11 +541,14 @@ async fn hold(
                 Err(Stopped::Stop) => return true,
             }
             if !status.moves_failed.load(Ordering::Acquire) {
+                move_retry = MOVE_RETRY;
                 continue;
             }
-            // A move failed: the file stays with its outcome recorded; a rescan soon moves it.
+            // A move failed: the file stays with its outcome recorded; a rescan moves it, soon
+            // and then less and less often while moves keep failing.
             status.moves_failed.store(false, Ordering::Release);
-            next_rescan = next_rescan.min(Instant::now() + MOVE_RETRY);
+            move_retry = (move_retry * 2).min(RESCAN);
+            next_rescan = next_rescan.min(Instant::now() + move_retry / 2);
         }
     }
 }
@@ -568,7 +574,7 @@ async fn fail_unnamed(def: &FileChannel, files: Vec<(PathBuf, PathBuf)>, status:
             let dir = def
                 .target_dir(&base.to_string_lossy(), true)
                 .join(rel);
-            if let Err(e) = place(&path, &dir, &name, Some(&reason)) {
+            if let Err(e) = place(&path, &dir, &name, Some(&reason), None) {
                 errors.push(e);
             }
         }
@@ -729,6 +735,9 @@ enum Fate {
     /// Not handed: the channel stopped first (or lost its lease), or the file is not the
     /// version claimed any more (replaced, gone). Its row is forgotten.
     Skipped,
+    /// Handed, and its worker was stopped with the server before it answered: neither
+    /// recorded nor forgotten, so the next holding hands it again, marked redelivered.
+    Interrupted,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -755,15 +764,37 @@ async fn batch(
         Ok(None) => return Err(Stopped::Lost),
         Err(e) => return Err(Stopped::Store(e)),
     };
+    let small: Vec<(usize, Found)> = files
+        .iter()
+        .zip(&claims)
+        .enumerate()
+        .filter(|(_, (f, c))| matches!(c, Claimed::Take { .. }) && f.size <= PREFETCH_BYTES)
+        .map(|(i, (f, _))| (i, f.clone()))
+        .collect();
+    let mut prefetched: Vec<Option<ReadOutcome>> = (0..files.len()).map(|_| None).collect();
+    if !small.is_empty() {
+        let d = def.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            small
+                .into_iter()
+                .map(|(i, f)| (i, read_now(&d, &f)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (i, r) in read {
+            prefetched[i] = Some(r);
+        }
+    }
     // In order, up to `parallel` at once; the results in the files' order.
     let mut results: Vec<Fate> = Vec::with_capacity(files.len());
     let mut running = futures_util::stream::FuturesOrdered::new();
-    let mut next = files.iter().zip(claims);
+    let mut next = files.iter().zip(claims).zip(prefetched);
     loop {
         while running.len() < def.parallel as usize {
             match next.next() {
-                Some((f, claim)) => {
-                    running.push_back(fate(def, pool, f, claim, stop, status, lost))
+                Some(((f, claim), pre)) => {
+                    running.push_back(fate(def, pool, f, claim, pre, stop, status, lost))
                 }
                 None => break,
             }
@@ -789,14 +820,23 @@ async fn batch(
             _ => None,
         })
         .collect();
+    // Once the channel is stopping, a few more tries: the rows then stay `taken` and the
+    // next holding hands those files again, redelivered.
     let recorded = if outcomes.is_empty() {
         Vec::new()
     } else {
+        let mut tries_stopping = 0;
         loop {
             match cx.store.files_finish(&def.name, epoch, &outcomes).await {
                 Ok(r) => break r,
                 Err(e) => {
                     status.error(format!("outcomes not recorded yet: {e}"));
+                    if *stop.borrow() {
+                        tries_stopping += 1;
+                        if tries_stopping > 5 {
+                            return Err(Stopped::Stop);
+                        }
+                    }
                     tokio::time::sleep(RETRY).await;
                 }
             }
@@ -819,6 +859,7 @@ async fn batch(
                 }
             }
             Fate::Skipped => unhanded.push((f.path_str.clone(), f.version.clone())),
+            Fate::Interrupted => {}
         }
     }
     status.done.fetch_add(done, Ordering::Relaxed);
@@ -876,11 +917,13 @@ async fn batch(
 }
 
 /// What becomes of one claimed file.
+#[allow(clippy::too_many_arguments)]
 async fn fate(
     def: &FileChannel,
     pool: &Arc<Pool>,
     f: &Found,
     claim: Claimed,
+    prefetched: Option<ReadOutcome>,
     stop: &watch::Receiver<bool>,
     status: &Status,
     lost: &AtomicBool,
@@ -892,49 +935,69 @@ async fn fate(
             if *stop.borrow() || lost.load(Ordering::Acquire) {
                 return Fate::Skipped;
             }
-            match hand(def, pool, f, redelivered, stop, lost).await {
-                Some(outcome) => {
+            match hand(def, pool, f, prefetched, redelivered, stop, lost, status).await {
+                Handed::Outcome(outcome) => {
                     if redelivered {
                         status.redelivered.fetch_add(1, Ordering::Relaxed);
                     }
                     Fate::Handled(outcome)
                 }
-                None => Fate::Skipped,
+                Handed::Not => Fate::Skipped,
+                Handed::Interrupted => Fate::Interrupted,
             }
         }
     }
 }
 
 /// Reads the claimed version of `f`: None when the file is not that version any more (gone,
-/// replaced, rewritten), else its bytes or why it cannot be handed.
-async fn read(def: &FileChannel, f: &Found) -> Option<Result<Vec<u8>, String>> {
-    use tokio::io::AsyncReadExt;
-    let file = match tokio::fs::File::open(&f.path).await {
+/// replaced, rewritten), else its bytes or why it cannot be handed. One blocking task for
+/// the open, the check on the open file and the read.
+async fn read(def: &FileChannel, f: &Found) -> ReadOutcome {
+    let (def, f) = (def.clone(), f.clone());
+    tokio::task::spawn_blocking(move || read_now(&def, &f))
+        .await
+        .unwrap_or_else(|e| Some(Err(format!("the file could not be read: {e}"))))
+}
+
+/// [`read`], blocking.
+fn read_now(def: &FileChannel, claimed: &Found) -> ReadOutcome {
+    use std::io::Read;
+    let max = def.max_bytes;
+    let file = match std::fs::File::open(&claimed.path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(Err(format!("the file could not be opened: {e}"))),
     };
-    match file.metadata().await {
-        Ok(m) if f.same(&m) => {}
+    match file.metadata() {
+        Ok(m) if claimed.same(&m) => {}
         Ok(_) => return None,
         Err(e) => return Some(Err(format!("the file could not be read: {e}"))),
     }
     if !def.read_on_pickup {
         return Some(Ok(Vec::new()));
     }
-    if f.size > def.max_bytes {
-        return Some(Err(too_large(def, f.size)));
+    if claimed.size > max {
+        return Some(Err(too_large(def, claimed.size)));
     }
     // At most max_bytes + 1, whatever the file grew to since.
-    let mut body = Vec::with_capacity(f.size as usize);
-    if let Err(e) = file.take(def.max_bytes + 1).read_to_end(&mut body).await {
+    let mut body = Vec::with_capacity(claimed.size as usize);
+    if let Err(e) = file.take(max + 1).read_to_end(&mut body) {
         return Some(Err(format!("the file could not be read: {e}")));
     }
-    if body.len() as u64 > def.max_bytes {
-        return Some(Err(too_large(def, body.len() as u64)));
+    if body.len() as u64 > max {
+        return Some(Err(format!(
+            "the file grew past the channel's max_bytes ({max}) while it was read"
+        )));
     }
     Some(Ok(body))
 }
+
+/// What reading a claimed file came to (see [`read`]).
+type ReadOutcome = Option<Result<Vec<u8>, String>>;
+
+/// Small files of a batch are read together, in one blocking task, before their calls (a
+/// hop to the blocking pool per file costs more than the read); larger ones each in turn.
+const PREFETCH_BYTES: u64 = 64 * 1024;
 
 fn too_large(def: &FileChannel, size: u64) -> String {
     format!(
@@ -944,20 +1007,37 @@ fn too_large(def: &FileChannel, size: u64) -> String {
     )
 }
 
-/// Hands one file to the service: None when it was not handed (the channel stopped or lost
-/// its lease before the call could be made, the file is not the version claimed), else its
-/// outcome (None: done).
+/// What a hand-over came to.
+enum Handed {
+    /// The call's outcome (None: done), or why the file cannot be handed (a failure).
+    Outcome(Option<String>),
+    /// Not handed: the channel stopped or lost its lease before the call could be made, or
+    /// the file is not the version claimed.
+    Not,
+    /// Handed, and the worker was stopped with the server before it answered.
+    Interrupted,
+}
+
+/// Hands one file to the service.
+#[allow(clippy::too_many_arguments)]
 async fn hand(
     def: &FileChannel,
     pool: &Arc<Pool>,
     f: &Found,
+    prefetched: Option<ReadOutcome>,
     redelivered: bool,
     stop: &watch::Receiver<bool>,
     lost: &AtomicBool,
-) -> Option<Option<String>> {
-    let body = match read(def, f).await? {
-        Ok(b) => b,
-        Err(reason) => return Some(Some(reason)),
+    status: &Status,
+) -> Handed {
+    let read = match prefetched {
+        Some(r) => r,
+        None => read(def, f).await,
+    };
+    let body = match read {
+        None => return Handed::Not,
+        Some(Ok(b)) => b,
+        Some(Err(reason)) => return Handed::Outcome(Some(reason)),
     };
     let ts_utc = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6f")
@@ -1012,42 +1092,46 @@ async fn hand(
     loop {
         let deadline = Instant::now() + Duration::from_millis(def.timeout_ms);
         let transient = match pool.invoke(&meta, &body, deadline).await {
-            Ok(r) if r.status < 400 && r.exc.is_none() && r.error.is_none() => return Some(None),
+            Ok(r) if r.status < 400 && r.exc.is_none() && r.error.is_none() => {
+                return Handed::Outcome(None);
+            }
             Ok(r) if r.error.as_deref() == Some(oxbus_ipc::REPLY_ERROR_NO_SERVICE) => {
                 format!("service {} is not deployed", def.service)
             }
-            Ok(r) => return Some(Some(failure_reason(&def.service, r.status, &r.body))),
+            Ok(r) => return Handed::Outcome(Some(failure_reason(&def.service, r.status, &r.body))),
             Err(e @ (DispatchError::Busy | DispatchError::QueueTimeout)) => e.to_string(),
             // Workers are retired or killed when the server stops: not the file's fault.
-            Err(DispatchError::WorkerDied) if *stop.borrow() => return None,
+            Err(DispatchError::WorkerDied) if *stop.borrow() => return Handed::Interrupted,
             Err(DispatchError::WorkerDied) => {
-                return Some(Some(format!(
+                return Handed::Outcome(Some(format!(
                     "the worker running service {} died (a crash, an exit or a kill)",
                     def.service
                 )));
             }
             Err(DispatchError::Deadline) => {
-                return Some(Some(format!(
+                return Handed::Outcome(Some(format!(
                     "service {} did not return within timeout_ms ({} ms)",
                     def.service, def.timeout_ms
                 )));
             }
             Err(DispatchError::TooLarge) => {
-                return Some(Some(
+                return Handed::Outcome(Some(
                     "the file is too large for a worker call: set read_on_pickup false".into(),
                 ));
             }
         };
         // Not the file's fault: the same call again, unless the channel stops or another
-        // server may have taken the file.
-        warn!(channel = %def.name, file = %f.path_str, reason = %transient, "file channel: the service cannot be called now; trying again");
+        // server may have taken the file. (Said once per reason, not once per file.)
+        status.error(format!(
+            "the service cannot be called now ({transient}): trying again"
+        ));
         let mut stop = stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.changed() => {}
         }
         if *stop.borrow() || lost.load(Ordering::Acquire) {
-            return None;
+            return Handed::Not;
         }
     }
 }
@@ -1055,7 +1139,10 @@ async fn hand(
 /// The reason a failed call gives, for `<name>.error.txt`: the exception and its traceback
 /// when the worker sent them (it does for this channel), else the error answer itself.
 fn failure_reason(service: &str, status: u16, body: &[u8]) -> String {
+    // A NUL is no text to PostgreSQL (nor to the note's reader).
     let cap = |s: &str| -> String {
+        let s = s.replace('\0', "\\0");
+        let s = s.as_str();
         if s.len() <= REASON_BYTES {
             return s.to_owned();
         }
@@ -1095,88 +1182,257 @@ fn move_away(def: &FileChannel, f: &Found, failed: Option<&str>) -> Result<(), S
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("{}: {e}", f.path_str)),
     }
-    if failed.is_none() && def.after == After::Delete {
-        return match std::fs::remove_file(&f.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("{}: cannot delete it: {e}", f.path_str)),
-        };
-    }
-    let dir = def
-        .target_dir(&f.base.to_string_lossy(), failed.is_some())
-        .join(&f.relative_dir);
-    place(&f.path, &dir, std::ffi::OsStr::new(&f.file_name), failed).map_err(|e| {
+    let named = |e: String| {
         if e.contains(&f.path_str) {
             e
         } else {
             format!("{}: {e}", f.path_str)
         }
-    })
+    };
+    if failed.is_none() && def.after == After::Delete {
+        return delete(f).map_err(named);
+    }
+    let dir = def
+        .target_dir(&f.base.to_string_lossy(), failed.is_some())
+        .join(&f.relative_dir);
+    place(
+        &f.path,
+        &dir,
+        std::ffi::OsStr::new(&f.file_name),
+        failed,
+        Some(f),
+    )
+    .map_err(named)
+}
+
+/// Deletes the claimed version of `f`: first renamed aside (one inode, whatever replaces the
+/// name meanwhile), checked, then removed; another version is put back.
+fn delete(f: &Found) -> Result<(), String> {
+    let dir = f.path.parent().unwrap_or(Path::new("/"));
+    let aside = dir.join(format!(".oxbus-delete-{}-{}", f.ino, f.file_name));
+    match rename_no_replace(&f.path, &aside) {
+        Ok(()) => {}
+        Err(Move::Gone) => return Ok(()),
+        Err(e) => return Err(format!("cannot delete it: {}", e.text(&f.path, &aside))),
+    }
+    match std::fs::symlink_metadata(&aside) {
+        Ok(m) if f.same(&m) => std::fs::remove_file(&aside)
+            .map_err(|e| format!("{}: cannot delete it: {e}", aside.display())),
+        _ => {
+            // Replaced between the check and the rename: not ours, back under its name.
+            let _ = rename_no_replace(&aside, &f.path);
+            Ok(())
+        }
+    }
+}
+
+/// Why a rename did not happen.
+#[derive(Debug)]
+enum Move {
+    /// The target exists.
+    Exists,
+    /// The source is not there.
+    Gone,
+    /// Another filesystem.
+    CrossDevice,
+    Other(std::io::Error),
+}
+
+impl Move {
+    fn text(&self, from: &Path, to: &Path) -> String {
+        let why = match self {
+            Move::Exists => "the target exists".to_owned(),
+            Move::Gone => "the file is gone".to_owned(),
+            Move::CrossDevice => "another filesystem".to_owned(),
+            Move::Other(e) => e.to_string(),
+        };
+        format!("{} → {}: {why}", from.display(), to.display())
+    }
+}
+
+fn move_error(e: std::io::Error) -> Move {
+    match e.raw_os_error() {
+        Some(nix::libc::EEXIST) => Move::Exists,
+        Some(nix::libc::ENOENT) => Move::Gone,
+        Some(nix::libc::EXDEV) => Move::CrossDevice,
+        _ => Move::Other(e),
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists: atomically where the filesystem can
+/// (`renameat2(RENAME_NOREPLACE)`); else by a hard link and an unlink; else (no hard links,
+/// or `protected_hardlinks` refusing one to a file this server does not own) by a check
+/// and a rename.
+fn rename_no_replace(from: &Path, to: &Path) -> Result<(), Move> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+            Err(e) => return Err(move_error(std::io::Error::from(e))),
+        }
+    }
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {
+            return match std::fs::remove_file(from) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Move::Other(e)),
+            };
+        }
+        Err(e) => match e.raw_os_error() {
+            Some(nix::libc::EPERM | nix::libc::EOPNOTSUPP | nix::libc::EMLINK) => {}
+            _ => return Err(move_error(e)),
+        },
+    }
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(Move::Exists);
+    }
+    std::fs::rename(from, to).map_err(move_error)
+}
+
+/// `dir/name`, else `name.1`, `name.2`…
+fn candidate(dir: &Path, name: &std::ffi::OsStr, i: u32) -> PathBuf {
+    if i == 0 {
+        return dir.join(name);
+    }
+    let mut n = name.to_owned();
+    n.push(format!(".{i}"));
+    dir.join(n)
+}
+
+fn note_of(target: &Path) -> PathBuf {
+    let mut note = target.as_os_str().to_owned();
+    note.push(".error.txt");
+    PathBuf::from(note)
 }
 
 /// Puts `path` into `dir` under `name` — or `name.1`, `name.2`… when taken: never over
-/// another file — and, for a failure, `reason` beside it as `<name>.error.txt`.
+/// another file — and, for a failure, `reason` beside it as `<name>.error.txt` (written
+/// first, under a free name too). `claimed`: the version expected at `path`; a different one
+/// found moved (replaced meanwhile) is put back.
 fn place(
     path: &Path,
     dir: &Path,
     name: &std::ffi::OsStr,
     failed: Option<&str>,
+    claimed: Option<&Found>,
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let source = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut target = dir.join(name);
-    for i in 1u32.. {
-        // A hard link never replaces what is there; the source goes once it is linked.
-        match std::fs::hard_link(path, &target) {
-            Ok(()) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Linked before a stop that left the source: the same file, just unlink it.
-                if std::fs::symlink_metadata(&target)
-                    .is_ok_and(|m| m.ino() == source.ino() && m.dev() == source.dev())
+    for i in 0u32.. {
+        let target = candidate(dir, name, i);
+        let note = note_of(&target);
+        if failed.is_some() && std::fs::symlink_metadata(&note).is_ok() {
+            continue;
+        }
+        if let Some(reason) = failed {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&note)
+            {
+                Ok(mut w) => {
+                    use std::io::Write;
+                    w.write_all(format!("{reason}\n").as_bytes())
+                        .map_err(|e| format!("{}: {e}", note.display()))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("{}: {e}", note.display())),
+            }
+        }
+        let drop_note = || {
+            if failed.is_some() {
+                let _ = std::fs::remove_file(&note);
+            }
+        };
+        match rename_no_replace(path, &target) {
+            Ok(()) => {
+                // What moved is the version claimed, unless the name was replaced between
+                // the check and the rename: then that one goes back, for its own turn.
+                if let Some(f) = claimed
+                    && std::fs::symlink_metadata(&target).is_ok_and(|m| !f.same(&m))
                 {
-                    break;
+                    drop_note();
+                    let _ = rename_no_replace(&target, path);
                 }
-                let mut n = name.to_owned();
-                n.push(format!(".{i}"));
-                target = dir.join(n);
+                return Ok(());
             }
-            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
-                // Another filesystem: copy under a hidden name, then rename into place.
-                let mut tmp_name = std::ffi::OsString::from(".oxbus-");
-                tmp_name.push(name);
-                let tmp = dir.join(tmp_name);
-                std::fs::copy(path, &tmp)
-                    .map_err(|e| format!("{} → {}: {e}", path.display(), tmp.display()))?;
-                let mut j = i;
-                while std::fs::symlink_metadata(&target).is_ok() {
-                    let mut n = name.to_owned();
-                    n.push(format!(".{j}"));
-                    target = dir.join(n);
-                    j += 1;
+            Err(Move::Gone) => {
+                drop_note();
+                return Ok(());
+            }
+            Err(Move::Exists) => {
+                drop_note();
+                // Already there from an attempt a stop cut short (linked, or copied from
+                // another filesystem, not yet removed here): done but for the removal.
+                if std::fs::symlink_metadata(&target).is_ok_and(|m| {
+                    (m.ino() == source.ino() && m.dev() == source.dev())
+                        || (m.dev() != source.dev()
+                            && m.size() == source.size()
+                            && mtime_ns(&m) == mtime_ns(&source))
+                }) {
+                    return match std::fs::remove_file(path) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(format!("{}: placed but not removed: {e}", path.display())),
+                    };
                 }
-                std::fs::rename(&tmp, &target)
-                    .map_err(|e| format!("{} → {}: {e}", tmp.display(), target.display()))?;
-                break;
             }
-            Err(e) => return Err(format!("{} → {}: {e}", path.display(), target.display())),
+            Err(Move::CrossDevice) => {
+                if let Ok(m) = std::fs::symlink_metadata(&target) {
+                    drop_note();
+                    if m.size() == source.size() && mtime_ns(&m) == mtime_ns(&source) {
+                        // Copied by an attempt a stop cut short.
+                        return match std::fs::remove_file(path) {
+                            Ok(()) => Ok(()),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                            Err(e) => {
+                                Err(format!("{}: copied but not removed: {e}", path.display()))
+                            }
+                        };
+                    }
+                    continue;
+                }
+                let r = copy_across(path, &target, &source);
+                if r.is_err() {
+                    drop_note();
+                }
+                return r;
+            }
+            Err(e) => {
+                drop_note();
+                return Err(e.text(path, &target));
+            }
         }
     }
-    if let Some(reason) = failed {
-        let mut note = target.clone().into_os_string();
-        note.push(".error.txt");
-        // The reason first: if it cannot be written, the file stays where it is (and its
-        // outcome recorded), to be moved again.
-        std::fs::write(&note, format!("{reason}\n"))
-            .map_err(|e| format!("{}: {e}", PathBuf::from(&note).display()))?;
+    unreachable!("some name is free")
+}
+
+/// Another filesystem: a copy (keeping the modification time, so a retry recognises it)
+/// under a hidden name, renamed into place, then the source removed.
+fn copy_across(path: &Path, target: &Path, source: &std::fs::Metadata) -> Result<(), String> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let mut tmp_name = std::ffi::OsString::from(".oxbus-copy-");
+    tmp_name.push(target.file_name().unwrap_or_default());
+    let tmp = dir.join(tmp_name);
+    std::fs::copy(path, &tmp)
+        .map_err(|e| format!("{} → {}: {e}", path.display(), tmp.display()))?;
+    if let Ok(t) = source.modified() {
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .and_then(|f| f.set_modified(t));
     }
+    rename_no_replace(&tmp, target).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.text(&tmp, target)
+    })?;
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!(
-            "{}: linked into {} but not removed: {e}",
-            path.display(),
-            dir.display()
-        )),
+        Err(e) => Err(format!("{}: copied but not removed: {e}", path.display())),
     }
 }
 

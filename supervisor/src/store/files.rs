@@ -8,6 +8,18 @@ use super::{BeginWrite, Result, Store};
 use sqlx::Row;
 use std::time::Duration;
 
+/// Files per statement of a batched insert, update or delete (two bound values each).
+const CHUNK: usize = 200;
+
+/// `($a, $b), ($c, $d), …` for `n` pairs, numbered from `first`: only placeholders are
+/// formatted into SQL, the values are bound.
+fn pairs(n: usize, first: usize) -> String {
+    (0..n)
+        .map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What a claim found for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
@@ -125,11 +137,12 @@ impl Store {
             // waits for this claim instead of racing it.
             let held = sqlx::query(
                 "UPDATE file_lease SET expires_at = expires_at \
-                 WHERE channel = $1 AND holder = $2 AND epoch = $3",
+                 WHERE channel = $1 AND holder = $2 AND epoch = $3 AND expires_at > $4",
             )
             .bind(channel)
             .bind(me)
             .bind(epoch)
+            .bind(now)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -137,41 +150,69 @@ impl Store {
             if !held {
                 return Ok(None);
             }
+            // New files (nearly all of them): one multi-row insert per chunk, which says
+            // which rows it made; the others are looked at one by one below.
+            let mut inserted: std::collections::HashSet<(String, String)> =
+                std::collections::HashSet::new();
+            for chunk in files.chunks(CHUNK) {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO file_taken (channel, path, version, state, epoch, holder, taken_at) \
+                     SELECT $1, v.column1, v.column2, 'taken', $2, $3, $4 FROM (VALUES {}) AS v \
+                     WHERE true ON CONFLICT (channel, path, version) DO NOTHING \
+                     RETURNING path, version",
+                    pairs(chunk.len(), 5)
+                ));
+                let mut q = sqlx::query(sql).bind(channel).bind(epoch).bind(me).bind(now);
+                for (path, version) in chunk {
+                    q = q.bind(path).bind(version);
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+            }
             let mut out = Vec::with_capacity(files.len());
             for (path, version) in files {
-                let new = sqlx::query(
-                    "INSERT INTO file_taken (channel, path, version, state, epoch, holder, taken_at) \
-                     VALUES ($1, $2, $3, 'taken', $4, $5, $6) \
-                     ON CONFLICT (channel, path, version) DO NOTHING",
-                )
-                .bind(channel)
-                .bind(path)
-                .bind(version)
-                .bind(epoch)
-                .bind(me)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
-                if new {
+                if inserted.contains(&(path.clone(), version.clone())) {
                     out.push(Claimed::Take { redelivered: false });
                     continue;
                 }
                 // Taken before and not recorded: under an older holding (a crash, a lost
                 // lease) it may have been handed; under this one it was claimed and then
                 // put back before its call. The update is fenced on the state and epoch
-                // read, so an outcome recorded meanwhile is seen, not overwritten.
+                // read, so an outcome recorded meanwhile is seen, not overwritten; a row
+                // forgotten meanwhile is inserted again.
                 loop {
-                    let row = sqlx::query(
+                    let new = sqlx::query(
+                        "INSERT INTO file_taken (channel, path, version, state, epoch, holder, taken_at) \
+                         VALUES ($1, $2, $3, 'taken', $4, $5, $6) \
+                         ON CONFLICT (channel, path, version) DO NOTHING",
+                    )
+                    .bind(channel)
+                    .bind(path)
+                    .bind(version)
+                    .bind(epoch)
+                    .bind(me)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if new {
+                        out.push(Claimed::Take { redelivered: false });
+                        break;
+                    }
+                    let Some(row) = sqlx::query(
                         "SELECT state, epoch, reason FROM file_taken \
                          WHERE channel = $1 AND path = $2 AND version = $3",
                     )
                     .bind(channel)
                     .bind(path)
                     .bind(version)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    else {
+                        continue;
+                    };
                     let state: String = row.try_get(0)?;
                     let row_epoch: i64 = row.try_get(1)?;
                     let reason: Option<String> = row.try_get(2)?;
@@ -221,10 +262,34 @@ impl Store {
     ) -> Result<Vec<bool>> {
         Ok(on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            // The files done (nearly all of them): one update per chunk, which says which
+            // rows it changed; each failure with its own reason.
+            let mut done: std::collections::HashSet<(String, String)> =
+                std::collections::HashSet::new();
+            let ok: Vec<&Outcome<'_>> = outcomes.iter().filter(|o| o.failed.is_none()).collect();
+            for chunk in ok.chunks(CHUNK) {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "UPDATE file_taken SET state = 'done' \
+                     WHERE channel = $1 AND epoch = $2 AND state = 'taken' \
+                     AND (path, version) IN (VALUES {}) RETURNING path, version",
+                    pairs(chunk.len(), 3)
+                ));
+                let mut q = sqlx::query(sql).bind(channel).bind(epoch);
+                for o in chunk {
+                    q = q.bind(o.path).bind(o.version);
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    done.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+            }
             let mut recorded = Vec::with_capacity(outcomes.len());
             for o in outcomes {
+                let Some(reason) = o.failed else {
+                    recorded.push(done.contains(&(o.path.to_owned(), o.version.to_owned())));
+                    continue;
+                };
                 let n = sqlx::query(
-                    "UPDATE file_taken SET state = $5, reason = $6 \
+                    "UPDATE file_taken SET state = 'failed', reason = $5 \
                      WHERE channel = $1 AND path = $2 AND version = $3 AND epoch = $4 \
                      AND state = 'taken'",
                 )
@@ -232,8 +297,7 @@ impl Store {
                 .bind(o.path)
                 .bind(o.version)
                 .bind(epoch)
-                .bind(if o.failed.is_some() { "failed" } else { "done" })
-                .bind(o.failed)
+                .bind(reason)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -261,16 +325,17 @@ impl Store {
         }
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            for (path, version) in moved {
-                sqlx::query(
-                    "DELETE FROM file_taken WHERE channel = $1 AND path = $2 AND version = $3 \
-                     AND state <> 'taken'",
-                )
-                .bind(channel)
-                .bind(path)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
+            for chunk in moved.chunks(CHUNK) {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM file_taken WHERE channel = $1 AND state <> 'taken' \
+                     AND (path, version) IN (VALUES {})",
+                    pairs(chunk.len(), 2)
+                ));
+                let mut q = sqlx::query(sql).bind(channel);
+                for (path, version) in chunk {
+                    q = q.bind(path).bind(version);
+                }
+                q.execute(&mut *tx).await?;
             }
             for (path, version) in unhanded {
                 sqlx::query(
