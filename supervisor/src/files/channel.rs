@@ -541,14 +541,13 @@ async fn hold(
                 Err(Stopped::Stop) => return true,
             }
             if !status.moves_failed.load(Ordering::Acquire) {
-                move_retry = MOVE_RETRY;
                 continue;
             }
-            // A move failed: the file stays with its outcome recorded; a rescan moves it, soon
-            // and then less and less often while moves keep failing.
+            // A move failed: the file stays with its outcome recorded; a rescan moves it, in
+            // 5 s, then 10, 20, 40, 60 s (for the rest of this holding) while moves fail.
             status.moves_failed.store(false, Ordering::Release);
+            next_rescan = next_rescan.min(Instant::now() + move_retry);
             move_retry = (move_retry * 2).min(RESCAN);
-            next_rescan = next_rescan.min(Instant::now() + move_retry / 2);
         }
     }
 }
@@ -764,40 +763,53 @@ async fn batch(
         Ok(None) => return Err(Stopped::Lost),
         Err(e) => return Err(Stopped::Store(e)),
     };
-    let small: Vec<(usize, Found)> = files
-        .iter()
-        .zip(&claims)
-        .enumerate()
-        .filter(|(_, (f, c))| matches!(c, Claimed::Take { .. }) && f.size <= PREFETCH_BYTES)
-        .map(|(i, (f, _))| (i, f.clone()))
-        .collect();
+    // Small files are read a few at a time just ahead of their calls (one blocking task per
+    // group: a hop to the blocking pool per file costs more than the read), so what a call
+    // gets was checked to be the claimed version moments before.
+    let claims: Vec<Claimed> = claims;
     let mut prefetched: Vec<Option<ReadOutcome>> = (0..files.len()).map(|_| None).collect();
-    if !small.is_empty() {
-        let d = def.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            small
-                .into_iter()
-                .map(|(i, f)| (i, read_now(&d, &f)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (i, r) in read {
-            prefetched[i] = Some(r);
-        }
-    }
-    // In order, up to `parallel` at once; the results in the files' order.
+    let mut read_upto = 0;
     let mut results: Vec<Fate> = Vec::with_capacity(files.len());
     let mut running = futures_util::stream::FuturesOrdered::new();
-    let mut next = files.iter().zip(claims).zip(prefetched);
+    let mut next = 0;
     loop {
-        while running.len() < def.parallel as usize {
-            match next.next() {
-                Some(((f, claim), pre)) => {
-                    running.push_back(fate(def, pool, f, claim, pre, stop, status, lost))
+        while running.len() < def.parallel as usize && next < files.len() {
+            if next >= read_upto {
+                let end = (next + PREFETCH_AHEAD).min(files.len());
+                let small: Vec<(usize, Found)> = (next..end)
+                    .filter(|&i| {
+                        matches!(claims[i], Claimed::Take { .. }) && files[i].size <= PREFETCH_BYTES
+                    })
+                    .map(|i| (i, files[i].clone()))
+                    .collect();
+                if !small.is_empty() {
+                    let d = def.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        small
+                            .into_iter()
+                            .map(|(i, f)| (i, read_now(&d, &f)))
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for (i, r) in read {
+                        prefetched[i] = Some(r);
+                    }
                 }
-                None => break,
+                read_upto = end;
             }
+            let pre = prefetched[next].take();
+            running.push_back(fate(
+                def,
+                pool,
+                &files[next],
+                claims[next].clone(),
+                pre,
+                stop,
+                status,
+                lost,
+            ));
+            next += 1;
         }
         match running.next().await {
             Some(r) => results.push(r),
@@ -833,7 +845,7 @@ async fn batch(
                     status.error(format!("outcomes not recorded yet: {e}"));
                     if *stop.borrow() {
                         tries_stopping += 1;
-                        if tries_stopping > 5 {
+                        if tries_stopping > 10 {
                             return Err(Stopped::Stop);
                         }
                     }
@@ -998,6 +1010,8 @@ type ReadOutcome = Option<Result<Vec<u8>, String>>;
 /// Small files of a batch are read together, in one blocking task, before their calls (a
 /// hop to the blocking pool per file costs more than the read); larger ones each in turn.
 const PREFETCH_BYTES: u64 = 64 * 1024;
+/// How many files ahead of the calls small files are read.
+const PREFETCH_AHEAD: usize = 16;
 
 fn too_large(def: &FileChannel, size: u64) -> String {
     format!(
@@ -1205,23 +1219,34 @@ fn move_away(def: &FileChannel, f: &Found, failed: Option<&str>) -> Result<(), S
     .map_err(named)
 }
 
-/// Deletes the claimed version of `f`: first renamed aside (one inode, whatever replaces the
-/// name meanwhile), checked, then removed; another version is put back.
+/// Deletes the claimed version of `f`.
 fn delete(f: &Found) -> Result<(), String> {
-    let dir = f.path.parent().unwrap_or(Path::new("/"));
-    let aside = dir.join(format!(".oxbus-delete-{}-{}", f.ino, f.file_name));
-    match rename_no_replace(&f.path, &aside) {
+    remove_claimed(&f.path, Some(f.ino))
+}
+
+/// Removes the file at `path` if it is inode `ino` (None: whatever is there): first renamed
+/// aside under a short hidden name (one inode, whatever replaces the name meanwhile),
+/// checked, then unlinked; another file is put back under its name.
+fn remove_claimed(path: &Path, ino: Option<u64>) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let aside = dir.join(format!(".oxbus-rm-{}", crate::random::random_hex(8)));
+    match rename_no_replace(path, &aside) {
         Ok(()) => {}
         Err(Move::Gone) => return Ok(()),
-        Err(e) => return Err(format!("cannot delete it: {}", e.text(&f.path, &aside))),
+        Err(e) => return Err(format!("cannot remove it: {}", e.text(path, &aside))),
     }
     match std::fs::symlink_metadata(&aside) {
-        Ok(m) if f.same(&m) => std::fs::remove_file(&aside)
-            .map_err(|e| format!("{}: cannot delete it: {e}", aside.display())),
+        Ok(m) if ino.is_none_or(|i| m.ino() == i) => std::fs::remove_file(&aside)
+            .map_err(|e| format!("{}: cannot remove it: {e}", aside.display())),
         _ => {
             // Replaced between the check and the rename: not ours, back under its name.
-            let _ = rename_no_replace(&aside, &f.path);
-            Ok(())
+            rename_no_replace(&aside, path).map_err(|e| {
+                format!(
+                    "a file that replaced the one handed is left as {}: {}",
+                    aside.display(),
+                    e.text(&aside, path)
+                )
+            })
         }
     }
 }
@@ -1321,12 +1346,9 @@ fn place(
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let source = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for i in 0u32.. {
+    for i in 0u32..10_000 {
         let target = candidate(dir, name, i);
         let note = note_of(&target);
-        if failed.is_some() && std::fs::symlink_metadata(&note).is_ok() {
-            continue;
-        }
         if let Some(reason) = failed {
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -1335,8 +1357,10 @@ fn place(
             {
                 Ok(mut w) => {
                     use std::io::Write;
-                    w.write_all(format!("{reason}\n").as_bytes())
-                        .map_err(|e| format!("{}: {e}", note.display()))?;
+                    if let Err(e) = w.write_all(format!("{reason}\n").as_bytes()) {
+                        let _ = std::fs::remove_file(&note);
+                        return Err(format!("{}: {e}", note.display()));
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(format!("{}: {e}", note.display())),
@@ -1355,7 +1379,13 @@ fn place(
                     && std::fs::symlink_metadata(&target).is_ok_and(|m| !f.same(&m))
                 {
                     drop_note();
-                    let _ = rename_no_replace(&target, path);
+                    return rename_no_replace(&target, path).map_err(|e| {
+                        format!(
+                            "a file that replaced the one handed was moved to {}: {}",
+                            target.display(),
+                            e.text(&target, path)
+                        )
+                    });
                 }
                 return Ok(());
             }
@@ -1365,75 +1395,103 @@ fn place(
             }
             Err(Move::Exists) => {
                 drop_note();
-                // Already there from an attempt a stop cut short (linked, or copied from
-                // another filesystem, not yet removed here): done but for the removal.
-                if std::fs::symlink_metadata(&target).is_ok_and(|m| {
-                    (m.ino() == source.ino() && m.dev() == source.dev())
-                        || (m.dev() != source.dev()
-                            && m.size() == source.size()
-                            && mtime_ns(&m) == mtime_ns(&source))
-                }) {
-                    return match std::fs::remove_file(path) {
-                        Ok(()) => Ok(()),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                        Err(e) => Err(format!("{}: placed but not removed: {e}", path.display())),
-                    };
+                // Linked before a stop cut the move short (the hard-link fallback): the
+                // same file, only the removal is left.
+                if std::fs::symlink_metadata(&target)
+                    .is_ok_and(|m| m.ino() == source.ino() && m.dev() == source.dev())
+                {
+                    return remove_claimed(path, Some(source.ino()));
                 }
             }
-            Err(Move::CrossDevice) => {
-                if let Ok(m) = std::fs::symlink_metadata(&target) {
+            Err(Move::CrossDevice) => match copy_across(path, &target, claimed) {
+                Ok(Copied::Placed) => return Ok(()),
+                Ok(Copied::NotClaimed) => {
                     drop_note();
-                    if m.size() == source.size() && mtime_ns(&m) == mtime_ns(&source) {
-                        // Copied by an attempt a stop cut short.
-                        return match std::fs::remove_file(path) {
-                            Ok(()) => Ok(()),
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                            Err(e) => {
-                                Err(format!("{}: copied but not removed: {e}", path.display()))
-                            }
-                        };
-                    }
-                    continue;
+                    return Ok(());
                 }
-                let r = copy_across(path, &target, &source);
-                if r.is_err() {
+                Ok(Copied::Taken) => drop_note(),
+                Err(e) => {
                     drop_note();
+                    return Err(e);
                 }
-                return r;
-            }
+            },
             Err(e) => {
                 drop_note();
                 return Err(e.text(path, &target));
             }
         }
     }
-    unreachable!("some name is free")
+    Err(format!(
+        "{}: no free name in {}",
+        path.display(),
+        dir.display()
+    ))
 }
 
-/// Another filesystem: a copy (keeping the modification time, so a retry recognises it)
-/// under a hidden name, renamed into place, then the source removed.
-fn copy_across(path: &Path, target: &Path, source: &std::fs::Metadata) -> Result<(), String> {
+/// What a copy to another filesystem came to.
+enum Copied {
+    /// Copied (synced) into place and the source removed.
+    Placed,
+    /// The target name is taken: try the next.
+    Taken,
+    /// The file at the path is not the version claimed: left alone.
+    NotClaimed,
+}
+
+/// Another filesystem: the claimed version (checked on the open file) copied under a unique
+/// hidden name, synced, renamed into place (never over a file), the folder synced, and only
+/// then the source removed (if it is still that file). A crash in between leaves the source
+/// in place, at worst with a second copy in the target folder; never no copy at all.
+fn copy_across(path: &Path, target: &Path, claimed: Option<&Found>) -> Result<Copied, String> {
+    use std::io::Write;
+    let fail = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
+    let mut from = std::fs::File::open(path).map_err(|e| fail(path, e))?;
+    let meta = from.metadata().map_err(|e| fail(path, e))?;
+    if claimed.is_some_and(|f| !f.same(&meta)) {
+        return Ok(Copied::NotClaimed);
+    }
     let dir = target.parent().unwrap_or(Path::new("/"));
-    let mut tmp_name = std::ffi::OsString::from(".oxbus-copy-");
-    tmp_name.push(target.file_name().unwrap_or_default());
-    let tmp = dir.join(tmp_name);
-    std::fs::copy(path, &tmp)
-        .map_err(|e| format!("{} → {}: {e}", path.display(), tmp.display()))?;
-    if let Ok(t) = source.modified() {
-        let _ = std::fs::File::options()
+    let tmp = dir.join(format!(".oxbus-cp-{}", crate::random::random_hex(8)));
+    let copied = (|| -> std::io::Result<()> {
+        let mut to = std::fs::OpenOptions::new()
             .write(true)
-            .open(&tmp)
-            .and_then(|f| f.set_modified(t));
-    }
-    rename_no_replace(&tmp, target).map_err(|e| {
+            .create_new(true)
+            .open(&tmp)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.flush()?;
+        if let Ok(t) = meta.modified() {
+            let _ = to.set_modified(t);
+        }
+        to.set_permissions(meta.permissions())?;
+        to.sync_all()
+    })();
+    if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp);
-        e.text(&tmp, target)
-    })?;
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: copied but not removed: {e}", path.display())),
+        return Err(fail(&tmp, e));
     }
+    match rename_no_replace(&tmp, target) {
+        Ok(()) => {}
+        Err(Move::Exists) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(Copied::Taken);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.text(&tmp, target));
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    remove_claimed(path, Some(meta.ino()))
+        .map(|()| Copied::Placed)
+        .map_err(|e| {
+            format!(
+                "{}: copied to {}, but {e}",
+                path.display(),
+                target.display()
+            )
+        })
 }
 
 #[cfg(test)]
@@ -1505,6 +1563,63 @@ mod tests {
         let f = Folders::new(&flat);
         assert!(f.base_of(Path::new("/d/a")).is_some());
         assert!(f.base_of(Path::new("/d/x/a")).is_none());
+    }
+
+    #[test]
+    fn a_move_to_another_filesystem_copies_then_removes() {
+        // /dev/shm (tmpfs) and the temp dir (this machine's disk) are two filesystems.
+        let src = PathBuf::from(format!(
+            "/dev/shm/oxbus-files-{}",
+            crate::random::random_hex(6)
+        ));
+        let dst =
+            std::env::temp_dir().join(format!("oxbus-files-{}", crate::random::random_hex(6)));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        assert_ne!(
+            std::fs::metadata(&src).unwrap().dev(),
+            std::fs::metadata(&dst).unwrap().dev(),
+            "the test needs /dev/shm and the temp dir on two filesystems"
+        );
+        let def: FileChannel = serde_json::from_value(json!({"name": "c", "service": "s",
+            "directories": [src.to_str().unwrap()],
+            "processed_dir": dst.join("done").to_str().unwrap(),
+            "failed_dir": dst.join("bad").to_str().unwrap()}))
+        .unwrap();
+        let folders = Folders::new(&def);
+        for (round, failed) in [(0, None), (1, None), (2, Some("boom"))] {
+            std::fs::write(src.join("a.txt"), format!("v{round}")).unwrap();
+            let found = look(&folders, vec![(src.join("a.txt"), None)]).found;
+            move_away(&def, &found[0], failed).unwrap();
+            assert!(!src.join("a.txt").exists());
+        }
+        assert_eq!(
+            std::fs::read_to_string(dst.join("done/a.txt")).unwrap(),
+            "v0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.join("done/a.txt.1")).unwrap(),
+            "v1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.join("bad/a.txt")).unwrap(),
+            "v2"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.join("bad/a.txt.error.txt")).unwrap(),
+            "boom\n"
+        );
+        // No hidden copy or removal left behind.
+        for d in [dst.join("done"), dst.join("bad"), src.clone()] {
+            let left: Vec<_> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().starts_with(".oxbus"))
+                .collect();
+            assert!(left.is_empty(), "{d:?}: {left:?}");
+        }
+        std::fs::remove_dir_all(&src).unwrap();
+        std::fs::remove_dir_all(&dst).unwrap();
     }
 
     #[test]
