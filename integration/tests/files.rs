@@ -83,16 +83,11 @@ async fn channel(srv: &Server, name: &str, def: Value) {
     assert!(r.status == 201 || r.status == 200, "{}", text(&r));
 }
 
+/// This server's status of channel `name` (asserted to exist).
 async fn stats(srv: &Server, name: &str) -> Value {
-    let r = admin(
-        srv,
-        "GET",
-        &format!("/v1/inbound/file/{name}/stats"),
-        Value::Null,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
-    r.json()
+    let s = stats_or_null(srv, name).await;
+    assert!(!s.is_null(), "no file channel {name} on this server");
+    s
 }
 
 /// The stats, or Null while `srv` has not applied the channel yet.
@@ -107,6 +102,7 @@ async fn stats_or_null(srv: &Server, name: &str) -> Value {
     if r.status == 200 {
         r.json()
     } else {
+        assert_eq!(r.status, 404, "{}", text(&r));
         Value::Null
     }
 }
