@@ -3,8 +3,9 @@
 //! the service, connect and disconnect hooks, security checked at the upgrade, a message
 //! over the limit closed with 1009, a client that never reads disconnected (1008) while
 //! others are served, pings to a client that never answers, the idle timeout, the close on
-//! shutdown (1001), pushes (send, broadcast) from services, and clients that stay connected
-//! through a hot deploy, a worker killed with SIGKILL and a SIGHUP rolling restart.
+//! shutdown (1001), pushes (send, broadcast) from services, clients that stay connected
+//! through a hot deploy, a worker killed with SIGKILL and a SIGHUP rolling restart, a
+//! credential in the first message, and Zato 3.2's client protocol as its client speaks it.
 
 use futures_util::{SinkExt, StreamExt};
 use oxbus_integration::*;
@@ -44,6 +45,7 @@ class Echo(Service):
                 'client': self.wsx.client_id, 'type': self.channel.type,
                 'channel': self.channel.name, 'event': self.wsx.event,
                 'user': s.username if s else None, 'pid': os.getpid(),
+                'subject': s.subject if s else None,
                 'param': self.request.http.params.get('room'),
             }
         elif cmd == 'broadcast':
@@ -406,6 +408,433 @@ async fn security_is_checked_at_the_upgrade() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(closed(&mut ws, Duration::from_secs(10)).await, Some(1012));
     assert_eq!(ask(&mut other, json!(7)).await, json!({"echo": 7}));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An HS256 JWT for subject `sub`, valid for 5 minutes.
+fn hs256(secret: &str, sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn credentials_in_the_first_message() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    let token = srv.admin_token();
+    let admin = async |path: &str, body: Value| {
+        let r = srv
+            .admin("POST", path, Some(&token), body.to_string().as_bytes())
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    };
+    admin(
+        "/v1/security",
+        json!({"name": "ws-jwt", "type": "jwt", "algorithms": ["HS256"], "secret": "hs-secret-0123456789"}),
+    )
+    .await;
+    admin(
+        "/v1/security",
+        json!({"name": "ws-pw", "type": "basic", "username": "bob", "password": "pw-789"}),
+    )
+    .await;
+    admin(
+        "/v1/channels",
+        json!({"type": "websocket", "name": "firstjwt", "url_path": "/ws/firstjwt",
+               "service": "ws.echo", "security": "ws-jwt",
+               "websocket": {"first_message_auth": true, "auth_timeout_ms": 1500,
+                             "on_connect": "ws.hook", "on_disconnect": "ws.hook"}}),
+    )
+    .await;
+    admin(
+        "/v1/channels",
+        json!({"type": "websocket", "name": "firstpw", "url_path": "/ws/firstpw",
+               "service": "ws.echo", "security": "ws-pw",
+               "websocket": {"first_message_auth": true}}),
+    )
+    .await;
+    // Without a security definition there is nothing to send: refused, named.
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&token),
+            json!({"type": "websocket", "name": "nosec", "url_path": "/ws/nosec", "service": "ws.echo",
+                   "websocket": {"first_message_auth": true}})
+            .to_string()
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("first_message_auth"));
+
+    let good = hs256("hs-secret-0123456789", "user-9");
+    // Opened without a credential; a broadcast to the channel meanwhile does not reach it.
+    let mut pending = connect(&srv, "/ws/firstjwt").await;
+    let mut other = connect_with(
+        &srv,
+        "/ws/firstjwt",
+        &[("authorization", &format!("Bearer {good}"))],
+    )
+    .await
+    .expect("a credential at the upgrade still works");
+    let me = ask(&mut other, json!({"cmd": "whoami"})).await;
+    assert_eq!(me["subject"], "user-9", "{me}");
+    // The broadcaster is a client of the channel too: the push comes before the answer.
+    let pushed = ask(
+        &mut other,
+        json!({"cmd": "broadcast", "channel": "firstjwt", "data": {"n": "before"}}),
+    )
+    .await;
+    assert_eq!(pushed, json!({"n": "before"}));
+    let sent = next(&mut other).await;
+    assert_eq!(sent["queued"], 1, "only the admitted client: {sent}");
+    // Only the admitted client ran the connect hook so far.
+    let connects = || {
+        hooks(&dir)
+            .iter()
+            .filter(|l| l.starts_with("connect") && l.ends_with("firstjwt"))
+            .count()
+    };
+    assert_eq!(connects(), 1, "{:?}", hooks(&dir));
+    let hello = ask(&mut pending, json!({"token": good})).await;
+    assert_eq!(hello["authenticated"], true, "{hello}");
+    let id = hello["client_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ws."), "{hello}");
+    let me = ask(&mut pending, json!({"cmd": "whoami"})).await;
+    assert_eq!(me["subject"], "user-9", "{me}");
+    assert_eq!(me["client"], id.as_str(), "{me}");
+    assert_eq!(connects(), 2, "{:?}", hooks(&dir));
+    let pushed = ask(
+        &mut other,
+        json!({"cmd": "broadcast", "channel": "firstjwt", "data": {"n": "after"}}),
+    )
+    .await;
+    assert_eq!(pushed, json!({"n": "after"}));
+    assert_eq!(next(&mut other).await["queued"], 2);
+    assert_eq!(next(&mut pending).await, json!({"n": "after"}));
+
+    // A wrong token, a message that is no credential, a binary one: closed with 1008.
+    for first in [
+        Message::text(json!({"token": hs256("another-secret-0000000", "x")}).to_string()),
+        Message::text(json!({"cmd": "whoami"}).to_string()),
+        Message::binary(b"\x01\x02".to_vec()),
+    ] {
+        let mut ws = connect(&srv, "/ws/firstjwt").await;
+        ws.send(first.clone()).await.unwrap();
+        assert_eq!(
+            closed(&mut ws, Duration::from_secs(5)).await,
+            Some(1008),
+            "{first:?}"
+        );
+    }
+    // Nothing within auth_timeout_ms: closed with 1008.
+    let mut silent = connect(&srv, "/ws/firstjwt").await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        closed(&mut silent, Duration::from_secs(10)).await,
+        Some(1008)
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A client that has not authenticated may not make the server read much: 40 KiB of
+    // message ends the connection (the read budget is 32 KiB).
+    let mut greedy = connect(&srv, "/ws/firstjwt").await;
+    let _ = greedy.send(Message::text("x".repeat(40 * 1024))).await;
+    // Cut, with no close frame (a close at auth_timeout_ms would mean it was all read).
+    assert_eq!(closed(&mut greedy, Duration::from_secs(5)).await, None);
+    // A wrong credential at the upgrade is still refused there.
+    match connect_with(&srv, "/ws/firstjwt", &[("authorization", "Bearer nope")]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
+    // Basic: a user name and password.
+    let mut ws = connect(&srv, "/ws/firstpw").await;
+    let hello = ask(&mut ws, json!({"username": "bob", "password": "pw-789"})).await;
+    assert_eq!(hello["authenticated"], true, "{hello}");
+    assert_eq!(ask(&mut ws, json!({"cmd": "whoami"})).await["user"], "bob");
+    let mut ws = connect(&srv, "/ws/firstpw").await;
+    ws.send(Message::text(
+        json!({"username": "bob", "password": "wrong"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(closed(&mut ws, Duration::from_secs(5)).await, Some(1008));
+    // The pending clients that were refused ran no hooks.
+    drop(pending);
+    drop(other);
+    let disconnects = || {
+        hooks(&dir)
+            .iter()
+            .filter(|l| l.starts_with("disconnect") && l.ends_with("firstjwt"))
+            .count()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while disconnects() < 2 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A moment more: a hook of a refused client would show now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(disconnects(), 2, "{:?}", hooks(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A message as Zato's `wsx_client` writes it (json.dumps: spaces; nulls where unset).
+fn zato_msg(action: &str, id: &str, token: Option<&str>, extra: Value, data: Value) -> Message {
+    let mut meta = json!({"id": id, "action": action, "attrs": null,
+        "timestamp": "2026-12-07T12:00:00.123456", "client_id": "123456",
+        "client_name": "Zato test client", "token": token.unwrap_or(""), "in_reply_to": null});
+    for (k, v) in extra.as_object().unwrap() {
+        meta[k] = v.clone();
+    }
+    let text = format!(
+        "{{\"meta\": {}, \"data\": {}}}",
+        serde_json::to_string_pretty(&meta)
+            .unwrap()
+            .replace('\n', " "),
+        data
+    );
+    Message::text(text)
+}
+
+#[tokio::test]
+async fn zato_protocol_with_a_zato_style_client() {
+    let dir = marks_dir();
+    let srv = env(&dir).start().await;
+    let token = srv.admin_token();
+    let admin = async |path: &str, body: Value| {
+        let r = srv
+            .admin("POST", path, Some(&token), body.to_string().as_bytes())
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    };
+    admin(
+        "/v1/security",
+        json!({"name": "zato-basic", "type": "basic", "username": "user1", "password": "secret1"}),
+    )
+    .await;
+    admin(
+        "/v1/channels",
+        json!({"type": "websocket", "name": "zgw", "url_path": "/zato/wsx/gw",
+               "service": "ws.echo", "services": ["ws.echo"], "security": "zato-basic",
+               "websocket": {"protocol": "zato", "auth_timeout_ms": 1500}}),
+    )
+    .await;
+    admin(
+        "/v1/channels",
+        json!({"type": "websocket", "name": "zopen", "url_path": "/zato/wsx/open",
+               "service": "ws.echo", "websocket": {"protocol": "zato"}}),
+    )
+    .await;
+    // A services list is refused on a raw channel.
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/channels",
+            Some(&token),
+            json!({"type": "websocket", "name": "rawlist", "url_path": "/ws/rawlist", "service": "ws.echo",
+                   "services": ["ws.echo"]})
+            .to_string()
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+
+    // create-session with the channel's credentials: zwsx.rspa with the token.
+    let mut ws = connect(&srv, "/zato/wsx/gw").await;
+    let create = |id: &str, user: &str, secret: &str| {
+        zato_msg(
+            "create-session",
+            id,
+            None,
+            json!({"username": user, "secret": secret}),
+            json!({}),
+        )
+    };
+    ws.send(create("zwsxc.auth.01", "user1", "secret1"))
+        .await
+        .unwrap();
+    let a = next(&mut ws).await;
+    assert_eq!(a["meta"]["msg_type"], "zwsx.rspa", "{a}");
+    assert_eq!(a["meta"]["status"], 200, "{a}");
+    assert_eq!(a["meta"]["in_reply_to"], "zwsxc.auth.01", "{a}");
+    let tok = a["data"]["token"].as_str().unwrap().to_owned();
+    assert!(tok.starts_with("zwsxt."), "{a}");
+    // invoke-service through the gateway list: data.service, data.request.
+    let invoke = |id: &str, tok: &str, service: &str, request: Value| {
+        zato_msg(
+            "invoke-service",
+            id,
+            Some(tok),
+            json!({}),
+            json!({"service": service, "request": request}),
+        )
+    };
+    ws.send(invoke(
+        "zwsxc.inv.01",
+        &tok,
+        "ws.echo",
+        json!({"cmd": "whoami"}),
+    ))
+    .await
+    .unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(r["meta"]["msg_type"], "zwsx.rspok", "{r}");
+    assert_eq!(r["meta"]["status"], 200, "{r}");
+    assert_eq!(r["meta"]["in_reply_to"], "zwsxc.inv.01", "{r}");
+    assert_eq!(r["data"]["user"], "user1", "{r}");
+    assert_eq!(r["data"]["type"], "websocket", "{r}");
+    let me = r["data"]["client"].as_str().unwrap().to_owned();
+    // A service not on the list: 403, the session goes on.
+    ws.send(invoke(
+        "zwsxc.inv.02",
+        &tok,
+        "zato.secret.service",
+        json!({}),
+    ))
+    .await
+    .unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(r["meta"]["msg_type"], "zwsx.rsperr", "{r}");
+    assert_eq!(r["meta"]["status"], 403, "{r}");
+    assert_eq!(r["meta"]["in_reply_to"], "zwsxc.inv.02", "{r}");
+    assert_eq!(
+        r["meta"]["error_message"],
+        "You are not allowed to access this resource"
+    );
+    // A service that raises: 500 in Zato's words, the cid in data, no detail.
+    ws.send(invoke(
+        "zwsxc.inv.03",
+        &tok,
+        "ws.echo",
+        json!({"cmd": "boom"}),
+    ))
+    .await
+    .unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(r["meta"]["status"], 500, "{r}");
+    assert_eq!(r["meta"]["error_message"], "Internal server error", "{r}");
+    assert!(r["data"]["cid"].is_string(), "{r}");
+    assert!(!r.to_string().contains("secret detail"), "{r}");
+    // An empty answer: rspok without data.
+    ws.send(invoke(
+        "zwsxc.inv.04",
+        &tok,
+        "ws.echo",
+        json!({"cmd": "silent"}),
+    ))
+    .await
+    .unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(r["meta"]["msg_type"], "zwsx.rspok", "{r}");
+    assert!(r.get("data").is_none(), "{r}");
+    // A push from a service reaches it as a zwsx.rqc request; a send to its id too.
+    let mut raw = connect(&srv, "/ws/slow").await;
+    let sent = ask(
+        &mut raw,
+        json!({"cmd": "broadcast", "channel": "zgw", "data": {"note": "to all"}}),
+    )
+    .await;
+    assert_eq!(sent["queued"], 1, "{sent}");
+    let p = next(&mut ws).await;
+    assert_eq!(p["meta"]["msg_type"], "zwsx.rqc", "{p}");
+    assert_eq!(p["data"]["note"], "to all", "{p}");
+    let sent = ask(
+        &mut raw,
+        json!({"cmd": "send", "to": me, "data": "just you"}),
+    )
+    .await;
+    assert_eq!(sent["sent"], true, "{sent}");
+    assert_eq!(next(&mut ws).await["data"], "just you");
+    // A client response (to a request Oxbus does not wait for) is taken quietly.
+    ws.send(zato_msg(
+        "client-response",
+        "zwsxc.rsp.01",
+        Some(&tok),
+        json!({"in_reply_to": p["meta"]["id"]}),
+        json!({"response": "ok"}),
+    ))
+    .await
+    .unwrap();
+    // A malformed message: zwsx.merr 400, the session goes on.
+    ws.send(Message::text("{\"data\": 1}")).await.unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(r["meta"]["msg_type"], "zwsx.merr", "{r}");
+    assert_eq!(r["meta"]["status"], 400, "{r}");
+    // create-session again: a new token; the old one is refused from then on.
+    ws.send(create("zwsxc.auth.02", "user1", "secret1"))
+        .await
+        .unwrap();
+    let a = next(&mut ws).await;
+    let tok2 = a["data"]["token"].as_str().unwrap().to_owned();
+    assert_ne!(tok, tok2);
+    ws.send(invoke("zwsxc.inv.05", &tok2, "ws.echo", json!(5)))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], json!({"echo": 5}));
+    ws.send(invoke("zwsxc.inv.06", &tok, "ws.echo", json!(6)))
+        .await
+        .unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(r["meta"]["msg_type"], "zwsx.merr", "{r}");
+    assert_eq!(r["meta"]["status"], 403, "{r}");
+    assert_eq!(closed(&mut ws, Duration::from_secs(5)).await, Some(1008));
+
+    // Wrong credentials, a request before create-session, no create-session at all:
+    // zwsx.merr 403, then the close.
+    for first in [
+        Some(create("zwsxc.auth.03", "user1", "wrong")),
+        Some(invoke("zwsxc.inv.07", "zwsxt.guess", "ws.echo", json!(1))),
+        None,
+    ] {
+        let mut ws = connect(&srv, "/zato/wsx/gw").await;
+        if let Some(m) = first.clone() {
+            ws.send(m).await.unwrap();
+        }
+        let r = next(&mut ws).await;
+        assert_eq!(r["meta"]["msg_type"], "zwsx.merr", "{first:?}: {r}");
+        assert_eq!(r["meta"]["status"], 403, "{r}");
+        assert_eq!(
+            r["data"], "You are not authorized to access this resource",
+            "{r}"
+        );
+        assert_eq!(
+            closed(&mut ws, Duration::from_secs(5)).await,
+            Some(1008),
+            "{first:?}"
+        );
+    }
+
+    // A channel without security: create-session with no secret; without a services list
+    // the channel's service gets data whole.
+    let mut ws = connect(&srv, "/zato/wsx/open").await;
+    ws.send(zato_msg("create-session", "a1", None, json!({}), json!({})))
+        .await
+        .unwrap();
+    let a = next(&mut ws).await;
+    let tok = a["data"]["token"].as_str().unwrap().to_owned();
+    ws.send(invoke("i1", &tok, "anything", json!({"k": 1})))
+        .await
+        .unwrap();
+    let r = next(&mut ws).await;
+    assert_eq!(
+        r["data"],
+        json!({"echo": {"service": "anything", "request": {"k": 1}}}),
+        "{r}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

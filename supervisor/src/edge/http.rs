@@ -496,12 +496,30 @@ async fn handle(
         req.headers(),
         limits.trusted(),
     );
-    // The channel's checks, before the body is read or a worker asked for anything.
+    // The channel's checks, before the body is read or a worker asked for anything. A
+    // WebSocket client may authenticate after the upgrade instead (Zato's protocol; or
+    // `first_message_auth` and no credential at the upgrade): then only the allow list and
+    // rate limit are checked here, and the session gets the definition's check.
+    let mut admit_later: Option<Arc<crate::edge::gate::Verifier>> = None;
     let caller = match router.gate.for_channel(&channel) {
         Some(g) if g.is_open() => None,
         Some(g) => {
             let name = channel.name.as_deref().unwrap_or(&channel.url_path);
-            match g.admit(origin.addr, req.headers(), name).await {
+            let later = channel.websocket.as_ref().is_some_and(|w| {
+                w.protocol == crate::model::websocket::WsProtocol::Zato
+                    || (w.first_message_auth
+                        && g.verifier()
+                            .is_some_and(|v| !v.carries_credential(req.headers())))
+            });
+            let checked = if later {
+                g.admit_later(origin.addr, name).map(|v| {
+                    admit_later = v;
+                    None
+                })
+            } else {
+                g.admit(origin.addr, req.headers(), name).await
+            };
+            match checked {
                 Ok(c) => c,
                 Err(r) => {
                     use crate::edge::gate::Rejection;
@@ -557,6 +575,7 @@ async fn handle(
             params,
             origin,
             caller,
+            admit_later,
             cid: &cid,
             hold,
         };

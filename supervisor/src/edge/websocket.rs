@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::http::{Body, Ctx};
 use crate::edge::forwarded::Origin;
-use crate::edge::gate::Caller;
+use crate::edge::gate::{Caller, Rejection, Verifier};
 use crate::model::channel::Channel;
 
 /// Whether a header's comma-separated values name `token` (case-insensitive).
@@ -51,6 +51,8 @@ pub(super) struct Upgrade<'a> {
     pub params: Vec<(String, String)>,
     pub origin: Origin,
     pub caller: Option<Caller>,
+    /// The channel's security check, when the client authenticates after the upgrade.
+    pub admit_later: Option<Arc<Verifier>>,
     pub cid: &'a str,
     /// Held until the session ends (the listener's count of open connections).
     pub hold: Box<dyn Send + Sync>,
@@ -153,6 +155,9 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
             username: c.username,
             subject: c.subject,
         }),
+        admit: u
+            .admit_later
+            .map(|v| Arc::new(MessageAuth(v)) as crate::wsx::auth::AdmitRef),
         security_def: u.security_def,
         generation: u.generation,
     };
@@ -177,4 +182,30 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
         h.insert("x-oxbus-cid", v);
     }
     r
+}
+
+/// The channel's security definition checking a credential a client sends after the
+/// upgrade (`wsx::auth`).
+#[derive(Debug)]
+struct MessageAuth(Arc<Verifier>);
+
+#[async_trait::async_trait]
+impl crate::wsx::auth::Admit for MessageAuth {
+    async fn admit(
+        &self,
+        credential: crate::wsx::auth::Credential,
+    ) -> Result<crate::wsx::Who, String> {
+        match self.0.admit_credential(credential).await {
+            Ok(c) => Ok(crate::wsx::Who {
+                name: c.name,
+                kind: c.kind,
+                username: c.username,
+                subject: c.subject,
+            }),
+            Err(Rejection::Unauthorized { reason, .. } | Rejection::Forbidden(reason)) => {
+                Err(reason)
+            }
+            Err(Rejection::TooMany { reason, .. }) => Err(reason),
+        }
+    }
 }

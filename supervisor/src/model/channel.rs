@@ -343,11 +343,27 @@ pub fn websocket_channel(c: &Channel) -> Result<Channel, ChannelError> {
             "a WebSocket channel names the service each client message is handed to",
         ));
     }
-    if !c.services.is_empty() {
+    let settings = c.websocket.clone().unwrap_or_default();
+    let zato = settings.protocol == crate::model::websocket::WsProtocol::Zato;
+    if !c.services.is_empty() && !zato {
         return Err(bad(
             "channels.services",
             format!("{:?}", c.services),
-            "only a JSON-RPC channel has a services list",
+            "only a JSON-RPC channel, or a WebSocket channel with protocol = \"zato\" (the services its clients may name in data.service), has a services list",
+        ));
+    }
+    if let Some(s) = c.services.iter().find(|s| s.trim().is_empty()) {
+        return Err(bad(
+            "channels.services",
+            format!("{s:?}"),
+            "a service name must not be empty",
+        ));
+    }
+    if settings.first_message_auth && c.security.is_none() {
+        return Err(bad(
+            "channels.websocket.first_message_auth",
+            "true".into(),
+            "the channel names no security definition: there is no credential to send",
         ));
     }
     if !(c.methods.is_empty() || c.methods == ["GET"]) {
@@ -357,7 +373,6 @@ pub fn websocket_channel(c: &Channel) -> Result<Channel, ChannelError> {
             "a WebSocket channel is opened with GET (the upgrade request) only",
         ));
     }
-    let settings = c.websocket.clone().unwrap_or_default();
     settings.validate()?;
     Ok(Channel {
         methods: vec!["GET".into()],

@@ -14,12 +14,18 @@ pub enum WsProtocol {
     /// answer goes back to that client as one message.
     #[default]
     Raw,
+    /// Zato 3.2's client protocol: JSON envelopes (`meta`, `data`), a `create-session`
+    /// message first (with the credentials when the channel has a security definition),
+    /// then `invoke-service` requests answered `zwsx.rspok` / `zwsx.rsperr`; pushes go out as
+    /// `zwsx.rqc` requests (see `wsx::zato`).
+    Zato,
 }
 
 impl WsProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             WsProtocol::Raw => "raw",
+            WsProtocol::Zato => "zato",
         }
     }
 }
@@ -28,9 +34,20 @@ impl WsProtocol {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WsSettings {
-    /// The client protocol (`raw`).
+    /// The client protocol: `raw` (each message a call) or `zato` (Zato 3.2's envelopes).
     #[serde(default)]
     pub protocol: WsProtocol,
+    /// `raw` only: a client may open the channel without a credential and send it as its
+    /// first message (`{"username": …, "password": …}`, `{"token": …}` or
+    /// `{"api_key": …}`, as the channel's security definition takes); an upgrade that
+    /// carries one is checked at once, as always. Browsers cannot set headers on a
+    /// WebSocket: this is how they authenticate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_message_auth: bool,
+    /// How long a client that has not authenticated yet (its first message, or Zato's
+    /// `create-session`) has to do so before it is closed (1008).
+    #[serde(default = "default_auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
     /// A service run when a client has connected (its answer is not sent to the client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_connect: Option<String>,
@@ -70,6 +87,9 @@ pub struct WsSettings {
 fn default_ping_interval_ms() -> u64 {
     30_000
 }
+fn default_auth_timeout_ms() -> u64 {
+    5_000
+}
 fn default_max_missed_pongs() -> u32 {
     2
 }
@@ -87,6 +107,8 @@ impl Default for WsSettings {
     fn default() -> Self {
         WsSettings {
             protocol: WsProtocol::Raw,
+            first_message_auth: false,
+            auth_timeout_ms: default_auth_timeout_ms(),
             on_connect: None,
             on_disconnect: None,
             ping_interval_ms: default_ping_interval_ms(),
@@ -177,6 +199,20 @@ impl WsSettings {
                 ),
             ));
         }
+        if self.first_message_auth && self.protocol == WsProtocol::Zato {
+            return Err(bad(
+                "first_message_auth",
+                "true".into(),
+                "the zato protocol always takes the credentials in its create-session message: leave first_message_auth out",
+            ));
+        }
+        if !(100..=300_000).contains(&self.auth_timeout_ms) {
+            return Err(bad(
+                "auth_timeout_ms",
+                self.auth_timeout_ms.to_string(),
+                "must be 100..=300000",
+            ));
+        }
         if self.max_queued_bytes < 1024 {
             return Err(bad(
                 "max_queued_bytes",
@@ -249,6 +285,21 @@ mod tests {
             ),
             (
                 WsSettings {
+                    protocol: WsProtocol::Zato,
+                    first_message_auth: true,
+                    ..Default::default()
+                },
+                "first_message_auth",
+            ),
+            (
+                WsSettings {
+                    auth_timeout_ms: 10,
+                    ..Default::default()
+                },
+                "auth_timeout_ms",
+            ),
+            (
+                WsSettings {
                     max_missed_pongs: 0,
                     ..Default::default()
                 },
@@ -282,6 +333,9 @@ mod tests {
             ..Default::default()
         };
         assert!(ok.validate().is_ok());
+        let zato: WsSettings = serde_json::from_str(r#"{"protocol": "zato"}"#).unwrap();
+        assert_eq!(zato.protocol, WsProtocol::Zato);
+        assert!(zato.validate().is_ok());
         let e = serde_json::from_str::<WsSettings>(r#"{"ping_every": 1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }

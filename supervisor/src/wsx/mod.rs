@@ -17,13 +17,15 @@
 //! Knows `model`, `lifecycle` (the pool) and `metrics` (`metrics/websocket.rs`); never `edge`, `store`, `admin` or
 //! `cluster`.
 
+pub mod auth;
 pub mod ops;
 pub mod session;
+pub mod zato;
 
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -61,7 +63,7 @@ pub struct Who {
 }
 
 /// What the edge hands over with an upgraded connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Open {
     /// The channel as routed (its `websocket` settings filled in).
     pub channel: Arc<Channel>,
@@ -74,6 +76,10 @@ pub struct Open {
     pub scheme: &'static str,
     pub port: u16,
     pub who: Option<Who>,
+    /// Set when the client authenticates after the upgrade (`first_message_auth` without
+    /// a credential at the upgrade, or every client of a `zato` channel with a security
+    /// definition): the definition's check of the credential it sends.
+    pub admit: Option<auth::AdmitRef>,
     /// The security definition the channel's check used at the upgrade (as the table holds
     /// it, its secret sealed): a session whose channel or definition changes is closed (see
     /// [`Wsx::revalidate`]).
@@ -86,6 +92,8 @@ pub struct Open {
 #[derive(Debug)]
 pub(crate) enum Out {
     Msg(Message),
+    /// Close with this code and reason once what was queued before it is written.
+    CloseAfter(u16, &'static str),
 }
 
 /// What a queued message counts against `max_queued_bytes`: its bytes and a nominal cost
@@ -123,9 +131,27 @@ pub(crate) struct Client {
     security_def: Option<crate::model::security::SecurityDef>,
     /// Why the session ended (the metrics' reason), once it knows.
     pub(crate) reason: OnceLock<&'static str>,
+    /// Whether it has authenticated (always, where nothing is checked after the upgrade):
+    /// until then it gets no pushes.
+    pub(crate) admitted: AtomicBool,
+    /// Whether it speaks Zato's protocol: its pushes go out in `zwsx.rqc` envelopes.
+    pub(crate) zato: bool,
 }
 
 impl Client {
+    /// A push of `data` from a service, as this client's protocol sends it; `None` while
+    /// it has not authenticated.
+    fn push_message(&self, data: &Bytes, binary: bool) -> Option<Message> {
+        if !self.admitted.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(if self.zato {
+            message(zato::request_to_client(data), false)
+        } else {
+            message(data.clone(), binary)
+        })
+    }
+
     /// Queues `m` for the client, unless that would put more than `max_queued_bytes` in its
     /// queue: then the client is closed (1008) and nothing more is queued. A message is
     /// taken while the queue holds less than the bound, however large it is (an answer may
@@ -157,7 +183,16 @@ impl Client {
         self.queued.fetch_sub(n, Ordering::AcqRel);
     }
 
-    /// Ends the session with a close frame (the first reason given wins).
+    /// Ends the session with a close frame once what is queued now has been written (a
+    /// refusal's explanation goes out before the close).
+    pub(crate) fn close_after_queued(&self, code: u16, reason: &'static str) {
+        if self.tx.send(Out::CloseAfter(code, reason)).is_err() {
+            self.close_with(code, reason);
+        }
+    }
+
+    /// Ends the session with a close frame (the first reason given wins); what is still
+    /// queued is dropped.
     pub(crate) fn close_with(&self, code: u16, reason: &'static str) {
         self.close.send_if_modified(|c| {
             if c.is_none() {
@@ -319,6 +354,8 @@ impl Wsx {
             channel_def: open.channel.clone(),
             security_def: open.security_def.clone(),
             reason: OnceLock::new(),
+            admitted: AtomicBool::new(!session::authenticates(&open, &settings)),
+            zato: settings.protocol == crate::model::websocket::WsProtocol::Zato,
         });
         // The session's receivers of the close, made before anything can set it.
         let closes = (client.close.subscribe(), client.close.subscribe());
@@ -402,7 +439,8 @@ impl Wsx {
     /// Sends `data` to this server's client `id`.
     pub fn send_local(&self, id: &str, data: Bytes, binary: bool) -> Result<(), PushError> {
         let c = self.client(id).ok_or(PushError::Gone)?;
-        c.push(message(data, binary))?;
+        let m = c.push_message(&data, binary).ok_or(PushError::Gone)?;
+        c.push(m)?;
         self.inner.messages_out.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -420,8 +458,20 @@ impl Wsx {
             .cloned()
             .collect();
         let mut n = 0;
+        // One envelope for every Zato client of the broadcast.
+        let mut zato_msg: Option<Message> = None;
         for c in clients {
-            if c.push(message(data.clone(), binary)).is_ok() {
+            let m = if c.zato && c.admitted.load(Ordering::Acquire) {
+                zato_msg
+                    .get_or_insert_with(|| message(zato::request_to_client(data), false))
+                    .clone()
+            } else {
+                match c.push_message(data, binary) {
+                    Some(m) => m,
+                    None => continue,
+                }
+            };
+            if c.push(m).is_ok() {
                 n += 1;
             }
         }
@@ -525,6 +575,8 @@ mod tests {
             channel_def: Arc::new(crate::model::channel::tests::rpc(&[])),
             security_def: None,
             reason: OnceLock::new(),
+            admitted: AtomicBool::new(true),
+            zato: false,
         };
         let mut closed = c.close.subscribe();
         let small = || message(Bytes::from_static(b"12345678"), false);

@@ -5,6 +5,11 @@
 //! over `max_queued_bytes` with 1008, an idle client (no message for `idle_timeout_ms`)
 //! with 1000 and a stopping server with 1001. The connect and disconnect hooks are calls
 //! of the services the channel names, their answers dropped.
+//!
+//! A client that authenticates after the upgrade (`first_message_auth`, Zato's protocol)
+//! is let in by its first message or `create-session` within `auth_timeout_ms`, checked by
+//! the edge's [`auth::Admit`]; until then it reads under a budget, gets no pushes and runs
+//! nothing. A Zato client's messages are envelopes (`zato`), its answers too.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -19,9 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn};
 
-use super::{Client, Open, Out, Wsx, message};
+use super::{Client, Open, Out, Who, Wsx, auth, message, zato};
 use crate::lifecycle::pool::{DispatchError, Reply};
-use crate::model::websocket::WsSettings;
+use crate::model::websocket::{WsProtocol, WsSettings};
 
 /// How long a closing session waits for the client's close frame (and its writer for the
 /// socket) before it drops the connection.
@@ -33,6 +38,25 @@ const CLOSED_BY_US: &str = "closed by the server";
 /// The read buffer of one connection: small, so that an idle client costs little (a larger
 /// message is read in several reads).
 const READ_BUFFER: usize = 4096;
+
+/// Whether a client of `open` authenticates after the upgrade (with its first message or
+/// Zato's `create-session`): it is not admitted until it has.
+pub(super) fn authenticates(open: &Open, settings: &WsSettings) -> bool {
+    open.admit.is_some() || settings.protocol == WsProtocol::Zato
+}
+
+/// Close reasons of a client that did not authenticate (close 1008, metrics reason `auth`).
+const AUTH_FAILED: &str = "authentication failed";
+const AUTH_TIMEOUT: &str = "authentication timeout";
+const NO_SESSION: &str = "not authenticated: create-session first";
+const BAD_TOKEN: &str = "invalid or missing session token";
+
+/// A finished call: its cid, the Zato request it answers, its outcome.
+struct Done {
+    cid: String,
+    reply_to: Option<String>,
+    result: Result<Reply, DispatchError>,
+}
 
 /// Runs `client`'s session on `io` until it ends; the caller unregisters it.
 pub(super) async fn run<S>(
@@ -46,6 +70,9 @@ pub(super) async fn run<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let pending = !client.admitted.load(Ordering::Acquire);
+    // A client that has not authenticated may make the server read only a little.
+    let (io, lift) = auth::Budget::new(io, pending.then_some(auth::UNADMITTED_BYTES));
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         // Frames are written once this much is buffered, and at each flush (the writer
@@ -65,10 +92,17 @@ pub(super) async fn run<S>(
         client.clone(),
         writer_close,
     )));
-    let calls = Calls {
-        wsx,
-        open: &open,
-        client: &client,
+    let mut st = State {
+        calls: Calls {
+            wsx,
+            open,
+            client: &client,
+            zato: settings.protocol == WsProtocol::Zato,
+        },
+        settings: &settings,
+        lift,
+        admitted: !pending,
+        token: None,
     };
 
     debug!(client = %client.id, channel = %client.channel, "websocket client connected");
@@ -78,13 +112,13 @@ pub(super) async fn run<S>(
     if stopped_at_once {
         // The server began stopping while this upgrade completed: no hooks, just the close.
         client.close_with(1001, "server shutting down");
-    } else if let Some(hook) = &settings.on_connect {
-        calls.hook(hook, "connect").await;
+    } else if st.admitted {
+        st.connected().await;
     }
     // A close set before the loop (at once, or while the hook ran) ends it at once.
     close_rx.mark_changed();
 
-    let mut inflight: JoinSet<(String, Result<Reply, DispatchError>)> = JoinSet::new();
+    let mut inflight: JoinSet<Done> = JoinSet::new();
     let max_inflight = settings.max_inflight as usize;
     let ping_every = Duration::from_millis(settings.ping_interval_ms);
     let mut ping = tokio::time::interval_at(
@@ -95,53 +129,62 @@ pub(super) async fn run<S>(
     let mut missed = 0u32;
     let idle =
         (settings.idle_timeout_ms > 0).then(|| Duration::from_millis(settings.idle_timeout_ms));
+    let auth_deadline =
+        tokio::time::Instant::now() + Duration::from_millis(settings.auth_timeout_ms);
     let mut last_message = Instant::now();
     let why: &str = loop {
         let idle_left = idle.map(|d| d.saturating_sub(last_message.elapsed()));
         tokio::select! {
             m = stream.next(), if inflight.len() < max_inflight => {
                 missed = 0;
-                match m {
+                let flow = match m {
                     Some(Ok(Message::Text(t))) => {
                         last_message = Instant::now();
-                        calls.spawn(&mut inflight, Bytes::from(t), false);
+                        st.message(&mut inflight, Bytes::from(t), false).await
                     }
                     Some(Ok(Message::Binary(b))) => {
                         last_message = Instant::now();
-                        calls.spawn(&mut inflight, b, true);
+                        st.message(&mut inflight, b, true).await
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) => break "client closed",
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
+                    Some(Ok(Message::Close(_))) => Some("client closed"),
                     None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                        break "connection ended"
+                        Some("connection ended")
                     }
                     Some(Err(WsError::Capacity(e))) => {
                         debug!(client = %client.id, error = %e, "websocket message too big");
                         client.close_with(1009, "message too big");
-                        break CLOSED_BY_US;
+                        Some(CLOSED_BY_US)
                     }
                     Some(Err(WsError::Utf8(_))) => {
                         client.close_with(1007, "invalid UTF-8 in a text message");
-                        break CLOSED_BY_US;
+                        Some(CLOSED_BY_US)
                     }
                     Some(Err(WsError::Protocol(e))) => {
                         debug!(client = %client.id, error = %e, "websocket protocol error");
                         client.close_with(1002, "protocol error");
-                        break CLOSED_BY_US;
+                        Some(CLOSED_BY_US)
                     }
                     Some(Err(e)) => {
                         debug!(client = %client.id, error = %e, "websocket read failed");
-                        break "read failed";
+                        Some("read failed")
                     }
+                };
+                if let Some(why) = flow {
+                    break why;
                 }
             }
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                 match done {
-                    Ok((cid, result)) => calls.answer(&cid, result),
+                    Ok(done) => st.calls.answer(done),
                     // The call's task panicked: the client is told, as for a failed call.
                     Err(e) => {
                         warn!(client = %client.id, error = %e, "websocket call task failed");
-                        calls.answer("", Err(DispatchError::WorkerDied));
+                        st.calls.answer(Done {
+                            cid: String::new(),
+                            reply_to: None,
+                            result: Err(DispatchError::WorkerDied),
+                        });
                     }
                 }
                 // The client was not read while its calls ran: its time counts from now.
@@ -166,7 +209,11 @@ pub(super) async fn run<S>(
                 client.close_with(1000, "idle timeout");
                 break CLOSED_BY_US;
             }
-            _ = stopping.wait_for(|s| *s) => {
+            _ = tokio::time::sleep_until(auth_deadline), if !st.admitted => {
+                break st.refuse(AUTH_TIMEOUT);
+            }
+            // (The watch's Ref is dropped in the branch: a handler above awaits.)
+            _ = async { drop(stopping.wait_for(|s| *s).await) } => {
                 client.close_with(1001, "server shutting down");
                 break CLOSED_BY_US;
             }
@@ -207,10 +254,192 @@ pub(super) async fn run<S>(
     // The gauge counts it gone when the registry entry goes (`Registered`), with this.
     let code = *client.close.borrow();
     let _ = client.reason.set(reason_label(why, code));
+    // The disconnect hook follows a connect: a client never admitted had none.
     if let Some(hook) = &settings.on_disconnect
         && !stopped_at_once
+        && st.admitted
     {
-        calls.hook(hook, "disconnect").await;
+        st.calls.hook(hook, "disconnect").await;
+    }
+}
+
+/// A session's state: its calls, and where the client is in authenticating.
+struct State<'a> {
+    calls: Calls<'a>,
+    settings: &'a WsSettings,
+    lift: auth::Lift,
+    admitted: bool,
+    /// A Zato session's token (set by `create-session`).
+    token: Option<String>,
+}
+
+impl State<'_> {
+    /// Handles one client message; `Some(why)` ends the session.
+    async fn message(
+        &mut self,
+        set: &mut JoinSet<Done>,
+        data: Bytes,
+        binary: bool,
+    ) -> Option<&'static str> {
+        if self.calls.zato {
+            return self.zato_message(set, data, binary).await;
+        }
+        if self.admitted {
+            let service = self.calls.open.channel.service.clone();
+            self.calls.spawn(set, service, data, binary, None);
+            return None;
+        }
+        // The first message of a client that opened the channel without a credential.
+        let credential = if binary {
+            Err("the credential is a text message")
+        } else {
+            auth::parse_credential(&data)
+        };
+        let admitted = match credential {
+            Ok(c) => self.check(c).await,
+            Err(e) => Err(e.to_owned()),
+        };
+        match admitted {
+            Ok(who) => {
+                self.admit(who);
+                let hello = serde_json::json!({
+                    "authenticated": true,
+                    "client_id": &*self.calls.client.id,
+                });
+                let _ = self
+                    .calls
+                    .client
+                    .push(message(Bytes::from(hello.to_string()), false));
+                self.connected().await;
+                None
+            }
+            Err(reason) => {
+                debug!(client = %self.calls.client.id, reason, "websocket client not authenticated");
+                Some(self.refuse(AUTH_FAILED))
+            }
+        }
+    }
+
+    /// Handles one message of a Zato client.
+    async fn zato_message(
+        &mut self,
+        set: &mut JoinSet<Done>,
+        data: Bytes,
+        binary: bool,
+    ) -> Option<&'static str> {
+        let client = self.calls.client;
+        let m = match binary {
+            true => Err("binary messages are not part of the Zato protocol: send JSON text"),
+            false => zato::parse(&data),
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                // Zato ignores such a message; the client is told why here.
+                let _ = client.push(message(zato::merr(400, e), false));
+                return None;
+            }
+        };
+        match m.action {
+            zato::Action::CreateSession => {
+                let credential = match (m.username, m.secret) {
+                    (Some(username), Some(password)) => {
+                        Some(auth::Credential::Basic { username, password })
+                    }
+                    (None, Some(secret)) => Some(auth::Credential::Secret(secret)),
+                    (_, None) => None,
+                };
+                let who = match (&self.calls.open.admit, credential) {
+                    // No security definition: a session for anyone.
+                    (None, _) => Ok(None),
+                    (Some(_), None) => Err("create-session without meta.secret".to_owned()),
+                    (Some(_), Some(c)) => self.check(c).await,
+                };
+                match who {
+                    Ok(who) => {
+                        let first = !self.admitted;
+                        self.admit(who);
+                        let token = zato::new_token();
+                        let _ = client.push(message(zato::auth_ok(&m.id, &token), false));
+                        self.token = Some(token);
+                        debug!(client = %client.id, ext_client_id = ?m.client_id,
+                            ext_client_name = ?m.client_name, "zato websocket session created");
+                        if first {
+                            self.connected().await;
+                        }
+                        None
+                    }
+                    Err(reason) => {
+                        debug!(client = %client.id, reason, "zato websocket client not authenticated");
+                        Some(self.refuse(AUTH_FAILED))
+                    }
+                }
+            }
+            _ if !self.admitted => Some(self.refuse(NO_SESSION)),
+            _ if m.token.is_none() || m.token != self.token => Some(self.refuse(BAD_TOKEN)),
+            zato::Action::ClientResponse => {
+                // Oxbus's pushes expect no answer.
+                debug!(client = %client.id, in_reply_to = m.id, "zato client response ignored");
+                None
+            }
+            zato::Action::Invoke => {
+                let channel = &self.calls.open.channel;
+                match zato::target(&channel.service, &channel.services, m.data) {
+                    Ok((service, payload)) => {
+                        let service = service.to_owned();
+                        self.calls.spawn(set, service, payload, false, Some(m.id));
+                    }
+                    Err(name) => {
+                        debug!(client = %client.id, service = name, "zato client named a service the channel does not list");
+                        let cid = crate::random::random_hex(12);
+                        let e = zato::err(&cid, &m.id, 403, zato::NOT_ALLOWED);
+                        let _ = client.push(message(e, false));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Checks a credential with the channel's security definition.
+    async fn check(&self, c: auth::Credential) -> Result<Option<Who>, String> {
+        match &self.calls.open.admit {
+            Some(a) => a.admit(c).await.map(Some),
+            None => Err("the channel checks no credential after the upgrade".into()),
+        }
+    }
+
+    /// The client authenticated (as `who`): it may read freely and gets pushes; its calls
+    /// run as `who`.
+    fn admit(&mut self, who: Option<Who>) {
+        self.admitted = true;
+        self.lift.lift();
+        self.calls.client.admitted.store(true, Ordering::Release);
+        if let Some(who) = who {
+            let mut open = (*self.calls.open).clone();
+            open.who = Some(who);
+            self.calls.open = Arc::new(open);
+        }
+    }
+
+    /// Runs the connect hook (once the client is admitted).
+    async fn connected(&self) {
+        if let Some(hook) = &self.settings.on_connect {
+            self.calls.hook(hook, "connect").await;
+        }
+    }
+
+    /// Refuses a client that did not authenticate: a Zato client is told (`zwsx.merr`
+    /// 403), then it is closed with 1008.
+    fn refuse(&self, why: &'static str) -> &'static str {
+        if self.calls.zato {
+            let _ = self
+                .calls
+                .client
+                .push(message(zato::merr(403, zato::NOT_AUTHORIZED), false));
+        }
+        self.calls.client.close_after_queued(1008, why);
+        CLOSED_BY_US
     }
 }
 
@@ -231,6 +460,11 @@ impl<T> Drop for AbortOnDrop<T> {
 fn reason_label(why: &str, code: Option<(u16, &'static str)>) -> &'static str {
     match (why, code) {
         (CLOSED_BY_US, Some((1009, _))) => "too_big",
+        (CLOSED_BY_US, Some((1008, r)))
+            if [AUTH_FAILED, AUTH_TIMEOUT, NO_SESSION, BAD_TOKEN].contains(&r) =>
+        {
+            "auth"
+        }
         (CLOSED_BY_US, Some((1008, _))) => "queue_full",
         (CLOSED_BY_US, Some((1000, _))) => "idle",
         (CLOSED_BY_US, Some((1001, _))) => "shutdown",
@@ -264,7 +498,14 @@ async fn write_loop<W>(
             _ = close.changed() => break,
             out = rx.recv() => out,
         };
-        let Some(Out::Msg(m)) = out else { break };
+        let m = match out {
+            Some(Out::Msg(m)) => m,
+            Some(Out::CloseAfter(code, reason)) => {
+                client.close_with(code, reason);
+                break;
+            }
+            None => break,
+        };
         let n = super::cost(&m);
         let sent = tokio::select! {
             biased;
@@ -291,8 +532,10 @@ async fn write_loop<W>(
     };
     // What is still queued is not sent: released now.
     rx.close();
-    while let Ok(Out::Msg(m)) = rx.try_recv() {
-        client.written(super::cost(&m));
+    while let Ok(out) = rx.try_recv() {
+        if let Out::Msg(m) = out {
+            client.written(super::cost(&m));
+        }
     }
     if code == 1000 && reason.is_empty() {
         // The client closed or the connection ended: tungstenite already answered.
@@ -309,17 +552,23 @@ async fn write_loop<W>(
 /// The calls one session makes.
 struct Calls<'a> {
     wsx: &'a Wsx,
-    open: &'a Arc<Open>,
+    /// The session as handed over, `who` updated when the client authenticates.
+    open: Arc<Open>,
     client: &'a Arc<Client>,
+    /// Whether the client speaks Zato's protocol (answers in its envelopes).
+    zato: bool,
 }
 
 impl Calls<'_> {
-    /// Starts a call of the channel's service with one client message.
+    /// Starts a call of `service` with one client message (`reply_to`: the Zato request
+    /// it answers).
     fn spawn(
         &self,
-        set: &mut JoinSet<(String, Result<Reply, DispatchError>)>,
+        set: &mut JoinSet<Done>,
+        service: String,
         data: Bytes,
         binary: bool,
+        reply_to: Option<String>,
     ) {
         self.wsx.inner.messages_in.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.client.metrics {
@@ -329,32 +578,42 @@ impl Calls<'_> {
         let wsx = self.wsx.clone();
         let open = self.open.clone();
         let client_id = self.client.id.clone();
+        let zato = self.zato;
         set.spawn(async move {
-            let r = call(
-                &wsx,
-                &open,
-                &client_id,
-                &open.channel.service,
-                &cid,
-                "message",
-                data,
-                binary,
+            let result = call(
+                &wsx, &open, &client_id, &service, &cid, "message", data, binary, zato,
             )
             .await;
-            (cid, r)
+            Done {
+                cid,
+                reply_to,
+                result,
+            }
         });
     }
 
     /// Sends a call's answer to the client: the body of a success (nothing when it is
-    /// empty), the error document of a failure.
-    fn answer(&self, cid: &str, result: Result<Reply, DispatchError>) {
-        let m = match result {
-            Ok(r) if r.body.is_empty() && r.status < 400 => return,
-            Ok(r) => {
+    /// empty), the error document of a failure; for a Zato request, `zwsx.rspok` or
+    /// `zwsx.rsperr` answering it.
+    fn answer(&self, done: Done) {
+        let Done {
+            cid,
+            reply_to,
+            result,
+        } = done;
+        let m = match (reply_to, result) {
+            (Some(id), Ok(r)) if r.status < 400 => message(zato::ok(&cid, &id, &r.body), false),
+            (Some(id), Ok(r)) => message(
+                zato::err(&cid, &id, r.status, &zato::error_message(r.status, &r.body)),
+                false,
+            ),
+            (Some(id), Err(e)) => message(zato::err(&cid, &id, e.status(), &e.to_string()), false),
+            (None, Ok(r)) if r.body.is_empty() && r.status < 400 => return,
+            (None, Ok(r)) => {
                 let binary = r.content_type.as_deref() == Some("application/octet-stream");
                 message(r.body, binary)
             }
-            Err(e) => {
+            (None, Err(e)) => {
                 let doc = serde_json::json!({"error": e.to_string(), "cid": cid});
                 message(Bytes::from(doc.to_string()), false)
             }
@@ -369,12 +628,13 @@ impl Calls<'_> {
         let cid = crate::random::random_hex(12);
         match call(
             self.wsx,
-            self.open,
+            &self.open,
             &self.client.id,
             service,
             &cid,
             event,
             Bytes::new(),
+            false,
             false,
         )
         .await
@@ -399,12 +659,16 @@ async fn call(
     event: &'static str,
     data: Bytes,
     binary: bool,
+    zato: bool,
 ) -> Result<Reply, DispatchError> {
     let now = Instant::now();
     let deadline = now + wsx.inner.request_timeout;
     let trace = crate::trace::TraceParent::new_root();
     let data_format = if binary {
         "raw"
+    } else if zato {
+        // A Zato request's data, as JSON.
+        "json"
     } else {
         open.channel.data_format.as_str()
     };

@@ -31,6 +31,11 @@ impl ApiKey {
         })
     }
 
+    /// The header the key is sent in.
+    pub(super) fn header(&self) -> &hyper::header::HeaderName {
+        &self.header
+    }
+
     /// Checks the key a request's headers carry.
     pub(super) fn check(&self, headers: &hyper::HeaderMap) -> Result<(), Rejection> {
         let Some(v) = headers.get(&self.header) else {

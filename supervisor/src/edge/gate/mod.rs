@@ -326,6 +326,57 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// Whether a request's headers carry a credential of this definition's kind (checked
+    /// or not).
+    pub fn carries_credential(&self, headers: &hyper::HeaderMap) -> bool {
+        match &self.check {
+            Check::Basic(_) | Check::Jwt(_) => headers.contains_key(hyper::header::AUTHORIZATION),
+            Check::Apikey(a) => headers.contains_key(a.header()),
+        }
+    }
+
+    /// Checks a credential a WebSocket client sent in a message after the upgrade, exactly
+    /// as if its upgrade request had carried it (the same checks, cache and rate limit):
+    /// Basic takes a user name and password; JWT and API key a single secret (the password
+    /// of a pair, as Zato's `create-session` sends a JWT in `secret`).
+    pub async fn admit_credential(
+        &self,
+        credential: crate::wsx::auth::Credential,
+    ) -> Result<Caller, Rejection> {
+        use crate::wsx::auth::Credential;
+        use base64::Engine as _;
+        let refused = |reason: &str| Rejection::Unauthorized {
+            reason: reason.into(),
+            challenge: None,
+        };
+        let (name, value) = match (&self.check, credential) {
+            (Check::Basic(_), Credential::Basic { username, password }) => {
+                if username.contains(':') {
+                    return Err(refused("a user name cannot contain ':'"));
+                }
+                let pair = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                (hyper::header::AUTHORIZATION, format!("Basic {pair}"))
+            }
+            (Check::Basic(_), Credential::Secret(_)) => {
+                return Err(refused("this definition takes a user name and password"));
+            }
+            (Check::Jwt(_), Credential::Basic { password: s, .. } | Credential::Secret(s)) => {
+                (hyper::header::AUTHORIZATION, format!("Bearer {s}"))
+            }
+            (Check::Apikey(a), Credential::Basic { password: s, .. } | Credential::Secret(s)) => {
+                (a.header().clone(), s)
+            }
+        };
+        let value = hyper::header::HeaderValue::from_str(&value)
+            .map_err(|_| refused("the credential holds characters a header cannot"))?;
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(name, value);
+        self.admit(&headers).await
+    }
+}
+
 /// A channel's compiled gate.
 #[derive(Debug, Default)]
 pub struct ChannelGate {
@@ -348,6 +399,19 @@ impl ChannelGate {
         headers: &hyper::HeaderMap,
         channel: &str,
     ) -> Result<Option<Caller>, Rejection> {
+        match self.admit_later(client, channel)? {
+            Some(v) => v.admit(headers).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The channel's allow list and rate limit only, for a WebSocket client that will
+    /// authenticate after the upgrade; the security definition's check, to be made then.
+    pub fn admit_later(
+        &self,
+        client: IpAddr,
+        channel: &str,
+    ) -> Result<Option<Arc<Verifier>>, Rejection> {
         if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&client)) {
             return Err(Rejection::Forbidden(format!(
                 "{client} is not allowed to call channel {channel}"
@@ -357,10 +421,12 @@ impl ChannelGate {
             b.take(Instant::now())
                 .map_err(|w| too_many(&format!("channel {channel}"), w))?;
         }
-        let Some(v) = &self.security else {
-            return Ok(None);
-        };
-        v.admit(headers).await.map(Some)
+        Ok(self.security.clone())
+    }
+
+    /// The security definition's check, compiled (none: an open channel).
+    pub fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.security.as_ref()
     }
 }
 
