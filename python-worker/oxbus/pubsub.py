@@ -51,6 +51,7 @@ import json
 import sys
 
 from ._outcall import invocation_context
+from .service import _invocation_meta
 from ._protocol import MAX_FRAME_LENGTH, decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
@@ -348,6 +349,24 @@ def _service_name(service: Any) -> Optional[str]:
                     % (service,))
 
 
+def _current_wsx(topic: str, delivery: Any, unsub_on_wsx_close: Any) -> Dict[str, Any]:
+    """The delivery to the WebSocket client the running call is handling."""
+    if delivery is not None:
+        raise PubSubInvalid('subscribe to %s: give use_current_wsx or delivery, not both'
+                            % topic, 'invalid')
+    if not unsub_on_wsx_close:
+        raise PubSubInvalid('subscribe to %s: unsub_on_wsx_close=False is not supported: '
+                            'a WebSocket subscription ends with its connection (a client id '
+                            'is never reused)' % topic, 'invalid')
+    call = _invocation_meta.get()
+    wsx = call.get('wsx') if call is not None else None
+    client_id = wsx.get('client_id') if isinstance(wsx, dict) else None
+    if not isinstance(client_id, str) or not client_id:
+        raise PubSubInvalid('subscribe to %s: use_current_wsx=True needs a call from a '
+                            'WebSocket channel (this one is not)' % topic, 'invalid')
+    return {'type': 'websocket', 'client_id': client_id}
+
+
 class PubSubAPI:
     """``self.pubsub``: publish, subscribe, unsubscribe, get_messages, ack (and their
     ``a*`` awaitable forms), as the service ``service``."""
@@ -572,9 +591,16 @@ class PubSubAPI:
                   sub_key: Optional[str] = None, batch_size: Optional[int] = None,
                   retry: Optional[Dict[str, Any]] = None,
                   dead_letter_topic: Optional[str] = None,
-                  ack_timeout: Optional[int] = None) -> str:
+                  ack_timeout: Optional[int] = None, use_current_wsx: bool = False,
+                  unsub_on_wsx_close: bool = True, cid: Any = None) -> str:
         """Subscribe to ``topic`` (a name or a pattern such as ``/orders/*``): the
         subscription's sub_key.
+
+        With ``use_current_wsx=True`` (Zato's argument), in a call from a WebSocket
+        channel, the messages go to the WebSocket client this call is handling, on
+        whichever server holds it; the subscription ends with its connection
+        (``unsub_on_wsx_close``, which cannot be False: a client's id is not reused).
+        ``service`` (Zato passes ``service=self``) and ``cid`` are then ignored.
 
         With ``service`` (a name, or a Service class), the messages are delivered to that
         service (``self.channel.type == 'pubsub'``); without, it is a pull subscription this
@@ -587,6 +613,8 @@ class PubSubAPI:
         and that subscription keeps its settings: a different ``batch_size``, ``retry``...
         given again does not change it (the admin API does).
         """
+        if use_current_wsx:
+            service, delivery = None, _current_wsx(topic, delivery, unsub_on_wsx_close)
         meta = self._subscribe_call(topic, service, delivery, sub_key, batch_size, retry,
                                     dead_letter_topic, ack_timeout)
         raw, reply = self._call('subscribe', meta)
@@ -596,8 +624,11 @@ class PubSubAPI:
                          sub_key: Optional[str] = None, batch_size: Optional[int] = None,
                          retry: Optional[Dict[str, Any]] = None,
                          dead_letter_topic: Optional[str] = None,
-                         ack_timeout: Optional[int] = None) -> str:
+                         ack_timeout: Optional[int] = None, use_current_wsx: bool = False,
+                         unsub_on_wsx_close: bool = True, cid: Any = None) -> str:
         """:meth:`subscribe` for coroutines."""
+        if use_current_wsx:
+            service, delivery = None, _current_wsx(topic, delivery, unsub_on_wsx_close)
         meta = self._subscribe_call(topic, service, delivery, sub_key, batch_size, retry,
                                     dead_letter_topic, ack_timeout)
         raw, reply = await self._acall(meta)

@@ -286,6 +286,37 @@ def test_subscribe_pull_service_and_other_deliveries(server, ps):
         ps.subscribe('/t', service=42)
 
 
+def test_subscribe_the_current_websocket_client(server, ps):
+    token = _invocation_meta.set({'cid': 'c1', 'wsx': {'client_id': 'ws.s1.0123456789abcdef',
+                                                      'event': 'message', 'binary': False}})
+    try:
+        server.answer({'sub_key': 'sk.w'})
+
+        class Gateway(Service):
+            name = 'zato.gateway'
+
+            def handle(self):
+                pass
+
+        # As Zato's gateway calls it: service=self and cid are not a delivery.
+        assert ps.subscribe('/news', use_current_wsx=True, service=Gateway(),
+                            cid='c1') == 'sk.w'
+        assert server.last[0]['delivery'] == {'type': 'websocket',
+                                              'client_id': 'ws.s1.0123456789abcdef'}
+        with pytest.raises(PS.PubSubInvalid, match='unsub_on_wsx_close'):
+            ps.subscribe('/news', use_current_wsx=True, unsub_on_wsx_close=False)
+        with pytest.raises(PS.PubSubInvalid, match='not both'):
+            ps.subscribe('/news', use_current_wsx=True, delivery='pull')
+    finally:
+        _invocation_meta.reset(token)
+    token = _invocation_meta.set({'cid': 'c2'})
+    try:
+        with pytest.raises(PS.PubSubInvalid, match='WebSocket channel'):
+            ps.subscribe('/news', use_current_wsx=True)
+    finally:
+        _invocation_meta.reset(token)
+
+
 def test_unsubscribe(server, ps):
     server.answer({'sub_key': 'sk.1'})
     assert ps.unsubscribe('sk.1') is None

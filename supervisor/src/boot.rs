@@ -220,6 +220,16 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         pubsub.set_peers(b.clone());
         wsx_ops.set_peers(b.clone());
     }
+    // Pub/sub delivers to WebSocket clients through the registry, and drops a client's
+    // subscriptions when its connection ends.
+    pubsub.set_ws_clients(Arc::new(WsxClients(wsx_ops.clone())));
+    {
+        let broker = pubsub.clone();
+        wsx_ops.set_on_gone(Arc::new(move |id: Arc<str>| {
+            let broker = broker.clone();
+            tokio::spawn(async move { broker.forget_ws_client(&id).await });
+        }));
+    }
     let cids = Arc::new(crate::edge::cid::CidGen::new());
     let locks = Arc::new(crate::deploy::Locks::default());
     let jobs = Arc::new(crate::scheduler::JobsTable::new(
@@ -325,6 +335,13 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     crate::lifecycle::supervisor::spawn_signal_listener(ev_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     pubsub.start(shutdown_rx.clone());
+    {
+        // This server's WebSocket clients of an earlier run are gone (stopped or crashed):
+        // so are their subscriptions.
+        let broker = pubsub.clone();
+        let server = me.name.clone();
+        tokio::spawn(async move { broker.forget_ws_clients_of(&server).await });
+    }
     // The inbound channels stop consuming when shutdown begins (the stop hook below, on
     // SIGTERM before the shutdown delay and on SIGINT before the workers are killed); once
     // their in-flight messages finished (bounded) the supervisor hears InboundDrained and,
@@ -840,4 +857,27 @@ fn python_log_level(level: &str) -> String {
         _ => "info",
     }
     .to_owned()
+}
+
+/// The WebSocket registry as pub/sub delivers to it.
+struct WsxClients(crate::wsx::Wsx);
+
+#[async_trait::async_trait]
+impl crate::pubsub::WsClients for WsxClients {
+    async fn deliver(
+        &self,
+        client_id: &str,
+        sub_key: &str,
+        messages: Vec<serde_json::Value>,
+    ) -> Result<(), crate::pubsub::WsDeliverError> {
+        use crate::pubsub::WsDeliverError;
+        use crate::wsx::DeliverError;
+        self.0
+            .deliver_pubsub(client_id, sub_key, messages)
+            .await
+            .map_err(|e| match e {
+                DeliverError::Gone => WsDeliverError::Gone,
+                DeliverError::Failed(m) => WsDeliverError::Failed(m),
+            })
+    }
 }

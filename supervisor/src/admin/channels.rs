@@ -101,6 +101,9 @@ fn channel_json(c: &crate::model::channel::Channel, source: &str) -> Value {
         // Every setting, the defaults filled in.
         crate::model::channel::ChannelType::Websocket => {
             j["websocket"] = json!(c.websocket.clone().unwrap_or_default());
+            if !c.services.is_empty() {
+                j["services"] = json!(c.services);
+            }
         }
         _ => {}
     }

@@ -155,9 +155,13 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
             username: c.username,
             subject: c.subject,
         }),
-        admit: u
-            .admit_later
-            .map(|v| Arc::new(MessageAuth(v)) as crate::wsx::auth::AdmitRef),
+        admit: match (u.admit_later, &u.security_def) {
+            (Some(_), Some(def)) => Some(Arc::new(MessageAuth {
+                routes: cx.routes.clone(),
+                def: def.clone(),
+            }) as crate::wsx::auth::AdmitRef),
+            _ => None,
+        },
         security_def: u.security_def,
         generation: u.generation,
     };
@@ -185,9 +189,21 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
 }
 
 /// The channel's security definition checking a credential a client sends after the
-/// upgrade (`wsx::auth`).
-#[derive(Debug)]
-struct MessageAuth(Arc<Verifier>);
+/// upgrade (`wsx::auth`): the definition as the routing table has it *now* (its keys, its
+/// rate limit's bucket), refused when it is no longer the one the client was let in under
+/// (the session is being closed with 1012 then).
+struct MessageAuth {
+    routes: Arc<crate::edge::routes::RoutingTable>,
+    def: crate::model::security::SecurityDef,
+}
+
+impl std::fmt::Debug for MessageAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageAuth")
+            .field("def", &self.def.name)
+            .finish()
+    }
+}
 
 #[async_trait::async_trait]
 impl crate::wsx::auth::Admit for MessageAuth {
@@ -195,7 +211,17 @@ impl crate::wsx::auth::Admit for MessageAuth {
         &self,
         credential: crate::wsx::auth::Credential,
     ) -> Result<crate::wsx::Who, String> {
-        match self.0.admit_credential(credential).await {
+        let router = self.routes.current();
+        let verifier: Arc<Verifier> = match router.gate.verifier(&self.def.name) {
+            Some((def, v)) if *def == self.def => v.clone(),
+            _ => {
+                return Err(format!(
+                    "security definition {} changed or was removed",
+                    self.def.name
+                ));
+            }
+        };
+        match verifier.admit_credential(credential).await {
             Ok(c) => Ok(crate::wsx::Who {
                 name: c.name,
                 kind: c.kind,

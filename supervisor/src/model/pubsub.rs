@@ -117,6 +117,11 @@ pub enum DeliveryKind {
     },
     /// The subscriber fetches (`get_messages`, `POST /pubsub/messages/get`) and acks.
     Pull,
+    /// Each batch is sent to a connected WebSocket client (`ws.<server>.<hex>`, on whichever
+    /// server holds it) as one message; queued to its socket acknowledges the batch. Made
+    /// by a service for the client it is handling (`subscribe(…, use_current_wsx=True)`);
+    /// it ends with the client's connection.
+    Websocket { client_id: String },
 }
 
 fn default_push_method() -> String {
@@ -417,6 +422,13 @@ impl Subscription {
             DeliveryKind::Service { service } if service.is_empty() => Err(InvalidObject(format!(
                 "subscription {who}: delivery.service is empty"
             ))),
+            DeliveryKind::Websocket { client_id }
+                if crate::model::websocket::client_server(client_id).is_none() =>
+            {
+                Err(InvalidObject(format!(
+                    "subscription {who}: delivery.client_id {client_id:?} is not a WebSocket client id (ws.<server>.<16 hex digits>)"
+                )))
+            }
             DeliveryKind::Push {
                 conn, url, method, ..
             } => {

@@ -122,6 +122,15 @@ impl Default for WsSettings {
     }
 }
 
+/// The server a WebSocket client id (`ws.<server>.<16 hex digits>`) names, if the id has
+/// that form.
+pub fn client_server(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("ws.")?;
+    let (server, hex) = rest.rsplit_once('.')?;
+    (!server.is_empty() && hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(server)
+}
+
 /// The largest message a channel may accept: what one IPC frame carries with room for its
 /// meta (ipc-protocol: 64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 63 << 20;

@@ -223,6 +223,31 @@ pub trait Peers: Send + Sync + 'static {
     ) -> Result<(u16, Bytes), String>;
 }
 
+/// Why a batch did not reach a WebSocket subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsDeliverError {
+    /// No server holds the client: its connection is gone (ids are never reused), and so
+    /// is its subscription.
+    Gone,
+    /// It may still be there (its server did not answer, its queue is full): delivered
+    /// again after the retry's backoff.
+    Failed(String),
+}
+
+/// WebSocket clients as the broker delivers to them (boot hands in `wsx`; the broker never
+/// names it).
+#[async_trait::async_trait]
+pub trait WsClients: Send + Sync + 'static {
+    /// Sends a batch of subscription `sub_key` (`messages`: each as a pull answer gives it)
+    /// to client `client_id`, on whichever server holds it: Ok once queued to its socket.
+    async fn deliver(
+        &self,
+        client_id: &str,
+        sub_key: &str,
+        messages: Vec<serde_json::Value>,
+    ) -> Result<(), WsDeliverError>;
+}
+
 /// The definitions as of one config version, indexed for the hot path.
 #[derive(Debug, Default)]
 pub struct Defs {
@@ -337,6 +362,8 @@ pub(crate) struct Inner {
     pub outgoing: Arc<crate::outgoing::Outgoing>,
     /// The cluster bus, when there is one.
     pub peers: OnceLock<Arc<dyn Peers>>,
+    /// The WebSocket clients (boot), for `websocket` deliveries.
+    pub ws_clients: OnceLock<Arc<dyn WsClients>>,
     pub publisher: publish::Publisher,
     pub delivery: deliver::Delivery,
     pub retention: retention::Retention,
@@ -359,6 +386,7 @@ impl Broker {
                 pool: OnceLock::new(),
                 outgoing,
                 peers: OnceLock::new(),
+                ws_clients: OnceLock::new(),
                 publisher: publish::Publisher::new(),
                 delivery: deliver::Delivery::new(),
                 retention: retention::Retention::new(),
@@ -374,6 +402,27 @@ impl Broker {
     /// The cluster bus (boot, when there is one).
     pub fn set_peers(&self, peers: Arc<dyn Peers>) {
         let _ = self.inner.peers.set(peers);
+    }
+
+    /// The WebSocket clients `websocket` deliveries go to (boot).
+    pub fn set_ws_clients(&self, clients: Arc<dyn WsClients>) {
+        let _ = self.inner.ws_clients.set(clients);
+    }
+
+    /// Deletes the subscriptions delivered to WebSocket client `client_id` (its connection
+    /// ended); nothing is done when it has none (checked in memory).
+    pub async fn forget_ws_client(&self, client_id: &str) {
+        deliver::forget_ws_clients(&self.inner, |id| id == client_id).await;
+    }
+
+    /// Deletes the subscriptions delivered to WebSocket clients of server `server` made
+    /// before it started (at boot: its clients of an earlier run are gone, whether it
+    /// stopped or crashed).
+    pub async fn forget_ws_clients_of(&self, server: &str) {
+        deliver::forget_ws_clients(&self.inner, |id| {
+            crate::model::websocket::client_server(id) == Some(server)
+        })
+        .await;
     }
 
     /// Makes the definitions of `objects` current (boot, and each config version): new

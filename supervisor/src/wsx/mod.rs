@@ -111,6 +111,15 @@ pub enum PushError {
     Gone,
 }
 
+/// Why a pub/sub batch did not reach a client ([`Wsx::deliver_pubsub`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// No server holds the client (its connection ended).
+    Gone,
+    /// It may still be there: its server did not answer, or its queue is full.
+    Failed(String),
+}
+
 /// A connected client as the registry holds it: where its messages go and how much is
 /// queued for it.
 #[derive(Debug)]
@@ -238,6 +247,9 @@ struct Inner {
     request_timeout: Duration,
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
     peers: OnceLock<Arc<dyn Peers>>,
+    /// Told the id of each admitted client whose connection ended (pub/sub drops the
+    /// subscriptions delivered to it).
+    on_gone: OnceLock<Gone>,
     /// Set when the server stops: every session closes with 1001.
     stopping: watch::Sender<bool>,
     /// Figures: clients ever accepted, messages in and out, disconnects.
@@ -245,6 +257,9 @@ struct Inner {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
 }
+
+/// What is told of a client whose connection ended.
+pub type Gone = Arc<dyn Fn(Arc<str>) + Send + Sync>;
 
 /// The registry's figures.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -271,6 +286,7 @@ impl Wsx {
                 request_timeout,
                 clients: RwLock::new(HashMap::new()),
                 peers: OnceLock::new(),
+                on_gone: OnceLock::new(),
                 stopping: watch::channel(false).0,
                 accepted: AtomicU64::new(0),
                 messages_in: AtomicU64::new(0),
@@ -288,6 +304,11 @@ impl Wsx {
     /// The other servers (set once, when the bus exists).
     pub fn set_peers(&self, peers: Arc<dyn Peers>) {
         let _ = self.inner.peers.set(peers);
+    }
+
+    /// What to tell of each admitted client whose connection ended (set once, at boot).
+    pub fn set_on_gone(&self, gone: Gone) {
+        let _ = self.inner.on_gone.set(gone);
     }
 
     /// Closes every session (1001) and refuses new ones: the server is stopping.
@@ -317,10 +338,7 @@ impl Wsx {
 
     /// The server a client id names, if it is one of ours in form.
     pub fn server_of(id: &str) -> Option<&str> {
-        let rest = id.strip_prefix("ws.")?;
-        let (server, hex) = rest.rsplit_once('.')?;
-        (!server.is_empty() && hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then_some(server)
+        crate::model::websocket::client_server(id)
     }
 
     /// Takes over an upgraded connection: registers its client and runs the session in a
@@ -524,6 +542,11 @@ impl Drop for Registered {
         };
         clients.remove(&self.client.id);
         drop(clients);
+        if self.client.admitted.load(Ordering::Acquire)
+            && let Some(gone) = self.wsx.inner.on_gone.get()
+        {
+            gone(self.client.id.clone());
+        }
         if self.client.metrics.is_some() {
             let reason = self.client.reason.get().copied().unwrap_or("error");
             self.wsx

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use std::time::Duration;
 
-use super::{PushError, Wsx};
+use super::{DeliverError, PushError, Wsx};
 use crate::lifecycle::ops::{OpReply, ServerOps};
 
 /// How long a send to a client on another server waits for that server's answer.
@@ -26,7 +26,80 @@ struct BroadcastMeta {
     binary: bool,
 }
 
+/// A pub/sub batch for one client (the body: its messages, a JSON array).
+#[derive(Deserialize)]
+struct PubsubMeta {
+    client_id: String,
+    sub_key: String,
+}
+
 impl Wsx {
+    /// Queues a pub/sub batch for this server's client `id`: as Zato's `zwsx.psrq`, or
+    /// `{"sub_key": …, "messages": […]}` for a raw client.
+    fn pubsub_local(
+        &self,
+        id: &str,
+        sub_key: &str,
+        messages: Vec<serde_json::Value>,
+    ) -> Result<(), PushError> {
+        let c = self.client(id).ok_or(PushError::Gone)?;
+        if !c.admitted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(PushError::Gone);
+        }
+        let body = if c.zato {
+            super::zato::pubsub_request(messages)
+        } else {
+            Bytes::from(serde_json::json!({"sub_key": sub_key, "messages": messages}).to_string())
+        };
+        c.push(super::message(body, false))?;
+        self.inner
+            .messages_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Delivers a pub/sub batch to client `client_id`, here or on the server its id names.
+    pub async fn deliver_pubsub(
+        &self,
+        client_id: &str,
+        sub_key: &str,
+        messages: Vec<serde_json::Value>,
+    ) -> Result<(), DeliverError> {
+        let Some(server) = Wsx::server_of(client_id) else {
+            return Err(DeliverError::Gone);
+        };
+        if server == self.inner.server {
+            return match self.pubsub_local(client_id, sub_key, messages) {
+                Ok(()) => Ok(()),
+                Err(PushError::Gone) => Err(DeliverError::Gone),
+                Err(PushError::Full) => Err(DeliverError::Failed(format!(
+                    "WebSocket client {client_id} does not read fast enough"
+                ))),
+            };
+        }
+        let Some(peers) = self.inner.peers.get() else {
+            return Err(DeliverError::Failed(format!(
+                "WebSocket client {client_id} is on server {server}, and this server has no cluster bus"
+            )));
+        };
+        let meta =
+            serde_json::json!({"op": "wsx.pubsub", "client_id": client_id, "sub_key": sub_key});
+        let body = Bytes::from(serde_json::Value::Array(messages).to_string());
+        match peers.call(server, meta, body, PEER_TIMEOUT).await {
+            Ok((200, _)) => Ok(()),
+            Ok((404, _)) => Err(DeliverError::Gone),
+            Ok((status, body)) => Err(DeliverError::Failed(format!(
+                "server {server} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+            // Not linked (restarting, or cut off for a while) or no answer: tried again; a
+            // server that restarts drops its earlier clients' subscriptions itself.
+            Err(e) => Err(DeliverError::Failed(format!(
+                "a delivery to WebSocket client {client_id} on server {server}: {e}"
+            ))),
+        }
+    }
+
     /// A send to one client: here, or on the server its id names.
     async fn send(&self, m: SendMeta, body: Bytes) -> OpReply {
         let Some(server) = Wsx::server_of(&m.client_id) else {
@@ -93,6 +166,24 @@ impl Wsx {
                     Err(PushError::Full) => (409, Bytes::from_static(b"{}")),
                 },
                 Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+            },
+            "wsx.pubsub" => match (
+                serde_json::from_slice::<PubsubMeta>(meta),
+                serde_json::from_slice::<Vec<serde_json::Value>>(&body),
+            ) {
+                (Ok(m), Ok(messages)) => {
+                    match self.pubsub_local(&m.client_id, &m.sub_key, messages) {
+                        Ok(()) => (200, Bytes::from_static(b"{}")),
+                        Err(PushError::Gone) => (404, Bytes::from_static(b"{}")),
+                        Err(PushError::Full) => {
+                            (409, Bytes::from_static(b"{\"error\":\"queue full\"}"))
+                        }
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => (
+                    400,
+                    Bytes::from(format!("{{\"error\":\"bad meta or body: {e}\"}}")),
+                ),
             },
             "wsx.broadcast" => match serde_json::from_slice::<BroadcastMeta>(meta) {
                 Ok(m) => {

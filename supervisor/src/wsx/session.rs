@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -98,6 +99,7 @@ pub(super) async fn run<S>(
             open,
             client: &client,
             zato: settings.protocol == WsProtocol::Zato,
+            replies: HashMap::new(),
         },
         settings: &settings,
         lift,
@@ -165,6 +167,12 @@ pub(super) async fn run<S>(
                         client.close_with(1002, "protocol error");
                         Some(CLOSED_BY_US)
                     }
+                    // Past the read budget of a client not let in yet (or another failure
+                    // before it was): refused as not authenticated.
+                    Some(Err(e)) if !st.admitted => {
+                        debug!(client = %client.id, error = %e, "websocket client not authenticated");
+                        Some(st.refuse(AUTH_FAILED))
+                    }
                     Some(Err(e)) => {
                         debug!(client = %client.id, error = %e, "websocket read failed");
                         Some("read failed")
@@ -174,15 +182,20 @@ pub(super) async fn run<S>(
                     break why;
                 }
             }
-            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+            Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
                 match done {
-                    Ok(done) => st.calls.answer(done),
-                    // The call's task panicked: the client is told, as for a failed call.
+                    Ok((id, done)) => {
+                        st.calls.replies.remove(&id);
+                        st.calls.answer(done);
+                    }
+                    // The call's task panicked: the client is told, as for a failed call
+                    // (a Zato client in answer to its request).
                     Err(e) => {
                         warn!(client = %client.id, error = %e, "websocket call task failed");
+                        let reply_to = st.calls.replies.remove(&e.id()).flatten();
                         st.calls.answer(Done {
                             cid: String::new(),
-                            reply_to: None,
+                            reply_to,
                             result: Err(DispatchError::WorkerDied),
                         });
                     }
@@ -300,8 +313,9 @@ impl State<'_> {
             Err(e) => Err(e.to_owned()),
         };
         match admitted {
+            Ok(_) if self.closing() => Some(CLOSED_BY_US),
             Ok(who) => {
-                self.admit(who);
+                // The answer first: no push may reach the client before it.
                 let hello = serde_json::json!({
                     "authenticated": true,
                     "client_id": &*self.calls.client.id,
@@ -310,6 +324,7 @@ impl State<'_> {
                     .calls
                     .client
                     .push(message(Bytes::from(hello.to_string()), false));
+                self.admit(who);
                 self.connected().await;
                 None
             }
@@ -334,6 +349,8 @@ impl State<'_> {
         };
         let m = match m {
             Ok(m) => m,
+            // Before its session a client gets no more than the refusal.
+            Err(_) if !self.admitted => return Some(self.refuse(NO_SESSION)),
             Err(e) => {
                 // Zato ignores such a message; the client is told why here.
                 let _ = client.push(message(zato::merr(400, e), false));
@@ -341,6 +358,13 @@ impl State<'_> {
             }
         };
         match m.action {
+            zato::Action::ClientResponse => {
+                // An answer to a push (which expects none): dropped, whatever its token
+                // (Zato's client answers with the token it has, '' until it has read
+                // the create-session answer).
+                debug!(client = %client.id, in_reply_to = m.id, "zato client response ignored");
+                None
+            }
             zato::Action::CreateSession => {
                 let credential = match (m.username, m.secret) {
                     (Some(username), Some(password)) => {
@@ -356,12 +380,14 @@ impl State<'_> {
                     (Some(_), Some(c)) => self.check(c).await,
                 };
                 match who {
+                    Ok(_) if self.closing() => Some(CLOSED_BY_US),
                     Ok(who) => {
                         let first = !self.admitted;
-                        self.admit(who);
                         let token = zato::new_token();
+                        // The answer first: no push may reach the client before it.
                         let _ = client.push(message(zato::auth_ok(&m.id, &token), false));
                         self.token = Some(token);
+                        self.admit(who);
                         debug!(client = %client.id, ext_client_id = ?m.client_id,
                             ext_client_name = ?m.client_name, "zato websocket session created");
                         if first {
@@ -377,11 +403,6 @@ impl State<'_> {
             }
             _ if !self.admitted => Some(self.refuse(NO_SESSION)),
             _ if m.token.is_none() || m.token != self.token => Some(self.refuse(BAD_TOKEN)),
-            zato::Action::ClientResponse => {
-                // Oxbus's pushes expect no answer.
-                debug!(client = %client.id, in_reply_to = m.id, "zato client response ignored");
-                None
-            }
             zato::Action::Invoke => {
                 let channel = &self.calls.open.channel;
                 match zato::target(&channel.service, &channel.services, m.data) {
@@ -420,6 +441,12 @@ impl State<'_> {
             open.who = Some(who);
             self.calls.open = Arc::new(open);
         }
+    }
+
+    /// Whether the session is ending (a close was set: its channel changed, the server
+    /// stops): a client whose check finished meanwhile is not let in.
+    fn closing(&self) -> bool {
+        self.calls.client.close.borrow().is_some() || *self.calls.wsx.inner.stopping.borrow()
     }
 
     /// Runs the connect hook (once the client is admitted).
@@ -557,13 +584,15 @@ struct Calls<'a> {
     client: &'a Arc<Client>,
     /// Whether the client speaks Zato's protocol (answers in its envelopes).
     zato: bool,
+    /// The Zato request each running call answers, by task (for a task that panics).
+    replies: HashMap<tokio::task::Id, Option<String>>,
 }
 
 impl Calls<'_> {
     /// Starts a call of `service` with one client message (`reply_to`: the Zato request
     /// it answers).
     fn spawn(
-        &self,
+        &mut self,
         set: &mut JoinSet<Done>,
         service: String,
         data: Bytes,
@@ -579,7 +608,8 @@ impl Calls<'_> {
         let open = self.open.clone();
         let client_id = self.client.id.clone();
         let zato = self.zato;
-        set.spawn(async move {
+        let task_reply_to = reply_to.clone();
+        let task = set.spawn(async move {
             let result = call(
                 &wsx, &open, &client_id, &service, &cid, "message", data, binary, zato,
             )
@@ -590,6 +620,7 @@ impl Calls<'_> {
                 result,
             }
         });
+        self.replies.insert(task.id(), task_reply_to);
     }
 
     /// Sends a call's answer to the client: the body of a success (nothing when it is

@@ -104,6 +104,7 @@ pub const RSP_OK: &str = "zwsx.rspok";
 pub const RSP_ERR: &str = "zwsx.rsperr";
 pub const MSG_ERR: &str = "zwsx.merr";
 pub const REQ_TO_CLIENT: &str = "zwsx.rqc";
+pub const PUBSUB_REQ: &str = "zwsx.psrq";
 
 /// Zato's words for a refusal (what its clients may match on).
 pub const NOT_AUTHORIZED: &str = "You are not authorized to access this resource";
@@ -208,6 +209,34 @@ pub fn merr(status: u16, message: &str) -> Bytes {
 /// A push from a service: a request to the client, which expects no answer.
 pub fn request_to_client(body: &[u8]) -> Bytes {
     envelope(REQ_TO_CLIENT, &new_id(), &[], Some(data_json(body)))
+}
+
+/// A pub/sub delivery (`zwsx.psrq`): one message as its `data` (its `meta.id` the
+/// message's id), or several as a list; each message also under Zato's key names
+/// (`pub_msg_id`, `topic_name`).
+pub fn pubsub_request(mut messages: Vec<Value>) -> Bytes {
+    for m in &mut messages {
+        if let Value::Object(o) = m {
+            if let Some(id) = o.get("msg_id").cloned() {
+                o.insert("pub_msg_id".into(), id);
+            }
+            if let Some(t) = o.get("topic").cloned() {
+                o.insert("topic_name".into(), t);
+            }
+        }
+    }
+    let (id, data) = if messages.len() == 1 {
+        let m = messages.pop().unwrap_or(Value::Null);
+        let id = m
+            .get("msg_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(new_id);
+        (id, m)
+    } else {
+        (new_id(), Value::Array(messages))
+    };
+    envelope(PUBSUB_REQ, &id, &[], Some(data.to_string()))
 }
 
 /// The `error_message` of a failed call: Zato's words for a 500 (what Zato's clients
@@ -333,6 +362,19 @@ mod tests {
         assert!(r["meta"].get("status").is_none());
         assert_eq!(r["data"]["note"], "hi");
         assert!(new_token().starts_with("zwsxt.") && new_token().len() == 30);
+        let one = json(&pubsub_request(vec![
+            serde_json::json!({"msg_id": "zpsm1", "topic": "/a", "data": "x"}),
+        ]));
+        assert_eq!(one["meta"]["msg_type"], "zwsx.psrq");
+        assert_eq!(one["meta"]["id"], "zpsm1");
+        assert_eq!(one["data"]["pub_msg_id"], "zpsm1");
+        assert_eq!(one["data"]["topic_name"], "/a");
+        let two = json(&pubsub_request(vec![
+            serde_json::json!({"msg_id": "zpsm1"}),
+            serde_json::json!({"msg_id": "zpsm2"}),
+        ]));
+        assert_eq!(two["data"][1]["pub_msg_id"], "zpsm2");
+        assert_ne!(two["meta"]["id"], "zpsm1");
     }
 
     #[test]

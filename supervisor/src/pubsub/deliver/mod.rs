@@ -899,6 +899,33 @@ fn kind_name(k: &DeliveryKind) -> &'static str {
         DeliveryKind::Service { .. } => "service",
         DeliveryKind::Push { .. } => "push",
         DeliveryKind::Pull => "pull",
+        DeliveryKind::Websocket { .. } => "websocket",
+    }
+}
+
+/// Deletes every subscription delivered to a WebSocket client `gone` says is gone (by its
+/// id); a failure is logged (the delivery finds the client gone and tries again).
+pub(crate) async fn forget_ws_clients(inner: &Arc<Inner>, gone: impl Fn(&str) -> bool) {
+    let keys: Vec<String> = inner
+        .defs
+        .read()
+        .expect("defs lock")
+        .subs
+        .values()
+        .filter(|s| matches!(&s.delivery, DeliveryKind::Websocket { client_id } if gone(client_id)))
+        .map(|s| s.sub_key.clone())
+        .collect();
+    for sub_key in keys {
+        match unsubscribe(inner, &Caller::Admin("websocket".into()), &sub_key).await {
+            Ok(()) => {
+                tracing::info!(%sub_key, "pubsub: a WebSocket subscriber's connection ended: unsubscribed")
+            }
+            // Deleted meanwhile (the client's disconnect and a failed delivery both ask).
+            Err(PubsubError::NoSub(_)) => {}
+            Err(e) => {
+                tracing::warn!(%sub_key, error = %e, "pubsub: a gone WebSocket subscriber's subscription could not be deleted")
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::queue::Entry;
 use crate::model::pubsub::{DeliveryKind, Message, Subscription};
-use crate::pubsub::{Delivered, Inner, PubsubError, ops};
+use crate::pubsub::{Delivered, Inner, PubsubError, WsDeliverError, ops};
 
 /// The most data a service or push batch carries: messages past it wait for the next
 /// batch (a batch always has at least one).
@@ -111,6 +111,30 @@ pub(super) async fn deliver(
             }
         }
         DeliveryKind::Pull => Err("a pull subscription is not delivered".into()),
+        DeliveryKind::Websocket { client_id } => {
+            let Some(clients) = inner.ws_clients.get() else {
+                return Err("this server has no WebSocket clients to deliver to".into());
+            };
+            let messages = delivered(sub, batch)
+                .iter()
+                .map(ops::pulled_json)
+                .collect::<Vec<_>>();
+            match clients.deliver(client_id, &sub.sub_key, messages).await {
+                Ok(()) => Ok(()),
+                Err(WsDeliverError::Gone) => {
+                    // Its connection ended (the disconnect deletes the subscription too;
+                    // this covers a server that crashed): the subscription goes, in a task
+                    // of its own, since deleting it stops this delivery's task.
+                    let inner = inner.clone();
+                    let id = client_id.clone();
+                    tokio::spawn(async move {
+                        super::forget_ws_clients(&inner, |c| c == id).await;
+                    });
+                    Err(format!("WebSocket client {client_id} is gone"))
+                }
+                Err(WsDeliverError::Failed(e)) => Err(e),
+            }
+        }
     }
 }
 
