@@ -64,8 +64,11 @@ class Echo(Service):
             except KeyError as e:
                 self.response.payload = {'missing': str(e)}
         elif cmd == 'subscribe':
-            self.response.payload = {
-                'sub_key': self.pubsub.subscribe(p['topic'], use_current_wsx=True)}
+            try:
+                self.response.payload = {
+                    'sub_key': self.pubsub.subscribe(p['topic'], use_current_wsx=True)}
+            except Exception as e:
+                self.response.payload = {'error': str(e), 'type': type(e).__name__}
         elif cmd == 'publish':
             self.response.payload = {'msg_id': self.pubsub.publish(p['topic'], p['data'])}
         elif cmd == 'sleep':
@@ -1247,13 +1250,31 @@ async fn pubsub_messages_reach_websocket_subscribers() {
     let dir = marks_dir();
     let srv = env(&dir).start().await;
     let token = srv.admin_token();
+    // A WebSocket subscriber is the endpoint of its channel's security definition.
     for (method, path, body) in [
         ("PUT", "/v1/pubsub/topics/wsx/news", json!({})),
+        ("PUT", "/v1/pubsub/topics/other", json!({})),
+        (
+            "POST",
+            "/v1/security",
+            json!({"name": "ws-sub", "type": "basic", "username": "sub", "password": "pw-sub"}),
+        ),
+        (
+            "PUT",
+            "/v1/pubsub/endpoints/wsx-readers",
+            json!({"security": "ws-sub", "topic_patterns": ["sub=/wsx/*"]}),
+        ),
+        (
+            "POST",
+            "/v1/channels",
+            json!({"type": "websocket", "name": "subs", "url_path": "/ws/subs",
+                   "service": "ws.echo", "security": "ws-sub"}),
+        ),
         (
             "POST",
             "/v1/channels",
             json!({"type": "websocket", "name": "zps", "url_path": "/zato/wsx/ps",
-                   "service": "ws.echo", "services": ["ws.echo"],
+                   "service": "ws.echo", "services": ["ws.echo"], "security": "ws-sub",
                    "websocket": {"protocol": "zato"}}),
         ),
     ] {
@@ -1267,8 +1288,25 @@ async fn pubsub_messages_reach_websocket_subscribers() {
             String::from_utf8_lossy(&r.body)
         );
     }
+    // A client of an open channel may not subscribe; one of a secured channel only where
+    // its endpoint's sub= patterns say.
+    let mut open = connect(&srv, "/ws/echo/r").await;
+    let r = ask(&mut open, json!({"cmd": "subscribe", "topic": "/wsx/news"})).await;
+    assert_eq!(r["type"], "PubSubForbidden", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("without a security definition"),
+        "{r}"
+    );
+    let basic = format!("Basic {}", base64_of("sub:pw-sub"));
+    let mut sub = connect_with(&srv, "/ws/subs", &[("authorization", basic.as_str())])
+        .await
+        .unwrap();
+    let r = ask(&mut sub, json!({"cmd": "subscribe", "topic": "/other"})).await;
+    assert_eq!(r["type"], "PubSubForbidden", "{r}");
     // A raw client subscribes itself through its service.
-    let mut sub = connect(&srv, "/ws/echo/r").await;
     let r = ask(&mut sub, json!({"cmd": "subscribe", "topic": "/wsx/news"})).await;
     let sub_key = r["sub_key"]
         .as_str()
@@ -1290,9 +1328,15 @@ async fn pubsub_messages_reach_websocket_subscribers() {
     );
     // A Zato client subscribes through the gateway list.
     let mut z = connect(&srv, "/zato/wsx/ps").await;
-    z.send(zato_msg("create-session", "a1", None, json!({}), json!({})))
-        .await
-        .unwrap();
+    z.send(zato_msg(
+        "create-session",
+        "a1",
+        None,
+        json!({"username": "sub", "secret": "pw-sub"}),
+        json!({}),
+    ))
+    .await
+    .unwrap();
     let tok = next(&mut z).await["data"]["token"]
         .as_str()
         .unwrap()
@@ -1345,6 +1389,35 @@ async fn pubsub_messages_reach_websocket_subscribers() {
         assert_eq!(p["data"]["topic_name"], "/wsx/news", "{p}");
         assert_eq!(p["data"]["sub_key"], zato_key.as_str(), "{p}");
     }
+    // A WebSocket client's subscription is not config: not exported, and an import with
+    // replace leaves it alone; one in a document is refused.
+    let export = oxbus_integration::api::admin(&srv, "GET", "/v1/config", Value::Null)
+        .await
+        .json();
+    assert!(!export.to_string().contains(&sub_key), "{export}");
+    let r =
+        oxbus_integration::api::admin(&srv, "POST", "/v1/config?replace=1", export.clone()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = srv
+        .admin(
+            "GET",
+            &format!("/v1/pubsub/subs/{sub_key}"),
+            Some(&token),
+            b"",
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "kept by the import: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let mut doc = export;
+    doc["pubsub_subscription"] = json!([{"sub_key": "sk.wsx-imported", "topic": "/wsx/news",
+        "delivery": {"type": "websocket", "client_id": "ws.x.0123456789abcdef"}}]);
+    let r = oxbus_integration::api::admin(&srv, "POST", "/v1/config", doc).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("not imported"));
     // The subscriber goes: its subscription goes with it; the other stays.
     drop(sub);
     wait_until_unsubscribed(&srv, &sub_key).await;
@@ -1642,6 +1715,63 @@ async fn conformance_fragments_control_frames_utf8_and_close_codes() {
         closes_with(&srv, "/ws/echo/m", &frame(true, 0x3, b"", true)).await,
         1002
     );
+
+    // Reserved bits without an extension that defines them (Autobahn 3.x): 1002.
+    for rsv in [0x40u8, 0x20, 0x10] {
+        let mut f = frame(true, 0x1, b"\"x\"", true);
+        f[0] |= rsv;
+        assert_eq!(
+            closes_with(&srv, "/ws/echo/m", &f).await,
+            1002,
+            "rsv {rsv:#x}"
+        );
+    }
+    // A continuation with no message begun, a fragmented ping (5.x): 1002.
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(true, 0x0, b"x", true)).await,
+        1002
+    );
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(false, 0x9, b"p", true)).await,
+        1002
+    );
+    // Close frames (7.x): a 1-byte payload, codes no endpoint may send (999, 1004, 1005,
+    // 1006, 1015, 5000): 1002; a reason that is not UTF-8: 1007.
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(true, 0x8, &[0x03], true)).await,
+        1002
+    );
+    for code in [999u16, 1004, 1005, 1006, 1015, 5000] {
+        assert_eq!(
+            closes_with(
+                &srv,
+                "/ws/echo/m",
+                &frame(true, 0x8, &code.to_be_bytes(), true)
+            )
+            .await,
+            1002,
+            "close code {code}"
+        );
+    }
+    let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+    bad_reason.extend_from_slice(&[
+        0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+    ]);
+    assert_eq!(
+        closes_with(&srv, "/ws/echo/m", &frame(true, 0x8, &bad_reason, true)).await,
+        1007
+    );
+    // Codes an application may send (1000-1003, 1007-1011, 3000-4999) are taken.
+    for code in [1001u16, 1011, 3000, 4999] {
+        let mut s = raw_ws(&srv, "/ws/echo/c").await;
+        s.write_all(&frame(true, 0x8, &code.to_be_bytes(), true))
+            .await
+            .unwrap();
+        let (op, p) = read_data(&mut s).await;
+        assert_eq!(op, 0x8, "close code {code}");
+        // The close handshake echoes the client's code.
+        assert_eq!(close_code(&p), code, "answered {p:?}");
+    }
 
     // The client closes with 1000 and a reason: the server answers its close (1000), then
     // ends the connection.

@@ -230,7 +230,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             tokio::spawn(async move { broker.forget_ws_client(&id).await });
         }));
     }
-    let cids = Arc::new(crate::edge::cid::CidGen::new());
+    let cids = Arc::new(crate::cid::CidGen::new());
     let locks = Arc::new(crate::deploy::Locks::default());
     let jobs = Arc::new(crate::scheduler::JobsTable::new(
         boot.snapshot.objects.jobs.clone(),
@@ -879,5 +879,9 @@ impl crate::pubsub::WsClients for WsxClients {
                 DeliverError::Gone => WsDeliverError::Gone,
                 DeliverError::Failed(m) => WsDeliverError::Failed(m),
             })
+    }
+
+    fn subscriber(&self, client_id: &str) -> Option<Option<String>> {
+        self.0.local_subscriber(client_id)
     }
 }

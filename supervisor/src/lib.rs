@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod boot;
+pub mod cid;
 pub mod cli;
 pub mod cluster;
 pub mod config;

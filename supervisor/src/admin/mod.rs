@@ -37,7 +37,7 @@ pub struct Ctx {
     pub routes: Arc<crate::edge::routes::RoutingTable>,
     pub settings: crate::config::Settings,
     pub node: Arc<crate::node::Node>,
-    pub cids: Arc<crate::edge::cid::CidGen>,
+    pub cids: Arc<crate::cid::CidGen>,
     pub store: crate::store::Store,
     /// Seals and opens the store's secrets.
     pub key: crate::secrets::Key,

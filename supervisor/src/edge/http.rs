@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, warn};
 
-use crate::edge::cid::CidGen;
+use crate::cid::CidGen;
 use crate::edge::conn::{Activity, ConnCount, ConnGuard, InRequest, Tracked};
 use crate::edge::forwarded;
 use crate::edge::head_gate::{HeadGate, Refusal};

@@ -5,7 +5,6 @@
 //! trusted proxies, correlation ids. It never touches the config store or the workers'
 //! lifecycle.
 
-pub mod cid;
 pub mod conn;
 pub mod forwarded;
 pub mod gate;

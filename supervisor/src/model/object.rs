@@ -49,6 +49,13 @@ pub trait ConfigObject:
     fn always_exists(_name: &str) -> bool {
         false
     }
+
+    /// Whether this object belongs to something that lives only while a server runs (a
+    /// WebSocket client's subscription): it is not exported, not imported, and an import
+    /// with `replace` leaves it alone.
+    fn runtime_only(&self) -> bool {
+        false
+    }
 }
 
 impl ConfigObject for oxbus_cache::CacheDef {
@@ -157,6 +164,13 @@ impl ConfigObject for crate::model::pubsub::Subscription {
 
     fn validate(&self) -> Result<(), InvalidObject> {
         crate::model::pubsub::Subscription::validate(self)
+    }
+
+    fn runtime_only(&self) -> bool {
+        matches!(
+            self.delivery,
+            crate::model::pubsub::DeliveryKind::Websocket { .. }
+        )
     }
 
     /// A definition that leaves `created_at_ms` (0) or `created_by` out keeps the stored

@@ -246,6 +246,10 @@ pub trait WsClients: Send + Sync + 'static {
         sub_key: &str,
         messages: Vec<serde_json::Value>,
     ) -> Result<(), WsDeliverError>;
+
+    /// Whether client `client_id` is connected to this server, let in and not closing:
+    /// then the security definition its channel let it in by (none: an open channel).
+    fn subscriber(&self, client_id: &str) -> Option<Option<String>>;
 }
 
 /// The definitions as of one config version, indexed for the hot path.

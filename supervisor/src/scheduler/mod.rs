@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use tracing::{info, warn};
 
-use crate::edge::cid::CidGen;
+use crate::cid::CidGen;
 use crate::lifecycle::pool::Pool;
 use crate::model::job::{JobDef, JobType, Overlap};
 use crate::node::Node;

@@ -499,6 +499,14 @@ impl Wsx {
         n
     }
 
+    /// Whether client `id` is connected here, let in and not closing: then the name of the
+    /// security definition its channel let it in by (none: an open channel).
+    pub fn local_subscriber(&self, id: &str) -> Option<Option<String>> {
+        let c = self.client(id)?;
+        (c.admitted.load(Ordering::Acquire) && c.close.borrow().is_none())
+            .then(|| c.security_def.as_ref().map(|d| d.name.clone()))
+    }
+
     /// This server's clients of `channel` (ids), or of every channel.
     pub fn clients(&self, channel: Option<&str>) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self

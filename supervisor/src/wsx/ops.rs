@@ -43,7 +43,8 @@ impl Wsx {
         messages: Vec<serde_json::Value>,
     ) -> Result<(), PushError> {
         let c = self.client(id).ok_or(PushError::Gone)?;
-        if !c.admitted.load(std::sync::atomic::Ordering::Acquire) {
+        // Not let in yet, or closing (what is queued now would be dropped): not here.
+        if !c.admitted.load(std::sync::atomic::Ordering::Acquire) || c.close.borrow().is_some() {
             return Err(PushError::Gone);
         }
         let body = if c.zato {

@@ -412,7 +412,7 @@ impl State<'_> {
                     }
                     Err(name) => {
                         debug!(client = %client.id, service = name, "zato client named a service the channel does not list");
-                        let cid = crate::random::random_hex(12);
+                        let cid = crate::cid::next();
                         let e = zato::err(&cid, &m.id, 403, zato::NOT_ALLOWED);
                         let _ = client.push(message(e, false));
                     }
@@ -446,7 +446,10 @@ impl State<'_> {
     /// Whether the session is ending (a close was set: its channel changed, the server
     /// stops): a client whose check finished meanwhile is not let in.
     fn closing(&self) -> bool {
-        self.calls.client.close.borrow().is_some() || *self.calls.wsx.inner.stopping.borrow()
+        if *self.calls.wsx.inner.stopping.borrow() {
+            self.calls.client.close_with(1001, "server shutting down");
+        }
+        self.calls.client.close.borrow().is_some()
     }
 
     /// Runs the connect hook (once the client is admitted).
@@ -603,7 +606,7 @@ impl Calls<'_> {
         if let Some(m) = &self.client.metrics {
             m.received.inc();
         }
-        let cid = crate::random::random_hex(12);
+        let cid = crate::cid::next();
         let wsx = self.wsx.clone();
         let open = self.open.clone();
         let client_id = self.client.id.clone();
@@ -656,7 +659,7 @@ impl Calls<'_> {
 
     /// Runs a connect or disconnect hook; a failure is logged.
     async fn hook(&self, service: &str, event: &'static str) {
-        let cid = crate::random::random_hex(12);
+        let cid = crate::cid::next();
         match call(
             self.wsx,
             &self.open,

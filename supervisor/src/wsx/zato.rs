@@ -110,14 +110,15 @@ pub const PUBSUB_REQ: &str = "zwsx.psrq";
 pub const NOT_AUTHORIZED: &str = "You are not authorized to access this resource";
 pub const NOT_ALLOWED: &str = "You are not allowed to access this resource";
 
-/// A new message id or session token part: 24 hex digits, as Zato's cids.
+/// A new id of a server message (a cid: unique, not secret).
 pub fn new_id() -> String {
-    crate::random::random_hex(12)
+    crate::cid::next()
 }
 
-/// A new session token.
+/// A new session token: 24 hex digits from the OS's random source (it must not be
+/// guessed).
 pub fn new_token() -> String {
-    format!("zwsxt.{}", new_id())
+    format!("zwsxt.{}", crate::random::random_hex(12))
 }
 
 /// Now as Zato writes it (`datetime.utcnow().isoformat()`).

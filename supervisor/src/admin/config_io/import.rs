@@ -626,6 +626,13 @@ async fn import_objects<K: ConfigObject>(
     }
     for c in listed {
         c.validate().map_err(|e| bad(e.to_string()))?;
+        if c.runtime_only() {
+            return Err(bad(format!(
+                "{} {}: it belongs to a connection of a running server (a WebSocket client's subscription) and is not imported",
+                K::WHAT,
+                c.name()
+            )));
+        }
     }
     let stored: Vec<K> = cx.store.objects().await.map_err(unavailable)?;
     Ok(diff_objects(
@@ -678,7 +685,7 @@ fn diff_objects<K: ConfigObject>(
         if listed.iter().any(|c| c.name() == o.name()) {
             continue;
         }
-        if replace && !K::always_exists(o.name()) {
+        if replace && !K::always_exists(o.name()) && !o.runtime_only() {
             plan.delete.push(o.name().to_owned());
             changes.push(Change {
                 kind: K::KIND,

@@ -77,7 +77,12 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         outgoing_rest: serde_json::to_value(objects.outgoing_rest).expect("definitions serialise"),
         outgoing_sql: serde_json::to_value(objects.outgoing_sql).expect("definitions serialise"),
         pubsub_topic: objects.pubsub_topics,
-        pubsub_subscription: objects.pubsub_subs,
+        // A WebSocket client's subscription lives and dies with its connection.
+        pubsub_subscription: objects
+            .pubsub_subs
+            .into_iter()
+            .filter(|s| !crate::model::object::ConfigObject::runtime_only(s))
+            .collect(),
         pubsub_endpoint: objects.pubsub_endpoints,
         channel_amqp: serde_json::to_value(objects.inbound_amqp).expect("definitions serialise"),
         channel_mqtt: serde_json::to_value(objects.inbound_mqtt).expect("definitions serialise"),

@@ -648,6 +648,36 @@ pub(crate) async fn subscribe(
             req.topic
         )));
     }
+    // A service subscribes the WebSocket client whose message it is handling: connected
+    // here, and let in by a security definition whose endpoint may subscribe to the topic
+    // (as Zato's WebSocket subscribers: the channel's endpoint, its sub= patterns).
+    if let (Caller::Service(_), DeliveryKind::Websocket { client_id }) = (caller, &req.delivery) {
+        let here = inner.ws_clients.get().and_then(|c| c.subscriber(client_id));
+        match here {
+            None => {
+                return Err(PubsubError::Invalid(format!(
+                    "WebSocket client {client_id} is not connected to this server: a service subscribes the client whose message it is handling"
+                )));
+            }
+            Some(None) => {
+                return Err(PubsubError::Forbidden(format!(
+                    "WebSocket client {client_id} came in through a channel without a security definition: a WebSocket subscriber is the endpoint of its channel's definition (its sub= patterns)"
+                )));
+            }
+            Some(Some(sec)) => {
+                if !defs.permits(
+                    &Caller::Security(sec.clone()),
+                    Access::Subscribe,
+                    &req.topic,
+                ) {
+                    return Err(PubsubError::Forbidden(format!(
+                        "WebSocket client {client_id} (security definition {sec}) may not subscribe to {}: no endpoint of {sec} with a sub= pattern for it",
+                        req.topic
+                    )));
+                }
+            }
+        }
+    }
     // Dead letters are published to their topic: the caller must be one that could.
     if let Some(dl) = &req.dead_letter_topic {
         if !defs.topics.contains_key(dl) {
@@ -703,6 +733,21 @@ pub(crate) async fn subscribe(
     }
     tracing::info!(%sub_key, topic = %sub.topic, by = %by, "pubsub: subscribed");
     apply_local(inner, &sub_key, Some(sub.clone()));
+    // A WebSocket client that left meanwhile did not see this subscription when its
+    // connection ended (the registry lets it go before it tells): it goes now.
+    if let DeliveryKind::Websocket { client_id } = &sub.delivery
+        && matches!(caller, Caller::Service(_))
+        && inner
+            .ws_clients
+            .get()
+            .and_then(|c| c.subscriber(client_id))
+            .is_none()
+    {
+        let _ = unsubscribe(inner, &Caller::Admin("websocket".into()), &sub_key).await;
+        return Err(PubsubError::Invalid(format!(
+            "WebSocket client {client_id} disconnected while it was being subscribed"
+        )));
+    }
     // This server delivers it from now on unless another took it meanwhile (the lease
     // loop spreads subscriptions later): what is published from here on reaches it, non-GD
     // messages included.

@@ -3,7 +3,9 @@
 //! A cid is 20 hex characters: a random 32-bit prefix chosen at start (so two servers, or two
 //! runs, do not collide) and a 48-bit counter. It costs one atomic increment and one short
 //! format per request, which matters on the hot path more than cryptographic randomness does;
-//! the tokens that need unpredictability come from the OS generator instead.
+//! the tokens that need unpredictability come from the OS generator instead. Depends on
+//! nothing of the crate but `random`: every layer may use it ([`next`] for a process-wide
+//! generator).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,6 +38,12 @@ impl CidGen {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF_FFFF;
         format!("{:08x}{:012x}", self.prefix, n)
     }
+}
+
+/// The next cid of the process-wide generator (for the subsystems that are handed none).
+pub fn next() -> String {
+    static GEN: std::sync::LazyLock<CidGen> = std::sync::LazyLock::new(CidGen::new);
+    GEN.next()
 }
 
 #[cfg(test)]
