@@ -1475,6 +1475,28 @@ async fn pubsub_messages_reach_websocket_subscribers() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    // An import with replace that deletes the topic takes the Zato client's subscription
+    // with it (the only one left on /wsx/news).
+    let mut doc = oxbus_integration::api::admin(&srv, "GET", "/v1/config", Value::Null)
+        .await
+        .json();
+    doc["pubsub_topic"] = json!([{"name": "/other"}]);
+    let r = oxbus_integration::api::admin(&srv, "POST", "/v1/config?replace=1", doc).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains(&zato_key),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = srv
+        .admin(
+            "GET",
+            &format!("/v1/pubsub/subs/{zato_key}"),
+            Some(&token),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1762,14 +1784,15 @@ async fn conformance_fragments_control_frames_utf8_and_close_codes() {
         1007
     );
     // Codes an application may send (1000-1003, 1007-1011, 3000-4999) are taken.
-    for code in [1001u16, 1011, 3000, 4999] {
+    for code in [1001u16, 1011, 1012, 1013, 3000, 4999] {
         let mut s = raw_ws(&srv, "/ws/echo/c").await;
         s.write_all(&frame(true, 0x8, &code.to_be_bytes(), true))
             .await
             .unwrap();
         let (op, p) = read_data(&mut s).await;
         assert_eq!(op, 0x8, "close code {code}");
-        // The close handshake echoes the client's code.
+        // The close handshake echoes the client's code (what tungstenite does; RFC 6455
+        // says an endpoint typically does).
         assert_eq!(close_code(&p), code, "answered {p:?}");
     }
 

@@ -446,7 +446,7 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
-    let pubsub_subs = import_objects(
+    let mut pubsub_subs = import_objects(
         cx,
         &doc.pubsub_subscription,
         replace,
@@ -455,6 +455,30 @@ pub async fn import(
         &mut unchanged,
     )
     .await?;
+    // A replace keeps WebSocket clients' subscriptions (not config), except those to a
+    // topic (or dead-letter topic) it deletes: they go with it.
+    if replace {
+        let topics: std::collections::HashSet<&str> =
+            pubsub_topics.iter().map(|t| t.name.as_str()).collect();
+        pubsub_subs.retain(|s| {
+            let gone_topic = !s.topic.contains('*') && !topics.contains(s.topic.as_str());
+            let gone_dead = s
+                .dead_letter_topic
+                .as_deref()
+                .is_some_and(|d| !topics.contains(d));
+            if s.runtime_only() && (gone_topic || gone_dead) {
+                plan.pubsub_subs.delete.push(s.sub_key.clone());
+                changes.push(Change {
+                    kind: <crate::model::pubsub::Subscription as ConfigObject>::KIND,
+                    name: s.sub_key.clone(),
+                    action: "delete",
+                });
+                false
+            } else {
+                true
+            }
+        });
+    }
     let pubsub_endpoints = import_objects(
         cx,
         &doc.pubsub_endpoint,
@@ -635,6 +659,16 @@ async fn import_objects<K: ConfigObject>(
         }
     }
     let stored: Vec<K> = cx.store.objects().await.map_err(unavailable)?;
+    if let Some(o) = stored
+        .iter()
+        .find(|o| o.runtime_only() && listed.iter().any(|c| c.name() == o.name()))
+    {
+        return Err(bad(format!(
+            "{} {}: that name belongs to a connection of a running server (a WebSocket client's subscription); import it under another name",
+            K::WHAT,
+            o.name()
+        )));
+    }
     Ok(diff_objects(
         listed,
         stored,
