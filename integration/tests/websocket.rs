@@ -1192,6 +1192,64 @@ async fn pushes_cross_a_cluster_of_three_servers() {
     }
     drop(clients.remove(4));
     wait_until_unsubscribed(&servers[0], "sk.wsx-c").await;
+    // The admin API lists every server's clients, and closes one wherever it is.
+    let all = ws_clients(&servers[0], "").await;
+    assert_eq!(all["count"], 5, "{all}");
+    for name in ["a", "b", "c"] {
+        assert_eq!(all["servers"][name]["answered"], true, "{all}");
+    }
+    let echo = ws_clients(&servers[1], "?channel=echo").await;
+    assert_eq!(echo["count"], 2, "{echo}");
+    let c1 = &echo["servers"]["a"]["clients"][0];
+    assert_eq!(c1["client_id"], ids[0].as_str(), "{echo}");
+    assert_eq!(c1["channel"], "echo", "{echo}");
+    assert_eq!(c1["protocol"], "raw", "{echo}");
+    assert_eq!(c1["authenticated"], true, "{echo}");
+    assert_eq!(c1["remote_addr"], "127.0.0.1", "{echo}");
+    assert!(c1["messages_in"].as_u64().unwrap() >= 2, "{echo}");
+    // The CLI shows the same list.
+    let out = servers[2].cli(&["websocket", "clients", "--channel", "echo"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&ids[0]) && text.contains(&ids[2]), "{text}");
+    assert!(text.contains("2 connected"), "{text}");
+    // ids[5]: the slow-channel client on C, closed through A's admin API.
+    let r = servers[0]
+        .admin(
+            "DELETE",
+            &format!("/v1/websocket/clients/{}", ids[5]),
+            Some(&token),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut closed_client = clients.remove(4);
+    assert_eq!(
+        closed_why(&mut closed_client, Duration::from_secs(5)).await,
+        Some((4005, "disconnected by an operator".to_owned()))
+    );
+    let out = servers[1].cli(&["websocket", "disconnect", &ids[5]]);
+    assert!(!out.status.success(), "an unknown client is an error");
+    for (id, status) in [(ids[5].as_str(), 404), ("nope", 400)] {
+        let r = servers[0]
+            .admin(
+                "DELETE",
+                &format!("/v1/websocket/clients/{id}"),
+                Some(&token),
+                b"",
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            status,
+            "{id}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
     // A client of a server that went away: the send says so.
     let gone = ids[2].clone();
     let mut b = servers.remove(1);
@@ -1204,6 +1262,14 @@ async fn pushes_cross_a_cluster_of_three_servers() {
     .await;
     assert_eq!(r["type"], "UnknownClient", "{r}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `GET /v1/websocket/clients{query}` on `srv`.
+async fn ws_clients(srv: &Server, query: &str) -> Value {
+    let path = format!("/v1/websocket/clients{query}");
+    srv.admin("GET", &path, Some(&srv.admin_token()), b"")
+        .await
+        .json()
 }
 
 /// The config version `srv` has applied (`GET /v1/cluster`).

@@ -310,6 +310,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         pubsub: pubsub.clone(),
         inbound: inbound.clone(),
         files: files.clone(),
+        wsx: wsx_ops.clone(),
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());

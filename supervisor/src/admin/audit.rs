@@ -283,6 +283,7 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         ["v1", "pubsub", "topics"] => ("pubsub_topics", &[]),
         ["v1", "pubsub", "subs", rest @ ..] => ("pubsub_subs", rest),
         ["v1", "pubsub", "endpoints", rest @ ..] => ("pubsub_endpoints", rest),
+        ["v1", "websocket", "clients", rest @ ..] => ("websocket_clients", rest),
         ["v1", resource, rest @ ..] => (*resource, rest),
         _ => {
             return Some((

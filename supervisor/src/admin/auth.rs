@@ -342,6 +342,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     // Services and modules.
     ep("GET", "/v1/services", Viewer),
     ep("GET", "/v1/services/stats", Viewer),
+    ep("GET", "/v1/websocket/clients", Viewer),
+    ep("DELETE", "/v1/websocket/clients/{id}", Deployer),
     ep("GET", "/v1/services/{name}/stats", Viewer),
     ep("GET", "/v1/modules", Viewer),
     ep("GET", "/v1/modules/{name}", Viewer),

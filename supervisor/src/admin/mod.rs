@@ -57,6 +57,8 @@ pub struct Ctx {
     pub inbound: Arc<crate::inbound::Inbound>,
     /// The file-transfer channels: apply after a change, status.
     pub files: crate::files::FileChannels,
+    /// The WebSocket clients (their list, a disconnect).
+    pub wsx: crate::wsx::Wsx,
 }
 
 mod audit;
@@ -81,6 +83,7 @@ mod secrets;
 mod security;
 mod stats;
 mod tokens;
+mod websocket;
 
 pub use audit::prune as prune_audit_log;
 use input::json_body;
@@ -322,6 +325,7 @@ fn is_not_config(path: &str) -> bool {
             | ["v1", "tokens", ..]
             | ["v1", "pubsub", "publish", ..]
             | ["v1", "pubsub", "subs", _, "purge" | "requeue"]
+            | ["v1", "websocket", "clients", ..]
     )
 }
 
@@ -334,6 +338,12 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (&Method::GET, ["v1", "cluster"]) => cluster::cluster(cx).await,
         (&Method::GET, ["v1", "services"]) => modules::services(cx).await,
         (&Method::GET, ["v1", "services", "stats"]) => stats::all(cx).await,
+        (&Method::GET, ["v1", "websocket", "clients"]) => {
+            websocket::clients(cx, req.uri().query()).await
+        }
+        (&Method::DELETE, ["v1", "websocket", "clients", id]) => {
+            websocket::disconnect(cx, &crate::edge::router::percent_decode(id)).await
+        }
         (&Method::GET, ["v1", "services", name, "stats"]) => stats::one(cx, name).await,
         // The same bytes as the HTTP listener's /openapi.json (`oxbus openapi`).
         (&Method::GET, ["v1", "openapi"]) => {

@@ -98,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// WebSocket clients: those connected to every server of the cluster; closing one.
+    Websocket {
+        #[command(subcommand)]
+        action: WebsocketAction,
+    },
     /// Secrets: stored sealed, never shown back.
     Secret {
         #[command(subcommand)]
@@ -275,6 +280,29 @@ pub enum ClusterAction {
     Status {
         #[command(flatten)]
         to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WebsocketAction {
+    /// The clients connected to every server (of one channel with --channel).
+    Clients {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Only the clients of this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Close one client (close code 4005), on whichever server holds it.
+    Disconnect {
+        #[command(flatten)]
+        to: ServerArgs,
+        /// The client's id (ws.<server>.<16 hex digits>).
+        client_id: String,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

@@ -28,6 +28,7 @@ pub mod server;
 pub mod stats;
 pub mod systemd_units;
 pub mod token;
+pub mod websocket;
 
 use std::process::ExitCode;
 
@@ -92,6 +93,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Cluster {
             action: ClusterAction::Status { to, output },
         } => admin(|rt| cluster::status(rt, &to, output)),
+        Command::Websocket { action } => admin(|rt| websocket::command(rt, &action)),
         Command::Secret { action } => admin(|rt| secret::command(rt, &action)),
         Command::Cache { action } => admin(|rt| cache::command(rt, &action)),
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),

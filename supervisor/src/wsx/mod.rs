@@ -145,6 +145,14 @@ pub(crate) struct Client {
     pub(crate) admitted: AtomicBool,
     /// Whether it speaks Zato's protocol: its pushes go out in `zwsx.rqc` envelopes.
     pub(crate) zato: bool,
+    /// Where it connected from, and when (Unix ms): for the admin API's list.
+    remote: Option<IpAddr>,
+    connected_at_ms: i64,
+    /// Who it authenticated as (set at the upgrade, or when it is let in afterwards).
+    who: std::sync::Mutex<Option<Who>>,
+    /// Its messages: received (calls) and sent (answers and pushes).
+    pub(crate) received: AtomicU64,
+    sent: AtomicU64,
 }
 
 impl Client {
@@ -181,6 +189,9 @@ impl Client {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             PushError::Gone
         })?;
+        if data {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
         if data && let Some(f) = &self.metrics {
             f.sent.inc();
         }
@@ -374,6 +385,11 @@ impl Wsx {
             reason: OnceLock::new(),
             admitted: AtomicBool::new(!session::authenticates(&open, &settings)),
             zato: settings.protocol == crate::model::websocket::WsProtocol::Zato,
+            remote: Some(open.remote_addr),
+            connected_at_ms: chrono::Utc::now().timestamp_millis(),
+            who: std::sync::Mutex::new(open.who.clone()),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         });
         // The session's receivers of the close, made before anything can set it.
         let closes = (client.close.subscribe(), client.close.subscribe());
@@ -507,6 +523,56 @@ impl Wsx {
             .then(|| c.security_def.as_ref().map(|d| d.name.clone()))
     }
 
+    /// This server's clients (of `channel`, or of every channel) as the admin API lists
+    /// them, by id.
+    pub fn describe(&self, channel: Option<&str>) -> Vec<serde_json::Value> {
+        let clients: Vec<Arc<Client>> = self
+            .inner
+            .clients
+            .read()
+            .expect("clients lock")
+            .values()
+            .filter(|c| channel.is_none_or(|ch| *c.channel == *ch))
+            .cloned()
+            .collect();
+        let mut v: Vec<serde_json::Value> = clients
+            .iter()
+            .map(|c| {
+                let who = c.who.lock().expect("who lock").clone();
+                serde_json::json!({
+                    "client_id": &*c.id,
+                    "channel": &*c.channel,
+                    "protocol": if c.zato { "zato" } else { "raw" },
+                    "remote_addr": c.remote.map(|a| a.to_string()),
+                    "connected_at_ms": c.connected_at_ms,
+                    "authenticated": c.admitted.load(Ordering::Acquire),
+                    "security": who.map(|w| serde_json::json!({
+                        "name": &*w.name, "type": w.kind,
+                        "username": w.username, "subject": w.subject,
+                    })),
+                    "messages_in": c.received.load(Ordering::Relaxed),
+                    "messages_out": c.sent.load(Ordering::Relaxed),
+                    "queued_bytes": c.queued.load(Ordering::Relaxed),
+                    "closing": c.close.borrow().is_some(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
+        v
+    }
+
+    /// Closes this server's client `id` (4005, as Zato's disconnect); false when it has no
+    /// such client, or it is closing already.
+    pub fn disconnect_local(&self, id: &str) -> bool {
+        match self.client(id) {
+            Some(c) if c.close.borrow().is_none() => {
+                c.close_with(4005, "disconnected by an operator");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// This server's clients of `channel` (ids), or of every channel.
     pub fn clients(&self, channel: Option<&str>) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self
@@ -608,6 +674,11 @@ mod tests {
             reason: OnceLock::new(),
             admitted: AtomicBool::new(true),
             zato: false,
+            remote: None,
+            connected_at_ms: 0,
+            who: std::sync::Mutex::new(None),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         };
         let mut closed = c.close.subscribe();
         let small = || message(Bytes::from_static(b"12345678"), false);

@@ -101,6 +101,32 @@ impl Wsx {
         }
     }
 
+    /// Closes client `client_id` (4005), here or on the server its id names: Ok(true) when
+    /// it was connected, Ok(false) when no server holds it, Err when its server did not
+    /// answer.
+    pub async fn disconnect(&self, client_id: &str) -> Result<bool, String> {
+        let Some(server) = Wsx::server_of(client_id) else {
+            return Ok(false);
+        };
+        if server == self.inner.server {
+            return Ok(self.disconnect_local(client_id));
+        }
+        let Some(peers) = self.inner.peers.get() else {
+            return Ok(false);
+        };
+        let meta = serde_json::json!({"op": "wsx.disconnect", "client_id": client_id});
+        match peers.call(server, meta, Bytes::new(), PEER_TIMEOUT).await {
+            Ok((200, _)) => Ok(true),
+            Ok((404, _)) => Ok(false),
+            Ok((status, body)) => Err(format!(
+                "server {server} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            )),
+            Err(e) if e.starts_with("no bus link") => Ok(false),
+            Err(e) => Err(format!("server {server}: {e}")),
+        }
+    }
+
     /// A send to one client: here, or on the server its id names.
     async fn send(&self, m: SendMeta, body: Bytes) -> OpReply {
         let Some(server) = Wsx::server_of(&m.client_id) else {
@@ -185,6 +211,26 @@ impl Wsx {
                     400,
                     Bytes::from(format!("{{\"error\":\"bad meta or body: {e}\"}}")),
                 ),
+            },
+            "wsx.clients" => {
+                #[derive(Deserialize)]
+                struct ClientsMeta {
+                    #[serde(default)]
+                    channel: Option<String>,
+                }
+                match serde_json::from_slice::<ClientsMeta>(meta) {
+                    Ok(m) => {
+                        let doc =
+                            serde_json::json!({"clients": self.describe(m.channel.as_deref())});
+                        (200, Bytes::from(doc.to_string()))
+                    }
+                    Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+                }
+            }
+            "wsx.disconnect" => match serde_json::from_slice::<SendMeta>(meta) {
+                Ok(m) if self.disconnect_local(&m.client_id) => (200, Bytes::from_static(b"{}")),
+                Ok(_) => (404, Bytes::from_static(b"{}")),
+                Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
             },
             "wsx.broadcast" => match serde_json::from_slice::<BroadcastMeta>(meta) {
                 Ok(m) => {

@@ -437,6 +437,7 @@ impl State<'_> {
         self.lift.lift();
         self.calls.client.admitted.store(true, Ordering::Release);
         if let Some(who) = who {
+            *self.calls.client.who.lock().expect("who lock") = Some(who.clone());
             let mut open = (*self.calls.open).clone();
             open.who = Some(who);
             self.calls.open = Arc::new(open);
@@ -501,6 +502,7 @@ fn reason_label(why: &str, code: Option<(u16, &'static str)>) -> &'static str {
         (CLOSED_BY_US, Some((1002, _))) => "protocol",
         (CLOSED_BY_US, Some((1007, _))) => "utf8",
         (CLOSED_BY_US, Some((1012, _))) => "changed",
+        (CLOSED_BY_US, Some((4005, _))) => "disconnected",
         ("client closed", _) => "client_closed",
         ("connection ended", _) => "connection_ended",
         ("no pong", _) => "no_pong",
@@ -603,6 +605,7 @@ impl Calls<'_> {
         reply_to: Option<String>,
     ) {
         self.wsx.inner.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.client.received.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.client.metrics {
             m.received.inc();
         }
