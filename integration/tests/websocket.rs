@@ -1200,6 +1200,14 @@ async fn pushes_cross_a_cluster_of_three_servers() {
     }
     let echo = ws_clients(&servers[1], "?channel=echo").await;
     assert_eq!(echo["count"], 2, "{echo}");
+    let one = ws_clients(&servers[1], "?limit=1").await;
+    assert_eq!(one["count"], 5, "{one}");
+    assert_eq!(one["servers"]["a"]["total"], 2, "{one}");
+    assert_eq!(
+        one["servers"]["a"]["clients"].as_array().unwrap().len(),
+        1,
+        "{one}"
+    );
     let c1 = &echo["servers"]["a"]["clients"][0];
     assert_eq!(c1["client_id"], ids[0].as_str(), "{echo}");
     assert_eq!(c1["channel"], "echo", "{echo}");
@@ -1261,6 +1269,10 @@ async fn pushes_cross_a_cluster_of_three_servers() {
     )
     .await;
     assert_eq!(r["type"], "UnknownClient", "{r}");
+    // The admin list names the server that went away instead of leaving it out.
+    let after = ws_clients(&servers[0], "").await;
+    assert_eq!(after["servers"]["b"]["answered"], false, "{after}");
+    assert_eq!(after["servers"]["a"]["answered"], true, "{after}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -26,7 +26,7 @@ pub enum Role {
     /// Reads everything but secret material (no config export, no cache contents).
     Viewer,
     /// A viewer's reads, the config export and cache contents; deploy, rollback,
-    /// undeploy, invoke, a job's manual run.
+    /// undeploy, invoke, a job's manual run, closing a WebSocket client.
     Deployer,
     /// Everything.
     Admin,

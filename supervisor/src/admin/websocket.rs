@@ -7,6 +7,7 @@
 
 use hyper::{Response, StatusCode};
 use serde_json::{Map, json};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Body, Ctx, error, reply};
@@ -14,33 +15,70 @@ use super::{Body, Ctx, error, reply};
 /// How long a peer may take to answer (it reads its memory only).
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /v1/websocket/clients[?channel=NAME]`
+/// Clients listed per server unless `limit` says otherwise, and the most it may say.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+/// A query parameter's decoded value (`+` is a space); an empty one counts as absent.
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name && !v.is_empty())
+            .then(|| crate::edge::router::percent_decode(&v.replace('+', " ")))
+    })
+}
+
+/// `GET /v1/websocket/clients[?channel=NAME][&limit=N]`: at most `limit` clients per server
+/// (1000 by default, at most 10,000), with each server's `total`.
 pub(super) async fn clients(cx: &Ctx, query: Option<&str>) -> Response<Body> {
-    let channel = query.and_then(|q| {
-        q.split('&').find_map(|kv| {
-            kv.strip_prefix("channel=")
-                .map(crate::edge::router::percent_decode)
-        })
-    });
+    let channel = param(query, "channel");
+    let limit = match param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be a number from 1 to {MAX_LIMIT}"),
+            );
+        }
+    };
     let mut servers = Map::new();
-    let mine = cx.wsx.describe(channel.as_deref());
-    let mut count = mine.len();
+    let (total, mine) = cx.wsx.describe(channel.as_deref(), limit);
+    let mut count = total;
     servers.insert(
         cx.node.name.clone(),
-        json!({"answered": true, "clients": mine}),
+        json!({"answered": true, "total": total, "clients": mine}),
     );
     if let Some(bus) = &cx.bus {
-        let meta = json!({"op": "wsx.clients", "channel": channel});
+        let meta = json!({"op": "wsx.clients", "channel": channel, "limit": limit});
         for r in bus.call_all(&meta, PEER_TIMEOUT).await {
-            let entry = match r.body.get("clients").and_then(|c| c.as_array()) {
-                Some(list) if r.status == 200 => {
-                    count += list.len();
-                    json!({"answered": true, "clients": list})
+            let entry = match (r.status, r.body.get("clients"), r.body.get("total")) {
+                (200, Some(list), Some(total)) if list.is_array() => {
+                    count += total.as_u64().unwrap_or(0) as usize;
+                    json!({"answered": true, "total": total, "clients": list})
                 }
                 _ => json!({"answered": false, "error": r.body.get("error").cloned()
                     .unwrap_or_else(|| json!(format!("answered {}", r.status)))}),
             };
             servers.insert(r.server, entry);
+        }
+    }
+    // The servers of the store's list that no link answered for: listed, not left out (a
+    // store known to be down is not waited for).
+    if cx.node.store_ok.load(Ordering::SeqCst)
+        && let Ok(list) = cx.store.servers().await
+    {
+        for s in list {
+            servers.entry(s.name).or_insert_with(|| {
+                json!({
+                    "answered": false,
+                    "error": if cx.bus.is_none() || s.bus_address.is_none() {
+                        "no cluster bus to this server: its clients are in its own admin API"
+                    } else {
+                        "no bus link to this server right now"
+                    },
+                })
+            });
         }
     }
     reply(

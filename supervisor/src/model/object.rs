@@ -52,7 +52,8 @@ pub trait ConfigObject:
 
     /// Whether this object belongs to something that lives only while a server runs (a
     /// WebSocket client's subscription): it is not exported, not imported, and an import
-    /// with `replace` leaves it alone.
+    /// with `replace` leaves it alone (unless it deletes what the object needs: a
+    /// subscription's topic).
     fn runtime_only(&self) -> bool {
         false
     }

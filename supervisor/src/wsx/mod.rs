@@ -211,9 +211,9 @@ impl Client {
         }
     }
 
-    /// Ends the session with a close frame (the first reason given wins); what is still
-    /// queued is dropped.
-    pub(crate) fn close_with(&self, code: u16, reason: &'static str) {
+    /// Ends the session with a close frame (the first reason given wins: whether this
+    /// one did); what is still queued is dropped.
+    pub(crate) fn close_with(&self, code: u16, reason: &'static str) -> bool {
         self.close.send_if_modified(|c| {
             if c.is_none() {
                 *c = Some((code, reason));
@@ -221,7 +221,7 @@ impl Client {
             } else {
                 false
             }
-        });
+        })
     }
 }
 
@@ -524,9 +524,9 @@ impl Wsx {
     }
 
     /// This server's clients (of `channel`, or of every channel) as the admin API lists
-    /// them, by id.
-    pub fn describe(&self, channel: Option<&str>) -> Vec<serde_json::Value> {
-        let clients: Vec<Arc<Client>> = self
+    /// them, by id: how many there are, and the first `limit`.
+    pub fn describe(&self, channel: Option<&str>, limit: usize) -> (usize, Vec<serde_json::Value>) {
+        let mut clients: Vec<Arc<Client>> = self
             .inner
             .clients
             .read()
@@ -535,10 +535,17 @@ impl Wsx {
             .filter(|c| channel.is_none_or(|ch| *c.channel == *ch))
             .cloned()
             .collect();
-        let mut v: Vec<serde_json::Value> = clients
+        let total = clients.len();
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        clients.truncate(limit);
+        let v: Vec<serde_json::Value> = clients
             .iter()
             .map(|c| {
-                let who = c.who.lock().expect("who lock").clone();
+                let who = c
+                    .who
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 serde_json::json!({
                     "client_id": &*c.id,
                     "channel": &*c.channel,
@@ -557,20 +564,14 @@ impl Wsx {
                 })
             })
             .collect();
-        v.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
-        v
+        (total, v)
     }
 
     /// Closes this server's client `id` (4005, as Zato's disconnect); false when it has no
     /// such client, or it is closing already.
     pub fn disconnect_local(&self, id: &str) -> bool {
-        match self.client(id) {
-            Some(c) if c.close.borrow().is_none() => {
-                c.close_with(4005, "disconnected by an operator");
-                true
-            }
-            _ => false,
-        }
+        self.client(id)
+            .is_some_and(|c| c.close_with(4005, "disconnected by an operator"))
     }
 
     /// This server's clients of `channel` (ids), or of every channel.

@@ -192,7 +192,7 @@ impl Wsx {
                     Err(PushError::Gone) => (404, Bytes::from_static(b"{}")),
                     Err(PushError::Full) => (409, Bytes::from_static(b"{}")),
                 },
-                Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+                Err(e) => bad_meta(e),
             },
             "wsx.pubsub" => match (
                 serde_json::from_slice::<PubsubMeta>(meta),
@@ -207,44 +207,51 @@ impl Wsx {
                         }
                     }
                 }
-                (Err(e), _) | (_, Err(e)) => (
-                    400,
-                    Bytes::from(format!("{{\"error\":\"bad meta or body: {e}\"}}")),
-                ),
+                (Err(e), _) | (_, Err(e)) => bad_meta(e),
             },
             "wsx.clients" => {
                 #[derive(Deserialize)]
                 struct ClientsMeta {
                     #[serde(default)]
                     channel: Option<String>,
+                    #[serde(default)]
+                    limit: Option<usize>,
                 }
                 match serde_json::from_slice::<ClientsMeta>(meta) {
                     Ok(m) => {
-                        let doc =
-                            serde_json::json!({"clients": self.describe(m.channel.as_deref())});
+                        let limit = m.limit.unwrap_or(1000).clamp(1, 10_000);
+                        let (total, list) = self.describe(m.channel.as_deref(), limit);
+                        let doc = serde_json::json!({"total": total, "clients": list});
                         (200, Bytes::from(doc.to_string()))
                     }
-                    Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+                    Err(e) => bad_meta(e),
                 }
             }
             "wsx.disconnect" => match serde_json::from_slice::<SendMeta>(meta) {
                 Ok(m) if self.disconnect_local(&m.client_id) => (200, Bytes::from_static(b"{}")),
                 Ok(_) => (404, Bytes::from_static(b"{}")),
-                Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+                Err(e) => bad_meta(e),
             },
             "wsx.broadcast" => match serde_json::from_slice::<BroadcastMeta>(meta) {
                 Ok(m) => {
                     let n = self.broadcast_local(&m.channel, &body, m.binary);
                     (200, Bytes::from(format!("{{\"local_clients\":{n}}}")))
                 }
-                Err(e) => (400, Bytes::from(format!("{{\"error\":\"bad meta: {e}\"}}"))),
+                Err(e) => bad_meta(e),
             },
             other => (
                 400,
-                Bytes::from(format!("{{\"error\":\"no op {other:?}\"}}")),
+                Bytes::from(serde_json::json!({"error": format!("no op {other:?}")}).to_string()),
             ),
         }
     }
+}
+
+/// A peer op's answer to a meta (or body) it could not read: a JSON body whatever the
+/// message holds.
+fn bad_meta(e: impl std::fmt::Display) -> (u16, Bytes) {
+    let doc = serde_json::json!({"error": format!("bad meta or body: {e}")});
+    (400, Bytes::from(doc.to_string()))
 }
 
 fn send_reply(id: &str, r: Result<(), PushError>) -> OpReply {

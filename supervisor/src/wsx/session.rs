@@ -433,15 +433,21 @@ impl State<'_> {
     /// The client authenticated (as `who`): it may read freely and gets pushes; its calls
     /// run as `who`.
     fn admit(&mut self, who: Option<Who>) {
-        self.admitted = true;
-        self.lift.lift();
-        self.calls.client.admitted.store(true, Ordering::Release);
+        // Who first: a list taken at any moment shows an admitted client with its identity.
         if let Some(who) = who {
-            *self.calls.client.who.lock().expect("who lock") = Some(who.clone());
+            *self
+                .calls
+                .client
+                .who
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(who.clone());
             let mut open = (*self.calls.open).clone();
             open.who = Some(who);
             self.calls.open = Arc::new(open);
         }
+        self.admitted = true;
+        self.lift.lift();
+        self.calls.client.admitted.store(true, Ordering::Release);
     }
 
     /// Whether the session is ending (a close was set: its channel changed, the server
