@@ -122,8 +122,12 @@ fn write(path: &Path, content: &str) {
 /// Waits until `n` calls are recorded and `dir` holds `files` entries.
 async fn handled(root: &Path, n: usize, dir: &Path, files: usize) -> Vec<Value> {
     eventually(WAIT, &format!("{n} files handled"), || async {
+        // The folder first: a file is moved only after its call was recorded, so the calls
+        // read after it include every file it holds (read the other way round, a file
+        // handled in between is in the folder but not in the calls).
+        let moved = count(dir) >= files;
         let s = seen(root);
-        (s.len() >= n && count(dir) >= files).then_some(s)
+        (moved && s.len() >= n).then_some(s)
     })
     .await
 }

@@ -59,6 +59,28 @@ pub(super) async fn one(cx: &Ctx, service: &str) -> Response<Body> {
     reply(StatusCode::OK, doc)
 }
 
+/// Lists the servers of the store's list that no link answered for (not left out) as not
+/// answering, saying why; `what` names what their own admin API has. A store known to be
+/// down is not waited for (the linked peers answered already).
+pub(super) async fn silent_servers(cx: &Ctx, servers: &mut Map<String, Value>, what: &str) {
+    if cx.node.store_ok.load(Ordering::SeqCst)
+        && let Ok(list) = cx.store.servers().await
+    {
+        for s in list {
+            servers.entry(s.name).or_insert_with(|| {
+                json!({
+                    "answered": false,
+                    "error": if cx.bus.is_none() || s.bus_address.is_none() {
+                        format!("no cluster bus to this server: its {what} are in its own admin API")
+                    } else {
+                        "no bus link to this server right now".to_owned()
+                    },
+                })
+            });
+        }
+    }
+}
+
 /// This server's figures and every peer's, by server name.
 async fn gather(cx: &Ctx, only: Option<&str>) -> Value {
     let me = cx.node.name.clone();
@@ -92,24 +114,7 @@ async fn gather(cx: &Ctx, only: Option<&str>) -> Value {
             servers.insert(r.server, entry);
         }
     }
-    // The servers of the store's list that no link answered for: listed, not left out. A
-    // store known to be down is not waited for (the linked peers answered above).
-    if cx.node.store_ok.load(Ordering::SeqCst)
-        && let Ok(list) = cx.store.servers().await
-    {
-        for s in list {
-            servers.entry(s.name).or_insert_with(|| {
-                json!({
-                    "answered": false,
-                    "error": if cx.bus.is_none() || s.bus_address.is_none() {
-                        "no cluster bus to this server: its figures are in its own admin API"
-                    } else {
-                        "no bus link to this server right now"
-                    },
-                })
-            });
-        }
-    }
+    silent_servers(cx, &mut servers, "figures").await;
     json!({
         "server": me,
         "windows": ["1m", "5m", "15m"],

@@ -7,7 +7,6 @@
 
 use hyper::{Response, StatusCode};
 use serde_json::{Map, json};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Body, Ctx, error, reply};
@@ -63,24 +62,7 @@ pub(super) async fn clients(cx: &Ctx, query: Option<&str>) -> Response<Body> {
             servers.insert(r.server, entry);
         }
     }
-    // The servers of the store's list that no link answered for: listed, not left out (a
-    // store known to be down is not waited for).
-    if cx.node.store_ok.load(Ordering::SeqCst)
-        && let Ok(list) = cx.store.servers().await
-    {
-        for s in list {
-            servers.entry(s.name).or_insert_with(|| {
-                json!({
-                    "answered": false,
-                    "error": if cx.bus.is_none() || s.bus_address.is_none() {
-                        "no cluster bus to this server: its clients are in its own admin API"
-                    } else {
-                        "no bus link to this server right now"
-                    },
-                })
-            });
-        }
-    }
+    super::stats::silent_servers(cx, &mut servers, "clients").await;
     reply(
         StatusCode::OK,
         json!({"count": count, "channel": channel, "servers": servers}),

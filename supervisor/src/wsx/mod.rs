@@ -573,21 +573,6 @@ impl Wsx {
         self.client(id)
             .is_some_and(|c| c.close_with(4005, "disconnected by an operator"))
     }
-
-    /// This server's clients of `channel` (ids), or of every channel.
-    pub fn clients(&self, channel: Option<&str>) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
-            .inner
-            .clients
-            .read()
-            .expect("clients lock")
-            .values()
-            .filter(|c| channel.is_none_or(|ch| *c.channel == *ch))
-            .map(|c| (c.id.to_string(), c.channel.to_string()))
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 /// Whether `client` was let in by what `lookup` says its channel is now.
