@@ -317,23 +317,37 @@ async fn echo_identity_hooks_errors_and_the_handshake_rules() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// POSTs `body` to the admin API's `path` on `srv`: it must be created (201).
+async fn created(srv: &Server, path: &str, body: Value) {
+    let r = srv
+        .admin(
+            "POST",
+            path,
+            Some(&srv.admin_token()),
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        201,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
 #[tokio::test]
 async fn security_is_checked_at_the_upgrade() {
     let dir = marks_dir();
     let srv = env(&dir).start().await;
     let token = srv.admin_token();
-    let admin = async |path: &str, body: Value| {
-        let r = srv
-            .admin("POST", path, Some(&token), body.to_string().as_bytes())
-            .await;
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    };
-    admin(
+    created(
+        &srv,
         "/v1/security",
         json!({"name": "ws-basic", "type": "basic", "username": "ann", "password": "pw-123"}),
     )
     .await;
-    admin(
+    created(
+        &srv,
         "/v1/channels",
         json!({"type": "websocket", "name": "secured", "url_path": "/ws/secured",
                "service": "ws.echo", "security": "ws-basic",
@@ -454,23 +468,20 @@ async fn credentials_in_the_first_message() {
     let dir = marks_dir();
     let srv = env(&dir).start().await;
     let token = srv.admin_token();
-    let admin = async |path: &str, body: Value| {
-        let r = srv
-            .admin("POST", path, Some(&token), body.to_string().as_bytes())
-            .await;
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    };
-    admin(
+    created(
+        &srv,
         "/v1/security",
         json!({"name": "ws-jwt", "type": "jwt", "algorithms": ["HS256"], "secret": "hs-secret-0123456789"}),
     )
     .await;
-    admin(
+    created(
+        &srv,
         "/v1/security",
         json!({"name": "ws-pw", "type": "basic", "username": "bob", "password": "pw-789"}),
     )
     .await;
-    admin(
+    created(
+        &srv,
         "/v1/channels",
         json!({"type": "websocket", "name": "firstjwt", "url_path": "/ws/firstjwt",
                "service": "ws.echo", "security": "ws-jwt",
@@ -478,7 +489,8 @@ async fn credentials_in_the_first_message() {
                              "on_connect": "ws.hook", "on_disconnect": "ws.hook"}}),
     )
     .await;
-    admin(
+    created(
+        &srv,
         "/v1/channels",
         json!({"type": "websocket", "name": "firstpw", "url_path": "/ws/firstpw",
                "service": "ws.echo", "security": "ws-pw",
@@ -646,25 +658,22 @@ async fn zato_protocol_with_a_zato_style_client() {
     let dir = marks_dir();
     let srv = env(&dir).start().await;
     let token = srv.admin_token();
-    let admin = async |path: &str, body: Value| {
-        let r = srv
-            .admin("POST", path, Some(&token), body.to_string().as_bytes())
-            .await;
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    };
-    admin(
+    created(
+        &srv,
         "/v1/security",
         json!({"name": "zato-basic", "type": "basic", "username": "user1", "password": "secret1"}),
     )
     .await;
-    admin(
+    created(
+        &srv,
         "/v1/channels",
         json!({"type": "websocket", "name": "zgw", "url_path": "/zato/wsx/gw",
                "service": "ws.echo", "services": ["ws.echo"], "security": "zato-basic",
                "websocket": {"protocol": "zato", "auth_timeout_ms": 1500}}),
     )
     .await;
-    admin(
+    created(
+        &srv,
         "/v1/channels",
         json!({"type": "websocket", "name": "zopen", "url_path": "/zato/wsx/open",
                "service": "ws.echo", "websocket": {"protocol": "zato"}}),
