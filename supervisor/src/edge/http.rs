@@ -500,7 +500,7 @@ async fn handle(
     // WebSocket client may authenticate after the upgrade instead (Zato's protocol; or
     // `first_message_auth` and no credential at the upgrade): then only the allow list and
     // rate limit are checked here, and the session gets the definition's check.
-    let mut admit_later: Option<Arc<crate::edge::gate::Verifier>> = None;
+    let mut admit_later = false;
     let caller = match router.gate.for_channel(&channel) {
         Some(g) if g.is_open() => None,
         Some(g) => {
@@ -513,7 +513,7 @@ async fn handle(
             });
             let checked = if later {
                 g.admit_later(origin.addr, name).map(|v| {
-                    admit_later = v;
+                    admit_later = v.is_some();
                     None
                 })
             } else {

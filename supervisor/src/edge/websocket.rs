@@ -51,8 +51,9 @@ pub(super) struct Upgrade<'a> {
     pub params: Vec<(String, String)>,
     pub origin: Origin,
     pub caller: Option<Caller>,
-    /// The channel's security check, when the client authenticates after the upgrade.
-    pub admit_later: Option<Arc<Verifier>>,
+    /// Whether the client authenticates after the upgrade (its channel's security
+    /// definition checks the credential it sends then).
+    pub admit_later: bool,
     pub cid: &'a str,
     /// Held until the session ends (the listener's count of open connections).
     pub hold: Box<dyn Send + Sync>,
@@ -156,7 +157,7 @@ pub(super) fn upgrade(cx: &Ctx, mut req: Request<Incoming>, u: Upgrade<'_>) -> R
             subject: c.subject,
         }),
         admit: match (u.admit_later, &u.security_def) {
-            (Some(_), Some(def)) => Some(Arc::new(MessageAuth {
+            (true, Some(def)) => Some(Arc::new(MessageAuth {
                 routes: cx.routes.clone(),
                 def: def.clone(),
             }) as crate::wsx::auth::AdmitRef),
