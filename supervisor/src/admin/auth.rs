@@ -347,6 +347,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("GET", "/v1/services/{name}/stats", Viewer),
     ep("GET", "/v1/modules", Viewer),
     ep("GET", "/v1/modules/{name}", Viewer),
+    ep("GET", "/v1/modules/{name}/versions", Viewer),
+    ep("GET", "/v1/modules/{name}/versions/{version}", Viewer),
     ep("POST", "/v1/modules", Deployer),
     ep("DELETE", "/v1/modules/{name}", Deployer),
     ep("POST", "/v1/modules/{name}/rollback", Deployer),

@@ -63,13 +63,18 @@ fn live(cx: &Ctx) -> std::sync::Arc<Vec<JobDef>> {
     cx.scheduler.jobs.current()
 }
 
-/// GET /v1/jobs: every job, by name.
+/// GET /v1/jobs: every job, by name, each with `next_run_ms` (`scheduler::next_run`).
 fn list(cx: &Ctx) -> Response<Body> {
     let jobs = live(cx);
-    reply(
-        StatusCode::OK,
-        json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() }),
-    )
+    let list: Vec<Value> = jobs
+        .iter()
+        .map(|d| {
+            let mut j = job_json(d);
+            j["next_run_ms"] = json!(crate::scheduler::next_run(d));
+            j
+        })
+        .collect();
+    reply(StatusCode::OK, json!({ "jobs": list }))
 }
 
 /// GET /v1/jobs/{name}

@@ -1,6 +1,7 @@
 //! The admin API's modules and services: `GET /v1/services` (what the workers run, with each
 //! service's deployed version), `GET /v1/modules` and `GET /v1/modules/{name}` (the active
-//! versions, one with its source), `POST /v1/modules` (deploy), `DELETE /v1/modules/{name}`
+//! versions, one with its source), `GET /v1/modules/{name}/versions[/{v}]` (its history,
+//! one version with its source), `POST /v1/modules` (deploy), `DELETE /v1/modules/{name}`
 //! (undeploy) and `POST /v1/modules/{name}/rollback`. A deploy is `deploy`'s (check in one
 //! worker, store, activate everywhere); this file parses the request and answers. It touches
 //! no channel, secret or JSON-defined object.
@@ -24,6 +25,14 @@ pub(super) async fn route(
     match (&method, rest) {
         (&Method::GET, []) => modules(cx).await,
         (&Method::GET, [name]) => module_source(cx, name).await,
+        (&Method::GET, [name, "versions"]) => versions(cx, name, None).await,
+        (&Method::GET, [name, "versions", v]) => match v.parse::<i64>() {
+            Ok(v) => versions(cx, name, Some(v)).await,
+            Err(_) => error(
+                StatusCode::BAD_REQUEST,
+                format!("{v:.40?} is not a version number"),
+            ),
+        },
         (&Method::POST, []) => match read_body(req).await {
             Ok(body) => deploy(cx, body, who).await,
             Err(r) => r,
@@ -107,6 +116,45 @@ async fn modules(cx: &Ctx) -> Response<Body> {
             })).collect::<Vec<_>>()}),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// `GET /v1/modules/{name}/versions`: every stored version, newest first, without sources;
+/// `GET /v1/modules/{name}/versions/{v}`: one version with its source.
+async fn versions(cx: &Ctx, name: &str, one: Option<i64>) -> Response<Body> {
+    let history = match cx.store.module_history(name).await {
+        Ok(h) => h,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if history.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("module {name} was never deployed"),
+        );
+    }
+    let doc = |m: &crate::store::Module| {
+        json!({
+            "version": m.version, "active": m.active, "source_hash": m.source_hash,
+            "deployed_by": m.deployed_by, "deployed_at_ms": m.deployed_at,
+        })
+    };
+    match one {
+        None => reply(
+            StatusCode::OK,
+            json!({"name": name, "versions": history.iter().map(doc).collect::<Vec<_>>()}),
+        ),
+        Some(v) => match history.iter().find(|m| m.version == v) {
+            Some(m) => {
+                let mut d = doc(m);
+                d["name"] = json!(name);
+                d["source"] = json!(m.source);
+                reply(StatusCode::OK, d)
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("module {name} has no version {v}"),
+            ),
+        },
     }
 }
 

@@ -185,6 +185,19 @@ pub enum Command {
         #[arg(long, hide = true)]
         exit_with_parent: bool,
     },
+    /// Run the web console (docs/DASHBOARD.md): `oxbus dashboard --config dashboard.toml`;
+    /// its users: `oxbus dashboard user add|remove|list`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Dashboard {
+        #[command(subcommand)]
+        action: Option<DashboardAction>,
+        /// The dashboard.toml to read.
+        #[arg(long, short, env = "OXBUS_DASHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Stop when the parent process dies (used by quickstart).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
     /// Reload a running server: SIGHUP (a rolling restart of its workers), then wait until
     /// the new workers serve. Exits non-zero if the reload failed or timed out, or if PID
     /// is not an oxbus server (systemd's ExecReload=).
@@ -215,6 +228,9 @@ pub enum Command {
         /// Run the server alone, without the load balancer in front of it.
         #[arg(long)]
         no_proxy: bool,
+        /// Do not start the dashboard (the web console) beside the server.
+        #[arg(long)]
+        no_dashboard: bool,
     },
 }
 
@@ -507,6 +523,56 @@ pub enum JobsAction {
         to: ServerArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+    },
+}
+
+/// `oxbus dashboard …`
+#[derive(Subcommand)]
+pub enum DashboardAction {
+    /// The dashboard's users.
+    User {
+        #[command(subcommand)]
+        action: DashboardUserAction,
+    },
+}
+
+/// `oxbus dashboard user …`
+#[derive(Subcommand)]
+pub enum DashboardUserAction {
+    /// Add a user: an admin API token `dashboard.NAME` with the role is created through the
+    /// admin API (an admin's --env or --server/--token) and kept sealed under the user's
+    /// password in the users file. The password is read from standard input
+    /// (--password-stdin) or made and printed once.
+    Add {
+        /// The dashboard.toml (its users_file is written).
+        #[arg(long, short, env = "OXBUS_DASHBOARD_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        to: ServerArgs,
+        /// Letters, digits and ._- (at most 64).
+        name: String,
+        /// admin, deployer or viewer (as the admin API's roles).
+        #[arg(long)]
+        role: String,
+        /// Read the password (at least 12 characters) from standard input's first line.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Replace a user of that name (new password, role and token; the old token revoked).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a user and revoke its admin API token (its sessions stop working at once).
+    Remove {
+        #[arg(long, short, env = "OXBUS_DASHBOARD_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+    },
+    /// List the users and their roles.
+    List {
+        #[arg(long, short, env = "OXBUS_DASHBOARD_CONFIG")]
+        config: PathBuf,
     },
 }
 

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 /// Why a subcommand failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The dashboard or its users (a message for the operator).
+    #[error("{0}")]
+    Dashboard(String),
     /// The tokio runtime did not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] io::Error),

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod client;
 pub mod cluster;
 pub mod config_cmd;
+pub mod dashboard_cmd;
 pub mod deploy_watch;
 pub mod error;
 pub mod format;
@@ -22,6 +23,7 @@ pub mod out;
 pub mod proxy_cmd;
 pub mod pubsub;
 pub mod quickstart;
+pub mod quickstart_dashboard;
 pub mod reload;
 pub mod secret;
 pub mod server;
@@ -44,12 +46,28 @@ pub fn run(command: Command) -> ExitCode {
             port,
             workers,
             no_proxy,
-        } => quickstart::command(&dir, port, workers, no_proxy),
+            no_dashboard,
+        } => quickstart::command(&dir, port, workers, no_proxy, no_dashboard),
         Command::Proxy {
             config,
             upgrade,
             exit_with_parent,
         } => exit(proxy_cmd::command(&config, upgrade, exit_with_parent)),
+        Command::Dashboard {
+            action: Some(args::DashboardAction::User { action }),
+            ..
+        } => admin(|rt| dashboard_cmd::user(rt, &action)),
+        Command::Dashboard {
+            action: None,
+            config,
+            exit_with_parent,
+        } => exit(match config {
+            Some(c) => dashboard_cmd::run(&c, exit_with_parent),
+            None => Err(CliError::Dashboard(
+                "--config FILE (or OXBUS_DASHBOARD_CONFIG) names the dashboard.toml to run with"
+                    .into(),
+            )),
+        }),
         Command::Reload { pid, timeout } => exit(reload::command(pid, timeout)),
         Command::Systemd { action } => exit(systemd_units::command(&action)),
         Command::Deploy {

@@ -534,20 +534,30 @@ pub async fn seed(
 /// `oxbus quickstart [DIR]`: creates the environment if DIR has none (seeding its store),
 /// starts the proxy in front of it unless `no_proxy`, and runs the server with a banner
 /// saying where everything is.
-pub fn command(dir: &Path, port: Option<u16>, workers: Option<u32>, no_proxy: bool) -> ExitCode {
-    match prepare(dir, port, workers, no_proxy) {
-        Ok((settings, banner, proxy)) => super::server::serve(settings, Some(banner), proxy),
+pub fn command(
+    dir: &Path,
+    port: Option<u16>,
+    workers: Option<u32>,
+    no_proxy: bool,
+    no_dashboard: bool,
+) -> ExitCode {
+    match prepare(dir, port, workers, no_proxy, no_dashboard) {
+        Ok((settings, banner, companions)) => {
+            super::server::serve(settings, Some(banner), companions)
+        }
         Err(e) => fail(&e),
     }
 }
 
-/// Everything before the server runs: (its settings, the banner, the proxy if started).
+/// Everything before the server runs: (its settings, the banner, the proxy and the
+/// dashboard if started).
 fn prepare(
     dir: &Path,
     port: Option<u16>,
     workers: Option<u32>,
     no_proxy: bool,
-) -> Result<(Settings, String, Option<std::process::Child>), CliError> {
+    no_dashboard: bool,
+) -> Result<(Settings, String, Vec<std::process::Child>), CliError> {
     // First, as before anything else: a variable that is not UTF-8 stops the command here.
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(w) = workers.filter(|w| *w == 0 || *w > MAX_WORKERS) {
@@ -574,13 +584,13 @@ fn prepare(
         seed_store(&s, dir)?;
     }
     let url = format!("http://{}", s.server.listen);
-    let mut proxy = None;
+    let mut companions = Vec::new();
     let proxy_line = if no_proxy {
         String::new()
     } else {
         let (child, proxy_url, stats_url) =
             start_proxy(dir, s.server.listen).map_err(|e| CliError::StartProxy(Box::new(e)))?;
-        proxy = Some(child);
+        companions.push(child);
         format!(
             "\n  proxy:   {proxy_url} (oxbus proxy in front of the server; stats {stats_url}, log {})",
             dir.join("proxy.log").display()
@@ -598,8 +608,15 @@ fn prepare(
         .unwrap_or_else(|_| dir.join(SAMPLE_FILES_DIR))
         .display()
         .to_string();
+    let dashboard_line = if no_dashboard {
+        String::new()
+    } else {
+        let (child, line) = super::quickstart_dashboard::start(dir, &s)?;
+        companions.push(child);
+        line
+    };
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n           echo hello > {files_in}/hello.txt; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n           echo hello > {files_in}/hello.txt; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -612,7 +629,7 @@ fn prepare(
         pubsub_lines = pubsub_try(dir, &url),
         listen = s.server.listen,
     );
-    Ok((s, banner, proxy))
+    Ok((s, banner, companions))
 }
 
 /// The banner's pub/sub lines: only when the sample's password file is there (a store

@@ -14,7 +14,7 @@ pub fn command(config: &Path) -> ExitCode {
     // Read whole first: a variable that is not UTF-8 stops the command before anything else.
     let env: Vec<(String, String)> = std::env::vars().collect();
     match Settings::load(config, env) {
-        Ok(s) => serve(s, None, None),
+        Ok(s) => serve(s, None, Vec::new()),
         Err(e) => {
             eprintln!("oxbus: error: {e}");
             ExitCode::from(78)
@@ -23,12 +23,12 @@ pub fn command(config: &Path) -> ExitCode {
 }
 
 /// Runs the server in the foreground until it stops; its exit code is the process's.
-/// `banner` is printed once logging is up; `proxy` (quickstart's) is stopped after the
-/// server.
+/// `banner` is printed once logging is up; `companions` (quickstart's proxy and dashboard)
+/// are stopped after the server.
 pub fn serve(
     settings: Settings,
     banner: Option<String>,
-    proxy: Option<std::process::Child>,
+    companions: Vec<std::process::Child>,
 ) -> ExitCode {
     let json_logs = settings.server.log_format == crate::config::LogFormat::Json;
     if let Err(e) =
@@ -57,12 +57,12 @@ pub fn serve(
     };
     let result = rt.block_on(crate::boot::run(settings));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    if let Some(mut proxy) = proxy {
+    for mut child in companions {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(proxy.id() as i32),
+            nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let _ = proxy.wait();
+        let _ = child.wait();
     }
     match result {
         Ok(o) => ExitCode::from(o.exit_code as u8),

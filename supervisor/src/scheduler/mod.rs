@@ -196,6 +196,17 @@ fn fingerprint(def: &JobDef) -> String {
     d[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The next time `def` fires after now, by its definition (Unix ms; before jitter; a
+/// `repeats` count already used up is not known here): `None` for an inactive job or one with
+/// no run left.
+pub fn next_run(def: &JobDef) -> Option<i64> {
+    if !def.active {
+        return None;
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    Some(next_after(def, now)).filter(|t| *t >= 0)
+}
+
 /// The first run of `def` strictly after `after` (Unix ms), -1 when there is none.
 fn next_after(def: &JobDef, after: i64) -> i64 {
     let after_t = ms_to_utc(after);

@@ -1,0 +1,130 @@
+//! Deploy: upload one or more Python modules (each under its file name, `crm.py` → module
+//! `crm`); the servers check them in a worker, store them and activate them everywhere, all
+//! or nothing. The page shows the report: per worker and per peer server, or the refusal
+//! with its traceback.
+
+use maud::html;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use super::{Flash, api, csrf, flash, ok_page, pretty};
+use crate::App;
+use crate::http::{Req, Resp, multipart, need};
+use crate::session::Session;
+use crate::users::Role;
+
+fn form_markup(s: &Session) -> maud::Markup {
+    html! {
+        @if s.role.allows(Role::Deployer) {
+            form.stack method="post" action="/deploy" enctype="multipart/form-data" {
+                (csrf(s))
+                div {
+                    label for="modules" { "Python modules (.py)" }
+                    input type="file" id="modules" name="modules" accept=".py,text/x-python" multiple required;
+                }
+                div { button type="submit" id="deploy-submit" { "Deploy" } }
+            }
+        } @else {
+            p { "Deploying needs the deployer role; you are signed in as " (s.role.as_str()) "." }
+        }
+    }
+}
+
+/// GET /deploy
+pub fn form(_app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    let body = html! {
+        (flash(&Flash::from_query(r)))
+        p { "Each file is deployed as the module of its name. The servers import it in one worker first: a module that does not import changes nothing, and the traceback is shown here." }
+        (form_markup(s))
+    };
+    ok_page(s, "/deploy", "Deploy", body)
+}
+
+/// A module name from an uploaded file name: the base name without `.py`.
+fn module_name(file: &str) -> Result<String, String> {
+    let base = file.rsplit(['/', '\\']).next().unwrap_or(file);
+    let Some(stem) = base.strip_suffix(".py") else {
+        return Err(format!("{base:.80?} is not a .py file"));
+    };
+    if stem.is_empty() {
+        return Err("a file named .py has no module name".into());
+    }
+    Ok(stem.to_owned())
+}
+
+/// POST /deploy (multipart)
+pub async fn submit(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    if let Some(resp) = need(s, Role::Deployer) {
+        return resp;
+    }
+    let render = |outcome: maud::Markup| {
+        ok_page(s, "/deploy", "Deploy", html! { (outcome) (form_markup(s)) })
+    };
+    let parts = match multipart(r).await {
+        Ok(p) => p,
+        Err(e) => {
+            return render(
+                html! { div.flash.error role="alert" { "The upload could not be read: " (e) } },
+            );
+        }
+    };
+    let mut modules = Vec::new();
+    for p in parts.iter().filter(|p| p.name == "modules") {
+        let Some(file) = p.file_name.as_deref().filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        let name = match module_name(file) {
+            Ok(n) => n,
+            Err(e) => return render(html! { div.flash.error role="alert" { (e) } }),
+        };
+        let Ok(source) = std::str::from_utf8(&p.data) else {
+            return render(html! { div.flash.error role="alert" { (file) " is not UTF-8 text" } });
+        };
+        modules.push(json!({"name": name, "source": source}));
+    }
+    if modules.is_empty() {
+        return render(html! { div.flash.error role="alert" { "Choose at least one .py file." } });
+    }
+    let names: Vec<String> = modules
+        .iter()
+        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+        .collect();
+    let outcome = match api(app, s)
+        .send("POST", "/v1/modules", &json!({ "modules": modules }))
+        .await
+    {
+        Ok(report) => html! {
+            div.flash.ok role="status" id="deploy-result" {
+                "Deployed " (names.join(", ")) " (config version " (report["config_version"]) ")."
+            }
+            details { summary { "The servers' report" } pre { code { (pretty(&report)) } } }
+        },
+        Err(e) => {
+            let tb = e
+                .doc
+                .as_ref()
+                .and_then(|d| d.get("traceback").or_else(|| d.pointer("/error/traceback")))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            html! {
+                div.flash.error role="alert" id="deploy-result" {
+                    "Not deployed: " (e.to_string())
+                }
+                @if let Some(tb) = tb { pre { code { (tb) } } }
+                @else if let Some(d) = &e.doc { pre { code { (pretty(d)) } } }
+            }
+        }
+    };
+    render(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_names_come_from_file_names() {
+        assert_eq!(super::module_name("crm.py").unwrap(), "crm");
+        assert_eq!(super::module_name("C:\\x\\crm.py").unwrap(), "crm");
+        assert!(super::module_name("crm.txt").is_err());
+        assert!(super::module_name(".py").is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! The cluster overview (servers, versions, config version per server, bus links, store
+//! health, workers, the last hour's charts; the servers' table live over server-sent
+//! events) and the servers-and-workers page (each worker's state, load, RSS; restarts by
+//! reason).
+
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
+use maud::{Markup, html};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{charts, flash, num, ok_page};
+use crate::App;
+use crate::api::Api;
+use crate::http::{Body, Req, Resp};
+use crate::session::Session;
+
+/// How often the live table is sent.
+pub const LIVE_EVERY: Duration = Duration::from_secs(2);
+
+/// `/v1/info` of every configured server, in order (an error in place of one that did not answer).
+async fn infos(app: &App, s: &Session) -> Vec<(String, Result<Value, String>)> {
+    let calls = super::apis(app, s).into_iter().map(|api: Api| async move {
+        let r = api.get("/v1/info").await.map_err(|e| e.to_string());
+        (api.authority.clone(), r)
+    });
+    futures_util::future::join_all(calls).await
+}
+
+fn servers_rows(infos: &[(String, Result<Value, String>)]) -> Markup {
+    html! {
+        @for (addr, info) in infos {
+            @match info {
+                Ok(i) => {
+                    @let workers = i["workers"].as_array().cloned().unwrap_or_default();
+                    @let ready = workers.iter().filter(|w| w["state"] == "ready").count();
+                    tr {
+                        td { (i["server"].as_str().unwrap_or("?")) }
+                        td { code { (addr) } }
+                        td.state-ok { "answering" }
+                        td { (i["oxbus"].as_str().unwrap_or("?")) }
+                        td.num { (i["config_version"].as_i64().map_or("?".into(), |v| v.to_string())) }
+                        td.num { (ready) " / " (workers.len()) }
+                        td.num { (num(workers.iter().filter_map(|w| w["served"].as_f64()).sum())) }
+                        td.num { (num(workers.iter().filter_map(|w| w["inflight"].as_f64()).sum())) }
+                        td.num { (uptime(i["uptime_s"].as_u64().unwrap_or(0))) }
+                    }
+                },
+                Err(e) => tr {
+                    td { "?" }
+                    td { code { (addr) } }
+                    td.state-bad colspan="7" { "not answering: " (e) }
+                },
+            }
+        }
+    }
+}
+
+fn uptime(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// GET /
+pub async fn page(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    let infos = infos(app, s).await;
+    let cluster = super::api(app, s).get("/v1/cluster").await;
+    let body = html! {
+        (flash(&super::Flash::from_query(r)))
+        h2 { "Servers" }
+        div hx-ext="sse" sse-connect="/live/overview" {
+            table {
+                caption.visually-hidden { "Servers of the cluster, updated every 2 seconds" }
+                thead { tr {
+                    th scope="col" { "Server" } th scope="col" { "Admin API" } th scope="col" { "State" }
+                    th scope="col" { "Version" } th.num scope="col" { "Config version" }
+                    th.num scope="col" { "Workers ready" } th.num scope="col" { "Requests served" }
+                    th.num scope="col" { "In flight" } th.num scope="col" { "Up" }
+                } }
+                tbody id="servers-live" sse-swap="servers" { (servers_rows(&infos)) }
+            }
+        }
+        h2 { "Store and cluster bus" }
+        @match &cluster {
+            Ok(c) => {
+                div.cards {
+                    div.card {
+                        div.label { "Config store" }
+                        div.value { (c["store"]["kind"].as_str().unwrap_or("?")) }
+                        @if c["store"]["reachable"] == true {
+                            div.state-ok { "reachable · config version " (c["store"]["config_version"]) }
+                        } @else {
+                            div.state-bad { "unreachable: " (c["store"]["error"].as_str().unwrap_or("")) }
+                        }
+                    }
+                    div.card {
+                        div.label { "Cluster bus" }
+                        @if c["bus"]["running"] == true {
+                            div.value { (c["bus"]["links"].as_array().map_or(0, Vec::len)) " links" }
+                        } @else {
+                            div.value { "not running" }
+                            div.muted { (c["bus"]["why"].as_str().unwrap_or("")) }
+                        }
+                    }
+                    div.card {
+                        div.label { "Servers in the store" }
+                        div.value { (c["servers"].as_array().map_or(0, Vec::len)) }
+                    }
+                }
+                @if let Some(links) = c["bus"]["links"].as_array() && !links.is_empty() {
+                    table {
+                        thead { tr { th scope="col" { "Bus link" } th scope="col" { "State" } } }
+                        tbody {
+                            @for l in links {
+                                tr { td { (l["peer"].as_str().or(l["name"].as_str()).unwrap_or("?")) } td { code { (l) } } }
+                            }
+                        }
+                    }
+                }
+            },
+            Err(e) => div.flash.error role="alert" { "The cluster's state did not come: " (e.to_string()) },
+        }
+        h2 { "Last hour" }
+        (charts::overview(&app.sampler.series()))
+    };
+    ok_page(s, "/", "Cluster overview", body)
+}
+
+/// GET /live/overview: the servers' rows every [`LIVE_EVERY`] as the `servers` event, until
+/// the browser goes away or the session ends (the stream does not keep a session alive).
+pub fn live(app: &Arc<App>, s: &Arc<Session>) -> Resp {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let (app, s) = (app.clone(), s.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !app.sessions.is_live(&s) {
+                break;
+            }
+            let rows = servers_rows(&infos(&app, &s).await).into_string();
+            let mut ev = String::from("event: servers\n");
+            for line in rows.lines() {
+                ev.push_str("data: ");
+                ev.push_str(line);
+                ev.push('\n');
+            }
+            ev.push('\n');
+            if tx.send(bytes::Bytes::from(ev)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = hyper::Response::new(Body::Stream(rx));
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Per worker slot of one server's /metrics: resident memory; and restarts by reason.
+/// (label value, figure) pairs of one metric.
+type Figures = Vec<(String, f64)>;
+
+fn worker_figures(text: &str) -> (Figures, Figures) {
+    let mut rss = Vec::new();
+    let mut restarts = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, v)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = v.parse::<f64>() else { continue };
+        let label = |key: &str| {
+            head.split_once('{').and_then(|(_, l)| {
+                l.trim_end_matches('}').split(',').find_map(|kv| {
+                    let (k, val) = kv.split_once('=')?;
+                    (k == key).then(|| val.trim_matches('"').to_owned())
+                })
+            })
+        };
+        if head.starts_with("oxbus_worker_resident_memory_bytes{") {
+            if let Some(slot) = label("slot") {
+                rss.push((slot, v));
+            }
+        } else if head.starts_with("oxbus_worker_restarts_total{")
+            && let Some(reason) = label("reason")
+        {
+            restarts.push((reason, v));
+        }
+    }
+    (rss, restarts)
+}
+
+/// GET /servers
+pub async fn servers(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    let infos = infos(app, s).await;
+    let mut sections = Vec::new();
+    for (addr, info) in &infos {
+        let api = Api::new(addr, app.settings.metrics_token.as_deref().unwrap_or(""));
+        let metrics = api
+            .raw("GET", "/metrics", bytes::Bytes::new(), "text/plain")
+            .await
+            .ok()
+            .filter(|(st, _, _)| *st == 200)
+            .map(|(_, b, _)| worker_figures(&String::from_utf8_lossy(&b)));
+        sections.push(html! {
+            @match info {
+                Ok(i) => {
+                    h2 { "Server " (i["server"].as_str().unwrap_or("?")) " " span.muted { "(" (addr) ")" } }
+                    table {
+                        thead { tr {
+                            th scope="col" { "Worker" } th scope="col" { "PID" } th scope="col" { "Generation" }
+                            th scope="col" { "State" } th.num scope="col" { "In flight" } th.num scope="col" { "Served" }
+                            th.num scope="col" { "RSS" }
+                        } }
+                        tbody {
+                            @for w in i["workers"].as_array().cloned().unwrap_or_default() {
+                                @let id = w["id"].to_string();
+                                tr {
+                                    td { (id) } td { (w["pid"]) } td { (w["generation"]) }
+                                    td class=(if w["state"] == "ready" { "state-ok" } else { "state-bad" }) { (w["state"].as_str().unwrap_or("?")) }
+                                    td.num { (w["inflight"]) } td.num { (num(w["served"].as_f64().unwrap_or(0.0))) }
+                                    td.num {
+                                        @match metrics.as_ref().and_then(|(rss, _)| rss.iter().find(|(slot, _)| *slot == id)) {
+                                            Some((_, b)) => (format!("{:.1} MiB", b / 1048576.0)),
+                                            None => span.muted { "–" },
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @match &metrics {
+                        Some((_, restarts)) => p {
+                            "Worker restarts since the server started: "
+                            @if restarts.iter().all(|(_, n)| *n == 0.0) { "none" }
+                            @for (reason, n) in restarts.iter().filter(|(_, n)| *n > 0.0) {
+                                (reason) " " (num(*n)) "; "
+                            }
+                        },
+                        None => p.muted { "Memory and restarts come from the server's /metrics, which did not answer (metrics_token_file?)." },
+                    }
+                },
+                Err(e) => {
+                    h2 { "Server " (addr) }
+                    div.flash.error role="alert" { "not answering: " (e) }
+                },
+            }
+        });
+    }
+    let body = html! {
+        (flash(&super::Flash::from_query(r)))
+        p.muted { "A rolling restart of the workers (each replaced once its successor is ready) is started with "
+            code { "systemctl reload oxbus" } " or " code { "oxbus reload --pid PID" } " on the server's machine." }
+        @for sec in sections { (sec) }
+    };
+    ok_page(s, "/servers", "Servers and workers", body)
+}

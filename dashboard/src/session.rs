@@ -1,0 +1,227 @@
+//! Signed-in sessions (in memory: a restart of the dashboard signs everyone out), their CSRF
+//! tokens, and the sign-in rate limit.
+//!
+//! A session id is 256 random bits in an HttpOnly, SameSite=Strict cookie (`Secure` when
+//! `secure_cookies`); it ends after `session_idle` unused or `session_max` after sign-in,
+//! whichever comes first, and at sign-out. Each session has its own CSRF token, which every
+//! state-changing request must carry (a form's hidden `csrf` field or htmx's `X-CSRF-Token`
+//! header), compared in constant time.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+use crate::users::Role;
+
+/// The most sessions kept; past it the least recently used one ends.
+const MAX_SESSIONS: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    pub user: String,
+    pub role: Role,
+    /// The user's admin API token (opened at sign-in; never written anywhere).
+    pub token: String,
+    pub csrf: String,
+    started: Instant,
+    last: Mutex<Instant>,
+}
+
+impl Session {
+    /// Whether `given` is this session's CSRF token.
+    pub fn csrf_ok(&self, given: &str) -> bool {
+        bool::from(self.csrf.as_bytes().ct_eq(given.as_bytes()))
+    }
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    idle: Duration,
+    max: Duration,
+}
+
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).unwrap_or_else(|e| panic!("the OS random source failed: {e}"));
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Sessions {
+    pub fn new(idle: Duration, max: Duration) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            idle,
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().expect("sessions lock")
+    }
+
+    /// A new session for `user`; answers its id (the cookie's value).
+    pub fn create(&self, user: &str, role: Role, token: String) -> String {
+        let id = random_hex(32);
+        let now = Instant::now();
+        let s = Arc::new(Session {
+            id: id.clone(),
+            user: user.to_owned(),
+            role,
+            token,
+            csrf: random_hex(32),
+            started: now,
+            last: Mutex::new(now),
+        });
+        let mut map = self.lock();
+        self.sweep(&mut map, now);
+        if map.len() >= MAX_SESSIONS {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, s)| *s.last.lock().expect("last"))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
+        map.insert(id.clone(), s);
+        id
+    }
+
+    fn live(&self, s: &Session, now: Instant) -> bool {
+        now.duration_since(s.started) < self.max
+            && now.duration_since(*s.last.lock().expect("last")) < self.idle
+    }
+
+    fn sweep(&self, map: &mut HashMap<String, Arc<Session>>, now: Instant) {
+        map.retain(|_, s| self.live(s, now));
+    }
+
+    /// The live session `id` names, marked used now; an expired one is removed.
+    pub fn touch(&self, id: &str) -> Option<Arc<Session>> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let s = map.get(id)?.clone();
+        if !self.live(&s, now) {
+            map.remove(id);
+            return None;
+        }
+        *s.last.lock().expect("last") = now;
+        Some(s)
+    }
+
+    /// Whether `s` is still a live session (not marked used: a live stream does not keep a
+    /// session alive).
+    pub fn is_live(&self, s: &Arc<Session>) -> bool {
+        let map = self.lock();
+        map.get(&s.id)
+            .is_some_and(|m| Arc::ptr_eq(m, s) && self.live(s, Instant::now()))
+    }
+
+    /// Ends session `id` (sign-out).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Ends every session of `user` (their token was found revoked).
+    pub fn remove_user(&self, user: &str) {
+        self.lock().retain(|_, s| s.user != user);
+    }
+
+    /// Any live session's token (the live pages' figures are read with it).
+    pub fn count(&self) -> usize {
+        let now = Instant::now();
+        let mut map = self.lock();
+        self.sweep(&mut map, now);
+        map.len()
+    }
+}
+
+/// Failed sign-ins allowed per client address and per user name within [`WINDOW`].
+pub const MAX_FAILURES: usize = 5;
+pub const WINDOW: Duration = Duration::from_secs(300);
+
+/// Recent failed sign-ins by client address and by user name.
+#[derive(Debug, Default)]
+pub struct SignInLimit {
+    by_addr: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    by_user: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl SignInLimit {
+    /// `None` when a sign-in from `addr` as `user` may be tried now, else how long to wait.
+    pub fn check(&self, addr: IpAddr, user: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let wait = |list: Option<&mut Vec<Instant>>| -> Option<Duration> {
+            let list = list?;
+            list.retain(|t| now.duration_since(*t) < WINDOW);
+            if list.len() >= MAX_FAILURES {
+                Some(WINDOW.saturating_sub(now.duration_since(list[0])))
+            } else {
+                None
+            }
+        };
+        let a = wait(self.by_addr.lock().expect("limit").get_mut(&addr));
+        let u = wait(self.by_user.lock().expect("limit").get_mut(user));
+        a.max(u)
+    }
+
+    /// Records a failure (a wrong password, or an unknown user).
+    pub fn failed(&self, addr: IpAddr, user: &str) {
+        let now = Instant::now();
+        let mut by_addr = self.by_addr.lock().expect("limit");
+        if by_addr.len() > 100_000 {
+            by_addr.retain(|_, l| l.last().is_some_and(|t| now.duration_since(*t) < WINDOW));
+        }
+        by_addr.entry(addr).or_default().push(now);
+        drop(by_addr);
+        let mut by_user = self.by_user.lock().expect("limit");
+        if by_user.len() > 100_000 {
+            by_user.retain(|_, l| l.last().is_some_and(|t| now.duration_since(*t) < WINDOW));
+        }
+        // Names are recorded as given (bounded): an unknown user is limited too.
+        let key: String = user.chars().take(64).collect();
+        by_user.entry(key).or_default().push(now);
+    }
+
+    /// A successful sign-in clears its name's failures (not its address's).
+    pub fn succeeded(&self, user: &str) {
+        self.by_user.lock().expect("limit").remove(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_end_when_idle() {
+        let s = Sessions::new(Duration::from_millis(30), Duration::from_secs(60));
+        let id = s.create("alice", Role::Viewer, "t".into());
+        let got = s.touch(&id).unwrap();
+        assert!(got.csrf_ok(&got.csrf.clone()));
+        assert!(!got.csrf_ok("nope"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.touch(&id).is_none());
+        assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn sign_ins_are_limited_per_user_and_address() {
+        let l = SignInLimit::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            assert!(l.check(a, "bob").is_none());
+            l.failed(a, "bob");
+        }
+        assert!(l.check(a, "bob").is_some());
+        // Another address for the same user: still limited by the name.
+        assert!(l.check("10.0.0.1".parse().unwrap(), "bob").is_some());
+        // The same address for another user: limited by the address.
+        assert!(l.check(a, "carol").is_some());
+        assert!(l.check("10.0.0.1".parse().unwrap(), "carol").is_none());
+    }
+}
