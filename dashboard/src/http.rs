@@ -164,7 +164,7 @@ impl Req {
         self.headers.contains_key("hx-request")
     }
 
-    fn cookie(&self, name: &str) -> Option<String> {
+    pub fn cookie(&self, name: &str) -> Option<String> {
         self.headers
             .get_all(header::COOKIE)
             .iter()
@@ -232,10 +232,12 @@ async fn route(app: &Arc<App>, r: Req) -> Resp {
     }
     match (&r.method, r.path.as_str()) {
         (&Method::GET, "/signin") => {
-            return crate::pages::signin::form(app, r.q("next").unwrap_or("/"), None);
+            let pre = r.cookie(PRE_COOKIE);
+            return crate::pages::signin::form(app, r.q("next").unwrap_or("/"), pre, None);
         }
         (&Method::POST, "/signin") => return crate::pages::signin::submit(app, &r).await,
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/favicon.ico") => return text(StatusCode::NO_CONTENT, ""),
         _ => {}
     }
     let session = r

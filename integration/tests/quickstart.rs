@@ -9,19 +9,57 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A port P with P+1..=P+3 free too (quickstart puts the admin API on P+1, its proxy on
-/// P+2 and the proxy's stats on P+3).
+/// A port P with P+1..=P+4 free too (quickstart puts the admin API on P+1, its proxy on
+/// P+2, the proxy's stats on P+3 and the dashboard on P+4).
 fn free_port_run() -> u16 {
     for _ in 0..200 {
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = a.local_addr().unwrap().port();
-        if p < u16::MAX - 3
-            && (1..=3).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok())
+        if p < u16::MAX - 4
+            && (1..=4).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok())
         {
             return p;
         }
     }
-    panic!("no run of four free ports");
+    panic!("no run of five free ports");
+}
+
+/// Signs in to the dashboard on `port` as a browser would (the form's token and its
+/// cookie, then the password): the answer's status and its session cookie.
+async fn dashboard_sign_in(port: u16, user: &str, password: &str) -> (u16, Option<String>) {
+    let mut c = Client::connect(port).await.unwrap();
+    let form = c.request("GET", "/signin", &[], bytes::Bytes::new()).await.unwrap();
+    assert_eq!(form.status, 200);
+    let page = String::from_utf8_lossy(&form.body).into_owned();
+    let pre = page
+        .split("name=\"pre\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the form's token")
+        .to_owned();
+    let cookie = format!("oxdash_pre={pre}");
+    let body = format!("pre={pre}&next=%2F&user={user}&password={password}");
+    let mut c = Client::connect(port).await.unwrap();
+    let r = c
+        .request(
+            "POST",
+            "/signin",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("cookie", cookie.as_str()),
+            ],
+            bytes::Bytes::from(body),
+        )
+        .await
+        .unwrap();
+    let session = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("oxdash_session="))
+        .map(|v| v.split(';').next().unwrap().to_owned());
+    (r.status, session)
 }
 
 /// Runs quickstart as the README does: from the parent directory, the environment named
@@ -257,6 +295,28 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
     let stats = call(port + 3, "GET", "/stats", b"").await.unwrap().json();
     assert_eq!(stats["upstreams"][0]["up"], true, "{stats}");
     assert!(dir.join("proxy.toml").exists());
+
+    // The dashboard beside it (port + 4): its first user, made through the admin API once
+    // the server answered, signs in with the password quickstart printed and kept.
+    let password = eventually(Duration::from_secs(60), "the dashboard's first user", || async {
+        std::fs::read_to_string(dir.join("dashboard-admin.password"))
+            .ok()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+    })
+    .await;
+    let (status, session) = dashboard_sign_in(port + 4, "admin", &password).await;
+    assert_eq!(status, 303, "signed in");
+    let session = session.expect("a session cookie");
+    let mut c = Client::connect(port + 4).await.unwrap();
+    let page = c
+        .request("GET", "/services", &[("cookie", session.as_str())], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("demo.echo"));
+    let (status, _) = dashboard_sign_in(port + 4, "admin", "not-the-password").await;
+    assert_eq!(status, 401);
 
     // The sample module is a deployed module (version 1) and the channels are in the store.
     let services = cli(&dir, &["services"]);

@@ -56,13 +56,13 @@ fn actions(s: &Session, name: &str, active: bool) -> maud::Markup {
     html! {
         form.inline method="post" action=(format!("{base}/execute")) {
             (csrf(s))
-            button type="submit" aria-label=(format!("Run {name} now")) { "Run now" }
+            button type="submit" aria-label=(format!("Run now: {name}")) { "Run now" }
         }
         @if s.role.allows(Role::Admin) {
             " "
             form.inline method="post" action=(format!("{base}/{}", if active { "disable" } else { "enable" })) {
                 (csrf(s))
-                button.secondary type="submit" aria-label=(format!("{} {name}", if active { "Disable" } else { "Enable" })) {
+                button.secondary type="submit" aria-label=(format!("{}: {name}", if active { "Disable" } else { "Enable" })) {
                     @if active { "Disable" } @else { "Enable" }
                 }
             }

@@ -99,6 +99,7 @@ pub fn page(s: &Session, current: &str, title: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
                 title { (title) " · Oxbus" }
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/static/dashboard.css";
                 script src="/static/htmx.min.js" {}
                 script src="/static/htmx-sse.min.js" {}

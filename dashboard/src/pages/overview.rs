@@ -42,7 +42,7 @@ fn servers_rows(infos: &[(String, Result<Value, String>)]) -> Markup {
                         td { (i["oxbus"].as_str().unwrap_or("?")) }
                         td.num { (i["config_version"].as_i64().map_or("?".into(), |v| v.to_string())) }
                         td.num { (ready) " / " (workers.len()) }
-                        td.num { (num(workers.iter().filter_map(|w| w["served"].as_f64()).sum())) }
+                        td.num.served { (num(workers.iter().filter_map(|w| w["served"].as_f64()).sum())) }
                         td.num { (num(workers.iter().filter_map(|w| w["inflight"].as_f64()).sum())) }
                         td.num { (uptime(i["uptime_s"].as_u64().unwrap_or(0))) }
                     }

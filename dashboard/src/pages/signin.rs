@@ -31,6 +31,7 @@ fn shell(pre: &str, next: &str, user: &str, error: Option<&str>) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Sign in · Oxbus" }
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/static/dashboard.css";
             }
             body {
@@ -61,8 +62,17 @@ fn shell(pre: &str, next: &str, user: &str, error: Option<&str>) -> Markup {
 }
 
 /// GET /signin (also the page a failed sign-in answers with).
-pub fn form(app: &Arc<App>, next: &str, error: Option<(StatusCode, &str, &str)>) -> Resp {
-    let pre = random_hex(16);
+pub fn form(
+    app: &Arc<App>,
+    next: &str,
+    pre: Option<String>,
+    error: Option<(StatusCode, &str, &str)>,
+) -> Resp {
+    // The browser's token is kept (another tab's form, or a request the browser makes on
+    // its own, must not make this form's token stale); a new one otherwise.
+    let pre = pre
+        .filter(|p| p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| random_hex(16));
     let next = next_path(next).to_owned();
     let (status, user, msg) = match error {
         Some((st, user, msg)) => (st, user, Some(msg)),
@@ -94,16 +104,8 @@ pub async fn submit(app: &Arc<App>, r: &Req) -> Resp {
     let f = r.form();
     let (user, password, pre) = (field(&f, "user"), field(&f, "password"), field(&f, "pre"));
     let next = next_path(field(&f, "next")).to_owned();
-    let cookie_pre = r
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == PRE_COOKIE)
-        .map(|(_, v)| v.to_owned());
-    let retry = |st: StatusCode, msg: &str| form(app, &next, Some((st, user, msg)));
+    let cookie_pre = r.cookie(PRE_COOKIE);
+    let retry = |st: StatusCode, msg: &str| form(app, &next, None, Some((st, user, msg)));
     if pre.is_empty() || cookie_pre.as_deref() != Some(pre) {
         return retry(
             StatusCode::FORBIDDEN,

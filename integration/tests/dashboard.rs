@@ -1,0 +1,472 @@
+//! The dashboard in a real browser (Debian's chromium, driven over WebDriver by
+//! chromedriver): sign-in and out, what each role sees and may do (a viewer has no deploy
+//! form, and posting it by hand is refused), deploy, invoke, a channel made and called, a
+//! cache entry edited, a job run, a rollback, a request without its CSRF token refused,
+//! session expiry; axe-core (vendored) checks every page for serious accessibility
+//! problems, and every page is screenshotted into target/dashboard-screenshots/.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use oxbus_integration::api::admin;
+use oxbus_integration::{Env, Server, eventually, oxbus_bin};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const AXE: &str = include_str!("vendor/axe.min.js");
+
+/// A running `oxbus dashboard` over `srv`, with its users.
+struct Dashboard {
+    child: Child,
+    url: String,
+    config: PathBuf,
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dashboard(srv: &Server, dir: &Path, extra: &str) -> Dashboard {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("dashboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dashboard]\nlisten = \"127.0.0.1:0\"\nservers = [\"http://127.0.0.1:{}\"]\n{extra}",
+            srv.admin_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(oxbus_bin())
+        .args(["dashboard", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("oxbus dashboard at ")
+        .unwrap_or_else(|| panic!("the dashboard's first line: {line:?}"))
+        .to_owned();
+    Dashboard { child, url, config }
+}
+
+/// `oxbus dashboard user add NAME --role ROLE` with `password` on standard input.
+fn add_user(srv: &Server, d: &Dashboard, name: &str, role: &str, password: &str) {
+    let mut c = Command::new(oxbus_bin())
+        .args([
+            "dashboard",
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+        ])
+        .arg("--config")
+        .arg(&d.config)
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", srv.admin_port()),
+        ])
+        .args(["--token", &srv.admin_token()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// chromedriver on a free port, and a headless chromium session through it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: PathBuf,
+}
+
+async fn browser(dir: &Path) -> Browser {
+    let port = oxbus_integration::proxy::free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; .ci/run installs it)");
+    let profile = dir.join(format!("chromium-{port}"));
+    std::fs::create_dir_all(&profile).unwrap();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let client = eventually(Duration::from_secs(30), "chromedriver answers", || {
+        let caps = caps.clone();
+        async move {
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    Browser {
+        client,
+        driver,
+        _profile: profile,
+    }
+}
+
+impl Browser {
+    async fn close(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn body(&self) -> String {
+        self.text("body").await
+    }
+
+    async fn exists(&self, css: &str) -> bool {
+        !self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap()
+            .is_empty()
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap();
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn path(&self) -> String {
+        self.client.current_url().await.unwrap().path().to_owned()
+    }
+
+    async fn sign_in(&self, base: &str, user: &str, password: &str) {
+        self.goto(&format!("{base}/signin")).await;
+        self.fill("#user", user).await;
+        self.fill("#password", password).await;
+        self.click("button[type=submit]").await;
+        let b = self.body().await;
+        assert!(b.contains(&format!("{user} ·")), "signed in as {user}: {b}");
+    }
+
+    /// The page's serious or critical accessibility violations (axe-core).
+    async fn axe(&self) -> Vec<String> {
+        self.client.execute(AXE, vec![]).await.unwrap();
+        let v = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, {resultTypes: ['violations']}).then(r => done(
+                   r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                     .map(v => v.id + ': ' + v.help + ' at ' +
+                          v.nodes.map(n => n.target.join(' ')).join(', '))));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// Checks the page with axe and saves its screenshot as `name`.png.
+    async fn check_page(&self, name: &str) {
+        let v = self.axe().await;
+        assert!(v.is_empty(), "accessibility violations on {name}: {v:#?}");
+        let png = self.client.screenshot().await.unwrap();
+        let dir = oxbus_integration::repo_root().join("target/dashboard-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// A POST from the page's own script context (as a hand-made request from a signed-in
+    /// browser would be): its status.
+    async fn post_from_page(&self, path: &str, body: &str, with_csrf: bool) -> u16 {
+        let v = self
+            .client
+            .execute_async(
+                "const [path, body, withCsrf, done] = arguments;
+                 const h = {'Content-Type': 'application/x-www-form-urlencoded'};
+                 if (withCsrf) {
+                   h['X-CSRF-Token'] = JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token'];
+                 }
+                 fetch(path, {method: 'POST', headers: h, body: body, redirect: 'manual'})
+                   .then(r => done(r.status)).catch(e => done(-1));",
+                vec![json!(path), json!(body), json!(with_csrf)],
+            )
+            .await
+            .unwrap();
+        v.as_u64().unwrap() as u16
+    }
+}
+
+const V1: &str = "from oxbus import Service\n\nclass Hello(Service):\n    name = 'dash.hello'\n\n    def handle(self):\n        self.response.payload = {'version': 1, 'got': self.request.payload}\n";
+const V2: &str = "from oxbus import Service\n\nclass Hello(Service):\n    name = 'dash.hello'\n\n    def handle(self):\n        self.response.payload = {'version': 2, 'got': self.request.payload}\n";
+
+#[tokio::test]
+async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rollback() {
+    let srv = Env::new().with_test_services().workers(1).start().await;
+    let put = admin(
+        &srv,
+        "PUT",
+        "/v1/jobs/dash-job",
+        json!({"service": "test.echo", "type": "interval_based", "hours": 1, "extra": {"from": "job"}}),
+    )
+    .await;
+    assert_eq!(put.status, 201, "{:?}", put.body);
+    let work = srv.dir.join("dash");
+    let d = start_dashboard(&srv, &work.join("main"), "");
+    add_user(&srv, &d, "alice", "admin", "alice-password-1");
+    add_user(&srv, &d, "carol", "viewer", "carol-password-1");
+    let b = browser(&work).await;
+    let base = d.url.clone();
+
+    // Not signed in: every page sends to the sign-in form.
+    b.goto(&format!("{base}/services")).await;
+    assert_eq!(b.path().await, "/signin");
+    b.check_page("signin").await;
+    // A wrong password: refused, said so.
+    b.fill("#user", "alice").await;
+    b.fill("#password", "not-her-password").await;
+    b.click("button[type=submit]").await;
+    let e = b.text("#signin-error").await;
+    assert!(e.contains("Wrong user name or password"), "{e}");
+
+    // The viewer: reads, but no deploy form, and the hand-made POST is refused.
+    b.sign_in(&base, "carol", "carol-password-1").await;
+    b.check_page("overview").await;
+    // The servers' table is live (server-sent events): calls made now show without a reload.
+    let before = b.text("#servers-live td.served").await;
+    for _ in 0..3 {
+        let r = admin(&srv, "POST", "/v1/invoke/test.echo", json!({})).await;
+        assert_eq!(r.status, 200);
+    }
+    let url = b.client.current_url().await.unwrap();
+    eventually(Duration::from_secs(15), "the live table updates", || async {
+        let now = b.text("#servers-live td.served").await;
+        (now != before).then_some(())
+    })
+    .await;
+    assert_eq!(b.client.current_url().await.unwrap(), url, "no navigation");
+    b.goto(&format!("{base}/deploy")).await;
+    assert!(
+        !b.exists("#deploy-submit").await,
+        "a viewer has no deploy form"
+    );
+    assert!(b.body().await.contains("needs the deployer role"));
+    let st = b.post_from_page("/jobs/dash-job/execute", "", true).await;
+    assert_eq!(st, 403, "a viewer's hand-made run-now is refused");
+    b.goto(&format!("{base}/services")).await;
+    assert!(!b.exists("a[href='/deploy'].button").await);
+    b.click("form[action='/signout'] button").await;
+    assert_eq!(b.path().await, "/signin");
+    // Signed out: the session is gone.
+    b.goto(&format!("{base}/services")).await;
+    assert_eq!(b.path().await, "/signin");
+
+    // The admin: deploy a module through the form's file input.
+    b.sign_in(&base, "alice", "alice-password-1").await;
+    let v1 = work.join("dash_hello.py");
+    std::fs::write(&v1, V1).unwrap();
+    b.goto(&format!("{base}/deploy")).await;
+    b.check_page("deploy").await;
+    b.client
+        .find(Locator::Css("#modules"))
+        .await
+        .unwrap()
+        .send_keys(v1.to_str().unwrap())
+        .await
+        .unwrap();
+    b.click("#deploy-submit").await;
+    let result = b.text("#deploy-result").await;
+    assert!(result.contains("Deployed dash_hello"), "{result}");
+    // Seen in the services page, searched for.
+    b.goto(&format!("{base}/services?q=dash")).await;
+    assert!(b.text("#services-rows").await.contains("dash.hello"));
+    b.check_page("services").await;
+    // Invoked from its page's form (htmx answers in place).
+    b.goto(&format!("{base}/services/dash.hello")).await;
+    b.fill("#payload", r#"{"n": 7}"#).await;
+    b.click("#invoke button[type=submit]").await;
+    let answer = b.text("#invoke-answer").await;
+    assert!(
+        answer.contains("\"version\": 1") && answer.contains("\"n\": 7"),
+        "{answer}"
+    );
+    b.check_page("service").await;
+
+    // Version 2 (through the API), then rolled back from the page.
+    let r = admin(
+        &srv,
+        "POST",
+        "/v1/modules",
+        json!({"modules": [{"name": "dash_hello", "source": V2}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    b.goto(&format!("{base}/services/dash.hello")).await;
+    assert!(b.body().await.contains("diff with 1"));
+    b.click("a[href^='/modules/dash_hello/diff']").await;
+    let diff = b.text("pre").await;
+    assert!(
+        diff.contains("- ") && diff.contains("'version': 2"),
+        "{diff}"
+    );
+    b.check_page("diff").await;
+    b.goto(&format!("{base}/services/dash.hello")).await;
+    b.click("form[action='/modules/dash_hello/rollback'] button")
+        .await;
+    assert!(
+        b.text(".flash.ok")
+            .await
+            .contains("rolled back to version 1")
+    );
+    let r = admin(&srv, "POST", "/v1/invoke/dash.hello", json!({})).await;
+    assert_eq!(r.json()["version"], 1, "{:?}", r.body);
+
+    // A channel: the server's refusal shown next to the field, then made and called.
+    b.goto(&format!("{base}/channels/new")).await;
+    b.check_page("channel-new").await;
+    b.fill("#f-url_path", "/dash/hello").await;
+    b.click("form.stack button[type=submit]").await;
+    let err = b.text("#form-error").await;
+    assert!(err.contains("refused"), "{err}");
+    b.fill("#f-url_path", "/dash/hello").await;
+    b.fill("#f-service", "dash.hello").await;
+    b.fill("#f-methods", "POST").await;
+    b.click("form.stack button[type=submit]").await;
+    assert!(b.text(".flash.ok").await.contains("created"));
+    b.check_page("channels").await;
+    let called = eventually(
+        Duration::from_secs(10),
+        "the new channel answers",
+        || async {
+            let r = srv
+                .post_json("/dash/hello", &json!({"via": "channel"}))
+                .await;
+            (r.status == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(called.json()["got"], json!({"via": "channel"}));
+
+    // A cache entry added, then edited.
+    b.goto(&format!("{base}/caches/default")).await;
+    b.fill("#key", "dash:1").await;
+    b.fill("#value", r#"{"a": 1}"#).await;
+    b.click("form[action='/caches/default/entry'] button").await;
+    assert!(b.text(".flash.ok").await.contains("Saved dash:1"));
+    b.fill("#value", r#"{"a": 2}"#).await;
+    b.click("form[action='/caches/default/entry'] button").await;
+    let r = admin(&srv, "GET", "/v1/caches/default/keys/dash%3A1", Value::Null).await;
+    assert_eq!(r.json()["value"], json!({"a": 2}), "{:?}", r.body);
+    b.check_page("cache-entry").await;
+    b.goto(&format!("{base}/caches")).await;
+    b.check_page("caches").await;
+
+    // A job run now, and its run listed.
+    b.goto(&format!("{base}/jobs")).await;
+    b.check_page("jobs").await;
+    b.click("form[action='/jobs/dash-job/execute'] button")
+        .await;
+    assert!(b.text(".flash.ok").await.contains("Ran dash-job: ok"));
+    b.goto(&format!("{base}/jobs/dash-job")).await;
+    assert!(b.text("#runs").await.contains("manual"));
+    b.check_page("job").await;
+
+    // Every change above is in the audit log under the dashboard user's identity.
+    b.goto(&format!("{base}/audit?who=dashboard.alice")).await;
+    let audit = b.text("#audit").await;
+    assert!(
+        audit.contains("dashboard.alice") && audit.contains("rollback"),
+        "{audit}"
+    );
+    b.check_page("audit").await;
+    b.goto(&format!("{base}/servers")).await;
+    b.check_page("servers").await;
+
+    // Without the CSRF token, a signed-in browser's POST is refused.
+    assert_eq!(
+        b.post_from_page("/jobs/dash-job/execute", "", false).await,
+        403
+    );
+    assert_eq!(
+        b.post_from_page("/jobs/dash-job/execute", "csrf=wrong", false)
+            .await,
+        403
+    );
+    b.close().await;
+
+    // Sessions end: a dashboard whose sessions last two seconds however busy (the idle
+    // limit is the same check, unit-tested in the dashboard's session.rs).
+    let short = start_dashboard(&srv, &work.join("short"), "session_max_s = 2\n");
+    add_user(&srv, &short, "dave", "viewer", "dave-password-12");
+    let b = browser(&work).await;
+    b.sign_in(&short.url, "dave", "dave-password-12").await;
+    eventually(Duration::from_secs(20), "the session ends", || async {
+        b.goto(&format!("{}/services", short.url)).await;
+        (b.path().await == "/signin").then_some(())
+    })
+    .await;
+    b.close().await;
+}
