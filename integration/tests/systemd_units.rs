@@ -24,7 +24,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-const UNITS: [&str; 3] = ["oxbus@.service", "oxbus-proxy.service", "oxbus.target"];
+const UNITS: [&str; 4] = [
+    "oxbus@.service",
+    "oxbus-proxy.service",
+    "oxbus-dashboard.service",
+    "oxbus.target",
+];
 
 /// `systemd-analyze verify` on the units of `dir`: its exit code and stderr. Warnings such
 /// as an unknown key or a value it cannot parse go to stderr with exit code 0; a missing

@@ -99,6 +99,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../systemd/oxbus-proxy.service"),
     ),
     (
+        "oxbus-dashboard.service",
+        include_str!("../../../systemd/oxbus-dashboard.service"),
+    ),
+    (
         "oxbus.target",
         include_str!("../../../systemd/oxbus.target"),
     ),
@@ -252,6 +256,7 @@ impl Install {
              systemctl daemon-reload\n  \
              systemctl enable --now oxbus@NAME          # one per server NAME\n  \
              systemctl enable --now oxbus-proxy         # if this machine runs the proxy ({c}/proxy.toml)\n  \
+             systemctl enable --now oxbus-dashboard     # if this machine runs the dashboard ({c}/dashboard.toml; docs/DASHBOARD.md)\n  \
              systemctl enable oxbus.target\n"
         )
     }
@@ -305,7 +310,7 @@ mod tests {
         i.user = "svc_bus".into();
         i.state_dir = "bus".into();
         let units = i.render().unwrap();
-        assert_eq!(units.len(), 3);
+        assert_eq!(units.len(), 4);
         for u in &units {
             assert!(!has_placeholder(&u.text), "{}", u.text);
             assert!(u.path.starts_with("/etc/systemd/system"));
@@ -340,6 +345,11 @@ mod tests {
             "ExecStart=/usr/local/bin/oxbus proxy --config /srv/oxbus-conf/proxy.toml\n"
         ));
         assert!(proxy.contains("RuntimeDirectory=bus-proxy\n"));
+        let dashboard = unit(&units, "oxbus-dashboard.service");
+        assert!(dashboard.contains(
+            "ExecStart=/usr/local/bin/oxbus dashboard --config /srv/oxbus-conf/dashboard.toml\n"
+        ));
+        assert!(dashboard.contains("User=svc_bus\n"));
     }
 
     #[test]
@@ -402,7 +412,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names.len(), TEMPLATES.len(), "{names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
