@@ -95,6 +95,7 @@ fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str, u16)> {
             "viewer",
             200,
         ),
+        ("GET", "/v1/workers/restart", Value::Null, "viewer", 200),
         ("GET", "/v1/modules", Value::Null, "viewer", 200),
         ("GET", "/v1/modules/rolesmod", Value::Null, "viewer", 200),
         (
@@ -295,6 +296,7 @@ fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str, u16)> {
             "admin",
             200,
         ),
+        ("POST", "/v1/workers/restart", Value::Null, "admin", 202),
         ("POST", "/v1/config?dry_run=1", json!({}), "admin", 200),
         ("GET", "/v1/tokens", Value::Null, "admin", 200),
         (

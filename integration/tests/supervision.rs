@@ -3,6 +3,7 @@
 
 use nix::sys::signal::Signal;
 use oxbus_integration::*;
+use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -439,4 +440,34 @@ async fn workers_die_with_a_killed_server() {
         async move { left.is_empty().then_some(()) }
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_admin_apis_rolling_restart_replaces_every_worker_as_sighup_does() {
+    let srv = Env::new().workers(2).with_test_services().start().await;
+    let before = srv.worker_pids();
+    let r = oxbus_integration::api::admin(&srv, "POST", "/v1/workers/restart", Value::Null).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.json()["restarting"], true);
+    eventually(Duration::from_secs(20), "all workers replaced", || {
+        let now = srv.worker_pids();
+        let before = before.clone();
+        async move { (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(()) }
+    })
+    .await;
+    let st = eventually(Duration::from_secs(20), "the restart reported done", || async {
+        let s = oxbus_integration::api::admin(&srv, "GET", "/v1/workers/restart", Value::Null)
+            .await
+            .json();
+        (s["reloading"] == false && s["finished"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(st["failed"], 0, "{st}");
+    assert_eq!(st["generation"], 2, "{st}");
+    let audit =
+        oxbus_integration::api::admin(&srv, "GET", "/v1/audit?object=workers", Value::Null).await;
+    let entries = audit.json()["entries"].clone();
+    assert_eq!(entries[0]["action"], "restart", "{entries}");
+    assert_eq!(entries[0]["who"], "root", "{entries}");
+    assert!(srv.log().contains("rolling restart complete"));
 }

@@ -292,7 +292,11 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         pubsub: pubsub.clone(),
         wsx: wsx_ops.clone(),
     });
+    // `oxbus reload --pid` (systemd's ExecReload=) and the admin API read the reloads'
+    // outcome here.
+    let reloads = crate::lifecycle::reload::Reloads::new(1);
     let admin = Arc::new(crate::admin::Ctx {
+        reloads: reloads.clone(),
         metrics: metrics.clone(),
         pool: pool.clone(),
         routes,
@@ -405,8 +409,6 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         boot.online.then_some(boot.snapshot),
     ));
     tokio::spawn(notifier.clone().watch());
-    // `oxbus reload --pid` (systemd's ExecReload=) reads the reloads' outcome here.
-    let reloads = crate::lifecycle::reload::Reloads::new(1);
     match crate::lifecycle::reload::bind() {
         Ok(l) => {
             tokio::spawn(crate::lifecycle::reload::serve(l, reloads.clone()));

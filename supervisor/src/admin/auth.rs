@@ -343,6 +343,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("GET", "/v1/services", Viewer),
     ep("GET", "/v1/services/stats", Viewer),
     ep("GET", "/v1/websocket/clients", Viewer),
+    // A rolling restart of this server's workers (as SIGHUP): an admin's; its progress, a
+    // viewer's.
+    ep("GET", "/v1/workers/restart", Viewer),
+    ep("POST", "/v1/workers/restart", Admin),
     ep("DELETE", "/v1/websocket/clients/{id}", Deployer),
     ep("GET", "/v1/services/{name}/stats", Viewer),
     ep("GET", "/v1/modules", Viewer),

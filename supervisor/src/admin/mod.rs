@@ -59,6 +59,8 @@ pub struct Ctx {
     pub files: crate::files::FileChannels,
     /// The WebSocket clients (their list, a disconnect).
     pub wsx: crate::wsx::Wsx,
+    /// The rolling restarts' outcome (`POST /v1/workers/restart` starts one).
+    pub reloads: std::sync::Arc<crate::lifecycle::reload::Reloads>,
 }
 
 mod audit;
@@ -84,6 +86,7 @@ mod security;
 mod stats;
 mod tokens;
 mod websocket;
+mod workers;
 
 pub use audit::prune as prune_audit_log;
 use input::json_body;
@@ -326,6 +329,7 @@ fn is_not_config(path: &str) -> bool {
             | ["v1", "pubsub", "publish", ..]
             | ["v1", "pubsub", "subs", _, "purge" | "requeue"]
             | ["v1", "websocket", "clients", ..]
+            | ["v1", "workers", ..]
     )
 }
 
@@ -338,6 +342,8 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (&Method::GET, ["v1", "cluster"]) => cluster::cluster(cx).await,
         (&Method::GET, ["v1", "services"]) => modules::services(cx).await,
         (&Method::GET, ["v1", "services", "stats"]) => stats::all(cx).await,
+        (&Method::GET, ["v1", "workers", "restart"]) => workers::status(cx),
+        (&Method::POST, ["v1", "workers", "restart"]) => workers::restart(cx).await,
         (&Method::GET, ["v1", "websocket", "clients"]) => {
             websocket::clients(cx, req.uri().query()).await
         }
