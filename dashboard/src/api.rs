@@ -34,11 +34,20 @@ impl std::fmt::Display for ApiError {
 }
 
 /// One server's admin API, called as one identity.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Api {
     /// `host:port`
     pub authority: String,
     pub token: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Api")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Api {
@@ -159,8 +168,12 @@ impl Api {
     }
 }
 
-/// `s` percent-encoded for one path segment or query value.
+/// `s` percent-encoded for one path segment or query value (`.` and `..` wholly, so that
+/// no path normalisation can read them as steps).
 pub fn enc(s: &str) -> String {
+    if s == "." || s == ".." {
+        return s.replace('.', "%2E");
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -178,5 +191,6 @@ mod tests {
     fn enc_keeps_unreserved_only() {
         assert_eq!(super::enc("/echo x"), "%2Fecho%20x");
         assert_eq!(super::enc("demo.echo"), "demo.echo");
+        assert_eq!(super::enc(".."), "%2E%2E");
     }
 }

@@ -1,5 +1,5 @@
 //! The static files, compiled in: htmx and its server-sent-events extension (vendored from
-//! npm, see assets/VENDORED), the style sheet and the dashboard's one small script.
+//! npm, see assets/VENDORED) and the style sheet.
 
 use bytes::Bytes;
 use http_body_util::Full;

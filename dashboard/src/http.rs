@@ -55,8 +55,14 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
                        base-uri 'none'";
 
-/// The largest request body read (a deployed module is at most this).
-pub const MAX_BODY: usize = 8 << 20;
+/// The largest upload read (`POST /deploy` of a signed-in user: the modules).
+pub const MAX_UPLOAD: usize = 8 << 20;
+/// The largest body of any other request (a form).
+pub const MAX_FORM: usize = 64 << 10;
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 512;
 
 pub fn html(status: StatusCode, markup: maud::Markup) -> Resp {
     let mut r = Response::new(Body::Full(Full::new(Bytes::from(markup.into_string()))));
@@ -109,7 +115,11 @@ fn secure(mut r: Resp) -> Resp {
 
 /// Serves until the process ends.
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -121,6 +131,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
@@ -186,7 +197,18 @@ pub fn field<'a>(form: &'a [(String, String)], key: &str) -> &'a str {
 pub const SESSION_COOKIE: &str = "oxdash_session";
 pub const PRE_COOKIE: &str = "oxdash_pre";
 
-pub fn cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+/// A cookie's name: with `secure_cookies`, `__Host-` first (the browser then takes it only
+/// from this host over HTTPS with `Path=/`: a sibling subdomain cannot plant one).
+pub fn cookie_name(app: &App, base: &str) -> String {
+    if app.settings.secure_cookies {
+        format!("__Host-{base}")
+    } else {
+        base.to_owned()
+    }
+}
+
+pub fn cookie(app: &App, base: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let name = cookie_name(app, base);
     let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
     if app.settings.secure_cookies {
         c.push_str("; Secure");
@@ -205,24 +227,41 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    use http_body_util::BodyExt;
-    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return secure(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request is larger than {} MiB", MAX_BODY >> 20),
-            ));
-        }
-    };
-    let r = Req {
+    let mut r = Req {
         method: parts.method,
         path,
         query,
         headers: parts.headers,
-        body,
+        body: Bytes::new(),
         peer,
     };
+    // Only a signed-in user's upload may be large; the session is looked at (not used) here.
+    let upload = r.method == Method::POST
+        && r.path == "/deploy"
+        && r.cookie(&cookie_name(&app, SESSION_COOKIE))
+            .is_some_and(|id| app.sessions.peek(&id));
+    let limit = if upload { MAX_UPLOAD } else { MAX_FORM };
+    use http_body_util::BodyExt;
+    match tokio::time::timeout(
+        BODY_TIMEOUT,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => r.body = b.to_bytes(),
+        Ok(Err(_)) => {
+            return secure(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request is larger than {} KiB", limit >> 10),
+            ));
+        }
+        Err(_) => {
+            return secure(text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request's body did not arrive in time",
+            ));
+        }
+    }
     secure(route(&app, r).await)
 }
 
@@ -232,7 +271,7 @@ async fn route(app: &Arc<App>, r: Req) -> Resp {
     }
     match (&r.method, r.path.as_str()) {
         (&Method::GET, "/signin") => {
-            let pre = r.cookie(PRE_COOKIE);
+            let pre = r.cookie(&cookie_name(app, PRE_COOKIE));
             return crate::pages::signin::form(app, r.q("next").unwrap_or("/"), pre, None);
         }
         (&Method::POST, "/signin") => return crate::pages::signin::submit(app, &r).await,
@@ -241,12 +280,29 @@ async fn route(app: &Arc<App>, r: Req) -> Resp {
         _ => {}
     }
     let session = r
-        .cookie(SESSION_COOKIE)
+        .cookie(&cookie_name(app, SESSION_COOKIE))
         .and_then(|id| app.sessions.touch(&id).map(|s| (id, s)));
+    // A session whose token the servers refused (revoked) ends here.
+    let session = match session {
+        Some((id, s)) if s.revoked.load(std::sync::atomic::Ordering::Relaxed) => {
+            info!(user = %s.user, "session ended: the servers refused its API token");
+            app.sessions.remove(&id);
+            None
+        }
+        other => other,
+    };
     let Some((sid, session)) = session else {
         if r.method == Method::GET && !r.is_htmx() {
-            let next = crate::api::enc(&r.path);
-            return redirect(&format!("/signin?next={next}"));
+            let mut back = r.path.clone();
+            if !r.query.is_empty() {
+                back.push('?');
+                back.push_str(
+                    &form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(&r.query)
+                        .finish(),
+                );
+            }
+            return redirect(&format!("/signin?next={}", crate::api::enc(&back)));
         }
         let mut resp = text(
             StatusCode::UNAUTHORIZED,

@@ -18,7 +18,6 @@ use crate::users::Role;
 /// The most sessions kept; past it the least recently used one ends.
 const MAX_SESSIONS: usize = 10_000;
 
-#[derive(Debug)]
 pub struct Session {
     id: String,
     pub user: String,
@@ -28,9 +27,38 @@ pub struct Session {
     pub csrf: String,
     started: Instant,
     last: Mutex<Instant>,
+    /// The message the next page shows (after a form's redirect), once.
+    flash: Mutex<Option<(bool, String)>>,
+    /// The servers refused the token (revoked): the next request ends the session.
+    pub revoked: std::sync::atomic::AtomicBool,
+    /// Live event streams open now (at most [`MAX_STREAMS`]).
+    pub streams: std::sync::atomic::AtomicUsize,
+}
+
+/// Live event streams one session may hold open at once.
+pub const MAX_STREAMS: usize = 4;
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token, the id or the CSRF token.
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
+    /// Sets the message the next page shows (`ok` false: an error).
+    pub fn set_flash(&self, ok: bool, message: String) {
+        *self.flash.lock().expect("flash") = Some((ok, message));
+    }
+
+    /// The message to show now, taken (shown once).
+    pub fn take_flash(&self) -> Option<(bool, String)> {
+        self.flash.lock().expect("flash").take()
+    }
+
     /// Whether `given` is this session's CSRF token.
     pub fn csrf_ok(&self, given: &str) -> bool {
         bool::from(self.csrf.as_bytes().ct_eq(given.as_bytes()))
@@ -75,6 +103,9 @@ impl Sessions {
             csrf: random_hex(32),
             started: now,
             last: Mutex::new(now),
+            flash: Mutex::new(None),
+            revoked: Default::default(),
+            streams: Default::default(),
         });
         let mut map = self.lock();
         self.sweep(&mut map, now);
@@ -113,6 +144,12 @@ impl Sessions {
         Some(s)
     }
 
+    /// Whether `id` names a live session (not marked used).
+    pub fn peek(&self, id: &str) -> bool {
+        let map = self.lock();
+        map.get(id).is_some_and(|s| self.live(s, Instant::now()))
+    }
+
     /// Whether `s` is still a live session (not marked used: a live stream does not keep a
     /// session alive).
     pub fn is_live(&self, s: &Arc<Session>) -> bool {
@@ -126,12 +163,7 @@ impl Sessions {
         self.lock().remove(id);
     }
 
-    /// Ends every session of `user` (their token was found revoked).
-    pub fn remove_user(&self, user: &str) {
-        self.lock().retain(|_, s| s.user != user);
-    }
-
-    /// Any live session's token (the live pages' figures are read with it).
+    /// How many sessions are live.
     pub fn count(&self) -> usize {
         let now = Instant::now();
         let mut map = self.lock();
@@ -152,44 +184,44 @@ pub struct SignInLimit {
 }
 
 impl SignInLimit {
-    /// `None` when a sign-in from `addr` as `user` may be tried now, else how long to wait.
-    pub fn check(&self, addr: IpAddr, user: &str) -> Option<Duration> {
+    /// Takes an attempt for `addr` and `user` (counted as a failure until [`Self::succeeded`]
+    /// says otherwise), or says how long to wait: the check and the count are one step, so
+    /// attempts sent together cannot all pass a check made before any of them failed.
+    pub fn attempt(&self, addr: IpAddr, user: &str) -> Result<(), Duration> {
         let now = Instant::now();
+        let user: String = user.chars().take(64).collect();
+        let mut by_addr = self.by_addr.lock().expect("limit");
+        let mut by_user = self.by_user.lock().expect("limit");
         let wait = |list: Option<&mut Vec<Instant>>| -> Option<Duration> {
             let list = list?;
             list.retain(|t| now.duration_since(*t) < WINDOW);
-            if list.len() >= MAX_FAILURES {
-                Some(WINDOW.saturating_sub(now.duration_since(list[0])))
-            } else {
-                None
-            }
+            (list.len() >= MAX_FAILURES).then(|| WINDOW.saturating_sub(now.duration_since(list[0])))
         };
-        let a = wait(self.by_addr.lock().expect("limit").get_mut(&addr));
-        let u = wait(self.by_user.lock().expect("limit").get_mut(user));
-        a.max(u)
-    }
-
-    /// Records a failure (a wrong password, or an unknown user).
-    pub fn failed(&self, addr: IpAddr, user: &str) {
-        let now = Instant::now();
-        let mut by_addr = self.by_addr.lock().expect("limit");
-        if by_addr.len() > 100_000 {
-            by_addr.retain(|_, l| l.last().is_some_and(|t| now.duration_since(*t) < WINDOW));
+        let a = wait(by_addr.get_mut(&addr));
+        let u = wait(by_user.get_mut(&user));
+        if let Some(w) = a.max(u) {
+            return Err(w);
+        }
+        for map_len in [by_addr.len(), by_user.len()] {
+            if map_len > 100_000 {
+                by_addr.retain(|_, l| l.last().is_some_and(|t| now.duration_since(*t) < WINDOW));
+                by_user.retain(|_, l| l.last().is_some_and(|t| now.duration_since(*t) < WINDOW));
+                break;
+            }
         }
         by_addr.entry(addr).or_default().push(now);
-        drop(by_addr);
-        let mut by_user = self.by_user.lock().expect("limit");
-        if by_user.len() > 100_000 {
-            by_user.retain(|_, l| l.last().is_some_and(|t| now.duration_since(*t) < WINDOW));
-        }
-        // Names are recorded as given (bounded): an unknown user is limited too.
-        let key: String = user.chars().take(64).collect();
-        by_user.entry(key).or_default().push(now);
+        by_user.entry(user).or_default().push(now);
+        Ok(())
     }
 
-    /// A successful sign-in clears its name's failures (not its address's).
-    pub fn succeeded(&self, user: &str) {
-        self.by_user.lock().expect("limit").remove(user);
+    /// The attempt taken for `addr` and `user` succeeded: it is not a failure, and the name's
+    /// failures are cleared (not the address's).
+    pub fn succeeded(&self, addr: IpAddr, user: &str) {
+        let user: String = user.chars().take(64).collect();
+        if let Some(l) = self.by_addr.lock().expect("limit").get_mut(&addr) {
+            l.pop();
+        }
+        self.by_user.lock().expect("limit").remove(&user);
     }
 }
 
@@ -214,14 +246,21 @@ mod tests {
         let l = SignInLimit::default();
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..MAX_FAILURES {
-            assert!(l.check(a, "bob").is_none());
-            l.failed(a, "bob");
+            assert!(l.attempt(a, "bob").is_ok());
         }
-        assert!(l.check(a, "bob").is_some());
+        assert!(l.attempt(a, "bob").is_err());
         // Another address for the same user: still limited by the name.
-        assert!(l.check("10.0.0.1".parse().unwrap(), "bob").is_some());
+        assert!(l.attempt("10.0.0.1".parse().unwrap(), "bob").is_err());
         // The same address for another user: limited by the address.
-        assert!(l.check(a, "carol").is_some());
-        assert!(l.check("10.0.0.1".parse().unwrap(), "carol").is_none());
+        assert!(l.attempt(a, "carol").is_err());
+        assert!(l.attempt("10.0.0.1".parse().unwrap(), "carol").is_ok());
+        // A success takes its attempt back and clears the name.
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(l.attempt(b, "erin").is_ok());
+        }
+        assert!(l.attempt(b, "erin").is_ok());
+        l.succeeded(b, "erin");
+        assert!(l.attempt(b, "erin").is_ok(), "the success was not counted");
     }
 }

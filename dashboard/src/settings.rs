@@ -21,7 +21,7 @@ use std::time::Duration;
 /// The most servers a cluster has (the product's limit).
 pub const MAX_SERVERS: usize = 3;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     /// Admin API authorities (`host:port`), in the order the file gives them.
@@ -35,6 +35,17 @@ pub struct Settings {
     pub secure_cookies: bool,
     /// The bearer token the servers' `/metrics` needs (`admin.metrics_token`), if any.
     pub metrics_token: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the metrics token.
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("servers", &self.servers)
+            .field("users_file", &self.users_file)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -129,25 +129,56 @@ impl Users {
         })
     }
 
-    /// Writes the file whole (a temporary file renamed over it), mode 0600.
-    pub fn save(&self, path: &Path) -> Result<(), UsersError> {
+    /// Writes the file whole (a new temporary file of its own renamed over it), mode 0600.
+    /// Writers take [`Users::update`]'s lock first.
+    fn save(&self, path: &Path) -> Result<(), UsersError> {
         use std::os::unix::fs::OpenOptionsExt;
         let err = |source| UsersError::Write {
             path: path.display().to_string(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
+        let tmp = path.with_extension(format!("json.{}.tmp", hex(&random::<8>())));
         let text = serde_json::to_string_pretty(self).expect("users serialize");
-        let mut f = std::fs::OpenOptions::new()
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(err)
+    }
+
+    /// Reads the file, lets `change` change the list and writes it back, holding an
+    /// exclusive lock (`path`.lock) throughout: two writers (two `user add`, or one and
+    /// quickstart) never lose each other's users.
+    pub fn update<T>(path: &Path, change: impl FnOnce(&mut Users) -> T) -> Result<T, UsersError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock_path = path.with_extension("json.lock");
+        let lock = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(text.as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+            .open(&lock_path)
+            .map_err(|source| UsersError::Write {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        lock.lock().map_err(|source| UsersError::Write {
+            path: lock_path.display().to_string(),
+            source,
+        })?;
+        let mut users = Users::load(path)?;
+        let out = change(&mut users);
+        users.save(path)?;
+        Ok(out)
     }
 
     pub fn get(&self, name: &str) -> Option<&User> {
@@ -182,6 +213,12 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The associated data of a sealed token: the user's name and role, so that neither can be
+/// changed in the file without the token no longer opening.
+fn aad(name: &str, role: Role) -> Vec<u8> {
+    format!("{name}\n{}", role.as_str()).into_bytes()
+}
+
 /// The sealing key of `password` under `salt` (argon2id, the crate's default parameters).
 fn derive_key(password: &str, salt: &[u8]) -> Result<[u8; 32], UsersError> {
     let mut key = [0u8; 32];
@@ -209,7 +246,7 @@ impl User {
                 &nonce.into(),
                 Payload {
                     msg: token.as_bytes(),
-                    aad: name.as_bytes(),
+                    aad: &aad(name, role),
                 },
             )
             .expect("sealing an in-memory buffer cannot fail");
@@ -246,7 +283,7 @@ impl User {
                 &nonce.into(),
                 Payload {
                     msg: ct,
-                    aad: self.name.as_bytes(),
+                    aad: &aad(&self.name, self.role),
                 },
             )
             .ok()?;
@@ -281,10 +318,13 @@ mod tests {
             Some("oxbus_abc")
         );
         assert_eq!(u.open("wrong horse battery"), None);
-        // The sealed token is bound to the name.
+        // The sealed token is bound to the name and the role.
         let mut renamed = u.clone();
         renamed.name = "mallory".into();
         assert_eq!(renamed.open("correct horse battery"), None);
+        let mut promoted = u.clone();
+        promoted.role = Role::Admin;
+        assert_eq!(promoted.open("correct horse battery"), None);
         assert!(!u.sealed_token.contains("oxbus_abc"));
     }
 
@@ -305,10 +345,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("oxdash-users-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("users.json");
-        let mut users = Users::load(&path).unwrap();
-        assert!(users.users.is_empty());
-        users.put(User::new("bob", Role::Viewer, "pw-pw-pw-pw-pw", "t").unwrap());
-        users.save(&path).unwrap();
+        assert!(Users::load(&path).unwrap().users.is_empty());
+        let bob = User::new("bob", Role::Viewer, "pw-pw-pw-pw-pw", "t").unwrap();
+        Users::update(&path, |u| u.put(bob)).unwrap();
         let back = Users::load(&path).unwrap();
         assert_eq!(back.get("bob").unwrap().role, Role::Viewer);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

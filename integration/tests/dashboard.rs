@@ -153,16 +153,18 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
+    /// The text of the first element `css` finds, waiting up to 10 s for one (an element
+    /// of a page being replaced by the next is looked for again).
     async fn text(&self, css: &str) -> String {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        eventually(
+            Duration::from_secs(10),
+            &format!("an element {css}"),
+            || async {
+                let e = self.client.find(Locator::Css(css)).await.ok()?;
+                e.text().await.ok()
+            },
+        )
+        .await
     }
 
     async fn body(&self) -> String {
@@ -302,10 +304,14 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
         assert_eq!(r.status, 200);
     }
     let url = b.client.current_url().await.unwrap();
-    eventually(Duration::from_secs(15), "the live table updates", || async {
-        let now = b.text("#servers-live td.served").await;
-        (now != before).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the live table updates",
+        || async {
+            let now = b.text("#servers-live td.served").await;
+            (now != before).then_some(())
+        },
+    )
     .await;
     assert_eq!(b.client.current_url().await.unwrap(), url, "no navigation");
     b.goto(&format!("{base}/deploy")).await;
@@ -455,6 +461,36 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
             .await,
         403
     );
+    // A removed user (its token revoked on the servers) is signed out at its next page.
+    b.click("form[action='/signout'] button").await;
+    b.sign_in(&base, "carol", "carol-password-1").await;
+    let out = Command::new(oxbus_bin())
+        .args(["dashboard", "user", "remove", "carol", "--config"])
+        .arg(&d.config)
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", srv.admin_port()),
+        ])
+        .args(["--token", &srv.admin_token()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.goto(&format!("{base}/services")).await;
+    eventually(
+        Duration::from_secs(10),
+        "the removed user signed out",
+        || async { (b.path().await == "/signin").then_some(()) },
+    )
+    .await;
+    b.fill("#user", "carol").await;
+    b.fill("#password", "carol-password-1").await;
+    b.click("button[type=submit]").await;
+    let e = b.text("#signin-error").await;
+    assert!(e.contains("Wrong user name or password"), "{e}");
     b.close().await;
 
     // Sessions end: a dashboard whose sessions last two seconds however busy (the idle

@@ -28,7 +28,10 @@ fn free_port_run() -> u16 {
 /// cookie, then the password): the answer's status and its session cookie.
 async fn dashboard_sign_in(port: u16, user: &str, password: &str) -> (u16, Option<String>) {
     let mut c = Client::connect(port).await.unwrap();
-    let form = c.request("GET", "/signin", &[], bytes::Bytes::new()).await.unwrap();
+    let form = c
+        .request("GET", "/signin", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(form.status, 200);
     let page = String::from_utf8_lossy(&form.body).into_owned();
     let pre = page
@@ -298,19 +301,28 @@ async fn quickstart_creates_seeds_serves_and_reuses_its_environment() {
 
     // The dashboard beside it (port + 4): its first user, made through the admin API once
     // the server answered, signs in with the password quickstart printed and kept.
-    let password = eventually(Duration::from_secs(60), "the dashboard's first user", || async {
-        std::fs::read_to_string(dir.join("dashboard-admin.password"))
-            .ok()
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-    })
+    let password = eventually(
+        Duration::from_secs(60),
+        "the dashboard's first user",
+        || async {
+            std::fs::read_to_string(dir.join("dashboard-admin.password"))
+                .ok()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+        },
+    )
     .await;
     let (status, session) = dashboard_sign_in(port + 4, "admin", &password).await;
     assert_eq!(status, 303, "signed in");
     let session = session.expect("a session cookie");
     let mut c = Client::connect(port + 4).await.unwrap();
     let page = c
-        .request("GET", "/services", &[("cookie", session.as_str())], bytes::Bytes::new())
+        .request(
+            "GET",
+            "/services",
+            &[("cookie", session.as_str())],
+            bytes::Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(page.status, 200);

@@ -455,12 +455,16 @@ async fn the_admin_apis_rolling_restart_replaces_every_worker_as_sighup_does() {
         async move { (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(()) }
     })
     .await;
-    let st = eventually(Duration::from_secs(20), "the restart reported done", || async {
-        let s = oxbus_integration::api::admin(&srv, "GET", "/v1/workers/restart", Value::Null)
-            .await
-            .json();
-        (s["reloading"] == false && s["finished"] == 1).then_some(s)
-    })
+    let st = eventually(
+        Duration::from_secs(20),
+        "the restart reported done",
+        || async {
+            let s = oxbus_integration::api::admin(&srv, "GET", "/v1/workers/restart", Value::Null)
+                .await
+                .json();
+            (s["reloading"] == false && s["finished"] == 1).then_some(s)
+        },
+    )
     .await;
     assert_eq!(st["failed"], 0, "{st}");
     assert_eq!(st["generation"], 2, "{st}");

@@ -25,7 +25,7 @@ pub async fn page(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     }
     let result = api(app, s).get(&format!("/v1/audit?{}", q.join("&"))).await;
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         form.toolbar method="get" action="/audit" role="search" {
             div { label for="who" { "Who" } input type="text" id="who" name="who" value=(r.q("who").unwrap_or("")) placeholder="root, dashboard.alice"; }
             div { label for="object" { "Object" } input type="text" id="object" name="object" value=(r.q("object").unwrap_or("")) placeholder="channel/%2Fecho"; }

@@ -14,13 +14,13 @@ use crate::session::Session;
 use crate::users::Role;
 
 /// GET /caches
-pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+pub async fn list(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     let v = match api(app, s).get("/v1/caches").await {
         Ok(v) => v,
         Err(e) => return super::failed(s, "/caches", "Caches", &e),
     };
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         table {
             thead { tr {
                 th scope="col" { "Cache" } th.num scope="col" { "Entries" } th.num scope="col" { "Max entries" }
@@ -69,7 +69,7 @@ pub async fn detail(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Re
     };
     let base = format!("/caches/{}", enc(name));
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         p { (num(def["entries"].as_f64().unwrap_or(0.0))) " entries · " (num(def["hits"].as_f64().unwrap_or(0.0))) " hits · " (num(def["misses"].as_f64().unwrap_or(0.0))) " misses" }
         @match keys {
             None => p.muted { "A cache's contents need the deployer role." },
@@ -143,11 +143,11 @@ pub async fn entry(app: &Arc<App>, r: &Req, s: &Arc<Session>, cache: &str) -> Re
         v["value"].as_str().unwrap_or("").to_owned()
     };
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         p { "Type " (v["type"].as_str().unwrap_or("?")) " · "
             @match v["expires_in_s"].as_f64() { Some(x) => { "expires in " (num(x.round())) " s" }, None => "never expires" } }
         @if s.role.allows(Role::Admin) && v["type"] == "json" {
-            (entry_form(s, cache, key, &value, ""))
+            (entry_form(s, cache, key, &value, &v["expires_in_s"].as_f64().map(|x| (x.ceil() as u64).to_string()).unwrap_or_default()))
             form.inline method="post" action=(format!("/caches/{}/entry/delete", enc(cache))) {
                 (csrf(s))
                 input type="hidden" name="key" value=(key);
@@ -175,6 +175,7 @@ pub async fn put_entry(app: &Arc<App>, r: &Req, s: &Arc<Session>, cache: &str) -
     let back_to = format!("/caches/{}/entry?key={}", enc(cache), enc(key));
     if key.is_empty() {
         return back(
+            s,
             &format!("/caches/{}", enc(cache)),
             Err("The key is empty.".into()),
         );
@@ -183,6 +184,7 @@ pub async fn put_entry(app: &Arc<App>, r: &Req, s: &Arc<Session>, cache: &str) -
         Ok(v) => v,
         Err(e) => {
             return back(
+                s,
                 &format!("/caches/{}", enc(cache)),
                 Err(format!("The value is not JSON: {e}")),
             );
@@ -194,6 +196,7 @@ pub async fn put_entry(app: &Arc<App>, r: &Req, s: &Arc<Session>, cache: &str) -
             Ok(x) => doc["expiry"] = json!(x),
             Err(_) => {
                 return back(
+                    s,
                     &back_to,
                     Err(format!("expiry {expiry:?} is not a number of seconds")),
                 );
@@ -208,8 +211,9 @@ pub async fn put_entry(app: &Arc<App>, r: &Req, s: &Arc<Session>, cache: &str) -
         )
         .await
     {
-        Ok(_) => back(&back_to, Ok(format!("Saved {key}."))),
+        Ok(_) => back(s, &back_to, Ok(format!("Saved {key}."))),
         Err(e) => back(
+            s,
             &format!("/caches/{}", enc(cache)),
             Err(format!("Not saved: {e}")),
         ),
@@ -233,9 +237,9 @@ pub async fn delete_entry(app: &Arc<App>, r: &Req, s: &Arc<Session>, cache: &str
         )
         .await
     {
-        Ok(v) if v["deleted"] == true => back(&to, Ok(format!("Deleted {key}."))),
-        Ok(_) => back(&to, Ok(format!("{key} was already gone."))),
-        Err(e) => back(&to, Err(format!("Not deleted: {e}"))),
+        Ok(v) if v["deleted"] == true => back(s, &to, Ok(format!("Deleted {key}."))),
+        Ok(_) => back(s, &to, Ok(format!("{key} was already gone."))),
+        Err(e) => back(s, &to, Err(format!("Not deleted: {e}"))),
     }
 }
 
@@ -253,7 +257,7 @@ pub async fn clear(app: &Arc<App>, _r: &Req, s: &Arc<Session>, cache: &str) -> R
         )
         .await
     {
-        Ok(v) => back(&to, Ok(format!("Cleared {} entries.", v["cleared"]))),
-        Err(e) => back(&to, Err(format!("Not cleared: {e}"))),
+        Ok(v) => back(s, &to, Ok(format!("Cleared {} entries.", v["cleared"]))),
+        Err(e) => back(s, &to, Err(format!("Not cleared: {e}"))),
     }
 }

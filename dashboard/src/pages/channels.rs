@@ -16,14 +16,14 @@ use crate::session::Session;
 use crate::users::Role;
 
 /// GET /channels
-pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+pub async fn list(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     let list = match api(app, s).get("/v1/channels").await {
         Ok(v) => v,
         Err(e) => return super::failed(s, "/channels", "Channels", &e),
     };
     let channels = list["channels"].as_array().cloned().unwrap_or_default();
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         div.toolbar {
             @if s.role.allows(Role::Admin) { a.button href="/channels/new" { "New channel" } }
             a href="/openapi" { "OpenAPI document of the REST channels" }
@@ -262,6 +262,7 @@ pub async fn create(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     };
     match api(app, s).send("POST", "/v1/channels", &doc).await {
         Ok(c) => back(
+            s,
             "/channels",
             Ok(format!(
                 "Channel {} created.",
@@ -289,8 +290,12 @@ pub async fn delete(app: &Arc<App>, _r: &Req, s: &Arc<Session>, name: &str) -> R
         )
         .await
     {
-        Ok(_) => back("/channels", Ok(format!("Channel {name} deleted."))),
-        Err(e) => back("/channels", Err(format!("Channel {name} not deleted: {e}"))),
+        Ok(_) => back(s, "/channels", Ok(format!("Channel {name} deleted."))),
+        Err(e) => back(
+            s,
+            "/channels",
+            Err(format!("Channel {name} not deleted: {e}")),
+        ),
     }
 }
 

@@ -31,9 +31,9 @@ fn form_markup(s: &Session) -> maud::Markup {
 }
 
 /// GET /deploy
-pub fn form(_app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+pub fn form(_app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         p { "Each file is deployed as the module of its name. The servers import it in one worker first: a module that does not import changes nothing, and the traceback is shown here." }
         (form_markup(s))
     };

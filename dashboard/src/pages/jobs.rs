@@ -13,7 +13,7 @@ use crate::session::Session;
 use crate::users::Role;
 
 /// GET /jobs
-pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+pub async fn list(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     let a = api(app, s);
     let (jobs, sched) = tokio::join!(a.get("/v1/jobs"), a.get("/v1/scheduler"));
     let jobs = match jobs {
@@ -21,7 +21,7 @@ pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         Err(e) => return super::failed(s, "/jobs", "Scheduler", &e),
     };
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         @if let Ok(sc) = &sched {
             p { "Leading scheduler: " strong { (sc["leader"].as_str().unwrap_or("none")) } " · " (sc["jobs"]) " jobs" }
         }
@@ -71,7 +71,7 @@ fn actions(s: &Session, name: &str, active: bool) -> maud::Markup {
 }
 
 /// GET /jobs/{name}
-pub async fn detail(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Resp {
+pub async fn detail(app: &Arc<App>, _r: &Req, s: &Arc<Session>, name: &str) -> Resp {
     let title = format!("Job {name}");
     let a = api(app, s);
     let base = format!("/v1/jobs/{}", enc(name));
@@ -82,7 +82,7 @@ pub async fn detail(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Re
         Err(e) => return super::failed(s, "/jobs", &title, &e),
     };
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         @if s.role.allows(Role::Deployer) { p { (actions(s, name, job["active"] == true)) } }
         h2 { "Definition" }
         pre { code { (pretty(&job)) } }
@@ -155,8 +155,8 @@ pub async fn action(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str, actio
                 "enable" => format!("Enabled {name}."),
                 _ => format!("Disabled {name}."),
             };
-            back(&to, Ok(msg))
+            back(s, &to, Ok(msg))
         }
-        Err(e) => back(&to, Err(format!("{action} {name} refused: {e}"))),
+        Err(e) => back(s, &to, Err(format!("{action} {name} refused: {e}"))),
     }
 }

@@ -14,7 +14,7 @@ pub mod services;
 pub mod signin;
 
 use hyper::{Method, StatusCode};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 use std::sync::Arc;
 
 use crate::App;
@@ -55,11 +55,10 @@ pub enum Flash {
 }
 
 impl Flash {
-    pub fn from_query(r: &Req) -> Option<Flash> {
-        if let Some(m) = r.q("ok") {
-            return Some(Flash::Ok(m.to_owned()));
-        }
-        r.q("error").map(|m| Flash::Error(m.to_owned()))
+    /// The message a form's redirect left in the session, taken (shown once).
+    pub fn take(s: &Session) -> Option<Flash> {
+        s.take_flash()
+            .map(|(ok, m)| if ok { Flash::Ok(m) } else { Flash::Error(m) })
     }
 }
 
@@ -73,14 +72,14 @@ pub fn flash(f: &Option<Flash>) -> Markup {
     }
 }
 
-/// `path` with `?ok=` or `?error=` for the page a form returns to.
-pub fn back(path: &str, result: Result<String, String>) -> Resp {
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let (k, m) = match result {
-        Ok(m) => ("ok", m),
-        Err(m) => ("error", m),
-    };
-    crate::http::redirect(&format!("{path}{sep}{k}={}", crate::api::enc(&m)))
+/// The redirect to `path` after a form, the outcome kept in the session for that page
+/// (not in the URL: a link cannot make a page say something).
+pub fn back(s: &Session, path: &str, result: Result<String, String>) -> Resp {
+    match result {
+        Ok(m) => s.set_flash(true, m),
+        Err(m) => s.set_flash(false, m),
+    }
+    crate::http::redirect(path)
 }
 
 /// The hidden CSRF field every form carries.
@@ -141,8 +140,21 @@ pub fn page(s: &Session, current: &str, title: &str, body: Markup) -> Markup {
     }
 }
 
-/// The page for an API call that failed.
+/// The page for an API call that failed. A 401 means the servers no longer know the
+/// user's token (revoked, or the user removed): the session ends at its next request.
 pub fn failed(s: &Session, current: &str, title: &str, e: &ApiError) -> Resp {
+    if e.status == Some(401) {
+        s.revoked.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut r = crate::http::text(
+            StatusCode::UNAUTHORIZED,
+            "The servers refused your API token (revoked?): sign in again.",
+        );
+        r.headers_mut().insert(
+            hyper::header::REFRESH,
+            hyper::header::HeaderValue::from_static("0; url=/signin"),
+        );
+        return r;
+    }
     let status = match e.status {
         Some(403) => StatusCode::FORBIDDEN,
         Some(404) => StatusCode::NOT_FOUND,
@@ -208,18 +220,33 @@ pub fn when(ms: i64) -> String {
     )
 }
 
-/// The segments of a path after its first one, percent-decoded.
+/// The segments of a path, each percent-decoded (`%XX` only; `+` and `&` are themselves).
 pub fn segments(path: &str) -> Vec<String> {
     path.trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        })
+        .map(percent_decode)
         .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The table of paths (after the gate: a live session, and the CSRF token on a POST).
@@ -271,11 +298,6 @@ pub fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-/// Raw markup (already escaped or generated here).
-pub fn raw(s: String) -> PreEscaped<String> {
-    PreEscaped(s)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -288,6 +310,10 @@ mod tests {
         assert_eq!(
             super::segments("/services/demo.echo/x%2Fy"),
             vec!["services", "demo.echo", "x/y"]
+        );
+        assert_eq!(
+            super::segments("/a+b/c&d/%zz/%41"),
+            vec!["a+b", "c&d", "%zz", "A"]
         );
     }
 }

@@ -67,11 +67,11 @@ fn uptime(s: u64) -> String {
 }
 
 /// GET /
-pub async fn page(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+pub async fn page(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     let infos = infos(app, s).await;
     let cluster = super::api(app, s).get("/v1/cluster").await;
     let body = html! {
-        (flash(&super::Flash::from_query(r)))
+        (flash(&super::Flash::take(s)))
         h2 { "Servers" }
         div hx-ext="sse" sse-connect="/live/overview" {
             table {
@@ -134,6 +134,14 @@ pub async fn page(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
 /// GET /live/overview: the servers' rows every [`LIVE_EVERY`] as the `servers` event, until
 /// the browser goes away or the session ends (the stream does not keep a session alive).
 pub fn live(app: &Arc<App>, s: &Arc<Session>) -> Resp {
+    use std::sync::atomic::Ordering;
+    if s.streams.fetch_add(1, Ordering::SeqCst) >= crate::session::MAX_STREAMS {
+        s.streams.fetch_sub(1, Ordering::SeqCst);
+        return crate::http::text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many live pages open in this session",
+        );
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
     let (app, s) = (app.clone(), s.clone());
     tokio::spawn(async move {
@@ -145,17 +153,16 @@ pub fn live(app: &Arc<App>, s: &Arc<Session>) -> Resp {
                 break;
             }
             let rows = servers_rows(&infos(&app, &s).await).into_string();
-            let mut ev = String::from("event: servers\n");
-            for line in rows.lines() {
-                ev.push_str("data: ");
-                ev.push_str(line);
-                ev.push('\n');
-            }
-            ev.push('\n');
-            if tx.send(bytes::Bytes::from(ev)).await.is_err() {
+            // A browser that stops reading (but keeps the connection) ends the stream.
+            if tx
+                .send_timeout(sse_event("servers", &rows), LIVE_EVERY * 5)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
+        s.streams.fetch_sub(1, Ordering::SeqCst);
     });
     let mut r = hyper::Response::new(Body::Stream(rx));
     *r.status_mut() = StatusCode::OK;
@@ -166,6 +173,19 @@ pub fn live(app: &Arc<App>, s: &Arc<Session>) -> Resp {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// One server-sent event: each line of `data` (split at CR, LF or CRLF, as the event stream
+/// reads them) its own `data:` field.
+pub fn sse_event(event: &str, data: &str) -> bytes::Bytes {
+    let mut ev = format!("event: {event}\n");
+    for line in data.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+        ev.push_str("data: ");
+        ev.push_str(line);
+        ev.push('\n');
+    }
+    ev.push('\n');
+    bytes::Bytes::from(ev)
 }
 
 /// Per worker slot of one server's /metrics: resident memory; and restarts by reason.
@@ -202,7 +222,7 @@ fn worker_figures(text: &str) -> (Figures, Figures) {
 }
 
 /// GET /servers
-pub async fn servers(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+pub async fn servers(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     let infos = infos(app, s).await;
     let mut sections = Vec::new();
     for (addr, info) in &infos {
@@ -259,10 +279,22 @@ pub async fn servers(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         });
     }
     let body = html! {
-        (flash(&super::Flash::from_query(r)))
+        (flash(&super::Flash::take(s)))
         p.muted { "A rolling restart of the workers (each replaced once its successor is ready) is started with "
             code { "systemctl reload oxbus" } " or " code { "oxbus reload --pid PID" } " on the server's machine." }
         @for sec in sections { (sec) }
     };
     ok_page(s, "/servers", "Servers and workers", body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_event_splits_data_at_every_line_end() {
+        let e = super::sse_event("servers", "<tr>a\rid: x\r\nb\nc</tr>");
+        assert_eq!(
+            std::str::from_utf8(&e).unwrap(),
+            "event: servers\ndata: <tr>a\ndata: id: x\ndata: b\ndata: c</tr>\n\n"
+        );
+    }
 }

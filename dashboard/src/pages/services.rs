@@ -56,7 +56,7 @@ pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
             .sum()
     };
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         form.toolbar role="search" method="get" action="/services" {
             div {
                 label for="q" { "Search services" }
@@ -113,7 +113,7 @@ async fn find(app: &App, s: &Session, name: &str) -> Result<Option<Value>, crate
 }
 
 /// GET /services/{name}
-pub async fn detail(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Resp {
+pub async fn detail(app: &Arc<App>, _r: &Req, s: &Arc<Session>, name: &str) -> Resp {
     let title = format!("Service {name}");
     let sv = match find(app, s, name).await {
         Ok(Some(sv)) => sv,
@@ -154,7 +154,7 @@ pub async fn detail(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Re
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     let body = html! {
-        (flash(&Flash::from_query(r)))
+        (flash(&Flash::take(s)))
         p { "Module " code { (module) } " · class " code { (sv["class"].as_str().unwrap_or("")) }
             @if deployed { " · version " (sv["version"]) " deployed " (when(sv["deployed_at_ms"].as_i64().unwrap_or(0))) " by " (sv["deployed_by"].as_str().unwrap_or("?")) }
             @else { " · loaded from the services directory (not deployed through the API)" } }
@@ -334,13 +334,14 @@ pub async fn rollback(app: &Arc<App>, r: &Req, s: &Arc<Session>, module: &str) -
     let to = "/services".to_string();
     match result {
         Ok(v) => back(
+            s,
             &to,
             Ok(format!(
                 "Module {module} rolled back to version {} (config version {}).",
                 v["module"]["version"], v["config_version"]
             )),
         ),
-        Err(e) => back(&to, Err(format!("Rollback of {module} refused: {e}"))),
+        Err(e) => back(s, &to, Err(format!("Rollback of {module} refused: {e}"))),
     }
 }
 
@@ -385,7 +386,19 @@ pub async fn diff(app: &Arc<App>, r: &Req, s: &Arc<Session>, module: &str) -> Re
         .as_ref()
         .and_then(|o| o["source"].as_str())
         .unwrap_or("");
-    let lines = line_diff(old_src, new["source"].as_str().unwrap_or(""));
+    let (a, b) = (
+        old_src.to_owned(),
+        new["source"].as_str().unwrap_or("").to_owned(),
+    );
+    // Off the async threads: a long module's diff must not hold up other pages.
+    let lines: Vec<(char, String)> = tokio::task::spawn_blocking(move || {
+        line_diff(&a, &b)
+            .into_iter()
+            .map(|(k, l)| (k, l.to_owned()))
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
     let body = html! {
         p { "Version " (v) @if let Some(p) = prev { " against version " (p) } @else { " (the first version)" } "." }
         pre {
@@ -407,7 +420,7 @@ pub async fn diff(app: &Arc<App>, r: &Req, s: &Arc<Session>, module: &str) -> Re
 pub fn line_diff<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a str)> {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
-    if a.len() * b.len() > 25_000_000 {
+    if a.len().saturating_mul(b.len()) > 1_000_000 {
         // Too large to compare line by line here: everything old out, everything new in.
         return a
             .iter()

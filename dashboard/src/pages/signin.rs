@@ -14,9 +14,12 @@ use crate::http::{self, PRE_COOKIE, Req, Resp, SESSION_COOKIE, field};
 use crate::session::random_hex;
 use crate::users::{User, Users};
 
-/// Where to go after sign-in: a local path only.
+/// Where to go after sign-in: a local path only — `/` then printable ASCII without a
+/// backslash, never `//` (browsers drop tabs and newlines from a URL, so `/\t/evil` would be
+/// `//evil`: anything but printable ASCII is refused).
 fn next_path(n: &str) -> &str {
-    if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') {
+    let printable = n.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\');
+    if printable && n.starts_with('/') && !n.starts_with("//") {
         n
     } else {
         "/"
@@ -104,8 +107,9 @@ pub async fn submit(app: &Arc<App>, r: &Req) -> Resp {
     let f = r.form();
     let (user, password, pre) = (field(&f, "user"), field(&f, "password"), field(&f, "pre"));
     let next = next_path(field(&f, "next")).to_owned();
-    let cookie_pre = r.cookie(PRE_COOKIE);
-    let retry = |st: StatusCode, msg: &str| form(app, &next, None, Some((st, user, msg)));
+    let cookie_pre = r.cookie(&http::cookie_name(app, PRE_COOKIE));
+    let retry =
+        |st: StatusCode, msg: &str| form(app, &next, cookie_pre.clone(), Some((st, user, msg)));
     if pre.is_empty() || cookie_pre.as_deref() != Some(pre) {
         return retry(
             StatusCode::FORBIDDEN,
@@ -113,7 +117,8 @@ pub async fn submit(app: &Arc<App>, r: &Req) -> Resp {
         );
     }
     let addr = r.peer.ip();
-    if let Some(wait) = app.limit.check(addr, user) {
+    // The attempt counts from here (as a failure unless it succeeds).
+    if let Err(wait) = app.limit.attempt(addr, user) {
         warn!(user = %user.chars().take(64).collect::<String>(), %addr, "sign-in refused: too many failures");
         return retry(
             StatusCode::TOO_MANY_REQUESTS,
@@ -155,11 +160,10 @@ pub async fn submit(app: &Arc<App>, r: &Req) -> Resp {
     .ok()
     .flatten();
     let Some((u, token)) = opened else {
-        app.limit.failed(addr, user);
         info!(user = %user.chars().take(64).collect::<String>(), %addr, "failed sign-in");
         return retry(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
     };
-    app.limit.succeeded(user);
+    app.limit.succeeded(addr, user);
     let id = app.sessions.create(&u.name, u.role, token);
     info!(user = %u.name, role = u.role.as_str(), %addr, "signed in");
     let mut resp = http::redirect(&next);
@@ -182,5 +186,7 @@ mod tests {
         assert_eq!(super::next_path("//evil.example"), "/");
         assert_eq!(super::next_path("https://evil.example"), "/");
         assert_eq!(super::next_path("/\\evil"), "/");
+        assert_eq!(super::next_path("/\t/evil.example"), "/");
+        assert_eq!(super::next_path("/ok?x=1"), "/ok?x=1");
     }
 }

@@ -286,7 +286,12 @@ fn target_uncapped(method: &Method, path: &str) -> Option<(String, String, Strin
         ["v1", "websocket", "clients", rest @ ..] => ("websocket_clients", rest),
         // A rolling restart: an action on this server's workers, no object.
         ["v1", "workers", "restart"] => {
-            return Some(("workers".into(), String::new(), "restart".into(), Scope::None));
+            return Some((
+                "workers".into(),
+                String::new(),
+                "restart".into(),
+                Scope::None,
+            ));
         }
         ["v1", resource, rest @ ..] => (*resource, rest),
         _ => {

@@ -169,15 +169,24 @@ pub async fn add_user(
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| CliError::Dashboard("the server's answer carries no token".into()))?;
-    let (n, p) = (name.to_owned(), pw.to_owned());
-    let user = tokio::task::spawn_blocking(move || User::new(&n, role, &p, &token))
-        .await
-        .map_err(|e| CliError::Dashboard(e.to_string()))?
-        .map_err(|e| CliError::Dashboard(e.to_string()))?;
-    let mut list = Users::load(users_file).map_err(|e| CliError::Dashboard(e.to_string()))?;
-    list.put(user);
-    list.save(users_file)
-        .map_err(|e| CliError::Dashboard(e.to_string()))
+    let (n, p, file) = (name.to_owned(), pw.to_owned(), users_file.to_owned());
+    let written = tokio::task::spawn_blocking(move || {
+        let user = User::new(&n, role, &p, &token)?;
+        Users::update(&file, |list| list.put(user))
+    })
+    .await
+    .map_err(|e| CliError::Dashboard(e.to_string()))
+    .and_then(|r| r.map_err(|e| CliError::Dashboard(e.to_string())));
+    if let Err(e) = written {
+        // No user holds the new token: it goes, rather than stay valid with no owner.
+        let _ = target
+            .request("DELETE", &format!("/v1/tokens/{tname}"), Vec::new())
+            .await;
+        return Err(CliError::Dashboard(format!(
+            "{e} (the new token {tname} was revoked again)"
+        )));
+    }
+    Ok(())
 }
 
 fn remove(
@@ -186,8 +195,8 @@ fn remove(
     to: &ServerArgs,
     name: &str,
 ) -> Result<(), CliError> {
+    users::validate_name(name).map_err(CliError::Dashboard)?;
     let s = settings(config)?;
-    let mut list = Users::load(&s.users_file).map_err(|e| CliError::Dashboard(e.to_string()))?;
     let target = super::client::target(to)?;
     let tname = token_name(name);
     let status = rt.block_on(async {
@@ -201,10 +210,12 @@ fn remove(
             "revoking the token {tname} answered {status}: the user is kept"
         )));
     }
-    let had = list.get(name).is_some();
-    list.users.retain(|u| u.name != name);
-    list.save(&s.users_file)
-        .map_err(|e| CliError::Dashboard(e.to_string()))?;
+    let had = Users::update(&s.users_file, |list| {
+        let had = list.get(name).is_some();
+        list.users.retain(|u| u.name != name);
+        had
+    })
+    .map_err(|e| CliError::Dashboard(e.to_string()))?;
     match (had, status) {
         (false, 404) => Err(CliError::Dashboard(format!("no dashboard user {name}"))),
         _ => {
