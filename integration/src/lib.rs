@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod api;
 pub mod bus;
+pub mod dashboard;
 pub mod prom;
 pub mod proxy;
 pub mod rabbit;
