@@ -55,7 +55,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
                        base-uri 'none'";
 
-/// The largest upload read (`POST /deploy` of a signed-in user: the modules).
+/// The largest upload read (`POST /deploy` and `/config/plan` of a signed-in user).
 pub const MAX_UPLOAD: usize = 8 << 20;
 /// The largest body of any other request (a form).
 pub const MAX_FORM: usize = 64 << 10;
@@ -237,7 +237,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     };
     // Only a signed-in user's upload may be large; the session is looked at (not used) here.
     let upload = r.method == Method::POST
-        && r.path == "/deploy"
+        && (r.path == "/deploy" || r.path == "/config/plan")
         && r.cookie(&cookie_name(&app, SESSION_COOKIE))
             .is_some_and(|id| app.sessions.peek(&id));
     let limit = if upload { MAX_UPLOAD } else { MAX_FORM };

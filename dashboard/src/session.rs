@@ -33,6 +33,8 @@ pub struct Session {
     pub revoked: std::sync::atomic::AtomicBool,
     /// Live event streams open now (at most [`MAX_STREAMS`]).
     pub streams: std::sync::atomic::AtomicUsize,
+    /// The config import whose plan was shown last: (its id, the document, replace).
+    pending: Mutex<Option<(String, bytes::Bytes, bool)>>,
 }
 
 /// Live event streams one session may hold open at once.
@@ -52,6 +54,25 @@ impl Session {
     /// Sets the message the next page shows (`ok` false: an error).
     pub fn set_flash(&self, ok: bool, message: String) {
         *self.flash.lock().expect("flash") = Some((ok, message));
+    }
+
+    /// Keeps the document of a config import's plan (one per session: a newer plan replaces
+    /// it); answers the id its apply form carries.
+    pub fn set_pending(&self, doc: bytes::Bytes, replace: bool) -> String {
+        let id = random_hex(16);
+        *self.pending.lock().expect("pending") = Some((id.clone(), doc, replace));
+        id
+    }
+
+    /// The pending import `id` names, taken (applied once).
+    pub fn take_pending(&self, id: &str) -> Option<(bytes::Bytes, bool)> {
+        let mut p = self.pending.lock().expect("pending");
+        match p.as_ref() {
+            Some((pid, _, _)) if !id.is_empty() && pid.as_bytes().ct_eq(id.as_bytes()).into() => {
+                p.take().map(|(_, d, r)| (d, r))
+            }
+            _ => None,
+        }
     }
 
     /// The message to show now, taken (shown once).
@@ -106,6 +127,7 @@ impl Sessions {
             flash: Mutex::new(None),
             revoked: Default::default(),
             streams: Default::default(),
+            pending: Mutex::new(None),
         });
         let mut map = self.lock();
         self.sweep(&mut map, now);

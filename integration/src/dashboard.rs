@@ -259,4 +259,3 @@ impl Browser {
         v.as_u64().unwrap() as u16
     }
 }
-

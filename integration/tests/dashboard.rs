@@ -202,6 +202,60 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     b.goto(&format!("{base}/servers")).await;
     b.check_page("servers").await;
 
+    // A rolling restart of the workers from the servers' page.
+    let pids = srv.worker_pids();
+    b.click("form[action='/servers/restart'] button").await;
+    assert!(b.text(".flash.ok").await.contains("Rolling restart"));
+    eventually(Duration::from_secs(30), "the workers replaced", || async {
+        let now = srv.worker_pids();
+        (!now.is_empty() && now.iter().all(|p| !pids.contains(p))).then_some(())
+    })
+    .await;
+
+    // Config: the export downloads as JSON; an import shows its plan, then applies it.
+    let export = b
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/config/export?format=json').then(r => r.json()).then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(export["channel_rest"].is_array(), "{export}");
+    let import = work.join("import.yaml");
+    std::fs::write(
+        &import,
+        "channel_rest:\n  - name: /dash/imported\n    url_path: /dash/imported\n    service: dash.hello\n    methods: [POST]\n",
+    )
+    .unwrap();
+    b.goto(&format!("{base}/config")).await;
+    b.check_page("config").await;
+    b.client
+        .find(Locator::Css("#document"))
+        .await
+        .unwrap()
+        .send_keys(import.to_str().unwrap())
+        .await
+        .unwrap();
+    b.click("#plan-submit").await;
+    let plan = b.body().await;
+    assert!(
+        plan.contains("create channel_rest /dash/imported"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("+ "),
+        "the new object shown as added lines: {plan}"
+    );
+    b.check_page("config-plan").await;
+    let r = admin(&srv, "GET", "/v1/channels/%2Fdash%2Fimported", Value::Null).await;
+    assert_eq!(r.status, 404, "nothing applied before the button");
+    b.click("#apply-submit").await;
+    assert!(b.text(".flash.ok").await.contains("Imported: 1 changes"));
+    let r = admin(&srv, "GET", "/v1/channels/%2Fdash%2Fimported", Value::Null).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
     // Without the CSRF token, a signed-in browser's POST is refused.
     assert_eq!(
         b.post_from_page("/jobs/dash-job/execute", "", false).await,

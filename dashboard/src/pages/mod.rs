@@ -7,6 +7,7 @@ pub mod audit;
 pub mod caches;
 pub mod channels;
 pub mod charts;
+pub mod config;
 pub mod deploy;
 pub mod jobs;
 pub mod overview;
@@ -32,6 +33,7 @@ const NAV: &[(&str, &str)] = &[
     ("/caches", "Caches"),
     ("/jobs", "Scheduler"),
     ("/audit", "Audit log"),
+    ("/config", "Config export/import"),
 ];
 
 /// The API of the first server, as the signed-in user.
@@ -281,6 +283,11 @@ pub async fn route(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         ["jobs", name, action] if post => jobs::action(app, r, s, name, action).await,
         ["audit"] if get => audit::page(app, r, s).await,
         ["openapi"] if get => channels::openapi(app, s).await,
+        ["config"] if get => config::page(app, r, s).await,
+        ["config", "export"] if get => config::export(app, r, s).await,
+        ["config", "plan"] if post => config::plan(app, r, s).await,
+        ["config", "apply"] if post => config::apply(app, r, s).await,
+        ["servers", "restart"] if post => overview::restart(app, r, s).await,
         _ => crate::http::html(
             StatusCode::NOT_FOUND,
             page(

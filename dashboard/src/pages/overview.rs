@@ -188,6 +188,38 @@ pub fn sse_event(event: &str, data: &str) -> bytes::Bytes {
     bytes::Bytes::from(ev)
 }
 
+/// POST /servers/restart (admin; `server`: one of the configured admin addresses).
+pub async fn restart(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    if let Some(resp) = crate::http::need(s, crate::users::Role::Admin) {
+        return resp;
+    }
+    let form = r.form();
+    let server = crate::http::field(&form, "server");
+    if !app.settings.servers.iter().any(|a| a == server) {
+        return super::back(
+            s,
+            "/servers",
+            Err(format!("{server:?} is not one of the dashboard's servers")),
+        );
+    }
+    let api = Api::new(server, &s.token);
+    match api.send("POST", "/v1/workers/restart", &Value::Null).await {
+        Ok(v) => super::back(
+            s,
+            "/servers",
+            Ok(format!(
+                "Rolling restart of the workers of {server} started (from generation {}).",
+                v["from_generation"]
+            )),
+        ),
+        Err(e) => super::back(
+            s,
+            "/servers",
+            Err(format!("Restart of {server} refused: {e}")),
+        ),
+    }
+}
+
 /// Per worker slot of one server's /metrics: resident memory; and restarts by reason.
 /// (label value, figure) pairs of one metric.
 type Figures = Vec<(String, f64)>;
@@ -237,6 +269,13 @@ pub async fn servers(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
             @match info {
                 Ok(i) => {
                     h2 { "Server " (i["server"].as_str().unwrap_or("?")) " " span.muted { "(" (addr) ")" } }
+                    @if s.role.allows(crate::users::Role::Admin) {
+                        form.inline method="post" action="/servers/restart" {
+                            (super::csrf(s))
+                            input type="hidden" name="server" value=(addr);
+                            button.secondary type="submit" aria-label=(format!("Rolling restart of the workers of {addr}")) { "Rolling restart of the workers" }
+                        }
+                    }
                     table {
                         thead { tr {
                             th scope="col" { "Worker" } th scope="col" { "PID" } th scope="col" { "Generation" }
@@ -280,8 +319,8 @@ pub async fn servers(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
     }
     let body = html! {
         (flash(&super::Flash::take(s)))
-        p.muted { "A rolling restart of the workers (each replaced once its successor is ready) is started with "
-            code { "systemctl reload oxbus" } " or " code { "oxbus reload --pid PID" } " on the server's machine." }
+        p.muted { "A rolling restart replaces each worker of a server once its successor is ready: no request is refused (as "
+            code { "systemctl reload" } " does)." }
         @for sec in sections { (sec) }
     };
     ok_page(s, "/servers", "Servers and workers", body)

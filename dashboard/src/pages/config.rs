@@ -1,0 +1,258 @@
+//! Config export and import. The export (deployer: it carries sealed secret values and
+//! credential hashes) downloads as JSON or YAML. An import (admin) is uploaded, sent to the
+//! servers as a dry run first, and shown as its plan — every object it creates, updates or
+//! deletes, an update with a line diff of the object before and after — with a button to
+//! apply exactly that document; the servers validate it again in full when it is applied.
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
+use maud::{Markup, html};
+use serde_json::Value;
+use std::sync::Arc;
+
+use super::services::line_diff;
+use super::{Flash, api, back, csrf, flash, ok_page, pretty};
+use crate::App;
+use crate::http::{Req, Resp, multipart, need};
+use crate::session::Session;
+use crate::users::Role;
+
+/// GET /config
+pub async fn page(_app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
+    let body = html! {
+        (flash(&Flash::take(s)))
+        h2 { "Export" }
+        @if s.role.allows(Role::Deployer) {
+            p { "Every stored object, one list per kind (Zato's enmasse shape): channels, security definitions, secrets (sealed), modules, caches, jobs, connections, pub/sub." }
+            p {
+                a.button href="/config/export?format=yaml" { "Download YAML" } " "
+                a.button href="/config/export?format=json" { "Download JSON" }
+            }
+        } @else {
+            p.muted { "The export carries sealed secrets and credential hashes: it needs the deployer role." }
+        }
+        h2 { "Import" }
+        @if s.role.allows(Role::Admin) {
+            (import_form(s))
+        } @else {
+            p.muted { "Importing needs the admin role." }
+        }
+    };
+    ok_page(s, "/config", "Config export and import", body)
+}
+
+fn import_form(s: &Session) -> Markup {
+    html! {
+        p { "The file is checked by the servers first (a dry run): you see every change before anything is written." }
+        form.stack method="post" action="/config/plan" enctype="multipart/form-data" {
+            (csrf(s))
+            div {
+                label for="document" { "Export document (.yaml or .json)" }
+                input type="file" id="document" name="document" accept=".yaml,.yml,.json" required;
+            }
+            div {
+                input type="checkbox" id="replace" name="replace" value="1";
+                " "
+                label for="replace" { "Replace: also delete what the document does not list" }
+            }
+            div { button type="submit" id="plan-submit" { "Show the changes" } }
+        }
+    }
+}
+
+/// GET /config/export?format=yaml|json: the export as a download.
+pub async fn export(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    if let Some(resp) = need(s, Role::Deployer) {
+        return resp;
+    }
+    let doc = match api(app, s).get("/v1/config").await {
+        Ok(d) => d,
+        Err(e) => return super::failed(s, "/config", "Config export", &e),
+    };
+    let yaml = r.q("format") != Some("json");
+    let (text, ct, ext) = if yaml {
+        match serde_yaml_ng::to_string(&doc) {
+            Ok(t) => (t, "application/yaml", "yaml"),
+            Err(e) => {
+                return crate::http::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot write the export as YAML: {e}"),
+                );
+            }
+        }
+    } else {
+        (pretty(&doc), "application/json", "json")
+    };
+    let mut resp = crate::http::text(StatusCode::OK, text);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    let v = format!(
+        "attachment; filename=\"oxbus-config-{}.{ext}\"",
+        doc["config_version"]
+    );
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
+/// The document of an uploaded file: YAML (JSON is YAML too) as the API's JSON.
+pub fn parse_document(text: &str) -> Result<Value, String> {
+    let v: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML or JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("not an export document (expected a mapping of kinds to lists)".into());
+    }
+    Ok(v)
+}
+
+/// The object `name` of `kind` in a document (by its `name`, or `sub_key` for a
+/// subscription).
+fn object<'a>(doc: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
+    doc[kind]
+        .as_array()?
+        .iter()
+        .find(|o| o["name"].as_str() == Some(name) || o["sub_key"].as_str() == Some(name))
+}
+
+/// POST /config/plan (multipart: document, replace): the dry run's plan, with diffs.
+pub async fn plan(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    if let Some(resp) = need(s, Role::Admin) {
+        return resp;
+    }
+    let parts = match multipart(r).await {
+        Ok(p) => p,
+        Err(e) => {
+            return back(
+                s,
+                "/config",
+                Err(format!("The upload could not be read: {e}")),
+            );
+        }
+    };
+    let replace = parts
+        .iter()
+        .any(|p| p.name == "replace" && &p.data[..] == b"1");
+    let Some(file) = parts.iter().find(|p| p.name == "document") else {
+        return back(s, "/config", Err("Choose a file to import.".into()));
+    };
+    let Ok(text) = std::str::from_utf8(&file.data) else {
+        return back(s, "/config", Err("The file is not UTF-8 text.".into()));
+    };
+    let doc = match parse_document(text) {
+        Ok(d) => d,
+        Err(e) => return back(s, "/config", Err(e)),
+    };
+    let a = api(app, s);
+    let q = if replace {
+        "?dry_run=1&replace=1"
+    } else {
+        "?dry_run=1"
+    };
+    let body = Bytes::from(doc.to_string());
+    let path = format!("/v1/config{q}");
+    let (report, current) = tokio::join!(
+        a.call("POST", &path, body, "application/json"),
+        a.get("/v1/config")
+    );
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return back(
+                s,
+                "/config",
+                Err(format!("The servers refused the document: {e}")),
+            );
+        }
+    };
+    let current = current.unwrap_or(Value::Null);
+    let changes = report["changes"].as_array().cloned().unwrap_or_default();
+    let id = s.set_pending(doc.to_string().into(), replace);
+    let markup = html! {
+        @if changes.is_empty() {
+            div.flash.ok role="status" id="plan" { "Nothing to change: every object equals the stored one (" (report["unchanged"]) " unchanged)." }
+        } @else {
+            p id="plan" { (changes.len()) " changes, " (report["unchanged"]) " objects unchanged"
+                @if replace { " (replace: what the document does not list is deleted)" } "." }
+            table {
+                thead { tr { th scope="col" { "Action" } th scope="col" { "Kind" } th scope="col" { "Name" } } }
+                tbody {
+                    @for c in &changes {
+                        tr { td { strong { (c["action"].as_str().unwrap_or("")) } } td { (c["kind"].as_str().unwrap_or("")) } td { code { (c["name"].as_str().unwrap_or("")) } } }
+                    }
+                }
+            }
+            @for c in &changes {
+                @let (kind, name) = (c["kind"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or(""));
+                @let before = object(&current, kind, name).map(pretty).unwrap_or_default();
+                @let after = object(&doc, kind, name).map(pretty).unwrap_or_default();
+                h2 { (c["action"].as_str().unwrap_or("")) " " (kind) " " code { (name) } }
+                pre {
+                    code {
+                        @for (k, line) in line_diff(&before, &after) {
+                            @match k {
+                                '+' => span.diff-add { "+ " (line) },
+                                '-' => span.diff-del { "- " (line) },
+                                _ => span.diff-same { "  " (line) },
+                            }
+                        }
+                    }
+                }
+            }
+            form method="post" action="/config/apply" {
+                (csrf(s))
+                input type="hidden" name="pending" value=(id);
+                button.danger type="submit" id="apply-submit" { "Apply these changes" }
+            }
+        }
+        p { a href="/config" { "Back to export and import" } }
+    };
+    ok_page(s, "/config", "Import: the changes", markup)
+}
+
+/// POST /config/apply: the document the plan showed, imported.
+pub async fn apply(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
+    if let Some(resp) = need(s, Role::Admin) {
+        return resp;
+    }
+    let form = r.form();
+    let Some((doc, replace)) = s.take_pending(crate::http::field(&form, "pending")) else {
+        return back(
+            s,
+            "/config",
+            Err("That plan is no longer pending (applied, replaced by another, or signed out): upload the file again.".into()),
+        );
+    };
+    let q = if replace { "?replace=1" } else { "" };
+    match api(app, s)
+        .call("POST", &format!("/v1/config{q}"), doc, "application/json")
+        .await
+    {
+        Ok(rep) => back(
+            s,
+            "/config",
+            Ok(format!(
+                "Imported: {} changes, config version {}.",
+                rep["changes"].as_array().map_or(0, Vec::len),
+                rep["config_version"]
+            )),
+        ),
+        Err(e) => back(s, "/config", Err(format!("The import was refused: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn yaml_and_json_documents_parse_to_the_same() {
+        let y = super::parse_document("channel_rest:\n  - name: /a\n    service: x\n").unwrap();
+        let j =
+            super::parse_document(r#"{"channel_rest": [{"name": "/a", "service": "x"}]}"#).unwrap();
+        assert_eq!(y, j);
+        assert!(super::parse_document("- a\n- b\n").is_err());
+        assert_eq!(
+            super::object(&y, "channel_rest", "/a").unwrap()["service"],
+            "x"
+        );
+    }
+}
