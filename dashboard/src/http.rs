@@ -220,6 +220,7 @@ pub fn cookie(app: &App, base: &str, value: &str, max_age: Option<u64>) -> Heade
 }
 
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query: Vec<(String, String)> = parts
@@ -262,7 +263,13 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             ));
         }
     }
-    secure(route(&app, r).await)
+    let mut resp = secure(route(&app, r).await);
+    // The time spent here, admin API calls included (bench/dashboard.py reads it).
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("total;dur={ms:.2}")) {
+        resp.headers_mut().insert("server-timing", v);
+    }
+    resp
 }
 
 async fn route(app: &Arc<App>, r: Req) -> Resp {
