@@ -94,8 +94,14 @@ pub fn redirect(to: &str) -> Resp {
     r
 }
 
-fn secure(mut r: Resp) -> Resp {
+fn secure(mut r: Resp, https: bool) -> Resp {
     let h = r.headers_mut();
+    if https {
+        h.insert(
+            "strict-transport-security",
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert(
         "x-content-type-options",
@@ -113,8 +119,17 @@ fn secure(mut r: Resp) -> Resp {
     r
 }
 
+/// The security headers for this dashboard (HSTS when it serves HTTPS itself).
+fn secure_as(app: &App, r: Resp) -> Resp {
+    secure(r, app.settings.tls.is_some())
+}
+
 /// Serves until the process ends.
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -130,21 +145,40 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                debug!(error = %e, %peer, "dashboard connection ended with an error");
+            match tls {
+                None => serve_conn(app, stream, peer).await,
+                Some(acceptor) => {
+                    let hs = std::time::Duration::from_secs(10);
+                    match tokio::time::timeout(hs, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(app, s, peer).await,
+                        Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// One connection's requests, over TCP or TLS.
+async fn serve_conn<S>(app: Arc<App>, io: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        debug!(error = %e, %peer, "dashboard connection ended with an error");
     }
 }
 
@@ -251,19 +285,25 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     {
         Ok(Ok(b)) => r.body = b.to_bytes(),
         Ok(Err(_)) => {
-            return secure(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request is larger than {} KiB", limit >> 10),
-            ));
+            return secure_as(
+                &app,
+                text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request is larger than {} KiB", limit >> 10),
+                ),
+            );
         }
         Err(_) => {
-            return secure(text(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request's body did not arrive in time",
-            ));
+            return secure_as(
+                &app,
+                text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request's body did not arrive in time",
+                ),
+            );
         }
     }
-    let mut resp = secure(route(&app, r).await);
+    let mut resp = secure_as(&app, route(&app, r).await);
     // The time spent here, admin API calls included (bench/dashboard.py reads it).
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Ok(v) = HeaderValue::from_str(&format!("total;dur={ms:.2}")) {

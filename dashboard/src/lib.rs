@@ -51,11 +51,45 @@ pub async fn run(
     settings: Settings,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App::new(settings));
     tokio::spawn(app.sampler.clone().run());
     ready(addr);
-    http::serve(app, listener).await;
+    http::serve(app, listener, tls).await;
     Ok(())
+}
+
+/// The TLS acceptor of a PEM certificate chain and key (TLS 1.2 and 1.3, ring).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    let open = |p: &std::path::Path| {
+        std::fs::File::open(p)
+            .map(std::io::BufReader::new)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+    };
+    let certs = rustls_pemfile::certs(&mut open(cert)?).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut open(key)?)?
+        .ok_or_else(|| std::io::Error::other(format!("{}: no private key in it", key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(std::io::Error::other)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -11,6 +11,8 @@
 //! session_max_s = 43200
 //! secure_cookies = false                  # true when a TLS proxy is in front
 //! metrics_token_file = ""                 # the servers' admin.metrics_token, if they set one
+//! tls_cert_file = ""                      # HTTPS: a PEM certificate chain and its key
+//! tls_key_file = ""                       #   (cookies are then Secure, as with secure_cookies)
 //! ```
 
 use serde::Deserialize;
@@ -35,6 +37,8 @@ pub struct Settings {
     pub secure_cookies: bool,
     /// The bearer token the servers' `/metrics` needs (`admin.metrics_token`), if any.
     pub metrics_token: Option<String>,
+    /// HTTPS: the certificate chain and key files (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -81,6 +85,10 @@ struct Section {
     secure_cookies: bool,
     #[serde(default)]
     metrics_token_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_key_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -157,14 +165,28 @@ impl Settings {
                 Some(t.trim().to_owned())
             }
         };
+        let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let tls = match (nonempty(d.tls_cert_file), nonempty(d.tls_key_file)) {
+            (Some(c), Some(k)) => Some((resolve(&c), resolve(&k))),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "dashboard.tls_cert_file and tls_key_file go together: name both \
+                            (HTTPS) or neither"
+                        .into(),
+                );
+            }
+        };
         Ok(Settings {
             listen,
             servers,
             users_file: resolve(&d.users_file),
             session_idle: Duration::from_secs(d.session_idle_s),
             session_max: Duration::from_secs(d.session_max_s),
-            secure_cookies: d.secure_cookies,
+            // Under TLS cookies are Secure whatever the file says.
+            secure_cookies: d.secure_cookies || tls.is_some(),
             metrics_token,
+            tls,
         })
     }
 }
@@ -224,5 +246,17 @@ mod tests {
         assert!(e.contains("listen_on"), "{e}");
         let e = Settings::parse("[dashboard]\nservers = [\"https://a:1\"]\n", base).unwrap_err();
         assert!(e.contains("https"), "{e}");
+        let e = Settings::parse(
+            "[dashboard]\nservers = [\"a:1\"]\ntls_cert_file = \"c.pem\"\n",
+            base,
+        )
+        .unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        let s = Settings::parse(
+            "[dashboard]\nservers = [\"a:1\"]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+            base,
+        )
+        .unwrap();
+        assert!(s.secure_cookies, "cookies are Secure under TLS");
     }
 }

@@ -75,6 +75,10 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     assert_eq!(st, 403, "a viewer's hand-made run-now is refused");
     b.goto(&format!("{base}/services")).await;
     assert!(!b.exists("a[href='/deploy'].button").await);
+    assert!(
+        !b.exists("nav a[href='/tokens']").await,
+        "a viewer has no API tokens page"
+    );
     b.click("form[action='/signout'] button").await;
     assert_eq!(b.path().await, "/signin");
     // Signed out: the session is gone.
@@ -190,6 +194,92 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     b.goto(&format!("{base}/jobs/dash-job")).await;
     assert!(b.text("#runs").await.contains("manual"));
     b.check_page("job").await;
+
+    // Security definitions, secrets and API tokens; secret material is never shown.
+    b.goto(&format!("{base}/security/new?type=apikey")).await;
+    b.fill("#f-name", "dash-key").await;
+    b.fill("#f-key", "key-dash-123").await;
+    b.click("form[action='/security'] button[type=submit]")
+        .await;
+    assert!(b.text(".flash.ok").await.contains("dash-key"));
+    assert!(!b.body().await.contains("key-dash-123"));
+    b.check_page("security").await;
+    b.goto(&format!("{base}/secrets")).await;
+    b.fill("#f-name", "dash.secret").await;
+    b.fill("#f-value", "s3cret-dash").await;
+    b.click("form[action='/secrets'] button[type=submit]").await;
+    assert!(b.text(".flash.ok").await.contains("dash.secret"));
+    assert!(!b.body().await.contains("s3cret-dash"));
+    b.check_page("secrets").await;
+    b.goto(&format!("{base}/tokens")).await;
+    b.fill("#f-name", "dash-ci").await;
+    b.click("form[action='/tokens'] button[type=submit]").await;
+    let token = b
+        .client
+        .find(Locator::Css("#new-token"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(token.starts_with("oxbus_"), "{token}");
+    let r = srv.admin("GET", "/v1/info", Some(&token), b"").await;
+    assert_eq!(r.status, 200, "the new token works");
+    b.check_page("tokens").await;
+
+    // Connections: a REST connection to the server itself, pinged from the page.
+    let r = admin(
+        &srv,
+        "PUT",
+        "/v1/outgoing/rest/dash-self",
+        json!({"address": format!("http://127.0.0.1:{}", srv.port())}),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 201, "{:?}", r.body);
+    b.goto(&format!("{base}/outgoing")).await;
+    assert!(b.body().await.contains("dash-self"));
+    b.check_page("outgoing").await;
+    b.click("form[action='/outgoing/rest/dash-self/ping'] button")
+        .await;
+    let ping = b.text(".flash").await;
+    assert!(ping.contains("dash-self"), "{ping}");
+
+    // Pub/sub: a pull subscription's queued message browsed, then purged.
+    let r = admin(&srv, "PUT", "/v1/pubsub/topics/dash/t", json!({})).await;
+    assert!(r.status == 200 || r.status == 201, "{:?}", r.body);
+    let r = admin(
+        &srv,
+        "PUT",
+        "/v1/pubsub/subs/dash.sub",
+        json!({"topic": "/dash/t", "delivery": {"type": "pull"}}),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 201, "{:?}", r.body);
+    let r = admin(
+        &srv,
+        "POST",
+        "/v1/pubsub/publish/dash/t",
+        json!({"data": "hello dashboard"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    b.goto(&format!("{base}/pubsub")).await;
+    assert!(b.body().await.contains("dash.sub"));
+    b.check_page("pubsub").await;
+    b.goto(&format!("{base}/pubsub/subs/dash.sub")).await;
+    eventually(
+        Duration::from_secs(10),
+        "the queued message shown",
+        || async {
+            b.goto(&format!("{base}/pubsub/subs/dash.sub")).await;
+            b.body().await.contains("hello dashboard").then_some(())
+        },
+    )
+    .await;
+    b.check_page("pubsub-sub").await;
+    b.click("form[action$='/purge'] button").await;
+    assert!(b.text(".flash.ok").await.to_lowercase().contains("purged"));
 
     // Every change above is in the audit log under the dashboard user's identity.
     b.goto(&format!("{base}/audit?who=dashboard.alice")).await;
@@ -310,4 +400,75 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     })
     .await;
     b.close().await;
+}
+
+#[tokio::test]
+async fn over_https_the_dashboards_cookies_are_secure_host_cookies() {
+    let srv = Env::new().with_test_services().workers(1).start().await;
+    let work = srv.dir.join("dash-tls");
+    let certs = oxbus_integration::upstream::make_certs(&work.join("certs"));
+    let d = start_dashboard(
+        &srv,
+        &work,
+        &format!(
+            "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            certs.cert.to_str().unwrap(),
+            certs.key.to_str().unwrap()
+        ),
+    );
+    assert!(d.url.starts_with("https://"), "{}", d.url);
+    let port: u16 = d.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(&certs.ca).unwrap(),
+    )) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("a TLS handshake with the dashboard's certificate");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            hyper::Request::get("/signin")
+                .header("host", "localhost")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-oxdash_pre="), "{cookie}");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        resp.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age="),
+    );
+    // Plain HTTP on the same port gets no page.
+    let plain = oxbus_integration::Client::connect(port).await;
+    if let Ok(mut c) = plain {
+        let r = c.request("GET", "/signin", &[], bytes::Bytes::new()).await;
+        assert!(r.is_err() || r.unwrap().status != 200);
+    }
 }

@@ -10,7 +10,10 @@ pub mod charts;
 pub mod config;
 pub mod deploy;
 pub mod jobs;
+pub mod outgoing;
 pub mod overview;
+pub mod pubsub;
+pub mod security;
 pub mod services;
 pub mod signin;
 
@@ -22,18 +25,24 @@ use crate::App;
 use crate::api::{Api, ApiError};
 use crate::http::{Req, Resp};
 use crate::session::Session;
+use crate::users::Role;
 
-/// The pages of the navigation: path, title.
-const NAV: &[(&str, &str)] = &[
-    ("/", "Overview"),
-    ("/servers", "Servers and workers"),
-    ("/services", "Services"),
-    ("/deploy", "Deploy"),
-    ("/channels", "Channels"),
-    ("/caches", "Caches"),
-    ("/jobs", "Scheduler"),
-    ("/audit", "Audit log"),
-    ("/config", "Config export/import"),
+/// The pages of the navigation: path, title, the least role that sees the link.
+const NAV: &[(&str, &str, Role)] = &[
+    ("/", "Overview", Role::Viewer),
+    ("/servers", "Servers and workers", Role::Viewer),
+    ("/services", "Services", Role::Viewer),
+    ("/deploy", "Deploy", Role::Viewer),
+    ("/channels", "Channels", Role::Viewer),
+    ("/security", "Security definitions", Role::Viewer),
+    ("/secrets", "Secrets", Role::Viewer),
+    ("/caches", "Caches", Role::Viewer),
+    ("/jobs", "Scheduler", Role::Viewer),
+    ("/outgoing", "Connections", Role::Viewer),
+    ("/pubsub", "Pub/sub", Role::Viewer),
+    ("/audit", "Audit log", Role::Viewer),
+    ("/config", "Config export/import", Role::Viewer),
+    ("/tokens", "API tokens", Role::Admin),
 ];
 
 /// The API of the first server, as the signed-in user.
@@ -121,7 +130,7 @@ pub fn page(s: &Session, current: &str, title: &str, body: Markup) -> Markup {
                 div.layout {
                     nav.side aria-label="Pages" {
                         ul {
-                            @for (path, name) in NAV {
+                            @for (path, name, _) in NAV.iter().filter(|(_, _, r)| s.role.allows(*r)) {
                                 li {
                                     @if *path == current {
                                         a href=(path) aria-current="page" { (name) }
@@ -257,6 +266,15 @@ pub async fn route(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let get = r.method == Method::GET;
     let post = r.method == Method::POST;
+    if let Some(resp) = outgoing::route(app, r, s, &segs).await {
+        return resp;
+    }
+    if let Some(resp) = pubsub::route(app, r, s, &segs).await {
+        return resp;
+    }
+    if let Some(resp) = security::route(app, r, s, &segs).await {
+        return resp;
+    }
     match segs.as_slice() {
         [] if get => overview::page(app, r, s).await,
         ["live", "overview"] if get => overview::live(app, s),

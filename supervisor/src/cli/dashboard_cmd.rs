@@ -47,13 +47,14 @@ pub fn run(config: &Path, exit_with_parent: bool) -> Result<(), CliError> {
         .map_err(CliError::Runtime)?;
     rt.block_on(async move {
         let servers = s.servers.join(", ");
+        let scheme = if s.tls.is_some() { "https" } else { "http" };
         oxbus_dashboard::run(s, |addr| {
             tracing::info!(%addr, servers = %servers, "dashboard listening");
-            println!("oxbus dashboard at http://{addr}");
+            println!("oxbus dashboard at {scheme}://{addr}");
         })
         .await
     })
-    .map_err(|e| CliError::Dashboard(format!("cannot listen: {e}")))
+    .map_err(|e| CliError::Dashboard(format!("the dashboard cannot start: {e}")))
 }
 
 /// The password to give a new user: standard input's first line, or a new random one.
