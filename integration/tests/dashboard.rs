@@ -170,6 +170,14 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     )
     .await;
     assert_eq!(called.json()["got"], json!({"via": "channel"}));
+    // Edited: GET added to its methods.
+    b.goto(&format!("{base}/channels/%2Fdash%2Fhello/edit"))
+        .await;
+    b.fill("#f-methods", "POST, GET").await;
+    b.click("form.stack button[type=submit]").await;
+    assert!(b.text(".flash.ok").await.contains("saved"));
+    let r = admin(&srv, "GET", "/v1/channels/%2Fdash%2Fhello", Value::Null).await;
+    assert_eq!(r.json()["methods"], json!(["POST", "GET"]), "{:?}", r.body);
 
     // A cache entry added, then edited.
     b.goto(&format!("{base}/caches/default")).await;

@@ -55,6 +55,10 @@ pub async fn list(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
                         td { @if c["rate_limit"].is_object() { (c["rate_limit"]["requests"]) " per " (c["rate_limit"]["per_s"]) " s" } @else { "–" } }
                         @if s.role.allows(Role::Admin) {
                             td {
+                                @if c["source"] == "store" && matches!(c["type"].as_str(), Some("rest" | "jsonrpc") | None) {
+                                    a href=(format!("/channels/{}/edit", enc(name))) aria-label=(format!("Edit channel {name}")) { "Edit" }
+                                    " "
+                                }
                                 @if c["source"] == "store" {
                                     form.inline method="post" action=(format!("/channels/{}/delete", enc(name))) {
                                         (csrf(s))
@@ -101,6 +105,21 @@ fn new_markup(
     error: Option<&str>,
     security: &[String],
 ) -> Markup {
+    form_markup(s, values, error, security, None)
+}
+
+/// The channel form: a new channel, or (`editing`: its name) an existing one's.
+fn form_markup(
+    s: &Session,
+    values: &[(String, String)],
+    error: Option<&str>,
+    security: &[String],
+    editing: Option<&str>,
+) -> Markup {
+    let action = match editing {
+        Some(n) => format!("/channels/{}/edit", enc(n)),
+        None => "/channels".to_owned(),
+    };
     // The field the server's message names, to show it there.
     let at = error.and_then(|e| {
         FIELDS
@@ -115,7 +134,7 @@ fn new_markup(
         @if let Some(e) = error {
             div.flash.error role="alert" id="form-error" { "The server refused the channel: " (e) }
         }
-        form.stack method="post" action="/channels" novalidate {
+        form.stack method="post" action=(action) novalidate {
             (csrf(s))
             div {
                 label for="type" { "Type" }
@@ -133,6 +152,8 @@ fn new_markup(
                             option value="" { "none" }
                             @for d in security { option value=(d) selected[field(values, f) == d] { (d) } }
                         }
+                    } @else if *f == "name" && editing.is_some() {
+                        input type="text" id=(id) name=(f) value=(field(values, f)) readonly;
                     } @else {
                         input type="text" id=(id) name=(f) value=(field(values, f))
                             aria-invalid=[(at == Some(*f)).then_some("true")]
@@ -143,8 +164,108 @@ fn new_markup(
                     }
                 }
             }
-            div { button type="submit" { "Create" } }
+            div { button type="submit" { @if editing.is_some() { "Save" } @else { "Create" } } }
         }
+    }
+}
+
+/// The form's fields of a channel as the API gives it (REST or JSON-RPC).
+pub fn to_form(c: &Value) -> Vec<(String, String)> {
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let mut f = vec![
+        ("type".to_owned(), s(&c["type"])),
+        ("name".to_owned(), s(&c["name"])),
+        ("url_path".to_owned(), s(&c["url_path"])),
+        (
+            "service".to_owned(),
+            if c["type"] == "jsonrpc" {
+                list(&c["services"])
+            } else {
+                s(&c["service"])
+            },
+        ),
+        ("methods".to_owned(), list(&c["methods"])),
+        ("security".to_owned(), s(&c["security"])),
+        ("allow_from".to_owned(), list(&c["allow_from"])),
+    ];
+    if c["rate_limit"].is_object() {
+        f.push((
+            "rate_requests".into(),
+            c["rate_limit"]["requests"].to_string(),
+        ));
+        f.push(("rate_per_s".into(), c["rate_limit"]["per_s"].to_string()));
+    }
+    f
+}
+
+/// GET /channels/{name}/edit (admin; REST and JSON-RPC channels).
+pub async fn edit_form(app: &Arc<App>, _r: &Req, s: &Arc<Session>, name: &str) -> Resp {
+    if let Some(resp) = need(s, Role::Admin) {
+        return resp;
+    }
+    let title = format!("Channel {name}");
+    let c = match api(app, s)
+        .get(&format!("/v1/channels/{}", enc(name)))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return super::failed(s, "/channels", &title, &e),
+    };
+    if !matches!(c["type"].as_str(), Some("rest" | "jsonrpc") | None) {
+        return crate::http::text(
+            StatusCode::CONFLICT,
+            "this page edits REST and JSON-RPC channels; the others with the CLI or the API",
+        );
+    }
+    let sec = security_names(app, s).await;
+    ok_page(
+        s,
+        "/channels",
+        &title,
+        form_markup(s, &to_form(&c), None, &sec, Some(name)),
+    )
+}
+
+/// POST /channels/{name}/edit: the channel replaced (PUT), its name kept.
+pub async fn edit(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Resp {
+    if let Some(resp) = need(s, Role::Admin) {
+        return resp;
+    }
+    let mut f = r.form();
+    f.retain(|(k, _)| k != "name");
+    f.push(("name".into(), name.to_owned()));
+    let title = format!("Channel {name}");
+    let refused = |msg: String, sec: Vec<String>| {
+        crate::http::html(
+            StatusCode::BAD_REQUEST,
+            super::page(
+                s,
+                "/channels",
+                &title,
+                form_markup(s, &f, Some(&msg), &sec, Some(name)),
+            ),
+        )
+    };
+    let doc = match to_json(&f) {
+        Ok(d) => d,
+        Err(m) => return refused(m, security_names(app, s).await),
+    };
+    match api(app, s)
+        .send("PUT", &format!("/v1/channels/{}", enc(name)), &doc)
+        .await
+    {
+        Ok(_) => back(s, "/channels", Ok(format!("Channel {name} saved."))),
+        Err(e) => refused(e.message, security_names(app, s).await),
     }
 }
 
@@ -325,6 +446,20 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_channel_round_trips_through_the_form() {
+        let c = serde_json::json!({"type": "rest", "name": "/o", "url_path": "/o", "service": "s.x",
+            "methods": ["GET", "POST"], "allow_from": ["10.0.0.0/8"],
+            "rate_limit": {"requests": 5, "per_s": 2}, "source": "store"});
+        let back = super::to_json(&super::to_form(&c)).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"name": "/o", "url_path": "/o", "service": "s.x",
+                "methods": ["GET", "POST"], "allow_from": ["10.0.0.0/8"],
+                "rate_limit": {"requests": 5, "per_s": 2}})
+        );
     }
 
     #[test]

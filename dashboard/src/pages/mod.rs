@@ -290,6 +290,8 @@ pub async fn route(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         ["channels", "new"] if get => channels::new_form(app, r, s).await,
         ["channels"] if post => channels::create(app, r, s).await,
         ["channels", name, "delete"] if post => channels::delete(app, r, s, name).await,
+        ["channels", name, "edit"] if get => channels::edit_form(app, r, s, name).await,
+        ["channels", name, "edit"] if post => channels::edit(app, r, s, name).await,
         ["caches"] if get => caches::list(app, r, s).await,
         ["caches", name] if get => caches::detail(app, r, s, name).await,
         ["caches", name, "clear"] if post => caches::clear(app, r, s, name).await,
