@@ -83,6 +83,17 @@ def main():
                 st, _ = s.admin.request('POST', '/v1/invoke/bench.s%d' % i, b'{}')
                 if st != 200:
                     raise SystemExit('invoke bench.s%d on %s: %d' % (i, s.name, st))
+        # The admin API calls the heaviest pages make, timed alone (A, keep-alive).
+        api_ms = {}
+        for path in ('/v1/services', '/v1/services/stats', '/v1/info'):
+            ts = []
+            for _ in range(30):
+                t0 = time.perf_counter()
+                st, body = A.admin.request('GET', path)
+                ts.append((time.perf_counter() - t0) * 1000)
+                if st != 200:
+                    raise SystemExit('%s: %d' % (path, st))
+            api_ms[path] = (pct(ts, 0.5), pct(ts, 0.99), len(body))
         # The dashboard, its user (through A's admin API, as an operator would).
         ddir = os.path.join(tmp, 'dash')
         os.makedirs(ddir)
@@ -157,6 +168,9 @@ def main():
             print('%-22s %9d %10.2f ms %10.2f ms %10.2f ms %10.2f ms' % (
                 p, sizes[p], pct(server_ms[p], 0.5), pct(server_ms[p], 0.99),
                 pct(wall_ms[p], 0.5), pct(wall_ms[p], 0.99)))
+        for path, (p50, p99, size) in api_ms.items():
+            print('admin API %-19s %9d %10.2f ms %10.2f ms   (A alone, before the dashboard)' % (
+                path, size, p50, p99))
         print('worst page p99 (server side): %.2f ms (target <= 50 ms): %s' % (
             worst, 'met' if worst <= 50 else 'NOT met'))
         print('dashboard RSS idle: %.1f MiB (target <= 30 MiB): %s; after the run: %.1f MiB' % (

@@ -39,6 +39,8 @@ pub struct Api {
     /// `host:port`
     pub authority: String,
     pub token: String,
+    /// Set when the server answers 401 (the token revoked): the session it belongs to ends.
+    pub on_401: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -55,6 +57,7 @@ impl Api {
         Api {
             authority: authority.to_owned(),
             token: token.to_owned(),
+            on_401: None,
         }
     }
 
@@ -83,6 +86,11 @@ impl Api {
         content_type: &str,
     ) -> Result<Value, ApiError> {
         let (status, bytes, _) = self.raw(method, path, body, content_type).await?;
+        if status == 401
+            && let Some(flag) = &self.on_401
+        {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let doc: Option<Value> = if bytes.is_empty() {
             Some(Value::Null)
         } else {
@@ -166,6 +174,12 @@ impl Api {
             ))),
         }
     }
+}
+
+/// Whether `name` is `.` or `..`: a browser resolves such a path segment (even encoded)
+/// before sending, so no page path can carry it; the pages offer no action on such names.
+pub fn dot_segment(name: &str) -> bool {
+    name == "." || name == ".."
 }
 
 /// `s` percent-encoded for one path segment or query value (`.` and `..` wholly, so that

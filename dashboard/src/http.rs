@@ -94,13 +94,12 @@ pub fn redirect(to: &str) -> Resp {
     r
 }
 
-fn secure(mut r: Resp, https: bool) -> Resp {
+fn secure(mut r: Resp, hsts_max_age_s: Option<u64>) -> Resp {
     let h = r.headers_mut();
-    if https {
-        h.insert(
-            "strict-transport-security",
-            HeaderValue::from_static("max-age=31536000"),
-        );
+    if let Some(age) = hsts_max_age_s.filter(|a| *a > 0)
+        && let Ok(v) = HeaderValue::from_str(&format!("max-age={age}"))
+    {
+        h.insert("strict-transport-security", v);
     }
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert(
@@ -121,7 +120,12 @@ fn secure(mut r: Resp, https: bool) -> Resp {
 
 /// The security headers for this dashboard (HSTS when it serves HTTPS itself).
 fn secure_as(app: &App, r: Resp) -> Resp {
-    secure(r, app.settings.tls.is_some())
+    let hsts = app
+        .settings
+        .tls
+        .is_some()
+        .then_some(app.settings.hsts_max_age_s);
+    secure(r, hsts)
 }
 
 /// Serves until the process ends.

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod figures;
 pub mod http;
 pub mod pages;
 pub mod sampler;
@@ -27,6 +28,9 @@ pub struct App {
     pub argon: tokio::sync::Semaphore,
     /// The figures of the last hour, per server (from each server's /metrics).
     pub sampler: Arc<sampler::Sampler>,
+    /// The cluster's per-service figures the services list shows, refreshed in the
+    /// background (`figures::Figures`).
+    pub figures: Arc<figures::Figures>,
 }
 
 impl App {
@@ -40,6 +44,7 @@ impl App {
             limit: session::SignInLimit::default(),
             argon: tokio::sync::Semaphore::new(2),
             sampler,
+            figures: Default::default(),
             settings,
         }
     }

@@ -30,12 +30,24 @@ pub struct Session {
     /// The message the next page shows (after a form's redirect), once.
     flash: Mutex<Option<(bool, String)>>,
     /// The servers refused the token (revoked): the next request ends the session.
-    pub revoked: std::sync::atomic::AtomicBool,
+    pub revoked: Arc<std::sync::atomic::AtomicBool>,
     /// Live event streams open now (at most [`MAX_STREAMS`]).
     pub streams: std::sync::atomic::AtomicUsize,
-    /// The config import whose plan was shown last: (its id, the document, replace).
-    pending: Mutex<Option<(String, bytes::Bytes, bool)>>,
+    /// The config import whose plan was shown last: its id, the document, replace, the plan
+    /// shown, when.
+    pending: Mutex<Option<Pending>>,
 }
+
+struct Pending {
+    id: String,
+    doc: bytes::Bytes,
+    replace: bool,
+    plan: String,
+    at: Instant,
+}
+
+/// How long a shown plan may be applied.
+const PENDING_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// Live event streams one session may hold open at once.
 pub const MAX_STREAMS: usize = 4;
@@ -58,20 +70,31 @@ impl Session {
 
     /// Keeps the document of a config import's plan (one per session: a newer plan replaces
     /// it); answers the id its apply form carries.
-    pub fn set_pending(&self, doc: bytes::Bytes, replace: bool) -> String {
+    pub fn set_pending(&self, doc: bytes::Bytes, replace: bool, plan: String) -> String {
         let id = random_hex(16);
-        *self.pending.lock().expect("pending") = Some((id.clone(), doc, replace));
+        *self.pending.lock().expect("pending") = Some(Pending {
+            id: id.clone(),
+            doc,
+            replace,
+            plan,
+            at: Instant::now(),
+        });
         id
     }
 
-    /// The pending import `id` names, taken (applied once).
-    pub fn take_pending(&self, id: &str) -> Option<(bytes::Bytes, bool)> {
+    /// The pending import `id` names, taken (applied once): the document, replace, the plan
+    /// shown. `None` when another replaced it or it is older than 15 minutes.
+    pub fn take_pending(&self, id: &str) -> Option<(bytes::Bytes, bool, String)> {
         let mut p = self.pending.lock().expect("pending");
-        match p.as_ref() {
-            Some((pid, _, _)) if !id.is_empty() && pid.as_bytes().ct_eq(id.as_bytes()).into() => {
-                p.take().map(|(_, d, r)| (d, r))
-            }
-            _ => None,
+        let fresh = p.as_ref().is_some_and(|x| {
+            !id.is_empty()
+                && bool::from(x.id.as_bytes().ct_eq(id.as_bytes()))
+                && x.at.elapsed() < PENDING_FOR
+        });
+        if fresh {
+            p.take().map(|x| (x.doc, x.replace, x.plan))
+        } else {
+            None
         }
     }
 

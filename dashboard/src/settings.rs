@@ -13,6 +13,8 @@
 //! metrics_token_file = ""                 # the servers' admin.metrics_token, if they set one
 //! tls_cert_file = ""                      # HTTPS: a PEM certificate chain and its key
 //! tls_key_file = ""                       #   (cookies are then Secure, as with secure_cookies)
+//! hsts_max_age_s = 31536000               # HSTS under HTTPS; 0: none (it covers every port
+//!                                         # of the host name, plain-HTTP channels too)
 //! ```
 
 use serde::Deserialize;
@@ -39,6 +41,8 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// HTTPS: the certificate chain and key files (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `Strict-Transport-Security: max-age=` under HTTPS; 0 sends none.
+    pub hsts_max_age_s: u64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -89,6 +93,12 @@ struct Section {
     tls_cert_file: Option<PathBuf>,
     #[serde(default)]
     tls_key_file: Option<PathBuf>,
+    #[serde(default = "default_hsts")]
+    hsts_max_age_s: u64,
+}
+
+fn default_hsts() -> u64 {
+    365 * 86_400
 }
 
 fn default_listen() -> String {
@@ -187,6 +197,7 @@ impl Settings {
             secure_cookies: d.secure_cookies || tls.is_some(),
             metrics_token,
             tls,
+            hsts_max_age_s: d.hsts_max_age_s,
         })
     }
 }

@@ -106,13 +106,125 @@ pub fn parse_document(text: &str) -> Result<Value, String> {
     Ok(v)
 }
 
-/// The object `name` of `kind` in a document (by its `name`, or `sub_key` for a
-/// subscription).
+/// The document's list a change's kind lives in (the inbound channels are `channel_*`
+/// there).
+fn doc_key(kind: &str) -> String {
+    match kind.strip_prefix("inbound_") {
+        Some(t) => format!("channel_{t}"),
+        None => kind.to_owned(),
+    }
+}
+
+/// The object `name` of `kind` in a document: by its `name`, a subscription by `sub_key`, a
+/// channel without a name by its `url_path` (as the import keys it).
 fn object<'a>(doc: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
-    doc[kind]
-        .as_array()?
+    doc[doc_key(kind)].as_array()?.iter().find(|o| {
+        o["name"].as_str() == Some(name)
+            || o["sub_key"].as_str() == Some(name)
+            || (o["name"].is_null() && o["url_path"].as_str() == Some(name))
+    })
+}
+
+/// Members whose values are secret material, at any depth.
+const SECRET_KEYS: &[&str] = &[
+    "value",
+    "password",
+    "key",
+    "secret",
+    "client_secret",
+    "token",
+    "sealed",
+    "password_hash",
+];
+
+/// `v` with every secret value replaced: `‹secret›`, or on the new side (`was`: the stored
+/// object) `‹secret, changed›` where it differs from the stored one, so the diff says a
+/// secret changed without showing it.
+pub fn redact(v: &Value, was: Option<&Value>) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    let old = was.and_then(|w| w.get(k));
+                    let out = if SECRET_KEYS.contains(&k.as_str()) && !x.is_null() {
+                        let changed = was.is_some() && old != Some(x);
+                        Value::String(
+                            if changed { "‹secret, changed›" } else { "‹secret›" }.into(),
+                        )
+                    } else {
+                        redact(x, old)
+                    };
+                    (k.clone(), out)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| redact(x, was.and_then(|w| w.get(i))))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The text a change's diff compares: a module's source as it is, anything else as indented
+/// JSON with its secrets redacted.
+fn shown(kind: &str, obj: Option<&Value>, was: Option<&Value>) -> String {
+    match obj {
+        None => String::new(),
+        Some(o) if kind == "service_module" => o["source"].as_str().unwrap_or("").to_owned(),
+        Some(o) => pretty(&redact(o, was)),
+    }
+}
+
+/// One change's diff lines; `None` past the budget.
+type Diff = Option<Vec<(char, String)>>;
+
+/// Every change's line diff, computed off the async threads within one budget of compared
+/// lines (past it a change is listed without its diff).
+async fn diffs(changes: Vec<Value>, current: Value, doc: Value) -> Vec<Diff> {
+    tokio::task::spawn_blocking(move || {
+        let mut budget: usize = 4_000_000;
+        changes
+            .iter()
+            .map(|c| {
+                let kind = c["kind"].as_str().unwrap_or("");
+                let name = c["name"].as_str().unwrap_or("");
+                let before_obj = object(&current, kind, name);
+                // The stored side redacted against nothing (every secret `‹secret›`).
+                let before = shown(kind, before_obj, None);
+                let after = shown(
+                    kind,
+                    object(&doc, kind, name),
+                    Some(before_obj.unwrap_or(&Value::Null)),
+                );
+                let cells = before.lines().count().max(1) * after.lines().count().max(1);
+                if cells > budget {
+                    return None;
+                }
+                budget -= cells;
+                Some(
+                    line_diff(&before, &after)
+                        .into_iter()
+                        .map(|(k, l)| (k, l.to_owned()))
+                        .collect(),
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// The dry run's changes as comparable text (what apply checks has not changed).
+fn plan_key(changes: &[Value]) -> String {
+    let mut v: Vec<String> = changes
         .iter()
-        .find(|o| o["name"].as_str() == Some(name) || o["sub_key"].as_str() == Some(name))
+        .map(|c| format!("{} {} {}", c["action"], c["kind"], c["name"]))
+        .collect();
+    v.sort();
+    v.join("\n")
 }
 
 /// POST /config/plan (multipart: document, replace): the dry run's plan, with diffs.
@@ -167,7 +279,8 @@ pub async fn plan(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     };
     let current = current.unwrap_or(Value::Null);
     let changes = report["changes"].as_array().cloned().unwrap_or_default();
-    let id = s.set_pending(doc.to_string().into(), replace);
+    let id = s.set_pending(doc.to_string().into(), replace, plan_key(&changes));
+    let diffs = diffs(changes.clone(), current, doc).await;
     let markup = html! {
         @if changes.is_empty() {
             div.flash.ok role="status" id="plan" { "Nothing to change: every object equals the stored one (" (report["unchanged"]) " unchanged)." }
@@ -182,21 +295,22 @@ pub async fn plan(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
                     }
                 }
             }
-            @for c in &changes {
+            @for (c, diff) in changes.iter().zip(diffs.iter().chain(std::iter::repeat(&None))) {
                 @let (kind, name) = (c["kind"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or(""));
-                @let before = object(&current, kind, name).map(pretty).unwrap_or_default();
-                @let after = object(&doc, kind, name).map(pretty).unwrap_or_default();
                 h2 { (c["action"].as_str().unwrap_or("")) " " (kind) " " code { (name) } }
-                pre {
-                    code {
-                        @for (k, line) in line_diff(&before, &after) {
-                            @match k {
-                                '+' => span.diff-add { "+ " (line) },
-                                '-' => span.diff-del { "- " (line) },
-                                _ => span.diff-same { "  " (line) },
+                @match diff {
+                    Some(lines) => pre {
+                        code {
+                            @for (k, line) in lines {
+                                @match k {
+                                    '+' => span.diff-add { "+ " (line) },
+                                    '-' => span.diff-del { "- " (line) },
+                                    _ => span.diff-same { "  " (line) },
+                                }
                             }
                         }
-                    }
+                    },
+                    None => p.muted { "Too large to show as a diff here." },
                 }
             }
             form method="post" action="/config/apply" {
@@ -216,18 +330,31 @@ pub async fn apply(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         return resp;
     }
     let form = r.form();
-    let Some((doc, replace)) = s.take_pending(crate::http::field(&form, "pending")) else {
+    let Some((doc, replace, shown_plan)) = s.take_pending(crate::http::field(&form, "pending"))
+    else {
         return back(
             s,
             "/config",
-            Err("That plan is no longer pending (applied, replaced by another, or signed out): upload the file again.".into()),
+            Err("That plan is no longer pending (applied, replaced by another, expired, or signed out): upload the file again.".into()),
         );
     };
+    // The stored config may have changed since the plan was shown: the plan is made again
+    // and applied only if it is the one the user saw.
+    let a = api(app, s);
+    let dry = if replace { "?dry_run=1&replace=1" } else { "?dry_run=1" };
+    match a.call("POST", &format!("/v1/config{dry}"), doc.clone(), "application/json").await {
+        Ok(r) if plan_key(r["changes"].as_array().map_or(&[][..], Vec::as_slice)) == shown_plan => {}
+        Ok(_) => {
+            return back(
+                s,
+                "/config",
+                Err("The stored config changed since the plan was shown: nothing was applied; upload the file again to see the new plan.".into()),
+            );
+        }
+        Err(e) => return back(s, "/config", Err(format!("The import was refused: {e}"))),
+    }
     let q = if replace { "?replace=1" } else { "" };
-    match api(app, s)
-        .call("POST", &format!("/v1/config{q}"), doc, "application/json")
-        .await
-    {
+    match a.call("POST", &format!("/v1/config{q}"), doc, "application/json").await {
         Ok(rep) => back(
             s,
             "/config",
@@ -253,6 +380,25 @@ mod tests {
         assert_eq!(
             super::object(&y, "channel_rest", "/a").unwrap()["service"],
             "x"
+        );
+        let nameless = serde_json::json!({"channel_amqp": [{"url_path": "/q", "x": 1}]});
+        assert_eq!(super::object(&nameless, "inbound_amqp", "/q").unwrap()["x"], 1);
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_a_change_is_said() {
+        use serde_json::json;
+        let stored = json!({"name": "crm", "sealed": "oxbus1:aa:bb:cc", "auth": {"password": "p1"}});
+        let new = json!({"name": "crm", "value": "hunter2", "auth": {"password": "p1"}});
+        let shown = super::pretty(&super::redact(&new, Some(&stored)));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("‹secret, changed›"), "{shown}");
+        let b = super::pretty(&super::redact(&stored, None));
+        assert!(!b.contains("oxbus1:") && !b.contains("p1"), "{b}");
+        // An unchanged password reads the same on both sides.
+        assert_eq!(
+            super::redact(&new, Some(&stored))["auth"]["password"],
+            super::redact(&stored, None)["auth"]["password"]
         );
     }
 }

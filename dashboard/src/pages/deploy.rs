@@ -97,7 +97,8 @@ pub async fn submit(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
             div.flash.ok role="status" id="deploy-result" {
                 "Deployed " (names.join(", ")) " (config version " (report["config_version"]) ")."
             }
-            details { summary { "The servers' report" } pre { code { (pretty(&report)) } } }
+            (per_server(&report))
+            details { summary { "The servers' whole report" } pre { code { (pretty(&report)) } } }
         },
         Err(e) => {
             let tb = e
@@ -116,6 +117,61 @@ pub async fn submit(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         }
     };
     render(outcome)
+}
+
+/// One server's workers' acknowledgements: (acknowledged, workers, slowest ms, errors).
+fn acks(workers: &Value) -> (usize, usize, f64, Vec<String>) {
+    let list = workers.as_array().cloned().unwrap_or_default();
+    let ok = list.iter().filter(|w| w["ok"] == true).count();
+    let slowest = list
+        .iter()
+        .filter_map(|w| w["ms"].as_f64())
+        .fold(0.0, f64::max);
+    let errors = list
+        .iter()
+        .filter_map(|w| w["error"].as_str().map(|e| format!("worker {}: {e}", w["worker_id"])))
+        .collect();
+    (ok, list.len(), slowest, errors)
+}
+
+/// The report per server: this one's workers, then each peer's answer.
+fn per_server(report: &Value) -> maud::Markup {
+    let mut rows: Vec<(String, Option<u16>, Value)> = vec![(
+        report["server"].as_str().unwrap_or("this server").to_owned(),
+        None,
+        report["workers"].clone(),
+    )];
+    for p in report["servers"].as_array().cloned().unwrap_or_default() {
+        let workers = p["body"]["workers"].clone();
+        rows.push((
+            p["server"].as_str().unwrap_or("?").to_owned(),
+            p["status"].as_u64().map(|s| s as u16),
+            if workers.is_null() { p["body"].clone() } else { workers },
+        ));
+    }
+    html! {
+        table id="deploy-servers" {
+            caption.visually-hidden { "The deploy on each server" }
+            thead { tr {
+                th scope="col" { "Server" } th scope="col" { "Answer" }
+                th.num scope="col" { "Workers acknowledged" } th.num scope="col" { "Slowest activation" }
+                th scope="col" { "Errors" }
+            } }
+            tbody {
+                @for (server, status, workers) in &rows {
+                    @let (ok, n, slowest, errors) = acks(workers);
+                    @let err = workers.get("error").and_then(Value::as_str);
+                    tr {
+                        td { (server) }
+                        td { @match status { None => "this server", Some(st) => (st) } }
+                        td.num class=(if ok == n && err.is_none() { "state-ok" } else { "state-bad" }) { (ok) " / " (n) }
+                        td.num { (format!("{slowest:.1} ms")) }
+                        td { @if let Some(e) = err { (e) } @for e in &errors { (e) br; } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

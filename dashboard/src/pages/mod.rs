@@ -45,9 +45,17 @@ const NAV: &[(&str, &str, Role)] = &[
     ("/tokens", "API tokens", Role::Admin),
 ];
 
-/// The API of the first server, as the signed-in user.
+/// The API of the first server, as the signed-in user (a 401 ends the session).
 pub fn api(app: &App, s: &Session) -> Api {
-    Api::new(&app.settings.servers[0], &s.token)
+    user_api(&app.settings.servers[0], s)
+}
+
+/// Server `authority`'s API as the signed-in user: a 401 (the token revoked) marks the
+/// session, which ends at its next request.
+pub fn user_api(authority: &str, s: &Session) -> Api {
+    let mut a = Api::new(authority, &s.token);
+    a.on_401 = Some(s.revoked.clone());
+    a
 }
 
 /// Every server's API, as the signed-in user.
@@ -55,7 +63,7 @@ pub fn apis(app: &App, s: &Session) -> Vec<Api> {
     app.settings
         .servers
         .iter()
-        .map(|a| Api::new(a, &s.token))
+        .map(|a| user_api(a, s))
         .collect()
 }
 

@@ -202,7 +202,7 @@ pub async fn restart(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
             Err(format!("{server:?} is not one of the dashboard's servers")),
         );
     }
-    let api = Api::new(server, &s.token);
+    let api = super::user_api(server, s);
     match api.send("POST", "/v1/workers/restart", &Value::Null).await {
         Ok(v) => super::back(
             s,

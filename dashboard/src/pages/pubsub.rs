@@ -37,8 +37,12 @@ pub async fn route(app: &Arc<App>, r: &Req, s: &Arc<Session>, segs: &[&str]) -> 
     }
 }
 
-/// The dashboard's page of a subscription.
+/// The dashboard's page of a subscription (`.` and `..` cannot be a path segment: the
+/// list then, with a note).
 fn sub_page(key: &str) -> String {
+    if crate::api::dot_segment(key) {
+        return "/pubsub".to_owned();
+    }
     format!("/pubsub/subs/{}", enc(key))
 }
 

@@ -494,9 +494,13 @@ async fn definitions(app: &Arc<App>, s: &Arc<Session>) -> Resp {
                         }
                         @if admin {
                             td {
+                                @if crate::api::dot_segment(&name) {
+                                    span.muted { "(with the CLI)" }
+                                } @else {
                                 form.inline method="post" action=(format!("/security/{}/delete", enc(&name))) {
                                     (csrf(s))
                                     button.danger type="submit" aria-label=(format!("Delete security definition {name}")) { "Delete" }
+                                }
                                 }
                             }
                         }
@@ -795,9 +799,13 @@ async fn secrets_page(
                         td { @match x["updated_at_ms"].as_i64() { Some(t) => (when(t)), None => span.muted { "–" } } }
                         @if admin {
                             td {
+                                @if crate::api::dot_segment(&name) {
+                                    span.muted { "(with the CLI)" }
+                                } @else {
                                 form.inline method="post" action=(format!("/secrets/{}/delete", enc(&name))) {
                                     (csrf(s))
                                     button.danger type="submit" aria-label=(format!("Delete secret {name}")) { "Delete" }
+                                }
                                 }
                             }
                         }

@@ -31,12 +31,15 @@ fn ms(v: &Value) -> String {
 pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     let q = r.q("q").unwrap_or("").trim().to_lowercase();
     let a = api(app, s);
-    let (services, stats) = tokio::join!(a.get("/v1/services"), a.get("/v1/services/stats"));
+    let (services, figures) = tokio::join!(a.get("/v1/services"), app.figures.get(a.clone()));
     let services = match services {
         Ok(v) => v,
         Err(e) => return super::failed(s, "/services", "Services", &e),
     };
-    let stats = stats.unwrap_or(Value::Null);
+    let (stats, age) = match figures {
+        Ok((doc, age)) => (doc, Some(age)),
+        Err(_) => (std::sync::Arc::new(Value::Null), None),
+    };
     let mut list: Vec<Value> = services["services"].as_array().cloned().unwrap_or_default();
     list.retain(|sv| {
         q.is_empty()
@@ -68,6 +71,12 @@ pub async fn list(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
             button.secondary type="submit" { "Search" }
             @if s.role.allows(Role::Deployer) {
                 a.button href="/deploy" { "Deploy a module" }
+            }
+        }
+        p.muted {
+            @match age {
+                Some(a) => { "Figures over the last 15 minutes, all servers, as of " (a.as_secs()) " s ago (refreshed every " (crate::figures::FRESH.as_secs()) " s)." }
+                None => "The servers' figures did not come.",
             }
         }
         table {

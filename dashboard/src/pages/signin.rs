@@ -164,6 +164,12 @@ pub async fn submit(app: &Arc<App>, r: &Req) -> Resp {
         return retry(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
     };
     app.limit.succeeded(addr, user);
+    // The services list's figures, fetched now so that the first list need not wait.
+    let warm = crate::api::Api::new(&app.settings.servers[0], &token);
+    let figures = app.figures.clone();
+    tokio::spawn(async move {
+        let _ = figures.get(warm).await;
+    });
     let id = app.sessions.create(&u.name, u.role, token);
     info!(user = %u.name, role = u.role.as_str(), %addr, "signed in");
     let mut resp = http::redirect(&next);

@@ -19,7 +19,13 @@ use crate::model::security::{SecurityDef, public_json};
 /// is taken as it is, not percent-decoded).
 pub(super) async fn route(req: Request<Incoming>, cx: &Ctx, rest: &[&str]) -> Response<Body> {
     let method = req.method().clone();
-    match (&method, rest) {
+    // A name is one path segment, percent-decoded (as the other kinds' are).
+    let decoded: Vec<String> = rest
+        .iter()
+        .map(|s| crate::edge::router::percent_decode(s))
+        .collect();
+    let rest: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    match (&method, rest.as_slice()) {
         (&Method::GET, []) => list(cx).await,
         (&Method::GET, [name]) => get(cx, name).await,
         (&Method::POST, []) => match read_body(req).await {

@@ -18,6 +18,10 @@ pub(super) fn status(cx: &Ctx) -> Response<Body> {
 /// `POST /v1/workers/restart`: 202 once the supervisor loop took it up; 409 while one is
 /// running or the server is stopping.
 pub(super) async fn restart(cx: &Ctx) -> Response<Body> {
+    // One request at a time checks, signals and waits: two sent together would both see no
+    // restart running and both signal (the loop runs one; both would be told 202).
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE_AT_A_TIME.lock().await;
     let before = cx.reloads.status();
     if before.stopping {
         return error(StatusCode::CONFLICT, "the server is stopping");
@@ -47,7 +51,8 @@ pub(super) async fn restart(cx: &Ctx) -> Response<Body> {
         if tokio::time::Instant::now() > deadline {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the server did not take up the restart within 5 s",
+                "the server did not take up the restart within 5 s; the signal is still \
+                 pending and the restart may start later (GET /v1/workers/restart tells)",
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
