@@ -102,7 +102,10 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     let result = b.text("#deploy-result").await;
     assert!(result.contains("Deployed dash_hello"), "{result}");
     let per_server = b.text("#deploy-servers").await;
-    assert!(per_server.contains("1 / 1"), "every worker acknowledged: {per_server}");
+    assert!(
+        per_server.contains("1 / 1"),
+        "every worker acknowledged: {per_server}"
+    );
     // Seen in the services page, searched for.
     b.goto(&format!("{base}/services?q=dash")).await;
     assert!(b.text("#services-rows").await.contains("dash.hello"));

@@ -149,7 +149,12 @@ pub fn redact(v: &Value, was: Option<&Value>) -> Value {
                     let out = if SECRET_KEYS.contains(&k.as_str()) && !x.is_null() {
                         let changed = was.is_some() && old != Some(x);
                         Value::String(
-                            if changed { "‹secret, changed›" } else { "‹secret›" }.into(),
+                            if changed {
+                                "‹secret, changed›"
+                            } else {
+                                "‹secret›"
+                            }
+                            .into(),
                         )
                     } else {
                         redact(x, old)
@@ -341,9 +346,22 @@ pub async fn apply(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     // The stored config may have changed since the plan was shown: the plan is made again
     // and applied only if it is the one the user saw.
     let a = api(app, s);
-    let dry = if replace { "?dry_run=1&replace=1" } else { "?dry_run=1" };
-    match a.call("POST", &format!("/v1/config{dry}"), doc.clone(), "application/json").await {
-        Ok(r) if plan_key(r["changes"].as_array().map_or(&[][..], Vec::as_slice)) == shown_plan => {}
+    let dry = if replace {
+        "?dry_run=1&replace=1"
+    } else {
+        "?dry_run=1"
+    };
+    match a
+        .call(
+            "POST",
+            &format!("/v1/config{dry}"),
+            doc.clone(),
+            "application/json",
+        )
+        .await
+    {
+        Ok(r) if plan_key(r["changes"].as_array().map_or(&[][..], Vec::as_slice)) == shown_plan => {
+        }
         Ok(_) => {
             return back(
                 s,
@@ -354,7 +372,10 @@ pub async fn apply(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
         Err(e) => return back(s, "/config", Err(format!("The import was refused: {e}"))),
     }
     let q = if replace { "?replace=1" } else { "" };
-    match a.call("POST", &format!("/v1/config{q}"), doc, "application/json").await {
+    match a
+        .call("POST", &format!("/v1/config{q}"), doc, "application/json")
+        .await
+    {
         Ok(rep) => back(
             s,
             "/config",
@@ -382,13 +403,17 @@ mod tests {
             "x"
         );
         let nameless = serde_json::json!({"channel_amqp": [{"url_path": "/q", "x": 1}]});
-        assert_eq!(super::object(&nameless, "inbound_amqp", "/q").unwrap()["x"], 1);
+        assert_eq!(
+            super::object(&nameless, "inbound_amqp", "/q").unwrap()["x"],
+            1
+        );
     }
 
     #[test]
     fn secrets_are_redacted_and_a_change_is_said() {
         use serde_json::json;
-        let stored = json!({"name": "crm", "sealed": "oxbus1:aa:bb:cc", "auth": {"password": "p1"}});
+        let stored =
+            json!({"name": "crm", "sealed": "oxbus1:aa:bb:cc", "auth": {"password": "p1"}});
         let new = json!({"name": "crm", "value": "hunter2", "auth": {"password": "p1"}});
         let shown = super::pretty(&super::redact(&new, Some(&stored)));
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -129,7 +129,11 @@ fn acks(workers: &Value) -> (usize, usize, f64, Vec<String>) {
         .fold(0.0, f64::max);
     let errors = list
         .iter()
-        .filter_map(|w| w["error"].as_str().map(|e| format!("worker {}: {e}", w["worker_id"])))
+        .filter_map(|w| {
+            w["error"]
+                .as_str()
+                .map(|e| format!("worker {}: {e}", w["worker_id"]))
+        })
         .collect();
     (ok, list.len(), slowest, errors)
 }
@@ -137,7 +141,10 @@ fn acks(workers: &Value) -> (usize, usize, f64, Vec<String>) {
 /// The report per server: this one's workers, then each peer's answer.
 fn per_server(report: &Value) -> maud::Markup {
     let mut rows: Vec<(String, Option<u16>, Value)> = vec![(
-        report["server"].as_str().unwrap_or("this server").to_owned(),
+        report["server"]
+            .as_str()
+            .unwrap_or("this server")
+            .to_owned(),
         None,
         report["workers"].clone(),
     )];
@@ -146,7 +153,11 @@ fn per_server(report: &Value) -> maud::Markup {
         rows.push((
             p["server"].as_str().unwrap_or("?").to_owned(),
             p["status"].as_u64().map(|s| s as u16),
-            if workers.is_null() { p["body"].clone() } else { workers },
+            if workers.is_null() {
+                p["body"].clone()
+            } else {
+                workers
+            },
         ));
     }
     html! {
