@@ -424,7 +424,7 @@ pub async fn delete(app: &Arc<App>, _r: &Req, s: &Arc<Session>, name: &str) -> R
 pub async fn openapi(app: &Arc<App>, s: &Arc<Session>) -> Resp {
     match api(app, s).get("/v1/openapi").await {
         Ok(doc) => {
-            let mut r = crate::http::text(StatusCode::OK, pretty_json(&doc));
+            let mut r = crate::http::text(StatusCode::OK, super::pretty(&doc));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
@@ -433,10 +433,6 @@ pub async fn openapi(app: &Arc<App>, s: &Arc<Session>) -> Resp {
         }
         Err(e) => super::failed(s, "/channels", "OpenAPI", &e),
     }
-}
-
-fn pretty_json(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
 #[cfg(test)]

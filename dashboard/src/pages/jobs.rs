@@ -39,7 +39,7 @@ pub async fn list(app: &Arc<App>, _r: &Req, s: &Arc<Session>) -> Resp {
                         td { (j["service"].as_str().unwrap_or("")) }
                         td { (j["type"].as_str().unwrap_or("")) }
                         td { @if j["active"] == true { "yes" } @else { "no" } }
-                        td { @match j["next_run_ms"].as_i64() { Some(t) => (when(t)), None => span.muted { "–" } } }
+                        td { @match sched.as_ref().ok().and_then(|sc| sc["next_runs"][&name].as_i64()) { Some(t) => (when(t)), None => span.muted { "–" } } }
                         @if s.role.allows(Role::Deployer) {
                             td { (actions(s, &name, j["active"] == true)) }
                         }

@@ -63,18 +63,13 @@ fn live(cx: &Ctx) -> std::sync::Arc<Vec<JobDef>> {
     cx.scheduler.jobs.current()
 }
 
-/// GET /v1/jobs: every job, by name, each with `next_run_ms` (`scheduler::next_run`).
+/// GET /v1/jobs: every job, by name.
 fn list(cx: &Ctx) -> Response<Body> {
     let jobs = live(cx);
-    let list: Vec<Value> = jobs
-        .iter()
-        .map(|d| {
-            let mut j = job_json(d);
-            j["next_run_ms"] = json!(crate::scheduler::next_run(d));
-            j
-        })
-        .collect();
-    reply(StatusCode::OK, json!({ "jobs": list }))
+    reply(
+        StatusCode::OK,
+        json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() }),
+    )
 }
 
 /// GET /v1/jobs/{name}
@@ -226,8 +221,16 @@ async fn runs(cx: &Ctx, name: &str, query: &str) -> Response<Body> {
     }
 }
 
-/// GET /v1/scheduler: who leads the cluster's scheduler, and whether this server does.
+/// GET /v1/scheduler: who leads the cluster's scheduler, whether this server does, and each
+/// job's next run by its definition (`scheduler::next_run`).
 pub(super) async fn status(cx: &Ctx) -> Response<Body> {
+    let next_runs: serde_json::Map<String, Value> = cx
+        .scheduler
+        .jobs
+        .current()
+        .iter()
+        .map(|d| (d.name.clone(), json!(crate::scheduler::next_run(d))))
+        .collect();
     match cx.store.lease().await {
         Ok(lease) => {
             let now = chrono::Utc::now().timestamp_millis();
@@ -244,6 +247,7 @@ pub(super) async fn status(cx: &Ctx) -> Response<Body> {
                     "lease_expires_at": live.as_ref().map(|(_, u)| u),
                     "lease_ttl_ms": crate::scheduler::LEASE_TTL.as_millis() as u64,
                     "jobs": cx.scheduler.jobs.current().len(),
+                    "next_runs": next_runs,
                 }),
             )
         }

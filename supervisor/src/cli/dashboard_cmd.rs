@@ -6,7 +6,6 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
 
 use super::CliError;
 use super::args::{DashboardUserAction, ServerArgs};
@@ -23,15 +22,7 @@ pub fn run(config: &Path, exit_with_parent: bool) -> Result<(), CliError> {
     let level = std::env::var("OXBUS_DASHBOARD_LOG").unwrap_or_else(|_| "info".into());
     super::logging::init_logging(&level, crate::config::LogFormat::Text)?;
     if exit_with_parent {
-        let parent = nix::unistd::getppid();
-        std::thread::Builder::new()
-            .name("parent-watch".into())
-            .spawn(move || {
-                while nix::unistd::getppid() == parent {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                std::process::exit(0);
-            })?;
+        super::when_parent_gone(|| std::process::exit(0))?;
     }
     let users = Users::load(&s.users_file).map_err(|e| CliError::Dashboard(e.to_string()))?;
     if users.users.is_empty() {

@@ -153,6 +153,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Runtime)
 }
 
+/// Calls `gone` on a thread of its own once the process that started this one has gone
+/// (`--exit-with-parent`: quickstart's proxy and dashboard).
+pub(crate) fn when_parent_gone(gone: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    let parent = nix::unistd::getppid();
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            while nix::unistd::getppid() == parent {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            gone();
+        })
+        .map(drop)
+}
+
 /// Success, or the error printed as `oxbus: error: …` and exit code 1.
 fn exit(result: Result<(), CliError>) -> ExitCode {
     match result {

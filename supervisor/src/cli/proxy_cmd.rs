@@ -5,7 +5,6 @@ use async_trait::async_trait;
 use oxbus_proxy::{ProxyConfig, ServerSource, SourceError, SourcedServer, Upstreams};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 use tokio::sync::OnceCell;
 
 use super::CliError;
@@ -79,19 +78,11 @@ pub fn run(config: &Path, upgrade: bool, exit_with_parent: bool) -> Result<(), C
         None => Upstreams::Static,
     };
     if exit_with_parent {
-        let parent = nix::unistd::getppid();
-        std::thread::Builder::new()
-            .name("parent-watch".into())
-            .spawn(move || {
-                while nix::unistd::getppid() == parent {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                tracing::info!("parent process gone; stopping");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::getpid(),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            })?;
+        super::when_parent_gone(|| {
+            tracing::info!("parent process gone; stopping");
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+        })?;
     }
     oxbus_proxy::run(cfg, upstreams, upgrade).map_err(CliError::Proxy)
 }

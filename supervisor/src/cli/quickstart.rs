@@ -717,6 +717,27 @@ fn seed_store(s: &Settings, dir: &Path) -> Result<(), CliError> {
     }
 }
 
+/// Starts `oxbus SUBCOMMAND --config CONFIG --exit-with-parent` beside quickstart's server
+/// (the proxy, the dashboard): it stops with quickstart, and by itself if quickstart dies;
+/// its output goes to DIR/SUBCOMMAND.log.
+pub(super) fn spawn_companion(
+    dir: &Path,
+    subcommand: &str,
+    config: &Path,
+) -> Result<std::process::Child, CliError> {
+    let config = std::path::absolute(config)?;
+    let log = std::fs::File::create(dir.join(format!("{subcommand}.log")))?;
+    Ok(std::process::Command::new(std::env::current_exe()?)
+        .arg(subcommand)
+        .arg("--config")
+        .arg(&config)
+        .arg("--exit-with-parent")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
+}
+
 /// Starts `oxbus proxy` in front of quickstart's server (it stops with quickstart, and if
 /// quickstart dies, by itself). Its log goes to DIR/proxy.log.
 fn start_proxy(
@@ -729,18 +750,7 @@ fn start_proxy(
             source,
         })?;
     // The proxy resolves the paths in its file against the file's directory.
-    let config = std::path::absolute(&config)?;
-    let log = std::fs::File::create(dir.join("proxy.log"))?;
-    let exe = std::env::current_exe()?;
-    let child = std::process::Command::new(exe)
-        .arg("proxy")
-        .arg("--config")
-        .arg(&config)
-        .arg("--exit-with-parent")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let child = spawn_companion(dir, "proxy", &config)?;
     Ok((child, url, stats))
 }
 

@@ -39,17 +39,7 @@ pub fn start(dir: &Path, s: &Settings) -> Result<(std::process::Child, String), 
         path: config.clone(),
         source,
     })?;
-    let config = std::path::absolute(&config)?;
-    let log = std::fs::File::create(dir.join("dashboard.log"))?;
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .arg("dashboard")
-        .arg("--config")
-        .arg(&config)
-        .arg("--exit-with-parent")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let child = super::quickstart::spawn_companion(dir, "dashboard", &config)?;
     let users_file = dir.join(USERS_FILE);
     let pw_file = dir.join(PASSWORD_FILE);
     let has_users = Users::load(&users_file)
