@@ -209,6 +209,28 @@ impl Req {
         form_urlencoded::parse(&self.body).into_owned().collect()
     }
 
+    /// The client's address: the TCP peer, or, when the peer is one of `trusted`, the
+    /// rightmost address of `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client(&self, trusted: &[ipnet::IpNet]) -> std::net::IpAddr {
+        let peer = self.peer.ip();
+        let is_trusted = |a: &std::net::IpAddr| trusted.iter().any(|n| n.contains(a));
+        if !is_trusted(&peer) {
+            return peer;
+        }
+        let hops: Vec<std::net::IpAddr> = self
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        hops.into_iter()
+            .rev()
+            .find(|a| !is_trusted(a))
+            .unwrap_or(peer)
+    }
+
     pub fn is_htmx(&self) -> bool {
         self.headers.contains_key("hx-request")
     }
@@ -459,5 +481,42 @@ pub fn need(s: &Session, needed: crate::users::Role) -> Option<Resp> {
                 s.role.as_str()
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_client_is_believed_from_trusted_proxies_only() {
+        let req = |peer: &str, xff: &str| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("x-forwarded-for", xff.parse().unwrap());
+            super::Req {
+                method: hyper::Method::GET,
+                path: "/".into(),
+                query: vec![],
+                headers,
+                body: bytes::Bytes::new(),
+                peer: format!("{peer}:1234").parse().unwrap(),
+            }
+        };
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // From a stranger the header means nothing.
+        assert_eq!(
+            req("192.0.2.9", "1.2.3.4").client(&trusted),
+            ip("192.0.2.9")
+        );
+        // Through the proxy: the rightmost untrusted hop (a client's own forged entries
+        // to its left are not believed).
+        assert_eq!(
+            req("10.0.0.5", "6.6.6.6, 1.2.3.4").client(&trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            req("10.0.0.5", "1.2.3.4, 10.0.0.7").client(&trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(req("10.0.0.5", "garbage").client(&trusted), ip("10.0.0.5"));
     }
 }

@@ -13,6 +13,7 @@
 //! metrics_token_file = ""                 # the servers' admin.metrics_token, if they set one
 //! tls_cert_file = ""                      # HTTPS: a PEM certificate chain and its key
 //! tls_key_file = ""                       #   (cookies are then Secure, as with secure_cookies)
+//! trusted_proxies = []                    # proxies whose X-Forwarded-For names the client
 //! hsts_max_age_s = 31536000               # HSTS under HTTPS; 0: none (it covers every port
 //!                                         # of the host name, plain-HTTP channels too)
 //! ```
@@ -43,6 +44,9 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `Strict-Transport-Security: max-age=` under HTTPS; 0 sends none.
     pub hsts_max_age_s: u64,
+    /// Proxies in front of the dashboard whose `X-Forwarded-For` names the client (for the
+    /// sign-in limit and the log); from anyone else it is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -95,6 +99,8 @@ struct Section {
     tls_key_file: Option<PathBuf>,
     #[serde(default = "default_hsts")]
     hsts_max_age_s: u64,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 fn default_hsts() -> u64 {
@@ -187,7 +193,22 @@ impl Settings {
                 );
             }
         };
+        let trusted_proxies = d
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "dashboard.trusted_proxies: {p:?} is not an address or a network \
+                             (e.g. 127.0.0.1 or 10.0.0.0/8)"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
+            trusted_proxies,
             listen,
             servers,
             users_file: resolve(&d.users_file),
@@ -269,5 +290,11 @@ mod tests {
         )
         .unwrap();
         assert!(s.secure_cookies, "cookies are Secure under TLS");
+        let e = Settings::parse(
+            "[dashboard]\nservers = [\"a:1\"]\ntrusted_proxies = [\"nope\"]\n",
+            base,
+        )
+        .unwrap_err();
+        assert!(e.contains("trusted_proxies"), "{e}");
     }
 }

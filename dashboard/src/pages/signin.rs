@@ -116,7 +116,7 @@ pub async fn submit(app: &Arc<App>, r: &Req) -> Resp {
             "The sign-in form expired or came from elsewhere: try again.",
         );
     }
-    let addr = r.peer.ip();
+    let addr = r.client(&app.settings.trusted_proxies);
     // The attempt counts from here (as a failure unless it succeeds).
     if let Err(wait) = app.limit.attempt(addr, user) {
         warn!(user = %user.chars().take(64).collect::<String>(), %addr, "sign-in refused: too many failures");
