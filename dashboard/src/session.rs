@@ -178,7 +178,11 @@ impl Sessions {
 
     /// The live session `id` names, marked used now; an expired one is removed.
     pub fn touch(&self, id: &str) -> Option<Arc<Session>> {
-        let now = Instant::now();
+        self.touch_at(id, Instant::now())
+    }
+
+    /// [`Self::touch`] at `now` (the tests' clock).
+    fn touch_at(&self, id: &str, now: Instant) -> Option<Arc<Session>> {
         let mut map = self.lock();
         let s = map.get(id)?.clone();
         if !self.live(&s, now) {
@@ -276,14 +280,25 @@ mod tests {
 
     #[test]
     fn sessions_end_when_idle() {
-        let s = Sessions::new(Duration::from_millis(30), Duration::from_secs(60));
+        let s = Sessions::new(Duration::from_secs(30), Duration::from_secs(600));
         let id = s.create("alice", Role::Viewer, "t".into());
         let got = s.touch(&id).unwrap();
         assert!(got.csrf_ok(&got.csrf.clone()));
         assert!(!got.csrf_ok("nope"));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(s.touch(&id).is_none());
+        let t0 = Instant::now();
+        // Used within the idle time, it lives on; unused past it, it ends.
+        assert!(s.touch_at(&id, t0 + Duration::from_secs(20)).is_some());
+        assert!(s.touch_at(&id, t0 + Duration::from_secs(45)).is_some());
+        assert!(s.touch_at(&id, t0 + Duration::from_secs(80)).is_none());
         assert_eq!(s.count(), 0);
+        // However busy, a session ends at its maximum age.
+        let id = s.create("bob", Role::Viewer, "t".into());
+        let t0 = Instant::now();
+        for k in 1..=23 {
+            assert!(s.touch_at(&id, t0 + Duration::from_secs(25 * k)).is_some());
+        }
+        assert!(s.touch_at(&id, t0 + Duration::from_secs(595)).is_some());
+        assert!(s.touch_at(&id, t0 + Duration::from_secs(610)).is_none());
     }
 
     #[test]
