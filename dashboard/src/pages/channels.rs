@@ -437,12 +437,7 @@ pub async fn openapi(app: &Arc<App>, s: &Arc<Session>) -> Resp {
 
 #[cfg(test)]
 mod tests {
-    fn f(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
+    use super::super::form_pairs as f;
 
     #[test]
     fn a_channel_round_trips_through_the_form() {

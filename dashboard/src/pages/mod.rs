@@ -106,6 +106,26 @@ pub fn csrf(s: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(s.csrf); }
 }
 
+/// The `<meta>`s, title, icon and style sheet every page's `<head>` starts with.
+pub fn head_common(title: &str) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { (title) " · Oxbus" }
+        link rel="icon" href="data:,";
+        link rel="stylesheet" href="/static/dashboard.css";
+    }
+}
+
+/// Form fields from pairs (the pages' unit tests).
+#[cfg(test)]
+pub fn form_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 /// A whole page: the top bar, the navigation, `body`.
 pub fn page(s: &Session, current: &str, title: &str, body: Markup) -> Markup {
     let hx_headers = serde_json::json!({ "X-CSRF-Token": s.csrf }).to_string();
@@ -113,12 +133,8 @@ pub fn page(s: &Session, current: &str, title: &str, body: Markup) -> Markup {
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
+                (head_common(title))
                 meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
-                title { (title) " · Oxbus" }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href="/static/dashboard.css";
                 script src="/static/htmx.min.js" {}
                 script src="/static/htmx-sse.min.js" {}
             }

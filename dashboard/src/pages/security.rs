@@ -1085,12 +1085,7 @@ async fn revoke_token(app: &Arc<App>, s: &Arc<Session>, name: &str) -> Resp {
 mod tests {
     use serde_json::json;
 
-    fn f(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
+    use super::super::form_pairs as f;
 
     #[test]
     fn the_definition_form_becomes_the_apis_json() {

@@ -30,13 +30,7 @@ fn shell(pre: &str, next: &str, user: &str, error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · Oxbus" }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href="/static/dashboard.css";
-            }
+            head { (super::head_common("Sign in")) }
             body {
                 main.signin {
                     h1 { "Oxbus: sign in" }
