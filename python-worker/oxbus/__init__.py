@@ -22,13 +22,20 @@ from .outgoing import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, 
 from .pubsub import (MessageTooLarge, PubSubAnswerTooLarge, PubSubConflict, PubSubError,
                      PubSubForbidden, PubSubInvalid, PubSubNotReachable, PubSubUnavailable,
                      SubscriptionNotFound, TopicFull, TopicNotFound)
+from .model import Model, ModelCtx
 from .service import Channel, HTTPRequest, Request, Response, Security, Service
-from .simpleio import Bunch
+from .simpleio import (CSV, UTC, UUID, AsIs, Bool, Bunch, Date, DateTime, Decimal, Dict,
+                       DictList, Float, Int, List, Opaque, Secret, Text)
+from .zato_compat import install as _install_zato_names
+
+_install_zato_names()
 
 __version__ = '0.1.0'
 
 __all__ = [
     'Service', 'Request', 'HTTPRequest', 'Response', 'Channel', 'Security', 'Bunch',
+    'Model', 'ModelCtx', 'AsIs', 'Bool', 'CSV', 'Date', 'DateTime', 'Decimal', 'Dict',
+    'DictList', 'Float', 'Int', 'List', 'Opaque', 'Secret', 'Text', 'UTC', 'UUID',
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
     'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',

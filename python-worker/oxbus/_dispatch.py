@@ -32,7 +32,10 @@ from .outgoing import OutgoingAPI
 from .pubsub import PubSubAPI, PubSubDelivery
 from .service import (Channel, Request, Response, Security, Service, _invocation_meta,
                       current_invocation)
-from .simpleio import OutputError, filter_output, parse_input
+from .model import (ModelOutputError, ModelValidationError, Model, model_from_dict,
+                    model_to_dict, output_through_model)
+from .simpleio import (Bunch, InputError, OutputError, SimpleIOPayload, bunchify,
+                       filter_output, parse_input)
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -194,14 +197,14 @@ class Dispatcher:
                 return self._error(stream, cid, cls, e, REPLY_ERROR_INPUT)
             before, after = cls._oxbus_hooks
             if before:
-                svc.before_handle()
+                svc._oxbus_before()
             result = getattr(svc, attr)()
             if result is not None and hasattr(result, '__await__'):
                 result.close()  # silence "coroutine was never awaited"
                 raise TypeError('%s.%s returned a coroutine but is not declared async def'
                                 % (type(svc).__name__, attr))
             if after:
-                svc.after_handle()
+                svc._oxbus_after()
             return self._reply(stream, svc)
         except BaseException as e:  # noqa: B036 - a service must never take the worker down
             return self._error(stream, cid, cls, e)
@@ -227,10 +230,10 @@ class Dispatcher:
                 return self._error(stream, cid, cls, e, REPLY_ERROR_INPUT)
             before, after = cls._oxbus_hooks
             if before:
-                await _maybe_await(svc.before_handle())
+                await _maybe_await(svc._oxbus_before())
             await _maybe_await(getattr(svc, attr)())
             if after:
-                await _maybe_await(svc.after_handle())
+                await _maybe_await(svc._oxbus_after())
             return self._reply(stream, svc)
         except BaseException as e:  # noqa: B036 - see run()
             return self._error(stream, cid, cls, e)
@@ -309,9 +312,17 @@ class Dispatcher:
             payload = request.payload
             data_format = 'json' if payload is not body else 'raw'
         if cls._oxbus_input:
+            priority = meta.get('params_priority')
             request.input = parse_input(
                 cls._oxbus_input, payload, meta.get('params'),
-                lambda: request.http.query, json_body=data_format == 'json')
+                lambda: request.http.query, json_body=data_format == 'json',
+                params_first=(priority == PARAMS_OVER_MSG if priority
+                              else cls._oxbus_zato))
+        elif cls._oxbus_input_model is not None:
+            request.input = _model_input(cls, svc, request, payload, meta,
+                                         data_format == 'json')
+        if cls._oxbus_zato:
+            _zato_request(cls, svc, request, meta)
         return svc, attr
 
     def _prepare_file(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
@@ -337,9 +348,18 @@ class Dispatcher:
         """Encode the service's response as a REPLY frame."""
         response = svc.response
         payload = response.payload
-        output = type(svc)._oxbus_output
+        cls = type(svc)
+        output = cls._oxbus_output
         if output:
-            payload = filter_output(output, payload)
+            if type(payload) is SimpleIOPayload:
+                payload = payload.getvalue()
+            payload = filter_output(output, payload, cls._oxbus_skip_empty)
+            if cls._oxbus_response_elem is not None:
+                payload = {cls._oxbus_response_elem: payload}
+        elif cls._oxbus_output_model is not None:
+            payload = _model_output(cls._oxbus_output_model, payload)
+        elif isinstance(payload, Model):
+            payload = _model_output(None, payload)
         kind = type(payload)
         if kind is dict or kind is list:
             body = encode_json(payload)
@@ -385,6 +405,12 @@ class Dispatcher:
             status = exc.status_code
             doc = {'error': exc.msg, **exc.details, 'cid': cid}
             headers = exc.headers
+        elif isinstance(exc, ModelOutputError):
+            exc = OutputError(exc.field, exc.reason)
+            cls.logger.error('%s: %s (declared output: model %s)', cls.name, exc,
+                             getattr(cls._oxbus_output_model, '__name__', '-'))
+            status = 500
+            doc = {'error': str(exc), 'field': exc.field, 'cid': cid}
         elif isinstance(exc, OutputError):
             # The service broke its own contract: tell the client which element, and the
             # log, since someone has to fix the service.
@@ -425,14 +451,52 @@ class Dispatcher:
 
     # -- service to service ---------------------------------------------------------------
 
-    def invoke(self, caller: Service, name: str, payload: Any = None) -> Any:
+    def invoke(self, caller: Service, name: Any, payload: Any = None,
+               args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
         """In-process ``self.invoke``: run ``name`` now, in this thread; see Service.invoke."""
+        kwargs = dict(kwargs or ())
+        as_bunch = kwargs.pop('as_bunch', False)
+        serialize = kwargs.pop('serialize', False)
+        timeout = kwargs.pop('timeout', None)
+        raise_timeout = kwargs.pop('raise_timeout', True)
+        environ = kwargs.pop('environ', None)
+        for ignored in _INVOKE_IGNORED:
+            kwargs.pop(ignored, None)
+        if args:
+            raise TypeError('invoke() takes the service and one payload; extra positional '
+                            'arguments: %r' % (args,))
+        if isinstance(name, type) and issubclass(name, Service):
+            name = name.name
+        if kwargs:
+            if payload:
+                raise TypeError('invoke(): unknown keyword arguments with a payload: %s'
+                                % ', '.join(sorted(kwargs)))
+            payload = kwargs
+        if timeout:
+            result = _with_timeout(lambda: self._invoke(caller, name, payload, environ),
+                                   timeout, raise_timeout, caller, name)
+        else:
+            result = self._invoke(caller, name, payload, environ)
+        if isinstance(result, SimpleIOPayload):
+            result = result.getvalue()
+        if isinstance(result, Model) or (isinstance(result, list) and result
+                                          and isinstance(result[0], Model)):
+            result = _model_output(None, result)
+        if as_bunch:
+            result = bunchify(result)
+        if serialize:
+            result = encode_json(result).decode('utf-8')
+        return result
+
+    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any) -> Any:
         cls = self.services.get(name)
         if cls is None:
             raise NotFound('no such service: %s' % name)
         current = current_invocation.get()
         stream = current[2] if current else 0
         cid = caller.cid
+        if isinstance(payload, Model):
+            payload = model_to_dict(payload, '')
         if payload is None or isinstance(payload, (bytes, bytearray)):
             raw = bytes(payload or b'')
         elif isinstance(payload, str):
@@ -450,26 +514,39 @@ class Dispatcher:
         svc.request = request = Request(payload, raw, 'json', meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
+        if environ is not None:
+            svc.environ = Bunch(environ)
         invocation = (cid, cls.name, stream)
         token = current_invocation.set(invocation)
         meta_token = _invocation_meta.set(meta)
         try:
             if cls._oxbus_input:
                 request.input = parse_input(cls._oxbus_input, payload, None, dict)
+            elif cls._oxbus_input_model is not None:
+                request.input = _model_input(cls, svc, request, payload, meta, True)
+            if cls._oxbus_zato:
+                _zato_request(cls, svc, request, meta)
             if is_async:
                 self._run_coroutine(_run_hooked(svc, attr, invocation, meta))
             else:
                 before, after = cls._oxbus_hooks
                 if before:
-                    svc.before_handle()
+                    svc._oxbus_before()
                 getattr(svc, attr)()
                 if after:
-                    svc.after_handle()
+                    svc._oxbus_after()
         finally:
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
+        result = svc.response.payload
         output = cls._oxbus_output
-        return filter_output(output, svc.response.payload) if output else svc.response.payload
+        if output:
+            if type(result) is SimpleIOPayload:
+                result = result.getvalue()
+            return filter_output(output, result, cls._oxbus_skip_empty)
+        if cls._oxbus_output_model is not None:
+            return _model_output(cls._oxbus_output_model, result)
+        return result
 
     def notify(self, meta: Dict[str, Any], body: bytes = b'') -> None:
         """Post an ASYNC (fire-and-forget) CALL of a server op: run, never answered."""
@@ -559,10 +636,10 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
     try:
         before, after = type(svc)._oxbus_hooks
         if before:
-            await _maybe_await(svc.before_handle())
+            await _maybe_await(svc._oxbus_before())
         await _maybe_await(getattr(svc, attr)())
         if after:
-            await _maybe_await(svc.after_handle())
+            await _maybe_await(svc._oxbus_after())
     finally:
         _invocation_meta.reset(meta_token)
         current_invocation.reset(token)
@@ -583,3 +660,101 @@ def _inline_arequest(request: Callable[[Any, bytes], Tuple[bytes, bytes]]
 def _asyncio_run(coro: Awaitable[Any]) -> Any:
     import asyncio  # only services that are async pay for asyncio
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+#: A REST channel's ``params_priority`` (Zato's names): path and query parameters win over
+#: the body for the same name, or the body wins (``msg-over-channel-params``).
+PARAMS_OVER_MSG = 'channel-params-over-msg'
+MSG_OVER_PARAMS = 'msg-over-channel-params'
+
+#: Zato's ``invoke`` keyword arguments that have no meaning for an in-process call here.
+_INVOKE_IGNORED = ('channel', 'data_format', 'transport', 'cid', 'skip_response_elem',
+                   'wsgi_environ', 'zato_ctx')
+
+
+def _model_input(cls: Type[Service], svc: Service, request: Request, payload: Any,
+                 meta: Dict[str, Any], json_body: bool) -> Any:
+    """``request.input`` of a service whose input is a Model: the body's object, with the
+    path parameters (and, for a Zato-style service or ``channel-params-over-msg``, the query
+    string) over it as Zato's channels do; an InputError naming every bad field."""
+    model = cls._oxbus_input_model
+    if isinstance(payload, Model):
+        return payload
+    if json_body and payload is not None and not isinstance(payload, dict):
+        raise BadRequest('expected a JSON object')
+    data = dict(payload) if json_body and payload is not None else {}
+    params = meta.get('params')
+    priority = meta.get('params_priority')
+    params_first = priority == PARAMS_OVER_MSG if priority else cls._oxbus_zato
+    extra: Dict[str, Any] = {}
+    if params:
+        extra.update(params)
+    if params_first and meta.get('query'):
+        extra.update(request.http.query)
+    for key, value in extra.items():
+        if params_first or key not in data:
+            data[key] = value
+    problems: List[Tuple[str, str]] = []
+    instance = model_from_dict(model, data, '', problems, svc)
+    if problems:
+        errors = [{'field': f, 'error': m} for f, m in problems]
+        raise InputError('; '.join(m if m.startswith('missing input') else
+                                   'invalid input: %s: %s' % (f, m) for f, m in problems),
+                         details={'field': problems[0][0], 'errors': errors})
+    return instance
+
+
+def _zato_request(cls: Type[Service], svc: Service, request: Request,
+                  meta: Dict[str, Any]) -> None:
+    """What a Zato-style service finds on top of the common request: undeclared path and
+    query parameters in ``request.input`` (Zato merges its channel params), and a
+    SimpleIO payload object to fill in when the service declares output."""
+    inp = request.input
+    if isinstance(inp, dict):
+        params = meta.get('params')
+        if params:
+            for key, value in params.items():
+                inp.setdefault(key, value)
+        if meta.get('query'):
+            for key, value in request.http.query.items():
+                inp.setdefault(key, value)
+    if cls._oxbus_output:
+        svc.response.payload = SimpleIOPayload()
+
+
+def _model_output(model: Any, payload: Any) -> Any:
+    try:
+        return output_through_model(model, payload) if model is not None else (
+            model_to_dict(payload, '') if isinstance(payload, Model)
+            else [model_to_dict(p, '') if isinstance(p, Model) else p for p in payload])
+    except ModelValidationError as e:  # pragma: no cover - output raises ModelOutputError
+        raise ModelOutputError('', str(e)) from None
+
+
+def _with_timeout(call: Callable[[], Any], timeout: float, raise_timeout: bool,
+                  caller: Service, name: str) -> Any:
+    """Run ``call`` in a thread of its own, waiting at most ``timeout`` seconds (Zato's
+    ``invoke(timeout=)``). The invocation context is copied into the thread."""
+    import contextvars
+    import threading
+    box: Dict[str, Any] = {}
+    ctx = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            box['result'] = ctx.run(call)
+        except BaseException as e:  # noqa: B036 - handed to the caller
+            box['error'] = e
+
+    thread = threading.Thread(target=run, daemon=True, name='oxbus-invoke-timeout')
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        caller.logger.warning('invoke of %s timed out after %s s (cid %s); it goes on in the '
+                              'background', name, timeout, caller.cid)
+        if raise_timeout:
+            raise TimeoutError('invoke of %s timed out after %s s' % (name, timeout))
+        return None
+    if 'error' in box:
+        raise box['error']
+    return box.get('result')

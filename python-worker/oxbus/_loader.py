@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .service import Service
-from .simpleio import describe
+from .service import Service, describe_input, describe_output
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -137,8 +136,8 @@ def service_info(cls: Type[Service]) -> Dict[str, Any]:
     """
     info = {'name': cls.name, 'module': cls.__module__, 'class': cls.__qualname__,
             'async': cls._oxbus_async, 'verbs': sorted(cls._oxbus_verbs)}
-    if cls._oxbus_input:
-        info['input'] = describe(cls._oxbus_input)
-    if cls._oxbus_output:
-        info['output'] = describe(cls._oxbus_output)
+    if cls._oxbus_input or cls._oxbus_input_model is not None:
+        info['input'] = describe_input(cls)
+    if cls._oxbus_output or cls._oxbus_output_model is not None:
+        info['output'] = describe_output(cls)
     return info

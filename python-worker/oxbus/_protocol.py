@@ -106,8 +106,31 @@ class ProtocolError(ValueError):
 # Compact separators keep frames small and match what the Rust side (serde_json) emits.
 # ensure_ascii=False keeps UTF-8 text readable in logs ("café", not "caf\u00e9"); lone
 # surrogates cannot be encoded that way, so encode_json falls back to escaping them.
-_json_encoder_text = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False)
-_json_encoder_ascii = json.JSONEncoder(separators=(',', ':'))
+def _json_default(obj: Any) -> Any:
+    """What the encoder calls for a value JSON has no form for: a model (anything with
+    ``__oxbus_json__``), ``date``/``datetime``/``time`` (ISO 8601), ``Decimal`` and ``UUID``
+    (text), the values typed SimpleIO input gives a service; a TypeError for anything else.
+    Only reached for such values, so the common payloads pay nothing."""
+    to_json = getattr(type(obj), '__oxbus_json__', None)
+    if to_json is not None:
+        return to_json(obj)
+    module = type(obj).__module__
+    if module == 'datetime' and hasattr(obj, 'isoformat'):
+        return obj.isoformat()
+    if module in ('decimal', 'uuid'):
+        text = str(obj)
+        if module == 'decimal' and not obj.is_finite():
+            raise ValueError('Out of range decimal values are not JSON compliant: %s' % text)
+        return text
+    raise TypeError('Object of type %s is not JSON serializable' % type(obj).__name__)
+
+
+# NaN and the infinities are not JSON (RFC 8259): refused both ways, so a service can never
+# send them out and a client can never slip them into typed input.
+_json_encoder_text = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False,
+                                      allow_nan=False, default=_json_default)
+_json_encoder_ascii = json.JSONEncoder(separators=(',', ':'), allow_nan=False,
+                                       default=_json_default)
 
 
 def _make_c_encoder() -> Any:
@@ -124,8 +147,8 @@ def _make_c_encoder() -> Any:
         return None
     sample = {'a': [1, 2.5, None, True], 'é': 'x"\n'}
     try:
-        encoder = make(None, _json_encoder_text.default, json.encoder.encode_basestring,
-                       None, ':', ',', False, False, True)
+        encoder = make(None, _json_default, json.encoder.encode_basestring,
+                       None, ':', ',', False, False, False)
         # The signature is private: make sure it still means what we think it means.
         if ''.join(encoder(sample, 0)) == _json_encoder_text.encode(sample):
             return encoder
@@ -152,7 +175,12 @@ def encode_json(obj: Any) -> bytes:
 # The C scanner behind json.loads, called directly. json.loads itself spends as long on
 # its Python-level preliminaries (encoding detection, type checks, two regex matches for
 # whitespace) as the scanner spends on a typical CALL meta.
-_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__
+def _refuse_constant(name: str) -> Any:
+    raise ValueError('%s is not JSON (RFC 8259)' % name)
+
+
+_scan_once = json.JSONDecoder(  # type: ignore[attr-defined]  # set in __init__
+    parse_constant=_refuse_constant).scan_once
 
 
 def decode_json(data: Union[bytes, bytearray, str]) -> Any:
@@ -180,7 +208,7 @@ def decode_json(data: Union[bytes, bytearray, str]) -> Any:
             return obj
     except (StopIteration, ValueError):
         pass
-    return json.loads(text)
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def _check_header(length: int, kind: int, flags: int, max_length: int) -> None:

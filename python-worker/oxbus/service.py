@@ -30,7 +30,8 @@ import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from .simpleio import Bunch, parse_spec
+from .model import describe_model, is_model_class, model_fields
+from .simpleio import Bunch, NotGiven, parse_spec
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from .outgoing import OutgoingAPI
     from .pubsub import PubSubAPI, PubSubDelivery
     from .secrets_api import Secrets
+    from .patterns import PatternsFacade
+    from .user_config import UserConfig
     from .wsx import WSXAPI
     from .simpleio import Elem, Spec
 
@@ -372,6 +375,19 @@ class Response:
         return '<Response %s>' % self.status_code
 
 
+class _Environ:
+    """``self.environ``: a :class:`Bunch` made on first use and kept by the instance, so that
+    ``before_handle``, ``handle`` and ``after_handle`` of one invocation share it (Zato's
+    ``self.environ``). A non-data descriptor: once made (or assigned), the instance's own
+    attribute is read directly, and an invocation that never looks at it pays nothing."""
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        environ = instance.__dict__['environ'] = Bunch()
+        return environ
+
+
 class Service:
     """Base class of every service. Subclass it and define ``handle`` (or ``handle_GET``...).
 
@@ -392,6 +408,8 @@ class Service:
     #: SimpleIO output declaration; see :mod:`oxbus.simpleio`.
     output: ClassVar[Spec] = None
     logger: ClassVar[logging.Logger] = logging.getLogger('oxbus.service')
+    #: Per-invocation scratch space shared by the hooks and the handler (Zato's).
+    environ = _Environ()
 
     # Set per invocation by the dispatcher.
     cid: str
@@ -402,6 +420,16 @@ class Service:
     # Worked out once per class by __init_subclass__; see the module docstring.
     _oxbus_input: ClassVar[Tuple[Elem, ...]] = ()
     _oxbus_output: ClassVar[Tuple[Elem, ...]] = ()
+    #: A Model class declared as input / output (then _oxbus_input/_oxbus_output are empty).
+    _oxbus_input_model: ClassVar[Optional[type]] = None
+    _oxbus_output_model: ClassVar[Optional[type]] = None
+    #: Zato-style service (its base is ``zato.server.service.Service``): Zato's defaults
+    #: for absent optional input, untyped names as Text, channel params over the body,
+    #: a SimpleIO response payload object, undeclared path/query params in the input.
+    _oxbus_zato: ClassVar[bool] = False
+    #: Zato SimpleIO's ``skip_empty_keys`` and ``response_elem``.
+    _oxbus_skip_empty: ClassVar[bool] = False
+    _oxbus_response_elem: ClassVar[Optional[str]] = None
     _oxbus_verbs: ClassVar[Dict[str, Tuple[str, bool]]] = {}
     _oxbus_default: ClassVar[Optional[Tuple[str, bool]]] = None
     _oxbus_async: ClassVar[bool] = False
@@ -423,13 +451,29 @@ class Service:
     def after_handle(self) -> Any:
         """Hook run after ``handle`` returned normally. Zato's name."""
 
-    def invoke(self, name: str, payload: Any = None) -> Any:
+    def _oxbus_before(self) -> Any:
+        # The dispatcher's one entry to the hooks before the handler (a Zato-style service
+        # runs more of them); called only when _oxbus_hooks says there is one.
+        return self.before_handle()
+
+    def _oxbus_after(self) -> Any:
+        return self.after_handle()
+
+    def invoke(self, name: Any, payload: Any = None, *args: Any, **kwargs: Any) -> Any:
         """Run another service of this worker in this thread and return its response payload.
 
         As in Zato: the callee's input is validated, its exceptions propagate to the caller,
-        and the return value is the callee's ``self.response.payload`` (output-filtered).
+        and the return value is the callee's ``self.response.payload`` (output-filtered; a
+        model answer as a dict). ``name`` may be the service class. Zato's keyword
+        arguments: ``as_bunch=True`` returns dicts as :class:`~oxbus.simpleio.Bunch`
+        objects, ``serialize=True`` the JSON text, ``environ=`` the callee's
+        ``self.environ``, ``timeout=`` seconds to wait (then ``TimeoutError``, or None with
+        ``raise_timeout=False``; the callee's thread is not stopped, it runs to its end);
+        ``channel``, ``data_format``, ``transport``, ``cid`` and ``skip_response_elem`` are
+        accepted and have no effect. Other keyword arguments, with no payload, become the
+        payload (``self.invoke('crm.get', customer_id=5)``).
         """
-        return self._require_dispatcher().invoke(self, name, payload)
+        return self._require_dispatcher().invoke(self, name, payload, args, kwargs)
 
     def invoke_async(self, name: str, payload: Any = None) -> str:
         """Ask the supervisor to run ``name`` later, fire-and-forget; returns its new cid.
@@ -527,6 +571,27 @@ class Service:
         from .secrets_api import Secrets
         return Secrets(self._require_dispatcher().request, self.name)
 
+    @property
+    def patterns(self) -> PatternsFacade:
+        """Zato's integration patterns: ``self.patterns.invoke_retry``, ``.fanout`` and
+        ``.parallel`` (see :mod:`oxbus.patterns`)."""
+        api = self.__dict__.get('_oxbus_patterns')
+        if api is None:
+            from .patterns import PatternsFacade
+            api = self.__dict__['_oxbus_patterns'] = PatternsFacade(self)
+        return api
+
+    @property
+    def user_config(self) -> UserConfig:
+        """Operator settings kept in the config store (``oxbus user-config set NAME``):
+        ``self.user_config.crm.section.key`` (see :mod:`oxbus.user_config`)."""
+        api = self.__dict__.get('_oxbus_user_config')
+        if api is None:
+            from .user_config import UserConfig
+            api = self.__dict__['_oxbus_user_config'] = UserConfig(
+                self._require_dispatcher().request)
+        return api
+
     def _require_dispatcher(self) -> Dispatcher:
         dispatcher = self._oxbus_dispatcher
         if dispatcher is None:
@@ -562,19 +627,121 @@ _HOOK_NAMES = ('before_handle', 'after_handle')
 _specs: Dict[Any, Tuple[Elem, ...]] = {}
 
 
-def _parsed_spec(spec: Spec, where: str) -> Tuple[Elem, ...]:
+def _parsed_spec(spec: Spec, where: str, text_default: bool = False,
+                 missing: Any = NotGiven) -> Tuple[Elem, ...]:
     """:func:`~oxbus.simpleio.parse_spec`, shared by declarations of equal value."""
     try:
-        key = spec if spec is None or isinstance(spec, str) else tuple(spec)  # type: ignore
+        items = spec if spec is None or isinstance(spec, str) else tuple(spec)  # type: ignore
+        key = (items, text_default, missing)
         elems = _specs.get(key)
     except TypeError:  # not iterable, or an unhashable element: parse_spec says what is wrong
-        return parse_spec(spec, where)
+        return parse_spec(spec, where, text_default, missing)
     if elems is None:
-        elems = parse_spec(key, where)
+        elems = parse_spec(items, where, text_default, missing)
         if len(_specs) >= 4096:  # distinct declarations are few; bound it anyway
             _specs.clear()
         _specs[key] = elems
     return elems
+
+
+_SIO_NAMES = ('input', 'output', 'input_required', 'input_optional', 'output_required',
+              'output_optional', 'default_value', 'default_input_value',
+              'default_output_value', 'skip_empty_keys', 'response_elem', 'output_repeated')
+
+
+def _sio_side(sio: Any, side: str, where: str) -> Any:
+    """One side (``input``/``output``) of Zato's inner ``class SimpleIO``: its plain form,
+    or ``<side>_required`` plus ``<side>_optional`` as one declaration."""
+    plain = getattr(sio, side, None)
+    required = getattr(sio, side + '_required', None)
+    optional = getattr(sio, side + '_optional', None)
+    if plain is not None and (required is not None or optional is not None):
+        raise TypeError('%s.SimpleIO: %s cannot be given with %s_required or %s_optional'
+                        % (where, side, side, side))
+    if plain is not None:
+        return plain
+    if required is None and optional is None:
+        return None
+    from .simpleio import Elem as _Elem
+
+    def items(value: Any) -> Tuple[Any, ...]:
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, (str, _Elem)) else tuple(value)
+
+    spec = list(items(required))
+    for item in items(optional):
+        if isinstance(item, str):
+            spec.append(item if item.startswith('-') else '-' + item)
+        elif isinstance(item, _Elem):
+            copy = item.with_missing(item.default)
+            copy.required = False
+            spec.append(copy)
+        else:
+            spec.append(item)  # parse_spec names the bad element
+    return tuple(spec)
+
+
+def _configure_io(cls: Type[Service], where: str) -> None:
+    """Read the declarations: class-level ``input``/``output`` (names, elements or a Model)
+    or Zato's inner ``class SimpleIO`` (which wins when it declares a side)."""
+    sio = getattr(cls, 'SimpleIO', None)
+    if sio is not None and not isinstance(sio, type):
+        raise TypeError('%s: SimpleIO must be a class, not %r' % (where, sio))
+    in_spec, out_spec = cls.input, cls.output
+    missing_in = missing_out = NotGiven
+    zato = cls._oxbus_zato
+    if sio is not None:
+        unknown = [n for n in vars(sio) if not n.startswith('_') and n not in _SIO_NAMES
+                   and n not in ('SkipEmpty', 'CSV', 'XML', 'input_repeated', 'namespace',
+                                 'request_elem', 'force_empty_keys', 'bool_parameter_prefixes',
+                                 'int_parameters', 'int_parameter_suffixes')]
+        if unknown:
+            raise TypeError('%s.SimpleIO: unknown attribute(s): %s' % (where, ', '.join(unknown)))
+        side_in = _sio_side(sio, 'input', where)
+        side_out = _sio_side(sio, 'output', where)
+        if side_in is not None:
+            in_spec = side_in
+        if side_out is not None:
+            out_spec = side_out
+        default = getattr(sio, 'default_value', NotGiven)
+        missing_in = getattr(sio, 'default_input_value', default)
+        missing_out = getattr(sio, 'default_output_value', default)
+        cls._oxbus_skip_empty = bool(getattr(sio, 'skip_empty_keys', False))
+        elem = getattr(sio, 'response_elem', None)
+        if elem is not None and not isinstance(elem, str):
+            raise TypeError('%s.SimpleIO: response_elem must be a string' % where)
+        cls._oxbus_response_elem = elem or None
+    if zato and missing_in is NotGiven:
+        missing_in = ''  # Zato's backward-compatible empty value (Bool: False)
+    del missing_out  # an absent optional output key is left out, as in Zato
+    if is_model_class(in_spec):
+        model_fields(in_spec)  # resolve the annotations now: a bad one fails the deploy
+        cls._oxbus_input_model, cls._oxbus_input = in_spec, ()
+    else:
+        cls._oxbus_input_model = None
+        cls._oxbus_input = _parsed_spec(in_spec, where + '.input', zato, missing_in)
+    if is_model_class(out_spec):
+        model_fields(out_spec)
+        cls._oxbus_output_model, cls._oxbus_output = out_spec, ()
+    else:
+        cls._oxbus_output_model = None
+        cls._oxbus_output = _parsed_spec(out_spec, where + '.output', zato)
+
+
+def describe_input(cls: Type[Service]) -> Any:
+    """The wire form of the input declaration (a model's fields or the elements)."""
+    from .simpleio import describe
+    if cls._oxbus_input_model is not None:
+        return describe_model(cls._oxbus_input_model)
+    return describe(cls._oxbus_input)
+
+
+def describe_output(cls: Type[Service]) -> Any:
+    from .simpleio import describe
+    if cls._oxbus_output_model is not None:
+        return describe_model(cls._oxbus_output_model)
+    return describe(cls._oxbus_output)
 
 
 def _configure(cls: Type[Service]) -> None:
@@ -586,8 +753,7 @@ def _configure(cls: Type[Service]) -> None:
     # Only the class's *own* name counts: a subclass of a named service is another service
     # and must not silently inherit (and then clash with) its parent's name.
     cls.name = own_name or default_name(cls.__module__, cls.__name__)
-    cls._oxbus_input = _parsed_spec(cls.input, where + '.input')
-    cls._oxbus_output = _parsed_spec(cls.output, where + '.output')
+    _configure_io(cls, where)
 
     verbs = {}
     # The handle_* names dir(cls) would list, without building and sorting all of them (a

@@ -6,22 +6,34 @@ Zato's SimpleIO is the model. A service declares the names it reads and writes::
     output = 'name', '-email'
 
 and then reads ``self.request.input.customer_id`` already converted and validated. As in
-Zato, the *name* decides the type, so no schema language is needed:
+Zato, the *name* decides the type of a plain string element, so no schema language is needed:
 
 * ``id`` and names ending in ``_id``, ``_count``, ``_size`` or ``_timeout`` are integers
-  (an int, or a string of decimal digits; a bool or a float is refused);
-* names starting with ``is_``, ``has_``, ``needs_`` or ``should_`` are booleans (a bool,
-  0/1, or one of true/false/1/0/yes/no/on/off in any case);
-* everything else is passed through as it came.
+  (an int, or a string of decimal digits; a bool or a float is refused; 64-bit signed);
+* names starting with ``is_``, ``has_``, ``needs_``, ``should_``, ``by_`` or ``may_`` are
+  booleans (a bool, 0/1, or one of true/false/1/0/yes/no/on/off in any case);
+* everything else is passed through as it came (a Zato-style service, one written against
+  ``zato.server.service``, gets Zato's ``Text`` for them instead: a string).
+
+An element may also be typed explicitly, with Zato's element classes (``Int('page')``,
+``Date('-since')``, ``Dict('address', 'street', '-zip')``...: :class:`Int`, :class:`Float`,
+:class:`Bool`, :class:`Decimal`, :class:`Text`, :class:`Date`, :class:`DateTime`,
+:class:`UUID`, :class:`List`, :class:`CSV`, :class:`Dict`, :class:`DictList`,
+:class:`AsIs`, :class:`Opaque`, :class:`UTC`, :class:`Secret`), and given a default for
+when it is absent: ``Int('-page_size', default=10)``, or in a plain string
+``'-page_size=10'`` (the text after ``=`` converted by the element's type when the class
+is created, so a bad default fails the deploy).
 
 Each element's type is also reported to the supervisor (``Elem.type``: ``'integer'``,
-``'boolean'`` or ``'any'``, see :func:`describe`), which publishes the declarations in
-its OpenAPI document.
+``'boolean'``, ``'number'``, ``'string'``, ``'array'``, ``'object'`` or ``'any'``, see
+:func:`describe`), which publishes the declarations in its OpenAPI document.
 
 Values are looked up in the JSON request body first, then in the path parameters, then in
-the query string. Problems become 400 responses naming the field. On the way out, a
-declared ``output`` filters the response payload down to the declared keys; a required key
-that the service did not produce is a bug in the service and becomes a 500.
+the query string (or path and query first, when the channel's ``params_priority`` says so).
+Every problem is reported at once, in one 400 naming each field. On the way out, a declared
+``output`` filters the response payload down to the declared keys and converts typed
+values (a ``Date`` to ``'2024-05-01'``...); a required key that the service did not produce,
+or a value its type cannot take, is a bug in the service and becomes a 500.
 
 Declarations are parsed once, when the service class is created, so a typo such as
 ``input = 5`` fails the deploy instead of the first request.
@@ -35,20 +47,41 @@ TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's s
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-    #: What a declaration may be: one name, or several.
-    Spec = Union[None, str, Iterable[str]]
+    #: What a declaration may be: one name or element, or several.
+    Spec = Union[None, str, 'Elem', Iterable[Union[str, 'Elem']]]
 
 __all__ = ['Bunch', 'Elem', 'OutputError', 'parse_spec', 'parse_input', 'filter_output',
-           'describe', 'to_int', 'to_bool']
+           'describe', 'to_int', 'to_bool', 'to_float', 'NotGiven', 'AsIs', 'Bool', 'CSV',
+           'Date', 'DateTime', 'Decimal', 'Dict', 'DictList', 'Float', 'Int', 'List', 'Opaque',
+           'Secret', 'Text', 'UTC', 'UUID', 'Boolean', 'Integer', 'ListOfDicts', 'Unicode',
+           'InputError']
 
 _INT_NAMES = frozenset(('id',))
 _INT_SUFFIXES = ('_id', '_count', '_size', '_timeout')
-_BOOL_PREFIXES = ('is_', 'has_', 'needs_', 'should_')
+_BOOL_PREFIXES = ('is_', 'has_', 'needs_', 'should_', 'by_', 'may_')
 _BOOL_STRINGS = {
     'true': True, '1': True, 'yes': True, 'on': True,
     'false': False, '0': False, 'no': False, 'off': False,
 }
 _DIGITS = frozenset('0123456789')
+#: Integers are 64-bit signed: what every JSON peer (and the server) can hold exactly.
+INT_MIN = -(2 ** 63)
+INT_MAX = 2 ** 63 - 1
+
+
+class _NotGivenType:
+    """The marker of an element without a default (Zato's ``NotGiven``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return 'NotGiven'
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NotGiven = _NotGivenType()
 
 
 class Bunch(dict):  # type: ignore[type-arg]
@@ -75,18 +108,35 @@ class Bunch(dict):  # type: ignore[type-arg]
         return 'Bunch(%s)' % dict.__repr__(self)
 
 
+def bunchify(value: Any) -> Any:
+    """Dicts (at any depth, in lists too) as :class:`Bunch` objects (Zato's ``bunchify``)."""
+    if isinstance(value, dict):
+        return Bunch((k, bunchify(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(bunchify(v) for v in value) if isinstance(value, list) \
+            else tuple(bunchify(v) for v in value)
+    return value
+
+
+# -- converters: value in, converted value out, or ValueError with the client's reason -----
+
 def to_int(value: Any) -> int:
     """Convert an input value to int, or raise ValueError with the client-facing reason."""
     # bool is an int subclass, and True silently becoming 1 is exactly the kind of
     # surprise typed input exists to prevent.
     if isinstance(value, int) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
+        number = int(value)
+    elif isinstance(value, str):
         digits = value[1:] if value[:1] in ('-', '+') else value
         # Only ASCII digits: int() would also take '٣', '1_000' and surrounding spaces.
-        if digits and _DIGITS.issuperset(digits):
-            return int(value)
-    raise ValueError('expected an integer')
+        if not digits or not _DIGITS.issuperset(digits) or len(digits) > 40:
+            raise ValueError('expected an integer')
+        number = int(value)
+    else:
+        raise ValueError('expected an integer')
+    if not INT_MIN <= number <= INT_MAX:
+        raise ValueError('integer out of range (64-bit signed)')
+    return number
 
 
 def to_bool(value: Any) -> bool:
@@ -102,23 +152,357 @@ def to_bool(value: Any) -> bool:
     raise ValueError('expected a boolean')
 
 
-class Elem:
-    """One declared SimpleIO element: its name, whether it is required, its converter.
+def _finite(number: float) -> float:
+    if number != number or number in (float('inf'), float('-inf')):
+        raise ValueError('expected a finite number')
+    return number
 
+
+def to_float(value: Any) -> float:
+    """A number (int or float, not bool) or its decimal text, finite."""
+    if isinstance(value, bool):
+        raise ValueError('expected a number')
+    if isinstance(value, (int, float)):
+        try:
+            return _finite(float(value))
+        except OverflowError:
+            raise ValueError('expected a finite number') from None
+    if isinstance(value, str) and value.strip() == value and value:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError('expected a number') from None
+        return _finite(number)
+    raise ValueError('expected a number')
+
+
+def to_decimal(value: Any) -> Any:
+    import decimal
+    if isinstance(value, bool):
+        raise ValueError('expected a decimal number')
+    if isinstance(value, decimal.Decimal):
+        number = value
+    elif isinstance(value, (int, str)) and (not isinstance(value, str) or value.strip() == value):
+        try:
+            number = decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            raise ValueError('expected a decimal number') from None
+    elif isinstance(value, float):
+        number = decimal.Decimal(repr(value))
+    else:
+        raise ValueError('expected a decimal number')
+    if not number.is_finite():
+        raise ValueError('expected a finite decimal number')
+    return number
+
+
+def to_text(value: Any) -> str:
+    """Zato's ``Text``: a string; numbers become their text, containers are refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode('utf-8')
+        except UnicodeDecodeError:
+            raise ValueError('expected UTF-8 text') from None
+    raise ValueError('expected a string')
+
+
+def to_date(value: Any) -> Any:
+    import datetime
+    if isinstance(value, datetime.datetime):
+        return value.date()
+    if isinstance(value, datetime.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.date.fromisoformat(value[:10] if len(value) > 10 and value[10] in 'T '
+                                               else value)
+        except ValueError:
+            pass
+    raise ValueError('expected a date (YYYY-MM-DD)')
+
+
+def to_datetime(value: Any) -> Any:
+    import datetime
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str):
+        text = value[:-1] + '+00:00' if value.endswith(('Z', 'z')) else value
+        try:
+            return datetime.datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ValueError('expected a date and time (ISO 8601)')
+
+
+def to_uuid(value: Any) -> Any:
+    import uuid
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise ValueError('expected a UUID')
+
+
+def to_list(value: Any) -> list:  # type: ignore[type-arg]
+    """Zato's ``List``: a list as it came; a single value becomes a list of one."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, tuple):
+        return list(value)
+    return [value]
+
+
+def to_csv(value: Any) -> list:  # type: ignore[type-arg]
+    """Zato's ``CSV``: ``'a,b,c'`` becomes ``['a', 'b', 'c']``; a list is taken as it is."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return value.split(',') if value else []
+    raise ValueError('expected comma-separated text')
+
+
+def to_dict(value: Any) -> dict:  # type: ignore[type-arg]
+    if isinstance(value, dict):
+        return value
+    raise ValueError('expected an object')
+
+
+def to_utc(value: Any) -> str:
+    """Zato's ``UTC``: a timestamp text with a ``+00:00`` suffix removed."""
+    if isinstance(value, str):
+        return value.replace('+00:00', '')
+    raise ValueError('expected a timestamp')
+
+
+# -- output conversions: what a typed value becomes in the JSON answer ---------------------
+
+def _iso(value: Any) -> Any:
+    isoformat = getattr(value, 'isoformat', None)
+    return isoformat() if isoformat is not None else value
+
+
+def _out_date(value: Any) -> Any:
+    import datetime
+    if isinstance(value, datetime.datetime):
+        return value.date().isoformat()
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return to_date(value).isoformat()
+
+
+def _out_datetime(value: Any) -> Any:
+    import datetime
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return to_datetime(value).isoformat()
+
+
+def _out_decimal(value: Any) -> str:
+    return str(to_decimal(value))
+
+
+def _out_uuid(value: Any) -> str:
+    return to_uuid(value).hex  # Zato sends UUIDs as 32 hex digits
+
+
+class Elem:
+    """One declared SimpleIO element: its name, whether it is required, its type.
+
+    ``convert`` turns an input value into the element's type (None: passed through as it
+    came) and ``output`` a value of the answer into its JSON form (None: as it is).
     ``type`` names what the converter accepts, in JSON Schema's words: ``'integer'``,
-    ``'boolean'``, or ``'any'`` for an element passed through as it came.
+    ``'boolean'``, ``'number'``, ``'string'``, ``'array'``, ``'object'``, or ``'any'``.
+    ``default`` is what an absent optional element reads as (:data:`NotGiven`: the
+    service's default, None unless the service says otherwise).
+
+    Subclasses are Zato's element types; ``Elem('name')`` itself types by the name.
     """
 
-    __slots__ = ('name', 'required', 'convert', 'type')
+    __slots__ = ('name', 'required', 'default', 'convert', 'output', 'type', 'format', 'keys')
 
-    def __init__(self, name: str, required: bool) -> None:
+    #: The converter of the class (None: by name, for the plain Elem).
+    _convert: Optional[Callable[[Any], Any]] = None
+    _output: Optional[Callable[[Any], Any]] = None
+    _type = 'any'
+    _format: Optional[str] = None
+    #: Whether an empty string counts as absent (typed, non-text elements).
+    _empty_is_absent = True
+
+    def __init__(self, name: str, *keys: Any, default: Any = NotGiven, **_ignored: Any) -> None:
+        if not isinstance(name, str):
+            raise TypeError('element names are strings, not %r' % (name,))
+        required = not name.startswith('-')
+        name = name if required else name[1:]
+        if '=' in name:
+            name, text = name.split('=', 1)
+            if default is NotGiven:
+                default = text
+        if not name:
+            raise TypeError('empty element name')
         self.name = name
         self.required = required
-        self.convert = _converter_for(name)
-        self.type = _TYPE_NAMES[self.convert]
+        self.keys: Tuple[Elem, ...] = ()
+        if type(self) is Elem:
+            convert = _converter_for(name)
+            self.convert = convert
+            self.output = convert
+            self.type = _TYPE_NAMES[convert]
+        else:
+            self.convert = type(self)._convert
+            self.output = type(self)._output or self.convert
+            self.type = type(self)._type
+        self.format = type(self)._format
+        if keys:
+            self.keys = tuple(_as_elem(k, '%s key' % name) for k in keys)
+        self.default = self._checked_default(default)
+
+    def _checked_default(self, default: Any) -> Any:
+        if default is NotGiven or default is None or self.convert is None:
+            return default
+        try:
+            return self.convert(default)
+        except ValueError as e:
+            raise TypeError('element %r: default %r: %s' % (self.name, default, e)) from None
+
+    def with_missing(self, missing: Any) -> Elem:
+        """A copy whose absent value is ``missing`` when it has no default of its own."""
+        if self.default is not NotGiven:
+            return self
+        copy = object.__new__(type(self))
+        for slot in Elem.__slots__:
+            object.__setattr__(copy, slot, getattr(self, slot))
+        copy.default = missing
+        return copy
 
     def __repr__(self) -> str:
-        return 'Elem(%r, required=%r)' % (self.name, self.required)
+        return '%s(%r, required=%r)' % (type(self).__name__, self.name, self.required)
+
+
+class AsIs(Elem):
+    """Passed through exactly as it came, whatever its name says."""
+    __slots__ = ()
+    _empty_is_absent = False
+
+
+class Opaque(AsIs):
+    """Like :class:`AsIs` (Zato: not described in API documents)."""
+    __slots__ = ()
+
+
+class Int(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_int)
+    _type = 'integer'
+
+
+class Bool(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_bool)
+    _type = 'boolean'
+
+
+class Float(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_float)
+    _type = 'number'
+
+
+class Decimal(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_decimal)
+    _output = staticmethod(_out_decimal)
+    _type = 'string'
+    _format = 'decimal'
+
+
+class Text(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_text)
+    _type = 'string'
+    _empty_is_absent = False
+
+
+class Secret(Text):
+    """Text that Zato keeps out of logs; Oxbus never logs input anyway."""
+    __slots__ = ()
+
+
+class Date(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_date)
+    _output = staticmethod(_out_date)
+    _type = 'string'
+    _format = 'date'
+
+
+class DateTime(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_datetime)
+    _output = staticmethod(_out_datetime)
+    _type = 'string'
+    _format = 'date-time'
+
+
+class UTC(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_utc)
+    _type = 'string'
+
+
+class UUID(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_uuid)
+    _output = staticmethod(_out_uuid)
+    _type = 'string'
+    _format = 'uuid'
+
+
+class List(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_list)
+    _type = 'array'
+
+
+class CSV(Elem):
+    __slots__ = ()
+    _convert = staticmethod(to_csv)
+    _output = staticmethod(lambda v: ','.join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+    _type = 'array'
+
+
+class Dict(Elem):
+    """An object; ``Dict('address', 'street', '-zip', Int('floor'))`` checks its keys."""
+    __slots__ = ()
+    _convert = staticmethod(to_dict)
+    _output = staticmethod(lambda v: v)
+    _type = 'object'
+
+
+class DictList(Dict):
+    """A list of objects, each checked as :class:`Dict` checks one."""
+    __slots__ = ()
+    _convert = staticmethod(lambda v: v if isinstance(v, list) else _refuse('expected a list'))
+    _type = 'array'
+
+
+def _refuse(reason: str) -> Any:
+    raise ValueError(reason)
+
+
+# Zato's other names for the same types.
+Boolean = Bool
+Integer = Int
+ListOfDicts = DictList
+Unicode = Text
 
 
 _TYPE_NAMES: Dict[Optional[Callable[[Any], Any]], str] = {
@@ -127,7 +511,13 @@ _TYPE_NAMES: Dict[Optional[Callable[[Any], Any]], str] = {
 
 def describe(elems: Tuple[Elem, ...]) -> List[Dict[str, Any]]:
     """The wire form of a declaration (``ServiceInfo`` ``input``/``output`` in SPEC.md)."""
-    return [{'name': e.name, 'required': e.required, 'type': e.type} for e in elems]
+    out = []
+    for e in elems:
+        item: Dict[str, Any] = {'name': e.name, 'required': e.required, 'type': e.type}
+        if e.format:
+            item['format'] = e.format
+        out.append(item)
+    return out
 
 
 def _converter_for(name: str) -> Optional[Callable[[Any], Any]]:
@@ -138,52 +528,135 @@ def _converter_for(name: str) -> Optional[Callable[[Any], Any]]:
     return None
 
 
-def parse_spec(spec: Spec, where: str) -> Tuple[Elem, ...]:
-    """Parse an ``input``/``output`` declaration; ``where`` names it in error messages."""
+def _as_elem(item: Any, where: str, text_default: bool = False) -> Elem:
+    if isinstance(item, Elem):
+        return item
+    if not isinstance(item, str):
+        raise TypeError('%s: elements must be strings or SimpleIO elements, got %r'
+                        % (where, item))
+    try:
+        elem = Elem(item)
+        if text_default and elem.convert is None:
+            elem = Text(item)
+    except TypeError as e:
+        raise TypeError('%s: %s in %r' % (where, e, item)) from None
+    return elem
+
+
+def parse_spec(spec: Spec, where: str, text_default: bool = False,
+               missing: Any = NotGiven) -> Tuple[Elem, ...]:
+    """Parse an ``input``/``output`` declaration; ``where`` names it in error messages.
+
+    ``text_default`` types names the name rules leave untyped as :class:`Text` (Zato's
+    rule); ``missing`` is what an absent optional element without a default reads as
+    (:data:`NotGiven`: None; a Zato-style service passes its ``default_value``).
+    """
     if spec is None:
         return ()
-    items = (spec,) if isinstance(spec, str) else spec
+    items = (spec,) if isinstance(spec, (str, Elem)) else spec
     try:
         items = tuple(items)
     except TypeError:
-        raise TypeError('%s must be a string or a sequence of strings, not %r'
+        raise TypeError('%s must be a string, a SimpleIO element or a sequence of them, not %r'
                         % (where, spec)) from None
     elems = []
     seen = set()
     for item in items:
-        if not isinstance(item, str):
-            raise TypeError('%s: elements must be strings, got %r' % (where, item))
-        required = not item.startswith('-')
-        name = item if required else item[1:]
-        if not name:
-            raise TypeError('%s: empty element name in %r' % (where, item))
-        if name in seen:
-            raise TypeError('%s: %r is declared twice' % (where, name))
-        seen.add(name)
-        elems.append(Elem(name, required))
+        elem = _as_elem(item, where, text_default)
+        if elem.name in seen:
+            raise TypeError('%s: %r is declared twice' % (where, elem.name))
+        seen.add(elem.name)
+        if missing is not NotGiven:
+            elem = elem.with_missing(missing if elem.convert is not to_bool or missing != ''
+                                     else False)
+        elems.append(elem)
     return tuple(elems)
 
 
 _MISSING = object()
 
 
+class InputError(BadRequest):
+    """A 400 naming every refused input element: ``details`` has ``field`` (the first) and
+    ``errors`` (each ``{"field", "error"}``)."""
+
+
+def _problems_error(problems: List[Tuple[str, str]]) -> InputError:
+    errors = [{'field': f, 'error': m} for f, m in problems]
+    msg = '; '.join(m if m.startswith(('missing input', 'invalid input'))
+                    else 'invalid input: %s: %s' % (f, m) for f, m in problems)
+    return InputError(msg, details={'field': problems[0][0], 'errors': errors})
+
+
+def _problem(name: str, reason: str) -> Tuple[str, str]:
+    return name, 'invalid input: %s: %s' % (name, reason)
+
+
+def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, str]]) -> Any:
+    """Convert one present value of ``elem`` (and a Dict's keys); record problems."""
+    convert = elem.convert
+    if convert is None:
+        return value
+    try:
+        value = convert(value)
+    except ValueError as e:
+        problems.append(_problem(path, str(e)))
+        return None
+    if elem.keys:
+        if isinstance(value, list):  # DictList
+            out = []
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    problems.append(_problem('%s[%d]' % (path, i), 'expected an object'))
+                    continue
+                out.append(_convert_keys(elem.keys, item, '%s[%d]' % (path, i), problems))
+            return out
+        return _convert_keys(elem.keys, value, path, problems)
+    if type(elem) is DictList:
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                problems.append(_problem('%s[%d]' % (path, i), 'expected an object'))
+    return value
+
+
+def _convert_keys(keys: Tuple[Elem, ...], item: Dict[str, Any], path: str,
+                  problems: List[Tuple[str, str]]) -> Bunch:
+    out = Bunch()
+    for key in keys:
+        sub = '%s.%s' % (path, key.name)
+        value = item.get(key.name, _MISSING)
+        if value is _MISSING or value is None:
+            if key.required:
+                problems.append((sub, 'missing input: %s' % sub))
+            else:
+                out[key.name] = None if key.default is NotGiven else key.default
+            continue
+        out[key.name] = convert_value(key, value, sub, problems)
+    return out
+
+
 def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[str, Any]],
-                query: Callable[[], Mapping[str, str]], json_body: bool = True) -> Bunch:
+                query: Callable[[], Mapping[str, str]], json_body: bool = True,
+                params_first: bool = False) -> Bunch:
     """Build ``request.input`` from the payload, then path params, then the query string.
 
+    With ``params_first`` (a channel whose ``params_priority`` is ``channel-params-over-msg``,
+    Zato's default) the path parameters and the query string are looked at before the body.
     ``query`` is a callable so the query string is parsed only when a value is not found
     in the body or the path. ``json_body`` is False for raw requests, whose body is not
-    a place to look values up in. Raises :class:`~oxbus.errors.BadRequest` naming the field.
+    a place to look values up in. Raises :class:`InputError` (a
+    :class:`~oxbus.errors.BadRequest`) naming every refused field.
     """
     if json_body and payload is not None and not isinstance(payload, dict):
         raise BadRequest('expected a JSON object')
     body = payload if json_body and payload is not None else None
     result = Bunch()
     query_dict: Optional[Mapping[str, str]] = None
+    problems: Optional[List[Tuple[str, str]]] = None
     for elem in elems:
         name = elem.name
         value: Any = _MISSING
-        if body is not None:
+        if body is not None and not params_first:
             value = body.get(name, _MISSING)
         if value is _MISSING and params:
             value = params.get(name, _MISSING)
@@ -191,48 +664,124 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
             if query_dict is None:
                 query_dict = query()
             value = query_dict.get(name, _MISSING)
-        if value is _MISSING or value is None:
+        if value is _MISSING and params_first and body is not None:
+            value = body.get(name, _MISSING)
+        if (value is _MISSING or value is None
+                or (value == '' and elem.convert is not None and type(elem)._empty_is_absent)):
             if elem.required:
-                raise BadRequest('missing input: %s' % name, details={'field': name})
-            value = None
+                if problems is None:
+                    problems = []
+                problems.append((name, 'missing input: %s' % name))
+                continue
+            default = elem.default
+            if default is NotGiven:
+                value = None
+            elif isinstance(default, (list, dict)):
+                value = type(default)(default)  # never share a mutable default
+            else:
+                value = default
         elif elem.convert is not None:
-            try:
-                value = elem.convert(value)
-            except ValueError as e:
-                raise BadRequest('invalid input: %s: %s' % (name, e),
-                                 details={'field': name}) from None
+            if elem.keys or type(elem) is DictList:
+                if problems is None:
+                    problems = []
+                value = convert_value(elem, value, name, problems)
+            else:
+                try:
+                    value = elem.convert(value)
+                except ValueError as e:
+                    if problems is None:
+                        problems = []
+                    problems.append(_problem(name, str(e)))
+                    continue
         result[name] = value
+    if problems:
+        raise _problems_error(problems)
     return result
 
 
 class OutputError(Exception):
-    """A service did not produce a required output element: a bug in the service."""
+    """A service did not produce a required output element, or produced one its type cannot
+    take: a bug in the service."""
 
-    def __init__(self, field: str) -> None:
-        super().__init__('missing output: %s' % field)
+    def __init__(self, field: str, reason: Optional[str] = None) -> None:
+        super().__init__('missing output: %s' % field if reason is None
+                         else 'invalid output: %s: %s' % (field, reason))
         self.field = field
 
 
-def filter_output(elems: Tuple[Elem, ...], payload: Any) -> Any:
-    """Reduce a dict (or each dict of a list) to the declared output elements.
+def filter_output(elems: Tuple[Elem, ...], payload: Any, skip_empty: bool = False) -> Any:
+    """Reduce a dict (or each dict of a list) to the declared output elements, typed.
 
     Other payload types (text, bytes, None) pass through: a declaration describes JSON
-    objects, and a service that answers with something else has chosen to.
+    objects, and a service that answers with something else has chosen to. With
+    ``skip_empty`` (Zato's ``skip_empty_keys``) keys whose value is None or ``''`` are left
+    out.
     """
     if isinstance(payload, dict):
-        return _filter_one(elems, payload)
+        return _filter_one(elems, payload, skip_empty)
     if isinstance(payload, list):
-        return [_filter_one(elems, item) if isinstance(item, dict) else item
+        return [_filter_one(elems, item, skip_empty) if isinstance(item, dict) else item
                 for item in payload]
     return payload
 
 
-def _filter_one(elems: Tuple[Elem, ...], item: Dict[str, Any]) -> Dict[str, Any]:
+def _filter_one(elems: Tuple[Elem, ...], item: Dict[str, Any],
+                skip_empty: bool) -> Dict[str, Any]:
     out = {}
     for elem in elems:
         name = elem.name
         if name in item:
-            out[name] = item[name]
+            value = item[name]
+            if value is None or value == '':
+                if skip_empty:
+                    continue
+            elif elem.output is not None:
+                try:
+                    value = elem.output(value)
+                except ValueError as e:
+                    raise OutputError(name, str(e)) from None
+            out[name] = value
         elif elem.required:
             raise OutputError(name)
     return out
+
+
+class SimpleIOPayload(Bunch):
+    """The initial ``self.response.payload`` of a Zato-style service that declares output:
+    set keys as attributes or items (``payload.name = 'Ann'``), or make it a list
+    (``payload[:] = rows``, ``payload.append(row)``), as Zato's payload object allows.
+    Assigning a new value to ``self.response.payload`` replaces it, as in Zato."""
+
+    __slots__ = ('_oxbus_list',)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, slice):
+            items = object.__getattribute__(self, '_list')()
+            items[key] = value
+            return
+        dict.__setitem__(self, key, value)
+
+    def _list(self) -> list:  # type: ignore[type-arg]
+        try:
+            return object.__getattribute__(self, '_oxbus_list')
+        except AttributeError:
+            items: list = []  # type: ignore[type-arg]
+            object.__setattr__(self, '_oxbus_list', items)
+            return items
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        dict.__setitem__(self, name, value)
+
+    def append(self, item: Any) -> None:
+        object.__getattribute__(self, '_list')().append(item)
+
+    def extend(self, items: Any) -> None:
+        object.__getattribute__(self, '_list')().extend(items)
+
+    def getvalue(self) -> Any:
+        """A list when the service made it one, else the dict of what it set."""
+        try:
+            items = object.__getattribute__(self, '_oxbus_list')
+        except AttributeError:
+            return dict(self)
+        return items

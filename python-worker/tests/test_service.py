@@ -437,10 +437,13 @@ def test_input_is_typed_and_output_filtered():
 def test_input_errors_are_400_naming_the_field():
     r = call(GetCustomer, body=b'{}')
     assert r.status == 400
-    assert r.doc == {'error': 'missing input: customer_id', 'field': 'customer_id', 'cid': 'c1d'}
+    assert r.doc == {'error': 'missing input: customer_id', 'field': 'customer_id', 'cid': 'c1d',
+                     'errors': [{'field': 'customer_id', 'error': 'missing input: customer_id'}]}
     r = call(GetCustomer, body=b'{"customer_id":1.5}')
     assert r.doc == {'error': 'invalid input: customer_id: expected an integer',
-                     'field': 'customer_id', 'cid': 'c1d'}
+                     'field': 'customer_id', 'cid': 'c1d', 'errors': [
+                         {'field': 'customer_id',
+                          'error': 'invalid input: customer_id: expected an integer'}]}
     r = call(GetCustomer, body=b'[1]')
     assert r.status == 400 and r.doc['error'] == 'expected a JSON object'
     r = call(GetCustomer, body=b'', params={'customer_id': '9'})

@@ -55,7 +55,7 @@ def test_describe_is_the_wire_form_in_declaration_order():
 
 @pytest.mark.parametrize('value,expected', [
     (7, 7), (0, 0), (-3, -3), ('7', 7), ('007', 7), ('-12', -12), ('+5', 5),
-    (10 ** 20, 10 ** 20),
+    (2 ** 63 - 1, 2 ** 63 - 1), (-2 ** 63, -2 ** 63), (str(2 ** 63 - 1), 2 ** 63 - 1),
 ])
 def test_to_int_accepts(value, expected):
     assert to_int(value) == expected
@@ -65,6 +65,12 @@ def test_to_int_accepts(value, expected):
                                    '٣', None, [1], '-'])
 def test_to_int_rejects(value):
     with pytest.raises(ValueError, match='expected an integer'):
+        to_int(value)
+
+
+@pytest.mark.parametrize('value', [2 ** 63, -2 ** 63 - 1, 10 ** 20, str(10 ** 20), '9' * 5000])
+def test_to_int_refuses_integers_past_64_bits(value):
+    with pytest.raises(ValueError, match='expected an integer|out of range'):
         to_int(value)
 
 
@@ -102,7 +108,8 @@ def test_missing_required_input_names_the_field():
         parse_input(elems, {}, None, dict)
     assert e.value.status_code == 400
     assert e.value.msg == 'missing input: customer_id'
-    assert e.value.details == {'field': 'customer_id'}
+    assert e.value.details == {'field': 'customer_id', 'errors': [
+        {'field': 'customer_id', 'error': 'missing input: customer_id'}]}
 
 
 def test_null_counts_as_missing():
@@ -115,9 +122,12 @@ def test_null_counts_as_missing():
 def test_invalid_input_names_the_field_and_the_reason():
     elems = parse_spec(('customer_id', 'is_active'), 'x')
     with pytest.raises(BadRequest) as e:
-        parse_input(elems, {'customer_id': True, 'is_active': 1}, None, dict)
-    assert e.value.msg == 'invalid input: customer_id: expected an integer'
-    assert e.value.details == {'field': 'customer_id'}
+        parse_input(elems, {'customer_id': True, 'is_active': 'perhaps'}, None, dict)
+    assert e.value.msg == ('invalid input: customer_id: expected an integer; '
+                           'invalid input: is_active: expected a boolean')
+    assert e.value.details == {'field': 'customer_id', 'errors': [
+        {'field': 'customer_id', 'error': 'invalid input: customer_id: expected an integer'},
+        {'field': 'is_active', 'error': 'invalid input: is_active: expected a boolean'}]}
     with pytest.raises(BadRequest) as e:
         parse_input(elems, {'customer_id': 1, 'is_active': 'perhaps'}, None, dict)
     assert e.value.msg == 'invalid input: is_active: expected a boolean'

@@ -1,0 +1,171 @@
+"""``zato.server.service``: Zato 3.2's ``Service``, ``Model`` and SimpleIO element types.
+
+A module written for Zato deploys unchanged::
+
+    from zato.server.service import Service, Int, AsIs
+
+    class GetCustomer(Service):
+        class SimpleIO:
+            input_required = Int('customer_id'),
+            input_optional = 'name',
+            output_required = 'name',
+
+        def handle(self):
+            self.response.payload.name = 'Ann'
+
+A service based on this ``Service`` is an Oxbus service that behaves as Zato documents
+where the two differ: an absent optional input element reads as ``''`` (``False`` for a
+``Bool``) unless the SimpleIO says otherwise (``default_value``, ``default_input_value`` or
+the element's ``default=``); names that no rule types are Zato's ``Text``; path and query
+parameters win over the body for the same name unless the channel's ``params_priority``
+says ``msg-over-channel-params``, and undeclared ones are in ``self.request.input`` too;
+``self.response.payload`` starts as a payload object to set attributes on when output is
+declared; and the hooks ``accept``, ``validate_input``, ``validate_output`` and
+``finalize_handle`` run beside ``before_handle`` and ``after_handle``. docs/ZATO.md lists
+every attribute of Zato's ``Service`` and what it is here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import model as _model
+from . import service as _service
+from .errors import BadRequest
+from .model import ModelCtx
+from .simpleio import (CSV, UTC, UUID, AsIs, Bool, Boolean, Bunch, Date, DateTime, Decimal,
+                       Dict, DictList, Float, Int, Integer, List, ListOfDicts, Opaque, Secret,
+                       Text, Unicode)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict as _Dict, Optional
+
+__all__ = ['Service', 'Model', 'ModelCtx', 'dataclass', 'AsIs', 'Bool', 'Boolean', 'CSV',
+           'Date', 'DateTime', 'Decimal', 'Dict', 'DictList', 'Float', 'Int', 'Integer',
+           'List', 'ListOfDicts', 'Opaque', 'Secret', 'Text', 'UTC', 'UUID', 'Unicode',
+           'Bunch']
+
+
+class Model(_model.Model):
+    """Zato's ``Model``: an absent optional field reads as Zato's empty value of its type
+    (``''``, ``0``, ``0.0``, ``[]``, ``{}``; None for others)."""
+
+    _oxbus_zato_empty = True
+
+
+_ZATO_HOOKS_BEFORE = ('accept', 'before_handle', 'validate_input')
+_ZATO_HOOKS_AFTER = ('validate_output', 'after_handle', 'finalize_handle')
+
+
+class Service(_service.Service):
+    """Zato 3.2's ``Service`` on Oxbus (see the module docstring)."""
+
+    _oxbus_zato = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        base = Service
+        before = any(getattr(cls, h) is not getattr(base, h) for h in _ZATO_HOOKS_BEFORE)
+        after = any(getattr(cls, h) is not getattr(base, h) for h in _ZATO_HOOKS_AFTER)
+        cls._oxbus_hooks = (before, after)  # type: ignore[assignment]
+
+    # -- Zato's hooks -----------------------------------------------------------------------
+
+    def accept(self) -> bool:
+        """Return False to refuse the call (a 400) before ``handle`` runs."""
+        return True
+
+    def validate_input(self) -> Any:
+        """Run after ``before_handle``, before ``handle``; raise to refuse the input."""
+
+    def validate_output(self) -> Any:
+        """Run after ``handle``, before ``after_handle``."""
+
+    def finalize_handle(self) -> Any:
+        """Run last, after ``after_handle``."""
+
+    def _oxbus_before(self) -> Any:
+        cls = type(self)
+        if cls.accept is not Service.accept and not self.accept():
+            raise BadRequest('the service did not accept the request')
+        self.before_handle()
+        if cls.validate_input is not Service.validate_input:
+            self.validate_input()
+
+    def _oxbus_after(self) -> Any:
+        cls = type(self)
+        if cls.validate_output is not Service.validate_output:
+            self.validate_output()
+        self.after_handle()
+        if cls.finalize_handle is not Service.finalize_handle:
+            self.finalize_handle()
+
+    # -- Zato's other API -------------------------------------------------------------------
+
+    @classmethod
+    def get_name(cls) -> str:
+        return cls.name
+
+    @property
+    def impl_name(self) -> str:
+        return '%s.%s' % (type(self).__module__, type(self).__qualname__)
+
+    @property
+    def data_format(self) -> str:
+        return self.request.data_format
+
+    @property
+    def wsgi_environ(self) -> _Dict[str, Any]:
+        """A read-only stand-in for Zato's WSGI environ: the HTTP request's method, path,
+        query string and remote address under their WSGI names."""
+        http = self.request.http
+        return {'REQUEST_METHOD': http.method, 'PATH_INFO': http.path,
+                'QUERY_STRING': http.query_raw, 'REMOTE_ADDR': http.remote_addr,
+                'zato.http.remote_addr': http.remote_addr}
+
+    def invoke_async(self, name: Any, payload: Any = None, channel: Any = None,
+                     data_format: Any = None, transport: Any = None, expiration: Any = None,
+                     to_json_string: bool = False, cid: Any = None, callback: Any = None,
+                     zato_ctx: Any = None, environ: Any = None) -> str:
+        """Zato's ``invoke_async``: returns the new cid. ``callback`` is not supported (the
+        callee's answer goes nowhere): ``NotImplementedError`` names the alternative,
+        ``self.patterns.parallel``."""
+        if callback is not None:
+            raise NotImplementedError(
+                'invoke_async(callback=...) is not supported by Oxbus; use '
+                'self.patterns.parallel.invoke({name: payload}, on_target=callback)')
+        if isinstance(name, type) and issubclass(name, _service.Service):
+            name = name.name
+        if to_json_string and not isinstance(payload, (str, bytes)):
+            from json import dumps
+            payload = dumps(payload)
+        if isinstance(payload, str):
+            payload = payload.encode('utf-8')
+        return _service.Service.invoke_async(self, name, payload)
+
+    def sleep(self, timeout: float = 1) -> None:
+        time.sleep(timeout)
+
+    def log_input(self, user_msg: str = '', level: int = 20, **_ignored: Any) -> _Dict[str, Any]:
+        msg = {'cid': self.cid, 'name': self.name, 'payload': self.request.payload}
+        self.logger.log(level, '%s%s', user_msg + ' ' if user_msg else '', msg)
+        return msg
+
+    def log_output(self, user_msg: str = '', level: int = 20, **_ignored: Any
+                   ) -> _Dict[str, Any]:
+        msg = {'cid': self.cid, 'name': self.name, 'payload': self.response.payload}
+        self.logger.log(level, '%s%s', user_msg + ' ' if user_msg else '', msg)
+        return msg
+
+    @property
+    def server(self) -> Any:
+        raise NotImplementedError('self.server (Zato\'s server object) has no Oxbus '
+                                  'equivalent: see docs/ZATO.md for what replaces its parts')
+
+    def lock(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError('self.lock (a distributed lock) is not supported by Oxbus')
+
+
+Service._oxbus_hooks = (False, False)  # type: ignore[assignment]
