@@ -198,6 +198,12 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// other invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<&'a serde_json::Value>,
+    /// A REST channel's `params_priority`, when it sets one: `channel-params-over-msg` (path
+    /// and query parameters win over the body for the same SimpleIO name) or
+    /// `msg-over-channel-params`. Absent: the service's own default (Zato-style services
+    /// take the first, Oxbus services the second). Added within version 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_priority: Option<&'a str>,
 }
 
 /// What a WebSocket channel's call says of its client (see [`InvokeMeta::wsx`]).

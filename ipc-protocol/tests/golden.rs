@@ -147,6 +147,7 @@ fn invoke_meta_serialises_like_the_vector() {
         amqp: None,
         wsx: None,
         file: None,
+        params_priority: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -189,6 +190,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         amqp: None,
         wsx: None,
         file: None,
+        params_priority: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -232,6 +234,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         amqp: None,
         wsx: None,
         file: None,
+        params_priority: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -274,6 +277,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             amqp: None,
             wsx: None,
             file: None,
+            params_priority: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -392,6 +396,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             amqp: None,
             wsx: None,
             file: None,
+            params_priority: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
@@ -432,6 +437,7 @@ fn an_mqtt_message_carries_its_meta_and_others_do_not() {
             amqp: None,
             wsx: None,
             file: None,
+            params_priority: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(m.clone()));

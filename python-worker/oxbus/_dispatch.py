@@ -555,13 +555,13 @@ class Dispatcher:
 
     def invoke_async(self, name: str, payload: Any = None,
                      traceparent: Optional[str] = None,
-                     tracestate: Optional[str] = None) -> str:
+                     tracestate: Optional[str] = None, cid: Optional[str] = None) -> str:
         """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid.
 
         ``traceparent`` and ``tracestate`` are the caller's trace context (the callee keeps
         the caller's trace); without a traceparent the supervisor starts a new trace.
         """
-        cid = new_cid()
+        cid = cid or new_cid()
         # Worker-opened streams have the high bit set; the low 31 bits cycle through
         # 1..0x7FFFFFFF (ids may be reused, and ASYNC calls are never answered anyway).
         stream = WORKER_STREAM_BIT | ((next(self._stream_ids) - 1) % 0x7FFF_FFFF + 1)

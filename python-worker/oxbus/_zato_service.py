@@ -143,7 +143,8 @@ class Service(_service.Service):
             payload = dumps(payload)
         if isinstance(payload, str):
             payload = payload.encode('utf-8')
-        return _service.Service.invoke_async(self, name, payload)
+        return _service.Service.invoke_async(self, name, payload,
+                                             cid if isinstance(cid, str) and cid else None)
 
     def sleep(self, timeout: float = 1) -> None:
         time.sleep(timeout)

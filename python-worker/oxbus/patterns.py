@@ -35,7 +35,8 @@ not deployed answers its failure: 404 no such service). Each finished target inv
 ``ok``, ``exception`` (the error text, None when ``ok``), ``cid``, ``req_ts_utc``,
 ``resp_ts_utc``; when all have finished, fan-out invokes every ``on_final`` service with
 ``phase: 'on-final'``, ``source``, ``req_ts_utc``, ``on_target``, ``on_final`` and ``data``
-(the list of the on-target dicts, in the order the targets finished).
+(the list of the on-target dicts, in the order the targets finished). Every callback runs
+under the pattern's cid (its ``self.cid``), as in Zato.
 
 Where Oxbus differs from Zato: the coordination runs in threads of the calling worker, so a
 worker that stops (a restart, a crash) ends the pattern runs it was coordinating; the
@@ -139,7 +140,10 @@ def server_invoke(service: Service, name: str, payload: Any, cid: str) -> Any:
 
 
 def _spawn(target: Any, *args: Any) -> None:
-    thread = threading.Thread(target=target, args=args, daemon=True,
+    # In a copy of the caller's context: log records keep the invocation's cid and service.
+    import contextvars
+    ctx = contextvars.copy_context()
+    thread = threading.Thread(target=ctx.run, args=(target,) + args, daemon=True,
                               name='oxbus-pattern')
     thread.start()
 
@@ -237,7 +241,7 @@ class InvokeRetry:
             service.logger.warning('invoke_retry %s: retry limit reached (%d attempts), '
                                    'call cid %s', target, total, call_cid)
         try:
-            service.invoke_async(callback, {
+            service.invoke_async(callback, cid=call_cid, payload={
                 'ok': ok, 'orig_cid': service.cid, 'call_cid': call_cid, 'source': service.name,
                 'target': target, 'retry_seconds': pause, 'retry_repeats': repeats,
                 'context': context, 'req_ts_utc': req_ts, 'resp_ts_utc': _utcnow_iso(),
@@ -297,7 +301,7 @@ class _Parallel:
                 with lock:
                     results.append(entry)
                 for callback in per_target:
-                    self._callback(callback, dict(entry, phase='on-target'))
+                    self._callback(callback, dict(entry, phase='on-target'), cid)
             finally:
                 gate.release()
                 with lock:
@@ -313,11 +317,11 @@ class _Parallel:
             message = {'phase': 'on-final', 'source': service.name, 'req_ts_utc': req_ts,
                        'on_target': per_target, 'on_final': finals, 'data': results}
             for callback in finals:
-                self._callback(callback, message)
+                self._callback(callback, message, cid)
 
-    def _callback(self, name: str, payload: Dict[str, Any]) -> None:
+    def _callback(self, name: str, payload: Dict[str, Any], cid: str) -> None:
         try:
-            self._service.invoke_async(name, payload)
+            self._service.invoke_async(name, payload, cid=cid)
         except Exception as e:  # noqa: BLE001 - a background thread has no caller to tell
             self._service.logger.error('%s: could not invoke callback %s: %s',
                                        type(self).__name__, name, e)

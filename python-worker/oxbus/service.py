@@ -475,14 +475,15 @@ class Service:
         """
         return self._require_dispatcher().invoke(self, name, payload, args, kwargs)
 
-    def invoke_async(self, name: str, payload: Any = None) -> str:
-        """Ask the supervisor to run ``name`` later, fire-and-forget; returns its new cid.
+    def invoke_async(self, name: str, payload: Any = None, cid: Optional[str] = None) -> str:
+        """Ask the supervisor to run ``name`` later, fire-and-forget; returns its cid.
 
         ``payload`` is sent as JSON (bytes are taken to be JSON already). The callee runs in
-        this invocation's trace (its ``trace_id`` is this one's).
+        this invocation's trace (its ``trace_id`` is this one's), under ``cid`` when given
+        (Zato's pattern callbacks share their pattern's cid), else a new one.
         """
         return self._require_dispatcher().invoke_async(name, payload, self.traceparent,
-                                                       self.tracestate)
+                                                       self.tracestate, cid)
 
     @property
     def traceparent(self) -> Optional[str]:
@@ -752,7 +753,9 @@ def _configure(cls: Type[Service]) -> None:
         raise TypeError('%s: name must be a non-empty string, not %r' % (where, own_name))
     # Only the class's *own* name counts: a subclass of a named service is another service
     # and must not silently inherit (and then clash with) its parent's name.
-    cls.name = own_name or default_name(cls.__module__, cls.__name__)
+    # Zato-style services are named as Zato names them: '_' in the module path becomes '-'.
+    module = cls.__module__.replace('_', '-') if cls._oxbus_zato else cls.__module__
+    cls.name = own_name or default_name(module, cls.__name__)
     _configure_io(cls, where)
 
     verbs = {}

@@ -779,9 +779,10 @@ class SimpleIOPayload(Bunch):
         object.__getattribute__(self, '_list')().extend(items)
 
     def getvalue(self) -> Any:
-        """A list when the service made it one, else the dict of what it set."""
+        """A list when the service made it one, else the dict of what it set; None when it
+        set nothing (an empty answer, which output declarations do not apply to)."""
         try:
             items = object.__getattribute__(self, '_oxbus_list')
         except AttributeError:
-            return dict(self)
+            return dict(self) if self else None
         return items

@@ -238,6 +238,7 @@ async fn channels_crud(store: &Store) {
         channel_type: ChannelType::Rest,
         services: vec![],
         websocket: None,
+        params_priority: None,
     };
     let c = store.create_channel(&ch).await.unwrap();
     assert_eq!(c.value.name.as_deref(), Some("/customers/{id}"));
@@ -273,6 +274,7 @@ async fn channels_crud(store: &Store) {
         channel_type: ChannelType::Rest,
         services: vec![],
         websocket: None,
+        params_priority: None,
     };
     store.create_channel(&raw).await.unwrap();
     let all = store.channels().await.unwrap();
@@ -289,6 +291,7 @@ async fn channels_crud(store: &Store) {
         channel_type: ChannelType::JsonRpc,
         services: vec!["crm.customer.get".into(), "crm.customer.list".into()],
         websocket: None,
+        params_priority: None,
         security: Some("partners".into()),
         allow_from: vec![],
         rate_limit: None,
@@ -299,6 +302,7 @@ async fn channels_crud(store: &Store) {
         put_channels: vec![Channel {
             services: vec![],
             websocket: None,
+            params_priority: None,
             ..rpc.clone()
         }],
         ..Default::default()
@@ -522,6 +526,7 @@ async fn security_crud(s: &Store) {
         channel_type: ChannelType::Rest,
         services: vec![],
         websocket: None,
+        params_priority: None,
     };
     s.create_channel(&ch).await.unwrap();
     match s.delete_object::<SecurityDef>("partners").await {
@@ -801,6 +806,7 @@ async fn apply_is_one_transaction(s: &Store) {
         channel_type: ChannelType::Rest,
         services: vec![],
         websocket: None,
+        params_priority: None,
     };
     s.create_channel(&ch("old", "/old")).await.unwrap();
     s.deploy_module("gone", "x = 1\n", "t").await.unwrap();

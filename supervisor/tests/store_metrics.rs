@@ -74,6 +74,7 @@ async fn store_operations_are_timed_failed_and_cancelled_by_op() {
         channel_type: ChannelType::Rest,
         services: vec![],
         websocket: None,
+        params_priority: None,
     };
     store.create_channel(&ch).await.unwrap();
     let errors = m("oxbus_store_errors_total{op=\"channels\"}");

@@ -56,6 +56,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         amqp: None,
         wsx: None,
         file: None,
+        params_priority: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

@@ -339,6 +339,7 @@ fn sample_channels() -> Vec<Channel> {
         channel_type: crate::model::channel::ChannelType::Rest,
         services: Vec::new(),
         websocket: None,
+        params_priority: None,
     })
     .chain(std::iter::once(Channel {
         name: Some("sample.chat".to_owned()),
@@ -352,6 +353,7 @@ fn sample_channels() -> Vec<Channel> {
         channel_type: crate::model::channel::ChannelType::Websocket,
         services: Vec::new(),
         websocket: None,
+        params_priority: None,
     }))
     .collect()
 }

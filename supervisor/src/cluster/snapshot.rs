@@ -178,6 +178,7 @@ mod tests {
                 channel_type: crate::model::channel::ChannelType::Rest,
                 services: Vec::new(),
                 websocket: None,
+                params_priority: None,
             }],
             modules: vec![Module {
                 name: "m".into(),

@@ -47,7 +47,7 @@ use crate::edge::routes::RoutingTable;
 use crate::lifecycle::pool::{DispatchError, Pool};
 use crate::lifecycle::supervisor::Event;
 use crate::metrics::http::{ChannelHandles, MethodClass, RefusalReason};
-use crate::model::channel::{ChannelType, DataFormat};
+use crate::model::channel::{ChannelType, DataFormat, ParamsPriority};
 use crate::model::net::TrustedProxies;
 use crate::node::Node;
 use crate::trace::TraceParent;
@@ -675,6 +675,7 @@ async fn handle(
         strip_forwarding: !peer.trusted,
         deadline: Instant::now() + cx.settings.request_timeout(),
         channel_name: channel.name.as_deref(),
+        params_priority: channel.params_priority.map(ParamsPriority::as_str),
         caller: caller.as_ref(),
     };
     if channel.channel_type == ChannelType::JsonRpc {
@@ -721,6 +722,8 @@ pub(crate) struct HttpCall<'a> {
     deadline: Instant,
     /// The channel's name and who its security definition let in.
     channel_name: Option<&'a str>,
+    /// The channel's `params_priority`, when it sets one.
+    params_priority: Option<&'static str>,
     caller: Option<&'a crate::edge::gate::Caller>,
     /// The request's trace context, the same for every call it makes.
     trace: &'a TraceParent,
@@ -786,6 +789,7 @@ impl HttpCall<'_> {
             amqp: None,
             wsx: None,
             file: None,
+            params_priority: self.params_priority,
         };
         let result = self
             .cx

@@ -252,6 +252,7 @@ mod tests {
             channel_type: ChannelType::Rest,
             services: Vec::new(),
             websocket: None,
+            params_priority: None,
         }
     }
 

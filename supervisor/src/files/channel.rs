@@ -1102,6 +1102,7 @@ async fn hand(
         amqp: None,
         wsx: None,
         file: Some(&meta_json),
+        params_priority: None,
     };
     loop {
         let deadline = Instant::now() + Duration::from_millis(def.timeout_ms);

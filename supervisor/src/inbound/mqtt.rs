@@ -885,6 +885,7 @@ impl Call {
             amqp: None,
             wsx: None,
             file: None,
+            params_priority: None,
         };
         let deadline = std::time::Instant::now() + INVOKE_TIMEOUT;
         match pool.invoke(&meta, &p.payload, deadline).await {

@@ -351,6 +351,7 @@ fn handle_worker_call(
                 amqp: None,
                 wsx: None,
                 file: None,
+                params_priority: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

@@ -883,6 +883,7 @@ mod tests {
             amqp: None,
             wsx: None,
             file: None,
+            params_priority: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

@@ -66,6 +66,30 @@ pub struct Channel {
     /// WebSocket only: the channel's settings (none: every default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WsSettings>,
+    /// REST only: whether path and query parameters or the body win when both
+    /// carry a SimpleIO element of the same name (Zato's channel setting); none: the
+    /// service's default (Zato-style services: parameters; Oxbus services: the body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_priority: Option<ParamsPriority>,
+}
+
+/// A channel's `params_priority` (Zato's values).
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum ParamsPriority {
+    #[serde(rename = "channel-params-over-msg")]
+    ChannelParamsOverMsg,
+    #[serde(rename = "msg-over-channel-params")]
+    MsgOverChannelParams,
+}
+
+impl ParamsPriority {
+    /// The name in settings and in the IPC `params_priority` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamsPriority::ChannelParamsOverMsg => "channel-params-over-msg",
+            ParamsPriority::MsgOverChannelParams => "msg-over-channel-params",
+        }
+    }
 }
 
 /// `requests` per `per_s` seconds, bursts of up to `burst` (default `requests`); per server.
@@ -427,6 +451,15 @@ pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
                     .into(),
             });
         }
+        if c.params_priority.is_some() && c.channel_type != ChannelType::Rest {
+            return Err(ChannelError {
+                key: "channels.params_priority".into(),
+                value: c.url_path.clone(),
+                message: "only a REST channel has params_priority (path and query parameters \
+                          against the body)"
+                    .into(),
+            });
+        }
         for m in &c.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(ChannelError {
@@ -505,6 +538,7 @@ pub(crate) mod tests {
             rate_limit: None,
             services: services.iter().map(|s| s.to_string()).collect(),
             websocket: None,
+            params_priority: None,
         }
     }
 

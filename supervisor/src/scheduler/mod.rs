@@ -692,6 +692,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         amqp: None,
         wsx: None,
         file: None,
+        params_priority: None,
     };
     let body = def
         .extra

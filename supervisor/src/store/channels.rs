@@ -21,6 +21,7 @@ where
     let channel_type: String = r.try_get("channel_type")?;
     let services: String = r.try_get("services")?;
     let settings: Option<String> = r.try_get("settings")?;
+    let params_priority: Option<String> = r.try_get("params_priority")?;
     Ok(Channel {
         name: Some(r.try_get("name")?),
         url_path: r.try_get("url_path")?,
@@ -55,6 +56,10 @@ where
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .map_err(|e| StoreError::Invalid(format!("stored channel websocket settings: {e}")))?,
+        params_priority: params_priority
+            .map(|p| serde_json::from_value(serde_json::Value::String(p)))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("stored channel params_priority: {e}")))?,
     })
 }
 
@@ -81,8 +86,8 @@ macro_rules! insert_channel {
             .map(|s| serde_json::to_string(s).expect("websocket settings serialise"));
         sqlx::query(
             "INSERT INTO channels (name, url_path, methods, service, data_format, created_at, \
-             security, allow_from, rate_limit, channel_type, services, settings) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             security, allow_from, rate_limit, channel_type, services, settings, params_priority) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind($name)
         .bind(&$channel.url_path)
@@ -96,6 +101,7 @@ macro_rules! insert_channel {
         .bind($channel.channel_type.as_str())
         .bind(&services)
         .bind(settings)
+        .bind($channel.params_priority.map(|p| p.as_str()))
         .execute(&mut *$tx)
         .await?;
     }};
@@ -135,7 +141,7 @@ impl Store {
     /// Every stored channel, in creation order.
     pub async fn channels(&self) -> Result<Vec<Channel>> {
         let sql = "SELECT name, url_path, methods, service, data_format, security, allow_from, \
-                   rate_limit, channel_type, services, settings FROM channels ORDER BY id";
+                   rate_limit, channel_type, services, settings, params_priority FROM channels ORDER BY id";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(channel_from_row).collect()

@@ -196,7 +196,7 @@ impl Store {
                 let updated = sqlx::query(
                     "UPDATE channels SET url_path = $2, methods = $3, service = $4, data_format = $5, \
                      security = $6, allow_from = $7, rate_limit = $8, channel_type = $9, services = $10, \
-                     settings = $11 WHERE name = $1",
+                     settings = $11, params_priority = $12 WHERE name = $1",
                 )
                 .bind(&name)
                 .bind(&c.url_path)
@@ -209,6 +209,7 @@ impl Store {
                 .bind(c.channel_type.as_str())
                 .bind(&services)
                 .bind(settings)
+                .bind(c.params_priority.map(|p| p.as_str()))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

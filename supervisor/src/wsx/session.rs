@@ -754,6 +754,7 @@ async fn call(
             binary,
         }),
         file: None,
+        params_priority: None,
     };
     match wsx.inner.pool.get() {
         Some(pool) => pool.invoke_at(&meta, &data, deadline, now).await,

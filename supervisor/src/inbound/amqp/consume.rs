@@ -720,6 +720,7 @@ async fn invoke(ctx: &Ctx, def: &AmqpChannel, meta: &Value, body: &[u8]) -> Resu
         amqp: Some(meta),
         wsx: None,
         file: None,
+        params_priority: None,
         mqtt: None,
     };
     let deadline = std::time::Instant::now() + Duration::from_millis(def.service_timeout_ms);

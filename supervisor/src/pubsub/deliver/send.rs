@@ -175,6 +175,7 @@ async fn to_service(
         amqp: None,
         wsx: None,
         file: None,
+        params_priority: None,
     };
     match pool
         .invoke(

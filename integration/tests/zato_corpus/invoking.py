@@ -1,0 +1,49 @@
+# -*- coding: utf-8 -*-
+
+# Zato
+from zato.server.service import Int, Service
+
+# ###########################################################################
+
+
+class GetBalance(Service):
+    name = 'billing.balance.get'
+
+    class SimpleIO:
+        input_required = Int('account_id'),
+        output_required = Int('account_id'), Int('balance'), 'currency'
+
+    def handle(self):
+        self.response.payload.account_id = self.request.input.account_id
+        self.response.payload.balance = self.request.input.account_id * 100
+        self.response.payload.currency = self.environ.get('currency') or 'EUR'
+
+# ###########################################################################
+
+
+class GetAccountSummary(Service):
+    """ Invokes another service: by name with as_bunch, by class with keyword arguments,
+    and shares self.environ between its hooks.
+    """
+    name = 'billing.summary.get'
+
+    def before_handle(self):
+        self.environ.started = True
+        self.environ.currency = 'PLN'
+
+    def handle(self):
+        first = self.invoke('billing.balance.get', {'account_id': 1}, as_bunch=True,
+            environ={'currency': self.environ.currency})
+        second = self.invoke(GetBalance, account_id=2)
+
+        self.response.payload = {
+            'first_balance': first.balance,
+            'first_currency': first.currency,
+            'second_balance': second['balance'],
+            'started': self.environ.started,
+        }
+
+    def after_handle(self):
+        self.response.headers['X-Environ-Keys'] = ','.join(sorted(self.environ))
+
+# ###########################################################################
