@@ -159,6 +159,14 @@ fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str, u16)> {
             "viewer",
             200,
         ),
+        ("GET", "/v1/user-config", Value::Null, "viewer", 200),
+        (
+            "GET",
+            "/v1/user-config/roles-uc",
+            Value::Null,
+            "viewer",
+            200,
+        ),
         // Secret material and application data: the export, cache contents.
         ("GET", "/v1/config", Value::Null, "deployer", 200),
         ("GET", "/v1/caches/rc/keys", Value::Null, "deployer", 200),
@@ -292,6 +300,20 @@ fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str, u16)> {
         (
             "DELETE",
             "/v1/outgoing/sql/roles-db2",
+            Value::Null,
+            "admin",
+            200,
+        ),
+        (
+            "PUT",
+            "/v1/user-config/roles-uc",
+            json!({"value": {"s": {"k": 2}}}),
+            "admin",
+            200,
+        ),
+        (
+            "DELETE",
+            "/v1/user-config/roles-uc2",
             Value::Null,
             "admin",
             200,
@@ -434,6 +456,18 @@ async fn every_role_is_allowed_and_refused_as_the_role_table_says() {
             "PUT",
             "/v1/outgoing/sql/roles-db2",
             json!({"engine": "sqlite", "url": "sqlite:///tmp/oxbus-roles-out.db"}),
+            201,
+        ),
+        (
+            "PUT",
+            "/v1/user-config/roles-uc",
+            json!({"value": {"s": {"k": 1}}}),
+            201,
+        ),
+        (
+            "PUT",
+            "/v1/user-config/roles-uc2",
+            json!({"value": {}}),
             201,
         ),
     ] {

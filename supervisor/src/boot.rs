@@ -169,6 +169,10 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let pubsub =
         crate::pubsub::Broker::new(&me.name, store.clone(), metrics.clone(), outgoing.clone());
     pubsub.apply(&boot.snapshot.objects);
+    // The user config services read: before any worker starts (a service may read it from
+    // its first call).
+    let user_config = Arc::new(crate::user_config::UserConfigs::new());
+    user_config.apply(&boot.snapshot.objects.user_config);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     // The WebSocket sessions: their pushes are worker ops, their calls go through the pool.
     let wsx_ops = crate::wsx::Wsx::new(&me.name, settings.request_timeout(), metrics.clone());
@@ -186,6 +190,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             outgoing.clone(),
             Arc::new(pubsub.clone()),
             Arc::new(wsx_ops.clone()),
+            user_config.clone(),
         ]))),
     );
     pubsub.set_pool(pool.clone());
@@ -270,6 +275,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         inbound: inbound.clone(),
         files: files.clone(),
         wsx: wsx_ops.clone(),
+        user_config: user_config.clone(),
         bus: bus_handle.clone(),
         disk: crate::cluster::sync::OnDisk::new(&boot.snapshot, boot.online),
     });
@@ -315,6 +321,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         inbound: inbound.clone(),
         files: files.clone(),
         wsx: wsx_ops.clone(),
+        user_config,
     });
 
     register_metrics(&metrics, &node, &pool, &scheduler, sync.bus.clone());

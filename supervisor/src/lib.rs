@@ -15,6 +15,7 @@
 //! - [`node`]: this server's own state (name, readiness, store health, applied version).
 //! - [`random`]: small random values from the OS.
 //! - [`trace`]: W3C trace context (`traceparent`): parsing, new trace and span ids.
+//! - [`user_config`]: the user config services read (`user_config.get`), live by name.
 //! - The named caches are their own crate, `oxbus-cache`.
 
 pub mod admin;
@@ -38,4 +39,5 @@ pub mod scheduler;
 pub mod secrets;
 pub mod store;
 pub mod trace;
+pub mod user_config;
 pub mod wsx;

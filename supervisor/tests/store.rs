@@ -921,6 +921,130 @@ async fn apply_is_one_transaction(s: &Store) {
     assert_eq!(s.secrets().await.unwrap().len(), 1);
 }
 
+/// User config: created, replaced, deleted one version each (a create of an existing name
+/// and a replace of a missing one refused); a value that is not a JSON object refused before
+/// anything is written; a plan puts and deletes them with one version, or (one bad entry)
+/// writes nothing; `object_set` carries them (the snapshot and sync read that).
+async fn user_config_crud(s: &Store) {
+    use oxbus_supervisor::model::user_config::UserConfig;
+    let uc = |name: &str, value: serde_json::Value| UserConfig {
+        name: name.into(),
+        description: None,
+        value,
+    };
+    let v0 = s.version().await.unwrap();
+    assert!(s.objects::<UserConfig>().await.unwrap().is_empty());
+    let crm = UserConfig {
+        description: Some("CRM".into()),
+        ..uc(
+            "crm",
+            serde_json::json!({"api": {"url": "https://crm", "retries": 3}}),
+        )
+    };
+    assert_eq!(
+        s.put_object(&crm, true, "t").await.unwrap().config_version,
+        v0 + 1
+    );
+    match s.put_object(&crm, true, "t").await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("exists already"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.put_object(&uc("ghost", serde_json::json!({})), false, "t")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    match s
+        .put_object(&uc("bad", serde_json::json!([1])), true, "t")
+        .await
+    {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("must be a JSON object"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.version().await.unwrap(), v0 + 1);
+    // Stored as given, nested values and text in any script included.
+    let replaced = uc(
+        "crm",
+        serde_json::json!({"api": {"name": "Zażółć", "n": [1, 2.5, null]}}),
+    );
+    assert_eq!(
+        s.put_object(&replaced, false, "t")
+            .await
+            .unwrap()
+            .config_version,
+        v0 + 2
+    );
+    assert_eq!(
+        s.objects::<UserConfig>().await.unwrap(),
+        std::slice::from_ref(&replaced)
+    );
+    assert_eq!(
+        s.object_set().await.unwrap().user_config,
+        std::slice::from_ref(&replaced)
+    );
+
+    let v1 = s.version().await.unwrap();
+    let plan = oxbus_supervisor::store::Plan {
+        user_config: ObjectChanges {
+            put: vec![
+                uc("a", serde_json::json!({})),
+                uc("b", serde_json::json!({"s": {}})),
+            ],
+            delete: vec!["crm".into()],
+        },
+        ..Default::default()
+    };
+    assert_eq!(
+        s.apply(&plan, "import").await.unwrap().config_version,
+        v1 + 1
+    );
+    assert_eq!(
+        s.objects::<UserConfig>().await.unwrap(),
+        plan.user_config.put
+    );
+    let bad_plan = oxbus_supervisor::store::Plan {
+        user_config: ObjectChanges {
+            put: vec![
+                uc("c", serde_json::json!({})),
+                uc("d", serde_json::json!("text")),
+            ],
+            delete: vec!["a".into()],
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.apply(&bad_plan, "import").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1 + 1);
+    assert_eq!(s.objects::<UserConfig>().await.unwrap().len(), 2);
+
+    s.delete_object::<UserConfig>("a").await.unwrap();
+    assert!(matches!(
+        s.delete_object::<UserConfig>("a").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1 + 2);
+    assert_eq!(
+        s.objects::<UserConfig>().await.unwrap(),
+        [uc("b", serde_json::json!({"s": {}}))]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_user_config() {
+    let (s, e) = Engine::sqlite().await;
+    user_config_crud(&s).await;
+    e.cleanup(s).await;
+}
+
+#[tokio::test]
+async fn postgres_user_config() {
+    let (s, e) = Engine::postgres().await;
+    user_config_crud(&s).await;
+    e.cleanup(s).await;
+}
+
 #[tokio::test]
 async fn sqlite_secrets() {
     let (s, e) = Engine::sqlite().await;

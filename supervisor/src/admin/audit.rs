@@ -109,11 +109,13 @@ enum Kind {
     PubsubTopic,
     PubsubSub,
     PubsubEndpoint,
+    /// A user config (`/v1/user-config/…`).
+    UserConfig,
     /// A named admin API token (never the token or its hash).
     Token,
 }
 
-const ALL_KINDS: [Kind; 17] = [
+const ALL_KINDS: [Kind; 18] = [
     Kind::Module,
     Kind::Channel,
     Kind::Secret,
@@ -131,6 +133,7 @@ const ALL_KINDS: [Kind; 17] = [
     Kind::PubsubTopic,
     Kind::PubsubSub,
     Kind::PubsubEndpoint,
+    Kind::UserConfig,
 ];
 
 impl Kind {
@@ -154,6 +157,7 @@ impl Kind {
             "pubsub_subs" => Kind::PubsubSub,
             "pubsub_endpoints" => Kind::PubsubEndpoint,
             "tokens" => Kind::Token,
+            "user-config" => Kind::UserConfig,
             _ => return None,
         })
     }
@@ -178,6 +182,7 @@ impl Kind {
             Kind::PubsubTopic => "pubsub_topic",
             Kind::PubsubSub => "pubsub_subscription",
             Kind::PubsubEndpoint => "pubsub_endpoint",
+            Kind::UserConfig => "user_config",
             Kind::Token => "token",
         }
     }
@@ -464,6 +469,9 @@ async fn read_kind(cx: &Ctx, kind: Kind, out: &mut Snapshot) -> Result<(), Strin
         }
         Kind::PubsubEndpoint => {
             objects_of::<crate::model::pubsub::Endpoint>(cx, kind, out).await?;
+        }
+        Kind::UserConfig => {
+            objects_of::<crate::model::user_config::UserConfig>(cx, kind, out).await?;
         }
         Kind::Token => {
             for t in cx.store.tokens().await.map_err(|e| e.to_string())? {
@@ -1057,6 +1065,12 @@ mod tests {
             "pubsub_endpoint crm put"
         );
         assert_eq!(t(Method::POST, "/v1/pubsub/publish/orders/new"), None);
+        assert_eq!(
+            t(Method::PUT, "/v1/user-config/app.settings").unwrap(),
+            "user_config app.settings put"
+        );
+        let scope = target(&Method::DELETE, "/v1/user-config/app").unwrap().3;
+        assert_eq!(scope, Scope::Object(Kind::UserConfig, "app".into()));
         assert_eq!(t(Method::POST, "/v1/config").unwrap(), "config  import");
         assert_eq!(t(Method::POST, "/v1/tokens").unwrap(), "token  create");
         assert_eq!(

@@ -458,6 +458,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("PUT", "/v1/pubsub/endpoints/{name}", Admin),
     ep("DELETE", "/v1/pubsub/endpoints/{name}", Admin),
     ep("POST", "/v1/pubsub/publish/{name...}", Deployer),
+    // User config (operator settings services read): not secret, changed as the other
+    // config objects are.
+    ep("GET", "/v1/user-config", Viewer),
+    ep("GET", "/v1/user-config/{name}", Viewer),
+    ep("PUT", "/v1/user-config/{name}", Admin),
+    ep("DELETE", "/v1/user-config/{name}", Admin),
     // Export carries sealed secret values and credential hashes; import changes anything.
     ep("GET", "/v1/config", Deployer),
     ep("POST", "/v1/config", Admin),
@@ -607,6 +613,8 @@ mod tests {
             "/v1/jobs/nightly",
             "/v1/jobs/nightly/runs",
             "/v1/scheduler",
+            "/v1/user-config",
+            "/v1/user-config/app.settings",
         ] {
             assert_eq!(get(p), Role::Viewer, "{p}");
         }

@@ -9,7 +9,8 @@
 //! (and the routing table's rebuild), `secrets`, `security`, `caches` (definitions and
 //! entries), `jobs` (and the scheduler's status), `outgoing` (REST and SQL connections), `config` (export/import endpoints, over
 //! `config_io`), `tokens` (named API tokens; who may call what is `auth`'s endpoint table,
-//! checked right after the bearer token). The create/replace and delete of security definitions, caches and jobs are
+//! checked right after the bearer token), `user_config` (the user config services read).
+//! The create/replace and delete of security definitions, caches, jobs, user config… are
 //! one generic path (`objects`), each kind's hooks in its own file (docs/CONFIG_OBJECTS.md);
 //! `input` holds what a body may be refused for; `audit` records every change `handle` passes
 //! to `route` and answers `GET /v1/audit`. This file holds no resource's logic.
@@ -59,6 +60,8 @@ pub struct Ctx {
     pub files: crate::files::FileChannels,
     /// The WebSocket clients (their list, a disconnect).
     pub wsx: crate::wsx::Wsx,
+    /// The user config services read: apply after a change.
+    pub user_config: Arc<crate::user_config::UserConfigs>,
     /// The rolling restarts' outcome (`POST /v1/workers/restart` starts one).
     pub reloads: std::sync::Arc<crate::lifecycle::reload::Reloads>,
 }
@@ -85,6 +88,7 @@ mod secrets;
 mod security;
 mod stats;
 mod tokens;
+mod user_config;
 mod websocket;
 mod workers;
 
@@ -257,7 +261,7 @@ fn reads_store(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     matches!(
         parts.as_slice(),
-        ["v1", "modules" | "channels" | "secrets" | "security", ..]
+        ["v1", "modules" | "channels" | "secrets" | "security" | "user-config", ..]
             | ["v1", "config" | "scheduler" | "info" | "audit"]
             | ["v1", "jobs", _, "runs"]
             | ["v1", "tokens"]
@@ -376,6 +380,7 @@ async fn route(req: Request<Incoming>, cx: &Ctx, who: &auth::Identity) -> Respon
         (_, ["v1", "outgoing", rest @ ..]) => outgoing::route(req, cx, rest).await,
         (_, ["v1", "inbound", rest @ ..]) => inbound::route(req, cx, rest).await,
         (_, ["v1", "pubsub", rest @ ..]) => pubsub::route(req, cx, rest, who).await,
+        (_, ["v1", "user-config", rest @ ..]) => user_config::route(req, cx, rest).await,
         (&Method::GET, ["v1", "scheduler"]) => jobs::status(cx).await,
         (&Method::GET, ["v1", "audit"]) => audit::list(cx, req.uri().query().unwrap_or("")).await,
         (_, ["v1", "config"]) => config::route(req, cx).await,

@@ -138,6 +138,12 @@ pub enum Command {
         #[command(subcommand)]
         action: PubsubAction,
     },
+    /// User config: operator settings services read as self.user_config.NAME (set from a
+    /// JSON, YAML or TOML file, get, list, delete; docs/USER_CONFIG.md).
+    UserConfig {
+        #[command(subcommand)]
+        action: UserConfigAction,
+    },
     /// Named admin API tokens with a role (admin, deployer, viewer), e.g. one per CI
     /// pipeline: create (the token is printed once), list, revoke.
     Token {
@@ -151,7 +157,8 @@ pub enum Command {
         to: ServerArgs,
         /// An object kind (module, channel, secret, security, cache, job, outgoing_rest,
         /// outgoing_sql, outgoing_amqp, outgoing_mqtt, outgoing_redis, inbound_amqp,
-        /// inbound_mqtt, pubsub_topic, pubsub_subscription, pubsub_endpoint, token, config)
+        /// inbound_mqtt, pubsub_topic, pubsub_subscription, pubsub_endpoint, user_config,
+        /// token, config)
         /// or KIND/NAME (a topic: pubsub_topic//orders/new).
         #[arg(long)]
         object: Option<String>,
@@ -362,6 +369,51 @@ pub enum SecretAction {
         #[command(flatten)]
         to: ServerArgs,
         name: String,
+    },
+}
+
+/// The user-config subcommands (docs/USER_CONFIG.md): each is one admin API call.
+#[derive(Subcommand)]
+pub enum UserConfigAction {
+    /// Create or replace user config NAME from FILE: a JSON, YAML or TOML mapping (by its
+    /// extension: .json, .yaml/.yml, .toml) of sections and keys; services read it as
+    /// self.user_config.NAME.<section>.<key> at once on every server.
+    Set {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        /// The value: a .json, .yaml/.yml or .toml file holding a mapping.
+        #[arg(long, short)]
+        file: PathBuf,
+        /// What it is for (shown by `list`).
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print user config NAME's value (as JSON; --output json: with its name, description
+    /// and size).
+    Get {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Every user config: name, size, description (not the values).
+    List {
+        #[command(flatten)]
+        to: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete user config NAME.
+    Delete {
+        #[command(flatten)]
+        to: ServerArgs,
+        name: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 

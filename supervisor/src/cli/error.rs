@@ -112,6 +112,10 @@ pub enum CliError {
         from: String,
         source: serde_json::Error,
     },
+    /// `oxbus user-config set --file F`: F does not read as the format its extension names,
+    /// or its extension names none.
+    #[error("{}: {reason}", path.display())]
+    UserConfigFile { path: PathBuf, reason: String },
     /// `oxbus deploy --watch`: the watch did not start or broke (its own message).
     #[error("{0}")]
     Watch(#[from] crate::deploy::watch::WatchError),

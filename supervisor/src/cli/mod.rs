@@ -30,6 +30,7 @@ pub mod server;
 pub mod stats;
 pub mod systemd_units;
 pub mod token;
+pub mod user_config;
 pub mod websocket;
 
 use std::process::ExitCode;
@@ -116,6 +117,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Cache { action } => admin(|rt| cache::command(rt, &action)),
         Command::Jobs { action } => admin(|rt| jobs::command(rt, &action)),
         Command::Token { action } => admin(|rt| token::command(rt, &action)),
+        Command::UserConfig { action } => admin(|rt| user_config::command(rt, &action)),
         Command::Out { action } => admin(|rt| out::command(rt, &action)),
         Command::Inbound { action } => admin(|rt| inbound::command(rt, &action)),
         Command::Pubsub { action } => admin(|rt| pubsub::command(rt, &action)),

@@ -263,6 +263,11 @@ mod tests {
                     }))
                     .unwrap(),
                 ],
+                user_config: vec![crate::model::user_config::UserConfig {
+                    name: "crm".into(),
+                    description: Some("CRM client".into()),
+                    value: serde_json::json!({"api": {"url": "https://crm", "retries": 3}}),
+                }],
                 ..Default::default()
             },
             peers: vec![BusPeer {
@@ -309,6 +314,7 @@ mod tests {
         doc.as_object_mut().unwrap().remove("jobs");
         doc.as_object_mut().unwrap().remove("outgoing_rest");
         doc.as_object_mut().unwrap().remove("outgoing_sql");
+        doc.as_object_mut().unwrap().remove("user_config");
         let body = serde_json::to_vec(&doc).unwrap();
         let mut text = format!("{MAGIC} sha256={}\n", hex(&Sha256::digest(&body))).into_bytes();
         text.extend_from_slice(&body);
@@ -317,6 +323,7 @@ mod tests {
         assert!(read.objects.caches.is_empty());
         assert!(read.objects.jobs.is_empty());
         assert!(read.objects.outgoing_rest.is_empty() && read.objects.outgoing_sql.is_empty());
+        assert!(read.objects.user_config.is_empty());
         assert_eq!(read.objects.security, sample().objects.security);
         std::fs::remove_dir_all(d).unwrap();
     }

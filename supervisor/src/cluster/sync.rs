@@ -58,6 +58,8 @@ pub struct Ctx {
     pub files: crate::files::FileChannels,
     /// The WebSocket clients: the peers' `wsx.*` calls reach them over the bus.
     pub wsx: crate::wsx::Wsx,
+    /// The user config services read (`user_config.get`).
+    pub user_config: Arc<crate::user_config::UserConfigs>,
     /// The cluster bus, when this server runs one.
     pub bus: Option<Arc<Bus>>,
     pub disk: OnDisk,
@@ -283,6 +285,8 @@ pub async fn catch_up(cx: &Ctx) -> Result<(i64, Vec<crate::deploy::WorkerAck>), 
     cx.inbound.apply_amqp(&snap.objects.inbound_amqp);
     cx.inbound.apply_mqtt(&snap.objects.inbound_mqtt);
     cx.files.apply(&snap.objects.inbound_file);
+    // User config: the next read of a service sees the new values.
+    cx.user_config.apply(&snap.objects.user_config);
     // The secrets services may read: a change of value or readers applies to the next read.
     cx.outgoing
         .apply_secrets(snap.secrets.iter().map(readable_secret));

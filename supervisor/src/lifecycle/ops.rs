@@ -54,8 +54,8 @@ pub trait ServerOps: std::fmt::Debug + Send + Sync + 'static {
 }
 
 /// Several [`ServerOps`] as one: a call goes to the first that handles its op (`out.*` and
-/// `secret.get` to the outgoing connections, `pubsub.*` to the broker); a worker's end is
-/// told to all.
+/// `secret.get` to the outgoing connections, `pubsub.*` to the broker, `user_config.get` to
+/// the user config); a worker's end is told to all.
 #[derive(Debug)]
 pub struct OpsSet(pub Vec<std::sync::Arc<dyn ServerOps>>);
 

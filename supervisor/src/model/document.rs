@@ -86,6 +86,23 @@ pub struct Document {
     /// Outgoing Redis connections, like `channel_amqp`.
     #[serde(default)]
     pub outgoing_redis: Value,
+    /// User config (docs/USER_CONFIG.md), each checked field by field like `cache`. Left out
+    /// of an export when there is none, so that a server without this kind still imports
+    /// the export of one that has it but stores none.
+    #[serde(
+        default,
+        deserialize_with = "user_config_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub user_config: Vec<crate::model::user_config::UserConfig>,
+}
+
+fn user_config_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::model::user_config::UserConfig>, D::Error> {
+    parsed_list(d, "user_config", "user config", |v| {
+        crate::model::user_config::parse_user_config(v, None)
+    })
 }
 
 fn topic_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Topic>, D::Error> {
@@ -357,6 +374,43 @@ mod tests {
         assert_eq!(t.name, "/x");
         let e = parse_topic(&json!({"name": "/y"}), Some("/x")).unwrap_err();
         assert!(e.contains("cannot be renamed"), "{e}");
+    }
+
+    #[test]
+    fn a_user_config_entry_error_names_the_entry_and_the_field() {
+        let doc: Document = serde_json::from_value(json!({"user_config": [
+            {"name": "app", "value": {"crm": {"url": "https://crm"}}, "description": "CRM"},
+        ]}))
+        .unwrap();
+        assert_eq!(doc.user_config[0].value["crm"]["url"], "https://crm");
+        for (v, want) in [
+            (
+                json!({"user_config": [{"name": "a", "value": {}}, {"name": "b", "value": [1]}]}),
+                "user_config[1]: user config b: value must be a JSON object (sections of keys), not an array",
+            ),
+            (
+                json!({"user_config": [{"name": "a b", "value": {}}]}),
+                "user_config[0]: \"a b\" is not a valid user config name",
+            ),
+            (
+                json!({"user_config": {"name": "a"}}),
+                "user_config: expected a list of user config",
+            ),
+        ] {
+            let e = serde_json::from_value::<Document>(v)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}\n  wanted: {want}");
+        }
+        // Left out when there is none (an older server refuses an unknown key); there when
+        // there is.
+        let none = serde_json::to_value(Document::default()).unwrap();
+        assert!(none.get("user_config").is_none(), "{none}");
+        let some = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            some["user_config"],
+            json!([{"name": "app", "description": "CRM", "value": {"crm": {"url": "https://crm"}}}])
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `secret_access`: which services may read a secret; `pubsub`: topics, subscriptions,
 //! endpoints and a message; `amqp`, `mqtt`, `redis`: the messaging connectors' channels and
 //! outgoing connections; `websocket`: a WebSocket channel's settings;
+//! `user_config`: operator-provided settings services read (`self.user_config`);
 //! `document`: the config export/import document.
 
 pub mod amqp;
@@ -22,4 +23,5 @@ pub mod pubsub;
 pub mod redis;
 pub mod secret_access;
 pub mod security;
+pub mod user_config;
 pub mod websocket;

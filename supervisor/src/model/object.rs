@@ -290,10 +290,24 @@ impl ConfigObject for crate::model::redis::RedisConn {
     }
 }
 
+impl ConfigObject for crate::model::user_config::UserConfig {
+    const KIND: &'static str = "user_config";
+    const WHAT: &'static str = "user config";
+    const TABLE: &'static str = "user_config";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), InvalidObject> {
+        crate::model::user_config::UserConfig::validate(self)
+    }
+}
+
 /// Every object of every JSON-defined kind, one list each: what the snapshot holds and the
 /// sync loop applies. Its JSON is the snapshot's keys `security`, `caches`, `jobs`,
 /// `outgoing_rest`, `outgoing_sql`, `pubsub_topics`, `pubsub_subs`, `pubsub_endpoints`,
-/// `inbound_amqp`, `inbound_mqtt`, `inbound_file`, `outgoing_amqp`, `outgoing_mqtt`, `outgoing_redis` (each may
+/// `inbound_amqp`, `inbound_mqtt`, `inbound_file`, `outgoing_amqp`, `outgoing_mqtt`, `outgoing_redis`, `user_config` (each may
 /// be absent: snapshots of older versions lack the later kinds). A new kind is one field
 /// here and one line in `Store::object_set`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -340,4 +354,7 @@ pub struct ObjectSet {
     /// Outgoing Redis connections (password sealed).
     #[serde(default)]
     pub outgoing_redis: Vec<crate::model::redis::RedisConn>,
+    /// User config (operator settings services read).
+    #[serde(default)]
+    pub user_config: Vec<crate::model::user_config::UserConfig>,
 }

@@ -122,6 +122,7 @@ impl Store {
             outgoing_amqp: self.objects().await?,
             outgoing_mqtt: self.objects().await?,
             outgoing_redis: self.objects().await?,
+            user_config: self.objects().await?,
         })
     }
 

@@ -13,6 +13,7 @@ use crate::model::outgoing::{RestConn, SqlConn};
 use crate::model::pubsub::{Endpoint, Subscription, Topic};
 use crate::model::redis::RedisConn;
 use crate::model::security::SecurityDef;
+use crate::model::user_config::UserConfig;
 use crate::store::BeginWrite;
 use oxbus_cache::CacheDef;
 
@@ -119,6 +120,8 @@ pub struct Plan {
     pub outgoing_mqtt: ObjectChanges<MqttConn>,
     /// Outgoing Redis connections (password sealed).
     pub outgoing_redis: ObjectChanges<RedisConn>,
+    /// User config (operator settings services read).
+    pub user_config: ObjectChanges<UserConfig>,
     /// (name, source): a new active version each.
     pub deploy_modules: Vec<(String, String)>,
     pub undeploy_modules: Vec<String>,
@@ -144,6 +147,7 @@ impl Plan {
             && self.outgoing_amqp.is_empty()
             && self.outgoing_mqtt.is_empty()
             && self.outgoing_redis.is_empty()
+            && self.user_config.is_empty()
             && self.deploy_modules.is_empty()
             && self.undeploy_modules.is_empty()
     }
@@ -177,6 +181,7 @@ impl Store {
         plan.outgoing_amqp.validate()?;
         plan.outgoing_mqtt.validate()?;
         plan.outgoing_redis.validate()?;
+        plan.user_config.validate()?;
         let at = now_ms();
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
@@ -234,6 +239,7 @@ impl Store {
             apply_objects!(tx, AmqpConn, &plan.outgoing_amqp, by);
             apply_objects!(tx, MqttConn, &plan.outgoing_mqtt, by);
             apply_objects!(tx, RedisConn, &plan.outgoing_redis, by);
+            apply_objects!(tx, UserConfig, &plan.user_config, by);
             for name in &plan.delete_secrets {
                 sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
             }

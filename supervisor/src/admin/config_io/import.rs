@@ -363,6 +363,17 @@ pub async fn import(
     )
     .await?;
 
+    // User config: each validated.
+    let user_config = import_objects(
+        cx,
+        &doc.user_config,
+        replace,
+        &mut plan.user_config,
+        &mut changes,
+        &mut unchanged,
+    )
+    .await?;
+
     // Outgoing connections: plaintext credentials sealed, sealed ones checked to open with
     // this server's key, a stored credential kept as an admin API edit keeps it.
     let outgoing_rest = import_outgoing(
@@ -585,6 +596,9 @@ pub async fn import(
     }
     if !plan.inbound_file.is_empty() {
         cx.files.apply(&channel_file);
+    }
+    if !plan.user_config.is_empty() {
+        cx.user_config.apply(&user_config);
     }
     if !(plan.pubsub_topics.is_empty()
         && plan.pubsub_subs.is_empty()

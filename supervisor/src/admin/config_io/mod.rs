@@ -91,6 +91,7 @@ pub async fn export(cx: &Ctx) -> Result<Document, DeployError> {
         outgoing_mqtt: serde_json::to_value(objects.outgoing_mqtt).expect("definitions serialise"),
         outgoing_redis: serde_json::to_value(objects.outgoing_redis)
             .expect("definitions serialise"),
+        user_config: objects.user_config,
         oxbus_config: Some(FORMAT),
         config_version: Some(config_version),
         channel_rest: channels,
