@@ -93,6 +93,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Move a Zato 3.2 cluster's config to Oxbus (docs/ZATO_IMPORT.md).
+    Zato {
+        #[command(subcommand)]
+        action: ZatoAction,
+    },
     /// The cluster: its servers, the config version each runs, the store's health.
     Cluster {
         #[command(subcommand)]
@@ -295,6 +300,33 @@ pub enum ConfigAction {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ZatoAction {
+    /// Import a Zato 3.2 enmasse export (YAML or JSON): REST channels, security definitions,
+    /// outgoing REST, SQL, Redis and AMQP connections, scheduler jobs and caches, sent as one
+    /// `config import`. Prints what was mapped and every object that was not, with the
+    /// reason; exit code 2 when some were not (the others are imported all the same).
+    Import(ZatoImportArgs),
+}
+
+/// `oxbus zato import`'s arguments.
+#[derive(clap::Args)]
+pub struct ZatoImportArgs {
+    #[command(flatten)]
+    pub to: ServerArgs,
+    /// The enmasse export (zato enmasse --export).
+    pub file: PathBuf,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete stored security definitions, REST channels, outgoing REST, SQL, Redis and
+    /// AMQP connections, jobs and caches the file does not give (every other kind is kept).
+    #[arg(long)]
+    pub replace: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
 #[derive(Subcommand)]

@@ -32,6 +32,7 @@ pub mod systemd_units;
 pub mod token;
 pub mod user_config;
 pub mod websocket;
+pub mod zato_import;
 
 use std::process::ExitCode;
 
@@ -109,6 +110,13 @@ pub fn run(command: Command) -> ExitCode {
             admin(|rt| modules::undeploy(rt, &to, &module, output))
         }
         Command::Config { action } => admin(|rt| config_cmd::command(rt, &action)),
+        Command::Zato {
+            action: args::ZatoAction::Import(a),
+        } => match runtime() {
+            // Its own exit code: 2 when objects were left out (docs/ZATO_IMPORT.md).
+            Ok(rt) => zato_import::command(&rt, &a).unwrap_or_else(|e| fail(&e)),
+            Err(e) => fail(&e),
+        },
         Command::Cluster {
             action: ClusterAction::Status { to, output },
         } => admin(|rt| cluster::status(rt, &to, output)),
