@@ -35,6 +35,7 @@ fn corpus(env: Env) -> Env {
     .channel("/phones/{client_id}", &["GET"], "model-example.get-phone-details")
     .channel("/order", &["POST"], "model-example.create-order")
     .channel("/summary", &["GET"], "billing.summary.get")
+    .channel("/settings", &["GET"], "settings.get")
     .channel("/patterns/retry", &["POST"], "patterns.retry-blocking")
     .channel("/patterns/fallback", &["POST"], "patterns.retry-fallback")
     .channel("/patterns/fanout", &["POST"], "patterns.fanout")
@@ -217,6 +218,24 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
     assert_eq!(
         r.header("x-environ-keys").as_deref(),
         Some("currency,started")
+    );
+
+    // user_config: settings kept in the config store, read as Zato reads user-conf files.
+    let file = std::env::temp_dir().join(format!("oxbus-crm-{}.json", next_id()));
+    std::fs::write(&file, r#"{"api": {"timeout": 5, "region": "eu"}}"#).unwrap();
+    let out = srv.cli(&[
+        "user-config",
+        "set",
+        "crm",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{out:?}");
+    let r = srv.get("/settings").await;
+    assert_eq!(
+        r.json(),
+        json!({"timeout": 5, "region": "eu", "missing": null})
     );
 
     // OpenAPI describes the typed elements and the models.

@@ -47,3 +47,19 @@ class GetAccountSummary(Service):
         self.response.headers['X-Environ-Keys'] = ','.join(sorted(self.environ))
 
 # ###########################################################################
+
+
+class GetSettings(Service):
+    """ Operator settings through self.user_config, as Zato's user-conf files are read.
+    """
+    name = 'settings.get'
+
+    def handle(self):
+        crm = self.user_config.crm
+        self.response.payload = {
+            'timeout': crm.api.timeout,
+            'region': self.user_config['crm']['api']['region'],
+            'missing': self.user_config.get('no-such-config'),
+        }
+
+# ###########################################################################

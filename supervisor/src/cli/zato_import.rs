@@ -33,7 +33,7 @@ use super::CliError;
 use super::args::{Output, ZatoImportArgs};
 use super::client::call;
 use crate::model::amqp::AmqpConn;
-use crate::model::channel::{Channel, ChannelType, DataFormat};
+use crate::model::channel::{Channel, ChannelType, DataFormat, ParamsPriority};
 use crate::model::job::{JobDef, JobType, format_start_date};
 use crate::model::outgoing::{
     self, Carry, Credentialed, RestAuth, RestConn, SqlConn, SqlEngine, TlsOptions,
@@ -968,19 +968,26 @@ impl<'a> Mapper<'a> {
         };
         if e.flag("merge_url_params_req") == Some(false) {
             notes.push(
-                "merge_url_params_req was off: Oxbus always looks input up in the body, then the path parameters, then the query string"
+                "merge_url_params_req was off: Oxbus always merges path and query parameters into SimpleIO input"
                     .into(),
             );
         }
-        for (key, oxbus_order) in [
-            ("params_pri", "msg-over-channel-params"),
-            ("url_params_pri", "path-over-qs"),
-        ] {
-            if let Some(v) = e.str(&[key]).filter(|v| v != oxbus_order) {
+        // Zato's params_pri (default: channel params over the message) is the channel's
+        // params_priority; an unknown value keeps Zato's default, with a note.
+        let params_priority = match e.str(&["params_pri"]).as_deref() {
+            None | Some("channel-params-over-msg") => ParamsPriority::ChannelParamsOverMsg,
+            Some("msg-over-channel-params") => ParamsPriority::MsgOverChannelParams,
+            Some(other) => {
                 notes.push(format!(
-                    "{key} {v}: Oxbus has no such setting; it always takes the body first, then path parameters, then the query string"
+                    "params_pri {other}: not a Zato value; Zato's default channel-params-over-msg is used"
                 ));
+                ParamsPriority::ChannelParamsOverMsg
             }
+        };
+        if let Some(v) = e.str(&["url_params_pri"]).filter(|v| v != "path-over-qs") {
+            notes.push(format!(
+                "url_params_pri {v}: Oxbus has no such setting; path parameters win over the query string"
+            ));
         }
         if e.flag("is_rate_limit_active") == Some(true) {
             notes.push(
@@ -1008,6 +1015,7 @@ impl<'a> Mapper<'a> {
             rate_limit: None,
             services: Vec::new(),
             websocket: None,
+            params_priority: Some(params_priority),
         };
         if let Err(err) = crate::store::validate_channel_name(&name) {
             return self.skip(e, err.to_string());

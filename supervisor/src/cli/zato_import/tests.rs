@@ -306,7 +306,7 @@ fn an_outgoing_credential_is_kept_only_for_the_same_destination_and_identity() {
 fn channels_keep_their_method_format_and_path_or_say_what_differs() {
     let m = mapped(
         "channel_plain_http:\n\
-         - name: My Channel\n  service: a.b\n  url_path: /a/{id}\n  method: get\n  merge_url_params_req: 'False'\n  url_params_pri: qs-over-path\n\
+         - name: My Channel\n  service: a.b\n  url_path: /a/{id}\n  method: get\n  merge_url_params_req: 'False'\n  url_params_pri: qs-over-path\n  params_pri: msg-over-channel-params\n\
          - name: grouped\n  service: a.b\n  url_path: /g\n  security_groups: [partners]\n\
          - name: bad path\n  service: a.b\n  url_path: /a/x{id}\n\
          - name: zato.internal\n  service: a.b\n  url_path: /zato/x\n\
@@ -319,6 +319,12 @@ fn channels_keep_their_method_format_and_path_or_say_what_differs() {
     let c = one(&m, "channel_rest", "My-Channel");
     assert_eq!(c["methods"], json!(["GET"]));
     assert_eq!(c["url_path"], "/a/{id}");
+    // Zato's params_pri is the channel's params_priority; absent, Zato's default.
+    assert_eq!(c["params_priority"], "msg-over-channel-params");
+    assert_eq!(
+        one(&m, "channel_rest", "via.http_soap")["params_priority"],
+        "channel-params-over-msg"
+    );
     let notes = &m
         .mapped
         .iter()
