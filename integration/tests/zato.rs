@@ -241,8 +241,25 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
     // OpenAPI describes the typed elements and the models.
     let r = srv.get("/openapi.json").await;
     assert_eq!(r.status, 200);
-    let doc = r.json().to_string();
-    assert!(doc.contains("customer_id"), "{doc}");
+    let doc = r.json();
+    let get = &doc["paths"]["/crm/customer/{customer_id}"]["get"];
+    let out = &get["responses"]["200"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        out["properties"]["since"],
+        json!({"type": "string", "format": "date"}),
+        "{get}"
+    );
+    assert_eq!(out["required"], json!(["name"]));
+    assert_eq!(get["parameters"][0]["schema"], json!({"type": "integer"}));
+    let post = &doc["paths"]["/client"]["post"];
+    assert_eq!(
+        post["requestBody"]["content"]["application/json"]["schema"]["properties"]["client_id"],
+        json!({"type": "integer"}),
+        "{post}"
+    );
+    let phones = &doc["paths"]["/phones/{client_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(phones["properties"]["phone_list"], json!({"type": "array"}));
     srv.assert_no_errors(&[
         "failed",
         "Retry",

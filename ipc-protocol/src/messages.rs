@@ -53,10 +53,15 @@ pub struct ServiceInfo {
 pub struct IoElem {
     pub name: String,
     pub required: bool,
-    /// `"integer"`, `"boolean"` or `"any"` (passed through as it came). Kept as text: a
-    /// type a later worker adds is carried, and read as `any` by [`IoElem::kind`].
+    /// `"integer"`, `"boolean"`, `"number"`, `"string"`, `"array"`, `"object"` or `"any"`
+    /// (passed through as it came). Kept as text: a type a later worker adds is carried, and
+    /// read as `any` by [`IoElem::kind`].
     #[serde(rename = "type", default = "any_type")]
     pub ty: String,
+    /// A JSON Schema `format` for a string (`date`, `date-time`, `uuid`, `decimal`), when
+    /// the element has one. Added within version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 fn any_type() -> String {
@@ -68,6 +73,10 @@ fn any_type() -> String {
 pub enum IoType {
     Integer,
     Boolean,
+    Number,
+    String,
+    Array,
+    Object,
     /// Passed through as it came (any JSON value; text from a path or query string).
     Any,
 }
@@ -77,6 +86,10 @@ impl IoElem {
         match self.ty.as_str() {
             "integer" => IoType::Integer,
             "boolean" => IoType::Boolean,
+            "number" => IoType::Number,
+            "string" => IoType::String,
+            "array" => IoType::Array,
+            "object" => IoType::Object,
             _ => IoType::Any,
         }
     }

@@ -199,7 +199,10 @@ fn operation(
                 "name": name,
                 "in": "path",
                 "required": true,
-                "schema": text_schema(elem.map_or(IoType::Any, IoElem::kind)),
+                "schema": text_schema(
+                    elem.map_or(IoType::Any, IoElem::kind),
+                    elem.and_then(|e| e.format.as_deref()),
+                ),
             })
         })
         .collect();
@@ -214,7 +217,7 @@ fn operation(
                 "name": e.name,
                 "in": "query",
                 "required": e.required,
-                "schema": text_schema(e.kind()),
+                "schema": text_schema(e.kind(), e.format.as_deref()),
             })
         }));
     }
@@ -306,26 +309,34 @@ fn responses(raw: bool, output: &[IoElem], head: bool) -> Value {
 }
 
 /// The schema of a value in a JSON body.
-fn json_schema(t: IoType) -> Value {
-    match t {
+fn json_schema(t: IoType, format: Option<&str>) -> Value {
+    let mut schema = match t {
         IoType::Integer => json!({"type": "integer"}),
         IoType::Boolean => json!({"type": "boolean"}),
+        IoType::Number => json!({"type": "number"}),
+        IoType::String => json!({"type": "string"}),
+        IoType::Array => json!({"type": "array"}),
+        IoType::Object => json!({"type": "object"}),
         IoType::Any => json!({}),
+    };
+    if let (Some(f), IoType::String) = (format, t) {
+        schema["format"] = json!(f);
     }
+    schema
 }
 
 /// The schema of a value in a path or query string (text unless SimpleIO converts it).
-fn text_schema(t: IoType) -> Value {
+fn text_schema(t: IoType, format: Option<&str>) -> Value {
     match t {
-        IoType::Any => json!({"type": "string"}),
-        t => json_schema(t),
+        IoType::Any | IoType::Array | IoType::Object => json!({"type": "string"}),
+        t => json_schema(t, format),
     }
 }
 
 fn object_schema(elems: &[&IoElem]) -> Value {
     let properties: Map<String, Value> = elems
         .iter()
-        .map(|e| (e.name.clone(), json_schema(e.kind())))
+        .map(|e| (e.name.clone(), json_schema(e.kind(), e.format.as_deref())))
         .collect();
     let required: Vec<&str> = elems
         .iter()
@@ -368,7 +379,13 @@ fn components() -> Value {
                 "properties": {
                     "error": {"type": "string", "description": "What went wrong."},
                     "cid": {"type": "string", "description": "The request's correlation id (also in X-Oxbus-CID)."},
-                    "field": {"type": "string", "description": "The SimpleIO element at fault: a missing or invalid input (400), a missing output (500)."},
+                    "field": {"type": "string", "description": "The SimpleIO element at fault: a missing or invalid input (400; the first of them), a missing or invalid output (500)."},
+                    "errors": {
+                        "type": "array",
+                        "description": "Every refused input element (400), by path (`phones[1].imei` in a model).",
+                        "items": {"type": "object", "properties": {
+                            "field": {"type": "string"}, "error": {"type": "string"}}},
+                    },
                 },
             },
         },
@@ -515,6 +532,7 @@ mod tests {
             name: name.into(),
             required,
             ty: ty.into(),
+            format: None,
         }
     }
 
@@ -617,6 +635,45 @@ mod tests {
             assert!(put["responses"][status]["$ref"].is_string(), "{status}");
         }
         assert!(item.get("post").is_none());
+    }
+
+    #[test]
+    fn typed_elements_and_formats() {
+        let mut day = elem("day", true, "string");
+        day.format = Some("date".into());
+        let mut count = elem("n", false, "integer");
+        count.format = Some("ignored".into());
+        let s = svc(
+            "x.typed",
+            &[],
+            vec![
+                day.clone(),
+                elem("ratio", false, "number"),
+                elem("tags", false, "array"),
+                elem("address", false, "object"),
+                count,
+            ],
+            vec![day, elem("tags", false, "array")],
+        );
+        let d = doc(&[ch("/t", &["GET"], "x.typed", DataFormat::Json)], &[s]);
+        let get = &d["paths"]["/t"]["get"];
+        // In the query string: the scalar types as they convert; arrays and objects as text.
+        assert_eq!(
+            get["parameters"],
+            json!([
+                {"name": "day", "in": "query", "required": true, "schema": {"type": "string", "format": "date"}},
+                {"name": "ratio", "in": "query", "required": false, "schema": {"type": "number"}},
+                {"name": "tags", "in": "query", "required": false, "schema": {"type": "string"}},
+                {"name": "address", "in": "query", "required": false, "schema": {"type": "string"}},
+                {"name": "n", "in": "query", "required": false, "schema": {"type": "integer"}},
+            ])
+        );
+        assert_eq!(
+            get["responses"]["200"]["content"]["application/json"]["schema"],
+            json!({"type": "object", "properties": {
+                "day": {"type": "string", "format": "date"}, "tags": {"type": "array"}},
+                "required": ["day"]})
+        );
     }
 
     #[test]
