@@ -311,18 +311,19 @@ class Dispatcher:
                 raise BadRequest(str(e)) from None
             payload = request.payload
             data_format = 'json' if payload is not body else 'raw'
-        if cls._oxbus_input:
-            priority = meta.get('params_priority')
-            request.input = parse_input(
-                cls._oxbus_input, payload, meta.get('params'),
-                lambda: request.http.query, json_body=data_format == 'json',
-                params_first=(priority == PARAMS_OVER_MSG if priority
-                              else cls._oxbus_zato))
-        elif cls._oxbus_input_model is not None:
-            request.input = _model_input(cls, svc, request, payload, meta,
-                                         data_format == 'json')
-        if cls._oxbus_zato:
-            _zato_request(cls, svc, request, meta)
+        if cls._oxbus_in_any:  # one look-up on the hot path, as before any of this existed
+            if cls._oxbus_input:
+                priority = meta.get('params_priority')
+                request.input = parse_input(
+                    cls._oxbus_input, payload, meta.get('params'),
+                    lambda: request.http.query, json_body=data_format == 'json',
+                    params_first=(priority == PARAMS_OVER_MSG if priority
+                                  else cls._oxbus_zato))
+            elif cls._oxbus_input_model is not None:
+                request.input = _model_input(cls, svc, request, payload, meta,
+                                             data_format == 'json')
+            if cls._oxbus_zato:
+                _zato_request(cls, svc, request, meta)
         return svc, attr
 
     def _prepare_file(self, cls: Type[Service], meta: Dict[str, Any], body: bytes,
@@ -349,17 +350,18 @@ class Dispatcher:
         response = svc.response
         payload = response.payload
         cls = type(svc)
-        output = cls._oxbus_output
-        if output:
+        if cls._oxbus_out_any:
+            output = cls._oxbus_output
             if type(payload) is SimpleIOPayload:
                 payload = payload.getvalue()
-            payload = filter_output(output, payload, cls._oxbus_skip_empty)
-            if cls._oxbus_response_elem is not None:
-                payload = {cls._oxbus_response_elem: payload}
-        elif cls._oxbus_output_model is not None:
-            payload = _model_output(cls._oxbus_output_model, payload)
-        elif isinstance(payload, Model):
-            payload = _model_output(None, payload)
+            if output:
+                payload = filter_output(output, payload, cls._oxbus_skip_empty)
+                if cls._oxbus_response_elem is not None:
+                    payload = {cls._oxbus_response_elem: payload}
+            elif cls._oxbus_output_model is not None:
+                payload = _model_output(cls._oxbus_output_model, payload)
+        # A model answered without a declared output model is written out by encode_json
+        # (Model.__oxbus_json__), like one nested in a dict: no check here on the hot path.
         kind = type(payload)
         if kind is dict or kind is list:
             body = encode_json(payload)

@@ -427,6 +427,9 @@ class Service:
     #: for absent optional input, untyped names as Text, channel params over the body,
     #: a SimpleIO response payload object, undeclared path/query params in the input.
     _oxbus_zato: ClassVar[bool] = False
+    #: Whether any input / output handling applies (the dispatcher's first test).
+    _oxbus_in_any: ClassVar[bool] = False
+    _oxbus_out_any: ClassVar[bool] = False
     #: Zato SimpleIO's ``skip_empty_keys`` and ``response_elem``.
     _oxbus_skip_empty: ClassVar[bool] = False
     _oxbus_response_elem: ClassVar[Optional[str]] = None
@@ -728,6 +731,10 @@ def _configure_io(cls: Type[Service], where: str) -> None:
     else:
         cls._oxbus_output_model = None
         cls._oxbus_output = _parsed_spec(out_spec, where + '.output', zato)
+    # What the dispatcher tests first, so that a service without any of it pays one look-up.
+    cls._oxbus_in_any = bool(cls._oxbus_input or cls._oxbus_input_model is not None or zato)
+    cls._oxbus_out_any = bool(cls._oxbus_output or cls._oxbus_output_model is not None
+                              or (zato and cls._oxbus_output))
 
 
 def describe_input(cls: Type[Service]) -> Any:

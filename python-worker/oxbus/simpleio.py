@@ -327,7 +327,8 @@ class Elem:
     Subclasses are Zato's element types; ``Elem('name')`` itself types by the name.
     """
 
-    __slots__ = ('name', 'required', 'default', 'convert', 'output', 'type', 'format', 'keys')
+    __slots__ = ('name', 'required', 'default', 'convert', 'output', 'type', 'format', 'keys',
+                 'empty_absent', 'nested')
 
     #: The converter of the class (None: by name, for the plain Elem).
     _convert: Optional[Callable[[Any], Any]] = None
@@ -363,6 +364,10 @@ class Elem:
         self.format = type(self)._format
         if keys:
             self.keys = tuple(_as_elem(k, '%s key' % name) for k in keys)
+        #: An empty string reads as absent (typed, non-text elements; '' is no integer).
+        self.empty_absent = type(self)._empty_is_absent
+        #: Whether values are checked inside (a Dict's keys, a DictList's items).
+        self.nested = bool(self.keys) or isinstance(self, DictList)
         self.default = self._checked_default(default)
 
     def _checked_default(self, default: Any) -> Any:
@@ -666,8 +671,9 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
             value = query_dict.get(name, _MISSING)
         if value is _MISSING and params_first and body is not None:
             value = body.get(name, _MISSING)
+        convert = elem.convert
         if (value is _MISSING or value is None
-                or (value == '' and elem.convert is not None and type(elem)._empty_is_absent)):
+                or (convert is not None and value == '' and elem.empty_absent)):
             if elem.required:
                 if problems is None:
                     problems = []
@@ -680,14 +686,14 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
                 value = type(default)(default)  # never share a mutable default
             else:
                 value = default
-        elif elem.convert is not None:
-            if elem.keys or type(elem) is DictList:
+        elif convert is not None:
+            if elem.nested:
                 if problems is None:
                     problems = []
                 value = convert_value(elem, value, name, problems)
             else:
                 try:
-                    value = elem.convert(value)
+                    value = convert(value)
                 except ValueError as e:
                     if problems is None:
                         problems = []
