@@ -217,6 +217,11 @@ pub struct InvokeMeta<'a, H: Serialize = HeaderPairs<'a>> {
     /// take the first, Oxbus services the second). Added within version 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_priority: Option<&'a str>,
+    /// A scheduled run (`channel: "scheduler"`): the job's type, `one_time`,
+    /// `interval_based` or `cron_style` (Zato's `self.job_type`; which job hooks a
+    /// Zato-style service runs). Added within version 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<&'a str>,
 }
 
 /// What a WebSocket channel's call says of its client (see [`InvokeMeta::wsx`]).

@@ -148,6 +148,7 @@ fn invoke_meta_serialises_like_the_vector() {
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 1, &meta, br#"{"name":"Ann","n":1,"x":[1]"#).unwrap();
@@ -191,6 +192,7 @@ fn invoke_meta_with_the_client_origin_serialises_like_the_vector() {
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 7, &meta, b"").unwrap();
@@ -235,6 +237,7 @@ fn invoke_meta_with_a_traceparent_serialises_like_the_vector() {
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: None,
     };
     let mut out = BytesMut::new();
     encode_call(&mut out, 0, 9, &meta, b"").unwrap();
@@ -278,6 +281,7 @@ fn a_tracestate_goes_after_the_traceparent_and_is_optional() {
             wsx: None,
             file: None,
             params_priority: None,
+            job_type: None,
         }
     };
     let with = serde_json::to_string(&meta(Some(TS))).unwrap();
@@ -397,6 +401,7 @@ fn a_pubsub_delivery_carries_its_meta_and_others_do_not() {
             wsx: None,
             file: None,
             params_priority: None,
+            job_type: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(pubsub.clone()));
@@ -438,6 +443,7 @@ fn an_mqtt_message_carries_its_meta_and_others_do_not() {
             wsx: None,
             file: None,
             params_priority: None,
+            job_type: None,
         }
     };
     let leaked: &'static Value = Box::leak(Box::new(m.clone()));

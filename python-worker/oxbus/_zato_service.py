@@ -20,8 +20,10 @@ the element's ``default=``); names that no rule types are Zato's ``Text``; path 
 parameters win over the body for the same name unless the channel's ``params_priority``
 says ``msg-over-channel-params``, and undeclared ones are in ``self.request.input`` too;
 ``self.response.payload`` starts as a payload object to set attributes on when output is
-declared; and the hooks ``accept``, ``validate_input``, ``validate_output`` and
-``finalize_handle`` run beside ``before_handle`` and ``after_handle``. docs/ZATO.md lists
+declared; and the hooks ``accept``, ``validate_input``, ``validate_output``,
+``finalize_handle`` and, for a scheduled run, ``before_job``/``after_job`` and the job
+type's own (``before_interval_based_job``...) run beside ``before_handle`` and
+``after_handle``, in Zato's order. docs/ZATO.md lists
 every attribute of Zato's ``Service`` and what it is here.
 """
 
@@ -55,8 +57,11 @@ class Model(_model.Model):
     _oxbus_zato_empty = True
 
 
-_ZATO_HOOKS_BEFORE = ('accept', 'before_handle', 'validate_input')
-_ZATO_HOOKS_AFTER = ('validate_output', 'after_handle', 'finalize_handle')
+_JOB_TYPES = ('one_time', 'interval_based', 'cron_style')
+_ZATO_HOOKS_BEFORE = ('accept', 'before_handle', 'validate_input', 'before_job') + tuple(
+    'before_%s_job' % t for t in _JOB_TYPES)
+_ZATO_HOOKS_AFTER = ('validate_output', 'after_handle', 'finalize_handle', 'after_job') + tuple(
+    'after_%s_job' % t for t in _JOB_TYPES)
 
 
 class Service(_service.Service):
@@ -86,10 +91,51 @@ class Service(_service.Service):
     def finalize_handle(self) -> Any:
         """Run last, after ``after_handle``."""
 
+    # Zato's job hooks: run, in this order, around a scheduled run (channel 'scheduler').
+    def before_job(self) -> Any:
+        pass
+
+    def before_one_time_job(self) -> Any:
+        pass
+
+    def before_interval_based_job(self) -> Any:
+        pass
+
+    def before_cron_style_job(self) -> Any:
+        pass
+
+    def after_job(self) -> Any:
+        pass
+
+    def after_one_time_job(self) -> Any:
+        pass
+
+    def after_interval_based_job(self) -> Any:
+        pass
+
+    def after_cron_style_job(self) -> Any:
+        pass
+
+    @property
+    def job_type(self) -> str:
+        """For a scheduled run, the job's type (``one_time``, ``interval_based``,
+        ``cron_style``); ``''`` otherwise, as in Zato."""
+        request = self.__dict__.get('request')
+        return (request._meta.get('job_type') or '') if request is not None else ''
+
+    def _oxbus_job_hooks(self, when: str) -> None:
+        if self.channel.type != 'scheduler':
+            return
+        getattr(self, when + '_job')()
+        job_type = self.job_type
+        if job_type in _JOB_TYPES:
+            getattr(self, '%s_%s_job' % (when, job_type))()
+
     def _oxbus_before(self) -> Any:
         cls = type(self)
         if cls.accept is not Service.accept and not self.accept():
             raise BadRequest('the service did not accept the request')
+        self._oxbus_job_hooks('before')
         self.before_handle()
         if cls.validate_input is not Service.validate_input:
             self.validate_input()
@@ -99,6 +145,7 @@ class Service(_service.Service):
         if cls.validate_output is not Service.validate_output:
             self.validate_output()
         self.after_handle()
+        self._oxbus_job_hooks('after')
         if cls.finalize_handle is not Service.finalize_handle:
             self.finalize_handle()
 

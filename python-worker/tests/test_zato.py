@@ -516,3 +516,39 @@ def test_zato_names_are_importable_and_typing_aliases_are_typing():
     from zato.common.json_internal import dumps, loads
     assert loads(dumps({'a': 1})) == {'a': 1}
     assert t.from_dict(Phone, {'imei': 'x', 'owner_id': 1}).owner_id == 1
+
+
+def test_job_hooks_run_for_scheduled_runs_only():
+    order = []
+
+    class Job(Service):
+        def before_job(self):
+            order.append('before_job')
+
+        def before_interval_based_job(self):
+            order.append('before_interval')
+
+        def before_cron_style_job(self):
+            order.append('before_cron')
+
+        def before_handle(self):
+            order.append('before')
+
+        def handle(self):
+            order.append('handle:' + self.job_type)
+
+        def after_handle(self):
+            order.append('after')
+
+        def after_job(self):
+            order.append('after_job')
+
+        def after_interval_based_job(self):
+            order.append('after_interval')
+
+    call(Job, channel='scheduler', job_type='interval_based')
+    assert order == ['before_job', 'before_interval', 'before', 'handle:interval_based',
+                     'after', 'after_job', 'after_interval']
+    order.clear()
+    call(Job)
+    assert order == ['before', 'handle:', 'after']

@@ -57,6 +57,7 @@ pub(super) async fn invoke(cx: &Ctx, service: &str, body: Bytes) -> Response<Bod
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: None,
     };
     let started = Instant::now();
     match cx.pool.invoke(&meta, &body, started + timeout).await {

@@ -790,6 +790,7 @@ impl HttpCall<'_> {
             wsx: None,
             file: None,
             params_priority: self.params_priority,
+            job_type: None,
         };
         let result = self
             .cx

@@ -1103,6 +1103,7 @@ async fn hand(
         wsx: None,
         file: Some(&meta_json),
         params_priority: None,
+        job_type: None,
     };
     loop {
         let deadline = Instant::now() + Duration::from_millis(def.timeout_ms);

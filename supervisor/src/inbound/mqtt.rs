@@ -886,6 +886,7 @@ impl Call {
             wsx: None,
             file: None,
             params_priority: None,
+            job_type: None,
         };
         let deadline = std::time::Instant::now() + INVOKE_TIMEOUT;
         match pool.invoke(&meta, &p.payload, deadline).await {

@@ -352,6 +352,7 @@ fn handle_worker_call(
                 wsx: None,
                 file: None,
                 params_priority: None,
+                job_type: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
             if let Err(e) = &result {

@@ -884,6 +884,7 @@ mod tests {
             wsx: None,
             file: None,
             params_priority: None,
+            job_type: None,
         };
         let mut call = Box::pin(pool.invoke(&meta, b"", Instant::now() + Duration::from_secs(60)));
         // Sent to the worker, waiting for its reply: then the caller goes away.

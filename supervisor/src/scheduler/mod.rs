@@ -693,6 +693,7 @@ pub async fn invoke(cx: &Ctx, def: &JobDef, trigger: &str, due: Option<i64>) -> 
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: Some(def.kind.as_str()),
     };
     let body = def
         .extra

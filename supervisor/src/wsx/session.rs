@@ -755,6 +755,7 @@ async fn call(
         }),
         file: None,
         params_priority: None,
+        job_type: None,
     };
     match wsx.inner.pool.get() {
         Some(pool) => pool.invoke_at(&meta, &data, deadline, now).await,

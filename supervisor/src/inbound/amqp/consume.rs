@@ -721,6 +721,7 @@ async fn invoke(ctx: &Ctx, def: &AmqpChannel, meta: &Value, body: &[u8]) -> Resu
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: None,
         mqtt: None,
     };
     let deadline = std::time::Instant::now() + Duration::from_millis(def.service_timeout_ms);

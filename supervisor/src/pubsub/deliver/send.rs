@@ -176,6 +176,7 @@ async fn to_service(
         wsx: None,
         file: None,
         params_priority: None,
+        job_type: None,
     };
     match pool
         .invoke(
