@@ -34,8 +34,8 @@ from .service import (Channel, Request, Response, Security, Service, _invocation
                       current_invocation)
 from .model import (ModelOutputError, ModelValidationError, Model, model_from_dict,
                     model_to_dict, output_through_model)
-from .simpleio import (Bunch, InputError, OutputError, SimpleIOPayload, bunchify,
-                       filter_output, parse_input)
+from .simpleio import (Bunch, OutputError, Problems, SimpleIOPayload, bunchify,
+                       filter_output, parse_input, problems_error)
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
@@ -355,8 +355,10 @@ class Dispatcher:
             if type(payload) is SimpleIOPayload:
                 payload = payload.getvalue()
             if output:
+                wrap = cls._oxbus_response_elem is not None and (
+                    not cls._oxbus_zato or type(response.payload) is SimpleIOPayload)
                 payload = filter_output(output, payload, cls._oxbus_skip_empty)
-                if cls._oxbus_response_elem is not None:
+                if wrap:
                     payload = {cls._oxbus_response_elem: payload}
             elif cls._oxbus_output_model is not None:
                 payload = _model_output(cls._oxbus_output_model, payload)
@@ -457,16 +459,24 @@ class Dispatcher:
                args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
         """In-process ``self.invoke``: run ``name`` now, in this thread; see Service.invoke."""
         kwargs = dict(kwargs or ())
+        if args:
+            # Zato's positional order after the payload.
+            if len(args) > len(_INVOKE_POSITIONAL):
+                raise TypeError('invoke(): at most %d positional arguments after the payload '
+                                '(%s), not %d' % (len(_INVOKE_POSITIONAL),
+                                                  ', '.join(_INVOKE_POSITIONAL), len(args)))
+            for key, value in zip(_INVOKE_POSITIONAL, args):
+                if key in kwargs:
+                    raise TypeError('invoke(): %s given twice' % key)
+                kwargs[key] = value
         as_bunch = kwargs.pop('as_bunch', False)
         serialize = kwargs.pop('serialize', False)
         timeout = kwargs.pop('timeout', None)
         raise_timeout = kwargs.pop('raise_timeout', True)
         environ = kwargs.pop('environ', None)
+        skip_elem = bool(kwargs.pop('skip_response_elem', False))
         for ignored in _INVOKE_IGNORED:
             kwargs.pop(ignored, None)
-        if args:
-            raise TypeError('invoke() takes the service and one payload; extra positional '
-                            'arguments: %r' % (args,))
         if isinstance(name, type) and issubclass(name, Service):
             name = name.name
         if kwargs:
@@ -475,10 +485,11 @@ class Dispatcher:
                                 % ', '.join(sorted(kwargs)))
             payload = kwargs
         if timeout:
-            result = _with_timeout(lambda: self._invoke(caller, name, payload, environ),
-                                   timeout, raise_timeout, caller, name)
+            result = _with_timeout(
+                lambda: self._invoke(caller, name, payload, environ, skip_elem),
+                timeout, raise_timeout, caller, name)
         else:
-            result = self._invoke(caller, name, payload, environ)
+            result = self._invoke(caller, name, payload, environ, skip_elem)
         if isinstance(result, SimpleIOPayload):
             result = result.getvalue()
         if isinstance(result, Model) or (isinstance(result, list) and result
@@ -490,7 +501,8 @@ class Dispatcher:
             result = encode_json(result).decode('utf-8')
         return result
 
-    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any) -> Any:
+    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any,
+                skip_elem: bool = False) -> Any:
         cls = self.services.get(name)
         if cls is None:
             raise NotFound('no such service: %s' % name)
@@ -517,7 +529,7 @@ class Dispatcher:
         svc.response = Response()
         svc._oxbus_dispatcher = self
         if environ is not None:
-            svc.environ = Bunch(environ)
+            svc.environ = environ  # the caller's own object, as in Zato
         invocation = (cid, cls.name, stream)
         token = current_invocation.set(invocation)
         meta_token = _invocation_meta.set(meta)
@@ -543,9 +555,14 @@ class Dispatcher:
         result = svc.response.payload
         output = cls._oxbus_output
         if output:
+            wrap = cls._oxbus_response_elem is not None and (
+                not cls._oxbus_zato or type(result) is SimpleIOPayload)
             if type(result) is SimpleIOPayload:
                 result = result.getvalue()
-            return filter_output(output, result, cls._oxbus_skip_empty)
+            result = filter_output(output, result, cls._oxbus_skip_empty)
+            if wrap and not skip_elem:
+                result = {cls._oxbus_response_elem: result}
+            return result
         if cls._oxbus_output_model is not None:
             return _model_output(cls._oxbus_output_model, result)
         return result
@@ -670,8 +687,13 @@ PARAMS_OVER_MSG = 'channel-params-over-msg'
 MSG_OVER_PARAMS = 'msg-over-channel-params'
 
 #: Zato's ``invoke`` keyword arguments that have no meaning for an in-process call here.
-_INVOKE_IGNORED = ('channel', 'data_format', 'transport', 'cid', 'skip_response_elem',
-                   'wsgi_environ', 'zato_ctx')
+_INVOKE_IGNORED = ('channel', 'data_format', 'transport', 'cid', 'wsgi_environ', 'zato_ctx',
+                   'in_reply_to', 'wmq_ctx', 'channel_info', 'job_type', 'params_priority',
+                   'merge_channel_params', 'channel_params', 'channel_item')
+#: Zato's ``invoke(name, payload, channel, data_format, transport, serialize, as_bunch,
+#: timeout, raise_timeout)``: the names of the positional arguments after the payload.
+_INVOKE_POSITIONAL = ('channel', 'data_format', 'transport', 'serialize', 'as_bunch',
+                      'timeout', 'raise_timeout')
 
 
 def _model_input(cls: Type[Service], svc: Service, request: Request, payload: Any,
@@ -688,21 +710,20 @@ def _model_input(cls: Type[Service], svc: Service, request: Request, payload: An
     params = meta.get('params')
     priority = meta.get('params_priority')
     params_first = priority == PARAMS_OVER_MSG if priority else cls._oxbus_zato
+    # The path parameters win over the query string, as for SimpleIO elements; both win over
+    # the body or fill in what it lacks, per the priority.
     extra: Dict[str, Any] = {}
+    if meta.get('query'):
+        extra.update(request.http.query)
     if params:
         extra.update(params)
-    if params_first and meta.get('query'):
-        extra.update(request.http.query)
     for key, value in extra.items():
         if params_first or key not in data:
             data[key] = value
-    problems: List[Tuple[str, str]] = []
+    problems = Problems()
     instance = model_from_dict(model, data, '', problems, svc)
     if problems:
-        errors = [{'field': f, 'error': m} for f, m in problems]
-        raise InputError('; '.join(m if m.startswith('missing input') else
-                                   'invalid input: %s: %s' % (f, m) for f, m in problems),
-                         details={'field': problems[0][0], 'errors': errors})
+        raise problems_error(problems)
     return instance
 
 
@@ -742,9 +763,18 @@ def _with_timeout(call: Callable[[], Any], timeout: float, raise_timeout: bool,
     box: Dict[str, Any] = {}
     ctx = contextvars.copy_context()
 
+    def in_context() -> Any:
+        # What the callee opens (transactions, streams) is its own to close: a registry of
+        # its own, closed when it ends, not the caller's (which returns without waiting).
+        token = open_invocation()
+        try:
+            return call()
+        finally:
+            close_invocation(token, name)
+
     def run() -> None:
         try:
-            box['result'] = ctx.run(call)
+            box['result'] = ctx.run(in_context)
         except BaseException as e:  # noqa: B036 - handed to the caller
             box['error'] = e
 

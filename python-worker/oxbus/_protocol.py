@@ -114,14 +114,17 @@ def _json_default(obj: Any) -> Any:
     to_json = getattr(type(obj), '__oxbus_json__', None)
     if to_json is not None:
         return to_json(obj)
-    module = type(obj).__module__
-    if module == 'datetime' and hasattr(obj, 'isoformat'):
+    import datetime
+    import decimal
+    import uuid
+    if isinstance(obj, (datetime.date, datetime.time)):  # datetime is a date
         return obj.isoformat()
-    if module in ('decimal', 'uuid'):
-        text = str(obj)
-        if module == 'decimal' and not obj.is_finite():
-            raise ValueError('Out of range decimal values are not JSON compliant: %s' % text)
-        return text
+    if isinstance(obj, decimal.Decimal):
+        if not obj.is_finite():
+            raise ValueError('Out of range decimal values are not JSON compliant: %s' % obj)
+        return str(obj)
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
     raise TypeError('Object of type %s is not JSON serializable' % type(obj).__name__)
 
 
@@ -179,8 +182,20 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError('%s is not JSON (RFC 8259)' % name)
 
 
-_scan_once = json.JSONDecoder(  # type: ignore[attr-defined]  # set in __init__
-    parse_constant=_refuse_constant).scan_once
+_INF = float('inf')
+
+
+def _parse_float(text: str) -> float:
+    # A number past the range of a double (1e400) would read as infinity, which no JSON
+    # answer can carry: refused here, as the client's mistake, not later as a 500.
+    number = float(text)
+    if number == _INF or number == -_INF:
+        raise ValueError('number out of range: %s' % text[:40])
+    return number
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_parse_float)
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # set in __init__
 
 
 def decode_json(data: Union[bytes, bytearray, str]) -> Any:
@@ -208,7 +223,7 @@ def decode_json(data: Union[bytes, bytearray, str]) -> Any:
             return obj
     except (StopIteration, ValueError):
         pass
-    return json.loads(text, parse_constant=_refuse_constant)
+    return _decoder.decode(text)
 
 
 def _check_header(length: int, kind: int, flags: int, max_length: int) -> None:

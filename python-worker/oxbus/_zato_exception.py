@@ -22,9 +22,11 @@ __all__ = ['ZatoException', 'ServiceMissingException', 'RuntimeInvocationError',
 
 
 class ZatoException(Exception):
-    """Zato's base exception: ``ZatoException(cid, msg)``; a 500 (internal error)."""
+    """Zato's base exception: ``ZatoException(cid, msg)``; a 500 (internal error). The HTTP
+    status exceptions below derive from it too, as in Zato, so ``except ZatoException``
+    catches them."""
 
-    def __init__(self, cid: Any = None, msg: Any = None) -> None:
+    def __init__(self, cid: Any = None, msg: Any = None, *rest: Any) -> None:
         super().__init__(msg)
         self.cid = cid
         self.msg = msg
@@ -62,16 +64,20 @@ class Inactive(ZatoException):
         super().__init__(None, '`{}` is inactive'.format(name))
 
 
-class Reportable(_e.Reportable):
-    """``Reportable(cid, msg, status)``: answers ``status`` with ``msg``."""
+class Reportable(_e.Reportable, ZatoException):
+    """``Reportable(cid, msg, status)``: answers ``status`` with ``msg``; both an Oxbus
+    :class:`oxbus.Reportable` and a :class:`ZatoException`."""
 
     def __init__(self, cid: Any = None, msg: Any = None, status: Any = None,
                  needs_msg: bool = False, **kwargs: Any) -> None:
         if status is None:
-            super().__init__(cid, msg, **kwargs)
+            _e.Reportable.__init__(self, cid, msg, **kwargs)
         else:
-            super().__init__(cid, msg, status, **kwargs)
+            _e.Reportable.__init__(self, cid, msg, status, **kwargs)
         self.needs_msg = needs_msg
+
+    def __str__(self) -> str:
+        return self.msg
 
 
 StatusAwareException = Reportable
@@ -80,11 +86,14 @@ ClientHTTPError = Reportable
 
 
 def _zato_class(base: Any, default_msg: Optional[str]) -> Any:
-    class Zato(base):  # type: ignore[misc, valid-type]
+    # Zato's hierarchy (ZatoException > Reportable > BadRequest...) over Oxbus's own class,
+    # whose status and family (the server's error counts) it keeps.
+    class Zato(Reportable, base):  # type: ignore[misc, valid-type]
         def __init__(self, cid: Any = None, msg: Any = default_msg, *ignored: Any,
                      **kwargs: Any) -> None:
             kwargs.pop('needs_msg', None)
             base.__init__(self, cid, msg if msg is not None else base.reason, **kwargs)
+            self.needs_msg = False
     Zato.__name__ = Zato.__qualname__ = base.__name__
     Zato.__module__ = 'zato.common.exception'
     return Zato
@@ -100,7 +109,7 @@ InternalServerError = _zato_class(_e.InternalServerError, None)
 ServiceUnavailable = _zato_class(_e.ServiceUnavailable, None)
 
 
-class Unauthorized(_e.Unauthorized):
+class Unauthorized(Reportable, _e.Unauthorized):
     """``Unauthorized(cid, msg, challenge)``: 401 with ``www-authenticate: challenge``."""
 
     def __init__(self, cid: Any = None, msg: Any = None, challenge: Any = None,
@@ -108,7 +117,8 @@ class Unauthorized(_e.Unauthorized):
         args = (cid, msg if msg is not None else 'Unauthorized')
         if challenge:
             args = args + (challenge,)
-        super().__init__(*args, **kwargs)
+        _e.Unauthorized.__init__(self, *args, **kwargs)
+        self.needs_msg = False
 
 
 class PubSubSubscriptionExists(BadRequest):  # type: ignore[misc, valid-type]

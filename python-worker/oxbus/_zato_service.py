@@ -72,6 +72,12 @@ class Service(_service.Service):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         base = Service
+        # Zato's hooks are plain functions (Zato has no async services): one written as
+        # `async def` would silently never run, so it fails the deploy instead.
+        for hook in _ZATO_HOOKS_BEFORE + _ZATO_HOOKS_AFTER:
+            if _service._is_coroutine_function(getattr(cls, hook)):
+                raise TypeError('%s.%s: the hooks of a Zato-style service are plain '
+                                'functions, not async def' % (cls.__qualname__, hook))
         before = any(getattr(cls, h) is not getattr(base, h) for h in _ZATO_HOOKS_BEFORE)
         after = any(getattr(cls, h) is not getattr(base, h) for h in _ZATO_HOOKS_AFTER)
         cls._oxbus_hooks = (before, after)  # type: ignore[assignment]
@@ -206,6 +212,16 @@ class Service(_service.Service):
         msg = {'cid': self.cid, 'name': self.name, 'payload': self.response.payload}
         self.logger.log(level, '%s%s', user_msg + ' ' if user_msg else '', msg)
         return msg
+
+    @property
+    def config(self) -> Any:
+        """Zato 3.2's other name for :attr:`user_config`."""
+        return self.user_config
+
+    @property
+    def chan(self) -> Any:
+        """Zato's short name for :attr:`channel`."""
+        return self.channel
 
     @property
     def server(self) -> Any:

@@ -215,8 +215,15 @@ class CacheAPI:
         self._request = request
         self._caches: Dict[str, Cache] = {}
 
-    def get_cache(self, name: str) -> Cache:
-        """The cache called ``name``. Unknown names raise :class:`UnknownCache` on first use."""
+    def get_cache(self, name: str, cache_name: Optional[str] = None) -> Cache:
+        """The cache called ``name``. Unknown names raise :class:`UnknownCache` on first use.
+
+        Zato's two-argument form, ``get_cache('builtin', name)``, is taken too (Oxbus caches
+        are all of Zato's built-in kind)."""
+        if cache_name is not None:
+            if name != 'builtin':
+                raise ValueError('only built-in caches exist, not %r' % (name,))
+            name = cache_name
         cache = self._caches.get(name)
         if cache is None:
             if not isinstance(name, str):

@@ -99,7 +99,8 @@ class Model:
         (:class:`ModelValidationError`) naming every problem."""
         if extra:
             data = dict(data or {}, **extra)
-        problems: List[Tuple[str, str]] = []
+        from .simpleio import Problems
+        problems = Problems()
         out = model_from_dict(cls, data, '', problems, None)
         if problems:
             raise ModelValidationError(problems)
@@ -151,7 +152,8 @@ def _classify(field: _Field, hint: Any, where: str) -> None:
     import typing
     origin = getattr(hint, '__origin__', None)
     args = getattr(hint, '__args__', ()) or ()
-    if origin is typing.Union:
+    union_type = getattr(__import__('types'), 'UnionType', None)  # `str | None`, 3.10+
+    if origin is typing.Union or (union_type is not None and isinstance(hint, union_type)):
         rest = [a for a in args if a is not type(None)]
         if len(rest) < len(args):
             field.nullable = True
@@ -177,17 +179,18 @@ def _classify(field: _Field, hint: Any, where: str) -> None:
     if kind is not None:
         field.kind = kind
         return
-    module = getattr(hint, '__module__', '')
-    name = getattr(hint, '__name__', '')
-    if (module, name) == ('decimal', 'Decimal'):
+    if not isinstance(hint, type):
+        return  # Any, a TypeVar...: taken as it comes
+    import datetime
+    import decimal
+    import uuid
+    if issubclass(hint, decimal.Decimal):
         field.kind = 'decimal'
-    elif module == 'datetime' and name in ('date', 'datetime'):
-        # datetime subclasses (Zato's DateTimeWithZone) count as datetime
-        field.kind = name
-    elif module == 'datetime' and isinstance(hint, type):
-        import datetime
-        field.kind = 'datetime' if issubclass(hint, datetime.datetime) else 'any'
-    elif (module, name) == ('uuid', 'UUID'):
+    elif issubclass(hint, datetime.datetime):  # subclasses too: Zato's DateTimeWithZone
+        field.kind = 'datetime'
+    elif issubclass(hint, datetime.date):
+        field.kind = 'date'
+    elif issubclass(hint, uuid.UUID):
         field.kind = 'uuid'
     # anything else (Any, a TypedDict, a Protocol, a class of the service's own): as it came
 
@@ -228,6 +231,21 @@ def model_fields(cls: Any) -> Tuple[_Field, ...]:
     result = tuple(fields)
     type.__setattr__(cls, '_oxbus_fields', result)
     return result
+
+
+def check_model(cls: Any, seen: Any = None) -> None:
+    """Resolve the fields of a model and of every model nested in it (TypeError naming the
+    model whose annotations cannot be resolved): for the deploy, not the first request."""
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return
+    seen.add(cls)
+    for f in model_fields(cls):
+        item = f
+        while item is not None:
+            if item.kind == 'model':
+                check_model(item.model, seen)
+            item = item.item
 
 
 def describe_model(cls: Any) -> List[Dict[str, Any]]:
@@ -283,6 +301,9 @@ def _convert(field: _Field, value: Any, path: str, problems: List[Tuple[str, str
             return value
         out = []
         for i, v in enumerate(value):
+            if getattr(problems, 'full', False):
+                problems.append(('', ''))  # counted, not kept: a huge bad list stays cheap
+                break
             sub = '%s[%d]' % (path, i)
             if v is None:
                 if item.nullable:
@@ -327,7 +348,10 @@ def model_from_dict(cls: Any, data: Any, path: str, problems: List[Tuple[str, st
                 values[f.name] = None
                 continue
             if f.default is not _MISSING:
-                values[f.name] = f.default
+                default = f.default
+                # A plain class's mutable default is one object: each instance gets a copy.
+                values[f.name] = (type(default)(default)
+                                  if isinstance(default, (list, dict, set)) else default)
             elif f.factory is not None:
                 values[f.name] = f.factory()
             elif not f.required:
@@ -339,9 +363,18 @@ def model_from_dict(cls: Any, data: Any, path: str, problems: List[Tuple[str, st
         values[f.name] = _convert(f, value, sub, problems, service)
     if problems:
         return None
-    instance = cls.__new__(cls)
-    for name, value in values.items():
-        object.__setattr__(instance, name, value)
+    params = getattr(cls, '__dataclass_params__', None)
+    if params is not None and params.init:
+        # A dataclass with its __init__: through it, so that __post_init__ runs (Zato does).
+        try:
+            instance = cls(**values)
+        except (TypeError, ValueError) as e:
+            problems.append((path or '(body)', 'refused by the model: %s' % e))
+            return None
+    else:
+        instance = cls.__new__(cls)
+        for name, value in values.items():
+            object.__setattr__(instance, name, value)
     hook = getattr(instance, 'after_created', None)
     if hook is not None:
         hook(ModelCtx(service, data, cls))
@@ -379,9 +412,13 @@ def _out_value(field: Optional[_Field], value: Any, path: str) -> Any:
                 raise ModelOutputError(path, str(e)) from None
         elif kind == 'str' and not isinstance(value, str):
             raise ModelOutputError(path, 'expected a string')
-    module = type(value).__module__
-    if module in ('datetime', 'decimal', 'uuid'):
-        return value.isoformat() if module == 'datetime' else str(value)
+    isoformat = getattr(value, 'isoformat', None)
+    if isoformat is not None and not isinstance(value, str):
+        return isoformat()
+    import decimal
+    import uuid
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
     return value
 
 

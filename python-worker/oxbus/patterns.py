@@ -41,7 +41,9 @@ under the pattern's cid (its ``self.cid``), as in Zato.
 Where Oxbus differs from Zato: the coordination runs in threads of the calling worker, so a
 worker that stops (a restart, a crash) ends the pattern runs it was coordinating; the
 targets and callbacks themselves run like any invocation. At most 32 targets of one call
-run at the same time; a call names at most 1000.
+run at the same time, and a worker runs at most 128 target threads and 64 coordinating ones
+in all (a call waits for a place); a call names at most 1000 targets. A target's answer reaches the callbacks as
+JSON, or as text (a body that is not JSON is decoded as UTF-8).
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ __all__ = ['PatternsFacade', 'InvokeRetry', 'FanOut', 'ParallelExec', 'RetryLimi
 
 MAX_TARGETS = 1000
 MAX_CONCURRENT = 32
+#: Pattern threads (coordinators and targets) a worker runs at once, all calls together:
+#: a busy fan-out endpoint with slow targets waits for a place rather than exhausting the
+#: worker's threads and memory.
+MAX_WORKER_THREADS = 128
+#: Coordinators (one per pattern call) and targets take places from separate pools, so that
+#: coordinators holding every place can never wait forever for places for their targets.
+MAX_COORDINATORS = 64
+_target_threads = threading.BoundedSemaphore(MAX_WORKER_THREADS)
+_coordinator_threads = threading.BoundedSemaphore(MAX_COORDINATORS)
 
 
 class RetryLimitReached(RuntimeError):
@@ -134,18 +145,30 @@ def server_invoke(service: Service, name: str, payload: Any, cid: str) -> Any:
         return None
     if content_type.startswith('application/json'):
         return decode_json(answer)
-    if content_type.startswith('text/'):
-        return answer.decode('utf-8', 'replace')
-    return answer
+    # Text, and any other body too: a callback's payload is JSON, which has no bytes.
+    return answer.decode('utf-8', 'replace')
 
 
-def _spawn(target: Any, *args: Any) -> None:
-    # In a copy of the caller's context: log records keep the invocation's cid and service.
+def _spawn(target: Any, *args: Any, pool: Any = None) -> None:
+    """Run ``target(*args)`` in a thread of its own, once ``pool`` (the coordinators' by
+    default) has a free place, in a copy of the caller's context (log records keep the
+    invocation's cid and service)."""
     import contextvars
+    pool = _coordinator_threads if pool is None else pool
     ctx = contextvars.copy_context()
-    thread = threading.Thread(target=ctx.run, args=(target,) + args, daemon=True,
-                              name='oxbus-pattern')
-    thread.start()
+    pool.acquire()
+
+    def run() -> None:
+        try:
+            ctx.run(target, *args)
+        finally:
+            pool.release()
+
+    try:
+        threading.Thread(target=run, daemon=True, name='oxbus-pattern').start()
+    except BaseException:
+        pool.release()
+        raise
 
 
 class InvokeRetry:
@@ -311,7 +334,7 @@ class _Parallel:
 
         for name, payload in items:
             gate.acquire()
-            _spawn(one, name, payload)
+            _spawn(one, name, payload, pool=_target_threads)
         all_done.wait()
         if self._final:
             message = {'phase': 'on-final', 'source': service.name, 'req_ts_utc': req_ts,

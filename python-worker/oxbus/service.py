@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from .model import describe_model, is_model_class, model_fields
+from .model import check_model, describe_model, is_model_class
 from .simpleio import Bunch, NotGiven, parse_spec
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
@@ -106,6 +106,24 @@ def default_name(module: str, class_name: str) -> str:
     return '%s.%s' % (module, kebab)
 
 
+def _uncamelify(text: str) -> str:
+    # Zato's uncamelify: a '-' before every upper-case letter, all lower-cased.
+    return ''.join('-' + ch.lower() if ch.isupper() else ch for ch in text)
+
+
+def zato_name(module: str, class_name: str) -> str:
+    """The name Zato 3.2 gives a service of ``module.ClassName``: the whole dotted name
+    uncamelified, '_' in the module path as '-', a leading '-' of the class part dropped and
+    '.-' / '_-' joined up (``sio_example.MyService`` -> ``sio-example.my-service``,
+    ``demo.My_Service`` -> ``demo.my_service``, ``myApi.Get`` -> ``my-api.get``)."""
+    parts = _uncamelify('%s.%s' % (module, class_name)).split('.')
+    path, last = parts[:-1], parts[-1]
+    path = [p.replace('_', '-') for p in path]
+    last = last[1:] if last.startswith('-') else last
+    last = last.replace('.-', '.').replace('_-', '_')
+    return '%s.%s' % ('.'.join(path), last)
+
+
 class Security:
     """Who the channel's security definition let in: ``name`` and ``type`` (``'basic'``,
     ``'apikey'``, ``'jwt'``) of the definition, ``username`` (HTTP Basic) or ``subject``
@@ -139,6 +157,11 @@ class Channel:
         self.type = type
         self.name = name
         self.security = security
+
+    @property
+    def sec(self) -> Optional[Security]:
+        """Zato's short name for :attr:`security`."""
+        return self.security
 
     def __repr__(self) -> str:
         return 'Channel(%r, name=%r, security=%r)' % (self.type, self.name, self.security)
@@ -232,7 +255,7 @@ class HTTPRequest:
     def params(self) -> Dict[str, str]:
         """The path parameters of the matched channel (``/customer/{id}``)."""
         if self._params is None:
-            self._params = dict(self._meta.get('params') or ())
+            self._params = Bunch(self._meta.get('params') or ())
         return self._params
 
     @property
@@ -249,9 +272,9 @@ class HTTPRequest:
                 # urllib.parse is imported here, not at startup: most services never
                 # look at the query string.
                 from urllib.parse import parse_qsl
-                self._query = dict(parse_qsl(raw, keep_blank_values=True))
+                self._query = Bunch(parse_qsl(raw, keep_blank_values=True))
             else:
-                self._query = {}
+                self._query = Bunch()
         return self._query
 
     @property
@@ -462,7 +485,7 @@ class Service:
     def _oxbus_after(self) -> Any:
         return self.after_handle()
 
-    def invoke(self, name: Any, payload: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def invoke(self, name: Any, /, payload: Any = None, *args: Any, **kwargs: Any) -> Any:
         """Run another service of this worker in this thread and return its response payload.
 
         As in Zato: the callee's input is validated, its exceptions propagate to the caller,
@@ -636,7 +659,7 @@ def _parsed_spec(spec: Spec, where: str, text_default: bool = False,
     """:func:`~oxbus.simpleio.parse_spec`, shared by declarations of equal value."""
     try:
         items = spec if spec is None or isinstance(spec, str) else tuple(spec)  # type: ignore
-        key = (items, text_default, missing)
+        key = (items, text_default, type(missing), missing)  # 0, 0.0 and False differ
         elems = _specs.get(key)
     except TypeError:  # not iterable, or an unhashable element: parse_spec says what is wrong
         return parse_spec(spec, where, text_default, missing)
@@ -674,11 +697,18 @@ def _sio_side(sio: Any, side: str, where: str) -> Any:
         return (value,) if isinstance(value, (str, _Elem)) else tuple(value)
 
     spec = list(items(required))
+    # Zato lets a required element win over an optional one of the same name (a subclass's
+    # SimpleIO making an inherited optional element required).
+    required_names = {(i if isinstance(i, str) else getattr(i, 'name', '')).lstrip('-')
+                      .split('=', 1)[0] for i in spec}
     for item in items(optional):
+        name = (item if isinstance(item, str) else getattr(item, 'name', '')).lstrip('-')
+        if name.split('=', 1)[0] in required_names:
+            continue
         if isinstance(item, str):
             spec.append(item if item.startswith('-') else '-' + item)
         elif isinstance(item, _Elem):
-            copy = item.with_missing(item.default)
+            copy = item.copy()  # never the user's own object: it may be declared elsewhere too
             copy.required = False
             spec.append(copy)
         else:
@@ -701,7 +731,14 @@ def _configure_io(cls: Type[Service], where: str) -> None:
                                  'request_elem', 'force_empty_keys', 'bool_parameter_prefixes',
                                  'int_parameters', 'int_parameter_suffixes')]
         if unknown:
-            raise TypeError('%s.SimpleIO: unknown attribute(s): %s' % (where, ', '.join(unknown)))
+            # Zato ignores what it does not know (its CSV and XML options, say): so does a
+            # Zato-style service, with a warning; an Oxbus service is told at deploy.
+            if not zato:
+                raise TypeError('%s.SimpleIO: unknown attribute(s): %s'
+                                % (where, ', '.join(unknown)))
+            logging.getLogger('oxbus.deploy').warning(
+                '%s.SimpleIO: ignoring attribute(s) Oxbus does not use: %s', where,
+                ', '.join(unknown))
         side_in = _sio_side(sio, 'input', where)
         side_out = _sio_side(sio, 'output', where)
         if side_in is not None:
@@ -712,7 +749,12 @@ def _configure_io(cls: Type[Service], where: str) -> None:
         missing_in = getattr(sio, 'default_input_value', default)
         missing_out = getattr(sio, 'default_output_value', default)
         cls._oxbus_skip_empty = bool(getattr(sio, 'skip_empty_keys', False))
-        elem = getattr(sio, 'response_elem', None)
+        elem = getattr(sio, 'response_elem', NotGiven)
+        if elem is NotGiven:
+            # Zato 3.2's simple-io.conf: response_elem=response, for an inner SimpleIO
+            # declaring output with elements (not a model).
+            elem = 'response' if zato and side_out is not None and not is_model_class(
+                side_out) else None
         if elem is not None and not isinstance(elem, str):
             raise TypeError('%s.SimpleIO: response_elem must be a string' % where)
         cls._oxbus_response_elem = elem or None
@@ -720,13 +762,13 @@ def _configure_io(cls: Type[Service], where: str) -> None:
         missing_in = ''  # Zato's backward-compatible empty value (Bool: False)
     del missing_out  # an absent optional output key is left out, as in Zato
     if is_model_class(in_spec):
-        model_fields(in_spec)  # resolve the annotations now: a bad one fails the deploy
+        check_model(in_spec)  # resolve the annotations now (nested too): a bad one fails it
         cls._oxbus_input_model, cls._oxbus_input = in_spec, ()
     else:
         cls._oxbus_input_model = None
         cls._oxbus_input = _parsed_spec(in_spec, where + '.input', zato, missing_in)
     if is_model_class(out_spec):
-        model_fields(out_spec)
+        check_model(out_spec)
         cls._oxbus_output_model, cls._oxbus_output = out_spec, ()
     else:
         cls._oxbus_output_model = None
@@ -760,9 +802,9 @@ def _configure(cls: Type[Service]) -> None:
         raise TypeError('%s: name must be a non-empty string, not %r' % (where, own_name))
     # Only the class's *own* name counts: a subclass of a named service is another service
     # and must not silently inherit (and then clash with) its parent's name.
-    # Zato-style services are named as Zato names them: '_' in the module path becomes '-'.
-    module = cls.__module__.replace('_', '-') if cls._oxbus_zato else cls.__module__
-    cls.name = own_name or default_name(module, cls.__name__)
+    # Zato-style services are named as Zato names them (zato_name).
+    cls.name = own_name or (zato_name(cls.__module__, cls.__name__) if cls._oxbus_zato
+                            else default_name(cls.__module__, cls.__name__))
     _configure_io(cls, where)
 
     verbs = {}

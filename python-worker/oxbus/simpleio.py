@@ -10,10 +10,13 @@ Zato, the *name* decides the type of a plain string element, so no schema langua
 
 * ``id`` and names ending in ``_id``, ``_count``, ``_size`` or ``_timeout`` are integers
   (an int, or a string of decimal digits; a bool or a float is refused; 64-bit signed);
-* names starting with ``is_``, ``has_``, ``needs_``, ``should_``, ``by_`` or ``may_`` are
-  booleans (a bool, 0/1, or one of true/false/1/0/yes/no/on/off in any case);
-* everything else is passed through as it came (a Zato-style service, one written against
-  ``zato.server.service``, gets Zato's ``Text`` for them instead: a string).
+* names starting with ``is_``, ``has_``, ``needs_`` or ``should_`` are booleans (a bool,
+  0/1, or one of true/false/1/0/yes/no/on/off in any case);
+* everything else is passed through as it came.
+
+A Zato-style service (one written against ``zato.server.service``) follows Zato 3.2's
+``simple-io.conf`` instead: boolean prefixes first and ``by_``/``may_`` too, integer
+suffixes ``_size_min``/``_size_max`` too, and ``Text`` (a string) for every other name.
 
 An element may also be typed explicitly, with Zato's element classes (``Int('page')``,
 ``Date('-since')``, ``Dict('address', 'street', '-zip')``...: :class:`Int`, :class:`Float`,
@@ -58,7 +61,14 @@ __all__ = ['Bunch', 'Elem', 'OutputError', 'parse_spec', 'parse_input', 'filter_
 
 _INT_NAMES = frozenset(('id',))
 _INT_SUFFIXES = ('_id', '_count', '_size', '_timeout')
-_BOOL_PREFIXES = ('is_', 'has_', 'needs_', 'should_', 'by_', 'may_')
+_BOOL_PREFIXES = ('is_', 'has_', 'needs_', 'should_')
+# Zato 3.2's simple-io.conf, for Zato-style services: booleans first, two more prefixes,
+# two more suffixes.
+_ZATO_INT_SUFFIXES = _INT_SUFFIXES + ('_size_min', '_size_max')
+_ZATO_BOOL_PREFIXES = _BOOL_PREFIXES + ('by_', 'may_')
+#: At most this many refused elements are reported in one 400 (a body of a million bad list
+#: items must not become an answer of a million lines); ``truncated`` says there were more.
+MAX_PROBLEMS = 50
 _BOOL_STRINGS = {
     'true': True, '1': True, 'yes': True, 'on': True,
     'false': False, '0': False, 'no': False, 'off': False,
@@ -193,6 +203,9 @@ def to_decimal(value: Any) -> Any:
         raise ValueError('expected a decimal number')
     if not number.is_finite():
         raise ValueError('expected a finite decimal number')
+    if abs(number.adjusted()) > 1000 or len(number.as_tuple().digits) > 1000:
+        # Decimal takes any exponent, and int() or quantize() of 1e999999999 costs minutes.
+        raise ValueError('decimal number out of range')
     return number
 
 
@@ -310,8 +323,10 @@ def _out_decimal(value: Any) -> str:
     return str(to_decimal(value))
 
 
-def _out_uuid(value: Any) -> str:
-    return to_uuid(value).hex  # Zato sends UUIDs as 32 hex digits
+def _out_uuid(value: Any) -> Any:
+    import uuid
+    # Zato sends a UUID object as 32 hex digits, and anything else as it is.
+    return value.hex if isinstance(value, uuid.UUID) else value
 
 
 class Elem:
@@ -378,18 +393,43 @@ class Elem:
         except ValueError as e:
             raise TypeError('element %r: default %r: %s' % (self.name, default, e)) from None
 
-    def with_missing(self, missing: Any) -> Elem:
-        """A copy whose absent value is ``missing`` when it has no default of its own."""
-        if self.default is not NotGiven:
-            return self
+    def copy(self) -> Elem:
+        """A copy to change (a declaration's elements may be shared: never change one)."""
         copy = object.__new__(type(self))
         for slot in Elem.__slots__:
             object.__setattr__(copy, slot, getattr(self, slot))
-        copy.default = missing
+        return copy
+
+    def with_missing(self, missing: Any) -> Elem:
+        """A copy whose absent value is ``missing`` when it has no default of its own (a
+        Dict's keys too)."""
+        keys = tuple(k.with_missing(missing) for k in self.keys)
+        if self.default is not NotGiven and all(a is b for a, b in zip(keys, self.keys)):
+            return self
+        copy = self.copy()
+        copy.keys = keys
+        if copy.default is NotGiven:
+            copy.default = missing if copy.convert is not to_bool or missing != '' else False
+        return copy
+
+    def with_text_keys(self) -> Elem:
+        """A copy whose untyped Dict keys are :class:`Text` (Zato's rule), at any depth."""
+        if not self.keys:
+            return self
+        copy = self.copy()
+        copy.keys = tuple(_text_elem(k).with_text_keys() for k in self.keys)
         return copy
 
     def __repr__(self) -> str:
         return '%s(%r, required=%r)' % (type(self).__name__, self.name, self.required)
+
+
+def _text_elem(elem: Elem) -> Elem:
+    if type(elem) is Elem and elem.convert is None:
+        text = Text(('' if elem.required else '-') + elem.name)
+        text.default = elem.default
+        return text
+    return elem
 
 
 class AsIs(Elem):
@@ -478,10 +518,11 @@ class List(Elem):
 
 
 class CSV(Elem):
+    """Comma-separated text in (a list in the service), comma-separated text out."""
     __slots__ = ()
     _convert = staticmethod(to_csv)
     _output = staticmethod(lambda v: ','.join(map(str, v)) if isinstance(v, (list, tuple)) else v)
-    _type = 'array'
+    _type = 'string'
 
 
 class Dict(Elem):
@@ -525,7 +566,14 @@ def describe(elems: Tuple[Elem, ...]) -> List[Dict[str, Any]]:
     return out
 
 
-def _converter_for(name: str) -> Optional[Callable[[Any], Any]]:
+def _converter_for(name: str, zato: bool = False) -> Optional[Callable[[Any], Any]]:
+    if zato:
+        # Booleans first, as Zato's simple-io.conf orders them: is_id is a boolean there.
+        if name.startswith(_ZATO_BOOL_PREFIXES):
+            return to_bool
+        if name in _INT_NAMES or name.endswith(_ZATO_INT_SUFFIXES):
+            return to_int
+        return None
     if name in _INT_NAMES or name.endswith(_INT_SUFFIXES):
         return to_int
     if name.startswith(_BOOL_PREFIXES):
@@ -541,8 +589,12 @@ def _as_elem(item: Any, where: str, text_default: bool = False) -> Elem:
                         % (where, item))
     try:
         elem = Elem(item)
-        if text_default and elem.convert is None:
-            elem = Text(item)
+        if text_default:  # a Zato-style service: Zato's name rules, Text for the others
+            convert = _converter_for(elem.name, zato=True)
+            if convert is None:
+                elem = Text(item)
+            elif convert is not elem.convert:
+                elem = (Int if convert is to_int else Bool)(item)
     except TypeError as e:
         raise TypeError('%s: %s in %r' % (where, e, item)) from None
     return elem
@@ -571,9 +623,10 @@ def parse_spec(spec: Spec, where: str, text_default: bool = False,
         if elem.name in seen:
             raise TypeError('%s: %r is declared twice' % (where, elem.name))
         seen.add(elem.name)
+        if text_default:
+            elem = elem.with_text_keys()
         if missing is not NotGiven:
-            elem = elem.with_missing(missing if elem.convert is not to_bool or missing != ''
-                                     else False)
+            elem = elem.with_missing(missing)
         elems.append(elem)
     return tuple(elems)
 
@@ -586,11 +639,42 @@ class InputError(BadRequest):
     ``errors`` (each ``{"field", "error"}``)."""
 
 
-def _problems_error(problems: List[Tuple[str, str]]) -> InputError:
-    errors = [{'field': f, 'error': m} for f, m in problems]
-    msg = '; '.join(m if m.startswith(('missing input', 'invalid input'))
-                    else 'invalid input: %s: %s' % (f, m) for f, m in problems)
-    return InputError(msg, details={'field': problems[0][0], 'errors': errors})
+class Problems(list):  # type: ignore[type-arg]
+    """The refused elements of one input: keeps the first :data:`MAX_PROBLEMS`, counts the
+    rest (``dropped``)."""
+
+    __slots__ = ('dropped',)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def append(self, item: Any) -> None:
+        if len(self) < MAX_PROBLEMS:
+            list.append(self, item)
+        else:
+            self.dropped += 1
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= MAX_PROBLEMS
+
+
+def problems_error(problems: List[Tuple[str, str]]) -> InputError:
+    """The 400 of refused input: ``error`` names the first few, ``errors`` lists each
+    (at most :data:`MAX_PROBLEMS`), ``truncated`` when there were more."""
+    messages = [m if m.startswith(('missing input', 'invalid input'))
+                else 'invalid input: %s: %s' % (f, m) for f, m in problems]
+    dropped = getattr(problems, 'dropped', 0)
+    more = len(messages) - 5
+    msg = '; '.join(messages[:5]) + (
+        '; and more (%d and beyond)' % (len(messages) - 5) if dropped
+        else '; and %d more' % more if more > 0 else '')
+    details: Dict[str, Any] = {'field': problems[0][0], 'errors': [
+        {'field': f, 'error': m} for (f, _), m in zip(problems, messages)]}
+    if dropped:
+        details['truncated'] = True
+    return InputError(msg, details=details)
 
 
 def _problem(name: str, reason: str) -> Tuple[str, str]:
@@ -611,6 +695,9 @@ def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, s
         if isinstance(value, list):  # DictList
             out = []
             for i, item in enumerate(value):
+                if getattr(problems, 'full', False):
+                    problems.append(('', ''))  # counted, not kept
+                    continue
                 if not isinstance(item, dict):
                     problems.append(_problem('%s[%d]' % (path, i), 'expected an object'))
                     continue
@@ -621,6 +708,8 @@ def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, s
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 problems.append(_problem('%s[%d]' % (path, i), 'expected an object'))
+                if getattr(problems, 'full', False):
+                    break
     return value
 
 
@@ -630,11 +719,14 @@ def _convert_keys(keys: Tuple[Elem, ...], item: Dict[str, Any], path: str,
     for key in keys:
         sub = '%s.%s' % (path, key.name)
         value = item.get(key.name, _MISSING)
-        if value is _MISSING or value is None:
+        if (value is _MISSING or value is None
+                or (key.convert is not None and value == '' and key.empty_absent)):
             if key.required:
                 problems.append((sub, 'missing input: %s' % sub))
             else:
-                out[key.name] = None if key.default is NotGiven else key.default
+                default = None if key.default is NotGiven else key.default
+                out[key.name] = (type(default)(default) if isinstance(default, (list, dict))
+                                 else default)
             continue
         out[key.name] = convert_value(key, value, sub, problems)
     return out
@@ -676,7 +768,7 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
                 or (convert is not None and value == '' and elem.empty_absent)):
             if elem.required:
                 if problems is None:
-                    problems = []
+                    problems = Problems()
                 problems.append((name, 'missing input: %s' % name))
                 continue
             default = elem.default
@@ -689,19 +781,19 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
         elif convert is not None:
             if elem.nested:
                 if problems is None:
-                    problems = []
+                    problems = Problems()
                 value = convert_value(elem, value, name, problems)
             else:
                 try:
                     value = convert(value)
                 except ValueError as e:
                     if problems is None:
-                        problems = []
+                        problems = Problems()
                     problems.append(_problem(name, str(e)))
                     continue
         result[name] = value
     if problems:
-        raise _problems_error(problems)
+        raise problems_error(problems)
     return result
 
 

@@ -27,7 +27,8 @@ __all__ = ['install', 'MODULES']
 MODULES: Dict[str, Optional[str]] = {
     'zato': None,
     'zato.server': None,
-    'zato.common': None,
+    # A package that also offers zato.common.api's names, as Zato's __init__ re-exports them.
+    'zato.common': 'oxbus._zato_api',
     'zato.server.service': 'oxbus._zato_service',
     'zato.common.exception': 'oxbus._zato_exception',
     'zato.common.typing_': 'oxbus._zato_typing',
@@ -43,8 +44,9 @@ class _ZatoFinder:
         if name not in MODULES:
             return None
         from importlib.machinery import ModuleSpec
-        spec = ModuleSpec(name, self, is_package=MODULES[name] is None)
-        if MODULES[name] is None:
+        package = MODULES[name] is None or any(m.startswith(name + '.') for m in MODULES)
+        spec = ModuleSpec(name, self, is_package=package)
+        if package:
             spec.submodule_search_locations = []
         return spec
 

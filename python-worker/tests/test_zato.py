@@ -183,7 +183,7 @@ def test_every_element_type_and_default():
     assert i['at'] == datetime.datetime(2024, 5, 1, 10, tzinfo=datetime.timezone.utc)
     assert i['amount'] == decimal.Decimal('10.25') and isinstance(i['ref'], uuid.UUID)
     assert i['items'] == ['one'] and i['tags'] == ['a', 'b']
-    assert i['address'] == {'street': 'Main', 'zip': None}
+    assert i['address'] == {'street': 'Main', 'zip': ''}  # Zato's '' for an absent key too
     assert i['lines'] == [{'qty': 2}] and i['is_raw'] == 'maybe' and i['blob'] == {'k': [1]}
     assert i['label'] == '5'
     # Defaults: element default=, the '=' form (converted by the name's type), Zato's ''.
@@ -261,7 +261,27 @@ def test_simpleio_payload_object_and_response_elem_and_skip_empty():
         def handle(self):
             self.response.payload[:] = [{'id': 1, 'name': 'a', 'x': 0}, {'id': '2', 'name': 'b'}]
 
-    assert call(Rows).doc == [{'id': 1, 'name': 'a'}, {'id': 2, 'name': 'b'}]
+    # Zato 3.2's default response_elem: an inner SimpleIO's payload object is wrapped.
+    assert call(Rows).doc == {'response': [{'id': 1, 'name': 'a'}, {'id': 2, 'name': 'b'}]}
+
+    class Unwrapped(Service):
+        class SimpleIO:
+            output = 'id',
+            response_elem = None
+
+        def handle(self):
+            self.response.payload.id = 1
+
+    assert call(Unwrapped).doc == {'id': 1}
+
+    class PlainDict(Service):
+        class SimpleIO:
+            output = 'id',
+
+        def handle(self):
+            self.response.payload = {'id': 2, 'x': 1}  # a dict of its own: not wrapped
+
+    assert call(PlainDict).doc == {'id': 2}
 
 
 def test_simpleio_declaration_errors_fail_the_deploy():
@@ -273,8 +293,17 @@ def test_simpleio_declaration_errors_fail_the_deploy():
 
             def handle(self):
                 pass
+    # Zato ignores SimpleIO attributes it does not know (a Zato-style service: a warning);
+    # an Oxbus service is told at deploy.
+    class Typo(Service):
+        class SimpleIO:
+            csv_delimiter = ';'
+
+        def handle(self):
+            pass
+
     with pytest.raises(TypeError, match='unknown attribute'):
-        class Typo(Service):
+        class OxbusTypo(oxbus.Service):
             class SimpleIO:
                 inptu_required = 'a'
 
@@ -364,7 +393,7 @@ def test_environ_is_shared_by_the_hooks_and_zato_hooks_run_in_order():
 def test_invoke_keyword_arguments():
     class Callee(Service):
         class SimpleIO:
-            input = Int('n'), '-who'
+            input = Int('n'), '-who', '-name'
             output = 'n', 'env'
 
         def handle(self):
@@ -384,8 +413,11 @@ def test_invoke_keyword_arguments():
     class Caller(Service):
         def handle(self):
             results['bunch'] = self.invoke('demo.callee', {'n': 2}, as_bunch=True,
-                                           environ={'from': 'caller'})
-            results['kwargs'] = self.invoke(Callee, n=3)
+                                           environ={'from': 'caller'}).response
+            results['skip'] = self.invoke('demo.callee', {'n': 2}, skip_response_elem=True)
+            results['positional'] = self.invoke('demo.callee', {'n': 5}, 'invoke', 'json', '',
+                                                False, False, 0, True)
+            results['kwargs'] = self.invoke(Callee, n=3, name='x')['response']
             results['text'] = self.invoke('demo.callee', {'n': 1}, serialize=True)
             results['model'] = self.invoke('demo.model-callee')
             results['ignored'] = self.invoke('demo.callee', {'n': 1}, channel='x',
@@ -397,9 +429,11 @@ def test_invoke_keyword_arguments():
     # Untyped output names are Zato's Text: numbers go out as their text, as in Zato.
     assert results['bunch'].n == '4' and results['bunch'].env == 'caller'
     assert results['kwargs'] == {'n': '6', 'env': None}
-    assert json.loads(results['text']) == {'n': '2', 'env': None}
+    assert results['skip'] == {'n': '4', 'env': None}
+    assert results['positional'] == {'response': {'n': '10', 'env': None}}
+    assert json.loads(results['text']) == {'response': {'n': '2', 'env': None}}
     assert results['model'] == {'count': 0, 'phones': [], 'first': None}
-    assert results['ignored']['n'] == '2'
+    assert results['ignored']['response']['n'] == '2'
 
 
 def test_invoke_timeout():
@@ -552,3 +586,203 @@ def test_job_hooks_run_for_scheduled_runs_only():
     order.clear()
     call(Job)
     assert order == ['before', 'handle:', 'after']
+
+
+# -- what review found ------------------------------------------------------------------------
+
+def test_a_huge_bad_input_gives_a_bounded_400():
+    @dataclass(init=False)
+    class Many(Model):
+        items: list_[int]
+
+    class M(Service):
+        input = Many
+
+        def handle(self):
+            pass
+
+    r = call(M, body=json.dumps({'items': ['x'] * 100000}).encode())
+    assert r.status == 400 and r.doc['truncated'] is True
+    assert len(r.doc['errors']) == 50 and len(r.body) < 10000
+    assert r.doc['error'].endswith('and more (45 and beyond)')
+
+    class D(Service):
+        input = DictList('rows', 'a')
+
+        def handle(self):
+            pass
+
+    r = call(D, body=json.dumps({'rows': [1] * 100000}).encode())
+    assert r.status == 400 and len(r.doc['errors']) == 50 and r.doc['truncated'] is True
+
+
+@pytest.mark.parametrize('body', [b'{"a": 1e400}', b'{"a": [-1e999]}'])
+def test_numbers_past_a_double_are_a_400(body):
+    class E(Service):
+        def handle(self):
+            self.response.payload = self.request.payload
+
+    r = call(E, body=body)
+    assert r.status == 400 and 'out of range' in r.doc['error']
+
+
+def test_decimal_exponents_are_bounded():
+    class D(Service):
+        input = Decimal('amount')
+
+        def handle(self):
+            pass
+
+    assert call(D, body=b'{"amount": "1e999999999999999"}').status == 400
+    assert call(D, body=b'{"amount": "1.5e10"}').status == 200
+
+
+def test_mutable_defaults_are_never_shared():
+    class Plain(oxbus.Model):  # not a dataclass: the class attribute is the default
+        tags: List[str] = []
+
+    seen = []
+
+    class P(Service):
+        input = Plain
+
+        def handle(self):
+            self.request.input.tags.append('x')
+            seen.append(list(self.request.input.tags))
+
+    call(P, body=b'{}')
+    call(P, body=b'{}')
+    assert seen == [['x'], ['x']]
+
+
+def test_declared_elements_are_never_changed():
+    page = Int('page', default=10)
+
+    class A(Service):
+        class SimpleIO:
+            input_optional = page
+            output_required = page
+
+        def handle(self):
+            pass
+
+    assert page.required is True
+    assert A._oxbus_output[0].required is True and A._oxbus_input[0].required is False
+
+
+def test_equal_but_different_defaults_are_not_mixed_up():
+    class Zero(Service):
+        class SimpleIO:
+            input = '-a'
+            default_value = 0
+
+        def handle(self):
+            self.response.payload = {'a': self.request.input.a}
+
+    class No(Service):
+        class SimpleIO:
+            input = '-a'
+            default_value = False
+
+        def handle(self):
+            self.response.payload = {'a': self.request.input.a}
+
+    assert call(Zero).body == b'{"a":0}' and call(No).body == b'{"a":false}'
+
+
+def test_async_hooks_of_a_zato_style_service_fail_the_deploy():
+    with pytest.raises(TypeError, match='plain functions'):
+        class A(Service):
+            async def before_handle(self):
+                pass
+
+            async def handle(self):
+                pass
+
+
+def test_zato_names():
+    from oxbus.service import zato_name
+    assert zato_name('sio_example', 'MyService') == 'sio-example.my-service'
+    assert zato_name('demo', 'My_Service') == 'demo.my_service'
+    assert zato_name('myApi', 'Get') == 'my-api.get'
+
+    class GetClient(Service):
+        def handle(self):
+            pass
+
+    assert GetClient.name == 'test-zato.get-client'
+
+
+def test_a_required_element_wins_over_an_inherited_optional_one():
+    class Base(Service):
+        class SimpleIO:
+            input_optional = ('name',)
+
+        def handle(self):
+            self.response.payload = {'name': self.request.input.name}
+
+    class Strict(Base):
+        class SimpleIO(Base.SimpleIO):
+            input_required = ('name',)
+
+    assert [(e.name, e.required) for e in Strict._oxbus_input] == [('name', True)]
+    assert call(Strict, body=b'{}').status == 400
+
+
+def test_models_run_post_init_and_nested_annotations_resolve_at_deploy():
+    @dataclass
+    class Lower(oxbus.Model):
+        email: str
+
+        def __post_init__(self):
+            self.email = self.email.lower()
+
+    assert Lower.from_dict({'email': 'A@X.COM'}).email == 'a@x.com'
+
+    class Inner(oxbus.Model):
+        imei: 'NoSuchName'  # noqa: F821
+
+    class Outer(oxbus.Model):
+        items: List[Inner]
+
+    with pytest.raises(TypeError, match='Inner'):
+        class S(Service):
+            input = Outer
+
+            def handle(self):
+                pass
+
+
+def test_zato_datetime_with_zone_is_a_datetime():
+    from zato.common.typing_ import datetimez
+
+    @dataclass(init=False)
+    class T(Model):
+        at: datetimez
+
+    t = T.from_dict({'at': '2024-01-02T03:04:05Z'})
+    assert isinstance(t.at, datetime.datetime)
+    assert P.encode_json({'t': datetimez(2024, 1, 2)}) == b'{"t":"2024-01-02T00:00:00"}'
+
+
+def test_zato_exception_hierarchy_and_zato_common():
+    from zato.common import DATA_FORMAT
+    from zato.common.exception import Reportable as ZReportable
+    assert DATA_FORMAT.JSON == 'json'
+    e = ZBadRequest('c', 'msg')
+    assert isinstance(e, ZatoException) and isinstance(e, ZReportable)
+    assert isinstance(e, oxbus.BadRequest) and e.status_code == 400
+
+
+@pytest.mark.skipif(not hasattr(__import__('types'), 'UnionType'),
+                    reason='`X | None` annotations exist from Python 3.10')
+def test_union_type_annotations_are_optional():
+    ns = {}
+    exec('from oxbus import Model\n'
+         'class U(Model):\n'
+         '    note: "str | None"\n'
+         '    n: "int | None" = 5\n', ns)
+    u = ns['U'].from_dict({})
+    assert u.note is None and u.n == 5
+    with pytest.raises(ValueError):
+        ns['U'].from_dict({'note': 7})
