@@ -51,11 +51,15 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
     let r = srv
         .post_json("/sio", &json!({"name": "Wendy", "type": "AXC"}))
         .await;
-    assert_eq!((r.status, r.json()), (200, json!({"is_allowed": true})));
+    // Zato 3.2's default response_elem: the payload object's answer under "response".
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"response": {"is_allowed": true}}))
+    );
     let r = srv
         .post_json("/sio", &json!({"name": "Bob", "type": "AXC", "x": 1}))
         .await;
-    assert_eq!(r.json(), json!({"is_allowed": false}));
+    assert_eq!(r.json(), json!({"response": {"is_allowed": false}}));
     // A required element missing: a 400 naming it.
     let r = srv.post_json("/sio", &json!({"name": "Wendy"})).await;
     assert_eq!(r.status, 400);
@@ -67,7 +71,7 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
         .await;
     assert_eq!(
         r.json(),
-        json!({"is_allowed": true, "comment": "none given"})
+        json!({"response": {"is_allowed": true, "comment": "none given"}})
     );
 
     // Typed elements from the path and the query; defaults; Date written out as ISO.
@@ -75,13 +79,13 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(
         r.json(),
-        json!({"name": "Jane Doe", "segment": "RNZ", "since": "2019-04-01", "page_size": 10,
-               "is_raw": ""})
+        json!({"response": {"name": "Jane Doe", "segment": "RNZ", "since": "2019-04-01", "page_size": 10,
+               "is_raw": ""}})
     );
     let r = srv.get("/crm/customer/2?page_size=5&is_raw=yes").await;
     assert_eq!(
         r.json(),
-        json!({"name": "John Doe", "page_size": 5, "is_raw": "yes"})
+        json!({"response": {"name": "John Doe", "page_size": 5, "is_raw": "yes"}})
     );
     // Zato's exceptions: BadRequest and NotFound with the service's message.
     let r = srv.get("/crm/customer/0").await;
@@ -121,7 +125,7 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
             br#"{"customer_id": 2}"#,
         )
         .await;
-    assert_eq!(r.json()["name"], "Jane Doe");
+    assert_eq!(r.json()["response"]["name"], "Jane Doe");
     // ...unless the channel says msg-over-channel-params.
     let r = srv
         .request(
@@ -131,7 +135,7 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
             br#"{"customer_id": 2}"#,
         )
         .await;
-    assert_eq!(r.json()["name"], "John Doe");
+    assert_eq!(r.json()["response"]["name"], "John Doe");
 
     // output_repeated: a list, each item filtered and typed.
     let r = srv
@@ -139,17 +143,20 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
         .await;
     assert_eq!(
         r.json(),
-        json!([{"id": 2, "name": "John Doe"}, {"id": 1, "name": "Jane Doe"}])
+        json!({"response": [{"id": 2, "name": "John Doe"}, {"id": 1, "name": "Jane Doe"}]})
     );
     let r = srv.post_json("/crm/customers", &json!({"ids": 2})).await;
-    assert_eq!(r.json(), json!([{"id": 2, "name": "John Doe"}]));
+    assert_eq!(
+        r.json(),
+        json!({"response": [{"id": 2, "name": "John Doe"}]})
+    );
 
     // Status, headers, request.http.
     let r = srv
         .post_json("/crm/customer", &json!({"name": "Ann"}))
         .await;
     assert_eq!(r.status, 201);
-    assert_eq!(r.json(), json!({"id": 3, "name": "Ann"}));
+    assert_eq!(r.json(), json!({"response": {"id": 3, "name": "Ann"}}));
     assert_eq!(r.header("location").as_deref(), Some("/crm/customer/3"));
     assert_eq!(r.header("x-method").as_deref(), Some("POST"));
 

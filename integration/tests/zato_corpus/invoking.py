@@ -32,9 +32,11 @@ class GetAccountSummary(Service):
         self.environ.currency = 'PLN'
 
     def handle(self):
+        # Zato 3.2 wraps a SimpleIO answer in its response_elem ('response' by default):
+        # skip_response_elem=True unwraps it, or the caller reads it under 'response'.
         first = self.invoke('billing.balance.get', {'account_id': 1}, as_bunch=True,
-            environ={'currency': self.environ.currency})
-        second = self.invoke(GetBalance, account_id=2)
+            environ={'currency': self.environ.currency}, skip_response_elem=True)
+        second = self.invoke(GetBalance, account_id=2)['response']
 
         self.response.payload = {
             'first_balance': first.balance,
