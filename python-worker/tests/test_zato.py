@@ -19,7 +19,8 @@ from test_service import call, meta_for
 from zato.common.exception import BadRequest as ZBadRequest, NotFound as ZNotFound, ZatoException
 from zato.common.typing_ import list_, optional
 from zato.server.service import (AsIs, Bool, CSV, Date, DateTime, Decimal, Dict, DictList,
-                                 Float, Int, List as SList, Model, Opaque, Service, Text, UUID)
+                                 Float, Int, List as SList, Model, Opaque, Secret, Service, Text,
+                                 UTC, UUID)
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ class Typed(Service):
                           DateTime('at'), Decimal('amount'), UUID('ref'), SList('items'),
                           CSV('tags'), Dict('address', 'street', '-zip'),
                           DictList('lines', Int('qty')), AsIs('is_raw'), Opaque('blob'),
-                          Text('label'))
+                          Text('label'), UTC('stamp'), Secret('password'))
         input_optional = (Int('size', default=10), '-page_size=25', 'comment', 'is_new')
         output_required = (Date('day'), Decimal('amount'), UUID('ref'), 'label')
         output_optional = ('size',)
@@ -160,7 +161,8 @@ GOOD = {'page': '3', 'ratio': 0.5, 'flag': 'yes', 'day': '2024-05-01',
         'at': '2024-05-01T10:00:00Z', 'amount': '10.25',
         'ref': '12345678-1234-5678-1234-567812345678', 'items': 'one', 'tags': 'a,b',
         'address': {'street': 'Main', 'other': 1}, 'lines': [{'qty': '2'}],
-        'is_raw': 'maybe', 'blob': {'k': [1]}, 'label': 5}
+        'is_raw': 'maybe', 'blob': {'k': [1]}, 'label': 5,
+        'stamp': '2024-05-01T10:00:00+00:00', 'password': 's3cret'}
 
 
 def test_every_element_type_and_default():
@@ -185,7 +187,8 @@ def test_every_element_type_and_default():
     assert i['items'] == ['one'] and i['tags'] == ['a', 'b']
     assert i['address'] == {'street': 'Main', 'zip': ''}  # Zato's '' for an absent key too
     assert i['lines'] == [{'qty': 2}] and i['is_raw'] == 'maybe' and i['blob'] == {'k': [1]}
-    assert i['label'] == '5'
+    assert i['label'] == '5' and i['stamp'] == '2024-05-01T10:00:00'
+    assert i['password'] == 's3cret'
     # Defaults: element default=, the '=' form (converted by the name's type), Zato's ''.
     assert i['size'] == 10 and i['page_size'] == 25 and i['comment'] == ''
     assert i['is_new'] is False
