@@ -182,19 +182,12 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError('%s is not JSON (RFC 8259)' % name)
 
 
-_INF = float('inf')
-
-
-def _parse_float(text: str) -> float:
-    # A number past the range of a double (1e400) would read as infinity, which no JSON
-    # answer can carry: refused here, as the client's mistake, not later as a 500.
-    number = float(text)
-    if number == _INF or number == -_INF:
-        raise ValueError('number out of range: %s' % text[:40])
-    return number
-
-
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_parse_float)
+# A number past the range of a double (1e400) reads as infinity, as json.loads reads it:
+# checking each float here would cost every float-bearing body a Python call (measured:
+# 1.3 % of the echo's instructions in the worker). Typed input refuses it instead (Float,
+# Decimal, a model's float: 400), and an answer carrying it is refused by the encoder (500),
+# so no invalid JSON is ever sent.
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
 _scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # set in __init__
 
 
