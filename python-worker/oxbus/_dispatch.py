@@ -356,7 +356,7 @@ class Dispatcher:
                 payload = payload.getvalue()
             if output:
                 wrap = cls._oxbus_response_elem is not None and (
-                    not cls._oxbus_zato or type(response.payload) is SimpleIOPayload)
+                    not cls._oxbus_zato or _zato_wraps(response.payload))
                 payload = filter_output(output, payload, cls._oxbus_skip_empty)
                 if wrap:
                     payload = {cls._oxbus_response_elem: payload}
@@ -555,13 +555,15 @@ class Dispatcher:
         result = svc.response.payload
         output = cls._oxbus_output
         if output:
-            wrap = cls._oxbus_response_elem is not None and (
-                not cls._oxbus_zato or type(result) is SimpleIOPayload)
+            elem = cls._oxbus_response_elem
+            wrap = elem is not None and (not cls._oxbus_zato or _zato_wraps(result))
             if type(result) is SimpleIOPayload:
                 result = result.getvalue()
             result = filter_output(output, result, cls._oxbus_skip_empty)
-            if wrap and not skip_elem:
-                result = {cls._oxbus_response_elem: result}
+            # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
+            # 'zato...' element; a service's own name for it stays.
+            if wrap and not (skip_elem and (elem == 'response' or elem.startswith('zato'))):
+                result = {elem: result}
             return result
         if cls._oxbus_output_model is not None:
             return _model_output(cls._oxbus_output_model, result)
@@ -743,6 +745,13 @@ def _zato_request(cls: Type[Service], svc: Service, request: Request,
                 inp.setdefault(key, value)
     if cls._oxbus_output:
         svc.response.payload = SimpleIOPayload()
+
+
+def _zato_wraps(payload: Any) -> bool:
+    """Whether Zato wraps this answer in ``response_elem``: its payload object, or a dict
+    merged into it (Zato's ``_set_payload``); not a list, text, bytes or a number."""
+    return type(payload) is SimpleIOPayload or (
+        isinstance(payload, dict) and payload is not None)
 
 
 def _model_output(model: Any, payload: Any) -> Any:

@@ -11,11 +11,17 @@ from json import dumps, loads
 
 from .simpleio import NotGiven
 
-__all__ = ['CHANNEL', 'DATA_FORMAT', 'PARAMS_PRIORITY', 'NotGiven', 'ZATO_NONE',
+__all__ = ['CACHE', 'CHANNEL', 'DATA_FORMAT', 'PARAMS_PRIORITY', 'NotGiven', 'ZATO_NONE',
            'ZATO_NOT_GIVEN', 'dumps', 'loads', 'HTTP_SOAP_SERIALIZATION_TYPE', 'URL_TYPE']
 
 ZATO_NONE = 'ZATO_NONE'
 ZATO_NOT_GIVEN = NotGiven
+
+
+class CACHE:
+    class TYPE:
+        BUILTIN = 'builtin'
+        MEMCACHED = 'memcached'
 
 
 class CHANNEL:

@@ -119,6 +119,7 @@ class Unauthorized(Reportable, _e.Unauthorized):
             args = args + (challenge,)
         _e.Unauthorized.__init__(self, *args, **kwargs)
         self.needs_msg = False
+        self.challenge = challenge
 
 
 class PubSubSubscriptionExists(BadRequest):  # type: ignore[misc, valid-type]

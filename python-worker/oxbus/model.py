@@ -122,6 +122,16 @@ class Model:
         return model_to_dict(self, '')
 
 
+def _init_fields(cls: Any) -> Any:
+    """The names a dataclass's ``__init__`` takes (a frozenset), once per class."""
+    cached = cls.__dict__.get('_oxbus_init_fields')
+    if cached is None:
+        import dataclasses
+        cached = frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+        type.__setattr__(cls, '_oxbus_init_fields', cached)
+    return cached
+
+
 def is_model_class(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, Model)
 
@@ -302,7 +312,7 @@ def _convert(field: _Field, value: Any, path: str, problems: List[Tuple[str, str
         out = []
         for i, v in enumerate(value):
             if getattr(problems, 'full', False):
-                problems.append(('', ''))  # counted, not kept: a huge bad list stays cheap
+                problems.append(('', ''))  # counted as more, not kept; the rest unread
                 break
             sub = '%s[%d]' % (path, i)
             if v is None:
@@ -350,7 +360,7 @@ def model_from_dict(cls: Any, data: Any, path: str, problems: List[Tuple[str, st
             if f.default is not _MISSING:
                 default = f.default
                 # A plain class's mutable default is one object: each instance gets a copy.
-                values[f.name] = (type(default)(default)
+                values[f.name] = (__import__('copy').copy(default)
                                   if isinstance(default, (list, dict, set)) else default)
             elif f.factory is not None:
                 values[f.name] = f.factory()
@@ -364,13 +374,13 @@ def model_from_dict(cls: Any, data: Any, path: str, problems: List[Tuple[str, st
     if problems:
         return None
     params = getattr(cls, '__dataclass_params__', None)
-    if params is not None and params.init:
+    init_fields = _init_fields(cls) if params is not None and params.init else None
+    if init_fields is not None and init_fields <= values.keys():
         # A dataclass with its __init__: through it, so that __post_init__ runs (Zato does).
-        try:
-            instance = cls(**values)
-        except (TypeError, ValueError) as e:
-            problems.append((path or '(body)', 'refused by the model: %s' % e))
-            return None
+        # What __init__ or __post_init__ raises is the model's own failure: a 500, its text
+        # in the log only.
+        # Fields outside __init__ (field(init=False)) are the dataclass's own to set.
+        instance = cls(**{k: values[k] for k in init_fields})
     else:
         instance = cls.__new__(cls)
         for name, value in values.items():

@@ -41,8 +41,9 @@ under the pattern's cid (its ``self.cid``), as in Zato.
 Where Oxbus differs from Zato: the coordination runs in threads of the calling worker, so a
 worker that stops (a restart, a crash) ends the pattern runs it was coordinating; the
 targets and callbacks themselves run like any invocation. At most 32 targets of one call
-run at the same time, and a worker runs at most 128 target threads and 64 coordinating ones
-in all (a call waits for a place); a call names at most 1000 targets. A target's answer reaches the callbacks as
+run at the same time; a worker runs at most 128 target threads, and its pattern runs wait in
+one queue for at most 64 coordinating threads (a call returns at once; with 10,000 runs
+waiting it raises ``PatternsBusy``; a background retry's pauses hold a coordinating thread); a call names at most 1000 targets. A target's answer reaches the callbacks as
 JSON, or as text (a body that is not JSON is decoded as UTF-8).
 """
 
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from .service import Service
 
 __all__ = ['PatternsFacade', 'InvokeRetry', 'FanOut', 'ParallelExec', 'RetryLimitReached',
-           'TargetFailed']
+           'TargetFailed', 'PatternsBusy']
 
 MAX_TARGETS = 1000
 MAX_CONCURRENT = 32
@@ -68,11 +69,57 @@ MAX_CONCURRENT = 32
 #: a busy fan-out endpoint with slow targets waits for a place rather than exhausting the
 #: worker's threads and memory.
 MAX_WORKER_THREADS = 128
-#: Coordinators (one per pattern call) and targets take places from separate pools, so that
-#: coordinators holding every place can never wait forever for places for their targets.
+#: Pattern runs (a fan-out, a parallel call, a background retry) wait in one queue drained by
+#: at most this many coordinator threads; a call never blocks its caller (Zato's return at
+#: once): with the queue full it raises :class:`PatternsBusy`.
 MAX_COORDINATORS = 64
+MAX_QUEUED = 10000
 _target_threads = threading.BoundedSemaphore(MAX_WORKER_THREADS)
-_coordinator_threads = threading.BoundedSemaphore(MAX_COORDINATORS)
+
+
+class PatternsBusy(RuntimeError):
+    """This worker has :data:`MAX_QUEUED` pattern runs waiting already."""
+
+
+class _Coordinators:
+    """The worker's coordinator threads and their queue, started on first use."""
+
+    def __init__(self) -> None:
+        import queue
+        self.queue: Any = queue.Queue(MAX_QUEUED)
+        self.lock = threading.Lock()
+        self.threads = 0
+        self.idle = 0
+
+    def submit(self, job: Any) -> None:
+        import queue
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise PatternsBusy('%d pattern runs wait in this worker already; try again later'
+                               % MAX_QUEUED) from None
+        with self.lock:
+            start = self.idle == 0 and self.threads < MAX_COORDINATORS
+            if start:
+                self.threads += 1
+        if start:
+            threading.Thread(target=self.loop, daemon=True, name='oxbus-pattern').start()
+
+    def loop(self) -> None:
+        while True:
+            with self.lock:
+                self.idle += 1
+            ctx, target, args = self.queue.get()
+            with self.lock:
+                self.idle -= 1
+            try:
+                ctx.run(target, *args)
+            except Exception:  # noqa: BLE001 - one run's bug must not end the thread
+                import logging
+                logging.getLogger('oxbus.patterns').exception('a pattern run failed')
+
+
+_coordinators = _Coordinators()
 
 
 class RetryLimitReached(RuntimeError):
@@ -149,12 +196,17 @@ def server_invoke(service: Service, name: str, payload: Any, cid: str) -> Any:
     return answer.decode('utf-8', 'replace')
 
 
-def _spawn(target: Any, *args: Any, pool: Any = None) -> None:
-    """Run ``target(*args)`` in a thread of its own, once ``pool`` (the coordinators' by
-    default) has a free place, in a copy of the caller's context (log records keep the
-    invocation's cid and service)."""
+def _coordinate(target: Any, *args: Any) -> None:
+    """Queue ``target(*args)`` for a coordinator thread, in a copy of the caller's context
+    (log records keep the invocation's cid and service); never blocks."""
     import contextvars
-    pool = _coordinator_threads if pool is None else pool
+    _coordinators.submit((contextvars.copy_context(), target, args))
+
+
+def _spawn(target: Any, *args: Any, pool: Any) -> None:
+    """Run ``target(*args)`` in a thread of its own once ``pool`` has a free place (called
+    by coordinators only, never by a service's thread), in a copy of the context."""
+    import contextvars
     ctx = contextvars.copy_context()
     pool.acquire()
 
@@ -218,8 +270,8 @@ class InvokeRetry:
             service.logger.warning('invoke_retry %s: attempt 1/%d failed: %s: %s', target,
                                    1 + repeats, type(first).__name__, first)
             if async_fallback:
-                _spawn(self._background, target, payload, repeats, pause, call_cid, callback,
-                       context, req_ts, 1)
+                _coordinate(self._background, target, payload, repeats, pause, call_cid,
+                            callback, context, req_ts, 1)
                 return call_cid
             last: BaseException = first
         for attempt in range(2, repeats + 2):
@@ -241,8 +293,8 @@ class InvokeRetry:
         """Every attempt in the background; the callback gets the outcome. Returns the cid."""
         pause = self._settings(target, repeats, seconds, minutes, callback, True)
         call_cid = cid or _new_cid()
-        _spawn(self._background, target, payload, repeats, pause, call_cid, callback, context,
-               _utcnow_iso(), 0)
+        _coordinate(self._background, target, payload, repeats, pause, call_cid, callback,
+                    context, _utcnow_iso(), 0)
         return call_cid
 
     def _background(self, target: str, payload: Any, repeats: int, pause: float, call_cid: str,
@@ -299,8 +351,8 @@ class _Parallel:
             if payload is not None and not isinstance(payload, (bytes, bytearray)):
                 encode_json(payload)  # refuse what cannot be sent now, not in the background
         cid = cid or self._service.cid or _new_cid()
-        _spawn(self._run, [(n, targets[n]) for n in names], finals, per_target, cid,
-               _utcnow_iso())
+        _coordinate(self._run, [(n, targets[n]) for n in names], finals, per_target, cid,
+                    _utcnow_iso())
         return cid
 
     def _run(self, items: List[Tuple[str, Any]], finals: List[str], per_target: List[str],

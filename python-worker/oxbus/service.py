@@ -107,8 +107,18 @@ def default_name(module: str, class_name: str) -> str:
 
 
 def _uncamelify(text: str) -> str:
-    # Zato's uncamelify: a '-' before every upper-case letter, all lower-cased.
-    return ''.join('-' + ch.lower() if ch.isupper() else ch for ch in text)
+    # Zato's uncamelify: a break before a capital that follows a lower-case letter, or before
+    # a capital (not the first character) followed by a lower-case letter; the parts joined
+    # with '-', lower-cased ('GetHTTPData' -> 'get-http-data', 'Get2FA' -> 'get2fa'). Written
+    # as a loop, not Zato's regular expression: compiling one would be paid at every start.
+    out = []
+    last = len(text) - 1
+    for i, ch in enumerate(text):
+        if 'A' <= ch <= 'Z' and i and (
+                'a' <= text[i - 1] <= 'z' or (i < last and 'a' <= text[i + 1] <= 'z')):
+            out.append(' ')
+        out.append(ch)
+    return '-'.join(''.join(out).split()).lower()
 
 
 def zato_name(module: str, class_name: str) -> str:
@@ -120,8 +130,8 @@ def zato_name(module: str, class_name: str) -> str:
     path, last = parts[:-1], parts[-1]
     path = [p.replace('_', '-') for p in path]
     last = last[1:] if last.startswith('-') else last
-    last = last.replace('.-', '.').replace('_-', '_')
-    return '%s.%s' % ('.'.join(path), last)
+    last = last.replace('_-', '_')
+    return '.'.join(path + [last]).replace('.-', '.')
 
 
 class Security:

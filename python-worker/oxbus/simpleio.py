@@ -413,22 +413,23 @@ class Elem:
         return copy
 
     def with_text_keys(self) -> Elem:
-        """A copy whose untyped Dict keys are :class:`Text` (Zato's rule), at any depth."""
+        """A copy whose plain-string Dict keys take their values as they came (Zato types
+        only top-level names), at any depth."""
         if not self.keys:
             return self
         copy = self.copy()
-        copy.keys = tuple(_text_elem(k).with_text_keys() for k in self.keys)
+        copy.keys = tuple(_as_is_elem(k).with_text_keys() for k in self.keys)
         return copy
 
     def __repr__(self) -> str:
         return '%s(%r, required=%r)' % (type(self).__name__, self.name, self.required)
 
 
-def _text_elem(elem: Elem) -> Elem:
-    if type(elem) is Elem and elem.convert is None:
-        text = Text(('' if elem.required else '-') + elem.name)
-        text.default = elem.default
-        return text
+def _as_is_elem(elem: Elem) -> Elem:
+    if type(elem) is Elem:  # a plain string key: typed by no name rule in Zato
+        as_is = AsIs(('' if elem.required else '-') + elem.name)
+        as_is.default = elem.default
+        return as_is
     return elem
 
 
@@ -540,6 +541,11 @@ class DictList(Dict):
     _type = 'array'
 
 
+def _copy(value: Any) -> Any:
+    import copy
+    return copy.copy(value)
+
+
 def _refuse(reason: str) -> Any:
     raise ValueError(reason)
 
@@ -588,13 +594,12 @@ def _as_elem(item: Any, where: str, text_default: bool = False) -> Elem:
         raise TypeError('%s: elements must be strings or SimpleIO elements, got %r'
                         % (where, item))
     try:
-        elem = Elem(item)
         if text_default:  # a Zato-style service: Zato's name rules, Text for the others
-            convert = _converter_for(elem.name, zato=True)
-            if convert is None:
-                elem = Text(item)
-            elif convert is not elem.convert:
-                elem = (Int if convert is to_int else Bool)(item)
+            name = item[1:] if item.startswith('-') else item
+            convert = _converter_for(name.split('=', 1)[0], zato=True)
+            elem = (Text if convert is None else Int if convert is to_int else Bool)(item)
+        else:
+            elem = Elem(item)
     except TypeError as e:
         raise TypeError('%s: %s in %r' % (where, e, item)) from None
     return elem
@@ -668,8 +673,8 @@ def problems_error(problems: List[Tuple[str, str]]) -> InputError:
     dropped = getattr(problems, 'dropped', 0)
     more = len(messages) - 5
     msg = '; '.join(messages[:5]) + (
-        '; and more (%d and beyond)' % (len(messages) - 5) if dropped
-        else '; and %d more' % more if more > 0 else '')
+        '; and more (the first %d are in errors)' % len(messages) if dropped
+        else '; and %d more (in errors)' % more if more > 0 else '')
     details: Dict[str, Any] = {'field': problems[0][0], 'errors': [
         {'field': f, 'error': m} for (f, _), m in zip(problems, messages)]}
     if dropped:
@@ -696,8 +701,8 @@ def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, s
             out = []
             for i, item in enumerate(value):
                 if getattr(problems, 'full', False):
-                    problems.append(('', ''))  # counted, not kept
-                    continue
+                    problems.append(('', ''))  # counted as more, not kept; the rest unread
+                    break
                 if not isinstance(item, dict):
                     problems.append(_problem('%s[%d]' % (path, i), 'expected an object'))
                     continue
@@ -706,10 +711,11 @@ def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, s
         return _convert_keys(elem.keys, value, path, problems)
     if type(elem) is DictList:
         for i, item in enumerate(value):
+            if getattr(problems, 'full', False):
+                problems.append(('', ''))  # counted as more, not kept; the rest unread
+                break
             if not isinstance(item, dict):
                 problems.append(_problem('%s[%d]' % (path, i), 'expected an object'))
-                if getattr(problems, 'full', False):
-                    break
     return value
 
 
@@ -725,7 +731,7 @@ def _convert_keys(keys: Tuple[Elem, ...], item: Dict[str, Any], path: str,
                 problems.append((sub, 'missing input: %s' % sub))
             else:
                 default = None if key.default is NotGiven else key.default
-                out[key.name] = (type(default)(default) if isinstance(default, (list, dict))
+                out[key.name] = (_copy(default) if isinstance(default, (list, dict, set))
                                  else default)
             continue
         out[key.name] = convert_value(key, value, sub, problems)
@@ -774,8 +780,8 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
             default = elem.default
             if default is NotGiven:
                 value = None
-            elif isinstance(default, (list, dict)):
-                value = type(default)(default)  # never share a mutable default
+            elif isinstance(default, (list, dict, set)):
+                value = _copy(default)  # never share a mutable default
             else:
                 value = default
         elif convert is not None:

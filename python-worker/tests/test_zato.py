@@ -185,7 +185,8 @@ def test_every_element_type_and_default():
     assert i['at'] == datetime.datetime(2024, 5, 1, 10, tzinfo=datetime.timezone.utc)
     assert i['amount'] == decimal.Decimal('10.25') and isinstance(i['ref'], uuid.UUID)
     assert i['items'] == ['one'] and i['tags'] == ['a', 'b']
-    assert i['address'] == {'street': 'Main', 'zip': ''}  # Zato's '' for an absent key too
+    # Keys: as they came (Zato types only top-level names); an absent one reads ''.
+    assert i['address'] == {'street': 'Main', 'zip': ''}
     assert i['lines'] == [{'qty': 2}] and i['is_raw'] == 'maybe' and i['blob'] == {'k': [1]}
     assert i['label'] == '5' and i['stamp'] == '2024-05-01T10:00:00'
     assert i['password'] == 's3cret'
@@ -193,8 +194,9 @@ def test_every_element_type_and_default():
     assert i['size'] == 10 and i['page_size'] == 25 and i['comment'] == ''
     assert i['is_new'] is False
     # Output: filtered, typed values written out as Zato does (UUID as 32 hex digits).
-    assert r.doc == {'day': '2024-05-01', 'amount': '10.25',
-                     'ref': '12345678123456781234567812345678', 'label': '5', 'size': '10'}
+    assert r.doc == {'response': {'day': '2024-05-01', 'amount': '10.25',
+                                  'ref': '12345678123456781234567812345678', 'label': '5',
+                                  'size': '10'}}
 
 
 def test_every_bad_element_is_reported_at_once():
@@ -282,9 +284,18 @@ def test_simpleio_payload_object_and_response_elem_and_skip_empty():
             output = 'id',
 
         def handle(self):
-            self.response.payload = {'id': 2, 'x': 1}  # a dict of its own: not wrapped
+            self.response.payload = {'id': 2, 'x': 1}  # merged into the payload, as in Zato
 
-    assert call(PlainDict).doc == {'id': 2}
+    assert call(PlainDict).doc == {'response': {'id': 2}}
+
+    class PlainList(Service):
+        class SimpleIO:
+            output = 'id',
+
+        def handle(self):
+            self.response.payload = [{'id': 3}]  # a list of its own: not wrapped
+
+    assert call(PlainList).doc == [{'id': 3}]
 
 
 def test_simpleio_declaration_errors_fail_the_deploy():
@@ -607,7 +618,7 @@ def test_a_huge_bad_input_gives_a_bounded_400():
     r = call(M, body=json.dumps({'items': ['x'] * 100000}).encode())
     assert r.status == 400 and r.doc['truncated'] is True
     assert len(r.doc['errors']) == 50 and len(r.body) < 10000
-    assert r.doc['error'].endswith('and more (45 and beyond)')
+    assert r.doc['error'].endswith('and more (the first 50 are in errors)')
 
     class D(Service):
         input = DictList('rows', 'a')
@@ -719,6 +730,8 @@ def test_zato_names():
     assert zato_name('sio_example', 'MyService') == 'sio-example.my-service'
     assert zato_name('demo', 'My_Service') == 'demo.my_service'
     assert zato_name('myApi', 'Get') == 'my-api.get'
+    assert zato_name('api', 'GetHTTPData') == 'api.get-http-data'
+    assert zato_name('a', 'Get2FA') == 'a.get2fa' and zato_name('Api', 'ABC') == 'api.abc'
 
     class GetClient(Service):
         def handle(self):
@@ -800,3 +813,27 @@ def test_union_type_annotations_are_optional():
     assert u.note is None and u.n == 5
     with pytest.raises(ValueError):
         ns['U'].from_dict({'note': 7})
+
+
+def test_dataclass_fields_outside_init_and_dict_keys_as_they_came():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Order(oxbus.Model):
+        qty: int
+        total: int = dataclasses.field(init=False, default=0)
+
+        def __post_init__(self):
+            self.total = self.qty * 2
+
+    o = Order.from_dict({'qty': 3})
+    assert (o.qty, o.total) == (3, 6)
+
+    class K(Service):
+        input = Dict('address', 'street', 'tags', 'zip_id')
+
+        def handle(self):
+            self.response.payload = dict(self.request.input.address)
+
+    r = call(K, body=b'{"address": {"street": 5, "tags": ["a"], "zip_id": "A-1"}}')
+    assert r.status == 200 and r.doc == {'street': 5, 'tags': ['a'], 'zip_id': 'A-1'}
