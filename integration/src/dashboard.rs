@@ -198,6 +198,23 @@ impl Browser {
         self.client.current_url().await.unwrap().path().to_owned()
     }
 
+    /// Waits (up to 10 s) until the browser is at `want`: a click that submits a form
+    /// returns before the navigation it starts has finished.
+    pub async fn wait_path(&self, want: &str) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = self.path().await;
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "still at {now}, not {want}, after 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn sign_in(&self, base: &str, user: &str, password: &str) {
         self.goto(&format!("{base}/signin")).await;
         self.fill("#user", user).await;

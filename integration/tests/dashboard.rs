@@ -80,7 +80,7 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
         "a viewer has no API tokens page"
     );
     b.click("form[action='/signout'] button").await;
-    assert_eq!(b.path().await, "/signin");
+    b.wait_path("/signin").await;
     // Signed out: the session is gone.
     b.goto(&format!("{base}/services")).await;
     assert_eq!(b.path().await, "/signin");
@@ -371,6 +371,7 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     );
     // A removed user (its token revoked on the servers) is signed out at its next page.
     b.click("form[action='/signout'] button").await;
+    b.wait_path("/signin").await;
     b.sign_in(&base, "carol", "carol-password-1").await;
     let out = Command::new(oxbus_bin())
         .args(["dashboard", "user", "remove", "carol", "--config"])
