@@ -103,7 +103,14 @@ fn write_export(
 
 /// `config import`: one line per change, then a summary.
 fn print_import(d: &serde_json::Value) {
-    let dry = d["dry_run"] == true;
+    print_import_plan(d, false);
+}
+
+/// An import's answer (its plan, or what it applied) as text: one line per change, then a
+/// summary; `dry_run` when the caller asked for one (the answer says so too). Shared with
+/// `zato import`.
+pub(super) fn print_import_plan(d: &serde_json::Value, dry_run: bool) {
+    let dry = d["dry_run"] == true || dry_run;
     let changes = d["changes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     for c in changes {
         println!(

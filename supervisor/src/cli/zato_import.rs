@@ -1808,28 +1808,7 @@ fn print_report(m: &Mapping, answer: Option<&Value>, dry_run: bool) {
         println!("nothing to import");
         return;
     };
-    let dry = d["dry_run"] == true || dry_run;
-    let changes = d["changes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    for c in changes {
-        println!(
-            "{}{} {} {}",
-            if dry { "would " } else { "" },
-            c["action"].as_str().unwrap_or(""),
-            c["kind"].as_str().unwrap_or(""),
-            c["name"].as_str().unwrap_or("")
-        );
-    }
-    println!(
-        "{} change(s){}, {} unchanged, config version {}",
-        changes.len(),
-        if dry {
-            " (dry run: nothing applied)"
-        } else {
-            ""
-        },
-        d["unchanged"],
-        d["config_version"]
-    );
+    super::config_cmd::print_import_plan(d, dry_run);
 }
 
 #[cfg(test)]
