@@ -99,12 +99,7 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
         .get("/crm/customer/x?needs_details=perhaps&page_size=big")
         .await;
     assert_eq!(r.status, 400);
-    let fields: Vec<Value> = r.json()["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].clone())
-        .collect();
+    let fields = error_fields(&r.json());
     assert_eq!(
         fields,
         vec![
@@ -192,12 +187,7 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
         )
         .await;
     assert_eq!(r.status, 400);
-    let fields: Vec<Value> = r.json()["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].clone())
-        .collect();
+    let fields = error_fields(&r.json());
     assert_eq!(
         fields,
         vec![
@@ -274,6 +264,16 @@ async fn the_corpus_deploys_unchanged_and_answers_as_zato_documents() {
         "fails on purpose",
         "always fails",
     ]);
+}
+
+/// The `field` of each entry of a 400's `errors`, in order.
+fn error_fields(doc: &Value) -> Vec<Value> {
+    doc["errors"]
+        .as_array()
+        .expect("a 400 lists its errors")
+        .iter()
+        .map(|e| e["field"].clone())
+        .collect()
 }
 
 async fn record(srv: &Server, key: &str) -> Value {

@@ -32,7 +32,7 @@ from .outgoing import OutgoingAPI
 from .pubsub import PubSubAPI, PubSubDelivery
 from .service import (Channel, Request, Response, Security, Service, _invocation_meta,
                       current_invocation)
-from .model import (ModelOutputError, ModelValidationError, Model, model_from_dict,
+from .model import (ModelOutputError, Model, model_from_dict,
                     model_to_dict, output_through_model)
 from .simpleio import (Bunch, OutputError, Problems, SimpleIOPayload, bunchify,
                        filter_output, parse_input, problems_error)
@@ -751,16 +751,17 @@ def _zato_wraps(payload: Any) -> bool:
     """Whether Zato wraps this answer in ``response_elem``: its payload object, or a dict
     merged into it (Zato's ``_set_payload``); not a list, text, bytes or a number."""
     return type(payload) is SimpleIOPayload or (
-        isinstance(payload, dict) and payload is not None)
+        isinstance(payload, dict))
 
 
 def _model_output(model: Any, payload: Any) -> Any:
-    try:
-        return output_through_model(model, payload) if model is not None else (
-            model_to_dict(payload, '') if isinstance(payload, Model)
-            else [model_to_dict(p, '') if isinstance(p, Model) else p for p in payload])
-    except ModelValidationError as e:  # pragma: no cover - output raises ModelOutputError
-        raise ModelOutputError('', str(e)) from None
+    """A model answer as JSON values: through the declared output model, or (``model``
+    None) a model or a list holding models; ModelOutputError names a bad field."""
+    if model is not None:
+        return output_through_model(model, payload)
+    if isinstance(payload, Model):
+        return model_to_dict(payload, '')
+    return [model_to_dict(p, '') if isinstance(p, Model) else p for p in payload]
 
 
 def _with_timeout(call: Callable[[], Any], timeout: float, raise_timeout: bool,
