@@ -34,7 +34,7 @@ from .service import (Channel, Request, Response, Security, Service, _invocation
                       current_invocation)
 from .model import (ModelOutputError, Model, model_from_dict,
                     model_to_dict, output_through_model)
-from .simpleio import (Bunch, OutputError, Problems, SimpleIOPayload, bunchify,
+from .simpleio import (OutputError, Problems, SimpleIOPayload, bunchify,
                        filter_output, parse_input, problems_error)
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
