@@ -9,6 +9,9 @@ The public API mirrors Zato's so that Zato services move over with an import cha
 ``self.invoke_async``, ``self.cache``, ``self.out`` (``self.outgoing``), ``self.logger``, ``self.cid``, ``self.channel``; SimpleIO ``input``
 and ``output`` declarations; and the :class:`Reportable` family of exceptions that answer
 with an HTTP status.
+
+Unit tests of services import :mod:`oxbus.testing` (``TestClient``: a service run in the
+test's process, no server); it is not imported here, so the worker never loads it.
 """
 
 from .cache import CacheError, NotAnInteger, UnknownCache, ValueTooLarge

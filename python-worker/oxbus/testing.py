@@ -656,6 +656,9 @@ class _Server:
 
     # -- outgoing connections --------------------------------------------------------------
 
+    def _has_stub(self, kind: str, conn: str) -> bool:
+        return '%s:%s' % (kind, conn) in self.outgoing or conn in self.outgoing
+
     def _stub(self, kind: str, conn: str) -> Any:
         stub = self.outgoing.get('%s:%s' % (kind, conn), _MISSING)
         if stub is _MISSING:
@@ -676,7 +679,10 @@ class _Server:
     def _out(self, kind: str, doc: Dict[str, Any], body: bytes) -> Tuple[bytes, bytes]:
         conn = doc.get('conn')
         if conn is None and doc.get('kvdb'):
+            # Zato's self.kvdb.conn: the server's connection named kvdb, else default.
             conn = 'kvdb'
+            if not self._has_stub(kind, conn) and self._has_stub(kind, 'default'):
+                conn = 'default'
         conn = str(conn)
         if kind == 'rest':
             return self._rest(self._answer(kind, conn, doc, body))

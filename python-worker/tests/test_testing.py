@@ -141,6 +141,29 @@ def test_http_meta_path_params_query_headers_and_channel():
     assert client.get(query='?a=1').status == 200
 
 
+def test_the_call_meta_a_channel_would_send():
+    class Echo(Service):
+        name = 't.echo'
+
+        def handle(self):
+            self.response.payload = {
+                'type': self.request.http.headers.get('content-type'),
+                'priority': self.request._meta.get('params_priority'),
+                'channel': self.channel.type, 'method': self.request.http.method,
+                'cid': self.cid}
+
+    client = TestClient(Echo, cid='fixed')
+    assert client.post({'a': 1}).json == {'type': 'application/json', 'priority': None,
+                                         'channel': 'rest', 'method': 'POST', 'cid': 'fixed'}
+    assert client.post({'a': 1}, headers={'Content-Type': 'application/vnd+json'}
+                       ).json['type'] == 'application/vnd+json'
+    assert client.call(meta={'params_priority': 'msg-over-channel-params'}).json == {
+        'type': None, 'priority': 'msg-over-channel-params', 'channel': 'invoke',
+        'method': None, 'cid': 'fixed'}
+    assert client.call(channel='scheduler', cid='c2').json['cid'] == 'c2'
+    assert client.call(channel='jsonrpc').json['method'] == 'POST'
+
+
 def test_status_headers_and_text_set_by_the_service():
     r = TestClient(Http).put()
     assert r.status == 201
@@ -495,6 +518,64 @@ def test_sql_stubs_answer_rows_and_rowcounts_and_transactions_are_recorded():
         SqlAnswer([[1]])
 
 
+def test_sql_streams_rollbacks_and_database_errors():
+    from oxbus import IntegrityError
+
+    class Streams(Service):
+        name = 't.streams'
+
+        def handle(self):
+            db = self.out.sql['crm']
+            with db.stream('SELECT id FROM t', batch=1) as stream:
+                ids = [row['id'] for batch in stream for row in batch]
+            try:
+                with db.transaction() as tx:
+                    tx.execute('INSERT INTO t VALUES (1)')
+            except IntegrityError as e:
+                self.response.payload = {'ids': ids, 'error': e.code}
+
+    def crm(call):
+        if call.action == 'stream':
+            return [{'id': 1}, {'id': 2}]
+        raise IntegrityError('duplicate key', 'crm', 'sql', 400, '23505')
+
+    client = TestClient(Streams, outgoing={'crm': crm})
+    assert client.call().json == {'ids': [1, 2], 'error': '23505'}
+    assert [c.action for c in client.outgoing_calls] == ['stream', 'begin', 'execute',
+                                                          'rollback']
+
+
+def test_redis_pipelines_and_zatos_kvdb():
+    class Pipes(Service):
+        name = 't.pipes'
+
+        def handle(self):
+            pipe = self.out.redis['cache'].pipeline()
+            pipe.set('a', '1')
+            pipe.incr('n')
+            pipe.get('a')
+            done = pipe.execute(raise_on_error=False)
+            self.response.payload = {'pipe': [str(v) for v in done],
+                                     'kvdb': self.kvdb.conn.get('z')}
+
+    def cache(call):
+        assert call.meta['transaction'] is True and len(call.commands) == 3
+        return ['OK', ValueError('ERR not an integer'), b'1']
+
+    client = TestClient(Pipes, outgoing={'cache': cache, 'default': b'zz'})
+    doc = client.call().json
+    assert doc['pipe'][0] == 'True' and doc['pipe'][2] == "b'1'"
+    assert doc['pipe'][1].endswith('command 1 (INCRBY) of the transaction: ERR not an integer')
+    assert doc['kvdb'] == 'zz'
+    assert client.outgoing_calls[1].conn == 'default'  # no kvdb connection: default, as served
+    client = TestClient(Pipes, outgoing={'cache': cache, 'kvdb': b'k', 'default': b'zz'})
+    assert client.call().json['kvdb'] == 'k'
+    with pytest.raises(NotStubbed, match="redis connection 'kvdb'"):
+        TestClient(Pipes, outgoing={'cache': cache}).call()
+    with pytest.raises(TypeError, match='a Redis stub answers'):
+        TestClient(Pipes, outgoing={'cache': [object()]}).call()
+
+
 def test_redis_amqp_and_mqtt_stubs():
     def cache(call):
         name = call.commands[0][0]
@@ -577,3 +658,14 @@ def test_works_in_a_unittest_test_case():
     unittest.defaultTestLoader.loadTestsFromTestCase(GreetTest).run(result)
     assert result.testsRun == 2 and not result.errors
     assert [t.id().rsplit('.', 1)[1] for t, _ in result.failures] == ['test_fails']
+
+
+def test_the_worker_never_imports_the_kit():
+    import subprocess
+    import sys
+    from conftest import PKG_ROOT
+    code = ('import sys, oxbus, oxbus._runtime, oxbus._deploy; '
+            'print("oxbus.testing" in sys.modules)')
+    out = subprocess.run([sys.executable, '-c', code], cwd=PKG_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == 'False'
