@@ -173,19 +173,51 @@ class OutCall:
         self.body = body
         self._doc: Any = _MISSING
 
-    def _field(self, name: str) -> Any:
-        return self.meta.get(name)
+    @property
+    def method(self) -> Optional[str]:
+        return self.meta.get('method')
 
-    method = property(lambda self: self._field('method'))
-    headers = property(lambda self: dict(self._field('headers') or {}))
-    action = property(lambda self: self._field('action'))
-    tx = property(lambda self: self._field('tx'))
-    exchange = property(lambda self: self._field('exchange'))
-    routing_key = property(lambda self: self._field('routing_key'))
-    properties = property(lambda self: dict(self._field('properties') or {}))
-    topic = property(lambda self: self._field('topic'))
-    qos = property(lambda self: self._field('qos'))
-    retain = property(lambda self: bool(self._field('retain')))
+    @property
+    def headers(self) -> Dict[str, str]:
+        """REST: the headers the service gave (``Content-Type`` is :attr:`content_type`)."""
+        return dict(self.meta.get('headers') or {})
+
+    @property
+    def content_type(self) -> Optional[str]:
+        """REST: the body's ``Content-Type`` when the service gave one."""
+        return self.meta.get('content_type')
+
+    @property
+    def action(self) -> Optional[str]:
+        return self.meta.get('action')
+
+    @property
+    def tx(self) -> Optional[int]:
+        return self.meta.get('tx')
+
+    @property
+    def exchange(self) -> Optional[str]:
+        return self.meta.get('exchange')
+
+    @property
+    def routing_key(self) -> Optional[str]:
+        return self.meta.get('routing_key')
+
+    @property
+    def properties(self) -> Dict[str, Any]:
+        return dict(self.meta.get('properties') or {})
+
+    @property
+    def topic(self) -> Optional[str]:
+        return self.meta.get('topic')
+
+    @property
+    def qos(self) -> Optional[int]:
+        return self.meta.get('qos')
+
+    @property
+    def retain(self) -> bool:
+        return bool(self.meta.get('retain'))
 
     def _sql_doc(self) -> Dict[str, Any]:
         if self._doc is _MISSING:
@@ -198,7 +230,7 @@ class OutCall:
         parameters (a list, a dict or None), encoded as the server gets them."""
         if self.kind == 'sql':
             return self._sql_doc().get('params')
-        return dict(self._field('params') or {})
+        return dict(self.meta.get('params') or {})
 
     @property
     def sql(self) -> Optional[str]:
@@ -651,6 +683,7 @@ class _Server:
         meta.setdefault('cid', _new_cid())
         meta.setdefault('traceparent', _new_traceparent())
         frame = self.client._run_frame(meta, body)
+        self.client._dispatcher.raised.pop(_stream_of(frame), None)  # the caller's to see
         reply, answer = decode_call(frame[HEADER_SIZE:])
         return encode_json(reply), answer
 
@@ -775,6 +808,11 @@ def _redis_value(value: Any) -> bytes:
     raise TypeError('a Redis stub answers None, an int, bytes (a bulk string), a str (a '
                     'simple string), a list of them or an exception (an error element of a '
                     'pipeline), not %s' % type(value).__name__)
+
+
+def _stream_of(frame: bytes) -> int:
+    """The stream id of an encoded frame (its header: length u32, kind, flags, stream)."""
+    return int(_U32.unpack_from(frame, HEADER_SIZE - 4)[0])
 
 
 def _new_cid() -> str:
@@ -1033,7 +1071,7 @@ class TestClient:
         return dispatcher.run(stream, call, raw)
 
     def _result(self, call: Dict[str, Any], frame: bytes) -> Result:
-        stream = struct.unpack_from('>I', frame, 6)[0]
+        stream = _stream_of(frame)
         reply, body = decode_call(frame[HEADER_SIZE:])
         exc = self._dispatcher.raised.pop(stream, None)
         if self._missing:

@@ -467,6 +467,8 @@ def test_rest_stubs_see_the_call_and_answer_what_the_service_gets():
     assert (call.kind, call.conn, call.method) == ('rest', 'CRM', 'POST')
     assert call.params == {'id': '5', 'tag': ['a', 'b']} and call.headers == {'X-A': '1'}
     assert call.data == {'name': 'Ann'} and call.meta['cid'] == r.cid
+    assert call.content_type is None  # the service set none: the connection's applies
+    assert repr(call) == "<OutCall rest CRM: POST {'id': '5', 'tag': ['a', 'b']}>"
     # Plain answers: a JSON value is a 200; a kind-qualified key wins over the plain name.
     client = TestClient(UsesOutgoing, outgoing={'CRM': 'ignored', 'rest:CRM': {'ok': 1}})
     assert client.call({'kind': 'rest'}).json['data'] == {'ok': 1}
