@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 
 import pytest
@@ -49,3 +50,16 @@ def test_the_readme_shows_the_example_files_as_they_are(name):
     assert '```python\n' + source + '```\n' in section, (
         'README.md, "Testing a service": its copy of python-worker/examples/%s differs from '
         'the file; paste the file in again' % name)
+
+
+def test_the_readmes_command_runs_the_example_tests():
+    # As the README says, from the repository's root, with only the package on the path;
+    # a collection warning (pytest taking TestClient for a test class) is an error here.
+    root = os.path.dirname(PKG_ROOT)
+    env = dict(os.environ, PYTHONPATH='python-worker')
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                          '-W', 'error::pytest.PytestCollectionWarning',
+                          'python-worker/examples'], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert '3 passed' in run.stdout

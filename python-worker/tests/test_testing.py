@@ -385,10 +385,17 @@ class Caller(Service):
         self.response.payload = {'answer': answer}
 
 
+def _raises(exc):
+    def stub(payload):
+        raise exc
+    return stub
+
+
 def test_invoke_runs_real_services_and_stubs_and_records_the_stubs_calls():
     client = TestClient(Caller, services=[Greet],
                         invoke={'crm.get': lambda p: {'id': p['id'], 'name': 'Ann'},
-                                'crm.fixed': {'fixed': True}, 'crm.class': Fails})
+                                'crm.fixed': {'fixed': True}, 'crm.class': Fails,
+                                'crm.gone': _raises(NotFound('gone'))})
     r = client.call({'payload': {'name': 'Bo'}})
     assert r.json == {'answer': {'text': 'Hello Bo', 'count': 1}}
     assert client.call({'target': 'crm.get', 'payload': {'id': 3}}).json == {
@@ -396,13 +403,14 @@ def test_invoke_runs_real_services_and_stubs_and_records_the_stubs_calls():
     fixed = client.call({'target': 'crm.fixed'}).json['answer']
     fixed['changed'] = 1
     assert client.call({'target': 'crm.fixed'}).json == {'answer': {'fixed': True}}
+    assert client.call({'target': 'crm.gone'}).json == {'answer': 'caught: gone'}
     assert [(i.service, i.payload) for i in client.invoked] == [
-        ('crm.get', {'id': 3}), ('crm.fixed', None), ('crm.fixed', None)]
+        ('crm.get', {'id': 3}), ('crm.fixed', None), ('crm.fixed', None), ('crm.gone', None)]
     assert client.call({'target': 'crm.class', 'payload': 'missing'}).json == {
         'answer': 'caught: no customer 7'}  # a class given in invoke= runs for real
     assert [(a.service, a.payload) for a in client.invoked_async] == [
         ('t.audit', {'did': t}) for t in ('t.greet', 'crm.get', 'crm.fixed', 'crm.fixed',
-                                          'crm.class')]
+                                          'crm.gone', 'crm.class')]
     assert all(len(a.cid) == 20 and a.meta['traceparent'] for a in client.invoked_async)
 
 
