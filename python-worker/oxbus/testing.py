@@ -2,14 +2,17 @@
 
 ::
 
-    from oxbus.testing import TestClient
+    from oxbus.testing import HTTPAnswer, TestClient
 
-    def test_greets():
-        client = TestClient(Greet, cache={'greeting': 'Hi'})
-        r = client.get(path_params={'name': 'Ann'}, query={'loud': '1'})
+    def test_greets_and_counts_visits():
+        client = TestClient(Greet, outgoing={'CRM': lambda call: {'title': 'Dr'}},
+                            cache={'visits:Ann': 41})
+        r = client.post({'name': 'Ann', 'greeting': 'Hi'})
         assert r.status == 200
-        assert r.json == {'text': 'HI ANN'}
-        assert client.cache.default.get('greeted:Ann') == 1
+        assert r.json == {'text': 'Hi, Dr Ann!', 'visits': 42}
+        assert client.cache.default.get('visits:Ann') == 42
+
+(``python-worker/examples``; the reference is ``docs/TESTING.md``.)
 
 The client runs the service in this process through the worker's own dispatcher (the code
 that runs it under a server: the ``CALL`` a channel would send, SimpleIO or model input,
@@ -32,9 +35,9 @@ service's own ``self.cache``, ``self.secrets``, ``self.user_config``, ``self.out
   answer, or a fixed answer), recorded in :attr:`TestClient.invoked`;
 - ``self.invoke_async``: recorded in :attr:`TestClient.invoked_async`, not run;
 - outgoing connections: ``outgoing={'CRM': stub}`` (any kind; ``'rest:CRM'`` for one
-  kind only), a callable taking an :class:`OutCall` or a fixed answer; the service gets
-  what the real server would send back for it (an :class:`HTTPAnswer` for REST, a
-  :class:`SqlAnswer` or a list of rows for SQL...). Every call is in
+  kind only), a callable taking an :class:`OutCall` or a fixed answer (an
+  :class:`HTTPAnswer` or a JSON value for REST, a :class:`SqlAnswer` or rows for SQL...);
+  the service gets what the real server would send back for that answer. Every call is in
   :attr:`TestClient.outgoing_calls`;
 - ``self.pubsub.publish``: recorded in :attr:`TestClient.published`.
 
@@ -52,11 +55,11 @@ imported only by tests (the worker never imports it).
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 import copy
 import itertools
 import os
 import struct
+from collections.abc import Mapping
 
 from ._dispatch import Dispatcher
 from ._protocol import HEADER_SIZE, decode_call, decode_json, encode_json
@@ -155,7 +158,7 @@ class OutCall:
     ``meta`` (the wire call's meta) and ``body``; and per kind:
 
     - REST: ``method``, ``params`` (path and query parameters, as given), ``headers``,
-      ``data`` (the JSON body decoded, None without one), ``body``;
+      ``content_type``, ``data`` (the JSON body decoded, None without one), ``body``;
     - SQL: ``action`` (``execute``, ``stream``, ``begin``, ``commit``, ``rollback``...),
       ``sql``, ``params``, ``tx`` (the transaction's id, None outside one);
     - AMQP: ``exchange``, ``routing_key``, ``properties``, ``body``;
