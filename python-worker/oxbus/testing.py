@@ -2,7 +2,7 @@
 
 ::
 
-    from oxbus.testing import HTTPAnswer, TestClient
+    from oxbus.testing import TestClient
 
     def test_greets_and_counts_visits():
         client = TestClient(Greet, outgoing={'CRM': lambda call: {'title': 'Dr'}},
@@ -69,7 +69,7 @@ from .service import Headers, Service
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type
+    from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 __all__ = ['TestClient', 'Result', 'NotStubbed', 'OutCall', 'HTTPAnswer', 'SqlAnswer',
            'Invoked', 'AsyncInvoke', 'Published']
