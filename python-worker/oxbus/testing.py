@@ -525,6 +525,15 @@ class _Server:
         return 'json', encode_json(value)
 
     def request(self, meta: Any, body: bytes = b'') -> Tuple[bytes, bytes]:
+        """The worker's CALL-and-wait (``Worker.request``): the REPLY's raw meta and body."""
+        return self._serve(meta, body)
+
+    async def arequest(self, meta: Any, body: bytes = b'', orphan: Any = None
+                       ) -> Tuple[bytes, bytes]:
+        """Its awaitable form (``Worker.arequest``), for the ``a*`` calls of coroutines."""
+        return self._serve(meta, body)
+
+    def _serve(self, meta: Any, body: bytes) -> Tuple[bytes, bytes]:
         doc = decode_json(meta) if isinstance(meta, (bytes, bytearray)) else dict(meta)
         op = doc.get('op')
         op = op if isinstance(op, str) else ''
@@ -934,7 +943,8 @@ class TestClient:
             all_caches[name] = dict(entries or {})
         self._server = _Server(self, all_caches, secrets or {}, user_config or {},
                                outgoing or {})
-        self._dispatcher = _Dispatcher(table, post=self._post, request=self._server.request)
+        self._dispatcher = _Dispatcher(table, post=self._post, request=self._server.request,
+                                       arequest=self._server.arequest)
         self._dispatcher.services = _Services(table, self)
         self._streams = itertools.count(1)
         #: The caches, through the API services use: ``client.cache.default.get('k')``,
@@ -968,7 +978,7 @@ class TestClient:
             self.invoked_async.append(AsyncInvoke(str(meta.get('service')), payload,
                                                   str(meta.get('cid') or ''), meta))
         else:
-            self._server.request(meta, body)
+            self._server._serve(meta, body)
 
     def _build(self, payload: Any, body: Any, channel: str, method: Optional[str],
                path: Optional[str], path_params: Optional[Mapping[str, Any]],

@@ -501,10 +501,12 @@ def test_async_services_call_stubs_through_the_awaitable_forms():
 
         async def handle(self):
             got = await self.out.rest['CRM'].conn.aget(self.cid, params={'id': 1})
+            await self.pubsub.apublish('/seen', got.data)
             self.response.payload = got.data
 
     client = TestClient(AsyncOut, outgoing={'CRM': lambda call: {'id': call.params['id']}})
     assert client.get().json == {'id': '1'}
+    assert [(p.topic, p.payload) for p in client.published] == [('/seen', {'id': '1'})]
 
 
 def test_sql_stubs_answer_rows_and_rowcounts_and_transactions_are_recorded():
@@ -553,6 +555,20 @@ def test_sql_streams_rollbacks_and_database_errors():
     assert client.call().json == {'ids': [1, 2], 'error': '23505'}
     assert [c.action for c in client.outgoing_calls] == ['stream', 'begin', 'execute',
                                                           'rollback']
+
+
+def test_a_transaction_left_open_is_rolled_back_as_the_worker_does():
+    class LeavesItOpen(Service):
+        name = 't.open'
+
+        def handle(self):
+            self.out.sql['crm'].transaction().begin().execute('DELETE FROM t')
+
+    client = TestClient(LeavesItOpen, outgoing={'crm': 0})
+    assert client.call().status == 200
+    # The worker's ASYNC rollback (posted, never answered) reaches the in-memory server.
+    assert [(c.action, c.tx) for c in client.outgoing_calls] == [
+        ('begin', None), ('execute', 1), ('rollback', 1)]
 
 
 def test_redis_pipelines_and_zatos_kvdb():
