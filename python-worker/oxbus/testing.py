@@ -62,6 +62,7 @@ import struct
 from collections.abc import Mapping
 
 from ._dispatch import Dispatcher
+from ._outcall import OutgoingError
 from ._protocol import HEADER_SIZE, decode_call, decode_json, encode_json
 from .cache import CacheAPI
 from .errors import Reportable
@@ -722,6 +723,17 @@ class _Server:
         return stub(call) if callable(stub) else copy.deepcopy(stub)
 
     def _out(self, kind: str, doc: Dict[str, Any], body: bytes) -> Tuple[bytes, bytes]:
+        # The real server hands a service only oxbus.outgoing errors: anything else a stub
+        # raises (a failed assert, a bug) or a stub's answer causes is the test's error,
+        # raised from the client's call even when the service catches what it gets.
+        try:
+            return self._out_kind(kind, doc, body)
+        except OutgoingError:
+            raise
+        except Exception as e:
+            raise self.client._failed(e)
+
+    def _out_kind(self, kind: str, doc: Dict[str, Any], body: bytes) -> Tuple[bytes, bytes]:
         conn = doc.get('conn')
         if conn is None and doc.get('kvdb'):
             # Zato's self.kvdb.conn: the server's connection named kvdb, else default.
@@ -876,7 +888,15 @@ def _stub_service(name: str, target: Any, client: TestClient) -> Type[Service]:
     def handle(self: Service) -> None:
         payload = self.request.payload
         client.invoked.append(Invoked(name, payload))
-        self.response.payload = target(payload) if callable(target) else copy.deepcopy(target)
+        if not callable(target):
+            self.response.payload = copy.deepcopy(target)
+            return
+        try:
+            self.response.payload = target(payload)
+        except (Reportable, OutgoingError):
+            raise  # what a callee means, or its outgoing call's error: the caller's to see
+        except Exception as e:
+            raise client._failed(e)  # the stub's own error (a failed assert, a bug)
 
     return type('Stub', (Service,), {'name': name, 'handle': handle,
                                      '__module__': __name__,
@@ -924,7 +944,8 @@ class TestClient:
         self.outgoing_calls: List[OutCall] = []
         #: Messages published (:class:`Published`), in order.
         self.published: List[Published] = []
-        self._missing: List[NotStubbed] = []
+        #: What fails the next call whatever the service did: NotStubbed, a stub's error.
+        self._failures: List[BaseException] = []
         self._cid = cid
         self._raise = raise_server_exceptions
         table: Dict[str, Type[Service]] = {service.name: service}
@@ -963,7 +984,13 @@ class TestClient:
 
     def _not_stubbed(self, message: str) -> NotStubbed:
         error = NotStubbed('%s: %s' % (self.service.__name__, message))
-        self._missing.append(error)
+        self._failures.append(error)
+        return error
+
+    def _failed(self, error: BaseException) -> BaseException:
+        """Note ``error`` (the test's, not the service's) to raise it from the call."""
+        if not any(error is e for e in self._failures):
+            self._failures.append(error)
         return error
 
     def _post(self, frame: bytes) -> None:
@@ -1087,9 +1114,9 @@ class TestClient:
         stream = _stream_of(frame)
         reply, body = decode_call(frame[HEADER_SIZE:])
         exc = self._dispatcher.raised.pop(stream, None)
-        if self._missing:
-            error = self._missing[0]
-            self._missing.clear()
+        if self._failures:
+            error = self._failures[0]
+            self._failures.clear()
             raise error
         if (exc is not None and self._raise and not isinstance(exc, Reportable)
                 and reply.get('status') == 500):

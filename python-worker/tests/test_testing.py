@@ -695,3 +695,50 @@ def test_the_worker_never_imports_the_kit():
     out = subprocess.run([sys.executable, '-c', code], cwd=PKG_ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == 'False'
+
+
+# -- what the review found ---------------------------------------------------------------------
+
+
+class Tolerant(Service):
+    """Degrades on any failure of what it calls: it would hide a stub's own error."""
+    name = 't.tolerant'
+
+    def handle(self):
+        try:
+            if self.request.payload == 'invoke':
+                got = self.invoke('crm.get', {'id': 'WRONG'})
+            else:
+                got = self.out.rest['CRM'].conn.get(self.cid, params={'id': 'WRONG'}).data
+        except Exception:
+            got = {'fallback': True}
+        self.response.payload = got
+
+
+def test_a_stub_failing_fails_the_call_even_when_the_service_catches_everything():
+    def crm(call):
+        assert call.params['id'] == '7', 'the service must ask for customer 7'
+        return {'id': 7}
+
+    def crm_get(payload):
+        assert payload['id'] == 7, 'customer 7'
+        return {'id': 7}
+
+    client = TestClient(Tolerant, outgoing={'CRM': crm}, invoke={'crm.get': crm_get},
+                        raise_server_exceptions=False)
+    with pytest.raises(AssertionError, match='must ask for customer 7'):
+        client.call()
+    with pytest.raises(AssertionError, match='customer 7'):
+        client.call('invoke')
+    # Raised once, not left behind for the next call.
+    client = TestClient(Tolerant, outgoing={'CRM': {'id': 7}}, invoke={'crm.get': {'id': 7}})
+    assert client.call().json == client.call('invoke').json == {'id': 7}
+    # A bad answer of a stub is the test's error too, not the service's.
+    with pytest.raises(TypeError, match='a Redis stub answers'):
+        TestClient(UsesOutgoing, outgoing={'cache': object()}).call({'kind': 'redis'})
+    # What the server (or a callee) would raise still reaches the service.
+    def timeout(call):
+        raise OutgoingTimeout('CRM: timed out', 'CRM', 'timeout', 504)
+    assert TestClient(Tolerant, outgoing={'CRM': timeout}).call().json == {'fallback': True}
+    assert TestClient(Tolerant, invoke={'crm.get': _raises(NotFound('gone'))}).call(
+        'invoke').json == {'fallback': True}
