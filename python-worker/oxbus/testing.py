@@ -414,11 +414,9 @@ class Result:
     def __init__(self, meta: Dict[str, Any], body: bytes, cid: str,
                  exception: Optional[BaseException]) -> None:
         self.status: int = meta.get('status', 500)
-        self.content_type: Optional[str] = meta.get('content_type')
-        pairs = [tuple(p) for p in meta.get('headers') or ()]
-        if self.content_type and not any(n == 'content-type' for n, _ in pairs):
-            pairs.insert(0, ('content-type', self.content_type))
-        self.headers = Headers(pairs)
+        self.headers = Headers(_reply_headers(meta, cid))
+        #: The answer's ``Content-Type``, as the server sends it (None without one).
+        self.content_type: Optional[str] = self.headers.get('content-type')
         self.body = body
         #: The REPLY's ``error``: ``'input'`` (the input was refused, 400) or None.
         self.error: Optional[str] = meta.get('error')
@@ -463,6 +461,19 @@ class Result:
 
     def __repr__(self) -> str:
         return '<Result %d %s %r>' % (self.status, self.content_type, self.body[:200])
+
+
+def _reply_headers(meta: Dict[str, Any], cid: str) -> List[Tuple[str, str]]:
+    """The response headers the server sends for a REPLY's ``meta`` (the supervisor's
+    ``build_reply``, supervisor/src/edge/http.rs): the service's headers in order, then
+    ``content-type`` set to the REPLY's ``content_type`` (replacing any the service set;
+    the service's stays when the REPLY has none) and ``x-oxbus-cid`` to the call's cid.
+    The one place the kit states that rule."""
+    pairs = [(str(n).lower(), str(v)) for n, v in meta.get('headers') or ()]
+    content_type = meta.get('content_type')
+    if content_type:
+        pairs = [p for p in pairs if p[0] != 'content-type'] + [('content-type', content_type)]
+    return [p for p in pairs if p[0] != 'x-oxbus-cid'] + [('x-oxbus-cid', cid)]
 
 
 # -- the in-memory server ----------------------------------------------------------------

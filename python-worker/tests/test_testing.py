@@ -742,3 +742,26 @@ def test_a_stub_failing_fails_the_call_even_when_the_service_catches_everything(
     assert TestClient(Tolerant, outgoing={'CRM': timeout}).call().json == {'fallback': True}
     assert TestClient(Tolerant, invoke={'crm.get': _raises(NotFound('gone'))}).call(
         'invoke').json == {'fallback': True}
+
+
+def test_result_headers_are_what_the_servers_reply_has():
+    class SetsHeaders(Service):
+        name = 't.sets-headers'
+
+        def handle(self):
+            if self.request.payload == 'both':
+                self.response.content_type = 'text/csv'
+            self.response.payload = 'a,b\n'
+            self.response.headers['Content-Type'] = 'application/xml'
+            self.response.headers['X-Oxbus-CID'] = 'mine'
+            self.response.headers['X-Other'] = 'one'
+
+    # The server appends the service's headers, then sets Content-Type to the reply's
+    # content type and X-Oxbus-CID to the call's cid, replacing theirs.
+    r = TestClient(SetsHeaders, cid='c1').get()
+    assert r.headers.getall('content-type') == ['text/plain; charset=utf-8']
+    assert r.content_type == 'text/plain; charset=utf-8' and r.payload == 'a,b\n'
+    assert r.headers.getall('x-oxbus-cid') == ['c1'] and r.headers['x-other'] == 'one'
+    r = TestClient(SetsHeaders).call('both')
+    assert r.headers.getall('content-type') == ['text/csv'] == [r.content_type]
+    assert r.headers['x-oxbus-cid'] == r.cid
