@@ -48,7 +48,8 @@ missing cache key, secret or user config is not that: the service gets what a se
 without it answers (None, ``KeyError``...).
 
 The client's calls run the service in the calling thread (``async def`` services with
-``asyncio.run``; :meth:`TestClient.acall` awaits them from a coroutine). This module is
+``asyncio.run``; :meth:`TestClient.acall` awaits them from a coroutine, and runs a sync
+service in a thread, off the event loop). This module is
 imported only by tests (the worker never imports it).
 """
 
@@ -1088,7 +1089,8 @@ class TestClient:
 
     async def acall(self, payload: Any = None, **kwargs: Any) -> Result:
         """:meth:`call` from a coroutine (an async test): an ``async def`` service runs on
-        the running event loop."""
+        the running event loop, a sync one in a thread (as a worker runs it: not on the
+        loop's thread)."""
         channel = kwargs.pop('channel', 'invoke')
         if channel == 'invoke' and kwargs.get('method') is not None:
             channel = 'rest'
@@ -1107,7 +1109,10 @@ class TestClient:
         if dispatcher.is_async(call):
             frame = await dispatcher.run_async(stream, call, raw)
         else:
-            frame = dispatcher.run(stream, call, raw)
+            # A worker runs a sync service in a thread of its own, never on the event loop's
+            # (its self.invoke of an async service runs that one to its end there).
+            import asyncio
+            frame = await asyncio.to_thread(dispatcher.run, stream, call, raw)
         return self._result(call, frame)
 
     def _run_frame(self, call: Dict[str, Any], raw: bytes) -> bytes:

@@ -765,3 +765,29 @@ def test_result_headers_are_what_the_servers_reply_has():
     r = TestClient(SetsHeaders).call('both')
     assert r.headers.getall('content-type') == ['text/csv'] == [r.content_type]
     assert r.headers['x-oxbus-cid'] == r.cid
+
+
+def test_acall_runs_a_sync_service_off_the_event_loop():
+    import threading
+
+    class AsyncCallee(Service):
+        name = 't.async-callee'
+
+        async def handle(self):
+            await asyncio.sleep(0)
+            self.response.payload = {'a': 1}
+
+    class SyncCaller(Service):
+        name = 't.sync-caller'
+
+        def handle(self):
+            # A sync service invoking an async one: works on a worker (not on a loop thread).
+            self.response.payload = {'got': self.invoke('t.async-callee'),
+                                     'thread': threading.current_thread().name}
+
+    async def main():
+        return await TestClient(SyncCaller, services=[AsyncCallee]).acall()
+
+    r = asyncio.run(main())
+    assert r.json['got'] == {'a': 1}
+    assert r.json['thread'] != threading.current_thread().name
