@@ -80,6 +80,8 @@ _JSON = 'application/json'
 _TEXT = 'text/plain; charset=utf-8'
 _BYTES = 'application/octet-stream'
 _MAX_KEY_LEN = 4096
+_MAX_ITEM_SIZE = 1024 * 1024  # a cache's max_item_size unless defined (cache/src/def.rs)
+_MAX_ITEM_SIZE_LIMIT = 16 * 1024 * 1024  # the largest a definition may give
 _MAX_EXPIRY_S = 10 * 365 * 24 * 3600
 _I64 = struct.Struct('>q')
 _U32 = struct.Struct('>I')
@@ -517,14 +519,28 @@ class _Server:
 
     def __init__(self, client: TestClient, caches: Dict[str, Mapping[str, Any]],
                  secrets: Mapping[str, str], user_config: Mapping[str, Any],
-                 outgoing: Mapping[str, Any]) -> None:
+                 outgoing: Mapping[str, Any], max_item_size: Mapping[str, int]) -> None:
         self.client = client
         self.now = 0.0  # the caches' clock, in seconds: moved by TestClient.advance only
         self.caches: Dict[str, Dict[str, _Entry]] = {}
+        self.max_item_size: Dict[str, int] = {}
+        for name, size in max_item_size.items():
+            if name not in caches:
+                raise ValueError('TestClient(max_item_size=...): no cache named %r (the '
+                                 'caches are default and those given as caches=)' % (name,))
+            if (isinstance(size, bool) or not isinstance(size, int)
+                    or not 1 <= size <= _MAX_ITEM_SIZE_LIMIT):
+                raise ValueError('TestClient(max_item_size=...): cache %s\'s max_item_size '
+                                 'is 1 to %d bytes, not %r' % (name, _MAX_ITEM_SIZE_LIMIT, size))
+            self.max_item_size[name] = size
         for name, entries in caches.items():
             cache = self.caches[name] = {}
+            limit = self.max_item_size.setdefault(name, _MAX_ITEM_SIZE)
             for key, value in entries.items():
                 kind, data = self._encode_value(value)
+                if len(data) > limit:
+                    raise ValueError('TestClient: cache %s\'s entry %r is %d bytes, more than '
+                                     'its max_item_size of %d' % (name, key, len(data), limit))
                 cache[str(key)] = _Entry(data, kind, 0)
         self.secrets = dict(secrets)
         self.user_config = dict(user_config)
@@ -593,11 +609,11 @@ class _Server:
                             'caches are default and those given as caches={%r: {...}})'
                             % (name, name))
         try:
-            return self._cache_op(op, cache, doc, body)
+            return self._cache_op(op, name, cache, doc, body)
         except _CacheRefused as e:
             return _refusal(e.status, e.kind, str(e))
 
-    def _cache_op(self, op: str, cache: Dict[str, _Entry], doc: Dict[str, Any],
+    def _cache_op(self, op: str, name: str, cache: Dict[str, _Entry], doc: Dict[str, Any],
                   body: bytes) -> Tuple[bytes, bytes]:
         def key() -> str:
             k = doc.get('key')
@@ -620,6 +636,11 @@ class _Server:
         if op == 'cache.set':
             k = key()
             kind = doc.get('kind') or 'json'
+            limit = self.max_item_size[name]
+            if len(body) > limit:
+                raise _CacheRefused(413, 'too_large', 'the value is %d bytes, more than cache '
+                                    '%s\'s max_item_size of %d'
+                                    % (len(body), name, limit))
             cache[k] = _Entry(bytes(body), kind, self._expires(doc.get('expiry')))
             return _reply(200, b'true')
         if op == 'cache.delete':
@@ -923,7 +944,9 @@ class TestClient:
     answer, a fixed answer, or a service class); ``cache``: the entries of the ``default``
     cache; ``caches``: other caches by name, with their entries; ``secrets``: secret values
     by name; ``user_config``: user configs by name; ``outgoing``: stubs of outgoing
-    connections by name (``'CRM'``, or ``'rest:CRM'`` for one kind); ``cid``: the cid of
+    connections by name (``'CRM'``, or ``'rest:CRM'`` for one kind); ``max_item_size``:
+    the largest value, in bytes, a cache takes, by cache name (default 1 MiB, the server's
+    default; a larger value is refused with ``ValueTooLarge``); ``cid``: the cid of
     every call (default: a new one per call); ``raise_server_exceptions``: re-raise an
     exception the service raised that is not a :class:`~oxbus.Reportable` (one whose
     answer is a 500 ``internal error``) from the call, with its traceback, instead of
@@ -940,6 +963,7 @@ class TestClient:
                  secrets: Optional[Mapping[str, str]] = None,
                  user_config: Optional[Mapping[str, Any]] = None,
                  outgoing: Optional[Mapping[str, Any]] = None,
+                 max_item_size: Optional[Mapping[str, int]] = None,
                  cid: Optional[str] = None,
                  raise_server_exceptions: bool = True) -> None:
         if not (isinstance(service, type) and issubclass(service, Service)):
@@ -975,7 +999,7 @@ class TestClient:
         for name, entries in (caches or {}).items():
             all_caches[name] = dict(entries or {})
         self._server = _Server(self, all_caches, secrets or {}, user_config or {},
-                               outgoing or {})
+                               outgoing or {}, max_item_size or {})
         self._dispatcher = _Dispatcher(table, post=self._post, request=self._server.request,
                                        arequest=self._server.arequest)
         self._dispatcher.services = _Services(table, self)

@@ -791,3 +791,24 @@ def test_acall_runs_a_sync_service_off_the_event_loop():
     r = asyncio.run(main())
     assert r.json['got'] == {'a': 1}
     assert r.json['thread'] != threading.current_thread().name
+
+
+def test_cache_values_over_max_item_size_are_refused_as_the_server_does():
+    from oxbus.cache import ValueTooLarge
+    client = TestClient(CacheOps, caches={'small': {}}, max_item_size={'small': 8})
+    mib = 1024 * 1024
+    client.cache.default.set('fits', b'x' * mib)  # the default: 1 MiB, as the server's
+    with pytest.raises(ValueTooLarge, match="the value is 1048577 bytes, more than cache "
+                                            "default's max_item_size of 1048576"):
+        client.cache.default.set('big', b'x' * (mib + 1))
+    assert client.cache.default.get('big') is None
+    client.cache['small'].set('k', '123456')  # 8 bytes of JSON text
+    with pytest.raises(ValueTooLarge, match="cache small's max_item_size of 8"):
+        client.cache['small'].set('k', '1234567')
+    r = TestClient(CacheOps, raise_server_exceptions=False).call(
+        {'op': 'set', 'key': 'k', 'value': 'x' * mib})
+    assert r.status == 500 and isinstance(r.exception, ValueTooLarge)
+    with pytest.raises(ValueError, match='max_item_size'):
+        TestClient(CacheOps, max_item_size={'default': 0})
+    with pytest.raises(ValueError, match="cache default's entry 'k' is 9 bytes"):
+        TestClient(CacheOps, cache={'k': '1234567'}, max_item_size={'default': 8})
