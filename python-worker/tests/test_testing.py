@@ -344,7 +344,7 @@ def test_cache_refusals_are_the_servers_errors():
     assert r.status == 500 and isinstance(r.exception, UnknownCache)
     from oxbus.cache import CacheError
     with pytest.raises(CacheError, match='at most 4096 bytes'):
-        client.cache.default.get('k' * 4097)
+        client.cache.default.set('k' * 4097, 1)
     with pytest.raises(CacheError, match='expiry must be'):
         client.cache.default.set('k', 1, expiry=-1)
 
@@ -812,3 +812,16 @@ def test_cache_values_over_max_item_size_are_refused_as_the_server_does():
         TestClient(CacheOps, max_item_size={'default': 0})
     with pytest.raises(ValueError, match="cache default's entry 'k' is 9 bytes"):
         TestClient(CacheOps, cache={'k': '1234567'}, max_item_size={'default': 8})
+
+
+def test_cache_key_length_is_checked_where_the_server_checks_it():
+    from oxbus.cache import CacheError
+    client = TestClient(CacheOps)
+    long = 'k' * 4097
+    # get and has do not check it (a long key is simply absent); writes refuse it.
+    assert client.cache.default.get(long) is None
+    assert client.cache.default.has_key(long) is False and long not in client.cache.default
+    for write in (lambda c: c.set(long, 1), lambda c: c.delete(long),
+                  lambda c: c.expire(long, 5), lambda c: c.incr(long)):
+        with pytest.raises(CacheError, match='at most 4096 bytes, this one has 4097'):
+            write(client.cache.default)
