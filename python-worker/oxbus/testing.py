@@ -82,7 +82,7 @@ _BYTES = 'application/octet-stream'
 _MAX_KEY_LEN = 4096
 _MAX_ITEM_SIZE = 1024 * 1024  # a cache's max_item_size unless defined (cache/src/def.rs)
 _MAX_ITEM_SIZE_LIMIT = 16 * 1024 * 1024  # the largest a definition may give
-_MAX_EXPIRY_S = 10 * 365 * 24 * 3600
+_MAX_EXPIRY_S = 10 * 366 * 24 * 3600  # the server's ten years (cache/src/def.rs)
 _I64 = struct.Struct('>q')
 _U32 = struct.Struct('>I')
 _MISSING = object()
@@ -602,6 +602,10 @@ class _Server:
         return self.now + expiry
 
     def _cache(self, op: str, doc: Dict[str, Any], body: bytes) -> Tuple[bytes, bytes]:
+        kind = doc.get('kind')
+        if kind is not None and kind not in ('json', 'bytes'):  # the server's enum
+            return _refusal(400, 'invalid', 'bad cache call: unknown variant `%s`, expected '
+                            '`json` or `bytes`' % (kind,))
         name = doc.get('cache') or 'default'
         cache = self.caches.get(name)
         if cache is None:

@@ -825,3 +825,20 @@ def test_cache_key_length_is_checked_where_the_server_checks_it():
                   lambda c: c.expire(long, 5), lambda c: c.incr(long)):
         with pytest.raises(CacheError, match='at most 4096 bytes, this one has 4097'):
             write(client.cache.default)
+
+
+def test_cache_expiry_limit_and_value_kinds_are_the_servers():
+    from oxbus._protocol import decode_json, encode_json
+    from oxbus.cache import CacheError
+    client = TestClient(CacheOps)
+    limit = 10 * 366 * 24 * 3600  # the server's ten years (cache/src/def.rs MAX_EXPIRY_S)
+    client.cache.default.set('k', 1, expiry=limit)
+    assert client.cache.default.expire('k', limit) is True
+    with pytest.raises(CacheError, match='expiry must be 0 \\(never\\) to 316224000 seconds'):
+        client.cache.default.set('k', 1, expiry=limit + 1)
+    # The server's kind is json or bytes; another is a bad call (400 invalid), stored nowhere.
+    meta, body = client._server.request(
+        encode_json({'op': 'cache.set', 'key': 'x', 'kind': 'xml'}), b'<a/>')
+    assert decode_json(meta)['status'] == 400 and decode_json(meta)['error'] == 'invalid'
+    assert 'unknown variant `xml`, expected `json` or `bytes`' in decode_json(body)['error']
+    assert client.cache.default.get('x') is None
