@@ -83,6 +83,8 @@ _MAX_KEY_LEN = 4096
 _MAX_ITEM_SIZE = 1024 * 1024  # a cache's max_item_size unless defined (cache/src/def.rs)
 _MAX_ITEM_SIZE_LIMIT = 16 * 1024 * 1024  # the largest a definition may give
 _MAX_EXPIRY_S = 10 * 366 * 24 * 3600  # the server's ten years (cache/src/def.rs)
+# The headers of an outgoing REST call that are the server's, refused as invalid (SPEC.md).
+_RESERVED_HEADERS = ('host', 'content-length', 'transfer-encoding', 'connection')
 _I64 = struct.Struct('>q')
 _U32 = struct.Struct('>I')
 _MISSING = object()
@@ -781,6 +783,11 @@ class _Server:
                 conn = 'default'
         conn = str(conn)
         if kind == 'rest':
+            self._stub(kind, conn)
+            for name in doc.get('headers') or ():
+                if str(name).lower() in _RESERVED_HEADERS:
+                    return _refusal(400, 'invalid', '%s: headers: %s is set by the server, '
+                                    'not by a call' % (conn, name))
             return self._rest(self._answer(kind, conn, doc, body))
         if kind == 'sql':
             return self._sql(conn, doc, body)

@@ -842,3 +842,27 @@ def test_cache_expiry_limit_and_value_kinds_are_the_servers():
     assert decode_json(meta)['status'] == 400 and decode_json(meta)['error'] == 'invalid'
     assert 'unknown variant `xml`, expected `json` or `bytes`' in decode_json(body)['error']
     assert client.cache.default.get('x') is None
+
+
+def test_rest_headers_of_the_servers_own_are_refused_as_the_server_does():
+    from oxbus import InvalidCall
+
+    class SetsHost(Service):
+        name = 't.sets-host'
+
+        def handle(self):
+            conn = self.out.rest['CRM'].conn
+            try:
+                conn.get(self.cid, headers={self.request.payload: 'x'})
+            except InvalidCall as e:
+                self.response.payload = {'invalid': str(e), 'status': e.status}
+            else:
+                self.response.payload = {'sent': True}
+
+    client = TestClient(SetsHost, outgoing={'CRM': {}})
+    for name in ('Host', 'Content-Length', 'transfer-encoding', 'CONNECTION'):
+        assert client.call(name).json == {
+            'invalid': 'CRM: headers: %s is set by the server, not by a call' % name,
+            'status': 400}
+    assert client.outgoing_calls == []  # refused before anything went out
+    assert client.call('X-Ok').json == {'sent': True}
