@@ -928,12 +928,20 @@ class _Dispatcher(Dispatcher):
         return super()._error(stream, cid, cls, exc, kind)
 
 
+def _copy(value: Any) -> Any:
+    """A deep copy of ``value`` (``value`` itself when it cannot be copied)."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
+
+
 def _stub_service(name: str, target: Any, client: TestClient) -> Type[Service]:
     """A service called ``name`` that answers what ``target`` gives (see ``invoke=``)."""
 
     def handle(self: Service) -> None:
         payload = self.request.payload
-        client.invoked.append(Invoked(name, payload))
+        client.invoked.append(Invoked(name, _copy(payload)))
         if not callable(target):
             self.response.payload = copy.deepcopy(target)
             return

@@ -866,3 +866,20 @@ def test_rest_headers_of_the_servers_own_are_refused_as_the_server_does():
             'status': 400}
     assert client.outgoing_calls == []  # refused before anything went out
     assert client.call('X-Ok').json == {'sent': True}
+
+
+def test_invoked_keeps_the_payload_as_it_was_sent():
+    from oxbus.testing import Invoked
+
+    class Reuses(Service):
+        name = 't.reuses'
+
+        def handle(self):
+            p = {'q': 1}
+            self.invoke('x', p)
+            p['q'] = 2  # the caller reuses its dict after the call
+            self.response.payload = {}
+
+    client = TestClient(Reuses, invoke={'x': {}})
+    client.call()
+    assert client.invoked == [Invoked('x', {'q': 1})]
