@@ -904,15 +904,25 @@ class _Services(dict):  # type: ignore[type-arg]
         super().__init__(services)
         self._client = client
 
-    def get(self, name: Any, default: Any = None) -> Any:
-        cls = dict.get(self, name)  # an unhashable name raises TypeError, as dict's does
-        if cls is None and isinstance(name, str):
+    def _absent(self, name: Any) -> None:
+        if isinstance(name, str):
             self._client._not_stubbed(
                 'the service invoked %r, which is not stubbed: give the service class as '
                 'TestClient(..., services=[...]) or a stub as invoke={%r: stub}'
                 % (name, name))
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        cls = dict.get(self, name)  # an unhashable name raises TypeError, as dict's does
+        if cls is None:
+            self._absent(name)
             return default
         return cls
+
+    def __contains__(self, name: Any) -> bool:  # patterns' check of a callback service
+        if dict.__contains__(self, name):
+            return True
+        self._absent(name)
+        return False
 
 
 class _Dispatcher(Dispatcher):

@@ -883,3 +883,18 @@ def test_invoked_keeps_the_payload_as_it_was_sent():
     client = TestClient(Reuses, invoke={'x': {}})
     client.call()
     assert client.invoked == [Invoked('x', {'q': 1})]
+
+
+def test_a_pattern_callback_not_given_is_not_stubbed():
+    class Retries(Service):
+        name = 't.retries'
+
+        def handle(self):
+            self.response.payload = self.patterns.invoke_retry.invoke(
+                'target', {'a': 1}, repeats=2, seconds=0, async_fallback=True,
+                callback='my.callback')
+
+    with pytest.raises(NotStubbed, match="invoked 'my.callback', which is not stubbed"):
+        TestClient(Retries, invoke={'target': {'ok': 1}}).call()
+    client = TestClient(Retries, invoke={'target': {'ok': 1}, 'my.callback': None})
+    assert client.call().json == {'ok': 1}
