@@ -79,6 +79,7 @@ __all__ = ['TestClient', 'Result', 'NotStubbed', 'OutCall', 'HTTPAnswer', 'SqlAn
 _JSON = 'application/json'
 _TEXT = 'text/plain; charset=utf-8'
 _BYTES = 'application/octet-stream'
+_PORT = 17010  # the port an HTTP call of the client's came to (the server's default)
 _MAX_KEY_LEN = 4096
 _MAX_ITEM_SIZE = 1024 * 1024  # a cache's max_item_size unless defined (cache/src/def.rs)
 _MAX_ITEM_SIZE_LIMIT = 16 * 1024 * 1024  # the largest a definition may give
@@ -1100,12 +1101,14 @@ class TestClient:
         http = method is not None or channel in ('rest', 'jsonrpc')
         if http:
             pairs = _header_list(headers)
+            if not any(n == 'host' for n, _ in pairs):  # what a client of port 17010 sends
+                pairs.insert(0, ['host', 'localhost:%d' % _PORT])
             if json_body and not any(n == 'content-type' for n, _ in pairs):
                 pairs.append(['content-type', _JSON])
             call.update({'method': (method or 'POST').upper(), 'path': path or '/',
                          'params': {str(k): str(v) for k, v in (path_params or {}).items()},
                          'query': _query_string(query), 'headers': pairs,
-                         'remote_addr': '127.0.0.1', 'scheme': 'http', 'port': 17010})
+                         'remote_addr': '127.0.0.1', 'scheme': 'http', 'port': _PORT})
         elif path_params or query or headers:
             raise TypeError('path_params, query and headers come with an HTTP call: use '
                             'get()/post()... or call(method=...)')

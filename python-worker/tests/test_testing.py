@@ -898,3 +898,19 @@ def test_a_pattern_callback_not_given_is_not_stubbed():
         TestClient(Retries, invoke={'target': {'ok': 1}}).call()
     client = TestClient(Retries, invoke={'target': {'ok': 1}, 'my.callback': None})
     assert client.call().json == {'ok': 1}
+
+
+def test_an_http_call_has_the_host_header_a_client_sends():
+    class Host(Service):
+        name = 't.host'
+
+        def handle(self):
+            http = self.request.http
+            self.response.payload = {'host': http.headers.getall('host'), 'port': http.port,
+                                     'path': http.path}
+
+    client = TestClient(Host)
+    assert client.get().json == {'host': ['localhost:17010'], 'port': 17010, 'path': '/'}
+    assert client.get(headers={'Host': 'api.example.com'}).json['host'] == ['api.example.com']
+    # The channel's URL pattern is the server's: the path is '/' unless given.
+    assert client.get(path_params={'id': 7}).json['path'] == '/'
