@@ -46,8 +46,9 @@ connection, a server call the client does not answer) raises :class:`NotStubbed`
 client's call, naming the argument to give, even when the service caught the error. An
 exception of a stub's own (a failed ``assert`` in it) is raised from the call the same way:
 a stub hands the service only what the server would (an ``oxbus.outgoing`` error; for an
-``invoke`` stub, a :class:`~oxbus.Reportable` too). A missing cache key, secret or user config is not that: the service gets what a server
-without it answers (None, ``KeyError``...).
+``invoke`` stub, a :class:`~oxbus.Reportable` too). A missing cache key, secret or user
+config is not that: the service gets what a server without it answers (None,
+``KeyError``...).
 
 The client's calls run the service in the calling thread (``async def`` services with
 ``asyncio.run``; :meth:`TestClient.acall` awaits them from a coroutine, and runs a sync
