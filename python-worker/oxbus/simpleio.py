@@ -323,6 +323,46 @@ def _out_decimal(value: Any) -> str:
     return str(to_decimal(value))
 
 
+def _out_text(value: Any) -> str:
+    """A ``Text`` element's answer: a string, whatever scalar the service put there (a
+    date as ISO 8601, a Decimal or UUID as its text, an Enum member as its value's), so
+    the answer is the ``string`` the API document promises; containers are refused."""
+    if isinstance(value, str):
+        return value
+    try:
+        return to_text(value)
+    except ValueError:
+        pass
+    import datetime
+    import decimal
+    import enum
+    import uuid
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _out_text(value.value)
+    raise ValueError('expected a string')
+
+
+def _is_object(value: Any) -> bool:
+    # A model instance is written out as an object too (Model.__oxbus_json__).
+    return isinstance(value, dict) or hasattr(type(value), '__oxbus_json__')
+
+
+def _out_dict(value: Any) -> Any:
+    if _is_object(value):
+        return value
+    raise ValueError('expected an object')
+
+
+def _out_dict_list(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and all(_is_object(v) for v in value):
+        return value
+    raise ValueError('expected a list of objects')
+
+
 def _out_uuid(value: Any) -> Any:
     import uuid
     # Zato sends a UUID object as 32 hex digits, and anything else as it is.
@@ -473,6 +513,7 @@ class Decimal(Elem):
 class Text(Elem):
     __slots__ = ()
     _convert = staticmethod(to_text)
+    _output = staticmethod(_out_text)
     _type = 'string'
     _empty_is_absent = False
 
@@ -530,7 +571,7 @@ class Dict(Elem):
     """An object; ``Dict('address', 'street', '-zip', Int('floor'))`` checks its keys."""
     __slots__ = ()
     _convert = staticmethod(to_dict)
-    _output = staticmethod(lambda v: v)
+    _output = staticmethod(_out_dict)
     _type = 'object'
 
 
@@ -538,6 +579,7 @@ class DictList(Dict):
     """A list of objects, each checked as :class:`Dict` checks one."""
     __slots__ = ()
     _convert = staticmethod(lambda v: v if isinstance(v, list) else _refuse('expected a list'))
+    _output = staticmethod(_out_dict_list)
     _type = 'array'
 
 
@@ -808,9 +850,15 @@ class OutputError(Exception):
     take: a bug in the service."""
 
     def __init__(self, field: str, reason: Optional[str] = None) -> None:
-        super().__init__('missing output: %s' % field if reason is None
-                         else 'invalid output: %s: %s' % (field, reason))
+        if reason is None:
+            message = 'missing output: %s' % field
+        elif field:
+            message = 'invalid output: %s: %s' % (field, reason)
+        else:  # the payload itself
+            message = 'invalid output: %s' % reason
+        super().__init__(message)
         self.field = field
+        self.reason = reason
 
 
 def filter_output(elems: Tuple[Elem, ...], payload: Any, skip_empty: bool = False) -> Any:
@@ -824,8 +872,18 @@ def filter_output(elems: Tuple[Elem, ...], payload: Any, skip_empty: bool = Fals
     if isinstance(payload, dict):
         return _filter_one(elems, payload, skip_empty)
     if isinstance(payload, list):
-        return [_filter_one(elems, item, skip_empty) if isinstance(item, dict) else item
-                for item in payload]
+        try:
+            return [_filter_one(elems, item, skip_empty) if isinstance(item, dict) else item
+                    for item in payload]
+        except OutputError:
+            # Say which item: the error path only, so the loop above stays a comprehension.
+            for i, item in enumerate(payload):
+                if isinstance(item, dict):
+                    try:
+                        _filter_one(elems, item, skip_empty)
+                    except OutputError as e:
+                        raise OutputError('[%d].%s' % (i, e.field), e.reason) from None
+            raise
     return payload
 
 
