@@ -290,7 +290,7 @@ class Dispatcher:
         else:
             name = meta.get('channel_name')
             svc.channel = (_channels.get((channel, name))
-                           or _channel(channel, name))  # type: ignore[arg-type]
+                           or _channel(channel, name))
         svc.request = request = Request(payload, body, data_format, meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
@@ -574,7 +574,8 @@ class Dispatcher:
             result = filter_output(output, result, cls._oxbus_skip_empty)
             # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
             # 'zato...' element; a service's own name for it stays.
-            if wrap and not (skip_elem and (elem == 'response' or elem.startswith('zato'))):
+            if wrap and not (skip_elem and elem is not None
+                             and (elem == 'response' or elem.startswith('zato'))):
                 result = {elem: result}
             return result
         if cls._oxbus_output_model is not None:
@@ -634,8 +635,9 @@ def exc_family(exc: BaseException) -> str:
         return 'CancelledError'
     home = _errors if isinstance(exc, Reportable) else builtins
     for klass in type(exc).__mro__:
-        if getattr(home, klass.__name__, None) is klass:
-            return klass.__name__
+        name: str = klass.__name__
+        if getattr(home, name, None) is klass:
+            return name
     return 'BaseException'  # not reached: every exception class derives from it
 
 

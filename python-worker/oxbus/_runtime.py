@@ -177,8 +177,8 @@ class FrameLogHandler(logging.Handler):
         try:
             # Counted before format(), which adds ``message`` (and maybe ``asctime``).
             has_extra = len(record.__dict__) > _RECORD_ATTR_COUNT
-            doc = {'level': _level_name(record.levelno), 'logger': record.name,
-                   # format() appends the exception text and stack info when present.
+            doc: Dict[str, Any] = {'level': _level_name(record.levelno), 'logger': record.name,
+                                   # format() appends the exception text and stack info when present.
                    'msg': self.format(record)}
             if has_extra:
                 extra = _extra_fields(record)
@@ -414,7 +414,7 @@ class Worker:
                             # Park until the reader hands over the REPLY or the socket.
                             # Decided under the lock that every hand-over takes, so neither
                             # can slip in between (no lost wake-up).
-                            sem = slot.sem
+                            sem: Any = slot.sem  # a Lock from here on
                             if sem is None:
                                 sem = slot.sem = threading.Lock()
                                 sem.acquire()  # held by this thread between wake-ups

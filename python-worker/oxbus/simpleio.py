@@ -48,10 +48,13 @@ from .errors import BadRequest
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+    # As _Dict and _List: Dict and List are element classes of this module.
+    from typing import (Any, Callable, Dict as _Dict, Iterable, List as _List, Mapping,
+                        Optional, Tuple, Union)
 
-    #: What a declaration may be: one name or element, or several.
-    Spec = Union[None, str, 'Elem', Iterable[Union[str, 'Elem']]]
+    #: What a declaration may be: one name or element, or several; or a Model class (a
+    #: service's ``input``/``output``, not parse_spec's).
+    Spec = Union[None, str, 'Elem', Iterable[Union[str, 'Elem']], type]
 
 __all__ = ['Bunch', 'Elem', 'OutputError', 'parse_spec', 'parse_input', 'filter_output',
            'describe', 'to_int', 'to_bool', 'to_float', 'NotGiven', 'AsIs', 'Bool', 'CSV',
@@ -578,7 +581,9 @@ class Dict(Elem):
 class DictList(Dict):
     """A list of objects, each checked as :class:`Dict` checks one."""
     __slots__ = ()
-    _convert = staticmethod(lambda v: v if isinstance(v, list) else _refuse('expected a list'))
+    # A list, where Dict's converter gives a dict: the element types' converters differ.
+    _convert = staticmethod(  # type: ignore[assignment]
+        lambda v: v if isinstance(v, list) else _refuse('expected a list'))
     _output = staticmethod(_out_dict_list)
     _type = 'array'
 
@@ -599,15 +604,15 @@ ListOfDicts = DictList
 Unicode = Text
 
 
-_TYPE_NAMES: Dict[Optional[Callable[[Any], Any]], str] = {
+_TYPE_NAMES: _Dict[Optional[Callable[[Any], Any]], str] = {
     to_int: 'integer', to_bool: 'boolean', None: 'any'}
 
 
-def describe(elems: Tuple[Elem, ...]) -> List[Dict[str, Any]]:
+def describe(elems: Tuple[Elem, ...]) -> _List[_Dict[str, Any]]:
     """The wire form of a declaration (``ServiceInfo`` ``input``/``output`` in SPEC.md)."""
     out = []
     for e in elems:
-        item: Dict[str, Any] = {'name': e.name, 'required': e.required, 'type': e.type}
+        item: _Dict[str, Any] = {'name': e.name, 'required': e.required, 'type': e.type}
         if e.format:
             item['format'] = e.format
         out.append(item)
@@ -639,7 +644,8 @@ def _as_elem(item: Any, where: str, text_default: bool = False) -> Elem:
         if text_default:  # a Zato-style service: Zato's name rules, Text for the others
             name = item[1:] if item.startswith('-') else item
             convert = _converter_for(name.split('=', 1)[0], zato=True)
-            elem = (Text if convert is None else Int if convert is to_int else Bool)(item)
+            elem: Elem = (Text if convert is None else Int if convert is to_int
+                          else Bool)(item)
         else:
             elem = Elem(item)
     except TypeError as e:
@@ -657,7 +663,7 @@ def parse_spec(spec: Spec, where: str, text_default: bool = False,
     """
     if spec is None:
         return ()
-    items = (spec,) if isinstance(spec, (str, Elem)) else spec
+    items: Any = (spec,) if isinstance(spec, (str, Elem)) else spec
     try:
         items = tuple(items)
     except TypeError:
@@ -707,7 +713,7 @@ class Problems(list):  # type: ignore[type-arg]
         return len(self) >= MAX_PROBLEMS
 
 
-def problems_error(problems: List[Tuple[str, str]]) -> InputError:
+def problems_error(problems: _List[Tuple[str, str]]) -> InputError:
     """The 400 of refused input: ``error`` names the first few, ``errors`` lists each
     (at most :data:`MAX_PROBLEMS`), ``truncated`` when there were more."""
     messages = [m if m.startswith(('missing input', 'invalid input'))
@@ -717,7 +723,7 @@ def problems_error(problems: List[Tuple[str, str]]) -> InputError:
     msg = '; '.join(messages[:5]) + (
         '; and more (the first %d are in errors)' % len(messages) if dropped
         else '; and %d more (in errors)' % more if more > 0 else '')
-    details: Dict[str, Any] = {'field': problems[0][0], 'errors': [
+    details: _Dict[str, Any] = {'field': problems[0][0], 'errors': [
         {'field': f, 'error': m} for (f, _), m in zip(problems, messages)]}
     if dropped:
         details['truncated'] = True
@@ -728,7 +734,7 @@ def _problem(name: str, reason: str) -> Tuple[str, str]:
     return name, 'invalid input: %s: %s' % (name, reason)
 
 
-def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, str]]) -> Any:
+def convert_value(elem: Elem, value: Any, path: str, problems: _List[Tuple[str, str]]) -> Any:
     """Convert one present value of ``elem`` (and a Dict's keys); record problems."""
     convert = elem.convert
     if convert is None:
@@ -761,8 +767,8 @@ def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, s
     return value
 
 
-def _convert_keys(keys: Tuple[Elem, ...], item: Dict[str, Any], path: str,
-                  problems: List[Tuple[str, str]]) -> Bunch:
+def _convert_keys(keys: Tuple[Elem, ...], item: _Dict[str, Any], path: str,
+                  problems: _List[Tuple[str, str]]) -> Bunch:
     out = Bunch()
     for key in keys:
         sub = '%s.%s' % (path, key.name)
@@ -797,7 +803,7 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
     body = payload if json_body and payload is not None else None
     result = Bunch()
     query_dict: Optional[Mapping[str, str]] = None
-    problems: Optional[List[Tuple[str, str]]] = None
+    problems: Optional[_List[Tuple[str, str]]] = None
     for elem in elems:
         name = elem.name
         value: Any = _MISSING
@@ -887,8 +893,8 @@ def filter_output(elems: Tuple[Elem, ...], payload: Any, skip_empty: bool = Fals
     return payload
 
 
-def _filter_one(elems: Tuple[Elem, ...], item: Dict[str, Any],
-                skip_empty: bool) -> Dict[str, Any]:
+def _filter_one(elems: Tuple[Elem, ...], item: _Dict[str, Any],
+                skip_empty: bool) -> _Dict[str, Any]:
     out = {}
     for elem in elems:
         name = elem.name
@@ -925,9 +931,10 @@ class SimpleIOPayload(Bunch):
 
     def _list(self) -> list:  # type: ignore[type-arg]
         try:
-            return object.__getattribute__(self, '_oxbus_list')
+            items: list = object.__getattribute__(self, '_oxbus_list')  # type: ignore[type-arg]
+            return items
         except AttributeError:
-            items: list = []  # type: ignore[type-arg]
+            items = []
             object.__setattr__(self, '_oxbus_list', items)
             return items
 
