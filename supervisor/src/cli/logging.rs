@@ -285,17 +285,16 @@ fn json_line(
     cap(&mut message);
     // A worker record's `extra=` fields come as one JSON object text (lifecycle/connection.rs
     // emit_log): written as the object they are, so a shipper can index them.
-    if target == PYTHON_TARGET {
-        if let Some(Value::String(text)) = fields.get("extra") {
-            if let Ok(Value::Object(mut extra)) = serde_json::from_str::<Value>(text) {
-                for v in extra.values_mut() {
-                    if let Value::String(s) = v {
-                        cap(s);
-                    }
-                }
-                fields.insert("extra".to_owned(), Value::Object(extra));
+    if target == PYTHON_TARGET
+        && let Some(Value::String(text)) = fields.get("extra")
+        && let Ok(Value::Object(mut extra)) = serde_json::from_str::<Value>(text)
+    {
+        for v in extra.values_mut() {
+            if let Value::String(s) = v {
+                cap(s);
             }
         }
+        fields.insert("extra".to_owned(), Value::Object(extra));
     }
     for v in fields.values_mut() {
         if let Value::String(s) = v {
