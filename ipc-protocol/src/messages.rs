@@ -118,6 +118,10 @@ pub struct LogRecord {
     /// within version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The record's own fields (Python's `logger.info(..., extra={...})`), each a JSON
+    /// value. Added within version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `ERROR`: a fatal, connection-level error.

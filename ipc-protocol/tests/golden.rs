@@ -325,6 +325,26 @@ fn a_log_record_carries_its_trace_id() {
 }
 
 #[test]
+fn a_log_record_carries_its_extra_fields() {
+    // What the Python worker sends for logger.info('placed', extra={...}).
+    let json = r#"{"level":"info","logger":"crm","msg":"placed","cid":"c1","service":"crm.get","extra":{"order":7,"who":{"name":"Ann"}}}"#;
+    let rec: LogRecord = serde_json::from_str(json).unwrap();
+    let extra = rec.extra.clone().unwrap();
+    assert_eq!(extra["order"], 7);
+    assert_eq!(extra["who"]["name"], "Ann");
+    assert_eq!(serde_json::to_string(&rec).unwrap(), json);
+    // A record without any (every older worker's) has none, and writes none.
+    let old = std::fs::read(dir().join("log.bin")).unwrap();
+    let frame = FrameDecoder::default()
+        .decode(&mut BytesMut::from(&old[..]))
+        .unwrap()
+        .unwrap();
+    let rec = frame.parse_json::<LogRecord>().unwrap();
+    assert_eq!(rec.extra, None);
+    assert_eq!(serde_json::to_vec(&rec).unwrap(), &frame.payload[..]);
+}
+
+#[test]
 fn ready_with_and_without_simpleio_declarations() {
     let ready = |file: &str| {
         let wire = std::fs::read(dir().join(file)).unwrap();

@@ -103,8 +103,10 @@ class _CallImporter:
         if entry is None:
             return None
         from importlib.machinery import ModuleSpec
-        # No has_location: the module gets no __file__ (there is no file).
-        return ModuleSpec(fullname, self, origin=entry[2],
+        # No has_location: the module gets no __file__ (there is no file). The loader is
+        # this finder itself (create_module, exec_module), duck-typed, not an
+        # importlib.abc.Loader subclass.
+        return ModuleSpec(fullname, self, origin=entry[2],  # type: ignore[arg-type]
                           is_package=fullname in self.packages)
 
     def create_module(self, spec: Any) -> Optional[types.ModuleType]:
@@ -487,9 +489,9 @@ class Deployer:
             kept = {s: cls for s, cls in current.items()
                     if self._unit_of(cls) not in listed and cls.__module__ not in listed}
             for service, cls in found.items():
-                other = kept.get(service)
-                if other is not None:
-                    add_services({service: other}, [cls], failures)
+                kept_cls = kept.get(service)
+                if kept_cls is not None:
+                    add_services({service: kept_cls}, [cls], failures)
                     raise _Refused(422, _duplicate(owner[service], failures[0]))
             if not activate:
                 return {'services': [service_info(cls) for cls in found.values()]}
@@ -755,7 +757,7 @@ def _synthetic_package(name: str) -> types.ModuleType:
     """An empty package standing in for the parent of a deployed dotted module name."""
     from importlib.machinery import ModuleSpec
     module = types.ModuleType(name, 'parent package of deployed oxbus modules')
-    module.__path__ = []  # type: ignore[attr-defined]
+    module.__path__ = []
     module.__package__ = name
     module.__spec__ = ModuleSpec(name, None, is_package=True)
     return module

@@ -24,7 +24,8 @@ from . import _protocol
 from . import errors as _errors
 from .amqp import AMQPRequestData
 from ._outcall import close_invocation, left_open, open_invocation
-from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
+from ._protocol import (REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply,
+                        find_unencodable)
 from .cache import CacheAPI
 from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
 from .files import FileTransferRequest, raw_request_from_call
@@ -289,7 +290,7 @@ class Dispatcher:
         else:
             name = meta.get('channel_name')
             svc.channel = (_channels.get((channel, name))
-                           or _channel(channel, name))  # type: ignore[arg-type]
+                           or _channel(channel, name))
         svc.request = request = Request(payload, body, data_format, meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
@@ -366,7 +367,10 @@ class Dispatcher:
         # (Model.__oxbus_json__), like one nested in a dict: no check here on the hot path.
         kind = type(payload)
         if kind is dict or kind is list:
-            body = encode_json(payload)
+            try:
+                body = encode_json(payload)
+            except (TypeError, ValueError, RecursionError):
+                raise _unencodable(payload) from None
             content_type = JSON_CONTENT_TYPE
         elif payload is None:
             body = b''
@@ -378,7 +382,10 @@ class Dispatcher:
             body = bytes(payload)
             content_type = BINARY_CONTENT_TYPE
         else:  # numbers, booleans, dict/list subclasses, tuples...
-            body = encode_json(payload)
+            try:
+                body = encode_json(payload)
+            except (TypeError, ValueError, RecursionError):
+                raise _unencodable(payload) from None
             content_type = JSON_CONTENT_TYPE
         status = response.status_code
         headers = response._headers
@@ -416,10 +423,15 @@ class Dispatcher:
             status = 500
             doc = {'error': str(exc), 'field': exc.field, 'cid': cid}
         elif isinstance(exc, OutputError):
-            # The service broke its own contract: tell the client which element, and the
-            # log, since someone has to fix the service.
-            cls.logger.error('%s: %s (declared output: %s)', cls.name, exc,
-                             ', '.join(e.name for e in cls._oxbus_output))
+            # The service broke its own contract (or answered with a value JSON has no form
+            # for): tell the client which element, and the log, since someone has to fix
+            # the service. No traceback: the path says where, and the encoder's frames
+            # would only name oxbus's own files.
+            if cls._oxbus_output:
+                cls.logger.error('%s: %s (declared output: %s)', cls.name, exc,
+                                 ', '.join(e.name for e in cls._oxbus_output))
+            else:
+                cls.logger.error('%s: %s', cls.name, exc)
             status = 500
             doc = {'error': str(exc), 'field': exc.field, 'cid': cid}
         else:
@@ -562,7 +574,8 @@ class Dispatcher:
             result = filter_output(output, result, cls._oxbus_skip_empty)
             # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
             # 'zato...' element; a service's own name for it stays.
-            if wrap and not (skip_elem and (elem == 'response' or elem.startswith('zato'))):
+            if wrap and not (skip_elem and elem is not None
+                             and (elem == 'response' or elem.startswith('zato'))):
                 result = {elem: result}
             return result
         if cls._oxbus_output_model is not None:
@@ -622,9 +635,17 @@ def exc_family(exc: BaseException) -> str:
         return 'CancelledError'
     home = _errors if isinstance(exc, Reportable) else builtins
     for klass in type(exc).__mro__:
-        if getattr(home, klass.__name__, None) is klass:
-            return klass.__name__
+        name: str = klass.__name__
+        if getattr(home, name, None) is klass:
+            return name
     return 'BaseException'  # not reached: every exception class derives from it
+
+
+def _unencodable(payload: Any) -> OutputError:
+    """The OutputError of an answer the JSON encoder refused, naming where in it (the
+    error path only: the encoder says neither where nor which key)."""
+    path, reason = find_unencodable(payload)
+    return OutputError(path, reason)
 
 
 def _error_frame(stream: int, status: int, doc: Dict[str, Any],

@@ -38,6 +38,7 @@ __all__ = [
     'BYE', 'ERROR', 'KIND_NAMES', 'KIND_CODES', 'FLAG_ASYNC', 'KNOWN_FLAGS',
     'WORKER_STREAM_BIT', 'ProtocolError', 'encode_frame', 'decode_frame',
     'encode_call', 'encode_reply', 'split_call', 'decode_call', 'encode_json', 'decode_json',
+    'find_unencodable',
     'FrameReader',
 ]
 
@@ -107,15 +108,21 @@ class ProtocolError(ValueError):
 # ensure_ascii=False keeps UTF-8 text readable in logs ("café", not "caf\u00e9"); lone
 # surrogates cannot be encoded that way, so encode_json falls back to escaping them.
 def _json_default(obj: Any) -> Any:
-    """What the encoder calls for a value JSON has no form for: a model (anything with
-    ``__oxbus_json__``), ``date``/``datetime``/``time`` (ISO 8601), ``Decimal`` and ``UUID``
-    (text), the values typed SimpleIO input gives a service; a TypeError for anything else.
-    Only reached for such values, so the common payloads pay nothing."""
+    """What the encoder calls for a value JSON has no form for; a TypeError for anything else.
+
+    A model (anything with ``__oxbus_json__``): its dict; ``date``/``datetime``/``time``:
+    ISO 8601 text; ``Decimal`` (finite) and ``UUID``: their text; ``set``/``frozenset``: a
+    list (sorted when its items sort, so the answer does not change from run to run); an
+    ``Enum`` member: its value; a dataclass instance: an object of its fields. Tuples,
+    and str/int subclasses such as ``IntEnum``, are native to the encoder and never get
+    here. Only reached for such values, so the common payloads pay nothing.
+    """
     to_json = getattr(type(obj), '__oxbus_json__', None)
     if to_json is not None:
         return to_json(obj)
     import datetime
     import decimal
+    import enum
     import uuid
     if isinstance(obj, (datetime.date, datetime.time)):  # datetime is a date
         return obj.isoformat()
@@ -125,7 +132,87 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, uuid.UUID):
         return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:  # items of different kinds, or that do not order
+            return list(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if getattr(type(obj), '__dataclass_fields__', None) is not None:
+        import dataclasses
+        # Shallowly (not dataclasses.asdict, which deep-copies): the encoder encodes each
+        # value, through this hook again when it has to. fields() leaves out ClassVar and
+        # InitVar pseudo-fields.
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     raise TypeError('Object of type %s is not JSON serializable' % type(obj).__name__)
+
+
+def find_unencodable(obj: Any) -> Tuple[str, str]:
+    """Where in ``obj`` the JSON encoder fails and why: ``(path, reason)``.
+
+    The path is written as a service author reads it (``items[3].when``; ``''`` for ``obj``
+    itself). Called only after :func:`encode_json` failed (the error path): the encoder
+    itself says neither where nor, for a value nested in a list, which key.
+    """
+    found = _find_unencodable(obj, '', set(), 0)
+    if found is None:  # the encoder failed on something the walk cannot see (a cycle...)
+        return '', 'the value cannot be encoded as JSON'
+    return found
+
+
+#: How deep :func:`find_unencodable` looks; deeper data is reported at that depth.
+_FIND_MAX_DEPTH = 500
+
+
+def _find_unencodable(obj: Any, path: str, seen: set, depth: int  # type: ignore[type-arg]
+                      ) -> Optional[Tuple[str, str]]:
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return None
+    if isinstance(obj, float):
+        if obj != obj or obj in (float('inf'), float('-inf')):
+            return path, '%r is not a JSON number' % obj
+        return None
+    if depth > _FIND_MAX_DEPTH:
+        return path, 'nested too deeply to encode'
+    if id(obj) in seen:
+        return path, 'a circular reference'
+    if isinstance(obj, dict):
+        seen.add(id(obj))
+        for key, value in obj.items():
+            if not (key is None or isinstance(key, (str, int, float, bool))):
+                return (_key_path(path, key), 'an object key must be a string, not a %s'
+                        % type(key).__name__)
+            found = _find_unencodable(value, _key_path(path, key), seen, depth + 1)
+            if found is not None:
+                return found
+        seen.discard(id(obj))
+        return None
+    if isinstance(obj, (list, tuple)):
+        seen.add(id(obj))
+        for i, value in enumerate(obj):
+            found = _find_unencodable(value, '%s[%d]' % (path, i), seen, depth + 1)
+            if found is not None:
+                return found
+        seen.discard(id(obj))
+        return None
+    try:
+        converted = _json_default(obj)
+    except (TypeError, ValueError) as e:
+        inner = getattr(e, 'field', None)  # a model's own field path (ModelOutputError)
+        if isinstance(inner, str) and inner:
+            return _key_path(path, inner), str(getattr(e, 'reason', e))
+        if isinstance(e, TypeError):
+            return path, 'a value of type %s has no JSON form' % type(obj).__name__
+        return path, str(e)
+    seen.add(id(obj))
+    found = _find_unencodable(converted, path, seen, depth + 1)
+    seen.discard(id(obj))
+    return found
+
+
+def _key_path(path: str, key: Any) -> str:
+    return '%s.%s' % (path, key) if path else str(key)
 
 
 # NaN and the infinities are not JSON (RFC 8259): refused both ways, so a service can never

@@ -70,6 +70,7 @@ from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG,
 from ._deploy import Deployer
 from ._dispatch import Dispatcher, _error_frame
 from ._loader import ImportFailed, load_services_dir, service_info
+from ._logctx import install_stdio, install_thread_context, start_plain
 from .service import _invocation_meta, _trace_id_of, current_invocation
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
@@ -129,6 +130,32 @@ def _level_name(levelno: int) -> str:
     return 'debug'
 
 
+#: What every LogRecord has (and what format() adds): anything else came with ``extra=``.
+#: ``cid``, ``service`` and ``trace_id`` are the LOG frame's own fields (service loggers stamp
+#: them on their records too: oxbus/service.py's _ContextFilter).
+_RECORD_ATTRS = frozenset(logging.LogRecord('', 0, '', 0, '', None, None).__dict__) | {
+    'message', 'asctime', 'taskName', 'cid', 'service', 'trace_id'}
+_RECORD_ATTR_COUNT = len(logging.LogRecord('', 0, '', 0, '', None, None).__dict__)
+
+
+def _extra_fields(record: logging.LogRecord) -> Dict[str, Any]:
+    """The ``extra={...}`` fields of ``record``, each a JSON value (its text when it has no
+    JSON form): they go in the LOG frame's ``extra``."""
+    extra: Dict[str, Any] = {}
+    for key, value in record.__dict__.items():
+        if key in _RECORD_ATTRS or key.startswith('_'):
+            continue
+        try:
+            encode_json(value)
+        except Exception:  # noqa: BLE001 - any value may come here; its text goes instead
+            try:
+                value = str(value)
+            except Exception:  # noqa: BLE001
+                value = '<%s>' % type(value).__name__
+        extra[key] = value
+    return extra
+
+
 class FrameLogHandler(logging.Handler):
     """Sends every log record to the supervisor as a ``LOG`` frame.
 
@@ -148,9 +175,15 @@ class FrameLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            doc = {'level': _level_name(record.levelno), 'logger': record.name,
-                   # format() appends the exception text and stack info when present.
+            # Counted before format(), which adds ``message`` (and maybe ``asctime``).
+            has_extra = len(record.__dict__) > _RECORD_ATTR_COUNT
+            doc: Dict[str, Any] = {'level': _level_name(record.levelno), 'logger': record.name,
+                                   # format() appends the exception text and stack info when present.
                    'msg': self.format(record)}
+            if has_extra:
+                extra = _extra_fields(record)
+                if extra:
+                    doc['extra'] = extra
             stream = 0
             current = current_invocation.get()
             if current is not None:
@@ -381,7 +414,7 @@ class Worker:
                             # Park until the reader hands over the REPLY or the socket.
                             # Decided under the lock that every hand-over takes, so neither
                             # can slip in between (no lost wake-up).
-                            sem = slot.sem
+                            sem: Any = slot.sem  # a Lock from here on
                             if sem is None:
                                 sem = slot.sem = threading.Lock()
                                 sem.acquire()  # held by this thread between wake-ups
@@ -427,7 +460,7 @@ class Worker:
                 # module or a frame it cannot decode. Crash loudly, as a pool thread would
                 # (_guard); the supervisor fails this worker's calls and replaces it.
                 import traceback
-                traceback.print_exc()
+                traceback.print_exc(file=sys.__stderr__)
                 self._die(EXIT_INTERNAL, 'internal error in the worker runtime (reading a '
                           'reply)')
             payload = slot.payload
@@ -580,14 +613,16 @@ class Worker:
                 target()
             except BaseException:
                 import traceback
-                traceback.print_exc()
+                traceback.print_exc(file=sys.__stderr__)
                 self._die(EXIT_INTERNAL, 'internal error in the worker runtime')
         return run
 
     def _spawn_locked(self) -> None:
         self._pool += 1
-        threading.Thread(target=self._guard(self._thread_main),
-                         name='oxbus-%d' % self._pool, daemon=True).start()
+        # Not carrying the invocation of the thread that spawns it (_logctx): a pool thread
+        # sets its invocation per call.
+        start_plain(threading.Thread(target=self._guard(self._thread_main),
+                                     name='oxbus-%d' % self._pool, daemon=True))
 
     def _thread_main(self) -> None:
         """Every pool thread: lead when asked, else run pending calls, else wait idle."""
@@ -982,8 +1017,11 @@ class Worker:
             # failure. Let main() exit 0 and park this thread until it does.
             self._exit_clean()
             threading.Event().wait()
-        sys.stderr.write('oxbus worker %d: %s\n' % (self._worker_id, message))
-        sys.stderr.flush()
+        # The process's own stderr (sys.stderr is a LogStream after READY): the server reads
+        # it even when the socket is gone.
+        stderr = sys.__stderr__ or sys.stderr
+        stderr.write('oxbus worker %d: %s\n' % (self._worker_id, message))
+        stderr.flush()
         # os._exit, not sys.exit: handler threads may be stuck in user code forever and
         # the supervisor is gone, so there is nobody to drain for.
         os._exit(code)
@@ -1051,8 +1089,9 @@ def _read_token() -> str:
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    sys.stderr.write(message.rstrip('\n') + '\n')
-    sys.stderr.flush()
+    stderr = sys.__stderr__ or sys.stderr  # the process's own, as in Worker._die
+    stderr.write(message.rstrip('\n') + '\n')
+    stderr.flush()
     raise SystemExit(code)
 
 
@@ -1200,4 +1239,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log_handler.sink = worker.post
     finally:
         log_handler.release()
+    # From here on print() and threads a service starts log with the invocation's cid.
+    install_stdio(log_handler)
+    install_thread_context()
     return worker.serve()

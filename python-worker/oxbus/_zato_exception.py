@@ -11,7 +11,7 @@ from . import errors as _e
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Optional, Tuple
 
 __all__ = ['ZatoException', 'ServiceMissingException', 'RuntimeInvocationError',
            'ClientSecurityException', 'ConnectionException', 'TimeoutException',
@@ -88,7 +88,7 @@ ClientHTTPError = Reportable
 def _zato_class(base: Any, default_msg: Optional[str]) -> Any:
     # Zato's hierarchy (ZatoException > Reportable > BadRequest...) over Oxbus's own class,
     # whose status and family (the server's error counts) it keeps.
-    class Zato(Reportable, base):  # type: ignore[misc, valid-type]
+    class Zato(Reportable, base):  # type: ignore[misc]
         def __init__(self, cid: Any = None, msg: Any = default_msg, *ignored: Any,
                      **kwargs: Any) -> None:
             kwargs.pop('needs_msg', None)
@@ -114,7 +114,7 @@ class Unauthorized(Reportable, _e.Unauthorized):
 
     def __init__(self, cid: Any = None, msg: Any = None, challenge: Any = None,
                  *ignored: Any, **kwargs: Any) -> None:
-        args = (cid, msg if msg is not None else 'Unauthorized')
+        args: Tuple[Any, ...] = (cid, msg if msg is not None else 'Unauthorized')
         if challenge:
             args = args + (challenge,)
         _e.Unauthorized.__init__(self, *args, **kwargs)

@@ -80,7 +80,7 @@ class Service(_service.Service):
                                 'functions, not async def' % (cls.__qualname__, hook))
         before = any(getattr(cls, h) is not getattr(base, h) for h in _ZATO_HOOKS_BEFORE)
         after = any(getattr(cls, h) is not getattr(base, h) for h in _ZATO_HOOKS_AFTER)
-        cls._oxbus_hooks = (before, after)  # type: ignore[assignment]
+        cls._oxbus_hooks = (before, after)
 
     # -- Zato's hooks -----------------------------------------------------------------------
 
@@ -178,10 +178,12 @@ class Service(_service.Service):
                 'QUERY_STRING': http.query_raw, 'REMOTE_ADDR': http.remote_addr,
                 'zato.http.remote_addr': http.remote_addr}
 
-    def invoke_async(self, name: Any, payload: Any = None, channel: Any = None,
-                     data_format: Any = None, transport: Any = None, expiration: Any = None,
-                     to_json_string: bool = False, cid: Any = None, callback: Any = None,
-                     zato_ctx: Any = None, environ: Any = None) -> str:
+    # Zato's positional order (channel third, cid eighth), not oxbus.Service's (cid third):
+    # a module written for Zato calls it so.
+    def invoke_async(self, name: Any, payload: Any = None,  # type: ignore[override]
+                     channel: Any = None, data_format: Any = None, transport: Any = None,
+                     expiration: Any = None, to_json_string: bool = False, cid: Any = None,
+                     callback: Any = None, zato_ctx: Any = None, environ: Any = None) -> str:
         """Zato's ``invoke_async``: returns the new cid. ``callback`` is not supported (the
         callee's answer goes nowhere): ``NotImplementedError`` names the alternative,
         ``self.patterns.parallel``."""
@@ -232,4 +234,4 @@ class Service(_service.Service):
         raise NotImplementedError('self.lock (a distributed lock) is not supported by Oxbus')
 
 
-Service._oxbus_hooks = (False, False)  # type: ignore[assignment]
+Service._oxbus_hooks = (False, False)

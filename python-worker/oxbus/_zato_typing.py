@@ -45,7 +45,7 @@ class DateTimeWithZone(datetime):
     pass
 
 
-def from_dict(data_class: Any, data: Any, config: Any = None) -> Any:
+def from_dict(data_class: any_, data: any_, config: any_ = None) -> any_:
     """dacite's ``from_dict`` as Zato re-exports it: a model instance from a dict
     (ValueError naming every field that does not fit)."""
     if isinstance(data_class, type) and issubclass(data_class, Model):
@@ -58,11 +58,11 @@ def from_dict(data_class: Any, data: Any, config: Any = None) -> Any:
     return out
 
 
-def list_field() -> Any:
+def list_field() -> any_:
     return field(default_factory=list)
 
 
-def dict_field() -> Any:
+def dict_field() -> any_:
     return field(default_factory=dict)
 
 
@@ -78,7 +78,7 @@ anytuple = tuple_[any_, ...]
 boolnone = optional[bool]
 byteslist = list_[bytes]
 bytesnone = optional[bytes]
-callnone = optional[callable_]
+callnone = optional[callable_[..., any_]]
 commondict = dict_[str, union_[int, str_, bool, float, anydict, anylist, datetime, None]]
 commoniter = union_[anylist, anytuple]
 date_ = date

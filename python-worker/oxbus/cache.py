@@ -163,7 +163,8 @@ class Cache:
 
     def keys(self, prefix: str = '') -> List[str]:
         """The keys starting with ``prefix``, sorted."""
-        return decode_json(self._call(b'keys', b',"prefix":' + _key(prefix))[1])
+        keys: List[str] = decode_json(self._call(b'keys', b',"prefix":' + _key(prefix))[1])
+        return keys
 
     def items(self, prefix: str = '') -> List[Tuple[str, Any]]:
         """``(key, value)`` of the keys starting with ``prefix``, sorted by key."""

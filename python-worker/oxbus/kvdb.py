@@ -48,7 +48,7 @@ from ._protocol import decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+    from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 __all__ = ['RedisConnections', 'Redis', 'Pipeline', 'KVDB', 'RedisError', 'OutgoingTimeout',
            'OutgoingConnectionError', 'UnknownConnection', 'InvalidCall']
@@ -62,12 +62,14 @@ _unpack_i64 = _I64.unpack_from
 
 # -- the body format of out.redis ---------------------------------------------------------
 
-def _arg(conn: str, a: Any) -> bytes:
+def _arg(conn: Optional[str], a: Any) -> bytes:
     t = type(a)
     if t is bytes:
-        return a
+        raw: bytes = a
+        return raw
     if t is str:
-        return a.encode('utf-8')
+        text: str = a
+        return text.encode('utf-8')
     if t is int:
         return b'%d' % a
     if t is float:
@@ -80,7 +82,7 @@ def _arg(conn: str, a: Any) -> bytes:
                       'convert it first' % (_label(conn), t.__name__, a), conn, 'invalid')
 
 
-def _command(conn: str, args: Tuple[Any, ...], parts: List[bytes]) -> None:
+def _command(conn: Optional[str], args: Tuple[Any, ...], parts: List[bytes]) -> None:
     if not args:
         raise InvalidCall('%s: a command needs at least its name' % _label(conn), conn,
                           'invalid')
@@ -465,6 +467,11 @@ class Redis(_Commands):
                                  % (timeout,))
             self._head += b',"deadline_ms":%d' % max(1, int(timeout * 1000))
         self._one = self._head + b'}'
+
+    if TYPE_CHECKING:
+        # The ``a<command>`` forms are set on the class below, one per named command: to a
+        # type checker each is an awaitable method taking what the command takes.
+        def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]: ...
 
     @property
     def name(self) -> Optional[str]:

@@ -208,7 +208,7 @@ def _classify(field: _Field, hint: Any, where: str) -> None:
 def model_fields(cls: Any) -> Tuple[_Field, ...]:
     """The fields of a model class, worked out once (TypeError naming the class if an
     annotation cannot be resolved)."""
-    cached = cls.__dict__.get('_oxbus_fields')
+    cached: Optional[Tuple[_Field, ...]] = cls.__dict__.get('_oxbus_fields')
     if cached is not None:
         return cached
     import typing
@@ -251,7 +251,7 @@ def check_model(cls: Any, seen: Any = None) -> None:
         return
     seen.add(cls)
     for f in model_fields(cls):
-        item = f
+        item: Optional[_Field] = f
         while item is not None:
             if item.kind == 'model':
                 check_model(item.model, seen)
@@ -309,7 +309,7 @@ def _convert(field: _Field, value: Any, path: str, problems: List[Tuple[str, str
         item = field.item
         if item is None:
             return value
-        out = []
+        out: List[Any] = []
         for i, v in enumerate(value):
             if getattr(problems, 'full', False):
                 problems.append(('', ''))  # counted as more, not kept; the rest unread
@@ -349,7 +349,7 @@ def model_from_dict(cls: Any, data: Any, path: str, problems: List[Tuple[str, st
             problems.append((path or '(body)', 'expected an object'))
             return None
     zato_empty = getattr(cls, '_oxbus_zato_empty', False)
-    values = {}
+    values: Dict[str, Any] = {}
     for f in model_fields(cls):
         sub = _join(path, f.name)
         value = data.get(f.name, _MISSING)

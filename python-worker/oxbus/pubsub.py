@@ -527,7 +527,7 @@ class PubSubAPI:
         return [m.to_dict() for m in msgs]
 
     def _call(self, what: str, meta: Dict[str, Any], body: bytes = b''
-              ) -> Tuple[Dict[str, Any], bytes]:
+              ) -> Tuple[bytes, bytes]:
         asyncio = sys.modules.get('asyncio')
         if asyncio is not None and asyncio._get_running_loop() is not None:
             raise RuntimeError(

@@ -177,7 +177,7 @@ class Channel:
         return 'Channel(%r, name=%r, security=%r)' % (self.type, self.name, self.security)
 
 
-class Headers(Mapping):  # type: ignore[type-arg]
+class Headers(Mapping[str, str]):
     """The request headers: a read-only mapping with case-insensitive names.
 
     Repeated headers read as one value joined with ``', '`` (``'; '`` for ``cookie``), as
@@ -434,12 +434,15 @@ class Service:
     helpers for real services) and is not deployed.
     """
 
+    # Not ClassVars, so that a subclass may annotate what it sets (``name: str = 'crm.get'``,
+    # ``output: Spec = ...``) under mypy --strict: a ClassVar cannot be overridden by an
+    # annotated attribute. They are read from the class all the same.
     #: The service name; defaults to ``module.kebab-case-class-name``.
-    name: ClassVar[str] = ''
-    #: SimpleIO input declaration; see :mod:`oxbus.simpleio`.
-    input: ClassVar[Spec] = None
-    #: SimpleIO output declaration; see :mod:`oxbus.simpleio`.
-    output: ClassVar[Spec] = None
+    name: str = ''
+    #: SimpleIO input declaration (elements or a Model class); see :mod:`oxbus.simpleio`.
+    input: Spec = None
+    #: SimpleIO output declaration (elements or a Model class); see :mod:`oxbus.simpleio`.
+    output: Spec = None
     logger: ClassVar[logging.Logger] = logging.getLogger('oxbus.service')
     #: Per-invocation scratch space shared by the hooks and the handler (Zato's).
     environ = _Environ()
@@ -732,8 +735,10 @@ def _configure_io(cls: Type[Service], where: str) -> None:
     sio = getattr(cls, 'SimpleIO', None)
     if sio is not None and not isinstance(sio, type):
         raise TypeError('%s: SimpleIO must be a class, not %r' % (where, sio))
-    in_spec, out_spec = cls.input, cls.output
-    missing_in = missing_out = NotGiven
+    in_spec: Any = cls.input
+    out_spec: Any = cls.output
+    missing_in: Any = NotGiven
+    missing_out: Any = NotGiven
     zato = cls._oxbus_zato
     if sio is not None:
         unknown = [n for n in vars(sio) if not n.startswith('_') and n not in _SIO_NAMES

@@ -48,10 +48,13 @@ from .errors import BadRequest
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+    # As _Dict and _List: Dict and List are element classes of this module.
+    from typing import (Any, Callable, Dict as _Dict, Iterable, List as _List, Mapping,
+                        Optional, Tuple, Union)
 
-    #: What a declaration may be: one name or element, or several.
-    Spec = Union[None, str, 'Elem', Iterable[Union[str, 'Elem']]]
+    #: What a declaration may be: one name or element, or several; or a Model class (a
+    #: service's ``input``/``output``, not parse_spec's).
+    Spec = Union[None, str, 'Elem', Iterable[Union[str, 'Elem']], type]
 
 __all__ = ['Bunch', 'Elem', 'OutputError', 'parse_spec', 'parse_input', 'filter_output',
            'describe', 'to_int', 'to_bool', 'to_float', 'NotGiven', 'AsIs', 'Bool', 'CSV',
@@ -323,6 +326,46 @@ def _out_decimal(value: Any) -> str:
     return str(to_decimal(value))
 
 
+def _out_text(value: Any) -> str:
+    """A ``Text`` element's answer: a string, whatever scalar the service put there (a
+    date as ISO 8601, a Decimal or UUID as its text, an Enum member as its value's), so
+    the answer is the ``string`` the API document promises; containers are refused."""
+    if isinstance(value, str):
+        return value
+    try:
+        return to_text(value)
+    except ValueError:
+        pass
+    import datetime
+    import decimal
+    import enum
+    import uuid
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _out_text(value.value)
+    raise ValueError('expected a string')
+
+
+def _is_object(value: Any) -> bool:
+    # A model instance is written out as an object too (Model.__oxbus_json__).
+    return isinstance(value, dict) or hasattr(type(value), '__oxbus_json__')
+
+
+def _out_dict(value: Any) -> Any:
+    if _is_object(value):
+        return value
+    raise ValueError('expected an object')
+
+
+def _out_dict_list(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and all(_is_object(v) for v in value):
+        return value
+    raise ValueError('expected a list of objects')
+
+
 def _out_uuid(value: Any) -> Any:
     import uuid
     # Zato sends a UUID object as 32 hex digits, and anything else as it is.
@@ -473,6 +516,7 @@ class Decimal(Elem):
 class Text(Elem):
     __slots__ = ()
     _convert = staticmethod(to_text)
+    _output = staticmethod(_out_text)
     _type = 'string'
     _empty_is_absent = False
 
@@ -530,14 +574,17 @@ class Dict(Elem):
     """An object; ``Dict('address', 'street', '-zip', Int('floor'))`` checks its keys."""
     __slots__ = ()
     _convert = staticmethod(to_dict)
-    _output = staticmethod(lambda v: v)
+    _output = staticmethod(_out_dict)
     _type = 'object'
 
 
 class DictList(Dict):
     """A list of objects, each checked as :class:`Dict` checks one."""
     __slots__ = ()
-    _convert = staticmethod(lambda v: v if isinstance(v, list) else _refuse('expected a list'))
+    # A list, where Dict's converter gives a dict: the element types' converters differ.
+    _convert = staticmethod(  # type: ignore[assignment]
+        lambda v: v if isinstance(v, list) else _refuse('expected a list'))
+    _output = staticmethod(_out_dict_list)
     _type = 'array'
 
 
@@ -557,15 +604,15 @@ ListOfDicts = DictList
 Unicode = Text
 
 
-_TYPE_NAMES: Dict[Optional[Callable[[Any], Any]], str] = {
+_TYPE_NAMES: _Dict[Optional[Callable[[Any], Any]], str] = {
     to_int: 'integer', to_bool: 'boolean', None: 'any'}
 
 
-def describe(elems: Tuple[Elem, ...]) -> List[Dict[str, Any]]:
+def describe(elems: Tuple[Elem, ...]) -> _List[_Dict[str, Any]]:
     """The wire form of a declaration (``ServiceInfo`` ``input``/``output`` in SPEC.md)."""
     out = []
     for e in elems:
-        item: Dict[str, Any] = {'name': e.name, 'required': e.required, 'type': e.type}
+        item: _Dict[str, Any] = {'name': e.name, 'required': e.required, 'type': e.type}
         if e.format:
             item['format'] = e.format
         out.append(item)
@@ -597,7 +644,8 @@ def _as_elem(item: Any, where: str, text_default: bool = False) -> Elem:
         if text_default:  # a Zato-style service: Zato's name rules, Text for the others
             name = item[1:] if item.startswith('-') else item
             convert = _converter_for(name.split('=', 1)[0], zato=True)
-            elem = (Text if convert is None else Int if convert is to_int else Bool)(item)
+            elem: Elem = (Text if convert is None else Int if convert is to_int
+                          else Bool)(item)
         else:
             elem = Elem(item)
     except TypeError as e:
@@ -615,7 +663,7 @@ def parse_spec(spec: Spec, where: str, text_default: bool = False,
     """
     if spec is None:
         return ()
-    items = (spec,) if isinstance(spec, (str, Elem)) else spec
+    items: Any = (spec,) if isinstance(spec, (str, Elem)) else spec
     try:
         items = tuple(items)
     except TypeError:
@@ -665,7 +713,7 @@ class Problems(list):  # type: ignore[type-arg]
         return len(self) >= MAX_PROBLEMS
 
 
-def problems_error(problems: List[Tuple[str, str]]) -> InputError:
+def problems_error(problems: _List[Tuple[str, str]]) -> InputError:
     """The 400 of refused input: ``error`` names the first few, ``errors`` lists each
     (at most :data:`MAX_PROBLEMS`), ``truncated`` when there were more."""
     messages = [m if m.startswith(('missing input', 'invalid input'))
@@ -675,7 +723,7 @@ def problems_error(problems: List[Tuple[str, str]]) -> InputError:
     msg = '; '.join(messages[:5]) + (
         '; and more (the first %d are in errors)' % len(messages) if dropped
         else '; and %d more (in errors)' % more if more > 0 else '')
-    details: Dict[str, Any] = {'field': problems[0][0], 'errors': [
+    details: _Dict[str, Any] = {'field': problems[0][0], 'errors': [
         {'field': f, 'error': m} for (f, _), m in zip(problems, messages)]}
     if dropped:
         details['truncated'] = True
@@ -686,7 +734,7 @@ def _problem(name: str, reason: str) -> Tuple[str, str]:
     return name, 'invalid input: %s: %s' % (name, reason)
 
 
-def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, str]]) -> Any:
+def convert_value(elem: Elem, value: Any, path: str, problems: _List[Tuple[str, str]]) -> Any:
     """Convert one present value of ``elem`` (and a Dict's keys); record problems."""
     convert = elem.convert
     if convert is None:
@@ -719,8 +767,8 @@ def convert_value(elem: Elem, value: Any, path: str, problems: List[Tuple[str, s
     return value
 
 
-def _convert_keys(keys: Tuple[Elem, ...], item: Dict[str, Any], path: str,
-                  problems: List[Tuple[str, str]]) -> Bunch:
+def _convert_keys(keys: Tuple[Elem, ...], item: _Dict[str, Any], path: str,
+                  problems: _List[Tuple[str, str]]) -> Bunch:
     out = Bunch()
     for key in keys:
         sub = '%s.%s' % (path, key.name)
@@ -755,7 +803,7 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
     body = payload if json_body and payload is not None else None
     result = Bunch()
     query_dict: Optional[Mapping[str, str]] = None
-    problems: Optional[List[Tuple[str, str]]] = None
+    problems: Optional[_List[Tuple[str, str]]] = None
     for elem in elems:
         name = elem.name
         value: Any = _MISSING
@@ -808,9 +856,15 @@ class OutputError(Exception):
     take: a bug in the service."""
 
     def __init__(self, field: str, reason: Optional[str] = None) -> None:
-        super().__init__('missing output: %s' % field if reason is None
-                         else 'invalid output: %s: %s' % (field, reason))
+        if reason is None:
+            message = 'missing output: %s' % field
+        elif field:
+            message = 'invalid output: %s: %s' % (field, reason)
+        else:  # the payload itself
+            message = 'invalid output: %s' % reason
+        super().__init__(message)
         self.field = field
+        self.reason = reason
 
 
 def filter_output(elems: Tuple[Elem, ...], payload: Any, skip_empty: bool = False) -> Any:
@@ -824,13 +878,23 @@ def filter_output(elems: Tuple[Elem, ...], payload: Any, skip_empty: bool = Fals
     if isinstance(payload, dict):
         return _filter_one(elems, payload, skip_empty)
     if isinstance(payload, list):
-        return [_filter_one(elems, item, skip_empty) if isinstance(item, dict) else item
-                for item in payload]
+        try:
+            return [_filter_one(elems, item, skip_empty) if isinstance(item, dict) else item
+                    for item in payload]
+        except OutputError:
+            # Say which item: the error path only, so the loop above stays a comprehension.
+            for i, item in enumerate(payload):
+                if isinstance(item, dict):
+                    try:
+                        _filter_one(elems, item, skip_empty)
+                    except OutputError as e:
+                        raise OutputError('[%d].%s' % (i, e.field), e.reason) from None
+            raise
     return payload
 
 
-def _filter_one(elems: Tuple[Elem, ...], item: Dict[str, Any],
-                skip_empty: bool) -> Dict[str, Any]:
+def _filter_one(elems: Tuple[Elem, ...], item: _Dict[str, Any],
+                skip_empty: bool) -> _Dict[str, Any]:
     out = {}
     for elem in elems:
         name = elem.name
@@ -867,9 +931,10 @@ class SimpleIOPayload(Bunch):
 
     def _list(self) -> list:  # type: ignore[type-arg]
         try:
-            return object.__getattribute__(self, '_oxbus_list')
+            items: list = object.__getattribute__(self, '_oxbus_list')  # type: ignore[type-arg]
+            return items
         except AttributeError:
-            items: list = []  # type: ignore[type-arg]
+            items = []
             object.__setattr__(self, '_oxbus_list', items)
             return items
 

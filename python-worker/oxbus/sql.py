@@ -273,15 +273,16 @@ def _decoder(code: Any) -> Optional[Callable[[Any], Any]]:
     """The function that turns a JSON value of type ``code`` into Python; None when the
     JSON value is the Python value (ints, text, JSON...; NULLs are always None)."""
     if isinstance(code, str) and code.endswith('[]'):
-        inner = _decoder(code[:-2])
-        if inner is None:
+        found = _decoder(code[:-2])
+        if found is None:
             return None
+        item: Callable[[Any], Any] = found
 
-        def array(value: Any, inner: Callable[[Any], Any] = inner) -> Any:
+        def array(value: Any, inner: Callable[[Any], Any] = item) -> Any:
             return [None if v is None else (array(v) if isinstance(v, list) else inner(v))
                     for v in value]
         return array
-    return _DECODERS.get(code)  # type: ignore[arg-type]  # unknown codes: as they come
+    return _DECODERS.get(code)  # unknown codes: as they come
 
 
 def decode_value(code: str, value: Any) -> Any:
@@ -503,7 +504,8 @@ class _Executor:
         self._check()
         conn = self._conn
         doc = conn.call(conn.meta('stream', self._tx), conn.stream_doc(sql, params, batch))
-        return Stream(conn, doc).tracked()
+        stream: Stream = Stream(conn, doc).tracked()
+        return stream
 
     async def aexecute(self, sql: Any, params: Params = None) -> Result:
         """:meth:`execute`, awaitable."""
@@ -531,7 +533,8 @@ class _Executor:
         body = conn.stream_doc(sql, params, batch)
         doc = await conn.acall(conn.meta('stream', self._tx), body,
                                conn.orphan('close', 'stream'))
-        return AsyncStream(conn, doc).tracked()
+        stream: AsyncStream = AsyncStream(conn, doc).tracked()
+        return stream
 
 
 class _StreamBase:
@@ -804,7 +807,7 @@ class Database(_Executor):
 # -- Zato's session form ----------------------------------------------------------------
 
 
-class Row(tuple):
+class Row(tuple):  # type: ignore[type-arg]
     """A row of a :class:`Session` result: a tuple, with attribute (``row.name``), key
     (``row['name']``) and ``row._mapping`` access, as SQLAlchemy's ``Row``."""
 
@@ -815,7 +818,7 @@ class Row(tuple):
         row._keys = keys
         return row
 
-    def __getitem__(self, index: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, str):
             try:
                 return tuple.__getitem__(self, self._keys.index(index))

@@ -45,7 +45,8 @@ class _ZatoFinder:
             return None
         from importlib.machinery import ModuleSpec
         package = MODULES[name] is None or any(m.startswith(name + '.') for m in MODULES)
-        spec = ModuleSpec(name, self, is_package=package)
+        # This finder is the loader too (duck-typed, not an importlib.abc.Loader).
+        spec = ModuleSpec(name, self, is_package=package)  # type: ignore[arg-type]
         if package:
             spec.submodule_search_locations = []
         return spec

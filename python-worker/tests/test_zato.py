@@ -228,7 +228,8 @@ def test_nan_in_the_answer_is_a_500_not_invalid_json():
             self.response.payload = {'x': float('inf')}
 
     r = call(Out)
-    assert r.status == 500 and r.doc == {'error': 'internal error', 'cid': r.doc['cid']}
+    assert r.status == 500 and r.doc == {'error': 'invalid output: x: inf is not a JSON number',
+                                         'field': 'x', 'cid': r.doc['cid']}
 
 
 def test_integers_are_64_bit():
@@ -545,7 +546,7 @@ def test_pattern_arguments_are_checked():
                     errors.append(str(e))
             for call_ in (lambda: self.patterns.fanout.invoke({}, on_final='a'),
                           lambda: self.patterns.fanout.invoke({'a': 1}, on_final=None),
-                          lambda: self.patterns.parallel.invoke({'a': {1, 2}}, None)):
+                          lambda: self.patterns.parallel.invoke({'a': object()}, None)):
                 try:
                     call_()
                 except (ValueError, TypeError) as e:
@@ -648,7 +649,8 @@ def test_numbers_past_a_double(body):
     # Untyped, it reaches the service as infinity; the answer cannot carry it: a 500, never
     # invalid JSON.
     r = call(Echo, body=body)
-    assert r.status == 500 and r.doc['error'] == 'internal error'
+    assert r.status == 500 and r.doc['field'] == 'a'
+    assert r.doc['error'].startswith('invalid output: a: ') and 'not a JSON number' in r.doc['error']
 
 
 def test_decimal_exponents_are_bounded():

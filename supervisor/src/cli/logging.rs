@@ -222,6 +222,9 @@ fn is_empty_value(v: &serde_json::Value) -> bool {
     matches!(v, serde_json::Value::String(s) if s.is_empty())
 }
 
+/// The target of a worker's log records.
+const PYTHON_TARGET: &str = "oxbus::python";
+
 /// The fields the JSON line has at its top level (when the event or a span names them).
 const TOP_LEVEL: [&str; 3] = ["cid", "service", "trace_id"];
 
@@ -280,6 +283,19 @@ fn json_line(
         None => String::new(),
     };
     cap(&mut message);
+    // A worker record's `extra=` fields come as one JSON object text (lifecycle/connection.rs
+    // emit_log): written as the object they are, so a shipper can index them.
+    if target == PYTHON_TARGET
+        && let Some(Value::String(text)) = fields.get("extra")
+        && let Ok(Value::Object(mut extra)) = serde_json::from_str::<Value>(text)
+    {
+        for v in extra.values_mut() {
+            if let Value::String(s) = v {
+                cap(s);
+            }
+        }
+        fields.insert("extra".to_owned(), Value::Object(extra));
+    }
     for v in fields.values_mut() {
         if let Value::String(s) = v {
             cap(s);
@@ -423,6 +439,27 @@ mod tests {
                 "fields": {"logger": "crm", "n": 7},
             })
         );
+    }
+
+    #[test]
+    fn a_worker_records_extra_fields_are_an_object() {
+        let v = line(
+            tracing::Level::INFO,
+            "oxbus::python",
+            json!({"message": "order placed", "cid": "0f3a", "logger": "crm",
+                   "extra": r#"{"order":7,"who":{"name":"Ann"},"ok":true}"#}),
+        );
+        assert_eq!(
+            v["fields"],
+            json!({"logger": "crm", "extra": {"order": 7, "who": {"name": "Ann"}, "ok": true}})
+        );
+        // Only a worker record's: another target's `extra` text stays text.
+        let v = line(
+            tracing::Level::INFO,
+            "oxbus_supervisor::edge::http",
+            json!({"message": "x", "extra": r#"{"order":7}"#}),
+        );
+        assert_eq!(v["fields"], json!({"extra": "{\"order\":7}"}));
     }
 
     #[test]

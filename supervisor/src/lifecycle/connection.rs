@@ -392,12 +392,22 @@ fn emit_log(rec: &LogRecord) {
     let trace_id = rec.trace_id.as_deref();
     let logger = rec.logger.as_str();
     let msg = rec.msg.as_str();
+    // The record's `extra=` fields as one JSON object text: `extra={"order":7}` in a text
+    // line, an object under `fields.extra` in a JSON line (cli/logging.rs parses it back).
+    let extra = rec
+        .extra
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .map(|m| serde_json::Value::Object(m.clone()).to_string());
+    let extra = extra.as_deref().map(tracing::field::display);
     match rec.level.as_str() {
         "critical" | "error" => {
-            error!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}")
+            error!(target: "oxbus::python", cid, service, trace_id, logger, extra, "{msg}")
         }
-        "warning" => warn!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}"),
-        "info" => info!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}"),
-        _ => debug!(target: "oxbus::python", cid, service, trace_id, logger, "{msg}"),
+        "warning" => {
+            warn!(target: "oxbus::python", cid, service, trace_id, logger, extra, "{msg}")
+        }
+        "info" => info!(target: "oxbus::python", cid, service, trace_id, logger, extra, "{msg}"),
+        _ => debug!(target: "oxbus::python", cid, service, trace_id, logger, extra, "{msg}"),
     }
 }
