@@ -12,8 +12,9 @@ with an HTTP status.
 """
 
 from .cache import CacheError, NotAnInteger, UnknownCache, ValueTooLarge
-from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
-                     NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
+from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, InvokeDepthError,
+                     InvokeError, MethodNotAllowed, NotFound, Reportable, ServiceUnavailable,
+                     TooManyRequests, Unauthorized)
 from .outgoing import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, AuthError,
                        DatabaseError, HTTPError, IntegrityError, InvalidCall,
                        OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
@@ -38,6 +39,7 @@ __all__ = [
     'DictList', 'Float', 'Int', 'List', 'Opaque', 'Secret', 'Text', 'UTC', 'UUID',
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
     'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
+    'InvokeError', 'InvokeDepthError',
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
     'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',

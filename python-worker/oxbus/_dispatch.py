@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import sys
+from contextvars import ContextVar
 
 from . import _protocol
 from . import errors as _errors
@@ -26,7 +27,7 @@ from .amqp import AMQPRequestData
 from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply
 from .cache import CacheAPI
-from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
+from .errors import BadRequest, InvokeDepthError, InvokeError, MethodNotAllowed, Reportable
 from .files import FileTransferRequest, raw_request_from_call
 from .outgoing import OutgoingAPI
 from .pubsub import PubSubAPI, PubSubDelivery
@@ -127,11 +128,16 @@ class Dispatcher:
                  run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
                  request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None,
                  arequest: Optional[Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]]
-                 = None) -> None:
+                 = None, offload_threads: int = 8) -> None:
         self.services = dict(services)
+        #: How many plain services ``await self.ainvoke`` may run at once off the event
+        #: loop (the runtime passes the worker's ``threads``); the pool is made on first use.
+        self.offload_threads = max(1, offload_threads)
+        self._offload_pool: Any = None
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
-        self.cache = CacheAPI(request or _no_server)
+        self.cache = CacheAPI(request or _no_server,
+                              arequest or _inline_arequest(request or _no_server))
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
         #: ``self.out``/``self.outgoing`` of every service: ``request`` for blocking calls,
@@ -415,6 +421,14 @@ class Dispatcher:
                              getattr(cls._oxbus_output_model, '__name__', '-'))
             status = 500
             doc = {'error': str(exc), 'field': exc.field, 'cid': cid}
+        elif isinstance(exc, InvokeError):
+            # An invoke that could not run its callee (no such service, input it refused,
+            # the depth limit): the calling service's fault, a 500 to its client. The
+            # message names the callee and the cause; a traceback would add nothing but
+            # length (one frame per level of a runaway self-invoke).
+            cls.logger.error('%s failed: %s: %s', cls.name, type(exc).__name__, exc)
+            status = 500
+            doc = {'error': 'internal error', 'cid': cid}
         elif isinstance(exc, OutputError):
             # The service broke its own contract: tell the client which element, and the
             # log, since someone has to fix the service.
@@ -458,54 +472,70 @@ class Dispatcher:
     def invoke(self, caller: Service, name: Any, payload: Any = None,
                args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
         """In-process ``self.invoke``: run ``name`` now, in this thread; see Service.invoke."""
-        kwargs = dict(kwargs or ())
-        if args:
-            # Zato's positional order after the payload.
-            if len(args) > len(_INVOKE_POSITIONAL):
-                raise TypeError('invoke(): at most %d positional arguments after the payload '
-                                '(%s), not %d' % (len(_INVOKE_POSITIONAL),
-                                                  ', '.join(_INVOKE_POSITIONAL), len(args)))
-            for key, value in zip(_INVOKE_POSITIONAL, args):
-                if key in kwargs:
-                    raise TypeError('invoke(): %s given twice' % key)
-                kwargs[key] = value
-        as_bunch = kwargs.pop('as_bunch', False)
-        serialize = kwargs.pop('serialize', False)
-        timeout = kwargs.pop('timeout', None)
-        raise_timeout = kwargs.pop('raise_timeout', True)
-        environ = kwargs.pop('environ', None)
-        skip_elem = bool(kwargs.pop('skip_response_elem', False))
-        for ignored in _INVOKE_IGNORED:
-            kwargs.pop(ignored, None)
-        if isinstance(name, type) and issubclass(name, Service):
-            name = name.name
-        if kwargs:
-            if payload:
-                raise TypeError('invoke(): unknown keyword arguments with a payload: %s'
-                                % ', '.join(sorted(kwargs)))
-            payload = kwargs
+        asyncio = sys.modules.get('asyncio')
+        if asyncio is not None and asyncio._get_running_loop() is not None:
+            # On the event loop's thread a blocking invoke would hold every async request of
+            # the worker (a sync callee) or wait on the loop itself (an async one).
+            raise RuntimeError(
+                'self.invoke(%r) from a coroutine would hold the event loop (every async '
+                'service of this worker): inside async def use await self.ainvoke(...)'
+                % (name.name if isinstance(name, type) and issubclass(name, Service)
+                   else name,))
+        name, payload, opts = _invoke_args(name, payload, args, kwargs)
+        as_bunch, serialize, timeout, raise_timeout, environ, skip_elem = opts
         if timeout:
             result = _with_timeout(
                 lambda: self._invoke(caller, name, payload, environ, skip_elem),
                 timeout, raise_timeout, caller, name)
         else:
             result = self._invoke(caller, name, payload, environ, skip_elem)
-        if isinstance(result, SimpleIOPayload):
-            result = result.getvalue()
-        if isinstance(result, Model) or (isinstance(result, list) and result
-                                          and isinstance(result[0], Model)):
-            result = _model_output(None, result)
-        if as_bunch:
-            result = bunchify(result)
-        if serialize:
-            result = encode_json(result).decode('utf-8')
-        return result
+        return _shape_result(result, as_bunch, serialize)
 
-    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any,
-                skip_elem: bool = False) -> Any:
+    async def ainvoke(self, caller: Service, name: Any, payload: Any = None,
+                      args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None
+                      ) -> Any:
+        """``await self.ainvoke``: :meth:`invoke` for coroutines. An ``async def`` callee is
+        awaited on this loop; a plain one runs in a thread of :meth:`_offload`'s pool, so the
+        loop goes on serving other requests meanwhile."""
+        import asyncio
+        name, payload, opts = _invoke_args(name, payload, args, kwargs)
+        as_bunch, serialize, timeout, raise_timeout, environ, skip_elem = opts
+        run = self._ainvoke(caller, name, payload, environ, skip_elem)
+        if timeout:
+            # As invoke(timeout=): past it the caller goes on and the callee runs to its end.
+            task = asyncio.ensure_future(run)
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+            if not done:
+                caller.logger.warning('invoke of %s timed out after %s s (cid %s); it goes on '
+                                      'in the background', name, timeout, caller.cid)
+                task.add_done_callback(_consume_result)
+                if raise_timeout:
+                    raise TimeoutError('invoke of %s timed out after %s s' % (name, timeout))
+                return None
+            result = task.result()
+        else:
+            result = await run
+        return _shape_result(result, as_bunch, serialize)
+
+    def _callee(self, caller: Service, name: str, payload: Any, environ: Any
+                ) -> Tuple[Service, str, bool, Invocation, Dict[str, Any], Tuple[str, ...]]:
+        """The callee's instance for an in-process invoke, before its input is parsed:
+        (instance, handler name, is async, its invocation, its meta, the invoke chain).
+
+        Raises :class:`InvokeError` for a callee that cannot be run (no such service, HTTP
+        verbs only) and :class:`InvokeDepthError` past :data:`MAX_INVOKE_DEPTH`."""
+        chain = _invoke_chain.get() or (caller.name,)
+        chain += (name,)
+        if len(chain) > MAX_INVOKE_DEPTH + 1:
+            raise _depth_error(chain)
         cls = self.services.get(name)
         if cls is None:
-            raise NotFound('no such service: %s' % name)
+            raise InvokeError('%s invoked %s: no such service' % (caller.name, name), name)
+        try:
+            attr, is_async = _pick_handler(cls, None)
+        except MethodNotAllowed as e:
+            raise InvokeError('%s invoked %s, which answers only HTTP methods (%s)'
+                              % (caller.name, name, ', '.join(e.allowed)), name) from None
         current = current_invocation.get()
         stream = current[2] if current else 0
         cid = caller.cid
@@ -521,53 +551,79 @@ class Dispatcher:
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'channel': 'invoke',
                 'data_format': 'json', 'traceparent': caller.traceparent,
                 'tracestate': caller.tracestate}
-        attr, is_async = _pick_handler(cls, None)
         svc = cls()
         svc.cid = cid
         svc.channel = _channel('invoke')
-        svc.request = request = Request(payload, raw, 'json', meta)
+        svc.request = Request(payload, raw, 'json', meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
         if environ is not None:
             svc.environ = environ  # the caller's own object, as in Zato
-        invocation = (cid, cls.name, stream)
+        return svc, attr, is_async, (cid, cls.name, stream), meta, chain
+
+    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any,
+                skip_elem: bool = False) -> Any:
+        svc, attr, is_async, invocation, meta, chain = self._callee(caller, name, payload,
+                                                                    environ)
         token = current_invocation.set(invocation)
         meta_token = _invocation_meta.set(meta)
+        chain_token = _invoke_chain.set(chain)
         try:
-            if cls._oxbus_input:
-                request.input = parse_input(cls._oxbus_input, payload, None, dict)
-            elif cls._oxbus_input_model is not None:
-                request.input = _model_input(cls, svc, request, payload, meta, True)
-            if cls._oxbus_zato:
-                _zato_request(cls, svc, request, meta)
+            _callee_input(svc, meta, caller)
             if is_async:
-                self._run_coroutine(_run_hooked(svc, attr, invocation, meta))
+                self._run_coroutine(_run_hooked(svc, attr, invocation, meta, chain,
+                                                _in_offload.get()))
             else:
-                before, after = cls._oxbus_hooks
-                if before:
-                    svc._oxbus_before()
-                getattr(svc, attr)()
-                if after:
-                    svc._oxbus_after()
+                _run_sync_hooked(svc, attr)
         finally:
+            _invoke_chain.reset(chain_token)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
-        result = svc.response.payload
-        output = cls._oxbus_output
-        if output:
-            elem = cls._oxbus_response_elem
-            wrap = elem is not None and (not cls._oxbus_zato or _zato_wraps(result))
-            if type(result) is SimpleIOPayload:
-                result = result.getvalue()
-            result = filter_output(output, result, cls._oxbus_skip_empty)
-            # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
-            # 'zato...' element; a service's own name for it stays.
-            if wrap and not (skip_elem and (elem == 'response' or elem.startswith('zato'))):
-                result = {elem: result}
-            return result
-        if cls._oxbus_output_model is not None:
-            return _model_output(cls._oxbus_output_model, result)
-        return result
+        return _callee_output(svc, skip_elem)
+
+    async def _ainvoke(self, caller: Service, name: str, payload: Any, environ: Any,
+                       skip_elem: bool) -> Any:
+        svc, attr, is_async, invocation, meta, chain = self._callee(caller, name, payload,
+                                                                    environ)
+        if is_async:
+            token = current_invocation.set(invocation)
+            meta_token = _invocation_meta.set(meta)
+            chain_token = _invoke_chain.set(chain)
+            try:
+                _callee_input(svc, meta, caller)
+                await _run_hooked(svc, attr, invocation, meta, chain, _in_offload.get())
+            finally:
+                _invoke_chain.reset(chain_token)
+                _invocation_meta.reset(meta_token)
+                current_invocation.reset(token)
+        else:
+            await self._offload(_off_loop_call(svc, attr, invocation, meta, chain, caller))
+        return _callee_output(svc, skip_elem)
+
+    async def _offload(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` in another thread, in a copy of this task's context, and await it:
+        the event loop serves other requests meanwhile.
+
+        A thread of the dispatcher's pool: at most :attr:`offload_threads` (the worker's
+        ``threads``), made on first use; calls past that wait for a free one. Except when
+        this chain of invokes already holds a pool thread (a plain callee that invoked an
+        async service which now ainvokes a plain one): that pool thread waits for this very
+        call, so waiting for a free pool thread could wait for ever (every pool thread
+        held by such chains). Such a nested call gets a thread of its own instead; the
+        invoke depth limit bounds how many one request can make.
+        """
+        import asyncio
+        import contextvars
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        if _in_offload.get():
+            return await _in_own_thread(loop, ctx, call)
+        pool = self._offload_pool
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = self._offload_pool = ThreadPoolExecutor(
+                max_workers=self.offload_threads, thread_name_prefix='oxbus-ainvoke')
+        return await loop.run_in_executor(pool, ctx.run, call)
 
     def notify(self, meta: Dict[str, Any], body: bytes = b'') -> None:
         """Post an ASYNC (fire-and-forget) CALL of a server op: run, never answered."""
@@ -576,11 +632,14 @@ class Dispatcher:
 
     def invoke_async(self, name: str, payload: Any = None,
                      traceparent: Optional[str] = None,
-                     tracestate: Optional[str] = None, cid: Optional[str] = None) -> str:
+                     tracestate: Optional[str] = None, cid: Optional[str] = None,
+                     caller: Optional[str] = None) -> str:
         """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid.
 
         ``traceparent`` and ``tracestate`` are the caller's trace context (the callee keeps
         the caller's trace); without a traceparent the supervisor starts a new trace.
+        ``caller`` is the calling service's name, for the server's log line when the callee
+        does not exist.
         """
         cid = cid or new_cid()
         # Worker-opened streams have the high bit set; the low 31 bits cycle through
@@ -593,6 +652,8 @@ class Dispatcher:
         else:
             body = encode_json(payload)
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'data_format': 'json'}
+        if caller:
+            meta['caller'] = caller
         if traceparent:
             meta['traceparent'] = traceparent
             if tracestate:
@@ -600,6 +661,175 @@ class Dispatcher:
         self._post(encode_call(stream, meta, body, _protocol.FLAG_ASYNC))
         return cid
 
+
+#: How deep in-process invokes may nest (``self.invoke``, ``self.ainvoke``, with or without
+#: ``timeout=``): past it the invoke raises :class:`InvokeDepthError`, a short error naming
+#: the chain, instead of a service that invokes itself ending in a ``RecursionError`` whose
+#: traceback runs to thousands of lines. Far above what a real composition nests.
+MAX_INVOKE_DEPTH = 50
+
+#: The names of the services of the running in-process invoke chain, the outermost caller
+#: first; empty outside an in-process invoke (a request's own service sets nothing, so the
+#: hot path pays nothing for it). A ContextVar, so a ``timeout=`` thread, an ``ainvoke``'s
+#: pool thread and an async callee (set again in :func:`_run_hooked`) all carry it.
+_invoke_chain: ContextVar[Tuple[str, ...]] = ContextVar('oxbus_invoke_chain', default=())
+
+#: Whether the running invoke chain holds a thread of the ``ainvoke`` pool (see
+#: :meth:`Dispatcher._offload`); carried like :data:`_invoke_chain`.
+_in_offload: ContextVar[bool] = ContextVar('oxbus_in_offload', default=False)
+
+
+async def _in_own_thread(loop: Any, ctx: Any, call: Callable[[], Any]) -> Any:
+    """Run ``call`` in ``ctx`` in a new thread; await its result on ``loop``."""
+    import threading
+    future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():  # the awaiting task may have been cancelled
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def run() -> None:
+        try:
+            result = ctx.run(call)
+        except BaseException as e:  # noqa: B036 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, False, e)
+        else:
+            loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=run, daemon=True, name='oxbus-ainvoke-nested').start()
+    return await future
+
+
+def _depth_error(chain: Tuple[str, ...]) -> InvokeDepthError:
+    shown = ' -> '.join(chain[:4]) + ' -> ... -> ' + chain[-1]
+    return InvokeDepthError('invoke depth limit (%d) reached: %s (%d nested invokes; a '
+                            'service invoking itself?)'
+                            % (MAX_INVOKE_DEPTH, shown, len(chain) - 1), chain)
+
+
+def _invoke_args(name: Any, payload: Any, args: Tuple[Any, ...],
+                 kwargs: Optional[Dict[str, Any]]) -> Tuple[str, Any, Tuple[Any, ...]]:
+    """``self.invoke``'s arguments, Zato's included: (callee name, payload, (as_bunch,
+    serialize, timeout, raise_timeout, environ, skip_response_elem))."""
+    kwargs = dict(kwargs or ())
+    if args:
+        # Zato's positional order after the payload.
+        if len(args) > len(_INVOKE_POSITIONAL):
+            raise TypeError('invoke(): at most %d positional arguments after the payload '
+                            '(%s), not %d' % (len(_INVOKE_POSITIONAL),
+                                              ', '.join(_INVOKE_POSITIONAL), len(args)))
+        for key, value in zip(_INVOKE_POSITIONAL, args):
+            if key in kwargs:
+                raise TypeError('invoke(): %s given twice' % key)
+            kwargs[key] = value
+    opts = (kwargs.pop('as_bunch', False), kwargs.pop('serialize', False),
+            kwargs.pop('timeout', None), kwargs.pop('raise_timeout', True),
+            kwargs.pop('environ', None), bool(kwargs.pop('skip_response_elem', False)))
+    for ignored in _INVOKE_IGNORED:
+        kwargs.pop(ignored, None)
+    if isinstance(name, type) and issubclass(name, Service):
+        name = name.name
+    if kwargs:
+        if payload:
+            raise TypeError('invoke(): unknown keyword arguments with a payload: %s'
+                            % ', '.join(sorted(kwargs)))
+        payload = kwargs
+    return name, payload, opts
+
+
+def _shape_result(result: Any, as_bunch: Any, serialize: Any) -> Any:
+    """The callee's output as ``self.invoke`` returns it (``as_bunch``, ``serialize``)."""
+    if isinstance(result, SimpleIOPayload):
+        result = result.getvalue()
+    if isinstance(result, Model) or (isinstance(result, list) and result
+                                      and isinstance(result[0], Model)):
+        result = _model_output(None, result)
+    if as_bunch:
+        result = bunchify(result)
+    if serialize:
+        result = encode_json(result).decode('utf-8')
+    return result
+
+
+def _callee_input(svc: Service, meta: Dict[str, Any], caller: Service) -> None:
+    """Parse an in-process callee's input. Its refusal is the caller's fault, not the
+    client's: an :class:`InvokeError` naming the callee and every bad field, never the
+    callee's 400 (which would show the caller's client a field of an internal service)."""
+    cls = type(svc)
+    request = svc.request
+    payload = request.payload
+    try:
+        if cls._oxbus_input:
+            request.input = parse_input(cls._oxbus_input, payload, None, dict)
+        elif cls._oxbus_input_model is not None:
+            request.input = _model_input(cls, svc, request, payload, meta, True)
+    except BadRequest as e:
+        # Its message names the first few bad fields (all of them are in its details).
+        raise InvokeError('%s invoked %s with input it refused: %s'
+                          % (caller.name, cls.name, e.msg), cls.name, e.details) from None
+    if cls._oxbus_zato:
+        _zato_request(cls, svc, request, meta)
+
+
+def _callee_output(svc: Service, skip_elem: bool) -> Any:
+    """An in-process callee's answer: its payload through its declared output."""
+    cls = type(svc)
+    result = svc.response.payload
+    output = cls._oxbus_output
+    if output:
+        elem = cls._oxbus_response_elem
+        wrap = elem is not None and (not cls._oxbus_zato or _zato_wraps(result))
+        if type(result) is SimpleIOPayload:
+            result = result.getvalue()
+        result = filter_output(output, result, cls._oxbus_skip_empty)
+        # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
+        # 'zato...' element; a service's own name for it stays.
+        if wrap and not (skip_elem and (elem == 'response' or elem.startswith('zato'))):
+            result = {elem: result}
+        return result
+    if cls._oxbus_output_model is not None:
+        return _model_output(cls._oxbus_output_model, result)
+    return result
+
+
+def _run_sync_hooked(svc: Service, attr: str) -> None:
+    """A plain service's hooks and handler, for an in-process invoke."""
+    before, after = type(svc)._oxbus_hooks
+    if before:
+        svc._oxbus_before()
+    getattr(svc, attr)()
+    if after:
+        svc._oxbus_after()
+
+
+def _off_loop_call(svc: Service, attr: str, invocation: Invocation, meta: Dict[str, Any],
+                   chain: Tuple[str, ...], caller: Service) -> Callable[[], None]:
+    """What a pool thread runs for ``ainvoke`` of a plain service (in a copy of the
+    caller's context): the callee's input, hooks and handler, as its own invocation."""
+    def call() -> None:
+        current_invocation.set(invocation)
+        _invocation_meta.set(meta)
+        _invoke_chain.set(chain)
+        _in_offload.set(True)
+        # What the callee opens (transactions, streams) it closes itself, as a timeout=
+        # callee does: the thread's registry, not the caller's task's.
+        token = open_invocation()
+        try:
+            _callee_input(svc, meta, caller)
+            _run_sync_hooked(svc, attr)
+        finally:
+            close_invocation(token, type(svc).name)
+    return call
+
+
+def _consume_result(task: Any) -> None:
+    # A timed-out ainvoke's callee ran on: fetch its outcome so that asyncio does not log
+    # "exception was never retrieved" (the timeout was the caller's answer).
+    if not task.cancelled():
+        task.exception()
 
 def exc_family(exc: BaseException) -> str:
     """The family of ``exc`` that the server counts a service's errors by (REPLY ``exc``).
@@ -648,12 +878,15 @@ async def _maybe_await(result: Any) -> Any:
 
 
 async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
-                      meta: Dict[str, Any]) -> None:
-    """An async service's hooks and handler, for ``self.invoke`` from a plain thread."""
+                      meta: Dict[str, Any], chain: Tuple[str, ...] = (),
+                      in_offload: bool = False) -> None:
+    """An async service's hooks and handler, for an in-process invoke."""
     # The coroutine may run in another thread's context (the worker's event loop), so the
     # invocation is set again here rather than inherited.
     token = current_invocation.set(invocation)
     meta_token = _invocation_meta.set(meta)
+    chain_token = _invoke_chain.set(chain)
+    offload_token = _in_offload.set(in_offload)
     try:
         before, after = type(svc)._oxbus_hooks
         if before:
@@ -662,6 +895,8 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
         if after:
             await _maybe_await(svc._oxbus_after())
     finally:
+        _in_offload.reset(offload_token)
+        _invoke_chain.reset(chain_token)
         _invocation_meta.reset(meta_token)
         current_invocation.reset(token)
 

@@ -354,6 +354,8 @@ class Worker:
         timeout of its own: the supervisor answers every call, and a supervisor that is gone
         ends the worker (heartbeat).
         """
+        if _get_ident() == self._loop_ident:
+            self._refuse_on_loop(meta)
         stream = WORKER_STREAM_BIT | ((next(self._request_ids) - 1) % 0x7FFF_FFFF + 1)
         frame = encode_worker_call(stream, meta if type(meta) is bytes else encode_json(meta),
                                    body)
@@ -434,6 +436,23 @@ class Worker:
             if payload is not None:
                 return split_call(payload)
             reading = True
+
+    @staticmethod
+    def _refuse_on_loop(meta: Union[Dict[str, Any], bytes]) -> NoReturn:
+        """:meth:`request` on the event loop's thread: waiting there for the REPLY would
+        stall every async service of the worker (``self.cache.default.get`` from ``async
+        def``...). Refused with the awaitable form to use instead."""
+        try:
+            op = (decode_json(meta) if type(meta) is bytes else meta).get('op')  # type: ignore
+        except (ValueError, AttributeError):
+            op = None
+        hint = {'cache': 'await self.cache.default.aget(...) / aset / adelete / aincr ...',
+                'secret': 'await self.secrets.aget(name)',
+                'user_config': 'await self.user_config.aget(name)'}.get(
+            str(op).split('.', 1)[0], 'its awaitable a* form')
+        raise RuntimeError('a blocking call to the server (%s) from a coroutine would stall '
+                           'the event loop (every async service of this worker): inside async '
+                           'def use %s' % (op, hint))
 
     def _check_can_call_locked(self) -> None:
         if not self._started:
@@ -539,7 +558,7 @@ class Worker:
             getattr(coro, 'close', lambda: None)()
             where = 'an async service' if self._loop is not None else 'this worker'
             raise RuntimeError('self.invoke of an async service from %s would block the '
-                               'event loop; use invoke_async or make the callee def handle'
+                               'event loop; inside async def use await self.ainvoke(...)'
                                % where)
         import asyncio
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore
@@ -1173,7 +1192,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     worker_id=args.worker_id)
     worker.dispatcher = Dispatcher(services, post=worker.post, request=worker.request,
                                    run_coroutine=worker.run_coroutine,
-                                   arequest=worker.arequest)
+                                   arequest=worker.arequest,
+                                   offload_threads=welcome['threads'])
     # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
     # dispatcher hands it any op that is not an invocation.
     worker.dispatcher.ops.update(Deployer(worker, units).ops())

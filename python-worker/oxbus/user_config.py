@@ -10,6 +10,10 @@ and a service reads them, Zato style, as attributes (or items)::
     region = self.user_config['crm']['api']['region']
     extra = self.user_config.get('optional-settings')      # None when there is none
 
+    # async def handle(self): read it with the awaitable form (the others would hold the
+    # event loop), then the name reads as above, from this invocation's copy
+    crm = await self.user_config.aget('crm')               # None when there is none
+
 Every server of a cluster has them and a change applies to the next read, with no restart:
 each first read of a name in an invocation asks the server (``user_config.get``,
 ipc-protocol/SPEC.md); later reads of the same name in that invocation reuse the answer.
@@ -27,9 +31,10 @@ from .simpleio import bunchify
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Optional, Tuple
+    from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
     Request = Callable[[bytes, bytes], Tuple[bytes, bytes]]
+    ARequest = Callable[[bytes, bytes], Awaitable[Tuple[bytes, bytes]]]
 
 __all__ = ['UserConfig', 'UserConfigError']
 
@@ -41,10 +46,11 @@ class UserConfigError(Exception):
 class UserConfig:
     """``self.user_config``: the config store's user-config objects, by name."""
 
-    __slots__ = ('_request', '_read')
+    __slots__ = ('_request', '_arequest', '_read')
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, arequest: Optional[ARequest] = None) -> None:
         self._request = request
+        self._arequest = arequest
         self._read: Dict[str, Any] = {}
 
     def _load(self, name: str) -> Tuple[bool, Any]:
@@ -54,6 +60,24 @@ class UserConfig:
             return True, self._read[name]
         meta = b'{"op":"user_config.get","name":' + _quote(name).encode('ascii') + b'}'
         raw, body = self._request(meta, b'')
+        return self._answer(name, raw, body)
+
+    async def aget(self, name: str, default: Optional[Any] = None) -> Any:
+        """:meth:`get`, awaitable (for ``async def`` services). Once read, the name reads
+        from this invocation's copy by attribute or item too, with no further call."""
+        if not isinstance(name, str):
+            raise TypeError('user-config names are strings, not %s' % type(name).__name__)
+        if name in self._read:
+            return self._read[name]
+        if self._arequest is None:
+            raise RuntimeError('not running inside an oxbus worker: there is no server to '
+                               'call')
+        meta = b'{"op":"user_config.get","name":' + _quote(name).encode('ascii') + b'}'
+        raw, body = await self._arequest(meta, b'')
+        found, value = self._answer(name, raw, body)
+        return value if found else default
+
+    def _answer(self, name: str, raw: bytes, body: bytes) -> Tuple[bool, Any]:
         reply = decode_json(raw)
         status = reply.get('status') if isinstance(reply, dict) else None
         if status == 200:
