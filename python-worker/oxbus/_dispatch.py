@@ -2,7 +2,8 @@
 
 :class:`Dispatcher` takes a ``CALL``'s meta and body, builds the service instance (its
 request, response and channel), runs its hooks and handler and returns the encoded
-``REPLY`` frame; it also answers ``self.invoke``/``self.invoke_async`` and hands every
+``REPLY`` frame; it also answers ``self.invoke``/``self.ainvoke``/``self.invoke_async``
+(with the invoke depth limit and :class:`~oxbus.errors.InvokeError`) and hands every
 other op to :attr:`Dispatcher.ops` (hot deployment). :func:`_error_frame` encodes the
 error REPLYs the runtime sends itself.
 
