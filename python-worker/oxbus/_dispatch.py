@@ -16,11 +16,17 @@ not import this module.
 from __future__ import annotations
 
 import builtins
+import collections
+import contextvars
 import itertools
 import json
+import logging
 import os
+import queue
 import sys
+import threading
 from contextvars import ContextVar
+from functools import partial
 
 from . import _protocol
 from . import errors as _errors
@@ -41,7 +47,7 @@ from .simpleio import (OutputError, Problems, SimpleIOPayload, bunchify,
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type
+    from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, Type
 
     from .service import Invocation
 
@@ -114,6 +120,9 @@ def _header_pairs(headers: Dict[str, Any]) -> List[List[str]]:
     return pairs
 
 
+_log = logging.getLogger('oxbus.worker')
+
+
 class Dispatcher:
     """Runs services: one ``CALL`` (meta + body) in, one encoded ``REPLY`` frame out.
 
@@ -129,12 +138,18 @@ class Dispatcher:
                  run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
                  request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None,
                  arequest: Optional[Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]]
-                 = None, offload_threads: int = 8) -> None:
+                 = None, offload_threads: int = 8,
+                 on_loop: Optional[Callable[[], bool]] = None) -> None:
         self.services = dict(services)
         #: How many plain services ``await self.ainvoke`` may run at once off the event
-        #: loop (the runtime passes the worker's ``threads``); the pool is made on first use.
+        #: loop (the runtime passes the worker's ``threads``); see :meth:`_offload`.
         self.offload_threads = max(1, offload_threads)
-        self._offload_pool: Any = None
+        self._offload_gate = _Gate(self.offload_threads)
+        self._offload_pool = _DaemonPool('oxbus-ainvoke')
+        #: Whether this thread is the worker's event loop thread, where a blocking
+        #: ``self.invoke`` is refused (the runtime passes its own check; the default, for
+        #: tests, is any running asyncio loop).
+        self._on_loop = on_loop or _any_running_loop
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
         self.cache = CacheAPI(request or _no_server,
@@ -473,8 +488,7 @@ class Dispatcher:
     def invoke(self, caller: Service, name: Any, payload: Any = None,
                args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
         """In-process ``self.invoke``: run ``name`` now, in this thread; see Service.invoke."""
-        asyncio = sys.modules.get('asyncio')
-        if asyncio is not None and asyncio._get_running_loop() is not None:
+        if self._on_loop():
             # On the event loop's thread a blocking invoke would hold every async request of
             # the worker (a sync callee) or wait on the loop itself (an async one).
             raise RuntimeError(
@@ -496,20 +510,28 @@ class Dispatcher:
                       args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None
                       ) -> Any:
         """``await self.ainvoke``: :meth:`invoke` for coroutines. An ``async def`` callee is
-        awaited on this loop; a plain one runs in a thread of :meth:`_offload`'s pool, so the
-        loop goes on serving other requests meanwhile."""
+        awaited on this loop; a plain one runs in another thread (see :meth:`_offload`), so
+        the loop goes on serving other requests meanwhile."""
         import asyncio
         name, payload, opts = _invoke_args(name, payload, args, kwargs)
         as_bunch, serialize, timeout, raise_timeout, environ, skip_elem = opts
         run = self._ainvoke(caller, name, payload, environ, skip_elem)
         if timeout:
             # As invoke(timeout=): past it the caller goes on and the callee runs to its end.
-            task = asyncio.ensure_future(run)
+            # The places it holds in the offload gates are given back then (see _offload).
+            leases: Set[Any] = set()
+            lease_token = _timeout_leases.set(leases)
+            try:
+                task = asyncio.ensure_future(run)
+            finally:
+                _timeout_leases.reset(lease_token)
             done, _ = await asyncio.wait((task,), timeout=timeout)
             if not done:
                 caller.logger.warning('invoke of %s timed out after %s s (cid %s); it goes on '
                                       'in the background', name, timeout, caller.cid)
-                task.add_done_callback(_consume_result)
+                for release in list(leases):
+                    release()
+                task.add_done_callback(partial(_consume_result, caller, name))
                 if raise_timeout:
                     raise TimeoutError('invoke of %s timed out after %s s' % (name, timeout))
                 return None
@@ -572,8 +594,10 @@ class Dispatcher:
         try:
             _callee_input(svc, meta, caller)
             if is_async:
+                # This thread blocks until the coroutine ends: what it ainvokes must not
+                # wait for a place that this thread's own callers hold (see _offload).
                 self._run_coroutine(_run_hooked(svc, attr, invocation, meta, chain,
-                                                _in_offload.get()))
+                                                _Gate(self.offload_threads)))
             else:
                 _run_sync_hooked(svc, attr)
         finally:
@@ -592,7 +616,7 @@ class Dispatcher:
             chain_token = _invoke_chain.set(chain)
             try:
                 _callee_input(svc, meta, caller)
-                await _run_hooked(svc, attr, invocation, meta, chain, _in_offload.get())
+                await _run_hooked(svc, attr, invocation, meta, chain, _offload_gate.get())
             finally:
                 _invoke_chain.reset(chain_token)
                 _invocation_meta.reset(meta_token)
@@ -605,26 +629,34 @@ class Dispatcher:
         """Run ``call`` in another thread, in a copy of this task's context, and await it:
         the event loop serves other requests meanwhile.
 
-        A thread of the dispatcher's pool: at most :attr:`offload_threads` (the worker's
-        ``threads``), made on first use; calls past that wait for a free one. Except when
-        this chain of invokes already holds a pool thread (a plain callee that invoked an
-        async service which now ainvokes a plain one): that pool thread waits for this very
-        call, so waiting for a free pool thread could wait for ever (every pool thread
-        held by such chains). Such a nested call gets a thread of its own instead; the
-        invoke depth limit bounds how many one request can make.
+        The thread is a daemon thread of the dispatcher's pool (so a callee still running
+        never keeps the worker from exiting), reused when idle. How many such calls run at
+        once is bounded by a gate of :attr:`offload_threads` places (the worker's
+        ``threads``); calls past that wait for a free place:
+
+        - requests share the dispatcher's gate;
+        - a coroutine that a blocked thread waits for (``self.invoke`` of an async service,
+          whichever thread calls it: a handler, a plain callee, a thread the callee started)
+          gets a gate of its own, so what it ainvokes never waits for a place that the
+          blocked thread's own callers hold (that wait could last for ever). Each such
+          level of nesting may thus run up to ``offload_threads`` plain callees at once;
+        - a timed-out ``ainvoke`` gives its places back when it times out (its callee runs
+          on, in a thread past the bound), so hung callees cannot starve the others.
         """
         import asyncio
-        import contextvars
-        ctx = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        if _in_offload.get():
-            return await _in_own_thread(loop, ctx, call)
-        pool = self._offload_pool
-        if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-            pool = self._offload_pool = ThreadPoolExecutor(
-                max_workers=self.offload_threads, thread_name_prefix='oxbus-ainvoke')
-        return await loop.run_in_executor(pool, ctx.run, call)
+        gate = _offload_gate.get() or self._offload_gate
+        await gate.acquire()
+        release = _Place(gate)
+        leases = _timeout_leases.get()
+        if leases is not None:
+            leases.add(release)
+        try:
+            return await self._offload_pool.run(loop, contextvars.copy_context(), call)
+        finally:
+            release()
+            if leases is not None:
+                leases.discard(release)
 
     def notify(self, meta: Dict[str, Any], body: bytes = b'') -> None:
         """Post an ASYNC (fire-and-forget) CALL of a server op: run, never answered."""
@@ -675,33 +707,149 @@ MAX_INVOKE_DEPTH = 50
 #: pool thread and an async callee (set again in :func:`_run_hooked`) all carry it.
 _invoke_chain: ContextVar[Tuple[str, ...]] = ContextVar('oxbus_invoke_chain', default=())
 
-#: Whether the running invoke chain holds a thread of the ``ainvoke`` pool (see
-#: :meth:`Dispatcher._offload`); carried like :data:`_invoke_chain`.
-_in_offload: ContextVar[bool] = ContextVar('oxbus_in_offload', default=False)
+#: The gate that ``ainvoke`` of a plain service waits at (see :meth:`Dispatcher._offload`):
+#: None for the dispatcher's own, else the one of the coroutine a blocked thread waits for.
+#: Carried like :data:`_invoke_chain`.
+_offload_gate: ContextVar[Any] = ContextVar('oxbus_offload_gate', default=None)
+
+#: Inside ``ainvoke(timeout=)``: the set that holds the releases of the gate places its
+#: callee's chain takes, called when it times out.
+_timeout_leases: ContextVar[Optional[Set[Any]]] = ContextVar('oxbus_timeout_leases',
+                                                             default=None)
 
 
-async def _in_own_thread(loop: Any, ctx: Any, call: Callable[[], Any]) -> Any:
-    """Run ``call`` in ``ctx`` in a new thread; await its result on ``loop``."""
-    import threading
-    future = loop.create_future()
+def _any_running_loop() -> bool:
+    """The default of Dispatcher's ``on_loop`` (no worker): any running asyncio loop."""
+    asyncio = sys.modules.get('asyncio')
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
-    def settle(ok: bool, value: Any) -> None:
-        if not future.done():  # the awaiting task may have been cancelled
-            if ok:
+
+class _Gate:
+    """A counting semaphore that coroutines of any event loop may wait at (an
+    ``asyncio.Semaphore`` belongs to one loop; tests run a loop per request)."""
+
+    __slots__ = ('_free', '_waiters', '_lock')
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._waiters: Any = collections.deque()
+        self._lock = threading.Lock()
+
+    async def acquire(self) -> None:
+        import asyncio
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            with self._lock:
+                waiting = future in self._waiters
+                if waiting:
+                    self._waiters.remove(future)
+            if not waiting and future.done() and not future.cancelled():
+                self.release()  # handed a place just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._waiters:
+                self._free += 1
+                return
+            future = self._waiters.popleft()
+        try:
+            future.get_loop().call_soon_threadsafe(self._hand, future)
+        except RuntimeError:  # that waiter's loop has closed: the next one's turn
+            self.release()
+
+    def _hand(self, future: Any) -> None:
+        # On the waiter's loop. A waiter cancelled meanwhile passes its place on.
+        if future.done():
+            self.release()
+        else:
+            future.set_result(None)
+
+
+class _Place:
+    """One place taken at a :class:`_Gate`: calling it gives the place back, once."""
+
+    __slots__ = ('_gate',)
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate: Optional[_Gate] = gate
+
+    def __call__(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release()
+
+
+class _DaemonPool:
+    """Daemon threads for ``ainvoke`` of plain services, made on demand and reused while
+    idle (an idle one ends after :attr:`IDLE` s). Daemon threads, unlike a
+    ``ThreadPoolExecutor``'s: a callee that timed out and still runs never keeps the worker
+    from exiting. How many run at once is bounded by the callers (:class:`_Gate`)."""
+
+    IDLE = 60.0
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._idle: List[Any] = []
+        self._lock = threading.Lock()
+        self._count = itertools.count(1)
+
+    async def run(self, loop: Any, ctx: Any, call: Callable[[], Any]) -> Any:
+        """Run ``call`` in ``ctx`` in one of the pool's threads; await its result."""
+        future = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if future.done():  # the awaiting task was cancelled
+                if not ok:
+                    _log.warning('an ainvoke callee whose caller was cancelled failed',
+                                 exc_info=value)
+            elif ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
 
-    def run() -> None:
-        try:
-            result = ctx.run(call)
-        except BaseException as e:  # noqa: B036 - handed to the awaiting task
-            loop.call_soon_threadsafe(settle, False, e)
-        else:
-            loop.call_soon_threadsafe(settle, True, result)
+        def job() -> None:
+            try:
+                outcome = (True, ctx.run(call))
+            except BaseException as e:  # noqa: B036 - handed to the awaiting task
+                outcome = (False, e)
+            try:
+                loop.call_soon_threadsafe(settle, *outcome)
+            except RuntimeError:  # its loop has closed meanwhile: nobody awaits it
+                if not outcome[0]:
+                    _log.warning('an ainvoke callee whose caller is gone failed',
+                                 exc_info=outcome[1])
 
-    threading.Thread(target=run, daemon=True, name='oxbus-ainvoke-nested').start()
-    return await future
+        with self._lock:
+            jobs = self._idle.pop() if self._idle else None
+        if jobs is None:
+            jobs = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(jobs,), daemon=True,
+                             name='%s-%d' % (self._prefix, next(self._count))).start()
+        jobs.put(job)
+        return await future
+
+    def _serve(self, jobs: Any) -> None:
+        while True:
+            try:
+                job = jobs.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if jobs in self._idle:
+                        self._idle.remove(jobs)
+                        return
+                continue  # taken just now: its job is on the way
+            job()
+            job = None
+            with self._lock:
+                self._idle.append(jobs)
 
 
 def _depth_error(chain: Tuple[str, ...]) -> InvokeDepthError:
@@ -809,12 +957,15 @@ def _run_sync_hooked(svc: Service, attr: str) -> None:
 def _off_loop_call(svc: Service, attr: str, invocation: Invocation, meta: Dict[str, Any],
                    chain: Tuple[str, ...], caller: Service) -> Callable[[], None]:
     """What a pool thread runs for ``ainvoke`` of a plain service (in a copy of the
-    caller's context): the callee's input, hooks and handler, as its own invocation."""
+    caller's context): the callee's input, hooks and handler, as its own invocation.
+
+    Unlike ``self.invoke`` (and an async callee of ``ainvoke``), which share the caller's
+    registry of what is open on the server, this callee gets its own, as a ``timeout=``
+    callee does: it runs in another thread and may outlive a caller that timed out."""
     def call() -> None:
         current_invocation.set(invocation)
         _invocation_meta.set(meta)
         _invoke_chain.set(chain)
-        _in_offload.set(True)
         # What the callee opens (transactions, streams) it closes itself, as a timeout=
         # callee does: the thread's registry, not the caller's task's.
         token = open_invocation()
@@ -826,11 +977,14 @@ def _off_loop_call(svc: Service, attr: str, invocation: Invocation, meta: Dict[s
     return call
 
 
-def _consume_result(task: Any) -> None:
+def _consume_result(caller: Service, name: str, task: Any) -> None:
     # A timed-out ainvoke's callee ran on: fetch its outcome so that asyncio does not log
-    # "exception was never retrieved" (the timeout was the caller's answer).
+    # "exception was never retrieved" (the timeout was the caller's answer), and log it.
     if not task.cancelled():
-        task.exception()
+        exc = task.exception()
+        if exc is not None:
+            caller.logger.warning('invoke of %s, which had timed out, then failed (cid %s)',
+                                  name, caller.cid, exc_info=exc)
 
 def exc_family(exc: BaseException) -> str:
     """The family of ``exc`` that the server counts a service's errors by (REPLY ``exc``).
@@ -880,14 +1034,14 @@ async def _maybe_await(result: Any) -> Any:
 
 async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
                       meta: Dict[str, Any], chain: Tuple[str, ...] = (),
-                      in_offload: bool = False) -> None:
+                      gate: Any = None) -> None:
     """An async service's hooks and handler, for an in-process invoke."""
     # The coroutine may run in another thread's context (the worker's event loop), so the
     # invocation is set again here rather than inherited.
     token = current_invocation.set(invocation)
     meta_token = _invocation_meta.set(meta)
     chain_token = _invoke_chain.set(chain)
-    offload_token = _in_offload.set(in_offload)
+    gate_token = _offload_gate.set(gate)
     try:
         before, after = type(svc)._oxbus_hooks
         if before:
@@ -896,7 +1050,7 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
         if after:
             await _maybe_await(svc._oxbus_after())
     finally:
-        _in_offload.reset(offload_token)
+        _offload_gate.reset(gate_token)
         _invoke_chain.reset(chain_token)
         _invocation_meta.reset(meta_token)
         current_invocation.reset(token)

@@ -344,7 +344,8 @@ class Worker:
         ``meta`` is a dict or its JSON already encoded (the cache API builds its metas as
         bytes: a dict and ``encode_json`` cost more than the round trip's other Python).
 
-        Any thread may call it (a handler, the event loop, a thread of the service's own).
+        Any thread but the event loop's may call it (a handler, a thread of the service's
+        own); on the event loop it is refused (the awaitable form is :meth:`arequest`).
         The waiting thread reads the socket itself when nobody else is reading it (the common
         case: the leader running this handler inline), so a call costs one ``sendall`` and
         one ``recv``; frames for others that arrive meanwhile are queued as usual. When
@@ -551,6 +552,11 @@ class Worker:
         if job is not None and job[0] == _get_ident():
             self._after_reply = None
             job[1]()
+
+    def on_loop(self) -> bool:
+        """Whether this thread is the worker's event loop thread (not merely a thread with
+        a running asyncio loop: a plain service may run its own)."""
+        return _get_ident() == self._loop_ident
 
     def run_coroutine(self, coro: Awaitable[Any]) -> Any:
         """Run a coroutine on the worker's event loop from a handler thread; for self.invoke."""
@@ -1193,7 +1199,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     worker.dispatcher = Dispatcher(services, post=worker.post, request=worker.request,
                                    run_coroutine=worker.run_coroutine,
                                    arequest=worker.arequest,
-                                   offload_threads=welcome['threads'])
+                                   offload_threads=welcome['threads'],
+                                   on_loop=worker.on_loop)
     # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
     # dispatcher hands it any op that is not an invocation.
     worker.dispatcher.ops.update(Deployer(worker, units).ops())

@@ -520,11 +520,12 @@ class Service:
         """``await self.ainvoke(name, payload)``: :meth:`invoke` for ``async def`` services,
         with the same arguments, result and errors.
 
-        An ``async def`` callee is awaited on the event loop; a plain ``def`` one runs in a
-        thread of the worker's pool (at most ``threads`` at once), so the loop serves other
-        requests while it blocks. ``timeout=`` waits that long, then raises
-        ``TimeoutError`` (or returns None with ``raise_timeout=False``); the callee runs on
-        to its end.
+        An ``async def`` callee is awaited on the event loop; a plain ``def`` one runs in
+        another (daemon) thread, at most ``threads`` at once per level of nesting, so the
+        loop serves other requests while it blocks; what such a callee opens on the server
+        is its own, closed when it returns (docs/WORKER.md). ``timeout=`` waits that long,
+        then raises ``TimeoutError`` (or returns None with ``raise_timeout=False``); the
+        callee runs on to its end, no longer counted against ``threads``.
         """
         return await self._require_dispatcher().ainvoke(self, name, payload, args, kwargs)
 

@@ -1226,3 +1226,155 @@ def test_channel_name_and_security_reach_the_service():
     assert r.doc == {'type': 'rest', 'name': 'open', 'security': None}
     r = call(WhoCalled, channel='invoke', channel_name=None)
     assert r.doc == {'type': 'invoke', 'name': None, 'security': None}
+
+
+def _in_daemon_thread(fn, wait=10):
+    """Run ``fn`` in a daemon thread; its result, or 'stuck' past ``wait`` s (a bound so that
+    a deadlock fails the test instead of hanging the suite; never reached when it works)."""
+    import threading
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault('r', fn()), daemon=True)
+    t.start()
+    t.join(wait)
+    return got.get('r', 'stuck')
+
+
+def test_a_timed_out_plain_callee_gives_its_place_back_and_runs_on_a_daemon_thread(caplog):
+    # With a pool of one, a hung callee that timed out must not hold the only place (the
+    # next ainvoke would wait for it), nor keep the worker from exiting (a daemon thread).
+    import threading
+    release = threading.Event()
+    seen = {}
+
+    class Hung(Service):
+        def handle(self):
+            seen['daemon'] = threading.current_thread().daemon
+            release.wait(30)
+            raise ValueError('failed after its caller gave up')
+
+    class Leaf(Service):
+        def handle(self):
+            self.response.payload = 'ok'
+
+    class Caller(Service):
+        async def handle(self):
+            first = await self.ainvoke(Hung.name, timeout=0.01, raise_timeout=False)
+            self.response.payload = [first, await self.ainvoke(Leaf.name)]
+
+    d = Dispatcher({c.name: c for c in (Hung, Leaf, Caller)}, offload_threads=1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            r = _in_daemon_thread(lambda: run_either(d, Caller, b'', 'async'))
+            assert r != 'stuck', 'the leaf waited for the timed-out callee\'s place'
+            assert (r.status, r.doc) == (200, [None, 'ok'])
+            assert seen['daemon'] is True
+
+            # The callee's late failure is logged with its traceback (no longer dropped).
+            async def late_failure():
+                done = asyncio.Event()
+                loop = asyncio.get_running_loop()
+
+                class Caller2(Service):
+                    async def handle(self):
+                        await self.ainvoke(Hung.name, timeout=0.01, raise_timeout=False)
+                        release.set()
+                        await done.wait()
+
+                logging.getLogger(Caller2.name).addFilter(
+                    lambda rec: (loop.call_soon_threadsafe(done.set)
+                                 if 'then failed' in rec.getMessage() else None) or True)
+                d.services[Caller2.name] = Caller2
+                return await asyncio.wait_for(d.run_async(2, meta_for(Caller2.name), b''), 10)
+
+            Reply(asyncio.run(late_failure()), 2)
+    finally:
+        release.set()
+    (record,) = [rec for rec in caplog.records if 'then failed' in rec.getMessage()]
+    assert record.exc_info[0] is ValueError
+
+
+def test_ainvoke_from_a_thread_that_a_plain_callee_started_does_not_deadlock():
+    # async top -> ainvoke(plain a) -> a's own threads each self.invoke(async b) -> b
+    # ainvokes plain c. Those threads do not carry a's context; with a pool of one, c must
+    # not wait for the place that a holds while a waits for c.
+    from concurrent.futures import ThreadPoolExecutor
+
+    class C(Service):
+        name = 't.c2'
+
+        def handle(self):
+            self.response.payload = 1
+
+    class B(Service):
+        name = 't.b2'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(C.name)
+
+    class A(Service):
+        name = 't.a2'
+
+        def handle(self):
+            with ThreadPoolExecutor(2) as ex:
+                self.response.payload = sum(ex.map(lambda _: self.invoke(B.name), range(2)))
+
+    class Top(Service):
+        name = 't.top2'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(A.name)
+
+    d = Dispatcher({c.name: c for c in (A, B, C, Top)}, offload_threads=1)
+    r = _in_daemon_thread(lambda: run_either(d, Top, b'', 'async'))
+    assert r != 'stuck', 'deadlocked'
+    assert (r.status, r.doc) == (200, 2)
+
+
+def test_nested_ainvokes_run_at_most_offload_threads_plain_callees_at_once():
+    # A gather of many ainvokes behind a plain callee (a nested chain) is bounded like a
+    # request's: at most offload_threads of them at once. The leaves meet at a barrier of
+    # three: reached only if three run at once (its timeout only ends the wait when not).
+    import threading
+    lock = threading.Lock()
+    state = {'now': 0, 'peak': 0}
+    barrier = threading.Barrier(3, timeout=2)
+
+    class Leaf(Service):
+        name = 't.fan-leaf'
+
+        def handle(self):
+            with lock:
+                state['now'] += 1
+                state['peak'] = max(state['peak'], state['now'])
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+            with lock:
+                state['now'] -= 1
+            self.response.payload = 1
+
+    class Fan(Service):
+        name = 't.fan'
+
+        async def handle(self):
+            r = await asyncio.gather(*[self.ainvoke(Leaf.name) for _ in range(12)])
+            self.response.payload = sum(r)
+
+    class Plain(Service):
+        name = 't.fan-plain'
+
+        def handle(self):
+            self.response.payload = self.invoke(Fan.name)
+
+    class Top(Service):
+        name = 't.fan-top'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(Plain.name)
+
+    d = Dispatcher({c.name: c for c in (Leaf, Fan, Plain, Top)}, offload_threads=2)
+    r = _in_daemon_thread(lambda: run_either(d, Top, b'', 'async'), 30)
+    assert r != 'stuck'
+    assert (r.status, r.doc) == (200, 12)
+    assert state['peak'] <= 2

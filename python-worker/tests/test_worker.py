@@ -711,3 +711,56 @@ def test_ainvoke_of_a_plain_service_runs_it_off_the_event_loop(sup):
     assert got['released'] is True and got['n'] == 7
     assert got['thread'].startswith('oxbus-ainvoke')
     assert got['invocation'] == ['cid-1', 'offloop.blocker']
+
+
+def test_a_plain_service_may_invoke_inside_its_own_asyncio_loop(sup):
+    # Only the worker's event loop refuses a blocking self.invoke; a plain service running
+    # a loop of its own (asyncio.run, in its handler thread) may invoke, as before ainvoke.
+    extra = {'private.py': '''
+        import asyncio
+        from oxbus import Service
+
+        class Leaf(Service):
+            def handle(self):
+                self.response.payload = 'ok'
+
+        class ALeaf(Service):
+            async def handle(self):
+                self.response.payload = 'aok'
+
+        class Plain(Service):
+            def handle(self):
+                async def fan():
+                    return [self.invoke('private.leaf'), self.invoke('private.a-leaf')]
+                self.response.payload = asyncio.run(fan())
+    '''}
+    start(sup, extra)
+    sup.call(1, 'private.plain')
+    meta, body = sup.replies(1)[1]
+    assert meta['status'] == 200, body
+    assert json.loads(body) == ['ok', 'aok']
+
+
+def test_a_timed_out_plain_callee_still_running_does_not_keep_the_worker_after_bye(sup):
+    # Its thread is a daemon thread: the drain ends with BYE and the process exits, while
+    # the callee would go on for a minute.
+    extra = {'hung.py': '''
+        import threading
+        from oxbus import Service
+
+        class Hung(Service):
+            def handle(self):
+                threading.Event().wait(60)
+
+        class Caller(Service):
+            async def handle(self):
+                self.response.payload = await self.ainvoke('hung.hung', timeout=0.01,
+                                                           raise_timeout=False)
+    '''}
+    start(sup, extra, threads=2)
+    sup.call(1, 'hung.caller')
+    meta, body = sup.replies(1)[1]
+    assert meta['status'] == 200 and body == b''
+    sup.send(P.DRAIN)
+    assert sup.recv_kind(P.BYE) == (P.BYE, 0, 0, b'')
+    assert sup.wait_exit(10) == 0
