@@ -557,7 +557,8 @@ def test_user_config_reads_through_the_server_op_once_per_invocation():
     call(Reads, dispatcher=d)
     assert seen == {'t': 5, 'again': 5, 'none': None, 'in': False,
                     'err': "no user config named 'other'"}
-    assert [m['name'] for m in asked] == ['crm', 'other', 'other', 'other']
+    # A name the server has none of is remembered for the invocation too: asked once.
+    assert [m['name'] for m in asked] == ['crm', 'other']
     assert asked[0] == {'op': 'user_config.get', 'name': 'crm'}
 
 
@@ -584,12 +585,15 @@ def test_user_config_has_an_awaitable_read():
             seen['attr'] = self.user_config.crm.api.timeout
             seen['none'] = await self.user_config.aget('other')
             seen['dflt'] = await self.user_config.aget('other', 'x')
+            # So is a name the server has none of: the blocking reads answer from memory.
+            seen['get'] = self.user_config.get('other', 'y')
+            seen['in'] = 'other' in self.user_config
 
     import asyncio
     d = Dispatcher({AsyncReads.name: AsyncReads}, request=blocking, arequest=arequest)
     asyncio.run(d.run_async(1, meta_for(AsyncReads.name), b''))
-    assert seen == {'crm': 5, 'attr': 5, 'none': None, 'dflt': 'x'}
-    assert [m['name'] for m in asked] == ['crm', 'other', 'other']
+    assert seen == {'crm': 5, 'attr': 5, 'none': None, 'dflt': 'x', 'get': 'y', 'in': False}
+    assert [m['name'] for m in asked] == ['crm', 'other']
 
 
 # -- patterns (argument checks; the runs are tested against a real server) -------------------
