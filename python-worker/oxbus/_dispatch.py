@@ -863,7 +863,12 @@ def _invoke_args(name: Any, payload: Any, args: Tuple[Any, ...],
                  kwargs: Optional[Dict[str, Any]]) -> Tuple[str, Any, Tuple[Any, ...]]:
     """``self.invoke``'s arguments, Zato's included: (callee name, payload, (as_bunch,
     serialize, timeout, raise_timeout, environ, skip_response_elem))."""
-    kwargs = dict(kwargs or ())
+    if not args and not kwargs:
+        # The usual call, invoke(name, payload): the defaults, nothing to sort out.
+        if isinstance(name, type) and issubclass(name, Service):
+            name = name.name
+        return name, payload, _DEFAULT_INVOKE_OPTS
+    kwargs = dict(kwargs)
     if args:
         # Zato's positional order after the payload.
         if len(args) > len(_INVOKE_POSITIONAL):
@@ -1086,6 +1091,8 @@ _INVOKE_IGNORED = ('channel', 'data_format', 'transport', 'cid', 'wsgi_environ',
 #: timeout, raise_timeout)``: the names of the positional arguments after the payload.
 _INVOKE_POSITIONAL = ('channel', 'data_format', 'transport', 'serialize', 'as_bunch',
                       'timeout', 'raise_timeout')
+#: :func:`_invoke_args`'s options when none are given.
+_DEFAULT_INVOKE_OPTS = (False, False, None, True, None, False)
 
 
 def _model_input(cls: Type[Service], svc: Service, request: Request, payload: Any,
