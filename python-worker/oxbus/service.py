@@ -504,7 +504,8 @@ class Service:
         cannot be run (no such service, input it refuses, nesting past the invoke depth
         limit of 50) raises :class:`~oxbus.errors.InvokeError`: uncaught, this service's
         500. From ``async def`` use :meth:`ainvoke`: this raises ``RuntimeError`` on the
-        event loop. ``name`` may be the service class. Zato's keyword
+        worker's event loop (not in a loop a plain service runs itself, e.g. with
+        ``asyncio.run``). ``name`` may be the service class. Zato's keyword
         arguments: ``as_bunch=True`` returns dicts as :class:`~oxbus.simpleio.Bunch`
         objects, ``serialize=True`` the JSON text, ``environ=`` the callee's
         ``self.environ``, ``timeout=`` seconds to wait (then ``TimeoutError``, or None with
