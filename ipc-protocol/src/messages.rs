@@ -280,6 +280,10 @@ pub struct CallMetaIn {
     /// The caller's `tracestate`, kept with its `traceparent`.
     #[serde(default)]
     pub tracestate: Option<String>,
+    /// The name of the service that made the call (`self.invoke_async`), for the server's
+    /// log line when the callee does not exist. Added within version 1: optional.
+    #[serde(default)]
+    pub caller: Option<String>,
 }
 
 /// Meta of a `REPLY`.

@@ -15,8 +15,9 @@ test's process, no server); it is not imported here, so the worker never loads i
 """
 
 from .cache import CacheError, NotAnInteger, UnknownCache, ValueTooLarge
-from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
-                     NotFound, Reportable, ServiceUnavailable, TooManyRequests, Unauthorized)
+from .errors import (BadRequest, Conflict, Forbidden, InternalServerError, InvokeDepthError,
+                     InvokeError, MethodNotAllowed, NotFound, Reportable, ServiceUnavailable,
+                     TooManyRequests, Unauthorized)
 from .outgoing import (AmqpNack, AmqpPublishError, AmqpRefused, AmqpUnroutable, AuthError,
                        DatabaseError, HTTPError, IntegrityError, InvalidCall,
                        OutgoingConnectionError, OutgoingError, OutgoingTimeout, PoolFull,
@@ -41,6 +42,7 @@ __all__ = [
     'DictList', 'Float', 'Int', 'List', 'Opaque', 'Secret', 'Text', 'UTC', 'UUID',
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
     'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
+    'InvokeError', 'InvokeDepthError',
     'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger', 'OutgoingError',
     'UnknownConnection', 'InvalidCall', 'PoolFull', 'OutgoingTimeout',
     'OutgoingConnectionError', 'ResponseTooLarge', 'AuthError', 'HTTPError', 'DatabaseError',

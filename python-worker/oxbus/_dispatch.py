@@ -2,7 +2,8 @@
 
 :class:`Dispatcher` takes a ``CALL``'s meta and body, builds the service instance (its
 request, response and channel), runs its hooks and handler and returns the encoded
-``REPLY`` frame; it also answers ``self.invoke``/``self.invoke_async`` and hands every
+``REPLY`` frame; it also answers ``self.invoke``/``self.ainvoke``/``self.invoke_async``
+(with the invoke depth limit and :class:`~oxbus.errors.InvokeError`) and hands every
 other op to :attr:`Dispatcher.ops` (hot deployment). :func:`_error_frame` encodes the
 error REPLYs the runtime sends itself.
 
@@ -15,10 +16,17 @@ not import this module.
 from __future__ import annotations
 
 import builtins
+import collections
+import contextvars
 import itertools
 import json
+import logging
 import os
+import queue
 import sys
+import threading
+from contextvars import ContextVar
+from functools import partial
 
 from . import _protocol
 from . import errors as _errors
@@ -27,7 +35,7 @@ from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import (REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply,
                         find_unencodable)
 from .cache import CacheAPI
-from .errors import BadRequest, MethodNotAllowed, NotFound, Reportable
+from .errors import BadRequest, InvokeDepthError, InvokeError, MethodNotAllowed, Reportable
 from .files import FileTransferRequest, raw_request_from_call
 from .outgoing import OutgoingAPI
 from .pubsub import PubSubAPI, PubSubDelivery
@@ -40,7 +48,7 @@ from .simpleio import (OutputError, Problems, SimpleIOPayload, bunchify,
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type
+    from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, Type
 
     from .service import Invocation
 
@@ -113,6 +121,9 @@ def _header_pairs(headers: Dict[str, Any]) -> List[List[str]]:
     return pairs
 
 
+_log = logging.getLogger('oxbus.worker')
+
+
 class Dispatcher:
     """Runs services: one ``CALL`` (meta + body) in, one encoded ``REPLY`` frame out.
 
@@ -128,11 +139,22 @@ class Dispatcher:
                  run_coroutine: Optional[Callable[[Awaitable[Any]], Any]] = None,
                  request: Optional[Callable[[bytes, bytes], Tuple[bytes, bytes]]] = None,
                  arequest: Optional[Callable[[Any, bytes], Awaitable[Tuple[bytes, bytes]]]]
-                 = None) -> None:
+                 = None, offload_threads: int = 8,
+                 on_loop: Optional[Callable[[], bool]] = None) -> None:
         self.services = dict(services)
+        #: How many plain services ``await self.ainvoke`` may run at once off the event
+        #: loop (the runtime passes the worker's ``threads``); see :meth:`_offload`.
+        self.offload_threads = max(1, offload_threads)
+        self._offload_gate = _Gate(self.offload_threads)
+        self._offload_pool = _DaemonPool('oxbus-ainvoke')
+        #: Whether this thread is the worker's event loop thread, where a blocking
+        #: ``self.invoke`` is refused (the runtime passes its own check; the default, for
+        #: tests, is any running asyncio loop).
+        self._on_loop = on_loop or _any_running_loop
         #: ``self.cache`` of every service; its calls go through ``request`` (the worker's
         #: CALL-and-wait to the supervisor).
-        self.cache = CacheAPI(request or _no_server)
+        self.cache = CacheAPI(request or _no_server,
+                              arequest or _inline_arequest(request or _no_server))
         self.posted: List[bytes] = []
         self._post = post if post is not None else self.posted.append
         #: ``self.out``/``self.outgoing`` of every service: ``request`` for blocking calls,
@@ -422,6 +444,14 @@ class Dispatcher:
                              getattr(cls._oxbus_output_model, '__name__', '-'))
             status = 500
             doc = {'error': str(exc), 'field': exc.field, 'cid': cid}
+        elif isinstance(exc, InvokeError):
+            # An invoke that could not run its callee (no such service, input it refused,
+            # the depth limit): the calling service's fault, a 500 to its client. The
+            # message names the callee and the cause; a traceback would add nothing but
+            # length (one frame per level of a runaway self-invoke).
+            cls.logger.error('%s failed: %s: %s', cls.name, type(exc).__name__, exc)
+            status = 500
+            doc = {'error': 'internal error', 'cid': cid}
         elif isinstance(exc, OutputError):
             # The service broke its own contract (or answered with a value JSON has no form
             # for): tell the client which element, and the log, since someone has to fix
@@ -470,54 +500,77 @@ class Dispatcher:
     def invoke(self, caller: Service, name: Any, payload: Any = None,
                args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
         """In-process ``self.invoke``: run ``name`` now, in this thread; see Service.invoke."""
-        kwargs = dict(kwargs or ())
-        if args:
-            # Zato's positional order after the payload.
-            if len(args) > len(_INVOKE_POSITIONAL):
-                raise TypeError('invoke(): at most %d positional arguments after the payload '
-                                '(%s), not %d' % (len(_INVOKE_POSITIONAL),
-                                                  ', '.join(_INVOKE_POSITIONAL), len(args)))
-            for key, value in zip(_INVOKE_POSITIONAL, args):
-                if key in kwargs:
-                    raise TypeError('invoke(): %s given twice' % key)
-                kwargs[key] = value
-        as_bunch = kwargs.pop('as_bunch', False)
-        serialize = kwargs.pop('serialize', False)
-        timeout = kwargs.pop('timeout', None)
-        raise_timeout = kwargs.pop('raise_timeout', True)
-        environ = kwargs.pop('environ', None)
-        skip_elem = bool(kwargs.pop('skip_response_elem', False))
-        for ignored in _INVOKE_IGNORED:
-            kwargs.pop(ignored, None)
-        if isinstance(name, type) and issubclass(name, Service):
-            name = name.name
-        if kwargs:
-            if payload:
-                raise TypeError('invoke(): unknown keyword arguments with a payload: %s'
-                                % ', '.join(sorted(kwargs)))
-            payload = kwargs
+        if self._on_loop():
+            # On the event loop's thread a blocking invoke would hold every async request of
+            # the worker (a sync callee) or wait on the loop itself (an async one).
+            raise RuntimeError(
+                'self.invoke(%r) from a coroutine would hold the event loop (every async '
+                'service of this worker): inside async def use await self.ainvoke(...)'
+                % (name.name if isinstance(name, type) and issubclass(name, Service)
+                   else name,))
+        name, payload, opts = _invoke_args(name, payload, args, kwargs)
+        as_bunch, serialize, timeout, raise_timeout, environ, skip_elem = opts
         if timeout:
             result = _with_timeout(
                 lambda: self._invoke(caller, name, payload, environ, skip_elem),
                 timeout, raise_timeout, caller, name)
         else:
             result = self._invoke(caller, name, payload, environ, skip_elem)
-        if isinstance(result, SimpleIOPayload):
-            result = result.getvalue()
-        if isinstance(result, Model) or (isinstance(result, list) and result
-                                          and isinstance(result[0], Model)):
-            result = _model_output(None, result)
-        if as_bunch:
-            result = bunchify(result)
-        if serialize:
-            result = encode_json(result).decode('utf-8')
-        return result
+        return _shape_result(result, as_bunch, serialize)
 
-    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any,
-                skip_elem: bool = False) -> Any:
+    async def ainvoke(self, caller: Service, name: Any, payload: Any = None,
+                      args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None
+                      ) -> Any:
+        """``await self.ainvoke``: :meth:`invoke` for coroutines. An ``async def`` callee is
+        awaited on this loop; a plain one runs in another thread (see :meth:`_offload`), so
+        the loop goes on serving other requests meanwhile."""
+        import asyncio
+        name, payload, opts = _invoke_args(name, payload, args, kwargs)
+        as_bunch, serialize, timeout, raise_timeout, environ, skip_elem = opts
+        run = self._ainvoke(caller, name, payload, environ, skip_elem)
+        if timeout:
+            # As invoke(timeout=): past it the caller goes on and the callee runs to its end.
+            # The places it holds in the offload gates are given back then (see _offload).
+            leases: Set[Any] = set()
+            lease_token = _timeout_leases.set(leases)
+            try:
+                task = asyncio.ensure_future(run)
+            finally:
+                _timeout_leases.reset(lease_token)
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+            if not done:
+                caller.logger.warning('invoke of %s timed out after %s s (cid %s); it goes on '
+                                      'in the background', name, timeout, caller.cid)
+                for release in list(leases):
+                    release()
+                task.add_done_callback(partial(_consume_result, caller, name))
+                if raise_timeout:
+                    raise TimeoutError('invoke of %s timed out after %s s' % (name, timeout))
+                return None
+            result = task.result()
+        else:
+            result = await run
+        return _shape_result(result, as_bunch, serialize)
+
+    def _callee(self, caller: Service, name: str, payload: Any, environ: Any
+                ) -> Tuple[Service, str, bool, Invocation, Dict[str, Any], Tuple[str, ...]]:
+        """The callee's instance for an in-process invoke, before its input is parsed:
+        (instance, handler name, is async, its invocation, its meta, the invoke chain).
+
+        Raises :class:`InvokeError` for a callee that cannot be run (no such service, HTTP
+        verbs only) and :class:`InvokeDepthError` past :data:`MAX_INVOKE_DEPTH`."""
+        chain = _invoke_chain.get() or (caller.name,)
+        chain += (name,)
+        if len(chain) > MAX_INVOKE_DEPTH + 1:
+            raise _depth_error(chain)
         cls = self.services.get(name)
         if cls is None:
-            raise NotFound('no such service: %s' % name)
+            raise InvokeError('%s invoked %s: no such service' % (caller.name, name), name)
+        try:
+            attr, is_async = _pick_handler(cls, None)
+        except MethodNotAllowed as e:
+            raise InvokeError('%s invoked %s, which answers only HTTP methods (%s)'
+                              % (caller.name, name, ', '.join(e.allowed)), name) from None
         current = current_invocation.get()
         stream = current[2] if current else 0
         cid = caller.cid
@@ -533,54 +586,89 @@ class Dispatcher:
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'channel': 'invoke',
                 'data_format': 'json', 'traceparent': caller.traceparent,
                 'tracestate': caller.tracestate}
-        attr, is_async = _pick_handler(cls, None)
         svc = cls()
         svc.cid = cid
         svc.channel = _channel('invoke')
-        svc.request = request = Request(payload, raw, 'json', meta)
+        svc.request = Request(payload, raw, 'json', meta)
         svc.response = Response()
         svc._oxbus_dispatcher = self
         if environ is not None:
             svc.environ = environ  # the caller's own object, as in Zato
-        invocation = (cid, cls.name, stream)
+        return svc, attr, is_async, (cid, cls.name, stream), meta, chain
+
+    def _invoke(self, caller: Service, name: str, payload: Any, environ: Any,
+                skip_elem: bool = False) -> Any:
+        svc, attr, is_async, invocation, meta, chain = self._callee(caller, name, payload,
+                                                                    environ)
         token = current_invocation.set(invocation)
         meta_token = _invocation_meta.set(meta)
+        chain_token = _invoke_chain.set(chain)
         try:
-            if cls._oxbus_input:
-                request.input = parse_input(cls._oxbus_input, payload, None, dict)
-            elif cls._oxbus_input_model is not None:
-                request.input = _model_input(cls, svc, request, payload, meta, True)
-            if cls._oxbus_zato:
-                _zato_request(cls, svc, request, meta)
+            _callee_input(svc, meta, caller)
             if is_async:
-                self._run_coroutine(_run_hooked(svc, attr, invocation, meta))
+                # This thread blocks until the coroutine ends: what it ainvokes must not
+                # wait for a place that this thread's own callers hold (see _offload).
+                self._run_coroutine(_run_hooked(svc, attr, invocation, meta, chain,
+                                                _Gate(self.offload_threads)))
             else:
-                before, after = cls._oxbus_hooks
-                if before:
-                    svc._oxbus_before()
-                getattr(svc, attr)()
-                if after:
-                    svc._oxbus_after()
+                _run_sync_hooked(svc, attr)
         finally:
+            _invoke_chain.reset(chain_token)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
-        result = svc.response.payload
-        output = cls._oxbus_output
-        if output:
-            elem = cls._oxbus_response_elem
-            wrap = elem is not None and (not cls._oxbus_zato or _zato_wraps(result))
-            if type(result) is SimpleIOPayload:
-                result = result.getvalue()
-            result = filter_output(output, result, cls._oxbus_skip_empty)
-            # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
-            # 'zato...' element; a service's own name for it stays.
-            if wrap and not (skip_elem and elem is not None
-                             and (elem == 'response' or elem.startswith('zato'))):
-                result = {elem: result}
-            return result
-        if cls._oxbus_output_model is not None:
-            return _model_output(cls._oxbus_output_model, result)
-        return result
+        return _callee_output(svc, skip_elem)
+
+    async def _ainvoke(self, caller: Service, name: str, payload: Any, environ: Any,
+                       skip_elem: bool) -> Any:
+        svc, attr, is_async, invocation, meta, chain = self._callee(caller, name, payload,
+                                                                    environ)
+        if is_async:
+            token = current_invocation.set(invocation)
+            meta_token = _invocation_meta.set(meta)
+            chain_token = _invoke_chain.set(chain)
+            try:
+                _callee_input(svc, meta, caller)
+                await _run_hooked(svc, attr, invocation, meta, chain, _offload_gate.get())
+            finally:
+                _invoke_chain.reset(chain_token)
+                _invocation_meta.reset(meta_token)
+                current_invocation.reset(token)
+        else:
+            await self._offload(_off_loop_call(svc, attr, invocation, meta, chain, caller))
+        return _callee_output(svc, skip_elem)
+
+    async def _offload(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` in another thread, in a copy of this task's context, and await it:
+        the event loop serves other requests meanwhile.
+
+        The thread is a daemon thread of the dispatcher's pool (so a callee still running
+        never keeps the worker from exiting), reused when idle. How many such calls run at
+        once is bounded by a gate of :attr:`offload_threads` places (the worker's
+        ``threads``); calls past that wait for a free place:
+
+        - requests share the dispatcher's gate;
+        - a coroutine that a blocked thread waits for (``self.invoke`` of an async service,
+          whichever thread calls it: a handler, a plain callee, a thread the callee started)
+          gets a gate of its own, so what it ainvokes never waits for a place that the
+          blocked thread's own callers hold (that wait could last for ever). Each such
+          level of nesting may thus run up to ``offload_threads`` plain callees at once;
+        - a timed-out ``ainvoke`` gives its places back when it times out (its callee runs
+          on, in a thread past the bound), so hung callees cannot starve the others.
+        """
+        import asyncio
+        loop = asyncio.get_running_loop()
+        gate = _offload_gate.get() or self._offload_gate
+        await gate.acquire()
+        release = _Place(gate)
+        leases = _timeout_leases.get()
+        if leases is not None:
+            leases.add(release)
+        try:
+            return await self._offload_pool.run(loop, contextvars.copy_context(), call)
+        finally:
+            release()
+            if leases is not None:
+                leases.discard(release)
 
     def notify(self, meta: Dict[str, Any], body: bytes = b'') -> None:
         """Post an ASYNC (fire-and-forget) CALL of a server op: run, never answered."""
@@ -589,11 +677,14 @@ class Dispatcher:
 
     def invoke_async(self, name: str, payload: Any = None,
                      traceparent: Optional[str] = None,
-                     tracestate: Optional[str] = None, cid: Optional[str] = None) -> str:
+                     tracestate: Optional[str] = None, cid: Optional[str] = None,
+                     caller: Optional[str] = None) -> str:
         """``self.invoke_async``: post an ASYNC CALL to the supervisor; return its new cid.
 
         ``traceparent`` and ``tracestate`` are the caller's trace context (the callee keeps
         the caller's trace); without a traceparent the supervisor starts a new trace.
+        ``caller`` is the calling service's name, for the server's log line when the callee
+        does not exist.
         """
         cid = cid or new_cid()
         # Worker-opened streams have the high bit set; the low 31 bits cycle through
@@ -606,6 +697,8 @@ class Dispatcher:
         else:
             body = encode_json(payload)
         meta = {'op': 'invoke', 'service': name, 'cid': cid, 'data_format': 'json'}
+        if caller:
+            meta['caller'] = caller
         if traceparent:
             meta['traceparent'] = traceparent
             if tracestate:
@@ -613,6 +706,303 @@ class Dispatcher:
         self._post(encode_call(stream, meta, body, _protocol.FLAG_ASYNC))
         return cid
 
+
+#: How deep in-process invokes may nest (``self.invoke``, ``self.ainvoke``, with or without
+#: ``timeout=``): past it the invoke raises :class:`InvokeDepthError`, a short error naming
+#: the chain, instead of a service that invokes itself ending in a ``RecursionError`` whose
+#: traceback runs to thousands of lines. Far above what a real composition nests.
+MAX_INVOKE_DEPTH = 50
+
+#: The names of the services of the running in-process invoke chain, the outermost caller
+#: first; empty outside an in-process invoke (a request's own service sets nothing, so the
+#: hot path pays nothing for it). A ContextVar, so a ``timeout=`` thread, an ``ainvoke``'s
+#: pool thread and an async callee (set again in :func:`_run_hooked`) all carry it.
+_invoke_chain: ContextVar[Tuple[str, ...]] = ContextVar('oxbus_invoke_chain', default=())
+
+#: The gate that ``ainvoke`` of a plain service waits at (see :meth:`Dispatcher._offload`):
+#: None for the dispatcher's own, else the one of the coroutine a blocked thread waits for.
+#: Carried like :data:`_invoke_chain`.
+_offload_gate: ContextVar[Any] = ContextVar('oxbus_offload_gate', default=None)
+
+#: Inside ``ainvoke(timeout=)``: the set that holds the releases of the gate places its
+#: callee's chain takes, called when it times out.
+_timeout_leases: ContextVar[Optional[Set[Any]]] = ContextVar('oxbus_timeout_leases',
+                                                             default=None)
+
+
+def _any_running_loop() -> bool:
+    """The default of Dispatcher's ``on_loop`` (no worker): any running asyncio loop."""
+    asyncio = sys.modules.get('asyncio')
+    return asyncio is not None and asyncio._get_running_loop() is not None
+
+
+class _Gate:
+    """A counting semaphore that coroutines of any event loop may wait at (an
+    ``asyncio.Semaphore`` belongs to one loop; tests run a loop per request)."""
+
+    __slots__ = ('_free', '_waiters', '_lock')
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._waiters: Any = collections.deque()
+        self._lock = threading.Lock()
+
+    async def acquire(self) -> None:
+        import asyncio
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            with self._lock:
+                waiting = future in self._waiters
+                if waiting:
+                    self._waiters.remove(future)
+            if not waiting and future.done() and not future.cancelled():
+                self.release()  # handed a place just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._waiters:
+                self._free += 1
+                return
+            future = self._waiters.popleft()
+        try:
+            future.get_loop().call_soon_threadsafe(self._hand, future)
+        except RuntimeError:  # that waiter's loop has closed: the next one's turn
+            self.release()
+
+    def _hand(self, future: Any) -> None:
+        # On the waiter's loop. A waiter cancelled meanwhile passes its place on.
+        if future.done():
+            self.release()
+        else:
+            future.set_result(None)
+
+
+class _Place:
+    """One place taken at a :class:`_Gate`: calling it gives the place back, once."""
+
+    __slots__ = ('_gate',)
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate: Optional[_Gate] = gate
+
+    def __call__(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release()
+
+
+class _DaemonPool:
+    """Daemon threads for ``ainvoke`` of plain services, made on demand and reused while
+    idle (an idle one ends after :attr:`IDLE` s). Daemon threads, unlike a
+    ``ThreadPoolExecutor``'s: a callee that timed out and still runs never keeps the worker
+    from exiting. How many run at once is bounded by the callers (:class:`_Gate`)."""
+
+    IDLE = 60.0
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._idle: List[Any] = []
+        self._lock = threading.Lock()
+        self._count = itertools.count(1)
+
+    async def run(self, loop: Any, ctx: Any, call: Callable[[], Any]) -> Any:
+        """Run ``call`` in ``ctx`` in one of the pool's threads; await its result."""
+        future = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if future.done():  # the awaiting task was cancelled
+                if not ok:
+                    _log.warning('an ainvoke callee whose caller was cancelled failed',
+                                 exc_info=value)
+            elif ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        def job() -> None:
+            try:
+                outcome = (True, ctx.run(call))
+            except BaseException as e:  # noqa: B036 - handed to the awaiting task
+                outcome = (False, e)
+            try:
+                loop.call_soon_threadsafe(settle, *outcome)
+            except RuntimeError:  # its loop has closed meanwhile: nobody awaits it
+                if not outcome[0]:
+                    _log.warning('an ainvoke callee whose caller is gone failed',
+                                 exc_info=outcome[1])
+
+        with self._lock:
+            jobs = self._idle.pop() if self._idle else None
+        if jobs is None:
+            jobs = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(jobs,), daemon=True,
+                             name='%s-%d' % (self._prefix, next(self._count))).start()
+        jobs.put(job)
+        return await future
+
+    def _serve(self, jobs: Any) -> None:
+        while True:
+            try:
+                job = jobs.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if jobs in self._idle:
+                        self._idle.remove(jobs)
+                        return
+                continue  # taken just now: its job is on the way
+            job()
+            job = None
+            with self._lock:
+                self._idle.append(jobs)
+
+
+def _depth_error(chain: Tuple[str, ...]) -> InvokeDepthError:
+    shown = ' -> '.join(chain[:4]) + ' -> ... -> ' + chain[-1]
+    return InvokeDepthError('invoke depth limit (%d) reached: %s (%d nested invokes; a '
+                            'service invoking itself?)'
+                            % (MAX_INVOKE_DEPTH, shown, len(chain) - 1), chain)
+
+
+def _invoke_args(name: Any, payload: Any, args: Tuple[Any, ...],
+                 kwargs: Optional[Dict[str, Any]]) -> Tuple[str, Any, Tuple[Any, ...]]:
+    """``self.invoke``'s arguments, Zato's included: (callee name, payload, (as_bunch,
+    serialize, timeout, raise_timeout, environ, skip_response_elem))."""
+    if not args and not kwargs:
+        # The usual call, invoke(name, payload): the defaults, nothing to sort out.
+        if isinstance(name, type) and issubclass(name, Service):
+            name = name.name
+        return name, payload, _DEFAULT_INVOKE_OPTS
+    kwargs = dict(kwargs)
+    if args:
+        # Zato's positional order after the payload.
+        if len(args) > len(_INVOKE_POSITIONAL):
+            raise TypeError('invoke(): at most %d positional arguments after the payload '
+                            '(%s), not %d' % (len(_INVOKE_POSITIONAL),
+                                              ', '.join(_INVOKE_POSITIONAL), len(args)))
+        for key, value in zip(_INVOKE_POSITIONAL, args):
+            if key in kwargs:
+                raise TypeError('invoke(): %s given twice' % key)
+            kwargs[key] = value
+    opts = (kwargs.pop('as_bunch', False), kwargs.pop('serialize', False),
+            kwargs.pop('timeout', None), kwargs.pop('raise_timeout', True),
+            kwargs.pop('environ', None), bool(kwargs.pop('skip_response_elem', False)))
+    for ignored in _INVOKE_IGNORED:
+        kwargs.pop(ignored, None)
+    if isinstance(name, type) and issubclass(name, Service):
+        name = name.name
+    if kwargs:
+        if payload:
+            raise TypeError('invoke(): unknown keyword arguments with a payload: %s'
+                            % ', '.join(sorted(kwargs)))
+        payload = kwargs
+    return name, payload, opts
+
+
+def _shape_result(result: Any, as_bunch: Any, serialize: Any) -> Any:
+    """The callee's output as ``self.invoke`` returns it (``as_bunch``, ``serialize``)."""
+    if isinstance(result, SimpleIOPayload):
+        result = result.getvalue()
+    if isinstance(result, Model) or (isinstance(result, list) and result
+                                      and isinstance(result[0], Model)):
+        result = _model_output(None, result)
+    if as_bunch:
+        result = bunchify(result)
+    if serialize:
+        result = encode_json(result).decode('utf-8')
+    return result
+
+
+def _callee_input(svc: Service, meta: Dict[str, Any], caller: Service) -> None:
+    """Parse an in-process callee's input. Its refusal is the caller's fault, not the
+    client's: an :class:`InvokeError` naming the callee and every bad field, never the
+    callee's 400 (which would show the caller's client a field of an internal service)."""
+    cls = type(svc)
+    request = svc.request
+    payload = request.payload
+    try:
+        if cls._oxbus_input:
+            request.input = parse_input(cls._oxbus_input, payload, None, dict)
+        elif cls._oxbus_input_model is not None:
+            request.input = _model_input(cls, svc, request, payload, meta, True)
+    except BadRequest as e:
+        # Its message names the first few bad fields (all of them are in its details).
+        raise InvokeError('%s invoked %s with input it refused: %s'
+                          % (caller.name, cls.name, e.msg), cls.name, e.details) from None
+    if cls._oxbus_zato:
+        _zato_request(cls, svc, request, meta)
+
+
+def _callee_output(svc: Service, skip_elem: bool) -> Any:
+    """An in-process callee's answer: its payload through its declared output."""
+    cls = type(svc)
+    result = svc.response.payload
+    output = cls._oxbus_output
+    if output:
+        elem = cls._oxbus_response_elem
+        wrap = elem is not None and (not cls._oxbus_zato or _zato_wraps(result))
+        if type(result) is SimpleIOPayload:
+            result = result.getvalue()
+        result = filter_output(output, result, cls._oxbus_skip_empty)
+        # Zato's skip_response_elem drops only its own kind of wrapper: 'response' or a
+        # 'zato...' element; a service's own name for it stays.
+        if wrap and not (skip_elem and elem is not None
+                         and (elem == 'response' or elem.startswith('zato'))):
+            result = {elem: result}
+        return result
+    if cls._oxbus_output_model is not None:
+        return _model_output(cls._oxbus_output_model, result)
+    return result
+
+
+def _run_sync_hooked(svc: Service, attr: str) -> None:
+    """A plain service's hooks and handler, for an in-process invoke."""
+    before, after = type(svc)._oxbus_hooks
+    if before:
+        svc._oxbus_before()
+    getattr(svc, attr)()
+    if after:
+        svc._oxbus_after()
+
+
+def _off_loop_call(svc: Service, attr: str, invocation: Invocation, meta: Dict[str, Any],
+                   chain: Tuple[str, ...], caller: Service) -> Callable[[], None]:
+    """What a pool thread runs for ``ainvoke`` of a plain service (in a copy of the
+    caller's context): the callee's input, hooks and handler, as its own invocation.
+
+    Unlike ``self.invoke`` (and an async callee of ``ainvoke``), which share the caller's
+    registry of what is open on the server, this callee gets its own, as a ``timeout=``
+    callee does: it runs in another thread and may outlive a caller that timed out."""
+    def call() -> None:
+        current_invocation.set(invocation)
+        _invocation_meta.set(meta)
+        _invoke_chain.set(chain)
+        # What the callee opens (transactions, streams) it closes itself, as a timeout=
+        # callee does: the thread's registry, not the caller's task's.
+        token = open_invocation()
+        try:
+            _callee_input(svc, meta, caller)
+            _run_sync_hooked(svc, attr)
+        finally:
+            close_invocation(token, type(svc).name)
+    return call
+
+
+def _consume_result(caller: Service, name: str, task: Any) -> None:
+    # A timed-out ainvoke's callee ran on: fetch its outcome so that asyncio does not log
+    # "exception was never retrieved" (the timeout was the caller's answer), and log it.
+    if not task.cancelled():
+        exc = task.exception()
+        if exc is not None:
+            caller.logger.warning('invoke of %s, which had timed out, then failed (cid %s)',
+                                  name, caller.cid, exc_info=exc)
 
 def exc_family(exc: BaseException) -> str:
     """The family of ``exc`` that the server counts a service's errors by (REPLY ``exc``).
@@ -669,12 +1059,15 @@ async def _maybe_await(result: Any) -> Any:
 
 
 async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
-                      meta: Dict[str, Any]) -> None:
-    """An async service's hooks and handler, for ``self.invoke`` from a plain thread."""
+                      meta: Dict[str, Any], chain: Tuple[str, ...] = (),
+                      gate: Any = None) -> None:
+    """An async service's hooks and handler, for an in-process invoke."""
     # The coroutine may run in another thread's context (the worker's event loop), so the
     # invocation is set again here rather than inherited.
     token = current_invocation.set(invocation)
     meta_token = _invocation_meta.set(meta)
+    chain_token = _invoke_chain.set(chain)
+    gate_token = _offload_gate.set(gate)
     try:
         before, after = type(svc)._oxbus_hooks
         if before:
@@ -683,6 +1076,8 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
         if after:
             await _maybe_await(svc._oxbus_after())
     finally:
+        _offload_gate.reset(gate_token)
+        _invoke_chain.reset(chain_token)
         _invocation_meta.reset(meta_token)
         current_invocation.reset(token)
 
@@ -717,6 +1112,8 @@ _INVOKE_IGNORED = ('channel', 'data_format', 'transport', 'cid', 'wsgi_environ',
 #: timeout, raise_timeout)``: the names of the positional arguments after the payload.
 _INVOKE_POSITIONAL = ('channel', 'data_format', 'transport', 'serialize', 'as_bunch',
                       'timeout', 'raise_timeout')
+#: :func:`_invoke_args`'s options when none are given.
+_DEFAULT_INVOKE_OPTS = (False, False, None, True, None, False)
 
 
 def _model_input(cls: Type[Service], svc: Service, request: Request, payload: Any,

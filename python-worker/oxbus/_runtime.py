@@ -377,7 +377,8 @@ class Worker:
         ``meta`` is a dict or its JSON already encoded (the cache API builds its metas as
         bytes: a dict and ``encode_json`` cost more than the round trip's other Python).
 
-        Any thread may call it (a handler, the event loop, a thread of the service's own).
+        Any thread but the event loop's may call it (a handler, a thread of the service's
+        own); on the event loop it is refused (the awaitable form is :meth:`arequest`).
         The waiting thread reads the socket itself when nobody else is reading it (the common
         case: the leader running this handler inline), so a call costs one ``sendall`` and
         one ``recv``; frames for others that arrive meanwhile are queued as usual. When
@@ -387,6 +388,8 @@ class Worker:
         timeout of its own: the supervisor answers every call, and a supervisor that is gone
         ends the worker (heartbeat).
         """
+        if _get_ident() == self._loop_ident:
+            self._refuse_on_loop(meta)
         stream = WORKER_STREAM_BIT | ((next(self._request_ids) - 1) % 0x7FFF_FFFF + 1)
         frame = encode_worker_call(stream, meta if type(meta) is bytes else encode_json(meta),
                                    body)
@@ -467,6 +470,23 @@ class Worker:
             if payload is not None:
                 return split_call(payload)
             reading = True
+
+    @staticmethod
+    def _refuse_on_loop(meta: Union[Dict[str, Any], bytes]) -> NoReturn:
+        """:meth:`request` on the event loop's thread: waiting there for the REPLY would
+        stall every async service of the worker (``self.cache.default.get`` from ``async
+        def``...). Refused with the awaitable form to use instead."""
+        try:
+            op = (decode_json(meta) if type(meta) is bytes else meta).get('op')  # type: ignore
+        except (ValueError, AttributeError):
+            op = None
+        hint = {'cache': 'await self.cache.default.aget(...) / aset / adelete / aincr ...',
+                'secret': 'await self.secrets.aget(name)',
+                'user_config': 'await self.user_config.aget(name)'}.get(
+            str(op).split('.', 1)[0], 'its awaitable a* form')
+        raise RuntimeError('a blocking call to the server (%s) from a coroutine would stall '
+                           'the event loop (every async service of this worker): inside async '
+                           'def use %s' % (op, hint))
 
     def _check_can_call_locked(self) -> None:
         if not self._started:
@@ -566,13 +586,18 @@ class Worker:
             self._after_reply = None
             job[1]()
 
+    def on_loop(self) -> bool:
+        """Whether this thread is the worker's event loop thread (not merely a thread with
+        a running asyncio loop: a plain service may run its own)."""
+        return _get_ident() == self._loop_ident
+
     def run_coroutine(self, coro: Awaitable[Any]) -> Any:
         """Run a coroutine on the worker's event loop from a handler thread; for self.invoke."""
         if self._loop is None or _get_ident() == self._loop_ident:
             getattr(coro, 'close', lambda: None)()
             where = 'an async service' if self._loop is not None else 'this worker'
             raise RuntimeError('self.invoke of an async service from %s would block the '
-                               'event loop; use invoke_async or make the callee def handle'
+                               'event loop; inside async def use await self.ainvoke(...)'
                                % where)
         import asyncio
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore
@@ -1212,7 +1237,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     worker_id=args.worker_id)
     worker.dispatcher = Dispatcher(services, post=worker.post, request=worker.request,
                                    run_coroutine=worker.run_coroutine,
-                                   arequest=worker.arequest)
+                                   arequest=worker.arequest,
+                                   offload_threads=welcome['threads'],
+                                   on_loop=worker.on_loop)
     # Hot deployment (modules.check/activate/remove) rides the normal CALL path: the
     # dispatcher hands it any op that is not an invocation.
     worker.dispatcher.ops.update(Deployer(worker, units).ops())

@@ -7,6 +7,17 @@ The API is Zato's, so Zato services keep their cache code::
     self.cache.default.incr('hits')                          # atomic on the server
     sessions = self.cache['sessions']                        # another cache, by name
 
+In ``async def`` services every call has an awaitable form, ``a`` + its name, which waits
+for the server's answer without holding the event loop (the blocking forms raise
+``RuntimeError`` there)::
+
+    customer = await self.cache.default.aget('customer:42')
+    await self.cache.default.aset('customer:42', {'name': 'Ann'}, expiry=60)
+    hits = await self.cache['sessions'].aincr('hits')
+
+``aget``, ``aset``, ``adelete``, ``ahas_key``, ``aexpire``, ``aincr``, ``adecr``,
+``akeys``, ``aitems``, ``aclear`` and ``alen``.
+
 Every call goes over the worker's IPC connection to its server, which holds the caches
 (Rust, in memory) and replicates writes to the other servers of the cluster (see
 ``docs/CACHE.md``). Keys are strings. Values are anything JSON can represent, or bytes;
@@ -21,10 +32,11 @@ from ._protocol import decode_json, encode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Tuple
+    from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
     # (CALL meta as JSON bytes, body) -> (REPLY meta as JSON bytes, body)
     Request = Callable[[bytes, bytes], Tuple[bytes, bytes]]
+    ARequest = Callable[[bytes, bytes], Awaitable[Tuple[bytes, bytes]]]
 
 __all__ = ['CacheAPI', 'Cache', 'CacheError', 'UnknownCache', 'ValueTooLarge', 'NotAnInteger']
 
@@ -87,17 +99,31 @@ def _meta(raw: bytes) -> Dict[str, Any]:
 class Cache:
     """One named cache of the server."""
 
-    __slots__ = ('name', '_request', '_head')
+    __slots__ = ('name', '_request', '_arequest', '_head')
 
-    def __init__(self, name: str, request: Request) -> None:
+    def __init__(self, name: str, request: Request, arequest: Optional[ARequest] = None
+                 ) -> None:
         self.name = name
         self._request = request
+        self._arequest = arequest
         # Every meta starts {"op":"cache.X","cache":NAME, ... : the part after the op.
         self._head = b'","cache":' + _quote(name).encode('ascii')
 
     def _call(self, op: bytes, rest: bytes = b'', body: bytes = b''
               ) -> Tuple[Dict[str, Any], bytes]:
         raw, data = self._request(b'{"op":"cache.' + op + self._head + rest + b'}', body)
+        meta = _meta(raw)
+        if meta['status'] >= 400:
+            _raise(meta, data)
+        return meta, data
+
+    async def _acall(self, op: bytes, rest: bytes = b'', body: bytes = b''
+                     ) -> Tuple[Dict[str, Any], bytes]:
+        arequest = self._arequest
+        if arequest is None:
+            raise RuntimeError('not running inside an oxbus worker: there is no server to '
+                               'call')
+        raw, data = await arequest(b'{"op":"cache.' + op + self._head + rest + b'}', body)
         meta = _meta(raw)
         if meta['status'] >= 400:
             _raise(meta, data)
@@ -180,6 +206,77 @@ class Cache:
     def __len__(self) -> int:
         return int(self._call(b'len')[1])
 
+    # -- the awaitable forms, for async def services: the same calls and answers ----------
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        """:meth:`get`, awaitable."""
+        meta, data = await self._acall(b'get', b',"key":' + _key(key))
+        if meta['status'] == 204:
+            return default
+        if meta.get('content_type') == _BYTES:
+            return data
+        return decode_json(data)
+
+    async def aset(self, key: str, value: Any, expiry: Optional[float] = None) -> None:
+        """:meth:`set`, awaitable."""
+        rest = b',"key":' + _key(key)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            rest += b',"kind":"bytes"'
+            body = bytes(value)
+        else:
+            body = encode_json(value)
+        if expiry is not None:
+            rest += b',"expiry":' + _number(expiry)
+        await self._acall(b'set', rest, body)
+
+    async def adelete(self, key: str) -> bool:
+        """:meth:`delete`, awaitable."""
+        return (await self._acall(b'delete', b',"key":' + _key(key)))[1] == b'true'
+
+    async def ahas_key(self, key: str) -> bool:
+        """:meth:`has_key`, awaitable."""
+        return (await self._acall(b'has', b',"key":' + _key(key)))[1] == b'true'
+
+    async def aexpire(self, key: str, seconds: float) -> bool:
+        """:meth:`expire`, awaitable."""
+        rest = b',"key":' + _key(key) + b',"expiry":' + _number(seconds)
+        return (await self._acall(b'expire', rest))[1] == b'true'
+
+    async def aincr(self, key: str, by: int = 1) -> int:
+        """:meth:`incr`, awaitable."""
+        if type(by) is not int:
+            raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
+        if not -2**63 <= by < 2**63:
+            raise NotAnInteger('incr/decr by %d: outside the 64-bit range' % by)
+        return int((await self._acall(b'incr', b',"key":' + _key(key)
+                                      + b',"by":%d' % by))[1])
+
+    async def adecr(self, key: str, by: int = 1) -> int:
+        """:meth:`decr`, awaitable."""
+        if type(by) is not int:
+            raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
+        return await self.aincr(key, -by)
+
+    async def akeys(self, prefix: str = '') -> List[str]:
+        """:meth:`keys`, awaitable."""
+        data = (await self._acall(b'keys', b',"prefix":' + _key(prefix)))[1]
+        return decode_json(data)  # type: ignore[no-any-return]
+
+    async def aitems(self, prefix: str = '') -> List[Tuple[str, Any]]:
+        """:meth:`items`, awaitable."""
+        import base64
+        data = (await self._acall(b'items', b',"prefix":' + _key(prefix)))[1]
+        return [(key, base64.b64decode(text) if kind == 'bytes' else decode_json(text))
+                for key, kind, text in decode_json(data)]
+
+    async def aclear(self) -> int:
+        """:meth:`clear`, awaitable."""
+        return int((await self._acall(b'clear'))[1])
+
+    async def alen(self) -> int:
+        """``len(cache)``, awaitable."""
+        return int((await self._acall(b'len'))[1])
+
     def __getitem__(self, key: str) -> Any:
         missing = _MISSING
         value = self.get(key, missing)
@@ -210,10 +307,11 @@ _MISSING = object()
 class CacheAPI:
     """``self.cache``: the caches by name; ``.default`` is the one that always exists."""
 
-    __slots__ = ('_request', '_caches')
+    __slots__ = ('_request', '_arequest', '_caches')
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, arequest: Optional[ARequest] = None) -> None:
         self._request = request
+        self._arequest = arequest
         self._caches: Dict[str, Cache] = {}
 
     def get_cache(self, name: str, cache_name: Optional[str] = None) -> Cache:
@@ -229,7 +327,7 @@ class CacheAPI:
         if cache is None:
             if not isinstance(name, str):
                 raise TypeError('cache names are strings, not %s' % type(name).__name__)
-            cache = Cache(name, self._request)
+            cache = Cache(name, self._request, self._arequest)
             if len(self._caches) < 256:  # names made up at run time must not pile up
                 cache = self._caches.setdefault(name, cache)
         return cache

@@ -6,6 +6,10 @@ These mirror Zato's ``zato.common.exception`` (``Reportable``, ``BadRequest``, `
 customer')`` work. The worker turns a :class:`Reportable` into a REPLY with its
 ``status_code`` and the JSON body ``{"error": <message>, ..., "cid": <cid>}``; any other
 exception becomes a 500 whose details go only to the log, never to the client.
+
+:class:`InvokeError` is not one of them: it is what ``self.invoke`` / ``self.ainvoke``
+raise when the callee could not be run at all (no such service, its input refused, the
+invoke depth limit), a fault of the calling service, which uncaught answers 500.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     'Reportable', 'BadRequest', 'Unauthorized', 'Forbidden', 'NotFound', 'MethodNotAllowed',
     'Conflict', 'TooManyRequests', 'InternalServerError', 'ServiceUnavailable',
+    'InvokeError', 'InvokeDepthError',
 ]
 
 
@@ -149,3 +154,37 @@ class ServiceUnavailable(Reportable):
     """503: a dependency is down or the worker is draining; the caller may retry later."""
     status_code = 503
     reason = 'Service Unavailable'
+
+
+class InvokeError(RuntimeError):
+    """``self.invoke`` / ``self.ainvoke`` could not run the callee: there is no service of
+    that name, it refused the input it was given (its SimpleIO or model input), it answers
+    only HTTP verbs, or the invocation nested past the invoke depth limit.
+
+    A fault of the *calling* service, not of its client: uncaught, the caller answers 500
+    (``internal error`` and the cid) and its log line carries this message, which names the
+    callee and the cause, without a traceback. Not a :class:`Reportable`, so an HTTP client
+    never sees a callee's status or field names. A callee's own ``raise NotFound(...)``
+    (or any exception its handler raises) is not wrapped: it reaches the caller unchanged.
+    ``service`` is the callee's name; ``details`` what the callee said of its input.
+    """
+
+    def __init__(self, msg: str, service: Optional[str] = None,
+                 details: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.service = service
+        self.details: Dict[str, Any] = dict(details or ())
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class InvokeDepthError(InvokeError):
+    """In-process invokes nested past the limit (``oxbus._dispatch.MAX_INVOKE_DEPTH``): a
+    service invoking itself, or a cycle of services; ``chain`` is the services' names from
+    the outermost caller on."""
+
+    def __init__(self, msg: str, chain: Tuple[str, ...]) -> None:
+        super().__init__(msg, chain[-1] if chain else None)
+        self.chain = chain

@@ -6,6 +6,10 @@
     token = self.secrets.get('optional', None)     # default when there is no such secret
     if 'crm.api-key' in self.secrets: ...
 
+    # async def handle(self): the awaitable forms, which do not hold the event loop
+    api_key = await self.secrets.aget('crm.api-key')   # None when there is no such secret
+    if await self.secrets.acontains('crm.api-key'): ...
+
 A secret is stored sealed in the config store (``oxbus secret set NAME --service PATTERN``)
 and names the services that may read it (exact names or globs with ``*``, e.g. ``crm.*``);
 by default no service may. Each read asks the server over the worker's IPC connection
@@ -29,10 +33,11 @@ from ._protocol import decode_json
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, Tuple
+    from typing import Any, Awaitable, Callable, Optional, Tuple
 
     # (CALL meta as JSON bytes, body) -> (REPLY meta as JSON bytes, body)
     Request = Callable[[bytes, bytes], Tuple[bytes, bytes]]
+    ARequest = Callable[[bytes, bytes], Awaitable[Tuple[bytes, bytes]]]
 
 __all__ = ['Secrets', 'SecretError']
 
@@ -44,19 +49,34 @@ class SecretError(Exception):
 class Secrets:
     """``self.secrets``: the secrets the calling service may read, by name."""
 
-    __slots__ = ('_request', '_service')
+    __slots__ = ('_request', '_arequest', '_service')
 
-    def __init__(self, request: Request, service: str) -> None:
+    def __init__(self, request: Request, service: str, arequest: Optional[ARequest] = None
+                 ) -> None:
         self._request = request
+        self._arequest = arequest
         self._service = service
+
+    def _meta(self, name: str) -> bytes:
+        if not isinstance(name, str):
+            raise TypeError('secret names are strings, not %s' % type(name).__name__)
+        return (b'{"op":"secret.get","name":' + _quote(name).encode('ascii')
+                + b',"service":' + _quote(self._service).encode('ascii') + b'}')
 
     def _read(self, name: str) -> Tuple[bool, str]:
         """(True, value), or (False, message) when there is no secret ``name``."""
-        if not isinstance(name, str):
-            raise TypeError('secret names are strings, not %s' % type(name).__name__)
-        meta = (b'{"op":"secret.get","name":' + _quote(name).encode('ascii')
-                + b',"service":' + _quote(self._service).encode('ascii') + b'}')
-        raw, body = self._request(meta, b'')
+        raw, body = self._request(self._meta(name), b'')
+        return self._answer(name, raw, body)
+
+    async def _aread(self, name: str) -> Tuple[bool, str]:
+        meta = self._meta(name)
+        if self._arequest is None:
+            raise RuntimeError('not running inside an oxbus worker: there is no server to '
+                               'call')
+        raw, body = await self._arequest(meta, b'')
+        return self._answer(name, raw, body)
+
+    def _answer(self, name: str, raw: bytes, body: bytes) -> Tuple[bool, str]:
         reply = decode_json(raw)
         status = reply.get('status') if isinstance(reply, dict) else None
         if status == 200:
@@ -94,6 +114,20 @@ class Secrets:
             return False
         try:
             return self._read(name)[0]
+        except PermissionError:
+            return False
+
+    async def aget(self, name: str, default: Optional[Any] = None) -> Any:
+        """:meth:`get`, awaitable (for ``async def`` services)."""
+        found, value = await self._aread(name)
+        return value if found else default
+
+    async def acontains(self, name: str) -> bool:
+        """``name in self.secrets``, awaitable."""
+        if not isinstance(name, str):
+            return False
+        try:
+            return (await self._aread(name))[0]
         except PermissionError:
             return False
 

@@ -501,9 +501,14 @@ class Service:
     def invoke(self, name: Any, /, payload: Any = None, *args: Any, **kwargs: Any) -> Any:
         """Run another service of this worker in this thread and return its response payload.
 
-        As in Zato: the callee's input is validated, its exceptions propagate to the caller,
-        and the return value is the callee's ``self.response.payload`` (output-filtered; a
-        model answer as a dict). ``name`` may be the service class. Zato's keyword
+        As in Zato: the callee's input is validated, the exceptions its handler raises
+        propagate to the caller, and the return value is the callee's
+        ``self.response.payload`` (output-filtered; a model answer as a dict). A callee that
+        cannot be run (no such service, input it refuses, nesting past the invoke depth
+        limit of 50) raises :class:`~oxbus.errors.InvokeError`: uncaught, this service's
+        500. From ``async def`` use :meth:`ainvoke`: this raises ``RuntimeError`` on the
+        worker's event loop (not in a loop a plain service runs itself, e.g. with
+        ``asyncio.run``). ``name`` may be the service class. Zato's keyword
         arguments: ``as_bunch=True`` returns dicts as :class:`~oxbus.simpleio.Bunch`
         objects, ``serialize=True`` the JSON text, ``environ=`` the callee's
         ``self.environ``, ``timeout=`` seconds to wait (then ``TimeoutError``, or None with
@@ -514,6 +519,20 @@ class Service:
         """
         return self._require_dispatcher().invoke(self, name, payload, args, kwargs)
 
+    async def ainvoke(self, name: Any, /, payload: Any = None, *args: Any, **kwargs: Any
+                      ) -> Any:
+        """``await self.ainvoke(name, payload)``: :meth:`invoke` for ``async def`` services,
+        with the same arguments, result and errors.
+
+        An ``async def`` callee is awaited on the event loop; a plain ``def`` one runs in
+        another (daemon) thread, at most ``threads`` at once per level of nesting, so the
+        loop serves other requests while it blocks; what such a callee opens on the server
+        is its own, closed when it returns (docs/WORKER.md). ``timeout=`` waits that long,
+        then raises ``TimeoutError`` (or returns None with ``raise_timeout=False``); the
+        callee runs on to its end, no longer counted against ``threads``.
+        """
+        return await self._require_dispatcher().ainvoke(self, name, payload, args, kwargs)
+
     def invoke_async(self, name: str, payload: Any = None, cid: Optional[str] = None) -> str:
         """Ask the supervisor to run ``name`` later, fire-and-forget; returns its cid.
 
@@ -522,7 +541,7 @@ class Service:
         (Zato's pattern callbacks share their pattern's cid), else a new one.
         """
         return self._require_dispatcher().invoke_async(name, payload, self.traceparent,
-                                                       self.tracestate, cid)
+                                                       self.tracestate, cid, self.name)
 
     @property
     def traceparent(self) -> Optional[str]:
@@ -557,7 +576,8 @@ class Service:
 
     @property
     def cache(self) -> CacheAPI:
-        """The server's caches: ``self.cache.default.get(key)``, ``self.cache['name']``
+        """The server's caches: ``self.cache.default.get(key)``, ``self.cache['name']``;
+        in ``async def``, ``await self.cache.default.aget(key)`` and the other ``a*`` forms
         (see :mod:`oxbus.cache`)."""
         return self._require_dispatcher().cache
 
@@ -607,9 +627,11 @@ class Service:
     def secrets(self) -> Secrets:
         """The secrets this service may read: ``self.secrets['name']`` (str; KeyError when
         unknown, PermissionError when its ``services`` do not name this service),
-        ``.get(name, default)``, ``name in self.secrets`` (see :mod:`oxbus.secrets_api`)."""
+        ``.get(name, default)``, ``name in self.secrets``; in ``async def``, ``await
+        .aget(name, default)`` and ``await .acontains(name)`` (see :mod:`oxbus.secrets_api`)."""
         from .secrets_api import Secrets
-        return Secrets(self._require_dispatcher().request, self.name)
+        dispatcher = self._require_dispatcher()
+        return Secrets(dispatcher.request, self.name, dispatcher.arequest)
 
     @property
     def patterns(self) -> PatternsFacade:
@@ -628,8 +650,9 @@ class Service:
         api = self.__dict__.get('_oxbus_user_config')
         if api is None:
             from .user_config import UserConfig
-            api = self.__dict__['_oxbus_user_config'] = UserConfig(
-                self._require_dispatcher().request)
+            dispatcher = self._require_dispatcher()
+            api = self.__dict__['_oxbus_user_config'] = UserConfig(dispatcher.request,
+                                                                   dispatcher.arequest)
         return api
 
     def _require_dispatcher(self) -> Dispatcher:

@@ -132,6 +132,10 @@ class WSXChannel:
         """Send ``data`` to one client (of this channel or another)."""
         self._api.send(client_id, data)
 
+    async def asend(self, client_id: str, data: Any) -> None:
+        """:meth:`send` for coroutines."""
+        await self._api.asend(client_id, data)
+
     def __repr__(self) -> str:
         return 'WSXChannel(%r)' % self.name
 

@@ -92,7 +92,18 @@ SERVICES = {'calls.py': '''
 
     class AsyncGet(Service):
         async def handle(self):
-            self.response.payload = self.cache.default.get('doc')
+            c = self.cache.default
+            try:
+                c.get('doc')  # a blocking call on the event loop: refused, naming aget
+                refused = None
+            except RuntimeError as e:
+                refused = str(e)
+            await c.aset('n', 5)
+            self.response.payload = {
+                'doc': await c.aget('doc'), 'missing': await c.aget('nope', 'dflt'),
+                'n': await c.aincr('n', 2), 'has': [await c.ahas_key('n'),
+                                                    await c.ahas_key('nope')],
+                'refused': refused}
 
     class Crowd(Service):
         """`n` threads of its own and the handler's thread each increment their own key
@@ -257,10 +268,17 @@ def test_values_come_back_as_stored(sup):
     assert json.loads(data) == {'doc': {'a': [1, 2.5, None, True, 'é']}, 'raw': '00ff',
                                 'missing': 'dflt', 'has': [True, False]}
     assert server.data['raw'] == ('bytes', b'\x00\xff')
-    # An async service may use the cache too (a cache call is short enough to block on).
+    # An async service uses the awaitable forms: the loop never waits for the answer (the
+    # fake server answers from this thread, after the loop sent each CALL).
     sup.call(2, 'calls.async-get')
     meta, data = server.serve(1)[2]
-    assert json.loads(data) == {'a': [1, 2.5, None, True, 'é']}
+    got = json.loads(data)
+    refused = got.pop('refused')
+    assert got == {'doc': {'a': [1, 2.5, None, True, 'é']}, 'missing': 'dflt', 'n': 7,
+                   'has': [True, False]}
+    assert refused.startswith('a blocking call to the server (cache.get) from a coroutine '
+                              'would stall the event loop'), refused
+    assert 'await self.cache.default.aget(' in refused
 
 
 def test_refusals_are_python_exceptions(sup):

@@ -1,6 +1,7 @@
 """``self.secrets`` through the Dispatcher with a fake server: the CALL it sends
 (``secret.get`` with the calling service's name) and how each answer maps to Python."""
 
+import asyncio
 import json
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from oxbus import Service
 from oxbus._dispatch import Dispatcher
 from oxbus.secrets_api import SecretError, Secrets
-from test_service import call
+from test_service import Reply, call, meta_for
 
 
 class FakeServer:
@@ -80,6 +81,38 @@ def test_reads_map_to_python():
     assert r.doc == {'billing': 'b'}
     assert server.calls[-1][0] == {'op': 'secret.get', 'name': 'billing',
                                    'service': 'billing.charge'}
+
+
+def test_async_services_read_through_the_awaitable_forms():
+    server = FakeServer({'crm.key': ('k-1', ['crm.*']), 'billing': ('b', ['billing.charge'])})
+
+    def blocking(meta, body):
+        raise AssertionError('a blocking call from a coroutine')
+
+    async def arequest(meta, body=b'', orphan=None):
+        await asyncio.sleep(0)  # a real suspension point, as the worker's has
+        return server(meta, body)
+
+    class AsyncReader(Service):
+        name = 'crm.async-reader'
+
+        async def handle(self):
+            s = self.secrets
+            out = {'key': await s.aget('crm.key'), 'opt': await s.aget('absent', 'dflt'),
+                   'in': await s.acontains('crm.key'), 'in_other': await s.acontains('billing'),
+                   'in_bad': await s.acontains(3)}
+            try:
+                await s.aget('billing')
+            except PermissionError as e:
+                out['perm'] = str(e)
+            self.response.payload = out
+
+    d = Dispatcher({AsyncReader.name: AsyncReader}, request=blocking, arequest=arequest)
+    frame = asyncio.run(d.run_async(1, meta_for(AsyncReader.name), b''))
+    assert Reply(frame, 1).doc == {
+        'key': 'k-1', 'opt': 'dflt', 'in': True, 'in_other': False, 'in_bad': False,
+        'perm': "service 'crm.async-reader' may not read secret 'billing'"}
+    assert {m['service'] for m, _ in server.calls} == {'crm.async-reader'}
 
 
 def test_other_failures_and_bad_names():

@@ -12,9 +12,9 @@ import logging
 
 import pytest
 
-from oxbus import (BadRequest, Conflict, Forbidden, InternalServerError, MethodNotAllowed,
-                   NotFound, Reportable, Service, ServiceUnavailable, TooManyRequests,
-                   Unauthorized)
+from oxbus import (BadRequest, Conflict, Forbidden, InternalServerError, InvokeDepthError,
+                   InvokeError, MethodNotAllowed, NotFound, Reportable, Service,
+                   ServiceUnavailable, TooManyRequests, Unauthorized)
 from oxbus import _protocol as P
 from oxbus._dispatch import Dispatcher, exc_family
 from oxbus.service import current_invocation, default_name
@@ -817,7 +817,7 @@ def test_invoke_runs_the_callee_in_process_and_returns_its_payload():
                     results[label] = e
             try:
                 self.invoke('no.such')
-            except NotFound as e:
+            except InvokeError as e:
                 results['missing'] = e
 
     services = [Caller, Callee, AsyncCallee]
@@ -825,10 +825,16 @@ def test_invoke_runs_the_callee_in_process_and_returns_its_payload():
     assert r.status == 200
     assert results['ok'] == {'double': 42}  # output-filtered, as in Zato
     assert results['async'] == {'async': True, 'cid': 'c1d'}
-    assert isinstance(results['bad'], BadRequest)
-    assert results['bad'].msg == 'invalid input: x_count: expected an integer'
+    # A callee's refused input is the caller's fault: an InvokeError naming the callee and
+    # the field, never the callee's BadRequest (which would be the caller's 400).
+    assert type(results['bad']) is InvokeError and not isinstance(results['bad'], Reportable)
+    assert results['bad'].service == Callee.name
+    assert str(results['bad']).startswith(
+        '%s invoked %s with input it refused: invalid input: x_count: expected an integer'
+        % (Caller.name, Callee.name))
     assert isinstance(results['boom'], ValueError)  # callee exceptions propagate
-    assert results['missing'].msg == 'no such service: no.such'
+    assert results['missing'].msg == '%s invoked no.such: no such service' % Caller.name
+    assert results['missing'].service == 'no.such'
 
 
 def test_invoke_async_posts_a_fire_and_forget_call():
@@ -848,9 +854,212 @@ def test_invoke_async_posts_a_fire_and_forget_call():
         assert stream & P.WORKER_STREAM_BIT and stream & 0x7FFF_FFFF
         meta, got_body = P.decode_call(payload)
         assert meta == {'op': 'invoke', 'service': 'audit.record', 'cid': cid,
-                        'data_format': 'json'}
+                        'data_format': 'json', 'caller': Caller.name}
         assert got_body == body
         assert len(cid) == 20 and int(cid, 16) >= 0
+
+
+class VerbsOnly(Service):
+    def handle_GET(self):
+        self.response.payload = {'get': True}
+
+
+class RaisesNotFound(Service):
+    def handle(self):
+        raise NotFound('no such customer: 5', details={'customer_id': 5})
+
+
+class AsyncDoubler(Service):
+    input = 'x_count'
+
+    async def handle(self):
+        await asyncio.sleep(0)
+        self.response.payload = {'double': self.request.input.x_count * 2}
+
+
+def run_either(d, cls, body, mode):
+    """One call of ``cls`` through ``d``: Dispatcher.run, or run_async on a new loop."""
+    meta = meta_for(cls.name)
+    if mode == 'sync':
+        return Reply(d.run(1, meta, body), 1)
+    return Reply(asyncio.run(d.run_async(1, meta, body)), 1)
+
+
+@pytest.mark.parametrize('mode', ['sync', 'async'])
+def test_an_invoke_that_cannot_run_its_callee_is_the_callers_500(mode, caplog):
+    # The caller's client gets 'internal error' and the cid; the log names the callee and
+    # the cause, in one line without a traceback. A plain caller uses self.invoke, an
+    # async one await self.ainvoke; each of a plain and an async callee.
+    class SyncCaller(Service):
+        name = 't.sync-caller'
+        input = 'target', '-payload'
+
+        def handle(self):
+            self.response.payload = self.invoke(self.request.input.target,
+                                                self.request.input.payload or None)
+
+    class AsyncCaller(Service):
+        name = 't.async-caller'
+        input = 'target', '-payload'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(self.request.input.target,
+                                                       self.request.input.payload or None)
+
+    caller = SyncCaller if mode == 'sync' else AsyncCaller
+    d = Dispatcher({c.name: c for c in (caller, Callee, AsyncDoubler, VerbsOnly,
+                                        RaisesNotFound)})
+    cases = [
+        ({'target': 'no.such'}, '%s invoked no.such: no such service' % caller.name),
+        ({'target': Callee.name, 'payload': {'x_count': 'x'}},
+         '%s invoked %s with input it refused: invalid input: x_count: expected an integer'
+         % (caller.name, Callee.name)),
+        ({'target': AsyncDoubler.name, 'payload': {'nothing': 1}},
+         '%s invoked %s with input it refused: missing input: x_count'
+         % (caller.name, AsyncDoubler.name)),
+        ({'target': VerbsOnly.name},
+         '%s invoked %s, which answers only HTTP methods (GET)' % (caller.name,
+                                                                  VerbsOnly.name)),
+    ]
+    for body, cause in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            r = run_either(d, caller, json.dumps(body).encode(), mode)
+        assert (r.status, r.doc) == (500, {'error': 'internal error', 'cid': 'c1d'}), body
+        assert r.meta['exc'] == 'RuntimeError'
+        (record,) = [rec for rec in caplog.records if rec.name == caller.name]
+        assert record.getMessage() == '%s failed: InvokeError: %s' % (caller.name, cause)
+        assert record.exc_info is None
+    # A callee's own Reportable is its answer, and reaches the caller's client as it is.
+    r = run_either(d, caller, json.dumps({'target': RaisesNotFound.name}).encode(), mode)
+    assert (r.status, r.doc) == (404, {'error': 'no such customer: 5', 'customer_id': 5,
+                                       'cid': 'c1d'})
+    # And a good call answers.
+    r = run_either(d, caller, json.dumps({'target': AsyncDoubler.name,
+                                          'payload': {'x_count': 4}}).encode(), mode)
+    assert (r.status, r.doc) == (200, {'double': 8})
+
+
+def test_ainvoke_takes_invokes_arguments_and_shapes_the_result_alike():
+    seen = {}
+
+    class Slow(Service):
+        def handle(self):
+            import threading
+            seen['slow_thread'] = threading.current_thread().name
+            seen['release'].wait(30)
+            self.response.payload = {'late': True}
+
+    class Caller(Service):
+        async def handle(self):
+            import threading
+            seen['release'] = threading.Event()
+            seen['plain'] = await self.ainvoke(Callee, {'x_count': 3})
+            seen['bunch'] = await self.ainvoke(Callee.name, x_count=4, as_bunch=True)
+            seen['text'] = await self.ainvoke(Callee.name, {'x_count': 5}, serialize=True)
+            seen['async'] = await self.ainvoke(AsyncDoubler.name, {'x_count': 6})
+            seen['none'] = await self.ainvoke(Slow.name, timeout=0.01, raise_timeout=False)
+            try:
+                await self.ainvoke(Slow.name, timeout=0.01)
+            except TimeoutError as e:
+                seen['timeout'] = str(e)
+            seen['release'].set()
+            try:
+                self.invoke(Callee.name, {'x_count': 1})
+            except RuntimeError as e:
+                seen['blocking'] = str(e)
+
+    d = Dispatcher({c.name: c for c in (Caller, Callee, AsyncDoubler, Slow)})
+    r = Reply(asyncio.run(d.run_async(1, meta_for(Caller.name), b'')), 1)
+    assert r.status == 200, r.body
+    assert seen['plain'] == {'double': 6}
+    assert seen['bunch'] == {'double': 8} and seen['bunch'].double == 8
+    assert seen['text'] == '{"double":10}'
+    assert seen['async'] == {'double': 12}
+    assert seen['none'] is None
+    assert seen['timeout'] == 'invoke of %s timed out after 0.01 s' % Slow.name
+    assert seen['slow_thread'].startswith('oxbus-ainvoke')
+    assert seen['blocking'].startswith("self.invoke('%s') from a coroutine would hold the "
+                                       'event loop' % Callee.name)
+    assert 'await self.ainvoke(...)' in seen['blocking']
+
+
+def _depth_services():
+    class Loop(Service):
+        name = 't.loop'
+
+        def handle(self):
+            self.invoke(self.name)
+
+    class ALoop(Service):
+        name = 't.aloop'
+
+        async def handle(self):
+            await self.ainvoke(self.name)
+
+    class TLoop(Service):
+        name = 't.tloop'
+
+        def handle(self):
+            self.invoke(self.name, timeout=30)
+
+    # A cycle through both kinds: async ping ainvokes plain pong (off the loop), which
+    # invokes async ping (back on a loop).
+    class Ping(Service):
+        name = 't.ping'
+
+        async def handle(self):
+            await self.ainvoke('t.pong')
+
+    class Pong(Service):
+        name = 't.pong'
+
+        def handle(self):
+            self.invoke('t.ping')
+
+    return [Loop, ALoop, TLoop, Ping, Pong]
+
+
+@pytest.mark.parametrize('name,mode,chain', [
+    ('t.loop', 'sync', 't.loop -> t.loop -> t.loop -> t.loop -> ... -> t.loop'),
+    ('t.aloop', 'async', 't.aloop -> t.aloop -> t.aloop -> t.aloop -> ... -> t.aloop'),
+    ('t.tloop', 'sync', 't.tloop -> t.tloop -> t.tloop -> t.tloop -> ... -> t.tloop'),
+    ('t.ping', 'async', 't.ping -> t.pong -> t.ping -> t.pong -> ... -> t.pong'),
+])
+def test_a_runaway_invoke_stops_at_the_depth_limit_with_a_short_error(name, mode, chain,
+                                                                        caplog):
+    from oxbus._dispatch import MAX_INVOKE_DEPTH
+    assert MAX_INVOKE_DEPTH == 50
+    services = {c.name: c for c in _depth_services()}
+    d = Dispatcher(services)
+    with caplog.at_level(logging.WARNING):
+        r = run_either(d, services[name], b'', mode)
+    assert (r.status, r.doc) == (500, {'error': 'internal error', 'cid': 'c1d'})
+    (record,) = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert record.name == name and record.exc_info is None
+    message = record.getMessage()
+    assert message == ('%s failed: InvokeDepthError: invoke depth limit (50) reached: %s '
+                       '(51 nested invokes; a service invoking itself?)' % (name, chain))
+    assert len(message.splitlines()) == 1
+
+
+def test_the_depth_limit_counts_nesting_not_calls():
+    # Fifty-one invokes in a row from one service are not nested: no limit applies.
+    class Leaf(Service):
+        def handle(self):
+            self.response.payload = 1
+
+    class Many(Service):
+        def handle(self):
+            self.response.payload = sum(self.invoke(Leaf) for _ in range(60))
+
+    class AMany(Service):
+        async def handle(self):
+            self.response.payload = sum([await self.ainvoke(Leaf) for _ in range(60)])
+
+    d = Dispatcher({c.name: c for c in (Leaf, Many, AMany)})
+    assert run_either(d, Many, b'', 'sync').doc == 60
+    assert run_either(d, AMany, b'', 'async').doc == 60
 
 
 def test_invoke_outside_a_worker_says_so():
@@ -1017,3 +1226,155 @@ def test_channel_name_and_security_reach_the_service():
     assert r.doc == {'type': 'rest', 'name': 'open', 'security': None}
     r = call(WhoCalled, channel='invoke', channel_name=None)
     assert r.doc == {'type': 'invoke', 'name': None, 'security': None}
+
+
+def _in_daemon_thread(fn, wait=10):
+    """Run ``fn`` in a daemon thread; its result, or 'stuck' past ``wait`` s (a bound so that
+    a deadlock fails the test instead of hanging the suite; never reached when it works)."""
+    import threading
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault('r', fn()), daemon=True)
+    t.start()
+    t.join(wait)
+    return got.get('r', 'stuck')
+
+
+def test_a_timed_out_plain_callee_gives_its_place_back_and_runs_on_a_daemon_thread(caplog):
+    # With a pool of one, a hung callee that timed out must not hold the only place (the
+    # next ainvoke would wait for it), nor keep the worker from exiting (a daemon thread).
+    import threading
+    release = threading.Event()
+    seen = {}
+
+    class Hung(Service):
+        def handle(self):
+            seen['daemon'] = threading.current_thread().daemon
+            release.wait(30)
+            raise ValueError('failed after its caller gave up')
+
+    class Leaf(Service):
+        def handle(self):
+            self.response.payload = 'ok'
+
+    class Caller(Service):
+        async def handle(self):
+            first = await self.ainvoke(Hung.name, timeout=0.01, raise_timeout=False)
+            self.response.payload = [first, await self.ainvoke(Leaf.name)]
+
+    d = Dispatcher({c.name: c for c in (Hung, Leaf, Caller)}, offload_threads=1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            r = _in_daemon_thread(lambda: run_either(d, Caller, b'', 'async'))
+            assert r != 'stuck', 'the leaf waited for the timed-out callee\'s place'
+            assert (r.status, r.doc) == (200, [None, 'ok'])
+            assert seen['daemon'] is True
+
+            # The callee's late failure is logged with its traceback (no longer dropped).
+            async def late_failure():
+                done = asyncio.Event()
+                loop = asyncio.get_running_loop()
+
+                class Caller2(Service):
+                    async def handle(self):
+                        await self.ainvoke(Hung.name, timeout=0.01, raise_timeout=False)
+                        release.set()
+                        await done.wait()
+
+                logging.getLogger(Caller2.name).addFilter(
+                    lambda rec: (loop.call_soon_threadsafe(done.set)
+                                 if 'then failed' in rec.getMessage() else None) or True)
+                d.services[Caller2.name] = Caller2
+                return await asyncio.wait_for(d.run_async(2, meta_for(Caller2.name), b''), 10)
+
+            Reply(asyncio.run(late_failure()), 2)
+    finally:
+        release.set()
+    (record,) = [rec for rec in caplog.records if 'then failed' in rec.getMessage()]
+    assert record.exc_info[0] is ValueError
+
+
+def test_ainvoke_from_a_thread_that_a_plain_callee_started_does_not_deadlock():
+    # async top -> ainvoke(plain a) -> a's own threads each self.invoke(async b) -> b
+    # ainvokes plain c. Those threads do not carry a's context; with a pool of one, c must
+    # not wait for the place that a holds while a waits for c.
+    from concurrent.futures import ThreadPoolExecutor
+
+    class C(Service):
+        name = 't.c2'
+
+        def handle(self):
+            self.response.payload = 1
+
+    class B(Service):
+        name = 't.b2'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(C.name)
+
+    class A(Service):
+        name = 't.a2'
+
+        def handle(self):
+            with ThreadPoolExecutor(2) as ex:
+                self.response.payload = sum(ex.map(lambda _: self.invoke(B.name), range(2)))
+
+    class Top(Service):
+        name = 't.top2'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(A.name)
+
+    d = Dispatcher({c.name: c for c in (A, B, C, Top)}, offload_threads=1)
+    r = _in_daemon_thread(lambda: run_either(d, Top, b'', 'async'))
+    assert r != 'stuck', 'deadlocked'
+    assert (r.status, r.doc) == (200, 2)
+
+
+def test_nested_ainvokes_run_at_most_offload_threads_plain_callees_at_once():
+    # A gather of many ainvokes behind a plain callee (a nested chain) is bounded like a
+    # request's: at most offload_threads of them at once. The leaves meet at a barrier of
+    # three: reached only if three run at once (its timeout only ends the wait when not).
+    import threading
+    lock = threading.Lock()
+    state = {'now': 0, 'peak': 0}
+    barrier = threading.Barrier(3, timeout=2)
+
+    class Leaf(Service):
+        name = 't.fan-leaf'
+
+        def handle(self):
+            with lock:
+                state['now'] += 1
+                state['peak'] = max(state['peak'], state['now'])
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+            with lock:
+                state['now'] -= 1
+            self.response.payload = 1
+
+    class Fan(Service):
+        name = 't.fan'
+
+        async def handle(self):
+            r = await asyncio.gather(*[self.ainvoke(Leaf.name) for _ in range(12)])
+            self.response.payload = sum(r)
+
+    class Plain(Service):
+        name = 't.fan-plain'
+
+        def handle(self):
+            self.response.payload = self.invoke(Fan.name)
+
+    class Top(Service):
+        name = 't.fan-top'
+
+        async def handle(self):
+            self.response.payload = await self.ainvoke(Plain.name)
+
+    d = Dispatcher({c.name: c for c in (Leaf, Fan, Plain, Top)}, offload_threads=2)
+    r = _in_daemon_thread(lambda: run_either(d, Top, b'', 'async'), 30)
+    assert r != 'stuck'
+    assert (r.status, r.doc) == (200, 12)
+    assert state['peak'] <= 2

@@ -549,7 +549,8 @@ def test_invoke_async_sends_an_async_call(sup):
     assert stream & P.WORKER_STREAM_BIT
     call_meta, call_body = P.decode_call(payload)
     assert call_meta == {'op': 'invoke', 'service': 'audit.record',
-                         'cid': json.loads(body)['audit_cid'], 'data_format': 'json'}
+                         'cid': json.loads(body)['audit_cid'], 'data_format': 'json',
+                         'caller': 'caller.login'}
     assert json.loads(call_body) == {'event': 'login'}
 
 
@@ -641,19 +642,125 @@ def test_invoke_of_an_async_service_from_sync_and_async_callers(sup):
 
         class AsyncOuter(Service):
             async def handle(self):
-                # Blocking the event loop on itself would deadlock: refused, a 500.
+                # A blocking invoke on the event loop: refused (a 500), naming ainvoke.
                 self.response.payload = self.invoke('mix.inner')
+
+        class AsyncAOuter(Service):
+            async def handle(self):
+                self.response.payload = await self.ainvoke('mix.inner')
     '''}
     start(sup, extra)
     sup.call(1, 'mix.outer')
     sup.call(2, 'mix.async-outer')
+    sup.call(3, 'mix.async-a-outer')
     others = []
-    replies = sup.replies(2, others=others)
+    replies = sup.replies(3, others=others)
     assert replies[1][0]['status'] == 200
     assert json.loads(replies[1][1]) == {'inner': ['cid-1', 'mix.inner']}
     assert replies[2][0]['status'] == 500
+    assert replies[3][0]['status'] == 200
+    assert json.loads(replies[3][1]) == {'inner': ['cid-3', 'mix.inner']}
     logs = [json.loads(p) for k, _, _, p in others + sup.no_frame_within(0.2) if k == P.LOG]
     assert {'level': 'info', 'logger': 'mix', 'msg': 'inner ran', 'cid': 'cid-1',
             'service': 'mix.inner'} in logs
-    assert any(d['service'] == 'mix.async-outer' and 'would block the event loop' in d['msg']
-               for d in logs)
+    assert any(d['service'] == 'mix.async-outer' and 'would hold the event loop' in d['msg']
+               and 'await self.ainvoke(' in d['msg'] for d in logs)
+
+
+def test_ainvoke_of_a_plain_service_runs_it_off_the_event_loop(sup):
+    # The plain callee blocks until another async request sets the event: with the callee
+    # on the loop's thread that request could never run (the callee would give up after
+    # its long safety wait and say so). Ordered by that event, not by time.
+    extra = {'offloop.py': '''
+        import threading
+        from oxbus import Service
+        from oxbus.service import current_invocation
+        GO = threading.Event()
+
+        class Blocker(Service):
+            input = 'n'
+
+            def handle(self):
+                released = GO.wait(30)
+                self.response.payload = {
+                    'released': released, 'n': self.request.input.n,
+                    'thread': threading.current_thread().name,
+                    'invocation': list(current_invocation.get()[:2])}
+
+        class Caller(Service):
+            async def handle(self):
+                self.response.payload = await self.ainvoke('offloop.blocker', {'n': 7})
+
+        class Releaser(Service):
+            async def handle(self):
+                GO.set()
+                self.response.payload = {'set': True}
+    '''}
+    start(sup, extra, threads=2)
+    sup.call(1, 'offloop.caller')
+    # The unrelated async request answers first, while the callee still blocks.
+    sup.call(2, 'offloop.releaser')
+    order = []
+    while len(order) < 2:
+        kind, _, stream, payload = sup.recv(30)
+        if kind == P.REPLY:
+            order.append((stream, P.decode_call(payload)))
+    assert [stream for stream, _ in order] == [2, 1]
+    assert json.loads(order[0][1][1]) == {'set': True}
+    got = json.loads(order[1][1][1])
+    assert got['released'] is True and got['n'] == 7
+    assert got['thread'].startswith('oxbus-ainvoke')
+    assert got['invocation'] == ['cid-1', 'offloop.blocker']
+
+
+def test_a_plain_service_may_invoke_inside_its_own_asyncio_loop(sup):
+    # Only the worker's event loop refuses a blocking self.invoke; a plain service running
+    # a loop of its own (asyncio.run, in its handler thread) may invoke, as before ainvoke.
+    extra = {'private.py': '''
+        import asyncio
+        from oxbus import Service
+
+        class Leaf(Service):
+            def handle(self):
+                self.response.payload = 'ok'
+
+        class ALeaf(Service):
+            async def handle(self):
+                self.response.payload = 'aok'
+
+        class Plain(Service):
+            def handle(self):
+                async def fan():
+                    return [self.invoke('private.leaf'), self.invoke('private.a-leaf')]
+                self.response.payload = asyncio.run(fan())
+    '''}
+    start(sup, extra)
+    sup.call(1, 'private.plain')
+    meta, body = sup.replies(1)[1]
+    assert meta['status'] == 200, body
+    assert json.loads(body) == ['ok', 'aok']
+
+
+def test_a_timed_out_plain_callee_still_running_does_not_keep_the_worker_after_bye(sup):
+    # Its thread is a daemon thread: the drain ends with BYE and the process exits, while
+    # the callee would go on for a minute.
+    extra = {'hung.py': '''
+        import threading
+        from oxbus import Service
+
+        class Hung(Service):
+            def handle(self):
+                threading.Event().wait(60)
+
+        class Caller(Service):
+            async def handle(self):
+                self.response.payload = await self.ainvoke('hung.hung', timeout=0.01,
+                                                           raise_timeout=False)
+    '''}
+    start(sup, extra, threads=2)
+    sup.call(1, 'hung.caller')
+    meta, body = sup.replies(1)[1]
+    assert meta['status'] == 200 and body == b''
+    sup.send(P.DRAIN)
+    assert sup.recv_kind(P.BYE) == (P.BYE, 0, 0, b'')
+    assert sup.wait_exit(10) == 0

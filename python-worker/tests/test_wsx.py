@@ -92,6 +92,11 @@ def test_broadcast_by_channel_name(server):
         api.channel['']
     assert api.channel.get('') is None
     assert api.channel.get('chat').name == 'chat'
+    # A channel sends to one client too, blocking or awaitable (as WORKER.md's table says).
+    server.answer({})
+    asyncio.run(api.channel['chat'].asend(CLIENT, 'hi'))
+    assert server.calls[-1] == ({'op': 'wsx.send', 'client_id': CLIENT, 'binary': False},
+                                b'hi')
 
 
 def test_blocking_forms_are_refused_on_the_event_loop(server):

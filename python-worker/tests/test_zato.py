@@ -475,6 +475,39 @@ def test_invoke_timeout():
     assert seen['none'] is None and 'timed out' in seen['raised']
 
 
+def test_invoke_errors_of_zato_services_are_the_callers_500(caplog):
+    # As for Oxbus services: a missing callee or one refusing its input is the calling
+    # service's 500 with the cause in the log; the callee's own raise reaches the client.
+    class Callee(Service):
+        name = 'demo.z-callee'
+
+        class SimpleIO:
+            input_required = Int('n')
+
+        def handle(self):
+            if self.request.input.n < 0:
+                raise ZNotFound(self.cid, 'no such n')
+
+    class Caller(Service):
+        name = 'demo.z-caller'
+
+        def handle(self):
+            self.invoke(self.request.payload['target'], self.request.payload.get('payload'))
+
+    cases = [({'target': 'demo.nope'}, 'demo.z-caller invoked demo.nope: no such service'),
+             ({'target': 'demo.z-callee', 'payload': {'n': 'x'}},
+              'demo.z-caller invoked demo.z-callee with input it refused: invalid input: n: '
+              'expected an integer')]
+    for body, cause in cases:
+        caplog.clear()
+        r = call([Caller, Callee], body=json.dumps(body).encode())
+        assert (r.status, r.doc) == (500, {'error': 'internal error', 'cid': 'c1d'})
+        assert [rec.getMessage() for rec in caplog.records if rec.name == Caller.name] == [
+            'demo.z-caller failed: InvokeError: ' + cause]
+    r = call([Caller, Callee], body=b'{"target": "demo.z-callee", "payload": {"n": -1}}')
+    assert (r.status, r.doc['error']) == (404, 'no such n')
+
+
 def test_zato_exceptions():
     class Raises(Service):
         def handle(self):
@@ -525,8 +558,43 @@ def test_user_config_reads_through_the_server_op_once_per_invocation():
     call(Reads, dispatcher=d)
     assert seen == {'t': 5, 'again': 5, 'none': None, 'in': False,
                     'err': "no user config named 'other'"}
-    assert [m['name'] for m in asked] == ['crm', 'other', 'other', 'other']
+    # A name the server has none of is remembered for the invocation too: asked once.
+    assert [m['name'] for m in asked] == ['crm', 'other']
     assert asked[0] == {'op': 'user_config.get', 'name': 'crm'}
+
+
+def test_user_config_has_an_awaitable_read():
+    asked = []
+
+    def blocking(meta, body):
+        raise AssertionError('a blocking call from a coroutine')
+
+    async def arequest(meta, body=b'', orphan=None):
+        meta = json.loads(meta)
+        asked.append(meta)
+        if meta['name'] == 'crm':
+            return (b'{"status":200,"content_type":"application/json"}',
+                    b'{"api":{"timeout":5}}')
+        return (b'{"status":404,"error":"unknown_user_config"}', b'{"error":"no such"}')
+
+    seen = {}
+
+    class AsyncReads(Service):
+        async def handle(self):
+            seen['crm'] = (await self.user_config.aget('crm')).api.timeout
+            # Once read, the name reads from the invocation's copy: no call, no blocking.
+            seen['attr'] = self.user_config.crm.api.timeout
+            seen['none'] = await self.user_config.aget('other')
+            seen['dflt'] = await self.user_config.aget('other', 'x')
+            # So is a name the server has none of: the blocking reads answer from memory.
+            seen['get'] = self.user_config.get('other', 'y')
+            seen['in'] = 'other' in self.user_config
+
+    import asyncio
+    d = Dispatcher({AsyncReads.name: AsyncReads}, request=blocking, arequest=arequest)
+    asyncio.run(d.run_async(1, meta_for(AsyncReads.name), b''))
+    assert seen == {'crm': 5, 'attr': 5, 'none': None, 'dflt': 'x', 'get': 'y', 'in': False}
+    assert [m['name'] for m in asked] == ['crm', 'other']
 
 
 # -- patterns (argument checks; the runs are tested against a real server) -------------------

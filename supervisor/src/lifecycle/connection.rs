@@ -355,9 +355,23 @@ fn handle_worker_call(
                 job_type: None,
             };
             let result = pool.invoke(&m, &body, deadline).await;
-            if let Err(e) = &result {
-                warn!(error = %e, cid = %cid, service = %service, trace_id = %trace.trace_id(),
-                    "invocation requested by a worker failed");
+            let caller = meta.caller.as_deref().unwrap_or("-");
+            match &result {
+                Err(e) => {
+                    warn!(error = %e, cid = %cid, service = %service, caller = %caller,
+                        trace_id = %trace.trace_id(), "invocation requested by a worker failed")
+                }
+                // Nobody waits for an ASYNC call's answer: without this line an
+                // invoke_async of a service that does not exist (a typo, an undeployed
+                // module) would vanish without a trace.
+                Ok(r)
+                    if fire_and_forget
+                        && r.error.as_deref() == Some(oxbus_ipc::REPLY_ERROR_NO_SERVICE) =>
+                {
+                    warn!(cid = %cid, service = %service, caller = %caller, trace_id = %trace.trace_id(),
+                        "invoke_async of a service that does not exist: dropped")
+                }
+                Ok(_) => {}
             }
             if fire_and_forget {
                 return;
