@@ -32,7 +32,7 @@ from .simpleio import bunchify
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+    from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
     Request = Callable[[bytes, bytes], Tuple[bytes, bytes]]
     ARequest = Callable[[bytes, bytes], Awaitable[Tuple[bytes, bytes]]]
@@ -54,7 +54,7 @@ class UserConfig:
         self._arequest = arequest
         self._read: Dict[str, Any] = {}
         #: The names the server said it has none of, in this invocation (made on first).
-        self._missing: Optional[set] = None
+        self._missing: Optional[Set[str]] = None
 
     def _load(self, name: str) -> Tuple[bool, Any]:
         if not isinstance(name, str):
