@@ -880,7 +880,7 @@ def _invoke_args(name: Any, payload: Any, args: Tuple[Any, ...],
         if isinstance(name, type) and issubclass(name, Service):
             name = name.name
         return name, payload, _DEFAULT_INVOKE_OPTS
-    kwargs = dict(kwargs)
+    kwargs = dict(kwargs or ())
     if args:
         # Zato's positional order after the payload.
         if len(args) > len(_INVOKE_POSITIONAL):

@@ -605,7 +605,7 @@ class _Server:
                 or not 0 <= expiry <= _MAX_EXPIRY_S):
             raise _CacheRefused(400, 'invalid', 'expiry must be 0 (never) to %d seconds, '
                                 'got %s' % (_MAX_EXPIRY_S, expiry))
-        return self.now + expiry
+        return float(self.now + expiry)
 
     def _cache(self, op: str, doc: Dict[str, Any], body: bytes) -> Tuple[bytes, bytes]:
         kind = doc.get('kind')
