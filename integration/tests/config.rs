@@ -487,3 +487,29 @@ async fn the_cli_reads_oxbus_server_with_a_warning_and_the_export_names_its_targ
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("deprecated"));
 }
+
+/// A client command whose standard output is a pipe nobody reads any more (`oxbus config
+/// export | head -3`) ends quietly by SIGPIPE, as Unix tools do, not with a panic and a
+/// backtrace from `println!`.
+#[tokio::test]
+async fn a_client_command_ends_quietly_when_its_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let srv = env().start().await;
+    // The pipe's read end is closed before the command starts: its first write fails.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(oxbus_bin())
+        .args(["config", "export"])
+        .env(
+            "OXBUS_URL",
+            format!("http://127.0.0.1:{}", srv.admin_port()),
+        )
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{stderr}");
+}

@@ -162,7 +162,7 @@ fn print_jobs_answer(action: &JobsAction, d: &serde_json::Value) {
         }
         JobsAction::Status { .. } => match d["leader"].as_str() {
             Some(l) => println!(
-                "{l} leads the scheduler{} ({})",
+                "{l} leads the scheduler{}: {}",
                 if d["this_server_leads"] == true {
                     " (this server)"
                 } else {
