@@ -671,12 +671,12 @@ impl Server {
         );
     }
 
-    /// Runs the `oxbus` CLI against this server's admin API (`OXBUS_SERVER`, `OXBUS_TOKEN`).
+    /// Runs the `oxbus` CLI against this server's admin API (`OXBUS_URL`, `OXBUS_TOKEN`).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(oxbus_bin())
             .args(args)
             .env(
-                "OXBUS_SERVER",
+                "OXBUS_URL",
                 format!("http://127.0.0.1:{}", self.admin_port()),
             )
             .env("OXBUS_TOKEN", self.admin_token())

@@ -769,7 +769,7 @@ fn cli_as(srv: &Server, token: &str, args: &[&str]) -> std::process::Output {
     Command::new(oxbus_bin())
         .args(args)
         .env(
-            "OXBUS_SERVER",
+            "OXBUS_URL",
             format!("http://127.0.0.1:{}", srv.admin_port()),
         )
         .env("OXBUS_TOKEN", token)

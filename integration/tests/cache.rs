@@ -530,10 +530,30 @@ async fn operators_browse_and_edit_through_the_admin_api_and_the_cli() {
         .expect("default listed");
     let cols: Vec<&str> = default.split_whitespace().collect();
     assert_eq!(&cols[1..3], &["252", "10000"], "entries, max: {out}");
+    // The default cache's expiry is 0: it never expires, and the list says so.
+    assert!(default.contains("  expiry never, "), "{out}");
+    // An incr reads the key: the first one of a new key is a miss, the next ones hits (the
+    // quickstart's visit counter showed 0 hits after any number of visits).
+    let figures = || {
+        let (code, out, err) = cli(&srv, &["list", "--output", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let d: Value = serde_json::from_str(&out).unwrap();
+        let list = d.get("caches").unwrap_or(&d).as_array().unwrap().clone();
+        let c = list.into_iter().find(|c| c["name"] == "default").unwrap();
+        (c["hits"].as_u64().unwrap(), c["misses"].as_u64().unwrap())
+    };
+    let (hits, misses) = figures();
+    for n in 1..=3 {
+        assert_eq!(
+            call(&srv, "default", "incr", json!(["visits"])).await,
+            json!(n)
+        );
+    }
+    assert_eq!(figures(), (hits + 2, misses + 1));
     let (code, out, _) = cli(&srv, &["clear"]);
     assert_eq!(
         (code, out.trim()),
-        (0, "cleared 252 entries from cache default")
+        (0, "cleared 253 entries from cache default")
     );
     assert_eq!(call(&srv, "default", "len", json!([])).await, json!(0));
 }

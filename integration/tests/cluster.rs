@@ -128,10 +128,7 @@ async fn a_change_through_one_server_reaches_the_others() {
     .await;
     let text = std::process::Command::new(oxbus_bin())
         .args(["cluster", "status"])
-        .env(
-            "OXBUS_SERVER",
-            format!("http://127.0.0.1:{}", b.admin_port()),
-        )
+        .env("OXBUS_URL", format!("http://127.0.0.1:{}", b.admin_port()))
         .env("OXBUS_TOKEN", b.admin_token())
         .output()
         .unwrap();

@@ -33,7 +33,7 @@ fn cli(srv: &Server, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(oxbus_bin())
         .args(args)
         .env(
-            "OXBUS_SERVER",
+            "OXBUS_URL",
             format!("http://127.0.0.1:{}", srv.admin_port()),
         )
         .env("OXBUS_TOKEN", srv.admin_token())
@@ -171,7 +171,7 @@ async fn secrets_cycle(srv: Server, db: Option<PgDatabase>) {
         &["config", "import", exported.to_str().unwrap()],
         None,
     ));
-    assert!(out.starts_with("0 change(s)"), "{out}");
+    assert!(out.starts_with("0 changes"), "{out}");
     assert_eq!(config_version(&srv).await, before);
     let same = format!("secret:\n- name: mq/token\n  value: {PLAIN2}\n");
     std::fs::write(&yaml, same).unwrap();
@@ -180,7 +180,7 @@ async fn secrets_cycle(srv: Server, db: Option<PgDatabase>) {
         &["config", "import", yaml.to_str().unwrap()],
         None,
     ));
-    assert!(out.starts_with("0 change(s)"), "{out}");
+    assert!(out.starts_with("0 changes"), "{out}");
 
     // Delete: gone from the list.
     let r = admin(&srv, "DELETE", "/v1/secrets/crm.password", Value::Null).await;
@@ -314,7 +314,7 @@ async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
         None,
     ));
     assert!(out.starts_with("create "), "{out}");
-    assert!(out.contains("5 change(s)"), "{out}");
+    assert!(out.contains("5 changes"), "{out}");
     assert_eq!(
         config_version(&srv).await,
         v + 1,
@@ -334,7 +334,7 @@ async fn round_trip(srv: Server, _db: Option<PgDatabase>) {
         &["config", "import", first.to_str().unwrap()],
         None,
     ));
-    assert!(out.starts_with("0 change(s), 5 unchanged"), "{out}");
+    assert!(out.starts_with("0 changes, 5 unchanged"), "{out}");
 
     let second = srv.dir.join("second.yaml");
     ok(&cli(
@@ -450,4 +450,66 @@ async fn an_import_is_validated_in_full_before_anything_changes() {
     assert_eq!(doc["service_module"], json!([]));
     assert_eq!(doc["secret"], json!([]));
     assert_eq!(srv.get("/echo").await.status, 405);
+}
+
+/// The CLI's admin API URL variable is OXBUS_URL; OXBUS_SERVER, its old name (it read like
+/// an OXBUS_SERVER_<KEY> setting), still works with a warning. The export's header gives the
+/// whole import command, with the --server it was exported through (never the token).
+#[tokio::test]
+async fn the_cli_reads_oxbus_server_with_a_warning_and_the_export_names_its_target() {
+    let srv = env().start().await;
+    let url = format!("http://127.0.0.1:{}", srv.admin_port());
+    let out = Command::new(oxbus_bin())
+        .args(["config", "export"])
+        .env_remove("OXBUS_URL")
+        .env("OXBUS_SERVER", &url)
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OXBUS_SERVER is deprecated") && stderr.contains("OXBUS_URL"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "#   oxbus config import --server {url} --token TOKEN FILE\n"
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&srv.admin_token()), "{stdout}");
+    // OXBUS_URL: no warning.
+    let out = cli(&srv, &["config", "export"], None);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("deprecated"));
+}
+
+/// A client command whose standard output is a pipe nobody reads any more (`oxbus config
+/// export | head -3`) ends quietly by SIGPIPE, as Unix tools do, not with a panic and a
+/// backtrace from `println!`.
+#[tokio::test]
+async fn a_client_command_ends_quietly_when_its_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let srv = env().start().await;
+    // The pipe's read end is closed before the command starts: its first write fails.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(oxbus_bin())
+        .args(["config", "export"])
+        .env(
+            "OXBUS_URL",
+            format!("http://127.0.0.1:{}", srv.admin_port()),
+        )
+        .env("OXBUS_TOKEN", srv.admin_token())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{stderr}");
 }

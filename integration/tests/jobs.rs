@@ -345,7 +345,7 @@ async fn jobs_through_the_cli() {
     assert_eq!(
         out,
         format!(
-            "job ping created (config version {}): every 1 hours 30 minutes (3 times)\n",
+            "job ping created (config version {}): every 1 hour 30 minutes (3 times)\n",
             v0 + 1
         )
     );
@@ -516,7 +516,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
 
     // Imported back: nothing changes.
     let out = ok(&srv.cli(&["config", "import", first.to_str().unwrap()]));
-    assert!(out.starts_with("0 change(s), 3 unchanged"), "{out}");
+    assert!(out.starts_with("0 changes, 3 unchanged"), "{out}");
     // A job listed without its start date keeps the stored one: no change either.
     let no_start = srv.dir.join("no-start.yaml");
     std::fs::write(
@@ -525,7 +525,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
     )
     .unwrap();
     let out = ok(&srv.cli(&["config", "import", no_start.to_str().unwrap()]));
-    assert!(out.starts_with("0 change(s), 1 unchanged"), "{out}");
+    assert!(out.starts_with("0 changes, 1 unchanged"), "{out}");
 
     // --replace with a document that lists only `a` (changed): b and c go, in one
     // transaction; a keeps its start date.
@@ -540,7 +540,7 @@ async fn jobs_export_and_import_with_replace_and_dry_run() {
     assert!(out.contains("update job a"), "{out}");
     assert!(out.contains("delete job b"), "{out}");
     assert!(out.contains("delete job c"), "{out}");
-    assert!(out.contains("3 change(s)"), "{out}");
+    assert!(out.contains("3 changes"), "{out}");
     assert_eq!(config_version(&srv).await, v + 1, "one transaction");
     let live = jobs(&srv).await;
     assert_eq!(

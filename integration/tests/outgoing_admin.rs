@@ -668,7 +668,7 @@ async fn an_export_imports_on_a_fresh_server_with_the_same_key_and_replace_delet
     let yaml = a.dir.join("export.yaml");
     std::fs::write(&yaml, &out).unwrap();
     let imported = ok(&b.cli(&["config", "import", yaml.to_str().unwrap()]));
-    assert!(imported.starts_with("0 change(s)"), "{imported}");
+    assert!(imported.starts_with("0 changes"), "{imported}");
     assert_eq!(get(&b, "/v1/outgoing/rest/crm").await["has_secret"], true);
     assert_eq!(get(&b, "/v1/outgoing/sql/db").await["has_secret"], true);
     // Applied on b at once.

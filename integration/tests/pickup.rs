@@ -311,7 +311,7 @@ impl WatchCli {
             .arg(dir)
             .args(args)
             .env(
-                "OXBUS_SERVER",
+                "OXBUS_URL",
                 format!("http://127.0.0.1:{}", srv.admin_port()),
             )
             .env("OXBUS_TOKEN", srv.admin_token())
@@ -452,7 +452,7 @@ async fn deploy_watch_deploys_on_save_until_ctrl_c() {
         .args(["deploy", "--watch"])
         .arg(srv.dir.join("nowhere"))
         .env(
-            "OXBUS_SERVER",
+            "OXBUS_URL",
             format!("http://127.0.0.1:{}", srv.admin_port()),
         )
         .env("OXBUS_TOKEN", srv.admin_token())

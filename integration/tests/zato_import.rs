@@ -34,7 +34,7 @@ fn zato(srv: &Server, args: &[&str]) -> Output {
         .args(["zato", "import"])
         .args(args)
         .env(
-            "OXBUS_SERVER",
+            "OXBUS_URL",
             format!("http://127.0.0.1:{}", srv.admin_port()),
         )
         .env("OXBUS_TOKEN", srv.admin_token())
@@ -195,7 +195,7 @@ async fn a_zato_export_is_imported_and_what_does_not_map_is_reported() {
 
     // Again: nothing changes.
     let out = skipped_some(&zato(&srv, &[&sample()]));
-    assert!(out.contains("0 change(s), "), "{out}");
+    assert!(out.contains("0 changes, "), "{out}");
     assert_eq!(config_version(&srv).await, v + 1);
 
     // Once the server holds ops.basic (made by hand, with its password), the import maps it

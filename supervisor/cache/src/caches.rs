@@ -235,6 +235,8 @@ impl Caches {
     /// Adds `by` to the integer under `key` (a missing key counts as 0) and returns the new
     /// value; atomic on this server. A new key gets the cache's default expiry, an existing
     /// one keeps its own (an extend-on-get cache counts the incr as a use and extends it).
+    /// An incr reads the key as well as writing it: a hit when the key was there (even if
+    /// its value is not an integer), a miss when it was not, and a set when it wrote.
     pub fn incr(&self, cache: &Cache, key: &str, by: i64) -> Result<i64, CacheError> {
         check_key(key)?;
         let default_ttl = cache.def.default_expiry_s * 1000;
@@ -246,6 +248,12 @@ impl Caches {
             .entry(key.to_owned())
             .and_compute_with(|old| {
                 let old = Self::current(cache, old);
+                let counter = if old.is_some() {
+                    &cache.store.counters.hits
+                } else {
+                    &cache.store.counters.misses
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 let current = match &old {
                     None => Some(0),
                     Some(e) => match e.kind {
@@ -489,12 +497,19 @@ pub(crate) mod tests {
         assert!(t.get("nope").is_none());
         // Reads of the admin API count as neither.
         assert!(t.peek("a").is_some() && t.peek("nope").is_none());
+        // An incr reads the key: a miss when it was not there, a hit when it was (the
+        // quickstart's visit counter showed no hits after many increments).
         c.incr(&t, "n", 2).unwrap();
+        c.incr(&t, "n", 2).unwrap();
+        c.set(&t, "s", Bytes::from_static(b"\"x\""), ValueKind::Json, None)
+            .unwrap();
+        assert!(c.incr(&t, "s", 1).is_err());
         assert!(c.delete(&t, "n").unwrap());
+        assert!(c.delete(&t, "s").unwrap());
         let s = t.stats();
         assert_eq!(
             (s.hits, s.misses, s.sets, s.deletes, s.evictions),
-            (1, 1, 2, 1, 0)
+            (3, 2, 4, 2, 0)
         );
         assert_eq!(t.entry_count(), 1);
         // Past max_entries: moka evicts, and each eviction is counted (not the expiries).
@@ -506,13 +521,13 @@ pub(crate) mod tests {
         assert!(t.entry_count() <= 3, "{}", t.entry_count());
         let evicted = t.counters().evictions.load(Ordering::Relaxed);
         assert!(evicted > 0);
-        assert_eq!(t.counters().sets.load(Ordering::Relaxed), 52);
+        assert_eq!(t.counters().sets.load(Ordering::Relaxed), 54);
         // A rebuild (a new max_entries) keeps the figures; a deleted and recreated cache
         // starts from 0.
         def.max_entries = 5;
         c.apply_defs(&[def.clone()]);
         let t2 = c.get("tiny").unwrap();
-        assert_eq!(t2.stats().hits, 1);
+        assert_eq!(t2.stats().hits, 3);
         assert_eq!(t2.stats().evictions, evicted);
         c.apply_defs(&[]);
         c.apply_defs(&[def]);

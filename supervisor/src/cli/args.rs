@@ -35,6 +35,7 @@ pub enum Command {
         /// Ctrl-C (unchanged modules are skipped; one line per deploy).
         #[arg(long, value_name = "DIR", conflicts_with = "files")]
         watch: Option<PathBuf>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -52,6 +53,7 @@ pub enum Command {
     Services {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
         /// Show each service's statistics on every server of the cluster instead: calls,
@@ -75,7 +77,9 @@ pub enum Command {
     Rollback {
         #[command(flatten)]
         to: ServerArgs,
+        /// The module to put back at its previous version.
         module: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -84,7 +88,9 @@ pub enum Command {
     Undeploy {
         #[command(flatten)]
         to: ServerArgs,
+        /// The module to undeploy (as `oxbus services` lists it).
         module: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -290,6 +296,7 @@ pub enum ConfigAction {
     Import {
         #[command(flatten)]
         to: ServerArgs,
+        /// The export to apply: YAML or JSON, as `oxbus config export` writes it.
         file: PathBuf,
         /// Show what would change; change nothing.
         #[arg(long)]
@@ -297,6 +304,7 @@ pub enum ConfigAction {
         /// Also delete stored objects the file does not list (modules are undeployed).
         #[arg(long)]
         replace: bool,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -325,6 +333,7 @@ pub struct ZatoImportArgs {
     /// AMQP connections, jobs and caches the file does not give (every other kind is kept).
     #[arg(long)]
     pub replace: bool,
+    /// Text for people, or json for scripts (the answer as the server sent it).
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -335,6 +344,7 @@ pub enum ClusterAction {
     Status {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -349,6 +359,7 @@ pub enum WebsocketAction {
         /// Only the clients of this channel.
         #[arg(long)]
         channel: Option<String>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -358,6 +369,7 @@ pub enum WebsocketAction {
         to: ServerArgs,
         /// The client's id (ws.<server>.<16 hex digits>).
         client_id: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -372,7 +384,9 @@ pub enum SecretAction {
     Set {
         #[command(flatten)]
         to: ServerArgs,
+        /// The secret's name, e.g. crm.password.
         name: String,
+        /// Read the value from this file (one trailing newline dropped) instead of standard input.
         #[arg(long)]
         value_file: Option<PathBuf>,
         /// A service name or a pattern with `*` (e.g. `crm.*`) that may read the secret.
@@ -384,6 +398,7 @@ pub enum SecretAction {
     Services {
         #[command(flatten)]
         to: ServerArgs,
+        /// The secret's name, e.g. crm.password.
         name: String,
         /// A service name or a pattern with `*` (e.g. `crm.*`) that may read the secret.
         #[arg(long = "service", value_name = "PATTERN")]
@@ -393,6 +408,7 @@ pub enum SecretAction {
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -400,6 +416,7 @@ pub enum SecretAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The secret's name, e.g. crm.password.
         name: String,
     },
 }
@@ -413,6 +430,7 @@ pub enum UserConfigAction {
     Set {
         #[command(flatten)]
         to: ServerArgs,
+        /// The user config's name (services read it as self.user_config.NAME).
         name: String,
         /// The value: a .json, .yaml/.yml or .toml file holding a mapping.
         #[arg(long, short)]
@@ -420,6 +438,7 @@ pub enum UserConfigAction {
         /// What it is for (shown by `list`).
         #[arg(long)]
         description: Option<String>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -428,7 +447,9 @@ pub enum UserConfigAction {
     Get {
         #[command(flatten)]
         to: ServerArgs,
+        /// The user config's name (services read it as self.user_config.NAME).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -436,6 +457,7 @@ pub enum UserConfigAction {
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -443,7 +465,9 @@ pub enum UserConfigAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The user config's name (services read it as self.user_config.NAME).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -456,6 +480,7 @@ pub enum CacheAction {
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -463,9 +488,12 @@ pub enum CacheAction {
     Get {
         #[command(flatten)]
         to: ServerArgs,
+        /// The key: any string of at most 4096 bytes.
         key: String,
+        /// Which cache (oxbus cache list names them).
         #[arg(long, default_value = "default")]
         cache: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -474,8 +502,11 @@ pub enum CacheAction {
     Set {
         #[command(flatten)]
         to: ServerArgs,
+        /// The key: any string of at most 4096 bytes.
         key: String,
+        /// The value: JSON, or with --string a plain string.
         value: String,
+        /// Which cache (oxbus cache list names them).
         #[arg(long, default_value = "default")]
         cache: String,
         /// VALUE is a plain string, not JSON.
@@ -489,7 +520,9 @@ pub enum CacheAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The key: any string of at most 4096 bytes.
         key: String,
+        /// Which cache (oxbus cache list names them).
         #[arg(long, default_value = "default")]
         cache: String,
     },
@@ -497,6 +530,7 @@ pub enum CacheAction {
     Keys {
         #[command(flatten)]
         to: ServerArgs,
+        /// Which cache (oxbus cache list names them).
         #[arg(long, default_value = "default")]
         cache: String,
         /// Only keys that start with PREFIX.
@@ -511,6 +545,7 @@ pub enum CacheAction {
         /// Every page, one after another.
         #[arg(long)]
         all: bool,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -518,6 +553,7 @@ pub enum CacheAction {
     Clear {
         #[command(flatten)]
         to: ServerArgs,
+        /// Which cache (oxbus cache list names them).
         #[arg(long, default_value = "default")]
         cache: String,
     },
@@ -531,6 +567,7 @@ pub enum JobsAction {
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -538,7 +575,9 @@ pub enum JobsAction {
     Get {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -547,6 +586,7 @@ pub enum JobsAction {
     Put {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
         /// A file holding the definition (JSON).
         #[arg(long, short, conflicts_with = "json", required_unless_present = "json")]
@@ -555,6 +595,7 @@ pub enum JobsAction {
         /// "minutes": 5}'.
         #[arg(long)]
         json: Option<String>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -562,7 +603,9 @@ pub enum JobsAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -570,7 +613,9 @@ pub enum JobsAction {
     Enable {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -578,7 +623,9 @@ pub enum JobsAction {
     Disable {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -586,7 +633,9 @@ pub enum JobsAction {
     Execute {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -594,10 +643,12 @@ pub enum JobsAction {
     History {
         #[command(flatten)]
         to: ServerArgs,
+        /// The job's name (oxbus jobs list names them).
         name: String,
         /// How many (1..=100, default 20).
         #[arg(long)]
         limit: Option<u32>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -605,6 +656,7 @@ pub enum JobsAction {
     Status {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -647,14 +699,17 @@ pub enum DashboardUserAction {
     },
     /// Remove a user and revoke its admin API token (its sessions stop working at once).
     Remove {
+        /// The dashboard.toml (its users_file is read and written).
         #[arg(long, short, env = "OXBUS_DASHBOARD_CONFIG")]
         config: PathBuf,
         #[command(flatten)]
         to: ServerArgs,
+        /// The user's name.
         name: String,
     },
     /// List the users and their roles.
     List {
+        /// The dashboard.toml (its users_file is read and written).
         #[arg(long, short, env = "OXBUS_DASHBOARD_CONFIG")]
         config: PathBuf,
     },
@@ -674,6 +729,7 @@ pub enum TokenAction {
         /// (read, never secret material).
         #[arg(long)]
         role: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -681,6 +737,7 @@ pub enum TokenAction {
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -688,6 +745,7 @@ pub enum TokenAction {
     Revoke {
         #[command(flatten)]
         to: ServerArgs,
+        /// The token's name (oxbus token list names them).
         name: String,
     },
 }
@@ -718,12 +776,14 @@ impl OutType {
 /// the command line: `put` reads it from `--secret-file` or (`--secret-stdin`) standard input.
 #[derive(Subcommand)]
 pub enum OutAction {
-    /// The connections (of one type, or both) without their credentials.
+    /// The connections (of one type, or of every type) without their credentials.
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// The connection type; none: every type.
         #[arg(value_enum)]
         kind: Option<OutType>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -731,9 +791,12 @@ pub enum OutAction {
     Get {
         #[command(flatten)]
         to: ServerArgs,
+        /// The connection type.
         #[arg(value_enum)]
         kind: OutType,
+        /// The connection's name.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -743,8 +806,10 @@ pub enum OutAction {
     Put {
         #[command(flatten)]
         to: ServerArgs,
+        /// The connection type.
         #[arg(value_enum)]
         kind: OutType,
+        /// The connection's name.
         name: String,
         /// The definition (JSON); `-` reads it from standard input.
         file: String,
@@ -756,6 +821,7 @@ pub enum OutAction {
         /// Read the credential from standard input (FILE must then not be `-`).
         #[arg(long)]
         secret_stdin: bool,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -763,9 +829,12 @@ pub enum OutAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The connection type.
         #[arg(value_enum)]
         kind: OutType,
+        /// The connection's name.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -774,9 +843,12 @@ pub enum OutAction {
     Ping {
         #[command(flatten)]
         to: ServerArgs,
+        /// The connection type.
         #[arg(value_enum)]
         kind: OutType,
+        /// The connection's name.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -785,9 +857,12 @@ pub enum OutAction {
     Stats {
         #[command(flatten)]
         to: ServerArgs,
+        /// The connection type; none: every type.
         #[arg(value_enum)]
         kind: Option<OutType>,
+        /// The connection's name.
         name: Option<String>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -820,8 +895,10 @@ pub enum InboundAction {
     List {
         #[command(flatten)]
         to: ServerArgs,
+        /// The channel type.
         #[arg(value_enum)]
         kind: InboundType,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -829,9 +906,12 @@ pub enum InboundAction {
     Get {
         #[command(flatten)]
         to: ServerArgs,
+        /// The channel type.
         #[arg(value_enum)]
         kind: InboundType,
+        /// The channel's name.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -840,8 +920,10 @@ pub enum InboundAction {
     Put {
         #[command(flatten)]
         to: ServerArgs,
+        /// The channel type.
         #[arg(value_enum)]
         kind: InboundType,
+        /// The channel's name.
         name: String,
         /// The definition (JSON); `-` reads it from standard input.
         file: String,
@@ -851,6 +933,7 @@ pub enum InboundAction {
         /// Read the password from standard input (FILE must then not be `-`).
         #[arg(long)]
         secret_stdin: bool,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -858,9 +941,12 @@ pub enum InboundAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The channel type.
         #[arg(value_enum)]
         kind: InboundType,
+        /// The channel's name.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -869,9 +955,12 @@ pub enum InboundAction {
     Stats {
         #[command(flatten)]
         to: ServerArgs,
+        /// The channel type.
         #[arg(value_enum)]
         kind: InboundType,
+        /// The channel's name.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -886,6 +975,7 @@ pub enum PubsubAction {
     Topics {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -899,6 +989,7 @@ pub enum PubsubAction {
     Subs {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -911,6 +1002,7 @@ pub enum PubsubAction {
     Endpoints {
         #[command(flatten)]
         to: ServerArgs,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -923,10 +1015,12 @@ pub enum PubsubAction {
     Queue {
         #[command(flatten)]
         to: ServerArgs,
+        /// The subscription's sub_key (oxbus pubsub subs lists them).
         sub_key: String,
         /// At most this many (1..=1000, default 100).
         #[arg(long)]
         limit: Option<u32>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -934,10 +1028,12 @@ pub enum PubsubAction {
     Dead {
         #[command(flatten)]
         to: ServerArgs,
+        /// The subscription's sub_key (oxbus pubsub subs lists them).
         sub_key: String,
         /// At most this many (1..=1000, default 100).
         #[arg(long)]
         limit: Option<u32>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -945,8 +1041,11 @@ pub enum PubsubAction {
     Requeue {
         #[command(flatten)]
         to: ServerArgs,
+        /// The subscription's sub_key (oxbus pubsub subs lists them).
         sub_key: String,
+        /// The dead letters' msg_ids (oxbus pubsub dead lists them); none: every dead letter.
         msg_ids: Vec<String>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -954,7 +1053,9 @@ pub enum PubsubAction {
     Purge {
         #[command(flatten)]
         to: ServerArgs,
+        /// The subscription's sub_key (oxbus pubsub subs lists them).
         sub_key: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -962,6 +1063,7 @@ pub enum PubsubAction {
     Publish {
         #[command(flatten)]
         to: ServerArgs,
+        /// The topic's name, e.g. /demo/orders.
         topic: String,
         /// The data as text.
         #[arg(long, conflicts_with_all = ["json", "file"], required_unless_present_any = ["json", "file"])]
@@ -981,6 +1083,7 @@ pub enum PubsubAction {
         /// Not guaranteed delivery: kept in memory only (default: the topic's has_gd).
         #[arg(long)]
         no_gd: bool,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -993,7 +1096,9 @@ pub enum PubsubDefAction {
     Get {
         #[command(flatten)]
         to: ServerArgs,
+        /// The topic's or endpoint's name; for a subscription its sub_key.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -1002,6 +1107,7 @@ pub enum PubsubDefAction {
     Put {
         #[command(flatten)]
         to: ServerArgs,
+        /// The topic's or endpoint's name; for a subscription its sub_key.
         name: String,
         /// A file holding the definition (JSON).
         #[arg(long, short, conflicts_with = "json", required_unless_present = "json")]
@@ -1009,6 +1115,7 @@ pub enum PubsubDefAction {
         /// The definition itself, e.g. '{"has_gd": true, "max_depth_gd": 50000}'.
         #[arg(long)]
         json: Option<String>,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -1016,7 +1123,9 @@ pub enum PubsubDefAction {
     Delete {
         #[command(flatten)]
         to: ServerArgs,
+        /// The topic's or endpoint's name; for a subscription its sub_key.
         name: String,
+        /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -1028,10 +1137,11 @@ pub struct ServerArgs {
     /// An environment directory made by `oxbus quickstart` (address and token read from it).
     #[arg(long, conflicts_with = "server")]
     pub env: Option<PathBuf>,
-    /// Admin API URL, e.g. http://127.0.0.1:17011
-    #[arg(long, env = "OXBUS_SERVER", requires = "token")]
+    /// The admin API's URL, e.g. http://127.0.0.1:17011 (OXBUS_SERVER, the variable's old
+    /// name, is still read, with a warning).
+    #[arg(long, env = "OXBUS_URL", hide_env_values = true, requires = "token")]
     pub server: Option<String>,
-    /// Admin API bearer token.
+    /// An admin API bearer token (`oxbus token create`, or the server's admin.token).
     #[arg(long, env = "OXBUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -1040,4 +1150,60 @@ pub struct ServerArgs {
 pub enum Output {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every argument of `cmd` and below without help text, as
+    /// `oxbus deploy --output` / `oxbus cache list`.
+    fn missing_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if arg.is_hide_set() || matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = match arg.get_long() {
+                    Some(l) => format!("--{l}"),
+                    None => arg.get_id().to_string().to_uppercase(),
+                };
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_name() != "help" && sub.get_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            missing_help(sub, &sub_path, missing);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_help_text() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        missing_help(&cmd, "oxbus", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "{} without help text (a /// comment in cli/args.rs):\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_env_variables_show_their_names_only() {
+        let mut cmd = super::Cli::command();
+        let help = cmd
+            .find_subcommand_mut("deploy")
+            .expect("deploy")
+            .render_help()
+            .to_string();
+        assert!(help.contains("[env: OXBUS_URL]"), "{help}");
+        assert!(help.contains("[env: OXBUS_TOKEN]"), "{help}");
+        assert!(!help.contains("OXBUS_SERVER="), "{help}");
+    }
 }

@@ -40,7 +40,7 @@ pub fn command(rt: &Runtime, action: &CacheAction) -> Result<(), CliError> {
             let list = d.get("caches").unwrap_or(&d);
             for c in list.as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:>9} {:>9} {:>10} {:>10} {:>9}  expiry {} s, item <= {} B{}{}",
+                    "{:<24} {:>9} {:>9} {:>10} {:>10} {:>9}  expiry {}, item <= {} B{}{}",
                     c["name"].as_str().unwrap_or(""),
                     // As numbers: a JSON value's Display ignores the column widths.
                     c["entries"].as_u64().unwrap_or(0),
@@ -48,7 +48,7 @@ pub fn command(rt: &Runtime, action: &CacheAction) -> Result<(), CliError> {
                     c["hits"].as_u64().unwrap_or(0),
                     c["misses"].as_u64().unwrap_or(0),
                     c["evictions"].as_u64().unwrap_or(0),
-                    c["default_expiry_s"],
+                    super::format::expiry(&c["default_expiry_s"]),
                     c["max_item_size"],
                     if c["extend_expiry_on_get"] == true {
                         ", extend on get"
@@ -155,6 +155,11 @@ pub fn command(rt: &Runtime, action: &CacheAction) -> Result<(), CliError> {
             format!("/v1/caches/{}/clear", percent_encode(cache)),
             Vec::new(),
         )
-        .map(|d| println!("cleared {} entries from cache {cache}", d["cleared"])),
+        .map(|d| {
+            println!(
+                "cleared {} from cache {cache}",
+                super::format::count_of(&d["cleared"], "entry", "entries")
+            )
+        }),
     }
 }

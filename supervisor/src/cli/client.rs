@@ -3,7 +3,8 @@
 //!
 //! Commands that talk to a server take `--env DIR` (the address and token of the
 //! environment `oxbus quickstart` made) or `--server URL --token TOKEN` (also
-//! `OXBUS_SERVER`, `OXBUS_TOKEN`).
+//! `OXBUS_URL`, `OXBUS_TOKEN`; `OXBUS_SERVER` is `OXBUS_URL`'s old name, read with a
+//! warning for one release).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,10 +16,41 @@ use super::args::ServerArgs;
 
 /// The server `--env` or `--server`/`--token` name.
 pub fn target(a: &ServerArgs) -> Result<Target, CliError> {
-    match (&a.env, &a.server, &a.token) {
+    let legacy = std::env::var(LEGACY_URL_VAR).ok();
+    let (server, warning) = server_url(a, legacy);
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
+    match (&a.env, server, &a.token) {
         (Some(dir), _, _) => Target::from_env_dir(dir),
-        (None, Some(url), Some(token)) => Target::from_url(url, token),
+        (None, Some(url), Some(token)) => Target::from_url(&url, token),
         _ => Err(CliError::NoServer),
+    }
+}
+
+/// The admin API URL `target` uses when `--env` does not name the server (no warning).
+pub fn server_url_given(a: &ServerArgs) -> Option<String> {
+    server_url(a, std::env::var(LEGACY_URL_VAR).ok()).0
+}
+
+/// `OXBUS_URL`'s old name: it read like an `OXBUS_SERVER_<KEY>` settings override.
+const LEGACY_URL_VAR: &str = "OXBUS_SERVER";
+
+/// The admin API URL: `--server` (or `OXBUS_URL`), else the value of the deprecated
+/// `OXBUS_SERVER` (`legacy`) with a warning to print; nothing when `--env` names the server.
+fn server_url(a: &ServerArgs, legacy: Option<String>) -> (Option<String>, Option<String>) {
+    if a.env.is_some() || a.server.is_some() {
+        return (a.server.clone(), None);
+    }
+    match legacy.filter(|v| !v.is_empty()) {
+        Some(url) => (
+            Some(url),
+            Some(format!(
+                "oxbus: warning: {LEGACY_URL_VAR} is deprecated and will stop working in the next \
+                 release: set OXBUS_URL instead (OXBUS_SERVER_<KEY> variables are server settings)"
+            )),
+        ),
+        None => (None, None),
     }
 }
 
@@ -177,6 +209,39 @@ pub fn percent_encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::args::ServerArgs;
+
+    fn args(env: Option<&str>, server: Option<&str>) -> ServerArgs {
+        ServerArgs {
+            env: env.map(Into::into),
+            server: server.map(str::to_owned),
+            token: Some("t".into()),
+        }
+    }
+
+    #[test]
+    fn the_old_oxbus_server_variable_still_works_with_a_warning() {
+        let old = Some("http://127.0.0.1:1".to_owned());
+        let (url, warning) = super::server_url(&args(None, None), old.clone());
+        assert_eq!(url.as_deref(), Some("http://127.0.0.1:1"));
+        let w = warning.expect("a deprecation warning");
+        assert!(
+            w.contains("OXBUS_SERVER is deprecated") && w.contains("OXBUS_URL"),
+            "{w}"
+        );
+        // --server / OXBUS_URL and --env win, silently.
+        let (url, warning) = super::server_url(&args(None, Some("http://h:2")), old.clone());
+        assert_eq!((url.as_deref(), warning), (Some("http://h:2"), None));
+        let (url, warning) = super::server_url(&args(Some("env"), None), old);
+        assert_eq!((url, warning), (None, None));
+        // Unset or empty: no server, no warning.
+        assert_eq!(super::server_url(&args(None, None), None), (None, None));
+        assert_eq!(
+            super::server_url(&args(None, None), Some(String::new())),
+            (None, None)
+        );
+    }
+
     #[test]
     fn percent_encode_keeps_unreserved_and_escapes_the_rest() {
         assert_eq!(super::percent_encode("mq/token a"), "mq%2Ftoken%20a");

@@ -65,17 +65,14 @@ fn write_export(
             // Through the typed document, so fields keep their order (name first).
             let typed: Document = serde_json::from_value(doc).map_err(CliError::Export)?;
             let yaml = serde_yaml_ng::to_string(&typed).map_err(CliError::ToYaml)?;
-            let from = to
-                .env
-                .as_ref()
-                .map(|e| e.display().to_string())
-                .or_else(|| to.server.clone())
-                .unwrap_or_default();
             format!(
-                "# Oxbus config export from {from}, config version {}.\n\
-                 # Secrets are sealed with that server's key (store.key_file); a plain\n\
-                 # `value:` may replace `sealed:`. Apply with: oxbus config import FILE\n{yaml}",
-                typed.config_version.unwrap_or(0)
+                "{}{yaml}",
+                export_header(
+                    to.env.as_deref(),
+                    super::client::server_url_given(to).as_deref(),
+                    file,
+                    typed.config_version.unwrap_or(0)
+                )
             )
         }
     };
@@ -101,6 +98,51 @@ fn write_export(
     Ok(())
 }
 
+/// The comment lines heading a YAML export: where it came from and the full command that
+/// applies it to the same place (`--env DIR`, or `--server URL --token TOKEN`; never the
+/// token itself).
+fn export_header(
+    env: Option<&Path>,
+    server: Option<&str>,
+    file: Option<&Path>,
+    version: i64,
+) -> String {
+    let (from, target) = match (env, server) {
+        (Some(env), _) => {
+            let env = env.display().to_string();
+            (env.clone(), format!("--env {}", shell_word(&env)))
+        }
+        (None, Some(url)) => (
+            url.to_owned(),
+            format!("--server {} --token TOKEN", shell_word(url)),
+        ),
+        (None, None) => (String::new(), String::new()),
+    };
+    let file = file.map_or_else(
+        || "FILE".to_owned(),
+        |f| shell_word(&f.display().to_string()),
+    );
+    format!(
+        "# Oxbus config export from {from}, config version {version}.\n\
+         # Secrets are sealed with that server's key (store.key_file); a plain\n\
+         # `value:` may replace `sealed:`. Apply with:\n\
+         #   oxbus config import {target} {file}\n"
+    )
+}
+
+/// `s` as one word of a shell command line: as it is when it needs no quoting, else in
+/// single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// `config import`: one line per change, then a summary.
 fn print_import(d: &serde_json::Value) {
     print_import_plan(d, false);
@@ -122,8 +164,8 @@ pub(super) fn print_import_plan(d: &serde_json::Value, dry_run: bool) {
         );
     }
     println!(
-        "{} change(s){}, {} unchanged, config version {}",
-        changes.len(),
+        "{}{}, {} unchanged, config version {}",
+        super::format::count(changes.len() as u64, "change", "changes"),
         if dry {
             " (dry run: nothing applied)"
         } else {
@@ -132,4 +174,39 @@ pub(super) fn print_import_plan(d: &serde_json::Value, dry_run: bool) {
         d["unchanged"],
         d["config_version"]
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_export_header_gives_the_whole_import_command() {
+        let h = super::export_header(Some(Path::new("oxbus-quickstart")), None, None, 7);
+        assert!(
+            h.contains("export from oxbus-quickstart, config version 7."),
+            "{h}"
+        );
+        assert!(
+            h.contains("#   oxbus config import --env oxbus-quickstart FILE\n"),
+            "{h}"
+        );
+        let h = super::export_header(
+            Some(Path::new("my envs/prod")),
+            None,
+            Some(Path::new("prod.yaml")),
+            1,
+        );
+        assert!(
+            h.contains("oxbus config import --env 'my envs/prod' prod.yaml\n"),
+            "{h}"
+        );
+        let h = super::export_header(None, Some("http://10.0.0.5:17011"), None, 3);
+        assert!(
+            h.contains("oxbus config import --server http://10.0.0.5:17011 --token TOKEN FILE"),
+            "{h}"
+        );
+        // Every line is a YAML comment.
+        assert!(h.lines().all(|l| l.starts_with('#')), "{h}");
+    }
 }

@@ -109,9 +109,9 @@ impl crate::deploy::watch::Sink for WatchOutput {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut text = format!(
-                    "deployed {list} · config version {} · {} worker(s) · {ms:.1} ms",
+                    "deployed {list} · config version {} · {} · {ms:.1} ms",
                     doc["config_version"],
-                    workers.len()
+                    super::format::count(workers.len() as u64, "worker", "workers")
                 );
                 for w in workers.iter().filter(|w| w["ok"] != true) {
                     text.push_str(&format!(

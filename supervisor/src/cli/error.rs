@@ -16,7 +16,7 @@ pub enum CliError {
     Runtime(#[source] io::Error),
     /// Neither `--env` nor `--server` and `--token` say where the admin API is.
     #[error(
-        "say which server: --env DIR, or --server URL --token TOKEN (or OXBUS_SERVER and OXBUS_TOKEN)"
+        "say which server: --env DIR, or --server URL --token TOKEN (or OXBUS_URL and OXBUS_TOKEN)"
     )]
     NoServer,
     /// `--server` is not `http://host:port`.

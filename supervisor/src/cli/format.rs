@@ -36,8 +36,45 @@ pub fn utc(ms: i64) -> String {
     )
 }
 
+/// `n` and the noun, singular for 1: `1 job`, `3 jobs`, `0 changes`. `many` is the plural
+/// (`entries`), given whole since English plurals are not all `+s`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A JSON number as `count` words; a value that is not a whole number counts as 0.
+pub fn count_of(v: &serde_json::Value, one: &str, many: &str) -> String {
+    count(v.as_u64().unwrap_or(0), one, many)
+}
+
+/// An expiry in seconds as text: `never` for 0, else `60 s`.
+pub fn expiry(v: &serde_json::Value) -> String {
+    match v.as_u64() {
+        Some(0) => "never".into(),
+        Some(s) => format!("{s} s"),
+        None => v.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn count_says_one_thing_and_many_things() {
+        assert_eq!(super::count(1, "job", "jobs"), "1 job");
+        assert_eq!(super::count(0, "job", "jobs"), "0 jobs");
+        assert_eq!(super::count(2, "entry", "entries"), "2 entries");
+        assert_eq!(
+            super::count_of(&serde_json::json!(1), "change", "changes"),
+            "1 change"
+        );
+    }
+
+    #[test]
+    fn an_expiry_of_zero_is_never() {
+        assert_eq!(super::expiry(&serde_json::json!(0)), "never");
+        assert_eq!(super::expiry(&serde_json::json!(60)), "60 s");
+    }
+
     #[test]
     fn utc_formats_unix_milliseconds() {
         for (ms, want) in [

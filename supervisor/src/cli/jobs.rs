@@ -4,7 +4,7 @@
 use super::CliError;
 use super::args::{JobsAction, Output};
 use super::client::{percent_encode, target};
-use super::format::utc;
+use super::format::{count, count_of, utc};
 use tokio::runtime::Runtime;
 
 /// `oxbus jobs …`: one admin API call, its answer printed as text or JSON.
@@ -70,24 +70,29 @@ fn jobs_request(action: &JobsAction) -> Result<(&'static str, String, Vec<u8>), 
     })
 }
 
-/// A job's schedule in a few words: `every 1 hours 30 minutes (3 times)`,
+/// A job's schedule in a few words: `every 1 hour 30 minutes (3 times)`, `every minute`,
 /// `cron 0 8 * * * Europe/Warsaw`, `once`.
 fn job_schedule(j: &serde_json::Value) -> String {
     match j["type"].as_str().unwrap_or("") {
         "interval_based" => {
-            let parts: Vec<String> = ["weeks", "days", "hours", "minutes", "seconds"]
+            let parts: Vec<String> = ["week", "day", "hour", "minute", "second"]
                 .iter()
-                .filter_map(|f| {
-                    j[*f]
+                .filter_map(|unit| {
+                    j[format!("{unit}s")]
                         .as_u64()
                         .filter(|n| *n > 0)
-                        .map(|n| format!("{n} {f}"))
+                        .map(|n| count(n, unit, &format!("{unit}s")))
                 })
                 .collect();
             let times = j["repeats"]
                 .as_u64()
-                .map_or_else(String::new, |n| format!(" ({n} times)"));
-            format!("every {}{times}", parts.join(" "))
+                .map_or_else(String::new, |n| format!(" ({})", count(n, "time", "times")));
+            // `every 1 minute` reads as `every minute`.
+            let every = match parts.as_slice() {
+                [one] => one.strip_prefix("1 ").unwrap_or(one).to_owned(),
+                _ => parts.join(" "),
+            };
+            format!("every {every}{times}")
         }
         "cron_style" => format!(
             "cron {} {}",
@@ -157,13 +162,13 @@ fn print_jobs_answer(action: &JobsAction, d: &serde_json::Value) {
         }
         JobsAction::Status { .. } => match d["leader"].as_str() {
             Some(l) => println!(
-                "{l} leads the scheduler{} ({} jobs)",
+                "{l} leads the scheduler{}: {}",
                 if d["this_server_leads"] == true {
                     " (this server)"
                 } else {
                     ""
                 },
-                d["jobs"]
+                count_of(&d["jobs"], "job", "jobs")
             ),
             None => println!("no server leads the scheduler right now"),
         },
@@ -185,4 +190,34 @@ fn print_run(name: &str, r: &serde_json::Value) {
             .as_str()
             .map_or_else(String::new, |e| format!(": {e}")),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_schedule_reads_as_english() {
+        for (job, want) in [
+            (
+                json!({"type": "interval_based", "minutes": 1}),
+                "every minute",
+            ),
+            (
+                json!({"type": "interval_based", "minutes": 5}),
+                "every 5 minutes",
+            ),
+            (
+                json!({"type": "interval_based", "hours": 1, "minutes": 30, "repeats": 3}),
+                "every 1 hour 30 minutes (3 times)",
+            ),
+            (
+                json!({"type": "interval_based", "days": 2, "seconds": 1, "repeats": 1}),
+                "every 2 days 1 second (1 time)",
+            ),
+            (json!({"type": "one_time"}), "once"),
+        ] {
+            assert_eq!(super::job_schedule(&job), want, "{job}");
+        }
+    }
 }

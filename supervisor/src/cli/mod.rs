@@ -152,7 +152,19 @@ pub fn run(command: Command) -> ExitCode {
 
 /// An admin API subcommand, on a runtime of its own (one thread: one request at a time).
 fn admin(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), CliError>) -> ExitCode {
+    quiet_on_closed_pipe();
     exit(runtime().and_then(|rt| f(&rt)))
+}
+
+/// A client command whose reader went away (`oxbus services | head -3`) ends as any Unix
+/// tool does, by SIGPIPE, instead of panicking in `println!` with a backtrace. Only the
+/// client commands: the server keeps Rust's default of ignoring SIGPIPE.
+#[allow(unsafe_code)]
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler of ours, and this runs before any other thread
+    // of the process exists (the client runtime is built after it).
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// The one-thread runtime a client subcommand runs on.

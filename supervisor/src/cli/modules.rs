@@ -161,10 +161,14 @@ pub fn rollback(
     let answer = call(rt, to, "POST", &path, Vec::new())?;
     print(answer, output, |d| {
         println!(
-            "{module} is back at version {} (config version {}, {} worker(s) acknowledged)",
+            "{module} is back at version {} (config version {}, {} acknowledged)",
             d["module"]["version"],
             d["config_version"],
-            d["workers"].as_array().map_or(0, Vec::len)
+            super::format::count(
+                d["workers"].as_array().map_or(0, Vec::len) as u64,
+                "worker",
+                "workers"
+            )
         )
     });
     Ok(())

@@ -216,7 +216,7 @@ fn server_toml(port: u16, workers: Option<u32>) -> String {
 listen = "127.0.0.1:{port}"
 {workers}python = "python3"        # a venv's bin/python works too
 threads = 8                # concurrent `def handle` calls per worker
-services_dir = "services"
+services_dir = "services"  # *.py here: imported by every worker when it starts (no hot reload)
 log_level = "info"
 
 [workers]
@@ -241,6 +241,11 @@ token_file = "admin.token"   # created with a random token at first start
 
 [pickup]
 dir = "pickup"             # a *.py saved (or git pulled) here is hot-deployed; remove to turn off
+
+# Three ways to load service code: `oxbus deploy FILE.py` (stored in the config store,
+# live on every server, versioned: the usual way), the pickup directory above (the same,
+# by saving a file on the server's machine) and services_dir (imported by each worker at
+# its start, never stored: for code shipped with the server, e.g. in a container image).
 
 # REST channels, the sample module and everything else you change at runtime live in the
 # config store: `oxbus config export --env .` shows them all.
@@ -617,8 +622,13 @@ fn prepare(
         companions.push(child);
         line
     };
+    let oxbus = oxbus_command(std::env::current_exe().ok(), std::env::var_os("PATH"));
+    let env_arg = shell_word(&dir.display().to_string());
+    let cli_lines = format!(
+        "\n  cli:     {oxbus} services --env {env_arg}   (the services; deploy your own: {oxbus} deploy --env {env_arg} my_services.py)\n           {oxbus} cache list --env {env_arg}   (the caches: entries, hits, misses)\n           {oxbus} jobs history demo-visits --env {env_arg}   (a sample job: demo.visits every minute)"
+    );
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: oxbus services --stats)\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s {url}/hello/Ann?greeting=Hi\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: oxbus out list)\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n           echo hello > {files_in}/hello.txt; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/)\n{pubsub_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: {oxbus} services --stats --env {env_arg})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s '{url}/hello/Ann?greeting=Hi'\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: {oxbus} out list --env {env_arg})\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n           echo hello > {files_in}/hello.txt; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/){pubsub_lines}{cli_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -632,6 +642,38 @@ fn prepare(
         listen = s.server.listen,
     );
     Ok((s, banner, companions))
+}
+
+/// How the banner's command lines run this binary: `oxbus` when that name on `path` is this
+/// very program (`exe`), else its full path (e.g. `target/release/oxbus` after `cargo run`),
+/// so that every line works pasted into the shell that started the quickstart.
+fn oxbus_command(exe: Option<std::path::PathBuf>, path: Option<std::ffi::OsString>) -> String {
+    let Some(exe) = exe.and_then(|e| std::fs::canonicalize(e).ok()) else {
+        return "oxbus".into();
+    };
+    let on_path = path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("oxbus"))
+        .find(|c| c.is_file())
+        .and_then(|c| std::fs::canonicalize(c).ok());
+    if on_path.as_deref() == Some(exe.as_path()) {
+        "oxbus".into()
+    } else {
+        shell_word(&exe.display().to_string())
+    }
+}
+
+/// `s` as one shell word: as it is when it needs no quoting, else in single quotes.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// The banner's pub/sub lines: only when the sample's password file is there (a store
@@ -773,6 +815,31 @@ mod tests {
         assert!(dir.join("pickup").is_dir());
         assert!(!ensure_env(&dir, 1, None).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_banner_runs_oxbus_by_name_only_when_the_path_finds_this_binary() {
+        let base = std::env::temp_dir().join(format!("oxbus-qs-bin {}", std::process::id()));
+        let (on, off) = (base.join("on"), base.join("off"));
+        std::fs::create_dir_all(&on).unwrap();
+        std::fs::create_dir_all(&off).unwrap();
+        std::fs::write(on.join("oxbus"), "").unwrap();
+        std::fs::write(off.join("oxbus"), "").unwrap();
+        let path = |dirs: &[&std::path::Path]| Some(std::env::join_paths(dirs).unwrap());
+        // This binary first on PATH: its name is enough.
+        assert_eq!(
+            oxbus_command(Some(on.join("oxbus")), path(&[&on, &off])),
+            "oxbus"
+        );
+        // Not on PATH, or another oxbus first: the full path, quoted for the shell.
+        let full = format!("'{}'", on.join("oxbus").display());
+        assert_eq!(oxbus_command(Some(on.join("oxbus")), path(&[&off])), full);
+        assert_eq!(oxbus_command(Some(on.join("oxbus")), None), full);
+        assert_eq!(
+            oxbus_command(Some(on.join("oxbus")), path(&[&off, &on])),
+            full
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -31,13 +31,13 @@ pub fn command(rt: &Runtime, action: &UserConfigAction) -> Result<(), CliError> 
             let answer = call(rt, to, "PUT", &one(name), body.to_string().into_bytes())?;
             print(answer, *output, |d| {
                 println!(
-                    "user config {name} {} ({} bytes; config version {})",
+                    "user config {name} {} ({}; config version {})",
                     if d["created"] == true {
                         "created"
                     } else {
                         "replaced"
                     },
-                    d["user_config"]["size"],
+                    super::format::count_of(&d["user_config"]["size"], "byte", "bytes"),
                     d["config_version"]
                 )
             });

@@ -104,6 +104,8 @@ fn env_overrides_the_file() {
             ("OXBUS_HTTP_MAX_BODY_BYTES", "1000"),
             ("OXBUS_SERVER_PYTHON", "/opt/venv/bin/python"),
             ("OXBUS_TOKEN", "ignored: not a setting section"),
+            ("OXBUS_URL", "ignored: the CLI's admin API URL"),
+            ("OXBUS_SERVER", "ignored: OXBUS_URL's old name"),
         ],
     )
     .unwrap();
