@@ -43,7 +43,7 @@ import threading
 import types
 
 from ._protocol import encode_json, encode_reply
-from ._loader import add_services, service_info, services_of
+from ._loader import add_services, deploy_warnings, service_info, services_of
 from .service import Service
 
 TYPE_CHECKING = False  # see _protocol.py
@@ -492,7 +492,12 @@ class Deployer:
                     add_services({service: other}, [cls], failures)
                     raise _Refused(422, _duplicate(owner[service], failures[0]))
             if not activate:
-                return {'services': [service_info(cls) for cls in found.values()]}
+                # What the deployer should hear although nothing failed (a class with no
+                # handler, a module with no service): the check's answer only.
+                warnings = [w for name in names
+                            for w in deploy_warnings(importer.modules[name], name)]
+                return {'services': [service_info(cls) for cls in found.values()],
+                        'warnings': warnings}
 
             # -- the switch -------------------------------------------------------------
             if self._worker._loop is None and any(c._oxbus_async for c in found.values()):
@@ -762,7 +767,8 @@ def _synthetic_package(name: str) -> types.ModuleType:
 
 
 def _duplicate(module: str, message: str) -> Dict[str, Any]:
-    return {'error': message, 'module': module, 'traceback': message}
+    # No traceback: there is none, and clients print a traceback beside the error.
+    return {'error': message, 'module': module}
 
 
 def _restore_modules(saved: Dict[str, Any]) -> None:

@@ -155,13 +155,67 @@ def test_check_reports_the_services_and_leaves_nothing_behind(dep):
     status, doc = dep.check(counter(1, 'one'), ('helper', 4, 'VALUE = 1\n'))
     assert status == 200, doc
     assert doc == {'services': [{'name': 'counter', 'module': 'counter', 'class': 'Counter',
-                                 'async': False, 'verbs': []}]}
+                                 'async': False, 'verbs': []}],
+                   'warnings': [{'module': 'helper', 'message': 'module helper defines no '
+                                 'services (no class deriving from oxbus.Service with a '
+                                 'handle method)'}]}
     assert dep.invoke('counter')[0] == 404
     assert dep.probe('counter') == (False, False)
     assert dep.probe('helper') == (False, False)
     # The table is unchanged, and a later activate starts from scratch.
     status, doc = dep.remove()
     assert (status, names(doc)) == (200, ['legacy', 'probe'])
+
+
+def test_check_warns_of_classes_without_a_handler_and_of_modules_without_services(dep):
+    source = '''
+        from oxbus import Service
+
+        class Lower(Service):
+            def handle_get(self):
+                pass
+
+        class Typo(Service):
+            def handel(self):
+                pass
+
+        class Nothing(Service):
+            pass
+
+        class Base(Service):
+            def helper(self):
+                return 1
+
+        class Real(Base):
+            def handle(self):
+                pass
+
+            def handle_post(self):
+                pass
+    '''
+    status, doc = dep.check(('shop', 1, source), ('util', 1, 'X = 1\n'))
+    assert status == 200, doc
+    assert names(doc) == ['shop.real']
+    by_class = {w.get('class'): w for w in doc['warnings']}
+    assert set(by_class) == {'Lower', 'Nothing', 'Real', 'Typo', None}
+    assert 'class shop.Lower defines no handler' in by_class['Lower']['message']
+    assert 'handle_get is not a handler: HTTP verbs are upper case (handle_GET)' in \
+        by_class['Lower']['message']
+    assert 'handel is not a handler: did you mean handle?' in by_class['Typo']['message']
+    assert by_class['Nothing']['message'].endswith('so it is not a service and was not '
+                                                   'deployed')
+    # A service that also has a lower-case verb method: its handle_post never runs.
+    assert by_class['Real']['message'] == ('service shop.real (shop.Real): handle_post is '
+                                           'not a handler: HTTP verbs are upper case '
+                                           '(handle_POST)')
+    assert by_class[None] == {'module': 'util', 'message': 'module util defines no services '
+                              '(no class deriving from oxbus.Service with a handle method)'}
+    assert all(w['module'] in ('shop', 'util') for w in doc['warnings'])
+    # Base (subclassed next to it) is abstract on purpose: no warning.
+    # A module with only handler-less classes gets the class warnings, not one more.
+    status, doc = dep.check(('bases', 1, 'from oxbus import Service\n'
+                                         'class Lonely(Service):\n    pass\n'))
+    assert [w.get('class') for w in doc['warnings']] == ['Lonely']
 
 
 def test_check_of_a_syntax_error_names_module_and_line(dep):
@@ -289,7 +343,11 @@ def test_a_duplicate_service_name_is_refused_and_the_old_version_keeps_serving(d
     status, doc = dep.activate(('copycat', 1, other))
     assert status == 422
     assert doc['module'] == 'copycat'
-    assert "duplicate service name 'counter'" in doc['error']
+    # Once (no traceback that repeats it), naming both classes, and no "(?)" for a module
+    # that has no file.
+    assert doc == {'module': 'copycat', 'error': "duplicate service name 'counter': class "
+                   "counter.Counter and class copycat.Copy both define it; rename one (set "
+                   "its name attribute)"}
     assert dep.probe('copycat') == (False, False)
 
     # Within one call, while replacing the module that owns the name.
@@ -365,7 +423,7 @@ UNTYPED_INFO = {'name': 'untyped', 'module': 'typed', 'class': 'Untyped', 'async
 def test_check_activate_and_remove_report_the_simpleio_declarations(dep):
     status, doc = dep.check(('typed', 1, TYPED))
     assert status == 200, doc
-    assert doc == {'services': [TYPED_INFO, UNTYPED_INFO]}
+    assert doc == {'services': [TYPED_INFO, UNTYPED_INFO], 'warnings': []}
     status, doc = dep.activate(('typed', 1, TYPED))
     assert status == 200, doc
     by_name = {s['name']: s for s in doc['services']}

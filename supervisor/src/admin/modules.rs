@@ -180,9 +180,15 @@ struct DeployRequest {
     /// Believed from the root identity only (`Identity::recorded_as`).
     #[serde(default)]
     deployed_by: Option<String>,
-    /// Leave modules whose source equals the active version alone (no new version).
-    #[serde(default)]
+    /// Leave modules whose source equals the active version alone (no new version), so
+    /// that a rollback after redeploying the same file still means the previous different
+    /// version. The default; `false` stores a new version anyway.
+    #[serde(default = "yes")]
     skip_unchanged: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(serde::Deserialize)]
@@ -227,7 +233,7 @@ async fn deploy(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
                 ),
                 ..super::audit::AuditNote::detail(json!({
                     "config_version": report.config_version,
-                    "unchanged": report.unchanged,
+                    "unchanged": report.unchanged_names(),
                 }))
             }
             .attach(&mut resp);

@@ -105,7 +105,20 @@ impl crate::deploy::watch::Sink for WatchOutput {
                 let ms = doc["total_ms"].as_f64().unwrap_or(0.0);
                 let list = deployed
                     .iter()
-                    .map(|m| format!("{} v{}", m["name"].as_str().unwrap_or(""), m["version"]))
+                    .map(|m| {
+                        let services: Vec<&str> = m["services"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        format!(
+                            "{} v{} [{}]",
+                            m["name"].as_str().unwrap_or(""),
+                            m["version"],
+                            services.join(", ")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut text = format!(
@@ -113,6 +126,12 @@ impl crate::deploy::watch::Sink for WatchOutput {
                     doc["config_version"],
                     workers.len()
                 );
+                for w in doc["warnings"].as_array().into_iter().flatten() {
+                    text.push_str(&format!(
+                        "\n  warning: {}",
+                        w["message"].as_str().unwrap_or("")
+                    ));
+                }
                 for w in workers.iter().filter(|w| w["ok"] != true) {
                     text.push_str(&format!(
                         "\n  worker {} (pid {}) did not switch: {}",
@@ -125,7 +144,7 @@ impl crate::deploy::watch::Sink for WatchOutput {
                     json!({
                         "event": "deployed", "ok": ok, "modules": deployed,
                         "unchanged": unchanged, "config_version": doc["config_version"],
-                        "workers": workers, "ms": ms,
+                        "workers": workers, "ms": ms, "warnings": doc["warnings"],
                     }),
                     text,
                 );

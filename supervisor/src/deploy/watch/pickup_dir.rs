@@ -48,7 +48,7 @@ async fn audit(
             let mut detail = serde_json::json!({
                 "version": m.version,
                 "config_version": r.config_version,
-                "unchanged": r.unchanged,
+                "unchanged": r.unchanged_names(),
             });
             match (previous, &before) {
                 (Some((_, version, _)), _) => detail["previous_version"] = (*version).into(),
@@ -112,11 +112,22 @@ impl Sink for PickupLog {
                 let mut deployed = r
                     .deployed
                     .iter()
-                    .map(|m| format!("{} v{}", m.name, m.version))
+                    .map(|m| {
+                        let services = r
+                            .services
+                            .iter()
+                            .filter(|(_, module)| *module == m.name)
+                            .map(|(s, _)| s.as_str())
+                            .collect::<Vec<_>>();
+                        format!("{} v{} [{}]", m.name, m.version, services.join(", "))
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 if !r.unchanged.is_empty() {
-                    deployed.push_str(&format!(" (unchanged: {})", r.unchanged.join(", ")));
+                    deployed.push_str(&format!(" (unchanged: {})", r.unchanged_names().join(", ")));
+                }
+                for w in &r.warnings {
+                    tracing::warn!(module = %w.module, "pickup: {}", w.message);
                 }
                 audit(&self.deploy, before.ok(), &r).await;
                 let workers = acks_summary(&r.workers);
