@@ -213,8 +213,15 @@ async fn oxbus_deploy_prints_services_warnings_and_unchanged() {
         1,
         "{stderr}"
     );
+    // Each class with the file it was deployed from.
+    let hot = std::path::absolute(&hot).unwrap();
+    let copy = std::path::absolute(&copy).unwrap();
     assert!(
-        stderr.contains("class hot.Hello and class copycat.Again both define it"),
+        stderr.contains(&format!(
+            "class hot.Hello ({}) and class copycat.Again ({}) both define it",
+            hot.display(),
+            copy.display()
+        )),
         "{stderr}"
     );
     assert!(!stderr.contains("(?)"), "{stderr}");
@@ -245,4 +252,128 @@ async fn pickup_logs_the_services_and_the_warnings() {
     })
     .await;
     srv.assert_no_errors(&[]);
+}
+
+/// A module that reads a file beside it and one that fails, for `__file__` and tracebacks.
+const SHOP: &str = r#"import json
+import os
+
+from oxbus import Service
+
+
+class Prices(Service):
+    name = 'shop.prices'
+
+    def handle(self):
+        with open(os.path.join(os.path.dirname(__file__), 'prices.json')) as f:
+            self.response.payload = {'file': __file__, 'prices': json.load(f)}
+
+
+class Boom(Service):
+    name = 'shop.boom'
+
+    def handle(self):
+        raise KeyError('boom-from-the-file')
+"#;
+
+#[tokio::test]
+async fn a_deployed_file_is_its_own_file_name_in_file_and_tracebacks() {
+    deployed_file(Env::new().workers(2).pickup().start().await).await;
+}
+
+#[tokio::test]
+async fn a_deployed_file_is_its_own_file_name_in_file_and_tracebacks_on_postgres() {
+    let (env, _db) = Env::new().workers(2).pickup().postgres_store();
+    deployed_file(env.start().await).await;
+}
+
+async fn deployed_file(srv: Server) {
+    let token = srv.admin_token();
+    let dir = srv.dir.join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shop.py");
+    std::fs::write(&file, SHOP).unwrap();
+    std::fs::write(dir.join("prices.json"), r#"{"tea": 3}"#).unwrap();
+    let origin = std::path::absolute(&file).unwrap();
+    let origin = origin.to_str().unwrap();
+
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stored with the version, and what every worker runs: __file__ works.
+    let m = srv
+        .admin("GET", "/v1/modules/shop", Some(&token), b"")
+        .await
+        .json();
+    assert_eq!(m["origin"], origin);
+    for _ in 0..4 {
+        let r = srv
+            .admin("POST", "/v1/invoke/shop.prices", Some(&token), b"{}")
+            .await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+        assert_eq!(r.json(), json!({"file": origin, "prices": {"tea": 3}}));
+    }
+    // A traceback names the file and shows the deployed line.
+    let r = srv
+        .admin("POST", "/v1/invoke/shop.boom", Some(&token), b"{}")
+        .await;
+    assert_eq!(r.status, 500);
+    let want = format!("File \"{origin}\", line 19, in handle");
+    eventually(WAIT, "the traceback in the log", || async {
+        srv.log().contains(&want).then_some(())
+    })
+    .await;
+    assert!(srv.log().contains("raise KeyError('boom-from-the-file')"));
+    // A restarted server's workers load it under the same name.
+    let srv = srv.restart().await;
+    let r = srv
+        .admin("POST", "/v1/invoke/shop.prices", Some(&token), b"{}")
+        .await;
+    assert_eq!(r.json()["file"], origin, "{}", text(&r));
+
+    // The pickup directory's file is the origin of what it deploys.
+    let picked = srv.pickup_dir().join("picked.py");
+    std::fs::write(srv.pickup_dir().join("prices.json"), r#"{"coffee": 4}"#).unwrap();
+    std::fs::write(&picked, SHOP.replace("shop.", "picked.")).unwrap();
+    let r = eventually(WAIT, "picked deployed", || async {
+        let r = srv
+            .admin("POST", "/v1/invoke/picked.prices", Some(&token), b"{}")
+            .await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let canonical = std::fs::canonicalize(&picked).unwrap();
+    assert_eq!(
+        r.json(),
+        json!({"file": canonical.to_str().unwrap(), "prices": {"coffee": 4}})
+    );
+
+    // The admin API without an origin: the made-up name (no __file__); a relative one: 400.
+    let r = deploy(&srv, &[("bare", "X = __file__\n")]).await;
+    assert_eq!(r.status, 422, "{}", text(&r));
+    assert!(
+        r.json()["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("<oxbus:bare@v0>")
+    );
+    let body = json!({"modules": [{"name": "rel", "source": "X = 1\n", "origin": "rel.py"}]});
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/modules",
+            Some(&token),
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(
+        text(&r).contains("origin must be the absolute path"),
+        "{}",
+        text(&r)
+    );
+    srv.assert_no_errors(&["shop.boom"]);
 }

@@ -94,10 +94,14 @@ class Deploy:
         self.sup = sup
 
     def op(self, op, modules, timeout=10):
-        """modules: [(name, version, source)]; return (status, reply document)."""
-        sources = [textwrap.dedent(src).encode('utf-8') for _n, _v, src in modules]
-        meta = {'op': op, 'modules': [{'name': n, 'version': v, 'size': len(b)}
-                                      for (n, v, _s), b in zip(modules, sources)]}
+        """modules: [(name, version, source[, origin])]; return (status, reply document)."""
+        sources = [textwrap.dedent(m[2]).encode('utf-8') for m in modules]
+        meta = {'op': op, 'modules': []}
+        for m, b in zip(modules, sources):
+            entry = {'name': m[0], 'version': m[1], 'size': len(b)}
+            if len(m) > 3:
+                entry['origin'] = m[3]
+            meta['modules'].append(entry)
         return self.raw(meta, b''.join(sources), timeout)
 
     def raw(self, meta, body=b'', timeout=10):
@@ -533,6 +537,75 @@ def test_a_runtime_traceback_of_a_deployed_module_shows_its_source(dep, sup):
     text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
     assert 'File "<oxbus:boom@v9>", line 8, in handle' in text
     assert "raise KeyError('deployed-boom')" in text
+
+
+def test_a_module_deployed_from_a_file_is_that_file_in_tracebacks_and_file(dep, sup, tmp_path):
+    # The deployer's file: a resource beside it is found through __file__.
+    origin = str(tmp_path / 'shop.py')
+    (tmp_path / 'prices.json').write_text('{"tea": 3}')
+    source = '''
+        import json
+        import os
+
+        from oxbus import Service
+
+        class Prices(Service):
+            name = 'prices'
+
+            def handle(self):
+                with open(os.path.join(os.path.dirname(__file__), 'prices.json')) as f:
+                    self.response.payload = {'file': __file__, 'prices': json.load(f)}
+
+        class Boom(Service):
+            name = 'shop.boom'
+
+            def handle(self):
+                raise KeyError('from-the-file')
+    '''
+    # The file on disk need not hold the deployed source (or exist at all): the lines shown
+    # are the deployed ones.
+    status, doc = dep.check(('shop', 0, source, origin))
+    assert status == 200, doc
+    assert dep.activate(('shop', 4, source, origin))[0] == 200
+    assert dep.invoke('prices') == (200, {'file': origin, 'prices': {'tea': 3}})
+    stream = next(_streams)
+    sup.call(stream, 'shop.boom')
+    logs = []
+    meta, _body = sup.replies(1, others=logs)[stream]
+    assert meta['status'] == 500
+    while not any(kind == P.LOG for kind, *_ in logs):
+        logs.append(sup.recv())
+    text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
+    assert 'File "%s", line 18, in handle' % origin in text
+    assert "raise KeyError('from-the-file')" in text
+    # An import error names the file too.
+    status, doc = dep.check(('shop', 0, 'import os\nraise ValueError("bad")\n', origin))
+    assert status == 422
+    assert 'File "%s", line 2' % origin in doc['traceback']
+    # A duplicate service name names the file of the module that has one.
+    status, doc = dep.check(('other', 0, '''
+        from oxbus import Service
+
+        class Prices(Service):
+            name = 'prices'
+
+            def handle(self):
+                pass
+    '''))
+    assert status == 422
+    assert doc['error'].startswith("duplicate service name 'prices': class shop.Prices (%s) "
+                                   "and class other.Prices both" % origin), doc
+    # Without an origin: the made-up name, and no __file__.
+    assert dep.activate(('shop', 5, source))[0] == 200
+    status, doc = dep.invoke('prices')
+    assert status == 500
+
+
+def test_an_origin_must_be_a_path(dep):
+    for bad in ('', '<oxbus:x@v1>', 7):
+        status, doc = dep.check(('shop', 0, 'X = 1\n', bad))
+        assert status == 400, doc
+        assert doc['error'].startswith('module shop: "origin" must be a file path'), doc
 
 
 def test_a_module_keeps_the_version_of_another_it_imported_until_redeployed_itself(dep):

@@ -18,6 +18,7 @@ pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), 
         target,
         json,
         by: format!("{who} (deploy --watch)"),
+        dir: watcher.dir().to_owned(),
     };
     let stop = async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -44,6 +45,8 @@ struct WatchOutput {
     target: Target,
     json: bool,
     by: String,
+    /// The watched directory (canonical): each module's origin is its file there.
+    dir: std::path::PathBuf,
 }
 
 impl WatchOutput {
@@ -62,7 +65,10 @@ impl crate::deploy::watch::Sink for WatchOutput {
         use serde_json::{Value, json};
         let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
         let body = json!({
-            "modules": modules.iter().map(|(name, source)| json!({"name": name, "source": source})).collect::<Vec<_>>(),
+            "modules": modules.iter().map(|(name, source)| json!({
+                "name": name, "source": source,
+                "origin": crate::deploy::watch::DirWatcher::origin(&self.dir, name),
+            })).collect::<Vec<_>>(),
             "deployed_by": self.by,
             "skip_unchanged": true,
         });

@@ -30,7 +30,13 @@ pub fn deploy(
             path: f.clone(),
             source,
         })?;
-        modules.push(serde_json::json!({"name": name, "source": source}));
+        // Where the file is (absolute): the workers compile the module under this name, so
+        // its tracebacks and __file__ name it (docs/DEPLOY.md).
+        let mut module = serde_json::json!({"name": name, "source": source});
+        if let Ok(path) = std::path::absolute(f) {
+            module["origin"] = path.to_string_lossy().into();
+        }
+        modules.push(module);
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let body = serde_json::json!({"modules": modules, "deployed_by": who});

@@ -107,6 +107,8 @@ pub struct Source<'a> {
     pub name: &'a str,
     pub version: i64,
     pub source: &'a str,
+    /// The file the source came from, when known: the worker compiles it under that name.
+    pub origin: Option<&'a str>,
 }
 
 /// Why a worker refused or failed a `modules.*` call.
@@ -158,7 +160,11 @@ fn modules_call(op: &str, modules: &[Source<'_>]) -> (Value, Vec<u8>) {
         .iter()
         .map(|m| {
             body.extend_from_slice(m.source.as_bytes());
-            json!({"name": m.name, "version": m.version, "size": m.source.len()})
+            let mut entry = json!({"name": m.name, "version": m.version, "size": m.source.len()});
+            if let Some(origin) = m.origin {
+                entry["origin"] = json!(origin);
+            }
+            entry
         })
         .collect();
     (json!({"op": op, "modules": list}), body)
@@ -385,6 +391,7 @@ pub fn sources(modules: &[Module]) -> Vec<Source<'_>> {
             name: &m.name,
             version: m.version,
             source: &m.source,
+            origin: m.origin.as_deref(),
         })
         .collect()
 }
@@ -639,15 +646,18 @@ async fn nothing_to_do(
 /// deadline, holding nothing ([`checked`]); then, one deploy at a time (`deploy_lock`),
 /// store them in one short transaction and activate them in every live worker. With
 /// `skip_unchanged`, a module whose source equals its active version is left alone.
+/// `origins` (name, absolute path) says where modules' sources came from: each one's
+/// version records it and the workers compile it under that file name (docs/DEPLOY.md).
 /// Every deploy (the admin API, the pickup directory) is counted here by its outcome.
 pub async fn deploy(
     cx: &Ctx,
     modules: &[(String, String)],
+    origins: &[(String, String)],
     by: &str,
     skip_unchanged: bool,
 ) -> Result<Report, DeployError> {
     let t0 = Instant::now();
-    let result = deploy_sequence(cx, modules, by, skip_unchanged, t0).await;
+    let result = deploy_sequence(cx, modules, origins, by, skip_unchanged, t0).await;
     if cx.metrics.enabled() {
         cx.metrics
             .deploys
@@ -673,6 +683,7 @@ fn outcome(result: &Result<Report, DeployError>) -> crate::metrics::deploys::Out
 async fn deploy_sequence(
     cx: &Ctx,
     modules: &[(String, String)],
+    origins: &[(String, String)],
     by: &str,
     skip_unchanged: bool,
     t0: Instant,
@@ -726,6 +737,10 @@ async fn deploy_sequence(
             name,
             version: 0,
             source,
+            origin: origins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, o)| o.as_str()),
         })
         .collect();
     let mut pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
@@ -790,7 +805,7 @@ async fn deploy_sequence(
         .collect();
     // Then one short transaction: new versions, one config version, the services' claims
     // (a service another module defines refuses the whole deploy).
-    let change = match cx.store.begin_deploy(&pairs, by).await {
+    let change = match cx.store.begin_deploy_from(&pairs, origins, by).await {
         Ok(mut pending) => match pending.claim_services(&claims).await {
             Ok(()) => pending.commit().await,
             Err(e) => {

@@ -91,6 +91,8 @@ async fn audit(
 /// The server's pickup directory: results go to the log.
 struct PickupLog {
     deploy: Arc<crate::deploy::Ctx>,
+    /// The pickup directory (canonical): each module's origin is its file there.
+    dir: PathBuf,
 }
 
 impl Sink for PickupLog {
@@ -103,7 +105,11 @@ impl Sink for PickupLog {
             .join(", ");
         // The active versions before, for the audit log's digests (without their sources).
         let before = self.deploy.store.active_module_heads().await;
-        match crate::deploy::deploy(&self.deploy, &modules, "pickup", true).await {
+        let origins: Vec<(String, String)> = modules
+            .iter()
+            .map(|(name, _)| (name.clone(), DirWatcher::origin(&self.dir, name)))
+            .collect();
+        match crate::deploy::deploy(&self.deploy, &modules, &origins, "pickup", true).await {
             Ok(r) if r.deployed.is_empty() => {
                 tracing::info!(modules = %names, "pickup: unchanged, nothing to deploy");
                 Outcome::Done
@@ -236,7 +242,8 @@ pub async fn pickup(
             _ = tick.tick() => {}
         }
     }
-    let mut sink = PickupLog { deploy };
+    let dir = watcher.dir().to_owned();
+    let mut sink = PickupLog { deploy, dir };
     if let Err(e) = watcher.run(&mut sink, Timing::default(), stop).await {
         tracing::error!(
             "pickup: {e}; files saved there are no longer deployed (restart the server to watch again)"
