@@ -94,7 +94,7 @@ fn path_conflict(
     cx: &Ctx,
     stored: &[crate::model::channel::Channel],
     channel: &crate::model::channel::Channel,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Refused> {
     let mut others = cx.settings.channels.clone();
     let from_file = others.len();
     others.extend(stored.iter().cloned());
@@ -116,7 +116,7 @@ fn path_conflict(
     } else {
         format!("answers the same requests ({}) as", methods(other))
     };
-    Err(error(
+    Err(Refused::new(
         StatusCode::CONFLICT,
         format!(
             "url_path {} ({}) {what} channel {} (url_path {}{}): change the path or the methods, \
@@ -250,7 +250,7 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
         );
     }
     if let Err(r) = path_conflict(cx, &all, &channel) {
-        return r;
+        return r.answer();
     }
     all.push(channel.clone());
     if let Err(r) = check_table(cx, &all).await {
@@ -343,7 +343,7 @@ async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
         .filter(|c| c.name.as_deref() != Some(name))
         .collect();
     if let Err(r) = path_conflict(cx, &all, &channel) {
-        return r;
+        return r.answer();
     }
     all.push(channel.clone());
     if let Err(r) = check_table(cx, &all).await {
