@@ -95,7 +95,11 @@ pub async fn submit(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     {
         Ok(report) => html! {
             div.flash.ok role="status" id="deploy-result" {
-                "Deployed " (names.join(", ")) " (config version " (report["config_version"]) ")."
+                @if report["modules"].as_array().is_some_and(Vec::is_empty) {
+                    "Nothing deployed: " (names.join(", ")) " equal the active versions (config version " (report["config_version"]) ")."
+                } @else {
+                    "Deployed " (names.join(", ")) " (config version " (report["config_version"]) ")."
+                }
             }
             (modules_list(&report))
             @let warnings = report["warnings"].as_array().cloned().unwrap_or_default();
