@@ -2,7 +2,7 @@
 //! SQLite and on PostgreSQL.
 
 use oxbus_integration::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn env() -> Env {
     Env::new().workers(1).with_test_services()
@@ -116,20 +116,26 @@ async fn channels_cycle(env: Env) {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["item_id"], 7);
 
-    // A clash with a server.toml channel, a duplicate name, and nonsense: 400, nothing changes.
+    // A clash with a server.toml channel and a duplicate name: 409; nonsense: 400; nothing
+    // changes.
     let clash = json!({"name": "clash", "url_path": "/echo", "methods": ["POST"], "service": "x"});
     let before =
         srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
-    for bad in [
-        clash.to_string(),
-        ch.to_string(),
-        "{\"url_path\": \"nope\", \"service\": \"x\"}".into(),
-        "[]".into(),
+    for (bad, status) in [
+        (clash.to_string(), 409),
+        (ch.to_string(), 409),
+        ("{\"url_path\": \"nope\", \"service\": \"x\"}".into(), 400),
+        ("[]".into(), 400),
     ] {
         let r = srv
             .admin("POST", "/v1/channels", Some(&token), bad.as_bytes())
             .await;
-        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            status,
+            "{bad}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     let after =
         srv.admin("GET", "/v1/info", Some(&token), b"").await.json()["config_version"].clone();
@@ -172,7 +178,7 @@ async fn channels_cycle(env: Env) {
         (
             "live",
             json!({"url_path": "/echo", "methods": ["POST"], "service": "x"}),
-            400,
+            409,
         ),
         (
             "live",
@@ -235,4 +241,107 @@ async fn channels_cycle(env: Env) {
     );
     let srv = srv.restart().await;
     assert_eq!(srv.get("/again").await.status, 200);
+}
+
+#[tokio::test]
+async fn channel_conflicts_are_409_in_api_words_and_one_channel_reads_whole() {
+    let srv = env().start().await;
+    let token = srv.admin_token();
+    let post = |doc: Value| {
+        let srv = &srv;
+        let token = token.clone();
+        async move {
+            srv.admin(
+                "POST",
+                "/v1/channels",
+                Some(&token),
+                doc.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let full = json!({
+        "name": "orders", "url_path": "/orders/{id}", "methods": ["GET", "POST"],
+        "service": "test.params", "security": null, "allow_from": ["127.0.0.1/32"],
+        "rate_limit": {"requests": 100, "per_s": 1, "burst": 20},
+        "params_priority": "msg-over-channel-params",
+    });
+    let mut create = full.clone();
+    create.as_object_mut().unwrap().remove("security");
+    let r = post(create.clone()).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json().get("warning").is_none(), "{}", r.json());
+
+    // One channel reads as the list and the create answer it: everything it has.
+    let one = srv
+        .admin("GET", "/v1/channels/orders", Some(&token), b"")
+        .await
+        .json();
+    assert_eq!(one["allow_from"], json!(["127.0.0.1/32"]));
+    assert_eq!(
+        one["rate_limit"],
+        json!({"requests": 100, "per_s": 1, "burst": 20})
+    );
+    assert_eq!(one["params_priority"], "msg-over-channel-params");
+    assert_eq!(one["source"], "store");
+    assert_eq!(one, r.json()["channel"]);
+    let list = srv
+        .admin("GET", "/v1/channels", Some(&token), b"")
+        .await
+        .json();
+    let listed = list["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "orders")
+        .unwrap()
+        .clone();
+    assert_eq!(listed, one);
+
+    // The same path shape and a shared method: 409 naming the other channel and both paths.
+    let r = post(
+        json!({"name": "dup", "url_path": "/orders/{order}", "methods": ["POST"],
+                        "service": "test.echo"}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["error"],
+        "url_path /orders/{order} (POST) answers the same requests (GET, POST) as channel \
+         orders (url_path /orders/{id}): change the path or the methods, or change that channel"
+    );
+    // Against server.toml's channel: said so, without settings-file words.
+    let r = post(json!({"name": "e2", "url_path": "/echo", "service": "test.echo"})).await;
+    assert_eq!(r.status, 409);
+    let e = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(e.contains("/echo") && e.contains("in server.toml"), "{e}");
+    assert!(!e.contains("invalid setting"), "{e}");
+    // Another method on the same path is no conflict.
+    let r = post(
+        json!({"name": "orders-del", "url_path": "/orders/{id}", "methods": ["DELETE"],
+                        "service": "test.echo"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // A name taken: 409.
+    let r = post(json!({"name": "orders", "url_path": "/elsewhere", "service": "test.echo"})).await;
+    assert_eq!(r.status, 409);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("a channel named orders exists already"),
+        "{}",
+        r.json()
+    );
+
+    // A channel for a service nobody deployed: created, with a warning.
+    let r = post(json!({"name": "later", "url_path": "/later", "service": "not.yet"})).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["warning"],
+        "no service named not.yet is deployed: the channel answers 404 until it is"
+    );
+    assert_eq!(srv.get("/later").await.status, 404);
+    srv.assert_no_errors(&[]);
 }

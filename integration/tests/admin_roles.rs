@@ -75,7 +75,10 @@ const MARK_MODULE: &str = "from oxbus import Service\n\nclass Mark(Service):\n  
 /// its first allowed call answers). Written from the API's documentation, independently of
 /// the server's own table. The rows run in this order, each role's after the lesser roles'.
 fn endpoints() -> Vec<(&'static str, &'static str, Value, &'static str, u16)> {
-    let deploy = json!({"modules": [{"name": "rolesmod", "source": MARK_MODULE}]});
+    // Each deploy stores a version (the same source would be left unchanged): the rollback
+    // below needs an earlier one.
+    let deploy =
+        json!({"modules": [{"name": "rolesmod", "source": MARK_MODULE}], "skip_unchanged": false});
     let channel2 = json!({"name": "roles-ch2", "url_path": "/roles2", "methods": ["GET"], "service": "test.echo"});
     let channel = json!({"name": "roles-ch", "url_path": "/roles", "methods": ["GET", "POST"], "service": "test.echo"});
     let basic2 = json!({"name": "roles-basic2", "type": "basic", "username": "u", "password": "p"});
@@ -1040,7 +1043,8 @@ async fn a_named_token_s_changes_are_recorded_under_its_own_name() {
     let root = srv.admin_token();
     let ci = create_token(&srv, &root, "ci", "deployer").await;
     let ops = create_token(&srv, &root, "ops", "admin").await;
-    let deploy = |by: &str| json!({"modules": [{"name": "rolesmod", "source": MARK_MODULE}], "deployed_by": by});
+    // A new version each time (the same source would be left unchanged, its deployer too).
+    let deploy = |by: &str| json!({"modules": [{"name": "rolesmod", "source": MARK_MODULE}], "deployed_by": by, "skip_unchanged": false});
     let deployed_by = || async {
         let doc = call(&srv, &root, "GET", "/v1/modules", &Value::Null)
             .await

@@ -441,7 +441,7 @@ async fn an_import_is_validated_in_full_before_anything_changes() {
         json!({"name": "/echo", "url_path": "/other", "service": "x"}),
     )
     .await;
-    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.status, 409, "{:?}", r.body);
 
     // Nothing of any of it was written.
     assert_eq!(config_version(&srv).await, v);

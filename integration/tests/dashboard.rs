@@ -101,6 +101,11 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     b.click("#deploy-submit").await;
     let result = b.text("#deploy-result").await;
     assert!(result.contains("Deployed dash_hello"), "{result}");
+    let modules = b.text("#deploy-modules").await;
+    assert!(
+        modules.contains("dash_hello version 1: dash.hello"),
+        "each module with its services: {modules}"
+    );
     let per_server = b.text("#deploy-servers").await;
     assert!(
         per_server.contains("1 / 1"),

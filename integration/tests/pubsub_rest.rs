@@ -131,7 +131,8 @@ async fn pubsub_channels_are_checked_and_refuse_strangers() {
             json!({"url_path": "/pubsub/topic/x", "service": "x.y"}),
         )
         .await;
-    assert_eq!(r.status, 400, "{}", text(&r));
+    // A path the pubsub channel answers already: a conflict, named.
+    assert_eq!(r.status, 409, "{}", text(&r));
     assert!(text(&r).contains("pubsub channel's prefix"), "{}", text(&r));
 
     // No endpoint at all: nobody's credentials open the channel without security.

@@ -43,7 +43,7 @@ import threading
 import types
 
 from ._protocol import encode_json, encode_reply
-from ._loader import add_services, service_info, services_of
+from ._loader import add_services, deploy_warnings, service_info, services_of
 from .service import Service
 
 TYPE_CHECKING = False  # see _protocol.py
@@ -77,8 +77,13 @@ class _Refused(Exception):
         self.doc = doc
 
 
-def _filename(name: str, version: Any) -> str:
-    # Shown in tracebacks; angle brackets mark it as not a file, like "<stdin>".
+def _filename(name: str, version: Any, origin: Optional[str] = None) -> str:
+    """The file name a deployed module is compiled under: the file its deployer read
+    (``origin``: ``oxbus deploy``'s file, the pickup directory's), so that tracebacks and
+    ``__file__`` name it; without one, a made-up name in angle brackets (not a file, like
+    ``<stdin>``)."""
+    if origin:
+        return origin
     return '<oxbus:%s@v%s>' % (name, version)
 
 
@@ -86,7 +91,8 @@ class _CallImporter:
     """Meta-path finder and loader for the modules of one check/activate call.
 
     Serves only the call's own names and only while the call runs; each module gets a
-    fresh module object (no ``__file__``; ``__oxbus_version__`` set before its code runs).
+    fresh module object (``__file__`` the file it was deployed from, when the deploy named
+    one, else none; ``__oxbus_version__`` set before its code runs).
     The first module whose execution fails is remembered with a traceback that starts at
     its own code, not in this file or importlib.
     """
@@ -118,8 +124,10 @@ class _CallImporter:
         if entry is None:  # importlib.reload() after the call: the code is gone
             raise ImportError('deployed module %s cannot be reloaded; deploy it again' % name,
                               name=name)
-        code, version, _origin = entry
+        code, version, filename = entry
         module.__oxbus_version__ = version  # type: ignore[attr-defined]
+        if not filename.startswith('<'):  # a real path: resources next to the code work
+            module.__file__ = filename
         self.modules[name] = module
         try:
             exec(code, module.__dict__)
@@ -350,7 +358,7 @@ class Deployer:
 
     def _deploy(self, meta: Dict[str, Any], body: bytes, activate: bool) -> Dict[str, Any]:
         listed = self._parse(meta, body)
-        names = [name for name, _v, _s in listed]
+        names = [entry[0] for entry in listed]
         path_names = _PathNames()
         for name in names:
             self._check_name(name, path_names)
@@ -360,8 +368,8 @@ class Deployer:
         codes: Dict[str, Tuple[Any, Any, str]] = {}
         cache = self._cache
         if cache.directory is not None and \
-                sum(len(source) for _n, _v, source in listed) >= cache.min_bytes:
-            keys = [cache.key(source) for _n, _v, source in listed]
+                sum(len(entry[2]) for entry in listed) >= cache.min_bytes:
+            keys = [cache.key(entry[2]) for entry in listed]
             # A check is of new code (nothing to search for); an activate follows a check
             # of the same sources, or loads a new worker, whose modules may be in several
             # packs.
@@ -371,8 +379,8 @@ class Deployer:
         compiled = False
         saved_lines: Dict[str, Any] = {}
         try:
-            for i, (name, version, source) in enumerate(listed):
-                filename = _filename(name, version)
+            for i, (name, version, source, origin) in enumerate(listed):
+                filename = _filename(name, version, origin)
                 saved_lines[filename] = linecache.cache.get(filename, _MISSING)
                 # mtime None: linecache.checkcache() leaves the entry alone (no file).
                 linecache.cache[filename] = (len(source), None, source.splitlines(True),
@@ -494,7 +502,12 @@ class Deployer:
                     add_services({service: kept_cls}, [cls], failures)
                     raise _Refused(422, _duplicate(owner[service], failures[0]))
             if not activate:
-                return {'services': [service_info(cls) for cls in found.values()]}
+                # What the deployer should hear although nothing failed (a class with no
+                # handler, a module with no service): the check's answer only.
+                warnings = [w for name in names
+                            for w in deploy_warnings(importer.modules[name], name)]
+                return {'services': [service_info(cls) for cls in found.values()],
+                        'warnings': warnings}
 
             # -- the switch -------------------------------------------------------------
             if self._worker._loop is None and any(c._oxbus_async for c in found.values()):
@@ -587,12 +600,14 @@ class Deployer:
 
     # -- validation --------------------------------------------------------------------
 
-    def _parse(self, meta: Dict[str, Any], body: bytes) -> List[Tuple[str, Any, str]]:
-        """(name, version, source) of every listed module; 400 on a malformed call."""
+    def _parse(self, meta: Dict[str, Any], body: bytes
+               ) -> List[Tuple[str, Any, str, Optional[str]]]:
+        """(name, version, source, origin) of every listed module; 400 on a malformed
+        call."""
         listed = meta.get('modules')
         if not isinstance(listed, list):
             raise _Refused(400, {'error': '"modules" must be a list'})
-        result: List[Tuple[str, Any, str]] = []
+        result: List[Tuple[str, Any, str, Optional[str]]] = []
         seen: Set[str] = set()
         offset = 0
         for entry in listed:
@@ -605,6 +620,11 @@ class Deployer:
             if name in seen:
                 raise _Refused(400, {'error': 'module %s is listed twice' % name,
                                      'module': name})
+            origin = entry.get('origin')
+            if origin is not None and (not isinstance(origin, str) or not origin
+                                       or origin.startswith('<')):
+                raise _Refused(400, {'error': 'module %s: "origin" must be a file path, got '
+                                              '%r' % (name, origin), 'module': name})
             seen.add(name)
             chunk = body[offset:offset + size]
             offset += size
@@ -616,7 +636,7 @@ class Deployer:
             except UnicodeDecodeError as e:
                 raise _Refused(422, {'error': 'import failed', 'module': name,
                                      'traceback': 'the source is not UTF-8: %s' % e}) from None
-            result.append((name, entry.get('version'), source))
+            result.append((name, entry.get('version'), source, origin))
         if offset != len(body):
             raise _Refused(400, {'error': 'the body is longer than the module sizes add up to'})
         return result
@@ -764,7 +784,8 @@ def _synthetic_package(name: str) -> types.ModuleType:
 
 
 def _duplicate(module: str, message: str) -> Dict[str, Any]:
-    return {'error': message, 'module': module, 'traceback': message}
+    # No traceback: there is none, and clients print a traceback beside the error.
+    return {'error': message, 'module': module}
 
 
 def _restore_modules(saved: Dict[str, Any]) -> None:

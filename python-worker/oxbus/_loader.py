@@ -21,16 +21,19 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Tuple, Type
 
 __all__ = ['ImportFailed', 'load_services', 'load_services_dir', 'services_of', 'add_services',
-           'service_info']
+           'service_info', 'deploy_warnings']
 
 class ImportFailed(Exception):
     """The services could not be loaded; the message is what the deployer gets to see."""
 
 
 def _describe(cls: type) -> str:
+    """``module.Class``, and the module's file when it has one (a module deployed without
+    an origin path has none: then the module name says it all)."""
     module = sys.modules.get(cls.__module__)
-    return '%s.%s (%s)' % (cls.__module__, cls.__qualname__,
-                           getattr(module, '__file__', None) or '?')
+    filename = getattr(module, '__file__', None)
+    where = '%s.%s' % (cls.__module__, cls.__qualname__)
+    return '%s (%s)' % (where, filename) if filename else where
 
 
 def load_services(services_dir: str) -> Dict[str, Type[Service]]:
@@ -59,7 +62,8 @@ def add_services(services: Dict[str, Type[Service]], found: List[Type[Service]],
     for cls in found:
         other = services.get(cls.name)
         if other is not None and other is not cls:
-            failures.append('duplicate service name %r: %s and %s'
+            failures.append('duplicate service name %r: class %s and class %s both define '
+                            'it; rename one (set its name attribute)'
                             % (cls.name, _describe(other), _describe(cls)))
         services[cls.name] = cls
 
@@ -141,3 +145,68 @@ def service_info(cls: Type[Service]) -> Dict[str, Any]:
     if cls._oxbus_output or cls._oxbus_output_model is not None:
         info['output'] = describe_output(cls)
     return info
+
+
+#: Hook names of Service that look like ``handle`` but are not meant as handlers.
+_NOT_HANDLERS = frozenset(('handle', 'before_handle', 'after_handle'))
+
+#: The verbs a ``handle_<verb>`` written in the wrong case most likely meant (a helper
+#: named ``handle_reply`` is nobody's typo).
+_VERBS = frozenset(('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS'))
+
+
+def _near_misses(cls: type, typos: bool) -> List[str]:
+    """What the class itself defines that looks like a handler but is not one: a
+    ``handle_get`` (an HTTP verb not in upper case) and, with ``typos`` (for a class that
+    has no handler at all), a misspelt or miscased ``handle`` (``handel``, ``Handle``)."""
+    found = []
+    for attr in sorted(vars(cls)):
+        value = vars(cls)[attr]
+        if not callable(value) and not isinstance(value, (staticmethod, classmethod)):
+            continue
+        if attr[:7] == 'handle_':
+            verb = attr[7:]
+            if verb.upper() in _VERBS and not verb.isupper():
+                found.append('%s is not a handler: HTTP verbs are upper case (handle_%s)'
+                             % (attr, verb.upper()))
+        elif typos and attr not in _NOT_HANDLERS and not attr.startswith('_'):
+            import difflib
+            if difflib.SequenceMatcher(None, attr.lower(), 'handle').ratio() >= 0.8:
+                found.append('%s is not a handler: did you mean handle?' % attr)
+    return found
+
+
+def deploy_warnings(module: Any, module_name: str) -> List[Dict[str, str]]:
+    """What a deploy of ``module`` should be told although nothing fails: each Service
+    subclass it defines that has no handler and is not the base of another class of the
+    module (it is then taken as an abstract base and silently not deployed), each method
+    that looks like a handler but is not one, and a module that defines no service at all.
+    One entry per finding: ``{"module", "class"?, "message"}``. Run by a deploy's check,
+    never per request.
+    """
+    classes = [obj for obj in list(vars(module).values())
+               if isinstance(obj, type) and issubclass(obj, Service) and obj is not Service
+               and obj.__module__ == module_name]
+    warnings: List[Dict[str, str]] = []
+    for cls in classes:
+        where = '%s.%s' % (module_name, cls.__qualname__)
+        misses = _near_misses(cls, typos=cls._oxbus_abstract)
+        if cls._oxbus_abstract:
+            if any(other is not cls and issubclass(other, cls) for other in classes):
+                continue  # a base class of services next to it: abstract on purpose
+            message = ('class %s defines no handler (handle, or handle_GET, handle_POST... '
+                       'with an upper-case verb), so it is not a service and was not '
+                       'deployed' % where)
+            if misses:
+                message += ': ' + '; '.join(misses)
+        elif misses:
+            message = 'service %s (%s): %s' % (cls.name, where, '; '.join(misses))
+        else:
+            continue
+        warnings.append({'module': module_name, 'class': cls.__qualname__,
+                         'message': message})
+    if not warnings and not any(not cls._oxbus_abstract for cls in classes):
+        warnings.append({'module': module_name,
+                         'message': 'module %s defines no services (no class deriving from '
+                                    'oxbus.Service with a handle method)' % module_name})
+    return warnings

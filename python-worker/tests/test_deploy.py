@@ -94,10 +94,14 @@ class Deploy:
         self.sup = sup
 
     def op(self, op, modules, timeout=10):
-        """modules: [(name, version, source)]; return (status, reply document)."""
-        sources = [textwrap.dedent(src).encode('utf-8') for _n, _v, src in modules]
-        meta = {'op': op, 'modules': [{'name': n, 'version': v, 'size': len(b)}
-                                      for (n, v, _s), b in zip(modules, sources)]}
+        """modules: [(name, version, source[, origin])]; return (status, reply document)."""
+        sources = [textwrap.dedent(m[2]).encode('utf-8') for m in modules]
+        meta = {'op': op, 'modules': []}
+        for m, b in zip(modules, sources):
+            entry = {'name': m[0], 'version': m[1], 'size': len(b)}
+            if len(m) > 3:
+                entry['origin'] = m[3]
+            meta['modules'].append(entry)
         return self.raw(meta, b''.join(sources), timeout)
 
     def raw(self, meta, body=b'', timeout=10):
@@ -155,13 +159,67 @@ def test_check_reports_the_services_and_leaves_nothing_behind(dep):
     status, doc = dep.check(counter(1, 'one'), ('helper', 4, 'VALUE = 1\n'))
     assert status == 200, doc
     assert doc == {'services': [{'name': 'counter', 'module': 'counter', 'class': 'Counter',
-                                 'async': False, 'verbs': []}]}
+                                 'async': False, 'verbs': []}],
+                   'warnings': [{'module': 'helper', 'message': 'module helper defines no '
+                                 'services (no class deriving from oxbus.Service with a '
+                                 'handle method)'}]}
     assert dep.invoke('counter')[0] == 404
     assert dep.probe('counter') == (False, False)
     assert dep.probe('helper') == (False, False)
     # The table is unchanged, and a later activate starts from scratch.
     status, doc = dep.remove()
     assert (status, names(doc)) == (200, ['legacy', 'probe'])
+
+
+def test_check_warns_of_classes_without_a_handler_and_of_modules_without_services(dep):
+    source = '''
+        from oxbus import Service
+
+        class Lower(Service):
+            def handle_get(self):
+                pass
+
+        class Typo(Service):
+            def handel(self):
+                pass
+
+        class Nothing(Service):
+            pass
+
+        class Base(Service):
+            def helper(self):
+                return 1
+
+        class Real(Base):
+            def handle(self):
+                pass
+
+            def handle_post(self):
+                pass
+    '''
+    status, doc = dep.check(('shop', 1, source), ('util', 1, 'X = 1\n'))
+    assert status == 200, doc
+    assert names(doc) == ['shop.real']
+    by_class = {w.get('class'): w for w in doc['warnings']}
+    assert set(by_class) == {'Lower', 'Nothing', 'Real', 'Typo', None}
+    assert 'class shop.Lower defines no handler' in by_class['Lower']['message']
+    assert 'handle_get is not a handler: HTTP verbs are upper case (handle_GET)' in \
+        by_class['Lower']['message']
+    assert 'handel is not a handler: did you mean handle?' in by_class['Typo']['message']
+    assert by_class['Nothing']['message'].endswith('so it is not a service and was not '
+                                                   'deployed')
+    # A service that also has a lower-case verb method: its handle_post never runs.
+    assert by_class['Real']['message'] == ('service shop.real (shop.Real): handle_post is '
+                                           'not a handler: HTTP verbs are upper case '
+                                           '(handle_POST)')
+    assert by_class[None] == {'module': 'util', 'message': 'module util defines no services '
+                              '(no class deriving from oxbus.Service with a handle method)'}
+    assert all(w['module'] in ('shop', 'util') for w in doc['warnings'])
+    # Base (subclassed next to it) is abstract on purpose: no warning.
+    # A module with only handler-less classes gets the class warnings, not one more.
+    status, doc = dep.check(('bases', 1, 'from oxbus import Service\n'
+                                         'class Lonely(Service):\n    pass\n'))
+    assert [w.get('class') for w in doc['warnings']] == ['Lonely']
 
 
 def test_check_of_a_syntax_error_names_module_and_line(dep):
@@ -289,7 +347,11 @@ def test_a_duplicate_service_name_is_refused_and_the_old_version_keeps_serving(d
     status, doc = dep.activate(('copycat', 1, other))
     assert status == 422
     assert doc['module'] == 'copycat'
-    assert "duplicate service name 'counter'" in doc['error']
+    # Once (no traceback that repeats it), naming both classes, and no "(?)" for a module
+    # that has no file.
+    assert doc == {'module': 'copycat', 'error': "duplicate service name 'counter': class "
+                   "counter.Counter and class copycat.Copy both define it; rename one (set "
+                   "its name attribute)"}
     assert dep.probe('copycat') == (False, False)
 
     # Within one call, while replacing the module that owns the name.
@@ -365,7 +427,7 @@ UNTYPED_INFO = {'name': 'untyped', 'module': 'typed', 'class': 'Untyped', 'async
 def test_check_activate_and_remove_report_the_simpleio_declarations(dep):
     status, doc = dep.check(('typed', 1, TYPED))
     assert status == 200, doc
-    assert doc == {'services': [TYPED_INFO, UNTYPED_INFO]}
+    assert doc == {'services': [TYPED_INFO, UNTYPED_INFO], 'warnings': []}
     status, doc = dep.activate(('typed', 1, TYPED))
     assert status == 200, doc
     by_name = {s['name']: s for s in doc['services']}
@@ -475,6 +537,75 @@ def test_a_runtime_traceback_of_a_deployed_module_shows_its_source(dep, sup):
     text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
     assert 'File "<oxbus:boom@v9>", line 8, in handle' in text
     assert "raise KeyError('deployed-boom')" in text
+
+
+def test_a_module_deployed_from_a_file_is_that_file_in_tracebacks_and_file(dep, sup, tmp_path):
+    # The deployer's file: a resource beside it is found through __file__.
+    origin = str(tmp_path / 'shop.py')
+    (tmp_path / 'prices.json').write_text('{"tea": 3}')
+    source = '''
+        import json
+        import os
+
+        from oxbus import Service
+
+        class Prices(Service):
+            name = 'prices'
+
+            def handle(self):
+                with open(os.path.join(os.path.dirname(__file__), 'prices.json')) as f:
+                    self.response.payload = {'file': __file__, 'prices': json.load(f)}
+
+        class Boom(Service):
+            name = 'shop.boom'
+
+            def handle(self):
+                raise KeyError('from-the-file')
+    '''
+    # The file on disk need not hold the deployed source (or exist at all): the lines shown
+    # are the deployed ones.
+    status, doc = dep.check(('shop', 0, source, origin))
+    assert status == 200, doc
+    assert dep.activate(('shop', 4, source, origin))[0] == 200
+    assert dep.invoke('prices') == (200, {'file': origin, 'prices': {'tea': 3}})
+    stream = next(_streams)
+    sup.call(stream, 'shop.boom')
+    logs = []
+    meta, _body = sup.replies(1, others=logs)[stream]
+    assert meta['status'] == 500
+    while not any(kind == P.LOG for kind, *_ in logs):
+        logs.append(sup.recv())
+    text = ''.join(json.loads(p)['msg'] for kind, _f, _s, p in logs if kind == P.LOG)
+    assert 'File "%s", line 18, in handle' % origin in text
+    assert "raise KeyError('from-the-file')" in text
+    # An import error names the file too.
+    status, doc = dep.check(('shop', 0, 'import os\nraise ValueError("bad")\n', origin))
+    assert status == 422
+    assert 'File "%s", line 2' % origin in doc['traceback']
+    # A duplicate service name names the file of the module that has one.
+    status, doc = dep.check(('other', 0, '''
+        from oxbus import Service
+
+        class Prices(Service):
+            name = 'prices'
+
+            def handle(self):
+                pass
+    '''))
+    assert status == 422
+    assert doc['error'].startswith("duplicate service name 'prices': class shop.Prices (%s) "
+                                   "and class other.Prices both" % origin), doc
+    # Without an origin: the made-up name, and no __file__.
+    assert dep.activate(('shop', 5, source))[0] == 200
+    status, doc = dep.invoke('prices')
+    assert status == 500
+
+
+def test_an_origin_must_be_a_path(dep):
+    for bad in ('', '<oxbus:x@v1>', 7):
+        status, doc = dep.check(('shop', 0, 'X = 1\n', bad))
+        assert status == 400, doc
+        assert doc['error'].startswith('module shop: "origin" must be a file path'), doc
 
 
 def test_a_module_keeps_the_version_of_another_it_imported_until_redeployed_itself(dep):

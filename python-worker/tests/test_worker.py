@@ -196,7 +196,7 @@ def test_invalid_welcome_exits_4(sup):
     ({'a.py': 'from oxbus import Service\nclass X(Service):\n    name = "dup"\n'
               '    def handle(self): pass\n',
       'b.py': 'from oxbus import Service\nclass Y(Service):\n    name = "dup"\n'
-              '    def handle(self): pass\n'}, "duplicate service name 'dup': a.X"),
+              '    def handle(self): pass\n'}, "duplicate service name 'dup': class a.X"),
     ({'json.py': 'x = 1\n'}, "the module name 'json' is already taken"),
 ])
 def test_import_failure_sends_error_and_exits_3(sup, files, expected):

@@ -222,6 +222,36 @@ async fn batched_and_pending_deploys(store: &Store) {
         Err(StoreError::Invalid(m)) if m.contains("listed twice")
     ));
     assert_eq!(store.version().await.unwrap(), 3);
+
+    // Origins (schema 22), in a batch of more than one statement: stored with each version,
+    // read back by every read, none for a module not listed.
+    let origins: Vec<(String, String)> = many
+        .iter()
+        .step_by(3)
+        .map(|(n, _)| (n.clone(), format!("/srv/app/{n}.py")))
+        .collect();
+    let fourth = store
+        .begin_deploy_from(&many, &origins, "bulk")
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(fourth.value[3].origin.as_deref(), Some("/srv/app/m0003.py"));
+    assert_eq!(fourth.value[4].origin, None);
+    let active = store.active_modules().await.unwrap();
+    let by_name = |n: &str| active.iter().find(|m| m.name == n).unwrap().clone();
+    assert_eq!(
+        by_name("m1200").origin.as_deref(),
+        Some("/srv/app/m1200.py")
+    );
+    assert_eq!(by_name("m1201").origin, None);
+    let history = store.module_history("m0003").await.unwrap();
+    assert_eq!(history[0].origin.as_deref(), Some("/srv/app/m0003.py"));
+    assert_eq!(
+        history[1].origin, None,
+        "an earlier version keeps its own (none)"
+    );
 }
 
 async fn channels_crud(store: &Store) {

@@ -264,7 +264,17 @@ pub async fn edit(app: &Arc<App>, r: &Req, s: &Arc<Session>, name: &str) -> Resp
         .send("PUT", &format!("/v1/channels/{}", enc(name)), &doc)
         .await
     {
-        Ok(_) => back(s, "/channels", Ok(format!("Channel {name} saved."))),
+        Ok(c) => back(
+            s,
+            "/channels",
+            Ok(format!(
+                "Channel {name} saved.{}",
+                c["warning"]
+                    .as_str()
+                    .map(|w| format!(" Warning: {w}."))
+                    .unwrap_or_default()
+            )),
+        ),
         Err(e) => refused(e.message, security_names(app, s).await),
     }
 }
@@ -386,11 +396,15 @@ pub async fn create(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
             s,
             "/channels",
             Ok(format!(
-                "Channel {} created.",
-                c["name"]
+                "Channel {} created.{}",
+                c["channel"]["name"]
                     .as_str()
                     .or(doc["url_path"].as_str())
-                    .unwrap_or("")
+                    .unwrap_or(""),
+                c["warning"]
+                    .as_str()
+                    .map(|w| format!(" Warning: {w}."))
+                    .unwrap_or_default()
             )),
         ),
         Err(e) => refused(e.message, security_names(app, s).await),

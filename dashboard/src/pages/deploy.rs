@@ -95,7 +95,19 @@ pub async fn submit(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
     {
         Ok(report) => html! {
             div.flash.ok role="status" id="deploy-result" {
-                "Deployed " (names.join(", ")) " (config version " (report["config_version"]) ")."
+                @if report["modules"].as_array().is_some_and(Vec::is_empty) {
+                    "Nothing deployed: " (names.join(", ")) " equal the active versions (config version " (report["config_version"]) ")."
+                } @else {
+                    "Deployed " (names.join(", ")) " (config version " (report["config_version"]) ")."
+                }
+            }
+            (modules_list(&report))
+            @let warnings = report["warnings"].as_array().cloned().unwrap_or_default();
+            @if !warnings.is_empty() {
+                div.flash.warning role="alert" id="deploy-warnings" {
+                    p { "Deployed, but look at these:" }
+                    ul { @for w in &warnings { li { (w["message"].as_str().unwrap_or("")) } } }
+                }
             }
             (per_server(&report))
             details { summary { "The servers' whole report" } pre { code { (pretty(&report)) } } }
@@ -112,11 +124,47 @@ pub async fn submit(app: &Arc<App>, r: &Req, s: &Arc<Session>) -> Resp {
                     "Not deployed: " (e.to_string())
                 }
                 @if let Some(tb) = tb { pre { code { (tb) } } }
-                @else if let Some(d) = &e.doc { pre { code { (pretty(d)) } } }
+                @else if let Some(d) = e.doc.as_ref().filter(|d| has_more_than_error(d)) {
+                    pre { code { (pretty(d)) } }
+                }
             }
         }
     };
     render(outcome)
+}
+
+/// Whether an error document says more than its `error` (and `module`), which the flash
+/// already shows: a duplicate service name is one sentence, shown once.
+fn has_more_than_error(doc: &Value) -> bool {
+    doc.as_object()
+        .is_some_and(|o| o.keys().any(|k| k != "error" && k != "module"))
+}
+
+/// Each module the deploy stored (version, services) and each it left unchanged.
+fn modules_list(report: &Value) -> maud::Markup {
+    let services = |m: &Value| {
+        let names: Vec<&str> = m["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if names.is_empty() {
+            "no services".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    html! {
+        ul id="deploy-modules" {
+            @for m in report["modules"].as_array().into_iter().flatten() {
+                li { (m["name"].as_str().unwrap_or("")) " version " (m["version"]) ": " (services(m)) }
+            }
+            @for m in report["unchanged_modules"].as_array().into_iter().flatten() {
+                li { (m["name"].as_str().unwrap_or("")) " unchanged at version " (m["version"]) " (same source): " (services(m)) }
+            }
+        }
+    }
 }
 
 /// One server's workers' acknowledgements: (acknowledged, workers, slowest ms, errors).
@@ -187,6 +235,31 @@ fn per_server(report: &Value) -> maud::Markup {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_document_is_shown_whole_only_when_it_says_more() {
+        use serde_json::json;
+        assert!(!super::has_more_than_error(
+            &json!({"error": "duplicate service name", "module": "m"})
+        ));
+        assert!(super::has_more_than_error(
+            &json!({"error": "import failed", "module": "m", "timeout_ms": 5})
+        ));
+    }
+
+    #[test]
+    fn the_modules_list_names_services_and_unchanged_modules() {
+        let report = serde_json::json!({
+            "modules": [{"name": "crm", "version": 3, "services": ["crm.get", "crm.put"]}],
+            "unchanged_modules": [{"name": "util", "version": 1, "services": []}],
+        });
+        let html = super::modules_list(&report).into_string();
+        assert!(html.contains("crm version 3: crm.get, crm.put"), "{html}");
+        assert!(
+            html.contains("util unchanged at version 1 (same source): no services"),
+            "{html}"
+        );
+    }
+
     #[test]
     fn module_names_come_from_file_names() {
         assert_eq!(super::module_name("crm.py").unwrap(), "crm");

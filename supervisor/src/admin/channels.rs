@@ -82,6 +82,81 @@ async fn check_table(
         .map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
+/// A channel's name as the API addresses it (an unnamed one is named by its path).
+fn name_of(c: &crate::model::channel::Channel) -> &str {
+    c.name.as_deref().unwrap_or(&c.url_path)
+}
+
+/// 409 when `channel` would answer requests one of `others` (server.toml's channels, then
+/// the stored ones, as the routing table holds them) answers, naming that channel and both
+/// paths in the API's words.
+fn path_conflict(
+    cx: &Ctx,
+    stored: &[crate::model::channel::Channel],
+    channel: &crate::model::channel::Channel,
+) -> Result<(), Refused> {
+    let mut others = cx.settings.channels.clone();
+    let from_file = others.len();
+    others.extend(stored.iter().cloned());
+    let Some(i) = crate::model::channel::conflicting(&others, channel) else {
+        return Ok(());
+    };
+    let other = &others[i];
+    let methods = |c: &crate::model::channel::Channel| {
+        if c.methods.is_empty() {
+            "any method".to_owned()
+        } else {
+            c.methods.join(", ")
+        }
+    };
+    let what = if other.channel_type == crate::model::channel::ChannelType::Pubsub
+        || channel.channel_type == crate::model::channel::ChannelType::Pubsub
+    {
+        "overlaps the pubsub channel's prefix of".to_owned()
+    } else {
+        format!("answers the same requests ({}) as", methods(other))
+    };
+    Err(Refused::new(
+        StatusCode::CONFLICT,
+        format!(
+            "url_path {} ({}) {what} channel {} (url_path {}{}): change the path or the methods, \
+             or change that channel",
+            channel.url_path,
+            methods(channel),
+            name_of(other),
+            other.url_path,
+            if i < from_file {
+                ", in server.toml"
+            } else {
+                ""
+            },
+        ),
+    ))
+}
+
+/// A warning when the services a channel runs are not deployed (a channel may come before
+/// its service: deploy order must not matter), as a job's answer has one.
+fn service_warning(cx: &Ctx, c: &crate::model::channel::Channel) -> Option<String> {
+    let mut names: Vec<&str> = c.services.iter().map(String::as_str).collect();
+    if !c.service.is_empty() {
+        names.insert(0, &c.service);
+    }
+    let missing: Vec<&str> = names
+        .into_iter()
+        .filter(|n| super::jobs::service_warning(cx, n).is_some())
+        .collect();
+    match missing.as_slice() {
+        [] => None,
+        [one] => Some(format!(
+            "no service named {one} is deployed: the channel answers 404 until it is"
+        )),
+        many => Some(format!(
+            "no services named {} are deployed: calls of them fail until they are",
+            many.join(", ")
+        )),
+    }
+}
+
 /// Whether server.toml has a channel of that name (an unnamed one is named by its path).
 fn file_channel_named(cx: &Ctx, name: &str) -> bool {
     cx.settings
@@ -90,12 +165,22 @@ fn file_channel_named(cx: &Ctx, name: &str) -> bool {
         .any(|c| c.name.as_deref().unwrap_or(&c.url_path) == name)
 }
 
+/// A channel as the API answers it (the list, one channel, a create or update): everything
+/// it has, as an export writes it (security, allow list, rate limit, parameter priority…),
+/// with `type`, `methods`, `service` and `data_format` always present and `source` (where
+/// it is defined: `server.toml` or `store`).
 fn channel_json(c: &crate::model::channel::Channel, source: &str) -> Value {
-    let mut j = json!({
-        "name": c.name, "type": c.channel_type.as_str(), "url_path": c.url_path,
-        "methods": c.methods, "service": c.service,
-        "data_format": c.data_format.as_str(), "source": source,
-    });
+    let mut j = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
+    for (key, value) in [
+        ("name", json!(c.name)),
+        ("type", json!(c.channel_type.as_str())),
+        ("methods", json!(c.methods)),
+        ("service", json!(c.service)),
+        ("data_format", json!(c.data_format.as_str())),
+        ("source", json!(source)),
+    ] {
+        j[key] = value;
+    }
     match c.channel_type {
         crate::model::channel::ChannelType::JsonRpc => j["services"] = json!(c.services),
         // Every setting, the defaults filled in.
@@ -144,8 +229,8 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
     let name = channel.name.as_deref().unwrap_or(&channel.url_path);
     if file_channel_named(cx, name) {
         return error(
-            StatusCode::BAD_REQUEST,
-            format!("a channel named {name} is defined in server.toml"),
+            StatusCode::CONFLICT,
+            format!("a channel named {name} exists already, in server.toml: choose another name"),
         );
     }
     // The file's channels count too (the routing table adds them): the new one must route
@@ -154,6 +239,18 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
     match cx.store.channels().await {
         Ok(c) => all.extend(c),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    if all.iter().any(|c| name_of(c) == name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "a channel named {name} exists already: choose another name, or change it with \
+                 PUT /v1/channels/{name}"
+            ),
+        );
+    }
+    if let Err(r) = path_conflict(cx, &all, &channel) {
+        return r.answer();
     }
     all.push(channel.clone());
     if let Err(r) = check_table(cx, &all).await {
@@ -168,10 +265,11 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
         return r;
     }
     info!(channel = ?change.value.name, url_path = %change.value.url_path, "channel created");
-    let mut resp = reply(
-        StatusCode::CREATED,
-        json!({"config_version": change.config_version, "channel": channel_json(&change.value, "store")}),
-    );
+    let mut answer = json!({"config_version": change.config_version, "channel": channel_json(&change.value, "store")});
+    if let Some(w) = service_warning(cx, &change.value) {
+        answer["warning"] = json!(w);
+    }
+    let mut resp = reply(StatusCode::CREATED, answer);
     // The audit row is this channel's only (the store names it: its name or URL path).
     super::audit::AuditNote {
         name: change.value.name.clone(),
@@ -244,6 +342,9 @@ async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
         .into_iter()
         .filter(|c| c.name.as_deref() != Some(name))
         .collect();
+    if let Err(r) = path_conflict(cx, &all, &channel) {
+        return r.answer();
+    }
     all.push(channel.clone());
     if let Err(r) = check_table(cx, &all).await {
         return r;
@@ -261,10 +362,11 @@ async fn update_channel(cx: &Ctx, name: &str, body: Bytes) -> Response<Body> {
         return r;
     }
     info!(channel = name, url_path = %channel.url_path, "channel updated");
-    reply(
-        StatusCode::OK,
-        json!({"config_version": change.config_version, "channel": channel_json(&channel, "store")}),
-    )
+    let mut answer = json!({"config_version": change.config_version, "channel": channel_json(&channel, "store")});
+    if let Some(w) = service_warning(cx, &channel) {
+        answer["warning"] = json!(w);
+    }
+    reply(StatusCode::OK, answer)
 }
 
 /// DELETE /v1/channels/{name}

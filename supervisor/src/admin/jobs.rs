@@ -122,7 +122,7 @@ impl super::objects::AdminObject for JobDef {
 
 /// A job may name a service no worker runs yet (deploy order must not matter); the answer
 /// says so. `None` when a ready worker runs it, or when no worker is ready to tell.
-fn service_warning(cx: &Ctx, service: &str) -> Option<String> {
+pub(super) fn service_warning(cx: &Ctx, service: &str) -> Option<String> {
     let workers = cx.pool.all();
     let ready: Vec<_> = workers
         .iter()

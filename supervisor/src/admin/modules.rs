@@ -113,6 +113,7 @@ async fn modules(cx: &Ctx) -> Response<Body> {
             json!({"modules": mods.iter().map(|m| json!({
                 "name": m.name, "version": m.version, "source_hash": m.source_hash,
                 "deployed_by": m.deployed_by, "deployed_at_ms": m.deployed_at,
+                "origin": m.origin,
             })).collect::<Vec<_>>()}),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -135,7 +136,7 @@ async fn versions(cx: &Ctx, name: &str, one: Option<i64>) -> Response<Body> {
     let doc = |m: &crate::store::Module| {
         json!({
             "version": m.version, "active": m.active, "source_hash": m.source_hash,
-            "deployed_by": m.deployed_by, "deployed_at_ms": m.deployed_at,
+            "deployed_by": m.deployed_by, "deployed_at_ms": m.deployed_at, "origin": m.origin,
         })
     };
     match one {
@@ -163,7 +164,7 @@ async fn module_source(cx: &Ctx, name: &str) -> Response<Body> {
         Ok(mods) => match mods.into_iter().find(|m| m.name == name) {
             Some(m) => reply(
                 StatusCode::OK,
-                json!({"name": m.name, "version": m.version, "source_hash": m.source_hash, "source": m.source}),
+                json!({"name": m.name, "version": m.version, "source_hash": m.source_hash, "origin": m.origin, "source": m.source}),
             ),
             None => error(
                 StatusCode::NOT_FOUND,
@@ -180,15 +181,44 @@ struct DeployRequest {
     /// Believed from the root identity only (`Identity::recorded_as`).
     #[serde(default)]
     deployed_by: Option<String>,
-    /// Leave modules whose source equals the active version alone (no new version).
-    #[serde(default)]
+    /// Leave modules whose source equals the active version alone (no new version), so
+    /// that a rollback after redeploying the same file still means the previous different
+    /// version. The default; `false` stores a new version anyway.
+    #[serde(default = "yes")]
     skip_unchanged: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(serde::Deserialize)]
 struct DeployModule {
     name: String,
     source: String,
+    /// The absolute path of the file the source came from (on the deployer's machine):
+    /// the workers compile the module under that name and set its `__file__`.
+    #[serde(default)]
+    origin: Option<String>,
+}
+
+/// The longest origin path taken (Linux's PATH_MAX).
+const MAX_ORIGIN: usize = 4096;
+
+/// An origin must be an absolute path (POSIX or Windows), on one line, of sane length.
+fn check_origin(module: &str, origin: &str) -> Result<(), String> {
+    let absolute = origin.starts_with('/')
+        || origin.starts_with("\\\\")
+        || (origin.len() > 2
+            && origin.as_bytes()[0].is_ascii_alphabetic()
+            && &origin.as_bytes()[1..3] == b":\\");
+    if !absolute || origin.len() > MAX_ORIGIN || origin.chars().any(char::is_control) {
+        return Err(format!(
+            "module {module}: origin must be the absolute path of the module's file (at most \
+             {MAX_ORIGIN} bytes, no control characters), got {origin:.100?}"
+        ));
+    }
+    Ok(())
 }
 
 /// POST /v1/modules: check in one worker, store, activate everywhere; a report back. Recorded
@@ -203,13 +233,22 @@ async fn deploy(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
             );
         }
     };
+    let mut origins = Vec::new();
+    for m in &req.modules {
+        if let Some(origin) = &m.origin {
+            if let Err(e) = check_origin(&m.name, origin) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            origins.push((m.name.clone(), origin.clone()));
+        }
+    }
     let pairs: Vec<(String, String)> = req
         .modules
         .into_iter()
         .map(|m| (m.name, m.source))
         .collect();
     let by = who.recorded_as(req.deployed_by.as_deref(), "admin-api");
-    match crate::deploy::deploy(&cx.deploy, &pairs, by, req.skip_unchanged).await {
+    match crate::deploy::deploy(&cx.deploy, &pairs, &origins, by, req.skip_unchanged).await {
         Ok(report) => {
             let status = if report.all_ok() {
                 StatusCode::OK
@@ -227,7 +266,7 @@ async fn deploy(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
                 ),
                 ..super::audit::AuditNote::detail(json!({
                     "config_version": report.config_version,
-                    "unchanged": report.unchanged,
+                    "unchanged": report.unchanged_names(),
                 }))
             }
             .attach(&mut resp);
@@ -291,4 +330,26 @@ async fn rollback(cx: &Ctx, name: &str) -> Response<Body> {
             "workers": acks,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_origin_is_an_absolute_path() {
+        for ok in [
+            "/srv/app/crm.py",
+            "C:\\src\\crm.py",
+            "\\\\host\\share\\crm.py",
+        ] {
+            assert!(super::check_origin("crm", ok).is_ok(), "{ok}");
+        }
+        for bad in ["crm.py", "./crm.py", "", "/a\nb.py", "C:crm.py"] {
+            let e = super::check_origin("crm", bad).unwrap_err();
+            assert!(
+                e.starts_with("module crm: origin must be the absolute path"),
+                "{e}"
+            );
+        }
+        assert!(super::check_origin("crm", &format!("/{}", "a".repeat(5000))).is_err());
+    }
 }

@@ -18,6 +18,7 @@ pub async fn deploy_watch(target: Target, dir: &Path, json: bool) -> Result<(), 
         target,
         json,
         by: format!("{who} (deploy --watch)"),
+        dir: watcher.dir().to_owned(),
     };
     let stop = async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -44,6 +45,8 @@ struct WatchOutput {
     target: Target,
     json: bool,
     by: String,
+    /// The watched directory (canonical): each module's origin is its file there.
+    dir: std::path::PathBuf,
 }
 
 impl WatchOutput {
@@ -62,7 +65,10 @@ impl crate::deploy::watch::Sink for WatchOutput {
         use serde_json::{Value, json};
         let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
         let body = json!({
-            "modules": modules.iter().map(|(name, source)| json!({"name": name, "source": source})).collect::<Vec<_>>(),
+            "modules": modules.iter().map(|(name, source)| json!({
+                "name": name, "source": source,
+                "origin": crate::deploy::watch::DirWatcher::origin(&self.dir, name),
+            })).collect::<Vec<_>>(),
             "deployed_by": self.by,
             "skip_unchanged": true,
         });
@@ -105,7 +111,20 @@ impl crate::deploy::watch::Sink for WatchOutput {
                 let ms = doc["total_ms"].as_f64().unwrap_or(0.0);
                 let list = deployed
                     .iter()
-                    .map(|m| format!("{} v{}", m["name"].as_str().unwrap_or(""), m["version"]))
+                    .map(|m| {
+                        let services: Vec<&str> = m["services"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        format!(
+                            "{} v{} [{}]",
+                            m["name"].as_str().unwrap_or(""),
+                            m["version"],
+                            services.join(", ")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut text = format!(
@@ -113,6 +132,12 @@ impl crate::deploy::watch::Sink for WatchOutput {
                     doc["config_version"],
                     super::format::count(workers.len() as u64, "worker", "workers")
                 );
+                for w in doc["warnings"].as_array().into_iter().flatten() {
+                    text.push_str(&format!(
+                        "\n  warning: {}",
+                        w["message"].as_str().unwrap_or("")
+                    ));
+                }
                 for w in workers.iter().filter(|w| w["ok"] != true) {
                     text.push_str(&format!(
                         "\n  worker {} (pid {}) did not switch: {}",
@@ -125,7 +150,7 @@ impl crate::deploy::watch::Sink for WatchOutput {
                     json!({
                         "event": "deployed", "ok": ok, "modules": deployed,
                         "unchanged": unchanged, "config_version": doc["config_version"],
-                        "workers": workers, "ms": ms,
+                        "workers": workers, "ms": ms, "warnings": doc["warnings"],
                     }),
                     text,
                 );

@@ -30,7 +30,13 @@ pub fn deploy(
             path: f.clone(),
             source,
         })?;
-        modules.push(serde_json::json!({"name": name, "source": source}));
+        // Where the file is (absolute): the workers compile the module under this name, so
+        // its tracebacks and __file__ name it (docs/DEPLOY.md).
+        let mut module = serde_json::json!({"name": name, "source": source});
+        if let Ok(path) = std::path::absolute(f) {
+            module["origin"] = path.to_string_lossy().into();
+        }
+        modules.push(module);
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let body = serde_json::json!({"modules": modules, "deployed_by": who});
@@ -39,16 +45,51 @@ pub fn deploy(
     Ok(())
 }
 
-/// `deploy`'s text: each module's new version, then each server's acknowledgement.
+/// A module's services for `deploy`'s text: `services: a, b`, or that it has none.
+fn services_line(services: &serde_json::Value) -> String {
+    let names: Vec<&str> = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    if names.is_empty() {
+        "no services".to_owned()
+    } else {
+        format!("services: {}", names.join(", "))
+    }
+}
+
+/// `deploy`'s text: each module's new version and services, the modules left unchanged,
+/// the check's warnings (on standard error), then each server's acknowledgement.
 fn print_deployed(d: &serde_json::Value) {
     for m in d["modules"].as_array().into_iter().flatten() {
         println!(
-            "deployed {} version {} ({})",
+            "deployed {} version {} ({}); {}",
             m["name"].as_str().unwrap_or(""),
             m["version"],
             &m["source_hash"].as_str().unwrap_or("")
-                [..12.min(m["source_hash"].as_str().unwrap_or("").len())]
+                [..12.min(m["source_hash"].as_str().unwrap_or("").len())],
+            services_line(&m["services"])
         );
+    }
+    for m in d["unchanged_modules"].as_array().into_iter().flatten() {
+        println!(
+            "unchanged {} version {} (the active version has this source: no new version); {}",
+            m["name"].as_str().unwrap_or(""),
+            m["version"],
+            services_line(&m["services"])
+        );
+    }
+    for w in d["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w["message"].as_str().unwrap_or(""));
+    }
+    if d["modules"].as_array().is_some_and(Vec::is_empty) {
+        println!(
+            "nothing deployed: every module is unchanged (config version {})",
+            d["config_version"]
+        );
+        return;
     }
     // The server deployed through first, then the peers that answered over the bus.
     if let Some(through) = d["server"].as_str() {

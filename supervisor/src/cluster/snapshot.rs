@@ -188,6 +188,7 @@ mod tests {
                 deployed_by: "t".into(),
                 deployed_at: 2,
                 active: true,
+                origin: Some("/srv/m.py".into()),
             }],
             secrets: vec![SealedSecret {
                 name: "s".into(),

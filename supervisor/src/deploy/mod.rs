@@ -107,6 +107,8 @@ pub struct Source<'a> {
     pub name: &'a str,
     pub version: i64,
     pub source: &'a str,
+    /// The file the source came from, when known: the worker compiles it under that name.
+    pub origin: Option<&'a str>,
 }
 
 /// Why a worker refused or failed a `modules.*` call.
@@ -129,6 +131,27 @@ pub enum CallError {
 #[derive(Deserialize)]
 struct Table {
     services: Vec<ServiceInfo>,
+    /// A check's findings that refuse nothing (`modules.check` only).
+    #[serde(default)]
+    warnings: Vec<Warning>,
+}
+
+/// Something a deploy's check found that refuses nothing but the deployer should hear: a
+/// class deriving from `Service` with no handler (so not a service), a method that looks
+/// like a handler and is not, a module that defines no service (`_loader.deploy_warnings`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Warning {
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    pub message: String,
+}
+
+/// What a check found: the services of the checked modules, and its warnings.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    pub services: Vec<ServiceInfo>,
+    pub warnings: Vec<Warning>,
 }
 
 fn modules_call(op: &str, modules: &[Source<'_>]) -> (Value, Vec<u8>) {
@@ -137,7 +160,11 @@ fn modules_call(op: &str, modules: &[Source<'_>]) -> (Value, Vec<u8>) {
         .iter()
         .map(|m| {
             body.extend_from_slice(m.source.as_bytes());
-            json!({"name": m.name, "version": m.version, "size": m.source.len()})
+            let mut entry = json!({"name": m.name, "version": m.version, "size": m.source.len()});
+            if let Some(origin) = m.origin {
+                entry["origin"] = json!(origin);
+            }
+            entry
         })
         .collect();
     (json!({"op": op, "modules": list}), body)
@@ -149,7 +176,7 @@ async fn call(
     meta: &Value,
     body: &[u8],
     deadline: Instant,
-) -> Result<Vec<ServiceInfo>, CallError> {
+) -> Result<Table, CallError> {
     let waited = deadline.saturating_duration_since(Instant::now());
     let reply = pool
         .call_worker(w, meta, body, deadline)
@@ -167,19 +194,22 @@ async fn call(
         return Err(CallError::Refused(doc));
     }
     serde_json::from_value::<Table>(doc)
-        .map(|t| t.services)
         .map_err(|e| CallError::Unreachable(format!("unreadable service table: {e}")))
 }
 
-/// Imports `modules` in `w` without keeping anything; returns their services.
+/// Imports `modules` in `w` without keeping anything; returns their services and warnings.
 pub async fn check(
     pool: &Pool,
     w: &Arc<Worker>,
     modules: &[Source<'_>],
     deadline: Instant,
-) -> Result<Vec<ServiceInfo>, CallError> {
+) -> Result<Checked, CallError> {
     let (meta, body) = modules_call("modules.check", modules);
-    call(pool, w, &meta, &body, deadline).await
+    let table = call(pool, w, &meta, &body, deadline).await?;
+    Ok(Checked {
+        services: table.services,
+        warnings: table.warnings,
+    })
 }
 
 /// Marks a worker as running a deploy's check until dropped ([`Pool::checking`]).
@@ -202,7 +232,7 @@ impl Drop for Checking<'_> {
 /// transaction and no `deploy_lock` (see the module docs); returns their services. A worker
 /// that does not answer in time is replaced as a stuck one is; one that dies meanwhile is
 /// replaced by the supervisor as any crashed worker is; both refuse the deploy.
-pub async fn checked(cx: &Ctx, modules: &[Source<'_>]) -> Result<Vec<ServiceInfo>, DeployError> {
+pub async fn checked(cx: &Ctx, modules: &[Source<'_>]) -> Result<Checked, DeployError> {
     let pool = &cx.pool;
     let timeout = pool.import_timeout;
     let ms = timeout.as_millis();
@@ -236,7 +266,7 @@ pub async fn checked(cx: &Ctx, modules: &[Source<'_>]) -> Result<Vec<ServiceInfo
     let result = check(pool, &w, modules, deadline).await;
     drop(checking);
     match result {
-        Ok(services) => Ok(services),
+        Ok(checked) => Ok(checked),
         Err(CallError::Refused(doc)) => Err(DeployError::Refused(doc)),
         Err(CallError::Timeout(_)) => {
             pool.replace_worker(&w, "a deploy's check passed deploy.check_timeout_ms");
@@ -275,7 +305,7 @@ pub async fn activate(
     deadline: Instant,
 ) -> Result<Vec<ServiceInfo>, CallError> {
     let (meta, body) = modules_call("modules.activate", modules);
-    let table = call(pool, w, &meta, &body, deadline).await?;
+    let table = call(pool, w, &meta, &body, deadline).await?.services;
     *w.services.lock().expect("services lock") = table.clone();
     Ok(table)
 }
@@ -288,7 +318,7 @@ pub async fn remove(
     deadline: Instant,
 ) -> Result<(), CallError> {
     let meta = json!({"op": "modules.remove", "modules": names});
-    let table = call(pool, w, &meta, b"", deadline).await?;
+    let table = call(pool, w, &meta, b"", deadline).await?.services;
     *w.services.lock().expect("services lock") = table;
     Ok(())
 }
@@ -361,6 +391,7 @@ pub fn sources(modules: &[Module]) -> Vec<Source<'_>> {
             name: &m.name,
             version: m.version,
             source: &m.source,
+            origin: m.origin.as_deref(),
         })
         .collect()
 }
@@ -475,9 +506,11 @@ pub struct Report {
     /// The new versions stored and activated.
     pub deployed: Vec<Module>,
     /// Modules left alone because their source equals the active version.
-    pub unchanged: Vec<String>,
-    /// Services the deployed modules define.
-    pub services: Vec<String>,
+    pub unchanged: Vec<Unchanged>,
+    /// Services the deployed modules define: (service, module).
+    pub services: Vec<(String, String)>,
+    /// The check's warnings about the deployed modules (nothing was refused for them).
+    pub warnings: Vec<Warning>,
     pub workers: Vec<WorkerAck>,
     /// The server the deploy went through (its workers are `workers`).
     pub server: String,
@@ -508,15 +541,32 @@ impl Report {
                 .all(|m| s.body["running"][&m.name].as_i64() == Some(m.version))
     }
 
+    /// The names of the services `module` defines (as the check found them).
+    fn services_of(&self, module: &str) -> Vec<&str> {
+        self.services
+            .iter()
+            .filter(|(_, m)| m == module)
+            .map(|(s, _)| s.as_str())
+            .collect()
+    }
+
+    /// The names of the modules left alone.
+    pub fn unchanged_names(&self) -> Vec<&str> {
+        self.unchanged.iter().map(|u| u.name.as_str()).collect()
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "config_version": self.config_version,
             "server": self.server,
             "modules": self.deployed.iter().map(|m| json!({
                 "name": m.name, "version": m.version, "source_hash": m.source_hash,
+                "services": self.services_of(&m.name),
             })).collect::<Vec<_>>(),
-            "unchanged": self.unchanged,
-            "services": self.services,
+            "unchanged": self.unchanged_names(),
+            "unchanged_modules": self.unchanged,
+            "services": self.services.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            "warnings": self.warnings,
             "workers": self.workers,
             "servers": self.servers.iter().map(|s| json!({
                 "server": s.server, "ok": self.peer_ok(s), "status": s.status, "answer": s.body,
@@ -528,10 +578,48 @@ impl Report {
     }
 }
 
+/// A module a deploy left alone: its active version has the source deployed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unchanged {
+    pub name: String,
+    /// The active version, which stays active.
+    pub version: i64,
+    /// The services this server's workers run from it.
+    pub services: Vec<String>,
+}
+
+impl Unchanged {
+    /// `name` left alone at its active version in `active`, with the services a ready
+    /// worker of `pool` runs from it.
+    fn new(pool: &Pool, active: &[Module], name: &str) -> Unchanged {
+        let version = active
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.version);
+        let services = live_workers(pool)
+            .first()
+            .map(|w| {
+                w.services
+                    .lock()
+                    .expect("services lock")
+                    .iter()
+                    .filter(|s| s.module == name)
+                    .map(|s| s.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Unchanged {
+            name: name.to_owned(),
+            version,
+            services,
+        }
+    }
+}
+
 /// The report of a deploy whose modules all equal their active versions.
 async fn nothing_to_do(
     cx: &Ctx,
-    unchanged: Vec<String>,
+    unchanged: Vec<Unchanged>,
     t0: Instant,
 ) -> Result<Report, DeployError> {
     let config_version = cx
@@ -544,6 +632,7 @@ async fn nothing_to_do(
         deployed: Vec::new(),
         unchanged,
         services: Vec::new(),
+        warnings: Vec::new(),
         workers: Vec::new(),
         server: cx.node.name.clone(),
         servers: Vec::new(),
@@ -557,15 +646,18 @@ async fn nothing_to_do(
 /// deadline, holding nothing ([`checked`]); then, one deploy at a time (`deploy_lock`),
 /// store them in one short transaction and activate them in every live worker. With
 /// `skip_unchanged`, a module whose source equals its active version is left alone.
+/// `origins` (name, absolute path) says where modules' sources came from: each one's
+/// version records it and the workers compile it under that file name (docs/DEPLOY.md).
 /// Every deploy (the admin API, the pickup directory) is counted here by its outcome.
 pub async fn deploy(
     cx: &Ctx,
     modules: &[(String, String)],
+    origins: &[(String, String)],
     by: &str,
     skip_unchanged: bool,
 ) -> Result<Report, DeployError> {
     let t0 = Instant::now();
-    let result = deploy_sequence(cx, modules, by, skip_unchanged, t0).await;
+    let result = deploy_sequence(cx, modules, origins, by, skip_unchanged, t0).await;
     if cx.metrics.enabled() {
         cx.metrics
             .deploys
@@ -591,6 +683,7 @@ fn outcome(result: &Result<Report, DeployError>) -> crate::metrics::deploys::Out
 async fn deploy_sequence(
     cx: &Ctx,
     modules: &[(String, String)],
+    origins: &[(String, String)],
     by: &str,
     skip_unchanged: bool,
     t0: Instant,
@@ -630,7 +723,7 @@ async fn deploy_sequence(
         todo.retain(|(name, source)| {
             let same = same_source(&active_before, name, source);
             if same {
-                unchanged.push(name.clone());
+                unchanged.push(Unchanged::new(&cx.pool, &active_before, name));
             }
             !same
         });
@@ -644,11 +737,15 @@ async fn deploy_sequence(
             name,
             version: 0,
             source,
+            origin: origins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, o)| o.as_str()),
         })
         .collect();
     let mut pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
     // The check first, holding nothing: a refused deploy never touched the store.
-    let services = checked(cx, &srcs).await?;
+    let Checked { services, warnings } = checked(cx, &srcs).await?;
     let check_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let one_at_a_time = cx.locks.deploy.lock().await;
     // What changed in the deployed modules while the check ran (this server or another
@@ -673,7 +770,7 @@ async fn deploy_sequence(
             pairs.retain(|(name, source)| {
                 let same = same_source(&active_now, name, source);
                 if same {
-                    unchanged.push(name.clone());
+                    unchanged.push(Unchanged::new(&cx.pool, &active_now, name));
                 }
                 !same
             });
@@ -708,7 +805,7 @@ async fn deploy_sequence(
         .collect();
     // Then one short transaction: new versions, one config version, the services' claims
     // (a service another module defines refuses the whole deploy).
-    let change = match cx.store.begin_deploy(&pairs, by).await {
+    let change = match cx.store.begin_deploy_from(&pairs, origins, by).await {
         Ok(mut pending) => match pending.claim_services(&claims).await {
             Ok(()) => pending.commit().await,
             Err(e) => {
@@ -751,11 +848,21 @@ async fn deploy_sequence(
         }
         None => Vec::new(),
     };
+    // Only the stored modules' (one found unchanged after the check is not in the report's
+    // `modules`).
+    let stored = |module: &str| change.value.iter().any(|m| m.name == module);
+    let services: Vec<(String, String)> = services
+        .into_iter()
+        .filter(|s| stored(&s.module))
+        .map(|s| (s.name, s.module))
+        .collect();
+    let warnings: Vec<Warning> = warnings.into_iter().filter(|w| stored(&w.module)).collect();
     let report = Report {
         config_version: change.config_version,
         deployed: change.value,
         unchanged,
-        services: services.into_iter().map(|s| s.name).collect(),
+        services,
+        warnings,
         workers: acks,
         server: cx.node.name.clone(),
         servers,

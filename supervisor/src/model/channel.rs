@@ -470,53 +470,71 @@ pub fn routes(channels: &[Channel]) -> Result<Vec<Routed>, ChannelError> {
             }
         }
         let segments = parse_path(&c.url_path)?;
-        // `/a/{x}` and `/a/{y}` match the same requests: parameter names do not count.
-        let same_shape = |s: &[Segment]| {
-            s.len() == segments.len()
-                && s.iter().zip(&segments).all(|(a, b)| match (a, b) {
-                    (Segment::Param(_), Segment::Param(_)) => true,
-                    (a, b) => a == b,
-                })
+        let new = Routed {
+            segments,
+            channel: c,
         };
-        // A pubsub channel answers every path under its prefix: no other channel may route
-        // a path there (nor the prefix itself), whatever the methods.
-        let pubsub = c.channel_type == ChannelType::Pubsub;
-        if let Some(other) = all.iter().find(|r| {
-            (pubsub && under_prefix(&segments, &r.segments))
-                || (r.channel.channel_type == ChannelType::Pubsub
-                    && under_prefix(&r.segments, &segments))
-        }) {
-            let (prefix, under) = if pubsub {
-                (&c, &other.channel)
-            } else {
-                (&other.channel, &c)
-            };
-            return Err(invalid(
-                &c.url_path,
+        if let Some(i) = clash(&all, &new) {
+            let (other, c) = (&all[i].channel, &new.channel);
+            let message = if c.channel_type == ChannelType::Pubsub
+                || other.channel_type == ChannelType::Pubsub
+            {
+                let (prefix, under) = if c.channel_type == ChannelType::Pubsub {
+                    (c, other)
+                } else {
+                    (other, c)
+                };
                 format!(
                     "{} is under the pubsub channel's prefix {}: its paths are the pub/sub API's",
                     under.url_path, prefix.url_path
-                ),
-            ));
+                )
+            } else {
+                format!("duplicates the channel for service {}", other.service)
+            };
+            return Err(invalid(&c.url_path, message));
         }
-        if let Some(other) = all
-            .iter()
-            .find(|r| same_shape(&r.segments) && methods_overlap(&r.channel, &c))
-        {
-            return Err(invalid(
-                &c.url_path,
-                format!(
-                    "duplicates the channel for service {}",
-                    other.channel.service
-                ),
-            ));
-        }
-        all.push(Routed {
-            segments,
-            channel: c,
-        });
+        all.push(new);
     }
     Ok(all)
+}
+
+/// The index of the first of `routed` that would answer some of the requests `new`
+/// answers: the same path shape (parameter names do not count: `/a/{x}` and `/a/{y}` match
+/// the same requests) with overlapping methods, or a path under a pubsub channel's prefix
+/// (a pubsub channel answers every path below it, whatever the methods).
+pub fn clash(routed: &[Routed], new: &Routed) -> Option<usize> {
+    let segments = &new.segments;
+    let same_shape = |s: &[Segment]| {
+        s.len() == segments.len()
+            && s.iter().zip(segments).all(|(a, b)| match (a, b) {
+                (Segment::Param(_), Segment::Param(_)) => true,
+                (a, b) => a == b,
+            })
+    };
+    let pubsub = new.channel.channel_type == ChannelType::Pubsub;
+    routed
+        .iter()
+        .position(|r| {
+            (pubsub && under_prefix(segments, &r.segments))
+                || (r.channel.channel_type == ChannelType::Pubsub
+                    && under_prefix(&r.segments, segments))
+        })
+        .or_else(|| {
+            routed
+                .iter()
+                .position(|r| same_shape(&r.segments) && methods_overlap(&r.channel, &new.channel))
+        })
+}
+
+/// Which of `existing` (channels that route together) would answer some of the requests
+/// `new` answers, if any: its index. None as well when `new` or `existing` cannot be
+/// routed at all ([`routes`] says why).
+pub fn conflicting(existing: &[Channel], new: &Channel) -> Option<usize> {
+    let routed = routes(existing).ok()?;
+    let new = routes(std::slice::from_ref(new)).ok()?.pop()?;
+    // `routes` keeps one entry per channel, in order: an index of `routed` is one of
+    // `existing`.
+    clash(&routed, &new)
 }
 
 #[cfg(test)]
@@ -540,6 +558,57 @@ pub(crate) mod tests {
             websocket: None,
             params_priority: None,
         }
+    }
+
+    fn rest(path: &str, methods: &[&str], service: &str) -> Channel {
+        Channel {
+            channel_type: ChannelType::Rest,
+            url_path: path.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            service: service.into(),
+            services: vec![],
+            ..rpc(&[])
+        }
+    }
+
+    #[test]
+    fn conflicting_names_the_channel_that_answers_the_same_requests() {
+        let existing = [
+            rest("/a/{x}", &["GET"], "a.get"),
+            rest("/b", &[], "b.any"),
+            Channel {
+                channel_type: ChannelType::Pubsub,
+                url_path: "/ps".into(),
+                service: String::new(),
+                ..rest("/ps", &[], "")
+            },
+        ];
+        // Parameter names do not count; methods must overlap; "any" overlaps everything.
+        assert_eq!(
+            conflicting(&existing, &rest("/a/{y}", &["GET", "PUT"], "s")),
+            Some(0)
+        );
+        assert_eq!(conflicting(&existing, &rest("/a/{y}", &["PUT"], "s")), None);
+        assert_eq!(
+            conflicting(&existing, &rest("/b", &["DELETE"], "s")),
+            Some(1)
+        );
+        // Under a pubsub channel's prefix.
+        assert_eq!(
+            conflicting(&existing, &rest("/ps/x", &["GET"], "s")),
+            Some(2)
+        );
+        // A channel that cannot route at all is no conflict: `routes` says what is wrong.
+        assert_eq!(conflicting(&existing, &rest("nope", &[], "s")), None);
+        // `routes` reports the same clashes in settings-file words.
+        let mut all = existing.to_vec();
+        all.push(rest("/a/{z}", &[], "s"));
+        assert!(
+            routes(&all)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicates the channel for service a.get")
+        );
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub struct Module {
     /// Unix milliseconds.
     pub deployed_at: i64,
     pub active: bool,
+    /// Where the source came from, as its deployer named it (an absolute path: the file
+    /// `oxbus deploy` or the pickup directory read); the workers compile the module under
+    /// that file name and set its `__file__`. None: not known (then `<oxbus:NAME@vVERSION>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Lower-case hex SHA-256 of a module's source.
@@ -34,6 +39,7 @@ where
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     bool: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(Module {
         name: r.try_get("name")?,
@@ -43,6 +49,7 @@ where
         deployed_by: r.try_get("deployed_by")?,
         deployed_at: r.try_get("deployed_at")?,
         active: r.try_get("active")?,
+        origin: r.try_get("origin")?,
     })
 }
 
@@ -83,6 +90,7 @@ macro_rules! insert_versions {
                 deployed_by: $by.to_owned(),
                 deployed_at: $at,
                 active: true,
+                origin: None,
             });
         }
         out
@@ -90,7 +98,8 @@ macro_rules! insert_versions {
 }
 pub(super) use insert_versions;
 
-const MODULE_COLUMNS: &str = "name, version, source, source_hash, deployed_by, deployed_at, active";
+const MODULE_COLUMNS: &str =
+    "name, version, source, source_hash, deployed_by, deployed_at, active, origin";
 
 impl Store {
     /// Stores `source` as the next version of module `name`, makes it the active one and
@@ -131,6 +140,23 @@ impl Store {
         modules: &[(String, String)],
         by: &str,
     ) -> Result<PendingDeploy> {
+        self.begin_deploy_from(modules, &[], by).await
+    }
+
+    /// [`Store::begin_deploy`], with each module's origin (`origins`: name, path; a module
+    /// not listed has none) stored with its version.
+    pub async fn begin_deploy_from(
+        &self,
+        modules: &[(String, String)],
+        origins: &[(String, String)],
+        by: &str,
+    ) -> Result<PendingDeploy> {
+        let origin_of = |name: &str| {
+            origins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, o)| o.clone())
+        };
         let mut seen = std::collections::HashSet::with_capacity(modules.len());
         for (name, _) in modules {
             validate_module_name(name)?;
@@ -158,25 +184,30 @@ impl Store {
                 q.execute(&mut *tx).await?;
             }
             for (n, chunk) in modules.chunks(DEPLOY_CHUNK).enumerate() {
-                // $1 = deployed_by, $2 = deployed_at; then name, source, hash per row.
+                // $1 = deployed_by, $2 = deployed_at; then name, source, hash, origin per row.
                 let rows = (0..chunk.len())
                     .map(|i| {
-                        let b = 3 + 3 * i;
+                        let b = 3 + 4 * i;
                         format!(
-                            "(${b}, (SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = ${b}), ${}, ${}, $1, $2, TRUE)",
+                            "(${b}, (SELECT COALESCE(MAX(version), 0) + 1 FROM service_modules WHERE name = ${b}), ${}, ${}, $1, $2, TRUE, ${})",
                             b + 1,
-                            b + 2
+                            b + 2,
+                            b + 3
                         )
                     })
                     .collect::<Vec<_>>();
                 let sql = format!(
-                    "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active) \
+                    "INSERT INTO service_modules (name, version, source, source_hash, deployed_by, deployed_at, active, origin) \
                      VALUES {} RETURNING name, version",
                     rows.join(", ")
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(by).bind(at);
                 for (i, (name, source)) in chunk.iter().enumerate() {
-                    q = q.bind(name).bind(source).bind(&hashes[n * DEPLOY_CHUNK + i]);
+                    q = q
+                        .bind(name)
+                        .bind(source)
+                        .bind(&hashes[n * DEPLOY_CHUNK + i])
+                        .bind(origin_of(name));
                 }
                 for row in q.fetch_all(&mut *tx).await? {
                     let name: String = row.try_get("name")?;
@@ -202,6 +233,7 @@ impl Store {
                     deployed_by: by.to_owned(),
                     deployed_at: at,
                     active: true,
+                    origin: origin_of(name),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -293,7 +325,7 @@ impl Store {
     }
 }
 
-/// Modules per batched statement of a deploy: 3 parameters each, far below SQLite's and
+/// Modules per batched statement of a deploy: 4 parameters each, far below SQLite's and
 /// PostgreSQL's limits on parameters per statement.
 const DEPLOY_CHUNK: usize = 500;
 

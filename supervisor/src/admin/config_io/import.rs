@@ -110,6 +110,8 @@ pub async fn check_modules(cx: &Ctx, doc: &Document) -> Result<Vec<(String, Stri
                 name: &m.name,
                 version: 0,
                 source: &m.source,
+                // An import carries no file: its modules keep the <oxbus:…> names.
+                origin: None,
             })
             .collect();
         crate::deploy::checked(&cx.deploy, &srcs).await?;

@@ -38,6 +38,14 @@ impl std::fmt::Debug for DirWatcher {
 
 impl DirWatcher {
     /// Starts watching `dir` (which must exist and be readable).
+    /// Where the module `name` of this directory is read from: `DIR/NAME.py`, the origin a
+    /// deploy records for it.
+    pub fn origin(dir: &Path, name: &str) -> String {
+        dir.join(format!("{name}.py"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
     pub fn start(dir: &Path) -> Result<DirWatcher, WatchError> {
         let shown = dir;
         let unreadable = |source| WatchError::Unreadable {

@@ -48,7 +48,7 @@ async fn audit(
             let mut detail = serde_json::json!({
                 "version": m.version,
                 "config_version": r.config_version,
-                "unchanged": r.unchanged,
+                "unchanged": r.unchanged_names(),
             });
             match (previous, &before) {
                 (Some((_, version, _)), _) => detail["previous_version"] = (*version).into(),
@@ -91,6 +91,8 @@ async fn audit(
 /// The server's pickup directory: results go to the log.
 struct PickupLog {
     deploy: Arc<crate::deploy::Ctx>,
+    /// The pickup directory (canonical): each module's origin is its file there.
+    dir: PathBuf,
 }
 
 impl Sink for PickupLog {
@@ -103,7 +105,11 @@ impl Sink for PickupLog {
             .join(", ");
         // The active versions before, for the audit log's digests (without their sources).
         let before = self.deploy.store.active_module_heads().await;
-        match crate::deploy::deploy(&self.deploy, &modules, "pickup", true).await {
+        let origins: Vec<(String, String)> = modules
+            .iter()
+            .map(|(name, _)| (name.clone(), DirWatcher::origin(&self.dir, name)))
+            .collect();
+        match crate::deploy::deploy(&self.deploy, &modules, &origins, "pickup", true).await {
             Ok(r) if r.deployed.is_empty() => {
                 tracing::info!(modules = %names, "pickup: unchanged, nothing to deploy");
                 Outcome::Done
@@ -112,11 +118,22 @@ impl Sink for PickupLog {
                 let mut deployed = r
                     .deployed
                     .iter()
-                    .map(|m| format!("{} v{}", m.name, m.version))
+                    .map(|m| {
+                        let services = r
+                            .services
+                            .iter()
+                            .filter(|(_, module)| *module == m.name)
+                            .map(|(s, _)| s.as_str())
+                            .collect::<Vec<_>>();
+                        format!("{} v{} [{}]", m.name, m.version, services.join(", "))
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 if !r.unchanged.is_empty() {
-                    deployed.push_str(&format!(" (unchanged: {})", r.unchanged.join(", ")));
+                    deployed.push_str(&format!(" (unchanged: {})", r.unchanged_names().join(", ")));
+                }
+                for w in &r.warnings {
+                    tracing::warn!(module = %w.module, "pickup: {}", w.message);
                 }
                 audit(&self.deploy, before.ok(), &r).await;
                 let workers = acks_summary(&r.workers);
@@ -225,7 +242,8 @@ pub async fn pickup(
             _ = tick.tick() => {}
         }
     }
-    let mut sink = PickupLog { deploy };
+    let dir = watcher.dir().to_owned();
+    let mut sink = PickupLog { deploy, dir };
     if let Err(e) = watcher.run(&mut sink, Timing::default(), stop).await {
         tracing::error!(
             "pickup: {e}; files saved there are no longer deployed (restart the server to watch again)"
