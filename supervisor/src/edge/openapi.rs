@@ -92,7 +92,7 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
     {
         let service = by_name.get(channel.service.as_str()).copied();
         let item = paths
-            .entry(channel.url_path.clone())
+            .entry(openapi_path(&channel.url_path))
             .or_insert_with(|| json!({}));
         for method in methods(channel, service) {
             let mut op = operation(channel, service, method, &mut ids);
@@ -173,12 +173,35 @@ fn methods(channel: &Channel, service: Option<&ServiceInfo>) -> Vec<&'static str
         .collect()
 }
 
-/// The `{param}` names of a channel's path, in order.
-fn path_params(url_path: &str) -> Vec<&str> {
+/// The `{param}` names of a channel's path, in order, each with whether it is a catch-all
+/// (`{name:path}`).
+fn path_params(url_path: &str) -> Vec<(&str, bool)> {
     url_path
         .split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|p| match p.split_once(':') {
+            Some((name, _)) => (name, true),
+            None => (p, false),
+        })
         .collect()
+}
+
+/// A channel's path as an OpenAPI path template: a catch-all `{name:path}` is `{name}`
+/// there (OpenAPI has no converters; its description says it takes slashes).
+fn openapi_path(url_path: &str) -> String {
+    if !url_path.contains(':') {
+        return url_path.to_owned();
+    }
+    url_path
+        .split('/')
+        .map(
+            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(p) => format!("{{{}}}", p.split_once(':').map_or(p, |(name, _)| name)),
+                None => s.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn operation(
@@ -193,9 +216,9 @@ fn operation(
     let in_path = path_params(&channel.url_path);
     let mut parameters: Vec<Value> = in_path
         .iter()
-        .map(|name| {
-            let elem = input.iter().find(|e| e.name == *name);
-            json!({
+        .map(|&(name, catch_all)| {
+            let elem = input.iter().find(|e| e.name == name);
+            let mut p = json!({
                 "name": name,
                 "in": "path",
                 "required": true,
@@ -203,12 +226,20 @@ fn operation(
                     elem.map_or(IoType::Any, IoElem::kind),
                     elem.and_then(|e| e.format.as_deref()),
                 ),
-            })
+            });
+            if catch_all {
+                // OpenAPI 3.1 cannot say that a path parameter spans segments (its
+                // allowReserved is for query parameters only): say it in words.
+                p["description"] = json!(
+                    "The rest of the path, slashes included (a catch-all {name:path}); a client that encodes its slashes as %2F gets the same value."
+                );
+            }
+            p
         })
         .collect();
     let rest: Vec<&IoElem> = input
         .iter()
-        .filter(|e| !in_path.contains(&e.name.as_str()))
+        .filter(|e| !in_path.iter().any(|(name, _)| *name == e.name))
         .collect();
     let json_body = !raw && BODY_METHODS.contains(&method);
     if !json_body {
@@ -776,5 +807,31 @@ mod tests {
             json!({"title": "CRM", "version": "2.1+config.12", "description": "Customers",
                    "x-oxbus-config-version": 12})
         );
+    }
+
+    #[test]
+    fn a_catch_all_is_a_path_parameter_of_the_template() {
+        let d = doc(
+            &[ch(
+                "/files/{dir}/{path:path}",
+                &["GET"],
+                "files.get",
+                DataFormat::Raw,
+            )],
+            &[],
+        );
+        let get = &d["paths"]["/files/{dir}/{path}"]["get"];
+        let params = get["parameters"].as_array().unwrap();
+        assert_eq!(params.len(), 2, "{params:?}");
+        assert_eq!(params[1]["name"], "path");
+        assert_eq!(params[1]["in"], "path");
+        assert!(
+            params[1]["description"]
+                .as_str()
+                .unwrap()
+                .contains("slashes included")
+        );
+        assert!(params[0].get("description").is_none());
+        assert!(d["paths"].get("/files/{dir}/{path:path}").is_none());
     }
 }
