@@ -96,8 +96,10 @@ def _pick_handler(cls: Type[Service], method: Optional[str]) -> Tuple[str, bool]
         # An invocation that did not come over HTTP has no verb; plain handle() takes it.
         if method is None and cls._oxbus_default is not None:
             return cls._oxbus_default
-        raise MethodNotAllowed('method not allowed: %s' % (method or '(none)'),
-                               allowed=sorted(verbs))
+        if method is None:
+            raise MethodNotAllowed('method not allowed: (none)', allowed=sorted(verbs))
+        # The message is written by _error, with the path, as the server's own 405 is.
+        raise MethodNotAllowed(allowed=sorted(verbs))
     return cls._oxbus_default  # type: ignore[return-value]
 
 
@@ -407,6 +409,8 @@ class Dispatcher:
         family = REPLY_ERROR_INPUT if kind == REPLY_ERROR_INPUT else exc_family(exc)
         if isinstance(exc, Reportable):
             status = exc.status_code
+            if status == 405:
+                _method_not_allowed(cls, exc)
             doc = {'error': exc.msg, **exc.details, 'cid': cid}
             headers = exc.headers
         elif isinstance(exc, ModelOutputError):
@@ -625,6 +629,28 @@ def exc_family(exc: BaseException) -> str:
         if getattr(home, klass.__name__, None) is klass:
             return klass.__name__
     return 'BaseException'  # not reached: every exception class derives from it
+
+
+def _method_not_allowed(cls: Type[Service], exc: Reportable) -> None:
+    """Give a service's 405 the server's shape: ``{"error", "allowed", "cid"}`` and an
+    ``allow`` header. Without ``allowed=``, a service with ``handle_<VERB>`` methods allows
+    those; a plain ``handle`` takes whatever its channel does, which the server fills in
+    (edge/http.rs). Without a message of its own, the message is the server's: method, path
+    and allowed methods."""
+    allowed = getattr(exc, 'allowed', None) or exc.details.get('allowed')
+    if not allowed and cls._oxbus_verbs:
+        allowed = sorted(cls._oxbus_verbs)
+    if allowed:
+        allowed = [str(m) for m in allowed]
+        exc.details['allowed'] = allowed
+        if not any(str(k).lower() == 'allow' for k in exc.headers):
+            exc.headers['allow'] = ', '.join(allowed)
+    if exc.msg == type(exc).reason or exc.msg == MethodNotAllowed.reason:
+        meta = _invocation_meta.get(None) or {}
+        exc.msg = 'method %s not allowed for %s' % (meta.get('method') or '(none)',
+                                                    meta.get('path') or cls.name)
+        if allowed:
+            exc.msg += '; allowed: %s' % ', '.join(allowed)
 
 
 def _error_frame(stream: int, status: int, doc: Dict[str, Any],

@@ -350,6 +350,26 @@ fn refusal(r: Refusal, cid: &str) -> Response<Body> {
     resp
 }
 
+/// 405 for a method the channels of `path` do not take: `Allow` and the body
+/// `{"error", "allowed", "cid"}`, the shape a service's own 405 has (`MethodNotAllowed`,
+/// python-worker/oxbus/_dispatch.py), so a client reads both alike.
+fn method_not_allowed(cid: &str, method: &str, path: &str, allowed: &[String]) -> Response<Body> {
+    let list = allowed.join(", ");
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        cid,
+        serde_json::json!({
+            "error": format!("method {method} not allowed for {path}; allowed: {list}"),
+            "allowed": allowed,
+            "cid": cid,
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
 fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
@@ -458,18 +478,7 @@ async fn handle(
         }
         Match::WrongMethod(allowed) => {
             refused_for(cx, RefusalReason::MethodNotAllowed);
-            let mut r = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &cid,
-                &format!(
-                    "method {method} not allowed for {path}; allowed: {}",
-                    allowed.join(", ")
-                ),
-            );
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                r.headers_mut().insert(header::ALLOW, v);
-            }
-            return r;
+            return method_not_allowed(&cid, method, path, &allowed);
         }
     };
     let limits = &cx.settings.http;
@@ -701,7 +710,11 @@ async fn handle(
     match result {
         Ok(reply) => {
             debug!(status = reply.status, bytes = reply.body.len(), "answered");
-            build_reply(reply, &cid)
+            let mut r = build_reply(reply, &cid);
+            if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+                allow_from_channel(&mut r, &channel.methods);
+            }
+            r
         }
         // Counted as refused by `invoke`.
         Err(e) => dispatch_error(e, &cid, &channel.service, trace.trace_id()),
@@ -873,6 +886,21 @@ fn build_reply(reply: crate::lifecycle::pool::Reply, cid: &str) -> Response<Body
         h.insert("x-oxbus-cid", v);
     }
     r
+}
+
+/// A service's 405 that names no methods (`raise MethodNotAllowed()` in a plain `handle`,
+/// which takes every verb the channel does): `Allow` lists the channel's methods. A
+/// channel that takes any method has no list to send; the service's `allowed=` is the only
+/// source then (docs/WORKER.md).
+fn allow_from_channel(r: &mut Response<Body>, methods: &[String]) {
+    if methods.is_empty() || r.headers().contains_key(header::ALLOW) {
+        return;
+    }
+    let mut methods = methods.to_vec();
+    methods.sort();
+    if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
 }
 
 fn dispatch_error(e: DispatchError, cid: &str, service: &str, trace_id: &str) -> Response<Body> {

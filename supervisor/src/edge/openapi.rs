@@ -411,6 +411,7 @@ fn components() -> Value {
                     "error": {"type": "string", "description": "What went wrong."},
                     "cid": {"type": "string", "description": "The request's correlation id (also in X-Oxbus-CID)."},
                     "field": {"type": "string", "description": "The SimpleIO element at fault: a missing or invalid input (400; the first of them), a missing or invalid output (500)."},
+                    "allowed": {"type": "array", "items": {"type": "string"}, "description": "The methods the path takes (405), as the Allow header lists them."},
                     "errors": {
                         "type": "array",
                         "description": "Every refused input element (400), by path (`phones[1].imei` in a model).",
