@@ -269,7 +269,13 @@ class Dispatcher:
                 try:
                     payload = _decode_json(body)
                 except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-                    raise BadRequest('malformed JSON: %s' % e) from None
+                    # A form (by its Content-Type) is looked for only here, once the body
+                    # is not JSON, so a JSON request pays nothing for it: its fields are
+                    # the payload, and SimpleIO input reads them as it reads a JSON object.
+                    from .forms import form_payload
+                    payload = form_payload(meta.get('headers'), body)
+                    if payload is None:
+                        raise BadRequest('malformed JSON: %s' % e) from None
                 except RecursionError:
                     # The server refuses bodies nested past its limit before they get
                     # here; this is the defence behind it (a deep body is the caller's
@@ -395,7 +401,14 @@ class Dispatcher:
         meta: Dict[str, Any] = {'status': status,
                                 'content_type': response.content_type or content_type}
         if headers:
-            meta['headers'] = _header_pairs(headers)
+            pairs = _header_pairs(headers)
+            if response.content_type is None:
+                # headers['Content-Type'] sets the content type (the REPLY's content_type
+                # is the one the server sends); response.content_type wins over it.
+                for pair in pairs:
+                    if pair[0] == 'content-type':
+                        meta['content_type'] = pair[1]
+            meta['headers'] = [p for p in pairs if p[0] != 'content-type']
         return encode_reply(stream, meta, body)
 
     def _error(self, stream: int, cid: str, cls: Type[Service], exc: BaseException,

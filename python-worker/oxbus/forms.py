@@ -1,0 +1,326 @@
+"""Query strings and form bodies: :class:`MultiDict`, :class:`UploadedFile` and their parsers.
+
+``self.request.http.query`` is a :class:`MultiDict` of the query string;
+``self.request.form`` and ``self.request.files`` are those of an
+``application/x-www-form-urlencoded`` or ``multipart/form-data`` body::
+
+    name = self.request.form['name']              # the last value of a repeated field
+    tags = self.request.form.getlist('tag')       # every value, in order
+    upload = self.request.files['report']         # an UploadedFile
+    upload.filename, upload.content_type, upload.data
+
+A key given more than once reads as its **last** value (what Django's ``QueryDict`` and
+Starlette's ``QueryParams`` do, and what the query string gave before ``getlist`` existed;
+Flask's ``MultiDict`` gives the first); :meth:`MultiDict.getlist` gives every value.
+
+Everything here is parsed on demand, the first time a service asks, and only from the
+body the server already read within ``http.max_body_bytes``. A form has at most
+:data:`MAX_FORM_PARTS` fields (query string: :data:`MAX_QUERY_FIELDS`); a body that breaks
+the rules is a :class:`~oxbus.errors.BadRequest` naming what is wrong, so a service that
+reads the form answers 400. The multipart parser is this module's own (RFC 7578 on RFC
+2046's framing): the stdlib's ``cgi`` is gone in 3.13, and the ``email`` package's parser
+rewrites line endings of the parts it is given. Stdlib only, like the rest of the package.
+"""
+
+from __future__ import annotations
+
+from .errors import BadRequest
+from .simpleio import Bunch
+
+TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+__all__ = ['MultiDict', 'FormFields', 'UploadedFile', 'MAX_FORM_PARTS', 'MAX_QUERY_FIELDS', 'form_kind',
+           'parse_query', 'parse_form', 'form_payload']
+
+#: At most this many fields (urlencoded) or parts (multipart) in a form body.
+MAX_FORM_PARTS = 1000
+#: At most this many fields in a query string.
+MAX_QUERY_FIELDS = 1000
+
+URLENCODED = 'application/x-www-form-urlencoded'
+MULTIPART = 'multipart/form-data'
+
+
+class MultiDict(Bunch):
+    """A :class:`~oxbus.simpleio.Bunch` (a dict, keys also as attributes) of the last value
+    of each key, with :meth:`getlist` for every value of a repeated key."""
+
+    __slots__ = ('_pairs',)
+
+    def __init__(self, pairs: Iterable[Tuple[str, Any]] = ()) -> None:
+        pairs = list(pairs)
+        dict.__init__(self, pairs)
+        object.__setattr__(self, '_pairs', pairs)
+
+    def getlist(self, key: str) -> List[Any]:
+        """Every value of ``key`` in the order received; ``[]`` when it is absent."""
+        return [v for k, v in self._pairs if k == key]
+
+    def items_all(self) -> List[Tuple[str, Any]]:
+        """Every (key, value) pair in the order received, repeated keys included."""
+        return list(self._pairs)
+
+    def __repr__(self) -> str:
+        return 'MultiDict(%r)' % (self._pairs,)
+
+
+class FormFields(MultiDict):
+    """The fields of a form body that a JSON channel's request has as its ``payload`` (see
+    :func:`form_payload`), with the body's ``files`` beside them."""
+
+    __slots__ = ('files',)
+    files: MultiDict
+
+    def __init__(self, fields: MultiDict, files: MultiDict) -> None:
+        super().__init__(fields._pairs)
+        object.__setattr__(self, 'files', files)
+
+    def __repr__(self) -> str:
+        return 'FormFields(%r)' % (self._pairs,)
+
+
+class UploadedFile:
+    """A file part of a ``multipart/form-data`` body: ``name`` (the form field),
+    ``filename`` (as the client named it: never a path to trust), ``content_type``
+    (``application/octet-stream`` when the part gives none), ``data`` (the bytes), ``size``
+    and ``headers`` (the part's, lower-case names)."""
+
+    __slots__ = ('name', 'filename', 'content_type', 'data', 'headers')
+
+    def __init__(self, name: str, filename: str, content_type: str, data: bytes,
+                 headers: Optional[Dict[str, str]] = None) -> None:
+        self.name = name
+        self.filename = filename
+        self.content_type = content_type
+        self.data = data
+        self.headers = headers if headers is not None else {}
+
+    @property
+    def size(self) -> int:
+        """The file's length in bytes."""
+        return len(self.data)
+
+    def read(self) -> bytes:
+        """The file's bytes (a file-like spelling of :attr:`data`)."""
+        return self.data
+
+    def __repr__(self) -> str:
+        return '<UploadedFile %s %r %s, %d bytes>' % (self.name, self.filename,
+                                                      self.content_type, len(self.data))
+
+
+def parse_query(raw: str) -> MultiDict:
+    """A query string (without ``?``) as a :class:`MultiDict`; blank values kept,
+    undecodable escapes replaced, at most :data:`MAX_QUERY_FIELDS` fields (else 400)."""
+    from urllib.parse import parse_qsl  # imported when asked: most services never do
+    try:
+        return MultiDict(parse_qsl(raw, keep_blank_values=True,
+                                   max_num_fields=MAX_QUERY_FIELDS))
+    except ValueError:
+        raise BadRequest('the query string has more than %d fields' % MAX_QUERY_FIELDS) \
+            from None
+
+
+def _media_type(content_type: Optional[str]) -> str:
+    return (content_type or '').split(';', 1)[0].strip().lower()
+
+
+def form_kind(content_type: Optional[str]) -> Optional[str]:
+    """:data:`URLENCODED` or :data:`MULTIPART` when ``content_type`` is a form's, else None."""
+    media = _media_type(content_type)
+    return media if media in (URLENCODED, MULTIPART) else None
+
+
+def parse_form(content_type: Optional[str], body: bytes) -> Tuple[MultiDict, MultiDict]:
+    """(fields, files) of a form body; two empty ones when ``content_type`` is no form's.
+
+    Raises :class:`~oxbus.errors.BadRequest` for a malformed form.
+    """
+    kind = form_kind(content_type)
+    if kind == URLENCODED:
+        return _parse_urlencoded(body), MultiDict()
+    if kind == MULTIPART:
+        return _parse_multipart(content_type or '', body)
+    return MultiDict(), MultiDict()
+
+
+def form_payload(headers: Any, body: bytes) -> Optional[FormFields]:
+    """The payload of a body that is not JSON on a JSON channel: its form fields when the
+    ``Content-Type`` among ``headers`` (the CALL meta's ``[[name, value], ...]``) is a
+    form's, else None. Raises :class:`~oxbus.errors.BadRequest` for a malformed form."""
+    content_type = None
+    for pair in headers or ():
+        if pair[0] == 'content-type':
+            content_type = pair[1]
+    if form_kind(content_type) is None:
+        return None
+    fields, files = parse_form(content_type, body)
+    return FormFields(fields, files)
+
+
+def _parse_urlencoded(body: bytes) -> MultiDict:
+    from urllib.parse import parse_qsl
+    try:
+        text = body.decode('ascii')
+    except UnicodeDecodeError:
+        # A browser percent-encodes everything but ASCII; a client that sent UTF-8 raw
+        # still means UTF-8.
+        try:
+            text = body.decode('utf-8')
+        except UnicodeDecodeError:
+            raise BadRequest('malformed application/x-www-form-urlencoded body: not UTF-8') \
+                from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_PARTS,
+                          encoding='utf-8', errors='strict')
+    except UnicodeDecodeError:
+        raise BadRequest('malformed application/x-www-form-urlencoded body: a %-escape '
+                         'is not UTF-8') from None
+    except ValueError:
+        raise BadRequest('the form has more than %d fields' % MAX_FORM_PARTS) from None
+    return MultiDict(pairs)
+
+
+def _bad(why: str) -> BadRequest:
+    return BadRequest('malformed multipart/form-data body: %s' % why)
+
+
+def _header_params(value: str) -> Tuple[str, Dict[str, str]]:
+    """``form-data; name="a"; filename="b"`` -> ('form-data', {'name': 'a', ...}): quoted
+    strings with backslash escapes, parameter names lower-cased."""
+    params: Dict[str, str] = {}
+    head, _, rest = value.partition(';')
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in ' \t;':
+            i += 1
+        eq = rest.find('=', i)
+        if eq < 0:
+            break
+        key = rest[i:eq].strip().lower()
+        i = eq + 1
+        while i < n and rest[i] in ' \t':
+            i += 1
+        if i < n and rest[i] == '"':
+            i += 1
+            out = []
+            while i < n and rest[i] != '"':
+                if rest[i] == '\\' and i + 1 < n:
+                    i += 1
+                out.append(rest[i])
+                i += 1
+            if i >= n:
+                raise _bad('an unterminated quoted string in %r' % value)
+            i += 1
+            val = ''.join(out)
+        else:
+            end = rest.find(';', i)
+            end = n if end < 0 else end
+            val = rest[i:end].strip()
+            i = end
+        params[key] = val
+    return head.strip().lower(), params
+
+
+def _parse_multipart(content_type: str, body: bytes) -> Tuple[MultiDict, MultiDict]:
+    _, ct_params = _header_params(content_type)
+    boundary = ct_params.get('boundary', '')
+    if not boundary:
+        raise _bad('the Content-Type names no boundary')
+    if len(boundary) > 70:
+        raise _bad('the boundary is longer than 70 characters')
+    try:
+        delim = b'--' + boundary.encode('ascii')
+    except UnicodeEncodeError:
+        raise _bad('the boundary is not ASCII') from None
+    # The first delimiter opens the body (anything before it is a preamble to ignore).
+    if body.startswith(delim):
+        pos = len(delim)
+    else:
+        pos = body.find(b'\r\n' + delim)
+        if pos < 0:
+            raise _bad('no boundary line %r' % delim.decode('ascii'))
+        pos += 2 + len(delim)
+    next_delim = b'\r\n' + delim
+    fields: List[Tuple[str, Any]] = []
+    files: List[Tuple[str, Any]] = []
+    while True:
+        if body.startswith(b'--', pos):
+            return MultiDict(fields), MultiDict(files)  # the closing delimiter
+        eol = body.find(b'\r\n', pos)
+        if eol < 0 or body[pos:eol].strip(b' \t'):
+            raise _bad('a boundary line is not followed by CRLF')
+        start = eol + 2
+        end = _next_delimiter(body, next_delim, start)
+        if len(fields) + len(files) >= MAX_FORM_PARTS:
+            raise BadRequest('the form has more than %d parts' % MAX_FORM_PARTS)
+        _one_part(body, start, end, fields, files)
+        pos = end + len(next_delim)
+
+
+def _next_delimiter(body: bytes, delim: bytes, start: int) -> int:
+    """Where the part that starts at ``start`` ends: the next CRLF ``--boundary`` followed
+    by ``--`` or by optional white space and CRLF (RFC 2046's delimiter line); the same
+    text followed by anything else is data of the part."""
+    end = body.find(delim, start)
+    while end >= 0:
+        after = end + len(delim)
+        if body.startswith(b'--', after):
+            return end
+        eol = body.find(b'\r\n', after)
+        if eol >= 0 and not body[after:eol].strip(b' \t'):
+            return end
+        end = body.find(delim, end + 1)
+    raise _bad('the body ends inside a part (no closing boundary)')
+
+
+def _one_part(body: bytes, start: int, end: int, fields: List[Tuple[str, Any]],
+              files: List[Tuple[str, Any]]) -> None:
+    if body.startswith(b'\r\n', start):
+        head, data_start = b'', start + 2
+    else:
+        blank = body.find(b'\r\n\r\n', start, end)
+        if blank < 0:
+            raise _bad('a part has no empty line after its headers')
+        head, data_start = body[start:blank], blank + 4
+    headers: Dict[str, str] = {}
+    for line in head.split(b'\r\n'):
+        key, colon, value = line.partition(b':')
+        if not colon:
+            raise _bad('a part header without a colon: %r' % line[:100])
+        # Browsers send file names as raw UTF-8 here.
+        headers[key.strip().decode('latin-1').lower()] = value.strip().decode(
+            'utf-8', 'replace')
+    disposition = headers.get('content-disposition')
+    if disposition is None:
+        raise _bad('a part has no Content-Disposition header')
+    kind, params = _header_params(disposition)
+    if kind != 'form-data' or 'name' not in params:
+        raise _bad('a part\'s Content-Disposition is not form-data with a name: %r'
+                   % disposition[:200])
+    name = params['name']
+    data = body[data_start:end]
+    part_type = headers.get('content-type')
+    filename = params.get('filename')
+    star = params.get('filename*')
+    if star is not None:
+        # RFC 5987: charset'language'percent-encoded; it wins over a plain filename.
+        from urllib.parse import unquote
+        charset, _, rest = star.partition("'")
+        _, _, encoded = rest.partition("'")
+        try:
+            filename = unquote(encoded, encoding=charset or 'utf-8', errors='strict')
+        except (LookupError, UnicodeDecodeError):
+            raise _bad('filename* of part %r cannot be decoded' % name) from None
+    if filename is not None:
+        files.append((name, UploadedFile(name, filename,
+                                         part_type or 'application/octet-stream', data,
+                                         headers)))
+        return
+    charset = _header_params(part_type)[1].get('charset', 'utf-8') if part_type else 'utf-8'
+    try:
+        fields.append((name, data.decode(charset)))
+    except (LookupError, UnicodeDecodeError):
+        raise _bad('field %r is not valid %s text' % (name, charset)) from None

@@ -1,0 +1,259 @@
+"""The HTTP side of a request: repeated query keys, form and multipart bodies, the
+response's Content-Type header, the shape of a service's 405.
+
+The dispatcher is driven directly with CALL metas as the server builds them (edge/http.rs);
+integration/tests/http.rs checks the same over HTTP.
+"""
+
+import pytest
+
+from oxbus import MethodNotAllowed, Service
+from oxbus.errors import BadRequest
+from oxbus.forms import MAX_FORM_PARTS, MultiDict, UploadedFile, parse_form, parse_query
+from test_service import call
+
+
+def form_headers(content_type):
+    return [['content-type', content_type]]
+
+
+# -- the query string ----------------------------------------------------------------------
+
+
+class Query(Service):
+    def handle(self):
+        q = self.request.http.query
+        self.response.payload = {'one': q.get('k'), 'all': q.getlist('k'),
+                                 'none': q.getlist('absent'), 'attr': q.x,
+                                 'zato': self.request.http.GET.getlist('k')}
+
+
+def test_repeated_query_keys_last_wins_and_getlist_has_every_value():
+    r = call(Query, query='k=1&x=y&k=2&k=&k=%C3%A9')
+    assert r.status == 200
+    assert r.doc == {'one': 'é', 'all': ['1', '2', '', 'é'], 'none': [], 'attr': 'y',
+                     'zato': ['1', '2', '', 'é']}
+
+
+def test_query_without_a_query_string_is_an_empty_multidict():
+    q = parse_query('')
+    assert q == {} and q.getlist('k') == []
+    assert isinstance(q, MultiDict)
+
+
+def test_simpleio_input_from_the_query_keeps_the_last_value():
+    class In(Service):
+        input = 'k'
+
+        def handle(self):
+            self.response.payload = {'k': self.request.input.k}
+
+    assert call(In, method='GET', query='k=a&k=b').doc == {'k': 'b'}
+
+
+def test_too_many_query_fields_is_a_400():
+    r = call(Query, query='&'.join('k=%d' % i for i in range(1001)))
+    assert r.status == 400
+    assert 'more than 1000 fields' in r.doc['error']
+
+
+# -- form bodies ---------------------------------------------------------------------------
+
+
+class Form(Service):
+    def handle(self):
+        form, files = self.request.form, self.request.files
+        self.response.payload = {
+            'fields': form.items_all(), 'tag': form.getlist('tag'),
+            'payload': dict(self.request.payload) if isinstance(self.request.payload, dict)
+            else repr(self.request.payload),
+            'raw': len(self.request.raw),
+            'files': [[f.name, f.filename, f.content_type, f.data.decode('latin-1'), f.size]
+                      for _, f in files.items_all()]}
+
+
+def test_urlencoded_body_is_the_form_and_the_payload():
+    body = b'name=Ann+Lee&tag=a&tag=b&empty=&caf%C3%A9=%E2%82%AC'
+    r = call(Form, body=body,
+             headers=form_headers('application/x-www-form-urlencoded; charset=utf-8'))
+    assert r.status == 200, r.doc
+    assert r.doc['fields'] == [['name', 'Ann Lee'], ['tag', 'a'], ['tag', 'b'],
+                               ['empty', ''], ['café', '€']]
+    assert r.doc['tag'] == ['a', 'b']
+    assert r.doc['payload'] == {'name': 'Ann Lee', 'tag': 'b', 'empty': '', 'café': '€'}
+    assert r.doc['raw'] == len(body) and r.doc['files'] == []
+
+
+def multipart(parts, boundary='XyZ-123'):
+    out = []
+    for headers, data in parts:
+        out.append(b'--' + boundary.encode() + b'\r\n')
+        out.extend(h.encode('utf-8') + b'\r\n' for h in headers)
+        out.append(b'\r\n' + data + b'\r\n')
+    out.append(b'--' + boundary.encode() + b'--\r\n')
+    return b''.join(out), 'multipart/form-data; boundary="%s"' % boundary
+
+
+def test_multipart_fields_and_files():
+    blob = bytes(range(256)) + b'\r\n--XyZ-12\r\n'  # CRLFs and a near-boundary inside
+    body, ct = multipart([
+        (['Content-Disposition: form-data; name="title"'], 'Relevé'.encode()),
+        (['Content-Disposition: form-data; name="tag"'], b'a'),
+        (['Content-Disposition: form-data; name="tag"'], b'b'),
+        (['Content-Disposition: form-data; name="doc"; filename="r\u00e9sum\u00e9.pdf"',
+          'Content-Type: application/pdf'], blob),
+        (['Content-Disposition: form-data; name="doc"; filename="a \\"q\\".txt"'], b''),
+        (["Content-Disposition: form-data; name=\"x\"; filename=\"fallback\"; "
+          "filename*=UTF-8''%E2%82%AC.txt"], b'euro'),
+    ])
+    r = call(Form, body=b'preamble\r\n' + body, headers=form_headers(ct))
+    assert r.status == 200, r.doc
+    assert r.doc['fields'] == [['title', 'Relevé'], ['tag', 'a'], ['tag', 'b']]
+    assert r.doc['payload'] == {'title': 'Relevé', 'tag': 'b'}
+    assert r.doc['files'] == [
+        ['doc', 'résumé.pdf', 'application/pdf', blob.decode('latin-1'), len(blob)],
+        ['doc', 'a "q".txt', 'application/octet-stream', '', 0],
+        ['x', '€.txt', 'application/octet-stream', 'euro', 4]]
+
+
+def test_simpleio_input_from_a_form_body():
+    class Typed(Service):
+        input = 'name', 'age_count', '-nick'
+
+        def handle(self):
+            self.response.payload = dict(self.request.input)
+
+    r = call(Typed, body=b'name=Ann&age_count=42', headers=form_headers(
+        'application/x-www-form-urlencoded'))
+    assert r.doc == {'name': 'Ann', 'age_count': 42, 'nick': None}
+    r = call(Typed, body=b'name=Ann&age_count=old', headers=form_headers(
+        'application/x-www-form-urlencoded'))
+    assert r.status == 400 and r.doc['field'] == 'age_count'
+
+
+def test_a_raw_channel_parses_the_form_on_demand():
+    body, ct = multipart([(['Content-Disposition: form-data; name="a"'], b'1')])
+    r = call(Form, body=body, headers=form_headers(ct), data_format='raw')
+    assert r.doc['fields'] == [['a', '1']]
+    assert r.doc['payload'].startswith("b'--XyZ-123")  # the payload stays the bytes
+
+
+def test_a_json_body_or_no_content_type_has_an_empty_form():
+    r = call(Form, body=b'{"a": 1}', headers=form_headers('application/json'))
+    assert r.doc['fields'] == [] and r.doc['payload'] == {'a': 1}
+    r = call(Form, body=b'{"a": 1}', headers=None)
+    assert r.doc['fields'] == [] and r.doc['files'] == []
+    # Not JSON and not a form: the JSON error, as before.
+    r = call(Form, body=b'a=1', headers=form_headers('text/plain'))
+    assert r.status == 400 and r.doc['error'].startswith('malformed JSON')
+
+
+@pytest.mark.parametrize('body,ct,why', [
+    (b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n',
+     'multipart/form-data; boundary=b', 'no closing boundary'),
+    (b'--b\r\nContent-Disposition: form-data; name="a"\r\n1\r\n--b--',
+     'multipart/form-data; boundary=b', 'no empty line after its headers'),
+    (b'--b\r\nContent-Type: text/plain\r\n\r\n1\r\n--b--',
+     'multipart/form-data; boundary=b', 'no Content-Disposition'),
+    (b'--b\r\nContent-Disposition: attachment\r\n\r\n1\r\n--b--',
+     'multipart/form-data; boundary=b', 'not form-data with a name'),
+    (b'a=1', 'multipart/form-data', 'names no boundary'),
+    (b'a=1', 'multipart/form-data; boundary=b', 'no boundary line'),
+    (b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n\xff\r\n--b--',
+     'multipart/form-data; boundary=b', "field 'a' is not valid utf-8 text"),
+    (b'a=%ff', 'application/x-www-form-urlencoded', 'is not UTF-8'),
+])
+def test_a_malformed_form_is_a_400_saying_why(body, ct, why):
+    r = call(Form, body=body, headers=form_headers(ct))
+    assert r.status == 400, r.doc
+    assert why in r.doc['error'], r.doc
+    # The same from a raw channel, where the form is parsed when the service reads it.
+    r = call(Form, body=body, headers=form_headers(ct), data_format='raw')
+    assert r.status == 400 and why in r.doc['error']
+
+
+def test_the_number_of_parts_is_bounded():
+    ok, ct = multipart([(['Content-Disposition: form-data; name="f"'], b'x')]
+                       * MAX_FORM_PARTS)
+    assert len(parse_form(ct, ok)[0].getlist('f')) == MAX_FORM_PARTS
+    over, ct = multipart([(['Content-Disposition: form-data; name="f"'], b'x')]
+                         * (MAX_FORM_PARTS + 1))
+    with pytest.raises(BadRequest, match='more than 1000 parts'):
+        parse_form(ct, over)
+    fields = '&'.join(['f=1'] * (MAX_FORM_PARTS + 1)).encode()
+    with pytest.raises(BadRequest, match='more than 1000 fields'):
+        parse_form('application/x-www-form-urlencoded', fields)
+
+
+def test_uploaded_file_repr_and_read():
+    f = UploadedFile('doc', 'a.txt', 'text/plain', b'hi')
+    assert f.read() == b'hi' and f.size == 2
+    assert repr(f) == "<UploadedFile doc 'a.txt' text/plain, 2 bytes>"
+
+
+# -- the response's Content-Type header ------------------------------------------------------
+
+
+def test_response_content_type_header_sets_the_content_type():
+    class Csv(Service):
+        def handle(self):
+            self.response.payload = 'a,b\n1,2\n'
+            self.response.headers['Content-Type'] = 'text/csv'
+            self.response.headers['X-Other'] = 'kept'
+
+    r = call(Csv)
+    assert r.content_type == 'text/csv'
+    assert r.headers == [['x-other', 'kept']]
+    assert r.body == b'a,b\n1,2\n'
+
+    class Both(Service):
+        def handle(self):
+            self.response.payload = {'a': 1}
+            self.response.headers['content-type'] = 'text/csv'
+            self.response.content_type = 'application/vnd.api+json'
+
+    r = call(Both)
+    assert r.content_type == 'application/vnd.api+json' and not r.headers
+
+
+# -- 405 --------------------------------------------------------------------------------------
+
+
+def test_bare_method_not_allowed_lists_the_verb_handlers():
+    class Verbs(Service):
+        def handle_GET(self):
+            raise MethodNotAllowed()
+
+        def handle_PUT(self):
+            pass
+
+    r = call(Verbs, method='GET', path='/v/1')
+    assert r.status == 405
+    assert r.doc == {'error': 'method GET not allowed for /v/1; allowed: GET, PUT',
+                     'allowed': ['GET', 'PUT'], 'cid': 'c1d'}
+    assert r.headers == [['allow', 'GET, PUT']]
+
+
+def test_bare_method_not_allowed_of_a_plain_handle_leaves_allow_to_the_server():
+    class Plain(Service):
+        def handle(self):
+            raise MethodNotAllowed()
+
+    r = call(Plain, method='PATCH', path='/p/2')
+    assert r.doc == {'error': 'method PATCH not allowed for /p/2', 'cid': 'c1d'}
+    assert not r.headers
+
+    class Own(Service):
+        def handle(self):
+            raise MethodNotAllowed('read only', allowed=['GET'])
+
+    r = call(Own)
+    assert r.doc == {'error': 'read only', 'allowed': ['GET'], 'cid': 'c1d'}
+    assert r.headers == [['allow', 'GET']]
+
+
+def test_boundary_text_not_on_a_delimiter_line_is_data():
+    # CRLF --boundary followed by other text is not a delimiter (RFC 2046's grammar).
+    data = b'a\r\n--XyZ-123x\r\nb\r\n--XyZ-123 tail'
+    body, ct = multipart([(['Content-Disposition: form-data; name="f"; filename="f"'], data)])
+    assert parse_form(ct, body)[1]['f'].data == data
