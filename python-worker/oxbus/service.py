@@ -326,8 +326,8 @@ class MqttMessage:
 
 
 class Request:
-    """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``pubsub``
-    for a delivery of a pub/sub subscription."""
+    """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``form`` and
+    ``files`` of a form body; ``pubsub`` for a delivery of a pub/sub subscription."""
 
     # ``_form`` and ``_files`` are set the first time ``form`` or ``files`` is read (never
     # in __init__: a request that does not ask pays nothing).
@@ -338,7 +338,8 @@ class Request:
 
     def __init__(self, payload: Any = None, raw: bytes = b'', data_format: str = 'json',
                  meta: Optional[Dict[str, Any]] = None) -> None:
-        #: The parsed JSON body (None for an empty one), or the raw bytes for raw calls.
+        #: The parsed JSON body (None for an empty one), a form body's fields
+        #: (:class:`~oxbus.forms.FormFields`), or the raw bytes for raw calls.
         self.payload = payload
         #: The body exactly as received.
         self.raw = raw
