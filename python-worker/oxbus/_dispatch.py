@@ -272,8 +272,12 @@ class Dispatcher:
                     # A form (by its Content-Type) is looked for only here, once the body
                     # is not JSON, so a JSON request pays nothing for it: its fields are
                     # the payload, and SimpleIO input reads them as it reads a JSON object.
-                    from .forms import form_payload
-                    payload = form_payload(meta.get('headers'), body)
+                    # A body that starts like JSON ({, [ or ", after white space) is
+                    # broken JSON whatever its Content-Type says: `curl -d '{...'` sends
+                    # a form's type by default, and its error is the JSON one.
+                    from .forms import form_payload, looks_like_json
+                    payload = (None if looks_like_json(body)
+                               else form_payload(meta.get('headers'), body))
                     if payload is None:
                         raise BadRequest('malformed JSON: %s' % e) from None
                 except RecursionError:

@@ -15,7 +15,8 @@ Flask's ``MultiDict`` gives the first); :meth:`MultiDict.getlist` gives every va
 
 Everything here is parsed on demand, the first time a service asks, and only from the
 body the server already read within ``http.max_body_bytes``. A form has at most
-:data:`MAX_FORM_PARTS` fields (query string: :data:`MAX_QUERY_FIELDS`); a body that breaks
+:data:`MAX_FORM_PARTS` fields (query string: :data:`MAX_QUERY_FIELDS`), each multipart part
+at most :data:`MAX_PART_HEADER_BYTES` of headers; a body that breaks
 the rules is a :class:`~oxbus.errors.BadRequest` naming what is wrong, so a service that
 reads the form answers 400. The multipart parser is this module's own (RFC 7578 on RFC
 2046's framing): the stdlib's ``cgi`` is gone in 3.13, and the ``email`` package's parser
@@ -31,13 +32,16 @@ TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's s
 if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-__all__ = ['MultiDict', 'FormFields', 'UploadedFile', 'MAX_FORM_PARTS', 'MAX_QUERY_FIELDS', 'form_kind',
-           'parse_query', 'parse_form', 'form_payload']
+__all__ = ['MultiDict', 'FormFields', 'UploadedFile', 'MAX_FORM_PARTS', 'MAX_QUERY_FIELDS',
+           'MAX_PART_HEADER_BYTES', 'form_kind',
+           'parse_query', 'parse_form', 'form_payload', 'looks_like_json']
 
 #: At most this many fields (urlencoded) or parts (multipart) in a form body.
 MAX_FORM_PARTS = 1000
 #: At most this many fields in a query string.
 MAX_QUERY_FIELDS = 1000
+#: At most this many bytes of headers in one part of a multipart body.
+MAX_PART_HEADER_BYTES = 16 * 1024
 
 URLENCODED = 'application/x-www-form-urlencoded'
 MULTIPART = 'multipart/form-data'
@@ -144,6 +148,15 @@ def parse_form(content_type: Optional[str], body: bytes) -> Tuple[MultiDict, Mul
     if kind == MULTIPART:
         return _parse_multipart(content_type or '', body)
     return MultiDict(), MultiDict()
+
+
+def looks_like_json(body: bytes) -> bool:
+    """Whether ``body``'s first non-blank byte is ``{``, ``[`` or ``"``: JSON meant, if
+    broken; a JSON channel never reads such a body as a form."""
+    head = body[:64].lstrip(b' \t\r\n')
+    if not head:
+        head = body.lstrip(b' \t\r\n')[:1]
+    return head[:1] in (b'{', b'[', b'"')
 
 
 def form_payload(headers: Any, body: bytes) -> Optional[FormFields]:
@@ -281,8 +294,14 @@ def _one_part(body: bytes, start: int, end: int, fields: List[Tuple[str, Any]],
     if body.startswith(b'\r\n', start):
         head, data_start = b'', start + 2
     else:
-        blank = body.find(b'\r\n\r\n', start, end)
+        # The headers' end is looked for within the cap only, so no part's headers cost
+        # more than MAX_PART_HEADER_BYTES of work however large the body.
+        blank = body.find(b'\r\n\r\n', start, min(end, start + MAX_PART_HEADER_BYTES + 4))
         if blank < 0:
+            if end - start > MAX_PART_HEADER_BYTES + 4 \
+                    and body.find(b'\r\n\r\n', start, end) >= 0:
+                raise BadRequest('a part of the multipart/form-data body has more than %d '
+                                 'bytes of headers' % MAX_PART_HEADER_BYTES)
             raise _bad('a part has no empty line after its headers')
         head, data_start = body[start:blank], blank + 4
     headers: Dict[str, str] = {}

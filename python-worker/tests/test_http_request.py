@@ -51,6 +51,29 @@ def test_simpleio_input_from_the_query_keeps_the_last_value():
     assert call(In, method='GET', query='k=a&k=b').doc == {'k': 'b'}
 
 
+def test_simpleio_list_reads_every_value_of_a_repeated_key():
+    from oxbus.simpleio import List
+
+    class Tags(Service):
+        input = List('tags'), '-one'
+
+        def handle(self):
+            self.response.payload = dict(self.request.input)
+
+    urlenc = form_headers('application/x-www-form-urlencoded')
+    assert call(Tags, method='GET', query='tags=a&tags=b&one=x&one=y').doc == {
+        'tags': ['a', 'b'], 'one': 'y'}
+    assert call(Tags, body=b'tags=a&tags=b&one=x&one=y', headers=urlenc).doc == {
+        'tags': ['a', 'b'], 'one': 'y'}
+    body, ct = multipart([(['Content-Disposition: form-data; name="tags"'], b'a'),
+                          (['Content-Disposition: form-data; name="tags"'], b'b')])
+    assert call(Tags, body=body, headers=form_headers(ct)).doc == {
+        'tags': ['a', 'b'], 'one': None}
+    # One value is a list of one; a JSON list is as it came.
+    assert call(Tags, method='GET', query='tags=a').doc['tags'] == ['a']
+    assert call(Tags, body=b'{"tags": ["a", "b"]}').doc['tags'] == ['a', 'b']
+
+
 def test_too_many_query_fields_is_a_400():
     r = call(Query, query='&'.join('k=%d' % i for i in range(1001)))
     assert r.status == 400
@@ -146,6 +169,42 @@ def test_a_json_body_or_no_content_type_has_an_empty_form():
     # Not JSON and not a form: the JSON error, as before.
     r = call(Form, body=b'a=1', headers=form_headers('text/plain'))
     assert r.status == 400 and r.doc['error'].startswith('malformed JSON')
+
+
+@pytest.mark.parametrize('body', [
+    b'{"name": "Ann", "age": 4', b'  \r\n{"name": "Ann",}', b'[1, 2', b'"text',
+])
+def test_broken_json_sent_as_a_form_is_the_json_error(body):
+    # `curl -d` sends application/x-www-form-urlencoded by default: a body that starts
+    # like JSON is broken JSON, never a form with junk field names.
+    class Typed(Service):
+        input = '-name'
+
+        def handle(self):
+            self.response.payload = {'payload': self.request.payload}
+
+    for svc in (Form, Typed):
+        r = call(svc, body=body, headers=form_headers('application/x-www-form-urlencoded'))
+        assert r.status == 400, r.doc
+        assert r.doc['error'].startswith('malformed JSON'), r.doc
+
+
+@pytest.mark.parametrize('head', [
+    b'Content-Disposition: form-data; ' + b'a=b;' * 5000 + b'name="a"',
+    b'Content-Disposition: form-data; name="a"; filename="' + b'a' * 20000 + b'"',
+    b'X: y\r\n' * 4000 + b'Content-Disposition: form-data; name="a"',
+])
+def test_a_parts_headers_past_the_cap_are_a_400(head):
+    from oxbus.forms import MAX_PART_HEADER_BYTES
+    assert len(head) > MAX_PART_HEADER_BYTES
+    body = b'--B\r\n' + head + b'\r\n\r\nx\r\n--B--'
+    with pytest.raises(BadRequest, match='more than 16384 bytes of headers'):
+        parse_form('multipart/form-data; boundary=B', body)
+    # Within the cap, the same kind of part is read.
+    ok = b'Content-Disposition: form-data; name="a"; filename="' + b'a' * 16000 + b'"'
+    fields, files = parse_form('multipart/form-data; boundary=B',
+                               b'--B\r\n' + ok + b'\r\n\r\nx\r\n--B--')
+    assert files['a'].filename == 'a' * 16000
 
 
 @pytest.mark.parametrize('body,ct,why', [
