@@ -82,6 +82,7 @@ async fn server() -> Server {
         .channel("/verbs", &[], "req.verbs")
         .channel("/plain", &["GET", "PUT"], "req.plain")
         .channel("/get-only", &["GET"], "req.plain")
+        .channel("/put-only", &["PUT"], "req.plain")
         .start()
         .await
 }
@@ -274,15 +275,30 @@ async fn query_forms_catch_all_content_type_and_405() {
     assert_eq!(j["allowed"], json!(["GET", "POST"]));
     assert_eq!(j["cid"], r.cid());
     // ...and a service's own bare MethodNotAllowed(): its handlers, or else the channel's
-    // methods as Allow.
+    // methods as Allow; never the method refused (handle_POST raised it).
     let r = srv.request("POST", "/verbs", &[], b"").await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow").as_deref(), Some("GET, POST"));
-    assert_eq!(keys(&r.json()), keys(&channel_405));
+    assert_eq!(r.header("allow").as_deref(), Some("GET"));
+    let j = r.json();
+    assert_eq!(keys(&j), keys(&channel_405));
+    assert_eq!(j["allowed"], json!(["GET"]));
     let r = srv.request("PUT", "/plain", &[], b"").await;
     assert_eq!(r.status, 405, "{}", api::text(&r));
-    assert_eq!(r.header("allow").as_deref(), Some("GET, PUT"));
-    assert_eq!(r.json()["error"], "method PUT not allowed for /plain");
+    assert_eq!(r.header("allow").as_deref(), Some("GET"));
+    let j = r.json();
+    assert_eq!(keys(&j), keys(&channel_405), "{j}");
+    assert_eq!(
+        j["error"],
+        "method PUT not allowed for /plain; allowed: GET"
+    );
+    assert_eq!(j["allowed"], json!(["GET"]));
+    // Nothing left to allow: no Allow, no `allowed`.
+    let r = srv.request("PUT", "/put-only", &[], b"").await;
+    assert_eq!(r.status, 405, "{}", api::text(&r));
+    assert_eq!(r.header("allow"), None);
+    let j = r.json();
+    assert_eq!(j["error"], "method PUT not allowed for /put-only");
+    assert!(j.get("allowed").is_none(), "{j}");
 
     srv.assert_no_errors(&[]);
 }

@@ -652,18 +652,28 @@ def _method_not_allowed(cls: Type[Service], exc: Reportable) -> None:
     """Give a service's 405 the server's shape: ``{"error", "allowed", "cid"}`` and an
     ``allow`` header. Without ``allowed=``, a service with ``handle_<VERB>`` methods allows
     those; a plain ``handle`` takes whatever its channel does, which the server fills in
-    (edge/http.rs). Without a message of its own, the message is the server's: method, path
+    (edge/http.rs). The refused method is never among the allowed (a ``handle_POST`` that
+    raises it does not allow POST); when none is left there is no ``allow`` header and no
+    ``allowed``. Without a message of its own, the message is the server's: method, path
     and allowed methods."""
-    allowed = getattr(exc, 'allowed', None) or exc.details.get('allowed')
+    meta = _invocation_meta.get(None) or {}
+    method = str(meta.get('method') or '').upper()
+    own = getattr(exc, 'allowed', None)
+    allowed = own or exc.details.get('allowed')
     if not allowed and cls._oxbus_verbs:
         allowed = sorted(cls._oxbus_verbs)
     if allowed:
-        allowed = [str(m) for m in allowed]
-        exc.details['allowed'] = allowed
-        if not any(str(k).lower() == 'allow' for k in exc.headers):
-            exc.headers['allow'] = ', '.join(allowed)
+        allowed = [str(m) for m in allowed if str(m).upper() != method]
+        # The constructor's header, from the list before the refused method left it.
+        if own and exc.headers.get('allow') == ', '.join(own):
+            del exc.headers['allow']
+        if allowed:
+            exc.details['allowed'] = allowed
+            if not any(str(k).lower() == 'allow' for k in exc.headers):
+                exc.headers['allow'] = ', '.join(allowed)
+        else:
+            exc.details.pop('allowed', None)
     if exc.msg == type(exc).reason or exc.msg == MethodNotAllowed.reason:
-        meta = _invocation_meta.get(None) or {}
         exc.msg = 'method %s not allowed for %s' % (meta.get('method') or '(none)',
                                                     meta.get('path') or cls.name)
         if allowed:

@@ -286,11 +286,21 @@ def test_bare_method_not_allowed_lists_the_verb_handlers():
         def handle_PUT(self):
             pass
 
+    # The refused method is not among the allowed, though it has a handler.
     r = call(Verbs, method='GET', path='/v/1')
     assert r.status == 405
-    assert r.doc == {'error': 'method GET not allowed for /v/1; allowed: GET, PUT',
-                     'allowed': ['GET', 'PUT'], 'cid': 'c1d'}
-    assert r.headers == [['allow', 'GET, PUT']]
+    assert r.doc == {'error': 'method GET not allowed for /v/1; allowed: PUT',
+                     'allowed': ['PUT'], 'cid': 'c1d'}
+    assert r.headers == [['allow', 'PUT']]
+
+    class Only(Service):
+        def handle_GET(self):
+            raise MethodNotAllowed()
+
+    # Nothing left to allow: no allow header, no allowed.
+    r = call(Only, method='GET', path='/o')
+    assert r.doc == {'error': 'method GET not allowed for /o', 'cid': 'c1d'}
+    assert not r.headers
 
 
 def test_bare_method_not_allowed_of_a_plain_handle_leaves_allow_to_the_server():
@@ -307,6 +317,14 @@ def test_bare_method_not_allowed_of_a_plain_handle_leaves_allow_to_the_server():
             raise MethodNotAllowed('read only', allowed=['GET'])
 
     r = call(Own)
+    assert r.doc == {'error': 'read only', 'allowed': ['GET'], 'cid': 'c1d'}
+    assert r.headers == [['allow', 'GET']]
+
+    class OwnWithIt(Service):
+        def handle(self):
+            raise MethodNotAllowed('read only', allowed=['GET', 'POST'])
+
+    r = call(OwnWithIt, method='POST')
     assert r.doc == {'error': 'read only', 'allowed': ['GET'], 'cid': 'c1d'}
     assert r.headers == [['allow', 'GET']]
 

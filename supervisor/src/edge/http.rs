@@ -708,13 +708,12 @@ async fn handle(
         .await;
     let _enter = span.enter();
     match result {
-        Ok(reply) => {
+        Ok(mut reply) => {
             debug!(status = reply.status, bytes = reply.body.len(), "answered");
-            let mut r = build_reply(reply, &cid);
-            if r.status() == StatusCode::METHOD_NOT_ALLOWED {
-                allow_from_channel(&mut r, &channel.methods);
+            if reply.status == StatusCode::METHOD_NOT_ALLOWED.as_u16() {
+                allow_from_channel(&mut reply, &channel.methods, parts.method.as_str());
             }
-            r
+            build_reply(reply, &cid)
         }
         // Counted as refused by `invoke`.
         Err(e) => dispatch_error(e, &cid, &channel.service, trace.trace_id()),
@@ -889,18 +888,51 @@ fn build_reply(reply: crate::lifecycle::pool::Reply, cid: &str) -> Response<Body
 }
 
 /// A service's 405 that names no methods (`raise MethodNotAllowed()` in a plain `handle`,
-/// which takes every verb the channel does): `Allow` lists the channel's methods. A
-/// channel that takes any method has no list to send; the service's `allowed=` is the only
-/// source then (docs/WORKER.md).
-fn allow_from_channel(r: &mut Response<Body>, methods: &[String]) {
-    if methods.is_empty() || r.headers().contains_key(header::ALLOW) {
+/// which takes every verb the channel does): `Allow` lists the channel's methods but the
+/// refused one, and the JSON body gets them as `allowed` (and its default message the
+/// list), the shape of the server's own 405. Nothing is added when no method is left, or
+/// for a channel that takes any method: it has no list to send, and the service's
+/// `allowed=` is the only source then (docs/WORKER.md).
+fn allow_from_channel(reply: &mut crate::lifecycle::pool::Reply, methods: &[String], method: &str) {
+    if reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("allow"))
+    {
         return;
     }
-    let mut methods = methods.to_vec();
-    methods.sort();
-    if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
-        r.headers_mut().insert(header::ALLOW, v);
+    let mut allowed: Vec<&String> = methods
+        .iter()
+        .filter(|m| !m.eq_ignore_ascii_case(method))
+        .collect();
+    if allowed.is_empty() {
+        return;
     }
+    allowed.sort();
+    allowed.dedup();
+    let list = allowed
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(serde_json::Value::Object(mut doc)) =
+        serde_json::from_slice::<serde_json::Value>(&reply.body)
+    {
+        if !doc.contains_key("allowed") {
+            let prefix = format!("method {method} not allowed for ");
+            if let Some(serde_json::Value::String(e)) = doc.get_mut("error") {
+                if e.starts_with(&prefix) && !e.contains("; allowed: ") {
+                    e.push_str("; allowed: ");
+                    e.push_str(&list);
+                }
+            }
+            doc.insert("allowed".into(), serde_json::json!(allowed));
+            if let Ok(body) = serde_json::to_vec(&doc) {
+                reply.body = body.into();
+            }
+        }
+    }
+    reply.headers.push(("allow".into(), list));
 }
 
 fn dispatch_error(e: DispatchError, cid: &str, service: &str, trace_id: &str) -> Response<Body> {

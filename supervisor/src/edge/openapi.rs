@@ -24,8 +24,9 @@
 
 use oxbus_ipc::{IoElem, IoType, ServiceInfo};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use tracing::warn;
 
 use crate::config::OpenApiSection;
 use crate::model::channel::{Channel, DataFormat};
@@ -84,6 +85,10 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
         services.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut paths = Map::new();
     let mut ids = HashSet::new();
+    // Each path template's shape (names erased) and the template that has it: OpenAPI 3.1
+    // forbids two templates of one shape (`/files/{p}`, `/files/{path}`).
+    let mut shapes: HashMap<String, String> = HashMap::new();
+    let mut omitted: Vec<Value> = Vec::new();
     // JSON-RPC channels are one URL for many services: OpenAPI has no way to describe a
     // request whose body names the operation, so they are left out (docs/OPENAPI.md).
     for channel in channels
@@ -91,13 +96,33 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
         .filter(|c| c.channel_type == crate::model::channel::ChannelType::Rest)
     {
         let service = by_name.get(channel.service.as_str()).copied();
-        let item = paths
-            .entry(openapi_path(&channel.url_path))
-            .or_insert_with(|| json!({}));
+        let key = openapi_path(&channel.url_path);
+        let shape = path_shape(&key);
+        if let Some(other) = shapes.get(&shape).filter(|other| **other != key) {
+            let reason = format!(
+                "its template {key} has the shape of {other}, described already \
+                 (OpenAPI allows one template of a shape)"
+            );
+            warn!(url_path = %channel.url_path, "OpenAPI document: channel left out: {reason}");
+            omitted.push(json!({"url_path": channel.url_path, "reason": reason}));
+            continue;
+        }
+        shapes.insert(shape, key.clone());
+        let item = paths.entry(key.clone()).or_insert_with(|| json!({}));
         for method in methods(channel, service) {
+            let verb = method.to_ascii_lowercase();
+            if item.get(&verb).is_some() {
+                // `/files/{id}` and `/files/{id:path}` are one template: the first channel
+                // configured (the one routed first) is described.
+                let reason = format!("{method} {key} is another channel's operation already");
+                warn!(url_path = %channel.url_path, "OpenAPI document: operation left out: {reason}");
+                omitted.push(json!({"url_path": channel.url_path, "method": method,
+                    "reason": reason}));
+                continue;
+            }
             let mut op = operation(channel, service, method, &mut ids);
             gate_responses(&mut op, channel, info.security);
-            item[method.to_ascii_lowercase()] = op;
+            item[verb] = op;
         }
     }
     let mut components = components();
@@ -109,12 +134,32 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
             .collect::<Map<String, Value>>()
             .into();
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": info_object(info),
         "paths": paths,
         "components": components,
-    })
+    });
+    if !omitted.is_empty() {
+        doc["x-oxbus-omitted"] = omitted.into();
+    }
+    doc
+}
+
+/// A path template with its parameter names erased (`/files/{}`): two templates of one
+/// shape match the same paths.
+fn path_shape(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| {
+            if s.starts_with('{') && s.ends_with('}') {
+                "{}"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The channel's checks on an operation: its security requirement and the answers the gate
@@ -592,6 +637,57 @@ mod tests {
                 security: &[],
             },
         )
+    }
+
+    #[test]
+    fn templates_of_one_shape_are_described_once() {
+        let a = svc("files.one", &[], vec![], vec![]);
+        let b = svc("files.rest", &[], vec![], vec![]);
+        let c = svc("files.put", &[], vec![], vec![]);
+        let d = doc(
+            &[
+                ch("/files/{id}", &["GET"], "files.one", DataFormat::Json),
+                // Same template once `:path` goes, same method: the first is described.
+                ch(
+                    "/files/{id:path}",
+                    &["GET", "DELETE"],
+                    "files.rest",
+                    DataFormat::Json,
+                ),
+                // Same shape, another name: a second template OpenAPI 3.1 forbids.
+                ch(
+                    "/files/{path:path}",
+                    &["PUT"],
+                    "files.put",
+                    DataFormat::Json,
+                ),
+            ],
+            &[a, b, c],
+        );
+        let paths = d["paths"].as_object().unwrap();
+        assert_eq!(paths.keys().collect::<Vec<_>>(), ["/files/{id}"]);
+        let item = &paths["/files/{id}"];
+        assert_eq!(item["get"]["operationId"], "files.one");
+        // The other method of the catch-all is kept.
+        assert_eq!(item["delete"]["operationId"], "files.rest");
+        assert!(item.get("put").is_none());
+        let omitted = d["x-oxbus-omitted"].as_array().unwrap();
+        assert_eq!(omitted.len(), 2, "{omitted:?}");
+        assert_eq!(omitted[0]["url_path"], "/files/{id:path}");
+        assert_eq!(omitted[0]["method"], "GET");
+        assert_eq!(omitted[1]["url_path"], "/files/{path:path}");
+        assert!(
+            omitted[1]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("shape of /files/{id}")
+        );
+        // Nothing left out: no note.
+        let d = doc(
+            &[ch("/files/{id}", &["GET"], "files.one", DataFormat::Json)],
+            &[svc("files.one", &[], vec![], vec![])],
+        );
+        assert!(d.get("x-oxbus-omitted").is_none());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Static paths are looked up in a hash map first, so the common case costs one hash; paths
 //! with parameters are tried in the order they were configured, then paths ending in a
-//! catch-all `{name:path}`, the longest first (a catch-all takes only what no other channel
-//! does, and `/files/{p:path}` what `/{p:path}` would also take). A path that matches with the
+//! catch-all `{name:path}`, the most specific first, compared segment by segment from the
+//! left: a literal before a `{param}` before the catch-all (a catch-all takes only what no other channel does, and `/files/{p:path}` what
+//! `/{p:path}` or `/{a}/{b}/{p:path}` would also take). A path that matches with the
 //! wrong method is told apart from one that matches nothing (405 vs 404). A pubsub channel's
 //! path is a prefix: it takes every path below it (`model::channel::routes` made sure no other
 //! channel routes one there).
@@ -46,7 +47,8 @@ pub enum TableError {
 pub struct Router {
     statics: HashMap<String, Vec<Entry>>,
     dynamic: Vec<Route>,
-    /// Paths ending in a catch-all `{name:path}`, the most segments first.
+    /// Paths ending in a catch-all `{name:path}`, the most specific first (segment by
+    /// segment: a literal before a `{param}` before the catch-all).
     catch_alls: Vec<Route>,
     /// Pubsub channels, by their path prefix.
     prefixes: Vec<Entry>,
@@ -121,9 +123,21 @@ impl Router {
                 });
             }
         }
-        // Stable: catch-alls of one length keep the order configured.
-        r.catch_alls
-            .sort_by_key(|route| std::cmp::Reverse(route.segments.len()));
+        // The most specific first, segment by segment from the left: a literal before a
+        // `{param}`, a `{param}` before the catch-all. So `/files/{p:path}` takes
+        // `/files/x/y` ahead of `/{a}/{b}/{p:path}`, and `/files/{a}/{p:path}` ahead of
+        // `/files/{p:path}`. Stable: catch-alls of one shape keep the order configured.
+        r.catch_alls.sort_by_key(|route| {
+            route
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(_) => 0u8,
+                    Segment::Param(_) => 1,
+                    Segment::Rest(_) => 2,
+                })
+                .collect::<Vec<u8>>()
+        });
         Ok(r)
     }
 
@@ -363,7 +377,7 @@ mod tests {
             found("GET", "/files/a%2Fb//caf%C3%A9"),
             ("files.get".into(), one("path", "a/b//café"))
         );
-        // The longest catch-all first; the root one takes the rest.
+        // The most specific catch-all first; the root one takes the rest.
         assert_eq!(
             found("GET", "/other/x"),
             ("fallback".into(), one("any", "other/x"))
@@ -382,6 +396,31 @@ mod tests {
         // An empty rest does not match: `/files/d/` is no PUT channel's.
         assert!(matches!(r.lookup("PUT", "/files/d/"), Match::WrongMethod(m) if m == ["GET"]));
         assert!(matches!(r.lookup("GET", "/"), Match::NotFound));
+    }
+
+    #[test]
+    fn catch_alls_most_specific_first() {
+        let r = Router::new(&[
+            ch("/{a}/{b}/{p:path}", &["GET"], "placeholders"),
+            ch("/{a}/{b}/x/{p:path}", &["GET"], "placeholders-x"),
+            ch("/files/{p:path}", &["GET"], "files"),
+            ch("/{p:path}", &["GET"], "root"),
+        ])
+        .unwrap();
+        let found = |path: &str| match r.lookup("GET", path) {
+            Match::Found {
+                channel, params, ..
+            } => (channel.service.clone(), params),
+            other => panic!("{path}: {other:?}"),
+        };
+        let one = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        // A literal beats a placeholder at the same place, however many segments follow.
+        assert_eq!(found("/files/x/y"), ("files".into(), one("p", "x/y")));
+        assert_eq!(found("/files/a/x/y"), ("files".into(), one("p", "a/x/y")));
+        // Further right too; a placeholder beats the catch-all.
+        assert_eq!(found("/c/d/x/y").0, "placeholders-x");
+        assert_eq!(found("/c/d/e").0, "placeholders");
+        assert_eq!(found("/c").0, "root");
     }
 
     #[test]
