@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ['MultiDict', 'FormFields', 'UploadedFile', 'MAX_FORM_PARTS', 'MAX_QUERY_FIELDS',
            'MAX_PART_HEADER_BYTES', 'form_kind',
-           'parse_query', 'parse_form', 'form_payload', 'looks_like_json']
+           'parse_query', 'parse_form', 'form_payload', 'looks_like_json', 'content_type_of']
 
 #: At most this many fields (urlencoded) or parts (multipart) in a form body.
 MAX_FORM_PARTS = 1000
@@ -59,12 +59,29 @@ class MultiDict(Bunch):
         object.__setattr__(self, '_pairs', pairs)
 
     def getlist(self, key: str) -> List[Any]:
-        """Every value of ``key`` in the order received; ``[]`` when it is absent."""
-        return [v for k, v in self._pairs if k == key]
+        """Every value of ``key`` in the order received; ``[]`` when it is absent. A key
+        assigned (or deleted) since has its current value only (or none): ``getlist``
+        never disagrees with ``self[key]``."""
+        if key not in self:
+            return []
+        values = [v for k, v in self._pairs if k == key]
+        current = dict.__getitem__(self, key)
+        if not values or values[-1] is not current:
+            return [current]
+        return values
 
     def items_all(self) -> List[Tuple[str, Any]]:
-        """Every (key, value) pair in the order received, repeated keys included."""
-        return list(self._pairs)
+        """Every (key, value) pair in the order received, repeated keys included; as
+        :meth:`getlist`, a key assigned since has its current value only, a deleted one
+        none."""
+        out: List[Tuple[str, Any]] = []
+        seen = set()
+        for k, _ in self._pairs:
+            if k not in seen:
+                seen.add(k)
+                out.extend((k, v) for v in self.getlist(k))
+        out.extend((k, v) for k, v in self.items() if k not in seen)
+        return out
 
     def __repr__(self) -> str:
         return 'MultiDict(%r)' % (self._pairs,)
@@ -119,12 +136,17 @@ def parse_query(raw: str) -> MultiDict:
     """A query string (without ``?``) as a :class:`MultiDict`; blank values kept,
     undecodable escapes replaced, at most :data:`MAX_QUERY_FIELDS` fields (else 400)."""
     from urllib.parse import parse_qsl  # imported when asked: most services never do
-    try:
-        return MultiDict(parse_qsl(raw, keep_blank_values=True,
-                                   max_num_fields=MAX_QUERY_FIELDS))
-    except ValueError:
-        raise BadRequest('the query string has more than %d fields' % MAX_QUERY_FIELDS) \
-            from None
+    if _fields(raw) > MAX_QUERY_FIELDS:
+        raise BadRequest('the query string has more than %d fields' % MAX_QUERY_FIELDS)
+    return MultiDict(parse_qsl(raw, keep_blank_values=True))
+
+
+def _fields(text: str) -> int:
+    """How many fields ``text`` (``a=1&b=2``) has: empty ones (``a=1&&``) are none."""
+    n = text.count('&') + 1
+    if n <= MAX_FORM_PARTS and n <= MAX_QUERY_FIELDS:
+        return n
+    return sum(1 for piece in text.split('&') if piece)
 
 
 def _media_type(content_type: Optional[str]) -> str:
@@ -159,14 +181,21 @@ def looks_like_json(body: bytes) -> bool:
     return head[:1] in (b'{', b'[', b'"')
 
 
-def form_payload(headers: Any, body: bytes) -> Optional[FormFields]:
-    """The payload of a body that is not JSON on a JSON channel: its form fields when the
-    ``Content-Type`` among ``headers`` (the CALL meta's ``[[name, value], ...]``) is a
-    form's, else None. Raises :class:`~oxbus.errors.BadRequest` for a malformed form."""
+def content_type_of(headers: Any) -> Optional[str]:
+    """The ``Content-Type`` among ``headers`` (the CALL meta's ``[[name, value], ...]``):
+    the last one when a request sent several, for the payload and ``request.form`` alike."""
     content_type = None
     for pair in headers or ():
         if pair[0] == 'content-type':
             content_type = pair[1]
+    return content_type
+
+
+def form_payload(headers: Any, body: bytes) -> Optional[FormFields]:
+    """The payload of a body that is not JSON on a JSON channel: its form fields when the
+    ``Content-Type`` among ``headers`` (:func:`content_type_of`) is a form's, else None.
+    Raises :class:`~oxbus.errors.BadRequest` for a malformed form."""
+    content_type = content_type_of(headers)
     if form_kind(content_type) is None:
         return None
     fields, files = parse_form(content_type, body)
@@ -174,35 +203,29 @@ def form_payload(headers: Any, body: bytes) -> Optional[FormFields]:
 
 
 def _parse_urlencoded(body: bytes) -> MultiDict:
+    # Decoded as the query string is: UTF-8 (a browser percent-encodes everything but
+    # ASCII; a client that sent UTF-8 raw still means UTF-8), bytes and %-escapes that are
+    # not UTF-8 replaced by U+FFFD, not refused.
     from urllib.parse import parse_qsl
-    try:
-        text = body.decode('ascii')
-    except UnicodeDecodeError:
-        # A browser percent-encodes everything but ASCII; a client that sent UTF-8 raw
-        # still means UTF-8.
-        try:
-            text = body.decode('utf-8')
-        except UnicodeDecodeError:
-            raise BadRequest('malformed application/x-www-form-urlencoded body: not UTF-8') \
-                from None
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_PARTS,
-                          encoding='utf-8', errors='strict')
-    except UnicodeDecodeError:
-        raise BadRequest('malformed application/x-www-form-urlencoded body: a %-escape '
-                         'is not UTF-8') from None
-    except ValueError:
-        raise BadRequest('the form has more than %d fields' % MAX_FORM_PARTS) from None
-    return MultiDict(pairs)
+    text = body.decode('utf-8', 'replace')
+    if _fields(text) > MAX_FORM_PARTS:
+        raise BadRequest('the form has more than %d fields' % MAX_FORM_PARTS)
+    return MultiDict(parse_qsl(text, keep_blank_values=True, encoding='utf-8',
+                               errors='replace'))
 
 
 def _bad(why: str) -> BadRequest:
     return BadRequest('malformed multipart/form-data body: %s' % why)
 
 
-def _header_params(value: str) -> Tuple[str, Dict[str, str]]:
-    """``form-data; name="a"; filename="b"`` -> ('form-data', {'name': 'a', ...}): quoted
-    strings with backslash escapes, parameter names lower-cased."""
+def _header_params(value: str, html: bool = False) -> Tuple[str, Dict[str, str]]:
+    """``form-data; name="a"; filename="b"`` -> ('form-data', {'name': 'a', ...}),
+    parameter names lower-cased, a parameter without a value (``; foo;``) skipped.
+
+    In a quoted string a backslash escapes only ``"`` and ``\\`` (``C:\\dir\\a.txt``, as a
+    browser sends a path, stays as it is). With ``html`` (a part's Content-Disposition)
+    ``%22``, ``%0D`` and ``%0A`` are decoded too: the HTML spec's escapes, which browsers
+    send."""
     params: Dict[str, str] = {}
     head, _, rest = value.partition(';')
     i, n = 0, len(rest)
@@ -212,6 +235,10 @@ def _header_params(value: str) -> Tuple[str, Dict[str, str]]:
         eq = rest.find('=', i)
         if eq < 0:
             break
+        semi = rest.find(';', i, eq)
+        if semi >= 0:  # a parameter without a value
+            i = semi
+            continue
         key = rest[i:eq].strip().lower()
         i = eq + 1
         while i < n and rest[i] in ' \t':
@@ -220,7 +247,7 @@ def _header_params(value: str) -> Tuple[str, Dict[str, str]]:
             i += 1
             out = []
             while i < n and rest[i] != '"':
-                if rest[i] == '\\' and i + 1 < n:
+                if rest[i] == '\\' and i + 1 < n and rest[i + 1] in '"\\':
                     i += 1
                 out.append(rest[i])
                 i += 1
@@ -228,6 +255,9 @@ def _header_params(value: str) -> Tuple[str, Dict[str, str]]:
                 raise _bad('an unterminated quoted string in %r' % value)
             i += 1
             val = ''.join(out)
+            if html and '%' in val:
+                val = (val.replace('%22', '"').replace('%0D', '\r').replace('%0A', '\n')
+                       .replace('%0d', '\r').replace('%0a', '\n'))
         else:
             end = rest.find(';', i)
             end = n if end < 0 else end
@@ -248,15 +278,17 @@ def _parse_multipart(content_type: str, body: bytes) -> Tuple[MultiDict, MultiDi
         delim = b'--' + boundary.encode('ascii')
     except UnicodeEncodeError:
         raise _bad('the boundary is not ASCII') from None
-    # The first delimiter opens the body (anything before it is a preamble to ignore).
-    if body.startswith(delim):
+    # The first delimiter line opens the body (anything before it is a preamble to
+    # ignore); a longer line that starts with the delimiter (`--BX` for boundary B) is not
+    # one.
+    next_delim = b'\r\n' + delim
+    if body.startswith(delim) and _delimiter_line_at(body, len(delim)):
         pos = len(delim)
     else:
-        pos = body.find(b'\r\n' + delim)
-        if pos < 0:
-            raise _bad('no boundary line %r' % delim.decode('ascii'))
-        pos += 2 + len(delim)
-    next_delim = b'\r\n' + delim
+        try:
+            pos = _next_delimiter(body, next_delim, 0) + len(next_delim)
+        except BadRequest:
+            raise _bad('no boundary line %r' % delim.decode('ascii')) from None
     fields: List[Tuple[str, Any]] = []
     files: List[Tuple[str, Any]] = []
     while True:
@@ -279,14 +311,19 @@ def _next_delimiter(body: bytes, delim: bytes, start: int) -> int:
     text followed by anything else is data of the part."""
     end = body.find(delim, start)
     while end >= 0:
-        after = end + len(delim)
-        if body.startswith(b'--', after):
-            return end
-        eol = body.find(b'\r\n', after)
-        if eol >= 0 and not body[after:eol].strip(b' \t'):
+        if _delimiter_line_at(body, end + len(delim)):
             return end
         end = body.find(delim, end + 1)
     raise _bad('the body ends inside a part (no closing boundary)')
+
+
+def _delimiter_line_at(body: bytes, after: int) -> bool:
+    """Whether the delimiter that ends at ``after`` is one: followed by ``--`` or by
+    optional white space and CRLF."""
+    if body.startswith(b'--', after):
+        return True
+    eol = body.find(b'\r\n', after)
+    return eol >= 0 and not body[after:eol].strip(b' \t')
 
 
 def _one_part(body: bytes, start: int, end: int, fields: List[Tuple[str, Any]],
@@ -315,7 +352,7 @@ def _one_part(body: bytes, start: int, end: int, fields: List[Tuple[str, Any]],
     disposition = headers.get('content-disposition')
     if disposition is None:
         raise _bad('a part has no Content-Disposition header')
-    kind, params = _header_params(disposition)
+    kind, params = _header_params(disposition, html=True)
     if kind != 'form-data' or 'name' not in params:
         raise _bad('a part\'s Content-Disposition is not form-data with a name: %r'
                    % disposition[:200])
@@ -325,14 +362,18 @@ def _one_part(body: bytes, start: int, end: int, fields: List[Tuple[str, Any]],
     filename = params.get('filename')
     star = params.get('filename*')
     if star is not None:
-        # RFC 5987: charset'language'percent-encoded; it wins over a plain filename.
+        # RFC 5987: charset'language'percent-encoded; it wins over a plain filename, which
+        # is kept when filename* is not of that form or cannot be decoded.
         from urllib.parse import unquote
-        charset, _, rest = star.partition("'")
-        _, _, encoded = rest.partition("'")
+        charset, q1, rest = star.partition("'")
+        _, q2, encoded = rest.partition("'")
         try:
+            if not (q1 and q2):
+                raise ValueError('no charset\'language\' prefix')
             filename = unquote(encoded, encoding=charset or 'utf-8', errors='strict')
-        except (LookupError, UnicodeDecodeError):
-            raise _bad('filename* of part %r cannot be decoded' % name) from None
+        except (LookupError, ValueError):  # UnicodeDecodeError is a ValueError
+            if filename is None:
+                raise _bad('filename* of part %r cannot be decoded' % name) from None
     if filename is not None:
         files.append((name, UploadedFile(name, filename,
                                          part_type or 'application/octet-stream', data,

@@ -405,16 +405,15 @@ class Request:
             return self._files
 
     def _parse_form(self) -> None:
-        from .forms import FormFields, parse_form
+        from .forms import FormFields, content_type_of, parse_form
         payload = self.payload
         if type(payload) is FormFields:
             # The dispatcher parsed the body already (a form on a JSON channel): its payload.
             self._form = payload
             self._files = payload.files
             return
-        content_type = self.http.headers.get('content-type') if self._meta.get('headers') \
-            else None
-        self._form, self._files = parse_form(content_type, self.raw)
+        self._form, self._files = parse_form(content_type_of(self._meta.get('headers')),
+                                             self.raw)
 
     def __repr__(self) -> str:
         return '<Request %s %d bytes>' % (self.data_format, len(self.raw))
