@@ -208,6 +208,21 @@ async fn query_forms_catch_all_content_type_and_405() {
         r.json(),
         json!({"params": {"path": "a/b/c/café.txt"}, "path": "/files/a/b%2Fc/caf%C3%A9.txt"})
     );
+    // A NUL is refused (400), in a catch-all or a {param}; `..` and invalid UTF-8 pass,
+    // decoded (docs/WORKER.md).
+    for path in ["/files/a%00b", "/tree/x%00/y"] {
+        let r = srv.get(path).await;
+        assert_eq!(r.status, 400, "{path}: {}", api::text(&r));
+        assert!(
+            api::text(&r).contains("contains NUL (%00)"),
+            "{}",
+            api::text(&r)
+        );
+    }
+    assert_eq!(
+        srv.get("/files/%2e%2e%2fetc%ff").await.json()["params"],
+        json!({"path": "../etc\u{fffd}"})
+    );
     // A static channel under it wins; an empty rest matches nothing.
     assert_eq!(srv.get("/files/index").await.json()["params"], json!({}));
     assert_eq!(srv.get("/files/").await.status, 404);

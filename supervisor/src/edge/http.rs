@@ -466,6 +466,16 @@ async fn handle(
             metrics: handles,
         } => {
             *metrics = Some(handles);
+            // A path parameter is percent-decoded: `%00` would hand a service a NUL, which
+            // no name or path takes (and C code underneath ends a string at).
+            if let Some((name, _)) = params.iter().find(|(_, v)| v.contains('\0')) {
+                refused_for(cx, RefusalReason::BadHead);
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &cid,
+                    &format!("path parameter {name} contains NUL (%00)"),
+                );
+            }
             (channel, params)
         }
         Match::NotFound => {
