@@ -927,19 +927,19 @@ fn allow_from_channel(reply: &mut crate::lifecycle::pool::Reply, methods: &[Stri
         .join(", ");
     if let Ok(serde_json::Value::Object(mut doc)) =
         serde_json::from_slice::<serde_json::Value>(&reply.body)
+        && !doc.contains_key("allowed")
     {
-        if !doc.contains_key("allowed") {
-            let prefix = format!("method {method} not allowed for ");
-            if let Some(serde_json::Value::String(e)) = doc.get_mut("error") {
-                if e.starts_with(&prefix) && !e.contains("; allowed: ") {
-                    e.push_str("; allowed: ");
-                    e.push_str(&list);
-                }
-            }
-            doc.insert("allowed".into(), serde_json::json!(allowed));
-            if let Ok(body) = serde_json::to_vec(&doc) {
-                reply.body = body.into();
-            }
+        let prefix = format!("method {method} not allowed for ");
+        if let Some(serde_json::Value::String(e)) = doc.get_mut("error")
+            && e.starts_with(&prefix)
+            && !e.contains("; allowed: ")
+        {
+            e.push_str("; allowed: ");
+            e.push_str(&list);
+        }
+        doc.insert("allowed".into(), serde_json::json!(allowed));
+        if let Ok(body) = serde_json::to_vec(&doc) {
+            reply.body = body.into();
         }
     }
     reply.headers.push(("allow".into(), list));
