@@ -354,6 +354,7 @@ async fn the_metrics_token_is_required_when_set() {
     assert_eq!(allow, "GET, HEAD");
     let msg = r.json()["error"].as_str().unwrap().to_owned();
     assert!(msg.ends_with(&format!("allowed: {allow}")), "{msg}");
+    assert_eq!(r.json()["allowed"], json!(["GET", "HEAD"]));
 }
 
 /// An OpenMetrics range the client refuses (q=0), or likes less than the text format, gets

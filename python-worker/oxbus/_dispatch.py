@@ -105,8 +105,10 @@ def _pick_handler(cls: Type[Service], method: Optional[str]) -> Tuple[str, bool]
         # An invocation that did not come over HTTP has no verb; plain handle() takes it.
         if method is None and cls._oxbus_default is not None:
             return cls._oxbus_default
-        raise MethodNotAllowed('method not allowed: %s' % (method or '(none)'),
-                               allowed=sorted(verbs))
+        if method is None:
+            raise MethodNotAllowed('method not allowed: (none)', allowed=sorted(verbs))
+        # The message is written by _error, with the path, as the server's own 405 is.
+        raise MethodNotAllowed(allowed=sorted(verbs))
     return cls._oxbus_default  # type: ignore[return-value]
 
 
@@ -290,7 +292,17 @@ class Dispatcher:
                 try:
                     payload = _decode_json(body)
                 except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-                    raise BadRequest('malformed JSON: %s' % e) from None
+                    # A form (by its Content-Type) is looked for only here, once the body
+                    # is not JSON, so a JSON request pays nothing for it: its fields are
+                    # the payload, and SimpleIO input reads them as it reads a JSON object.
+                    # A body that starts like JSON ({, [ or ", after white space) is
+                    # broken JSON whatever its Content-Type says: `curl -d '{...'` sends
+                    # a form's type by default, and its error is the JSON one.
+                    from .forms import form_payload, looks_like_json
+                    payload = (None if looks_like_json(body)
+                               else form_payload(meta.get('headers'), body))
+                    if payload is None:
+                        raise BadRequest('malformed JSON: %s' % e) from None
                 except RecursionError:
                     # The server refuses bodies nested past its limit before they get
                     # here; this is the defence behind it (a deep body is the caller's
@@ -422,7 +434,14 @@ class Dispatcher:
         meta: Dict[str, Any] = {'status': status,
                                 'content_type': response.content_type or content_type}
         if headers:
-            meta['headers'] = _header_pairs(headers)
+            pairs = _header_pairs(headers)
+            if response.content_type is None:
+                # headers['Content-Type'] sets the content type (the REPLY's content_type
+                # is the one the server sends); response.content_type wins over it.
+                for pair in pairs:
+                    if pair[0] == 'content-type':
+                        meta['content_type'] = pair[1]
+            meta['headers'] = [p for p in pairs if p[0] != 'content-type']
         return encode_reply(stream, meta, body)
 
     def _error(self, stream: int, cid: str, cls: Type[Service], exc: BaseException,
@@ -436,6 +455,8 @@ class Dispatcher:
         family = REPLY_ERROR_INPUT if kind == REPLY_ERROR_INPUT else exc_family(exc)
         if isinstance(exc, Reportable):
             status = exc.status_code
+            if status == 405:
+                _method_not_allowed(cls, exc)
             doc = {'error': exc.msg, **exc.details, 'cid': cid}
             headers = exc.headers
         elif isinstance(exc, ModelOutputError):
@@ -1036,6 +1057,38 @@ def _unencodable(payload: Any) -> OutputError:
     error path only: the encoder says neither where nor which key)."""
     path, reason = find_unencodable(payload)
     return OutputError(path, reason)
+
+
+def _method_not_allowed(cls: Type[Service], exc: Reportable) -> None:
+    """Give a service's 405 the server's shape: ``{"error", "allowed", "cid"}`` and an
+    ``allow`` header. Without ``allowed=``, a service with ``handle_<VERB>`` methods allows
+    those; a plain ``handle`` takes whatever its channel does, which the server fills in
+    (edge/http.rs). The refused method is never among the allowed (a ``handle_POST`` that
+    raises it does not allow POST); when none is left there is no ``allow`` header and no
+    ``allowed``. Without a message of its own, the message is the server's: method, path
+    and allowed methods."""
+    meta = _invocation_meta.get(None) or {}
+    method = str(meta.get('method') or '').upper()
+    own = getattr(exc, 'allowed', None)
+    allowed = own or exc.details.get('allowed')
+    if not allowed and cls._oxbus_verbs:
+        allowed = sorted(cls._oxbus_verbs)
+    if allowed:
+        allowed = [str(m) for m in allowed if str(m).upper() != method]
+        # The constructor's header, from the list before the refused method left it.
+        if own and exc.headers.get('allow') == ', '.join(own):
+            del exc.headers['allow']
+        if allowed:
+            exc.details['allowed'] = allowed
+            if not any(str(k).lower() == 'allow' for k in exc.headers):
+                exc.headers['allow'] = ', '.join(allowed)
+        else:
+            exc.details.pop('allowed', None)
+    if exc.msg == type(exc).reason or exc.msg == MethodNotAllowed.reason:
+        exc.msg = 'method %s not allowed for %s' % (meta.get('method') or '(none)',
+                                                    meta.get('path') or cls.name)
+        if allowed:
+            exc.msg += '; allowed: %s' % ', '.join(allowed)
 
 
 def _error_frame(stream: int, status: int, doc: Dict[str, Any],

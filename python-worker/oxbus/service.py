@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._dispatch import Dispatcher
     from .amqp import AMQPRequestData
     from .cache import CacheAPI
+    from .forms import MultiDict
     from .kvdb import KVDB
     from .outgoing import OutgoingAPI
     from .pubsub import PubSubAPI, PubSubDelivery
@@ -224,7 +225,7 @@ class HTTPRequest:
 
     def __init__(self, meta: Dict[str, Any]) -> None:
         self._meta = meta
-        self._query: Optional[Dict[str, str]] = None
+        self._query: Optional[MultiDict] = None
         self._headers: Optional[Headers] = None
         self._params: Optional[Dict[str, str]] = None
 
@@ -274,17 +275,16 @@ class HTTPRequest:
         return self._meta.get('query') or ''
 
     @property
-    def query(self) -> Dict[str, str]:
-        """The query string decoded into a dict; for a repeated key the last value wins."""
+    def query(self) -> MultiDict:
+        """The query string decoded into a :class:`~oxbus.forms.MultiDict`: a dict of the
+        **last** value of each key (as Django and Starlette read it), with
+        ``getlist('k')`` for every value of a repeated key, in order."""
         if self._query is None:
+            # oxbus.forms (and urllib.parse behind it) is imported here, not at startup:
+            # most services never look at the query string.
+            from .forms import MultiDict, parse_query
             raw = self._meta.get('query')
-            if raw:
-                # urllib.parse is imported here, not at startup: most services never
-                # look at the query string.
-                from urllib.parse import parse_qsl
-                self._query = Bunch(parse_qsl(raw, keep_blank_values=True))
-            else:
-                self._query = Bunch()
+            self._query = parse_query(raw) if raw else MultiDict()
         return self._query
 
     @property
@@ -295,7 +295,7 @@ class HTTPRequest:
         return self._headers
 
     @property
-    def GET(self) -> Dict[str, str]:  # noqa: N802 - Zato's name
+    def GET(self) -> MultiDict:  # noqa: N802 - Zato's name
         """Zato's name for :attr:`query`."""
         return self.query
 
@@ -326,14 +326,20 @@ class MqttMessage:
 
 
 class Request:
-    """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``pubsub``
-    for a delivery of a pub/sub subscription."""
+    """What a service is asked: ``payload``, ``raw``, ``input`` and ``http``; ``form`` and
+    ``files`` of a form body; ``pubsub`` for a delivery of a pub/sub subscription."""
 
-    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub', 'amqp')
+    # ``_form`` and ``_files`` are set the first time ``form`` or ``files`` is read (never
+    # in __init__: a request that does not ask pays nothing).
+    __slots__ = ('payload', 'raw', 'input', 'data_format', '_meta', '_http', 'pubsub', 'amqp',
+                 '_form', '_files')
+    _form: MultiDict
+    _files: MultiDict
 
     def __init__(self, payload: Any = None, raw: bytes = b'', data_format: str = 'json',
                  meta: Optional[Dict[str, Any]] = None) -> None:
-        #: The parsed JSON body (None for an empty one), or the raw bytes for raw calls.
+        #: The parsed JSON body (None for an empty one), a form body's fields
+        #: (:class:`~oxbus.forms.FormFields`), or the raw bytes for raw calls.
         self.payload = payload
         #: The body exactly as received.
         self.raw = raw
@@ -373,6 +379,41 @@ class Request:
         if self._http is None:
             self._http = HTTPRequest(self._meta)
         return self._http
+
+    @property
+    def form(self) -> MultiDict:
+        """The fields of an ``application/x-www-form-urlencoded`` or ``multipart/form-data``
+        body (by the request's ``Content-Type``), parsed on first use: a
+        :class:`~oxbus.forms.MultiDict` of text values (the last of a repeated field;
+        ``getlist`` for all). Empty for any other body; :attr:`raw` is the body as received.
+        A malformed form raises :class:`~oxbus.errors.BadRequest` (400)."""
+        try:
+            return self._form
+        except AttributeError:
+            self._parse_form()
+            return self._form
+
+    @property
+    def files(self) -> MultiDict:
+        """The file parts of a ``multipart/form-data`` body (those with a ``filename``), by
+        field name: :class:`~oxbus.forms.UploadedFile` objects with ``filename``,
+        ``content_type`` and ``data``; ``getlist`` for a field of several files."""
+        try:
+            return self._files
+        except AttributeError:
+            self._parse_form()
+            return self._files
+
+    def _parse_form(self) -> None:
+        from .forms import FormFields, content_type_of, parse_form
+        payload = self.payload
+        if type(payload) is FormFields:
+            # The dispatcher parsed the body already (a form on a JSON channel): its payload.
+            self._form = payload
+            self._files = payload.files
+            return
+        self._form, self._files = parse_form(content_type_of(self._meta.get('headers')),
+                                             self.raw)
 
     def __repr__(self) -> str:
         return '<Request %s %d bytes>' % (self.data_format, len(self.raw))

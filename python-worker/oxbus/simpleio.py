@@ -395,6 +395,9 @@ class Elem:
     _format: Optional[str] = None
     #: Whether an empty string counts as absent (typed, non-text elements).
     _empty_is_absent = True
+    #: Whether every value of a repeated form field or query key is read (a List), not
+    #: the last one.
+    _multi = False
 
     def __init__(self, name: str, *keys: Any, default: Any = NotGiven, **_ignored: Any) -> None:
         if not isinstance(name, str):
@@ -557,9 +560,12 @@ class UUID(Elem):
 
 
 class List(Elem):
+    """A list; from a form body or the query string, every value of a repeated key
+    (``tags=a&tags=b`` -> ``['a', 'b']``)."""
     __slots__ = ()
     _convert = staticmethod(to_list)
     _type = 'array'
+    _multi = True
 
 
 class CSV(Elem):
@@ -786,6 +792,16 @@ def _convert_keys(keys: Tuple[Elem, ...], item: _Dict[str, Any], path: str,
     return out
 
 
+def _every(source: Mapping[str, Any], name: str, value: Any) -> Any:
+    """Every value of ``name`` when ``source`` is a MultiDict (a form body, the query
+    string) that has it more than once, else ``value`` (the one found)."""
+    getlist = getattr(source, 'getlist', None)
+    if getlist is None:
+        return value
+    values = getlist(name)
+    return values if len(values) > 1 else value
+
+
 def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[str, Any]],
                 query: Callable[[], Mapping[str, str]], json_body: bool = True,
                 params_first: bool = False) -> Bunch:
@@ -809,14 +825,20 @@ def parse_input(elems: Tuple[Elem, ...], payload: Any, params: Optional[Mapping[
         value: Any = _MISSING
         if body is not None and not params_first:
             value = body.get(name, _MISSING)
+            if elem._multi and value is not _MISSING:
+                value = _every(body, name, value)
         if value is _MISSING and params:
             value = params.get(name, _MISSING)
         if value is _MISSING:
             if query_dict is None:
                 query_dict = query()
             value = query_dict.get(name, _MISSING)
+            if elem._multi and value is not _MISSING:
+                value = _every(query_dict, name, value)
         if value is _MISSING and params_first and body is not None:
             value = body.get(name, _MISSING)
+            if elem._multi and value is not _MISSING:
+                value = _every(body, name, value)
         convert = elem.convert
         if (value is _MISSING or value is None
                 or (convert is not None and value == '' and elem.empty_absent)):

@@ -40,12 +40,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// Answers a request for [`PATH`].
 pub(super) async fn serve<B>(req: &Request<B>, cx: &Ctx) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = error(
+        // The shape of a channel's 405 (edge/http.rs), less the cid the admin port has not.
+        let mut r = super::reply(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "method {} not allowed for /metrics; allowed: {ALLOWED}",
-                req.method()
-            ),
+            serde_json::json!({
+                "error": format!(
+                    "method {} not allowed for /metrics; allowed: {ALLOWED}",
+                    req.method()
+                ),
+                "allowed": ALLOWED.split(", ").collect::<Vec<_>>(),
+            }),
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));

@@ -350,6 +350,26 @@ fn refusal(r: Refusal, cid: &str) -> Response<Body> {
     resp
 }
 
+/// 405 for a method the channels of `path` do not take: `Allow` and the body
+/// `{"error", "allowed", "cid"}`, the shape a service's own 405 has (`MethodNotAllowed`,
+/// python-worker/oxbus/_dispatch.py), so a client reads both alike.
+fn method_not_allowed(cid: &str, method: &str, path: &str, allowed: &[String]) -> Response<Body> {
+    let list = allowed.join(", ");
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        cid,
+        serde_json::json!({
+            "error": format!("method {method} not allowed for {path}; allowed: {list}"),
+            "allowed": allowed,
+            "cid": cid,
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
 fn error_response(status: StatusCode, cid: &str, msg: &str) -> Response<Body> {
     json_response(status, cid, serde_json::json!({ "error": msg, "cid": cid }))
 }
@@ -446,6 +466,16 @@ async fn handle(
             metrics: handles,
         } => {
             *metrics = Some(handles);
+            // A path parameter is percent-decoded: `%00` would hand a service a NUL, which
+            // no name or path takes (and C code underneath ends a string at).
+            if let Some((name, _)) = params.iter().find(|(_, v)| v.contains('\0')) {
+                refused_for(cx, RefusalReason::BadHead);
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &cid,
+                    &format!("path parameter {name} contains NUL (%00)"),
+                );
+            }
             (channel, params)
         }
         Match::NotFound => {
@@ -458,18 +488,7 @@ async fn handle(
         }
         Match::WrongMethod(allowed) => {
             refused_for(cx, RefusalReason::MethodNotAllowed);
-            let mut r = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &cid,
-                &format!(
-                    "method {method} not allowed for {path}; allowed: {}",
-                    allowed.join(", ")
-                ),
-            );
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                r.headers_mut().insert(header::ALLOW, v);
-            }
-            return r;
+            return method_not_allowed(&cid, method, path, &allowed);
         }
     };
     let limits = &cx.settings.http;
@@ -699,8 +718,11 @@ async fn handle(
         .await;
     let _enter = span.enter();
     match result {
-        Ok(reply) => {
+        Ok(mut reply) => {
             debug!(status = reply.status, bytes = reply.body.len(), "answered");
+            if reply.status == StatusCode::METHOD_NOT_ALLOWED.as_u16() {
+                allow_from_channel(&mut reply, &channel.methods, parts.method.as_str());
+            }
             build_reply(reply, &cid)
         }
         // Counted as refused by `invoke`.
@@ -873,6 +895,54 @@ fn build_reply(reply: crate::lifecycle::pool::Reply, cid: &str) -> Response<Body
         h.insert("x-oxbus-cid", v);
     }
     r
+}
+
+/// A service's 405 that names no methods (`raise MethodNotAllowed()` in a plain `handle`,
+/// which takes every verb the channel does): `Allow` lists the channel's methods but the
+/// refused one, and the JSON body gets them as `allowed` (and its default message the
+/// list), the shape of the server's own 405. Nothing is added when no method is left, or
+/// for a channel that takes any method: it has no list to send, and the service's
+/// `allowed=` is the only source then (docs/WORKER.md).
+fn allow_from_channel(reply: &mut crate::lifecycle::pool::Reply, methods: &[String], method: &str) {
+    if reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("allow"))
+    {
+        return;
+    }
+    let mut allowed: Vec<&String> = methods
+        .iter()
+        .filter(|m| !m.eq_ignore_ascii_case(method))
+        .collect();
+    if allowed.is_empty() {
+        return;
+    }
+    allowed.sort();
+    allowed.dedup();
+    let list = allowed
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(serde_json::Value::Object(mut doc)) =
+        serde_json::from_slice::<serde_json::Value>(&reply.body)
+        && !doc.contains_key("allowed")
+    {
+        let prefix = format!("method {method} not allowed for ");
+        if let Some(serde_json::Value::String(e)) = doc.get_mut("error")
+            && e.starts_with(&prefix)
+            && !e.contains("; allowed: ")
+        {
+            e.push_str("; allowed: ");
+            e.push_str(&list);
+        }
+        doc.insert("allowed".into(), serde_json::json!(allowed));
+        if let Ok(body) = serde_json::to_vec(&doc) {
+            reply.body = body.into();
+        }
+    }
+    reply.headers.push(("allow".into(), list));
 }
 
 fn dispatch_error(e: DispatchError, cid: &str, service: &str, trace_id: &str) -> Response<Body> {

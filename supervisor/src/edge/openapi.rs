@@ -24,8 +24,9 @@
 
 use oxbus_ipc::{IoElem, IoType, ServiceInfo};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use tracing::warn;
 
 use crate::config::OpenApiSection;
 use crate::model::channel::{Channel, DataFormat};
@@ -84,6 +85,10 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
         services.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut paths = Map::new();
     let mut ids = HashSet::new();
+    // Each path template's shape (names erased) and the template that has it: OpenAPI 3.1
+    // forbids two templates of one shape (`/files/{p}`, `/files/{path}`).
+    let mut shapes: HashMap<String, String> = HashMap::new();
+    let mut omitted: Vec<Value> = Vec::new();
     // JSON-RPC channels are one URL for many services: OpenAPI has no way to describe a
     // request whose body names the operation, so they are left out (docs/OPENAPI.md).
     for channel in channels
@@ -91,13 +96,33 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
         .filter(|c| c.channel_type == crate::model::channel::ChannelType::Rest)
     {
         let service = by_name.get(channel.service.as_str()).copied();
-        let item = paths
-            .entry(channel.url_path.clone())
-            .or_insert_with(|| json!({}));
+        let key = openapi_path(&channel.url_path);
+        let shape = path_shape(&key);
+        if let Some(other) = shapes.get(&shape).filter(|other| **other != key) {
+            let reason = format!(
+                "its template {key} has the shape of {other}, described already \
+                 (OpenAPI allows one template of a shape)"
+            );
+            warn!(url_path = %channel.url_path, "OpenAPI document: channel left out: {reason}");
+            omitted.push(json!({"url_path": channel.url_path, "reason": reason}));
+            continue;
+        }
+        shapes.insert(shape, key.clone());
+        let item = paths.entry(key.clone()).or_insert_with(|| json!({}));
         for method in methods(channel, service) {
+            let verb = method.to_ascii_lowercase();
+            if item.get(&verb).is_some() {
+                // `/files/{id}` and `/files/{id:path}` are one template: the first channel
+                // configured (the one routed first) is described.
+                let reason = format!("{method} {key} is another channel's operation already");
+                warn!(url_path = %channel.url_path, "OpenAPI document: operation left out: {reason}");
+                omitted.push(json!({"url_path": channel.url_path, "method": method,
+                    "reason": reason}));
+                continue;
+            }
             let mut op = operation(channel, service, method, &mut ids);
             gate_responses(&mut op, channel, info.security);
-            item[method.to_ascii_lowercase()] = op;
+            item[verb] = op;
         }
     }
     let mut components = components();
@@ -109,12 +134,32 @@ pub fn document(channels: &[Arc<Channel>], services: &[ServiceInfo], info: &Info
             .collect::<Map<String, Value>>()
             .into();
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": info_object(info),
         "paths": paths,
         "components": components,
-    })
+    });
+    if !omitted.is_empty() {
+        doc["x-oxbus-omitted"] = omitted.into();
+    }
+    doc
+}
+
+/// A path template with its parameter names erased (`/files/{}`): two templates of one
+/// shape match the same paths.
+fn path_shape(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| {
+            if s.starts_with('{') && s.ends_with('}') {
+                "{}"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The channel's checks on an operation: its security requirement and the answers the gate
@@ -173,12 +218,35 @@ fn methods(channel: &Channel, service: Option<&ServiceInfo>) -> Vec<&'static str
         .collect()
 }
 
-/// The `{param}` names of a channel's path, in order.
-fn path_params(url_path: &str) -> Vec<&str> {
+/// The `{param}` names of a channel's path, in order, each with whether it is a catch-all
+/// (`{name:path}`).
+fn path_params(url_path: &str) -> Vec<(&str, bool)> {
     url_path
         .split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|p| match p.split_once(':') {
+            Some((name, _)) => (name, true),
+            None => (p, false),
+        })
         .collect()
+}
+
+/// A channel's path as an OpenAPI path template: a catch-all `{name:path}` is `{name}`
+/// there (OpenAPI has no converters; its description says it takes slashes).
+fn openapi_path(url_path: &str) -> String {
+    if !url_path.contains(':') {
+        return url_path.to_owned();
+    }
+    url_path
+        .split('/')
+        .map(
+            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(p) => format!("{{{}}}", p.split_once(':').map_or(p, |(name, _)| name)),
+                None => s.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn operation(
@@ -193,9 +261,9 @@ fn operation(
     let in_path = path_params(&channel.url_path);
     let mut parameters: Vec<Value> = in_path
         .iter()
-        .map(|name| {
-            let elem = input.iter().find(|e| e.name == *name);
-            json!({
+        .map(|&(name, catch_all)| {
+            let elem = input.iter().find(|e| e.name == name);
+            let mut p = json!({
                 "name": name,
                 "in": "path",
                 "required": true,
@@ -203,12 +271,20 @@ fn operation(
                     elem.map_or(IoType::Any, IoElem::kind),
                     elem.and_then(|e| e.format.as_deref()),
                 ),
-            })
+            });
+            if catch_all {
+                // OpenAPI 3.1 cannot say that a path parameter spans segments (its
+                // allowReserved is for query parameters only): say it in words.
+                p["description"] = json!(
+                    "The rest of the path, slashes included (a catch-all {name:path}); a client that encodes its slashes as %2F gets the same value."
+                );
+            }
+            p
         })
         .collect();
     let rest: Vec<&IoElem> = input
         .iter()
-        .filter(|e| !in_path.contains(&e.name.as_str()))
+        .filter(|e| !in_path.iter().any(|(name, _)| *name == e.name))
         .collect();
     let json_body = !raw && BODY_METHODS.contains(&method);
     if !json_body {
@@ -380,6 +456,7 @@ fn components() -> Value {
                     "error": {"type": "string", "description": "What went wrong."},
                     "cid": {"type": "string", "description": "The request's correlation id (also in X-Oxbus-CID)."},
                     "field": {"type": "string", "description": "The SimpleIO element at fault: a missing or invalid input (400; the first of them), a missing or invalid output (500)."},
+                    "allowed": {"type": "array", "items": {"type": "string"}, "description": "The methods the path takes (405), as the Allow header lists them."},
                     "errors": {
                         "type": "array",
                         "description": "Every refused input element (400), by path (`phones[1].imei` in a model).",
@@ -560,6 +637,57 @@ mod tests {
                 security: &[],
             },
         )
+    }
+
+    #[test]
+    fn templates_of_one_shape_are_described_once() {
+        let a = svc("files.one", &[], vec![], vec![]);
+        let b = svc("files.rest", &[], vec![], vec![]);
+        let c = svc("files.put", &[], vec![], vec![]);
+        let d = doc(
+            &[
+                ch("/files/{id}", &["GET"], "files.one", DataFormat::Json),
+                // Same template once `:path` goes, same method: the first is described.
+                ch(
+                    "/files/{id:path}",
+                    &["GET", "DELETE"],
+                    "files.rest",
+                    DataFormat::Json,
+                ),
+                // Same shape, another name: a second template OpenAPI 3.1 forbids.
+                ch(
+                    "/files/{path:path}",
+                    &["PUT"],
+                    "files.put",
+                    DataFormat::Json,
+                ),
+            ],
+            &[a, b, c],
+        );
+        let paths = d["paths"].as_object().unwrap();
+        assert_eq!(paths.keys().collect::<Vec<_>>(), ["/files/{id}"]);
+        let item = &paths["/files/{id}"];
+        assert_eq!(item["get"]["operationId"], "files.one");
+        // The other method of the catch-all is kept.
+        assert_eq!(item["delete"]["operationId"], "files.rest");
+        assert!(item.get("put").is_none());
+        let omitted = d["x-oxbus-omitted"].as_array().unwrap();
+        assert_eq!(omitted.len(), 2, "{omitted:?}");
+        assert_eq!(omitted[0]["url_path"], "/files/{id:path}");
+        assert_eq!(omitted[0]["method"], "GET");
+        assert_eq!(omitted[1]["url_path"], "/files/{path:path}");
+        assert!(
+            omitted[1]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("shape of /files/{id}")
+        );
+        // Nothing left out: no note.
+        let d = doc(
+            &[ch("/files/{id}", &["GET"], "files.one", DataFormat::Json)],
+            &[svc("files.one", &[], vec![], vec![])],
+        );
+        assert!(d.get("x-oxbus-omitted").is_none());
     }
 
     #[test]
@@ -776,5 +904,31 @@ mod tests {
             json!({"title": "CRM", "version": "2.1+config.12", "description": "Customers",
                    "x-oxbus-config-version": 12})
         );
+    }
+
+    #[test]
+    fn a_catch_all_is_a_path_parameter_of_the_template() {
+        let d = doc(
+            &[ch(
+                "/files/{dir}/{path:path}",
+                &["GET"],
+                "files.get",
+                DataFormat::Raw,
+            )],
+            &[],
+        );
+        let get = &d["paths"]["/files/{dir}/{path}"]["get"];
+        let params = get["parameters"].as_array().unwrap();
+        assert_eq!(params.len(), 2, "{params:?}");
+        assert_eq!(params[1]["name"], "path");
+        assert_eq!(params[1]["in"], "path");
+        assert!(
+            params[1]["description"]
+                .as_str()
+                .unwrap()
+                .contains("slashes included")
+        );
+        assert!(params[0].get("description").is_none());
+        assert!(d["paths"].get("/files/{dir}/{path:path}").is_none());
     }
 }

@@ -1,7 +1,10 @@
 //! REST channel routing: a URL path (with `{param}` segments) and a method to a channel.
 //!
 //! Static paths are looked up in a hash map first, so the common case costs one hash; paths
-//! with parameters are tried in the order they were configured. A path that matches with the
+//! with parameters are tried in the order they were configured, then paths ending in a
+//! catch-all `{name:path}`, the most specific first, compared segment by segment from the
+//! left: a literal before a `{param}` before the catch-all (a catch-all takes only what no other channel does, and `/files/{p:path}` what
+//! `/{p:path}` or `/{a}/{b}/{p:path}` would also take). A path that matches with the
 //! wrong method is told apart from one that matches nothing (405 vs 404). A pubsub channel's
 //! path is a prefix: it takes every path below it (`model::channel::routes` made sure no other
 //! channel routes one there).
@@ -44,6 +47,9 @@ pub enum TableError {
 pub struct Router {
     statics: HashMap<String, Vec<Entry>>,
     dynamic: Vec<Route>,
+    /// Paths ending in a catch-all `{name:path}`, the most specific first (segment by
+    /// segment: a literal before a `{param}` before the catch-all).
+    catch_alls: Vec<Route>,
     /// Pubsub channels, by their path prefix.
     prefixes: Vec<Entry>,
     /// What each channel checks before its service runs (compiled with the routes, so a
@@ -105,6 +111,11 @@ impl Router {
                     .entry(entry.channel.url_path.clone())
                     .or_default()
                     .push(entry);
+            } else if matches!(routed.segments.last(), Some(Segment::Rest(_))) {
+                r.catch_alls.push(Route {
+                    segments: routed.segments,
+                    entry,
+                });
             } else {
                 r.dynamic.push(Route {
                     segments: routed.segments,
@@ -112,6 +123,21 @@ impl Router {
                 });
             }
         }
+        // The most specific first, segment by segment from the left: a literal before a
+        // `{param}`, a `{param}` before the catch-all. So `/files/{p:path}` takes
+        // `/files/x/y` ahead of `/{a}/{b}/{p:path}`, and `/files/{a}/{p:path}` ahead of
+        // `/files/{p:path}`. Stable: catch-alls of one shape keep the order configured.
+        r.catch_alls.sort_by_key(|route| {
+            route
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(_) => 0u8,
+                    Segment::Param(_) => 1,
+                    Segment::Rest(_) => 2,
+                })
+                .collect::<Vec<u8>>()
+        });
         Ok(r)
     }
 
@@ -168,9 +194,9 @@ impl Router {
                 allowed.extend(c.methods.iter().cloned());
             }
         }
-        if !self.dynamic.is_empty() && path.starts_with('/') {
+        if !(self.dynamic.is_empty() && self.catch_alls.is_empty()) && path.starts_with('/') {
             let parts: Vec<&str> = path[1..].split('/').collect();
-            for route in &self.dynamic {
+            for route in self.dynamic.iter().chain(&self.catch_alls) {
                 if let Some(params) = match_segments(&route.segments, &parts) {
                     let c = &route.entry.channel;
                     if c.methods.is_empty() || c.methods.iter().any(|m| m == method) {
@@ -194,17 +220,29 @@ impl Router {
     }
 }
 
+/// The path parameters of `parts` (the request path split at `/`) for a channel of
+/// `segments`, or None when it does not match. A `{param}` takes one non-empty segment; a
+/// catch-all `{name:path}` (last) takes the rest of the path, slashes included, and must
+/// not be empty either. Both are percent-decoded (so a catch-all's `%2F` reads as `/`).
 fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<Vec<(String, String)>> {
-    if segments.len() != parts.len() {
+    let catch_all = matches!(segments.last(), Some(Segment::Rest(_)));
+    if segments.len() != parts.len() && !(catch_all && parts.len() > segments.len()) {
         return None;
     }
     let mut params = Vec::new();
-    for (seg, part) in segments.iter().zip(parts) {
+    for (i, (seg, part)) in segments.iter().zip(parts).enumerate() {
         match seg {
             Segment::Literal(l) if l == part => {}
             Segment::Literal(_) => return None,
             Segment::Param(_) if part.is_empty() => return None,
             Segment::Param(name) => params.push((name.clone(), percent_decode(part))),
+            Segment::Rest(name) => {
+                let rest = parts[i..].join("/");
+                if rest.is_empty() {
+                    return None;
+                }
+                params.push((name.clone(), percent_decode(&rest)));
+            }
         }
     }
     Some(params)
@@ -305,6 +343,116 @@ mod tests {
         assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/a/{y}", &[], "t")]).is_err());
         assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/b/{x}", &[], "t")]).is_ok());
         assert!(Router::new(&[ch("/a/{x}", &[], "s"), ch("/a/lit", &[], "t")]).is_ok());
+    }
+
+    #[test]
+    fn catch_all_takes_the_rest_of_the_path() {
+        let r = Router::new(&[
+            ch("/files/{path:path}", &["GET"], "files.get"),
+            ch("/files/{id}", &["GET"], "files.one"),
+            ch("/files/index", &["GET"], "files.index"),
+            ch("/{any:path}", &["GET"], "fallback"),
+            ch("/files/{dir}/{rest:path}", &["PUT"], "files.put"),
+        ])
+        .unwrap();
+        let found = |m: &str, p: &str| match r.lookup(m, p) {
+            Match::Found {
+                channel, params, ..
+            } => (channel.service.clone(), params),
+            other => panic!("{m} {p}: {other:?}"),
+        };
+        let one = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        // Static and one-segment routes win over a catch-all, whatever the order configured.
+        assert_eq!(found("GET", "/files/index").0, "files.index");
+        assert_eq!(
+            found("GET", "/files/7"),
+            ("files.one".into(), one("id", "7"))
+        );
+        assert_eq!(
+            found("GET", "/files/a/b/c.txt"),
+            ("files.get".into(), one("path", "a/b/c.txt"))
+        );
+        // Percent-decoded as a whole: an encoded slash reads as a slash; empty segments kept.
+        assert_eq!(
+            found("GET", "/files/a%2Fb//caf%C3%A9"),
+            ("files.get".into(), one("path", "a/b//café"))
+        );
+        // The most specific catch-all first; the root one takes the rest.
+        assert_eq!(
+            found("GET", "/other/x"),
+            ("fallback".into(), one("any", "other/x"))
+        );
+        assert_eq!(
+            found("GET", "/files/"),
+            ("fallback".into(), one("any", "files/"))
+        );
+        match r.lookup("PUT", "/files/d/x/y") {
+            Match::Found { params, .. } => assert_eq!(
+                params,
+                [("dir".into(), "d".into()), ("rest".into(), "x/y".into())]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // An empty rest does not match: `/files/d/` is no PUT channel's.
+        assert!(matches!(r.lookup("PUT", "/files/d/"), Match::WrongMethod(m) if m == ["GET"]));
+        assert!(matches!(r.lookup("GET", "/"), Match::NotFound));
+    }
+
+    #[test]
+    fn catch_alls_most_specific_first() {
+        let r = Router::new(&[
+            ch("/{a}/{b}/{p:path}", &["GET"], "placeholders"),
+            ch("/{a}/{b}/x/{p:path}", &["GET"], "placeholders-x"),
+            ch("/files/{p:path}", &["GET"], "files"),
+            ch("/{p:path}", &["GET"], "root"),
+        ])
+        .unwrap();
+        let found = |path: &str| match r.lookup("GET", path) {
+            Match::Found {
+                channel, params, ..
+            } => (channel.service.clone(), params),
+            other => panic!("{path}: {other:?}"),
+        };
+        let one = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        // A literal beats a placeholder at the same place, however many segments follow.
+        assert_eq!(found("/files/x/y"), ("files".into(), one("p", "x/y")));
+        assert_eq!(found("/files/a/x/y"), ("files".into(), one("p", "a/x/y")));
+        // Further right too; a placeholder beats the catch-all.
+        assert_eq!(found("/c/d/x/y").0, "placeholders-x");
+        assert_eq!(found("/c/d/e").0, "placeholders");
+        assert_eq!(found("/c").0, "root");
+    }
+
+    #[test]
+    fn catch_all_spellings_are_checked() {
+        for (path, why) in [
+            ("/a/{p:path}/b", "must be the last segment"),
+            ("/a/{p:.*}", "unknown converter \".*\""),
+            ("/a/{p:int}", "unknown converter \"int\""),
+            ("/a/{:path}", "bad parameter name"),
+            ("/a/{p}/{p:path}", "appears twice"),
+        ] {
+            let e = Router::new(&[ch(path, &[], "s")]).unwrap_err().to_string();
+            assert!(e.contains(why), "{path}: {e}");
+        }
+        // Two catch-alls of one shape (names aside) are a duplicate; others are not.
+        assert!(Router::new(&[ch("/a/{x:path}", &[], "s"), ch("/a/{y:path}", &[], "t")]).is_err());
+        assert!(
+            Router::new(&[
+                ch("/a/{x:path}", &["GET"], "s"),
+                ch("/a/{y:path}", &["PUT"], "t")
+            ])
+            .is_ok()
+        );
+        assert!(Router::new(&[ch("/a/{x:path}", &[], "s"), ch("/a/{y}", &[], "t")]).is_ok());
+        // A catch-all may not reach under a pubsub prefix, however short it is.
+        let ps = Channel {
+            channel_type: ChannelType::Pubsub,
+            ..ch("/zato/pubsub", &[], "")
+        };
+        assert!(Router::new(&[ch("/{p:path}", &[], "s"), ps.clone()]).is_err());
+        assert!(Router::new(&[ps.clone(), ch("/zato/{p:path}", &[], "s")]).is_err());
+        assert!(Router::new(&[ps, ch("/other/{p:path}", &[], "s")]).is_ok());
     }
 
     #[test]

@@ -187,7 +187,13 @@ impl RateLimit {
 pub enum Segment {
     Literal(String),
     Param(String),
+    /// `{name:path}`, the last segment only: the rest of the path, slashes included
+    /// (Starlette's spelling).
+    Rest(String),
 }
+
+/// The one converter a path parameter may name: `{name:path}`, a catch-all.
+pub const REST_CONVERTER: &str = "path";
 
 /// A checked channel as the routing table holds it: its parsed path, and the channel itself
 /// (a JSON-RPC channel as a POST-only channel of its one path).
@@ -205,16 +211,23 @@ fn invalid(path: &str, message: impl Into<String>) -> ChannelError {
     }
 }
 
-/// Parses a URL path of `/`-separated literal and `{param}` segments.
+/// Parses a URL path of `/`-separated literal and `{param}` segments; the last segment may
+/// be a catch-all `{name:path}`, which takes the rest of the path, slashes included.
 pub fn parse_path(path: &str) -> Result<Vec<Segment>, ChannelError> {
     if !path.starts_with('/') {
         return Err(invalid(path, "must start with /"));
     }
     let mut seen = Vec::new();
-    path[1..]
-        .split('/')
-        .map(|seg| {
-            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+    let segs: Vec<&str> = path[1..].split('/').collect();
+    let last = segs.len() - 1;
+    segs.iter()
+        .enumerate()
+        .map(|(i, seg)| {
+            if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let (name, converter) = match inner.split_once(':') {
+                    Some((name, conv)) => (name, Some(conv)),
+                    None => (inner, None),
+                };
                 if name.is_empty()
                     || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     || name.starts_with(|c: char| c.is_ascii_digit())
@@ -225,14 +238,31 @@ pub fn parse_path(path: &str) -> Result<Vec<Segment>, ChannelError> {
                     return Err(invalid(path, format!("parameter {{{name}}} appears twice")));
                 }
                 seen.push(name);
-                Ok(Segment::Param(name.to_owned()))
+                match converter {
+                    None => Ok(Segment::Param(name.to_owned())),
+                    Some(REST_CONVERTER) if i == last => Ok(Segment::Rest(name.to_owned())),
+                    Some(REST_CONVERTER) => Err(invalid(
+                        path,
+                        format!(
+                            "{{{inner}}} takes the rest of the path: it must be the last segment"
+                        ),
+                    )),
+                    Some(other) => Err(invalid(
+                        path,
+                        format!(
+                            "{{{inner}}}: unknown converter {other:?}; a parameter is {{{name}}} \
+                             (one segment) or {{{name}:path}} (the rest of the path, as the \
+                             last segment)"
+                        ),
+                    )),
+                }
             } else if seg.contains(['{', '}']) {
                 Err(invalid(
                     path,
                     format!("segment {seg:?}: a parameter must be a whole segment"),
                 ))
             } else {
-                Ok(Segment::Literal(seg.to_owned()))
+                Ok(Segment::Literal((*seg).to_owned()))
             }
         })
         .collect()
@@ -407,12 +437,15 @@ pub fn websocket_channel(c: &Channel) -> Result<Channel, ChannelError> {
 
 /// Whether every path below the prefix `prefix` could also match a channel of `segments`
 /// (a literal or parameter segment for each of the prefix's, and at least as many).
+/// A catch-all segment matches one or more segments, so it may cover a prefix longer than
+/// the channel's path.
 fn under_prefix(prefix: &[Segment], segments: &[Segment]) -> bool {
-    segments.len() >= prefix.len()
+    let catch_all = matches!(segments.last(), Some(Segment::Rest(_)));
+    (segments.len() >= prefix.len() || catch_all)
         && prefix.iter().zip(segments).all(|(p, s)| match (p, s) {
-            (_, Segment::Param(_)) => true,
+            (_, Segment::Param(_) | Segment::Rest(_)) => true,
             (Segment::Literal(a), Segment::Literal(b)) => a == b,
-            (Segment::Param(_), Segment::Literal(_)) => false,
+            (Segment::Param(_) | Segment::Rest(_), Segment::Literal(_)) => false,
         })
 }
 
@@ -508,6 +541,7 @@ pub fn clash(routed: &[Routed], new: &Routed) -> Option<usize> {
         s.len() == segments.len()
             && s.iter().zip(segments).all(|(a, b)| match (a, b) {
                 (Segment::Param(_), Segment::Param(_)) => true,
+                (Segment::Rest(_), Segment::Rest(_)) => true,
                 (a, b) => a == b,
             })
     };
