@@ -757,10 +757,11 @@ def test_result_headers_are_what_the_servers_reply_has():
             self.response.headers['X-Other'] = 'one'
 
     # The server appends the service's headers, then sets Content-Type to the reply's
-    # content type and X-Oxbus-CID to the call's cid, replacing theirs.
+    # content type (the service's Content-Type header is that content type) and X-Oxbus-CID
+    # to the call's cid, replacing theirs.
     r = TestClient(SetsHeaders, cid='c1').get()
-    assert r.headers.getall('content-type') == ['text/plain; charset=utf-8']
-    assert r.content_type == 'text/plain; charset=utf-8' and r.payload == 'a,b\n'
+    assert r.headers.getall('content-type') == ['application/xml']
+    assert r.content_type == 'application/xml' and r.payload == 'a,b\n'
     assert r.headers.getall('x-oxbus-cid') == ['c1'] and r.headers['x-other'] == 'one'
     r = TestClient(SetsHeaders).call('both')
     assert r.headers.getall('content-type') == ['text/csv'] == [r.content_type]
