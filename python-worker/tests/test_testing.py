@@ -761,7 +761,7 @@ def test_result_headers_are_what_the_servers_reply_has():
     # to the call's cid, replacing theirs.
     r = TestClient(SetsHeaders, cid='c1').get()
     assert r.headers.getall('content-type') == ['application/xml']
-    assert r.content_type == 'application/xml' and r.payload == 'a,b\n'
+    assert r.content_type == 'application/xml' and r.body == b'a,b\n'
     assert r.headers.getall('x-oxbus-cid') == ['c1'] and r.headers['x-other'] == 'one'
     r = TestClient(SetsHeaders).call('both')
     assert r.headers.getall('content-type') == ['text/csv'] == [r.content_type]
