@@ -335,9 +335,8 @@ def carry_invocation(fn: Callable[..., Any], reset: bool) -> Callable[..., Any]:
         if invocation is None or (live is not None and live.ended):
             return fn
         if live is None:
-            live = carrying.get(invocation[2])
-            if live is None:
-                live = carrying[invocation[2]] = _Live()
+            # setdefault: two threads of one call starting threads at once share one.
+            live = carrying.setdefault(invocation[2], _Live())
     meta = _invocation_meta.get(None)
 
     def in_invocation(*args: Any, **kwargs: Any) -> Any:

@@ -41,6 +41,8 @@ def restore_thread_start(monkeypatch):
     whole process: put them back after the test."""
     monkeypatch.setattr(threading.Thread, 'start', threading.Thread.start)
     monkeypatch.setattr(ThreadPoolExecutor, 'submit', ThreadPoolExecutor.submit)
+    yield
+    _logctx.carrying.clear()  # the calls these tests fake are never ended by a dispatcher
 
 
 def in_invocation(fn, invocation=('cid-1', 'svc.one', 5)):
