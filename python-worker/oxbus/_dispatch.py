@@ -31,6 +31,7 @@ from functools import partial
 from . import _protocol
 from . import errors as _errors
 from .amqp import AMQPRequestData
+from ._logctx import carrying, end_call, end_invocation, holding
 from ._outcall import close_invocation, left_open, open_invocation
 from ._protocol import (REPLY, WORKER_STREAM_BIT, encode_call, encode_json, encode_reply,
                         find_unencodable)
@@ -236,6 +237,8 @@ class Dispatcher:
         finally:
             if left_open() is not None:  # transactions or streams were opened (and may be open)
                 close_invocation(None, cls.name)
+            if holding or carrying:  # an unfinished print() line, threads it started
+                _end_of_call(stream)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 
@@ -264,6 +267,8 @@ class Dispatcher:
             return self._error(stream, cid, cls, e)
         finally:
             close_invocation(open_token, cls.name)
+            if holding or carrying:
+                _end_of_call(stream)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
 
@@ -634,6 +639,8 @@ class Dispatcher:
             else:
                 _run_sync_hooked(svc, attr)
         finally:
+            if holding:
+                end_invocation(invocation)
             _invoke_chain.reset(chain_token)
             _invocation_meta.reset(meta_token)
             current_invocation.reset(token)
@@ -1013,6 +1020,8 @@ def _off_loop_call(svc: Service, attr: str, invocation: Invocation, meta: Dict[s
             _run_sync_hooked(svc, attr)
         finally:
             close_invocation(token, type(svc).name)
+            if holding:
+                end_invocation(invocation)
     return call
 
 
@@ -1129,10 +1138,21 @@ async def _run_hooked(svc: Service, attr: str, invocation: Invocation,
         if after:
             await _maybe_await(svc._oxbus_after())
     finally:
+        if holding:
+            end_invocation(invocation)
         _offload_gate.reset(gate_token)
         _invoke_chain.reset(chain_token)
         _invocation_meta.reset(meta_token)
         current_invocation.reset(token)
+
+
+def _end_of_call(stream: int) -> None:
+    """A call ends (in its thread or task, its invocation still current): send the text it
+    left unfinished, and threads it started log without its cid from now on."""
+    if holding:
+        end_invocation(current_invocation.get())
+    if carrying:
+        end_call(stream)
 
 
 def _no_server(meta: bytes, body: bytes) -> Tuple[bytes, bytes]:

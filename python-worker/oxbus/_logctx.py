@@ -14,28 +14,85 @@ Two gaps that plain ``logging`` leaves, closed once the worker is ready:
   :func:`install_thread_context` makes ``Thread.start`` and ``ThreadPoolExecutor.submit``,
   when called during an invocation, carry that invocation (cid, service, stream, trace)
   into the code they run. Outside an invocation they do exactly what they did: the worker's
-  own threads start as before.
+  own threads start as before. A started thread has the invocation only until the call it
+  was started in ends (:func:`end_call`): a library's long-lived thread, started lazily by
+  some request, does not log with that request's cid forever.
 
-Nothing here is on a request's path: the hooks run when a service prints or starts a thread.
+Nothing here is on a request's path: the hooks run when a service prints or starts a thread;
+at the end of a call the dispatcher only tests whether :data:`holding` or :data:`carrying`
+is non-empty.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import sys
 import threading
+from contextvars import ContextVar
 
 from .service import _invocation_meta, current_invocation
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Callable, List, Optional, Sequence
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
-__all__ = ['LogStream', 'install_stdio', 'install_thread_context', 'carry_invocation']
+__all__ = ['LogStream', 'install_stdio', 'uninstall_stdio', 'install_thread_context',
+           'carry_invocation', 'end_invocation', 'end_call', 'live_invocation']
 
 #: A line longer than this is sent in pieces (the server cuts a value at 16 KiB anyway).
 MAX_LINE_CHARS = 16 * 1024
+
+
+class _Line:
+    """A thread's unfinished line on one stream, with the invocation that wrote it."""
+
+    __slots__ = ('parts', 'length', 'invocation', 'meta', 'live')
+
+    def __init__(self) -> None:
+        self.parts: List[str] = []
+        self.length = 0
+        self.invocation: Any = None
+        self.meta: Any = None
+        self.live: Any = None
+
+
+#: The unfinished lines held now (any thread, any stream). The dispatcher checks it when an
+#: invocation ends (an empty set: one truth test) and then sends what that invocation left.
+holding: Set[_Line] = set()
+#: The streams install_stdio() set up, for end_invocation() and uninstall_stdio().
+_streams: List['LogStream'] = []
+
+
+class _Buffer(io.RawIOBase):
+    """``sys.stdout.buffer``: bytes written here are UTF-8 (undecodable bytes as ``\\xNN``)
+    text of the stream."""
+
+    def __init__(self, stream: 'LogStream') -> None:
+        super().__init__()
+        self._stream = stream
+        self._local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        decoder = getattr(self._local, 'decoder', None)
+        if decoder is None:
+            decoder = self._local.decoder = codecs.getincrementaldecoder('utf-8')(
+                'backslashreplace')
+        data = bytes(data)
+        self._stream.write(decoder.decode(data))
+        return len(data)
+
+    def flush(self) -> None:
+        decoder = getattr(self._local, 'decoder', None)
+        if decoder is not None:
+            rest = decoder.decode(b'', True)
+            if rest:
+                self._stream.write(rest)
+        self._stream.flush()
 
 
 class LogStream(io.TextIOBase):
@@ -43,8 +100,11 @@ class LogStream(io.TextIOBase):
 
     Each thread keeps its own unfinished line, so two threads printing at once do not mix
     their text; a line is sent when its newline is written (``print`` writes the text and
-    the ``end`` separately), or on ``flush()``. ``fileno()`` is the original stream's, so a
-    child process given ``sys.stdout`` still writes somewhere (the worker's pipe).
+    the ``end`` separately), on ``flush()``, when the invocation that wrote it ends, or when
+    the thread writes for another invocation (a pool thread's next call, another asyncio
+    task): always with the cid of the invocation that wrote it. ``fileno()`` is the original
+    stream's, so a child process given ``sys.stdout`` still writes somewhere (the worker's
+    pipe).
     """
 
     def __init__(self, handler: logging.Handler, logger: str, level: int,
@@ -55,6 +115,7 @@ class LogStream(io.TextIOBase):
         self._level = level
         self._original = original
         self._local = threading.local()
+        self._buffer = _Buffer(self)
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -64,6 +125,17 @@ class LogStream(io.TextIOBase):
     def errors(self) -> Optional[str]:  # type: ignore[override]
         return 'backslashreplace'
 
+    @property
+    def buffer(self) -> Any:
+        return self._buffer
+
+    @property
+    def line_buffering(self) -> bool:
+        return True
+
+    def reconfigure(self, **kwargs: Any) -> None:
+        """Accepted and ignored: the stream is always UTF-8 and sends whole lines."""
+
     def writable(self) -> bool:
         return True
 
@@ -71,30 +143,95 @@ class LogStream(io.TextIOBase):
         return False
 
     def fileno(self) -> int:
-        return int(self._original.fileno())
+        fileno = getattr(self._original, 'fileno', None)
+        if fileno is None:
+            raise io.UnsupportedOperation('fileno')
+        return int(fileno())
+
+    def _line(self) -> _Line:
+        line: Optional[_Line] = getattr(self._local, 'line', None)
+        if line is None:
+            line = self._local.line = _Line()
+        return line
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError('write() argument must be str, not %s' % type(text).__name__)
-        pending: List[str] = getattr(self._local, 'pending', None) or []
+        line = self._line()
+        invocation = current_invocation.get()
+        if line.parts and line.invocation is not invocation:
+            self._send(line)  # another invocation's text: its own record, with its cid
         if '\n' not in text:
-            pending.append(text)
-            self._local.pending = pending
-            if sum(map(len, pending)) > MAX_LINE_CHARS:
-                self.flush()
+            if text:
+                if not line.parts:
+                    line.invocation = invocation
+                    line.meta = _invocation_meta.get()
+                    line.live = _carried_live.get()
+                    holding.add(line)
+                line.parts.append(text)
+                line.length += len(text)
+                if line.length > MAX_LINE_CHARS:
+                    self._send(line, True)
             return len(text)
         *lines, rest = text.split('\n')
-        lines[0] = ''.join(pending) + lines[0]
-        self._local.pending = [rest] if rest else []
-        for line in lines:
-            self._emit(line)
+        if line.parts:
+            lines[0] = ''.join(line.parts) + lines[0]
+            line.parts = []
+            line.length = 0
+            holding.discard(line)
+        for one in lines:
+            self._emit(one)
+        if rest:
+            self.write(rest)
         return len(text)
 
     def flush(self) -> None:
-        pending = getattr(self._local, 'pending', None)
-        if pending:
-            self._local.pending = []
-            self._emit(''.join(pending))
+        line = getattr(self._local, 'line', None)
+        if line is not None and line.parts:
+            self._send(line)
+
+    def _send(self, line: _Line, whole_pieces: bool = False) -> None:
+        """Sends ``line``'s text as a record of the invocation that wrote it (only its
+        MAX_LINE_CHARS pieces with ``whole_pieces``: the rest stays held)."""
+        text = ''.join(line.parts)
+        rest = len(text) % MAX_LINE_CHARS if whole_pieces else 0
+        if rest:
+            text, tail = text[:-rest], text[-rest:]
+            line.parts = [tail]
+            line.length = rest
+        else:
+            line.parts = []
+            line.length = 0
+            holding.discard(line)
+        if line.invocation is current_invocation.get():
+            self._emit(text)
+            return
+        token = current_invocation.set(line.invocation)
+        meta_token = _invocation_meta.set(line.meta)
+        live_token = _carried_live.set(line.live)
+        try:
+            self._emit(text)
+        finally:
+            _carried_live.reset(live_token)
+            _invocation_meta.reset(meta_token)
+            current_invocation.reset(token)
+
+    def end_invocation(self, invocation: Any) -> None:
+        """Sends this thread's unfinished line if ``invocation`` wrote it."""
+        line = getattr(self._local, 'line', None)
+        if line is not None and line.parts and line.invocation is invocation:
+            self._send(line)
+
+    def detach_text(self) -> str:
+        """This thread's unfinished line, taken (for uninstall_stdio())."""
+        line = getattr(self._local, 'line', None)
+        if line is None or not line.parts:
+            return ''
+        text = ''.join(line.parts)
+        line.parts = []
+        line.length = 0
+        holding.discard(line)
+        return text
 
     def _emit(self, line: str) -> None:
         local = self._local
@@ -122,6 +259,65 @@ def install_stdio(handler: logging.Handler) -> None:
     """
     sys.stdout = LogStream(handler, 'stdout', logging.INFO, sys.__stdout__)
     sys.stderr = LogStream(handler, 'stderr', logging.WARNING, sys.__stderr__)
+    _streams[:] = [sys.stdout, sys.stderr]
+
+
+def uninstall_stdio() -> None:
+    """Put the original streams back (the worker has sent BYE: no LOG frame goes out any
+    more, so atexit handlers and the interpreter's last words go to the process's own
+    stdout and stderr, which the server reads). The calling thread's unfinished lines go
+    there too."""
+    for stream, original in zip(_streams, (sys.__stdout__, sys.__stderr__)):
+        text = stream.detach_text()
+        if text and original is not None:
+            original.write(text)
+            original.flush()
+    if _streams:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    _streams[:] = []
+
+
+def end_invocation(invocation: Any) -> None:
+    """``invocation`` ends in this thread: send the text it left unfinished. Called only
+    when :data:`holding` is not empty."""
+    for stream in _streams:
+        stream.end_invocation(invocation)
+
+
+class _Live:
+    """Whether the invocation threads were started in is still running."""
+
+    __slots__ = ('ended',)
+
+    def __init__(self) -> None:
+        self.ended = False
+
+
+#: In a thread started during an invocation: that invocation's :class:`_Live`. The log
+#: handler treats the thread as outside any invocation once it has ended, so a library's
+#: long-lived thread, lazily started by some request, does not log with its cid forever.
+_carried_live: ContextVar[Optional[_Live]] = ContextVar('oxbus_carried_live', default=None)
+#: The live invocations (by stream) that threads were started in. The dispatcher checks it
+#: when a call ends (an empty dict: one truth test) and marks that call's entry ended.
+carrying: Dict[int, _Live] = {}
+
+
+def end_call(stream: int) -> None:
+    """The call on ``stream`` has ended: threads started during it (or the invocations it
+    made) no longer log with its cid."""
+    live = carrying.pop(stream, None)
+    if live is not None:
+        live.ended = True
+
+
+def live_invocation() -> Any:
+    """The current invocation, or None in a thread whose invocation has ended."""
+    current = current_invocation.get()
+    if current is not None:
+        live = _carried_live.get()
+        if live is not None and live.ended:
+            return None
+    return current
 
 
 def carry_invocation(fn: Callable[..., Any], reset: bool) -> Callable[..., Any]:
@@ -130,20 +326,28 @@ def carry_invocation(fn: Callable[..., Any], reset: bool) -> Callable[..., Any]:
     ``reset``: a pool thread's work, which runs with exactly the submitter's invocation
     (none outside one: the pool's thread may have been started during some invocation) and
     puts the thread's own values back after it, for the work it runs next. Without it (a
-    new thread's ``run``), ``fn`` itself outside an invocation.
+    new thread's ``run``), ``fn`` itself outside an invocation, and the invocation only as
+    long as the call it belongs to runs: a thread that outlives it logs without its cid.
     """
     invocation = current_invocation.get()
-    if invocation is None and not reset:
-        return fn
+    live = _carried_live.get()
+    if not reset:
+        if invocation is None or (live is not None and live.ended):
+            return fn
+        if live is None:
+            # setdefault: two threads of one call starting threads at once share one.
+            live = carrying.setdefault(invocation[2], _Live())
     meta = _invocation_meta.get(None)
 
     def in_invocation(*args: Any, **kwargs: Any) -> Any:
         token = current_invocation.set(invocation)
         meta_token = _invocation_meta.set(meta)
+        live_token = _carried_live.set(live)
         try:
             return fn(*args, **kwargs)
         finally:
             if reset:
+                _carried_live.reset(live_token)
                 _invocation_meta.reset(meta_token)
                 current_invocation.reset(token)
     return in_invocation

@@ -70,7 +70,8 @@ from ._protocol import (BYE, CALL, CANCEL, DRAIN, ERROR, HELLO, KIND_NAMES, LOG,
 from ._deploy import Deployer
 from ._dispatch import Dispatcher, _error_frame
 from ._loader import ImportFailed, load_services_dir, service_info
-from ._logctx import install_stdio, install_thread_context, start_plain
+from ._logctx import (_carried_live, install_stdio, install_thread_context, live_invocation,
+                      start_plain, uninstall_stdio)
 from .service import _invocation_meta, _trace_id_of, current_invocation
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
@@ -131,28 +132,55 @@ def _level_name(levelno: int) -> str:
 
 
 #: What every LogRecord has (and what format() adds): anything else came with ``extra=``.
-#: ``cid``, ``service`` and ``trace_id`` are the LOG frame's own fields (service loggers stamp
-#: them on their records too: oxbus/service.py's _ContextFilter).
 _RECORD_ATTRS = frozenset(logging.LogRecord('', 0, '', 0, '', None, None).__dict__) | {
-    'message', 'asctime', 'taskName', 'cid', 'service', 'trace_id'}
+    'message', 'asctime', 'taskName'}
 _RECORD_ATTR_COUNT = len(logging.LogRecord('', 0, '', 0, '', None, None).__dict__)
+#: The LOG frame's own fields. A service logger stamps them on its records (oxbus/service.py's
+#: _ContextFilter, which marks the record ``_oxbus_ctx``); given in ``extra=`` they travel as
+#: ``extra_cid`` and so on.
+_FRAME_FIELDS = frozenset({'cid', 'service', 'trace_id'})
+#: An ``extra`` value longer than this (as JSON) goes as its cut text; fields after this
+#: many bytes in all are left out (the server cuts a value at 16 KiB anyway).
+MAX_EXTRA_VALUE = 16 * 1024
+MAX_EXTRA_BYTES = 32 * 1024
 
 
 def _extra_fields(record: logging.LogRecord) -> Dict[str, Any]:
     """The ``extra={...}`` fields of ``record``, each a JSON value (its text when it has no
-    JSON form): they go in the LOG frame's ``extra``."""
+    JSON form, cut when longer than MAX_EXTRA_VALUE): they go in the LOG frame's ``extra``."""
     extra: Dict[str, Any] = {}
+    stamped = '_oxbus_ctx' in record.__dict__
+    total = 0
+    left_out = 0
     for key, value in record.__dict__.items():
-        if key in _RECORD_ATTRS or key.startswith('_'):
+        if not isinstance(key, str):
+            key = str(key)  # logging takes any key: extra={1: 'a'}
+        elif key in _RECORD_ATTRS or key.startswith('_'):
             continue
+        elif key in _FRAME_FIELDS:
+            if stamped:
+                continue
+            key = 'extra_' + key
         try:
-            encode_json(value)
+            size = len(encode_json(value))
         except Exception:  # noqa: BLE001 - any value may come here; its text goes instead
             try:
                 value = str(value)
             except Exception:  # noqa: BLE001
                 value = '<%s>' % type(value).__name__
+            size = len(value)
+        if size > MAX_EXTRA_VALUE:
+            text = value if isinstance(value, str) else encode_json(value).decode('utf-8')
+            kept = text[:MAX_EXTRA_VALUE // 4]  # at most MAX_EXTRA_VALUE bytes as UTF-8
+            value = '%s…[truncated %d bytes]' % (kept, size - len(kept.encode('utf-8')))
+            size = len(value)
+        if total + size > MAX_EXTRA_BYTES:
+            left_out += 1
+            continue
+        total += size
         extra[key] = value
+    if left_out:
+        extra['extra_left_out'] = left_out
     return extra
 
 
@@ -186,6 +214,8 @@ class FrameLogHandler(logging.Handler):
                     doc['extra'] = extra
             stream = 0
             current = current_invocation.get()
+            if current is not None and _carried_live.get() is not None:
+                current = live_invocation()  # a thread that outlived its invocation: none
             if current is not None:
                 doc['cid'], doc['service'], stream = current
                 trace_id = _trace_id_of(_invocation_meta.get())
@@ -1269,4 +1299,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # From here on print() and threads a service starts log with the invocation's cid.
     install_stdio(log_handler)
     install_thread_context()
-    return worker.serve()
+    try:
+        return worker.serve()
+    finally:
+        # BYE is out, no LOG frame follows: what atexit handlers and the interpreter's
+        # shutdown write goes to the process's own stdout/stderr again, which the server
+        # reads (oxbus::worker::stdout/stderr lines).
+        uninstall_stdio()

@@ -712,6 +712,13 @@ class _ContextFilter(logging.Filter):
     logger's records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        if 'cid' in fields or 'service' in fields or 'trace_id' in fields:
+            # Given with extra=: kept, under another name (the frame's own fields win).
+            for key in ('cid', 'service', 'trace_id'):
+                if key in fields:
+                    fields['extra_' + key] = fields.pop(key)
+        record._oxbus_ctx = True  # the cid, service and trace_id below are the frame's
         current = current_invocation.get()
         if current is None:
             record.cid = record.service = record.trace_id = None

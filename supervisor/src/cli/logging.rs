@@ -284,16 +284,14 @@ fn json_line(
     };
     cap(&mut message);
     // A worker record's `extra=` fields come as one JSON object text (lifecycle/connection.rs
-    // emit_log): written as the object they are, so a shipper can index them.
+    // emit_log): written as the object they are, so a shipper can index them. An object
+    // longer than a value may be (nested values, many keys) stays its text, cut below like
+    // any text field: one record's fields must not make the line too long to keep.
     if target == PYTHON_TARGET
         && let Some(Value::String(text)) = fields.get("extra")
-        && let Ok(Value::Object(mut extra)) = serde_json::from_str::<Value>(text)
+        && text.len() <= MAX_VALUE_BYTES
+        && let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(text)
     {
-        for v in extra.values_mut() {
-            if let Value::String(s) = v {
-                cap(s);
-            }
-        }
         fields.insert("extra".to_owned(), Value::Object(extra));
     }
     for v in fields.values_mut() {
@@ -645,6 +643,40 @@ mod tests {
                 .clone(),
         );
         assert!(text.len() < MAX_VALUE_BYTES + 400, "{}", text.len());
+    }
+
+    #[test]
+    fn a_long_extra_is_capped_text_and_the_other_fields_stay() {
+        use super::{MAX_LINE_BYTES, MAX_VALUE_BYTES, PYTHON_TARGET};
+        let nested = json!({ "rows": ["x".repeat(1 << 20)] }).to_string();
+        let many: serde_json::Map<String, Value> = (0..100)
+            .map(|i| (format!("k{i}"), Value::from("v".repeat(1000))))
+            .collect();
+        for extra in [nested, Value::Object(many).to_string()] {
+            let fields = json!({"message": "m", "logger": "app", "extra": extra});
+            let text = super::json_line(
+                &chrono::Utc::now(),
+                &tracing::Level::INFO,
+                PYTHON_TARGET,
+                fields.as_object().unwrap().clone(),
+            );
+            assert!(text.len() < MAX_LINE_BYTES, "{}", text.len());
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["fields"]["logger"], "app", "{text:.300}");
+            let kept = v["fields"]["extra"].as_str().unwrap();
+            assert!(kept.len() < MAX_VALUE_BYTES + 40, "{}", kept.len());
+            assert!(kept.contains("…[truncated "), "{kept:.100}");
+        }
+        // A short one stays an object.
+        let v = line(
+            tracing::Level::INFO,
+            PYTHON_TARGET,
+            json!({"message": "m", "extra": r#"{"order":7,"who":{"name":"Ann"}}"#}),
+        );
+        assert_eq!(
+            v["fields"]["extra"],
+            json!({"order": 7, "who": {"name": "Ann"}})
+        );
     }
 
     #[test]
