@@ -89,8 +89,9 @@ fn validate(srv: &Server, doc: &[u8], name: &str) {
         .expect("python3 runs");
     assert!(
         probe.status.success(),
-        "openapi-spec-validator is missing: install it with \
-         `python3 -m pip install openapi-spec-validator` (.ci/run does): {}",
+        "openapi-spec-validator is missing: run the tests with `bash .ci/test.sh`, which \
+         installs it into its venv (target/test-venv, first on PATH), or install it with \
+         `python3 -m pip install openapi-spec-validator`: {}",
         String::from_utf8_lossy(&probe.stderr)
     );
     let file = srv.dir.join(name);

@@ -107,10 +107,14 @@ fn stop(mut child: Child) {
     assert_eq!(st.code(), Some(0));
 }
 
+/// A client command against the environment `dir` (`--env`). OXBUS_URL and OXBUS_TOKEN
+/// naming another server are set too: `--env` is taken and they are not (nor refused).
 fn cli(dir: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(oxbus_bin())
         .args(args)
         .args(["--env", dir.to_str().unwrap(), "--output", "json"])
+        .env("OXBUS_URL", "http://127.0.0.1:1")
+        .env("OXBUS_TOKEN", "not-this-environments-token")
         .output()
         .unwrap();
     assert!(

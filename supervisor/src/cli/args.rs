@@ -1137,9 +1137,11 @@ pub struct ServerArgs {
     /// An environment directory made by `oxbus quickstart` (address and token read from it).
     #[arg(long, conflicts_with = "server")]
     pub env: Option<PathBuf>,
-    /// The admin API's URL, e.g. http://127.0.0.1:17011 (OXBUS_SERVER, the variable's old
-    /// name, is still read, with a warning).
-    #[arg(long, env = "OXBUS_URL", hide_env_values = true, requires = "token")]
+    /// The admin API's URL, e.g. http://127.0.0.1:17011 [env: OXBUS_URL] (OXBUS_SERVER, the
+    /// variable's old name, is still read, with a warning).
+    // OXBUS_URL is read by cli::client, after --server and --env: as clap's `env`, it would
+    // count as --server given, which --env conflicts with.
+    #[arg(long, requires = "token")]
     pub server: Option<String>,
     /// An admin API bearer token (`oxbus token create`, or the server's admin.token).
     #[arg(long, env = "OXBUS_TOKEN", hide_env_values = true)]

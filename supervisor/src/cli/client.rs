@@ -16,8 +16,7 @@ use super::args::ServerArgs;
 
 /// The server `--env` or `--server`/`--token` name.
 pub fn target(a: &ServerArgs) -> Result<Target, CliError> {
-    let legacy = std::env::var(LEGACY_URL_VAR).ok();
-    let (server, warning) = server_url(a, legacy);
+    let (server, warning) = server_url(a, url_vars());
     if let Some(w) = warning {
         eprintln!("{w}");
     }
@@ -30,19 +29,43 @@ pub fn target(a: &ServerArgs) -> Result<Target, CliError> {
 
 /// The admin API URL `target` uses when `--env` does not name the server (no warning).
 pub fn server_url_given(a: &ServerArgs) -> Option<String> {
-    server_url(a, std::env::var(LEGACY_URL_VAR).ok()).0
+    server_url(a, url_vars()).0
 }
 
+/// The admin API URL variable. Read here, not by clap (`env = …` on `--server`): clap would
+/// count it as `--server` given, and refuse it beside `--env`.
+const URL_VAR: &str = "OXBUS_URL";
 /// `OXBUS_URL`'s old name: it read like an `OXBUS_SERVER_<KEY>` settings override.
 const LEGACY_URL_VAR: &str = "OXBUS_SERVER";
 
-/// The admin API URL: `--server` (or `OXBUS_URL`), else the value of the deprecated
-/// `OXBUS_SERVER` (`legacy`) with a warning to print; nothing when `--env` names the server.
-fn server_url(a: &ServerArgs, legacy: Option<String>) -> (Option<String>, Option<String>) {
-    if a.env.is_some() || a.server.is_some() {
+/// The values of `OXBUS_URL` and of its old name `OXBUS_SERVER`, unset or empty as `None`.
+fn url_vars() -> UrlVars {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    UrlVars {
+        url: var(URL_VAR),
+        legacy: var(LEGACY_URL_VAR),
+    }
+}
+
+/// What the environment says about the admin API URL ([`url_vars`]).
+#[derive(Clone, Default)]
+struct UrlVars {
+    /// `OXBUS_URL`
+    url: Option<String>,
+    /// `OXBUS_SERVER`, deprecated
+    legacy: Option<String>,
+}
+
+/// The admin API URL: `--server`; nothing when `--env` names the server; else `OXBUS_URL`;
+/// else the value of the deprecated `OXBUS_SERVER`, with a warning to print.
+fn server_url(a: &ServerArgs, vars: UrlVars) -> (Option<String>, Option<String>) {
+    if a.server.is_some() || a.env.is_some() {
         return (a.server.clone(), None);
     }
-    match legacy.filter(|v| !v.is_empty()) {
+    if vars.url.is_some() {
+        return (vars.url, None);
+    }
+    match vars.legacy {
         Some(url) => (
             Some(url),
             Some(format!(
@@ -219,9 +242,17 @@ mod tests {
         }
     }
 
+    /// The environment with `OXBUS_URL` and `OXBUS_SERVER` set as given.
+    fn vars(url: Option<&str>, legacy: Option<&str>) -> super::UrlVars {
+        super::UrlVars {
+            url: url.map(str::to_owned),
+            legacy: legacy.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn the_old_oxbus_server_variable_still_works_with_a_warning() {
-        let old = Some("http://127.0.0.1:1".to_owned());
+        let old = vars(None, Some("http://127.0.0.1:1"));
         let (url, warning) = super::server_url(&args(None, None), old.clone());
         assert_eq!(url.as_deref(), Some("http://127.0.0.1:1"));
         let w = warning.expect("a deprecation warning");
@@ -229,17 +260,47 @@ mod tests {
             w.contains("OXBUS_SERVER is deprecated") && w.contains("OXBUS_URL"),
             "{w}"
         );
-        // --server / OXBUS_URL and --env win, silently.
+        // --server and --env win, silently; so does OXBUS_URL.
         let (url, warning) = super::server_url(&args(None, Some("http://h:2")), old.clone());
         assert_eq!((url.as_deref(), warning), (Some("http://h:2"), None));
         let (url, warning) = super::server_url(&args(Some("env"), None), old);
         assert_eq!((url, warning), (None, None));
-        // Unset or empty: no server, no warning.
-        assert_eq!(super::server_url(&args(None, None), None), (None, None));
-        assert_eq!(
-            super::server_url(&args(None, None), Some(String::new())),
-            (None, None)
-        );
+        let both = vars(Some("http://h:3"), Some("http://127.0.0.1:1"));
+        let (url, warning) = super::server_url(&args(None, None), both);
+        assert_eq!((url.as_deref(), warning), (Some("http://h:3"), None));
+        // Unset: no server, no warning.
+        let none = super::UrlVars::default();
+        assert_eq!(super::server_url(&args(None, None), none), (None, None));
+    }
+
+    #[test]
+    fn oxbus_url_comes_after_the_server_and_env_options() {
+        let env = vars(Some("http://h:3"), None);
+        let (url, _) = super::server_url(&args(None, None), env.clone());
+        assert_eq!(url.as_deref(), Some("http://h:3"));
+        let (url, _) = super::server_url(&args(None, Some("http://h:2")), env.clone());
+        assert_eq!(url.as_deref(), Some("http://h:2"));
+        // --env names the server: OXBUS_URL is not an error beside it, only unused.
+        let (url, _) = super::server_url(&args(Some("env"), None), env);
+        assert_eq!(url, None);
+    }
+
+    #[test]
+    fn oxbus_url_in_the_environment_is_no_server_option_to_clap() {
+        use clap::{CommandFactory, Parser};
+        // clap reads no variable for --server: `OXBUS_URL=… oxbus services --env X` parses
+        // (an `env = "OXBUS_URL"` would make it `--server`, which --env conflicts with).
+        let cli = super::super::args::Cli::try_parse_from(["oxbus", "services", "--env", "x"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let super::super::args::Command::Services { to, .. } = cli.command else {
+            panic!("not services")
+        };
+        assert!(to.server.is_none());
+        let server = super::super::args::Cli::command()
+            .find_subcommand("services")
+            .and_then(|c| c.get_arguments().find(|a| a.get_id() == "server").cloned())
+            .expect("--server");
+        assert_eq!(server.get_env(), None);
     }
 
     #[test]

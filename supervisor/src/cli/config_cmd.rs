@@ -7,7 +7,7 @@ use std::path::Path;
 use super::CliError;
 use super::args::{ConfigAction, Output, ServerArgs};
 use super::client::call;
-use super::format::print;
+use super::format::{print, shell_word};
 use tokio::runtime::Runtime;
 
 /// Runs one `config` subcommand.
@@ -128,19 +128,6 @@ fn export_header(
          # `value:` may replace `sealed:`. Apply with:\n\
          #   oxbus config import {target} {file}\n"
     )
-}
-
-/// `s` as one word of a shell command line: as it is when it needs no quoting, else in
-/// single quotes.
-fn shell_word(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c));
-    if plain {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// `config import`: one line per change, then a summary.

@@ -1,6 +1,6 @@
 //! How the admin subcommands print an answer: as the server sent it (`--output json`, or
-//! when it is not JSON) or as text, and the time format of the text. Printing only: no
-//! requests here.
+//! when it is not JSON) or as text, and the time format of the text; and how a printed
+//! command line quotes a word ([`shell_word`]). Printing only: no requests here.
 
 use super::args::Output;
 use super::client::Answer;
@@ -56,8 +56,31 @@ pub fn expiry(v: &serde_json::Value) -> String {
     }
 }
 
+/// `s` as one word of a shell command line: as it is when it needs no quoting, else in
+/// single quotes.
+pub fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shell_word_quotes_only_what_needs_it() {
+        assert_eq!(super::shell_word("/srv/oxbus-env"), "/srv/oxbus-env");
+        assert_eq!(super::shell_word("http://h:1"), "http://h:1");
+        assert_eq!(super::shell_word("/tmp/my env"), "'/tmp/my env'");
+        assert_eq!(super::shell_word("it's"), r"'it'\''s'");
+        assert_eq!(super::shell_word("$HOME"), "'$HOME'");
+        assert_eq!(super::shell_word(""), "''");
+    }
+
     #[test]
     fn count_says_one_thing_and_many_things() {
         assert_eq!(super::count(1, "job", "jobs"), "1 job");

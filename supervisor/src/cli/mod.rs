@@ -4,6 +4,28 @@
 //! ([`server::serve`], the one call into the server's run); `quickstart`, `proxy` and
 //! `systemd install` also write the files a server or proxy reads. Nothing here reaches
 //! into a running server's state. Errors are [`CliError`], printed once, here.
+//!
+//! `println!` and `print!` in every module here are this file's two macros, not std's: the
+//! same output, but a client command whose reader has gone (`oxbus services | head -3`)
+//! ends quietly ([`print_out`]).
+
+/// std's `println!`, through [`print_out`]. Defined before the `mod` lines below, so that
+/// it is the `println!` of every module of `cli` (textual scope shadows std's).
+macro_rules! println {
+    () => {
+        $crate::cli::print_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// std's `print!`, through [`print_out`] (as `println!` above).
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!($($arg)*))
+    };
+}
 
 pub mod args;
 pub mod audit;
@@ -34,7 +56,9 @@ pub mod user_config;
 pub mod websocket;
 pub mod zato_import;
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use args::{ClusterAction, Command, Output};
 pub use error::CliError;
@@ -112,11 +136,14 @@ pub fn run(command: Command) -> ExitCode {
         Command::Config { action } => admin(|rt| config_cmd::command(rt, &action)),
         Command::Zato {
             action: args::ZatoAction::Import(a),
-        } => match runtime() {
-            // Its own exit code: 2 when objects were left out (docs/ZATO_IMPORT.md).
-            Ok(rt) => zato_import::command(&rt, &a).unwrap_or_else(|e| fail(&e)),
-            Err(e) => fail(&e),
-        },
+        } => {
+            quiet_on_closed_pipe();
+            match runtime() {
+                // Its own exit code: 2 when objects were left out (docs/ZATO_IMPORT.md).
+                Ok(rt) => zato_import::command(&rt, &a).unwrap_or_else(|e| fail(&e)),
+                Err(e) => fail(&e),
+            }
+        }
         Command::Cluster {
             action: ClusterAction::Status { to, output },
         } => admin(|rt| cluster::status(rt, &to, output)),
@@ -156,15 +183,36 @@ fn admin(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), CliError>) -> Ex
     exit(runtime().and_then(|rt| f(&rt)))
 }
 
-/// A client command whose reader went away (`oxbus services | head -3`) ends as any Unix
-/// tool does, by SIGPIPE, instead of panicking in `println!` with a backtrace. Only the
-/// client commands: the server keeps Rust's default of ignoring SIGPIPE.
-#[allow(unsafe_code)]
+/// A client command whose reader went away (`oxbus services | head -3`) ends as a Unix
+/// tool does, quietly, instead of panicking in `println!` with a backtrace: from here on,
+/// [`print_out`] ends the process with exit code 0 when standard output is a closed pipe.
+/// SIGPIPE stays ignored (Rust's default), so a write to a server that has closed the
+/// connection (a 413 on a big upload, a restart under `deploy --watch`) is an error the
+/// command reports, not a silent death by the signal.
 fn quiet_on_closed_pipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: SIG_DFL installs no handler of ours, and this runs before any other thread
-    // of the process exists (the client runtime is built after it).
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    QUIET_ON_CLOSED_PIPE.store(true, Ordering::Relaxed);
+}
+
+/// Set by [`quiet_on_closed_pipe`]: a client command runs.
+static QUIET_ON_CLOSED_PIPE: AtomicBool = AtomicBool::new(false);
+
+/// What `println!` and `print!` of this module's files do: `args` to standard output. A
+/// failed write panics as with std's, except a closed pipe under a client command
+/// ([`quiet_on_closed_pipe`]): the process ends there, with exit code 0 and no message.
+pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
+    let result = std::io::stdout().lock().write_fmt(args);
+    if let Err(e) = result {
+        if quiet_exit(&e, QUIET_ON_CLOSED_PIPE.load(Ordering::Relaxed)) {
+            std::process::exit(0);
+        }
+        panic!("failed printing to stdout: {e}");
+    }
+}
+
+/// Whether a failed write to standard output ends the process quietly: a closed pipe, when
+/// a client command runs (`client`).
+fn quiet_exit(e: &std::io::Error, client: bool) -> bool {
+    client && e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 /// The one-thread runtime a client subcommand runs on.
@@ -202,4 +250,22 @@ fn exit(result: Result<(), CliError>) -> ExitCode {
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("oxbus: error: {e}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn only_a_closed_pipe_under_a_client_command_ends_quietly() {
+        let closed = Error::from(ErrorKind::BrokenPipe);
+        assert!(super::quiet_exit(&closed, true));
+        // The server and its kin keep std's behaviour: a panic that says why.
+        assert!(!super::quiet_exit(&closed, false));
+        assert!(!super::quiet_exit(
+            &Error::from(ErrorKind::StorageFull),
+            true
+        ));
+        assert!(!super::quiet_exit(&Error::other("disk"), true));
+    }
 }

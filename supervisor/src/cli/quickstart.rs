@@ -9,6 +9,7 @@ use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::format::shell_word;
 use super::{CliError, fail};
 use crate::config::{MAX_WORKERS, Settings};
 use crate::model::channel::{Channel, DataFormat};
@@ -612,9 +613,8 @@ fn prepare(
     };
     let files_in = std::fs::canonicalize(dir)
         .map(|d| d.join(SAMPLE_FILES_DIR))
-        .unwrap_or_else(|_| dir.join(SAMPLE_FILES_DIR))
-        .display()
-        .to_string();
+        .unwrap_or_else(|_| dir.join(SAMPLE_FILES_DIR));
+    let files_line = files_try(&files_in, &url);
     let dashboard_line = if no_dashboard {
         String::new()
     } else {
@@ -628,7 +628,7 @@ fn prepare(
         "\n  cli:     {oxbus} services --env {env_arg}   (the services; deploy your own: {oxbus} deploy --env {env_arg} my_services.py)\n           {oxbus} cache list --env {env_arg}   (the caches: entries, hits, misses)\n           {oxbus} jobs history demo-visits --env {env_arg}   (a sample job: demo.visits every minute)"
     );
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: {oxbus} services --stats --env {env_arg})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s '{url}/hello/Ann?greeting=Hi'\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: {oxbus} out list --env {env_arg})\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat)\n           echo hello > {files_in}/hello.txt; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/){pubsub_lines}{cli_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: {oxbus} services --stats --env {env_arg})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s '{url}/hello/Ann?greeting=Hi'\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: {oxbus} out list --env {env_arg})\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat){files_line}{pubsub_lines}{cli_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -664,16 +664,13 @@ fn oxbus_command(exe: Option<std::path::PathBuf>, path: Option<std::ffi::OsStrin
     }
 }
 
-/// `s` as one shell word: as it is when it needs no quoting, else in single quotes.
-fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+/// The banner's file channel line: a file written into `files_in` (the sample's directory,
+/// quoted for the shell), then what the service made of it.
+fn files_try(files_in: &Path, url: &str) -> String {
+    let file = shell_word(&files_in.join("hello.txt").display().to_string());
+    format!(
+        "\n           echo hello > {file}; curl -s {url}/sample/files   (file channel sample.files: the file goes to a service, then to processed/)"
+    )
 }
 
 /// The banner's pub/sub lines: only when the sample's password file is there (a store
@@ -855,6 +852,20 @@ mod tests {
         );
         assert!(line.contains(&want), "{line}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_channel_line_quotes_its_path() {
+        let line = files_try(Path::new("/tmp/my env/files/in"), "http://127.0.0.1:1");
+        assert!(
+            line.contains("echo hello > '/tmp/my env/files/in/hello.txt'; curl -s http://127.0.0.1:1/sample/files"),
+            "{line}"
+        );
+        let line = files_try(Path::new("/srv/qs/files/in"), "http://127.0.0.1:1");
+        assert!(
+            line.contains("echo hello > /srv/qs/files/in/hello.txt;"),
+            "{line}"
+        );
     }
 
     #[tokio::test]
