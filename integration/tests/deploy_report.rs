@@ -197,6 +197,22 @@ async fn oxbus_deploy_prints_services_warnings_and_unchanged() {
         "{stdout}"
     );
 
+    // --force: the same source gets a new version all the same (repairs a worker that did
+    // not switch), and the count reads "1 worker".
+    let out = srv.cli(&["deploy", "--force", hot.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("deployed hot version 2") && !stdout.contains("unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(deployed through): ok (1 worker)")
+            && stdout.contains("1 worker acknowledged"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("worker(s)"), "{stdout}");
+
     // A duplicate service name: once, both classes named, no "(?)".
     let copy = dir.join("copycat.py");
     std::fs::write(
@@ -371,7 +387,52 @@ async fn deployed_file(srv: Server) {
         .await;
     assert_eq!(r.status, 400, "{}", text(&r));
     assert!(
-        text(&r).contains("origin must be the absolute path"),
+        text(&r).contains("origin must be the absolute POSIX path"),
+        "{}",
+        text(&r)
+    );
+    // Not POSIX, not normalised, or with a line separator: 400 too.
+    for bad in [
+        "C:\\src\\x.py",
+        "\\\\host\\share\\x.py",
+        "/srv/../etc/x.py",
+        "/srv/a\u{2028}b.py",
+    ] {
+        let body = json!({"modules": [{"name": "odd", "source": "X = 1\n", "origin": bad}]});
+        let r = srv
+            .admin(
+                "POST",
+                "/v1/modules",
+                Some(&token),
+                body.to_string().as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", text(&r));
+        assert!(
+            text(&r).contains("origin must be the absolute POSIX path"),
+            "{}",
+            text(&r)
+        );
+    }
+    // Two modules of one deploy from one file: 400, both named.
+    let body = json!({"modules": [
+        {"name": "one", "source": "X = 1\n", "origin": "/srv/app/same.py"},
+        {"name": "two", "source": "Y = 1\n", "origin": "/srv/app/same.py"},
+    ]});
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/modules",
+            Some(&token),
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(
+        text(&r).contains(
+            "modules one and two have the same origin /srv/app/same.py: each module of a \
+             deploy needs a file of its own"
+        ),
         "{}",
         text(&r)
     );

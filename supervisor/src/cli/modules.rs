@@ -7,14 +7,17 @@ use std::path::PathBuf;
 use super::CliError;
 use super::args::{Output, ServerArgs};
 use super::client::call;
-use super::format::{print, utc};
+use super::format::{count, print, utc};
 use tokio::runtime::Runtime;
 
-/// `oxbus deploy FILE…`: every module in one request (all-or-nothing).
+/// `oxbus deploy FILE…`: every module in one request (all-or-nothing). With `force`, a
+/// module whose source equals its active version gets a new version all the same
+/// (`skip_unchanged: false`).
 pub fn deploy(
     rt: &Runtime,
     to: &ServerArgs,
     files: &[PathBuf],
+    force: bool,
     output: Output,
 ) -> Result<(), CliError> {
     let mut modules = Vec::new();
@@ -33,16 +36,38 @@ pub fn deploy(
         // Where the file is (absolute): the workers compile the module under this name, so
         // its tracebacks and __file__ name it (docs/DEPLOY.md).
         let mut module = serde_json::json!({"name": name, "source": source});
-        if let Ok(path) = std::path::absolute(f) {
-            module["origin"] = path.to_string_lossy().into();
+        if let Some(path) = origin(f) {
+            module["origin"] = path.into();
         }
         modules.push(module);
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    let body = serde_json::json!({"modules": modules, "deployed_by": who});
+    let body = serde_json::json!({
+        "modules": modules,
+        "deployed_by": who,
+        "skip_unchanged": !force,
+    });
     let answer = call(rt, to, "POST", "/v1/modules", body.to_string().into_bytes())?;
     print(answer, output, print_deployed);
     Ok(())
+}
+
+/// `file`'s absolute path with `.` and `..` folded away (as the server wants an origin; a
+/// symbolic link stays as named), or None when there is no such POSIX path.
+fn origin(file: &std::path::Path) -> Option<String> {
+    use std::path::Component;
+    let mut parts: Vec<String> = Vec::new();
+    for c in std::path::absolute(file).ok()?.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::Normal(p) => parts.push(p.to_str()?.to_owned()),
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
 }
 
 /// A module's services for `deploy`'s text: `services: a, b`, or that it has none.
@@ -98,11 +123,11 @@ fn print_deployed(d: &serde_json::Value) {
         println!(
             "  server {through} (deployed through): {}",
             if failed == 0 {
-                format!("ok ({} worker(s))", acks.len())
+                format!("ok ({})", count(acks.len() as u64, "worker", "workers"))
             } else {
                 format!(
-                    "FAILED: {failed} of {} worker(s) did not switch",
-                    acks.len()
+                    "FAILED: {failed} of {} did not switch",
+                    count(acks.len() as u64, "worker", "workers")
                 )
             }
         );
@@ -113,8 +138,12 @@ fn print_deployed(d: &serde_json::Value) {
             srv["server"].as_str().unwrap_or(""),
             if srv["ok"] == true {
                 format!(
-                    "ok ({} worker(s))",
-                    srv["answer"]["worker_count"].as_u64().unwrap_or(0)
+                    "ok ({})",
+                    count(
+                        srv["answer"]["worker_count"].as_u64().unwrap_or(0),
+                        "worker",
+                        "workers"
+                    )
                 )
             } else {
                 format!(
@@ -128,9 +157,9 @@ fn print_deployed(d: &serde_json::Value) {
     }
     let workers = d["workers"].as_array().map(|w| w.len()).unwrap_or(0);
     println!(
-        "config version {}, {} worker(s) acknowledged, {:.1} ms",
+        "config version {}, {} acknowledged, {:.1} ms",
         d["config_version"],
-        workers,
+        count(workers as u64, "worker", "workers"),
         d["total_ms"].as_f64().unwrap_or(0.0)
     );
 }
@@ -231,10 +260,30 @@ pub fn undeploy(
     )?;
     print(answer, output, |d| {
         println!(
-            "undeployed {module} (config version {}, {} worker(s) acknowledged)",
+            "undeployed {module} (config version {}, {} acknowledged)",
             d["config_version"],
-            d["workers"].as_array().map_or(0, Vec::len)
+            count(
+                d["workers"].as_array().map_or(0, Vec::len) as u64,
+                "worker",
+                "workers"
+            )
         )
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_origin_is_the_files_path_without_dot_segments() {
+        let o = |p: &str| super::origin(std::path::Path::new(p));
+        assert_eq!(
+            o("/srv/app/../lib/./x.py").as_deref(),
+            Some("/srv/lib/x.py")
+        );
+        assert_eq!(o("/srv/app/x.py").as_deref(), Some("/srv/app/x.py"));
+        let cwd = std::env::current_dir().unwrap();
+        let parent = cwd.parent().unwrap_or(&cwd).join("x.py");
+        assert_eq!(o("../x.py").as_deref(), parent.to_str());
+    }
 }
