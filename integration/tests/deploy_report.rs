@@ -156,6 +156,37 @@ async fn the_report_lists_services_warns_and_leaves_unchanged_modules_alone() {
         )
         .await;
     assert_eq!(r.json()["modules"][0]["version"], 2, "{}", text(&r));
+
+    // The same source with an origin where the active version has none (deployed before
+    // schema 22, or without one): a new version, which records it.
+    let send = |origin: Option<&str>| {
+        let mut m = json!({"name": "util", "source": "X = 1\n"});
+        if let Some(o) = origin {
+            m["origin"] = o.into();
+        }
+        json!({"modules": [m]}).to_string()
+    };
+    let post = |body: String| {
+        let (srv, token) = (&srv, token.clone());
+        async move {
+            srv.admin("POST", "/v1/modules", Some(&token), body.as_bytes())
+                .await
+        }
+    };
+    let r = post(send(Some("/srv/app/util.py"))).await;
+    assert_eq!(r.json()["modules"][0]["version"], 3, "{}", text(&r));
+    let util = srv
+        .admin("GET", "/v1/modules/util", Some(&token), b"")
+        .await;
+    assert!(text(&util).contains("/srv/app/util.py"), "{}", text(&util));
+    // Again from the same file: unchanged; from another file: a new version; without an
+    // origin (the dashboard's upload): unchanged, the stored origin stays.
+    let r = post(send(Some("/srv/app/util.py"))).await;
+    assert_eq!(r.json()["unchanged"], json!(["util"]), "{}", text(&r));
+    let r = post(send(Some("/srv/other/util.py"))).await;
+    assert_eq!(r.json()["modules"][0]["version"], 4, "{}", text(&r));
+    let r = post(send(None)).await;
+    assert_eq!(r.json()["unchanged"], json!(["util"]), "{}", text(&r));
     srv.assert_no_errors(&[]);
 }
 

@@ -584,30 +584,29 @@ pub struct Unchanged {
     pub name: String,
     /// The active version, which stays active.
     pub version: i64,
-    /// The services this server's workers run from it.
-    pub services: Vec<String>,
+    /// The services this server's workers run from it; None (absent) when no worker is
+    /// ready to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
 }
 
 impl Unchanged {
     /// `name` left alone at its active version in `active`, with the services a ready
-    /// worker of `pool` runs from it.
+    /// worker of `pool` runs from it (None without a ready worker).
     fn new(pool: &Pool, active: &[Module], name: &str) -> Unchanged {
         let version = active
             .iter()
             .find(|m| m.name == name)
             .map_or(0, |m| m.version);
-        let services = live_workers(pool)
-            .first()
-            .map(|w| {
-                w.services
-                    .lock()
-                    .expect("services lock")
-                    .iter()
-                    .filter(|s| s.module == name)
-                    .map(|s| s.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let services = live_workers(pool).first().map(|w| {
+            w.services
+                .lock()
+                .expect("services lock")
+                .iter()
+                .filter(|s| s.module == name)
+                .map(|s| s.name.clone())
+                .collect()
+        });
         Unchanged {
             name: name.to_owned(),
             version,
@@ -714,10 +713,20 @@ async fn deploy_sequence(
         .active_modules()
         .await
         .map_err(|e| DeployError::Unavailable(e.to_string()))?;
-    let same_source = |active: &[Module], name: &str, source: &str| {
-        active
+    let origin_of = |name: &str| {
+        origins
             .iter()
-            .any(|m| m.name == name && m.source_hash == crate::store::source_hash(source))
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| o.as_str())
+    };
+    // Unchanged: the active version has this source, and this origin when one is sent (a
+    // module deployed without one, before schema 22 say, gets it with a new version).
+    let same_source = |active: &[Module], name: &str, source: &str| {
+        active.iter().any(|m| {
+            m.name == name
+                && m.source_hash == crate::store::source_hash(source)
+                && origin_of(name).is_none_or(|o| m.origin.as_deref() == Some(o))
+        })
     };
     if skip_unchanged {
         todo.retain(|(name, source)| {
@@ -737,10 +746,7 @@ async fn deploy_sequence(
             name,
             version: 0,
             source,
-            origin: origins
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, o)| o.as_str()),
+            origin: origin_of(name),
         })
         .collect();
     let mut pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
@@ -915,4 +921,32 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     out.into_iter()
         .map(|o| o.expect("every future finished"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_module_with_no_ready_worker_has_no_services_list() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Pool::new(1, 1, std::time::Duration::from_secs(1), tx);
+        let active = [Module {
+            name: "hot".into(),
+            version: 3,
+            source: "X = 1\n".into(),
+            source_hash: crate::store::source_hash("X = 1\n"),
+            deployed_by: "t".into(),
+            deployed_at: 0,
+            active: true,
+            origin: None,
+        }];
+        let u = Unchanged::new(&pool, &active, "hot");
+        assert_eq!(u.services, None);
+        // Not an empty list, which would read "no services".
+        assert_eq!(
+            serde_json::to_value(&u).unwrap(),
+            json!({"name": "hot", "version": 3})
+        );
+    }
 }
