@@ -469,3 +469,74 @@ async fn deployed_file(srv: Server) {
     );
     srv.assert_no_errors(&["shop.boom"]);
 }
+
+/// A module whose second import (the activation after the check, in the one worker) fails,
+/// and whose others succeed.
+fn flaky(log: &std::path::Path) -> String {
+    format!(
+        "with open({log:?}, 'a+') as f:\n    f.seek(0)\n    n = len(f.read())\n    \
+         f.write('x')\nif n == 1:\n    raise RuntimeError('the activation fails once')\n\n\
+         from oxbus import Service\n\n\nclass Flaky(Service):\n    name = 'flaky'\n\n    \
+         def handle(self):\n        self.response.payload = {{'v': 2}}\n"
+    )
+}
+
+#[tokio::test]
+async fn an_unchanged_deploy_gives_a_worker_that_did_not_switch_the_active_version() {
+    let srv = Env::new().workers(1).start().await;
+    let dir = srv.dir.join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("flaky.py");
+    let v1 = "from oxbus import Service\n\n\nclass Flaky(Service):\n    name = 'flaky'\n\n    \
+              def handle(self):\n        self.response.payload = {'v': 1}\n";
+    std::fs::write(&file, v1).unwrap();
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let invoke = || {
+        let out = srv.cli(&["invoke", "flaky"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        invoke().contains("\"v\": 1") || invoke().contains("\"v\":1"),
+        "{}",
+        invoke()
+    );
+
+    // Version 2: the check imports it, the worker's activation fails: it keeps version 1.
+    std::fs::write(&file, flaky(&srv.dir.join("imports"))).unwrap();
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    // (A deploy answered 500 is printed as the server's JSON.)
+    assert!(
+        stderr.contains("\"ok\":false") && stderr.contains("the activation fails once"),
+        "{stdout}{stderr}"
+    );
+    let v1_running = invoke();
+    assert!(
+        v1_running.contains('1') && !v1_running.contains('2'),
+        "{v1_running}"
+    );
+
+    // The same file again: unchanged (no new version), but the worker behind gets it.
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("unchanged flaky version 2"), "{stdout}");
+    assert!(
+        stdout.contains("re-activated the active versions on 1 worker that did not run them: ok"),
+        "{stdout}"
+    );
+    let v2_running = invoke();
+    assert!(
+        v2_running.contains('2') && !v2_running.contains('1'),
+        "{v2_running}"
+    );
+
+    // Every worker runs it now: an unchanged deploy touches none.
+    let out = srv.cli(&["deploy", "--output", "json", file.to_str().unwrap()]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["workers"], json!([]), "{rep}");
+    srv.assert_no_errors(&["the activation fails once", "flaky"]);
+}

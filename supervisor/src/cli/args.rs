@@ -36,8 +36,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "files")]
         watch: Option<PathBuf>,
         /// Store and activate a new version of every module even when its source equals
-        /// the active version's (by default such a module is left alone): repairs workers
-        /// that failed to switch to the active version.
+        /// the active version's (by default such a module is left alone, and only this
+        /// server's workers that failed to switch to it are given it again).
         #[arg(long, conflicts_with = "watch")]
         force: bool,
         /// Text for people, or json for scripts (the answer as the server sent it).

@@ -85,6 +85,20 @@ fn services_line(services: &serde_json::Value) -> String {
     }
 }
 
+/// A module left unchanged, for `deploy`'s text: its services only when the server said
+/// which (no worker was ready otherwise).
+fn unchanged_line(m: &serde_json::Value) -> String {
+    let line = format!(
+        "unchanged {} version {} (the active version has this source: no new version)",
+        m["name"].as_str().unwrap_or(""),
+        m["version"]
+    );
+    match m.get("services") {
+        Some(s) => format!("{line}; {}", services_line(s)),
+        None => line,
+    }
+}
+
 /// `deploy`'s text: each module's new version and services, the modules left unchanged,
 /// the check's warnings (on standard error), then each server's acknowledgement.
 fn print_deployed(d: &serde_json::Value) {
@@ -99,12 +113,7 @@ fn print_deployed(d: &serde_json::Value) {
         );
     }
     for m in d["unchanged_modules"].as_array().into_iter().flatten() {
-        println!(
-            "unchanged {} version {} (the active version has this source: no new version); {}",
-            m["name"].as_str().unwrap_or(""),
-            m["version"],
-            services_line(&m["services"])
-        );
+        println!("{}", unchanged_line(m));
     }
     for w in d["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w["message"].as_str().unwrap_or(""));
@@ -114,6 +123,20 @@ fn print_deployed(d: &serde_json::Value) {
             "nothing deployed: every module is unchanged (config version {})",
             d["config_version"]
         );
+        // Workers that did not run the active versions were given them again.
+        let acks = d["workers"].as_array().cloned().unwrap_or_default();
+        if !acks.is_empty() {
+            let failed = acks.iter().filter(|a| a["ok"] != true).count();
+            let n = count(acks.len() as u64, "worker", "workers");
+            if failed == 0 {
+                println!("  re-activated the active versions on {n} that did not run them: ok");
+            } else {
+                println!(
+                    "  re-activating the active versions FAILED on {failed} of {n} that did \
+                     not run them (see --output json)"
+                );
+            }
+        }
         return;
     }
     // The server deployed through first, then the peers that answered over the bus.
@@ -274,6 +297,17 @@ pub fn undeploy(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unchanged_module_without_services_says_nothing_of_them() {
+        let m = serde_json::json!({"name": "hot", "version": 3});
+        assert_eq!(
+            super::unchanged_line(&m),
+            "unchanged hot version 3 (the active version has this source: no new version)"
+        );
+        let m = serde_json::json!({"name": "hot", "version": 3, "services": []});
+        assert!(super::unchanged_line(&m).ends_with("; no services"));
+    }
+
     #[test]
     fn an_origin_is_the_files_path_without_dot_segments() {
         let o = |p: &str| super::origin(std::path::Path::new(p));

@@ -307,6 +307,10 @@ pub async fn activate(
     let (meta, body) = modules_call("modules.activate", modules);
     let table = call(pool, w, &meta, &body, deadline).await?.services;
     *w.services.lock().expect("services lock") = table.clone();
+    let mut running = w.modules.lock().expect("modules lock");
+    for m in modules {
+        running.insert(m.name.to_owned(), m.version);
+    }
     Ok(table)
 }
 
@@ -320,6 +324,10 @@ pub async fn remove(
     let meta = json!({"op": "modules.remove", "modules": names});
     let table = call(pool, w, &meta, b"", deadline).await?.services;
     *w.services.lock().expect("services lock") = table;
+    let mut running = w.modules.lock().expect("modules lock");
+    for n in names {
+        running.remove(*n);
+    }
     Ok(())
 }
 
@@ -615,12 +623,27 @@ impl Unchanged {
     }
 }
 
-/// The report of a deploy whose modules all equal their active versions.
+/// The report of a deploy whose modules all equal their active versions. A live worker
+/// that does not run the active version of one of them (its activation failed) is given it
+/// again: the report's `workers` are those, empty when every worker runs them.
 async fn nothing_to_do(
     cx: &Ctx,
     unchanged: Vec<Unchanged>,
     t0: Instant,
 ) -> Result<Report, DeployError> {
+    let workers = {
+        let _one_at_a_time = cx.locks.deploy.lock().await;
+        let active = cx
+            .store
+            .active_modules()
+            .await
+            .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+        let ours: Vec<Module> = active
+            .into_iter()
+            .filter(|m| unchanged.iter().any(|u| u.name == m.name))
+            .collect();
+        repair(&cx.pool, &ours).await
+    };
     let config_version = cx
         .store
         .version()
@@ -632,13 +655,54 @@ async fn nothing_to_do(
         unchanged,
         services: Vec::new(),
         warnings: Vec::new(),
-        workers: Vec::new(),
+        workers,
         server: cx.node.name.clone(),
         servers: Vec::new(),
         check_ms: 0.0,
         store_ms: 0.0,
         total_ms: t0.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// Activates `modules` (active versions) in each live worker that runs another version of
+/// one of them (or none): one ack per such worker.
+async fn repair(pool: &Pool, modules: &[Module]) -> Vec<WorkerAck> {
+    let behind = |w: &Worker| -> Vec<Module> {
+        let running = w.modules.lock().expect("modules lock");
+        modules
+            .iter()
+            .filter(|m| running.get(&m.name) != Some(&m.version))
+            .cloned()
+            .collect()
+    };
+    let calls = live_workers(pool).into_iter().filter_map(|w| {
+        let todo = behind(&w);
+        if todo.is_empty() {
+            return None;
+        }
+        tracing::warn!(
+            worker = w.id,
+            modules = ?todo.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            "deploy: a worker does not run the active version of an unchanged module; \
+             activating it there again"
+        );
+        let (id, pid) = (w.id, w.pid.load(std::sync::atomic::Ordering::Relaxed));
+        let deadline = starts_at(pool, &w) + pool.activate_timeout;
+        Some(async move {
+            let t0 = Instant::now();
+            let srcs = sources(&todo);
+            let r = activate(pool, &w, &srcs, deadline).await;
+            WorkerAck {
+                worker_id: id,
+                pid,
+                ok: r.is_ok(),
+                ms: t0.elapsed().as_secs_f64() * 1000.0,
+                error: r.err().map(|e| e.to_string()),
+                replaced: None,
+            }
+        })
+    });
+    futures_join_all(calls).await
 }
 
 /// The whole deploy sequence: check `modules` (name, source) in one worker under the
