@@ -323,6 +323,20 @@ async fn channel_conflicts_are_409_in_api_words_and_one_channel_reads_whole() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // A JSON-RPC channel routes POST only: the message says so, not "any method".
+    let r = post(json!({"name": "rpc2", "type": "jsonrpc", "url_path": "/rpc2"})).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(
+        json!({"name": "rpc2-rest", "url_path": "/rpc2", "methods": ["POST"],
+                        "service": "test.echo"}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["error"],
+        "url_path /rpc2 (POST) answers the same requests (POST) as channel rpc2 (url_path \
+         /rpc2): change the path or the methods, or change that channel"
+    );
     // A name taken: 409.
     let r = post(json!({"name": "orders", "url_path": "/elsewhere", "service": "test.echo"})).await;
     assert_eq!(r.status, 409);

@@ -156,6 +156,37 @@ async fn the_report_lists_services_warns_and_leaves_unchanged_modules_alone() {
         )
         .await;
     assert_eq!(r.json()["modules"][0]["version"], 2, "{}", text(&r));
+
+    // The same source with an origin where the active version has none (deployed before
+    // schema 22, or without one): a new version, which records it.
+    let send = |origin: Option<&str>| {
+        let mut m = json!({"name": "util", "source": "X = 1\n"});
+        if let Some(o) = origin {
+            m["origin"] = o.into();
+        }
+        json!({"modules": [m]}).to_string()
+    };
+    let post = |body: String| {
+        let (srv, token) = (&srv, token.clone());
+        async move {
+            srv.admin("POST", "/v1/modules", Some(&token), body.as_bytes())
+                .await
+        }
+    };
+    let r = post(send(Some("/srv/app/util.py"))).await;
+    assert_eq!(r.json()["modules"][0]["version"], 3, "{}", text(&r));
+    let util = srv
+        .admin("GET", "/v1/modules/util", Some(&token), b"")
+        .await;
+    assert!(text(&util).contains("/srv/app/util.py"), "{}", text(&util));
+    // Again from the same file: unchanged; from another file: a new version; without an
+    // origin (the dashboard's upload): unchanged, the stored origin stays.
+    let r = post(send(Some("/srv/app/util.py"))).await;
+    assert_eq!(r.json()["unchanged"], json!(["util"]), "{}", text(&r));
+    let r = post(send(Some("/srv/other/util.py"))).await;
+    assert_eq!(r.json()["modules"][0]["version"], 4, "{}", text(&r));
+    let r = post(send(None)).await;
+    assert_eq!(r.json()["unchanged"], json!(["util"]), "{}", text(&r));
     srv.assert_no_errors(&[]);
 }
 
@@ -196,6 +227,22 @@ async fn oxbus_deploy_prints_services_warnings_and_unchanged() {
         stdout.contains("unchanged hot version 1") && stdout.contains("nothing deployed"),
         "{stdout}"
     );
+
+    // --force: the same source gets a new version all the same (repairs a worker that did
+    // not switch), and the count reads "1 worker".
+    let out = srv.cli(&["deploy", "--force", hot.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("deployed hot version 2") && !stdout.contains("unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(deployed through): ok (1 worker)")
+            && stdout.contains("1 worker acknowledged"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("worker(s)"), "{stdout}");
 
     // A duplicate service name: once, both classes named, no "(?)".
     let copy = dir.join("copycat.py");
@@ -371,9 +418,125 @@ async fn deployed_file(srv: Server) {
         .await;
     assert_eq!(r.status, 400, "{}", text(&r));
     assert!(
-        text(&r).contains("origin must be the absolute path"),
+        text(&r).contains("origin must be the absolute POSIX path"),
+        "{}",
+        text(&r)
+    );
+    // Not POSIX, not normalised, or with a line separator: 400 too.
+    for bad in [
+        "C:\\src\\x.py",
+        "\\\\host\\share\\x.py",
+        "/srv/../etc/x.py",
+        "/srv/a\u{2028}b.py",
+    ] {
+        let body = json!({"modules": [{"name": "odd", "source": "X = 1\n", "origin": bad}]});
+        let r = srv
+            .admin(
+                "POST",
+                "/v1/modules",
+                Some(&token),
+                body.to_string().as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", text(&r));
+        assert!(
+            text(&r).contains("origin must be the absolute POSIX path"),
+            "{}",
+            text(&r)
+        );
+    }
+    // Two modules of one deploy from one file: 400, both named.
+    let body = json!({"modules": [
+        {"name": "one", "source": "X = 1\n", "origin": "/srv/app/same.py"},
+        {"name": "two", "source": "Y = 1\n", "origin": "/srv/app/same.py"},
+    ]});
+    let r = srv
+        .admin(
+            "POST",
+            "/v1/modules",
+            Some(&token),
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(
+        text(&r).contains(
+            "modules one and two have the same origin /srv/app/same.py: each module of a \
+             deploy needs a file of its own"
+        ),
         "{}",
         text(&r)
     );
     srv.assert_no_errors(&["shop.boom"]);
+}
+
+/// A module whose second import (the activation after the check, in the one worker) fails,
+/// and whose others succeed.
+fn flaky(log: &std::path::Path) -> String {
+    format!(
+        "with open({log:?}, 'a+') as f:\n    f.seek(0)\n    n = len(f.read())\n    \
+         f.write('x')\nif n == 1:\n    raise RuntimeError('the activation fails once')\n\n\
+         from oxbus import Service\n\n\nclass Flaky(Service):\n    name = 'flaky'\n\n    \
+         def handle(self):\n        self.response.payload = {{'v': 2}}\n"
+    )
+}
+
+#[tokio::test]
+async fn an_unchanged_deploy_gives_a_worker_that_did_not_switch_the_active_version() {
+    let srv = Env::new().workers(1).start().await;
+    let dir = srv.dir.join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("flaky.py");
+    let v1 = "from oxbus import Service\n\n\nclass Flaky(Service):\n    name = 'flaky'\n\n    \
+              def handle(self):\n        self.response.payload = {'v': 1}\n";
+    std::fs::write(&file, v1).unwrap();
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let invoke = || {
+        let out = srv.cli(&["invoke", "flaky"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        invoke().contains("\"v\": 1") || invoke().contains("\"v\":1"),
+        "{}",
+        invoke()
+    );
+
+    // Version 2: the check imports it, the worker's activation fails: it keeps version 1.
+    std::fs::write(&file, flaky(&srv.dir.join("imports"))).unwrap();
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    // (A deploy answered 500 is printed as the server's JSON.)
+    assert!(
+        stderr.contains("\"ok\":false") && stderr.contains("the activation fails once"),
+        "{stdout}{stderr}"
+    );
+    let v1_running = invoke();
+    assert!(
+        v1_running.contains('1') && !v1_running.contains('2'),
+        "{v1_running}"
+    );
+
+    // The same file again: unchanged (no new version), but the worker behind gets it.
+    let out = srv.cli(&["deploy", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("unchanged flaky version 2"), "{stdout}");
+    assert!(
+        stdout.contains("re-activated the active versions on 1 worker that did not run them: ok"),
+        "{stdout}"
+    );
+    let v2_running = invoke();
+    assert!(
+        v2_running.contains('2') && !v2_running.contains('1'),
+        "{v2_running}"
+    );
+
+    // Every worker runs it now: an unchanged deploy touches none.
+    let out = srv.cli(&["deploy", "--output", "json", file.to_str().unwrap()]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["workers"], json!([]), "{rep}");
+    srv.assert_no_errors(&["the activation fails once", "flaky"]);
 }

@@ -308,7 +308,7 @@ async fn cluster_status_is_current_right_after_a_deploy_and_the_report_names_eve
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("server a (deployed through): ok (1 worker(s))"),
+        text.contains("server a (deployed through): ok (1 worker)"),
         "{text}"
     );
     assert!(text.contains("server b: ok"), "{text}");

@@ -307,6 +307,13 @@ class Deployer:
         # Deployed module name -> the traceback filename of its active version, whose
         # source lines are in linecache.
         self._filenames: Dict[str, str] = {}
+        # Traceback filename -> the deployed modules whose active version has it: two
+        # modules deployed (one after the other) from one file share its linecache entry,
+        # which goes when the last of them does.
+        self._line_users: Dict[str, Set[str]] = {}
+        # Deployed module name -> the linecache entry of its active version's source: put
+        # back when another module of the same file name leaves.
+        self._line_entries: Dict[str, Any] = {}
         self._lock = threading.Lock()
         # unit -> the sys.modules names it owns; module name -> its unit.
         self._units: Dict[str, List[str]] = {u: list(m) for u, m in units.items()}
@@ -416,11 +423,31 @@ class Deployer:
 
     def _forget_lines(self, name: str, keep: str = '') -> None:
         """A deployed module leaves (replaced or removed): drop its source lines from
-        linecache, unless they are ``keep``'s (the same version activated again)."""
+        linecache when no other active module has its file name, unless they are
+        ``keep``'s (the same version activated again)."""
         filename = self._filenames.pop(name, None)
-        if filename is not None and filename != keep:
-            import linecache
+        entry = self._line_entries.pop(name, None)
+        if filename is None:
+            return
+        import linecache
+        users = self._line_users.get(filename)
+        if users is not None:
+            users.discard(name)
+            if users:
+                if filename != keep and linecache.cache.get(filename) is entry:
+                    # Its lines were there: another user's go back.
+                    linecache.cache[filename] = self._line_entries[min(users)]
+                return
+            del self._line_users[filename]
+        if filename != keep:
             linecache.cache.pop(filename, None)
+
+    def _use_lines(self, name: str, filename: str) -> None:
+        """``name``'s active version has ``filename`` (its lines are in linecache)."""
+        import linecache
+        self._filenames[name] = filename
+        self._line_entries[name] = linecache.cache.get(filename)
+        self._line_users.setdefault(filename, set()).add(name)
 
     def _execute(self, names: List[str], codes: Dict[str, Tuple[Any, Any, str]],
                  activate: bool) -> Dict[str, Any]:
@@ -536,7 +563,7 @@ class Deployer:
                 self._parents.discard(name)
                 filename = codes[name][2]
                 self._forget_lines(name, keep=filename)
-                self._filenames[name] = filename
+                self._use_lines(name, filename)
             self._parents.update(new_parents)
             table = dict(kept)
             table.update(found)

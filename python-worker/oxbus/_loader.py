@@ -18,7 +18,7 @@ from .service import Service, describe_input, describe_output
 
 TYPE_CHECKING = False  # see _protocol.py: keep ``typing`` out of the worker's startup
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Tuple, Type
+    from typing import Any, Dict, List, Set, Tuple, Type
 
 __all__ = ['ImportFailed', 'load_services', 'load_services_dir', 'services_of', 'add_services',
            'service_info', 'deploy_warnings']
@@ -176,10 +176,26 @@ def _near_misses(cls: type, typos: bool) -> List[str]:
     return found
 
 
+def _has_service_subclass(cls: type) -> bool:
+    """Whether a class derived from ``cls`` (at any depth) has a handler."""
+    todo = list(cls.__subclasses__())
+    seen: Set[type] = set()
+    while todo:
+        sub = todo.pop()
+        if sub in seen:
+            continue
+        seen.add(sub)
+        if not getattr(sub, '_oxbus_abstract', True):
+            return True
+        todo.extend(sub.__subclasses__())
+    return False
+
+
 def deploy_warnings(module: Any, module_name: str) -> List[Dict[str, str]]:
     """What a deploy of ``module`` should be told although nothing fails: each Service
     subclass it defines that has no handler and is not the base of another class of the
-    module (it is then taken as an abstract base and silently not deployed), each method
+    module nor of a service elsewhere (it is then taken as an abstract base and silently not
+    deployed), each method
     that looks like a handler but is not one, and a module that defines no service at all.
     One entry per finding: ``{"module", "class"?, "message"}``. Run by a deploy's check,
     never per request.
@@ -188,12 +204,18 @@ def deploy_warnings(module: Any, module_name: str) -> List[Dict[str, str]]:
                if isinstance(obj, type) and issubclass(obj, Service) and obj is not Service
                and obj.__module__ == module_name]
     warnings: List[Dict[str, str]] = []
+    bases = False
     for cls in classes:
         where = '%s.%s' % (module_name, cls.__qualname__)
         misses = _near_misses(cls, typos=cls._oxbus_abstract)
         if cls._oxbus_abstract:
             if any(other is not cls and issubclass(other, cls) for other in classes):
                 continue  # a base class of services next to it: abstract on purpose
+            if _has_service_subclass(cls):
+                # The base of services elsewhere (another module of the deploy, or one
+                # deployed before against this very class): abstract on purpose.
+                bases = True
+                continue
             message = ('class %s defines no handler (handle, or handle_GET, handle_POST... '
                        'with an upper-case verb), so it is not a service and was not '
                        'deployed' % where)
@@ -205,7 +227,7 @@ def deploy_warnings(module: Any, module_name: str) -> List[Dict[str, str]]:
             continue
         warnings.append({'module': module_name, 'class': cls.__qualname__,
                          'message': message})
-    if not warnings and not any(not cls._oxbus_abstract for cls in classes):
+    if not warnings and not bases and not any(not cls._oxbus_abstract for cls in classes):
         warnings.append({'module': module_name,
                          'message': 'module %s defines no services (no class deriving from '
                                     'oxbus.Service with a handle method)' % module_name})

@@ -222,6 +222,33 @@ def test_check_warns_of_classes_without_a_handler_and_of_modules_without_service
     assert [w.get('class') for w in doc['warnings']] == ['Lonely']
 
 
+def test_a_base_class_of_services_in_another_module_is_not_warned_of(dep):
+    base = '''
+        from oxbus import Service
+
+        class Base(Service):
+            def helper(self):
+                return 1
+
+        class Middle(Base):
+            pass
+    '''
+    shop = '''
+        from bases import Middle
+
+        class Real(Middle):
+            def handle(self):
+                self.response.payload = self.helper()
+    '''
+    status, doc = dep.check(('bases', 1, base), ('shop', 1, shop))
+    assert status == 200, doc
+    assert names(doc) == ['shop.real']
+    assert doc['warnings'] == []
+    # Alone, the same base module is warned of.
+    status, doc = dep.check(('bases', 1, base))
+    assert [w.get('class') for w in doc['warnings']] == ['Middle'], doc
+
+
 def test_check_of_a_syntax_error_names_module_and_line(dep):
     source = 'from oxbus import Service\n\ndef broken(:\n    pass\n'
     status, doc = dep.check(counter(1, 'one'), ('broken', 2, source))
@@ -792,6 +819,43 @@ def test_a_replaced_module_leaves_linecache(dep):
     assert dep.check(counter(3, 'checked only'))[0] == 200
     assert dep.remove('counter')[0] == 200
     assert dep.invoke('lines')[1] == ['<oxbus:lines@v1>']
+
+
+
+def test_two_modules_of_one_origin_share_its_linecache_entry(dep):
+    """A file's lines stay in linecache while any module deployed from it is active."""
+    lines = '''
+        import linecache
+
+        from oxbus import Service
+
+        class Lines(Service):
+            name = 'lines'
+
+            def handle(self):
+                self.response.payload = sorted(
+                    [k, ''.join(linecache.cache[k][2])]
+                    for k in linecache.cache if k.startswith('/srv/'))
+    '''
+    shared = '/srv/app/shared.py'
+    assert dep.activate(('lines', 1, lines))[0] == 200
+    assert dep.activate(('first', 1, 'A = 1\n', shared))[0] == 200
+    assert dep.activate(('second', 1, 'B = 2\n', shared))[0] == 200
+    assert dep.invoke('lines')[1] == [[shared, 'B = 2\n']]
+    # The one whose lines are there goes: the other's lines, not the file from disk.
+    assert dep.remove('second')[0] == 200
+    assert dep.invoke('lines')[1] == [[shared, 'A = 1\n']]
+    assert dep.activate(('second', 2, 'B = 3\n', shared))[0] == 200
+    # The other one goes: the entry stays, with the lines of the one still there.
+    assert dep.remove('first')[0] == 200
+    assert dep.invoke('lines')[1] == [[shared, 'B = 3\n']]
+    # The last one goes: so does the entry.
+    assert dep.remove('second')[0] == 200
+    assert dep.invoke('lines')[1] == []
+    # Replaced by a version from another file: the old file's entry goes.
+    assert dep.activate(('first', 2, 'A = 2\n', '/srv/app/one.py'))[0] == 200
+    assert dep.activate(('first', 3, 'A = 3\n', '/srv/app/two.py'))[0] == 200
+    assert [k for k, _ in dep.invoke('lines')[1]] == ['/srv/app/two.py']
 
 
 WATCHER = '''

@@ -161,7 +161,12 @@ fn modules_list(report: &Value) -> maud::Markup {
                 li { (m["name"].as_str().unwrap_or("")) " version " (m["version"]) ": " (services(m)) }
             }
             @for m in report["unchanged_modules"].as_array().into_iter().flatten() {
-                li { (m["name"].as_str().unwrap_or("")) " unchanged at version " (m["version"]) " (same source): " (services(m)) }
+                // Without "services" no worker was ready to say which: nothing about them.
+                @if m.get("services").is_some() {
+                    li { (m["name"].as_str().unwrap_or("")) " unchanged at version " (m["version"]) " (same source): " (services(m)) }
+                } @else {
+                    li { (m["name"].as_str().unwrap_or("")) " unchanged at version " (m["version"]) " (same source)" }
+                }
             }
         }
     }
@@ -250,12 +255,18 @@ mod tests {
     fn the_modules_list_names_services_and_unchanged_modules() {
         let report = serde_json::json!({
             "modules": [{"name": "crm", "version": 3, "services": ["crm.get", "crm.put"]}],
-            "unchanged_modules": [{"name": "util", "version": 1, "services": []}],
+            "unchanged_modules": [{"name": "util", "version": 1, "services": []},
+                                  {"name": "lib", "version": 2}],
         });
         let html = super::modules_list(&report).into_string();
         assert!(html.contains("crm version 3: crm.get, crm.put"), "{html}");
         assert!(
             html.contains("util unchanged at version 1 (same source): no services"),
+            "{html}"
+        );
+        // No "services": no worker was ready to say; nothing about them.
+        assert!(
+            html.contains("lib unchanged at version 2 (same source)</li>"),
             "{html}"
         );
     }

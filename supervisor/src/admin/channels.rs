@@ -102,11 +102,19 @@ fn path_conflict(
         return Ok(());
     };
     let other = &others[i];
+    // As the routing table has them (a JSON-RPC channel is POST only, a WebSocket one GET).
     let methods = |c: &crate::model::channel::Channel| {
-        if c.methods.is_empty() {
+        use crate::model::channel::{ChannelType, routed_channel, websocket_channel};
+        let routed = match c.channel_type {
+            ChannelType::JsonRpc => routed_channel(c).ok(),
+            ChannelType::Websocket => websocket_channel(c).ok(),
+            ChannelType::Rest | ChannelType::Pubsub => None,
+        };
+        let list = routed.map_or_else(|| c.methods.clone(), |r| r.methods);
+        if list.is_empty() {
             "any method".to_owned()
         } else {
-            c.methods.join(", ")
+            list.join(", ")
         }
     };
     let what = if other.channel_type == crate::model::channel::ChannelType::Pubsub
@@ -233,8 +241,8 @@ async fn create_channel(cx: &Ctx, body: Bytes) -> Response<Body> {
             format!("a channel named {name} exists already, in server.toml: choose another name"),
         );
     }
-    // The file's channels count too (the routing table adds them): the new one must route
-    // unambiguously beside them.
+    // The stored channels (path_conflict adds server.toml's itself): the new one must route
+    // unambiguously beside them all.
     let mut all = Vec::new();
     match cx.store.channels().await {
         Ok(c) => all.extend(c),

@@ -205,20 +205,43 @@ struct DeployModule {
 /// The longest origin path taken (Linux's PATH_MAX).
 const MAX_ORIGIN: usize = 4096;
 
-/// An origin must be an absolute path (POSIX or Windows), on one line, of sane length.
+/// An origin must be a POSIX absolute path (the workers run on Linux: `__file__` is a path
+/// there), normalised (no `.` or `..` segment, no `//`), on one line (no control character,
+/// no Unicode line or paragraph separator), of sane length.
 fn check_origin(module: &str, origin: &str) -> Result<(), String> {
-    let absolute = origin.starts_with('/')
-        || origin.starts_with("\\\\")
-        || (origin.len() > 2
-            && origin.as_bytes()[0].is_ascii_alphabetic()
-            && &origin.as_bytes()[1..3] == b":\\");
-    if !absolute || origin.len() > MAX_ORIGIN || origin.chars().any(char::is_control) {
+    let bad_char = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    let normalised = origin
+        .split('/')
+        .skip(1)
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if !origin.starts_with('/')
+        || !normalised
+        || origin.len() > MAX_ORIGIN
+        || origin.chars().any(bad_char)
+    {
         return Err(format!(
-            "module {module}: origin must be the absolute path of the module's file (at most \
-             {MAX_ORIGIN} bytes, no control characters), got {origin:.100?}"
+            "module {module}: origin must be the absolute POSIX path of the module's file \
+             (starting with /, without . or .. segments, at most {MAX_ORIGIN} bytes, on one \
+             line), got {origin:.100?}"
         ));
     }
     Ok(())
+}
+
+/// Two modules of one deploy from one file: refused (their tracebacks and `__file__` could
+/// not tell them apart).
+fn shared_origin(origins: &[(String, String)]) -> Option<String> {
+    origins.iter().enumerate().find_map(|(i, (name, origin))| {
+        origins[..i]
+            .iter()
+            .find(|(_, o)| o == origin)
+            .map(|(first, _)| {
+                format!(
+                    "modules {first} and {name} have the same origin {origin}: each module of a \
+                     deploy needs a file of its own"
+                )
+            })
+    })
 }
 
 /// POST /v1/modules: check in one worker, store, activate everywhere; a report back. Recorded
@@ -241,6 +264,9 @@ async fn deploy(cx: &Ctx, body: Bytes, who: &Identity) -> Response<Body> {
             }
             origins.push((m.name.clone(), origin.clone()));
         }
+    }
+    if let Some(e) = shared_origin(&origins) {
+        return error(StatusCode::BAD_REQUEST, e);
     }
     let pairs: Vec<(String, String)> = req
         .modules
@@ -336,20 +362,47 @@ async fn rollback(cx: &Ctx, name: &str) -> Response<Body> {
 mod tests {
     #[test]
     fn an_origin_is_an_absolute_path() {
-        for ok in [
-            "/srv/app/crm.py",
+        assert!(super::check_origin("crm", "/srv/app/crm.py").is_ok());
+        for bad in [
+            "crm.py",
+            "./crm.py",
+            "",
+            "/a\nb.py",
+            "C:crm.py",
             "C:\\src\\crm.py",
             "\\\\host\\share\\crm.py",
+            "/srv/../etc/crm.py",
+            "/srv/./crm.py",
+            "/srv//crm.py",
+            "/srv/app/",
+            "/srv/a\u{2028}b.py",
+            "/srv/a\u{2029}b.py",
+            "/srv/a\u{85}b.py",
+            "/srv/a\0b.py",
         ] {
-            assert!(super::check_origin("crm", ok).is_ok(), "{ok}");
-        }
-        for bad in ["crm.py", "./crm.py", "", "/a\nb.py", "C:crm.py"] {
             let e = super::check_origin("crm", bad).unwrap_err();
             assert!(
-                e.starts_with("module crm: origin must be the absolute path"),
+                e.starts_with("module crm: origin must be the absolute POSIX path"),
                 "{e}"
             );
         }
         assert!(super::check_origin("crm", &format!("/{}", "a".repeat(5000))).is_err());
+    }
+
+    #[test]
+    fn two_modules_cannot_share_an_origin() {
+        let o = |n: &str, p: &str| (n.to_owned(), p.to_owned());
+        assert_eq!(
+            super::shared_origin(&[o("a", "/x/a.py"), o("b", "/x/b.py")]),
+            None
+        );
+        assert_eq!(
+            super::shared_origin(&[o("a", "/x/a.py"), o("b", "/x/b.py"), o("c", "/x/a.py")])
+                .as_deref(),
+            Some(
+                "modules a and c have the same origin /x/a.py: each module of a deploy needs \
+                 a file of its own"
+            )
+        );
     }
 }

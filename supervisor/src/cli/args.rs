@@ -35,6 +35,11 @@ pub enum Command {
         /// Ctrl-C (unchanged modules are skipped; one line per deploy).
         #[arg(long, value_name = "DIR", conflicts_with = "files")]
         watch: Option<PathBuf>,
+        /// Store and activate a new version of every module even when its source equals
+        /// the active version's (by default such a module is left alone, and only this
+        /// server's workers that failed to switch to it are given it again).
+        #[arg(long, conflicts_with = "watch")]
+        force: bool,
         /// Text for people, or json for scripts (the answer as the server sent it).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,

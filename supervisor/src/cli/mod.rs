@@ -111,7 +111,8 @@ pub fn run(command: Command) -> ExitCode {
             files,
             output,
             watch: None,
-        } => admin(|rt| modules::deploy(rt, &to, &files, output)),
+            force,
+        } => admin(|rt| modules::deploy(rt, &to, &files, force, output)),
         Command::Invoke { to, name, payload } => {
             admin(|rt| modules::invoke(rt, &to, &name, payload.as_deref()))
         }

@@ -7,14 +7,17 @@ use std::path::PathBuf;
 use super::CliError;
 use super::args::{Output, ServerArgs};
 use super::client::call;
-use super::format::{print, utc};
+use super::format::{count, print, utc};
 use tokio::runtime::Runtime;
 
-/// `oxbus deploy FILE…`: every module in one request (all-or-nothing).
+/// `oxbus deploy FILE…`: every module in one request (all-or-nothing). With `force`, a
+/// module whose source equals its active version gets a new version all the same
+/// (`skip_unchanged: false`).
 pub fn deploy(
     rt: &Runtime,
     to: &ServerArgs,
     files: &[PathBuf],
+    force: bool,
     output: Output,
 ) -> Result<(), CliError> {
     let mut modules = Vec::new();
@@ -33,16 +36,38 @@ pub fn deploy(
         // Where the file is (absolute): the workers compile the module under this name, so
         // its tracebacks and __file__ name it (docs/DEPLOY.md).
         let mut module = serde_json::json!({"name": name, "source": source});
-        if let Ok(path) = std::path::absolute(f) {
-            module["origin"] = path.to_string_lossy().into();
+        if let Some(path) = origin(f) {
+            module["origin"] = path.into();
         }
         modules.push(module);
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    let body = serde_json::json!({"modules": modules, "deployed_by": who});
+    let body = serde_json::json!({
+        "modules": modules,
+        "deployed_by": who,
+        "skip_unchanged": !force,
+    });
     let answer = call(rt, to, "POST", "/v1/modules", body.to_string().into_bytes())?;
     print(answer, output, print_deployed);
     Ok(())
+}
+
+/// `file`'s absolute path with `.` and `..` folded away (as the server wants an origin; a
+/// symbolic link stays as named), or None when there is no such POSIX path.
+fn origin(file: &std::path::Path) -> Option<String> {
+    use std::path::Component;
+    let mut parts: Vec<String> = Vec::new();
+    for c in std::path::absolute(file).ok()?.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::Normal(p) => parts.push(p.to_str()?.to_owned()),
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
 }
 
 /// A module's services for `deploy`'s text: `services: a, b`, or that it has none.
@@ -60,6 +85,20 @@ fn services_line(services: &serde_json::Value) -> String {
     }
 }
 
+/// A module left unchanged, for `deploy`'s text: its services only when the server said
+/// which (no worker was ready otherwise).
+fn unchanged_line(m: &serde_json::Value) -> String {
+    let line = format!(
+        "unchanged {} version {} (the active version has this source: no new version)",
+        m["name"].as_str().unwrap_or(""),
+        m["version"]
+    );
+    match m.get("services") {
+        Some(s) => format!("{line}; {}", services_line(s)),
+        None => line,
+    }
+}
+
 /// `deploy`'s text: each module's new version and services, the modules left unchanged,
 /// the check's warnings (on standard error), then each server's acknowledgement.
 fn print_deployed(d: &serde_json::Value) {
@@ -74,12 +113,7 @@ fn print_deployed(d: &serde_json::Value) {
         );
     }
     for m in d["unchanged_modules"].as_array().into_iter().flatten() {
-        println!(
-            "unchanged {} version {} (the active version has this source: no new version); {}",
-            m["name"].as_str().unwrap_or(""),
-            m["version"],
-            services_line(&m["services"])
-        );
+        println!("{}", unchanged_line(m));
     }
     for w in d["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w["message"].as_str().unwrap_or(""));
@@ -89,6 +123,20 @@ fn print_deployed(d: &serde_json::Value) {
             "nothing deployed: every module is unchanged (config version {})",
             d["config_version"]
         );
+        // Workers that did not run the active versions were given them again.
+        let acks = d["workers"].as_array().cloned().unwrap_or_default();
+        if !acks.is_empty() {
+            let failed = acks.iter().filter(|a| a["ok"] != true).count();
+            let n = count(acks.len() as u64, "worker", "workers");
+            if failed == 0 {
+                println!("  re-activated the active versions on {n} that did not run them: ok");
+            } else {
+                println!(
+                    "  re-activating the active versions FAILED on {failed} of {n} that did \
+                     not run them (see --output json)"
+                );
+            }
+        }
         return;
     }
     // The server deployed through first, then the peers that answered over the bus.
@@ -98,11 +146,11 @@ fn print_deployed(d: &serde_json::Value) {
         println!(
             "  server {through} (deployed through): {}",
             if failed == 0 {
-                format!("ok ({} worker(s))", acks.len())
+                format!("ok ({})", count(acks.len() as u64, "worker", "workers"))
             } else {
                 format!(
-                    "FAILED: {failed} of {} worker(s) did not switch",
-                    acks.len()
+                    "FAILED: {failed} of {} did not switch",
+                    count(acks.len() as u64, "worker", "workers")
                 )
             }
         );
@@ -113,8 +161,12 @@ fn print_deployed(d: &serde_json::Value) {
             srv["server"].as_str().unwrap_or(""),
             if srv["ok"] == true {
                 format!(
-                    "ok ({} worker(s))",
-                    srv["answer"]["worker_count"].as_u64().unwrap_or(0)
+                    "ok ({})",
+                    count(
+                        srv["answer"]["worker_count"].as_u64().unwrap_or(0),
+                        "worker",
+                        "workers"
+                    )
                 )
             } else {
                 format!(
@@ -128,9 +180,9 @@ fn print_deployed(d: &serde_json::Value) {
     }
     let workers = d["workers"].as_array().map(|w| w.len()).unwrap_or(0);
     println!(
-        "config version {}, {} worker(s) acknowledged, {:.1} ms",
+        "config version {}, {} acknowledged, {:.1} ms",
         d["config_version"],
-        workers,
+        count(workers as u64, "worker", "workers"),
         d["total_ms"].as_f64().unwrap_or(0.0)
     );
 }
@@ -231,10 +283,41 @@ pub fn undeploy(
     )?;
     print(answer, output, |d| {
         println!(
-            "undeployed {module} (config version {}, {} worker(s) acknowledged)",
+            "undeployed {module} (config version {}, {} acknowledged)",
             d["config_version"],
-            d["workers"].as_array().map_or(0, Vec::len)
+            count(
+                d["workers"].as_array().map_or(0, Vec::len) as u64,
+                "worker",
+                "workers"
+            )
         )
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unchanged_module_without_services_says_nothing_of_them() {
+        let m = serde_json::json!({"name": "hot", "version": 3});
+        assert_eq!(
+            super::unchanged_line(&m),
+            "unchanged hot version 3 (the active version has this source: no new version)"
+        );
+        let m = serde_json::json!({"name": "hot", "version": 3, "services": []});
+        assert!(super::unchanged_line(&m).ends_with("; no services"));
+    }
+
+    #[test]
+    fn an_origin_is_the_files_path_without_dot_segments() {
+        let o = |p: &str| super::origin(std::path::Path::new(p));
+        assert_eq!(
+            o("/srv/app/../lib/./x.py").as_deref(),
+            Some("/srv/lib/x.py")
+        );
+        assert_eq!(o("/srv/app/x.py").as_deref(), Some("/srv/app/x.py"));
+        let cwd = std::env::current_dir().unwrap();
+        let parent = cwd.parent().unwrap_or(&cwd).join("x.py");
+        assert_eq!(o("../x.py").as_deref(), parent.to_str());
+    }
 }

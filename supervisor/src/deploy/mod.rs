@@ -307,6 +307,10 @@ pub async fn activate(
     let (meta, body) = modules_call("modules.activate", modules);
     let table = call(pool, w, &meta, &body, deadline).await?.services;
     *w.services.lock().expect("services lock") = table.clone();
+    let mut running = w.modules.lock().expect("modules lock");
+    for m in modules {
+        running.insert(m.name.to_owned(), m.version);
+    }
     Ok(table)
 }
 
@@ -320,6 +324,10 @@ pub async fn remove(
     let meta = json!({"op": "modules.remove", "modules": names});
     let table = call(pool, w, &meta, b"", deadline).await?.services;
     *w.services.lock().expect("services lock") = table;
+    let mut running = w.modules.lock().expect("modules lock");
+    for n in names {
+        running.remove(*n);
+    }
     Ok(())
 }
 
@@ -584,30 +592,29 @@ pub struct Unchanged {
     pub name: String,
     /// The active version, which stays active.
     pub version: i64,
-    /// The services this server's workers run from it.
-    pub services: Vec<String>,
+    /// The services this server's workers run from it; None (absent) when no worker is
+    /// ready to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
 }
 
 impl Unchanged {
     /// `name` left alone at its active version in `active`, with the services a ready
-    /// worker of `pool` runs from it.
+    /// worker of `pool` runs from it (None without a ready worker).
     fn new(pool: &Pool, active: &[Module], name: &str) -> Unchanged {
         let version = active
             .iter()
             .find(|m| m.name == name)
             .map_or(0, |m| m.version);
-        let services = live_workers(pool)
-            .first()
-            .map(|w| {
-                w.services
-                    .lock()
-                    .expect("services lock")
-                    .iter()
-                    .filter(|s| s.module == name)
-                    .map(|s| s.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let services = live_workers(pool).first().map(|w| {
+            w.services
+                .lock()
+                .expect("services lock")
+                .iter()
+                .filter(|s| s.module == name)
+                .map(|s| s.name.clone())
+                .collect()
+        });
         Unchanged {
             name: name.to_owned(),
             version,
@@ -616,12 +623,27 @@ impl Unchanged {
     }
 }
 
-/// The report of a deploy whose modules all equal their active versions.
+/// The report of a deploy whose modules all equal their active versions. A live worker
+/// that does not run the active version of one of them (its activation failed) is given it
+/// again: the report's `workers` are those, empty when every worker runs them.
 async fn nothing_to_do(
     cx: &Ctx,
     unchanged: Vec<Unchanged>,
     t0: Instant,
 ) -> Result<Report, DeployError> {
+    let workers = {
+        let _one_at_a_time = cx.locks.deploy.lock().await;
+        let active = cx
+            .store
+            .active_modules()
+            .await
+            .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+        let ours: Vec<Module> = active
+            .into_iter()
+            .filter(|m| unchanged.iter().any(|u| u.name == m.name))
+            .collect();
+        repair(&cx.pool, &ours).await
+    };
     let config_version = cx
         .store
         .version()
@@ -633,13 +655,54 @@ async fn nothing_to_do(
         unchanged,
         services: Vec::new(),
         warnings: Vec::new(),
-        workers: Vec::new(),
+        workers,
         server: cx.node.name.clone(),
         servers: Vec::new(),
         check_ms: 0.0,
         store_ms: 0.0,
         total_ms: t0.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// Activates `modules` (active versions) in each live worker that runs another version of
+/// one of them (or none): one ack per such worker.
+async fn repair(pool: &Pool, modules: &[Module]) -> Vec<WorkerAck> {
+    let behind = |w: &Worker| -> Vec<Module> {
+        let running = w.modules.lock().expect("modules lock");
+        modules
+            .iter()
+            .filter(|m| running.get(&m.name) != Some(&m.version))
+            .cloned()
+            .collect()
+    };
+    let calls = live_workers(pool).into_iter().filter_map(|w| {
+        let todo = behind(&w);
+        if todo.is_empty() {
+            return None;
+        }
+        tracing::warn!(
+            worker = w.id,
+            modules = ?todo.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            "deploy: a worker does not run the active version of an unchanged module; \
+             activating it there again"
+        );
+        let (id, pid) = (w.id, w.pid.load(std::sync::atomic::Ordering::Relaxed));
+        let deadline = starts_at(pool, &w) + pool.activate_timeout;
+        Some(async move {
+            let t0 = Instant::now();
+            let srcs = sources(&todo);
+            let r = activate(pool, &w, &srcs, deadline).await;
+            WorkerAck {
+                worker_id: id,
+                pid,
+                ok: r.is_ok(),
+                ms: t0.elapsed().as_secs_f64() * 1000.0,
+                error: r.err().map(|e| e.to_string()),
+                replaced: None,
+            }
+        })
+    });
+    futures_join_all(calls).await
 }
 
 /// The whole deploy sequence: check `modules` (name, source) in one worker under the
@@ -714,10 +777,20 @@ async fn deploy_sequence(
         .active_modules()
         .await
         .map_err(|e| DeployError::Unavailable(e.to_string()))?;
-    let same_source = |active: &[Module], name: &str, source: &str| {
-        active
+    let origin_of = |name: &str| {
+        origins
             .iter()
-            .any(|m| m.name == name && m.source_hash == crate::store::source_hash(source))
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| o.as_str())
+    };
+    // Unchanged: the active version has this source, and this origin when one is sent (a
+    // module deployed without one, before schema 22 say, gets it with a new version).
+    let same_source = |active: &[Module], name: &str, source: &str| {
+        active.iter().any(|m| {
+            m.name == name
+                && m.source_hash == crate::store::source_hash(source)
+                && origin_of(name).is_none_or(|o| m.origin.as_deref() == Some(o))
+        })
     };
     if skip_unchanged {
         todo.retain(|(name, source)| {
@@ -737,10 +810,7 @@ async fn deploy_sequence(
             name,
             version: 0,
             source,
-            origin: origins
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, o)| o.as_str()),
+            origin: origin_of(name),
         })
         .collect();
     let mut pairs: Vec<(String, String)> = todo.iter().map(|m| (*m).clone()).collect();
@@ -915,4 +985,32 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     out.into_iter()
         .map(|o| o.expect("every future finished"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_module_with_no_ready_worker_has_no_services_list() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Pool::new(1, 1, std::time::Duration::from_secs(1), tx);
+        let active = [Module {
+            name: "hot".into(),
+            version: 3,
+            source: "X = 1\n".into(),
+            source_hash: crate::store::source_hash("X = 1\n"),
+            deployed_by: "t".into(),
+            deployed_at: 0,
+            active: true,
+            origin: None,
+        }];
+        let u = Unchanged::new(&pool, &active, "hot");
+        assert_eq!(u.services, None);
+        // Not an empty list, which would read "no services".
+        assert_eq!(
+            serde_json::to_value(&u).unwrap(),
+            json!({"name": "hot", "version": 3})
+        );
+    }
 }

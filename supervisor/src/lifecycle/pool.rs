@@ -104,6 +104,9 @@ pub struct Worker {
     /// The worker said `BYE` (drained cleanly).
     pub said_bye: AtomicBool,
     pub services: Mutex<Vec<ServiceInfo>>,
+    /// The deployed modules it runs: name -> version (what its last successful
+    /// `modules.activate`/`modules.remove` left; a worker that failed to switch is behind).
+    pub modules: Mutex<std::collections::BTreeMap<String, i64>>,
     /// An `ERROR` the worker sent before exiting (an import traceback, typically).
     pub boot_error: Mutex<Option<String>>,
     /// Set when the worker's `READY` arrived. Until then exit codes 2/3/4 mean "cannot
@@ -138,6 +141,7 @@ impl Worker {
             last_pong_ms: AtomicU64::new(0),
             said_bye: AtomicBool::new(false),
             services: Mutex::new(Vec::new()),
+            modules: Mutex::new(std::collections::BTreeMap::new()),
             boot_error: Mutex::new(None),
             handshaken: AtomicBool::new(false),
             exit: tokio::sync::watch::Sender::new(None),
