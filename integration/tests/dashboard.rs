@@ -197,8 +197,17 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
     assert!(b.text(".flash.ok").await.contains("Saved dash:1"));
     b.fill("#value", r#"{"a": 2}"#).await;
     b.click("form[action='/caches/default/entry'] button").await;
-    let r = admin(&srv, "GET", "/v1/caches/default/keys/dash%3A1", Value::Null).await;
-    assert_eq!(r.json()["value"], json!({"a": 2}), "{:?}", r.body);
+    // The click returns before the form's request has been answered (the page still shows
+    // the first save's flash): wait for the edit to reach the cache.
+    eventually(
+        Duration::from_secs(10),
+        "the edited cache entry",
+        || async {
+            let r = admin(&srv, "GET", "/v1/caches/default/keys/dash%3A1", Value::Null).await;
+            (r.json()["value"] == json!({"a": 2})).then_some(())
+        },
+    )
+    .await;
     b.check_page("cache-entry").await;
     b.goto(&format!("{base}/caches")).await;
     b.check_page("caches").await;

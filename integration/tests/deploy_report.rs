@@ -52,7 +52,11 @@ async fn deploy(srv: &Server, modules: &[(&str, &str)]) -> Resp {
         .iter()
         .map(|(name, source)| json!({"name": name, "source": source}))
         .collect();
-    let body = json!({"modules": list, "deployed_by": "it"});
+    post_modules(srv, &json!({"modules": list, "deployed_by": "it"})).await
+}
+
+/// `POST /v1/modules` with `body`, as the admin.
+async fn post_modules(srv: &Server, body: &Value) -> Resp {
     srv.admin(
         "POST",
         "/v1/modules",
@@ -147,14 +151,7 @@ async fn the_report_lists_services_warns_and_leaves_unchanged_modules_alone() {
 
     // skip_unchanged: false stores a new version anyway.
     let body = json!({"modules": [{"name": "util", "source": "X = 1\n"}], "skip_unchanged": false});
-    let r = srv
-        .admin(
-            "POST",
-            "/v1/modules",
-            Some(&token),
-            body.to_string().as_bytes(),
-        )
-        .await;
+    let r = post_modules(&srv, &body).await;
     assert_eq!(r.json()["modules"][0]["version"], 2, "{}", text(&r));
 
     // The same source with an origin where the active version has none (deployed before
@@ -408,14 +405,7 @@ async fn deployed_file(srv: Server) {
             .contains("<oxbus:bare@v0>")
     );
     let body = json!({"modules": [{"name": "rel", "source": "X = 1\n", "origin": "rel.py"}]});
-    let r = srv
-        .admin(
-            "POST",
-            "/v1/modules",
-            Some(&token),
-            body.to_string().as_bytes(),
-        )
-        .await;
+    let r = post_modules(&srv, &body).await;
     assert_eq!(r.status, 400, "{}", text(&r));
     assert!(
         text(&r).contains("origin must be the absolute POSIX path"),
@@ -430,14 +420,7 @@ async fn deployed_file(srv: Server) {
         "/srv/a\u{2028}b.py",
     ] {
         let body = json!({"modules": [{"name": "odd", "source": "X = 1\n", "origin": bad}]});
-        let r = srv
-            .admin(
-                "POST",
-                "/v1/modules",
-                Some(&token),
-                body.to_string().as_bytes(),
-            )
-            .await;
+        let r = post_modules(&srv, &body).await;
         assert_eq!(r.status, 400, "{bad}: {}", text(&r));
         assert!(
             text(&r).contains("origin must be the absolute POSIX path"),
@@ -450,14 +433,7 @@ async fn deployed_file(srv: Server) {
         {"name": "one", "source": "X = 1\n", "origin": "/srv/app/same.py"},
         {"name": "two", "source": "Y = 1\n", "origin": "/srv/app/same.py"},
     ]});
-    let r = srv
-        .admin(
-            "POST",
-            "/v1/modules",
-            Some(&token),
-            body.to_string().as_bytes(),
-        )
-        .await;
+    let r = post_modules(&srv, &body).await;
     assert_eq!(r.status, 400, "{}", text(&r));
     assert!(
         text(&r).contains(
