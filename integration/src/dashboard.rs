@@ -220,8 +220,21 @@ impl Browser {
         self.fill("#user", user).await;
         self.fill("#password", password).await;
         self.click("button[type=submit]").await;
-        let b = self.body().await;
-        assert!(b.contains(&format!("{user} ·")), "signed in as {user}: {b}");
+        // The click returns before the form's navigation has finished: until it has, the
+        // body may still be the sign-in page's.
+        let signed_in = format!("{user} ·");
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let b = self.body().await;
+            if b.contains(&signed_in) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "signed in as {user} (after 10 s): {b}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// The page's serious or critical accessibility violations (axe-core).
