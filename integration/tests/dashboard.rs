@@ -356,6 +356,9 @@ async fn the_dashboard_in_a_browser_roles_deploy_invoke_channels_caches_jobs_rol
         .await
         .unwrap();
     b.click("#plan-submit").await;
+    // The plan's page is there once its apply button is (the click returns before the
+    // navigation ends).
+    b.text("#apply-submit").await;
     let plan = b.body().await;
     assert!(
         plan.contains("create channel_rest /dash/imported"),
