@@ -184,14 +184,76 @@ impl Browser {
         e.send_keys(value).await.unwrap();
     }
 
+    /// Clicks the first element `css` finds. A form's submit button navigates, and WebDriver's
+    /// click may return before the next page is there (seen with Chromium 156): then this
+    /// waits (up to 10 s) until the page the click left is gone and the new one has loaded,
+    /// so that what the test reads next is the answer to the click — unless the form's
+    /// script took the submit in place (prevented it), which is no navigation.
     pub async fn click(&self, css: &str) {
-        self.client
+        let e = self
+            .client
             .find(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
+            .unwrap_or_else(|e| panic!("no {css}: {e}"));
+        // Mark the page the click leaves; a new document has no mark.
+        let submits = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]);
+                 const submits = !!(e && e.form && (e.type === 'submit' || e.type === 'image'));
+                 if (submits) {
+                   window.__oxbusLeaving = true;
+                   // Seen after the form's own handlers: a script that answers in place
+                   // (the invoke form) prevents the navigation.
+                   window.addEventListener('submit', ev => {
+                     window.__oxbusInPlace = ev.defaultPrevented;
+                   }, {once: true});
+                 }
+                 return submits;",
+                vec![json!(css)],
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .as_bool()
+            .unwrap_or(false);
+        e.click().await.unwrap();
+        if !submits {
+            return;
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // While the old page is being replaced a script may fail: look again.
+            let state = self
+                .client
+                .execute(
+                    "if (window.__oxbusLeaving !== true) {
+                       return document.readyState === 'complete' ? 'arrived' : 'loading';
+                     }
+                     return window.__oxbusInPlace === true ? 'in-place' : 'leaving';",
+                    vec![],
+                )
+                .await
+                .ok();
+            match state.as_ref().and_then(|v| v.as_str()) {
+                Some("arrived") => return,
+                Some("in-place") => {
+                    let _ = self
+                        .client
+                        .execute(
+                            "delete window.__oxbusLeaving; delete window.__oxbusInPlace;",
+                            vec![],
+                        )
+                        .await;
+                    return;
+                }
+                _ => {}
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "clicking {css} did not lead to a new page within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn path(&self) -> String {
