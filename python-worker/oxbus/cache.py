@@ -132,11 +132,7 @@ class Cache:
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` (None) when it is absent or expired."""
         meta, data = self._call(b'get', b',"key":' + _key(key))
-        if meta['status'] == 204:
-            return default
-        if meta.get('content_type') == _BYTES:
-            return data
-        return decode_json(data)
+        return _value(meta, data, default)
 
     def set(self, key: str, value: Any, expiry: Optional[float] = None) -> None:
         """Store ``value`` under ``key``.
@@ -145,15 +141,7 @@ class Cache:
         default expiry; 0 = never. bytes/bytearray/memoryview are stored as bytes, anything
         else as JSON (TypeError when it is not JSON-serialisable).
         """
-        rest = b',"key":' + _key(key)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            rest += b',"kind":"bytes"'
-            body = bytes(value)
-        else:
-            body = encode_json(value)
-        if expiry is not None:
-            rest += b',"expiry":' + _number(expiry)
-        self._call(b'set', rest, body)
+        self._call(b'set', *_set_args(key, value, expiry))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True when it was there."""
@@ -175,11 +163,7 @@ class Cache:
 
         Atomic on the server: concurrent callers on every worker get distinct results.
         """
-        if type(by) is not int:
-            raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
-        if not -2**63 <= by < 2**63:
-            raise NotAnInteger('incr/decr by %d: outside the 64-bit range' % by)
-        return int(self._call(b'incr', b',"key":' + _key(key) + b',"by":%d' % by)[1])
+        return int(self._call(b'incr', _incr_args(key, by))[1])
 
     def decr(self, key: str, by: int = 1) -> int:
         """Subtract ``by`` from the integer under ``key``; the new value."""
@@ -194,10 +178,7 @@ class Cache:
 
     def items(self, prefix: str = '') -> List[Tuple[str, Any]]:
         """``(key, value)`` of the keys starting with ``prefix``, sorted by key."""
-        import base64
-        data = self._call(b'items', b',"prefix":' + _key(prefix))[1]
-        return [(key, base64.b64decode(text) if kind == 'bytes' else decode_json(text))
-                for key, kind, text in decode_json(data)]
+        return _items(self._call(b'items', b',"prefix":' + _key(prefix))[1])
 
     def clear(self) -> int:
         """Remove every entry; returns how many there were."""
@@ -211,23 +192,11 @@ class Cache:
     async def aget(self, key: str, default: Any = None) -> Any:
         """:meth:`get`, awaitable."""
         meta, data = await self._acall(b'get', b',"key":' + _key(key))
-        if meta['status'] == 204:
-            return default
-        if meta.get('content_type') == _BYTES:
-            return data
-        return decode_json(data)
+        return _value(meta, data, default)
 
     async def aset(self, key: str, value: Any, expiry: Optional[float] = None) -> None:
         """:meth:`set`, awaitable."""
-        rest = b',"key":' + _key(key)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            rest += b',"kind":"bytes"'
-            body = bytes(value)
-        else:
-            body = encode_json(value)
-        if expiry is not None:
-            rest += b',"expiry":' + _number(expiry)
-        await self._acall(b'set', rest, body)
+        await self._acall(b'set', *_set_args(key, value, expiry))
 
     async def adelete(self, key: str) -> bool:
         """:meth:`delete`, awaitable."""
@@ -244,12 +213,7 @@ class Cache:
 
     async def aincr(self, key: str, by: int = 1) -> int:
         """:meth:`incr`, awaitable."""
-        if type(by) is not int:
-            raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
-        if not -2**63 <= by < 2**63:
-            raise NotAnInteger('incr/decr by %d: outside the 64-bit range' % by)
-        return int((await self._acall(b'incr', b',"key":' + _key(key)
-                                      + b',"by":%d' % by))[1])
+        return int((await self._acall(b'incr', _incr_args(key, by)))[1])
 
     async def adecr(self, key: str, by: int = 1) -> int:
         """:meth:`decr`, awaitable."""
@@ -264,10 +228,7 @@ class Cache:
 
     async def aitems(self, prefix: str = '') -> List[Tuple[str, Any]]:
         """:meth:`items`, awaitable."""
-        import base64
-        data = (await self._acall(b'items', b',"prefix":' + _key(prefix)))[1]
-        return [(key, base64.b64decode(text) if kind == 'bytes' else decode_json(text))
-                for key, kind, text in decode_json(data)]
+        return _items((await self._acall(b'items', b',"prefix":' + _key(prefix)))[1])
 
     async def aclear(self) -> int:
         """:meth:`clear`, awaitable."""
@@ -293,6 +254,45 @@ class Cache:
 
     def __repr__(self) -> str:
         return '<Cache %s>' % self.name
+
+
+def _value(meta: Dict[str, Any], data: bytes, default: Any) -> Any:
+    """The value of a ``cache.get`` answer: ``default`` when absent (204), bytes as stored,
+    anything else from its JSON."""
+    if meta['status'] == 204:
+        return default
+    if meta.get('content_type') == _BYTES:
+        return data
+    return decode_json(data)
+
+
+def _set_args(key: str, value: Any, expiry: Optional[float]) -> Tuple[bytes, bytes]:
+    """The meta fields after the cache's name and the body of a ``cache.set``."""
+    rest = b',"key":' + _key(key)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        rest += b',"kind":"bytes"'
+        body = bytes(value)
+    else:
+        body = encode_json(value)
+    if expiry is not None:
+        rest += b',"expiry":' + _number(expiry)
+    return rest, body
+
+
+def _incr_args(key: str, by: int) -> bytes:
+    """The meta fields after the cache's name of a ``cache.incr``; ``by`` checked."""
+    if type(by) is not int:
+        raise TypeError('incr/decr by an int, not %s' % type(by).__name__)
+    if not -2**63 <= by < 2**63:
+        raise NotAnInteger('incr/decr by %d: outside the 64-bit range' % by)
+    return b',"key":' + _key(key) + b',"by":%d' % by
+
+
+def _items(data: bytes) -> List[Tuple[str, Any]]:
+    """The ``(key, value)`` pairs of a ``cache.items`` answer."""
+    import base64
+    return [(key, base64.b64decode(text) if kind == 'bytes' else decode_json(text))
+            for key, kind, text in decode_json(data)]
 
 
 def _number(seconds: Any) -> bytes:
