@@ -4,12 +4,14 @@ one process.
 
 Loads the `oxbus` package of a base revision (`git show REV:python-worker/oxbus/...`, default
 the commit before issue 24's SimpleIO work) as `oxbus_base` next to the working tree's
-`oxbus`, then times `Dispatcher.run` (everything the worker does for one CALL: routing, the
-service instance, request/response, SimpleIO, hooks, the REPLY frame) on the same CALLs in
+`oxbus`, then times the decoding of a CALL's payload (``decode_call``) and `Dispatcher.run`
+(everything the worker does for one CALL: its meta and body, routing, the service instance,
+request/response, SimpleIO, hooks, the REPLY frame) on the same CALLs in
 both, in interleaved rounds so that machine noise hits both alike. Reports the median µs per
 call of each and the ratio B/A, per workload:
 
-  echo       the benchmark's demo.echo: POST /echo, a 199-byte JSON object, no SimpleIO
+  echo       the benchmark's demo.echo: POST /echo, a 199-byte JSON object, no SimpleIO,
+             with the CALL meta the server sends for bench/run.sh's request
   simpleio   a service declaring three name-typed inputs and two outputs
 
 With ``--instructions`` it counts CPU instructions per call instead (valgrind's callgrind,
@@ -75,21 +77,42 @@ def services(pkg):
     return {Echo.name: Echo, Typed.name: Typed}
 
 
+#: The CALL meta the server sends for bench/run.sh's request (wrk's POST /echo through a
+#: quickstart environment), as captured from the worker socket: a varying cid, remote
+#: address and traceparent, the rest the same on every request.
+SERVER_META = {'op': 'invoke', 'service': 'demo.echo', 'cid': 'd1cba197000000003d39',
+               'channel': 'rest', 'data_format': 'json', 'method': 'POST', 'path': '/echo',
+               'params': {}, 'query': '',
+               'headers': [['host', '127.0.0.1:33267'], ['content-type', 'application/json'],
+                           ['content-length', '199']],
+               'deadline_ms': 29999, 'remote_addr': '127.0.0.2', 'scheme': 'http',
+               'port': 33267, 'channel_name': '/echo',
+               'traceparent': '00-bbd496f6ee5a4266e97695eae198dad2-f516c1b85093b8f1-00'}
+
+
 def runner(pkg, service, body):
+    """A function running N calls of ``service`` as the worker does for each CALL frame:
+    the frame's payload decoded (``decode_call``: meta and body), then ``Dispatcher.run``."""
     dispatch = importlib.import_module(pkg.__name__ + '._dispatch')
+    protocol = importlib.import_module(pkg.__name__ + '._protocol')
     d = dispatch.Dispatcher(services(pkg))
-    meta = {'op': 'invoke', 'service': service, 'cid': 'c' * 20, 'channel': 'rest',
-            'data_format': 'json', 'method': 'POST', 'path': '/echo', 'params': {},
-            'query': '', 'headers': [['content-type', 'application/json']],
-            'traceparent': '00-' + '1' * 32 + '-' + '2' * 16 + '-01'}
-    frame = d.run(1, meta, body)
+    meta = dict(SERVER_META, service=service)
+    fields = getattr(protocol, 'COMPACT_INVOKE_FIELDS', None)
+    if fields is not None:  # protocol 2: the supervisor sends the compact form
+        meta = protocol.encode_json([meta.get(f) for f in fields] + [
+            {k: v for k, v in meta.items() if k not in fields}])
+    payload = protocol.encode_call(1, meta, body)[10:]  # the frame's payload
+    decode_call = protocol.decode_call
+    m, b = decode_call(payload)
+    frame = d.run(1, m, b)
     assert b'"status":200' in frame[:200] or b'ok' in frame, frame[:200]
     run = d.run
 
     def timed(n):
         t0 = time.perf_counter()
         for _ in range(n):
-            run(1, meta, body)
+            m, b = decode_call(payload)
+            run(1, m, b)
         return (time.perf_counter() - t0) / n * 1e6
     return timed
 

@@ -129,7 +129,7 @@ def main() -> None:
 
         assert read_one()[0] == P.HELLO
         conn.sendall(P.encode_frame(P.WELCOME, P.encode_json({
-            'protocol': 1, 'worker_id': 1, 'generation': 1, 'threads': args.threads,
+            'protocol': P.PROTOCOL_VERSION, 'worker_id': 1, 'generation': 1, 'threads': args.threads,
             'services_dir': services, 'heartbeat_ms': 0, 'log_level': 'warning'})))
         kind, _, _, payload = read_one()
         assert kind == P.READY, payload

@@ -48,7 +48,7 @@ async fn token_cycle(env: Env, engine: &str) {
     assert_eq!(info["store"], engine);
     assert_eq!(info["config_version"], 0);
     assert_eq!(info["workers"].as_array().unwrap().len(), 1);
-    assert_eq!(info["ipc_protocol"], 1);
+    assert_eq!(info["ipc_protocol"], 2);
 
     let r = srv
         .admin("POST", "/v1/invoke/test.echo", Some(&token), br#"{"a":1}"#)

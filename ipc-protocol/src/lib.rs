@@ -3,7 +3,7 @@
 //!
 //! `SPEC.md` beside this crate is the specification; this crate implements it for the Rust
 //! side and `python-worker/oxbus/_protocol.py` for the Python side. The golden vectors in
-//! `testdata/v1/` are decoded and re-encoded by both test suites, so the two cannot drift.
+//! `testdata/v2/` are decoded and re-encoded by both test suites, so the two cannot drift.
 //!
 //! The codec is deliberately allocation-light: [`FrameDecoder`] splits frames off a
 //! [`BytesMut`] without copying payloads, and [`encode_call`] / [`encode_reply`] write the
@@ -19,7 +19,10 @@ mod wire;
 pub use messages::*;
 
 /// The protocol version this crate speaks; sent in `HELLO` / `WELCOME`.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 added the compact form of an `invoke` meta (a JSON array, SPEC.md); a version 1
+/// worker would take it for a broken meta, so the handshake refuses one.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Size of the fixed frame header: length (4), kind (1), flags (1), stream (4).
 pub const HEADER_LEN: usize = wire::HEADER_LEN;

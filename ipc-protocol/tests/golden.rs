@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/v1")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/v2")
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -15,6 +15,27 @@ fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
+}
+
+/// The object form of a compact invoke meta, as SPEC.md defines it: the positional fields
+/// that are not `null`, then the fields of the last element.
+fn expand_compact(compact: &Value) -> Value {
+    let fields = compact.as_array().expect("a compact meta is an array");
+    assert_eq!(fields.len(), COMPACT_INVOKE_FIELDS.len() + 1);
+    let mut object = serde_json::Map::new();
+    for (name, value) in COMPACT_INVOKE_FIELDS.iter().zip(fields) {
+        if !value.is_null() {
+            object.insert((*name).to_owned(), value.clone());
+        }
+    }
+    for (name, value) in fields.last().unwrap().as_object().unwrap() {
+        assert!(
+            !COMPACT_INVOKE_FIELDS.contains(&name.as_str()),
+            "{name} has a position"
+        );
+        object.insert(name.clone(), value.clone());
+    }
+    Value::Object(object)
 }
 
 fn vectors() -> Vec<Value> {
@@ -71,7 +92,21 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
             // The meta is also valid for the typed structs of its direction.
             match frame.kind {
                 Kind::Call => {
-                    let c: CallMetaIn = serde_json::from_slice(&m).unwrap();
+                    // A compact meta means what its object form says.
+                    let object = match v.get("meta_object") {
+                        Some(o) => {
+                            let o = o.as_str().unwrap();
+                            let compact: Value = serde_json::from_slice(&m).unwrap();
+                            assert_eq!(
+                                expand_compact(&compact),
+                                serde_json::from_str::<Value>(o).unwrap(),
+                                "{name}: compact meta"
+                            );
+                            o.as_bytes().to_vec()
+                        }
+                        None => m.to_vec(),
+                    };
+                    let c: CallMetaIn = serde_json::from_slice(&object).unwrap();
                     assert_eq!(c.op, "invoke");
                 }
                 Kind::Reply => {
@@ -474,4 +509,203 @@ fn an_mqtt_message_carries_its_meta_and_others_do_not() {
     let without: Value =
         serde_json::from_str(&serde_json::to_string(&meta(None)).unwrap()).unwrap();
     assert!(without.get("mqtt").is_none(), "{without}");
+}
+
+/// The `CALL` bytes of `meta` in the compact form, with `body`, on `stream`.
+fn compact_call<H: serde::Serialize>(
+    stream: u32,
+    meta: &InvokeMeta<'_, H>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_call(&mut out, 0, stream, &CompactInvoke(meta), body).unwrap();
+    out.to_vec()
+}
+
+#[test]
+fn compact_invoke_metas_serialise_like_the_vectors() {
+    let headers: Vec<(&str, std::borrow::Cow<str>)> = vec![
+        ("host", "127.0.0.1:8107".into()),
+        ("content-type", "application/json".into()),
+        ("content-length", "27".into()),
+    ];
+    let no_params: Vec<(String, String)> = vec![];
+    let http = InvokeMeta {
+        op: "invoke",
+        service: "demo.echo",
+        cid: "d1cba197000000003d39",
+        channel: Some("rest"),
+        data_format: Some("json"),
+        method: Some("POST"),
+        path: Some("/echo"),
+        params: Some(&no_params),
+        query: Some(""),
+        headers: Some(&headers),
+        deadline_ms: Some(29999),
+        remote_addr: Some("127.0.0.1".parse().unwrap()),
+        scheme: Some("http"),
+        port: Some(8107),
+        channel_name: Some("/echo"),
+        security: None,
+        traceparent: Some("00-bbd496f6ee5a4266e97695eae198dad2-f516c1b85093b8f1-00"),
+        tracestate: None,
+        pubsub: None,
+        mqtt: None,
+        amqp: None,
+        wsx: None,
+        file: None,
+        params_priority: None,
+        job_type: None,
+    };
+    assert_eq!(
+        compact_call(11, &http, br#"{"name":"Ann","n":1,"x":[1]}"#),
+        std::fs::read(dir().join("call_invoke_compact.bin")).unwrap()
+    );
+
+    let bin_header: Vec<(&str, std::borrow::Cow<str>)> = vec![("x-bin", "caf\u{fffd}".into())];
+    let params = vec![("id".to_owned(), "7".to_owned())];
+    let rest = InvokeMeta {
+        service: "crm.customer.get",
+        cid: "req-7f3a:42",
+        data_format: Some("raw"),
+        method: Some("GET"),
+        path: Some("/crm/7"),
+        params: Some(&params),
+        query: Some("a=%C3%A9"),
+        headers: Some(&bin_header),
+        deadline_ms: Some(1500),
+        remote_addr: Some("2001:db8::7".parse().unwrap()),
+        scheme: Some("https"),
+        port: Some(443),
+        channel_name: Some("crm"),
+        security: Some(SecurityMeta {
+            name: "crm.basic",
+            kind: "basic",
+            username: Some("ann"),
+            subject: None,
+        }),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        tracestate: Some("congo=t61rcWkgMzE"),
+        params_priority: Some("msg-over-channel-params"),
+        ..http.clone()
+    };
+    assert_eq!(
+        compact_call(12, &rest, b"\x00\x01\xff"),
+        std::fs::read(dir().join("call_invoke_compact_rest.bin")).unwrap()
+    );
+
+    // A call that did not come over HTTP: its absent fields are nulls.
+    let sparse: InvokeMeta<'_> = InvokeMeta {
+        op: "invoke",
+        service: "demo.visits",
+        cid: "0f3a9c1e2b4d5a6f7083",
+        channel: Some("scheduler"),
+        data_format: Some("json"),
+        method: None,
+        path: None,
+        params: None,
+        query: None,
+        headers: None,
+        deadline_ms: Some(30000),
+        remote_addr: None,
+        scheme: None,
+        port: None,
+        channel_name: Some("demo-visits"),
+        security: None,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01"),
+        tracestate: None,
+        pubsub: None,
+        mqtt: None,
+        amqp: None,
+        wsx: None,
+        file: None,
+        params_priority: None,
+        job_type: Some("interval_based"),
+    };
+    assert_eq!(
+        compact_call(13, &sparse, b""),
+        std::fs::read(dir().join("call_invoke_compact_sparse.bin")).unwrap()
+    );
+}
+
+#[test]
+fn a_compact_meta_says_what_the_object_form_says_for_every_field() {
+    // Every field of InvokeMeta set: the compact form, expanded, is the object form.
+    let headers: Vec<(&str, std::borrow::Cow<str>)> = vec![("a", "1".into()), ("a", "2".into())];
+    let params = vec![("id".to_owned(), "7".to_owned())];
+    let extra = serde_json::json!({"k": [1, "x"]});
+    let meta = InvokeMeta {
+        op: "invoke",
+        service: "s",
+        cid: "c",
+        channel: Some("rest"),
+        data_format: Some("json"),
+        method: Some("PUT"),
+        path: Some("/p"),
+        params: Some(&params),
+        query: Some("q=1"),
+        headers: Some(&headers),
+        deadline_ms: Some(5),
+        remote_addr: Some("::1".parse().unwrap()),
+        scheme: Some("https"),
+        port: Some(1),
+        channel_name: Some("n"),
+        security: Some(SecurityMeta {
+            name: "d",
+            kind: "jwt",
+            username: None,
+            subject: Some("sub"),
+        }),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        tracestate: Some("a=b"),
+        pubsub: Some(&extra),
+        mqtt: Some(&extra),
+        amqp: Some(&extra),
+        wsx: Some(WsxMeta {
+            client_id: "w",
+            event: "message",
+            binary: true,
+        }),
+        file: Some(&extra),
+        params_priority: Some("channel-params-over-msg"),
+        job_type: Some("cron_style"),
+    };
+    let object = serde_json::to_value(&meta).unwrap();
+    let compact = serde_json::to_value(CompactInvoke(&meta)).unwrap();
+    assert_eq!(expand_compact(&compact), object);
+    // And with nothing optional set.
+    let bare = InvokeMeta {
+        channel: None,
+        data_format: None,
+        method: None,
+        path: None,
+        params: None,
+        query: None,
+        headers: None,
+        deadline_ms: None,
+        remote_addr: None,
+        scheme: None,
+        port: None,
+        channel_name: None,
+        security: None,
+        traceparent: None,
+        tracestate: None,
+        pubsub: None,
+        mqtt: None,
+        amqp: None,
+        wsx: None,
+        file: None,
+        params_priority: None,
+        job_type: None,
+        ..meta.clone()
+    };
+    let compact = serde_json::to_value(CompactInvoke(&bare)).unwrap();
+    assert_eq!(
+        expand_compact(&compact),
+        serde_json::to_value(&bare).unwrap()
+    );
+    assert_eq!(
+        serde_json::to_string(&CompactInvoke(&bare)).unwrap(),
+        r#"["invoke","s","c",null,null,null,null,null,null,null,null,null,null,null,null,null,{}]"#
+    );
 }

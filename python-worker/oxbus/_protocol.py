@@ -1,14 +1,17 @@
-"""The Oxbus IPC frame codec (protocol version 1).
+"""The Oxbus IPC frame codec (protocol version 2).
 
 This module is the Python half of ``ipc-protocol/SPEC.md``: the constants (kinds, flags,
 limits) and the functions that turn frames into bytes and back. Nothing else in the package
 knows the byte layout; the worker runtime, the tests and the benchmark all go through here,
 and the test suite checks this codec against the golden vectors in
-``ipc-protocol/testdata/v1`` byte for byte, exactly as the Rust suite does.
+``ipc-protocol/testdata/v2`` byte for byte, exactly as the Rust suite does.
 
 A frame is a 10-byte header (``length`` u32, ``kind`` u8, ``flags`` u8, ``stream`` u32, all
 big-endian) followed by ``length`` payload bytes. ``CALL`` and ``REPLY`` payloads are a u32
-``meta_len``, that many bytes of JSON metadata, and then the raw body.
+``meta_len``, that many bytes of JSON metadata, and then the raw body. The supervisor writes
+an invocation's metadata in the compact form (a JSON array of the fields in a fixed order,
+then an object of the rest), which :func:`decode_call` turns back into the same dict as the
+object form.
 
 The decoder is written for throughput rather than elegance: :class:`FrameReader` owns one
 large receive buffer that the socket fills with ``recv_into`` and hands back every complete
@@ -38,12 +41,14 @@ __all__ = [
     'BYE', 'ERROR', 'KIND_NAMES', 'KIND_CODES', 'FLAG_ASYNC', 'KNOWN_FLAGS',
     'WORKER_STREAM_BIT', 'ProtocolError', 'encode_frame', 'decode_frame',
     'encode_call', 'encode_reply', 'split_call', 'decode_call', 'encode_json', 'decode_json',
+    'COMPACT_INVOKE_FIELDS', 'expand_compact_meta',
     'find_unencodable',
     'FrameReader',
 ]
 
-#: The single integer exchanged in HELLO/WELCOME; any layout change bumps it.
-PROTOCOL_VERSION = 1
+#: The single integer exchanged in HELLO/WELCOME; any layout change bumps it. Version 2
+#: added the compact form of an invocation's meta (``COMPACT_INVOKE_FIELDS``).
+PROTOCOL_VERSION = 2
 
 #: Hard maximum of the ``length`` field (64 MiB). A larger value is a protocol error and the
 #: payload is never read, so a corrupt or hostile length cannot make us allocate gigabytes.
@@ -386,8 +391,43 @@ def split_call(payload: Union[bytes, bytearray]) -> Tuple[bytes, bytes]:
     return payload[4:end], payload[end:]
 
 
+#: The positional fields of the compact form of an ``invoke`` meta (SPEC.md, "Compact
+#: invoke meta"), in their order; the array's last element is an object of the other fields.
+COMPACT_INVOKE_FIELDS = ('op', 'service', 'cid', 'channel', 'data_format', 'method', 'path',
+                         'params', 'query', 'headers', 'deadline_ms', 'remote_addr', 'scheme',
+                         'port', 'channel_name', 'traceparent')
+_COMPACT_LEN = len(COMPACT_INVOKE_FIELDS) + 1
+_COMPACT_KEYS = frozenset(COMPACT_INVOKE_FIELDS)
+
+
+def expand_compact_meta(fields: List[Any]) -> Dict[str, Any]:
+    """The dict of a compact meta: the object form the same call would have had.
+
+    ``null`` means the field is absent, as an absent key does in the object form; the last
+    element holds the fields that have no position, and may not name one that has.
+    """
+    if len(fields) != _COMPACT_LEN or type(fields[-1]) is not dict:
+        raise ProtocolError('bad_frame', 'a compact meta is an array of %d fields and an '
+                            'object, not %d elements' % (_COMPACT_LEN - 1, len(fields)))
+    return _complete_compact(dict(zip(COMPACT_INVOKE_FIELDS, fields)), fields[-1])
+
+
+def _complete_compact(meta: Dict[str, Any], rest: Dict[str, Any]) -> Dict[str, Any]:
+    """Leave out the absent (None) fields of a compact meta's dict and add its ``rest``."""
+    for key in [k for k, v in meta.items() if v is None]:
+        del meta[key]
+    if rest:
+        if not _COMPACT_KEYS.isdisjoint(rest):
+            raise ProtocolError('bad_frame', 'the object of a compact meta names a field that '
+                                'has a position: %s' % ', '.join(sorted(_COMPACT_KEYS & set(rest))))
+        meta.update(rest)
+    return meta
+
+
 def decode_call(payload: Union[bytes, bytearray]) -> Tuple[Dict[str, Any], bytes]:
-    """Split a ``CALL``/``REPLY`` payload and parse its meta, which must be a JSON object."""
+    """Split a ``CALL``/``REPLY`` payload and parse its meta: a JSON object, or for a
+    ``CALL`` the compact form (a JSON array, :func:`expand_compact_meta`), returned as the
+    dict the object form would give."""
     # Every request passes through here, so the common case (compact UTF-8 meta, as the
     # supervisor writes it) is decoded inline; anything unusual takes the general path
     # below, which produces the precise error.
@@ -396,8 +436,20 @@ def decode_call(payload: Union[bytes, bytearray]) -> Tuple[Dict[str, Any], bytes
             end = 4 + _unpack_u32(payload, 0)[0]
             text = payload[4:end].decode('utf-8')
             meta, stop = _scan_once(text, 0)
-            if stop == len(text) and type(meta) is dict and end <= len(payload):
-                return meta, payload[end:]
+            if stop == len(text) and end <= len(payload):
+                if type(meta) is dict:
+                    return meta, payload[end:]
+                # A compact meta (the supervisor's invocations), expand_compact_meta inlined.
+                if type(meta) is list and len(meta) == _COMPACT_LEN:
+                    rest = meta[-1]
+                    if type(rest) is dict:
+                        fields = dict(zip(COMPACT_INVOKE_FIELDS, meta))
+                        # A null can only be where the text says null: one substring search
+                        # rather than a look at every field (a "null" inside a string just
+                        # takes the exact path).
+                        if rest or 'null' in text:
+                            fields = _complete_compact(fields, rest)
+                        return fields, payload[end:]
         except (struct.error, StopIteration, ValueError, RecursionError):
             pass
     raw_meta, body = split_call(payload)
@@ -407,8 +459,10 @@ def decode_call(payload: Union[bytes, bytearray]) -> Tuple[Dict[str, Any], bytes
         raise ProtocolError('bad_frame', 'meta is not valid JSON: %s' % e) from None
     except RecursionError:
         raise ProtocolError('bad_frame', 'meta is nested too deeply') from None
+    if type(meta) is list:
+        return expand_compact_meta(meta), body
     if type(meta) is not dict:
-        raise ProtocolError('bad_frame', 'meta is not a JSON object')
+        raise ProtocolError('bad_frame', 'meta is not a JSON object or a compact meta')
     return meta, body
 
 

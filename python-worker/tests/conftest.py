@@ -118,7 +118,11 @@ class FakeSupervisor:
                 'params': {}, 'query': '', 'headers': [], 'deadline_ms': 30000}
         full.update(meta)
         full = {k: v for k, v in full.items() if v is not None}
-        return P.encode_call(stream, full, body)
+        # In the compact form, as the supervisor sends every invocation (SPEC.md).
+        fields = P.COMPACT_INVOKE_FIELDS
+        compact = [full.get(f) for f in fields] + [
+            {k: v for k, v in full.items() if k not in fields}]
+        return P.encode_call(stream, P.encode_json(compact), body)
 
     def call(self, stream: int, service: str, body: bytes = b'', **meta) -> None:
         self.conn.sendall(self.call_frame(stream, service, body, **meta))
@@ -182,7 +186,7 @@ class FakeSupervisor:
     # -- protocol steps --------------------------------------------------------------
 
     def welcome_doc(self, **overrides) -> dict:
-        doc = {'protocol': 1, 'worker_id': self.worker_id, 'generation': 1, 'threads': 4,
+        doc = {'protocol': P.PROTOCOL_VERSION, 'worker_id': self.worker_id, 'generation': 1, 'threads': 4,
                'services_dir': self.services_dir, 'heartbeat_ms': 60000,
                'log_level': 'info'}
         doc.update(overrides)

@@ -1,4 +1,4 @@
-"""The frame codec against the golden vectors of ipc-protocol/testdata/v1 and its edge cases.
+"""The frame codec against the golden vectors of ipc-protocol/testdata/v2 and its edge cases.
 
 The vectors are shared with the Rust suite: both decode every ``.bin`` and re-encode it
 from the fields in ``vectors.json``, byte for byte, so the two implementations cannot
@@ -14,7 +14,7 @@ import pytest
 from oxbus import _protocol as P
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VECTORS_DIR = os.path.join(REPO, 'ipc-protocol', 'testdata', 'v1')
+VECTORS_DIR = os.path.join(REPO, 'ipc-protocol', 'testdata', 'v2')
 
 with open(os.path.join(VECTORS_DIR, 'vectors.json'), encoding='utf-8') as _f:
     VECTORS = json.load(_f)
@@ -46,10 +46,11 @@ def test_golden_vector_decodes_and_reencodes(vector):
         assert raw_meta == meta_text
         assert raw_body == body
         meta, body2 = P.decode_call(payload)
-        assert meta == json.loads(vector['meta']) and body2 == body
+        # A compact meta decodes to the dict of its object form.
+        assert meta == json.loads(vector.get('meta_object', vector['meta'])) and body2 == body
         if kind == P.CALL:
             again = P.encode_call(stream, meta_text, body, flags)
-            ours = P.encode_call(stream, meta, body, flags)
+            ours = P.encode_call(stream, json.loads(vector['meta']), body, flags)
         else:
             assert flags == 0
             again = P.encode_reply(stream, meta_text, body)
@@ -145,11 +146,39 @@ def test_meta_len_larger_than_payload_is_refused():
     assert P.split_call(struct.pack('>I', 2) + b'{}') == (b'{}', b'')
 
 
-def test_meta_must_be_a_json_object():
-    with pytest.raises(P.ProtocolError):
-        P.decode_call(struct.pack('>I', 2) + b'[]')
-    with pytest.raises(P.ProtocolError):
-        P.decode_call(struct.pack('>I', 3) + b'{x}')
+def test_meta_must_be_a_json_object_or_a_compact_meta():
+    for bad in (b'[]', b'{x}', b'"x"', b'1'):
+        with pytest.raises(P.ProtocolError):
+            P.decode_call(struct.pack('>I', len(bad)) + bad)
+
+
+def _compact(*fields, rest=None):
+    meta = list(fields) + [None] * (len(P.COMPACT_INVOKE_FIELDS) - len(fields))
+    return P.encode_json(meta + [{} if rest is None else rest])
+
+
+@pytest.mark.parametrize('payload', [bytes, bytearray])
+def test_a_compact_meta_decodes_to_its_object_form(payload):
+    meta = _compact('invoke', 'demo.echo', 'c1', 'rest', None, 'GET',
+                    rest={'security': {'name': 'd', 'type': 'basic'}, 'tracestate': 'a=b'})
+    got, body = P.decode_call(payload(struct.pack('>I', len(meta)) + meta + b'\x00raw'))
+    # Absent (null) fields are absent, as in the object form; the rest is merged in.
+    assert got == {'op': 'invoke', 'service': 'demo.echo', 'cid': 'c1', 'channel': 'rest',
+                   'method': 'GET', 'security': {'name': 'd', 'type': 'basic'},
+                   'tracestate': 'a=b'}
+    assert body == b'\x00raw'
+
+
+@pytest.mark.parametrize('meta', [
+    P.encode_json(['invoke', 'a']),                                     # too short
+    _compact('invoke', 'a')[:-1] + b',{}]',                             # too long
+    _compact('invoke', 'a').replace(b',{}]', b',[]]'),                  # rest not an object
+    _compact('invoke', 'a', rest={'cid': 'x'}),                         # rest names a position
+])
+def test_a_malformed_compact_meta_is_a_protocol_error(meta):
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_call(struct.pack('>I', len(meta)) + meta)
+    assert e.value.code == 'bad_frame'
 
 
 def test_a_meta_nested_too_deeply_is_a_protocol_error_not_a_recursion_error():

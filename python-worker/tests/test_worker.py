@@ -105,7 +105,7 @@ def test_handshake_and_ready(sup):
              ''',
              'notes.txt': 'not python', '.hidden.py': 'raise SystemExit(9)'}
     hello, ready = start(sup, extra)
-    assert hello == {'protocol': 1, 'worker_id': 3, 'pid': sup.proc.pid,
+    assert hello == {'protocol': P.PROTOCOL_VERSION, 'worker_id': 3, 'pid': sup.proc.pid,
                      'token': '9f86d081884c7d65',
                      'python': '%d.%d.%d' % sys.version_info[:3], 'oxbus': '0.1.0'}
     assert ready['services'] == [
@@ -155,13 +155,13 @@ def test_protocol_mismatch_exits_4_with_the_message(sup):
     sup.spawn()
     sup.accept()
     assert sup.recv()[0] == P.HELLO
-    sup.send_json(P.WELCOME, sup.welcome_doc(protocol=2))
+    sup.send_json(P.WELCOME, sup.welcome_doc(protocol=1))  # a version 1 supervisor
     kind, _, _, payload = sup.recv()
     assert kind == P.ERROR
     error = json.loads(payload)
     assert error['code'] == 'protocol_mismatch'
     assert sup.wait_exit() == 4
-    assert 'speaks IPC protocol 2, this worker speaks 1' in sup.stderr
+    assert 'speaks IPC protocol 1, this worker speaks 2' in sup.stderr
     assert error['message'] in sup.stderr
 
 

@@ -541,7 +541,9 @@ impl Pool {
             pool: self,
             worker: &w,
         };
-        let result = round_trip(&w, meta, body, deadline).await;
+        // The compact form of the meta (SPEC.md): the same fields, cheaper for the worker
+        // to decode on every request.
+        let result = round_trip(&w, &oxbus_ipc::CompactInvoke(meta), body, deadline).await;
         if matches!(result, Err(DispatchError::Deadline)) {
             let _ = self.events.send(Event::Stuck { id: w.id });
         }
