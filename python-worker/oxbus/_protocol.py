@@ -418,8 +418,9 @@ def _complete_compact(meta: Dict[str, Any], rest: Dict[str, Any]) -> Dict[str, A
         del meta[key]
     if rest:
         if not _COMPACT_KEYS.isdisjoint(rest):
+            named = ', '.join(sorted(_COMPACT_KEYS & set(rest)))
             raise ProtocolError('bad_frame', 'the object of a compact meta names a field that '
-                                'has a position: %s' % ', '.join(sorted(_COMPACT_KEYS & set(rest))))
+                                'has a position: %s' % named)
         meta.update(rest)
     return meta
 

@@ -186,7 +186,8 @@ class FakeSupervisor:
     # -- protocol steps --------------------------------------------------------------
 
     def welcome_doc(self, **overrides) -> dict:
-        doc = {'protocol': P.PROTOCOL_VERSION, 'worker_id': self.worker_id, 'generation': 1, 'threads': 4,
+        doc = {'protocol': P.PROTOCOL_VERSION, 'worker_id': self.worker_id, 'generation': 1,
+               'threads': 4,
                'services_dir': self.services_dir, 'heartbeat_ms': 60000,
                'log_level': 'info'}
         doc.update(overrides)
