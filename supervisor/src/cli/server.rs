@@ -10,9 +10,13 @@ use crate::config::Settings;
 
 /// `oxbus server`: settings that do not load exit with EX_CONFIG (78): restarting will not
 /// help (the unit has RestartPreventExitStatus=78).
-pub fn command(config: &Path) -> ExitCode {
+pub fn command(config: &Path, debug: Option<u16>) -> ExitCode {
     // Read whole first: a variable that is not UTF-8 stops the command before anything else.
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    // `--debug[=PORT]` is `[debug] port`, checked with the other settings.
+    if let Some(port) = debug {
+        env.push(("OXBUS_DEBUG_PORT".into(), port.to_string()));
+    }
     match Settings::load(config, env) {
         Ok(s) => serve(s, None, Vec::new()),
         Err(e) => {

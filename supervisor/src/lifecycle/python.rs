@@ -228,6 +228,50 @@ pub async fn precompile(python: &str, root: &Path) {
     }
 }
 
+/// Debug mode's checks before any worker starts: `python` can import debugpy (the worker
+/// runs it from the operator's interpreter, so it must be installed there), and the port is
+/// free on 127.0.0.1. Either failing stops the server with a message saying what to do,
+/// rather than a worker crashing at each start.
+pub async fn check_debugger(python: &str, port: u16) -> Result<(), String> {
+    std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        format!(
+            "debug mode: cannot listen for the debugger on 127.0.0.1:{port}: {e} (another \
+             debug session? choose another port: --debug=PORT or [debug] port)"
+        )
+    })?;
+    let run = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg("import debugpy, sys; sys.stdout.write(debugpy.__version__)")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(format!("debug mode: cannot run {python}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "debug mode: {python} did not import debugpy within 30 s"
+            ));
+        }
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim();
+        return Err(format!(
+            "debug mode needs debugpy in the workers' interpreter {python} ({last}); install \
+             it there: {python} -m pip install debugpy"
+        ));
+    }
+    tracing::info!(
+        version = %String::from_utf8_lossy(&out.stdout).trim(),
+        python,
+        "debugpy found"
+    );
+    Ok(())
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
