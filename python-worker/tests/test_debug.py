@@ -4,6 +4,8 @@ working worker with an error in the log. (integration/tests/debugger.rs runs the
 debugpy with a DAP client.)"""
 
 import logging
+import os
+import socket
 import sys
 import threading
 import types
@@ -14,26 +16,29 @@ from oxbus import _debug
 
 
 class FakeDebugpy(types.ModuleType):
-    def __init__(self, busy_times=0):
+    def __init__(self):
         super().__init__('debugpy')
         self.__version__ = '9.9'
-        self.busy_times = busy_times
         self.calls = []
         self.listening = threading.Event()
 
-    def listen(self, address):
-        self.calls.append(address)
-        if self.busy_times:
-            self.busy_times -= 1
-            raise RuntimeError("Can't listen for client connections: [Errno 98] "
-                               'Address already in use')
+    def listen(self, address, **kw):
+        self.calls.append((address, kw))
         self.listening.set()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    def install(**kw):
-        mod = FakeDebugpy(**kw)
+    def install():
+        mod = FakeDebugpy()
         monkeypatch.setitem(sys.modules, 'debugpy', mod)
         return mod
     return install
@@ -46,27 +51,36 @@ def test_normal_mode_starts_nothing(monkeypatch, fake):
     assert mod.calls == []
 
 
-def test_listens_on_loopback_at_the_given_port_and_hides_the_variable(monkeypatch, fake,
-                                                                       caplog):
-    monkeypatch.setenv('OXBUS_DEBUG_PORT', '5799')
+def test_listens_on_loopback_in_process_and_hides_the_variables(monkeypatch, fake, caplog):
+    port = free_port()
+    monkeypatch.setenv('OXBUS_DEBUG_PORT', str(port))
+    monkeypatch.setenv('PYDEVD_DISABLE_FILE_VALIDATION', '1')
     mod = fake()
     with caplog.at_level(logging.WARNING, logger='oxbus.debug'):
-        assert _debug.start_from_env() == 5799
-    assert mod.calls == [('127.0.0.1', 5799)]
-    assert 'OXBUS_DEBUG_PORT' not in __import__('os').environ
-    assert 'debugpy 9.9 listening on 127.0.0.1:5799' in caplog.text
+        assert _debug.start_from_env() == port
+    # In the worker's process: the port goes with the worker, however it ends.
+    assert mod.calls == [(('127.0.0.1', port), {'in_process_debug_adapter': True})]
+    assert 'OXBUS_DEBUG_PORT' not in os.environ
+    assert 'PYDEVD_DISABLE_FILE_VALIDATION' not in os.environ
+    assert 'debugpy 9.9 listening on 127.0.0.1:%d' % port in caplog.text
 
 
 def test_a_busy_port_is_waited_for_in_a_thread(monkeypatch, fake, caplog):
-    monkeypatch.setenv('OXBUS_DEBUG_PORT', '5798')
-    mod = fake(busy_times=3)
+    held = socket.socket()
+    held.bind(('127.0.0.1', 0))
+    held.listen()
+    port = held.getsockname()[1]
+    monkeypatch.setenv('OXBUS_DEBUG_PORT', str(port))
+    mod = fake()
     with caplog.at_level(logging.WARNING, logger='oxbus.debug'):
         # Returns at once: the worker's start is not held up by its predecessor's drain.
-        assert _debug.start_from_env() == 5798
-        assert not mod.listening.is_set()
-        assert mod.listening.wait(10), mod.calls
-    assert mod.calls == [('127.0.0.1', 5798)] * 4
-    assert '127.0.0.1:5798 is busy' in caplog.text
+        assert _debug.start_from_env() == port
+        assert '127.0.0.1:%d is busy' % port in caplog.text
+        assert not mod.listening.wait(0.6)
+        assert mod.calls == []
+        held.close()
+        assert mod.listening.wait(10)
+    assert mod.calls == [(('127.0.0.1', port), {'in_process_debug_adapter': True})]
 
 
 def test_without_debugpy_the_worker_serves_on_and_says_how_to_install_it(monkeypatch,

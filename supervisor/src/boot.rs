@@ -42,11 +42,6 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         .unpack_python()
         .map_err(io_err("cannot unpack the oxbus Python package"))?;
     crate::lifecycle::python::precompile(&settings.server.python, &python_path).await;
-    if let Some(port) = settings.debug_port() {
-        crate::lifecycle::python::check_debugger(&settings.server.python, port)
-            .await
-            .map_err(ServerError::Fatal)?;
-    }
     let socket = runtime.socket_path();
     let _ = std::fs::remove_file(&socket);
     let ipc = UnixListener::bind(&socket)
@@ -190,6 +185,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         )
         .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
         .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms))
+        .with_debugging(settings.debug_port().is_some())
         .with_metrics(metrics.clone())
         .with_server_ops(Arc::new(crate::lifecycle::ops::OpsSet(vec![
             outgoing.clone(),

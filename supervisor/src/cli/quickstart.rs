@@ -579,6 +579,13 @@ fn prepare(
     if let Some(w) = workers.filter(|w| *w == 0 || *w > MAX_WORKERS) {
         return Err(CliError::Workers(w));
     }
+    if let Some(d) = dir.to_str()
+        && debug.is_some()
+        && !d.is_empty()
+        && d.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(CliError::DebugPortAsDir(d.to_owned()));
+    }
     let created =
         ensure_env(dir, port.unwrap_or(17010), workers).map_err(|source| CliError::Create {
             path: dir.to_owned(),
@@ -815,6 +822,28 @@ fn start_proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_after_debug_read_as_the_directory_is_refused_creating_nothing() {
+        let options = |debug| Options {
+            port: None,
+            workers: None,
+            no_proxy: true,
+            no_dashboard: true,
+            debug,
+        };
+        let name = format!("{}", 40_000 + std::process::id() % 10_000);
+        let e = prepare(Path::new(&name), options(Some(5678)))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--debug takes its port after '=': --debug={name} (for an environment directory named {name}, write ./{name})"
+            )
+        );
+        assert!(!Path::new(&name).exists());
+    }
 
     #[test]
     fn created_env_parses_and_is_reused() {
