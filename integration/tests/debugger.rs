@@ -19,34 +19,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 fn debugpy_venv() -> PathBuf {
-    let dir = repo_root().join("target/test-venv-debugpy");
-    let py = dir.join("bin/python");
-    let has_debugpy = |py: &PathBuf| {
-        Command::new(py)
-            .args(["-c", "import debugpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if py.exists() && has_debugpy(&py) {
-        return py;
-    }
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "python3 -m venv failed");
-    let st = Command::new(dir.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", "debugpy"])
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "pip install debugpy into the test venv failed"
-    );
-    assert!(has_debugpy(&py));
-    py
+    package_venv("test-venv-debugpy", "debugpy", "debugpy")
 }
 
 /// A DAP client: Content-Length framed JSON over TCP, messages kept until asked for.
@@ -144,12 +117,51 @@ impl Dap {
         self.response(seq).await
     }
 
+    /// Connects, attaches as an IDE does and sets one breakpoint at `file`:`line`, which
+    /// debugpy must report verified; returns once the attach is complete.
+    async fn attach_with_breakpoint(port: u16, file: &std::path::Path, line: u64) -> Dap {
+        let mut dap = Dap::connect(port).await;
+        dap.request(
+            "initialize",
+            json!({"clientID": "oxbus-test", "adapterID": "debugpy", "pathFormat": "path",
+                   "linesStartAt1": true, "columnsStartAt1": true}),
+        )
+        .await;
+        let attach = dap.send("attach", json!({"justMyCode": true})).await;
+        dap.event("initialized").await;
+        let bp = dap
+            .request(
+                "setBreakpoints",
+                json!({"source": {"path": file}, "breakpoints": [{"line": line}]}),
+            )
+            .await;
+        assert_eq!(bp["body"]["breakpoints"][0]["verified"], true, "{bp:#}");
+        dap.request("configurationDone", json!({})).await;
+        dap.response(attach).await;
+        dap
+    }
+
     async fn event(&mut self, event: &str) -> Value {
         self.wait(&format!("{event} event"), |m| {
             m["type"] == "event" && m["event"] == event
         })
         .await
     }
+}
+
+/// `POST /add` with `body`, in a task of its own (it waits at the breakpoint).
+fn post_add(port: u16, body: &'static [u8]) -> tokio::task::JoinHandle<Resp> {
+    tokio::spawn(async move {
+        let mut c = Client::connect(port).await.unwrap();
+        c.request(
+            "POST",
+            "/add",
+            &[("Content-Type", "application/json")],
+            bytes::Bytes::from_static(body),
+        )
+        .await
+        .unwrap()
+    })
 }
 
 /// The `stopped` event of the breakpoint; fails at once, saying so, if the request ends
@@ -241,37 +253,9 @@ async fn a_breakpoint_in_a_deployed_module_stops_a_request_until_resumed() {
     let out = srv.cli(&["deploy", file.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
 
-    let mut dap = Dap::connect(port).await;
-    dap.request(
-        "initialize",
-        json!({"clientID": "oxbus-test", "adapterID": "debugpy", "pathFormat": "path",
-               "linesStartAt1": true, "columnsStartAt1": true}),
-    )
-    .await;
-    let attach = dap.send("attach", json!({"justMyCode": true})).await;
-    dap.event("initialized").await;
-    let bp = dap
-        .request(
-            "setBreakpoints",
-            json!({"source": {"path": file}, "breakpoints": [{"line": BREAK_LINE}]}),
-        )
-        .await;
-    assert_eq!(bp["body"]["breakpoints"][0]["verified"], true, "{bp:#}");
-    dap.request("configurationDone", json!({})).await;
-    dap.response(attach).await;
-
+    let mut dap = Dap::attach_with_breakpoint(port, &file, BREAK_LINE).await;
     let port_http = srv.port();
-    let call = tokio::spawn(async move {
-        let mut c = Client::connect(port_http).await.unwrap();
-        c.request(
-            "POST",
-            "/add",
-            &[("Content-Type", "application/json")],
-            bytes::Bytes::from_static(br#"{"a": 2, "b": 3}"#),
-        )
-        .await
-        .unwrap()
-    });
+    let call = post_add(port_http, br#"{"a": 2, "b": 3}"#);
     let stopped = stop_at_breakpoint(&mut dap, &call, "first worker").await;
     let thread = stopped["body"]["threadId"].clone();
     let trace = dap
@@ -347,35 +331,8 @@ async fn a_breakpoint_in_a_deployed_module_stops_a_request_until_resumed() {
         async move { (n == 2).then_some(()) }
     })
     .await;
-    let mut dap = Dap::connect(port).await;
-    dap.request(
-        "initialize",
-        json!({"clientID": "oxbus-test", "adapterID": "debugpy",
-                                      "pathFormat": "path"}),
-    )
-    .await;
-    let attach = dap.send("attach", json!({"justMyCode": true})).await;
-    dap.event("initialized").await;
-    let bp = dap
-        .request(
-            "setBreakpoints",
-            json!({"source": {"path": file}, "breakpoints": [{"line": BREAK_LINE}]}),
-        )
-        .await;
-    assert_eq!(bp["body"]["breakpoints"][0]["verified"], true, "{bp:#}");
-    dap.request("configurationDone", json!({})).await;
-    dap.response(attach).await;
-    let call = tokio::spawn(async move {
-        let mut c = Client::connect(port_http).await.unwrap();
-        c.request(
-            "POST",
-            "/add",
-            &[("Content-Type", "application/json")],
-            bytes::Bytes::from_static(br#"{"a": 1, "b": 1}"#),
-        )
-        .await
-        .unwrap()
-    });
+    let mut dap = Dap::attach_with_breakpoint(port, &file, BREAK_LINE).await;
+    let call = post_add(port_http, br#"{"a": 1, "b": 1}"#);
     let stopped = stop_at_breakpoint(&mut dap, &call, "reloaded worker").await;
     let thread = stopped["body"]["threadId"].clone();
     dap.request("continue", json!({"threadId": thread})).await;
