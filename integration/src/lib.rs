@@ -65,6 +65,46 @@ pub fn oxbus_bin() -> PathBuf {
 }
 
 /// Repository root.
+/// The interpreter of a venv `target/<dir>` with `package` installed from PyPI (as a user's
+/// service venv would have it): made once and reused while `import <module>` works. Making
+/// it needs PyPI (reachable here and in CI); if it cannot be made, the test fails loudly:
+/// it never skips.
+pub fn package_venv(dir: &str, package: &str, module: &str) -> PathBuf {
+    let dir = repo_root().join("target").join(dir);
+    let py = dir.join("bin/python");
+    let imports = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if py.exists() && imports(&py) {
+        return py;
+    }
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "python3 -m venv {} failed", dir.display());
+    let st = Command::new(dir.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", package])
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "pip install {package} into {} failed",
+        dir.display()
+    );
+    assert!(
+        imports(&py),
+        "{module} does not import in {}",
+        dir.display()
+    );
+    py
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

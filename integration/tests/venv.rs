@@ -7,34 +7,9 @@
 use oxbus_integration::*;
 use serde_json::json;
 use std::path::PathBuf;
-use std::process::Command;
 
 fn venv() -> PathBuf {
-    let dir = repo_root().join("target/test-venv-numpy");
-    let py = dir.join("bin/python");
-    let has_numpy = |py: &PathBuf| {
-        Command::new(py)
-            .args(["-c", "import numpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if py.exists() && has_numpy(&py) {
-        return py;
-    }
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "python3 -m venv failed");
-    let st = Command::new(dir.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", "numpy"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "pip install numpy into the test venv failed");
-    assert!(has_numpy(&py));
-    py
+    package_venv("test-venv-numpy", "numpy", "numpy")
 }
 
 const NUMPY_SERVICE: &str = r#"

@@ -1256,6 +1256,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     log_handler = FrameLogHandler()
     root.addHandler(log_handler)
     logging.captureWarnings(True)
+    # Debug mode (oxbus server --debug): debugpy listens before the services load, so a
+    # breakpoint in a module's top-level code is hit on its next deploy.
+    if os.environ.get('OXBUS_DEBUG_PORT'):
+        from oxbus._debug import start_from_env
+        start_from_env()
 
     try:
         services, units = load_services_dir(welcome['services_dir'])

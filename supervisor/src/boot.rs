@@ -185,6 +185,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
         )
         .with_import_timeout(Duration::from_millis(settings.deploy.check_timeout_ms))
         .with_activate_timeout(Duration::from_millis(settings.workers.startup_timeout_ms))
+        .with_debugging(settings.debug_port().is_some())
         .with_metrics(metrics.clone())
         .with_server_ops(Arc::new(crate::lifecycle::ops::OpsSet(vec![
             outgoing.clone(),
@@ -332,7 +333,13 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     let welcome = WelcomeTemplate {
         threads: settings.server.threads,
         services_dir: services_dir.display().to_string(),
-        heartbeat_ms: settings.workers.heartbeat_ms,
+        // A worker stopped at a breakpoint answers nothing: under the debugger it watches
+        // for a lost supervisor by its socket closing only (and is not killed for silence).
+        heartbeat_ms: if settings.debug_port().is_some() {
+            0
+        } else {
+            settings.workers.heartbeat_ms
+        },
         log_level: python_log_level(&settings.server.log_level),
         startup_timeout: Duration::from_millis(settings.workers.startup_timeout_ms),
         modules_loaded: Arc::new(tokio::sync::Mutex::new(false)),
@@ -434,6 +441,16 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
     info!(listen = %local, workers = desired, python = %settings.server.python,
           services = %services_dir.display(), admin = %admin_local, store = %crate::store::redact_url(&store_url),
           pickup = %pickup_dir, "oxbus server starting");
+    if let Some(port) = settings.debug_port() {
+        warn!(
+            debugger = %format!("127.0.0.1:{port}"),
+            "debug mode: one worker, under debugpy; attach an IDE to 127.0.0.1:{port} \
+             (docs/DEBUGGING.md). The worker is never killed for missed heartbeats, a request \
+             past its deadline or its memory; requests still time out after \
+             http.request_timeout_ms ({} ms). Not for production.",
+            settings.http.request_timeout_ms
+        );
+    }
     let status = scheduler.status.clone();
     let mut sup = Supervisor::new(Parts {
         launch: Launch {
@@ -441,6 +458,7 @@ pub async fn run(settings: Settings) -> Result<Outcome, ServerError> {
             cwd: settings.base_dir.clone(),
             python_path,
             socket,
+            debug_port: settings.debug_port(),
         },
         settings,
         pool,

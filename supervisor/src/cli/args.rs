@@ -22,6 +22,12 @@ pub enum Command {
         /// The server.toml to read (OXBUS_<SECTION>_<KEY> variables override it).
         #[arg(long, short, env = "OXBUS_CONFIG")]
         config: PathBuf,
+        /// Run one worker under debugpy listening on 127.0.0.1:PORT (default 5678), for VS
+        /// Code or PyCharm to attach to (docs/DEBUGGING.md); debugpy must be installed in
+        /// server.python's environment. The same as [debug] port. Not for production.
+        #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true,
+              default_missing_value = "5678")]
+        debug: Option<u16>,
     },
     /// Deploy Python modules to a running server (all-or-nothing; a failing import prints
     /// its traceback and changes nothing).
@@ -254,6 +260,11 @@ pub enum Command {
         /// Do not start the dashboard (the web console) beside the server.
         #[arg(long)]
         no_dashboard: bool,
+        /// Run the one worker under debugpy on 127.0.0.1:PORT (default 5678), as `oxbus
+        /// server --debug` does (docs/DEBUGGING.md).
+        #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true,
+              default_missing_value = "5678")]
+        debug: Option<u16>,
     },
 }
 
@@ -1162,6 +1173,40 @@ pub enum Output {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    /// `--debug` alone is the default port, `--debug=PORT` another; `--debug PORT` is not
+    /// read as a port (the flag takes its value only after `=`).
+    #[test]
+    fn debug_takes_an_optional_port_after_an_equals_sign() {
+        use clap::Parser;
+        let debug_of = |args: &[&str]| match super::Cli::try_parse_from(args) {
+            Ok(super::Cli {
+                command: super::Command::Server { debug, .. },
+                ..
+            }) => Ok(debug),
+            Ok(_) => panic!("not server"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(debug_of(&["oxbus", "server", "-c", "s.toml"]), Ok(None));
+        assert_eq!(
+            debug_of(&["oxbus", "server", "-c", "s.toml", "--debug"]),
+            Ok(Some(crate::config::DEFAULT_DEBUG_PORT))
+        );
+        assert_eq!(
+            debug_of(&["oxbus", "server", "-c", "s.toml", "--debug=5700"]),
+            Ok(Some(5700))
+        );
+        assert!(debug_of(&["oxbus", "server", "-c", "s.toml", "--debug", "5700"]).is_err());
+        assert!(debug_of(&["oxbus", "server", "-c", "s.toml", "--debug=x"]).is_err());
+        let Ok(super::Cli {
+            command: super::Command::Quickstart { debug, .. },
+            ..
+        }) = super::Cli::try_parse_from(["oxbus", "quickstart", "--debug"])
+        else {
+            panic!("quickstart --debug does not parse")
+        };
+        assert_eq!(debug, Some(crate::config::DEFAULT_DEBUG_PORT));
+    }
 
     /// Every subcommand and every argument of `cmd` and below without help text, as
     /// `oxbus deploy --output` / `oxbus cache list`.

@@ -122,6 +122,11 @@ pub enum CliError {
     /// `oxbus quickstart --workers` out of range.
     #[error("--workers {0}: Oxbus runs 1 to {max} Python workers per server", max = crate::config::MAX_WORKERS)]
     Workers(u32),
+    /// `oxbus quickstart --debug 5679`: the number was read as the directory.
+    #[error(
+        "--debug takes its port after '=': --debug={0} (for an environment directory named {0}, write ./{0})"
+    )]
+    DebugPortAsDir(String),
     /// `oxbus quickstart`: the new environment's store could not be opened or seeded.
     #[error("cannot seed the new environment's store: {0}")]
     Seed(#[source] crate::store::StoreError),

@@ -66,14 +66,24 @@ pub use error::CliError;
 /// Runs one subcommand; returns the process's exit code.
 pub fn run(command: Command) -> ExitCode {
     match command {
-        Command::Server { config } => server::command(&config),
+        Command::Server { config, debug } => server::command(&config, debug),
         Command::Quickstart {
             dir,
             port,
             workers,
             no_proxy,
             no_dashboard,
-        } => quickstart::command(&dir, port, workers, no_proxy, no_dashboard),
+            debug,
+        } => quickstart::command(
+            &dir,
+            quickstart::Options {
+                port,
+                workers,
+                no_proxy,
+                no_dashboard,
+                debug,
+            },
+        ),
         Command::Proxy {
             config,
             upgrade,

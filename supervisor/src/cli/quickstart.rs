@@ -539,17 +539,21 @@ pub async fn seed(
     Ok(true)
 }
 
+/// `oxbus quickstart`'s options besides its directory.
+pub struct Options {
+    pub port: Option<u16>,
+    pub workers: Option<u32>,
+    pub no_proxy: bool,
+    pub no_dashboard: bool,
+    /// The debugger's port (`--debug[=PORT]`).
+    pub debug: Option<u16>,
+}
+
 /// `oxbus quickstart [DIR]`: creates the environment if DIR has none (seeding its store),
 /// starts the proxy in front of it unless `no_proxy`, and runs the server with a banner
 /// saying where everything is.
-pub fn command(
-    dir: &Path,
-    port: Option<u16>,
-    workers: Option<u32>,
-    no_proxy: bool,
-    no_dashboard: bool,
-) -> ExitCode {
-    match prepare(dir, port, workers, no_proxy, no_dashboard) {
+pub fn command(dir: &Path, options: Options) -> ExitCode {
+    match prepare(dir, options) {
         Ok((settings, banner, companions)) => {
             super::server::serve(settings, Some(banner), companions)
         }
@@ -561,15 +565,26 @@ pub fn command(
 /// dashboard if started).
 fn prepare(
     dir: &Path,
-    port: Option<u16>,
-    workers: Option<u32>,
-    no_proxy: bool,
-    no_dashboard: bool,
+    options: Options,
 ) -> Result<(Settings, String, Vec<std::process::Child>), CliError> {
+    let Options {
+        port,
+        workers,
+        no_proxy,
+        no_dashboard,
+        debug,
+    } = options;
     // First, as before anything else: a variable that is not UTF-8 stops the command here.
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(w) = workers.filter(|w| *w == 0 || *w > MAX_WORKERS) {
         return Err(CliError::Workers(w));
+    }
+    if let Some(d) = dir.to_str()
+        && debug.is_some()
+        && !d.is_empty()
+        && d.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(CliError::DebugPortAsDir(d.to_owned()));
     }
     let created =
         ensure_env(dir, port.unwrap_or(17010), workers).map_err(|source| CliError::Create {
@@ -586,6 +601,9 @@ fn prepare(
     }
     if let Some(w) = workers {
         env.push(("OXBUS_SERVER_WORKERS".into(), w.to_string()));
+    }
+    if let Some(p) = debug {
+        env.push(("OXBUS_DEBUG_PORT".into(), p.to_string()));
     }
     let s = Settings::load(&dir.join("server.toml"), env)?;
     if created {
@@ -623,12 +641,18 @@ fn prepare(
         line
     };
     let oxbus = oxbus_command(std::env::current_exe().ok(), std::env::var_os("PATH"));
+    let debug_line = match s.debug_port() {
+        Some(p) => format!(
+            "\n  debug:   debugpy on 127.0.0.1:{p}, one worker (attach VS Code or PyCharm: docs/DEBUGGING.md)"
+        ),
+        None => String::new(),
+    };
     let env_arg = shell_word(&dir.display().to_string());
     let cli_lines = format!(
         "\n  cli:     {oxbus} services --env {env_arg}   (the services; deploy your own: {oxbus} deploy --env {env_arg} my_services.py)\n           {oxbus} cache list --env {env_arg}   (the caches: entries, hits, misses)\n           {oxbus} jobs history demo-visits --env {env_arg}   (a sample job: demo.visits every minute)"
     );
     let banner = format!(
-        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}\n  metrics: http://{}/metrics (Prometheus; per service: {oxbus} services --stats --env {env_arg})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s '{url}/hello/Ann?greeting=Hi'\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: {oxbus} out list --env {env_arg})\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat){files_line}{pubsub_lines}{cli_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
+        "{} environment in {}\n  server:  {url}{proxy_line}{dashboard_line}\n  admin:   http://{} (bearer token in {}){pickup}{debug_line}\n  metrics: http://{}/metrics (Prometheus; per service: {oxbus} services --stats --env {env_arg})\n  try:     curl -s -X POST {url}/echo -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}'\n           curl -s '{url}/hello/Ann?greeting=Hi'\n           curl -s {url}/visits/home   (a counter in the server's cache)\n           curl -s {url}/sample/outgoing   (outgoing connections demo.self, REST, and demo.sqlite: {oxbus} out list --env {env_arg})\n           curl -s {url}/sample/redis   (a counter in the Redis at 127.0.0.1:6379, connection demo.redis)\n           ws://{listen}/sample/chat   (WebSocket: every message to every client; e.g. pip install websockets; python3 -m websockets ws://{listen}/sample/chat){files_line}{pubsub_lines}{cli_lines}\n  stop:    Ctrl-C (SIGTERM drains gracefully)",
         if created {
             "Created a new"
         } else {
@@ -798,6 +822,28 @@ fn start_proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_after_debug_read_as_the_directory_is_refused_creating_nothing() {
+        let options = |debug| Options {
+            port: None,
+            workers: None,
+            no_proxy: true,
+            no_dashboard: true,
+            debug,
+        };
+        let name = format!("{}", 40_000 + std::process::id() % 10_000);
+        let e = prepare(Path::new(&name), options(Some(5678)))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--debug takes its port after '=': --debug={name} (for an environment directory named {name}, write ./{name})"
+            )
+        );
+        assert!(!Path::new(&name).exists());
+    }
 
     #[test]
     fn created_env_parses_and_is_reused() {

@@ -10,9 +10,13 @@ use crate::config::Settings;
 
 /// `oxbus server`: settings that do not load exit with EX_CONFIG (78): restarting will not
 /// help (the unit has RestartPreventExitStatus=78).
-pub fn command(config: &Path) -> ExitCode {
+pub fn command(config: &Path, debug: Option<u16>) -> ExitCode {
     // Read whole first: a variable that is not UTF-8 stops the command before anything else.
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    // `--debug[=PORT]` is `[debug] port`, checked with the other settings.
+    if let Some(port) = debug {
+        env.push(("OXBUS_DEBUG_PORT".into(), port.to_string()));
+    }
     match Settings::load(config, env) {
         Ok(s) => serve(s, None, Vec::new()),
         Err(e) => {
@@ -55,15 +59,25 @@ pub fn serve(
         Ok(rt) => rt,
         Err(e) => return fail(&CliError::Runtime(e)),
     };
+    // Debug mode's interpreter and port, before anything starts: debugpy missing there is a
+    // setup problem that a restart does not fix (EX_CONFIG, as bad settings).
+    if let Some(port) = settings.debug_port() {
+        use crate::lifecycle::python::{DebuggerError, check_debugger};
+        if let Err(e) = rt.block_on(check_debugger(&settings.server.python, port)) {
+            tracing::error!("{e}");
+            if !json_logs {
+                eprintln!("oxbus: error: {e}");
+            }
+            stop_companions(companions);
+            return match e {
+                DebuggerError::Setup(_) => ExitCode::from(78),
+                DebuggerError::Unavailable(_) => ExitCode::FAILURE,
+            };
+        }
+    }
     let result = rt.block_on(crate::boot::run(settings));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    for mut child in companions {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = child.wait();
-    }
+    stop_companions(companions);
     match result {
         Ok(o) => ExitCode::from(o.exit_code as u8),
         Err(e) => {
@@ -74,5 +88,16 @@ pub fn serve(
             }
             fail(&e)
         }
+    }
+}
+
+/// Stops quickstart's proxy and dashboard (SIGTERM, then waits for each).
+fn stop_companions(companions: Vec<std::process::Child>) {
+    for mut child in companions {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
     }
 }

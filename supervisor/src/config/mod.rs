@@ -84,6 +84,8 @@ pub struct Settings {
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
+    pub debug: DebugSection,
+    #[serde(default)]
     pub channels: Vec<Channel>,
     /// Directory of the file the settings came from; relative paths resolve against it.
     #[serde(skip)]
@@ -378,6 +380,20 @@ impl Default for MetricsSection {
     }
 }
 
+/// `[debug]`: run the one worker under `debugpy`, for an IDE to attach to (docs/DEBUGGING.md).
+/// Off unless `port` is set (or `oxbus server --debug`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugSection {
+    /// The port on 127.0.0.1 debugpy listens on; absent = no debugger. Never another
+    /// address: whoever reaches a debug adapter runs code in the worker.
+    pub port: Option<u16>,
+}
+
+/// The port `oxbus server --debug` uses when it is given none (debugpy's and the IDEs' own
+/// default).
+pub const DEFAULT_DEBUG_PORT: u16 = 5678;
+
 /// `[pickup]`: a directory the server watches; a `*.py` file saved (or `git pull`ed) into it
 /// is hot-deployed as the module named after the file (see `watch`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -441,7 +457,7 @@ pub const MAX_SERVERS: usize = 3;
 
 const SECTIONS: &[&str] = &[
     "server", "workers", "http", "store", "admin", "pickup", "cluster", "openapi", "deploy",
-    "audit", "metrics",
+    "audit", "metrics", "debug",
 ];
 
 impl Settings {
@@ -509,6 +525,13 @@ impl Settings {
                 message: message.into(),
             })
         };
+        if self.debug.port == Some(0) {
+            return bad(
+                "debug.port",
+                &0,
+                "must be a port number (1-65535); leave it out for no debugger",
+            );
+        }
         if let Some(name) = &self.cluster.server
             && let Err(e) = oxbus_ipc::bus::check_name("server", name)
         {
@@ -641,8 +664,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The worker count, with the default applied.
+    /// The worker count, with the default applied: one under the debugger, so that every
+    /// call reaches the worker an IDE is attached to.
     pub fn worker_count(&self) -> u32 {
+        if self.debug_port().is_some() {
+            return 1;
+        }
         self.server.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -710,6 +737,11 @@ impl Settings {
             .as_ref()
             .filter(|d| !d.as_os_str().is_empty())
             .map(|d| self.base_dir.join(d))
+    }
+
+    /// The debugger's port on 127.0.0.1 when the worker runs under debugpy (`[debug]`).
+    pub fn debug_port(&self) -> Option<u16> {
+        self.debug.port
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -313,3 +313,31 @@ fn a_short_or_unprintable_metrics_token_is_refused_without_showing_it() {
         .to_string();
     assert!(e.contains("enable"), "{e}");
 }
+
+#[test]
+fn debug_mode_is_off_by_default_and_runs_one_worker_when_on() {
+    let s = parse("[server]\nworkers = 4\n", &[]).unwrap();
+    assert_eq!(s.debug_port(), None);
+    assert_eq!(s.worker_count(), 4);
+    let s = parse("[server]\nworkers = 4\n[debug]\nport = 5679\n", &[]).unwrap();
+    assert_eq!(s.debug_port(), Some(5679));
+    assert_eq!(s.worker_count(), 1);
+    // `oxbus server --debug` and quickstart's reach it as this variable.
+    let s = parse("", &[("OXBUS_DEBUG_PORT", "5680")]).unwrap();
+    assert_eq!(s.debug_port(), Some(5680));
+    assert_eq!(s.worker_count(), 1);
+}
+
+#[test]
+fn a_debug_port_must_be_a_port() {
+    let e = parse("[debug]\nport = 0\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("debug.port") && e.contains("1-65535"), "{e}");
+    let e = parse("[debug]\nport = 70000\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("port"), "{e}");
+    let e = parse("[debug]\nhost = \"0.0.0.0\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field"), "{e}");
+}

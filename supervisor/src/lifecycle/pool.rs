@@ -265,6 +265,9 @@ pub struct Pool {
     /// sent to it meanwhile waits for the check (the worker runs one at a time), so its own
     /// clock starts at that deadline.
     pub checking: Mutex<Option<(u32, Instant)>>,
+    /// Debug mode (`[debug] port`): the one worker runs under a debugger and may be stopped
+    /// at a breakpoint for minutes; it is never replaced for a passed deadline.
+    debugging: bool,
 }
 
 impl Pool {
@@ -291,7 +294,14 @@ impl Pool {
             import_timeout: Duration::from_secs(10),
             activate_timeout: Duration::from_secs(30),
             checking: Mutex::new(None),
+            debugging: false,
         }
+    }
+
+    /// Debug mode: [`Pool::replace_worker`] keeps the worker (see [`Pool::debugging`]).
+    pub fn with_debugging(mut self, on: bool) -> Pool {
+        self.debugging = on;
+        self
     }
 
     /// Sets [`Pool::import_timeout`].
@@ -373,6 +383,18 @@ impl Pool {
     /// killed once its in-flight requests are done. It takes no new work from now on,
     /// before the supervisor gets to it: the next check must not pick it.
     pub fn replace_worker(&self, w: &Worker, reason: &'static str) {
+        if self.debugging {
+            // Most likely stopped at a breakpoint: the deploy failed at its deadline, and
+            // the worker goes on (and takes work) once resumed. Draining it would leave the
+            // server with no worker at all, since none replaces it in debug mode.
+            tracing::warn!(
+                id = w.id,
+                reason,
+                "the worker under the debugger is past a deploy deadline (stopped at a \
+                 breakpoint?); debug mode keeps it"
+            );
+            return;
+        }
         self.mark_draining(w);
         w.replaced
             .lock()

@@ -59,6 +59,8 @@ pub struct Launch {
     pub cwd: PathBuf,
     pub python_path: PathBuf,
     pub socket: PathBuf,
+    /// Debug mode (`[debug] port`): the worker starts debugpy on 127.0.0.1:PORT.
+    pub debug_port: Option<u16>,
 }
 
 /// The last lines a worker wrote to stderr.
@@ -101,6 +103,14 @@ pub fn spawn(
     // systemd's variables are the server's, not the workers' (sd_notify(3)).
     for var in crate::lifecycle::sdnotify::SYSTEMD_VARS {
         cmd.env_remove(var);
+    }
+    if let Some(port) = launch.debug_port {
+        // debugpy misses breakpoints in frozen modules (3.11+; older Pythons ignore an
+        // unknown -X option), and says so on every start unless told not to check.
+        cmd.arg("-X")
+            .arg("frozen_modules=off")
+            .env("OXBUS_DEBUG_PORT", port.to_string())
+            .env("PYDEVD_DISABLE_FILE_VALIDATION", "1");
     }
     let mut child = cmd
         .arg("-m")

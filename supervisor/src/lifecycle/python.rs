@@ -228,6 +228,79 @@ pub async fn precompile(python: &str, root: &Path) {
     }
 }
 
+/// Why debug mode cannot start (`check_debugger`).
+#[derive(Debug, thiserror::Error)]
+pub enum DebuggerError {
+    /// debugpy is missing from the interpreter, or too old: a setup problem that restarting
+    /// does not fix (the server exits with EX_CONFIG, 78).
+    #[error("{0}")]
+    Setup(String),
+    /// The port is taken on 127.0.0.1, or the interpreter did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The oldest debugpy debug mode runs: 1.8.1 added `listen(..., in_process_debug_adapter=)`.
+const DEBUGPY_CHECK: &str = "import inspect, sys\n\
+try:\n    import debugpy\n\
+except ImportError as e:\n    sys.stdout.write('missing %s' % e); sys.exit(0)\n\
+ok = 'in_process_debug_adapter' in inspect.signature(debugpy.listen).parameters\n\
+sys.stdout.write('%s %s' % ('ok' if ok else 'old', debugpy.__version__))\n";
+
+/// Debug mode's checks before any worker starts: `python` imports a debugpy recent enough
+/// (the worker runs it from the operator's interpreter, so it must be installed there),
+/// and the port is free on 127.0.0.1. Either failing stops the server with a message
+/// saying what to do, rather than a worker starting without its debugger.
+pub async fn check_debugger(python: &str, port: u16) -> Result<(), DebuggerError> {
+    std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        DebuggerError::Unavailable(format!(
+            "debug mode: cannot listen for the debugger on 127.0.0.1:{port}: {e} (another \
+             debug session? choose another port: --debug=PORT or [debug] port)"
+        ))
+    })?;
+    let run = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(DEBUGPY_CHECK)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            return Err(DebuggerError::Setup(format!(
+                "debug mode: cannot run {python}: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(DebuggerError::Unavailable(format!(
+                "debug mode: {python} did not import debugpy within 30 s"
+            )));
+        }
+    };
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let install = format!("{python} -m pip install -U debugpy");
+    match said.split_once(' ') {
+        Some(("ok", version)) => {
+            tracing::info!(version, python, "debugpy found");
+            Ok(())
+        }
+        Some(("old", version)) => Err(DebuggerError::Setup(format!(
+            "debug mode needs debugpy 1.8.1 or newer in the workers' interpreter {python} \
+             (it has {version}); upgrade it there: {install}"
+        ))),
+        Some(("missing", why)) => Err(DebuggerError::Setup(format!(
+            "debug mode needs debugpy in the workers' interpreter {python} ({why}); install \
+             it there: {install}"
+        ))),
+        _ => Err(DebuggerError::Setup(format!(
+            "debug mode: {python} could not check for debugpy: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {

@@ -596,7 +596,9 @@ impl Supervisor {
     }
 
     fn on_recycle(&mut self, id: u32, reason: &'static str) -> Result<(), ServerError> {
-        if self.shutting_down.is_some() {
+        // Under the debugger the one worker stays whatever it served or holds: its
+        // replacement would have to start debugpy while this one still holds the port.
+        if self.shutting_down.is_some() || self.debugging() {
             return Ok(());
         }
         let Some(child) = self.children.get(&id) else {
@@ -625,11 +627,24 @@ impl Supervisor {
     /// new work, and it is killed once its in-flight requests are done (or at the drain
     /// deadline); a deploy's import spinning in it only costs CPU meanwhile.
     fn on_stuck(&mut self, id: u32, reason: &'static str) -> Result<(), ServerError> {
+        let debugging = self.debugging();
         let Some(child) = self.children.get_mut(&id) else {
             return Ok(());
         };
         if let Some(r) = &mut child.retire {
             r.kill_when_idle = true;
+            return Ok(());
+        }
+        if debugging {
+            // Most likely stopped at a breakpoint: the call past its deadline got its
+            // answer (504, or the deploy's error); the worker carries on once resumed.
+            warn!(
+                id,
+                pid = child.pid,
+                reason,
+                "the worker under the debugger is past a deadline (stopped at a breakpoint?); \
+                 debug mode keeps it"
+            );
             return Ok(());
         }
         warn!(id, pid = child.pid, reason, "replacing the worker");
@@ -736,12 +751,14 @@ impl Supervisor {
             self.last_heartbeat = Instant::now();
             let now_ms = self.pool.now_ms();
             let limit = 3 * self.settings.workers.heartbeat_ms;
+            let debugging = self.debugging();
             let nonce = now_ms.to_be_bytes().to_vec();
             for (id, c) in &mut self.children {
                 if !c.ready || c.retire.is_some() {
                     continue;
                 }
-                if now_ms.saturating_sub(c.worker.last_pong_ms()) > limit {
+                // A worker stopped at a breakpoint answers no ping, and is meant to live.
+                if !debugging && now_ms.saturating_sub(c.worker.last_pong_ms()) > limit {
                     error!(
                         id,
                         pid = c.pid,
@@ -771,6 +788,11 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Debug mode: the one worker runs under debugpy (`[debug] port`).
+    fn debugging(&self) -> bool {
+        self.launch.debug_port.is_some()
     }
 
     /// Counts a worker replaced for `reason` (when metrics are on).
