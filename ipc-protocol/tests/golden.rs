@@ -1,4 +1,4 @@
-//! Golden vectors: every frame in `testdata/v1/` decodes to the fields its manifest lists and
+//! Golden vectors: every frame in `testdata/v2/` decodes to the fields its manifest lists and
 //! re-encodes to the same bytes. The Python suite checks the same files.
 
 use bytes::{Bytes, BytesMut};

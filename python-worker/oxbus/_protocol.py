@@ -406,9 +406,13 @@ def expand_compact_meta(fields: List[Any]) -> Dict[str, Any]:
     ``null`` means the field is absent, as an absent key does in the object form; the last
     element holds the fields that have no position, and may not name one that has.
     """
-    if len(fields) != _COMPACT_LEN or type(fields[-1]) is not dict:
+    if len(fields) != _COMPACT_LEN:
         raise ProtocolError('bad_frame', 'a compact meta is an array of %d fields and an '
                             'object, not %d elements' % (_COMPACT_LEN - 1, len(fields)))
+    if type(fields[-1]) is not dict:
+        raise ProtocolError('bad_frame', 'the last element of a compact meta is an object '
+                            '(the fields without a position), not %s'
+                            % type(fields[-1]).__name__)
     return _complete_compact(dict(zip(COMPACT_INVOKE_FIELDS, fields)), fields[-1])
 
 

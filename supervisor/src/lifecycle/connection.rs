@@ -252,6 +252,13 @@ fn handle_worker_call(
         serve_cache(pool, worker, &frame, &raw_meta, body);
         return Ok(());
     }
+    // A worker's meta is always the object form (SPEC.md: only the supervisor sends the
+    // compact array), though serde would read an array in the struct's field order.
+    if raw_meta.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConnectionEnd::CallMeta(serde::de::Error::custom(
+            "a worker's CALL meta must be a JSON object",
+        )));
+    }
     let mut meta: CallMetaIn =
         serde_json::from_slice(&raw_meta).map_err(ConnectionEnd::CallMeta)?;
     if meta.op.starts_with("cache.") {
